@@ -1,0 +1,85 @@
+"""The LMDB catalog: JSON values under string keys, one write transaction per commit.
+
+LMDB gives many concurrent readers a consistent snapshot each and serialises writers;
+a write transaction either commits whole or not at all, which makes it the store's
+commit point. Values are JSON with sorted keys so that a dump is stable and readable
+(``docs/FORMAT.md``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+import lmdb
+
+from ..errors import FormatError, StoreNotFoundError
+
+CATALOG_DIR = "catalog.lmdb"
+
+# The map size is address space, not disk: LMDB grows data.mdb as needed up to it.
+_MAP_SIZE = 1 << 36
+_MAX_READERS = 512
+
+
+def encode(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
+def decode(raw: bytes, key: str, path: Path) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError as err:
+        raise FormatError(f"catalog entry {key!r} in {path} is not valid JSON: the catalog is "
+                          "damaged; restore the store from a copy or re-create it") from err
+
+
+class Catalog:
+    def __init__(self, store_dir: Path, *, readonly: bool, create: bool = False, lock: bool = True):
+        self.path = Path(store_dir) / CATALOG_DIR
+        if not create and not (self.path / "data.mdb").exists():
+            raise StoreNotFoundError(
+                f"{store_dir} is not an oocstore store (no {CATALOG_DIR}/data.mdb): "
+                "create one with `oocstore ingest ...`")
+        try:
+            self.env = lmdb.open(str(self.path), map_size=_MAP_SIZE, subdir=True,
+                                 readonly=readonly, lock=lock, create=create,
+                                 max_readers=_MAX_READERS, max_dbs=0)
+        except lmdb.Error as err:
+            raise FormatError(f"cannot open the catalog {self.path}: {err}; the store may be "
+                              "damaged or not a store") from err
+
+    def get(self, key: str, default: Any = None) -> Any:
+        with self.env.begin() as txn:
+            raw = txn.get(key.encode())
+        return default if raw is None else decode(raw, key, self.path)
+
+    def items(self, prefix: str = "") -> Iterator[tuple[str, Any]]:
+        """All ``(key, value)`` with ``key.startswith(prefix)``, from one snapshot."""
+        with self.env.begin() as txn:
+            cur = txn.cursor()
+            found = cur.set_range(prefix.encode()) if prefix else cur.first()
+            out = []
+            while found:
+                k = cur.key().decode()
+                if not k.startswith(prefix):
+                    break
+                out.append((k, decode(cur.value(), k, self.path)))
+                found = cur.next()
+        return iter(out)
+
+    def commit(self, puts: dict[str, Any], deletes: set[str] = frozenset()) -> None:
+        """Write ``puts`` and delete ``deletes`` in one LMDB transaction (durable on return)."""
+        with self.env.begin(write=True) as txn:
+            for key in sorted(deletes):
+                txn.delete(key.encode())
+            for key in sorted(puts):
+                txn.put(key.encode(), encode(puts[key]))
+        self.env.sync(True)
+
+    def dump(self) -> dict[str, Any]:
+        return dict(self.items())
+
+    def close(self) -> None:
+        self.env.close()

@@ -1,0 +1,80 @@
+"""What ``oocstore inspect`` shows: a JSON-able summary of a store."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..units import format_size
+from .format import FORMAT_VERSION
+from .store import Store
+
+
+def store_info(store: Store) -> dict[str, Any]:
+    arrays = {name: {"dtype": m.dtype, "shape": list(m.shape), "bytes": m.nbytes, "file": m.file,
+                     "version": m.version}
+              for name, m in sorted(store.arrays.items())}
+    info: dict[str, Any] = {
+        "path": str(store.path),
+        "format_version": FORMAT_VERSION,
+        "version": store.version,
+        "source": store.meta.source,
+        "arrays": arrays,
+        "total_bytes": sum(a["bytes"] for a in arrays.values()),
+    }
+    if store.has_array("features"):
+        fm = store.array_meta("features")
+        info["num_nodes"] = fm.shape[0]
+        info["feat_dim"] = fm.shape[1] if len(fm.shape) > 1 else 1
+        info["feat_dtype"] = fm.dtype
+        info["feature_bytes"] = fm.nbytes
+    if store.has_array("labels"):
+        labels = store.array("labels")
+        info["num_classes"] = int(labels.max()) + 1 if labels.size else 0
+    if store.graph is not None:
+        g = store.graph
+        indptr, _ = store.csc()
+        deg = np.diff(np.asarray(indptr))
+        info["num_nodes"] = g.num_nodes
+        info["graph"] = {
+            "num_nodes": g.num_nodes, "num_edges": g.num_edges, "directed": g.directed,
+            "format": "csc",
+            "in_degree": {
+                "mean": float(deg.mean()) if deg.size else 0.0,
+                "max": int(deg.max()) if deg.size else 0,
+                "median": float(np.median(deg)) if deg.size else 0.0,
+                "p99": float(np.percentile(deg, 99)) if deg.size else 0.0,
+                "zero": int((deg == 0).sum()),
+            },
+        }
+    info["splits"] = {k: int(store.array_meta(v).shape[0]) for k, v in sorted(store.splits.items())}
+    return info
+
+
+def format_info(info: dict[str, Any]) -> str:
+    lines = [f"store {info['path']}  (format v{info['format_version']}, version {info['version']})"]
+    src = info.get("source") or {}
+    if src:
+        lines.append("  source: " + ", ".join(f"{k}={v}" for k, v in sorted(src.items())))
+    g = info.get("graph")
+    if g:
+        d = g["in_degree"]
+        lines.append(f"  graph: {g['num_nodes']:,} nodes, {g['num_edges']:,} edges "
+                     f"({'directed' if g['directed'] else 'undirected'}, CSC); in-degree mean "
+                     f"{d['mean']:.2f}, median {d['median']:.0f}, p99 {d['p99']:.0f}, "
+                     f"max {d['max']:,}, {d['zero']:,} with none")
+    if "feat_dim" in info:
+        lines.append(f"  features: {info['num_nodes']:,} x {info['feat_dim']} {info['feat_dtype']} "
+                     f"({format_size(info['feature_bytes'])})")
+    if "num_classes" in info:
+        lines.append(f"  classes: {info['num_classes']}")
+    if info.get("splits"):
+        lines.append("  splits: " + ", ".join(f"{k} {v:,}" for k, v in info["splits"].items()))
+    lines.append(f"  arrays ({format_size(info['total_bytes'])} in all):")
+    for name, a in info["arrays"].items():
+        shape = "x".join(str(s) for s in a["shape"])
+        lines.append(f"    {name:<24} {a['dtype']:<8} {shape:<18} {format_size(a['bytes']):>11}  {a['file']}")
+    for section in info.get("extra_sections", []):
+        lines.extend(section)
+    return "\n".join(lines)

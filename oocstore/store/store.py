@@ -1,0 +1,389 @@
+"""The :class:`Store`: open a store directory, read its arrays, mutate it atomically.
+
+Commit protocol (the one every layer uses — ingest, plans, packs, checkpoints):
+
+1. Take the writer lock (``catalog.lmdb/writer.lock``, ``flock``); remove orphans, i.e.
+   ``*.bin`` / ``*.tmp`` files under the data directories that no catalog entry names
+   (left by a crash between a rename and the commit).
+2. Write each new data file as ``<final>.tmp``, fsync it, rename it to ``<final>``.
+   Final names carry the new store version (a counter), so a new version never
+   overwrites a file that the committed version references.
+3. fsync the data directories, then commit one LMDB write transaction that adds the new
+   entries and bumps ``meta.version``. This is the commit point.
+4. Remove files that only the superseded entries referenced.
+
+A crash before step 3 leaves the previous version intact (its files were not touched);
+a crash after it leaves the new one. New stores are built in a hidden sibling directory
+``.<name>.partial`` and renamed into place once complete, so a half-built store is never
+visible under its name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from ..errors import (FormatError, StoreExistsError, StoreLockedError, StoreNotFoundError,
+                      UsageError)
+from .catalog import CATALOG_DIR, Catalog
+from .files import ArrayFileWriter, fsync_dir
+from .format import CHUNK_BYTES, ArrayMeta, GraphMeta, StoreMeta
+
+log = logging.getLogger(__name__)
+
+#: Directories that hold data files; only these are scanned for orphans.
+DATA_DIRS = ("arrays", "plans", "packs", "scenes")
+
+
+def _file_name(name: str, version: int) -> str:
+    safe = name.replace("/", "-")
+    if not safe or not all(c.isalnum() or c in "-_." for c in safe):
+        raise UsageError(f"array name {name!r} must use letters, digits, '-', '_', '.' and '/'")
+    return f"{safe}.{version}.bin"
+
+
+class Store:
+    """A store directory opened read-only (default) or for writing.
+
+    Reading state (arrays, graph, splits) comes from one catalog snapshot taken at open;
+    :meth:`refresh` takes a new one.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, readonly: bool = True, _create: bool = False):
+        self.path = Path(path)
+        if not _create and not self.path.is_dir():
+            raise StoreNotFoundError(f"store {self.path} does not exist: create it with "
+                                     "`oocstore ingest ...` or check the path")
+        self.readonly = readonly
+        self.catalog = Catalog(self.path, readonly=readonly, create=_create)
+        self._lock_fd: int | None = None
+        self.refresh()
+
+    # -- reading -------------------------------------------------------------------
+    def refresh(self) -> None:
+        raw_meta = self.catalog.get("meta")
+        if raw_meta is None:
+            self.meta = StoreMeta()
+        else:
+            self.meta = StoreMeta.from_dict(raw_meta)
+        self._arrays = {k[len("array/"):]: ArrayMeta.from_dict(v)
+                        for k, v in self.catalog.items("array/")}
+        g = self.catalog.get("graph")
+        self.graph = GraphMeta.from_dict(g) if g is not None else None
+        self._splits: dict[str, str] = self.catalog.get("splits", {}) or {}
+
+    @property
+    def version(self) -> int:
+        return self.meta.version
+
+    @property
+    def arrays(self) -> dict[str, ArrayMeta]:
+        return dict(self._arrays)
+
+    def has_array(self, name: str) -> bool:
+        return name in self._arrays
+
+    def array_meta(self, name: str) -> ArrayMeta:
+        try:
+            return self._arrays[name]
+        except KeyError:
+            raise StoreNotFoundError(
+                f"store {self.path} has no array {name!r} (it has: "
+                f"{', '.join(sorted(self._arrays)) or 'none'})") from None
+
+    def file_path(self, meta: ArrayMeta) -> Path:
+        return self.path / meta.file
+
+    def array(self, name: str) -> np.ndarray:
+        """A read-only memory map of array ``name`` (zero-copy; pages load on touch)."""
+        meta = self.array_meta(name)
+        path = self.file_path(meta)
+        if meta.nbytes == 0:
+            return np.zeros(meta.shape, dtype=meta.np_dtype)
+        size = path.stat().st_size if path.exists() else -1
+        if size < meta.offset + meta.nbytes:
+            raise FormatError(f"array {name!r}: file {path} holds {max(size, 0)} bytes but the "
+                              f"catalog needs {meta.offset + meta.nbytes}: the file is truncated; "
+                              "run `oocstore verify` and restore or re-create the store")
+        return np.memmap(path, dtype=meta.np_dtype, mode="r", offset=meta.offset, shape=meta.shape)
+
+    def checksums(self, name: str) -> list[int]:
+        return list(self.catalog.get(f"sums/{name}", []))
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """A raw catalog value (for layers that keep their own entries)."""
+        return self.catalog.get(key, default)
+
+    def items(self, prefix: str) -> Iterator[tuple[str, Any]]:
+        return self.catalog.items(prefix)
+
+    @property
+    def splits(self) -> dict[str, str]:
+        return dict(self._splits)
+
+    def split(self, which: str) -> np.ndarray:
+        if which not in self._splits:
+            raise StoreNotFoundError(
+                f"store {self.path} has no {which!r} split (it has: "
+                f"{', '.join(sorted(self._splits)) or 'none'}): re-ingest with --split")
+        return np.asarray(self.array(self._splits[which]))
+
+    def csc(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(indptr, indices)`` memory maps of the graph in CSC form."""
+        if self.graph is None:
+            raise StoreNotFoundError(f"store {self.path} has no graph")
+        return self.array(self.graph.indptr), self.array(self.graph.indices)
+
+    # -- writing -------------------------------------------------------------------
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator["Transaction"]:
+        """Mutate the store atomically: everything inside commits together or not at all."""
+        if self.readonly:
+            raise UsageError(f"store {self.path} was opened read-only; open it with "
+                             "Store(path, readonly=False) to change it")
+        self._acquire_lock()
+        txn = Transaction(self)
+        try:
+            self.remove_orphans()
+            yield txn
+            txn._commit()
+        except BaseException:
+            txn._abort()
+            raise
+        finally:
+            self._release_lock()
+        self.refresh()
+        txn._collect_superseded()
+
+    def _acquire_lock(self) -> None:
+        fd = os.open(self.path / CATALOG_DIR / "writer.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as err:
+            os.close(fd)
+            raise StoreLockedError(
+                f"store {self.path} is being written by another process: wait for it to "
+                "finish, then run the command again") from err
+        self._lock_fd = fd
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def referenced_files(self) -> set[str]:
+        return {m.file for m in self._arrays.values()}
+
+    def remove_orphans(self) -> list[Path]:
+        """Delete data files that no committed entry names (crash leftovers)."""
+        keep = self.referenced_files()
+        removed = []
+        for d in DATA_DIRS:
+            root = self.path / d
+            if not root.is_dir():
+                continue
+            for p in sorted(root.rglob("*")):
+                rel = p.relative_to(self.path).as_posix()
+                if p.is_file() and p.suffix in (".bin", ".tmp") and rel not in keep:
+                    p.unlink()
+                    removed.append(p)
+        if removed:
+            log.info("removed %d orphaned file(s) from %s", len(removed), self.path)
+        return removed
+
+    # -- lifecycle -----------------------------------------------------------------
+    def close(self) -> None:
+        self._release_lock()
+        self.catalog.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.path)!r}, version={self.version})"
+
+    # -- creation ------------------------------------------------------------------
+    @classmethod
+    @contextlib.contextmanager
+    def create(cls, path: str | os.PathLike, *, overwrite: bool = False) -> Iterator["Store"]:
+        """Build a new store at ``path``; it appears there only if the block succeeds.
+
+        The store is built in ``.<name>.partial`` beside ``path`` and renamed into place
+        at the end; with ``overwrite`` an existing store is replaced only then.
+        """
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise StoreExistsError(f"output {path} already exists: choose another path or "
+                                   "pass --overwrite to replace it")
+        if path.exists() and not (path / CATALOG_DIR).is_dir() and any(path.iterdir()):
+            raise StoreExistsError(f"output {path} exists and is not an oocstore store: "
+                                   "refusing to replace it; choose another path")
+        staging = path.with_name(f".{path.name}.partial")
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir(parents=True)
+        try:
+            store = cls(staging, readonly=False, _create=True)
+            try:
+                yield store
+            finally:
+                store.close()
+            _fsync_tree(staging)
+            _install(staging, path)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+
+class Transaction:
+    """Collects new arrays and catalog entries; committed by :meth:`Store.transaction`."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.new_version = store.version + 1
+        self._writers: list[tuple[ArrayFileWriter, ArrayMeta | None]] = []
+        self._puts: dict[str, Any] = {}
+        self._deletes: set[str] = set()
+        self._superseded: list[Path] = []
+        self._meta_source: dict[str, Any] | None = None
+
+    def array_writer(self, name: str, dtype, row_shape: tuple[int, ...] = (),
+                     *, chunk_bytes: int = CHUNK_BYTES) -> "ArrayWriter":
+        """A streaming writer for a new (or replacing) array ``name``."""
+        sub = "arrays"
+        rel = f"{sub}/{_file_name(name, self.new_version)}"
+        fw = ArrayFileWriter(self.store.path / rel, chunk_bytes=chunk_bytes)
+        return ArrayWriter(self, name, np.dtype(dtype), tuple(row_shape), rel, fw)
+
+    def write_array(self, name: str, data: np.ndarray) -> ArrayMeta:
+        """Write a whole in-memory array in one call."""
+        data = np.ascontiguousarray(data)
+        w = self.array_writer(name, data.dtype, data.shape[1:])
+        w.append(data)
+        return w.close()
+
+    def put(self, key: str, value: Any) -> None:
+        self._puts[key] = value
+
+    def delete_array(self, name: str) -> None:
+        if name in self.store._arrays:
+            self._deletes |= {f"array/{name}", f"sums/{name}"}
+            self._superseded.append(self.store.file_path(self.store._arrays[name]))
+
+    def set_source(self, source: dict[str, Any]) -> None:
+        self._meta_source = source
+
+    def _register(self, fw: ArrayFileWriter, meta: ArrayMeta) -> None:
+        old = self.store._arrays.get(meta.name)
+        if old is not None and old.file != meta.file:
+            self._superseded.append(self.store.file_path(old))
+        self._deletes.discard(f"array/{meta.name}")
+        self._deletes.discard(f"sums/{meta.name}")
+        self._puts[f"array/{meta.name}"] = meta.to_dict()
+        self._puts[f"sums/{meta.name}"] = fw.checksums
+
+    def _commit(self) -> None:
+        for fw, meta in self._writers:
+            if meta is None:
+                raise FormatError(f"array writer for {fw.final_path} was not closed before commit")
+        dirs = {fw.final_path.parent for fw, _ in self._writers}
+        for d in sorted(dirs):
+            fsync_dir(d)
+        fsync_dir(self.store.path)
+        meta = self.store.meta
+        source = self._meta_source if self._meta_source is not None else meta.source
+        self._puts["meta"] = StoreMeta(format_version=meta.format_version,
+                                       version=self.new_version, source=source).to_dict()
+        self.store.catalog.commit(self._puts, self._deletes)
+
+    def _abort(self) -> None:
+        for fw, _ in self._writers:
+            fw.abort()
+            try:
+                fw.final_path.unlink()
+            except FileNotFoundError:
+                pass
+
+    def _collect_superseded(self) -> None:
+        referenced = self.store.referenced_files()
+        for p in self._superseded:
+            if p.relative_to(self.store.path).as_posix() not in referenced:
+                try:
+                    p.unlink()
+                except FileNotFoundError:
+                    pass
+
+
+class ArrayWriter:
+    """Streams rows of one array to disk. ``append`` chunks, then ``close``."""
+
+    def __init__(self, txn: Transaction, name: str, dtype: np.dtype, row_shape: tuple[int, ...],
+                 rel: str, fw: ArrayFileWriter):
+        self.txn, self.name, self.dtype, self.row_shape, self.rel, self.fw = (
+            txn, name, dtype, row_shape, rel, fw)
+        self.rows = 0
+        self._slot = len(txn._writers)
+        txn._writers.append((fw, None))
+
+    def append(self, rows: np.ndarray) -> None:
+        rows = np.asarray(rows)
+        if rows.shape[1:] != self.row_shape:
+            raise FormatError(f"array {self.name!r}: appended rows of shape {rows.shape[1:]}, "
+                              f"expected {self.row_shape}")
+        if rows.dtype != self.dtype:
+            rows = rows.astype(self.dtype)
+        self.fw.write(np.ascontiguousarray(rows))
+        self.rows += rows.shape[0]
+
+    def close(self) -> ArrayMeta:
+        self.fw.finish()
+        meta = ArrayMeta(name=self.name, dtype=self.dtype.name, shape=(self.rows, *self.row_shape),
+                         file=self.rel, offset=0, chunk_bytes=self.fw.chunk_bytes,
+                         version=self.txn.new_version)
+        self.txn._writers[self._slot] = (self.fw, meta)
+        self.txn._register(self.fw, meta)
+        return meta
+
+
+def _fsync_tree(root: Path) -> None:
+    for d, _, files in os.walk(root):
+        for f in files:
+            if f.endswith(".lock"):
+                continue
+            fd = os.open(os.path.join(d, f), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(d))
+
+
+def _install(staging: Path, path: Path) -> None:
+    """Move a finished store from ``staging`` to ``path`` (replacing an old one)."""
+    parent = path.parent
+    if not path.exists():
+        os.rename(staging, path)
+    else:
+        old = path.with_name(f".{path.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        os.rename(path, old)
+        os.rename(staging, path)
+        fsync_dir(parent)
+        shutil.rmtree(old, ignore_errors=True)
+    fsync_dir(parent)
+
+
+def open_store(path: str | os.PathLike, *, readonly: bool = True) -> Store:
+    return Store(path, readonly=readonly)
