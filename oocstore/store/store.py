@@ -214,6 +214,22 @@ class Store:
         return f"Store({str(self.path)!r}, version={self.version})"
 
     # -- creation ------------------------------------------------------------------
+    @staticmethod
+    def check_new_path(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Refuse early (before any work) an output path that :meth:`create` would refuse."""
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise StoreExistsError(f"output {path} already exists: choose another path or "
+                                   "pass --overwrite to replace it")
+        if path.exists() and not (path / CATALOG_DIR).is_dir() and (
+                not path.is_dir() or any(path.iterdir())):
+            raise StoreExistsError(f"output {path} exists and is not an oocstore store: "
+                                   "refusing to replace it; choose another path")
+        if not path.parent.is_dir():
+            raise StoreNotFoundError(f"output {path}: directory {path.parent} does not exist; "
+                                     "create it first")
+        return path
+
     @classmethod
     @contextlib.contextmanager
     def create(cls, path: str | os.PathLike, *, overwrite: bool = False) -> Iterator["Store"]:
@@ -222,13 +238,7 @@ class Store:
         The store is built in ``.<name>.partial`` beside ``path`` and renamed into place
         at the end; with ``overwrite`` an existing store is replaced only then.
         """
-        path = Path(path)
-        if path.exists() and not overwrite:
-            raise StoreExistsError(f"output {path} already exists: choose another path or "
-                                   "pass --overwrite to replace it")
-        if path.exists() and not (path / CATALOG_DIR).is_dir() and any(path.iterdir()):
-            raise StoreExistsError(f"output {path} exists and is not an oocstore store: "
-                                   "refusing to replace it; choose another path")
+        path = cls.check_new_path(path, overwrite=overwrite)
         staging = path.with_name(f".{path.name}.partial")
         if staging.exists():
             shutil.rmtree(staging)
@@ -259,17 +269,19 @@ class Transaction:
         self._meta_source: dict[str, Any] | None = None
 
     def array_writer(self, name: str, dtype, row_shape: tuple[int, ...] = (),
-                     *, chunk_bytes: int = CHUNK_BYTES) -> "ArrayWriter":
-        """A streaming writer for a new (or replacing) array ``name``."""
-        sub = "arrays"
-        rel = f"{sub}/{_file_name(name, self.new_version)}"
+                     *, chunk_bytes: int = CHUNK_BYTES, subdir: str = "arrays") -> "ArrayWriter":
+        """A streaming writer for a new (or replacing) array ``name``, stored under
+        ``subdir`` (one of :data:`DATA_DIRS`) as ``<name>.<version>.bin``."""
+        if subdir.split("/")[0] not in DATA_DIRS or ".." in subdir.split("/"):
+            raise UsageError(f"subdir {subdir!r} is not one of {DATA_DIRS}")
+        rel = f"{subdir}/{_file_name(name, self.new_version)}"
         fw = ArrayFileWriter(self.store.path / rel, chunk_bytes=chunk_bytes)
         return ArrayWriter(self, name, np.dtype(dtype), tuple(row_shape), rel, fw)
 
-    def write_array(self, name: str, data: np.ndarray) -> ArrayMeta:
+    def write_array(self, name: str, data: np.ndarray, *, subdir: str = "arrays") -> ArrayMeta:
         """Write a whole in-memory array in one call."""
         data = np.ascontiguousarray(data)
-        w = self.array_writer(name, data.dtype, data.shape[1:])
+        w = self.array_writer(name, data.dtype, data.shape[1:], subdir=subdir)
         w.append(data)
         return w.close()
 

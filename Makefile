@@ -1,0 +1,31 @@
+# Set-up and entry points. Everything runs inside a virtual environment that the first
+# target creates; override TORCH for a CUDA build, e.g.
+#   make test TORCH='torch==2.11.0 --index-url https://download.pytorch.org/whl/cu130'
+PYTHON ?= python3
+TORCH ?= torch==2.13.0
+VENV ?= .venv
+DEMO_DIR ?= demo-data
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test bench clean
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q $(TORCH)
+	$(VENV)/bin/pip install -q -e '.[dev,pyg]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/python tools/demo.py --dir $(DEMO_DIR)
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q
+
+bench: $(STAMP)
+	$(VENV)/bin/python bench/ingest_throughput.py
+
+clean:
+	rm -rf $(DEMO_DIR) .pytest_cache
