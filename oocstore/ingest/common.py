@@ -8,11 +8,13 @@ per stored edge at peak plus 8 bytes per node — independent of the feature siz
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -131,11 +133,17 @@ def build_store(out: str | Path, g: GraphSource, *, dtype: str = "float32",
         raise SourceError(f"{g.where}: label {int(labels.min())} is negative: labels must be 0..C-1")
     indptr, indices, dropped = build_csc(n, g.src, g.dst, directed=g.directed, where=g.where)
     splits = g.splits if g.splits is not None else random_splits(n, split_fractions, seed)
-    for name, ids in splits.items():
+    seen = np.zeros(n, dtype=bool)
+    for name, ids in sorted(splits.items()):
         ids = np.asarray(ids)
         if ids.size and (ids.min() < 0 or ids.max() >= n):
-            raise SourceError(f"{g.where}: {name} split names node {int(ids.max())}, outside "
-                              f"0..{n - 1}")
+            bad = int(ids.min()) if ids.min() < 0 else int(ids.max())
+            raise SourceError(f"{g.where}: {name} split names node {bad}, outside 0..{n - 1}: "
+                              "fix the split or the node count")
+        if seen[ids].any() or np.unique(ids).size != ids.size:
+            raise SourceError(f"{g.where}: the {name} split repeats a node or shares one with "
+                              "another split: splits must be disjoint sets of node ids")
+        seen[ids] = True
     out = Path(out)
     with Store.create(out, overwrite=overwrite) as store:
         with store.transaction() as txn:
@@ -189,10 +197,75 @@ def iter_blocks(array, rows_per_block: int | None = None) -> Iterator[np.ndarray
     """Row blocks of any sliceable 2-D array (memmap, zarr, scipy CSR) as dense ndarrays."""
     n = array.shape[0]
     if rows_per_block is None:
-        row_bytes = max(1, int(np.prod(array.shape[1:])) * 4)
+        itemsize = np.dtype(getattr(array, "dtype", np.float32)).itemsize
+        row_bytes = max(1, int(np.prod(array.shape[1:])) * max(itemsize, 4))
         rows_per_block = max(1, FEATURE_BLOCK_BYTES // row_bytes)
     for lo in range(0, n, rows_per_block):
         block = array[lo:lo + rows_per_block]
         if hasattr(block, "toarray"):
             block = block.toarray()
         yield np.asarray(block)
+
+
+# -- pickles ---------------------------------------------------------------------------
+
+#: The only globals a pickle read by :func:`load_pickle` may name: numpy arrays, scipy
+#: sparse matrices and plain containers — what Planetoid and GraphData files hold. Old
+#: module paths (``numpy.core``, ``scipy.sparse.csr``, Python 2 ``__builtin__``) are
+#: resolved to today's public namespaces, so old files load without deprecation warnings.
+_SPARSE_CLASSES = frozenset(f"{fmt}_{kind}" for fmt in ("csr", "csc", "coo", "lil", "dok", "bsr", "dia")
+                            for kind in ("matrix", "array"))
+_NUMPY_GLOBALS = frozenset({"_reconstruct", "scalar", "ndarray", "dtype"})
+_PLAIN_GLOBALS = {
+    ("collections", "defaultdict"), ("collections", "OrderedDict"),
+    ("copyreg", "_reconstructor"), ("copy_reg", "_reconstructor"),
+    ("_codecs", "encode"),  # bytes in protocol-2 pickles written by Python 3
+    *((b, n) for b in ("builtins", "__builtin__")
+      for n in ("list", "dict", "set", "frozenset", "tuple", "int", "float", "complex", "bool",
+                "str", "bytes", "bytearray", "object")),
+}
+
+
+class _Refused(pickle.UnpicklingError):
+    """The pickle names a global outside the allow-list."""
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if module.split(".")[0] == "numpy":
+            if name in _NUMPY_GLOBALS and module in ("numpy", "numpy.core.multiarray",
+                                                     "numpy._core.multiarray"):
+                if name in ("ndarray", "dtype"):
+                    return getattr(np, name)
+                try:
+                    return getattr(importlib.import_module("numpy._core.multiarray"), name)
+                except ImportError:  # numpy < 2
+                    return getattr(importlib.import_module("numpy.core.multiarray"), name)
+            if module == "numpy.dtypes" and name.endswith("DType"):
+                return getattr(np.dtypes, name)
+        elif module.split(".")[:2] == ["scipy", "sparse"] and name in _SPARSE_CLASSES:
+            import scipy.sparse
+
+            return getattr(scipy.sparse, name)
+        elif (module, name) in _PLAIN_GLOBALS:
+            return super().find_class(module, name)
+        raise _Refused(f"refusing to load {module}.{name}: only numpy arrays, scipy sparse "
+                       "matrices and plain containers are allowed")
+
+
+def load_pickle(f: BinaryIO, where: str | Path) -> Any:
+    """Unpickle ``f`` (Python 2 pickles too, read as latin-1) allowing only the globals
+    above; anything unreadable or disallowed becomes a :class:`SourceError` naming ``where``.
+
+    The allow-list narrows what a hostile file can do, but pickles remain an attack
+    surface: callers still only accept files the user says they trust.
+    """
+    try:
+        return _RestrictedUnpickler(f, encoding="latin1").load()
+    except _Refused as err:
+        raise SourceError(f"{where}: cannot unpickle ({err}): this is not a file of the "
+                          "expected format; check the path") from err
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError, IndexError,
+            KeyError, OSError) as err:
+        raise SourceError(f"{where}: cannot unpickle ({type(err).__name__}: {err}): the file is "
+                          "truncated or corrupt; re-download or re-create it") from err
