@@ -12,8 +12,9 @@ import re
 from .errors import UsageError
 
 _UNITS = {"": 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
-_DECIMAL = {"KB", "MB", "GB", "TB", "K", "M", "G", "T", "kB", "kb", "mb", "gb", "tb"}
-_PATTERN = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*$")
+_BY_UPPER = {u.upper(): u for u in _UNITS}  # binary units are unambiguous in any case
+_DECIMAL = {"KB", "MB", "GB", "TB", "K", "M", "G", "T"}  # compared upper-cased
+_PATTERN = re.compile(r"^\s*(-?)([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*$")
 
 
 def parse_size(value: str | int, *, what: str = "size") -> int:
@@ -30,15 +31,18 @@ def parse_size(value: str | int, *, what: str = "size") -> int:
             f"{what} {value!r} is not a size: give a byte count or a binary unit "
             "(e.g. 1048576, 512MiB, 8GiB)"
         )
-    number, unit = match.groups()
-    if unit in _DECIMAL:
+    sign, number, unit = match.groups()
+    if sign:
+        raise UsageError(f"{what} {value!r} is negative: give 0 or more bytes")
+    if unit.upper() in _DECIMAL:
         binary = unit[0].upper() + "iB"
         raise UsageError(
             f"{what} {value!r} uses a decimal unit: write {number}{binary} "
             "(oocstore accepts binary units only: KiB, MiB, GiB, TiB)"
         )
-    if unit not in _UNITS:
+    if unit.upper() not in _BY_UPPER:
         raise UsageError(f"{what} {value!r} has an unknown unit {unit!r}: use B, KiB, MiB, GiB or TiB")
+    unit = _BY_UPPER[unit.upper()]
     nbytes = float(number) * _UNITS[unit]
     if unit in ("", "B") and "." in number:
         raise UsageError(f"{what} {value!r} is a fractional byte count: give a whole number of bytes")

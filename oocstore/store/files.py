@@ -2,7 +2,7 @@
 
 Writers append rows to ``<final>.tmp``; :meth:`ArrayFileWriter.finish` pads the file to
 a multiple of :data:`ALIGN`, fsyncs it and renames it to its final name. Nothing refers
-to the final name until the catalog transaction commits (see ``commit.py``), so a crash
+to the final name until the catalog transaction commits (see ``store.py``), so a crash
 before the commit leaves a file that the next writer removes as an orphan.
 
 :class:`DirectReader` opens with ``O_DIRECT`` so reads bypass the page cache (the point
@@ -28,12 +28,18 @@ from .format import ALIGN, CHUNK_BYTES, align_up
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
 
 
+def byte_view(data) -> memoryview:
+    """A flat byte view of a numpy array (copied only if not contiguous) or bytes-like
+    object; empty arrays of any shape work (``memoryview.cast`` refuses zeros in a shape)."""
+    if isinstance(data, np.ndarray):
+        return memoryview(np.ascontiguousarray(data).reshape(-1).view(np.uint8))
+    return memoryview(data).cast("B")
+
+
 def checksum(data) -> int:
     """CRC-32 (zlib) of a bytes-like object or numpy array, without copying it
     (about 3.3 GB/s on one core here: checksums never dominate a disk read)."""
-    if isinstance(data, np.ndarray):
-        data = np.ascontiguousarray(data)
-    return zlib.crc32(memoryview(data).cast("B"))
+    return zlib.crc32(byte_view(data))
 
 
 def aligned_empty(nbytes: int, dtype=np.uint8) -> np.ndarray:
@@ -52,9 +58,13 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+#: errno values that mean "no room left for this write" (EFBIG: the file-size limit).
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
 def raise_disk_error(err: OSError, path: Path) -> None:
     """Re-raise ENOSPC / EFBIG / EDQUOT as :class:`DiskFullError` naming the file."""
-    if err.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+    if err.errno in DISK_FULL_ERRNOS:
         raise DiskFullError(err.errno, f"disk full while writing {path}: free space on that "
                             "filesystem (or write the store elsewhere) and run the command again; "
                             "the store was left as it was") from err
@@ -72,13 +82,16 @@ class ArrayFileWriter:
         self.checksums: list[int] = []
         self._crc = 0
         self._in_chunk = 0
-        self.final_path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = open(self.tmp_path, "wb", buffering=0)
+        self._closed = True
+        try:
+            self.final_path.parent.mkdir(parents=True, exist_ok=True)
+            self._f = open(self.tmp_path, "wb", buffering=0)
+        except OSError as err:
+            raise_disk_error(err, self.final_path)
         self._closed = False
 
     def write(self, data: np.ndarray | bytes) -> None:
-        mv = memoryview(np.ascontiguousarray(data)).cast("B") if isinstance(data, np.ndarray) \
-            else memoryview(data).cast("B")
+        mv = byte_view(data)
         pos = 0
         n = len(mv)
         while pos < n:
@@ -153,6 +166,8 @@ class DirectReader:
                 self.fallback_reason = f"O_DIRECT not supported on the filesystem of {self.path}"
         elif direct:
             self.fallback_reason = "O_DIRECT not available on this platform"
+        else:
+            self.fallback_reason = "buffered reads were asked for (direct=False)"
         if fd < 0:
             fd = os.open(self.path, os.O_RDONLY)
             if hasattr(os, "posix_fadvise"):

@@ -16,7 +16,7 @@ The catalog maps keys to JSON values (sorted keys, so dumps are stable):
     ``splits``             {"train": "split/train", ...} array names of the splits
 
 A data file only becomes part of the store when the LMDB transaction that names it
-commits; see :mod:`oocstore.store.commit`. ``docs/FORMAT.md`` shows a real dump.
+commits; see :mod:`oocstore.store.store`. ``docs/FORMAT.md`` shows a real dump.
 """
 
 from __future__ import annotations
@@ -39,7 +39,9 @@ ALIGN = 4096
 #: Checksum granularity: one CRC-32 per this many bytes of an array.
 CHUNK_BYTES = 4 << 20
 
-_DTYPES = {"float16", "float32", "float64", "int8", "uint8", "int16", "int32", "int64", "bool"}
+#: Element types an array may have (numpy names, little-endian on every supported host).
+DTYPES = frozenset({"float16", "float32", "float64", "int8", "uint8", "int16", "uint16",
+                    "int32", "uint32", "int64", "uint64", "bool"})
 
 
 def align_up(n: int, align: int = ALIGN) -> int:
@@ -70,14 +72,18 @@ class ArrayMeta:
     version: int = 0  # store version that committed this array
 
     def __post_init__(self) -> None:
-        if self.dtype not in _DTYPES:
+        if self.dtype not in DTYPES:
             raise FormatError(f"array {self.name!r} has unsupported dtype {self.dtype!r}")
         object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
         if any(s < 0 for s in self.shape):
             raise FormatError(f"array {self.name!r} has a negative dimension {self.shape}")
-        if self.offset % ALIGN:
+        if not isinstance(self.chunk_bytes, int) or self.chunk_bytes < 1:
+            raise FormatError(f"array {self.name!r} has chunk_bytes {self.chunk_bytes!r}; "
+                              "expected a positive integer")
+        if self.offset < 0 or self.offset % ALIGN:
             raise FormatError(f"array {self.name!r} offset {self.offset} is not {ALIGN}-aligned")
-        if self.file.startswith("/") or ".." in self.file.split("/"):
+        if (not self.file or self.file.startswith("/") or "\\" in self.file
+                or ".." in self.file.split("/")):
             raise FormatError(f"array {self.name!r} names file {self.file!r} outside the store: "
                               "refusing it (the catalog may be hostile or damaged)")
 

@@ -49,7 +49,40 @@ def store_info(store: Store) -> dict[str, Any]:
             },
         }
     info["splits"] = {k: int(store.array_meta(v).shape[0]) for k, v in sorted(store.splits.items())}
+    info["plans"] = plans_info(store)
     return info
+
+
+def plans_info(store: Store) -> dict[str, Any]:
+    """``{name: summary}`` of the store's access plans (see :func:`oocstore.plan.summarize`)."""
+    from ..plan import list_plans, summarize  # the plan format builds on the store, not back
+
+    return {name: summarize(meta) for name, meta in sorted(list_plans(store).items())}
+
+
+def format_plans(plans: dict[str, Any]) -> list[str]:
+    """Human lines for the ``plans`` section of :func:`store_info`."""
+    if not plans:
+        return []
+    lines = [f"  plans ({len(plans)}):"]
+    for name, p in plans.items():
+        st = p["stats"]
+        fan = ",".join("all" if f < 0 else str(f) for f in p["fanouts"])
+        bpe = p["batches_per_epoch"]
+        per = f"{bpe[0]:,}" if len(set(bpe)) == 1 else "/".join(f"{b:,}" for b in bpe)
+        lines.append(f"    {name}: split {p['split']}, fanouts {fan}, batch size {p['batch_size']:,}, "
+                     f"{p['epochs']} epoch(s) x {per} batches, seed {p['seed']}"
+                     f"{', shuffled' if p['shuffle'] else ''} (store v{p['store_version']}, "
+                     f"plan format v{p['format_version']}, {p['node_dtype']} ids)")
+        uniq = st.get("unique_nodes_per_epoch", [])
+        lines.append(f"      per batch: {st['mean_input_nodes']:,.0f} input nodes mean (max "
+                     f"{st['max_input_nodes']:,}), {st['mean_edges']:,.0f} edges; per epoch: "
+                     + (", ".join(f"{u:,}" for u in uniq) or "-") + " unique nodes")
+        lines.append(f"      touches {format_size(st['feature_bytes'])} of features "
+                     f"({format_size(st['unique_feature_bytes'])} in {st['unique_nodes']:,} "
+                     f"distinct rows; hottest 1% of nodes get {100 * st['top1pct_access_share']:.1f}% "
+                     f"of accesses); plan data {format_size(st['data_bytes'])}")
+    return lines
 
 
 def format_info(info: dict[str, Any]) -> str:
@@ -75,6 +108,7 @@ def format_info(info: dict[str, Any]) -> str:
     for name, a in info["arrays"].items():
         shape = "x".join(str(s) for s in a["shape"])
         lines.append(f"    {name:<24} {a['dtype']:<8} {shape:<18} {format_size(a['bytes']):>11}  {a['file']}")
+    lines.extend(format_plans(info.get("plans", {})))
     for section in info.get("extra_sections", []):
         lines.extend(section)
     return "\n".join(lines)

@@ -14,13 +14,17 @@ Commit protocol (the one every layer uses — ingest, plans, packs, checkpoints)
 
 A crash before step 3 leaves the previous version intact (its files were not touched);
 a crash after it leaves the new one. New stores are built in a hidden sibling directory
-``.<name>.partial`` and renamed into place once complete, so a half-built store is never
-visible under its name.
+``.<name>.partial`` and renamed into place once complete (an existing store is swapped
+out atomically with ``renameat2(RENAME_EXCHANGE)`` where Linux offers it), so a
+half-built store is never visible under its name. ``docs/FORMAT.md`` tabulates what a
+crash at each step leaves behind.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import fcntl
 import logging
 import os
@@ -34,7 +38,7 @@ from ..errors import (FormatError, StoreExistsError, StoreLockedError, StoreNotF
                       UsageError)
 from .catalog import CATALOG_DIR, Catalog
 from .files import ArrayFileWriter, fsync_dir
-from .format import CHUNK_BYTES, ArrayMeta, GraphMeta, StoreMeta
+from .format import CHUNK_BYTES, DTYPES, ArrayMeta, GraphMeta, StoreMeta
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +63,8 @@ class Store:
     def __init__(self, path: str | os.PathLike, *, readonly: bool = True, _create: bool = False):
         self.path = Path(path)
         if not _create and not self.path.is_dir():
-            raise StoreNotFoundError(f"store {self.path} does not exist: create it with "
+            what = "is not a directory" if self.path.exists() else "does not exist"
+            raise StoreNotFoundError(f"store {self.path} {what}: create it with "
                                      "`oocstore ingest ...` or check the path")
         self.readonly = readonly
         self.catalog = Catalog(self.path, readonly=readonly, create=_create)
@@ -149,7 +154,15 @@ class Store:
             raise UsageError(f"store {self.path} was opened read-only; open it with "
                              "Store(path, readonly=False) to change it")
         self._acquire_lock()
-        txn = Transaction(self)
+        try:
+            # Another writer may have committed since this object took its snapshot:
+            # orphans and the new version must be judged against the latest catalog,
+            # or its freshly committed files would look like orphans.
+            self.refresh()
+            txn = Transaction(self)
+        except BaseException:
+            self._release_lock()
+            raise
         try:
             self.remove_orphans()
             yield txn
@@ -267,6 +280,7 @@ class Transaction:
         self._deletes: set[str] = set()
         self._superseded: list[Path] = []
         self._meta_source: dict[str, Any] | None = None
+        self._names: dict[str, str] = {}  # file (relative) -> array name, this transaction
 
     def array_writer(self, name: str, dtype, row_shape: tuple[int, ...] = (),
                      *, chunk_bytes: int = CHUNK_BYTES, subdir: str = "arrays") -> "ArrayWriter":
@@ -274,9 +288,20 @@ class Transaction:
         ``subdir`` (one of :data:`DATA_DIRS`) as ``<name>.<version>.bin``."""
         if subdir.split("/")[0] not in DATA_DIRS or ".." in subdir.split("/"):
             raise UsageError(f"subdir {subdir!r} is not one of {DATA_DIRS}")
+        np_dtype = np.dtype(dtype)
+        if np_dtype.name not in DTYPES:
+            raise UsageError(f"array {name!r}: dtype {np_dtype.name!r} cannot be stored; use one "
+                             f"of {', '.join(sorted(DTYPES))}")
+        if not isinstance(chunk_bytes, int) or chunk_bytes < 1:
+            raise UsageError(f"array {name!r}: chunk_bytes {chunk_bytes!r} must be a positive int")
         rel = f"{subdir}/{_file_name(name, self.new_version)}"
+        # '/' in a name becomes '-' in the file name, so "a/b" and "a-b" would share a file.
+        if self._names.get(rel, name) != name:
+            raise UsageError(f"arrays {self._names[rel]!r} and {name!r} would both be "
+                             f"stored in {rel}: rename one of them")
+        self._names[rel] = name
         fw = ArrayFileWriter(self.store.path / rel, chunk_bytes=chunk_bytes)
-        return ArrayWriter(self, name, np.dtype(dtype), tuple(row_shape), rel, fw)
+        return ArrayWriter(self, name, np_dtype, tuple(row_shape), rel, fw)
 
     def write_array(self, name: str, data: np.ndarray, *, subdir: str = "arrays") -> ArrayMeta:
         """Write a whole in-memory array in one call."""
@@ -381,11 +406,49 @@ def _fsync_tree(root: Path) -> None:
         fsync_dir(Path(d))
 
 
+def _rename_exchange(a: Path, b: Path) -> bool:
+    """Swap two directory entries in one atomic step (Linux ``renameat2`` with
+    ``RENAME_EXCHANGE``); False where the platform or filesystem cannot."""
+    global _renameat2
+    if _renameat2 is None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fn = libc.renameat2
+            fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                           ctypes.c_uint]
+            fn.restype = ctypes.c_int
+            _renameat2 = fn
+        except (OSError, AttributeError):
+            _renameat2 = False
+    if not _renameat2:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    rc = _renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
+_renameat2 = None
+
+
 def _install(staging: Path, path: Path) -> None:
-    """Move a finished store from ``staging`` to ``path`` (replacing an old one)."""
+    """Move a finished store from ``staging`` to ``path`` (replacing an old one).
+
+    Replacing swaps the two directories atomically where the OS can (Linux), so at
+    every instant ``path`` holds either the old or the new store; elsewhere two renames
+    leave a short window in which ``path`` is missing and the old store sits at
+    ``.<name>.old``.
+    """
     parent = path.parent
     if not path.exists():
         os.rename(staging, path)
+    elif _rename_exchange(staging, path):
+        fsync_dir(parent)
+        shutil.rmtree(staging, ignore_errors=True)  # now holds the old store
     else:
         old = path.with_name(f".{path.name}.old")
         if old.exists():

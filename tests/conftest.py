@@ -1,0 +1,29 @@
+"""Shared fixtures: small stores made by the project's own synthetic generator."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import make_synthetic
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def small_store_template(tmp_path_factory) -> Path:
+    """A tiny ingested store, built once; copy it (``small_store``) before changing it."""
+    return make_synthetic(tmp_path_factory.mktemp("template") / "small")
+
+
+@pytest.fixture
+def small_store(small_store_template: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "small"
+    shutil.copytree(small_store_template, dst)
+    return dst
