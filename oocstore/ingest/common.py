@@ -83,7 +83,15 @@ def build_csc(num_nodes: int, src: np.ndarray, dst: np.ndarray, *, directed: boo
     keep = src != dst
     key = dst[keep] * np.int64(num_nodes) + src[keep]
     del keep
-    key = np.unique(key)
+    # sort + "differs from the previous key" mask: same result as np.unique, which is
+    # ~100x slower on large int64 arrays with numpy 2.x (it sorts with a hash fallback).
+    key.sort()
+    if key.size:
+        keep = np.empty(key.size, dtype=bool)
+        keep[0] = True
+        np.not_equal(key[1:], key[:-1], out=keep[1:])
+        key = key[keep]
+        del keep
     counts = np.bincount(key // num_nodes, minlength=num_nodes) if key.size else \
         np.zeros(num_nodes, dtype=np.int64)
     indptr = np.zeros(num_nodes + 1, dtype=np.int64)
