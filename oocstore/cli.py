@@ -206,6 +206,53 @@ def _cmd_ingest_arrays(args) -> int:
     return 0
 
 
+# -- sample ----------------------------------------------------------------------------
+
+def _add_sample(sub) -> None:
+    p = sub.add_parser(
+        "sample", help="sample mini-batch neighbourhoods offline into an access plan",
+        description="Sample GraphSAGE-style neighbourhoods (uniform, without replacement) for "
+                    "several epochs ahead and store them in STORE as a named access plan: per "
+                    "batch the seeds, the per-layer blocks and the input nodes, plus access "
+                    "statistics. Deterministic for a seed, whatever the thread count.")
+    p.add_argument("store", metavar="STORE")
+    p.add_argument("--fanouts", required=True, metavar="F0,F1,...",
+                   help="neighbours per node and layer, input-side layer first (DGL's order), "
+                        "e.g. 15,10,5; 'all' takes the full neighbourhood")
+    p.add_argument("--batch-size", type=int, required=True, help="seed nodes per batch")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="distinct sampled epochs (default 4 for train, 1 for val/test)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--split", default="train",
+                   help="seed split: train (shuffled per epoch) or val/test (in order)")
+    p.add_argument("--name", default=None, help="plan name (default: the split name)")
+    p.add_argument("--overwrite", action="store_true", help="replace a plan of that name")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip checking the graph arrays' checksums before sampling")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    p.set_defaults(func=_cmd_sample)
+
+
+def _cmd_sample(args) -> int:
+    from samplers.neighbor import prepare_sampling, run_sampling, verify_graph
+
+    from .plan import summarize
+    from .store import Store
+    from .store.info import format_plans
+
+    with Store(args.store, readonly=False) as store:
+        job = prepare_sampling(store, fanouts=args.fanouts, batch_size=args.batch_size,
+                               epochs=args.epochs, seed=args.seed, name=args.name,
+                               split=args.split, overwrite=args.overwrite)
+        if not args.no_verify:
+            verify_graph(store, job.verify_arrays)  # before the bar: errors stay one line
+        with _progress(args, job.total_batches, f"sample {job.name}", unit="batch") as update:
+            meta = run_sampling(store, job, verify=False, progress=update)
+    if not args.quiet:
+        print("\n".join(format_plans({meta.name: summarize(meta)})))
+    return 0
+
+
 # -- inspect / verify ------------------------------------------------------------------
 
 def _add_inspect(sub) -> None:
@@ -274,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_COMMANDS = [_add_ingest, _add_inspect, _add_verify]
+_COMMANDS = [_add_ingest, _add_inspect, _add_verify, _add_sample]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -285,6 +332,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except OocError as err:
+        print(f"oocstore: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # permissions, a file vanishing under us: one line, no traceback
         print(f"oocstore: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,0 +1,482 @@
+"""The access-plan format: what every mini-batch of K sampled epochs will touch.
+
+A plan is written by an offline sampler (``samplers/``) and read by the packer, the
+caches and the loader — only through :class:`PlanReader`. It lives inside a store, under
+the same commit protocol as everything else (data files first, then one catalog
+transaction):
+
+``plan/<name>`` (catalog entry)
+    :class:`PlanMeta` as JSON: how the plan was sampled (split, fanouts, batch size,
+    epochs, seed), which graph it was sampled from (store version, node/edge counts and
+    a fingerprint of the graph arrays' checksums), batch counts per epoch, the names of
+    its arrays and a statistics summary.
+
+``plan/<name>/index`` (array, int64, ``[total_batches, 4 + 3 L]``)
+    One row per batch, epochs one after another (row of batch ``b`` of epoch ``e`` is
+    ``sum(batches_per_epoch[:e]) + b``). Columns (:data:`INDEX_COLUMNS`): ``offset`` and
+    ``length`` of the batch's record in ``data`` (in elements), ``num_seeds``,
+    ``num_input``, then per layer ``l = 0 .. L-1`` (layer 0 is the first GNN layer, on
+    the input side, as in DGL): ``num_src``, ``num_dst``, ``num_edges``.
+
+``plan/<name>/data`` (array, int32 or int64 by graph size: :attr:`PlanMeta.node_dtype`)
+    The batch records, back to back. One record is::
+
+        input_nodes[num_input]                 global node ids
+        src_0[num_edges_0], dst_0[num_edges_0] layer 0 edges, local ids
+        ...
+        src_{L-1}[...], dst_{L-1}[...]         layer L-1 edges (its dst nodes are the seeds)
+
+    Every layer's node lists are prefixes of ``input_nodes``: layer ``l`` has source
+    nodes ``input_nodes[:num_src_l]`` and destination nodes ``input_nodes[:num_dst_l]``
+    (destinations first, as DGL blocks and PyG's relabelled ``edge_index`` expect), and
+    the seeds are ``input_nodes[:num_seeds]``. So one node list serves all layers, and
+    the features the loader delivers are exactly ``input_nodes`` in that order. Edges
+    of a layer are grouped by destination, in ascending local destination id.
+
+``plan/<name>/counts`` (array, int32, ``[num_nodes]``)
+    Per node, the number of batches (over all epochs) whose input nodes include it:
+    the access frequencies that cache placement starts from.
+
+Reading batch ``b`` of epoch ``e`` costs one index row and one contiguous slice of
+``data`` (both memory-mapped). Unknown ``format_version`` values are refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from .errors import FormatError, StoreExistsError, StoreNotFoundError, UsageError
+from .store import Store
+
+#: Version of the plan layout described above. Readers refuse other versions.
+PLAN_FORMAT_VERSION = 1
+
+#: Fixed leading columns of the index; then ``num_src, num_dst, num_edges`` per layer.
+INDEX_HEAD = ("offset", "length", "num_seeds", "num_input")
+LAYER_COLUMNS = ("num_src", "num_dst", "num_edges")
+
+#: Fanout value meaning "every in-neighbour" (DGL's ``-1`` convention).
+ALL_NEIGHBORS = -1
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def index_columns(num_layers: int) -> list[str]:
+    cols = list(INDEX_HEAD)
+    for layer in range(num_layers):
+        cols += [f"{c}_{layer}" for c in LAYER_COLUMNS]
+    return cols
+
+
+def check_plan_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise UsageError(f"plan name {name!r} is not valid: use 1-64 letters, digits, '-', '_' "
+                         "or '.', starting with a letter or digit (e.g. --name train)")
+    return name
+
+
+def plan_key(name: str) -> str:
+    return f"plan/{name}"
+
+
+def array_names(name: str) -> dict[str, str]:
+    return {"data": f"plan/{name}/data", "index": f"plan/{name}/index",
+            "counts": f"plan/{name}/counts"}
+
+
+def node_dtype_for(num_nodes: int) -> np.dtype:
+    """int32 node ids while they fit (half the plan bytes), int64 beyond."""
+    return np.dtype(np.int32 if num_nodes < 2**31 else np.int64)
+
+
+def graph_fingerprint(store: Store) -> int:
+    """CRC-32 over the chunk checksums recorded for the graph arrays: changes whenever
+    the graph does, costs no data read."""
+    if store.graph is None:
+        raise StoreNotFoundError(f"store {store.path} has no graph: ingest one first")
+    crc = 0
+    for name in (store.graph.indptr, store.graph.indices):
+        sums = np.asarray(store.checksums(name), dtype=np.uint32)
+        crc = zlib.crc32(name.encode(), crc)
+        crc = zlib.crc32(sums.tobytes(), crc)
+    return int(crc)
+
+
+@dataclass(frozen=True)
+class PlanMeta:
+    """The catalog entry of one plan (``plan/<name>``)."""
+
+    name: str
+    split: str
+    fanouts: tuple[int, ...]  # fanouts[0]: first GNN layer (input side); -1: all neighbours
+    batch_size: int
+    epochs: int
+    seed: int
+    shuffle: bool
+    batches_per_epoch: tuple[int, ...]
+    num_seeds: int  # seeds per epoch
+    node_dtype: str  # dtype of the data array
+    num_nodes: int
+    num_edges: int
+    store_version: int  # store version the plan was sampled from
+    graph_fingerprint: int
+    arrays: dict[str, str] = field(default_factory=dict)
+    index_columns: tuple[str, ...] = ()
+    stats: dict[str, Any] = field(default_factory=dict)
+    sampler: str = "uniform-without-replacement"
+    format_version: int = PLAN_FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fanouts", tuple(int(f) for f in self.fanouts))
+        object.__setattr__(self, "batches_per_epoch", tuple(int(b) for b in self.batches_per_epoch))
+        object.__setattr__(self, "index_columns", tuple(self.index_columns))
+        if self.node_dtype not in ("int32", "int64"):
+            raise FormatError(f"plan {self.name!r}: node dtype {self.node_dtype!r} is not int32 "
+                              "or int64: the catalog is damaged; re-sample with --overwrite")
+        if len(self.batches_per_epoch) != self.epochs:
+            raise FormatError(f"plan {self.name!r}: {len(self.batches_per_epoch)} batch counts "
+                              f"for {self.epochs} epochs: re-sample with --overwrite")
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.fanouts)
+
+    @property
+    def total_batches(self) -> int:
+        return sum(self.batches_per_epoch)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for k in ("fanouts", "batches_per_epoch", "index_columns"):
+            d[k] = list(d[k])
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PlanMeta":
+        name = data.get("name", "?")
+        fv = data.get("format_version")
+        if fv != PLAN_FORMAT_VERSION:
+            raise FormatError(f"plan {name!r} has format version {fv!r}, but this oocstore reads "
+                              f"version {PLAN_FORMAT_VERSION}: re-sample it with "
+                              f"`oocstore sample ... --name {name} --overwrite`")
+        names = {f.name for f in dataclasses.fields(cls)}
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in data
+                   and f.default is dataclasses.MISSING
+                   and f.default_factory is dataclasses.MISSING]  # type: ignore[misc]
+        if missing:
+            raise FormatError(f"catalog entry plan/{name} lacks {missing}: re-sample it with "
+                              f"`oocstore sample ... --name {name} --overwrite`")
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass(frozen=True)
+class Block:
+    """One message-flow graph (layer). Local ids index the batch's ``input_nodes``:
+    sources are ``input_nodes[:num_src]``, destinations ``input_nodes[:num_dst]``."""
+
+    num_src: int
+    num_dst: int
+    src: np.ndarray  # [num_edges] int64, local source ids < num_src
+    dst: np.ndarray  # [num_edges] int64, local destination ids < num_dst
+
+    @property
+    def num_edges(self) -> int:
+        return int(self.src.shape[0])
+
+    def edge_index(self) -> np.ndarray:
+        """PyG orientation ``[2, num_edges]`` (row 0 source, row 1 destination)."""
+        return np.stack([self.src, self.dst])
+
+
+@dataclass(frozen=True)
+class SampledBatch:
+    """One mini-batch: ``blocks[0]`` is the input-side layer, ``blocks[-1]`` ends at the
+    seeds. Features must be delivered for ``input_nodes``, in that order."""
+
+    epoch: int
+    batch: int
+    seeds: np.ndarray  # [num_seeds] int64 global ids (== input_nodes[:num_seeds])
+    blocks: list[Block]
+    input_nodes: np.ndarray  # [num_input] int64 global ids
+
+    @property
+    def num_edges(self) -> int:
+        return sum(b.num_edges for b in self.blocks)
+
+
+def decode_record(record: np.ndarray, row: np.ndarray, num_layers: int, *, epoch: int = -1,
+                  batch: int = -1) -> SampledBatch:
+    """Build a :class:`SampledBatch` from one data record and its index row."""
+    num_seeds, num_input = int(row[2]), int(row[3])
+    rec = np.asarray(record, dtype=np.int64)  # one copy, shared by the views below
+    nodes = rec[:num_input]
+    pos = num_input
+    blocks = []
+    for layer in range(num_layers):
+        ns, nd, ne = (int(v) for v in row[4 + 3 * layer: 7 + 3 * layer])
+        blocks.append(Block(num_src=ns, num_dst=nd, src=rec[pos:pos + ne],
+                            dst=rec[pos + ne:pos + 2 * ne]))
+        pos += 2 * ne
+    return SampledBatch(epoch=epoch, batch=batch, seeds=nodes[:num_seeds], blocks=blocks,
+                        input_nodes=nodes)
+
+
+class PlanWriter:
+    """Streams batches of one plan into a store transaction.
+
+    ``add_batch`` appends to in-memory buffers that are flushed to the data file every
+    ``flush_elems`` elements, so memory does not grow with the number of batches; only
+    the per-node access counts and one per-epoch bitmap (O(num_nodes)) are kept.
+    """
+
+    def __init__(self, txn, meta_base: dict[str, Any], *, feature_row_bytes: int = 0,
+                 flush_elems: int = 1 << 22):
+        self.txn = txn
+        self.base = dict(meta_base)
+        self.name = check_plan_name(self.base["name"])
+        self.num_layers = len(self.base["fanouts"])
+        self.num_nodes = int(self.base["num_nodes"])
+        self.dtype = np.dtype(self.base["node_dtype"])
+        self.names = array_names(self.name)
+        ncols = len(INDEX_HEAD) + len(LAYER_COLUMNS) * self.num_layers
+        self._data = txn.array_writer(self.names["data"], self.dtype, (), subdir="plans")
+        self._index = txn.array_writer(self.names["index"], np.int64, (ncols,), subdir="plans")
+        self.counts = np.zeros(self.num_nodes, dtype=np.int32)
+        self._epoch_seen = np.zeros(self.num_nodes, dtype=bool)
+        self.feature_row_bytes = int(feature_row_bytes)
+        self.flush_elems = flush_elems
+        self._pending: list[np.ndarray] = []
+        self._pending_rows: list[np.ndarray] = []
+        self._pending_elems = 0
+        self._offset = 0
+        self.batches_per_epoch: list[int] = []
+        self.epoch_unique: list[int] = []
+        self._epoch = -1
+        self._in_epoch = 0
+        self._sum_input = 0
+        self._max_input = 0
+        self._sum_edges = 0
+        self._layer_edges = np.zeros(self.num_layers, dtype=np.int64)
+        self._closed = False
+
+    def begin_epoch(self) -> None:
+        self._end_epoch()
+        self._epoch += 1
+        self._in_epoch = 0
+
+    def _end_epoch(self) -> None:
+        if self._epoch >= 0:
+            self.batches_per_epoch.append(self._in_epoch)
+            self.epoch_unique.append(int(np.count_nonzero(self._epoch_seen)))
+            self._epoch_seen[:] = False
+
+    def add_batch(self, record: np.ndarray, layers: np.ndarray, num_seeds: int) -> None:
+        """Append one batch: ``record`` as laid out in the module docstring, ``layers``
+        ``[L, 3]`` = (num_src, num_dst, num_edges) per layer, input side first."""
+        if self._epoch < 0:
+            raise FormatError("PlanWriter.add_batch before begin_epoch")
+        layers = np.asarray(layers, dtype=np.int64).reshape(self.num_layers, 3)
+        num_input = int(layers[0, 0]) if self.num_layers else int(num_seeds)
+        edges = int(layers[:, 2].sum())
+        if record.shape[0] != num_input + 2 * edges:
+            raise FormatError(f"plan {self.name!r}: record of {record.shape[0]} elements, "
+                              f"expected {num_input + 2 * edges}")
+        nodes = record[:num_input]
+        self.counts[nodes] += 1  # input nodes of one batch are distinct
+        self._epoch_seen[nodes] = True
+        row = np.concatenate([np.array([self._offset, record.shape[0], num_seeds, num_input],
+                                       dtype=np.int64), layers.reshape(-1)])
+        self._pending.append(record.astype(self.dtype, copy=False))
+        self._pending_rows.append(row)
+        self._pending_elems += record.shape[0]
+        self._offset += record.shape[0]
+        self._in_epoch += 1
+        self._sum_input += num_input
+        self._max_input = max(self._max_input, num_input)
+        self._sum_edges += edges
+        self._layer_edges += layers[:, 2]
+        if self._pending_elems >= self.flush_elems:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._pending:
+            self._data.append(np.concatenate(self._pending))
+            self._index.append(np.stack(self._pending_rows))
+        self._pending, self._pending_rows, self._pending_elems = [], [], 0
+
+    def finish(self) -> PlanMeta:
+        """Close the arrays and stage the catalog entry (committed with the transaction)."""
+        if self._closed:
+            raise FormatError(f"plan {self.name!r} was already finished")
+        self.flush()
+        self._end_epoch()
+        self._epoch = -1
+        self._data.close()
+        self._index.close()
+        self.txn.write_array(self.names["counts"], self.counts, subdir="plans")
+        total = sum(self.batches_per_epoch)
+        touched = int(np.count_nonzero(self.counts))
+        rb = self.feature_row_bytes
+        stats = {
+            "total_batches": total,
+            "total_input_nodes": int(self._sum_input),
+            "mean_input_nodes": self._sum_input / total if total else 0.0,
+            "max_input_nodes": int(self._max_input),
+            "total_edges": int(self._sum_edges),
+            "edges_per_layer": [int(e) for e in self._layer_edges],
+            "mean_edges": self._sum_edges / total if total else 0.0,
+            "unique_nodes_per_epoch": list(self.epoch_unique),
+            "unique_nodes": touched,
+            "feature_row_bytes": rb,
+            "feature_bytes": int(self._sum_input) * rb,
+            "unique_feature_bytes": touched * rb,
+            "data_bytes": int(self._offset) * self.dtype.itemsize,
+            "top1pct_access_share": _top_share(self.counts, 0.01),
+        }
+        meta = PlanMeta(**self.base, batches_per_epoch=tuple(self.batches_per_epoch),
+                        arrays=dict(self.names), index_columns=tuple(index_columns(self.num_layers)),
+                        stats=stats)
+        self.txn.put(plan_key(self.name), meta.to_dict())
+        self._closed = True
+        return meta
+
+
+def _top_share(counts: np.ndarray, frac: float) -> float:
+    """Share of all accesses that go to the hottest ``frac`` of nodes."""
+    total = int(counts.sum(dtype=np.int64))
+    if total == 0 or counts.size == 0:
+        return 0.0
+    k = max(1, int(counts.size * frac))
+    top = np.partition(counts, counts.size - k)[counts.size - k:]
+    return float(top.sum(dtype=np.int64)) / total
+
+
+def list_plans(store: Store) -> dict[str, PlanMeta]:
+    return {k[len("plan/"):]: PlanMeta.from_dict(v) for k, v in store.items("plan/")}
+
+
+class PlanReader:
+    """Random access to one plan's batches (memory-mapped; cheap to open)."""
+
+    def __init__(self, store: Store, name: str, *, check_graph: bool = True):
+        raw = store.get(plan_key(name))
+        if raw is None:
+            have = ", ".join(sorted(list_plans(store))) or "none"
+            raise StoreNotFoundError(f"store {store.path} has no plan {name!r} (it has: {have}): "
+                                     f"create it with `oocstore sample {store.path} --name {name}`")
+        self.meta = PlanMeta.from_dict(raw)
+        self.store = store
+        if check_graph and store.graph is not None:
+            fp = graph_fingerprint(store)
+            if fp != self.meta.graph_fingerprint:
+                raise FormatError(f"plan {name!r} in {store.path} was sampled from another graph "
+                                  f"(store version {self.meta.store_version}): re-sample it with "
+                                  f"`oocstore sample ... --name {name} --overwrite`")
+        self._data = store.array(self.meta.arrays["data"])
+        self._index = store.array(self.meta.arrays["index"])
+        ncols = len(INDEX_HEAD) + len(LAYER_COLUMNS) * self.meta.num_layers
+        if self._index.shape != (self.meta.total_batches, ncols):
+            raise FormatError(f"plan {name!r}: index has shape {self._index.shape}, expected "
+                              f"({self.meta.total_batches}, {ncols}): re-sample with --overwrite")
+        self._starts = np.concatenate([[0], np.cumsum(self.meta.batches_per_epoch)]).astype(np.int64)
+
+    @property
+    def name(self) -> str:
+        return self.meta.name
+
+    @property
+    def num_epochs(self) -> int:
+        return self.meta.epochs
+
+    @property
+    def num_layers(self) -> int:
+        return self.meta.num_layers
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        return dict(self.meta.stats)
+
+    def num_batches(self, epoch: int) -> int:
+        return self.meta.batches_per_epoch[self._check_epoch(epoch)]
+
+    def _check_epoch(self, epoch: int) -> int:
+        if not 0 <= epoch < self.meta.epochs:
+            raise UsageError(f"plan {self.name!r}: epoch {epoch} out of range 0..{self.meta.epochs - 1}")
+        return epoch
+
+    def _row_id(self, epoch: int, batch: int) -> int:
+        n = self.num_batches(epoch)
+        if not 0 <= batch < n:
+            raise UsageError(f"plan {self.name!r}: batch {batch} of epoch {epoch} out of range "
+                             f"0..{n - 1}")
+        return int(self._starts[epoch]) + batch
+
+    def index_row(self, epoch: int, batch: int) -> np.ndarray:
+        """The batch's index row (see :func:`index_columns`)."""
+        return np.array(self._index[self._row_id(epoch, batch)])
+
+    def index(self) -> np.ndarray:
+        """The whole index, ``[total_batches, 4 + 3 L]`` int64 (memory map)."""
+        return self._index
+
+    def raw_record(self, epoch: int, batch: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(record view into the data memory map, index row)``, no decoding."""
+        row = self.index_row(epoch, batch)
+        off, length = int(row[0]), int(row[1])
+        return self._data[off:off + length], row
+
+    def read_batch(self, epoch: int, batch: int) -> SampledBatch:
+        record, row = self.raw_record(epoch, batch)
+        return decode_record(record, row, self.num_layers, epoch=epoch, batch=batch)
+
+    def input_nodes(self, epoch: int, batch: int) -> np.ndarray:
+        """Just the batch's input node ids (int64), without the edges."""
+        row = self.index_row(epoch, batch)
+        off = int(row[0])
+        return np.asarray(self._data[off:off + int(row[3])], dtype=np.int64)
+
+    def iter_batches(self, epoch: int) -> Iterator[SampledBatch]:
+        for b in range(self.num_batches(epoch)):
+            yield self.read_batch(epoch, b)
+
+    def access_counts(self) -> np.ndarray:
+        """``[num_nodes]`` int32: in how many batches (all epochs) each node is an input."""
+        return self.store.array(self.meta.arrays["counts"])
+
+    def unique_per_batch(self, epoch: int | None = None) -> np.ndarray:
+        """Input nodes per batch (they are distinct within a batch)."""
+        col = self._index[:, 3]
+        if epoch is None:
+            return np.asarray(col)
+        self._check_epoch(epoch)
+        return np.asarray(col[self._starts[epoch]:self._starts[epoch + 1]])
+
+    def __repr__(self) -> str:
+        return (f"PlanReader({self.name!r}, epochs={self.num_epochs}, "
+                f"batches={self.meta.total_batches}, fanouts={list(self.meta.fanouts)})")
+
+
+def refuse_existing(store: Store, name: str, overwrite: bool) -> None:
+    """Raise :class:`StoreExistsError` when plan ``name`` exists and ``overwrite`` is off."""
+    if store.get(plan_key(name)) is not None and not overwrite:
+        raise StoreExistsError(f"store {store.path} already has a plan {name!r}: pass --overwrite "
+                               "to replace it, or choose another --name")
+
+
+def summarize(meta: PlanMeta) -> dict[str, Any]:
+    """The JSON-able summary ``oocstore inspect`` shows for one plan."""
+    return {"split": meta.split, "fanouts": list(meta.fanouts), "batch_size": meta.batch_size,
+            "epochs": meta.epochs, "seed": meta.seed, "shuffle": meta.shuffle,
+            "batches_per_epoch": list(meta.batches_per_epoch), "num_seeds": meta.num_seeds,
+            "node_dtype": meta.node_dtype, "store_version": meta.store_version,
+            "format_version": meta.format_version, "stats": dict(meta.stats)}
+
+
+def format_fanouts(fanouts: Sequence[int]) -> str:
+    return ",".join("all" if f == ALL_NEIGHBORS else str(f) for f in fanouts)
