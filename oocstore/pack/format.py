@@ -1,0 +1,107 @@
+"""The pack format: where every input row of every planned batch comes from.
+
+A pack is made from one plan (``oocstore pack``) and lives in the store under the same
+commit protocol as everything else.
+
+``pack/<name>`` (catalog entry)
+    :class:`PackMeta`: the plan it was made from (and that plan's commit version, so a
+    re-sampled plan invalidates the pack), tier sizes, segment length, achieved disk
+    blowup, expected read amplification, and the minimum working set training needs.
+
+``pack/<name>/gpu_ids``, ``pack/<name>/cpu_ids`` (int64 ``[rows]``)
+    The nodes held by the GPU and CPU tiers, in slot order (hottest first).
+
+``pack/<name>/gpu_rows``, ``pack/<name>/cpu_rows`` (``[rows, D]``)
+    Their feature rows, so filling a tier at start-up is one sequential read.
+
+``pack/<name>/rows`` (``[packed_rows, D]``)
+    The SSD tier: segments back to back. A segment holds the distinct cold rows of
+    ``segment_batches`` consecutive batches of the plan, in first-use order, so each
+    segment is read with one contiguous ``O_DIRECT`` request (the request is widened to
+    4 KiB boundaries; the widening is the only read amplification).
+
+``pack/<name>/segments`` (int64 ``[num_segments, 3]``)
+    Per segment: first row in ``rows``, number of rows, first batch (plan index row).
+
+``pack/<name>/batch_segment`` (int64 ``[total_batches]``)
+    The segment of each plan batch, ``-1`` where the disk-blowup cap left the batch
+    unpacked (its cold rows are then read one by one from the base feature array).
+
+``pack/<name>/tier`` (uint8) and ``pack/<name>/slot`` (int32), one entry per input
+position of every batch, batches in plan index order (batch ``i`` starts at the sum of
+``num_input`` over batches before it)
+    :data:`GPU` / :data:`CPU`: slot in that tier; :data:`SSD`: row within the batch's
+    segment; :data:`BASE`: read the node's row from the base feature array (slot -1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import FormatError
+
+#: Version of the pack layout described above. Readers refuse other versions.
+PACK_FORMAT_VERSION = 1
+
+GPU, CPU, SSD, BASE = 0, 1, 2, 3
+TIER_NAMES = ("gpu", "cpu", "ssd", "base")
+
+
+def pack_key(name: str) -> str:
+    return f"pack/{name}"
+
+
+def pack_array_names(name: str) -> dict[str, str]:
+    parts = ("gpu_ids", "gpu_rows", "cpu_ids", "cpu_rows", "rows", "segments", "batch_segment",
+             "tier", "slot")
+    return {p: f"pack/{name}/{p}" for p in parts}
+
+
+@dataclass(frozen=True)
+class PackMeta:
+    """The catalog entry of one pack (``pack/<name>``)."""
+
+    name: str
+    plan: str
+    plan_version: int  # commit version of the plan's arrays when the pack was made
+    features: str  # the base feature array
+    dtype: str
+    feat_dim: int
+    row_bytes: int
+    gpu_rows: int
+    cpu_rows: int
+    policy: str  # "static": tiers hold the most accessed rows for the whole run
+    segment_batches: int
+    num_segments: int
+    packed_rows: int
+    packed_batches: int
+    total_batches: int
+    max_disk_blowup: float
+    blowup: float  # packed bytes / base feature bytes, over every epoch of the plan
+    expected_read_amplification: float
+    min_working_set: dict[str, int]  # cpu, gpu, largest_segment_bytes, staging_bytes
+    largest_batch_rows: int
+    arrays: dict[str, str] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+    format_version: int = PACK_FORMAT_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PackMeta":
+        name = data.get("name", "?")
+        if data.get("format_version") != PACK_FORMAT_VERSION:
+            raise FormatError(f"pack {name!r} has format version {data.get('format_version')!r}, "
+                              f"but this oocstore reads version {PACK_FORMAT_VERSION}: re-pack it "
+                              f"with `oocstore pack ... --name {name} --overwrite`")
+        names = {f.name for f in dataclasses.fields(cls)}
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in data
+                   and f.default is dataclasses.MISSING
+                   and f.default_factory is dataclasses.MISSING]  # type: ignore[misc]
+        if missing:
+            raise FormatError(f"catalog entry pack/{name} lacks {missing}: re-pack it with "
+                              f"`oocstore pack ... --name {name} --overwrite`")
+        return cls(**{k: v for k, v in data.items() if k in names})

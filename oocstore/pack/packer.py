@@ -1,0 +1,370 @@
+"""The packer: lay out each batch's cold rows contiguously on disk, in access order.
+
+Steps (all streaming over the plan; the base feature array is only read sequentially):
+
+1. **Placement.** :func:`static_placement` picks the GPU- and CPU-tier rows from the
+   plan's access counts.
+2. **Segment length.** A segment is ``S`` consecutive batches of one epoch; its distinct
+   cold rows are stored once (rows shared by batches inside a segment are de-duplicated,
+   as DiskGNN does). The smallest ``S`` in 1, 2, 4, ... whose packed bytes fit
+   ``max_disk_blowup`` x base bytes is chosen (small segments keep the working set
+   small); if even the longest allowed segment does not fit, segments are packed in plan
+   order until the cap is reached and the remaining batches fall back to row reads from
+   the base array (counted in the expected read amplification).
+3. **Budget check.** The minimum working set (largest segment + one batch of staging +
+   CPU tier) is compared with ``cpu_budget`` *before* anything is written.
+4. **Assignment.** Every input position of every batch gets (tier, slot).
+5. **Batched copy.** The base feature array is scanned sequentially in large aligned
+   ``O_DIRECT`` reads and rows are scattered into an output window held in memory
+   (``window_bytes``); each window is then appended to the pack files. Output larger than
+   the window takes several scans.
+6. **Commit.** One catalog transaction makes the pack visible (crash-safe).
+
+Memory: O(num_nodes) for placement maps, 8 bytes per packed row, plus the window.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numba
+import numpy as np
+
+from ..errors import BudgetError, StoreExistsError, StoreNotFoundError, UsageError
+from ..plan import PlanReader, list_plans
+from ..store import ALIGN, Store
+from ..store.files import DirectReader, aligned_empty
+from ..tiers.ssd import base_read_buffer_bytes
+from ..units import format_size
+from .format import BASE, CPU, GPU, SSD, PackMeta, pack_array_names, pack_key
+from .placement import static_placement
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int], None]
+
+#: Longest segment tried when fitting the blowup cap (longer segments de-duplicate more
+#: but need a larger read buffer).
+MAX_SEGMENT_BATCHES = 16
+
+#: Output rows assembled in memory per scan of the base array.
+DEFAULT_WINDOW_BYTES = 256 << 20
+
+#: Base-array read size during packing (large sequential O_DIRECT requests).
+_SCAN_BYTES = 32 << 20
+
+#: Batches assigned per call of the numba kernel (bounds the tier/slot buffers).
+_ASSIGN_BATCHES = 256
+
+
+@dataclass(frozen=True)
+class PackOptions:
+    gpu_cache: int = 0  # bytes of the GPU tier
+    cpu_cache: int = 0  # bytes of the CPU tier
+    max_disk_blowup: float = 4.0
+    cpu_budget: int | None = None
+    gpu_budget: int | None = None
+    segment_batches: int | None = None  # None: the smallest that fits the blowup cap
+    window_bytes: int = DEFAULT_WINDOW_BYTES
+
+    def __post_init__(self) -> None:
+        if self.gpu_cache < 0 or self.cpu_cache < 0:
+            raise UsageError("cache sizes must be 0 or more bytes")
+        if not (self.max_disk_blowup >= 0) or math.isinf(self.max_disk_blowup):
+            raise UsageError(f"--max-disk-blowup {self.max_disk_blowup}: give a finite number "
+                             ">= 0 (e.g. 4: packed bytes at most 4x the feature bytes)")
+        if self.segment_batches is not None and self.segment_batches < 1:
+            raise UsageError(f"segment length {self.segment_batches}: give 1 or more batches")
+
+
+def latest_plan(store: Store) -> str:
+    plans = list_plans(store)
+    if not plans:
+        raise StoreNotFoundError(f"store {store.path} has no plan: create one with "
+                                 f"`oocstore sample {store.path} --fanouts 10,5 --batch-size 1024`")
+    return max(plans, key=lambda n: (store.array_meta(plans[n].arrays["index"]).version, n))
+
+
+def plan_version(store: Store, plan: PlanReader) -> int:
+    return store.array_meta(plan.meta.arrays["index"]).version
+
+
+# -- numba kernels ---------------------------------------------------------------------
+
+@numba.njit(cache=True, nogil=True)
+def _segment_rows(data, offs, ninput, node_tier, seg_first, seg_last, mark):
+    """Distinct SSD-tier rows of each segment [seg_first[s], seg_last[s])."""
+    nseg = seg_first.shape[0]
+    rows = np.zeros(nseg, dtype=np.int64)
+    for s in range(nseg):
+        tag = s + 1
+        count = 0
+        for b in range(seg_first[s], seg_last[s]):
+            o = offs[b]
+            for i in range(ninput[b]):
+                v = data[o + i]
+                if node_tier[v] == 2 and mark[v] != tag:
+                    mark[v] = tag
+                    count += 1
+        rows[s] = count
+    return rows
+
+
+@numba.njit(cache=True, nogil=True)
+def _assign(data, offs, ninput, b0, b1, batch_seg, seg_first_row, node_tier, node_slot,
+            mark, rowmap, out_tier, out_slot, node_of_row, base_offset, row_bytes, align):
+    """Tier and slot of every input position of batches [b0, b1); returns the bytes the
+    base-array fallback reads will transfer (4 KiB-widened, per row)."""
+    p = 0
+    fallback_bytes = 0
+    for b in range(b0, b1):
+        s = batch_seg[b]
+        o = offs[b]
+        for i in range(ninput[b]):
+            v = data[o + i]
+            t = node_tier[v]
+            if t == 2:
+                if s < 0:
+                    out_tier[p] = 3
+                    out_slot[p] = -1
+                    off = base_offset + v * row_bytes
+                    fallback_bytes += ((off + row_bytes + align - 1) // align - off // align) * align
+                else:
+                    tag = s + 1
+                    if mark[v] != tag:
+                        mark[v] = tag
+                        r = rowmap[s]
+                        rowmap[s] = r + 1
+                        node_of_row[seg_first_row[s] + r] = v
+                        node_slot[v] = r
+                    out_tier[p] = 2
+                    out_slot[p] = node_slot[v]
+            else:
+                out_tier[p] = t
+                out_slot[p] = node_slot[v]
+            p += 1
+    return fallback_bytes
+
+
+# -- segments --------------------------------------------------------------------------
+
+def _segments(epoch_starts: np.ndarray, S: int) -> tuple[np.ndarray, np.ndarray]:
+    firsts, lasts = [], []
+    for e in range(len(epoch_starts) - 1):
+        lo, hi = int(epoch_starts[e]), int(epoch_starts[e + 1])
+        f = np.arange(lo, hi, S, dtype=np.int64)
+        firsts.append(f)
+        lasts.append(np.minimum(f + S, hi))
+    if not firsts:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(firsts), np.concatenate(lasts)
+
+
+def pack_plan(store: Store, plan_name: str | None = None, *, name: str | None = None,
+              options: PackOptions = PackOptions(), overwrite: bool = False,
+              progress: ProgressFn | None = None) -> PackMeta:
+    """Pack ``plan_name`` (default: the most recent plan) of a writable ``store``."""
+    plan_name = plan_name or latest_plan(store)
+    plan = PlanReader(store, plan_name)
+    name = name or plan_name
+    if store.get(pack_key(name)) is not None and not overwrite:
+        raise StoreExistsError(f"store {store.path} already has a pack {name!r}: pass --overwrite "
+                               "to replace it")
+    fmeta = store.array_meta("features")
+    n, d = fmeta.shape[0], (fmeta.shape[1] if len(fmeta.shape) > 1 else 1)
+    rb = fmeta.row_bytes
+    base_bytes = fmeta.nbytes
+    gpu_rows_req = options.gpu_cache // rb
+    cpu_rows_req = options.cpu_cache // rb
+    counts = np.asarray(plan.access_counts())
+    gpu_ids, cpu_ids = static_placement(counts, gpu_rows_req, cpu_rows_req)
+
+    node_tier = np.full(n, SSD, dtype=np.int8)
+    node_slot = np.zeros(n, dtype=np.int32)
+    node_tier[gpu_ids] = GPU
+    node_slot[gpu_ids] = np.arange(gpu_ids.size, dtype=np.int32)
+    node_tier[cpu_ids] = CPU
+    node_slot[cpu_ids] = np.arange(cpu_ids.size, dtype=np.int32)
+
+    index = np.asarray(plan.index())
+    offs = np.ascontiguousarray(index[:, 0])
+    ninput = np.ascontiguousarray(index[:, 3])
+    data = plan._data  # memory map of the plan records
+    total_batches = index.shape[0]
+    epoch_starts = np.concatenate([[0], np.cumsum(plan.meta.batches_per_epoch)]).astype(np.int64)
+    cap_rows = int(options.max_disk_blowup * base_bytes // rb) if rb else 0
+
+    # Segment length: the smallest that fits the cap; else the longest, truncated.
+    # Segment length: the smallest S whose segments all fit the cap; if none does, the S
+    # whose prefix of segments within the cap covers the most batches.
+    mark = np.zeros(n, dtype=np.int64)
+    candidates = [options.segment_batches] if options.segment_batches else \
+        [s for s in (1, 2, 4, 8, 16) if s <= MAX_SEGMENT_BATCHES]
+    best = None
+    for S in candidates:
+        mark[:] = 0
+        seg_first, seg_last = _segments(epoch_starts, S)
+        seg_rows = _segment_rows(data, offs, ninput, node_tier, seg_first, seg_last, mark)
+        fit = int(np.searchsorted(np.cumsum(seg_rows), cap_rows, side="right"))
+        covered = int((seg_last[:fit] - seg_first[:fit]).sum())
+        if best is None or covered > best[0]:
+            best = (covered, S, seg_first, seg_last, seg_rows, fit)
+        if fit == seg_rows.size:
+            break
+    _, S, seg_first, seg_last, seg_rows, packed_segs = best
+    seg_rows_all = seg_rows
+    seg_first, seg_last, seg_rows = seg_first[:packed_segs], seg_last[:packed_segs], seg_rows[:packed_segs]
+    batch_seg = np.full(total_batches, -1, dtype=np.int64)
+    for s in range(packed_segs):
+        batch_seg[seg_first[s]:seg_last[s]] = s
+    seg_first_row = np.concatenate([[0], np.cumsum(seg_rows)[:-1]]).astype(np.int64) \
+        if packed_segs else np.zeros(0, np.int64)
+    packed_rows = int(seg_rows.sum())
+
+    # Minimum working set, checked before anything is written.
+    largest_seg = int(seg_rows.max()) * rb + 2 * ALIGN if packed_segs else 0
+    largest_batch = int(ninput.max()) if total_batches else 0
+    staging = largest_batch * rb
+    cpu_tier_bytes = cpu_ids.size * rb
+    gpu_tier_bytes = gpu_ids.size * rb
+    fallback_buf = base_read_buffer_bytes(rb) if packed_segs < len(seg_rows_all) else 0
+    # On the CPU the GPU tier is held in host memory too (a CPU-only run); on a CUDA run
+    # the loader moves it to the device and charges the GPU budget instead.
+    mws = {"cpu": largest_seg + staging + cpu_tier_bytes + gpu_tier_bytes + fallback_buf,
+           "gpu": gpu_tier_bytes + (staging if gpu_tier_bytes else 0),
+           "largest_segment_bytes": largest_seg, "staging_bytes": staging,
+           "cpu_tier_bytes": cpu_tier_bytes, "gpu_tier_bytes": gpu_tier_bytes,
+           "base_read_bytes": fallback_buf}
+    for tier, limit in (("cpu", options.cpu_budget), ("gpu", options.gpu_budget)):
+        if limit is not None and mws[tier] > limit:
+            raise BudgetError(
+                f"pack {name!r} needs a minimum {tier} working set of {format_size(mws[tier])} "
+                f"(largest segment {format_size(largest_seg)} + staging {format_size(staging)} + "
+                f"{tier} tier {format_size(mws[f'{tier}_tier_bytes'])}) > {tier} budget "
+                f"{format_size(limit)}: lower --{tier}-cache, sample with a smaller batch size, "
+                f"or raise --{tier}-budget to at least {format_size(mws[tier])}")
+
+    names = pack_array_names(name)
+    with store.transaction() as txn:
+        # Assignment, streamed per group of batches.
+        w_tier = txn.array_writer(names["tier"], np.uint8, (), subdir="packs")
+        w_slot = txn.array_writer(names["slot"], np.int32, (), subdir="packs")
+        node_of_row = np.empty(packed_rows, dtype=np.int64)
+        rowmap = np.zeros(max(packed_segs, 1), dtype=np.int64)
+        mark[:] = 0
+        fallback_positions = 0
+        fb_read = 0
+        for b0 in range(0, total_batches, _ASSIGN_BATCHES):
+            b1 = min(total_batches, b0 + _ASSIGN_BATCHES)
+            size = int(ninput[b0:b1].sum())
+            out_tier = np.empty(size, dtype=np.uint8)
+            out_slot = np.empty(size, dtype=np.int32)
+            fb_read += _assign(data, offs, ninput, b0, b1, batch_seg, seg_first_row, node_tier,
+                               node_slot, mark, rowmap, out_tier, out_slot, node_of_row,
+                               fmeta.offset, rb, ALIGN)
+            fallback_positions += int(np.count_nonzero(out_tier == BASE))
+            w_tier.append(out_tier)
+            w_slot.append(out_slot)
+        w_tier.close()
+        w_slot.close()
+        segments = np.stack([seg_first_row, seg_rows, seg_first], axis=1).astype(np.int64) \
+            if packed_segs else np.zeros((0, 3), np.int64)
+        txn.write_array(names["segments"], segments, subdir="packs")
+        txn.write_array(names["batch_segment"], batch_seg, subdir="packs")
+        txn.write_array(names["gpu_ids"], gpu_ids, subdir="packs")
+        txn.write_array(names["cpu_ids"], cpu_ids, subdir="packs")
+
+        # Batched copy: one sequential scan of the base array per output window.
+        targets = [(txn.array_writer(names["gpu_rows"], fmeta.np_dtype, (d,), subdir="packs"), gpu_ids),
+                   (txn.array_writer(names["cpu_rows"], fmeta.np_dtype, (d,), subdir="packs"), cpu_ids),
+                   (txn.array_writer(names["rows"], fmeta.np_dtype, (d,), subdir="packs"), node_of_row)]
+        scans = copy_rows(store, fmeta, targets, window_bytes=options.window_bytes, progress=progress)
+        for w, _ in targets:
+            w.close()
+
+        seg_read = int(sum(_aligned_span(int(r0) * rb, int(r) * rb)
+                           for r0, r in zip(seg_first_row, seg_rows)))
+        useful = (packed_rows + fallback_positions) * rb
+        amp = (seg_read + fb_read) / useful if useful else 1.0
+        blowup = packed_rows * rb / base_bytes if base_bytes else 0.0
+        meta = PackMeta(
+            name=name, plan=plan_name, plan_version=plan_version(store, plan), features="features",
+            dtype=fmeta.dtype, feat_dim=d, row_bytes=rb, gpu_rows=int(gpu_ids.size),
+            cpu_rows=int(cpu_ids.size), policy="static",
+            segment_batches=int(S), num_segments=packed_segs, packed_rows=packed_rows,
+            packed_batches=int(np.count_nonzero(batch_seg >= 0)), total_batches=total_batches,
+            max_disk_blowup=float(options.max_disk_blowup), blowup=round(blowup, 6),
+            expected_read_amplification=round(amp, 6), min_working_set=mws,
+            largest_batch_rows=largest_batch, arrays=names,
+            stats={"fallback_positions": fallback_positions, "base_scans": scans,
+                   "cap_rows": cap_rows, "segment_bytes_read": seg_read,
+                   "positions": int(ninput.sum())})
+        txn.put(pack_key(name), meta.to_dict())
+    log.info("packed plan %r: %d segments of %d batch(es), blowup %.2f, expected read "
+             "amplification %.3f", plan_name, packed_segs, S, blowup, amp)
+    return meta
+
+
+def _aligned_span(offset: int, nbytes: int) -> int:
+    """Bytes an O_DIRECT read of [offset, offset + nbytes) transfers (4 KiB-widened)."""
+    if nbytes == 0:
+        return 0
+    lo = offset // ALIGN * ALIGN
+    hi = -(-(offset + nbytes) // ALIGN) * ALIGN
+    return hi - lo
+
+
+def copy_rows(store: Store, fmeta, targets, *, window_bytes: int,
+              progress: ProgressFn | None = None) -> int:
+    """Append ``features[ids]`` to each ``(writer, ids)`` of ``targets``, scanning the base
+    array sequentially; returns the number of scans. Never random-reads the base array."""
+    rb = fmeta.row_bytes
+    d = fmeta.shape[1] if len(fmeta.shape) > 1 else 1
+    all_ids = np.concatenate([np.asarray(ids, dtype=np.int64) for _, ids in targets]) \
+        if targets else np.zeros(0, np.int64)
+    bounds = np.cumsum([0] + [len(ids) for _, ids in targets])
+    total = all_ids.size
+    if total == 0:
+        return 0
+    window_rows = max(1, window_bytes // rb)
+    scan_rows = max(1, _SCAN_BYTES // rb)
+    path = store.file_path(fmeta)
+    scans = 0
+    buf_bytes = _aligned_span(ALIGN - 1, scan_rows * rb)
+    raw = aligned_empty(buf_bytes)
+    with DirectReader(path) as reader:
+        for w0 in range(0, total, window_rows):
+            w1 = min(total, w0 + window_rows)
+            sub = all_ids[w0:w1]
+            order = np.argsort(sub, kind="stable")
+            nodes = sub[order]
+            out = np.empty((w1 - w0, d), dtype=fmeta.np_dtype)
+            lo = int(nodes[0]) // scan_rows * scan_rows
+            last = int(nodes[-1])
+            while lo <= last:
+                hi = min(fmeta.shape[0], lo + scan_rows)
+                a, b = np.searchsorted(nodes, [lo, hi])
+                if b > a:
+                    start = fmeta.offset + lo * rb
+                    astart = start // ALIGN * ALIGN
+                    aend = -(-(fmeta.offset + hi * rb) // ALIGN) * ALIGN
+                    got = reader.read_into(raw[:aend - astart], astart)
+                    if got < start - astart + (hi - lo) * rb:
+                        raise OSError(f"short read of {path} at byte {start}: the feature file "
+                                      "is truncated; run `oocstore verify`")
+                    rows = np.frombuffer(raw, dtype=fmeta.np_dtype, count=(hi - lo) * d,
+                                         offset=start - astart).reshape(hi - lo, d)
+                    out[order[a:b]] = rows[nodes[a:b] - lo]
+                    if progress:
+                        progress((hi - lo) * rb)
+                lo = hi if b >= nodes.size else max(hi, int(nodes[b]) // scan_rows * scan_rows)
+            scans += 1
+            # Hand the window to the writers whose ranges it overlaps.
+            for t, (writer, _) in enumerate(targets):
+                s0, s1 = max(w0, int(bounds[t])), min(w1, int(bounds[t + 1]))
+                if s1 > s0:
+                    writer.append(out[s0 - w0:s1 - w0])
+    return scans

@@ -1,0 +1,172 @@
+"""The tiered reader: batch ``b`` of epoch ``e`` -> exactly ``features[input_nodes]``.
+
+It composes the tiers a pack describes — GPU tier, CPU tier, packed SSD segments, and
+base-array row reads for what no segment covers — and charges every buffer it holds to
+a :class:`~oocstore.budget.BudgetAccountant` when it is built, so a budget that cannot
+hold one batch is refused before the first read.
+
+On a machine without CUDA (or with ``device="cpu"``) the pack's GPU tier is kept in host
+memory and charged to the CPU budget.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from ..budget import BudgetAccountant, MemoryBudget
+from ..errors import FormatError, StoreNotFoundError
+from ..pack.format import BASE, CPU, GPU, SSD, TIER_NAMES, PackMeta, pack_key
+from ..plan import PlanReader
+from ..store import Store
+from ..store.files import DirectReader
+from ..units import format_size
+from .memory import MemoryTier
+from .ssd import BaseRowTier, SegmentTier
+
+log = logging.getLogger(__name__)
+
+
+def list_packs(store: Store) -> dict[str, PackMeta]:
+    return {k[len("pack/"):]: PackMeta.from_dict(v) for k, v in store.items("pack/")}
+
+
+def load_pack(store: Store, name: str) -> PackMeta:
+    raw = store.get(pack_key(name))
+    if raw is None:
+        have = ", ".join(sorted(list_packs(store))) or "none"
+        raise StoreNotFoundError(f"store {store.path} has no pack {name!r} (it has: {have}): "
+                                 f"create it with `oocstore pack {store.path} --plan ...`")
+    return PackMeta.from_dict(raw)
+
+
+def _read_whole(store: Store, name: str) -> np.ndarray:
+    """A whole (small) array into RAM with one sequential O_DIRECT read."""
+    meta = store.array_meta(name)
+    out = np.empty(meta.shape, dtype=meta.np_dtype)
+    if meta.nbytes:
+        with DirectReader(store.file_path(meta)) as r:
+            out.reshape(-1).view(np.uint8)[:] = r.read(meta.offset, meta.nbytes)
+    return out
+
+
+class TieredReader:
+    def __init__(self, store: Store, pack: str, *, budget: MemoryBudget | None = None,
+                 accountant: BudgetAccountant | None = None, io_threads: int = 8):
+        self.store = store
+        self.meta = load_pack(store, pack)
+        self.plan = PlanReader(store, self.meta.plan)
+        pv = store.array_meta(self.plan.meta.arrays["index"]).version
+        if pv != self.meta.plan_version:
+            raise FormatError(f"pack {pack!r} was made from an older version of plan "
+                              f"{self.meta.plan!r}: re-pack with `oocstore pack {store.path} "
+                              f"--plan {self.meta.plan} --name {pack} --overwrite`")
+        self.accountant = accountant or BudgetAccountant(budget or MemoryBudget())
+        m = self.meta
+        rb = m.row_bytes
+        self._charges = []
+        fix = ("lower the cache sizes when packing, sample with a smaller batch size, or raise "
+               "the cpu budget")
+        charge = self.accountant.charge
+        host_tier_rows = m.cpu_rows + m.gpu_rows
+        self._charges.append(charge("cpu", host_tier_rows * rb, "cpu tier (incl. gpu tier held on "
+                                    "the host)" if m.gpu_rows else "cpu tier", fix=fix))
+        self._charges.append(charge("cpu", m.min_working_set["largest_segment_bytes"],
+                                    "segment buffer", fix=fix))
+        self._charges.append(charge("cpu", m.largest_batch_rows * rb, "batch staging", fix=fix))
+        rows = np.concatenate([_read_whole(store, m.arrays["gpu_rows"]),
+                               _read_whole(store, m.arrays["cpu_rows"])])
+        self.host = MemoryTier(rows, name="cpu")
+        self.segments = SegmentTier(store.file_path(store.array_meta(m.arrays["rows"])),
+                                    store.array_meta(m.arrays["rows"]),
+                                    _read_whole(store, m.arrays["segments"]))
+        base_meta = store.array_meta(m.features)
+        self.base = BaseRowTier(store.file_path(base_meta), base_meta, threads=io_threads)
+        if m.min_working_set.get("base_read_bytes"):
+            self._charges.append(charge("cpu", self.base.nbytes, "base-row read buffers", fix=fix))
+        self.batch_segment = _read_whole(store, m.arrays["batch_segment"])
+        self._tier = store.array(m.arrays["tier"])
+        self._slot = store.array(m.arrays["slot"])
+        index = self.plan.index()
+        self._pos = np.concatenate([[0], np.cumsum(index[:, 3])]).astype(np.int64)
+        self._starts = np.concatenate([[0], np.cumsum(self.plan.meta.batches_per_epoch)])
+        self.direct = self.segments.direct
+        if not self.direct:
+            log.info("O_DIRECT is not available for %s: reads go through the page cache",
+                     store.path)
+        self._out_dtype = np.dtype(m.dtype)
+
+    @property
+    def num_epochs(self) -> int:
+        return self.plan.num_epochs
+
+    def num_batches(self, epoch: int) -> int:
+        return self.plan.num_batches(epoch)
+
+    def batch_row(self, epoch: int, batch: int) -> int:
+        if not 0 <= batch < self.plan.num_batches(epoch):
+            raise IndexError(f"batch {batch} of epoch {epoch} out of range")
+        return int(self._starts[epoch]) + batch
+
+    def read_batch(self, epoch: int, batch: int, out: np.ndarray | None = None) -> np.ndarray:
+        """``features[input_nodes(epoch, batch)]`` as ``[num_input, D]``."""
+        row = self.batch_row(epoch, batch)
+        p0, p1 = int(self._pos[row]), int(self._pos[row + 1])
+        tier = np.asarray(self._tier[p0:p1])
+        slot = np.asarray(self._slot[p0:p1], dtype=np.int64)
+        n = p1 - p0
+        if out is None:
+            out = np.empty((n, self.meta.feat_dim), dtype=self._out_dtype)
+        host = np.flatnonzero((tier == CPU) | (tier == GPU))
+        if host.size:
+            # GPU-tier rows sit before CPU-tier rows in the host tier.
+            hs = slot[host] + np.where(tier[host] == CPU, self.meta.gpu_rows, 0)
+            tmp = np.empty((host.size, self.meta.feat_dim), dtype=self._out_dtype)
+            self.host.gather(hs, tmp)
+            out[host] = tmp
+        ssd = np.flatnonzero(tier == SSD)
+        if ssd.size:
+            seg = int(self.batch_segment[row])
+            self.segments.load(seg)
+            tmp = np.empty((ssd.size, self.meta.feat_dim), dtype=self._out_dtype)
+            self.segments.gather(slot[ssd], tmp)
+            out[ssd] = tmp
+        base = np.flatnonzero(tier == BASE)
+        if base.size:
+            nodes = self.plan.input_nodes(epoch, batch)[base]
+            tmp = np.empty((base.size, self.meta.feat_dim), dtype=self._out_dtype)
+            self.base.gather(nodes, tmp)
+            out[base] = tmp
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        tiers = {"cpu": self.host.stats(), "ssd": self.segments.stats(), "base": self.base.stats()}
+        read = tiers["ssd"]["bytes_read"] + tiers["base"]["bytes_read"]
+        useful = tiers["ssd"]["useful_bytes"] + tiers["base"]["useful_bytes"]
+        hits = {k: v["hits"] for k, v in tiers.items()}
+        total = sum(hits.values())
+        return {"tiers": tiers, "bytes_read": read, "useful_bytes": useful,
+                "read_amplification": read / useful if useful else 0.0,
+                "hit_rate": {k: (v / total if total else 0.0) for k, v in hits.items()},
+                "segment_reads": self.segments.reads, "direct_io": self.direct,
+                "budget": self.accountant.summary()}
+
+    def close(self) -> None:
+        self.segments.close()
+        self.base.close()
+        for c in self._charges:
+            c.release()
+        self._charges = []
+
+    def __enter__(self) -> "TieredReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def describe(self) -> str:
+        m = self.meta
+        return (f"pack {m.name}: cpu tier {format_size(m.cpu_rows * m.row_bytes)}, "
+                f"{m.num_segments} segments, blowup {m.blowup:.2f}")

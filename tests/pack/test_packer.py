@@ -1,0 +1,168 @@
+"""Packing against a plain in-memory oracle: every batch read through the tiers equals
+``features[input_nodes]``; the blowup cap and the budgets hold; refusals come up front."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from oocstore import Store
+from oocstore.budget import BudgetAccountant, MemoryBudget
+from oocstore.errors import BudgetError, StoreExistsError, StoreNotFoundError
+from oocstore.ingest import build_store
+from oocstore.ingest.synthetic import SyntheticSpec, synthetic_source
+from oocstore.pack import PackOptions, pack_plan
+from oocstore.store.verify import verify_store
+from oocstore.tiers import TieredReader
+from samplers import sample_plan
+
+
+def make_store(path, nodes=3000, feat_dim=16, seed=0, **spec):
+    build_store(path, synthetic_source(SyntheticSpec(nodes=nodes, feat_dim=feat_dim, seed=seed,
+                                                     **spec)))
+    return Store(path, readonly=False)
+
+
+def read_all_and_compare(store, pack):
+    feats = np.asarray(store.array("features"))
+    with TieredReader(store, pack) as reader:
+        for e in range(reader.num_epochs):
+            for b in range(reader.num_batches(e)):
+                x = reader.read_batch(e, b)
+                np.testing.assert_array_equal(x, feats[reader.plan.input_nodes(e, b)])
+        return reader.stats()
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    s = make_store(tmp_path_factory.mktemp("pack") / "s")
+    sample_plan(s, fanouts="5,5", batch_size=256, epochs=2, seed=1)
+    yield s
+    s.close()
+
+
+def test_pack_reads_back_exactly_with_amplification_near_one(store):
+    meta = pack_plan(store, options=PackOptions(cpu_cache=3000 * 64 // 10, max_disk_blowup=8),
+                     overwrite=True)
+    assert meta.packed_batches == meta.total_batches and meta.blowup <= 8
+    stats = read_all_and_compare(store, meta.name)
+    assert stats["tiers"]["base"]["hits"] == 0
+    assert stats["read_amplification"] == pytest.approx(meta.expected_read_amplification)
+    assert stats["read_amplification"] < 1.05
+    assert stats["hit_rate"]["cpu"] > 0.1  # hot rows are served from memory
+    assert verify_store(store) == []
+
+
+def test_blowup_cap_leaves_the_rest_to_base_reads(store):
+    meta = pack_plan(store, name="capped", options=PackOptions(max_disk_blowup=1.0))
+    assert meta.blowup <= 1.0
+    assert 0 < meta.packed_batches < meta.total_batches
+    stats = read_all_and_compare(store, "capped")
+    assert stats["tiers"]["base"]["hits"] == meta.stats["fallback_positions"] > 0
+    assert stats["read_amplification"] == pytest.approx(meta.expected_read_amplification)
+
+
+def test_existing_pack_is_refused_without_overwrite(store):
+    pack_plan(store, name="once")
+    with pytest.raises(StoreExistsError, match="already has a pack 'once': pass --overwrite"):
+        pack_plan(store, name="once")
+
+
+def test_budget_too_small_is_refused_before_writing(store):
+    before = sorted(p.name for p in (store.path / "packs").iterdir())
+    version = store.version
+    with pytest.raises(BudgetError, match=r"minimum cpu working set of .* > cpu budget 64.00 KiB: "
+                                          r"lower --cpu-cache.*raise --cpu-budget to at least"):
+        pack_plan(store, name="small", options=PackOptions(cpu_cache=1 << 20, cpu_budget=64 << 10))
+    assert store.get("pack/small") is None and store.version == version
+    assert sorted(p.name for p in (store.path / "packs").iterdir()) == before
+
+
+def test_reader_charges_its_buffers_and_refuses_a_small_budget(store):
+    meta = pack_plan(store, name="charged", options=PackOptions(cpu_cache=64 << 10))
+    need = meta.min_working_set["cpu"]
+    acct = BudgetAccountant(MemoryBudget(cpu=need + (1 << 20)))
+    with TieredReader(store, "charged", accountant=acct):
+        assert 0 < acct.charged("cpu") <= need + (1 << 20)
+    assert acct.charged("cpu") == 0
+    with pytest.raises(BudgetError, match="cpu budget"):
+        TieredReader(store, "charged", budget=MemoryBudget(cpu=need // 2))
+
+
+def test_missing_plan_is_named(tmp_path):
+    with make_store(tmp_path / "s", nodes=200) as s:
+        with pytest.raises(StoreNotFoundError, match="has no plan: create one with `oocstore sample"):
+            pack_plan(s)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(nodes=st.integers(50, 600), fanouts=st.sampled_from(["3", "4,2", "2,2,2", "all"]),
+       batch=st.integers(1, 200), cache_frac=st.floats(0, 1), blowup=st.sampled_from([0, 0.5, 2, 16]),
+       seg=st.sampled_from([None, 1, 3]), seed=st.integers(0, 3))
+def test_tiered_reads_equal_the_oracle(tmp_path_factory, nodes, fanouts, batch, cache_frac, blowup,
+                                       seg, seed):
+    path = tmp_path_factory.mktemp("prop") / "s"
+    with make_store(path, nodes=nodes, feat_dim=8, seed=seed, avg_degree=6) as s:
+        sample_plan(s, fanouts=fanouts, batch_size=batch, epochs=2, seed=seed)
+        row_bytes = 8 * 4
+        opts = PackOptions(cpu_cache=int(cache_frac * nodes) * row_bytes, max_disk_blowup=blowup,
+                           segment_batches=seg, window_bytes=37 * row_bytes)  # several scans
+        meta = pack_plan(s, options=opts)
+        assert meta.blowup <= blowup + 1e-9
+        assert meta.cpu_rows <= int(cache_frac * nodes)
+        acct = BudgetAccountant(MemoryBudget(cpu=meta.min_working_set["cpu"]))
+        feats = np.asarray(s.array("features"))
+        with TieredReader(s, meta.name, accountant=acct) as reader:
+            assert acct.peak("cpu") <= meta.min_working_set["cpu"]
+            for e in range(reader.num_epochs):
+                for b in range(reader.num_batches(e)):
+                    np.testing.assert_array_equal(reader.read_batch(e, b),
+                                                  feats[reader.plan.input_nodes(e, b)])
+
+
+DRIVER = textwrap.dedent("""
+    import os, signal, sys
+    from oocstore import Store
+    from oocstore.store.catalog import Catalog
+    from oocstore.store.files import ArrayFileWriter
+    from oocstore.pack import pack_plan, PackOptions
+    where = sys.argv[2]
+    if where == "commit":
+        Catalog.commit = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+    else:
+        finish = ArrayFileWriter.finish
+        def killing_finish(self):
+            finish(self)
+            if self.final_path.name.startswith("pack-p-rows"):
+                os.kill(os.getpid(), signal.SIGKILL)
+        ArrayFileWriter.finish = killing_finish
+    with Store(sys.argv[1], readonly=False) as s:
+        pack_plan(s, name="p", options=PackOptions(cpu_cache=8192), overwrite=True)
+""")
+
+
+@pytest.mark.parametrize("where", ["rows-written", "commit"])
+def test_sigkill_mid_pack_keeps_the_previous_pack(tmp_path, where):
+    with make_store(tmp_path / "s", nodes=800) as s:
+        sample_plan(s, fanouts="4,4", batch_size=64, epochs=1, seed=0)
+        old = pack_plan(s, name="p", options=PackOptions(cpu_cache=0))
+        version = s.version
+    proc = subprocess.run([sys.executable, "-c", DRIVER, str(tmp_path / "s"), where],
+                          capture_output=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+    with Store(tmp_path / "s", readonly=False) as s:
+        assert s.version == version
+        assert s.get("pack/p") == old.to_dict()
+        assert verify_store(s) == []
+        read_all_and_compare(s, "p")
+        leftovers = [p for p in (s.path / "packs").iterdir() if p.name not in
+                     {os.path.basename(m.file) for m in s.arrays.values()}]
+        assert leftovers  # the killed run left orphans ...
+        pack_plan(s, name="q")
+        assert not [p for p in (s.path / "packs").iterdir() if p.name not in
+                    {os.path.basename(m.file) for m in s.arrays.values()}]  # ... removed now
