@@ -34,9 +34,22 @@ def _progress(args, total: int | None, desc: str, unit: str = "row") -> Iterator
         return
     from tqdm import tqdm
 
-    with tqdm(total=total, desc=desc, unit=unit, unit_scale=True, dynamic_ncols=True,
-              file=sys.stderr) as bar:
-        yield bar.update
+    bar = None
+
+    def update(n: int) -> None:
+        # Created on the first update, so errors raised while checking the input stay
+        # one clean line on stderr.
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=unit == "B",
+                       dynamic_ncols=True, file=sys.stderr)
+        bar.update(n)
+
+    try:
+        yield update
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 # -- ingest ----------------------------------------------------------------------------
@@ -253,6 +266,92 @@ def _cmd_sample(args) -> int:
     return 0
 
 
+# -- pack ------------------------------------------------------------------------------
+
+def _size(value: str) -> int:
+    from .units import parse_size
+
+    try:
+        return parse_size(value)
+    except OocError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _add_pack(sub) -> None:
+    p = sub.add_parser(
+        "pack", help="lay out a plan's feature reads contiguously on disk, choose cache tiers",
+        description="Pack an access plan: the most accessed rows go to the GPU and CPU tiers, "
+                    "and the remaining rows of each segment of consecutive batches are written "
+                    "contiguously, in the order the loader reads them, so every segment is one "
+                    "sequential O_DIRECT read. Without --cpu-cache/--gpu-cache, the cache sizes "
+                    "are chosen inside --cpu-budget (and --gpu-budget) by a cost model that "
+                    "predicts epoch load time from bandwidths probed on this disk.")
+    p.add_argument("store", metavar="STORE")
+    p.add_argument("--plan", default=None, help="plan to pack (default: the most recent one)")
+    p.add_argument("--name", default=None, help="pack name (default: the plan's name)")
+    p.add_argument("--gpu-cache", type=_size, default=None, metavar="SIZE",
+                   help="bytes of the GPU tier (e.g. 0, 512MiB)")
+    p.add_argument("--cpu-cache", type=_size, default=None, metavar="SIZE",
+                   help="bytes of the CPU tier (e.g. 0, 2GiB)")
+    p.add_argument("--max-disk-blowup", type=float, default=4.0, metavar="X",
+                   help="packed bytes at most X times the feature bytes, over all epochs "
+                        "(default 4); batches beyond it read rows from the base array")
+    p.add_argument("--segment-batches", type=int, default=None, metavar="S",
+                   help="batches per segment (default: the smallest that fits the blowup cap)")
+    p.add_argument("--cpu-budget", type=_size, default=None, metavar="SIZE",
+                   help="refuse a pack whose minimum CPU working set exceeds this")
+    p.add_argument("--gpu-budget", type=_size, default=None, metavar="SIZE",
+                   help="refuse a pack whose minimum GPU working set exceeds this")
+    p.add_argument("--no-probe", action="store_true",
+                   help="with automatic cache sizes, use default bandwidths instead of probing")
+    p.add_argument("--overwrite", action="store_true", help="replace a pack of that name")
+    p.add_argument("--json", action="store_true", help="print the pack's summary as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    p.set_defaults(func=_cmd_pack)
+
+
+def _cmd_pack(args) -> int:
+    from .pack import PackOptions, latest_plan, pack_plan
+    from .pack.costmodel import Bandwidths, choose_split, predict_epoch, probe
+    from .pack.packer import plan_layout
+    from .plan import PlanReader
+    from .store import Store
+    from .store.info import format_packs, pack_summary
+
+    with Store(args.store, readonly=False) as store:
+        plan = PlanReader(store, args.plan or latest_plan(store))
+        auto = args.cpu_cache is None and args.gpu_cache is None
+        prediction = None
+        if auto and args.cpu_budget is not None:
+            bw = Bandwidths() if args.no_probe else probe(store)
+            options, prediction, _ = choose_split(
+                store, plan, cpu_budget=args.cpu_budget, gpu_budget=args.gpu_budget,
+                max_disk_blowup=args.max_disk_blowup, bw=bw)
+            if args.segment_batches:
+                options = PackOptions(**{**options.__dict__, "segment_batches": args.segment_batches})
+        else:
+            options = PackOptions(gpu_cache=args.gpu_cache or 0, cpu_cache=args.cpu_cache or 0,
+                                  max_disk_blowup=args.max_disk_blowup, cpu_budget=args.cpu_budget,
+                                  gpu_budget=args.gpu_budget, segment_batches=args.segment_batches)
+            bw = Bandwidths()
+        total = store.array_meta("features").nbytes
+        with _progress(args, None, f"pack {args.name or plan.name}", unit="B") as update:
+            meta = pack_plan(store, plan.name, name=args.name, options=options,
+                             overwrite=args.overwrite, progress=update)
+        if prediction is None:
+            prediction = predict_epoch(plan_layout(store, PlanReader(store, plan.name), options), bw)
+        summary = pack_summary(meta, total)
+        summary["predicted_epoch_load_s"] = prediction["seconds"]
+        summary["auto_split"] = auto and args.cpu_budget is not None
+    if args.json:
+        print(json.dumps(summary, sort_keys=True))
+    elif not args.quiet:
+        print("\n".join(format_packs({meta.name: summary})))
+        print(f"  predicted epoch-0 load time: {prediction['seconds']:.2f} s "
+              f"({'probed' if summary['auto_split'] and not args.no_probe else 'default'} bandwidths)")
+    return 0
+
+
 # -- inspect / verify ------------------------------------------------------------------
 
 def _add_inspect(sub) -> None:
@@ -321,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_COMMANDS = [_add_ingest, _add_inspect, _add_verify, _add_sample]
+_COMMANDS = [_add_ingest, _add_inspect, _add_verify, _add_sample, _add_pack]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -85,6 +85,9 @@ class PackMeta:
     largest_batch_rows: int
     arrays: dict[str, str] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
+    # Leading plan epochs whose every batch is packed: under a tight blowup cap the loader
+    # cycles only these (fewer distinct epochs instead of slow row reads).
+    packed_epochs: int = 0
     format_version: int = PACK_FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
@@ -163,24 +164,65 @@ def _segments(epoch_starts: np.ndarray, S: int) -> tuple[np.ndarray, np.ndarray]
     return np.concatenate(firsts), np.concatenate(lasts)
 
 
-def pack_plan(store: Store, plan_name: str | None = None, *, name: str | None = None,
-              options: PackOptions = PackOptions(), overwrite: bool = False,
-              progress: ProgressFn | None = None) -> PackMeta:
-    """Pack ``plan_name`` (default: the most recent plan) of a writable ``store``."""
-    plan_name = plan_name or latest_plan(store)
-    plan = PlanReader(store, plan_name)
-    name = name or plan_name
-    if store.get(pack_key(name)) is not None and not overwrite:
-        raise StoreExistsError(f"store {store.path} already has a pack {name!r}: pass --overwrite "
-                               "to replace it")
+@numba.njit(cache=True, nogil=True)
+def _cold_per_batch(data, offs, ninput, node_tier):
+    """Input positions of each batch that no memory tier holds."""
+    out = np.zeros(offs.shape[0], dtype=np.int64)
+    for b in range(offs.shape[0]):
+        o = offs[b]
+        c = 0
+        for i in range(ninput[b]):
+            if node_tier[data[o + i]] == 2:
+                c += 1
+        out[b] = c
+    return out
+
+
+@dataclass
+class Layout:
+    """Where every row of a plan will live — computed without writing anything, so the
+    budget check and the cost model can look before the packer leaps."""
+
+    plan: PlanReader
+    fmeta: object
+    gpu_ids: np.ndarray
+    cpu_ids: np.ndarray
+    node_tier: np.ndarray  # int8 [N]: GPU, CPU or SSD
+    node_slot: np.ndarray  # int32 [N]: slot in the node's memory tier
+    segment_batches: int
+    seg_first: np.ndarray  # [packed segments] first plan batch row
+    seg_last: np.ndarray
+    seg_rows: np.ndarray  # distinct cold rows per packed segment
+    batch_seg: np.ndarray  # [total batches] segment or -1
+    cap_rows: int
+    offs: np.ndarray
+    ninput: np.ndarray
+    min_working_set: dict
+
+    @property
+    def packed_segments(self) -> int:
+        return int(self.seg_rows.size)
+
+    @property
+    def packed_rows(self) -> int:
+        return int(self.seg_rows.sum())
+
+    @property
+    def row_bytes(self) -> int:
+        return self.fmeta.row_bytes
+
+    def cold_per_batch(self) -> np.ndarray:
+        return _cold_per_batch(self.plan._data, self.offs, self.ninput, self.node_tier)
+
+
+def plan_layout(store: Store, plan: PlanReader, options: PackOptions) -> Layout:
+    """Placement, segment length and minimum working set of packing ``plan``."""
     fmeta = store.array_meta("features")
-    n, d = fmeta.shape[0], (fmeta.shape[1] if len(fmeta.shape) > 1 else 1)
+    n = fmeta.shape[0]
     rb = fmeta.row_bytes
     base_bytes = fmeta.nbytes
-    gpu_rows_req = options.gpu_cache // rb
-    cpu_rows_req = options.cpu_cache // rb
     counts = np.asarray(plan.access_counts())
-    gpu_ids, cpu_ids = static_placement(counts, gpu_rows_req, cpu_rows_req)
+    gpu_ids, cpu_ids = static_placement(counts, options.gpu_cache // rb, options.cpu_cache // rb)
 
     node_tier = np.full(n, SSD, dtype=np.int8)
     node_slot = np.zeros(n, dtype=np.int32)
@@ -197,7 +239,6 @@ def pack_plan(store: Store, plan_name: str | None = None, *, name: str | None = 
     epoch_starts = np.concatenate([[0], np.cumsum(plan.meta.batches_per_epoch)]).astype(np.int64)
     cap_rows = int(options.max_disk_blowup * base_bytes // rb) if rb else 0
 
-    # Segment length: the smallest that fits the cap; else the longest, truncated.
     # Segment length: the smallest S whose segments all fit the cap; if none does, the S
     # whose prefix of segments within the cap covers the most batches.
     mark = np.zeros(n, dtype=np.int64)
@@ -215,22 +256,18 @@ def pack_plan(store: Store, plan_name: str | None = None, *, name: str | None = 
         if fit == seg_rows.size:
             break
     _, S, seg_first, seg_last, seg_rows, packed_segs = best
-    seg_rows_all = seg_rows
+    unpacked = packed_segs < seg_rows.size
     seg_first, seg_last, seg_rows = seg_first[:packed_segs], seg_last[:packed_segs], seg_rows[:packed_segs]
     batch_seg = np.full(total_batches, -1, dtype=np.int64)
     for s in range(packed_segs):
         batch_seg[seg_first[s]:seg_last[s]] = s
-    seg_first_row = np.concatenate([[0], np.cumsum(seg_rows)[:-1]]).astype(np.int64) \
-        if packed_segs else np.zeros(0, np.int64)
-    packed_rows = int(seg_rows.sum())
 
-    # Minimum working set, checked before anything is written.
     largest_seg = int(seg_rows.max()) * rb + 2 * ALIGN if packed_segs else 0
     largest_batch = int(ninput.max()) if total_batches else 0
     staging = largest_batch * rb
     cpu_tier_bytes = cpu_ids.size * rb
     gpu_tier_bytes = gpu_ids.size * rb
-    fallback_buf = base_read_buffer_bytes(rb) if packed_segs < len(seg_rows_all) else 0
+    fallback_buf = base_read_buffer_bytes(rb) if unpacked else 0
     # On the CPU the GPU tier is held in host memory too (a CPU-only run); on a CUDA run
     # the loader moves it to the device and charges the GPU budget instead.
     mws = {"cpu": largest_seg + staging + cpu_tier_bytes + gpu_tier_bytes + fallback_buf,
@@ -238,14 +275,53 @@ def pack_plan(store: Store, plan_name: str | None = None, *, name: str | None = 
            "largest_segment_bytes": largest_seg, "staging_bytes": staging,
            "cpu_tier_bytes": cpu_tier_bytes, "gpu_tier_bytes": gpu_tier_bytes,
            "base_read_bytes": fallback_buf}
+    return Layout(plan=plan, fmeta=fmeta, gpu_ids=gpu_ids, cpu_ids=cpu_ids, node_tier=node_tier,
+                  node_slot=node_slot, segment_batches=int(S), seg_first=seg_first,
+                  seg_last=seg_last, seg_rows=seg_rows, batch_seg=batch_seg, cap_rows=cap_rows,
+                  offs=offs, ninput=ninput, min_working_set=mws)
+
+
+def check_budget(layout: Layout, options: PackOptions, name: str) -> None:
+    """Refuse, with the numbers and the fix, a layout that cannot run inside the budgets."""
+    mws = layout.min_working_set
     for tier, limit in (("cpu", options.cpu_budget), ("gpu", options.gpu_budget)):
         if limit is not None and mws[tier] > limit:
             raise BudgetError(
                 f"pack {name!r} needs a minimum {tier} working set of {format_size(mws[tier])} "
-                f"(largest segment {format_size(largest_seg)} + staging {format_size(staging)} + "
-                f"{tier} tier {format_size(mws[f'{tier}_tier_bytes'])}) > {tier} budget "
+                f"(largest segment {format_size(mws['largest_segment_bytes'])} + staging "
+                f"{format_size(mws['staging_bytes'])} + {tier} tier "
+                f"{format_size(mws[f'{tier}_tier_bytes'])}) > {tier} budget "
                 f"{format_size(limit)}: lower --{tier}-cache, sample with a smaller batch size, "
                 f"or raise --{tier}-budget to at least {format_size(mws[tier])}")
+
+
+def pack_plan(store: Store, plan_name: str | None = None, *, name: str | None = None,
+              options: PackOptions = PackOptions(), overwrite: bool = False,
+              progress: ProgressFn | None = None) -> PackMeta:
+    """Pack ``plan_name`` (default: the most recent plan) of a writable ``store``."""
+    plan_name = plan_name or latest_plan(store)
+    plan = PlanReader(store, plan_name)
+    name = name or plan_name
+    if store.get(pack_key(name)) is not None and not overwrite:
+        raise StoreExistsError(f"store {store.path} already has a pack {name!r}: pass --overwrite "
+                               "to replace it")
+    layout = plan_layout(store, plan, options)
+    check_budget(layout, options, name)
+    fmeta = layout.fmeta
+    d = fmeta.shape[1] if len(fmeta.shape) > 1 else 1
+    rb = fmeta.row_bytes
+    base_bytes = fmeta.nbytes
+    gpu_ids, cpu_ids = layout.gpu_ids, layout.cpu_ids
+    node_tier, node_slot = layout.node_tier, layout.node_slot
+    offs, ninput, data = layout.offs, layout.ninput, plan._data
+    total_batches = offs.shape[0]
+    S, seg_first, seg_rows = layout.segment_batches, layout.seg_first, layout.seg_rows
+    packed_segs, batch_seg, packed_rows = layout.packed_segments, layout.batch_seg, layout.packed_rows
+    seg_first_row = np.concatenate([[0], np.cumsum(seg_rows)[:-1]]).astype(np.int64) \
+        if packed_segs else np.zeros(0, np.int64)
+    mws, cap_rows = layout.min_working_set, layout.cap_rows
+    largest_batch = int(ninput.max()) if total_batches else 0
+    mark = np.zeros(fmeta.shape[0], dtype=np.int64)
 
     names = pack_array_names(name)
     with store.transaction() as txn:
@@ -254,7 +330,6 @@ def pack_plan(store: Store, plan_name: str | None = None, *, name: str | None = 
         w_slot = txn.array_writer(names["slot"], np.int32, (), subdir="packs")
         node_of_row = np.empty(packed_rows, dtype=np.int64)
         rowmap = np.zeros(max(packed_segs, 1), dtype=np.int64)
-        mark[:] = 0
         fallback_positions = 0
         fb_read = 0
         for b0 in range(0, total_batches, _ASSIGN_BATCHES):
@@ -299,6 +374,7 @@ def pack_plan(store: Store, plan_name: str | None = None, *, name: str | None = 
             max_disk_blowup=float(options.max_disk_blowup), blowup=round(blowup, 6),
             expected_read_amplification=round(amp, 6), min_working_set=mws,
             largest_batch_rows=largest_batch, arrays=names,
+            packed_epochs=_packed_epochs(batch_seg, plan.meta.batches_per_epoch),
             stats={"fallback_positions": fallback_positions, "base_scans": scans,
                    "cap_rows": cap_rows, "segment_bytes_read": seg_read,
                    "positions": int(ninput.sum())})
@@ -306,6 +382,18 @@ def pack_plan(store: Store, plan_name: str | None = None, *, name: str | None = 
     log.info("packed plan %r: %d segments of %d batch(es), blowup %.2f, expected read "
              "amplification %.3f", plan_name, packed_segs, S, blowup, amp)
     return meta
+
+
+def _packed_epochs(batch_seg: np.ndarray, batches_per_epoch) -> int:
+    """Number of leading epochs whose batches all have a segment."""
+    k, start = 0, 0
+    for nb in batches_per_epoch:
+        if nb and np.all(batch_seg[start:start + nb] >= 0):
+            k += 1
+            start += nb
+        else:
+            break
+    return k
 
 
 def _aligned_span(offset: int, nbytes: int) -> int:
@@ -317,10 +405,49 @@ def _aligned_span(offset: int, nbytes: int) -> int:
     return hi - lo
 
 
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _scatter_rows(src, lo, nodes, order, a, b, out):
+    """``out[order[i]] = src[nodes[i] - lo]`` for ``i`` in ``[a, b)``, rows as words of
+    any unsigned type (see :func:`_word_view`). One pass on numba threads, where numpy's
+    ``out[o] = src[n]`` goes through a temporary on one core; the explicit word loop is
+    ~2x numba's row-slice assignment on uint8 rows (bench/pack_speed.py)."""
+    w = src.shape[1]
+    for i in numba.prange(a, b):
+        dst = order[i]
+        row = nodes[i] - lo
+        for j in range(w):
+            out[dst, j] = src[row, j]
+
+
+def _word_view(rows: np.ndarray, row_bytes: int) -> np.ndarray:
+    """``rows`` (C-contiguous, ``row_bytes`` per row, word-aligned) as ``[n, words]`` of the
+    widest unsigned integer dividing ``row_bytes``."""
+    word = next(w for w in (8, 4, 2, 1) if row_bytes % w == 0)
+    return rows.view(np.uint8).reshape(-1, row_bytes).view(f"u{word}")
+
+
+def _scan_chunks(nodes: np.ndarray, scan_rows: int, num_rows: int) -> list[tuple[int, int, int, int]]:
+    """``(lo, hi, a, b)``: base rows ``[lo, hi)`` to read, holding ``nodes[a:b]`` (sorted
+    ``nodes``); ranges holding no node are skipped."""
+    chunks = []
+    lo = int(nodes[0]) // scan_rows * scan_rows
+    last = int(nodes[-1])
+    while lo <= last:
+        hi = min(num_rows, lo + scan_rows)
+        a, b = (int(x) for x in np.searchsorted(nodes, [lo, hi]))
+        if b > a:
+            chunks.append((lo, hi, a, b))
+        lo = hi if b >= nodes.size else max(hi, int(nodes[b]) // scan_rows * scan_rows)
+    return chunks
+
+
 def copy_rows(store: Store, fmeta, targets, *, window_bytes: int,
               progress: ProgressFn | None = None) -> int:
     """Append ``features[ids]`` to each ``(writer, ids)`` of ``targets``, scanning the base
-    array sequentially; returns the number of scans. Never random-reads the base array."""
+    array sequentially; returns the number of scans. Never random-reads the base array.
+
+    One read runs ahead in a thread (two scan buffers) while rows of the previous one are
+    scattered into the window, so the disk and the CPU work at the same time."""
     rb = fmeta.row_bytes
     d = fmeta.shape[1] if len(fmeta.shape) > 1 else 1
     all_ids = np.concatenate([np.asarray(ids, dtype=np.int64) for _, ids in targets]) \
@@ -334,33 +461,43 @@ def copy_rows(store: Store, fmeta, targets, *, window_bytes: int,
     path = store.file_path(fmeta)
     scans = 0
     buf_bytes = _aligned_span(ALIGN - 1, scan_rows * rb)
-    raw = aligned_empty(buf_bytes)
-    with DirectReader(path) as reader:
+    raws = [aligned_empty(buf_bytes), aligned_empty(buf_bytes)]
+    # One window buffer for every scan: a fresh one per scan costs a page fault (and a
+    # zeroed page) per 4 KiB of the window, every scan. Writers copy what they are given.
+    window = np.empty((min(total, window_rows), d), dtype=fmeta.np_dtype)
+
+    def read_chunk(lo: int, hi: int, raw: np.ndarray) -> int:
+        """Read base rows [lo, hi) into ``raw``; returns where row ``lo`` starts in it."""
+        start = fmeta.offset + lo * rb
+        astart = start // ALIGN * ALIGN
+        aend = -(-(fmeta.offset + hi * rb) // ALIGN) * ALIGN
+        got = reader.read_into(raw[:aend - astart], astart)
+        if got < start - astart + (hi - lo) * rb:
+            raise OSError(f"short read of {path} at byte {start}: the feature file "
+                          "is truncated; run `oocstore verify`")
+        return start - astart
+
+    # The pool exits (waiting for an in-flight read) before the reader closes.
+    with DirectReader(path) as reader, \
+            ThreadPoolExecutor(1, thread_name_prefix="oocstore-pack-read") as pool:
         for w0 in range(0, total, window_rows):
             w1 = min(total, w0 + window_rows)
             sub = all_ids[w0:w1]
             order = np.argsort(sub, kind="stable")
             nodes = sub[order]
-            out = np.empty((w1 - w0, d), dtype=fmeta.np_dtype)
-            lo = int(nodes[0]) // scan_rows * scan_rows
-            last = int(nodes[-1])
-            while lo <= last:
-                hi = min(fmeta.shape[0], lo + scan_rows)
-                a, b = np.searchsorted(nodes, [lo, hi])
-                if b > a:
-                    start = fmeta.offset + lo * rb
-                    astart = start // ALIGN * ALIGN
-                    aend = -(-(fmeta.offset + hi * rb) // ALIGN) * ALIGN
-                    got = reader.read_into(raw[:aend - astart], astart)
-                    if got < start - astart + (hi - lo) * rb:
-                        raise OSError(f"short read of {path} at byte {start}: the feature file "
-                                      "is truncated; run `oocstore verify`")
-                    rows = np.frombuffer(raw, dtype=fmeta.np_dtype, count=(hi - lo) * d,
-                                         offset=start - astart).reshape(hi - lo, d)
-                    out[order[a:b]] = rows[nodes[a:b] - lo]
-                    if progress:
-                        progress((hi - lo) * rb)
-                lo = hi if b >= nodes.size else max(hi, int(nodes[b]) // scan_rows * scan_rows)
+            out = window[:w1 - w0]
+            out_words = _word_view(out, rb)
+            chunks = _scan_chunks(nodes, scan_rows, fmeta.shape[0])
+            pending = pool.submit(read_chunk, chunks[0][0], chunks[0][1], raws[0])
+            for k, (lo, hi, a, b) in enumerate(chunks):
+                skip = pending.result()  # re-raises a failed read here, with its traceback
+                if k + 1 < len(chunks):
+                    nlo, nhi = chunks[k + 1][:2]
+                    pending = pool.submit(read_chunk, nlo, nhi, raws[(k + 1) % 2])
+                src = _word_view(raws[k % 2][skip:skip + (hi - lo) * rb], rb)
+                _scatter_rows(src, lo, nodes, order, a, b, out_words)
+                if progress:
+                    progress((hi - lo) * rb)
             scans += 1
             # Hand the window to the writers whose ranges it overlaps.
             for t, (writer, _) in enumerate(targets):

@@ -50,7 +50,49 @@ def store_info(store: Store) -> dict[str, Any]:
         }
     info["splits"] = {k: int(store.array_meta(v).shape[0]) for k, v in sorted(store.splits.items())}
     info["plans"] = plans_info(store)
+    info["packs"] = packs_info(store)
     return info
+
+
+def pack_summary(meta, feature_bytes: int) -> dict[str, Any]:
+    """The JSON-able summary of one pack (a :class:`~oocstore.pack.format.PackMeta`)."""
+    return {"plan": meta.plan, "policy": meta.policy, "gpu_cache_bytes": meta.gpu_rows * meta.row_bytes,
+            "cpu_cache_bytes": meta.cpu_rows * meta.row_bytes, "gpu_rows": meta.gpu_rows,
+            "cpu_rows": meta.cpu_rows, "segment_batches": meta.segment_batches,
+            "segments": meta.num_segments, "packed_rows": meta.packed_rows,
+            "packed_bytes": meta.packed_rows * meta.row_bytes,
+            "packed_batches": meta.packed_batches, "total_batches": meta.total_batches,
+            "packed_epochs": meta.packed_epochs,
+            "blowup": meta.blowup, "max_disk_blowup": meta.max_disk_blowup,
+            "expected_read_amplification": meta.expected_read_amplification,
+            "min_working_set": dict(meta.min_working_set), "feature_bytes": feature_bytes,
+            "format_version": meta.format_version}
+
+
+def packs_info(store: Store) -> dict[str, Any]:
+    from ..pack.format import PackMeta  # packs build on the store, not back
+
+    total = store.array_meta("features").nbytes if store.has_array("features") else 0
+    return {k[len("pack/"):]: pack_summary(PackMeta.from_dict(v), total)
+            for k, v in store.items("pack/") if "/" not in k[len("pack/"):]}
+
+
+def format_packs(packs: dict[str, Any]) -> list[str]:
+    if not packs:
+        return []
+    lines = [f"  packs ({len(packs)}):"]
+    for name, p in packs.items():
+        mws = p["min_working_set"]
+        lines.append(f"    {name}: plan {p['plan']}, {p['policy']} tiers: gpu "
+                     f"{format_size(p['gpu_cache_bytes'])}, cpu {format_size(p['cpu_cache_bytes'])}; "
+                     f"{p['segments']:,} segments of {p['segment_batches']} batch(es) cover "
+                     f"{p['packed_batches']:,}/{p['total_batches']:,} batches "
+                     f"({p['packed_epochs']} whole epoch(s))")
+        lines.append(f"      packed {format_size(p['packed_bytes'])} = {p['blowup']:.2f}x the features "
+                     f"(cap {p['max_disk_blowup']:g}x); expected read amplification "
+                     f"{p['expected_read_amplification']:.3f}; minimum working set cpu "
+                     f"{format_size(mws['cpu'])}, gpu {format_size(mws['gpu'])}")
+    return lines
 
 
 def plans_info(store: Store) -> dict[str, Any]:
@@ -109,6 +151,7 @@ def format_info(info: dict[str, Any]) -> str:
         shape = "x".join(str(s) for s in a["shape"])
         lines.append(f"    {name:<24} {a['dtype']:<8} {shape:<18} {format_size(a['bytes']):>11}  {a['file']}")
     lines.extend(format_plans(info.get("plans", {})))
+    lines.extend(format_packs(info.get("packs", {})))
     for section in info.get("extra_sections", []):
         lines.extend(section)
     return "\n".join(lines)

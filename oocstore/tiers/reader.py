@@ -23,6 +23,7 @@ from ..plan import PlanReader
 from ..store import Store
 from ..store.files import DirectReader
 from ..units import format_size
+from .assemble import assemble_rows
 from .memory import MemoryTier
 from .ssd import BaseRowTier, SegmentTier
 
@@ -115,26 +116,19 @@ class TieredReader:
         row = self.batch_row(epoch, batch)
         p0, p1 = int(self._pos[row]), int(self._pos[row + 1])
         tier = np.asarray(self._tier[p0:p1])
-        slot = np.asarray(self._slot[p0:p1], dtype=np.int64)
+        slot = np.asarray(self._slot[p0:p1])
         n = p1 - p0
         if out is None:
             out = np.empty((n, self.meta.feat_dim), dtype=self._out_dtype)
-        host = np.flatnonzero((tier == CPU) | (tier == GPU))
-        if host.size:
-            # GPU-tier rows sit before CPU-tier rows in the host tier.
-            hs = slot[host] + np.where(tier[host] == CPU, self.meta.gpu_rows, 0)
-            tmp = np.empty((host.size, self.meta.feat_dim), dtype=self._out_dtype)
-            self.host.gather(hs, tmp)
-            out[host] = tmp
-        ssd = np.flatnonzero(tier == SSD)
-        if ssd.size:
-            seg = int(self.batch_segment[row])
+        seg = int(self.batch_segment[row])
+        if seg >= 0:
             self.segments.load(seg)
-            tmp = np.empty((ssd.size, self.meta.feat_dim), dtype=self._out_dtype)
-            self.segments.gather(slot[ssd], tmp)
-            out[ssd] = tmp
-        base = np.flatnonzero(tier == BASE)
-        if base.size:
+        counts = assemble_rows(tier, slot, self.host.rows, self.meta.gpu_rows,
+                               self.segments.current_rows, out)
+        self.host.hits += int(counts[GPU] + counts[CPU])
+        self.segments.hits += int(counts[SSD])
+        if counts[BASE]:
+            base = np.flatnonzero(tier == BASE)
             nodes = self.plan.input_nodes(epoch, batch)[base]
             tmp = np.empty((base.size, self.meta.feat_dim), dtype=self._out_dtype)
             self.base.gather(nodes, tmp)

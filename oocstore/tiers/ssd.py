@@ -60,11 +60,20 @@ class SegmentTier(Tier):
     def direct(self) -> bool:
         return self.reader.direct
 
+    @property
+    def current_rows(self) -> np.ndarray:
+        """``[rows, D]`` view of the loaded segment (empty before the first load)."""
+        return self._rows
+
     def load(self, segment: int) -> None:
         """Make ``segment`` current (one O_DIRECT read unless it already is)."""
         if segment == self.current:
             return
         first, count = int(self.segments[segment, 0]), int(self.segments[segment, 1])
+        if count == 0:  # every row of these batches is in a memory tier
+            self._rows = np.zeros((0, self.dim), dtype=self.meta.np_dtype)
+            self.current = segment
+            return
         offset = self.meta.offset + first * self.row_bytes
         start, length = aligned_span(offset, count * self.row_bytes)
         got = self.reader.read_into(self._buf[:length], start)

@@ -166,3 +166,38 @@ def test_sigkill_mid_pack_keeps_the_previous_pack(tmp_path, where):
         pack_plan(s, name="q")
         assert not [p for p in (s.path / "packs").iterdir() if p.name not in
                     {os.path.basename(m.file) for m in s.arrays.values()}]  # ... removed now
+
+
+def test_tight_cap_packs_whole_leading_epochs(store):
+    full = pack_plan(store, name="full", options=PackOptions(max_disk_blowup=1000, segment_batches=1))
+    one_epoch = full.packed_rows / 2  # two epochs of similar size
+    cap = (one_epoch * 1.2) * full.row_bytes / store.array_meta("features").nbytes
+    meta = pack_plan(store, name="tight", options=PackOptions(max_disk_blowup=cap, segment_batches=1))
+    assert full.packed_epochs == 2 and meta.packed_epochs == 1
+    assert meta.blowup <= cap
+
+
+def test_pack_cli_manual_auto_and_errors(store, capsys):
+    from oocstore.cli import main
+
+    path = str(store.path)
+    assert main(["pack", path, "--name", "cli", "--cpu-cache", "64KiB", "--max-disk-blowup", "50",
+                 "--quiet"]) == 0
+    assert main(["pack", path, "--name", "auto", "--cpu-budget", "4MiB", "--no-probe",
+                 "--max-disk-blowup", "50", "--json"]) == 0
+    import json
+
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["auto_split"] and out["min_working_set"]["cpu"] <= 4 << 20
+    assert out["cpu_cache_bytes"] > 0 and out["predicted_epoch_load_s"] > 0
+    assert main(["pack", path, "--name", "cli", "--cpu-cache", "64KiB", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pass --overwrite" in err[0]
+    assert main(["pack", path, "--name", "z", "--cpu-cache", "1MiB", "--cpu-budget", "256KiB"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "budget" in err[0] and "raise --cpu-budget to at least" in err[0]
+    with pytest.raises(SystemExit) as exc:
+        main(["pack", path, "--cpu-cache", "8GB"])
+    assert exc.value.code == 2 and "write 8GiB" in capsys.readouterr().err
+    assert main(["inspect", path]) == 0
+    assert "packs (" in capsys.readouterr().out

@@ -1,0 +1,176 @@
+"""A cost model of epoch load time, and the automatic GPU / CPU / disk split it drives.
+
+The model adds, per batch of an epoch:
+
+* memory-tier rows: ``rows / gather_rows_per_s``;
+* SSD segments (one per ``segment_batches`` batches): ``request_s + aligned_bytes /
+  seq_read_Bps``, plus the gather of the batch's cold rows out of the segment buffer;
+* base-array fallback rows: ``aligned_bytes / row_read_Bps`` (small random reads);
+* a fixed ``batch_overhead_s`` (index slicing, Python).
+
+Bandwidths come from :func:`probe` (a few seconds of measurement on the store's own
+disk) or are given. :func:`choose_split` evaluates candidate layouts inside a CPU (and
+GPU) budget — for each segment length, the largest cache that still fits beside the
+working set — and keeps the one with the smallest predicted time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import BudgetError
+from ..plan import PlanReader
+from ..store import ALIGN, Store
+from ..store.files import DirectReader, aligned_empty, evict
+from ..tiers.memory import MemoryTier
+from ..tiers.ssd import BaseRowTier, aligned_span
+from ..units import format_size
+from .packer import Layout, PackOptions, plan_layout
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Bandwidths:
+    seq_read_Bps: float = 600e6  # large O_DIRECT reads
+    request_s: float = 1e-4  # fixed cost of one segment request
+    row_read_Bps: float = 80e6  # 4 KiB-ish random reads, several in flight
+    gather_rows_per_s: float = 8e6  # numba gather in host memory
+    batch_overhead_s: float = 3e-4
+
+    def to_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+
+def _time(fn, repeat: int = 3) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def probe(store: Store, *, seq_bytes: int = 128 << 20, rows: int = 2000) -> Bandwidths:
+    """Measure the bandwidths on this machine, cold, on the store's feature file."""
+    fmeta = store.array_meta("features")
+    path = store.file_path(fmeta)
+    rb = fmeta.row_bytes
+    nbytes = min(seq_bytes, fmeta.nbytes) // ALIGN * ALIGN or ALIGN
+    req = 8 << 20
+    buf = aligned_empty(req)
+    evict(path)
+    with DirectReader(path) as r:
+        t0 = time.perf_counter()
+        for off in range(0, nbytes, req):
+            r.read_into(buf[:min(req, nbytes - off)], off)
+        seq = nbytes / max(time.perf_counter() - t0, 1e-9)
+        small = aligned_empty(ALIGN)
+        t0 = time.perf_counter()
+        for i in range(64):
+            r.read_into(small, (i * 7919 * ALIGN) % max(nbytes, ALIGN))
+        request = (time.perf_counter() - t0) / 64
+    rng = np.random.default_rng(0)
+    ids = np.sort(rng.choice(fmeta.shape[0], size=min(rows, fmeta.shape[0]), replace=False))
+    base = BaseRowTier(path, fmeta)
+    out = np.empty((ids.size, fmeta.shape[1] if len(fmeta.shape) > 1 else 1), fmeta.np_dtype)
+    try:
+        evict(path)
+        t0 = time.perf_counter()
+        base.gather(ids, out)
+        row_bps = base.bytes_read / max(time.perf_counter() - t0, 1e-9)
+    finally:
+        base.close()
+    table = np.zeros((min(fmeta.shape[0], (64 << 20) // max(rb, 1)), out.shape[1]), fmeta.np_dtype)
+    mem = MemoryTier(table)
+    slots = rng.integers(0, table.shape[0], size=200_000)
+    dest = np.empty((slots.size, out.shape[1]), fmeta.np_dtype)
+    mem.gather(slots[:10], dest[:10])  # compile
+    gather = slots.size / _time(lambda: mem.gather(slots, dest))
+    bw = Bandwidths(seq_read_Bps=seq, request_s=request, row_read_Bps=row_bps,
+                    gather_rows_per_s=gather)
+    log.info("probed bandwidths: %s", bw)
+    return bw
+
+
+def predict_epoch(layout: Layout, bw: Bandwidths, epoch: int = 0,
+                  cold: np.ndarray | None = None) -> dict[str, Any]:
+    """Predicted seconds to load every batch of ``epoch`` through ``layout``'s tiers."""
+    plan = layout.plan
+    starts = np.concatenate([[0], np.cumsum(plan.meta.batches_per_epoch)])
+    b0, b1 = int(starts[epoch]), int(starts[epoch + 1])
+    rb = layout.row_bytes
+    cold = layout.cold_per_batch() if cold is None else cold
+    ninput = layout.ninput[b0:b1]
+    cold_e = cold[b0:b1]
+    packed = layout.batch_seg[b0:b1] >= 0
+    host_rows = int((ninput - cold_e).sum())
+    ssd_rows = int(cold_e[packed].sum())
+    fallback_rows = int(cold_e[~packed].sum())
+    segs = np.flatnonzero((layout.seg_first >= b0) & (layout.seg_first < b1))
+    seg_bytes = sum(aligned_span(ALIGN - 1, int(r) * rb)[1] for r in layout.seg_rows[segs])
+    _, row_span = aligned_span(0, rb)
+    parts = {
+        "memory_gather_s": host_rows / bw.gather_rows_per_s,
+        "ssd_read_s": len(segs) * bw.request_s + seg_bytes / bw.seq_read_Bps,
+        "ssd_gather_s": ssd_rows / bw.gather_rows_per_s,
+        "fallback_read_s": fallback_rows * row_span / bw.row_read_Bps,
+        "overhead_s": (b1 - b0) * bw.batch_overhead_s,
+    }
+    return {"seconds": sum(parts.values()), **parts, "batches": b1 - b0,
+            "host_rows": host_rows, "ssd_rows": ssd_rows, "fallback_rows": fallback_rows,
+            "ssd_bytes": seg_bytes}
+
+
+def choose_split(store: Store, plan: PlanReader, *, cpu_budget: int, gpu_budget: int | None = None,
+                 max_disk_blowup: float = 4.0, bw: Bandwidths | None = None
+                 ) -> tuple[PackOptions, dict[str, Any], list[dict[str, Any]]]:
+    """Cache sizes (and segment length) with the smallest predicted epoch load time
+    inside ``cpu_budget`` (and ``gpu_budget`` on a CUDA run). Returns the options, the
+    chosen prediction and every candidate evaluated."""
+    bw = bw or Bandwidths()
+    rb = store.array_meta("features").row_bytes
+    candidates = []
+    for S in (1, 2, 4, 8):
+        base = PackOptions(max_disk_blowup=max_disk_blowup, segment_batches=S)
+        gpu_cache = 0
+        if gpu_budget:
+            lay0 = plan_layout(store, plan, base)
+            gpu_cache = max(0, gpu_budget - lay0.min_working_set["staging_bytes"]) // rb * rb
+        cpu_cache = 0
+        layout = None
+        for _ in range(3):  # the working set shrinks as the cache grows: iterate to a fit
+            opts = dataclasses.replace(base, gpu_cache=gpu_cache, cpu_cache=cpu_cache,
+                                       cpu_budget=cpu_budget, gpu_budget=gpu_budget)
+            layout = plan_layout(store, plan, opts)
+            mws = layout.min_working_set
+            others = mws["cpu"] - mws["cpu_tier_bytes"] - (0 if gpu_budget else mws["gpu_tier_bytes"])
+            room = max(0, cpu_budget - others - (0 if gpu_budget else gpu_cache)) // rb * rb
+            if room == cpu_cache:
+                break
+            cpu_cache = room
+        opts = dataclasses.replace(base, gpu_cache=gpu_cache, cpu_cache=cpu_cache,
+                                   cpu_budget=cpu_budget, gpu_budget=gpu_budget)
+        layout = plan_layout(store, plan, opts)
+        mws = layout.min_working_set
+        cpu_need = mws["cpu"] - (mws["gpu_tier_bytes"] if gpu_budget else 0)
+        if cpu_need > cpu_budget:
+            continue
+        pred = predict_epoch(layout, bw)
+        candidates.append({"options": opts, "prediction": pred, "min_working_set": mws,
+                           "segment_batches": layout.segment_batches,
+                           "blowup": layout.packed_rows * rb / max(1, store.array_meta("features").nbytes)})
+    if not candidates:
+        lay = plan_layout(store, plan, PackOptions(max_disk_blowup=max_disk_blowup, segment_batches=1))
+        need = lay.min_working_set["cpu"]
+        raise BudgetError(f"cpu budget {format_size(cpu_budget)} cannot hold one batch of plan "
+                          f"{plan.name!r}: the minimum working set is {format_size(need)}; raise "
+                          "--cpu-budget or sample with a smaller batch size")
+    best = min(candidates, key=lambda c: c["prediction"]["seconds"])
+    return best["options"], best["prediction"], candidates
