@@ -1,0 +1,404 @@
+"""Packing throughput (``pack_plan``) against the disk's own sequential write speed.
+
+In one run, on the same filesystem and the same data:
+
+1. the disk's sequential write speed: a new file as large as the pack, written from one
+   random 8 MiB buffer in 8 MiB requests and fsync'd (timed), then deleted -- before the
+   pack (sized by the blowup cap, which binds here) and after it (sized exactly), median
+   reported (the disk is noisy);
+2. ``pack_plan`` with a CPU tier of ``--cpu-frac`` of the feature bytes and
+   ``--max-disk-blowup``, the base feature file evicted from the page cache first (the
+   base scan is cold, read with O_DIRECT); bytes of every pack file written / wall time,
+   and that as a fraction of the disk's write speed (issue target >= 0.5);
+3. where the time goes, from wall-clock timers wrapped around the packer's stages:
+   placement, segment sizing, assignment, base-array reads (O_DIRECT scan), scatter of
+   rows into the output window, file writes (crc32 + write syscalls), fsync; and peak
+   RSS (sampled every 20 ms, plus the page-cache bytes the process maps).
+
+The store (``--nodes`` x ``--feat-dim`` f32 R-MAT, built by ``oocstore.ingest``) and its
+plan are made once under ``bench/data`` and reused (``--clean`` deletes them at the end).
+
+Prints a summary, then one JSON line; writes ``bench/results/pack_speed.json`` and a PNG
+of the time breakdown. ``--toy`` runs everything at test size in seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+MB = 1e6
+_REQUEST = 8 << 20
+
+from oocstore.pack import PackOptions, pack_plan  # noqa: E402
+from oocstore.pack import packer as packer_mod  # noqa: E402
+from oocstore.store import Store  # noqa: E402
+from oocstore.store import files as files_mod  # noqa: E402
+from oocstore.store.files import evict  # noqa: E402
+
+
+# -- helpers shared with bench/ssd_epoch.py ----------------------------------------------
+
+def make_store(path: Path, *, nodes: int, feat_dim: int, avg_degree: float) -> Path:
+    """A synthetic R-MAT store, built once at ``path`` and reused."""
+    from oocstore.ingest import build_store
+    from oocstore.ingest.synthetic import SyntheticSpec, synthetic_source
+
+    if not (path / "catalog.lmdb").is_dir():
+        print(f"generating {path} ({nodes:,} nodes x {feat_dim} f32, avg degree {avg_degree:g})"
+              " ...", file=sys.stderr)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        spec = SyntheticSpec(nodes=nodes, feat_dim=feat_dim, avg_degree=avg_degree)
+        build_store(path, synthetic_source(spec), overwrite=True)
+    return path
+
+
+def ensure_plan(store: Store, name: str, *, fanouts: str, batch_size: int, epochs: int,
+                seeds: np.ndarray | None = None) -> None:
+    """Sample plan ``name`` unless the store has it already."""
+    if store.get(f"plan/{name}") is None:
+        from samplers import sample_plan
+        print(f"sampling plan {name!r} ...", file=sys.stderr)
+        sample_plan(store, fanouts=fanouts, batch_size=batch_size, epochs=epochs, name=name,
+                    seeds=seeds, verify=False)
+
+
+def disk_write_speed(directory: Path, nbytes: int) -> float:
+    """Bytes/s writing a new file of ``nbytes`` in 8 MiB requests + fsync (file deleted)."""
+    path = directory / ".bench-write.probe"
+    buf = memoryview(os.urandom(_REQUEST))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        t0 = time.perf_counter()
+        left = nbytes
+        while left > 0:
+            left -= os.write(fd, buf[:min(left, _REQUEST)])
+        os.fsync(fd)
+        seconds = time.perf_counter() - t0
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    return nbytes / seconds
+
+
+def proc_io() -> dict[str, int]:
+    """This process's ``/proc/self/io`` counters (read_bytes counts O_DIRECT reads too)."""
+    out = {}
+    with open("/proc/self/io") as f:
+        for line in f:
+            k, v = line.split(":")
+            out[k.strip()] = int(v)
+    return out
+
+
+class PeakRSS:
+    """Samples this process's RSS every ``interval`` s in a thread; ``peak`` in bytes."""
+
+    def __init__(self, interval: float = 0.02):
+        import psutil
+
+        self._proc = psutil.Process()
+        self.interval = interval
+        self.start_rss = self._proc.memory_info().rss
+        self.peak = self.start_rss
+        self.peak_anon = self._anon()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-rss", daemon=True)
+
+    def _anon(self) -> int:
+        mi = self._proc.memory_info()
+        return mi.rss - getattr(mi, "shared", 0)  # file-backed pages counted in "shared"
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+            self.peak_anon = max(self.peak_anon, self._anon())
+
+    def __enter__(self) -> "PeakRSS":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._proc.memory_info().rss)
+
+
+# -- stage timers ------------------------------------------------------------------------
+
+class StageTimers:
+    """Wall-clock timers wrapped around the packer's stages (patched in, then restored)."""
+
+    def __init__(self) -> None:
+        self.sec: dict[str, float] = {}
+        self.bytes: dict[str, int] = {}
+        self._saved: list[tuple[object, str, object]] = []
+        self.copy_writes = 0.0  # write seconds inside copy_rows
+
+    def _add(self, stage: str, dt: float) -> None:
+        self.sec[stage] = self.sec.get(stage, 0.0) + dt
+
+    def wrap(self, owner, attr: str, stage: str) -> None:
+        fn = getattr(owner, attr)
+        self._saved.append((owner, attr, fn))
+        timers = self
+
+        def timed(*a, **kw):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                timers._add(stage, time.perf_counter() - t0)
+        setattr(owner, attr, timed)
+
+    def _wrap_copy_rows(self) -> None:
+        """copy_rows, and the part of the write time spent inside it (window writes)."""
+        fn = packer_mod.copy_rows
+        self._saved.append((packer_mod, "copy_rows", fn))
+        timers = self
+        key = "writes (crc32 + write)"
+
+        def timed(*a, **kw):
+            w0 = timers.sec.get(key, 0.0)
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                timers._add("copy_rows (all)", time.perf_counter() - t0)
+                timers.copy_writes += timers.sec.get(key, 0.0) - w0
+        packer_mod.copy_rows = timed
+
+    @contextlib.contextmanager
+    def installed(self):
+        self.wrap(packer_mod, "static_placement", "placement")
+        self.wrap(packer_mod, "_segment_rows", "segment sizing")
+        self.wrap(packer_mod, "_assign", "assignment")
+        self._wrap_copy_rows()
+        self.wrap(files_mod.ArrayFileWriter, "write", "writes (crc32 + write)")
+        self.wrap(files_mod.DirectReader, "read_into", "base scan reads (O_DIRECT)")
+        if hasattr(packer_mod, "_scatter_rows"):  # the numba scatter kernel, where present
+            self.wrap(packer_mod, "_scatter_rows", "scatter (numba kernel)")
+        self.wrap(os, "fsync", "fsync")
+        try:
+            yield self
+        finally:
+            for owner, attr, fn in reversed(self._saved):
+                setattr(owner, attr, fn)
+            self._saved.clear()
+
+
+def drop_pack(store_path: Path, name: str) -> None:
+    """Delete pack ``name`` and its files (frees the disk between benchmark runs)."""
+    from oocstore.pack.format import pack_key
+    from oocstore.tiers.reader import load_pack
+
+    with Store(store_path, readonly=False) as store:
+        if store.get(pack_key(name)) is None:
+            return
+        meta = load_pack(store, name)
+        with store.transaction() as txn:
+            for arr in meta.arrays.values():
+                txn.delete_array(arr)
+            txn._deletes.add(pack_key(name))  # no public "delete key" on a transaction
+
+
+def pack_files(store: Store, name: str) -> dict[str, int]:
+    """Bytes on disk of every file of pack ``name``."""
+    from oocstore.tiers.reader import load_pack
+
+    meta = load_pack(store, name)
+    return {part: store.file_path(store.array_meta(arr)).stat().st_size
+            for part, arr in meta.arrays.items()}
+
+
+def run_pack(store_path: Path, plan: str, name: str, options: PackOptions) -> dict:
+    """One cold pack: evict the base features, pack, time every stage."""
+    with Store(store_path, readonly=False) as store:
+        fpath = store.file_path(store.array_meta("features"))
+        evict(fpath)
+        timers = StageTimers()
+        io0 = proc_io()
+        with PeakRSS() as rss, timers.installed():
+            t0 = time.perf_counter()
+            meta = pack_plan(store, plan, name=name, options=options, overwrite=True)
+            seconds = time.perf_counter() - t0
+        io1 = proc_io()
+        store.refresh()
+        files = pack_files(store, name)
+    return {"seconds": seconds, "meta": meta, "files": files, "timers": timers,
+            "peak_rss": rss.peak, "start_rss": rss.start_rss, "peak_anon_rss": rss.peak_anon,
+            "read_bytes": io1["read_bytes"] - io0["read_bytes"],
+            "write_bytes": io1["write_bytes"] - io0["write_bytes"]}
+
+
+def breakdown(timers: StageTimers, total: float) -> dict[str, float]:
+    """Seconds per stage. Base reads may run in a read-ahead thread (overlapping the
+    scatter): then "copy_rows: rest" is the time the packer waited for them, plus the
+    window sort; without a separate scatter kernel it also holds the numpy scatter."""
+    s = dict(timers.sec)
+    copy_all = s.pop("copy_rows (all)", 0.0)
+    reads = s.get("base scan reads (O_DIRECT)", 0.0)
+    scatter = s.get("scatter (numba kernel)")
+    if scatter is None:  # reads inline: copy_rows = reads + writes + sort/scatter
+        s["copy_rows: rest (argsort + numpy scatter)"] = max(0.0, copy_all - reads - timers.copy_writes)
+        overlapped = 0.0
+    else:
+        s["copy_rows: rest (waiting for reads, argsort)"] = max(
+            0.0, copy_all - timers.copy_writes - scatter)
+        overlapped = reads  # thread time, not on the packer's critical path
+    s["other (plan reads, catalog, python)"] = max(0.0, total - sum(s.values()) + overlapped)
+    return s
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--store", help="existing store (default: generate one under --data)")
+    p.add_argument("--data", default=str(REPO / "bench" / "data"))
+    p.add_argument("--nodes", type=int, default=2_000_000)
+    p.add_argument("--feat-dim", type=int, default=128)
+    p.add_argument("--avg-degree", type=float, default=10.0)
+    p.add_argument("--fanouts", default="10,5")
+    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--cpu-frac", type=float, default=0.10, help="CPU tier, fraction of features")
+    p.add_argument("--max-disk-blowup", type=float, default=4.0)
+    p.add_argument("--window-mib", type=int, default=None,
+                   help="copy window (default: the packer's, 256 MiB)")
+    p.add_argument("--clean", action="store_true", help="delete the generated store at the end")
+    p.add_argument("--keep-pack", action="store_true", help="keep the pack (default: drop it)")
+    p.add_argument("--out", help="result JSON (default bench/results/pack_speed.json; --toy "
+                                 "writes none unless given); the plot goes next to it")
+    p.add_argument("--toy", action="store_true", help="tiny sizes (for the test)")
+    args = p.parse_args(argv)
+    if args.toy:
+        args.nodes, args.feat_dim, args.avg_degree, args.fanouts, args.batch_size = \
+            20_000, 32, 6.0, "5,3", 256
+    out = Path(args.out) if args.out else (None if args.toy else
+                                           REPO / "bench" / "results" / "pack_speed.json")
+    tmp = None
+    if args.store:
+        path = Path(args.store)
+    else:
+        if args.toy:
+            tmp = Path(tempfile.mkdtemp(prefix="packspeed-"))
+            base = tmp
+        else:
+            base = Path(args.data)
+        path = make_store(base / f"packbench-{args.nodes}-{args.feat_dim}-{args.avg_degree:g}",
+                          nodes=args.nodes, feat_dim=args.feat_dim, avg_degree=args.avg_degree)
+    plan = f"pack-speed-e{args.epochs}"
+    try:
+        with Store(path, readonly=False) as store:
+            ensure_plan(store, plan, fanouts=args.fanouts, batch_size=args.batch_size,
+                        epochs=args.epochs)
+            fmeta = store.array_meta("features")
+            pmeta = store.get(f"plan/{plan}")
+        feature_bytes = fmeta.nbytes
+        opts = dict(cpu_cache=int(args.cpu_frac * feature_bytes),
+                    max_disk_blowup=args.max_disk_blowup)
+        if args.window_mib:
+            opts["window_bytes"] = args.window_mib << 20
+        options = PackOptions(**opts)
+        probe_dir = path / "packs"
+        probe_dir.mkdir(exist_ok=True)
+        estimate = int(args.max_disk_blowup * feature_bytes + opts["cpu_cache"])
+        disk = [disk_write_speed(probe_dir, estimate)]
+        r = run_pack(path, plan, "pack-speed", options)
+        written = sum(r["files"].values())
+        disk.append(disk_write_speed(probe_dir, written))
+        if not args.keep_pack:
+            drop_pack(path, "pack-speed")
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif args.clean:
+            shutil.rmtree(path, ignore_errors=True)
+
+    meta = r["meta"]
+    rows_bytes = r["files"]["rows"] + r["files"]["cpu_rows"] + r["files"]["gpu_rows"]
+    disk_bps = statistics.median(disk)
+    pack_bps = written / r["seconds"]
+    stages = breakdown(r["timers"], r["seconds"])
+    res = {
+        "bench": "pack_speed", "toy": args.toy, "nodes": fmeta.shape[0], "feat_dim": args.feat_dim,
+        "feature_bytes": feature_bytes, "plan": plan, "plan_batches": meta.total_batches,
+        "plan_positions": meta.stats["positions"], "fanouts": args.fanouts,
+        "batch_size": args.batch_size, "epochs": args.epochs,
+        "cpu_cache_bytes": opts["cpu_cache"], "max_disk_blowup": args.max_disk_blowup,
+        "window_bytes": options.window_bytes, "cache": "cold (base features evicted; O_DIRECT scan)",
+        "segment_batches": meta.segment_batches, "packed_batches": meta.packed_batches,
+        "blowup": meta.blowup, "base_scans": meta.stats["base_scans"],
+        "expected_read_amplification": meta.expected_read_amplification,
+        "pack_seconds": r["seconds"], "bytes_written": written, "row_bytes_written": rows_bytes,
+        "files": r["files"], "pack_MBps": pack_bps / MB, "disk_write_MBps": disk_bps / MB,
+        "disk_write_MBps_runs": [d / MB for d in disk], "disk_probe_bytes": [estimate, written],
+        "ratio_to_disk": pack_bps / disk_bps, "target_ratio": 0.5,
+        "proc_read_bytes": r["read_bytes"], "proc_write_bytes": r["write_bytes"],
+        "base_read_over_feature_bytes": r["read_bytes"] / feature_bytes,
+        "peak_rss": r["peak_rss"], "start_rss": r["start_rss"], "peak_anon_rss": r["peak_anon_rss"],
+        "stages_seconds": stages,
+    }
+    res["target_met"] = res["ratio_to_disk"] >= 0.5
+    print(f"pack plan {plan!r} of {fmeta.shape[0]:,} nodes x {args.feat_dim} f32 "
+          f"({feature_bytes / MB:,.0f} MB features): {meta.total_batches:,} batches, "
+          f"{meta.stats['positions']:,} input positions; cpu tier {opts['cpu_cache'] / MB:,.0f} MB, "
+          f"blowup cap {args.max_disk_blowup:g} (cold base scan)")
+    print(f"  packed   {meta.packed_batches:,}/{meta.total_batches:,} batches in segments of "
+          f"{meta.segment_batches}, blowup {meta.blowup:.2f}, {meta.stats['base_scans']} base scans, "
+          f"expected read amplification {meta.expected_read_amplification:.3f}")
+    print(f"  pack     {r['seconds']:8.1f} s, {written / MB:,.0f} MB written "
+          f"({rows_bytes / MB:,.0f} MB of feature rows): {pack_bps / MB:.0f} MB/s")
+    print(f"  disk     {disk_bps / MB:8.0f} MB/s sequential write + fsync (median of "
+          f"{', '.join(f'{d / MB:.0f}' for d in disk)})")
+    print(f"  ratio    {res['ratio_to_disk']:8.2f} x the disk's write speed (target >= 0.5: "
+          f"{'met' if res['target_met'] else 'NOT met'})")
+    print(f"  reads    {r['read_bytes'] / MB:,.0f} MB from disk (/proc/self/io) = "
+          f"{res['base_read_over_feature_bytes']:.1f} x the feature bytes")
+    print(f"  peak RSS {r['peak_rss'] / (1 << 20):8.0f} MiB (anonymous {r['peak_anon_rss'] / (1 << 20):.0f}"
+          f" MiB; {r['start_rss'] / (1 << 20):.0f} MiB before packing)")
+    print(f"  where the time goes ({r['seconds']:.1f} s; base reads run in a read-ahead thread "
+          "where the packer has one, overlapping the scatter):")
+    for stage, sec in sorted(stages.items(), key=lambda kv: -kv[1]):
+        print(f"    {stage:<46} {sec:7.2f} s  {100 * sec / r['seconds']:5.1f} %")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        png = out.with_suffix(".png")
+        plot(stages, res, png)
+        res["plot"] = str(png)
+        out.write_text(json.dumps(res, indent=1) + "\n")
+    print(json.dumps(res))
+    return res
+
+
+def plot(stages: dict[str, float], res: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6), gridspec_kw={"width_ratios": [1, 2]})
+    a1.bar(["pack", "disk write"], [res["pack_MBps"], res["disk_write_MBps"]], color=["C0", "C7"])
+    a1.set_ylabel("MB/s")
+    a1.set_title(f"pack / disk = {res['ratio_to_disk']:.2f}", fontsize=9)
+    items = sorted(stages.items(), key=lambda kv: kv[1])
+    a2.barh([k for k, _ in items], [v for _, v in items])
+    a2.set_xlabel("seconds")
+    a2.set_title(f"pack time breakdown ({res['pack_seconds']:.1f} s)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
