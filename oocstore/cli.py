@@ -296,6 +296,10 @@ def _add_pack(sub) -> None:
     p.add_argument("--max-disk-blowup", type=float, default=4.0, metavar="X",
                    help="packed bytes at most X times the feature bytes, over all epochs "
                         "(default 4); batches beyond it read rows from the base array")
+    p.add_argument("--policy", choices=["static", "belady"], default="static",
+                   help="CPU tier: static (the most accessed rows, fixed) or belady (a schedule "
+                        "worked out from the plan's known future: admit and evict as Belady's "
+                        "optimal policy would; fewer packed rows, restarts each epoch)")
     p.add_argument("--segment-batches", type=int, default=None, metavar="S",
                    help="batches per segment (default: the smallest that fits the blowup cap)")
     p.add_argument("--cpu-budget", type=_size, default=None, metavar="SIZE",
@@ -327,12 +331,14 @@ def _cmd_pack(args) -> int:
             options, prediction, _ = choose_split(
                 store, plan, cpu_budget=args.cpu_budget, gpu_budget=args.gpu_budget,
                 max_disk_blowup=args.max_disk_blowup, bw=bw)
-            if args.segment_batches:
-                options = PackOptions(**{**options.__dict__, "segment_batches": args.segment_batches})
+            options = PackOptions(**{**options.__dict__, "policy": args.policy,
+                                     "segment_batches": args.segment_batches
+                                     or options.segment_batches})
         else:
             options = PackOptions(gpu_cache=args.gpu_cache or 0, cpu_cache=args.cpu_cache or 0,
                                   max_disk_blowup=args.max_disk_blowup, cpu_budget=args.cpu_budget,
-                                  gpu_budget=args.gpu_budget, segment_batches=args.segment_batches)
+                                  gpu_budget=args.gpu_budget, segment_batches=args.segment_batches,
+                                  policy=args.policy)
             bw = Bandwidths()
         total = store.array_meta("features").nbytes
         with _progress(args, None, f"pack {args.name or plan.name}", unit="B") as update:

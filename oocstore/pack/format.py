@@ -27,6 +27,13 @@ commit protocol as everything else.
     The segment of each plan batch, ``-1`` where the disk-blowup cap left the batch
     unpacked (its cold rows are then read one by one from the base feature array).
 
+``pack/<name>/inserts`` (int64 ``[n, 2]``), ``pack/<name>/insert_offsets`` (int64
+``[total_batches + 1]``) — only with ``policy == "belady"``
+    The CPU tier then follows a schedule worked out offline with Belady's policy over
+    the plan's known future: it starts every epoch holding ``cpu_rows`` and, after batch
+    ``i`` is assembled, row ``position - first position of batch i`` of that batch is
+    copied into CPU slot ``slot`` for each insert ``(position, slot)`` of batch ``i``.
+
 ``pack/<name>/tier`` (uint8) and ``pack/<name>/slot`` (int32), one entry per input
 position of every batch, batches in plan index order (batch ``i`` starts at the sum of
 ``num_input`` over batches before it)
@@ -55,7 +62,7 @@ def pack_key(name: str) -> str:
 
 def pack_array_names(name: str) -> dict[str, str]:
     parts = ("gpu_ids", "gpu_rows", "cpu_ids", "cpu_rows", "rows", "segments", "batch_segment",
-             "tier", "slot")
+             "tier", "slot", "inserts", "insert_offsets")
     return {p: f"pack/{name}/{p}" for p in parts}
 
 
@@ -72,7 +79,7 @@ class PackMeta:
     row_bytes: int
     gpu_rows: int
     cpu_rows: int
-    policy: str  # "static": tiers hold the most accessed rows for the whole run
+    policy: str  # "static": hottest rows for the whole run; "belady": scheduled CPU tier
     segment_batches: int
     num_segments: int
     packed_rows: int

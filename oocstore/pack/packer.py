@@ -41,7 +41,7 @@ from ..store.files import DirectReader, aligned_empty
 from ..tiers.ssd import base_read_buffer_bytes
 from ..units import format_size
 from .format import BASE, CPU, GPU, SSD, PackMeta, pack_array_names, pack_key
-from .placement import static_placement
+from .placement import belady_schedule, static_placement
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,7 @@ class PackOptions:
     gpu_budget: int | None = None
     segment_batches: int | None = None  # None: the smallest that fits the blowup cap
     window_bytes: int = DEFAULT_WINDOW_BYTES
+    policy: str = "static"  # CPU tier: "static" (hottest rows) or "belady" (scheduled)
 
     def __post_init__(self) -> None:
         if self.gpu_cache < 0 or self.cpu_cache < 0:
@@ -79,6 +80,8 @@ class PackOptions:
                              ">= 0 (e.g. 4: packed bytes at most 4x the feature bytes)")
         if self.segment_batches is not None and self.segment_batches < 1:
             raise UsageError(f"segment length {self.segment_batches}: give 1 or more batches")
+        if self.policy not in ("static", "belady"):
+            raise UsageError(f"--policy {self.policy!r}: use static or belady")
 
 
 def latest_plan(store: Store) -> str:
@@ -95,9 +98,18 @@ def plan_version(store: Store, plan: PlanReader) -> int:
 
 # -- numba kernels ---------------------------------------------------------------------
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _is_cold(node_tier, v, hit, p):
+    """Whether position ``p`` (node ``v``) needs disk: not in the GPU tier and, with a
+    static CPU tier, not in it; with a scheduled (Belady) CPU tier, a miss there."""
+    if hit.shape[0] == 0:
+        return node_tier[v] == 2
+    return node_tier[v] != 0 and hit[p] < 0
+
+
 @numba.njit(cache=True, nogil=True)
-def _segment_rows(data, offs, ninput, node_tier, seg_first, seg_last, mark):
-    """Distinct SSD-tier rows of each segment [seg_first[s], seg_last[s])."""
+def _segment_rows(data, offs, ninput, pstart, node_tier, hit, seg_first, seg_last, mark):
+    """Distinct cold rows of each segment [seg_first[s], seg_last[s])."""
     nseg = seg_first.shape[0]
     rows = np.zeros(nseg, dtype=np.int64)
     for s in range(nseg):
@@ -107,7 +119,7 @@ def _segment_rows(data, offs, ninput, node_tier, seg_first, seg_last, mark):
             o = offs[b]
             for i in range(ninput[b]):
                 v = data[o + i]
-                if node_tier[v] == 2 and mark[v] != tag:
+                if _is_cold(node_tier, v, hit, pstart[b] + i) and mark[v] != tag:
                     mark[v] = tag
                     count += 1
         rows[s] = count
@@ -115,8 +127,8 @@ def _segment_rows(data, offs, ninput, node_tier, seg_first, seg_last, mark):
 
 
 @numba.njit(cache=True, nogil=True)
-def _assign(data, offs, ninput, b0, b1, batch_seg, seg_first_row, node_tier, node_slot,
-            mark, rowmap, out_tier, out_slot, node_of_row, base_offset, row_bytes, align):
+def _assign(data, offs, ninput, pstart, b0, b1, batch_seg, seg_first_row, node_tier, node_slot,
+            hit, mark, rowmap, out_tier, out_slot, node_of_row, base_offset, row_bytes, align):
     """Tier and slot of every input position of batches [b0, b1); returns the bytes the
     base-array fallback reads will transfer (4 KiB-widened, per row)."""
     p = 0
@@ -127,7 +139,7 @@ def _assign(data, offs, ninput, b0, b1, batch_seg, seg_first_row, node_tier, nod
         for i in range(ninput[b]):
             v = data[o + i]
             t = node_tier[v]
-            if t == 2:
+            if _is_cold(node_tier, v, hit, pstart[b] + i):
                 if s < 0:
                     out_tier[p] = 3
                     out_slot[p] = -1
@@ -143,9 +155,12 @@ def _assign(data, offs, ninput, b0, b1, batch_seg, seg_first_row, node_tier, nod
                         node_slot[v] = r
                     out_tier[p] = 2
                     out_slot[p] = node_slot[v]
-            else:
+            elif t == 0 or hit.shape[0] == 0:
                 out_tier[p] = t
                 out_slot[p] = node_slot[v]
+            else:
+                out_tier[p] = 1
+                out_slot[p] = hit[pstart[b] + i]
             p += 1
     return fallback_bytes
 
@@ -165,14 +180,14 @@ def _segments(epoch_starts: np.ndarray, S: int) -> tuple[np.ndarray, np.ndarray]
 
 
 @numba.njit(cache=True, nogil=True)
-def _cold_per_batch(data, offs, ninput, node_tier):
+def _cold_per_batch(data, offs, ninput, pstart, node_tier, hit):
     """Input positions of each batch that no memory tier holds."""
     out = np.zeros(offs.shape[0], dtype=np.int64)
     for b in range(offs.shape[0]):
         o = offs[b]
         c = 0
         for i in range(ninput[b]):
-            if node_tier[data[o + i]] == 2:
+            if _is_cold(node_tier, data[o + i], hit, pstart[b] + i):
                 c += 1
         out[b] = c
     return out
@@ -197,7 +212,13 @@ class Layout:
     cap_rows: int
     offs: np.ndarray
     ninput: np.ndarray
+    pstart: np.ndarray  # [total batches + 1] first position of each batch
     min_working_set: dict
+    policy: str = "static"
+    hit: np.ndarray = None  # belady: per position the CPU slot or -1; static: empty
+    ins_pos: np.ndarray = None  # belady admissions: position, slot, count per batch
+    ins_slot: np.ndarray = None
+    ins_count: np.ndarray = None
 
     @property
     def packed_segments(self) -> int:
@@ -212,7 +233,8 @@ class Layout:
         return self.fmeta.row_bytes
 
     def cold_per_batch(self) -> np.ndarray:
-        return _cold_per_batch(self.plan._data, self.offs, self.ninput, self.node_tier)
+        return _cold_per_batch(self.plan._data, self.offs, self.ninput, self.pstart,
+                               self.node_tier, self.hit)
 
 
 def plan_layout(store: Store, plan: PlanReader, options: PackOptions) -> Layout:
@@ -228,15 +250,24 @@ def plan_layout(store: Store, plan: PlanReader, options: PackOptions) -> Layout:
     node_slot = np.zeros(n, dtype=np.int32)
     node_tier[gpu_ids] = GPU
     node_slot[gpu_ids] = np.arange(gpu_ids.size, dtype=np.int32)
-    node_tier[cpu_ids] = CPU
-    node_slot[cpu_ids] = np.arange(cpu_ids.size, dtype=np.int32)
 
     index = np.asarray(plan.index())
     offs = np.ascontiguousarray(index[:, 0])
     ninput = np.ascontiguousarray(index[:, 3])
+    pstart = np.concatenate([[0], np.cumsum(ninput)]).astype(np.int64)
     data = plan._data  # memory map of the plan records
     total_batches = index.shape[0]
     epoch_starts = np.concatenate([[0], np.cumsum(plan.meta.batches_per_epoch)]).astype(np.int64)
+    hit = np.zeros(0, dtype=np.int32)
+    schedule = (None, None, None)
+    if options.policy == "belady":
+        # The CPU tier starts each epoch holding the static choice, then follows the
+        # schedule; GPU-tier rows stay static.
+        hit, *schedule = belady_schedule(data, offs, ninput, epoch_starts, node_tier,
+                                         cpu_ids.size, cpu_ids)
+    else:
+        node_tier[cpu_ids] = CPU
+        node_slot[cpu_ids] = np.arange(cpu_ids.size, dtype=np.int32)
     cap_rows = int(options.max_disk_blowup * base_bytes // rb) if rb else 0
 
     # Segment length: the smallest S whose segments all fit the cap; if none does, the S
@@ -248,7 +279,8 @@ def plan_layout(store: Store, plan: PlanReader, options: PackOptions) -> Layout:
     for S in candidates:
         mark[:] = 0
         seg_first, seg_last = _segments(epoch_starts, S)
-        seg_rows = _segment_rows(data, offs, ninput, node_tier, seg_first, seg_last, mark)
+        seg_rows = _segment_rows(data, offs, ninput, pstart, node_tier, hit, seg_first, seg_last,
+                                 mark)
         fit = int(np.searchsorted(np.cumsum(seg_rows), cap_rows, side="right"))
         covered = int((seg_last[:fit] - seg_first[:fit]).sum())
         if best is None or covered > best[0]:
@@ -278,7 +310,9 @@ def plan_layout(store: Store, plan: PlanReader, options: PackOptions) -> Layout:
     return Layout(plan=plan, fmeta=fmeta, gpu_ids=gpu_ids, cpu_ids=cpu_ids, node_tier=node_tier,
                   node_slot=node_slot, segment_batches=int(S), seg_first=seg_first,
                   seg_last=seg_last, seg_rows=seg_rows, batch_seg=batch_seg, cap_rows=cap_rows,
-                  offs=offs, ninput=ninput, min_working_set=mws)
+                  offs=offs, ninput=ninput, pstart=pstart, min_working_set=mws,
+                  policy=options.policy, hit=hit, ins_pos=schedule[0], ins_slot=schedule[1],
+                  ins_count=schedule[2])
 
 
 def check_budget(layout: Layout, options: PackOptions, name: str) -> None:
@@ -337,9 +371,9 @@ def pack_plan(store: Store, plan_name: str | None = None, *, name: str | None = 
             size = int(ninput[b0:b1].sum())
             out_tier = np.empty(size, dtype=np.uint8)
             out_slot = np.empty(size, dtype=np.int32)
-            fb_read += _assign(data, offs, ninput, b0, b1, batch_seg, seg_first_row, node_tier,
-                               node_slot, mark, rowmap, out_tier, out_slot, node_of_row,
-                               fmeta.offset, rb, ALIGN)
+            fb_read += _assign(data, offs, ninput, layout.pstart, b0, b1, batch_seg,
+                               seg_first_row, node_tier, node_slot, layout.hit, mark, rowmap,
+                               out_tier, out_slot, node_of_row, fmeta.offset, rb, ALIGN)
             fallback_positions += int(np.count_nonzero(out_tier == BASE))
             w_tier.append(out_tier)
             w_slot.append(out_slot)
@@ -349,6 +383,12 @@ def pack_plan(store: Store, plan_name: str | None = None, *, name: str | None = 
             if packed_segs else np.zeros((0, 3), np.int64)
         txn.write_array(names["segments"], segments, subdir="packs")
         txn.write_array(names["batch_segment"], batch_seg, subdir="packs")
+        if layout.policy == "belady":
+            txn.write_array(names["inserts"], np.stack([layout.ins_pos, layout.ins_slot.astype(
+                np.int64)], axis=1) if layout.ins_pos.size else np.zeros((0, 2), np.int64),
+                subdir="packs")
+            txn.write_array(names["insert_offsets"], np.concatenate(
+                [[0], np.cumsum(layout.ins_count)]).astype(np.int64), subdir="packs")
         txn.write_array(names["gpu_ids"], gpu_ids, subdir="packs")
         txn.write_array(names["cpu_ids"], cpu_ids, subdir="packs")
 
@@ -368,14 +408,17 @@ def pack_plan(store: Store, plan_name: str | None = None, *, name: str | None = 
         meta = PackMeta(
             name=name, plan=plan_name, plan_version=plan_version(store, plan), features="features",
             dtype=fmeta.dtype, feat_dim=d, row_bytes=rb, gpu_rows=int(gpu_ids.size),
-            cpu_rows=int(cpu_ids.size), policy="static",
+            cpu_rows=int(cpu_ids.size), policy=layout.policy,
             segment_batches=int(S), num_segments=packed_segs, packed_rows=packed_rows,
             packed_batches=int(np.count_nonzero(batch_seg >= 0)), total_batches=total_batches,
             max_disk_blowup=float(options.max_disk_blowup), blowup=round(blowup, 6),
             expected_read_amplification=round(amp, 6), min_working_set=mws,
-            largest_batch_rows=largest_batch, arrays=names,
+            largest_batch_rows=largest_batch,
+            arrays={k: v for k, v in names.items()
+                    if layout.policy == "belady" or not k.startswith("insert")},
             packed_epochs=_packed_epochs(batch_seg, plan.meta.batches_per_epoch),
             stats={"fallback_positions": fallback_positions, "base_scans": scans,
+                   "cpu_inserts": int(layout.ins_pos.size) if layout.ins_pos is not None else 0,
                    "cap_rows": cap_rows, "segment_bytes_read": seg_read,
                    "positions": int(ninput.sum())})
         txn.put(pack_key(name), meta.to_dict())

@@ -122,3 +122,116 @@ def belady_misses(trace: np.ndarray, num_nodes: int, capacity: int) -> int:
     if trace.size == 0:
         return 0
     return int(_belady(trace, int(num_nodes), int(capacity)))
+
+
+# -- Belady-scheduled dynamic CPU tier -------------------------------------------------
+
+_NEVER = np.iinfo(np.int64).max
+
+
+@numba.njit(cache=True, nogil=True)
+def _belady_epoch(data, offs, ninput, b0, b1, pos0, node_tier, capacity, init_ids,
+                  hit, ins_pos, ins_slot, ins_count, n_ins):
+    """Simulate Belady's policy over batches [b0, b1) with a cache that starts holding
+    ``init_ids``. Writes ``hit[p] = slot`` for positions served by the cache (-1: miss)
+    and appends admissions ``(position, slot)`` (applied after the batch is assembled).
+    GPU-tier nodes (``node_tier == 0``) are neither counted nor cached."""
+    n_nodes = node_tier.shape[0]
+    total = 0
+    for b in range(b0, b1):
+        total += ninput[b]
+    nxt = np.empty(total, dtype=np.int64)
+    last = np.full(n_nodes, _NEVER, dtype=np.int64)
+    p = total
+    for b in range(b1 - 1, b0 - 1, -1):
+        o = offs[b]
+        for i in range(ninput[b] - 1, -1, -1):
+            p -= 1
+            v = data[o + i]
+            nxt[p] = last[v]
+            last[v] = b
+    slot_of = np.full(n_nodes, -1, dtype=np.int64)
+    node_in = np.full(max(capacity, 1), -1, dtype=np.int64)
+    slot_next = np.full(max(capacity, 1), _NEVER, dtype=np.int64)
+    keys = np.empty(total + capacity + 1, dtype=np.int64)
+    vals = np.empty(total + capacity + 1, dtype=np.int64)
+    size = 0
+    used = 0
+    for k in range(min(capacity, init_ids.shape[0])):
+        v = init_ids[k]
+        slot_of[v] = k
+        node_in[k] = v
+        slot_next[k] = last[v]  # first use in this epoch
+        size = _heap_push(keys, vals, size, last[v], k)
+        used += 1
+    cand_p = np.empty(0, dtype=np.int64)
+    p = 0
+    for b in range(b0, b1):
+        o = offs[b]
+        m = ninput[b]
+        if cand_p.shape[0] < m:
+            cand_p = np.empty(m, dtype=np.int64)
+        nc = 0
+        p_first = p
+        for i in range(m):
+            v = data[o + i]
+            if node_tier[v] == 0:
+                hit[pos0 + p] = -1
+            else:
+                s = slot_of[v]
+                if s >= 0:
+                    hit[pos0 + p] = s
+                    slot_next[s] = nxt[p]
+                    size = _heap_push(keys, vals, size, nxt[p], s)
+                else:
+                    hit[pos0 + p] = -1
+                    cand_p[nc] = p
+                    nc += 1
+            p += 1
+        for c in range(nc):
+            q = cand_p[c]
+            nu = nxt[q]
+            if nu == _NEVER or capacity == 0:
+                continue
+            v = data[o + (q - p_first)]
+            if used < capacity:
+                s = used
+                used += 1
+            else:
+                while size > 0 and slot_next[vals[0]] != keys[0]:
+                    size = _heap_pop(keys, vals, size)
+                if size == 0 or keys[0] <= nu:
+                    continue
+                s = vals[0]
+                size = _heap_pop(keys, vals, size)
+                slot_of[node_in[s]] = -1
+            slot_of[v] = s
+            node_in[s] = v
+            slot_next[s] = nu
+            size = _heap_push(keys, vals, size, nu, s)
+            ins_pos[n_ins] = pos0 + q
+            ins_slot[n_ins] = s
+            n_ins += 1
+            ins_count[b] += 1
+    return n_ins
+
+
+def belady_schedule(data, offs, ninput, epoch_starts, node_tier, capacity: int,
+                    init_ids: np.ndarray):
+    """Belady over each epoch of a plan (the cache restarts from ``init_ids`` every
+    epoch, so any epoch can be served on its own). Returns ``(hit, ins_pos, ins_slot,
+    ins_count)``: per position the cache slot or -1; admissions; admissions per batch."""
+    total_pos = int(np.asarray(ninput).sum())
+    hit = np.empty(total_pos, dtype=np.int32)
+    ins_pos = np.empty(total_pos, dtype=np.int64)
+    ins_slot = np.empty(total_pos, dtype=np.int32)
+    ins_count = np.zeros(len(offs), dtype=np.int64)
+    n_ins = 0
+    pos0 = 0
+    init_ids = np.ascontiguousarray(init_ids, dtype=np.int64)
+    for e in range(len(epoch_starts) - 1):
+        b0, b1 = int(epoch_starts[e]), int(epoch_starts[e + 1])
+        n_ins = _belady_epoch(data, offs, ninput, b0, b1, pos0, node_tier, int(capacity),
+                              init_ids, hit, ins_pos, ins_slot, ins_count, n_ins)
+        pos0 += int(np.asarray(ninput[b0:b1]).sum())
+    return hit, ins_pos[:n_ins].copy(), ins_slot[:n_ins].copy(), ins_count

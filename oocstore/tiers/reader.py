@@ -93,6 +93,12 @@ class TieredReader:
         index = self.plan.index()
         self._pos = np.concatenate([[0], np.cumsum(index[:, 3])]).astype(np.int64)
         self._starts = np.concatenate([[0], np.cumsum(self.plan.meta.batches_per_epoch)])
+        self.scheduled = m.policy == "belady"
+        if self.scheduled:
+            self._inserts = store.array(m.arrays["inserts"])
+            self._insert_offsets = _read_whole(store, m.arrays["insert_offsets"])
+        self._next = (-1, -1)  # (epoch, batch) the scheduled CPU tier is ready for
+        self._dirty = False  # whether the scheduled tier left its epoch-start state
         self.direct = self.segments.direct
         if not self.direct:
             log.info("O_DIRECT is not available for %s: reads go through the page cache",
@@ -111,8 +117,28 @@ class TieredReader:
             raise IndexError(f"batch {batch} of epoch {epoch} out of range")
         return int(self._starts[epoch]) + batch
 
+    def _reset_cpu_tier(self) -> None:
+        """Put the scheduled CPU tier back in its epoch-start state (one sequential read)."""
+        start = self.meta.gpu_rows
+        self.host.rows[start:] = _read_whole(self.store, self.meta.arrays["cpu_rows"])
+        self.segments.bytes_read += (self.host.rows.shape[0] - start) * self.meta.row_bytes
+
     def read_batch(self, epoch: int, batch: int, out: np.ndarray | None = None) -> np.ndarray:
-        """``features[input_nodes(epoch, batch)]`` as ``[num_input, D]``."""
+        """``features[input_nodes(epoch, batch)]`` as ``[num_input, D]``.
+
+        With a scheduled (Belady) CPU tier, batches are cheapest in plan order within an
+        epoch; any other order resets the tier and replays the epoch up to ``batch``."""
+        if self.scheduled and (epoch, batch) != self._next:
+            if batch == 0 or self._next[0] != epoch or batch < self._next[1]:
+                if self._dirty:
+                    self._reset_cpu_tier()
+                    self._dirty = False
+                self._next = (epoch, 0)
+            for b in range(self._next[1], batch):
+                self._read(epoch, b, None)
+        return self._read(epoch, batch, out)
+
+    def _read(self, epoch: int, batch: int, out: np.ndarray | None) -> np.ndarray:
         row = self.batch_row(epoch, batch)
         p0, p1 = int(self._pos[row]), int(self._pos[row + 1])
         tier = np.asarray(self._tier[p0:p1])
@@ -133,6 +159,13 @@ class TieredReader:
             tmp = np.empty((base.size, self.meta.feat_dim), dtype=self._out_dtype)
             self.base.gather(nodes, tmp)
             out[base] = tmp
+        if self.scheduled:
+            i0, i1 = int(self._insert_offsets[row]), int(self._insert_offsets[row + 1])
+            if i1 > i0:
+                ins = np.asarray(self._inserts[i0:i1])
+                self.host.rows[self.meta.gpu_rows + ins[:, 1]] = out[ins[:, 0] - p0]
+                self._dirty = True
+            self._next = (epoch, batch + 1)
         return out
 
     def stats(self) -> dict[str, Any]:

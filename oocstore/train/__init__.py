@@ -1,0 +1,9 @@
+"""GNN training over sampled plans: the model, the backend-neutral loop and the
+in-memory feature reference (``--in-memory``) that out-of-core loaders are checked
+against. Imports PyTorch Geometric only when a model is built."""
+
+from .loop import InMemoryFeatures, evaluate, train_epoch
+from .model import GraphSAGE
+from .schedule import Reuse, epoch_schedule
+
+__all__ = ["GraphSAGE", "InMemoryFeatures", "Reuse", "epoch_schedule", "evaluate", "train_epoch"]

@@ -1,0 +1,160 @@
+"""The backend-neutral GNN training loop, and the in-memory feature reference.
+
+The loop does not know where features come from: it consumes an iterable of
+``(SampledBatch, x, y)`` triples, ``x`` ``[num_input, D]`` the features of
+``batch.input_nodes`` in that order (any float dtype, on any device) and ``y``
+``[num_seeds]`` int64 the seeds' labels. An out-of-core loader and
+:class:`InMemoryFeatures` (everything in RAM, the ``--in-memory`` parity reference)
+produce the same triples for the same plan, so the same seeds give the same model.
+
+Determinism: the loop draws random numbers only through torch's global generator
+(dropout, and whatever the caller's model init drew); seed it with
+``torch.manual_seed`` before building the model and the runs repeat exactly on CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import UsageError
+from ..integrations.pyg import to_pyg
+from ..plan import PlanReader, SampledBatch
+from ..store import Store
+
+log = logging.getLogger(__name__)
+
+BatchTriple = tuple[SampledBatch, torch.Tensor, torch.Tensor]
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def _prepare(batch: SampledBatch, x: torch.Tensor, y: torch.Tensor, device: torch.device):
+    num_input, num_seeds = int(batch.input_nodes.shape[0]), int(batch.seeds.shape[0])
+    if x.shape[0] != num_input or y.shape[0] != num_seeds:
+        raise UsageError(f"batch {batch.batch} of epoch {batch.epoch}: got {x.shape[0]} feature "
+                         f"rows and {y.shape[0]} labels for {num_input} input nodes and "
+                         f"{num_seeds} seeds: the feature source must deliver rows for "
+                         "batch.input_nodes and labels for batch.seeds")
+    pyg = to_pyg(batch).to(device, non_blocking=True)
+    return pyg.layers, x.to(device, non_blocking=True), y.to(device, non_blocking=True).long()
+
+
+def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
+                batches: Iterable[BatchTriple], device: torch.device | str) -> dict[str, Any]:
+    """One pass over ``batches``: cross-entropy on the seeds, one optimizer step per batch.
+
+    Returns ``loss`` and ``train_accuracy`` (seed-weighted means over the epoch),
+    ``batches``, ``seeds``, ``seconds`` (wall time) and ``data_seconds`` (time spent
+    waiting for the next triple: the share the feature source did not hide).
+    """
+    device = torch.device(device)
+    model.train()
+    total_loss = 0.0
+    correct = 0
+    seen = 0
+    count = 0
+    data_s = 0.0
+    t0 = time.perf_counter()
+    it = iter(batches)
+    while True:
+        t = time.perf_counter()
+        try:
+            batch, x, y = next(it)
+        except StopIteration:
+            break
+        data_s += time.perf_counter() - t
+        layers, x, y = _prepare(batch, x, y, device)
+        optimizer.zero_grad(set_to_none=True)
+        out = model(x, layers)
+        loss = F.cross_entropy(out, y)
+        loss.backward()
+        optimizer.step()
+        n = int(y.shape[0])
+        total_loss += float(loss.detach()) * n
+        correct += int((out.detach().argmax(dim=1) == y).sum())
+        seen += n
+        count += 1
+    if count == 0:
+        raise UsageError("train_epoch got no batches: the plan epoch is empty")
+    return {"loss": total_loss / seen, "train_accuracy": correct / seen, "batches": count,
+            "seeds": seen, "seconds": time.perf_counter() - t0, "data_seconds": data_s}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Iterable[BatchTriple],
+             device: torch.device | str | None = None) -> float:
+    """Accuracy in ``[0, 1]`` of ``model`` on the seeds of ``batches`` (eval mode: no
+    dropout). ``device`` defaults to the model's."""
+    device = _model_device(model) if device is None else torch.device(device)
+    was_training = model.training
+    model.eval()
+    correct = 0
+    seen = 0
+    try:
+        for batch, x, y in batches:
+            layers, x, y = _prepare(batch, x, y, device)
+            correct += int((model(x, layers).argmax(dim=1) == y).sum())
+            seen += int(y.shape[0])
+    finally:
+        model.train(was_training)
+    if seen == 0:
+        raise UsageError("evaluate got no batches: the evaluation plan is empty")
+    return correct / seen
+
+
+class InMemoryFeatures:
+    """All features and labels of ``store`` in RAM: the reference feature source.
+
+    Features keep the store's dtype (float16 stays float16; the model casts on the
+    device). ``batches(reader, epoch)`` yields the triples the training loop consumes.
+    """
+
+    def __init__(self, store: Store):
+        if not store.has_array("features") or not store.has_array("labels"):
+            raise UsageError(f"store {store.path} lacks features or labels: ingest a dataset "
+                             "with node features and labels to train on it")
+        self.features = torch.from_numpy(np.array(store.array("features")))  # [N, D]
+        self.labels = torch.from_numpy(np.array(store.array("labels"), dtype=np.int64))  # [N]
+        if self.features.ndim != 2 or self.features.shape[0] != self.labels.shape[0]:
+            raise UsageError(f"store {store.path}: features {tuple(self.features.shape)} and "
+                             f"labels {tuple(self.labels.shape)} disagree: re-create the store")
+        log.info("holding %d x %d %s features in memory (%.1f MiB)", self.features.shape[0],
+                 self.features.shape[1], self.features.dtype,
+                 self.features.numel() * self.features.element_size() / 2**20)
+
+    @property
+    def num_nodes(self) -> int:
+        return int(self.features.shape[0])
+
+    @property
+    def feat_dim(self) -> int:
+        return int(self.features.shape[1])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.labels.max()) + 1 if self.labels.numel() else 0
+
+    def gather(self, batch: SampledBatch) -> BatchTriple:
+        """``(batch, features[input_nodes], labels[seeds])``."""
+        nodes = torch.from_numpy(np.array(batch.input_nodes, dtype=np.int64))
+        return (batch, self.features.index_select(0, nodes),
+                self.labels.index_select(0, nodes[:batch.seeds.shape[0]]))
+
+    def batches(self, reader: PlanReader, epoch: int,
+                order: Sequence[int] | np.ndarray | None = None) -> Iterator[BatchTriple]:
+        """Triples for plan epoch ``epoch``, batches in ``order`` (default: as sampled)."""
+        if order is None:
+            order = range(reader.num_batches(epoch))
+        for b in order:
+            yield self.gather(reader.read_batch(epoch, int(b)))
