@@ -378,8 +378,11 @@ class PlanReader:
                 raise FormatError(f"plan {name!r} in {store.path} was sampled from another graph "
                                   f"(store version {self.meta.store_version}): re-sample it with "
                                   f"`oocstore sample ... --name {name} --overwrite`")
+        # ``_data`` maps the records for bulk offline passes (packing); per-batch reads go
+        # through ``_records`` (pread), so serving a plan never maps it into memory.
         self._data = store.array(self.meta.arrays["data"])
-        self._index = store.array(self.meta.arrays["index"])
+        self._records = store.slice_reader(self.meta.arrays["data"])
+        self._index = np.array(store.array(self.meta.arrays["index"]))
         ncols = len(INDEX_HEAD) + len(LAYER_COLUMNS) * self.meta.num_layers
         if self._index.shape != (self.meta.total_batches, ncols):
             raise FormatError(f"plan {name!r}: index has shape {self._index.shape}, expected "
@@ -429,7 +432,7 @@ class PlanReader:
         """``(record view into the data memory map, index row)``, no decoding."""
         row = self.index_row(epoch, batch)
         off, length = int(row[0]), int(row[1])
-        return self._data[off:off + length], row
+        return self._records.read(off, off + length), row
 
     def read_batch(self, epoch: int, batch: int) -> SampledBatch:
         record, row = self.raw_record(epoch, batch)
@@ -439,7 +442,7 @@ class PlanReader:
         """Just the batch's input node ids (int64), without the edges."""
         row = self.index_row(epoch, batch)
         off = int(row[0])
-        return np.asarray(self._data[off:off + int(row[3])], dtype=np.int64)
+        return self._records.read(off, off + int(row[3])).astype(np.int64, copy=False)
 
     def iter_batches(self, epoch: int) -> Iterator[SampledBatch]:
         for b in range(self.num_batches(epoch)):

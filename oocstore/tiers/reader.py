@@ -74,28 +74,35 @@ class TieredReader:
         host_tier_rows = m.cpu_rows + m.gpu_rows
         self._charges.append(charge("cpu", host_tier_rows * rb, "cpu tier (incl. gpu tier held on "
                                     "the host)" if m.gpu_rows else "cpu tier", fix=fix))
-        self._charges.append(charge("cpu", m.min_working_set["largest_segment_bytes"],
-                                    "segment buffer", fix=fix))
+        seg_bytes = m.min_working_set["largest_segment_bytes"]
+        self._charges.append(charge("cpu", seg_bytes, "segment buffer", fix=fix))
         self._charges.append(charge("cpu", m.largest_batch_rows * rb, "batch staging", fix=fix))
+        base_meta = store.array_meta(m.features)
+        self.base = BaseRowTier(store.file_path(base_meta), base_meta, threads=io_threads)
+        if m.min_working_set.get("base_read_bytes"):
+            self._charges.append(charge("cpu", self.base.nbytes, "base-row read buffers", fix=fix))
+        # A second segment buffer lets the next read overlap assembly: taken only if the
+        # budget has room for it once everything required is charged (the pack's minimum
+        # working set counts one buffer).
+        read_ahead = bool(seg_bytes) and self.accountant.fits("cpu", seg_bytes)
+        if read_ahead:
+            self._charges.append(charge("cpu", seg_bytes, "segment read-ahead buffer"))
         rows = np.concatenate([_read_whole(store, m.arrays["gpu_rows"]),
                                _read_whole(store, m.arrays["cpu_rows"])])
         self.host = MemoryTier(rows, name="cpu")
         self.segments = SegmentTier(store.file_path(store.array_meta(m.arrays["rows"])),
                                     store.array_meta(m.arrays["rows"]),
-                                    _read_whole(store, m.arrays["segments"]))
-        base_meta = store.array_meta(m.features)
-        self.base = BaseRowTier(store.file_path(base_meta), base_meta, threads=io_threads)
-        if m.min_working_set.get("base_read_bytes"):
-            self._charges.append(charge("cpu", self.base.nbytes, "base-row read buffers", fix=fix))
+                                    _read_whole(store, m.arrays["segments"]),
+                                    read_ahead=read_ahead)
         self.batch_segment = _read_whole(store, m.arrays["batch_segment"])
-        self._tier = store.array(m.arrays["tier"])
-        self._slot = store.array(m.arrays["slot"])
+        self._tier = store.slice_reader(m.arrays["tier"])
+        self._slot = store.slice_reader(m.arrays["slot"])
         index = self.plan.index()
         self._pos = np.concatenate([[0], np.cumsum(index[:, 3])]).astype(np.int64)
         self._starts = np.concatenate([[0], np.cumsum(self.plan.meta.batches_per_epoch)])
         self.scheduled = m.policy == "belady"
         if self.scheduled:
-            self._inserts = store.array(m.arrays["inserts"])
+            self._inserts = store.slice_reader(m.arrays["inserts"])
             self._insert_offsets = _read_whole(store, m.arrays["insert_offsets"])
         self._next = (-1, -1)  # (epoch, batch) the scheduled CPU tier is ready for
         self._dirty = False  # whether the scheduled tier left its epoch-start state
@@ -141,14 +148,16 @@ class TieredReader:
     def _read(self, epoch: int, batch: int, out: np.ndarray | None) -> np.ndarray:
         row = self.batch_row(epoch, batch)
         p0, p1 = int(self._pos[row]), int(self._pos[row + 1])
-        tier = np.asarray(self._tier[p0:p1])
-        slot = np.asarray(self._slot[p0:p1])
+        tier = self._tier.read(p0, p1)
+        slot = self._slot.read(p0, p1)
         n = p1 - p0
         if out is None:
             out = np.empty((n, self.meta.feat_dim), dtype=self._out_dtype)
         seg = int(self.batch_segment[row])
         if seg >= 0:
             self.segments.load(seg)
+        if row + 1 < self.batch_segment.shape[0] and batch + 1 < self.plan.num_batches(epoch):
+            self.segments.prefetch(int(self.batch_segment[row + 1]))
         counts = assemble_rows(tier, slot, self.host.rows, self.meta.gpu_rows,
                                self.segments.current_rows, out)
         self.host.hits += int(counts[GPU] + counts[CPU])
@@ -162,7 +171,7 @@ class TieredReader:
         if self.scheduled:
             i0, i1 = int(self._insert_offsets[row]), int(self._insert_offsets[row + 1])
             if i1 > i0:
-                ins = np.asarray(self._inserts[i0:i1])
+                ins = self._inserts.read(i0, i1)
                 self.host.rows[self.meta.gpu_rows + ins[:, 1]] = out[ins[:, 0] - p0]
                 self._dirty = True
             self._next = (epoch, batch + 1)
@@ -183,6 +192,9 @@ class TieredReader:
     def close(self) -> None:
         self.segments.close()
         self.base.close()
+        for r in (self._tier, self._slot, getattr(self, "_inserts", None)):
+            if r is not None:
+                r.close()
         for c in self._charges:
             c.release()
         self._charges = []

@@ -34,7 +34,8 @@ class SegmentTier(Tier):
 
     name = "ssd"
 
-    def __init__(self, path: Path, rows_meta: ArrayMeta, segments: np.ndarray, *, direct: bool = True):
+    def __init__(self, path: Path, rows_meta: ArrayMeta, segments: np.ndarray, *,
+                 direct: bool = True, read_ahead: bool = True):
         super().__init__()
         self.meta = rows_meta
         self.segments = np.asarray(segments, dtype=np.int64)  # [S, 3]: first row, rows, batch
@@ -44,13 +45,20 @@ class SegmentTier(Tier):
         largest = int(self.segments[:, 1].max()) if len(self.segments) else 0
         self.buffer_bytes = (largest * self.row_bytes + 2 * ALIGN) if largest else 0
         self._buf = aligned_empty(self.buffer_bytes) if largest else None
+        # Read-ahead: a second buffer filled by one I/O thread while the current segment
+        # is being assembled, so disk and CPU work overlap.
+        self.read_ahead = bool(read_ahead and largest)
+        self._spare = aligned_empty(self.buffer_bytes) if self.read_ahead else None
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="oocstore-ssd") \
+            if self.read_ahead else None
+        self._pending = None  # (segment, future, buffer)
         self.current = -1
         self._rows = np.zeros((0, self.dim), dtype=rows_meta.np_dtype)
         self.reads = 0
 
     @property
     def nbytes(self) -> int:
-        return self.buffer_bytes
+        return self.buffer_bytes * (2 if self.read_ahead else 1)
 
     @property
     def num_rows(self) -> int:
@@ -65,27 +73,56 @@ class SegmentTier(Tier):
         """``[rows, D]`` view of the loaded segment (empty before the first load)."""
         return self._rows
 
-    def load(self, segment: int) -> None:
-        """Make ``segment`` current (one O_DIRECT read unless it already is)."""
-        if segment == self.current:
-            return
+    def _read(self, segment: int, buf: np.ndarray) -> tuple[np.ndarray, int]:
+        """Read ``segment`` into ``buf``; returns (rows view, bytes transferred)."""
         first, count = int(self.segments[segment, 0]), int(self.segments[segment, 1])
-        if count == 0:  # every row of these batches is in a memory tier
-            self._rows = np.zeros((0, self.dim), dtype=self.meta.np_dtype)
-            self.current = segment
-            return
         offset = self.meta.offset + first * self.row_bytes
         start, length = aligned_span(offset, count * self.row_bytes)
-        got = self.reader.read_into(self._buf[:length], start)
+        got = self.reader.read_into(buf[:length], start)
         need = offset - start + count * self.row_bytes
         if got < need:
             raise OSError(f"short read of {self.reader.path} (segment {segment}, byte {offset}): "
                           "the pack file is truncated; run `oocstore verify` and re-pack")
+        rows = np.frombuffer(buf, dtype=self.meta.np_dtype, count=count * self.dim,
+                             offset=offset - start).reshape(count, self.dim)
+        return rows, length
+
+    def prefetch(self, segment: int) -> None:
+        """Start reading ``segment`` into the spare buffer (no-op without read-ahead)."""
+        if not self.read_ahead or segment < 0 or segment == self.current:
+            return
+        if self._pending is not None:
+            return  # one read ahead at a time: the spare buffer is in use
+        if int(self.segments[segment, 1]) == 0:
+            return
+        self._pending = (segment, self._pool.submit(self._read, segment, self._spare), self._spare)
+
+    def load(self, segment: int) -> None:
+        """Make ``segment`` current (one O_DIRECT read unless it already is or was read
+        ahead)."""
+        if segment == self.current:
+            return
+        first, count = int(self.segments[segment, 0]), int(self.segments[segment, 1])
+        if self._pending is not None:
+            seg, future, buf = self._pending
+            self._pending = None
+            rows, length = future.result()  # re-raises a failed read here
+            if seg == segment:
+                self._spare, self._buf = self._buf, buf
+                self._account(segment, rows, length, count)
+                return
+        if count == 0:  # every row of these batches is in a memory tier
+            self._rows = np.zeros((0, self.dim), dtype=self.meta.np_dtype)
+            self.current = segment
+            return
+        rows, length = self._read(segment, self._buf)
+        self._account(segment, rows, length, count)
+
+    def _account(self, segment: int, rows: np.ndarray, length: int, count: int) -> None:
         self.bytes_read += length
         self.useful_bytes += count * self.row_bytes
         self.reads += 1
-        self._rows = np.frombuffer(self._buf, dtype=self.meta.np_dtype, count=count * self.dim,
-                                   offset=offset - start).reshape(count, self.dim)
+        self._rows = rows
         self.current = segment
 
     def _gather(self, slots: np.ndarray, out: np.ndarray) -> None:
@@ -93,6 +130,15 @@ class SegmentTier(Tier):
             gather_rows(self._rows, slots, out)
 
     def close(self) -> None:
+        if self._pending is not None:
+            try:
+                self._pending[1].result()
+            except OSError:
+                pass  # closing: nobody will use the read
+            self._pending = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
         self.reader.close()
 
 
