@@ -100,8 +100,12 @@ def probe(store: Store, *, seq_bytes: int = 128 << 20, rows: int = 2000) -> Band
 
 
 def predict_epoch(layout: Layout, bw: Bandwidths, epoch: int = 0,
-                  cold: np.ndarray | None = None) -> dict[str, Any]:
-    """Predicted seconds to load every batch of ``epoch`` through ``layout``'s tiers."""
+                  cold: np.ndarray | None = None, read_ahead: bool = True) -> dict[str, Any]:
+    """Predicted seconds to load every batch of ``epoch`` through ``layout``'s tiers.
+
+    With ``read_ahead`` (the reader's second segment buffer), segment reads overlap the
+    CPU work: the epoch costs the larger of the two, plus one segment's worth of the
+    smaller (the pipeline filling), plus the fallback reads, which do not overlap."""
     plan = layout.plan
     starts = np.concatenate([[0], np.cumsum(plan.meta.batches_per_epoch)])
     b0, b1 = int(starts[epoch]), int(starts[epoch + 1])
@@ -116,14 +120,23 @@ def predict_epoch(layout: Layout, bw: Bandwidths, epoch: int = 0,
     segs = np.flatnonzero((layout.seg_first >= b0) & (layout.seg_first < b1))
     seg_bytes = sum(aligned_span(ALIGN - 1, int(r) * rb)[1] for r in layout.seg_rows[segs])
     _, row_span = aligned_span(0, rb)
+    inserts = int(layout.ins_count[b0:b1].sum()) if layout.ins_count is not None else 0
     parts = {
-        "memory_gather_s": host_rows / bw.gather_rows_per_s,
+        "memory_gather_s": (host_rows + inserts) / bw.gather_rows_per_s,
         "ssd_read_s": len(segs) * bw.request_s + seg_bytes / bw.seq_read_Bps,
         "ssd_gather_s": ssd_rows / bw.gather_rows_per_s,
         "fallback_read_s": fallback_rows * row_span / bw.row_read_Bps,
         "overhead_s": (b1 - b0) * bw.batch_overhead_s,
     }
-    return {"seconds": sum(parts.values()), **parts, "batches": b1 - b0,
+    if layout.policy == "belady" and epoch > 0:  # the scheduled tier restarts each epoch
+        parts["ssd_read_s"] += layout.cpu_ids.size * rb / bw.seq_read_Bps
+    io = parts["ssd_read_s"]
+    cpu = parts["memory_gather_s"] + parts["ssd_gather_s"] + parts["overhead_s"]
+    if read_ahead and len(segs):
+        seconds = max(io, cpu) + min(io, cpu) / len(segs) + parts["fallback_read_s"]
+    else:
+        seconds = io + cpu + parts["fallback_read_s"]
+    return {"seconds": seconds, **parts, "batches": b1 - b0, "cpu_inserts": inserts,
             "host_rows": host_rows, "ssd_rows": ssd_rows, "fallback_rows": fallback_rows,
             "ssd_bytes": seg_bytes}
 
