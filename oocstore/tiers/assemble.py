@@ -8,18 +8,19 @@ import numpy as np
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def assemble_rows(tier, slot, host_rows, gpu_rows, seg_rows, out):
+def assemble_rows(tier, slot, host_rows, gpu_rows, seg_rows, out, gpu_on_host=True):
     """For every position ``i``: tier 0 (GPU tier kept on the host) -> ``host_rows[slot]``,
     tier 1 (CPU) -> ``host_rows[gpu_rows + slot]``, tier 2 (SSD) -> ``seg_rows[slot]``;
-    tier 3 (base fallback) is left for the caller. Returns the number of positions per
-    tier as ``[gpu, cpu, ssd, base]``."""
+    tier 3 (base fallback), and tier 0 when the GPU tier lives on the device
+    (``gpu_on_host`` false), are left for the caller. Returns the number of positions
+    per tier as ``[gpu, cpu, ssd, base]``."""
     n = tier.shape[0]
     d = out.shape[1]
     # Explicit column loops: numba compiles a row slice assignment (out[i] = src[k]) into
     # a generic broadcast that is ~10x slower than this for 100-1000 element rows.
     for i in numba.prange(n):
         t = tier[i]
-        if t == 0:
+        if t == 0 and gpu_on_host:
             k = slot[i]
             for j in range(d):
                 out[i, j] = host_rows[k, j]

@@ -24,6 +24,7 @@ from ..store import Store
 from ..store.files import DirectReader
 from ..units import format_size
 from .assemble import assemble_rows
+from .device import DeviceTier
 from .memory import MemoryTier
 from .ssd import BaseRowTier, SegmentTier
 
@@ -43,6 +44,12 @@ def load_pack(store: Store, name: str) -> PackMeta:
     return PackMeta.from_dict(raw)
 
 
+def _torch_dtype(dtype: np.dtype):
+    import torch
+
+    return {np.dtype("float32"): torch.float32, np.dtype("float16"): torch.float16}[np.dtype(dtype)]
+
+
 def _read_whole(store: Store, name: str) -> np.ndarray:
     """A whole (small) array into RAM with one sequential O_DIRECT read."""
     meta = store.array_meta(name)
@@ -54,8 +61,13 @@ def _read_whole(store: Store, name: str) -> np.ndarray:
 
 
 class TieredReader:
+    """Reads batches of a pack. ``device``: where the GPU tier lives — a CUDA device
+    keeps it there (charged to the GPU budget) and :meth:`read_batch_tensor` delivers
+    batches on that device; ``None`` (or ``"cpu"``) keeps it in host memory."""
+
     def __init__(self, store: Store, pack: str, *, budget: MemoryBudget | None = None,
-                 accountant: BudgetAccountant | None = None, io_threads: int = 8):
+                 accountant: BudgetAccountant | None = None, io_threads: int = 8,
+                 device=None, gpu_tier_on_device: bool | None = None):
         self.store = store
         self.meta = load_pack(store, pack)
         self.plan = PlanReader(store, self.meta.plan)
@@ -71,9 +83,20 @@ class TieredReader:
         fix = ("lower the cache sizes when packing, sample with a smaller batch size, or raise "
                "the cpu budget")
         charge = self.accountant.charge
-        host_tier_rows = m.cpu_rows + m.gpu_rows
+        import torch
+
+        self.device = torch.device(device) if device is not None else None
+        if gpu_tier_on_device is None:
+            gpu_tier_on_device = self.device is not None and self.device.type != "cpu"
+        self.gpu_on_host = not (gpu_tier_on_device and m.gpu_rows)
+        if not self.gpu_on_host:
+            gfix = "lower --gpu-cache when packing or raise the gpu budget"
+            self._charges.append(charge("gpu", m.gpu_rows * rb, "gpu tier", fix=gfix))
+            self._charges.append(charge("gpu", m.largest_batch_rows * rb, "device batch", fix=gfix))
+        host_tier_rows = m.cpu_rows + (m.gpu_rows if self.gpu_on_host else 0)
         self._charges.append(charge("cpu", host_tier_rows * rb, "cpu tier (incl. gpu tier held on "
-                                    "the host)" if m.gpu_rows else "cpu tier", fix=fix))
+                                    "the host)" if m.gpu_rows and self.gpu_on_host else "cpu tier",
+                                    fix=fix))
         seg_bytes = m.min_working_set["largest_segment_bytes"]
         self._charges.append(charge("cpu", seg_bytes, "segment buffer", fix=fix))
         self._charges.append(charge("cpu", m.largest_batch_rows * rb, "batch staging", fix=fix))
@@ -87,9 +110,17 @@ class TieredReader:
         read_ahead = bool(seg_bytes) and self.accountant.fits("cpu", seg_bytes)
         if read_ahead:
             self._charges.append(charge("cpu", seg_bytes, "segment read-ahead buffer"))
-        rows = np.concatenate([_read_whole(store, m.arrays["gpu_rows"]),
-                               _read_whole(store, m.arrays["cpu_rows"])])
-        self.host = MemoryTier(rows, name="cpu")
+        gpu_rows = _read_whole(store, m.arrays["gpu_rows"])
+        cpu_rows = _read_whole(store, m.arrays["cpu_rows"])
+        self.gpu = None
+        if self.gpu_on_host:
+            self.host = MemoryTier(np.concatenate([gpu_rows, cpu_rows]), name="cpu")
+            self._cpu_offset = m.gpu_rows
+        else:
+            self.host = MemoryTier(cpu_rows, name="cpu")
+            self._cpu_offset = 0
+            self.gpu = DeviceTier(gpu_rows, self.device or torch.device("cpu"))
+        del gpu_rows, cpu_rows
         self.segments = SegmentTier(store.file_path(store.array_meta(m.arrays["rows"])),
                                     store.array_meta(m.arrays["rows"]),
                                     _read_whole(store, m.arrays["segments"]),
@@ -126,7 +157,7 @@ class TieredReader:
 
     def _reset_cpu_tier(self) -> None:
         """Put the scheduled CPU tier back in its epoch-start state (one sequential read)."""
-        start = self.meta.gpu_rows
+        start = self._cpu_offset
         self.host.rows[start:] = _read_whole(self.store, self.meta.arrays["cpu_rows"])
         self.segments.bytes_read += (self.host.rows.shape[0] - start) * self.meta.row_bytes
 
@@ -158,8 +189,8 @@ class TieredReader:
             self.segments.load(seg)
         if row + 1 < self.batch_segment.shape[0] and batch + 1 < self.plan.num_batches(epoch):
             self.segments.prefetch(int(self.batch_segment[row + 1]))
-        counts = assemble_rows(tier, slot, self.host.rows, self.meta.gpu_rows,
-                               self.segments.current_rows, out)
+        counts = assemble_rows(tier, slot, self.host.rows, self._cpu_offset,
+                               self.segments.current_rows, out, self.gpu_on_host)
         self.host.hits += int(counts[GPU] + counts[CPU])
         self.segments.hits += int(counts[SSD])
         if counts[BASE]:
@@ -168,17 +199,42 @@ class TieredReader:
             tmp = np.empty((base.size, self.meta.feat_dim), dtype=self._out_dtype)
             self.base.gather(nodes, tmp)
             out[base] = tmp
+        self._last_gpu = None
+        if not self.gpu_on_host and counts[GPU]:
+            self._last_gpu = np.flatnonzero(tier == GPU), slot
         if self.scheduled:
             i0, i1 = int(self._insert_offsets[row]), int(self._insert_offsets[row + 1])
             if i1 > i0:
                 ins = self._inserts.read(i0, i1)
-                self.host.rows[self.meta.gpu_rows + ins[:, 1]] = out[ins[:, 0] - p0]
+                self.host.rows[self._cpu_offset + ins[:, 1]] = out[ins[:, 0] - p0]
                 self._dirty = True
             self._next = (epoch, batch + 1)
         return out
 
+    def read_batch_tensor(self, epoch: int, batch: int):
+        """The batch as a torch tensor on ``device``: host tiers are assembled into a
+        staging buffer (pinned on CUDA), copied to the device, and the GPU tier's rows
+        are gathered there."""
+        import torch
+
+        device = self.device or torch.device("cpu")
+        row = self.batch_row(epoch, batch)
+        n = int(self._pos[row + 1] - self._pos[row])
+        pin = device.type == "cuda"
+        staging = torch.empty((n, self.meta.feat_dim), dtype=_torch_dtype(self._out_dtype),
+                              pin_memory=pin)
+        self.read_batch(epoch, batch, out=staging.numpy())
+        x = staging.to(device, non_blocking=pin)
+        if self._last_gpu is not None:
+            pos, slot = self._last_gpu
+            self.gpu.gather_into(torch.from_numpy(slot[pos].astype(np.int64)),
+                                 torch.from_numpy(pos), x)
+        return x
+
     def stats(self) -> dict[str, Any]:
         tiers = {"cpu": self.host.stats(), "ssd": self.segments.stats(), "base": self.base.stats()}
+        if self.gpu is not None:
+            tiers["gpu"] = self.gpu.stats()
         read = tiers["ssd"]["bytes_read"] + tiers["base"]["bytes_read"]
         useful = tiers["ssd"]["useful_bytes"] + tiers["base"]["useful_bytes"]
         hits = {k: v["hits"] for k, v in tiers.items()}

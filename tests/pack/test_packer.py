@@ -268,3 +268,104 @@ def test_belady_tier_beats_static_on_disk_reads(store):
     s_stats = read_all_and_compare(store, "st")
     b_stats = read_all_and_compare(store, "bel")
     assert b_stats["hit_rate"]["cpu"] > s_stats["hit_rate"]["cpu"]
+
+
+@pytest.mark.parametrize("policy", ["static", "belady"])
+def test_gpu_tier_on_a_device_gathers_there(store, policy):
+    import torch
+
+    meta = pack_plan(store, name=f"dev-{policy}", options=PackOptions(
+        gpu_cache=300 * 64, cpu_cache=600 * 64, max_disk_blowup=64, policy=policy))
+    feats = torch.from_numpy(np.array(store.array("features")))
+    acct = BudgetAccountant(MemoryBudget(gpu=meta.min_working_set["gpu"], cpu=None))
+    with TieredReader(store, meta.name, device="cpu", gpu_tier_on_device=True,
+                      accountant=acct) as reader:
+        assert acct.charged("gpu") == meta.min_working_set["gpu"]
+        for b in range(reader.num_batches(0)):
+            x = reader.read_batch_tensor(0, b)
+            ids = torch.from_numpy(reader.plan.input_nodes(0, b))
+            assert torch.equal(x, feats[ids])
+        assert reader.stats()["tiers"]["gpu"]["hits"] > 0
+    with pytest.raises(BudgetError, match="gpu budget"):
+        TieredReader(store, meta.name, device="cpu", gpu_tier_on_device=True,
+                     budget=MemoryBudget(gpu=meta.min_working_set["gpu"] - 1))
+
+
+@pytest.mark.gpu
+def test_gpu_tier_on_cuda(store):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device on this machine")
+    meta = pack_plan(store, name="cuda", options=PackOptions(gpu_cache=300 * 64, cpu_cache=600 * 64,
+                                                             max_disk_blowup=64), overwrite=True)
+    feats = torch.from_numpy(np.array(store.array("features"))).cuda()
+    with TieredReader(store, meta.name, device="cuda") as reader:
+        for b in range(reader.num_batches(0)):
+            x = reader.read_batch_tensor(0, b)
+            assert x.is_cuda
+            assert torch.equal(x, feats[torch.from_numpy(reader.plan.input_nodes(0, b)).cuda()])
+
+
+def _pack_file_bytes(store, meta):
+    return {part: store.file_path(store.array_meta(arr)).read_bytes()
+            for part, arr in meta.arrays.items()}
+
+
+@pytest.mark.parametrize("scan_bytes", [None, 64 * 97])  # one base chunk, or many
+def test_bucketed_copy_writes_the_same_files_as_one_window(tmp_path, monkeypatch, scan_bytes):
+    from oocstore.pack import packer
+
+    if scan_bytes:
+        monkeypatch.setattr(packer, "_SCAN_BYTES", scan_bytes)
+    with make_store(tmp_path / "s", nodes=2500) as s:
+        sample_plan(s, fanouts="5,3", batch_size=100, epochs=2, seed=3)
+        opts = dict(cpu_cache=300 * 64, gpu_cache=64 * 64, max_disk_blowup=6)
+        one = pack_plan(s, name="one", options=PackOptions(window_bytes=1 << 30, **opts))
+        assert one.stats["base_scans"] == 1
+        expected = _pack_file_bytes(s, one)
+        rows = one.packed_rows + one.cpu_rows + one.gpu_rows
+        # Windows of one row, a few rows, an odd size, and one row short of everything.
+        for window_rows in (2, 7, 1001, rows - 1):
+            name = f"w{window_rows}"
+            meta = pack_plan(s, name=name, options=PackOptions(window_bytes=window_rows * 64,
+                                                               **opts))
+            assert meta.stats["base_scans"] == 1
+            got = _pack_file_bytes(s, meta)
+            assert got.keys() == expected.keys()
+            for part in expected:
+                assert got[part] == expected[part], (window_rows, part)
+                assert s.checksums(meta.arrays[part]) == s.checksums(one.arrays[part])
+        assert not list((s.path / "packs").glob("copy-buckets-*"))  # removed when done
+        read_all_and_compare(s, "w7")
+
+
+BUCKET_DRIVER = textwrap.dedent("""
+    import os, signal, sys
+    from oocstore import Store
+    from oocstore.pack import packer, pack_plan, PackOptions
+    place = packer._place_rows
+    def killing_place(*a):  # killed while windows are assembled from the buckets
+        os.kill(os.getpid(), signal.SIGKILL)
+    packer._place_rows = killing_place
+    with Store(sys.argv[1], readonly=False) as s:
+        pack_plan(s, name="p", options=PackOptions(window_bytes=50 * 64), overwrite=True)
+""")
+
+
+def test_sigkill_mid_copy_leaves_buckets_that_the_next_transaction_removes(tmp_path):
+    with make_store(tmp_path / "s", nodes=800) as s:
+        sample_plan(s, fanouts="4,4", batch_size=64, epochs=1, seed=0)
+        old = pack_plan(s, name="p")
+        expected = _pack_file_bytes(s, old)
+    proc = subprocess.run([sys.executable, "-c", BUCKET_DRIVER, str(tmp_path / "s")],
+                          capture_output=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+    assert list((tmp_path / "s" / "packs").glob("copy-buckets-*.tmp"))  # the crash left one
+    with Store(tmp_path / "s", readonly=False) as s:
+        assert s.get("pack/p") == old.to_dict()
+        pack_plan(s, name="q", options=PackOptions(window_bytes=50 * 64))
+        assert not list((s.path / "packs").glob("copy-buckets-*"))
+        assert _pack_file_bytes(s, s.get("pack/q") and __import__(
+            "oocstore.tiers.reader", fromlist=["load_pack"]).load_pack(s, "q")) == expected
+        assert verify_store(s) == []

@@ -139,6 +139,18 @@ class TestMemoryTier(TierConformance):
             t.gather(np.array([2]), np.empty((1, D), DTYPE))
 
 
+class TestDeviceTier(TierConformance):
+    """The GPU tier's tensor on the CPU device (the same code runs on CUDA)."""
+
+    def make(self, request):
+        import torch
+
+        from oocstore.tiers.device import DeviceTier
+
+        rows = np.random.default_rng(6).standard_normal((N, D)).astype(DTYPE)
+        return DeviceTier(rows, torch.device("cpu")), rows
+
+
 class TestSegmentTier(TierConformance):
     """After ``load(segment)`` the slots are the rows of that segment."""
 
