@@ -45,3 +45,7 @@ class StoreLockedError(OocError, BlockingIOError):
 
 class DiskFullError(OocError, OSError):
     """The disk filled up while writing; temporary files were removed."""
+
+
+class StageTimeoutError(OocError, TimeoutError):
+    """A pipeline stage produced nothing within the loader's timeout."""

@@ -63,11 +63,12 @@ def _read_whole(store: Store, name: str) -> np.ndarray:
 class TieredReader:
     """Reads batches of a pack. ``device``: where the GPU tier lives — a CUDA device
     keeps it there (charged to the GPU budget) and :meth:`read_batch_tensor` delivers
-    batches on that device; ``None`` (or ``"cpu"``) keeps it in host memory."""
+    batches on that device; ``None`` (or ``"cpu"``) keeps it in host memory.
+    ``reserve``: CPU-budget bytes to leave free before taking optional buffers."""
 
     def __init__(self, store: Store, pack: str, *, budget: MemoryBudget | None = None,
                  accountant: BudgetAccountant | None = None, io_threads: int = 8,
-                 device=None, gpu_tier_on_device: bool | None = None):
+                 device=None, gpu_tier_on_device: bool | None = None, reserve: int = 0):
         self.store = store
         self.meta = load_pack(store, pack)
         self.plan = PlanReader(store, self.meta.plan)
@@ -107,7 +108,8 @@ class TieredReader:
         # A second segment buffer lets the next read overlap assembly: taken only if the
         # budget has room for it once everything required is charged (the pack's minimum
         # working set counts one buffer).
-        read_ahead = bool(seg_bytes) and self.accountant.fits("cpu", seg_bytes)
+        # ``reserve``: bytes a caller (the loader) still needs for required buffers.
+        read_ahead = bool(seg_bytes) and self.accountant.fits("cpu", seg_bytes + reserve)
         if read_ahead:
             self._charges.append(charge("cpu", seg_bytes, "segment read-ahead buffer"))
         gpu_rows = _read_whole(store, m.arrays["gpu_rows"])

@@ -1,0 +1,286 @@
+"""``NodeLoader``: the DataLoader replacement for GNN mini-batch training out of core.
+
+Where a training loop used ``DataLoader`` + a neighbour sampler, it iterates a
+``NodeLoader`` built from a store, a plan (sampled offline) and its pack. Each
+:class:`Batch` carries the plan's blocks, ``x`` (the batch's input-node features, on the
+device), ``y`` (the seeds' labels) and converters ``to_pyg()`` / ``to_dgl()``.
+
+Pipeline (``oocstore/pipeline.py``), one named thread per stage, bounded queues:
+
+``oocstore-read``
+    plan record -> blocks; packed SSD segment read with ``O_DIRECT`` (the segment tier
+    reads the next segment ahead on its own ``oocstore-ssd`` thread, and base-array row
+    reads run on an ``oocstore-base`` pool, so several requests are in flight) -> CPU
+    assembly (a numba kernel that releases the GIL) into a staging buffer, pinned when
+    the device is CUDA. ``pin_memory`` behaviour is therefore implicit.
+``oocstore-h2d`` (CUDA only)
+    host-to-device copy on a side CUDA stream, recorded with an event that the consumer's
+    stream waits on; the GPU tier's rows are gathered on the device.
+
+On a CPU device the H2D stage is skipped and ``x`` is the staging tensor itself.
+
+Memory: ``prefetch`` batches may wait in each queue. The loader charges
+``(prefetch + 1) x largest batch`` of staging (the waiting batches plus the one the
+training loop holds) and the labels to the CPU budget, on top of what the tiered reader
+charges (tiers, segment buffers). The default prefetch depth is the largest <= 4 that
+fits; a budget that cannot hold even one batch in flight is refused up front.
+
+Epochs: ``set_epoch(e)`` selects plan epoch ``e mod K``, where ``K`` is the number of
+packed epochs (all of the plan's epochs unless a disk-blowup cap packed fewer).
+``state_dict()`` / ``load_state_dict()`` resume mid-epoch exactly: the same remaining
+batches, in the same order.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from .budget import BudgetAccountant, MemoryBudget
+from .errors import BudgetError, FormatError, UsageError
+from .pack.packer import latest_plan
+from .pipeline import Pipeline
+from .plan import SampledBatch
+from .store import Store
+from .tiers.reader import TieredReader, list_packs
+from .units import format_size
+
+log = logging.getLogger(__name__)
+
+#: Largest default prefetch depth (batches waiting per queue).
+MAX_PREFETCH = 4
+
+
+@dataclass
+class Batch:
+    """One training batch. ``x`` rows follow ``sample.input_nodes``; ``y`` the seeds."""
+
+    epoch: int
+    index: int
+    sample: SampledBatch
+    x: torch.Tensor  # [num_input, D] on the loader's device
+    y: torch.Tensor  # [num_seeds] int64 on the loader's device
+    _event: Any = field(default=None, repr=False)
+
+    @property
+    def seeds(self) -> np.ndarray:
+        return self.sample.seeds
+
+    @property
+    def input_nodes(self) -> np.ndarray:
+        return self.sample.input_nodes
+
+    @property
+    def blocks(self):
+        return self.sample.blocks
+
+    def to_pyg(self):
+        """Per-layer ``edge_index`` + sizes for PyG layers (on ``x``'s device)."""
+        from .integrations.pyg import to_pyg
+
+        return to_pyg(self.sample).to(self.x.device)
+
+    def to_dgl(self):
+        """DGL blocks (``dgl.create_block``), where the DGL environment is installed."""
+        from .integrations.dgl import to_dgl
+
+        return to_dgl(self.sample, device=self.x.device)
+
+
+def latest_pack(store: Store, plan: str) -> str:
+    packs = {n: m for n, m in list_packs(store).items() if m.plan == plan}
+    if not packs:
+        raise UsageError(f"plan {plan!r} of {store.path} has no pack: create one with "
+                         f"`oocstore pack {store.path} --plan {plan} --cpu-budget SIZE`")
+    return max(packs, key=lambda n: (store.array_meta(packs[n].arrays["tier"]).version, n))
+
+
+class NodeLoader:
+    """Iterate the batches of one epoch of a packed plan, prefetched through the tiers."""
+
+    def __init__(self, store: Store, plan: str | None = None, *, pack: str | None = None,
+                 device: str | torch.device = "cpu", budget: MemoryBudget | None = None,
+                 prefetch: int | None = None, timeout: float = 300.0, io_threads: int = 8):
+        self.store = store
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise UsageError("--device cuda: no CUDA device is available on this machine "
+                             "(torch.cuda.is_available() is False); use --device cpu")
+        self.plan_name = plan or latest_plan(store)
+        self.pack_name = pack or latest_pack(store, self.plan_name)
+        self.budget = budget or MemoryBudget()
+        self.accountant = BudgetAccountant(self.budget)
+        self.timeout = timeout
+        from .tiers.reader import load_pack
+
+        pm = load_pack(store, self.pack_name)
+        # Required before the reader's optional read-ahead buffer: labels (int16 or int64),
+        # the batch the training loop holds, and one prefetched batch.
+        reserve = store.array_meta("labels").shape[0] * 8 + 2 * pm.largest_batch_rows * pm.row_bytes
+        self.reader = TieredReader(store, self.pack_name, accountant=self.accountant,
+                                   io_threads=io_threads, device=self.device, reserve=reserve)
+        if self.reader.meta.plan != self.plan_name:
+            raise UsageError(f"pack {self.pack_name!r} was made from plan "
+                             f"{self.reader.meta.plan!r}, not {self.plan_name!r}")
+        self._charges = []
+        try:
+            self._setup_budget(prefetch)
+        except BaseException:
+            self.reader.close()
+            raise
+        packed = self.reader.meta.packed_epochs
+        self.num_plan_epochs = packed if packed >= 1 else self.reader.plan.num_epochs
+        self.epoch = 0
+        self._start = 0  # next batch index (resume)
+        self._pipeline: Pipeline | None = None
+        self._closed = False
+        self._epoch_stats: list[dict[str, float]] = []
+        self._wait = 0.0
+        self._batches = 0
+
+    # -- budget --------------------------------------------------------------------
+    def _setup_budget(self, prefetch: int | None) -> None:
+        m = self.reader.meta
+        staging = m.largest_batch_rows * m.row_bytes
+        labels = self.store.array("labels")
+        ldtype = np.int16 if labels.size and int(labels.max()) < 2**15 else np.int64
+        self._charges.append(self.accountant.charge(
+            "cpu", labels.size * np.dtype(ldtype).itemsize, "labels",
+            fix="raise the cpu budget"))
+        self.labels = np.asarray(labels).astype(ldtype)
+        fix = (f"the pack's minimum working set is {format_size(m.min_working_set['cpu'])}; raise "
+               "--cpu-budget, lower --cpu-cache when packing, or sample with a smaller batch "
+               "size")
+        self._charges.append(self.accountant.charge("cpu", staging, "batch held by the training "
+                                                    "loop", fix=fix))
+        if prefetch is None:
+            depth = 0
+            while depth < MAX_PREFETCH and self.accountant.fits("cpu", (depth + 1) * staging):
+                depth += 1
+            if depth == 0:
+                raise BudgetError(
+                    f"cpu budget {format_size(self.budget.cpu)} cannot prefetch even one batch "
+                    f"({format_size(staging)} of staging on top of "
+                    f"{format_size(self.accountant.charged('cpu'))}); minimum needed "
+                    f"{format_size(self.accountant.charged('cpu') + staging)}: raise --cpu-budget")
+            log.info("prefetch depth %d (the largest <= %d that fits the cpu budget)", depth,
+                     MAX_PREFETCH)
+        else:
+            depth = int(prefetch)
+            if depth < 1:
+                raise UsageError(f"prefetch {prefetch}: give 1 or more batches")
+        self.prefetch = depth
+        self._charges.append(self.accountant.charge(
+            "cpu", depth * staging, f"{depth} prefetched batch(es)",
+            fix=f"lower the prefetch depth (now {depth}) or raise the cpu budget"))
+
+    # -- epochs and resume -----------------------------------------------------------
+    def set_epoch(self, epoch: int) -> None:
+        if epoch < 0:
+            raise UsageError(f"epoch {epoch} must be >= 0")
+        self._stop_pipeline()
+        if epoch != self.epoch:
+            self._start = 0
+        self.epoch = epoch
+
+    @property
+    def plan_epoch(self) -> int:
+        return self.epoch % self.num_plan_epochs
+
+    def __len__(self) -> int:
+        return self.reader.num_batches(self.plan_epoch)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "next_batch": self._start, "plan": self.plan_name,
+                "pack": self.pack_name, "plan_version": self.reader.meta.plan_version}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("plan") != self.plan_name or state.get("pack") != self.pack_name:
+            raise FormatError(f"loader state is for plan {state.get('plan')!r} / pack "
+                              f"{state.get('pack')!r}, not {self.plan_name!r} / "
+                              f"{self.pack_name!r}: resume with the same --plan")
+        if state.get("plan_version") != self.reader.meta.plan_version:
+            raise FormatError("loader state was saved for another version of the plan: it was "
+                              "re-sampled since; start a new run instead of --resume")
+        self._stop_pipeline()
+        self.epoch = int(state["epoch"])
+        self._start = int(state["next_batch"])
+
+    # -- iteration ------------------------------------------------------------------
+    def _read(self, b: int):
+        e = self.plan_epoch
+        sample = self.reader.plan.read_batch(e, b)
+        if self.device.type == "cuda":
+            x = self.reader.read_batch_tensor(e, b)  # staged in pinned memory, copied
+            event = torch.cuda.Event()
+            event.record()
+        else:
+            x = torch.from_numpy(self.reader.read_batch(e, b))
+            event = None
+        y = torch.from_numpy(self.labels[sample.seeds].astype(np.int64))
+        return b, sample, x, y, event
+
+    def __iter__(self) -> Iterator[Batch]:
+        if self._closed:
+            raise UsageError("this loader was closed; build a new one")
+        self._stop_pipeline()
+        epoch = self.epoch
+        start = self._start
+        n = len(self)
+        stages = [("oocstore-read", self._read)]
+        self._pipeline = Pipeline(range(start, n), stages, depth=self.prefetch,
+                                  timeout=self.timeout)
+        t_epoch = time.perf_counter()
+        wait0 = 0.0
+        try:
+            for b, sample, x, y, event in self._pipeline:
+                if event is not None:
+                    torch.cuda.current_stream().wait_event(event)
+                y = y.to(self.device, non_blocking=True)
+                self._start = b + 1
+                self._batches += 1
+                yield Batch(epoch=epoch, index=b, sample=sample, x=x, y=y, _event=event)
+            self._start = 0  # the epoch is complete
+            self.epoch = epoch + 1
+        finally:
+            if self._pipeline is not None:
+                wait0 = self._pipeline.wait_seconds
+                self._wait += wait0
+                self._epoch_stats.append({"epoch": epoch, "time_s": time.perf_counter() - t_epoch,
+                                          "wait_s": wait0,
+                                          **{f"{k}_s": v for k, v in
+                                             self._pipeline.stage_seconds.items()}})
+            self._stop_pipeline()
+
+    def _stop_pipeline(self) -> None:
+        if self._pipeline is not None:
+            self._pipeline.close()
+            self._pipeline = None
+
+    # -- stats and lifecycle -------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        st = self.reader.stats()
+        return {**st, "batches": self._batches, "wait_s": self._wait,
+                "epochs": list(self._epoch_stats), "prefetch": self.prefetch,
+                "plan": self.plan_name, "pack": self.pack_name}
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._stop_pipeline()
+        self.reader.close()
+        for c in self._charges:
+            c.release()
+        self._charges = []
+
+    def __enter__(self) -> "NodeLoader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

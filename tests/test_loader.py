@@ -1,0 +1,154 @@
+"""The DataLoader replacement: exact batches, epochs, resume, failures, budgets."""
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from oocstore import Store
+from oocstore.budget import MemoryBudget
+from oocstore.errors import BudgetError, StageTimeoutError, UsageError
+from oocstore.ingest import build_store
+from oocstore.ingest.synthetic import SyntheticSpec, synthetic_source
+from oocstore.loader import NodeLoader
+from oocstore.pack import PackOptions, pack_plan
+from samplers import sample_plan
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("loader") / "s"
+    build_store(path, synthetic_source(SyntheticSpec(nodes=4000, feat_dim=16, avg_degree=8)))
+    s = Store(path, readonly=False)
+    sample_plan(s, fanouts="4,4", batch_size=256, epochs=3, seed=0)
+    pack_plan(s, name="train", options=PackOptions(cpu_cache=200 * 64, max_disk_blowup=64))
+    pack_plan(s, name="belady", options=PackOptions(cpu_cache=200 * 64, max_disk_blowup=64,
+                                                    policy="belady"))
+    yield s
+    s.close()
+
+
+def oocstore_threads():
+    return [t for t in threading.enumerate() if t.name.startswith("oocstore")]
+
+
+def check(store, batch):
+    feats = np.asarray(store.array("features"))
+    labels = np.asarray(store.array("labels"))
+    assert torch.equal(batch.x, torch.from_numpy(feats[batch.input_nodes]))
+    assert torch.equal(batch.y, torch.from_numpy(labels[batch.seeds]))
+
+
+@pytest.mark.parametrize("pack", ["train", "belady"])
+def test_batches_are_exact_and_epochs_cycle(store, pack):
+    with NodeLoader(store, pack=pack) as loader:
+        assert loader.num_plan_epochs == 3
+        seen = []
+        for epoch in range(4):
+            loader.set_epoch(epoch)
+            batches = list(loader)
+            assert len(batches) == len(loader) > 1
+            for b in batches:
+                check(store, b)
+            seen.append(np.concatenate([b.seeds for b in batches]))
+        assert np.array_equal(seen[3], seen[0])  # epoch 3 reuses plan epoch 0
+        assert not np.array_equal(seen[1], seen[0])
+        st = loader.stats()
+        assert st["batches"] == 4 * len(loader)
+        assert len(st["epochs"]) == 4 and st["read_amplification"] < 1.1
+    assert not oocstore_threads()
+
+
+@pytest.mark.parametrize("pack", ["train", "belady"])
+def test_resume_mid_epoch_gives_exactly_the_remaining_batches(store, pack):
+    with NodeLoader(store, pack=pack) as loader:
+        loader.set_epoch(1)
+        full = [(b.index, b.seeds.copy(), b.x.clone()) for b in loader]
+    with NodeLoader(store, pack=pack) as loader:
+        loader.set_epoch(1)
+        it = iter(loader)
+        for _ in range(3):
+            next(it)
+        state = loader.state_dict()
+        it.close()
+    assert state["epoch"] == 1 and state["next_batch"] == 3
+    with NodeLoader(store, pack=pack) as loader:
+        loader.load_state_dict(state)
+        rest = [(b.index, b.seeds, b.x) for b in loader]
+    assert [r[0] for r in rest] == [f[0] for f in full[3:]]
+    for (_, s1, x1), (_, s2, x2) in zip(rest, full[3:]):
+        assert np.array_equal(s1, s2) and torch.equal(x1, x2)
+
+
+def test_stage_failure_surfaces_with_traceback_and_close_leaves_no_thread(store, monkeypatch):
+    loader = NodeLoader(store)
+    original = loader.reader.read_batch
+
+    def failing(epoch, batch, out=None):
+        if batch == 2:
+            raise OSError("disk read failed at batch 2")
+        return original(epoch, batch, out)
+
+    monkeypatch.setattr(loader.reader, "read_batch", failing)
+    with pytest.raises(OSError, match="batch 2") as info:
+        list(loader)
+    assert "failing" in [f.name for f in __import__("traceback").extract_tb(info.value.__traceback__)]
+    loader.close()
+    assert not oocstore_threads()
+
+
+def test_stalled_read_times_out_naming_the_stage(store, monkeypatch):
+    import time
+
+    with NodeLoader(store, timeout=0.5) as loader:
+        monkeypatch.setattr(loader.reader, "read_batch",
+                            lambda e, b, out=None: time.sleep(3))
+        with pytest.raises(StageTimeoutError, match="stage 'oocstore-read' has been busy"):
+            next(iter(loader))
+    assert not oocstore_threads()
+
+
+def test_close_mid_epoch_stops_every_thread(store):
+    loader = NodeLoader(store)
+    it = iter(loader)
+    next(it)
+    assert oocstore_threads()
+    loader.close()
+    loader.close()
+    assert not oocstore_threads()
+    with pytest.raises(UsageError, match="closed"):
+        iter(loader).__next__()
+
+
+def test_budget_too_small_for_one_batch_is_refused_up_front(store):
+    need = store.get("pack/train")["min_working_set"]["cpu"]
+    with pytest.raises(BudgetError, match=r"budget .*minimum|budget"):
+        NodeLoader(store, budget=MemoryBudget(cpu=need // 2))
+    assert not oocstore_threads()
+
+
+def test_prefetch_depth_is_the_largest_that_fits(store):
+    with NodeLoader(store) as loader:
+        assert loader.prefetch == 4
+    m = store.get("pack/train")
+    staging = m["largest_batch_rows"] * m["row_bytes"]
+    labels = 4000 * 2
+    with NodeLoader(store, budget=MemoryBudget(cpu=m["min_working_set"]["cpu"] + labels
+                                               + 2 * staging + staging // 2)) as loader:
+        assert loader.prefetch in (1, 2)
+        assert loader.accountant.peak("cpu") <= loader.budget.cpu
+
+
+def test_cuda_without_cuda_is_refused(store):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(UsageError, match="no CUDA device"):
+        NodeLoader(store, device="cuda")
+
+
+def test_batches_convert_to_pyg(store):
+    with NodeLoader(store) as loader:
+        b = next(iter(loader))
+        pyg = b.to_pyg()
+        assert len(pyg.layers) == 2 and pyg.layers[-1].size[1] == len(b.seeds)
