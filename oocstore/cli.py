@@ -358,6 +358,71 @@ def _cmd_pack(args) -> int:
     return 0
 
 
+# -- train -----------------------------------------------------------------------------
+
+def _add_train(sub) -> None:
+    p = sub.add_parser(
+        "train", help="train GraphSAGE node classification from a store, out of core",
+        description="Train GraphSAGE on a store's training plan, streaming features through "
+                    "the plan's pack (GPU/CPU/SSD tiers, pipelined prefetch) inside the given "
+                    "budgets; then report validation and test accuracy (evaluation plans are "
+                    "sampled and packed once if the store has none). --in-memory runs the "
+                    "same plans with every feature in RAM: the parity reference.")
+    p.add_argument("store", metavar="STORE")
+    p.add_argument("--plan", default=None, help="training plan (default: the most recent "
+                                                "train-split plan, and its most recent pack)")
+    p.add_argument("--epochs", type=int, required=True, help="training epochs")
+    p.add_argument("--hidden", type=int, default=256, help="hidden units (default 256)")
+    p.add_argument("--lr", type=float, default=0.003, help="Adam learning rate (default 0.003)")
+    p.add_argument("--dropout", type=float, default=0.5, help="dropout (default 0.5)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to train")
+    p.add_argument("--cpu-budget", type=_size, default=None, metavar="SIZE",
+                   help="hard limit for oocstore's host buffers (caches, staging, prefetch)")
+    p.add_argument("--gpu-budget", type=_size, default=None, metavar="SIZE",
+                   help="hard limit for oocstore's device buffers")
+    p.add_argument("--in-memory", action="store_true",
+                   help="hold all features in RAM (same plans): the accuracy reference")
+    p.add_argument("--backend", default="pyg", choices=["pyg", "dgl"],
+                   help="GNN layers: PyG SAGEConv (default) or dgl.nn.SAGEConv (DGL environment)")
+    p.add_argument("--seed", type=int, default=0, help="seed for model init (default 0)")
+    p.add_argument("--checkpoint", metavar="DIR", default=None,
+                   help="save model, optimizer and loader state here after every epoch")
+    p.add_argument("--resume", action="store_true", help="continue from --checkpoint DIR")
+    p.add_argument("--json", action="store_true",
+                   help="print the summary as one JSON object on the last line of stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args) -> int:
+    from .train.run import TrainConfig, run_training, summary_json
+    from .units import format_size
+
+    cfg = TrainConfig(epochs=args.epochs, hidden=args.hidden, lr=args.lr, dropout=args.dropout,
+                      device=args.device, cpu_budget=args.cpu_budget, gpu_budget=args.gpu_budget,
+                      in_memory=args.in_memory, backend=args.backend, seed=args.seed,
+                      checkpoint=args.checkpoint, resume=args.resume)
+    with _progress(args, args.epochs, "train", unit="epoch") as update:
+        summary = run_training(args.store, args.plan, cfg, progress=lambda e, n: update(1))
+    if args.json:
+        print(summary_json(summary))
+        return 0
+    mode = "in memory" if summary["in_memory"] else f"out of core (pack {summary['pack']})"
+    print(f"trained plan {summary['plan']} {mode} on {summary['device']}: "
+          f"val acc {summary['val_acc']:.4f}, test acc {summary['test_acc']:.4f}")
+    for e in summary["epochs"]:
+        print(f"  epoch {e['epoch']}: {e['time_s']:.1f} s, waited {e['wait_s']:.2f} s for data, "
+              f"loss {e['loss']:.4f}")
+    if not summary["in_memory"]:
+        hr = ", ".join(f"{k} {v:.1%}" for k, v in summary["hit_rate"].items())
+        print(f"  read {format_size(summary['bytes_read'])} for "
+              f"{format_size(summary['useful_bytes'])} of useful rows (amplification "
+              f"{summary['read_amplification']:.3f}); hits: {hr}; prefetch depth "
+              f"{summary['prefetch']}")
+    print(f"  peak RSS {format_size(summary['peak_rss_bytes'])}")
+    return 0
+
+
 # -- inspect / verify ------------------------------------------------------------------
 
 def _add_inspect(sub) -> None:
@@ -426,7 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_COMMANDS = [_add_ingest, _add_inspect, _add_verify, _add_sample, _add_pack]
+_COMMANDS = [_add_ingest, _add_inspect, _add_verify, _add_sample, _add_pack, _add_train]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -121,7 +121,20 @@ class NodeLoader:
         pm = load_pack(store, self.pack_name)
         # Required before the reader's optional read-ahead buffer: labels (int16 or int64),
         # the batch the training loop holds, and one prefetched batch.
-        reserve = store.array_meta("labels").shape[0] * 8 + 2 * pm.largest_batch_rows * pm.row_bytes
+        staging = pm.largest_batch_rows * pm.row_bytes
+        labels_bytes = store.array_meta("labels").shape[0] * 8
+        reserve = labels_bytes + 2 * staging
+        need = pm.min_working_set["cpu"] + reserve
+        if self.device.type != "cpu":
+            need -= pm.min_working_set["gpu_tier_bytes"]  # that tier lives on the device
+        if self.budget.cpu is not None and need > self.budget.cpu:
+            raise BudgetError(
+                f"cpu budget {format_size(self.budget.cpu)} is too small for pack "
+                f"{self.pack_name!r}: the minimum needed is {format_size(need)} (pack working set "
+                f"{format_size(pm.min_working_set['cpu'])} incl. a {format_size(pm.min_working_set['cpu_tier_bytes'])} "
+                f"cpu cache, + labels {format_size(labels_bytes)} + one batch held and one "
+                f"prefetched, {format_size(2 * staging)}): raise --cpu-budget to at least "
+                f"{format_size(need)}, or re-pack with a smaller --cpu-cache")
         self.reader = TieredReader(store, self.pack_name, accountant=self.accountant,
                                    io_threads=io_threads, device=self.device, reserve=reserve)
         if self.reader.meta.plan != self.plan_name:

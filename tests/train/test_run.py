@@ -1,0 +1,82 @@
+"""`oocstore train`: out of core vs in memory, JSON summary, budgets, checkpoints."""
+
+import json
+
+import pytest
+import torch
+
+from oocstore.cli import main
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("train") / "s")
+    assert main(["ingest", "synthetic", path, "--nodes", "3000", "--feat-dim", "16",
+                 "--avg-degree", "8", "--quiet"]) == 0
+    assert main(["sample", path, "--fanouts", "5,5", "--batch-size", "256", "--epochs", "2",
+                 "--quiet"]) == 0
+    assert main(["pack", path, "--cpu-cache", "16KiB", "--max-disk-blowup", "32", "--quiet"]) == 0
+    return path
+
+
+def run_json(capsys, *argv):
+    assert main(["train", *argv, "--json", "--quiet"]) == 0
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_out_of_core_matches_in_memory(store, capsys):
+    ooc = run_json(capsys, store, "--epochs", "3", "--hidden", "32", "--cpu-budget", "8MiB")
+    mem = run_json(capsys, store, "--epochs", "3", "--hidden", "32", "--in-memory")
+    for key in ("test_acc", "val_acc", "epochs", "bytes_read", "useful_bytes",
+                "read_amplification", "hit_rate", "peak_rss_bytes", "peak_gpu_bytes", "budget"):
+        assert key in ooc
+    assert 0 <= ooc["test_acc"] <= 1 and ooc["test_acc"] > 0.6
+    assert abs(ooc["test_acc"] - mem["test_acc"]) <= 0.01
+    assert ooc["bytes_read"] > 0 and ooc["read_amplification"] < 1.1
+    assert ooc["budget"]["cpu"] == 8 << 20 and ooc["peak_gpu_bytes"] is None
+    assert [e["epoch"] for e in ooc["epochs"]] == [0, 1, 2]
+    assert all(e["time_s"] > 0 and e["wait_s"] >= 0 for e in ooc["epochs"])
+
+
+def test_budget_too_small_exits_within_seconds_naming_the_minimum(store, capsys):
+    assert main(["train", store, "--epochs", "1", "--cpu-budget", "64KiB"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "budget" in err[0] and "minimum needed is" in err[0]
+    assert "raise --cpu-budget to at least" in err[0]
+
+
+def test_checkpoint_and_resume_continue_the_run(store, tmp_path, capsys):
+    ck = str(tmp_path / "ck")
+    first = run_json(capsys, store, "--epochs", "2", "--hidden", "16", "--checkpoint", ck)
+    assert (tmp_path / "ck" / "checkpoint.pt").exists()
+    resumed = run_json(capsys, store, "--epochs", "3", "--hidden", "16", "--checkpoint", ck,
+                       "--resume")
+    assert [e["epoch"] for e in resumed["epochs"]] == [0, 1, 2]
+    assert resumed["epochs"][:2] == first["epochs"]
+    state = torch.load(tmp_path / "ck" / "checkpoint.pt", weights_only=False)
+    assert state["epoch"] == 3 and state["loader"]["epoch"] == 3
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--device", "cuda"], "no CUDA device"),
+    (["--resume"], "--resume needs --checkpoint"),
+    (["--plan", "nope"], "has no plan 'nope'"),
+])
+def test_bad_input_is_one_line(store, capsys, argv, match):
+    if argv[:2] == ["--device", "cuda"] and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert main(["train", store, "--epochs", "1", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and match in err[0]
+
+
+def test_dgl_backend_without_dgl_says_how_to_install(store, capsys):
+    pytest.importorskip("torch_geometric")
+    try:
+        import dgl  # noqa: F401
+        pytest.skip("DGL is installed here")
+    except ImportError:
+        pass
+    assert main(["train", store, "--epochs", "1", "--backend", "dgl"]) == 2
+    err = capsys.readouterr().err
+    assert "dgl" in err.lower() and "make test-dgl" in err
