@@ -43,7 +43,7 @@ import torch
 
 from .budget import BudgetAccountant, MemoryBudget
 from .errors import BudgetError, FormatError, UsageError
-from .pack.packer import latest_plan
+from .pack.packer import label_dtype, labels_bytes, latest_plan
 from .pipeline import Pipeline
 from .plan import SampledBatch
 from .store import Store
@@ -122,19 +122,23 @@ class NodeLoader:
         # Required before the reader's optional read-ahead buffer: labels (int16 or int64),
         # the batch the training loop holds, and one prefetched batch.
         staging = pm.largest_batch_rows * pm.row_bytes
-        labels_bytes = store.array_meta("labels").shape[0] * 8
-        reserve = labels_bytes + 2 * staging
-        need = pm.min_working_set["cpu"] + reserve
+        lbytes = labels_bytes(store)
+        reserve = lbytes + 2 * staging
+        mws = pm.min_working_set
+        need = mws["cpu"]
+        if "labels_bytes" not in mws:  # packs written before the minimum counted these
+            need += reserve
         if self.device.type != "cpu":
-            need -= pm.min_working_set["gpu_tier_bytes"]  # that tier lives on the device
+            need -= mws["gpu_tier_bytes"]  # that tier lives on the device
         if self.budget.cpu is not None and need > self.budget.cpu:
             raise BudgetError(
                 f"cpu budget {format_size(self.budget.cpu)} is too small for pack "
-                f"{self.pack_name!r}: the minimum needed is {format_size(need)} (pack working set "
-                f"{format_size(pm.min_working_set['cpu'])} incl. a {format_size(pm.min_working_set['cpu_tier_bytes'])} "
-                f"cpu cache, + labels {format_size(labels_bytes)} + one batch held and one "
-                f"prefetched, {format_size(2 * staging)}): raise --cpu-budget to at least "
-                f"{format_size(need)}, or re-pack with a smaller --cpu-cache")
+                f"{self.pack_name!r}: the minimum needed is {format_size(need)} (cpu cache "
+                f"{format_size(mws['cpu_tier_bytes'])} + largest segment "
+                f"{format_size(mws['largest_segment_bytes'])} + 3 batches of staging "
+                f"{format_size(3 * staging)} + labels {format_size(lbytes)} + read buffers): "
+                f"raise --cpu-budget to at least {format_size(need)}, or re-pack with a smaller "
+                "--cpu-cache or within `oocstore pack --cpu-budget`")
         self.reader = TieredReader(store, self.pack_name, accountant=self.accountant,
                                    io_threads=io_threads, device=self.device, reserve=reserve)
         if self.reader.meta.plan != self.plan_name:
@@ -160,12 +164,10 @@ class NodeLoader:
     def _setup_budget(self, prefetch: int | None) -> None:
         m = self.reader.meta
         staging = m.largest_batch_rows * m.row_bytes
-        labels = self.store.array("labels")
-        ldtype = np.int16 if labels.size and int(labels.max()) < 2**15 else np.int64
-        self._charges.append(self.accountant.charge(
-            "cpu", labels.size * np.dtype(ldtype).itemsize, "labels",
-            fix="raise the cpu budget"))
-        self.labels = np.asarray(labels).astype(ldtype)
+        ldtype = label_dtype(self.store)
+        self._charges.append(self.accountant.charge("cpu", labels_bytes(self.store), "labels",
+                                                    fix="raise the cpu budget"))
+        self.labels = np.asarray(self.store.array("labels")).astype(ldtype)
         fix = (f"the pack's minimum working set is {format_size(m.min_working_set['cpu'])}; raise "
                "--cpu-budget, lower --cpu-cache when packing, or sample with a smaller batch "
                "size")

@@ -14,21 +14,27 @@ Steps (all streaming over the plan; the base feature array is only read sequenti
 3. **Budget check.** The minimum working set (largest segment + one batch of staging +
    CPU tier) is compared with ``cpu_budget`` *before* anything is written.
 4. **Assignment.** Every input position of every batch gets (tier, slot).
-5. **Batched copy.** The base feature array is scanned sequentially in large aligned
-   ``O_DIRECT`` reads and rows are scattered into an output window held in memory
-   (``window_bytes``); each window is then appended to the pack files. Output larger than
-   the window takes several scans.
+5. **Batched copy.** The base feature array is scanned once, sequentially, in large
+   aligned ``O_DIRECT`` reads; rows are scattered into an output window held in memory
+   (``window_bytes``), and rows of later windows go to per-window buckets in a temporary
+   file, each assembled into a window after the scan (:func:`copy_rows`). Windows are
+   appended to the pack files by a writer thread while the next one is assembled.
 6. **Commit.** One catalog transaction makes the pack visible (crash-safe).
 
-Memory: O(num_nodes) for placement maps, 8 bytes per packed row, plus the window.
+Memory: O(num_nodes) for placement maps, 20 bytes per packed row (row map, concatenated
+ids, window order), plus ``window_bytes`` and four 32 MiB copy buffers.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
+import tempfile
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numba
@@ -37,10 +43,10 @@ import numpy as np
 from ..errors import BudgetError, StoreExistsError, StoreNotFoundError, UsageError
 from ..plan import PlanReader, list_plans
 from ..store import ALIGN, Store
-from ..store.files import DirectReader, aligned_empty
+from ..store.files import DirectReader, aligned_empty, raise_disk_error
 from ..tiers.ssd import base_read_buffer_bytes
 from ..units import format_size
-from .format import BASE, CPU, GPU, SSD, PackMeta, pack_array_names, pack_key
+from .format import CPU, GPU, SSD, PackMeta, pack_array_names, pack_key
 from .placement import belady_schedule, static_placement
 
 log = logging.getLogger(__name__)
@@ -84,6 +90,20 @@ class PackOptions:
             raise UsageError(f"--policy {self.policy!r}: use static or belady")
 
 
+def label_dtype(store: Store) -> np.dtype:
+    """The compact dtype the loader keeps labels in (int16 for < 32768 classes)."""
+    if not store.has_array("labels"):
+        return np.dtype(np.int64)
+    labels = store.array("labels")
+    return np.dtype(np.int16 if labels.size == 0 or int(labels.max()) < 2**15 else np.int64)
+
+
+def labels_bytes(store: Store) -> int:
+    if not store.has_array("labels"):
+        return 0
+    return store.array_meta("labels").shape[0] * label_dtype(store).itemsize
+
+
 def latest_plan(store: Store) -> str:
     plans = list_plans(store)
     if not plans:
@@ -108,30 +128,73 @@ def _is_cold(node_tier, v, hit, p):
 
 
 @numba.njit(cache=True, nogil=True)
-def _segment_rows(data, offs, ninput, pstart, node_tier, hit, seg_first, seg_last, mark):
-    """Distinct cold rows of each segment [seg_first[s], seg_last[s])."""
-    nseg = seg_first.shape[0]
-    rows = np.zeros(nseg, dtype=np.int64)
-    for s in range(nseg):
-        tag = s + 1
-        count = 0
-        for b in range(seg_first[s], seg_last[s]):
-            o = offs[b]
-            for i in range(ninput[b]):
-                v = data[o + i]
-                if _is_cold(node_tier, v, hit, pstart[b] + i) and mark[v] != tag:
-                    mark[v] = tag
-                    count += 1
-        rows[s] = count
-    return rows
+def _segment_rows(data, offs, ninput, pstart, node_tier, hit, epoch_of, epoch_starts, lengths,
+                  cap_rows, last, rows):
+    """Distinct cold rows of the segments of every candidate length at once, in one pass
+    over the plan that stops as soon as no candidate can pack more.
+
+    ``lengths[k]`` is a segment length ``S``; segments are ``S`` consecutive batches of
+    one epoch (:func:`_segments`). Fills ``rows[k, s]`` for the segments that fit
+    ``cap_rows`` rows in plan order and returns ``fit[k]``, how many do. A candidate stops
+    counting once its running total passes the cap: the segments after that are never
+    packed, so counting them (a full pass per candidate) was wasted work. ``last[v]`` is
+    the last batch in which node ``v`` was cold (all -1 on entry): ``v`` is a new row of
+    its segment exactly when that batch lies before the segment's first batch.
+    """
+    nk = lengths.shape[0]
+    fit = np.zeros(nk, dtype=np.int64)
+    total = np.zeros(nk, dtype=np.int64)
+    count = np.zeros(nk, dtype=np.int64)
+    cur = np.full(nk, -1, dtype=np.int64)  # segment being counted
+    first = np.zeros(nk, dtype=np.int64)  # its first batch
+    done = np.zeros(nk, dtype=np.bool_)
+    live = nk
+    for b in range(offs.shape[0]):
+        if live == 0:
+            break
+        e0 = epoch_starts[epoch_of[b]]
+        for k in range(nk):
+            if done[k]:
+                continue
+            f = e0 + (b - e0) // lengths[k] * lengths[k]
+            if f != first[k] or cur[k] < 0:  # a new segment starts at batch f == b
+                if cur[k] >= 0:
+                    rows[k, cur[k]] = count[k]
+                    fit[k] = cur[k] + 1
+                cur[k] += 1
+                first[k] = f
+                count[k] = 0
+        o = offs[b]
+        for i in range(ninput[b]):
+            v = data[o + i]
+            if not _is_cold(node_tier, v, hit, pstart[b] + i):
+                continue
+            lv = last[v]
+            last[v] = b
+            for k in range(nk):
+                if lv < first[k] and not done[k]:
+                    count[k] += 1
+                    total[k] += 1
+                    if total[k] > cap_rows:  # this segment does not fit: stop here
+                        done[k] = True
+                        live -= 1
+    for k in range(nk):
+        if not done[k] and cur[k] >= 0:
+            rows[k, cur[k]] = count[k]
+            fit[k] = cur[k] + 1
+    return fit
 
 
 @numba.njit(cache=True, nogil=True)
 def _assign(data, offs, ninput, pstart, b0, b1, batch_seg, seg_first_row, node_tier, node_slot,
-            hit, mark, rowmap, out_tier, out_slot, node_of_row, base_offset, row_bytes, align):
-    """Tier and slot of every input position of batches [b0, b1); returns the bytes the
-    base-array fallback reads will transfer (4 KiB-widened, per row)."""
+            hit, mark, rowmap, out_tier, out_slot, node_of_row, base_offset, row_bytes, fallback):
+    """Tier and slot of every input position of batches [b0, b1); adds to ``fallback``
+    the positions read from the base array ([0]) and the bytes those reads transfer
+    ([1], 4 KiB-widened per row). ``ALIGN`` is a compile-time constant here, so the
+    widening divides by shifts (on the default bench most of the 76 M positions are
+    fallback reads, and two integer divisions each showed in the profile)."""
     p = 0
+    fallback_positions = 0
     fallback_bytes = 0
     for b in range(b0, b1):
         s = batch_seg[b]
@@ -144,7 +207,8 @@ def _assign(data, offs, ninput, pstart, b0, b1, batch_seg, seg_first_row, node_t
                     out_tier[p] = 3
                     out_slot[p] = -1
                     off = base_offset + v * row_bytes
-                    fallback_bytes += ((off + row_bytes + align - 1) // align - off // align) * align
+                    fallback_bytes += ((off + row_bytes + ALIGN - 1) // ALIGN - off // ALIGN) * ALIGN
+                    fallback_positions += 1
                 else:
                     tag = s + 1
                     if mark[v] != tag:
@@ -162,7 +226,8 @@ def _assign(data, offs, ninput, pstart, b0, b1, batch_seg, seg_first_row, node_t
                 out_tier[p] = 1
                 out_slot[p] = hit[pstart[b] + i]
             p += 1
-    return fallback_bytes
+    fallback[0] += fallback_positions
+    fallback[1] += fallback_bytes
 
 
 # -- segments --------------------------------------------------------------------------
@@ -271,25 +336,31 @@ def plan_layout(store: Store, plan: PlanReader, options: PackOptions) -> Layout:
     cap_rows = int(options.max_disk_blowup * base_bytes // rb) if rb else 0
 
     # Segment length: the smallest S whose segments all fit the cap; if none does, the S
-    # whose prefix of segments within the cap covers the most batches.
-    mark = np.zeros(n, dtype=np.int64)
+    # whose prefix of segments within the cap covers the most batches. All candidates are
+    # counted in one pass that ends where the last of them reaches the cap.
     candidates = [options.segment_batches] if options.segment_batches else \
         [s for s in (1, 2, 4, 8, 16) if s <= MAX_SEGMENT_BATCHES]
+    epoch_of = np.repeat(np.arange(len(epoch_starts) - 1, dtype=np.int64),
+                         np.diff(epoch_starts)) if total_batches else np.zeros(0, np.int64)
+    lengths = np.asarray(candidates, dtype=np.int64)
+    rows_by_len = np.zeros((lengths.size, max(total_batches, 1)), dtype=np.int64)
+    last = np.full(n, -1, dtype=np.int32)  # batch indices; half the cache misses of int64
+    fits = _segment_rows(data, offs, ninput, pstart, node_tier, hit, epoch_of, epoch_starts,
+                         lengths, cap_rows, last, rows_by_len)
+    del last
     best = None
-    for S in candidates:
-        mark[:] = 0
+    for k, S in enumerate(candidates):
         seg_first, seg_last = _segments(epoch_starts, S)
-        seg_rows = _segment_rows(data, offs, ninput, pstart, node_tier, hit, seg_first, seg_last,
-                                 mark)
-        fit = int(np.searchsorted(np.cumsum(seg_rows), cap_rows, side="right"))
+        fit = int(fits[k])
+        seg_rows = rows_by_len[k, :fit].copy()
         covered = int((seg_last[:fit] - seg_first[:fit]).sum())
         if best is None or covered > best[0]:
             best = (covered, S, seg_first, seg_last, seg_rows, fit)
-        if fit == seg_rows.size:
+        if fit == seg_first.size:
             break
     _, S, seg_first, seg_last, seg_rows, packed_segs = best
-    unpacked = packed_segs < seg_rows.size
-    seg_first, seg_last, seg_rows = seg_first[:packed_segs], seg_last[:packed_segs], seg_rows[:packed_segs]
+    unpacked = packed_segs < seg_first.size
+    seg_first, seg_last = seg_first[:packed_segs], seg_last[:packed_segs]
     batch_seg = np.full(total_batches, -1, dtype=np.int64)
     for s in range(packed_segs):
         batch_seg[seg_first[s]:seg_last[s]] = s
@@ -302,11 +373,16 @@ def plan_layout(store: Store, plan: PlanReader, options: PackOptions) -> Layout:
     fallback_buf = base_read_buffer_bytes(rb) if unpacked else 0
     # On the CPU the GPU tier is held in host memory too (a CPU-only run); on a CUDA run
     # the loader moves it to the device and charges the GPU budget instead.
-    mws = {"cpu": largest_seg + staging + cpu_tier_bytes + gpu_tier_bytes + fallback_buf,
+    # Training also holds the labels and, besides the batch being assembled, the batch the
+    # training loop works on and one prefetched batch: all part of the minimum.
+    lbytes = labels_bytes(store)
+    mws = {"cpu": largest_seg + 3 * staging + cpu_tier_bytes + gpu_tier_bytes + fallback_buf
+           + lbytes,
            "gpu": gpu_tier_bytes + (staging if gpu_tier_bytes else 0),
            "largest_segment_bytes": largest_seg, "staging_bytes": staging,
            "cpu_tier_bytes": cpu_tier_bytes, "gpu_tier_bytes": gpu_tier_bytes,
-           "base_read_bytes": fallback_buf}
+           "base_read_bytes": fallback_buf, "labels_bytes": lbytes,
+           "loader_batches_bytes": 2 * staging}
     return Layout(plan=plan, fmeta=fmeta, gpu_ids=gpu_ids, cpu_ids=cpu_ids, node_tier=node_tier,
                   node_slot=node_slot, segment_batches=int(S), seg_first=seg_first,
                   seg_last=seg_last, seg_rows=seg_rows, batch_seg=batch_seg, cap_rows=cap_rows,
@@ -364,19 +440,23 @@ def pack_plan(store: Store, plan_name: str | None = None, *, name: str | None = 
         w_slot = txn.array_writer(names["slot"], np.int32, (), subdir="packs")
         node_of_row = np.empty(packed_rows, dtype=np.int64)
         rowmap = np.zeros(max(packed_segs, 1), dtype=np.int64)
-        fallback_positions = 0
-        fb_read = 0
+        fallback = np.zeros(2, dtype=np.int64)  # positions, bytes of base-array reads
+        # One pair of buffers for every group (the writers copy what they are given): a
+        # fresh one per group costs a page fault per 4 KiB.
+        group_pos = np.add.reduceat(ninput, np.arange(0, total_batches, _ASSIGN_BATCHES)) \
+            if total_batches else np.zeros(1, np.int64)
+        out_tier_buf = np.empty(int(group_pos.max()), dtype=np.uint8)
+        out_slot_buf = np.empty(int(group_pos.max()), dtype=np.int32)
         for b0 in range(0, total_batches, _ASSIGN_BATCHES):
             b1 = min(total_batches, b0 + _ASSIGN_BATCHES)
-            size = int(ninput[b0:b1].sum())
-            out_tier = np.empty(size, dtype=np.uint8)
-            out_slot = np.empty(size, dtype=np.int32)
-            fb_read += _assign(data, offs, ninput, layout.pstart, b0, b1, batch_seg,
-                               seg_first_row, node_tier, node_slot, layout.hit, mark, rowmap,
-                               out_tier, out_slot, node_of_row, fmeta.offset, rb, ALIGN)
-            fallback_positions += int(np.count_nonzero(out_tier == BASE))
+            size = int(group_pos[b0 // _ASSIGN_BATCHES])
+            out_tier, out_slot = out_tier_buf[:size], out_slot_buf[:size]
+            _assign(data, offs, ninput, layout.pstart, b0, b1, batch_seg, seg_first_row,
+                    node_tier, node_slot, layout.hit, mark, rowmap, out_tier, out_slot,
+                    node_of_row, fmeta.offset, rb, fallback)
             w_tier.append(out_tier)
             w_slot.append(out_slot)
+        fallback_positions, fb_read = int(fallback[0]), int(fallback[1])
         w_tier.close()
         w_slot.close()
         segments = np.stack([seg_first_row, seg_rows, seg_first], axis=1).astype(np.int64) \
@@ -448,18 +528,70 @@ def _aligned_span(offset: int, nbytes: int) -> int:
     return hi - lo
 
 
+@numba.njit(cache=True, nogil=True)
+def _window_order(ids, window_rows, scan_rows, order, offsets):
+    """Group each output window's positions by base chunk (a stable counting sort).
+
+    For window ``w`` (positions ``[w0, w1)``, ``w0 = w * window_rows``): ``order[w0 + i]``
+    is the window-local position of its ``i``-th row in chunk order, and its rows of base
+    chunk ``c`` (base rows ``[c * scan_rows, (c + 1) * scan_rows)``) are ``i`` in
+    ``[offsets[w, c], offsets[w, c + 1])``. The one scan of the base array visits the
+    chunks in order and, per window, finds its rows there without searching; a window's
+    bucket holds its rows in this same order."""
+    total = ids.shape[0]
+    nchunks = offsets.shape[1] - 1
+    pos = np.empty(nchunks, dtype=np.int64)
+    for w in range(offsets.shape[0]):
+        w0 = w * window_rows
+        w1 = min(total, w0 + window_rows)
+        for c in range(nchunks + 1):
+            offsets[w, c] = 0
+        for p in range(w0, w1):
+            offsets[w, ids[p] // scan_rows + 1] += 1
+        for c in range(nchunks):
+            offsets[w, c + 1] += offsets[w, c]
+            pos[c] = offsets[w, c]
+        for p in range(w0, w1):
+            c = ids[p] // scan_rows
+            order[w0 + pos[c]] = p - w0
+            pos[c] += 1
+
+
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _scatter_rows(src, lo, nodes, order, a, b, out):
-    """``out[order[i]] = src[nodes[i] - lo]`` for ``i`` in ``[a, b)``, rows as words of
-    any unsigned type (see :func:`_word_view`). One pass on numba threads, where numpy's
-    ``out[o] = src[n]`` goes through a temporary on one core; the explicit word loop is
-    ~2x numba's row-slice assignment on uint8 rows (bench/pack_speed.py)."""
+def _scatter_rows(src, lo, ids, order, a, b, out):
+    """``out[order[i]] = src[ids[order[i]] - lo]`` for ``i`` in ``[a, b)`` (one window's
+    ``ids`` / ``order``; rows as words of any unsigned type, see :func:`_word_view`).
+    One pass on numba threads, where numpy's ``out[o] = src[n]`` goes through a temporary
+    on one core; the explicit word loop is ~2x numba's row-slice assignment on uint8
+    rows (bench/pack_speed.py)."""
     w = src.shape[1]
     for i in numba.prange(a, b):
         dst = order[i]
-        row = nodes[i] - lo
+        row = ids[dst] - lo
         for j in range(w):
             out[dst, j] = src[row, j]
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _gather_rows(src, lo, ids, order, a, b, out):
+    """``out[i - a] = src[ids[order[i]] - lo]`` for ``i`` in ``[a, b)``: the rows of one
+    window found in one base chunk, packed contiguously for its bucket."""
+    w = src.shape[1]
+    for i in numba.prange(a, b):
+        row = ids[order[i]] - lo
+        for j in range(w):
+            out[i - a, j] = src[row, j]
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _place_rows(src, order, a, b, out):
+    """``out[order[i]] = src[i - a]`` for ``i`` in ``[a, b)``: bucket rows (chunk order)
+    back to their window positions."""
+    w = src.shape[1]
+    for i in numba.prange(a, b):
+        dst = order[i]
+        for j in range(w):
+            out[dst, j] = src[i - a, j]
 
 
 def _word_view(rows: np.ndarray, row_bytes: int) -> np.ndarray:
@@ -469,28 +601,66 @@ def _word_view(rows: np.ndarray, row_bytes: int) -> np.ndarray:
     return rows.view(np.uint8).reshape(-1, row_bytes).view(f"u{word}")
 
 
-def _scan_chunks(nodes: np.ndarray, scan_rows: int, num_rows: int) -> list[tuple[int, int, int, int]]:
-    """``(lo, hi, a, b)``: base rows ``[lo, hi)`` to read, holding ``nodes[a:b]`` (sorted
-    ``nodes``); ranges holding no node are skipped."""
-    chunks = []
-    lo = int(nodes[0]) // scan_rows * scan_rows
-    last = int(nodes[-1])
-    while lo <= last:
-        hi = min(num_rows, lo + scan_rows)
-        a, b = (int(x) for x in np.searchsorted(nodes, [lo, hi]))
-        if b > a:
-            chunks.append((lo, hi, a, b))
-        lo = hi if b >= nodes.size else max(hi, int(nodes[b]) // scan_rows * scan_rows)
-    return chunks
+class _InOrder:
+    """Jobs run one after another on one named thread, at most ``depth`` unfinished: a
+    caller that alternates ``depth`` buffers waits here before refilling one that a job
+    may still be reading. A job's exception is re-raised (with its traceback) by the
+    :meth:`wait` that collects it."""
+
+    def __init__(self, pool: ThreadPoolExecutor, depth: int):
+        self.pool, self.depth, self.pending = pool, depth, deque()
+
+    def submit(self, fn, *args) -> None:
+        self.wait(self.depth - 1)
+        self.pending.append(self.pool.submit(fn, *args))
+
+    def wait(self, keep: int = 0) -> None:
+        while len(self.pending) > keep:
+            self.pending.popleft().result()
+
+
+def _pwrite_all(fd: int, data: np.ndarray, offset: int, path: Path) -> None:
+    mv = memoryview(data).cast("B")
+    try:
+        while len(mv):
+            n = os.pwrite(fd, mv, offset)
+            mv, offset = mv[n:], offset + n
+    except OSError as err:
+        raise_disk_error(err, path)
+
+
+def _pread_all(fd: int, buf: np.ndarray, offset: int, path: Path) -> None:
+    mv = memoryview(buf).cast("B")
+    while len(mv):
+        n = os.preadv(fd, [mv], offset)
+        if n == 0:
+            raise OSError(f"short read of copy bucket {path} at byte {offset}: it was "
+                          "truncated while packing; run the pack again")
+        mv, offset = mv[n:], offset + n
 
 
 def copy_rows(store: Store, fmeta, targets, *, window_bytes: int,
               progress: ProgressFn | None = None) -> int:
-    """Append ``features[ids]`` to each ``(writer, ids)`` of ``targets``, scanning the base
-    array sequentially; returns the number of scans. Never random-reads the base array.
+    """Append ``features[ids]`` to each ``(writer, ids)`` of ``targets``, reading the base
+    array once, sequentially; returns the number of base scans (1, or 0 with no rows).
+    Never random-reads the base array.
 
-    One read runs ahead in a thread (two scan buffers) while rows of the previous one are
-    scattered into the window, so the disk and the CPU work at the same time."""
+    The output (the targets' ids, concatenated) is cut into windows. When it fits one
+    window of ``window_bytes``, rows are scattered straight into it during the scan.
+    Otherwise windows are ``window_bytes / 2`` (two buffers: one is written while the
+    next is filled) and the scan scatters window 0 directly and appends every other
+    window's rows to its *bucket*: a region of one temporary ``packs/copy-buckets-*.tmp``
+    file, in chunk order. Each window is then assembled from its bucket (one sequential
+    read) and appended to the writers. Disk traffic: base + output + 2 x buckets, instead
+    of one base scan per window; buckets are buffered writes of data read back soon, so
+    part of them never reaches the disk. Windows lie in the file last-to-first so a
+    consumed one is truncated away (its dirty pages dropped unwritten). The file is
+    removed at the end; after a crash the store's orphan cleanup removes it (``*.tmp``).
+
+    Threads: ``oocstore-pack-read`` reads ahead (base chunks, then bucket pieces: two
+    buffers of ``_SCAN_BYTES``); ``oocstore-pack-write`` writes bucket pieces (two
+    staging buffers of ``_SCAN_BYTES``), then windows (crc32 + write) while the next one
+    is assembled. Memory: ``window_bytes`` + 4 x ``_SCAN_BYTES`` + 12 bytes per row."""
     rb = fmeta.row_bytes
     d = fmeta.shape[1] if len(fmeta.shape) > 1 else 1
     all_ids = np.concatenate([np.asarray(ids, dtype=np.int64) for _, ids in targets]) \
@@ -500,14 +670,29 @@ def copy_rows(store: Store, fmeta, targets, *, window_bytes: int,
     if total == 0:
         return 0
     window_rows = max(1, window_bytes // rb)
+    if total > window_rows:
+        window_rows = max(1, window_rows // 2)
+    nwin = -(-total // window_rows)
     scan_rows = max(1, _SCAN_BYTES // rb)
+    num_rows = fmeta.shape[0]
+    nchunks = -(-num_rows // scan_rows)
+    order = np.empty(total, dtype=np.int32 if window_rows < 2 ** 31 else np.int64)
+    offsets = np.empty((nwin, nchunks + 1), dtype=np.int64)
+    _window_order(all_ids, window_rows, scan_rows, order, offsets)
+    chunks = np.flatnonzero((offsets[:, 1:] - offsets[:, :-1]).sum(axis=0))
     path = store.file_path(fmeta)
-    scans = 0
     buf_bytes = _aligned_span(ALIGN - 1, scan_rows * rb)
     raws = [aligned_empty(buf_bytes), aligned_empty(buf_bytes)]
-    # One window buffer for every scan: a fresh one per scan costs a page fault (and a
-    # zeroed page) per 4 KiB of the window, every scan. Writers copy what they are given.
-    window = np.empty((min(total, window_rows), d), dtype=fmeta.np_dtype)
+    windows = [np.empty((min(total, window_rows), d), dtype=fmeta.np_dtype)
+               for _ in range(1 if nwin == 1 else 2)]
+    staging = [np.empty((scan_rows, d), dtype=fmeta.np_dtype) for _ in range(2)] \
+        if nwin > 1 else []
+    win_lo = [w * window_rows for w in range(nwin + 1)]
+    win_lo[-1] = total
+    # Bucket region of window w >= 1 (first byte), windows stored last-to-first.
+    region = [0] * nwin
+    for w in range(nwin - 2, 0, -1):
+        region[w] = region[w + 1] + (win_lo[w + 2] - win_lo[w + 1]) * rb
 
     def read_chunk(lo: int, hi: int, raw: np.ndarray) -> int:
         """Read base rows [lo, hi) into ``raw``; returns where row ``lo`` starts in it."""
@@ -520,31 +705,84 @@ def copy_rows(store: Store, fmeta, targets, *, window_bytes: int,
                           "is truncated; run `oocstore verify`")
         return start - astart
 
-    # The pool exits (waiting for an in-flight read) before the reader closes.
-    with DirectReader(path) as reader, \
-            ThreadPoolExecutor(1, thread_name_prefix="oocstore-pack-read") as pool:
-        for w0 in range(0, total, window_rows):
-            w1 = min(total, w0 + window_rows)
-            sub = all_ids[w0:w1]
-            order = np.argsort(sub, kind="stable")
-            nodes = sub[order]
-            out = window[:w1 - w0]
-            out_words = _word_view(out, rb)
-            chunks = _scan_chunks(nodes, scan_rows, fmeta.shape[0])
-            pending = pool.submit(read_chunk, chunks[0][0], chunks[0][1], raws[0])
-            for k, (lo, hi, a, b) in enumerate(chunks):
+    def write_window(w: int, out: np.ndarray) -> None:
+        """Hand window ``w`` to the writers whose ranges it overlaps."""
+        w0, w1 = win_lo[w], win_lo[w + 1]
+        for t, (writer, _) in enumerate(targets):
+            s0, s1 = max(w0, int(bounds[t])), min(w1, int(bounds[t + 1]))
+            if s1 > s0:
+                writer.append(out[s0 - w0:s1 - w0])
+
+    bucket_fd, bucket_path = -1, None
+    if nwin > 1:
+        (store.path / "packs").mkdir(exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix="copy-buckets-", suffix=".tmp",
+                                    dir=store.path / "packs")
+        bucket_fd, bucket_path = fd, Path(name)
+    # The pools exit (waiting for in-flight jobs) before the reader and the bucket close.
+    try:
+        with DirectReader(path) as reader, \
+                ThreadPoolExecutor(1, thread_name_prefix="oocstore-pack-read") as rpool, \
+                ThreadPoolExecutor(1, thread_name_prefix="oocstore-pack-write") as wpool:
+            writes = _InOrder(wpool, depth=2)
+            # 1. The scan: window 0 straight into its buffer, the others into buckets.
+            out0 = _word_view(windows[0][:win_lo[1]], rb)
+            ids0, order0 = all_ids[:win_lo[1]], order[:win_lo[1]]
+            nstaged = 0
+            pending = rpool.submit(read_chunk, int(chunks[0]) * scan_rows,
+                                   min(num_rows, int(chunks[0] + 1) * scan_rows), raws[0])
+            for k, c in enumerate(chunks):
+                lo, hi = int(c) * scan_rows, min(num_rows, int(c + 1) * scan_rows)
                 skip = pending.result()  # re-raises a failed read here, with its traceback
                 if k + 1 < len(chunks):
-                    nlo, nhi = chunks[k + 1][:2]
-                    pending = pool.submit(read_chunk, nlo, nhi, raws[(k + 1) % 2])
+                    nc = int(chunks[k + 1])
+                    pending = rpool.submit(read_chunk, nc * scan_rows,
+                                           min(num_rows, (nc + 1) * scan_rows), raws[(k + 1) % 2])
                 src = _word_view(raws[k % 2][skip:skip + (hi - lo) * rb], rb)
-                _scatter_rows(src, lo, nodes, order, a, b, out_words)
+                _scatter_rows(src, lo, ids0, order0, offsets[0, c], offsets[0, c + 1], out0)
+                for w in range(1, nwin):
+                    w0, w1 = win_lo[w], win_lo[w + 1]
+                    a, b = int(offsets[w, c]), int(offsets[w, c + 1])
+                    for a1 in range(a, b, scan_rows):
+                        b1 = min(b, a1 + scan_rows)
+                        st = staging[nstaged % 2]
+                        writes.wait(1)  # the job that used this staging buffer is done
+                        _gather_rows(src, lo, all_ids[w0:w1], order[w0:w1], a1, b1,
+                                     _word_view(st, rb))
+                        writes.submit(_pwrite_all, bucket_fd, st[:b1 - a1],
+                                      region[w] + a1 * rb, bucket_path)
+                        nstaged += 1
                 if progress:
                     progress((hi - lo) * rb)
-            scans += 1
-            # Hand the window to the writers whose ranges it overlaps.
-            for t, (writer, _) in enumerate(targets):
-                s0, s1 = max(w0, int(bounds[t])), min(w1, int(bounds[t + 1]))
-                if s1 > s0:
-                    writer.append(out[s0 - w0:s1 - w0])
-    return scans
+            writes.wait()  # every bucket piece is in the file before any is read
+            writes.submit(write_window, 0, windows[0][:win_lo[1]])
+            # 2. Every other window from its bucket, read ahead in pieces (into the scan
+            # buffers, free now).
+            views = [r.view(fmeta.np_dtype)[:scan_rows * d].reshape(-1, d) for r in raws]
+            for w in range(1, nwin):
+                w0, w1 = win_lo[w], win_lo[w + 1]
+                n = w1 - w0
+                out = windows[w % 2][:n]
+                writes.wait(1)  # window w - 2, which used this buffer, is written
+                pieces = [(a, min(n, a + scan_rows)) for a in range(0, n, scan_rows)]
+                pending = rpool.submit(_pread_all, bucket_fd, views[0][:pieces[0][1]],
+                                       region[w], bucket_path)
+                out_words = _word_view(out, rb)
+                for k, (a, b) in enumerate(pieces):
+                    pending.result()
+                    if k + 1 < len(pieces):
+                        na, nb = pieces[k + 1]
+                        pending = rpool.submit(_pread_all, bucket_fd, views[(k + 1) % 2][:nb - na],
+                                               region[w] + na * rb, bucket_path)
+                    _place_rows(_word_view(views[k % 2][:b - a], rb), order[w0:w1], a, b, out_words)
+                # Consumed: drop it (and, unwritten, its dirty pages) from the file.
+                os.ftruncate(bucket_fd, region[w])
+                writes.submit(write_window, w, out)
+                if progress:
+                    progress(n * rb)
+            writes.wait()
+    finally:
+        if bucket_fd >= 0:
+            os.close(bucket_fd)
+            bucket_path.unlink(missing_ok=True)
+    return 1
