@@ -11,9 +11,11 @@ In one run, on the same filesystem and the same data:
    base scan is cold, read with O_DIRECT); bytes of every pack file written / wall time,
    and that as a fraction of the disk's write speed (issue target >= 0.5);
 3. where the time goes, from wall-clock timers wrapped around the packer's stages:
-   placement, segment sizing, assignment, base-array reads (O_DIRECT scan), scatter of
-   rows into the output window, file writes (crc32 + write syscalls), fsync; and peak
-   RSS (sampled every 20 ms, plus the page-cache bytes the process maps).
+   placement, segment sizing, assignment, the copy's base-array reads (one O_DIRECT
+   scan), its kernels (window order, scatter, bucket gather / place) and bucket I/O,
+   file writes (crc32 + write syscalls), fsync -- stages in the packer's read / write
+   threads overlap the others and are marked; and peak RSS (sampled every 20 ms, plus
+   the page-cache bytes the process maps).
 
 The store (``--nodes`` x ``--feat-dim`` f32 R-MAT, built by ``oocstore.ingest``) and its
 plan are made once under ``bench/data`` and reused (``--clean`` deletes them at the end).
@@ -138,6 +140,22 @@ class PeakRSS:
 
 # -- stage timers ------------------------------------------------------------------------
 
+#: copy_rows' helpers timed by name; the bucket I/O runs in the packer's read / write
+#: threads (overlapping the kernels on the main thread).
+_COPY_STAGES = {
+    "_window_order": "window order (numba kernel)",
+    "_scatter_rows": "scatter (numba kernel)",
+    "_gather_rows": "bucket gather (numba kernel)",
+    "_place_rows": "bucket place (numba kernel)",
+    "_pwrite_all": "bucket writes",
+    "_pread_all": "bucket reads",
+}
+_MAIN_COPY = ("window order (numba kernel)", "scatter (numba kernel)",
+              "bucket gather (numba kernel)", "bucket place (numba kernel)")
+#: Stages timed in the packer's threads: they overlap the main thread's stages.
+THREAD_STAGES = ("base scan reads (O_DIRECT)", "bucket writes", "bucket reads",
+                 "window writes (crc32 + write)")
+
 class StageTimers:
     """Wall-clock timers wrapped around the packer's stages (patched in, then restored)."""
 
@@ -188,8 +206,9 @@ class StageTimers:
         self._wrap_copy_rows()
         self.wrap(files_mod.ArrayFileWriter, "write", "writes (crc32 + write)")
         self.wrap(files_mod.DirectReader, "read_into", "base scan reads (O_DIRECT)")
-        if hasattr(packer_mod, "_scatter_rows"):  # the numba scatter kernel, where present
-            self.wrap(packer_mod, "_scatter_rows", "scatter (numba kernel)")
+        for attr, stage in _COPY_STAGES.items():  # copy_rows' kernels and bucket I/O
+            if hasattr(packer_mod, attr):
+                self.wrap(packer_mod, attr, stage)
         self.wrap(os, "fsync", "fsync")
         try:
             yield self
@@ -244,21 +263,22 @@ def run_pack(store_path: Path, plan: str, name: str, options: PackOptions) -> di
 
 
 def breakdown(timers: StageTimers, total: float) -> dict[str, float]:
-    """Seconds per stage. Base reads may run in a read-ahead thread (overlapping the
-    scatter): then "copy_rows: rest" is the time the packer waited for them, plus the
-    window sort; without a separate scatter kernel it also holds the numpy scatter."""
+    """Seconds per stage. The packer's copy runs base reads and bucket reads in a
+    read-ahead thread and bucket / window writes in a writer thread: those stages
+    (:data:`THREAD_STAGES`) overlap the main thread's, and "copy_rows: waiting" is the
+    time the main thread waited for them. "writes (crc32 + write)" counts every file
+    write (the window writes in the thread included); "other" is the main thread's time
+    outside every timed stage."""
     s = dict(timers.sec)
     copy_all = s.pop("copy_rows (all)", 0.0)
-    reads = s.get("base scan reads (O_DIRECT)", 0.0)
-    scatter = s.get("scatter (numba kernel)")
-    if scatter is None:  # reads inline: copy_rows = reads + writes + sort/scatter
-        s["copy_rows: rest (argsort + numpy scatter)"] = max(0.0, copy_all - reads - timers.copy_writes)
-        overlapped = 0.0
-    else:
-        s["copy_rows: rest (waiting for reads, argsort)"] = max(
-            0.0, copy_all - timers.copy_writes - scatter)
-        overlapped = reads  # thread time, not on the packer's critical path
-    s["other (plan reads, catalog, python)"] = max(0.0, total - sum(s.values()) + overlapped)
+    writes = s.get("writes (crc32 + write)", 0.0)
+    s["window writes (crc32 + write)"] = timers.copy_writes
+    kernels = sum(s.get(k, 0.0) for k in _MAIN_COPY)
+    s["copy_rows: waiting (reads, writes)"] = max(0.0, copy_all - kernels)
+    main_thread = (copy_all + (writes - timers.copy_writes)
+                   + sum(s.get(k, 0.0) for k in ("placement", "segment sizing", "assignment",
+                                                 "fsync")))
+    s["other (plan reads, catalog, python)"] = max(0.0, total - main_thread)
     return s
 
 
@@ -368,10 +388,11 @@ def main(argv=None) -> dict:
           f"{res['base_read_over_feature_bytes']:.1f} x the feature bytes")
     print(f"  peak RSS {r['peak_rss'] / (1 << 20):8.0f} MiB (anonymous {r['peak_anon_rss'] / (1 << 20):.0f}"
           f" MiB; {r['start_rss'] / (1 << 20):.0f} MiB before packing)")
-    print(f"  where the time goes ({r['seconds']:.1f} s; base reads run in a read-ahead thread "
-          "where the packer has one, overlapping the scatter):")
+    print(f"  where the time goes ({r['seconds']:.1f} s; '|' marks time in the packer's read / "
+          "write threads, overlapping the rest):")
     for stage, sec in sorted(stages.items(), key=lambda kv: -kv[1]):
-        print(f"    {stage:<46} {sec:7.2f} s  {100 * sec / r['seconds']:5.1f} %")
+        mark = "|" if stage in THREAD_STAGES else " "
+        print(f"   {mark}{stage:<46} {sec:7.2f} s  {100 * sec / r['seconds']:5.1f} %")
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         png = out.with_suffix(".png")

@@ -325,8 +325,9 @@ def test_bucketed_copy_writes_the_same_files_as_one_window(tmp_path, monkeypatch
         assert one.stats["base_scans"] == 1
         expected = _pack_file_bytes(s, one)
         rows = one.packed_rows + one.cpu_rows + one.gpu_rows
-        # Windows of one row, a few rows, an odd size, and one row short of everything.
-        for window_rows in (2, 7, 1001, rows - 1):
+        # Buffers of 4 rows (2-row windows: thousands of buckets), a few rows, an odd
+        # size, and one row short of everything.
+        for window_rows in (8, 37, 1001, rows - 1):
             name = f"w{window_rows}"
             meta = pack_plan(s, name=name, options=PackOptions(window_bytes=window_rows * 64,
                                                                **opts))
@@ -337,7 +338,7 @@ def test_bucketed_copy_writes_the_same_files_as_one_window(tmp_path, monkeypatch
                 assert got[part] == expected[part], (window_rows, part)
                 assert s.checksums(meta.arrays[part]) == s.checksums(one.arrays[part])
         assert not list((s.path / "packs").glob("copy-buckets-*"))  # removed when done
-        read_all_and_compare(s, "w7")
+        read_all_and_compare(s, "w37")
 
 
 BUCKET_DRIVER = textwrap.dedent("""
@@ -354,6 +355,8 @@ BUCKET_DRIVER = textwrap.dedent("""
 
 
 def test_sigkill_mid_copy_leaves_buckets_that_the_next_transaction_removes(tmp_path):
+    from oocstore.tiers.reader import load_pack
+
     with make_store(tmp_path / "s", nodes=800) as s:
         sample_plan(s, fanouts="4,4", batch_size=64, epochs=1, seed=0)
         old = pack_plan(s, name="p")
@@ -366,6 +369,5 @@ def test_sigkill_mid_copy_leaves_buckets_that_the_next_transaction_removes(tmp_p
         assert s.get("pack/p") == old.to_dict()
         pack_plan(s, name="q", options=PackOptions(window_bytes=50 * 64))
         assert not list((s.path / "packs").glob("copy-buckets-*"))
-        assert _pack_file_bytes(s, s.get("pack/q") and __import__(
-            "oocstore.tiers.reader", fromlist=["load_pack"]).load_pack(s, "q")) == expected
+        assert _pack_file_bytes(s, load_pack(s, "q")) == expected
         assert verify_store(s) == []
