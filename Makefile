@@ -7,7 +7,7 @@ VENV ?= .venv
 DEMO_DIR ?= demo-data
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test test-dgl bench clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,13 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
+
+# DGL 2.1 needs torch 2.2 and numpy<2, so its tests run in their own environment;
+# tools/dgl_env.sh builds it once and reuses it while its requirements are unchanged.
+DGL_VENV ?= .venv-dgl
+test-dgl:
+	VENV=$(DGL_VENV) PYTHON=$(PYTHON) bash tools/dgl_env.sh
+	$(DGL_VENV)/bin/python -m pytest -q tests/dgl_backend
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/ingest_throughput.py

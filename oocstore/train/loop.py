@@ -7,6 +7,11 @@ The loop does not know where features come from: it consumes an iterable of
 :class:`InMemoryFeatures` (everything in RAM, the ``--in-memory`` parity reference)
 produce the same triples for the same plan, so the same seeds give the same model.
 
+Backends: a model with a ``forward_batch(batch, x)`` method turns the batch into its
+library's form itself (:class:`~oocstore.train.GraphSAGE`: PyG layers;
+:class:`~oocstore.train.dgl_model.DGLGraphSAGE`: DGL blocks); a model without one is
+called PyG-style, ``model(x, layers)``.
+
 Determinism: the loop draws random numbers only through torch's global generator
 (dropout, and whatever the caller's model init drew); seed it with
 ``torch.manual_seed`` before building the model and the runs repeat exactly on CPU.
@@ -46,8 +51,17 @@ def _prepare(batch: SampledBatch, x: torch.Tensor, y: torch.Tensor, device: torc
                          f"rows and {y.shape[0]} labels for {num_input} input nodes and "
                          f"{num_seeds} seeds: the feature source must deliver rows for "
                          "batch.input_nodes and labels for batch.seeds")
-    pyg = to_pyg(batch).to(device, non_blocking=True)
-    return pyg.layers, x.to(device, non_blocking=True), y.to(device, non_blocking=True).long()
+    return x.to(device, non_blocking=True), y.to(device, non_blocking=True).long()
+
+
+def _forward(model: nn.Module, batch: SampledBatch, x: torch.Tensor) -> torch.Tensor:
+    """The seeds' logits. A model that defines ``forward_batch(batch, x)`` converts the
+    batch to its library's form itself (PyG layers, DGL blocks); any other model is
+    called PyG-style, ``model(x, layers)``."""
+    forward_batch = getattr(model, "forward_batch", None)
+    if forward_batch is not None:
+        return forward_batch(batch, x)
+    return model(x, to_pyg(batch).to(x.device, non_blocking=True).layers)
 
 
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -74,9 +88,9 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
         except StopIteration:
             break
         data_s += time.perf_counter() - t
-        layers, x, y = _prepare(batch, x, y, device)
+        x, y = _prepare(batch, x, y, device)
         optimizer.zero_grad(set_to_none=True)
-        out = model(x, layers)
+        out = _forward(model, batch, x)
         loss = F.cross_entropy(out, y)
         loss.backward()
         optimizer.step()
@@ -103,8 +117,8 @@ def evaluate(model: nn.Module, batches: Iterable[BatchTriple],
     seen = 0
     try:
         for batch, x, y in batches:
-            layers, x, y = _prepare(batch, x, y, device)
-            correct += int((model(x, layers).argmax(dim=1) == y).sum())
+            x, y = _prepare(batch, x, y, device)
+            correct += int((_forward(model, batch, x).argmax(dim=1) == y).sum())
             seen += int(y.shape[0])
     finally:
         model.train(was_training)

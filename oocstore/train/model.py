@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import FormatError, UsageError
-from ..integrations.pyg import require_pyg
+from ..integrations.pyg import require_pyg, to_pyg
+from ..plan import SampledBatch
 
 
 def _positive(value, what: str) -> int:
@@ -84,6 +85,12 @@ class GraphSAGE(nn.Module):
                 h = F.relu(h)
                 h = F.dropout(h, p=self.dropout, training=self.training)
         return h
+
+    def forward_batch(self, batch: SampledBatch,
+                      x: torch.Tensor,  # [num_input, in_dim] on the model's device
+                      ) -> torch.Tensor:  # [num_seeds, num_classes]
+        """Logits for the seeds of ``batch`` (the training loop's entry point)."""
+        return self(x, to_pyg(batch).to(x.device, non_blocking=True).layers)
 
 
 def csr_adjacency(edge_index: torch.Tensor,  # [2, E] int64 (row 0 source, row 1 destination)

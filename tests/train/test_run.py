@@ -71,11 +71,13 @@ def test_bad_input_is_one_line(store, capsys, argv, match):
 
 
 def test_dgl_backend_without_dgl_says_how_to_install(store, capsys):
-    pytest.importorskip("torch_geometric")
+    from oocstore.integrations import MissingDependencyError
+    from oocstore.integrations.dgl import require_dgl
+
     try:
-        import dgl  # noqa: F401
+        require_dgl()
         pytest.skip("DGL is installed here")
-    except ImportError:
+    except MissingDependencyError:
         pass
     assert main(["train", store, "--epochs", "1", "--backend", "dgl"]) == 2
     err = capsys.readouterr().err
