@@ -49,7 +49,6 @@ class TrainConfig:
     in_memory: bool = False
     backend: str = "pyg"
     seed: int = 0
-    eval_batch_size: int = 4096
     checkpoint: str | None = None
     resume: bool = False
 
@@ -78,22 +77,29 @@ def train_plan(store: Store, name: str | None) -> str:
 
 
 def _ensure_eval_plan(store: Store, split: str, like: PlanReader, packed_like: str | None,
-                      batch_size: int, seed: int) -> str:
-    """A one-epoch plan (and pack) on ``split`` with the training plan's fanouts."""
+                      seed: int, cpu_budget: int | None) -> str:
+    """A one-epoch plan (and pack) on ``split`` with the training plan's fanouts and batch
+    size; its CPU cache is the training pack's, shrunk to fit ``cpu_budget``."""
     from samplers.neighbor import sample_plan  # composition root: may use samplers
 
     from ..pack import PackOptions, pack_plan
+    from ..pack.packer import plan_layout
     name = f"{split}-eval"
     meta = list_plans(store).get(name)
-    if meta is None or meta.fanouts != like.meta.fanouts:
+    if meta is None or meta.fanouts != like.meta.fanouts or meta.batch_size != like.meta.batch_size:
         log.info("sampling evaluation plan %r", name)
-        sample_plan(store, fanouts=list(like.meta.fanouts), batch_size=batch_size, epochs=1,
-                    seed=seed, name=name, split=split, overwrite=meta is not None)
+        sample_plan(store, fanouts=list(like.meta.fanouts), batch_size=like.meta.batch_size,
+                    epochs=1, seed=seed, name=name, split=split, overwrite=meta is not None)
     if packed_like is not None and not any(p.plan == name for p in list_packs(store).values()):
         ref = list_packs(store)[packed_like]
-        pack_plan(store, name, options=PackOptions(
-            cpu_cache=ref.cpu_rows * ref.row_bytes, gpu_cache=ref.gpu_rows * ref.row_bytes,
-            max_disk_blowup=max(ref.max_disk_blowup, 1.0)), overwrite=True)
+        opts = PackOptions(cpu_cache=ref.cpu_rows * ref.row_bytes,
+                           max_disk_blowup=max(ref.max_disk_blowup, 1.0))
+        if cpu_budget is not None:
+            floor = plan_layout(store, PlanReader(store, name),
+                                PackOptions(max_disk_blowup=opts.max_disk_blowup)).min_working_set
+            opts = PackOptions(cpu_cache=max(0, min(opts.cpu_cache, cpu_budget - floor["cpu"])),
+                               max_disk_blowup=opts.max_disk_blowup, cpu_budget=cpu_budget)
+        pack_plan(store, name, options=opts, overwrite=True)
     return name
 
 
@@ -128,7 +134,7 @@ def run_training(store_path: str | os.PathLike, plan: str | None, cfg: TrainConf
         name = train_plan(store, plan)
         reader = PlanReader(store, name)
         pack = None if cfg.in_memory else latest_pack(store, name)
-        evals = {s: _ensure_eval_plan(store, s, reader, pack, cfg.eval_batch_size, cfg.seed)
+        evals = {s: _ensure_eval_plan(store, s, reader, pack, cfg.seed, cfg.cpu_budget)
                  for s in ("val", "test") if s in store.splits}
     store = Store(store_path)
     try:
