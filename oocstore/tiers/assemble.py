@@ -36,3 +36,14 @@ def assemble_rows(tier, slot, host_rows, gpu_rows, seg_rows, out, gpu_on_host=Tr
     for i in range(n):
         counts[tier[i]] += 1
     return counts
+
+
+def warm_up(dtype) -> None:
+    """Load (or compile) the assembly kernels for rows of ``dtype`` now, so a measurement
+    started afterwards sees the loader's buffers, not numba's one-off code memory."""
+    from .memory import gather_rows
+
+    rows = np.zeros((4, 2), dtype=dtype)
+    out = np.zeros((2, 2), dtype=dtype)
+    assemble_rows(np.array([1, 2], np.uint8), np.array([0, 1], np.int32), rows, 0, rows, out, True)
+    gather_rows(rows, np.array([0, 1], np.int64), out)

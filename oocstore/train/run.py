@@ -90,7 +90,12 @@ def _ensure_eval_plan(store: Store, split: str, like: PlanReader, packed_like: s
         log.info("sampling evaluation plan %r", name)
         sample_plan(store, fanouts=list(like.meta.fanouts), batch_size=like.meta.batch_size,
                     epochs=1, seed=seed, name=name, split=split, overwrite=meta is not None)
-    if packed_like is not None and not any(p.plan == name for p in list_packs(store).values()):
+    from ..pack.packer import plan_version
+
+    version = plan_version(store, PlanReader(store, name))
+    current = [p for p in list_packs(store).values()
+               if p.plan == name and p.plan_version == version]
+    if packed_like is not None and not current:
         ref = list_packs(store)[packed_like]
         opts = PackOptions(cpu_cache=ref.cpu_rows * ref.row_bytes,
                            max_disk_blowup=max(ref.max_disk_blowup, 1.0))
@@ -99,12 +104,34 @@ def _ensure_eval_plan(store: Store, split: str, like: PlanReader, packed_like: s
                                 PackOptions(max_disk_blowup=opts.max_disk_blowup)).min_working_set
             opts = PackOptions(cpu_cache=max(0, min(opts.cpu_cache, cpu_budget - floor["cpu"])),
                                max_disk_blowup=opts.max_disk_blowup, cpu_budget=cpu_budget)
+        # The eval pack is named after its plan, so a re-sampled plan replaces it.
         pack_plan(store, name, options=opts, overwrite=True)
     return name
 
 
+def _status(key: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> int:
+    """Current RSS; on Linux also resets the peak (VmHWM) so it measures training only."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+    return _status("VmRSS:") or 0
+
+
 def _peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return _status("VmHWM:") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _save_checkpoint(directory: Path, state: dict[str, Any]) -> None:
@@ -138,7 +165,20 @@ def run_training(store_path: str | os.PathLike, plan: str | None, cfg: TrainConf
                  for s in ("val", "test") if s in store.splits}
     store = Store(store_path)
     try:
-        return _train(store, name, pack, evals, cfg, budget, device, progress)
+        # Peak RSS is measured from here: training and evaluation, not the one-off
+        # preparation of evaluation plans above. The RSS already in use (interpreter,
+        # libraries) is reported as rss_before_training_bytes.
+        from ..tiers.assemble import warm_up
+
+        warm_up(store.array_meta("features").np_dtype)
+        if cfg.backend == "pyg":  # the layer library's import is not the loader's memory
+            from ..integrations.pyg import require_pyg
+
+            require_pyg().nn  # noqa: B018
+        before = _reset_peak_rss()
+        summary = _train(store, name, pack, evals, cfg, budget, device, progress)
+        summary["rss_before_training_bytes"] = before
+        return summary
     finally:
         store.close()
 

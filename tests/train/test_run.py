@@ -35,6 +35,9 @@ def test_out_of_core_matches_in_memory(store, capsys):
     assert ooc["bytes_read"] > 0 and ooc["read_amplification"] < 1.1
     assert ooc["budget"]["cpu"] == 8 << 20 and ooc["peak_gpu_bytes"] is None
     assert [e["epoch"] for e in ooc["epochs"]] == [0, 1, 2]
+    # Growth over the RSS training started with: the budget, the loader's fixed overhead
+    # and the model's activations and autograd state (docs/BUDGETS.md: 64 MiB in all).
+    assert ooc["peak_rss_bytes"] - ooc["rss_before_training_bytes"] <= (8 << 20) + (64 << 20)
     assert all(e["time_s"] > 0 and e["wait_s"] >= 0 for e in ooc["epochs"])
 
 
