@@ -30,31 +30,15 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from oocstore.store.probe import write_speed as disk_write_speed  # noqa: E402
 MB = 1e6
-_REQUEST = 8 << 20
 
 _MEASURE = (
     "import resource, subprocess, sys\n"
     "r = subprocess.run(sys.argv[1:])\n"
     "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)\n"
 )
-
-
-def disk_write_speed(path: Path, nbytes: int) -> float:
-    """Bytes/s writing ``nbytes`` sequentially (8 MiB requests) and fsync'ing a new file."""
-    buf = memoryview(os.urandom(_REQUEST))
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        t0 = time.perf_counter()
-        left = nbytes
-        while left > 0:
-            left -= os.write(fd, buf[:min(left, _REQUEST)])
-        os.fsync(fd)
-        seconds = time.perf_counter() - t0
-    finally:
-        os.close(fd)
-        os.unlink(path)
-    return nbytes / seconds
 
 
 def run_cli_ingest(out: Path, spec: dict) -> dict:
@@ -131,9 +115,9 @@ def main() -> int:
     base.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="ingest-", dir=base))
     try:
-        disk = [disk_write_speed(root / "disk.probe", feature_bytes)]
+        disk = [disk_write_speed(root, feature_bytes)]
         ingest = run_cli_ingest(root / "store", spec)
-        disk.append(disk_write_speed(root / "disk.probe", feature_bytes))
+        disk.append(disk_write_speed(root, feature_bytes))
         shutil.rmtree(root / "store")
         stages: dict[str, float] = {}
         profiled = None

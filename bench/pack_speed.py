@@ -41,8 +41,9 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from oocstore.store.probe import write_speed as disk_write_speed  # noqa: E402
 MB = 1e6
-_REQUEST = 8 << 20
 
 from oocstore.pack import PackOptions, pack_plan  # noqa: E402
 from oocstore.pack import packer as packer_mod  # noqa: E402
@@ -75,24 +76,6 @@ def ensure_plan(store: Store, name: str, *, fanouts: str, batch_size: int, epoch
         print(f"sampling plan {name!r} ...", file=sys.stderr)
         sample_plan(store, fanouts=fanouts, batch_size=batch_size, epochs=epochs, name=name,
                     seeds=seeds, verify=False)
-
-
-def disk_write_speed(directory: Path, nbytes: int) -> float:
-    """Bytes/s writing a new file of ``nbytes`` in 8 MiB requests + fsync (file deleted)."""
-    path = directory / ".bench-write.probe"
-    buf = memoryview(os.urandom(_REQUEST))
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        t0 = time.perf_counter()
-        left = nbytes
-        while left > 0:
-            left -= os.write(fd, buf[:min(left, _REQUEST)])
-        os.fsync(fd)
-        seconds = time.perf_counter() - t0
-    finally:
-        os.close(fd)
-        os.unlink(path)
-    return nbytes / seconds
 
 
 def proc_io() -> dict[str, int]:

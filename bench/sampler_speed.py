@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from oocstore.store.probe import write_speed as disk_write_speed  # noqa: E402
 sys.path.insert(0, str(REPO / "bench"))
 
 from baselines import numpy_sampler  # noqa: E402
@@ -97,24 +99,6 @@ def run_dgl(store: Store, seeds_file: Path, nseeds: int, fanouts, bs, batches, t
         print(f"DGL baseline failed:\n{r.stderr[-2000:]}", file=sys.stderr)
         return None
     return json.loads(r.stdout.strip().splitlines()[-1])
-
-
-def disk_write_speed(directory: Path, nbytes: int) -> float:
-    """Sequential write of ``nbytes`` (8 MiB writes) + fsync, bytes per second."""
-    path = directory / ".bench-write.tmp"
-    block = np.random.default_rng(0).integers(0, 255, 8 << 20, dtype=np.uint8).tobytes()
-    t0 = time.perf_counter()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        left = nbytes
-        while left > 0:
-            left -= os.write(fd, block[:min(left, len(block))])
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    dt = time.perf_counter() - t0
-    path.unlink()
-    return nbytes / dt
 
 
 def main(argv=None) -> dict:

@@ -53,6 +53,7 @@ import numpy as np
 
 from .errors import FormatError, StoreExistsError, StoreNotFoundError, UsageError
 from .store import Store
+from .store.format import versioned_from_dict
 
 #: Version of the plan layout described above. Readers refuse other versions.
 PLAN_FORMAT_VERSION = 1
@@ -159,20 +160,9 @@ class PlanMeta:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PlanMeta":
-        name = data.get("name", "?")
-        fv = data.get("format_version")
-        if fv != PLAN_FORMAT_VERSION:
-            raise FormatError(f"plan {name!r} has format version {fv!r}, but this oocstore reads "
-                              f"version {PLAN_FORMAT_VERSION}: re-sample it with "
-                              f"`oocstore sample ... --name {name} --overwrite`")
-        names = {f.name for f in dataclasses.fields(cls)}
-        missing = [f.name for f in dataclasses.fields(cls) if f.name not in data
-                   and f.default is dataclasses.MISSING
-                   and f.default_factory is dataclasses.MISSING]  # type: ignore[misc]
-        if missing:
-            raise FormatError(f"catalog entry plan/{name} lacks {missing}: re-sample it with "
-                              f"`oocstore sample ... --name {name} --overwrite`")
-        return cls(**{k: v for k, v in data.items() if k in names})
+        return versioned_from_dict(cls, data, kind="plan", version=PLAN_FORMAT_VERSION,
+                                   fix="re-sample it with `oocstore sample ... --name {name} "
+                                       "--overwrite`")
 
 
 @dataclass(frozen=True)

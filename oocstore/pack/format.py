@@ -47,7 +47,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import FormatError
+from ..store.format import versioned_from_dict
 
 #: Version of the pack layout described above. Readers refuse other versions.
 PACK_FORMAT_VERSION = 1
@@ -102,16 +102,6 @@ class PackMeta:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PackMeta":
-        name = data.get("name", "?")
-        if data.get("format_version") != PACK_FORMAT_VERSION:
-            raise FormatError(f"pack {name!r} has format version {data.get('format_version')!r}, "
-                              f"but this oocstore reads version {PACK_FORMAT_VERSION}: re-pack it "
-                              f"with `oocstore pack ... --name {name} --overwrite`")
-        names = {f.name for f in dataclasses.fields(cls)}
-        missing = [f.name for f in dataclasses.fields(cls) if f.name not in data
-                   and f.default is dataclasses.MISSING
-                   and f.default_factory is dataclasses.MISSING]  # type: ignore[misc]
-        if missing:
-            raise FormatError(f"catalog entry pack/{name} lacks {missing}: re-pack it with "
-                              f"`oocstore pack ... --name {name} --overwrite`")
-        return cls(**{k: v for k, v in data.items() if k in names})
+        return versioned_from_dict(cls, data, kind="pack", version=PACK_FORMAT_VERSION,
+                                   fix="re-pack it with `oocstore pack ... --name {name} "
+                                       "--overwrite`")

@@ -59,6 +59,24 @@ def _check_keys(cls, data: dict[str, Any], where: str) -> dict[str, Any]:
     return {k: v for k, v in data.items() if k in names}
 
 
+def versioned_from_dict(cls, data: dict[str, Any], *, kind: str, version: int, fix: str):
+    """Build the frozen dataclass ``cls`` from a catalog entry of a ``kind`` ("plan",
+    "pack") carrying ``format_version``: other versions and missing fields are refused
+    with ``fix`` (the command that re-creates the entry). Unknown keys are ignored."""
+    name = data.get("name", "?")
+    fv = data.get("format_version")
+    if fv != version:
+        raise FormatError(f"{kind} {name!r} has format version {fv!r}, but this oocstore reads "
+                          f"version {version}: {fix.format(name=name)}")
+    missing = [f.name for f in dataclasses.fields(cls)
+               if f.name not in data and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]  # type: ignore[misc]
+    if missing:
+        raise FormatError(f"catalog entry {kind}/{name} lacks {missing}: {fix.format(name=name)}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
 @dataclass(frozen=True)
 class ArrayMeta:
     """One array stored row-major in ``file`` starting at byte ``offset``."""
