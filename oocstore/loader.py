@@ -167,7 +167,13 @@ class NodeLoader:
         ldtype = label_dtype(self.store)
         self._charges.append(self.accountant.charge("cpu", labels_bytes(self.store), "labels",
                                                     fix="raise the cpu budget"))
-        self.labels = np.asarray(self.store.array("labels")).astype(ldtype)
+        # Read in chunks with pread (never mapped): resident memory is the compact copy.
+        reader = self.store.slice_reader("labels")
+        n = self.store.array_meta("labels").shape[0]
+        self.labels = np.empty(n, dtype=ldtype)
+        for lo in range(0, n, 1 << 20):
+            self.labels[lo:lo + (1 << 20)] = reader.read(lo, min(n, lo + (1 << 20)))
+        reader.close()
         fix = (f"the pack's minimum working set is {format_size(m.min_working_set['cpu'])}; raise "
                "--cpu-budget, lower --cpu-cache when packing, or sample with a smaller batch "
                "size")

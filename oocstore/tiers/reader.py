@@ -21,7 +21,8 @@ from ..errors import FormatError, StoreNotFoundError
 from ..pack.format import BASE, CPU, GPU, SSD, TIER_NAMES, PackMeta, pack_key
 from ..plan import PlanReader
 from ..store import Store
-from ..store.files import DirectReader
+from ..store import ALIGN
+from ..store.files import DirectReader, aligned_empty
 from ..units import format_size
 from .assemble import assemble_rows
 from .device import DeviceTier
@@ -50,13 +51,42 @@ def _torch_dtype(dtype: np.dtype):
     return {np.dtype("float32"): torch.float32, np.dtype("float16"): torch.float16}[np.dtype(dtype)]
 
 
+#: Bounce buffer of :func:`_read_into`: big enough for full-speed sequential O_DIRECT
+#: reads, small enough not to matter next to the buffers the budget charges.
+_BOUNCE = 8 << 20
+
+
+def _read_into(store: Store, name: str, out: np.ndarray) -> None:
+    """Fill ``out`` (contiguous, any alignment) with array ``name`` using sequential
+    O_DIRECT reads through one small aligned bounce buffer, so loading a tier never
+    needs more memory than the tier itself."""
+    meta = store.array_meta(name)
+    dest = out.reshape(-1).view(np.uint8)
+    if dest.size != meta.nbytes:
+        raise FormatError(f"array {name!r}: {meta.nbytes} bytes do not fit a buffer of "
+                          f"{dest.size}")
+    if not meta.nbytes:
+        return
+    bounce = aligned_empty(_BOUNCE)
+    with DirectReader(store.file_path(meta)) as r:
+        done = 0
+        while done < meta.nbytes:
+            n = min(_BOUNCE, meta.nbytes - done)
+            start = meta.offset + done  # offset and _BOUNCE are 4 KiB multiples
+            length = -(-n // ALIGN) * ALIGN
+            got = r.read_into(bounce[:length], start)
+            if got < n:
+                raise FormatError(f"array {name!r}: file {r.path} is truncated; run "
+                                  "`oocstore verify`")
+            dest[done:done + n] = bounce[:n]
+            done += n
+
+
 def _read_whole(store: Store, name: str) -> np.ndarray:
-    """A whole (small) array into RAM with one sequential O_DIRECT read."""
+    """A whole (small) array into RAM (see :func:`_read_into`)."""
     meta = store.array_meta(name)
     out = np.empty(meta.shape, dtype=meta.np_dtype)
-    if meta.nbytes:
-        with DirectReader(store.file_path(meta)) as r:
-            out.reshape(-1).view(np.uint8)[:] = r.read(meta.offset, meta.nbytes)
+    _read_into(store, name, out)
     return out
 
 
@@ -112,17 +142,17 @@ class TieredReader:
         read_ahead = bool(seg_bytes) and self.accountant.fits("cpu", seg_bytes + reserve)
         if read_ahead:
             self._charges.append(charge("cpu", seg_bytes, "segment read-ahead buffer"))
-        gpu_rows = _read_whole(store, m.arrays["gpu_rows"])
-        cpu_rows = _read_whole(store, m.arrays["cpu_rows"])
+        # Tiers are read straight into their final buffers (no second copy).
         self.gpu = None
+        self._cpu_offset = m.gpu_rows if self.gpu_on_host else 0
+        host = np.empty((self._cpu_offset + m.cpu_rows, m.feat_dim), dtype=np.dtype(m.dtype))
         if self.gpu_on_host:
-            self.host = MemoryTier(np.concatenate([gpu_rows, cpu_rows]), name="cpu")
-            self._cpu_offset = m.gpu_rows
+            _read_into(store, m.arrays["gpu_rows"], host[:m.gpu_rows])
         else:
-            self.host = MemoryTier(cpu_rows, name="cpu")
-            self._cpu_offset = 0
-            self.gpu = DeviceTier(gpu_rows, self.device or torch.device("cpu"))
-        del gpu_rows, cpu_rows
+            self.gpu = DeviceTier(_read_whole(store, m.arrays["gpu_rows"]),
+                                  self.device or torch.device("cpu"))
+        _read_into(store, m.arrays["cpu_rows"], host[self._cpu_offset:])
+        self.host = MemoryTier(host, name="cpu")
         self.segments = SegmentTier(store.file_path(store.array_meta(m.arrays["rows"])),
                                     store.array_meta(m.arrays["rows"]),
                                     _read_whole(store, m.arrays["segments"]),
@@ -160,7 +190,7 @@ class TieredReader:
     def _reset_cpu_tier(self) -> None:
         """Put the scheduled CPU tier back in its epoch-start state (one sequential read)."""
         start = self._cpu_offset
-        self.host.rows[start:] = _read_whole(self.store, self.meta.arrays["cpu_rows"])
+        _read_into(self.store, self.meta.arrays["cpu_rows"], self.host.rows[start:])
         self.segments.bytes_read += (self.host.rows.shape[0] - start) * self.meta.row_bytes
 
     def read_batch(self, epoch: int, batch: int, out: np.ndarray | None = None) -> np.ndarray:
@@ -248,8 +278,12 @@ class TieredReader:
                 "budget": self.accountant.summary()}
 
     def close(self) -> None:
+        """Stop the I/O threads and free the tiers' memory (charges are released, so the
+        memory must really be returned even if this object is still referenced)."""
         self.segments.close()
         self.base.close()
+        self.host.rows = self.host.rows[:0].copy()
+        self.gpu = None
         for r in (self._tier, self._slot, getattr(self, "_inserts", None)):
             if r is not None:
                 r.close()

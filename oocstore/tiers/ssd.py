@@ -140,6 +140,9 @@ class SegmentTier(Tier):
             self._pool.shutdown(wait=True)
             self._pool = None
         self.reader.close()
+        self._buf = self._spare = None  # free the segment buffers now
+        self._rows = self._rows[:0].copy()
+        self.current = -1
 
 
 #: Row reads in flight at once for the base-array fallback (threads issuing preadv).

@@ -238,6 +238,7 @@ def _train(store, name, pack, evals, cfg: TrainConfig, budget, device, progress)
                 _after_epoch(ckdir, model, optimizer, name, epoch, history, loader.state_dict(),
                              progress, cfg)
             stats = loader.stats()
+        del loader  # its tiers are freed by close(); drop the last reference too
     accs = {}
     for split, plan_name in evals.items():
         er = PlanReader(store, plan_name)
@@ -246,6 +247,7 @@ def _train(store, name, pack, evals, cfg: TrainConfig, budget, device, progress)
         else:
             with NodeLoader(store, plan_name, device=device, budget=budget) as ev:
                 accs[split] = evaluate(model, ((b.sample, b.x, b.y) for b in ev), device)
+            del ev  # one evaluation loader's buffers at a time
     return {
         "plan": name, "pack": pack, "in_memory": cfg.in_memory, "backend": cfg.backend,
         "device": str(device), "seed": cfg.seed,

@@ -56,10 +56,10 @@ def big_store(tmp_path_factory):
     build_store(path, synthetic_source(SyntheticSpec(nodes=60_000, feat_dim=256, avg_degree=10)))
     with Store(path, readonly=False) as s:
         sample_plan(s, fanouts="5,5", batch_size=512, epochs=2, seed=0)
-        pack_plan(s, name="static", options=PackOptions(cpu_cache=6 << 20, max_disk_blowup=32))
-        pack_plan(s, name="belady", options=PackOptions(cpu_cache=6 << 20, max_disk_blowup=32,
+        pack_plan(s, name="static", options=PackOptions(cpu_cache=24 << 20, max_disk_blowup=32))
+        pack_plan(s, name="belady", options=PackOptions(cpu_cache=24 << 20, max_disk_blowup=32,
                                                         policy="belady"))
-        pack_plan(s, name="fallback", options=PackOptions(cpu_cache=6 << 20, max_disk_blowup=0))
+        pack_plan(s, name="fallback", options=PackOptions(cpu_cache=24 << 20, max_disk_blowup=0))
         mws = {n: s.get(f"pack/{n}")["min_working_set"]["cpu"] for n in ("static", "belady",
                                                                           "fallback")}
     return path, mws
