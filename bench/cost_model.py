@@ -7,7 +7,7 @@ bandwidths probed on this disk in the same run, then measures it cold (pack and
 feature files evicted from the page cache, O_DIRECT reads) through ``TieredReader``.
 Configurations are interleaved over rounds; medians are reported.
 
-    python bench/cost_model.py            # ~500k nodes x 128 f32
+    python bench/cost_model.py            # 200k nodes x 128 f32, blowup cap 16 (~2 GB of packs)
     python bench/cost_model.py --toy      # seconds, for the test suite
 """
 
@@ -49,7 +49,7 @@ def measure(store: Store, name: str) -> tuple[float, dict]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--nodes", type=int, default=500_000)
+    ap.add_argument("--nodes", type=int, default=200_000)
     ap.add_argument("--feat-dim", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--toy", action="store_true", help="tiny sizes, for the test suite")
@@ -68,7 +68,7 @@ def main() -> int:
                                                          avg_degree=10)))
     store = Store(path, readonly=False)
     if store.get("plan/cm") is None:
-        sample_plan(store, fanouts="10,5", batch_size=1024, epochs=2, seed=0, name="cm")
+        sample_plan(store, fanouts="5,5", batch_size=1024, epochs=1, seed=0, name="cm")
     plan = PlanReader(store, "cm")
     fbytes = store.array_meta("features").nbytes
     bw = probe(store)
@@ -77,16 +77,16 @@ def main() -> int:
           f"{bw.gather_rows_per_s / 1e6:.1f} M rows/s")
     frac = lambda f: int(f * fbytes)  # noqa: E731
     configs = {
-        "static-0%": PackOptions(cpu_cache=0, max_disk_blowup=64),
-        "static-10%": PackOptions(cpu_cache=frac(0.10), max_disk_blowup=64),
-        "belady-10%": PackOptions(cpu_cache=frac(0.10), max_disk_blowup=64, policy="belady"),
-        "static-25%": PackOptions(cpu_cache=frac(0.25), max_disk_blowup=64),
-        "belady-25%": PackOptions(cpu_cache=frac(0.25), max_disk_blowup=64, policy="belady"),
+        "static-0%": PackOptions(cpu_cache=0, max_disk_blowup=16),
+        "static-10%": PackOptions(cpu_cache=frac(0.10), max_disk_blowup=16),
+        "belady-10%": PackOptions(cpu_cache=frac(0.10), max_disk_blowup=16, policy="belady"),
+        "static-25%": PackOptions(cpu_cache=frac(0.25), max_disk_blowup=16),
+        "belady-25%": PackOptions(cpu_cache=frac(0.25), max_disk_blowup=16, policy="belady"),
         "static-10%-cap1": PackOptions(cpu_cache=frac(0.10), max_disk_blowup=1.0),
     }
     # Budget: the working set of an uncached pack plus a quarter of the features.
     floor = plan_layout(store, plan, configs["static-0%"]).min_working_set["cpu"]
-    auto, _, _ = choose_split(store, plan, cpu_budget=floor + frac(0.25), max_disk_blowup=64,
+    auto, _, _ = choose_split(store, plan, cpu_budget=floor + frac(0.25), max_disk_blowup=16,
                               bw=bw)
     configs["auto-budget"] = auto
     preds = {}
