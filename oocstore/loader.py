@@ -193,8 +193,9 @@ class NodeLoader:
                      MAX_PREFETCH)
         else:
             depth = int(prefetch)
-            if depth < 1:
-                raise UsageError(f"prefetch {prefetch}: give 1 or more batches")
+            if depth < 0:
+                raise UsageError(f"prefetch {prefetch}: give 0 (read in the training loop's "
+                                 "thread, no overlap) or more batches")
         self.prefetch = depth
         self._charges.append(self.accountant.charge(
             "cpu", depth * staging, f"{depth} prefetched batch(es)",
@@ -253,6 +254,9 @@ class NodeLoader:
         epoch = self.epoch
         start = self._start
         n = len(self)
+        if self.prefetch == 0:
+            yield from self._iter_sync(epoch, start, n)
+            return
         stages = [("oocstore-read", self._read)]
         self._pipeline = Pipeline(range(start, n), stages, depth=self.prefetch,
                                   timeout=self.timeout)
@@ -277,6 +281,24 @@ class NodeLoader:
                                           **{f"{k}_s": v for k, v in
                                              self._pipeline.stage_seconds.items()}})
             self._stop_pipeline()
+
+    def _iter_sync(self, epoch: int, start: int, n: int) -> Iterator[Batch]:
+        """``prefetch=0``: every read happens in the consumer's thread (no overlap) — the
+        baseline that shows what the pipeline buys."""
+        t_epoch = time.perf_counter()
+        wait = 0.0
+        for b in range(start, n):
+            t0 = time.perf_counter()
+            b, sample, x, y, event = self._read(b)
+            wait += time.perf_counter() - t0
+            self._start = b + 1
+            self._batches += 1
+            yield Batch(epoch=epoch, index=b, sample=sample, x=x, y=y.to(self.device), _event=event)
+        self._start = 0
+        self.epoch = epoch + 1
+        self._wait += wait
+        self._epoch_stats.append({"epoch": epoch, "time_s": time.perf_counter() - t_epoch,
+                                  "wait_s": wait})
 
     def _stop_pipeline(self) -> None:
         if self._pipeline is not None:
