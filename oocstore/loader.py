@@ -34,10 +34,12 @@ batches, in the same order.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
+import numba
 import numpy as np
 import torch
 
@@ -235,6 +237,10 @@ class NodeLoader:
 
     # -- iteration ------------------------------------------------------------------
     def _read(self, b: int):
+        if threading.current_thread().name == "oocstore-read":
+            # The reader thread assembles on one numba thread, leaving the other cores to
+            # the model's compute (numba's thread count is per calling thread).
+            numba.set_num_threads(1)
         e = self.plan_epoch
         sample = self.reader.plan.read_batch(e, b)
         if self.device.type == "cuda":
