@@ -25,7 +25,7 @@ from torch import nn
 from ..errors import UsageError
 from ..integrations.dgl import require_dgl, to_dgl
 from ..plan import SampledBatch
-from .model import _positive
+from .model import layer_dims
 
 
 class DGLGraphSAGE(nn.Module):
@@ -38,11 +38,7 @@ class DGLGraphSAGE(nn.Module):
         require_dgl()
         from dgl.nn import SAGEConv
 
-        dims = [_positive(in_dim, "in_dim")]
-        dims += [_positive(hidden, "hidden")] * (_positive(num_layers, "num_layers") - 1)
-        dims += [_positive(num_classes, "num_classes")]
-        if not 0.0 <= float(dropout) < 1.0:
-            raise UsageError(f"GraphSAGE dropout {dropout!r} is not in [0, 1)")
+        dims = layer_dims(in_dim, hidden, num_classes, num_layers, dropout)
         self.dropout = float(dropout)
         self.convs = nn.ModuleList(SAGEConv(dims[i], dims[i + 1], aggregator_type="mean")
                                    for i in range(num_layers))

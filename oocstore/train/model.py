@@ -40,6 +40,18 @@ def _positive(value, what: str) -> int:
     return value
 
 
+def layer_dims(in_dim: int, hidden: int, num_classes: int, num_layers: int,
+               dropout: float) -> list[int]:
+    """Validated layer widths ``[in_dim, hidden, ..., num_classes]`` of a GraphSAGE, the
+    same for every backend (PyG here, DGL in ``dgl_model.py``)."""
+    dims = [_positive(in_dim, "in_dim")]
+    dims += [_positive(hidden, "hidden")] * (_positive(num_layers, "num_layers") - 1)
+    dims += [_positive(num_classes, "num_classes")]
+    if not 0.0 <= float(dropout) < 1.0:
+        raise UsageError(f"GraphSAGE dropout {dropout!r} is not in [0, 1)")
+    return dims
+
+
 class GraphSAGE(nn.Module):
     """``num_layers`` mean-aggregation SAGE convolutions; ReLU and dropout between
     layers, none after the last (its output are class logits)."""
@@ -50,11 +62,7 @@ class GraphSAGE(nn.Module):
         require_pyg()
         from torch_geometric.nn import SAGEConv
 
-        dims = [_positive(in_dim, "in_dim")]
-        dims += [_positive(hidden, "hidden")] * (_positive(num_layers, "num_layers") - 1)
-        dims += [_positive(num_classes, "num_classes")]
-        if not 0.0 <= float(dropout) < 1.0:
-            raise UsageError(f"GraphSAGE dropout {dropout!r} is not in [0, 1)")
+        dims = layer_dims(in_dim, hidden, num_classes, num_layers, dropout)
         self.dropout = float(dropout)
         self.sparse = bool(sparse)
         self.convs = nn.ModuleList(SAGEConv(dims[i], dims[i + 1], aggr="mean")
