@@ -1,0 +1,300 @@
+"""``oocstore ingest scene``: a scene store from a 3DGS ``.ply`` or an ``.npz`` point cloud.
+
+Sources:
+
+- ``.ply``: a trained 3DGS scene (see :mod:`oocstore.gs.ply`), any SH degree 0..3.
+- ``.npz``: ``means3d`` [N, 3] and optionally ``colors`` [N, 3] (uint8, or floats in
+  0..1), ``viewmats`` [V, 4, 4], ``Ks`` [V, 3, 3], ``width``, ``height``. Gaussians are
+  initialised as 3DGS does from a point cloud: isotropic scales from the mean distance
+  to the 3 nearest neighbours (``scipy.spatial.cKDTree``), identity rotations,
+  opacity 0.1 (as a logit), the SH DC term from the colour (grey without colours),
+  higher SH coefficients zero.
+
+Cameras come from the source (``.npz``), from ``cameras=`` (a COLMAP text model
+directory or an ``.npz`` with ``viewmats`` + ``Ks``), and when there are fewer than
+``min_views`` of them, generated views on an orbit around the scene are added up to
+``views`` (see :func:`oocstore.gs.cameras.orbit_cameras`).
+
+``tile=(kx, ky)`` replicates the scene on a kx x ky grid in the plane orthogonal to the
+scene's up direction, spaced by its robust extent (2nd..98th percentile, +5 %); every
+tile gets a copy of the cameras, so views stay local to their tile. Gaussian ids are
+``tile * N + row``. Adam moments start at zero.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..errors import SourceError, UsageError
+from . import layout
+from .cameras import Cameras, cameras_from_arrays, orbit_cameras, read_colmap_text, robust_box, \
+    scene_up
+from .ply import check_params, read_ply
+
+log = logging.getLogger(__name__)
+
+SH_C0 = 0.28209479177387814  # the degree-0 real spherical harmonic, 1 / (2 sqrt(pi))
+INIT_OPACITY = 0.1
+MAX_TILE = 64
+DEFAULT_SIZE = (648, 420)  # image size of generated views when the source names none
+
+
+@dataclass
+class SceneSource:
+    params: np.ndarray  # [N, P] float32
+    sh_degree: int
+    cameras: Cameras | None
+    name: str
+
+
+def parse_tile(value: str | tuple | None) -> tuple[int, int]:
+    """``"4x4"`` -> (4, 4); refuses anything else with the accepted form."""
+    if value is None:
+        return (1, 1)
+    if isinstance(value, tuple):
+        kx, ky = value
+    else:
+        m = re.fullmatch(r"\s*(\d{1,3})\s*[xX]\s*(\d{1,3})\s*", str(value))
+        if not m:
+            raise UsageError(f"--tile {value!r} is not KxK: give two grid sizes such as 4x4 "
+                             f"(each 1..{MAX_TILE})")
+        kx, ky = int(m.group(1)), int(m.group(2))
+    if not (1 <= kx <= MAX_TILE and 1 <= ky <= MAX_TILE):
+        raise UsageError(f"--tile {kx}x{ky}: each grid size must be 1..{MAX_TILE}")
+    return kx, ky
+
+
+def init_from_points(means: np.ndarray, colors: np.ndarray | None, sh_degree: int) -> np.ndarray:
+    """3DGS's initialisation of Gaussians from a coloured point cloud -> params [N, P]."""
+    from scipy.spatial import cKDTree
+
+    means = np.asarray(means, dtype=np.float32)
+    n = len(means)
+    k = layout.num_sh_coeffs(sh_degree)
+    p = np.zeros((n, layout.param_width(sh_degree)), dtype=np.float32)
+    p[:, layout.MEANS] = means
+    p[:, 3] = 1.0  # identity quaternion (w, x, y, z)
+    if n > 1:
+        nn = min(4, n)
+        dist, _ = cKDTree(means).query(means, k=nn)
+        d = np.sqrt(np.mean(np.square(dist[:, 1:]), axis=1))
+        d = np.maximum(d, 1e-7)
+    else:
+        d = np.ones(n)
+    p[:, layout.LOG_SCALES] = np.log(d)[:, None]
+    p[:, 10] = math.log(INIT_OPACITY / (1 - INIT_OPACITY))
+    rgb = np.full((n, 3), 0.5, dtype=np.float32) if colors is None else colors
+    sh = p[:, layout.sh_slice(sh_degree)].reshape(n, k, 3)
+    sh[:, 0, :] = (rgb - 0.5) / SH_C0
+    p[:, layout.sh_slice(sh_degree)] = sh.reshape(n, 3 * k)
+    return p
+
+
+def change_sh_degree(params: np.ndarray, old: int, new: int) -> np.ndarray:
+    """Parameters at another SH degree: higher coefficients dropped, or added as zeros."""
+    if old == new:
+        return params
+    n = len(params)
+    ko, kn = layout.num_sh_coeffs(old), layout.num_sh_coeffs(new)
+    out = np.zeros((n, layout.param_width(new)), dtype=np.float32)
+    out[:, :layout.SH_START] = params[:, :layout.SH_START]
+    sh_old = params[:, layout.sh_slice(old)].reshape(n, ko, 3)
+    sh_new = out[:, layout.sh_slice(new)].reshape(n, kn, 3)
+    sh_new[:, :min(ko, kn)] = sh_old[:, :min(ko, kn)]
+    out[:, layout.sh_slice(new)] = sh_new.reshape(n, 3 * kn)
+    return out
+
+
+def _load_npz(path: Path):
+    try:
+        return np.load(path, allow_pickle=False)
+    except (zipfile.BadZipFile, EOFError, OSError) as err:
+        raise SourceError(f"{path} is not a readable .npz ({err}): the file is truncated or "
+                          "not an npz archive") from err
+    except ValueError as err:
+        raise SourceError(f"{path}: {err}: oocstore reads plain numeric arrays only") from err
+
+
+def _npz_array(data, key: str, path: Path):
+    try:
+        return data[key]
+    except ValueError as err:
+        raise SourceError(f"{path}: array {key!r} holds Python objects: store plain numeric "
+                          "arrays") from err
+    except (zipfile.BadZipFile, EOFError, OSError) as err:
+        raise SourceError(f"{path}: array {key!r} cannot be read ({err}): the file is "
+                          "damaged") from err
+
+
+def load_npz_source(path: Path, sh_degree: int) -> SceneSource:
+    data = _load_npz(path)
+    with data:
+        files = set(data.files)
+        if "means3d" not in files:
+            raise SourceError(f"{path} has no 'means3d' array (it has: "
+                              f"{', '.join(sorted(files)) or 'none'}): a point-cloud .npz needs "
+                              "means3d [N, 3]")
+        means = _npz_array(data, "means3d", path)
+        if means.ndim != 2 or means.shape[1] != 3 or not np.issubdtype(means.dtype, np.number):
+            raise SourceError(f"{path}: means3d has shape {means.shape} ({means.dtype}), expected "
+                              "numbers of shape [N, 3]")
+        if len(means) == 0:
+            raise SourceError(f"{path}: means3d is empty: the scene needs at least one point")
+        bad = ~np.all(np.isfinite(means), axis=1)
+        if bad.any():
+            raise SourceError(f"{path}: point {int(np.flatnonzero(bad)[0])} of means3d is not "
+                              "finite: drop NaN/Inf points from the source")
+        colors = None
+        if "colors" in files:
+            c = _npz_array(data, "colors", path)
+            if c.shape != means.shape:
+                raise SourceError(f"{path}: colors have shape {c.shape}, expected {means.shape}")
+            if c.dtype == np.uint8:
+                colors = c.astype(np.float32) / 255.0
+            elif np.issubdtype(c.dtype, np.floating):
+                colors = c.astype(np.float32)
+                if not (np.all(np.isfinite(colors)) and colors.min() >= 0 and colors.max() <= 1):
+                    raise SourceError(f"{path}: float colors must lie in 0..1 (or give uint8)")
+            else:
+                raise SourceError(f"{path}: colors have dtype {c.dtype}: give uint8 0..255 or "
+                                  "floats 0..1")
+        cams = None
+        if "viewmats" in files or "Ks" in files:
+            missing = [k for k in ("viewmats", "Ks", "width", "height") if k not in files]
+            if missing:
+                raise SourceError(f"{path} has cameras but lacks {', '.join(missing)}: give "
+                                  "viewmats, Ks, width and height together")
+            cams = cameras_from_arrays(_npz_array(data, "viewmats", path),
+                                       _npz_array(data, "Ks", path),
+                                       _npz_array(data, "width", path),
+                                       _npz_array(data, "height", path), source=str(path))
+    params = init_from_points(means, colors, sh_degree)
+    return SceneSource(params, sh_degree, cams, path.stem)
+
+
+def load_cameras(path: str | os.PathLike) -> Cameras:
+    """Cameras from a COLMAP text model (directory or its cameras.txt) or an ``.npz``."""
+    path = Path(path)
+    if path.suffix == ".npz":
+        data = _load_npz(path)
+        with data:
+            missing = [k for k in ("viewmats", "Ks", "width", "height") if k not in data.files]
+            if missing:
+                raise SourceError(f"{path} lacks {', '.join(missing)}: a cameras .npz needs "
+                                  "viewmats [V,4,4], Ks [V,3,3], width, height")
+            return cameras_from_arrays(*(_npz_array(data, k, path)
+                                         for k in ("viewmats", "Ks", "width", "height")),
+                                       source=str(path))
+    if not path.exists():
+        raise SourceError(f"cameras {path} do not exist: give a COLMAP text model directory "
+                          "(cameras.txt + images.txt) or an .npz with viewmats and Ks")
+    return read_colmap_text(path)
+
+
+def load_source(src: str | os.PathLike, *, sh_degree: int | None = None) -> SceneSource:
+    src = Path(src)
+    if not src.exists():
+        raise SourceError(f"scene source {src} does not exist: give a 3DGS .ply or an .npz "
+                          "point cloud")
+    if src.suffix.lower() == ".ply":
+        params, degree = read_ply(src)
+        if sh_degree is not None and sh_degree != degree:
+            log.info("SH degree %d of %s changed to %d", degree, src, sh_degree)
+            params = change_sh_degree(params, degree, sh_degree)
+            degree = sh_degree
+        return SceneSource(params, degree, None, src.stem)
+    if src.suffix.lower() == ".npz":
+        return load_npz_source(src, 3 if sh_degree is None else sh_degree)
+    raise SourceError(f"scene source {src} is neither .ply nor .npz: give a 3DGS .ply or an .npz "
+                      "with means3d")
+
+
+def horizontal_axes(up: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    a = np.cross(up, [1.0, 0, 0] if abs(up[0]) < 0.9 else [0, 1.0, 0])
+    a /= np.linalg.norm(a)
+    return a, np.cross(up, a)
+
+
+def tile_scene(params: np.ndarray, cameras: Cameras, tile: tuple[int, int],
+               up: np.ndarray) -> tuple[np.ndarray, Cameras]:
+    """The scene and its cameras replicated on a ``tile`` grid orthogonal to ``up``."""
+    kx, ky = tile
+    if (kx, ky) == (1, 1):
+        return params, cameras
+    a, b = horizontal_axes(up)
+    means = params[:, layout.MEANS].astype(np.float64)
+    lo, hi = robust_box(means @ np.stack([a, b]).T)
+    step = (hi - lo) * 1.05
+    n = len(params)
+    out = np.empty((n * kx * ky, params.shape[1]), dtype=np.float32)
+    cams = None
+    for i in range(kx):
+        for j in range(ky):
+            t = i * ky + j
+            offset = i * step[0] * a + j * step[1] * b
+            out[t * n:(t + 1) * n] = params
+            out[t * n:(t + 1) * n, layout.MEANS] += offset.astype(np.float32)
+            moved = cameras.translated(offset, suffix=f"@{i},{j}")
+            cams = moved if cams is None else cams.concat(moved)
+    return out, cams
+
+
+def choose_cameras(src: SceneSource, cameras: Cameras | None, *, views: int | None,
+                   min_views: int, seed: int) -> Cameras:
+    """The source's (or given) cameras, plus orbit views when there are too few."""
+    cams = cameras if cameras is not None else src.cameras
+    have = 0 if cams is None else len(cams)
+    want = views if views is not None else (have if have >= min_views else max(32, have))
+    means = src.params[:, layout.MEANS]
+    if have >= want:
+        return cams
+    width, height = (cams.width, cams.height) if cams is not None else DEFAULT_SIZE
+    gen = orbit_cameras(means, want - have, width=width, height=height, template=cams, seed=seed)
+    log.info("generated %d orbit views around the scene (the source has %d)", want - have, have)
+    return gen if cams is None else cams.concat(gen)
+
+
+def ingest_scene(src: str | os.PathLike, out: str | os.PathLike, *,
+                 tile: str | tuple | None = None, sh_degree: int | None = None,
+                 block_size: int = 4096, spare: float = 0.25, views: int | None = None,
+                 min_views: int = 16, cameras: str | os.PathLike | None = None,
+                 moments: str = "float32", overwrite: bool = False, seed: int = 0,
+                 progress: Callable[[int], None] | None = None,
+                 on_loaded: Callable[[int], None] | None = None):
+    """Build the scene store ``out`` from ``src``; returns the open :class:`Scene`.
+
+    ``on_loaded(total)`` is called once the source is read, with the number of
+    Gaussians about to be written (for a progress bar); ``progress(n)`` per block.
+    """
+    from ..store import Store
+    from .scene import Scene
+
+    kx, ky = parse_tile(tile)
+    if sh_degree is not None:
+        layout.check_sh_degree(sh_degree)
+    if views is not None and (isinstance(views, bool) or not isinstance(views, int) or views < 1):
+        raise UsageError(f"--views {views!r} must be a positive number of views")
+    Store.check_new_path(out, overwrite=overwrite)
+    source = load_source(src, sh_degree=sh_degree)
+    given = load_cameras(cameras) if cameras is not None else None
+    check_params(source.params, source.sh_degree, source=str(src))
+    cams = choose_cameras(source, given, views=views, min_views=min_views, seed=seed)
+    up = scene_up(source.params[:, layout.MEANS], cams)
+    params, cams = tile_scene(source.params, cams, (kx, ky), up)
+    n = len(source.params)
+    if on_loaded:
+        on_loaded(len(params))
+    meta = {"source": os.path.basename(str(src)), "tile": f"{kx}x{ky}",
+            "gaussians_per_tile": n, "views": len(cams)}
+    return Scene.create(out, None, params, source.sh_degree, cams, block_size=block_size,
+                        spare=spare, moments=moments, overwrite=overwrite, source=meta,
+                        progress=progress)
