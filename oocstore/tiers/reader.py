@@ -17,7 +17,9 @@ from typing import Any
 import numpy as np
 
 from ..budget import BudgetAccountant, MemoryBudget
-from ..errors import FormatError, StoreNotFoundError
+import zlib
+
+from ..errors import ChecksumError, FormatError, StoreNotFoundError
 from ..pack.format import BASE, CPU, GPU, SSD, TIER_NAMES, PackMeta, pack_key
 from ..plan import PlanReader
 from ..store import Store
@@ -56,11 +58,13 @@ def _torch_dtype(dtype: np.dtype):
 _BOUNCE = 8 << 20
 
 
-def _read_into(store: Store, name: str, out: np.ndarray) -> None:
+def _read_into(store: Store, name: str, out: np.ndarray, verify: bool = True) -> None:
     """Fill ``out`` (contiguous, any alignment) with array ``name`` using sequential
     O_DIRECT reads through one small aligned bounce buffer, so loading a tier never
-    needs more memory than the tier itself."""
+    needs more memory than the tier itself. With ``verify``, every chunk checksum is
+    checked on the way (:class:`~oocstore.errors.ChecksumError` names file and chunk)."""
     meta = store.array_meta(name)
+    check = _ChunkCheck(store, name, meta) if verify else None
     dest = out.reshape(-1).view(np.uint8)
     if dest.size != meta.nbytes:
         raise FormatError(f"array {name!r}: {meta.nbytes} bytes do not fit a buffer of "
@@ -79,7 +83,47 @@ def _read_into(store: Store, name: str, out: np.ndarray) -> None:
                 raise FormatError(f"array {name!r}: file {r.path} is truncated; run "
                                   "`oocstore verify`")
             dest[done:done + n] = bounce[:n]
+            if check is not None:
+                check.feed(bounce[:n])
             done += n
+    if check is not None:
+        check.finish()
+
+
+class _ChunkCheck:
+    """Streaming comparison of an array's bytes, fed in order, with its chunk CRC-32s."""
+
+    def __init__(self, store: Store, name: str, meta):
+        self.path, self.meta = store.file_path(meta), meta
+        self.sums = store.checksums(name)
+        if len(self.sums) != meta.num_chunks:
+            raise ChecksumError(f"array {name!r} ({self.path}): the catalog lists "
+                                f"{len(self.sums)} checksums for {meta.num_chunks} chunks: "
+                                "the catalog is damaged; run `oocstore verify`")
+        self.chunk, self.crc, self.fill = 0, 0, 0
+
+    def feed(self, data: np.ndarray) -> None:
+        mv, cb = memoryview(data).cast("B"), self.meta.chunk_bytes
+        while len(mv):
+            take = min(len(mv), cb - self.fill)
+            self.crc = zlib.crc32(mv[:take], self.crc)
+            self.fill += take
+            mv = mv[take:]
+            if self.fill == cb:
+                self._close_chunk()
+
+    def _close_chunk(self) -> None:
+        if self.crc != self.sums[self.chunk]:
+            lo = self.meta.offset + self.chunk * self.meta.chunk_bytes
+            raise ChecksumError(
+                f"array {self.meta.name!r} ({self.path}): checksum mismatch in chunk "
+                f"{self.chunk} (bytes {lo}..{lo + self.fill}): the file is corrupt; run "
+                "`oocstore verify` and re-create it (re-pack a pack)")
+        self.chunk, self.crc, self.fill = self.chunk + 1, 0, 0
+
+    def finish(self) -> None:
+        if self.fill:
+            self._close_chunk()
 
 
 def _read_whole(store: Store, name: str) -> np.ndarray:
@@ -98,8 +142,11 @@ class TieredReader:
 
     def __init__(self, store: Store, pack: str, *, budget: MemoryBudget | None = None,
                  accountant: BudgetAccountant | None = None, io_threads: int = 8,
-                 device=None, gpu_tier_on_device: bool | None = None, reserve: int = 0):
+                 device=None, gpu_tier_on_device: bool | None = None, reserve: int = 0,
+                 verify_reads: bool = True):
         self.store = store
+        # Checksums checked on read (tier loads and packed segments): see tiers/ssd.py.
+        self.verify_reads = bool(verify_reads)
         self.meta = load_pack(store, pack)
         self.plan = PlanReader(store, self.meta.plan)
         pv = store.array_meta(self.plan.meta.arrays["index"]).version
@@ -147,16 +194,18 @@ class TieredReader:
         self._cpu_offset = m.gpu_rows if self.gpu_on_host else 0
         host = np.empty((self._cpu_offset + m.cpu_rows, m.feat_dim), dtype=np.dtype(m.dtype))
         if self.gpu_on_host:
-            _read_into(store, m.arrays["gpu_rows"], host[:m.gpu_rows])
+            _read_into(store, m.arrays["gpu_rows"], host[:m.gpu_rows], self.verify_reads)
         else:
             self.gpu = DeviceTier(_read_whole(store, m.arrays["gpu_rows"]),
                                   self.device or torch.device("cpu"))
-        _read_into(store, m.arrays["cpu_rows"], host[self._cpu_offset:])
+        _read_into(store, m.arrays["cpu_rows"], host[self._cpu_offset:], self.verify_reads)
         self.host = MemoryTier(host, name="cpu")
         self.segments = SegmentTier(store.file_path(store.array_meta(m.arrays["rows"])),
                                     store.array_meta(m.arrays["rows"]),
                                     _read_whole(store, m.arrays["segments"]),
-                                    read_ahead=read_ahead)
+                                    read_ahead=read_ahead,
+                                    checksums=store.checksums(m.arrays["rows"]),
+                                    verify=self.verify_reads)
         self.batch_segment = _read_whole(store, m.arrays["batch_segment"])
         self._tier = store.slice_reader(m.arrays["tier"])
         self._slot = store.slice_reader(m.arrays["slot"])
@@ -190,7 +239,8 @@ class TieredReader:
     def _reset_cpu_tier(self) -> None:
         """Put the scheduled CPU tier back in its epoch-start state (one sequential read)."""
         start = self._cpu_offset
-        _read_into(self.store, self.meta.arrays["cpu_rows"], self.host.rows[start:])
+        _read_into(self.store, self.meta.arrays["cpu_rows"], self.host.rows[start:],
+                   self.verify_reads)
         self.segments.bytes_read += (self.host.rows.shape[0] - start) * self.meta.row_bytes
 
     def read_batch(self, epoch: int, batch: int, out: np.ndarray | None = None) -> np.ndarray:
@@ -218,7 +268,11 @@ class TieredReader:
             out = np.empty((n, self.meta.feat_dim), dtype=self._out_dtype)
         seg = int(self.batch_segment[row])
         if seg >= 0:
-            self.segments.load(seg)
+            try:
+                self.segments.load(seg)
+            except ChecksumError as err:
+                raise ChecksumError(f"epoch {epoch}, batch {batch} of pack {self.meta.name!r}: "
+                                    f"{err}") from err
         if row + 1 < self.batch_segment.shape[0] and batch + 1 < self.plan.num_batches(epoch):
             self.segments.prefetch(int(self.batch_segment[row + 1]))
         counts = assemble_rows(tier, slot, self.host.rows, self._cpu_offset,
