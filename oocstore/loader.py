@@ -25,6 +25,11 @@ training loop holds) and the labels to the CPU budget, on top of what the tiered
 charges (tiers, segment buffers). The default prefetch depth is the largest <= 4 that
 fits; a budget that cannot hold even one batch in flight is refused up front.
 
+Data parallelism: ``rank`` / ``world_size`` (default: from ``torch.distributed`` when it
+is initialised, else 0 / 1) select the rank's shard of a plan sampled with
+``--world-size`` (``oocstore/distributed.py``, ``docs/DISTRIBUTED.md``); ``plan`` is then
+the shard group's name. Each rank's loader has its own budget.
+
 Epochs: ``set_epoch(e)`` selects plan epoch ``e mod K``, where ``K`` is the number of
 packed epochs (all of the plan's epochs unless a disk-blowup cap packed fewer).
 ``state_dict()`` / ``load_state_dict()`` resume mid-epoch exactly: the same remaining
@@ -44,8 +49,9 @@ import numpy as np
 import torch
 
 from .budget import BudgetAccountant, MemoryBudget
+from .distributed import check_rank, current_rank, resolve_plan
 from .errors import BudgetError, FormatError, UsageError
-from .pack.packer import label_dtype, labels_bytes, latest_plan
+from .pack.packer import label_dtype, labels_bytes
 from .pipeline import Pipeline
 from .plan import SampledBatch
 from .store import Store
@@ -107,13 +113,20 @@ class NodeLoader:
 
     def __init__(self, store: Store, plan: str | None = None, *, pack: str | None = None,
                  device: str | torch.device = "cpu", budget: MemoryBudget | None = None,
-                 prefetch: int | None = None, timeout: float = 300.0, io_threads: int = 8):
+                 prefetch: int | None = None, timeout: float = 300.0, io_threads: int = 8,
+                 rank: int | None = None, world_size: int | None = None):
         self.store = store
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise UsageError("--device cuda: no CUDA device is available on this machine "
                              "(torch.cuda.is_available() is False); use --device cpu")
-        self.plan_name = plan or latest_plan(store)
+        if (rank is None) != (world_size is None):
+            raise UsageError("NodeLoader: give both rank and world_size, or neither (then they "
+                             "come from torch.distributed when it is initialised)")
+        if rank is None:
+            rank, world_size = current_rank()
+        self.rank, self.world_size = check_rank(rank, world_size)
+        self.plan_name = resolve_plan(store, plan, rank=self.rank, world_size=self.world_size)
         self.pack_name = pack or latest_pack(store, self.plan_name)
         self.budget = budget or MemoryBudget()
         self.accountant = BudgetAccountant(self.budget)

@@ -39,6 +39,14 @@ transaction):
 
 Reading batch ``b`` of epoch ``e`` costs one index row and one contiguous slice of
 ``data`` (both memory-mapped). Unknown ``format_version`` values are refused.
+
+Shards (data-parallel training, ``docs/DISTRIBUTED.md``): a plan sampled for ``W > 1``
+ranks is a *group* of ``W`` ordinary plans named ``<group>.rank<r>``
+(:func:`shard_name`), each with ``shard_group``, ``shard_rank`` and
+``shard_world_size`` set, written by one transaction. Everything per plan (packs,
+readers, statistics) works on a shard unchanged. An unsharded plan has
+``shard_group == ""``, rank 0 and world size 1 (older entries lack the fields and read
+that way).
 """
 
 from __future__ import annotations
@@ -80,6 +88,11 @@ def check_plan_name(name: str) -> str:
         raise UsageError(f"plan name {name!r} is not valid: use 1-64 letters, digits, '-', '_' "
                          "or '.', starting with a letter or digit (e.g. --name train)")
     return name
+
+
+def shard_name(group: str, rank: int) -> str:
+    """The plan name of rank ``rank``'s shard of group ``group``."""
+    return f"{group}.rank{int(rank)}"
 
 
 def plan_key(name: str) -> str:
@@ -131,6 +144,9 @@ class PlanMeta:
     index_columns: tuple[str, ...] = ()
     stats: dict[str, Any] = field(default_factory=dict)
     sampler: str = "uniform-without-replacement"
+    shard_group: str = ""  # name of the group this shard belongs to; "" for a whole plan
+    shard_rank: int = 0  # the rank that reads this shard
+    shard_world_size: int = 1  # shards in the group (the world size it was sampled for)
     format_version: int = PLAN_FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -143,6 +159,13 @@ class PlanMeta:
         if len(self.batches_per_epoch) != self.epochs:
             raise FormatError(f"plan {self.name!r}: {len(self.batches_per_epoch)} batch counts "
                               f"for {self.epochs} epochs: re-sample with --overwrite")
+        if not 0 <= self.shard_rank < max(1, self.shard_world_size):
+            raise FormatError(f"plan {self.name!r}: shard rank {self.shard_rank} is outside "
+                              f"0..{self.shard_world_size - 1}: re-sample with --overwrite")
+
+    @property
+    def sharded(self) -> bool:
+        return bool(self.shard_group)
 
     @property
     def num_layers(self) -> int:
@@ -468,7 +491,9 @@ def summarize(meta: PlanMeta) -> dict[str, Any]:
             "epochs": meta.epochs, "seed": meta.seed, "shuffle": meta.shuffle,
             "batches_per_epoch": list(meta.batches_per_epoch), "num_seeds": meta.num_seeds,
             "node_dtype": meta.node_dtype, "store_version": meta.store_version,
-            "format_version": meta.format_version, "stats": dict(meta.stats)}
+            "format_version": meta.format_version, "stats": dict(meta.stats),
+            **({"shard": {"group": meta.shard_group, "rank": meta.shard_rank,
+                          "world_size": meta.shard_world_size}} if meta.sharded else {})}
 
 
 def format_fanouts(fanouts: Sequence[int]) -> str:

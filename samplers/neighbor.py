@@ -21,6 +21,19 @@ plan and forgotten, so peak memory is one group of batches plus O(num_nodes) sta
 Choice of k of d neighbours: Robert Floyd's algorithm (k draws, each a uniform integer;
 a uniform k-subset without a d-sized scratch array). Uniform integers in ``[0, m)`` are
 ``(r_hi32 * m) >> 32``, whose bias (< m / 2**32) is far below anything a test can see.
+
+Shards (``world_size = W > 1``, data-parallel training): each epoch's seed order (the
+same permutation as an unsharded plan's) is cut into *global batches* of ``W x
+batch_size`` seeds, and rank ``r`` takes the ``r``-th of ``W`` near-equal slices of
+every global batch (:func:`shard_layout`). So every rank has the same number of
+batches per epoch (no rank waits at the gradient all-reduce), every seed of the epoch
+is in exactly one rank's batch (nothing padded, nothing dropped), full batches hold
+exactly ``batch_size`` seeds per rank, and a short last global batch is split evenly
+(or, when it has fewer than ``W`` seeds, merged into the one before, so a few slices
+get ``batch_size + 1`` seeds). A rank's slice of global batch ``g`` is sampled with
+batch key ``g``, so its neighbour draws are those the unsharded plan with batch size
+``W x batch_size`` makes for the same nodes: the ranks' blocks together are that
+plan's batch, restricted to each rank's seeds.
 """
 
 from __future__ import annotations
@@ -37,7 +50,8 @@ from numba.typed import List
 
 from oocstore.errors import ChecksumError, FormatError, UsageError
 from oocstore.plan import (ALL_NEIGHBORS, PLAN_FORMAT_VERSION, PlanMeta, PlanWriter,
-                           check_plan_name, graph_fingerprint, node_dtype_for, refuse_existing)
+                           check_plan_name, graph_fingerprint, node_dtype_for, refuse_existing,
+                           shard_name)
 from oocstore.store import Store
 
 log = logging.getLogger(__name__)
@@ -305,24 +319,63 @@ class SamplingJob:
     shuffle: bool
     seeds: np.ndarray  # [num_seeds] int64, distinct, in split order
     verify_arrays: tuple[str, ...]  # arrays whose checksums are checked before sampling
+    world_size: int = 1  # > 1: one shard per rank (see the module docstring)
 
     @property
     def batches_per_epoch(self) -> int:
+        """Batches per epoch (per rank when sharded)."""
+        if self.world_size > 1:
+            return shard_layout(self.seeds.size, self.world_size, self.batch_size).shape[0]
         return -(-self.seeds.size // self.batch_size)
 
     @property
     def total_batches(self) -> int:
-        return self.epochs * self.batches_per_epoch
+        """Batches to sample (over all ranks when sharded)."""
+        return self.epochs * self.batches_per_epoch * self.world_size
+
+    @property
+    def plan_names(self) -> list[str]:
+        """The plans the job writes: ``name``, or one shard name per rank."""
+        if self.world_size == 1:
+            return [self.name]
+        return [shard_name(self.name, r) for r in range(self.world_size)]
+
+
+def shard_layout(num_seeds: int, world_size: int, batch_size: int) -> np.ndarray:
+    """Offsets ``[num_batches, world_size + 1]`` into an epoch's seed order: rank ``r``'s
+    batch ``g`` is ``order[off[g, r]:off[g, r + 1]]`` (see the module docstring).
+
+    Requires ``num_seeds >= world_size`` (every rank gets at least one seed per batch).
+    """
+    n, w, b = int(num_seeds), int(world_size), int(batch_size)
+    if n < w:
+        raise UsageError(f"{n} seed(s) cannot be shared by {w} ranks (each rank needs at least "
+                         "one seed per batch): lower --world-size or choose a larger split")
+    per = w * b
+    starts = list(range(0, n, per)) + [n]
+    if len(starts) > 2 and starts[-1] - starts[-2] < w:
+        del starts[-2]  # a last global batch smaller than W joins the one before
+    starts = np.asarray(starts, dtype=np.int64)
+    size = np.diff(starts)  # [num_batches] seeds per global batch
+    ranks = np.arange(w + 1, dtype=np.int64)
+    # Slice r of a global batch of m seeds: m // W seeds, one more for the first m % W.
+    within = ranks[None, :] * (size // w)[:, None] + np.minimum(ranks[None, :], (size % w)[:, None])
+    return starts[:-1, None] + within
 
 
 def prepare_sampling(store: Store, *, fanouts: str | Sequence[int], batch_size: int,
                      epochs: int | None = None, seed: int = 0, name: str | None = None,
                      split: str = "train", seeds: np.ndarray | None = None,
-                     overwrite: bool = False) -> SamplingJob:
-    """Check every option against ``store`` (cheap; reads no graph data)."""
+                     overwrite: bool = False, world_size: int = 1) -> SamplingJob:
+    """Check every option against ``store`` (cheap; reads no graph data). With
+    ``world_size > 1`` the job writes one shard per rank, ``batch_size`` seeds per rank
+    and batch."""
     fo = parse_fanouts(fanouts)
     batch_size = _check_int(batch_size, "--batch-size", minimum=1,
                             fix="give the number of seed nodes per batch, e.g. --batch-size 1024")
+    world_size = _check_int(world_size, "--world-size", minimum=1,
+                            fix="give the number of training processes (ranks), e.g. "
+                                "--world-size 2")
     seed = _check_int(seed, "--seed", minimum=0, fix="give a non-negative integer, e.g. --seed 0")
     if seed >= 2**63:
         raise UsageError(f"--seed {seed} is too large: give an integer below 2**63")
@@ -331,7 +384,15 @@ def prepare_sampling(store: Store, *, fanouts: str | Sequence[int], batch_size: 
         epochs = 4 if shuffle else 1
     epochs = _check_int(epochs, "--epochs", minimum=1, fix="give at least 1, e.g. --epochs 4")
     name = check_plan_name(name if name is not None else split)
-    refuse_existing(store, name, overwrite)
+    if world_size > 1:
+        longest = shard_name(name, world_size - 1)
+        if len(longest) > 64:
+            raise UsageError(f"--name {name!r}: its shard names (e.g. {longest!r}) would exceed 64 "
+                             "characters; choose a shorter --name")
+        for shard in (shard_name(name, r) for r in range(world_size)):
+            refuse_existing(store, shard, overwrite)
+    else:
+        refuse_existing(store, name, overwrite)
     g = store.graph
     if g is None:
         raise UsageError(f"store {store.path} has no graph to sample: ingest a graph dataset first")
@@ -361,8 +422,12 @@ def prepare_sampling(store: Store, *, fanouts: str | Sequence[int], batch_size: 
                          "node ids of this graph (or re-ingest the store if its split is wrong)")
     if np.unique(seed_nodes).size != seed_nodes.size:
         raise UsageError(f"{where}: seed nodes repeat: give each seed once")
+    if world_size > seed_nodes.size:
+        raise UsageError(f"--world-size {world_size}: {where} has only {seed_nodes.size} seed(s), "
+                         "fewer than the ranks that would share them: lower --world-size")
     return SamplingJob(name=name, split=split, fanouts=fo, batch_size=batch_size, epochs=epochs,
-                       seed=seed, shuffle=shuffle, seeds=seed_nodes, verify_arrays=verify)
+                       seed=seed, shuffle=shuffle, seeds=seed_nodes, verify_arrays=verify,
+                       world_size=world_size)
 
 
 def run_sampling(store: Store, job: SamplingJob, *, verify: bool = True,
@@ -383,6 +448,8 @@ def run_sampling(store: Store, job: SamplingJob, *, verify: bool = True,
     # Two batches per thread per kernel call: enough to balance the prange, and memory
     # stays one small group of batches.
     group = group_batches or max(2, 2 * threads)
+    if job.world_size > 1:
+        return _run_sharded(store, job, base, row_bytes, group, progress)
     per_epoch = job.batches_per_epoch
     bs = job.batch_size
     log.info("sampling plan %r: %d epoch(s) x %d batch(es), fanouts %s, %d thread(s)",
@@ -407,12 +474,57 @@ def run_sampling(store: Store, job: SamplingJob, *, verify: bool = True,
     return meta
 
 
+def _epoch_order(job: SamplingJob, epoch: int) -> np.ndarray:
+    if job.shuffle:
+        return np.random.default_rng([job.seed, epoch, _SHUFFLE_SALT]).permutation(job.seeds)
+    return job.seeds
+
+
+def _run_sharded(store: Store, job: SamplingJob, base: dict, row_bytes: int, group: int,
+                 progress: Callable[[int], None] | None) -> PlanMeta:
+    """All shards of ``job`` in one transaction (the group appears whole or not at all).
+    Returns rank 0's meta."""
+    w = job.world_size
+    layout = shard_layout(job.seeds.size, w, job.batch_size)  # [nb, W + 1]
+    per_epoch = layout.shape[0]
+    sizes = np.diff(layout, axis=1)  # [nb, W] seeds of rank r's batch g
+    fo = np.asarray(job.fanouts, dtype=np.int64)
+    indptr, indices = store.csc()
+    log.info("sampling plan %r for %d ranks: %d epoch(s) x %d batch(es) per rank, fanouts %s",
+             job.name, w, job.epochs, per_epoch, list(job.fanouts))
+    with store.transaction() as txn:
+        writers = [PlanWriter(txn, {**base, "name": shard_name(job.name, r),
+                                    "num_seeds": int(sizes[:, r].sum()), "shard_group": job.name,
+                                    "shard_rank": r, "shard_world_size": w},
+                              feature_row_bytes=row_bytes) for r in range(w)]
+        for epoch in range(job.epochs):
+            order = _epoch_order(job, epoch)
+            for r, writer in enumerate(writers):
+                writer.begin_epoch()
+                mine = np.concatenate([order[layout[g, r]:layout[g, r + 1]]
+                                       for g in range(per_epoch)])
+                bounds = np.concatenate([[0], np.cumsum(sizes[:, r])]).astype(np.int64)
+                for b0 in range(0, per_epoch, group):
+                    b1 = min(per_epoch, b0 + group)
+                    # Batch keys are global batch numbers: see the module docstring.
+                    recs, lays = _sample_group(indptr, indices, mine, bounds[b0:b1 + 1], fo,
+                                               np.uint64(job.seed), np.int64(epoch), np.int64(b0))
+                    for i in range(len(recs)):
+                        writer.add_batch(recs[i], lays[i], int(lays[i][-1, 1]))
+                    if progress:
+                        progress(b1 - b0)
+        metas = [writer.finish() for writer in writers]
+    return metas[0]
+
+
 def sample_plan(store: Store | str | os.PathLike, *, fanouts: str | Sequence[int],
                 batch_size: int, epochs: int | None = None, seed: int = 0,
                 name: str | None = None, split: str = "train", seeds: np.ndarray | None = None,
                 overwrite: bool = False, verify: bool = True, group_batches: int | None = None,
-                progress: Callable[[int], None] | None = None) -> PlanMeta:
-    """Sample ``epochs`` epochs of ``split`` (or of explicit ``seeds``) into plan ``name``.
+                progress: Callable[[int], None] | None = None, world_size: int = 1) -> PlanMeta:
+    """Sample ``epochs`` epochs of ``split`` (or of explicit ``seeds``) into plan ``name``
+    (with ``world_size > 1``: into one shard per rank, see the module docstring; rank
+    0's meta is returned).
 
     The training split is shuffled per epoch and sampled 4 epochs by default; other
     splits are sampled in order, one epoch by default. The graph arrays' checksums are
@@ -424,7 +536,8 @@ def sample_plan(store: Store | str | os.PathLike, *, fanouts: str | Sequence[int
             return sample_plan(opened, fanouts=fanouts, batch_size=batch_size, epochs=epochs,
                                seed=seed, name=name, split=split, seeds=seeds,
                                overwrite=overwrite, verify=verify, group_batches=group_batches,
-                               progress=progress)
+                               progress=progress, world_size=world_size)
     job = prepare_sampling(store, fanouts=fanouts, batch_size=batch_size, epochs=epochs,
-                           seed=seed, name=name, split=split, seeds=seeds, overwrite=overwrite)
+                           seed=seed, name=name, split=split, seeds=seeds, overwrite=overwrite,
+                           world_size=world_size)
     return run_sampling(store, job, verify=verify, group_batches=group_batches, progress=progress)

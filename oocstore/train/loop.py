@@ -12,6 +12,11 @@ library's form itself (:class:`~oocstore.train.GraphSAGE`: PyG layers;
 :class:`~oocstore.train.dgl_model.DGLGraphSAGE`: DGL blocks); a model without one is
 called PyG-style, ``model(x, layers)``.
 
+Data parallelism: DDP synchronises gradients only when the forward pass goes through
+its wrapper, so a model is wrapped as ``DistributedDataParallel(BatchForward(model))``
+(:func:`ddp_model`): the wrapper's ``forward(batch, x)`` calls the model's own
+``forward_batch``, and the loop calls the wrapper with ``(batch, x)``.
+
 Determinism: the loop draws random numbers only through torch's global generator
 (dropout, and whatever the caller's model init drew); seed it with
 ``torch.manual_seed`` before building the model and the runs repeat exactly on CPU.
@@ -54,10 +59,36 @@ def _prepare(batch: SampledBatch, x: torch.Tensor, y: torch.Tensor, device: torc
     return x.to(device, non_blocking=True), y.to(device, non_blocking=True).long()
 
 
+class BatchForward(nn.Module):
+    """``forward(batch, x)`` = the wrapped model's :func:`_forward`: what DDP wraps, so
+    that its forward hooks (gradient synchronisation) see every training step."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: SampledBatch, x: torch.Tensor) -> torch.Tensor:
+        return _forward(self.model, batch, x)
+
+
+def ddp_model(model: nn.Module) -> nn.Module:
+    """``model`` wrapped for data-parallel training in the initialised process group
+    (its parameters are broadcast from rank 0). The caller keeps ``model`` for
+    evaluation, which needs no synchronisation."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    # Single-device modules: no device_ids, so DDP leaves the (numpy) batch untouched.
+    return DistributedDataParallel(BatchForward(model), device_ids=None)
+
+
 def _forward(model: nn.Module, batch: SampledBatch, x: torch.Tensor) -> torch.Tensor:
     """The seeds' logits. A model that defines ``forward_batch(batch, x)`` converts the
     batch to its library's form itself (PyG layers, DGL blocks); any other model is
     called PyG-style, ``model(x, layers)``."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if isinstance(model, DistributedDataParallel):
+        return model(batch, x)  # wraps a BatchForward (see ddp_model)
     forward_batch = getattr(model, "forward_batch", None)
     if forward_batch is not None:
         return forward_batch(batch, x)
@@ -105,11 +136,21 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
             "seeds": seen, "seconds": time.perf_counter() - t0, "data_seconds": data_s}
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable[BatchTriple],
              device: torch.device | str | None = None) -> float:
     """Accuracy in ``[0, 1]`` of ``model`` on the seeds of ``batches`` (eval mode: no
     dropout). ``device`` defaults to the model's."""
+    correct, seen = evaluate_counts(model, batches, device)
+    if seen == 0:
+        raise UsageError("evaluate got no batches: the evaluation plan is empty")
+    return correct / seen
+
+
+@torch.no_grad()
+def evaluate_counts(model: nn.Module, batches: Iterable[BatchTriple],
+                    device: torch.device | str | None = None) -> tuple[int, int]:
+    """``(correct, seeds)`` of ``model`` on ``batches``: counts, so that ranks evaluating
+    shards can add theirs up before dividing."""
     device = _model_device(model) if device is None else torch.device(device)
     was_training = model.training
     model.eval()
@@ -122,9 +163,7 @@ def evaluate(model: nn.Module, batches: Iterable[BatchTriple],
             seen += int(y.shape[0])
     finally:
         model.train(was_training)
-    if seen == 0:
-        raise UsageError("evaluate got no batches: the evaluation plan is empty")
-    return correct / seen
+    return correct, seen
 
 
 class InMemoryFeatures:
