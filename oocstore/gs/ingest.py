@@ -218,6 +218,24 @@ def load_source(src: str | os.PathLike, *, sh_degree: int | None = None) -> Scen
                       "with means3d")
 
 
+def source_count(src: str | os.PathLike) -> int | None:
+    """Gaussians in ``src`` (from the .ply header or the .npz's means3d shape), cheaply;
+    None when that cannot be told without reading it (errors come later, from the load)."""
+    src = Path(src)
+    try:
+        if src.suffix.lower() == ".ply":
+            from .ply import read_header
+
+            v = read_header(src).element("vertex")
+            return v.count if v is not None else None
+        if src.suffix.lower() == ".npz":
+            with np.load(src, allow_pickle=False) as data:
+                return int(data["means3d"].shape[0]) if "means3d" in data.files else None
+    except Exception:  # noqa: BLE001 - only a progress-bar total; the load reports errors
+        return None
+    return None
+
+
 def horizontal_axes(up: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     a = np.cross(up, [1.0, 0, 0] if abs(up[0]) < 0.9 else [0, 1.0, 0])
     a /= np.linalg.norm(a)

@@ -50,6 +50,7 @@ import logging
 import math
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -239,9 +240,13 @@ class Scene:
         means = params[:, layout.MEANS] if means is None else np.asarray(means)
         if means.shape != (n, 3):
             raise UsageError(f"means have shape {means.shape}, expected ({n}, 3)")
-        ids = np.arange(n, dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64)
-        if ids.shape != (n,) or (n and (ids.min() < 0 or len(np.unique(ids)) != n)):
-            raise UsageError(f"ids must be {n} distinct non-negative int64 values")
+        if ids is None:
+            ids = np.arange(n, dtype=np.int64)
+        else:
+            ids = np.asarray(ids, dtype=np.int64)
+            srt = np.sort(ids)
+            if ids.shape != (n,) or (n and (srt[0] < 0 or bool((srt[1:] == srt[:-1]).any()))):
+                raise UsageError(f"ids must be {n} distinct non-negative int64 values")
         _check_finite(params, "params")
         capacity = int(math.ceil(block_size * (1 + spare)))
         order = morton_order(means)
@@ -258,11 +263,19 @@ class Scene:
             scene = cls(store.path)
             try:
                 with scene.writer() as w:
-                    for lo in range(0, n, block_size):
-                        sel = order[lo:lo + block_size]
-                        w.new_block(ids[sel], layout.make_records(params[sel]))
-                        if progress:
-                            progress(len(sel))
+                    starts = range(0, n, block_size)
+                    blocks = [w.reserve_block() for _ in starts]
+
+                    def write(k: int) -> int:
+                        sel = order[starts[k]:starts[k] + block_size]
+                        w.write_block(blocks[k], ids[sel], layout.make_records(params[sel]))
+                        return len(sel)
+
+                    # Two writers: one encodes while the other waits for its fsync.
+                    with ThreadPoolExecutor(2, thread_name_prefix="oocstore-scene-ingest") as ex:
+                        for done in ex.map(write, range(len(blocks))):
+                            if progress:
+                                progress(done)
                     w.commit()
             finally:
                 scene.close()
@@ -519,8 +532,15 @@ class SceneWriter:
     def new_block(self, ids: np.ndarray, records: np.ndarray) -> int:
         """Write a new block holding ``ids`` / ``records``; returns its block id."""
         self._check_open()
-        s = self.scene
         ids, records = self._check_rows("new", ids, records)
+        b = self.reserve_block()
+        self.write_block(b, ids, records)
+        return b
+
+    def reserve_block(self) -> int:
+        """A new, empty block id (filled by :meth:`write_block`)."""
+        self._check_open()
+        s = self.scene
         with s._lock:
             b = len(s._counts)
             s._counts = np.append(s._counts, 0)
@@ -528,7 +548,6 @@ class SceneWriter:
             s._bounds = np.concatenate([s._bounds, empty])
             s._files.append(None)
             self._pending.setdefault(b, _Pending(0, 0, None, None, []))
-        self.write_block(b, ids, records)
         return b
 
     def free_block(self, b: int) -> None:
@@ -574,11 +593,16 @@ class SceneWriter:
         if pending and (s.path / "scenes").is_dir():
             fsync_dir(s.path / "scenes")  # the new files' names are durable before the commit
         store.catalog.commit(puts, deletes)
-        # Committed: files that only the previous version named can go.
+        # Committed: files that only the previous version named can go, unless a reader
+        # of an older version (another process) may still read them.
         with s._lock:
             s.meta = meta
             store.refresh()
+            older = getattr(store, "older_readers", None)
+            keep_old = older is not None and bool(older())
             for b, old in old_files.items():
+                if keep_old:
+                    break
                 if old is not None and old != (pending[b].file):
                     with contextlib.suppress(FileNotFoundError):
                         (s.path / old).unlink()
@@ -670,6 +694,40 @@ def _check_finite(a: np.ndarray, what: str) -> None:
         row, col = np.argwhere(bad)[0]
         raise UsageError(f"{what}: row {row}, column {col} is {a[row, col]}: parameters and "
                          "moments must be finite; fix the source (or the step that produced it)")
+
+
+def scene_info(store: Store) -> dict[str, Any]:
+    """JSON-able summary of the scene in ``store`` (for ``oocstore inspect``)."""
+    meta = SceneMeta.from_dict(store.get("scene"))
+    counts = np.zeros(meta.num_blocks, dtype=np.int64)
+    for key, value in store.items(BLOCK_PREFIX):
+        b = int(key[len(BLOCK_PREFIX):])
+        if 0 <= b < meta.num_blocks:
+            counts[b] = int(value["count"])
+    live = counts[counts > 0]
+    rec = 4 * layout.record_width(meta.sh_degree)
+    views = store.array_meta("scene/viewmats").shape[0] if store.has_array("scene/viewmats") else 0
+    return {"sh_degree": meta.sh_degree, "gaussians": int(counts.sum()),
+            "blocks": meta.num_blocks, "empty_blocks": int((counts == 0).sum()),
+            "block_capacity": meta.block_capacity, "block_fill_mean":
+                float(live.mean() / meta.block_capacity) if live.size else 0.0,
+            "moments": meta.moments, "record_bytes": rec,
+            "disk_row_bytes": row_dtype(meta.sh_degree, meta.moments).itemsize,
+            "records_bytes": int(counts.sum()) * rec, "next_id": meta.next_id,
+            "views": views, "width": meta.width, "height": meta.height,
+            "format_version": meta.format_version}
+
+
+def format_scene_info(info: dict[str, Any]) -> list[str]:
+    from ..units import format_size
+
+    return [f"  scene: {info['gaussians']:,} Gaussians, SH degree {info['sh_degree']}, "
+            f"{info['blocks']:,} blocks (capacity {info['block_capacity']:,}, mean fill "
+            f"{100 * info['block_fill_mean']:.0f}%, {info['empty_blocks']} empty)",
+            f"    records {format_size(info['records_bytes'])} ({info['record_bytes']} B each as "
+            f"float32; {info['disk_row_bytes']} B on disk, {info['moments']} moments); "
+            f"{info['views']} views of {info['width']}x{info['height']}; next id "
+            f"{info['next_id']:,}"]
 
 
 @contextlib.contextmanager

@@ -51,6 +51,10 @@ def store_info(store: Store) -> dict[str, Any]:
     info["splits"] = {k: int(store.array_meta(v).shape[0]) for k, v in sorted(store.splits.items())}
     info["plans"] = plans_info(store)
     info["packs"] = packs_info(store)
+    if store.get("scene") is not None:
+        from ..gs.scene import scene_info  # scenes build on the store, not back
+
+        info["scene"] = scene_info(store)
     return info
 
 
@@ -148,10 +152,16 @@ def format_info(info: dict[str, Any]) -> str:
         lines.append("  splits: " + ", ".join(f"{k} {v:,}" for k, v in info["splits"].items()))
     lines.append(f"  arrays ({format_size(info['total_bytes'])} in all):")
     for name, a in info["arrays"].items():
+        if "scene" in info and name.startswith("scene/block/"):
+            continue  # summarised in the scene section
         shape = "x".join(str(s) for s in a["shape"])
         lines.append(f"    {name:<24} {a['dtype']:<8} {shape:<18} {format_size(a['bytes']):>11}  {a['file']}")
     lines.extend(format_plans(info.get("plans", {})))
     lines.extend(format_packs(info.get("packs", {})))
+    if "scene" in info:
+        from ..gs.scene import format_scene_info
+
+        lines.extend(format_scene_info(info["scene"]))
     for section in info.get("extra_sections", []):
         lines.extend(section)
     return "\n".join(lines)

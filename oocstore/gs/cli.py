@@ -1,0 +1,133 @@
+"""Command-line subcommands for scenes: ``oocstore ingest scene`` and ``oocstore export-scene``.
+
+Hooked into :mod:`oocstore.cli` by :func:`add_ingest_scene` (under ``ingest``) and
+:func:`add_export_scene` (top level). Errors are :class:`~oocstore.errors.OocError`s,
+printed by the main CLI as one line.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from ..units import format_size
+
+
+def add_ingest_scene(kinds) -> None:
+    """Register ``ingest scene`` on the ``ingest`` subparsers ``kinds``."""
+    p = kinds.add_parser(
+        "scene", help="a Gaussian-splatting scene from a 3DGS .ply or an .npz point cloud",
+        description="Build a scene store: Gaussians (parameters + zeroed Adam moments) in "
+                    "Morton-ordered blocks, with training cameras. SRC is a 3DGS .ply (any SH "
+                    "degree 0..3) or an .npz with means3d (+ colors, viewmats, Ks, width, "
+                    "height). Cameras are generated on an orbit around the scene when the "
+                    "source has fewer than 16.")
+    p.add_argument("src", metavar="SRC", help=".ply or .npz source")
+    p.add_argument("out", metavar="OUT", help="scene store directory to create")
+    p.add_argument("--tile", default=None, metavar="KxK",
+                   help="replicate the scene (and its cameras) on a KxK grid, e.g. 4x4")
+    p.add_argument("--sh-degree", type=int, default=None, metavar="D",
+                   help="SH degree 0..3 (default: the .ply's; 3 for point clouds)")
+    p.add_argument("--block-size", type=int, default=4096, metavar="N",
+                   help="Gaussians per block at ingest (default 4096)")
+    p.add_argument("--spare", type=float, default=0.25,
+                   help="spare block capacity for densification, as a fraction (default 0.25)")
+    p.add_argument("--views", type=int, default=None, metavar="N",
+                   help="views per tile: orbit views are added up to N (default: the source's "
+                        "own when it has 16 or more, else 32)")
+    p.add_argument("--cameras", default=None, metavar="PATH",
+                   help="cameras from a COLMAP text model directory (cameras.txt + images.txt) "
+                        "or an .npz with viewmats, Ks, width, height")
+    p.add_argument("--moments", choices=["float32", "float16"], default="float32",
+                   help="precision of the stored Adam moments (float16 halves them)")
+    p.add_argument("--seed", type=int, default=0, help="seed for generated views (default 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--json", action="store_true", help="print one JSON summary line")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_ingest_scene)
+
+
+def add_export_scene(sub) -> None:
+    """Register the top-level ``export-scene`` subcommand."""
+    p = sub.add_parser("export-scene", help="write a scene's Gaussians as a standard 3DGS .ply",
+                       description="Write the scene's parameters (without optimizer state) as a "
+                                   "binary little-endian 3DGS .ply, in Gaussian id order.")
+    p.add_argument("scene", metavar="SCENE", help="scene store")
+    p.add_argument("out", metavar="OUT.ply", help=".ply file to write")
+    p.add_argument("--quiet", action="store_true", help="print nothing on success")
+    p.set_defaults(func=_cmd_export_scene)
+
+
+def visibility_summary(scene) -> dict:
+    """Visible-block statistics of the scene's own cameras."""
+    import numpy as np
+
+    from samplers.views import mean_consecutive_jaccard, view_order, visibility_sets
+
+    vis = visibility_sets(scene, None)
+    counts = np.array([len(v) for v in vis])
+    bb = scene.block_capacity * scene.record_bytes
+    order = view_order(vis, seed=0, randomness=0.0)
+    rnd = np.random.default_rng(0).permutation(len(vis))
+    return {"views": len(vis), "blocks": scene.num_blocks,
+            "visible_blocks_mean": float(counts.mean()) if len(counts) else 0.0,
+            "visible_blocks_max": int(counts.max()) if len(counts) else 0,
+            "visible_fraction_mean": float(counts.mean() / max(scene.num_blocks, 1))
+            if len(counts) else 0.0,
+            "largest_view_working_set_bytes": int(counts.max()) * bb if len(counts) else 0,
+            "consecutive_jaccard_ordered": mean_consecutive_jaccard(order, vis),
+            "consecutive_jaccard_random": mean_consecutive_jaccard(rnd, vis)}
+
+
+def _cmd_ingest_scene(args) -> int:
+    from ..cli import _progress
+    from .ingest import ingest_scene, parse_tile, source_count
+
+    t0 = time.perf_counter()
+    kx, ky = parse_tile(args.tile)  # before the bar: errors stay one line
+    count = source_count(args.src)
+    total = count * kx * ky if count is not None else None
+    with _progress(args, total, "ingest scene", unit="gaussian") as update:
+        scene = ingest_scene(args.src, args.out, tile=(kx, ky), sh_degree=args.sh_degree,
+                             block_size=args.block_size, spare=args.spare, views=args.views,
+                             cameras=args.cameras, moments=args.moments, overwrite=args.overwrite,
+                             seed=args.seed, progress=update)
+    seconds = time.perf_counter() - t0
+    try:
+        summary = {"path": str(scene.path), "gaussians": scene.num_gaussians,
+                   "sh_degree": scene.sh_degree, "blocks": scene.num_blocks,
+                   "block_capacity": scene.block_capacity, "record_bytes": scene.record_bytes,
+                   "disk_row_bytes": scene.disk_row_bytes,
+                   "scene_bytes": scene.num_gaussians * scene.record_bytes,
+                   "seconds": round(seconds, 3),
+                   "gaussians_per_s": round(scene.num_gaussians / max(seconds, 1e-9))}
+        summary.update(visibility_summary(scene))
+    finally:
+        scene.close()
+    if args.json:
+        print(json.dumps(summary, sort_keys=True))
+    elif not args.quiet:
+        print(f"scene {summary['path']}: {summary['gaussians']:,} Gaussians (SH degree "
+              f"{summary['sh_degree']}), {summary['blocks']} blocks of up to "
+              f"{summary['block_capacity']}, {format_size(summary['scene_bytes'])} of records; "
+              f"{summary['views']} views see {summary['visible_blocks_mean']:.1f} blocks on "
+              f"average (max {summary['visible_blocks_max']}, "
+              f"{100 * summary['visible_fraction_mean']:.0f}%); ingested in "
+              f"{summary['seconds']:.1f} s ({summary['gaussians_per_s']:,} Gaussians/s)")
+    return 0
+
+
+def _cmd_export_scene(args) -> int:
+    from .scene import Scene
+
+    with Scene.open(args.scene, readonly=True) as scene:
+        n = scene.export_ply(args.out)
+    if not args.quiet:
+        print(f"wrote {n:,} Gaussians to {args.out}")
+    return 0
+
+
+def register(sub, ingest_kinds) -> None:
+    """Hook both subcommands into the main parser (``sub``) and its ``ingest`` kinds."""
+    add_ingest_scene(ingest_kinds)
+    add_export_scene(sub)
