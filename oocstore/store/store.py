@@ -10,7 +10,9 @@ Commit protocol (the one every layer uses — ingest, plans, packs, checkpoints)
    overwrites a file that the committed version references.
 3. fsync the data directories, then commit one LMDB write transaction that adds the new
    entries and bumps ``meta.version``. This is the commit point.
-4. Remove files that only the superseded entries referenced.
+4. Remove files that only the superseded entries referenced — unless a live reader
+   registered an older version (:mod:`.readers`): then they stay until ``oocstore gc``
+   or a later writer finds no such reader.
 
 A crash before step 3 leaves the previous version intact (its files were not touched);
 a crash after it leaves the new one. New stores are built in a hidden sibling directory
@@ -38,6 +40,7 @@ from ..errors import (FormatError, StoreExistsError, StoreLockedError, StoreNotF
                       UsageError)
 from .catalog import CATALOG_DIR, Catalog
 from .files import ArrayFileWriter, fsync_dir
+from .readers import Registration, live_versions
 from .format import CHUNK_BYTES, DTYPES, ArrayMeta, GraphMeta, StoreMeta
 
 log = logging.getLogger(__name__)
@@ -69,7 +72,14 @@ class Store:
         self.readonly = readonly
         self.catalog = Catalog(self.path, readonly=readonly, create=_create)
         self._lock_fd: int | None = None
-        self.refresh()
+        self._reader: Registration | None = None
+        try:
+            # Registered (version 0: holds everything) before the snapshot is taken.
+            self._reader = Registration(self.path / CATALOG_DIR)
+            self.refresh()
+        except BaseException:
+            self.close()
+            raise
 
     # -- reading -------------------------------------------------------------------
     def refresh(self) -> None:
@@ -83,6 +93,8 @@ class Store:
         g = self.catalog.get("graph")
         self.graph = GraphMeta.from_dict(g) if g is not None else None
         self._splits: dict[str, str] = self.catalog.get("splits", {}) or {}
+        if self._reader is not None:
+            self._reader.set_version(self.meta.version)
 
     @property
     def version(self) -> int:
@@ -204,26 +216,59 @@ class Store:
     def referenced_files(self) -> set[str]:
         return {m.file for m in self._arrays.values()}
 
-    def remove_orphans(self) -> list[Path]:
-        """Delete data files that no committed entry names (crash leftovers)."""
+    def unreferenced_files(self) -> list[Path]:
+        """``*.bin`` / ``*.tmp`` files under the data directories that the catalog
+        snapshot does not name (superseded, or left by a crash)."""
         keep = self.referenced_files()
-        removed = []
+        out = []
         for d in DATA_DIRS:
             root = self.path / d
             if not root.is_dir():
                 continue
             for p in sorted(root.rglob("*")):
                 rel = p.relative_to(self.path).as_posix()
-                if p.is_file() and p.suffix in (".bin", ".tmp") and rel not in keep:
-                    p.unlink()
-                    removed.append(p)
+                if p.suffix in (".bin", ".tmp") and rel not in keep and p.is_file():
+                    out.append(p)
+        return out
+
+    def older_readers(self) -> list[int]:
+        """Versions older than this snapshot's that live readers (other ``Store``
+        objects, in any process) still hold; stale registrations are removed."""
+        versions, _ = live_versions(self.path / CATALOG_DIR)
+        mine = self._reader.version if self._reader is not None else None
+        out = [v for v in versions if v < self.version]
+        if mine is not None and mine < self.version and mine in out:
+            out.remove(mine)  # this object's own registration lags its snapshot
+        return out
+
+    def remove_orphans(self) -> list[Path]:
+        """Delete data files that no committed entry names (crash leftovers and
+        superseded files). ``*.tmp`` files always go (only a crashed writer leaves them;
+        call this under the writer lock); ``*.bin`` files stay while a live reader holds
+        an older version, since its snapshot may name them."""
+        candidates = self.unreferenced_files()
+        keep_bins = bool(candidates) and bool(self.older_readers())
+        removed = []
+        for p in candidates:
+            if p.suffix == ".bin" and keep_bins:
+                continue
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                continue
+            removed.append(p)
         if removed:
             log.info("removed %d orphaned file(s) from %s", len(removed), self.path)
+        if keep_bins:
+            log.info("kept unreferenced files in %s: a reader holds an older version "
+                     "(`oocstore gc` removes them once it is gone)", self.path)
         return removed
 
     # -- lifecycle -----------------------------------------------------------------
     def close(self) -> None:
         self._release_lock()
+        if self._reader is not None:
+            self._reader.close()
         self.catalog.close()
 
     def __enter__(self) -> "Store":
@@ -394,8 +439,19 @@ class Transaction:
             except FileNotFoundError:
                 pass
 
+    def delete(self, key: str) -> None:
+        """Delete catalog entry ``key`` (not an array: use :meth:`delete_array`)."""
+        if key.startswith(("array/", "sums/")) or key == "meta":
+            raise UsageError(f"catalog key {key!r} is managed by the store: use delete_array")
+        self._puts.pop(key, None)
+        self._deletes.add(key)
+
     def _collect_superseded(self) -> None:
         referenced = self.store.referenced_files()
+        if self._superseded and self.store.older_readers():
+            log.info("kept %d superseded file(s) in %s for readers of older versions",
+                     len(self._superseded), self.store.path)
+            return
         for p in self._superseded:
             if p.relative_to(self.store.path).as_posix() not in referenced:
                 try:
