@@ -474,6 +474,71 @@ def _cmd_verify(args) -> int:
     return 0
 
 
+# -- gc / rm ---------------------------------------------------------------------------
+
+def _add_gc(sub) -> None:
+    p = sub.add_parser("gc", help="delete data files no version in use needs",
+                       description="Delete data files the current catalog does not name "
+                                   "(superseded by a commit, or left by a crash) and the "
+                                   "registrations of readers that died. Files a live reader of "
+                                   "an older version may still read are kept, and listed.")
+    p.add_argument("store", metavar="STORE")
+    p.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
+    p.add_argument("--quiet", action="store_true", help="print only the totals")
+    p.set_defaults(func=_cmd_gc)
+
+
+def _cmd_gc(args) -> int:
+    from .store import Store
+    from .store.gc import collect_garbage
+    from .units import format_size
+
+    with Store(args.store, readonly=False) as store:
+        rep = collect_garbage(store, dry_run=args.dry_run)
+    verb = "would remove" if rep.dry_run else "removed"
+    if not args.quiet:
+        for rel, size in rep.removed:
+            print(f"  {verb} {rel} ({format_size(size)})")
+        for rel, size in rep.kept:
+            print(f"  kept {rel} ({format_size(size)}): a reader holds an older version")
+    print(f"{args.store}: {verb} {len(rep.removed)} file(s), {format_size(rep.removed_bytes)}; "
+          f"kept {len(rep.kept)} for {len(rep.reader_versions)} live reader(s); "
+          f"{rep.stale_readers} stale reader registration(s)")
+    for name in rep.stale_packs:
+        print(f"  pack {name!r} was made from a plan that is gone or re-sampled: remove it "
+              f"with `oocstore rm {args.store} --pack {name}`")
+    return 0
+
+
+def _add_rm(sub) -> None:
+    p = sub.add_parser("rm", help="remove a plan or a pack from a store",
+                       description="Remove a plan (a sharded plan group by its group name) or a "
+                                   "pack, in one transaction. A plan that packs were made from "
+                                   "is refused unless --with-packs removes them too.")
+    p.add_argument("store", metavar="STORE")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--plan", metavar="NAME", help="plan (or shard group) to remove")
+    what.add_argument("--pack", metavar="NAME", help="pack to remove")
+    p.add_argument("--with-packs", action="store_true",
+                   help="with --plan: also remove the packs made from it")
+    p.set_defaults(func=_cmd_rm)
+
+
+def _cmd_rm(args) -> int:
+    from .store import Store
+    from .store.gc import remove
+
+    if args.with_packs and args.plan is None:
+        raise UsageError("--with-packs goes with --plan NAME")
+    with Store(args.store, readonly=False) as store:
+        out = remove(store, plan=args.plan, pack=args.pack, with_packs=args.with_packs)
+    parts = [f"plan(s) {', '.join(out['plans'])}" if out["plans"] else "",
+             f"pack(s) {', '.join(out['packs'])}" if out["packs"] else ""]
+    print(f"{args.store}: removed {' and '.join(p for p in parts if p)} "
+          f"({len(out['arrays'])} arrays)")
+    return 0
+
+
 # -- entry point -----------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -491,7 +556,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_COMMANDS = [_add_ingest, _add_inspect, _add_verify, _add_sample, _add_pack, _add_train]
+_COMMANDS = [_add_ingest, _add_inspect, _add_verify, _add_sample, _add_pack, _add_train,
+             _add_gc, _add_rm]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
