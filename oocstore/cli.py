@@ -147,6 +147,9 @@ def _add_ingest(sub) -> None:
     _ingest_common(p)
     p.set_defaults(func=_cmd_ingest_arrays)
 
+    from .gs.cli import register as register_scene_commands  # ingest scene, export-scene
+    register_scene_commands(sub, kinds)
+
 
 def _build(args, make_source) -> None:
     """Check the output and options first (cheap), then read the source and write."""
@@ -232,7 +235,12 @@ def _add_sample(sub) -> None:
     p.add_argument("--fanouts", required=True, metavar="F0,F1,...",
                    help="neighbours per node and layer, input-side layer first (DGL's order), "
                         "e.g. 15,10,5; 'all' takes the full neighbourhood")
-    p.add_argument("--batch-size", type=int, required=True, help="seed nodes per batch")
+    p.add_argument("--batch-size", type=int, required=True,
+                   help="seed nodes per batch (per rank with --world-size)")
+    p.add_argument("--world-size", type=int, default=1, metavar="W",
+                   help="sample one shard per rank for W data-parallel processes (plans "
+                        "NAME.rank0 .. NAME.rank{W-1}: equal batch counts, every seed once per "
+                        "epoch across ranks; see docs/DISTRIBUTED.md)")
     p.add_argument("--epochs", type=int, default=None,
                    help="distinct sampled epochs (default 4 for train, 1 for val/test)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -249,20 +257,22 @@ def _add_sample(sub) -> None:
 def _cmd_sample(args) -> int:
     from samplers.neighbor import prepare_sampling, run_sampling, verify_graph
 
-    from .plan import summarize
+    from .plan import list_plans, summarize
     from .store import Store
     from .store.info import format_plans
 
     with Store(args.store, readonly=False) as store:
         job = prepare_sampling(store, fanouts=args.fanouts, batch_size=args.batch_size,
                                epochs=args.epochs, seed=args.seed, name=args.name,
-                               split=args.split, overwrite=args.overwrite)
+                               split=args.split, overwrite=args.overwrite,
+                               world_size=args.world_size)
         if not args.no_verify:
             verify_graph(store, job.verify_arrays)  # before the bar: errors stay one line
         with _progress(args, job.total_batches, f"sample {job.name}", unit="batch") as update:
-            meta = run_sampling(store, job, verify=False, progress=update)
+            run_sampling(store, job, verify=False, progress=update)
+        metas = {n: summarize(m) for n, m in list_plans(store).items() if n in job.plan_names}
     if not args.quiet:
-        print("\n".join(format_plans({meta.name: summarize(meta)})))
+        print("\n".join(format_plans(metas)))
     return 0
 
 
@@ -287,8 +297,11 @@ def _add_pack(sub) -> None:
                     "are chosen inside --cpu-budget (and --gpu-budget) by a cost model that "
                     "predicts epoch load time from bandwidths probed on this disk.")
     p.add_argument("store", metavar="STORE")
-    p.add_argument("--plan", default=None, help="plan to pack (default: the most recent one)")
-    p.add_argument("--name", default=None, help="pack name (default: the plan's name)")
+    p.add_argument("--plan", default=None,
+                   help="plan to pack (default: the most recent one); for a plan sampled with "
+                        "--world-size, every shard (under torchrun: each rank its own)")
+    p.add_argument("--name", default=None,
+                   help="pack name (default: the plan's name; NAME.rankR for shards)")
     p.add_argument("--gpu-cache", type=_size, default=None, metavar="SIZE",
                    help="bytes of the GPU tier (e.g. 0, 512MiB)")
     p.add_argument("--cpu-cache", type=_size, default=None, metavar="SIZE",
@@ -309,53 +322,87 @@ def _add_pack(sub) -> None:
     p.add_argument("--no-probe", action="store_true",
                    help="with automatic cache sizes, use default bandwidths instead of probing")
     p.add_argument("--overwrite", action="store_true", help="replace a pack of that name")
-    p.add_argument("--json", action="store_true", help="print the pack's summary as JSON")
+    p.add_argument("--json", action="store_true",
+                   help="print the pack's summary as JSON (one line per shard)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=_cmd_pack)
 
 
 def _cmd_pack(args) -> int:
-    from .pack import PackOptions, latest_plan, pack_plan
+    import os
+
+    from . import distributed as dist
+    from .plan import list_plans, shard_name
+    from .store import Store
+
+    def name_for(meta) -> str | None:
+        if args.name is None or not meta.sharded:
+            return args.name
+        return shard_name(args.name, meta.shard_rank)
+
+    info = dist.launch_info(os.environ)
+    if info is not None and info.world_size > 1:
+        # Under torchrun each rank packs its own shard; ranks on one machine take turns
+        # (a store has one writer at a time), machines (each with its own copy) in parallel.
+        owned = dist.init_process_group(info, "cpu")[1]
+        try:
+            def mine() -> None:
+                with Store(args.store, readonly=False) as store:
+                    plan = dist.resolve_plan(store, args.plan, rank=info.rank,
+                                             world_size=info.world_size)
+                    _pack_one(args, store, plan, name_for(list_plans(store)[plan]))
+
+            dist.in_turns_per_node(mine)
+        finally:
+            if owned:
+                dist.destroy_process_group()
+        return 0
+    # Outside torchrun: the plan, or every shard of a group.
+    with Store(args.store, readonly=False) as store:
+        for plan in dist.plans_to_pack(store, args.plan):
+            _pack_one(args, store, plan, name_for(list_plans(store)[plan]))
+    return 0
+
+
+def _pack_one(args, store, plan_name: str, pack_name: str | None) -> None:
+    from .pack import PackOptions, pack_plan
     from .pack.costmodel import Bandwidths, choose_split, predict_epoch, probe
     from .pack.packer import plan_layout
     from .plan import PlanReader
-    from .store import Store
     from .store.info import format_packs, pack_summary
 
-    with Store(args.store, readonly=False) as store:
-        plan = PlanReader(store, args.plan or latest_plan(store))
-        auto = args.cpu_cache is None and args.gpu_cache is None
-        prediction = None
-        if auto and args.cpu_budget is not None:
-            bw = Bandwidths() if args.no_probe else probe(store)
-            options, prediction, _ = choose_split(
-                store, plan, cpu_budget=args.cpu_budget, gpu_budget=args.gpu_budget,
-                max_disk_blowup=args.max_disk_blowup, bw=bw)
-            options = PackOptions(**{**options.__dict__, "policy": args.policy,
-                                     "segment_batches": args.segment_batches
-                                     or options.segment_batches})
-        else:
-            options = PackOptions(gpu_cache=args.gpu_cache or 0, cpu_cache=args.cpu_cache or 0,
-                                  max_disk_blowup=args.max_disk_blowup, cpu_budget=args.cpu_budget,
-                                  gpu_budget=args.gpu_budget, segment_batches=args.segment_batches,
-                                  policy=args.policy)
-            bw = Bandwidths()
-        total = store.array_meta("features").nbytes
-        with _progress(args, None, f"pack {args.name or plan.name}", unit="B") as update:
-            meta = pack_plan(store, plan.name, name=args.name, options=options,
-                             overwrite=args.overwrite, progress=update)
-        if prediction is None:
-            prediction = predict_epoch(plan_layout(store, PlanReader(store, plan.name), options), bw)
-        summary = pack_summary(meta, total)
-        summary["predicted_epoch_load_s"] = prediction["seconds"]
-        summary["auto_split"] = auto and args.cpu_budget is not None
+    plan = PlanReader(store, plan_name)
+    auto = args.cpu_cache is None and args.gpu_cache is None
+    prediction = None
+    if auto and args.cpu_budget is not None:
+        bw = Bandwidths() if args.no_probe else probe(store)
+        options, prediction, _ = choose_split(
+            store, plan, cpu_budget=args.cpu_budget, gpu_budget=args.gpu_budget,
+            max_disk_blowup=args.max_disk_blowup, bw=bw)
+        options = PackOptions(**{**options.__dict__, "policy": args.policy,
+                                 "segment_batches": args.segment_batches
+                                 or options.segment_batches})
+    else:
+        options = PackOptions(gpu_cache=args.gpu_cache or 0, cpu_cache=args.cpu_cache or 0,
+                              max_disk_blowup=args.max_disk_blowup, cpu_budget=args.cpu_budget,
+                              gpu_budget=args.gpu_budget, segment_batches=args.segment_batches,
+                              policy=args.policy)
+        bw = Bandwidths()
+    total = store.array_meta("features").nbytes
+    with _progress(args, None, f"pack {pack_name or plan.name}", unit="B") as update:
+        meta = pack_plan(store, plan.name, name=pack_name, options=options,
+                         overwrite=args.overwrite, progress=update)
+    if prediction is None:
+        prediction = predict_epoch(plan_layout(store, PlanReader(store, plan.name), options), bw)
+    summary = pack_summary(meta, total)
+    summary["predicted_epoch_load_s"] = prediction["seconds"]
+    summary["auto_split"] = auto and args.cpu_budget is not None
     if args.json:
         print(json.dumps(summary, sort_keys=True))
     elif not args.quiet:
         print("\n".join(format_packs({meta.name: summary})))
         print(f"  predicted epoch-0 load time: {prediction['seconds']:.2f} s "
               f"({'probed' if summary['auto_split'] and not args.no_probe else 'default'} bandwidths)")
-    return 0
 
 
 # -- train -----------------------------------------------------------------------------
@@ -367,10 +414,14 @@ def _add_train(sub) -> None:
                     "the plan's pack (GPU/CPU/SSD tiers, pipelined prefetch) inside the given "
                     "budgets; then report validation and test accuracy (evaluation plans are "
                     "sampled and packed once if the store has none). --in-memory runs the "
-                    "same plans with every feature in RAM: the parity reference.")
+                    "same plans with every feature in RAM: the parity reference. Under "
+                    "`torchrun --nproc-per-node W` it trains with DDP on a plan sampled with "
+                    "--world-size W (gloo on CPU, nccl on CUDA; budgets per rank) and rank 0 "
+                    "prints the summary.")
     p.add_argument("store", metavar="STORE")
-    p.add_argument("--plan", default=None, help="training plan (default: the most recent "
-                                                "train-split plan, and its most recent pack)")
+    p.add_argument("--plan", default=None, help="training plan or shard group (default: the most "
+                                                "recent train-split plan for this world size, "
+                                                "and its most recent pack)")
     p.add_argument("--epochs", type=int, required=True, help="training epochs")
     p.add_argument("--hidden", type=int, default=256, help="hidden units (default 256)")
     p.add_argument("--lr", type=float, default=0.003, help="Adam learning rate (default 0.003)")
@@ -386,7 +437,8 @@ def _add_train(sub) -> None:
                    help="GNN layers: PyG SAGEConv (default) or dgl.nn.SAGEConv (DGL environment)")
     p.add_argument("--seed", type=int, default=0, help="seed for model init (default 0)")
     p.add_argument("--checkpoint", metavar="DIR", default=None,
-                   help="save model, optimizer and loader state here after every epoch")
+                   help="save model, optimizer and loader state here after every epoch (rank 0 "
+                        "writes it under torchrun)")
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint DIR")
     p.add_argument("--json", action="store_true",
                    help="print the summary as one JSON object on the last line of stdout")
@@ -395,6 +447,25 @@ def _add_train(sub) -> None:
 
 
 def _cmd_train(args) -> int:
+    import os
+
+    from . import distributed as dist
+
+    info = dist.launch_info(os.environ)
+    if info is None or info.world_size == 1:
+        return _train_and_report(args)
+    # Under torchrun: DDP over the launcher's process group; rank 0 reports.
+    owned = dist.init_process_group(info, args.device)[1]
+    try:
+        if info.rank != 0:
+            args.quiet = True
+        return _train_and_report(args, report=info.rank == 0)
+    finally:
+        if owned:
+            dist.destroy_process_group()
+
+
+def _train_and_report(args, *, report: bool = True) -> int:
     from .train.run import TrainConfig, run_training, summary_json
     from .units import format_size
 
@@ -404,6 +475,8 @@ def _cmd_train(args) -> int:
                       checkpoint=args.checkpoint, resume=args.resume)
     with _progress(args, args.epochs, "train", unit="epoch") as update:
         summary = run_training(args.store, args.plan, cfg, progress=lambda e, n: update(1))
+    if not report:
+        return 0
     if args.json:
         print(summary_json(summary))
         return 0

@@ -192,9 +192,10 @@ def backend_for(device: torch.device | str) -> str:
 
 
 def init_process_group(info: LaunchInfo, device: torch.device | str = "cpu", *,
-                       timeout_s: float = 1800.0) -> torch.device:
-    """Join the launcher's process group (``env://`` rendezvous) and return the device
-    this rank trains on (``cuda:<local rank>`` for CUDA)."""
+                       timeout_s: float = 1800.0) -> tuple[torch.device, bool]:
+    """Join the launcher's process group (``env://`` rendezvous) unless this process is
+    already in one. Returns the device this rank trains on (``cuda:<local rank>`` for
+    CUDA) and whether this call created the group (then its caller destroys it)."""
     device = torch.device(device)
     if device.type == "cuda":
         if not torch.cuda.is_available():
@@ -205,13 +206,18 @@ def init_process_group(info: LaunchInfo, device: torch.device | str = "cpu", *,
                              f"{torch.cuda.device_count()}): lower --nproc-per-node")
         device = torch.device("cuda", info.local_rank)
         torch.cuda.set_device(device)
-    if not torch.distributed.is_initialized():
+    created = not torch.distributed.is_initialized()
+    if created:
         torch.distributed.init_process_group(
             backend_for(device), init_method="env://", rank=info.rank,
             world_size=info.world_size, timeout=datetime.timedelta(seconds=timeout_s))
-    log.info("rank %d of %d joined the %s process group", info.rank, info.world_size,
-             torch.distributed.get_backend())
-    return device
+        log.info("rank %d of %d joined the %s process group", info.rank, info.world_size,
+                 torch.distributed.get_backend())
+    elif torch.distributed.get_world_size() != info.world_size:
+        raise UsageError(f"this process is already in a process group of "
+                         f"{torch.distributed.get_world_size()} ranks, but the launcher says "
+                         f"{info.world_size}: start it with one launcher")
+    return device, created
 
 
 def destroy_process_group() -> None:
