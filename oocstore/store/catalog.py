@@ -8,6 +8,7 @@ commit point. Values are JSON with sorted keys so that a dump is stable and read
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import threading
@@ -17,7 +18,7 @@ from typing import Any, Iterator
 import lmdb
 
 from ..errors import DiskFullError, FormatError, StoreNotFoundError, UsageError
-from .files import DISK_FULL_ERRNOS
+from .files import DISK_FULL_ERRNOS, active_fault
 
 CATALOG_DIR = "catalog.lmdb"
 
@@ -104,6 +105,9 @@ class Catalog:
             raise UsageError(f"catalog {self.path} was opened read-only: open the store with "
                              "readonly=False to change it")
         try:
+            fault = active_fault()
+            if fault is not None and fault.at_commit:
+                raise lmdb.Error(f"{self.path}: {fault.error('the catalog commit').strerror}")
             with self.env.begin(write=True) as txn:
                 for key in sorted(deletes):
                     txn.delete(key.encode())
@@ -118,7 +122,9 @@ class Catalog:
                     raise DiskFullError(code, f"disk full while committing the catalog "
                                         f"{self.path}: free space on that filesystem and run the "
                                         "command again; the store was left as it was") from err
-            raise
+            code = errno.EIO if os.strerror(errno.EIO) in text else None
+            raise OSError(code, f"cannot commit the catalog {self.path} ({err}): the store was "
+                          "left as it was; check the disk, then run the command again") from err
 
     def dump(self) -> dict[str, Any]:
         return dict(self.items())

@@ -13,9 +13,11 @@ falls back to buffered reads with ``POSIX_FADV_RANDOM`` and says so in ``direct`
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import mmap
 import os
+import threading
 from pathlib import Path
 
 import zlib
@@ -63,12 +65,67 @@ DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 
 def raise_disk_error(err: OSError, path: Path) -> None:
-    """Re-raise ENOSPC / EFBIG / EDQUOT as :class:`DiskFullError` naming the file."""
+    """Re-raise ENOSPC / EFBIG / EDQUOT as :class:`DiskFullError` naming the file; other
+    errors (EIO, ...) as an ``OSError`` of the same errno that names the file."""
     if err.errno in DISK_FULL_ERRNOS:
         raise DiskFullError(err.errno, f"disk full while writing {path}: free space on that "
                             "filesystem (or write the store elsewhere) and run the command again; "
                             "the store was left as it was") from err
+    if err.errno is not None and err.filename is None:
+        raise OSError(err.errno, f"{err.strerror} while writing {path} (the store was left as "
+                      "it was; check the disk, e.g. dmesg, then run the command again)",
+                      str(path)) from err
     raise err
+
+
+class WriteFault:
+    """A simulated write failure (see :func:`inject_write_fault`): writes through
+    :class:`ArrayFileWriter` fail with ``errno`` once ``after_bytes`` bytes in total were
+    written; ``at_fsync`` makes the data-file fsync fail instead, ``at_commit`` the
+    catalog commit."""
+
+    def __init__(self, after_bytes: int, err: int, *, at_fsync: bool = False,
+                 at_commit: bool = False):
+        self.after_bytes, self.errno = int(after_bytes), int(err)
+        self.at_fsync, self.at_commit = at_fsync, at_commit
+        self.written = 0
+        self.fired = 0
+        self._lock = threading.Lock()
+
+    def room(self, n: int) -> int:
+        """Bytes of the next ``n`` that may still be written (claims them)."""
+        if self.at_fsync or self.at_commit:
+            return n
+        with self._lock:
+            ok = max(0, min(n, self.after_bytes - self.written))
+            self.written += ok
+            return ok
+
+    def error(self, what: str) -> OSError:
+        self.fired += 1
+        return OSError(self.errno, os.strerror(self.errno) + f" (injected at {what})")
+
+
+_FAULT: WriteFault | None = None
+
+
+@contextlib.contextmanager
+def inject_write_fault(after_bytes: int = 0, err: int = errno.ENOSPC, *, at_fsync: bool = False,
+                       at_commit: bool = False):
+    """Test hook: inside the block, store writes fail as a full disk (``ENOSPC``) or a
+    failing one (``EIO``) would, after ``after_bytes`` bytes; yields the
+    :class:`WriteFault` (``fired`` counts the failures raised). For tests and
+    ``tools/crash_harness.py``; never active otherwise."""
+    global _FAULT
+    prev, _FAULT = _FAULT, WriteFault(after_bytes, err, at_fsync=at_fsync, at_commit=at_commit)
+    try:
+        yield _FAULT
+    finally:
+        _FAULT = prev
+
+
+def active_fault() -> WriteFault | None:
+    return _FAULT
 
 
 class ArrayFileWriter:
@@ -109,6 +166,12 @@ class ArrayFileWriter:
 
     def _write_all(self, mv: memoryview) -> None:
         try:
+            fault = _FAULT
+            if fault is not None:
+                ok = fault.room(len(mv))
+                if ok < len(mv):
+                    self._f.write(mv[:ok])  # the part that fitted, as a real disk would
+                    raise fault.error(f"{self.tmp_path}, byte {self.nbytes + ok}")
             while len(mv):
                 written = self._f.write(mv)
                 mv = mv[written:]
@@ -125,6 +188,8 @@ class ArrayFileWriter:
         if pad or self.nbytes == 0:
             self._write_all(memoryview(bytes(pad if self.nbytes else ALIGN)))
         try:
+            if _FAULT is not None and _FAULT.at_fsync:
+                raise _FAULT.error(f"fsync of {self.tmp_path}")
             os.fsync(self._f.fileno())
         except OSError as err:
             self.abort()
