@@ -297,11 +297,11 @@ def write_colmap_text(directory: str | Path, cameras: Cameras) -> None:
     lines = ["# Camera list: CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]"]
     img = ["# Image list: IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME, then POINTS2D"]
     for i in range(len(cameras)):
-        k = cameras.Ks[i].astype(np.float64)
-        lines.append(f"{i + 1} PINHOLE {cameras.width} {cameras.height} {k[0, 0]!r} {k[1, 1]!r} "
-                     f"{k[0, 2]!r} {k[1, 2]!r}")
-        q = rot_to_quat(cameras.viewmats[i, :3, :3].astype(np.float64))
-        t = cameras.viewmats[i, :3, 3].astype(np.float64)
+        k = cameras.Ks[i].astype(np.float64).tolist()
+        lines.append(f"{i + 1} PINHOLE {cameras.width} {cameras.height} {k[0][0]!r} {k[1][1]!r} "
+                     f"{k[0][2]!r} {k[1][2]!r}")
+        q = rot_to_quat(cameras.viewmats[i, :3, :3].astype(np.float64)).tolist()
+        t = cameras.viewmats[i, :3, 3].astype(np.float64).tolist()
         img.append(f"{i + 1} {q[0]!r} {q[1]!r} {q[2]!r} {q[3]!r} {t[0]!r} {t[1]!r} {t[2]!r} "
                    f"{i + 1} {cameras.names[i]}")
         img.append("")
