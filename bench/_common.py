@@ -1,0 +1,108 @@
+"""Helpers shared by the benchmark scripts: the machine description that goes into every
+result, the DGL environment's interpreter, per-process counters (peak RSS, bytes read
+from storage), and running one measurement in a fresh subprocess.
+
+Store and plan set-up live in ``bench/pack_speed.py`` (``make_store``, ``ensure_plan``,
+``proc_io``, used here) and the sequential O_DIRECT read probe in ``bench/ssd_epoch.py``
+(``seq_read``). Only the standard library is needed at import time, so the module also
+loads in the DGL environment (``.venv-dgl``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+DGL_VENV = REPO / ".venv-dgl"
+
+
+if str(REPO / "bench") not in sys.path:
+    sys.path.insert(0, str(REPO / "bench"))
+
+
+def proc_io() -> dict[str, int]:
+    """This process's ``/proc/self/io`` counters (``read_bytes`` counts O_DIRECT reads and
+    page-cache misses of every thread of the process)."""
+    from pack_speed import proc_io as _proc_io
+
+    return _proc_io()
+
+
+def read_bytes() -> int:
+    """Bytes this process has made the block layer read so far (``/proc/self/io``)."""
+    return proc_io()["read_bytes"]
+
+
+def peak_rss_bytes() -> int:
+    """High-water mark of this process's resident set (``getrusage``; Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def rss_bytes() -> int:
+    """Current resident set of this process."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def dgl_python() -> Path | None:
+    """The DGL environment's interpreter, or ``None`` when ``.venv-dgl`` is not built
+    (``make test-dgl`` builds it)."""
+    py = DGL_VENV / "bin" / "python"
+    return py if py.is_file() else None
+
+
+def machine_info(workdir: Path | None = None) -> dict[str, Any]:
+    """What a result needs to be read against: cores, memory, the 1-minute load average at
+    the time of the call (the machines are shared), disk space, versions."""
+    info: dict[str, Any] = {"cpus": os.cpu_count(), "platform": platform.platform(),
+                            "python": platform.python_version(),
+                            "loadavg_1min": os.getloadavg()[0]}
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                k, v = line.split(":", 1)
+                if k in ("MemTotal", "MemAvailable"):
+                    info[k.lower() + "_bytes"] = int(v.split()[0]) * 1024
+    except OSError:
+        pass
+    if workdir is not None:
+        du = shutil.disk_usage(workdir)
+        info["workdir_free_bytes"] = du.free
+    try:
+        import numpy
+        import torch
+
+        info["numpy"] = numpy.__version__
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+    except ImportError:
+        pass
+    return info
+
+
+class SubprocessError(RuntimeError):
+    """A measurement subprocess failed; the message carries the tail of its stderr."""
+
+
+def run_json(cmd: list[str], *, timeout: float | None = None, env: dict | None = None
+             ) -> dict[str, Any]:
+    """Run ``cmd`` and return the JSON object on the last line of its stdout."""
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    lines = [ln for ln in r.stdout.splitlines() if ln.strip()]
+    if r.returncode != 0 or not lines:
+        raise SubprocessError(f"{' '.join(cmd[:3])} ... exited with {r.returncode}:\n"
+                              f"{r.stderr[-4000:]}")
+    try:
+        return json.loads(lines[-1])
+    except json.JSONDecodeError as err:
+        raise SubprocessError(f"{' '.join(cmd[:3])} ... printed no JSON line last: "
+                              f"{lines[-1][:200]!r}\n{r.stderr[-2000:]}") from err
