@@ -115,6 +115,9 @@ def change_sh_degree(params: np.ndarray, old: int, new: int) -> np.ndarray:
 
 
 def _load_npz(path: Path):
+    if not zipfile.is_zipfile(path):  # checked first: np.load leaks its file on a bad zip
+        raise SourceError(f"{path} is not a readable .npz (no zip directory found): the file is "
+                          "truncated or not an npz archive")
     try:
         return np.load(path, allow_pickle=False)
     except (zipfile.BadZipFile, EOFError, OSError) as err:
