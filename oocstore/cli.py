@@ -626,6 +626,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 parser_class=_Parser)
     for add in _COMMANDS:
         add(sub)
+    from .gs.train import add_gs_train  # gs-train
+    add_gs_train(sub)
     return parser
 
 

@@ -1,0 +1,513 @@
+"""Where the Gaussians live during training: the streamer and the two baselines.
+
+Every mode serves the training loop the same way, one step at a time::
+
+    batch = store.begin_step()        # the step's view, its candidate rows as leaf tensors
+    out = render(batch.params, ...)   # loss.backward() fills batch.params.grad
+    store.end_step(batch, out.visible)  # masked Adam on the rendered rows, written back
+    store.checkpoint()                # durable: the scene's catalog commit
+
+The rows of a step are the live Gaussians of the blocks its view sees (the
+:class:`TrainPlan` gives, per step, the view and its visible blocks, from
+``samplers.views``); the step's rendered rows (``radii > 0``) take one
+:func:`~oocstore.gs.adam.masked_adam_` step with the global step number, everything else
+keeps parameters and moments. So all modes compute the same training, and differ only in
+where the records live and how many bytes move:
+
+* :class:`AllOnDevice` -- every record on the device for the whole run (the ceiling;
+  ignores the device budget). ``bytes_h2d`` is the initial upload.
+* :class:`NaiveOffload` -- every record in host memory; each step copies the visible
+  rows to the device and back (no cache; the order does not change its traffic).
+* :class:`Streamer` -- the out-of-core path. The device holds a working set of block
+  *slots* (``block_capacity`` records each) inside the device budget, managed by the
+  Belady schedule of the plan (``samplers.views.belady_block_schedule``: per step the
+  blocks to evict, then load). Below it a CPU tier of block copies inside the CPU budget
+  (inclusive: a clean block keeps its copy; Belady eviction by next use), and below that
+  the SSD tier, the scene store. A background thread (:class:`~oocstore.pipeline.Pipeline`,
+  thread ``oocstore-gs-prefetch``) reads the blocks of the next steps' loads from SSD
+  ahead of time; a second one (``oocstore-gs-writeback``) writes dirty blocks evicted from
+  the CPU tier to the scene's log-structured writer. Device-dirty blocks go back to the
+  CPU tier on eviction (d2h). :meth:`Streamer.checkpoint` flushes device -> CPU -> SSD and
+  commits: a crash loses at most the steps since the last checkpoint.
+
+Consistency: a block's newest copy is on the device, else in the CPU tier, else in a
+queued write, else on SSD; loads look in that order. A prefetched SSD copy carries the
+block's SSD version at read time and is used only if no write-back landed since.
+
+On ``--device cpu`` the device region is host memory charged to the ``gpu`` tier of the
+budget, and ``bytes_h2d`` / ``bytes_d2h`` count copies into and out of it. Charged to
+the device budget: the slots (schedule budget) plus the step batch (the largest step's
+rows: records, and the parameter gradient). Charged to the CPU budget: the CPU tier's
+slots, the prefetch buffers and the write-back buffers.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from oocstore.budget import BudgetAccountant
+from oocstore.errors import BudgetError, UsageError
+from oocstore.pipeline import Pipeline
+from oocstore.units import format_size
+
+from . import layout
+from .adam import AdamConfig, masked_adam_
+
+log = logging.getLogger(__name__)
+
+ID_BYTES = 8
+
+
+@dataclass
+class TrainPlan:
+    """What each step touches: ``views`` [S] (view per step), ``vis_sets`` (per view, the
+    visible block ids), and for streaming the ``schedule`` (a
+    ``samplers.views.BlockSchedule`` whose steps give ``load`` / ``evict`` arrays)."""
+
+    views: np.ndarray
+    vis_sets: Sequence[np.ndarray]
+    schedule: Any = None
+
+    def __post_init__(self) -> None:
+        self.views = np.asarray(self.views, dtype=np.int64)
+        if self.schedule is not None and len(self.schedule.steps) != len(self.views):
+            raise UsageError(f"schedule has {len(self.schedule.steps)} steps but the plan "
+                             f"{len(self.views)}: build both from the same view order")
+
+    def __len__(self) -> int:
+        return len(self.views)
+
+
+@dataclass
+class StepBatch:
+    step: int  # 1-based global step
+    view: int
+    ids: torch.Tensor  # [M] int64
+    params: torch.Tensor  # [M, P] leaf, requires grad
+    exp_avg: torch.Tensor  # [M, P]
+    exp_avg_sq: torch.Tensor  # [M, P]
+    rows: Any = None  # where the rows came from (mode-specific)
+
+
+@dataclass
+class Traffic:
+    bytes_h2d: int = 0
+    bytes_d2h: int = 0
+    bytes_ssd_read: int = 0
+    bytes_ssd_written: int = 0
+    block_accesses: int = 0  # visible blocks summed over steps
+    block_ssd_misses: int = 0  # of those, read from SSD during the run
+    stall_s: float = 0.0  # time the step waited for SSD reads
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        hit = (1.0 - self.block_ssd_misses / self.block_accesses) if self.block_accesses else 1.0
+        return {"bytes_h2d": self.bytes_h2d, "bytes_d2h": self.bytes_d2h,
+                "bytes_ssd_read": self.bytes_ssd_read, "bytes_ssd_written": self.bytes_ssd_written,
+                "cache_hit_rate": hit, "stall_s": self.stall_s, **self.extra}
+
+
+def block_bytes(scene) -> int:
+    """Bytes of one block slot: ``block_capacity`` records and their ids."""
+    return scene.block_capacity * (scene.record_bytes + ID_BYTES)
+
+
+def step_batch_bytes(rows: int, scene) -> int:
+    """Device bytes of one step's batch of ``rows``: records plus the parameter gradient."""
+    return rows * (scene.record_bytes + ID_BYTES + 4 * scene.param_width)
+
+
+def working_set_bytes(scene, vis: np.ndarray) -> int:
+    """A view's device working set: its visible block slots plus its step batch."""
+    vis = np.asarray(vis, dtype=np.int64)
+    rows = int(scene.block_counts[vis].sum()) if len(vis) else 0
+    return len(vis) * block_bytes(scene) + step_batch_bytes(rows, scene)
+
+
+def largest_view(scene, plan: TrainPlan) -> tuple[int, int]:
+    """(view, working-set bytes) of the plan's largest view."""
+    best = (-1, 0)
+    for v in np.unique(plan.views):
+        ws = working_set_bytes(scene, plan.vis_sets[v])
+        if ws > best[1]:
+            best = (int(v), ws)
+    return best
+
+
+class _RowStore:
+    """Shared parts of the modes: plan bookkeeping, the Adam step, traffic counters."""
+
+    def __init__(self, scene, plan: TrainPlan, *, device, accountant: BudgetAccountant,
+                 adam: AdamConfig, lr: torch.Tensor):
+        self.scene, self.plan = scene, plan
+        self.device = torch.device(device)
+        self.accountant = accountant
+        self.adam = adam
+        self.lr = lr.to(self.device)
+        self.p = scene.param_width
+        self.rb = scene.record_bytes
+        self.traffic = Traffic()
+        self.step = 0
+        self._charges = []
+
+    def _charge(self, tier, nbytes, what, fix=None):
+        c = self.accountant.charge(tier, nbytes, what, fix=fix)
+        self._charges.append(c)
+        return c
+
+    def _batch(self, ids: torch.Tensor, rec: torch.Tensor, rows) -> StepBatch:
+        p = self.p
+        params = rec[:, :p].clone().requires_grad_(True)
+        return StepBatch(self.step, int(self.plan.views[self.step - 1]), ids, params,
+                         rec[:, p:2 * p], rec[:, 2 * p:], rows)
+
+    def _adam(self, batch: StepBatch, mask: torch.Tensor) -> torch.Tensor:
+        """Masked Adam on the batch; returns the updated records [M, 3P]."""
+        grad = batch.params.grad
+        if grad is None:
+            grad = torch.zeros_like(batch.params)
+        params = batch.params.detach()
+        masked_adam_(params, batch.exp_avg, batch.exp_avg_sq, grad, mask.to(params.device),
+                     self.lr, batch.step, self.adam)
+        return torch.cat([params, batch.exp_avg, batch.exp_avg_sq], dim=1)
+
+    def begin_step(self) -> StepBatch:
+        if self.step >= len(self.plan):
+            raise UsageError(f"the plan has {len(self.plan)} steps; all were taken")
+        self.step += 1
+        vis = self.plan.vis_sets[self.plan.views[self.step - 1]]
+        self.traffic.block_accesses += len(vis)
+        return self._begin(np.asarray(vis, dtype=np.int64))
+
+    def stats(self) -> dict:
+        return self.traffic.to_dict()
+
+    def close(self) -> None:
+        for c in self._charges:
+            c.release()
+        self._charges = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class _TableStore(_RowStore):
+    """All records in one table (on the device, or in host memory), blocks as row ranges."""
+
+    def __init__(self, scene, plan, *, table_device, **kw):
+        super().__init__(scene, plan, **kw)
+        counts = scene.block_counts
+        self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        n = int(self.starts[-1])
+        tier = "gpu" if table_device == "device" else "cpu"
+        self._charge(tier, n * (self.rb + ID_BYTES), "every Gaussian record",
+                     fix=f"raise the {tier} budget, or use --mode stream")
+        where = self.device if table_device == "device" else torch.device("cpu")
+        self.table = torch.empty(n, 3 * self.p, dtype=torch.float32, device=where)
+        self.ids = torch.empty(n, dtype=torch.int64, device=where)
+        for b in range(scene.num_blocks):
+            ids, rec = scene.read_block(b)
+            lo, hi = self.starts[b], self.starts[b + 1]
+            self.table[lo:hi] = torch.from_numpy(rec)
+            self.ids[lo:hi] = torch.from_numpy(ids)
+            self.traffic.bytes_ssd_read += len(ids) * scene.disk_row_bytes
+        self.dirty = np.zeros(scene.num_blocks, dtype=bool)
+
+    def _rows(self, vis: np.ndarray) -> torch.Tensor:
+        parts = [np.arange(self.starts[b], self.starts[b + 1]) for b in vis]
+        return torch.from_numpy(np.concatenate(parts) if parts else np.zeros(0, np.int64))
+
+    def checkpoint(self) -> None:
+        with self.scene.writer() as w:
+            for b in np.flatnonzero(self.dirty):
+                lo, hi = self.starts[b], self.starts[b + 1]
+                rec = self.table[lo:hi].cpu().numpy()
+                if self.table.device != torch.device("cpu") or isinstance(self, AllOnDevice):
+                    self.traffic.bytes_d2h += rec.nbytes
+                w.write_block(int(b), self.ids[lo:hi].cpu().numpy(), rec)
+                self.traffic.bytes_ssd_written += len(rec) * self.scene.disk_row_bytes
+            w.commit()
+        self.dirty[:] = False
+
+
+class AllOnDevice(_TableStore):
+    """Every record on the device for the whole run (the baseline ceiling)."""
+
+    def __init__(self, scene, plan, **kw):
+        super().__init__(scene, plan, table_device="device", **kw)
+        self.traffic.bytes_h2d += self.table.numel() * 4
+
+    def _begin(self, vis):
+        rows = self._rows(vis).to(self.device)
+        return self._batch(self.ids.index_select(0, rows), self.table.index_select(0, rows), rows)
+
+    def end_step(self, batch: StepBatch, mask: torch.Tensor) -> None:
+        self.table.index_copy_(0, batch.rows, self._adam(batch, mask))
+        self.dirty[self.plan.vis_sets[batch.view]] = True
+
+
+class NaiveOffload(_TableStore):
+    """Every record in host memory; each step copies its rows to the device and back."""
+
+    def __init__(self, scene, plan, **kw):
+        super().__init__(scene, plan, table_device="host", **kw)
+
+    def _begin(self, vis):
+        rows = self._rows(vis)
+        rec = self.table.index_select(0, rows)
+        self.traffic.bytes_h2d += rec.numel() * 4
+        return self._batch(self.ids.index_select(0, rows).to(self.device), rec.to(self.device, copy=True),
+                           rows)
+
+    def end_step(self, batch: StepBatch, mask: torch.Tensor) -> None:
+        rec = self._adam(batch, mask).to("cpu", copy=True)
+        self.traffic.bytes_d2h += rec.numel() * 4
+        self.table.index_copy_(0, batch.rows, rec)
+        self.dirty[self.plan.vis_sets[batch.view]] = True
+
+
+@dataclass
+class _CpuBlock:
+    ids: np.ndarray
+    rec: np.ndarray
+    dirty: bool  # newer than the SSD copy
+
+
+class Streamer(_RowStore):
+    """Device slots + CPU tier + SSD (the scene), following the plan's Belady schedule."""
+
+    def __init__(self, scene, plan: TrainPlan, *, device_budget: int, prefetch_depth: int = 2,
+                 **kw):
+        super().__init__(scene, plan, **kw)
+        if plan.schedule is None:
+            raise UsageError("streaming needs the plan's block schedule "
+                             "(samplers.views.belady_block_schedule)")
+        bb = block_bytes(scene)
+        cap = scene.block_capacity
+        self.cap, self.bb = cap, bb
+        counts = scene.block_counts
+        max_rows = max((int(counts[plan.vis_sets[v]].sum()) for v in np.unique(plan.views)),
+                       default=0)
+        batch_bytes = step_batch_bytes(max_rows, scene)
+        slots = max(1, int(plan.schedule.budget_bytes) // bb)
+        view, need = largest_view(scene, plan)
+        fix = (f"the largest view ({view}) needs {format_size(need)}: raise --gpu-budget to at "
+               f"least {format_size(need)} ({need} bytes)")
+        self._charge("gpu", slots * bb, f"{slots} device block slots", fix=fix)
+        self._charge("gpu", batch_bytes, "the step batch", fix=fix)
+        dev = self.device
+        self.slab = torch.zeros(slots * cap, 3 * self.p, dtype=torch.float32, device=dev)
+        self.slab_ids = torch.zeros(slots * cap, dtype=torch.int64, device=dev)
+        self.free = list(range(slots - 1, -1, -1))
+        self.slot_of: dict[int, int] = {}
+        self.count = np.zeros(slots, dtype=np.int64)
+        self.dev_dirty = np.zeros(slots, dtype=bool)
+        # uses of each block by step, for Belady eviction in the CPU tier
+        self.uses: dict[int, list[int]] = {}
+        for s, v in enumerate(plan.views):
+            for b in plan.vis_sets[v]:
+                self.uses.setdefault(int(b), []).append(s)
+        # CPU tier, prefetch and write-back buffers
+        loads = [len(st.load) for st in plan.schedule.steps]
+        max_load = max(loads, default=0) * bb
+        self.prefetch_depth = prefetch_depth
+        self._charge("cpu", (prefetch_depth + 1) * max_load, "prefetch buffers",
+                     fix="lower the prefetch depth, or raise --cpu-budget")
+        self.max_pending = 2
+        self._charge("cpu", self.max_pending * bb, "write-back buffers",
+                     fix="raise --cpu-budget")
+        avail = self.accountant.available("cpu")
+        cpu_slots = (scene.num_blocks if avail is None else max(0, avail // bb))
+        cpu_slots = min(cpu_slots, scene.num_blocks)
+        self._charge("cpu", cpu_slots * bb, f"{cpu_slots} CPU tier block slots")
+        self.cpu_slots = cpu_slots
+        self.cpu: dict[int, _CpuBlock] = {}
+        self.lock = threading.Lock()
+        self.ssd_version = np.zeros(scene.num_blocks, dtype=np.int64)
+        self.pending: dict[int, tuple[_CpuBlock, Future]] = {}
+        self.writer = scene.writer()
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="oocstore-gs-writeback")
+        self.pipe = Pipeline(((i, st.load) for i, st in enumerate(plan.schedule.steps)),
+                             [("oocstore-gs-prefetch", self._prefetch)],
+                             depth=max(1, prefetch_depth))
+        self._prefetched = iter(self.pipe)
+        self.traffic.extra.update(device_slots=slots, cpu_slots=cpu_slots)
+        log.info("streaming: %d device slots of %s, %d CPU tier slots, prefetch depth %d",
+                 slots, format_size(bb), cpu_slots, prefetch_depth)
+
+    # -- background threads ---------------------------------------------------------
+    def _prefetch(self, item):
+        i, load = item
+        out = {}
+        for b in load:
+            b = int(b)
+            with self.lock:
+                if b in self.cpu or b in self.pending:
+                    continue
+                version = int(self.ssd_version[b])
+            ids, rec = self.scene.read_block(b)
+            out[b] = (version, ids, rec)
+        return i, out
+
+    def _write(self, b: int, blk: _CpuBlock) -> None:
+        self.writer.write_block(b, blk.ids, blk.rec)
+        with self.lock:
+            self.ssd_version[b] += 1
+            self.traffic.bytes_ssd_written += len(blk.ids) * self.scene.disk_row_bytes
+
+    # -- CPU tier ------------------------------------------------------------------
+    def _next_use(self, b: int) -> int:
+        u = self.uses.get(b, [])
+        k = bisect.bisect_left(u, self.step)  # self.step: the next step's 0-based index
+        return u[k] if k < len(u) else 1 << 62
+
+    def _cpu_put(self, b: int, blk: _CpuBlock) -> None:
+        if self.cpu_slots == 0:
+            if blk.dirty:
+                self._queue_write(b, blk)
+            return
+        with self.lock:
+            self.cpu[b] = blk
+        while len(self.cpu) > self.cpu_slots:
+            victim = max((k for k in self.cpu if k != b), key=lambda k: (self._next_use(k), k))
+            with self.lock:
+                old = self.cpu.pop(victim)
+            if old.dirty:
+                self._queue_write(victim, old)
+
+    def _queue_write(self, b: int, blk: _CpuBlock) -> None:
+        while len(self.pending) >= self.max_pending:
+            oldest = next(iter(self.pending))
+            self._finish_write(oldest)
+        if b in self.pending:
+            self._finish_write(b)
+        fut = self.pool.submit(self._write, b, blk)
+        with self.lock:
+            self.pending[b] = (blk, fut)
+
+    def _finish_write(self, b: int) -> None:
+        blk, fut = self.pending[b]
+        fut.result()  # re-raises a write-back failure here, with its traceback
+        with self.lock:
+            del self.pending[b]
+
+    # -- steps -----------------------------------------------------------------------
+    def _evict(self, b: int) -> None:
+        s = self.slot_of.pop(b)
+        n = int(self.count[s])
+        if self.dev_dirty[s]:
+            lo = s * self.cap
+            rec = self.slab[lo:lo + n].cpu().numpy().copy()
+            ids = self.slab_ids[lo:lo + n].cpu().numpy().copy()
+            self.traffic.bytes_d2h += rec.nbytes + ids.nbytes
+            self._cpu_put(b, _CpuBlock(ids, rec, True))
+        self.dev_dirty[s] = False
+        self.count[s] = 0
+        self.free.append(s)
+
+    def _load(self, b: int, fetched: dict) -> None:
+        with self.lock:
+            blk = self.cpu.get(b)
+            if blk is None and b in self.pending:
+                blk = self.pending[b][0]
+        if blk is None:
+            got = fetched.get(b)
+            if got is not None and got[0] == self.ssd_version[b]:
+                ids, rec = got[1], got[2]
+            else:
+                t0 = time.perf_counter()
+                ids, rec = self.scene.read_block(b)
+                self.traffic.stall_s += time.perf_counter() - t0
+            self.traffic.bytes_ssd_read += len(ids) * self.scene.disk_row_bytes
+            self.traffic.block_ssd_misses += 1
+            blk = _CpuBlock(ids, rec, False)
+            self._cpu_put(b, blk)
+        s = self.free.pop()
+        n = len(blk.ids)
+        lo = s * self.cap
+        self.slab[lo:lo + n] = torch.from_numpy(blk.rec).to(self.device)
+        self.slab_ids[lo:lo + n] = torch.from_numpy(blk.ids).to(self.device)
+        self.traffic.bytes_h2d += blk.rec.nbytes + blk.ids.nbytes
+        self.count[s] = n
+        self.slot_of[b] = s
+
+    def _begin(self, vis):
+        st = self.plan.schedule.steps[self.step - 1]
+        i, fetched = next(self._prefetched)
+        assert i == self.step - 1, (i, self.step)
+        for b in st.evict:
+            if int(b) in self.slot_of:
+                self._evict(int(b))
+        for b in st.load:
+            if int(b) not in self.slot_of:
+                self._load(int(b), fetched)
+        parts = []
+        for b in vis:
+            s = self.slot_of[int(b)]
+            parts.append(np.arange(s * self.cap, s * self.cap + self.count[s]))
+        rows = torch.from_numpy(np.concatenate(parts) if parts else np.zeros(0, np.int64))
+        rows = rows.to(self.device)
+        return self._batch(self.slab_ids.index_select(0, rows), self.slab.index_select(0, rows), rows)
+
+    def end_step(self, batch: StepBatch, mask: torch.Tensor) -> None:
+        self.slab.index_copy_(0, batch.rows, self._adam(batch, mask))
+        for b in self.plan.vis_sets[batch.view]:
+            self.dev_dirty[self.slot_of[int(b)]] = True
+
+    def checkpoint(self) -> None:
+        """Flush device -> CPU tier -> SSD and commit the scene (the commit point)."""
+        for b, s in list(self.slot_of.items()):
+            if self.dev_dirty[s]:
+                n = int(self.count[s])
+                lo = s * self.cap
+                rec = self.slab[lo:lo + n].cpu().numpy().copy()
+                ids = self.slab_ids[lo:lo + n].cpu().numpy().copy()
+                self.traffic.bytes_d2h += rec.nbytes + ids.nbytes
+                self.dev_dirty[s] = False
+                blk = _CpuBlock(ids, rec, True)
+                if self.cpu_slots:
+                    self._cpu_put(b, blk)
+                else:
+                    self._queue_write(b, blk)
+        for b, blk in list(self.cpu.items()):
+            if blk.dirty:
+                blk.dirty = False
+                self._queue_write(b, _CpuBlock(blk.ids, blk.rec, True))
+        for b in list(self.pending):
+            self._finish_write(b)
+        self.writer.commit()
+
+    def close(self) -> None:
+        if getattr(self, "_closed", False):
+            return
+        self._closed = True
+        self.pipe.close()
+        self.pool.shutdown(wait=True)
+        self.writer.close()  # uncommitted writes are dropped: the last checkpoint stands
+        super().close()
+
+
+MODES = {"stream": Streamer, "all-on-device": AllOnDevice, "naive-offload": NaiveOffload}
+
+
+def check_device_budget(scene, plan: TrainPlan, budget: int) -> None:
+    """BudgetError naming the largest view and the minimum when it does not fit."""
+    view, need = largest_view(scene, plan)
+    if need > budget:
+        raise BudgetError(
+            f"view {view} needs a device working set of {format_size(need)} ({need} bytes: its "
+            f"visible blocks plus the step batch), more than the device budget "
+            f"{format_size(budget)}: raise --gpu-budget to at least {format_size(need)}, or "
+            "re-ingest with smaller blocks")

@@ -1,0 +1,336 @@
+"""``oocstore gs-train``: train a scene against targets rendered from itself.
+
+The run, identical in every ``--mode`` except where the records live (see
+:mod:`oocstore.gs.stream`):
+
+1. **Cameras.** The scene's views at the render size (default: the largest size within
+   324x210 on CPU keeping the aspect -- half the source's 648x420 for the garden -- and
+   the source size on CUDA), intrinsics scaled. Every ``holdout``-th view (default 8) is
+   held out for evaluation; the rest train.
+2. **Targets.** The *teacher* is the scene as it is when the run starts; each view's
+   target image is rendered from its visible blocks once, before training.
+3. **Student.** The teacher's parameters perturbed with a seeded, per-block noise (means
+   by 0.5x each Gaussian's scale, log-scales by 0.2, opacity logits by 0.5, SH by 0.2),
+   moments zeroed, written to the scene in one commit. Training is in place: after the
+   run the scene holds the student (re-ingest to start over).
+4. **Plan.** Visibility sets of the training views against the block bounds, a view
+   order keeping consecutive views similar (``samplers.views.view_order``), cycled to
+   ``--steps``; for ``--mode stream`` the Belady load/evict schedule inside the device
+   budget, whose default is ``max(1/4 of the scene's record bytes, 1.25 x the largest
+   view's working set)`` (logged).
+5. **Steps.** Render the student's candidate rows, L1 loss against the target, backward,
+   visibility-masked Adam (global step count), write back. ``checkpoint()`` at the end
+   (and every ``--checkpoint-every`` steps) commits the scene.
+6. **Evaluation.** PSNR over the held-out views, rendered from the committed scene.
+
+This module is a composition root: it puts ``samplers.views`` and the store together.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import resource
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from oocstore.budget import BudgetAccountant, MemoryBudget
+from oocstore.errors import UsageError
+from oocstore.units import format_size, parse_size
+
+from . import layout
+from .adam import AdamConfig
+from .render import psnr, render_on
+from .stream import MODES, TrainPlan, check_device_budget, largest_view
+
+log = logging.getLogger(__name__)
+
+CPU_MAX_SIZE = (324, 210)
+
+
+@dataclass(frozen=True)
+class GsTrainConfig:
+    steps: int = 200
+    mode: str = "stream"
+    device: str = "cpu"
+    gpu_budget: int | None = None  # device budget; None: the default rule
+    cpu_budget: int | None = None
+    seed: int = 0
+    width: int | None = None  # render size; None: see the module docstring
+    height: int | None = None
+    holdout: int = 8
+    randomness: float = 0.1
+    checkpoint_every: int = 0
+    prefetch_depth: int = 2
+    perturb: float = 1.0  # multiplies the student's perturbation
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise UsageError(f"--steps {self.steps} must be at least 1")
+        if self.mode not in MODES:
+            raise UsageError(f"--mode {self.mode!r} unknown: use one of {', '.join(MODES)}")
+        if self.device not in ("cpu", "cuda"):
+            raise UsageError(f"--device {self.device!r} unknown: use cpu or cuda")
+        if self.holdout < 2:
+            raise UsageError(f"holdout {self.holdout} must be >= 2 (every k-th view is held out)")
+
+
+def render_size(cams, cfg: GsTrainConfig) -> tuple[int, int]:
+    if cfg.width and cfg.height:
+        return cfg.width, cfg.height
+    w, h = cams.width, cams.height
+    if cfg.device == "cpu":
+        f = min(1.0, CPU_MAX_SIZE[0] / w, CPU_MAX_SIZE[1] / h)
+        w, h = max(1, int(w * f)), max(1, int(h * f))
+    return w, h
+
+
+def scene_scale(cams) -> float:
+    """3DGS's spatial learning-rate scale: 1.1 x the cameras' radius around their centre."""
+    c = cams.centers
+    r = float(np.linalg.norm(c - c.mean(0), axis=1).max()) if len(c) > 1 else 1.0
+    return 1.1 * max(r, 1e-6)
+
+
+def split_views(n: int, holdout: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train views, held-out views): every ``holdout``-th view, from view 0, is held out."""
+    held = np.arange(0, n, holdout, dtype=np.int64)
+    if n < 2:
+        raise UsageError(f"the scene has {n} view(s): at least 2 are needed (one held out); "
+                         "re-ingest with --views")
+    train = np.setdiff1d(np.arange(n, dtype=np.int64), held)
+    return train, held
+
+
+def view_params(scene, blocks) -> torch.Tensor:
+    parts = [scene.read_block(int(b))[1][:, :scene.param_width] for b in blocks]
+    if not parts:
+        return torch.zeros(0, scene.param_width)
+    return torch.from_numpy(np.concatenate(parts))
+
+
+@torch.no_grad()
+def render_views(scene, cams, vis_sets, views, device) -> list[torch.Tensor]:
+    out = []
+    for v in views:
+        p = view_params(scene, vis_sets[v]).to(device)
+        out.append(render_on(p, scene.sh_degree, torch.from_numpy(cams.viewmats[v]),
+                             torch.from_numpy(cams.Ks[v]), cams.width, cams.height).image)
+    return out
+
+
+def perturb_scene(scene, seed: int, strength: float = 1.0) -> None:
+    """Write the student: seeded per-block noise on the teacher, moments zeroed (one commit)."""
+    p = scene.param_width
+    k = layout.sh_slice(scene.sh_degree)
+    with scene.writer() as w:
+        for b in range(scene.num_blocks):
+            ids, rec = scene.read_block(b)
+            if not len(ids):
+                continue
+            g = np.random.default_rng([seed, b])
+            prm = rec[:, :p].copy()
+            scale = np.exp(prm[:, layout.LOG_SCALES]).max(1, keepdims=True)
+            prm[:, layout.MEANS] += strength * 0.5 * scale * g.standard_normal((len(ids), 3))
+            prm[:, layout.LOG_SCALES] += strength * 0.2 * g.standard_normal((len(ids), 3))
+            prm[:, layout.OPACITY] += strength * 0.5 * g.standard_normal((len(ids), 1))
+            prm[:, k] += strength * 0.2 * g.standard_normal((len(ids), k.stop - k.start))
+            w.write_block(b, ids, layout.make_records(prm))
+        w.commit()
+
+
+def make_plan(scene, cams, train_views, steps: int, seed: int, randomness: float):
+    from samplers.views import view_order, visibility_sets
+
+    vis_sets = visibility_sets(scene.block_bounds, cams)
+    sub = [vis_sets[v] for v in train_views]
+    order = train_views[view_order(sub, seed=seed, randomness=randomness)]
+    views = np.resize(order, steps)
+    return TrainPlan(views, vis_sets), vis_sets
+
+
+def peak_rss_bytes() -> int:
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def run_gs_training(path, cfg: GsTrainConfig, *,
+                    progress: Callable[[int], None] | None = None) -> dict:
+    """Train the scene at ``path``; returns the JSON-able summary."""
+    from samplers.views import belady_block_schedule
+
+    from .scene import Scene
+    from .stream import block_bytes
+
+    device = torch.device(cfg.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda but torch sees no CUDA device: use --device cpu")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    torch.manual_seed(cfg.seed)
+    with Scene.open(path) as scene:
+        w, h = render_size(scene.cameras, cfg)
+        cams = scene.cameras.resized(w, h)
+        train_views, held = split_views(len(cams), cfg.holdout)
+        plan, vis_sets = make_plan(scene, cams, train_views, cfg.steps, cfg.seed, cfg.randomness)
+        start_gaussians = scene.num_gaussians
+        scene_bytes = start_gaussians * scene.record_bytes
+        view, need = largest_view(scene, plan)
+        if cfg.gpu_budget is None:
+            dev_budget = max(scene_bytes // 4, int(math.ceil(1.25 * need)))
+            log.info("device budget %s (default: max(1/4 of %s, 1.25 x view %d's working set %s))",
+                     format_size(dev_budget), format_size(scene_bytes), view, format_size(need))
+        else:
+            dev_budget = parse_size(cfg.gpu_budget, what="--gpu-budget")
+        if cfg.mode != "all-on-device":
+            check_device_budget(scene, plan, dev_budget)
+        budget = MemoryBudget(gpu=None if cfg.mode == "all-on-device" else dev_budget,
+                              cpu=cfg.cpu_budget)
+        acct = BudgetAccountant(budget)
+        extra = {}
+        if cfg.mode == "stream":
+            from .stream import step_batch_bytes
+
+            counts = scene.block_counts
+            max_rows = max(int(counts[vis_sets[v]].sum()) for v in np.unique(plan.views))
+            slots_budget = dev_budget - step_batch_bytes(max_rows, scene)
+            plan.schedule = belady_block_schedule(plan.views, vis_sets, block_bytes(scene),
+                                                  slots_budget)
+            extra = {"device_budget": dev_budget, "prefetch_depth": cfg.prefetch_depth}
+
+        targets = dict(zip(np.unique(np.concatenate([train_views, held])).tolist(),
+                           render_views(scene, cams, vis_sets,
+                                        np.unique(np.concatenate([train_views, held])), device)))
+        perturb_scene(scene, cfg.seed, cfg.perturb)
+        psnr_start = _eval_psnr(scene, cams, vis_sets, held, targets, device)
+
+        adam = AdamConfig()
+        lr = adam.column_lrs(scene.sh_degree, scene_scale(cams))
+        kw = dict(device=device, accountant=acct, adam=adam, lr=lr)
+        if cfg.mode == "stream":
+            kw.update(device_budget=dev_budget, prefetch_depth=cfg.prefetch_depth)
+        with MODES[cfg.mode](scene, plan, **kw) as store:
+            times, losses = train_steps(store, scene.sh_degree, cams, targets, cfg.steps,
+                                        device=device, checkpoint_every=cfg.checkpoint_every,
+                                        progress=progress)
+            store.checkpoint()
+            stats = store.stats()
+        end_gaussians = scene.num_gaussians
+        final_psnr = _eval_psnr(scene, cams, vis_sets, held, targets, device)
+    peak_gpu = (torch.cuda.max_memory_allocated() if device.type == "cuda"
+                else acct.peak("gpu"))
+    return {
+        "mode": cfg.mode, "device": cfg.device, "steps": cfg.steps, "seed": cfg.seed,
+        "render_size": [w, h], "train_views": len(train_views), "heldout_views": len(held),
+        "psnr": final_psnr, "psnr_start": psnr_start,
+        "loss_first": losses[0], "loss_last": losses[-1],
+        "step_time_s": statistics.median(times[1:] if len(times) > 1 else times),
+        **stats,
+        "bytes_moved_per_step": (stats["bytes_h2d"] + stats["bytes_d2h"]) / cfg.steps,
+        "peak_rss_bytes": peak_rss_bytes(), "peak_gpu_bytes": int(peak_gpu),
+        "gaussians": {"start": int(start_gaussians), "end": int(end_gaussians)},
+        "scene_bytes": int(scene_bytes), "largest_view_working_set": int(need), **extra,
+    }
+
+
+def train_steps(store, sh_degree: int, cams, targets: dict, steps: int, *, device,
+                checkpoint_every: int = 0, progress=None) -> tuple[list[float], list[float]]:
+    """``steps`` training steps through ``store`` (any mode): render the step's rows, L1
+    loss against the view's target, backward, masked Adam. Returns (step times, losses)."""
+    times, losses = [], []
+    device = torch.device(device)
+    for i in range(steps):
+        t0 = time.perf_counter()
+        batch = store.begin_step()
+        v = batch.view
+        out = render_on(batch.params, sh_degree, torch.from_numpy(cams.viewmats[v]),
+                        torch.from_numpy(cams.Ks[v]), cams.width, cams.height)
+        loss = torch.abs(out.image - targets[v]).mean()
+        loss.backward()
+        store.end_step(batch, out.visible)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+        losses.append(float(loss.detach()))
+        if checkpoint_every and (i + 1) % checkpoint_every == 0:
+            store.checkpoint()
+        if progress:
+            progress(1)
+    return times, losses
+
+
+def _eval_psnr(scene, cams, vis_sets, held, targets, device) -> float:
+    imgs = render_views(scene, cams, vis_sets, held, device)
+    return float(np.mean([psnr(img.clamp(0, 1), targets[int(v)].clamp(0, 1))
+                          for v, img in zip(held, imgs)]))
+
+
+# -- command line ------------------------------------------------------------------------
+
+def add_gs_train(sub) -> None:
+    """Register ``oocstore gs-train`` on the top-level subparsers."""
+    p = sub.add_parser(
+        "gs-train", help="train a Gaussian-splatting scene out of core",
+        description="Train a scene against targets rendered from itself (the teacher) starting "
+                    "from perturbed parameters (the student), in place; PSNR on held-out views. "
+                    "--mode stream keeps a working set of blocks inside --gpu-budget (default "
+                    "max(1/4 of the scene, 1.25 x the largest view's working set)) fed from a "
+                    "CPU tier and the scene on SSD; all-on-device and naive-offload are the "
+                    "baselines.")
+    p.add_argument("scene", metavar="SCENE")
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--mode", choices=sorted(MODES), default="stream")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--gpu-budget", default=None, metavar="SIZE",
+                   help="device budget (on --device cpu: a budgeted region of host memory)")
+    p.add_argument("--cpu-budget", default=None, metavar="SIZE", help="CPU tier budget")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", default=None, metavar="WxH",
+                   help="render size (default: within 324x210 on cpu, the scene's on cuda)")
+    p.add_argument("--checkpoint-every", type=int, default=0, metavar="N")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_gs_train)
+
+
+def _cmd_gs_train(args) -> int:
+    import json
+    import sys
+
+    width = height = None
+    if args.size:
+        try:
+            width, height = (int(x) for x in args.size.lower().split("x"))
+        except ValueError:
+            raise UsageError(f"--size {args.size!r} is not WxH (e.g. 162x105)") from None
+    cpu_budget = None if args.cpu_budget is None else parse_size(args.cpu_budget, what="--cpu-budget")
+    cfg = GsTrainConfig(steps=args.steps, mode=args.mode, device=args.device,
+                        gpu_budget=args.gpu_budget, cpu_budget=cpu_budget, seed=args.seed,
+                        width=width, height=height, checkpoint_every=args.checkpoint_every)
+    bar = None
+    if not args.quiet:
+        from tqdm import tqdm
+
+        bar = tqdm(total=args.steps, desc=f"gs-train {args.mode}", unit="step", file=sys.stderr)
+    try:
+        summary = run_gs_training(args.scene, cfg, progress=bar.update if bar else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    if args.json:
+        print(json.dumps(summary, sort_keys=True))
+    else:
+        print(f"gs-train {summary['mode']} on {summary['device']}: {summary['steps']} steps, "
+              f"PSNR {summary['psnr_start']:.2f} -> {summary['psnr']:.2f} dB on "
+              f"{summary['heldout_views']} held-out views, median step "
+              f"{summary['step_time_s']:.3f} s")
+        print(f"  moved {format_size(summary['bytes_moved_per_step'])} per step (h2d "
+              f"{format_size(summary['bytes_h2d'])}, d2h {format_size(summary['bytes_d2h'])}), "
+              f"SSD read {format_size(summary['bytes_ssd_read'])}, written "
+              f"{format_size(summary['bytes_ssd_written'])}, cache hit rate "
+              f"{summary['cache_hit_rate']:.1%}, peak RSS {format_size(summary['peak_rss_bytes'])}")
+    return 0
