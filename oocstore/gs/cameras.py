@@ -371,13 +371,16 @@ def robust_box(means: np.ndarray, q: float = 2.0) -> tuple[np.ndarray, np.ndarra
 
 def orbit_cameras(means: np.ndarray, n: int, *, width: int, height: int,
                   template: Cameras | None = None, fov_deg: float = 60.0,
-                  seed: int = 0) -> Cameras:
+                  min_pitch_deg: float = 0.0, seed: int = 0) -> Cameras:
     """``n`` cameras on a ring around the scene, looking at its centre.
 
     With a ``template`` (the source's own cameras) the ring keeps their mean distance
     and height above the centre and their focal length, so generated views frame the
     scene as the real ones do; otherwise the ring's radius makes the robust extent of
     the points fill a ``fov_deg`` field of view. Heights vary by a seeded +-15 %.
+    ``min_pitch_deg`` raises the ring (same distance to the centre) until the cameras
+    look down at least that steeply, which keeps what a view sees local to the scene
+    (a near-horizontal view sees everything behind the scene too).
     """
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise UsageError(f"number of generated views {n!r} must be a positive integer")
@@ -402,6 +405,10 @@ def orbit_cameras(means: np.ndarray, n: int, *, width: int, height: int,
         height_off = 0.4 * radius
         k = np.array([[f, 0, width / 2], [0, f, height / 2], [0, 0, 1]])
     radius = max(radius, 1e-3)
+    if math.degrees(math.atan2(height_off, radius)) < min_pitch_deg:
+        dist = math.hypot(radius, height_off)
+        radius = dist * math.cos(math.radians(min_pitch_deg))
+        height_off = dist * math.sin(math.radians(min_pitch_deg))
     rng = np.random.default_rng(seed)
     phase = rng.uniform(0, 2 * np.pi)
     vms = []

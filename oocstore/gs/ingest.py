@@ -46,6 +46,10 @@ SH_C0 = 0.28209479177387814  # the degree-0 real spherical harmonic, 1 / (2 sqrt
 INIT_OPACITY = 0.1
 MAX_TILE = 64
 DEFAULT_SIZE = (648, 420)  # image size of generated views when the source names none
+#: Least downward pitch of generated views of a tiled scene. At 50 degrees the garden's
+#: views (47-degree vertical field of view) see the ground within ~2x their height, i.e.
+#: mostly their own tile (the 4x4 garden: see docs/SCENE_FORMAT.md).
+TILED_MIN_PITCH = 50.0
 
 
 @dataclass
@@ -270,18 +274,23 @@ def tile_scene(params: np.ndarray, cameras: Cameras, tile: tuple[int, int],
 
 
 def choose_cameras(src: SceneSource, cameras: Cameras | None, *, views: int | None,
-                   min_views: int, seed: int) -> Cameras:
-    """The source's (or given) cameras, plus orbit views when there are too few."""
+                   min_views: int, seed: int, tiled: bool = False) -> Cameras:
+    """The source's (or given) cameras, plus orbit views when there are fewer than
+    ``min_views``. For a ``tiled`` scene the few source views are not replicated (they
+    may look across the whole grid) and the generated ones look down at least
+    :data:`TILED_MIN_PITCH` degrees, so that every view stays local to its tile."""
     cams = cameras if cameras is not None else src.cameras
     have = 0 if cams is None else len(cams)
     want = views if views is not None else (have if have >= min_views else max(32, have))
     means = src.params[:, layout.MEANS]
-    if have >= want:
+    if have >= want and (have >= min_views or not tiled):
         return cams
     width, height = (cams.width, cams.height) if cams is not None else DEFAULT_SIZE
-    gen = orbit_cameras(means, want - have, width=width, height=height, template=cams, seed=seed)
-    log.info("generated %d orbit views around the scene (the source has %d)", want - have, have)
-    return gen if cams is None else cams.concat(gen)
+    keep = have if not tiled else 0
+    gen = orbit_cameras(means, want - keep, width=width, height=height, template=cams,
+                        min_pitch_deg=TILED_MIN_PITCH if tiled else 0.0, seed=seed)
+    log.info("generated %d orbit views around the scene (the source has %d)", want - keep, have)
+    return gen if cams is None or keep == 0 else cams.concat(gen)
 
 
 def ingest_scene(src: str | os.PathLike, out: str | os.PathLike, *,
@@ -308,7 +317,8 @@ def ingest_scene(src: str | os.PathLike, out: str | os.PathLike, *,
     source = load_source(src, sh_degree=sh_degree)
     given = load_cameras(cameras) if cameras is not None else None
     check_params(source.params, source.sh_degree, source=str(src))
-    cams = choose_cameras(source, given, views=views, min_views=min_views, seed=seed)
+    cams = choose_cameras(source, given, views=views, min_views=min_views, seed=seed,
+                          tiled=(kx, ky) != (1, 1))
     up = scene_up(source.params[:, layout.MEANS], cams)
     params, cams = tile_scene(source.params, cams, (kx, ky), up)
     n = len(source.params)
