@@ -89,7 +89,7 @@ def init_from_points(means: np.ndarray, colors: np.ndarray | None, sh_degree: in
     p[:, 3] = 1.0  # identity quaternion (w, x, y, z)
     if n > 1:
         nn = min(4, n)
-        dist, _ = cKDTree(means).query(means, k=nn)
+        dist, _ = cKDTree(means).query(means, k=nn, workers=-1)
         d = np.sqrt(np.mean(np.square(dist[:, 1:]), axis=1))
         d = np.maximum(d, 1e-7)
     else:

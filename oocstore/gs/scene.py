@@ -501,6 +501,7 @@ class SceneWriter:
             raise
         self._seq = scene.meta.file_seq
         self._pending: dict[int, _Pending] = {}
+        self._latest: dict[int, int] = {}  # block -> newest seq installed (across commits)
         self._closed = False
         self.commits = 0
 
@@ -647,7 +648,7 @@ class SceneWriter:
         s = self.scene
         with s._lock:
             cur = self._pending.get(b)
-            if cur is not None and cur.seq > pend.seq:  # a newer write already landed
+            if self._latest.get(b, -1) > pend.seq:  # a newer write already landed
                 if pend.file is not None:
                     with contextlib.suppress(FileNotFoundError):
                         (s.path / pend.file).unlink()
@@ -656,6 +657,7 @@ class SceneWriter:
                 with contextlib.suppress(FileNotFoundError):
                     (s.path / cur.file).unlink()  # an uncommitted file nobody will name
             self._pending[b] = pend
+            self._latest[b] = pend.seq
             s._counts[b] = pend.count
             if pend.bounds is None:
                 s._bounds[b, 0], s._bounds[b, 1] = np.inf, -np.inf

@@ -215,3 +215,35 @@ def test_truncated_block_file(small_scene):
 def test_block_bounds_of_empty():
     b = block_bounds_of(np.zeros((0, 69), np.float32))
     assert np.all(b[0] == np.inf) and np.all(b[1] == -np.inf)
+
+
+def test_a_late_older_write_never_replaces_a_newer_one(small_scene, monkeypatch):
+    import oocstore.gs.scene as scene_mod
+
+    scene, _ = small_scene
+    ids, rec = scene.read_block(0)
+    release = threading.Event()
+    real = scene_mod.encode_rows
+
+    def slow_for_old(i, r, dtype):
+        if r[0, 1] == -100:  # the old write: stalls after taking its sequence number
+            release.wait(10)
+        return real(i, r, dtype)
+
+    monkeypatch.setattr(scene_mod, "encode_rows", slow_for_old)
+    old, new = rec.copy(), rec.copy()
+    old[:, 1], new[:, 1] = -100, 100
+    with scene.writer() as w:
+        t = threading.Thread(target=w.write_block, args=(0, ids, old), name="oocstore-test-old")
+        t.start()
+        while w._seq == scene.meta.file_seq:  # until the old write holds its number
+            pass
+        w.write_block(0, ids, new)
+        w.commit()
+        release.set()
+        t.join()
+        assert np.all(scene.read_block(0)[1][:, 1] == 100)
+        w.commit()
+    with Scene.open(scene.path, readonly=True) as again:
+        assert np.all(again.read_block(0)[1][:, 1] == 100)
+    assert len(list((scene.path / "scenes").iterdir())) == scene.num_blocks
