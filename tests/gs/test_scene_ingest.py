@@ -155,3 +155,20 @@ def test_garden(tmp_path, capsys):
     assert s["gaussians"] == 138_766 and s["views"] == 32 and s["blocks"] == 34
     with Scene.open(tmp_path / "g", readonly=True) as scene:
         assert (scene.cameras.width, scene.cameras.height) == (648, 420)
+
+
+def test_existing_output_refused_before_work(tmp_path, capsys):
+    src, _ = _cloud(tmp_path, n=100)
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "keep.txt").write_text("mine")
+    assert main(["ingest", "scene", str(src), str(tmp_path / "s"), "--quiet"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["ingest", "scene", str(src), str(tmp_path / "s"), "--quiet", "--overwrite"]) == 2
+    assert "exists and is not an oocstore store" in capsys.readouterr().err
+    assert (tmp_path / "s" / "keep.txt").read_text() == "mine"
+    assert main(["ingest", "scene", str(src), str(tmp_path / "t"), "--quiet", "--sh-degree", "0"]) == 0
+    assert main(["ingest", "scene", str(src), str(tmp_path / "t"), "--quiet"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["ingest", "scene", str(src), str(tmp_path / "t"), "--quiet", "--overwrite"]) == 0
+    with Scene.open(tmp_path / "t", readonly=True) as scene:
+        assert scene.sh_degree == 3 and scene.num_gaussians == 100
