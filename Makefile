@@ -31,8 +31,9 @@ test-dgl:
 	VENV=$(DGL_VENV) PYTHON=$(PYTHON) bash tools/dgl_env.sh
 	$(DGL_VENV)/bin/python -m pytest -q tests/dgl_backend
 
+# The side-by-side loader benchmark (about 10 minutes; bench/README.md explains it).
 bench: $(STAMP)
-	$(VENV)/bin/python bench/ingest_throughput.py
+	$(VENV)/bin/python bench/gnn_loaders.py --json
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache
