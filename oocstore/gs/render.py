@@ -78,24 +78,25 @@ class RenderOutput:
 
 def eval_sh(sh_degree: int, sh: torch.Tensor, dirs: torch.Tensor) -> torch.Tensor:
     """Real spherical harmonics: ``sh`` [N, K, 3] at unit directions ``dirs`` [N, 3] -> [N, 3]."""
-    out = SH_C0 * sh[:, 0]
+    c = sh.unbind(1)  # one backward node for all coefficients (slices would zero-fill each)
+    out = SH_C0 * c[0]
     if sh_degree < 1:
         return out
     x, y, z = dirs[:, 0:1], dirs[:, 1:2], dirs[:, 2:3]
-    out = out - SH_C1 * y * sh[:, 1] + SH_C1 * z * sh[:, 2] - SH_C1 * x * sh[:, 3]
+    out = out - SH_C1 * y * c[1] + SH_C1 * z * c[2] - SH_C1 * x * c[3]
     if sh_degree < 2:
         return out
     xx, yy, zz, xy, yz, xz = x * x, y * y, z * z, x * y, y * z, x * z
-    out = (out + SH_C2[0] * xy * sh[:, 4] + SH_C2[1] * yz * sh[:, 5]
-           + SH_C2[2] * (2 * zz - xx - yy) * sh[:, 6] + SH_C2[3] * xz * sh[:, 7]
-           + SH_C2[4] * (xx - yy) * sh[:, 8])
+    out = (out + SH_C2[0] * xy * c[4] + SH_C2[1] * yz * c[5]
+           + SH_C2[2] * (2 * zz - xx - yy) * c[6] + SH_C2[3] * xz * c[7]
+           + SH_C2[4] * (xx - yy) * c[8])
     if sh_degree < 3:
         return out
-    return (out + SH_C3[0] * y * (3 * xx - yy) * sh[:, 9] + SH_C3[1] * xy * z * sh[:, 10]
-            + SH_C3[2] * y * (4 * zz - xx - yy) * sh[:, 11]
-            + SH_C3[3] * z * (2 * zz - 3 * xx - 3 * yy) * sh[:, 12]
-            + SH_C3[4] * x * (4 * zz - xx - yy) * sh[:, 13]
-            + SH_C3[5] * z * (xx - yy) * sh[:, 14] + SH_C3[6] * x * (xx - 3 * yy) * sh[:, 15])
+    return (out + SH_C3[0] * y * (3 * xx - yy) * c[9] + SH_C3[1] * xy * z * c[10]
+            + SH_C3[2] * y * (4 * zz - xx - yy) * c[11]
+            + SH_C3[3] * z * (2 * zz - 3 * xx - 3 * yy) * c[12]
+            + SH_C3[4] * x * (4 * zz - xx - yy) * c[13]
+            + SH_C3[5] * z * (xx - yy) * c[14] + SH_C3[6] * x * (xx - 3 * yy) * c[15])
 
 
 def quat_to_rotmat(q: torch.Tensor) -> torch.Tensor:
@@ -136,7 +137,10 @@ def project(params: torch.Tensor, sh_degree: int, viewmat: torch.Tensor, K: torc
     dt = params.dtype
     viewmat = viewmat.to(device=params.device, dtype=dt)
     K = K.to(device=params.device, dtype=dt)
-    means = params[:, MEANS]
+    k = num_sh_coeffs(sh_degree)
+    # one split, so the backward assembles the parameter gradient with one concatenation
+    # (per-column slicing would zero-fill an [N, P] gradient per slice)
+    means, quats, log_scales, opacity_logit, sh_flat = torch.split(params, [3, 4, 3, 1, 3 * k], dim=1)
     rot_w, trans = viewmat[:3, :3], viewmat[:3, 3]
     pc = _rowdot3(rot_w, means) + trans  # [N, 3] camera space
     x, y, z = pc.unbind(1)
@@ -154,8 +158,8 @@ def project(params: torch.Tensor, sh_degree: int, viewmat: torch.Tensor, K: torc
     zero = torch.zeros_like(zs)
     J = torch.stack([fx / zs, zero, -fx * tx / (zs * zs),
                      zero, fy / zs, -fy * ty / (zs * zs)], dim=1).reshape(-1, 2, 3)
-    R = quat_to_rotmat(params[:, QUATS])
-    M = R * torch.exp(params[:, LOG_SCALES])[:, None, :]  # R diag(s)
+    R = quat_to_rotmat(quats)
+    M = R * torch.exp(log_scales)[:, None, :]  # R diag(s)
     T = torch.matmul(J, torch.matmul(rot_w.expand(M.shape[0], 3, 3), M))  # [N, 2, 3]
     cov = torch.matmul(T, T.transpose(1, 2))  # [N, 2, 2]
     a = cov[:, 0, 0] + EPS2D
@@ -170,7 +174,7 @@ def project(params: torch.Tensor, sh_degree: int, viewmat: torch.Tensor, K: torc
         # Opacity-aware per-axis extent: alpha >= 1/255 needs 0.5 d^T S^-1 d <= ln(255 o),
         # an ellipse whose box is sqrt(2 ln(255 o) S_xx) by sqrt(2 ln(255 o) S_yy). Pairs
         # outside it would be skipped anyway, so this box changes no pixel.
-        o = torch.sigmoid(params[:, OPACITY][:, 0].detach())
+        o = torch.sigmoid(opacity_logit[:, 0].detach())
         level = torch.log(torch.clamp(o * 255.0, min=1e-30))
         lv = torch.clamp(level, min=0)
         ext = torch.stack([torch.sqrt(2 * lv * a), torch.sqrt(2 * lv * c)], dim=1)
@@ -185,10 +189,9 @@ def project(params: torch.Tensor, sh_degree: int, viewmat: torch.Tensor, K: torc
     cam_center = -rot_w.T @ trans
     dirs = means - cam_center
     dirs = dirs / dirs.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    k = num_sh_coeffs(sh_degree)
-    sh = params[:, SH_START:SH_START + 3 * k].reshape(-1, k, 3)
+    sh = sh_flat.reshape(-1, k, 3)
     colors = torch.clamp_min(eval_sh(sh_degree, sh, dirs) + 0.5, 0.0)
-    opacities = torch.sigmoid(params[:, OPACITY][:, 0])
+    opacities = torch.sigmoid(opacity_logit[:, 0])
     return means2d, conics, z, radii, extents, colors, opacities
 
 
@@ -292,7 +295,8 @@ def _composite_band(feat, x0, x1, y0, y1, r0, r1, width):
         a = torch.clamp(f[:, 5] * torch.exp(-sigma), max=ALPHA_MAX)
         keep = torch.nonzero((sigma >= 0) & (a >= ALPHA_MIN))[:, 0]
         pix = ((py - r0) * width + px).index_select(0, keep)
-        order = torch.argsort(pix, stable=True)  # by pixel; depth order kept inside a pixel
+        # by pixel (int32 keys sort faster); depth order kept inside a pixel
+        order = torch.argsort(pix.to(torch.int32), stable=True)
         keep = keep.index_select(0, order)
         pix = pix.index_select(0, order)
         # the transmittance cut-off: a pair contributes while T after it stays >= T_MIN
@@ -307,16 +311,17 @@ def _composite_band(feat, x0, x1, y0, y1, r0, r1, width):
         gid = gid.index_select(0, contrib)
         first = _segment_first(pix)
     # differentiable part, on the contributing pairs only
-    f = feat.index_select(0, gid)
-    dx = pxc - f[:, 0]
-    dy = pyc - f[:, 1]
-    sigma = 0.5 * (f[:, 2] * dx * dx + f[:, 4] * dy * dy) + f[:, 3] * dx * dy
-    alpha = torch.clamp(f[:, 5] * torch.exp(-sigma), max=ALPHA_MAX)
+    # split, not column slices: one backward node instead of a zero-filled [Q, 9] per slice
+    mx, my, ca, cb, cc, op, rgb_g = torch.split(feat.index_select(0, gid), [1, 1, 1, 1, 1, 1, 3], 1)
+    dx = pxc - mx[:, 0]
+    dy = pyc - my[:, 0]
+    sigma = 0.5 * (ca[:, 0] * dx * dx + cc[:, 0] * dy * dy) + cb[:, 0] * dx * dy
+    alpha = torch.clamp(op[:, 0] * torch.exp(-sigma), max=ALPHA_MAX)
     la = torch.log1p(-alpha.to(torch.float64))
     excl = torch.cumsum(la, 0) - la
     t_before = torch.exp(excl - excl.index_select(0, first)).to(dt)
     weight = t_before * alpha
-    rgb = torch.zeros(band_px, 3, dtype=dt, device=dev).index_add(0, pix, weight[:, None] * f[:, 6:9])
+    rgb = torch.zeros(band_px, 3, dtype=dt, device=dev).index_add(0, pix, weight[:, None] * rgb_g)
     logt = torch.zeros(band_px, dtype=torch.float64, device=dev).index_add(0, pix, la).to(dt)
     return rgb, logt, int(pix.numel())
 
