@@ -140,7 +140,8 @@ def decode_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def block_bounds_of(records: np.ndarray) -> np.ndarray:
-    """[2, 3] float32: min / max of the means padded by 3x the largest scale."""
+    """[2, 3] float32 of records or params [n, >=11]: min / max of the means padded by 3x
+    the largest scale."""
     out = np.empty((2, 3), dtype=np.float32)
     if len(records) == 0:
         out[0], out[1] = np.inf, -np.inf
@@ -268,11 +269,13 @@ class Scene:
 
                     def write(k: int) -> int:
                         sel = order[starts[k]:starts[k] + block_size]
-                        w.write_block(blocks[k], ids[sel], layout.make_records(params[sel]))
+                        w._write_fresh(blocks[k], ids[sel], params[sel])
                         return len(sel)
 
-                    # Two writers: one encodes while the other waits for its fsync.
-                    with ThreadPoolExecutor(2, thread_name_prefix="oocstore-scene-ingest") as ex:
+                    # Some writers encode while others wait for their fsync; 4 at most,
+                    # since the disk, not the CPU, is the limit beyond that.
+                    workers = max(2, min(4, os.cpu_count() or 1))
+                    with ThreadPoolExecutor(workers, thread_name_prefix="oocstore-scene-ingest") as ex:
                         for done in ex.map(write, range(len(blocks))):
                             if progress:
                                 progress(done)
@@ -523,12 +526,27 @@ class SceneWriter:
         with s._lock:
             self._seq += 1
             seq = self._seq
+        self._write_rows(b, seq, encode_rows(ids, records, s._row), block_bounds_of(records))
+
+    def _write_fresh(self, b: int, ids: np.ndarray, params: np.ndarray) -> None:
+        """Ingest's path: checked ``params`` [n, P] with zero moments, written without
+        building float32 records first."""
+        s = self.scene
+        with s._lock:
+            self._seq += 1
+            seq = self._seq
+        rows = np.zeros(len(ids), dtype=s._row)
+        rows["id"] = ids
+        rows["params"] = params
+        self._write_rows(b, seq, rows, block_bounds_of(params))
+
+    def _write_rows(self, b: int, seq: int, rows: np.ndarray, bounds: np.ndarray) -> None:
+        s = self.scene
         rel = f"scenes/b{b:08d}.{seq}.bin"
         fw = ArrayFileWriter(s.path / rel, chunk_bytes=CHUNK_BYTES)
-        fw.write(encode_rows(ids, records, s._row))
+        fw.write(rows)
         fw.finish()
-        pend = _Pending(seq, len(ids), block_bounds_of(records), rel, list(fw.checksums))
-        self._install(b, pend)
+        self._install(b, _Pending(seq, len(rows), bounds, rel, list(fw.checksums)))
 
     def new_block(self, ids: np.ndarray, records: np.ndarray) -> int:
         """Write a new block holding ``ids`` / ``records``; returns its block id."""
