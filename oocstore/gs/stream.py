@@ -263,6 +263,11 @@ class NaiveOffload(_TableStore):
 
     def __init__(self, scene, plan, **kw):
         super().__init__(scene, plan, table_device="host", **kw)
+        view, need = largest_view(scene, plan)
+        counts = scene.block_counts
+        rows = max((int(counts[plan.vis_sets[v]].sum()) for v in np.unique(plan.views)), default=0)
+        self._charge("gpu", step_batch_bytes(rows, scene), "the step batch",
+                     fix=f"the largest view ({view}) needs {format_size(need)}: raise --gpu-budget")
 
     def _begin(self, vis):
         rows = self._rows(vis)

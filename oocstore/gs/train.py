@@ -8,7 +8,8 @@ The run, identical in every ``--mode`` except where the records live (see
    the source size on CUDA), intrinsics scaled. Every ``holdout``-th view (default 8) is
    held out for evaluation; the rest train.
 2. **Targets.** The *teacher* is the scene as it is when the run starts; each view's
-   target image is rendered from its visible blocks once, before training.
+   target image is rendered from its visible blocks once, before training (only the
+   views the run uses).
 3. **Student.** The teacher's parameters perturbed with a seeded, per-block noise (means
    by 0.5x each Gaussian's scale, log-scales by 0.2, opacity logits by 0.5, SH by 0.2),
    moments zeroed, written to the scene in one commit. Training is in place: after the
@@ -202,9 +203,8 @@ def run_gs_training(path, cfg: GsTrainConfig, *,
                                                   slots_budget)
             extra = {"device_budget": dev_budget, "prefetch_depth": cfg.prefetch_depth}
 
-        targets = dict(zip(np.unique(np.concatenate([train_views, held])).tolist(),
-                           render_views(scene, cams, vis_sets,
-                                        np.unique(np.concatenate([train_views, held])), device)))
+        used = np.unique(np.concatenate([plan.views, held]))  # views the run renders
+        targets = dict(zip(used.tolist(), render_views(scene, cams, vis_sets, used, device)))
         perturb_scene(scene, cfg.seed, cfg.perturb)
         psnr_start = _eval_psnr(scene, cams, vis_sets, held, targets, device)
 
@@ -292,6 +292,8 @@ def add_gs_train(sub) -> None:
     p.add_argument("--size", default=None, metavar="WxH",
                    help="render size (default: within 324x210 on cpu, the scene's on cuda)")
     p.add_argument("--checkpoint-every", type=int, default=0, metavar="N")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch CPU threads (default: torch's; 1 is faster on a busy machine)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_gs_train)
@@ -307,6 +309,10 @@ def _cmd_gs_train(args) -> int:
             width, height = (int(x) for x in args.size.lower().split("x"))
         except ValueError:
             raise UsageError(f"--size {args.size!r} is not WxH (e.g. 162x105)") from None
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UsageError(f"--threads {args.threads} must be at least 1")
+        torch.set_num_threads(args.threads)
     cpu_budget = None if args.cpu_budget is None else parse_size(args.cpu_budget, what="--cpu-budget")
     cfg = GsTrainConfig(steps=args.steps, mode=args.mode, device=args.device,
                         gpu_budget=args.gpu_budget, cpu_budget=cpu_budget, seed=args.seed,
