@@ -128,6 +128,11 @@ def encode_rows(ids: np.ndarray, records: np.ndarray, dtype: np.dtype) -> np.nda
 def decode_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """On-disk rows -> (ids int64 [n], records float32 [n, 3P])."""
     p = rows.dtype["params"].shape[0]
+    if rows.dtype["m2"].base == np.float32:
+        # the 3P floats after each id are the record: one strided copy
+        raw = rows.view(np.uint8).reshape(len(rows), rows.dtype.itemsize)
+        rec = np.ascontiguousarray(raw[:, 8:].view("<f4"))
+        return np.ascontiguousarray(raw[:, :8].view("<i8")).reshape(-1), rec
     rec = np.empty((len(rows), 3 * p), dtype=np.float32)
     rec[:, :p] = rows["params"]
     rec[:, p:2 * p] = rows["m1"]
