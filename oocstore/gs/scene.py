@@ -547,6 +547,9 @@ class SceneWriter:
 
     def _write_rows(self, b: int, seq: int, rows: np.ndarray, bounds: np.ndarray) -> None:
         s = self.scene
+        if len(rows) == 0:  # an empty block has no file
+            self._install(b, _Pending(seq, 0, None, None, []))
+            return
         rel = f"scenes/b{b:08d}.{seq}.bin"
         fw = ArrayFileWriter(s.path / rel, chunk_bytes=CHUNK_BYTES)
         fw.write(rows)
