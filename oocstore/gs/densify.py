@@ -1,0 +1,216 @@
+"""Densification: clone / split / prune, block by block, like gsplat's default strategy.
+
+Statistics (:class:`GradStats`): for every Gaussian id, the sum of the norms of its
+view-space positional gradient (``means2d.grad`` scaled by half the image size, as gsplat
+does) over the steps that rendered it, and how many steps did. They live in host memory,
+8 bytes per id (:meth:`GradStats.nbytes`), and are reset after each refinement.
+
+At a refinement (:func:`densify_scene`), every block is read, transformed by the pure
+function :func:`densify_block`, and written back through the scene's log-structured
+writer; one commit makes the new scene visible. For each Gaussian with
+``avg grad >= grow_grad2d``:
+
+* **clone** when its largest scale is ``<= grow_scale3d x scene_scale``: a copy with a new
+  id and zeroed moments is added (the original keeps its id and moments);
+* **split** otherwise: two samples drawn from the Gaussian (means + R (s * N(0, 1))),
+  scales divided by 1.6; the first keeps the id, the second gets a new one, both with
+  zeroed moments.
+
+Gaussians with opacity ``< prune_opa`` or largest scale ``> prune_scale3d x scene_scale``
+are **pruned** (removed). Blocks keep their spare capacity for growth; a block that
+outgrows ``block_capacity`` keeps the first ``block_capacity`` rows and the rest go to
+new blocks (``writer.new_block``); blocks left empty are freed, and neighbouring blocks
+(consecutive ids: Morton order) whose rows fit in one ``block_size`` are merged
+(**compaction** of pruned space). Ids stay unique and stable; new ids come from
+``writer.allocate_ids`` (``scene.next_id``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from oocstore.errors import UsageError
+
+from . import layout
+
+
+@dataclass(frozen=True)
+class DensifyConfig:
+    """gsplat DefaultStrategy's thresholds (scene-relative scales)."""
+
+    grow_grad2d: float = 0.0002
+    grow_scale3d: float = 0.01
+    prune_opa: float = 0.005
+    prune_scale3d: float = 0.1
+
+    def __post_init__(self) -> None:
+        for k in ("grow_grad2d", "grow_scale3d", "prune_opa", "prune_scale3d"):
+            if not getattr(self, k) >= 0:
+                raise UsageError(f"densify threshold {k}={getattr(self, k)!r} must be >= 0")
+
+
+class GradStats:
+    """Accumulated view-space gradient norms and visible counts, indexed by Gaussian id."""
+
+    def __init__(self, next_id: int):
+        self.grad = np.zeros(next_id, dtype=np.float32)
+        self.count = np.zeros(next_id, dtype=np.int32)
+
+    @property
+    def nbytes(self) -> int:
+        return self.grad.nbytes + self.count.nbytes
+
+    def add(self, ids: np.ndarray, means2d_grad: np.ndarray, visible: np.ndarray,
+            width: int, height: int) -> None:
+        """Accumulate one step: ``means2d_grad`` [M, 2] of the step's rows ``ids`` [M]."""
+        ids = np.asarray(ids, dtype=np.int64)
+        g = np.asarray(means2d_grad, dtype=np.float32) * np.array([width / 2, height / 2],
+                                                                  dtype=np.float32)
+        vis = np.asarray(visible, dtype=bool)
+        if len(ids) and ids.max() >= len(self.grad):
+            self.resize(int(ids.max()) + 1)
+        np.add.at(self.grad, ids[vis], np.linalg.norm(g[vis], axis=1))
+        np.add.at(self.count, ids[vis], 1)
+
+    def resize(self, next_id: int) -> None:
+        if next_id > len(self.grad):
+            self.grad = np.concatenate([self.grad, np.zeros(next_id - len(self.grad), np.float32)])
+            self.count = np.concatenate([self.count, np.zeros(next_id - len(self.count), np.int32)])
+
+    def average(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64)
+        known = ids < len(self.grad)
+        out = np.zeros(len(ids), dtype=np.float32)
+        c = self.count[ids[known]]
+        out[known] = np.where(c > 0, self.grad[ids[known]] / np.maximum(c, 1), 0)
+        return out
+
+    def reset(self) -> None:
+        self.grad[:] = 0
+        self.count[:] = 0
+
+
+def _quat_rot(q: np.ndarray) -> np.ndarray:
+    q = q / np.linalg.norm(q, axis=1, keepdims=True)
+    w, x, y, z = q.T
+    return np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+                     2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+                     2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+                    axis=1).reshape(-1, 3, 3)
+
+
+@dataclass
+class Decision:
+    """Which rows of a block to clone, split and prune (bool [n] each; disjoint)."""
+
+    clone: np.ndarray
+    split: np.ndarray
+    prune: np.ndarray
+
+
+def decide(records: np.ndarray, avg_grad: np.ndarray, sh_degree: int, scene_scale: float,
+           cfg: DensifyConfig) -> Decision:
+    p = layout.param_width(sh_degree)
+    prm = records[:, :p]
+    smax = np.exp(prm[:, layout.LOG_SCALES]).max(axis=1) if len(prm) else np.zeros(0)
+    opa = 1 / (1 + np.exp(-prm[:, layout.OPACITY][:, 0].astype(np.float64)))
+    prune = (opa < cfg.prune_opa) | (smax > cfg.prune_scale3d * scene_scale)
+    high = (avg_grad >= cfg.grow_grad2d) & ~prune
+    small = smax <= cfg.grow_scale3d * scene_scale
+    return Decision(high & small, high & ~small, prune)
+
+
+def densify_block(ids: np.ndarray, records: np.ndarray, decision: Decision, new_ids: np.ndarray,
+                  sh_degree: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Apply ``decision`` to one block's rows -> the block's new ``(ids, records)``.
+
+    ``new_ids`` must hold ``clone.sum() + split.sum()`` fresh ids (clones first, then the
+    second sample of each split, in row order). Order of the output: the kept and split
+    rows in their original order, then the clones, then the second split samples.
+    """
+    p = layout.param_width(sh_degree)
+    c, s, pr = decision.clone, decision.split, decision.prune
+    if np.any((c & s) | (c & pr) | (s & pr)):
+        raise UsageError("clone, split and prune masks must be disjoint")
+    need = int(c.sum() + s.sum())
+    if len(new_ids) != need:
+        raise UsageError(f"densify_block needs {need} new ids, got {len(new_ids)}")
+    keep = ~pr
+    out_ids = [ids[keep]]
+    rec = records[keep].copy()
+    # splits, in place: first sample keeps the id; second sample appended with a new id
+    srows = np.flatnonzero(s[keep])
+    second = np.zeros((0, records.shape[1]), dtype=np.float32)
+    if len(srows):
+        prm = rec[srows, :p]
+        scale = np.exp(prm[:, layout.LOG_SCALES])
+        rot = _quat_rot(prm[:, layout.QUATS].astype(np.float64))
+        samples = rng.standard_normal((2, len(srows), 3)) * scale[None]
+        moved = prm[None, :, layout.MEANS] + np.einsum("nij,knj->kni", rot, samples)
+        new = np.zeros((2, len(srows), records.shape[1]), dtype=np.float32)
+        new[:, :, :p] = prm[None]
+        new[:, :, layout.MEANS] = moved
+        new[:, :, layout.LOG_SCALES] = prm[None, :, layout.LOG_SCALES] - np.log(1.6)
+        rec[srows] = new[0]  # moments zeroed
+        second = new[1]
+    clones = np.zeros((int(c.sum()), records.shape[1]), dtype=np.float32)
+    clones[:, :p] = records[c, :p]
+    nc = len(clones)
+    out_ids += [new_ids[:nc], new_ids[nc:]]
+    return np.concatenate(out_ids).astype(np.int64), np.concatenate([rec, clones, second])
+
+
+def densify_scene(scene, stats: GradStats, scene_scale: float, cfg: DensifyConfig,
+                  seed: int) -> dict:
+    """Refine every block of ``scene`` (one commit); returns counts of what was done."""
+    done = {"cloned": 0, "split": 0, "pruned": 0, "new_blocks": 0, "freed_blocks": 0,
+            "merged_blocks": 0}
+    cap = scene.block_capacity
+    nb = scene.num_blocks
+    with scene.writer() as w:
+        rows: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        for b in range(nb):
+            ids, rec = scene.read_block(b)
+            if not len(ids):
+                continue
+            d = decide(rec, stats.average(ids), scene.sh_degree, scene_scale, cfg)
+            new = w.allocate_ids(int(d.clone.sum() + d.split.sum()))
+            ids2, rec2 = densify_block(ids, rec, d, new, scene.sh_degree,
+                                       np.random.default_rng([seed, b]))
+            done["cloned"] += int(d.clone.sum())
+            done["split"] += int(d.split.sum())
+            done["pruned"] += int(d.prune.sum())
+            rows[b] = (ids2, rec2)
+        _compact(rows, scene.meta.block_size, done)
+        for b in range(nb):
+            ids2, rec2 = rows.get(b, (np.zeros(0, np.int64), None))
+            if not len(ids2):
+                if scene.block_counts[b]:
+                    w.free_block(b)
+                    done["freed_blocks"] += 1
+                continue
+            w.write_block(b, ids2[:cap], rec2[:cap])
+            for lo in range(cap, len(ids2), cap):
+                w.new_block(ids2[lo:lo + cap], rec2[lo:lo + cap])
+                done["new_blocks"] += 1
+        w.commit()
+    stats.resize(scene.next_id)
+    stats.reset()
+    return done
+
+
+def _compact(rows: dict, block_size: int, done: dict) -> None:
+    """Merge each block into its predecessor (in block order) when both fit one block_size."""
+    prev = None
+    for b in sorted(rows):
+        ids, rec = rows[b]
+        if prev is not None and len(rows[prev][0]) + len(ids) <= block_size and len(ids):
+            pi, pr = rows[prev]
+            rows[prev] = (np.concatenate([pi, ids]), np.concatenate([pr, rec]))
+            rows[b] = (np.zeros(0, np.int64), rec[:0])
+            done["merged_blocks"] += 1
+            continue
+        if len(ids):
+            prev = b
