@@ -111,7 +111,8 @@ class Traffic:
 
     def to_dict(self) -> dict:
         hit = (1.0 - self.block_ssd_misses / self.block_accesses) if self.block_accesses else 1.0
-        return {"bytes_h2d": self.bytes_h2d, "bytes_d2h": self.bytes_d2h,
+        return {"block_accesses": self.block_accesses, "block_ssd_misses": self.block_ssd_misses,
+                "bytes_h2d": self.bytes_h2d, "bytes_d2h": self.bytes_d2h,
                 "bytes_ssd_read": self.bytes_ssd_read, "bytes_ssd_written": self.bytes_ssd_written,
                 "cache_hit_rate": hit, "stall_s": self.stall_s, **self.extra}
 
@@ -147,7 +148,7 @@ class _RowStore:
     """Shared parts of the modes: plan bookkeeping, the Adam step, traffic counters."""
 
     def __init__(self, scene, plan: TrainPlan, *, device, accountant: BudgetAccountant,
-                 adam: AdamConfig, lr: torch.Tensor):
+                 adam: AdamConfig, lr: torch.Tensor, step_offset: int = 0):
         self.scene, self.plan = scene, plan
         self.device = torch.device(device)
         self.accountant = accountant
@@ -156,7 +157,8 @@ class _RowStore:
         self.p = scene.param_width
         self.rb = scene.record_bytes
         self.traffic = Traffic()
-        self.step = 0
+        self.step = 0  # steps taken through this store (indexes the plan)
+        self.step_offset = step_offset  # global step = step_offset + step (Adam's t)
         self._charges = []
 
     def _charge(self, tier, nbytes, what, fix=None):
@@ -167,7 +169,7 @@ class _RowStore:
     def _batch(self, ids: torch.Tensor, rec: torch.Tensor, rows) -> StepBatch:
         p = self.p
         params = rec[:, :p].clone().requires_grad_(True)
-        return StepBatch(self.step, int(self.plan.views[self.step - 1]), ids, params,
+        return StepBatch(self.step_offset + self.step, int(self.plan.views[self.step - 1]), ids, params,
                          rec[:, p:2 * p], rec[:, 2 * p:], rows)
 
     def _adam(self, batch: StepBatch, mask: torch.Tensor) -> torch.Tensor:

@@ -46,6 +46,7 @@ from oocstore.units import format_size, parse_size
 
 from . import layout
 from .adam import AdamConfig
+from .densify import DensifyConfig, GradStats, densify_scene
 from .render import psnr, render_on
 from .stream import MODES, TrainPlan, check_device_budget, largest_view
 
@@ -69,6 +70,7 @@ class GsTrainConfig:
     checkpoint_every: int = 0
     prefetch_depth: int = 2
     perturb: float = 1.0  # multiplies the student's perturbation
+    densify_every: int = 0  # refine every N steps (0: never); statistics from step 1
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -162,10 +164,7 @@ def peak_rss_bytes() -> int:
 def run_gs_training(path, cfg: GsTrainConfig, *,
                     progress: Callable[[int], None] | None = None) -> dict:
     """Train the scene at ``path``; returns the JSON-able summary."""
-    from samplers.views import belady_block_schedule
-
     from .scene import Scene
-    from .stream import block_bytes
 
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -194,14 +193,7 @@ def run_gs_training(path, cfg: GsTrainConfig, *,
         acct = BudgetAccountant(budget)
         extra = {}
         if cfg.mode == "stream":
-            from .stream import step_batch_bytes
-
-            counts = scene.block_counts
-            max_rows = max(int(counts[vis_sets[v]].sum()) for v in np.unique(plan.views))
-            slots_budget = dev_budget - step_batch_bytes(max_rows, scene)
-            plan.schedule = belady_block_schedule(plan.views, vis_sets, block_bytes(scene),
-                                                  slots_budget)
-            extra = {"device_budget": dev_budget, "prefetch_depth": cfg.prefetch_depth}
+            extra = {"prefetch_depth": cfg.prefetch_depth}
 
         used = np.unique(np.concatenate([plan.views, held]))  # views the run renders
         targets = dict(zip(used.tolist(), render_views(scene, cams, vis_sets, used, device)))
@@ -209,36 +201,89 @@ def run_gs_training(path, cfg: GsTrainConfig, *,
         psnr_start = _eval_psnr(scene, cams, vis_sets, held, targets, device)
 
         adam = AdamConfig()
-        lr = adam.column_lrs(scene.sh_degree, scene_scale(cams))
-        kw = dict(device=device, accountant=acct, adam=adam, lr=lr)
-        if cfg.mode == "stream":
-            kw.update(device_budget=dev_budget, prefetch_depth=cfg.prefetch_depth)
-        with MODES[cfg.mode](scene, plan, **kw) as store:
-            times, losses = train_steps(store, scene.sh_degree, cams, targets, cfg.steps,
-                                        device=device, checkpoint_every=cfg.checkpoint_every,
-                                        progress=progress)
-            store.checkpoint()
-            stats = store.stats()
+        sscale = scene_scale(cams)
+        lr = adam.column_lrs(scene.sh_degree, sscale)
+        stats = GradStats(scene.next_id) if cfg.densify_every else None
+        refine = cfg.densify_every or cfg.steps
+        times, losses, refinements, traffic, peaks = [], [], [], {}, []
+        views_all = plan.views
+        for first in range(0, cfg.steps, refine):
+            n = min(refine, cfg.steps - first)
+            if first:  # a refinement changed the blocks: visibility against the new bounds
+                refinements.append(densify_scene(scene, stats, sscale, DensifyConfig(),
+                                                 cfg.seed + first))
+                vis_sets = replan(scene, cams)
+            seg = TrainPlan(views_all[first:first + n], vis_sets)
+            if first and cfg.gpu_budget is None and cfg.mode != "all-on-device":
+                # the default budget follows the scene as densification grows it
+                _, need_now = largest_view(scene, seg)
+                grown = max(scene.num_gaussians * scene.record_bytes // 4,
+                            int(math.ceil(1.25 * need_now)))
+                if grown > dev_budget:
+                    log.info("device budget raised to %s after densification", format_size(grown))
+                    dev_budget = grown
+                    peaks.append(acct.peak("gpu"))
+                    acct = BudgetAccountant(MemoryBudget(gpu=dev_budget, cpu=cfg.cpu_budget))
+            if cfg.mode != "all-on-device":
+                check_device_budget(scene, seg, dev_budget)
+            if cfg.mode == "stream":
+                seg.schedule = schedule_for(scene, seg, dev_budget)
+            kw = dict(device=device, accountant=acct, adam=adam, lr=lr, step_offset=first)
+            if cfg.mode == "stream":
+                kw.update(device_budget=dev_budget, prefetch_depth=cfg.prefetch_depth)
+            with MODES[cfg.mode](scene, seg, **kw) as store:
+                t, lo = train_steps(store, scene.sh_degree, cams, targets, n, device=device,
+                                    checkpoint_every=cfg.checkpoint_every, progress=progress,
+                                    stats=stats)
+                store.checkpoint()
+                for key, v in store.stats().items():  # counters add up over segments
+                    summed = key.startswith(("bytes_", "block_")) or key == "stall_s"
+                    traffic[key] = traffic.get(key, 0) + v if summed else v
+            times += t
+            losses += lo
+        stats_out = dict(traffic, cache_hit_rate=1.0 - traffic["block_ssd_misses"]
+                         / max(traffic["block_accesses"], 1))
         end_gaussians = scene.num_gaussians
         final_psnr = _eval_psnr(scene, cams, vis_sets, held, targets, device)
     peak_gpu = (torch.cuda.max_memory_allocated() if device.type == "cuda"
-                else acct.peak("gpu"))
+                else max(peaks + [acct.peak("gpu")]))
     return {
         "mode": cfg.mode, "device": cfg.device, "steps": cfg.steps, "seed": cfg.seed,
         "render_size": [w, h], "train_views": len(train_views), "heldout_views": len(held),
         "psnr": final_psnr, "psnr_start": psnr_start,
         "loss_first": losses[0], "loss_last": losses[-1],
         "step_time_s": statistics.median(times[1:] if len(times) > 1 else times),
-        **stats,
-        "bytes_moved_per_step": (stats["bytes_h2d"] + stats["bytes_d2h"]) / cfg.steps,
+        **stats_out, "refinements": refinements,
+        "bytes_moved_per_step": (stats_out["bytes_h2d"] + stats_out["bytes_d2h"]) / cfg.steps,
         "peak_rss_bytes": peak_rss_bytes(), "peak_gpu_bytes": int(peak_gpu),
         "gaussians": {"start": int(start_gaussians), "end": int(end_gaussians)},
         "scene_bytes": int(scene_bytes), "largest_view_working_set": int(need), **extra,
+        **({"device_budget": dev_budget} if cfg.mode != "all-on-device" else {}),
     }
 
 
+def schedule_for(scene, plan: TrainPlan, dev_budget: int):
+    """The Belady schedule of ``plan`` inside the device budget less the step batch."""
+    from samplers.views import belady_block_schedule
+
+    from .stream import block_bytes, step_batch_bytes
+
+    counts = scene.block_counts
+    max_rows = max(int(counts[plan.vis_sets[v]].sum()) for v in np.unique(plan.views))
+    return belady_block_schedule(plan.views, plan.vis_sets, block_bytes(scene),
+                                 dev_budget - step_batch_bytes(max_rows, scene))
+
+
+def replan(scene, cams) -> list[np.ndarray]:
+    """Visibility sets of every view against the blocks after a refinement."""
+    from samplers.views import visibility_sets
+
+    return visibility_sets(scene.block_bounds, cams)
+
+
 def train_steps(store, sh_degree: int, cams, targets: dict, steps: int, *, device,
-                checkpoint_every: int = 0, progress=None) -> tuple[list[float], list[float]]:
+                checkpoint_every: int = 0, progress=None,
+                stats: GradStats | None = None) -> tuple[list[float], list[float]]:
     """``steps`` training steps through ``store`` (any mode): render the step's rows, L1
     loss against the view's target, backward, masked Adam. Returns (step times, losses)."""
     times, losses = [], []
@@ -251,6 +296,10 @@ def train_steps(store, sh_degree: int, cams, targets: dict, steps: int, *, devic
                         torch.from_numpy(cams.Ks[v]), cams.width, cams.height)
         loss = torch.abs(out.image - targets[v]).mean()
         loss.backward()
+        if stats is not None:
+            g = out.means2d.grad.reshape(-1, 2)
+            stats.add(batch.ids.cpu().numpy(), g.cpu().numpy(), out.visible.cpu().numpy(),
+                      cams.width, cams.height)
         store.end_step(batch, out.visible)
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -292,6 +341,8 @@ def add_gs_train(sub) -> None:
     p.add_argument("--size", default=None, metavar="WxH",
                    help="render size (default: within 324x210 on cpu, the scene's on cuda)")
     p.add_argument("--checkpoint-every", type=int, default=0, metavar="N")
+    p.add_argument("--densify-every", type=int, default=0, metavar="N",
+                   help="clone / split / prune every N steps (default 0: never)")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="torch CPU threads (default: torch's; 1 is faster on a busy machine)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
@@ -316,7 +367,8 @@ def _cmd_gs_train(args) -> int:
     cpu_budget = None if args.cpu_budget is None else parse_size(args.cpu_budget, what="--cpu-budget")
     cfg = GsTrainConfig(steps=args.steps, mode=args.mode, device=args.device,
                         gpu_budget=args.gpu_budget, cpu_budget=cpu_budget, seed=args.seed,
-                        width=width, height=height, checkpoint_every=args.checkpoint_every)
+                        width=width, height=height, checkpoint_every=args.checkpoint_every,
+                        densify_every=args.densify_every)
     bar = None
     if not args.quiet:
         from tqdm import tqdm

@@ -1,0 +1,75 @@
+"""``oocstore gs-train``: JSON summary, training improves PSNR, densification, bad budgets."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from oocstore.cli import main
+from oocstore.gs import layout
+from oocstore.gs.cameras import Cameras
+from oocstore.gs.scene import Scene
+
+FIELDS = ("psnr", "steps", "step_time_s", "bytes_h2d", "bytes_d2h", "bytes_ssd_read",
+          "bytes_ssd_written", "cache_hit_rate", "peak_rss_bytes", "peak_gpu_bytes", "gaussians")
+
+
+@pytest.fixture
+def toy_scene(tmp_path):
+    g = np.random.default_rng(0)
+    n = 400
+    means = np.stack([g.uniform(-6, 6, n), g.uniform(-1, 1, n), g.uniform(-0.4, 0.4, n)], 1)
+    params = layout.join_params(means, np.tile([1.0, 0, 0, 0], (n, 1)),
+                                np.log(g.uniform(0.08, 0.2, (n, 3))), g.uniform(-1, 1.5, n),
+                                g.normal(scale=0.4, size=(n, 1, 3)))
+    xs = np.linspace(-5, 5, 9)
+    vm = np.tile(np.eye(4), (len(xs), 1, 1))
+    vm[:, 0, 3] = -xs
+    vm[:, 2, 3] = 3.0
+    K = np.tile(np.array([[20.0, 0, 12], [0, 20.0, 8], [0, 0, 1]]), (len(xs), 1, 1))
+    Scene.create(tmp_path / "scene", None, params, 0, Cameras(vm, K, 24, 16), block_size=32).close()
+    return tmp_path / "scene"
+
+
+def run_json(capsys, *args) -> dict:
+    assert main(["gs-train", *map(str, args), "--json", "--quiet"]) == 0
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_stream_json_summary_and_training_improves(toy_scene, capsys):
+    out = run_json(capsys, toy_scene, "--steps", 8, "--mode", "stream", "--seed", 1)
+    for key in FIELDS:
+        assert key in out
+    assert out["steps"] == 8 and out["render_size"] == [24, 16]
+    assert out["psnr"] > out["psnr_start"] + 0.1  # the student moved towards the teacher
+    assert out["gaussians"] == {"start": 400, "end": 400}
+    assert out["bytes_ssd_written"] > 0  # the checkpoint wrote the trained blocks back
+    assert out["peak_gpu_bytes"] <= out["device_budget"]
+    assert main(["verify", str(toy_scene), "--quiet"]) == 0
+
+
+def test_densification_changes_the_scene_and_keeps_it_valid(toy_scene, capsys):
+    out = run_json(capsys, toy_scene, "--steps", 6, "--densify-every", 3, "--mode", "stream")
+    assert len(out["refinements"]) == 1
+    r = out["refinements"][0]
+    changed = r["cloned"] + r["split"] + r["pruned"]
+    assert changed > 0
+    assert out["gaussians"]["end"] == 400 + r["cloned"] + r["split"] - r["pruned"]
+    with Scene.open(toy_scene) as scene:
+        ids, _ = scene.read_all()
+        assert len(np.unique(ids)) == len(ids) == out["gaussians"]["end"]
+    assert main(["verify", str(toy_scene), "--quiet"]) == 0
+
+
+def test_budget_too_small_is_refused_up_front(toy_scene, capsys):
+    assert main(["gs-train", str(toy_scene), "--steps", "2", "--gpu-budget", "4KiB", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "view" in err and "raise --gpu-budget to at least" in err
+    assert "Traceback" not in err
+
+
+def test_bad_size_is_a_usage_error(toy_scene, capsys):
+    assert main(["gs-train", str(toy_scene), "--size", "big", "--quiet"]) == 2
+    assert "is not WxH" in capsys.readouterr().err
