@@ -419,3 +419,61 @@ def orbit_cameras(means: np.ndarray, n: int, *, width: int, height: int,
         vms.append(look_at(eye, center, up))
     return Cameras(np.stack(vms), np.broadcast_to(k, (n, 3, 3)).copy(), width, height,
                    tuple(f"orbit{i:05d}" for i in range(n)), source="generated orbit")
+
+
+def horizontal_axes(up: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two unit vectors orthogonal to ``up`` and to each other."""
+    up = np.asarray(up, dtype=np.float64)
+    a = np.cross(up, [1.0, 0, 0] if abs(up[0]) < 0.9 else [0, 1.0, 0])
+    a /= np.linalg.norm(a)
+    return a, np.cross(up, a)
+
+
+def flythrough_cameras(means: np.ndarray, n: int, *, width: int, height: int,
+                       up: np.ndarray, template: Cameras | None = None,
+                       pitch_deg: float = 60.0, altitude: float | None = None,
+                       fov_deg: float = 60.0) -> Cameras:
+    """``n`` cameras flying a lawnmower path over the scene, looking ahead and down.
+
+    The path covers the points' robust horizontal extent (2nd..98th percentile) in rows
+    along its longer side, alternating direction, ``altitude`` (default a tenth of the
+    shorter horizontal extent) above the robust top of the scene. Each view sees the
+    ground a little ahead of it, so views are local and consecutive ones overlap: the
+    kind of views a large (tiled) scene needs for out-of-core training. Focal length
+    from the ``template`` cameras when given, else a ``fov_deg`` horizontal field.
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise UsageError(f"number of generated views {n!r} must be a positive integer")
+    up = np.asarray(up, dtype=np.float64)
+    up = up / np.linalg.norm(up)
+    a, b = horizontal_axes(up)
+    frame = np.stack([a, b, up])
+    lo, hi = robust_box(np.asarray(means, dtype=np.float64) @ frame.T)
+    ext = np.maximum(hi[:2] - lo[:2], 1e-6)
+    if ext[1] > ext[0]:  # rows run along the longer side
+        a, b, lo, hi, ext = b, a, lo[[1, 0, 2]], hi[[1, 0, 2]], ext[::-1]
+    alt = 0.1 * float(ext.min()) if altitude is None else float(altitude)
+    rows = max(1, int(round(math.sqrt(n * ext[1] / ext[0]))))
+    per_row = int(math.ceil(n / rows))
+    pitch = math.radians(pitch_deg)
+    vms = []
+    for r in range(rows):
+        v = lo[1] + ext[1] * (r + 0.5) / rows
+        direction = 1.0 if r % 2 == 0 else -1.0
+        for i in range(per_row):
+            if len(vms) == n:
+                break
+            f = (i + 0.5) / per_row
+            u = lo[0] + ext[0] * (f if direction > 0 else 1 - f)
+            eye = u * a + v * b + (hi[2] + alt) * up
+            look = direction * math.cos(pitch) * a - math.sin(pitch) * up
+            vms.append(look_at(eye, eye + look, up))
+    if template is not None and len(template):
+        k = template.Ks.astype(np.float64).mean(axis=0)
+        k[0] *= width / template.width
+        k[1] *= height / template.height
+    else:
+        f = 0.5 * width / math.tan(math.radians(fov_deg) / 2)
+        k = np.array([[f, 0, width / 2], [0, f, height / 2], [0, 0, 1]])
+    return Cameras(np.stack(vms), np.broadcast_to(k, (n, 3, 3)).copy(), width, height,
+                   tuple(f"fly{i:05d}" for i in range(n)), source="generated fly-through")

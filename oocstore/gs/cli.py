@@ -35,6 +35,9 @@ def add_ingest_scene(kinds) -> None:
     p.add_argument("--views", type=int, default=None, metavar="N",
                    help="views per tile: orbit views are added up to N (default: the source's "
                         "own when it has 16 or more, else 32)")
+    p.add_argument("--camera-path", choices=["orbit", "flythrough"], default="orbit",
+                   help="how missing views are generated: rings around each tile (default), or "
+                        "one lawnmower fly-through over the whole scene looking ahead and down")
     p.add_argument("--cameras", default=None, metavar="PATH",
                    help="cameras from a COLMAP text model directory (cameras.txt + images.txt) "
                         "or an .npz with viewmats, Ks, width, height")
@@ -91,7 +94,7 @@ def _cmd_ingest_scene(args) -> int:
         scene = ingest_scene(args.src, args.out, tile=(kx, ky), sh_degree=args.sh_degree,
                              block_size=args.block_size, spare=args.spare, views=args.views,
                              cameras=args.cameras, moments=args.moments, overwrite=args.overwrite,
-                             seed=args.seed, progress=update)
+                             seed=args.seed, camera_path=args.camera_path, progress=update)
     seconds = time.perf_counter() - t0
     try:
         summary = {"path": str(scene.path), "gaussians": scene.num_gaussians,

@@ -36,8 +36,8 @@ import numpy as np
 
 from ..errors import SourceError, UsageError
 from . import layout
-from .cameras import Cameras, cameras_from_arrays, orbit_cameras, read_colmap_text, robust_box, \
-    scene_up
+from .cameras import (Cameras, cameras_from_arrays, flythrough_cameras, horizontal_axes,
+                      orbit_cameras, read_colmap_text, robust_box, scene_up)
 from .ply import check_params, read_ply
 
 log = logging.getLogger(__name__)
@@ -243,15 +243,9 @@ def source_count(src: str | os.PathLike) -> int | None:
     return None
 
 
-def horizontal_axes(up: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    a = np.cross(up, [1.0, 0, 0] if abs(up[0]) < 0.9 else [0, 1.0, 0])
-    a /= np.linalg.norm(a)
-    return a, np.cross(up, a)
-
-
-def tile_scene(params: np.ndarray, cameras: Cameras, tile: tuple[int, int],
-               up: np.ndarray) -> tuple[np.ndarray, Cameras]:
-    """The scene and its cameras replicated on a ``tile`` grid orthogonal to ``up``."""
+def tile_scene(params: np.ndarray, cameras: Cameras | None, tile: tuple[int, int],
+               up: np.ndarray) -> tuple[np.ndarray, Cameras | None]:
+    """The scene and its cameras (if any) replicated on a ``tile`` grid orthogonal to ``up``."""
     kx, ky = tile
     if (kx, ky) == (1, 1):
         return params, cameras
@@ -268,8 +262,9 @@ def tile_scene(params: np.ndarray, cameras: Cameras, tile: tuple[int, int],
             offset = i * step[0] * a + j * step[1] * b
             out[t * n:(t + 1) * n] = params
             out[t * n:(t + 1) * n, layout.MEANS] += offset.astype(np.float32)
-            moved = cameras.translated(offset, suffix=f"@{i},{j}")
-            cams = moved if cams is None else cams.concat(moved)
+            if cameras is not None:
+                moved = cameras.translated(offset, suffix=f"@{i},{j}")
+                cams = moved if cams is None else cams.concat(moved)
     return out, cams
 
 
@@ -298,12 +293,17 @@ def ingest_scene(src: str | os.PathLike, out: str | os.PathLike, *,
                  block_size: int = 4096, spare: float = 0.25, views: int | None = None,
                  min_views: int = 16, cameras: str | os.PathLike | None = None,
                  moments: str = "float32", overwrite: bool = False, seed: int = 0,
+                 camera_path: str = "orbit",
                  progress: Callable[[int], None] | None = None,
                  on_loaded: Callable[[int], None] | None = None):
     """Build the scene store ``out`` from ``src``; returns the open :class:`Scene`.
 
-    ``on_loaded(total)`` is called once the source is read, with the number of
-    Gaussians about to be written (for a progress bar); ``progress(n)`` per block.
+    ``camera_path`` says how missing views are generated: ``"orbit"`` (rings around
+    each tile, :func:`~oocstore.gs.cameras.orbit_cameras`) or ``"flythrough"`` (one
+    lawnmower path over the whole, tiled, scene: ``views`` per tile in all,
+    :func:`~oocstore.gs.cameras.flythrough_cameras`). ``on_loaded(total)`` is called
+    once the source is read, with the number of Gaussians about to be written (for a
+    progress bar); ``progress(n)`` per block.
     """
     from ..store import Store
     from .scene import Scene
@@ -313,14 +313,26 @@ def ingest_scene(src: str | os.PathLike, out: str | os.PathLike, *,
         layout.check_sh_degree(sh_degree)
     if views is not None and (isinstance(views, bool) or not isinstance(views, int) or views < 1):
         raise UsageError(f"--views {views!r} must be a positive number of views")
+    if camera_path not in ("orbit", "flythrough"):
+        raise UsageError(f"camera path {camera_path!r} must be 'orbit' or 'flythrough'")
     Store.check_new_path(out, overwrite=overwrite)
     source = load_source(src, sh_degree=sh_degree)
     given = load_cameras(cameras) if cameras is not None else None
     check_params(source.params, source.sh_degree, source=str(src))
-    cams = choose_cameras(source, given, views=views, min_views=min_views, seed=seed,
-                          tiled=(kx, ky) != (1, 1))
-    up = scene_up(source.params[:, layout.MEANS], cams)
-    params, cams = tile_scene(source.params, cams, (kx, ky), up)
+    own = given if given is not None else source.cameras
+    if camera_path == "flythrough" and (own is None or len(own) < min_views):
+        up = scene_up(source.params[:, layout.MEANS], own)
+        params, _ = tile_scene(source.params, None, (kx, ky), up)
+        width, height = (own.width, own.height) if own is not None else DEFAULT_SIZE
+        total = (views or 32) * kx * ky
+        cams = flythrough_cameras(params[:, layout.MEANS], total, width=width, height=height,
+                                  up=up, template=own)
+        log.info("generated %d fly-through views over the scene", total)
+    else:
+        cams = choose_cameras(source, given, views=views, min_views=min_views, seed=seed,
+                              tiled=(kx, ky) != (1, 1))
+        up = scene_up(source.params[:, layout.MEANS], cams)
+        params, cams = tile_scene(source.params, cams, (kx, ky), up)
     n = len(source.params)
     if on_loaded:
         on_loaded(len(params))

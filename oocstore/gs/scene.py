@@ -22,8 +22,8 @@ to 4 KiB. A block is read with one aligned read of ``n * row_bytes``.
 block is a compact piece of space), ``block_size`` Gaussians each at ingest, and may
 grow to ``block_capacity = ceil(block_size * (1 + spare))``: the spare capacity lives
 in the fixed-size slots a streamer keeps per block, not on disk, since a block is
-always rewritten whole. ``block_bounds`` are the min/max of a block's means padded by
-3x its largest scale (so a frustum test against them is conservative); empty or freed
+always rewritten whole. ``block_bounds`` are the union of each Gaussian's mean +- 3x its
+largest scale (so a frustum test against them is conservative); empty or freed
 blocks have bounds ``+inf`` / ``-inf`` and are never visible.
 
 **Writes are log-structured.** ``w = scene.writer()`` takes the store's writer lock;
@@ -145,16 +145,25 @@ def decode_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def block_bounds_of(records: np.ndarray) -> np.ndarray:
-    """[2, 3] float32 of records or params [n, >=11]: min / max of the means padded by 3x
-    the largest scale."""
+    """[2, 3] float32 box of records or params [n, >=11]: the union of each Gaussian's
+    mean +- 3x its own largest scale.
+
+    Every Gaussian's 3-sigma ellipsoid lies inside (its extent along any axis is at
+    most 3x its largest scale, whatever its rotation), so frustum tests against the box
+    are conservative. It is never larger than the means' box padded by 3x the block's
+    largest scale, and much smaller when a few large Gaussians sit among small ones.
+    """
     out = np.empty((2, 3), dtype=np.float32)
     if len(records) == 0:
         out[0], out[1] = np.inf, -np.inf
         return out
-    means = records[:, layout.MEANS]
-    margin = 3.0 * float(np.exp(records[:, layout.LOG_SCALES].max()))
-    out[0] = means.min(axis=0) - margin
-    out[1] = means.max(axis=0) + margin
+    means = records[:, layout.MEANS].astype(np.float64)
+    margin = 3.0 * np.exp(records[:, layout.LOG_SCALES].max(axis=1).astype(np.float64))
+    lo = (means - margin[:, None]).min(axis=0)
+    hi = (means + margin[:, None]).max(axis=0)
+    # rounded outwards so the float32 box still contains every float64 extent
+    out[0] = np.nextafter(lo.astype(np.float32), np.float32(-np.inf))
+    out[1] = np.nextafter(hi.astype(np.float32), np.float32(np.inf))
     return out
 
 

@@ -144,3 +144,25 @@ def test_parse_cameras_non_utf8(tmp_path):
     (tmp_path / "cameras.txt").write_bytes(b"\xff\xfe1 PINHOLE")
     with pytest.raises(SourceError, match="not UTF-8"):
         parse_colmap_cameras(tmp_path / "cameras.txt")
+
+
+def test_flythrough_views_are_local_and_look_down():
+    from oocstore.gs.cameras import flythrough_cameras
+    from samplers.views import visibility_sets
+
+    gx, gy = np.meshgrid(np.arange(-20, 20), np.arange(-10, 10))
+    lo = np.stack([gx.ravel(), gy.ravel(), np.zeros(gx.size)], axis=1)
+    bounds = np.stack([lo, lo + [1, 1, 0.5]], axis=1).astype(np.float32)
+    rng = np.random.default_rng(0)
+    means = np.concatenate([lo + rng.uniform(0, 1, size=lo.shape) * [1, 1, 0.5]] * 4)
+    cams = flythrough_cameras(means, 40, width=64, height=48, up=np.array([0, 0, 1.0]))
+    assert len(cams) == 40
+    forward = cams.viewmats[:, 2, :3]  # camera z axis in world coordinates
+    assert np.allclose(forward[:, 2], -np.sin(np.radians(60)), atol=1e-5)
+    vis = visibility_sets(bounds, cams)
+    sizes = np.array([len(v) for v in vis])
+    assert sizes.min() > 0 and sizes.max() < 0.15 * len(bounds)
+    covered = np.unique(np.concatenate(vis))
+    assert len(covered) > 0.5 * len(bounds)  # together the views see most of the scene
+    centers = cams.centers
+    assert np.ptp(centers[:, 0]) > 25 and np.ptp(centers[:, 1]) > 8  # it covers the scene

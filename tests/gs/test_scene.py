@@ -33,10 +33,14 @@ def test_blocks_are_spatially_coherent_and_bounded(small_scene):
     bounds = scene.block_bounds
     for b in range(scene.num_blocks):
         ids, rec = scene.read_block(b)
-        margin = 3 * np.exp(rec[:, layout.LOG_SCALES].max())
-        means = rec[:, :3]
-        assert np.allclose(bounds[b, 0], means.min(0) - margin, atol=1e-6)
-        assert np.allclose(bounds[b, 1], means.max(0) + margin, atol=1e-6)
+        own = 3 * np.exp(rec[:, layout.LOG_SCALES].max(axis=1, keepdims=True).astype(np.float64))
+        means = rec[:, :3].astype(np.float64)
+        # each Gaussian's mean +- 3x its largest scale, and no more
+        assert np.allclose(bounds[b, 0], (means - own).min(0), atol=1e-5)
+        assert np.allclose(bounds[b, 1], (means + own).max(0), atol=1e-5)
+        assert np.all(bounds[b, 0] <= means - own) and np.all(bounds[b, 1] >= means + own)
+        # never larger than the means' box padded by the block's largest scale
+        assert np.all(bounds[b, 0] >= means.min(0) - own.max() - 1e-5)
     # Morton blocks are compact: on average under half the scene's volume (blocks of
     # random Gaussians would each span nearly all of it)
     vol = np.prod(bounds[:, 1] - bounds[:, 0], axis=1)

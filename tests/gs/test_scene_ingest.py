@@ -172,3 +172,12 @@ def test_existing_output_refused_before_work(tmp_path, capsys):
     assert main(["ingest", "scene", str(src), str(tmp_path / "t"), "--quiet", "--overwrite"]) == 0
     with Scene.open(tmp_path / "t", readonly=True) as scene:
         assert scene.sh_degree == 3 and scene.num_gaussians == 100
+
+
+def test_flythrough_over_tiles(tmp_path):
+    src, _ = _cloud(tmp_path, n=500, cams=False)
+    with ingest_scene(src, tmp_path / "s", tile="2x2", sh_degree=0, views=5,
+                      camera_path="flythrough") as scene:
+        assert len(scene.cameras) == 20 and scene.cameras.names[0] == "fly00000"
+    with pytest.raises(UsageError, match="camera path 'spiral'"):
+        ingest_scene(src, tmp_path / "t", camera_path="spiral")
