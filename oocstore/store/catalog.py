@@ -4,6 +4,11 @@ LMDB gives many concurrent readers a consistent snapshot each and serialises wri
 a write transaction either commits whole or not at all, which makes it the store's
 commit point. Values are JSON with sorted keys so that a dump is stable and readable
 (``docs/FORMAT.md``).
+
+Every commit also stores :data:`CHECKSUM_KEY`: a CRC-32 over every other key and value,
+so ``oocstore verify`` notices a damaged entry that still parses. Damage that LMDB itself
+detects (a broken page) surfaces as :class:`~oocstore.errors.FormatError` naming the
+catalog, not as an ``lmdb`` exception.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import errno
 import json
 import os
 import threading
+import zlib
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -26,6 +32,9 @@ CATALOG_DIR = "catalog.lmdb"
 _MAP_SIZE = 1 << 36
 _MAX_READERS = 512
 
+#: Key of the catalog's own checksum (absent in stores written before it existed).
+CHECKSUM_KEY = "checksum"
+
 
 def encode(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
@@ -34,9 +43,41 @@ def encode(value: Any) -> bytes:
 def decode(raw: bytes, key: str, path: Path) -> Any:
     try:
         return json.loads(raw)
-    except ValueError as err:
+    except (ValueError, RecursionError) as err:
         raise FormatError(f"catalog entry {key!r} in {path} is not valid JSON: the catalog is "
                           "damaged; restore the store from a copy or re-create it") from err
+
+
+def content_crc(txn) -> int:
+    """CRC-32 over every key and value of the catalog except :data:`CHECKSUM_KEY`."""
+    crc = 0
+    skip = CHECKSUM_KEY.encode()
+    for k, v in txn.cursor():
+        if k != skip:
+            crc = zlib.crc32(v, zlib.crc32(b"\0", zlib.crc32(k, crc)))
+            crc = zlib.crc32(b"\0", crc)
+    return crc
+
+
+def _damaged(path: Path, err: Exception) -> FormatError:
+    return FormatError(f"the catalog {path} is damaged ({type(err).__name__}: {err}): restore "
+                       "the store from a copy or re-create it")
+
+
+def _check_size(env: lmdb.Environment, path: Path) -> None:
+    """Refuse a ``data.mdb`` shorter than the pages its meta page says are in use: LMDB
+    maps the file, and touching a page past its end would kill the process (SIGBUS)."""
+    try:
+        size = os.path.getsize(path / "data.mdb")
+        need = (int(env.info()["last_pgno"]) + 1) * int(env.stat()["psize"])
+    except (OSError, lmdb.Error) as err:
+        env.close()
+        raise FormatError(f"cannot read the catalog {path}: {err}; the store may be damaged "
+                          "(restore it from a copy or re-create it)") from err
+    if size < need:
+        env.close()
+        raise FormatError(f"the catalog {path}/data.mdb is truncated: {size} bytes, its pages "
+                          f"need {need}; restore the store from a copy or re-create it")
 
 
 class _SharedEnv:
@@ -75,29 +116,63 @@ class Catalog:
                 except lmdb.Error as err:
                     raise FormatError(f"cannot open the catalog {self.path}: {err}; the store "
                                       "may be damaged or not a store") from err
+                _check_size(env, self.path)
                 shared = _ENVS[self._key] = _SharedEnv(env, readonly)
             shared.users += 1
         self._shared: _SharedEnv | None = shared
         self.env = shared.env
 
     def get(self, key: str, default: Any = None) -> Any:
-        with self.env.begin() as txn:
-            raw = txn.get(key.encode())
+        try:
+            with self.env.begin() as txn:
+                raw = txn.get(key.encode())
+        except lmdb.Error as err:
+            raise _damaged(self.path, err) from err
         return default if raw is None else decode(raw, key, self.path)
 
     def items(self, prefix: str = "") -> Iterator[tuple[str, Any]]:
-        """All ``(key, value)`` with ``key.startswith(prefix)``, from one snapshot."""
-        with self.env.begin() as txn:
-            cur = txn.cursor()
-            found = cur.set_range(prefix.encode()) if prefix else cur.first()
-            out = []
-            while found:
-                k = cur.key().decode()
-                if not k.startswith(prefix):
-                    break
-                out.append((k, decode(cur.value(), k, self.path)))
-                found = cur.next()
+        """All ``(key, value)`` with ``key.startswith(prefix)``, from one snapshot
+        (:data:`CHECKSUM_KEY` excepted)."""
+        try:
+            with self.env.begin() as txn:
+                cur = txn.cursor()
+                found = cur.set_range(prefix.encode()) if prefix else cur.first()
+                out = []
+                while found:
+                    try:
+                        k = cur.key().decode()
+                    except UnicodeDecodeError as err:
+                        raise _damaged(self.path, err) from err
+                    if not k.startswith(prefix):
+                        break
+                    if k == CHECKSUM_KEY:  # about the catalog, not an entry of it
+                        found = cur.next()
+                        continue
+                    out.append((k, decode(cur.value(), k, self.path)))
+                    found = cur.next()
+        except lmdb.Error as err:
+            raise _damaged(self.path, err) from err
         return iter(out)
+
+    def check(self) -> str | None:
+        """``None`` if the stored catalog checksum matches its entries, else what is
+        wrong (a missing checksum is not damage: older stores lack it)."""
+        try:
+            with self.env.begin() as txn:
+                raw = txn.get(CHECKSUM_KEY.encode())
+                if raw is None:
+                    return None
+                crc = content_crc(txn)
+        except lmdb.Error as err:
+            return f"LMDB reports damage ({type(err).__name__}: {err})"
+        try:
+            want = json.loads(raw)
+        except ValueError:
+            return "its checksum entry is not valid JSON"
+        if want != crc:
+            return (f"checksum mismatch (entries give {crc}, the catalog recorded {want}): an "
+                    "entry was changed outside oocstore or damaged on disk")
+        return None
 
     def commit(self, puts: dict[str, Any], deletes: set[str] = frozenset()) -> None:
         """Write ``puts`` and delete ``deletes`` in one LMDB transaction (durable on return)."""
@@ -113,6 +188,7 @@ class Catalog:
                     txn.delete(key.encode())
                 for key in sorted(puts):
                     txn.put(key.encode(), encode(puts[key]))
+                txn.put(CHECKSUM_KEY.encode(), encode(content_crc(txn)))
             self.env.sync(True)
         except lmdb.Error as err:
             # py-lmdb reports system errors by message only (no errno attribute).
@@ -122,9 +198,11 @@ class Catalog:
                     raise DiskFullError(code, f"disk full while committing the catalog "
                                         f"{self.path}: free space on that filesystem and run the "
                                         "command again; the store was left as it was") from err
-            code = errno.EIO if os.strerror(errno.EIO) in text else None
-            raise OSError(code, f"cannot commit the catalog {self.path} ({err}): the store was "
-                          "left as it was; check the disk, then run the command again") from err
+            if os.strerror(errno.EIO) in text:
+                raise OSError(errno.EIO, f"I/O error while committing the catalog {self.path} "
+                              f"({err}): the store was left as it was; check the disk, then "
+                              "run the command again") from err
+            raise
 
     def dump(self) -> dict[str, Any]:
         return dict(self.items())

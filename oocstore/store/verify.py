@@ -12,6 +12,7 @@ from typing import Callable
 
 import numpy as np
 
+from .catalog import CATALOG_DIR
 from .files import DirectReader, aligned_empty, checksum
 from .format import ALIGN, align_up
 from .store import Store
@@ -27,13 +28,18 @@ class Damage:
     detail: str
 
     def __str__(self) -> str:
+        if not self.array:
+            return f"catalog ({self.file}): {self.detail}"
         where = f"chunk {self.chunk}" if self.chunk is not None else "file"
         return f"array {self.array!r} ({self.file}), {where}: {self.detail}"
 
 
 def verify_store(store: Store, *, progress: Callable[[int], None] | None = None) -> list[Damage]:
-    """Return every damage found (empty when the store is intact)."""
-    return verify_arrays(store, sorted(store.arrays), progress=progress, graph=True)
+    """Return every damage found (empty when the store is intact): the catalog's own
+    checksum, then every array's chunks and the graph's structure."""
+    problem = store.catalog.check()
+    catalog = [Damage("", f"{CATALOG_DIR}/data.mdb", None, problem)] if problem else []
+    return catalog + verify_arrays(store, sorted(store.arrays), progress=progress, graph=True)
 
 
 def verify_arrays(store: Store, names, *, progress: Callable[[int], None] | None = None,
