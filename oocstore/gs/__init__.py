@@ -1,7 +1,9 @@
 """Gaussian-splatting scenes out of core.
 
 Data side: :mod:`.layout` (the record of one Gaussian), :mod:`.scene` (the block store
-of records, with log-structured crash-safe write-back), :mod:`.ply` (3DGS ``.ply``),
+of records; :mod:`.blocks` its row format and block geometry, :mod:`.writer` its
+log-structured crash-safe writer), :mod:`.ingest` (scenes from ``.ply`` / ``.npz``,
+tiling), :mod:`.ply` (3DGS ``.ply``),
 :mod:`.cameras` (COLMAP text, ``.npz`` and generated cameras), :mod:`.cli` (``oocstore
 ingest scene`` and ``oocstore export-scene``). The view sampler lives in
 ``samplers/views.py``. Compute side: :mod:`.render`, :mod:`.adam`, :mod:`.densify`,

@@ -40,6 +40,9 @@ object returns to the committed state); OPEN --close--> CLOSED.
 
 Gaussian ids are int64 and stable; ingest numbers them by input row, and new ones come
 from :meth:`SceneWriter.allocate_ids` (``scene.next_id`` is the next free one).
+
+The row format and block geometry live in :mod:`oocstore.gs.blocks`, the writer in
+:mod:`oocstore.gs.writer`; this module re-exports what callers need.
 """
 
 from __future__ import annotations
@@ -59,17 +62,21 @@ import numpy as np
 
 from ..errors import FormatError, StoreNotFoundError, UsageError
 from ..store import Store
-from ..store.files import ArrayFileWriter, DirectReader, fsync_dir
-from ..store.format import ArrayMeta, CHUNK_BYTES, versioned_from_dict
+from ..store.files import DirectReader
+from ..store.format import versioned_from_dict
 from . import layout
+from .blocks import (MOMENT_DTYPES, block_bounds_of, check_finite, decode_rows, encode_rows,
+                     morton_order, row_dtype)
 from .cameras import Cameras
+from .writer import BLOCK_PREFIX, SceneWriter
 
 log = logging.getLogger(__name__)
 
+__all__ = ["MOMENT_DTYPES", "Scene", "SceneMeta", "SceneWriter", "block_bounds_of",
+           "decode_rows", "encode_rows", "format_scene_info", "morton_order", "open_scene",
+           "row_dtype", "scene_info"]
+
 SCENE_FORMAT_VERSION = 1
-MOMENT_DTYPES = ("float32", "float16")
-BLOCK_PREFIX = "scene/block/"
-ARRAY_PREFIX = "array/" + BLOCK_PREFIX
 _FIX = "re-create the scene with `oocstore ingest scene`"
 
 
@@ -101,95 +108,6 @@ class SceneMeta:
     def from_dict(cls, data: dict[str, Any]) -> "SceneMeta":
         return versioned_from_dict(cls, data, kind="scene", version=SCENE_FORMAT_VERSION,
                                    fix="install the oocstore release that wrote it, or " + _FIX)
-
-
-def row_dtype(sh_degree: int, moments: str = "float32") -> np.dtype:
-    """The on-disk row: id, parameters, first and second moment (packed, no padding)."""
-    p = layout.param_width(sh_degree)
-    m = np.dtype(moments).newbyteorder("<")
-    return np.dtype([("id", "<i8"), ("params", "<f4", (p,)), ("m1", m, (p,)), ("m2", m, (p,))])
-
-
-def encode_rows(ids: np.ndarray, records: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Records [n, 3P] float32 + ids -> on-disk rows (see :func:`row_dtype`)."""
-    p = records.shape[1] // 3
-    rows = np.empty(len(ids), dtype=dtype)
-    rows["id"] = ids
-    rows["params"] = records[:, :p]
-    rows["m1"] = records[:, p:2 * p]
-    if dtype["m2"].base == np.float16:
-        # sqrt keeps second moments down to ~1e-15 representable (fp16's smallest is 6e-8)
-        rows["m2"] = np.sqrt(np.maximum(records[:, 2 * p:], 0))
-    else:
-        rows["m2"] = records[:, 2 * p:]
-    return rows
-
-
-def decode_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """On-disk rows -> (ids int64 [n], records float32 [n, 3P])."""
-    p = rows.dtype["params"].shape[0]
-    if rows.dtype["m2"].base == np.float32:
-        # the 3P floats after each id are the record: one strided copy
-        raw = rows.view(np.uint8).reshape(len(rows), rows.dtype.itemsize)
-        rec = np.ascontiguousarray(raw[:, 8:].view("<f4"))
-        return np.ascontiguousarray(raw[:, :8].view("<i8")).reshape(-1), rec
-    rec = np.empty((len(rows), 3 * p), dtype=np.float32)
-    rec[:, :p] = rows["params"]
-    rec[:, p:2 * p] = rows["m1"]
-    if rows.dtype["m2"].base == np.float16:
-        m2 = rows["m2"].astype(np.float32)
-        rec[:, 2 * p:] = m2 * m2
-    else:
-        rec[:, 2 * p:] = rows["m2"]
-    return rows["id"].astype(np.int64), rec
-
-
-def block_bounds_of(records: np.ndarray) -> np.ndarray:
-    """[2, 3] float32 box of records or params [n, >=11]: the union of each Gaussian's
-    mean +- 3x its own largest scale.
-
-    Every Gaussian's 3-sigma ellipsoid lies inside (its extent along any axis is at
-    most 3x its largest scale, whatever its rotation), so frustum tests against the box
-    are conservative. It is never larger than the means' box padded by 3x the block's
-    largest scale, and much smaller when a few large Gaussians sit among small ones.
-    """
-    out = np.empty((2, 3), dtype=np.float32)
-    if len(records) == 0:
-        out[0], out[1] = np.inf, -np.inf
-        return out
-    means = records[:, layout.MEANS].astype(np.float64)
-    margin = 3.0 * np.exp(records[:, layout.LOG_SCALES].max(axis=1).astype(np.float64))
-    lo = (means - margin[:, None]).min(axis=0)
-    hi = (means + margin[:, None]).max(axis=0)
-    # rounded outwards so the float32 box still contains every float64 extent
-    out[0] = np.nextafter(lo.astype(np.float32), np.float32(-np.inf))
-    out[1] = np.nextafter(hi.astype(np.float32), np.float32(np.inf))
-    return out
-
-
-def morton_order(means: np.ndarray) -> np.ndarray:
-    """Permutation sorting points by the Morton (Z-order) code of their position,
-    quantised to 21 bits per axis within the points' bounding box."""
-    m = np.asarray(means, dtype=np.float64)
-    if len(m) == 0:
-        return np.zeros(0, dtype=np.int64)
-    lo, hi = m.min(axis=0), m.max(axis=0)
-    span = np.where(hi > lo, hi - lo, 1.0)
-    q = ((m - lo) / span * ((1 << 21) - 1)).astype(np.uint64)
-    code = np.zeros(len(m), dtype=np.uint64)
-    for axis in range(3):
-        v = q[:, axis]
-        v = (v | (v << np.uint64(32))) & np.uint64(0x1F00000000FFFF)
-        v = (v | (v << np.uint64(16))) & np.uint64(0x1F0000FF0000FF)
-        v = (v | (v << np.uint64(8))) & np.uint64(0x100F00F00F00F00F)
-        v = (v | (v << np.uint64(4))) & np.uint64(0x10C30C30C30C30C3)
-        v = (v | (v << np.uint64(2))) & np.uint64(0x1249249249249249)
-        code |= v << np.uint64(axis)
-    return np.argsort(code, kind="stable").astype(np.int64)
-
-
-def _block_key(b: int) -> str:
-    return f"{BLOCK_PREFIX}{b:08d}"
 
 
 class Scene:
@@ -262,7 +180,7 @@ class Scene:
             srt = np.sort(ids)
             if ids.shape != (n,) or (n and (srt[0] < 0 or bool((srt[1:] == srt[:-1]).any()))):
                 raise UsageError(f"ids must be {n} distinct non-negative int64 values")
-        _check_finite(params, "params")
+        check_finite(params, "params")
         capacity = int(math.ceil(block_size * (1 + spare)))
         order = morton_order(means)
         meta = SceneMeta(sh_degree=sh_degree, block_capacity=capacity, block_size=int(block_size),
@@ -489,248 +407,6 @@ class Scene:
     def __repr__(self) -> str:
         return (f"Scene({str(self.path)!r}, gaussians={self.num_gaussians}, "
                 f"blocks={self.num_blocks}, sh_degree={self.sh_degree})")
-
-
-@dataclass
-class _Pending:
-    seq: int
-    count: int
-    bounds: np.ndarray | None
-    file: str | None  # None: freed
-    sums: list[int]
-
-
-class SceneWriter:
-    """Log-structured writes to a scene; :meth:`commit` is the commit point.
-
-    ``write_block`` may be called from a background thread while the owner reads.
-    """
-
-    def __init__(self, scene: Scene):
-        self.scene = scene
-        store = scene.store
-        store._acquire_lock()  # StoreLockedError if another process writes
-        try:
-            scene._load()  # another writer may have committed since the scene was opened
-            store.remove_orphans()
-        except BaseException:
-            store._release_lock()
-            raise
-        self._seq = scene.meta.file_seq
-        self._pending: dict[int, _Pending] = {}
-        self._latest: dict[int, int] = {}  # block -> newest seq installed (across commits)
-        self._closed = False
-        self.commits = 0
-
-    # -- the API -------------------------------------------------------------------
-    def allocate_ids(self, n: int) -> np.ndarray:
-        """``n`` new Gaussian ids (committed with the next :meth:`commit`)."""
-        s = self.scene
-        with s._lock:
-            start = s._next_id
-            s._next_id += int(n)
-        return np.arange(start, start + int(n), dtype=np.int64)
-
-    def write_block(self, b: int, ids: np.ndarray, records: np.ndarray) -> None:
-        """Replace block ``b``'s Gaussians with ``ids`` [n] / ``records`` [n, 3P]."""
-        self._check_open()
-        s = self.scene
-        b = s._check_block(b)
-        ids, records = self._check_rows(b, ids, records)
-        with s._lock:
-            self._seq += 1
-            seq = self._seq
-        self._write_rows(b, seq, encode_rows(ids, records, s._row), block_bounds_of(records))
-
-    def _write_fresh(self, b: int, ids: np.ndarray, params: np.ndarray) -> None:
-        """Ingest's path: checked ``params`` [n, P] with zero moments, written without
-        building float32 records first."""
-        s = self.scene
-        with s._lock:
-            self._seq += 1
-            seq = self._seq
-        rows = np.zeros(len(ids), dtype=s._row)
-        rows["id"] = ids
-        rows["params"] = params
-        self._write_rows(b, seq, rows, block_bounds_of(params))
-
-    def _write_rows(self, b: int, seq: int, rows: np.ndarray, bounds: np.ndarray) -> None:
-        s = self.scene
-        if len(rows) == 0:  # an empty block has no file
-            self._install(b, _Pending(seq, 0, None, None, []))
-            return
-        rel = f"scenes/b{b:08d}.{seq}.bin"
-        fw = ArrayFileWriter(s.path / rel, chunk_bytes=CHUNK_BYTES)
-        fw.write(rows)
-        fw.finish()
-        self._install(b, _Pending(seq, len(rows), bounds, rel, list(fw.checksums)))
-
-    def new_block(self, ids: np.ndarray, records: np.ndarray) -> int:
-        """Write a new block holding ``ids`` / ``records``; returns its block id."""
-        self._check_open()
-        ids, records = self._check_rows("new", ids, records)
-        b = self.reserve_block()
-        self.write_block(b, ids, records)
-        return b
-
-    def reserve_block(self) -> int:
-        """A new, empty block id (filled by :meth:`write_block`)."""
-        self._check_open()
-        s = self.scene
-        with s._lock:
-            b = len(s._counts)
-            s._counts = np.append(s._counts, 0)
-            empty = np.array([[np.inf] * 3, [-np.inf] * 3], dtype=np.float32)[None]
-            s._bounds = np.concatenate([s._bounds, empty])
-            s._files.append(None)
-            self._pending.setdefault(b, _Pending(0, 0, None, None, []))
-        return b
-
-    def free_block(self, b: int) -> None:
-        """Empty block ``b`` (its id stays allocated, with no Gaussians)."""
-        self._check_open()
-        s = self.scene
-        b = s._check_block(b)
-        with s._lock:
-            self._seq += 1
-            self._install(b, _Pending(self._seq, 0, None, None, []))
-
-    def commit(self) -> int:
-        """Make every write so far durable and visible to other readers, atomically.
-        Returns the new store version."""
-        self._check_open()
-        s = self.scene
-        store = s.store
-        with s._lock:
-            pending = dict(self._pending)
-            self._pending = {}
-            old_files = {b: self._committed_file(b) for b in pending}
-            num_blocks = len(s._counts)
-            next_id = s._next_id
-            seq = self._seq
-        puts: dict[str, Any] = {}
-        deletes: set[str] = set()
-        for b, pend in pending.items():
-            name = _block_key(b)
-            if pend.file is None or pend.count == 0:
-                puts[name] = {"count": 0, "lo": None, "hi": None}
-                deletes |= {f"array/{name}", f"sums/{name}"}
-            else:
-                puts[name] = {"count": pend.count, "lo": pend.bounds[0].tolist(),
-                              "hi": pend.bounds[1].tolist()}
-                am = ArrayMeta(name=name, dtype="uint8",
-                               shape=(pend.count, s._row.itemsize), file=pend.file,
-                               chunk_bytes=CHUNK_BYTES, version=store.version + 1)
-                puts[f"array/{name}"] = am.to_dict()
-                puts[f"sums/{name}"] = pend.sums
-        meta = dataclasses.replace(s.meta, num_blocks=num_blocks, next_id=next_id, file_seq=seq)
-        puts["scene"] = meta.to_dict()
-        puts["meta"] = dataclasses.replace(store.meta, version=store.version + 1).to_dict()
-        if pending and (s.path / "scenes").is_dir():
-            fsync_dir(s.path / "scenes")  # the new files' names are durable before the commit
-        store.catalog.commit(puts, deletes)
-        # Committed: files that only the previous version named can go, unless a reader
-        # of an older version (another process) may still read them.
-        with s._lock:
-            s.meta = meta
-            store.refresh()
-            older = getattr(store, "older_readers", None)
-            keep_old = older is not None and bool(older())
-            for b, old in old_files.items():
-                if keep_old:
-                    break
-                if old is not None and old != (pending[b].file):
-                    with contextlib.suppress(FileNotFoundError):
-                        (s.path / old).unlink()
-        self.commits += 1
-        return store.version
-
-    def close(self) -> None:
-        """Release the lock; writes not committed are discarded (idempotent)."""
-        if self._closed:
-            return
-        s = self.scene
-        with s._lock:
-            for pend in self._pending.values():
-                if pend.file is not None:
-                    with contextlib.suppress(FileNotFoundError):
-                        (s.path / pend.file).unlink()
-            had = bool(self._pending)
-            self._pending = {}
-            self._closed = True
-        try:
-            if had:
-                s._load()  # back to the committed state
-            else:
-                s._next_id = s.meta.next_id
-        finally:
-            s.store._release_lock()
-            s._writer = None
-
-    def __enter__(self) -> "SceneWriter":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    # -- helpers -------------------------------------------------------------------
-    def _committed_file(self, b: int) -> str | None:
-        am = self.scene.store.arrays.get(_block_key(b))
-        return am.file if am is not None else None
-
-    def _install(self, b: int, pend: _Pending) -> None:
-        """Make ``pend`` block ``b``'s current state (newest seq wins)."""
-        s = self.scene
-        with s._lock:
-            cur = self._pending.get(b)
-            if self._latest.get(b, -1) > pend.seq:  # a newer write already landed
-                if pend.file is not None:
-                    with contextlib.suppress(FileNotFoundError):
-                        (s.path / pend.file).unlink()
-                return
-            if cur is not None and cur.file is not None and cur.file != pend.file:
-                with contextlib.suppress(FileNotFoundError):
-                    (s.path / cur.file).unlink()  # an uncommitted file nobody will name
-            self._pending[b] = pend
-            self._latest[b] = pend.seq
-            s._counts[b] = pend.count
-            if pend.bounds is None:
-                s._bounds[b, 0], s._bounds[b, 1] = np.inf, -np.inf
-            else:
-                s._bounds[b] = pend.bounds
-            s._files[b] = pend.file
-
-    def _check_rows(self, b: int, ids, records) -> tuple[np.ndarray, np.ndarray]:
-        s = self.scene
-        ids = np.asarray(ids)
-        records = np.asarray(records)
-        w = s.record_width
-        if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
-            raise UsageError(f"block {b}: ids must be a 1-D integer array, got {ids.dtype} "
-                             f"{ids.shape}")
-        if records.shape != (len(ids), w):
-            raise UsageError(f"block {b}: records have shape {records.shape}, expected "
-                             f"({len(ids)}, {w}) for SH degree {s.sh_degree}")
-        if len(ids) > s.block_capacity:
-            raise UsageError(f"block {b}: {len(ids)} Gaussians exceed the block capacity "
-                             f"{s.block_capacity}: split them over new_block() calls")
-        if records.dtype != np.float32:
-            records = records.astype(np.float32)
-        _check_finite(records, f"block {b}")
-        return ids.astype(np.int64, copy=False), records
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise UsageError(f"the writer of scene {self.scene.path} is closed: open a new one "
-                             "with scene.writer()")
-
-
-def _check_finite(a: np.ndarray, what: str) -> None:
-    bad = ~np.isfinite(a)
-    if bad.any():
-        row, col = np.argwhere(bad)[0]
-        raise UsageError(f"{what}: row {row}, column {col} is {a[row, col]}: parameters and "
-                         "moments must be finite; fix the source (or the step that produced it)")
 
 
 def scene_info(store: Store) -> dict[str, Any]:

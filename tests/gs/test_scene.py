@@ -222,19 +222,19 @@ def test_block_bounds_of_empty():
 
 
 def test_a_late_older_write_never_replaces_a_newer_one(small_scene, monkeypatch):
-    import oocstore.gs.scene as scene_mod
+    import oocstore.gs.blocks as blocks_mod
 
     scene, _ = small_scene
     ids, rec = scene.read_block(0)
     release = threading.Event()
-    real = scene_mod.encode_rows
+    real = blocks_mod.encode_rows
 
     def slow_for_old(i, r, dtype):
         if r[0, 1] == -100:  # the old write: stalls after taking its sequence number
             release.wait(10)
         return real(i, r, dtype)
 
-    monkeypatch.setattr(scene_mod, "encode_rows", slow_for_old)
+    monkeypatch.setattr(blocks_mod, "encode_rows", slow_for_old)
     old, new = rec.copy(), rec.copy()
     old[:, 1], new[:, 1] = -100, 100
     with scene.writer() as w:
