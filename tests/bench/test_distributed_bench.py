@@ -2,9 +2,12 @@
 
 import json
 
+import pytest
+
 from helpers import load_bench
 
 
+@pytest.mark.slow  # a torchrun launch of two processes (each imports torch and PyG)
 def test_distributed_scaling_toy(tmp_path, capsys):
     out = tmp_path / "r.json"
     result = load_bench("distributed_scaling").main(
