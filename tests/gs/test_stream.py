@@ -22,7 +22,7 @@ from samplers.views import belady_block_schedule, view_order, visibility_sets
 
 DEG = 1
 W, H = 24, 16
-STEPS = 14
+STEPS = 10
 
 
 def strip_scene(path, n=480, block_size=24, seed=0):
