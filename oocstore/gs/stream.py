@@ -59,7 +59,6 @@ from oocstore.errors import BudgetError, UsageError
 from oocstore.pipeline import Pipeline
 from oocstore.units import format_size
 
-from . import layout
 from .adam import AdamConfig, masked_adam_
 
 log = logging.getLogger(__name__)
@@ -216,7 +215,8 @@ class _TableStore(_RowStore):
         tier = "gpu" if table_device == "device" else "cpu"
         self._charge(tier, n * (self.rb + ID_BYTES), "every Gaussian record",
                      fix=f"raise the {tier} budget, or use --mode stream")
-        where = self.device if table_device == "device" else torch.device("cpu")
+        self.on_device = table_device == "device"
+        where = self.device if self.on_device else torch.device("cpu")
         self.table = torch.empty(n, 3 * self.p, dtype=torch.float32, device=where)
         self.ids = torch.empty(n, dtype=torch.int64, device=where)
         for b in range(scene.num_blocks):
@@ -236,7 +236,7 @@ class _TableStore(_RowStore):
             for b in np.flatnonzero(self.dirty):
                 lo, hi = self.starts[b], self.starts[b + 1]
                 rec = self.table[lo:hi].cpu().numpy()
-                if self.table.device != torch.device("cpu") or isinstance(self, AllOnDevice):
+                if self.on_device:  # a copy out of the device region
                     self.traffic.bytes_d2h += rec.nbytes
                 w.write_block(int(b), self.ids[lo:hi].cpu().numpy(), rec)
                 self.traffic.bytes_ssd_written += len(rec) * self.scene.disk_row_bytes
