@@ -20,6 +20,8 @@ a zip archive cannot be memory-mapped. No splits are stored in these files, so
 
 from __future__ import annotations
 
+import math
+import tokenize
 import zipfile
 import zlib
 from pathlib import Path
@@ -92,10 +94,22 @@ class _Archive:
         try:
             with self._zip.open(key + ".npy") as f:
                 version = np.lib.format.read_magic(f)
+                if version not in ((1, 0), (2, 0), (3, 0)):
+                    raise SourceError(f"{where}: .npy format version {version} is not one "
+                                      "numpy writes; re-create the archive")
                 read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                                else np.lib.format.read_array_header_2_0)
-                _, _, dtype = read_header(f)
+                shape, _, dtype = read_header(f)
                 if not dtype.hasobject:
+                    # Refuse a header that declares more data than the member holds before
+                    # anything is allocated (a hostile header may claim 10^15 rows).
+                    need = math.prod(shape) * dtype.itemsize
+                    have = self._zip.getinfo(key + ".npy").file_size - f.tell()
+                    if need > have:
+                        raise SourceError(
+                            f"{where}: the header declares shape {shape} of {dtype} "
+                            f"({need} bytes) but the member holds {max(have, 0)} bytes: the "
+                            "file is truncated or corrupt; re-download or re-create it")
                     with self._zip.open(key + ".npy") as g:
                         return np.lib.format.read_array(g, allow_pickle=False)
                 if not self.trust_pickle:
@@ -106,7 +120,9 @@ class _Archive:
                 obj = load_pickle(f, where)
         except OocError:
             raise
-        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as err:
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, TypeError,
+                KeyError, SyntaxError, OverflowError, MemoryError, RecursionError,
+                NotImplementedError, tokenize.TokenError) as err:
             raise SourceError(f"{where} cannot be read ({type(err).__name__}: {err}): the file "
                               "is truncated or corrupt; re-download or re-create it") from err
         if isinstance(obj, np.ndarray) and obj.dtype.hasobject and obj.shape == ():

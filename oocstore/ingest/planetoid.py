@@ -83,6 +83,13 @@ def planetoid_source(directory: str | Path, name: str) -> GraphSource:
     # Row i of tx / ty belongs to node test_index[i]; ids of the test range that are
     # missing from test.index (CiteSeer's isolated nodes) keep zero rows.
     span = hi - lo + 1
+    if span - test_index.size > a + test_index.size:
+        # Checked before anything of that size is allocated: a damaged or hostile
+        # test.index (an id like 10^15) must not ask for petabytes.
+        raise SourceError(f"{paths['test.index']}: the test ids span {lo}..{hi}, leaving "
+                          f"{span - test_index.size} ids without a row, more than the "
+                          f"{a + test_index.size} nodes the files describe: the file is damaged "
+                          "or does not belong to these files; re-download it")
     rows = test_index - lo
     txc = tx.tocoo()
     tx_full = sp.csr_matrix((txc.data, (rows[txc.row], txc.col)), shape=(span, tx.shape[1]))

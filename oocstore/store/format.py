@@ -22,6 +22,9 @@ commits; see :mod:`oocstore.store.store`. ``docs/FORMAT.md`` shows a real dump.
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +42,10 @@ ALIGN = 4096
 #: Checksum granularity: one CRC-32 per this many bytes of an array.
 CHUNK_BYTES = 4 << 20
 
+#: Largest array size the catalog may declare (1 EiB): anything beyond is damage, and
+#: sizes computed from it must fit an int64.
+MAX_ARRAY_BYTES = 1 << 60
+
 #: Element types an array may have (numpy names, little-endian on every supported host).
 DTYPES = frozenset({"float16", "float32", "float64", "int8", "uint8", "int16", "uint16",
                     "int32", "uint32", "int64", "uint64", "bool"})
@@ -48,7 +55,48 @@ def align_up(n: int, align: int = ALIGN) -> int:
     return (n + align - 1) // align * align
 
 
+#: Catalog values are JSON: what each annotated field type must decode from.
+_JSON_TYPES = {int: (int,), float: (int, float), str: (str,), bool: (bool,), dict: (dict,),
+               list: (list,), tuple: (list, tuple)}
+
+
+def _check_types(cls, data: dict[str, Any], where: str) -> None:
+    """Refuse values of the wrong JSON type (a hostile or damaged entry) before they
+    reach a constructor, so decoding fails only with :class:`FormatError`."""
+    hints = typing.get_type_hints(cls)
+    for name, value in data.items():
+        want = hints.get(name)
+        origin = typing.get_origin(want) or want
+        if origin is types.UnionType or origin is typing.Union:
+            continue  # optional fields check themselves
+        ok = _JSON_TYPES.get(origin)
+        if ok is None:
+            continue
+        if not isinstance(value, ok) or (origin is not bool and isinstance(value, bool)
+                                         and bool not in ok):
+            raise FormatError(f"catalog entry {where}: field {name!r} is {value!r:.60}, expected "
+                              f"{getattr(origin, '__name__', origin)}: the catalog is damaged or "
+                              "hostile; restore the store from a copy or re-create it")
+        if origin in (tuple, list) and typing.get_args(want)[:1] == (int,):
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+                raise FormatError(f"catalog entry {where}: field {name!r} is {value!r:.60}, "
+                                  "expected a list of integers: the catalog is damaged")
+
+
+def _build(cls, data: dict[str, Any], where: str):
+    try:
+        return cls(**data)
+    except FormatError:
+        raise
+    except (TypeError, ValueError, OverflowError) as err:
+        raise FormatError(f"catalog entry {where} is invalid ({err}): the catalog is damaged "
+                          "or hostile; restore the store from a copy or re-create it") from err
+
+
 def _check_keys(cls, data: dict[str, Any], where: str) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise FormatError(f"catalog entry {where} is {type(data).__name__} {data!r:.60}, "
+                          "expected an object: the catalog is damaged; re-create the store")
     names = {f.name for f in dataclasses.fields(cls)}
     missing = [f.name for f in dataclasses.fields(cls)
                if f.name not in data and f.default is dataclasses.MISSING
@@ -56,13 +104,18 @@ def _check_keys(cls, data: dict[str, Any], where: str) -> dict[str, Any]:
     if missing:
         raise FormatError(f"catalog entry {where} lacks {missing}: the store is damaged; "
                           "re-create it with `oocstore ingest`")
-    return {k: v for k, v in data.items() if k in names}
+    out = {k: v for k, v in data.items() if k in names}
+    _check_types(cls, out, where)
+    return out
 
 
 def versioned_from_dict(cls, data: dict[str, Any], *, kind: str, version: int, fix: str):
     """Build the frozen dataclass ``cls`` from a catalog entry of a ``kind`` ("plan",
     "pack") carrying ``format_version``: other versions and missing fields are refused
     with ``fix`` (the command that re-creates the entry). Unknown keys are ignored."""
+    if not isinstance(data, dict):
+        raise FormatError(f"catalog entry of a {kind} is {type(data).__name__} {data!r:.60}, "
+                          "expected an object: the catalog is damaged; re-create the store")
     name = data.get("name", "?")
     fv = data.get("format_version")
     if fv != version:
@@ -74,7 +127,9 @@ def versioned_from_dict(cls, data: dict[str, Any], *, kind: str, version: int, f
     if missing:
         raise FormatError(f"catalog entry {kind}/{name} lacks {missing}: {fix.format(name=name)}")
     names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in data.items() if k in names})
+    kept = {k: v for k, v in data.items() if k in names}
+    _check_types(cls, kept, f"{kind}/{name}")
+    return _build(cls, kept, f"{kind}/{name}")
 
 
 @dataclass(frozen=True)
@@ -95,6 +150,10 @@ class ArrayMeta:
         object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
         if any(s < 0 for s in self.shape):
             raise FormatError(f"array {self.name!r} has a negative dimension {self.shape}")
+        if math.prod(self.shape) * np.dtype(self.dtype).itemsize > MAX_ARRAY_BYTES:
+            raise FormatError(f"array {self.name!r} claims shape {self.shape}, over "
+                              f"{MAX_ARRAY_BYTES} bytes: the catalog is damaged or hostile; "
+                              "restore the store from a copy or re-create it")
         if not isinstance(self.chunk_bytes, int) or self.chunk_bytes < 1:
             raise FormatError(f"array {self.name!r} has chunk_bytes {self.chunk_bytes!r}; "
                               "expected a positive integer")
@@ -128,7 +187,8 @@ class ArrayMeta:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ArrayMeta":
-        return cls(**_check_keys(cls, data, f"array/{data.get('name', '?')}"))
+        where = f"array/{data.get('name', '?') if isinstance(data, dict) else '?'}"
+        return _build(cls, _check_keys(cls, data, where), where)
 
 
 @dataclass(frozen=True)
@@ -148,7 +208,7 @@ class GraphMeta:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "GraphMeta":
-        return cls(**_check_keys(cls, data, "graph"))
+        return _build(cls, _check_keys(cls, data, "graph"), "graph")
 
 
 @dataclass(frozen=True)
@@ -164,10 +224,10 @@ class StoreMeta:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "StoreMeta":
-        fv = data.get("format_version")
+        fv = data.get("format_version") if isinstance(data, dict) else None
         if fv != FORMAT_VERSION:
             raise FormatError(
                 f"store format version {fv!r} is not supported by this oocstore "
                 f"(which reads version {FORMAT_VERSION}): install the oocstore release that "
                 "wrote it, or re-create the store with `oocstore ingest`")
-        return cls(**_check_keys(cls, data, "meta"))
+        return _build(cls, _check_keys(cls, data, "meta"), "meta")

@@ -1,0 +1,347 @@
+"""Fuzz the parsers of untrusted input: SNAP edge lists, ``.npz`` archives, Planetoid
+files, and the catalog's JSON entries.
+
+Every input must either parse or fail with one of the project's own errors
+(:class:`oocstore.errors.OocError` subclasses); anything else — another exception, a
+crash, a hang past ``--deadline-ms`` — is a finding. Inputs are generated with
+hypothesis (structured mutations of valid files, plus raw bytes), deterministically for
+a seed.
+
+    python tools/fuzz_inputs.py --examples 2000          # per component
+    python tools/fuzz_inputs.py --only npz --examples 500
+
+Prints one line per component (inputs tried, parsed, clean errors, findings) and exits
+1 on any finding. ``tests/reliability/test_fuzz.py`` runs the same targets with a few
+hundred inputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import io
+import json
+import pickle
+import sys
+import tempfile
+import time
+import zipfile
+import zlib
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from oocstore.errors import OocError  # noqa: E402
+
+# -- edge lists --------------------------------------------------------------------------
+
+_TOKENS = st.sampled_from(["0", "1", "2", "17", "-3", "99999999999999999999", "1e3", "0x10",
+                           "#", "% c", "a", "\t", " ", "", "3.5", "4294967296", "١", "\x00"])
+_LINE = st.lists(_TOKENS, min_size=0, max_size=4).map(" ".join)
+EDGELIST = st.one_of(
+    st.lists(_LINE, max_size=40).map(lambda ls: "\n".join(ls).encode("utf-8", "replace")),
+    st.binary(max_size=300),
+    st.lists(st.tuples(st.integers(0, 50), st.integers(0, 50)), max_size=60)
+    .map(lambda es: "".join(f"{a}\t{b}\n" for a, b in es).encode()),
+)
+
+
+def fuzz_edgelist(data: bytes, tmp: Path, gz: bool) -> str:
+    from oocstore.ingest.edgelist import edgelist_source
+
+    path = tmp / ("e.txt.gz" if gz else "e.txt")
+    path.write_bytes(gzip.compress(data) if gz else data)
+    src = edgelist_source(path, directed=False, feat_dim=4, classes=2, features=None,
+                          labels=None, seed=0)
+    _build(src, tmp)
+    return "parsed"
+
+
+def _build(src, tmp: Path) -> None:
+    from oocstore.ingest import build_store
+
+    build_store(tmp / "store", src, overwrite=True)
+
+
+# -- npz ---------------------------------------------------------------------------------
+
+_DTYPES = st.sampled_from(["<f4", "<f8", "<i8", "<i4", "|u1", "|b1", "|O", "<c16", ">i4",
+                           "<U3", "|V4"])
+_SHAPE = st.lists(st.one_of(st.integers(0, 6), st.just(10**15), st.just(2**31)),
+                  min_size=0, max_size=3)
+
+
+def _npy_bytes(dtype: str, shape, fortran: bool, payload: bytes, header_junk: bool) -> bytes:
+    header = {"descr": dtype, "fortran_order": fortran, "shape": tuple(shape)}
+    text = repr(header) if not header_junk else "{'descr': " + repr(dtype) + ", 'shape': (,"
+    buf = io.BytesIO()
+    text = text + " " * (64 - (10 + len(text) + 1) % 64) + "\n"
+    buf.write(b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text.encode("latin1"))
+    buf.write(payload)
+    return buf.getvalue()
+
+
+def _valid_member(rng_seed: int, kind: str) -> bytes:
+    rng = np.random.default_rng(rng_seed)
+    out = io.BytesIO()
+    if kind == "indptr":
+        np.save(out, np.array([0, 1, 2, 2], dtype=np.int64))
+    elif kind == "indices":
+        np.save(out, rng.integers(-2, 5, 2).astype(np.int32))
+    elif kind == "data":
+        np.save(out, np.ones(2, dtype=np.float32))
+    elif kind == "shape":
+        np.save(out, np.array([3, int(rng.integers(0, 5))], dtype=np.int64))
+    elif kind == "labels":
+        np.save(out, rng.integers(0, 3, int(rng.integers(0, 5))))
+    elif kind == "pickle":  # a pickled Python object: refused without trust
+        np.save(out, np.array({"a": 1}, dtype=object), allow_pickle=True)
+    return out.getvalue()
+
+
+_MEMBER_NAMES = st.sampled_from(["adj_data", "adj_indices", "adj_indptr", "adj_shape",
+                                 "attr_matrix", "labels", "adj_matrix", "node_attr",
+                                 "node_label", "attr_data", "attr_indices", "attr_indptr",
+                                 "attr_shape"])
+_MEMBER = st.one_of(
+    st.builds(_npy_bytes, _DTYPES, _SHAPE, st.booleans(), st.binary(max_size=200), st.booleans()),
+    st.builds(_valid_member, st.integers(0, 1000),
+              st.sampled_from(["indptr", "indices", "data", "shape", "labels", "pickle"])),
+    st.binary(max_size=100),
+)
+def _npy(a, pickle_ok: bool = False) -> bytes:
+    out = io.BytesIO()
+    np.save(out, a, allow_pickle=pickle_ok)
+    return out.getvalue()
+
+
+def _valid_npz(n: int, layout: str, replace: str | None, member: bytes) -> dict[str, bytes]:
+    """A valid archive of ``n`` nodes (gnn-benchmark or pickled GraphData layout), with
+    member ``replace`` swapped for ``member``."""
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(n)
+    adj = sp.random(n, n, density=0.3, random_state=n, format="csr", dtype=np.float32)
+    x = rng.random((n, 3)).astype(np.float32)
+    y = rng.integers(0, 3, n)
+    if layout == "benchmark":
+        files = {"adj_data": _npy(adj.data), "adj_indices": _npy(adj.indices),
+                 "adj_indptr": _npy(adj.indptr), "adj_shape": _npy(np.array(adj.shape)),
+                 "attr_matrix": _npy(x), "labels": _npy(y)}
+    else:
+        files = {"adj_matrix": _npy(np.array(adj, dtype=object), True),
+                 "node_attr": _npy(x), "node_label": _npy(y)}
+    if replace is not None:
+        key = sorted(files)[zlib.crc32(replace.encode()) % len(files)] if replace not in files else replace
+        files[key] = member
+    return files
+
+
+NPZ = st.one_of(
+    st.builds(_valid_npz, st.integers(2, 12), st.sampled_from(["benchmark", "graphdata"]),
+              st.one_of(st.none(), _MEMBER_NAMES), _MEMBER),
+    st.dictionaries(_MEMBER_NAMES, _MEMBER, max_size=8),
+    st.binary(max_size=300),  # not a zip at all
+)
+
+
+def fuzz_npz(members, tmp: Path, trust: bool) -> str:
+    from oocstore.ingest.npz import npz_source
+
+    path = tmp / "g.npz"
+    if isinstance(members, bytes):
+        path.write_bytes(members)
+    else:
+        with zipfile.ZipFile(path, "w") as z:
+            for name, data in members.items():
+                z.writestr(name + ".npy", data)
+    src = npz_source(path, trust_pickle=trust)
+    _build(src, tmp)
+    return "parsed"
+
+
+# -- planetoid ---------------------------------------------------------------------------
+
+def _planetoid_files(n_all: int, n_test: int, dim: int, classes: int, mutate: str, junk: bytes,
+                     gap: int) -> dict[str, bytes]:
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(n_all * 31 + n_test)
+    allx = sp.csr_matrix(rng.random((n_all, dim)).astype(np.float32))
+    tx = sp.csr_matrix(rng.random((n_test, dim)).astype(np.float32))
+    ally = np.eye(classes)[rng.integers(0, classes, n_all)]
+    ty = np.eye(classes)[rng.integers(0, classes, n_test)]
+    y = ally[: max(0, n_all - 500)]
+    test_ids = n_all + np.arange(n_test) + np.r_[0, np.full(max(0, n_test - 1), gap)]
+    n = int(test_ids.max()) + 1 if n_test else n_all
+    graph = {i: [int(j) for j in rng.integers(0, max(n, 1), 3)] for i in range(n)}
+    objs = {"x": allx, "y": y, "tx": tx, "ty": ty, "allx": allx, "ally": ally, "graph": graph}
+    files = {k: pickle.dumps(v, protocol=2) for k, v in objs.items()}
+    files["test.index"] = "\n".join(str(int(i)) for i in test_ids).encode()
+    if mutate in files:
+        files[mutate] = junk
+    elif mutate == "graph-strings":
+        files["graph"] = pickle.dumps({"a": [1, "b"], 2: None})
+    elif mutate == "graph-huge-id":
+        files["graph"] = pickle.dumps({0: [10**15], 1: [0]})
+    elif mutate == "test-huge-id":
+        files["test.index"] = f"{n_all}\n{10**15}\n".encode()
+    elif mutate == "deep":
+        files["graph"] = b"(" * 100000 + b"."
+    elif mutate == "global":
+        files["ally"] = pickle.dumps(Path("/etc"))
+    return files
+
+
+PLANETOID = st.builds(
+    _planetoid_files, st.one_of(st.integers(500, 520), st.integers(0, 520)), st.integers(0, 6),
+    st.integers(1, 4), st.integers(1, 3),
+    st.sampled_from(["none"] * 6 + ["x", "y", "tx", "ty", "allx", "ally", "graph", "test.index",
+                     "graph-strings", "graph-huge-id", "test-huge-id", "deep", "global"]),
+    st.binary(max_size=80), st.integers(0, 3))
+
+
+def fuzz_planetoid(files: dict[str, bytes], tmp: Path) -> str:
+    from oocstore.ingest.planetoid import planetoid_source
+
+    d = tmp / "planetoid"
+    d.mkdir(exist_ok=True)
+    for k, v in files.items():
+        (d / f"ind.fz.{k}").write_bytes(v)
+    src = planetoid_source(d, "fz")
+    _build(src, tmp)
+    return "parsed"
+
+
+# -- catalog JSON ------------------------------------------------------------------------
+
+_JSON = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(),
+              st.text(max_size=12)),
+    lambda kids: st.one_of(st.lists(kids, max_size=4),
+                           st.dictionaries(st.text(max_size=8), kids, max_size=4)),
+    max_leaves=12)
+_GOOD_ARRAY = {"name": "features", "dtype": "float32", "shape": [10, 4],
+               "file": "arrays/features.1.bin", "offset": 0, "chunk_bytes": 4194304, "version": 1}
+_FIELDS = st.sampled_from(sorted(_GOOD_ARRAY) + ["format_version", "plan", "arrays", "source"])
+_NASTY = st.one_of(_JSON, st.sampled_from([
+    "/etc/passwd", "../../x.bin", "arrays/../../x", "a\\b", "", -1, 10**15, [10**15, 10**15],
+    [2**63], 1.5, "int66", "float32", [[1]], {"a": 1}, None, True, "arrays/x.1.bin"]))
+CATALOG = st.one_of(
+    st.tuples(st.sampled_from(["array", "graph", "meta", "plan", "pack"]),
+              st.dictionaries(_FIELDS, _NASTY, max_size=6).map(lambda d: {**_GOOD_ARRAY, **d})),
+    st.tuples(st.sampled_from(["array", "graph", "meta", "plan", "pack"]), _JSON),
+    st.tuples(st.just("raw"), st.binary(max_size=60)),
+)
+
+
+def fuzz_catalog(case, tmp: Path) -> str:
+    from oocstore.pack.format import PackMeta
+    from oocstore.plan import PlanMeta
+    from oocstore.store.catalog import decode
+    from oocstore.store.format import ArrayMeta, GraphMeta, StoreMeta
+
+    kind, value = case
+    if kind == "raw":
+        value = decode(value, "fuzz", tmp)
+    else:
+        value = decode(json.dumps(value, allow_nan=True).encode(), "fuzz", tmp)
+    cls = {"array": ArrayMeta, "graph": GraphMeta, "meta": StoreMeta, "plan": PlanMeta,
+           "pack": PackMeta, "raw": ArrayMeta}[kind]
+    meta = cls.from_dict(value)
+    if isinstance(meta, ArrayMeta):
+        if meta.file.startswith("/") or ".." in meta.file.split("/"):
+            raise AssertionError(f"accepted a file outside the store: {meta.file!r}")
+        meta.nbytes, meta.num_chunks  # noqa: B018 (must not raise)
+    return "parsed"
+
+
+# -- the runner --------------------------------------------------------------------------
+
+COMPONENTS = {
+    "edgelist": (st.tuples(EDGELIST, st.booleans()), lambda c, t: fuzz_edgelist(c[0], t, c[1])),
+    "npz": (st.tuples(NPZ, st.booleans()), lambda c, t: fuzz_npz(c[0], t, c[1])),
+    "planetoid": (PLANETOID, fuzz_planetoid),
+    "catalog": (CATALOG, fuzz_catalog),
+}
+
+
+def run_component(name: str, examples: int, *, seed: int = 0, deadline_ms: int = 20000,
+                  tmp: Path | None = None) -> dict:
+    """Feed ``examples`` generated inputs to component ``name``; returns counts and the
+    findings (input repr, exception) — empty when every input parsed or failed cleanly."""
+    strategy, target = COMPONENTS[name]
+    counts: Counter = Counter()
+    findings: list[tuple[str, str]] = []
+    slowest = [0.0]
+    root = Path(tmp or tempfile.mkdtemp(prefix="oocstore-fuzz-"))
+
+    @settings(max_examples=examples, database=None, deadline=None, derandomize=False,
+              suppress_health_check=list(HealthCheck), phases=["generate"])
+    @given(strategy)
+    def check(case):
+        counts["inputs"] += 1
+        work = root / f"case{counts['inputs'] % 4}"
+        work.mkdir(exist_ok=True)
+        t0 = time.perf_counter()
+        try:
+            counts[target(case, work)] += 1
+        except OocError as err:
+            counts["clean errors"] += 1
+            counts[f"  {type(err).__name__}"] += 1
+        except Exception as err:  # noqa: BLE001 — a finding
+            counts["findings"] += 1
+            findings.append((repr(case)[:300], f"{type(err).__name__}: {err}"[:300]))
+        dt = time.perf_counter() - t0
+        slowest[0] = max(slowest[0], dt)
+        if dt * 1000 > deadline_ms:
+            counts["findings"] += 1
+            findings.append((repr(case)[:300], f"took {dt:.1f} s (a hang?)"))
+
+    import random
+
+    random.seed(seed)
+    from hypothesis import seed as hseed
+
+    hseed(seed)(check)()
+    return {"component": name, "inputs": counts["inputs"], "parsed": counts["parsed"],
+            "clean_errors": counts["clean errors"], "findings": findings,
+            "slowest_s": round(slowest[0], 3),
+            "errors": {k.strip(): v for k, v in counts.items() if k.startswith("  ")}}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--examples", type=int, default=2000, help="inputs per component")
+    ap.add_argument("--only", choices=sorted(COMPONENTS), action="append",
+                    help="fuzz only this component (repeatable)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--deadline-ms", type=int, default=20000,
+                    help="an input taking longer counts as a hang")
+    ap.add_argument("--json", action="store_true", help="print one JSON line per component")
+    args = ap.parse_args()
+    bad = 0
+    for name in args.only or sorted(COMPONENTS):
+        with tempfile.TemporaryDirectory(prefix="oocstore-fuzz-") as tmp:
+            r = run_component(name, args.examples, seed=args.seed, deadline_ms=args.deadline_ms,
+                              tmp=Path(tmp))
+        bad += len(r["findings"])
+        if args.json:
+            print(json.dumps(r, sort_keys=True))
+            continue
+        print(f"{name:10s} inputs {r['inputs']:6d}  parsed {r['parsed']:5d}  clean errors "
+              f"{r['clean_errors']:5d}  findings {len(r['findings'])}  slowest {r['slowest_s']} s"
+              f"  ({', '.join(f'{k} {v}' for k, v in sorted(r['errors'].items()))})")
+        for case, err in r["findings"][:10]:
+            print(f"    FINDING {err}\n      input {case}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
