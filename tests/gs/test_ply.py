@@ -153,7 +153,8 @@ _TOKENS = st.sampled_from(["ply", "format", "ascii", "binary_little_endian", "1.
                            "-1", "99999999999999999999", "\r\n", "\xff", " "])
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(_TOKENS, max_size=40), st.binary(max_size=40))
 def test_header_fuzz_raises_only_project_errors(tokens, tail):
     data = ("ply\n" + " ".join(tokens)).encode("utf-8", "surrogateescape") + tail
@@ -166,7 +167,8 @@ def test_header_fuzz_raises_only_project_errors(tokens, tail):
     assert all(e.count >= 0 for e in header.elements)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(cut=st.integers(0, 2000), flip=st.integers(0, 2000))
 def test_damaged_files_raise_only_project_errors(tmp_path, cut, flip):
     params = make_params(20, 1)

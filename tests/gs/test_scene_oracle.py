@@ -29,7 +29,7 @@ def _same(scene, oracle):
         assert np.array_equal(got_ids, ids) and np.array_equal(got, rec)
 
 
-@settings(max_examples=20, deadline=None,
+@settings(max_examples=20, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(ops=_OPS, seed=st.integers(0, 1000))
 def test_writer_matches_oracle(tmp_path_factory, ops, seed):
