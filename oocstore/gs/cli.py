@@ -57,7 +57,7 @@ def add_export_scene(sub) -> None:
                                    "binary little-endian 3DGS .ply, in Gaussian id order.")
     p.add_argument("scene", metavar="SCENE", help="scene store")
     p.add_argument("out", metavar="OUT.ply", help=".ply file to write")
-    p.add_argument("--quiet", action="store_true", help="print nothing on success")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, nothing printed on success")
     p.set_defaults(func=_cmd_export_scene)
 
 
@@ -121,10 +121,12 @@ def _cmd_ingest_scene(args) -> int:
 
 
 def _cmd_export_scene(args) -> int:
+    from ..cli import _progress
     from .scene import Scene
 
     with Scene.open(args.scene, readonly=True) as scene:
-        n = scene.export_ply(args.out)
+        with _progress(args, scene.num_gaussians, "export scene", unit="gaussian") as update:
+            n = scene.export_ply(args.out, progress=update)
     if not args.quiet:
         print(f"wrote {n:,} Gaussians to {args.out}")
     return 0

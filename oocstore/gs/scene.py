@@ -352,14 +352,18 @@ class Scene:
         order = np.argsort(ids, kind="stable")
         return ids[order], rec[order]
 
-    def read_params(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(ids [N], params [N, P])`` of every live Gaussian, sorted by id."""
+    def read_params(self, *, progress: Callable[[int], None] | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids [N], params [N, P])`` of every live Gaussian, sorted by id;
+        ``progress(n)`` after each block of ``n`` Gaussians."""
         p = self.param_width
         parts = []
         for b in range(self.num_blocks):
             if self._counts[b]:
                 i, r = self.read_block(b)
                 parts.append((i, np.ascontiguousarray(r[:, :p])))
+                if progress:
+                    progress(len(i))
         if not parts:
             return np.zeros(0, np.int64), np.zeros((0, p), np.float32)
         ids = np.concatenate([x[0] for x in parts])
@@ -367,12 +371,13 @@ class Scene:
         order = np.argsort(ids, kind="stable")
         return ids[order], prm[order]
 
-    def export_ply(self, path: str | os.PathLike) -> int:
+    def export_ply(self, path: str | os.PathLike, *,
+                   progress: Callable[[int], None] | None = None) -> int:
         """Write the scene's parameters as a standard 3DGS ``.ply`` in id order; returns
-        the number of Gaussians written."""
+        the number of Gaussians written (``progress(n)`` as blocks are read)."""
         from .ply import write_ply
 
-        _, params = self.read_params()
+        _, params = self.read_params(progress=progress)
         write_ply(path, params, self.sh_degree)
         return len(params)
 
