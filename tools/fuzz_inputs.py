@@ -262,6 +262,75 @@ def fuzz_catalog(case, tmp: Path) -> str:
     return "parsed"
 
 
+# -- budgets -----------------------------------------------------------------------------
+
+#: Fixed overhead above the CPU budget allowed for the measured peak RSS (docs/BUDGETS.md).
+BUDGET_OVERHEAD = 16 << 20
+
+
+def _status(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def budget_cases(store_path: Path, cases: int, seed: int = 0) -> list[dict]:
+    """Random cache sizes, policies, blowup caps and CPU budgets over the plans of
+    ``store_path``: each case is either refused up front (``BudgetError`` at pack time,
+    nothing committed; or when the reader is built) or reads every batch with the
+    accountant's charge and the measured peak RSS inside the budget (+ the fixed
+    overhead). Run in a process of its own: the RSS high-water mark is reset per case."""
+    from oocstore import Store
+    from oocstore.budget import MemoryBudget
+    from oocstore.errors import BudgetError
+    from oocstore.pack import PackOptions, pack_plan
+    from oocstore.tiers import TieredReader
+
+    rng = np.random.default_rng(seed)
+    out = []
+    with Store(store_path, readonly=False) as s:
+        plans = sorted(k[len("plan/"):] for k, _ in s.items("plan/") if "/" not in k[5:])
+        feat = s.array_meta("features").nbytes
+        for i in range(cases):
+            plan = plans[int(rng.integers(len(plans)))]
+            opts = dict(cpu_cache=int(feat * rng.choice([0, 0.05, 0.3, 0.8])),
+                        max_disk_blowup=float(rng.choice([0, 1, 4, 16])),
+                        policy=str(rng.choice(["static", "belady"])))
+            budget = int(feat * rng.uniform(0.02, 1.2))
+            name = f"fz{i}"
+            case = {"plan": plan, "budget": budget, **opts}
+            version = s.version
+            try:
+                pack_plan(s, plan, name=name, overwrite=True,
+                          options=PackOptions(**opts, cpu_budget=budget))
+            except BudgetError as err:
+                s.refresh()
+                case.update(outcome="refused at pack", committed=s.version != version,
+                            message=str(err)[:400])
+                out.append(case)
+                continue
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # the peak-RSS mark restarts from here
+            base = _status("VmRSS:")
+            try:
+                with TieredReader(s, name, budget=MemoryBudget(cpu=budget)) as r:
+                    for e in range(r.num_epochs):
+                        for b in range(r.num_batches(e)):
+                            r.read_batch(e, b)
+                    charged = r.accountant.peak("cpu")
+            except BudgetError as err:
+                case.update(outcome="refused at read", message=str(err)[:400])
+                out.append(case)
+                continue
+            peak = _status("VmHWM:") - base
+            case.update(outcome="ran", charged=charged, peak_rss_above_base=peak,
+                        within=charged <= budget and peak <= budget + BUDGET_OVERHEAD)
+            out.append(case)
+    return out
+
+
 # -- the runner --------------------------------------------------------------------------
 
 COMPONENTS = {
@@ -325,7 +394,22 @@ def main() -> int:
     ap.add_argument("--deadline-ms", type=int, default=20000,
                     help="an input taking longer counts as a hang")
     ap.add_argument("--json", action="store_true", help="print one JSON line per component")
+    ap.add_argument("--budget-cases", type=int, default=0, metavar="N",
+                    help="instead: N random budget/pack cases over the plans of --budget-store")
+    ap.add_argument("--budget-store", default=None, metavar="STORE",
+                    help="a store with at least one plan (packs fz<i> are written into it)")
     args = ap.parse_args()
+    if args.budget_cases:
+        if not args.budget_store:
+            ap.error("--budget-cases needs --budget-store STORE")
+        res = budget_cases(Path(args.budget_store), args.budget_cases, args.seed)
+        for c in res:
+            print(json.dumps(c, sort_keys=True))
+        bad = [c for c in res if c.get("committed") or c.get("within") is False]
+        print(f"budgets: {len(res)} cases, {sum(c['outcome'] == 'ran' for c in res)} ran inside "
+              f"their budget, {sum(c['outcome'].startswith('refused') for c in res)} refused up "
+              f"front, {len(bad)} violations")
+        return 1 if bad else 0
     bad = 0
     for name in args.only or sorted(COMPONENTS):
         with tempfile.TemporaryDirectory(prefix="oocstore-fuzz-") as tmp:
