@@ -43,7 +43,16 @@ def read_bytes() -> int:
 
 
 def peak_rss_bytes() -> int:
-    """High-water mark of this process's resident set (``getrusage``; Linux reports KiB)."""
+    """High-water mark of this process's resident set: ``VmHWM`` of ``/proc/self/status``
+    (the new address space's own mark; ``getrusage``'s ``ru_maxrss`` would start from the
+    parent's RSS at ``fork`` and survive ``exec``), or ``getrusage`` where there is none."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 

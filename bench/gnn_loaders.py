@@ -81,6 +81,9 @@ from oocstore.errors import UsageError  # noqa: E402
 LOADERS = ("in-memory", "mmap", "ginex", "dgl", "oocstore-noprefetch", "oocstore")
 #: Loaders of configuration (c): mmap and DGL do not depend on the budget.
 CACHE_LOADERS = ("in-memory", "ginex", "oocstore-noprefetch", "oocstore")
+#: Cold per batch through the page cache: each batch faults in most of the feature file
+#: (read-ahead), so these take seconds per batch; ``--slow-rounds`` bounds their repeats.
+SLOW = ("mmap", "dgl")
 PLAN = "gnn-loaders"
 #: Random 4 KiB reads at queue depth 32 on this machine (fio, libaio and io_uring;
 #: /work/shared/BENCHMARKS.md): the ceiling a row-read design such as Ginex aims at.
@@ -167,18 +170,29 @@ def _labels(store) -> np.ndarray:
     return np.array(store.array("labels"), dtype=np.int64)
 
 
+def _read_features(store) -> np.ndarray:
+    """All feature rows into RAM with plain reads (no mapping: resident memory is the
+    copy alone, as for ``InMemoryFeatures``)."""
+    fm = store.array_meta("features")
+    return np.fromfile(store.file_path(fm), dtype=fm.np_dtype, count=int(np.prod(fm.shape)),
+                       offset=fm.offset).reshape(fm.shape)
+
+
 def worker_in_memory(spec, store, plan, model, opt) -> dict:
-    from oocstore.train.loop import InMemoryFeatures
+    import torch
 
     t = time.perf_counter()
-    feats = InMemoryFeatures(store)
-    _evict(spec["files"])  # the copy above went through the page cache
+    feats = torch.from_numpy(_read_features(store))
+    labels = torch.from_numpy(_labels(store))
+    _evict(spec["files"])  # the read above went through the page cache
     setup = time.perf_counter() - t
     run = _Run()
     for b in range(spec["batches"]):
         sample = plan.read_batch(0, b)
         t = time.perf_counter()
-        _, x, y = feats.gather(sample)
+        nodes = torch.from_numpy(sample.input_nodes.astype(np.int64))
+        x = feats.index_select(0, nodes)  # what InMemoryFeatures.gather does
+        y = labels.index_select(0, nodes[:len(sample.seeds)])
         run.load += time.perf_counter() - t
         run.rows += x.shape[0]
         _step(model, opt, sample, x, y)
@@ -271,6 +285,33 @@ def ginex_schedule(plan, batches: int, superbatch: int, cache_rows: int, init_id
     return hit, pstart, inserts
 
 
+def fill_cache(store, ids: np.ndarray, cache: np.ndarray, chunk: int = 32 << 20) -> None:
+    """``cache[k] = features[ids[k]]`` with one sequential O_DIRECT scan of the feature
+    file in ``chunk``-byte reads (never mapped, so resident memory is the cache)."""
+    from oocstore.store import ALIGN
+    from oocstore.store.files import DirectReader, aligned_empty
+
+    fm = store.array_meta("features")
+    rb = fm.row_bytes
+    order = np.argsort(ids, kind="stable")
+    sids = ids[order]
+    buf = aligned_empty(chunk + 2 * ALIGN)
+    rows_per = chunk // rb
+    with DirectReader(store.file_path(fm)) as r:
+        for lo in range(0, fm.shape[0], rows_per):
+            hi = min(fm.shape[0], lo + rows_per)
+            a, b = np.searchsorted(sids, [lo, hi])
+            if a == b:
+                continue
+            start = fm.offset + lo * rb
+            base = start // ALIGN * ALIGN
+            length = -(-(start + (hi - lo) * rb - base) // ALIGN) * ALIGN
+            r.read_into(buf[:length], base)
+            rows = np.frombuffer(buf, dtype=fm.np_dtype, count=(hi - lo) * fm.shape[1],
+                                 offset=start - base).reshape(hi - lo, fm.shape[1])
+            cache[order[a:b]] = rows[sids[a:b] - lo]
+
+
 def worker_ginex(spec, store, plan, model, opt) -> dict:
     import torch
 
@@ -290,11 +331,7 @@ def worker_ginex(spec, store, plan, model, opt) -> dict:
     scheduled = min(plan.num_batches(0), -(-spec["batches"] // sb) * sb)
     hit, pstart, inserts = ginex_schedule(plan, scheduled, sb, g["cache_rows"], init_ids)
     cache = np.zeros((max(g["cache_rows"], 1), fm.shape[1]), dtype=fm.np_dtype)
-    feats = np.memmap(store.file_path(fm), dtype=fm.np_dtype, mode="r", offset=fm.offset,
-                      shape=fm.shape)
-    order = np.argsort(init_ids)  # fill the cache with one pass in file order
-    cache[order] = feats[init_ids[order]]
-    del feats
+    fill_cache(store, init_ids, cache)
     base = BaseRowTier(store.file_path(fm), fm, threads=g["io_threads"])
     fill_hits(cache, hit[:1], np.zeros((1, fm.shape[1]), fm.np_dtype))  # compile now
     insert(cache, np.zeros((1, fm.shape[1]), fm.np_dtype), np.zeros(0, np.int64),
@@ -591,6 +628,8 @@ def run_config(label: str, cfg: dict, loaders: tuple[str, ...], budget: int, arg
         nbytes = min(cfg["feature_bytes"], max(256 << 20, prefix))
         seq.append(seq_read_speed(cfg["features_file"], nbytes)[0])
         for name in loaders:
+            if name in SLOW and rnd >= args.slow_rounds:
+                continue
             if name == "dgl" and not have_dgl:
                 skipped[name] = "skipped: .venv-dgl is absent (build it with `make test-dgl`)"
                 continue
@@ -682,7 +721,7 @@ def print_config(res: dict) -> None:
           f"{p['segment_batches']} batch(es), blowup {p['blowup']:.2f}")
     print(f"  {'loader':<20} {'cold':<11} {'load s':>8} {'epoch s':>8} {'MB read':>9} "
           f"{'/proc MB':>9} {'useful MB':>9} {'amplif.':>8} {'peak RSS':>9} "
-          f"{'load x':>7} {'epoch x':>7}")
+          f"{'load x':>7} {'epoch x':>7} {'full epoch s*':>13}")
     for k, v in L.items():
         amp = f"{v['read_amplification']:8.3f}" if v.get("read_amplification") else f"{'-':>8}"
         r = res["ratios"].get(k)
@@ -691,11 +730,14 @@ def print_config(res: dict) -> None:
         cold = v["cold"] if len(v["cold"]) <= 11 else "no (RAM)"
         print(f"  {k:<20} {cold:<11} {v['load_time_s']:8.2f} {v['epoch_time_s']:8.2f} "
               f"{v['bytes_read'] / MB:9.1f} {v['proc_read_bytes'] / MB:9.1f} "
-              f"{v['useful_bytes'] / MB:9.1f} {amp} {v['peak_rss_bytes'] / 2**20:8.0f}M {lx} {ex}")
+              f"{v['useful_bytes'] / MB:9.1f} {amp} {v['peak_rss_bytes'] / 2**20:8.0f}M {lx} {ex} "
+              f"{v['epoch_time_extrapolated_s']:13.1f}")
     for k, why in res["skipped"].items():
         print(f"  {k:<20} {why}")
-    print("  (load x / epoch x: that loader's time / oocstore's, i.e. how many times faster "
-          "oocstore is; ginex = Ginex-style re-implementation)")
+    print(f"  (times: the first {res['batches']} batches, the same for every loader; load x / "
+          "epoch x: that loader's time / oocstore's, i.e. how many times faster oocstore is; "
+          f"* extrapolated to the epoch's {res['epoch_batches']} batches; ginex = Ginex-style "
+          "re-implementation; peak RSS of mmap/DGL includes the mapped file pages)")
     g = L.get("ginex")
     if g and g.get("iops"):
         print(f"  Ginex-style: {g['io_threads']} reads in flight, {g['iops']:,.0f} row reads/s = "
@@ -705,6 +747,14 @@ def print_config(res: dict) -> None:
     o = L.get("oocstore")
     if o:
         st = (o.get("load_pass") or o)["stages_s"]
+        seg = st.get("segment reads (O_DIRECT)")
+        if o.get("effective_bandwidth_Bps"):
+            print(f"  oocstore: effective bandwidth {o['effective_bandwidth_Bps'] / MB:.0f} MB/s "
+                  f"(useful bytes / load time) = "
+                  f"{o['effective_bandwidth_Bps'] / res['seq_read_bytes_per_s']:.2f} x sequential "
+                  f"read; cache hit rate {100 * o['hit_rate'].get('cpu', 0):.1f} %"
+                  + (f"; its segment reads alone {o['bytes_read'] / seg / MB:.0f} MB/s"
+                     if seg else ""))
         print("  oocstore load pass, where the time goes: " + ", ".join(
             f"{k} {v:.2f} s" for k, v in st.items()))
     for name, t in res["targets"].items():
@@ -754,17 +804,19 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--avg-degree", type=float, default=10.0)
     p.add_argument("--fanouts", default="10,5")
     p.add_argument("--batch-size", type=int, default=1024)
-    p.add_argument("--batches", type=int, default=12,
+    p.add_argument("--batches", type=int, default=8,
                    help="timed batches (the same prefix of the epoch for every loader)")
     p.add_argument("--epoch-batches", type=int, default=256,
                    help="batches in the plan's epoch (caches and packs are made for all of them)")
     p.add_argument("--budget-frac", type=float, default=0.2,
                    help="(a) cpu budget as a fraction of the feature bytes (<= 0.25)")
-    p.add_argument("--phy-batch-size", type=int, default=16,
+    p.add_argument("--phy-batch-size", type=int, default=8,
                    help="(b) batch size on coauthor_phy (8,415-float rows)")
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--superbatch", type=int, default=64, help="Ginex-style superbatch (batches)")
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--slow-rounds", type=int, default=1,
+                   help="rounds for mmap and DGL (cold per batch: seconds per batch)")
     p.add_argument("--threads", type=int, default=0, help="torch threads in the loaders "
                    "(0: torch's default)")
     p.add_argument("--configs", default="a,b,c", help="which configurations to run")
@@ -786,7 +838,7 @@ def main(argv: list[str] | None = None) -> dict:
     args.skip = {s for s in args.skip.split(",") if s}
     if args.toy:
         args.nodes, args.feat_dim, args.avg_degree, args.fanouts = 50_000, 32, 6.0, "5,3"
-        args.batch_size, args.batches, args.epoch_batches, args.rounds = 64, 4, 64, 1
+        args.batch_size, args.batches, args.epoch_batches, args.rounds = 64, 4, 32, 1
         args.hidden, args.phy_batch_size, args.superbatch, args.in_process = 16, 8, 2, True
         if args.configs == "a,b,c":
             args.configs = "a,c"

@@ -61,7 +61,6 @@ def main(spec_path: str) -> dict:
         fanouts = list(plan.meta.fanouts)
     g = dgl.graph(("csc", (indptr, indices, torch.tensor([], dtype=torch.int64))),
                   num_nodes=indptr.numel() - 1)
-    g.create_formats_()
     sampler = dgl.dataloading.NeighborSampler(fanouts)
     loader = dgl.dataloading.DataLoader(g, torch.from_numpy(seeds), sampler, batch_size=bs,
                                         shuffle=False, drop_last=False, num_workers=0)
