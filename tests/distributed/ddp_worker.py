@@ -7,7 +7,8 @@ in the launcher's gloo process group:
 2. trains GraphSAGE under DDP for two epochs through its own ``NodeLoader``, recording
    the seeds of every batch and, after every optimizer step, whether its parameters
    equal rank 0's (exactly);
-3. runs ``oocstore train --json`` (the CLI under torchrun), capturing what it prints.
+3. runs ``oocstore train --json`` (the CLI under torchrun) with a checkpoint, then
+   resumes it for one more epoch, capturing what it prints.
 
 Each rank writes ``OUT/rank<r>.json``; the test checks them.
 """
@@ -80,11 +81,13 @@ def main(store_path: str, out: str) -> None:
         result.update(seeds=seeds, param_diffs=diffs, losses=losses)
     tdist.barrier()
 
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        code = cli(["train", store_path, "--epochs", "3", "--hidden", "32", "--lr", "0.01",
-                    "--cpu-budget", "8MiB", "--json", "--quiet"])
-    result.update(train_exit=code, train_stdout=buf.getvalue())
+    argv = ["train", store_path, "--hidden", "32", "--lr", "0.01", "--cpu-budget", "8MiB",
+            "--checkpoint", os.path.join(out, "ck"), "--json", "--quiet"]
+    for key, extra in (("train", ["--epochs", "3"]), ("resume", ["--epochs", "4", "--resume"])):
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            code = cli(argv + extra)
+        result.update({f"{key}_exit": code, f"{key}_stdout": buf.getvalue()})
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump(result, f)
     if tdist.is_initialized():

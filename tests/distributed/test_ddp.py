@@ -82,3 +82,12 @@ def test_train_under_torchrun_rank0_prints_reduced_json(reports):
     shards = [plans[f"plan/test-eval.rank{r}"] for r in range(2)]
     assert [m["shard_rank"] for m in shards] == [0, 1]
     assert sum(m["num_seeds"] for m in shards) == n_test
+
+
+def test_resume_under_torchrun_continues_every_rank(reports):
+    _, (r0, r1) = reports
+    assert r0["resume_exit"] == r1["resume_exit"] == 0 and r1["resume_stdout"] == ""
+    first = json.loads(r0["train_stdout"].strip().splitlines()[-1])
+    resumed = json.loads(r0["resume_stdout"].strip().splitlines()[-1])
+    assert [e["epoch"] for e in resumed["epochs"]] == [0, 1, 2, 3]
+    assert resumed["epochs"][:3] == first["epochs"]
