@@ -142,6 +142,10 @@ def test_cli_packs_every_shard_and_a_copy_of_the_store_serves_the_same_batches(t
     path = str(tmp_path / "s")
     assert main(["ingest", "synthetic", path, "--nodes", "1500", "--feat-dim", "8", "--quiet"]) == 0
     assert main(["sample", path, "--fanouts", "4,3", "--batch-size", "64", "--epochs", "1",
+                 "--world-size", "0", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--world-size 0" in err[0] and "e.g. --world-size 2" in err[0]
+    assert main(["sample", path, "--fanouts", "4,3", "--batch-size", "64", "--epochs", "1",
                  "--world-size", "2", "--quiet"]) == 0
     assert main(["pack", path, "--cpu-cache", "8KiB", "--max-disk-blowup", "32", "--json",
                  "--quiet"]) == 0
