@@ -1,0 +1,288 @@
+"""Crash harness: SIGKILL ingest, sample and pack at many points, check the store after.
+
+For each component a job runs in a forked child process (the libraries are imported
+once, in this process, which itself never runs a job) and is killed either at an
+instrumented point — the n-th data-file write, the n-th file finished (renamed), the
+n-th directory fsync, just before or after the catalog commit, before the superseded
+files are removed — or after a random delay. After every kill:
+
+1. the store opens and ``verify`` finds no damage;
+2. its state (catalog entries and every array's bytes) equals exactly the last
+   committed one: the reference copy from before the job, or the one after it;
+3. the next writer (``oocstore gc``, or for ingest the next ingest to the same path)
+   leaves no orphaned file: the data directories hold only files the catalog names,
+   and no ``.<name>.partial`` sibling remains.
+
+Crash leftovers are not removed by read-only opens, by design: a reader must never
+delete what a concurrent writer is creating; the next writer (or ``gc``) removes them.
+
+    python tools/crash_harness.py                  # 24 kill points per component
+    python tools/crash_harness.py --points 40 --only pack
+
+Prints a table (kill points, outcomes) and exits 1 on any failure.
+``tests/reliability/test_crash_harness.py`` runs a handful of points per component.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+
+from oocstore import Store  # noqa: E402
+from oocstore.ingest import build_store  # noqa: E402
+from oocstore.ingest.synthetic import SyntheticSpec, synthetic_source  # noqa: E402
+from oocstore.pack import PackOptions, pack_plan  # noqa: E402
+from oocstore.store import catalog as catalog_mod, files as files_mod  # noqa: E402
+from oocstore.store import store as store_mod  # noqa: E402
+from oocstore.store.gc import collect_garbage  # noqa: E402
+from oocstore.store.verify import verify_store  # noqa: E402
+from samplers import sample_plan  # noqa: E402
+
+COMPONENTS = ("ingest", "sample", "pack")
+
+
+# -- the jobs (run in a child) --------------------------------------------------------
+
+def _spec(nodes: int, seed: int) -> SyntheticSpec:
+    return SyntheticSpec(nodes=nodes, feat_dim=32, avg_degree=6, seed=seed)
+
+
+def run_job(component: str, path: Path, nodes: int) -> None:
+    if component == "ingest":  # replace an existing store (old seed 1 -> new seed 2)
+        build_store(path, synthetic_source(_spec(nodes, 2)), seed=2, overwrite=True)
+    elif component == "sample":
+        with Store(path, readonly=False) as s:
+            sample_plan(s, fanouts="5,5", batch_size=256, epochs=2, seed=7, name="p2")
+    elif component == "pack":  # re-pack over the existing pack: supersedes its files
+        with Store(path, readonly=False) as s:
+            pack_plan(s, "train", name="train", overwrite=True,
+                      options=PackOptions(cpu_cache=nodes * 128 // 5, max_disk_blowup=8))
+    else:
+        raise SystemExit(f"unknown component {component}")
+
+
+def make_template(path: Path, nodes: int) -> None:
+    build_store(path, synthetic_source(_spec(nodes, 1)), seed=1)
+    with Store(path, readonly=False) as s:
+        sample_plan(s, fanouts="5,5", batch_size=256, epochs=2, seed=1)
+        pack_plan(s, options=PackOptions(cpu_cache=0, max_disk_blowup=8))
+
+
+# -- instrumentation (in the child) ----------------------------------------------------
+
+_HOOKS = {  # kind -> (owner, attribute)
+    "write": (files_mod.ArrayFileWriter, "write"),
+    "finish": (files_mod.ArrayFileWriter, "finish"),
+    "fsyncdir": (store_mod, "fsync_dir"),
+    "commit": (catalog_mod.Catalog, "commit"),
+    "superseded": (store_mod.Transaction, "_collect_superseded"),
+}
+
+
+def _instrument(point: str | None, counts: Counter) -> None:
+    """Count every hooked call; SIGKILL this process at ``point`` ("kind:n" after the
+    n-th call, "kind:-n" before it)."""
+    kind, n = (point.split(":") + ["0"])[:2] if point and not point.startswith("time") else ("", "0")
+    n = int(n)
+    for k, (owner, attr) in _HOOKS.items():
+        real = getattr(owner, attr)
+
+        def wrapper(*a, _k=k, _real=real, **kw):
+            counts[_k] += 1
+            hit = _k == kind and counts[_k] == abs(n)
+            if hit and n < 0:
+                os.kill(os.getpid(), signal.SIGKILL)
+            out = _real(*a, **kw)
+            if hit and n >= 0:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return out
+
+        setattr(owner, attr, wrapper)
+
+
+def fork_job(component: str, path: Path, nodes: int, point: str | None,
+             count_file: Path | None = None, timeout: float = 600) -> int:
+    """Run the job in a forked child, killed at ``point``; returns its wait status code
+    (``-9`` when killed)."""
+    delay = float(point.split(":")[1]) if point and point.startswith("time:") else None
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        code = 0
+        try:
+            counts: Counter = Counter()
+            _instrument(point, counts)
+            if component == "template":
+                make_template(path, nodes)
+            else:
+                run_job(component, path, nodes)
+            if count_file is not None:
+                count_file.write_text(json.dumps(counts))
+        except BaseException:  # noqa: BLE001
+            import traceback
+
+            traceback.print_exc()
+            code = 3
+        os._exit(code)
+    if delay is not None:
+        t_end = time.time() + delay
+        while time.time() < t_end:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return os.waitstatus_to_exitcode(status)
+            time.sleep(0.005)
+        os.kill(pid, signal.SIGKILL)
+    t0 = time.time()
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.time() - t0 > timeout:
+            os.kill(pid, signal.SIGKILL)
+        time.sleep(0.01)
+
+
+# -- checks (in this process) ----------------------------------------------------------
+
+def state(path: Path):
+    """``(catalog entries, {array: bytes})``, after checking ``verify`` passes."""
+    with Store(path) as s:
+        damage = verify_store(s)
+        if damage:
+            raise AssertionError(f"verify: {damage[0]}")
+        dump = s.catalog.dump()
+        arrays = {n: np.asarray(s.array(n)).tobytes() for n in sorted(s.arrays)}
+    return dump, arrays
+
+
+def only_referenced(path: Path) -> list[str]:
+    """Files under the data directories that the catalog does not name."""
+    with Store(path) as s:
+        named = {m.file for m in s.arrays.values()}
+    out = []
+    for d in store_mod.DATA_DIRS:
+        for p in sorted((path / d).rglob("*")) if (path / d).is_dir() else []:
+            if p.is_file() and p.relative_to(path).as_posix() not in named:
+                out.append(p.relative_to(path).as_posix())
+    return out
+
+
+def plan_points(counts: dict, n_points: int, duration: float, rng: random.Random) -> list[str]:
+    """Every finish / directory fsync / commit point, some writes, then random delays up
+    to ``n_points``."""
+    pts = [f"finish:{i}" for i in range(1, counts.get("finish", 0) + 1)]
+    pts += [f"fsyncdir:{i}" for i in range(1, counts.get("fsyncdir", 0) + 1)]
+    pts += ["commit:-1", "commit:1", "superseded:-1"][: 3 if counts.get("superseded") else 2]
+    w = counts.get("write", 0)
+    if w:
+        pts += [f"write:{i}" for i in sorted({1, w, *rng.sample(range(1, w + 1), min(w, 6))})]
+    rng.shuffle(pts)
+    pts = pts[:max(n_points - 4, n_points // 2)]
+    while len(pts) < n_points:
+        pts.append(f"time:{rng.uniform(0.0, duration):.3f}")
+    return pts
+
+
+def run_component(component: str, n_points: int, root: Path, *, nodes: int = 20000,
+                  seed: int = 0, log=print) -> dict:
+    rng = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    template = root / "template"
+    if not template.exists():
+        if fork_job("template", template, nodes, None) != 0:
+            raise SystemExit("building the template store failed")
+    before = state(template)
+    ref = root / f"after-{component}"
+    shutil.rmtree(ref, ignore_errors=True)
+    shutil.copytree(template, ref)
+    counts_file = root / "counts.json"
+    t0 = time.time()
+    if fork_job(component, ref, nodes, None, counts_file) != 0:
+        raise SystemExit(f"the {component} job failed without a kill")
+    duration = time.time() - t0
+    after = state(ref)
+    counts = json.loads(counts_file.read_text())
+    points = plan_points(counts, n_points, duration, rng)
+    outcomes: Counter = Counter()
+    failures = []
+    for point in points:
+        work = root / "work"
+        shutil.rmtree(work, ignore_errors=True)
+        for p in root.glob(".work.*"):
+            shutil.rmtree(p, ignore_errors=True)
+        shutil.copytree(template, work)
+        code = fork_job(component, work, nodes, point)
+        try:
+            got = state(work)
+            which = "before" if got == before else "after" if got == after else None
+            if which is None:
+                raise AssertionError("state is neither the previous nor the new commit")
+            if component == "ingest":  # the next ingest to the path cleans up
+                if fork_job("ingest", work, nodes, None) != 0:
+                    raise AssertionError("the next ingest failed")
+                if state(work) != after:
+                    raise AssertionError("the next ingest did not produce the new store")
+                left = [p.name for p in root.iterdir() if p.name.startswith(".work.")]
+                if left:
+                    raise AssertionError(f"left behind: {left}")
+            else:
+                with Store(work, readonly=False) as s:
+                    collect_garbage(s)
+            stray = only_referenced(work)
+            if stray:
+                raise AssertionError(f"orphans after the next writer: {stray[:3]}")
+            outcomes[f"{which}{'' if code == -9 else ' (finished)'}"] += 1
+        except Exception as err:  # noqa: BLE001
+            outcomes["FAIL"] += 1
+            failures.append((point, f"{type(err).__name__}: {err}"))
+        log(f"  {component:7s} {point:16s} -> {failures[-1][1] if failures and failures[-1][0] == point else which}")
+    return {"component": component, "points": len(points), "outcomes": dict(outcomes),
+            "failures": failures, "job_seconds": round(duration, 2), "calls": counts}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--points", type=int, default=24, help="kill points per component")
+    ap.add_argument("--only", choices=COMPONENTS, action="append")
+    ap.add_argument("--nodes", type=int, default=20000, help="size of the synthetic store")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dir", default=None, help="work directory (default: a temp dir)")
+    ap.add_argument("--quiet", action="store_true", help="only the summary table")
+    args = ap.parse_args()
+    root = Path(args.dir or tempfile.mkdtemp(prefix="oocstore-crash-"))
+    results = []
+    try:
+        for comp in args.only or COMPONENTS:
+            results.append(run_component(comp, args.points, root, nodes=args.nodes,
+                                         seed=args.seed,
+                                         log=(lambda *a: None) if args.quiet else print))
+    finally:
+        if args.dir is None:
+            shutil.rmtree(root, ignore_errors=True)
+    print(f"{'component':10s} {'kill points':>11s}  outcomes")
+    for r in results:
+        print(f"{r['component']:10s} {r['points']:11d}  " +
+              ", ".join(f"{k} {v}" for k, v in sorted(r["outcomes"].items())))
+        for point, err in r["failures"]:
+            print(f"    FAIL at {point}: {err}")
+    print(json.dumps({"bench": "crash_harness", "results": [
+        {k: v for k, v in r.items() if k != "calls"} for r in results]}))
+    return 1 if any(r["failures"] for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
