@@ -79,8 +79,9 @@ from _common import (SHARED_DATA, dgl_python, machine_info, peak_rss_bytes,  # n
 from oocstore.errors import UsageError  # noqa: E402
 
 LOADERS = ("in-memory", "mmap", "ginex", "dgl", "oocstore-noprefetch", "oocstore")
-#: Loaders of configuration (c): mmap and DGL do not depend on the budget.
-CACHE_LOADERS = ("in-memory", "ginex", "oocstore-noprefetch", "oocstore")
+#: Loaders of configuration (c), the comparison with in-memory (mmap and DGL do not
+#: depend on the budget; (a) shows what prefetch buys).
+CACHE_LOADERS = ("in-memory", "ginex", "oocstore")
 #: Cold per batch through the page cache: each batch faults in most of the feature file
 #: (read-ahead), so these take seconds per batch; ``--slow-rounds`` bounds their repeats.
 SLOW = ("mmap", "dgl")
