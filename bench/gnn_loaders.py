@@ -854,8 +854,14 @@ def main(argv: list[str] | None = None) -> dict:
     if bad:
         raise UsageError(f"--configs {args.configs}: unknown {bad}; choose from a, b, c")
     row = args.feat_dim * 4
-    # features + graph + the packs of (a) and (c) (at most 4x the features each)
-    need = 9 * nodes * row + nodes * args.avg_degree * 8
+    # features + graph + the packs of (a) and (c): each at most 4x the features (the
+    # blowup cap) and at most every input row of every batch of the epoch
+    per_seed, width = 1, 1
+    for f in reversed([int(f) for f in args.fanouts.split(",")]):
+        width *= f if f > 0 else 100
+        per_seed += width
+    pack_bound = min(4 * nodes * row, args.epoch_batches * args.batch_size * per_seed * row)
+    need = nodes * row + nodes * args.avg_degree * 8 + 2 * pack_bound
     if need > args.max_disk:
         raise UsageError(f"--scale {args.scale}: the store and packs would need about "
                          f"{need / 1e9:.0f} GB of disk, over --max-disk {args.max_disk / 1e9:.0f} "
@@ -949,8 +955,10 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
+    from oocstore.errors import OocError
+
     try:
         main()
-    except UsageError as err:
+    except OocError as err:  # bad input or a budget that cannot work: one line, no traceback
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
