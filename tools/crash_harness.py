@@ -186,12 +186,14 @@ def plan_points(counts: dict, n_points: int, duration: float, rng: random.Random
     to ``n_points``."""
     pts = [f"finish:{i}" for i in range(1, counts.get("finish", 0) + 1)]
     pts += [f"fsyncdir:{i}" for i in range(1, counts.get("fsyncdir", 0) + 1)]
-    pts += ["commit:-1", "commit:1", "superseded:-1"][: 3 if counts.get("superseded") else 2]
+    if counts.get("superseded"):
+        pts.append("superseded:-1")
     w = counts.get("write", 0)
     if w:
         pts += [f"write:{i}" for i in sorted({1, w, *rng.sample(range(1, w + 1), min(w, 6))})]
     rng.shuffle(pts)
-    pts = pts[:max(n_points - 4, n_points // 2)]
+    # Just before and just after the commit point come first, whatever the budget.
+    pts = (["commit:-1", "commit:1"] + pts)[:max(n_points - 4, n_points // 2)]
     while len(pts) < n_points:
         pts.append(f"time:{rng.uniform(0.0, duration):.3f}")
     return pts

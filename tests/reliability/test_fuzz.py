@@ -26,8 +26,8 @@ fuzz = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(fuzz)
 
 
-@pytest.mark.parametrize("component, examples", [("edgelist", 60), ("npz", 120),
-                                                 ("planetoid", 60), ("catalog", 200)])
+@pytest.mark.parametrize("component, examples", [("edgelist", 40), ("npz", 100),
+                                                 ("planetoid", 50), ("catalog", 150)])
 def test_fuzz_component(tmp_path, component, examples):
     r = fuzz.run_component(component, examples, seed=1, tmp=tmp_path, deadline_ms=30000)
     assert r["findings"] == []
