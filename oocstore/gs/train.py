@@ -38,17 +38,17 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-import torch
 
 from oocstore.budget import BudgetAccountant, MemoryBudget
 from oocstore.errors import UsageError
 from oocstore.units import format_size, parse_size
 
 from . import layout
-from .adam import AdamConfig
 from .densify import DensifyConfig, GradStats, densify_scene
-from .render import psnr, render_on
-from .stream import MODES, TrainPlan, check_device_budget, largest_view
+
+# torch and the modules using it are imported inside the functions that need them, so
+# registering the subcommand keeps `oocstore ingest` and friends free of torch
+MODE_NAMES = ("stream", "all-on-device", "naive-offload")
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +79,8 @@ class GsTrainConfig:
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise UsageError(f"--steps {self.steps} must be at least 1")
-        if self.mode not in MODES:
-            raise UsageError(f"--mode {self.mode!r} unknown: use one of {', '.join(MODES)}")
+        if self.mode not in MODE_NAMES:
+            raise UsageError(f"--mode {self.mode!r} unknown: use one of {', '.join(MODE_NAMES)}")
         if self.device not in ("cpu", "cuda"):
             raise UsageError(f"--device {self.device!r} unknown: use cpu or cuda")
         if self.holdout < 2:
@@ -114,20 +114,27 @@ def split_views(n: int, holdout: int) -> tuple[np.ndarray, np.ndarray]:
     return train, held
 
 
-def view_params(scene, blocks) -> torch.Tensor:
+def view_params(scene, blocks):
+    import torch
+
     parts = [scene.read_block(int(b))[1][:, :scene.param_width] for b in blocks]
     if not parts:
         return torch.zeros(0, scene.param_width)
     return torch.from_numpy(np.concatenate(parts))
 
 
-@torch.no_grad()
-def render_views(scene, cams, vis_sets, views, device) -> list[torch.Tensor]:
+def render_views(scene, cams, vis_sets, views, device) -> list:
+    """Images [H, W, 3] of ``views``, each rendered from its visible blocks (no autograd)."""
+    import torch
+
+    from .render import render_on
+
     out = []
-    for v in views:
-        p = view_params(scene, vis_sets[v]).to(device)
-        out.append(render_on(p, scene.sh_degree, torch.from_numpy(cams.viewmats[v]),
-                             torch.from_numpy(cams.Ks[v]), cams.width, cams.height).image)
+    with torch.no_grad():
+        for v in views:
+            p = view_params(scene, vis_sets[v]).to(device)
+            out.append(render_on(p, scene.sh_degree, torch.from_numpy(cams.viewmats[v]),
+                                 torch.from_numpy(cams.Ks[v]), cams.width, cams.height).image)
     return out
 
 
@@ -154,6 +161,8 @@ def perturb_scene(scene, seed: int, strength: float = 1.0) -> None:
 def make_plan(scene, cams, train_views, steps: int, seed: int, randomness: float):
     from samplers.views import view_order, visibility_sets
 
+    from .stream import TrainPlan
+
     vis_sets = visibility_sets(scene.block_bounds, cams)
     sub = [vis_sets[v] for v in train_views]
     order = train_views[view_order(sub, seed=seed, randomness=randomness)]
@@ -168,7 +177,11 @@ def peak_rss_bytes() -> int:
 def run_gs_training(path, cfg: GsTrainConfig, *,
                     progress: Callable[[int], None] | None = None) -> dict:
     """Train the scene at ``path``; returns the JSON-able summary."""
+    import torch
+
+    from .adam import AdamConfig
     from .scene import Scene
+    from .stream import MODES, TrainPlan, check_device_budget, largest_view
 
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -290,6 +303,10 @@ def train_steps(store, sh_degree: int, cams, targets: dict, steps: int, *, devic
                 stats: GradStats | None = None) -> tuple[list[float], list[float]]:
     """``steps`` training steps through ``store`` (any mode): render the step's rows, L1
     loss against the view's target, backward, masked Adam. Returns (step times, losses)."""
+    import torch
+
+    from .render import render_on
+
     times, losses = [], []
     device = torch.device(device)
     for i in range(steps):
@@ -317,6 +334,8 @@ def train_steps(store, sh_degree: int, cams, targets: dict, steps: int, *, devic
 
 
 def _eval_psnr(scene, cams, vis_sets, held, targets, device) -> float:
+    from .render import psnr
+
     imgs = render_views(scene, cams, vis_sets, held, device)
     return float(np.mean([psnr(img.clamp(0, 1), targets[int(v)].clamp(0, 1))
                           for v, img in zip(held, imgs)]))
@@ -336,7 +355,7 @@ def add_gs_train(sub) -> None:
                     "baselines.")
     p.add_argument("scene", metavar="SCENE")
     p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--mode", choices=sorted(MODES), default="stream")
+    p.add_argument("--mode", choices=sorted(MODE_NAMES), default="stream")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--gpu-budget", default=None, metavar="SIZE",
                    help="device budget (on --device cpu: a budgeted region of host memory)")
@@ -365,6 +384,8 @@ def _cmd_gs_train(args) -> int:
         except ValueError:
             raise UsageError(f"--size {args.size!r} is not WxH (e.g. 162x105)") from None
     if args.threads is not None:
+        import torch
+
         if args.threads < 1:
             raise UsageError(f"--threads {args.threads} must be at least 1")
         torch.set_num_threads(args.threads)
