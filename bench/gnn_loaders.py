@@ -694,8 +694,8 @@ def ratios_and_targets(res: dict) -> tuple[dict, dict]:
 
 def bottleneck(ours: dict, epoch: bool = False, mem: dict | None = None) -> str:
     """Which stage of oocstore's load pass dominates (from its stage timers)."""
-    st = (ours.get("load_pass") or ours)["stages_s"]
-    load = ours["load_time_s"]
+    lp = ours.get("load_pass") or ours  # stages and load time of the same (first) round
+    st, load = lp["stages_s"], lp["load_time_s"]
     parts = {k: v for k, v in st.items() if k in ("segment reads (O_DIRECT)", "assembly (numba)")}
     parts["rest of the read path (Python, plan, tier lookups)"] = max(
         0.0, load - sum(parts.values()))
