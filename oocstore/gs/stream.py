@@ -377,7 +377,9 @@ class Streamer(_RowStore):
     # -- CPU tier ------------------------------------------------------------------
     def _next_use(self, b: int) -> int:
         u = self.uses.get(b, [])
-        k = bisect.bisect_left(u, self.step)  # self.step: the next step's 0-based index
+        # uses from the current step on (0-based index step - 1): a block this step still
+        # has to load is not a good victim
+        k = bisect.bisect_left(u, self.step - 1)
         return u[k] if k < len(u) else 1 << 62
 
     def _cpu_put(self, b: int, blk: _CpuBlock) -> None:
