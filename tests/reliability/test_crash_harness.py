@@ -19,5 +19,8 @@ def test_crash_harness_few_points(tmp_path):
     for c in res:
         assert c["points"] == 4 and c["failures"] == []
         assert sum(c["outcomes"].values()) == 4
-        # Killed just before the commit point: the previous version; just after: the new.
-        assert c["outcomes"].get("before", 0) >= 1 and c["outcomes"].get("after", 0) >= 1, c
+        # Killed just before the catalog commit: the previous version; just after: the new
+        # one (for ingest the store is built aside, so the old store stays until the swap).
+        assert c["outcomes"].get("before", 0) >= 1, c
+        if c["component"] != "ingest":
+            assert c["outcomes"].get("after", 0) >= 1, c
