@@ -6,7 +6,6 @@ declared sizes are refused before anything is allocated."""
 from __future__ import annotations
 
 import importlib.util
-import io
 import zipfile
 
 import numpy as np
