@@ -315,6 +315,13 @@ def _add_pack(sub) -> None:
                         "optimal policy would; fewer packed rows, restarts each epoch)")
     p.add_argument("--segment-batches", type=int, default=None, metavar="S",
                    help="batches per segment (default: the smallest that fits the blowup cap)")
+    p.add_argument("--pack-memory", type=_size, default=None, metavar="SIZE",
+                   help="host memory for output rows assembled per pass over the base array "
+                        "(default 256MiB); more memory means fewer passes")
+    p.add_argument("--copy", choices=["auto", "buckets", "rescans"], default="auto",
+                   help="how rows reach the output when it exceeds --pack-memory: one base "
+                        "scan plus temporary buckets, one scan per window, or whichever moves "
+                        "fewer bytes (default)")
     p.add_argument("--cpu-budget", type=_size, default=None, metavar="SIZE",
                    help="refuse a pack whose minimum CPU working set exceeds this")
     p.add_argument("--gpu-budget", type=_size, default=None, metavar="SIZE",
@@ -388,6 +395,8 @@ def _pack_one(args, store, plan_name: str, pack_name: str | None) -> None:
                               gpu_budget=args.gpu_budget, segment_batches=args.segment_batches,
                               policy=args.policy)
         bw = Bandwidths()
+    options = PackOptions(**{**options.__dict__, "copy": args.copy,
+                             "window_bytes": args.pack_memory or options.window_bytes})
     total = store.array_meta("features").nbytes
     with _progress(args, None, f"pack {pack_name or plan.name}", unit="B") as update:
         meta = pack_plan(store, plan.name, name=pack_name, options=options,
@@ -626,7 +635,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 parser_class=_Parser)
     for add in _COMMANDS:
         add(sub)
-    from .gs.train import add_gs_train  # gs-train
+    from .gs.cli import add_gs_train  # gs-train (imports torch only when it runs)
     add_gs_train(sub)
     return parser
 

@@ -330,13 +330,21 @@ def test_bucketed_copy_writes_the_same_files_as_one_window(tmp_path, monkeypatch
         for window_rows in (8, 37, 1001, rows - 1):
             name = f"w{window_rows}"
             meta = pack_plan(s, name=name, options=PackOptions(window_bytes=window_rows * 64,
-                                                               **opts))
+                                                               copy="buckets", **opts))
             assert meta.stats["base_scans"] == 1
             got = _pack_file_bytes(s, meta)
             assert got.keys() == expected.keys()
             for part in expected:
                 assert got[part] == expected[part], (window_rows, part)
                 assert s.checksums(meta.arrays[part]) == s.checksums(one.arrays[part])
+        # One scan per window instead of buckets: the same bytes again.
+        for window_rows in (37, rows - 1):
+            meta = pack_plan(s, name=f"r{window_rows}", options=PackOptions(
+                window_bytes=window_rows * 64, copy="rescans", **opts))
+            assert meta.stats["base_scans"] == -(-rows // window_rows)
+            got = _pack_file_bytes(s, meta)
+            for part in expected:
+                assert got[part] == expected[part], (window_rows, part)
         assert not list((s.path / "packs").glob("copy-buckets-*"))  # removed when done
         read_all_and_compare(s, "w37")
 
