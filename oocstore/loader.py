@@ -30,6 +30,11 @@ is initialised, else 0 / 1) select the rank's shard of a plan sampled with
 ``--world-size`` (``oocstore/distributed.py``, ``docs/DISTRIBUTED.md``); ``plan`` is then
 the shard group's name. Each rank's loader has its own budget.
 
+Integrity: with ``verify_reads`` (the default) every checksum chunk a packed-segment
+read covers is checked before its rows are used, and a mismatch raises
+:class:`~oocstore.errors.ChecksumError` naming the batch and the file in the training
+loop; ``verify_reads=False`` skips the check (CRC-32 costs CPU: ``bench/verify_cost.py``).
+
 Epochs: ``set_epoch(e)`` selects plan epoch ``e mod K``, where ``K`` is the number of
 packed epochs (all of the plan's epochs unless a disk-blowup cap packed fewer).
 ``state_dict()`` / ``load_state_dict()`` resume mid-epoch exactly: the same remaining
@@ -114,7 +119,8 @@ class NodeLoader:
     def __init__(self, store: Store, plan: str | None = None, *, pack: str | None = None,
                  device: str | torch.device = "cpu", budget: MemoryBudget | None = None,
                  prefetch: int | None = None, timeout: float = 300.0, io_threads: int = 8,
-                 rank: int | None = None, world_size: int | None = None):
+                 rank: int | None = None, world_size: int | None = None,
+                 verify_reads: bool = True):
         self.store = store
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
@@ -155,7 +161,8 @@ class NodeLoader:
                 f"raise --cpu-budget to at least {format_size(need)}, or re-pack with a smaller "
                 "--cpu-cache or within `oocstore pack --cpu-budget`")
         self.reader = TieredReader(store, self.pack_name, accountant=self.accountant,
-                                   io_threads=io_threads, device=self.device, reserve=reserve)
+                                   io_threads=io_threads, device=self.device, reserve=reserve,
+                                   verify_reads=verify_reads)
         if self.reader.meta.plan != self.plan_name:
             raise UsageError(f"pack {self.pack_name!r} was made from plan "
                              f"{self.reader.meta.plan!r}, not {self.plan_name!r}")

@@ -48,7 +48,7 @@ from .densify import DensifyConfig, GradStats, densify_scene
 
 # torch and the modules using it are imported inside the functions that need them, so
 # registering the subcommand keeps `oocstore ingest` and friends free of torch
-MODE_NAMES = ("stream", "all-on-device", "naive-offload")
+from .cli import MODE_NAMES  # noqa: E402  (one definition, shared with the parser)
 
 log = logging.getLogger(__name__)
 
@@ -343,37 +343,9 @@ def _eval_psnr(scene, cams, vis_sets, held, targets, device) -> float:
 
 # -- command line ------------------------------------------------------------------------
 
-def add_gs_train(sub) -> None:
-    """Register ``oocstore gs-train`` on the top-level subparsers."""
-    p = sub.add_parser(
-        "gs-train", help="train a Gaussian-splatting scene out of core",
-        description="Train a scene against targets rendered from itself (the teacher) starting "
-                    "from perturbed parameters (the student), in place; PSNR on held-out views. "
-                    "--mode stream keeps a working set of blocks inside --gpu-budget (default "
-                    "max(1/4 of the scene, 1.25 x the largest view's working set)) fed from a "
-                    "CPU tier and the scene on SSD; all-on-device and naive-offload are the "
-                    "baselines.")
-    p.add_argument("scene", metavar="SCENE")
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--mode", choices=sorted(MODE_NAMES), default="stream")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--gpu-budget", default=None, metavar="SIZE",
-                   help="device budget (on --device cpu: a budgeted region of host memory)")
-    p.add_argument("--cpu-budget", default=None, metavar="SIZE", help="CPU tier budget")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", default=None, metavar="WxH",
-                   help="render size (default: within 162x105 on cpu, the scene's on cuda)")
-    p.add_argument("--checkpoint-every", type=int, default=0, metavar="N")
-    p.add_argument("--densify-every", type=int, default=0, metavar="N",
-                   help="clone / split / prune every N steps (default 0: never)")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="torch CPU threads (default: torch's; 1 is faster on a busy machine)")
-    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_gs_train)
-
-
-def _cmd_gs_train(args) -> int:
+def cmd_gs_train(args) -> int:
+    """``oocstore gs-train`` (registered by :mod:`oocstore.gs.cli`, which imports this
+    module only when the command runs: it needs torch)."""
     import json
     import sys
 

@@ -97,3 +97,22 @@ def test_corrupt_cpu_tier_refused_at_load(store_copy):
         with pytest.raises(ChecksumError, match=r"cpu_rows.*chunk 0"):
             TieredReader(s, "train")
         TieredReader(s, "train", verify_reads=False).close()  # switched off: loads
+
+
+def test_loader_raises_checksum_error_in_the_training_loop(store_copy):
+    from oocstore.loader import NodeLoader
+
+    with Store(store_copy) as s:
+        rows = s.array_meta("pack/train/rows")
+        path = s.file_path(rows)
+        _corrupt(path, rows.nbytes - 5)
+        with NodeLoader(s, "train", prefetch=2) as loader:
+            with pytest.raises(ChecksumError, match=rf"batch \d+ of pack 'train'.*{path.name}"):
+                for e in range(loader.reader.num_epochs):
+                    loader.set_epoch(e)
+                    for _ in loader:
+                        pass
+        # Switched off, the loader hands the damaged rows on without a check.
+        with NodeLoader(s, "train", prefetch=0, verify_reads=False) as loader:
+            assert not loader.reader.verify_reads
+            assert sum(1 for _ in loader) == len(loader)
