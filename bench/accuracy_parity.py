@@ -70,6 +70,7 @@ def last_json(stdout: str) -> dict:
 def prepare(name: str, cfg: dict, work: Path, toy: bool) -> tuple[Path, int]:
     """Ingest, sample and pack; return the store and the CPU cache size used."""
     store = work / name
+    work.mkdir(parents=True, exist_ok=True)
     if toy:
         oocstore("ingest", "synthetic", str(store), "--nodes", "3000", "--feat-dim", "32",
                  "--avg-degree", "8", "--split", "0.6,0.2,0.2", "--seed", "0", "--overwrite",
