@@ -83,16 +83,23 @@ class Store:
 
     # -- reading -------------------------------------------------------------------
     def refresh(self) -> None:
-        raw_meta = self.catalog.get("meta")
+        """Take a new catalog snapshot: every entry from one LMDB read transaction, so the
+        version, the arrays and every other entry a reader sees belong to one commit. A
+        read-only store answers :meth:`get` / :meth:`items` from this snapshot too (a
+        writer committing meanwhile changes nothing it sees until the next refresh); a
+        writable store, the only writer, reads its entries live."""
+        snap = dict(self.catalog.items(""))
+        self._snap: dict[str, Any] | None = snap if self.readonly else None
+        raw_meta = snap.get("meta")
         if raw_meta is None:
             self.meta = StoreMeta()
         else:
             self.meta = StoreMeta.from_dict(raw_meta)
         self._arrays = {k[len("array/"):]: ArrayMeta.from_dict(v)
-                        for k, v in self.catalog.items("array/")}
-        g = self.catalog.get("graph")
+                        for k, v in snap.items() if k.startswith("array/")}
+        g = snap.get("graph")
         self.graph = GraphMeta.from_dict(g) if g is not None else None
-        self._splits: dict[str, str] = self.catalog.get("splits", {}) or {}
+        self._splits: dict[str, str] = snap.get("splits", {}) or {}
         if self._reader is not None:
             self._reader.set_version(self.meta.version)
 
@@ -141,13 +148,19 @@ class Store:
         return SliceReader(self.file_path(meta), meta)
 
     def checksums(self, name: str) -> list[int]:
-        return list(self.catalog.get(f"sums/{name}", []))
+        return list(self.get(f"sums/{name}", []))
 
     def get(self, key: str, default: Any = None) -> Any:
         """A raw catalog value (for layers that keep their own entries)."""
+        snap = getattr(self, "_snap", None)
+        if snap is not None:
+            return snap.get(key, default)
         return self.catalog.get(key, default)
 
     def items(self, prefix: str) -> Iterator[tuple[str, Any]]:
+        snap = getattr(self, "_snap", None)
+        if snap is not None:
+            return iter([(k, v) for k, v in snap.items() if k.startswith(prefix)])
         return self.catalog.items(prefix)
 
     @property
