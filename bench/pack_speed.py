@@ -279,6 +279,8 @@ def main(argv=None) -> dict:
     p.add_argument("--max-disk-blowup", type=float, default=4.0)
     p.add_argument("--window-mib", type=int, default=None,
                    help="copy window (default: the packer's, 256 MiB)")
+    p.add_argument("--copy", choices=["auto", "buckets", "rescans"], default="auto",
+                   help="the packer's copy strategy (default auto: fewer bytes moved)")
     p.add_argument("--clean", action="store_true", help="delete the generated store at the end")
     p.add_argument("--keep-pack", action="store_true", help="keep the pack (default: drop it)")
     p.add_argument("--out", help="result JSON (default bench/results/pack_speed.json; --toy "
@@ -313,7 +315,7 @@ def main(argv=None) -> dict:
                     max_disk_blowup=args.max_disk_blowup)
         if args.window_mib:
             opts["window_bytes"] = args.window_mib << 20
-        options = PackOptions(**opts)
+        options = PackOptions(copy=args.copy, **opts)
         probe_dir = path / "packs"
         probe_dir.mkdir(exist_ok=True)
         estimate = int(args.max_disk_blowup * feature_bytes + opts["cpu_cache"])
@@ -340,7 +342,7 @@ def main(argv=None) -> dict:
         "plan_positions": meta.stats["positions"], "fanouts": args.fanouts,
         "batch_size": args.batch_size, "epochs": args.epochs,
         "cpu_cache_bytes": opts["cpu_cache"], "max_disk_blowup": args.max_disk_blowup,
-        "window_bytes": options.window_bytes, "cache": "cold (base features evicted; O_DIRECT scan)",
+        "window_bytes": options.window_bytes, "copy": options.copy, "cache": "cold (base features evicted; O_DIRECT scan)",
         "segment_batches": meta.segment_batches, "packed_batches": meta.packed_batches,
         "blowup": meta.blowup, "base_scans": meta.stats["base_scans"],
         "expected_read_amplification": meta.expected_read_amplification,
