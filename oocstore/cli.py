@@ -396,7 +396,8 @@ def _pack_one(args, store, plan_name: str, pack_name: str | None) -> None:
                               policy=args.policy)
         bw = Bandwidths()
     options = PackOptions(**{**options.__dict__, "copy": args.copy,
-                             "window_bytes": args.pack_memory or options.window_bytes})
+                             "window_bytes": options.window_bytes if args.pack_memory is None
+                             else args.pack_memory})
     total = store.array_meta("features").nbytes
     with _progress(args, None, f"pack {pack_name or plan.name}", unit="B") as update:
         meta = pack_plan(store, plan.name, name=pack_name, options=options,

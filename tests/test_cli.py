@@ -151,3 +151,17 @@ def test_ingest_imports_no_torch_or_numba(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_pack_memory_zero_is_refused_with_the_fix(tmp_path):
+    from helpers import run_oocstore
+
+    store = tmp_path / "s"
+    assert run_oocstore("ingest", "synthetic", str(store), "--nodes", "500", "--feat-dim", "8",
+                        "--quiet").returncode == 0
+    assert run_oocstore("sample", str(store), "--fanouts", "3", "--batch-size", "100",
+                        "--quiet").returncode == 0
+    r = run_oocstore("pack", str(store), "--gpu-cache", "0", "--cpu-cache", "0",
+                     "--pack-memory", "0", "--quiet")
+    assert r.returncode != 0
+    assert "--pack-memory 0" in r.stderr and "1GiB" in r.stderr and "Traceback" not in r.stderr
