@@ -1,7 +1,8 @@
 """The scene's log-structured writer (see :mod:`oocstore.gs.scene` for the protocol).
 
 States: OPEN --write_block/new_block/free_block--> DIRTY --commit--> OPEN;
-DIRTY --close (no commit)--> CLOSED (the uncommitted files are removed and the scene
+DIRTY --commit fails (disk full, I/O error)--> DIRTY (nothing committed; the same writes
+can be committed again); DIRTY --close (no commit)--> CLOSED (the uncommitted files are removed and the scene
 object returns to the committed state); OPEN --close--> CLOSED.
 """
 
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import UsageError
-from ..store.files import ArrayFileWriter, fsync_dir
+from ..store.files import ArrayFileWriter, fsync_dir, raise_disk_error
 from ..store.format import ArrayMeta, CHUNK_BYTES
 from . import blocks
 from .blocks import block_bounds_of, check_finite
@@ -166,9 +167,16 @@ class SceneWriter:
         meta = dataclasses.replace(s.meta, num_blocks=num_blocks, next_id=next_id, file_seq=seq)
         puts["scene"] = meta.to_dict()
         puts["meta"] = dataclasses.replace(store.meta, version=store.version + 1).to_dict()
-        if pending and (s.path / "scenes").is_dir():
-            fsync_dir(s.path / "scenes")  # the new files' names are durable before the commit
-        store.catalog.commit(puts, deletes)
+        try:
+            if pending and (s.path / "scenes").is_dir():
+                try:  # the new files' names are durable before the commit
+                    fsync_dir(s.path / "scenes")
+                except OSError as err:
+                    raise_disk_error(err, s.path / "scenes")
+            store.catalog.commit(puts, deletes)
+        except BaseException:
+            self._restore(pending)
+            raise
         # Committed: files that only the previous version named can go, unless a reader
         # of an older version (another process) may still read them.
         with s._lock:
@@ -184,6 +192,19 @@ class SceneWriter:
                         (s.path / old).unlink()
         self.commits += 1
         return store.version
+
+    def _restore(self, pending: dict[int, _Pending]) -> None:
+        """A commit failed: its writes are uncommitted again (a later commit may retry
+        them; :meth:`close` removes their files), unless a newer write replaced them."""
+        s = self.scene
+        with s._lock:
+            for b, pend in pending.items():
+                newer = self._pending.get(b)
+                if newer is None:
+                    self._pending[b] = pend
+                elif pend.file is not None and pend.file != newer.file:
+                    with contextlib.suppress(FileNotFoundError):
+                        (s.path / pend.file).unlink()
 
     def close(self) -> None:
         """Release the lock; writes not committed are discarded (idempotent)."""
