@@ -198,19 +198,26 @@ class Scene:
                 with scene.writer() as w:
                     starts = range(0, n, block_size)
                     blocks = [w.reserve_block() for _ in starts]
+                    # block k is file number first + k whichever thread writes it: the same
+                    # source always gives the same store
+                    first = w._reserve_seqs(len(blocks))
 
                     def write(k: int) -> int:
                         sel = order[starts[k]:starts[k] + block_size]
-                        w._write_fresh(blocks[k], ids[sel], params[sel])
+                        w._write_fresh(blocks[k], ids[sel], params[sel], first + k)
                         return len(sel)
 
                     # Some writers encode while others wait for their fsync; 4 at most,
                     # since the disk, not the CPU, is the limit beyond that.
                     workers = max(2, min(4, os.cpu_count() or 1))
                     with ThreadPoolExecutor(workers, thread_name_prefix="oocstore-scene-ingest") as ex:
-                        for done in ex.map(write, range(len(blocks))):
-                            if progress:
-                                progress(done)
+                        try:
+                            for done in ex.map(write, range(len(blocks))):
+                                if progress:
+                                    progress(done)
+                        except BaseException:  # e.g. disk full: the queued blocks would fail too
+                            ex.shutdown(wait=True, cancel_futures=True)
+                            raise
                     w.commit()
             finally:
                 scene.close()

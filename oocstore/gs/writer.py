@@ -83,13 +83,18 @@ class SceneWriter:
         rows = blocks.encode_rows(ids, records, s._row)
         self._write_rows(b, seq, rows, block_bounds_of(records))
 
-    def _write_fresh(self, b: int, ids: np.ndarray, params: np.ndarray) -> None:
+    def _reserve_seqs(self, n: int) -> int:
+        """Take ``n`` consecutive file sequence numbers; returns the first."""
+        with self.scene._lock:
+            first = self._seq + 1
+            self._seq += n
+        return first
+
+    def _write_fresh(self, b: int, ids: np.ndarray, params: np.ndarray, seq: int) -> None:
         """Ingest's path: checked ``params`` [n, P] with zero moments, written without
-        building float32 records first."""
+        building float32 records first, as file number ``seq`` (from
+        :meth:`_reserve_seqs`, so that names do not depend on thread timing)."""
         s = self.scene
-        with s._lock:
-            self._seq += 1
-            seq = self._seq
         rows = np.zeros(len(ids), dtype=s._row)
         rows["id"] = ids
         rows["params"] = params
