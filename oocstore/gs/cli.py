@@ -167,6 +167,9 @@ def add_gs_train(sub) -> None:
                    help="clone / split / prune every N steps (default 0: never)")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="torch CPU threads (default: torch's; 1 is faster on a busy machine)")
+    p.add_argument("--no-verify-reads", action="store_true",
+                   help="do not check block checksums when reading from SSD (on by default: "
+                        "a damaged block then stops training with an error naming it)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_gs_train)

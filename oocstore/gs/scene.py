@@ -18,6 +18,15 @@ float32, or float16 with ``moments="float16"``, where the second moment is store
 its square root so that the tiny values Adam accumulates stay representable), padded
 to 4 KiB. A block is read with one aligned read of ``n * row_bytes``.
 
+**Checksums on read.** With ``verify_reads`` (the default) :meth:`Scene.read_block`
+recomputes the CRC-32 of every 4 MiB chunk of the rows it read (the bytes are in memory
+already: no extra I/O) and compares it with ``sums/scene/block/<b>`` (for a block this
+process wrote but has not committed, with the sums its writer computed). A mismatch, a
+short file or a checksum list that does not fit the block raises
+:class:`~oocstore.errors.ChecksumError` naming the scene, the block, its file and the
+chunk: corrupt records never reach training. ``verify_reads=False`` skips the CRC (its
+cost: ``bench/gs_verify_cost.py``); a short file is refused either way.
+
 **Blocks** are consecutive runs of the Gaussians in Morton order of their means (so a
 block is a compact piece of space), ``block_size`` Gaussians each at ingest, and may
 grow to ``block_capacity = ceil(block_size * (1 + spare))``: the spare capacity lives
@@ -53,16 +62,17 @@ import logging
 import math
 import os
 import threading
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, NoReturn, Sequence
 
 import numpy as np
 
-from ..errors import FormatError, StoreNotFoundError, UsageError
+from ..errors import ChecksumError, FormatError, StoreNotFoundError, UsageError
 from ..store import Store
-from ..store.files import DirectReader
+from ..store.files import DirectReader, byte_view
 from ..store.format import versioned_from_dict
 from . import layout
 from .blocks import (MOMENT_DTYPES, block_bounds_of, check_finite, decode_rows, encode_rows,
@@ -114,13 +124,17 @@ class Scene:
     """A scene store opened for reading and (through :meth:`writer`) writing.
 
     Properties reflect this process's view: committed state plus what an open writer
-    has written since.
+    has written since. ``verify_reads`` (default on) checks every block read against its
+    chunk checksums (see the module docstring); ``direct`` reads with O_DIRECT where the
+    filesystem allows it.
     """
 
-    def __init__(self, path: str | os.PathLike, *, readonly: bool = False, direct: bool = True):
+    def __init__(self, path: str | os.PathLike, *, readonly: bool = False, direct: bool = True,
+                 verify_reads: bool = True):
         self.path = Path(path)
         self.store = Store(self.path, readonly=readonly)
         self.direct = direct
+        self.verify_reads = bool(verify_reads)
         self._lock = threading.RLock()
         self._writer: SceneWriter | None = None
         try:
@@ -137,8 +151,9 @@ class Scene:
 
     # -- construction ----------------------------------------------------------------
     @classmethod
-    def open(cls, path: str | os.PathLike, *, readonly: bool = False) -> "Scene":
-        return cls(path, readonly=readonly)
+    def open(cls, path: str | os.PathLike, *, readonly: bool = False,
+             verify_reads: bool = True) -> "Scene":
+        return cls(path, readonly=readonly, verify_reads=verify_reads)
 
     @classmethod
     def create(cls, path: str | os.PathLike, means: np.ndarray | None, params: np.ndarray,
@@ -233,6 +248,7 @@ class Scene:
         bounds = np.empty((nb, 2, 3), dtype=np.float32)
         bounds[:, 0], bounds[:, 1] = np.inf, -np.inf
         files: list[str | None] = [None] * nb
+        sums: list[tuple[int, list] | None] = [None] * nb  # (chunk bytes, CRC-32 per chunk)
         for key, value in self.store.items(BLOCK_PREFIX):
             b = int(key[len(BLOCK_PREFIX):])
             if not 0 <= b < nb:
@@ -243,12 +259,19 @@ class Scene:
                 bounds[b, 0], bounds[b, 1] = value["lo"], value["hi"]
         for name, am in self.store.arrays.items():
             if name.startswith(BLOCK_PREFIX):
-                files[int(name[len(BLOCK_PREFIX):])] = am.file
+                b = int(name[len(BLOCK_PREFIX):])
+                if not 0 <= b < nb:
+                    raise FormatError(f"scene {self.path}: catalog has array {name!r} but the "
+                                      f"scene has {nb} blocks: the catalog is damaged; {_FIX}")
+                files[b] = am.file
+                got = self.store.get(f"sums/{name}")
+                # a malformed list is kept as is: read_block reports it as a checksum error
+                sums[b] = (am.chunk_bytes, got if isinstance(got, list) else [])
         for b in range(nb):
             if counts[b] and files[b] is None:
                 raise FormatError(f"scene {self.path}: block {b} holds {counts[b]} Gaussians but "
                                   f"has no data file in the catalog; {_FIX}")
-        self._counts, self._bounds, self._files = counts, bounds, files
+        self._counts, self._bounds, self._files, self._sums = counts, bounds, files, sums
         self._next_id = self.meta.next_id
         self._row = row_dtype(self.meta.sh_degree, self.meta.moments)
         vm = np.asarray(self.store.array("scene/viewmats"))
@@ -327,24 +350,50 @@ class Scene:
 
     # -- reading -------------------------------------------------------------------
     def read_block(self, b: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(ids int64 [n], records float32 [n, 3P])`` of block ``b``'s live Gaussians."""
+        """``(ids int64 [n], records float32 [n, 3P])`` of block ``b``'s live Gaussians.
+
+        Raises :class:`ChecksumError` naming the block, file and chunk when the file is
+        short or (with ``verify_reads``) its bytes do not match the block's checksums."""
         b = self._check_block(b)
         for _attempt in range(3):
             with self._lock:
-                n, rel = int(self._counts[b]), self._files[b]
+                n, rel, sums = int(self._counts[b]), self._files[b], self._sums[b]
             if n == 0:
                 return np.zeros(0, np.int64), np.zeros((0, self.record_width), np.float32)
+            nbytes = n * self._row.itemsize
             try:
                 with DirectReader(self.path / rel, direct=self.direct) as reader:
-                    nbytes = n * self._row.itemsize
                     raw = reader.read(0, nbytes)
             except FileNotFoundError:
                 continue  # a writer replaced the block meanwhile: look again
             if len(raw) < nbytes:
-                raise FormatError(f"scene {self.path}: block {b} file {rel} holds {len(raw)} bytes, "
-                                  f"needs {nbytes}: it is truncated; run `oocstore verify`")
+                cb = sums[0] if sums else nbytes
+                self._damaged(b, rel, len(raw) // cb, f"the file is truncated ({len(raw)} bytes "
+                              f"of rows, the block needs {nbytes})")
+            if self.verify_reads:
+                self._check_sums(b, rel, raw, sums)
             return decode_rows(raw.view(self._row))
         raise FormatError(f"scene {self.path}: block {b}'s file {rel} keeps disappearing")
+
+    def _check_sums(self, b: int, rel: str, raw: np.ndarray, sums) -> None:
+        """CRC-32 of each chunk of ``raw`` (the block's rows) against ``sums``."""
+        cb, want = sums if sums is not None else (0, [])
+        chunks = -(-len(raw) // cb) if cb > 0 else -1
+        if len(want) != chunks:
+            self._damaged(b, rel, None, f"the catalog lists {len(want)} checksum(s) for "
+                          f"{max(chunks, 0)} chunk(s) of chunk size {cb}: the catalog is damaged")
+        mv = byte_view(raw)
+        for c in range(chunks):
+            lo, hi = c * cb, min((c + 1) * cb, len(raw))
+            if zlib.crc32(mv[lo:hi]) != want[c]:
+                self._damaged(b, rel, c, f"checksum mismatch in bytes {lo}..{hi}")
+
+    def _damaged(self, b: int, rel: str, chunk: int | None, what: str) -> NoReturn:
+        where = f"chunk {chunk}: " if chunk is not None else ""
+        raise ChecksumError(
+            f"scene {self.path}: block {b} (file {rel}), {where}{what}: the block is corrupt; "
+            "run `oocstore verify`, then restore the scene from a copy or re-ingest it "
+            "(verify_reads=False / --no-verify-reads skips the checksum check)")
 
     def read_blocks(self, blocks: Sequence[int]) -> list[tuple[np.ndarray, np.ndarray]]:
         return [self.read_block(b) for b in blocks]

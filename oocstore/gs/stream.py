@@ -30,6 +30,11 @@ where the records live and how many bytes move:
   CPU tier on eviction (d2h). :meth:`Streamer.checkpoint` flushes device -> CPU -> SSD and
   commits: a crash loses at most the steps since the last checkpoint.
 
+Integrity: every SSD read goes through :meth:`Scene.read_block`, which checks the block's
+chunk checksums unless the scene was opened with ``verify_reads=False``; a mismatch
+raises :class:`~oocstore.errors.ChecksumError` in the training loop (from the prefetch
+thread too), naming the block, its file, the chunk and the step.
+
 Consistency: a block's newest copy is on the device, else in the CPU tier, else in a
 queued write, else on SSD; loads look in that order. A prefetched SSD copy carries the
 block's SSD version at read time and is used only if no write-back landed since.
@@ -55,7 +60,7 @@ import numpy as np
 import torch
 
 from oocstore.budget import BudgetAccountant
-from oocstore.errors import BudgetError, UsageError
+from oocstore.errors import BudgetError, ChecksumError, UsageError
 from oocstore.pipeline import Pipeline
 from oocstore.units import format_size
 
@@ -453,6 +458,13 @@ class Streamer(_RowStore):
         self.slot_of[b] = s
 
     def _begin(self, vis):
+        try:
+            return self._begin_loads(vis)
+        except ChecksumError as err:  # from the prefetch thread or a synchronous read
+            raise ChecksumError(f"{err} [while loading the blocks of training step "
+                                f"{self.step_offset + self.step}]") from err
+
+    def _begin_loads(self, vis):
         st = self.plan.schedule.steps[self.step - 1]
         i, fetched = next(self._prefetched)
         assert i == self.step - 1, (i, self.step)

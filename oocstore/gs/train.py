@@ -21,7 +21,8 @@ The run, identical in every ``--mode`` except where the records live (see
    view's working set)`` (logged).
 5. **Steps.** Render the student's candidate rows, L1 loss against the target, backward,
    visibility-masked Adam (global step count), write back. ``checkpoint()`` at the end
-   (and every ``--checkpoint-every`` steps) commits the scene.
+   (and every ``--checkpoint-every`` steps) commits the scene. Every block read from
+   the scene is checked against its chunk checksums first (``--no-verify-reads``: not).
 6. **Evaluation.** PSNR over the held-out views, rendered from the committed scene.
 
 This module is a composition root: it puts ``samplers.views`` and the store together.
@@ -75,6 +76,7 @@ class GsTrainConfig:
     prefetch_depth: int = 2
     perturb: float = 1.0  # multiplies the student's perturbation
     densify_every: int = 0  # refine every N steps (0: never); statistics from step 1
+    verify_reads: bool = True  # check block checksums on every SSD read
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -189,7 +191,7 @@ def run_gs_training(path, cfg: GsTrainConfig, *,
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     torch.manual_seed(cfg.seed)
-    with Scene.open(path) as scene:
+    with Scene.open(path, verify_reads=cfg.verify_reads) as scene:
         w, h = render_size(scene.cameras, cfg)
         cams = scene.cameras.resized(w, h)
         train_views, held = split_views(len(cams), cfg.holdout)
@@ -266,6 +268,7 @@ def run_gs_training(path, cfg: GsTrainConfig, *,
                 else max(peaks + [acct.peak("gpu")]))
     return {
         "mode": cfg.mode, "device": cfg.device, "steps": cfg.steps, "seed": cfg.seed,
+        "verify_reads": cfg.verify_reads,
         "render_size": [w, h], "train_views": len(train_views), "heldout_views": len(held),
         "psnr": final_psnr, "psnr_start": psnr_start,
         "loss_first": losses[0], "loss_last": losses[-1],
@@ -365,7 +368,8 @@ def cmd_gs_train(args) -> int:
     cfg = GsTrainConfig(steps=args.steps, mode=args.mode, device=args.device,
                         gpu_budget=args.gpu_budget, cpu_budget=cpu_budget, seed=args.seed,
                         width=width, height=height, checkpoint_every=args.checkpoint_every,
-                        densify_every=args.densify_every)
+                        densify_every=args.densify_every,
+                        verify_reads=not args.no_verify_reads)
     bar = None
     if not args.quiet:
         from tqdm import tqdm

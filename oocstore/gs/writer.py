@@ -129,6 +129,7 @@ class SceneWriter:
             empty = np.array([[np.inf] * 3, [-np.inf] * 3], dtype=np.float32)[None]
             s._bounds = np.concatenate([s._bounds, empty])
             s._files.append(None)
+            s._sums.append(None)
             self._pending.setdefault(b, _Pending(0, 0, None, None, []))
         return b
 
@@ -265,6 +266,7 @@ class SceneWriter:
             else:
                 s._bounds[b] = pend.bounds
             s._files[b] = pend.file
+            s._sums[b] = (CHUNK_BYTES, pend.sums) if pend.file is not None else None
 
     def _check_rows(self, b: int, ids, records) -> tuple[np.ndarray, np.ndarray]:
         s = self.scene

@@ -23,6 +23,13 @@ commit protocol as everything else.
 ``pack/<name>/segments`` (int64 ``[num_segments, 3]``)
     Per segment: first row in ``rows``, number of rows, first batch (plan index row).
 
+``pack/<name>/segment_crc`` (uint32 ``[num_segments]``)
+    CRC-32 (zlib) of each segment's bytes exactly (``rows`` bytes ``[first row x
+    row_bytes, (first row + rows) x row_bytes)``): the loader checks a segment with one
+    CRC over the buffer it just read, with no extra read. Packs written before this
+    array existed lack it; their segments are checked against the file's 4 MiB chunk
+    checksums instead.
+
 ``pack/<name>/batch_segment`` (int64 ``[total_batches]``)
     The segment of each plan batch, ``-1`` where the disk-blowup cap left the batch
     unpacked (its cold rows are then read one by one from the base feature array).
@@ -61,7 +68,8 @@ def pack_key(name: str) -> str:
 
 
 def pack_array_names(name: str) -> dict[str, str]:
-    parts = ("gpu_ids", "gpu_rows", "cpu_ids", "cpu_rows", "rows", "segments", "batch_segment",
+    parts = ("gpu_ids", "gpu_rows", "cpu_ids", "cpu_rows", "rows", "segments", "segment_crc",
+             "batch_segment",
              "tier", "slot", "inserts", "insert_offsets")
     return {p: f"pack/{name}/{p}" for p in parts}
 

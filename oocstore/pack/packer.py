@@ -31,6 +31,7 @@ import logging
 import math
 import os
 import tempfile
+import zlib
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -487,13 +488,16 @@ def pack_plan(store: Store, plan_name: str | None = None, *, name: str | None = 
         txn.write_array(names["cpu_ids"], cpu_ids, subdir="packs")
 
         # Batched copy: one sequential scan of the base array per output window.
+        seg_crc = SegmentChecksums(
+            txn.array_writer(names["rows"], fmeta.np_dtype, (d,), subdir="packs"), seg_rows, rb)
         targets = [(txn.array_writer(names["gpu_rows"], fmeta.np_dtype, (d,), subdir="packs"), gpu_ids),
                    (txn.array_writer(names["cpu_rows"], fmeta.np_dtype, (d,), subdir="packs"), cpu_ids),
-                   (txn.array_writer(names["rows"], fmeta.np_dtype, (d,), subdir="packs"), node_of_row)]
+                   (seg_crc, node_of_row)]
         scans = copy_rows(store, fmeta, targets, window_bytes=options.window_bytes,
                           strategy=options.copy, progress=progress)
         for w, _ in targets:
             w.close()
+        txn.write_array(names["segment_crc"], seg_crc.crcs, subdir="packs")
 
         seg_read = int(sum(_aligned_span(int(r0) * rb, int(r) * rb)
                            for r0, r in zip(seg_first_row, seg_rows)))
@@ -520,6 +524,43 @@ def pack_plan(store: Store, plan_name: str | None = None, *, name: str | None = 
     log.info("packed plan %r: %d segments of %d batch(es), blowup %.2f, expected read "
              "amplification %.3f", plan_name, packed_segs, S, blowup, amp)
     return meta
+
+
+class SegmentChecksums:
+    """Wraps the writer of the packed rows: the CRC-32 of each segment's bytes, computed
+    as the rows are appended (``pack/<name>/segment_crc``, see :mod:`.format`)."""
+
+    def __init__(self, writer, seg_rows: np.ndarray, row_bytes: int):
+        self.writer, self.row_bytes = writer, row_bytes
+        self.ends = np.cumsum(np.asarray(seg_rows, dtype=np.int64))
+        self.crcs = np.zeros(self.ends.size, dtype=np.uint32)
+        self._row, self._seg, self._crc = 0, 0, 0
+
+    def _close_done(self) -> None:
+        while self._seg < self.ends.size and self.ends[self._seg] <= self._row:
+            self.crcs[self._seg] = self._crc
+            self._seg, self._crc = self._seg + 1, 0
+
+    def append(self, rows: np.ndarray) -> None:
+        rows = np.ascontiguousarray(rows)
+        mv = memoryview(rows).cast("B")
+        n, pos, rb = rows.shape[0], 0, self.row_bytes
+        while pos < n:
+            self._close_done()
+            if self._seg >= self.ends.size:
+                raise AssertionError("more packed rows than the segments hold")
+            take = min(n - pos, int(self.ends[self._seg]) - self._row)
+            self._crc = zlib.crc32(mv[pos * rb:(pos + take) * rb], self._crc)
+            pos += take
+            self._row += take
+        self.writer.append(rows)
+
+    def close(self) -> None:
+        self._close_done()
+        if self._seg != self.ends.size:
+            raise AssertionError(f"packed rows end at {self._row}, segments at "
+                                 f"{int(self.ends[-1])}")
+        self.writer.close()
 
 
 def _packed_epochs(batch_seg: np.ndarray, batches_per_epoch) -> int:

@@ -205,7 +205,9 @@ class TieredReader:
                                     _read_whole(store, m.arrays["segments"]),
                                     read_ahead=read_ahead,
                                     checksums=store.checksums(m.arrays["rows"]),
-                                    verify=self.verify_reads)
+                                    verify=self.verify_reads,
+                                    segment_crcs=_read_whole(store, m.arrays["segment_crc"])
+                                    if "segment_crc" in m.arrays else None)
         self.batch_segment = _read_whole(store, m.arrays["batch_segment"])
         self._tier = store.slice_reader(m.arrays["tier"])
         self._slot = store.slice_reader(m.arrays["slot"])

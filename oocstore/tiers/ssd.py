@@ -8,15 +8,17 @@ boundaries, into an aligned buffer; batches of that segment then gather from it.
 aligned read (a whole 4 KiB page for a 512 B row — the read amplification that packing
 exists to avoid), issued from a thread pool so several are in flight.
 
-**Checksums on read.** With ``verify=True`` (the default) :class:`SegmentTier` checks
-every 4 MiB checksum chunk of the pack file that a segment read touches before the
-segment's rows are used, and raises :class:`~oocstore.errors.ChecksumError` naming the
-file, the chunk and the segment (and its first batch) on a mismatch: corrupt bytes are
-never returned. Segments are not aligned to chunks, so the parts of a boundary chunk
-outside the segment are read through a small scratch buffer (:data:`VERIFY_SCRATCH`,
-a fixed overhead outside the budget); a chunk that passed once is remembered, so a
-sequential epoch reads each boundary chunk's tail twice at most and CRCs every byte once
-(cost: ``bench/verify_cost.py``). Rows read one by one through :class:`BaseRowTier` are
+**Checksums on read.** With ``verify=True`` (the default) :class:`SegmentTier` checks a
+segment before its rows are used and raises :class:`~oocstore.errors.ChecksumError`
+naming the file, the segment (and its first batch) on a mismatch: corrupt bytes are
+never returned. A pack records the CRC-32 of every segment's exact bytes
+(``segment_crc``), so the check is one CRC over the buffer just read — no extra I/O
+(cost: ``bench/verify_cost.py``). Packs written before segment checksums existed are
+checked against the file's 4 MiB chunk checksums instead: segments are not aligned to
+chunks, so the parts of a boundary chunk outside the segment are read through a small
+scratch buffer (:data:`VERIFY_SCRATCH`, a fixed overhead outside the budget); a chunk
+that passed once is remembered, so a sequential epoch reads each boundary chunk's tail
+twice at most and CRCs every byte once. Rows read one by one through :class:`BaseRowTier` are
 not checked on read (a 512 B row would cost a 4 MiB chunk read); ``oocstore verify``
 checks them.
 """
@@ -51,20 +53,32 @@ class SegmentTier(Tier):
 
     def __init__(self, path: Path, rows_meta: ArrayMeta, segments: np.ndarray, *,
                  direct: bool = True, read_ahead: bool = True,
-                 checksums: list[int] | None = None, verify: bool = True):
+                 checksums: list[int] | None = None, verify: bool = True,
+                 segment_crcs: np.ndarray | None = None):
         super().__init__()
         self.meta = rows_meta
-        # Checksum verification on read: needs the file's chunk checksums.
-        self.verify = bool(verify and checksums is not None and rows_meta.nbytes)
-        if self.verify and len(checksums) != rows_meta.num_chunks:
+        self.segments = np.asarray(segments, dtype=np.int64)  # [S, 3]: first row, rows, batch
+        # Checksum verification on read: per-segment CRCs where the pack has them, else
+        # the file's chunk checksums.
+        self._seg_crcs = None
+        if verify and segment_crcs is not None and rows_meta.nbytes:
+            if len(segment_crcs) != len(self.segments):
+                raise ChecksumError(
+                    f"pack file {path}: the pack lists {len(segment_crcs)} segment checksums "
+                    f"for {len(self.segments)} segments: the pack is damaged; re-pack")
+            self._seg_crcs = np.asarray(segment_crcs, dtype=np.uint32)
+            checksums = None  # not needed
+        self._chunk_verify = bool(verify and checksums is not None and rows_meta.nbytes)
+        #: whether segment reads are checked (by segment CRC or by chunk checksums)
+        self.verify = self._chunk_verify or self._seg_crcs is not None
+        if self._chunk_verify and len(checksums) != rows_meta.num_chunks:
             raise ChecksumError(
                 f"pack file {path}: the catalog lists {len(checksums)} checksums for "
                 f"{rows_meta.num_chunks} chunks: the catalog is damaged; re-pack")
-        self._sums = list(checksums) if self.verify else []
-        self._verified = np.zeros(rows_meta.num_chunks if self.verify else 0, dtype=bool)
-        self._scratch = aligned_empty(VERIFY_SCRATCH) if self.verify else None
+        self._sums = list(checksums) if self._chunk_verify else []
+        self._verified = np.zeros(rows_meta.num_chunks if self._chunk_verify else 0, dtype=bool)
+        self._scratch = aligned_empty(VERIFY_SCRATCH) if self._chunk_verify else None
         self.verify_bytes = 0  # bytes read only to complete boundary chunks
-        self.segments = np.asarray(segments, dtype=np.int64)  # [S, 3]: first row, rows, batch
         self.row_bytes = rows_meta.row_bytes
         self.dim = rows_meta.shape[1] if len(rows_meta.shape) > 1 else 1
         self.reader = DirectReader(path, direct=direct)
@@ -109,7 +123,13 @@ class SegmentTier(Tier):
         if got < need:
             raise OSError(f"short read of {self.reader.path} (segment {segment}, byte {offset}): "
                           "the pack file is truncated; run `oocstore verify` and re-pack")
-        if self.verify:
+        if self._seg_crcs is not None:
+            lo = offset - start
+            if zlib.crc32(memoryview(buf)[lo:lo + count * self.row_bytes]) != \
+                    int(self._seg_crcs[segment]):
+                self._fail(segment, None, offset, offset + count * self.row_bytes,
+                           "segment checksum mismatch")
+        elif self._chunk_verify:
             self._check(segment, buf, start, got, offset - self.meta.offset,
                         count * self.row_bytes)
         rows = np.frombuffer(buf, dtype=self.meta.np_dtype, count=count * self.dim,
@@ -147,10 +167,11 @@ class SegmentTier(Tier):
                 self._fail(segment, c, c_lo, c_hi, "checksum mismatch")
             self._verified[c] = True
 
-    def _fail(self, segment: int, chunk: int, lo: int, hi: int, what: str) -> None:
+    def _fail(self, segment: int, chunk: int | None, lo: int, hi: int, what: str) -> None:
         first_batch = int(self.segments[segment, 2]) if self.segments.shape[1] > 2 else -1
+        where = f"chunk {chunk} (bytes {lo}..{hi})" if chunk is not None else f"bytes {lo}..{hi}"
         raise ChecksumError(
-            f"pack file {self.reader.path}: {what} in chunk {chunk} (bytes {lo}..{hi}) read "
+            f"pack file {self.reader.path}: {what} in {where} read "
             f"for segment {segment} (from plan batch row {first_batch}): the pack is corrupt; "
             "run `oocstore verify` and re-pack (`oocstore pack ... --overwrite`)")
 

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from conftest import make_cameras, make_params
-from oocstore.errors import FormatError, StoreLockedError, StoreNotFoundError, UsageError
+from oocstore.errors import (ChecksumError, FormatError, StoreLockedError, StoreNotFoundError,
+                             UsageError)
 from oocstore.gs import layout
 from oocstore.gs.ply import read_ply
 from oocstore.gs.scene import Scene, block_bounds_of, morton_order
@@ -212,7 +213,8 @@ def test_truncated_block_file(small_scene):
     scene, _ = small_scene
     f = scene.path / scene._files[0]
     f.write_bytes(f.read_bytes()[:4096])
-    with pytest.raises(FormatError, match="truncated"):
+    with pytest.raises(ChecksumError, match=r"block 0 \(file scenes/b00000000\.\d+\.bin\), chunk 0: "
+                                            "the file is truncated"):
         scene.read_block(0)
 
 

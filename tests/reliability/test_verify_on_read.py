@@ -116,3 +116,61 @@ def test_loader_raises_checksum_error_in_the_training_loop(store_copy):
         with NodeLoader(s, "train", prefetch=0, verify_reads=False) as loader:
             assert not loader.reader.verify_reads
             assert sum(1 for _ in loader) == len(loader)
+
+
+def test_segment_checksums_cover_each_segment_exactly(store_copy):
+    import zlib
+
+    with Store(store_copy) as s:
+        meta = s.array_meta("pack/train/rows")
+        path = s.file_path(meta)
+        segs = np.asarray(s.array("pack/train/segments"))
+        crcs = np.asarray(s.array("pack/train/segment_crc"))
+        packed = np.asarray(s.array("pack/train/rows"))
+    rb = meta.row_bytes
+    raw = packed.view(np.uint8).reshape(-1)
+    assert crcs.dtype == np.uint32 and len(crcs) == len(segs) > 1
+    for (first, count, _), crc in zip(segs, crcs):
+        assert zlib.crc32(raw[first * rb:(first + count) * rb]) == crc
+
+    # One flipped bit fails exactly its segment, with no extra reads to check it.
+    k = len(segs) // 2
+    bad = meta.offset + int(segs[k, 0] + segs[k, 1] // 2) * rb + 3
+    _corrupt(path, bad)
+    tier = SegmentTier(path, meta, segs, checksums=None, segment_crcs=crcs, read_ahead=False)
+    for j in range(len(segs)):
+        if j == k:
+            with pytest.raises(ChecksumError, match=rf"{path.name}: segment checksum mismatch.*"
+                                                   rf"segment {k} "):
+                tier.load(j)
+        else:
+            tier.load(j)
+            lo = segs[j, 0]
+            np.testing.assert_array_equal(tier.current_rows, packed[lo:lo + segs[j, 1]])
+    from oocstore.tiers.ssd import aligned_span
+
+    assert tier.verify_bytes == 0  # the check read nothing beyond the segments
+    assert tier.bytes_read == sum(aligned_span(meta.offset + int(f) * rb, int(c) * rb)[1]
+                                  for j, (f, c, _) in enumerate(segs) if j != k)
+    tier.close()
+
+
+def test_pack_without_segment_checksums_falls_back_to_chunks(store_copy):
+    """A pack written before ``segment_crc`` existed is still checked on read."""
+    from oocstore.pack.format import pack_key
+
+    with Store(store_copy, readonly=False) as s:
+        entry = s.get(pack_key("train"))
+        del entry["arrays"]["segment_crc"]
+        with s.transaction() as txn:
+            txn.put(pack_key("train"), entry)
+    with Store(store_copy) as s:
+        rows = s.array_meta("pack/train/rows")
+        path = s.file_path(rows)
+        _corrupt(path, rows.nbytes - 5)
+        with TieredReader(s, "train") as r:
+            assert r.segments.verify and r.segments._seg_crcs is None
+            with pytest.raises(ChecksumError, match=rf"{path.name}: checksum mismatch in chunk"):
+                for e in range(r.num_epochs):
+                    for b in range(r.num_batches(e)):
+                        r.read_batch(e, b)
