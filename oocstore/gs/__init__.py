@@ -5,7 +5,8 @@ of records; :mod:`.blocks` its row format and block geometry, :mod:`.writer` its
 log-structured crash-safe writer), :mod:`.ingest` (scenes from ``.ply`` / ``.npz``,
 tiling), :mod:`.ply` (3DGS ``.ply``),
 :mod:`.cameras` (COLMAP text, ``.npz`` and generated cameras), :mod:`.cli` (``oocstore
-ingest scene`` and ``oocstore export-scene``). The view sampler lives in
+ingest scene`` and ``oocstore export-scene``), :mod:`.synthetic` (random scenes for
+tests and benchmarks). The view sampler lives in
 ``samplers/views.py``. Compute side: :mod:`.render`, :mod:`.adam`, :mod:`.densify`,
 :mod:`.stream`, :mod:`.train`.
 """

@@ -24,8 +24,9 @@ already: no extra I/O) and compares it with ``sums/scene/block/<b>`` (for a bloc
 process wrote but has not committed, with the sums its writer computed). A mismatch, a
 short file or a checksum list that does not fit the block raises
 :class:`~oocstore.errors.ChecksumError` naming the scene, the block, its file and the
-chunk: corrupt records never reach training. ``verify_reads=False`` skips the CRC (its
-cost: ``bench/gs_verify_cost.py``); a short file is refused either way.
+chunk: corrupt records never reach training. The camera arrays are checked the same way
+whenever the catalog is (re)read. ``verify_reads=False`` skips the CRC (its cost:
+``bench/gs_verify_cost.py``); a short file is refused either way.
 
 **Blocks** are consecutive runs of the Gaussians in Morton order of their means (so a
 block is a compact piece of space), ``block_size`` Gaussians each at ingest, and may
@@ -274,11 +275,22 @@ class Scene:
         self._counts, self._bounds, self._files, self._sums = counts, bounds, files, sums
         self._next_id = self.meta.next_id
         self._row = row_dtype(self.meta.sh_degree, self.meta.moments)
-        vm = np.asarray(self.store.array("scene/viewmats"))
-        ks = np.asarray(self.store.array("scene/Ks"))
+        vm = self._camera_array("scene/viewmats")
+        ks = self._camera_array("scene/Ks")
         names = tuple(self.store.get("scene/view_names") or ())
-        self._cameras = Cameras(vm.copy(), ks.copy(), self.meta.width, self.meta.height,
+        self._cameras = Cameras(vm, ks, self.meta.width, self.meta.height,
                                 names if len(names) == len(vm) else (), source=str(self.path))
+
+    def _camera_array(self, name: str) -> np.ndarray:
+        """A camera array (a few KiB) read whole; with ``verify_reads``, checked against
+        its checksums."""
+        data = np.array(self.store.array(name))
+        if self.verify_reads:
+            meta = self.store.array_meta(name)
+            sums = self.store.get(f"sums/{name}")
+            self._check_sums(f"camera array {name!r}", meta.file, data,
+                             (meta.chunk_bytes, sums if isinstance(sums, list) else []))
+        return data
 
     def _remove_uncommitted(self) -> None:
         """Remove files of writers that never committed (if no writer is active now)."""
@@ -368,31 +380,32 @@ class Scene:
                 continue  # a writer replaced the block meanwhile: look again
             if len(raw) < nbytes:
                 cb = sums[0] if sums else nbytes
-                self._damaged(b, rel, len(raw) // cb, f"the file is truncated ({len(raw)} bytes "
-                              f"of rows, the block needs {nbytes})")
+                self._damaged(f"block {b}", rel, len(raw) // cb, f"the file is truncated "
+                              f"({len(raw)} bytes of rows, the block needs {nbytes})")
             if self.verify_reads:
-                self._check_sums(b, rel, raw, sums)
+                self._check_sums(f"block {b}", rel, raw, sums)
             return decode_rows(raw.view(self._row))
         raise FormatError(f"scene {self.path}: block {b}'s file {rel} keeps disappearing")
 
-    def _check_sums(self, b: int, rel: str, raw: np.ndarray, sums) -> None:
-        """CRC-32 of each chunk of ``raw`` (the block's rows) against ``sums``."""
+    def _check_sums(self, what: str, rel: str, raw: np.ndarray, sums) -> None:
+        """CRC-32 of each chunk of ``raw`` (``what``'s data bytes, from file ``rel``)
+        against ``sums`` = (chunk bytes, [CRC-32 per chunk])."""
         cb, want = sums if sums is not None else (0, [])
-        chunks = -(-len(raw) // cb) if cb > 0 else -1
-        if len(want) != chunks:
-            self._damaged(b, rel, None, f"the catalog lists {len(want)} checksum(s) for "
-                          f"{max(chunks, 0)} chunk(s) of chunk size {cb}: the catalog is damaged")
         mv = byte_view(raw)
+        chunks = -(-len(mv) // cb) if cb > 0 else -1
+        if len(want) != chunks:
+            self._damaged(what, rel, None, f"the catalog lists {len(want)} checksum(s) for "
+                          f"{max(chunks, 0)} chunk(s) of {cb} bytes: the catalog is damaged")
         for c in range(chunks):
-            lo, hi = c * cb, min((c + 1) * cb, len(raw))
+            lo, hi = c * cb, min((c + 1) * cb, len(mv))
             if zlib.crc32(mv[lo:hi]) != want[c]:
-                self._damaged(b, rel, c, f"checksum mismatch in bytes {lo}..{hi}")
+                self._damaged(what, rel, c, f"checksum mismatch in bytes {lo}..{hi}")
 
-    def _damaged(self, b: int, rel: str, chunk: int | None, what: str) -> NoReturn:
+    def _damaged(self, what: str, rel: str, chunk: int | None, detail: str) -> NoReturn:
         where = f"chunk {chunk}: " if chunk is not None else ""
         raise ChecksumError(
-            f"scene {self.path}: block {b} (file {rel}), {where}{what}: the block is corrupt; "
-            "run `oocstore verify`, then restore the scene from a copy or re-ingest it "
+            f"scene {self.path}: {what} (file {rel}), {where}{detail}: the scene is damaged; "
+            "run `oocstore verify`, then restore it from a copy or re-ingest it "
             "(verify_reads=False / --no-verify-reads skips the checksum check)")
 
     def read_blocks(self, blocks: Sequence[int]) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -5,22 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from oocstore.gs import layout
-from oocstore.gs.cameras import orbit_cameras
 from oocstore.gs.scene import Scene
+from oocstore.gs.synthetic import random_cameras, random_params
 
 
 def make_params(n: int, sh_degree: int = 1, *, seed: int = 0, extent: float = 4.0) -> np.ndarray:
     """``n`` random Gaussians in a ``extent``-wide cube: params [n, P] float32."""
-    rng = np.random.default_rng(seed)
-    p = rng.normal(size=(n, layout.param_width(sh_degree))).astype(np.float32)
-    p[:, layout.MEANS] = rng.uniform(-extent / 2, extent / 2, size=(n, 3))
-    p[:, layout.LOG_SCALES] = rng.uniform(-5, -3, size=(n, 3))
-    return p
+    return random_params(n, sh_degree, seed=seed, extent=extent)
 
 
 def make_cameras(params: np.ndarray, n: int = 8, *, width: int = 64, height: int = 48, seed: int = 0):
-    return orbit_cameras(params[:, layout.MEANS], n, width=width, height=height, seed=seed)
+    return random_cameras(params, n, width=width, height=height, seed=seed)
 
 
 @pytest.fixture

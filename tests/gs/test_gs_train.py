@@ -108,3 +108,18 @@ def test_sigkill_while_checkpointing_leaves_a_committed_scene(toy_scene):
         ids, rec = scene.read_all()
     assert len(ids) == 400 and np.all(np.isfinite(rec))
     assert main(["verify", str(toy_scene), "--quiet"]) == 0
+
+
+def test_corrupt_block_is_one_error_line_unless_verify_reads_is_off(toy_scene, capsys):
+    with Scene.open(toy_scene, readonly=True) as scene:
+        rel = scene._files[3]
+    f = toy_scene / rel
+    data = bytearray(f.read_bytes())
+    data[100] ^= 0x08  # inside the first row's exp_avg: a finite value either way
+    f.write_bytes(bytes(data))
+    assert main(["gs-train", str(toy_scene), "--steps", "2", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"block 3 (file {rel}), chunk 0: checksum mismatch" in err
+    assert "--no-verify-reads" in err and "Traceback" not in err
+    out = run_json(capsys, toy_scene, "--steps", 2, "--no-verify-reads")
+    assert out["verify_reads"] is False and out["steps"] == 2

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from oocstore.budget import BudgetAccountant, MemoryBudget
-from oocstore.errors import BudgetError
+from oocstore.errors import BudgetError, ChecksumError
 from oocstore.gs import layout
 from oocstore.gs.adam import AdamConfig, masked_adam_
 from oocstore.gs.cameras import Cameras
@@ -159,3 +159,47 @@ def test_budget_too_small_names_the_view_and_minimum(trained_setup):
         with pytest.raises(BudgetError, match=r"view \d+ needs a device working set of .* raise "
                                               r"--gpu-budget to at least"):
             check_device_budget(scene, plan, 1000)
+
+
+def _flip_block(path, b):
+    with Scene.open(path, readonly=True) as scene:
+        rel = scene._files[b]
+    f = path / rel
+    data = bytearray(f.read_bytes())
+    data[100] ^= 0x08
+    f.write_bytes(bytes(data))
+    return rel
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_a_corrupt_block_stops_training_naming_block_file_and_step(trained_setup, verify):
+    path, cams, vis, _, targets, _ = trained_setup
+    # a block first seen after the first step (read by the prefetch thread ahead of time)
+    plan_views = np.array([0, 1, 2, 3, 4])
+    first = set(vis[plan_views[0]].tolist())
+    later = [int(b) for v in plan_views[1:] for b in vis[v] if int(b) not in first]
+    b = later[0]
+    step = 1 + next(i for i, v in enumerate(plan_views) if b in vis[v])
+    rel = _flip_block(path, b)
+    adam = AdamConfig()
+    with Scene.open(path, verify_reads=verify) as scene:
+        bb = block_bytes(scene)
+        counts = scene.block_counts
+        batch = step_batch_bytes(max(int(counts[vis[v]].sum()) for v in plan_views), scene)
+        budget = max(len(vis[v]) for v in plan_views) * bb + batch
+        plan = TrainPlan(plan_views, vis)
+        plan.schedule = belady_block_schedule(plan_views, vis, bb, budget - batch)
+        acct = BudgetAccountant(MemoryBudget(gpu=budget))
+        with Streamer(scene, plan, device="cpu", accountant=acct, adam=adam,
+                      lr=adam.column_lrs(DEG, 3.0), device_budget=budget) as store:
+            if verify:
+                with pytest.raises(ChecksumError, match=rf"block {b} \(file {rel}\), chunk 0: "
+                                   rf"checksum mismatch.*training step {step}\]"):
+                    train_steps(store, DEG, cams, targets, len(plan_views), device="cpu")
+                assert store.step == step
+            else:  # unchecked, the flipped bytes are trained on
+                train_steps(store, DEG, cams, targets, step, device="cpu")
+        if verify:  # the baselines read every block up front
+            with pytest.raises(ChecksumError, match=rf"block {b} \(file {rel}\)"):
+                AllOnDevice(scene, plan, device="cpu", accountant=BudgetAccountant(MemoryBudget()),
+                            adam=adam, lr=adam.column_lrs(DEG, 3.0))

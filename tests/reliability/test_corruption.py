@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
+
 import pytest
 
 from oocstore import Store
@@ -79,3 +81,66 @@ def test_catalog_truncated_or_not_json(store_copy):
     mdb.write_bytes(raw[:8192])  # truncated mid-file: LMDB refuses it cleanly
     r = run_oocstore("verify", str(store_copy), "--quiet")
     assert r.returncode == 2 and "catalog" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_every_scene_file_flipped_and_truncated(tmp_path):
+    """Block files (one spanning two checksum chunks) and camera arrays of a scene: verify
+    names file and chunk; reading the block, or opening the scene for a camera array,
+    raises ChecksumError naming them; without verify_reads a flipped block comes back
+    as garbage (what the check prevents), a truncated one is refused either way."""
+    from oocstore.errors import ChecksumError
+    from oocstore.gs.scene import Scene
+    from oocstore.gs.synthetic import random_scene
+
+    # SH degree 3 rows are 716 B: block 0 (6,000 rows) spans 2 chunks of 4 MiB.
+    random_scene(tmp_path / "s", 8000, 3, block_size=6000, views=4).close()
+    path = tmp_path / "s"
+    with Scene.open(path, readonly=True) as scene:
+        clean = [scene.read_block(b) for b in range(scene.num_blocks)]
+        metas = {m.file: (n, m) for n, m in scene.store.arrays.items()}
+    assert {n for n, _ in metas.values()} == {"scene/block/00000000", "scene/block/00000001",
+                                              "scene/viewmats", "scene/Ks"}
+    cases = 0
+    for rel, (name, meta) in sorted(metas.items()):
+        f = path / rel
+        original = f.read_bytes()
+        spots = [meta.nbytes // 3, meta.nbytes - 5] if meta.num_chunks > 1 else [meta.nbytes // 2]
+        assert len({p // meta.chunk_bytes for p in spots}) == len(spots)  # one per chunk
+        for pos in spots:
+            chunk = pos // meta.chunk_bytes
+            for damage in ("flip", "truncate"):
+                if damage == "flip":
+                    _flip(f, pos)
+                else:
+                    f.write_bytes(original[:pos])
+                with Store(path) as s:
+                    found = verify_store(s)
+                assert [(d.array, d.file, d.chunk) for d in found] == [(name, rel, chunk)], \
+                    (rel, damage, [str(d) for d in found])
+                if name.startswith("scene/block/"):
+                    b = int(name.rsplit("/", 1)[1])
+                    detail = "checksum mismatch" if damage == "flip" else "the file is truncated"
+                    with Scene.open(path, readonly=True) as scene:
+                        with pytest.raises(ChecksumError, match=rf"block {b} \(file {rel}\), "
+                                                                rf"chunk {chunk}: {detail}"):
+                            scene.read_block(b)
+                        other = 1 - b  # the undamaged block still reads
+                        assert np.array_equal(scene.read_block(other)[1], clean[other][1])
+                    with Scene.open(path, readonly=True, verify_reads=False) as scene:
+                        if damage == "flip":
+                            ids, rec = scene.read_block(b)
+                            assert not (np.array_equal(ids, clean[b][0])
+                                        and np.array_equal(rec, clean[b][1]))
+                        else:
+                            with pytest.raises(ChecksumError, match="truncated"):
+                                scene.read_block(b)
+                elif damage == "flip":
+                    with pytest.raises(ChecksumError, match=rf"camera array '{name}' \(file "
+                                                            rf"{rel}\), chunk 0: checksum mismatch"):
+                        Scene.open(path, readonly=True)
+                    Scene.open(path, readonly=True, verify_reads=False).close()
+                f.write_bytes(original)
+                cases += 1
+    assert cases == 10
+    with Store(path) as s:
+        assert verify_store(s) == []
