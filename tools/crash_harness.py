@@ -1,23 +1,43 @@
-"""Crash harness: SIGKILL ingest, sample and pack at many points, check the store after.
+"""Crash harness: SIGKILL ingest, sample, pack, scene ingest and the Gaussian-splatting
+checkpoint at many points, check the store after.
+
+Components:
+
+* ``ingest`` — replace a synthetic graph store (``--overwrite``);
+* ``sample`` — a new plan; ``pack`` — re-pack over an existing pack;
+* ``scene-ingest`` — replace a scene with one ingested from another ``.ply``
+  (``oocstore ingest scene --overwrite``);
+* ``scene-checkpoint`` — a streamed training segment on a scene (``gs.stream.Streamer``
+  with a device budget and CPU tier small enough that dirty blocks are written back
+  mid-run) ending in ``checkpoint()``, the commit ``gs-train`` makes. Rendering is
+  replaced by a fixed function of the parameters as the gradient, so the result is the
+  same byte for byte on every run (which comparing with the reference needs); the
+  write-back thread, the log-structured writer and the commit are the ones gs-train runs.
 
 For each component a job runs in a forked child process (the libraries are imported
 once, in this process, which itself never runs a job) and is killed either at an
 instrumented point — the n-th data-file write, the n-th file finished (renamed), the
-n-th directory fsync, just before or after the catalog commit, before the superseded
-files are removed — or after a random delay. After every kill:
+n-th directory fsync (store transactions and the scene writer), just before or after the
+catalog commit, before the superseded files are removed — or after a random delay.
+After every kill:
 
-1. the store opens and ``verify`` finds no damage;
+1. the store opens and ``verify`` finds no damage (a scene also opens and every block
+   reads back with its checksums verified);
 2. its state (catalog entries and every array's bytes) equals exactly the last
    committed one: the reference copy from before the job, or the one after it;
-3. the next writer (``oocstore gc``, or for ingest the next ingest to the same path)
-   leaves no orphaned file: the data directories hold only files the catalog names,
-   and no ``.<name>.partial`` sibling remains.
+3. the next writer leaves no orphaned file: the data directories hold only files the
+   catalog names, and no ``.<name>.partial`` sibling remains. The next writer is
+   ``oocstore gc`` for sample and pack, the next ingest to the same path for both
+   ingests, and opening the scene for writing (what ``gs-train`` does first) for the
+   scene checkpoint.
 
 Crash leftovers are not removed by read-only opens, by design: a reader must never
 delete what a concurrent writer is creating; the next writer (or ``gc``) removes them.
+The table counts the kills that left any (``leftovers``).
 
     python tools/crash_harness.py                  # 24 kill points per component
     python tools/crash_harness.py --points 40 --only pack
+    python tools/crash_harness.py --only scene-checkpoint --only scene-ingest
 
 Prints a table (kill points, outcomes) and exits 1 on any failure.
 ``tests/reliability/test_crash_harness.py`` runs a handful of points per component.
@@ -51,9 +71,11 @@ from oocstore.store import catalog as catalog_mod, files as files_mod  # noqa: E
 from oocstore.store import store as store_mod  # noqa: E402
 from oocstore.store.gc import collect_garbage  # noqa: E402
 from oocstore.store.verify import verify_store  # noqa: E402
+from oocstore.gs import writer as scene_writer_mod  # noqa: E402
 from samplers import sample_plan  # noqa: E402
 
-COMPONENTS = ("ingest", "sample", "pack")
+COMPONENTS = ("ingest", "sample", "pack", "scene-ingest", "scene-checkpoint")
+SCENE_COMPONENTS = ("scene-ingest", "scene-checkpoint")
 
 
 # -- the jobs (run in a child) --------------------------------------------------------
@@ -62,8 +84,68 @@ def _spec(nodes: int, seed: int) -> SyntheticSpec:
     return SyntheticSpec(nodes=nodes, feat_dim=32, avg_degree=6, seed=seed)
 
 
-def run_job(component: str, path: Path, nodes: int) -> None:
-    if component == "ingest":  # replace an existing store (old seed 1 -> new seed 2)
+SCENE_SH_DEGREE = 1
+SCENE_BLOCK = 256
+
+
+def scene_source(root: Path, seed: int, gaussians: int) -> Path:
+    """A 3DGS ``.ply`` of ``gaussians`` random Gaussians (written once per seed)."""
+    from oocstore.gs.ply import write_ply
+    from oocstore.gs.synthetic import random_params
+
+    path = root / f"scene-src-{seed}.ply"
+    if not path.exists():
+        write_ply(path, random_params(gaussians, SCENE_SH_DEGREE, seed=seed), SCENE_SH_DEGREE)
+    return path
+
+
+def ingest_scene_job(path: Path, src: Path, *, overwrite: bool) -> None:
+    from oocstore.gs.ingest import ingest_scene
+
+    ingest_scene(src, path, block_size=SCENE_BLOCK, views=8, overwrite=overwrite).close()
+
+
+def scene_checkpoint_job(path: Path, steps: int = 12) -> None:
+    """A streamed training segment ending in the checkpoint commit (see the module
+    docstring). View ``v`` sees blocks ``v .. v+3``; the views walk the scene in strides
+    of 3 so blocks keep leaving and re-entering the device and the CPU tier."""
+    import torch
+
+    from oocstore.budget import BudgetAccountant, MemoryBudget
+    from oocstore.gs.adam import AdamConfig
+    from oocstore.gs.scene import Scene
+    from oocstore.gs.stream import Streamer, TrainPlan, block_bytes, step_batch_bytes
+    from samplers.views import belady_block_schedule
+
+    torch.set_num_threads(1)
+    with Scene.open(path) as scene:
+        nb = scene.num_blocks
+        vis = [np.arange(v, v + 4) % nb for v in range(nb)]
+        views = (np.arange(steps) * 3) % nb
+        bb = block_bytes(scene)
+        counts = scene.block_counts
+        batch = max(step_batch_bytes(int(counts[vis[v]].sum()), scene) for v in views)
+        device = 5 * bb + batch  # the view's 4 blocks and one more
+        plan = TrainPlan(views, vis, belady_block_schedule(views, vis, bb, device - batch))
+        loads = max(len(st.load) for st in plan.schedule.steps)
+        cpu = (3 * loads + 2 + 2) * bb  # prefetch (depth 2), 2 write-backs, 2 CPU tier slots
+        adam = AdamConfig()
+        with Streamer(scene, plan, device="cpu", device_budget=device, adam=adam,
+                      accountant=BudgetAccountant(MemoryBudget(gpu=device, cpu=cpu)),
+                      lr=adam.column_lrs(scene.sh_degree, 3.0)) as store:
+            for _ in range(steps):
+                b = store.begin_step()
+                b.params.grad = torch.sin(3 * b.params.detach() + b.ids[:, None].float())
+                store.end_step(b, torch.ones(len(b.ids), dtype=torch.bool))
+            store.checkpoint()
+
+
+def run_job(component: str, path: Path, nodes: int, gaussians: int = 6000) -> None:
+    if component == "scene-ingest":  # replace a scene (source seed 1 -> seed 2)
+        ingest_scene_job(path, scene_source(path.parent, 2, gaussians), overwrite=True)
+    elif component == "scene-checkpoint":
+        scene_checkpoint_job(path)
+    elif component == "ingest":  # replace an existing store (old seed 1 -> new seed 2)
         build_store(path, synthetic_source(_spec(nodes, 2)), seed=2, overwrite=True)
     elif component == "sample":
         with Store(path, readonly=False) as s:
@@ -76,7 +158,10 @@ def run_job(component: str, path: Path, nodes: int) -> None:
         raise SystemExit(f"unknown component {component}")
 
 
-def make_template(path: Path, nodes: int) -> None:
+def make_template(path: Path, nodes: int, gaussians: int = 6000) -> None:
+    if path.name == "scene-template":
+        ingest_scene_job(path, scene_source(path.parent, 1, gaussians), overwrite=False)
+        return
     build_store(path, synthetic_source(_spec(nodes, 1)), seed=1)
     with Store(path, readonly=False) as s:
         sample_plan(s, fanouts="5,5", batch_size=256, epochs=2, seed=1)
@@ -89,6 +174,7 @@ _HOOKS = {  # kind -> (owner, attribute)
     "write": (files_mod.ArrayFileWriter, "write"),
     "finish": (files_mod.ArrayFileWriter, "finish"),
     "fsyncdir": (store_mod, "fsync_dir"),
+    "scenedir": (scene_writer_mod, "fsync_dir"),  # the scene writer's, before its commit
     "commit": (catalog_mod.Catalog, "commit"),
     "superseded": (store_mod.Transaction, "_collect_superseded"),
 }
@@ -116,7 +202,7 @@ def _instrument(point: str | None, counts: Counter) -> None:
 
 
 def fork_job(component: str, path: Path, nodes: int, point: str | None,
-             count_file: Path | None = None, timeout: float = 600) -> int:
+             count_file: Path | None = None, timeout: float = 600, gaussians: int = 6000) -> int:
     """Run the job in a forked child, killed at ``point``; returns its wait status code
     (``-9`` when killed)."""
     delay = float(point.split(":")[1]) if point and point.startswith("time:") else None
@@ -127,9 +213,9 @@ def fork_job(component: str, path: Path, nodes: int, point: str | None,
             counts: Counter = Counter()
             _instrument(point, counts)
             if component == "template":
-                make_template(path, nodes)
+                make_template(path, nodes, gaussians)
             else:
-                run_job(component, path, nodes)
+                run_job(component, path, nodes, gaussians)
             if count_file is not None:
                 count_file.write_text(json.dumps(counts))
         except BaseException:  # noqa: BLE001
@@ -159,13 +245,21 @@ def fork_job(component: str, path: Path, nodes: int, point: str | None,
 # -- checks (in this process) ----------------------------------------------------------
 
 def state(path: Path):
-    """``(catalog entries, {array: bytes})``, after checking ``verify`` passes."""
+    """``(catalog entries, {array: bytes})``, after checking ``verify`` passes (and, for a
+    scene, that it opens and every block reads back with its checksums verified)."""
     with Store(path) as s:
         damage = verify_store(s)
         if damage:
             raise AssertionError(f"verify: {damage[0]}")
         dump = s.catalog.dump()
         arrays = {n: np.asarray(s.array(n)).tobytes() for n in sorted(s.arrays)}
+    if "scene" in dump:
+        from oocstore.gs.scene import Scene
+
+        with Scene.open(path, readonly=True) as scene:
+            ids, _ = scene.read_all()
+            if len(ids) != scene.num_gaussians or len(np.unique(ids)) != len(ids):
+                raise AssertionError("the scene's blocks do not hold its Gaussians once each")
     return dump, arrays
 
 
@@ -186,6 +280,7 @@ def plan_points(counts: dict, n_points: int, duration: float, rng: random.Random
     to ``n_points``."""
     pts = [f"finish:{i}" for i in range(1, counts.get("finish", 0) + 1)]
     pts += [f"fsyncdir:{i}" for i in range(1, counts.get("fsyncdir", 0) + 1)]
+    pts += [f"scenedir:{i}" for i in range(1, counts.get("scenedir", 0) + 1)]
     if counts.get("superseded"):
         pts.append("superseded:-1")
     w = counts.get("write", 0)
@@ -200,47 +295,59 @@ def plan_points(counts: dict, n_points: int, duration: float, rng: random.Random
 
 
 def run_component(component: str, n_points: int, root: Path, *, nodes: int = 20000,
-                  seed: int = 0, log=print) -> dict:
+                  gaussians: int = 6000, seed: int = 0, log=print) -> dict:
     rng = random.Random(seed)
     root.mkdir(parents=True, exist_ok=True)
-    template = root / "template"
+    template = root / ("scene-template" if component in SCENE_COMPONENTS else "template")
     if not template.exists():
-        if fork_job("template", template, nodes, None) != 0:
-            raise SystemExit("building the template store failed")
+        if fork_job("template", template, nodes, None, gaussians=gaussians) != 0:
+            raise SystemExit(f"building the template {template.name} failed")
     before = state(template)
     ref = root / f"after-{component}"
     shutil.rmtree(ref, ignore_errors=True)
     shutil.copytree(template, ref)
     counts_file = root / "counts.json"
     t0 = time.time()
-    if fork_job(component, ref, nodes, None, counts_file) != 0:
+    if fork_job(component, ref, nodes, None, counts_file, gaussians=gaussians) != 0:
         raise SystemExit(f"the {component} job failed without a kill")
     duration = time.time() - t0
     after = state(ref)
+    if after == before:
+        raise SystemExit(f"the {component} job changed nothing: the harness would prove nothing")
     counts = json.loads(counts_file.read_text())
     points = plan_points(counts, n_points, duration, rng)
     outcomes: Counter = Counter()
     failures = []
+    leftovers = 0
     for point in points:
         work = root / "work"
         shutil.rmtree(work, ignore_errors=True)
         for p in root.glob(".work.*"):
             shutil.rmtree(p, ignore_errors=True)
         shutil.copytree(template, work)
-        code = fork_job(component, work, nodes, point)
+        code = fork_job(component, work, nodes, point, gaussians=gaussians)
+        which = None
         try:
             got = state(work)
             which = "before" if got == before else "after" if got == after else None
             if which is None:
                 raise AssertionError("state is neither the previous nor the new commit")
-            if component == "ingest":  # the next ingest to the path cleans up
-                if fork_job("ingest", work, nodes, None) != 0:
+            partial = [p.name for p in root.iterdir() if p.name.startswith(".work.")]
+            leftovers += bool(only_referenced(work) or partial)
+            if component in ("ingest", "scene-ingest"):  # the next ingest to the path cleans up
+                if fork_job(component, work, nodes, None, gaussians=gaussians) != 0:
                     raise AssertionError("the next ingest failed")
                 if state(work) != after:
                     raise AssertionError("the next ingest did not produce the new store")
                 left = [p.name for p in root.iterdir() if p.name.startswith(".work.")]
                 if left:
                     raise AssertionError(f"left behind: {left}")
+            elif component == "scene-checkpoint":  # what gs-train does first
+                from oocstore.gs.scene import Scene
+
+                Scene.open(work).close()
+                if state(work) != got:
+                    raise AssertionError("opening the scene changed its committed state")
             else:
                 with Store(work, readonly=False) as s:
                     collect_garbage(s)
@@ -251,9 +358,11 @@ def run_component(component: str, n_points: int, root: Path, *, nodes: int = 200
         except Exception as err:  # noqa: BLE001
             outcomes["FAIL"] += 1
             failures.append((point, f"{type(err).__name__}: {err}"))
-        log(f"  {component:7s} {point:16s} -> {failures[-1][1] if failures and failures[-1][0] == point else which}")
+        log(f"  {component:16s} {point:16s} -> "
+            f"{failures[-1][1] if failures and failures[-1][0] == point else which}")
     return {"component": component, "points": len(points), "outcomes": dict(outcomes),
-            "failures": failures, "job_seconds": round(duration, 2), "calls": counts}
+            "leftovers": leftovers, "failures": failures, "job_seconds": round(duration, 2),
+            "calls": counts}
 
 
 def main() -> int:
@@ -261,6 +370,8 @@ def main() -> int:
     ap.add_argument("--points", type=int, default=24, help="kill points per component")
     ap.add_argument("--only", choices=COMPONENTS, action="append")
     ap.add_argument("--nodes", type=int, default=20000, help="size of the synthetic store")
+    ap.add_argument("--gaussians", type=int, default=6000,
+                    help="size of the scene (blocks of 256)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dir", default=None, help="work directory (default: a temp dir)")
     ap.add_argument("--quiet", action="store_true", help="only the summary table")
@@ -270,15 +381,16 @@ def main() -> int:
     try:
         for comp in args.only or COMPONENTS:
             results.append(run_component(comp, args.points, root, nodes=args.nodes,
-                                         seed=args.seed,
+                                         gaussians=args.gaussians, seed=args.seed,
                                          log=(lambda *a: None) if args.quiet else print))
     finally:
         if args.dir is None:
             shutil.rmtree(root, ignore_errors=True)
-    print(f"{'component':10s} {'kill points':>11s}  outcomes")
+    print(f"{'component':16s} {'kill points':>11s}  outcomes")
     for r in results:
-        print(f"{r['component']:10s} {r['points']:11d}  " +
-              ", ".join(f"{k} {v}" for k, v in sorted(r["outcomes"].items())))
+        print(f"{r['component']:16s} {r['points']:11d}  " +
+              ", ".join(f"{k} {v}" for k, v in sorted(r["outcomes"].items())) +
+              f"; {r['leftovers']} left files for the next writer")
         for point, err in r["failures"]:
             print(f"    FAIL at {point}: {err}")
     print(json.dumps({"bench": "crash_harness", "results": [
