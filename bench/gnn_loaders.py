@@ -682,12 +682,13 @@ def ratios_and_targets(res: dict) -> tuple[dict, dict]:
                      "epoch_speedup": v["epoch_time_s"] / ours["epoch_time_s"]}
     t: dict[str, dict] = {}
 
-    def target(name, value, goal, higher=True, why=""):
+    def target(name, value, goal, higher=True, why="", window=None):
         if value is None:
             return
         met = value >= goal if higher else value <= goal
-        t[name] = {"value": value, "target": goal, "met": met, **({"bottleneck": why} if not met
-                                                                  and why else {})}
+        t[name] = {"value": value, "target": goal, "met": met,
+                   "batches": window or res["batches"],
+                   **({"bottleneck": why} if not met and why else {})}
 
     prof = bottleneck(ours)
     if "mmap" in ratios:
@@ -697,9 +698,9 @@ def ratios_and_targets(res: dict) -> tuple[dict, dict]:
     LL = res.get("long", {}).get("loaders", {})
     lo = LL.get("oocstore")
     if lo is None:
-        LL, lo, win = L, ours, f"{res['batches']} batches"
+        LL, lo, win = L, ours, res["batches"]
     else:
-        win = f"{res['long']['batches']} batches"
+        win = res["long"]["batches"]
     lprof = bottleneck(lo)
     if "ginex" in LL:
         g = LL["ginex"]
@@ -714,19 +715,19 @@ def ratios_and_targets(res: dict) -> tuple[dict, dict]:
                         f"amplification) already run at {g['useful_bytes'] / g['load_time_s'] / MB:.0f} "
                         f"MB/s: reading oocstore's bytes at the full sequential speed would be "
                         f"{bound:.2f}x faster than it")
-        target(f"oocstore load vs Ginex-style (x faster, {win})",
-               g["load_time_s"] / lo["load_time_s"], TARGETS["vs_ginex"], why=why)
+        target("oocstore load vs Ginex-style (x faster)",
+               g["load_time_s"] / lo["load_time_s"], TARGETS["vs_ginex"], why=why, window=win)
     if lo.get("effective_bandwidth_Bps"):
-        target(f"oocstore effective bandwidth / sequential read ({win})",
+        target("oocstore effective bandwidth / sequential read",
                lo["effective_bandwidth_Bps"] / res["seq_read_bytes_per_s"],
-               TARGETS["bandwidth_fraction"], why=lprof)
+               TARGETS["bandwidth_fraction"], why=lprof, window=win)
     target("oocstore read amplification", ours.get("read_amplification"),
            TARGETS["amplification"], higher=False, why=prof)
     if res["config"].startswith("c") and "in-memory" in LL:
-        target(f"oocstore epoch / in-memory epoch (25 % cache, {win})",
+        target("oocstore epoch / in-memory epoch (25 % cache)",
                lo["epoch_time_s"] / LL["in-memory"]["epoch_time_s"],
                TARGETS["cache25_vs_in_memory"], higher=False,
-               why=bottleneck(lo, epoch=True, mem=LL["in-memory"]))
+               why=bottleneck(lo, epoch=True, mem=LL["in-memory"]), window=win)
     return ratios, t
 
 
@@ -817,7 +818,7 @@ def print_config(res: dict) -> None:
             print("    oocstore load pass, where the time goes: " + ", ".join(
                 f"{k} {v:.2f} s" for k, v in st.items()))
     for name, t in res["targets"].items():
-        line = (f"  target {name}: {t['value']:.3g} (goal {'>=' if 'faster' in name or 'bandwidth' in name else '<='} "
+        line = (f"  target {name} [{t['batches']} batches]: {t['value']:.3g} (goal {'>=' if 'faster' in name or 'bandwidth' in name else '<='} "
                 f"{t['target']:g}) {'met' if t['met'] else 'NOT met'}")
         if not t["met"] and t.get("bottleneck"):
             line += f" -- bottleneck: {t['bottleneck']}"
