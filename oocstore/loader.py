@@ -11,19 +11,34 @@ Pipeline (``oocstore/pipeline.py``), one named thread per stage, bounded queues:
     plan record -> blocks; packed SSD segment read with ``O_DIRECT`` (the segment tier
     reads the next segment ahead on its own ``oocstore-ssd`` thread, and base-array row
     reads run on an ``oocstore-base`` pool, so several requests are in flight) -> CPU
-    assembly (a numba kernel that releases the GIL) into a staging buffer, pinned when
-    the device is CUDA. ``pin_memory`` behaviour is therefore implicit.
-``oocstore-h2d`` (CUDA only)
-    host-to-device copy on a side CUDA stream, recorded with an event that the consumer's
-    stream waits on; the GPU tier's rows are gathered on the device.
+    assembly (a numba kernel that releases the GIL) into a staging buffer -> on CUDA,
+    the host-to-device copy and the GPU tier's gather, enqueued on the loader's own side
+    stream (below). ``pin_memory`` behaviour is therefore implicit.
 
-On a CPU device the H2D stage is skipped and ``x`` is the staging tensor itself.
+On a CPU device ``x`` is the staging buffer itself (a fresh one per batch).
 
-Memory: ``prefetch`` batches may wait in each queue. The loader charges
+On CUDA (``TieredReader.read_batch_async``) the staging buffer is a slot of the
+loader's :class:`~oocstore.tiers.staging.StagingRing`: ``prefetch + 1`` page-locked
+buffers sized for the pack's largest batch, allocated once. The copy into a fresh
+device tensor and the GPU-tier gather run on a ``torch.cuda.Stream`` the loader owns,
+never the training loop's stream, and end with a recorded event. The training loop's
+current stream waits on that event (``wait_event``: on the device, the host does not
+block), and ``x.record_stream`` marks ``x`` as used there, so the caching allocator
+cannot reuse its memory for a later copy while the loop's kernels may still read it. A ring slot is
+reused only after its copy's event has completed. With ``prefetch=0`` the same path
+runs in the training loop's thread.
+
+Memory: ``prefetch`` batches may wait in each queue. On a CPU device the loader charges
 ``(prefetch + 1) x largest batch`` of staging (the waiting batches plus the one the
 training loop holds) and the labels to the CPU budget, on top of what the tiered reader
-charges (tiers, segment buffers). The default prefetch depth is the largest <= 4 that
-fits; a budget that cannot hold even one batch in flight is refused up front.
+charges (tiers, segment buffers). On CUDA the host side is the staging ring, the same
+``(prefetch + 1) x largest batch``, and the device side is charged to the GPU budget:
+the GPU tier (charged by the reader) and the batches on the device, ``prefetch + 3``
+of them (``oocstore.tiers.staging.device_charges``: being copied, prefetched, handed
+over, and the one the training loop still holds), with the labels, the GPU-tier
+gather's scratch and the CUDA caching allocator's rounding. The default prefetch depth
+is the largest <= 4 that fits both budgets; a budget that cannot hold even one batch in
+flight is refused up front.
 
 Data parallelism: ``rank`` / ``world_size`` (default: from ``torch.distributed`` when it
 is initialised, else 0 / 1) select the rank's shard of a plan sampled with
@@ -61,6 +76,7 @@ from .pipeline import Pipeline
 from .plan import SampledBatch
 from .store import Store
 from .tiers.reader import TieredReader, list_packs
+from .tiers.staging import StagingRing, choose_depth, device_charges
 from .units import format_size
 
 log = logging.getLogger(__name__)
@@ -167,9 +183,13 @@ class NodeLoader:
             raise UsageError(f"pack {self.pack_name!r} was made from plan "
                              f"{self.reader.meta.plan!r}, not {self.plan_name!r}")
         self._charges = []
+        self._ring: StagingRing | None = None
+        self._stream = None
         try:
             self._setup_budget(prefetch)
         except BaseException:
+            if self._ring is not None:
+                self._ring.close()
             self.reader.close()
             raise
         packed = self.reader.meta.packed_epochs
@@ -199,6 +219,9 @@ class NodeLoader:
         fix = (f"the pack's minimum working set is {format_size(m.min_working_set['cpu'])}; raise "
                "--cpu-budget, lower --cpu-cache when packing, or sample with a smaller batch "
                "size")
+        if self.device.type == "cuda":
+            self._setup_device(prefetch, staging, fix)
+            return
         self._charges.append(self.accountant.charge("cpu", staging, "batch held by the training "
                                                     "loop", fix=fix))
         if prefetch is None:
@@ -222,6 +245,52 @@ class NodeLoader:
         self._charges.append(self.accountant.charge(
             "cpu", depth * staging, f"{depth} prefetched batch(es)",
             fix=f"lower the prefetch depth (now {depth}) or raise the cpu budget"))
+
+    def _setup_device(self, prefetch: int | None, staging: int, fix: str) -> None:
+        """CUDA: charge the staging ring (CPU) and the device batches (GPU) for the
+        chosen depth, then allocate the ring and the side stream."""
+        m = self.reader.meta
+        on_device = not self.reader.gpu_on_host
+
+        def gpu_items(depth: int) -> list[tuple[str, int]]:
+            return device_charges(largest_batch_rows=m.largest_batch_rows, row_bytes=m.row_bytes,
+                                  max_seeds=int(self.reader.plan.meta.batch_size),
+                                  prefetch=depth, gpu_tier_rows=m.gpu_rows if on_device else 0,
+                                  already_charged=staging if on_device else 0)
+
+        def fits(depth: int) -> bool:
+            return (self.accountant.fits("cpu", (depth + 1) * staging)
+                    and self.accountant.fits("gpu", sum(b for _, b in gpu_items(depth))))
+
+        if prefetch is not None and int(prefetch) < 0:
+            raise UsageError(f"prefetch {prefetch}: give 0 (read in the training loop's "
+                             "thread, no overlap) or more batches")
+        depth = choose_depth(fits, prefetch, MAX_PREFETCH)
+        if prefetch is None:
+            if depth == 0:
+                gpu = self.budget.gpu
+                raise BudgetError(
+                    f"cpu budget {format_size(self.budget.cpu) if self.budget.cpu else 'unlimited'}"
+                    f" / gpu budget {format_size(gpu) if gpu is not None else 'unlimited'} cannot "
+                    f"prefetch even one batch: that needs a staging ring of "
+                    f"{format_size(2 * staging)} on top of "
+                    f"{format_size(self.accountant.charged('cpu'))} of cpu, and "
+                    f"{format_size(sum(b for _, b in gpu_items(1)))} of device batches on top of "
+                    f"{format_size(self.accountant.charged('gpu'))} of gpu; raise --cpu-budget "
+                    "/ --gpu-budget, or re-pack with a smaller --gpu-cache")
+            log.info("prefetch depth %d (the largest <= %d that fits the cpu and gpu budgets)",
+                     depth, MAX_PREFETCH)
+        self.prefetch = depth
+        self._charges.append(self.accountant.charge(
+            "cpu", (depth + 1) * staging, f"pinned staging ring ({depth + 1} slots)",
+            fix=f"lower the prefetch depth (now {depth}) or raise the cpu budget; {fix}"))
+        gfix = (f"lower the prefetch depth (now {depth}), re-pack with a smaller --gpu-cache, "
+                "or raise the gpu budget")
+        for what, nbytes in gpu_items(depth):
+            self._charges.append(self.accountant.charge("gpu", nbytes, what, fix=gfix))
+        self._ring = StagingRing(depth + 1, m.largest_batch_rows, m.feat_dim, m.dtype, pin=True,
+                                 device=self.device)
+        self._stream = torch.cuda.Stream(device=self.device)
 
     # -- epochs and resume -----------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
@@ -264,9 +333,9 @@ class NodeLoader:
         e = self.plan_epoch
         sample = self.reader.plan.read_batch(e, b)
         if self.device.type == "cuda":
-            x = self.reader.read_batch_tensor(e, b)  # staged in pinned memory, copied
-            event = torch.cuda.Event()
-            event.record()
+            # Staged in the pinned ring, copied on the loader's side stream; ``event``
+            # completes when x is on the device.
+            x, event = self.reader.read_batch_async(e, b, self._ring, self._stream)
         else:
             x = torch.from_numpy(self.reader.read_batch(e, b))
             event = None
@@ -290,9 +359,7 @@ class NodeLoader:
         wait0 = 0.0
         try:
             for b, sample, x, y, event in self._pipeline:
-                if event is not None:
-                    torch.cuda.current_stream().wait_event(event)
-                y = y.to(self.device, non_blocking=True)
+                y = self._hand_over(x, y, event)
                 self._start = b + 1
                 self._batches += 1
                 yield Batch(epoch=epoch, index=b, sample=sample, x=x, y=y, _event=event)
@@ -316,15 +383,25 @@ class NodeLoader:
         for b in range(start, n):
             t0 = time.perf_counter()
             b, sample, x, y, event = self._read(b)
+            y = self._hand_over(x, y, event)
             wait += time.perf_counter() - t0
             self._start = b + 1
             self._batches += 1
-            yield Batch(epoch=epoch, index=b, sample=sample, x=x, y=y.to(self.device), _event=event)
+            yield Batch(epoch=epoch, index=b, sample=sample, x=x, y=y, _event=event)
         self._start = 0
         self.epoch = epoch + 1
         self._wait += wait
         self._epoch_stats.append({"epoch": epoch, "time_s": time.perf_counter() - t_epoch,
                                   "wait_s": wait})
+
+    def _hand_over(self, x: torch.Tensor, y: torch.Tensor, event) -> torch.Tensor:
+        """Make ``x`` safe to use on the training loop's current stream (it was copied on
+        the loader's side stream) and put ``y`` on the device; returns ``y``."""
+        if event is not None:
+            current = torch.cuda.current_stream(self.device)
+            current.wait_event(event)
+            x.record_stream(current)
+        return y.to(self.device, non_blocking=True)
 
     def _stop_pipeline(self) -> None:
         if self._pipeline is not None:
@@ -334,15 +411,21 @@ class NodeLoader:
     # -- stats and lifecycle -------------------------------------------------------
     def stats(self) -> dict[str, Any]:
         st = self.reader.stats()
-        return {**st, "batches": self._batches, "wait_s": self._wait,
-                "epochs": list(self._epoch_stats), "prefetch": self.prefetch,
-                "plan": self.plan_name, "pack": self.pack_name}
+        out = {**st, "batches": self._batches, "wait_s": self._wait,
+               "epochs": list(self._epoch_stats), "prefetch": self.prefetch,
+               "plan": self.plan_name, "pack": self.pack_name}
+        if self._ring is not None:
+            out["staging"] = self._ring.stats()
+        return out
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         self._stop_pipeline()
+        if self._ring is not None:
+            self._ring.close()  # waits for the copies still reading it
+        self._stream = None
         self.reader.close()
         for c in self._charges:
             c.release()

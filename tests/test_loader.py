@@ -152,3 +152,82 @@ def test_batches_convert_to_pyg(store):
         b = next(iter(loader))
         pyg = b.to_pyg()
         assert len(pyg.layers) == 2 and pyg.layers[-1].size[1] == len(b.seeds)
+
+
+@pytest.fixture(scope="module")
+def gpu_store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("loader-gpu") / "s"
+    build_store(path, synthetic_source(SyntheticSpec(nodes=3000, feat_dim=16, avg_degree=8)))
+    s = Store(path, readonly=False)
+    sample_plan(s, fanouts="4,4", batch_size=200, epochs=2, seed=0)
+    pack_plan(s, name="gpu", options=PackOptions(gpu_cache=300 * 64, cpu_cache=500 * 64,
+                                                 max_disk_blowup=64))
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def as_if_cuda(monkeypatch):
+    """The CUDA loader's set-up on a machine without CUDA: the reader keeps its GPU tier
+    in a device tensor on the CPU, the ring stays pageable and the stream is a stand-in.
+    Enough to check what is charged, not to iterate."""
+    import oocstore.loader as loader_mod
+    from oocstore.tiers.reader import TieredReader
+
+    class Reader(TieredReader):
+        def __init__(self, *a, device=None, **kw):
+            super().__init__(*a, device="cpu", gpu_tier_on_device=True, **kw)
+
+    monkeypatch.setattr(loader_mod, "TieredReader", Reader)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: "side stream")
+    monkeypatch.setattr("oocstore.tiers.staging._host_register", lambda array, device: False)
+
+
+def test_cuda_charges_the_ring_to_the_cpu_and_every_device_batch_to_the_gpu(gpu_store, as_if_cuda):
+    from oocstore.tiers.staging import device_charges
+
+    with NodeLoader(gpu_store, pack="gpu", device="cuda") as loader:
+        m = loader.reader.meta
+        staging = m.largest_batch_rows * m.row_bytes
+        assert loader.prefetch == 4
+        items = device_charges(largest_batch_rows=m.largest_batch_rows, row_bytes=m.row_bytes,
+                               max_seeds=200, prefetch=4, gpu_tier_rows=m.gpu_rows,
+                               already_charged=staging)
+        # reader: the gpu tier and one device batch; loader: the rest of what is on the device
+        want_gpu = m.gpu_rows * m.row_bytes + staging + sum(b for _, b in items)
+        assert loader.accountant.charged("gpu") == want_gpu
+        held = [c for c in loader.accountant._holders["cpu"] if "staging ring" in c.what]
+        assert len(held) == 1 and held[0].nbytes == 5 * staging == loader._ring.nbytes
+        assert loader._ring.slots == 5 and loader.stats()["staging"]["pinned"] is False
+        assert not any("held by the training loop" in c.what
+                       for c in loader.accountant._holders["cpu"])
+    # The budget fits exactly depth 1: depth 1 is chosen; one byte less cannot prefetch.
+    reader_gpu = m.gpu_rows * m.row_bytes + staging
+    one = sum(b for _, b in device_charges(largest_batch_rows=m.largest_batch_rows,
+                                           row_bytes=m.row_bytes, max_seeds=200, prefetch=1,
+                                           gpu_tier_rows=m.gpu_rows, already_charged=staging))
+    with NodeLoader(gpu_store, pack="gpu", device="cuda",
+                    budget=MemoryBudget(gpu=reader_gpu + one)) as loader:
+        assert loader.prefetch == 1 and loader._ring.slots == 2
+        assert loader.accountant.charged("gpu") == loader.budget.gpu
+    with pytest.raises(BudgetError, match="cannot prefetch even one batch.*--gpu-budget"):
+        NodeLoader(gpu_store, pack="gpu", device="cuda", budget=MemoryBudget(gpu=reader_gpu + one - 1))
+    with NodeLoader(gpu_store, pack="gpu", device="cuda", prefetch=0,
+                    budget=MemoryBudget(gpu=reader_gpu + one - 1)) as loader:
+        assert loader.prefetch == 0 and loader._ring.slots == 1
+    with pytest.raises(BudgetError, match="gpu budget .* too small.*prefetch depth"):
+        NodeLoader(gpu_store, pack="gpu", device="cuda", prefetch=2,
+                   budget=MemoryBudget(gpu=reader_gpu + one))
+    assert not oocstore_threads()
+
+
+def test_cpu_results_and_charges_do_not_change_on_a_cpu_device(gpu_store):
+    feats = np.asarray(gpu_store.array("features"))
+    with NodeLoader(gpu_store, pack="gpu") as loader:
+        assert loader._ring is None and "staging" not in loader.stats()
+        assert loader.accountant.charged("gpu") == 0
+        whats = [c.what for c in loader.accountant._holders["cpu"]]
+        assert "batch held by the training loop" in whats
+        for b in loader:
+            assert torch.equal(b.x, torch.from_numpy(feats[b.input_nodes]))

@@ -39,3 +39,22 @@ class DeviceTier(Tier):
                 raise IndexError(f"gpu tier: slot outside 0..{self.num_rows - 1}")
             x[positions.to(x.device)] = self.rows.index_select(0, slots.to(self.device))
             self.hits += int(slots.numel())
+
+    def gather_into_async(self, slots: torch.Tensor, positions: torch.Tensor,
+                          x: torch.Tensor) -> None:
+        """``x[positions] = rows[slots]``, enqueued on the current stream without waiting
+        for it. ``slots`` and ``positions`` are host int64 tensors, checked here on the
+        host (checking on the device would wait for the stream); the caller keeps them
+        alive until the stream has passed this point (the staging ring keeps them with
+        its slot)."""
+        n = int(slots.numel())
+        if not n:
+            return
+        lo, hi = int(slots.min()), int(slots.max())
+        if lo < 0 or hi >= self.num_rows:
+            raise IndexError(f"gpu tier: slot {lo if lo < 0 else hi} outside "
+                             f"0..{self.num_rows - 1}")
+        idx = slots.to(self.device, non_blocking=True)
+        pos = positions.to(x.device, non_blocking=True)
+        x.index_copy_(0, pos, self.rows.index_select(0, idx))
+        self.hits += n

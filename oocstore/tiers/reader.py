@@ -299,12 +299,22 @@ class TieredReader:
             self._next = (epoch, batch + 1)
         return out
 
-    def read_batch_tensor(self, epoch: int, batch: int):
-        """The batch as a torch tensor on ``device``: host tiers are assembled into a
-        staging buffer (pinned on CUDA), copied to the device, and the GPU tier's rows
-        are gathered there."""
+    def read_batch_tensor(self, epoch: int, batch: int, *, ring=None, stream=None):
+        """The batch as a torch tensor on ``device``, ready to use on the caller's
+        current stream. Without ``ring``: host tiers are assembled into a fresh staging
+        buffer (pinned on CUDA), copied on the current stream, and the GPU tier's rows
+        gathered there. With a :class:`~oocstore.tiers.staging.StagingRing` (and, on
+        CUDA, a side ``stream``): :meth:`read_batch_async`, then the current stream
+        waits for it."""
         import torch
 
+        if ring is not None:
+            x, event = self.read_batch_async(epoch, batch, ring, stream)
+            if event is not None:
+                current = torch.cuda.current_stream(x.device)
+                current.wait_event(event)
+                x.record_stream(current)
+            return x
         device = self.device or torch.device("cpu")
         row = self.batch_row(epoch, batch)
         n = int(self._pos[row + 1] - self._pos[row])
@@ -318,6 +328,56 @@ class TieredReader:
             self.gpu.gather_into(torch.from_numpy(slot[pos].astype(np.int64)),
                                  torch.from_numpy(pos), x)
         return x
+
+    def read_batch_async(self, epoch: int, batch: int, ring, stream=None):
+        """Start delivering the batch to ``device``; returns ``(x, event)``.
+
+        The host tiers are assembled into a slot of ``ring`` (a
+        :class:`~oocstore.tiers.staging.StagingRing` sized for the pack's largest
+        batch), ``x`` is allocated and copied from the slot on ``stream`` — on CUDA a
+        side stream that the caller owns — and the GPU tier's rows are gathered into
+        ``x`` on the same stream. On CUDA ``event`` is recorded on ``stream`` after that
+        work and the slot goes back to the ring with it (reused only once the copy is
+        done); before using ``x`` on another stream, that stream must
+        ``wait_event(event)`` and ``x.record_stream(it)`` (so the caching allocator does
+        not hand ``x``'s memory back to ``stream`` while that stream may still read it).
+        On a CPU device ``event`` is ``None`` and ``x`` is ready."""
+        import contextlib
+
+        import torch
+
+        device = self.device or torch.device("cpu")
+        cuda = device.type == "cuda"
+        if cuda and stream is None:
+            raise ValueError("read_batch_async on CUDA needs the side stream to copy on")
+        row = self.batch_row(epoch, batch)
+        n = int(self._pos[row + 1] - self._pos[row])
+        slot, host = ring.acquire(n)
+        event, keep = None, None
+        try:
+            self.read_batch(epoch, batch, out=host)
+            src = torch.from_numpy(host)
+            gathered = None
+            if self._last_gpu is not None:
+                pos, slots = self._last_gpu
+                gathered = (torch.from_numpy(slots[pos].astype(np.int64)),
+                            torch.from_numpy(pos.astype(np.int64)))
+            with torch.cuda.stream(stream) if cuda else contextlib.nullcontext():
+                x = torch.empty((n, self.meta.feat_dim), dtype=src.dtype, device=device)
+                x.copy_(src, non_blocking=cuda)
+                if gathered is not None:
+                    self.gpu.gather_into_async(gathered[0], gathered[1], x)
+                if cuda:
+                    event = torch.cuda.Event()
+                    event.record(stream)
+            keep = gathered
+        except BaseException:
+            if cuda:
+                stream.synchronize()  # nothing enqueued may still read the slot
+            ring.release(slot)
+            raise
+        ring.release(slot, event, keep)
+        return x, event
 
     def stats(self) -> dict[str, Any]:
         tiers = {"cpu": self.host.stats(), "ssd": self.segments.stats(), "base": self.base.stats()}
