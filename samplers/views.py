@@ -60,6 +60,10 @@ def visible_blocks(bounds: np.ndarray, viewmat: np.ndarray, K: np.ndarray, width
     normals, offsets = _frustum_planes(viewmat, K, width, height, near)
     for n, d in zip(normals, offsets):
         far_corner = np.where(n >= 0, hi, lo)  # the corner farthest inside this plane
+        # An axis the plane does not depend on adds nothing, even where the box is
+        # infinite along it (inf * 0 would be NaN); the other infinite terms of one box
+        # all have the same sign, so an unbounded box stays visible, an empty one not.
+        far_corner = np.where(n == 0, 0.0, far_corner)
         keep &= far_corner @ n + d >= 0
     return np.flatnonzero(keep).astype(np.int64)
 

@@ -71,12 +71,14 @@ def block_bounds_of(records: np.ndarray) -> np.ndarray:
         out[0], out[1] = np.inf, -np.inf
         return out
     means = records[:, layout.MEANS].astype(np.float64)
-    margin = 3.0 * np.exp(records[:, layout.LOG_SCALES].max(axis=1).astype(np.float64))
-    lo = (means - margin[:, None]).min(axis=0)
-    hi = (means + margin[:, None]).max(axis=0)
-    # rounded outwards so the float32 box still contains every float64 extent
-    out[0] = np.nextafter(lo.astype(np.float32), np.float32(-np.inf))
-    out[1] = np.nextafter(hi.astype(np.float32), np.float32(np.inf))
+    # An extent beyond float32's range becomes an infinite bound: still conservative.
+    with np.errstate(over="ignore"):
+        margin = 3.0 * np.exp(records[:, layout.LOG_SCALES].max(axis=1).astype(np.float64))
+        lo = (means - margin[:, None]).min(axis=0)
+        hi = (means + margin[:, None]).max(axis=0)
+        # rounded outwards so the float32 box still contains every float64 extent
+        out[0] = np.nextafter(lo.astype(np.float32), np.float32(-np.inf))
+        out[1] = np.nextafter(hi.astype(np.float32), np.float32(np.inf))
     return out
 
 

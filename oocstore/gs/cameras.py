@@ -27,6 +27,7 @@ COLMAP_MODELS = {"SIMPLE_PINHOLE": 3, "PINHOLE": 4, "SIMPLE_RADIAL": 4, "RADIAL"
 
 #: Rotations whose R R^T differs from I by more than this are refused as singular.
 _ORTHO_TOL = 1e-3
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,10 @@ class Cameras:
             if not np.all(np.isfinite(vm[i])) or not np.all(np.isfinite(ks[i])):
                 raise SourceError(f"{where}: camera {label} has NaN or infinite values: "
                                   "fix or drop that view")
+            big = max(np.abs(vm[i]).max(), np.abs(ks[i]).max())
+            if big > _FLOAT32_MAX:  # cameras are stored as float32
+                raise SourceError(f"{where}: camera {label} holds the value {big:g}, beyond "
+                                  f"float32's range ({_FLOAT32_MAX:.3g}): fix or drop that view")
             r = vm[i, :3, :3]
             err = np.abs(r @ r.T - np.eye(3)).max()
             if err > _ORTHO_TOL or abs(np.linalg.det(r) - 1.0) > _ORTHO_TOL:

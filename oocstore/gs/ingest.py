@@ -214,6 +214,9 @@ def load_source(src: str | os.PathLike, *, sh_degree: int | None = None) -> Scen
                           "point cloud")
     if src.suffix.lower() == ".ply":
         params, degree = read_ply(src)
+        if len(params) == 0:
+            raise SourceError(f"{src} holds no Gaussians (element vertex 0): a scene needs at "
+                              "least one")
         if sh_degree is not None and sh_degree != degree:
             log.info("SH degree %d of %s changed to %d", degree, src, sh_degree)
             params = change_sh_degree(params, degree, sh_degree)

@@ -39,6 +39,8 @@ FORMATS = {"ascii": None, "binary_little_endian": "<", "binary_big_endian": ">"}
 MAX_HEADER_BYTES = 1 << 16
 #: f_rest_* counts per SH degree.
 REST_COUNTS = {3 * (layout.num_sh_coeffs(d) - 1): d for d in range(layout.MAX_SH_DEGREE + 1)}
+#: Log-scales above this give an infinite float32 scale (e^88.72 is float32's largest).
+MAX_LOG_SCALE = float(np.log(np.finfo(np.float32).max))
 REQUIRED = ("x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1",
             "scale_2", "rot_0", "rot_1", "rot_2", "rot_3")
 
@@ -255,12 +257,20 @@ def _read_ascii(path: Path, offset: int, vertex: PlyElement, size: int, src: str
 
 
 def check_params(params: np.ndarray, sh_degree: int, *, source: str) -> None:
-    """Refuse non-finite parameters and zero quaternions, naming the first bad Gaussian."""
+    """Refuse non-finite parameters, log-scales whose exponential overflows float32 and
+    zero quaternions, naming the first bad Gaussian."""
     bad = ~np.isfinite(params)
     if bad.any():
         row, col = np.argwhere(bad)[0]
         raise SourceError(f"{source}: Gaussian {row} has {params[row, col]} in {_col_name(col)}: "
                           "parameters must be finite; fix or drop it in the source")
+    big = params[:, layout.LOG_SCALES] > MAX_LOG_SCALE
+    if big.any():
+        row, col = np.argwhere(big)[0]
+        raise SourceError(f"{source}: Gaussian {row} has scale_{col} = {params[row, 7 + col]:g}, "
+                          f"a log-scale whose exponential overflows float32 (above "
+                          f"{MAX_LOG_SCALE:.2f}): the file is damaged or holds linear scales "
+                          "(a 3DGS .ply stores their logarithm)")
     qn = np.einsum("ij,ij->i", params[:, layout.QUATS], params[:, layout.QUATS])
     zero = np.flatnonzero(qn <= 1e-20)
     if zero.size:

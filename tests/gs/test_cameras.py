@@ -76,6 +76,14 @@ def test_colmap_bad_input(tmp_path, cams, images, match):
         read_colmap_text(tmp_path)
 
 
+def test_values_beyond_float32_are_refused(tmp_path):
+    model = _model(tmp_path, "1 PINHOLE 640 480 800 800 -1e308 240\n",
+                   "1 1 0 0 0 0 0 0 1 a.png\n\n")
+    with pytest.raises(SourceError, match=r"camera a.png holds the value 1e\+308, beyond "
+                                          r"float32's range"):
+        read_colmap_text(model)
+
+
 def test_missing_model(tmp_path):
     with pytest.raises(SourceError, match="does not exist"):
         read_colmap_text(tmp_path)

@@ -223,6 +223,14 @@ def test_block_bounds_of_empty():
     assert np.all(b[0] == np.inf) and np.all(b[1] == -np.inf)
 
 
+def test_block_bounds_beyond_float32_are_infinite_not_a_warning():
+    p = make_params(3, 0)
+    p[0, layout.LOG_SCALES] = 100.0  # e^100 overflows float32
+    p[1, 0] = 3e38
+    b = block_bounds_of(p)
+    assert b[0].tolist() == [-np.inf] * 3 and b[1].tolist() == [np.inf] * 3
+
+
 def test_a_late_older_write_never_replaces_a_newer_one(small_scene, monkeypatch):
     import oocstore.gs.blocks as blocks_mod
 

@@ -133,6 +133,19 @@ def test_bad_npz(tmp_path, arrays, match):
     assert not (tmp_path / "s").exists()
 
 
+def test_empty_or_absurd_ply_is_refused(tmp_path):
+    write_ply(tmp_path / "empty.ply", np.zeros((0, layout.param_width(0)), np.float32), 0)
+    with pytest.raises(SourceError, match=r"empty.ply holds no Gaussians \(element vertex 0\)"):
+        ingest_scene(tmp_path / "empty.ply", tmp_path / "s")
+    params = make_params(10, 0)
+    params[4, layout.LOG_SCALES.start + 2] = 710.0  # e^710 overflows even float64
+    write_ply(tmp_path / "big.ply", params, 0)
+    with pytest.raises(SourceError, match=r"Gaussian 4 has scale_2 = 710, a log-scale whose "
+                                          r"exponential overflows float32"):
+        ingest_scene(tmp_path / "big.ply", tmp_path / "s")
+    assert not (tmp_path / "s").exists()
+
+
 def test_bad_sources(tmp_path, capsys):
     (tmp_path / "x.npz").write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(SourceError, match="not a readable .npz"):

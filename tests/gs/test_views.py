@@ -75,6 +75,15 @@ def test_culling_simple_cases():
         visible_blocks(box[:, 0], np.eye(4), K, W, H)
 
 
+def test_culling_infinite_and_empty_boxes_with_axis_aligned_cameras():
+    """inf * 0 must not turn a plane test into NaN: an unbounded box (a Gaussian whose
+    extent overflows float32) stays visible, an empty block (bounds +inf..-inf) not."""
+    inf = np.inf
+    box = np.array([[[-inf, -inf, -inf], [inf, inf, inf]], [[inf, inf, inf], [-inf, -inf, -inf]],
+                    [[-1, -1, 4], [1, 1, inf]], [[-inf, -1, 4], [-100, 1, 6]]], dtype=np.float32)
+    assert visible_blocks(box, np.eye(4), K, W, H).tolist() == [0, 2]
+
+
 def _local_views(rng, n):
     """Cameras above a 20 x 20 plane looking down at nearby points (local views)."""
     vms = []
