@@ -1,11 +1,14 @@
 """Fuzz the parsers of untrusted input: SNAP edge lists, ``.npz`` archives, Planetoid
-files, and the catalog's JSON entries.
+files, the catalog's JSON entries, 3DGS ``.ply`` files and COLMAP text models.
 
 Every input must either parse or fail with one of the project's own errors
 (:class:`oocstore.errors.OocError` subclasses); anything else — another exception, a
-crash, a hang past ``--deadline-ms`` — is a finding. Inputs are generated with
-hypothesis (structured mutations of valid files, plus raw bytes), deterministically for
-a seed.
+warning (numpy overflow and the like: errors here, as in the test suite), a crash, a
+hang past ``--deadline-ms`` — is a finding. Inputs are generated with hypothesis
+(structured mutations of valid files, plus raw bytes), deterministically for a seed.
+What parses goes on through the rest of ingest: a store is built from every parsed
+graph input, a scene from every parsed ``.ply`` (whose parameters must read back
+unchanged), and a scene with every parsed COLMAP model as its cameras.
 
     python tools/fuzz_inputs.py --examples 2000          # per component
     python tools/fuzz_inputs.py --only npz --examples 500
@@ -13,6 +16,14 @@ a seed.
 Prints one line per component (inputs tried, parsed, clean errors, findings) and exits
 1 on any finding. ``tests/reliability/test_fuzz.py`` runs the same targets with a few
 hundred inputs.
+
+``.ply`` inputs: token soup after "ply", headers built like real ones and then mutated
+(properties dropped, renamed, duplicated, retyped; other elements before and after the
+vertices; vertex counts off by one or absurd) with bodies in all three formats that fit
+or not, valid files with flipped bytes and cut ends, and raw bytes. COLMAP inputs: token
+soup, valid models (every camera model) with hostile tokens, dropped / duplicated /
+swapped lines, cut ends, stray bytes, CRLF and byte-order marks, and raw bytes;
+``points3D.txt`` is fuzzed alongside although oocstore does not read it.
 """
 
 from __future__ import annotations
@@ -25,6 +36,7 @@ import pickle
 import sys
 import tempfile
 import time
+import warnings
 import zipfile
 import zlib
 from collections import Counter
@@ -262,6 +274,274 @@ def fuzz_catalog(case, tmp: Path) -> str:
     return "parsed"
 
 
+# -- 3DGS .ply ----------------------------------------------------------------------------
+
+PLY_REQUIRED = ["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1",
+                "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
+#: Header words, for token soup after "ply".
+PLY_HEADER_TOKENS = st.sampled_from([
+    "ply", "format", "ascii", "binary_little_endian", "binary_big_endian", "1.0", "2.0",
+    "element", "vertex", "face", "property", "float", "uchar", "double", "list", "int", "x",
+    "y", "f_rest_0", "comment", "obj_info", "end_header", "\n", "3", "-1",
+    "99999999999999999999", "\r\n", "\xff", " ", "\x00"])
+_PLY_TYPES = st.sampled_from(["float", "float"] + ["double", "uchar", "int", "short", "int8",
+                                                   "float64", "uint", "char"])
+_PLY_VALUES = st.one_of(st.floats(width=32), st.sampled_from([0.0, 1.0, -1.0, 1e38, -1e38,
+                                                              88.0, 89.0, 710.0, 1e-45]))
+
+
+def _ply_props(degree: int) -> list[str]:
+    k = (degree + 1) ** 2
+    return (["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
+            + [f"f_rest_{i}" for i in range(3 * (k - 1))]
+            + ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"])
+
+
+@st.composite
+def _structured_ply(draw) -> bytes:
+    """A header built like a real one (right names, mutated: dropped, renamed, duplicated,
+    retyped, extra elements, counts off by one or absurd) and a body that fits it, or
+    not."""
+    degree = draw(st.integers(0, 3))
+    props = _ply_props(degree)
+    edit = draw(st.sampled_from(["none"] * 4 + ["drop", "dup", "rename", "extra", "shuffle"]))
+    if edit == "drop":
+        props.pop(draw(st.integers(0, len(props) - 1)))
+    elif edit == "dup":
+        props.append(props[draw(st.integers(0, len(props) - 1))])
+    elif edit == "rename":
+        props[draw(st.integers(0, len(props) - 1))] = draw(st.sampled_from(
+            ["f_rest_99", "opacity ", "X", "", "f_rest_-1", "scale_3"]))
+    elif edit == "extra":
+        props.append(draw(st.sampled_from(["f_rest_45", "red", "f_rest_3"])))
+    elif edit == "shuffle":
+        props = draw(st.permutations(props))
+    fmt = draw(st.sampled_from(["binary_little_endian", "binary_little_endian", "ascii",
+                                "binary_big_endian"]))
+    types = [draw(_PLY_TYPES) if draw(st.integers(0, 9)) == 0 else "float" for _ in props]
+    n = draw(st.integers(0, 6))
+    declared = draw(st.sampled_from([n, n, n, n + 1, max(n - 1, 0), 10**12, 2**40 + 1]))
+    lines = ["ply", f"format {fmt} 1.0"]
+    before = draw(st.sampled_from(["", "", "face0", "face1", "list"]))
+    if before == "face0":
+        lines += ["element face 0", "property list uchar int vertex_indices"]
+    elif before == "face1":
+        lines += ["element face 1", "property float q"]
+    elif before == "list":
+        lines += ["element face 2", "property list uchar int vertex_indices"]
+    lines.append(f"element vertex {declared}")
+    lines += [f"property {t} {p}" for t, p in zip(types, props)]
+    if draw(st.booleans()):
+        lines += ["element face 1", "property list uchar int vertex_indices"]
+    head = ("\n".join(lines + ["end_header"]) + "\n").encode("ascii", "replace")
+    if before == "face1":
+        head += b"\0\0\0\0" if fmt != "ascii" else b"0.5\n"
+    values = draw(st.lists(_PLY_VALUES, min_size=n * len(props), max_size=n * len(props)))
+    table = np.array(values, dtype=np.float64).reshape(n, len(props))
+    if n and "rot_0" in props and draw(st.booleans()):  # mostly a usable rotation
+        table[:, props.index("rot_0")] = 1.0
+    if fmt == "ascii":
+        body = "".join(" ".join(repr(float(v)) for v in row) + "\n" for row in table).encode()
+    else:
+        order = "<" if fmt == "binary_little_endian" else ">"
+        np_types = {"float": "f4", "double": "f8", "float64": "f8", "uchar": "u1", "int": "i4",
+                    "short": "i2", "int8": "i1", "uint": "u4", "char": "i1"}
+        dt = np.dtype([(f"c{i}", order + np_types[t]) for i, t in enumerate(types)])
+        rec = np.zeros(n, dtype=dt)
+        with np.errstate(all="ignore"):
+            for i in range(len(props)):
+                rec[f"c{i}"] = table[:, i].astype(dt[i], casting="unsafe") if n else rec[f"c{i}"]
+        body = rec.tobytes()
+    tail = draw(st.sampled_from([b"", b"", b"\n", b"junk", b"\0" * 7]))
+    cut = draw(st.sampled_from([0, 0, 0, 1, 5, 40]))
+    data = head + body + tail
+    return data[:len(data) - cut] if cut else data
+
+
+@st.composite
+def _damaged_ply(draw) -> bytes:
+    """A valid file (``write_ply``) with bytes flipped and its end cut off."""
+    from oocstore.gs.ply import write_ply
+    from oocstore.gs.synthetic import random_params
+
+    degree = draw(st.integers(0, 3))
+    n = draw(st.integers(1, 20))
+    with tempfile.TemporaryDirectory(prefix="oocstore-fuzz-ply-") as d:
+        path = Path(d) / "a.ply"
+        write_ply(path, random_params(n, degree, seed=draw(st.integers(0, 99))), degree)
+        data = bytearray(path.read_bytes())
+    for _ in range(draw(st.integers(0, 3))):
+        pos = draw(st.integers(0, len(data) - 1))
+        data[pos] ^= draw(st.integers(1, 255))
+    cut = draw(st.one_of(st.just(0), st.integers(0, len(data))))
+    return bytes(data[:len(data) - cut])
+
+
+PLY = st.one_of(
+    st.builds(lambda toks, tail: ("ply\n" + " ".join(toks)).encode("utf-8", "surrogateescape")
+              + tail, st.lists(PLY_HEADER_TOKENS, max_size=40), st.binary(max_size=40)),
+    _structured_ply(),
+    _damaged_ply(),
+    st.binary(max_size=200),
+)
+
+
+def fuzz_ply(data: bytes, tmp: Path) -> str:
+    from oocstore.gs import layout
+    from oocstore.gs.cli import visibility_summary
+    from oocstore.gs.ingest import ingest_scene
+    from oocstore.gs.ply import parse_header, read_ply
+
+    try:  # the header parser alone, as ``oocstore ingest scene`` meets it first
+        header = parse_header(data, source="fuzz.ply")
+    except OocError as err:
+        if "fuzz.ply" not in str(err):
+            raise AssertionError(f"the error does not name the file: {err}") from err
+    else:
+        if not header.header_bytes <= len(data) or any(e.count < 0 for e in header.elements):
+            raise AssertionError(f"inconsistent header {header}")
+    path = tmp / "g.ply"
+    path.write_bytes(data)
+    params, degree = read_ply(path)
+    if params.shape[1:] != (layout.param_width(degree),) or not np.all(np.isfinite(params)):
+        raise AssertionError(f"read_ply returned params {params.shape} with non-finite values")
+    scene = ingest_scene(path, tmp / "scene", block_size=4, views=4, overwrite=True)
+    try:
+        ids, got = scene.read_params()
+        visibility_summary(scene)  # what `oocstore ingest scene` prints
+    finally:
+        scene.close()
+    if not (np.array_equal(ids, np.arange(len(params))) and np.array_equal(got, params)):
+        raise AssertionError("the ingested scene does not hold the parsed parameters")
+    return "parsed"
+
+
+# -- COLMAP text --------------------------------------------------------------------------
+
+#: Words of COLMAP text lines, for token soup.
+COLMAP_LINE = st.lists(st.sampled_from([
+    "1", "2", "0", "-3", "PINHOLE", "OPENCV", "SIMPLE_PINHOLE", "SIMPLE_RADIAL", "RADIAL",
+    "FULL_OPENCV", "nan", "inf", "1e400", "1e-320", "640", "480", "0.7071", "x.png", "#", "0.5",
+    "\t", "99999999999999999999", "1e308"]), max_size=12).map(" ".join)
+_HOSTILE = st.one_of(st.floats(allow_nan=True, allow_infinity=True).map(repr),
+                     st.sampled_from(["0", "-1", "1e308", "-1e308", "1e-320", "65537", "1e400",
+                                      "nan", "abc", "", "99999999999999999999", "PINHOLE",
+                                      "\x00", "\udcff", "#"]))
+_COLMAP_PARAMS = {"SIMPLE_PINHOLE": "f cx cy", "PINHOLE": "fx fy cx cy", "SIMPLE_RADIAL":
+                  "f cx cy k", "RADIAL": "f cx cy k k", "OPENCV": "fx fy cx cy k k k k"}
+
+
+@st.composite
+def _colmap_model(draw) -> tuple[bytes, bytes, bytes]:
+    """A valid COLMAP text model (1-3 cameras, 1-5 images), then 0-3 mutations: a token
+    replaced by a hostile value, a line dropped / duplicated / swapped, the file cut short
+    or given stray bytes, CRLF endings, a byte-order mark."""
+    ncams = draw(st.integers(1, 3))
+    cams = ["# Camera list with one line of data per camera:"]
+    for c in range(1, ncams + 1):
+        model = draw(st.sampled_from(sorted(_COLMAP_PARAMS)))
+        scale = draw(st.sampled_from([1, 1, 2, 0.5]))
+        w, h = int(640 * scale), int(480 * scale)
+        vals = []
+        for kind in _COLMAP_PARAMS[model].split():
+            if kind in ("f", "fx", "fy"):
+                vals.append(draw(st.floats(50, 2000)))
+            elif kind == "cx":
+                vals.append(w / 2)
+            elif kind == "cy":
+                vals.append(h / 2)
+            else:
+                vals.append(draw(st.floats(-0.1, 0.1)))
+        cams.append(" ".join([str(c), model, str(w), str(h), *map(repr, vals)]))
+    images = ["# Image list with two lines of data per image:"]
+    for i in range(1, draw(st.integers(1, 5)) + 1):
+        q = draw(st.lists(st.floats(-1, 1), min_size=4, max_size=4))
+        q[0] = q[0] if abs(q[0]) > 0.1 else 1.0
+        t = draw(st.lists(st.floats(-10, 10), min_size=3, max_size=3))
+        cam = draw(st.integers(1, ncams))
+        images.append(" ".join([str(i), *map(repr, q), *map(repr, t), str(cam), f"img{i}.png"]))
+        images.append(draw(st.sampled_from(["", "10.5 20.5 -1", "1 2 3 4 5 6"])))
+    points = ["# 3D point list", "1 0.1 0.2 0.3 255 0 0 0.5 1 0"]
+    files = [cams, images, points]
+    for _ in range(draw(st.integers(0, 3))):
+        lines = files[draw(st.integers(0, 2))]
+        op = draw(st.sampled_from(["token", "token", "token", "drop", "dup", "swap"]))
+        if not lines:
+            continue
+        k = draw(st.integers(0, len(lines) - 1))
+        if op == "token":
+            tok = lines[k].split(" ")
+            tok[draw(st.integers(0, len(tok) - 1))] = draw(_HOSTILE)
+            lines[k] = " ".join(tok)
+        elif op == "drop":
+            del lines[k]
+        elif op == "dup":
+            lines.insert(k, lines[k])
+        else:
+            j = draw(st.integers(0, len(lines) - 1))
+            lines[k], lines[j] = lines[j], lines[k]
+    out = []
+    for lines in files:
+        ending = draw(st.sampled_from(["\n", "\n", "\n", "\r\n"]))
+        data = (("\ufeff" if draw(st.integers(0, 9)) == 0 else "") + ending.join(lines)
+                + ending).encode("utf-8", "surrogateescape")
+        damage = draw(st.sampled_from(["none"] * 6 + ["cut", "bytes"]))
+        if damage == "cut":
+            data = data[:draw(st.integers(0, len(data)))]
+        elif damage == "bytes":
+            pos = draw(st.integers(0, len(data)))
+            data = data[:pos] + draw(st.binary(min_size=1, max_size=4)) + data[pos:]
+        out.append(data)
+    return tuple(out)
+
+
+COLMAP = st.one_of(
+    st.tuples(st.lists(COLMAP_LINE, max_size=4).map("\n".join).map(str.encode),
+              st.lists(COLMAP_LINE, max_size=6).map("\n".join).map(str.encode),
+              st.binary(max_size=60)),
+    _colmap_model(),
+    _colmap_model(),
+    st.tuples(st.binary(max_size=80), st.binary(max_size=80), st.binary(max_size=40)),
+)
+
+
+def _fuzz_scene_source(tmp: Path) -> Path:
+    """A small valid ``.ply`` to ingest with fuzzed cameras (written once per folder)."""
+    from oocstore.gs.ply import write_ply
+    from oocstore.gs.synthetic import random_params
+
+    path = tmp / "src.ply"
+    if not path.exists():
+        write_ply(path, random_params(40, 0, seed=0), 0)
+    return path
+
+
+def fuzz_colmap(files: tuple[bytes, bytes, bytes], tmp: Path) -> str:
+    """cameras.txt, images.txt and points3D.txt (which oocstore does not read: a hostile
+    one beside the others must change nothing)."""
+    from oocstore.gs.cameras import read_colmap_text
+    from oocstore.gs.cli import visibility_summary
+    from oocstore.gs.ingest import ingest_scene
+
+    d = tmp / "sparse"
+    d.mkdir(exist_ok=True)
+    for name, data in zip(("cameras.txt", "images.txt", "points3D.txt"), files):
+        (d / name).write_bytes(data)
+    cams = read_colmap_text(d)
+    if not (len(cams) >= 1 and np.all(np.isfinite(cams.viewmats)) and np.all(np.isfinite(cams.Ks))
+            and cams.width > 0 and cams.height > 0 and np.all(cams.Ks[:, 0, 0] > 0)):
+        raise AssertionError(f"read_colmap_text returned unusable cameras {cams}")
+    scene = ingest_scene(_fuzz_scene_source(tmp), tmp / "scene", block_size=8, cameras=d,
+                         views=4, overwrite=True)
+    try:
+        if not np.all(np.isfinite(scene.cameras.viewmats)):
+            raise AssertionError("the scene's cameras are not finite")
+        visibility_summary(scene)  # what `oocstore ingest scene` prints
+    finally:
+        scene.close()
+    return "parsed"
+
+
 # -- budgets -----------------------------------------------------------------------------
 
 #: Fixed overhead above the CPU budget allowed for the measured peak RSS (docs/BUDGETS.md).
@@ -338,6 +618,8 @@ COMPONENTS = {
     "npz": (st.tuples(NPZ, st.booleans()), lambda c, t: fuzz_npz(c[0], t, c[1])),
     "planetoid": (PLANETOID, fuzz_planetoid),
     "catalog": (CATALOG, fuzz_catalog),
+    "ply": (PLY, fuzz_ply),
+    "colmap": (COLMAP, fuzz_colmap),
 }
 
 
@@ -360,7 +642,9 @@ def run_component(name: str, examples: int, *, seed: int = 0, deadline_ms: int =
         work.mkdir(exist_ok=True)
         t0 = time.perf_counter()
         try:
-            counts[target(case, work)] += 1
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # as in the test suite
+                counts[target(case, work)] += 1
         except OocError as err:
             counts["clean errors"] += 1
             counts[f"  {type(err).__name__}"] += 1

@@ -1,6 +1,6 @@
-"""Hostile input: parsers of untrusted files and catalog entries fail only with the
-project's own errors (fuzzed with a few hundred inputs each; ``tools/fuzz_inputs.py``
-runs thousands), pickles need --trust-pickle, paths outside the store and absurd
+"""Hostile input: parsers of untrusted files (graph sources, 3DGS .ply, COLMAP text) and
+catalog entries fail only with the project's own errors (fuzzed with a few hundred
+inputs each; ``tools/fuzz_inputs.py`` runs thousands), pickles need --trust-pickle, paths outside the store and absurd
 declared sizes are refused before anything is allocated."""
 
 from __future__ import annotations
@@ -26,11 +26,14 @@ _spec.loader.exec_module(fuzz)
 
 
 @pytest.mark.parametrize("component, examples", [("edgelist", 40), ("npz", 100),
-                                                 ("planetoid", 50), ("catalog", 150)])
+                                                 ("planetoid", 50), ("catalog", 150),
+                                                 ("ply", 200), ("colmap", 200)])
 def test_fuzz_component(tmp_path, component, examples):
     r = fuzz.run_component(component, examples, seed=1, tmp=tmp_path, deadline_ms=30000)
     assert r["findings"] == []
     assert r["inputs"] == examples and r["clean_errors"] > 0
+    if component in ("ply", "colmap"):  # valid inputs reach the scene ingest too
+        assert r["parsed"] >= examples // 20, r
 
 
 def _npz_with_pickle(path):
