@@ -128,6 +128,12 @@ def active_fault() -> WriteFault | None:
     return _FAULT
 
 
+#: A writer hands its file to writeback every this many bytes (see
+#: :meth:`ArrayFileWriter._writeback`).
+WRITEBACK_BYTES = 64 << 20
+_FADV_DONTNEED = getattr(os, "POSIX_FADV_DONTNEED", None)
+
+
 class ArrayFileWriter:
     """Append-only writer of one array file, computing a CRC-32 per ``chunk_bytes``."""
 
@@ -139,6 +145,8 @@ class ArrayFileWriter:
         self.checksums: list[int] = []
         self._crc = 0
         self._in_chunk = 0
+        self._wb_lo = 0  # written bytes before this are already handed to writeback
+        self._wb_mark = 0
         self._closed = True
         try:
             self.final_path.parent.mkdir(parents=True, exist_ok=True)
@@ -172,12 +180,28 @@ class ArrayFileWriter:
                 if ok < len(mv):
                     self._f.write(mv[:ok])  # the part that fitted, as a real disk would
                     raise fault.error(f"{self.tmp_path}, byte {self.nbytes + ok}")
+            end = self.nbytes + len(mv)
             while len(mv):
                 written = self._f.write(mv)
                 mv = mv[written:]
         except OSError as err:
             self.abort()
             raise_disk_error(err, self.final_path)
+        if end - self._wb_mark >= WRITEBACK_BYTES:
+            self._writeback(end)
+
+    def _writeback(self, end: int) -> None:
+        """Start writing bytes ``[.., end)`` to disk now and drop the pages of the range
+        before, which earlier calls already sent: a large file then streams to disk while
+        it is being written instead of piling up dirty pages (the closing fsync stays
+        short) or filling the page cache with data nobody reads back soon."""
+        if _FADV_DONTNEED is None:
+            return
+        try:
+            os.posix_fadvise(self._f.fileno(), self._wb_lo, end - self._wb_lo, _FADV_DONTNEED)
+        except OSError:
+            return  # advice only
+        self._wb_lo, self._wb_mark = self._wb_mark, end
 
     def finish(self) -> None:
         """Pad to :data:`ALIGN`, fsync, rename to the final name (not yet committed)."""

@@ -176,3 +176,34 @@ def test_reader_close_idempotent_and_missing_file(tmp_path, data_file):
 
 def test_evict_runs(data_file):
     evict(data_file[0])
+
+
+def test_large_writes_stream_to_disk_as_they_go(tmp_path, monkeypatch):
+    """Every WRITEBACK_BYTES the writer hands what it wrote to writeback (and drops the
+    pages sent the time before); the ranges advised cover the file in order, and the
+    bytes are intact."""
+    monkeypatch.setattr(files, "WRITEBACK_BYTES", 64 << 10)
+    calls = []
+    real = os.posix_fadvise
+
+    def spy(fd, offset, length, advice):
+        calls.append((offset, length, advice))
+        return real(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", spy)
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 256, 1 << 20, dtype=np.uint8)
+    w = ArrayFileWriter(tmp_path / "a.bin")
+    for piece in np.array_split(data, 37):
+        w.write(piece)
+    w.finish()
+    assert len(calls) >= 10 and all(a == os.POSIX_FADV_DONTNEED for *_, a in calls)
+    ends = [o + n for o, n, _ in calls]
+    assert ends == sorted(ends) and ends[-1] <= data.size
+    # each call starts where the previous call's new range began: nothing is skipped
+    assert calls[0][0] == 0
+    assert all(calls[i + 1][0] == ends[i - 1] if i else calls[1][0] == 0
+               for i in range(len(calls) - 1))
+    assert np.array_equal(np.fromfile(tmp_path / "a.bin", dtype=np.uint8)[:data.size], data)
+    assert w.checksums == [zlib.crc32(data[i:i + w.chunk_bytes])
+                           for i in range(0, data.size, w.chunk_bytes)]
