@@ -107,37 +107,17 @@ def ingest_scene_job(path: Path, src: Path, *, overwrite: bool) -> None:
 
 def scene_checkpoint_job(path: Path, steps: int = 12) -> None:
     """A streamed training segment ending in the checkpoint commit (see the module
-    docstring). View ``v`` sees blocks ``v .. v+3``; the views walk the scene in strides
-    of 3 so blocks keep leaving and re-entering the device and the CPU tier."""
+    docstring and :func:`oocstore.gs.synthetic.synthetic_streamer`)."""
     import torch
 
-    from oocstore.budget import BudgetAccountant, MemoryBudget
-    from oocstore.gs.adam import AdamConfig
     from oocstore.gs.scene import Scene
-    from oocstore.gs.stream import Streamer, TrainPlan, block_bytes, step_batch_bytes
-    from samplers.views import belady_block_schedule
+    from oocstore.gs.synthetic import synthetic_step, synthetic_streamer
 
     torch.set_num_threads(1)
-    with Scene.open(path) as scene:
-        nb = scene.num_blocks
-        vis = [np.arange(v, v + 4) % nb for v in range(nb)]
-        views = (np.arange(steps) * 3) % nb
-        bb = block_bytes(scene)
-        counts = scene.block_counts
-        batch = max(step_batch_bytes(int(counts[vis[v]].sum()), scene) for v in views)
-        device = 5 * bb + batch  # the view's 4 blocks and one more
-        plan = TrainPlan(views, vis, belady_block_schedule(views, vis, bb, device - batch))
-        loads = max(len(st.load) for st in plan.schedule.steps)
-        cpu = (3 * loads + 2 + 2) * bb  # prefetch (depth 2), 2 write-backs, 2 CPU tier slots
-        adam = AdamConfig()
-        with Streamer(scene, plan, device="cpu", device_budget=device, adam=adam,
-                      accountant=BudgetAccountant(MemoryBudget(gpu=device, cpu=cpu)),
-                      lr=adam.column_lrs(scene.sh_degree, 3.0)) as store:
-            for _ in range(steps):
-                b = store.begin_step()
-                b.params.grad = torch.sin(3 * b.params.detach() + b.ids[:, None].float())
-                store.end_step(b, torch.ones(len(b.ids), dtype=torch.bool))
-            store.checkpoint()
+    with Scene.open(path) as scene, synthetic_streamer(scene, steps=steps) as store:
+        for _ in range(steps):
+            synthetic_step(store)
+        store.checkpoint()
 
 
 def run_job(component: str, path: Path, nodes: int, gaussians: int = 6000) -> None:

@@ -1,6 +1,7 @@
-"""Disk full (ENOSPC) and I/O errors (EIO) while ingesting, sampling and packing: a clean
-error naming the file, no visible partial state, temporary files removed, the previous
-version intact. Faults are injected at the store's write layer
+"""Disk full (ENOSPC) and I/O errors (EIO) while ingesting, sampling and packing, while
+ingesting scenes and while a training run checkpoints one: a clean error naming the
+file, no visible partial state, temporary files removed, the previous version intact.
+Faults are injected at the store's write layer
 (``oocstore.store.files.inject_write_fault``) and, where this process may mount one, by a
 real size-limited tmpfs."""
 
@@ -11,6 +12,7 @@ import os
 import shutil
 import subprocess
 
+import numpy as np
 import pytest
 
 from oocstore import Store
@@ -130,3 +132,121 @@ def test_real_full_filesystem(packed_store, tmp_path):
             assert verify_store(s) == []
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
+
+
+# -- scenes -------------------------------------------------------------------------------
+
+def _scene_files(path):
+    return sorted(p.relative_to(path).as_posix() for p in path.rglob("*")
+                  if p.is_file() and "catalog.lmdb" not in p.parts)
+
+
+def _scene_state(path):
+    """The committed state, every file, and every Gaussian read back (checksums on)."""
+    from oocstore.gs.scene import Scene
+
+    dump, files = state(path)
+    with Scene.open(path, readonly=True) as scene:
+        ids, rec = scene.read_all()
+    return dump, files, ids.tobytes() + rec.tobytes()
+
+
+@pytest.fixture(scope="module")
+def scene_template(tmp_path_factory):
+    from oocstore.gs.synthetic import random_scene
+
+    path = tmp_path_factory.mktemp("scene") / "s"
+    random_scene(path, 3000, 1, block_size=256, views=4).close()  # 12 blocks of 72 KiB
+    return path
+
+
+@pytest.fixture
+def scene_copy(scene_template, tmp_path):
+    out = tmp_path / "s"
+    shutil.copytree(scene_template, out)
+    return out
+
+
+SCENE_FAULTS = [  # as FAULTS, with the failure inside a later block (72 KiB each)
+    (errno.ENOSPC, 0, "write"), (errno.ENOSPC, 200_000, "write"), (errno.EIO, 100_000, "write"),
+    (errno.ENOSPC, 0, "fsync"), (errno.EIO, 0, "fsync"), (errno.ENOSPC, 0, "commit"),
+    (errno.EIO, 0, "commit")]
+
+
+@pytest.mark.parametrize("code, after, where", SCENE_FAULTS)
+def test_scene_ingest(tmp_path, scene_copy, code, after, where):
+    from oocstore.gs.ply import write_ply
+    from oocstore.gs.ingest import ingest_scene
+    from oocstore.gs.synthetic import random_params
+
+    src = tmp_path / "src.ply"
+    write_ply(src, random_params(3000, 1, seed=5), 1)
+    for out, overwrite in ((tmp_path / "new", False), (scene_copy, True)):
+        before = _scene_state(out) if overwrite else None
+        with _fault(code, after, where) as f, pytest.raises(OSError) as ei:
+            ingest_scene(src, out, block_size=256, views=4, overwrite=overwrite)
+        assert f.fired
+        _check_error(ei.value, code)
+        # no new scene, no .<name>.partial; a replaced scene exactly as it was
+        assert sorted(os.listdir(tmp_path)) == ["s", "src.ply"]
+        if overwrite:
+            assert _scene_state(out) == before
+
+
+@pytest.mark.parametrize("code, after, where", SCENE_FAULTS)
+def test_scene_writer_commit(scene_copy, code, after, where):
+    """Rewrite every block and commit under the fault: nothing of it is visible, its files
+    are gone once the writer closes, the scene object is back at the committed state;
+    for a failed commit, the same writes commit once the disk is back."""
+    from oocstore.gs.scene import Scene
+
+    before = _scene_state(scene_copy)
+    with Scene.open(scene_copy) as scene:
+        blocks = [scene.read_block(b) for b in range(scene.num_blocks)]
+        with scene.writer() as w:
+            with _fault(code, after, where) as f, pytest.raises(OSError) as ei:
+                for b, (ids, rec) in enumerate(blocks):
+                    w.write_block(b, ids, rec + 1)
+                w.commit()
+            assert f.fired
+            _check_error(ei.value, code)
+            assert not list(scene_copy.rglob("*.tmp"))
+            if where == "commit":  # every write landed: they are still pending
+                w.commit()
+                assert np.array_equal(scene.read_block(0)[1], blocks[0][1] + 1)
+        if where != "commit":  # back to the committed blocks
+            assert np.array_equal(scene.read_block(0)[1], blocks[0][1])
+    if where == "commit":
+        dump, files, _ = _scene_state(scene_copy)
+        assert len(files) == len(before[1]) and dump["scene"] != before[0]["scene"]
+    else:
+        assert _scene_state(scene_copy) == before
+
+
+@pytest.mark.parametrize("phase, code, after, where", [
+    ("steps", errno.ENOSPC, 100_000, "write"), ("steps", errno.EIO, 0, "fsync"),
+    ("checkpoint", errno.ENOSPC, 100_000, "write"), ("checkpoint", errno.EIO, 0, "fsync"),
+    ("checkpoint", errno.ENOSPC, 0, "commit"), ("checkpoint", errno.EIO, 0, "commit")])
+def test_scene_training_checkpoint(scene_copy, phase, code, after, where):
+    """A streamed training segment (write-backs mid-run, then the checkpoint) with the
+    fault during the steps or during the checkpoint: the error surfaces in the training
+    loop; once the streamer closes, the scene is exactly the last checkpoint."""
+    from oocstore.gs.scene import Scene
+    from oocstore.gs.synthetic import synthetic_step, synthetic_streamer
+
+    before = _scene_state(scene_copy)
+    with Scene.open(scene_copy) as scene:
+        with synthetic_streamer(scene, steps=8) as store:
+            if phase == "steps":
+                with _fault(code, after, where) as f, pytest.raises(OSError) as ei:
+                    for _ in range(8):
+                        synthetic_step(store)
+            else:
+                for _ in range(8):
+                    synthetic_step(store)
+                assert store.stats()["bytes_ssd_written"] > 0  # written back before it
+                with _fault(code, after, where) as f, pytest.raises(OSError) as ei:
+                    store.checkpoint()
+            assert f.fired
+            _check_error(ei.value, code)
+    assert _scene_state(scene_copy) == before
