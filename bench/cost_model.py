@@ -74,7 +74,7 @@ def main() -> int:
     bw = probe(store)
     print(f"probed: seq read {bw.seq_read_Bps / 1e6:.0f} MB/s, request {bw.request_s * 1e3:.2f} "
           f"ms, row reads {bw.row_read_Bps / 1e6:.0f} MB/s, gather "
-          f"{bw.gather_rows_per_s / 1e6:.1f} M rows/s")
+          f"{bw.gather_rows_per_s / 1e6:.1f} M rows/s, crc32 {bw.crc_Bps / 1e9:.1f} GB/s")
     frac = lambda f: int(f * fbytes)  # noqa: E731
     configs = {
         "static-0%": PackOptions(cpu_cache=0, max_disk_blowup=16),

@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
+import zlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,6 +46,7 @@ class Bandwidths:
     row_read_Bps: float = 80e6  # 4 KiB-ish random reads, several in flight
     gather_rows_per_s: float = 8e6  # numba gather in host memory
     batch_overhead_s: float = 3e-4
+    crc_Bps: float = 3e9  # zlib CRC-32: checking a segment on read (``verify_reads``)
 
     def to_dict(self) -> dict[str, float]:
         return dataclasses.asdict(self)
@@ -57,31 +61,73 @@ def _time(fn, repeat: int = 3) -> float:
     return best
 
 
-def probe(store: Store, *, seq_bytes: int = 128 << 20, rows: int = 2000) -> Bandwidths:
-    """Measure the bandwidths on this machine, cold, on the store's feature file."""
+#: Bytes the sequential probe reads. Virtual and consumer disks serve a small region
+#: (a few hundred MB) from a cache or a burst allowance far above their sustained
+#: speed; an epoch of segment reads runs at the sustained speed.
+PROBE_SEQ_BYTES = 768 << 20
+#: Segment-sized requests for the sequential probe (what a pack is read with).
+PROBE_REQUEST = 8 << 20
+
+
+def _seq_probe_file(store: Store, nbytes: int) -> tuple[Path, bool]:
+    """The file the sequential probe reads: the feature file when it holds ``nbytes``,
+    else a scratch file of ``nbytes`` written for the probe (removed afterwards; the
+    second value says so) — a small file's reads would measure the disk's cache."""
     fmeta = store.array_meta("features")
     path = store.file_path(fmeta)
+    if fmeta.nbytes >= nbytes:
+        return path, False
+    scratch = store.path / "packs" / ".costmodel-probe.tmp"
+    scratch.parent.mkdir(exist_ok=True)
+    chunk = np.frombuffer(np.random.default_rng(0).bytes(PROBE_REQUEST), np.uint8)
+    try:
+        with open(scratch, "wb") as f:
+            for _ in range(0, nbytes, PROBE_REQUEST):
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError:
+        scratch.unlink(missing_ok=True)
+        return path, False  # no room for the scratch file: the feature file will do
+    return scratch, True
+
+
+def probe(store: Store, *, seq_bytes: int = PROBE_SEQ_BYTES, rows: int = 2000) -> Bandwidths:
+    """Measure the bandwidths on this machine, cold: sequential segment-sized O_DIRECT
+    reads over ``seq_bytes`` (the feature file, or a scratch file when the features are
+    smaller), small random row reads of the feature file, the CRC-32 speed and the
+    memory gather."""
+    fmeta = store.array_meta("features")
+    fpath = store.file_path(fmeta)
     rb = fmeta.row_bytes
-    nbytes = min(seq_bytes, fmeta.nbytes) // ALIGN * ALIGN or ALIGN
-    req = 8 << 20
-    buf = aligned_empty(req)
-    evict(path)
-    with DirectReader(path) as r:
-        t0 = time.perf_counter()
-        for off in range(0, nbytes, req):
-            r.read_into(buf[:min(req, nbytes - off)], off)
-        seq = nbytes / max(time.perf_counter() - t0, 1e-9)
-        small = aligned_empty(ALIGN)
-        t0 = time.perf_counter()
-        for i in range(64):
-            r.read_into(small, (i * 7919 * ALIGN) % max(nbytes, ALIGN))
-        request = (time.perf_counter() - t0) / 64
+    # packs are read at most a few times the feature bytes per epoch: no need to probe more
+    seq_bytes = min(seq_bytes, 8 * fmeta.nbytes)
+    spath, scratch = _seq_probe_file(store, seq_bytes)
+    try:
+        nbytes = min(seq_bytes, spath.stat().st_size) // ALIGN * ALIGN or ALIGN
+        req = PROBE_REQUEST
+        buf = aligned_empty(req)
+        evict(spath)
+        with DirectReader(spath) as r:
+            t0 = time.perf_counter()
+            for off in range(0, nbytes, req):
+                r.read_into(buf[:min(req, nbytes - off)], off)
+            seq = nbytes / max(time.perf_counter() - t0, 1e-9)
+            small = aligned_empty(ALIGN)
+            t0 = time.perf_counter()
+            for i in range(64):
+                r.read_into(small, (i * 7919 * ALIGN) % max(nbytes, ALIGN))
+            request = (time.perf_counter() - t0) / 64
+        crc = min(req, nbytes) / _time(lambda: zlib.crc32(memoryview(buf)[:min(req, nbytes)]))
+    finally:
+        if scratch:
+            spath.unlink(missing_ok=True)
     rng = np.random.default_rng(0)
     ids = np.sort(rng.choice(fmeta.shape[0], size=min(rows, fmeta.shape[0]), replace=False))
-    base = BaseRowTier(path, fmeta)
+    base = BaseRowTier(fpath, fmeta)
     out = np.empty((ids.size, fmeta.shape[1] if len(fmeta.shape) > 1 else 1), fmeta.np_dtype)
     try:
-        evict(path)
+        evict(fpath)
         t0 = time.perf_counter()
         base.gather(ids, out)
         row_bps = base.bytes_read / max(time.perf_counter() - t0, 1e-9)
@@ -94,18 +140,21 @@ def probe(store: Store, *, seq_bytes: int = 128 << 20, rows: int = 2000) -> Band
     mem.gather(slots[:10], dest[:10])  # compile
     gather = slots.size / _time(lambda: mem.gather(slots, dest))
     bw = Bandwidths(seq_read_Bps=seq, request_s=request, row_read_Bps=row_bps,
-                    gather_rows_per_s=gather)
+                    gather_rows_per_s=gather, crc_Bps=crc)
     log.info("probed bandwidths: %s", bw)
     return bw
 
 
 def predict_epoch(layout: Layout, bw: Bandwidths, epoch: int = 0,
-                  cold: np.ndarray | None = None, read_ahead: bool = True) -> dict[str, Any]:
+                  cold: np.ndarray | None = None, read_ahead: bool = True,
+                  verify: bool = True) -> dict[str, Any]:
     """Predicted seconds to load every batch of ``epoch`` through ``layout``'s tiers.
 
     With ``read_ahead`` (the reader's second segment buffer), segment reads overlap the
     CPU work: the epoch costs the larger of the two, plus one segment's worth of the
-    smaller (the pipeline filling), plus the fallback reads, which do not overlap."""
+    smaller (the pipeline filling), plus the fallback reads, which do not overlap. With
+    ``verify`` (the reader's default) each segment's CRC is checked on the read thread,
+    after its read."""
     plan = layout.plan
     starts = np.concatenate([[0], np.cumsum(plan.meta.batches_per_epoch)])
     b0, b1 = int(starts[epoch]), int(starts[epoch + 1])
@@ -123,7 +172,8 @@ def predict_epoch(layout: Layout, bw: Bandwidths, epoch: int = 0,
     inserts = int(layout.ins_count[b0:b1].sum()) if layout.ins_count is not None else 0
     parts = {
         "memory_gather_s": (host_rows + inserts) / bw.gather_rows_per_s,
-        "ssd_read_s": len(segs) * bw.request_s + seg_bytes / bw.seq_read_Bps,
+        "ssd_read_s": len(segs) * bw.request_s + seg_bytes / bw.seq_read_Bps
+        + (seg_bytes / bw.crc_Bps if verify else 0.0),
         "ssd_gather_s": ssd_rows / bw.gather_rows_per_s,
         "fallback_read_s": fallback_rows * row_span / bw.row_read_Bps,
         "overhead_s": (b1 - b0) * bw.batch_overhead_s,
