@@ -115,3 +115,12 @@ def run_json(cmd: list[str], *, timeout: float | None = None, env: dict | None =
     except json.JSONDecodeError as err:
         raise SubprocessError(f"{' '.join(cmd[:3])} ... printed no JSON line last: "
                               f"{lines[-1][:200]!r}\n{r.stderr[-2000:]}") from err
+
+
+def pick_datasets(spec: str, known: dict) -> list[str]:
+    """The names in a comma-separated ``--datasets`` value; exits naming the unknown ones."""
+    names = [d.strip() for d in spec.split(",") if d.strip()]
+    unknown = [d for d in names if d not in known]
+    if unknown:
+        raise SystemExit(f"--datasets: unknown {unknown}; choose from {', '.join(known)}")
+    return names

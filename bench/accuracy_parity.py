@@ -40,6 +40,7 @@ DATA = REPO.parent / "shared" / "data" / "graphdata"
 DEFAULT_OUT = REPO / "bench" / "results" / "accuracy_parity.json"
 
 sys.path.insert(0, str(REPO / "bench"))
+from _common import pick_datasets  # noqa: E402
 from plan_epochs_accuracy import DATASETS as STUDY_SETTINGS  # noqa: E402
 
 #: Per dataset: training epochs, hidden width, learning rate, fanouts and batch size: the
@@ -160,10 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.toy:
         configs = {"toy-synthetic": dict(TOY)}
     else:
-        names = [d.strip() for d in args.datasets.split(",") if d.strip()]
-        unknown = [d for d in names if d not in DATASETS]
-        if unknown:
-            raise SystemExit(f"--datasets: unknown {unknown}; choose from {', '.join(DATASETS)}")
+        names = pick_datasets(args.datasets, DATASETS)
         if not DATA.is_dir():
             raise SystemExit(f"{DATA} is absent: these datasets come with ../shared/data")
         configs = {n: DATASETS[n] for n in names}

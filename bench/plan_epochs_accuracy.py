@@ -52,6 +52,9 @@ from oocstore.train import (GraphSAGE, InMemoryFeatures, epoch_schedule, evaluat
                             train_epoch)
 from samplers import sample_plan  # noqa: E402
 
+sys.path.insert(0, str(REPO / "bench"))
+from _common import pick_datasets  # noqa: E402
+
 DATA = REPO.parent / "shared" / "data" / "graphdata"
 DEFAULT_OUT = REPO / "bench" / "results" / "plan_epochs_accuracy.json"
 
@@ -193,10 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.toy:
         configs = {"toy-synthetic": dict(TOY)}
     else:
-        names = [d.strip() for d in args.datasets.split(",") if d.strip()]
-        unknown = [d for d in names if d not in DATASETS]
-        if unknown:
-            raise SystemExit(f"--datasets: unknown {unknown}; choose from {', '.join(DATASETS)}")
+        names = pick_datasets(args.datasets, DATASETS)
         if not DATA.is_dir():
             log(f"skipped: {DATA} is absent (the real datasets live in ../shared/data; "
                 "run with --toy for the synthetic check)")
