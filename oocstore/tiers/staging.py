@@ -5,14 +5,14 @@ rows, base-array reads) into a staging buffer, copied to the device on a side st
 and the GPU tier's rows are gathered into it there (``TieredReader.read_batch_async``).
 :class:`StagingRing` holds the staging buffers: ``slots`` of them, each sized for the
 pack's largest batch, allocated once as one page-aligned block that its owner charges
-to the CPU budget up front (``slots x rows x row_bytes``; the block's rounding up to a
-4 KiB page is part of the fixed overhead, ``docs/BUDGETS.md``).
+to the CPU budget up front (``slots x rows x row_bytes``; the block's rounding to whole
+4 KiB pages, at most 8 KiB, is part of the fixed overhead, ``docs/BUDGETS.md``).
 
 Pinning: with ``pin=True`` (a CUDA device) the block is page-locked in place with
 ``cudaHostRegister``, so the copies are DMA at full bandwidth and do not block the
 host. The block is registered at exactly its size, where torch's pinned allocator
 (``pin_memory=True``) rounds each allocation up to a power of two (up to 2x what the
-budget charged). If the driver refuses, the ring stays pageable and says so once in the
+budget charged). If the driver refuses, the ring stays pageable and says so in the
 log (slower copies, the same results; ``stats()["pinned"]`` is false).
 
 Slot states (one producer thread at a time acquires and releases)::
@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 #: ``torch.cuda.memory_allocated()``: charged once per large device buffer.
 CUDA_BLOCK_SLACK = 1 << 20
 _CUDA_ROUND = 512
+_PAGE = 4096
 
 
 def _cuda_bytes(nbytes: int) -> int:
@@ -63,9 +64,12 @@ class _Block:
     ``weakref.finalize`` if the ring is dropped without ``close``)."""
 
     def __init__(self, nbytes: int, pin: bool, device: Any):
-        from ..store.files import aligned_empty
-
-        self.array = aligned_empty(max(nbytes, 1))
+        # Whole pages of a private allocation (what cudaHostRegister is used on most),
+        # so the registered range shares no page with anything else.
+        size = -(-max(int(nbytes), 1) // _PAGE) * _PAGE
+        raw = np.empty(size + _PAGE, dtype=np.uint8)
+        off = -raw.ctypes.data % _PAGE
+        self.array = raw[off:off + size]
         self.registered = False
         self.events: list[Any] = []
         if pin:
