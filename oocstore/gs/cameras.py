@@ -256,12 +256,12 @@ def parse_colmap_images(path: Path, cams: dict) -> list[tuple[str, np.ndarray, i
                               "cameras.txt does not list")
         q = np.array(vals[:4])
         name = " ".join(tok[9:])
-        norm = float(np.linalg.norm(q))
-        if not norm > 1e-6:
+        scale = float(np.abs(q).max())  # divided out first: |q| of a huge q overflows
+        if not scale > 1e-6:
             raise SourceError(f"{path}:{lineno}: image {name[:60]!r} has a zero rotation quaternion "
                               f"{tuple(vals[:4])}: a pose needs a unit quaternion (qw qx qy qz)")
         vm = np.eye(4)
-        vm[:3, :3] = _quat_to_rot(q)
+        vm[:3, :3] = _quat_to_rot(q / scale)
         vm[:3, 3] = vals[4:7]
         out.append((name, vm, cam_id))
         expect_points = True

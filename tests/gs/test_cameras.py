@@ -74,6 +74,14 @@ def test_colmap_bad_input(tmp_path, cams, images, match):
         read_colmap_text(tmp_path)
 
 
+def test_unnormalised_quaternions_are_normalised_without_overflow(tmp_path):
+    model = _model(tmp_path, "1 PINHOLE 640 480 800 800 320 240\n",
+                   "1 1e308 0 0 1e308 0 0 0 1 a.png\n\n2 2 0 0 2 0 0 0 1 b.png\n\n")
+    cams = read_colmap_text(model)  # a warning would fail the test
+    assert np.allclose(cams.viewmats[0], cams.viewmats[1])
+    assert np.allclose(cams.viewmats[0, :3, :3], _quat_to_rot(np.array([1.0, 0, 0, 1])))
+
+
 def test_values_beyond_float32_are_refused(tmp_path):
     model = _model(tmp_path, "1 PINHOLE 640 480 800 800 -1e308 240\n",
                    "1 1 0 0 0 0 0 0 1 a.png\n\n")
