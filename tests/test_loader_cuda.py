@@ -72,33 +72,6 @@ def test_cuda_batches_equal_the_cpu_oracle(store, oracle, pack, prefetch):
             assert st["tiers"]["gpu"]["hits"] > 0
 
 
-@pytest.mark.parametrize("pack", ["static", "nogpu"])
-@pytest.mark.parametrize("prefetch", [None, 1, 0])
-def test_cuda_peak_memory_stays_inside_the_gpu_charges(store, pack, prefetch):
-    base = _fresh_peak()
-    with NodeLoader(store, pack=pack, device="cuda", prefetch=prefetch) as loader:
-        charged = loader.accountant.charged("gpu")
-        for epoch in range(2):
-            loader.set_epoch(epoch)
-            for b in loader:
-                b.x.cpu()  # the training loop holds the batch while the next ones arrive
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() - base
-    assert 0 < peak <= charged, f"peak {peak} B > charged {charged} B ({pack}, {prefetch})"
-
-
-def test_a_tight_gpu_budget_is_honoured(store):
-    with NodeLoader(store, pack="static", device="cuda", prefetch=1) as probe:
-        need = probe.accountant.charged("gpu")
-    base = _fresh_peak()
-    with NodeLoader(store, pack="static", device="cuda", budget=MemoryBudget(gpu=need)) as loader:
-        assert loader.prefetch == 1
-        for b in loader:
-            b.x.cpu()
-        torch.cuda.synchronize()
-        assert torch.cuda.max_memory_allocated() - base <= need
-
-
 def _delay():
     """Keep the current stream busy for a while (the consumer's kernels lag behind)."""
     if hasattr(torch.cuda, "_sleep"):
@@ -150,6 +123,33 @@ def test_train_on_cuda_matches_the_cpu_run(tmp_path, capsys):
     assert gpu["device"] == "cuda" and gpu["peak_gpu_bytes"] > 0
     assert all(np.isfinite(e["loss"]) for e in gpu["epochs"])
     assert gpu["test_acc"] > 0.6 and abs(gpu["test_acc"] - runs["cpu"]["test_acc"]) <= 0.08
+
+
+@pytest.mark.parametrize("pack", ["static", "nogpu"])
+@pytest.mark.parametrize("prefetch", [None, 1, 0])
+def test_cuda_peak_memory_stays_inside_the_gpu_charges(store, pack, prefetch):
+    base = _fresh_peak()
+    with NodeLoader(store, pack=pack, device="cuda", prefetch=prefetch) as loader:
+        charged = loader.accountant.charged("gpu")
+        for epoch in range(2):
+            loader.set_epoch(epoch)
+            for b in loader:
+                b.x.cpu()  # the training loop holds the batch while the next ones arrive
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - base
+    assert 0 < peak <= charged, f"peak {peak} B > charged {charged} B ({pack}, {prefetch})"
+
+
+def test_a_tight_gpu_budget_is_honoured(store):
+    with NodeLoader(store, pack="static", device="cuda", prefetch=1) as probe:
+        need = probe.accountant.charged("gpu")
+    base = _fresh_peak()
+    with NodeLoader(store, pack="static", device="cuda", budget=MemoryBudget(gpu=need)) as loader:
+        assert loader.prefetch == 1
+        for b in loader:
+            b.x.cpu()
+        torch.cuda.synchronize()
+        assert torch.cuda.max_memory_allocated() - base <= need
 
 
 def test_the_staging_ring_is_page_locked(store):

@@ -108,8 +108,8 @@ EOF
 
 step_pytest() {
     "$PY" -m pytest -x -q -rs -p no:cacheprovider \
-        tests/test_loader_cuda.py tests/pack/test_packer.py tests/test_loader.py \
-        tests/train/test_run.py -k "cuda or gpu"
+        tests/pack/test_packer.py tests/test_loader.py tests/train/test_run.py \
+        tests/test_loader_cuda.py -k "cuda or gpu"
 }
 
 step_loader() {
