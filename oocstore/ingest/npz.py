@@ -139,6 +139,11 @@ class _Archive:
 def _read_benchmark(npz: _Archive):
     def csr(prefix: str, parts: tuple[str, ...]) -> sp.csr_matrix:
         data, indices, indptr, shape = (npz.get(k) for k in parts)
+        for key, a in zip(parts[1:3], (indices, indptr)):
+            if not (isinstance(a, np.ndarray) and a.ndim == 1 and a.dtype.kind in "iu"):
+                what = f"{a.dtype} {a.shape}" if isinstance(a, np.ndarray) else type(a).__name__
+                raise SourceError(f"{npz.path}: {key} is {what}, not a 1-D integer array: the "
+                                  "archive is damaged; re-create it")
         try:
             return sp.csr_matrix((data, indices, indptr), shape=tuple(int(s) for s in shape))
         except (ValueError, TypeError) as err:

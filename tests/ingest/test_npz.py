@@ -87,6 +87,18 @@ def test_gnn_benchmark_layout_needs_no_pickle(tmp_path, graph, h):
     assert got["source"]["layout"] == "gnn-benchmark"
 
 
+def test_csr_index_arrays_must_be_integers(tmp_path, graph, fails):
+    """A float scalar where adj_indices belong (found by fuzzing: scipy cast it to int32
+    with a warning instead of refusing it)."""
+    _, _, adj, _, labels = graph
+    path = tmp_path / "b.npz"
+    np.savez(path, adj_data=adj.data, adj_indices=np.float32(1.9e33), adj_indptr=adj.indptr,
+             adj_shape=np.array(adj.shape), attr_matrix=np.ones((N, 2), np.float32),
+             labels=labels)
+    fails(lambda: npz_source(path, trust_pickle=False), SourceError,
+           r"b\.npz: adj_indices is float32 \(\), not a 1-D integer array")
+
+
 def test_pickles_need_trust(tmp_path, graph, fails):
     path = write_graphdata(tmp_path / "g.npz", *graph[2:])
     fails(lambda: npz_source(path, trust_pickle=False), UsageError,
