@@ -222,6 +222,32 @@ def test_cuda_charges_the_ring_to_the_cpu_and_every_device_batch_to_the_gpu(gpu_
     assert not oocstore_threads()
 
 
+def test_a_pack_made_for_a_gpu_budget_trains_inside_it(gpu_store, as_if_cuda):
+    """The pack's recorded minimum gpu working set is what the CUDA loader charges at
+    prefetch depth 1, and the automatic split inside ``--gpu-budget G`` gives a pack the
+    loader accepts under the same ``G``."""
+    from oocstore.pack.costmodel import choose_split
+    from oocstore.plan import PlanReader
+
+    with NodeLoader(gpu_store, pack="gpu", device="cuda", prefetch=1) as loader:
+        charged = loader.accountant.charged("gpu")
+        assert loader.reader.meta.min_working_set["gpu"] == charged
+    from oocstore.pack.packer import device_overhead
+
+    m = loader.reader.meta
+    budget = charged + 4000 * 64  # room for a larger gpu tier than the "gpu" pack's
+    opts, _, _ = choose_split(gpu_store, PlanReader(gpu_store, "train"),
+                              cpu_budget=64 << 20, gpu_budget=budget, max_disk_blowup=64)
+    meta = pack_plan(gpu_store, name="gpu-auto", options=opts, overwrite=True)
+    # the tier takes what the device batches and the tier's gather scratch leave
+    over = device_overhead(m.largest_batch_rows, 64, 200, meta.gpu_rows)
+    assert m.gpu_rows < meta.gpu_rows <= (budget - over) // 64
+    assert meta.min_working_set["gpu"] <= budget
+    with NodeLoader(gpu_store, pack="gpu-auto", device="cuda",
+                    budget=MemoryBudget(gpu=budget)) as loader:
+        assert loader.prefetch >= 1 and loader.accountant.charged("gpu") <= budget
+
+
 def test_cpu_results_and_charges_do_not_change_on_a_cpu_device(gpu_store):
     feats = np.asarray(gpu_store.array("features"))
     with NodeLoader(gpu_store, pack="gpu") as loader:

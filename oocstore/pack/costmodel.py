@@ -34,7 +34,7 @@ from ..store.files import DirectReader, aligned_empty, evict
 from ..tiers.memory import MemoryTier
 from ..tiers.ssd import BaseRowTier, aligned_span
 from ..units import format_size
-from .packer import Layout, PackOptions, plan_layout
+from .packer import Layout, PackOptions, device_overhead, plan_layout
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +205,9 @@ def choose_split(store: Store, plan: PlanReader, *, cpu_budget: int, gpu_budget:
         gpu_cache = 0
         if gpu_budget:
             lay0 = plan_layout(store, plan, base)
-            gpu_cache = max(0, gpu_budget - lay0.min_working_set["staging_bytes"]) // rb * rb
+            over = device_overhead(int(lay0.ninput.max()) if lay0.ninput.size else 0, rb,
+                                   plan.meta.batch_size, 1 << 40)
+            gpu_cache = max(0, gpu_budget - over) // rb * rb
         cpu_cache = 0
         layout = None
         for _ in range(3):  # the working set shrinks as the cache grows: iterate to a fit

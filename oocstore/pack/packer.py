@@ -46,6 +46,7 @@ from ..plan import PlanReader, list_plans
 from ..store import ALIGN, Store
 from ..store.files import DirectReader, aligned_empty, raise_disk_error
 from ..tiers.ssd import base_read_buffer_bytes
+from ..tiers.staging import device_charges
 from ..units import format_size
 from .format import CPU, GPU, SSD, PackMeta, pack_array_names, pack_key
 from .placement import belady_schedule, static_placement
@@ -393,7 +394,8 @@ def plan_layout(store: Store, plan: PlanReader, options: PackOptions) -> Layout:
     lbytes = labels_bytes(store)
     mws = {"cpu": largest_seg + 3 * staging + cpu_tier_bytes + gpu_tier_bytes + fallback_buf
            + lbytes,
-           "gpu": gpu_tier_bytes + (staging if gpu_tier_bytes else 0),
+           "gpu": gpu_tier_bytes + device_overhead(largest_batch, rb, plan.meta.batch_size,
+                                                   gpu_ids.size),
            "largest_segment_bytes": largest_seg, "staging_bytes": staging,
            "cpu_tier_bytes": cpu_tier_bytes, "gpu_tier_bytes": gpu_tier_bytes,
            "base_read_bytes": fallback_buf, "labels_bytes": lbytes,
@@ -406,6 +408,16 @@ def plan_layout(store: Store, plan: PlanReader, options: PackOptions) -> Layout:
                   ins_count=schedule[2])
 
 
+def device_overhead(largest_batch_rows: int, row_bytes: int, seeds: int, gpu_rows: int) -> int:
+    """GPU memory a CUDA run needs besides the GPU tier, at the smallest prefetch depth
+    the loader runs with (1): the reader's device batch and the loader's device batches,
+    gather scratch and allocator slack (:func:`oocstore.tiers.staging.device_charges`)."""
+    staging = largest_batch_rows * row_bytes
+    return staging + sum(b for _, b in device_charges(
+        largest_batch_rows=largest_batch_rows, row_bytes=row_bytes, max_seeds=int(seeds),
+        prefetch=1, gpu_tier_rows=int(gpu_rows), already_charged=staging))
+
+
 def check_budget(layout: Layout, options: PackOptions, name: str) -> None:
     """Refuse, with the numbers and the fix, a layout that cannot run inside the budgets."""
     mws = layout.min_working_set
@@ -413,9 +425,10 @@ def check_budget(layout: Layout, options: PackOptions, name: str) -> None:
         if limit is not None and mws[tier] > limit:
             raise BudgetError(
                 f"pack {name!r} needs a minimum {tier} working set of {format_size(mws[tier])} "
-                f"(largest segment {format_size(mws['largest_segment_bytes'])} + staging "
-                f"{format_size(mws['staging_bytes'])} + {tier} tier "
-                f"{format_size(mws[f'{tier}_tier_bytes'])}) > {tier} budget "
+                f"({tier} tier {format_size(mws[f'{tier}_tier_bytes'])} + "
+                + (f"largest segment {format_size(mws['largest_segment_bytes'])} + staging "
+                   f"{format_size(mws['staging_bytes'])}" if tier == "cpu" else
+                   "batches on the device") + f") > {tier} budget "
                 f"{format_size(limit)}: lower --{tier}-cache, sample with a smaller batch size, "
                 f"or raise --{tier}-budget to at least {format_size(mws[tier])}")
 
