@@ -25,7 +25,7 @@ process wrote but has not committed, with the sums its writer computed). A misma
 short file or a checksum list that does not fit the block raises
 :class:`~oocstore.errors.ChecksumError` naming the scene, the block, its file and the
 chunk: corrupt records never reach training. The camera arrays are checked the same way
-whenever the catalog is (re)read. ``verify_reads=False`` skips the CRC (its cost:
+when the scene is opened or a writer starts. ``verify_reads=False`` skips the CRC (its cost:
 ``bench/gs_verify_cost.py``); a short file is refused either way.
 
 **Blocks** are consecutive runs of the Gaussians in Morton order of their means (so a
