@@ -64,6 +64,7 @@ if str(REPO) not in sys.path:
 import numpy as np  # noqa: E402
 
 from oocstore import Store  # noqa: E402
+from oocstore.gs import writer as scene_writer_mod  # noqa: E402
 from oocstore.ingest import build_store  # noqa: E402
 from oocstore.ingest.synthetic import SyntheticSpec, synthetic_source  # noqa: E402
 from oocstore.pack import PackOptions, pack_plan  # noqa: E402
@@ -71,7 +72,6 @@ from oocstore.store import catalog as catalog_mod, files as files_mod  # noqa: E
 from oocstore.store import store as store_mod  # noqa: E402
 from oocstore.store.gc import collect_garbage  # noqa: E402
 from oocstore.store.verify import verify_store  # noqa: E402
-from oocstore.gs import writer as scene_writer_mod  # noqa: E402
 from samplers import sample_plan  # noqa: E402
 
 COMPONENTS = ("ingest", "sample", "pack", "scene-ingest", "scene-checkpoint")
