@@ -225,6 +225,7 @@ def run_gs_training(path, cfg: GsTrainConfig, *,
         stats = GradStats(scene.next_id) if cfg.densify_every else None
         refine = cfg.densify_every or cfg.steps
         times, losses, refinements, traffic, peaks = [], [], [], {}, []
+        memory: dict = {}  # device memory per step, on CUDA (see train_steps)
         views_all = plan.views
         for first in range(0, cfg.steps, refine):
             n = min(refine, cfg.steps - first)
@@ -252,6 +253,7 @@ def run_gs_training(path, cfg: GsTrainConfig, *,
                 kw.update(device_budget=dev_budget, prefetch_depth=cfg.prefetch_depth)
             with MODES[cfg.mode](scene, seg, **kw) as store:
                 t, lo = train_steps(store, scene.sh_degree, cams, targets, n, device=device,
+                                    memory=memory,
                                     checkpoint_every=cfg.checkpoint_every, progress=progress,
                                     stats=stats)
                 store.checkpoint()
@@ -264,8 +266,11 @@ def run_gs_training(path, cfg: GsTrainConfig, *,
                          / max(traffic["block_accesses"], 1))
         end_gaussians = scene.num_gaussians
         final_psnr = _eval_psnr(scene, cams, vis_sets, held, targets, device)
-    peak_gpu = (torch.cuda.max_memory_allocated() if device.type == "cuda"
-                else max(peaks + [acct.peak("gpu")]))
+    peak_gpu = (max(torch.cuda.max_memory_allocated(), memory.get("peak", 0))
+                if device.type == "cuda" else max(peaks + [acct.peak("gpu")]))
+    gpu_parts = ({"peak_gpu_held_bytes": int(memory.get("held", 0)),
+                  "render_workspace_bytes": int(memory.get("workspace", 0))}
+                 if device.type == "cuda" else {})
     return {
         "mode": cfg.mode, "device": cfg.device, "steps": cfg.steps, "seed": cfg.seed,
         "verify_reads": cfg.verify_reads,
@@ -275,7 +280,7 @@ def run_gs_training(path, cfg: GsTrainConfig, *,
         "step_time_s": statistics.median(times[1:] if len(times) > 1 else times),
         **stats_out, "refinements": refinements,
         "bytes_moved_per_step": (stats_out["bytes_h2d"] + stats_out["bytes_d2h"]) / cfg.steps,
-        "peak_rss_bytes": peak_rss_bytes(), "peak_gpu_bytes": int(peak_gpu),
+        "peak_rss_bytes": peak_rss_bytes(), "peak_gpu_bytes": int(peak_gpu), **gpu_parts,
         "gaussians": {"start": int(start_gaussians), "end": int(end_gaussians)},
         "scene_bytes": int(scene_bytes), "largest_view_working_set": int(need), **extra,
         **({"device_budget": dev_budget} if cfg.mode != "all-on-device" else {}),
@@ -303,18 +308,27 @@ def replan(scene, cams) -> list[np.ndarray]:
 
 def train_steps(store, sh_degree: int, cams, targets: dict, steps: int, *, device,
                 checkpoint_every: int = 0, progress=None,
-                stats: GradStats | None = None) -> tuple[list[float], list[float]]:
+                stats: GradStats | None = None,
+                memory: dict | None = None) -> tuple[list[float], list[float]]:
     """``steps`` training steps through ``store`` (any mode): render the step's rows, L1
-    loss against the view's target, backward, masked Adam. Returns (step times, losses)."""
+    loss against the view's target, backward, masked Adam. Returns (step times, losses).
+    On CUDA, ``memory`` (a dict) collects ``held`` — the most device memory allocated
+    when a step's batch is ready (the store's slots and step batch, the targets) — and
+    ``workspace`` — the most the rasterizer's forward and backward allocated on top."""
     import torch
 
     from .render import render_on
 
     times, losses = [], []
     device = torch.device(device)
+    track = memory is not None and device.type == "cuda"
     for i in range(steps):
         t0 = time.perf_counter()
         batch = store.begin_step()
+        if track:
+            held = torch.cuda.memory_allocated()
+            before = torch.cuda.max_memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
         v = batch.view
         out = render_on(batch.params, sh_degree, torch.from_numpy(cams.viewmats[v]),
                         torch.from_numpy(cams.Ks[v]), cams.width, cams.height)
@@ -327,6 +341,11 @@ def train_steps(store, sh_degree: int, cams, targets: dict, steps: int, *, devic
         store.end_step(batch, out.visible)
         if device.type == "cuda":
             torch.cuda.synchronize()
+        if track:
+            peak = torch.cuda.max_memory_allocated()
+            memory["held"] = max(memory.get("held", 0), held)
+            memory["workspace"] = max(memory.get("workspace", 0), peak - held)
+            memory["peak"] = max(memory.get("peak", 0), peak, before)
         times.append(time.perf_counter() - t0)
         losses.append(float(loss.detach()))
         if checkpoint_every and (i + 1) % checkpoint_every == 0:

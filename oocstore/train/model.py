@@ -128,6 +128,10 @@ def csr_adjacency(edge_index: torch.Tensor,  # [2, E] int64 (row 0 source, row 1
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta",
                                 category=UserWarning)
+        # some torch builds (2.11 with CUDA) also note, once, that the invariant check is
+        # off: it is, on purpose (above)
+        warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly",
+                                category=UserWarning)
         adj = torch.sparse_csr_tensor(crow, src, values, size=(num_dst, num_src),
                                       check_invariants=False)
     _csr_warning_seen = True
