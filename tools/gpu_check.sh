@@ -10,6 +10,7 @@
 #                        gets min(its own cap, what is left), a step with < 15 s left is
 #                        skipped
 #   GPU_CHECK_WORK       scratch folder for generated stores (default /tmp/oocstore-gpu-check)
+#   GPU_CHECK_STEPS      comma-separated steps to run (default: all), e.g. "env,pytest,gs"
 #
 # Wheels the machine lacks (lmdb, zarr and their dependencies, gsplat) are installed from
 # .whl/ (git-ignored, carried along with the tree) into /tmp/site with --no-deps, never
@@ -162,6 +163,10 @@ export -f step_env step_pytest step_loader step_train step_gs
 RESULTS=()
 run_step() {  # run_step NAME CAP FUNCTION
     local name=$1 cap=$2 fn=$3
+    if [ -n "${GPU_CHECK_STEPS:-}" ] && [[ ",$GPU_CHECK_STEPS," != *",$name,"* ]]; then
+        log "== $name: not selected (GPU_CHECK_STEPS=$GPU_CHECK_STEPS)"
+        return
+    fi
     local left=$((BUDGET - (SECONDS - START)))
     local t=$((cap < left ? cap : left))
     if [ "$t" -lt 15 ]; then
