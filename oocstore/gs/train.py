@@ -348,6 +348,9 @@ def train_steps(store, sh_degree: int, cams, targets: dict, steps: int, *, devic
             memory["peak"] = max(memory.get("peak", 0), peak, before)
         times.append(time.perf_counter() - t0)
         losses.append(float(loss.detach()))
+        # Drop this step's batch, image and graph now: held until the names are rebound,
+        # they would sit beside the next step's batch (two batches on the device at once).
+        del batch, out, loss
         if checkpoint_every and (i + 1) % checkpoint_every == 0:
             store.checkpoint()
         if progress:
