@@ -251,6 +251,8 @@ def run_gs_training(path, cfg: GsTrainConfig, *,
             kw = dict(device=device, accountant=acct, adam=adam, lr=lr, step_offset=first)
             if cfg.mode == "stream":
                 kw.update(device_budget=dev_budget, prefetch_depth=cfg.prefetch_depth)
+            if device.type == "cuda":  # what the device holds before the store exists
+                memory["outside"] = torch.cuda.memory_allocated()
             with MODES[cfg.mode](scene, seg, **kw) as store:
                 t, lo = train_steps(store, scene.sh_degree, cams, targets, n, device=device,
                                     memory=memory,
@@ -269,6 +271,7 @@ def run_gs_training(path, cfg: GsTrainConfig, *,
     peak_gpu = (max(torch.cuda.max_memory_allocated(), memory.get("peak", 0))
                 if device.type == "cuda" else max(peaks + [acct.peak("gpu")]))
     gpu_parts = ({"peak_gpu_held_bytes": int(memory.get("held", 0)),
+                  "gpu_outside_store_bytes": int(memory.get("outside", 0)),
                   "render_workspace_bytes": int(memory.get("workspace", 0))}
                  if device.type == "cuda" else {})
     return {
@@ -313,8 +316,10 @@ def train_steps(store, sh_degree: int, cams, targets: dict, steps: int, *, devic
     """``steps`` training steps through ``store`` (any mode): render the step's rows, L1
     loss against the view's target, backward, masked Adam. Returns (step times, losses).
     On CUDA, ``memory`` (a dict) collects ``held`` — the most device memory allocated
-    when a step's batch is ready (the store's slots and step batch, the targets) — and
-    ``workspace`` — the most the rasterizer's forward and backward allocated on top."""
+    when a step's batch is ready, less ``memory["outside"]`` (what was allocated before
+    the store was made: the target images, library workspaces such as cuBLAS's): the
+    store's slots and step batch — and ``workspace`` — the most the rasterizer's forward
+    and backward allocated on top."""
     import torch
 
     from .render import render_on
@@ -343,7 +348,7 @@ def train_steps(store, sh_degree: int, cams, targets: dict, steps: int, *, devic
             torch.cuda.synchronize()
         if track:
             peak = torch.cuda.max_memory_allocated()
-            memory["held"] = max(memory.get("held", 0), held)
+            memory["held"] = max(memory.get("held", 0), held - memory.get("outside", 0))
             memory["workspace"] = max(memory.get("workspace", 0), peak - held)
             memory["peak"] = max(memory.get("peak", 0), peak, before)
         times.append(time.perf_counter() - t0)
