@@ -127,8 +127,9 @@ def block_bytes(scene) -> int:
 
 
 def step_batch_bytes(rows: int, scene) -> int:
-    """Device bytes of one step's batch of ``rows``: records plus the parameter gradient."""
-    return rows * (scene.record_bytes + ID_BYTES + 4 * scene.param_width)
+    """Device bytes of one step's batch of ``rows``: records, ids, the parameter gradient
+    and the int64 slab index of every row."""
+    return rows * (scene.record_bytes + ID_BYTES + 4 * scene.param_width + 8)
 
 
 def working_set_bytes(scene, vis: np.ndarray) -> int:
