@@ -269,14 +269,16 @@ class TieredReader:
         if out is None:
             out = np.empty((n, self.meta.feat_dim), dtype=self._out_dtype)
         seg = int(self.batch_segment[row])
+        nxt = int(self.batch_segment[row + 1]) if row + 1 < self.batch_segment.shape[0] \
+            and batch + 1 < self.plan.num_batches(epoch) else -1
         if seg >= 0:
             try:
-                self.segments.load(seg)
+                self.segments.load(seg, then=nxt)
             except ChecksumError as err:
                 raise ChecksumError(f"epoch {epoch}, batch {batch} of pack {self.meta.name!r}: "
                                     f"{err}") from err
-        if row + 1 < self.batch_segment.shape[0] and batch + 1 < self.plan.num_batches(epoch):
-            self.segments.prefetch(int(self.batch_segment[row + 1]))
+        else:
+            self.segments.prefetch(nxt)
         counts = assemble_rows(tier, slot, self.host.rows, self._cpu_offset,
                                self.segments.current_rows, out, self.gpu_on_host)
         self.host.hits += int(counts[GPU] + counts[CPU])

@@ -113,8 +113,9 @@ class SegmentTier(Tier):
         """``[rows, D]`` view of the loaded segment (empty before the first load)."""
         return self._rows
 
-    def _read(self, segment: int, buf: np.ndarray) -> tuple[np.ndarray, int]:
-        """Read ``segment`` into ``buf``; returns (rows view, bytes transferred)."""
+    def _read(self, segment: int, buf: np.ndarray) -> tuple[int, int]:
+        """Read ``segment`` into ``buf`` (the transfer only: :meth:`_verify` checks it);
+        returns (bytes transferred, bytes of the request)."""
         first, count = int(self.segments[segment, 0]), int(self.segments[segment, 1])
         offset = self.meta.offset + first * self.row_bytes
         start, length = aligned_span(offset, count * self.row_bytes)
@@ -123,6 +124,15 @@ class SegmentTier(Tier):
         if got < need:
             raise OSError(f"short read of {self.reader.path} (segment {segment}, byte {offset}): "
                           "the pack file is truncated; run `oocstore verify` and re-pack")
+        return got, length
+
+    def _verify(self, segment: int, buf: np.ndarray, got: int) -> np.ndarray:
+        """Check ``segment`` (just read into ``buf``) and return its ``[rows, D]`` view.
+        Runs in the consumer's thread after the next segment's read was issued, so the
+        CRC overlaps that read instead of delaying it."""
+        first, count = int(self.segments[segment, 0]), int(self.segments[segment, 1])
+        offset = self.meta.offset + first * self.row_bytes
+        start = offset // ALIGN * ALIGN
         if self._seg_crcs is not None:
             lo = offset - start
             if zlib.crc32(memoryview(buf)[lo:lo + count * self.row_bytes]) != \
@@ -132,9 +142,8 @@ class SegmentTier(Tier):
         elif self._chunk_verify:
             self._check(segment, buf, start, got, offset - self.meta.offset,
                         count * self.row_bytes)
-        rows = np.frombuffer(buf, dtype=self.meta.np_dtype, count=count * self.dim,
+        return np.frombuffer(buf, dtype=self.meta.np_dtype, count=count * self.dim,
                              offset=offset - start).reshape(count, self.dim)
-        return rows, length
 
     def _check(self, segment: int, buf: np.ndarray, start: int, got: int, lo: int,
                nbytes: int) -> None:
@@ -185,26 +194,35 @@ class SegmentTier(Tier):
             return
         self._pending = (segment, self._pool.submit(self._read, segment, self._spare), self._spare)
 
-    def load(self, segment: int) -> None:
+    def load(self, segment: int, then: int = -1) -> None:
         """Make ``segment`` current (one O_DIRECT read unless it already is or was read
-        ahead)."""
+        ahead), then start reading ``then`` ahead (if >= 0) before checking ``segment``,
+        so the disk is not idle while the CRC runs."""
         if segment == self.current:
+            self.prefetch(then)
             return
         first, count = int(self.segments[segment, 0]), int(self.segments[segment, 1])
         if self._pending is not None:
             seg, future, buf = self._pending
             self._pending = None
-            rows, length = future.result()  # re-raises a failed read here
+            got, length = future.result()  # re-raises a failed read here
             if seg == segment:
                 self._spare, self._buf = self._buf, buf
-                self._account(segment, rows, length, count)
+                self.current = -1  # the old current segment's buffer is now the spare
+                if then != segment:
+                    self.prefetch(then)
+                self._account(segment, self._verify(segment, self._buf, got), length, count)
                 return
         if count == 0:  # every row of these batches is in a memory tier
             self._rows = np.zeros((0, self.dim), dtype=self.meta.np_dtype)
             self.current = segment
+            self.prefetch(then)
             return
-        rows, length = self._read(segment, self._buf)
-        self._account(segment, rows, length, count)
+        got, length = self._read(segment, self._buf)
+        self.current = -1
+        if then != segment:
+            self.prefetch(then)
+        self._account(segment, self._verify(segment, self._buf, got), length, count)
 
     def _account(self, segment: int, rows: np.ndarray, length: int, count: int) -> None:
         self.bytes_read += length
