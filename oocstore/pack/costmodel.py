@@ -153,8 +153,8 @@ def predict_epoch(layout: Layout, bw: Bandwidths, epoch: int = 0,
     With ``read_ahead`` (the reader's second segment buffer), segment reads overlap the
     CPU work: the epoch costs the larger of the two, plus one segment's worth of the
     smaller (the pipeline filling), plus the fallback reads, which do not overlap. With
-    ``verify`` (the reader's default) each segment's CRC is checked on the read thread,
-    after its read."""
+    ``verify`` (the reader's default) each segment's CRC is checked in the consumer's
+    thread once the next segment's read is issued: CPU work that overlaps the reads."""
     plan = layout.plan
     starts = np.concatenate([[0], np.cumsum(plan.meta.batches_per_epoch)])
     b0, b1 = int(starts[epoch]), int(starts[epoch + 1])
@@ -172,8 +172,8 @@ def predict_epoch(layout: Layout, bw: Bandwidths, epoch: int = 0,
     inserts = int(layout.ins_count[b0:b1].sum()) if layout.ins_count is not None else 0
     parts = {
         "memory_gather_s": (host_rows + inserts) / bw.gather_rows_per_s,
-        "ssd_read_s": len(segs) * bw.request_s + seg_bytes / bw.seq_read_Bps
-        + (seg_bytes / bw.crc_Bps if verify else 0.0),
+        "ssd_read_s": len(segs) * bw.request_s + seg_bytes / bw.seq_read_Bps,
+        "ssd_verify_s": seg_bytes / bw.crc_Bps if verify else 0.0,
         "ssd_gather_s": ssd_rows / bw.gather_rows_per_s,
         "fallback_read_s": fallback_rows * row_span / bw.row_read_Bps,
         "overhead_s": (b1 - b0) * bw.batch_overhead_s,
@@ -181,7 +181,8 @@ def predict_epoch(layout: Layout, bw: Bandwidths, epoch: int = 0,
     if layout.policy == "belady" and epoch > 0:  # the scheduled tier restarts each epoch
         parts["ssd_read_s"] += layout.cpu_ids.size * rb / bw.seq_read_Bps
     io = parts["ssd_read_s"]
-    cpu = parts["memory_gather_s"] + parts["ssd_gather_s"] + parts["overhead_s"]
+    cpu = parts["memory_gather_s"] + parts["ssd_gather_s"] + parts["ssd_verify_s"] \
+        + parts["overhead_s"]
     if read_ahead and len(segs):
         seconds = max(io, cpu) + min(io, cpu) / len(segs) + parts["fallback_read_s"]
     else:
