@@ -124,3 +124,28 @@ def pick_datasets(spec: str, known: dict) -> list[str]:
     if unknown:
         raise SystemExit(f"--datasets: unknown {unknown}; choose from {', '.join(known)}")
     return names
+
+
+def write_on_off(res: dict, out: Path, off_s: float, on_s: float, *, ylabel: str,
+                 title: str) -> None:
+    """Write a verify-on/off result: ``out`` (JSON) and a bar chart beside it (PNG, when
+    matplotlib is installed); then print the JSON line (without the machine)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1, sort_keys=True) + "\n")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(4, 3))
+        ax.bar(["verify off", "verify on"], [off_s, on_s], color=["grey", "tab:blue"])
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        fig.tight_layout()
+        fig.savefig(out.with_suffix(".png"), dpi=100)
+        plt.close(fig)
+    except ImportError:
+        pass
+    print(json.dumps({k: v for k, v in res.items() if k != "machine"}, sort_keys=True))

@@ -30,7 +30,7 @@ for p in (REPO, REPO / "bench"):
 
 import numpy as np  # noqa: E402
 
-from _common import machine_info  # noqa: E402
+from _common import machine_info, write_on_off  # noqa: E402
 
 from oocstore.gs.scene import Scene  # noqa: E402
 from oocstore.gs.synthetic import random_scene  # noqa: E402
@@ -112,24 +112,8 @@ def main() -> int:
     print(f"read every block ({nbytes / 1e6:.0f} MB, {blocks} blocks): verify on "
           f"{med['on']:.3f} s, off {med['off']:.3f} s -> overhead {res['overhead']:+.1%} "
           f"(CRC-32 {res['crc32_gbps']:.2f} GB/s per core, O_DIRECT {direct})")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1, sort_keys=True) + "\n")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(4, 3))
-        ax.bar(["verify off", "verify on"], [med["off"], med["on"]], color=["grey", "tab:blue"])
-        ax.set_ylabel("read every block (s)")
-        ax.set_title(f"scene checksums on read: {res['overhead']:+.1%}")
-        fig.tight_layout()
-        fig.savefig(out.with_suffix(".png"), dpi=100)
-    except ImportError:
-        pass
-    print(json.dumps({k: v for k, v in res.items() if k != "machine"}, sort_keys=True))
+    write_on_off(res, Path(args.out), med["off"], med["on"], ylabel="read every block (s)",
+                 title=f"scene checksums on read: {res['overhead']:+.1%}")
     return 0
 
 

@@ -26,7 +26,7 @@ for p in (REPO, REPO / "bench"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from _common import machine_info  # noqa: E402
+from _common import machine_info, write_on_off  # noqa: E402
 from pack_speed import ensure_plan, make_store  # noqa: E402
 
 from oocstore import Store  # noqa: E402
@@ -87,24 +87,8 @@ def main() -> int:
     print(f"epoch load: verify on {med['on']:.3f} s, off {med['off']:.3f} s -> overhead "
           f"{res['overhead']:+.1%}; extra bytes read to complete boundary chunks "
           f"{res['extra_read_fraction']:.1%} (O_DIRECT {res['direct_io']})")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1, sort_keys=True) + "\n")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(4, 3))
-        ax.bar(["verify off", "verify on"], [med["off"], med["on"]], color=["grey", "tab:blue"])
-        ax.set_ylabel("epoch load time (s)")
-        ax.set_title(f"checksums on read: {res['overhead']:+.1%}")
-        fig.tight_layout()
-        fig.savefig(out.with_suffix(".png"), dpi=100)
-    except ImportError:
-        pass
-    print(json.dumps({k: v for k, v in res.items() if k != "machine"}, sort_keys=True))
+    write_on_off(res, Path(args.out), med["off"], med["on"], ylabel="epoch load time (s)",
+                 title=f"checksums on read: {res['overhead']:+.1%}")
     return 0
 
 
