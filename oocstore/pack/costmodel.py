@@ -217,7 +217,12 @@ def choose_split(store: Store, plan: PlanReader, *, cpu_budget: int, gpu_budget:
             layout = plan_layout(store, plan, opts)
             mws = layout.min_working_set
             others = mws["cpu"] - mws["cpu_tier_bytes"] - (0 if gpu_budget else mws["gpu_tier_bytes"])
-            room = max(0, cpu_budget - others - (0 if gpu_budget else gpu_cache)) // rb * rb
+            # leave room for the reader's segment read-ahead buffer, which the prediction
+            # counts on (reads overlapping assembly): a cache that fills the budget to the
+            # byte would turn it off
+            ahead = mws["largest_segment_bytes"]
+            room = max(0, cpu_budget - others - ahead - (0 if gpu_budget else gpu_cache)) \
+                // rb * rb
             if room == cpu_cache:
                 break
             cpu_cache = room

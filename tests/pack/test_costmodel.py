@@ -11,7 +11,9 @@ from oocstore import Store
 from oocstore.errors import BudgetError
 from oocstore.ingest import build_store
 from oocstore.ingest.synthetic import SyntheticSpec, synthetic_source
-from oocstore.pack import PackOptions
+from oocstore.budget import MemoryBudget
+from oocstore.pack import PackOptions, pack_plan
+from oocstore.tiers import TieredReader
 from oocstore.pack import costmodel
 from oocstore.pack.costmodel import Bandwidths, choose_split, predict_epoch, probe
 from oocstore.pack.packer import plan_layout
@@ -73,10 +75,17 @@ def test_split_fits_the_budget_or_is_refused(store):
         fbytes = s.array_meta("features").nbytes
         floor = plan_layout(s, plan, PackOptions(cpu_cache=0, max_disk_blowup=8)
                             ).min_working_set["cpu"]
-        budget = floor + fbytes // 4
+        budget = floor + fbytes // 2  # room for a cache of half the rows
         opts, pred, cands = choose_split(s, plan, cpu_budget=budget, max_disk_blowup=8)
         assert opts.cpu_cache > 0 and pred["seconds"] == min(c["prediction"]["seconds"]
                                                               for c in cands)
-        assert plan_layout(s, plan, opts).min_working_set["cpu"] <= budget
+        mws = plan_layout(s, plan, opts).min_working_set
+        # the minimum and the reader's read-ahead buffer fit, so reads overlap assembly
+        assert mws["cpu"] + mws["largest_segment_bytes"] <= budget
         with pytest.raises(BudgetError, match="cpu budget .* cannot hold one batch"):
             choose_split(s, plan, cpu_budget=1024, max_disk_blowup=8)
+    with Store(store, readonly=False) as w:
+        pack_plan(w, "p", name="auto", options=opts, overwrite=True)
+    with Store(store) as s, TieredReader(s, "auto", budget=MemoryBudget(cpu=budget)) as r:
+        assert r.meta.min_working_set["largest_segment_bytes"] > 0  # rows left on SSD
+        assert r.segments.read_ahead
