@@ -15,7 +15,6 @@ from the page cache before each pass. Prints the ratio, one JSON line, and write
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile

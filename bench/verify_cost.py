@@ -14,7 +14,6 @@ memory hides the CRC work). Prints the ratio, one JSON line, and writes
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile

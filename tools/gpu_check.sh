@@ -160,6 +160,16 @@ random_scene('$scene', 100_000, 3, block_size=4096, views=16, seed=0, overwrite=
 
 export -f step_env step_pytest step_loader step_train step_gs
 
+if [ -n "${GPU_CHECK_STEPS:-}" ]; then
+    for s in ${GPU_CHECK_STEPS//,/ }; do
+        case "$s" in
+            env|pytest|loader|train|gs) ;;
+            *) log "GPU_CHECK_STEPS=$GPU_CHECK_STEPS: unknown step '$s'; choose from env, pytest, loader, train, gs"
+               exit 2 ;;
+        esac
+    done
+fi
+
 RESULTS=()
 run_step() {  # run_step NAME CAP FUNCTION
     local name=$1 cap=$2 fn=$3

@@ -79,10 +79,14 @@ def _seq_probe_file(store: Store, nbytes: int) -> tuple[Path, bool]:
         return path, False
     scratch = store.path / "packs" / ".costmodel-probe.tmp"
     scratch.parent.mkdir(exist_ok=True)
-    chunk = np.frombuffer(np.random.default_rng(0).bytes(PROBE_REQUEST), np.uint8)
+    chunk = np.random.default_rng(0).integers(0, 2**63, PROBE_REQUEST // 8, dtype=np.uint64)
     try:
         with open(scratch, "wb") as f:
-            for _ in range(0, nbytes, PROBE_REQUEST):
+            for i in range(0, nbytes, PROBE_REQUEST):
+                # a distinct first word in every 4 KiB page: no two pages of the file are
+                # equal, so a deduplicating disk cannot serve the probe from one copy
+                chunk[::ALIGN // 8] = np.arange(i // 8, i // 8 + PROBE_REQUEST // 8,
+                                                ALIGN // 8, dtype=np.uint64)
                 f.write(chunk)
             f.flush()
             os.fsync(f.fileno())

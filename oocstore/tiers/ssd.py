@@ -201,7 +201,7 @@ class SegmentTier(Tier):
         if segment == self.current:
             self.prefetch(then)
             return
-        first, count = int(self.segments[segment, 0]), int(self.segments[segment, 1])
+        count = int(self.segments[segment, 1])
         if self._pending is not None:
             seg, future, buf = self._pending
             self._pending = None
