@@ -11,7 +11,8 @@ In one run, on the same filesystem and the same data:
    base scan is cold, read with O_DIRECT); bytes of every pack file written / wall time,
    and that as a fraction of the disk's write speed (issue target >= 0.5);
 3. where the time goes, from wall-clock timers wrapped around the packer's stages:
-   placement, segment sizing, assignment, the copy's base-array reads (one O_DIRECT
+   placement, segment sizing, assignment (of the packed batches; the rest on a thread
+   beside the copy), the copy's base-array reads (one O_DIRECT
    scan), its kernels (window order, scatter, bucket gather / place) and bucket I/O,
    file writes (crc32 + write syscalls), fsync -- stages in the packer's read / write
    threads overlap the others and are marked; and peak RSS (sampled every 20 ms, plus
@@ -137,7 +138,7 @@ _MAIN_COPY = ("window order (numba kernel)", "scatter (numba kernel)",
               "bucket gather (numba kernel)", "bucket place (numba kernel)")
 #: Stages timed in the packer's threads: they overlap the main thread's stages.
 THREAD_STAGES = ("base scan reads (O_DIRECT)", "bucket writes", "bucket reads",
-                 "window writes (crc32 + write)")
+                 "writes during the copy (crc32 + write)", "assignment (thread, beside the copy)")
 
 class StageTimers:
     """Wall-clock timers wrapped around the packer's stages (patched in, then restored)."""
@@ -151,7 +152,9 @@ class StageTimers:
     def _add(self, stage: str, dt: float) -> None:
         self.sec[stage] = self.sec.get(stage, 0.0) + dt
 
-    def wrap(self, owner, attr: str, stage: str) -> None:
+    def wrap(self, owner, attr: str, stage: str, off_main: str | None = None) -> None:
+        """Time ``owner.attr`` as ``stage`` (as ``off_main`` when called off the main
+        thread, if given)."""
         fn = getattr(owner, attr)
         self._saved.append((owner, attr, fn))
         timers = self
@@ -161,7 +164,9 @@ class StageTimers:
             try:
                 return fn(*a, **kw)
             finally:
-                timers._add(stage, time.perf_counter() - t0)
+                on_main = threading.current_thread() is threading.main_thread()
+                timers._add(stage if on_main or off_main is None else off_main,
+                            time.perf_counter() - t0)
         setattr(owner, attr, timed)
 
     def _wrap_copy_rows(self) -> None:
@@ -185,7 +190,8 @@ class StageTimers:
     def installed(self):
         self.wrap(packer_mod, "static_placement", "placement")
         self.wrap(packer_mod, "_segment_rows", "segment sizing")
-        self.wrap(packer_mod, "_assign", "assignment")
+        self.wrap(packer_mod, "_assign", "assignment",
+                  off_main="assignment (thread, beside the copy)")
         self._wrap_copy_rows()
         self.wrap(files_mod.ArrayFileWriter, "write", "writes (crc32 + write)")
         self.wrap(files_mod.DirectReader, "read_into", "base scan reads (O_DIRECT)")
@@ -231,18 +237,21 @@ def run_pack(store_path: Path, plan: str, name: str, options: PackOptions) -> di
         fpath = store.file_path(store.array_meta("features"))
         evict(fpath)
         timers = StageTimers()
-        io0 = proc_io()
+        io0, cpu0 = proc_io(), os.times()
         with PeakRSS() as rss, timers.installed():
             t0 = time.perf_counter()
             meta = pack_plan(store, plan, name=name, options=options, overwrite=True)
             seconds = time.perf_counter() - t0
-        io1 = proc_io()
+        io1, cpu1 = proc_io(), os.times()
         store.refresh()
         files = pack_files(store, name)
     return {"seconds": seconds, "meta": meta, "files": files, "timers": timers,
             "peak_rss": rss.peak, "start_rss": rss.start_rss, "peak_anon_rss": rss.peak_anon,
             "read_bytes": io1["read_bytes"] - io0["read_bytes"],
-            "write_bytes": io1["write_bytes"] - io0["write_bytes"]}
+            "write_bytes": io1["write_bytes"] - io0["write_bytes"],
+            # Dirtied pages dropped before they reached the disk (truncated bucket data).
+            "cancelled_write_bytes": io1["cancelled_write_bytes"] - io0["cancelled_write_bytes"],
+            "cpu_user": cpu1.user - cpu0.user, "cpu_system": cpu1.system - cpu0.system}
 
 
 def breakdown(timers: StageTimers, total: float) -> dict[str, float]:
@@ -255,7 +264,7 @@ def breakdown(timers: StageTimers, total: float) -> dict[str, float]:
     s = dict(timers.sec)
     copy_all = s.pop("copy_rows (all)", 0.0)
     writes = s.get("writes (crc32 + write)", 0.0)
-    s["window writes (crc32 + write)"] = timers.copy_writes
+    s["writes during the copy (crc32 + write)"] = timers.copy_writes
     kernels = sum(s.get(k, 0.0) for k in _MAIN_COPY)
     s["copy_rows: waiting (reads, writes)"] = max(0.0, copy_all - kernels)
     main_thread = (copy_all + (writes - timers.copy_writes)
@@ -351,6 +360,8 @@ def main(argv=None) -> dict:
         "disk_write_MBps_runs": [d / MB for d in disk], "disk_probe_bytes": [estimate, written],
         "ratio_to_disk": pack_bps / disk_bps, "target_ratio": 0.5,
         "proc_read_bytes": r["read_bytes"], "proc_write_bytes": r["write_bytes"],
+        "proc_cancelled_write_bytes": r["cancelled_write_bytes"],
+        "cpu_seconds": {"user": r["cpu_user"], "system": r["cpu_system"]},
         "base_read_over_feature_bytes": r["read_bytes"] / feature_bytes,
         "peak_rss": r["peak_rss"], "start_rss": r["start_rss"], "peak_anon_rss": r["peak_anon_rss"],
         "stages_seconds": stages,
@@ -371,6 +382,9 @@ def main(argv=None) -> dict:
           f"{'met' if res['target_met'] else 'NOT met'})")
     print(f"  reads    {r['read_bytes'] / MB:,.0f} MB from disk (/proc/self/io) = "
           f"{res['base_read_over_feature_bytes']:.1f} x the feature bytes")
+    print(f"  writes   {r['write_bytes'] / MB:,.0f} MB dirtied, {r['cancelled_write_bytes'] / MB:,.0f} MB of "
+          f"them dropped unwritten (truncated buckets); CPU {r['cpu_user']:.1f} s user + "
+          f"{r['cpu_system']:.1f} s system on {os.cpu_count()} cores")
     print(f"  peak RSS {r['peak_rss'] / (1 << 20):8.0f} MiB (anonymous {r['peak_anon_rss'] / (1 << 20):.0f}"
           f" MiB; {r['start_rss'] / (1 << 20):.0f} MiB before packing)")
     print(f"  where the time goes ({r['seconds']:.1f} s; '|' marks time in the packer's read / "

@@ -13,7 +13,9 @@ Steps (all streaming over the plan; the base feature array is only read sequenti
    the base array (counted in the expected read amplification).
 3. **Budget check.** The minimum working set (largest segment + one batch of staging +
    CPU tier) is compared with ``cpu_budget`` *before* anything is written.
-4. **Assignment.** Every input position of every batch gets (tier, slot).
+4. **Assignment.** Every input position of every batch gets (tier, slot). The packed
+   batches (a prefix of the plan) are assigned first; the rest, on a thread, while the
+   copy runs (it needs only the packed rows).
 5. **Batched copy.** The base feature array is scanned once, sequentially, in large
    aligned ``O_DIRECT`` reads; rows are scattered into an output window held in memory
    (``window_bytes``), and rows of later windows go to per-window buckets in a temporary
@@ -450,8 +452,7 @@ def pack_plan(store: Store, plan_name: str | None = None, *, name: str | None = 
     rb = fmeta.row_bytes
     base_bytes = fmeta.nbytes
     gpu_ids, cpu_ids = layout.gpu_ids, layout.cpu_ids
-    node_tier, node_slot = layout.node_tier, layout.node_slot
-    offs, ninput, data = layout.offs, layout.ninput, plan._data
+    offs, ninput = layout.offs, layout.ninput
     total_batches = offs.shape[0]
     S, seg_first, seg_rows = layout.segment_batches, layout.seg_first, layout.seg_rows
     packed_segs, batch_seg, packed_rows = layout.packed_segments, layout.batch_seg, layout.packed_rows
@@ -463,30 +464,43 @@ def pack_plan(store: Store, plan_name: str | None = None, *, name: str | None = 
 
     names = pack_array_names(name)
     with store.transaction() as txn:
-        # Assignment, streamed per group of batches.
+        # Assignment, streamed per group of batches. The copy needs only the packed
+        # batches' rows (a prefix of the plan: node_of_row); the groups after it (the
+        # batches left to base-array reads) are assigned on a thread while the copy runs.
         w_tier = txn.array_writer(names["tier"], np.uint8, (), subdir="packs")
         w_slot = txn.array_writer(names["slot"], np.int32, (), subdir="packs")
         node_of_row = np.empty(packed_rows, dtype=np.int64)
         rowmap = np.zeros(max(packed_segs, 1), dtype=np.int64)
-        fallback = np.zeros(2, dtype=np.int64)  # positions, bytes of base-array reads
-        # One pair of buffers for every group (the writers copy what they are given): a
-        # fresh one per group costs a page fault per 4 KiB.
-        group_pos = np.add.reduceat(ninput, np.arange(0, total_batches, _ASSIGN_BATCHES)) \
-            if total_batches else np.zeros(1, np.int64)
-        out_tier_buf = np.empty(int(group_pos.max()), dtype=np.uint8)
-        out_slot_buf = np.empty(int(group_pos.max()), dtype=np.int32)
-        for b0 in range(0, total_batches, _ASSIGN_BATCHES):
-            b1 = min(total_batches, b0 + _ASSIGN_BATCHES)
-            size = int(group_pos[b0 // _ASSIGN_BATCHES])
-            out_tier, out_slot = out_tier_buf[:size], out_slot_buf[:size]
-            _assign(data, offs, ninput, layout.pstart, b0, b1, batch_seg, seg_first_row,
-                    node_tier, node_slot, layout.hit, mark, rowmap, out_tier, out_slot,
-                    node_of_row, fmeta.offset, rb, fallback)
-            w_tier.append(out_tier)
-            w_slot.append(out_slot)
-        fallback_positions, fb_read = int(fallback[0]), int(fallback[1])
-        w_tier.close()
-        w_slot.close()
+        packed_end = int(layout.seg_last[-1]) if packed_segs else 0
+        split = min(total_batches, -(-packed_end // _ASSIGN_BATCHES) * _ASSIGN_BATCHES)
+        assign = _Assignment(layout, batch_seg, seg_first_row, mark, rowmap, node_of_row,
+                             w_tier, w_slot)
+        assign.run(0, split)
+        tail = None
+        assign_pool = ThreadPoolExecutor(1, thread_name_prefix="oocstore-pack-assign")
+        try:
+            if split < total_batches:
+                tail = assign_pool.submit(assign.run, split, total_batches)
+            else:
+                assign.finish()
+            # Batched copy: one sequential scan of the base array per output window.
+            seg_crc = SegmentChecksums(
+                txn.array_writer(names["rows"], fmeta.np_dtype, (d,), subdir="packs"), seg_rows, rb)
+            targets = [(txn.array_writer(names["gpu_rows"], fmeta.np_dtype, (d,), subdir="packs"),
+                        gpu_ids),
+                       (txn.array_writer(names["cpu_rows"], fmeta.np_dtype, (d,), subdir="packs"),
+                        cpu_ids),
+                       (seg_crc, node_of_row)]
+            scans = copy_rows(store, fmeta, targets, window_bytes=options.window_bytes,
+                              strategy=options.copy, progress=progress)
+            for w, _ in targets:
+                w.close()
+            if tail is not None:
+                tail.result()  # re-raises the thread's error (e.g. disk full) here
+                assign.finish()
+        finally:
+            assign_pool.shutdown(wait=True)  # never leave the thread writing past the txn
+        fallback_positions, fb_read = assign.fallback_positions, assign.fallback_bytes
         segments = np.stack([seg_first_row, seg_rows, seg_first], axis=1).astype(np.int64) \
             if packed_segs else np.zeros((0, 3), np.int64)
         txn.write_array(names["segments"], segments, subdir="packs")
@@ -500,16 +514,6 @@ def pack_plan(store: Store, plan_name: str | None = None, *, name: str | None = 
         txn.write_array(names["gpu_ids"], gpu_ids, subdir="packs")
         txn.write_array(names["cpu_ids"], cpu_ids, subdir="packs")
 
-        # Batched copy: one sequential scan of the base array per output window.
-        seg_crc = SegmentChecksums(
-            txn.array_writer(names["rows"], fmeta.np_dtype, (d,), subdir="packs"), seg_rows, rb)
-        targets = [(txn.array_writer(names["gpu_rows"], fmeta.np_dtype, (d,), subdir="packs"), gpu_ids),
-                   (txn.array_writer(names["cpu_rows"], fmeta.np_dtype, (d,), subdir="packs"), cpu_ids),
-                   (seg_crc, node_of_row)]
-        scans = copy_rows(store, fmeta, targets, window_bytes=options.window_bytes,
-                          strategy=options.copy, progress=progress)
-        for w, _ in targets:
-            w.close()
         txn.write_array(names["segment_crc"], seg_crc.crcs, subdir="packs")
 
         seg_read = int(sum(_aligned_span(int(r0) * rb, int(r) * rb)
@@ -537,6 +541,52 @@ def pack_plan(store: Store, plan_name: str | None = None, *, name: str | None = 
     log.info("packed plan %r: %d segments of %d batch(es), blowup %.2f, expected read "
              "amplification %.3f", plan_name, packed_segs, S, blowup, amp)
     return meta
+
+
+class _Assignment:
+    """Tier and slot of every input position, computed per group of ``_ASSIGN_BATCHES``
+    batches (:func:`_assign`) and appended to the ``tier`` / ``slot`` writers. Groups must
+    be run in plan order (``run`` calls may follow one another from different threads,
+    never overlap); ``finish`` closes the writers."""
+
+    def __init__(self, layout: Layout, batch_seg, seg_first_row, mark, rowmap, node_of_row,
+                 w_tier, w_slot):
+        self.layout, self.batch_seg, self.seg_first_row = layout, batch_seg, seg_first_row
+        self.mark, self.rowmap, self.node_of_row = mark, rowmap, node_of_row
+        self.w_tier, self.w_slot = w_tier, w_slot
+        n = layout.offs.shape[0]
+        self.group_pos = np.add.reduceat(layout.ninput, np.arange(0, n, _ASSIGN_BATCHES)) \
+            if n else np.zeros(1, np.int64)
+        # One pair of buffers for every group (the writers copy what they are given): a
+        # fresh one per group costs a page fault per 4 KiB.
+        self.out_tier = np.empty(int(self.group_pos.max()), dtype=np.uint8)
+        self.out_slot = np.empty(int(self.group_pos.max()), dtype=np.int32)
+        self.fallback = np.zeros(2, dtype=np.int64)  # positions, bytes of base-array reads
+
+    @property
+    def fallback_positions(self) -> int:
+        return int(self.fallback[0])
+
+    @property
+    def fallback_bytes(self) -> int:
+        return int(self.fallback[1])
+
+    def run(self, b0: int, b1: int) -> None:
+        lay = self.layout
+        for g0 in range(b0, b1, _ASSIGN_BATCHES):
+            g1 = min(b1, g0 + _ASSIGN_BATCHES)
+            size = int(self.group_pos[g0 // _ASSIGN_BATCHES])
+            out_tier, out_slot = self.out_tier[:size], self.out_slot[:size]
+            _assign(lay.plan._data, lay.offs, lay.ninput, lay.pstart, g0, g1, self.batch_seg,
+                    self.seg_first_row, lay.node_tier, lay.node_slot, lay.hit, self.mark,
+                    self.rowmap, out_tier, out_slot, self.node_of_row, lay.fmeta.offset,
+                    lay.row_bytes, self.fallback)
+            self.w_tier.append(out_tier)
+            self.w_slot.append(out_slot)
+
+    def finish(self) -> None:
+        self.w_tier.close()
+        self.w_slot.close()
 
 
 class SegmentChecksums:
@@ -771,8 +821,67 @@ def _copy_rescans(store: Store, fmeta, targets, bounds: np.ndarray, all_ids: np.
     return nwin
 
 
+def writeback_free_bytes() -> int:
+    """Dirty page-cache bytes a temporary file can hold without the kernel starting to
+    write them back: half the background writeback threshold (``vm.dirty_background_bytes``,
+    or ``vm.dirty_background_ratio`` % of available memory), the other half left to the
+    pack's own output. Bucket data consumed and truncated below it never reaches the disk.
+    ``0`` where /proc does not say (every bucket byte counted as written)."""
+    try:
+        vm = Path("/proc/sys/vm")
+        fixed = int((vm / "dirty_background_bytes").read_text())
+        if fixed > 0:
+            return fixed // 2
+        ratio = int((vm / "dirty_background_ratio").read_text())
+        with open("/proc/meminfo") as f:
+            avail = next(int(line.split()[1]) * 1024 for line in f
+                         if line.startswith("MemAvailable:"))
+        return avail * ratio // 100 // 2
+    except (OSError, ValueError, StopIteration):
+        return 0
+
+
+def bucket_passes(offsets: np.ndarray, scan_rows: int, row_bytes: int, num_rows: int,
+                  pass_bytes: int) -> tuple[list[tuple[int, int]], int]:
+    """Windows ``[wa, wb)`` of each scan of the ``"buckets"`` copy, and its cost in
+    weighted bytes moved besides the output. A pass scans the base chunks its windows
+    touch, fills window ``wa`` directly and buckets the rest.
+
+    One pass writes every bucket byte; when those exceed what the page cache holds
+    without writeback (``pass_bytes``, :func:`writeback_free_bytes`), the excess goes to
+    disk and is read back. Passes whose buckets stay within ``pass_bytes`` avoid that at
+    the price of one more base scan each: they are used when the extra scans read fewer
+    bytes than the writeback they avoid would move (weighted by ``1 + WRITE_COST``)."""
+    nwin = offsets.shape[0]
+    rows_of = (offsets[:, -1] - offsets[:, 0]).astype(np.int64)
+    touched = offsets[:, 1:] > offsets[:, :-1]
+    chunk_bytes = np.full(touched.shape[1], scan_rows * row_bytes, dtype=np.int64)
+    if chunk_bytes.size:
+        chunk_bytes[-1] = (num_rows - (touched.shape[1] - 1) * scan_rows) * row_bytes
+
+    def cost(passes):
+        scans = sum(int(chunk_bytes[touched[a:b].any(axis=0)].sum()) for a, b in passes)
+        spill = sum(max(0, int(rows_of[a + 1:b].sum()) * row_bytes - max(pass_bytes, 0))
+                    for a, b in passes)
+        return scans + int(spill * (1 + WRITE_COST))
+
+    best = [(0, nwin)], cost([(0, nwin)])
+    if pass_bytes <= 0 or nwin <= 2:
+        return best
+    passes, wa = [], 0
+    while wa < nwin:
+        wb, held = wa + 1, 0
+        while wb < nwin and held + rows_of[wb] * row_bytes <= pass_bytes:
+            held += int(rows_of[wb]) * row_bytes
+            wb += 1
+        passes.append((wa, wb))
+        wa = wb
+    c = cost(passes)
+    return (passes, c) if c < best[1] else best
+
+
 def copy_rows(store: Store, fmeta, targets, *, window_bytes: int, strategy: str = "auto",
-              progress: ProgressFn | None = None) -> int:
+              progress: ProgressFn | None = None, pass_bytes: int | None = None) -> int:
     """Append ``features[ids]`` to each ``(writer, ids)`` of ``targets``, reading the base
     array only sequentially (never a random read); returns the number of base scans.
 
@@ -785,19 +894,24 @@ def copy_rows(store: Store, fmeta, targets, *, window_bytes: int, strategy: str 
         rows of that window; each window is written (buffered, so the disk writes it back
         while the next scan reads). Disk traffic: output + scans x touched base chunks.
     ``"buckets"``
-        one scan. Windows are ``window_bytes / 2`` (two buffers: one is written while the
-        next is filled); the scan scatters window 0 directly and appends every other
-        window's rows to its *bucket*: a region of one temporary ``packs/copy-buckets-*.tmp``
-        file, in chunk order. Each window is then assembled from its bucket (one
-        sequential read) and appended to the writers. Disk traffic: base + output + 2 x
-        buckets; windows lie in the file last-to-first so a consumed one is truncated
-        away (dirty pages not yet written back are dropped unwritten). The file is removed
-        at the end; after a crash the store's orphan cleanup removes it (``*.tmp``).
+        windows are ``window_bytes / 2`` (two buffers: one is written while the next is
+        filled), grouped into passes (:func:`bucket_passes`; usually one). A pass is one
+        scan: it scatters its first window directly and appends every other window's rows
+        to its *bucket*: a region of one temporary ``packs/copy-buckets-*.tmp`` file, in
+        chunk order. Each window is then assembled from its bucket (one sequential read)
+        and appended to the writers. Windows lie in the file last-to-first so a consumed
+        one is truncated away: its dirty pages not yet written back are dropped unwritten,
+        which is why passes keep their buckets within ``pass_bytes`` (default
+        :func:`writeback_free_bytes`) when one more base scan costs less than the
+        writeback that avoids. Disk traffic: output + passes x touched base chunks + 2 x
+        the bucket bytes written back. The file is removed at the end; after a crash the
+        store's orphan cleanup removes it (``*.tmp``).
     ``"auto"``
-        whichever moves fewer bytes, bucket bytes weighted by ``1 + WRITE_COST`` (written
-        and read back) against the extra scans' reads: rescans win when the windows are
-        few (a large ``window_bytes`` relative to the output), buckets when the output is
-        many times the memory.
+        whichever moves fewer bytes besides the output: the rescans' reads against the
+        buckets' scans plus their bucket bytes written back (weighted by ``1 +
+        WRITE_COST``: written, then read back). Rescans win when the windows are few (a
+        large ``window_bytes`` relative to the output), buckets when the output is many
+        times the memory.
 
     Threads: ``oocstore-pack-read`` reads ahead (base chunks, then bucket pieces: two
     buffers of ``_SCAN_BYTES``); ``oocstore-pack-write`` writes bucket pieces (two
@@ -806,7 +920,6 @@ def copy_rows(store: Store, fmeta, targets, *, window_bytes: int, strategy: str 
     if strategy not in COPY_STRATEGIES:
         raise UsageError(f"copy strategy {strategy!r}: use one of {', '.join(COPY_STRATEGIES)}")
     rb = fmeta.row_bytes
-    d = fmeta.shape[1] if len(fmeta.shape) > 1 else 1
     all_ids = np.concatenate([np.asarray(ids, dtype=np.int64) for _, ids in targets]) \
         if targets else np.zeros(0, np.int64)
     bounds = np.cumsum([0] + [len(ids) for _, ids in targets])
@@ -818,6 +931,8 @@ def copy_rows(store: Store, fmeta, targets, *, window_bytes: int, strategy: str 
     nchunks = -(-num_rows // scan_rows)
     full_rows = max(1, window_bytes // rb)
     order_dtype = np.int32 if full_rows < 2 ** 31 else np.int64
+    if pass_bytes is None:
+        pass_bytes = writeback_free_bytes()
 
     def window_order(window_rows: int) -> tuple[np.ndarray, np.ndarray]:
         order = np.empty(total, dtype=order_dtype)
@@ -825,33 +940,46 @@ def copy_rows(store: Store, fmeta, targets, *, window_bytes: int, strategy: str 
         _window_order(all_ids, window_rows, scan_rows, order, offsets)
         return order, offsets
 
+    window_rows = full_rows if total <= full_rows else max(1, full_rows // 2)
     if total > full_rows and strategy != "buckets":
         order, offsets = window_order(full_rows)
-        touched = (offsets[:, 1:] > offsets[:, :-1])
-        rescan_bytes = int(touched.sum()) * scan_rows * rb
-        one_scan = int(touched.any(axis=0).sum()) * scan_rows * rb
-        bucket_bytes = (total - min(total, full_rows // 2)) * rb
-        if strategy == "rescans" or \
-                rescan_bytes - one_scan < bucket_bytes * (1 + WRITE_COST):
+        rescan_bytes = int((offsets[:, 1:] > offsets[:, :-1]).sum()) * scan_rows * rb
+        if strategy == "rescans":
             return _copy_rescans(store, fmeta, targets, bounds, all_ids, order, offsets,
                                  full_rows, scan_rows, progress)
-    window_rows = full_rows if total <= full_rows else max(1, full_rows // 2)
-    nwin = -(-total // window_rows)
-    order, offsets = window_order(window_rows)
-    chunks = np.flatnonzero((offsets[:, 1:] - offsets[:, :-1]).sum(axis=0))
+    order_b, offsets_b = window_order(window_rows)
+    passes, bucket_cost = bucket_passes(offsets_b, scan_rows, rb, num_rows, pass_bytes)
+    if total > full_rows and strategy == "auto" and rescan_bytes < bucket_cost:
+        return _copy_rescans(store, fmeta, targets, bounds, all_ids, order, offsets,
+                             full_rows, scan_rows, progress)
+    _copy_buckets(store, fmeta, targets, bounds, all_ids, order_b, offsets_b, window_rows,
+                  scan_rows, passes, progress)
+    return len(passes)
+
+
+def _copy_buckets(store: Store, fmeta, targets, bounds: np.ndarray, all_ids: np.ndarray,
+                  order: np.ndarray, offsets: np.ndarray, window_rows: int, scan_rows: int,
+                  passes: list[tuple[int, int]], progress: ProgressFn | None) -> None:
+    """The ``"buckets"`` copy (see :func:`copy_rows`), one scan per pass."""
+    rb = fmeta.row_bytes
+    d = fmeta.shape[1] if len(fmeta.shape) > 1 else 1
+    total, nwin, num_rows = all_ids.size, offsets.shape[0], fmeta.shape[0]
     path = store.file_path(fmeta)
     buf_bytes = _aligned_span(ALIGN - 1, scan_rows * rb)
     raws = [aligned_empty(buf_bytes), aligned_empty(buf_bytes)]
     windows = [np.empty((min(total, window_rows), d), dtype=fmeta.np_dtype)
                for _ in range(1 if nwin == 1 else 2)]
+    bucketed = any(b - a > 1 for a, b in passes)
     staging = [np.empty((scan_rows, d), dtype=fmeta.np_dtype) for _ in range(2)] \
-        if nwin > 1 else []
+        if bucketed else []
     win_lo = [w * window_rows for w in range(nwin + 1)]
     win_lo[-1] = total
-    # Bucket region of window w >= 1 (first byte), windows stored last-to-first.
+    # Bucket region of window w (first byte): per pass, its windows after the first are
+    # stored last-to-first from the start of the file.
     region = [0] * nwin
-    for w in range(nwin - 2, 0, -1):
-        region[w] = region[w + 1] + (win_lo[w + 2] - win_lo[w + 1]) * rb
+    for wa, wb in passes:
+        for w in range(wb - 2, wa, -1):
+            region[w] = region[w + 1] + (win_lo[w + 2] - win_lo[w + 1]) * rb
 
     def read_chunk(lo: int, hi: int, raw: np.ndarray) -> int:
         return _read_rows(reader, fmeta, path, lo, hi, raw)
@@ -860,7 +988,7 @@ def copy_rows(store: Store, fmeta, targets, *, window_bytes: int, strategy: str 
         _append_window(targets, bounds, win_lo[w], win_lo[w + 1], out)
 
     bucket_fd, bucket_path = -1, None
-    if nwin > 1:
+    if bucketed:
         (store.path / "packs").mkdir(exist_ok=True)
         fd, name = tempfile.mkstemp(prefix="copy-buckets-", suffix=".tmp",
                                     dir=store.path / "packs")
@@ -871,64 +999,72 @@ def copy_rows(store: Store, fmeta, targets, *, window_bytes: int, strategy: str 
                 ThreadPoolExecutor(1, thread_name_prefix="oocstore-pack-read") as rpool, \
                 ThreadPoolExecutor(1, thread_name_prefix="oocstore-pack-write") as wpool:
             writes = _InOrder(wpool, depth=2)
-            # 1. The scan: window 0 straight into its buffer, the others into buckets.
-            out0 = _word_view(windows[0][:win_lo[1]], rb)
-            ids0, order0 = all_ids[:win_lo[1]], order[:win_lo[1]]
             nstaged = 0
-            pending = rpool.submit(read_chunk, int(chunks[0]) * scan_rows,
-                                   min(num_rows, int(chunks[0] + 1) * scan_rows), raws[0])
-            for k, c in enumerate(chunks):
-                lo, hi = int(c) * scan_rows, min(num_rows, int(c + 1) * scan_rows)
-                skip = pending.result()  # re-raises a failed read here, with its traceback
-                if k + 1 < len(chunks):
-                    nc = int(chunks[k + 1])
-                    pending = rpool.submit(read_chunk, nc * scan_rows,
-                                           min(num_rows, (nc + 1) * scan_rows), raws[(k + 1) % 2])
-                src = _word_view(raws[k % 2][skip:skip + (hi - lo) * rb], rb)
-                _scatter_rows(src, lo, ids0, order0, offsets[0, c], offsets[0, c + 1], out0)
-                for w in range(1, nwin):
+            for wa, wb in passes:
+                # 1. The scan: window wa straight into its buffer (window wa - 2, which
+                # used it, is written: at most the last job, window wa - 1, still runs),
+                # the pass's other windows into buckets.
+                writes.wait(1)
+                first = windows[wa % 2][:win_lo[wa + 1] - win_lo[wa]]
+                out0 = _word_view(first, rb)
+                ids0, order0 = all_ids[win_lo[wa]:win_lo[wa + 1]], order[win_lo[wa]:win_lo[wa + 1]]
+                chunks = np.flatnonzero((offsets[wa:wb, 1:] - offsets[wa:wb, :-1]).sum(axis=0))
+                pending = rpool.submit(read_chunk, int(chunks[0]) * scan_rows,
+                                       min(num_rows, int(chunks[0] + 1) * scan_rows), raws[0])
+                for k, c in enumerate(chunks):
+                    lo, hi = int(c) * scan_rows, min(num_rows, int(c + 1) * scan_rows)
+                    skip = pending.result()  # re-raises a failed read here, with its traceback
+                    if k + 1 < len(chunks):
+                        nc = int(chunks[k + 1])
+                        pending = rpool.submit(read_chunk, nc * scan_rows,
+                                               min(num_rows, (nc + 1) * scan_rows),
+                                               raws[(k + 1) % 2])
+                    src = _word_view(raws[k % 2][skip:skip + (hi - lo) * rb], rb)
+                    _scatter_rows(src, lo, ids0, order0, offsets[wa, c], offsets[wa, c + 1], out0)
+                    for w in range(wa + 1, wb):
+                        w0, w1 = win_lo[w], win_lo[w + 1]
+                        a, b = int(offsets[w, c]), int(offsets[w, c + 1])
+                        for a1 in range(a, b, scan_rows):
+                            b1 = min(b, a1 + scan_rows)
+                            st = staging[nstaged % 2]
+                            writes.wait(1)  # the job that used this staging buffer is done
+                            _gather_rows(src, lo, all_ids[w0:w1], order[w0:w1], a1, b1,
+                                         _word_view(st, rb))
+                            writes.submit(_pwrite_all, bucket_fd, st[:b1 - a1],
+                                          region[w] + a1 * rb, bucket_path)
+                            nstaged += 1
+                    if progress:
+                        progress((hi - lo) * rb)
+                writes.wait()  # every bucket piece is in the file before any is read
+                writes.submit(write_window, wa, first)
+                # 2. The pass's other windows from their buckets, read ahead in pieces
+                # (into the scan buffers, free until the next pass).
+                views = [r.view(fmeta.np_dtype)[:scan_rows * d].reshape(-1, d) for r in raws]
+                for w in range(wa + 1, wb):
                     w0, w1 = win_lo[w], win_lo[w + 1]
-                    a, b = int(offsets[w, c]), int(offsets[w, c + 1])
-                    for a1 in range(a, b, scan_rows):
-                        b1 = min(b, a1 + scan_rows)
-                        st = staging[nstaged % 2]
-                        writes.wait(1)  # the job that used this staging buffer is done
-                        _gather_rows(src, lo, all_ids[w0:w1], order[w0:w1], a1, b1,
-                                     _word_view(st, rb))
-                        writes.submit(_pwrite_all, bucket_fd, st[:b1 - a1],
-                                      region[w] + a1 * rb, bucket_path)
-                        nstaged += 1
-                if progress:
-                    progress((hi - lo) * rb)
-            writes.wait()  # every bucket piece is in the file before any is read
-            writes.submit(write_window, 0, windows[0][:win_lo[1]])
-            # 2. Every other window from its bucket, read ahead in pieces (into the scan
-            # buffers, free now).
-            views = [r.view(fmeta.np_dtype)[:scan_rows * d].reshape(-1, d) for r in raws]
-            for w in range(1, nwin):
-                w0, w1 = win_lo[w], win_lo[w + 1]
-                n = w1 - w0
-                out = windows[w % 2][:n]
-                writes.wait(1)  # window w - 2, which used this buffer, is written
-                pieces = [(a, min(n, a + scan_rows)) for a in range(0, n, scan_rows)]
-                pending = rpool.submit(_pread_all, bucket_fd, views[0][:pieces[0][1]],
-                                       region[w], bucket_path)
-                out_words = _word_view(out, rb)
-                for k, (a, b) in enumerate(pieces):
-                    pending.result()
-                    if k + 1 < len(pieces):
-                        na, nb = pieces[k + 1]
-                        pending = rpool.submit(_pread_all, bucket_fd, views[(k + 1) % 2][:nb - na],
-                                               region[w] + na * rb, bucket_path)
-                    _place_rows(_word_view(views[k % 2][:b - a], rb), order[w0:w1], a, b, out_words)
-                # Consumed: drop it (and, unwritten, its dirty pages) from the file.
-                os.ftruncate(bucket_fd, region[w])
-                writes.submit(write_window, w, out)
-                if progress:
-                    progress(n * rb)
+                    n = w1 - w0
+                    out = windows[w % 2][:n]
+                    writes.wait(1)  # window w - 2, which used this buffer, is written
+                    pieces = [(a, min(n, a + scan_rows)) for a in range(0, n, scan_rows)]
+                    pending = rpool.submit(_pread_all, bucket_fd, views[0][:pieces[0][1]],
+                                           region[w], bucket_path)
+                    out_words = _word_view(out, rb)
+                    for k, (a, b) in enumerate(pieces):
+                        pending.result()
+                        if k + 1 < len(pieces):
+                            na, nb = pieces[k + 1]
+                            pending = rpool.submit(_pread_all, bucket_fd,
+                                                   views[(k + 1) % 2][:nb - na],
+                                                   region[w] + na * rb, bucket_path)
+                        _place_rows(_word_view(views[k % 2][:b - a], rb), order[w0:w1], a, b,
+                                    out_words)
+                    # Consumed: drop it (and, unwritten, its dirty pages) from the file.
+                    os.ftruncate(bucket_fd, region[w])
+                    writes.submit(write_window, w, out)
+                    if progress:
+                        progress(n * rb)
             writes.wait()
     finally:
         if bucket_fd >= 0:
             os.close(bucket_fd)
             bucket_path.unlink(missing_ok=True)
-    return 1

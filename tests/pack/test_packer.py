@@ -67,6 +67,74 @@ def test_blowup_cap_leaves_the_rest_to_base_reads(store):
     assert stats["read_amplification"] == pytest.approx(meta.expected_read_amplification)
 
 
+def _assign_threads(monkeypatch):
+    """Small assignment groups (so a small plan has a tail after its packed batches) and
+    the names of the threads that ran each group."""
+    import threading
+
+    from oocstore.pack import packer
+
+    monkeypatch.setattr(packer, "_ASSIGN_BATCHES", 2)
+    seen, real = [], packer._assign
+
+    def recording(*a):
+        seen.append(threading.current_thread().name)
+        return real(*a)
+    monkeypatch.setattr(packer, "_assign", recording)
+    return seen
+
+
+def test_batches_after_the_packed_ones_are_assigned_beside_the_copy(tmp_path, monkeypatch):
+    with make_store(tmp_path / "s", nodes=2000) as s:
+        sample_plan(s, fanouts="4,2", batch_size=64, epochs=2, seed=2)
+        opts = dict(cpu_cache=200 * 64, max_disk_blowup=1.0)
+        whole = pack_plan(s, name="main", options=PackOptions(**opts))  # groups of 256
+        seen = _assign_threads(monkeypatch)
+        split = pack_plan(s, name="split", options=PackOptions(**opts))
+        assert 0 < split.packed_batches < split.total_batches - 2
+        tail = [n for n in seen if n.startswith("oocstore-pack-assign")]
+        assert tail and len(seen) == -(-split.total_batches // 2)
+        assert seen[:len(seen) - len(tail)] == ["MainThread"] * (len(seen) - len(tail))
+        # The same bytes either way, and every batch reads back exactly.
+        assert _pack_file_bytes(s, split) == _pack_file_bytes(s, whole)
+        assert split.stats == whole.stats
+        assert split.expected_read_amplification == whole.expected_read_amplification
+        read_all_and_compare(s, "split")
+
+
+def test_a_failure_in_the_assignment_thread_fails_the_pack_cleanly(tmp_path, monkeypatch):
+    import errno
+    import threading
+
+    from oocstore.errors import DiskFullError
+    from oocstore.store import files
+    from oocstore.tiers.reader import load_pack
+
+    with make_store(tmp_path / "s", nodes=2000) as s:
+        sample_plan(s, fanouts="4,2", batch_size=64, epochs=2, seed=2)
+        opts = PackOptions(max_disk_blowup=1.0)
+        pack_plan(s, name="p", options=opts)
+        before = _pack_file_bytes(s, load_pack(s, "p"))
+        version = s.version
+        _assign_threads(monkeypatch)
+        real = files.ArrayFileWriter.write
+
+        def failing(self, data):
+            if threading.current_thread().name.startswith("oocstore-pack-assign"):
+                files.raise_disk_error(OSError(errno.ENOSPC, "No space left on device"),
+                                       self.final_path)
+            return real(self, data)
+        monkeypatch.setattr(files.ArrayFileWriter, "write", failing)
+        with pytest.raises(DiskFullError, match="disk full while writing"):
+            pack_plan(s, name="p", options=opts, overwrite=True)
+        monkeypatch.undo()
+        s.refresh()
+        assert s.version == version
+        read_all_and_compare(s, "p")  # the previous pack, intact
+        assert verify_store(s) == []
+        assert _pack_file_bytes(s, load_pack(s, "p")) == before
+
+
 def test_existing_pack_is_refused_without_overwrite(store):
     pack_plan(store, name="once")
     with pytest.raises(StoreExistsError, match="already has a pack 'once': pass --overwrite"):
@@ -348,8 +416,35 @@ def test_bucketed_copy_writes_the_same_files_as_one_window(tmp_path, monkeypatch
             got = _pack_file_bytes(s, meta)
             for part in expected:
                 assert got[part] == expected[part], (window_rows, part)
+        # Several passes, each keeping its buckets within a third of the output (as if
+        # the page cache held that much without writeback): the same bytes again.
+        monkeypatch.setattr(packer, "writeback_free_bytes", lambda: rows * 64 // 3)
+        for window_rows in (8, 1001):
+            meta = pack_plan(s, name=f"p{window_rows}", options=PackOptions(
+                window_bytes=window_rows * 64, copy="buckets", **opts))
+            assert meta.stats["base_scans"] >= 3
+            got = _pack_file_bytes(s, meta)
+            for part in expected:
+                assert got[part] == expected[part], (window_rows, part)
         assert not list((s.path / "packs").glob("copy-buckets-*"))  # removed when done
         read_all_and_compare(s, "w37")
+        read_all_and_compare(s, "p8")
+
+
+def test_bucket_passes_trade_base_scans_against_writeback():
+    from oocstore.pack.packer import WRITE_COST, bucket_passes
+
+    # 6 windows of 100 rows of 10 bytes, each touching both of two 50-row chunks.
+    offsets = np.tile(np.array([0, 50, 100]), (6, 1))
+    base = 100 * 10
+    one, c1 = bucket_passes(offsets, 50, 10, 100, pass_bytes=0)
+    assert one == [(0, 6)] and c1 == base + int(5000 * (1 + WRITE_COST))
+    assert bucket_passes(offsets, 50, 10, 100, pass_bytes=10 ** 6) == ([(0, 6)], base)
+    passes, c = bucket_passes(offsets, 50, 10, 100, pass_bytes=2000)
+    assert passes == [(0, 3), (3, 6)] and c == 2 * base  # two scans, buckets of 2000 B
+    # A base array far larger than the buckets: one pass, writeback and all.
+    big = np.tile(np.array([0, 50, 100]), (6, 1))
+    assert bucket_passes(big, 50, 10, 100_000, pass_bytes=2000)[0] == [(0, 6)]
 
 
 BUCKET_DRIVER = textwrap.dedent("""
