@@ -31,7 +31,7 @@ from ..errors import BudgetError
 from ..plan import PlanReader
 from ..store import ALIGN, Store
 from ..store.files import DirectReader, aligned_empty, evict
-from ..tiers.memory import MemoryTier
+from ..tiers.assemble import assemble_rows, warm_up
 from ..tiers.ssd import BaseRowTier, aligned_span
 from ..units import format_size
 from .packer import Layout, PackOptions, device_overhead, plan_layout
@@ -44,7 +44,7 @@ class Bandwidths:
     seq_read_Bps: float = 600e6  # large O_DIRECT reads
     request_s: float = 1e-4  # fixed cost of one segment request
     row_read_Bps: float = 80e6  # 4 KiB-ish random reads, several in flight
-    gather_rows_per_s: float = 8e6  # numba gather in host memory
+    gather_rows_per_s: float = 8e6  # batch assembly (assemble_rows), rows per second
     batch_overhead_s: float = 3e-4
     crc_Bps: float = 3e9  # zlib CRC-32: checking a segment on read (``verify_reads``)
 
@@ -96,14 +96,42 @@ def _seq_probe_file(store: Store, nbytes: int) -> tuple[Path, bool]:
     return scratch, True
 
 
+def assembly_rate(fmeta, rng: np.random.Generator, *, positions: int = 400_000,
+                  batch_rows: int = 16_384) -> float:
+    """Rows per second the reader's own assembly kernel (:func:`assemble_rows`) builds
+    batches at: a random mix of CPU-tier rows (from a 64 MiB table) and segment rows (from
+    a 16 MiB buffer) into a freshly allocated batch per ``batch_rows`` positions, as
+    :meth:`TieredReader.read_batch` does (its first-touch page faults included). Median
+    of three runs."""
+    d = fmeta.shape[1] if len(fmeta.shape) > 1 else 1
+    rb = max(fmeta.row_bytes, 1)
+    table = np.zeros((max(1, min(fmeta.shape[0], (64 << 20) // rb)), d), fmeta.np_dtype)
+    seg = np.zeros((max(1, (16 << 20) // rb), d), fmeta.np_dtype)
+    tier = rng.integers(1, 3, size=positions).astype(np.uint8)
+    slot = np.where(tier == 1, rng.integers(0, table.shape[0], size=positions),
+                    rng.integers(0, seg.shape[0], size=positions)).astype(np.int32)
+    warm_up(fmeta.np_dtype)
+
+    def run():
+        for a in range(0, positions, batch_rows):
+            b = min(positions, a + batch_rows)
+            out = np.empty((b - a, d), fmeta.np_dtype)
+            assemble_rows(tier[a:b], slot[a:b], table, 0, seg, out, True)
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+    return positions / max(sorted(times)[1], 1e-9)
+
+
 def probe(store: Store, *, seq_bytes: int = PROBE_SEQ_BYTES, rows: int = 2000) -> Bandwidths:
     """Measure the bandwidths on this machine, cold: sequential segment-sized O_DIRECT
     reads over ``seq_bytes`` (the feature file, or a scratch file when the features are
     smaller), small random row reads of the feature file, the CRC-32 speed and the
-    memory gather."""
+    batch assembly (:func:`assembly_rate`)."""
     fmeta = store.array_meta("features")
     fpath = store.file_path(fmeta)
-    rb = fmeta.row_bytes
     # packs are read at most a few times the feature bytes per epoch: no need to probe more
     seq_bytes = min(seq_bytes, 8 * fmeta.nbytes)
     spath, scratch = _seq_probe_file(store, seq_bytes)
@@ -137,12 +165,7 @@ def probe(store: Store, *, seq_bytes: int = PROBE_SEQ_BYTES, rows: int = 2000) -
         row_bps = base.bytes_read / max(time.perf_counter() - t0, 1e-9)
     finally:
         base.close()
-    table = np.zeros((min(fmeta.shape[0], (64 << 20) // max(rb, 1)), out.shape[1]), fmeta.np_dtype)
-    mem = MemoryTier(table)
-    slots = rng.integers(0, table.shape[0], size=200_000)
-    dest = np.empty((slots.size, out.shape[1]), fmeta.np_dtype)
-    mem.gather(slots[:10], dest[:10])  # compile
-    gather = slots.size / _time(lambda: mem.gather(slots, dest))
+    gather = assembly_rate(fmeta, rng)
     bw = Bandwidths(seq_read_Bps=seq, request_s=request, row_read_Bps=row_bps,
                     gather_rows_per_s=gather, crc_Bps=crc)
     log.info("probed bandwidths: %s", bw)

@@ -38,6 +38,20 @@ def assemble_rows(tier, slot, host_rows, gpu_rows, seg_rows, out, gpu_on_host=Tr
     return counts
 
 
+@numba.njit(cache=True, nogil=True)
+def scatter_rows(src, src_pos, dst, dst_row):
+    """``dst[dst_row[i]] = src[src_pos[i]]`` for ``i`` in order (rows; explicit column
+    loops, see :func:`assemble_rows`): a scheduled CPU tier's admissions from the batch
+    just built. Sequential on purpose: a batch's schedule may admit to one slot twice,
+    and the later admission must win (as numpy's fancy assignment does)."""
+    d = src.shape[1]
+    for i in range(src_pos.shape[0]):
+        a = src_pos[i]
+        b = dst_row[i]
+        for j in range(d):
+            dst[b, j] = src[a, j]
+
+
 def warm_up(dtype) -> None:
     """Load (or compile) the assembly kernels for rows of ``dtype`` now, so a measurement
     started afterwards sees the loader's buffers, not numba's one-off code memory."""
@@ -47,3 +61,4 @@ def warm_up(dtype) -> None:
     out = np.zeros((2, 2), dtype=dtype)
     assemble_rows(np.array([1, 2], np.uint8), np.array([0, 1], np.int32), rows, 0, rows, out, True)
     gather_rows(rows, np.array([0, 1], np.int64), out)
+    scatter_rows(out, np.array([0, 1], np.int64), rows, np.array([2, 3], np.int64))

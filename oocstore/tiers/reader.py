@@ -20,13 +20,13 @@ from ..budget import BudgetAccountant, MemoryBudget
 import zlib
 
 from ..errors import ChecksumError, FormatError, StoreNotFoundError
-from ..pack.format import BASE, CPU, GPU, SSD, TIER_NAMES, PackMeta, pack_key
+from ..pack.format import BASE, CPU, GPU, SSD, PackMeta, pack_key
 from ..plan import PlanReader
 from ..store import Store
 from ..store import ALIGN
 from ..store.files import DirectReader, aligned_empty
 from ..units import format_size
-from .assemble import assemble_rows
+from .assemble import assemble_rows, scatter_rows
 from .device import DeviceTier
 from .memory import MemoryTier
 from .ssd import BaseRowTier, SegmentTier
@@ -296,7 +296,7 @@ class TieredReader:
             i0, i1 = int(self._insert_offsets[row]), int(self._insert_offsets[row + 1])
             if i1 > i0:
                 ins = self._inserts.read(i0, i1)
-                self.host.rows[self._cpu_offset + ins[:, 1]] = out[ins[:, 0] - p0]
+                scatter_rows(out, ins[:, 0] - p0, self.host.rows, self._cpu_offset + ins[:, 1])
                 self._dirty = True
             self._next = (epoch, batch + 1)
         return out
