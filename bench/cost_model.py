@@ -7,8 +7,13 @@ bandwidths probed on this disk in the same run, then measures it cold (pack and
 feature files evicted from the page cache, O_DIRECT reads) through ``TieredReader``.
 Configurations are interleaved over rounds; medians are reported.
 
-    python bench/cost_model.py            # 200k nodes x 128 f32, blowup cap 16 (~2 GB of packs)
-    python bench/cost_model.py --toy      # seconds, for the test suite
+The sequential probe must read data in the state the measured packs are in. This
+(virtual) disk serves data it read recently from a host-side cache (a file read a few
+times in the last minutes: 0.9-1.5 GB/s; the same disk's new files: 0.5-0.6 GB/s), and
+every measured pack is a new file read twice. So the script packs one more layout, not
+measured, first of all (``probe``, like ``static-0%``), and the probe reads its rows
+file once, after the other layouts are written: a pack file of the same age and history
+as the measured ones. ``--probe-file`` reads a given file instead.
 """
 
 from __future__ import annotations
@@ -54,6 +59,9 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--toy", action="store_true", help="tiny sizes, for the test suite")
     ap.add_argument("--dir", default=None, help="work directory (default: a temp dir)")
+    ap.add_argument("--probe-file", default=None,
+                    help="file for the sequential probe (default: the rows of a pack made "
+                         "for the probe, written like the measured ones)")
     ap.add_argument("--out", default=None, help="results JSON path (default bench/results/"
                                                 "cost_model.json; none with --toy)")
     args = ap.parse_args()
@@ -71,10 +79,6 @@ def main() -> int:
         sample_plan(store, fanouts="5,5", batch_size=1024, epochs=1, seed=0, name="cm")
     plan = PlanReader(store, "cm")
     fbytes = store.array_meta("features").nbytes
-    bw = probe(store)
-    print(f"probed: seq read {bw.seq_read_Bps / 1e6:.0f} MB/s, request {bw.request_s * 1e3:.2f} "
-          f"ms, row reads {bw.row_read_Bps / 1e6:.0f} MB/s, gather "
-          f"{bw.gather_rows_per_s / 1e6:.1f} M rows/s, crc32 {bw.crc_Bps / 1e9:.1f} GB/s")
     frac = lambda f: int(f * fbytes)  # noqa: E731
     configs = {
         "static-0%": PackOptions(cpu_cache=0, max_disk_blowup=16),
@@ -84,15 +88,24 @@ def main() -> int:
         "belady-25%": PackOptions(cpu_cache=frac(0.25), max_disk_blowup=16, policy="belady"),
         "static-10%-cap1": PackOptions(cpu_cache=frac(0.10), max_disk_blowup=1.0),
     }
+    probe_pack = pack_plan(store, "cm", name="probe", options=configs["static-0%"],
+                           overwrite=True)
+    for name, opts in configs.items():
+        pack_plan(store, "cm", name=name.replace("%", "pct"), options=opts, overwrite=True)
+    probe_file = Path(args.probe_file) if args.probe_file else \
+        store.file_path(store.array_meta(probe_pack.arrays["rows"]))
+    bw = probe(store, seq_path=probe_file)
+    print(f"probed: seq read {bw.seq_read_Bps / 1e6:.0f} MB/s ({probe_file.name}), request {bw.request_s * 1e3:.2f} "
+          f"ms, row reads {bw.row_read_Bps / 1e6:.0f} MB/s, assembly "
+          f"{bw.gather_rows_per_s / 1e6:.1f} M rows/s, crc32 {bw.crc_Bps / 1e9:.1f} GB/s")
     # Budget: the working set of an uncached pack plus a quarter of the features.
     floor = plan_layout(store, plan, configs["static-0%"]).min_working_set["cpu"]
     auto, _, _ = choose_split(store, plan, cpu_budget=floor + frac(0.25), max_disk_blowup=16,
                               bw=bw)
     configs["auto-budget"] = auto
-    preds = {}
-    for name, opts in configs.items():
-        pack_plan(store, "cm", name=name.replace("%", "pct"), options=opts, overwrite=True)
-        preds[name] = predict_epoch(plan_layout(store, plan, opts), bw)
+    pack_plan(store, "cm", name="auto-budget", options=auto, overwrite=True)
+    preds = {name: predict_epoch(plan_layout(store, plan, opts), bw)
+             for name, opts in configs.items()}
     times: dict[str, list[float]] = {n: [] for n in configs}
     stats = {}
     for _ in range(args.rounds):
@@ -121,7 +134,8 @@ def main() -> int:
           "O_DIRECT, epoch 0)")
     result = {"bench": "cost_model", "nodes": args.nodes, "feat_dim": args.feat_dim,
               "feature_bytes": fbytes, "bandwidths": bw.to_dict(), "rows": rows,
-              "within_30pct": len(within), "toy": args.toy}
+              "within_30pct": len(within), "toy": args.toy,
+              "probe_file": str(probe_file)}
     print(json.dumps(result, sort_keys=True, default=float))
     out = args.out or (None if args.toy else str(REPO / "bench" / "results" / "cost_model.json"))
     if out:

@@ -2,14 +2,16 @@
 
 The model adds, per batch of an epoch:
 
-* memory-tier rows: ``rows / gather_rows_per_s``;
+* memory-tier rows: ``rows / gather_rows_per_s`` (the reader's assembly kernel);
 * SSD segments (one per ``segment_batches`` batches): ``request_s + aligned_bytes /
-  seq_read_Bps``, plus the gather of the batch's cold rows out of the segment buffer;
+  seq_read_Bps``, plus the assembly of the batch's cold rows out of the segment buffer
+  and, when reads are verified, the segment's CRC-32 (``aligned_bytes / crc_Bps``);
 * base-array fallback rows: ``aligned_bytes / row_read_Bps`` (small random reads);
 * a fixed ``batch_overhead_s`` (index slicing, Python).
 
-Bandwidths come from :func:`probe` (a few seconds of measurement on the store's own
-disk) or are given. :func:`choose_split` evaluates candidate layouts inside a CPU (and
+Segment reads overlap the CPU work (the reader reads one segment ahead). Bandwidths come
+from :func:`probe` (a few seconds of measurement on the store's own disk, the reads and
+the CPU work run side by side as in the reader) or are given. :func:`choose_split` evaluates candidate layouts inside a CPU (and
 GPU) budget — for each segment length, the largest cache that still fits beside the
 working set — and keeps the one with the smallest predicted time.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import threading
 import time
 import zlib
 from dataclasses import dataclass
@@ -27,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BudgetError
+from ..errors import BudgetError, UsageError
 from ..plan import PlanReader
 from ..store import ALIGN, Store
 from ..store.files import DirectReader, aligned_empty, evict
@@ -52,105 +55,183 @@ class Bandwidths:
         return dataclasses.asdict(self)
 
 
-def _time(fn, repeat: int = 3) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
 #: Bytes the sequential probe reads. Virtual and consumer disks serve a small region
 #: (a few hundred MB) from a cache or a burst allowance far above their sustained
 #: speed; an epoch of segment reads runs at the sustained speed.
 PROBE_SEQ_BYTES = 768 << 20
 #: Segment-sized requests for the sequential probe (what a pack is read with).
 PROBE_REQUEST = 8 << 20
+#: Smallest file of the store's own data the sequential probe reads instead of writing a
+#: scratch file. Data written moments ago is no measure: a virtual disk serves it from
+#: its write cache (measured here: 1.4-1.7 GB/s for a fresh file, 0.5-0.6 GB/s for the
+#: same disk's data at rest, which is what an epoch reads).
+PROBE_MIN_AT_REST = 256 << 20
 
 
-def _seq_probe_file(store: Store, nbytes: int) -> tuple[Path, bool]:
-    """The file the sequential probe reads: the feature file when it holds ``nbytes``,
-    else a scratch file of ``nbytes`` written for the probe (removed afterwards; the
-    second value says so) — a small file's reads would measure the disk's cache."""
-    fmeta = store.array_meta("features")
-    path = store.file_path(fmeta)
-    if fmeta.nbytes >= nbytes:
-        return path, False
+def write_probe_data(path: Path, nbytes: int) -> None:
+    """``nbytes`` (rounded up to :data:`PROBE_REQUEST`) of pseudo-random data to probe
+    reads with, fsync'd. Every 4 KiB page starts with a distinct word: no two pages are
+    equal, so a deduplicating disk cannot serve the probe from one copy."""
+    chunk = np.random.default_rng(0).integers(0, 2**63, PROBE_REQUEST // 8, dtype=np.uint64)
+    with open(path, "wb") as f:
+        for i in range(0, nbytes, PROBE_REQUEST):
+            chunk[::ALIGN // 8] = np.arange(i // 8, i // 8 + PROBE_REQUEST // 8,
+                                            ALIGN // 8, dtype=np.uint64)
+            f.write(chunk)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _at_rest_file(store: Store, nbytes: int) -> Path | None:
+    """The store's largest data file (the features, or an earlier pack's rows) when it
+    holds at least ``min(nbytes, PROBE_MIN_AT_REST)`` bytes."""
+    fpath = store.file_path(store.array_meta("features"))
+    files = [fpath] + [f for f in (store.path / "packs").glob("*.bin") if f.is_file()] \
+        if (store.path / "packs").is_dir() else [fpath]
+    sizes = [(f.stat().st_size, f) for f in files if f.exists()]
+    if not sizes:
+        return None
+    size, best = max(sizes)
+    return best if size >= min(nbytes, PROBE_MIN_AT_REST) else None
+
+
+def _seq_probe_file(store: Store, nbytes: int, seq_path: Path | None = None
+                    ) -> tuple[Path, bool]:
+    """The file the sequential probe reads: ``seq_path`` when given, else the store's own
+    data at rest (:func:`_at_rest_file`), else a scratch file of ``nbytes`` written for
+    the probe (removed afterwards; the second value says so; reads of it may come from
+    the disk's write cache and overstate the speed: a warning says so)."""
+    if seq_path is not None:
+        seq_path = Path(seq_path)
+        if not seq_path.is_file():
+            raise UsageError(f"probe file {seq_path} does not exist: give an existing file "
+                             "of data at rest (a few hundred MB or more) on the store's disk")
+        return seq_path, False
+    at_rest = _at_rest_file(store, nbytes)
+    if at_rest is not None:
+        return at_rest, False
+    path = store.file_path(store.array_meta("features"))
+    log.warning("the store's files are smaller than %s: probing the disk with a freshly "
+                "written scratch file, which a caching disk may serve faster than data at "
+                "rest (give Bandwidths, or probe a larger file)", format_size(PROBE_MIN_AT_REST))
     scratch = store.path / "packs" / ".costmodel-probe.tmp"
     scratch.parent.mkdir(exist_ok=True)
-    chunk = np.random.default_rng(0).integers(0, 2**63, PROBE_REQUEST // 8, dtype=np.uint64)
     try:
-        with open(scratch, "wb") as f:
-            for i in range(0, nbytes, PROBE_REQUEST):
-                # a distinct first word in every 4 KiB page: no two pages of the file are
-                # equal, so a deduplicating disk cannot serve the probe from one copy
-                chunk[::ALIGN // 8] = np.arange(i // 8, i // 8 + PROBE_REQUEST // 8,
-                                                ALIGN // 8, dtype=np.uint64)
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
+        write_probe_data(scratch, nbytes)
     except OSError:
         scratch.unlink(missing_ok=True)
         return path, False  # no room for the scratch file: the feature file will do
     return scratch, True
 
 
+class _AssemblyWork:
+    """Batches for the reader's own assembly kernel (:func:`assemble_rows`): a random mix
+    of CPU-tier rows (from a 64 MiB table) and segment rows (from a 16 MiB buffer), each
+    batch of ``batch_rows`` built into a freshly allocated array as
+    :meth:`TieredReader.read_batch` does (its first-touch page faults included)."""
+
+    def __init__(self, fmeta, rng: np.random.Generator, *, positions: int = 400_000,
+                 batch_rows: int = 16_384):
+        self.d = fmeta.shape[1] if len(fmeta.shape) > 1 else 1
+        self.dtype = fmeta.np_dtype
+        rb = max(fmeta.row_bytes, 1)
+        self.table = np.zeros((max(1, min(fmeta.shape[0], (64 << 20) // rb)), self.d), self.dtype)
+        self.seg = np.zeros((max(1, (16 << 20) // rb), self.d), self.dtype)
+        self.tier = rng.integers(1, 3, size=positions).astype(np.uint8)
+        self.slot = np.where(self.tier == 1, rng.integers(0, self.table.shape[0], size=positions),
+                             rng.integers(0, self.seg.shape[0], size=positions)).astype(np.int32)
+        self.starts = list(range(0, positions, batch_rows))
+        self.batch_rows = batch_rows
+        warm_up(self.dtype)
+
+    def batch(self, k: int) -> int:
+        """Build batch ``k`` (cycling); returns its rows."""
+        a = self.starts[k % len(self.starts)]
+        b = min(self.tier.size, a + self.batch_rows)
+        out = np.empty((b - a, self.d), self.dtype)
+        assemble_rows(self.tier[a:b], self.slot[a:b], self.table, 0, self.seg, out, True)
+        return b - a
+
+
 def assembly_rate(fmeta, rng: np.random.Generator, *, positions: int = 400_000,
                   batch_rows: int = 16_384) -> float:
-    """Rows per second the reader's own assembly kernel (:func:`assemble_rows`) builds
-    batches at: a random mix of CPU-tier rows (from a 64 MiB table) and segment rows (from
-    a 16 MiB buffer) into a freshly allocated batch per ``batch_rows`` positions, as
-    :meth:`TieredReader.read_batch` does (its first-touch page faults included). Median
-    of three runs."""
-    d = fmeta.shape[1] if len(fmeta.shape) > 1 else 1
-    rb = max(fmeta.row_bytes, 1)
-    table = np.zeros((max(1, min(fmeta.shape[0], (64 << 20) // rb)), d), fmeta.np_dtype)
-    seg = np.zeros((max(1, (16 << 20) // rb), d), fmeta.np_dtype)
-    tier = rng.integers(1, 3, size=positions).astype(np.uint8)
-    slot = np.where(tier == 1, rng.integers(0, table.shape[0], size=positions),
-                    rng.integers(0, seg.shape[0], size=positions)).astype(np.int32)
-    warm_up(fmeta.np_dtype)
-
-    def run():
-        for a in range(0, positions, batch_rows):
-            b = min(positions, a + batch_rows)
-            out = np.empty((b - a, d), fmeta.np_dtype)
-            assemble_rows(tier[a:b], slot[a:b], table, 0, seg, out, True)
+    """Rows per second of :class:`_AssemblyWork` on an otherwise idle machine (median of
+    three passes over ``positions``)."""
+    work = _AssemblyWork(fmeta, rng, positions=positions, batch_rows=batch_rows)
     times = []
     for _ in range(3):
         t0 = time.perf_counter()
-        run()
+        for k in range(len(work.starts)):
+            work.batch(k)
         times.append(time.perf_counter() - t0)
     return positions / max(sorted(times)[1], 1e-9)
 
 
-def probe(store: Store, *, seq_bytes: int = PROBE_SEQ_BYTES, rows: int = 2000) -> Bandwidths:
+def _pipeline_probe(path: Path, nbytes: int, work: _AssemblyWork) -> tuple[float, float, float]:
+    """The reader's pipeline in miniature: a thread reads ``nbytes`` of ``path`` in
+    :data:`PROBE_REQUEST` O_DIRECT requests (as the segment read-ahead does) while this
+    thread assembles batches and checks CRC-32s (as the consumer does), each rate measured
+    under the other's interference. Returns (read B/s, assembled rows/s, CRC B/s)."""
+    result: dict[str, Any] = {}
+    done = threading.Event()
+
+    def read() -> None:
+        try:
+            buf = aligned_empty(PROBE_REQUEST)
+            with DirectReader(path) as r:
+                t0 = time.perf_counter()
+                for off in range(0, nbytes, PROBE_REQUEST):
+                    r.read_into(buf[:min(PROBE_REQUEST, nbytes - off)], off)
+                result["seq"] = nbytes / max(time.perf_counter() - t0, 1e-9)
+        except BaseException as err:  # re-raised by the caller
+            result["error"] = err
+        finally:
+            done.set()
+
+    crc_buf = np.random.default_rng(1).integers(0, 255, PROBE_REQUEST, dtype=np.uint8)
+    rows = crc_bytes = k = 0
+    t_asm = t_crc = 0.0
+    thread = threading.Thread(target=read, name="oocstore-probe-read", daemon=True)
+    thread.start()
+    while not done.is_set() or k == 0:
+        t0 = time.perf_counter()
+        rows += work.batch(k)
+        t1 = time.perf_counter()
+        zlib.crc32(memoryview(crc_buf))
+        t2 = time.perf_counter()
+        crc_bytes += crc_buf.size
+        t_asm, t_crc, k = t_asm + t1 - t0, t_crc + t2 - t1, k + 1
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    return result["seq"], rows / max(t_asm, 1e-9), crc_bytes / max(t_crc, 1e-9)
+
+
+def probe(store: Store, *, seq_bytes: int = PROBE_SEQ_BYTES, rows: int = 4000,
+          seq_path: Path | None = None) -> Bandwidths:
     """Measure the bandwidths on this machine, cold: sequential segment-sized O_DIRECT
-    reads over ``seq_bytes`` (the feature file, or a scratch file when the features are
-    smaller), small random row reads of the feature file, the CRC-32 speed and the
-    batch assembly (:func:`assembly_rate`)."""
+    reads over up to ``seq_bytes`` of data at rest (``seq_path``, or the store's largest
+    data file, or a scratch file when those are small: :func:`_seq_probe_file`), with the
+    batch assembly and CRC-32 checks running beside them as in the reader
+    (:func:`_pipeline_probe`); then small random row reads of the feature file."""
     fmeta = store.array_meta("features")
     fpath = store.file_path(fmeta)
     # packs are read at most a few times the feature bytes per epoch: no need to probe more
     seq_bytes = min(seq_bytes, 8 * fmeta.nbytes)
-    spath, scratch = _seq_probe_file(store, seq_bytes)
+    spath, scratch = _seq_probe_file(store, seq_bytes, seq_path)
+    log.info("sequential probe reads %s", spath)
     try:
         nbytes = min(seq_bytes, spath.stat().st_size) // ALIGN * ALIGN or ALIGN
-        req = PROBE_REQUEST
-        buf = aligned_empty(req)
+        rng = np.random.default_rng(0)
+        work = _AssemblyWork(fmeta, rng)
         evict(spath)
+        seq, gather, crc = _pipeline_probe(spath, nbytes, work)
         with DirectReader(spath) as r:
-            t0 = time.perf_counter()
-            for off in range(0, nbytes, req):
-                r.read_into(buf[:min(req, nbytes - off)], off)
-            seq = nbytes / max(time.perf_counter() - t0, 1e-9)
             small = aligned_empty(ALIGN)
             t0 = time.perf_counter()
             for i in range(64):
                 r.read_into(small, (i * 7919 * ALIGN) % max(nbytes, ALIGN))
             request = (time.perf_counter() - t0) / 64
-        crc = min(req, nbytes) / _time(lambda: zlib.crc32(memoryview(buf)[:min(req, nbytes)]))
     finally:
         if scratch:
             spath.unlink(missing_ok=True)
@@ -165,7 +246,6 @@ def probe(store: Store, *, seq_bytes: int = PROBE_SEQ_BYTES, rows: int = 2000) -
         row_bps = base.bytes_read / max(time.perf_counter() - t0, 1e-9)
     finally:
         base.close()
-    gather = assembly_rate(fmeta, rng)
     bw = Bandwidths(seq_read_Bps=seq, request_s=request, row_read_Bps=row_bps,
                     gather_rows_per_s=gather, crc_Bps=crc)
     log.info("probed bandwidths: %s", bw)

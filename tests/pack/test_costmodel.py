@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from types import SimpleNamespace as types_ns
 
 import pytest
 
@@ -35,8 +36,8 @@ def test_probe_reads_a_scratch_file_when_the_features_are_small(store, monkeypat
     seen = []
     real = costmodel._seq_probe_file
 
-    def spy(st, nbytes):
-        path, scratch = real(st, nbytes)
+    def spy(st, nbytes, seq_path=None):
+        path, scratch = real(st, nbytes, seq_path)
         seen.append((path, scratch, path.stat().st_size, nbytes))
         return path, scratch
 
@@ -54,6 +55,42 @@ def test_probe_reads_a_scratch_file_when_the_features_are_small(store, monkeypat
         probe(s, seq_bytes=fbytes // 2)  # the feature file is large enough: no scratch
         (path, scratch, _, _), = seen
         assert not scratch and path == s.file_path(s.array_meta("features"))
+
+
+def test_probe_prefers_data_at_rest_over_a_fresh_scratch_file(tmp_path, monkeypatch):
+    from oocstore.errors import UsageError
+
+    path = tmp_path / "s"
+    build_store(path, synthetic_source(SyntheticSpec(nodes=4000, feat_dim=16, avg_degree=6,
+                                                     seed=0)))
+    with Store(path, readonly=False) as s:
+        sample_plan(s, fanouts="5,5", batch_size=256, epochs=1, seed=0, name="p")
+        fbytes = s.array_meta("features").nbytes
+        # Nothing of the store's own is large enough: a scratch file.
+        assert costmodel._at_rest_file(s, 8 * fbytes) is None
+        meta = pack_plan(s, "p", options=PackOptions(max_disk_blowup=8))
+        rows = s.file_path(s.array_meta(meta.arrays["rows"]))
+        assert rows.stat().st_size > 2 * fbytes
+        # An earlier pack's rows, at rest, once the floor allows a file of their size.
+        monkeypatch.setattr(costmodel, "PROBE_MIN_AT_REST", 2 * fbytes)
+        assert costmodel._at_rest_file(s, 8 * fbytes) == rows
+        assert costmodel._seq_probe_file(s, 8 * fbytes) == (rows, False)
+        # A file given by the caller wins; a missing one is named.
+        other = tmp_path / "old.bin"
+        other.write_bytes(bytes(1 << 16))
+        assert costmodel._seq_probe_file(s, 8 * fbytes, other) == (other, False)
+        assert probe(s, seq_path=other).seq_read_Bps > 0
+        with pytest.raises(UsageError, match="probe file .*missing.bin does not exist"):
+            probe(s, seq_path=tmp_path / "missing.bin")
+
+
+def test_assembly_rate_times_the_reader_kernel():
+    import numpy as np
+
+    meta = types_ns(shape=(1000, 16), row_bytes=64, np_dtype=np.dtype("float32"))
+    rate = costmodel.assembly_rate(meta, np.random.default_rng(0), positions=50_000,
+                                   batch_rows=4096)
+    assert math.isfinite(rate) and rate > 0
 
 
 def test_prediction_adds_the_crc_of_every_segment_when_verifying(store):
