@@ -118,11 +118,15 @@ def main(argv=None) -> int:
         result["within_budget"] = train["peak_gpu_held_bytes"] <= train["device_budget"]
         result["peak_within_budget_plus_workspace"] = (
             train["peak_gpu_bytes"] <= train["device_budget"] + train["render_workspace_bytes"]
-            + train["gpu_outside_store_bytes"])
+            + train["gpu_outside_store_bytes"] + train.get("gpu_library_state_bytes", 0))
+        # Library state must not grow step by step (that would be a leak in the loop).
+        result["library_state_stable"] = (train.get("gpu_library_state_last_bytes", 0)
+                                          <= train.get("gpu_library_state_bytes", 0) + (1 << 20))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
     print(json.dumps(result, sort_keys=True))
-    return 0 if result["ok"] and result.get("within_budget", True) else 1
+    return 0 if result["ok"] and result.get("within_budget", True) \
+        and result.get("library_state_stable", True) else 1
 
 
 if __name__ == "__main__":

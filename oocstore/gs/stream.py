@@ -69,6 +69,19 @@ from .adam import AdamConfig, masked_adam_
 log = logging.getLogger(__name__)
 
 ID_BYTES = 8
+#: Device buffers a streaming run allocates on CUDA: the slab and its ids (once), and per
+#: step the batch's records, ids, parameters and slab index. The caching allocator can
+#: count each up to ``CUDA_BLOCK_SLACK`` above its size (see
+#: :mod:`oocstore.tiers.staging`): charged once per buffer.
+STREAM_CUDA_BUFFERS = 6
+
+
+def allocator_slack(device) -> int:
+    """Device bytes the streamer charges for the CUDA caching allocator's rounding
+    (``0`` off CUDA, where buffers are exactly their size)."""
+    from oocstore.tiers.staging import CUDA_BLOCK_SLACK
+
+    return STREAM_CUDA_BUFFERS * CUDA_BLOCK_SLACK if torch.device(device).type == "cuda" else 0
 
 
 @dataclass
@@ -198,6 +211,14 @@ class _RowStore:
     def stats(self) -> dict:
         return self.traffic.to_dict()
 
+    def device_resident_bytes(self) -> int:
+        """Device bytes the store holds between steps (its slots or table)."""
+        return sum(t.numel() * t.element_size() for t in self._resident()
+                   if t.device.type != "cpu")
+
+    def _resident(self) -> list:
+        return []
+
     def close(self) -> None:
         for c in self._charges:
             c.release()
@@ -232,6 +253,9 @@ class _TableStore(_RowStore):
             self.ids[lo:hi] = torch.from_numpy(ids)
             self.traffic.bytes_ssd_read += len(ids) * scene.disk_row_bytes
         self.dirty = np.zeros(scene.num_blocks, dtype=bool)
+
+    def _resident(self) -> list:
+        return [self.table, self.ids]
 
     def _rows(self, vis: np.ndarray) -> torch.Tensor:
         parts = [np.arange(self.starts[b], self.starts[b + 1]) for b in vis]
@@ -320,6 +344,10 @@ class Streamer(_RowStore):
                f"least {format_size(need)} ({need} bytes)")
         self._charge("gpu", slots * bb, f"{slots} device block slots", fix=fix)
         self._charge("gpu", batch_bytes, "the step batch", fix=fix)
+        slack = allocator_slack(self.device)
+        if slack:
+            self._charge("gpu", slack, "the CUDA allocator's rounding of the device buffers",
+                         fix=fix)
         dev = self.device
         self.slab = torch.zeros(slots * cap, 3 * self.p, dtype=torch.float32, device=dev)
         self.slab_ids = torch.zeros(slots * cap, dtype=torch.int64, device=dev)
@@ -458,6 +486,9 @@ class Streamer(_RowStore):
         self.count[s] = n
         self.slot_of[b] = s
 
+    def _resident(self) -> list:
+        return [self.slab, self.slab_ids]
+
     def _begin(self, vis):
         try:
             return self._begin_loads(vis)
@@ -524,12 +555,15 @@ class Streamer(_RowStore):
 MODES = {"stream": Streamer, "all-on-device": AllOnDevice, "naive-offload": NaiveOffload}
 
 
-def check_device_budget(scene, plan: TrainPlan, budget: int) -> None:
-    """BudgetError naming the largest view and the minimum when it does not fit."""
+def check_device_budget(scene, plan: TrainPlan, budget: int, slack: int = 0) -> None:
+    """BudgetError naming the largest view and the minimum when it does not fit (with
+    ``slack``, :func:`allocator_slack`, on top)."""
     view, need = largest_view(scene, plan)
+    need += slack
     if need > budget:
         raise BudgetError(
             f"view {view} needs a device working set of {format_size(need)} ({need} bytes: its "
-            f"visible blocks plus the step batch), more than the device budget "
+            f"visible blocks plus the step batch{' and allocator slack' if slack else ''}), more "
+            f"than the device budget "
             f"{format_size(budget)}: raise --gpu-budget to at least {format_size(need)}, or "
             "re-ingest with smaller blocks")

@@ -183,9 +183,10 @@ def run_gs_training(path, cfg: GsTrainConfig, *,
 
     from .adam import AdamConfig
     from .scene import Scene
-    from .stream import MODES, TrainPlan, check_device_budget, largest_view
+    from .stream import MODES, TrainPlan, allocator_slack, check_device_budget, largest_view
 
     device = torch.device(cfg.device)
+    slack = allocator_slack(device)  # charged by a streaming run on CUDA
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda but torch sees no CUDA device: use --device cpu")
     if device.type == "cuda":
@@ -200,13 +201,13 @@ def run_gs_training(path, cfg: GsTrainConfig, *,
         scene_bytes = start_gaussians * scene.record_bytes
         view, need = largest_view(scene, plan)
         if cfg.gpu_budget is None:
-            dev_budget = max(scene_bytes // 4, int(math.ceil(1.25 * need)))
+            dev_budget = max(scene_bytes // 4, int(math.ceil(1.25 * need)) + slack)
             log.info("device budget %s (default: max(1/4 of %s, 1.25 x view %d's working set %s))",
                      format_size(dev_budget), format_size(scene_bytes), view, format_size(need))
         else:
             dev_budget = parse_size(cfg.gpu_budget, what="--gpu-budget")
         if cfg.mode != "all-on-device":
-            check_device_budget(scene, plan, dev_budget)
+            check_device_budget(scene, plan, dev_budget, slack)
         budget = MemoryBudget(gpu=None if cfg.mode == "all-on-device" else dev_budget,
                               cpu=cfg.cpu_budget)
         acct = BudgetAccountant(budget)
@@ -238,16 +239,16 @@ def run_gs_training(path, cfg: GsTrainConfig, *,
                 # the default budget follows the scene as densification grows it
                 _, need_now = largest_view(scene, seg)
                 grown = max(scene.num_gaussians * scene.record_bytes // 4,
-                            int(math.ceil(1.25 * need_now)))
+                            int(math.ceil(1.25 * need_now)) + slack)
                 if grown > dev_budget:
                     log.info("device budget raised to %s after densification", format_size(grown))
                     dev_budget = grown
                     peaks.append(acct.peak("gpu"))
                     acct = BudgetAccountant(MemoryBudget(gpu=dev_budget, cpu=cfg.cpu_budget))
             if cfg.mode != "all-on-device":
-                check_device_budget(scene, seg, dev_budget)
+                check_device_budget(scene, seg, dev_budget, slack)
             if cfg.mode == "stream":
-                seg.schedule = schedule_for(scene, seg, dev_budget)
+                seg.schedule = schedule_for(scene, seg, dev_budget, slack)
             kw = dict(device=device, accountant=acct, adam=adam, lr=lr, step_offset=first)
             if cfg.mode == "stream":
                 kw.update(device_budget=dev_budget, prefetch_depth=cfg.prefetch_depth)
@@ -272,6 +273,8 @@ def run_gs_training(path, cfg: GsTrainConfig, *,
                 if device.type == "cuda" else max(peaks + [acct.peak("gpu")]))
     gpu_parts = ({"peak_gpu_held_bytes": int(memory.get("held", 0)),
                   "gpu_outside_store_bytes": int(memory.get("outside", 0)),
+                  "gpu_library_state_bytes": int(memory.get("lazy", 0)),
+                  "gpu_library_state_last_bytes": int(memory.get("lazy_last", 0)),
                   "render_workspace_bytes": int(memory.get("workspace", 0))}
                  if device.type == "cuda" else {})
     return {
@@ -290,8 +293,9 @@ def run_gs_training(path, cfg: GsTrainConfig, *,
     }
 
 
-def schedule_for(scene, plan: TrainPlan, dev_budget: int):
-    """The Belady schedule of ``plan`` inside the device budget less the step batch."""
+def schedule_for(scene, plan: TrainPlan, dev_budget: int, slack: int = 0):
+    """The Belady schedule of ``plan`` inside the device budget less the step batch and
+    the allocator ``slack`` (:func:`~oocstore.gs.stream.allocator_slack`)."""
     from samplers.views import belady_block_schedule
 
     from .stream import block_bytes, step_batch_bytes
@@ -299,7 +303,7 @@ def schedule_for(scene, plan: TrainPlan, dev_budget: int):
     counts = scene.block_counts
     max_rows = max(int(counts[plan.vis_sets[v]].sum()) for v in np.unique(plan.views))
     return belady_block_schedule(plan.views, plan.vis_sets, block_bytes(scene),
-                                 dev_budget - step_batch_bytes(max_rows, scene))
+                                 dev_budget - step_batch_bytes(max_rows, scene) - slack)
 
 
 def replan(scene, cams) -> list[np.ndarray]:
@@ -317,9 +321,12 @@ def train_steps(store, sh_degree: int, cams, targets: dict, steps: int, *, devic
     loss against the view's target, backward, masked Adam. Returns (step times, losses).
     On CUDA, ``memory`` (a dict) collects ``held`` — the most device memory allocated
     when a step's batch is ready, less ``memory["outside"]`` (what was allocated before
-    the store was made: the target images, library workspaces such as cuBLAS's): the
-    store's slots and step batch — and ``workspace`` — the most the rasterizer's forward
-    and backward allocated on top."""
+    the store was made: the target images, library workspaces such as cuBLAS's) and,
+    from the second step, less ``memory["lazy"]`` (state libraries made during the first
+    step and kept: what is allocated after it beyond the outside and the store's
+    resident slots; ``lazy_last`` is the same after the last step): the store's slots
+    and step batch — and ``workspace`` — the most the rasterizer's forward and backward
+    allocated on top."""
     import torch
 
     from .render import render_on
@@ -348,7 +355,8 @@ def train_steps(store, sh_degree: int, cams, targets: dict, steps: int, *, devic
             torch.cuda.synchronize()
         if track:
             peak = torch.cuda.max_memory_allocated()
-            memory["held"] = max(memory.get("held", 0), held - memory.get("outside", 0))
+            memory["held"] = max(memory.get("held", 0), held - memory.get("outside", 0)
+                                 - (memory.get("lazy", 0) if i else 0))
             memory["workspace"] = max(memory.get("workspace", 0), peak - held)
             memory["peak"] = max(memory.get("peak", 0), peak, before)
         times.append(time.perf_counter() - t0)
@@ -356,6 +364,16 @@ def train_steps(store, sh_degree: int, cams, targets: dict, steps: int, *, devic
         # Drop this step's batch, image and graph now: held until the names are rebound,
         # they would sit beside the next step's batch (two batches on the device at once).
         del batch, out, loss
+        if track:
+            # Between steps the device holds the store's slots and what existed before
+            # it; the rest is state libraries made on first use (the rasterizer's,
+            # autograd's): measured after the first step, charged to neither, and
+            # checked again after the last one (growth there would be a leak).
+            rest = torch.cuda.memory_allocated() - memory.get("outside", 0) \
+                - store.device_resident_bytes()
+            if i == 0:
+                memory["lazy"] = max(memory.get("lazy", 0), rest)
+            memory["lazy_last"] = rest
         if checkpoint_every and (i + 1) % checkpoint_every == 0:
             store.checkpoint()
         if progress:

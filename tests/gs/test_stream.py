@@ -161,6 +161,27 @@ def test_budget_too_small_names_the_view_and_minimum(trained_setup):
             check_device_budget(scene, plan, 1000)
 
 
+def test_cuda_runs_charge_the_allocator_slack_up_front(trained_setup):
+    from oocstore.gs.stream import allocator_slack, largest_view
+    from oocstore.gs.train import schedule_for
+    from oocstore.tiers.staging import CUDA_BLOCK_SLACK
+
+    assert allocator_slack("cpu") == 0
+    slack = allocator_slack("cuda")
+    assert slack == 6 * CUDA_BLOCK_SLACK
+    path, cams, vis, plan_views, _, _ = trained_setup
+    with Scene.open(path) as scene:
+        plan = TrainPlan(plan_views, vis)
+        _, need = largest_view(scene, plan)
+        check_device_budget(scene, plan, need)  # fits exactly off CUDA
+        with pytest.raises(BudgetError, match="plus the step batch and allocator slack"):
+            check_device_budget(scene, plan, need + slack - 1, slack)
+        budget = need + 4 * slack
+        # the slots' share shrinks by exactly the slack
+        assert schedule_for(scene, plan, budget).budget_bytes \
+            - schedule_for(scene, plan, budget, slack).budget_bytes == slack
+
+
 def _flip_block(path, b):
     with Scene.open(path, readonly=True) as scene:
         rel = scene._files[b]
