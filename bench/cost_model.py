@@ -8,12 +8,13 @@ feature files evicted from the page cache, O_DIRECT reads) through ``TieredReade
 Configurations are interleaved over rounds; medians are reported.
 
 The sequential probe must read data in the state the measured packs are in. This
-(virtual) disk serves data it read recently from a host-side cache (a file read a few
-times in the last minutes: 0.9-1.5 GB/s; the same disk's new files: 0.5-0.6 GB/s), and
-every measured pack is a new file read twice. So the script packs one more layout, not
-measured, first of all (``probe``, like ``static-0%``), and the probe reads its rows
-file once, after the other layouts are written: a pack file of the same age and history
-as the measured ones. ``--probe-file`` reads a given file instead.
+(virtual) disk's read speed drifts within minutes and depends on the data's history (the
+same new file read at 0.5 GB/s or at 1.3 GB/s a minute apart; a file read a few times
+recently comes from a host-side cache). So the script packs one more layout, not
+measured, first of all (``probe``, like ``static-0%``); the probe reads its rows file
+once before the automatic split is chosen (those bandwidths pick it) and again at the
+start of every round, beside the measurements; the predictions use the median of the
+rounds' probes. ``--probe-file`` reads a given file instead.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from oocstore import Store  # noqa: E402
 from oocstore.ingest import build_store  # noqa: E402
 from oocstore.ingest.synthetic import SyntheticSpec, synthetic_source  # noqa: E402
 from oocstore.pack import PackOptions, pack_plan  # noqa: E402
-from oocstore.pack.costmodel import choose_split, predict_epoch, probe  # noqa: E402
+from oocstore.pack.costmodel import (Bandwidths, choose_split, predict_epoch,  # noqa: E402
+                                     probe)
 from oocstore.pack.packer import plan_layout  # noqa: E402
 from oocstore.plan import PlanReader  # noqa: E402
 from oocstore.store.files import evict  # noqa: E402
@@ -50,6 +52,12 @@ def measure(store: Store, name: str) -> tuple[float, dict]:
         for b in range(reader.num_batches(0)):
             reader.read_batch(0, b)
         return time.perf_counter() - t0, reader.stats()
+
+
+def show(what: str, bw: Bandwidths, probe_file: Path) -> None:
+    print(f"{what}: seq read {bw.seq_read_Bps / 1e6:.0f} MB/s ({probe_file.name}), request "
+          f"{bw.request_s * 1e3:.2f} ms, row reads {bw.row_read_Bps / 1e6:.0f} MB/s, assembly "
+          f"{bw.gather_rows_per_s / 1e6:.1f} M rows/s, crc32 {bw.crc_Bps / 1e9:.1f} GB/s")
 
 
 def main() -> int:
@@ -94,25 +102,29 @@ def main() -> int:
         pack_plan(store, "cm", name=name.replace("%", "pct"), options=opts, overwrite=True)
     probe_file = Path(args.probe_file) if args.probe_file else \
         store.file_path(store.array_meta(probe_pack.arrays["rows"]))
-    bw = probe(store, seq_path=probe_file)
-    print(f"probed: seq read {bw.seq_read_Bps / 1e6:.0f} MB/s ({probe_file.name}), request {bw.request_s * 1e3:.2f} "
-          f"ms, row reads {bw.row_read_Bps / 1e6:.0f} MB/s, assembly "
-          f"{bw.gather_rows_per_s / 1e6:.1f} M rows/s, crc32 {bw.crc_Bps / 1e9:.1f} GB/s")
+    bw0 = probe(store, seq_path=probe_file)
+    show("probed before packing the automatic split", bw0, probe_file)
     # Budget: the working set of an uncached pack plus a quarter of the features.
     floor = plan_layout(store, plan, configs["static-0%"]).min_working_set["cpu"]
     auto, _, _ = choose_split(store, plan, cpu_budget=floor + frac(0.25), max_disk_blowup=16,
-                              bw=bw)
+                              bw=bw0)
     configs["auto-budget"] = auto
     pack_plan(store, "cm", name="auto-budget", options=auto, overwrite=True)
-    preds = {name: predict_epoch(plan_layout(store, plan, opts), bw)
-             for name, opts in configs.items()}
     times: dict[str, list[float]] = {n: [] for n in configs}
-    stats = {}
+    stats, probes = {}, []
     for _ in range(args.rounds):
+        # This disk's speed drifts within minutes: the probe runs again at the start of
+        # every round, beside the measurements it predicts; its median is used.
+        probes.append(probe(store, seq_path=probe_file))
         for name in configs:
             t, st = measure(store, name.replace("%", "pct"))
             times[name].append(t)
             stats[name] = st
+    bw = Bandwidths(**{k: statistics.median(getattr(b, k) for b in probes)
+                       for k in bw0.to_dict()})
+    show(f"probed in each round (median of {len(probes)})", bw, probe_file)
+    preds = {name: predict_epoch(plan_layout(store, plan, opts), bw)
+             for name, opts in configs.items()}
     rows = []
     print(f"\n{'layout':<18}{'predicted s':>12}{'measured s':>12}{'pred/meas':>10}"
           f"{'cpu hit':>9}{'SSD MB':>9}{'amp':>7}")
@@ -134,6 +146,8 @@ def main() -> int:
           "O_DIRECT, epoch 0)")
     result = {"bench": "cost_model", "nodes": args.nodes, "feat_dim": args.feat_dim,
               "feature_bytes": fbytes, "bandwidths": bw.to_dict(), "rows": rows,
+              "bandwidths_rounds": [b.to_dict() for b in probes],
+              "bandwidths_before_auto_split": bw0.to_dict(),
               "within_30pct": len(within), "toy": args.toy,
               "probe_file": str(probe_file)}
     print(json.dumps(result, sort_keys=True, default=float))

@@ -257,11 +257,12 @@ def predict_epoch(layout: Layout, bw: Bandwidths, epoch: int = 0,
                   verify: bool = True) -> dict[str, Any]:
     """Predicted seconds to load every batch of ``epoch`` through ``layout``'s tiers.
 
-    With ``read_ahead`` (the reader's second segment buffer), segment reads overlap the
-    CPU work: the epoch costs the larger of the two, plus one segment's worth of the
-    smaller (the pipeline filling), plus the fallback reads, which do not overlap. With
-    ``verify`` (the reader's default) each segment's CRC is checked in the consumer's
-    thread once the next segment's read is issued: CPU work that overlaps the reads."""
+    With ``read_ahead`` (the reader's second segment buffer) the reader runs a two-stage
+    pipeline: segment ``k + 1`` is read while the consumer works on segment ``k`` (its
+    batches' assembly and, with ``verify``, the segment's CRC-32), so segment ``k`` costs
+    ``max(cpu_k, io_{k+1})`` after the first read. Batches outside every segment
+    (base-array fallback reads, or memory tiers only) run serially. Without
+    ``read_ahead`` every read and every batch's work add up."""
     plan = layout.plan
     starts = np.concatenate([[0], np.cumsum(plan.meta.batches_per_epoch)])
     b0, b1 = int(starts[epoch]), int(starts[epoch + 1])
@@ -269,14 +270,18 @@ def predict_epoch(layout: Layout, bw: Bandwidths, epoch: int = 0,
     cold = layout.cold_per_batch() if cold is None else cold
     ninput = layout.ninput[b0:b1]
     cold_e = cold[b0:b1]
-    packed = layout.batch_seg[b0:b1] >= 0
+    bseg = layout.batch_seg[b0:b1]
+    packed = bseg >= 0
     host_rows = int((ninput - cold_e).sum())
     ssd_rows = int(cold_e[packed].sum())
     fallback_rows = int(cold_e[~packed].sum())
     segs = np.flatnonzero((layout.seg_first >= b0) & (layout.seg_first < b1))
-    seg_bytes = sum(aligned_span(ALIGN - 1, int(r) * rb)[1] for r in layout.seg_rows[segs])
+    seg_span = np.array([aligned_span(ALIGN - 1, int(r) * rb)[1] for r in layout.seg_rows[segs]],
+                        dtype=np.float64)
+    seg_bytes = int(seg_span.sum())
     _, row_span = aligned_span(0, rb)
-    inserts = int(layout.ins_count[b0:b1].sum()) if layout.ins_count is not None else 0
+    ins_b = layout.ins_count[b0:b1] if layout.ins_count is not None else np.zeros(b1 - b0)
+    inserts = int(ins_b.sum())
     parts = {
         "memory_gather_s": (host_rows + inserts) / bw.gather_rows_per_s,
         "ssd_read_s": len(segs) * bw.request_s + seg_bytes / bw.seq_read_Bps,
@@ -285,13 +290,21 @@ def predict_epoch(layout: Layout, bw: Bandwidths, epoch: int = 0,
         "fallback_read_s": fallback_rows * row_span / bw.row_read_Bps,
         "overhead_s": (b1 - b0) * bw.batch_overhead_s,
     }
-    if layout.policy == "belady" and epoch > 0:  # the scheduled tier restarts each epoch
-        parts["ssd_read_s"] += layout.cpu_ids.size * rb / bw.seq_read_Bps
+    reset = layout.cpu_ids.size * rb / bw.seq_read_Bps \
+        if layout.policy == "belady" and epoch > 0 else 0.0  # the scheduled tier restarts
+    parts["ssd_read_s"] += reset
+    # per batch: the rows the assembly builds (all but base-array reads), admissions
+    cpu_b = ((ninput - np.where(packed, 0, cold_e)) + ins_b) / bw.gather_rows_per_s \
+        + bw.batch_overhead_s
     io = parts["ssd_read_s"]
     cpu = parts["memory_gather_s"] + parts["ssd_gather_s"] + parts["ssd_verify_s"] \
         + parts["overhead_s"]
     if read_ahead and len(segs):
-        seconds = max(io, cpu) + min(io, cpu) / len(segs) + parts["fallback_read_s"]
+        io_k = bw.request_s + seg_span / bw.seq_read_Bps
+        cpu_k = np.bincount(bseg[packed] - segs[0], weights=cpu_b[packed], minlength=len(segs))
+        cpu_k = cpu_k[:len(segs)] + (seg_span / bw.crc_Bps if verify else 0.0)
+        piped = reset + io_k[0] + float(np.maximum(cpu_k, np.append(io_k[1:], 0.0)).sum())
+        seconds = piped + float(cpu_b[~packed].sum()) + parts["fallback_read_s"]
     else:
         seconds = io + cpu + parts["fallback_read_s"]
     return {"seconds": seconds, **parts, "batches": b1 - b0, "cpu_inserts": inserts,

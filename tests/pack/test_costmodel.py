@@ -106,6 +106,33 @@ def test_prediction_adds_the_crc_of_every_segment_when_verifying(store):
         assert on["seconds"] > off["seconds"]
 
 
+def test_prediction_pipelines_each_segment_with_the_next_read(store):
+    with Store(store) as s:
+        plan = PlanReader(s, "p")
+        layout = plan_layout(s, plan, PackOptions(cpu_cache=0, max_disk_blowup=8,
+                                                  segment_batches=2))
+        inf = float("inf")
+        # reads only: they follow one another
+        reads = predict_epoch(layout, Bandwidths(seq_read_Bps=1e8, request_s=1e-3,
+                                                 gather_rows_per_s=inf, crc_Bps=inf,
+                                                 batch_overhead_s=0.0))
+        assert reads["seconds"] == pytest.approx(reads["ssd_read_s"])
+        # CPU only (reads free): the consumer's work adds up
+        work = predict_epoch(layout, Bandwidths(seq_read_Bps=inf, request_s=0.0,
+                                                gather_rows_per_s=1e6, crc_Bps=1e9))
+        cpu = work["ssd_gather_s"] + work["ssd_verify_s"] + work["overhead_s"] \
+            + work["memory_gather_s"]
+        assert work["seconds"] == pytest.approx(cpu)
+        # both: between the larger and the sum, and the sum without read-ahead
+        bw = Bandwidths(seq_read_Bps=2e8, request_s=1e-4, gather_rows_per_s=2e6, crc_Bps=1e9)
+        both = predict_epoch(layout, bw)
+        io = both["ssd_read_s"]
+        cpu = both["ssd_gather_s"] + both["ssd_verify_s"] + both["overhead_s"] \
+            + both["memory_gather_s"]
+        assert max(io, cpu) <= both["seconds"] < io + cpu
+        assert predict_epoch(layout, bw, read_ahead=False)["seconds"] == pytest.approx(io + cpu)
+
+
 def test_split_fits_the_budget_or_is_refused(store):
     with Store(store) as s:
         plan = PlanReader(s, "p")
