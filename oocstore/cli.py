@@ -319,9 +319,10 @@ def _add_pack(sub) -> None:
                    help="host memory for output rows assembled per pass over the base array "
                         "(default 256MiB); more memory means fewer passes")
     p.add_argument("--copy", choices=["auto", "buckets", "rescans"], default="auto",
-                   help="how rows reach the output when it exceeds --pack-memory: one base "
-                        "scan plus temporary buckets, one scan per window, or whichever moves "
-                        "fewer bytes (default)")
+                   help="how rows reach the output when it exceeds --pack-memory: base "
+                        "scans plus temporary buckets (as few scans as keep the buckets in "
+                        "the page cache, when that is cheaper), one scan per window, or "
+                        "whichever moves fewer bytes (default)")
     p.add_argument("--cpu-budget", type=_size, default=None, metavar="SIZE",
                    help="refuse a pack whose minimum CPU working set exceeds this")
     p.add_argument("--gpu-budget", type=_size, default=None, metavar="SIZE",
