@@ -259,8 +259,9 @@ def breakdown(timers: StageTimers, total: float) -> dict[str, float]:
     read-ahead thread and bucket / window writes in a writer thread: those stages
     (:data:`THREAD_STAGES`) overlap the main thread's, and "copy_rows: waiting" is the
     time the main thread waited for them. "writes (crc32 + write)" counts every file
-    write (the window writes in the thread included); "other" is the main thread's time
-    outside every timed stage."""
+    write; "writes during the copy" the part made while ``copy_rows`` ran (the windows, and
+    the tier / slot files of the assignment thread beside it); "other" is the main
+    thread's time outside every timed stage."""
     s = dict(timers.sec)
     copy_all = s.pop("copy_rows (all)", 0.0)
     writes = s.get("writes (crc32 + write)", 0.0)
@@ -318,7 +319,6 @@ def main(argv=None) -> dict:
             ensure_plan(store, plan, fanouts=args.fanouts, batch_size=args.batch_size,
                         epochs=args.epochs)
             fmeta = store.array_meta("features")
-            pmeta = store.get(f"plan/{plan}")
         feature_bytes = fmeta.nbytes
         opts = dict(cpu_cache=int(args.cpu_frac * feature_bytes),
                     max_disk_blowup=args.max_disk_blowup)

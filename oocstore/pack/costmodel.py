@@ -55,20 +55,19 @@ class Bandwidths:
         return dataclasses.asdict(self)
 
 
-#: Bytes the sequential probe reads. Virtual and consumer disks serve a small region
-#: (a few hundred MB) from a cache or a burst allowance far above their sustained
-#: speed; an epoch of segment reads runs at the sustained speed.
+#: Bytes the sequential probe reads: enough that a disk's burst allowance or a cache of a
+#: few hundred MB does not set the figure.
 PROBE_SEQ_BYTES = 768 << 20
 #: Segment-sized requests for the sequential probe (what a pack is read with).
 PROBE_REQUEST = 8 << 20
 #: Smallest file of the store's own data the sequential probe reads instead of writing a
-#: scratch file. Data written moments ago is no measure: a virtual disk serves it from
-#: its write cache (measured here: 1.4-1.7 GB/s for a fresh file, 0.5-0.6 GB/s for the
-#: same disk's data at rest, which is what an epoch reads).
+#: scratch file. A file written moments ago is a poor measure: a virtual disk may serve it
+#: from a host-side cache (measured here: 1.3-1.7 GB/s for some fresh files against
+#: 0.5-0.6 GB/s for most reads of the same disk).
 PROBE_MIN_AT_REST = 256 << 20
 
 
-def write_probe_data(path: Path, nbytes: int) -> None:
+def _write_probe_data(path: Path, nbytes: int) -> None:
     """``nbytes`` (rounded up to :data:`PROBE_REQUEST`) of pseudo-random data to probe
     reads with, fsync'd. Every 4 KiB page starts with a distinct word: no two pages are
     equal, so a deduplicating disk cannot serve the probe from one copy."""
@@ -85,9 +84,8 @@ def write_probe_data(path: Path, nbytes: int) -> None:
 def _at_rest_file(store: Store, nbytes: int) -> Path | None:
     """The store's largest data file (the features, or an earlier pack's rows) when it
     holds at least ``min(nbytes, PROBE_MIN_AT_REST)`` bytes."""
-    fpath = store.file_path(store.array_meta("features"))
-    files = [fpath] + [f for f in (store.path / "packs").glob("*.bin") if f.is_file()] \
-        if (store.path / "packs").is_dir() else [fpath]
+    files = [store.file_path(store.array_meta("features"))]
+    files += [f for f in (store.path / "packs").glob("*.bin") if f.is_file()]
     sizes = [(f.stat().st_size, f) for f in files if f.exists()]
     if not sizes:
         return None
@@ -106,6 +104,10 @@ def _seq_probe_file(store: Store, nbytes: int, seq_path: Path | None = None
         if not seq_path.is_file():
             raise UsageError(f"probe file {seq_path} does not exist: give an existing file "
                              "of data at rest (a few hundred MB or more) on the store's disk")
+        if seq_path.stat().st_size < ALIGN:
+            raise UsageError(f"probe file {seq_path} holds {seq_path.stat().st_size} bytes: "
+                             "give a file of data at rest (a few hundred MB or more) on the "
+                             "store's disk")
         return seq_path, False
     at_rest = _at_rest_file(store, nbytes)
     if at_rest is not None:
@@ -117,7 +119,7 @@ def _seq_probe_file(store: Store, nbytes: int, seq_path: Path | None = None
     scratch = store.path / "packs" / ".costmodel-probe.tmp"
     scratch.parent.mkdir(exist_ok=True)
     try:
-        write_probe_data(scratch, nbytes)
+        _write_probe_data(scratch, nbytes)
     except OSError:
         scratch.unlink(missing_ok=True)
         return path, False  # no room for the scratch file: the feature file will do
@@ -151,20 +153,6 @@ class _AssemblyWork:
         out = np.empty((b - a, self.d), self.dtype)
         assemble_rows(self.tier[a:b], self.slot[a:b], self.table, 0, self.seg, out, True)
         return b - a
-
-
-def assembly_rate(fmeta, rng: np.random.Generator, *, positions: int = 400_000,
-                  batch_rows: int = 16_384) -> float:
-    """Rows per second of :class:`_AssemblyWork` on an otherwise idle machine (median of
-    three passes over ``positions``)."""
-    work = _AssemblyWork(fmeta, rng, positions=positions, batch_rows=batch_rows)
-    times = []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        for k in range(len(work.starts)):
-            work.batch(k)
-        times.append(time.perf_counter() - t0)
-    return positions / max(sorted(times)[1], 1e-9)
 
 
 def _pipeline_probe(path: Path, nbytes: int, work: _AssemblyWork) -> tuple[float, float, float]:

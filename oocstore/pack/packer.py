@@ -916,7 +916,8 @@ def copy_rows(store: Store, fmeta, targets, *, window_bytes: int, strategy: str 
     Threads: ``oocstore-pack-read`` reads ahead (base chunks, then bucket pieces: two
     buffers of ``_SCAN_BYTES``); ``oocstore-pack-write`` writes bucket pieces (two
     staging buffers of ``_SCAN_BYTES``), then windows (crc32 + write) while the next one
-    is assembled. Memory: ``window_bytes`` + 4 x ``_SCAN_BYTES`` + 12 bytes per row."""
+    is assembled. Memory: ``window_bytes`` + 4 x ``_SCAN_BYTES`` + 12 bytes per row (16 while
+    ``"auto"`` weighs both window orders)."""
     if strategy not in COPY_STRATEGIES:
         raise UsageError(f"copy strategy {strategy!r}: use one of {', '.join(COPY_STRATEGIES)}")
     rb = fmeta.row_bytes
@@ -941,17 +942,20 @@ def copy_rows(store: Store, fmeta, targets, *, window_bytes: int, strategy: str 
         return order, offsets
 
     window_rows = full_rows if total <= full_rows else max(1, full_rows // 2)
+    rescans = None  # (order, offsets, bytes read) of one scan per full window
     if total > full_rows and strategy != "buckets":
         order, offsets = window_order(full_rows)
-        rescan_bytes = int((offsets[:, 1:] > offsets[:, :-1]).sum()) * scan_rows * rb
         if strategy == "rescans":
             return _copy_rescans(store, fmeta, targets, bounds, all_ids, order, offsets,
                                  full_rows, scan_rows, progress)
+        rescans = (order, offsets,
+                   int((offsets[:, 1:] > offsets[:, :-1]).sum()) * scan_rows * rb)
     order_b, offsets_b = window_order(window_rows)
     passes, bucket_cost = bucket_passes(offsets_b, scan_rows, rb, num_rows, pass_bytes)
-    if total > full_rows and strategy == "auto" and rescan_bytes < bucket_cost:
-        return _copy_rescans(store, fmeta, targets, bounds, all_ids, order, offsets,
+    if rescans is not None and rescans[2] < bucket_cost:
+        return _copy_rescans(store, fmeta, targets, bounds, all_ids, *rescans[:2],
                              full_rows, scan_rows, progress)
+    del rescans  # its window order (4 bytes per row) is not needed any more
     _copy_buckets(store, fmeta, targets, bounds, all_ids, order_b, offsets_b, window_rows,
                   scan_rows, passes, progress)
     return len(passes)

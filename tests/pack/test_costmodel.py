@@ -82,15 +82,25 @@ def test_probe_prefers_data_at_rest_over_a_fresh_scratch_file(tmp_path, monkeypa
         assert probe(s, seq_path=other).seq_read_Bps > 0
         with pytest.raises(UsageError, match="probe file .*missing.bin does not exist"):
             probe(s, seq_path=tmp_path / "missing.bin")
+        (tmp_path / "empty.bin").write_bytes(b"")
+        with pytest.raises(UsageError, match="probe file .*empty.bin holds 0 bytes"):
+            probe(s, seq_path=tmp_path / "empty.bin")
 
 
-def test_assembly_rate_times_the_reader_kernel():
+def test_pipeline_probe_measures_reads_beside_the_assembly(tmp_path):
     import numpy as np
 
     meta = types_ns(shape=(1000, 16), row_bytes=64, np_dtype=np.dtype("float32"))
-    rate = costmodel.assembly_rate(meta, np.random.default_rng(0), positions=50_000,
+    work = costmodel._AssemblyWork(meta, np.random.default_rng(0), positions=20_000,
                                    batch_rows=4096)
-    assert math.isfinite(rate) and rate > 0
+    data = tmp_path / "data.bin"
+    data.write_bytes(bytes(range(256)) * (3 << 14))  # 12 MiB: two requests
+    seq, rows, crc = costmodel._pipeline_probe(data, data.stat().st_size, work)
+    for v in (seq, rows, crc):
+        assert math.isfinite(v) and v > 0
+    # the reading thread's failure reaches the caller
+    with pytest.raises(FileNotFoundError):
+        costmodel._pipeline_probe(tmp_path / "gone.bin", 1 << 20, work)
 
 
 def test_prediction_adds_the_crc_of_every_segment_when_verifying(store):
