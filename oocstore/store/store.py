@@ -30,14 +30,16 @@ import errno
 import fcntl
 import logging
 import os
+import re
 import shutil
+import stat
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
-from ..errors import (FormatError, StoreExistsError, StoreLockedError, StoreNotFoundError,
-                      UsageError)
+from ..errors import (FormatError, OocError, StoreExistsError, StoreLockedError,
+                      StoreNotFoundError, UsageError)
 from .catalog import CATALOG_DIR, Catalog
 from .files import ArrayFileWriter, fsync_dir
 from .readers import Registration, live_versions
@@ -315,25 +317,112 @@ class Store:
     def create(cls, path: str | os.PathLike, *, overwrite: bool = False) -> Iterator["Store"]:
         """Build a new store at ``path``; it appears there only if the block succeeds.
 
-        The store is built in ``.<name>.partial`` beside ``path`` and renamed into place
-        at the end; with ``overwrite`` an existing store is replaced only then.
+        Under an exclusive lock on ``path`` (:func:`_target_lock`: a second ingest to the
+        same path, or any writer of the store being replaced, is refused with
+        :class:`StoreLockedError`), the store is built in a staging directory
+        ``.<name>.<random>.partial`` beside ``path`` and renamed into place at the end;
+        with ``overwrite`` an existing store is replaced only then.
         """
-        path = cls.check_new_path(path, overwrite=overwrite)
-        staging = path.with_name(f".{path.name}.partial")
-        if staging.exists():
-            shutil.rmtree(staging)
-        staging.mkdir(parents=True)
-        try:
-            store = cls(staging, readonly=False, _create=True)
+        path = Path(path)
+        with _target_lock(path):
+            path = cls.check_new_path(path, overwrite=overwrite)
+            _remove_stale_staging(path)
+            staging = path.with_name(f".{path.name}.{os.urandom(6).hex()}.partial")
+            staging.mkdir()
             try:
-                yield store
-            finally:
-                store.close()
-            _fsync_tree(staging)
-            _install(staging, path)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+                store = cls(staging, readonly=False, _create=True)
+                try:
+                    yield store
+                finally:
+                    store.close()
+                _fsync_tree(staging)
+                _install(staging, path)
+            except BaseException:
+                remove_tree(staging)
+                raise
+
+
+#: Staging directories of :meth:`Store.create` (and the fixed name older versions used).
+_STAGING = re.compile(r"^\.(?P<name>.+?)(?:\.[0-9a-f]{12})?\.partial$")
+
+
+def _remove_stale_staging(path: Path) -> None:
+    """Remove staging directories of ``path`` left by crashed ingests (called under
+    :func:`_target_lock`, so no live ingest owns one)."""
+    try:
+        names = os.listdir(path.parent)
+    except FileNotFoundError:
+        return
+    for name in names:
+        m = _STAGING.match(name)
+        if m and m.group("name") == path.name:
+            remove_tree(path.parent / name)
+
+
+@contextlib.contextmanager
+def _target_lock(path: Path) -> Iterator[None]:
+    """Hold ``.<name>.lock`` beside ``path`` (``flock``) and, when ``path`` is a store,
+    its writer lock, while a new store for ``path`` is built and installed.
+
+    Two ingests to one path would otherwise share and delete each other's staging
+    directory; a writer of the store being replaced would commit into a store about to
+    be deleted. The lock file is removed on release; whoever locked a file that was
+    removed meanwhile (its inode no longer the one at that name) locks again."""
+    lock = path.with_name(f".{path.name}.lock")
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+    busy = (f"store {path} is being created or replaced by another process: wait for it "
+            "to finish, then run the command again")
+    while True:
+        try:
+            fd = os.open(lock, flags, 0o644)
+        except FileNotFoundError:
+            raise StoreNotFoundError(f"output {path}: directory {path.parent} does not exist; "
+                                     "create it first") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.stat(lock, follow_symlinks=False).st_ino == os.fstat(fd).st_ino:
+                break
+        except BlockingIOError as err:
+            os.close(fd)
+            raise StoreLockedError(busy) from err
+        except FileNotFoundError:
+            pass  # removed by the previous holder after we opened it
+        os.close(fd)
+    writer_fd = -1
+    try:
+        if (path / CATALOG_DIR).is_dir() and not path.is_symlink():
+            writer_fd = os.open(path / CATALOG_DIR / "writer.lock", flags, 0o644)
+            try:
+                fcntl.flock(writer_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as err:
+                raise StoreLockedError(
+                    f"store {path} is being written by another process: wait for it to "
+                    "finish, then replace it") from err
+        yield
+    finally:
+        if writer_fd >= 0:
+            os.close(writer_fd)
+        try:
+            os.unlink(lock)
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+def remove_tree(path: Path) -> None:
+    """Delete the directory ``path`` and everything in it without following a symbolic
+    link anywhere: a link (at ``path`` or inside) is removed as a link, never what it
+    points to. Missing paths are fine."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(path)
+        return
+    # shutil.rmtree uses the fd-based walk here (rmtree.avoids_symlink_attacks): it
+    # never descends through a link, even one swapped in while it runs.
+    shutil.rmtree(path, ignore_errors=True)
 
 
 class SliceReader:
@@ -507,7 +596,7 @@ class ArrayWriter:
 def _fsync_tree(root: Path) -> None:
     for d, _, files in os.walk(root):
         for f in files:
-            if f.endswith(".lock"):
+            if f.endswith(".lock") or os.path.islink(os.path.join(d, f)):
                 continue
             fd = os.open(os.path.join(d, f), os.O_RDONLY)
             try:
@@ -559,15 +648,14 @@ def _install(staging: Path, path: Path) -> None:
         os.rename(staging, path)
     elif _rename_exchange(staging, path):
         fsync_dir(parent)
-        shutil.rmtree(staging, ignore_errors=True)  # now holds the old store
+        remove_tree(staging)  # now holds the old store
     else:
         old = path.with_name(f".{path.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
+        remove_tree(old)
         os.rename(path, old)
         os.rename(staging, path)
         fsync_dir(parent)
-        shutil.rmtree(old, ignore_errors=True)
+        remove_tree(old)
     fsync_dir(parent)
 
 

