@@ -8,7 +8,6 @@ object returns to the committed state); OPEN --close--> CLOSED.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -194,8 +193,7 @@ class SceneWriter:
                 if keep_old:
                     break
                 if old is not None and old != (pending[b].file):
-                    with contextlib.suppress(FileNotFoundError):
-                        (s.path / old).unlink()
+                    s.store.remove_data_file(s.path / old)
         self.commits += 1
         return store.version
 
@@ -209,8 +207,7 @@ class SceneWriter:
                 if newer is None:
                     self._pending[b] = pend
                 elif pend.file is not None and pend.file != newer.file:
-                    with contextlib.suppress(FileNotFoundError):
-                        (s.path / pend.file).unlink()
+                    s.store.remove_data_file(s.path / pend.file)
 
     def close(self) -> None:
         """Release the lock; writes not committed are discarded (idempotent)."""
@@ -220,8 +217,7 @@ class SceneWriter:
         with s._lock:
             for pend in self._pending.values():
                 if pend.file is not None:
-                    with contextlib.suppress(FileNotFoundError):
-                        (s.path / pend.file).unlink()
+                    s.store.remove_data_file(s.path / pend.file)
             had = bool(self._pending)
             self._pending = {}
             self._closed = True
@@ -252,12 +248,10 @@ class SceneWriter:
             cur = self._pending.get(b)
             if self._latest.get(b, -1) > pend.seq:  # a newer write already landed
                 if pend.file is not None:
-                    with contextlib.suppress(FileNotFoundError):
-                        (s.path / pend.file).unlink()
+                    s.store.remove_data_file(s.path / pend.file)
                 return
             if cur is not None and cur.file is not None and cur.file != pend.file:
-                with contextlib.suppress(FileNotFoundError):
-                    (s.path / cur.file).unlink()  # an uncommitted file nobody will name
+                s.store.remove_data_file(s.path / cur.file)  # an uncommitted file nobody will name
             self._pending[b] = pend
             self._latest[b] = pend.seq
             s._counts[b] = pend.count

@@ -70,11 +70,8 @@ def collect_garbage(store: Store, *, dry_run: bool = False) -> GcReport:
             if p.suffix == ".bin" and blocked:
                 report.kept.append((rel, size))
                 continue
-            if not dry_run:
-                try:
-                    p.unlink()
-                except FileNotFoundError:
-                    continue
+            if not dry_run and not store.remove_data_file(p):
+                continue
             report.removed.append((rel, size))
         report.stale_packs = stale_packs(store)
     finally:

@@ -72,6 +72,8 @@ class Store:
             raise StoreNotFoundError(f"store {self.path} {what}: create it with "
                                      "`oocstore ingest ...` or check the path")
         self.readonly = readonly
+        if not readonly:
+            check_no_links(self.path)
         self.catalog = Catalog(self.path, readonly=readonly, create=_create)
         self._lock_fd: int | None = None
         self._reader: Registration | None = None
@@ -233,18 +235,46 @@ class Store:
 
     def unreferenced_files(self) -> list[Path]:
         """``*.bin`` / ``*.tmp`` files under the data directories that the catalog
-        snapshot does not name (superseded, or left by a crash)."""
+        snapshot does not name (superseded, or left by a crash).
+
+        Only regular files are listed, found without following any symbolic link: a
+        link (to a file or a directory) is not the store's, and whatever it points to is
+        never listed, so never deleted."""
         keep = self.referenced_files()
         out = []
         for d in DATA_DIRS:
-            root = self.path / d
-            if not root.is_dir():
-                continue
-            for p in sorted(root.rglob("*")):
+            for p in _walk_files(self.path / d):
                 rel = p.relative_to(self.path).as_posix()
-                if p.suffix in (".bin", ".tmp") and rel not in keep and p.is_file():
+                if p.suffix in (".bin", ".tmp") and rel not in keep:
                     out.append(p)
-        return out
+        return sorted(out)
+
+    def remove_data_file(self, p: Path) -> bool:
+        """Delete the data file ``p`` (True) unless it is already gone (False).
+
+        Every deletion of a data file goes through here. ``p`` must lie in one of
+        :data:`DATA_DIRS` of this store with no symbolic link on the way (checked against
+        the real path just before the unlink): anything else raises
+        :class:`FormatError`, so no catalog value or planted link can make a writer
+        delete the catalog or a file outside the store."""
+        p = Path(p)
+        try:
+            parts = p.relative_to(self.path).parts
+        except ValueError:
+            parts = ()
+        real_root = os.path.realpath(self.path)
+        ok = (len(parts) >= 2 and parts[0] in DATA_DIRS and ".." not in parts
+              and os.path.realpath(p.parent) == os.path.join(real_root, *parts[:-1]))
+        if not ok:
+            raise FormatError(f"refusing to delete {p}: it lies outside the store's data "
+                              f"directories ({', '.join(DATA_DIRS)} of {self.path}) or is "
+                              "reached through a symbolic link; the catalog may be hostile or "
+                              "damaged, or a link was planted in the store")
+        try:
+            os.unlink(p)
+        except FileNotFoundError:
+            return False
+        return True
 
     def older_readers(self) -> list[int]:
         """Versions older than this snapshot's that live readers (other ``Store``
@@ -267,11 +297,8 @@ class Store:
         for p in candidates:
             if p.suffix == ".bin" and keep_bins:
                 continue
-            try:
-                p.unlink()
-            except FileNotFoundError:
-                continue
-            removed.append(p)
+            if self.remove_data_file(p):
+                removed.append(p)
         if removed:
             log.info("removed %d orphaned file(s) from %s", len(removed), self.path)
         if keep_bins:
@@ -537,9 +564,9 @@ class Transaction:
         for fw, _ in self._writers:
             fw.abort()
             try:
-                fw.final_path.unlink()
-            except FileNotFoundError:
-                pass
+                self.store.remove_data_file(fw.final_path)
+            except FormatError as err:  # keep the error that aborted the transaction
+                log.warning("%s", err)
 
     def delete(self, key: str) -> None:
         """Delete catalog entry ``key`` (not an array: use :meth:`delete_array`)."""
@@ -556,10 +583,7 @@ class Transaction:
             return
         for p in self._superseded:
             if p.relative_to(self.store.path).as_posix() not in referenced:
-                try:
-                    p.unlink()
-                except FileNotFoundError:
-                    pass
+                self.store.remove_data_file(p)
 
 
 class ArrayWriter:
@@ -591,6 +615,36 @@ class ArrayWriter:
         self.txn._writers[self._slot] = (self.fw, meta)
         self.txn._register(self.fw, meta)
         return meta
+
+
+def check_no_links(root: Path) -> None:
+    """Refuse (:class:`FormatError`) a store whose catalog or data directories are
+    symbolic links: a writer deletes files in them, and must never do so elsewhere."""
+    from .readers import READERS_DIR
+
+    for rel in (CATALOG_DIR, f"{CATALOG_DIR}/{READERS_DIR}", *DATA_DIRS):
+        p = root / rel
+        if p.is_symlink():
+            raise FormatError(
+                f"store {root}: {rel} is a symbolic link (to {os.readlink(p)}): oocstore "
+                "never writes or deletes through links; replace it with a real directory "
+                f"(e.g. `rm {p} && cp -r {os.readlink(p)} {p}`) and run the command again")
+
+
+def _walk_files(root: Path) -> Iterator[Path]:
+    """Regular files under the directory ``root``, never following a symbolic link
+    (``root`` itself included: a link there yields nothing)."""
+    try:
+        if not stat.S_ISDIR(os.lstat(root).st_mode):
+            return
+        entries = list(os.scandir(root))
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for e in entries:
+        if e.is_dir(follow_symlinks=False):
+            yield from _walk_files(Path(e.path))
+        elif e.is_file(follow_symlinks=False):
+            yield Path(e.path)
 
 
 def _fsync_tree(root: Path) -> None:

@@ -10,6 +10,7 @@ of docs/RELIABILITY.md: the store is complete and verifies, a refusal is one
 from __future__ import annotations
 
 import multiprocessing as mp
+import shutil
 import os
 import time
 from pathlib import Path
@@ -114,3 +115,80 @@ def test_verify_names_catalog_entries_whose_arrays_are_gone(store_copy):
     assert "entry 'graph' names array 'graph/indices'" in text
     assert "entry 'splits/val' names array 'split/val'" in text
     assert "entry 'pack/train/arrays/rows' names array 'pack/train/rows'" in text
+
+
+# -- symbolic links ------------------------------------------------------------------
+
+def _victim(tmp_path: Path) -> Path:
+    """A directory outside the store full of files a gc would take for its own."""
+    v = tmp_path / "victim"
+    (v / "deep").mkdir(parents=True)
+    for rel in ("a.bin", "b.tmp", "deep/c.bin", "deep/d.tmp", "keep.txt"):
+        (v / rel).write_text(rel)
+    return v
+
+
+def _files(v: Path) -> list[str]:
+    return sorted(p.relative_to(v).as_posix() for p in v.rglob("*") if p.is_file())
+
+
+def _victim_intact(v: Path, before: list[str] | None = None) -> None:
+    want = before or ["a.bin", "b.tmp", "deep/c.bin", "deep/d.tmp", "keep.txt"]
+    assert _files(v) == want
+
+
+def _gc(path):
+    from oocstore.store.gc import collect_garbage
+
+    with Store(path, readonly=False) as s:
+        return collect_garbage(s)
+
+
+def _commit(path):
+    with Store(path, readonly=False) as s:
+        with s.transaction() as txn:
+            txn.put("note", "x")
+
+
+@pytest.mark.parametrize("data_dir", ["arrays", "plans", "packs", "scenes"])
+@pytest.mark.parametrize("writer", [_gc, _commit])
+def test_writers_refuse_a_store_whose_data_directory_is_a_link(store_copy, tmp_path, data_dir,
+                                                              writer):
+    from oocstore.errors import FormatError
+
+    victim = _victim(tmp_path)
+    link = store_copy / data_dir
+    if link.exists():  # move the real directory out and link to it with the victims
+        for p in link.iterdir():
+            p.rename(victim / p.name)
+        link.rmdir()
+    link.symlink_to(victim)
+    before = _files(victim)
+    with pytest.raises(FormatError, match=f"{data_dir}.*symbolic link"):
+        writer(store_copy)
+    _victim_intact(victim, before)
+
+
+@pytest.mark.parametrize("writer", [_gc, _commit])
+def test_links_inside_data_directories_are_never_followed(store_copy, tmp_path, writer):
+    victim = _victim(tmp_path)
+    (store_copy / "arrays" / "sub").symlink_to(victim)
+    (store_copy / "packs" / "x.1.bin").symlink_to(victim / "a.bin")
+    writer(store_copy)
+    _victim_intact(victim)
+    assert (store_copy / "arrays" / "sub").is_symlink()
+
+
+def test_deleting_through_a_link_planted_after_open_is_refused(store_copy, tmp_path):
+    from oocstore.errors import FormatError
+
+    victim = _victim(tmp_path)
+    with Store(store_copy, readonly=False) as s:
+        shutil.rmtree(store_copy / "scenes", ignore_errors=True)
+        (store_copy / "scenes").symlink_to(victim)
+        with pytest.raises(FormatError, match="outside the store"):
+            s.remove_data_file(store_copy / "scenes" / "a.bin")
+        with pytest.raises(FormatError, match="outside the store"):
+            s.remove_data_file(store_copy / "catalog.lmdb" / "data.mdb")
+    _victim_intact(victim)
+    assert (store_copy / "catalog.lmdb" / "data.mdb").is_file()
