@@ -611,6 +611,189 @@ def budget_cases(store_path: Path, cases: int, seed: int = 0) -> list[dict]:
     return out
 
 
+# -- hostile catalogs ---------------------------------------------------------------------
+
+_BIG = 2**70
+_A, _P, _K = "array/features", "plan/train", "pack/train"
+
+#: (label, catalog key, field or None for the whole value, hostile value). Applied to a
+#: store with arrays, a graph, splits, plan ``train`` and pack ``train``; ``None`` as the
+#: value deletes the field. Each must be refused as the project's own error naming the
+#: key (or reported by ``verify``) by every command, and no command may delete the
+#: catalog or anything outside the store's data directories.
+HOSTILE_CATALOG = [
+    ("file is the catalog", _A, "file", "catalog.lmdb/data.mdb"),
+    ("file is the lock file", _A, "file", "catalog.lmdb/lock.mdb"),
+    ("file outside (..)", _A, "file", "../victim/a.bin"),
+    ("file in a data dir then ..", _A, "file", "arrays/../catalog.lmdb/data.mdb"),
+    ("file absolute", _A, "file", "/tmp/oocstore-hostile/a.bin"),
+    ("file at the top", _A, "file", "features.bin"),
+    ("file is a data directory", _A, "file", "arrays"),
+    ("file with empty part", _A, "file", "arrays//features.1.bin"),
+    ("file with NUL", _A, "file", "arrays/feat\x00ures.1.bin"),
+    ("file with backslash", _A, "file", "arrays\\features.1.bin"),
+    ("file in an unknown dir", _A, "file", "other/features.1.bin"),
+    ("file not a string", _A, "file", 5),
+    ("file empty", _A, "file", ""),
+    ("offset 2^70", _A, "offset", _BIG),
+    ("offset negative", _A, "offset", -4096),
+    ("offset a string", _A, "offset", "0"),
+    ("offset a float", _A, "offset", 1.5),
+    ("offset a bool", _A, "offset", True),
+    ("shape negative", _A, "shape", [-1, 16]),
+    ("shape 2^70", _A, "shape", [_BIG, 16]),
+    ("shape a string", _A, "shape", "3000"),
+    ("shape holds a string", _A, "shape", [3000, "16"]),
+    ("shape holds a float", _A, "shape", [3000.0, 16]),
+    ("dtype object", _A, "dtype", "object"),
+    ("dtype not a string", _A, "dtype", 5),
+    ("chunk_bytes 0", _A, "chunk_bytes", 0),
+    ("chunk_bytes negative", _A, "chunk_bytes", -1),
+    ("chunk_bytes 2^70", _A, "chunk_bytes", _BIG),
+    ("version negative", _A, "version", -1),
+    ("version a string", _A, "version", "1"),
+    ("name with NUL", _A, "name", "feat\x00"),
+    ("name not the key", _A, "name", "labels"),
+    ("array entry a list", _A, None, []),
+    ("array entry null", _A, None, None),
+    ("sums a string", "sums/features", None, "x"),
+    ("sums hold a float", "sums/features", None, [1.5]),
+    ("sums negative", "sums/features", None, [-1]),
+    ("sums 2^70", "sums/features", None, [_BIG]),
+    ("meta version negative", "meta", "version", -1),
+    ("meta version 2^70", "meta", "version", _BIG),
+    ("meta source a list", "meta", "source", []),
+    ("meta a string", "meta", None, "x"),
+    ("graph num_nodes negative", "graph", "num_nodes", -5),
+    ("graph num_nodes 2^70", "graph", "num_nodes", _BIG),
+    ("graph indptr unknown", "graph", "indptr", "nonexistent"),
+    ("graph indptr not a string", "graph", "indptr", 5),
+    ("graph a list", "graph", None, []),
+    ("splits a list", "splits", None, []),
+    ("split not a string", "splits", "train", 5),
+    ("split unknown array", "splits", "train", "nonexistent"),
+    ("split name with NUL", "splits", "tr\x00ain", "split/train"),
+    ("plan name escapes", _P, "name", "../x"),
+    ("plan arrays a list", _P, "arrays", []),
+    ("plan array elsewhere", _P, "arrays", {"data": "graph/indices"}),
+    ("plan batch_size negative", _P, "batch_size", -1),
+    ("plan epochs 2^70", _P, "epochs", _BIG),
+    ("pack name with slash", _K, "name", "p/q"),
+    ("pack name not the key", _K, "name", "other"),
+    ("pack arrays elsewhere", _K, "arrays", {"rows": "graph/indices", "tier": "labels"}),
+    ("pack gpu_rows negative", _K, "gpu_rows", -1),
+    ("pack row_bytes 2^70", _K, "row_bytes", _BIG),
+    ("pack plan not a string", _K, "plan", 5),
+    ("pack features unknown", _K, "features", "nonexistent"),
+    ("pack entry a list", _K, None, []),
+    ("pack key with slash", "pack/p/q", None, "COPY pack/train"),
+    ("pack key ..", "pack/..", None, "COPY pack/train"),
+    ("plan key with NUL", "plan/tr\x00ain", None, "COPY plan/train"),
+]
+
+
+def write_hostile(store: Path, key: str, field, value) -> None:
+    """Put a hostile ``value`` into the catalog of ``store`` behind oocstore's back (raw
+    LMDB), with the catalog checksum recomputed, as a deliberate editor would."""
+    import lmdb
+
+    from oocstore.store.catalog import CATALOG_DIR, CHECKSUM_KEY, content_crc
+
+    env = lmdb.open(str(store / CATALOG_DIR), subdir=True, map_size=1 << 30, max_dbs=0)
+    try:
+        with env.begin(write=True) as txn:
+            if isinstance(value, str) and value.startswith("COPY "):
+                val = json.loads(txn.get(value[5:].encode()))
+                if isinstance(val, dict):
+                    val["name"] = key.split("/", 1)[1]
+            elif field is None:
+                val = value
+            else:
+                val = json.loads(txn.get(key.encode()) or b"{}")
+                if value is None:
+                    val.pop(field, None)
+                else:
+                    val[field] = value
+            txn.put(key.encode(), json.dumps(val, sort_keys=True).encode())
+            txn.put(CHECKSUM_KEY.encode(), json.dumps(content_crc(txn)).encode())
+    finally:
+        env.close()
+
+
+def _tree(root: Path) -> set[str]:
+    return {p.relative_to(root).as_posix() for p in root.rglob("*")
+            if p.is_file() or p.is_symlink()}
+
+
+def hostile_catalog_case(template: Path, work: Path, case) -> dict:
+    """Run ``inspect``, ``verify``, ``gc``, ``rm --pack``, ``rm --plan --with-packs`` (the
+    library calls behind them) on a copy of ``template`` with one hostile catalog value;
+    returns each command's outcome and what it deleted outside the data directories."""
+    import shutil
+
+    from oocstore import Store
+    from oocstore.errors import OocError
+    from oocstore.store.gc import collect_garbage, remove
+    from oocstore.store.info import store_info
+    from oocstore.store.verify import verify_store
+
+    label, key, field, value = case
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    store = work / "s"
+    shutil.copytree(template, store)
+    victim = work / "victim"
+    victim.mkdir()
+    for name in ("a.bin", "b.tmp"):
+        (victim / name).write_bytes(b"victim")
+    write_hostile(store, key, field, value)
+    outside = {p for p in _tree(store) if p.split("/")[0] not in ("arrays", "plans", "packs",
+                                                                  "scenes")}
+    outside = {p for p in outside if not p.startswith("catalog.lmdb/readers/")}
+    victims = _tree(victim)
+
+    def inspect(s):
+        store_info(s)
+
+    def verify(s):
+        damage = verify_store(s)
+        if damage:
+            return "damage: " + "; ".join(str(d) for d in damage)[:300]
+
+    ops = [("inspect", False, inspect), ("verify", False, verify),
+           ("gc", True, lambda s: collect_garbage(s)),
+           ("rm --pack", True, lambda s: remove(s, pack="train")),
+           ("rm --plan", True, lambda s: remove(s, plan="train", with_packs=True))]
+    out = {"label": label, "key": key, "outcomes": {}, "unclean": [], "deleted_outside": []}
+    for name, writable, op in ops:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                with Store(store, readonly=not writable) as s:
+                    res = op(s)
+            out["outcomes"][name] = res if isinstance(res, str) else "ok"
+        except OocError as err:
+            out["outcomes"][name] = f"{type(err).__name__}: {err}"
+        except Exception as err:  # noqa: BLE001 — a finding
+            out["unclean"].append(f"{name}: {type(err).__name__}: {err}"[:300])
+    gone = sorted((outside - _tree(store)) | {f"../victim/{v}" for v in victims - _tree(victim)})
+    out["deleted_outside"] = gone
+    return out
+
+
+def run_hostile_catalog(template: Path, tmp: Path) -> dict:
+    """Every case of :data:`HOSTILE_CATALOG`; a finding is an exception that is not an
+    ``OocError``, a deletion outside the data directories, or a case no command noticed."""
+    findings = []
+    for i, case in enumerate(HOSTILE_CATALOG):
+        r = hostile_catalog_case(template, tmp / f"h{i % 2}", case)
+        noticed = any(not o.startswith("ok") and (case[1] in o or o.startswith("damage"))
+                      for o in r["outcomes"].values())
+        if r["unclean"] or r["deleted_outside"] or not noticed:
+            findings.append(r)
+    return {"inputs": len(HOSTILE_CATALOG), "findings": findings}
+
+
 # -- the runner --------------------------------------------------------------------------
 
 COMPONENTS = {

@@ -47,6 +47,7 @@ from ..errors import BudgetError, StoreExistsError, StoreNotFoundError, UsageErr
 from ..plan import PlanReader, list_plans
 from ..store import ALIGN, Store
 from ..store.files import DirectReader, aligned_empty, raise_disk_error
+from ..store.format import check_name
 from ..tiers.ssd import base_read_buffer_bytes
 from ..tiers.staging import device_charges
 from ..units import format_size
@@ -441,7 +442,7 @@ def pack_plan(store: Store, plan_name: str | None = None, *, name: str | None = 
     """Pack ``plan_name`` (default: the most recent plan) of a writable ``store``."""
     plan_name = plan_name or latest_plan(store)
     plan = PlanReader(store, plan_name)
-    name = name or plan_name
+    name = check_name(name or plan_name, "pack")
     if store.get(pack_key(name)) is not None and not overwrite:
         raise StoreExistsError(f"store {store.path} already has a pack {name!r}: pass --overwrite "
                                "to replace it")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -49,6 +50,107 @@ MAX_ARRAY_BYTES = 1 << 60
 #: Element types an array may have (numpy names, little-endian on every supported host).
 DTYPES = frozenset({"float16", "float32", "float64", "int8", "uint8", "int16", "uint16",
                     "int32", "uint32", "int64", "uint64", "bool"})
+
+
+#: Largest integer a catalog count, size, offset or version may hold: anything beyond
+#: is damage, and arithmetic on it must stay inside an int64.
+MAX_CATALOG_INT = 1 << 62
+
+#: Directories that hold data files (every ``file`` of an array lies in one of them).
+DATA_DIRS = ("arrays", "plans", "packs", "scenes")
+
+#: Names of plans and packs: they become catalog keys and parts of array names, so they
+#: may not hold '/', start with '.', or use characters outside this set.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+_FILE_PART = re.compile(r"^[\w.-]+$")  # what Transaction.array_writer's file names use
+
+
+def check_name(name: Any, kind: str) -> str:
+    """``name`` if it is a valid ``kind`` ("plan", "pack") name, else :class:`UsageError`."""
+    from ..errors import UsageError
+
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise UsageError(f"{kind} name {name!r} is not valid: use 1-64 letters, digits, '-', '_' "
+                         "or '.', starting with a letter or digit (e.g. --name train)")
+    return name
+
+
+def check_array_name(name: Any, where: str) -> str:
+    """Array names are '/'-separated parts, none empty, '.' or '..', without control
+    characters (a NUL would cut a path short)."""
+    if (not isinstance(name, str) or not name
+            or any(p in ("", ".", "..") for p in name.split("/"))
+            or any(ord(c) < 32 or c == "\x7f" or c == "\\" for c in name)):
+        raise FormatError(f"catalog entry {where}: array name {name!r:.80} is not valid (empty "
+                          "parts, '.', '..', a backslash or control characters): the catalog is "
+                          "damaged or hostile; restore the store from a copy or re-create it")
+    return name
+
+
+def check_file(file: Any, where: str) -> str:
+    """A data file name from the catalog: ``<data dir>/[<sub>/]<name>.bin`` with plain
+    parts only, so it always lies inside one of :data:`DATA_DIRS` (never the catalog,
+    never outside the store, never through '..')."""
+    parts = file.split("/") if isinstance(file, str) else []
+    if (len(parts) < 2 or parts[0] not in DATA_DIRS or not file.endswith(".bin")
+            or not all(_FILE_PART.match(p) and p not in (".", "..") for p in parts[1:])):
+        raise FormatError(f"catalog entry {where}: file {file!r:.80} is not a data file (a "
+                          "'.bin' of plain names) inside the store's data directories "
+                          f"({', '.join(DATA_DIRS)}), i.e. it lies outside the store: refusing it "
+                          "(the catalog is damaged or hostile; restore the store from a copy or "
+                          "re-create it)")
+    return file
+
+
+def check_int(value: Any, where: str, field_name: str, *, lo: int = 0,
+              hi: int = MAX_CATALOG_INT) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise FormatError(f"catalog entry {where}: {field_name} {value!r:.60} is not an integer "
+                          f"in {lo}..{hi}: the catalog is damaged or hostile; restore the store "
+                          "from a copy or re-create it")
+    return value
+
+
+def check_entry(kind: str, key: str, value: Any) -> dict[str, Any]:
+    """The generic shape of a ``plan/<name>`` or ``pack/<name>`` entry, as the store layer
+    (``rm``, ``gc``, ``verify``) reads it without the plan or pack module: an object whose
+    ``name`` is the key's and valid, whose ``arrays`` map parts to arrays under
+    ``<kind>/<name>/``, and whose numbers are finite, non-negative and in range (lists of
+    integers too, where -1 may mean "all" as in fanouts). :class:`FormatError` naming
+    the key otherwise."""
+    name = key[len(kind) + 1:]
+    bad = None
+    if not isinstance(value, dict):
+        bad = f"is {type(value).__name__}, expected an object"
+    elif not NAME_RE.match(name):
+        bad = f"has the invalid {kind} name {name!r:.80}"
+    elif value.get("name", name) != name:
+        bad = f"is named {value.get('name')!r:.80}, not {name!r}"
+    if bad is None:
+        arrays = value.get("arrays", {})
+        prefix = f"{kind}/{name}/"
+        if not isinstance(arrays, dict) or not all(
+                isinstance(a, str) and a.startswith(prefix) and "/" not in a[len(prefix):]
+                and a[len(prefix):] for a in arrays.values()):
+            bad = f"lists arrays {arrays!r:.80} that are not all under {prefix!r}"
+    if bad is None:
+        for field_name, v in value.items():
+            if isinstance(v, bool) or field_name in ("stats", "min_working_set"):
+                continue
+            if isinstance(v, (int, float)):
+                if not (math.isfinite(v) and 0 <= v <= MAX_CATALOG_INT):
+                    bad = f"field {field_name!r} is {v!r:.60}, not a finite number in range"
+            elif isinstance(v, list) and all(isinstance(x, int) for x in v):
+                if any(not -1 <= x <= MAX_CATALOG_INT for x in v):
+                    bad = f"field {field_name!r} holds a value out of range"
+            if bad:
+                break
+    if bad is not None:
+        raise FormatError(f"catalog entry {key!r} {bad}: the catalog is damaged or hostile; "
+                          f"remove the {kind} (`oocstore rm STORE --{kind} NAME`) or re-create "
+                          "the store")
+    return value
 
 
 def align_up(n: int, align: int = ALIGN) -> int:
@@ -86,8 +188,11 @@ def _check_types(cls, data: dict[str, Any], where: str) -> None:
 def _build(cls, data: dict[str, Any], where: str):
     try:
         return cls(**data)
-    except FormatError:
-        raise
+    except FormatError as err:
+        if str(err).startswith(f"catalog entry {where}"):
+            raise
+        shown = where if where.isprintable() else repr(where)
+        raise FormatError(f"catalog entry {shown}: {err}") from err
     except (TypeError, ValueError, OverflowError) as err:
         raise FormatError(f"catalog entry {where} is invalid ({err}): the catalog is damaged "
                           "or hostile; restore the store from a copy or re-create it") from err
@@ -154,15 +259,16 @@ class ArrayMeta:
             raise FormatError(f"array {self.name!r} claims shape {self.shape}, over "
                               f"{MAX_ARRAY_BYTES} bytes: the catalog is damaged or hostile; "
                               "restore the store from a copy or re-create it")
-        if not isinstance(self.chunk_bytes, int) or self.chunk_bytes < 1:
+        if not isinstance(self.chunk_bytes, int) or not 1 <= self.chunk_bytes <= MAX_ARRAY_BYTES:
             raise FormatError(f"array {self.name!r} has chunk_bytes {self.chunk_bytes!r}; "
-                              "expected a positive integer")
-        if self.offset < 0 or self.offset % ALIGN:
-            raise FormatError(f"array {self.name!r} offset {self.offset} is not {ALIGN}-aligned")
-        if (not self.file or self.file.startswith("/") or "\\" in self.file
-                or ".." in self.file.split("/")):
-            raise FormatError(f"array {self.name!r} names file {self.file!r} outside the store: "
-                              "refusing it (the catalog may be hostile or damaged)")
+                              f"expected a positive integer up to {MAX_ARRAY_BYTES}")
+        if not 0 <= self.offset <= MAX_ARRAY_BYTES or self.offset % ALIGN:
+            raise FormatError(f"array {self.name!r} offset {self.offset} is not {ALIGN}-aligned "
+                              f"in 0..{MAX_ARRAY_BYTES}")
+        where = f"array/{self.name}"
+        check_array_name(self.name, where)
+        check_file(self.file, where)
+        check_int(self.version, where, "version")
 
     @property
     def np_dtype(self) -> np.dtype:
@@ -186,9 +292,15 @@ class ArrayMeta:
         return d
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ArrayMeta":
-        where = f"array/{data.get('name', '?') if isinstance(data, dict) else '?'}"
-        return _build(cls, _check_keys(cls, data, where), where)
+    def from_dict(cls, data: dict[str, Any], *, key: str | None = None) -> "ArrayMeta":
+        """Decode catalog entry ``key`` (``array/<name>``; its ``name`` must match)."""
+        where = key or f"array/{data.get('name', '?') if isinstance(data, dict) else '?'}"
+        where = where if where.isprintable() else repr(where)
+        meta = _build(cls, _check_keys(cls, data, where), where)
+        if key is not None and key != f"array/{meta.name}":
+            raise FormatError(f"catalog entry {key!r} describes array {meta.name!r:.80}: the "
+                              "catalog is damaged or hostile; re-create the store")
+        return meta
 
 
 @dataclass(frozen=True)
@@ -206,6 +318,12 @@ class GraphMeta:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def __post_init__(self) -> None:
+        check_int(self.num_nodes, "graph", "num_nodes")
+        check_int(self.num_edges, "graph", "num_edges")
+        check_array_name(self.indptr, "graph")
+        check_array_name(self.indices, "graph")
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "GraphMeta":
         return _build(cls, _check_keys(cls, data, "graph"), "graph")
@@ -219,12 +337,19 @@ class StoreMeta:
     version: int = 0
     source: dict[str, Any] = field(default_factory=dict)  # how the store was made
 
+    def __post_init__(self) -> None:
+        check_int(self.version, "meta", "version")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "StoreMeta":
-        fv = data.get("format_version") if isinstance(data, dict) else None
+        if not isinstance(data, dict):
+            raise FormatError(f"catalog entry meta is {type(data).__name__} {data!r:.60}, "
+                              "expected an object: the catalog is damaged or hostile; restore "
+                              "the store from a copy or re-create it")
+        fv = data.get("format_version")
         if fv != FORMAT_VERSION:
             raise FormatError(
                 f"store format version {fv!r} is not supported by this oocstore "

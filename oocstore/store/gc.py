@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ..errors import StoreNotFoundError, UsageError
 from .catalog import CATALOG_DIR
+from .format import check_entry, check_name
 from .readers import live_versions
 from .store import Store
 
@@ -88,29 +89,29 @@ def _size(p: Path) -> int:
 
 def stale_packs(store: Store) -> list[str]:
     """Packs whose plan is gone or was re-sampled since (they cannot be read)."""
+    plans = _entries(store, "plan")
     out = []
-    for key, pack in store.items("pack/"):
-        if not isinstance(pack, dict) or "/" in key[len("pack/"):]:
-            continue
-        plan = store.get(f"plan/{pack.get('plan')}")
-        index = (plan or {}).get("arrays", {}).get("index") if isinstance(plan, dict) else None
+    for name, pack in _entries(store, "pack").items():
+        plan = plans.get(pack.get("plan")) if isinstance(pack.get("plan"), str) else None
+        index = plan.get("arrays", {}).get("index") if plan is not None else None
         if index is None or not store.has_array(index) or \
                 store.array_meta(index).version != pack.get("plan_version"):
-            out.append(key[len("pack/"):])
+            out.append(name)
     return sorted(out)
 
 
 def _entries(store: Store, kind: str) -> dict[str, dict]:
-    return {k[len(kind) + 1:]: v for k, v in store.items(f"{kind}/")
-            if isinstance(v, dict) and "/" not in k[len(kind) + 1:]}
+    """``{name: entry}`` of the plans or packs, each checked (:func:`check_entry`): a
+    hostile or damaged entry is refused by key before anything is deleted."""
+    return {k[len(kind) + 1:]: check_entry(kind, k, v) for k, v in store.items(f"{kind}/")}
 
 
 def _owned_arrays(store: Store, kind: str, name: str, entry: dict) -> set[str]:
-    """The arrays of plan/pack ``name``: those its entry lists and any under its prefix."""
-    listed = entry.get("arrays", {}) if isinstance(entry.get("arrays"), dict) else {}
+    """The arrays of plan/pack ``name``: those its entry lists and any other named
+    ``<kind>/<name>/<part>`` (one level: ``pack/p/`` never reaches ``pack/p/q/...``)."""
     prefix = f"{kind}/{name}/"
-    return ({a for a in listed.values() if isinstance(a, str) and a.startswith(prefix)}
-            | {a for a in store.arrays if a.startswith(prefix)})
+    return set(entry.get("arrays", {}).values()) | {
+        a for a in store.arrays if a.startswith(prefix) and "/" not in a[len(prefix):]}
 
 
 def remove(store: Store, *, plan: str | None = None, pack: str | None = None,
@@ -119,6 +120,7 @@ def remove(store: Store, *, plan: str | None = None, pack: str | None = None,
     transaction; returns ``{"plans": [...], "packs": [...], "arrays": [...]}`` removed."""
     if (plan is None) == (pack is None):
         raise UsageError("give exactly one of --plan NAME or --pack NAME")
+    check_name(plan if pack is None else pack, "plan" if pack is None else "pack")
     if store.readonly:
         raise UsageError(f"store {store.path} was opened read-only: rm needs "
                          "Store(path, readonly=False)")

@@ -43,12 +43,26 @@ from ..errors import (FormatError, OocError, StoreExistsError, StoreLockedError,
 from .catalog import CATALOG_DIR, Catalog
 from .files import ArrayFileWriter, fsync_dir
 from .readers import Registration, live_versions
-from .format import CHUNK_BYTES, DTYPES, ArrayMeta, GraphMeta, StoreMeta
+from .format import (CHUNK_BYTES, DATA_DIRS, DTYPES, ArrayMeta, GraphMeta,  # noqa: F401
+                     StoreMeta, check_array_name)
 
 log = logging.getLogger(__name__)
 
-#: Directories that hold data files; only these are scanned for orphans.
-DATA_DIRS = ("arrays", "plans", "packs", "scenes")
+
+
+def _check_splits(value: Any) -> dict[str, str]:
+    """The ``splits`` entry: split name -> array name, both plain strings."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(
+            isinstance(k, str) and k.isidentifier() and isinstance(v, str)
+            for k, v in value.items()):
+        raise FormatError(f"catalog entry 'splits' is {value!r:.80}, expected an object of "
+                          "split names to array names: the catalog is damaged or hostile; "
+                          "restore the store from a copy or re-create it")
+    for v in value.values():
+        check_array_name(v, "splits")
+    return dict(value)
 
 
 def _file_name(name: str, version: int) -> str:
@@ -99,11 +113,11 @@ class Store:
             self.meta = StoreMeta()
         else:
             self.meta = StoreMeta.from_dict(raw_meta)
-        self._arrays = {k[len("array/"):]: ArrayMeta.from_dict(v)
+        self._arrays = {k[len("array/"):]: ArrayMeta.from_dict(v, key=k)
                         for k, v in snap.items() if k.startswith("array/")}
         g = snap.get("graph")
         self.graph = GraphMeta.from_dict(g) if g is not None else None
-        self._splits: dict[str, str] = snap.get("splits", {}) or {}
+        self._splits: dict[str, str] = _check_splits(snap.get("splits", {}))
         if self._reader is not None:
             self._reader.set_version(self.meta.version)
 
@@ -152,7 +166,14 @@ class Store:
         return SliceReader(self.file_path(meta), meta)
 
     def checksums(self, name: str) -> list[int]:
-        return list(self.get(f"sums/{name}", []))
+        """The CRC-32 of each chunk of array ``name`` (checked: a list of 32-bit values)."""
+        sums = self.get(f"sums/{name}", [])
+        if not isinstance(sums, list) or not all(
+                isinstance(c, int) and not isinstance(c, bool) and 0 <= c < 2**32 for c in sums):
+            raise FormatError(f"catalog entry 'sums/{name}' is {sums!r:.60}, not a list of "
+                              "CRC-32 values: the catalog is damaged or hostile; restore the "
+                              "store from a copy or re-create it")
+        return list(sums)
 
     def get(self, key: str, default: Any = None) -> Any:
         """A raw catalog value (for layers that keep their own entries)."""

@@ -14,7 +14,8 @@ import numpy as np
 
 from .catalog import CATALOG_DIR
 from .files import DirectReader, aligned_empty, checksum
-from .format import ALIGN, align_up
+from ..errors import FormatError
+from .format import ALIGN, align_up, check_entry
 from .store import Store
 
 _READ_BYTES = 16 << 20
@@ -67,14 +68,12 @@ def catalog_problems(store: Store) -> list[str]:
         need(array, f"splits/{split}")
     for kind in ("plan", "pack"):
         for key, entry in store.items(f"{kind}/"):
-            if not isinstance(entry, dict):
-                out.append(f"entry {key!r} is not an object: the catalog is damaged")
+            try:
+                check_entry(kind, key, entry)
+            except FormatError as err:
+                out.append(str(err))
                 continue
-            arrays = entry.get("arrays", {})
-            if not isinstance(arrays, dict):
-                out.append(f"entry {key!r}: its arrays are not an object: the catalog is damaged")
-                continue
-            for part, array in sorted(arrays.items()):
+            for part, array in sorted(entry.get("arrays", {}).items()):
                 need(array, f"{key}/arrays/{part}")
             if kind == "pack" and "features" in entry:
                 need(entry["features"], f"{key}/features")

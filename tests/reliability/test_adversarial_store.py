@@ -192,3 +192,60 @@ def test_deleting_through_a_link_planted_after_open_is_refused(store_copy, tmp_p
             s.remove_data_file(store_copy / "catalog.lmdb" / "data.mdb")
     _victim_intact(victim)
     assert (store_copy / "catalog.lmdb" / "data.mdb").is_file()
+
+
+# -- hostile catalog values ------------------------------------------------------------
+
+def _fuzz_tools():
+    import importlib.util
+
+    from helpers import REPO
+
+    spec = importlib.util.spec_from_file_location("fuzz_inputs", REPO / "tools" / "fuzz_inputs.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+FUZZ = _fuzz_tools()
+
+
+@pytest.mark.parametrize("case", FUZZ.HOSTILE_CATALOG, ids=[c[0] for c in FUZZ.HOSTILE_CATALOG])
+def test_hostile_catalog_value(packed_store, tmp_path, case):
+    """Every command refuses the value with an OocError naming the key (or verify
+    reports it); nothing outside the data directories is deleted."""
+    r = FUZZ.hostile_catalog_case(packed_store, tmp_path / "w", case)
+    assert r["unclean"] == [], r
+    assert r["deleted_outside"] == [], r
+    noticed = [o for o in r["outcomes"].values()
+               if not o.startswith("ok") and (case[1] in o or o.startswith("damage"))]
+    assert noticed, r["outcomes"]
+
+
+# -- pack names ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["../../x", "..", "p/q", "caf\u00e9", ".hidden", "a\x00b"])
+def test_pack_names_are_validated_like_plan_names(store_copy, name):
+    from oocstore.errors import UsageError
+    from oocstore.pack import PackOptions, pack_plan
+    from oocstore.store.gc import remove
+
+    with Store(store_copy, readonly=False) as s:
+        before = s.catalog.dump()
+        with pytest.raises(UsageError, match="pack name .* is not valid"):
+            pack_plan(s, "train", name=name, options=PackOptions(cpu_cache=1 << 16))
+        with pytest.raises(UsageError, match="pack name .* is not valid"):
+            remove(s, pack=name)
+        assert s.catalog.dump() == before
+
+
+def test_rm_pack_leaves_arrays_of_deeper_names_alone(store_copy):
+    """``pack/p/`` must not reach ``pack/p/q/...``; both stay consistent."""
+    from oocstore.store.gc import remove
+
+    with Store(store_copy, readonly=False) as s:
+        with s.transaction() as txn:
+            txn.write_array("pack/train/q/rows", np.arange(4))
+        remove(s, pack="train")
+        assert s.has_array("pack/train/q/rows")
+        assert not any(a.startswith("pack/train/") and a.count("/") == 2 for a in s.arrays)
