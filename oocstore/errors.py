@@ -49,3 +49,7 @@ class DiskFullError(OocError, OSError):
 
 class StageTimeoutError(OocError, TimeoutError):
     """A pipeline stage produced nothing within the loader's timeout."""
+
+
+class StoreReplacedError(StoreNotFoundError):
+    """The store directory was replaced (``ingest --overwrite``) after it was opened."""

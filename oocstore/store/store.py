@@ -39,7 +39,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..errors import (FormatError, OocError, StoreExistsError, StoreLockedError,
-                      StoreNotFoundError, UsageError)
+                      StoreNotFoundError, StoreReplacedError, UsageError)
 from .catalog import CATALOG_DIR, Catalog
 from .files import ArrayFileWriter, fsync_dir
 from .readers import Registration, live_versions
@@ -88,9 +88,20 @@ class Store:
         self.readonly = readonly
         if not readonly:
             check_no_links(self.path)
-        self.catalog = Catalog(self.path, readonly=readonly, create=_create)
         self._lock_fd: int | None = None
         self._reader: Registration | None = None
+        self._dir_fd = -1
+        # The directory this object reads: data files are opened relative to it, so a
+        # store replaced meanwhile (``ingest --overwrite`` swaps directories) is noticed
+        # instead of its successor's files being read under the same names.
+        self._dir_fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        st = os.fstat(self._dir_fd)
+        self._dir_id = (st.st_dev, st.st_ino)
+        try:
+            self.catalog = Catalog(self.path, readonly=readonly, create=_create)
+        except BaseException:
+            os.close(self._dir_fd)
+            raise
         try:
             # Registered (version 0: holds everything) before the snapshot is taken.
             self._reader = Registration(self.path / CATALOG_DIR)
@@ -106,6 +117,7 @@ class Store:
         read-only store answers :meth:`get` / :meth:`items` from this snapshot too (a
         writer committing meanwhile changes nothing it sees until the next refresh); a
         writable store, the only writer, reads its entries live."""
+        self.check_not_replaced()
         snap = dict(self.catalog.items(""))
         self._snap: dict[str, Any] | None = snap if self.readonly else None
         raw_meta = snap.get("meta")
@@ -140,21 +152,55 @@ class Store:
                 f"store {self.path} has no array {name!r} (it has: "
                 f"{', '.join(sorted(self._arrays)) or 'none'})") from None
 
+    def check_not_replaced(self) -> None:
+        """Raise :class:`StoreReplacedError` if ``self.path`` is no longer the directory
+        this object opened (``ingest --overwrite`` replaced the store): its snapshot names
+        files of the old store, and the new store may hold files of the same names."""
+        try:
+            st = os.stat(self.path)
+            same = (st.st_dev, st.st_ino) == self._dir_id
+        except FileNotFoundError:
+            same = False
+        if not same:
+            raise StoreReplacedError(
+                f"store {self.path} was replaced (e.g. by `oocstore ingest --overwrite`) after "
+                f"this reader opened it (at version {getattr(self, 'meta', StoreMeta()).version}): "
+                "the data it read stays "
+                "valid, but it cannot read more of that version; open the store again")
+
     def file_path(self, meta: ArrayMeta) -> Path:
+        """The path of ``meta``'s data file, for a caller that opens it now (checked:
+        the store was not replaced since it was opened). :meth:`open_file` is exact even
+        against a replacement racing with the open; prefer it."""
+        self.check_not_replaced()
         return self.path / meta.file
+
+    def open_file(self, meta: ArrayMeta, flags: int = os.O_RDONLY) -> int:
+        """An fd of ``meta``'s data file opened in the directory this object opened —
+        the file of this object's version even if the store was replaced meanwhile, or
+        :class:`StoreReplacedError` once that version's files are gone."""
+        try:
+            return os.open(meta.file, flags, dir_fd=self._dir_fd)
+        except FileNotFoundError:
+            self.check_not_replaced()
+            raise FormatError(f"array {meta.name!r}: file {self.path / meta.file} is missing: "
+                              "run `oocstore verify` and restore or re-create the store") from None
 
     def array(self, name: str) -> np.ndarray:
         """A read-only memory map of array ``name`` (zero-copy; pages load on touch)."""
         meta = self.array_meta(name)
-        path = self.file_path(meta)
         if meta.nbytes == 0:
             return np.zeros(meta.shape, dtype=meta.np_dtype)
-        size = path.stat().st_size if path.exists() else -1
-        if size < meta.offset + meta.nbytes:
-            raise FormatError(f"array {name!r}: file {path} holds {max(size, 0)} bytes but the "
-                              f"catalog needs {meta.offset + meta.nbytes}: the file is truncated; "
-                              "run `oocstore verify` and restore or re-create the store")
-        return np.memmap(path, dtype=meta.np_dtype, mode="r", offset=meta.offset, shape=meta.shape)
+        path = self.path / meta.file
+        with open(self.open_file(meta), "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size < meta.offset + meta.nbytes:
+                raise FormatError(f"array {name!r}: file {path} holds {size} bytes but the "
+                                  f"catalog needs {meta.offset + meta.nbytes}: the file is "
+                                  "truncated; run `oocstore verify` and restore or re-create the "
+                                  "store")
+            return np.memmap(f, dtype=meta.np_dtype, mode="r", offset=meta.offset,
+                             shape=meta.shape)
 
     def slice_reader(self, name: str) -> "SliceReader":
         """Positional reads of rows of array ``name`` into fresh arrays (``pread``).
@@ -163,7 +209,7 @@ class Store:
         mapped into the process, so they never count towards its resident memory (the
         budgets stay honest however much of a plan an epoch touches)."""
         meta = self.array_meta(name)
-        return SliceReader(self.file_path(meta), meta)
+        return SliceReader(self.path / meta.file, meta, fd=self.open_file(meta))
 
     def checksums(self, name: str) -> list[int]:
         """The CRC-32 of each chunk of array ``name`` (checked: a list of 32-bit values)."""
@@ -333,6 +379,9 @@ class Store:
         if self._reader is not None:
             self._reader.close()
         self.catalog.close()
+        if self._dir_fd >= 0:
+            os.close(self._dir_fd)
+            self._dir_fd = -1
 
     def __enter__(self) -> "Store":
         return self
@@ -476,10 +525,10 @@ def remove_tree(path: Path) -> None:
 class SliceReader:
     """Rows ``[start, stop)`` of one array via ``os.pread`` (see :meth:`Store.slice_reader`)."""
 
-    def __init__(self, path: Path, meta: ArrayMeta):
+    def __init__(self, path: Path, meta: ArrayMeta, *, fd: int | None = None):
         self.meta = meta
         self.path = path
-        self.fd = os.open(path, os.O_RDONLY)
+        self.fd = os.open(path, os.O_RDONLY) if fd is None else fd
         self.row_bytes = meta.row_bytes
 
     def read(self, start: int, stop: int) -> np.ndarray:

@@ -249,3 +249,48 @@ def test_rm_pack_leaves_arrays_of_deeper_names_alone(store_copy):
         remove(s, pack="train")
         assert s.has_array("pack/train/q/rows")
         assert not any(a.startswith("pack/train/") and a.count("/") == 2 for a in s.arrays)
+
+
+# -- a store replaced under a reader ---------------------------------------------------
+
+def _replace(out: Path, value: float) -> None:
+    """``ingest --overwrite`` in another process."""
+    p = _CTX.Process(target=build_store, args=(str(out), _slow_source(500, 8, value, pause=0)),
+                     kwargs={"overwrite": True})
+    p.start()
+    p.join(60)
+    assert p.exitcode == 0
+
+
+def _read_all(s: Store) -> list[np.ndarray]:
+    """Every way a reader gets at its arrays' bytes after opening."""
+    from oocstore.store.files import DirectReader
+
+    out = [np.array(s.array("features")), s.slice_reader("features").read(0, 500)]
+    meta = s.array_meta("features")
+    with DirectReader(s.file_path(meta)) as r:
+        out.append(r.read(meta.offset, meta.nbytes).view(np.float32).reshape(meta.shape).copy())
+    return out
+
+
+@pytest.mark.parametrize("held", [False, True])
+def test_a_reader_never_mixes_versions_of_a_replaced_store(tmp_path, held):
+    """After ``ingest --overwrite``, a reader of the old store reads the old values
+    (files it holds open) or fails with StoreReplacedError — never the new store's."""
+    from oocstore.errors import StoreReplacedError
+
+    out = tmp_path / "s"
+    build_store(out, _slow_source(500, 8, 1.0, pause=0))
+    with Store(out) as s:
+        early = s.slice_reader("features") if held else None
+        _replace(out, 2.0)
+        for get in (lambda: np.array(s.array("features")),
+                    lambda: s.slice_reader("features").read(0, 500),
+                    lambda: s.file_path(s.array_meta("features")),
+                    s.refresh):
+            with pytest.raises(StoreReplacedError, match="was replaced"):
+                get()
+        if early is not None:  # opened before: still the old bytes
+            assert np.all(early.read(0, 500) == 1.0)
+    with Store(out) as s:  # a new reader sees the new store
+        assert all(np.all(a == 2.0) for a in _read_all(s))
