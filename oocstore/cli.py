@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -652,7 +653,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="oocstore: %(message)s")
     try:
-        return int(args.func(args) or 0)
+        rc = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe is reported here, not at interpreter exit
+        return rc
+    except BrokenPipeError:
+        # Whoever read the output stopped early (`oocstore inspect STORE | head`): not an
+        # error to report. Later flushes go nowhere; 141 is what a shell shows for SIGPIPE.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except OocError as err:
         print(f"oocstore: error: {err}", file=sys.stderr)
         return 2

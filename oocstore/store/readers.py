@@ -25,12 +25,16 @@ opens unregistered: nobody can delete its files there anyway.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
 import os
 import time
 from pathlib import Path
+
+from ..errors import DiskFullError
+from .files import DISK_FULL_ERRNOS
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +48,16 @@ _TMP_GRACE_S = 60.0
 class Registration:
     """This process's claim on the files of one catalog version (see the module doc)."""
 
-    def __init__(self, catalog_dir: Path):
+    def __init__(self, catalog_dir: Path, *, required: bool = False):
+        """Register in ``catalog_dir``. Where that cannot be written — a read-only
+        filesystem, no permission, or (unless ``required``, as for a writer) a full disk —
+        the store opens unregistered (:attr:`registered` false; a full disk is logged
+        as a warning, since a writer may then delete files this reader still needs)."""
         self.dir = Path(catalog_dir) / READERS_DIR
         self.fd = -1
         self.path: Path | None = None
         self.version = 0
+        fd, tmp = -1, None
         try:
             self.dir.mkdir(exist_ok=True)
             stem = f"{os.getpid()}-{os.urandom(6).hex()}"
@@ -59,6 +68,19 @@ class Registration:
             final = self.dir / f"{stem}{_SUFFIX}"
             os.rename(tmp, final)  # visible only once locked
         except OSError as err:
+            if fd >= 0:
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+            if err.errno in DISK_FULL_ERRNOS and not required:
+                log.warning("store at %s opened without a reader registration: %s is full "
+                            "(%s); a writer may delete files of this version meanwhile",
+                            catalog_dir.parent, self.dir, os.strerror(err.errno))
+                return
+            if err.errno in DISK_FULL_ERRNOS:
+                raise DiskFullError(err.errno, f"disk full while registering a reader in "
+                                    f"{self.dir}: free space on that filesystem and run the "
+                                    "command again; the store was left as it was") from err
             if err.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
                 raise
             log.debug("store at %s opened unregistered (%s)", catalog_dir, err)

@@ -104,7 +104,7 @@ class Store:
             raise
         try:
             # Registered (version 0: holds everything) before the snapshot is taken.
-            self._reader = Registration(self.path / CATALOG_DIR)
+            self._reader = Registration(self.path / CATALOG_DIR, required=not readonly)
             self.refresh()
         except BaseException:
             self.close()

@@ -294,3 +294,43 @@ def test_a_reader_never_mixes_versions_of_a_replaced_store(tmp_path, held):
             assert np.all(early.read(0, 500) == 1.0)
     with Store(out) as s:  # a new reader sees the new store
         assert all(np.all(a == 2.0) for a in _read_all(s))
+
+
+# -- read-only commands on a full disk, output into a closed pipe -----------------------
+
+def test_read_only_commands_work_when_reader_registration_hits_a_full_disk(
+        store_copy, monkeypatch, capsys, caplog):
+    import errno
+
+    from oocstore.cli import main
+    from oocstore.errors import DiskFullError
+    from oocstore.store import readers
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(readers.os, "pwrite", full)
+    assert main(["inspect", str(store_copy)]) == 0
+    assert main(["verify", str(store_copy), "--quiet"]) == 0
+    assert "OK" in capsys.readouterr().out
+    assert "without a reader registration" in caplog.text
+    with pytest.raises(DiskFullError, match="registering a reader in .*readers"):
+        Store(store_copy, readonly=False)
+    monkeypatch.undo()
+    assert not [p for p in (store_copy / "catalog.lmdb" / "readers").iterdir()]
+
+
+def test_output_into_a_closed_pipe_is_not_an_error(store_copy):
+    import subprocess
+    import sys
+
+    from helpers import REPO
+
+    r, w = os.pipe()
+    os.close(r)  # the reader of the output is gone before anything is written
+    try:
+        p = subprocess.run([sys.executable, "-m", "oocstore", "inspect", str(store_copy)],
+                           stdout=w, stderr=subprocess.PIPE, text=True, cwd=REPO, timeout=120)
+    finally:
+        os.close(w)
+    assert p.stderr == "" and p.returncode == 141, (p.returncode, p.stderr)
