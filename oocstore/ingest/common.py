@@ -8,9 +8,12 @@ per stored edge at peak plus 8 bytes per node — independent of the feature siz
 
 from __future__ import annotations
 
+import copyreg
 import importlib
+import io
 import logging
 import math
+import os
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +28,11 @@ log = logging.getLogger(__name__)
 
 #: Features are written in blocks of about this many bytes (bounded ingest memory).
 FEATURE_BLOCK_BYTES = 16 << 20
+
+#: Widest feature row accepted (4 Mi float32 columns): a block holds at least one row,
+#: so this bounds ingest memory too; a sparse source declaring more columns is refused
+#: before any row is densified.
+MAX_FEATURE_ROW_BYTES = FEATURE_BLOCK_BYTES
 
 ProgressFn = Callable[[int], None]
 
@@ -130,6 +138,11 @@ def build_store(out: str | Path, g: GraphSource, *, dtype: str = "float32",
     if dtype not in ("float32", "float16"):
         raise UsageError(f"--dtype {dtype!r} is not supported: use float32 or float16")
     n = g.num_nodes
+    row_bytes = int(g.feat_dim) * np.dtype(dtype).itemsize
+    if row_bytes > MAX_FEATURE_ROW_BYTES:
+        raise SourceError(f"{g.where}: the features declare {g.feat_dim} columns, {row_bytes} "
+                          f"bytes per {dtype} row, more than the {MAX_FEATURE_ROW_BYTES} this "
+                          "ingest accepts (a damaged or hostile shape?); check the source")
     labels = np.asarray(g.labels)
     if labels.ndim != 1 or labels.shape[0] != n:
         raise SourceError(f"{g.where}: labels have shape {labels.shape} but the graph has {n} "
@@ -234,11 +247,142 @@ _PLAIN_GLOBALS = {
 }
 
 
+#: What a pickle may allocate: this many times its own size, plus the slack (object
+#: arrays hold an 8-byte pointer per item that may take one opcode byte in the file).
+_PICKLE_ALLOC_FACTOR = 16
+_PICKLE_ALLOC_SLACK = 1 << 20
+
+
 class _Refused(pickle.UnpicklingError):
     """The pickle names a global outside the allow-list."""
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
+class _Bomb(pickle.UnpicklingError):
+    """The pickle asks for far more memory than its file could describe."""
+
+
+def _shape_bytes(shape: Any, itemsize: int) -> int | None:
+    """Bytes of an array of ``shape`` (an int or a sequence of ints), None if malformed."""
+    if isinstance(shape, int) and not isinstance(shape, bool):
+        shape = (shape,)
+    if not isinstance(shape, (tuple, list)) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        return None
+    return math.prod(shape) * max(int(itemsize), 1)
+
+
+class _RestrictedUnpickler(pickle._Unpickler):
+    """The allow-list unpickler, also bounding what a call in the pickle may allocate.
+
+    Every allowed callable that allocates from a small argument (``bytes(n)``,
+    ``bytearray(n)``, ``ndarray(shape)``, numpy's ``_reconstruct``, a sparse matrix of a
+    given shape, ``__new__`` through NEWOBJ) and every array state set by BUILD is checked
+    against ``limit`` — a bound from the file's size — before it runs: a pickle of a few
+    dozen bytes cannot ask for gigabytes. An object-array state must also hold exactly
+    as many items as its shape declares (numpy would otherwise crash). This is the pure
+    Python unpickler, whose opcodes can be intercepted; the files it reads are small."""
+
+    def __init__(self, f, *, file_size: int, **kw):
+        super().__init__(f, **kw)
+        self._line_source = f.readline
+        self.file_size = file_size
+        self._file_readline = self._whole_line
+        self.limit = _PICKLE_ALLOC_FACTOR * file_size + _PICKLE_ALLOC_SLACK
+        # pickle._Unpickler.load reads opcodes through self.dispatch: a per-instance copy
+        # with the checked opcodes.
+        self.dispatch = dict(pickle._Unpickler.dispatch)
+        self.dispatch[pickle.REDUCE[0]] = _RestrictedUnpickler._load_reduce
+        self.dispatch[pickle.BUILD[0]] = _RestrictedUnpickler._load_build
+        self.dispatch[pickle.NEWOBJ[0]] = _RestrictedUnpickler._load_newobj
+        self.dispatch[pickle.NEWOBJ_EX[0]] = _RestrictedUnpickler._load_newobj_ex
+
+    def _whole_line(self) -> bytes:
+        # As the C unpickler: a text argument cut short by the end of the file is
+        # truncation, not a (refused) shorter name.
+        line = self._line_source()
+        if not line.endswith(b"\n"):
+            raise pickle.UnpicklingError("pickle data was truncated")
+        return line
+
+    def _refuse(self, what: str, nbytes: int) -> None:
+        raise _Bomb(f"{what} asks for {nbytes} bytes, more than a {self.file_size} byte file "
+                    "can describe (a memory bomb?)")
+
+    def _check_call(self, func: Any, args: tuple) -> None:
+        limit = self.limit
+        if func in (bytes, bytearray):
+            if args and isinstance(args[0], int) and args[0] > limit:
+                self._refuse(f"{func.__name__}({args[0]})", args[0])
+        elif func is copyreg._reconstructor:
+            state = args[2] if len(args) == 3 else None
+            if isinstance(state, int) and state > limit:
+                self._refuse(f"copyreg._reconstructor(..., {state})", state)
+        elif func is np.ndarray or getattr(func, "__name__", "") == "_reconstruct":
+            shape = args[1] if func is not np.ndarray and len(args) > 1 else (
+                args[0] if args else ())
+            dtype = args[2] if func is not np.ndarray and len(args) > 2 else (
+                args[1] if func is np.ndarray and len(args) > 1 else np.uint8)
+            try:
+                itemsize = np.dtype(dtype if not isinstance(dtype, bytes) else dtype.decode()
+                                    ).itemsize
+            except (TypeError, ValueError):
+                itemsize = 1
+            n = _shape_bytes(shape, itemsize)
+            if n is not None and n > limit:
+                self._refuse(f"a numpy array of shape {shape}", n)
+        elif isinstance(func, type) and func.__name__ in _SPARSE_CLASSES:
+            shape = args[0] if args else None
+            if isinstance(shape, tuple) and len(shape) == 2 and all(
+                    isinstance(d, int) for d in shape):
+                n = _shape_bytes(max(shape) + 1, 8)
+                if n is not None and n > limit:
+                    self._refuse(f"a {func.__name__} of shape {shape}", n)
+
+    def _load_reduce(self):
+        args = self.stack.pop()
+        func = self.stack[-1]
+        if isinstance(args, tuple):
+            self._check_call(func, args)
+        self.stack[-1] = func(*args)
+
+    def _load_newobj(self):
+        args = self.stack.pop()
+        cls = self.stack.pop()
+        if isinstance(args, tuple):
+            self._check_call(cls, args)
+        self.append(cls.__new__(cls, *args))
+
+    def _load_newobj_ex(self):
+        kwargs = self.stack.pop()
+        args = self.stack.pop()
+        cls = self.stack.pop()
+        if isinstance(args, tuple):
+            self._check_call(cls, args)
+        self.append(cls.__new__(cls, *args, **kwargs))
+
+    def _load_build(self):
+        if len(self.stack) >= 2 and isinstance(self.stack[-2], np.ndarray):
+            self._check_array_state(self.stack[-1])
+        pickle._Unpickler.load_build(self)
+
+    def _check_array_state(self, state: Any) -> None:
+        """``ndarray.__setstate__((version, shape, dtype, fortran, data))``."""
+        if not (isinstance(state, tuple) and len(state) in (4, 5)):
+            return  # numpy refuses what it cannot read
+        shape, dtype, data = state[-4], state[-3], state[-1]
+        itemsize = dtype.itemsize if isinstance(dtype, np.dtype) else 1
+        n = _shape_bytes(shape, itemsize)
+        if n is None:
+            return
+        if n > self.limit:
+            self._refuse(f"a numpy array state of shape {shape}", n)
+        if isinstance(dtype, np.dtype) and dtype.hasobject:
+            count = math.prod(shape)
+            if not isinstance(data, list) or len(data) != count:
+                raise _Bomb(f"an object array of shape {shape} comes with "
+                            f"{len(data) if isinstance(data, list) else type(data).__name__} "
+                            "items: the pickle is damaged or hostile")
+
     def find_class(self, module: str, name: str) -> Any:
         if module.split(".")[0] == "numpy":
             if name in _NUMPY_GLOBALS and module in ("numpy", "numpy.core.multiarray",
@@ -261,19 +405,32 @@ class _RestrictedUnpickler(pickle.Unpickler):
                        "matrices and plain containers are allowed")
 
 
-def load_pickle(f: BinaryIO, where: str | Path) -> Any:
+def load_pickle(f: BinaryIO, where: str | Path, *, size: int | None = None) -> Any:
     """Unpickle ``f`` (Python 2 pickles too, read as latin-1) allowing only the globals
     above; anything unreadable or disallowed becomes a :class:`SourceError` naming ``where``.
+    What the pickle may allocate is bounded by its ``size`` (default: ``f``'s file size;
+    give it for a member of an archive).
 
     The allow-list narrows what a hostile file can do, but pickles remain an attack
     surface: callers still only accept files the user says they trust.
     """
+    if size is None:
+        try:
+            size = os.fstat(f.fileno()).st_size
+        except (AttributeError, OSError, io.UnsupportedOperation):
+            size = None
+    if size is None:
+        raise SourceError(f"{where}: cannot tell the size of this pickle, so what it may "
+                          "allocate cannot be bounded; refusing it")
     try:
-        return _RestrictedUnpickler(f, encoding="latin1").load()
+        return _RestrictedUnpickler(f, encoding="latin1", file_size=size).load()
+    except _Bomb as err:
+        raise SourceError(f"{where}: refusing to unpickle: {err}; the file is damaged or "
+                          "hostile") from err
     except _Refused as err:
         raise SourceError(f"{where}: cannot unpickle ({err}): this is not a file of the "
                           "expected format; check the path") from err
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError, IndexError,
-            KeyError, OSError) as err:
+            KeyError, OSError, MemoryError, OverflowError, RecursionError) as err:
         raise SourceError(f"{where}: cannot unpickle ({type(err).__name__}: {err}): the file is "
                           "truncated or corrupt; re-download or re-create it") from err

@@ -34,6 +34,11 @@ from ..errors import OocError, SourceError, UsageError
 from .common import GraphSource, iter_blocks, load_pickle
 
 GRAPHDATA_KEYS = ("adj_matrix", "node_attr", "node_label")
+
+#: A member larger than this may not inflate more than MAX_INFLATION-fold (the graph
+#: archives of GraphData and gnn-benchmark inflate 2-20x).
+INFLATE_FREE_BYTES = 64 << 20
+MAX_INFLATION = 200
 _BENCHMARK_ADJ = ("adj_data", "adj_indices", "adj_indptr", "adj_shape")
 _BENCHMARK_ATTR = ("attr_data", "attr_indices", "attr_indptr", "attr_shape")
 
@@ -84,6 +89,17 @@ class _Archive:
                               "truncated or of another format; re-download or re-create it"
                               ) from err
         self.keys = sorted(n[:-4] for n in self._zip.namelist() if n.endswith(".npy"))
+        for info in self._zip.infolist():
+            # A member is read whole: one that inflates far beyond what compression does to
+            # real data is refused before a byte of it is read.
+            if info.file_size > INFLATE_FREE_BYTES and \
+                    info.file_size > MAX_INFLATION * max(info.compress_size, 1):
+                self._zip.close()
+                raise SourceError(
+                    f"{path} (member {info.filename!r}): {info.compress_size} compressed bytes "
+                    f"inflate to {info.file_size}, over {MAX_INFLATION}x (a zip bomb?); real "
+                    "graph data compresses 2-20x: re-create the archive (np.savez stores "
+                    "members uncompressed)")
 
     def get(self, key: str) -> Any:
         if key not in self.keys:
@@ -117,7 +133,7 @@ class _Archive:
                         f"{self.path}: array {key!r} is a pickled Python object, and loading a "
                         "pickle can run arbitrary code: pass --trust-pickle (trust_pickle=True) "
                         "only if you trust where this file came from")
-                obj = load_pickle(f, where)
+                obj = load_pickle(f, where, size=self._zip.getinfo(key + ".npy").file_size)
         except OocError:
             raise
         except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, TypeError,
