@@ -38,6 +38,8 @@ The table counts the kills that left any (``leftovers``).
     python tools/crash_harness.py                  # 24 kill points per component
     python tools/crash_harness.py --points 40 --only pack
     python tools/crash_harness.py --only scene-checkpoint --only scene-ingest
+    python tools/crash_harness.py --race 40        # two racing ingest --overwrite, 40 rounds
+    python tools/crash_harness.py --symlinks       # every writer on linked data directories
 
 Prints a table (kill points, outcomes) and exits 1 on any failure.
 ``tests/reliability/test_crash_harness.py`` runs a handful of points per component.
@@ -64,6 +66,7 @@ if str(REPO) not in sys.path:
 import numpy as np  # noqa: E402
 
 from oocstore import Store  # noqa: E402
+from oocstore.errors import OocError, StoreLockedError  # noqa: E402
 from oocstore.gs import writer as scene_writer_mod  # noqa: E402
 from oocstore.ingest import build_store  # noqa: E402
 from oocstore.ingest.synthetic import SyntheticSpec, synthetic_source  # noqa: E402
@@ -345,6 +348,163 @@ def run_component(component: str, n_points: int, root: Path, *, nodes: int = 200
             "calls": counts}
 
 
+# -- adversarial runs: racing ingests, symlinked data directories --------------------
+
+def _fork(fn) -> int:
+    """Run ``fn()`` in a forked child; its exit code: 0 done, 4 refused with
+    StoreLockedError, 5 refused with another OocError, 3 any other exception."""
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            fn()
+        except StoreLockedError:
+            code = 4
+        except OocError:
+            code = 5
+        except BaseException:  # noqa: BLE001
+            import traceback
+
+            traceback.print_exc()
+            code = 3
+        os._exit(code)
+    return pid
+
+
+def _wait(pid: int, timeout: float = 600) -> int:
+    t0 = time.time()
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.time() - t0 > timeout:
+            os.kill(pid, signal.SIGKILL)
+        time.sleep(0.005)
+
+
+def run_race(rounds: int, root: Path, *, nodes: int = 20000, seed: int = 0, log=print) -> dict:
+    """``rounds`` times: two ``ingest --overwrite`` to one path (sources of seeds 2 and
+    3), the second started 0-0.5 s after the first. The store must then verify and
+    equal exactly one of the two complete stores; a command either succeeds or is
+    refused with ``StoreLockedError``; nothing is left beside the store."""
+    rng = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    refs = {}
+    for src_seed in (1, 2, 3):
+        ref = root / f"race-ref{src_seed}"
+        if not ref.exists():
+            build_store(ref, synthetic_source(_spec(nodes, src_seed)), seed=src_seed)
+        refs[src_seed] = state(ref)
+    outcomes: Counter = Counter()
+    failures = []
+    for i in range(rounds):
+        race = root / "race"
+        if race.exists():
+            store_mod.remove_tree(race)
+        shutil.copytree(root / "race-ref1", race)
+        delay = rng.uniform(0.0, 0.5)
+
+        def job(src_seed, wait=0.0):
+            time.sleep(wait)
+            build_store(race, synthetic_source(_spec(nodes, src_seed)), seed=src_seed,
+                        overwrite=True)
+
+        a = _fork(lambda: job(2))
+        b = _fork(lambda: job(3, delay))
+        codes = (_wait(a), _wait(b))
+        try:
+            if any(c not in (0, 4) for c in codes) or 0 not in codes:
+                raise AssertionError(f"exit codes {codes}")
+            got = state(race)
+            winners = [sd for sd, c in zip((2, 3), codes) if c == 0]
+            which = [sd for sd in winners if refs[sd] == got]
+            if not which:
+                raise AssertionError("the store is not exactly one of the complete stores")
+            left = [p.name for p in root.iterdir() if p.name.startswith(".race.")]
+            if left:
+                raise AssertionError(f"left beside the store: {left}")
+            outcomes["both ran" if codes == (0, 0) else "one refused"] += 1
+        except Exception as err:  # noqa: BLE001
+            outcomes["FAIL"] += 1
+            failures.append((f"round {i} delay {delay:.3f}", f"{type(err).__name__}: {err}"))
+        log(f"  race {i:3d} delay {delay:.3f} s -> codes {codes}"
+            f"{' FAIL ' + failures[-1][1] if failures and failures[-1][0].startswith(f'round {i} ') else ''}")
+    return {"component": "racing-ingests", "points": rounds, "outcomes": dict(outcomes),
+            "leftovers": 0, "failures": failures}
+
+
+SYMLINK_WRITERS = ("gc", "sample", "pack", "rm", "commit", "ingest")
+
+
+def run_symlinks(root: Path, *, nodes: int = 20000, log=print) -> dict:
+    """Each data directory (and the catalog's readers directory) of a store replaced by
+    a link to a directory of decoy ``*.bin`` / ``*.tmp`` files, then every kind of writer
+    run on it: the writer must be refused (``ingest --overwrite`` instead replaces the
+    store, removing the link as a link), and no decoy may be deleted."""
+    from oocstore.store.gc import remove
+
+    root.mkdir(parents=True, exist_ok=True)
+    template = root / "template"
+    if not template.exists():
+        if fork_job("template", template, nodes, None) != 0:
+            raise SystemExit("building the template failed")
+
+    def writer(kind, path):
+        if kind == "ingest":
+            build_store(path, synthetic_source(_spec(nodes, 2)), seed=2, overwrite=True)
+            return
+        with Store(path, readonly=False) as s:
+            if kind == "gc":
+                collect_garbage(s)
+            elif kind == "sample":
+                sample_plan(s, fanouts="5,5", batch_size=256, epochs=1, seed=9, name="p9")
+            elif kind == "pack":
+                pack_plan(s, "train", name="p9", options=PackOptions(cpu_cache=0,
+                                                                    max_disk_blowup=8))
+            elif kind == "rm":
+                remove(s, pack="train")
+            else:
+                with s.transaction() as txn:
+                    txn.put("note", "x")
+
+    outcomes: Counter = Counter()
+    failures = []
+    deleted_outside = 0
+    for d in (*store_mod.DATA_DIRS, "catalog.lmdb/readers"):
+        for kind in SYMLINK_WRITERS:
+            work = root / "work"
+            if work.exists():
+                store_mod.remove_tree(work)
+            shutil.copytree(template, work)
+            decoy = root / "decoy"
+            if decoy.exists():
+                store_mod.remove_tree(decoy)
+            (decoy / "deep").mkdir(parents=True)
+            for rel in ("a.bin", "b.tmp", "deep/c.bin", "deep/d.tmp", "x.reader", ".y.tmp"):
+                (decoy / rel).write_bytes(b"decoy")
+            link = work / d
+            if link.exists():
+                for p in link.iterdir():
+                    p.rename(decoy / p.name)
+                link.rmdir()
+            link.symlink_to(decoy)
+            before_decoy = sorted(p.relative_to(decoy).as_posix() for p in decoy.rglob("*"))
+            code = _wait(_fork(lambda: writer(kind, work)))
+            after_decoy = sorted(p.relative_to(decoy).as_posix() for p in decoy.rglob("*"))
+            gone = sorted(set(before_decoy) - set(after_decoy))
+            deleted_outside += len(gone)
+            want = 0 if kind == "ingest" else 5  # replaced / refused (FormatError)
+            ok = code == want and not gone
+            outcomes[("replaced" if want == 0 else "refused") + ", nothing deleted outside"
+                     if ok else "FAIL"] += 1
+            if not ok:
+                failures.append((f"{d} {kind}", f"exit {code}, deleted {gone[:5]}"))
+            log(f"  link {d:22s} {kind:7s} -> exit {code}, deleted outside: {len(gone)}")
+    return {"component": "symlinked-dirs", "points": len(SYMLINK_WRITERS) * 5,
+            "outcomes": dict(outcomes), "leftovers": 0, "failures": failures,
+            "deleted_outside": deleted_outside}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--points", type=int, default=24, help="kill points per component")
@@ -355,11 +515,20 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dir", default=None, help="work directory (default: a temp dir)")
     ap.add_argument("--quiet", action="store_true", help="only the summary table")
+    ap.add_argument("--race", type=int, default=0, metavar="N",
+                    help="instead: N rounds of two racing `ingest --overwrite` to one path")
+    ap.add_argument("--symlinks", action="store_true",
+                    help="instead: every writer on a store whose data directories are links")
     args = ap.parse_args()
     root = Path(args.dir or tempfile.mkdtemp(prefix="oocstore-crash-"))
     results = []
+    log = (lambda *a: None) if args.quiet else print
     try:
-        for comp in args.only or COMPONENTS:
+        if args.race:
+            results.append(run_race(args.race, root, nodes=args.nodes, seed=args.seed, log=log))
+        if args.symlinks:
+            results.append(run_symlinks(root, nodes=args.nodes, log=log))
+        for comp in [] if args.race or args.symlinks else args.only or COMPONENTS:
             results.append(run_component(comp, args.points, root, nodes=args.nodes,
                                          gaussians=args.gaussians, seed=args.seed,
                                          log=(lambda *a: None) if args.quiet else print))

@@ -12,6 +12,7 @@ unchanged), and a scene with every parsed COLMAP model as its cameras.
 
     python tools/fuzz_inputs.py --examples 2000          # per component
     python tools/fuzz_inputs.py --only npz --examples 500
+    python tools/fuzz_inputs.py --hostile-catalog 300     # the table + 300 random values
 
 Prints one line per component (inputs tried, parsed, clean errors, findings) and exits
 1 on any finding. ``tests/reliability/test_fuzz.py`` runs the same targets with a few
@@ -781,17 +782,76 @@ def hostile_catalog_case(template: Path, work: Path, case) -> dict:
     return out
 
 
-def run_hostile_catalog(template: Path, tmp: Path) -> dict:
-    """Every case of :data:`HOSTILE_CATALOG`; a finding is an exception that is not an
-    ``OocError``, a deletion outside the data directories, or a case no command noticed."""
+_HOSTILE_VALUES = [_BIG, -_BIG, -1, 0, 2**31, 2**63, 1.5, float("inf"), True, None, "", "..",
+                   "\x00", "a/../b", "catalog.lmdb/data.mdb", "../x.bin", "arrays/x\x00.bin",
+                   "/etc/passwd", [], [-1], [_BIG], [1, "x"], {}, {"a": "../b"},
+                   {"data": "catalog.lmdb/data.mdb"}, "\u00e9" * 70]
+_HOSTILE_KEYS = ["array/features", "array/graph/indices", "array/pack/train/rows",
+                 "array/plan/train/data", "sums/features", "meta", "graph", "splits",
+                 "plan/train", "pack/train"]
+
+
+def random_hostile_cases(n: int, seed: int) -> list[tuple]:
+    """``n`` random (key, field, value) mutations: a field of a real entry (or the whole
+    entry) set to a value from a pool of hostile ones."""
+    import random
+
+    rng = random.Random(seed)
+    fields = {"array/": ["file", "offset", "shape", "dtype", "chunk_bytes", "version", "name"],
+              "sums/": [None], "meta": ["version", "source", "format_version", None],
+              "graph": ["num_nodes", "num_edges", "indptr", "indices", None],
+              "splits": ["train", "val", None],
+              "plan/": ["name", "arrays", "batch_size", "epochs", "fanouts", "num_nodes",
+                        "batches_per_epoch", "node_dtype", None],
+              "pack/": ["name", "arrays", "plan", "features", "gpu_rows", "cpu_rows",
+                        "row_bytes", "num_segments", "plan_version", None]}
+    out = []
+    for i in range(n):
+        key = rng.choice(_HOSTILE_KEYS)
+        field = rng.choice(next(v for k, v in fields.items() if key.startswith(k)))
+        value = rng.choice(_HOSTILE_VALUES)
+        if field is None and value is None:
+            value = []
+        out.append((f"random {i}: {key} {field}={value!r:.30}", key, field, value))
+    return out
+
+
+def run_hostile_catalog(template: Path, tmp: Path, *, random_cases: int = 0,
+                        seed: int = 0) -> dict:
+    """Every case of :data:`HOSTILE_CATALOG` (plus ``random_cases`` random ones); a
+    finding is an exception that is not an ``OocError``, a deletion outside the data
+    directories, or a table case no command noticed (a random mutation may be
+    harmless, e.g. a count no command reads)."""
     findings = []
-    for i, case in enumerate(HOSTILE_CATALOG):
+    counts: Counter = Counter()
+    cases = [(c, True) for c in HOSTILE_CATALOG] + [
+        (c, False) for c in random_hostile_cases(random_cases, seed)]
+    for i, (case, must_notice) in enumerate(cases):
         r = hostile_catalog_case(template, tmp / f"h{i % 2}", case)
         noticed = any(not o.startswith("ok") and (case[1] in o or o.startswith("damage"))
                       for o in r["outcomes"].values())
-        if r["unclean"] or r["deleted_outside"] or not noticed:
+        counts["noticed" if noticed else "not noticed"] += 1
+        counts["unclean"] += bool(r["unclean"])
+        counts["deleted outside"] += len(r["deleted_outside"])
+        if r["unclean"] or r["deleted_outside"] or (must_notice and not noticed):
             findings.append(r)
-    return {"inputs": len(HOSTILE_CATALOG), "findings": findings}
+    return {"inputs": len(cases), "counts": dict(counts), "findings": findings}
+
+
+def _hostile_template(root: Path) -> Path:
+    """A small store with arrays, a graph, splits, plan ``train`` and pack ``train``."""
+    from oocstore import Store
+    from oocstore.ingest import build_store
+    from oocstore.ingest.synthetic import SyntheticSpec, synthetic_source
+    from oocstore.pack import PackOptions, pack_plan
+    from samplers import sample_plan
+
+    path = root / "template"
+    build_store(path, synthetic_source(SyntheticSpec(nodes=3000, feat_dim=16, avg_degree=4)))
+    with Store(path, readonly=False) as s:
+        sample_plan(s, fanouts="5,5", batch_size=256, epochs=2, seed=1)
+        pack_plan(s, options=PackOptions(cpu_cache=3000 * 16 * 4 // 10, max_disk_blowup=8))
+    return path
 
 
 # -- the runner --------------------------------------------------------------------------
@@ -865,7 +925,20 @@ def main() -> int:
                     help="instead: N random budget/pack cases over the plans of --budget-store")
     ap.add_argument("--budget-store", default=None, metavar="STORE",
                     help="a store with at least one plan (packs fz<i> are written into it)")
+    ap.add_argument("--hostile-catalog", type=int, default=None, metavar="N",
+                    help="instead: every hostile catalog value of the table, plus N random "
+                         "ones, through inspect / verify / gc / rm")
     args = ap.parse_args()
+    if args.hostile_catalog is not None:
+        with tempfile.TemporaryDirectory(prefix="oocstore-hostile-") as tmp:
+            r = run_hostile_catalog(_hostile_template(Path(tmp)), Path(tmp), seed=args.seed,
+                                    random_cases=args.hostile_catalog)
+        print(f"hostile catalog: {r['inputs']} inputs ({len(HOSTILE_CATALOG)} from the table), "
+              + ", ".join(f"{k} {v}" for k, v in sorted(r["counts"].items()))
+              + f"; findings {len(r['findings'])}")
+        for f in r["findings"][:10]:
+            print(f"    FINDING {json.dumps(f, default=str)[:600]}")
+        return 1 if r["findings"] else 0
     if args.budget_cases:
         if not args.budget_store:
             ap.error("--budget-cases needs --budget-store STORE")
