@@ -375,6 +375,7 @@ class Scene:
             nbytes = n * self._row.itemsize
             try:
                 with DirectReader(self.path / rel, direct=self.direct) as reader:
+                    self.store.check_not_replaced()  # opened in this scene, not a successor
                     raw = reader.read(0, nbytes)
             except FileNotFoundError:
                 continue  # a writer replaced the block meanwhile: look again

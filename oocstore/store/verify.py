@@ -87,6 +87,7 @@ def verify_arrays(store: Store, names, *, progress: Callable[[int], None] | None
     damage: list[Damage] = []
     for name in names:
         damage.extend(_verify_array(store, name, progress))
+    store.check_not_replaced()  # what was read belongs to the store that was opened
     g = store.graph
     if graph and not damage and g is not None and store.has_array(g.indptr) \
             and store.has_array(g.indices):  # a missing one is reported by catalog_problems
