@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import pickle
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable, Iterator
@@ -431,6 +432,6 @@ def load_pickle(f: BinaryIO, where: str | Path, *, size: int | None = None) -> A
         raise SourceError(f"{where}: cannot unpickle ({err}): this is not a file of the "
                           "expected format; check the path") from err
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError, IndexError,
-            KeyError, OSError, MemoryError, OverflowError, RecursionError) as err:
+            KeyError, OSError, MemoryError, OverflowError, RecursionError, struct.error) as err:
         raise SourceError(f"{where}: cannot unpickle ({type(err).__name__}: {err}): the file is "
                           "truncated or corrupt; re-download or re-create it") from err

@@ -144,3 +144,13 @@ def test_feature_rows_wider_than_a_block_are_refused(tmp_path):
     assert kind == "SourceError", (kind, msg)
     assert "wide.npz" in msg and str(1 << 32) in msg, msg
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("data", [b"\x80\x02J\xd4\x1d", b"\x80\x02K", b"\x80\x04\x95\x05"])
+def test_truncated_binary_opcodes_are_source_errors(tmp_path, data):
+    """The checked unpickler reads opcodes in Python: a cut binary argument is a
+    SourceError like any other truncation (found by tools/fuzz_inputs.py)."""
+    path = tmp_path / "p"
+    path.write_bytes(data)
+    with pytest.raises(SourceError, match="truncated or corrupt"):
+        _load(path)
