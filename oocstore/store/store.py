@@ -55,7 +55,7 @@ def _check_splits(value: Any) -> dict[str, str]:
     if value is None:
         return {}
     if not isinstance(value, dict) or not all(
-            isinstance(k, str) and k.isidentifier() and isinstance(v, str)
+            isinstance(k, str) and k.isprintable() and k and "/" not in k and isinstance(v, str)
             for k, v in value.items()):
         raise FormatError(f"catalog entry 'splits' is {value!r:.80}, expected an object of "
                           "split names to array names: the catalog is damaged or hostile; "
@@ -439,20 +439,17 @@ class Store:
                 raise
 
 
-#: Staging directories of :meth:`Store.create` (and the fixed name older versions used).
-_STAGING = re.compile(r"^\.(?P<name>.+?)(?:\.[0-9a-f]{12})?\.partial$")
-
-
 def _remove_stale_staging(path: Path) -> None:
-    """Remove staging directories of ``path`` left by crashed ingests (called under
-    :func:`_target_lock`, so no live ingest owns one)."""
+    """Remove staging directories of ``path`` (``.<name>.<12 hex>.partial``, or the
+    fixed ``.<name>.partial`` of older versions) left by crashed ingests; called under
+    :func:`_target_lock`, so no live ingest owns one."""
+    own = re.compile(rf"\.{re.escape(path.name)}(\.[0-9a-f]{{12}})?\.partial")
     try:
         names = os.listdir(path.parent)
     except FileNotFoundError:
         return
     for name in names:
-        m = _STAGING.match(name)
-        if m and m.group("name") == path.name:
+        if own.fullmatch(name):
             remove_tree(path.parent / name)
 
 
