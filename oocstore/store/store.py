@@ -16,7 +16,8 @@ Commit protocol (the one every layer uses — ingest, plans, packs, checkpoints)
 
 A crash before step 3 leaves the previous version intact (its files were not touched);
 a crash after it leaves the new one. New stores are built in a hidden sibling directory
-``.<name>.partial`` and renamed into place once complete (an existing store is swapped
+``.<name>.<random>.partial`` under a lock on the path (``.<name>.lock``) and renamed
+into place once complete (an existing store is swapped
 out atomically with ``renameat2(RENAME_EXCHANGE)`` where Linux offers it), so a
 half-built store is never visible under its name. ``docs/FORMAT.md`` tabulates what a
 crash at each step leaves behind.
