@@ -31,18 +31,16 @@ import errno
 import fcntl
 import logging
 import os
-import re
-import shutil
-import stat
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
-from ..errors import (FormatError, OocError, StoreExistsError, StoreLockedError,
+from ..errors import (FormatError, StoreExistsError, StoreLockedError,
                       StoreNotFoundError, StoreReplacedError, UsageError)
 from .catalog import CATALOG_DIR, Catalog
 from .files import ArrayFileWriter, fsync_dir
+from .paths import check_no_links, remove_stale_staging, remove_tree, target_lock, walk_files
 from .readers import Registration, live_versions
 from .format import (CHUNK_BYTES, DATA_DIRS, DTYPES, ArrayMeta, GraphMeta,  # noqa: F401
                      StoreMeta, check_array_name)
@@ -311,7 +309,7 @@ class Store:
         keep = self.referenced_files()
         out = []
         for d in DATA_DIRS:
-            for p in _walk_files(self.path / d):
+            for p in walk_files(self.path / d):
                 rel = p.relative_to(self.path).as_posix()
                 if p.suffix in (".bin", ".tmp") and rel not in keep:
                     out.append(p)
@@ -415,16 +413,16 @@ class Store:
     def create(cls, path: str | os.PathLike, *, overwrite: bool = False) -> Iterator["Store"]:
         """Build a new store at ``path``; it appears there only if the block succeeds.
 
-        Under an exclusive lock on ``path`` (:func:`_target_lock`: a second ingest to the
+        Under an exclusive lock on ``path`` (:func:`~.paths.target_lock`: a second ingest to the
         same path, or any writer of the store being replaced, is refused with
         :class:`StoreLockedError`), the store is built in a staging directory
         ``.<name>.<random>.partial`` beside ``path`` and renamed into place at the end;
         with ``overwrite`` an existing store is replaced only then.
         """
         path = Path(path)
-        with _target_lock(path):
+        with target_lock(path):
             path = cls.check_new_path(path, overwrite=overwrite)
-            _remove_stale_staging(path)
+            remove_stale_staging(path)
             staging = path.with_name(f".{path.name}.{os.urandom(6).hex()}.partial")
             staging.mkdir()
             try:
@@ -438,86 +436,6 @@ class Store:
             except BaseException:
                 remove_tree(staging)
                 raise
-
-
-def _remove_stale_staging(path: Path) -> None:
-    """Remove staging directories of ``path`` (``.<name>.<12 hex>.partial``, or the
-    fixed ``.<name>.partial`` of older versions) left by crashed ingests; called under
-    :func:`_target_lock`, so no live ingest owns one."""
-    own = re.compile(rf"\.{re.escape(path.name)}(\.[0-9a-f]{{12}})?\.partial")
-    try:
-        names = os.listdir(path.parent)
-    except FileNotFoundError:
-        return
-    for name in names:
-        if own.fullmatch(name):
-            remove_tree(path.parent / name)
-
-
-@contextlib.contextmanager
-def _target_lock(path: Path) -> Iterator[None]:
-    """Hold ``.<name>.lock`` beside ``path`` (``flock``) and, when ``path`` is a store,
-    its writer lock, while a new store for ``path`` is built and installed.
-
-    Two ingests to one path would otherwise share and delete each other's staging
-    directory; a writer of the store being replaced would commit into a store about to
-    be deleted. The lock file is removed on release; whoever locked a file that was
-    removed meanwhile (its inode no longer the one at that name) locks again."""
-    lock = path.with_name(f".{path.name}.lock")
-    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
-    busy = (f"store {path} is being created or replaced by another process: wait for it "
-            "to finish, then run the command again")
-    while True:
-        try:
-            fd = os.open(lock, flags, 0o644)
-        except FileNotFoundError:
-            raise StoreNotFoundError(f"output {path}: directory {path.parent} does not exist; "
-                                     "create it first") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            if os.stat(lock, follow_symlinks=False).st_ino == os.fstat(fd).st_ino:
-                break
-        except BlockingIOError as err:
-            os.close(fd)
-            raise StoreLockedError(busy) from err
-        except FileNotFoundError:
-            pass  # removed by the previous holder after we opened it
-        os.close(fd)
-    writer_fd = -1
-    try:
-        if (path / CATALOG_DIR).is_dir() and not path.is_symlink():
-            writer_fd = os.open(path / CATALOG_DIR / "writer.lock", flags, 0o644)
-            try:
-                fcntl.flock(writer_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError as err:
-                raise StoreLockedError(
-                    f"store {path} is being written by another process: wait for it to "
-                    "finish, then replace it") from err
-        yield
-    finally:
-        if writer_fd >= 0:
-            os.close(writer_fd)
-        try:
-            os.unlink(lock)
-        except FileNotFoundError:
-            pass
-        os.close(fd)
-
-
-def remove_tree(path: Path) -> None:
-    """Delete the directory ``path`` and everything in it without following a symbolic
-    link anywhere: a link (at ``path`` or inside) is removed as a link, never what it
-    points to. Missing paths are fine."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISDIR(st.st_mode):
-        os.unlink(path)
-        return
-    # shutil.rmtree uses the fd-based walk here (rmtree.avoids_symlink_attacks): it
-    # never descends through a link, even one swapped in while it runs.
-    shutil.rmtree(path, ignore_errors=True)
 
 
 class SliceReader:
@@ -683,36 +601,6 @@ class ArrayWriter:
         self.txn._writers[self._slot] = (self.fw, meta)
         self.txn._register(self.fw, meta)
         return meta
-
-
-def check_no_links(root: Path) -> None:
-    """Refuse (:class:`FormatError`) a store whose catalog or data directories are
-    symbolic links: a writer deletes files in them, and must never do so elsewhere."""
-    from .readers import READERS_DIR
-
-    for rel in (CATALOG_DIR, f"{CATALOG_DIR}/{READERS_DIR}", *DATA_DIRS):
-        p = root / rel
-        if p.is_symlink():
-            raise FormatError(
-                f"store {root}: {rel} is a symbolic link (to {os.readlink(p)}): oocstore "
-                "never writes or deletes through links; replace it with a real directory "
-                f"(e.g. `rm {p} && cp -r {os.readlink(p)} {p}`) and run the command again")
-
-
-def _walk_files(root: Path) -> Iterator[Path]:
-    """Regular files under the directory ``root``, never following a symbolic link
-    (``root`` itself included: a link there yields nothing)."""
-    try:
-        if not stat.S_ISDIR(os.lstat(root).st_mode):
-            return
-        entries = list(os.scandir(root))
-    except (FileNotFoundError, NotADirectoryError):
-        return
-    for e in entries:
-        if e.is_dir(follow_symlinks=False):
-            yield from _walk_files(Path(e.path))
-        elif e.is_file(follow_symlinks=False):
-            yield Path(e.path)
 
 
 def _fsync_tree(root: Path) -> None:
