@@ -13,6 +13,7 @@ from oocstore import Store
 from oocstore.ingest import build_store
 from oocstore.ingest.synthetic import SyntheticSpec, synthetic_source
 from oocstore.pack import PackOptions, pack_plan
+from oocstore.tiers import TieredReader
 from samplers import sample_plan
 
 #: The fixed overhead documented in docs/BUDGETS.md (per-batch temporaries such as the
@@ -75,3 +76,76 @@ def test_peak_rss_stays_within_budget_plus_overhead(big_store, pack):
     assert r["charged"] <= budget
     assert r["ssd_bytes"] > 61_000_000  # the epoch really streamed from disk
     assert r["peak"] - r["base"] <= budget + OVERHEAD, r
+
+
+LOADER_DRIVER = textwrap.dedent("""
+    import json, sys
+    from oocstore import Store
+    from oocstore.budget import MemoryBudget
+    from oocstore.loader import NodeLoader
+
+    def status(key):
+        for line in open("/proc/self/status"):
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
+
+    import numpy as np
+    import torch
+    from oocstore.tiers.assemble import warm_up
+
+    store = Store(sys.argv[1])
+    budget = MemoryBudget(cpu=int(sys.argv[2]))
+    # Load the kernels only: a warm-up loader would leave its freed buffers in malloc's
+    # arenas, and the measured loader would reuse them unseen.
+    warm_up(np.float32)
+    base = status("VmRSS:")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    with NodeLoader(store, "wide", pack="wide", budget=budget) as loader:
+        held = []
+        for batch in loader:
+            held = [batch]  # what a training loop holds: the batch it works on
+        charged = loader.accountant.peak("cpu")
+        prefetch = loader.prefetch
+    print(json.dumps({"base": base, "peak": status("VmHWM:"), "charged": charged,
+                      "prefetch": prefetch, "budget": budget.cpu}))
+""")
+
+
+@pytest.fixture(scope="module")
+def wide_store(tmp_path_factory):
+    """Small rows and fanouts 15,10,5: each batch's plan record (its edges) is several
+    times the size of its feature rows."""
+    path = tmp_path_factory.mktemp("rss-wide") / "s"
+    build_store(path, synthetic_source(SyntheticSpec(nodes=40_000, feat_dim=4, avg_degree=30)))
+    with Store(path, readonly=False) as s:
+        sample_plan(s, fanouts="15,10,5", batch_size=2048, epochs=1, seed=0, name="wide")
+        pack_plan(s, "wide", name="wide", options=PackOptions(cpu_cache=64 << 10,
+                                                              max_disk_blowup=8))
+        mws = s.get("pack/wide")["min_working_set"]["cpu"]
+    return path, mws
+
+
+def test_loader_charges_the_plan_records_it_holds(wide_store):
+    """Iterating ``NodeLoader`` grows the peak RSS by at most what it charged plus the
+    fixed overhead, even where plan records (not feature rows) dominate."""
+    path, mws = wide_store
+    budget = max(mws, 1 << 20) * 3
+    out = subprocess.run([sys.executable, "-c", LOADER_DRIVER, str(path), str(budget)],
+                         capture_output=True, text=True, check=True)
+    r = json.loads(out.stdout)
+    assert r["charged"] <= budget and r["prefetch"] >= 1
+    assert r["peak"] - r["base"] <= r["charged"] + OVERHEAD, r
+
+
+def test_reader_charges_its_per_batch_tables(big_store):
+    """The plan index and the per-batch / per-segment tables a reader holds for the whole
+    run are charged (they grow with the number of batches, not with the budget)."""
+    path, _ = big_store
+    with Store(path) as store, TieredReader(store, "belady") as r:
+        held = (r.plan.index().nbytes + r._pos.nbytes + r._starts.nbytes
+                + r.batch_segment.nbytes + r._insert_offsets.nbytes + r.segments.segments.nbytes)
+        charges = {c.what: c.nbytes for c in r._charges}
+        tables = [v for k, v in charges.items() if k.startswith("plan index and pack tables")]
+        assert tables and tables[0] >= held
+        assert store.get("pack/belady")["min_working_set"]["tables_bytes"] == tables[0]
