@@ -3,9 +3,13 @@ reading every batch of a pack keeps the peak RSS under the budget plus the docum
 fixed overhead (docs/BUDGETS.md)."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +19,8 @@ from oocstore.ingest.synthetic import SyntheticSpec, synthetic_source
 from oocstore.pack import PackOptions, pack_plan
 from oocstore.tiers import TieredReader
 from samplers import sample_plan
+
+REPO = Path(__file__).resolve().parents[2]
 
 #: The fixed overhead documented in docs/BUDGETS.md (per-batch temporaries such as the
 #: tier/slot slices and index arrays, allocator slack).
@@ -149,3 +155,118 @@ def test_reader_charges_its_per_batch_tables(big_store):
         tables = [v for k, v in charges.items() if k.startswith("plan index and pack tables")]
         assert tables and tables[0] >= held
         assert store.get("pack/belady")["min_working_set"]["tables_bytes"] == tables[0]
+
+
+# -- `oocstore train` inside a memory cgroup -------------------------------------------------
+
+CGROUP_V1 = Path("/sys/fs/cgroup/memory")
+
+#: What `oocstore train` holds besides the loader's charged buffers and its fixed overhead
+#: (docs/BUDGETS.md): the model's parameters and Adam state, one batch's activations and
+#: gradients, the training loop's own plan reader — for the small model of this test.
+TRAIN_MODEL_OVERHEAD = 64 << 20
+
+#: Modules a `train` process loads before its first batch (the interpreter's share).
+IMPORTS = ("import numpy as np, torch, torch_geometric, lmdb; import oocstore.cli, "
+           "oocstore.train.run, oocstore.train.model, samplers; "
+           "from oocstore.tiers.assemble import warm_up; warm_up(np.float32); "
+           "from torch_geometric.nn import SAGEConv")
+
+
+class MemoryCgroup:
+    """A cgroup v1 memory group for one child process (removed on exit)."""
+
+    def __init__(self, name: str, limit: int | None):
+        self.path = CGROUP_V1 / name
+        self.path.mkdir()
+        if limit is not None:
+            (self.path / "memory.limit_in_bytes").write_text(str(limit))
+            memsw = self.path / "memory.memsw.limit_in_bytes"
+            if memsw.exists():  # no escape into swap
+                memsw.write_text(str(limit))
+
+    def run(self, argv, **kw) -> subprocess.CompletedProcess:
+        procs = str(self.path / "cgroup.procs")
+
+        def enter():
+            with open(procs, "w") as f:
+                f.write(str(os.getpid()))
+
+        return subprocess.run(argv, preexec_fn=enter, capture_output=True, text=True, **kw)
+
+    def read(self, name: str) -> int:
+        return int((self.path / name).read_text().split()[0])
+
+    def close(self) -> None:
+        for _ in range(50):
+            try:
+                self.path.rmdir()
+                return
+            except OSError:  # the exiting child may still be charged for a moment
+                time.sleep(0.1)
+
+    def __enter__(self) -> "MemoryCgroup":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _cgroup_unavailable() -> str | None:
+    if not (CGROUP_V1 / "cgroup.procs").exists():
+        return f"no cgroup v1 memory controller mounted at {CGROUP_V1}"
+    if os.geteuid() != 0:
+        return "creating a memory cgroup needs root"
+    try:
+        (CGROUP_V1 / f"oocstore-probe-{os.getpid()}").mkdir()
+        (CGROUP_V1 / f"oocstore-probe-{os.getpid()}").rmdir()
+    except OSError as err:
+        return f"cannot create a memory cgroup under {CGROUP_V1}: {err}"
+    return None
+
+
+@pytest.fixture(scope="module")
+def train_store(tmp_path_factory):
+    reason = _cgroup_unavailable()
+    if reason:
+        pytest.skip(reason)
+    path = tmp_path_factory.mktemp("rss-train") / "s"
+    build_store(path, synthetic_source(SyntheticSpec(nodes=12_000, feat_dim=64, avg_degree=8)))
+    budget = 24 << 20
+    with Store(path, readonly=False) as s:
+        sample_plan(s, fanouts="5,5", batch_size=256, epochs=1, seed=0)
+        pack_plan(s, options=PackOptions(cpu_budget=budget, cpu_cache=2 << 20,
+                                         max_disk_blowup=8))
+    # A first run samples and packs the evaluation plans (a write), outside any cgroup.
+    subprocess.run([sys.executable, "-m", "oocstore", "train", str(path), "--epochs", "1",
+                    "--hidden", "32", "--cpu-budget", str(budget), "--quiet"], check=True,
+                   capture_output=True, cwd=REPO)
+    return path, budget
+
+
+def test_train_runs_inside_a_memory_cgroup_of_budget_plus_overhead(train_store):
+    """`oocstore train` completes inside a hard memory limit of: what its libraries take
+    (measured here, in a cgroup of its own), the CPU budget, the loader's fixed overhead
+    and the model's working memory (docs/BUDGETS.md); and the limit is real: half of what
+    the libraries alone take kills the same run."""
+    path, budget = train_store
+    tag = f"oocstore-test-{os.getpid()}"
+    with MemoryCgroup(f"{tag}-imports", None) as cg:
+        p = cg.run([sys.executable, "-c", IMPORTS], cwd=REPO)
+        assert p.returncode == 0, p.stderr
+        libraries = cg.read("memory.max_usage_in_bytes")
+    argv = [sys.executable, "-m", "oocstore", "train", str(path), "--epochs", "1", "--hidden",
+            "32", "--cpu-budget", str(budget), "--json", "--quiet"]
+    limit = libraries + budget + OVERHEAD + TRAIN_MODEL_OVERHEAD
+    with MemoryCgroup(f"{tag}-train", limit) as cg:
+        p = cg.run(argv, cwd=REPO, timeout=600)
+        used = cg.read("memory.max_usage_in_bytes")
+    assert p.returncode == 0, (p.returncode, limit, p.stderr[-2000:])
+    summary = json.loads(p.stdout.strip().splitlines()[-1])
+    assert summary["budget"]["cpu"] == budget and summary["test_acc"] is not None
+    assert summary["epochs"][0]["seeds"] > 0
+    print(f"train in a cgroup: libraries {libraries >> 20} MiB, limit {limit >> 20} MiB, "
+          f"peak usage {used >> 20} MiB")
+    with MemoryCgroup(f"{tag}-small", libraries // 2) as cg:
+        p = cg.run(argv, cwd=REPO, timeout=600)
+    assert p.returncode == -signal.SIGKILL, (p.returncode, p.stderr[-500:])
