@@ -30,8 +30,10 @@ runs in the training loop's thread.
 
 Memory: ``prefetch`` batches may wait in each queue. On a CPU device the loader charges
 ``(prefetch + 1) x largest batch`` of staging (the waiting batches plus the one the
-training loop holds) and the labels to the CPU budget, on top of what the tiered reader
-charges (tiers, segment buffers). On CUDA the host side is the staging ring, the same
+training loop holds), ``prefetch + 2`` decoded plan records (the largest record each: the
+waiting batches, the one being read and the one the training loop holds) and the labels
+to the CPU budget, on top of what the tiered reader charges (tiers, segment buffers, the
+plan index and per-batch tables). On CUDA the host side is the staging ring, the same
 ``(prefetch + 1) x largest batch``, and the device side is charged to the GPU budget:
 the GPU tier (charged by the reader) and the batches on the device, ``prefetch + 3``
 of them (``oocstore.tiers.staging.device_charges``: being copied, prefetched, handed
@@ -49,6 +51,9 @@ Integrity: with ``verify_reads`` (the default) every checksum chunk a packed-seg
 read covers is checked before its rows are used, and a mismatch raises
 :class:`~oocstore.errors.ChecksumError` naming the batch and the file in the training
 loop; ``verify_reads=False`` skips the check (CRC-32 costs CPU: ``bench/verify_cost.py``).
+The arrays the reader indexes with (plan index and records, tier / slot, the Belady
+schedule, segment tables) are checked whatever ``verify_reads`` says, and their values
+are bounds-checked before use (``docs/RELIABILITY.md``, damaged index arrays).
 
 Epochs: ``set_epoch(e)`` selects plan epoch ``e mod K``, where ``K`` is the number of
 packed epochs (all of the plan's epochs unless a disk-blowup cap packed fewer).

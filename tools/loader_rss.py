@@ -2,10 +2,9 @@
 
 For each case a synthetic store is built (once, under ``--work``), one plan sampled and
 packed within the CPU budget (``pack --cpu-budget``), and a fresh process iterates one
-epoch of ``NodeLoader`` under that budget: after a warm-up loader has read one batch
-(numba's kernels, torch's thread pools), the peak-RSS mark is reset, and the growth of
-the peak over the resident set at that point is reported with the bytes the loader
-charged. Cases:
+epoch of ``NodeLoader`` under that budget: after the libraries and numba's kernels are
+loaded, the peak-RSS mark is reset, and the growth of the peak over the resident set at
+that point is reported with the bytes the loader charged. Cases:
 
 ``fanouts``   small rows (4 float32), fanouts 15,10,5: plan records outweigh the rows
 ``tiny``      very many tiny batches (batch size 1, fanouts 2): per-batch tables dominate
@@ -49,23 +48,28 @@ CHILD = textwrap.dedent("""
             if line.startswith(key):
                 return int(line.split()[1]) * 1024
 
+    import numpy as np
+    import torch
+    from oocstore.tiers.assemble import warm_up
+
     store = Store(sys.argv[1])
     budget = MemoryBudget(cpu=int(sys.argv[2]))
-    try:
-        with NodeLoader(store, "p", pack="p", budget=budget) as loader:  # warm-up
-            next(iter(loader))
-    except OocError as err:
-        print(json.dumps({"refused": str(err)}))
-        sys.exit(0)
+    # Only the kernels are loaded first: a warm-up loader would leave its freed buffers
+    # in malloc's arenas, where the measured loader would reuse them unseen.
+    warm_up(np.float32)
     base = status("VmRSS:")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
-    with NodeLoader(store, "p", pack="p", budget=budget) as loader:
-        n = 0
-        for batch in loader:
-            n += 1
-        charged = loader.accountant.peak("cpu")
-        prefetch = loader.prefetch
+    try:
+        with NodeLoader(store, "p", pack="p", budget=budget) as loader:
+            n = 0
+            for batch in loader:
+                n += 1
+            charged = loader.accountant.peak("cpu")
+            prefetch = loader.prefetch
+    except OocError as err:
+        print(json.dumps({"refused": str(err)}))
+        sys.exit(0)
     print(json.dumps({"batches": n, "prefetch": prefetch, "charged": charged,
                       "growth": status("VmHWM:") - base, "base_rss": base}))
 """)

@@ -125,7 +125,10 @@ class PackMeta:
     max_disk_blowup: float
     blowup: float  # packed bytes / base feature bytes, over every epoch of the plan
     expected_read_amplification: float
-    min_working_set: dict[str, int]  # cpu, gpu, largest_segment_bytes, staging_bytes
+    # cpu, gpu, largest_segment_bytes, staging_bytes, ... tables_bytes (the reader's
+    # per-batch tables), plan_record_bytes (one batch's record in flight); the last two
+    # are absent from packs written before they were charged
+    min_working_set: dict[str, int]
     largest_batch_rows: int
     arrays: dict[str, str] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
