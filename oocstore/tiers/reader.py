@@ -19,7 +19,7 @@ import numpy as np
 from ..budget import BudgetAccountant, MemoryBudget
 from ..checked_read import CheckedRows, read_checked
 from ..checked_read import ChunkCheck as _ChunkCheck
-from ..errors import BudgetError, ChecksumError, FormatError, StoreNotFoundError
+from ..errors import ChecksumError, FormatError, StoreNotFoundError
 from ..pack.format import BASE, CPU, GPU, SSD, PackMeta, pack_key, reader_table_bytes
 from ..plan import PlanReader
 from ..store import Store
@@ -130,6 +130,8 @@ class TieredReader:
                          f"--name {pack} --overwrite`")
         self._charges.append(charge("cpu", self._table_bytes(), "plan index and pack tables "
                                     "(per batch and per segment)", fix=fix))
+        # Checked before any tier, buffer or thread exists: a damaged pack costs nothing.
+        tables = _PackTables(store, m, self.plan, self.pack_fix)
         import torch
 
         self.device = torch.device(device) if device is not None else None
@@ -169,7 +171,6 @@ class TieredReader:
                                   self.device or torch.device("cpu"))
         _read_into(store, m.arrays["cpu_rows"], host[self._cpu_offset:], self.verify_reads)
         self.host = MemoryTier(host, name="cpu")
-        tables = _PackTables(store, m, self.plan, self.pack_fix)
         self.segments = SegmentTier(store.file_path(store.array_meta(m.arrays["rows"])),
                                     store.array_meta(m.arrays["rows"]), tables.segments,
                                     read_ahead=read_ahead,
