@@ -74,6 +74,7 @@ import numpy as np
 import torch
 
 from .budget import BudgetAccountant, MemoryBudget
+from .checked_read import CheckedRows
 from .distributed import check_rank, current_rank, resolve_plan
 from .errors import BudgetError, FormatError, UsageError
 from .pack.format import plan_record_bytes
@@ -225,7 +226,9 @@ class NodeLoader:
         self._charges.append(self.accountant.charge("cpu", labels_bytes(self.store), "labels",
                                                     fix="raise the cpu budget"))
         # Read in chunks with pread (never mapped): resident memory is the compact copy.
-        reader = self.store.slice_reader("labels")
+        # Checksum-checked: a flipped label would train on a wrong target silently.
+        reader = CheckedRows(self.store, "labels", fix="restore the store from a copy or "
+                             "re-ingest it")
         n = self.store.array_meta("labels").shape[0]
         self.labels = np.empty(n, dtype=ldtype)
         for lo in range(0, n, 1 << 20):

@@ -259,3 +259,10 @@ def test_undamaged_packs_read_identically(flip_store):
                         np.testing.assert_array_equal(r.read_batch(e, b),
                                                       feats[plan.input_nodes(e, b)])
 
+
+
+def test_flip_in_labels_is_refused_by_name(copy):
+    file = _flip(copy, "labels", 0.5)
+    with pytest.raises(ChecksumError, match="array 'labels'") as err:
+        _read_all(copy, "static")
+    assert str(file) in str(err.value)
