@@ -30,8 +30,10 @@ runs in the training loop's thread.
 
 Memory: ``prefetch`` batches may wait in each queue. On a CPU device the loader charges
 ``(prefetch + 1) x largest batch`` of staging (the waiting batches plus the one the
-training loop holds) and the labels to the CPU budget, on top of what the tiered reader
-charges (tiers, segment buffers). On CUDA the host side is the staging ring, the same
+training loop holds), ``prefetch + 2`` decoded plan records (the largest record each: the
+waiting batches, the one being read and the one the training loop holds) and the labels
+to the CPU budget, on top of what the tiered reader charges (tiers, segment buffers, the
+plan index and per-batch tables). On CUDA the host side is the staging ring, the same
 ``(prefetch + 1) x largest batch``, and the device side is charged to the GPU budget:
 the GPU tier (charged by the reader) and the batches on the device, ``prefetch + 3``
 of them (``oocstore.tiers.staging.device_charges``: being copied, prefetched, handed
@@ -49,6 +51,9 @@ Integrity: with ``verify_reads`` (the default) every checksum chunk a packed-seg
 read covers is checked before its rows are used, and a mismatch raises
 :class:`~oocstore.errors.ChecksumError` naming the batch and the file in the training
 loop; ``verify_reads=False`` skips the check (CRC-32 costs CPU: ``bench/verify_cost.py``).
+The arrays the reader indexes with (plan index and records, tier / slot, the Belady
+schedule, segment tables) are checked whatever ``verify_reads`` says, and their values
+are bounds-checked before use (``docs/RELIABILITY.md``, damaged index arrays).
 
 Epochs: ``set_epoch(e)`` selects plan epoch ``e mod K``, where ``K`` is the number of
 packed epochs (all of the plan's epochs unless a disk-blowup cap packed fewer).
@@ -69,8 +74,10 @@ import numpy as np
 import torch
 
 from .budget import BudgetAccountant, MemoryBudget
+from .checked_read import CheckedRows
 from .distributed import check_rank, current_rank, resolve_plan
 from .errors import BudgetError, FormatError, UsageError
+from .pack.format import plan_record_bytes
 from .pack.packer import label_dtype, labels_bytes
 from .pipeline import Pipeline
 from .plan import SampledBatch
@@ -160,8 +167,10 @@ class NodeLoader:
         # the batch the training loop holds, and one prefetched batch.
         staging = pm.largest_batch_rows * pm.row_bytes
         lbytes = labels_bytes(store)
-        reserve = lbytes + 2 * staging
         mws = pm.min_working_set
+        # Plan records of the three batches in flight at depth 1 (older packs did not
+        # record their size: the loader's own charge below then refuses what cannot fit).
+        reserve = lbytes + 2 * staging + 3 * mws.get("plan_record_bytes", 0)
         need = mws["cpu"]
         if "labels_bytes" not in mws:  # packs written before the minimum counted these
             need += reserve
@@ -173,7 +182,9 @@ class NodeLoader:
                 f"{self.pack_name!r}: the minimum needed is {format_size(need)} (cpu cache "
                 f"{format_size(mws['cpu_tier_bytes'])} + largest segment "
                 f"{format_size(mws['largest_segment_bytes'])} + 3 batches of staging "
-                f"{format_size(3 * staging)} + labels {format_size(lbytes)} + read buffers): "
+                f"{format_size(3 * staging)} + labels {format_size(lbytes)} + plan index, "
+                f"tables and records {format_size(mws.get('tables_bytes', 0) + 3 * mws.get('plan_record_bytes', 0))}"
+                " + read buffers): "
                 f"raise --cpu-budget to at least {format_size(need)}, or re-pack with a smaller "
                 "--cpu-cache or within `oocstore pack --cpu-budget`")
         self.reader = TieredReader(store, self.pack_name, accountant=self.accountant,
@@ -206,11 +217,18 @@ class NodeLoader:
     def _setup_budget(self, prefetch: int | None) -> None:
         m = self.reader.meta
         staging = m.largest_batch_rows * m.row_bytes
+        plan = self.reader.plan
+        # Each batch in flight also holds its decoded plan record (ids as int64) and labels.
+        self.record_bytes = plan_record_bytes(plan.max_record_elems(),
+                                              np.dtype(plan.meta.node_dtype).itemsize,
+                                              plan.meta.batch_size)
         ldtype = label_dtype(self.store)
         self._charges.append(self.accountant.charge("cpu", labels_bytes(self.store), "labels",
                                                     fix="raise the cpu budget"))
         # Read in chunks with pread (never mapped): resident memory is the compact copy.
-        reader = self.store.slice_reader("labels")
+        # Checksum-checked: a flipped label would train on a wrong target silently.
+        reader = CheckedRows(self.store, "labels", fix="restore the store from a copy or "
+                             "re-ingest it")
         n = self.store.array_meta("labels").shape[0]
         self.labels = np.empty(n, dtype=ldtype)
         for lo in range(0, n, 1 << 20):
@@ -219,21 +237,27 @@ class NodeLoader:
         fix = (f"the pack's minimum working set is {format_size(m.min_working_set['cpu'])}; raise "
                "--cpu-budget, lower --cpu-cache when packing, or sample with a smaller batch "
                "size")
+        rec = self.record_bytes
+        self._charges.append(self.accountant.charge(
+            "cpu", 2 * rec, "plan records of the batch being read and the one the training "
+            "loop holds", fix=fix))
         if self.device.type == "cuda":
             self._setup_device(prefetch, staging, fix)
             return
         self._charges.append(self.accountant.charge("cpu", staging, "batch held by the training "
                                                     "loop", fix=fix))
+        per_batch = staging + rec
         if prefetch is None:
             depth = 0
-            while depth < MAX_PREFETCH and self.accountant.fits("cpu", (depth + 1) * staging):
+            while depth < MAX_PREFETCH and self.accountant.fits("cpu", (depth + 1) * per_batch):
                 depth += 1
             if depth == 0:
                 raise BudgetError(
                     f"cpu budget {format_size(self.budget.cpu)} cannot prefetch even one batch "
-                    f"({format_size(staging)} of staging on top of "
-                    f"{format_size(self.accountant.charged('cpu'))}); minimum needed "
-                    f"{format_size(self.accountant.charged('cpu') + staging)}: raise --cpu-budget")
+                    f"({format_size(staging)} of staging and {format_size(rec)} of plan record "
+                    f"on top of {format_size(self.accountant.charged('cpu'))}); minimum needed "
+                    f"{format_size(self.accountant.charged('cpu') + per_batch)}: raise "
+                    "--cpu-budget")
             log.info("prefetch depth %d (the largest <= %d that fits the cpu budget)", depth,
                      MAX_PREFETCH)
         else:
@@ -243,7 +267,7 @@ class NodeLoader:
                                  "thread, no overlap) or more batches")
         self.prefetch = depth
         self._charges.append(self.accountant.charge(
-            "cpu", depth * staging, f"{depth} prefetched batch(es)",
+            "cpu", depth * per_batch, f"{depth} prefetched batch(es) (features and plan records)",
             fix=f"lower the prefetch depth (now {depth}) or raise the cpu budget"))
 
     def _setup_device(self, prefetch: int | None, staging: int, fix: str) -> None:
@@ -259,7 +283,7 @@ class NodeLoader:
                                   already_charged=staging if on_device else 0)
 
         def fits(depth: int) -> bool:
-            return (self.accountant.fits("cpu", (depth + 1) * staging)
+            return (self.accountant.fits("cpu", (depth + 1) * staging + depth * self.record_bytes)
                     and self.accountant.fits("gpu", sum(b for _, b in gpu_items(depth))))
 
         if prefetch is not None and int(prefetch) < 0:
@@ -283,6 +307,9 @@ class NodeLoader:
         self.prefetch = depth
         self._charges.append(self.accountant.charge(
             "cpu", (depth + 1) * staging, f"pinned staging ring ({depth + 1} slots)",
+            fix=f"lower the prefetch depth (now {depth}) or raise the cpu budget; {fix}"))
+        self._charges.append(self.accountant.charge(
+            "cpu", depth * self.record_bytes, f"plan records of {depth} prefetched batch(es)",
             fix=f"lower the prefetch depth (now {depth}) or raise the cpu budget; {fix}"))
         gfix = (f"lower the prefetch depth (now {depth}), re-pack with a smaller --gpu-cache, "
                 "or raise the gpu budget")

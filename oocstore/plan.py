@@ -59,6 +59,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from .checked_read import CheckedRows, ChunkCheck, read_checked
 from .errors import FormatError, StoreExistsError, StoreNotFoundError, UsageError
 from .store import Store
 from .store.format import versioned_from_dict
@@ -375,9 +376,18 @@ def list_plans(store: Store) -> dict[str, PlanMeta]:
 
 
 class PlanReader:
-    """Random access to one plan's batches (memory-mapped; cheap to open)."""
+    """Random access to one plan's batches (cheap to open).
 
-    def __init__(self, store: Store, name: str, *, check_graph: bool = True):
+    The index is read whole, its chunk checksums checked, and its structure checked
+    (records back to back inside ``data``, lengths and layer sizes consistent, counts
+    within the graph), so no later read or allocation trusts a damaged value. Records are
+    read with ``pread``, each checksum chunk checked the first time a read touches it
+    (:class:`~oocstore.checked_read.CheckedRows`), and every record's node ids and local
+    edge ids are range-checked when it is decoded. ``verify=False`` skips the checksums
+    of records (the structure and range checks stay)."""
+
+    def __init__(self, store: Store, name: str, *, check_graph: bool = True,
+                 verify: bool = True):
         raw = store.get(plan_key(name))
         if raw is None:
             have = ", ".join(sorted(list_plans(store))) or "none"
@@ -391,16 +401,56 @@ class PlanReader:
                 raise FormatError(f"plan {name!r} in {store.path} was sampled from another graph "
                                   f"(store version {self.meta.store_version}): re-sample it with "
                                   f"`oocstore sample ... --name {name} --overwrite`")
-        # ``_data`` maps the records for bulk offline passes (packing); per-batch reads go
-        # through ``_records`` (pread), so serving a plan never maps it into memory.
-        self._data = store.array(self.meta.arrays["data"])
-        self._records = store.slice_reader(self.meta.arrays["data"])
-        self._index = np.array(store.array(self.meta.arrays["index"]))
+        self.fix = f"re-sample the plan with `oocstore sample ... --name {name} --overwrite`"
+        for part in ("data", "index", "counts"):
+            if part not in self.meta.arrays:
+                raise FormatError(f"plan {name!r} lists no {part!r} array: the catalog is "
+                                  f"damaged; {self.fix}")
         ncols = len(INDEX_HEAD) + len(LAYER_COLUMNS) * self.meta.num_layers
-        if self._index.shape != (self.meta.total_batches, ncols):
-            raise FormatError(f"plan {name!r}: index has shape {self._index.shape}, expected "
-                              f"({self.meta.total_batches}, {ncols}): re-sample with --overwrite")
+        imeta = store.array_meta(self.meta.arrays["index"])
+        if imeta.shape != (self.meta.total_batches, ncols) or imeta.dtype != "int64":
+            raise FormatError(f"plan {name!r}: index has shape {imeta.shape} ({imeta.dtype}), "
+                              f"expected ({self.meta.total_batches}, {ncols}) int64: {self.fix}")
+        dmeta = store.array_meta(self.meta.arrays["data"])
+        if len(dmeta.shape) != 1 or dmeta.dtype != self.meta.node_dtype:
+            raise FormatError(f"plan {name!r}: data array has shape {dmeta.shape} "
+                              f"({dmeta.dtype}), expected one {self.meta.node_dtype} column: "
+                              f"{self.fix}")
+        # ``_data`` maps the records for bulk offline passes (packing, after
+        # :meth:`verify`); per-batch reads go through ``_records`` (checked ``pread``), so
+        # serving a plan never maps it into memory.
+        self._data = store.array(self.meta.arrays["data"])
+        self._index = read_checked(store, self.meta.arrays["index"], fix=self.fix)
+        check_index(self._index, num_layers=self.meta.num_layers, data_len=dmeta.shape[0],
+                    num_nodes=self.meta.num_nodes, where=f"plan {name!r} "
+                    f"({store.file_path(imeta)})", fix=self.fix)
+        self._records = CheckedRows(store, self.meta.arrays["data"], fix=self.fix, verify=verify)
+        self._verified = False  # whether verify() checked the records and counts
         self._starts = np.concatenate([[0], np.cumsum(self.meta.batches_per_epoch)]).astype(np.int64)
+
+    def max_record_elems(self) -> int:
+        """Elements of the largest batch record (what decoding one batch holds)."""
+        return int(self._index[:, 1].max()) if self._index.shape[0] else 0
+
+    def verify(self) -> None:
+        """Check every chunk of the records and access counts against their checksums
+        (one sequential pass): done before a bulk pass over the memory map (packing).
+        Once per reader."""
+        if self._verified:
+            return
+        for part in ("data", "counts"):
+            name = self.meta.arrays[part]
+            meta = self.store.array_meta(name)
+            check = ChunkCheck(self.store, name, meta, self.fix)
+            rows = max(1, meta.chunk_bytes // max(1, meta.row_bytes))
+            reader = CheckedRows(self.store, name, fix=self.fix, verify=False)
+            try:
+                for lo in range(0, meta.shape[0] if meta.shape else 0, rows):
+                    check.feed(reader.read(lo, min(meta.shape[0], lo + rows)))
+            finally:
+                reader.close()
+            check.finish()
+        self._verified = True
 
     @property
     def name(self) -> str:
@@ -438,24 +488,44 @@ class PlanReader:
         return np.array(self._index[self._row_id(epoch, batch)])
 
     def index(self) -> np.ndarray:
-        """The whole index, ``[total_batches, 4 + 3 L]`` int64 (memory map)."""
+        """The whole index, ``[total_batches, 4 + 3 L]`` int64 (in memory, checked)."""
         return self._index
 
     def raw_record(self, epoch: int, batch: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(record view into the data memory map, index row)``, no decoding."""
+        """``(record, index row)``, no decoding (the record's bytes are checksum-checked)."""
         row = self.index_row(epoch, batch)
         off, length = int(row[0]), int(row[1])
         return self._records.read(off, off + length), row
 
     def read_batch(self, epoch: int, batch: int) -> SampledBatch:
         record, row = self.raw_record(epoch, batch)
-        return decode_record(record, row, self.num_layers, epoch=epoch, batch=batch)
+        sample = decode_record(record, row, self.num_layers, epoch=epoch, batch=batch)
+        self._check_ids(sample.input_nodes, epoch, batch)
+        for layer, block in enumerate(sample.blocks):
+            for what, ids, bound in (("source", block.src, block.num_src),
+                                     ("destination", block.dst, block.num_dst)):
+                if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= bound):
+                    raise FormatError(f"plan {self.name!r}: batch {batch} of epoch {epoch}, "
+                                      f"layer {layer} has a {what} id outside 0..{bound - 1}: "
+                                      f"the plan's data is damaged; {self.fix}")
+        return sample
 
     def input_nodes(self, epoch: int, batch: int) -> np.ndarray:
         """Just the batch's input node ids (int64), without the edges."""
         row = self.index_row(epoch, batch)
         off = int(row[0])
-        return self._records.read(off, off + int(row[3])).astype(np.int64, copy=False)
+        nodes = self._records.read(off, off + int(row[3])).astype(np.int64, copy=False)
+        self._check_ids(nodes, epoch, batch)
+        return nodes
+
+    def _check_ids(self, nodes: np.ndarray, epoch: int, batch: int) -> None:
+        if nodes.size and (int(nodes.min()) < 0 or int(nodes.max()) >= self.meta.num_nodes):
+            raise FormatError(f"plan {self.name!r}: batch {batch} of epoch {epoch} has an input "
+                              f"node id outside 0..{self.meta.num_nodes - 1}: the plan's data "
+                              f"is damaged; {self.fix}")
+
+    def close(self) -> None:
+        self._records.close()
 
     def iter_batches(self, epoch: int) -> Iterator[SampledBatch]:
         for b in range(self.num_batches(epoch)):
@@ -476,6 +546,52 @@ class PlanReader:
     def __repr__(self) -> str:
         return (f"PlanReader({self.name!r}, epochs={self.num_epochs}, "
                 f"batches={self.meta.total_batches}, fanouts={list(self.meta.fanouts)})")
+
+
+def check_index(index: np.ndarray, *, num_layers: int, data_len: int, num_nodes: int,
+                where: str, fix: str) -> None:
+    """Refuse a plan index whose values a reader cannot trust as offsets and sizes.
+
+    Records lie back to back from element 0 to the end of ``data``; each record's length
+    is its input nodes plus two ids per edge; layer 0's sources are the input nodes,
+    every layer's destinations are a prefix of its sources and the next layer's sources,
+    and the last layer's destinations are the seeds; nothing exceeds ``num_nodes``."""
+    def fail(what: str, rows: np.ndarray) -> None:
+        b = int(np.flatnonzero(rows)[0]) if rows.ndim else 0
+        raise FormatError(f"{where}: {what} (index row {b}: {index[b].tolist()}): the plan's "
+                          f"index is damaged; {fix}")
+
+    if index.shape[0] == 0:
+        if data_len:
+            raise FormatError(f"{where}: no batches but {data_len} record elements: {fix}")
+        return
+    off, length, seeds, ninput = index[:, 0], index[:, 1], index[:, 2], index[:, 3]
+    if (index < 0).any():
+        fail("a negative value", (index < 0).any(axis=1))
+    layers = index[:, 4:].reshape(index.shape[0], num_layers, 3)
+    edges = layers[:, :, 2].sum(axis=1) if num_layers else np.zeros_like(length)
+    if (ninput > num_nodes).any():
+        fail(f"more input nodes than the graph's {num_nodes}", ninput > num_nodes)
+    if (length != ninput + 2 * edges).any():
+        fail("a record length that is not its input nodes + 2 x its edges",
+             length != ninput + 2 * edges)
+    if off[0] != 0:
+        fail("the first record does not start at 0", np.array([True]))
+    gap = off[1:] != off[:-1] + length[:-1]
+    if gap.any():
+        fail("records that are not back to back", np.concatenate([[False], gap]))
+    if int(off[-1] + length[-1]) != data_len:
+        raise FormatError(f"{where}: records end at element {int(off[-1] + length[-1])} but "
+                          f"the data array holds {data_len}: the plan is damaged; {fix}")
+    if num_layers:
+        src, dst = layers[:, :, 0], layers[:, :, 1]
+        bad = (src[:, 0] != ninput) | (dst > src).any(axis=1) | (dst[:, -1] != seeds)
+        if num_layers > 1:
+            bad |= (src[:, 1:] != dst[:, :-1]).any(axis=1)
+        if bad.any():
+            fail("layer sizes that do not nest", bad)
+    elif (seeds != ninput).any():
+        fail("seeds that are not the input nodes", seeds != ninput)
 
 
 def refuse_existing(store: Store, name: str, overwrite: bool) -> None:

@@ -74,6 +74,35 @@ def pack_array_names(name: str) -> dict[str, str]:
     return {p: f"pack/{name}/{p}" for p in parts}
 
 
+#: Scratch buffer of each checksum-checked per-batch reader (``oocstore/checked_read.py``).
+CHECK_SCRATCH = 1 << 20
+
+
+def reader_table_bytes(*, total_batches: int, index_columns: int, epochs: int,
+                       num_segments: int, positions: int, inserts: int, belady: bool,
+                       plan_data_bytes: int) -> int:
+    """CPU memory a tiered reader holds for the whole run besides tiers and buffers:
+    the plan's index (``8 x index_columns`` bytes per batch) and epoch starts, the
+    per-batch position and segment tables, the Belady insert offsets, the segment table
+    and checksums, and a checksum scratch of at most 1 MiB for each of the arrays read
+    per batch (plan records, tier, slot, inserts). One formula for the packer (the
+    minimum working set it records) and the reader (what it charges)."""
+    tb = int(total_batches)
+    per_batch = 8 * index_columns + 8 + 8 + (8 if belady else 0)  # index, pos, batch_segment
+    scratch = (min(CHECK_SCRATCH, plan_data_bytes) + min(CHECK_SCRATCH, positions)
+               + min(CHECK_SCRATCH, 4 * positions)
+               + (min(CHECK_SCRATCH, 16 * inserts) if belady else 0))
+    chunks = 4 + (plan_data_bytes + 5 * positions + 16 * inserts) // (4 << 20)  # checked maps
+    return (tb * per_batch + 16 + 16 * (epochs + 1) + 28 * num_segments + scratch + chunks)
+
+
+def plan_record_bytes(max_record_elems: int, node_itemsize: int, batch_size: int) -> int:
+    """CPU memory one batch's plan record takes while the batch is in flight: the record
+    as read (``node_itemsize`` per element) and decoded to int64, and the seeds' labels
+    (as gathered and as int64)."""
+    return int(max_record_elems) * (8 + int(node_itemsize)) + 16 * int(batch_size)
+
+
 @dataclass(frozen=True)
 class PackMeta:
     """The catalog entry of one pack (``pack/<name>``)."""
@@ -96,7 +125,10 @@ class PackMeta:
     max_disk_blowup: float
     blowup: float  # packed bytes / base feature bytes, over every epoch of the plan
     expected_read_amplification: float
-    min_working_set: dict[str, int]  # cpu, gpu, largest_segment_bytes, staging_bytes
+    # cpu, gpu, largest_segment_bytes, staging_bytes, ... tables_bytes (the reader's
+    # per-batch tables), plan_record_bytes (one batch's record in flight); the last two
+    # are absent from packs written before they were charged
+    min_working_set: dict[str, int]
     largest_batch_rows: int
     arrays: dict[str, str] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)

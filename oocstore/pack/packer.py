@@ -51,7 +51,8 @@ from ..store.format import check_name
 from ..tiers.ssd import base_read_buffer_bytes
 from ..tiers.staging import device_charges
 from ..units import format_size
-from .format import CPU, GPU, SSD, PackMeta, pack_array_names, pack_key
+from .format import (CPU, GPU, SSD, PackMeta, pack_array_names, pack_key, plan_record_bytes,
+                     reader_table_bytes)
 from .placement import belady_schedule, static_placement
 
 log = logging.getLogger(__name__)
@@ -324,6 +325,10 @@ class Layout:
 def plan_layout(store: Store, plan: PlanReader, options: PackOptions) -> Layout:
     """Placement, segment length and minimum working set of packing ``plan``."""
     fmeta = store.array_meta("features")
+    # The bulk passes below index arrays with the plan's memory-mapped records: check
+    # them against their checksums first (once per reader; the index was checked when
+    # the plan was opened).
+    plan.verify()
     n = fmeta.shape[0]
     rb = fmeta.row_bytes
     base_bytes = fmeta.nbytes
@@ -395,14 +400,24 @@ def plan_layout(store: Store, plan: PlanReader, options: PackOptions) -> Layout:
     # Training also holds the labels and, besides the batch being assembled, the batch the
     # training loop works on and one prefetched batch: all part of the minimum.
     lbytes = labels_bytes(store)
+    # What the reader holds per batch and per segment for the whole run, and the plan
+    # records of the three batches in flight at the minimum depth (as staging above).
+    tables = reader_table_bytes(
+        total_batches=total_batches, index_columns=index.shape[1],
+        epochs=plan.meta.epochs, num_segments=packed_segs, positions=int(pstart[-1]),
+        inserts=int(schedule[0].size) if schedule[0] is not None else 0,
+        belady=options.policy == "belady", plan_data_bytes=int(data.nbytes))
+    records = plan_record_bytes(int(index[:, 1].max()) if total_batches else 0,
+                                data.dtype.itemsize, plan.meta.batch_size)
     mws = {"cpu": largest_seg + 3 * staging + cpu_tier_bytes + gpu_tier_bytes + fallback_buf
-           + lbytes,
+           + lbytes + tables + 3 * records,
            "gpu": gpu_tier_bytes + device_overhead(largest_batch, rb, plan.meta.batch_size,
                                                    gpu_ids.size),
            "largest_segment_bytes": largest_seg, "staging_bytes": staging,
            "cpu_tier_bytes": cpu_tier_bytes, "gpu_tier_bytes": gpu_tier_bytes,
            "base_read_bytes": fallback_buf, "labels_bytes": lbytes,
-           "loader_batches_bytes": 2 * staging}
+           "loader_batches_bytes": 2 * staging, "tables_bytes": tables,
+           "plan_record_bytes": records}
     return Layout(plan=plan, fmeta=fmeta, gpu_ids=gpu_ids, cpu_ids=cpu_ids, node_tier=node_tier,
                   node_slot=node_slot, segment_batches=int(S), seg_first=seg_first,
                   seg_last=seg_last, seg_rows=seg_rows, batch_seg=batch_seg, cap_rows=cap_rows,

@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 
 from ..budget import BudgetAccountant, MemoryBudget
-import zlib
-
+from ..checked_read import CheckedRows, read_checked
+from ..checked_read import ChunkCheck as _ChunkCheck
 from ..errors import ChecksumError, FormatError, StoreNotFoundError
-from ..pack.format import BASE, CPU, GPU, SSD, PackMeta, pack_key
+from ..pack.format import BASE, CPU, GPU, SSD, PackMeta, pack_key, reader_table_bytes
 from ..plan import PlanReader
 from ..store import Store
 from ..store import ALIGN
@@ -64,7 +64,8 @@ def _read_into(store: Store, name: str, out: np.ndarray, verify: bool = True) ->
     needs more memory than the tier itself. With ``verify``, every chunk checksum is
     checked on the way (:class:`~oocstore.errors.ChecksumError` names file and chunk)."""
     meta = store.array_meta(name)
-    check = _ChunkCheck(store, name, meta) if verify else None
+    check = _ChunkCheck(store, name, meta, "re-pack it (`oocstore pack ... --overwrite`)") \
+        if verify else None
     dest = out.reshape(-1).view(np.uint8)
     if dest.size != meta.nbytes:
         raise FormatError(f"array {name!r}: {meta.nbytes} bytes do not fit a buffer of "
@@ -88,42 +89,6 @@ def _read_into(store: Store, name: str, out: np.ndarray, verify: bool = True) ->
             done += n
     if check is not None:
         check.finish()
-
-
-class _ChunkCheck:
-    """Streaming comparison of an array's bytes, fed in order, with its chunk CRC-32s."""
-
-    def __init__(self, store: Store, name: str, meta):
-        self.path, self.meta = store.file_path(meta), meta
-        self.sums = store.checksums(name)
-        if len(self.sums) != meta.num_chunks:
-            raise ChecksumError(f"array {name!r} ({self.path}): the catalog lists "
-                                f"{len(self.sums)} checksums for {meta.num_chunks} chunks: "
-                                "the catalog is damaged; run `oocstore verify`")
-        self.chunk, self.crc, self.fill = 0, 0, 0
-
-    def feed(self, data: np.ndarray) -> None:
-        mv, cb = memoryview(data).cast("B"), self.meta.chunk_bytes
-        while len(mv):
-            take = min(len(mv), cb - self.fill)
-            self.crc = zlib.crc32(mv[:take], self.crc)
-            self.fill += take
-            mv = mv[take:]
-            if self.fill == cb:
-                self._close_chunk()
-
-    def _close_chunk(self) -> None:
-        if self.crc != self.sums[self.chunk]:
-            lo = self.meta.offset + self.chunk * self.meta.chunk_bytes
-            raise ChecksumError(
-                f"array {self.meta.name!r} ({self.path}): checksum mismatch in chunk "
-                f"{self.chunk} (bytes {lo}..{lo + self.fill}): the file is corrupt; run "
-                "`oocstore verify` and re-create it (re-pack a pack)")
-        self.chunk, self.crc, self.fill = self.chunk + 1, 0, 0
-
-    def finish(self) -> None:
-        if self.fill:
-            self._close_chunk()
 
 
 def _read_whole(store: Store, name: str) -> np.ndarray:
@@ -161,6 +126,12 @@ class TieredReader:
         fix = ("lower the cache sizes when packing, sample with a smaller batch size, or raise "
                "the cpu budget")
         charge = self.accountant.charge
+        self.pack_fix = (f"re-pack it with `oocstore pack {store.path} --plan {m.plan} "
+                         f"--name {pack} --overwrite`")
+        self._charges.append(charge("cpu", self._table_bytes(), "plan index and pack tables "
+                                    "(per batch and per segment)", fix=fix))
+        # Checked before any tier, buffer or thread exists: a damaged pack costs nothing.
+        tables = _PackTables(store, m, self.plan, self.pack_fix)
         import torch
 
         self.device = torch.device(device) if device is not None else None
@@ -201,23 +172,23 @@ class TieredReader:
         _read_into(store, m.arrays["cpu_rows"], host[self._cpu_offset:], self.verify_reads)
         self.host = MemoryTier(host, name="cpu")
         self.segments = SegmentTier(store.file_path(store.array_meta(m.arrays["rows"])),
-                                    store.array_meta(m.arrays["rows"]),
-                                    _read_whole(store, m.arrays["segments"]),
+                                    store.array_meta(m.arrays["rows"]), tables.segments,
                                     read_ahead=read_ahead,
                                     checksums=store.checksums(m.arrays["rows"]),
                                     verify=self.verify_reads,
-                                    segment_crcs=_read_whole(store, m.arrays["segment_crc"])
-                                    if "segment_crc" in m.arrays else None)
-        self.batch_segment = _read_whole(store, m.arrays["batch_segment"])
-        self._tier = store.slice_reader(m.arrays["tier"])
-        self._slot = store.slice_reader(m.arrays["slot"])
-        index = self.plan.index()
-        self._pos = np.concatenate([[0], np.cumsum(index[:, 3])]).astype(np.int64)
+                                    segment_crcs=tables.segment_crc)
+        self.batch_segment = tables.batch_segment
+        self._pos = tables.pos
         self._starts = np.concatenate([[0], np.cumsum(self.plan.meta.batches_per_epoch)])
+        # Read per batch, each checksum chunk checked when first touched; every value is
+        # bounds-checked by the assembly kernels before it is used.
+        self._tier = CheckedRows(store, m.arrays["tier"], fix=self.pack_fix)
+        self._slot = CheckedRows(store, m.arrays["slot"], fix=self.pack_fix)
         self.scheduled = m.policy == "belady"
         if self.scheduled:
-            self._inserts = store.slice_reader(m.arrays["inserts"])
-            self._insert_offsets = _read_whole(store, m.arrays["insert_offsets"])
+            self._inserts = CheckedRows(store, m.arrays["inserts"], fix=self.pack_fix)
+            self._insert_offsets = tables.insert_offsets
+        self._no_segment = np.zeros((0, m.feat_dim), dtype=np.dtype(m.dtype))
         self._next = (-1, -1)  # (epoch, batch) the scheduled CPU tier is ready for
         self._dirty = False  # whether the scheduled tier left its epoch-start state
         self.direct = self.segments.direct
@@ -225,6 +196,22 @@ class TieredReader:
             log.info("O_DIRECT is not available for %s: reads go through the page cache",
                      store.path)
         self._out_dtype = np.dtype(m.dtype)
+
+    def _table_bytes(self) -> int:
+        """What this reader holds besides tiers and buffers, for the whole run
+        (:func:`~oocstore.pack.format.reader_table_bytes`)."""
+        m, store, pm = self.meta, self.store, self.plan.meta
+
+        def rows(part: str) -> int:
+            shape = store.array_meta(m.arrays[part]).shape if part in m.arrays else ()
+            return shape[0] if shape else 0
+
+        return reader_table_bytes(
+            total_batches=pm.total_batches, index_columns=self.plan.index().shape[1],
+            epochs=pm.epochs, num_segments=m.num_segments, positions=rows("tier"),
+            inserts=rows("inserts") if m.policy == "belady" else 0,
+            belady=m.policy == "belady",
+            plan_data_bytes=store.array_meta(pm.arrays["data"]).nbytes)
 
     @property
     def num_epochs(self) -> int:
@@ -268,6 +255,9 @@ class TieredReader:
         n = p1 - p0
         if out is None:
             out = np.empty((n, self.meta.feat_dim), dtype=self._out_dtype)
+        if out.shape != (n, self.meta.feat_dim):
+            raise ValueError(f"read_batch: out has shape {out.shape}, the batch needs "
+                             f"({n}, {self.meta.feat_dim})")
         seg = int(self.batch_segment[row])
         nxt = int(self.batch_segment[row + 1]) if row + 1 < self.batch_segment.shape[0] \
             and batch + 1 < self.plan.num_batches(epoch) else -1
@@ -277,10 +267,14 @@ class TieredReader:
             except ChecksumError as err:
                 raise ChecksumError(f"epoch {epoch}, batch {batch} of pack {self.meta.name!r}: "
                                     f"{err}") from err
+            seg_rows = self.segments.current_rows
         else:
             self.segments.prefetch(nxt)
-        counts = assemble_rows(tier, slot, self.host.rows, self._cpu_offset,
-                               self.segments.current_rows, out, self.gpu_on_host)
+            seg_rows = self._no_segment  # an SSD slot in an unpacked batch is invalid
+        counts = assemble_rows(tier, slot, self.host.rows, self._cpu_offset, seg_rows, out,
+                               self.gpu_on_host, self.meta.gpu_rows)
+        if counts[4]:
+            self._refuse_slots(epoch, batch, tier, slot, seg_rows.shape[0])
         self.host.hits += int(counts[GPU] + counts[CPU])
         self.segments.hits += int(counts[SSD])
         if counts[BASE]:
@@ -296,10 +290,37 @@ class TieredReader:
             i0, i1 = int(self._insert_offsets[row]), int(self._insert_offsets[row + 1])
             if i1 > i0:
                 ins = self._inserts.read(i0, i1)
-                scatter_rows(out, ins[:, 0] - p0, self.host.rows, self._cpu_offset + ins[:, 1])
+                if scatter_rows(out, ins[:, 0] - p0, self.host.rows, self._cpu_offset + ins[:, 1],
+                                self._cpu_offset):
+                    raise FormatError(
+                        f"pack {self.meta.name!r}: a Belady insert of epoch {epoch}, batch "
+                        f"{batch} (array {self.meta.arrays['inserts']!r}, rows {i0}..{i1}) "
+                        f"points outside the batch's {n} rows or the cpu tier's "
+                        f"{self.meta.cpu_rows} slots: the pack is damaged; {self.pack_fix}")
                 self._dirty = True
             self._next = (epoch, batch + 1)
         return out
+
+    def _refuse_slots(self, epoch: int, batch: int, tier: np.ndarray, slot: np.ndarray,
+                      seg_rows: int) -> None:
+        """Raise the ``FormatError`` for a batch whose tier / slot entries the assembly
+        kernel refused (the first offending position, by name)."""
+        m = self.meta
+        limits = {GPU: m.gpu_rows, CPU: m.cpu_rows, SSD: seg_rows}
+        for i, (t, k) in enumerate(zip(tier.tolist(), slot.tolist())):
+            if t == BASE:
+                continue
+            if t not in limits:
+                what = f"tier {t} (valid: 0..3)"
+            elif not 0 <= k < limits[t]:
+                what = f"slot {k} outside the {limits[t]} rows of tier {t}"
+            else:
+                continue
+            raise FormatError(f"pack {m.name!r}: epoch {epoch}, batch {batch}, position {i} has "
+                              f"{what} (arrays {m.arrays['tier']!r} / {m.arrays['slot']!r}): the "
+                              f"pack is damaged; {self.pack_fix}")
+        raise FormatError(f"pack {m.name!r}: epoch {epoch}, batch {batch} has invalid tier / slot "
+                          f"entries: the pack is damaged; {self.pack_fix}")
 
     def read_batch_tensor(self, epoch: int, batch: int, *, ring=None, stream=None):
         """The batch as a torch tensor on ``device``, ready to use on the caller's
@@ -405,6 +426,7 @@ class TieredReader:
         for r in (self._tier, self._slot, getattr(self, "_inserts", None)):
             if r is not None:
                 r.close()
+        self.plan.close()
         for c in self._charges:
             c.release()
         self._charges = []
@@ -419,3 +441,68 @@ class TieredReader:
         m = self.meta
         return (f"pack {m.name}: cpu tier {format_size(m.cpu_rows * m.row_bytes)}, "
                 f"{m.num_segments} segments, blowup {m.blowup:.2f}")
+
+
+class _PackTables:
+    """A pack's per-batch and per-segment tables, checksum-checked and checked against
+    each other and the plan, so that every offset the reader derives from them is inside
+    the buffer or array it indexes."""
+
+    def __init__(self, store: Store, m: PackMeta, plan: PlanReader, fix: str):
+        self.fix, self.m, self._store = fix, m, store
+        total = plan.meta.total_batches
+        ninput = plan.index()[:, 3]
+        self.pos = np.concatenate([[0], np.cumsum(ninput)]).astype(np.int64)
+        if total and int(ninput.max()) > m.largest_batch_rows:
+            self._fail(f"plan {plan.name!r} has a batch of {int(ninput.max())} rows, more than "
+                       f"the pack's largest batch ({m.largest_batch_rows})")
+        rows = store.array_meta(m.arrays["rows"])
+        for part in ("tier", "slot"):
+            have = store.array_meta(m.arrays[part]).shape
+            if have != (int(self.pos[-1]),):
+                self._fail(f"array {m.arrays[part]!r} has shape {have}, but the plan's batches "
+                           f"have {int(self.pos[-1])} input positions")
+        self.segments = self._read("segments").astype(np.int64, copy=False)
+        if self.segments.shape != (m.num_segments, 3):
+            self._fail(f"segment table has shape {self.segments.shape}, expected "
+                       f"({m.num_segments}, 3)")
+        if m.num_segments:
+            first, count, batch0 = self.segments.T
+            bad = (first < 0) | (count < 0) | (first + count > rows.shape[0]) \
+                | (batch0 < 0) | (batch0 >= max(total, 1))
+            if bad.any():
+                s = int(np.flatnonzero(bad)[0])
+                self._fail(f"segment {s} ({self.segments[s].tolist()}) lies outside the "
+                           f"{rows.shape[0]} packed rows or the plan's {total} batches")
+            largest = int(count.max()) * m.row_bytes + 2 * ALIGN
+            if largest > max(m.min_working_set.get("largest_segment_bytes", 0), 0):
+                self._fail(f"a segment of {int(count.max())} rows exceeds the largest segment "
+                           f"the pack declares ({m.min_working_set.get('largest_segment_bytes')}"
+                           " bytes)")
+        self.segment_crc = None
+        if "segment_crc" in m.arrays:
+            self.segment_crc = self._read("segment_crc")
+        self.batch_segment = self._read("batch_segment").astype(np.int64, copy=False)
+        if self.batch_segment.shape != (total,):
+            self._fail(f"batch_segment has shape {self.batch_segment.shape}, expected ({total},)")
+        bad = (self.batch_segment < -1) | (self.batch_segment >= m.num_segments)
+        if bad.any():
+            b = int(np.flatnonzero(bad)[0])
+            self._fail(f"batch {b} names segment {int(self.batch_segment[b])}, outside "
+                       f"-1..{m.num_segments - 1}")
+        self.insert_offsets = None
+        if m.policy == "belady":
+            offs = self._read("insert_offsets").astype(np.int64, copy=False)
+            inserts = store.array_meta(m.arrays["inserts"]).shape
+            if offs.shape != (total + 1,) or (total + 1 and offs[0] != 0) \
+                    or (np.diff(offs) < 0).any() or inserts[1:] != (2,) \
+                    or int(offs[-1]) != inserts[0]:
+                self._fail(f"the Belady insert offsets (shape {offs.shape}) do not index the "
+                           f"{inserts[0] if inserts else 0} inserts in order")
+            self.insert_offsets = offs
+
+    def _read(self, part: str) -> np.ndarray:
+        return read_checked(self._store, self.m.arrays[part], fix=self.fix)
+
+    def _fail(self, what: str) -> None:
+        raise FormatError(f"pack {self.m.name!r}: {what}: the pack is damaged; {self.fix}")

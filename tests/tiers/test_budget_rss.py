@@ -3,9 +3,13 @@ reading every batch of a pack keeps the peak RSS under the budget plus the docum
 fixed overhead (docs/BUDGETS.md)."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
+from pathlib import Path
 
 import pytest
 
@@ -13,7 +17,10 @@ from oocstore import Store
 from oocstore.ingest import build_store
 from oocstore.ingest.synthetic import SyntheticSpec, synthetic_source
 from oocstore.pack import PackOptions, pack_plan
+from oocstore.tiers import TieredReader
 from samplers import sample_plan
+
+REPO = Path(__file__).resolve().parents[2]
 
 #: The fixed overhead documented in docs/BUDGETS.md (per-batch temporaries such as the
 #: tier/slot slices and index arrays, allocator slack).
@@ -75,3 +82,191 @@ def test_peak_rss_stays_within_budget_plus_overhead(big_store, pack):
     assert r["charged"] <= budget
     assert r["ssd_bytes"] > 61_000_000  # the epoch really streamed from disk
     assert r["peak"] - r["base"] <= budget + OVERHEAD, r
+
+
+LOADER_DRIVER = textwrap.dedent("""
+    import json, sys
+    from oocstore import Store
+    from oocstore.budget import MemoryBudget
+    from oocstore.loader import NodeLoader
+
+    def status(key):
+        for line in open("/proc/self/status"):
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
+
+    import numpy as np
+    import torch
+    from oocstore.tiers.assemble import warm_up
+
+    store = Store(sys.argv[1])
+    budget = MemoryBudget(cpu=int(sys.argv[2]))
+    # Load the kernels only: a warm-up loader would leave its freed buffers in malloc's
+    # arenas, and the measured loader would reuse them unseen.
+    warm_up(np.float32)
+    base = status("VmRSS:")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    with NodeLoader(store, "wide", pack="wide", budget=budget) as loader:
+        held = []
+        for batch in loader:
+            held = [batch]  # what a training loop holds: the batch it works on
+        charged = loader.accountant.peak("cpu")
+        prefetch = loader.prefetch
+    print(json.dumps({"base": base, "peak": status("VmHWM:"), "charged": charged,
+                      "prefetch": prefetch, "budget": budget.cpu}))
+""")
+
+
+@pytest.fixture(scope="module")
+def wide_store(tmp_path_factory):
+    """Small rows and fanouts 15,10,5: each batch's plan record (its edges) is several
+    times the size of its feature rows."""
+    path = tmp_path_factory.mktemp("rss-wide") / "s"
+    build_store(path, synthetic_source(SyntheticSpec(nodes=40_000, feat_dim=4, avg_degree=30)))
+    with Store(path, readonly=False) as s:
+        sample_plan(s, fanouts="15,10,5", batch_size=2048, epochs=1, seed=0, name="wide")
+        pack_plan(s, "wide", name="wide", options=PackOptions(cpu_cache=64 << 10,
+                                                              max_disk_blowup=8))
+        mws = s.get("pack/wide")["min_working_set"]["cpu"]
+    return path, mws
+
+
+def test_loader_charges_the_plan_records_it_holds(wide_store):
+    """Iterating ``NodeLoader`` grows the peak RSS by at most what it charged plus the
+    fixed overhead, even where plan records (not feature rows) dominate."""
+    path, mws = wide_store
+    budget = max(mws, 1 << 20) * 3
+    out = subprocess.run([sys.executable, "-c", LOADER_DRIVER, str(path), str(budget)],
+                         capture_output=True, text=True, check=True)
+    r = json.loads(out.stdout)
+    assert r["charged"] <= budget and r["prefetch"] >= 1
+    assert r["peak"] - r["base"] <= r["charged"] + OVERHEAD, r
+
+
+def test_reader_charges_its_per_batch_tables(big_store):
+    """The plan index and the per-batch / per-segment tables a reader holds for the whole
+    run are charged (they grow with the number of batches, not with the budget)."""
+    path, _ = big_store
+    with Store(path) as store, TieredReader(store, "belady") as r:
+        held = (r.plan.index().nbytes + r._pos.nbytes + r._starts.nbytes
+                + r.batch_segment.nbytes + r._insert_offsets.nbytes + r.segments.segments.nbytes)
+        charges = {c.what: c.nbytes for c in r._charges}
+        tables = [v for k, v in charges.items() if k.startswith("plan index and pack tables")]
+        assert tables and tables[0] >= held
+        assert store.get("pack/belady")["min_working_set"]["tables_bytes"] == tables[0]
+
+
+# -- `oocstore train` inside a memory cgroup -------------------------------------------------
+
+CGROUP_V1 = Path("/sys/fs/cgroup/memory")
+
+#: What `oocstore train` holds besides the loader's charged buffers and its fixed overhead
+#: (docs/BUDGETS.md): the model's parameters and Adam state, one batch's activations and
+#: gradients, the training loop's own plan reader — for the small model of this test.
+TRAIN_MODEL_OVERHEAD = 64 << 20
+
+#: Modules a `train` process loads before its first batch (the interpreter's share).
+IMPORTS = ("import numpy as np, torch, torch_geometric, lmdb; import oocstore.cli, "
+           "oocstore.train.run, oocstore.train.model, samplers; "
+           "from oocstore.tiers.assemble import warm_up; warm_up(np.float32); "
+           "from torch_geometric.nn import SAGEConv")
+
+
+class MemoryCgroup:
+    """A cgroup v1 memory group for one child process (removed on exit)."""
+
+    def __init__(self, name: str, limit: int | None):
+        self.path = CGROUP_V1 / name
+        self.path.mkdir()
+        if limit is not None:
+            (self.path / "memory.limit_in_bytes").write_text(str(limit))
+            memsw = self.path / "memory.memsw.limit_in_bytes"
+            if memsw.exists():  # no escape into swap
+                memsw.write_text(str(limit))
+
+    def run(self, argv, **kw) -> subprocess.CompletedProcess:
+        procs = str(self.path / "cgroup.procs")
+
+        def enter():
+            with open(procs, "w") as f:
+                f.write(str(os.getpid()))
+
+        return subprocess.run(argv, preexec_fn=enter, capture_output=True, text=True, **kw)
+
+    def read(self, name: str) -> int:
+        return int((self.path / name).read_text().split()[0])
+
+    def close(self) -> None:
+        for _ in range(50):
+            try:
+                self.path.rmdir()
+                return
+            except OSError:  # the exiting child may still be charged for a moment
+                time.sleep(0.1)
+
+    def __enter__(self) -> "MemoryCgroup":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _cgroup_unavailable() -> str | None:
+    if not (CGROUP_V1 / "cgroup.procs").exists():
+        return f"no cgroup v1 memory controller mounted at {CGROUP_V1}"
+    if os.geteuid() != 0:
+        return "creating a memory cgroup needs root"
+    try:
+        (CGROUP_V1 / f"oocstore-probe-{os.getpid()}").mkdir()
+        (CGROUP_V1 / f"oocstore-probe-{os.getpid()}").rmdir()
+    except OSError as err:
+        return f"cannot create a memory cgroup under {CGROUP_V1}: {err}"
+    return None
+
+
+@pytest.fixture(scope="module")
+def train_store(tmp_path_factory):
+    reason = _cgroup_unavailable()
+    if reason:
+        pytest.skip(reason)
+    path = tmp_path_factory.mktemp("rss-train") / "s"
+    build_store(path, synthetic_source(SyntheticSpec(nodes=12_000, feat_dim=64, avg_degree=8)))
+    budget = 24 << 20
+    with Store(path, readonly=False) as s:
+        sample_plan(s, fanouts="5,5", batch_size=256, epochs=1, seed=0)
+        pack_plan(s, options=PackOptions(cpu_budget=budget, cpu_cache=2 << 20,
+                                         max_disk_blowup=8))
+    # A first run samples and packs the evaluation plans (a write), outside any cgroup.
+    subprocess.run([sys.executable, "-m", "oocstore", "train", str(path), "--epochs", "1",
+                    "--hidden", "32", "--cpu-budget", str(budget), "--quiet"], check=True,
+                   capture_output=True, cwd=REPO)
+    return path, budget
+
+
+def test_train_runs_inside_a_memory_cgroup_of_budget_plus_overhead(train_store):
+    """`oocstore train` completes inside a hard memory limit of: what its libraries take
+    (measured here, in a cgroup of its own), the CPU budget, the loader's fixed overhead
+    and the model's working memory (docs/BUDGETS.md); and the limit is real: half of what
+    the libraries alone take kills the same run."""
+    path, budget = train_store
+    tag = f"oocstore-test-{os.getpid()}"
+    with MemoryCgroup(f"{tag}-imports", None) as cg:
+        p = cg.run([sys.executable, "-c", IMPORTS], cwd=REPO)
+        assert p.returncode == 0, p.stderr
+        libraries = cg.read("memory.max_usage_in_bytes")
+    argv = [sys.executable, "-m", "oocstore", "train", str(path), "--epochs", "1", "--hidden",
+            "32", "--cpu-budget", str(budget), "--json", "--quiet"]
+    limit = libraries + budget + OVERHEAD + TRAIN_MODEL_OVERHEAD
+    with MemoryCgroup(f"{tag}-train", limit) as cg:
+        p = cg.run(argv, cwd=REPO, timeout=600)
+        used = cg.read("memory.max_usage_in_bytes")
+    assert p.returncode == 0, (p.returncode, limit, p.stderr[-2000:])
+    summary = json.loads(p.stdout.strip().splitlines()[-1])
+    assert summary["budget"]["cpu"] == budget and summary["test_acc"] is not None
+    assert summary["epochs"][0]["seeds"] > 0
+    print(f"train in a cgroup: libraries {libraries >> 20} MiB, limit {limit >> 20} MiB, "
+          f"peak usage {used >> 20} MiB")
+    with MemoryCgroup(f"{tag}-small", libraries // 2) as cg:
+        p = cg.run(argv, cwd=REPO, timeout=600)
+    assert p.returncode == -signal.SIGKILL, (p.returncode, p.stderr[-500:])
