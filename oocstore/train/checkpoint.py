@@ -35,6 +35,7 @@ import logging
 import os
 import pickle
 import random
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -139,14 +140,21 @@ def _first_line(err: BaseException) -> str:
 def load_checkpoint(path: Path, map_location: torch.device | str = "cpu") -> dict[str, Any]:
     """The checkpoint at ``path``, read without running code and checked for the layout
     in the module docstring; :class:`FormatError` naming the file otherwise."""
+    with open(path, "rb"):
+        pass  # permissions, a vanished file: an OSError naming the path
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
+        # torch reports every refusal of its restricted unpickler this way; a global it
+        # would not build is the code-running kind, anything else a damaged file.
+        if not re.search(r"\bglobal\b", str(err), re.IGNORECASE):
+            detail = str(err).split("WeightsUnpickler error:")[-1].strip().splitlines()
+            raise FormatError(f"checkpoint {path} cannot be read (UnpicklingError: "
+                              f"{detail[0][:200] if detail else ''}): it is truncated or damaged, "
+                              f"or not a checkpoint; {_FIX}") from err
         raise FormatError(f"checkpoint {path} names Python objects other than tensors and "
                           "plain values (loading them could run code), so it was not loaded: "
                           f"it was not written by `oocstore train`; {_FIX}") from err
-    except OSError:
-        raise  # permissions, a vanished file: the CLI names the path
     except Exception as err:  # noqa: BLE001 - any parse failure of a damaged file
         raise FormatError(f"checkpoint {path} cannot be read ({_first_line(err)}): it is "
                           f"truncated or damaged; {_FIX}") from err
