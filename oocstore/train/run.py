@@ -137,9 +137,12 @@ def run_training(store_path: str | os.PathLike, plan: str | None, cfg: TrainConf
     budget = MemoryBudget(cpu=cfg.cpu_budget, gpu=cfg.gpu_budget)
     rank, world = dist.current_rank()
     writes = writes if writes is not None else WriteLog(str(store_path))
-    if cfg.resume:  # a checkpoint that cannot be resumed from is refused before any write
-        _on_every_rank(lambda: _checkpoint_path(cfg) and load_checkpoint(
-            _checkpoint_path(cfg), map_location="cpu"))
+    # Refused before any write: a checkpoint that cannot be resumed from, a checkpoint
+    # directory that cannot be written (rank 0 writes it).
+    if cfg.resume:
+        _on_every_rank(lambda: load_checkpoint(_checkpoint_path(cfg), map_location="cpu"))
+    if cfg.checkpoint:
+        _on_every_rank(lambda: rank == 0 and _check_checkpoint_dir(Path(cfg.checkpoint)))
     _prepare(store_path, plan, cfg, budget, device, rank, world, writes)
     store = Store(store_path)
     try:
@@ -203,6 +206,23 @@ def _prepare(store_path, plan: str | None, cfg: TrainConfig, budget: MemoryBudge
 
     _on_every_rank(check)
     _on_every_rank(prepare if dist.node_ranks()[0] == rank else lambda: None)
+
+
+def _check_checkpoint_dir(directory: Path) -> None:
+    """Refuse a --checkpoint DIR that is not a directory or cannot be created or written."""
+    if directory.exists():
+        if not directory.is_dir():
+            raise UsageError(f"--checkpoint {directory}: not a directory; give a directory to "
+                             "save the run's state in")
+        target = directory
+    else:
+        target = next((p for p in directory.parents if p.exists()), Path("."))
+        if not target.is_dir():
+            raise UsageError(f"--checkpoint {directory}: {target} is not a directory; give a "
+                             "directory to save the run's state in")
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise UsageError(f"--checkpoint {directory}: {target} is not writable; give a "
+                         "directory this user can write")
 
 
 def _checkpoint_path(cfg: TrainConfig) -> Path:

@@ -271,6 +271,58 @@ def test_interrupt_after_commits_lists_them(store, tmp_path):
         assert {"val-eval", "test-eval"} <= set(list_plans(s))
 
 
+def test_interrupt_while_waiting_for_the_writer_says_nothing_was_written(store):
+    with Store(store, readonly=False) as s, s.writer_lock():
+        before = dict(s.catalog.items(""))
+        proc = _spawn("train", store, "--epochs", "1", "--hidden", "16", "--quiet")
+        time.sleep(4.0)  # started, found no evaluation plans, waiting for the lock
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert dict(s.catalog.items("")) == before
+    assert proc.returncode == 130, err
+    assert "interrupted; the store was left as it was before this command" in err
+
+
+def test_failure_after_commits_lists_them(store, capsys, monkeypatch):
+    """A failure after the first commits (here the disk filling up while the second
+    evaluation pack is written) says which commits the store keeps."""
+    import oocstore.train.prepare as prepare
+    from oocstore.errors import DiskFullError
+
+    real, calls = prepare.pack_plan, []
+
+    def pack_plan(store_, member, **kw):
+        calls.append(member)
+        if len(calls) == 2:
+            raise DiskFullError(f"disk full writing pack {member!r} (test)")
+        return real(store_, member, **kw)
+
+    monkeypatch.setattr(prepare, "pack_plan", pack_plan)
+    assert main(["train", store, "--epochs", "1", "--hidden", "16", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "disk full writing pack 'test-eval'" in err[0], err
+    assert err[1] == (f"oocstore: before it stopped, this command committed plan 'val-eval', "
+                      f"plan 'test-eval', pack 'val-eval' to {store} (kept: later runs reuse "
+                      "them; `oocstore rm` removes them); the rest of the store is as it was "
+                      "before")
+    with Store(store) as s:
+        assert set(list_packs(s)) == {"train", "val-eval"}
+        assert {"val-eval", "test-eval"} <= set(list_plans(s))
+
+
+@pytest.mark.parametrize("where", ["file", "parent-file"])
+def test_unusable_checkpoint_dir_is_refused_before_any_write(store, tmp_path, capsys, where):
+    blocker = tmp_path / "f"
+    blocker.write_text("x")
+    ck = blocker if where == "file" else blocker / "ck"
+    before = snapshot(store)
+    line = one_line_error(capsys, ["train", store, "--epochs", "1", "--hidden", "16",
+                                   "--checkpoint", str(ck)])
+    assert f"--checkpoint {ck}" in line and "directory" in line
+    assert snapshot(store) == before
+
+
 def test_write_log_counts_a_commit_interrupted_before_it_was_recorded(store):
     from oocstore.train.prepare import WriteLog
 
@@ -340,3 +392,20 @@ def test_writer_lock_spans_transactions_and_makes_others_wait(store):
         with b.writer_lock(wait=5):
             assert b.get("test/one") == 1 and b.get("test/two") == 2
         assert time.monotonic() - t0 < 5
+
+
+def test_evaluation_plans_sampled_in_memory_equal_sampled_ones(store):
+    """The plans train checks in memory and then commits are the sampler's own records."""
+    import numpy as np
+
+    from oocstore.plan import PlanReader
+
+    assert main(["train", store, "--epochs", "1", "--hidden", "16", "--in-memory",
+                 "--quiet"]) == 0
+    assert main(["sample", store, "--split", "val", "--epochs", "1", "--fanouts", "5,5",
+                 "--batch-size", "256", "--seed", "0", "--name", "direct", "--quiet"]) == 0
+    with Store(store) as s:
+        a, b = PlanReader(s, "val-eval"), PlanReader(s, "direct")
+        for role in ("data", "index", "counts"):
+            assert np.array_equal(s.array(a.meta.arrays[role]), s.array(b.meta.arrays[role]))
+        assert a.meta.stats == b.meta.stats and a.meta.batches_per_epoch == b.meta.batches_per_epoch
