@@ -70,22 +70,21 @@ def rng_state(device: torch.device | str = "cpu") -> dict[str, Any]:
                        "gauss": None if gauss is None else float(gauss)}}
 
 
-def set_rng_state(state: Mapping[str, Any], where: str | Path,
-                  device: torch.device | str = "cpu") -> None:
-    """Restore what :func:`rng_state` returned; :class:`FormatError` naming ``where`` if
-    it is not such a state (checked in full before anything is set)."""
+def _parse_rng(state: Mapping[str, Any], where: str | Path):
     try:
         t = state["torch"]
         n = state["numpy"]
         p = state["python"]
         keys = n["keys"]
         py = p["state"]
-        ok = (isinstance(t, torch.Tensor) and t.dtype == torch.uint8 and t.dim() == 1
+        ok = (isinstance(t, torch.Tensor) and t.dtype == torch.uint8
+              and t.shape == torch.get_rng_state().shape
               and isinstance(keys, torch.Tensor) and keys.shape == (624,)
               and not keys.is_floating_point() and bool(((keys >= 0) & (keys < 2**32)).all())
               and isinstance(py, torch.Tensor) and py.shape == (625,)
               and not py.is_floating_point() and bool(((py >= 0) & (py < 2**32)).all())
-              and isinstance(state["cuda"], list))
+              and isinstance(state["cuda"], list)
+              and all(isinstance(c, torch.Tensor) for c in state["cuda"]))
         np_state = ("MT19937", keys.numpy().astype(np.uint32), int(n["pos"]),
                     int(n["has_gauss"]), float(n["cached_gaussian"]))
         py_state = (int(p["version"]), tuple(int(v) for v in py.tolist()),
@@ -93,10 +92,23 @@ def set_rng_state(state: Mapping[str, Any], where: str | Path,
     except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as err:
         raise FormatError(f"checkpoint {where}: its random state is malformed "
                           f"({type(err).__name__}: {err}): {_FIX}") from err
-    if not ok:
+    if not ok or not 0 <= np_state[2] <= 624 or not 0 <= py_state[1][-1] <= 624:
         raise FormatError(f"checkpoint {where}: its random state is malformed: {_FIX}")
+    return t, np_state, py_state, state["cuda"]
+
+
+def check_rng_state(state: Mapping[str, Any], where: str | Path) -> None:
+    """Refuse (FormatError naming ``where``) what :func:`rng_state` did not return."""
+    _parse_rng(state, where)
+
+
+def set_rng_state(state: Mapping[str, Any], where: str | Path,
+                  device: torch.device | str = "cpu") -> None:
+    """Restore what :func:`rng_state` returned; :class:`FormatError` naming ``where`` if
+    it is not such a state (checked in full before anything is set)."""
+    t, np_state, py_state, cuda = _parse_rng(state, where)
+    saved = torch.get_rng_state()
     try:
-        saved = torch.get_rng_state()
         torch.set_rng_state(t.cpu())
         np.random.set_state(np_state)
         random.setstate(py_state)
@@ -104,7 +116,6 @@ def set_rng_state(state: Mapping[str, Any], where: str | Path,
         torch.set_rng_state(saved)
         raise FormatError(f"checkpoint {where}: its random state is malformed "
                           f"({type(err).__name__}: {err}): {_FIX}") from err
-    cuda = state["cuda"]
     if cuda and torch.device(device).type == "cuda" and torch.cuda.is_available():
         if len(cuda) != torch.cuda.device_count():
             log.warning("checkpoint %s holds %d CUDA random states for %d devices: the CUDA "

@@ -38,7 +38,8 @@ from ..errors import FormatError, OocError, UsageError
 from ..loader import NodeLoader, latest_pack
 from ..plan import PlanReader, list_plans
 from ..store import Store
-from .checkpoint import CHECKPOINT_FILE, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (CHECKPOINT_FILE, check_rng_state, load_checkpoint, rng_state,
+                         save_checkpoint, set_rng_state)
 from .loop import InMemoryFeatures, ddp_model, evaluate_counts, train_epoch
 from .model import GraphSAGE
 from .prepare import WRITER_WAIT_S, WriteLog, apply_eval, check_loader_fits, plan_eval, writer
@@ -140,7 +141,7 @@ def run_training(store_path: str | os.PathLike, plan: str | None, cfg: TrainConf
     # Refused before any write: a checkpoint that cannot be resumed from, a checkpoint
     # directory that cannot be written (rank 0 writes it).
     if cfg.resume:
-        _on_every_rank(lambda: load_checkpoint(_checkpoint_path(cfg), map_location="cpu"))
+        _on_every_rank(lambda: _check_resume(store_path, plan, cfg, rank, world))
     if cfg.checkpoint:
         _on_every_rank(lambda: rank == 0 and _check_checkpoint_dir(Path(cfg.checkpoint)))
     _prepare(store_path, plan, cfg, budget, device, rank, world, writes)
@@ -283,6 +284,53 @@ def _epoch_entry(epoch: int, r: dict[str, Any], wait_s: float) -> dict[str, Any]
             "seeds": int(seeds), "samples_per_s": seeds / time_s if time_s > 0 else None}
 
 
+def _resume(cfg: TrainConfig, model, optimizer, reader: PlanReader, device, rank: int,
+            world: int, *, restore_rng: bool = True) -> tuple[int, list, dict | None]:
+    """Load the checkpoint of ``cfg`` into ``model`` and ``optimizer`` and (with
+    ``restore_rng``) restore the random states; returns (epochs done, history, this
+    rank's loader state). Every way the checkpoint may not fit is a FormatError."""
+    path = _checkpoint_path(cfg)
+    state = load_checkpoint(path, map_location=device)
+    if state["plan"] != dist.group_of(reader.meta):
+        raise FormatError(f"checkpoint {path} is for plan {state['plan']!r}, not "
+                          f"{dist.group_of(reader.meta)!r}: resume with the same --plan")
+    if state.get("world_size", 1) != world:
+        raise FormatError(f"checkpoint {path} was saved by {state.get('world_size', 1)} "
+                          f"process(es), this run has {world}: resume with the same world size")
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as err:
+        text = str(err).strip().splitlines()
+        raise FormatError(f"checkpoint {path} does not fit this model ({type(err).__name__}: "
+                          f"{text[0][:200] if text else ''}): resume with the --hidden, "
+                          "--backend and plan of the run that wrote it, or start a new run "
+                          "without --resume") from err
+    loader_state = _rank_entry(state.get("loader"), rank, world, path, "loader")
+    rng = _rank_entry(state.get("rng"), rank, world, path, "rng")
+    if rng is not None:
+        (set_rng_state(rng, path, device) if restore_rng else check_rng_state(rng, path))
+    elif restore_rng:
+        log.warning("checkpoint %s holds no random states (written by an older version): "
+                    "the resumed run does not repeat an uninterrupted one exactly", path)
+    return state["epoch"], state["history"], loader_state
+
+
+def _check_resume(store_path, plan: str | None, cfg: TrainConfig, rank: int, world: int) -> None:
+    """Refuse, before anything is written, a checkpoint this run cannot resume from: it
+    is loaded into a model built like the run's (random states left untouched)."""
+    with Store(store_path) as store, torch.random.fork_rng(devices=[]):
+        reader = PlanReader(store, train_plan(store, plan, rank, world))
+        model = _model(store, reader, cfg, torch.device("cpu"))
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        state = np.random.get_state(), random.getstate()
+        try:
+            _resume(cfg, model, optimizer, reader, "cpu", rank, world, restore_rng=False)
+        finally:
+            np.random.set_state(state[0])
+            random.setstate(state[1])
+
+
 def _rank_entry(value: Any, rank: int, world: int, path: Path, key: str) -> Any:
     """This rank's part of checkpoint entry ``key`` (one per rank, in rank order, under
     DDP), checked to be a dict (or absent)."""
@@ -309,32 +357,8 @@ def _train(store, name, pack, evals, cfg: TrainConfig, budget, device, progress,
     ckdir = Path(cfg.checkpoint) if cfg.checkpoint else None
     start_epoch, history, loader_state = 0, [], None
     if cfg.resume:
-        path = _checkpoint_path(cfg)
-        state = load_checkpoint(path, map_location=device)
-        if state["plan"] != dist.group_of(reader.meta):
-            raise FormatError(f"checkpoint {path} is for plan {state['plan']!r}, not "
-                              f"{dist.group_of(reader.meta)!r}: resume with the same --plan")
-        if state.get("world_size", 1) != world:
-            raise FormatError(f"checkpoint {path} was saved by {state.get('world_size', 1)} "
-                              f"process(es), this run has {world}: resume with the same world "
-                              "size")
-        try:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as err:
-            text = str(err).strip().splitlines()
-            raise FormatError(f"checkpoint {path} does not fit this model ({type(err).__name__}: "
-                              f"{text[0][:200] if text else ''}): resume with the --hidden, "
-                              "--backend and plan of the run that wrote it, or start a new run "
-                              "without --resume") from err
-        start_epoch, history = state["epoch"], state["history"]
-        loader_state = _rank_entry(state.get("loader"), rank, world, path, "loader")
-        rng = _rank_entry(state.get("rng"), rank, world, path, "rng")
-        if rng is not None:
-            set_rng_state(rng, path, device)
-        else:
-            log.warning("checkpoint %s holds no random states (written by an older version): "
-                        "the resumed run does not repeat an uninterrupted one exactly", path)
+        start_epoch, history, loader_state = _resume(cfg, model, optimizer, reader, device,
+                                                     rank, world)
     # DDP broadcasts rank 0's parameters once and all-reduces gradients every step;
     # ``model`` stays the plain module (evaluation and checkpoints).
     step_model = ddp_model(model) if world > 1 else model

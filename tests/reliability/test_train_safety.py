@@ -159,9 +159,13 @@ def test_malformed_checkpoint_is_one_line_naming_the_file(store, tmp_path, capsy
         state["loader"] = {"epoch": "x"}
         torch.save(state, path)
     hidden = "32" if damage == "hidden" else "16"
+    for name in ("val-eval", "test-eval"):  # a resumed run would sample them again
+        assert main(["rm", store, "--plan", name]) == 0
+    before = snapshot(store)
     line = one_line_error(capsys, ["train", store, "--epochs", "2", "--hidden", hidden,
                                    "--in-memory", "--checkpoint", str(ck), "--resume"])
     assert str(path) in line and re.search(match, line), line
+    assert snapshot(store) == before  # refused before anything was written
 
 
 def _losses(capsys, argv) -> list[float]:
