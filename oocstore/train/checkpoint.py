@@ -178,6 +178,67 @@ def _bad(path: Path, what: str) -> FormatError:
                        f"`oocstore train`; {_FIX}")
 
 
+_HISTORY = ("epoch", "time_s", "wait_s", "loss", "seeds", "samples_per_s")
+
+
+def _describe(value: Any) -> str:
+    """A short one-line description of a checkpoint value for an error message."""
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    text = repr(value).replace("\n", " ")
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_number(value: Any, *, integral: bool = False, optional: bool = False) -> bool:
+    if value is None:
+        return optional
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) if integral else isinstance(value, (int, float))
+
+
+def check_optimizer_state(saved: dict[str, Any], optimizer, path: Path) -> None:
+    """Refuse an optimizer state that ``optimizer.load_state_dict`` would accept but a
+    training step would fail on: per-parameter tensors of another shape, a step that is
+    not a number, hyperparameters of another kind than the optimizer's own."""
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    groups = saved["param_groups"]
+    if len(groups) != len(optimizer.param_groups):
+        raise _bad(path, f"the optimizer has {len(groups)} parameter group(s), not "
+                         f"{len(optimizer.param_groups)}")
+    for mine, theirs in zip(optimizer.param_groups, groups):
+        if not isinstance(theirs, dict):
+            raise _bad(path, "an optimizer parameter group is not a dict")
+        for key, value in mine.items():
+            if key == "params":
+                continue
+            other = theirs.get(key)
+            same = (type(value) is type(other) or (_is_number(value) and _is_number(other))
+                    or (isinstance(value, (tuple, list)) and isinstance(other, (tuple, list))
+                        and len(value) == len(other) and all(_is_number(v) for v in other)))
+            if not same:
+                raise _bad(path, f"optimizer setting {key!r} is {_describe(other)}, not "
+                                 f"like {_describe(value)}")
+    ids = [i for g in groups for i in (g.get("params") if isinstance(g.get("params"), list)
+                                       else [None])]
+    if ids != list(range(len(params))):
+        raise _bad(path, "the optimizer's parameter lists do not number this model's "
+                         f"{len(params)} parameters in order")
+    for index, per in saved["state"].items():
+        if not isinstance(index, int) or not 0 <= index < len(params) or not isinstance(per, dict):
+            raise _bad(path, f"optimizer state entry {_describe(index)} does not name a "
+                             "parameter")
+        for key, value in per.items():
+            if key == "step":  # a count: a number or a 0-d tensor
+                ok = _is_number(value) or (isinstance(value, torch.Tensor) and value.dim() == 0)
+            else:  # moments and the like: one value per element of the parameter
+                ok = isinstance(value, torch.Tensor) and value.shape == params[index].shape
+            if not ok:
+                raise _bad(path, f"optimizer state {key!r} of parameter {index} is "
+                                 f"{_describe(value)}, which does not fit the parameter of "
+                                 f"shape {tuple(params[index].shape)}")
+
+
 def check_layout(state: Any, path: Path) -> None:
     """Refuse a loaded checkpoint whose entries are missing or of the wrong type."""
     if not isinstance(state, dict):
@@ -197,8 +258,11 @@ def check_layout(state: Any, path: Path) -> None:
         raise _bad(path, f"epoch {state['epoch']} does not match its {len(state['history'])} "
                          "history entries")
     for entry in state["history"]:
-        if not isinstance(entry, dict) or not isinstance(entry.get("loss"), (int, float)):
-            raise _bad(path, "a history entry is not a dict with a numeric loss")
+        if not isinstance(entry, dict) or not all(
+                _is_number(entry.get(k), integral=k in ("epoch", "seeds"),
+                           optional=k == "samples_per_s") for k in _HISTORY):
+            raise _bad(path, f"history entry {_describe(entry)} is not a dict of the numbers "
+                             f"{', '.join(_HISTORY)}")
     for key, value in state["model"].items():
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
             raise _bad(path, f"model entry {key!r} is not a named tensor")

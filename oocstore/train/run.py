@@ -38,8 +38,8 @@ from ..errors import FormatError, OocError, UsageError
 from ..loader import NodeLoader, latest_pack
 from ..plan import PlanReader, list_plans
 from ..store import Store
-from .checkpoint import (CHECKPOINT_FILE, check_rng_state, load_checkpoint, rng_state,
-                         save_checkpoint, set_rng_state)
+from .checkpoint import (CHECKPOINT_FILE, check_optimizer_state, check_rng_state,
+                         load_checkpoint, rng_state, save_checkpoint, set_rng_state)
 from .loop import InMemoryFeatures, ddp_model, evaluate_counts, train_epoch
 from .model import GraphSAGE
 from .prepare import WRITER_WAIT_S, WriteLog, apply_eval, check_loader_fits, plan_eval, writer
@@ -299,6 +299,7 @@ def _resume(cfg: TrainConfig, model, optimizer, reader: PlanReader, device, rank
                           f"process(es), this run has {world}: resume with the same world size")
     try:
         model.load_state_dict(state["model"])
+        check_optimizer_state(state["optimizer"], optimizer, path)
         optimizer.load_state_dict(state["optimizer"])
     except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as err:
         text = str(err).strip().splitlines()

@@ -257,6 +257,35 @@ def _spawn(*args):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
+class _Stderr:
+    """The lines a child writes to stderr, collected by a thread as they come."""
+
+    def __init__(self, proc):
+        import threading
+
+        self.lines: list[str] = []
+        self._proc = proc
+        self._thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        self._thread.start()
+
+    def _read(self, proc):
+        for line in proc.stderr:
+            self.lines.append(line)
+
+    def wait_for(self, text: str, proc, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in self.lines):
+            assert proc.poll() is None and time.monotonic() < deadline, "".join(self.lines)
+            time.sleep(0.05)
+
+    def text(self) -> str:
+        """Everything, once the child closed stderr; closes the child's pipes."""
+        self._thread.join(timeout=60)
+        self._proc.stderr.close()
+        self._proc.stdout.close()
+        return "".join(self.lines)
+
+
 def test_interrupt_after_commits_lists_them(store, tmp_path):
     ck = tmp_path / "ck"
     proc = _spawn("train", store, "--epochs", "100000", "--hidden", "16", "--in-memory",
@@ -279,10 +308,11 @@ def test_interrupt_while_waiting_for_the_writer_says_nothing_was_written(store):
     with Store(store, readonly=False) as s, s.writer_lock():
         before = dict(s.catalog.items(""))
         proc = _spawn("train", store, "--epochs", "1", "--hidden", "16", "--quiet")
-        time.sleep(4.0)  # started, found no evaluation plans, waiting for the lock
-        assert proc.poll() is None
+        stderr = _Stderr(proc)
+        stderr.wait_for("waiting", proc)  # found no evaluation plans, waits for the lock
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
+        err = stderr.text()
         assert dict(s.catalog.items("")) == before
     assert proc.returncode == 130, err
     assert "interrupted; the store was left as it was before this command" in err
@@ -350,13 +380,14 @@ def test_train_waits_for_the_writer_and_uses_what_it_committed(store, tmp_path):
 
     with Store(store, readonly=False) as s, s.writer_lock():
         proc = _spawn("train", store, "--epochs", "1", "--hidden", "16", "--json", "--quiet")
-        time.sleep(3.0)  # train is waiting for the lock by now (or still starting)
-        assert proc.poll() is None
+        stderr = _Stderr(proc)
+        stderr.wait_for("being written by another command: waiting", proc)
         sample_plan(s, fanouts="5,5", batch_size=256, epochs=1, split="test", name="test-eval")
         committed = s.get(plan_key("test-eval"))
-    out, err = proc.communicate(timeout=120)
+    out = proc.stdout.read()
+    proc.wait(timeout=120)
+    err = stderr.text()
     assert proc.returncode == 0, err
-    assert "being written by another command: waiting" in err
     assert 0 <= json.loads(out.strip().splitlines()[-1])["test_acc"] <= 1
     with Store(store) as s:
         assert s.get(plan_key("test-eval")) == committed  # reused, not re-sampled
@@ -413,3 +444,67 @@ def test_evaluation_plans_sampled_in_memory_equal_sampled_ones(store):
         for role in ("data", "index", "counts"):
             assert np.array_equal(s.array(a.meta.arrays[role]), s.array(b.meta.arrays[role]))
         assert a.meta.stats == b.meta.stats and a.meta.batches_per_epoch == b.meta.batches_per_epoch
+
+
+# -- hostile checkpoints under fuzz ----------------------------------------------------------
+
+_VALUES = [None, 1, -1, 2**70, float("nan"), "x", [], {}, [1, "a"], {"a": 1},
+           torch.zeros(3), torch.zeros(2, 2, dtype=torch.uint8), torch.tensor(1.5)]
+
+
+def test_fuzzed_checkpoints_load_or_are_refused_with_format_error(store, tmp_path):
+    """Random byte flips, truncations and replaced entries (at any depth) of a valid
+    checkpoint: resuming either works or raises FormatError — never another exception."""
+    import random as pyrandom
+
+    from oocstore.errors import FormatError
+    from oocstore.train.run import _check_resume
+
+    ck = tmp_path / "ck"
+    good = (ck / "checkpoint.pt")
+    state = _good_checkpoint(store, ck)
+    raw = good.read_bytes()
+    cfg = TrainConfig(epochs=2, hidden=16, in_memory=True, checkpoint=str(ck), resume=True)
+    rng = pyrandom.Random(0)
+    outcomes = {"loaded": 0, "refused": 0}
+
+    def paths(obj, prefix=()):
+        yield prefix
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                yield from paths(v, prefix + (k,))
+        elif isinstance(obj, list):
+            for i, v in enumerate(obj):
+                yield from paths(v, prefix + (i,))
+
+    every = [p for p in paths(state) if p]
+    for case in range(90):
+        kind = case % 3
+        if kind == 0:  # flip bytes
+            data = bytearray(raw)
+            for _ in range(rng.randint(1, 4)):
+                data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+            good.write_bytes(bytes(data))
+        elif kind == 1:  # truncate
+            good.write_bytes(raw[:rng.randrange(len(raw))])
+        else:  # replace one entry, anywhere in the tree
+            import copy
+
+            mutated = copy.deepcopy(state)
+            where = rng.choice(every)
+            parent = mutated
+            for k in where[:-1]:
+                parent = parent[k]
+            parent[where[-1]] = rng.choice(_VALUES)
+            torch.save(mutated, good)
+        try:
+            _check_resume(store, None, cfg, 0, 1)
+        except FormatError as err:
+            assert str(good) in str(err)
+            outcomes["refused"] += 1
+            continue
+        outcomes["loaded"] += 1
+        if kind == 2 and outcomes["loaded"] <= 6:  # what loads also trains
+            assert main(["train", store, "--epochs", "2", "--hidden", "16", "--in-memory",
+                         "--checkpoint", str(ck), "--resume", "--quiet"]) == 0, where
+    assert sum(outcomes.values()) == 90 and outcomes["refused"] and outcomes["loaded"]
