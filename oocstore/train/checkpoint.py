@@ -32,6 +32,7 @@ key, no ``rng``) still load; their runs continue with a freshly seeded generator
 from __future__ import annotations
 
 import logging
+import math
 import os
 import pickle
 import random
@@ -72,9 +73,9 @@ def rng_state(device: torch.device | str = "cpu") -> dict[str, Any]:
 
 def _parse_rng(state: Mapping[str, Any], where: str | Path):
     try:
-        t = state["torch"]
-        n = state["numpy"]
-        p = state["python"]
+        t, n, p = state["torch"], state["numpy"], state["python"]
+        if not (isinstance(n, dict) and isinstance(p, dict)):
+            raise TypeError("its numpy and python parts are not dicts")
         keys = n["keys"]
         py = p["state"]
         ok = (isinstance(t, torch.Tensor) and t.dtype == torch.uint8
@@ -89,10 +90,14 @@ def _parse_rng(state: Mapping[str, Any], where: str | Path):
                     int(n["has_gauss"]), float(n["cached_gaussian"]))
         py_state = (int(p["version"]), tuple(int(v) for v in py.tolist()),
                     None if p["gauss"] is None else float(p["gauss"]))
-    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as err:
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError,
+            OverflowError) as err:
         raise FormatError(f"checkpoint {where}: its random state is malformed "
                           f"({type(err).__name__}: {err}): {_FIX}") from err
-    if not ok or not 0 <= np_state[2] <= 624 or not 0 <= py_state[1][-1] <= 624:
+    if (not ok or not 0 <= np_state[2] <= 624 or np_state[3] not in (0, 1)
+            or not math.isfinite(np_state[4]) or py_state[0] != 3
+            or not 0 <= py_state[1][-1] <= 624
+            or not (py_state[2] is None or math.isfinite(py_state[2]))):
         raise FormatError(f"checkpoint {where}: its random state is malformed: {_FIX}")
     return t, np_state, py_state, state["cuda"]
 
@@ -112,7 +117,7 @@ def set_rng_state(state: Mapping[str, Any], where: str | Path,
         torch.set_rng_state(t.cpu())
         np.random.set_state(np_state)
         random.setstate(py_state)
-    except (TypeError, ValueError, RuntimeError) as err:
+    except (TypeError, ValueError, RuntimeError, OverflowError) as err:
         torch.set_rng_state(saved)
         raise FormatError(f"checkpoint {where}: its random state is malformed "
                           f"({type(err).__name__}: {err}): {_FIX}") from err
@@ -216,6 +221,12 @@ def check_optimizer_state(saved: dict[str, Any], optimizer, path: Path) -> None:
             same = (type(value) is type(other) or (_is_number(value) and _is_number(other))
                     or (isinstance(value, (tuple, list)) and isinstance(other, (tuple, list))
                         and len(value) == len(other) and all(_is_number(v) for v in other)))
+            numbers = [other] if _is_number(other) else \
+                list(other) if isinstance(other, (tuple, list)) else []
+            if same and not all(math.isfinite(v) and 0 <= v < 2**53 for v in numbers):
+                same = False  # a rate, an epsilon or a decay: finite, >= 0, a double
+            if same and key == "betas" and not all(v < 1 for v in numbers):
+                same = False  # 1 - beta ** step would be 0
             if not same:
                 raise _bad(path, f"optimizer setting {key!r} is {_describe(other)}, not "
                                  f"like {_describe(value)}")
@@ -229,8 +240,10 @@ def check_optimizer_state(saved: dict[str, Any], optimizer, path: Path) -> None:
             raise _bad(path, f"optimizer state entry {_describe(index)} does not name a "
                              "parameter")
         for key, value in per.items():
-            if key == "step":  # a count: a number or a 0-d tensor
-                ok = _is_number(value) or (isinstance(value, torch.Tensor) and value.dim() == 0)
+            if key == "step":  # a count: a number or a 0-d tensor, finite and >= 0
+                ok = _is_number(value) or (isinstance(value, torch.Tensor) and value.dim() == 0
+                                           and not value.is_complex())
+                ok = ok and math.isfinite(float(value)) and float(value) >= 0
             else:  # moments and the like: one value per element of the parameter
                 ok = isinstance(value, torch.Tensor) and value.shape == params[index].shape
             if not ok:

@@ -131,6 +131,13 @@ def _truncated(state, path):
     ("rng", r"random state is malformed"),
     ("loader", r"loader state lacks a valid epoch"),
     ("hidden", r"does not fit this model .*--hidden"),
+    # found by the fuzzer: each failed later, in training, with a traceback
+    ("has_gauss", r"random state is malformed"),
+    ("numpy-tensor", r"random state is malformed"),
+    ("step", r"optimizer state 'step' of parameter 0 is -1"),
+    ("eps", r"optimizer setting 'eps' is 1180591620717411303424"),
+    ("betas", r"optimizer setting 'betas' is \(1.0, 0.999\)"),
+    ("moment", r"optimizer state 'exp_avg' of parameter 2 is a torch.float32 tensor of shape"),
 ])
 def test_malformed_checkpoint_is_one_line_naming_the_file(store, tmp_path, capsys, damage,
                                                           match):
@@ -157,6 +164,18 @@ def test_malformed_checkpoint_is_one_line_naming_the_file(store, tmp_path, capsy
         torch.save(state, path)
     elif damage == "loader":
         state["loader"] = {"epoch": "x"}
+        torch.save(state, path)
+    elif damage in ("has_gauss", "numpy-tensor"):
+        state["rng"]["numpy"] = torch.zeros(3) if damage == "numpy-tensor" else \
+            {**state["rng"]["numpy"], "has_gauss": 2**70}
+        torch.save(state, path)
+    elif damage in ("step", "moment"):
+        state["optimizer"]["state"][0 if damage == "step" else 2].update(
+            {"step": -1} if damage == "step" else {"exp_avg": torch.zeros(3)})
+        torch.save(state, path)
+    elif damage in ("eps", "betas"):
+        state["optimizer"]["param_groups"][0].update(
+            {"eps": 2**70} if damage == "eps" else {"betas": (1.0, 0.999)})
         torch.save(state, path)
     hidden = "32" if damage == "hidden" else "16"
     for name in ("val-eval", "test-eval"):  # a resumed run would sample them again
