@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import copy
+import io
 import json
 import random
 import sys
@@ -114,8 +116,10 @@ def fuzz_checkpoints(store: str, ck: Path, *, cases: int, seed: int = 0,
             counts[f"{kind} loaded"] += 1
             if kind == "rewrite" and sum(exits.values()) < train:
                 try:
-                    code = cli(["train", store, "--epochs", "2", "--hidden", "16", "--in-memory",
-                                "--checkpoint", str(ck), "--resume", "--quiet"])
+                    with contextlib.redirect_stdout(io.StringIO()):  # stdout: the JSON only
+                        code = cli(["train", store, "--epochs", "2", "--hidden", "16",
+                                    "--in-memory", "--checkpoint", str(ck), "--resume",
+                                    "--quiet"])
                 except Exception as err:  # noqa: BLE001 - a finding
                     findings.append(f"resumed {what}: {type(err).__name__}: {err}")
                     code = type(err).__name__
@@ -134,7 +138,8 @@ def main(argv=None) -> int:
                     help="also resume training from the first N rewritten checkpoints that load")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        store, ck = make_checkpoint(Path(tmp))
+        with contextlib.redirect_stdout(io.StringIO()):
+            store, ck = make_checkpoint(Path(tmp))
         res = fuzz_checkpoints(store, ck, cases=args.cases, seed=args.seed, train=args.train)
     print(json.dumps(res, indent=1))
     return 1 if res["findings"] else 0
