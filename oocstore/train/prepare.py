@@ -256,7 +256,6 @@ class EvalWork:
 
     samples: list[_Sampled] = field(default_factory=list)
     packs: list[tuple[str, PackOptions]] = field(default_factory=list)  # member, options
-    names: list[str] = field(default_factory=list)  # evaluation plans (or groups)
     unsampled: list[str] = field(default_factory=list)  # to sample (sample=False)
 
     def __bool__(self) -> bool:
@@ -283,7 +282,6 @@ def plan_eval(store: Store, like: PlanMeta, packed_like: str | None, seed: int,
         if split not in store.splits:
             continue
         name = f"{split}-eval"
-        work.names.append(name)
         members = _members(name, world_size)
         if world_size == 1:
             meta = plans.get(name)
