@@ -478,6 +478,7 @@ def _cmd_train(args) -> int:
 
 
 def _train_and_report(args, *, report: bool = True) -> int:
+    from .train.prepare import WriteLog
     from .train.run import TrainConfig, run_training, summary_json
     from .units import format_size
 
@@ -485,8 +486,22 @@ def _train_and_report(args, *, report: bool = True) -> int:
                       device=args.device, cpu_budget=args.cpu_budget, gpu_budget=args.gpu_budget,
                       in_memory=args.in_memory, backend=args.backend, seed=args.seed,
                       checkpoint=args.checkpoint, resume=args.resume)
-    with _progress(args, args.epochs, "train", unit="epoch") as update:
-        summary = run_training(args.store, args.plan, cfg, progress=lambda e, n: update(1))
+    # train may commit evaluation plans and packs (and writes checkpoints) before it stops:
+    # an interrupt or a failure after that says exactly what was written.
+    writes = WriteLog(args.store)
+    try:
+        with _progress(args, args.epochs, "train", unit="epoch") as update:
+            summary = run_training(args.store, args.plan, cfg, progress=lambda e, n: update(1),
+                                   writes=writes)
+    except KeyboardInterrupt:
+        print(f"oocstore: interrupted; {writes.describe()}", file=sys.stderr)
+        return 130
+    except (OocError, OSError) as err:
+        if not (writes.settled() or writes.files):
+            raise  # nothing written: the usual one-line error
+        print(f"oocstore: error: {err}", file=sys.stderr)
+        print(f"oocstore: before it stopped, {writes.describe()}", file=sys.stderr)
+        return 2
     if not report:
         return 0
     if args.json:

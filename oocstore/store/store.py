@@ -31,6 +31,7 @@ import errno
 import fcntl
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -88,6 +89,7 @@ class Store:
         if not readonly:
             check_no_links(self.path)
         self._lock_fd: int | None = None
+        self._lock_held = False  # writer_lock() holds it across transactions
         self._reader: Registration | None = None
         self._dir_fd = -1
         # The directory this object reads: data files are opened relative to it, so a
@@ -257,7 +259,9 @@ class Store:
         if self.readonly:
             raise UsageError(f"store {self.path} was opened read-only; open it with "
                              "Store(path, readonly=False) to change it")
-        self._acquire_lock()
+        held = self._lock_held  # inside writer_lock(): the lock stays with it
+        if not held:
+            self._acquire_lock()
         try:
             # Another writer may have committed since this object took its snapshot:
             # orphans and the new version must be judged against the latest catalog,
@@ -265,7 +269,8 @@ class Store:
             self.refresh()
             txn = Transaction(self)
         except BaseException:
-            self._release_lock()
+            if not held:
+                self._release_lock()
             raise
         try:
             self.remove_orphans()
@@ -275,19 +280,47 @@ class Store:
             txn._abort()
             raise
         finally:
-            self._release_lock()
+            if not held:
+                self._release_lock()
         self.refresh()
         txn._collect_superseded()
 
-    def _acquire_lock(self) -> None:
-        fd = os.open(self.path / CATALOG_DIR / "writer.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    @contextlib.contextmanager
+    def writer_lock(self, *, wait: float = 0.0) -> Iterator["Store"]:
+        """Hold the writer lock across several transactions, so that what is checked
+        before them still holds when they commit: no other process commits meanwhile,
+        and the snapshot is refreshed once the lock is taken (entries and arrays then
+        come from the latest commit). Transactions inside neither take nor release it.
+        ``wait``: seconds to wait for another writer before :class:`StoreLockedError`."""
+        if self.readonly:
+            raise UsageError(f"store {self.path} was opened read-only; open it with "
+                             "Store(path, readonly=False) to change it")
+        if self._lock_fd is not None:
+            raise UsageError(f"store {self.path}: the writer lock is already held here")
+        self._acquire_lock(wait=wait)
+        self._lock_held = True
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as err:
-            os.close(fd)
-            raise StoreLockedError(
-                f"store {self.path} is being written by another process: wait for it to "
-                "finish, then run the command again") from err
+            self.refresh()
+            yield self
+        finally:
+            self._lock_held = False
+            self._release_lock()
+
+    def _acquire_lock(self, wait: float = 0.0) -> None:
+        fd = os.open(self.path / CATALOG_DIR / "writer.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError as err:
+                if time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                os.close(fd)
+                raise StoreLockedError(
+                    f"store {self.path} is being written by another process: wait for it to "
+                    "finish, then run the command again") from err
         self._lock_fd = fd
 
     def _release_lock(self) -> None:

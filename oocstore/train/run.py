@@ -23,8 +23,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import resource
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -36,15 +36,15 @@ from .. import distributed as dist
 from ..budget import MemoryBudget
 from ..errors import FormatError, OocError, UsageError
 from ..loader import NodeLoader, latest_pack
-from ..plan import PlanReader, list_plans, shard_name
+from ..plan import PlanReader, list_plans
 from ..store import Store
-from ..tiers.reader import list_packs
+from .checkpoint import (CHECKPOINT_FILE, check_optimizer_state, check_rng_state,
+                         load_checkpoint, rng_state, save_checkpoint, set_rng_state)
 from .loop import InMemoryFeatures, ddp_model, evaluate_counts, train_epoch
 from .model import GraphSAGE
+from .prepare import WRITER_WAIT_S, WriteLog, apply_eval, check_loader_fits, plan_eval, writer
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_FILE = "checkpoint.pt"
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,7 @@ class TrainConfig:
     seed: int = 0
     checkpoint: str | None = None
     resume: bool = False
+    writer_wait: float = WRITER_WAIT_S  # s to wait for another writer (evaluation plans)
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -89,48 +90,6 @@ def train_plan(store: Store, name: str | None, rank: int = 0, world_size: int = 
     return dist.resolve_plan(store, name, rank=rank, world_size=world_size)
 
 
-def _ensure_eval_plan(store: Store, split: str, like: PlanReader, packed_like: str | None,
-                      seed: int, cpu_budget: int | None, world_size: int = 1) -> str:
-    """A one-epoch plan (and pack) on ``split`` with the training plan's fanouts and batch
-    size, sharded like it; its CPU cache is the training pack's, shrunk to fit
-    ``cpu_budget``. Returns the plan's (or shard group's) name."""
-    from samplers.neighbor import sample_plan  # composition root: may use samplers
-
-    from ..pack import PackOptions, pack_plan
-    from ..pack.packer import plan_layout, plan_version
-    name = f"{split}-eval"
-    plans = list_plans(store)
-    if world_size == 1:
-        members = [name]
-        meta = plans.get(name)
-    else:
-        members = [shard_name(name, r) for r in range(world_size)]
-        shards = dist.group_shards(store, name, plans)
-        meta = shards.get(0) if len(shards) == world_size else None
-    if meta is None or meta.fanouts != like.meta.fanouts or meta.batch_size != like.meta.batch_size:
-        log.info("sampling evaluation plan %r", name)
-        sample_plan(store, fanouts=list(like.meta.fanouts), batch_size=like.meta.batch_size,
-                    epochs=1, seed=seed, name=name, split=split, world_size=world_size,
-                    overwrite=any(m in plans for m in members))
-    for member in members:
-        version = plan_version(store, PlanReader(store, member))
-        current = [p for p in list_packs(store).values()
-                   if p.plan == member and p.plan_version == version]
-        if packed_like is None or current:
-            continue
-        ref = list_packs(store)[packed_like]
-        opts = PackOptions(cpu_cache=ref.cpu_rows * ref.row_bytes,
-                           max_disk_blowup=max(ref.max_disk_blowup, 1.0))
-        if cpu_budget is not None:
-            floor = plan_layout(store, PlanReader(store, member),
-                                PackOptions(max_disk_blowup=opts.max_disk_blowup)).min_working_set
-            opts = PackOptions(cpu_cache=max(0, min(opts.cpu_cache, cpu_budget - floor["cpu"])),
-                               max_disk_blowup=opts.max_disk_blowup, cpu_budget=cpu_budget)
-        # The eval pack is named after its plan, so a re-sampled plan replaces it.
-        pack_plan(store, member, options=opts, overwrite=True)
-    return name
-
-
 def _status(key: str) -> int | None:
     try:
         with open("/proc/self/status") as f:
@@ -156,18 +115,15 @@ def _peak_rss() -> int:
     return _status("VmHWM:") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _save_checkpoint(directory: Path, state: dict[str, Any]) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / (CHECKPOINT_FILE + ".tmp")
-    torch.save(state, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, directory / CHECKPOINT_FILE)
-
-
 def run_training(store_path: str | os.PathLike, plan: str | None, cfg: TrainConfig, *,
-                 progress: Callable[[int, int], Any] | None = None) -> dict[str, Any]:
-    """Train and evaluate; returns the summary ``oocstore train --json`` prints."""
+                 progress: Callable[[int, int], Any] | None = None,
+                 writes: WriteLog | None = None) -> dict[str, Any]:
+    """Train and evaluate; returns the summary ``oocstore train --json`` prints.
+
+    Everything that can refuse the run (plans, packs, budgets, the checkpoint to resume
+    from) is checked before the first write. ``writes`` records what the run committed
+    to the store (evaluation plans and packs) and wrote beside it (checkpoints), as soon
+    as each is durable, for a caller that reports an interrupt or a failure."""
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available on this machine; use "
@@ -178,9 +134,17 @@ def run_training(store_path: str | os.PathLike, plan: str | None, cfg: TrainConf
         require_dgl()
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
+    random.seed(cfg.seed)
     budget = MemoryBudget(cpu=cfg.cpu_budget, gpu=cfg.gpu_budget)
     rank, world = dist.current_rank()
-    _prepare(store_path, plan, cfg, rank, world)
+    writes = writes if writes is not None else WriteLog(str(store_path))
+    # Refused before any write: a checkpoint that cannot be resumed from, a checkpoint
+    # directory that cannot be written (rank 0 writes it).
+    if cfg.resume:
+        _on_every_rank(lambda: _check_resume(store_path, plan, cfg, rank, world))
+    if cfg.checkpoint:
+        _on_every_rank(lambda: rank == 0 and _check_checkpoint_dir(Path(cfg.checkpoint)))
+    _prepare(store_path, plan, cfg, budget, device, rank, world, writes)
     store = Store(store_path)
     try:
         def resolve():
@@ -202,27 +166,71 @@ def run_training(store_path: str | os.PathLike, plan: str | None, cfg: TrainConf
 
             require_pyg().nn  # noqa: B018
         before = _reset_peak_rss()
-        summary = _train(store, name, pack, evals, cfg, budget, device, progress, rank, world)
+        summary = _train(store, name, pack, evals, cfg, budget, device, progress, rank, world,
+                         writes)
         summary["rss_before_training_bytes"] = before
         return summary
     finally:
         store.close()
 
 
-def _prepare(store_path, plan: str | None, cfg: TrainConfig, rank: int, world: int) -> None:
-    """Check the training plan and create missing evaluation plans and packs: on one
-    process per machine (the store has one writer), the other ranks waiting. A failure
-    on the preparing process is raised on every rank."""
-    def prepare() -> None:
-        with Store(store_path, readonly=False) as store:
-            name = train_plan(store, plan, rank, world)
-            reader = PlanReader(store, name)
-            pack = None if cfg.in_memory else latest_pack(store, name)
-            for s in ("val", "test"):
-                if s in store.splits:
-                    _ensure_eval_plan(store, s, reader, pack, cfg.seed, cfg.cpu_budget, world)
+def _prepare(store_path, plan: str | None, cfg: TrainConfig, budget: MemoryBudget,
+             device: torch.device, rank: int, world: int, writes: WriteLog) -> None:
+    """Check that the run fits, then create missing evaluation plans and packs.
 
+    Every rank checks its training pack against its budgets first (a refusal on any
+    rank stops every rank, before anything is written). Then one process per machine
+    (the store has one writer) looks at the evaluation plans on a read-only snapshot;
+    if any must be written, it takes the writer lock (waiting for another writer, e.g.
+    a second ``train`` preparing the same plans), checks everything again on the latest
+    commit — sampling missing plans in memory and laying out their packs against the
+    budgets — and only then commits them (:mod:`.prepare`). The other ranks wait."""
+    def check() -> None:
+        with Store(store_path) as store:
+            name = train_plan(store, plan, rank, world)
+            if not cfg.in_memory:
+                check_loader_fits(store, latest_pack(store, name), budget, device.type)
+
+    def prepare() -> None:
+        def look(store: Store, sample: bool):
+            name = train_plan(store, plan, rank, world)
+            pack = None if cfg.in_memory else latest_pack(store, name)
+            return plan_eval(store, PlanReader(store, name).meta, pack, cfg.seed, budget,
+                             device.type, world, sample=sample)
+
+        with Store(store_path) as store:
+            if not look(store, sample=False):
+                return
+        with writer(store_path, cfg.writer_wait) as store:
+            work = look(store, sample=True)  # the latest commit, which nobody changes now
+            apply_eval(store, work, writes)
+
+    _on_every_rank(check)
     _on_every_rank(prepare if dist.node_ranks()[0] == rank else lambda: None)
+
+
+def _check_checkpoint_dir(directory: Path) -> None:
+    """Refuse a --checkpoint DIR that is not a directory or cannot be created or written."""
+    if directory.exists():
+        if not directory.is_dir():
+            raise UsageError(f"--checkpoint {directory}: not a directory; give a directory to "
+                             "save the run's state in")
+        target = directory
+    else:
+        target = next((p for p in directory.parents if p.exists()), Path("."))
+        if not target.is_dir():
+            raise UsageError(f"--checkpoint {directory}: {target} is not a directory; give a "
+                             "directory to save the run's state in")
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise UsageError(f"--checkpoint {directory}: {target} is not writable; give a "
+                         "directory this user can write")
+
+
+def _checkpoint_path(cfg: TrainConfig) -> Path:
+    path = Path(cfg.checkpoint) / CHECKPOINT_FILE
+    if not path.exists():
+        raise UsageError(f"--resume: no checkpoint at {path}; run without --resume first")
+    return path
 
 
 def _on_every_rank(fn: Callable[[], Any]) -> Any:
@@ -276,31 +284,82 @@ def _epoch_entry(epoch: int, r: dict[str, Any], wait_s: float) -> dict[str, Any]
             "seeds": int(seeds), "samples_per_s": seeds / time_s if time_s > 0 else None}
 
 
+def _resume(cfg: TrainConfig, model, optimizer, reader: PlanReader, device, rank: int,
+            world: int, *, restore_rng: bool = True) -> tuple[int, list, dict | None]:
+    """Load the checkpoint of ``cfg`` into ``model`` and ``optimizer`` and (with
+    ``restore_rng``) restore the random states; returns (epochs done, history, this
+    rank's loader state). Every way the checkpoint may not fit is a FormatError."""
+    path = _checkpoint_path(cfg)
+    state = load_checkpoint(path, map_location=device)
+    if state["plan"] != dist.group_of(reader.meta):
+        raise FormatError(f"checkpoint {path} is for plan {state['plan']!r}, not "
+                          f"{dist.group_of(reader.meta)!r}: resume with the same --plan")
+    if state.get("world_size", 1) != world:
+        raise FormatError(f"checkpoint {path} was saved by {state.get('world_size', 1)} "
+                          f"process(es), this run has {world}: resume with the same world size")
+    try:
+        model.load_state_dict(state["model"])
+        check_optimizer_state(state["optimizer"], optimizer, path)
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as err:
+        text = str(err).strip().splitlines()
+        raise FormatError(f"checkpoint {path} does not fit this model ({type(err).__name__}: "
+                          f"{text[0][:200] if text else ''}): resume with the --hidden, "
+                          "--backend and plan of the run that wrote it, or start a new run "
+                          "without --resume") from err
+    loader_state = _rank_entry(state.get("loader"), rank, world, path, "loader")
+    rng = _rank_entry(state.get("rng"), rank, world, path, "rng")
+    if rng is not None:
+        (set_rng_state(rng, path, device) if restore_rng else check_rng_state(rng, path))
+    elif restore_rng:
+        log.warning("checkpoint %s holds no random states (written by an older version): "
+                    "the resumed run does not repeat an uninterrupted one exactly", path)
+    return state["epoch"], state["history"], loader_state
+
+
+def _check_resume(store_path, plan: str | None, cfg: TrainConfig, rank: int, world: int) -> None:
+    """Refuse, before anything is written, a checkpoint this run cannot resume from: it
+    is loaded into a model built like the run's (random states left untouched)."""
+    with Store(store_path) as store, torch.random.fork_rng(devices=[]):
+        reader = PlanReader(store, train_plan(store, plan, rank, world))
+        model = _model(store, reader, cfg, torch.device("cpu"))
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        state = np.random.get_state(), random.getstate()
+        try:
+            _resume(cfg, model, optimizer, reader, "cpu", rank, world, restore_rng=False)
+        finally:
+            np.random.set_state(state[0])
+            random.setstate(state[1])
+
+
+def _rank_entry(value: Any, rank: int, world: int, path: Path, key: str) -> Any:
+    """This rank's part of checkpoint entry ``key`` (one per rank, in rank order, under
+    DDP), checked to be a dict (or absent)."""
+    if value is not None and world > 1:
+        if not isinstance(value, list) or len(value) != world:
+            raise FormatError(f"checkpoint {path}: entry {key!r} does not hold one state per "
+                              f"rank ({world}): start a new run without --resume")
+        value = value[rank]
+    if value is not None and not isinstance(value, dict):
+        raise FormatError(f"checkpoint {path}: entry {key!r} is a {type(value).__name__}, not "
+                          "a dict: start a new run without --resume")
+    if key == "loader" and value is not None and not all(
+            isinstance(value.get(k), int) and value[k] >= 0 for k in ("epoch", "next_batch")):
+        raise FormatError(f"checkpoint {path}: the loader state lacks a valid epoch and next "
+                          "batch: start a new run without --resume")
+    return value
+
+
 def _train(store, name, pack, evals, cfg: TrainConfig, budget, device, progress,
-           rank: int = 0, world: int = 1) -> dict[str, Any]:
+           rank: int = 0, world: int = 1, writes: WriteLog | None = None) -> dict[str, Any]:
     reader = PlanReader(store, name)
     model = _model(store, reader, cfg, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     ckdir = Path(cfg.checkpoint) if cfg.checkpoint else None
     start_epoch, history, loader_state = 0, [], None
     if cfg.resume:
-        path = ckdir / CHECKPOINT_FILE
-        if not path.exists():
-            raise UsageError(f"--resume: no checkpoint at {path}; run without --resume first")
-        state = torch.load(path, map_location=device, weights_only=False)
-        if state.get("plan") != dist.group_of(reader.meta):
-            raise FormatError(f"checkpoint {path} is for plan {state.get('plan')!r}, not "
-                              f"{dist.group_of(reader.meta)!r}")
-        if state.get("world_size", 1) != world:
-            raise FormatError(f"checkpoint {path} was saved by {state.get('world_size', 1)} "
-                              f"process(es), this run has {world}: resume with the same world "
-                              "size")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, history = state["epoch"], state["history"]
-        loader_state = state.get("loader")
-        if world > 1 and loader_state is not None:
-            loader_state = loader_state[rank]
+        start_epoch, history, loader_state = _resume(cfg, model, optimizer, reader, device,
+                                                     rank, world)
     # DDP broadcasts rank 0's parameters once and all-reduces gradients every step;
     # ``model`` stays the plain module (evaluation and checkpoints).
     step_model = ddp_model(model) if world > 1 else model
@@ -313,7 +372,7 @@ def _train(store, name, pack, evals, cfg: TrainConfig, budget, device, progress,
             r = train_epoch(step_model, optimizer, mem.batches(reader, pe), device)
             history.append(_epoch_entry(epoch, r, r["data_seconds"]))
             _after_epoch(ckdir, model, optimizer, reader.meta, epoch, history, None, progress, cfg,
-                         rank, world)
+                         rank, world, writes, device)
     else:
         # A budget one rank's shard does not fit stops every rank.
         with _on_every_rank(lambda: NodeLoader(store, name, pack=pack, device=device,
@@ -331,7 +390,7 @@ def _train(store, name, pack, evals, cfg: TrainConfig, budget, device, progress,
                 es = loader.stats()["epochs"][-1]
                 history.append(_epoch_entry(epoch, r, es["wait_s"]))
                 _after_epoch(ckdir, model, optimizer, reader.meta, epoch, history,
-                             loader.state_dict(), progress, cfg, rank, world)
+                             loader.state_dict(), progress, cfg, rank, world, writes, device)
             stats = loader.stats()
         del loader  # its tiers are freed by close(); drop the last reference too
     accs = {}
@@ -374,15 +433,21 @@ def _train(store, name, pack, evals, cfg: TrainConfig, budget, device, progress,
 
 
 def _after_epoch(ckdir, model, optimizer, meta, epoch, history, loader_state, progress, cfg,
-                 rank: int = 0, world: int = 1):
+                 rank: int = 0, world: int = 1, writes: WriteLog | None = None,
+                 device: torch.device | str = "cpu"):
     if ckdir is not None:
+        rng = rng_state(device)  # after the epoch: what the next epoch draws from
         if world > 1:
             loader_state = dist.all_gather_object(loader_state)  # one per rank, rank order
+            rng = dist.all_gather_object(rng)
         if rank == 0:
-            _save_checkpoint(ckdir, {"plan": dist.group_of(meta), "epoch": epoch + 1,
-                                     "history": history, "model": model.state_dict(),
-                                     "optimizer": optimizer.state_dict(), "loader": loader_state,
-                                     "world_size": world, "config": cfg.__dict__})
+            path = save_checkpoint(ckdir, {
+                "plan": dist.group_of(meta), "epoch": epoch + 1, "history": history,
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "loader": loader_state, "world_size": world, "config": dict(cfg.__dict__),
+                "rng": rng})
+            if writes is not None:
+                writes.wrote_file(path, f"a checkpoint after epoch {epoch + 1}")
         dist.barrier()  # no rank runs ahead of a checkpoint that is not yet on disk
     if progress is not None:
         progress(epoch, cfg.epochs)

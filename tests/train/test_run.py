@@ -56,7 +56,7 @@ def test_checkpoint_and_resume_continue_the_run(store, tmp_path, capsys):
                        "--resume")
     assert [e["epoch"] for e in resumed["epochs"]] == [0, 1, 2]
     assert resumed["epochs"][:2] == first["epochs"]
-    state = torch.load(tmp_path / "ck" / "checkpoint.pt", weights_only=False)
+    state = torch.load(tmp_path / "ck" / "checkpoint.pt", weights_only=True)
     assert state["epoch"] == 3 and state["loader"]["epoch"] == 3
 
 

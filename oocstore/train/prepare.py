@@ -1,0 +1,385 @@
+"""Evaluation plans and packs for ``oocstore train``, checked in full before the first write.
+
+``train`` measures validation and test accuracy through one-epoch plans on those splits
+(``val-eval``, ``test-eval``: the training plan's fanouts and batch size, sharded like
+it), packed with the training pack's CPU cache shrunk to fit the CPU budget. When the
+store lacks them, ``train`` creates them — and a command that will be refused must
+write nothing. So preparation runs in two phases:
+
+1. **Check** (:func:`plan_eval`): under the store's writer lock, on the latest commit,
+   every evaluation plan that is missing or stale is sampled *in memory* with the
+   sampler the CLI uses (the same records, bit for bit), and the pack every plan needs
+   is laid out with the packer's own :func:`~oocstore.pack.packer.plan_layout` and held
+   against the budgets exactly as packing and the loader will (an existing pack that
+   the budget cannot hold is re-packed, not reused). Any refusal is raised here, before
+   anything is written. The training pack is checked against the budgets before that
+   (:func:`check_loader_fits`), by the caller, on every rank.
+2. **Write** (:func:`apply_eval`): still under the lock, the sampled plans are committed
+   (one transaction per plan or shard group) and packed (one transaction per pack).
+   The lock is held throughout, so no other command commits in between and a second
+   ``train`` waits for this one (``wait`` seconds) and then finds the plans made.
+
+Memory: phase 1 holds the sampled evaluation plans in RAM until they are committed
+(one epoch over the validation and test splits).
+
+:class:`WriteLog` records what a command committed, as soon as it is durable, so the
+CLI can say truthfully what an interrupted or failed ``train`` left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from .. import distributed as dist
+from ..budget import MemoryBudget
+from ..errors import BudgetError, StoreLockedError
+from ..pack import PackOptions, pack_plan
+from ..pack.format import PackMeta, pack_key
+from ..pack.packer import check_budget, labels_bytes, plan_layout, plan_version
+from ..plan import PlanMeta, PlanReader, list_plans, plan_key, shard_name
+from ..store import Store
+from ..tiers.reader import list_packs
+from ..units import format_size
+
+log = logging.getLogger(__name__)
+
+#: Seconds a ``train`` that must create evaluation plans waits for another writer.
+WRITER_WAIT_S = 600.0
+
+
+# -- what a command wrote -----------------------------------------------------------------
+
+@dataclass
+class WriteLog:
+    """What one command committed to ``store`` (and wrote beside it), in order.
+
+    ``begin(what, key)`` before a commit of catalog entry ``key``, ``done()`` once it
+    returned. An interrupt may land after the commit but before ``done()``; then
+    :meth:`settled` compares the entry with its value before and counts the commit
+    only if the store holds it.
+    """
+
+    store: str
+    committed: list[str] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)  # path -> what (checkpoints)
+    _pending: tuple[str, str, Any] | None = None
+
+    def begin(self, what: str, key: str, before: Any) -> None:
+        self._pending = (what, key, before)
+
+    def done(self) -> None:
+        if self._pending is not None:
+            self.committed.append(self._pending[0])
+            self._pending = None
+
+    def wrote_file(self, path: str | Path, what: str) -> None:
+        self.files[str(path)] = what
+
+    def settled(self) -> list[str]:
+        """The commits, including a pending one the store turns out to hold."""
+        if self._pending is not None:
+            what, key, before = self._pending
+            try:
+                with Store(self.store) as s:
+                    if s.get(key) != before:
+                        self.committed.append(what)
+            except Exception:  # noqa: BLE001 - an unreadable store: say it may have happened
+                self.committed.append(f"possibly {what}")
+            self._pending = None
+        return list(self.committed)
+
+    def describe(self) -> str:
+        """One sentence: what the command left in the store and beside it."""
+        done = self.settled()
+        if done:
+            text = (f"this command committed {', '.join(done)} to {self.store} (kept: later "
+                    "runs reuse them; `oocstore rm` removes them); the rest of the store is as "
+                    "it was before")
+        else:
+            text = "the store was left as it was before this command"
+        for path, what in self.files.items():
+            text += f"; it wrote {what} to {path}"
+        return text
+
+
+# -- the loader's minimum -----------------------------------------------------------------
+
+def loader_minimum(store: Store, pm: PackMeta, device_type: str = "cpu") -> dict[str, int]:
+    """The least CPU and GPU memory a :class:`~oocstore.loader.NodeLoader` over pack ``pm``
+    needs (prefetch depth 1), as the loader itself computes it."""
+    mws = pm.min_working_set
+    cpu = int(mws["cpu"])
+    if "labels_bytes" not in mws:  # packs written before the minimum counted these
+        cpu += labels_bytes(store) + 2 * pm.largest_batch_rows * pm.row_bytes
+    gpu = 0
+    if device_type != "cpu":
+        cpu -= int(mws["gpu_tier_bytes"])  # that tier lives on the device
+        gpu = int(mws["gpu"])
+    return {"cpu": cpu, "gpu": gpu}
+
+
+def check_loader_fits(store: Store, pack: str, budget: MemoryBudget, device_type: str) -> None:
+    """Refuse, before anything is written, a training pack the budgets cannot hold."""
+    pm = list_packs(store)[pack]
+    need = loader_minimum(store, pm, device_type)
+    for tier in ("cpu", "gpu"):
+        limit = getattr(budget, tier)
+        if limit is not None and need[tier] > limit:
+            mws = pm.min_working_set
+            detail = (f"cpu cache {format_size(mws['cpu_tier_bytes'])} + largest segment "
+                      f"{format_size(mws['largest_segment_bytes'])} + 3 batches of staging "
+                      f"{format_size(3 * mws['staging_bytes'])} + labels and read buffers"
+                      if tier == "cpu" else "gpu tier and batches on the device")
+            raise BudgetError(
+                f"{tier} budget {format_size(limit)} is too small for pack {pack!r}: the "
+                f"minimum needed is {format_size(need[tier])} ({detail}): raise "
+                f"--{tier}-budget to at least {format_size(need[tier])}, or re-pack with a "
+                f"smaller --{tier}-cache or within `oocstore pack --{tier}-budget`")
+
+
+# -- sampling in memory -------------------------------------------------------------------
+
+class _MemoryArray:
+    def __init__(self, dtype, row_shape):
+        self.dtype, self.row_shape, self.parts = np.dtype(dtype), tuple(row_shape), []
+
+    def append(self, rows: np.ndarray) -> None:
+        self.parts.append(np.array(rows, dtype=self.dtype, copy=True))
+
+    def close(self) -> None:
+        pass
+
+    def data(self) -> np.ndarray:
+        if not self.parts:
+            return np.zeros((0, *self.row_shape), dtype=self.dtype)
+        return np.ascontiguousarray(np.concatenate(self.parts).reshape(-1, *self.row_shape))
+
+
+class _MemoryTransaction:
+    """The part of :class:`~oocstore.store.Transaction` a plan writer uses, in RAM."""
+
+    def __init__(self):
+        self.arrays: dict[str, tuple[str, _MemoryArray]] = {}
+        self.puts: dict[str, Any] = {}
+
+    def array_writer(self, name, dtype, row_shape=(), *, subdir="arrays", **_):
+        w = _MemoryArray(dtype, row_shape)
+        self.arrays[name] = (subdir, w)
+        return w
+
+    def write_array(self, name, data, *, subdir="arrays"):
+        w = self.array_writer(name, np.asarray(data).dtype, np.asarray(data).shape[1:],
+                              subdir=subdir)
+        w.append(data)
+
+    def put(self, key: str, value: Any) -> None:
+        self.puts[key] = value
+
+
+class _DryStore:
+    """``store`` for the sampler, except that its transaction stays in memory."""
+
+    def __init__(self, store: Store):
+        self._store = store
+        self.txn: _MemoryTransaction | None = None
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[_MemoryTransaction]:
+        txn = _MemoryTransaction()
+        yield txn
+        self.txn = txn
+
+
+class _MemoryPlan:
+    """What :func:`plan_layout` reads of a plan, for one sampled in memory."""
+
+    def __init__(self, meta: PlanMeta, arrays: dict[str, np.ndarray]):
+        self.meta = meta
+        self._data = arrays[meta.arrays["data"]]
+        self._index = arrays[meta.arrays["index"]]
+        self._counts = arrays[meta.arrays["counts"]]
+
+    @property
+    def name(self) -> str:
+        return self.meta.name
+
+    def access_counts(self) -> np.ndarray:
+        return self._counts
+
+    def index(self) -> np.ndarray:
+        return self._index
+
+
+@dataclass
+class _Sampled:
+    """Evaluation plans sampled in memory, to be committed in one transaction."""
+
+    name: str
+    arrays: dict[str, tuple[str, np.ndarray]]  # array name -> (subdir, data)
+    puts: dict[str, Any]
+    plans: dict[str, _MemoryPlan]  # member -> plan
+
+
+def _sample_in_memory(store: Store, split: str, like: PlanMeta, name: str, seed: int,
+                      world_size: int, overwrite: bool) -> _Sampled:
+    from samplers.neighbor import prepare_sampling, run_sampling  # composition root
+
+    dry = _DryStore(store)
+    job = prepare_sampling(dry, fanouts=list(like.fanouts), batch_size=like.batch_size,
+                           epochs=1, seed=seed, name=name, split=split, world_size=world_size,
+                           overwrite=overwrite)
+    run_sampling(dry, job)
+    txn = dry.txn
+    arrays = {k: (subdir, w.data()) for k, (subdir, w) in txn.arrays.items()}
+    data = {k: a for k, (_, a) in arrays.items()}
+    plans = {}
+    for key, value in txn.puts.items():
+        meta = PlanMeta.from_dict(value)
+        plans[meta.name] = _MemoryPlan(meta, data)
+    return _Sampled(name=name, arrays=arrays, puts=dict(txn.puts), plans=plans)
+
+
+# -- the check ----------------------------------------------------------------------------
+
+@dataclass
+class EvalWork:
+    """What preparing the evaluation plans will write (empty: nothing)."""
+
+    samples: list[_Sampled] = field(default_factory=list)
+    packs: list[tuple[str, PackOptions]] = field(default_factory=list)  # member, options
+    unsampled: list[str] = field(default_factory=list)  # to sample (sample=False)
+
+    def __bool__(self) -> bool:
+        return bool(self.samples or self.packs or self.unsampled)
+
+
+def _members(name: str, world_size: int) -> list[str]:
+    return [name] if world_size == 1 else [shard_name(name, r) for r in range(world_size)]
+
+
+def plan_eval(store: Store, like: PlanMeta, packed_like: str | None, seed: int,
+              budget: MemoryBudget, device_type: str = "cpu", world_size: int = 1, *,
+              sample: bool = True) -> EvalWork:
+    """Check what the evaluation plans need and that it fits; write nothing.
+
+    ``like``: the training plan's meta (fanouts, batch size); ``packed_like``: its pack
+    (None: in-memory training, plans only). Raises (``BudgetError`` with the numbers and
+    the fix) for anything that would be refused later. ``sample=False``: a cheap look
+    that lists plans to sample in ``unsampled`` instead of sampling (and checking) them."""
+    work = EvalWork()
+    plans = list_plans(store)
+    packs = list_packs(store)
+    for split in ("val", "test"):
+        if split not in store.splits:
+            continue
+        name = f"{split}-eval"
+        members = _members(name, world_size)
+        if world_size == 1:
+            meta = plans.get(name)
+        else:
+            shards = dist.group_shards(store, name, plans)
+            meta = shards.get(0) if len(shards) == world_size else None
+        readers: dict[str, Any]
+        if meta is None or meta.fanouts != like.fanouts or meta.batch_size != like.batch_size:
+            if not sample:
+                work.unsampled.append(name)
+                continue
+            log.info("sampling evaluation plan %r (in memory, committed once checked)", name)
+            sampled = _sample_in_memory(store, split, like, name, seed, world_size,
+                                        overwrite=any(m in plans for m in members))
+            work.samples.append(sampled)
+            readers = sampled.plans
+            fresh = True
+        else:
+            readers = {m: PlanReader(store, m) for m in members}
+            fresh = False
+        if packed_like is None:
+            continue
+        ref = packs[packed_like]
+        for member in members:
+            plan = readers[member]
+            if not fresh:
+                version = plan_version(store, plan)
+                current = [p for p in packs.values()
+                           if p.plan == member and p.plan_version == version]
+                if current and all(_fits(loader_minimum(store, p, device_type), budget)
+                                   for p in current):
+                    continue
+            work.packs.append((member, _eval_pack_options(store, plan, ref, budget, device_type,
+                                                          member)))
+    return work
+
+
+def _fits(need: dict[str, int], budget: MemoryBudget) -> bool:
+    return all(getattr(budget, t) is None or need[t] <= getattr(budget, t) for t in ("cpu", "gpu"))
+
+
+def _eval_pack_options(store: Store, plan, ref: PackMeta, budget: MemoryBudget,
+                       device_type: str, name: str) -> PackOptions:
+    """The training pack's CPU cache, shrunk to what ``budget`` leaves beside the plan's
+    minimum; refused (BudgetError) when even that minimum does not fit."""
+    blowup = max(ref.max_disk_blowup, 1.0)
+    gpu_budget = budget.gpu if device_type != "cpu" else None
+    opts = PackOptions(cpu_cache=ref.cpu_rows * ref.row_bytes, max_disk_blowup=blowup,
+                       gpu_budget=gpu_budget)
+    if budget.cpu is not None:
+        floor = plan_layout(store, plan, PackOptions(max_disk_blowup=blowup)).min_working_set
+        if floor["cpu"] > budget.cpu:
+            raise BudgetError(
+                f"cpu budget {format_size(budget.cpu)} is too small to evaluate on plan "
+                f"{name!r}: even without a cpu cache its pack needs "
+                f"{format_size(floor['cpu'])} (largest segment "
+                f"{format_size(floor['largest_segment_bytes'])} + 3 batches of staging "
+                f"{format_size(3 * floor['staging_bytes'])} + labels and read buffers): raise "
+                f"--cpu-budget to at least {format_size(floor['cpu'])}, or train on a plan "
+                "sampled with a smaller --batch-size")
+        opts = PackOptions(cpu_cache=max(0, min(opts.cpu_cache, budget.cpu - floor["cpu"])),
+                           max_disk_blowup=blowup, cpu_budget=budget.cpu, gpu_budget=gpu_budget)
+    if opts.cpu_budget is not None or opts.gpu_budget is not None:
+        check_budget(plan_layout(store, plan, opts), opts, name)
+    return opts
+
+
+# -- the writes ---------------------------------------------------------------------------
+
+def apply_eval(store: Store, work: EvalWork, writes: WriteLog | None = None) -> None:
+    """Commit what :func:`plan_eval` checked (call it under the same writer lock)."""
+    writes = writes or WriteLog(str(store.path))
+    for sampled in work.samples:
+        key = plan_key(next(iter(sampled.plans)))
+        writes.begin(f"plan {sampled.name!r}", key, store.get(key))
+        with store.transaction() as txn:
+            for array, (subdir, data) in sampled.arrays.items():
+                txn.write_array(array, data, subdir=subdir)
+            for k, v in sampled.puts.items():
+                txn.put(k, v)
+        writes.done()
+    for member, opts in work.packs:
+        key = pack_key(member)
+        writes.begin(f"pack {member!r}", key, store.get(key))
+        # The eval pack is named after its plan, so a re-sampled plan replaces it.
+        pack_plan(store, member, options=opts, overwrite=True)
+        writes.done()
+
+
+@contextlib.contextmanager
+def writer(store_path: str | Path, wait: float) -> Iterator[Store]:
+    """The store opened for writing with its writer lock held (waiting up to ``wait``
+    seconds for another writer, and saying so)."""
+    with Store(store_path, readonly=False) as store, contextlib.ExitStack() as held:
+        try:
+            held.enter_context(store.writer_lock())
+        except StoreLockedError:
+            log.warning("store %s is being written by another command: waiting up to %.0f s "
+                        "for it to finish before creating evaluation plans", store.path, wait)
+            held.enter_context(store.writer_lock(wait=wait))
+        yield store
