@@ -638,6 +638,7 @@ def write_colmap_model(directory: str | Path, cameras: Cameras, *, binary: bool 
                   "SIMPLE_RADIAL": (fx, cx, cy, k1), "RADIAL": (fx, cx, cy, k1, k2),
                   "OPENCV": (fx, fy, cx, cy, k1, k2, p1, p2)}[model]
         q = rot_to_quat(cameras.viewmats[i, :3, :3].astype(np.float64))
+        q = q / np.linalg.norm(q)  # float32 rotations give quaternions unit to 1e-8 only
         t = cameras.viewmats[i, :3, 3].astype(np.float64)
         rows.append((i + 1, params, q, t, cameras.names[i]))
     pts = np.zeros((0, 3)) if points is None else np.asarray(points, dtype=np.float64)
