@@ -63,7 +63,8 @@ def test_lego_downscale_8(tmp_path):
         from PIL import Image
 
         v = scene.image_names.index("train/r_0.png")
-        rgba = np.asarray(Image.open(LEGO / "train" / "r_0.png")).astype(np.float64)
+        with Image.open(LEGO / "train" / "r_0.png") as im:
+            rgba = np.asarray(im).astype(np.float64)
         a = rgba[..., 3:] / 255
         rgb = rgba[..., :3] * a + 255 * (1 - a)
         want = rgb.reshape(100, 8, 100, 8, 3).mean(axis=(1, 3))
