@@ -497,13 +497,16 @@ def read_colmap_points_text(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndar
                               "integers 0..255")
         try:
             ids.append(int(tok[0]))
+            if not 0 <= ids[-1] < 1 << 63:
+                raise ValueError
         except ValueError:
             raise SourceError(f"{path}:{lineno}: point id {tok[0][:20]!r} is not an "
                               "integer") from None
         xyz.append(vals[:3])
         rgb.append(vals[3:6])
-    return (np.array(ids, dtype=np.int64), np.array(xyz, dtype=np.float64).reshape(-1, 3),
-            np.array(rgb, dtype=np.uint8).reshape(-1, 3))
+    return _check_points(path, np.array(ids, dtype=np.int64),
+                         np.array(xyz, dtype=np.float64).reshape(-1, 3),
+                         np.array(rgb, dtype=np.uint8).reshape(-1, 3))
 
 
 class _Bin:
@@ -613,9 +616,16 @@ def read_colmap_points_binary(path: Path) -> tuple[np.ndarray, np.ndarray, np.nd
     if pos > len(data):
         raise SourceError(f"{path}: the last point's track runs past the end of the file: "
                           "the file is truncated")
-    if not np.all(np.isfinite(xyz)):
-        bad = int(np.flatnonzero(~np.all(np.isfinite(xyz), axis=1))[0])
-        raise SourceError(f"{path}: point {int(ids[bad])} has a non-finite position: drop it")
+    return _check_points(path, ids, xyz, rgb)
+
+
+def _check_points(path, ids, xyz, rgb):
+    """Points whose position is not a finite float32 value are refused by id."""
+    ok = np.all(np.isfinite(xyz) & (np.abs(xyz) < 1e30), axis=1)
+    if not ok.all():
+        bad = int(np.flatnonzero(~ok)[0])
+        raise SourceError(f"{path}: point {int(ids[bad])} has the position {xyz[bad].tolist()}, "
+                          "not a finite coordinate: drop it from the model")
     return ids, xyz, rgb
 
 

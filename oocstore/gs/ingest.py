@@ -424,6 +424,10 @@ def read_colmap_dataset(src: Path, images: Path | None = None) -> PhotoDataset:
 
 
 def _rigid(vm: np.ndarray, where: str, name: str) -> np.ndarray:
+    big = float(np.abs(vm).max())
+    if not big < 1e30:
+        raise SourceError(f"{where}: the pose of {name[:60]!r} holds the value {big:g}: give a "
+                          "finite camera pose in scene units")
     r = vm[:3, :3]
     err = float(np.abs(r @ r.T - np.eye(3)).max())
     det = float(np.linalg.det(r))
@@ -706,7 +710,7 @@ def ingest_photos(src: str | os.PathLike, out: str | os.PathLike, *, images=None
         raise UsageError(f"--test-every {every} holds out all {len(views)} images: give a larger "
                          "value (or 0 for none)")
     w, h = scaled_size(views[0].width, views[0].height, ds)
-    if min(w, h) < 8:
+    if ds > 1 and min(w, h) < 8:
         raise UsageError(f"--images-downscale {ds} makes {views[0].width}x{views[0].height} "
                          f"images {w}x{h}: give a smaller factor")
     vms = np.stack([v.viewmat for v in views])
