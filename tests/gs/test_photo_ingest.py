@@ -214,3 +214,65 @@ def test_cli_ingest_photos_json(datasets, tmp_path, capsys):
     assert summary["images_bytes"] == VIEWS * 32 * 24 * 3
     assert main(["inspect", str(out)]) == 0
     assert "images: 10 photos (transforms" in capsys.readouterr().out
+
+
+def test_decoding_keeps_a_bounded_number_of_photos_alive():
+    """The ingest's decode pipeline holds at most workers + 1 results besides the one
+    being stored, however many photos there are."""
+    import threading
+
+    from oocstore.gs.ingest import _ordered_map
+
+    lock = threading.Lock()
+    state = {"made": 0, "used": 0, "most": 0}
+
+    def make(i):
+        with lock:
+            state["made"] += 1
+            state["most"] = max(state["most"], state["made"] - state["used"])
+        return i
+
+    got = []
+    for x in _ordered_map(make, range(50), workers=2):
+        got.append(x)
+        with lock:
+            state["used"] += 1
+    assert got == list(range(50))
+    assert state["most"] <= 2 + 2
+
+
+def test_ingest_memory_does_not_grow_with_the_photo_count(tmp_path):
+    """40 photos of 400x300 (14 MB decoded): once the first one is stored, the traced
+    memory never rises more than a few photos above that point."""
+    import tracemalloc
+
+    from PIL import Image
+
+    from oocstore.gs.cameras import write_colmap_model
+    from oocstore.gs.synthetic import photo_scene_params, random_cameras
+
+    n, w, h = 40, 400, 300
+    base = random_cameras(photo_scene_params(20), n, width=w, height=h)
+    cams = Cameras(base.viewmats, base.Ks, w, h, tuple(f"p{i:03d}.png" for i in range(n)))
+    write_colmap_model(tmp_path / "sparse" / "0", cams)
+    (tmp_path / "images").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(
+            tmp_path / "images" / f"p{i:03d}.png", compress_level=0)
+    tracemalloc.start()
+    marks = []
+
+    def progress(k):  # after the first photo: imports and set-up are done by then
+        if not marks:
+            marks.append(tracemalloc.get_traced_memory()[0])
+            tracemalloc.reset_peak()
+
+    try:
+        with ingest_photos(tmp_path / "sparse" / "0", tmp_path / "s", init_points=50,
+                           progress=progress) as scene:
+            peak = tracemalloc.get_traced_memory()[1]
+            assert scene.images_bytes == n * w * h * 3
+    finally:
+        tracemalloc.stop()
+    assert peak - marks[0] < 6 * w * h * 3, (marks, peak)  # a handful of photos, not 40
