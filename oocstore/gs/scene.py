@@ -548,14 +548,32 @@ class Scene:
         return self.path / self._image_file, self._image_offset + int(v) * im.slot_bytes, \
             im.slot_bytes
 
-    def read_image(self, v: int) -> np.ndarray:
+    def image_buffer(self) -> np.ndarray:
+        """A 4 KiB-aligned uint8 buffer of one image slot, for :meth:`read_image`'s
+        ``out`` (a prefetcher keeps a few and reuses them: no allocation per read)."""
+        from ..store.files import aligned_empty
+
+        return aligned_empty(self._need_images().slot_bytes)
+
+    def read_image(self, v: int, out: np.ndarray | None = None) -> np.ndarray:
         """Image ``v`` (camera ``v``'s photo) as uint8 [H, W, 3] RGB: one aligned read of
         its row; with ``verify_reads``, its CRC-32 checked (:class:`ChecksumError` naming
-        the scene, the image and its file on a mismatch or a short file)."""
+        the scene, the image and its file on a mismatch or a short file).
+
+        ``out`` (from :meth:`image_buffer`) receives the row and the result is a view
+        of it; without it a new buffer is allocated."""
         path, offset, slot = self.image_location(v)
         im = self._images
         with DirectReader(path, direct=self.direct) as reader:
-            raw = reader.read(offset, slot)
+            if out is None:
+                raw = reader.read(offset, slot)
+            else:
+                if out.dtype != np.uint8 or out.ndim != 1 or len(out) != slot \
+                        or out.ctypes.data % 4096:
+                    raise UsageError(f"scene {self.path}: read_image's out must be a 4 KiB-"
+                                     f"aligned uint8 buffer of {slot} bytes: use "
+                                     "scene.image_buffer()")
+                raw = out[:reader.read_into(out, offset)]
         what = f"image {int(v)} ({im.names[int(v)]})"
         if len(raw) < slot:
             self._damaged(what, self._image_file, None, f"the file is truncated ({len(raw)} "

@@ -33,16 +33,19 @@ def datasets(tmp_path_factory):
     return out
 
 
-def _truth(src, background=(0.0, 0.0, 0.0), size=None):
-    """Original cameras and the ground-truth renders of a written dataset."""
-    root = src.parent if src.suffix == ".json" else src.parent.parent
-    params = np.load(root / "scene_params.npy")
-    c = np.load(root / "cameras.npz")
-    cams = Cameras(c["viewmats"], c["Ks"], int(c["width"]), int(c["height"]))
-    if size is not None:
-        cams = cams.resized(*size)
-    imgs = [rgb for rgb, _ in render_views(params, cams, background)]
-    return cams, imgs
+_TRUTH: dict = {}
+
+
+def _truth(src, background=(0.0, 0.0, 0.0)):
+    """Original cameras and the ground-truth renders of a written dataset (cached)."""
+    key = (str(src), tuple(background))
+    if key not in _TRUTH:
+        root = src.parent if src.suffix == ".json" else src.parent.parent
+        params = np.load(root / "scene_params.npy")
+        c = np.load(root / "cameras.npz")
+        cams = Cameras(c["viewmats"], c["Ks"], int(c["width"]), int(c["height"]))
+        _TRUTH[key] = cams, [rgb for rgb, _ in render_views(params, cams, background)]
+    return _TRUTH[key]
 
 
 def _index(name: str) -> int:
@@ -276,3 +279,21 @@ def test_ingest_memory_does_not_grow_with_the_photo_count(tmp_path):
     finally:
         tracemalloc.stop()
     assert peak - marks[0] < 6 * w * h * 3, (marks, peak)  # a handful of photos, not 40
+
+
+def test_read_image_into_a_reused_buffer(datasets, tmp_path):
+    with ingest_photos(datasets["colmap"], tmp_path / "s", init_points=50) as scene:
+        buf = scene.image_buffer()
+        assert buf.ctypes.data % 4096 == 0 and len(buf) % 4096 == 0
+        for v in (0, 5, 9):
+            got = scene.read_image(v, out=buf)
+            assert np.shares_memory(got, buf)
+            np.testing.assert_array_equal(got, scene.read_image(v))
+        with pytest.raises(UsageError, match="image_buffer"):
+            scene.read_image(0, out=np.zeros(len(buf), np.uint8)[1:])
+        # a truncated file is refused with or without the buffer
+        path, offset, slot = scene.image_location(VIEWS - 1)
+        os.truncate(path, offset + slot // 2)
+        for out in (None, buf):
+            with pytest.raises(ChecksumError, match=rf"image {VIEWS - 1} .*truncated"):
+                scene.read_image(VIEWS - 1, out=out)
