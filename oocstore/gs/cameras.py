@@ -2,9 +2,11 @@
 
 Conventions are those of COLMAP, OpenCV and gsplat: camera x to the right, y down, z
 forward (into the picture); ``viewmats`` map world to camera coordinates; ``Ks`` are
-pinhole intrinsics in pixels for images of ``width`` x ``height``. Lens distortion of
-COLMAP's SIMPLE_RADIAL / RADIAL / OPENCV models is dropped (the intrinsics are reduced
-to ``K``), which is what 3DGS trainers do with undistorted images.
+pinhole intrinsics in pixels for images of ``width`` x ``height``. As ``--cameras`` of a
+point-cloud scene, lens distortion of COLMAP's SIMPLE_RADIAL / RADIAL / OPENCV models is
+dropped (the intrinsics are reduced to ``K``); the photo ingest reads the whole model
+(:func:`read_colmap_model`: text or binary, with distortion and points3D) and
+undistorts the images (:mod:`oocstore.gs.photos`).
 
 Sources: COLMAP text (``cameras.txt`` + ``images.txt``), an ``.npz`` with ``viewmats``
 and ``Ks`` (+ ``width``, ``height``), or cameras generated around a scene

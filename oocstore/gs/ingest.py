@@ -1,6 +1,15 @@
-"""``oocstore ingest scene``: a scene store from a 3DGS ``.ply`` or an ``.npz`` point cloud.
+"""``oocstore ingest scene``: a scene store from photographs with poses (a COLMAP model
+or a ``transforms.json``, :func:`ingest_photos`), a 3DGS ``.ply`` or an ``.npz`` point
+cloud (:func:`ingest_scene`).
 
-Sources:
+Photo datasets (see docs/SCENE_FORMAT.md, "Scenes from photographs"): the views are
+read into :class:`~oocstore.gs.photos.PhotoView` (world-to-camera OpenCV poses,
+intrinsics and distortion at the files' resolution), every image header is checked,
+then the photos are decoded one at a time (:func:`oocstore.gs.photos.load_photo`) and
+streamed into the scene, training views first in a nearest-camera chain
+(:func:`view_chain`), held-out views last.
+
+Point sources:
 
 - ``.ply``: a trained 3DGS scene (see :mod:`oocstore.gs.ply`), any SH degree 0..3.
 - ``.npz``: ``means3d`` [N, 3] and optionally ``colors`` [N, 3] (uint8, or floats in
@@ -527,8 +536,7 @@ def read_transforms_views(path: Path) -> list:
                                   "(0..pi)")
         if fx is None and ax is not None:
             fx = 0.5 * w / math.tan(0.5 * ax)
-        if fy is None and ay is not None and ax is not None and fx is not None \
-                and _json_number(merged, "fl_x", path, where) is None:
+        if fy is None and ay is not None:
             fy = 0.5 * h / math.tan(0.5 * ay)
         if fx is None and fy is not None:
             fx = fy

@@ -297,3 +297,36 @@ def test_read_image_into_a_reused_buffer(datasets, tmp_path):
         for out in (None, buf):
             with pytest.raises(ChecksumError, match=rf"image {VIEWS - 1} .*truncated"):
                 scene.read_image(VIEWS - 1, out=out)
+
+
+def test_transforms_intrinsics_forms(tmp_path):
+    """camera_angle_x (and _y), fl_x/fl_y/cx/cy/w/h with distortion, per-frame values."""
+    import math
+
+    from PIL import Image
+
+    from oocstore.gs.ingest import read_transforms_views
+
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(tmp_path / "a.png")
+    eye = np.eye(4).tolist()
+
+    def views(doc):
+        (tmp_path / "t.json").write_text(json.dumps(doc))
+        return read_transforms_views(tmp_path / "t.json")
+
+    v = views({"camera_angle_x": 1.0, "frames": [{"file_path": "a", "transform_matrix": eye}]})
+    f = 20 / math.tan(0.5)
+    np.testing.assert_allclose(v[0].K, [[f, 0, 20], [0, f, 15], [0, 0, 1]])
+    assert (v[0].width, v[0].height, v[0].distorted, v[0].name) == (40, 30, False, "a.png")
+    # OpenGL camera-to-world identity: the camera looks down -z with y up
+    np.testing.assert_allclose(v[0].viewmat, np.diag([1.0, -1, -1, 1]))
+    v = views({"camera_angle_x": 1.0, "camera_angle_y": 0.8,
+               "frames": [{"file_path": "a.png", "transform_matrix": eye}]})
+    assert v[0].K[1, 1] == pytest.approx(15 / math.tan(0.4))
+    v = views({"fl_x": 50, "fl_y": 52, "cx": 19, "cy": 16, "w": 40, "h": 30, "k1": 0.1,
+               "p2": 0.01, "frames": [{"file_path": "a.png", "transform_matrix": eye},
+                                      {"file_path": "a.png", "transform_matrix": eye,
+                                       "fl_x": 60, "k1": 0.0}]})
+    np.testing.assert_allclose(v[0].K, [[50, 0, 19], [0, 52, 16], [0, 0, 1]])
+    assert v[0].distortion == (0.1, 0.0, 0.0, 0.01) and v[0].distorted
+    assert v[1].K[0, 0] == 60 and v[1].distortion == (0.0, 0.0, 0.0, 0.01)
