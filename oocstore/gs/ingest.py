@@ -725,6 +725,14 @@ def ingest_photos(src: str | os.PathLike, out: str | os.PathLike, *, images=None
     from .photos import scaled_K
 
     ks = np.stack([scaled_K(v.K, (v.width, v.height), (w, h)) for v in views])
+    from .photos import outside_share
+
+    outside = 0.0
+    for key in {(tuple(k.ravel()), v.distortion) for k, v in zip(ks, views) if v.distorted}:
+        outside = max(outside, outside_share(np.array(key[0]).reshape(3, 3), key[1], (w, h)))
+    if outside > 0.001:
+        log.info("undistortion: up to %.1f%% of an image's pixels lie outside its photo (they "
+                 "repeat the photo's edge)", 100 * outside)
     train_idx = view_chain(vms, np.flatnonzero(~test_mask))
     test_idx = view_chain(vms, np.flatnonzero(test_mask))
     order = np.concatenate([train_idx, test_idx])
@@ -758,7 +766,8 @@ def ingest_photos(src: str | os.PathLike, out: str | os.PathLike, *, images=None
         report.update({"kind": kind, "images": len(views), "test_images": n_test,
                        "images_missing_skipped": len(checked.skipped_missing),
                        "images_unused": unused, "image_conversions": dict(checked.notes),
-                       "init": init, "width": w, "height": h, "downscale": ds})
+                       "init": init, "width": w, "height": h, "downscale": ds,
+                       "undistort_outside_share": round(outside, 4)})
     if on_loaded:
         on_loaded(len(views))
 

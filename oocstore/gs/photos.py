@@ -263,11 +263,18 @@ def load_photo(view: PhotoView, size: tuple[int, int], background) -> np.ndarray
     small = downscale_image(composite(rgb, alpha, background), size)
     if view.distorted:
         k = scaled_K(view.K, (view.width, view.height), size)
-        small, outside = undistort_image(small, k, view.distortion)
-        if outside > 0.01:
-            log.info("%s: %.1f%% of the undistorted image lies outside the photo (edge "
-                     "pixels repeated)", view.name, 100 * outside)
+        small, _ = undistort_image(small, k, view.distortion)
     return np.ascontiguousarray(small)
+
+
+def outside_share(K: np.ndarray, dist, size: tuple[int, int]) -> float:
+    """Share of a ``size`` = (w, h) pinhole image (intrinsics ``K``) whose pixels come
+    from outside the distorted photo (the undistorted image repeats its edge there)."""
+    w, h = size
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64) + 0.5
+    ud, vd = distort_points((xs - K[0, 2]) / K[0, 0], (ys - K[1, 2]) / K[1, 1], dist)
+    sx, sy = K[0, 0] * ud + K[0, 2], K[1, 1] * vd + K[1, 2]
+    return float(np.mean((sx < 0) | (sx > w) | (sy < 0) | (sy > h)))
 
 
 @dataclass

@@ -101,6 +101,18 @@ def test_distorted_photos_are_undistorted(tmp_path, kind, downscale):
             assert got > psnr(photo, ref) + 10
 
 
+def test_outside_share():
+    from oocstore.gs.photos import outside_share, undistort_image
+
+    k = np.array([[50.0, 0, 32], [0, 50.0, 24], [0, 0, 1]])
+    assert outside_share(k, (0, 0, 0, 0), (64, 48)) == 0.0
+    assert outside_share(k, (-0.2, 0, 0, 0), (64, 48)) == 0.0  # barrel: all inside
+    pin = outside_share(k, (0.2, 0, 0, 0), (64, 48))
+    assert 0.01 < pin < 0.5
+    _, share = undistort_image(np.zeros((48, 64, 3), np.uint8), k, (0.2, 0, 0, 0))
+    assert share == pytest.approx(pin, abs=0.01)
+
+
 def _png16(path: Path, arr: np.ndarray) -> None:
     """A 16-bit RGB PNG (Pillow writes none)."""
     h, w, _ = arr.shape

@@ -2,6 +2,7 @@
 NeRF-synthetic lego (RGBA, camera_angle_x, no test split) and instant-ngp's fox (real
 JPEGs, fl_x/fl_y/cx/cy with OpenCV distortion, 17 of 67 frames without an image)."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +80,10 @@ def test_fox_downscale_8(tmp_path, capsys):
     out = tmp_path / "fox"
     assert main(["ingest", "scene", str(src), str(out), "--images-downscale", "8",
                  "--skip-missing-images", "--init-points", "2000", "--quiet", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["images_missing_skipped"] == 17 and summary["images_unused"] == 0
+    # k1 = 0.058 pushes the corners out: the pinhole image's corners lie outside the photo
+    assert 0.005 < summary["undistort_outside_share"] < 0.05
     with Scene.open(out, readonly=True) as scene:
         assert scene.num_images == 50 and scene.image_size == (135, 240)
         assert len(scene.test_views) == 7 and scene.background is None
