@@ -384,19 +384,24 @@ def photo_source_kind(src: str | os.PathLike) -> str | None:
     if p.is_file():
         return "transforms" if p.suffix.lower() == ".json" else None
     if p.is_dir():
-        if colmap_model_kind(p) or colmap_model_kind(p / "sparse" / "0") \
-                or colmap_model_kind(p / "sparse"):
+        if any(colmap_model_kind(c) for c in _model_candidates(p)):
             return "colmap"
         if any((p / n).is_file() for n in ("transforms.json", "transforms_train.json")):
             return "transforms"
     return None
 
 
+def _model_candidates(src: Path) -> tuple[Path, ...]:
+    """Where a COLMAP model may be, given SRC: the model itself, sparse/0 of a dataset
+    folder, sparse/ (a single model), or 0/ of a sparse/ folder."""
+    return (src, src / "sparse" / "0", src / "sparse", src / "0")
+
+
 def _colmap_dirs(src: Path, images: Path | None) -> tuple[Path, Path]:
     from .cameras import colmap_model_kind
 
     model = src
-    for cand in (src, src / "sparse" / "0", src / "sparse"):
+    for cand in _model_candidates(src):
         if colmap_model_kind(cand):
             model = cand
             break

@@ -330,3 +330,24 @@ def test_transforms_intrinsics_forms(tmp_path):
     np.testing.assert_allclose(v[0].K, [[50, 0, 19], [0, 52, 16], [0, 0, 1]])
     assert v[0].distortion == (0.1, 0.0, 0.0, 0.01) and v[0].distorted
     assert v[1].K[0, 0] == 60 and v[1].distortion == (0.0, 0.0, 0.0, 0.01)
+
+
+def test_colmap_source_forms_and_a_model_without_points(datasets, tmp_path, caplog):
+    """SRC may be the model (sparse/0), sparse/ or the dataset folder; a model without
+    points3D gets random initial points, with a warning."""
+    model = datasets["colmap"]
+    names = None
+    for i, src in enumerate((model, model.parent, model.parent.parent)):
+        with ingest_photos(src, tmp_path / f"s{i}", sh_degree=0) as scene:
+            assert scene.num_gaussians == N
+            names = names or scene.image_names
+            assert scene.image_names == names
+    root = tmp_path / "nopoints"
+    shutil.copytree(model.parent.parent, root)
+    (root / "sparse" / "0" / "points3D.txt").unlink()
+    report: dict = {}
+    with ingest_photos(root / "sparse" / "0", tmp_path / "r", init_points=123,
+                       report=report) as scene:
+        assert scene.num_gaussians == 123
+    assert report["init"].startswith("123 random points")
+    assert "has no 3D points" in caplog.text
