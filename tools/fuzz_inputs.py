@@ -253,9 +253,16 @@ _FIELDS = st.sampled_from(sorted(_GOOD_ARRAY) + ["format_version", "plan", "arra
 _NASTY = st.one_of(_JSON, st.sampled_from([
     "/etc/passwd", "../../x.bin", "arrays/../../x", "a\\b", "", -1, 10**15, [10**15, 10**15],
     [2**63], 1.5, "int66", "float32", [[1]], {"a": 1}, None, True, "arrays/x.1.bin"]))
+_GOOD_IMAGES = {"kind": "colmap", "width": 4, "height": 2, "count": 2, "slot_bytes": 4096,
+                "downscale": 1, "test_every": 8, "test_views": [1], "names": ["a.png", "b.png"],
+                "background": [1.0, 1.0, 1.0], "source": "sparse", "format_version": 1,
+                "name": "images"}
+_IMAGES_FIELDS = st.sampled_from(sorted(_GOOD_IMAGES))
 CATALOG = st.one_of(
     st.tuples(st.sampled_from(["array", "graph", "meta", "plan", "pack"]),
               st.dictionaries(_FIELDS, _NASTY, max_size=6).map(lambda d: {**_GOOD_ARRAY, **d})),
+    st.tuples(st.just("images"), st.dictionaries(_IMAGES_FIELDS, _NASTY, max_size=4).map(
+        lambda d: {**_GOOD_IMAGES, **d})),
     st.tuples(st.sampled_from(["array", "graph", "meta", "plan", "pack"]), _JSON),
     st.tuples(st.just("raw"), st.binary(max_size=60)),
 )
@@ -272,9 +279,16 @@ def fuzz_catalog(case, tmp: Path) -> str:
         value = decode(value, "fuzz", tmp)
     else:
         value = decode(json.dumps(value, allow_nan=True).encode(), "fuzz", tmp)
+    from oocstore.gs.scene import ImagesMeta
+
     cls = {"array": ArrayMeta, "graph": GraphMeta, "meta": StoreMeta, "plan": PlanMeta,
-           "pack": PackMeta, "raw": ArrayMeta}[kind]
+           "pack": PackMeta, "raw": ArrayMeta, "images": ImagesMeta}[kind]
     meta = cls.from_dict(value)
+    if isinstance(meta, ImagesMeta):  # what Scene's image accessors compute from it
+        bg = tuple(float(c) for c in meta.background) if meta.background is not None else None
+        if meta.image_bytes > meta.slot_bytes or (bg is not None and len(bg) != 3):
+            raise AssertionError(f"accepted inconsistent scene images {meta}")
+        sorted(meta.test_views)
     if isinstance(meta, ArrayMeta):
         if meta.file.startswith("/") or ".." in meta.file.split("/"):
             raise AssertionError(f"accepted a file outside the store: {meta.file!r}")

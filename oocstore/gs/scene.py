@@ -104,6 +104,7 @@ SCENE_FORMAT_VERSION = 1
 _FIX = "re-create the scene with `oocstore ingest scene`"
 IMAGES_KEY = "scene/images"  # catalog entry (ImagesMeta) and array name of the photos
 IMAGE_SOURCE_KINDS = ("colmap", "transforms")
+MAX_IMAGE_BYTES = 3 << 32  # 65536 x 65536 RGB, the largest camera size
 
 
 @dataclass(frozen=True)
@@ -168,9 +169,20 @@ class ImagesMeta:
                 and self.slot_bytes >= self.width * self.height * 3 and self.downscale >= 1):
             raise FormatError(f"{where}: sizes {self.width}x{self.height}, {self.count} "
                               f"images of {self.slot_bytes} B are inconsistent: {_FIX}")
-        if len(self.names) != self.count or any(
-                not isinstance(v, int) or not 0 <= v < self.count for v in self.test_views):
+        if self.width * self.height * 3 > MAX_IMAGE_BYTES or self.slot_bytes % 4096 \
+                or self.slot_bytes > self.width * self.height * 3 + 4096:
+            raise FormatError(f"{where}: image slots of {self.slot_bytes} B for "
+                              f"{self.width}x{self.height} images are inconsistent: {_FIX}")
+        if len(self.names) != self.count or not all(isinstance(n, str) for n in self.names) \
+                or any(isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < self.count
+                       for v in self.test_views) or len(set(self.test_views)) != len(self.test_views):
             raise FormatError(f"{where}: names or test views do not fit {self.count} images: "
+                              f"{_FIX}")
+        bg = self.background
+        if bg is not None and not (isinstance(bg, list) and len(bg) == 3 and all(
+                isinstance(c, (int, float)) and not isinstance(c, bool) and 0 <= c <= 1
+                for c in bg)):
+            raise FormatError(f"{where}: background {bg!r:.60} is not an RGB triple in 0..1: "
                               f"{_FIX}")
 
     @property
