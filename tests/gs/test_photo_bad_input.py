@@ -300,6 +300,17 @@ def test_cli_bad_flags_exit_2_and_write_nothing(base, tmp_path, capsys):
         assert not out.exists()
 
 
+def test_photo_flags_refused_for_point_sources(tmp_path, capsys):
+    from oocstore.gs.ply import write_ply
+    from oocstore.gs.synthetic import random_params
+
+    write_ply(tmp_path / "s.ply", random_params(10, 0), 0)
+    assert main(["ingest", "scene", str(tmp_path / "s.ply"), str(tmp_path / "out"), "--quiet",
+                 "--images-downscale", "2"]) == 2
+    assert "--images-downscale applies to photo datasets" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_damaged_image_found_while_decoding_leaves_no_scene(base, tmp_path):
     """A file whose header reads but whose data is cut short fails during the stream of
     decodes: the half-built scene is removed."""
