@@ -542,7 +542,8 @@ def fuzz_colmap(files: tuple[bytes, bytes, bytes], tmp: Path) -> str:
     """cameras.txt, images.txt and points3D.txt: read as a whole model (the photo
     ingest's reader, points included), then as ``--cameras`` (which ignores points3D.txt:
     a hostile one beside the others must change nothing there)."""
-    from oocstore.gs.cameras import read_colmap_model, read_colmap_text
+    from oocstore.gs.cameras import read_colmap_text
+    from oocstore.gs.colmap import read_colmap_model
     from oocstore.gs.cli import visibility_summary
     from oocstore.gs.ingest import ingest_scene
 
@@ -601,7 +602,7 @@ def _colmap_binary(draw) -> tuple[bytes, bytes, bytes]:
     model ids, sizes, NaN doubles), the file cut short or extended."""
     import struct
 
-    from oocstore.gs.cameras import write_colmap_model
+    from oocstore.gs.colmap import write_colmap_model
 
     n = draw(st.integers(1, 4))
     model = draw(st.sampled_from(["PINHOLE", "SIMPLE_PINHOLE", "SIMPLE_RADIAL", "RADIAL",

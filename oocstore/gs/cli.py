@@ -173,7 +173,8 @@ def _cmd_ingest_photos(args) -> int:
 
 def _cmd_ingest_scene(args) -> int:
     from ..cli import _progress
-    from .ingest import ingest_scene, parse_tile, photo_source_kind, source_count
+    from .ingest import ingest_scene, parse_tile, source_count
+    from .photo_sources import photo_source_kind
 
     if photo_source_kind(args.src) is not None:
         return _cmd_ingest_photos(args)

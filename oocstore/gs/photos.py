@@ -1,12 +1,12 @@
 """Photographs of a scene: checked, decoded, composited, downscaled and undistorted.
 
-A photo dataset (a COLMAP model or a ``transforms.json``, see :mod:`oocstore.gs.ingest`)
-becomes a list of :class:`PhotoView`: one image file, its world-to-camera pose (OpenCV
-axes), its pinhole intrinsics at the file's resolution and its lens distortion.
-:func:`check_views` opens every file's *header* only (size and pixel mode), so a
-missing file, a size that disagrees with the camera or an unusable pixel format is
-refused before anything is written; :func:`load_photo` then decodes one image at a
-time, so an ingest never holds more than one decoded photograph.
+A photo dataset (a COLMAP model or a ``transforms.json``, read by
+:mod:`oocstore.gs.photo_sources`) becomes a list of :class:`PhotoView`: one image file,
+its world-to-camera pose (OpenCV axes), its pinhole intrinsics at the file's resolution
+and its lens distortion. :func:`check_views` opens every file's *header* only (size and
+pixel mode), so a missing file, a size that disagrees with the camera or an unusable
+pixel format is refused before anything is written; :func:`load_photo` then decodes one
+image per call, and the ingest keeps only a few decoded photographs alive at once.
 
 The pixel pipeline of one view (:func:`load_photo`):
 

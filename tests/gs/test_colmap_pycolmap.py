@@ -11,7 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from oocstore.gs.cameras import Cameras, read_colmap_model, write_colmap_model
+from oocstore.gs.cameras import Cameras
+from oocstore.gs.colmap import read_colmap_model, write_colmap_model
 from oocstore.gs.synthetic import photo_scene_params, random_cameras
 
 pytest.importorskip("pycolmap", reason="pycolmap (dev extra) not installed")

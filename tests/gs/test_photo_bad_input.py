@@ -190,7 +190,7 @@ def test_image_size_disagreeing_with_camera(base, tmp_path):
 
 @pytest.mark.parametrize("binary", [False, True])
 def test_unsupported_camera_model(base, tmp_path, binary):
-    from oocstore.gs.cameras import read_colmap_model, write_colmap_model
+    from oocstore.gs.colmap import read_colmap_model, write_colmap_model
 
     src = _copy(base["colmap"], tmp_path)
     model = read_colmap_model(src)

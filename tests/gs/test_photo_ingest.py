@@ -14,8 +14,10 @@ import pytest
 
 from oocstore.cli import main
 from oocstore.errors import ChecksumError, UsageError
-from oocstore.gs.cameras import Cameras, read_colmap_model
-from oocstore.gs.ingest import ingest_photos, view_chain
+from oocstore.gs.cameras import Cameras
+from oocstore.gs.colmap import read_colmap_model
+from oocstore.gs.ingest import ingest_photos
+from oocstore.gs.photo_sources import view_chain
 from oocstore.gs.scene import Scene, scene_info
 from oocstore.gs.synthetic import render_views, write_photo_dataset
 
@@ -251,7 +253,7 @@ def test_ingest_memory_does_not_grow_with_the_photo_count(tmp_path):
 
     from PIL import Image
 
-    from oocstore.gs.cameras import write_colmap_model
+    from oocstore.gs.colmap import write_colmap_model
     from oocstore.gs.synthetic import photo_scene_params, random_cameras
 
     n, w, h = 40, 400, 300
@@ -305,7 +307,7 @@ def test_transforms_intrinsics_forms(tmp_path):
 
     from PIL import Image
 
-    from oocstore.gs.ingest import read_transforms_views
+    from oocstore.gs.photo_sources import read_transforms_views
 
     Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(tmp_path / "a.png")
     eye = np.eye(4).tolist()

@@ -10,7 +10,8 @@ import pytest
 
 from oocstore.cli import main
 from oocstore.errors import SourceError
-from oocstore.gs.ingest import focus_box, ingest_photos
+from oocstore.gs.ingest import ingest_photos
+from oocstore.gs.photo_sources import focus_box
 from oocstore.gs.scene import Scene
 
 REAL_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
