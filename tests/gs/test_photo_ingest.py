@@ -353,3 +353,22 @@ def test_colmap_source_forms_and_a_model_without_points(datasets, tmp_path, capl
         assert scene.num_gaussians == 123
     assert report["init"].startswith("123 random points")
     assert "has no 3D points" in caplog.text
+
+
+def test_images_survive_block_writes_and_reopen(datasets, tmp_path):
+    """A writer's commits (training, densification) keep the photos and their checks."""
+    with ingest_photos(datasets["colmap"], tmp_path / "s", block_size=128) as scene:
+        before = [scene.read_image(v).copy() for v in range(VIEWS)]
+        ids, rec = scene.read_block(0)
+        with scene.writer() as w:
+            rec = rec.copy()
+            rec[:, 0] += 0.01
+            w.write_block(0, ids, rec)
+            w.commit()
+        assert scene.has_images and scene.version == 3
+        for v in range(VIEWS):
+            np.testing.assert_array_equal(scene.read_image(v), before[v])
+    with Scene.open(tmp_path / "s") as scene:  # reopened for writing: orphan sweep ran
+        assert scene.num_images == VIEWS and list(scene.test_views) == [8, 9]
+        np.testing.assert_array_equal(scene.read_image(4), before[4])
+    assert main(["verify", str(tmp_path / "s")]) == 0
