@@ -101,6 +101,21 @@ def test_distorted_photos_are_undistorted(tmp_path, kind, downscale):
             assert got > psnr(photo, ref) + 10
 
 
+def test_colmap_models_map_to_pinhole_and_opencv_distortion():
+    from oocstore.gs.colmap import ColmapCamera
+
+    cases = {"SIMPLE_PINHOLE": ((50, 32, 24), (50, 50, 32, 24), (0, 0, 0, 0)),
+             "PINHOLE": ((50, 52, 32, 24), (50, 52, 32, 24), (0, 0, 0, 0)),
+             "SIMPLE_RADIAL": ((50, 32, 24, 0.1), (50, 50, 32, 24), (0.1, 0, 0, 0)),
+             "RADIAL": ((50, 32, 24, 0.1, -0.02), (50, 50, 32, 24), (0.1, -0.02, 0, 0)),
+             "OPENCV": ((50, 52, 32, 24, 0.1, -0.02, 0.003, 0.004), (50, 52, 32, 24),
+                        (0.1, -0.02, 0.003, 0.004))}
+    for model, (params, (fx, fy, cx, cy), dist) in cases.items():
+        cam = ColmapCamera(1, model, 64, 48, params)
+        np.testing.assert_allclose(cam.K, [[fx, 0, cx], [0, fy, cy], [0, 0, 1]])
+        assert cam.distortion == dist
+
+
 def test_outside_share():
     from oocstore.gs.photos import outside_share, undistort_image
 
