@@ -2,9 +2,11 @@
 
 Conventions are those of COLMAP, OpenCV and gsplat: camera x to the right, y down, z
 forward (into the picture); ``viewmats`` map world to camera coordinates; ``Ks`` are
-pinhole intrinsics in pixels for images of ``width`` x ``height``. Lens distortion of
-COLMAP's SIMPLE_RADIAL / RADIAL / OPENCV models is dropped (the intrinsics are reduced
-to ``K``), which is what 3DGS trainers do with undistorted images.
+pinhole intrinsics in pixels for images of ``width`` x ``height``. As ``--cameras`` of a
+point-cloud scene, lens distortion of COLMAP's SIMPLE_RADIAL / RADIAL / OPENCV models is
+dropped (the intrinsics are reduced to ``K``); the photo ingest reads the whole model
+(:func:`read_colmap_model`: text or binary, with distortion and points3D) and
+undistorts the images (:mod:`oocstore.gs.photos`).
 
 Sources: COLMAP text (``cameras.txt`` + ``images.txt``), an ``.npz`` with ``viewmats``
 and ``Ks`` (+ ``width``, ``height``), or cameras generated around a scene
@@ -24,7 +26,6 @@ from ..errors import SourceError, UsageError
 #: COLMAP camera models and the number of parameters each one lists.
 COLMAP_MODELS = {"SIMPLE_PINHOLE": 3, "PINHOLE": 4, "SIMPLE_RADIAL": 4, "RADIAL": 5,
                  "OPENCV": 8}
-
 #: Rotations whose R R^T differs from I by more than this are refused as singular.
 _ORTHO_TOL = 1e-3
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -131,6 +132,21 @@ class Cameras:
                        tuple(n + suffix for n in self.names), self.source)
 
 
+#: Names that live in :mod:`oocstore.gs.colmap` (the whole-model COLMAP reader and
+#: writer), still reachable from here.
+_COLMAP_NAMES = frozenset({"COLMAP_MODEL_IDS", "ColmapCamera", "ColmapImage", "ColmapModel",
+                           "colmap_model_kind", "read_colmap_model", "write_colmap_model",
+                           "read_colmap_cameras_text", "unsupported_model"})
+
+
+def __getattr__(name: str):
+    if name in _COLMAP_NAMES:
+        from . import colmap
+
+        return getattr(colmap, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 # -- .npz -------------------------------------------------------------------------------
 
 def cameras_from_arrays(viewmats, Ks, width, height, *, source: str) -> Cameras:
@@ -177,47 +193,11 @@ def _numbers(path: Path, lineno: int, tokens: list[str], what: str) -> list[floa
 
 
 def parse_colmap_cameras(path: Path) -> dict[int, tuple[int, int, np.ndarray]]:
-    """``{camera_id: (width, height, K)}`` from a COLMAP ``cameras.txt``."""
-    path = Path(path)
-    cams: dict[int, tuple[int, int, np.ndarray]] = {}
-    for lineno, line in _colmap_lines(path):
-        tok = line.split()
-        if not tok or tok[0].startswith("#"):
-            continue
-        if len(tok) < 4:
-            raise SourceError(f"{path}:{lineno}: expected 'CAMERA_ID MODEL WIDTH HEIGHT PARAMS...', "
-                              f"got {line.strip()[:80]!r}")
-        try:
-            cam_id, width, height = int(tok[0]), int(tok[2]), int(tok[3])
-        except ValueError:
-            raise SourceError(f"{path}:{lineno}: camera id, width and height must be integers, "
-                              f"got {' '.join(tok[:4])[:80]!r}") from None
-        model = tok[1]
-        if model not in COLMAP_MODELS:
-            raise SourceError(f"{path}:{lineno}: camera model {model[:40]!r} is not supported: "
-                              f"use one of {', '.join(COLMAP_MODELS)} (undistort the images with "
-                              "colmap image_undistorter for others)")
-        params = _numbers(path, lineno, tok[4:], "camera parameter")
-        if len(params) != COLMAP_MODELS[model]:
-            raise SourceError(f"{path}:{lineno}: model {model} takes {COLMAP_MODELS[model]} "
-                              f"parameters, got {len(params)}")
-        if not (0 < width <= 1 << 16 and 0 < height <= 1 << 16):
-            raise SourceError(f"{path}:{lineno}: image size {width}x{height} is not a positive "
-                              "pixel count (1..65536)")
-        if model in ("SIMPLE_PINHOLE", "SIMPLE_RADIAL", "RADIAL"):
-            fx = fy = params[0]
-            cx, cy = params[1], params[2]
-        else:
-            fx, fy, cx, cy = params[:4]
-        if not (fx > 0 and fy > 0):
-            raise SourceError(f"{path}:{lineno}: camera {cam_id} has focal length {fx:g}, {fy:g}: "
-                              "focal lengths must be positive")
-        if cam_id in cams:
-            raise SourceError(f"{path}:{lineno}: camera id {cam_id} appears twice")
-        cams[cam_id] = (width, height, np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]]))
-    if not cams:
-        raise SourceError(f"{path} lists no cameras")
-    return cams
+    """``{camera_id: (width, height, K)}`` from a COLMAP ``cameras.txt`` (distortion
+    dropped)."""
+    from .colmap import read_colmap_cameras_text
+
+    return {cid: (c.width, c.height, c.K) for cid, c in read_colmap_cameras_text(path).items()}
 
 
 def _quat_to_rot(q: np.ndarray) -> np.ndarray:

@@ -1,6 +1,15 @@
-"""``oocstore ingest scene``: a scene store from a 3DGS ``.ply`` or an ``.npz`` point cloud.
+"""``oocstore ingest scene``: a scene store from photographs with poses (a COLMAP model
+or a ``transforms.json``, :func:`ingest_photos`), a 3DGS ``.ply`` or an ``.npz`` point
+cloud (:func:`ingest_scene`).
 
-Sources:
+Photo datasets (see docs/SCENE_FORMAT.md, "Scenes from photographs"): the views are
+read into :class:`~oocstore.gs.photos.PhotoView` (world-to-camera OpenCV poses,
+intrinsics and distortion at the files' resolution), every image header is checked,
+then the photos are decoded one at a time (:func:`oocstore.gs.photos.load_photo`) and
+streamed into the scene, training views first in a nearest-camera chain
+(:func:`view_chain`), held-out views last.
+
+Point sources:
 
 - ``.ply``: a trained 3DGS scene (see :mod:`oocstore.gs.ply`), any SH degree 0..3.
 - ``.npz``: ``means3d`` [N, 3] and optionally ``colors`` [N, 3] (uint8, or floats in
@@ -38,6 +47,7 @@ from ..errors import SourceError, UsageError
 from . import layout
 from .cameras import (Cameras, cameras_from_arrays, flythrough_cameras, horizontal_axes,
                       orbit_cameras, read_colmap_text, robust_box, scene_up)
+from .photo_sources import focus_box, photo_source_kind, view_chain  # noqa: F401 (API)
 from .ply import check_params, read_ply
 
 log = logging.getLogger(__name__)
@@ -344,3 +354,171 @@ def ingest_scene(src: str | os.PathLike, out: str | os.PathLike, *,
     return Scene.create(out, None, params, source.sh_degree, cams, block_size=block_size,
                         spare=spare, moments=moments, overwrite=overwrite, source=meta,
                         progress=progress)
+
+
+# -- photographs with poses: COLMAP models and transforms.json ---------------------------
+
+#: 3DGS's number of random initial points for sources without a point cloud.
+DEFAULT_INIT_POINTS = 100_000
+
+
+def ingest_photos(src: str | os.PathLike, out: str | os.PathLike, *, images=None,
+                  images_downscale=1, test_every: int | None = None,
+                  init_points: int | None = None, background=None,
+                  sh_degree: int | None = None, block_size: int = 4096, spare: float = 0.25,
+                  moments: str = "float32", overwrite: bool = False, seed: int = 0,
+                  skip_missing_images: bool = False,
+                  progress: Callable[[int], None] | None = None,
+                  on_loaded: Callable[[int], None] | None = None,
+                  report: dict | None = None):
+    """Build the scene store ``out`` from a photo dataset ``src`` (a COLMAP model
+    directory or a ``transforms*.json`` / its folder); returns the open Scene.
+
+    Every input is checked before the first write (each image's header included); the
+    images are then decoded one at a time (``progress(1)`` per image, ``on_loaded(n)``
+    with their count first), stored downscaled in view-chain order with the held-out
+    views last. ``report`` (a dict) receives what the ingest found: views, skipped and
+    unused files, conversions."""
+    from ..store import Store
+    from .photo_sources import read_colmap_dataset, read_transforms_dataset
+    from .photos import check_downscale, check_views, image_files, parse_background, scaled_size
+    from .scene import ImagesMeta, PhotoSource, Scene
+
+    ds = check_downscale(images_downscale)
+    if test_every is not None and (isinstance(test_every, bool)
+                                   or not isinstance(test_every, int) or test_every < 0):
+        raise UsageError(f"--test-every {test_every!r} must be a non-negative integer (8 holds "
+                         "out every 8th image; 0 holds out none)")
+    if init_points is not None and (isinstance(init_points, bool)
+                                    or not isinstance(init_points, int) or init_points < 1):
+        raise UsageError(f"--init-points {init_points!r} must be a positive number of points")
+    degree = 3 if sh_degree is None else layout.check_sh_degree(sh_degree)
+    bg = parse_background(background)
+    Store.check_new_path(out, overwrite=overwrite)
+    src = Path(src)
+    kind = photo_source_kind(src)
+    if kind is None:
+        raise SourceError(f"{src} is neither a COLMAP model directory nor a transforms.json")
+    if images is not None and kind != "colmap":
+        raise UsageError("--images applies to COLMAP models only (a transforms.json names its "
+                         "images relative to itself)")
+    data = read_colmap_dataset(src, images) if kind == "colmap" else read_transforms_dataset(src)
+    checked = check_views(data.views, skip_missing=skip_missing_images, source=str(data.source))
+    views = checked.views
+    sizes = {(v.width, v.height) for v in views}
+    if len(sizes) > 1:
+        (w0, h0), v = (views[0].width, views[0].height), next(
+            v for v in views if (v.width, v.height) != (views[0].width, views[0].height))
+        raise SourceError(f"image {v.path} is {v.width}x{v.height} but {views[0].path} is "
+                          f"{w0}x{h0}: the views of one scene must share an image size; split "
+                          "the dataset by camera")
+    named = {v.path.resolve() for v in data.views}
+    unused = 0
+    for d in data.image_dirs:
+        unused += sum(1 for f in image_files(d) if (d / f).resolve() not in named)
+    if unused:
+        log.warning("%d image file(s) in %s are not named by %s: ignored", unused,
+                    ", ".join(str(d) for d in data.image_dirs), data.source)
+    # held-out views: the dataset's own split, else every test_every-th (3DGS: index % N == 0)
+    names = [v.name for v in views]
+    if test_every is None and data.test_names is not None:
+        test_mask = np.array([n in data.test_names for n in names])
+        every = 0
+    else:
+        every = 8 if test_every is None else test_every
+        if data.test_names is not None:  # an explicit --test-every splits the training file
+            views = [v for v in views if v.name not in data.test_names]
+            names = [v.name for v in views]
+        test_mask = np.zeros(len(views), dtype=bool)
+        if every:
+            test_mask[::every] = True
+    if test_mask.all():
+        raise UsageError(f"--test-every {every} holds out all {len(views)} images: give a larger "
+                         "value (or 0 for none)")
+    w, h = scaled_size(views[0].width, views[0].height, ds)
+    if ds > 1 and min(w, h) < 8:
+        raise UsageError(f"--images-downscale {ds} makes {views[0].width}x{views[0].height} "
+                         f"images {w}x{h}: give a smaller factor")
+    vms = np.stack([v.viewmat for v in views])
+    from .photos import scaled_K
+
+    ks = np.stack([scaled_K(v.K, (v.width, v.height), (w, h)) for v in views])
+    from .photos import outside_share
+
+    outside = 0.0
+    for key in {(tuple(k.ravel()), v.distortion) for k, v in zip(ks, views) if v.distorted}:
+        outside = max(outside, outside_share(np.array(key[0]).reshape(3, 3), key[1], (w, h)))
+    if outside > 0.001:
+        log.info("undistortion: up to %.1f%% of an image's pixels lie outside its photo (they "
+                 "repeat the photo's edge)", 100 * outside)
+    train_idx = view_chain(vms, np.flatnonzero(~test_mask))
+    test_idx = view_chain(vms, np.flatnonzero(test_mask))
+    order = np.concatenate([train_idx, test_idx])
+    views = [views[i] for i in order]
+    cams = Cameras(vms[order], ks[order], w, h, tuple(v.name for v in views),
+                   source=str(data.source))
+    # Gaussians: the COLMAP points, else random points (3DGS: random colours too)
+    rng = np.random.default_rng(seed)
+    if data.points is not None and len(data.points):
+        params = init_from_points(data.points, data.colors.astype(np.float32) / 255.0, degree)
+        init = f"{len(data.points)} COLMAP points"
+        if init_points is not None:
+            log.info("--init-points ignored: %s has %d 3D points", data.source, len(data.points))
+    else:
+        n = init_points or DEFAULT_INIT_POINTS
+        lo, hi = focus_box(cams.viewmats, cams.Ks, w, h)
+        pts = rng.uniform(lo, hi, size=(n, 3))
+        params = init_from_points(pts, rng.uniform(0, 1, size=(n, 3)).astype(np.float32), degree)
+        init = f"{n} random points in {np.round(lo, 3).tolist()}..{np.round(hi, 3).tolist()}"
+        if kind == "colmap":
+            log.warning("%s has no 3D points: initialised with %s", data.source, init)
+    check_params(params, degree, source=str(src))
+    n_test = int(test_mask.sum())
+    meta = ImagesMeta(kind=kind, width=w, height=h, count=len(views),
+                      slot_bytes=-(-w * h * 3 // 4096) * 4096, downscale=ds, test_every=every,
+                      test_views=list(range(len(views) - n_test, len(views))),
+                      names=[v.name for v in views],
+                      background=list(bg) if checked.alpha else None,
+                      source=os.path.basename(str(data.source)))
+    if report is not None:
+        report.update({"kind": kind, "images": len(views), "test_images": n_test,
+                       "images_missing_skipped": len(checked.skipped_missing),
+                       "images_unused": unused, "image_conversions": dict(checked.notes),
+                       "init": init, "width": w, "height": h, "downscale": ds,
+                       "undistort_outside_share": round(outside, 4)})
+    if on_loaded:
+        on_loaded(len(views))
+
+    def decoded():
+        from .photos import load_photo
+
+        for img in _ordered_map(lambda v: load_photo(v, (w, h), bg), views):
+            yield img
+            if progress:
+                progress(1)
+
+    info = {"source": os.path.basename(str(src)), "image_source": kind, "views": len(views),
+            "images_downscale": ds, "test_every": every, "init": init}
+    return Scene.create(out, None, params, degree, cams, block_size=block_size, spare=spare,
+                        moments=moments, overwrite=overwrite, source=info,
+                        photos=PhotoSource(meta, decoded()))
+
+
+def _ordered_map(fn, items, workers: int = 2):
+    """``fn`` over ``items`` on ``workers`` threads, results in order, at most
+    ``workers + 1`` of them alive at once (decoded photos are large)."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="oocstore-photo") as ex:
+        pending: deque = deque()
+        try:
+            for item in items:
+                pending.append(ex.submit(fn, item))
+                if len(pending) > workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for f in pending:
+                f.cancel()
