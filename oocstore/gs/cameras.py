@@ -211,42 +211,14 @@ def _quat_to_rot(q: np.ndarray) -> np.ndarray:
 
 def parse_colmap_images(path: Path, cams: dict) -> list[tuple[str, np.ndarray, int]]:
     """``[(name, viewmat [4,4], camera_id)]`` from a COLMAP ``images.txt``, in file order."""
-    path = Path(path)
+    from .colmap import read_colmap_images_text
+
     out = []
-    expect_points = False
-    for lineno, line in _colmap_lines(path):
-        if line.lstrip().startswith("#"):
-            continue
-        if expect_points:  # every image line is followed by its (possibly empty) 2D points
-            expect_points = False
-            continue
-        tok = line.split()
-        if not tok:
-            continue
-        if len(tok) < 10:
-            raise SourceError(f"{path}:{lineno}: expected 'IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID "
-                              f"NAME', got {line.strip()[:80]!r}")
-        vals = _numbers(path, lineno, tok[1:8], "pose value")
-        try:
-            cam_id = int(tok[8])
-        except ValueError:
-            raise SourceError(f"{path}:{lineno}: camera id {tok[8][:40]!r} is not an integer") from None
-        if cam_id not in cams:
-            raise SourceError(f"{path}:{lineno}: image refers to camera {cam_id}, which "
+    for img in read_colmap_images_text(Path(path)):
+        if img.camera_id not in cams:
+            raise SourceError(f"{img.where}: image refers to camera {img.camera_id}, which "
                               "cameras.txt does not list")
-        q = np.array(vals[:4])
-        name = " ".join(tok[9:])
-        scale = float(np.abs(q).max())  # divided out first: |q| of a huge q overflows
-        if not scale > 1e-6:
-            raise SourceError(f"{path}:{lineno}: image {name[:60]!r} has a zero rotation quaternion "
-                              f"{tuple(vals[:4])}: a pose needs a unit quaternion (qw qx qy qz)")
-        vm = np.eye(4)
-        vm[:3, :3] = _quat_to_rot(q / scale)
-        vm[:3, 3] = vals[4:7]
-        out.append((name, vm, cam_id))
-        expect_points = True
-    if not out:
-        raise SourceError(f"{path} lists no images")
+        out.append((img.name, img.viewmat, img.camera_id))
     return out
 
 

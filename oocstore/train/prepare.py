@@ -218,6 +218,10 @@ class _MemoryPlan:
     def index(self) -> np.ndarray:
         return self._index
 
+    def verify(self) -> None:
+        """Nothing to check: the records were sampled by this process and never left its
+        memory (a stored plan's records are checked against their checksums here)."""
+
 
 @dataclass
 class _Sampled:

@@ -27,14 +27,17 @@ from pathlib import Path
 import pytest
 import torch
 
+from oocstore.ingest import build_store
+from oocstore.ingest.synthetic import SyntheticSpec, synthetic_source
 from oocstore.cli import main
 from oocstore.errors import StoreLockedError
-from oocstore.plan import list_plans, plan_key
+from oocstore.pack.packer import PackOptions, plan_layout
+from oocstore.plan import PlanReader, list_plans, plan_key
 from oocstore.store import Store
 from oocstore.tiers.reader import list_packs
 from oocstore.train.run import TrainConfig, run_training
 
-from helpers import REPO, make_synthetic, tree_bytes
+from helpers import REPO, tree_bytes
 
 
 def load_tool(name: str):
@@ -49,8 +52,9 @@ def load_tool(name: str):
 NODES, DIM = 3000, 16
 
 
-def _build(path: Path, blowup: str) -> Path:
-    make_synthetic(path, nodes=NODES, feat_dim=DIM, avg_degree=8, seed=0)
+def _build(path: Path, blowup: str, split=(0.6, 0.2, 0.2)) -> Path:
+    spec = SyntheticSpec(nodes=NODES, feat_dim=DIM, avg_degree=8, seed=0)
+    build_store(path, synthetic_source(spec), split_fractions=split, seed=0)
     assert main(["sample", str(path), "--fanouts", "5,5", "--batch-size", "256", "--epochs", "2",
                  "--quiet"]) == 0
     assert main(["pack", str(path), "--cpu-cache", "16KiB", "--max-disk-blowup", blowup,
@@ -66,10 +70,12 @@ def template(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def unpacked_template(tmp_path_factory):
-    """Pack ``train`` with a blowup cap of 0 (every row read from the base array): its
-    loader needs less memory than the evaluation packs (cap 1), whose largest segment
-    comes on top — the budget between the two is refused at evaluation."""
-    return _build(tmp_path_factory.mktemp("train-safety-unpacked") / "s", "0")
+    """Pack ``train`` with a blowup cap of 0 (every row read from the base array), on a
+    store whose validation split is three times the training split: its loader needs
+    less memory than the evaluation packs (cap 1, more batches), so the training pack's
+    minimum is refused at evaluation."""
+    return _build(tmp_path_factory.mktemp("train-safety-unpacked") / "s", "0",
+                  split=(0.2, 0.6, 0.2))
 
 
 @pytest.fixture
@@ -239,15 +245,24 @@ def test_no_unsafe_deserialisation_in_the_project():
 
 # -- refusals write nothing -------------------------------------------------------------------
 
-@pytest.mark.parametrize("which, budget, match", [
-    ("packed", "100KiB", r"too small for pack 'train'"),
-    ("packed", "415KiB", r"too small for pack 'train'"),
-    ("unpacked", "400KiB", r"too small to evaluate on plan 'val-eval'"),
+def train_pack_cpu_minimum(path) -> int:
+    """The CPU budget the training pack needs (the loader's own up-front check)."""
+    with Store(path) as s:
+        return int(list_packs(s)["train"].min_working_set["cpu"])
+
+
+@pytest.mark.parametrize("which, below_train, match", [
+    # offsets from the training pack's minimum: far below, just below, and exactly it
+    # (enough to train, too little for the evaluation packs' largest segment)
+    ("packed", 300 << 10, r"too small for pack 'train'"),
+    ("packed", 1 << 10, r"too small for pack 'train'"),
+    ("unpacked", 0, r"too small to evaluate on plan 'val-eval'"),
 ])
 def test_refused_run_leaves_the_store_byte_identical(template, unpacked_template, tmp_path,
-                                                     capsys, which, budget, match):
+                                                     capsys, which, below_train, match):
     src = template if which == "packed" else unpacked_template
     path = str(shutil.copytree(src, tmp_path / "s"))
+    budget = str(train_pack_cpu_minimum(path) - below_train)
     before = snapshot(path)
     line = one_line_error(capsys, ["train", path, "--epochs", "1", "--hidden", "16",
                                    "--cpu-budget", budget])
@@ -255,9 +270,11 @@ def test_refused_run_leaves_the_store_byte_identical(template, unpacked_template
     assert snapshot(path) == before  # no plan, no pack, no new version, no file
 
 
-def test_eval_pack_the_budget_cannot_hold_is_repacked(store, capsys):
+def test_eval_pack_the_budget_cannot_hold_is_repacked(unpacked_template, tmp_path, capsys):
     """Evaluation packs made beside a training pack with a larger CPU cache are re-packed
     to fit the budget of a later run, not reused (which failed it after training)."""
+    store = str(shutil.copytree(unpacked_template, tmp_path / "s"))
+
     def pack(cache):
         assert main(["pack", store, "--plan", "train", "--cpu-cache", cache,
                      "--max-disk-blowup", "32", "--overwrite", "--quiet"]) == 0
@@ -272,7 +289,12 @@ def test_eval_pack_the_budget_cannot_hold_is_repacked(store, capsys):
                                                                  "test-eval": 2048}
     pack("0")  # re-packed to fit a tighter budget; the evaluation plans are unchanged
     capsys.readouterr()
-    budget = 440 << 10  # the training pack needs 421 KiB
+    # room for the training pack and for each evaluation pack without its CPU cache, and
+    # 19 KiB more: less than the evaluation packs' 128 KiB caches
+    with Store(store) as s:
+        floors = [plan_layout(s, PlanReader(s, name), PackOptions(max_disk_blowup=32))
+                  .min_working_set["cpu"] for name in ("val-eval", "test-eval")]
+    budget = max(train_pack_cpu_minimum(store), *floors) + (19 << 10)
     assert any(p.min_working_set["cpu"] > budget for p in eval_packs().values())
     assert main(["train", store, "--epochs", "1", "--hidden", "16", "--cpu-budget",
                  str(budget), "--quiet"]) == 0, capsys.readouterr().err
