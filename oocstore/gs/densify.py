@@ -16,18 +16,31 @@ writer; one commit makes the new scene visible. For each Gaussian with
   scales divided by 1.6; the first keeps the id, the second gets a new one, both with
   zeroed moments.
 
-Gaussians with opacity ``< prune_opa`` or largest scale ``> prune_scale3d x scene_scale``
-are **pruned** (removed). Blocks keep their spare capacity for growth; a block that
+Gaussians with opacity ``< prune_opa`` or (with ``prune_large``, which the trainer
+turns on only after the first opacity reset, as gsplat does) largest scale
+``> prune_scale3d x scene_scale`` are **pruned** (removed). Blocks keep their spare capacity for growth; a block that
 outgrows ``block_capacity`` keeps the first ``block_capacity`` rows and the rest go to
 new blocks (``writer.new_block``); blocks left empty are freed, and neighbouring blocks
 (consecutive ids: Morton order) whose rows fit in one ``block_size`` are merged
 (**compaction** of pruned space). Ids stay unique and stable; new ids come from
 ``writer.allocate_ids`` (``scene.next_id``).
+
+**Growth inside the budget.** Before anything is written, the refined layout (every
+block's row count and bounds) goes to the caller's ``admit`` check -- the trainer's
+budget check of the next training segment against it. A layout that does not fit is
+refined again with pruning only (no clone, no split); if that does not fit either, the
+refinement writes nothing. The summary says which (``growth`` is ``"done"``,
+``"refused"`` or ``"skipped"``, with ``refused_because``).
+
+**Opacity reset** (:func:`reset_opacity_scene`): every opacity is clamped to at most
+``value`` (gsplat: twice the pruning threshold) and its two Adam moments are zeroed, one
+block at a time, one commit.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -111,13 +124,15 @@ class Decision:
 
 
 def decide(records: np.ndarray, avg_grad: np.ndarray, sh_degree: int, scene_scale: float,
-           cfg: DensifyConfig) -> Decision:
+           cfg: DensifyConfig, *, grow: bool = True, prune_large: bool = True) -> Decision:
     p = layout.param_width(sh_degree)
     prm = records[:, :p]
     smax = np.exp(prm[:, layout.LOG_SCALES]).max(axis=1) if len(prm) else np.zeros(0)
     opa = 1 / (1 + np.exp(-prm[:, layout.OPACITY][:, 0].astype(np.float64)))
-    prune = (opa < cfg.prune_opa) | (smax > cfg.prune_scale3d * scene_scale)
-    high = (avg_grad >= cfg.grow_grad2d) & ~prune
+    prune = opa < cfg.prune_opa
+    if prune_large:
+        prune |= smax > cfg.prune_scale3d * scene_scale
+    high = (avg_grad >= cfg.grow_grad2d) & ~prune & grow
     small = smax <= cfg.grow_scale3d * scene_scale
     return Decision(high & small, high & ~small, prune)
 
@@ -162,43 +177,122 @@ def densify_block(ids: np.ndarray, records: np.ndarray, decision: Decision, new_
     return np.concatenate(out_ids).astype(np.int64), np.concatenate([rec, clones, second])
 
 
-def densify_scene(scene, stats: GradStats, scene_scale: float, cfg: DensifyConfig,
-                  seed: int) -> dict:
-    """Refine every block of ``scene`` (one commit); returns counts of what was done."""
+#: ``admit(counts [B], bounds [B, 2, 3]) -> None | str``: None when a refined layout fits,
+#: else why not (one line).
+Admit = Callable[[np.ndarray, np.ndarray], "str | None"]
+
+
+def _refined_rows(scene, w, stats: GradStats, scene_scale: float, cfg: DensifyConfig,
+                  seed: int, grow: bool, prune_large: bool) -> tuple[dict, dict]:
+    """Every block's refined (ids, records), compacted; and the counts of what was done."""
     done = {"cloned": 0, "split": 0, "pruned": 0, "new_blocks": 0, "freed_blocks": 0,
             "merged_blocks": 0}
+    rows: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for b in range(scene.num_blocks):
+        ids, rec = scene.read_block(b)
+        if not len(ids):
+            continue
+        d = decide(rec, stats.average(ids), scene.sh_degree, scene_scale, cfg, grow=grow,
+                   prune_large=prune_large)
+        new = w.allocate_ids(int(d.clone.sum() + d.split.sum())) if grow else np.zeros(0, np.int64)
+        ids2, rec2 = densify_block(ids, rec, d, new, scene.sh_degree,
+                                   np.random.default_rng([seed, b]))
+        done["cloned"] += int(d.clone.sum())
+        done["split"] += int(d.split.sum())
+        done["pruned"] += int(d.prune.sum())
+        rows[b] = (ids2, rec2)
+    _compact(rows, scene.meta.block_size, done)
+    return rows, done
+
+
+def refined_layout(scene, rows: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(counts [B'], bounds [B', 2, 3]) of the scene once ``rows`` are written the way
+    :func:`densify_scene` writes them (overflow rows into new blocks at the end)."""
+    from .blocks import block_bounds_of
+
+    cap = scene.block_capacity
+    nb = scene.num_blocks
+    counts, bounds = [], []
+    extra_counts, extra_bounds = [], []
+    for b in range(nb):
+        ids2, rec2 = rows.get(b, (np.zeros(0, np.int64), None))
+        if not len(ids2):
+            counts.append(0)
+            bounds.append(block_bounds_of(np.zeros((0, scene.param_width), np.float32)))
+            continue
+        counts.append(min(cap, len(ids2)))
+        bounds.append(block_bounds_of(rec2[:cap]))
+        for lo in range(cap, len(ids2), cap):
+            extra_counts.append(len(ids2[lo:lo + cap]))
+            extra_bounds.append(block_bounds_of(rec2[lo:lo + cap]))
+    return (np.array(counts + extra_counts, dtype=np.int64),
+            np.stack(bounds + extra_bounds).astype(np.float32))
+
+
+def densify_scene(scene, stats: GradStats, scene_scale: float, cfg: DensifyConfig,
+                  seed: int, *, prune_large: bool = True, admit: Admit | None = None) -> dict:
+    """Refine every block of ``scene`` (one commit); returns counts of what was done.
+
+    ``admit`` (see the module docstring) vets the refined layout before anything is
+    written; ``prune_large`` turns the too-large pruning on."""
     cap = scene.block_capacity
     nb = scene.num_blocks
     with scene.writer() as w:
-        rows: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        for b in range(nb):
-            ids, rec = scene.read_block(b)
-            if not len(ids):
-                continue
-            d = decide(rec, stats.average(ids), scene.sh_degree, scene_scale, cfg)
-            new = w.allocate_ids(int(d.clone.sum() + d.split.sum()))
-            ids2, rec2 = densify_block(ids, rec, d, new, scene.sh_degree,
-                                       np.random.default_rng([seed, b]))
-            done["cloned"] += int(d.clone.sum())
-            done["split"] += int(d.split.sum())
-            done["pruned"] += int(d.prune.sum())
-            rows[b] = (ids2, rec2)
-        _compact(rows, scene.meta.block_size, done)
-        for b in range(nb):
-            ids2, rec2 = rows.get(b, (np.zeros(0, np.int64), None))
-            if not len(ids2):
-                if scene.block_counts[b]:
-                    w.free_block(b)
-                    done["freed_blocks"] += 1
-                continue
-            w.write_block(b, ids2[:cap], rec2[:cap])
-            for lo in range(cap, len(ids2), cap):
-                w.new_block(ids2[lo:lo + cap], rec2[lo:lo + cap])
-                done["new_blocks"] += 1
-        w.commit()
+        growth, why = "done", None
+        rows, done = _refined_rows(scene, w, stats, scene_scale, cfg, seed, True, prune_large)
+        if admit is not None:
+            why = admit(*refined_layout(scene, rows))
+            if why is not None:
+                growth = "refused"
+                rows, done = _refined_rows(scene, w, stats, scene_scale, cfg, seed, False,
+                                           prune_large)
+                if admit(*refined_layout(scene, rows)) is not None:
+                    growth = "skipped"
+                    rows = None
+                    done = dict.fromkeys(done, 0)
+        done["growth"] = growth
+        if why is not None:
+            done["refused_because"] = why
+        if rows is not None:
+            for b in range(nb):
+                ids2, rec2 = rows.get(b, (np.zeros(0, np.int64), None))
+                if not len(ids2):
+                    if scene.block_counts[b]:
+                        w.free_block(b)
+                        done["freed_blocks"] += 1
+                    continue
+                w.write_block(b, ids2[:cap], rec2[:cap])
+                for lo in range(cap, len(ids2), cap):
+                    w.new_block(ids2[lo:lo + cap], rec2[lo:lo + cap])
+                    done["new_blocks"] += 1
+            w.commit()
     stats.resize(scene.next_id)
     stats.reset()
     return done
+
+
+def reset_opacity_scene(scene, value: float) -> int:
+    """Clamp every opacity to at most ``value`` and zero its Adam moments (one commit);
+    returns how many Gaussians were clamped."""
+    if not 0 < value < 1:
+        raise UsageError(f"opacity reset value {value!r} must lie in (0, 1)")
+    p = scene.param_width
+    col = layout.OPACITY.start
+    cap_logit = float(np.log(value / (1 - value)))
+    clamped = 0
+    with scene.writer() as w:
+        for b in range(scene.num_blocks):
+            ids, rec = scene.read_block(b)
+            if not len(ids):
+                continue
+            rec = rec.copy()
+            clamped += int((rec[:, col] > cap_logit).sum())
+            rec[:, col] = np.minimum(rec[:, col], cap_logit)
+            rec[:, p + col] = 0.0
+            rec[:, 2 * p + col] = 0.0
+            w.write_block(b, ids, rec)
+        w.commit()
+    return clamped
 
 
 def _compact(rows: dict, block_size: int, done: dict) -> None:
