@@ -594,13 +594,15 @@ MODES = {"stream": Streamer, "all-on-device": AllOnDevice, "naive-offload": Naiv
 
 def check_device_budget(scene, plan: TrainPlan, budget: int, slack: int = 0) -> None:
     """BudgetError naming the largest view and the minimum when it does not fit (with
-    ``slack``, :func:`allocator_slack`, on top)."""
+    ``slack`` on top: :func:`allocator_slack`, and what else the caller keeps on the
+    device, such as the step's target image)."""
     view, need = largest_view(scene, plan)
     need += slack
     if need > budget:
         raise BudgetError(
             f"view {view} needs a device working set of {format_size(need)} ({need} bytes: its "
-            f"visible blocks plus the step batch{' and allocator slack' if slack else ''}), more "
+            f"visible blocks plus the step batch"
+            f"{f' and {slack} bytes of other device buffers' if slack else ''}), more "
             f"than the device budget "
             f"{format_size(budget)}: raise --gpu-budget to at least {format_size(need)}, or "
             "re-ingest with smaller blocks")
