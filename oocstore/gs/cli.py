@@ -16,13 +16,19 @@ from ..units import format_size
 def add_ingest_scene(kinds) -> None:
     """Register ``ingest scene`` on the ``ingest`` subparsers ``kinds``."""
     p = kinds.add_parser(
-        "scene", help="a Gaussian-splatting scene from a 3DGS .ply or an .npz point cloud",
+        "scene", help="a Gaussian-splatting scene from photographs with poses (COLMAP model, "
+                      "transforms.json), a 3DGS .ply or an .npz point cloud",
         description="Build a scene store: Gaussians (parameters + zeroed Adam moments) in "
-                    "Morton-ordered blocks, with training cameras. SRC is a 3DGS .ply (any SH "
-                    "degree 0..3) or an .npz with means3d (+ colors, viewmats, Ks, width, "
-                    "height). Cameras are generated on an orbit around the scene when the "
+                    "Morton-ordered blocks, with training cameras. SRC is a COLMAP model "
+                    "directory (sparse/0 with cameras, images, points3D as .bin or .txt; the "
+                    "images folder beside sparse/ or --images) or a NeRF-synthetic / instant-ngp "
+                    "transforms*.json (or its folder): the photos are stored in the scene, "
+                    "downscaled, with every --test-every-th held out. Or SRC is a 3DGS .ply (any "
+                    "SH degree 0..3) or an .npz with means3d (+ colors, viewmats, Ks, width, "
+                    "height); their cameras are generated on an orbit around the scene when the "
                     "source has fewer than 16.")
-    p.add_argument("src", metavar="SRC", help=".ply or .npz source")
+    p.add_argument("src", metavar="SRC",
+                   help="COLMAP model dir, transforms.json (or its folder), .ply or .npz source")
     p.add_argument("out", metavar="OUT", help="scene store directory to create")
     p.add_argument("--tile", default=None, metavar="KxK",
                    help="replicate the scene (and its cameras) on a KxK grid, e.g. 4x4")
@@ -43,7 +49,24 @@ def add_ingest_scene(kinds) -> None:
                         "or an .npz with viewmats, Ks, width, height")
     p.add_argument("--moments", choices=["float32", "float16"], default="float32",
                    help="precision of the stored Adam moments (float16 halves them)")
-    p.add_argument("--seed", type=int, default=0, help="seed for generated views (default 0)")
+    g = p.add_argument_group("photographs (COLMAP model or transforms.json sources)")
+    g.add_argument("--images", default=None, metavar="DIR",
+                   help="the COLMAP model's images folder (default: images/ beside sparse/)")
+    g.add_argument("--images-downscale", default=1, metavar="K",
+                   help="store the photos downscaled by the integer K (1, 2, 4, 8; default 1)")
+    g.add_argument("--test-every", type=int, default=None, metavar="N",
+                   help="hold out every Nth image (3DGS: index %% N == 0) for evaluation; default: "
+                        "the dataset's own test split (transforms_test.json) or 8; 0: none")
+    g.add_argument("--init-points", type=int, default=None, metavar="N",
+                   help="random initial Gaussians when the source has no point cloud "
+                        "(default 100000, as 3DGS)")
+    g.add_argument("--background", default=None, metavar="white|black|R,G,B",
+                   help="colour RGBA photos are composited on (default white)")
+    g.add_argument("--skip-missing-images", action="store_true",
+                   help="ingest the views whose image exists when some are missing (default: "
+                        "refuse)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed for generated views and random initial points (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.add_argument("--json", action="store_true", help="print one JSON summary line")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -82,10 +105,78 @@ def visibility_summary(scene) -> dict:
             "consecutive_jaccard_random": mean_consecutive_jaccard(rnd, vis)}
 
 
+def _cmd_ingest_photos(args) -> int:
+    import sys
+
+    from ..errors import UsageError
+    from .ingest import ingest_photos
+    from .photos import check_downscale
+
+    for flag, value in (("--tile", args.tile), ("--views", args.views),
+                        ("--cameras", args.cameras)):
+        if value is not None:
+            raise UsageError(f"{flag} does not apply to a photo dataset ({args.src}): the "
+                             "photos' own cameras are the views")
+    ds = check_downscale(args.images_downscale)  # before the bar: errors stay one line
+    t0 = time.perf_counter()
+    report: dict = {}
+    bar = None
+
+    def on_loaded(n: int) -> None:  # every input is checked by now: the bar may start
+        nonlocal bar
+        if not args.quiet:
+            from tqdm import tqdm
+
+            bar = tqdm(total=n, desc="ingest photos", unit="image", dynamic_ncols=True,
+                       file=sys.stderr)
+
+    def update(n: int) -> None:
+        if bar is not None:
+            bar.update(n)
+
+    try:
+        scene = ingest_photos(args.src, args.out, images=args.images, images_downscale=ds,
+                              test_every=args.test_every, init_points=args.init_points,
+                              background=args.background, sh_degree=args.sh_degree,
+                              block_size=args.block_size, spare=args.spare, moments=args.moments,
+                              overwrite=args.overwrite, seed=args.seed,
+                              skip_missing_images=args.skip_missing_images, progress=update,
+                              on_loaded=on_loaded, report=report)
+    finally:
+        if bar is not None:
+            bar.close()
+    seconds = time.perf_counter() - t0
+    try:
+        summary = {"path": str(scene.path), "gaussians": scene.num_gaussians,
+                   "sh_degree": scene.sh_degree, "blocks": scene.num_blocks,
+                   "images": scene.num_images, "width": scene.image_size[0],
+                   "height": scene.image_size[1], "test_views": len(scene.test_views),
+                   "images_bytes": scene.images_bytes, "seconds": round(seconds, 3)}
+        summary.update({k: v for k, v in report.items() if k not in summary})
+    finally:
+        scene.close()
+    if args.json:
+        print(json.dumps(summary, sort_keys=True))
+    elif not args.quiet:
+        extra = ""
+        if summary.get("images_unused"):
+            extra += f"; {summary['images_unused']} image file(s) not in the model ignored"
+        if summary.get("images_missing_skipped"):
+            extra += f"; {summary['images_missing_skipped']} missing image(s) skipped"
+        print(f"scene {summary['path']}: {summary['images']} photos of {summary['width']}x"
+              f"{summary['height']} ({summary['test_views']} held out, "
+              f"{format_size(summary['images_bytes'])}), {summary['gaussians']:,} Gaussians "
+              f"from {summary['init']} (SH degree {summary['sh_degree']}), "
+              f"{summary['blocks']} blocks; ingested in {summary['seconds']:.1f} s{extra}")
+    return 0
+
+
 def _cmd_ingest_scene(args) -> int:
     from ..cli import _progress
-    from .ingest import ingest_scene, parse_tile, source_count
+    from .ingest import ingest_scene, parse_tile, photo_source_kind, source_count
 
+    if photo_source_kind(args.src) is not None:
+        return _cmd_ingest_photos(args)
     t0 = time.perf_counter()
     kx, ky = parse_tile(args.tile)  # before the bar: errors stay one line
     count = source_count(args.src)

@@ -12,6 +12,14 @@ catalog holds, besides the usual ``meta`` / ``array/*`` / ``sums/*`` entries:
     ``array/scene/viewmats``    float32 [V, 4, 4] world-to-camera training cameras
     ``array/scene/Ks``          float32 [V, 3, 3] their intrinsics
 
+and, for a scene ingested from photographs (:mod:`oocstore.gs.ingest`):
+
+    ``scene/images``            ImagesMeta (source kind, downscale, test split, image
+                                size, background, slot bytes, source file names)
+    ``array/scene/images``      uint8 [V, slot] one photo per row, in camera order, each
+                                row ``H*W*3`` RGB bytes zero-padded to 4 KiB, and
+    ``sums/scene/images``       one CRC-32 per row (the array's chunk is one row)
+
 A block file ``scenes/b<b:08d>.<seq>.bin`` holds the block's live rows one after the
 other, each ``id int64 | params float32[P] | exp_avg [P] | exp_avg_sq [P]`` (moments in
 float32, or float16 with ``moments="float16"``, where the second moment is stored as
@@ -51,6 +59,11 @@ object returns to the committed state); OPEN --close--> CLOSED.
 Gaussian ids are int64 and stable; ingest numbers them by input row, and new ones come
 from :meth:`SceneWriter.allocate_ids` (``scene.next_id`` is the next free one).
 
+**Images** (scenes from photographs) are stored once, at ingest, as uint8 RGB at the
+training resolution, image ``v`` for camera ``v``. :meth:`Scene.read_image` reads one
+image with one aligned read of its 4 KiB-aligned row and (with ``verify_reads``)
+checks that row's CRC-32: a photo set never has to fit in memory.
+
 The row format and block geometry live in :mod:`oocstore.gs.blocks`, the writer in
 :mod:`oocstore.gs.writer`; this module re-exports what callers need.
 """
@@ -83,12 +96,14 @@ from .writer import BLOCK_PREFIX, SceneWriter
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MOMENT_DTYPES", "Scene", "SceneMeta", "SceneWriter", "block_bounds_of",
+__all__ = ["IMAGES_KEY", "ImagesMeta", "MOMENT_DTYPES", "PhotoSource", "Scene", "SceneMeta", "SceneWriter", "block_bounds_of",
            "decode_rows", "encode_rows", "format_scene_info", "morton_order", "open_scene",
            "row_dtype", "scene_info"]
 
 SCENE_FORMAT_VERSION = 1
 _FIX = "re-create the scene with `oocstore ingest scene`"
+IMAGES_KEY = "scene/images"  # catalog entry (ImagesMeta) and array name of the photos
+IMAGE_SOURCE_KINDS = ("colmap", "transforms")
 
 
 @dataclass(frozen=True)
@@ -119,6 +134,66 @@ class SceneMeta:
     def from_dict(cls, data: dict[str, Any]) -> "SceneMeta":
         return versioned_from_dict(cls, data, kind="scene", version=SCENE_FORMAT_VERSION,
                                    fix="install the oocstore release that wrote it, or " + _FIX)
+
+
+@dataclass(frozen=True)
+class ImagesMeta:
+    """The photographs of a scene, stored under the catalog key ``scene/images``.
+
+    ``slot_bytes`` is one image's row in ``array/scene/images``: ``width * height * 3``
+    rounded up to 4 KiB, so every image starts on an aligned offset. ``test_views``
+    are held-out camera indices; ``names`` the source file name of each image.
+    ``background`` is the RGB (0..1) alpha channels were composited on, None when no
+    image had one."""
+
+    kind: str  # "colmap" or "transforms"
+    width: int
+    height: int
+    count: int
+    slot_bytes: int
+    downscale: int
+    test_every: int  # 0: the dataset's own test split (or none)
+    test_views: list
+    names: list
+    background: list | None = None
+    source: str = ""
+    format_version: int = SCENE_FORMAT_VERSION
+    name: str = "images"
+
+    def __post_init__(self) -> None:
+        where = f"scene images ({self.source or 'catalog'})"
+        if self.kind not in IMAGE_SOURCE_KINDS:
+            raise FormatError(f"{where}: source kind {self.kind!r} unknown: {_FIX}")
+        if not (self.width > 0 and self.height > 0 and self.count >= 0
+                and self.slot_bytes >= self.width * self.height * 3 and self.downscale >= 1):
+            raise FormatError(f"{where}: sizes {self.width}x{self.height}, {self.count} "
+                              f"images of {self.slot_bytes} B are inconsistent: {_FIX}")
+        if len(self.names) != self.count or any(
+                not isinstance(v, int) or not 0 <= v < self.count for v in self.test_views):
+            raise FormatError(f"{where}: names or test views do not fit {self.count} images: "
+                              f"{_FIX}")
+
+    @property
+    def image_bytes(self) -> int:
+        return self.width * self.height * 3
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ImagesMeta":
+        return versioned_from_dict(cls, data, kind="scene images", version=SCENE_FORMAT_VERSION,
+                                   fix="install the oocstore release that wrote it, or " + _FIX)
+
+
+class PhotoSource:
+    """What :meth:`Scene.create` needs to store a scene's photographs: their
+    :class:`ImagesMeta` and an iterator of uint8 [H, W, 3] images in camera order
+    (decoded one at a time by the caller: only one is in memory at once)."""
+
+    def __init__(self, meta: ImagesMeta, images):
+        self.meta = meta
+        self.images = images
 
 
 class Scene:
@@ -161,12 +236,15 @@ class Scene:
                sh_degree: int, cameras: Cameras, block_size: int = 4096, spare: float = 0.25,
                *, moments: str = "float32", ids: np.ndarray | None = None,
                overwrite: bool = False, source: dict | None = None,
-               progress: Callable[[int], None] | None = None) -> "Scene":
+               progress: Callable[[int], None] | None = None,
+               photos: PhotoSource | None = None) -> "Scene":
         """Build a scene at ``path`` from ``params`` [N, P] (moments zeroed) and open it.
 
         ``means`` [N, 3] (default: the params' means) set the Morton order that groups
         Gaussians into blocks of ``block_size``; ``ids`` default to the row numbers.
         ``progress(n)`` is called with the Gaussians written so far in each block.
+        ``photos`` (optional) are the training photographs, one per camera, streamed
+        into ``array/scene/images`` (see :class:`PhotoSource`).
         The scene appears at ``path`` only once complete.
         """
         sh_degree = layout.check_sh_degree(sh_degree)
@@ -186,6 +264,11 @@ class Scene:
             raise UsageError(f"moments {moments!r} must be one of {MOMENT_DTYPES}")
         if not isinstance(cameras, Cameras):
             raise UsageError("cameras must be an oocstore.gs.cameras.Cameras")
+        if photos is not None:
+            pm = photos.meta
+            if (pm.width, pm.height, pm.count) != (cameras.width, cameras.height, len(cameras)):
+                raise UsageError(f"{pm.count} photos of {pm.width}x{pm.height} do not match "
+                                 f"{len(cameras)} cameras of {cameras.width}x{cameras.height}")
         means = params[:, layout.MEANS] if means is None else np.asarray(means)
         if means.shape != (n, 3):
             raise UsageError(f"means have shape {means.shape}, expected ({n}, 3)")
@@ -209,6 +292,8 @@ class Scene:
                 txn.write_array("scene/Ks", cameras.Ks)
                 txn.put("scene/view_names", list(cameras.names))
                 txn.set_source(dict(source or {}, kind="scene"))
+                if photos is not None:
+                    _write_photos(txn, photos)
             scene = cls(store.path)
             try:
                 with scene.writer() as w:
@@ -240,6 +325,35 @@ class Scene:
         return cls(path)
 
     # -- state ---------------------------------------------------------------------
+    def _load_images(self) -> None:
+        raw = self.store.get(IMAGES_KEY)
+        self._images: ImagesMeta | None = None
+        self._image_sums: list = []
+        self._image_file: str | None = None
+        if raw is None:
+            return
+        im = ImagesMeta.from_dict(raw)
+        if (im.width, im.height, im.count) != (self.meta.width, self.meta.height,
+                                               len(self._cameras)):
+            raise FormatError(f"scene {self.path}: {im.count} images of {im.width}x{im.height} "
+                              f"do not match its {len(self._cameras)} cameras of "
+                              f"{self.meta.width}x{self.meta.height}: the catalog is damaged; "
+                              f"{_FIX}")
+        if not self.store.has_array(IMAGES_KEY):
+            raise FormatError(f"scene {self.path}: the catalog describes {im.count} images but "
+                              f"has no image array: the catalog is damaged; {_FIX}")
+        am = self.store.array_meta(IMAGES_KEY)
+        if am.shape != (im.count, im.slot_bytes) or am.dtype != "uint8" \
+                or am.chunk_bytes != im.slot_bytes or am.offset % 4096 or im.slot_bytes % 4096:
+            raise FormatError(f"scene {self.path}: image array has shape {am.shape} "
+                              f"({am.dtype}, chunks of {am.chunk_bytes} B), expected "
+                              f"[{im.count}, {im.slot_bytes}] uint8 in one chunk per image: "
+                              f"the catalog is damaged; {_FIX}")
+        sums = self.store.get(f"sums/{IMAGES_KEY}")
+        self._images, self._image_file = im, am.file
+        self._image_offset = am.offset
+        self._image_sums = sums if isinstance(sums, list) else []
+
     def _load(self) -> None:
         """(Re)read the committed state from the catalog."""
         self.store.refresh()
@@ -280,6 +394,7 @@ class Scene:
         names = tuple(self.store.get("scene/view_names") or ())
         self._cameras = Cameras(vm, ks, self.meta.width, self.meta.height,
                                 names if len(names) == len(vm) else (), source=str(self.path))
+        self._load_images()
 
     def _camera_array(self, name: str) -> np.ndarray:
         """A camera array (a few KiB) read whole; with ``verify_reads``, checked against
@@ -359,6 +474,101 @@ class Scene:
     @property
     def version(self) -> int:
         return self.store.version
+
+    # -- photographs ---------------------------------------------------------------
+    @property
+    def has_images(self) -> bool:
+        """True for a scene ingested from photographs (one stored image per camera)."""
+        return self._images is not None
+
+    @property
+    def images_meta(self) -> ImagesMeta | None:
+        return self._images
+
+    def _need_images(self) -> ImagesMeta:
+        if self._images is None:
+            raise UsageError(f"scene {self.path} holds no photographs (it was ingested from a "
+                             "point cloud or .ply): ingest a COLMAP model or a transforms.json "
+                             "with `oocstore ingest scene` to train on images")
+        return self._images
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(width, height) of the stored images: the cameras' size."""
+        im = self._need_images()
+        return im.width, im.height
+
+    @property
+    def num_images(self) -> int:
+        return self._images.count if self._images is not None else 0
+
+    @property
+    def image_bytes(self) -> int:
+        """Bytes of one stored image (``H * W * 3``)."""
+        return self._need_images().image_bytes
+
+    @property
+    def images_bytes(self) -> int:
+        """Bytes of all stored images (without their 4 KiB padding)."""
+        return self.num_images * self.image_bytes if self._images is not None else 0
+
+    @property
+    def test_views(self) -> np.ndarray:
+        """Held-out camera indices (int64, sorted); empty without photographs."""
+        if self._images is None:
+            return np.zeros(0, np.int64)
+        return np.array(sorted(self._images.test_views), dtype=np.int64)
+
+    @property
+    def train_views(self) -> np.ndarray:
+        """The cameras that are not held out (int64, in storage order)."""
+        if self._images is None:
+            return np.arange(len(self._cameras), dtype=np.int64)
+        keep = np.ones(self._images.count, dtype=bool)
+        keep[self.test_views] = False
+        return np.flatnonzero(keep).astype(np.int64)
+
+    @property
+    def image_names(self) -> list[str]:
+        """Source file name of each stored image (camera order)."""
+        return list(self._images.names) if self._images is not None else []
+
+    @property
+    def background(self) -> tuple[float, float, float] | None:
+        """RGB in 0..1 that alpha channels were composited on (None: opaque photos)."""
+        bg = self._images.background if self._images is not None else None
+        return tuple(float(c) for c in bg) if bg is not None else None
+
+    def image_location(self, v: int) -> tuple[Path, int, int]:
+        """``(file, offset, slot bytes)`` of image ``v``: its aligned row in the file."""
+        im = self._need_images()
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v < im.count:
+            raise UsageError(f"scene {self.path}: image {v!r} does not exist (images are "
+                             f"0..{im.count - 1})")
+        return self.path / self._image_file, self._image_offset + int(v) * im.slot_bytes, \
+            im.slot_bytes
+
+    def read_image(self, v: int) -> np.ndarray:
+        """Image ``v`` (camera ``v``'s photo) as uint8 [H, W, 3] RGB: one aligned read of
+        its row; with ``verify_reads``, its CRC-32 checked (:class:`ChecksumError` naming
+        the scene, the image and its file on a mismatch or a short file)."""
+        path, offset, slot = self.image_location(v)
+        im = self._images
+        with DirectReader(path, direct=self.direct) as reader:
+            raw = reader.read(offset, slot)
+        what = f"image {int(v)} ({im.names[int(v)]})"
+        if len(raw) < slot:
+            self._damaged(what, self._image_file, None, f"the file is truncated ({len(raw)} "
+                          f"bytes of the image's {slot})")
+        if self.verify_reads:
+            sums = self._image_sums
+            if len(sums) != im.count:
+                self._damaged(what, self._image_file, None, f"the catalog lists {len(sums)} "
+                              f"checksum(s) for {im.count} images: the catalog is damaged")
+            if zlib.crc32(byte_view(raw)) != sums[int(v)]:
+                self._damaged(what, self._image_file, None,
+                              f"checksum mismatch in bytes {offset}..{offset + slot}")
+        return raw[:im.image_bytes].reshape(im.height, im.width, 3)
 
     # -- reading -------------------------------------------------------------------
     def read_block(self, b: int) -> tuple[np.ndarray, np.ndarray]:
@@ -483,6 +693,29 @@ class Scene:
                 f"blocks={self.num_blocks}, sh_degree={self.sh_degree})")
 
 
+def _write_photos(txn, photos: PhotoSource) -> None:
+    """Stream ``photos`` into ``array/scene/images`` (one padded row, one CRC each)."""
+    pm = photos.meta
+    w = txn.array_writer(IMAGES_KEY, np.uint8, (pm.slot_bytes,), chunk_bytes=pm.slot_bytes,
+                         subdir="scenes")
+    row = np.zeros((1, pm.slot_bytes), dtype=np.uint8)
+    n = 0
+    for img in photos.images:
+        img = np.asarray(img)
+        if img.shape != (pm.height, pm.width, 3) or img.dtype != np.uint8:
+            raise UsageError(f"photo {n} has shape {img.shape} ({img.dtype}), expected uint8 "
+                             f"[{pm.height}, {pm.width}, 3]")
+        if n >= pm.count:
+            raise UsageError(f"more photos than the {pm.count} announced")
+        row[0, :pm.image_bytes] = img.reshape(-1)
+        w.append(row)
+        n += 1
+    if n != pm.count:
+        raise UsageError(f"{n} photos written, {pm.count} announced")
+    w.close()
+    txn.put(IMAGES_KEY, pm.to_dict())
+
+
 def scene_info(store: Store) -> dict[str, Any]:
     """JSON-able summary of the scene in ``store`` (for ``oocstore inspect``)."""
     meta = SceneMeta.from_dict(store.get("scene"))
@@ -502,7 +735,19 @@ def scene_info(store: Store) -> dict[str, Any]:
             "disk_row_bytes": row_dtype(meta.sh_degree, meta.moments).itemsize,
             "records_bytes": int(counts.sum()) * rec, "next_id": meta.next_id,
             "views": views, "width": meta.width, "height": meta.height,
-            "format_version": meta.format_version}
+            "format_version": meta.format_version, **_images_info(store)}
+
+
+def _images_info(store: Store) -> dict[str, Any]:
+    raw = store.get(IMAGES_KEY)
+    if raw is None:
+        return {}
+    im = ImagesMeta.from_dict(raw)
+    return {"images": {"kind": im.kind, "count": im.count, "width": im.width,
+                       "height": im.height, "downscale": im.downscale,
+                       "test_every": im.test_every, "test_views": len(im.test_views),
+                       "background": im.background, "bytes": im.count * im.image_bytes,
+                       "source": im.source}}
 
 
 def format_scene_info(info: dict[str, Any]) -> list[str]:
@@ -514,7 +759,21 @@ def format_scene_info(info: dict[str, Any]) -> list[str]:
             f"    records {format_size(info['records_bytes'])} ({info['record_bytes']} B each as "
             f"float32; {info['disk_row_bytes']} B on disk, {info['moments']} moments); "
             f"{info['views']} views of {info['width']}x{info['height']}; next id "
-            f"{info['next_id']:,}"]
+            f"{info['next_id']:,}"] + _format_images(info.get("images"))
+
+
+def _format_images(im: dict | None) -> list[str]:
+    from ..units import format_size
+
+    if not im:
+        return []
+    split = (f"every {im['test_every']}th held out" if im["test_every"]
+             else "the dataset's own test split")
+    bg = "" if im["background"] is None else \
+        f", alpha composited on {tuple(round(c, 3) for c in im['background'])}"
+    return [f"    images: {im['count']} photos ({im['kind']} {im['source']}) of "
+            f"{im['width']}x{im['height']}, downscale {im['downscale']}, "
+            f"{format_size(im['bytes'])}; {im['test_views']} test views ({split}){bg}"]
 
 
 @contextlib.contextmanager
