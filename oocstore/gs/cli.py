@@ -77,9 +77,13 @@ def add_export_scene(sub) -> None:
     """Register the top-level ``export-scene`` subcommand."""
     p = sub.add_parser("export-scene", help="write a scene's Gaussians as a standard 3DGS .ply",
                        description="Write the scene's parameters (without optimizer state) as a "
-                                   "binary little-endian 3DGS .ply, in Gaussian id order.")
+                                   "binary little-endian 3DGS .ply, in Gaussian id order, and the "
+                                   "cameras as graphdeco's viewer cameras.json beside it.")
     p.add_argument("scene", metavar="SCENE", help="scene store")
     p.add_argument("out", metavar="OUT.ply", help=".ply file to write")
+    p.add_argument("--cameras-json", default=None, metavar="PATH",
+                   help="graphdeco viewer cameras (default: cameras.json beside OUT.ply)")
+    p.add_argument("--no-cameras-json", action="store_true", help="write only the .ply")
     p.add_argument("--quiet", action="store_true", help="no progress bar, nothing printed on success")
     p.set_defaults(func=_cmd_export_scene)
 
@@ -215,11 +219,24 @@ def _cmd_export_scene(args) -> int:
     from ..cli import _progress
     from .scene import Scene
 
+    from pathlib import Path
+
+    from .views_out import write_cameras_json
+
+    cams_path = None if args.no_cameras_json else Path(
+        args.cameras_json or Path(args.out).parent / "cameras.json")
+    if cams_path is not None and not cams_path.parent.is_dir():
+        from ..errors import UsageError
+
+        raise UsageError(f"--cameras-json {cams_path}: folder {cams_path.parent} does not exist: "
+                         "create it or pass another path")
     with Scene.open(args.scene, readonly=True) as scene:
         with _progress(args, scene.num_gaussians, "export scene", unit="gaussian") as update:
             n = scene.export_ply(args.out, progress=update)
+        views = write_cameras_json(scene, cams_path) if cams_path is not None else 0
     if not args.quiet:
-        print(f"wrote {n:,} Gaussians to {args.out}")
+        print(f"wrote {n:,} Gaussians to {args.out}"
+              + (f" and {views} cameras to {cams_path}" if cams_path is not None else ""))
     return 0
 
 
@@ -317,6 +334,45 @@ def add_gs_train(sub) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_gs_train)
+    add_gs_render(sub)
+
+
+def add_gs_render(sub) -> None:
+    """Register ``oocstore gs-render`` (registered with gs-train: both need torch when run)."""
+    p = sub.add_parser(
+        "gs-render", help="render a scene's test, training or orbit views to PNGs",
+        description="Render views of a scene from its committed Gaussians into DIR as PNGs: the "
+                    "held-out views (test), the training views (train) or a circle around the "
+                    "scene (orbit; --video writes an animation through imageio: .gif, or .mp4 "
+                    "with imageio-ffmpeg).")
+    p.add_argument("scene", metavar="SCENE")
+    p.add_argument("--views", choices=["test", "train", "orbit"], default="test")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the PNGs")
+    p.add_argument("--frames", type=int, default=60, metavar="N", help="orbit frames (60)")
+    p.add_argument("--video", default=None, metavar="PATH", help="orbit animation (.gif/.mp4)")
+    p.add_argument("--with-photos", action="store_true",
+                   help="also write each render beside its photograph (test/train views)")
+    p.add_argument("--sh-degree", type=int, default=None, metavar="D")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, nothing printed")
+    p.set_defaults(func=_cmd_gs_render)
+
+
+def _cmd_gs_render(args) -> int:
+    from ..cli import _progress
+    from .scene import Scene
+    from .views_out import render_scene_views
+
+    with Scene.open(args.scene, readonly=True) as scene:
+        with _progress(args, None, "gs-render", unit="view") as update:
+            paths = render_scene_views(scene, args.views, args.out, device=args.device,
+                                       frames=args.frames, video=args.video,
+                                       with_photos=args.with_photos, sh_degree=args.sh_degree,
+                                       progress=update)
+    if not args.quiet:
+        print(f"wrote {len(paths)} {args.views} views to {args.out}"
+              + (f" and {args.video}" if args.video else ""))
+    return 0
 
 
 #: gs-train flags that set recipe values (attribute names of ``Recipe``).
