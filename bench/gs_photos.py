@@ -131,11 +131,13 @@ def main(argv=None) -> int:
         name = "toy"
         args.downscale, args.test_every = 1, 4
         args.steps, args.eval_every, args.compare_steps = 30, 10, 12
-        args.train_args += ["--densify-every", "10", "--densify-from", "5", "--sh-every", "10",
-                            "--opacity-reset-every", "20"]
+        args.train_args += ["--densify-every", "10", "--densify-from", "5", "--densify-until",
+                            "25", "--sh-every", "10", "--opacity-reset-every", "20"]
     else:
         src = Path(args.src) if args.src else DATASETS[args.dataset]
-        name = Path(args.src).stem if args.src else args.dataset
+        name = args.dataset
+        if args.src:  # a transforms*.json is named by its folder
+            name = src.parent.name if src.suffix == ".json" else src.name
         if not src.exists():
             raise SystemExit(f"{src} is missing: pass --src, put the data in {DATA}, or use --toy")
     out = Path(args.out or REPO / "bench" / "results" / f"gs_photos_{name}.json")

@@ -34,7 +34,7 @@ def toy_scene(tmp_path):
 
 
 def run_json(capsys, *args) -> dict:
-    assert main(["gs-train", *map(str, args), "--json", "--quiet"]) == 0
+    assert main(["gs-train", *map(str, args), "--json", "--quiet", "--threads", "1"]) == 0
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
