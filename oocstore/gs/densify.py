@@ -184,9 +184,11 @@ Admit = Callable[[np.ndarray, np.ndarray], "str | None"]
 
 def _refined_rows(scene, w, stats: GradStats, scene_scale: float, cfg: DensifyConfig,
                   seed: int, grow: bool, prune_large: bool) -> tuple[dict, dict]:
-    """Every block's refined (ids, records), compacted; and the counts of what was done."""
+    """Every block's refined (ids, records), compacted; and the counts of what was done
+    (``done["changed"]``: the blocks whose rows changed, the only ones to write)."""
     done = {"cloned": 0, "split": 0, "pruned": 0, "new_blocks": 0, "freed_blocks": 0,
             "merged_blocks": 0}
+    changed: set[int] = set()
     rows: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for b in range(scene.num_blocks):
         ids, rec = scene.read_block(b)
@@ -201,7 +203,10 @@ def _refined_rows(scene, w, stats: GradStats, scene_scale: float, cfg: DensifyCo
         done["split"] += int(d.split.sum())
         done["pruned"] += int(d.prune.sum())
         rows[b] = (ids2, rec2)
-    _compact(rows, scene.meta.block_size, done)
+        if d.clone.any() or d.split.any() or d.prune.any():
+            changed.add(b)
+    _compact(rows, scene.meta.block_size, done, changed)
+    done["changed"] = changed
     return rows, done
 
 
@@ -250,11 +255,14 @@ def densify_scene(scene, stats: GradStats, scene_scale: float, cfg: DensifyConfi
                     growth = "skipped"
                     rows = None
                     done = dict.fromkeys(done, 0)
+                    done["changed"] = set()
+        changed = done.pop("changed")
         done["growth"] = growth
+        done["blocks_written"] = 0
         if why is not None:
             done["refused_because"] = why
-        if rows is not None:
-            for b in range(nb):
+        if rows is not None and changed:
+            for b in sorted(changed):  # unchanged blocks keep their files
                 ids2, rec2 = rows.get(b, (np.zeros(0, np.int64), None))
                 if not len(ids2):
                     if scene.block_counts[b]:
@@ -262,6 +270,7 @@ def densify_scene(scene, stats: GradStats, scene_scale: float, cfg: DensifyConfi
                         done["freed_blocks"] += 1
                     continue
                 w.write_block(b, ids2[:cap], rec2[:cap])
+                done["blocks_written"] += 1
                 for lo in range(cap, len(ids2), cap):
                     w.new_block(ids2[lo:lo + cap], rec2[lo:lo + cap])
                     done["new_blocks"] += 1
@@ -295,8 +304,9 @@ def reset_opacity_scene(scene, value: float) -> int:
     return clamped
 
 
-def _compact(rows: dict, block_size: int, done: dict) -> None:
-    """Merge each block into its predecessor (in block order) when both fit one block_size."""
+def _compact(rows: dict, block_size: int, done: dict, changed: set | None = None) -> None:
+    """Merge each block into its predecessor (in block order) when both fit one block_size
+    (both are then ``changed``)."""
     prev = None
     for b in sorted(rows):
         ids, rec = rows[b]
@@ -305,6 +315,8 @@ def _compact(rows: dict, block_size: int, done: dict) -> None:
             rows[prev] = (np.concatenate([pi, ids]), np.concatenate([pr, rec]))
             rows[b] = (np.zeros(0, np.int64), rec[:0])
             done["merged_blocks"] += 1
+            if changed is not None:
+                changed.update((prev, b))
             continue
         if len(ids):
             prev = b

@@ -89,3 +89,23 @@ def test_opacity_reset_clamps_and_zeroes_the_opacity_moments(tmp_path):
     other = np.ones(after.shape[1], bool)
     other[[col, p + col, 2 * p + col]] = False
     np.testing.assert_array_equal(after[:, other], before[:, other])
+
+
+def test_densification_writes_only_the_blocks_it_changes(tmp_path):
+    from oocstore.gs.densify import DensifyConfig, GradStats, densify_scene
+
+    scene = random_scene(tmp_path / "s", 1024, 1, block_size=256)
+    try:
+        files = {b: scene._files[b] for b in range(scene.num_blocks)}
+        ids0, _ = scene.read_block(0)
+        stats = GradStats(scene.next_id)
+        stats.grad[ids0[:10]] = 1.0  # ten Gaussians of block 0 pass the gradient threshold
+        stats.count[ids0[:10]] = 1
+        done = densify_scene(scene, stats, 100.0, DensifyConfig(prune_opa=0.0, prune_scale3d=1e9),
+                             0, prune_large=False)
+        assert done["cloned"] + done["split"] == 10 and done["blocks_written"] == 1
+        assert scene.block_counts[0] == 266 and scene.num_gaussians == 1034
+        assert scene._files[0] != files[0]
+        assert all(scene._files[b] == files[b] for b in range(1, 4))
+    finally:
+        scene.close()
