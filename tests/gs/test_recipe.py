@@ -109,3 +109,36 @@ def test_densification_writes_only_the_blocks_it_changes(tmp_path):
         assert all(scene._files[b] == files[b] for b in range(1, 4))
     finally:
         scene.close()
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_layout_vetted_before_a_refinement_is_the_one_written(tmp_path, seed):
+    """Splits that spill into new blocks, prunes that empty and merge blocks: the counts and
+    bounds ``admit`` sees are exactly the scene's after the commit."""
+    from oocstore.gs.densify import DensifyConfig, GradStats, densify_scene
+
+    scene = random_scene(tmp_path / "s", 3000, 1, block_size=128, seed=seed)
+    try:
+        g = np.random.default_rng(seed)
+        with scene.writer() as w:
+            for b in range(scene.num_blocks):
+                ids, rec = scene.read_block(b)
+                rec = rec.copy()
+                k = g.random(len(ids))
+                if b % 3 != 2:
+                    rec[k < 0.8, layout.OPACITY.start] = -10  # pruned: blocks merge
+                rec[k > 0.97, layout.LOG_SCALES] = 3  # too large: pruned
+                w.write_block(b, ids, rec)
+            w.commit()
+        stats = GradStats(scene.next_id)
+        stats.grad[:] = g.random(len(stats.grad)) * 4e-4
+        stats.count[:] = 1
+        seen = []
+        done = densify_scene(scene, stats, 1.0, DensifyConfig(), 7,
+                             admit=lambda c, b: seen.append((c.copy(), b.copy())))
+        assert done["merged_blocks"] > 0 and done["new_blocks"] > 0 and done["split"] > 0
+        counts, bounds = seen[0]
+        np.testing.assert_array_equal(counts, scene.block_counts)
+        np.testing.assert_array_equal(bounds, scene.block_bounds)
+    finally:
+        scene.close()
