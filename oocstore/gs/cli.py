@@ -270,8 +270,9 @@ def add_gs_train(sub) -> None:
                     "Schedules: the step counts of the recipe (--sh-every, --densify-from, "
                     "--densify-until, --densify-every, --opacity-reset-every) are 3DGS's for a "
                     "30,000-step run; a shorter run left at the defaults uses each times "
-                    "steps/30000 (rounded, at least 1), e.g. 2,000 steps: densify from 33 to "
-                    "1,000 every 7, reset every 200, SH up every 67. Explicit values are used "
+                    "steps/30000 (rounded, at least 1; the opacity reset period stays 30 "
+                    "densification periods, as 3000/100), e.g. 2,000 steps: densify from 33 to "
+                    "1,000 every 7, reset every 210, SH up every 67. Explicit values are used "
                     "as given. LPIPS is not reported: its weights are not available offline.")
     p.add_argument("scene", metavar="SCENE")
     p.add_argument("--steps", type=int, default=200)

@@ -21,9 +21,11 @@ Values (each a ``gs-train`` flag):
 **Scaling with --steps.** The step counts above (``sh_every``, ``densify_from``,
 ``densify_until``, ``densify_every``, ``opacity_reset_every``) are 3DGS's for a
 30,000-step run. A run of ``S < 30,000`` steps left at the defaults uses each of them
-times ``S / 30,000``, rounded, at least 1 -- the same fractions of the run (e.g. 2,000
-steps: densify from 33 to 1,000 every 7, opacity reset every 200, SH degree up every
-67). A value given explicitly is used as given. ``S >= 30,000`` uses 3DGS's values.
+times ``S / 30,000``, rounded, at least 1 -- the same fractions of the run, as gsplat's
+``steps_scaler`` -- except the opacity reset period, which stays 30 densification periods
+(3DGS's 3000 / 100), so rounding never resets more often than that (e.g. 2,000 steps:
+densify from 33 to 1,000 every 7, opacity reset every 210, SH degree up every 67). A
+value given explicitly is used as given. ``S >= 30,000`` uses 3DGS's values.
 
 The synthetic target (teacher/student scale tests) keeps the plain set-up unless told
 otherwise: L1 loss, full SH degree, constant rates, no densification or reset.
@@ -41,6 +43,8 @@ from .densify import DensifyConfig
 REFERENCE_STEPS = 30_000
 #: Step-valued fields scaled by ``steps / REFERENCE_STEPS`` when left at their defaults.
 SCALED = ("sh_every", "densify_from", "densify_until", "densify_every", "opacity_reset_every")
+#: Refinements per opacity reset in 3DGS (3000 / 100), kept by scaled schedules.
+RESET_PER_REFINE = 30
 
 
 @dataclass(frozen=True)
@@ -134,6 +138,9 @@ def resolve(steps: int, *, synthetic: bool = False, **given) -> Recipe:
     base = SYNTHETIC if synthetic else PHOTO
     if not synthetic and steps < REFERENCE_STEPS:
         f = steps / REFERENCE_STEPS
-        base = replace(base, **{k: max(1, int(math.floor(getattr(base, k) * f + 0.5)))
-                                for k in SCALED})
+        scaled = {k: max(1, int(math.floor(getattr(base, k) * f + 0.5))) for k in SCALED}
+        # 3DGS refines 30 times per opacity reset (3000 = 30 x 100): rounding must not
+        # break that for short runs (a reset every step would undo all training)
+        scaled["opacity_reset_every"] = RESET_PER_REFINE * scaled["densify_every"]
+        base = replace(base, **scaled)
     return replace(base, **given)

@@ -20,10 +20,12 @@ def test_defaults_are_3dgs_at_30000_steps_and_scale_for_short_runs():
             full.prune_opa, full.prune_scale3d) == (0.2, 1.6e-4, 1.6e-6, 2e-4, 0.005, 0.1)
     short = resolve(2000)
     assert (short.sh_every, short.densify_from, short.densify_until, short.densify_every,
-            short.opacity_reset_every) == (67, 33, 1000, 7, 200)
+            short.opacity_reset_every) == (67, 33, 1000, 7, 210)
     assert resolve(60_000) == full  # longer runs keep 3DGS's counts
     tiny = resolve(10)
     assert tiny.densify_every == 1 and tiny.sh_every == 1  # at least 1
+    assert tiny.opacity_reset_every == 30  # 30 refinements per reset, never every step
+    assert not any(tiny.reset_after(s) for s in range(1, 10))
 
 
 def test_explicit_values_are_used_as_given():
