@@ -253,11 +253,14 @@ MODE_NAMES = ("stream", "all-on-device", "naive-offload")
 def add_gs_train(sub) -> None:
     """Register ``oocstore gs-train`` on the top-level subparsers."""
     import argparse
+    import textwrap
 
     p = sub.add_parser(
         "gs-train", help="train a Gaussian-splatting scene out of core",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Train a scene in place. A scene ingested from photographs trains against "
+        description=None)
+    p.description = "\n\n".join(textwrap.fill(par, 88) for par in (
+                    "Train a scene in place. A scene ingested from photographs trains against "
                     "its photos with the 3DGS recipe (L1 + D-SSIM, SH degree schedule, decaying "
                     "position rate, densification, opacity resets) and reports held-out PSNR / "
                     "SSIM; --target synthetic (the default for scenes without images) trains a "
@@ -274,6 +277,7 @@ def add_gs_train(sub) -> None:
                     "densification periods, as 3000/100), e.g. 2,000 steps: densify from 33 to "
                     "1,000 every 7, reset every 210, SH up every 67. Explicit values are used "
                     "as given. LPIPS is not reported: its weights are not available offline.")
+                    .split("\n\n"))
     p.add_argument("scene", metavar="SCENE")
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--target", choices=["photos", "synthetic"], default=None,
