@@ -23,7 +23,15 @@ vertices; vertex counts off by one or absurd) with bodies in all three formats t
 or not, valid files with flipped bytes and cut ends, and raw bytes. COLMAP inputs: token
 soup, valid models (every camera model) with hostile tokens, dropped / duplicated /
 swapped lines, cut ends, stray bytes, CRLF and byte-order marks, and raw bytes;
-``points3D.txt`` is fuzzed alongside although oocstore does not read it.
+``points3D.txt`` is fuzzed alongside (read by the photo ingest's model reader).
+
+Photo datasets: binary COLMAP models (valid ones with flipped bytes, extreme counts,
+ids, model ids, sizes and NaN doubles written over them, cut or extended files, raw
+bytes) and ``transforms.json`` files (keys dropped or given hostile values, globally and
+per frame, matrix entries replaced, frames duplicated or dropped, cut JSON) with their
+images (RGB, RGBA, grayscale PNGs, some cut, flipped or replaced by random bytes) go
+through ``ingest_photos`` whole; a scene that results must have finite cameras and
+every image readable with its checksum.
 """
 
 from __future__ import annotations
@@ -245,9 +253,16 @@ _FIELDS = st.sampled_from(sorted(_GOOD_ARRAY) + ["format_version", "plan", "arra
 _NASTY = st.one_of(_JSON, st.sampled_from([
     "/etc/passwd", "../../x.bin", "arrays/../../x", "a\\b", "", -1, 10**15, [10**15, 10**15],
     [2**63], 1.5, "int66", "float32", [[1]], {"a": 1}, None, True, "arrays/x.1.bin"]))
+_GOOD_IMAGES = {"kind": "colmap", "width": 4, "height": 2, "count": 2, "slot_bytes": 4096,
+                "downscale": 1, "test_every": 8, "test_views": [1], "names": ["a.png", "b.png"],
+                "background": [1.0, 1.0, 1.0], "source": "sparse", "format_version": 1,
+                "name": "images"}
+_IMAGES_FIELDS = st.sampled_from(sorted(_GOOD_IMAGES))
 CATALOG = st.one_of(
     st.tuples(st.sampled_from(["array", "graph", "meta", "plan", "pack"]),
               st.dictionaries(_FIELDS, _NASTY, max_size=6).map(lambda d: {**_GOOD_ARRAY, **d})),
+    st.tuples(st.just("images"), st.dictionaries(_IMAGES_FIELDS, _NASTY, max_size=4).map(
+        lambda d: {**_GOOD_IMAGES, **d})),
     st.tuples(st.sampled_from(["array", "graph", "meta", "plan", "pack"]), _JSON),
     st.tuples(st.just("raw"), st.binary(max_size=60)),
 )
@@ -264,9 +279,16 @@ def fuzz_catalog(case, tmp: Path) -> str:
         value = decode(value, "fuzz", tmp)
     else:
         value = decode(json.dumps(value, allow_nan=True).encode(), "fuzz", tmp)
+    from oocstore.gs.scene import ImagesMeta
+
     cls = {"array": ArrayMeta, "graph": GraphMeta, "meta": StoreMeta, "plan": PlanMeta,
-           "pack": PackMeta, "raw": ArrayMeta}[kind]
+           "pack": PackMeta, "raw": ArrayMeta, "images": ImagesMeta}[kind]
     meta = cls.from_dict(value)
+    if isinstance(meta, ImagesMeta):  # what Scene's image accessors compute from it
+        bg = tuple(float(c) for c in meta.background) if meta.background is not None else None
+        if meta.image_bytes > meta.slot_bytes or (bg is not None and len(bg) != 3):
+            raise AssertionError(f"accepted inconsistent scene images {meta}")
+        sorted(meta.test_views)
     if isinstance(meta, ArrayMeta):
         if meta.file.startswith("/") or ".." in meta.file.split("/"):
             raise AssertionError(f"accepted a file outside the store: {meta.file!r}")
@@ -517,9 +539,11 @@ def _fuzz_scene_source(tmp: Path) -> Path:
 
 
 def fuzz_colmap(files: tuple[bytes, bytes, bytes], tmp: Path) -> str:
-    """cameras.txt, images.txt and points3D.txt (which oocstore does not read: a hostile
-    one beside the others must change nothing)."""
+    """cameras.txt, images.txt and points3D.txt: read as a whole model (the photo
+    ingest's reader, points included), then as ``--cameras`` (which ignores points3D.txt:
+    a hostile one beside the others must change nothing there)."""
     from oocstore.gs.cameras import read_colmap_text
+    from oocstore.gs.colmap import read_colmap_model
     from oocstore.gs.cli import visibility_summary
     from oocstore.gs.ingest import ingest_scene
 
@@ -527,6 +551,12 @@ def fuzz_colmap(files: tuple[bytes, bytes, bytes], tmp: Path) -> str:
     d.mkdir(exist_ok=True)
     for name, data in zip(("cameras.txt", "images.txt", "points3D.txt"), files):
         (d / name).write_bytes(data)
+    try:  # the whole model, points3D.txt included, as the photo ingest reads it
+        model = read_colmap_model(d)
+        if model.points is not None and not np.all(np.abs(model.points) < 1e30):
+            raise AssertionError("read_colmap_model returned non-finite points")
+    except OocError:
+        pass
     cams = read_colmap_text(d)
     if not (len(cams) >= 1 and np.all(np.isfinite(cams.viewmats)) and np.all(np.isfinite(cams.Ks))
             and cams.width > 0 and cams.height > 0 and np.all(cams.Ks[:, 0, 0] > 0)):
@@ -540,6 +570,199 @@ def fuzz_colmap(files: tuple[bytes, bytes, bytes], tmp: Path) -> str:
     finally:
         scene.close()
     return "parsed"
+
+
+# -- photo datasets: COLMAP binary models, transforms.json, image files --------------------
+
+def _photo_cameras(n: int, w: int = 8, h: int = 6):
+    from oocstore.gs.cameras import Cameras, look_at
+
+    vms = np.stack([look_at([3 * np.cos(a), 3 * np.sin(a), 1.0], [0, 0, 0], [0, 0, 1])
+                    for a in np.linspace(0, 2 * np.pi, n, endpoint=False)])
+    k = np.array([[10.0, 0, w / 2], [0, 10.0, h / 2], [0, 0, 1]])
+    return Cameras(vms, np.broadcast_to(k, (n, 3, 3)).copy(), w, h,
+                   tuple(f"img{i}.png" for i in range(n)))
+
+
+def _tiny_png(w: int = 8, h: int = 6, mode: str = "RGB", seed: int = 0) -> bytes:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    chans = {"RGB": 3, "RGBA": 4, "L": 1}[mode]
+    a = rng.integers(0, 256, size=(h, w, chans), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(a[..., 0] if chans == 1 else a, mode).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@st.composite
+def _colmap_binary(draw) -> tuple[bytes, bytes, bytes]:
+    """A valid binary model (1-4 views, any supported model, 0-5 points), then 0-3
+    mutations per file: bytes flipped or overwritten with extreme values (counts, ids,
+    model ids, sizes, NaN doubles), the file cut short or extended."""
+    import struct
+
+    from oocstore.gs.colmap import write_colmap_model
+
+    n = draw(st.integers(1, 4))
+    model = draw(st.sampled_from(["PINHOLE", "SIMPLE_PINHOLE", "SIMPLE_RADIAL", "RADIAL",
+                                  "OPENCV"]))
+    npts = draw(st.integers(0, 5))
+    with tempfile.TemporaryDirectory() as t:
+        rng = np.random.default_rng(draw(st.integers(0, 1000)))
+        write_colmap_model(t, _photo_cameras(n), binary=True, model=model,
+                           distortion=(0.01, -0.01, 0.001, 0.0),
+                           points=rng.normal(size=(npts, 3)),
+                           colors=rng.integers(0, 256, size=(npts, 3)))
+        files = [bytearray((Path(t) / f).read_bytes())
+                 for f in ("cameras.bin", "images.bin", "points3D.bin")]
+    for _ in range(draw(st.integers(0, 3))):
+        data = files[draw(st.integers(0, 2))]
+        op = draw(st.sampled_from(["flip", "value", "value", "cut", "extend"]))
+        if op == "cut":
+            del data[draw(st.integers(0, len(data))):]
+        elif op == "extend":
+            data.extend(draw(st.binary(min_size=1, max_size=16)))
+        elif len(data) >= 8:
+            pos = draw(st.integers(0, len(data) - 8))
+            if op == "flip":
+                data[pos] ^= 1 << draw(st.integers(0, 7))
+            else:
+                val = draw(st.sampled_from([
+                    struct.pack("<Q", 2 ** 63), struct.pack("<q", -1), struct.pack("<d", np.nan),
+                    struct.pack("<d", np.inf), struct.pack("<d", 1e308), struct.pack("<Q", 0),
+                    struct.pack("<i", 99) + b"\0" * 4, struct.pack("<Q", 70000),
+                    struct.pack("<d", -5.0), b"\0" * 8, b"\xff" * 8]))
+                data[pos:pos + 8] = val
+    return tuple(bytes(f) for f in files)
+
+
+COLMAP_BIN = st.one_of(_colmap_binary(), _colmap_binary(), _colmap_binary(),
+                       st.tuples(st.binary(max_size=80), st.binary(max_size=120),
+                                 st.binary(max_size=60)))
+
+
+def _photo_ingest_check(src: Path, tmp: Path, **kw) -> str:
+    """Ingest a photo dataset; when it succeeds, its cameras are finite and every
+    stored image reads back (CRC checked) with the stored size."""
+    from oocstore.gs.ingest import ingest_photos
+
+    scene = ingest_photos(src, tmp / "scene", overwrite=True, init_points=16, block_size=8,
+                          test_every=0, **kw)
+    try:
+        if not (np.all(np.isfinite(scene.cameras.viewmats)) and np.all(np.isfinite(scene.cameras.Ks))):
+            raise AssertionError("the scene's cameras are not finite")
+        for v in range(scene.num_images):
+            if scene.read_image(v).shape != (scene.image_size[1], scene.image_size[0], 3):
+                raise AssertionError("a stored image has the wrong shape")
+    finally:
+        scene.close()
+    return "parsed"
+
+
+def fuzz_colmap_binary(files: tuple[bytes, bytes, bytes], tmp: Path) -> str:
+    """cameras.bin, images.bin, points3D.bin (with 8x6 images for the views they name)."""
+    d = tmp / "sparse" / "0"
+    d.mkdir(parents=True, exist_ok=True)
+    for name, data in zip(("cameras.bin", "images.bin", "points3D.bin"), files):
+        (d / name).write_bytes(data)
+    images = tmp / "images"
+    images.mkdir(exist_ok=True)
+    for i in range(4):
+        if not (images / f"img{i}.png").exists():
+            (images / f"img{i}.png").write_bytes(_tiny_png(seed=i))
+    return _photo_ingest_check(d, tmp)
+
+
+_JSON_HOSTILE = st.one_of(
+    st.sampled_from([None, True, "", "abc", "../../etc/passwd", "/abs.png", [], {}, [[1, 2]],
+                     0, -1, 1e308, -1e308, 2 ** 70, 0.0, 3.2, 1e-300]),
+    st.floats(allow_nan=False, allow_infinity=False), st.integers(-10, 10))
+
+
+@st.composite
+def _transforms_doc(draw) -> tuple[bytes, tuple[bytes, ...]]:
+    """A valid transforms.json (NeRF-synthetic or instant-ngp style, 1-3 frames, 8x6
+    images: RGB, RGBA or grayscale PNGs), then 0-3 mutations: a key dropped or given a
+    hostile value (global or per frame), a matrix entry replaced, frames duplicated or
+    dropped, an image file damaged, cut or replaced by random bytes."""
+    n = draw(st.integers(1, 3))
+    cams = _photo_cameras(n)
+    frames = []
+    for i in range(n):
+        c2w = np.linalg.inv(cams.viewmats[i].astype(np.float64))
+        c2w[:3, 1:3] *= -1
+        frames.append({"file_path": f"./img{i}" if draw(st.booleans()) else f"img{i}.png",
+                       "transform_matrix": c2w.tolist()})
+    doc: dict = {"camera_angle_x": 2 * np.arctan(0.5 * 8 / 10.0)}
+    if draw(st.booleans()):
+        doc.update({"fl_x": 10.0, "fl_y": 10.0, "cx": 4.0, "cy": 3.0, "w": 8, "h": 6,
+                    "k1": draw(st.floats(-0.2, 0.2)), "k2": 0.0, "p1": 0.0, "p2": 0.0})
+    doc["frames"] = frames
+    images = [_tiny_png(mode=draw(st.sampled_from(["RGB", "RGBA", "L"])), seed=i)
+              for i in range(n)]
+    for _ in range(draw(st.integers(0, 3))):
+        op = draw(st.sampled_from(["key", "key", "frame-key", "matrix", "frames", "image"]))
+        if op == "key":
+            k = draw(st.sampled_from(["camera_angle_x", "camera_angle_y", "fl_x", "fl_y", "cx",
+                                      "cy", "w", "h", "k1", "k3", "p2", "frames",
+                                      "camera_model"]))
+            if draw(st.booleans()):
+                doc.pop(k, None)
+            else:
+                doc[k] = draw(_JSON_HOSTILE)
+        elif op == "frame-key" and isinstance(doc.get("frames"), list) and doc["frames"]:
+            fr = doc["frames"][draw(st.integers(0, len(doc["frames"]) - 1))]
+            if isinstance(fr, dict):
+                fr[draw(st.sampled_from(["file_path", "transform_matrix", "fl_x", "w"]))] = \
+                    draw(_JSON_HOSTILE)
+        elif op == "matrix" and isinstance(doc.get("frames"), list) and doc["frames"]:
+            fr = doc["frames"][0]
+            m = fr.get("transform_matrix") if isinstance(fr, dict) else None
+            if isinstance(m, list) and len(m) == 4 and all(isinstance(r, list) for r in m):
+                m[draw(st.integers(0, 3))][draw(st.integers(0, 3))] = draw(st.one_of(
+                    st.floats(-1e6, 1e6), st.sampled_from([None, "x", 1e308])))
+        elif op == "frames" and isinstance(doc.get("frames"), list) and doc["frames"]:
+            if draw(st.booleans()):
+                doc["frames"].append(doc["frames"][0])
+            else:
+                doc["frames"].pop()
+        elif op == "image":
+            i = draw(st.integers(0, n - 1))
+            how = draw(st.sampled_from(["cut", "flip", "bytes"]))
+            data = bytearray(images[i])
+            if how == "cut":
+                del data[draw(st.integers(0, len(data))):]
+            elif how == "flip" and data:
+                data[draw(st.integers(0, len(data) - 1))] ^= 0xFF
+            else:
+                data = bytearray(draw(st.binary(max_size=64)))
+            images[i] = bytes(data)
+    text = json.dumps(doc, allow_nan=True).encode()
+    if draw(st.integers(0, 9)) == 0:
+        text = text[:draw(st.integers(0, len(text)))]
+    return text, tuple(images)
+
+
+TRANSFORMS = st.one_of(_transforms_doc(), _transforms_doc(), _transforms_doc(),
+                       st.tuples(st.binary(max_size=80), st.just((_tiny_png(),))))
+
+
+def fuzz_transforms(case: tuple[bytes, tuple[bytes, ...]], tmp: Path) -> str:
+    """transforms.json and its images (some damaged), ingested as a user would, with
+    --skip-missing-images half of the time."""
+    text, images = case
+    d = tmp / "tf"
+    if d.exists():
+        import shutil
+
+        shutil.rmtree(d)
+    d.mkdir()
+    (d / "transforms.json").write_bytes(text)
+    for i, data in enumerate(images):
+        (d / f"img{i}.png").write_bytes(data)
+    return _photo_ingest_check(d / "transforms.json", tmp,
+                               skip_missing_images=len(text) % 2 == 0)
 
 
 # -- budgets -----------------------------------------------------------------------------
@@ -620,6 +843,8 @@ COMPONENTS = {
     "catalog": (CATALOG, fuzz_catalog),
     "ply": (PLY, fuzz_ply),
     "colmap": (COLMAP, fuzz_colmap),
+    "colmap-bin": (COLMAP_BIN, fuzz_colmap_binary),
+    "transforms": (TRANSFORMS, fuzz_transforms),
 }
 
 

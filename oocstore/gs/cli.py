@@ -177,10 +177,22 @@ def _cmd_ingest_photos(args) -> int:
 
 def _cmd_ingest_scene(args) -> int:
     from ..cli import _progress
-    from .ingest import ingest_scene, parse_tile, photo_source_kind, source_count
+    from .ingest import ingest_scene, parse_tile, source_count
+    from .photo_sources import photo_source_kind
 
     if photo_source_kind(args.src) is not None:
         return _cmd_ingest_photos(args)
+    from ..errors import UsageError
+
+    for flag, value, default in (("--images", args.images, None),
+                                 ("--images-downscale", args.images_downscale, 1),
+                                 ("--test-every", args.test_every, None),
+                                 ("--init-points", args.init_points, None),
+                                 ("--background", args.background, None),
+                                 ("--skip-missing-images", args.skip_missing_images, False)):
+        if value != default:
+            raise UsageError(f"{flag} applies to photo datasets (a COLMAP model or a "
+                             f"transforms.json), not to {args.src}")
     t0 = time.perf_counter()
     kx, ky = parse_tile(args.tile)  # before the bar: errors stay one line
     count = source_count(args.src)

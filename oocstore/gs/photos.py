@@ -1,12 +1,12 @@
 """Photographs of a scene: checked, decoded, composited, downscaled and undistorted.
 
-A photo dataset (a COLMAP model or a ``transforms.json``, see :mod:`oocstore.gs.ingest`)
-becomes a list of :class:`PhotoView`: one image file, its world-to-camera pose (OpenCV
-axes), its pinhole intrinsics at the file's resolution and its lens distortion.
-:func:`check_views` opens every file's *header* only (size and pixel mode), so a
-missing file, a size that disagrees with the camera or an unusable pixel format is
-refused before anything is written; :func:`load_photo` then decodes one image at a
-time, so an ingest never holds more than one decoded photograph.
+A photo dataset (a COLMAP model or a ``transforms.json``, read by
+:mod:`oocstore.gs.photo_sources`) becomes a list of :class:`PhotoView`: one image file,
+its world-to-camera pose (OpenCV axes), its pinhole intrinsics at the file's resolution
+and its lens distortion. :func:`check_views` opens every file's *header* only (size and
+pixel mode), so a missing file, a size that disagrees with the camera or an unusable
+pixel format is refused before anything is written; :func:`load_photo` then decodes one
+image per call, and the ingest keeps only a few decoded photographs alive at once.
 
 The pixel pipeline of one view (:func:`load_photo`):
 
@@ -47,6 +47,10 @@ log = logging.getLogger(__name__)
 DISTORTION_MODELS = {"SIMPLE_RADIAL": ("k1",), "RADIAL": ("k1", "k2"),
                      "OPENCV": ("k1", "k2", "p1", "p2")}
 
+#: Focal lengths (pixels) outside MIN_FOCAL .. MAX_FOCAL_RATIO x the image size are refused.
+MIN_FOCAL = 0.5
+MAX_FOCAL_RATIO = 1000.0
+
 #: Pillow modes converted to RGB / RGBA as they are.
 _TO_RGB = {"RGB": "RGB", "1": "RGB", "L": "RGB", "CMYK": "RGB", "YCbCr": "RGB", "LAB": "RGB",
            "HSV": "RGB", "RGBX": "RGB", "RGBA": "RGBA", "LA": "RGBA", "PA": "RGBA",
@@ -66,6 +70,22 @@ class PhotoView:
     height: int
     distortion: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)  # k1 k2 p1 p2
     where: str = ""  # what to name in errors about this view's camera (file:line)
+
+    def __post_init__(self) -> None:
+        k = np.asarray(self.K, dtype=np.float64)
+        fx, fy, cx, cy = k[0, 0], k[1, 1], k[0, 2], k[1, 2]
+        w, h = self.width, self.height
+        where = self.where or str(self.path)
+        if not (MIN_FOCAL <= fx <= MAX_FOCAL_RATIO * w and MIN_FOCAL <= fy <= MAX_FOCAL_RATIO * h):
+            raise SourceError(f"{where}: focal length fx={fx:g}, fy={fy:g} px is not plausible "
+                              f"for a {w}x{h} photo (give {MIN_FOCAL:g}..{MAX_FOCAL_RATIO:g} x "
+                              "the image size, in pixels)")
+        if not (abs(cx) <= 10 * w and abs(cy) <= 10 * h):
+            raise SourceError(f"{where}: principal point ({cx:g}, {cy:g}) lies far outside the "
+                              f"{w}x{h} photo: give cx, cy in pixels")
+        if not all(math.isfinite(d) and abs(d) <= 10 for d in self.distortion):
+            raise SourceError(f"{where}: distortion {self.distortion} is not a plausible lens "
+                              "(|k1|, |k2|, |p1|, |p2| <= 10)")
 
     @property
     def distorted(self) -> bool:
@@ -106,7 +126,7 @@ def scaled_size(width: int, height: int, downscale: int) -> tuple[int, int]:
 
 def probe_image(path: Path) -> ImageProbe:
     """Size and pixel mode of ``path`` from its header (no decoding)."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
         with Image.open(path) as im:
@@ -115,9 +135,10 @@ def probe_image(path: Path) -> ImageProbe:
     except FileNotFoundError:
         raise SourceError(f"image {path} does not exist: restore it, or drop its view from "
                           "the model (or pass --skip-missing-images)") from None
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise SourceError(f"image {path} cannot be read ({err}): replace it with a PNG or "
-                          "JPEG, or drop its view from the model") from None
+    except Exception as err:  # noqa: BLE001 - any failure of the decoder on a hostile file
+        raise SourceError(f"image {path} cannot be read ({type(err).__name__}: "
+                          f"{str(err)[:120]}): replace it with a PNG or JPEG, or drop its view "
+                          "from the model") from None
     if mode == "P":
         return ImageProbe(w, h, mode, transparent, "palette converted to RGB")
     if mode in _TO_RGB:
@@ -160,9 +181,12 @@ def decode_rgba(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
             a = np.asarray(im)
     except SourceError:
         raise
-    except (OSError, ValueError, SyntaxError) as err:
-        raise SourceError(f"image {path} cannot be decoded ({err}): the file is damaged; "
-                          "replace it or drop its view from the model") from None
+    except MemoryError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any failure of the decoder on a hostile file
+        raise SourceError(f"image {path} cannot be decoded ({type(err).__name__}: "
+                          f"{str(err)[:120]}): the file is damaged; replace it or drop its view "
+                          "from the model") from None
     if a.ndim == 3 and a.shape[2] == 4:
         return np.ascontiguousarray(a[..., :3]), a[..., 3].astype(np.float32) / 255.0
     return np.ascontiguousarray(a[..., :3]), None
@@ -239,11 +263,18 @@ def load_photo(view: PhotoView, size: tuple[int, int], background) -> np.ndarray
     small = downscale_image(composite(rgb, alpha, background), size)
     if view.distorted:
         k = scaled_K(view.K, (view.width, view.height), size)
-        small, outside = undistort_image(small, k, view.distortion)
-        if outside > 0.01:
-            log.info("%s: %.1f%% of the undistorted image lies outside the photo (edge "
-                     "pixels repeated)", view.name, 100 * outside)
+        small, _ = undistort_image(small, k, view.distortion)
     return np.ascontiguousarray(small)
+
+
+def outside_share(K: np.ndarray, dist, size: tuple[int, int]) -> float:
+    """Share of a ``size`` = (w, h) pinhole image (intrinsics ``K``) whose pixels come
+    from outside the distorted photo (the undistorted image repeats its edge there)."""
+    w, h = size
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64) + 0.5
+    ud, vd = distort_points((xs - K[0, 2]) / K[0, 0], (ys - K[1, 2]) / K[1, 1], dist)
+    sx, sy = K[0, 0] * ud + K[0, 2], K[1, 1] * vd + K[1, 2]
+    return float(np.mean((sx < 0) | (sx > w) | (sy < 0) | (sy > h)))
 
 
 @dataclass

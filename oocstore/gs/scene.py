@@ -104,6 +104,7 @@ SCENE_FORMAT_VERSION = 1
 _FIX = "re-create the scene with `oocstore ingest scene`"
 IMAGES_KEY = "scene/images"  # catalog entry (ImagesMeta) and array name of the photos
 IMAGE_SOURCE_KINDS = ("colmap", "transforms")
+MAX_IMAGE_BYTES = 3 << 32  # 65536 x 65536 RGB, the largest camera size
 
 
 @dataclass(frozen=True)
@@ -168,9 +169,20 @@ class ImagesMeta:
                 and self.slot_bytes >= self.width * self.height * 3 and self.downscale >= 1):
             raise FormatError(f"{where}: sizes {self.width}x{self.height}, {self.count} "
                               f"images of {self.slot_bytes} B are inconsistent: {_FIX}")
-        if len(self.names) != self.count or any(
-                not isinstance(v, int) or not 0 <= v < self.count for v in self.test_views):
+        if self.width * self.height * 3 > MAX_IMAGE_BYTES or self.slot_bytes % 4096 \
+                or self.slot_bytes > self.width * self.height * 3 + 4096:
+            raise FormatError(f"{where}: image slots of {self.slot_bytes} B for "
+                              f"{self.width}x{self.height} images are inconsistent: {_FIX}")
+        if len(self.names) != self.count or not all(isinstance(n, str) for n in self.names) \
+                or any(isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < self.count
+                       for v in self.test_views) or len(set(self.test_views)) != len(self.test_views):
             raise FormatError(f"{where}: names or test views do not fit {self.count} images: "
+                              f"{_FIX}")
+        bg = self.background
+        if bg is not None and not (isinstance(bg, list) and len(bg) == 3 and all(
+                isinstance(c, (int, float)) and not isinstance(c, bool) and 0 <= c <= 1
+                for c in bg)):
+            raise FormatError(f"{where}: background {bg!r:.60} is not an RGB triple in 0..1: "
                               f"{_FIX}")
 
     @property
@@ -548,14 +560,32 @@ class Scene:
         return self.path / self._image_file, self._image_offset + int(v) * im.slot_bytes, \
             im.slot_bytes
 
-    def read_image(self, v: int) -> np.ndarray:
+    def image_buffer(self) -> np.ndarray:
+        """A 4 KiB-aligned uint8 buffer of one image slot, for :meth:`read_image`'s
+        ``out`` (a prefetcher keeps a few and reuses them: no allocation per read)."""
+        from ..store.files import aligned_empty
+
+        return aligned_empty(self._need_images().slot_bytes)
+
+    def read_image(self, v: int, out: np.ndarray | None = None) -> np.ndarray:
         """Image ``v`` (camera ``v``'s photo) as uint8 [H, W, 3] RGB: one aligned read of
         its row; with ``verify_reads``, its CRC-32 checked (:class:`ChecksumError` naming
-        the scene, the image and its file on a mismatch or a short file)."""
+        the scene, the image and its file on a mismatch or a short file).
+
+        ``out`` (from :meth:`image_buffer`) receives the row and the result is a view
+        of it; without it a new buffer is allocated."""
         path, offset, slot = self.image_location(v)
         im = self._images
         with DirectReader(path, direct=self.direct) as reader:
-            raw = reader.read(offset, slot)
+            if out is None:
+                raw = reader.read(offset, slot)
+            else:
+                if out.dtype != np.uint8 or out.ndim != 1 or len(out) != slot \
+                        or out.ctypes.data % 4096:
+                    raise UsageError(f"scene {self.path}: read_image's out must be a 4 KiB-"
+                                     f"aligned uint8 buffer of {slot} bytes: use "
+                                     "scene.image_buffer()")
+                raw = out[:reader.read_into(out, offset)]
         what = f"image {int(v)} ({im.names[int(v)]})"
         if len(raw) < slot:
             self._damaged(what, self._image_file, None, f"the file is truncated ({len(raw)} "

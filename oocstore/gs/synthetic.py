@@ -156,7 +156,7 @@ def write_photo_dataset(out_dir: str | os.PathLike, kind: str = "colmap", *, vie
 
     from PIL import Image
 
-    from .cameras import write_colmap_model
+    from .colmap import write_colmap_model
     from .ingest import SH_C0
 
     if kind not in ("colmap", "colmap-bin", "transforms"):

@@ -14,8 +14,10 @@ import pytest
 
 from oocstore.cli import main
 from oocstore.errors import ChecksumError, UsageError
-from oocstore.gs.cameras import Cameras, read_colmap_model
-from oocstore.gs.ingest import ingest_photos, view_chain
+from oocstore.gs.cameras import Cameras
+from oocstore.gs.colmap import read_colmap_model
+from oocstore.gs.ingest import ingest_photos
+from oocstore.gs.photo_sources import view_chain
 from oocstore.gs.scene import Scene, scene_info
 from oocstore.gs.synthetic import render_views, write_photo_dataset
 
@@ -33,16 +35,19 @@ def datasets(tmp_path_factory):
     return out
 
 
-def _truth(src, background=(0.0, 0.0, 0.0), size=None):
-    """Original cameras and the ground-truth renders of a written dataset."""
-    root = src.parent if src.suffix == ".json" else src.parent.parent
-    params = np.load(root / "scene_params.npy")
-    c = np.load(root / "cameras.npz")
-    cams = Cameras(c["viewmats"], c["Ks"], int(c["width"]), int(c["height"]))
-    if size is not None:
-        cams = cams.resized(*size)
-    imgs = [rgb for rgb, _ in render_views(params, cams, background)]
-    return cams, imgs
+_TRUTH: dict = {}
+
+
+def _truth(src, background=(0.0, 0.0, 0.0)):
+    """Original cameras and the ground-truth renders of a written dataset (cached)."""
+    key = (str(src), tuple(background))
+    if key not in _TRUTH:
+        root = src.parent if src.suffix == ".json" else src.parent.parent
+        params = np.load(root / "scene_params.npy")
+        c = np.load(root / "cameras.npz")
+        cams = Cameras(c["viewmats"], c["Ks"], int(c["width"]), int(c["height"]))
+        _TRUTH[key] = cams, [rgb for rgb, _ in render_views(params, cams, background)]
+    return _TRUTH[key]
 
 
 def _index(name: str) -> int:
@@ -214,3 +219,156 @@ def test_cli_ingest_photos_json(datasets, tmp_path, capsys):
     assert summary["images_bytes"] == VIEWS * 32 * 24 * 3
     assert main(["inspect", str(out)]) == 0
     assert "images: 10 photos (transforms" in capsys.readouterr().out
+
+
+def test_decoding_keeps_a_bounded_number_of_photos_alive():
+    """The ingest's decode pipeline holds at most workers + 1 results besides the one
+    being stored, however many photos there are."""
+    import threading
+
+    from oocstore.gs.ingest import _ordered_map
+
+    lock = threading.Lock()
+    state = {"made": 0, "used": 0, "most": 0}
+
+    def make(i):
+        with lock:
+            state["made"] += 1
+            state["most"] = max(state["most"], state["made"] - state["used"])
+        return i
+
+    got = []
+    for x in _ordered_map(make, range(50), workers=2):
+        got.append(x)
+        with lock:
+            state["used"] += 1
+    assert got == list(range(50))
+    assert state["most"] <= 2 + 2
+
+
+def test_ingest_memory_does_not_grow_with_the_photo_count(tmp_path):
+    """40 photos of 400x300 (14 MB decoded): once the first one is stored, the traced
+    memory never rises more than a few photos above that point."""
+    import tracemalloc
+
+    from PIL import Image
+
+    from oocstore.gs.colmap import write_colmap_model
+    from oocstore.gs.synthetic import photo_scene_params, random_cameras
+
+    n, w, h = 40, 400, 300
+    base = random_cameras(photo_scene_params(20), n, width=w, height=h)
+    cams = Cameras(base.viewmats, base.Ks, w, h, tuple(f"p{i:03d}.png" for i in range(n)))
+    write_colmap_model(tmp_path / "sparse" / "0", cams)
+    (tmp_path / "images").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(
+            tmp_path / "images" / f"p{i:03d}.png", compress_level=0)
+    tracemalloc.start()
+    marks = []
+
+    def progress(k):  # after the first photo: imports and set-up are done by then
+        if not marks:
+            marks.append(tracemalloc.get_traced_memory()[0])
+            tracemalloc.reset_peak()
+
+    try:
+        with ingest_photos(tmp_path / "sparse" / "0", tmp_path / "s", init_points=50,
+                           progress=progress) as scene:
+            peak = tracemalloc.get_traced_memory()[1]
+            assert scene.images_bytes == n * w * h * 3
+    finally:
+        tracemalloc.stop()
+    assert peak - marks[0] < 6 * w * h * 3, (marks, peak)  # a handful of photos, not 40
+
+
+def test_read_image_into_a_reused_buffer(datasets, tmp_path):
+    with ingest_photos(datasets["colmap"], tmp_path / "s", init_points=50) as scene:
+        buf = scene.image_buffer()
+        assert buf.ctypes.data % 4096 == 0 and len(buf) % 4096 == 0
+        for v in (0, 5, 9):
+            got = scene.read_image(v, out=buf)
+            assert np.shares_memory(got, buf)
+            np.testing.assert_array_equal(got, scene.read_image(v))
+        with pytest.raises(UsageError, match="image_buffer"):
+            scene.read_image(0, out=np.zeros(len(buf), np.uint8)[1:])
+        # a truncated file is refused with or without the buffer
+        path, offset, slot = scene.image_location(VIEWS - 1)
+        os.truncate(path, offset + slot // 2)
+        for out in (None, buf):
+            with pytest.raises(ChecksumError, match=rf"image {VIEWS - 1} .*truncated"):
+                scene.read_image(VIEWS - 1, out=out)
+
+
+def test_transforms_intrinsics_forms(tmp_path):
+    """camera_angle_x (and _y), fl_x/fl_y/cx/cy/w/h with distortion, per-frame values."""
+    import math
+
+    from PIL import Image
+
+    from oocstore.gs.photo_sources import read_transforms_views
+
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(tmp_path / "a.png")
+    eye = np.eye(4).tolist()
+
+    def views(doc):
+        (tmp_path / "t.json").write_text(json.dumps(doc))
+        return read_transforms_views(tmp_path / "t.json")
+
+    v = views({"camera_angle_x": 1.0, "frames": [{"file_path": "a", "transform_matrix": eye}]})
+    f = 20 / math.tan(0.5)
+    np.testing.assert_allclose(v[0].K, [[f, 0, 20], [0, f, 15], [0, 0, 1]])
+    assert (v[0].width, v[0].height, v[0].distorted, v[0].name) == (40, 30, False, "a.png")
+    # OpenGL camera-to-world identity: the camera looks down -z with y up
+    np.testing.assert_allclose(v[0].viewmat, np.diag([1.0, -1, -1, 1]))
+    v = views({"camera_angle_x": 1.0, "camera_angle_y": 0.8,
+               "frames": [{"file_path": "a.png", "transform_matrix": eye}]})
+    assert v[0].K[1, 1] == pytest.approx(15 / math.tan(0.4))
+    v = views({"fl_x": 50, "fl_y": 52, "cx": 19, "cy": 16, "w": 40, "h": 30, "k1": 0.1,
+               "p2": 0.01, "frames": [{"file_path": "a.png", "transform_matrix": eye},
+                                      {"file_path": "a.png", "transform_matrix": eye,
+                                       "fl_x": 60, "k1": 0.0}]})
+    np.testing.assert_allclose(v[0].K, [[50, 0, 19], [0, 52, 16], [0, 0, 1]])
+    assert v[0].distortion == (0.1, 0.0, 0.0, 0.01) and v[0].distorted
+    assert v[1].K[0, 0] == 60 and v[1].distortion == (0.0, 0.0, 0.0, 0.01)
+
+
+def test_colmap_source_forms_and_a_model_without_points(datasets, tmp_path, caplog):
+    """SRC may be the model (sparse/0), sparse/ or the dataset folder; a model without
+    points3D gets random initial points, with a warning."""
+    model = datasets["colmap"]
+    names = None
+    for i, src in enumerate((model, model.parent, model.parent.parent)):
+        with ingest_photos(src, tmp_path / f"s{i}", sh_degree=0) as scene:
+            assert scene.num_gaussians == N
+            names = names or scene.image_names
+            assert scene.image_names == names
+    root = tmp_path / "nopoints"
+    shutil.copytree(model.parent.parent, root)
+    (root / "sparse" / "0" / "points3D.txt").unlink()
+    report: dict = {}
+    with ingest_photos(root / "sparse" / "0", tmp_path / "r", init_points=123,
+                       report=report) as scene:
+        assert scene.num_gaussians == 123
+    assert report["init"].startswith("123 random points")
+    assert "has no 3D points" in caplog.text
+
+
+def test_images_survive_block_writes_and_reopen(datasets, tmp_path):
+    """A writer's commits (training, densification) keep the photos and their checks."""
+    with ingest_photos(datasets["colmap"], tmp_path / "s", block_size=128) as scene:
+        before = [scene.read_image(v).copy() for v in range(VIEWS)]
+        ids, rec = scene.read_block(0)
+        with scene.writer() as w:
+            rec = rec.copy()
+            rec[:, 0] += 0.01
+            w.write_block(0, ids, rec)
+            w.commit()
+        assert scene.has_images and scene.version == 3
+        for v in range(VIEWS):
+            np.testing.assert_array_equal(scene.read_image(v), before[v])
+    with Scene.open(tmp_path / "s") as scene:  # reopened for writing: orphan sweep ran
+        assert scene.num_images == VIEWS and list(scene.test_views) == [8, 9]
+        np.testing.assert_array_equal(scene.read_image(4), before[4])
+    assert main(["verify", str(tmp_path / "s")]) == 0

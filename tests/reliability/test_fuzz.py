@@ -27,12 +27,14 @@ _spec.loader.exec_module(fuzz)
 
 @pytest.mark.parametrize("component, examples", [("edgelist", 40), ("npz", 100),
                                                  ("planetoid", 50), ("catalog", 150),
-                                                 ("ply", 200), ("colmap", 200)])
+                                                 ("ply", 200), ("colmap", 200),
+                                                 ("colmap-bin", 100), ("transforms", 100)])
 def test_fuzz_component(tmp_path, component, examples):
     r = fuzz.run_component(component, examples, seed=1, tmp=tmp_path, deadline_ms=30000)
     assert r["findings"] == []
     assert r["inputs"] == examples and r["clean_errors"] > 0
-    if component in ("ply", "colmap"):  # valid inputs reach the scene ingest too
+    if component in ("ply", "colmap", "colmap-bin", "transforms"):  # valid inputs reach
+        # the scene ingest too
         assert r["parsed"] >= examples // 20, r
 
 
