@@ -111,6 +111,8 @@ def main(argv=None) -> int:
                     help="steps of the stream vs all-on-device identity check (0: skip)")
     ap.add_argument("--train-args", default="",
                     help="extra gs-train flags for every run, one string (e.g. '--random-background')")
+    ap.add_argument("--ingest-args", default="",
+                    help="extra ingest flags, one string (e.g. --ingest-args=--skip-missing-images)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dir", default=None, help="work directory (default: a temporary one)")
@@ -151,6 +153,7 @@ def main(argv=None) -> int:
         ingest_args += ["--init-points", args.init_points]
     if args.test_every is not None:
         ingest_args += ["--test-every", args.test_every]
+    ingest_args += args.ingest_args.split()
     base = work / "scene"
     ingest = oocstore("ingest", "scene", src, base, "--overwrite", *ingest_args, what="ingest")
     print(f"ingested {ingest['images']} images ({ingest.get('width')}x{ingest.get('height')}), "
@@ -193,7 +196,8 @@ def main(argv=None) -> int:
         "src": str(src.relative_to(REPO.parent)) if src.is_relative_to(REPO.parent) else str(src),
         "downscale": args.downscale, "image_size": run["render_size"],
         "train_views": run["train_views"], "test_views": run["heldout_views"],
-        "init": ingest.get("init"), "steps": args.steps, "seed": args.seed,
+        "init": ingest.get("init"), "images_missing_skipped": ingest.get("images_missing_skipped"),
+        "ingest_args": args.ingest_args.split(), "steps": args.steps, "seed": args.seed,
         "train_args": args.train_args, "threads": args.threads,
         "machine": f"{platform.machine()} {os.cpu_count()} cores (shared), no GPU: the "
                    "reference rasterizer, device = budgeted host memory",
