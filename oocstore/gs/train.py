@@ -425,12 +425,13 @@ def run_gs_training(path, cfg: GsTrainConfig, *,
             for tier, nbytes, what, fix in data:
                 if not (photos and tier == "cpu"):  # the image stream charges its own
                     held_charges.append(acct.charge(tier, nbytes, what, fix=fix))
-            if photos:  # check the stream's charge too, before anything is read
-                acct.charge(*data[0][:3], fix=data[0][3]).release()
-                pre = acct.charge(*data[0][:3], fix=data[0][3])
-            run.check(scene, vis_sets, edges[0], edges[1], acct)
-            if photos:
-                pre.release()
+            # the image stream's charge too (taken again by the stream once it starts)
+            pre = acct.charge(*data[0][:3], fix=data[0][3]) if photos else None
+            try:
+                run.check(scene, vis_sets, edges[0], edges[1], acct)
+            finally:
+                if pre is not None:
+                    pre.release()
         except BaseException:
             for c in held_charges:
                 c.release()
