@@ -238,6 +238,17 @@ class _Layout:
         self.disk_row_bytes = scene.disk_row_bytes
 
 
+def spans_from(edges: list[int], i: int, recipe) -> list[tuple[int, int]]:
+    """The segments from ``edges[i]`` up to the next densification (exclusive): the ones
+    trained on one layout of the blocks."""
+    out = [(edges[i], edges[i + 1])]
+    for j in range(i + 1, len(edges) - 1):
+        if recipe.refine_after(edges[j]):
+            break
+        out.append((edges[j], edges[j + 1]))
+    return out
+
+
 def segment_edges(steps: int, recipe, eval_every: int) -> list[int]:
     """Step counts where the run pauses (0, every densification, reset or evaluation, and
     ``steps``): a segment runs ``edges[i]`` -> ``edges[i + 1]``."""
@@ -301,27 +312,34 @@ class _Run:
             for c in held:
                 c.release()
 
-    def admit(self, scene, acct, first: int, last: int):
-        """The densification vetting: ``admit(counts, bounds)`` -> None or why not."""
-        from samplers.views import visibility_sets
-
+    def check_spans(self, scene, vis_sets, spans, acct) -> None:
+        """:meth:`check` every segment of ``spans`` in order, the default device budget
+        raised before each as the run raises it (restored afterwards)."""
         from .stream import TrainPlan
+
+        saved, saved_budget = self.dev_budget, acct.budget
+        try:
+            for first, last in spans:
+                if self.default_budget and self.cfg.mode != "all-on-device":
+                    self.dev_budget = max(self.dev_budget, self.grown_budget(
+                        scene, TrainPlan(self.views_all[first:last], vis_sets)))
+                    acct.budget = MemoryBudget(gpu=self.dev_budget, cpu=saved_budget.cpu)
+                self.check(scene, vis_sets, first, last, acct)
+        finally:
+            self.dev_budget, acct.budget = saved, saved_budget
+
+    def admit(self, scene, acct, spans):
+        """The densification vetting: ``admit(counts, bounds)`` -> None or why not, for
+        the segments ``spans`` the refined layout trains (until the next refinement)."""
+        from samplers.views import visibility_sets
 
         def admit(counts, bounds):
             lay = _Layout(scene, counts, bounds)
             vis = visibility_sets(bounds, self.cams)
-            saved, saved_budget = self.dev_budget, acct.budget
             try:
-                if self.default_budget and self.cfg.mode != "all-on-device":
-                    # the default budget would grow with the layout (as the run does)
-                    self.dev_budget = max(saved, self.grown_budget(
-                        lay, TrainPlan(self.views_all[first:last], vis)))
-                    acct.budget = MemoryBudget(gpu=self.dev_budget, cpu=saved_budget.cpu)
-                self.check(lay, vis, first, last, acct)
+                self.check_spans(lay, vis, spans, acct)
             except BudgetError as err:
                 return str(err)
-            finally:
-                self.dev_budget, acct.budget = saved, saved_budget
             return None
 
         return admit
@@ -428,7 +446,9 @@ def run_gs_training(path, cfg: GsTrainConfig, *,
             # the image stream's charge too (taken again by the stream once it starts)
             pre = acct.charge(*data[0][:3], fix=data[0][3]) if photos else None
             try:
-                run.check(scene, vis_sets, edges[0], edges[1], acct)
+                # every segment before the first densification (later ones: vetted
+                # with the refined layout before each densification writes)
+                run.check_spans(scene, vis_sets, spans_from(edges, 0, recipe), acct)
             finally:
                 if pre is not None:
                     pre.release()
@@ -492,7 +512,7 @@ def run_gs_training(path, cfg: GsTrainConfig, *,
         loop = dict(sh_max=sh_max, recipe=recipe, seed=cfg.seed, background=background)
         try:
             evaluate(0)
-            for first, last in zip(edges[:-1], edges[1:]):
+            for i, (first, last) in enumerate(zip(edges[:-1], edges[1:])):
                 if first:
                     if cfg.eval_every and first % cfg.eval_every == 0:
                         evaluate(first)
@@ -501,7 +521,8 @@ def run_gs_training(path, cfg: GsTrainConfig, *,
                         r = densify_scene(scene, stats, sscale, recipe.densify,
                                           cfg.seed + first,
                                           prune_large=recipe.prune_large_after(first),
-                                          admit=run.admit(scene, acct, first, last))
+                                          admit=run.admit(scene, acct,
+                                                          spans_from(edges, i, recipe)))
                         r["step"] = first
                         refinements.append(r)
                         curve.append([first, int(scene.num_gaussians)])

@@ -207,3 +207,18 @@ def test_evaluation_every_n_steps_reports_psnr_and_ssim(toy_scene, capsys):
     assert 0 < out["ssim_test"] <= 1 and out["lpips_test"] is None
     for k in ("train", "eval", "checkpoint", "plan", "checks"):
         assert out["stage_seconds"][k] >= 0
+
+
+def test_segments_checked_together_are_those_of_one_block_layout():
+    from oocstore.gs.recipe import resolve
+    from oocstore.gs.train import segment_edges, spans_from
+
+    r = resolve(100, densify_every=20, densify_from=30, densify_until=70,
+                opacity_reset_every=50)
+    edges = segment_edges(100, r, eval_every=25)
+    assert edges == [0, 25, 40, 50, 60, 75, 100]
+    # up front: every segment before the first densification (after step 40)
+    assert spans_from(edges, 0, r) == [(0, 25), (25, 40)]
+    # at the refinement after 40: its segments until the next one (after 60)
+    assert spans_from(edges, 2, r) == [(40, 50), (50, 60)]
+    assert spans_from(edges, 4, r) == [(60, 75), (75, 100)]
