@@ -25,9 +25,10 @@ The run, identical in every ``--mode`` except where the records live (see
    (logged), raised as densification grows the scene.
 3. **Checks, before any write.** Flags, device, data (the image size against the SSIM
    window, non-empty splits), the device working set of the largest view, and every
-   budget charge of the first segment (the store's, the image prefetch buffers or the
-   synthetic targets, the step's target image) are checked on a scratch ledger. A run
-   refused here leaves the scene byte-identical.
+   budget charge of every segment before the first densification (the store's, the
+   image prefetch buffers or the synthetic targets, the step's target image) are checked
+   on a scratch ledger. A run refused here leaves the scene byte-identical. Each
+   densification vets its layout against the segments it trains, before it writes.
 4. **Steps.** Render the step's candidate rows at the active SH degree (on the random
    or the scene's background), loss against the target image (photos: streamed by
    :class:`~oocstore.gs.images.ImageStream`, a few images at a time inside the CPU
