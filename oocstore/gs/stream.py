@@ -43,7 +43,12 @@ On ``--device cpu`` the device region is host memory charged to the ``gpu`` tier
 budget, and ``bytes_h2d`` / ``bytes_d2h`` count copies into and out of it. Charged to
 the device budget: the slots (schedule budget) plus the step batch (the largest step's
 rows: records, and the parameter gradient). Charged to the CPU budget: the CPU tier's
-slots, the prefetch buffers and the write-back buffers.
+slots, the prefetch buffers and the write-back buffers. Each mode's fixed charges are
+listed by its ``requirements`` class method, so a caller can check them against the
+budget before it writes anything (the CPU tier takes whatever the rest leaves).
+
+Learning rates: a fixed ``lr`` [P], or ``lr_at(step) -> [P]`` for schedules (the
+recipe's decaying position rate), looked up with the global step of each Adam step.
 """
 
 from __future__ import annotations
@@ -54,7 +59,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -74,6 +79,8 @@ ID_BYTES = 8
 #: count each up to ``CUDA_BLOCK_SLACK`` above its size (see
 #: :mod:`oocstore.tiers.staging`): charged once per buffer.
 STREAM_CUDA_BUFFERS = 6
+#: Dirty blocks the streamer's write-back may hold in flight (each charged to the CPU).
+WRITE_BACKS = 2
 
 
 def allocator_slack(device) -> int:
@@ -166,8 +173,10 @@ class _RowStore:
     """Shared parts of the modes: plan bookkeeping, the Adam step, traffic counters."""
 
     def __init__(self, scene, plan: TrainPlan, *, device, accountant: BudgetAccountant,
-                 adam: AdamConfig, lr: torch.Tensor, step_offset: int = 0):
+                 adam: AdamConfig, lr: torch.Tensor, step_offset: int = 0,
+                 lr_at: Callable[[int], torch.Tensor] | None = None):
         self.scene, self.plan = scene, plan
+        self.lr_at = lr_at
         self.device = torch.device(device)
         self.accountant = accountant
         self.adam = adam
@@ -184,6 +193,12 @@ class _RowStore:
         self._charges.append(c)
         return c
 
+    @classmethod
+    def requirements(cls, scene, plan: TrainPlan, *, device="cpu",
+                     prefetch_depth: int = 2) -> list[tuple[str, int, str, str | None]]:
+        """The fixed charges of a store over ``plan``: ``(tier, bytes, what, fix)``."""
+        return []
+
     def _batch(self, ids: torch.Tensor, rec: torch.Tensor, rows) -> StepBatch:
         p = self.p
         params = rec[:, :p].clone().requires_grad_(True)
@@ -196,8 +211,9 @@ class _RowStore:
         if grad is None:
             grad = torch.zeros_like(batch.params)
         params = batch.params.detach()
+        lr = self.lr if self.lr_at is None else self.lr_at(batch.step).to(self.device)
         masked_adam_(params, batch.exp_avg, batch.exp_avg_sq, grad, mask.to(params.device),
-                     self.lr, batch.step, self.adam)
+                     lr, batch.step, self.adam)
         return torch.cat([params, batch.exp_avg, batch.exp_avg_sq], dim=1)
 
     def begin_step(self) -> StepBatch:
@@ -239,9 +255,8 @@ class _TableStore(_RowStore):
         counts = scene.block_counts
         self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         n = int(self.starts[-1])
-        tier = "gpu" if table_device == "device" else "cpu"
-        self._charge(tier, n * (self.rb + ID_BYTES), "every Gaussian record",
-                     fix=f"raise the {tier} budget, or use --mode stream")
+        for req in self.requirements(scene, plan, device=self.device):
+            self._charge(*req)
         self.on_device = table_device == "device"
         where = self.device if self.on_device else torch.device("cpu")
         self.table = torch.empty(n, 3 * self.p, dtype=torch.float32, device=where)
@@ -253,6 +268,12 @@ class _TableStore(_RowStore):
             self.ids[lo:hi] = torch.from_numpy(ids)
             self.traffic.bytes_ssd_read += len(ids) * scene.disk_row_bytes
         self.dirty = np.zeros(scene.num_blocks, dtype=bool)
+
+    @staticmethod
+    def _table_charge(scene, tier: str) -> tuple[str, int, str, str]:
+        n = int(np.asarray(scene.block_counts).sum())
+        return (tier, n * (scene.record_bytes + ID_BYTES), "every Gaussian record",
+                f"raise the {tier} budget, or use --mode stream")
 
     def _resident(self) -> list:
         return [self.table, self.ids]
@@ -281,6 +302,10 @@ class AllOnDevice(_TableStore):
         super().__init__(scene, plan, table_device="device", **kw)
         self.traffic.bytes_h2d += self.table.numel() * 4
 
+    @classmethod
+    def requirements(cls, scene, plan, *, device="cpu", prefetch_depth=2):
+        return [cls._table_charge(scene, "gpu")]
+
     def _begin(self, vis):
         rows = self._rows(vis).to(self.device)
         return self._batch(self.ids.index_select(0, rows), self.table.index_select(0, rows), rows)
@@ -295,11 +320,15 @@ class NaiveOffload(_TableStore):
 
     def __init__(self, scene, plan, **kw):
         super().__init__(scene, plan, table_device="host", **kw)
+
+    @classmethod
+    def requirements(cls, scene, plan, *, device="cpu", prefetch_depth=2):
         view, need = largest_view(scene, plan)
         counts = scene.block_counts
         rows = max((int(counts[plan.vis_sets[v]].sum()) for v in np.unique(plan.views)), default=0)
-        self._charge("gpu", step_batch_bytes(rows, scene), "the step batch",
-                     fix=f"the largest view ({view}) needs {format_size(need)}: raise --gpu-budget")
+        return [cls._table_charge(scene, "cpu"),
+                ("gpu", step_batch_bytes(rows, scene), "the step batch",
+                 f"the largest view ({view}) needs {format_size(need)}: raise --gpu-budget")]
 
     def _begin(self, vis):
         rows = self._rows(vis)
@@ -334,20 +363,10 @@ class Streamer(_RowStore):
         bb = block_bytes(scene)
         cap = scene.block_capacity
         self.cap, self.bb = cap, bb
-        counts = scene.block_counts
-        max_rows = max((int(counts[plan.vis_sets[v]].sum()) for v in np.unique(plan.views)),
-                       default=0)
-        batch_bytes = step_batch_bytes(max_rows, scene)
         slots = max(1, int(plan.schedule.budget_bytes) // bb)
-        view, need = largest_view(scene, plan)
-        fix = (f"the largest view ({view}) needs {format_size(need)}: raise --gpu-budget to at "
-               f"least {format_size(need)} ({need} bytes)")
-        self._charge("gpu", slots * bb, f"{slots} device block slots", fix=fix)
-        self._charge("gpu", batch_bytes, "the step batch", fix=fix)
-        slack = allocator_slack(self.device)
-        if slack:
-            self._charge("gpu", slack, "the CUDA allocator's rounding of the device buffers",
-                         fix=fix)
+        for req in self.requirements(scene, plan, device=self.device,
+                                     prefetch_depth=prefetch_depth):
+            self._charge(*req)
         dev = self.device
         self.slab = torch.zeros(slots * cap, 3 * self.p, dtype=torch.float32, device=dev)
         self.slab_ids = torch.zeros(slots * cap, dtype=torch.int64, device=dev)
@@ -360,15 +379,9 @@ class Streamer(_RowStore):
         for s, v in enumerate(plan.views):
             for b in plan.vis_sets[v]:
                 self.uses.setdefault(int(b), []).append(s)
-        # CPU tier, prefetch and write-back buffers
-        loads = [len(st.load) for st in plan.schedule.steps]
-        max_load = max(loads, default=0) * bb
+        # CPU tier (prefetch and write-back buffers: charged with the requirements)
         self.prefetch_depth = prefetch_depth
-        self._charge("cpu", (prefetch_depth + 1) * max_load, "prefetch buffers",
-                     fix="lower the prefetch depth, or raise --cpu-budget")
-        self.max_pending = 2
-        self._charge("cpu", self.max_pending * bb, "write-back buffers",
-                     fix="raise --cpu-budget")
+        self.max_pending = WRITE_BACKS
         avail = self.accountant.available("cpu")
         cpu_slots = (scene.num_blocks if avail is None else max(0, avail // bb))
         cpu_slots = min(cpu_slots, scene.num_blocks)
@@ -387,6 +400,30 @@ class Streamer(_RowStore):
         self.traffic.extra.update(device_slots=slots, cpu_slots=cpu_slots)
         log.info("streaming: %d device slots of %s, %d CPU tier slots, prefetch depth %d",
                  slots, format_size(bb), cpu_slots, prefetch_depth)
+
+    @classmethod
+    def requirements(cls, scene, plan, *, device="cpu", prefetch_depth=2):
+        if plan.schedule is None:
+            raise UsageError("streaming needs the plan's block schedule "
+                             "(samplers.views.belady_block_schedule)")
+        bb = block_bytes(scene)
+        counts = scene.block_counts
+        max_rows = max((int(counts[plan.vis_sets[v]].sum()) for v in np.unique(plan.views)),
+                       default=0)
+        slots = max(1, int(plan.schedule.budget_bytes) // bb)
+        view, need = largest_view(scene, plan)
+        fix = (f"the largest view ({view}) needs {format_size(need)}: raise --gpu-budget to at "
+               f"least {format_size(need)} ({need} bytes)")
+        out = [("gpu", slots * bb, f"{slots} device block slots", fix),
+               ("gpu", step_batch_bytes(max_rows, scene), "the step batch", fix)]
+        slack = allocator_slack(device)
+        if slack:
+            out.append(("gpu", slack, "the CUDA allocator's rounding of the device buffers", fix))
+        max_load = max((len(st.load) for st in plan.schedule.steps), default=0) * bb
+        out.append(("cpu", (prefetch_depth + 1) * max_load, "prefetch buffers",
+                    "lower the prefetch depth, or raise --cpu-budget"))
+        out.append(("cpu", WRITE_BACKS * bb, "write-back buffers", "raise --cpu-budget"))
+        return out
 
     # -- background threads ---------------------------------------------------------
     def _prefetch(self, item):
@@ -557,13 +594,15 @@ MODES = {"stream": Streamer, "all-on-device": AllOnDevice, "naive-offload": Naiv
 
 def check_device_budget(scene, plan: TrainPlan, budget: int, slack: int = 0) -> None:
     """BudgetError naming the largest view and the minimum when it does not fit (with
-    ``slack``, :func:`allocator_slack`, on top)."""
+    ``slack`` on top: :func:`allocator_slack`, and what else the caller keeps on the
+    device, such as the step's target image)."""
     view, need = largest_view(scene, plan)
     need += slack
     if need > budget:
         raise BudgetError(
             f"view {view} needs a device working set of {format_size(need)} ({need} bytes: its "
-            f"visible blocks plus the step batch{' and allocator slack' if slack else ''}), more "
+            f"visible blocks plus the step batch"
+            f"{f' and {slack} bytes of other device buffers' if slack else ''}), more "
             f"than the device budget "
             f"{format_size(budget)}: raise --gpu-budget to at least {format_size(need)}, or "
             "re-ingest with smaller blocks")

@@ -34,7 +34,7 @@ def toy_scene(tmp_path):
 
 
 def run_json(capsys, *args) -> dict:
-    assert main(["gs-train", *map(str, args), "--json", "--quiet"]) == 0
+    assert main(["gs-train", *map(str, args), "--json", "--quiet", "--threads", "1"]) == 0
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
@@ -123,3 +123,102 @@ def test_corrupt_block_is_one_error_line_unless_verify_reads_is_off(toy_scene, c
     assert "--no-verify-reads" in err and "Traceback" not in err
     out = run_json(capsys, toy_scene, "--steps", 2, "--no-verify-reads")
     assert out["verify_reads"] is False and out["steps"] == 2
+
+
+def snapshot(path) -> dict:
+    """Every file of a store and its bytes, except LMDB's reader lock table (``lock.mdb``:
+    runtime state that any open rewrites, no data)."""
+    from pathlib import Path
+
+    return {str(f.relative_to(path)): f.read_bytes() for f in sorted(Path(path).rglob("*"))
+            if f.is_file() and f.name != "lock.mdb"}
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--cpu-budget", "60KiB"], "prefetch buffers"),  # refused after the student, before
+    (["--gpu-budget", "4KiB"], "raise --gpu-budget to at least"),
+    (["--sh-degree", "2"], "--sh-degree 2 must lie in 0..0"),
+    (["--target", "photos"], "holds no images"),
+    (["--ssim-lambda", "0.2", "--size", "20x10"], "smaller than the 11x11 SSIM window"),
+    (["--densify-every", "-3"], "--densify-every"),
+])
+def test_refused_run_leaves_the_scene_byte_identical(toy_scene, capsys, args, match):
+    before = snapshot(toy_scene)
+    assert main(["gs-train", str(toy_scene), "--steps", "2", "--quiet", *args]) == 2
+    err = capsys.readouterr().err
+    assert match in err and "Traceback" not in err
+    assert snapshot(toy_scene) == before
+
+
+def _need_bytes(toy_scene, capsys) -> int:
+    import re
+
+    assert main(["gs-train", str(toy_scene), "--steps", "6", "--gpu-budget", "1KiB",
+                 "--quiet"]) == 2
+    return int(re.search(r"\((\d+) bytes", capsys.readouterr().err).group(1))
+
+
+def test_growth_that_would_not_fit_the_device_budget_is_refused_before_it_is_written(
+        toy_scene, capsys):
+    budget = _need_bytes(toy_scene, capsys)  # the initial layout fits exactly
+    out = run_json(capsys, toy_scene, "--steps", 6, "--densify-every", 3, "--grow-grad2d", 0,
+                   "--gpu-budget", budget)
+    r = out["refinements"][0]
+    assert r["growth"] in ("refused", "skipped") and "device budget" in r["refused_because"]
+    assert r["cloned"] == r["split"] == 0
+    assert out["gaussians"]["end"] == 400 - r["pruned"]
+    assert out["peak_gpu_bytes"] <= budget and out["device_budget"] == budget
+    assert main(["verify", str(toy_scene), "--quiet"]) == 0
+
+
+def test_growth_within_the_budget_goes_ahead(toy_scene, capsys):
+    out = run_json(capsys, toy_scene, "--steps", 6, "--densify-every", 3, "--grow-grad2d", 0,
+                   "--gpu-budget", "64MiB")
+    r = out["refinements"][0]
+    assert r["growth"] == "done" and r["cloned"] + r["split"] > 0
+    assert out["gaussians_curve"] == [[0, 400], [3, out["gaussians"]["end"]],
+                                      [6, out["gaussians"]["end"]]]
+
+
+def test_sh_schedule_keeps_higher_coefficients_until_their_degree_is_on(tmp_path, capsys):
+    from oocstore.gs.synthetic import random_scene
+
+    random_scene(tmp_path / "s", 1500, 1, block_size=256).close()
+    with Scene.open(tmp_path / "s", readonly=True) as scene:
+        _, rec0 = scene.read_all()
+    out = run_json(capsys, tmp_path / "s", "--steps", 4, "--sh-every", 1000, "--seed", 3)
+    assert out["recipe"]["sh_every"] == 1000
+    with Scene.open(tmp_path / "s", readonly=True) as scene:
+        _, rec1 = scene.read_all()
+    p = layout.param_width(1)
+    rest = slice(layout.SH_START + 3, p)  # degree-1 coefficients: frozen at the student's
+    moved = np.abs(rec1[:, :p] - rec0[:, :p]).max(0)
+    assert moved[layout.SH_START:layout.SH_START + 3].max() > 0  # DC trained (and perturbed)
+    # the student's perturbation moved them once; training (degree 0) left the moments at 0
+    assert np.all(rec1[:, p + rest.start:p + rest.stop] == 0)
+    assert np.all(rec1[:, 2 * p + rest.start:2 * p + rest.stop] == 0)
+    assert np.any(rec1[:, p + layout.SH_START:p + layout.SH_START + 3] != 0)
+
+
+def test_evaluation_every_n_steps_reports_psnr_and_ssim(toy_scene, capsys):
+    out = run_json(capsys, toy_scene, "--steps", 4, "--eval-every", 2)
+    assert [e["step"] for e in out["evals"]] == [0, 2, 4]
+    assert out["psnr_test"] == out["evals"][-1]["psnr"] and out["ssim_test"] is not None
+    assert 0 < out["ssim_test"] <= 1 and out["lpips_test"] is None
+    for k in ("train", "eval", "checkpoint", "plan", "checks"):
+        assert out["stage_seconds"][k] >= 0
+
+
+def test_segments_checked_together_are_those_of_one_block_layout():
+    from oocstore.gs.recipe import resolve
+    from oocstore.gs.train import segment_edges, spans_from
+
+    r = resolve(100, densify_every=20, densify_from=30, densify_until=70,
+                opacity_reset_every=50)
+    edges = segment_edges(100, r, eval_every=25)
+    assert edges == [0, 25, 40, 50, 60, 75, 100]
+    # up front: every segment before the first densification (after step 40)
+    assert spans_from(edges, 0, r) == [(0, 25), (25, 40)]
+    # at the refinement after 40: its segments until the next one (after 60)
+    assert spans_from(edges, 2, r) == [(40, 50), (50, 60)]
+    assert spans_from(edges, 4, r) == [(60, 75), (75, 100)]

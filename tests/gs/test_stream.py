@@ -174,7 +174,7 @@ def test_cuda_runs_charge_the_allocator_slack_up_front(trained_setup):
         plan = TrainPlan(plan_views, vis)
         _, need = largest_view(scene, plan)
         check_device_budget(scene, plan, need)  # fits exactly off CUDA
-        with pytest.raises(BudgetError, match="plus the step batch and allocator slack"):
+        with pytest.raises(BudgetError, match=f"plus the step batch and {slack} bytes of other device buffers"):
             check_device_budget(scene, plan, need + slack - 1, slack)
         budget = need + 4 * slack
         # the slots' share shrinks by exactly the slack
