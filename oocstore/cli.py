@@ -299,8 +299,10 @@ def _add_pack(sub) -> None:
                     "predicts epoch load time from bandwidths probed on this disk.")
     p.add_argument("store", metavar="STORE")
     p.add_argument("--plan", default=None,
-                   help="plan to pack (default: the most recent one); for a plan sampled with "
-                        "--world-size, every shard (under torchrun: each rank its own)")
+                   help="plan to pack (default: the most recent train-split plan; under "
+                        "torchrun, the most recent one for this world size); for a plan "
+                        "sampled with --world-size, every shard (under torchrun: each rank "
+                        "its own)")
     p.add_argument("--name", default=None,
                    help="pack name (default: the plan's name; NAME.rankR for shards)")
     p.add_argument("--gpu-cache", type=_size, default=None, metavar="SIZE",
@@ -434,6 +436,9 @@ def _add_train(sub) -> None:
     p.add_argument("--plan", default=None, help="training plan or shard group (default: the most "
                                                 "recent train-split plan for this world size, "
                                                 "and its most recent pack)")
+    p.add_argument("--allow-eval-split", action="store_true",
+                   help="train on a --plan of the val or test split (refused otherwise: it "
+                        "fits the model to the nodes it is evaluated on); says so when it does")
     p.add_argument("--epochs", type=int, required=True, help="training epochs")
     p.add_argument("--hidden", type=int, default=256, help="hidden units (default 256)")
     p.add_argument("--lr", type=float, default=0.003, help="Adam learning rate (default 0.003)")
@@ -485,7 +490,8 @@ def _train_and_report(args, *, report: bool = True) -> int:
     cfg = TrainConfig(epochs=args.epochs, hidden=args.hidden, lr=args.lr, dropout=args.dropout,
                       device=args.device, cpu_budget=args.cpu_budget, gpu_budget=args.gpu_budget,
                       in_memory=args.in_memory, backend=args.backend, seed=args.seed,
-                      checkpoint=args.checkpoint, resume=args.resume)
+                      checkpoint=args.checkpoint, resume=args.resume,
+                      allow_eval_split=args.allow_eval_split)
     # train may commit evaluation plans and packs (and writes checkpoints) before it stops:
     # an interrupt or a failure after that says exactly what was written.
     writes = WriteLog(args.store)

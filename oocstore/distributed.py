@@ -56,27 +56,75 @@ def group_of(meta: PlanMeta) -> str:
     return meta.shard_group or meta.name
 
 
-def default_plan(store: Store, world_size: int = 1, *, split: str | None = None) -> str:
-    """The most recently sampled plan (or shard group) for ``world_size`` ranks, of
-    ``split`` if given; falls back to the newest plan of any world size (so that a
-    mismatch is reported by :func:`resolve_plan` with its fix)."""
+#: The split whose plans are trained on, and chosen when no plan is named.
+TRAIN_SPLIT = "train"
+
+
+def is_evaluation_split(split: str) -> bool:
+    """Whether a plan of ``split`` samples held-out nodes (``val``, ``test`` or any other
+    named split of the store but ``train``); ``custom`` (explicit seeds the caller gave)
+    is not one."""
+    return split not in (TRAIN_SPLIT, "custom")
+
+
+def default_plan(store: Store, world_size: int | None = 1, *, split: str | None = TRAIN_SPLIT
+                 ) -> str:
+    """The most recently sampled plan (or shard group) of ``split`` (the training split
+    unless told otherwise; ``None``: any split) for ``world_size`` ranks (``None``: any).
+
+    Falls back to the newest plan of ``split`` for another world size, so that the
+    mismatch is reported by :func:`resolve_plan` with its fix. A plan of another split is
+    never chosen for the training split: evaluation plans (``val``, ``val-eval``, ...)
+    are read only when named."""
     plans = list_plans(store)
     cands = {n: m for n, m in plans.items() if split is None or m.split == split}
     if not cands:
         what = f"{split!r} plan" if split else "plan"
-        raise StoreNotFoundError(f"store {store.path} has no {what}: create one with "
-                                 f"`oocstore sample {store.path} --fanouts 10,5 --batch-size 1024`")
-    fitting = {n: m for n, m in cands.items() if m.shard_world_size == world_size}
+        others = sorted({f"{group_of(m)} ({m.split})" for m in plans.values()})
+        have = f" (it has: {', '.join(others)})" if others else ""
+        flags = "" if split in (None, TRAIN_SPLIT) else f" --split {split}"
+        raise StoreNotFoundError(f"store {store.path} has no {what}{have}: create one with "
+                                 f"`oocstore sample {store.path}{flags} --fanouts 10,5 "
+                                 "--batch-size 1024`, or name the plan to use")
+    fitting = {n: m for n, m in cands.items()
+               if world_size is None or m.shard_world_size == world_size}
 
     def newest(n: str) -> tuple[int, str]:
         return store.array_meta(cands[n].arrays["index"]).version, n
 
-    return group_of(cands[max(fitting or cands, key=newest)])
+    chosen = group_of(cands[max(fitting or cands, key=newest)])
+    log.info("no plan named: using %r, the most recent %s plan of %s", chosen,
+             split or "sampled", store.path)
+    return chosen
+
+
+def check_training_plan(store: Store, name: str, *, allow_eval_split: bool = False) -> PlanMeta:
+    """The meta of plan ``name`` (a plan, shard or shard group) that a run is about to
+    train on; refuses a plan of an evaluation split unless ``allow_eval_split`` (the
+    caller then says, once, that it trains on one). Training on held-out nodes makes
+    their accuracy meaningless, so it is never done without being asked for."""
+    plans = list_plans(store)
+    meta = plans.get(name)
+    if meta is None:
+        shards = group_shards(store, name, plans)
+        if not shards:
+            raise StoreNotFoundError(f"store {store.path} has no plan {name!r}")
+        meta = shards[min(shards)]
+    if is_evaluation_split(meta.split):
+        if not allow_eval_split:
+            raise UsageError(
+                f"plan {group_of(meta)!r} of {store.path} samples the {meta.split!r} split, "
+                "not the training split: training on it would fit the model to the nodes it "
+                f"is evaluated on; train on a {TRAIN_SPLIT!r}-split plan (name none to use the "
+                "most recent one), or pass allow_eval_split=True (--allow-eval-split) to "
+                "train on it deliberately")
+    return meta
 
 
 def resolve_plan(store: Store, plan: str | None, *, rank: int = 0, world_size: int = 1) -> str:
     """The name of the plan rank ``rank`` of ``world_size`` reads for ``plan`` (a plan
-    name, a shard group name or a shard name; ``None``: :func:`default_plan`)."""
+    name, a shard group name or a shard name; ``None``: :func:`default_plan`, the most
+    recent training plan for this world size)."""
     rank, world_size = check_rank(rank, world_size)
     plans = list_plans(store)
     if plan is None:
@@ -117,10 +165,13 @@ def resolve_plan(store: Store, plan: str | None, *, rank: int = 0, world_size: i
 
 def plans_to_pack(store: Store, plan: str | None) -> list[str]:
     """The plans ``oocstore pack --plan PLAN`` packs outside ``torchrun``: every current
-    shard of a group (in rank order), else the one plan."""
+    shard of a group (in rank order), else the one plan. Without ``plan``: the most
+    recently sampled training plan or shard group, for whatever world size it was
+    sampled (outside ``torchrun`` the world size is not known; that is the plan the user
+    just sampled for training)."""
     plans = list_plans(store)
     if plan is None:
-        plan = default_plan(store, 1)
+        plan = default_plan(store, None)
     meta = plans.get(plan)
     if meta is not None and not meta.sharded:
         return [plan]

@@ -62,6 +62,7 @@ class TrainConfig:
     checkpoint: str | None = None
     resume: bool = False
     writer_wait: float = WRITER_WAIT_S  # s to wait for another writer (evaluation plans)
+    allow_eval_split: bool = False  # train on a plan of val/test (refused otherwise)
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -72,9 +73,12 @@ class TrainConfig:
             raise UsageError("--resume needs --checkpoint DIR (where the run saved its state)")
 
 
-def train_plan(store: Store, name: str | None, rank: int = 0, world_size: int = 1) -> str:
+def train_plan(store: Store, name: str | None, rank: int = 0, world_size: int = 1, *,
+               allow_eval_split: bool = False) -> str:
     """The training plan this rank reads: ``name`` (a plan or a shard group), or the
-    newest training plan for this world size; for a group, the rank's shard."""
+    newest training plan for this world size; for a group, the rank's shard. A plan of
+    an evaluation split is refused unless ``allow_eval_split``
+    (:func:`~oocstore.distributed.check_training_plan`)."""
     plans = list_plans(store)
     if name:
         if name not in plans and not dist.group_shards(store, name, plans):
@@ -87,7 +91,9 @@ def train_plan(store: Store, name: str | None, rank: int = 0, world_size: int = 
             raise UsageError(f"store {store.path} has no training plan: create one with "
                              f"`oocstore sample {store.path} --fanouts 10,5 --batch-size 1024`")
         name = dist.default_plan(store, world_size, split="train")
-    return dist.resolve_plan(store, name, rank=rank, world_size=world_size)
+    resolved = dist.resolve_plan(store, name, rank=rank, world_size=world_size)
+    dist.check_training_plan(store, resolved, allow_eval_split=allow_eval_split)
+    return resolved
 
 
 def _status(key: str) -> int | None:
@@ -148,7 +154,12 @@ def run_training(store_path: str | os.PathLike, plan: str | None, cfg: TrainConf
     store = Store(store_path)
     try:
         def resolve():
-            name = train_plan(store, plan, rank, world)
+            name = train_plan(store, plan, rank, world, allow_eval_split=cfg.allow_eval_split)
+            meta = list_plans(store)[name]
+            if rank == 0 and dist.is_evaluation_split(meta.split):  # allowed: said once
+                log.warning("training on plan %r of the %r split (allow_eval_split): accuracy "
+                            "on that split is no longer a held-out estimate",
+                            dist.group_of(meta), meta.split)
             pack = None if cfg.in_memory else latest_pack(store, name)
             evals = {s: dist.resolve_plan(store, f"{s}-eval", rank=rank, world_size=world)
                      for s in ("val", "test") if s in store.splits}
@@ -187,13 +198,13 @@ def _prepare(store_path, plan: str | None, cfg: TrainConfig, budget: MemoryBudge
     budgets — and only then commits them (:mod:`.prepare`). The other ranks wait."""
     def check() -> None:
         with Store(store_path) as store:
-            name = train_plan(store, plan, rank, world)
+            name = train_plan(store, plan, rank, world, allow_eval_split=cfg.allow_eval_split)
             if not cfg.in_memory:
                 check_loader_fits(store, latest_pack(store, name), budget, device.type)
 
     def prepare() -> None:
         def look(store: Store, sample: bool):
-            name = train_plan(store, plan, rank, world)
+            name = train_plan(store, plan, rank, world, allow_eval_split=cfg.allow_eval_split)
             pack = None if cfg.in_memory else latest_pack(store, name)
             return plan_eval(store, PlanReader(store, name).meta, pack, cfg.seed, budget,
                              device.type, world, sample=sample)
@@ -321,7 +332,8 @@ def _check_resume(store_path, plan: str | None, cfg: TrainConfig, rank: int, wor
     """Refuse, before anything is written, a checkpoint this run cannot resume from: it
     is loaded into a model built like the run's (random states left untouched)."""
     with Store(store_path) as store, torch.random.fork_rng(devices=[]):
-        reader = PlanReader(store, train_plan(store, plan, rank, world))
+        reader = PlanReader(store, train_plan(store, plan, rank, world,
+                                              allow_eval_split=cfg.allow_eval_split))
         model = _model(store, reader, cfg, torch.device("cpu"))
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
         state = np.random.get_state(), random.getstate()
