@@ -69,8 +69,18 @@ def is_evaluation_split(split: str) -> bool:
 
 def default_plan(store: Store, world_size: int | None = 1, *, split: str | None = TRAIN_SPLIT
                  ) -> str:
-    """The most recently sampled plan (or shard group) of ``split`` (the training split
-    unless told otherwise; ``None``: any split) for ``world_size`` ranks (``None``: any).
+    """The name (a plan's, or a shard group's) of :func:`newest_plan`."""
+    chosen = group_of(newest_plan(store, world_size, split=split))
+    log.info("no plan named: using %r, the most recent %s plan of %s", chosen,
+             split or "sampled", store.path)
+    return chosen
+
+
+def newest_plan(store: Store, world_size: int | None = 1, *, split: str | None = TRAIN_SPLIT
+                ) -> PlanMeta:
+    """The meta of the most recently sampled plan (of a shard, for a shard group) of
+    ``split`` (the training split unless told otherwise; ``None``: any split) for
+    ``world_size`` ranks (``None``: any).
 
     Falls back to the newest plan of ``split`` for another world size, so that the
     mismatch is reported by :func:`resolve_plan` with its fix. A plan of another split is
@@ -92,10 +102,7 @@ def default_plan(store: Store, world_size: int | None = 1, *, split: str | None 
     def newest(n: str) -> tuple[int, str]:
         return store.array_meta(cands[n].arrays["index"]).version, n
 
-    chosen = group_of(cands[max(fitting or cands, key=newest)])
-    log.info("no plan named: using %r, the most recent %s plan of %s", chosen,
-             split or "sampled", store.path)
-    return chosen
+    return cands[max(fitting or cands, key=newest)]
 
 
 def check_training_plan(store: Store, name: str, *, allow_eval_split: bool = False) -> PlanMeta:
@@ -171,8 +178,14 @@ def plans_to_pack(store: Store, plan: str | None) -> list[str]:
     just sampled for training)."""
     plans = list_plans(store)
     if plan is None:
-        plan = default_plan(store, None)
-    meta = plans.get(plan)
+        # By the chosen plan's meta, not its name: a shard group may share its name with
+        # an older unsharded plan.
+        meta = newest_plan(store, None)
+        log.info("no --plan: packing %r, the most recent training plan of %s",
+                 group_of(meta), store.path)
+        plan = group_of(meta)
+    else:
+        meta = plans.get(plan)
     if meta is not None and not meta.sharded:
         return [plan]
     group = meta.shard_group if meta is not None else plan

@@ -102,3 +102,18 @@ def test_train_on_an_evaluation_plan_when_allowed_says_so_once(tmp_path, caplog)
     warned = [r.getMessage() for r in caplog.records if "allow_eval_split" in r.getMessage()]
     assert warned == ["training on plan 'val' of the 'val' split (allow_eval_split): accuracy "
                       "on that split is no longer a held-out estimate"]
+
+
+def test_pack_without_plan_packs_new_shards_beside_an_unsharded_plan_of_that_name(tmp_path):
+    path = make_synthetic(tmp_path / "p", nodes=400, avg_degree=4.0)
+    sample_plan(path, fanouts="2", batch_size=50, name="train")
+    with Store(path, readonly=False) as s:
+        pack_plan(s, "train", options=PackOptions(cpu_cache=0))
+    sample_plan(path, fanouts="2", batch_size=25, world_size=2)  # group 'train', newer
+    sample_plan(path, fanouts="all", batch_size=100, split="val", name="val")
+    assert main(["pack", str(path), "--cpu-cache", "0", "--quiet"]) == 0
+    with Store(path) as s:
+        assert sorted(m.plan for m in list_packs(s).values()) == [
+            "train", "train.rank0", "train.rank1"]
+        assert resolve_plan(s, None, rank=1, world_size=2) == "train.rank1"
+        assert resolve_plan(s, None) == "train"
