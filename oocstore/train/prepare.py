@@ -2,7 +2,8 @@
 
 ``train`` measures validation and test accuracy through one-epoch plans on those splits
 (``val-eval``, ``test-eval``: the training plan's fanouts and batch size, sharded like
-it), packed with the training pack's CPU cache shrunk to fit the CPU budget. When the
+it), packed with the training pack's CPU cache shrunk to fit the CPU budget, each pack
+within :data:`EVAL_DISK_SHARE` x the feature bytes on disk. When the
 store lacks them, ``train`` creates them — and a command that will be refused must
 write nothing. So preparation runs in two phases:
 
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -348,9 +350,45 @@ def _eval_pack_options(store: Store, plan, ref: PackMeta, budget: MemoryBudget,
                 "sampled with a smaller --batch-size")
         opts = PackOptions(cpu_cache=max(0, min(opts.cpu_cache, budget.cpu - floor["cpu"])),
                            max_disk_blowup=blowup, cpu_budget=budget.cpu, gpu_budget=gpu_budget)
+    opts = _within_eval_disk_share(store, plan, opts)
     if opts.cpu_budget is not None or opts.gpu_budget is not None:
         check_budget(plan_layout(store, plan, opts), opts, name)
     return opts
+
+
+#: Disk an evaluation pack may take, tiers and segments together, as a multiple of the
+#: feature bytes. Evaluation reads each plan once per evaluation, so packing it at the
+#: training pack's blowup (4x by default, for each of val and test) would more than
+#: double a store for little gain; batches past the share read rows from the base array.
+EVAL_DISK_SHARE = 1.0
+
+
+def _within_eval_disk_share(store: Store, plan, opts: PackOptions) -> PackOptions:
+    """``opts`` with the segments' cap lowered so that the pack's tier rows plus its
+    segments stay within :data:`EVAL_DISK_SHARE` x the feature bytes. The segment
+    length stays what the packer picks under ``opts``' cap. Batches left unpacked need
+    read buffers for their base-array rows; where that no longer fits ``opts``' CPU
+    budget, the memory budget wins and ``opts`` is kept (the budget is a hard limit,
+    the disk share a default)."""
+    feature_bytes = store.array_meta("features").nbytes
+    if not feature_bytes:
+        return opts
+    tiers = min(opts.cpu_cache + opts.gpu_cache, feature_bytes)
+    share = max(0.0, EVAL_DISK_SHARE - tiers / feature_bytes)
+    if share >= opts.max_disk_blowup:
+        return opts
+    segment_batches = opts.segment_batches or plan_layout(store, plan, opts).segment_batches
+    shared = PackOptions(**{**opts.__dict__, "max_disk_blowup": math.floor(share * 1e6) / 1e6,
+                            "segment_batches": segment_batches})
+    if opts.cpu_budget is not None:
+        need = plan_layout(store, plan, shared).min_working_set["cpu"]
+        if need > opts.cpu_budget:
+            log.info("evaluation pack of plan %r: packed up to its %gx disk cap, not the %gx "
+                     "share (the share's row reads need %s > cpu budget %s)", plan.name,
+                     opts.max_disk_blowup, EVAL_DISK_SHARE, format_size(need),
+                     format_size(opts.cpu_budget))
+            return opts
+    return shared
 
 
 # -- the writes ---------------------------------------------------------------------------
