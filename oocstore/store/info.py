@@ -9,6 +9,7 @@ import numpy as np
 from ..units import format_size
 from .format import FORMAT_VERSION
 from .store import Store
+from .usage import disk_usage, format_disk_usage
 
 
 def store_info(store: Store) -> dict[str, Any]:
@@ -51,6 +52,7 @@ def store_info(store: Store) -> dict[str, Any]:
     info["splits"] = {k: int(store.array_meta(v).shape[0]) for k, v in sorted(store.splits.items())}
     info["plans"] = plans_info(store)
     info["packs"] = packs_info(store)
+    info["disk"] = disk_usage(store)
     if store.get("scene") is not None:
         from ..gs.scene import scene_info  # scenes build on the store, not back
 
@@ -158,6 +160,8 @@ def format_info(info: dict[str, Any]) -> str:
         lines.append(f"    {name:<24} {a['dtype']:<8} {shape:<18} {format_size(a['bytes']):>11}  {a['file']}")
     lines.extend(format_plans(info.get("plans", {})))
     lines.extend(format_packs(info.get("packs", {})))
+    if "disk" in info:
+        lines.extend(format_disk_usage(info["disk"]))
     if "scene" in info:
         from ..gs.scene import format_scene_info
 
