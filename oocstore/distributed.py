@@ -7,6 +7,10 @@ oocstore does not launch processes: ``torchrun`` (or any launcher that initialis
 * maps ``(plan, rank, world_size)`` to the rank's plan shard (:func:`resolve_plan`),
   refusing a world size that does not match the plan's shard count, or a shard that is
   missing, with the command that fixes it;
+* chooses the plan a command uses when none is named: the most recent plan of the
+  **train** split (:func:`default_plan`), never a newer plan of ``val`` or ``test``
+  (``val``, ``val-eval``, ...), and refuses to train on such a plan unless asked to
+  (:func:`check_training_plan`);
 * reads the launcher's variables when the CLI passes them in (:func:`launch_info`; the
   library itself never reads the environment) and opens the process group (gloo on
   CPU, nccl on CUDA);

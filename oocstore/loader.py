@@ -47,6 +47,11 @@ is initialised, else 0 / 1) select the rank's shard of a plan sampled with
 ``--world-size`` (``oocstore/distributed.py``, ``docs/DISTRIBUTED.md``); ``plan`` is then
 the shard group's name. Each rank's loader has its own budget.
 
+Plan choice: without ``plan`` the loader reads the most recently sampled plan of the
+**train** split for its world size (:func:`~oocstore.distributed.default_plan`), never a
+newer ``val`` or ``*-eval`` plan; a plan of another split is read only when named (an
+evaluation loader names its plan), and ``split`` says which split a loader reads.
+
 Integrity: with ``verify_reads`` (the default) every checksum chunk a packed-segment
 read covers is checked before its rows are used, and a mismatch raises
 :class:`~oocstore.errors.ChecksumError` naming the batch and the file in the training
@@ -193,6 +198,7 @@ class NodeLoader:
         if self.reader.meta.plan != self.plan_name:
             raise UsageError(f"pack {self.pack_name!r} was made from plan "
                              f"{self.reader.meta.plan!r}, not {self.plan_name!r}")
+        self.split: str = self.reader.plan.meta.split  # "train", "val", "test", "custom"
         self._charges = []
         self._ring: StagingRing | None = None
         self._stream = None

@@ -52,9 +52,10 @@ def test_node_loader_without_a_plan_reads_the_training_plan(store):
     with Store(store) as s, NodeLoader(s, device="cpu", budget=MemoryBudget(),
                                        rank=0, world_size=1) as loader:
         assert loader.plan_name == "train" and loader.pack_name == "train"
+        assert loader.split == "train"
     # A named evaluation plan is still readable (evaluation loaders name theirs).
     with Store(store) as s, NodeLoader(s, "test-eval", rank=0, world_size=1) as loader:
-        assert loader.plan_name == "test-eval"
+        assert loader.plan_name == "test-eval" and loader.split == "test"
 
 
 def test_no_training_plan_is_refused_with_the_fix(tmp_path):
