@@ -103,7 +103,7 @@ def extract(markdown: str) -> list[Command]:
             continue
         if line.startswith("```"):
             if lang == "bash":
-                for cmd in block:
+                for cmd in _join_continued(block):
                     words = shlex.split(cmd, comments=True)
                     if words:
                         out.append(Command(section, len(out), "bash", shlex.join(words)))
@@ -113,6 +113,19 @@ def extract(markdown: str) -> list[Command]:
             continue
         block.append(line)
     return out
+
+
+def _join_continued(lines: list[str]) -> list[str]:
+    """Shell lines with ``\\`` continuations joined into one command each."""
+    out: list[str] = []
+    pending = ""
+    for line in lines:
+        if line.rstrip().endswith("\\"):
+            pending += line.rstrip()[:-1] + " "
+        else:
+            out.append(pending + line)
+            pending = ""
+    return out + ([pending] if pending else [])
 
 
 def toy_argv(words: list[str]) -> list[str]:
@@ -178,16 +191,19 @@ def test_extract_and_toy_argv():
         ```bash
         oocstore sample OUT --epochs 10 --batch-size 1024  # a comment
         oocstore inspect OUT [--json]
+        oocstore train OUT \\
+            --epochs 5
         ```
         ```python
         x = 1
         ```
         """)
     cmds = extract(md)
-    assert [(c.section, c.kind) for c in cmds] == [("A", "bash"), ("A", "bash"), ("A", "python")]
+    assert [(c.section, c.kind) for c in cmds] == [("A", "bash")] * 3 + [("A", "python")]
     assert toy_argv(shlex.split(cmds[0].text)) == ["oocstore", "sample", "OUT", "--epochs", "2",
                                                    "--batch-size", "128"]
     assert toy_argv(shlex.split(cmds[1].text)) == ["oocstore", "inspect", "OUT", "--json"]
+    assert toy_argv(shlex.split(cmds[2].text)) == ["oocstore", "train", "OUT", "--epochs", "1"]
 
 
 @pytest.fixture(scope="module")
