@@ -4,6 +4,8 @@ Every data file on disk is attributed to exactly one owner: the base arrays (fea
 graph, labels, splits, scene blocks), a plan, a pack (its tier rows, its segments, its
 tables), or nobody — files the current catalog no longer names (superseded by a commit
 while a reader held the old version, or left by a crash), which ``oocstore gc`` frees.
+Packs made from a plan that was removed or re-sampled since (unreadable, see
+:func:`~oocstore.store.gc.stale_packs`) are named with the bytes ``oocstore rm`` frees.
 The plans and packs that ``oocstore train`` creates for evaluation (``*-eval``, see
 ``oocstore/train/prepare.py``) are totalled apart, since the user never asked for them
 by name. Sizes are the files' sizes (4 KiB-aligned), so the parts add up to the total
@@ -21,6 +23,7 @@ from typing import Any
 
 from ..units import format_size
 from .catalog import CATALOG_DIR
+from .gc import stale_packs
 from .store import Store
 
 #: Pack arrays holding tier rows and segments; the other pack arrays are its tables.
@@ -96,6 +99,7 @@ def disk_usage(store: Store) -> dict[str, Any]:
                                 if is_eval_name(p["plan"] or k)),
         "unreachable_bytes": unreachable_bytes,
         "unreachable_files": [f for f, _ in unreachable],
+        "stale_packs": {n: packs[n]["bytes"] for n in stale_packs(store) if n in packs},
     }
 
 
@@ -114,6 +118,9 @@ def format_disk_usage(d: dict[str, Any]) -> list[str]:
         lines.append(f"    pack {name}: {format_size(p['bytes'])} (tier rows "
                      f"{format_size(p['tiers_bytes'])}, segments {format_size(p['segments_bytes'])}, "
                      f"tables {format_size(p['tables_bytes'])})")
+    for name, size in d["stale_packs"].items():
+        lines.append(f"    pack {name} was made from a plan that is gone or re-sampled: "
+                     f"`oocstore rm STORE --pack {name}` frees {format_size(size)}")
     if d["unreachable_files"]:
         lines.append(f"    {len(d['unreachable_files'])} file(s) no longer in the catalog "
                      f"({format_size(d['unreachable_bytes'])}): `oocstore gc` frees those no "

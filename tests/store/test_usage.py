@@ -96,3 +96,14 @@ def test_a_replaced_pack_held_by_a_reader_is_unreachable_until_gc(store, capsys)
     with Store(store) as s:
         assert disk_usage(s)["unreachable_bytes"] == 0
     assert not old.exists()
+
+
+def test_a_pack_of_a_resampled_plan_is_named_with_what_rm_frees(store, capsys):
+    assert main(["sample", store, "--fanouts", "3", "--batch-size", "100", "--overwrite",
+                 "--quiet"]) == 0
+    with Store(store) as s:
+        d = disk_usage(s)
+    assert d["stale_packs"] == {"train": d["packs"]["train"]["bytes"]}
+    assert main(["inspect", store]) == 0
+    assert ("pack train was made from a plan that is gone or re-sampled: `oocstore rm STORE "
+            "--pack train` frees") in capsys.readouterr().out
