@@ -107,3 +107,14 @@ def test_a_pack_of_a_resampled_plan_is_named_with_what_rm_frees(store, capsys):
     assert main(["inspect", store]) == 0
     assert ("pack train was made from a plan that is gone or re-sampled: `oocstore rm STORE "
             "--pack train` frees") in capsys.readouterr().out
+
+
+def test_a_replaced_pack_without_readers_leaves_nothing_behind(store):
+    with Store(store) as s:
+        before = disk_usage(s)
+        old = s.path / s.array_meta("pack/train/cpu_rows").file
+    assert main(["pack", store, "--cpu-cache", "0", "--overwrite", "--quiet"]) == 0
+    with Store(store) as s:
+        after = disk_usage(s)
+    assert not old.exists() and after["unreachable_bytes"] == 0
+    assert after["packs"]["train"]["tiers_bytes"] < before["packs"]["train"]["tiers_bytes"]
