@@ -116,8 +116,9 @@ def format_disk_usage(d: dict[str, Any]) -> list[str]:
                      f"{format_size(d['eval_plans_bytes'] + d['eval_packs_bytes'])}")
     for name, p in d["packs"].items():
         lines.append(f"    pack {name}: {format_size(p['bytes'])} (tier rows "
-                     f"{format_size(p['tiers_bytes'])}, segments {format_size(p['segments_bytes'])}, "
-                     f"tables {format_size(p['tables_bytes'])})")
+                     f"{format_size(p['tiers_bytes'])}, segments "
+                     f"{format_size(p['segments_bytes'])}, tables "
+                     f"{format_size(p['tables_bytes'])})")
     for name, size in d["stale_packs"].items():
         lines.append(f"    pack {name} was made from a plan that is gone or re-sampled: "
                      f"`oocstore rm STORE --pack {name}` frees {format_size(size)}")

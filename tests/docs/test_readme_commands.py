@@ -168,7 +168,8 @@ def skip_reason(cmd: Command) -> str | None:
         if w.startswith("../shared/data/"):
             rel = _toy_data(w[len("../shared/data/"):])
             if not (REAL_DATA / rel).exists():
-                return f"{REAL_DATA / rel} is not present (the shared data folder beside the checkout)"
+                return (f"{REAL_DATA / rel} is not present (the shared data folder beside "
+                        "the checkout)")
     return None
 
 
