@@ -45,3 +45,22 @@ def test_eval_packs_stay_within_their_disk_share(tmp_path, capsys, cpu_cache):
             assert on_disk <= EVAL_DISK_SHARE * features
             assert p.packed_batches < p.total_batches  # the share, not the plan, limited it
         assert packs["train"].blowup > 2  # the training pack kept its own cap
+
+
+def test_defaults_keep_the_store_within_the_readme_figure(tmp_path, capsys):
+    """README, "Disk space": with the defaults (one training pack, train's evaluation
+    packs) feature rows on disk stay within 1 + (1 + 4) + 2 = 8x the feature bytes."""
+    from oocstore.store.usage import disk_usage
+
+    path = str(tmp_path / "s")
+    assert main(["ingest", "synthetic", path, "--nodes", "2000", "--feat-dim", "16",
+                 "--avg-degree", "8", "--quiet"]) == 0
+    assert main(["sample", path, "--fanouts", "5,5", "--batch-size", "64", "--quiet"]) == 0
+    assert main(["pack", path, "--cpu-cache", "0", "--quiet"]) == 0
+    assert main(["train", path, "--epochs", "1", "--hidden", "8", "--quiet"]) == 0
+    with Store(path) as s:
+        d = disk_usage(s)
+    rows = sum(p["tiers_bytes"] + p["segments_bytes"] for p in d["packs"].values())
+    assert set(d["packs"]) == {"train", "val-eval", "test-eval"}
+    assert d["packs"]["train"]["segments_bytes"] > 3 * d["feature_bytes"]  # near its 4x cap
+    assert d["feature_bytes"] + rows <= 8 * d["feature_bytes"]
