@@ -75,8 +75,8 @@ from oocstore.errors import UsageError  # noqa: E402
 PLAN = "gnn-ooc"
 GiB, MiB, MB = 1 << 30, 1 << 20, 1e6
 #: Loaders whose reads go through the page cache: the only ones timed on a window.
-WINDOWED = ("pyg-mmap", "dgl", "ginex-python")
-LIMITED = ("pyg-mmap", "dgl", "ginex-python", "ginex-native", "oocstore")
+WINDOWED = ("pyg-mmap", "pyg-mmap-random", "dgl", "ginex-python")
+LIMITED = ("pyg-mmap", "pyg-mmap-random", "dgl", "ginex-python", "ginex-native", "oocstore")
 TARGETS = {"vs_pyg_mmap": 20.0, "vs_dgl": 20.0, "vs_ginex_native": 3.0, "vs_graphbolt": 3.0,
            "cache25_vs_in_memory": 1.5}
 EPOCHS = (1, 5, 20)
@@ -183,9 +183,40 @@ class Timeline:
                 "transfer": "none on a CPU device (the batch is the staging buffer)"}
 
 
+#: Rows gathered per fancy-index call by the page-cache loaders, so that their time cap
+#: (``--window-seconds``) can end a window inside a batch that takes minutes.
+GATHER_CHUNK = 8192
+
+
+def capped_gather(feats, ids: np.ndarray, deadline: float) -> tuple[np.ndarray, int]:
+    """``feats[ids]`` in chunks of :data:`GATHER_CHUNK` rows through the page cache; stops
+    after the chunk that passes ``deadline`` (``perf_counter`` time). Returns the rows
+    gathered and how many."""
+    out = np.empty((ids.size, feats.shape[1]), dtype=feats.dtype)
+    done = 0
+    while done < ids.size:
+        j = min(ids.size, done + GATHER_CHUNK)
+        out[done:j] = feats[ids[done:j]]
+        done = j
+        if time.perf_counter() > deadline:
+            break
+    return out, done
+
+
+def open_memmap(path, fm, random: bool):
+    feats = np.memmap(path, dtype=fm.np_dtype, mode="r", offset=fm.offset, shape=fm.shape)
+    if random:
+        import mmap
+
+        feats._mmap.madvise(mmap.MADV_RANDOM)  # no read-around on a fault: one page per row
+    return feats
+
+
 def worker_pyg_mmap(spec, store, plan, model, opt) -> dict:
-    """Features as one ``np.memmap``, rows gathered through the page cache; cold per batch
-    in the eviction view only."""
+    """Features as one ``np.memmap``, rows gathered through the page cache (``-random``:
+    with ``MADV_RANDOM``, the best a user can do for random rows); cold per batch in the
+    eviction view only. Stops after ``spec["max_seconds"]`` of loading+training (inside a
+    batch if need be): the epoch is then extrapolated by rows."""
     import torch
 
     from gnn_loaders import _evict, _labels, _Run, _step
@@ -194,28 +225,40 @@ def worker_pyg_mmap(spec, store, plan, model, opt) -> dict:
     fm = store.array_meta("features")
     path = store.file_path(fm)
     per_batch = spec["view"] == "evict"
-    feats = np.memmap(path, dtype=fm.np_dtype, mode="r", offset=fm.offset, shape=fm.shape)
-    fbytes = 0
+    random = spec["loader"].endswith("-random")
+    feats = open_memmap(path, fm, random)
+    fbytes = done_batches = 0
     run = _Run()
+    deadline = run.t0 + spec.get("max_seconds", float("inf"))
+    partial = False
     for b in range(spec["batches"]):
         sample = plan.read_batch(0, b)
         io = read_bytes()
         t = time.perf_counter()
-        x = torch.from_numpy(feats[sample.input_nodes])
+        x, n = capped_gather(feats, sample.input_nodes, deadline + run.excluded)
         run.load += time.perf_counter() - t
         fbytes += read_bytes() - io
-        run.rows += x.shape[0]
+        run.rows += n
+        if n < x.shape[0]:
+            partial = True  # the time cap ended the window inside this batch: no step
+            break
         if per_batch:
             t = time.perf_counter()
             del feats
             _evict([str(path)])
-            feats = np.memmap(path, dtype=fm.np_dtype, mode="r", offset=fm.offset,
-                              shape=fm.shape)
+            feats = open_memmap(path, fm, random)
             run.excluded += time.perf_counter() - t
-        _step(model, opt, sample, x, labels[torch.from_numpy(sample.seeds.astype(np.int64))])
+        _step(model, opt, sample, torch.from_numpy(x),
+              labels[torch.from_numpy(sample.seeds.astype(np.int64))])
+        done_batches += 1
+        if time.perf_counter() > deadline + run.excluded:
+            break
     res = run.result(setup_s=0.0, cold="per-batch" if per_batch else "once (page cache kept)")
     res["bytes_read"] = fbytes
     res["useful_bytes"] = res["rows"] * fm.row_bytes
+    res["batches_done"] = done_batches + (1 if partial else 0)
+    res["partial_last_batch"] = partial
+    res["madvise"] = "MADV_RANDOM" if random else "none (the kernel's read-around)"
     return res
 
 
@@ -324,7 +367,7 @@ def worker_in_memory(spec, store, plan, model, opt) -> dict:
     return gnn_loaders.worker_in_memory(spec, store, plan, model, opt)
 
 
-WORKERS = {"pyg-mmap": worker_pyg_mmap, "ginex-native": worker_ginex_native,
+WORKERS = {"pyg-mmap": worker_pyg_mmap, "pyg-mmap-random": worker_pyg_mmap, "ginex-native": worker_ginex_native,
            "ginex-python": worker_ginex_python, "oocstore": worker_oocstore,
            "oocstore-cache25": worker_oocstore, "in-memory": worker_in_memory}
 
@@ -346,8 +389,9 @@ def run_worker(spec: dict) -> dict:
         _warm_up(model, opt, plan, spec)
         rss_ready = rss_bytes()
         res = WORKERS[spec["loader"]](spec, store, plan, model, opt)
-    res.update(loader=spec["loader"], batches=spec["batches"], peak_rss_bytes=peak_rss_bytes(),
-               rss_after_imports_bytes=rss0, rss_before_loader_bytes=rss_ready)
+    res.update(loader=spec["loader"], batches=res.pop("batches_done", spec["batches"]),
+               peak_rss_bytes=peak_rss_bytes(), rss_after_imports_bytes=rss0,
+               rss_before_loader_bytes=rss_ready)
     return res
 
 
@@ -432,6 +476,8 @@ def setup(args, workdir: Path) -> dict:
         meta_c = pack(PLAN + "-c", PackOptions(cpu_cache=cache25, max_disk_blowup=4.0),
                       "25 % cpu cache")
         labels = np.asarray(store.array("labels"))
+        indptr, indices = store.csc()
+        graph_bytes = 8 * (len(indptr) + len(indices))  # as int64, DGL's default id type
         from gnn_loaders import store_files
 
         files = [str(store.file_path(fm))] + [f for f in store_files(spath)
@@ -448,6 +494,8 @@ def setup(args, workdir: Path) -> dict:
         cfg = {"store": str(spath), "plan": PLAN, "feat_dim": int(fm.shape[1]),
                "dtype": str(fm.np_dtype), "nodes": int(fm.shape[0]), "row_bytes": int(rb),
                "feature_bytes": int(fbytes), "classes": int(labels.max()) + 1,
+               "graph_bytes_int64": int(graph_bytes),
+               "epoch_rows": int(np.asarray(plan.index())[:, 3].sum()),
                "layers": plan.meta.num_layers, "fanouts": args.fanouts,
                "batch_size": args.batch_size, "epoch_batches": plan.num_batches(0),
                "files": files, "labels_bytes": int(meta_a.min_working_set["labels_bytes"]),
@@ -481,7 +529,7 @@ def run_loader(name: str, cfg: dict, args, workdir: Path, *, view: str, batches:
             "budget": budget, "batches": batches, "hidden": args.hidden, "seed": 0,
             "threads": args.threads, "files": cfg["files"], "feat_dim": cfg["feat_dim"],
             "dtype": cfg["dtype"], "classes": cfg["classes"], "layers": cfg["layers"],
-            "evict_per_batch": view == "evict",
+            "evict_per_batch": view == "evict", "max_seconds": args.window_seconds,
             "ginex": {"cache_rows": ginex_cache_rows(cfg, budget, qd),
                       "superbatch": args.superbatch, "io_threads": qd, "qd": qd}}
     if args.in_process and name != "dgl":
@@ -513,17 +561,19 @@ def run_loader(name: str, cfg: dict, args, workdir: Path, *, view: str, batches:
     return res
 
 
-def finish(v: dict, epoch_batches: int) -> dict:
-    """Derived fields: whole-epoch time (measured, or extrapolated from a window and
-    labelled so), amplification, bandwidth."""
+def finish(v: dict, epoch_batches: int, epoch_rows: int) -> dict:
+    """Derived fields: whole-epoch time (measured, or extrapolated from a window by the
+    feature rows it delivered, and labelled so), amplification, bandwidth."""
     if v.get("failed"):
         return v
     k = v["batches"]
     v["epoch_batches"] = epoch_batches
-    v["window"] = k != epoch_batches
-    v["epoch_full_s"] = v["epoch_time_s"] * epoch_batches / k
-    v["epoch_full_basis"] = (f"extrapolated from the first {k} of {epoch_batches} batches"
-                             if v["window"] else "measured (whole epoch)")
+    v["window"] = k != epoch_batches or v.get("partial_last_batch", False)
+    v["epoch_full_s"] = v["epoch_time_s"] * (epoch_rows / v["rows"] if v["window"] else 1.0)
+    part = " (the last one in part: the time cap)" if v.get("partial_last_batch") else ""
+    v["epoch_full_basis"] = (f"extrapolated from the first {k} of {epoch_batches} batches{part}, "
+                             f"{v['rows']:,} of {epoch_rows:,} rows" if v["window"]
+                             else "measured (whole epoch)")
     u = v.get("useful_bytes") or 0
     v["read_amplification"] = v["bytes_read"] / u if u else None
     v["effective_bandwidth_Bps"] = u / v["load_time_s"] if u and v["load_time_s"] else None
@@ -624,6 +674,7 @@ def check_targets(res: dict) -> dict:
 
     why = bottleneck(ooc) if ooc and not ooc.get("failed") else None
     for key, name, goal in (("pyg-mmap", "vs_pyg_mmap", TARGETS["vs_pyg_mmap"]),
+                            ("pyg-mmap-random", "vs_pyg_mmap", TARGETS["vs_pyg_mmap"]),
                             ("dgl", "vs_dgl", TARGETS["vs_dgl"]),
                             ("ginex-native", "vs_ginex_native", TARGETS["vs_ginex_native"])):
         label = f"oocstore epoch vs {key} (x faster)"
@@ -636,7 +687,8 @@ def check_targets(res: dict) -> dict:
             b = L[key]
             add(label, b["epoch_full_s"] / ooc["epoch_full_s"], goal,
                 why=why + (f"; {key}: {b['epoch_full_basis']}" if b.get("window") else ""),
-                epochs=f"{key}: {b['epoch_full_basis']}; oocstore: {ooc['epoch_full_basis']}")
+                epochs=f"{key}: {b['epoch_full_basis']}; oocstore: {ooc['epoch_full_basis']}"
+                + (f"; {key}: {b['limit_note']}" if b.get("limit_note") else ""))
     gb = res.get("graphbolt", {})
     add("oocstore epoch vs GraphBolt DiskBasedFeature (x faster)", None,
         TARGETS["vs_graphbolt"], reason=gb.get("reason", "not run")) if not gb.get("runs") \
@@ -703,10 +755,24 @@ def run_view(view: str, cfg: dict, args, workdir: Path) -> dict:
         t = time.perf_counter()
         res = run_loader(name, cfg, args, workdir, view=view, batches=nb, budget=budget,
                          limit=lim)
+        if name == "dgl" and lim and (res.get("memcg") or {}).get("oom_killed"):
+            # DGL holds the whole graph in memory (oocstore and pyg-mmap read sampled
+            # blocks): at the limit it is killed before its first batch. Run it again with
+            # the limit raised by twice the graph's int64 size (its copy and DGL's), so the
+            # features get the same page-cache share as the other loaders'.
+            first = res
+            lim = lim + 2 * cfg["graph_bytes_int64"]
+            log(f"[{view}] dgl: OOM-killed at the limit; again with {lim / MiB:.0f} MiB ...")
+            res = run_loader(name, cfg, args, workdir, view=view, batches=nb, budget=budget,
+                             limit=lim)
+            res["at_the_limit"] = {"failed": first.get("failed"), "memcg": first.get("memcg")}
+            res["limit_note"] = (f"OOM-killed at the {args.limit / MiB:.0f} MiB limit (the graph "
+                                 f"in memory: {cfg['graph_bytes_int64'] / MiB:.0f} MiB as int64); "
+                                 f"ran with {lim / MiB:.0f} MiB = the limit + twice the graph")
         res["wall_s"] = time.perf_counter() - t
         res["budget_bytes"] = budget
         res["limit_bytes"] = lim
-        L[name] = finish(res, E)
+        L[name] = finish(res, E, cfg["epoch_rows"])
     out = {"view": view, "loaders": L, "skipped": skipped,
            "cgroup": limit is not None,
            "page_cache": ("kept (the cgroup's share)" if view == "limited" else
@@ -755,6 +821,9 @@ def print_report(res: dict) -> None:
                   f"{x['peak_rss_bytes'] / MiB:8.0f}M {cgm} {fc} {oom:>4} {rx}")
         for k, why in v["skipped"].items():
             print(f"  {k:<17} skipped: {why}")
+        for k, x in L.items():
+            if x.get("limit_note"):
+                print(f"  {k}: {x['limit_note']}")
         for k in ("ginex-native", "ginex-python"):
             g = L.get(k)
             if g and not g.get("failed") and g.get("reads_per_s"):
@@ -791,6 +860,8 @@ def print_report(res: dict) -> None:
         vs = f"{val / MiB:.0f} MiB" if "budget" in name else f"{val:.3g}"
         goal = f"{t['target'] / MiB:.0f} MiB" if "budget" in name else f"{t['target']:g}"
         line = f"  target {name}: {vs} (goal {op} {goal}) {'met' if t['met'] else 'NOT met'}"
+        if t.get("epochs"):
+            line += f" ({t['epochs']})"
         if t.get("condition"):
             line += f" [{t['condition']}]"
         if not t["met"] and t.get("bottleneck"):
@@ -875,6 +946,9 @@ def main(argv: list[str] | None = None) -> dict:
                         "limit holds the interpreter, torch and the model)")
     p.add_argument("--window", type=int, default=16,
                    help="batches timed for the page-cache loaders (pyg-mmap, dgl, ginex-python)")
+    p.add_argument("--window-seconds", type=float, default=150,
+                   help="the page-cache loaders stop their window after this long (inside a "
+                        "batch if need be); the epoch is extrapolated by rows")
     p.add_argument("--evict-window", type=int, default=16,
                    help="batches timed per loader in the eviction view")
     p.add_argument("--views", default="limited,evict")

@@ -40,7 +40,7 @@ def test_quick_output_structure(quick):
     assert res["bench"] == "gnn_ooc" and res["quick"]
     assert set(res["views"]) == {"limited", "evict"}
     lim = res["views"]["limited"]["loaders"]
-    assert {"pyg-mmap", "ginex-python", "ginex-native", "oocstore", "in-memory",
+    assert {"pyg-mmap", "pyg-mmap-random", "ginex-python", "ginex-native", "oocstore", "in-memory",
             "oocstore-cache25"} <= set(lim)
     assert res["views"]["limited"]["skipped"]["dgl"] == "--skip"
     E = res["config"]["epoch_batches"]
@@ -51,7 +51,8 @@ def test_quick_output_structure(quick):
         # whole epochs except the page-cache loaders, which say they are extrapolated
         assert v["window"] == (name in gnn_ooc.WINDOWED), name
         assert (v["batches"] == E) != v["window"]
-        assert v["epoch_full_s"] == pytest.approx(v["epoch_time_s"] * E / v["batches"])
+        rows = res["config"]["epoch_rows"]
+        assert v["epoch_full_s"] == pytest.approx(v["epoch_time_s"] * rows / v["rows"])
         assert ("extrapolated" in v["epoch_full_basis"]) == v["window"]
     ooc = lim["oocstore"]
     assert ooc["bytes_read"] > 0 and ooc["read_amplification"] >= 1.0
