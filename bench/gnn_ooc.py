@@ -644,8 +644,14 @@ def bottleneck(o: dict) -> str:
     k, v = max(parts.items(), key=lambda kv: kv[1])
     wait = o.get("train_pass_wait_s", 0.0)
     compute = o["epoch_time_s"] - wait
-    return (f"{k}: {v:.2f} s of a {load:.2f} s load pass; the training epoch spent {compute:.2f} s "
-            f"computing and {wait:.2f} s waiting for data")
+    loading = f"{k}: {v:.2f} s of a {load:.2f} s load pass"
+    if compute > wait:
+        # reads and assembly overlap the training steps: the epoch is the compute
+        return (f"compute (the GraphSAGE steps): {compute:.2f} s of the {o['epoch_time_s']:.2f} s "
+                f"training epoch, which waited {wait:.2f} s for data (loading alone, without "
+                f"compute: {loading})")
+    return (f"{loading}; the training epoch spent {compute:.2f} s computing and {wait:.2f} s "
+            "waiting for data")
 
 
 def check_targets(res: dict) -> dict:
@@ -673,6 +679,8 @@ def check_targets(res: dict) -> dict:
         return k in L and not L[k].get("failed")
 
     why = bottleneck(ooc) if ooc and not ooc.get("failed") else None
+    mem = L.get("in-memory")
+    ceiling = mem["epoch_full_s"] if mem and not mem.get("failed") else None
     for key, name, goal in (("pyg-mmap", "vs_pyg_mmap", TARGETS["vs_pyg_mmap"]),
                             ("pyg-mmap-random", "vs_pyg_mmap", TARGETS["vs_pyg_mmap"]),
                             ("dgl", "vs_dgl", TARGETS["vs_dgl"]),
@@ -685,15 +693,18 @@ def check_targets(res: dict) -> dict:
                 or v.get("skipped", {}).get(key, "not run"))
         else:
             b = L[key]
+            cap = (f"; the in-memory epoch (no loading at all) takes {ceiling:.1f} s: no loader "
+                   f"can be more than {b['epoch_full_s'] / ceiling:.2f}x faster than {key} here"
+                   if ceiling else "")
             add(label, b["epoch_full_s"] / ooc["epoch_full_s"], goal,
-                why=why + (f"; {key}: {b['epoch_full_basis']}" if b.get("window") else ""),
+                why=why + cap + (f"; {key}: {b['epoch_full_basis']}" if b.get("window") else ""),
                 epochs=f"{key}: {b['epoch_full_basis']}; oocstore: {ooc['epoch_full_basis']}"
                 + (f"; {key}: {b['limit_note']}" if b.get("limit_note") else ""))
     gb = res.get("graphbolt", {})
     add("oocstore epoch vs GraphBolt DiskBasedFeature (x faster)", None,
         TARGETS["vs_graphbolt"], reason=gb.get("reason", "not run")) if not gb.get("runs") \
         else None
-    c25, mem = L.get("oocstore-cache25"), L.get("in-memory")
+    c25 = L.get("oocstore-cache25")
     if c25 and mem and not c25.get("failed") and not mem.get("failed"):
         compute = mem["epoch_time_s"] - mem["load_time_s"]
         add("oocstore epoch (25 % cache) / in-memory epoch", c25["epoch_full_s"] /
@@ -780,6 +791,22 @@ def run_view(view: str, cfg: dict, args, workdir: Path) -> dict:
     return out
 
 
+def read_ahead_kb(path: Path) -> int | None:
+    """The read-ahead of the block device under ``path`` (``/sys/block/*/queue``): what a
+    page fault of ``np.memmap`` reads around the row it needs (8 MiB on this machine's
+    disk; 128 KiB is the common default)."""
+    try:
+        dev = os.stat(path).st_dev
+        base = Path(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}").resolve()
+        for d in (base, base.parent):
+            f = d / "queue" / "read_ahead_kb"
+            if f.is_file():
+                return int(f.read_text())
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def describe(v: dict) -> str:
     if v.get("failed"):
         return "failed"
@@ -802,7 +829,7 @@ def print_report(res: dict) -> None:
         print(f"\n[{view}] page cache {v['page_cache']}; cgroup {'yes' if v['cgroup'] else 'no'}")
         print(f"  {'loader':<17} {'batches':>7} {'load s':>8} {'epoch s':>8} {'full epoch s':>12} "
               f"{'basis':<7} {'MB read':>9} {'amplif.':>8} {'peak RSS':>9} {'cg max':>8} "
-              f"{'failcnt':>8} {'OOM':>4} {'x ooc':>7}")
+              f"{'failcnt':>8} {'OOM':>4} {'x ooc':>7} {'load x':>7}")
         L = v["loaders"]
         ref = L.get("oocstore")
         for k, x in L.items():
@@ -814,8 +841,9 @@ def print_report(res: dict) -> None:
                 print(f"  {k:<17} FAILED: {x['failed']} {cgm} {fc} {oom:>4}")
                 continue
             amp = f"{x['read_amplification']:8.2f}" if x.get("read_amplification") else f"{'-':>8}"
-            rx = (f"{x['epoch_full_s'] / ref['epoch_full_s']:7.1f}"
-                  if ref and not ref.get("failed") else f"{'-':>7}")
+            r = v.get("ratios", {}).get(k)
+            rx = (f"{r['epoch_x']:7.1f} {r['load_x']:7.1f}" if r else
+                  f"{'1':>7} {'1':>7}" if k == "oocstore" else f"{'-':>7} {'-':>7}")
             print(f"  {k:<17} {x['batches']:7d} {x['load_time_s']:8.2f} {x['epoch_time_s']:8.2f} "
                   f"{x['epoch_full_s']:12.1f} {describe(x):<7} {x['bytes_read'] / MB:9.0f} {amp} "
                   f"{x['peak_rss_bytes'] / MiB:8.0f}M {cgm} {fc} {oom:>4} {rx}")
@@ -834,8 +862,9 @@ def print_report(res: dict) -> None:
         if gn.get("reads_per_s") and gp.get("reads_per_s"):
             print(f"  native row reads vs Python threads: {gn['reads_per_s'] / gp['reads_per_s']:.2f}x "
                   "the reads/s")
-        print("  (x ooc: that loader's whole-epoch time / oocstore's; basis 'window': the epoch "
-              "is extrapolated from the batches timed)")
+        print("  (x ooc: that loader's whole-epoch time / oocstore's; load x: the same for the "
+              "time spent delivering features (oocstore: its load pass without compute); basis "
+              "'window': the epoch is extrapolated by rows from the batches timed)")
     tt = res.get("time_to_train")
     if tt:
         print("\ntime to a trained model, memory-limited view (preprocessing + epochs; the plan "
@@ -886,12 +915,13 @@ def plot(res: dict, path: Path) -> str | None:
         names = list(tt["total_s"])
         x = np.arange(len(names))
         w = 0.8 / (len(EPOCHS) + 1)
-        a1.bar(x - 0.4 + w / 2, [max(res["preprocessing"][k]["seconds"], 1e-3) for k in names],
-               w, label="preprocessing", color="grey")
+        a1.bar(x - 0.4 + w / 2, [res["preprocessing"][k]["seconds"] for k in names],
+               w, label="preprocessing (none: no bar)", color="grey")
         for i, n in enumerate(EPOCHS):
             a1.bar(x - 0.4 + w * (i + 1.5), [tt["total_s"][k][str(n)] for k in names], w,
                    label=f"prep + {n} epoch{'s' if n > 1 else ''}")
         a1.set_yscale("log")
+        a1.set_ylim(bottom=1.0)
         a1.set_xticks(x, [k + ("*" if L[k].get("window") else "") for k in names],
                       rotation=25, fontsize=8)
         a1.set_ylabel("seconds (log)")
@@ -905,15 +935,21 @@ def plot(res: dict, path: Path) -> str | None:
         colors = {"reads (O_DIRECT segments)": "tab:blue", "assembly": "tab:orange",
                   "training thread: wait for data": "tab:red",
                   "training thread: compute": "tab:green"}
-        for i, (lane, spans) in enumerate(lanes.items()):
-            a2.broken_barh([tuple(s) for s in spans], (i - 0.4, 0.8),
-                           color=colors.get(lane, "tab:purple"))
-        a2.set_yticks(range(len(lanes)), list(lanes), fontsize=8)
-        a2.set_xlabel("seconds into the epoch")
+        # the first few batches, readable; the totals over the whole epoch in the labels
+        comp = lanes.get("training thread: compute", [])
+        zoom = comp[min(len(comp), 12) - 1][0] + comp[min(len(comp), 12) - 1][1] if comp else None
         tot = o["timeline"]["totals_s"]
-        a2.set_title("oocstore epoch, per stage (" + ", ".join(
-            f"{k.split(':')[-1].strip()} {v:.1f} s" for k, v in tot.items())
-            + ")\ntransfer: none on CPU (the batch is the staging buffer)", fontsize=8)
+        for i, (lane, spans) in enumerate(lanes.items()):
+            shown = [tuple(sp) for sp in spans if zoom is None or sp[0] <= zoom]
+            a2.broken_barh(shown, (i - 0.4, 0.8), color=colors.get(lane, "tab:purple"))
+        a2.set_yticks(range(len(lanes)),
+                      [f"{k}\n(epoch total {tot[k]:.1f} s)" for k in lanes], fontsize=7)
+        if zoom:
+            a2.set_xlim(0, zoom)
+        a2.set_xlabel("seconds into the epoch")
+        a2.set_title(f"oocstore training epoch ({o['epoch_time_s']:.1f} s, {o['batches']} batches), "
+                     "the first 12 batches\ntransfer: none on a CPU device (the batch is the "
+                     "staging buffer)", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -965,8 +1001,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", help="result JSON (default bench/results/gnn_ooc.json; --quick "
                    "writes none unless given); .md and .png beside it")
     p.add_argument("--quick", action="store_true", help="test size, seconds")
+    p.add_argument("--report", metavar="RESULT.json",
+                   help="redo the analysis, report and plot of a saved result (no loader runs); "
+                        "writes them to --out, default: beside RESULT.json")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.report:
+        res = json.loads(Path(args.report).read_text())
+        res.setdefault("machine", {}).setdefault("read_ahead_kb", read_ahead_kb(Path(args.report)))
+        return emit(analyse(res), Path(args.out) if args.out else Path(args.report))
     if args.worker:
         print(json.dumps(run_worker(json.loads(Path(args.worker).read_text())), default=float))
         return {}
@@ -1009,6 +1052,7 @@ def main(argv: list[str] | None = None) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     machine = machine_info(workdir)
+    machine["read_ahead_kb"] = read_ahead_kb(workdir)
     try:
         cfg = setup(args, workdir)
         gb = graphbolt_status()
@@ -1022,28 +1066,50 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         if tmp is not None:
             tmp.cleanup()
-    lim = res["views"].get("limited")
-    if lim:
-        L = {k: v for k, v in lim["loaders"].items() if not v.get("failed")}
-        res["preprocessing"] = preprocessing(cfg, L)
-        # ginex-python is a reads/s probe on a window, not a baseline of its own
-        res["time_to_train"] = time_to_train(
-            {k: v for k, v in res["preprocessing"].items() if k != "ginex-python"}, L)
-    res["targets"] = check_targets(res)
     machine["loadavg_1min_end"] = os.getloadavg()[0]
     res["machine"] = machine
     res["seconds"] = time.perf_counter() - t0
     res["command"] = " ".join(["python", "bench/gnn_ooc.py",
                                *(argv if argv is not None else sys.argv[1:])])
+    return emit(analyse(res), out)
+
+
+def analyse(res: dict) -> dict:
+    """Preprocessing, time to a trained model, ratios and targets from the measured
+    loaders (so that ``--report`` can redo them from a saved result)."""
+    lim = res["views"].get("limited")
+    if lim:
+        L = {k: v for k, v in lim["loaders"].items() if not v.get("failed")}
+        res["preprocessing"] = preprocessing(res["config"], L)
+        # ginex-python is a reads/s probe on a window, not a baseline of its own
+        res["time_to_train"] = time_to_train(
+            {k: v for k, v in res["preprocessing"].items() if k != "ginex-python"}, L)
+    for v in res["views"].values():
+        L, ref = v["loaders"], v["loaders"].get("oocstore")
+        v["ratios"] = {}
+        if ref and not ref.get("failed"):
+            for k, x in L.items():
+                if k != "oocstore" and not x.get("failed"):
+                    v["ratios"][k] = {
+                        "epoch_x": x["epoch_full_s"] / ref["epoch_full_s"],
+                        "load_x": (x["load_time_s"] * x["epoch_full_s"] / x["epoch_time_s"])
+                        / (ref["load_time_s"] * ref["epoch_full_s"] / ref["epoch_time_s"])}
+    res["targets"] = check_targets(res)
+    return res
+
+
+def emit(res: dict, out: Path | None) -> dict:
+    """Print the report; write the JSON, the Markdown copy of the report and the plot."""
     import contextlib
     import io
 
+    machine = res["machine"]
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         print_report(res)
         print(f"\nmachine: {machine['cpus']} cpus shared with other users, 1-min load "
-              f"{machine['loadavg_1min']:.2f} -> {machine['loadavg_1min_end']:.2f}; "
-              f"{res['seconds']:.0f} s in all")
+              f"{machine['loadavg_1min']:.2f} -> {machine['loadavg_1min_end']:.2f}; disk "
+              f"read-ahead {machine.get('read_ahead_kb')} KiB; {res['seconds']:.0f} s in all")
     text = buf.getvalue()
     print(text)
     if out is not None:
