@@ -963,7 +963,8 @@ def write_md(res: dict, text: str, path: Path) -> None:
             f"users during the run** (1-min load average {m['loadavg_1min']:.2f} at the start, "
             f"{m.get('loadavg_1min_end', float('nan')):.2f} at the end), "
             f"{m.get('memtotal_bytes', 0) / GiB:.0f} GiB RAM, ext4 on a virtual disk, "
-            f"{m['platform']}, torch {m.get('torch')}. Figures from this one run.\n\n```\n")
+            f"{m['platform']}, torch {m.get('torch')}. Figures from this one run"
+            + (f"; the analysis {res['analysis']}" if res.get("analysis") else "") + ".\n\n```\n")
     path.write_text(head + text.strip() + "\n```\n")
 
 
@@ -1009,6 +1010,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.report:
         res = json.loads(Path(args.report).read_text())
         res.setdefault("machine", {}).setdefault("read_ahead_kb", read_ahead_kb(Path(args.report)))
+        res["analysis"] = ("redone from the saved measurements by `python bench/gnn_ooc.py "
+                           f"--report {args.report}`")
         return emit(analyse(res), Path(args.out) if args.out else Path(args.report))
     if args.worker:
         print(json.dumps(run_worker(json.loads(Path(args.worker).read_text())), default=float))

@@ -188,3 +188,17 @@ def test_memcg_limits_and_reports():
                                f"oocstore-test-{os.getpid()}-b")
     assert r.returncode == -9 and st["oom_killed"] and st["failcnt"] > 0
     assert not (_memcg.ROOT / f"oocstore-test-{os.getpid()}-b").exists()  # removed
+
+
+def test_report_redoes_the_analysis(quick, tmp_path, capsys):
+    res, _, out = quick
+    again = gnn_ooc.main(["--report", str(out), "--out", str(tmp_path / "again.json")])
+    assert again["targets"].keys() == res["targets"].keys()
+    for k, t in res["targets"].items():
+        assert again["targets"][k]["met"] == t["met"], k
+    assert again["time_to_train"] == res["time_to_train"]
+    ratios = again["views"]["limited"]["ratios"]
+    assert ratios["pyg-mmap"]["epoch_x"] == pytest.approx(
+        res["views"]["limited"]["loaders"]["pyg-mmap"]["epoch_full_s"]
+        / res["views"]["limited"]["loaders"]["oocstore"]["epoch_full_s"])
+    assert (tmp_path / "again.md").is_file()
