@@ -267,7 +267,6 @@ def worker_ginex_native(spec, store, plan, model, opt) -> dict:
     import gnn_loaders
     from native_rows import NativeRowReader
 
-    fm = store.array_meta("features")
     qd = spec["ginex"]["qd"]
 
     class NativeTier:
@@ -367,7 +366,8 @@ def worker_in_memory(spec, store, plan, model, opt) -> dict:
     return gnn_loaders.worker_in_memory(spec, store, plan, model, opt)
 
 
-WORKERS = {"pyg-mmap": worker_pyg_mmap, "pyg-mmap-random": worker_pyg_mmap, "ginex-native": worker_ginex_native,
+WORKERS = {"pyg-mmap": worker_pyg_mmap, "pyg-mmap-random": worker_pyg_mmap,
+           "ginex-native": worker_ginex_native,
            "ginex-python": worker_ginex_python, "oocstore": worker_oocstore,
            "oocstore-cache25": worker_oocstore, "in-memory": worker_in_memory}
 
@@ -831,7 +831,6 @@ def print_report(res: dict) -> None:
               f"{'basis':<7} {'MB read':>9} {'amplif.':>8} {'peak RSS':>9} {'cg max':>8} "
               f"{'failcnt':>8} {'OOM':>4} {'x ooc':>7} {'load x':>7}")
         L = v["loaders"]
-        ref = L.get("oocstore")
         for k, x in L.items():
             cg = x.get("memcg") or {}
             cgm = f"{cg['max_usage_bytes'] / MiB:7.0f}M" if cg else f"{'-':>8}"
@@ -860,7 +859,8 @@ def print_report(res: dict) -> None:
                       f"{g['cache_rows']:,} rows, hit rate {100 * g['hit_rate']:.1f} %")
         gn, gp = L.get("ginex-native", {}), L.get("ginex-python", {})
         if gn.get("reads_per_s") and gp.get("reads_per_s"):
-            print(f"  native row reads vs Python threads: {gn['reads_per_s'] / gp['reads_per_s']:.2f}x "
+            print("  native row reads vs Python threads: "
+                  f"{gn['reads_per_s'] / gp['reads_per_s']:.2f}x "
                   "the reads/s")
         print("  (x ooc: that loader's whole-epoch time / oocstore's; load x: the same for the "
               "time spent delivering features (oocstore: its load pass without compute); basis "
@@ -879,7 +879,8 @@ def print_report(res: dict) -> None:
         print("  (break-even: the smallest epoch count from which oocstore, preprocessing "
               "included, is done first)")
     gb = res["graphbolt"]
-    print(f"\nGraphBolt DiskBasedFeature: {'runs' if gb['runs'] else 'cannot run here: ' + gb['reason']}")
+    print("\nGraphBolt DiskBasedFeature: "
+          + ("runs" if gb["runs"] else "cannot run here: " + gb["reason"]))
     for name, t in res["targets"].items():
         if t["met"] is None:
             print(f"  target {name}: not checked -- {t.get('reason')}")
@@ -947,7 +948,8 @@ def plot(res: dict, path: Path) -> str | None:
         if zoom:
             a2.set_xlim(0, zoom)
         a2.set_xlabel("seconds into the epoch")
-        a2.set_title(f"oocstore training epoch ({o['epoch_time_s']:.1f} s, {o['batches']} batches), "
+        a2.set_title(f"oocstore training epoch ({o['epoch_time_s']:.1f} s, {o['batches']} "
+                     "batches), "
                      "the first 12 batches\ntransfer: none on a CPU device (the batch is the "
                      "staging buffer)", fontsize=8)
     fig.tight_layout()
