@@ -202,3 +202,24 @@ def test_report_redoes_the_analysis(quick, tmp_path, capsys):
         res["views"]["limited"]["loaders"]["pyg-mmap"]["epoch_full_s"]
         / res["views"]["limited"]["loaders"]["oocstore"]["epoch_full_s"])
     assert (tmp_path / "again.md").is_file()
+
+
+def test_bad_options_are_refused_before_any_work(tmp_path, monkeypatch):
+    from oocstore.errors import UsageError
+
+    out = str(tmp_path / "r.json")
+    with pytest.raises(UsageError, match="--budget"):
+        gnn_ooc.main(["--limit", "1GiB", "--budget", "2GiB", "--out", out])
+    with pytest.raises(UsageError, match="--views"):
+        gnn_ooc.main(["--views", "limited,nope", "--out", out])
+    # no memory cgroup here: --cgroup yes says why and what to do instead
+    monkeypatch.setattr(gnn_ooc._memcg, "unavailable", lambda: "needs root (uid 1000)")
+    with pytest.raises(UsageError, match="needs root.*--cgroup no"):
+        gnn_ooc.main(["--cgroup", "yes", "--out", out])
+    assert list(tmp_path.iterdir()) == []  # nothing made
+
+
+def test_memcg_unavailable_says_why(tmp_path):
+    assert "no cgroup-v1 memory controller" in _memcg.unavailable(tmp_path)
+    with pytest.raises(RuntimeError, match="no cgroup-v1"):
+        _memcg.MemCgroup("x", 1 << 30, root=tmp_path)
