@@ -14,6 +14,8 @@ the same GraphSAGE, budget and limit):
 
 - **pyg-mmap**: features as ``np.memmap``, ``feats[input_nodes]`` per batch through the
   page cache (PyG-style training with features on disk), on the plan's sampled blocks;
+  **pyg-mmap-random**: the same with ``madvise(MADV_RANDOM)`` (no read-around per fault:
+  the strongest page-cache baseline where the disk's read-ahead is large);
 - **dgl**: DGL 2.1 ``DataLoader`` + ``NeighborSampler`` (online sampling of the same seed
   batches) with ``np.memmap`` features, in ``.venv-dgl`` (``bench/gnn_loaders_dgl.py``);
 - **graphbolt**: DGL GraphBolt's ``DiskBasedFeature`` -- probed, and the reason it cannot
@@ -29,9 +31,10 @@ the same GraphSAGE, budget and limit):
 - **oocstore-cache25**: a pack with a 25 % CPU cache, in a cgroup sized for its budget,
   against in-memory.
 
-Whole epochs for every loader except the page-cache ones (pyg-mmap, dgl, and the
-ginex-python reads/s probe), which run the first ``--window`` batches; their epoch is
-extrapolated linearly and labelled so. Preprocessing (sampling the plan, packing, the
+Whole epochs for every loader except the page-cache ones (pyg-mmap, pyg-mmap-random, dgl,
+and the ginex-python reads/s probe), which run the first ``--window`` batches or stop
+after ``--window-seconds`` (inside a batch if need be: they gather 8192 rows at a time);
+their epoch is extrapolated linearly by the rows delivered, and labelled so. Preprocessing (sampling the plan, packing, the
 Ginex-style schedule and cache fill, DGL's graph build) is timed, and the time to a
 trained model (preprocessing + 1, 5, 20 epochs) is reported per loader with the epoch
 count from which oocstore's preprocessing pays off. The second view (``--views evict``)
@@ -44,7 +47,9 @@ pyg-mmap and DGL, >= 3x faster than ginex-native (and GraphBolt where it runs), 
 budget. A missed target names the bottleneck stage.
 
     python bench/gnn_ooc.py                 # 8.5 M nodes x 128 f32 (4.05 GiB), 1 GiB limit
-    python bench/gnn_ooc.py --quick         # seconds (no cgroup unless --cgroup)
+    python bench/gnn_ooc.py --threads 1     # one torch thread per loader (2 busy cores)
+    python bench/gnn_ooc.py --report bench/results/gnn_ooc.json  # redo the analysis only
+    python bench/gnn_ooc.py --quick         # seconds (no cgroup unless --cgroup yes)
 """
 
 from __future__ import annotations
