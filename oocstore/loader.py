@@ -115,11 +115,41 @@ class Batch:
     def blocks(self):
         return self.sample.blocks
 
+    @property
+    def num_seeds(self) -> int:
+        """The seeds are the first ``num_seeds`` rows of ``x`` (and of a model's output)."""
+        return int(self.sample.seeds.shape[0])
+
     def to_pyg(self):
-        """Per-layer ``edge_index`` + sizes for PyG layers (on ``x``'s device)."""
+        """Per-layer ``edge_index`` + sizes for PyG layers (on ``x``'s device): the
+        layer-wise form, for a hand-written forward (see :meth:`to_pyg_data` for PyG's
+        ready-made models)."""
         from .integrations.pyg import to_pyg
 
         return to_pyg(self.sample).to(self.x.device)
+
+    def to_pyg_data(self):
+        """The batch as a ``torch_geometric.data.Data`` like PyG's ``NeighborLoader``
+        yields, for PyG's ready-made models (``torch_geometric.nn.models.GraphSAGE``,
+        ``GAT``, ``GCN``) with trim-to-layer::
+
+            d = batch.to_pyg_data()
+            out = model(d.x, d.edge_index, num_sampled_nodes_per_hop=d.num_sampled_nodes,
+                        num_sampled_edges_per_hop=d.num_sampled_edges)[:d.batch_size]
+            loss = F.cross_entropy(out, d.y)
+
+        ``x`` rows are the input nodes (seeds first), ``n_id`` their global ids, ``y`` the
+        seeds' labels (``batch_size`` rows), ``edge_index`` one graph over all nodes
+        (:class:`~oocstore.integrations.pyg.PygHops` says how its edges are chosen)."""
+        from .integrations.pyg import require_pyg, to_pyg_hops
+
+        require_pyg()
+        from torch_geometric.data import Data
+
+        hops = to_pyg_hops(self.sample).to(self.x.device)
+        return Data(x=self.x, edge_index=hops.edge_index, y=self.y, n_id=hops.input_nodes,
+                    batch_size=hops.num_seeds, num_sampled_nodes=hops.num_sampled_nodes,
+                    num_sampled_edges=hops.num_sampled_edges)
 
     def to_dgl(self):
         """DGL blocks (``dgl.create_block``), where the DGL environment is installed."""
@@ -331,6 +361,17 @@ class NodeLoader:
     @property
     def plan_epoch(self) -> int:
         return self.epoch % self.num_plan_epochs
+
+    @property
+    def plan(self):
+        """The :class:`~oocstore.plan.PlanReader` of the plan this loader reads (its
+        ``meta`` holds the fanouts and batch size)."""
+        return self.reader.plan
+
+    @property
+    def num_layers(self) -> int:
+        """Sampled layers per batch: a model built for this loader has as many."""
+        return self.reader.plan.num_layers
 
     def __len__(self) -> int:
         return self.reader.num_batches(self.plan_epoch)
