@@ -76,11 +76,11 @@ import torch
 from .budget import BudgetAccountant, MemoryBudget
 from .checked_read import CheckedRows
 from .distributed import check_rank, current_rank, resolve_plan
-from .errors import BudgetError, FormatError, UsageError
+from .errors import BudgetError, FormatError, StoreNotFoundError, UsageError
 from .pack.format import plan_record_bytes
 from .pack.packer import label_dtype, labels_bytes
 from .pipeline import Pipeline
-from .plan import SampledBatch
+from .plan import SampledBatch, format_fanouts
 from .store import Store
 from .tiers.reader import TieredReader, list_packs
 from .tiers.staging import StagingRing, choose_depth, device_charges
@@ -175,6 +175,11 @@ class NodeLoader:
                  rank: int | None = None, world_size: int | None = None,
                  verify_reads: bool = True):
         self.store = store
+        # What re-opening this loader after it lent its budget to an evaluation loader
+        # needs (see eval_loader).
+        self._init_args = dict(device=device, budget=budget, prefetch=prefetch, timeout=timeout,
+                               io_threads=io_threads, rank=rank, world_size=world_size,
+                               verify_reads=verify_reads)
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise UsageError("--device cuda: no CUDA device is available on this machine "
@@ -242,6 +247,9 @@ class NodeLoader:
         self._epoch_stats: list[dict[str, float]] = []
         self._wait = 0.0
         self._batches = 0
+        self._turns = _Turns(self)  # the loaders that take turns in this budget
+        self._suspended = False
+        self._reads_before: dict[str, Any] = {}  # reader counters of earlier openings
 
     # -- budget --------------------------------------------------------------------
     def _setup_budget(self, prefetch: int | None) -> None:
@@ -349,6 +357,82 @@ class NodeLoader:
                                  device=self.device)
         self._stream = torch.cuda.Stream(device=self.device)
 
+    # -- evaluation loaders sharing the budget ------------------------------------------
+    def eval_loader(self, split: str = "val", *, plan: str | None = None) -> "NodeLoader":
+        """A loader over the evaluation plan of ``split`` (``{split}-eval``, the plan and
+        pack ``oocstore train`` prepares to fit its budget; or ``plan``) with this
+        loader's device, budget, prefetch and rank.
+
+        The two take turns in the one budget instead of each holding its own: opening
+        one releases the other's buffers (tiers, staging, labels), and the next
+        iteration of the other opens them again (re-reading its CPU tier; a training
+        epoch interrupted by an evaluation resumes where it stopped). So a training loop
+        may validate every epoch without needing twice the memory. Close the evaluation
+        loader when done with it (it is a context manager)."""
+        name = plan or f"{split}-eval"
+        try:
+            resolved = resolve_plan(self.store, name, rank=self.rank,
+                                    world_size=self.world_size)
+            latest_pack(self.store, resolved)
+        except (UsageError, StoreNotFoundError) as err:
+            if plan is not None:
+                raise
+            meta = self.reader.plan.meta
+            how = f" --fanouts {format_fanouts(meta.fanouts)} --batch-size {meta.batch_size}"
+            budget = (f" --cpu-budget {self.budget.cpu}" if self.budget.cpu is not None else
+                      " --cpu-budget SIZE")
+            raise UsageError(
+                f"store {self.store.path} has no packed evaluation plan {name!r} ({err}): "
+                f"`oocstore train {self.store.path} --epochs 1{budget}` prepares it (and "
+                f"test-eval) to fit the budget, or make it with `oocstore sample "
+                f"{self.store.path} --split {split} --name {name}{how}` and `oocstore pack "
+                f"{self.store.path} --plan {name}{budget}`") from err
+        self._turns.release_all()  # this loader's memory is the evaluation loader's now
+        args = {**self._init_args, "rank": self.rank, "world_size": self.world_size}
+        ev = NodeLoader(self.store, resolved, **args)
+        self._turns.join(ev)
+        return ev
+
+    def _suspend(self) -> None:
+        """Release every buffer this loader holds (its position is kept)."""
+        if self._suspended or self._closed:
+            return
+        self._stop_pipeline()
+        st = self.reader.stats()
+        before = self._reads_before
+        self._reads_before = {
+            "bytes_read": before.get("bytes_read", 0) + st["bytes_read"],
+            "useful_bytes": before.get("useful_bytes", 0) + st["useful_bytes"],
+            "segment_reads": before.get("segment_reads", 0) + st["segment_reads"],
+            "hits": {k: before.get("hits", {}).get(k, 0) + v["hits"]
+                     for k, v in st["tiers"].items()}}
+        self._release()
+        self.labels = None
+        self._suspended = True
+
+    def _wake(self) -> None:
+        """Open the buffers :meth:`_suspend` released, where this loader left off."""
+        if not self._suspended:
+            return
+        version = self.reader.meta.plan_version
+        keep = {k: getattr(self, k) for k in ("epoch", "_start", "_epoch_stats", "_wait",
+                                              "_batches", "_turns", "_reads_before")}
+        NodeLoader.__init__(self, self.store, self.plan_name, pack=self.pack_name,
+                            **{**self._init_args, "rank": self.rank,
+                               "world_size": self.world_size})
+        for k, v in keep.items():
+            setattr(self, k, v)
+        if self.reader.meta.plan_version != version:
+            self.close()
+            raise FormatError(f"plan {self.plan_name!r} was re-sampled while this loader lent "
+                              "its budget to an evaluation loader: build a new loader")
+
+    def _use(self) -> None:
+        """Take this loader's turn in the budget (a no-op unless it shares one)."""
+        if self._closed:
+            raise UsageError("this loader was closed; build a new one")
+        self._turns.take(self)
+
     # -- epochs and resume -----------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
         if epoch < 0:
@@ -366,14 +450,16 @@ class NodeLoader:
     def plan(self):
         """The :class:`~oocstore.plan.PlanReader` of the plan this loader reads (its
         ``meta`` holds the fanouts and batch size)."""
+        self._use()
         return self.reader.plan
 
     @property
     def num_layers(self) -> int:
         """Sampled layers per batch: a model built for this loader has as many."""
-        return self.reader.plan.num_layers
+        return self.plan.num_layers
 
     def __len__(self) -> int:
+        self._use()
         return self.reader.num_batches(self.plan_epoch)
 
     def state_dict(self) -> dict[str, Any]:
@@ -411,8 +497,7 @@ class NodeLoader:
         return b, sample, x, y, event
 
     def __iter__(self) -> Iterator[Batch]:
-        if self._closed:
-            raise UsageError("this loader was closed; build a new one")
+        self._use()
         self._stop_pipeline()
         epoch = self.epoch
         start = self._start
@@ -479,6 +564,16 @@ class NodeLoader:
     # -- stats and lifecycle -------------------------------------------------------
     def stats(self) -> dict[str, Any]:
         st = self.reader.stats()
+        before = self._reads_before
+        if before:  # add what earlier openings of this loader read (see eval_loader)
+            for k in ("bytes_read", "useful_bytes", "segment_reads"):
+                st[k] = (0 if self._suspended else st[k]) + before[k]
+            hits = {k: (0 if self._suspended else v["hits"]) + before["hits"].get(k, 0)
+                    for k, v in st["tiers"].items()}
+            total = sum(hits.values())
+            st["hit_rate"] = {k: (v / total if total else 0.0) for k, v in hits.items()}
+            st["read_amplification"] = (st["bytes_read"] / st["useful_bytes"]
+                                        if st["useful_bytes"] else 0.0)
         out = {**st, "batches": self._batches, "wait_s": self._wait,
                "epochs": list(self._epoch_stats), "prefetch": self.prefetch,
                "plan": self.plan_name, "pack": self.pack_name}
@@ -490,6 +585,11 @@ class NodeLoader:
         if self._closed:
             return
         self._closed = True
+        self._turns.leave(self)
+        if not self._suspended:
+            self._release()
+
+    def _release(self) -> None:
         self._stop_pipeline()
         if self._ring is not None:
             self._ring.close()  # waits for the copies still reading it
@@ -504,3 +604,31 @@ class NodeLoader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class _Turns:
+    """Loaders that share one budget by taking turns: at most one of them holds its
+    buffers at a time (:meth:`NodeLoader.eval_loader`)."""
+
+    def __init__(self, first: NodeLoader):
+        self.members: list[NodeLoader] = [first]
+
+    def join(self, loader: NodeLoader) -> None:
+        loader._turns = self
+        self.members.append(loader)
+
+    def leave(self, loader: NodeLoader) -> None:
+        if loader in self.members:
+            self.members.remove(loader)
+
+    def release_all(self) -> None:
+        for m in self.members:
+            m._suspend()
+
+    def take(self, loader: NodeLoader) -> None:
+        if not loader._suspended:
+            return
+        for m in self.members:
+            if m is not loader:
+                m._suspend()
+        loader._wake()

@@ -1,0 +1,107 @@
+"""Evaluation loaders that share the training loader's budget (NodeLoader.eval_loader),
+and what a training script reads off the store and the loader."""
+
+import numpy as np
+import pytest
+import torch
+
+from oocstore import Store
+from oocstore.budget import MemoryBudget
+from oocstore.errors import UsageError
+from oocstore.ingest import build_store
+from oocstore.ingest.synthetic import SyntheticSpec, synthetic_source
+from oocstore.loader import NodeLoader
+from oocstore.pack import PackOptions, pack_plan
+from samplers import sample_plan
+
+BUDGET = MemoryBudget(cpu="8MiB")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("eval") / "s"
+    build_store(path, synthetic_source(SyntheticSpec(nodes=3000, feat_dim=16, avg_degree=6,
+                                                     classes=5)))
+    with Store(path, readonly=False) as s:
+        sample_plan(s, fanouts="4,3", batch_size=128, epochs=2, seed=0, name="train")
+        pack_plan(s, "train", name="train", options=PackOptions(cpu_cache=300 * 64))
+        sample_plan(s, fanouts="4,3", batch_size=128, split="val", name="val-eval")
+        pack_plan(s, "val-eval", name="val-eval", options=PackOptions(cpu_cache=100 * 64))
+    s = Store(path)
+    yield s
+    s.close()
+
+
+def test_store_and_loader_describe_the_model_to_build(store):
+    labels = np.asarray(store.array("labels"))
+    assert store.num_classes == int(labels.max()) + 1 == 5
+    assert store.feature_dim == 16 and store.num_nodes == 3000
+    with NodeLoader(store, "train", budget=BUDGET) as loader:
+        assert loader.num_layers == loader.plan.num_layers == 2
+        assert tuple(loader.plan.meta.fanouts) == (4, 3)
+
+
+def _batches(loader):
+    return [(b.index, b.seeds.copy(), b.x.clone(), b.y.clone()) for b in loader]
+
+
+def test_eval_loader_reads_the_eval_plan_and_takes_turns_in_the_budget(store):
+    feats = np.asarray(store.array("features"))
+    with NodeLoader(store, "train", budget=BUDGET) as loader:
+        first = _batches(loader)
+        held = loader.accountant.charged("cpu")
+        assert held > 0
+        with loader.eval_loader("val") as val:
+            # the training loader's buffers were handed back before val opened its own
+            assert loader.accountant.charged("cpu") == 0
+            assert val.plan_name == "val-eval" and val.budget == loader.budget
+            seen = []
+            for b in val:
+                assert torch.equal(b.x, torch.from_numpy(feats[b.input_nodes]))
+                seen.append(b.seeds)
+            np.testing.assert_array_equal(np.sort(np.concatenate(seen)), store.split("val"))
+            assert val.accountant.charged("cpu") > 0
+            # training again: val lends its memory back, training reopens where it was
+            second = _batches(loader)
+            assert val.accountant.charged("cpu") == 0
+            assert loader.accountant.charged("cpu") == held
+            assert sum(1 for _ in val) == len(val)  # and val reopens in turn
+            assert loader.accountant.charged("cpu") == 0
+        with NodeLoader(store, "train", budget=BUDGET) as ref:
+            want = [_batches(ref) for _ in range(2)]
+            assert ref.stats()["bytes_read"] > 0
+            for got, exp in zip((first, second), want):
+                assert [g[0] for g in got] == [e[0] for e in exp]
+                for g, e in zip(got, exp):
+                    np.testing.assert_array_equal(g[1], e[1])
+                    assert torch.equal(g[2], e[2]) and torch.equal(g[3], e[3])
+            # counters add up over the loader's openings
+            assert loader.stats()["bytes_read"] == ref.stats()["bytes_read"]
+            assert loader.stats()["hit_rate"] == ref.stats()["hit_rate"]
+
+
+def test_evaluation_mid_epoch_resumes_the_training_epoch(store):
+    with NodeLoader(store, "train", budget=BUDGET) as ref:
+        want = [b.index for b in ref]
+    with NodeLoader(store, "train", budget=BUDGET) as loader:
+        got = []
+        for b in loader:
+            got.append(b.index)
+            if len(got) == 3:
+                break
+        with loader.eval_loader("val") as val:
+            assert sum(b.num_seeds for b in val) == store.split("val").size
+        got += [b.index for b in loader]
+    assert got == want
+
+
+def test_missing_eval_plan_names_the_commands_that_make_it(store):
+    with NodeLoader(store, "train", budget=BUDGET) as loader:
+        with pytest.raises(UsageError, match=r"no packed evaluation plan 'test-eval'.*"
+                           r"`oocstore train .* --epochs 1 --cpu-budget 8388608`.*"
+                           r"`oocstore sample .* --split test --name test-eval --fanouts 4,3 "
+                           r"--batch-size 128`"):
+            loader.eval_loader("test")
+        # the refusal left the training loader as it was
+        assert loader.accountant.charged("cpu") > 0
+        assert len(_batches(loader)) == len(loader)
