@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -116,8 +116,10 @@ def _triples(batches: Iterable[Any]) -> Iterator[BatchTriple]:
 
 
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
-                batches: Iterable[BatchTriple], device: torch.device | str) -> dict[str, Any]:
-    """One pass over ``batches``: cross-entropy on the seeds, one optimizer step per batch.
+                batches: Iterable[BatchTriple], device: torch.device | str, *,
+                on_batch: Callable[[int, float], Any] | None = None) -> dict[str, Any]:
+    """One pass over ``batches``: cross-entropy on the seeds, one optimizer step per batch
+    (``on_batch(seeds, loss)`` after each, e.g. for a progress bar).
 
     Returns ``loss`` and ``train_accuracy`` (seed-weighted means over the epoch),
     ``batches``, ``seeds``, ``seconds`` (wall time) and ``data_seconds`` (time spent
@@ -146,7 +148,10 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
         loss.backward()
         optimizer.step()
         n = int(y.shape[0])
-        total_loss += float(loss.detach()) * n
+        batch_loss = float(loss.detach())
+        total_loss += batch_loss * n
+        if on_batch is not None:
+            on_batch(n, batch_loss)
         correct += int((out.detach().argmax(dim=1) == y).sum())
         seen += n
         count += 1
