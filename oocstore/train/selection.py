@@ -41,7 +41,10 @@ class BestModel:
     stopped: bool = False
 
     def update(self, epoch: int, val_acc: float, model: nn.Module) -> bool:
-        """Record epoch ``epoch``'s accuracy; True when training should stop now."""
+        """Record epoch ``epoch``'s accuracy; True when training should stop now (and,
+        once stopped, for good: later epochs change nothing)."""
+        if self.stopped:
+            return True
         if self.val_acc is None or val_acc > self.val_acc:
             self.epoch, self.val_acc = epoch, float(val_acc)
             self.state = {k: v.detach().to("cpu", copy=True)
