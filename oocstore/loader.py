@@ -383,8 +383,9 @@ class NodeLoader:
                       " --cpu-budget SIZE")
             raise UsageError(
                 f"store {self.store.path} has no packed evaluation plan {name!r} ({err}): "
-                f"`oocstore train {self.store.path} --epochs 1{budget}` prepares it (and "
-                f"test-eval) to fit the budget, or make it with `oocstore sample "
+                f"`oocstore train {self.store.path} --epochs 1{budget}` (or, in Python, "
+                f"oocstore.train.prepare_evaluation) prepares it and test-eval to fit the "
+                f"budget, or make it with `oocstore sample "
                 f"{self.store.path} --split {split} --name {name}{how}` and `oocstore pack "
                 f"{self.store.path} --plan {name}{budget}`") from err
         self._turns.release_all()  # this loader's memory is the evaluation loader's now

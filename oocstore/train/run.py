@@ -208,6 +208,24 @@ def run_training(store_path: str | os.PathLike, plan: str | None, cfg: TrainConf
         store.close()
 
 
+def prepare_evaluation(store_path: str | os.PathLike, plan: str | None = None, *,
+                       budget: MemoryBudget | None = None, device: str = "cpu", seed: int = 0,
+                       writer_wait: float = WRITER_WAIT_S) -> WriteLog:
+    """Create the evaluation plans and packs (``val-eval``, ``test-eval``) that the
+    loader of training plan ``plan`` (default: the newest) evaluates with
+    (:meth:`~oocstore.loader.NodeLoader.eval_loader`), sized to ``budget``, unless the
+    store has them: what ``oocstore train`` does before it trains. The training pack is
+    checked against the budget first; nothing is written if anything would be refused.
+    Returns what was committed."""
+    budget = budget or MemoryBudget()
+    cfg = TrainConfig(epochs=1, device=device, cpu_budget=budget.cpu, gpu_budget=budget.gpu,
+                      seed=seed, writer_wait=writer_wait)
+    rank, world = dist.current_rank()
+    writes = WriteLog(str(store_path))
+    _prepare(store_path, plan, cfg, budget, torch.device(device), rank, world, writes)
+    return writes
+
+
 def _prepare(store_path, plan: str | None, cfg: TrainConfig, budget: MemoryBudget,
              device: torch.device, rank: int, world: int, writes: WriteLog) -> None:
     """Check that the run fits, then create missing evaluation plans and packs.
