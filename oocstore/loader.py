@@ -250,6 +250,7 @@ class NodeLoader:
         self._turns = _Turns(self)  # the loaders that take turns in this budget
         self._suspended = False
         self._reads_before: dict[str, Any] = {}  # reader counters of earlier openings
+        self._last_held: dict[str, int] | None = None  # charges when last suspended
 
     # -- budget --------------------------------------------------------------------
     def _setup_budget(self, prefetch: int | None) -> None:
@@ -363,12 +364,14 @@ class NodeLoader:
         pack ``oocstore train`` prepares to fit its budget; or ``plan``) with this
         loader's device, budget, prefetch and rank.
 
-        The two take turns in the one budget instead of each holding its own: opening
-        one releases the other's buffers (tiers, staging, labels), and the next
-        iteration of the other opens them again (re-reading its CPU tier; a training
-        epoch interrupted by an evaluation resumes where it stopped). So a training loop
-        may validate every epoch without needing twice the memory. Close the evaluation
-        loader when done with it (it is a context manager)."""
+        The two share the one budget instead of each holding its own. Where what this
+        loader holds leaves room for the evaluation loader, it is opened in that room
+        and both stay open. Otherwise they take turns: opening one releases the other's
+        buffers (tiers, staging, labels), and the next iteration of the other opens
+        them again (re-reading its CPU tier; a training epoch interrupted by an
+        evaluation resumes where it stopped). Either way a training loop may validate
+        every epoch within the budget it trains in. Close the evaluation loader when
+        done with it (it is a context manager)."""
         name = plan or f"{split}-eval"
         try:
             resolved = resolve_plan(self.store, name, rank=self.rank,
@@ -388,9 +391,17 @@ class NodeLoader:
                 f"budget, or make it with `oocstore sample "
                 f"{self.store.path} --split {split} --name {name}{how}` and `oocstore pack "
                 f"{self.store.path} --plan {name}{budget}`") from err
-        self._turns.release_all()  # this loader's memory is the evaluation loader's now
         args = {**self._init_args, "rank": self.rank, "world_size": self.world_size}
-        ev = NodeLoader(self.store, resolved, **args)
+        ev = None
+        room = self._turns.room()
+        if room is not None:
+            try:  # beside the open loaders, in what they leave of the budget
+                ev = NodeLoader(self.store, resolved, **{**args, "budget": room})
+            except BudgetError:
+                ev = None
+        if ev is None:
+            self._turns.release_all()  # the open loaders' memory is the new one's now
+            ev = NodeLoader(self.store, resolved, **args)
         self._turns.join(ev)
         return ev
 
@@ -399,6 +410,8 @@ class NodeLoader:
         if self._suspended or self._closed:
             return
         self._stop_pipeline()
+        # What it will hold again when it re-opens (its budget and pack are unchanged).
+        self._last_held = {t: self.accountant.charged(t) for t in ("cpu", "gpu")}
         st = self.reader.stats()
         before = self._reads_before
         self._reads_before = {
@@ -417,7 +430,8 @@ class NodeLoader:
             return
         version = self.reader.meta.plan_version
         keep = {k: getattr(self, k) for k in ("epoch", "_start", "_epoch_stats", "_wait",
-                                              "_batches", "_turns", "_reads_before")}
+                                              "_batches", "_turns", "_reads_before",
+                                              "_last_held")}
         NodeLoader.__init__(self, self.store, self.plan_name, pack=self.pack_name,
                             **{**self._init_args, "rank": self.rank,
                                "world_size": self.world_size})
@@ -608,11 +622,35 @@ class NodeLoader:
 
 
 class _Turns:
-    """Loaders that share one budget by taking turns: at most one of them holds its
-    buffers at a time (:meth:`NodeLoader.eval_loader`)."""
+    """Loaders that share the budget of the first (:meth:`NodeLoader.eval_loader`): the
+    charges of the open ones never add up to more than that budget; a loader that must
+    open suspends others (oldest first) until what it held before fits beside them."""
 
     def __init__(self, first: NodeLoader):
         self.members: list[NodeLoader] = [first]
+        self.budget = first.budget
+
+    def _held(self, tier: str, but: NodeLoader | None = None) -> int:
+        return sum(m.accountant.charged(tier) for m in self.members
+                   if m is not but and not m._suspended and not m._closed)
+
+    def room(self) -> MemoryBudget | None:
+        """What the open members leave of the budget (None: nothing left)."""
+        left = {}
+        for tier in ("cpu", "gpu"):
+            limit = getattr(self.budget, tier)
+            left[tier] = None if limit is None else limit - self._held(tier)
+            if left[tier] is not None and left[tier] <= 0:
+                return None
+        return MemoryBudget(cpu=left["cpu"], gpu=left["gpu"], disk=self.budget.disk)
+
+    def _fits(self, loader: NodeLoader) -> bool:
+        need = loader._last_held
+        if need is None:
+            return False
+        return all(getattr(self.budget, t) is None
+                   or self._held(t, but=loader) + need[t] <= getattr(self.budget, t)
+                   for t in ("cpu", "gpu"))
 
     def join(self, loader: NodeLoader) -> None:
         loader._turns = self
@@ -630,6 +668,8 @@ class _Turns:
         if not loader._suspended:
             return
         for m in self.members:
+            if self._fits(loader):
+                break
             if m is not loader:
                 m._suspend()
         loader._wake()

@@ -45,14 +45,26 @@ def _batches(loader):
     return [(b.index, b.seeds.copy(), b.x.clone(), b.y.clone()) for b in loader]
 
 
-def test_eval_loader_reads_the_eval_plan_and_takes_turns_in_the_budget(store):
+def _held(store, plan):
+    with NodeLoader(store, plan, budget=MemoryBudget(cpu="1GiB"), prefetch=1) as loader:
+        return loader.accountant.charged("cpu")
+
+
+@pytest.fixture(scope="module")
+def tight(store):
+    """A budget that holds either loader (prefetch 1) but not both at once."""
+    train, val = _held(store, "train"), _held(store, "val-eval")
+    return MemoryBudget(cpu=max(train, val) + min(train, val) // 2)
+
+
+def test_eval_loader_reads_the_eval_plan_and_takes_turns_in_the_budget(store, tight):
     feats = np.asarray(store.array("features"))
-    with NodeLoader(store, "train", budget=BUDGET) as loader:
+    with NodeLoader(store, "train", budget=tight, prefetch=1) as loader:
         first = _batches(loader)
         held = loader.accountant.charged("cpu")
         assert held > 0
         with loader.eval_loader("val") as val:
-            # the training loader's buffers were handed back before val opened its own
+            # no room beside the training loader: its buffers were handed back first
             assert loader.accountant.charged("cpu") == 0
             assert val.plan_name == "val-eval" and val.budget == loader.budget
             seen = []
@@ -67,7 +79,7 @@ def test_eval_loader_reads_the_eval_plan_and_takes_turns_in_the_budget(store):
             assert loader.accountant.charged("cpu") == held
             assert sum(1 for _ in val) == len(val)  # and val reopens in turn
             assert loader.accountant.charged("cpu") == 0
-        with NodeLoader(store, "train", budget=BUDGET) as ref:
+        with NodeLoader(store, "train", budget=tight, prefetch=1) as ref:
             want = [_batches(ref) for _ in range(2)]
             assert ref.stats()["bytes_read"] > 0
             for got, exp in zip((first, second), want):
@@ -80,16 +92,33 @@ def test_eval_loader_reads_the_eval_plan_and_takes_turns_in_the_budget(store):
             assert loader.stats()["hit_rate"] == ref.stats()["hit_rate"]
 
 
-def test_evaluation_mid_epoch_resumes_the_training_epoch(store):
-    with NodeLoader(store, "train", budget=BUDGET) as ref:
+def test_eval_loader_opens_beside_the_training_loader_where_the_budget_has_room(store):
+    budget = MemoryBudget(cpu=_held(store, "train") + _held(store, "val-eval") + 4096)
+    with NodeLoader(store, "train", budget=budget, prefetch=1) as loader:
+        held = loader.accountant.charged("cpu")
+        with loader.eval_loader("val") as val:
+            assert val.budget.cpu == budget.cpu - held  # what training leaves
+            for _ in range(2):
+                assert sum(b.num_seeds for b in val) == store.split("val").size
+                assert len(_batches(loader)) == len(loader)
+                # nothing was closed and re-opened: both hold their buffers throughout
+                assert loader.accountant.charged("cpu") == held
+                assert val.accountant.charged("cpu") > 0
+                assert held + val.accountant.charged("cpu") <= budget.cpu
+            assert not loader._reads_before and not val._reads_before
+
+
+def test_evaluation_mid_epoch_resumes_the_training_epoch(store, tight):
+    with NodeLoader(store, "train", budget=tight, prefetch=1) as ref:
         want = [b.index for b in ref]
-    with NodeLoader(store, "train", budget=BUDGET) as loader:
+    with NodeLoader(store, "train", budget=tight, prefetch=1) as loader:
         got = []
         for b in loader:
             got.append(b.index)
             if len(got) == 3:
                 break
         with loader.eval_loader("val") as val:
+            assert loader.accountant.charged("cpu") == 0  # it had to lend its memory
             assert sum(b.num_seeds for b in val) == store.split("val").size
         got += [b.index for b in loader]
     assert got == want
