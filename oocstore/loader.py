@@ -3,7 +3,9 @@
 Where a training loop used ``DataLoader`` + a neighbour sampler, it iterates a
 ``NodeLoader`` built from a store, a plan (sampled offline) and its pack. Each
 :class:`Batch` carries the plan's blocks, ``x`` (the batch's input-node features, on the
-device), ``y`` (the seeds' labels) and converters ``to_pyg()`` / ``to_dgl()``.
+device), ``y`` (the seeds' labels) and converters ``to_pyg()`` (per-layer, for a
+hand-written forward), ``to_pyg_data()`` (one ``edge_index`` with trim-to-layer counts,
+for PyG's ready-made models) and ``to_dgl()``.
 
 Pipeline (``oocstore/pipeline.py``), one named thread per stage, bounded queues:
 
@@ -54,6 +56,13 @@ loop; ``verify_reads=False`` skips the check (CRC-32 costs CPU: ``bench/verify_c
 The arrays the reader indexes with (plan index and records, tier / slot, the Belady
 schedule, segment tables) are checked whatever ``verify_reads`` says, and their values
 are bounds-checked before use (``docs/RELIABILITY.md``, damaged index arrays).
+
+Evaluation: ``eval_loader(split)`` opens the split's evaluation plan (``val-eval``,
+``test-eval``) with the same device, budget and rank. It shares this loader's budget:
+it opens beside it where the open loaders' charges leave room, and otherwise the two
+take turns — a loader that must open suspends the others (they release every buffer
+and charge; a suspended loader re-opens on its next use, where it left off). Re-opening
+re-reads the CPU tier and the labels: on dblp (109 MiB CPU tier) 0.3-0.4 s.
 
 Epochs: ``set_epoch(e)`` selects plan epoch ``e mod K``, where ``K`` is the number of
 packed epochs (all of the plan's epochs unless a disk-blowup cap packed fewer).

@@ -382,6 +382,10 @@ def _resume(cfg: TrainConfig, model, optimizer, reader: PlanReader, device, rank
         log.warning("checkpoint %s holds no random states (written by an older version): "
                     "the resumed run does not repeat an uninterrupted one exactly", path)
     best = BestModel.from_checkpoint(state.get("best"), cfg.early_stop, path)
+    if "best" not in state and state["epoch"] > 0 and cfg.selects and not restore_rng:
+        log.warning("checkpoint %s was written by an older version and holds no best epoch: "
+                    "the best epoch is chosen among the epochs from now on (or is the last "
+                    "one)", path)
     if best.state is not None:
         mine = model.state_dict()
         if set(best.state) != set(mine) or any(best.state[k].shape != mine[k].shape
@@ -523,6 +527,11 @@ def _train(store, name, pack, evals, cfg: TrainConfig, budget, device,
         accs["val"] = best.val_acc
     elif history and "val_acc" in history[-1]:
         accs["val"] = history[-1]["val_acc"]  # the model as it is now: measured already
+    if cfg.selects and best.state is None and history:
+        # resumed from a checkpoint without a best epoch and nothing left to train: the
+        # model as it is stands for it
+        best.epoch = len(history) - 1
+        best.state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     for split, plan_name in evals.items():
         if split in accs:
             continue
