@@ -147,8 +147,9 @@ class Batch:
                         num_sampled_edges_per_hop=d.num_sampled_edges)[:d.batch_size]
             loss = F.cross_entropy(out, d.y)
 
-        ``x`` rows are the input nodes (seeds first), ``n_id`` their global ids, ``y`` the
-        seeds' labels (``batch_size`` rows), ``edge_index`` one graph over all nodes
+        ``x`` rows are the input nodes (seeds first; the store's dtype, so float16
+        features need ``.float()``), ``n_id`` their global ids, ``y`` the seeds' labels
+        (``batch_size`` rows), ``edge_index`` one graph over all nodes
         (:class:`~oocstore.integrations.pyg.PygHops` says how its edges are chosen)."""
         from .integrations.pyg import require_pyg, to_pyg_hops
 
