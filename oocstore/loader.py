@@ -452,8 +452,11 @@ class NodeLoader:
             raise FormatError(f"plan {self.plan_name!r} was re-sampled while this loader lent "
                               "its budget to an evaluation loader: build a new loader")
 
-    def _use(self) -> None:
-        """Take this loader's turn in the budget (a no-op unless it shares one)."""
+    def take_turn(self) -> None:
+        """Hold this loader's buffers now: re-open them if an evaluation loader borrowed
+        them (suspending the loaders it must to stay in the budget); a no-op otherwise.
+        Iterating does this by itself; call it to keep the re-opening out of a timed
+        loop."""
         if self._closed:
             raise UsageError("this loader was closed; build a new one")
         self._turns.take(self)
@@ -475,17 +478,16 @@ class NodeLoader:
     def plan(self):
         """The :class:`~oocstore.plan.PlanReader` of the plan this loader reads (its
         ``meta`` holds the fanouts and batch size)."""
-        self._use()
+        self.take_turn()  # its records are read through files this loader holds open
         return self.reader.plan
 
     @property
     def num_layers(self) -> int:
         """Sampled layers per batch: a model built for this loader has as many."""
-        return self.plan.num_layers
+        return self.reader.plan.num_layers  # from the plan's metadata
 
     def __len__(self) -> int:
-        self._use()
-        return self.reader.num_batches(self.plan_epoch)
+        return self.reader.num_batches(self.plan_epoch)  # from the plan's metadata
 
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "next_batch": self._start, "plan": self.plan_name,
@@ -522,7 +524,7 @@ class NodeLoader:
         return b, sample, x, y, event
 
     def __iter__(self) -> Iterator[Batch]:
-        self._use()
+        self.take_turn()
         self._stop_pipeline()
         epoch = self.epoch
         start = self._start

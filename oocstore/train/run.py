@@ -511,6 +511,7 @@ def _train(store, name, pack, evals, cfg: TrainConfig, budget, device,
             def batches(epoch):
                 if epoch != resumed_at:
                     loader.set_epoch(epoch)
+                loader.take_turn()  # re-opened here if validation borrowed its budget
                 return len(loader), ((b.sample, b.x, b.y) for b in loader)
 
             try:
