@@ -109,10 +109,11 @@ def _triples(batches: Iterable[Any]) -> Iterator[BatchTriple]:
     """``(batch, x, y)`` triples from triples or from :class:`~oocstore.loader.Batch`
     objects (what iterating a ``NodeLoader`` gives)."""
     for item in batches:
-        if isinstance(item, tuple):
-            yield item
+        sample = getattr(item, "sample", None)
+        if sample is not None and hasattr(item, "x"):
+            yield sample, item.x, item.y
         else:
-            yield item.sample, item.x, item.y
+            yield item
 
 
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
