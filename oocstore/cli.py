@@ -440,8 +440,9 @@ def _add_train(sub) -> None:
         "train", help="train GraphSAGE node classification from a store, out of core",
         description="Train GraphSAGE on a store's training plan, streaming features through "
                     "the plan's pack (GPU/CPU/SSD tiers, pipelined prefetch) inside the given "
-                    "budgets; then report validation and test accuracy (evaluation plans are "
-                    "sampled and packed once if the store has none). --in-memory runs the "
+                    "budgets, with validation accuracy after every epoch and test accuracy "
+                    "at the end (evaluation plans are sampled and packed once if the store "
+                    "has none). --in-memory runs the "
                     "same plans with every feature in RAM: the parity reference. Under "
                     "`torchrun --nproc-per-node W` it trains with DDP on a plan sampled with "
                     "--world-size W (gloo on CPU, nccl on CUDA; budgets per rank) and rank 0 "
