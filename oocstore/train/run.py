@@ -501,8 +501,8 @@ def _train(store, name, pack, evals, cfg: TrainConfig, budget, device,
             evaluation: list[NodeLoader] = []
 
             def val_source():
-                # Opened on first use; it takes turns with the training loader in the
-                # one budget (each opening releases the other's buffers).
+                # Opened on first use, in the training loader's budget: beside it where
+                # that leaves room, else the two take turns (NodeLoader.eval_loader).
                 if not evaluation:
                     evaluation.append(_on_every_rank(lambda: loader.eval_loader(
                         plan=val_plan)))
