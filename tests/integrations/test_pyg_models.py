@@ -113,7 +113,7 @@ def test_ready_made_models_train_through_the_loader(small_store_template, tmp_pa
                                           store.num_classes)
         opt = torch.optim.Adam(model.parameters(), lr=0.01)
         losses = []
-        for epoch in range(5):
+        for epoch in range(3):
             loader.set_epoch(epoch)
             losses.append(train_epoch(model, opt, loader, "cpu")["loss"])
         assert losses[-1] < 0.9 * losses[0], losses
