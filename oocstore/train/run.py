@@ -381,7 +381,7 @@ def _resume(cfg: TrainConfig, model, optimizer, reader: PlanReader, device, rank
     elif restore_rng:
         log.warning("checkpoint %s holds no random states (written by an older version): "
                     "the resumed run does not repeat an uninterrupted one exactly", path)
-    best = BestModel.from_checkpoint(state.get("best"), cfg.early_stop, path)
+    best = BestModel.from_checkpoint(state.get("best"), cfg.early_stop, path, state["epoch"])
     if "best" not in state and state["epoch"] > 0 and cfg.selects and not restore_rng:
         log.warning("checkpoint %s was written by an older version and holds no best epoch: "
                     "the best epoch is chosen among the epochs from now on (or is the last "

@@ -17,7 +17,6 @@ replaced only with ``--overwrite`` (checked before training starts).
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,16 +57,19 @@ class BestModel:
                 "stopped": self.stopped}
 
     @classmethod
-    def from_checkpoint(cls, entry: Any, patience: int | None, path: Path) -> "BestModel":
-        """The state saved by :meth:`to_checkpoint` (None: a checkpoint written before
-        validation ran every epoch; selection starts afresh)."""
+    def from_checkpoint(cls, entry: Any, patience: int | None, path: Path,
+                        epochs_done: int) -> "BestModel":
+        """The state saved by :meth:`to_checkpoint` after ``epochs_done`` epochs (None: a
+        checkpoint written before validation ran every epoch; selection starts afresh)."""
         if entry is None:
             return cls(patience=patience)
         ok = (isinstance(entry, dict) and isinstance(entry.get("epoch"), int)
-              and not isinstance(entry.get("epoch"), bool) and entry["epoch"] >= -1
+              and not isinstance(entry.get("epoch"), bool)
+              and -1 <= entry["epoch"] < epochs_done
               and isinstance(entry.get("stopped"), bool)
               and (entry.get("val_acc") is None or (
-                  isinstance(entry["val_acc"], float) and math.isfinite(entry["val_acc"])))
+                  isinstance(entry["val_acc"], float) and 0.0 <= entry["val_acc"] <= 1.0))
+              and (entry["epoch"] == -1) == (entry.get("val_acc") is None)
               and (entry.get("model") is None or (isinstance(entry["model"], dict) and all(
                   isinstance(k, str) and isinstance(v, torch.Tensor)
                   for k, v in entry["model"].items()))))

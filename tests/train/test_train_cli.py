@@ -215,3 +215,24 @@ def test_progress_shows_val_acc_and_a_closed_pipe_exits_quietly(store):
 def test_gs_commands_need_options_spelled_out(tmp_path, capsys):
     assert call(["gs-train", str(tmp_path), "--step", "3"]) == 2
     assert "unrecognized arguments: --step 3" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def one_epoch_checkpoint(store, tmp_path_factory):
+    ck = tmp_path_factory.mktemp("ck1")
+    assert main(["train", store, "--epochs", "1", "--hidden", "16", "--in-memory",
+                 "--checkpoint", str(ck), "--quiet"]) == 0
+    return torch.load(ck / "checkpoint.pt", weights_only=True)
+
+
+@pytest.mark.parametrize("field, value", [("epoch", 99), ("val_acc", 1.5), ("stopped", 1),
+                                          ("model", {"convs.0.lin_l.weight": torch.zeros(3)})])
+def test_damaged_best_entry_is_refused_on_resume(store, one_epoch_checkpoint, tmp_path, capsys,
+                                                 field, value):
+    path = tmp_path / "ck" / "checkpoint.pt"
+    path.parent.mkdir()
+    state = dict(one_epoch_checkpoint, best=dict(one_epoch_checkpoint["best"], **{field: value}))
+    torch.save(state, path)
+    err = one_line_error(capsys, store, "--epochs", "2", "--hidden", "16", "--in-memory",
+                         "--checkpoint", str(path.parent), "--resume")
+    assert str(path) in err and "best" in err and "start a new run without --resume" in err
