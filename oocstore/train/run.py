@@ -374,6 +374,13 @@ def _resume(cfg: TrainConfig, model, optimizer, reader: PlanReader, device, rank
                           f"{text[0][:200] if text else ''}): resume with the --hidden, "
                           "--backend and plan of the run that wrote it, or start a new run "
                           "without --resume") from err
+    saved = state.get("config") if isinstance(state.get("config"), dict) else {}
+    decay = saved.get("weight_decay", 0.0)
+    if decay != cfg.weight_decay:
+        # the optimizer state would bring its own decay back and override the flag
+        raise FormatError(f"checkpoint {path} was trained with --weight-decay {decay!r}, not "
+                          f"{cfg.weight_decay}: resume with the same --weight-decay, or start "
+                          "a new run without --resume")
     loader_state = _rank_entry(state.get("loader"), rank, world, path, "loader")
     rng = _rank_entry(state.get("rng"), rank, world, path, "rng")
     if rng is not None:

@@ -236,3 +236,13 @@ def test_damaged_best_entry_is_refused_on_resume(store, one_epoch_checkpoint, tm
     err = one_line_error(capsys, store, "--epochs", "2", "--hidden", "16", "--in-memory",
                          "--checkpoint", str(path.parent), "--resume")
     assert str(path) in err and "best" in err and "start a new run without --resume" in err
+
+
+def test_resume_with_another_weight_decay_is_refused(store, one_epoch_checkpoint, tmp_path,
+                                                     capsys):
+    path = tmp_path / "ck" / "checkpoint.pt"
+    path.parent.mkdir()
+    torch.save(one_epoch_checkpoint, path)  # trained without weight decay
+    err = one_line_error(capsys, store, "--epochs", "2", "--hidden", "16", "--in-memory",
+                         "--checkpoint", str(path.parent), "--resume", "--weight-decay", "0.01")
+    assert str(path) in err and "resume with the same --weight-decay" in err
