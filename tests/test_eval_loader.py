@@ -134,3 +134,32 @@ def test_missing_eval_plan_names_the_commands_that_make_it(store):
         # the refusal left the training loader as it was
         assert loader.accountant.charged("cpu") > 0
         assert len(_batches(loader)) == len(loader)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="needs a CUDA device (torch.cuda.is_available() is False here)")
+def test_eval_loader_takes_turns_in_a_gpu_budget(store):
+    """On CUDA the turns are decided by the device budget too: with room on the host
+    but not on the device for both loaders' batches, opening one frees the other's."""
+    feats = np.asarray(store.array("features"))
+
+    def held(plan):
+        with NodeLoader(store, plan, device="cuda", prefetch=1,
+                        budget=MemoryBudget(cpu="1GiB", gpu="1GiB")) as one:
+            return one.accountant.charged("cpu"), one.accountant.charged("gpu")
+
+    (tc, tg), (vc, vg) = held("train"), held("val-eval")
+    assert tg > 0 and vg > 0
+    budget = MemoryBudget(cpu=tc + vc + 4096, gpu=max(tg, vg) + min(tg, vg) // 2)
+    with NodeLoader(store, "train", device="cuda", budget=budget, prefetch=1) as loader:
+        for b in loader:
+            assert torch.equal(b.x.cpu(), torch.from_numpy(feats[b.input_nodes]))
+        with loader.eval_loader("val") as val:
+            assert loader.accountant.charged("gpu") == 0
+            for b in val:
+                assert torch.equal(b.x.cpu(), torch.from_numpy(feats[b.input_nodes]))
+            for b in loader:
+                assert torch.equal(b.x.cpu(), torch.from_numpy(feats[b.input_nodes]))
+            assert val.accountant.charged("gpu") == 0
+            assert loader.accountant.charged("gpu") == tg
