@@ -51,16 +51,18 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=32)
     ap.add_argument("--lr", type=float, default=0.005)
     ap.add_argument("--out", default="best_model.pt", help="where the best weights go")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = ap.parse_args()
 
     torch.manual_seed(0)
     budget = MemoryBudget(cpu=args.cpu_budget)
     # Validation and test plans sized to the budget (once; `oocstore train` does the same).
-    prepare_evaluation(args.store, budget=budget)
+    prepare_evaluation(args.store, budget=budget, device=args.device)
 
-    with Store(args.store) as store, NodeLoader(store, "train", budget=budget) as loader, \
+    with Store(args.store) as store, \
+            NodeLoader(store, "train", budget=budget, device=args.device) as loader, \
             loader.eval_loader("val") as val:
-        model = build_model(store, loader, args.hidden)
+        model = build_model(store, loader, args.hidden).to(args.device)
         opt = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=5e-4)
         best_acc, best_epoch = -1.0, -1
         for epoch in range(args.epochs):
@@ -87,7 +89,7 @@ def main() -> None:
             elif epoch - best_epoch >= args.patience:
                 print(f"no better validation accuracy for {args.patience} epochs: stopping")
                 break
-        model.load_state_dict(torch.load(args.out, weights_only=True))
+        model.load_state_dict(torch.load(args.out, weights_only=True, map_location=args.device))
         with loader.eval_loader("test") as test:
             test_acc = evaluate(model, test)
         print(f"best epoch {best_epoch}: val acc {best_acc:.4f}, test acc {test_acc:.4f}; "
