@@ -67,6 +67,7 @@ def main() -> None:
         best_acc, best_epoch = -1.0, -1
         for epoch in range(args.epochs):
             loader.set_epoch(epoch)
+            loader.take_turn()  # re-open now if validation borrowed the budget (untimed)
             model.train()
             t0, seen, total = time.perf_counter(), 0, 0.0
             for batch in loader:
