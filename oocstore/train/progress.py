@@ -21,8 +21,9 @@ from typing import Any, Callable
 class TrainProgress:
     """What :func:`~oocstore.train.run.run_training` reports; override what you show."""
 
-    def epoch_start(self, epoch: int, epochs: int, batches: int) -> None:
-        """Epoch ``epoch`` (of ``epochs``) starts; this rank reads ``batches`` batches."""
+    def epoch_start(self, epoch: int, epochs: int, batches: int, done: int = 0) -> None:
+        """Epoch ``epoch`` (of ``epochs``) starts; this rank reads ``batches`` batches, of
+        which ``done`` were trained before a resume."""
 
     def batch(self, seeds: int, loss: float) -> None:
         """One training step on ``seeds`` seeds is done."""
@@ -50,11 +51,12 @@ class BarProgress(TrainProgress):
         self.clock = clock
         self.bar = None
 
-    def epoch_start(self, epoch: int, epochs: int, batches: int) -> None:
+    def epoch_start(self, epoch: int, epochs: int, batches: int, done: int = 0) -> None:
         from tqdm import tqdm
 
         self.close()
-        self.bar = tqdm(total=batches, desc=f"epoch {epoch + 1}/{epochs}", unit="batch",
+        self.bar = tqdm(total=batches, initial=done, desc=f"epoch {epoch + 1}/{epochs}",
+                        unit="batch",
                         dynamic_ncols=True, file=self.file,
                         bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
                                    "[{elapsed}{postfix}]")

@@ -475,7 +475,8 @@ def _train(store, name, pack, evals, cfg: TrainConfig, budget, device,
             count, source = batches(epoch)
             _check_equal_batches(count, name, epoch)
             if progress is not None:
-                progress.epoch_start(epoch, cfg.epochs, count)
+                done = loader.state_dict()["next_batch"] if loader is not None else 0
+                progress.epoch_start(epoch, cfg.epochs, count, done)
             r = train_epoch(step_model, optimizer, source, device, on_batch=on_batch)
             wait = loader.stats()["epochs"][-1]["wait_s"] if loader is not None else \
                 r["data_seconds"]

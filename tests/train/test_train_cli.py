@@ -184,7 +184,8 @@ def test_bar_rate_counts_from_the_end_of_the_first_step():
     """The first step carries the setup (loader, warm-up): the rate leaves it out, and
     validation after the last step does not dilute it either."""
     now = [100.0]
-    bar = BarProgress(file=io.StringIO(), clock=lambda: now[0])
+    out = io.StringIO()
+    bar = BarProgress(file=out, clock=lambda: now[0])
     bar.epoch_start(0, 1, 3)
     now[0] += 30.0  # a slow first batch
     bar.batch(100, 1.0)
@@ -197,6 +198,11 @@ def test_bar_rate_counts_from_the_end_of_the_first_step():
     now[0] += 60.0  # validation
     bar.epoch_end({"epoch": 0, "val_acc": 0.5})
     assert bar.rate() == pytest.approx(150 / 2.0)
+    assert "75 seeds/s, loss 1.0000, val acc 0.5000" in out.getvalue()
+    bar.epoch_start(1, 2, 10, done=4)  # resumed mid-epoch: the bar starts at batch 4
+    bar.batch(10, 1.0)
+    assert bar.bar.n == 5
+    bar.close()
 
 
 def test_progress_shows_val_acc_and_a_closed_pipe_exits_quietly(store):
