@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,8 +21,23 @@ from .errors import OocError, UsageError
 log = logging.getLogger("oocstore")
 
 
+#: A value that looks like a negative size (``-5MiB``): a value, not an option.
+_NEGATIVE_VALUE = re.compile(r"^-[0-9.]+[A-Za-z]*$")
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line naming the value and pointing at --help."""
+    """argparse, but a usage error is one line naming the value and pointing at --help,
+    options must be spelled out (``--epoch`` is not taken for ``--epochs``), and a
+    negative size reaches its option's check instead of reading as an unknown option."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def _parse_optional(self, arg_string):  # argparse's hook: is this token an option?
+        if _NEGATIVE_VALUE.match(arg_string):
+            return None
+        return super()._parse_optional(arg_string)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
@@ -426,8 +442,9 @@ def _add_train(sub) -> None:
         "train", help="train GraphSAGE node classification from a store, out of core",
         description="Train GraphSAGE on a store's training plan, streaming features through "
                     "the plan's pack (GPU/CPU/SSD tiers, pipelined prefetch) inside the given "
-                    "budgets; then report validation and test accuracy (evaluation plans are "
-                    "sampled and packed once if the store has none). --in-memory runs the "
+                    "budgets, with validation accuracy after every epoch and test accuracy "
+                    "at the end (evaluation plans are sampled and packed once if the store "
+                    "has none). --in-memory runs the "
                     "same plans with every feature in RAM: the parity reference. Under "
                     "`torchrun --nproc-per-node W` it trains with DDP on a plan sampled with "
                     "--world-size W (gloo on CPU, nccl on CUDA; budgets per rank) and rank 0 "
@@ -457,8 +474,19 @@ def _add_train(sub) -> None:
                    help="save model, optimizer and loader state here after every epoch (rank 0 "
                         "writes it under torchrun)")
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint DIR")
+    p.add_argument("--weight-decay", type=float, default=0.0, metavar="L2",
+                   help="Adam weight decay (default 0)")
+    p.add_argument("--early-stop", type=int, default=None, metavar="PATIENCE",
+                   help="stop after PATIENCE epochs without a better validation accuracy; "
+                        "the best epoch's model is tested (and saved)")
+    p.add_argument("--save-model", default=None, metavar="PATH",
+                   help="write the best validation epoch's state_dict to PATH when training "
+                        "ends (torch.load(PATH, weights_only=True)); an existing file needs "
+                        "--overwrite")
+    p.add_argument("--overwrite", action="store_true", help="let --save-model replace PATH")
     p.add_argument("--json", action="store_true",
-                   help="print the summary as one JSON object on the last line of stdout")
+                   help="print the summary as one JSON object on the last line of stdout "
+                        "(epochs[i].val_acc: validation accuracy after epoch i)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)
 
@@ -487,18 +515,21 @@ def _train_and_report(args, *, report: bool = True) -> int:
     from .train.run import TrainConfig, run_training, summary_json
     from .units import format_size
 
+    from .train.progress import BarProgress
+
     cfg = TrainConfig(epochs=args.epochs, hidden=args.hidden, lr=args.lr, dropout=args.dropout,
                       device=args.device, cpu_budget=args.cpu_budget, gpu_budget=args.gpu_budget,
                       in_memory=args.in_memory, backend=args.backend, seed=args.seed,
                       checkpoint=args.checkpoint, resume=args.resume,
-                      allow_eval_split=args.allow_eval_split)
+                      allow_eval_split=args.allow_eval_split,
+                      weight_decay=args.weight_decay, early_stop=args.early_stop,
+                      save_model=args.save_model, overwrite=args.overwrite)
     # train may commit evaluation plans and packs (and writes checkpoints) before it stops:
     # an interrupt or a failure after that says exactly what was written.
     writes = WriteLog(args.store)
+    bar = None if args.quiet else BarProgress()
     try:
-        with _progress(args, args.epochs, "train", unit="epoch") as update:
-            summary = run_training(args.store, args.plan, cfg, progress=lambda e, n: update(1),
-                                   writes=writes)
+        summary = run_training(args.store, args.plan, cfg, progress=bar, writes=writes)
     except KeyboardInterrupt:
         print(f"oocstore: interrupted; {writes.describe()}", file=sys.stderr)
         return 130
@@ -508,17 +539,26 @@ def _train_and_report(args, *, report: bool = True) -> int:
         print(f"oocstore: error: {err}", file=sys.stderr)
         print(f"oocstore: before it stopped, {writes.describe()}", file=sys.stderr)
         return 2
+    finally:
+        if bar is not None:
+            bar.close()
     if not report:
         return 0
     if args.json:
         print(summary_json(summary))
         return 0
     mode = "in memory" if summary["in_memory"] else f"out of core (pack {summary['pack']})"
-    print(f"trained plan {summary['plan']} {mode} on {summary['device']}: "
-          f"val acc {summary['val_acc']:.4f}, test acc {summary['test_acc']:.4f}")
+    accs = ", ".join(f"{k} acc {summary[f'{k}_acc']:.4f}" for k in ("val", "test")
+                     if summary[f"{k}_acc"] is not None) or "no val/test split to evaluate"
+    print(f"trained plan {summary['plan']} {mode} on {summary['device']}: {accs}")
     for e in summary["epochs"]:
+        val = f", val acc {e['val_acc']:.4f}" if e.get("val_acc") is not None else ""
         print(f"  epoch {e['epoch']}: {e['time_s']:.1f} s, waited {e['wait_s']:.2f} s for data, "
-              f"loss {e['loss']:.4f}")
+              f"loss {e['loss']:.4f}{val}")
+    if summary["best_epoch"] is not None and (args.early_stop or args.save_model):
+        print(f"  best validation epoch {summary['best_epoch']}"
+              + (" (stopped early)" if summary["early_stopped"] else "")
+              + (f"; its model saved to {summary['model_file']}" if summary["model_file"] else ""))
     if not summary["in_memory"]:
         hr = ", ".join(f"{k} {v:.1%}" for k, v in summary["hit_rate"].items())
         print(f"  read {format_size(summary['bytes_read'])} for "

@@ -3,7 +3,9 @@
 Where a training loop used ``DataLoader`` + a neighbour sampler, it iterates a
 ``NodeLoader`` built from a store, a plan (sampled offline) and its pack. Each
 :class:`Batch` carries the plan's blocks, ``x`` (the batch's input-node features, on the
-device), ``y`` (the seeds' labels) and converters ``to_pyg()`` / ``to_dgl()``.
+device), ``y`` (the seeds' labels) and converters ``to_pyg()`` (per-layer, for a
+hand-written forward), ``to_pyg_data()`` (one ``edge_index`` with trim-to-layer counts,
+for PyG's ready-made models) and ``to_dgl()``.
 
 Pipeline (``oocstore/pipeline.py``), one named thread per stage, bounded queues:
 
@@ -60,6 +62,13 @@ The arrays the reader indexes with (plan index and records, tier / slot, the Bel
 schedule, segment tables) are checked whatever ``verify_reads`` says, and their values
 are bounds-checked before use (``docs/RELIABILITY.md``, damaged index arrays).
 
+Evaluation: ``eval_loader(split)`` opens the split's evaluation plan (``val-eval``,
+``test-eval``) with the same device, budget and rank. It shares this loader's budget:
+it opens beside it where the open loaders' charges leave room, and otherwise the two
+take turns — a loader that must open suspends the others (they release every buffer
+and charge; a suspended loader re-opens on its next use, where it left off). Re-opening
+re-reads the CPU tier and the labels: on dblp (109 MiB CPU tier) 0.3-0.4 s.
+
 Epochs: ``set_epoch(e)`` selects plan epoch ``e mod K``, where ``K`` is the number of
 packed epochs (all of the plan's epochs unless a disk-blowup cap packed fewer).
 ``state_dict()`` / ``load_state_dict()`` resume mid-epoch exactly: the same remaining
@@ -81,11 +90,11 @@ import torch
 from .budget import BudgetAccountant, MemoryBudget
 from .checked_read import CheckedRows
 from .distributed import check_rank, current_rank, resolve_plan
-from .errors import BudgetError, FormatError, UsageError
+from .errors import BudgetError, FormatError, StoreNotFoundError, UsageError
 from .pack.format import plan_record_bytes
 from .pack.packer import label_dtype, labels_bytes
 from .pipeline import Pipeline
-from .plan import SampledBatch
+from .plan import SampledBatch, format_fanouts
 from .store import Store
 from .tiers.reader import TieredReader, list_packs
 from .tiers.staging import StagingRing, choose_depth, device_charges
@@ -120,11 +129,42 @@ class Batch:
     def blocks(self):
         return self.sample.blocks
 
+    @property
+    def num_seeds(self) -> int:
+        """The seeds are the first ``num_seeds`` rows of ``x`` (and of a model's output)."""
+        return int(self.sample.seeds.shape[0])
+
     def to_pyg(self):
-        """Per-layer ``edge_index`` + sizes for PyG layers (on ``x``'s device)."""
+        """Per-layer ``edge_index`` + sizes for PyG layers (on ``x``'s device): the
+        layer-wise form, for a hand-written forward (see :meth:`to_pyg_data` for PyG's
+        ready-made models)."""
         from .integrations.pyg import to_pyg
 
         return to_pyg(self.sample).to(self.x.device)
+
+    def to_pyg_data(self):
+        """The batch as a ``torch_geometric.data.Data`` like PyG's ``NeighborLoader``
+        yields, for PyG's ready-made models (``torch_geometric.nn.models.GraphSAGE``,
+        ``GAT``, ``GCN``) with trim-to-layer::
+
+            d = batch.to_pyg_data()
+            out = model(d.x, d.edge_index, num_sampled_nodes_per_hop=d.num_sampled_nodes,
+                        num_sampled_edges_per_hop=d.num_sampled_edges)[:d.batch_size]
+            loss = F.cross_entropy(out, d.y)
+
+        ``x`` rows are the input nodes (seeds first; the store's dtype, so float16
+        features need ``.float()``), ``n_id`` their global ids, ``y`` the seeds' labels
+        (``batch_size`` rows), ``edge_index`` one graph over all nodes
+        (:class:`~oocstore.integrations.pyg.PygHops` says how its edges are chosen)."""
+        from .integrations.pyg import require_pyg, to_pyg_hops
+
+        require_pyg()
+        from torch_geometric.data import Data
+
+        hops = to_pyg_hops(self.sample).to(self.x.device)
+        return Data(x=self.x, edge_index=hops.edge_index, y=self.y, n_id=hops.input_nodes,
+                    batch_size=hops.num_seeds, num_sampled_nodes=hops.num_sampled_nodes,
+                    num_sampled_edges=hops.num_sampled_edges)
 
     def to_dgl(self):
         """DGL blocks (``dgl.create_block``), where the DGL environment is installed."""
@@ -150,6 +190,11 @@ class NodeLoader:
                  rank: int | None = None, world_size: int | None = None,
                  verify_reads: bool = True):
         self.store = store
+        # What re-opening this loader after it lent its budget to an evaluation loader
+        # needs (see eval_loader).
+        self._init_args = dict(device=device, budget=budget, prefetch=prefetch, timeout=timeout,
+                               io_threads=io_threads, rank=rank, world_size=world_size,
+                               verify_reads=verify_reads)
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise UsageError("--device cuda: no CUDA device is available on this machine "
@@ -218,6 +263,10 @@ class NodeLoader:
         self._epoch_stats: list[dict[str, float]] = []
         self._wait = 0.0
         self._batches = 0
+        self._turns = _Turns(self)  # the loaders that take turns in this budget
+        self._suspended = False
+        self._reads_before: dict[str, Any] = {}  # reader counters of earlier openings
+        self._last_held: dict[str, int] | None = None  # charges when last suspended
 
     # -- budget --------------------------------------------------------------------
     def _setup_budget(self, prefetch: int | None) -> None:
@@ -325,6 +374,99 @@ class NodeLoader:
                                  device=self.device)
         self._stream = torch.cuda.Stream(device=self.device)
 
+    # -- evaluation loaders sharing the budget ------------------------------------------
+    def eval_loader(self, split: str = "val", *, plan: str | None = None) -> "NodeLoader":
+        """A loader over the evaluation plan of ``split`` (``{split}-eval``, the plan and
+        pack ``oocstore train`` prepares to fit its budget; or ``plan``) with this
+        loader's device, budget, prefetch and rank.
+
+        The two share the one budget instead of each holding its own. Where what this
+        loader holds leaves room for the evaluation loader, it is opened in that room
+        and both stay open. Otherwise they take turns: opening one releases the other's
+        buffers (tiers, staging, labels), and the next iteration of the other opens
+        them again (re-reading its CPU tier; a training epoch interrupted by an
+        evaluation resumes where it stopped). Either way a training loop may validate
+        every epoch within the budget it trains in. Close the evaluation loader when
+        done with it (it is a context manager)."""
+        name = plan or f"{split}-eval"
+        try:
+            resolved = resolve_plan(self.store, name, rank=self.rank,
+                                    world_size=self.world_size)
+            latest_pack(self.store, resolved)
+        except (UsageError, StoreNotFoundError) as err:
+            if plan is not None:
+                raise
+            meta = self.reader.plan.meta
+            how = f" --fanouts {format_fanouts(meta.fanouts)} --batch-size {meta.batch_size}"
+            budget = (f" --cpu-budget {self.budget.cpu}" if self.budget.cpu is not None else
+                      " --cpu-budget SIZE")
+            raise UsageError(
+                f"store {self.store.path} has no packed evaluation plan {name!r} ({err}): "
+                f"`oocstore train {self.store.path} --epochs 1{budget}` (or, in Python, "
+                f"oocstore.train.prepare_evaluation) prepares it and test-eval to fit the "
+                f"budget, or make it with `oocstore sample "
+                f"{self.store.path} --split {split} --name {name}{how}` and `oocstore pack "
+                f"{self.store.path} --plan {name}{budget}`") from err
+        args = {**self._init_args, "rank": self.rank, "world_size": self.world_size}
+        ev = None
+        room = self._turns.room()
+        if room is not None:
+            try:  # beside the open loaders, in what they leave of the budget
+                ev = NodeLoader(self.store, resolved, **{**args, "budget": room})
+            except BudgetError:
+                ev = None
+        if ev is None:
+            self._turns.release_all()  # the open loaders' memory is the new one's now
+            ev = NodeLoader(self.store, resolved, **args)
+        self._turns.join(ev)
+        return ev
+
+    def _suspend(self) -> None:
+        """Release every buffer this loader holds (its position is kept)."""
+        if self._suspended or self._closed:
+            return
+        self._stop_pipeline()
+        # What it will hold again when it re-opens (its budget and pack are unchanged).
+        self._last_held = {t: self.accountant.charged(t) for t in ("cpu", "gpu")}
+        st = self.reader.stats()
+        before = self._reads_before
+        self._reads_before = {
+            "bytes_read": before.get("bytes_read", 0) + st["bytes_read"],
+            "useful_bytes": before.get("useful_bytes", 0) + st["useful_bytes"],
+            "segment_reads": before.get("segment_reads", 0) + st["segment_reads"],
+            "hits": {k: before.get("hits", {}).get(k, 0) + v["hits"]
+                     for k, v in st["tiers"].items()}}
+        self._release()
+        self.labels = None
+        self._suspended = True
+
+    def _wake(self) -> None:
+        """Open the buffers :meth:`_suspend` released, where this loader left off."""
+        if not self._suspended:
+            return
+        version = self.reader.meta.plan_version
+        keep = {k: getattr(self, k) for k in ("epoch", "_start", "_epoch_stats", "_wait",
+                                              "_batches", "_turns", "_reads_before",
+                                              "_last_held")}
+        NodeLoader.__init__(self, self.store, self.plan_name, pack=self.pack_name,
+                            **{**self._init_args, "rank": self.rank,
+                               "world_size": self.world_size})
+        for k, v in keep.items():
+            setattr(self, k, v)
+        if self.reader.meta.plan_version != version:
+            self.close()
+            raise FormatError(f"plan {self.plan_name!r} was re-sampled while this loader lent "
+                              "its budget to an evaluation loader: build a new loader")
+
+    def take_turn(self) -> None:
+        """Hold this loader's buffers now: re-open them if an evaluation loader borrowed
+        them (suspending the loaders it must to stay in the budget); a no-op otherwise.
+        Iterating does this by itself; call it to keep the re-opening out of a timed
+        loop."""
+        if self._closed:
+            raise UsageError("this loader was closed; build a new one")
+        self._turns.take(self)
+
     # -- epochs and resume -----------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
         if epoch < 0:
@@ -338,8 +480,20 @@ class NodeLoader:
     def plan_epoch(self) -> int:
         return self.epoch % self.num_plan_epochs
 
+    @property
+    def plan(self):
+        """The :class:`~oocstore.plan.PlanReader` of the plan this loader reads (its
+        ``meta`` holds the fanouts and batch size)."""
+        self.take_turn()  # its records are read through files this loader holds open
+        return self.reader.plan
+
+    @property
+    def num_layers(self) -> int:
+        """Sampled layers per batch: a model built for this loader has as many."""
+        return self.reader.plan.num_layers  # from the plan's metadata
+
     def __len__(self) -> int:
-        return self.reader.num_batches(self.plan_epoch)
+        return self.reader.num_batches(self.plan_epoch)  # from the plan's metadata
 
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "next_batch": self._start, "plan": self.plan_name,
@@ -376,8 +530,7 @@ class NodeLoader:
         return b, sample, x, y, event
 
     def __iter__(self) -> Iterator[Batch]:
-        if self._closed:
-            raise UsageError("this loader was closed; build a new one")
+        self.take_turn()
         self._stop_pipeline()
         epoch = self.epoch
         start = self._start
@@ -444,6 +597,16 @@ class NodeLoader:
     # -- stats and lifecycle -------------------------------------------------------
     def stats(self) -> dict[str, Any]:
         st = self.reader.stats()
+        before = self._reads_before
+        if before:  # add what earlier openings of this loader read (see eval_loader)
+            for k in ("bytes_read", "useful_bytes", "segment_reads"):
+                st[k] = (0 if self._suspended else st[k]) + before[k]
+            hits = {k: (0 if self._suspended else v["hits"]) + before["hits"].get(k, 0)
+                    for k, v in st["tiers"].items()}
+            total = sum(hits.values())
+            st["hit_rate"] = {k: (v / total if total else 0.0) for k, v in hits.items()}
+            st["read_amplification"] = (st["bytes_read"] / st["useful_bytes"]
+                                        if st["useful_bytes"] else 0.0)
         out = {**st, "batches": self._batches, "wait_s": self._wait,
                "epochs": list(self._epoch_stats), "prefetch": self.prefetch,
                "plan": self.plan_name, "pack": self.pack_name}
@@ -455,6 +618,11 @@ class NodeLoader:
         if self._closed:
             return
         self._closed = True
+        self._turns.leave(self)
+        if not self._suspended:
+            self._release()
+
+    def _release(self) -> None:
         self._stop_pipeline()
         if self._ring is not None:
             self._ring.close()  # waits for the copies still reading it
@@ -469,3 +637,57 @@ class NodeLoader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class _Turns:
+    """Loaders that share the budget of the first (:meth:`NodeLoader.eval_loader`): the
+    charges of the open ones never add up to more than that budget; a loader that must
+    open suspends others (oldest first) until what it held before fits beside them."""
+
+    def __init__(self, first: NodeLoader):
+        self.members: list[NodeLoader] = [first]
+        self.budget = first.budget
+
+    def _held(self, tier: str, but: NodeLoader | None = None) -> int:
+        return sum(m.accountant.charged(tier) for m in self.members
+                   if m is not but and not m._suspended and not m._closed)
+
+    def room(self) -> MemoryBudget | None:
+        """What the open members leave of the budget (None: nothing left)."""
+        left = {}
+        for tier in ("cpu", "gpu"):
+            limit = getattr(self.budget, tier)
+            left[tier] = None if limit is None else limit - self._held(tier)
+            if left[tier] is not None and left[tier] <= 0:
+                return None
+        return MemoryBudget(cpu=left["cpu"], gpu=left["gpu"], disk=self.budget.disk)
+
+    def _fits(self, loader: NodeLoader) -> bool:
+        need = loader._last_held
+        if need is None:
+            return False
+        return all(getattr(self.budget, t) is None
+                   or self._held(t, but=loader) + need[t] <= getattr(self.budget, t)
+                   for t in ("cpu", "gpu"))
+
+    def join(self, loader: NodeLoader) -> None:
+        loader._turns = self
+        self.members.append(loader)
+
+    def leave(self, loader: NodeLoader) -> None:
+        if loader in self.members:
+            self.members.remove(loader)
+
+    def release_all(self) -> None:
+        for m in self.members:
+            m._suspend()
+
+    def take(self, loader: NodeLoader) -> None:
+        if not loader._suspended:
+            return
+        for m in self.members:
+            if self._fits(loader):
+                break
+            if m is not loader:
+                m._suspend()
+        loader._wake()

@@ -103,3 +103,83 @@ def to_pyg(batch: SampledBatch) -> PygBatch:
     return PygBatch(layers=layers,
                     input_nodes=torch.from_numpy(np.asarray(batch.input_nodes, dtype=np.int64).copy()),
                     num_seeds=num_seeds, epoch=batch.epoch, batch=batch.batch)
+
+
+# -- one edge_index for PyG's ready-made models (trim-to-layer form) ----------------------
+
+@dataclass(frozen=True)
+class PygHops:
+    """A sampled batch as one graph over all its nodes, the form PyG's ``NeighborLoader``
+    gives and its ready-made models (``torch_geometric.nn.models.GraphSAGE``, ``GAT``,
+    ``GCN``, ...) consume with trim-to-layer::
+
+        out = model(x, hops.edge_index,
+                    num_sampled_nodes_per_hop=hops.num_sampled_nodes,
+                    num_sampled_edges_per_hop=hops.num_sampled_edges)[:hops.num_seeds]
+
+    Nodes are ``input_nodes`` (seeds first, then the nodes each hop added, in order), so
+    ``num_sampled_nodes[h]`` is the number of nodes first reached at hop ``h`` (hop 0:
+    the seeds). Edges are grouped by the hop of their destination: the destinations at
+    hop ``h`` have the in-edges of block ``L - 1 - h`` (the block whose fanout the plan
+    drew for that hop; ``fanouts[-1]`` is the seeds'), and ``num_sampled_edges[h]`` counts
+    them. PyG's layer ``i`` drops the last ``i`` node and edge groups, so it sees the
+    destinations of hops ``0 .. L - 1 - i`` with all their sources.
+
+    Difference from the layer-wise form (:func:`to_pyg`): a plan samples each layer's
+    neighbours for all of that layer's destinations afresh, so a node that is a
+    destination in several layers may have a different neighbour sample in each; here it
+    keeps one (its hop's), as in PyG's own sampler. With full neighbourhoods
+    (``--fanouts all``) or one layer the two forms compute the same thing.
+    """
+
+    edge_index: torch.Tensor  # [2, E] int64 local ids (row 0 source, row 1 destination)
+    num_sampled_nodes: list[int]  # [L + 1]: seeds, then the nodes each hop added
+    num_sampled_edges: list[int]  # [L]: in-edges of the destinations of hop 0, 1, ...
+    input_nodes: torch.Tensor  # [num_input] int64 global ids (feature rows, in this order)
+    num_seeds: int
+
+    def to(self, device: torch.device | str, *, non_blocking: bool = False) -> "PygHops":
+        return dataclasses.replace(
+            self, edge_index=self.edge_index.to(device, non_blocking=non_blocking),
+            input_nodes=self.input_nodes.to(device, non_blocking=non_blocking))
+
+
+def to_pyg_hops(batch: SampledBatch) -> PygHops:
+    """Convert ``batch`` to the one-``edge_index`` form of :class:`PygHops` (CPU).
+
+    Checks the same prefix chain as :func:`to_pyg` (FormatError if a batch breaks it)."""
+    layers = to_pyg(batch).layers  # checked
+    num_layers = len(layers)
+    num_input = int(batch.input_nodes.shape[0])
+    num_seeds = int(batch.seeds.shape[0])
+    # Hop h's destinations are those of block L-1-h that the block nearer the seeds
+    # (block L-h) does not have: local ids [num_dst of block L-h, num_dst of block L-1-h).
+    nodes = [num_seeds]
+    edges = []
+    parts = []
+    for h in range(num_layers):
+        b = num_layers - 1 - h
+        edge_index, (num_src, num_dst) = layers[b]
+        lo = 0 if h == 0 else layers[b + 1].size[1]
+        dst = edge_index[1]
+        part = edge_index[:, (dst >= lo) & (dst < num_dst)]
+        parts.append(part)
+        edges.append(int(part.shape[1]))
+        nodes.append(num_src - num_dst)
+    if not num_layers:
+        nodes = [num_input]
+    edge_index = (torch.cat(parts, dim=1) if parts else torch.zeros((2, 0), dtype=torch.int64))
+    return PygHops(edge_index=edge_index, num_sampled_nodes=nodes, num_sampled_edges=edges,
+                   input_nodes=torch.from_numpy(np.asarray(batch.input_nodes,
+                                                           dtype=np.int64).copy()),
+                   num_seeds=num_seeds)
+
+
+def is_pyg_basic_gnn(model) -> bool:
+    """Whether ``model`` is one of PyG's ready-made models (``BasicGNN``: GraphSAGE, GAT,
+    GCN, GIN, PNA, EdgeCNN), which take one ``edge_index`` and trim-to-layer counts.
+    False without importing PyG when it was never imported."""
+    import sys
+
+    mod = sys.modules.get("torch_geometric.nn.models.basic_gnn")
+    return mod is not None and isinstance(model, mod.BasicGNN)

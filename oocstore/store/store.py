@@ -235,6 +235,40 @@ class Store:
             return iter([(k, v) for k, v in snap.items() if k.startswith(prefix)])
         return self.catalog.items(prefix)
 
+    # -- what a model needs to know -------------------------------------------------
+    @property
+    def num_nodes(self) -> int:
+        """Rows of ``features`` (one per node)."""
+        return int(self.array_meta("features").shape[0])
+
+    @property
+    def feature_dim(self) -> int:
+        """Columns of ``features``: a model's input width."""
+        shape = self.array_meta("features").shape
+        return int(shape[1]) if len(shape) > 1 else 1
+
+    @property
+    def num_classes(self) -> int:
+        """``max(labels) + 1``: a classifier's output width (the rule ``oocstore train``
+        sizes its model by). Labels are read once in 1 Mi-row chunks with ``pread``
+        (nothing stays mapped) and the answer is kept for this snapshot."""
+        meta = self.array_meta("labels")
+        cached = getattr(self, "_num_classes", None)
+        if cached is not None and cached[0] == meta.file:
+            return cached[1]
+        top = -1
+        reader = self.slice_reader("labels")
+        try:
+            for lo in range(0, meta.shape[0], 1 << 20):
+                chunk = reader.read(lo, min(meta.shape[0], lo + (1 << 20)))
+                if chunk.size:
+                    top = max(top, int(chunk.max()))
+        finally:
+            reader.close()
+        classes = top + 1 if top >= 0 else 1
+        self._num_classes = (meta.file, classes)
+        return classes
+
     @property
     def splits(self) -> dict[str, str]:
         return dict(self._splits)

@@ -4,6 +4,8 @@ against. Imports PyTorch Geometric only when a model is built."""
 
 from .loop import InMemoryFeatures, evaluate, train_epoch
 from .model import GraphSAGE
+from .run import prepare_evaluation
 from .schedule import Reuse, epoch_schedule
 
-__all__ = ["GraphSAGE", "InMemoryFeatures", "Reuse", "epoch_schedule", "evaluate", "train_epoch"]
+__all__ = ["GraphSAGE", "InMemoryFeatures", "Reuse", "epoch_schedule", "evaluate",
+           "prepare_evaluation", "train_epoch"]

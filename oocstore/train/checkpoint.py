@@ -14,6 +14,7 @@ Layout (``format`` 2)::
     plan        the plan (or shard group) trained on
     epoch       epochs completed; history has one entry per completed epoch
     history     [{"epoch", "time_s", "wait_s", "loss", "seeds", "samples_per_s"}, ...]
+                (plus "val_acc", "val_s" where the store has a validation split)
     model       the model's state_dict (tensors)
     optimizer   the optimizer's state_dict (tensors and plain values)
     loader      NodeLoader.state_dict() (per rank in rank order under DDP) or None
@@ -23,6 +24,9 @@ Layout (``format`` 2)::
                 torch (CPU generator, uint8 tensor), cuda (one per device, or []),
                 numpy (MT19937 keys as int64 tensor, pos, has_gauss, cached_gaussian),
                 python (version, state as int64 tensor, gauss)
+    best        the best validation epoch so far (optional): epoch, val_acc, model (its
+                state_dict on the CPU), stopped (early stopping ended the run); checked
+                by :meth:`~oocstore.train.selection.BestModel.from_checkpoint`
 
 Restoring the random states makes a resumed run repeat the uninterrupted one exactly
 (dropout masks draw from torch's generator). Checkpoints of format 1 (no ``format``
@@ -276,6 +280,8 @@ def check_layout(state: Any, path: Path) -> None:
                            optional=k == "samples_per_s") for k in _HISTORY):
             raise _bad(path, f"history entry {_describe(entry)} is not a dict of the numbers "
                              f"{', '.join(_HISTORY)}")
+        if not _is_number(entry.get("val_acc"), optional=True):
+            raise _bad(path, f"history entry {_describe(entry)}: val_acc is not a number")
     for key, value in state["model"].items():
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
             raise _bad(path, f"model entry {key!r} is not a named tensor")

@@ -1,7 +1,8 @@
 """The backend-neutral GNN training loop, and the in-memory feature reference.
 
 The loop does not know where features come from: it consumes an iterable of
-``(SampledBatch, x, y)`` triples, ``x`` ``[num_input, D]`` the features of
+``(SampledBatch, x, y)`` triples (or the :class:`~oocstore.loader.Batch` objects a
+``NodeLoader`` yields, which carry the same three), ``x`` ``[num_input, D]`` the features of
 ``batch.input_nodes`` in that order (any float dtype, on any device) and ``y``
 ``[num_seeds]`` int64 the seeds' labels. An out-of-core loader and
 :class:`InMemoryFeatures` (everything in RAM, the ``--in-memory`` parity reference)
@@ -9,8 +10,11 @@ produce the same triples for the same plan, so the same seeds give the same mode
 
 Backends: a model with a ``forward_batch(batch, x)`` method turns the batch into its
 library's form itself (:class:`~oocstore.train.GraphSAGE`: PyG layers;
-:class:`~oocstore.train.dgl_model.DGLGraphSAGE`: DGL blocks); a model without one is
-called PyG-style, ``model(x, layers)``.
+:class:`~oocstore.train.dgl_model.DGLGraphSAGE`: DGL blocks); one of PyG's ready-made
+models (``torch_geometric.nn.models.GraphSAGE``, ``GAT``, ``GCN``, ...) gets the batch as
+one ``edge_index`` with trim-to-layer counts
+(:func:`~oocstore.integrations.pyg.to_pyg_hops`) and its seed rows are kept; any other
+model is called PyG-style, ``model(x, layers)``.
 
 Data parallelism: DDP synchronises gradients only when the forward pass goes through
 its wrapper, so a model is wrapped as ``DistributedDataParallel(BatchForward(model))``
@@ -26,7 +30,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -34,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UsageError
-from ..integrations.pyg import to_pyg
+from ..integrations.pyg import is_pyg_basic_gnn, to_pyg, to_pyg_hops
 from ..plan import PlanReader, SampledBatch
 from ..store import Store
 
@@ -92,12 +96,31 @@ def _forward(model: nn.Module, batch: SampledBatch, x: torch.Tensor) -> torch.Te
     forward_batch = getattr(model, "forward_batch", None)
     if forward_batch is not None:
         return forward_batch(batch, x)
+    if is_pyg_basic_gnn(model):
+        hops = to_pyg_hops(batch).to(x.device, non_blocking=True)
+        out = model(x.to(torch.float32), hops.edge_index,
+                    num_sampled_nodes_per_hop=hops.num_sampled_nodes,
+                    num_sampled_edges_per_hop=hops.num_sampled_edges)
+        return out[:hops.num_seeds]
     return model(x, to_pyg(batch).to(x.device, non_blocking=True).layers)
 
 
+def _triples(batches: Iterable[Any]) -> Iterator[BatchTriple]:
+    """``(batch, x, y)`` triples from triples or from :class:`~oocstore.loader.Batch`
+    objects (what iterating a ``NodeLoader`` gives)."""
+    for item in batches:
+        sample = getattr(item, "sample", None)
+        if sample is not None and hasattr(item, "x"):
+            yield sample, item.x, item.y
+        else:
+            yield item
+
+
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
-                batches: Iterable[BatchTriple], device: torch.device | str) -> dict[str, Any]:
-    """One pass over ``batches``: cross-entropy on the seeds, one optimizer step per batch.
+                batches: Iterable[BatchTriple], device: torch.device | str, *,
+                on_batch: Callable[[int, float], Any] | None = None) -> dict[str, Any]:
+    """One pass over ``batches``: cross-entropy on the seeds, one optimizer step per batch
+    (``on_batch(seeds, loss)`` after each, e.g. for a progress bar).
 
     Returns ``loss`` and ``train_accuracy`` (seed-weighted means over the epoch),
     ``batches``, ``seeds``, ``seconds`` (wall time) and ``data_seconds`` (time spent
@@ -111,7 +134,7 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
     count = 0
     data_s = 0.0
     t0 = time.perf_counter()
-    it = iter(batches)
+    it = _triples(batches)
     while True:
         t = time.perf_counter()
         try:
@@ -126,7 +149,10 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
         loss.backward()
         optimizer.step()
         n = int(y.shape[0])
-        total_loss += float(loss.detach()) * n
+        batch_loss = float(loss.detach())
+        total_loss += batch_loss * n
+        if on_batch is not None:
+            on_batch(n, batch_loss)
         correct += int((out.detach().argmax(dim=1) == y).sum())
         seen += n
         count += 1
@@ -139,7 +165,10 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
 def evaluate(model: nn.Module, batches: Iterable[BatchTriple],
              device: torch.device | str | None = None) -> float:
     """Accuracy in ``[0, 1]`` of ``model`` on the seeds of ``batches`` (eval mode: no
-    dropout). ``device`` defaults to the model's."""
+    dropout, no gradients): a ``NodeLoader`` (e.g. ``train_loader.eval_loader("val")``)
+    or triples. ``device`` defaults to the model's. The model may be a
+    :class:`~oocstore.train.GraphSAGE`, one of PyG's ready-made models, or any module
+    called ``model(x, layers)`` (see the module docstring)."""
     correct, seen = evaluate_counts(model, batches, device)
     if seen == 0:
         raise UsageError("evaluate got no batches: the evaluation plan is empty")
@@ -157,7 +186,7 @@ def evaluate_counts(model: nn.Module, batches: Iterable[BatchTriple],
     correct = 0
     seen = 0
     try:
-        for batch, x, y in batches:
+        for batch, x, y in _triples(batches):
             x, y = _prepare(batch, x, y, device)
             correct += int((_forward(model, batch, x).argmax(dim=1) == y).sum())
             seen += int(y.shape[0])

@@ -4,9 +4,13 @@ Composition root: puts the store, the samplers (for evaluation plans the store l
 the packer, the loader and the model together. Training reads features through the
 pack's tiers with :class:`~oocstore.loader.NodeLoader` inside the given budgets;
 ``in_memory`` instead holds every feature in RAM and runs the same plans (the parity
-reference). Validation and test accuracy are measured after the last epoch through
-plans sampled on those splits (created once, with the training plan's fanouts, and
-packed with the same CPU cache size, when the store has none).
+reference). Validation accuracy is measured after every epoch and test accuracy at the
+end, through plans sampled on those splits (``val-eval``, ``test-eval``: created once,
+sized to the run's budget, when the store has none); out of core, the validation loader
+takes turns with the training loader in the one budget
+(:meth:`~oocstore.loader.NodeLoader.eval_loader`). With early stopping or a model file
+(:mod:`.selection`) the run's result is its best validation epoch: those weights are
+tested and saved.
 
 Data parallelism (``docs/DISTRIBUTED.md``): when ``torch.distributed`` is initialised
 with ``W > 1`` processes (``torchrun``), every rank trains on its own shard of a plan
@@ -22,7 +26,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import time
 import random
 import resource
 from dataclasses import dataclass
@@ -42,6 +48,8 @@ from .checkpoint import (CHECKPOINT_FILE, check_optimizer_state, check_rng_state
                          load_checkpoint, rng_state, save_checkpoint, set_rng_state)
 from .loop import InMemoryFeatures, ddp_model, evaluate_counts, train_epoch
 from .model import GraphSAGE
+from .progress import TrainProgress, _EpochCallback
+from .selection import BestModel, check_model_path, save_model
 from .prepare import WRITER_WAIT_S, WriteLog, apply_eval, check_loader_fits, plan_eval, writer
 
 log = logging.getLogger(__name__)
@@ -63,14 +71,32 @@ class TrainConfig:
     resume: bool = False
     writer_wait: float = WRITER_WAIT_S  # s to wait for another writer (evaluation plans)
     allow_eval_split: bool = False  # train on a plan of val/test (refused otherwise)
+    weight_decay: float = 0.0  # Adam's L2 penalty
+    early_stop: int | None = None  # stop after this many epochs without a better val_acc
+    save_model: str | None = None  # write the best validation epoch's state_dict here
+    overwrite: bool = False  # save_model may replace an existing file
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
             raise UsageError(f"--epochs {self.epochs}: give 1 or more")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise UsageError(f"--weight-decay {self.weight_decay}: give a finite value >= 0 "
+                             "(0 turns it off)")
+        if self.early_stop is not None and self.early_stop < 1:
+            raise UsageError(f"--early-stop {self.early_stop}: give the number of epochs "
+                             "without a better validation accuracy to stop after (1 or more)")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise UsageError(f"--lr {self.lr}: give a finite learning rate > 0")
         if self.backend not in ("pyg", "dgl"):
             raise UsageError(f"--backend {self.backend!r}: use pyg or dgl")
         if self.resume and not self.checkpoint:
             raise UsageError("--resume needs --checkpoint DIR (where the run saved its state)")
+
+    @property
+    def selects(self) -> bool:
+        """Whether the run picks its result by validation accuracy (the best epoch's
+        weights are reported, and saved)."""
+        return self.early_stop is not None or self.save_model is not None
 
 
 def train_plan(store: Store, name: str | None, rank: int = 0, world_size: int = 1, *,
@@ -122,14 +148,18 @@ def _peak_rss() -> int:
 
 
 def run_training(store_path: str | os.PathLike, plan: str | None, cfg: TrainConfig, *,
-                 progress: Callable[[int, int], Any] | None = None,
+                 progress: TrainProgress | Callable[[int, int], Any] | None = None,
                  writes: WriteLog | None = None) -> dict[str, Any]:
     """Train and evaluate; returns the summary ``oocstore train --json`` prints.
 
     Everything that can refuse the run (plans, packs, budgets, the checkpoint to resume
-    from) is checked before the first write. ``writes`` records what the run committed
-    to the store (evaluation plans and packs) and wrote beside it (checkpoints), as soon
-    as each is durable, for a caller that reports an interrupt or a failure."""
+    from, the model file) is checked before the first write. ``writes`` records what the
+    run committed to the store (evaluation plans and packs) and wrote beside it
+    (checkpoints, the model file), as soon as each is durable, for a caller that reports
+    an interrupt or a failure. ``progress``: a :class:`TrainProgress`, or a callable
+    ``(epoch, epochs)`` called after every epoch."""
+    if progress is not None and not isinstance(progress, TrainProgress):
+        progress = _EpochCallback(progress, cfg.epochs)
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available on this machine; use "
@@ -150,6 +180,10 @@ def run_training(store_path: str | os.PathLike, plan: str | None, cfg: TrainConf
         _on_every_rank(lambda: _check_resume(store_path, plan, cfg, rank, world))
     if cfg.checkpoint:
         _on_every_rank(lambda: rank == 0 and _check_checkpoint_dir(Path(cfg.checkpoint)))
+    if cfg.save_model:
+        _on_every_rank(lambda: rank == 0 and check_model_path(cfg.save_model, cfg.overwrite))
+    if cfg.selects:
+        _on_every_rank(lambda: _check_has_val(store_path, cfg))
     _prepare(store_path, plan, cfg, budget, device, rank, world, writes)
     store = Store(store_path)
     try:
@@ -185,6 +219,24 @@ def run_training(store_path: str | os.PathLike, plan: str | None, cfg: TrainConf
         store.close()
 
 
+def prepare_evaluation(store_path: str | os.PathLike, plan: str | None = None, *,
+                       budget: MemoryBudget | None = None, device: str = "cpu", seed: int = 0,
+                       writer_wait: float = WRITER_WAIT_S) -> WriteLog:
+    """Create the evaluation plans and packs (``val-eval``, ``test-eval``) that the
+    loader of training plan ``plan`` (default: the newest) evaluates with
+    (:meth:`~oocstore.loader.NodeLoader.eval_loader`), sized to ``budget``, unless the
+    store has them: what ``oocstore train`` does before it trains. The training pack is
+    checked against the budget first; nothing is written if anything would be refused.
+    Returns what was committed."""
+    budget = budget or MemoryBudget()
+    cfg = TrainConfig(epochs=1, device=device, cpu_budget=budget.cpu, gpu_budget=budget.gpu,
+                      seed=seed, writer_wait=writer_wait)
+    rank, world = dist.current_rank()
+    writes = WriteLog(str(store_path))
+    _prepare(store_path, plan, cfg, budget, torch.device(device), rank, world, writes)
+    return writes
+
+
 def _prepare(store_path, plan: str | None, cfg: TrainConfig, budget: MemoryBudget,
              device: torch.device, rank: int, world: int, writes: WriteLog) -> None:
     """Check that the run fits, then create missing evaluation plans and packs.
@@ -218,6 +270,16 @@ def _prepare(store_path, plan: str | None, cfg: TrainConfig, budget: MemoryBudge
 
     _on_every_rank(check)
     _on_every_rank(prepare if dist.node_ranks()[0] == rank else lambda: None)
+
+
+def _check_has_val(store_path, cfg: TrainConfig) -> None:
+    with Store(store_path) as store:
+        if "val" not in store.splits:
+            flag = "--early-stop" if cfg.early_stop is not None else "--save-model"
+            raise UsageError(f"{flag}: store {store.path} has no 'val' split to choose the "
+                             "best epoch by (it has: "
+                             f"{', '.join(sorted(store.splits)) or 'none'}): re-ingest with "
+                             "--split TR,VA,TE, or train without it")
 
 
 def _check_checkpoint_dir(directory: Path) -> None:
@@ -264,17 +326,20 @@ def _on_every_rank(fn: Callable[[], Any]) -> Any:
 
 
 def _model(store: Store, reader: PlanReader, cfg: TrainConfig, device: torch.device):
-    fmeta = store.array_meta("features")
-    labels = store.array("labels")
-    classes = int(labels.max()) + 1 if labels.size else 1
+    classes = store.num_classes
     if cfg.backend == "dgl":
         from .dgl_model import DGLGraphSAGE
 
-        model = DGLGraphSAGE(fmeta.shape[1], cfg.hidden, classes, reader.num_layers, cfg.dropout)
+        model = DGLGraphSAGE(store.feature_dim, cfg.hidden, classes, reader.num_layers,
+                             cfg.dropout)
     else:
-        model = GraphSAGE(fmeta.shape[1], cfg.hidden, classes, reader.num_layers,
+        model = GraphSAGE(store.feature_dim, cfg.hidden, classes, reader.num_layers,
                           dropout=cfg.dropout)
     return model.to(device)
+
+
+def _optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def _check_equal_batches(count: int, name: str, epoch: int) -> None:
@@ -296,10 +361,12 @@ def _epoch_entry(epoch: int, r: dict[str, Any], wait_s: float) -> dict[str, Any]
 
 
 def _resume(cfg: TrainConfig, model, optimizer, reader: PlanReader, device, rank: int,
-            world: int, *, restore_rng: bool = True) -> tuple[int, list, dict | None]:
+            world: int, *, restore_rng: bool = True
+            ) -> tuple[int, list, dict | None, BestModel]:
     """Load the checkpoint of ``cfg`` into ``model`` and ``optimizer`` and (with
     ``restore_rng``) restore the random states; returns (epochs done, history, this
-    rank's loader state). Every way the checkpoint may not fit is a FormatError."""
+    rank's loader state, the best epoch so far). Every way the checkpoint may not fit
+    is a FormatError."""
     path = _checkpoint_path(cfg)
     state = load_checkpoint(path, map_location=device)
     if state["plan"] != dist.group_of(reader.meta):
@@ -318,6 +385,13 @@ def _resume(cfg: TrainConfig, model, optimizer, reader: PlanReader, device, rank
                           f"{text[0][:200] if text else ''}): resume with the --hidden, "
                           "--backend and plan of the run that wrote it, or start a new run "
                           "without --resume") from err
+    saved = state.get("config") if isinstance(state.get("config"), dict) else {}
+    decay = saved.get("weight_decay", 0.0)
+    if decay != cfg.weight_decay:
+        # the optimizer state would bring its own decay back and override the flag
+        raise FormatError(f"checkpoint {path} was trained with --weight-decay {decay!r}, not "
+                          f"{cfg.weight_decay}: resume with the same --weight-decay, or start "
+                          "a new run without --resume")
     loader_state = _rank_entry(state.get("loader"), rank, world, path, "loader")
     rng = _rank_entry(state.get("rng"), rank, world, path, "rng")
     if rng is not None:
@@ -325,7 +399,19 @@ def _resume(cfg: TrainConfig, model, optimizer, reader: PlanReader, device, rank
     elif restore_rng:
         log.warning("checkpoint %s holds no random states (written by an older version): "
                     "the resumed run does not repeat an uninterrupted one exactly", path)
-    return state["epoch"], state["history"], loader_state
+    best = BestModel.from_checkpoint(state.get("best"), cfg.early_stop, path, state["epoch"])
+    if "best" not in state and state["epoch"] > 0 and cfg.selects and not restore_rng:
+        log.warning("checkpoint %s was written by an older version and holds no best epoch: "
+                    "the best epoch is chosen among the epochs from now on (or is the last "
+                    "one)", path)
+    if best.state is not None:
+        mine = model.state_dict()
+        if set(best.state) != set(mine) or any(best.state[k].shape != mine[k].shape
+                                               for k in mine):
+            raise FormatError(f"checkpoint {path}: the best epoch's weights do not fit this "
+                              "model: it is damaged or was not written by this run; start a "
+                              "new run without --resume")
+    return state["epoch"], state["history"], loader_state, best
 
 
 def _check_resume(store_path, plan: str | None, cfg: TrainConfig, rank: int, world: int) -> None:
@@ -335,7 +421,7 @@ def _check_resume(store_path, plan: str | None, cfg: TrainConfig, rank: int, wor
         reader = PlanReader(store, train_plan(store, plan, rank, world,
                                               allow_eval_split=cfg.allow_eval_split))
         model = _model(store, reader, cfg, torch.device("cpu"))
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        optimizer = _optimizer(model, cfg)
         state = np.random.get_state(), random.getstate()
         try:
             _resume(cfg, model, optimizer, reader, "cpu", rank, world, restore_rng=False)
@@ -362,29 +448,68 @@ def _rank_entry(value: Any, rank: int, world: int, path: Path, key: str) -> Any:
     return value
 
 
-def _train(store, name, pack, evals, cfg: TrainConfig, budget, device, progress,
-           rank: int = 0, world: int = 1, writes: WriteLog | None = None) -> dict[str, Any]:
+def _train(store, name, pack, evals, cfg: TrainConfig, budget, device,
+           progress: TrainProgress | None, rank: int = 0, world: int = 1,
+           writes: WriteLog | None = None) -> dict[str, Any]:
     reader = PlanReader(store, name)
     model = _model(store, reader, cfg, device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    optimizer = _optimizer(model, cfg)
     ckdir = Path(cfg.checkpoint) if cfg.checkpoint else None
     start_epoch, history, loader_state = 0, [], None
+    best = BestModel(patience=cfg.early_stop)
     if cfg.resume:
-        start_epoch, history, loader_state = _resume(cfg, model, optimizer, reader, device,
-                                                     rank, world)
+        start_epoch, history, loader_state, best = _resume(cfg, model, optimizer, reader,
+                                                           device, rank, world)
     # DDP broadcasts rank 0's parameters once and all-reduces gradients every step;
     # ``model`` stays the plain module (evaluation and checkpoints).
     step_model = ddp_model(model) if world > 1 else model
     mem = InMemoryFeatures(store) if cfg.in_memory else None
+    on_batch = progress.batch if progress is not None else None
     stats: dict[str, Any] = {}
+    val_plan = evals.get("val")
+
+    def validate(epoch: int, entry: dict[str, Any], source) -> None:
+        """Validation accuracy of this epoch's model (summed over the ranks)."""
+        if val_plan is None:
+            return
+        t0 = time.perf_counter()
+        correct, seen = dist.all_reduce(evaluate_counts(model, source(), device), "sum")
+        if seen == 0:
+            raise UsageError(f"evaluation plan {val_plan!r} has no seeds: re-sample it")
+        entry["val_acc"] = correct / seen
+        entry["val_s"] = dist.all_reduce([time.perf_counter() - t0], "max")[0]
+        best.update(epoch, entry["val_acc"], model)
+
+    def run_epochs(epochs, batches, loader=None) -> None:
+        for epoch in epochs:
+            if best.stopped:
+                break
+            count, source = batches(epoch)
+            _check_equal_batches(count, name, epoch)
+            if progress is not None:
+                done = loader.state_dict()["next_batch"] if loader is not None else 0
+                progress.epoch_start(epoch, cfg.epochs, count, done)
+            r = train_epoch(step_model, optimizer, source, device, on_batch=on_batch)
+            wait = loader.stats()["epochs"][-1]["wait_s"] if loader is not None else \
+                r["data_seconds"]
+            entry = _epoch_entry(epoch, r, wait)
+            loader_state = loader.state_dict() if loader is not None else None
+            validate(epoch, entry, val_source)
+            history.append(entry)
+            _after_epoch(ckdir, model, optimizer, reader.meta, epoch, history, loader_state,
+                         progress, cfg, rank, world, writes, device, best)
+
     if cfg.in_memory:
-        for epoch in range(start_epoch, cfg.epochs):
+        val_reader = PlanReader(store, val_plan) if val_plan else None
+
+        def val_source():
+            return mem.batches(val_reader, 0)
+
+        def batches(epoch):
             pe = epoch % reader.num_epochs
-            _check_equal_batches(reader.num_batches(pe), name, epoch)
-            r = train_epoch(step_model, optimizer, mem.batches(reader, pe), device)
-            history.append(_epoch_entry(epoch, r, r["data_seconds"]))
-            _after_epoch(ckdir, model, optimizer, reader.meta, epoch, history, None, progress, cfg,
-                         rank, world, writes, device)
+            return reader.num_batches(pe), mem.batches(reader, pe)
+
+        run_epochs(range(start_epoch, cfg.epochs), batches)
     else:
         # A budget one rank's shard does not fit stops every rank.
         with _on_every_rank(lambda: NodeLoader(store, name, pack=pack, device=device,
@@ -392,21 +517,45 @@ def _train(store, name, pack, evals, cfg: TrainConfig, budget, device, progress,
                                                world_size=world)) as loader:
             if loader_state is not None:
                 loader.load_state_dict(loader_state)
-            for epoch in range(start_epoch, cfg.epochs):
-                if loader_state is None or epoch != loader_state["epoch"]:
+            resumed_at = loader_state["epoch"] if loader_state is not None else None
+            evaluation: list[NodeLoader] = []
+
+            def val_source():
+                # Opened on first use, in the training loader's budget: beside it where
+                # that leaves room, else the two take turns (NodeLoader.eval_loader).
+                if not evaluation:
+                    evaluation.append(_on_every_rank(lambda: loader.eval_loader(
+                        plan=val_plan)))
+                return evaluation[0]
+
+            def batches(epoch):
+                if epoch != resumed_at:
                     loader.set_epoch(epoch)
-                loader_state = None
-                _check_equal_batches(len(loader), name, epoch)
-                r = train_epoch(step_model, optimizer, ((b.sample, b.x, b.y) for b in loader),
-                                device)
-                es = loader.stats()["epochs"][-1]
-                history.append(_epoch_entry(epoch, r, es["wait_s"]))
-                _after_epoch(ckdir, model, optimizer, reader.meta, epoch, history,
-                             loader.state_dict(), progress, cfg, rank, world, writes, device)
+                loader.take_turn()  # re-opened here if validation borrowed its budget
+                return len(loader), ((b.sample, b.x, b.y) for b in loader)
+
+            try:
+                run_epochs(range(start_epoch, cfg.epochs), batches, loader)
+            finally:
+                for ev in evaluation:
+                    ev.close()
+                del evaluation
             stats = loader.stats()
         del loader  # its tiers are freed by close(); drop the last reference too
     accs = {}
+    if cfg.selects and best.state is not None:
+        model.load_state_dict(best.state)  # report (and save) the best validation epoch
+        accs["val"] = best.val_acc
+    elif history and "val_acc" in history[-1]:
+        accs["val"] = history[-1]["val_acc"]  # the model as it is now: measured already
+    if cfg.selects and best.state is None and history:
+        # resumed from a checkpoint without a best epoch and nothing left to train: the
+        # model as it is stands for it
+        best.epoch = len(history) - 1
+        best.state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     for split, plan_name in evals.items():
+        if split in accs:
+            continue
         er = PlanReader(store, plan_name)
         if cfg.in_memory:
             counts = evaluate_counts(model, mem.batches(er, 0), device)
@@ -419,6 +568,13 @@ def _train(store, name, pack, evals, cfg: TrainConfig, budget, device, progress,
         if seen == 0:
             raise UsageError(f"evaluation plan {plan_name!r} has no seeds: re-sample it")
         accs[split] = correct / seen
+    model_file = cfg.save_model if cfg.save_model and best.state is not None else None
+    if model_file is not None:
+        if rank == 0:
+            save_model(Path(model_file), best.state)
+            if writes is not None:
+                writes.wrote_file(model_file, f"the model of epoch {best.epoch}")
+        dist.barrier()
     peak = _peak_rss()
     mine = {"rank": rank, "plan": name, "pack": pack, "bytes_read": stats.get("bytes_read", 0),
             "useful_bytes": stats.get("useful_bytes", 0), "hit_rate": stats.get("hit_rate", {}),
@@ -431,6 +587,8 @@ def _train(store, name, pack, evals, cfg: TrainConfig, budget, device, progress,
         "backend": cfg.backend, "device": str(device), "seed": cfg.seed, "world_size": world,
         "val_acc": accs.get("val"), "test_acc": accs.get("test"),
         "epochs": history,
+        "best_epoch": best.epoch if best.epoch >= 0 else None,
+        "early_stopped": best.stopped, "model_file": model_file,
         "bytes_read": read, "useful_bytes": useful,
         "read_amplification": stats.get("read_amplification") if world == 1 else
         (read / useful if useful else None),
@@ -444,9 +602,10 @@ def _train(store, name, pack, evals, cfg: TrainConfig, budget, device, progress,
     return summary
 
 
-def _after_epoch(ckdir, model, optimizer, meta, epoch, history, loader_state, progress, cfg,
-                 rank: int = 0, world: int = 1, writes: WriteLog | None = None,
-                 device: torch.device | str = "cpu"):
+def _after_epoch(ckdir, model, optimizer, meta, epoch, history, loader_state,
+                 progress: TrainProgress | None, cfg, rank: int = 0, world: int = 1,
+                 writes: WriteLog | None = None, device: torch.device | str = "cpu",
+                 best: BestModel | None = None):
     if ckdir is not None:
         rng = rng_state(device)  # after the epoch: what the next epoch draws from
         if world > 1:
@@ -457,12 +616,12 @@ def _after_epoch(ckdir, model, optimizer, meta, epoch, history, loader_state, pr
                 "plan": dist.group_of(meta), "epoch": epoch + 1, "history": history,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "loader": loader_state, "world_size": world, "config": dict(cfg.__dict__),
-                "rng": rng})
+                "rng": rng, "best": best.to_checkpoint() if best is not None else None})
             if writes is not None:
                 writes.wrote_file(path, f"a checkpoint after epoch {epoch + 1}")
         dist.barrier()  # no rank runs ahead of a checkpoint that is not yet on disk
     if progress is not None:
-        progress(epoch, cfg.epochs)
+        progress.epoch_end(history[-1])
 
 
 def summary_json(summary: dict[str, Any]) -> str:
