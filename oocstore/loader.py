@@ -266,6 +266,9 @@ class NodeLoader:
                 raise UsageError(f"prefetch {prefetch}: give 0 (read in the training loop's "
                                  "thread, no overlap) or more batches")
         self.prefetch = depth
+        # Batch buffers charged: the one being assembled (by the reader), the one the
+        # training loop holds and the prefetched ones: reused once released.
+        self.reader.keep_batch_buffers(depth + 2)
         self._charges.append(self.accountant.charge(
             "cpu", depth * per_batch, f"{depth} prefetched batch(es) (features and plan records)",
             fix=f"lower the prefetch depth (now {depth}) or raise the cpu budget"))
