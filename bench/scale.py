@@ -26,7 +26,7 @@ Without root or cgroup v1 the stages run unconfined and the output says so.
 
     python bench/scale.py                              # 20 M nodes, 2 GiB limit
     python bench/scale.py --nodes 40000000 --limit 4GiB
-    python bench/scale.py --quick                      # 200 k nodes, 64 MiB: seconds
+    python bench/scale.py --quick                      # 50 k nodes, 1 GiB: seconds
 
 Writes ``bench/results/scale.json`` (``--out``); the store goes under ``bench/data/scale``
 and is deleted at the end unless ``--keep``.
@@ -197,7 +197,7 @@ def epoch_worker(spec: dict) -> None:
             loss = torch.nn.functional.cross_entropy(out, batch.y)
             loss.backward()
             opt.step()
-            loss_sum += float(loss)
+            loss_sum += loss.item()
             rows += batch.x.shape[0]
             batches += 1
         epoch = time.perf_counter() - t1
@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--stages", default="ingest,sample,pack,epoch")
     p.add_argument("--out", default=None, help="result JSON (default bench/results/scale.json; "
                    "--quick writes none unless given)")
-    p.add_argument("--quick", action="store_true", help="200 k nodes x 32, a 1 GiB limit, a 128 MiB "
+    p.add_argument("--quick", action="store_true", help="50 k nodes x 32, a 1 GiB limit, a 128 MiB "
                    "budget: seconds (for a test; the features are then smaller than the limit)")
     p.add_argument("--epoch-worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> dict:
         epoch_worker(json.loads(args.epoch_worker))
         return {}
     if args.quick:
-        args.nodes, args.feat_dim, args.limit, args.batch_size = 200_000, 32, "1GiB", 256
+        args.nodes, args.feat_dim, args.limit, args.batch_size = 50_000, 32, "1GiB", 128
         args.budget = args.budget or "128MiB"  # the interpreter and torch take ~0.5 GiB
         args.train_frac = 0.02
     limit = parse_size(args.limit)
