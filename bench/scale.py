@@ -19,9 +19,10 @@ user-facing commands where there are some:
    (this script's ``--epoch-worker``).
 
 Per stage: wall seconds, the cgroup's peak charge (``memory.max_usage_in_bytes``, reset
-before the stage: process memory + page cache), the process's peak RSS (``ru_maxrss`` of
-the stage's process, from ``wait4``), whether the limit was reached (``failcnt``: the
-kernel reclaimed page cache to stay under it) and whether the stage was killed (OOM).
+before the stage: process memory + page cache; at the limit the kernel reclaims clean
+page cache, which is not a failure), the process's peak RSS (``ru_maxrss`` of the
+stage's process, from ``wait4``; mapped file pages count) and whether the stage was
+killed (OOM).
 Without root or cgroup v1 the stages run unconfined and the output says so.
 
     python bench/scale.py                              # 20 M nodes, 2 GiB limit
@@ -138,7 +139,7 @@ def run_stage(name: str, argv: list[str], cg: Cgroup | None, log_dir: Path) -> d
                                                                          else argv[1:])}
     if cg is not None:
         res.update(cgroup_peak_bytes=cg.read("memory.max_usage_in_bytes"),
-                   limit_hits=cg.read("memory.failcnt"))
+                   memory_failcnt=cg.read("memory.failcnt"))
     if proc.returncode == -signal.SIGKILL:
         res["killed"] = "SIGKILL (the OOM killer: the stage needed more than the limit)"
     elif proc.returncode != 0:
@@ -298,13 +299,12 @@ def main(argv: list[str] | None = None) -> dict:
           f"{args.train_frac:.1%} training nodes; memory limit {limit / GiB:.2f} GiB "
           f"(features {feature_bytes / limit:.1f}x the limit), training budget "
           f"{budget / GiB:.2f} GiB; cgroup: {result['cgroup']}")
-    print(f"  {'stage':8} {'seconds':>9} {'cgroup peak':>12} {'peak RSS':>10} {'limit hits':>10}  "
-          "outcome")
+    print(f"  {'stage':8} {'seconds':>9} {'cgroup peak':>12} {'peak RSS':>10}  outcome")
     for r in results:
         outcome = r.get("killed") or r.get("error") or "ok"
         peak = f"{r['cgroup_peak_bytes'] / MiB:,.0f} MiB" if "cgroup_peak_bytes" in r else "-"
         print(f"  {r['stage']:8} {r['seconds']:9.1f} {peak:>12} "
-              f"{r['peak_rss_bytes'] / MiB:>6,.0f} MiB {r.get('limit_hits', 0):>10}  {outcome}")
+              f"{r['peak_rss_bytes'] / MiB:>6,.0f} MiB  {outcome}")
     ep = next((r.get("result") for r in results if r["stage"] == "epoch"), None)
     if ep:
         print(f"  epoch: {ep['batches']} batches, {ep['epoch_s']:.1f} s (loader set-up "
