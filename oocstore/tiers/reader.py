@@ -103,6 +103,10 @@ def _read_whole(store: Store, name: str) -> np.ndarray:
     return out
 
 
+#: Segment buffers read ahead at most (each charged, and taken only where the budget
+#: has room after everything required).
+READ_AHEAD_SEGMENTS = 2
+
 #: ``madvise`` advice asking for transparent huge pages (Linux; 0 elsewhere).
 _MADV_HUGEPAGE = getattr(mmap, "MADV_HUGEPAGE", 14)
 _HUGE = 2 << 20
@@ -249,13 +253,18 @@ class TieredReader:
         self.base = BaseRowTier(store.file_path(base_meta), base_meta, threads=io_threads)
         if m.min_working_set.get("base_read_bytes"):
             self._charges.append(charge("cpu", self.base.nbytes, "base-row read buffers", fix=fix))
-        # A second segment buffer lets the next read overlap assembly: taken only if the
-        # budget has room for it once everything required is charged (the pack's minimum
-        # working set counts one buffer).
+        # Spare segment buffers let the next reads overlap assembly: each taken only if
+        # the budget has room for it once everything required is charged (the pack's
+        # minimum working set counts one buffer). The first overlaps the next read with
+        # this batch's work; the second keeps the disk busy through a batch whose work
+        # took longer than its read (CPU contention, a large cache-hit share).
         # ``reserve``: bytes a caller (the loader) still needs for required buffers.
-        read_ahead = bool(seg_bytes) and self.accountant.fits("cpu", seg_bytes + reserve)
-        if read_ahead:
-            self._charges.append(charge("cpu", seg_bytes, "segment read-ahead buffer"))
+        read_ahead = 0
+        while seg_bytes and read_ahead < READ_AHEAD_SEGMENTS and \
+                self.accountant.fits("cpu", seg_bytes + reserve):
+            read_ahead += 1
+            self._charges.append(charge("cpu", seg_bytes, f"segment read-ahead buffer "
+                                        f"{read_ahead}"))
         # Tiers are read straight into their final buffers (no second copy).
         self.gpu = None
         self._cpu_offset = m.gpu_rows if self.gpu_on_host else 0
@@ -366,8 +375,7 @@ class TieredReader:
             raise ValueError(f"read_batch: out has shape {out.shape}, the batch needs "
                              f"({n}, {self.meta.feat_dim})")
         seg = int(self.batch_segment[row])
-        nxt = int(self.batch_segment[row + 1]) if row + 1 < self.batch_segment.shape[0] \
-            and batch + 1 < self.plan.num_batches(epoch) else -1
+        nxt = self._next_segments(epoch, batch, row, seg)
         if seg >= 0:
             try:
                 self.segments.load(seg, then=nxt)
@@ -406,6 +414,23 @@ class TieredReader:
                         f"{self.meta.cpu_rows} slots: the pack is damaged; {self.pack_fix}")
                 self._dirty = True
             self._next = (epoch, batch + 1)
+        return out
+
+    def _next_segments(self, epoch: int, batch: int, row: int, seg: int) -> list[int]:
+        """The segments of the batches after ``batch`` in this epoch that the segment
+        tier can read ahead (distinct, in order, other than ``seg``)."""
+        want = self.segments.ahead
+        out: list[int] = []
+        if not want:
+            return out
+        last = min(self.plan.num_batches(epoch) - 1 - batch,
+                   want * max(1, int(self.meta.segment_batches)) + 1)
+        for k in range(1, last + 1):
+            s2 = int(self.batch_segment[row + k])
+            if s2 >= 0 and s2 != seg and s2 not in out:
+                out.append(s2)
+                if len(out) == want:
+                    break
         return out
 
     def _refuse_slots(self, epoch: int, batch: int, tier: np.ndarray, slot: np.ndarray,

@@ -103,3 +103,26 @@ def test_huge_page_advice_only_inside_the_array():
     big = np.zeros((3 << 20) // 4 * 4, np.float32)
     advise_huge_pages(big)  # accepted or not (kernel setting), the contents are kept
     assert not big.any()
+
+
+def test_two_segments_read_ahead_exact_in_any_order_and_charged(store):
+    feats = np.asarray(store.array("features"))
+    with TieredReader(store, "p") as reader:  # no budget: both read-ahead buffers taken
+        seg = reader.segments
+        assert seg.ahead == 2 and seg.nbytes == 3 * seg.buffer_bytes
+        order = list(range(reader.num_batches(0))) + [5, 2, 3, 0, 1]  # then out of order
+        for b in order:
+            want = feats[reader.plan.read_batch(0, b).input_nodes]
+            assert np.array_equal(reader.read_batch(0, b), want), b
+            # every buffer is the current one, a spare or filling: none lost or shared
+            bufs = [seg._buf, *seg._free, *(p[2] for p in seg._pending)]
+            assert len(bufs) == 3 and len({id(x) for x in bufs}) == 3
+    # a budget with room for one spare only takes one
+    with TieredReader(store, "p") as probe:
+        need = probe.accountant.charged("cpu") - probe.segments.buffer_bytes
+    with TieredReader(store, "p", budget=MemoryBudget(cpu=need)) as one:
+        assert one.segments.ahead == 1
+        for b in range(one.num_batches(0)):
+            want = feats[one.plan.read_batch(0, b).input_nodes]
+            assert np.array_equal(one.read_batch(0, b), want)
+    assert one.accountant.charged("cpu") == 0  # every charge released on close
