@@ -15,7 +15,8 @@ Pipeline (``oocstore/pipeline.py``), one named thread per stage, bounded queues:
     the host-to-device copy and the GPU tier's gather, enqueued on the loader's own side
     stream (below). ``pin_memory`` behaviour is therefore implicit.
 
-On a CPU device ``x`` is the staging buffer itself (a fresh one per batch).
+On a CPU device ``x`` is the staging buffer itself: one of the reader's batch buffers,
+reused for a later batch only once nothing refers to this one (``tiers/reader.py``).
 
 On CUDA (``TieredReader.read_batch_async``) the staging buffer is a slot of the
 loader's :class:`~oocstore.tiers.staging.StagingRing`: ``prefetch + 1`` page-locked
