@@ -185,11 +185,11 @@ def build_store(out: str | Path, g: GraphSource, *, dtype: str = "float32",
             if streaming:
                 from .csc import DEFAULT_CSC_MEMORY, write_csc_streaming
 
-                # Spill files beside the new store (same disk, and deleted with it).
+                # Spill files inside the staging directory: on the store's disk, and
+                # removed with it if the process dies mid-way.
                 st = write_csc_streaming(txn, n, g.edge_blocks(), directed=g.directed,
                                          where=g.where, expected_edges=g.num_input_edges,
-                                         memory_bytes=csc_memory or DEFAULT_CSC_MEMORY,
-                                         tmp_dir=out.absolute().parent)
+                                         memory_bytes=csc_memory or DEFAULT_CSC_MEMORY)
                 num_edges, dropped = st.num_edges, st.dropped
             else:
                 txn.write_array("graph/indptr", indptr)

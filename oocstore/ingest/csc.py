@@ -69,7 +69,8 @@ def write_csc_streaming(txn, num_nodes: int, blocks: Iterable[tuple[np.ndarray, 
     arrays) into transaction ``txn``. ``expected_edges``: input edges (before
     symmetrising) the blocks will hold, for sizing the ranges; a wrong guess costs
     speed (ranges read in parts), never memory. ``tmp_dir``: where the spill files go
-    (default: the system's temporary directory)."""
+    (default: the directory of the store being written; for a new store that is its
+    staging directory, which is removed with everything in it if the process dies)."""
     n = int(num_nodes)
     if n < 1:
         raise SourceError(f"{where}: a graph needs at least one node")
@@ -80,7 +81,8 @@ def write_csc_streaming(txn, num_nodes: int, blocks: Iterable[tuple[np.ndarray, 
     ranges = max(1, min(n, -(-4 * stored // limit)))  # ~limit/4 keys per range on average
     span = -(-n // ranges)
     ranges = -(-n // span)
-    tmp = Path(tempfile.mkdtemp(prefix="oocstore-csc-", dir=tmp_dir))
+    tmp = Path(tempfile.mkdtemp(prefix="oocstore-csc-",
+                                dir=tmp_dir if tmp_dir is not None else txn.store.path))
     n_in = 0
     spill = 0
     try:

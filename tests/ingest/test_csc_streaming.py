@@ -84,3 +84,23 @@ def test_synthetic_ingest_memory_does_not_grow_with_edges(tmp_path, monkeypatch)
     assert peak < stored * 24 / 3
     with Store(tmp_path / "s") as store:
         assert store.graph.num_edges > 0.9 * stored
+
+
+def test_spill_files_live_in_the_staging_directory(tmp_path, monkeypatch):
+    """A process killed mid-build leaves its spill files inside the staging directory,
+    which the next writer removes, never beside the store."""
+    import oocstore.ingest.csc as csc
+
+    seen = []
+    real = csc._emit
+
+    def spy(*a, **kw):
+        seen.extend(p for p in tmp_path.rglob("*.keys"))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(csc, "_emit", spy)
+    build_store(tmp_path / "s", synthetic_source(SyntheticSpec(nodes=2000, avg_degree=8,
+                                                               feat_dim=4)))
+    assert seen and all(p.relative_to(tmp_path).parts[0].startswith(".s.") and
+                        p.relative_to(tmp_path).parts[0].endswith(".partial") for p in seen)
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".s.")] == ["s"]
