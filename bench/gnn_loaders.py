@@ -397,6 +397,7 @@ def worker_oocstore(spec, store, plan, model, opt) -> dict:
         setup = time.perf_counter() - t
         split = Split()
         run = _Run()
+        cpu0 = sum(os.times()[:2])  # this process's CPU (all threads): vs the wall, contention
         with split:
             it = iter(loader)
             while True:
@@ -416,6 +417,7 @@ def worker_oocstore(spec, store, plan, model, opt) -> dict:
                    segment_reads=st["segment_reads"], direct_io=st["direct_io"],
                    stages_s={"segment reads (O_DIRECT)": split.read,
                              "assembly (numba)": split.gather,
+                             "process CPU (all threads)": sum(os.times()[:2]) - cpu0,
                              **{k: v for k, v in (st["epochs"][-1] if st["epochs"] else {}).items()
                                 if k.endswith("_s") and k != "time_s"}})
         return res

@@ -17,7 +17,8 @@ Pipeline (``oocstore/pipeline.py``), one named thread per stage, bounded queues:
     the host-to-device copy and the GPU tier's gather, enqueued on the loader's own side
     stream (below). ``pin_memory`` behaviour is therefore implicit.
 
-On a CPU device ``x`` is the staging buffer itself (a fresh one per batch).
+On a CPU device ``x`` is the staging buffer itself: one of the reader's batch buffers,
+reused for a later batch only once nothing refers to this one (``tiers/reader.py``).
 
 On CUDA (``TieredReader.read_batch_async``) the staging buffer is a slot of the
 loader's :class:`~oocstore.tiers.staging.StagingRing`: ``prefetch + 1`` page-locked
@@ -321,6 +322,9 @@ class NodeLoader:
                 raise UsageError(f"prefetch {prefetch}: give 0 (read in the training loop's "
                                  "thread, no overlap) or more batches")
         self.prefetch = depth
+        # Batch buffers charged: the one being assembled (by the reader), the one the
+        # training loop holds and the prefetched ones: reused once released.
+        self.reader.keep_batch_buffers(depth + 2)
         self._charges.append(self.accountant.charge(
             "cpu", depth * per_batch, f"{depth} prefetched batch(es) (features and plan records)",
             fix=f"lower the prefetch depth (now {depth}) or raise the cpu budget"))

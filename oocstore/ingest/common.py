@@ -2,8 +2,10 @@
 writer with its checks, and :func:`build_store`, which writes one new store atomically.
 
 Memory: features stream through in chunks of :data:`FEATURE_CHUNK_ROWS`-ish rows (the
-bulk of a dataset, and what may exceed RAM). Topology is built in memory, about 24 bytes
-per stored edge at peak plus 8 bytes per node — independent of the feature size.
+bulk of a dataset, and what may exceed RAM). Topology given as whole edge arrays is built
+in memory, about 24 bytes per stored edge at peak plus 8 bytes per node — independent of
+the feature size; a source that yields its edges in blocks (the synthetic generator) gets
+its CSC built out of core in bounded memory (:mod:`oocstore.ingest.csc`).
 """
 
 from __future__ import annotations
@@ -116,12 +118,16 @@ class GraphSource:
     """Everything an ingest source hands to :func:`build_store`.
 
     ``features`` yields row blocks in node order; it may be a generator that reads the
-    source lazily, so the whole feature matrix is never in memory.
+    source lazily, so the whole feature matrix is never in memory. Edges come either as
+    whole ``src`` / ``dst`` arrays (CSC built in memory) or, for sources too large for
+    that, as ``edge_blocks``: a callable returning an iterator of ``(src, dst)`` blocks,
+    with ``num_input_edges`` their total, and the CSC is built out of core
+    (:mod:`oocstore.ingest.csc`).
     """
 
     num_nodes: int
-    src: np.ndarray
-    dst: np.ndarray
+    src: np.ndarray | None
+    dst: np.ndarray | None
     directed: bool
     features: Iterable[np.ndarray]
     feat_dim: int
@@ -129,13 +135,17 @@ class GraphSource:
     splits: dict[str, np.ndarray] | None = None  # None: generate with split_fractions/seed
     source: dict[str, Any] = field(default_factory=dict)
     where: str = "source"  # file named in errors about features / labels
+    edge_blocks: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]] | None = None
+    num_input_edges: int = 0  # edges edge_blocks yields in all (sizes the out-of-core build)
 
 
 def build_store(out: str | Path, g: GraphSource, *, dtype: str = "float32",
                 split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2), seed: int = 0,
                 overwrite: bool = False, allow_nonfinite: bool = False,
-                progress: ProgressFn | None = None) -> Path:
-    """Write a new store at ``out`` from ``g``; nothing appears there unless it succeeds."""
+                progress: ProgressFn | None = None, csc_memory: int | None = None) -> Path:
+    """Write a new store at ``out`` from ``g``; nothing appears there unless it succeeds.
+    ``csc_memory``: memory bound of the out-of-core CSC build of a source with
+    ``edge_blocks`` (default :data:`~oocstore.ingest.csc.DEFAULT_CSC_MEMORY`)."""
     if dtype not in ("float32", "float16"):
         raise UsageError(f"--dtype {dtype!r} is not supported: use float32 or float16")
     n = g.num_nodes
@@ -153,7 +163,9 @@ def build_store(out: str | Path, g: GraphSource, *, dtype: str = "float32",
                           "integers 0..C-1")
     if labels.size and labels.min() < 0:
         raise SourceError(f"{g.where}: label {int(labels.min())} is negative: labels must be 0..C-1")
-    indptr, indices, dropped = build_csc(n, g.src, g.dst, directed=g.directed, where=g.where)
+    streaming = g.edge_blocks is not None
+    if not streaming:
+        indptr, indices, dropped = build_csc(n, g.src, g.dst, directed=g.directed, where=g.where)
     splits = g.splits if g.splits is not None else random_splits(n, split_fractions, seed)
     seen = np.zeros(n, dtype=bool)
     for name, ids in sorted(splits.items()):
@@ -170,16 +182,28 @@ def build_store(out: str | Path, g: GraphSource, *, dtype: str = "float32",
     with Store.create(out, overwrite=overwrite) as store:
         with store.transaction() as txn:
             _write_features(txn, g, dtype, allow_nonfinite, progress)
-            txn.write_array("graph/indptr", indptr)
-            txn.write_array("graph/indices", indices)
+            if streaming:
+                from .csc import DEFAULT_CSC_MEMORY, write_csc_streaming
+
+                # Spill files inside the staging directory: on the store's disk, and
+                # removed with it if the process dies mid-way.
+                st = write_csc_streaming(txn, n, g.edge_blocks(), directed=g.directed,
+                                         where=g.where, expected_edges=g.num_input_edges,
+                                         memory_bytes=csc_memory or DEFAULT_CSC_MEMORY)
+                num_edges, dropped = st.num_edges, st.dropped
+            else:
+                txn.write_array("graph/indptr", indptr)
+                txn.write_array("graph/indices", indices)
+                num_edges = int(indices.size)
+                del indptr, indices
             txn.write_array("labels", labels.astype(np.int64))
             for name in sorted(splits):
                 txn.write_array(f"split/{name}", np.asarray(splits[name], dtype=np.int64))
-            txn.put("graph", GraphMeta(num_nodes=n, num_edges=int(indices.size),
+            txn.put("graph", GraphMeta(num_nodes=n, num_edges=num_edges,
                                        directed=g.directed).to_dict())
             txn.put("splits", {name: f"split/{name}" for name in sorted(splits)})
             txn.set_source({**g.source, "dropped_edges": dropped, "dtype": dtype})
-    log.info("ingested %d nodes, %d edges into %s", n, indices.size, out)
+    log.info("ingested %d nodes, %d edges into %s", n, num_edges, out)
     return out
 
 

@@ -64,16 +64,36 @@ def synthetic_labels(spec: SyntheticSpec) -> np.ndarray:
 
 def rmat_edges(spec: SyntheticSpec, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``N * avg_degree / 2`` undirected edges (symmetrised later), homophily-rewired."""
-    n = spec.nodes
-    m = int(round(n * spec.avg_degree / 2))
-    scale = max(1, int(np.ceil(np.log2(n))))
-    a, b, c, _ = spec.rmat
-    perm = _rng(spec, 3).permutation(n)
-    order = np.argsort(labels, kind="stable")
-    counts = np.bincount(labels, minlength=spec.classes)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    m = num_input_edges(spec)
     src = np.empty(m, dtype=np.int64)
     dst = np.empty(m, dtype=np.int64)
+    lo = 0
+    for u, v in rmat_edge_blocks(spec, labels):
+        src[lo:lo + u.size] = u
+        dst[lo:lo + u.size] = v
+        lo += u.size
+    return src, dst
+
+
+def num_input_edges(spec: SyntheticSpec) -> int:
+    """Undirected edges the generator draws (before symmetrising and de-duplication)."""
+    return int(round(spec.nodes * spec.avg_degree / 2))
+
+
+def rmat_edge_blocks(spec: SyntheticSpec, labels: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The edges of :func:`rmat_edges` in blocks of ``_EDGE_BLOCK`` (``(src, dst)``
+    int64): block ``i`` depends only on (seed, i), so memory is one block plus three
+    per-node arrays however many edges are drawn."""
+    n = spec.nodes
+    m = num_input_edges(spec)
+    scale = max(1, int(np.ceil(np.log2(n))))
+    a, b, c, _ = spec.rmat
+    # Node ids fit int32 below 2**31 nodes: half the memory of the per-node maps.
+    idt = np.int32 if n < 2**31 else np.int64
+    perm = _rng(spec, 3).permutation(n).astype(idt)
+    order = np.argsort(labels, kind="stable").astype(idt)
+    counts = np.bincount(labels, minlength=spec.classes)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     for block, lo in enumerate(range(0, m, _EDGE_BLOCK)):
         k = min(_EDGE_BLOCK, m - lo)
         rng = _rng(spec, 2, block)
@@ -85,15 +105,13 @@ def rmat_edges(spec: SyntheticSpec, labels: np.ndarray) -> tuple[np.ndarray, np.
             right = ((r >= a) & (r < a + b)) | (r >= a + b + c)  # quadrants b and d
             u = (u << 1) | down
             v = (v << 1) | right
-        u = perm[u % n]
-        v = perm[v % n]
+        u = perm[u % n].astype(np.int64)
+        v = perm[v % n].astype(np.int64)
         rewire = rng.random(k) < spec.homophily
         cls = labels[u[rewire]]
         pick = starts[cls] + (rng.random(cls.size) * counts[cls]).astype(np.int64)
         v[rewire] = order[pick]
-        src[lo:lo + k] = u
-        dst[lo:lo + k] = v
-    return src, dst
+        yield u, v
 
 
 def class_centres(spec: SyntheticSpec) -> np.ndarray:
@@ -124,11 +142,15 @@ def synthetic_features(spec: SyntheticSpec, labels: np.ndarray) -> Iterator[np.n
 
 
 def synthetic_source(spec: SyntheticSpec) -> GraphSource:
+    """The graph as a streaming source: edges are drawn block by block while the CSC is
+    built out of core (``oocstore/ingest/csc.py``), features block by block while they
+    are written, so ingest memory does not grow with the edge count or feature bytes."""
     labels = synthetic_labels(spec)
-    src, dst = rmat_edges(spec, labels)
     return GraphSource(
-        num_nodes=spec.nodes, src=src, dst=dst, directed=False,
+        num_nodes=spec.nodes, src=None, dst=None, directed=False,
         features=synthetic_features(spec, labels), feat_dim=spec.feat_dim, labels=labels,
+        edge_blocks=lambda: rmat_edge_blocks(spec, labels),
+        num_input_edges=num_input_edges(spec),
         source={"kind": "synthetic", "nodes": spec.nodes, "avg_degree": spec.avg_degree,
                 "feat_dim": spec.feat_dim, "classes": spec.classes, "seed": spec.seed,
                 "rmat": list(spec.rmat), "homophily": spec.homophily,

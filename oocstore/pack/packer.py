@@ -33,6 +33,7 @@ import logging
 import math
 import os
 import tempfile
+import weakref
 import zlib
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -53,7 +54,7 @@ from ..tiers.staging import device_charges
 from ..units import format_size
 from .format import (CPU, GPU, SSD, PackMeta, pack_array_names, pack_key, plan_record_bytes,
                      reader_table_bytes)
-from .placement import belady_schedule, static_placement
+from .placement import belady_schedule, hot_order, static_placement
 
 log = logging.getLogger(__name__)
 
@@ -322,6 +323,10 @@ class Layout:
                                self.node_tier, self.hit)
 
 
+#: Hottest-first node order per open plan reader (see :func:`plan_layout`).
+_HOT_ORDER: "weakref.WeakKeyDictionary[PlanReader, np.ndarray]" = weakref.WeakKeyDictionary()
+
+
 def plan_layout(store: Store, plan: PlanReader, options: PackOptions) -> Layout:
     """Placement, segment length and minimum working set of packing ``plan``."""
     fmeta = store.array_meta("features")
@@ -333,7 +338,12 @@ def plan_layout(store: Store, plan: PlanReader, options: PackOptions) -> Layout:
     rb = fmeta.row_bytes
     base_bytes = fmeta.nbytes
     counts = np.asarray(plan.access_counts())
-    gpu_ids, cpu_ids = static_placement(counts, options.gpu_cache // rb, options.cpu_cache // rb)
+    # The cost model lays out a plan for many candidate splits: sort its nodes once.
+    order = _HOT_ORDER.get(plan)
+    if order is None:
+        order = _HOT_ORDER[plan] = hot_order(counts)
+    gpu_ids, cpu_ids = static_placement(counts, options.gpu_cache // rb, options.cpu_cache // rb,
+                                        order=order)
 
     node_tier = np.full(n, SSD, dtype=np.int8)
     node_slot = np.zeros(n, dtype=np.int32)

@@ -15,13 +15,21 @@ import numba
 import numpy as np
 
 
-def static_placement(counts: np.ndarray, gpu_rows: int, cpu_rows: int
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """``(gpu_ids, cpu_ids)``: the hottest nodes (count > 0), hottest first."""
+def hot_order(counts: np.ndarray) -> np.ndarray:
+    """The accessed nodes (count > 0), hottest first, ties by node id: what
+    :func:`static_placement` takes its tiers from. Sorts only the accessed nodes (a
+    fraction of a large graph's), once per plan however many splits are tried."""
     counts = np.asarray(counts)
-    order = np.argsort(-counts.astype(np.int64), kind="stable")
-    accessed = int(np.count_nonzero(counts))
-    order = order[:accessed]
+    ids = np.flatnonzero(counts)
+    return ids[np.argsort(-counts[ids].astype(np.int64), kind="stable")]
+
+
+def static_placement(counts: np.ndarray, gpu_rows: int, cpu_rows: int,
+                     order: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(gpu_ids, cpu_ids)``: the hottest nodes (count > 0), hottest first.
+    ``order``: :func:`hot_order` of ``counts`` if the caller has it."""
+    if order is None:
+        order = hot_order(counts)
     g = min(gpu_rows, order.size)
     c = min(cpu_rows, order.size - g)
     return order[:g].astype(np.int64), order[g:g + c].astype(np.int64)

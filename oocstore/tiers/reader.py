@@ -11,7 +11,11 @@ memory and charged to the CPU budget.
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import mmap
+import threading
+import weakref
 from typing import Any
 
 import numpy as np
@@ -99,6 +103,102 @@ def _read_whole(store: Store, name: str) -> np.ndarray:
     return out
 
 
+#: Segment buffers read ahead at most (each charged, and taken only where the budget
+#: has room after everything required).
+READ_AHEAD_SEGMENTS = 2
+
+#: ``madvise`` advice asking for transparent huge pages (Linux; 0 elsewhere).
+_MADV_HUGEPAGE = getattr(mmap, "MADV_HUGEPAGE", 14)
+_HUGE = 2 << 20
+
+
+def advise_huge_pages(arr: np.ndarray) -> bool:
+    """Ask the kernel to back the 2 MiB-aligned interior of ``arr`` with transparent huge
+    pages (before it is first written). The CPU tier is gathered from at random: with
+    4 KiB pages nearly every row costs a TLB miss and a page walk, with 2 MiB pages the
+    whole tier stays in the TLB. Advice only: returns whether the kernel accepted it;
+    nothing changes in what memory is used (the aligned interior is inside ``arr``)."""
+    if arr.nbytes < 2 * _HUGE:
+        return False
+    addr = arr.ctypes.data
+    lo = -(-addr // _HUGE) * _HUGE
+    hi = (addr + arr.nbytes) // _HUGE * _HUGE
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo),
+                            ctypes.c_int(_MADV_HUGEPAGE)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+class _Lease:
+    """One hand-out of a pooled batch buffer: numpy arrays made from it (and every view
+    of them, and tensors made from those) keep it alive; when the last one is gone the
+    buffer goes back to the pool (:class:`_OutPool`)."""
+
+    def __init__(self, buf: np.ndarray, n: int):
+        self._buf = buf  # keeps the memory alive while any array uses it
+        self.__array_interface__ = {"shape": (n, *buf.shape[1:]), "typestr": buf.dtype.str,
+                                    "data": (buf.ctypes.data, False), "version": 3}
+
+
+class _OutPool:
+    """Batch buffers for :meth:`TieredReader.read_batch` without ``out``, reused once
+    nothing refers to the batch handed out in them any more.
+
+    A fresh buffer per batch costs a page fault and the kernel zeroing every page of it
+    (about a third of the CPU time of assembling a batch of 512 B rows), every batch. A
+    buffer here is reused only when the batch array, every view of it and every tensor
+    made from it are gone (a weak reference to the :class:`_Lease` they all hold), so a
+    batch a caller keeps is never overwritten: the pool then allocates another buffer.
+    At most ``keep`` idle buffers are retained (the loader sets it to the batches its
+    budget charges); more are freed."""
+
+    def __init__(self, rows: int, dim: int, dtype: np.dtype, keep: int = 2):
+        self.rows, self.dim, self.dtype = rows, dim, np.dtype(dtype)
+        self.keep = keep
+        self._free: list[np.ndarray] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        self.allocated = 0  # buffers made (fresh allocations)
+        self.reused = 0
+
+    def take(self, n: int) -> np.ndarray:
+        with self._lock:
+            buf = self._free.pop() if self._free else None
+        if buf is None:
+            buf = np.empty((self.rows, self.dim), dtype=self.dtype)
+            self.allocated += 1
+        else:
+            self.reused += 1
+        lease = _Lease(buf, n)
+        weakref.finalize(lease, self._give, buf)
+        return np.asarray(lease)
+
+    def fill(self, n: int) -> None:
+        """Make ``n`` idle buffers now, their pages touched (huge pages where the kernel
+        gives them), so the first batches do not pay for faulting fresh memory."""
+        while True:
+            with self._lock:
+                if len(self._free) >= min(n, self.keep) or self._closed:
+                    return
+            buf = np.empty((self.rows, self.dim), dtype=self.dtype)
+            advise_huge_pages(buf)
+            buf.fill(0)
+            self.allocated += 1
+            self._give(buf)
+
+    def _give(self, buf: np.ndarray) -> None:
+        with self._lock:
+            if not self._closed and len(self._free) < self.keep:
+                self._free.append(buf)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._free.clear()
+
+
 class TieredReader:
     """Reads batches of a pack. ``device``: where the GPU tier lives — a CUDA device
     keeps it there (charged to the GPU budget) and :meth:`read_batch_tensor` delivers
@@ -153,17 +253,23 @@ class TieredReader:
         self.base = BaseRowTier(store.file_path(base_meta), base_meta, threads=io_threads)
         if m.min_working_set.get("base_read_bytes"):
             self._charges.append(charge("cpu", self.base.nbytes, "base-row read buffers", fix=fix))
-        # A second segment buffer lets the next read overlap assembly: taken only if the
-        # budget has room for it once everything required is charged (the pack's minimum
-        # working set counts one buffer).
+        # Spare segment buffers let the next reads overlap assembly: each taken only if
+        # the budget has room for it once everything required is charged (the pack's
+        # minimum working set counts one buffer). The first overlaps the next read with
+        # this batch's work; the second keeps the disk busy through a batch whose work
+        # took longer than its read (CPU contention, a large cache-hit share).
         # ``reserve``: bytes a caller (the loader) still needs for required buffers.
-        read_ahead = bool(seg_bytes) and self.accountant.fits("cpu", seg_bytes + reserve)
-        if read_ahead:
-            self._charges.append(charge("cpu", seg_bytes, "segment read-ahead buffer"))
+        read_ahead = 0
+        while seg_bytes and read_ahead < READ_AHEAD_SEGMENTS and \
+                self.accountant.fits("cpu", seg_bytes + reserve):
+            read_ahead += 1
+            self._charges.append(charge("cpu", seg_bytes, f"segment read-ahead buffer "
+                                        f"{read_ahead}"))
         # Tiers are read straight into their final buffers (no second copy).
         self.gpu = None
         self._cpu_offset = m.gpu_rows if self.gpu_on_host else 0
         host = np.empty((self._cpu_offset + m.cpu_rows, m.feat_dim), dtype=np.dtype(m.dtype))
+        advise_huge_pages(host)
         if self.gpu_on_host:
             _read_into(store, m.arrays["gpu_rows"], host[:m.gpu_rows], self.verify_reads)
         else:
@@ -196,6 +302,9 @@ class TieredReader:
             log.info("O_DIRECT is not available for %s: reads go through the page cache",
                      store.path)
         self._out_dtype = np.dtype(m.dtype)
+        # Buffers of batches read without ``out`` (charged: "batch staging" above, and
+        # the loader's staging charges for the batches it holds).
+        self._pool = _OutPool(m.largest_batch_rows, m.feat_dim, self._out_dtype)
 
     def _table_bytes(self) -> int:
         """What this reader holds besides tiers and buffers, for the whole run
@@ -212,6 +321,12 @@ class TieredReader:
             inserts=rows("inserts") if m.policy == "belady" else 0,
             belady=m.policy == "belady",
             plan_data_bytes=store.array_meta(pm.arrays["data"]).nbytes)
+
+    def keep_batch_buffers(self, n: int) -> None:
+        """Retain up to ``n`` idle batch buffers for reads without ``out`` (the batches the
+        caller's budget charges), made now; see :class:`_OutPool`."""
+        self._pool.keep = max(1, int(n))
+        self._pool.fill(self._pool.keep)
 
     @property
     def num_epochs(self) -> int:
@@ -254,13 +369,13 @@ class TieredReader:
         slot = self._slot.read(p0, p1)
         n = p1 - p0
         if out is None:
-            out = np.empty((n, self.meta.feat_dim), dtype=self._out_dtype)
+            out = self._pool.take(n) if n <= self._pool.rows else \
+                np.empty((n, self.meta.feat_dim), dtype=self._out_dtype)
         if out.shape != (n, self.meta.feat_dim):
             raise ValueError(f"read_batch: out has shape {out.shape}, the batch needs "
                              f"({n}, {self.meta.feat_dim})")
         seg = int(self.batch_segment[row])
-        nxt = int(self.batch_segment[row + 1]) if row + 1 < self.batch_segment.shape[0] \
-            and batch + 1 < self.plan.num_batches(epoch) else -1
+        nxt = self._next_segments(epoch, batch, row, seg)
         if seg >= 0:
             try:
                 self.segments.load(seg, then=nxt)
@@ -299,6 +414,23 @@ class TieredReader:
                         f"{self.meta.cpu_rows} slots: the pack is damaged; {self.pack_fix}")
                 self._dirty = True
             self._next = (epoch, batch + 1)
+        return out
+
+    def _next_segments(self, epoch: int, batch: int, row: int, seg: int) -> list[int]:
+        """The segments of the batches after ``batch`` in this epoch that the segment
+        tier can read ahead (distinct, in order, other than ``seg``)."""
+        want = self.segments.ahead
+        out: list[int] = []
+        if not want:
+            return out
+        last = min(self.plan.num_batches(epoch) - 1 - batch,
+                   want * max(1, int(self.meta.segment_batches)) + 1)
+        for k in range(1, last + 1):
+            s2 = int(self.batch_segment[row + k])
+            if s2 >= 0 and s2 != seg and s2 not in out:
+                out.append(s2)
+                if len(out) == want:
+                    break
         return out
 
     def _refuse_slots(self, epoch: int, batch: int, tier: np.ndarray, slot: np.ndarray,
@@ -421,6 +553,7 @@ class TieredReader:
         memory must really be returned even if this object is still referenced)."""
         self.segments.close()
         self.base.close()
+        self._pool.close()
         self.host.rows = self.host.rows[:0].copy()
         self.gpu = None
         for r in (self._tier, self._slot, getattr(self, "_inserts", None)):

@@ -25,6 +25,7 @@ checks them.
 
 from __future__ import annotations
 
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -52,7 +53,7 @@ class SegmentTier(Tier):
     name = "ssd"
 
     def __init__(self, path: Path, rows_meta: ArrayMeta, segments: np.ndarray, *,
-                 direct: bool = True, read_ahead: bool = True,
+                 direct: bool = True, read_ahead: bool | int = True,
                  checksums: list[int] | None = None, verify: bool = True,
                  segment_crcs: np.ndarray | None = None):
         super().__init__()
@@ -85,20 +86,23 @@ class SegmentTier(Tier):
         largest = int(self.segments[:, 1].max()) if len(self.segments) else 0
         self.buffer_bytes = (largest * self.row_bytes + 2 * ALIGN) if largest else 0
         self._buf = aligned_empty(self.buffer_bytes) if largest else None
-        # Read-ahead: a second buffer filled by one I/O thread while the current segment
-        # is being assembled, so disk and CPU work overlap.
-        self.read_ahead = bool(read_ahead and largest)
-        self._spare = aligned_empty(self.buffer_bytes) if self.read_ahead else None
+        # Read-ahead: spare buffers filled by one I/O thread, in order, while the current
+        # segment is being assembled, so disk and CPU work overlap. ``read_ahead``: True
+        # (one spare) or the number of spares; with two, the disk keeps reading while the
+        # consumer is held up for a whole batch (a busy machine), not only during assembly.
+        self.ahead = (1 if read_ahead is True else max(0, int(read_ahead))) if largest else 0
+        self.read_ahead = self.ahead > 0
+        self._free = [aligned_empty(self.buffer_bytes) for _ in range(self.ahead)]
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="oocstore-ssd") \
             if self.read_ahead else None
-        self._pending = None  # (segment, future, buffer)
+        self._pending: deque = deque()  # (segment, future, buffer), in the order issued
         self.current = -1
         self._rows = np.zeros((0, self.dim), dtype=rows_meta.np_dtype)
         self.reads = 0
 
     @property
     def nbytes(self) -> int:
-        return self.buffer_bytes * (2 if self.read_ahead else 1)
+        return self.buffer_bytes * (1 + self.ahead)
 
     @property
     def num_rows(self) -> int:
@@ -184,35 +188,53 @@ class SegmentTier(Tier):
             f"for segment {segment} (from plan batch row {first_batch}): the pack is corrupt; "
             "run `oocstore verify` and re-pack (`oocstore pack ... --overwrite`)")
 
-    def prefetch(self, segment: int) -> None:
-        """Start reading ``segment`` into the spare buffer (no-op without read-ahead)."""
-        if not self.read_ahead or segment < 0 or segment == self.current:
+    def prefetch(self, segments, skip: int = -1) -> None:
+        """Start reading ``segments`` (one, or several in the order they will be loaded)
+        into free spare buffers; no-op without read-ahead, for ``-1``, the current
+        segment, ``skip``, one already pending, or when no spare buffer is free."""
+        if not self.read_ahead:
             return
-        if self._pending is not None:
-            return  # one read ahead at a time: the spare buffer is in use
-        if int(self.segments[segment, 1]) == 0:
-            return
-        self._pending = (segment, self._pool.submit(self._read, segment, self._spare), self._spare)
+        for seg in ([segments] if isinstance(segments, (int, np.integer)) else segments):
+            seg = int(seg)
+            if seg < 0 or seg == self.current or seg == skip or \
+                    any(p[0] == seg for p in self._pending) or int(self.segments[seg, 1]) == 0:
+                continue
+            if not self._free:
+                return
+            buf = self._free.pop()
+            self._pending.append((seg, self._pool.submit(self._read, seg, buf), buf))
 
-    def load(self, segment: int, then: int = -1) -> None:
+    def load(self, segment: int, then=-1) -> None:
         """Make ``segment`` current (one O_DIRECT read unless it already is or was read
-        ahead), then start reading ``then`` ahead (if >= 0) before checking ``segment``,
-        so the disk is not idle while the CRC runs."""
+        ahead), then start reading ``then`` (a segment, or the next few in order) ahead
+        before checking ``segment``, so the disk is not idle while the CRC runs."""
         if segment == self.current:
             self.prefetch(then)
             return
         count = int(self.segments[segment, 1])
-        if self._pending is not None:
-            seg, future, buf = self._pending
-            self._pending = None
-            got, length = future.result()  # re-raises a failed read here
-            if seg == segment:
-                self._spare, self._buf = self._buf, buf
-                self.current = -1  # the old current segment's buffer is now the spare
-                if then != segment:
-                    self.prefetch(then)
-                self._account(segment, self._verify(segment, self._buf, got), length, count)
-                return
+        # Reads issued ahead for segments that are not loaded next (batches read out of
+        # order) are waited for and their buffers reused; a failed one is not an error
+        # here (the read is repeated if its segment is loaded).
+        while self._pending and self._pending[0][0] != segment:
+            _, future, buf = self._pending.popleft()
+            try:
+                future.result()
+            except OSError:
+                pass
+            self._free.append(buf)
+        if self._pending:
+            _, future, buf = self._pending.popleft()
+            try:
+                got, length = future.result()  # re-raises a failed read here
+            except BaseException:
+                self._free.append(buf)
+                raise
+            self._free.append(self._buf)  # the old current segment's buffer is a spare now
+            self._buf = buf
+            self.current = -1
+            self.prefetch(then, skip=segment)
+            self._account(segment, self._verify(segment, self._buf, got), length, count)
+            return
         if count == 0:  # every row of these batches is in a memory tier
             self._rows = np.zeros((0, self.dim), dtype=self.meta.np_dtype)
             self.current = segment
@@ -220,8 +242,7 @@ class SegmentTier(Tier):
             return
         got, length = self._read(segment, self._buf)
         self.current = -1
-        if then != segment:
-            self.prefetch(then)
+        self.prefetch(then, skip=segment)
         self._account(segment, self._verify(segment, self._buf, got), length, count)
 
     def _account(self, segment: int, rows: np.ndarray, length: int, count: int) -> None:
@@ -236,17 +257,18 @@ class SegmentTier(Tier):
             gather_rows(self._rows, slots, out)
 
     def close(self) -> None:
-        if self._pending is not None:
+        while self._pending:
+            _, future, _ = self._pending.popleft()
             try:
-                self._pending[1].result()
+                future.result()
             except OSError:  # ChecksumError too
                 pass  # closing: nobody will use the read
-            self._pending = None
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
         self.reader.close()
-        self._buf = self._spare = self._scratch = None  # free the segment buffers now
+        self._buf = self._scratch = None  # free the segment buffers now
+        self._free = []
         self._rows = self._rows[:0].copy()
         self.current = -1
 
