@@ -41,7 +41,7 @@ from ..budget import MemoryBudget
 from ..errors import BudgetError, StoreLockedError
 from ..pack import PackOptions, pack_plan
 from ..pack.format import PackMeta, pack_key
-from ..pack.packer import check_budget, labels_bytes, plan_layout, plan_version
+from ..pack.packer import check_budget, labels_bytes, loader_floor, plan_layout, plan_version
 from ..plan import PlanMeta, PlanReader, list_plans, plan_key, shard_name
 from ..store import Store
 from ..tiers.reader import list_packs
@@ -114,13 +114,8 @@ def loader_minimum(store: Store, pm: PackMeta, device_type: str = "cpu") -> dict
     """The least CPU and GPU memory a :class:`~oocstore.loader.NodeLoader` over pack ``pm``
     needs (prefetch depth 1), as the loader itself computes it."""
     mws = pm.min_working_set
-    cpu = int(mws["cpu"])
-    if "labels_bytes" not in mws:  # packs written before the minimum counted these
-        cpu += labels_bytes(store) + 2 * pm.largest_batch_rows * pm.row_bytes
-    gpu = 0
-    if device_type != "cpu":
-        cpu -= int(mws["gpu_tier_bytes"])  # that tier lives on the device
-        gpu = int(mws["gpu"])
+    cpu = loader_floor(mws, device_type, labels=labels_bytes(store))
+    gpu = int(mws["gpu"]) if device_type != "cpu" else 0
     return {"cpu": cpu, "gpu": gpu}
 
 
@@ -133,8 +128,10 @@ def check_loader_fits(store: Store, pack: str, budget: MemoryBudget, device_type
         if limit is not None and need[tier] > limit:
             mws = pm.min_working_set
             detail = (f"cpu cache {format_size(mws['cpu_tier_bytes'])} + largest segment "
-                      f"{format_size(mws['largest_segment_bytes'])} + 3 batches of staging "
-                      f"{format_size(3 * mws['staging_bytes'])} + labels and read buffers"
+                      f"{format_size(mws['largest_segment_bytes'])} + "
+                      f"{mws.get('batches_in_flight', 3)} batches of staging "
+                      f"{format_size(mws.get('batches_in_flight', 3) * mws['staging_bytes'])} "
+                      "+ labels and read buffers"
                       if tier == "cpu" else "gpu tier and batches on the device")
             raise BudgetError(
                 f"{tier} budget {format_size(limit)} is too small for pack {pack!r}: the "
