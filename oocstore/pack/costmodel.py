@@ -325,11 +325,17 @@ def choose_split(store: Store, plan: PlanReader, *, cpu_budget: int, gpu_budget:
             layout = plan_layout(store, plan, opts)
             mws = layout.min_working_set
             others = mws["cpu"] - mws["cpu_tier_bytes"] - (0 if gpu_budget else mws["gpu_tier_bytes"])
-            # leave room for the reader's segment read-ahead buffer, which the prediction
-            # counts on (reads overlapping assembly): a cache that fills the budget to the
-            # byte would turn it off
-            ahead = mws["largest_segment_bytes"]
-            room = max(0, cpu_budget - others - ahead - (0 if gpu_budget else gpu_cache)) \
+            # Leave room, before the cache, for what the loader takes next: one prefetched
+            # batch (the floor is depth 0; a CUDA run's ring prefetches one anyway), so
+            # reading overlaps training, and the reader's segment read-ahead buffer, which
+            # the prediction counts on (reads overlapping assembly) — unless most batches
+            # fall back to base-array reads, where the buffer would serve few reads and
+            # the cache saves more.
+            packed = layout.packed_segments and \
+                int(np.count_nonzero(layout.batch_seg >= 0)) * 2 >= layout.batch_seg.size
+            ahead = mws["largest_segment_bytes"] if packed else 0
+            one = mws.get("prefetch_bytes", 0)
+            room = max(0, cpu_budget - others - ahead - one - (0 if gpu_budget else gpu_cache)) \
                 // rb * rb
             if room == cpu_cache:
                 break

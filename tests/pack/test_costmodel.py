@@ -148,14 +148,16 @@ def test_split_fits_the_budget_or_is_refused(store):
         plan = PlanReader(s, "p")
         fbytes = s.array_meta("features").nbytes
         floor = plan_layout(s, plan, PackOptions(cpu_cache=0, max_disk_blowup=8)
-                            ).min_working_set["cpu"]
-        budget = floor + fbytes // 2  # room for a cache of half the rows
+                            ).min_working_set
+        # room for one prefetched batch and a cache of half the rows
+        budget = floor["cpu"] + floor["prefetch_bytes"] + fbytes // 2
         opts, pred, cands = choose_split(s, plan, cpu_budget=budget, max_disk_blowup=8)
         assert opts.cpu_cache > 0 and pred["seconds"] == min(c["prediction"]["seconds"]
                                                               for c in cands)
         mws = plan_layout(s, plan, opts).min_working_set
-        # the minimum and the reader's read-ahead buffer fit, so reads overlap assembly
-        assert mws["cpu"] + mws["largest_segment_bytes"] <= budget
+        # the minimum, one prefetched batch and the reader's read-ahead buffer fit, so
+        # reads overlap training and assembly
+        assert mws["cpu"] + mws["prefetch_bytes"] + mws["largest_segment_bytes"] <= budget
         with pytest.raises(BudgetError, match="cpu budget .* cannot hold one batch"):
             choose_split(s, plan, cpu_budget=1024, max_disk_blowup=8)
     with Store(store, readonly=False) as w:
