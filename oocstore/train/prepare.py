@@ -2,7 +2,11 @@
 
 ``train`` measures validation and test accuracy through one-epoch plans on those splits
 (``val-eval``, ``test-eval``: the training plan's fanouts and batch size, sharded like
-it), packed with the training pack's CPU cache shrunk to fit the CPU budget. When the
+it), packed to fit the budget the training pack met: the training pack's CPU cache
+shrunk to what the budget leaves, in the packer's own segments, or one-batch segments, or
+none (rows read from the base array); when even that does not fit, the plan is sampled
+with half the batch size until it does (:func:`_sample_fitting`; an existing evaluation
+plan with a batch no larger than training's is reused). When the
 store lacks them, ``train`` creates them — and a command that will be refused must
 write nothing. So preparation runs in two phases:
 
