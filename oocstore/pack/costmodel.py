@@ -309,8 +309,14 @@ def choose_split(store: Store, plan: PlanReader, *, cpu_budget: int, gpu_budget:
     bw = bw or Bandwidths()
     rb = store.array_meta("features").row_bytes
     candidates = []
-    for S in (1, 2, 4, 8):
-        base = PackOptions(max_disk_blowup=max_disk_blowup, segment_batches=S)
+    # Segment lengths 1..8 under the blowup cap, and no segments at all (every cold row
+    # read from the base array): where the cap packs only a small part of the plan, the
+    # segment buffer is better spent on cache rows.
+    for S, cap in ((1, max_disk_blowup), (2, max_disk_blowup), (4, max_disk_blowup),
+                   (8, max_disk_blowup), (1, 0.0)):
+        if cap == 0.0 and max_disk_blowup == 0.0:
+            continue  # the same as the first candidate
+        base = PackOptions(max_disk_blowup=cap, segment_batches=S)
         gpu_cache = 0
         if gpu_budget:
             lay0 = plan_layout(store, plan, base)
@@ -347,7 +353,16 @@ def choose_split(store: Store, plan: PlanReader, *, cpu_budget: int, gpu_budget:
         cpu_need = mws["cpu"] - (mws["gpu_tier_bytes"] if gpu_budget else 0)
         if cpu_need > cpu_budget:
             continue
-        pred = predict_epoch(layout, bw)
+        # The cap packs the plan's first batches; later epochs may fall back to base-array
+        # reads. A training run cycles the loader's epochs (the packed ones, or all of the
+        # plan's when none is packed whole): compare their mean, not epoch 0 alone.
+        cold = layout.cold_per_batch()
+        packed_epochs = _whole_epochs(layout)
+        epochs = range(packed_epochs if packed_epochs else plan.meta.epochs)
+        pred = predict_epoch(layout, bw, cold=cold)
+        pred["mean_epoch_s"] = float(np.mean([pred["seconds"] if e == 0 else
+                                              predict_epoch(layout, bw, e, cold=cold)["seconds"]
+                                              for e in epochs]))
         candidates.append({"options": opts, "prediction": pred, "min_working_set": mws,
                            "segment_batches": layout.segment_batches,
                            "blowup": layout.packed_rows * rb / max(1, store.array_meta("features").nbytes)})
@@ -357,5 +372,13 @@ def choose_split(store: Store, plan: PlanReader, *, cpu_budget: int, gpu_budget:
         raise BudgetError(f"cpu budget {format_size(cpu_budget)} cannot hold one batch of plan "
                           f"{plan.name!r}: the minimum working set is {format_size(need)}; raise "
                           "--cpu-budget or sample with a smaller batch size")
-    best = min(candidates, key=lambda c: c["prediction"]["seconds"])
+    best = min(candidates, key=lambda c: c["prediction"]["mean_epoch_s"])
     return best["options"], best["prediction"], candidates
+
+
+def _whole_epochs(layout: Layout) -> int:
+    """Leading epochs of the plan whose every batch has a segment (what the loader
+    cycles when there is at least one)."""
+    from .packer import _packed_epochs
+
+    return _packed_epochs(layout.batch_seg, layout.plan.meta.batches_per_epoch)
