@@ -163,6 +163,18 @@ def main(argv=None) -> dict:
               "rounds": args.rounds, "command": " ".join([Path(sys.argv[0]).name, *(argv or
                                                                                    sys.argv[1:])]),
               "machine_before": machine_info(work), "results": []}
+    try:
+        result["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True,
+                                          text=True, cwd=REPO).stdout.strip()
+    except OSError:
+        result["commit"] = None
+    out = Path(args.out) if args.out else (None if args.toy else DEFAULT_OUT)
+
+    def save() -> None:  # after every entry: a long run that is stopped keeps its results
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+
     if args.toy:
         names = ["toy"]
     else:
@@ -204,6 +216,7 @@ def main(argv=None) -> dict:
                     if res["suggestion"] is None:
                         entry["skipped"] = "plan-budget: nothing fits"
                         result["results"].append(entry)
+                        save()
                         print(f"{name} {frac:.0%} {plan or 'suggested'}: nothing fits")
                         continue
                     from oocstore.pack.fit import format_table
@@ -213,6 +226,7 @@ def main(argv=None) -> dict:
                     entry.update(run_plan(store, budget, commands, args.epochs, args.rounds,
                                           args.hidden))
                     result["results"].append(entry)
+                    save()
                     sug = entry["suggestion"]
                     mem_acc = entry["runs"]["mem"][0]["test_acc"]
                     ooc_acc = entry["runs"]["ooc"][0]["test_acc"]
@@ -228,10 +242,7 @@ def main(argv=None) -> dict:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
     result["machine_after"] = machine_info()
-    out = Path(args.out) if args.out else (None if args.toy else DEFAULT_OUT)
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+    save()
     print(json.dumps({"bench": "first_hour_budget", "results": [
         {k: e.get(k) for k in ("dataset", "fraction", "plan", "ooc_over_mem", "skipped")}
         for e in result["results"]]}))
