@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -49,6 +50,7 @@ from _common import SHARED_DATA, machine_info, pick_datasets  # noqa: E402
 
 DATASETS = {"dblp": "dblp.npz", "flickr": "flickr.npz"}
 DEFAULT_OUT = REPO / "bench" / "results" / "first_hour_budget.json"
+LAST_CPU = [0.0]  # CPU seconds of the last command run by oocstore()
 
 
 def oocstore(*argv: str, json_out: bool = False, timeout: float | None = None):
@@ -57,8 +59,13 @@ def oocstore(*argv: str, json_out: bool = False, timeout: float | None = None):
     cmd = [sys.executable, "-m", "oocstore", *argv]
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     t0 = time.perf_counter()
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=timeout)
     wall = time.perf_counter() - t0
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # CPU seconds of the command (all its threads): steadier than wall time on a
+    # shared machine, whose load changes the wall time of the same work many-fold.
+    LAST_CPU[0] = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
     if r.returncode not in (0, 1) or (r.returncode == 1 and argv[0] != "plan-budget"):
         raise RuntimeError(f"{' '.join(argv)} exited {r.returncode}: {r.stderr[-3000:]}")
     lines = [ln for ln in r.stdout.splitlines() if ln.strip()]
@@ -100,7 +107,7 @@ def run_plan(store: Path, budget: str, commands: list[list[str]], epochs: int, r
             if kind == "ooc" and r == 0:
                 t_first += wall
             runs[kind].append({
-                "wall_s": round(wall, 2),
+                "wall_s": round(wall, 2), "cpu_s": round(LAST_CPU[0], 2),
                 "epoch_s": [round(e["time_s"], 3) for e in summary["epochs"]],
                 "wait_s": [round(e["wait_s"], 3) for e in summary["epochs"]],
                 "loss": [e["loss"] for e in summary["epochs"]],
@@ -134,7 +141,9 @@ def run_plan(store: Path, budget: str, commands: list[list[str]], epochs: int, r
                 "segment_batches": meta["segment_batches"],
                 "packed_batches": meta["packed_batches"], "total_batches": meta["total_batches"],
                 "blowup": meta["blowup"], "min_working_set_cpu": meta["min_working_set"]["cpu"]}
+    cpu = {k: statistics.median([r["cpu_s"] for r in runs[k]]) for k in runs}
     return {"commands": [" ".join(["oocstore", *c]) for c in commands], "steps": steps,
+            "run_cpu_s": cpu, "ooc_over_mem_cpu": round(cpu["ooc"] / cpu["mem"], 3),
             "first_model_s": round(t_first, 1), "runs": runs,
             "median_epoch_s": {"ooc": statistics.median(ooc), "mem": statistics.median(mem)},
             "ooc_over_mem": round(ratio, 3), "paired_ratios": [round(p, 3) for p in paired],
@@ -233,7 +242,9 @@ def main(argv=None) -> dict:
                     print(f"{name} {frac:.0%} ({budget}) fanouts {sug['fanouts']} batch "
                           f"{sug['batch_size']}: epoch ooc {entry['median_epoch_s']['ooc']:.2f} s"
                           f" / in memory {entry['median_epoch_s']['mem']:.2f} s = "
-                          f"{entry['ooc_over_mem']:.2f}x (paired {entry['paired_ratios']}); "
+                          f"{entry['ooc_over_mem']:.2f}x (paired {entry['paired_ratios']}); whole run cpu "
+                          f"{entry['run_cpu_s']['ooc']:.0f} s / {entry['run_cpu_s']['mem']:.0f} s = "
+                          f"{entry['ooc_over_mem_cpu']:.2f}x; "
                           f"{entry['bytes_read_per_epoch'] / 2**20:.0f} MiB read per epoch; "
                           f"test acc ooc {ooc_acc:.3f} / in memory {mem_acc:.3f}; first model "
                           f"{entry['first_model_s']:.0f} s", flush=True)
