@@ -373,17 +373,47 @@ def plan_layout(store: Store, plan: PlanReader, options: PackOptions) -> Layout:
     fits = _segment_rows(data, offs, ninput, pstart, node_tier, hit, epoch_of, epoch_starts,
                          lengths, cap_rows, last, rows_by_len)
     del last
-    best = None
+    largest_batch = int(ninput.max()) if total_batches else 0
+    lbytes = labels_bytes(store)
+    records = plan_record_bytes(int(index[:, 1].max()) if total_batches else 0,
+                                data.dtype.itemsize, plan.meta.batch_size)
+
+    def minimum(largest_seg: int, packed_segs: int, unpacked: bool) -> dict:
+        # What the reader holds per batch and per segment for the whole run.
+        tables = reader_table_bytes(
+            total_batches=total_batches, index_columns=index.shape[1],
+            epochs=plan.meta.epochs, num_segments=packed_segs, positions=int(pstart[-1]),
+            inserts=int(schedule[0].size) if schedule[0] is not None else 0,
+            belady=options.policy == "belady", plan_data_bytes=int(data.nbytes))
+        return working_set(largest_batch_rows=largest_batch, row_bytes=rb,
+                           largest_segment_bytes=largest_seg, cpu_tier_bytes=cpu_ids.size * rb,
+                           gpu_tier_bytes=gpu_ids.size * rb,
+                           base_read_bytes=base_read_buffer_bytes(rb) if unpacked else 0,
+                           labels_bytes=lbytes, tables_bytes=tables, plan_record_bytes=records,
+                           batch_size=plan.meta.batch_size, gpu_rows=int(gpu_ids.size))
+
+    # With a cpu budget and no segment length given, a length whose largest segment
+    # would not fit beside the rest of the minimum is passed over (longer segments hold
+    # more rows): the segment buffer is sized to the budget. If none fits, the choice is
+    # made as without a budget, and check_budget refuses it with the numbers.
+    best = best_any = None
     for k, S in enumerate(candidates):
         seg_first, seg_last = _segments(epoch_starts, S)
         fit = int(fits[k])
         seg_rows = rows_by_len[k, :fit].copy()
         covered = int((seg_last[:fit] - seg_first[:fit]).sum())
+        cand = (covered, S, seg_first, seg_last, seg_rows, fit)
+        if best_any is None or covered > best_any[0]:
+            best_any = cand
+        if options.cpu_budget is not None and not options.segment_batches:
+            largest = int(seg_rows.max()) * rb + 2 * ALIGN if fit else 0
+            if minimum(largest, fit, fit < seg_first.size)["cpu"] > options.cpu_budget:
+                continue
         if best is None or covered > best[0]:
-            best = (covered, S, seg_first, seg_last, seg_rows, fit)
+            best = cand
         if fit == seg_first.size:
             break
-    _, S, seg_first, seg_last, seg_rows, packed_segs = best
+    _, S, seg_first, seg_last, seg_rows, packed_segs = best or best_any
     unpacked = packed_segs < seg_first.size
     seg_first, seg_last = seg_first[:packed_segs], seg_last[:packed_segs]
     batch_seg = np.full(total_batches, -1, dtype=np.int64)
@@ -391,25 +421,7 @@ def plan_layout(store: Store, plan: PlanReader, options: PackOptions) -> Layout:
         batch_seg[seg_first[s]:seg_last[s]] = s
 
     largest_seg = int(seg_rows.max()) * rb + 2 * ALIGN if packed_segs else 0
-    largest_batch = int(ninput.max()) if total_batches else 0
-    staging = largest_batch * rb
-    cpu_tier_bytes = cpu_ids.size * rb
-    gpu_tier_bytes = gpu_ids.size * rb
-    fallback_buf = base_read_buffer_bytes(rb) if unpacked else 0
-    lbytes = labels_bytes(store)
-    # What the reader holds per batch and per segment for the whole run.
-    tables = reader_table_bytes(
-        total_batches=total_batches, index_columns=index.shape[1],
-        epochs=plan.meta.epochs, num_segments=packed_segs, positions=int(pstart[-1]),
-        inserts=int(schedule[0].size) if schedule[0] is not None else 0,
-        belady=options.policy == "belady", plan_data_bytes=int(data.nbytes))
-    records = plan_record_bytes(int(index[:, 1].max()) if total_batches else 0,
-                                data.dtype.itemsize, plan.meta.batch_size)
-    mws = working_set(largest_batch_rows=largest_batch, row_bytes=rb,
-                      largest_segment_bytes=largest_seg, cpu_tier_bytes=cpu_tier_bytes,
-                      gpu_tier_bytes=gpu_tier_bytes, base_read_bytes=fallback_buf,
-                      labels_bytes=lbytes, tables_bytes=tables, plan_record_bytes=records,
-                      batch_size=plan.meta.batch_size, gpu_rows=int(gpu_ids.size))
+    mws = minimum(largest_seg, packed_segs, unpacked)
     return Layout(plan=plan, fmeta=fmeta, gpu_ids=gpu_ids, cpu_ids=cpu_ids, node_tier=node_tier,
                   node_slot=node_slot, segment_batches=int(S), seg_first=seg_first,
                   seg_last=seg_last, seg_rows=seg_rows, batch_seg=batch_seg, cap_rows=cap_rows,
