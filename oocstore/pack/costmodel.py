@@ -12,8 +12,13 @@ The model adds, per batch of an epoch:
 Segment reads overlap the CPU work (the reader reads one segment ahead). Bandwidths come
 from :func:`probe` (a few seconds of measurement on the store's own disk, the reads and
 the CPU work run side by side as in the reader) or are given. :func:`choose_split` evaluates candidate layouts inside a CPU (and
-GPU) budget — for each segment length, the largest cache that still fits beside the
-working set — and keeps the one with the smallest predicted time.
+GPU) budget — for each segment length, and for no segments at all, the largest cache
+that still fits beside the working set, one prefetched batch and (when most batches are
+packed) the segment read-ahead buffer — and keeps the one with the smallest predicted
+time averaged over the epochs the loader will cycle. The average matters when the
+disk-blowup cap packs only the plan's first batches: epoch 0 then looks fast and the
+others fall back to base-array reads, where a larger cache (the segment buffer's bytes
+spent on hot rows) saves more.
 """
 
 from __future__ import annotations
