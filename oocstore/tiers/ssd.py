@@ -6,7 +6,9 @@ boundaries, into an aligned buffer; batches of that segment then gather from it.
 
 :class:`BaseRowTier` is the fallback for rows no segment covers: each row is one small
 aligned read (a whole 4 KiB page for a 512 B row — the read amplification that packing
-exists to avoid), issued from a thread pool so several are in flight.
+exists to avoid), issued from a thread pool so several are in flight; each task reads its
+group of rows in one numba call that releases the GIL (``pread`` bound by name), so the
+reading threads do not compete with the training loop for the interpreter.
 
 **Checksums on read.** With ``verify=True`` (the default) :class:`SegmentTier` checks a
 segment before its rows are used and raises :class:`~oocstore.errors.ChecksumError`
