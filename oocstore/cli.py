@@ -437,7 +437,7 @@ def _add_plan_budget(sub) -> None:
                    help="candidate fanouts, input side first; repeat to compare several "
                         "(default: 15,10,5 and 10,5)")
     p.add_argument("--batch-sizes", default=None, metavar="B1,B2,...",
-                   help="candidate seed counts per batch (default 4,8,16,...,4096)")
+                   help="candidate seed counts per batch (default 1,2,4,...,4096)")
     p.add_argument("--split", default="train", help="seed split of the plan (default train)")
     p.add_argument("--epochs", type=int, default=None,
                    help="epochs the plan will sample (default 4 for train, 1 for val/test)")

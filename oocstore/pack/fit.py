@@ -49,7 +49,7 @@ from .format import plan_record_bytes, reader_table_bytes
 from .packer import labels_bytes, working_set
 
 #: Batch sizes tried when none are given.
-DEFAULT_BATCH_SIZES = (4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 #: Fanouts tried when none are given: the README's plan, and a two-layer one.
 DEFAULT_FANOUTS = ((15, 10, 5), (10, 5))
 #: Batches sampled per candidate to estimate the largest batch.
