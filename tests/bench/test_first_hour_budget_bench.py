@@ -18,6 +18,7 @@ def test_first_hour_budget_toy(tmp_path, capsys):
     ooc, mem = entry["runs"]["ooc"][0], entry["runs"]["mem"][0]
     assert ooc["loss"] == mem["loss"] and ooc["test_acc"] == mem["test_acc"]
     assert ooc["peak_rss_bytes"] > 0 and len(ooc["epoch_s"]) == 1
+    assert entry["run_cpu_s"]["ooc"] > 0 and entry["ooc_over_mem_cpu"] > 0
     assert entry["ooc_over_mem"] > 0 and entry["packs"]["train"]["min_working_set_cpu"] \
         <= 4500 * 1024
     doc = json.loads(out.read_text())
