@@ -435,6 +435,62 @@ def _pack_one(args, store, plan_name: str, pack_name: str | None) -> None:
               f"({'probed' if summary['auto_split'] and not args.no_probe else 'default'} bandwidths)")
 
 
+# -- plan-budget -----------------------------------------------------------------------
+
+def _add_plan_budget(sub) -> None:
+    p = sub.add_parser(
+        "plan-budget", help="which batch sizes and fanouts fit a memory budget, before sampling",
+        description="Estimate, for each candidate fanouts and batch size, the minimum working "
+                    "set a pack of that plan would need (the figure `pack --cpu-budget` and "
+                    "`train --cpu-budget` check) from a few sampled batches, never whole "
+                    "epochs; print the headroom against the budget, the cpu cache and prefetch "
+                    "depth that would fit, and the sample / pack / train commands of the "
+                    "largest batch that fits. Exit status 1 when nothing fits.")
+    p.add_argument("store", metavar="STORE")
+    p.add_argument("--cpu-budget", type=_size, required=True, metavar="SIZE",
+                   help="the cpu budget the run will get (e.g. 256MiB)")
+    p.add_argument("--gpu-budget", type=_size, default=None, metavar="SIZE",
+                   help="the gpu budget of a --device cuda run")
+    p.add_argument("--fanouts", action="append", default=None, metavar="F0,F1,...",
+                   help="candidate fanouts, input side first; repeat to compare several "
+                        "(default: 15,10,5 and 10,5)")
+    p.add_argument("--batch-sizes", default=None, metavar="B1,B2,...",
+                   help="candidate seed counts per batch (default 1,2,4,...,4096)")
+    p.add_argument("--split", default="train", help="seed split of the plan (default train)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="epochs the plan will sample (default 4 for train, 1 for val/test)")
+    p.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
+    p.add_argument("--probe", type=int, default=16, metavar="N",
+                   help="batches sampled per candidate (default 16)")
+    p.add_argument("--margin", type=float, default=0.10, metavar="F",
+                   help="widen the estimated largest batch by this fraction (default 0.10)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead")
+    p.set_defaults(func=_cmd_plan_budget)
+
+
+def _cmd_plan_budget(args) -> int:
+    from samplers.neighbor import parse_fanouts, probe_batches
+
+    from .pack.fit import DEFAULT_BATCH_SIZES, DEFAULT_FANOUTS, estimate, format_table, \
+        parse_batch_sizes
+    from .store import Store
+
+    fanouts = [parse_fanouts(f) for f in args.fanouts] if args.fanouts else DEFAULT_FANOUTS
+    sizes = parse_batch_sizes(args.batch_sizes) if args.batch_sizes else DEFAULT_BATCH_SIZES
+    epochs = args.epochs if args.epochs is not None else (4 if args.split == "train" else 1)
+    with Store(args.store) as store:
+        if args.split not in store.splits:
+            raise UsageError(f"--split {args.split!r}: store {store.path} has no such split "
+                             f"(it has: {', '.join(sorted(store.splits)) or 'none'})")
+        result = estimate(store, probe_batches(store, split=args.split, seed=args.seed)
+                          if store.graph is not None else None,
+                          cpu_budget=args.cpu_budget, gpu_budget=args.gpu_budget,
+                          fanouts=fanouts, batch_sizes=sizes, split=args.split, epochs=epochs,
+                          seed=args.seed, probe=args.probe, margin=args.margin)
+    print(json.dumps(result, sort_keys=True) if args.json else "\n".join(format_table(result)))
+    return 0 if result["suggestion"] is not None else 1
+
+
 # -- train -----------------------------------------------------------------------------
 
 def _add_train(sub) -> None:
@@ -704,8 +760,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_COMMANDS = [_add_ingest, _add_inspect, _add_verify, _add_sample, _add_pack, _add_train,
-             _add_gc, _add_rm]
+_COMMANDS = [_add_ingest, _add_inspect, _add_verify, _add_sample, _add_pack, _add_plan_budget,
+             _add_train, _add_gc, _add_rm]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

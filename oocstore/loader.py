@@ -42,8 +42,11 @@ the GPU tier (charged by the reader) and the batches on the device, ``prefetch +
 of them (``oocstore.tiers.staging.device_charges``: being copied, prefetched, handed
 over, and the one the training loop still holds), with the labels, the GPU-tier
 gather's scratch and the CUDA caching allocator's rounding. The default prefetch depth
-is the largest <= 4 that fits both budgets; a budget that cannot hold even one batch in
-flight is refused up front.
+is the largest <= 4 that fits both budgets. On a CPU device a budget that holds no
+prefetched batch runs at depth 0 (each batch read in the training loop's thread, two
+batches alive: the one being read and the one the loop still holds) — the floor a pack
+records (``oocstore.pack.packer.working_set``); on CUDA, and on a CPU device with less
+than that floor, the loader is refused up front.
 
 Data parallelism: ``rank`` / ``world_size`` (default: from ``torch.distributed`` when it
 is initialised, else 0 / 1) select the rank's shard of a plan sampled with
@@ -93,7 +96,7 @@ from .checked_read import CheckedRows
 from .distributed import check_rank, current_rank, resolve_plan
 from .errors import BudgetError, FormatError, StoreNotFoundError, UsageError
 from .pack.format import plan_record_bytes
-from .pack.packer import label_dtype, labels_bytes
+from .pack.packer import label_dtype, labels_bytes, loader_floor
 from .pipeline import Pipeline
 from .plan import SampledBatch, format_fanouts
 from .store import Store
@@ -221,20 +224,18 @@ class NodeLoader:
         mws = pm.min_working_set
         # Plan records of the three batches in flight at depth 1 (older packs did not
         # record their size: the loader's own charge below then refuses what cannot fit).
+        # The reader takes its optional read-ahead buffer only if depth 1 still fits.
         reserve = lbytes + 2 * staging + 3 * mws.get("plan_record_bytes", 0)
-        need = mws["cpu"]
-        if "labels_bytes" not in mws:  # packs written before the minimum counted these
-            need += reserve
-        if self.device.type != "cpu":
-            need -= mws["gpu_tier_bytes"]  # that tier lives on the device
+        need = loader_floor(mws, self.device.type, labels=lbytes)
         if self.budget.cpu is not None and need > self.budget.cpu:
+            held = 2 if self.device.type == "cpu" else 3
             raise BudgetError(
                 f"cpu budget {format_size(self.budget.cpu)} is too small for pack "
                 f"{self.pack_name!r}: the minimum needed is {format_size(need)} (cpu cache "
                 f"{format_size(mws['cpu_tier_bytes'])} + largest segment "
-                f"{format_size(mws['largest_segment_bytes'])} + 3 batches of staging "
-                f"{format_size(3 * staging)} + labels {format_size(lbytes)} + plan index, "
-                f"tables and records {format_size(mws.get('tables_bytes', 0) + 3 * mws.get('plan_record_bytes', 0))}"
+                f"{format_size(mws['largest_segment_bytes'])} + {held} batches of staging "
+                f"{format_size(held * staging)} + labels {format_size(lbytes)} + plan index, "
+                f"tables and records {format_size(mws.get('tables_bytes', 0) + held * mws.get('plan_record_bytes', 0))}"
                 " + read buffers): "
                 f"raise --cpu-budget to at least {format_size(need)}, or re-pack with a smaller "
                 "--cpu-cache or within `oocstore pack --cpu-budget`")
@@ -304,18 +305,20 @@ class NodeLoader:
                                                     "loop", fix=fix))
         per_batch = staging + rec
         if prefetch is None:
+            # Depth 0 (batches read in the training loop's thread) when the budget holds
+            # no prefetched batch: the slowest depth, but the smallest working set.
             depth = 0
             while depth < MAX_PREFETCH and self.accountant.fits("cpu", (depth + 1) * per_batch):
                 depth += 1
             if depth == 0:
-                raise BudgetError(
-                    f"cpu budget {format_size(self.budget.cpu)} cannot prefetch even one batch "
-                    f"({format_size(staging)} of staging and {format_size(rec)} of plan record "
-                    f"on top of {format_size(self.accountant.charged('cpu'))}); minimum needed "
-                    f"{format_size(self.accountant.charged('cpu') + per_batch)}: raise "
-                    "--cpu-budget")
-            log.info("prefetch depth %d (the largest <= %d that fits the cpu budget)", depth,
-                     MAX_PREFETCH)
+                log.warning(
+                    "cpu budget %s holds no prefetched batch (%s more would): batches are "
+                    "read in the training loop's thread, without overlap", format_size(
+                        self.budget.cpu), format_size(self.accountant.charged("cpu") + per_batch
+                                                      - self.budget.cpu))
+            else:
+                log.info("prefetch depth %d (the largest <= %d that fits the cpu budget)", depth,
+                         MAX_PREFETCH)
         else:
             depth = int(prefetch)
             if depth < 0:

@@ -290,6 +290,25 @@ def sample_batches(indptr: np.ndarray, indices: np.ndarray, seeds: np.ndarray, *
     return [(recs[i], lays[i]) for i in range(len(recs))]
 
 
+def probe_batches(store: Store, *, split: str = "train", seed: int = 0):
+    """``fn(fanouts, batch_size, epoch, count)``: the first ``count`` batches of ``epoch``
+    of the plan :func:`sample_plan` would write for ``split`` with these options (the
+    same seed order and keys), sampled in memory — what ``oocstore plan-budget`` probes
+    instead of sampling whole epochs."""
+    indptr, indices = store.csc()
+    seeds = np.ascontiguousarray(store.split(split), dtype=np.int64)
+    shuffle = split == "train"
+
+    def fn(fanouts, batch_size: int, epoch: int, count: int):
+        order = (np.random.default_rng([seed, epoch, _SHUFFLE_SALT]).permutation(seeds)
+                 if shuffle else seeds)
+        return sample_batches(indptr, indices, order[:count * batch_size],
+                              fanouts=parse_fanouts(list(fanouts)), batch_size=batch_size,
+                              seed=seed, epoch=epoch, first_batch=0)
+
+    return fn
+
+
 def verify_graph(store: Store, names: Sequence[str] | None = None) -> None:
     """Recompute the checksums of ``names`` (default: the graph arrays) and check the
     graph's structure; raise :class:`ChecksumError` / :class:`FormatError` on damage."""

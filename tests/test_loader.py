@@ -140,6 +140,27 @@ def test_prefetch_depth_is_the_largest_that_fits(store):
         assert loader.accountant.peak("cpu") <= loader.budget.cpu
 
 
+@pytest.mark.parametrize("pack", ["train", "belady"])
+def test_the_recorded_floor_runs_at_depth_0_and_one_byte_less_is_refused(store, pack):
+    """The pack's minimum working set is what the loader charges at prefetch depth 0
+    (two batches alive, read in the training loop's thread): a budget of exactly that
+    trains, exact batches, never charging past it; one byte less is refused up front."""
+    floor = store.get(f"pack/{pack}")["min_working_set"]["cpu"]
+    with NodeLoader(store, pack=pack, budget=MemoryBudget(cpu=floor)) as loader:
+        assert loader.prefetch == 0
+        assert not any("read-ahead" in c.what for c in loader.accountant._holders["cpu"])
+        for b in loader:
+            check(store, b)
+        assert loader.accountant.peak("cpu") == floor
+    with pytest.raises(BudgetError, match="minimum needed is"):
+        NodeLoader(store, pack=pack, budget=MemoryBudget(cpu=floor - 1))
+    m = store.get(f"pack/{pack}")
+    one = m["min_working_set"]["prefetch_bytes"]
+    with NodeLoader(store, pack=pack, budget=MemoryBudget(cpu=floor + one)) as loader:
+        assert loader.prefetch == 1 and loader.accountant.peak("cpu") <= floor + one
+    assert not oocstore_threads()
+
+
 def test_cuda_without_cuda_is_refused(store):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")

@@ -12,8 +12,13 @@ The model adds, per batch of an epoch:
 Segment reads overlap the CPU work (the reader reads one segment ahead). Bandwidths come
 from :func:`probe` (a few seconds of measurement on the store's own disk, the reads and
 the CPU work run side by side as in the reader) or are given. :func:`choose_split` evaluates candidate layouts inside a CPU (and
-GPU) budget — for each segment length, the largest cache that still fits beside the
-working set — and keeps the one with the smallest predicted time.
+GPU) budget — for each segment length, and for no segments at all, the largest cache
+that still fits beside the working set, one prefetched batch and (when most batches are
+packed) the segment read-ahead buffer — and keeps the one with the smallest predicted
+time averaged over the epochs the loader will cycle. The average matters when the
+disk-blowup cap packs only the plan's first batches: epoch 0 then looks fast and the
+others fall back to base-array reads, where a larger cache (the segment buffer's bytes
+spent on hot rows) saves more.
 """
 
 from __future__ import annotations
@@ -309,8 +314,14 @@ def choose_split(store: Store, plan: PlanReader, *, cpu_budget: int, gpu_budget:
     bw = bw or Bandwidths()
     rb = store.array_meta("features").row_bytes
     candidates = []
-    for S in (1, 2, 4, 8):
-        base = PackOptions(max_disk_blowup=max_disk_blowup, segment_batches=S)
+    # Segment lengths 1..8 under the blowup cap, and no segments at all (every cold row
+    # read from the base array): where the cap packs only a small part of the plan, the
+    # segment buffer is better spent on cache rows.
+    for S, cap in ((1, max_disk_blowup), (2, max_disk_blowup), (4, max_disk_blowup),
+                   (8, max_disk_blowup), (1, 0.0)):
+        if cap == 0.0 and max_disk_blowup == 0.0:
+            continue  # the same as the first candidate
+        base = PackOptions(max_disk_blowup=cap, segment_batches=S)
         gpu_cache = 0
         if gpu_budget:
             lay0 = plan_layout(store, plan, base)
@@ -325,11 +336,17 @@ def choose_split(store: Store, plan: PlanReader, *, cpu_budget: int, gpu_budget:
             layout = plan_layout(store, plan, opts)
             mws = layout.min_working_set
             others = mws["cpu"] - mws["cpu_tier_bytes"] - (0 if gpu_budget else mws["gpu_tier_bytes"])
-            # leave room for the reader's segment read-ahead buffer, which the prediction
-            # counts on (reads overlapping assembly): a cache that fills the budget to the
-            # byte would turn it off
-            ahead = mws["largest_segment_bytes"]
-            room = max(0, cpu_budget - others - ahead - (0 if gpu_budget else gpu_cache)) \
+            # Leave room, before the cache, for what the loader takes next: one prefetched
+            # batch (the floor is depth 0; a CUDA run's ring prefetches one anyway), so
+            # reading overlaps training, and the reader's segment read-ahead buffer, which
+            # the prediction counts on (reads overlapping assembly) — unless most batches
+            # fall back to base-array reads, where the buffer would serve few reads and
+            # the cache saves more.
+            packed = layout.packed_segments and \
+                int(np.count_nonzero(layout.batch_seg >= 0)) * 2 >= layout.batch_seg.size
+            ahead = mws["largest_segment_bytes"] if packed else 0
+            one = mws.get("prefetch_bytes", 0)
+            room = max(0, cpu_budget - others - ahead - one - (0 if gpu_budget else gpu_cache)) \
                 // rb * rb
             if room == cpu_cache:
                 break
@@ -341,7 +358,16 @@ def choose_split(store: Store, plan: PlanReader, *, cpu_budget: int, gpu_budget:
         cpu_need = mws["cpu"] - (mws["gpu_tier_bytes"] if gpu_budget else 0)
         if cpu_need > cpu_budget:
             continue
-        pred = predict_epoch(layout, bw)
+        # The cap packs the plan's first batches; later epochs may fall back to base-array
+        # reads. A training run cycles the loader's epochs (the packed ones, or all of the
+        # plan's when none is packed whole): compare their mean, not epoch 0 alone.
+        cold = layout.cold_per_batch()
+        packed_epochs = _whole_epochs(layout)
+        epochs = range(packed_epochs if packed_epochs else plan.meta.epochs)
+        pred = predict_epoch(layout, bw, cold=cold)
+        pred["mean_epoch_s"] = float(np.mean([pred["seconds"] if e == 0 else
+                                              predict_epoch(layout, bw, e, cold=cold)["seconds"]
+                                              for e in epochs]))
         candidates.append({"options": opts, "prediction": pred, "min_working_set": mws,
                            "segment_batches": layout.segment_batches,
                            "blowup": layout.packed_rows * rb / max(1, store.array_meta("features").nbytes)})
@@ -351,5 +377,13 @@ def choose_split(store: Store, plan: PlanReader, *, cpu_budget: int, gpu_budget:
         raise BudgetError(f"cpu budget {format_size(cpu_budget)} cannot hold one batch of plan "
                           f"{plan.name!r}: the minimum working set is {format_size(need)}; raise "
                           "--cpu-budget or sample with a smaller batch size")
-    best = min(candidates, key=lambda c: c["prediction"]["seconds"])
+    best = min(candidates, key=lambda c: c["prediction"]["mean_epoch_s"])
     return best["options"], best["prediction"], candidates
+
+
+def _whole_epochs(layout: Layout) -> int:
+    """Leading epochs of the plan whose every batch has a segment (what the loader
+    cycles when there is at least one)."""
+    from .packer import _packed_epochs
+
+    return _packed_epochs(layout.batch_seg, layout.plan.meta.batches_per_epoch)

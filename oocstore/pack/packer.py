@@ -11,8 +11,9 @@ Steps (all streaming over the plan; the base feature array is only read sequenti
    small); if even the longest allowed segment does not fit, segments are packed in plan
    order until the cap is reached and the remaining batches fall back to row reads from
    the base array (counted in the expected read amplification).
-3. **Budget check.** The minimum working set (largest segment + one batch of staging +
-   CPU tier) is compared with ``cpu_budget`` *before* anything is written.
+3. **Budget check.** The minimum working set (:func:`working_set`: tiers, largest
+   segment, the two batches a loader holds at prefetch depth 0, tables) is compared
+   with ``cpu_budget`` *before* anything is written.
 4. **Assignment.** Every input position of every batch gets (tier, slot). The packed
    batches (a prefix of the plan) are assigned first; the rest, on a thread, while the
    copy runs (it needs only the packed rows).
@@ -382,17 +383,47 @@ def plan_layout(store: Store, plan: PlanReader, options: PackOptions) -> Layout:
     fits = _segment_rows(data, offs, ninput, pstart, node_tier, hit, epoch_of, epoch_starts,
                          lengths, cap_rows, last, rows_by_len)
     del last
-    best = None
+    largest_batch = int(ninput.max()) if total_batches else 0
+    lbytes = labels_bytes(store)
+    records = plan_record_bytes(int(index[:, 1].max()) if total_batches else 0,
+                                data.dtype.itemsize, plan.meta.batch_size)
+
+    def minimum(largest_seg: int, packed_segs: int, unpacked: bool) -> dict:
+        # What the reader holds per batch and per segment for the whole run.
+        tables = reader_table_bytes(
+            total_batches=total_batches, index_columns=index.shape[1],
+            epochs=plan.meta.epochs, num_segments=packed_segs, positions=int(pstart[-1]),
+            inserts=int(schedule[0].size) if schedule[0] is not None else 0,
+            belady=options.policy == "belady", plan_data_bytes=int(data.nbytes))
+        return working_set(largest_batch_rows=largest_batch, row_bytes=rb,
+                           largest_segment_bytes=largest_seg, cpu_tier_bytes=cpu_ids.size * rb,
+                           gpu_tier_bytes=gpu_ids.size * rb,
+                           base_read_bytes=base_read_buffer_bytes(rb) if unpacked else 0,
+                           labels_bytes=lbytes, tables_bytes=tables, plan_record_bytes=records,
+                           batch_size=plan.meta.batch_size, gpu_rows=int(gpu_ids.size))
+
+    # With a cpu budget and no segment length given, a length whose largest segment
+    # would not fit beside the rest of the minimum is passed over (longer segments hold
+    # more rows): the segment buffer is sized to the budget. If none fits, the choice is
+    # made as without a budget, and check_budget refuses it with the numbers.
+    best = best_any = None
     for k, S in enumerate(candidates):
         seg_first, seg_last = _segments(epoch_starts, S)
         fit = int(fits[k])
         seg_rows = rows_by_len[k, :fit].copy()
         covered = int((seg_last[:fit] - seg_first[:fit]).sum())
+        cand = (covered, S, seg_first, seg_last, seg_rows, fit)
+        if best_any is None or covered > best_any[0]:
+            best_any = cand
+        if options.cpu_budget is not None and not options.segment_batches:
+            largest = int(seg_rows.max()) * rb + 2 * ALIGN if fit else 0
+            if minimum(largest, fit, fit < seg_first.size)["cpu"] > options.cpu_budget:
+                continue
         if best is None or covered > best[0]:
-            best = (covered, S, seg_first, seg_last, seg_rows, fit)
+            best = cand
         if fit == seg_first.size:
             break
-    _, S, seg_first, seg_last, seg_rows, packed_segs = best
+    _, S, seg_first, seg_last, seg_rows, packed_segs = best or best_any
     unpacked = packed_segs < seg_first.size
     seg_first, seg_last = seg_first[:packed_segs], seg_last[:packed_segs]
     batch_seg = np.full(total_batches, -1, dtype=np.int64)
@@ -400,40 +431,67 @@ def plan_layout(store: Store, plan: PlanReader, options: PackOptions) -> Layout:
         batch_seg[seg_first[s]:seg_last[s]] = s
 
     largest_seg = int(seg_rows.max()) * rb + 2 * ALIGN if packed_segs else 0
-    largest_batch = int(ninput.max()) if total_batches else 0
-    staging = largest_batch * rb
-    cpu_tier_bytes = cpu_ids.size * rb
-    gpu_tier_bytes = gpu_ids.size * rb
-    fallback_buf = base_read_buffer_bytes(rb) if unpacked else 0
-    # On the CPU the GPU tier is held in host memory too (a CPU-only run); on a CUDA run
-    # the loader moves it to the device and charges the GPU budget instead.
-    # Training also holds the labels and, besides the batch being assembled, the batch the
-    # training loop works on and one prefetched batch: all part of the minimum.
-    lbytes = labels_bytes(store)
-    # What the reader holds per batch and per segment for the whole run, and the plan
-    # records of the three batches in flight at the minimum depth (as staging above).
-    tables = reader_table_bytes(
-        total_batches=total_batches, index_columns=index.shape[1],
-        epochs=plan.meta.epochs, num_segments=packed_segs, positions=int(pstart[-1]),
-        inserts=int(schedule[0].size) if schedule[0] is not None else 0,
-        belady=options.policy == "belady", plan_data_bytes=int(data.nbytes))
-    records = plan_record_bytes(int(index[:, 1].max()) if total_batches else 0,
-                                data.dtype.itemsize, plan.meta.batch_size)
-    mws = {"cpu": largest_seg + 3 * staging + cpu_tier_bytes + gpu_tier_bytes + fallback_buf
-           + lbytes + tables + 3 * records,
-           "gpu": gpu_tier_bytes + device_overhead(largest_batch, rb, plan.meta.batch_size,
-                                                   gpu_ids.size),
-           "largest_segment_bytes": largest_seg, "staging_bytes": staging,
-           "cpu_tier_bytes": cpu_tier_bytes, "gpu_tier_bytes": gpu_tier_bytes,
-           "base_read_bytes": fallback_buf, "labels_bytes": lbytes,
-           "loader_batches_bytes": 2 * staging, "tables_bytes": tables,
-           "plan_record_bytes": records}
+    mws = minimum(largest_seg, packed_segs, unpacked)
     return Layout(plan=plan, fmeta=fmeta, gpu_ids=gpu_ids, cpu_ids=cpu_ids, node_tier=node_tier,
                   node_slot=node_slot, segment_batches=int(S), seg_first=seg_first,
                   seg_last=seg_last, seg_rows=seg_rows, batch_seg=batch_seg, cap_rows=cap_rows,
                   offs=offs, ninput=ninput, pstart=pstart, min_working_set=mws,
                   policy=options.policy, hit=hit, ins_pos=schedule[0], ins_slot=schedule[1],
                   ins_count=schedule[2])
+
+
+#: Batches a CPU-device loader holds at its smallest prefetch depth (0): the one being
+#: assembled and the one the training loop holds. Each prefetched batch adds one more
+#: (``prefetch_bytes`` in the minimum working set).
+MIN_BATCHES_IN_FLIGHT = 2
+
+
+def working_set(*, largest_batch_rows: int, row_bytes: int, largest_segment_bytes: int,
+                cpu_tier_bytes: int, gpu_tier_bytes: int, base_read_bytes: int,
+                labels_bytes: int, tables_bytes: int, plan_record_bytes: int,
+                batch_size: int, gpu_rows: int) -> dict:
+    """The minimum working set of a pack from its parts: one formula for the packer (what
+    it records and checks), the loader (what it refuses up front) and the budget helper
+    (``oocstore plan-budget``, which estimates the parts before sampling).
+
+    ``cpu``: what a loader on the CPU device charges at prefetch depth 0 — the tiers
+    (on a CPU-only run the GPU tier is held in host memory too), one segment buffer, the
+    base-row read buffers if batches fall back to the base array, the labels, the plan
+    index and pack tables, and :data:`MIN_BATCHES_IN_FLIGHT` batches (staging and plan
+    record each: the batch being assembled and the one the training loop holds).
+    Depth 0 reads in the training loop's thread; every prefetched batch costs
+    ``prefetch_bytes`` more, and a CUDA loader (whose staging ring always prefetches at
+    least one batch) needs ``cpu - gpu_tier_bytes + prefetch_bytes`` of host memory.
+    ``gpu``: what the CUDA loader charges at depth 1."""
+    staging = int(largest_batch_rows) * int(row_bytes)
+    records = int(plan_record_bytes)
+    cpu = (int(largest_segment_bytes) + MIN_BATCHES_IN_FLIGHT * (staging + records)
+           + int(cpu_tier_bytes) + int(gpu_tier_bytes) + int(base_read_bytes)
+           + int(labels_bytes) + int(tables_bytes))
+    return {"cpu": cpu,
+            "gpu": int(gpu_tier_bytes) + device_overhead(int(largest_batch_rows), int(row_bytes),
+                                                         int(batch_size), int(gpu_rows)),
+            "largest_segment_bytes": int(largest_segment_bytes), "staging_bytes": staging,
+            "cpu_tier_bytes": int(cpu_tier_bytes), "gpu_tier_bytes": int(gpu_tier_bytes),
+            "base_read_bytes": int(base_read_bytes), "labels_bytes": int(labels_bytes),
+            "loader_batches_bytes": staging, "tables_bytes": int(tables_bytes),
+            "plan_record_bytes": records, "prefetch_bytes": staging + records,
+            "batches_in_flight": MIN_BATCHES_IN_FLIGHT}
+
+
+def loader_floor(mws: dict, device_type: str = "cpu", *, labels: int = 0) -> int:
+    """CPU bytes a loader needs at its smallest prefetch depth on ``device_type``, from a
+    pack's recorded minimum working set (packs recorded before the depth-0 floor counted
+    three batches in flight and carry no ``batches_in_flight``: their figure stands;
+    ``labels``: the labels' bytes, for packs older still, which did not count them)."""
+    need = int(mws["cpu"])
+    if "labels_bytes" not in mws:
+        need += int(labels) + 2 * int(mws.get("staging_bytes", 0))
+    if device_type != "cpu":
+        need -= int(mws.get("gpu_tier_bytes", 0))  # that tier lives on the device
+        if "batches_in_flight" in mws:
+            need += int(mws["prefetch_bytes"])  # the staging ring prefetches one batch
+    return need
 
 
 def device_overhead(largest_batch_rows: int, row_bytes: int, seeds: int, gpu_rows: int) -> int:
@@ -454,11 +512,14 @@ def check_budget(layout: Layout, options: PackOptions, name: str) -> None:
             raise BudgetError(
                 f"pack {name!r} needs a minimum {tier} working set of {format_size(mws[tier])} "
                 f"({tier} tier {format_size(mws[f'{tier}_tier_bytes'])} + "
-                + (f"largest segment {format_size(mws['largest_segment_bytes'])} + staging "
-                   f"{format_size(mws['staging_bytes'])}" if tier == "cpu" else
+                + (f"largest segment {format_size(mws['largest_segment_bytes'])} + "
+                   f"{mws.get('batches_in_flight', 3)} batches of staging "
+                   f"{format_size(mws['staging_bytes'])} each + plan tables "
+                   f"{format_size(mws.get('tables_bytes', 0))}" if tier == "cpu" else
                    "batches on the device") + f") > {tier} budget "
-                f"{format_size(limit)}: lower --{tier}-cache, sample with a smaller batch size, "
-                f"or raise --{tier}-budget to at least {format_size(mws[tier])}")
+                f"{format_size(limit)}: lower --{tier}-cache, sample with a smaller batch size "
+                f"(`oocstore plan-budget STORE --{tier}-budget {limit}` lists what "
+                f"fits), or raise --{tier}-budget to at least {format_size(mws[tier])}")
 
 
 def pack_plan(store: Store, plan_name: str | None = None, *, name: str | None = None,

@@ -2,8 +2,12 @@
 
 ``train`` measures validation and test accuracy through one-epoch plans on those splits
 (``val-eval``, ``test-eval``: the training plan's fanouts and batch size, sharded like
-it), packed with the training pack's CPU cache shrunk to fit the CPU budget, each pack
-within :data:`EVAL_DISK_SHARE` x the feature bytes on disk. When the
+it), packed to fit the budget the training pack met: the training pack's CPU cache
+shrunk to what the budget leaves, in the packer's own segments, or one-batch segments, or
+none (rows read from the base array); when even that does not fit, the plan is sampled
+with half the batch size until it does (:func:`_sample_fitting`; an existing evaluation
+plan with a batch no larger than training's is reused). Each pack stays within
+:data:`EVAL_DISK_SHARE` x the feature bytes on disk where the budget allows. When the
 store lacks them, ``train`` creates them — and a command that will be refused must
 write nothing. So preparation runs in two phases:
 
@@ -43,7 +47,7 @@ from ..budget import MemoryBudget
 from ..errors import BudgetError, StoreLockedError
 from ..pack import PackOptions, pack_plan
 from ..pack.format import PackMeta, pack_key
-from ..pack.packer import check_budget, labels_bytes, plan_layout, plan_version
+from ..pack.packer import labels_bytes, loader_floor, plan_layout, plan_version
 from ..plan import PlanMeta, PlanReader, list_plans, plan_key, shard_name
 from ..store import Store
 from ..tiers.reader import list_packs
@@ -116,13 +120,8 @@ def loader_minimum(store: Store, pm: PackMeta, device_type: str = "cpu") -> dict
     """The least CPU and GPU memory a :class:`~oocstore.loader.NodeLoader` over pack ``pm``
     needs (prefetch depth 1), as the loader itself computes it."""
     mws = pm.min_working_set
-    cpu = int(mws["cpu"])
-    if "labels_bytes" not in mws:  # packs written before the minimum counted these
-        cpu += labels_bytes(store) + 2 * pm.largest_batch_rows * pm.row_bytes
-    gpu = 0
-    if device_type != "cpu":
-        cpu -= int(mws["gpu_tier_bytes"])  # that tier lives on the device
-        gpu = int(mws["gpu"])
+    cpu = loader_floor(mws, device_type, labels=labels_bytes(store))
+    gpu = int(mws["gpu"]) if device_type != "cpu" else 0
     return {"cpu": cpu, "gpu": gpu}
 
 
@@ -135,8 +134,10 @@ def check_loader_fits(store: Store, pack: str, budget: MemoryBudget, device_type
         if limit is not None and need[tier] > limit:
             mws = pm.min_working_set
             detail = (f"cpu cache {format_size(mws['cpu_tier_bytes'])} + largest segment "
-                      f"{format_size(mws['largest_segment_bytes'])} + 3 batches of staging "
-                      f"{format_size(3 * mws['staging_bytes'])} + labels and read buffers"
+                      f"{format_size(mws['largest_segment_bytes'])} + "
+                      f"{mws.get('batches_in_flight', 3)} batches of staging "
+                      f"{format_size(mws.get('batches_in_flight', 3) * mws['staging_bytes'])} "
+                      "+ labels and read buffers"
                       if tier == "cpu" else "gpu tier and batches on the device")
             raise BudgetError(
                 f"{tier} budget {format_size(limit)} is too small for pack {pack!r}: the "
@@ -236,11 +237,12 @@ class _Sampled:
 
 
 def _sample_in_memory(store: Store, split: str, like: PlanMeta, name: str, seed: int,
-                      world_size: int, overwrite: bool) -> _Sampled:
+                      world_size: int, overwrite: bool, batch_size: int | None = None) -> _Sampled:
     from samplers.neighbor import prepare_sampling, run_sampling  # composition root
 
     dry = _DryStore(store)
-    job = prepare_sampling(dry, fanouts=list(like.fanouts), batch_size=like.batch_size,
+    job = prepare_sampling(dry, fanouts=list(like.fanouts),
+                           batch_size=batch_size or like.batch_size,
                            epochs=1, seed=seed, name=name, split=split, world_size=world_size,
                            overwrite=overwrite)
     run_sampling(dry, job)
@@ -294,35 +296,76 @@ def plan_eval(store: Store, like: PlanMeta, packed_like: str | None, seed: int,
         else:
             shards = dist.group_shards(store, name, plans)
             meta = shards.get(0) if len(shards) == world_size else None
-        readers: dict[str, Any]
-        if meta is None or meta.fanouts != like.fanouts or meta.batch_size != like.batch_size:
-            if not sample:
-                work.unsampled.append(name)
-                continue
-            log.info("sampling evaluation plan %r (in memory, committed once checked)", name)
-            sampled = _sample_in_memory(store, split, like, name, seed, world_size,
-                                        overwrite=any(m in plans for m in members))
-            work.samples.append(sampled)
-            readers = sampled.plans
-            fresh = True
-        else:
+        # An evaluation plan sampled with a smaller batch than training's (to fit the
+        # budget) serves as well: every seed is evaluated once whatever the batch size.
+        if meta is not None and meta.fanouts == like.fanouts \
+                and meta.batch_size <= like.batch_size:
             readers = {m: PlanReader(store, m) for m in members}
-            fresh = False
-        if packed_like is None:
-            continue
-        ref = packs[packed_like]
-        for member in members:
-            plan = readers[member]
-            if not fresh:
-                version = plan_version(store, plan)
-                current = [p for p in packs.values()
-                           if p.plan == member and p.plan_version == version]
-                if current and all(_fits(loader_minimum(store, p, device_type), budget)
-                                   for p in current):
+            if packed_like is None:
+                continue
+            ref = packs[packed_like]
+            try:
+                for member in members:
+                    version = plan_version(store, readers[member])
+                    current = [p for p in packs.values()
+                               if p.plan == member and p.plan_version == version]
+                    if current and all(_fits(loader_minimum(store, p, device_type), budget)
+                                       for p in current):
+                        continue
+                    work.packs.append((member, _eval_pack_options(
+                        store, readers[member], ref, budget, device_type, member)))
+                continue
+            except BudgetError:
+                # The plan's batches are too large for this budget: sample it again with
+                # smaller batches (below), replacing it and its packs.
+                work.packs = [(m, o) for m, o in work.packs if m not in members]
+                if not sample:
+                    work.unsampled.append(name)
                     continue
-            work.packs.append((member, _eval_pack_options(store, plan, ref, budget, device_type,
-                                                          member)))
+        elif not sample:
+            work.unsampled.append(name)
+            continue
+        sampled, options = _sample_fitting(store, split, like, name, seed, world_size,
+                                           overwrite=any(m in plans for m in members),
+                                           ref=packs[packed_like] if packed_like else None,
+                                           budget=budget, device_type=device_type)
+        work.samples.append(sampled)
+        work.packs.extend(options)
     return work
+
+
+def _sample_fitting(store: Store, split: str, like: PlanMeta, name: str, seed: int,
+                    world_size: int, *, overwrite: bool, ref: PackMeta | None,
+                    budget: MemoryBudget, device_type: str
+                    ) -> tuple[_Sampled, list[tuple[str, PackOptions]]]:
+    """The evaluation plan sampled in memory with the training plan's batch size, halved
+    until its packs fit ``budget`` (evaluation visits every seed once whatever the batch
+    size, so a smaller batch changes only the memory it needs); with the options of
+    each member's pack (none for in-memory training, ``ref`` None)."""
+    batch = int(like.batch_size)
+    best: EvalBudgetError | None = None
+    while True:
+        log.info("sampling evaluation plan %r with %d seeds per batch (in memory, committed "
+                 "once checked)", name, batch)
+        sampled = _sample_in_memory(store, split, like, name, seed, world_size,
+                                    overwrite=overwrite, batch_size=batch)
+        if ref is None:
+            return sampled, []
+        try:
+            return sampled, [(m, _eval_pack_options(store, sampled.plans[m], ref, budget,
+                                                    device_type, m))
+                             for m in _members(name, world_size)]
+        except EvalBudgetError as err:
+            # Smaller batches hold less staging but more batches (the per-batch tables
+            # grow): stop once halving no longer lowers the minimum.
+            if best is not None and err.need >= best.need:
+                raise best from None
+            best = err
+            if batch == 1:
+                raise
+            log.info("evaluation plan %r with %d seeds per batch does not fit (%s): halving "
+                     "the batch", name, batch, err)
+            batch = max(1, batch // 2)
 
 
 def _fits(need: dict[str, int], budget: MemoryBudget) -> bool:
@@ -331,29 +374,73 @@ def _fits(need: dict[str, int], budget: MemoryBudget) -> bool:
 
 def _eval_pack_options(store: Store, plan, ref: PackMeta, budget: MemoryBudget,
                        device_type: str, name: str) -> PackOptions:
-    """The training pack's CPU cache, shrunk to what ``budget`` leaves beside the plan's
-    minimum; refused (BudgetError) when even that minimum does not fit."""
+    """Options of an evaluation pack that a loader on ``device_type`` can run inside
+    ``budget``: the training pack's CPU cache (at most), shrunk to what the budget leaves
+    beside the plan's minimum; segments of the packer's own length, or one batch long
+    when those do not fit (the smallest segment buffer; batches past the disk-blowup cap
+    then read from the base array). Raises ``BudgetError`` naming ``cpu_budget`` when
+    even one-batch segments without a cache do not fit (the caller then samples smaller
+    batches)."""
     blowup = max(ref.max_disk_blowup, 1.0)
     gpu_budget = budget.gpu if device_type != "cpu" else None
-    opts = PackOptions(cpu_cache=ref.cpu_rows * ref.row_bytes, max_disk_blowup=blowup,
-                       gpu_budget=gpu_budget)
-    if budget.cpu is not None:
-        floor = plan_layout(store, plan, PackOptions(max_disk_blowup=blowup)).min_working_set
-        if floor["cpu"] > budget.cpu:
-            raise BudgetError(
-                f"cpu budget {format_size(budget.cpu)} is too small to evaluate on plan "
-                f"{name!r}: even without a cpu cache its pack needs "
-                f"{format_size(floor['cpu'])} (largest segment "
-                f"{format_size(floor['largest_segment_bytes'])} + 3 batches of staging "
-                f"{format_size(3 * floor['staging_bytes'])} + labels and read buffers): raise "
-                f"--cpu-budget to at least {format_size(floor['cpu'])}, or train on a plan "
-                "sampled with a smaller --batch-size")
-        opts = PackOptions(cpu_cache=max(0, min(opts.cpu_cache, budget.cpu - floor["cpu"])),
-                           max_disk_blowup=blowup, cpu_budget=budget.cpu, gpu_budget=gpu_budget)
-    opts = _within_eval_disk_share(store, plan, opts)
-    if opts.cpu_budget is not None or opts.gpu_budget is not None:
-        check_budget(plan_layout(store, plan, opts), opts, name)
-    return opts
+    want = ref.cpu_rows * ref.row_bytes
+    rb = ref.row_bytes
+
+    def fits(layout) -> bool:
+        mws = layout.min_working_set
+        return (budget.cpu is None or loader_floor(mws, device_type) <= budget.cpu) and \
+            (gpu_budget is None or mws["gpu"] <= gpu_budget)
+
+    def options(cache: int, segment_batches: int | None, cap: float) -> PackOptions:
+        return PackOptions(cpu_cache=cache, max_disk_blowup=cap, cpu_budget=budget.cpu,
+                           gpu_budget=gpu_budget, segment_batches=segment_batches)
+
+    def within_share(opts: PackOptions) -> PackOptions:
+        # the disk share is a default, the budget a hard limit: keep opts if it does not fit
+        shared = _within_eval_disk_share(store, plan, opts)
+        return shared if shared is opts or fits(plan_layout(store, plan, shared)) else opts
+
+    smallest = None
+    # Segments as the packer would choose them; one batch long (the smallest buffer);
+    # none (every row read from the base array: no segment buffer at all).
+    for seg, cap in ((None, blowup), (1, blowup), (1, 0.0)):
+        floor = plan_layout(store, plan, options(0, seg, cap))
+        need = loader_floor(floor.min_working_set, device_type)
+        if smallest is None or need < smallest[0]:
+            smallest = (need, floor.min_working_set)
+        if not fits(floor):
+            continue
+        room = want if budget.cpu is None else min(want, budget.cpu - need)
+        cache = max(0, room) // rb * rb if rb else 0
+        while cache > 0:  # a cache changes which rows are cold, so the segments: check
+            opts = options(cache, seg, cap)
+            if fits(plan_layout(store, plan, opts)):
+                return within_share(opts)
+            cache = cache // 2 // rb * rb
+        return within_share(options(0, seg, cap))
+    need, mws = smallest
+    if budget.cpu is not None and need > budget.cpu:
+        raise EvalBudgetError(
+            f"cpu budget {format_size(budget.cpu)} is too small to evaluate on plan {name!r}: "
+            f"even without segments or a cpu cache its pack needs {format_size(need)} "
+            f"({mws.get('batches_in_flight', 3)} batches of staging "
+            f"{format_size(mws['staging_bytes'])} each + labels "
+            f"{format_size(mws['labels_bytes'])} + plan tables "
+            f"{format_size(mws['tables_bytes'])} + read buffers): raise --cpu-budget to at "
+            f"least {format_size(need)}", need=need)
+    raise EvalBudgetError(
+        f"gpu budget {format_size(gpu_budget)} is too small to evaluate on plan {name!r}: its "
+        f"pack needs {format_size(mws['gpu'])} of gpu for the batches on the device: raise "
+        f"--gpu-budget to at least {format_size(mws['gpu'])}", need=need)
+
+
+class EvalBudgetError(BudgetError):
+    """An evaluation pack that no layout fits into the budget; ``need``: the smallest
+    cpu minimum found (the caller compares batch sizes by it)."""
+
+    def __init__(self, message: str, *, need: int):
+        super().__init__(message)
+        self.need = need
 
 
 #: Disk an evaluation pack may take, tiers and segments together, as a multiple of the

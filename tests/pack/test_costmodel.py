@@ -148,14 +148,16 @@ def test_split_fits_the_budget_or_is_refused(store):
         plan = PlanReader(s, "p")
         fbytes = s.array_meta("features").nbytes
         floor = plan_layout(s, plan, PackOptions(cpu_cache=0, max_disk_blowup=8)
-                            ).min_working_set["cpu"]
-        budget = floor + fbytes // 2  # room for a cache of half the rows
+                            ).min_working_set
+        # room for one prefetched batch and a cache of half the rows
+        budget = floor["cpu"] + floor["prefetch_bytes"] + fbytes // 2
         opts, pred, cands = choose_split(s, plan, cpu_budget=budget, max_disk_blowup=8)
         assert opts.cpu_cache > 0 and pred["seconds"] == min(c["prediction"]["seconds"]
                                                               for c in cands)
         mws = plan_layout(s, plan, opts).min_working_set
-        # the minimum and the reader's read-ahead buffer fit, so reads overlap assembly
-        assert mws["cpu"] + mws["largest_segment_bytes"] <= budget
+        # the minimum, one prefetched batch and the reader's read-ahead buffer fit, so
+        # reads overlap training and assembly
+        assert mws["cpu"] + mws["prefetch_bytes"] + mws["largest_segment_bytes"] <= budget
         with pytest.raises(BudgetError, match="cpu budget .* cannot hold one batch"):
             choose_split(s, plan, cpu_budget=1024, max_disk_blowup=8)
     with Store(store, readonly=False) as w:
@@ -163,3 +165,33 @@ def test_split_fits_the_budget_or_is_refused(store):
     with Store(store) as s, TieredReader(s, "auto", budget=MemoryBudget(cpu=budget)) as r:
         assert r.meta.min_working_set["largest_segment_bytes"] > 0  # rows left on SSD
         assert r.segments.read_ahead
+
+
+def test_split_drops_segments_the_cap_cannot_fill(store):
+    """When the disk-blowup cap packs only a few of the plan's batches (4 epochs of small
+    batches, cap 1x), the split compares packing them with no segments at all (the
+    segment buffer spent on cache rows), by the mean predicted epoch over what the loader
+    cycles, and takes the faster: here no segments."""
+    with Store(store, readonly=False) as w:
+        if w.get("plan/p4") is None:
+            sample_plan(w, fanouts="5,5", batch_size=64, epochs=4, seed=0, name="p4")
+    with Store(store) as s:
+        plan = PlanReader(s, "p4")
+        floor = plan_layout(s, plan, PackOptions(cpu_cache=0, max_disk_blowup=1.0,
+                                                 segment_batches=1)).min_working_set
+        budget = floor["cpu"] + floor["prefetch_bytes"] + (16 << 10)
+        opts, pred, cands = choose_split(s, plan, cpu_budget=budget, max_disk_blowup=1.0,
+                                         bw=Bandwidths())
+        caps = sorted({c["options"].max_disk_blowup for c in cands})
+        assert caps == [0.0, 1.0]
+        assert pred["mean_epoch_s"] == min(c["prediction"]["mean_epoch_s"] for c in cands)
+        packed = [c for c in cands if c["options"].max_disk_blowup == 1.0]
+        one = plan_layout(s, plan, packed[0]["options"])
+        assert 0 < int((one.batch_seg >= 0).sum()) < one.batch_seg.size // 4
+        assert opts.max_disk_blowup == 0.0  # the few packed batches are not worth a buffer
+        assert opts.cpu_cache > max(c["options"].cpu_cache for c in packed)
+        # the packed batches are in epoch 0: the later epochs, all base-array reads, are
+        # slower, and the mean counts them
+        assert packed[0]["prediction"]["seconds"] < packed[0]["prediction"]["mean_epoch_s"]
+        lay = plan_layout(s, plan, opts)
+        assert lay.packed_segments == 0 and lay.min_working_set["cpu"] <= budget

@@ -477,3 +477,32 @@ def test_sigkill_mid_copy_leaves_buckets_that_the_next_transaction_removes(tmp_p
         assert not list((s.path / "packs").glob("copy-buckets-*"))
         assert _pack_file_bytes(s, load_pack(s, "q")) == expected
         assert verify_store(s) == []
+
+
+def test_segments_are_sized_to_the_cpu_budget(tmp_path):
+    """Given a cpu budget and no segment length, the packer passes over segment lengths
+    whose buffer would not fit (here the cap would choose long segments that cover the
+    whole plan): it packs shorter ones inside the budget, reads back exactly, and leaves
+    the rest to base-array reads, instead of refusing the pack."""
+    from oocstore.pack.packer import plan_layout
+    from oocstore.plan import PlanReader
+
+    s = make_store(tmp_path / "s", nodes=4000, avg_degree=6)
+    sample_plan(s, fanouts="5,5", batch_size=256, epochs=1, seed=0, name="p")
+    plan = PlanReader(s, "p")
+    free = plan_layout(s, plan, PackOptions(max_disk_blowup=2.0))
+    one = plan_layout(s, plan, PackOptions(max_disk_blowup=2.0, segment_batches=1))
+    assert free.segment_batches > 1  # longer segments cover more under the cap
+    budget = one.min_working_set["cpu"]
+    assert free.min_working_set["cpu"] > budget
+    sized = plan_layout(s, plan, PackOptions(max_disk_blowup=2.0, cpu_budget=budget))
+    assert sized.segment_batches < free.segment_batches
+    assert sized.min_working_set["cpu"] <= budget
+    meta = pack_plan(s, "p", name="sized", options=PackOptions(max_disk_blowup=2.0,
+                                                               cpu_budget=budget))
+    assert meta.min_working_set["cpu"] <= budget and 0 < meta.packed_batches < meta.total_batches
+    read_all_and_compare(s, "sized")
+    with pytest.raises(BudgetError, match="minimum cpu working set"):
+        pack_plan(s, "p", name="tiny", options=PackOptions(max_disk_blowup=2.0,
+                                                           cpu_budget=budget // 4))
+    s.close()

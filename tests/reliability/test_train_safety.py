@@ -252,11 +252,9 @@ def train_pack_cpu_minimum(path) -> int:
 
 
 @pytest.mark.parametrize("which, below_train, match", [
-    # offsets from the training pack's minimum: far below, just below, and exactly it
-    # (enough to train, too little for the evaluation packs' largest segment)
+    # offsets from the training pack's minimum: far below and just below
     ("packed", 300 << 10, r"too small for pack 'train'"),
     ("packed", 1 << 10, r"too small for pack 'train'"),
-    ("unpacked", 0, r"too small to evaluate on plan 'val-eval'"),
 ])
 def test_refused_run_leaves_the_store_byte_identical(template, unpacked_template, tmp_path,
                                                      capsys, which, below_train, match):
@@ -268,6 +266,23 @@ def test_refused_run_leaves_the_store_byte_identical(template, unpacked_template
                                    "--cpu-budget", budget])
     assert re.search(match, line) and "raise --cpu-budget to at least" in line, line
     assert snapshot(path) == before  # no plan, no pack, no new version, no file
+
+
+def test_training_at_its_packs_minimum_evaluates_inside_it(unpacked_template, tmp_path, capsys):
+    """A budget of exactly the training pack's minimum (too little for the evaluation
+    packs' segments as the packer would choose them) trains and evaluates: the
+    evaluation packs are laid out to fit it (one-batch segments, or none, or smaller
+    batches) instead of the run being refused."""
+    from oocstore.pack.packer import loader_floor
+
+    path = str(shutil.copytree(unpacked_template, tmp_path / "s"))
+    budget = train_pack_cpu_minimum(path)
+    assert main(["train", path, "--epochs", "1", "--hidden", "16", "--cpu-budget", str(budget),
+                 "--quiet"]) == 0, capsys.readouterr().err
+    with Store(path) as s:
+        packs = list_packs(s)
+    for name in ("val-eval", "test-eval"):
+        assert loader_floor(packs[name].min_working_set) <= budget
 
 
 def test_eval_pack_the_budget_cannot_hold_is_repacked(unpacked_template, tmp_path, capsys):

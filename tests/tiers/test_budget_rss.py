@@ -270,3 +270,21 @@ def test_train_runs_inside_a_memory_cgroup_of_budget_plus_overhead(train_store):
     with MemoryCgroup(f"{tag}-small", libraries // 2) as cg:
         p = cg.run(argv, cwd=REPO, timeout=600)
     assert p.returncode == -signal.SIGKILL, (p.returncode, p.stderr[-500:])
+
+
+LOADER_AT = LOADER_DRIVER.replace('NodeLoader(store, "wide", pack="wide", budget=budget)',
+                                  'NodeLoader(store, "train", pack=sys.argv[3], budget=budget)')
+
+
+@pytest.mark.parametrize("pack", ["static", "fallback"])
+def test_loader_at_the_packs_floor_runs_at_depth_0_inside_it(big_store, pack):
+    """A budget of exactly the pack's recorded minimum (two batches in flight, no
+    prefetch) iterates an epoch, charging all of it, and the peak RSS grows by at most
+    that plus the fixed overhead: the lower floor is a real bound, not a smaller number."""
+    path, mws = big_store
+    assert LOADER_AT != LOADER_DRIVER
+    out = subprocess.run([sys.executable, "-c", LOADER_AT, str(path), str(mws[pack]), pack],
+                         capture_output=True, text=True, check=True)
+    r = json.loads(out.stdout)
+    assert r["prefetch"] == 0 and r["charged"] == mws[pack], r
+    assert r["peak"] - r["base"] <= r["charged"] + OVERHEAD, r
