@@ -451,7 +451,10 @@ def cut_plan(plan, batches: int) -> None:
     plan.num_batches = num_batches
 
 
-def run_worker(spec: dict) -> dict:
+def run_worker(spec: dict, workers: dict | None = None) -> dict:
+    """Run one loader (``spec["loader"]``, looked up in ``workers``, default
+    :data:`WORKERS`) in this process and return its figures; a worker that stopped early
+    reports how many batches it did as ``batches_done``."""
     import torch
 
     if spec.get("threads"):
@@ -465,9 +468,10 @@ def run_worker(spec: dict) -> dict:
         model, opt = _model(spec)
         _warm_up(model, opt, plan, spec)
         rss_ready = rss_bytes()
-        res = WORKERS[spec["loader"]](spec, store, plan, model, opt)
-    res.update(loader=spec["loader"], batches=spec["batches"], peak_rss_bytes=peak_rss_bytes(),
-               rss_after_imports_bytes=rss0, rss_before_loader_bytes=rss_ready)
+        res = (workers or WORKERS)[spec["loader"]](spec, store, plan, model, opt)
+    res.update(loader=spec["loader"], batches=res.pop("batches_done", spec["batches"]),
+               peak_rss_bytes=peak_rss_bytes(), rss_after_imports_bytes=rss0,
+               rss_before_loader_bytes=rss_ready)
     return res
 
 

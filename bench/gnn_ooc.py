@@ -72,8 +72,8 @@ for _p in (str(REPO), str(REPO / "bench"), str(REPO / "bench" / "baselines")):
         sys.path.insert(0, _p)
 
 import _memcg  # noqa: E402
-from _common import (dgl_python, machine_info, peak_rss_bytes, read_bytes,  # noqa: E402
-                     rss_bytes, run_json, SubprocessError)
+from _common import (dgl_python, machine_info, read_bytes,  # noqa: E402
+                     run_json, SubprocessError)
 
 from oocstore.errors import UsageError  # noqa: E402
 
@@ -378,26 +378,9 @@ WORKERS = {"pyg-mmap": worker_pyg_mmap, "pyg-mmap-random": worker_pyg_mmap,
 
 
 def run_worker(spec: dict) -> dict:
-    import torch
+    import gnn_loaders
 
-    if spec.get("threads"):
-        torch.set_num_threads(spec["threads"])
-    from gnn_loaders import _model, _warm_up
-
-    from oocstore.plan import PlanReader
-    from oocstore.store import Store
-
-    rss0 = rss_bytes()
-    with Store(spec["store"]) as store:
-        plan = PlanReader(store, spec["plan"])
-        model, opt = _model(spec)
-        _warm_up(model, opt, plan, spec)
-        rss_ready = rss_bytes()
-        res = WORKERS[spec["loader"]](spec, store, plan, model, opt)
-    res.update(loader=spec["loader"], batches=res.pop("batches_done", spec["batches"]),
-               peak_rss_bytes=peak_rss_bytes(), rss_after_imports_bytes=rss0,
-               rss_before_loader_bytes=rss_ready)
-    return res
+    return gnn_loaders.run_worker(spec, WORKERS)
 
 
 # =====================================================================================
