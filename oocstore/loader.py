@@ -258,6 +258,15 @@ class NodeLoader:
             raise
         packed = self.reader.meta.packed_epochs
         self.num_plan_epochs = packed if packed >= 1 else self.reader.plan.num_epochs
+        if 1 <= packed < self.reader.plan.num_epochs:
+            # Said, not silent: training then sees fewer distinct samples than the plan
+            # (and than the in-memory reference, which reads every sampled epoch).
+            log.warning("pack %r holds %d of plan %r's %d sampled epochs whole (its disk-blowup "
+                        "cap): the loader cycles those %d, so training sees fewer distinct "
+                        "neighbourhood samples than the plan has; pack with a lower "
+                        "max_disk_blowup (every epoch, rows past the cap read from the base "
+                        "array) or sample %d epoch(s) to match", self.pack_name, packed,
+                        self.plan_name, self.reader.plan.num_epochs, packed, packed)
         self.epoch = 0
         self._start = 0  # next batch index (resume)
         self._pipeline: Pipeline | None = None

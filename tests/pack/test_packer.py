@@ -252,6 +252,23 @@ def test_tight_cap_packs_whole_leading_epochs(store):
     assert meta.blowup <= cap
 
 
+def test_loader_says_when_it_cycles_fewer_epochs_than_the_plan(store, caplog):
+    from oocstore.loader import NodeLoader
+
+    full = pack_plan(store, name="all2", options=PackOptions(max_disk_blowup=1000,
+                                                             segment_batches=1))
+    cap = (full.packed_rows / 2 * 1.2) * full.row_bytes / store.array_meta("features").nbytes
+    pack_plan(store, name="one1", options=PackOptions(max_disk_blowup=cap, segment_batches=1))
+    with caplog.at_level("WARNING", logger="oocstore.loader"):
+        with NodeLoader(store, pack="one1") as loader:
+            assert loader.num_plan_epochs == 1
+        assert "holds 1 of plan" in caplog.text and "cycles those 1" in caplog.text
+        caplog.clear()
+        with NodeLoader(store, pack="all2") as loader:
+            assert loader.num_plan_epochs == 2
+        assert "cycles" not in caplog.text
+
+
 def test_pack_cli_manual_auto_and_errors(store, capsys):
     from oocstore.cli import main
 
