@@ -36,6 +36,8 @@ CASES = {
                  budget=9 << 20),
 }
 
+#: The measured process: ``STORE BUDGET PLAN PACK``. It holds each batch while the next
+#: is read, as a training loop does, and prints one JSON line.
 CHILD = textwrap.dedent("""
     import json, sys
     from oocstore import Store
@@ -59,20 +61,34 @@ CHILD = textwrap.dedent("""
     warm_up(np.float32)
     base = status("VmRSS:")
     with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
+        f.write("5")  # reset the peak-RSS high-water mark to the current RSS
     try:
-        with NodeLoader(store, "p", pack="p", budget=budget) as loader:
-            n = 0
+        with NodeLoader(store, sys.argv[3], pack=sys.argv[4], budget=budget) as loader:
+            n, held = 0, []
             for batch in loader:
                 n += 1
+                held = [batch]  # what a training loop holds: the batch it works on
             charged = loader.accountant.peak("cpu")
             prefetch = loader.prefetch
     except OocError as err:
         print(json.dumps({"refused": str(err)}))
         sys.exit(0)
     print(json.dumps({"batches": n, "prefetch": prefetch, "charged": charged,
-                      "growth": status("VmHWM:") - base, "base_rss": base}))
+                      "growth": status("VmHWM:") - base, "base_rss": base,
+                      "budget": budget.cpu}))
 """)
+
+
+def measure_loader(path: Path, budget: int, plan: str, pack: str) -> dict:
+    """One epoch of ``NodeLoader`` over ``pack`` of ``plan`` in a fresh process under a
+    CPU budget of ``budget`` bytes: the loader's charged peak and the peak-RSS growth
+    (``growth``), or ``refused`` with the error when the budget is refused up front."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    p = subprocess.run([sys.executable, "-c", CHILD, str(path), str(budget), plan, pack],
+                       capture_output=True, text=True, env=env, cwd=str(ROOT))
+    if p.returncode:
+        raise RuntimeError(f"loader RSS child failed ({p.returncode}): {p.stderr[-2000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
 
 
 def build(work: Path, case: str) -> Path:
@@ -106,16 +122,14 @@ def main() -> int:
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     args.work.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     for case in args.case or sorted(CASES):
         path = build(args.work, case)
         budget = args.budget or CASES[case]["budget"]
-        p = subprocess.run([sys.executable, "-c", CHILD, str(path), str(budget)],
-                           capture_output=True, text=True, env=env, cwd=str(ROOT))
-        if p.returncode:
-            print(p.stderr, file=sys.stderr)
+        try:
+            out = measure_loader(path, budget, "p", "p")
+        except RuntimeError as err:
+            print(err, file=sys.stderr)
             return 1
-        out = json.loads(p.stdout.strip().splitlines()[-1])
         print(json.dumps({"case": case, "budget": budget, **out}), flush=True)
     return 0
 

@@ -2,6 +2,7 @@
 reading every batch of a pack keeps the peak RSS under the budget plus the documented
 fixed overhead (docs/BUDGETS.md)."""
 
+import importlib.util
 import json
 import os
 import signal
@@ -84,38 +85,15 @@ def test_peak_rss_stays_within_budget_plus_overhead(big_store, pack):
     assert r["peak"] - r["base"] <= budget + OVERHEAD, r
 
 
-LOADER_DRIVER = textwrap.dedent("""
-    import json, sys
-    from oocstore import Store
-    from oocstore.budget import MemoryBudget
-    from oocstore.loader import NodeLoader
+def _load_loader_rss():
+    """tools/loader_rss.py: the measured NodeLoader process, shared with the tool."""
+    spec = importlib.util.spec_from_file_location("loader_rss", REPO / "tools" / "loader_rss.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
-    def status(key):
-        for line in open("/proc/self/status"):
-            if line.startswith(key):
-                return int(line.split()[1]) * 1024
 
-    import numpy as np
-    import torch
-    from oocstore.tiers.assemble import warm_up
-
-    store = Store(sys.argv[1])
-    budget = MemoryBudget(cpu=int(sys.argv[2]))
-    # Load the kernels only: a warm-up loader would leave its freed buffers in malloc's
-    # arenas, and the measured loader would reuse them unseen.
-    warm_up(np.float32)
-    base = status("VmRSS:")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    with NodeLoader(store, "wide", pack="wide", budget=budget) as loader:
-        held = []
-        for batch in loader:
-            held = [batch]  # what a training loop holds: the batch it works on
-        charged = loader.accountant.peak("cpu")
-        prefetch = loader.prefetch
-    print(json.dumps({"base": base, "peak": status("VmHWM:"), "charged": charged,
-                      "prefetch": prefetch, "budget": budget.cpu}))
-""")
+measure_loader = _load_loader_rss().measure_loader
 
 
 @pytest.fixture(scope="module")
@@ -137,11 +115,9 @@ def test_loader_charges_the_plan_records_it_holds(wide_store):
     fixed overhead, even where plan records (not feature rows) dominate."""
     path, mws = wide_store
     budget = max(mws, 1 << 20) * 3
-    out = subprocess.run([sys.executable, "-c", LOADER_DRIVER, str(path), str(budget)],
-                         capture_output=True, text=True, check=True)
-    r = json.loads(out.stdout)
-    assert r["charged"] <= budget and r["prefetch"] >= 1
-    assert r["peak"] - r["base"] <= r["charged"] + OVERHEAD, r
+    r = measure_loader(path, budget, "wide", "wide")
+    assert r["charged"] <= budget and r["prefetch"] >= 1, r
+    assert r["growth"] <= r["charged"] + OVERHEAD, r
 
 
 def test_reader_charges_its_per_batch_tables(big_store):
@@ -272,19 +248,12 @@ def test_train_runs_inside_a_memory_cgroup_of_budget_plus_overhead(train_store):
     assert p.returncode == -signal.SIGKILL, (p.returncode, p.stderr[-500:])
 
 
-LOADER_AT = LOADER_DRIVER.replace('NodeLoader(store, "wide", pack="wide", budget=budget)',
-                                  'NodeLoader(store, "train", pack=sys.argv[3], budget=budget)')
-
-
 @pytest.mark.parametrize("pack", ["static", "fallback"])
 def test_loader_at_the_packs_floor_runs_at_depth_0_inside_it(big_store, pack):
     """A budget of exactly the pack's recorded minimum (two batches in flight, no
     prefetch) iterates an epoch, charging all of it, and the peak RSS grows by at most
     that plus the fixed overhead: the lower floor is a real bound, not a smaller number."""
     path, mws = big_store
-    assert LOADER_AT != LOADER_DRIVER
-    out = subprocess.run([sys.executable, "-c", LOADER_AT, str(path), str(mws[pack]), pack],
-                         capture_output=True, text=True, check=True)
-    r = json.loads(out.stdout)
+    r = measure_loader(path, mws[pack], "train", pack)
     assert r["prefetch"] == 0 and r["charged"] == mws[pack], r
-    assert r["peak"] - r["base"] <= r["charged"] + OVERHEAD, r
+    assert r["growth"] <= r["charged"] + OVERHEAD, r
