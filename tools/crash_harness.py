@@ -215,14 +215,7 @@ def fork_job(component: str, path: Path, nodes: int, point: str | None,
                 return os.waitstatus_to_exitcode(status)
             time.sleep(0.005)
         os.kill(pid, signal.SIGKILL)
-    t0 = time.time()
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        if time.time() - t0 > timeout:
-            os.kill(pid, signal.SIGKILL)
-        time.sleep(0.01)
+    return _wait(pid, timeout)
 
 
 # -- checks (in this process) ----------------------------------------------------------
