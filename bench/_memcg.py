@@ -64,6 +64,23 @@ class MemCgroup:
     def _read(self, name: str) -> str:
         return (self.path / name).read_text()
 
+    def read(self, name: str) -> int:
+        """An integer control file, e.g. ``memory.max_usage_in_bytes``."""
+        return int(self._read(name).split()[0])
+
+    def reset(self) -> None:
+        """Restart the high-water mark and the limit-hit count (between stages)."""
+        for name in ("memory.max_usage_in_bytes", "memory.failcnt"):
+            (self.path / name).write_text("0")
+
+    def drop_cache(self) -> None:
+        """Reclaim what the cgroup still holds (the last stage's page cache), so the next
+        stage starts from what it needs itself."""
+        try:
+            (self.path / "memory.force_empty").write_text("0")
+        except OSError:
+            pass
+
     def stats(self) -> dict:
         oom = dict(line.split() for line in self._read("memory.oom_control").splitlines())
         stat = dict(line.split() for line in self._read("memory.stat").splitlines())
@@ -84,10 +101,7 @@ class MemCgroup:
             if not procs:
                 break
             time.sleep(0.1)  # a child still exiting
-        try:
-            (self.path / "memory.force_empty").write_text("0")
-        except OSError:
-            pass
+        self.drop_cache()
         self.path.rmdir()
 
 

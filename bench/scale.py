@@ -51,9 +51,9 @@ for _p in (str(REPO), str(REPO / "bench")):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
+import _memcg  # noqa: E402
 from _common import machine_info  # noqa: E402
 
-CGROUP_ROOT = Path("/sys/fs/cgroup/memory")
 GiB = 1 << 30
 MiB = 1 << 20
 
@@ -64,62 +64,8 @@ def parse_size(text: str) -> int:
     return ps(text)
 
 
-class Cgroup:
-    """A cgroup v1 memory cgroup with a hard limit (created here, removed by ``close``)."""
-
-    def __init__(self, name: str, limit: int):
-        self.path = CGROUP_ROOT / name
-        self.path.mkdir(exist_ok=True)
-        # No swap on these machines; set both where the swap controller exists.
-        (self.path / "memory.limit_in_bytes").write_text(str(limit))
-        sw = self.path / "memory.memsw.limit_in_bytes"
-        if sw.exists():
-            try:
-                sw.write_text(str(limit))
-            except OSError:
-                pass
-        self.limit = int((self.path / "memory.limit_in_bytes").read_text())
-
-    @staticmethod
-    def unavailable() -> str | None:
-        """Why no cgroup can be made here (None: it can)."""
-        if not (CGROUP_ROOT / "memory.limit_in_bytes").exists():
-            return f"no cgroup v1 memory controller at {CGROUP_ROOT}"
-        if os.geteuid() != 0:
-            return "creating a memory cgroup needs root"
-        return None
-
-    def reset(self) -> None:
-        for f in ("memory.max_usage_in_bytes", "memory.failcnt"):
-            (self.path / f).write_text("0")
-
-    def read(self, f: str) -> int:
-        return int((self.path / f).read_text().split()[0])
-
-    def enter(self) -> None:
-        """Move the calling process into the cgroup (used in the child before exec)."""
-        (self.path / "cgroup.procs").write_text(str(os.getpid()))
-
-    def drop_cache(self) -> None:
-        """Reclaim what the cgroup still holds (page cache of the last stage), so the next
-        stage starts from what it really needs."""
-        f = self.path / "memory.force_empty"
-        try:
-            f.write_text("0")
-        except OSError:
-            pass
-
-    def close(self) -> None:
-        self.drop_cache()
-        for _ in range(50):
-            try:
-                self.path.rmdir()
-                return
-            except OSError:
-                time.sleep(0.1)
-
-
-def run_stage(name: str, argv: list[str], cg: Cgroup | None, log_dir: Path) -> dict[str, Any]:
+def run_stage(name: str, argv: list[str], cg: _memcg.MemCgroup | None,
+              log_dir: Path) -> dict[str, Any]:
     """Run ``argv`` (in ``cg``), return its time, exit, peak charge and peak RSS."""
     if cg is not None:
         cg.drop_cache()
@@ -127,7 +73,7 @@ def run_stage(name: str, argv: list[str], cg: Cgroup | None, log_dir: Path) -> d
     out = open(log_dir / f"{name}.log", "w")
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
-                            preexec_fn=cg.enter if cg is not None else None,
+                            preexec_fn=cg.preexec if cg is not None else None,
                             env={**os.environ, "PYTHONPATH": str(REPO)})
     _, status, ru = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -249,8 +195,8 @@ def main(argv: list[str] | None = None) -> dict:
     store = work / f"papers-{args.nodes}-{args.feat_dim}"
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    why = "--no-cgroup" if args.no_cgroup else Cgroup.unavailable()
-    cg = None if why else Cgroup(f"oocstore-scale-{os.getpid()}", limit)
+    why = "--no-cgroup" if args.no_cgroup else _memcg.unavailable()
+    cg = None if why else _memcg.MemCgroup(f"oocstore-scale-{os.getpid()}", limit)
     py = sys.executable
     oc = [py, "-m", "oocstore"]
     val = min(0.005, (1 - args.train_frac) / 2)
@@ -279,7 +225,7 @@ def main(argv: list[str] | None = None) -> dict:
                 break
     finally:
         if cg is not None:
-            cg.close()
+            cg.remove()
         store_bytes = sum(f.stat().st_size for f in store.rglob("*") if f.is_file()) \
             if store.exists() else 0
         if not args.keep:
