@@ -61,7 +61,7 @@ def access_trace(plan: PlanReader) -> np.ndarray:
     index = np.asarray(plan.index())
     total = int(index[:, 3].sum())
     trace = np.empty(total, dtype=np.int64)
-    data = plan._data  # memory map of the records (read-only)
+    data = plan.records  # memory map of the records (read-only)
     p = 0
     for off, k in zip(index[:, 0].tolist(), index[:, 3].tolist()):
         trace[p:p + k] = data[off:off + k]

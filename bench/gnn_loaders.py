@@ -264,7 +264,7 @@ def ginex_schedule(plan, batches: int, superbatch: int, cache_rows: int, init_id
     index = np.asarray(plan.index())[:batches]
     offs = np.ascontiguousarray(index[:, 0])
     ninput = np.ascontiguousarray(index[:, 3])
-    data = plan._data  # the plan's records (memory map): the superbatch's samples
+    data = plan.records  # the plan's records (memory map): the superbatch's samples
     pstart = np.concatenate([[0], np.cumsum(ninput)]).astype(np.int64)
     node_tier = np.ones(plan.meta.num_nodes, dtype=np.int8)  # every row may be cached
     hit = np.empty(int(pstart[-1]), dtype=np.int32)

@@ -47,6 +47,8 @@ from oocstore.store.probe import write_speed as disk_write_speed  # noqa: E402
 MB = 1e6
 
 from oocstore.pack import PackOptions, pack_plan  # noqa: E402
+from oocstore.pack import copy as copy_mod  # noqa: E402
+from oocstore.pack import layout as layout_mod  # noqa: E402
 from oocstore.pack import packer as packer_mod  # noqa: E402
 from oocstore.store import Store  # noqa: E402
 from oocstore.store import files as files_mod  # noqa: E402
@@ -188,16 +190,16 @@ class StageTimers:
 
     @contextlib.contextmanager
     def installed(self):
-        self.wrap(packer_mod, "static_placement", "placement")
-        self.wrap(packer_mod, "_segment_rows", "segment sizing")
+        self.wrap(layout_mod, "static_placement", "placement")
+        self.wrap(layout_mod, "_segment_rows", "segment sizing")
         self.wrap(packer_mod, "_assign", "assignment",
                   off_main="assignment (thread, beside the copy)")
         self._wrap_copy_rows()
         self.wrap(files_mod.ArrayFileWriter, "write", "writes (crc32 + write)")
         self.wrap(files_mod.DirectReader, "read_into", "base scan reads (O_DIRECT)")
         for attr, stage in _COPY_STAGES.items():  # copy_rows' kernels and bucket I/O
-            if hasattr(packer_mod, attr):
-                self.wrap(packer_mod, attr, stage)
+            if hasattr(copy_mod, attr):
+                self.wrap(copy_mod, attr, stage)
         self.wrap(os, "fsync", "fsync")
         try:
             yield self

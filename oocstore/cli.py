@@ -391,6 +391,19 @@ def _cmd_pack(args) -> int:
     return 0
 
 
+@contextmanager
+def _flags(**flags: str) -> Iterator[None]:
+    """Library errors name the parameter (``window_bytes 0: ...``): say the flag instead."""
+    try:
+        yield
+    except UsageError as err:
+        param, sep, rest = str(err).partition(" ")
+        if sep and param in flags:
+            raise UsageError(f"{flags[param]} {rest}") from err
+        raise
+
+
+@_flags(max_disk_blowup="--max-disk-blowup", window_bytes="--pack-memory")
 def _pack_one(args, store, plan_name: str, pack_name: str | None) -> None:
     from .pack import PackOptions, pack_plan
     from .pack.costmodel import Bandwidths, choose_split, predict_epoch, probe
@@ -468,6 +481,8 @@ def _add_plan_budget(sub) -> None:
     p.set_defaults(func=_cmd_plan_budget)
 
 
+@_flags(batch_sizes="--batch-sizes", cpu_budget="--cpu-budget", gpu_budget="--gpu-budget",
+        margin="--margin", probe="--probe", epochs="--epochs", split="--split")
 def _cmd_plan_budget(args) -> int:
     from samplers.neighbor import parse_fanouts, probe_batches
 

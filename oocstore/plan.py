@@ -428,6 +428,14 @@ class PlanReader:
         self._verified = False  # whether verify() checked the records and counts
         self._starts = np.concatenate([[0], np.cumsum(self.meta.batches_per_epoch)]).astype(np.int64)
 
+    @property
+    def records(self) -> np.ndarray:
+        """Every batch's records back to back (a read-only memory map of the ``data``
+        array; batch ``i``'s start at ``index()[i, 0]``), for bulk offline passes over the
+        whole plan (packing, cache simulation). Call :meth:`verify` first: the map is not
+        checked against its checksums, unlike the per-batch reads."""
+        return self._data
+
     def max_record_elems(self) -> int:
         """Elements of the largest batch record (what decoding one batch holds)."""
         return int(self._index[:, 1].max()) if self._index.shape[0] else 0

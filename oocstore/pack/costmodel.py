@@ -42,7 +42,9 @@ from ..store.files import DirectReader, aligned_empty, evict
 from ..tiers.assemble import assemble_rows, warm_up
 from ..tiers.ssd import BaseRowTier, aligned_span
 from ..units import format_size
-from .packer import Layout, PackOptions, device_overhead, plan_layout
+from .layout import Layout, _packed_epochs, plan_layout
+from .options import PackOptions
+from .workingset import device_overhead
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +286,7 @@ def predict_epoch(layout: Layout, bw: Bandwidths, epoch: int = 0,
         "overhead_s": (b1 - b0) * bw.batch_overhead_s,
     }
     reset = layout.cpu_ids.size * rb / bw.seq_read_Bps \
-        if layout.policy == "belady" and epoch > 0 else 0.0  # the scheduled tier restarts
+        if layout.scheduled and epoch > 0 else 0.0  # a scheduled tier restarts each epoch
     parts["ssd_read_s"] += reset
     # per batch: the rows the assembly builds (all but base-array reads), admissions
     cpu_b = ((ninput - np.where(packed, 0, cold_e)) + ins_b) / bw.gather_rows_per_s \
@@ -376,7 +378,7 @@ def choose_split(store: Store, plan: PlanReader, *, cpu_budget: int, gpu_budget:
         need = lay.min_working_set["cpu"]
         raise BudgetError(f"cpu budget {format_size(cpu_budget)} cannot hold one batch of plan "
                           f"{plan.name!r}: the minimum working set is {format_size(need)}; raise "
-                          "--cpu-budget or sample with a smaller batch size")
+                          "the cpu budget or sample with a smaller batch size")
     best = min(candidates, key=lambda c: c["prediction"]["mean_epoch_s"])
     return best["options"], best["prediction"], candidates
 
@@ -384,6 +386,4 @@ def choose_split(store: Store, plan: PlanReader, *, cpu_budget: int, gpu_budget:
 def _whole_epochs(layout: Layout) -> int:
     """Leading epochs of the plan whose every batch has a segment (what the loader
     cycles when there is at least one)."""
-    from .packer import _packed_epochs
-
     return _packed_epochs(layout.batch_seg, layout.plan.meta.batches_per_epoch)

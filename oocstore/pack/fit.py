@@ -3,7 +3,7 @@
 ``oocstore plan-budget STORE --cpu-budget X`` answers the question a pack refusal
 (``minimum working set ... > cpu budget``) raises, without a sample / pack round per
 guess. For every candidate (fanouts, batch size) it estimates the parts of the pack's
-minimum working set (:func:`oocstore.pack.packer.working_set`, the formula the packer
+minimum working set (:func:`oocstore.pack.workingset.working_set`, the formula the packer
 records and the loader charges) and compares the total with the budget.
 
 **What is estimated, and how.** Everything in the minimum is exact from the store
@@ -43,10 +43,11 @@ import numpy as np
 from ..errors import UsageError
 from ..plan import ALL_NEIGHBORS, node_dtype_for
 from ..store import ALIGN, Store
+from ..store.labels import labels_bytes
 from ..tiers.ssd import base_read_buffer_bytes
 from ..units import format_size
 from .format import plan_record_bytes, reader_table_bytes
-from .packer import labels_bytes, working_set
+from .workingset import working_set
 
 #: Batch sizes tried when none are given.
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
@@ -121,11 +122,11 @@ def parse_batch_sizes(value: str | Sequence[int]) -> tuple[int, ...]:
         except ValueError:
             b = 0
         if b < 1:
-            raise UsageError(f"--batch-sizes {value!r}: {p!r} is not a positive integer; give "
-                             "seed counts per batch, e.g. --batch-sizes 32,64,256,1024")
+            raise UsageError(f"batch_sizes {value!r}: {p!r} is not a positive integer; give "
+                             "seed counts per batch, e.g. 32,64,256,1024")
         out.append(b)
     if not out:
-        raise UsageError(f"--batch-sizes {value!r} is empty: give e.g. 32,64,256,1024")
+        raise UsageError(f"batch_sizes {value!r} is empty: give e.g. 32,64,256,1024")
     return tuple(sorted(set(out)))
 
 
@@ -137,25 +138,10 @@ def estimate(store: Store, sample_fn: SampleFn, *, cpu_budget: int | None,
     """Every candidate's estimated minimum working set against the budgets, and the
     suggestion (see the module docstring). Raises :class:`UsageError` for bad input,
     before sampling anything."""
-    if cpu_budget is not None and cpu_budget <= 0:
-        raise UsageError(f"--cpu-budget {cpu_budget}: give a positive size, e.g. 256MiB")
-    if gpu_budget is not None and gpu_budget <= 0:
-        raise UsageError(f"--gpu-budget {gpu_budget}: give a positive size, e.g. 4GiB")
-    if not (0 <= margin <= 10) or math.isnan(margin):
-        raise UsageError(f"--margin {margin}: give a fraction between 0 and 10 (e.g. 0.1)")
-    if isinstance(probe, bool) or int(probe) != probe or probe < 1:
-        raise UsageError(f"--probe {probe!r}: give the number of batches to sample, e.g. 16")
-    if isinstance(epochs, bool) or int(epochs) != epochs or epochs < 1:
-        raise UsageError(f"--epochs {epochs!r}: give the epochs the plan will sample, e.g. 4")
-    if store.graph is None or not store.has_array("features"):
-        raise UsageError(f"store {store.path} has no graph with node features: plan-budget "
-                         "sizes GNN plans; ingest a graph dataset first")
-    if split not in store.splits:
-        raise UsageError(f"--split {split!r}: store {store.path} has no such split (it has: "
-                         f"{', '.join(sorted(store.splits)) or 'none'})")
+    _check_inputs(store, cpu_budget, gpu_budget, margin, probe, epochs, split)
     seeds_all = np.asarray(store.split(split), dtype=np.int64)
     if seeds_all.size == 0:
-        raise UsageError(f"the {split!r} split of {store.path} is empty: choose another --split")
+        raise UsageError(f"the {split!r} split of {store.path} is empty: choose another split")
     fmeta = store.array_meta("features")
     rb = fmeta.row_bytes
     n = store.graph.num_nodes
@@ -177,21 +163,7 @@ def estimate(store: Store, sample_fn: SampleFn, *, cpu_budget: int | None,
             seen_sizes.add(bs)
             per_epoch = -(-seeds_all.size // bs)
             total = per_epoch * epochs
-            rows, elems = [], []
-            # The plan's own batches: the first few of epochs 0, 1, ... (train shuffles
-            # per epoch with the sampler's seed; val / test keep their order).
-            per_ep = max(1, -(-int(probe) // epochs))
-            for e in range(epochs):
-                if len(rows) >= probe:
-                    break
-                take = min(per_ep, probe - len(rows), per_epoch)
-                for record, layers in sample_fn(fo, bs, e, take):
-                    layers = np.asarray(layers).reshape(len(fo), 3)
-                    rows.append(int(layers[0, 0]))
-                    elems.append(int(np.asarray(record).shape[0]))
-                if not shuffle:
-                    break  # every epoch of val / test is the same
-            rows_a, elems_a = np.asarray(rows), np.asarray(elems)
+            rows_a, elems_a = _probe(sample_fn, fo, bs, epochs, probe, per_epoch, shuffle)
             bound = _bound_rows(n, bs, fo, max_degree)
             est_rows = min(bound, int(math.ceil(_expected_max(rows_a, total) * (1 + margin))))
             # A record holds the input rows and two ids per sampled edge; it grows with the
@@ -214,23 +186,10 @@ def estimate(store: Store, sample_fn: SampleFn, *, cpu_budget: int | None,
             fits = (cpu_budget is None or cpu_need <= cpu_budget) and \
                 (gpu_need is None or gpu_need <= gpu_budget)
             headroom = None if cpu_budget is None else cpu_budget - cpu_need
-            prefetch, cache, ahead = 0, 0, False
-            if fits:
-                room = headroom if headroom is not None else 1 << 62
-                one = mws["prefetch_bytes"]
-                if device == "cuda":
-                    prefetch = 1
-                while prefetch < 1 and room >= one:
-                    prefetch, room = prefetch + 1, room - one
-                if room >= seg:
-                    ahead, room = True, room - seg
-                cache = 0 if headroom is None else max(0, room) // rb * rb
-                while prefetch < 4 and (headroom is None or room - cache >= one):
-                    prefetch += 1  # more depth only from what no cache row would use
-                    if headroom is not None:
-                        room -= one
+            prefetch, cache, ahead = _spend_headroom(headroom, mws["prefetch_bytes"], seg, rb,
+                                                     device) if fits else (0, 0, False)
             out.append(Candidate(
-                fanouts=fo, batch_size=bs, batches_per_epoch=per_epoch, probed=len(rows),
+                fanouts=fo, batch_size=bs, batches_per_epoch=per_epoch, probed=len(rows_a),
                 largest_seen=int(rows_a.max()), mean_rows=round(float(rows_a.mean()), 1),
                 largest_batch_rows=est_rows, bound_rows=bound, staging_bytes=staging,
                 min_working_set=cpu_need, min_gpu_working_set=gpu_need,
@@ -245,6 +204,68 @@ def estimate(store: Store, sample_fn: SampleFn, *, cpu_budget: int | None,
             "feature_bytes": int(fmeta.nbytes), "row_bytes": rb, "probe": int(probe),
             "margin": margin, "candidates": [c.to_dict() for c in out],
             "suggestion": suggestion.to_dict() if suggestion else None}
+
+
+def _check_inputs(store: Store, cpu_budget, gpu_budget, margin, probe, epochs, split) -> None:
+    """Refuse bad input to :func:`estimate`, naming the parameter, before sampling."""
+    if cpu_budget is not None and cpu_budget <= 0:
+        raise UsageError(f"cpu_budget {cpu_budget}: give a positive size, e.g. 256MiB")
+    if gpu_budget is not None and gpu_budget <= 0:
+        raise UsageError(f"gpu_budget {gpu_budget}: give a positive size, e.g. 4GiB")
+    if not (0 <= margin <= 10) or math.isnan(margin):
+        raise UsageError(f"margin {margin}: give a fraction between 0 and 10 (e.g. 0.1)")
+    if isinstance(probe, bool) or int(probe) != probe or probe < 1:
+        raise UsageError(f"probe {probe!r}: give the number of batches to sample, e.g. 16")
+    if isinstance(epochs, bool) or int(epochs) != epochs or epochs < 1:
+        raise UsageError(f"epochs {epochs!r}: give the epochs the plan will sample, e.g. 4")
+    if store.graph is None or not store.has_array("features"):
+        raise UsageError(f"store {store.path} has no graph with node features: plan-budget "
+                         "sizes GNN plans; ingest a graph dataset first")
+    if split not in store.splits:
+        raise UsageError(f"split {split!r}: store {store.path} has no such split (it has: "
+                         f"{', '.join(sorted(store.splits)) or 'none'})")
+
+
+def _probe(sample_fn: SampleFn, fo: tuple[int, ...], bs: int, epochs: int, probe: int,
+           per_epoch: int, shuffle: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Input rows and record elements of up to ``probe`` of the plan's own batches: the
+    first few of epochs 0, 1, ... (train shuffles per epoch with the sampler's seed; val /
+    test keep their order)."""
+    rows, elems = [], []
+    per_ep = max(1, -(-int(probe) // epochs))
+    for e in range(epochs):
+        if len(rows) >= probe:
+            break
+        take = min(per_ep, probe - len(rows), per_epoch)
+        for record, layers in sample_fn(fo, bs, e, take):
+            layers = np.asarray(layers).reshape(len(fo), 3)
+            rows.append(int(layers[0, 0]))
+            elems.append(int(np.asarray(record).shape[0]))
+        if not shuffle:
+            break  # every epoch of val / test is the same
+    return np.asarray(rows), np.asarray(elems)
+
+
+def _spend_headroom(headroom: int | None, one: int, seg: int, rb: int,
+                    device: str) -> tuple[int, int, bool]:
+    """``(prefetch depth, cpu cache bytes, read ahead)`` a fitting candidate can afford
+    from ``headroom`` (``None``: no budget): one prefetched batch (``one`` bytes) first,
+    then the segment read-ahead buffer (``seg``), then cache rows; more depth (up to 4)
+    only from what no cache row would use."""
+    prefetch, ahead = 0, False
+    room = headroom if headroom is not None else 1 << 62
+    if device == "cuda":
+        prefetch = 1
+    while prefetch < 1 and room >= one:
+        prefetch, room = prefetch + 1, room - one
+    if room >= seg:
+        ahead, room = True, room - seg
+    cache = 0 if headroom is None else max(0, room) // rb * rb
+    while prefetch < 4 and (headroom is None or room - cache >= one):
+        prefetch += 1  # more depth only from what no cache row would use
+        if headroom is not None:
+            room -= one
+    return prefetch, cache, ahead
 
 
 def _suggest(cands: list[Candidate]) -> Candidate | None:

@@ -138,6 +138,26 @@ _NEVER = np.iinfo(np.int64).max
 
 
 @numba.njit(cache=True, nogil=True)
+def _next_use_batches(data, offs, ninput, b0, b1, n_nodes):
+    """For each position of batches [b0, b1) (in order), the next batch that uses its
+    node again (``_NEVER``: none); and per node its first batch (``_NEVER``: unused)."""
+    total = 0
+    for b in range(b0, b1):
+        total += ninput[b]
+    nxt = np.empty(total, dtype=np.int64)
+    first = np.full(n_nodes, _NEVER, dtype=np.int64)
+    p = total
+    for b in range(b1 - 1, b0 - 1, -1):
+        o = offs[b]
+        for i in range(ninput[b] - 1, -1, -1):
+            p -= 1
+            v = data[o + i]
+            nxt[p] = first[v]
+            first[v] = b
+    return nxt, first
+
+
+@numba.njit(cache=True, nogil=True)
 def _belady_epoch(data, offs, ninput, b0, b1, pos0, node_tier, capacity, init_ids,
                   hit, ins_pos, ins_slot, ins_count, n_ins):
     """Simulate Belady's policy over batches [b0, b1) with a cache that starts holding
@@ -145,19 +165,8 @@ def _belady_epoch(data, offs, ninput, b0, b1, pos0, node_tier, capacity, init_id
     and appends admissions ``(position, slot)`` (applied after the batch is assembled).
     GPU-tier nodes (``node_tier == 0``) are neither counted nor cached."""
     n_nodes = node_tier.shape[0]
-    total = 0
-    for b in range(b0, b1):
-        total += ninput[b]
-    nxt = np.empty(total, dtype=np.int64)
-    last = np.full(n_nodes, _NEVER, dtype=np.int64)
-    p = total
-    for b in range(b1 - 1, b0 - 1, -1):
-        o = offs[b]
-        for i in range(ninput[b] - 1, -1, -1):
-            p -= 1
-            v = data[o + i]
-            nxt[p] = last[v]
-            last[v] = b
+    nxt, last = _next_use_batches(data, offs, ninput, b0, b1, n_nodes)
+    total = nxt.shape[0]
     slot_of = np.full(n_nodes, -1, dtype=np.int64)
     node_in = np.full(max(capacity, 1), -1, dtype=np.int64)
     slot_next = np.full(max(capacity, 1), _NEVER, dtype=np.int64)

@@ -154,7 +154,20 @@ def check_entry(kind: str, key: str, value: Any) -> dict[str, Any]:
 
 
 def align_up(n: int, align: int = ALIGN) -> int:
+    """``n`` rounded up to a multiple of ``align`` (an O_DIRECT request's end or size)."""
     return (n + align - 1) // align * align
+
+
+def align_down(n: int, align: int = ALIGN) -> int:
+    """``n`` rounded down to a multiple of ``align`` (an O_DIRECT request's start)."""
+    return n // align * align
+
+
+def aligned_span(offset: int, nbytes: int) -> tuple[int, int]:
+    """``(start, length)`` of the 4 KiB-aligned request covering [offset, offset + nbytes):
+    what an ``O_DIRECT`` read of those bytes transfers."""
+    lo = align_down(offset)
+    return lo, align_up(offset + nbytes) - lo
 
 
 #: Catalog values are JSON: what each annotated field type must decode from.

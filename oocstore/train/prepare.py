@@ -207,7 +207,7 @@ class _MemoryPlan:
 
     def __init__(self, meta: PlanMeta, arrays: dict[str, np.ndarray]):
         self.meta = meta
-        self._data = arrays[meta.arrays["data"]]
+        self.records = arrays[meta.arrays["data"]]
         self._index = arrays[meta.arrays["index"]]
         self._counts = arrays[meta.arrays["counts"]]
 

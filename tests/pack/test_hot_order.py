@@ -7,7 +7,7 @@ from oocstore import Store
 from oocstore.ingest import build_store
 from oocstore.ingest.synthetic import SyntheticSpec, synthetic_source
 from oocstore.pack import PackOptions
-from oocstore.pack import packer
+from oocstore.pack import layout
 from oocstore.pack.placement import hot_order, static_placement
 from oocstore.plan import PlanReader
 from samplers import sample_plan
@@ -31,16 +31,16 @@ def test_layouts_of_one_plan_sort_its_nodes_once(tmp_path, monkeypatch):
         calls.append(1)
         return hot_order(counts)
 
-    monkeypatch.setattr(packer, "hot_order", counting)
+    monkeypatch.setattr(layout, "hot_order", counting)
     with Store(tmp_path / "s", readonly=False) as store:
         sample_plan(store, fanouts="3,3", batch_size=64, epochs=1, seed=0)
         plan = PlanReader(store, "train")
-        layouts = [packer.plan_layout(store, plan, PackOptions(cpu_cache=k * 32))
+        layouts = [layout.plan_layout(store, plan, PackOptions(cpu_cache=k * 32))
                    for k in (0, 100, 400)]
         assert len(calls) == 1
         assert [lay.cpu_ids.size for lay in layouts] == [0, 100, 400]
         other = PlanReader(store, "train")  # another reader sorts for itself
-        packer.plan_layout(store, other, PackOptions(cpu_cache=100 * 32))
+        layout.plan_layout(store, other, PackOptions(cpu_cache=100 * 32))
         assert len(calls) == 2
         plan.close()
         other.close()

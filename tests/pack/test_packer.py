@@ -402,10 +402,10 @@ def _pack_file_bytes(store, meta):
 
 @pytest.mark.parametrize("scan_bytes", [None, 64 * 97])  # one base chunk, or many
 def test_bucketed_copy_writes_the_same_files_as_one_window(tmp_path, monkeypatch, scan_bytes):
-    from oocstore.pack import packer
+    from oocstore.pack import copy
 
     if scan_bytes:
-        monkeypatch.setattr(packer, "_SCAN_BYTES", scan_bytes)
+        monkeypatch.setattr(copy, "_SCAN_BYTES", scan_bytes)
     with make_store(tmp_path / "s", nodes=2500) as s:
         sample_plan(s, fanouts="5,3", batch_size=100, epochs=2, seed=3)
         opts = dict(cpu_cache=300 * 64, gpu_cache=64 * 64, max_disk_blowup=6)
@@ -435,7 +435,7 @@ def test_bucketed_copy_writes_the_same_files_as_one_window(tmp_path, monkeypatch
                 assert got[part] == expected[part], (window_rows, part)
         # Several passes, each keeping its buckets within a third of the output (as if
         # the page cache held that much without writeback): the same bytes again.
-        monkeypatch.setattr(packer, "writeback_free_bytes", lambda: rows * 64 // 3)
+        monkeypatch.setattr(copy, "writeback_free_bytes", lambda: rows * 64 // 3)
         for window_rows in (8, 1001):
             meta = pack_plan(s, name=f"p{window_rows}", options=PackOptions(
                 window_bytes=window_rows * 64, copy="buckets", **opts))
@@ -449,7 +449,7 @@ def test_bucketed_copy_writes_the_same_files_as_one_window(tmp_path, monkeypatch
 
 
 def test_bucket_passes_trade_base_scans_against_writeback():
-    from oocstore.pack.packer import WRITE_COST, bucket_passes
+    from oocstore.pack.copy import WRITE_COST, bucket_passes
 
     # 6 windows of 100 rows of 10 bytes, each touching both of two 50-row chunks.
     offsets = np.tile(np.array([0, 50, 100]), (6, 1))
@@ -467,11 +467,10 @@ def test_bucket_passes_trade_base_scans_against_writeback():
 BUCKET_DRIVER = textwrap.dedent("""
     import os, signal, sys
     from oocstore import Store
-    from oocstore.pack import packer, pack_plan, PackOptions
-    place = packer._place_rows
+    from oocstore.pack import copy, pack_plan, PackOptions
     def killing_place(*a):  # killed while windows are assembled from the buckets
         os.kill(os.getpid(), signal.SIGKILL)
-    packer._place_rows = killing_place
+    copy._place_rows = killing_place
     with Store(sys.argv[1], readonly=False) as s:
         pack_plan(s, name="p", options=PackOptions(window_bytes=50 * 64), overwrite=True)
 """)
