@@ -305,6 +305,8 @@ def _size(value: str) -> int:
 
 
 def _add_pack(sub) -> None:
+    from .pack.policies import POLICIES
+
     p = sub.add_parser(
         "pack", help="lay out a plan's feature reads contiguously on disk, choose cache tiers",
         description="Pack an access plan: the most accessed rows go to the GPU and CPU tiers, "
@@ -328,10 +330,11 @@ def _add_pack(sub) -> None:
     p.add_argument("--max-disk-blowup", type=float, default=4.0, metavar="X",
                    help="packed bytes at most X times the feature bytes, over all epochs "
                         "(default 4); batches beyond it read rows from the base array")
-    p.add_argument("--policy", choices=["static", "belady"], default="static",
+    p.add_argument("--policy", choices=sorted(POLICIES), default="static",
                    help="CPU tier: static (the most accessed rows, fixed) or belady (a schedule "
                         "worked out from the plan's known future: admit and evict as Belady's "
-                        "optimal policy would; fewer packed rows, restarts each epoch)")
+                        "optimal policy would; fewer packed rows, restarts each epoch); s3fifo "
+                        "and sieve simulate those online policies over the plan the same way")
     p.add_argument("--segment-batches", type=int, default=None, metavar="S",
                    help="batches per segment (default: the smallest that fits the blowup cap)")
     p.add_argument("--pack-memory", type=_size, default=None, metavar="SIZE",

@@ -1,7 +1,7 @@
 """Where every row of a plan will live, worked out without writing anything.
 
 :func:`plan_layout` places the GPU- and CPU-tier rows (:mod:`.placement`; a scheduled CPU
-tier follows Belady's schedule), chooses the segment length and computes the minimum
+tier follows its policy's schedule, :mod:`.policies`), chooses the segment length and computes the minimum
 working set, so the budget check and the cost model can look before the packer leaps.
 
 **Segment length.** A segment is ``S`` consecutive batches of one epoch; its distinct cold
@@ -27,7 +27,8 @@ from ..store.labels import labels_bytes
 from ..tiers.ssd import base_read_buffer_bytes
 from .format import CPU, GPU, SSD, plan_record_bytes, reader_table_bytes
 from .options import PackOptions
-from .placement import belady_schedule, hot_order, static_placement
+from .placement import hot_order, static_placement
+from .policies import POLICIES
 from .workingset import working_set
 
 #: Longest segment tried when fitting the blowup cap (longer segments de-duplicate more
@@ -40,7 +41,7 @@ MAX_SEGMENT_BATCHES = 16
 @numba.njit(cache=True, nogil=True, inline="always")
 def _is_cold(node_tier, v, hit, p):
     """Whether position ``p`` (node ``v``) needs disk: not in the GPU tier and, with a
-    static CPU tier, not in it; with a scheduled (Belady) CPU tier, a miss there."""
+    static CPU tier, not in it; with a scheduled CPU tier, a miss there."""
     if hit.shape[0] == 0:
         return node_tier[v] == 2
     return node_tier[v] != 0 and hit[p] < 0
@@ -153,9 +154,9 @@ class Layout:
     ninput: np.ndarray
     pstart: np.ndarray  # [total batches + 1] first position of each batch
     min_working_set: dict
-    policy: str = "static"
-    hit: np.ndarray = None  # belady: per position the CPU slot or -1; static: empty
-    ins_pos: np.ndarray = None  # belady admissions: position, slot, count per batch
+    policy: str = "static"  # a name in .policies.POLICIES
+    hit: np.ndarray = None  # scheduled: per position the CPU slot or -1; static: empty
+    ins_pos: np.ndarray = None  # scheduled admissions: position, slot, count per batch
     ins_slot: np.ndarray = None
     ins_count: np.ndarray = None
 
@@ -201,14 +202,14 @@ def plan_layout(store: Store, plan: PlanReader, options: PackOptions) -> Layout:
     pstart = np.concatenate([[0], np.cumsum(ninput)]).astype(np.int64)
     data = plan.records
     epoch_starts = np.concatenate([[0], np.cumsum(plan.meta.batches_per_epoch)]).astype(np.int64)
-    hit = np.zeros(0, dtype=np.int32)
-    schedule = (None, None, None)
-    if options.policy == "belady":
-        # The CPU tier starts each epoch holding the static choice, then follows the
-        # schedule; GPU-tier rows stay static.
-        hit, *schedule = belady_schedule(data, offs, ninput, epoch_starts, node_tier,
-                                         cpu_ids.size, cpu_ids)
-    else:
+    # A scheduled CPU tier starts each epoch holding the static choice, then follows its
+    # schedule; GPU-tier rows stay static.
+    sched = POLICIES[options.policy].schedule(data, offs, ninput, epoch_starts, node_tier,
+                                              cpu_ids.size, cpu_ids)
+    hit = np.zeros(0, dtype=np.int32) if sched is None else sched.hit
+    schedule = (None, None, None) if sched is None else \
+        (sched.ins_pos, sched.ins_slot, sched.ins_count)
+    if sched is None:
         node_tier[cpu_ids] = CPU
         node_slot[cpu_ids] = np.arange(cpu_ids.size, dtype=np.int32)
     cap_rows = int(options.max_disk_blowup * fmeta.nbytes // rb) if rb else 0

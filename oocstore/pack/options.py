@@ -11,12 +11,10 @@ import math
 from dataclasses import dataclass
 
 from ..errors import UsageError
+from .policies import POLICIES
 
 #: Output rows assembled in memory per scan of the base array.
 DEFAULT_WINDOW_BYTES = 256 << 20
-
-#: CPU-tier policies: the hottest rows for the whole run, or Belady's schedule.
-POLICIES = ("static", "belady")
 
 #: How the batched copy gets rows of the base array into output windows (copy_rows).
 COPY_STRATEGIES = ("auto", "buckets", "rescans")
@@ -31,7 +29,7 @@ class PackOptions:
     gpu_budget: int | None = None
     segment_batches: int | None = None  # None: the smallest that fits the blowup cap
     window_bytes: int = DEFAULT_WINDOW_BYTES
-    policy: str = "static"  # CPU tier: "static" (hottest rows) or "belady" (scheduled)
+    policy: str = "static"  # CPU tier: a name in .policies.POLICIES
     copy: str = "auto"  # batched copy: "auto", "buckets" or "rescans" (see copy_rows)
 
     def __post_init__(self) -> None:

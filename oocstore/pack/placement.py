@@ -233,11 +233,13 @@ def _belady_epoch(data, offs, ninput, b0, b1, pos0, node_tier, capacity, init_id
     return n_ins
 
 
-def belady_schedule(data, offs, ninput, epoch_starts, node_tier, capacity: int,
-                    init_ids: np.ndarray):
-    """Belady over each epoch of a plan (the cache restarts from ``init_ids`` every
-    epoch, so any epoch can be served on its own). Returns ``(hit, ins_pos, ins_slot,
-    ins_count)``: per position the cache slot or -1; admissions; admissions per batch."""
+def scheduled_epochs(epoch_kernel, data, offs, ninput, epoch_starts, node_tier, capacity: int,
+                     init_ids: np.ndarray):
+    """Run a cache-policy simulation ``epoch_kernel`` (:func:`_belady_epoch` or one of
+    :mod:`.online`'s) over each epoch of a plan; the cache restarts from ``init_ids``
+    every epoch, so any epoch can be served on its own. Returns ``(hit, ins_pos,
+    ins_slot, ins_count)``: per position the cache slot or -1; admissions; admissions
+    per batch. A kernel admits at most one row per position."""
     total_pos = int(np.asarray(ninput).sum())
     hit = np.empty(total_pos, dtype=np.int32)
     ins_pos = np.empty(total_pos, dtype=np.int64)
@@ -248,7 +250,14 @@ def belady_schedule(data, offs, ninput, epoch_starts, node_tier, capacity: int,
     init_ids = np.ascontiguousarray(init_ids, dtype=np.int64)
     for e in range(len(epoch_starts) - 1):
         b0, b1 = int(epoch_starts[e]), int(epoch_starts[e + 1])
-        n_ins = _belady_epoch(data, offs, ninput, b0, b1, pos0, node_tier, int(capacity),
-                              init_ids, hit, ins_pos, ins_slot, ins_count, n_ins)
+        n_ins = epoch_kernel(data, offs, ninput, b0, b1, pos0, node_tier, int(capacity),
+                             init_ids, hit, ins_pos, ins_slot, ins_count, n_ins)
         pos0 += int(np.asarray(ninput[b0:b1]).sum())
     return hit, ins_pos[:n_ins].copy(), ins_slot[:n_ins].copy(), ins_count
+
+
+def belady_schedule(data, offs, ninput, epoch_starts, node_tier, capacity: int,
+                    init_ids: np.ndarray):
+    """Belady over each epoch of a plan (:func:`scheduled_epochs`)."""
+    return scheduled_epochs(_belady_epoch, data, offs, ninput, epoch_starts, node_tier,
+                            capacity, init_ids)

@@ -290,7 +290,7 @@ class TieredReader:
         # bounds-checked by the assembly kernels before it is used.
         self._tier = CheckedRows(store, m.arrays["tier"], fix=self.pack_fix)
         self._slot = CheckedRows(store, m.arrays["slot"], fix=self.pack_fix)
-        self.scheduled = m.policy == "belady"
+        self.scheduled = "inserts" in m.arrays  # a scheduled CPU tier (any policy)
         if self.scheduled:
             self._inserts = CheckedRows(store, m.arrays["inserts"], fix=self.pack_fix)
             self._insert_offsets = tables.insert_offsets
@@ -318,8 +318,7 @@ class TieredReader:
         return reader_table_bytes(
             total_batches=pm.total_batches, index_columns=self.plan.index().shape[1],
             epochs=pm.epochs, num_segments=m.num_segments, positions=rows("tier"),
-            inserts=rows("inserts") if m.policy == "belady" else 0,
-            belady=m.policy == "belady",
+            inserts=rows("inserts"), belady="inserts" in m.arrays,
             plan_data_bytes=store.array_meta(pm.arrays["data"]).nbytes)
 
     def keep_batch_buffers(self, n: int) -> None:
@@ -624,7 +623,7 @@ class _PackTables:
             self._fail(f"batch {b} names segment {int(self.batch_segment[b])}, outside "
                        f"-1..{m.num_segments - 1}")
         self.insert_offsets = None
-        if m.policy == "belady":
+        if "inserts" in m.arrays:
             offs = self._read("insert_offsets").astype(np.int64, copy=False)
             inserts = store.array_meta(m.arrays["inserts"]).shape
             if offs.shape != (total + 1,) or (total + 1 and offs[0] != 0) \

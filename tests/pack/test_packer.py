@@ -17,6 +17,7 @@ from oocstore.errors import BudgetError, StoreExistsError, StoreNotFoundError
 from oocstore.ingest import build_store
 from oocstore.ingest.synthetic import SyntheticSpec, synthetic_source
 from oocstore.pack import PackOptions, pack_plan
+from oocstore.pack.policies import POLICIES
 from oocstore.store.verify import verify_store
 from oocstore.tiers import TieredReader
 from samplers import sample_plan
@@ -172,7 +173,7 @@ def test_missing_plan_is_named(tmp_path):
 @given(nodes=st.integers(50, 600), fanouts=st.sampled_from(["3", "4,2", "2,2,2", "all"]),
        batch=st.integers(1, 200), cache_frac=st.floats(0, 1), blowup=st.sampled_from([0, 0.5, 2, 16]),
        seg=st.sampled_from([None, 1, 3]), seed=st.integers(0, 3),
-       policy=st.sampled_from(["static", "belady"]))
+       policy=st.sampled_from(sorted(POLICIES)))
 def test_tiered_reads_equal_the_oracle(tmp_path_factory, nodes, fanouts, batch, cache_frac, blowup,
                                        seg, seed, policy):
     path = tmp_path_factory.mktemp("prop") / "s"
