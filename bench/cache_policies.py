@@ -1,4 +1,4 @@
-"""Hit rates of the static CPU tier vs Belady's optimal dynamic cache, on the same trace.
+"""Hit rates of the CPU-tier policies (static, Belady, S3-FIFO, SIEVE) on the same trace.
 
 The trace is the exact sequence of feature-row accesses training will make: the input
 nodes of every batch of every epoch of a plan, concatenated in plan order. At each cache
@@ -11,6 +11,14 @@ size (a fraction of the nodes) two policies serve it:
   evict the row used furthest in the future, do not admit a row used later than all
   cached ones (:func:`belady_misses`). Its misses include the first touch of every row
   it ever holds (the cache starts empty).
+
+Then every policy of the registry (:data:`oocstore.pack.policies.POLICIES`) as the
+packer stores it: the tier starts every epoch holding the static top-``k`` rows; static
+keeps them, Belady / S3-FIFO / SIEVE are simulated per epoch over the plan
+(:meth:`CachePolicy.schedule`, hits decided when a batch starts, misses admitted after
+it). Per policy: hit rate, admissions, and the bytes read per epoch -- the rows no memory
+tier serves (``misses x row bytes``, before segment de-duplication and 4 KiB widening)
+plus the tier's fill (once for static, every epoch for a policy that restarts).
 
 Also shown: the compulsory floor (hit rate of an infinite cache that starts empty:
 ``1 - unique / accesses``) and the gap ``Belady - static`` -- the share of accesses a
@@ -39,6 +47,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 
 from oocstore.pack.placement import belady_misses, static_hits, static_placement  # noqa: E402
+from oocstore.pack.policies import POLICIES  # noqa: E402
 from oocstore.plan import PlanReader  # noqa: E402
 from oocstore.store import Store  # noqa: E402
 
@@ -94,6 +103,35 @@ def compare(trace: np.ndarray, counts: np.ndarray, num_nodes: int, fractions: li
     return rows
 
 
+def compare_policies(plan: PlanReader, trace: np.ndarray, counts: np.ndarray, k: int,
+                     row_bytes: int) -> dict[str, dict]:
+    """Every registry policy as the pack stores it (CPU tier of ``k`` rows, no GPU tier):
+    hit rate, admissions and bytes read per epoch."""
+    index = np.asarray(plan.index())
+    offs, ninput = np.ascontiguousarray(index[:, 0]), np.ascontiguousarray(index[:, 3])
+    epoch_starts = np.concatenate([[0], np.cumsum(plan.meta.batches_per_epoch)]).astype(np.int64)
+    node_tier = np.full(plan.meta.num_nodes, 2, dtype=np.int8)  # every row on the SSD tier
+    _, cpu_ids = static_placement(counts, 0, k)
+    epochs, n_acc = plan.meta.epochs, int(trace.size)
+    out = {}
+    for name in sorted(POLICIES):
+        policy = POLICIES[name]
+        t0 = time.perf_counter()
+        sched = policy.schedule(plan.records, offs, ninput, epoch_starts, node_tier, k, cpu_ids)
+        sec = time.perf_counter() - t0
+        hits = static_hits(trace, cpu_ids, plan.meta.num_nodes) if sched is None \
+            else int(np.count_nonzero(sched.hit >= 0))
+        admissions = 0 if sched is None else int(sched.ins_pos.size)
+        fills = epochs if policy.restarts_each_epoch else 1
+        out[name] = {"hit_rate": hits / n_acc, "misses": n_acc - hits,
+                     "admissions_per_epoch": admissions / epochs,
+                     "bytes_read_per_epoch": ((n_acc - hits) + fills * cpu_ids.size)
+                     * row_bytes / epochs,
+                     "seconds": sec}
+        del sched
+    return out
+
+
 def plot(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -103,6 +141,9 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     ax.plot(x, [100 * r["static_hit_rate"] for r in rows], "o-", label="static top-k (ours)")
     ax.plot(x, [100 * r["belady_hit_rate"] for r in rows], "s-", label="Belady (optimal dynamic)")
+    for name, mark in (("belady", "s--"), ("s3fifo", "^-"), ("sieve", "v-")):
+        ax.plot(x, [100 * r["policies"][name]["hit_rate"] for r in rows], mark,
+                label=f"{name} per epoch from top-k (pack)")
     ax.axhline(100 * rows[0]["compulsory_floor_hit_rate"], ls=":", c="gray",
                label="infinite cache, cold start")
     ax.set_xlabel("cache size (% of nodes)")
@@ -122,6 +163,7 @@ def main(argv=None) -> dict:
     p.add_argument("--data", default=str(REPO / "bench" / "data"))
     p.add_argument("--nodes", type=int, default=1_000_000)
     p.add_argument("--avg-degree", type=float, default=10.0)
+    p.add_argument("--feat-dim", type=int, default=128, help="float32 features per row")
     p.add_argument("--fanouts", default="10,5")
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--epochs", type=int, default=3)
@@ -133,6 +175,7 @@ def main(argv=None) -> dict:
     if args.toy:
         args.nodes, args.avg_degree, args.fanouts, args.batch_size, args.epochs = \
             20_000, 8.0, "5,3", 256, 2
+        args.feat_dim = 8
     fractions = [float(f) for f in args.fractions.split(",")]
     out = Path(args.out) if args.out else (None if args.toy else
                                            REPO / "bench" / "results" / "cache_policies.json")
@@ -141,10 +184,12 @@ def main(argv=None) -> dict:
         path = Path(args.store)
     elif args.toy:
         tmp = Path(tempfile.mkdtemp(prefix="cachepol-"))
-        path = make_store(tmp / "s", nodes=args.nodes, avg_degree=args.avg_degree, feat_dim=8)
+        path = make_store(tmp / "s", nodes=args.nodes, avg_degree=args.avg_degree,
+                          feat_dim=args.feat_dim)
     else:
-        path = make_store(Path(args.data) / f"cachepol-{args.nodes}-{args.avg_degree:g}",
-                          nodes=args.nodes, avg_degree=args.avg_degree, feat_dim=8)
+        path = make_store(Path(args.data) / f"cachepol-{args.nodes}-{args.avg_degree:g}"
+                                            f"-{args.feat_dim}",
+                          nodes=args.nodes, avg_degree=args.avg_degree, feat_dim=args.feat_dim)
     try:
         with Store(path, readonly=False) as store:
             if store.get(f"plan/{args.plan}") is None:
@@ -160,6 +205,9 @@ def main(argv=None) -> dict:
             assert int(counts.sum(dtype=np.int64)) == trace.size  # counts are of this trace
             belady_misses(trace[:1000], n, 10)  # warm-up: load/compile the numba kernel
             rows = compare(trace, counts, n, fractions)
+            rb = store.array_meta("features").row_bytes
+            for r in rows:
+                r["policies"] = compare_policies(plan, trace, counts, r["cache_rows"], rb)
             meta = plan.meta
     finally:
         if tmp is not None:
@@ -186,6 +234,17 @@ def main(argv=None) -> dict:
     print(f"  (infinite cache from cold: {100 * rows[0]['compulsory_floor_hit_rate']:.1f} % hits; "
           "gap = share of all accesses a dynamic tier could at most move off the SSD; "
           "misses saved = that share of the static tier's SSD reads)")
+    print(f"  per policy, as packed (tier starts every epoch with the static top-k; "
+          f"{rb} B rows):")
+    print(f"  {'cache':>7} {'policy':>7} {'hit rate':>9} {'admits/epoch':>13} "
+          f"{'MB read/epoch':>14} {'vs static':>10} {'sim s':>7}")
+    for r in rows:
+        static_bytes = r["policies"]["static"]["bytes_read_per_epoch"]
+        for name, q in r["policies"].items():
+            print(f"  {100 * r['fraction']:6.1f}% {name:>7} {100 * q['hit_rate']:8.1f}% "
+                  f"{q['admissions_per_epoch']:13,.0f} {q['bytes_read_per_epoch'] / 1e6:14.1f} "
+                  f"{q['bytes_read_per_epoch'] / static_bytes:10.3f} {q['seconds']:7.1f}")
+    res["row_bytes"] = rb
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         png = out.with_suffix(".png")

@@ -35,8 +35,9 @@ commit protocol as everything else.
     unpacked (its cold rows are then read one by one from the base feature array).
 
 ``pack/<name>/inserts`` (int64 ``[n, 2]``), ``pack/<name>/insert_offsets`` (int64
-``[total_batches + 1]``) — only with ``policy == "belady"``
-    The CPU tier then follows a schedule worked out offline with Belady's policy over
+``[total_batches + 1]``) — only with a scheduled CPU tier (``policy`` ``"belady"``,
+``"s3fifo"`` or ``"sieve"``, :mod:`.policies`; readers go by these arrays, not the name)
+    The CPU tier then follows a schedule worked out offline by simulating the policy over
     the plan's known future: it starts every epoch holding ``cpu_rows`` and, after batch
     ``i`` is assembled, row ``position - first position of batch i`` of that batch is
     copied into CPU slot ``slot`` for each insert ``(position, slot)`` of batch ``i``.
@@ -116,7 +117,7 @@ class PackMeta:
     row_bytes: int
     gpu_rows: int
     cpu_rows: int
-    policy: str  # "static": hottest rows for the whole run; "belady": scheduled CPU tier
+    policy: str  # "static": hottest rows for the whole run; else a scheduled CPU tier
     segment_batches: int
     num_segments: int
     packed_rows: int

@@ -62,3 +62,9 @@ def test_cache_policies_toy(tmp_path):
     assert rows == sorted(rows, key=lambda r: r["static_hit_rate"])  # more cache, more hits
     assert rows == sorted(rows, key=lambda r: r["belady_hit_rate"])
     assert "Belady" in stdout
+    for r in rows:  # the registry's policies as packed: none serves more than Belady's
+        pol = r["policies"]
+        assert sorted(pol) == ["belady", "s3fifo", "sieve", "static"]
+        for name in ("s3fifo", "sieve", "static"):
+            assert 0 < pol[name]["hit_rate"] <= pol["belady"]["hit_rate"], name
+        assert pol["static"]["admissions_per_epoch"] == 0 < pol["sieve"]["admissions_per_epoch"]
