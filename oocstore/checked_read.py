@@ -21,13 +21,13 @@ the same range (the same assumption as everywhere in ``docs/RELIABILITY.md``).
 from __future__ import annotations
 
 import os
-import zlib
 from pathlib import Path
 
 import numpy as np
 
 from .errors import ChecksumError, FormatError
 from .store import Store
+from .store.files import checksum
 
 
 class ChunkCheck:
@@ -46,7 +46,7 @@ class ChunkCheck:
         mv, cb = memoryview(data).cast("B"), self.meta.chunk_bytes
         while len(mv):
             take = min(len(mv), cb - self.fill)
-            self.crc = zlib.crc32(mv[:take], self.crc)
+            self.crc = checksum(mv[:take], self.crc)
             self.fill += take
             mv = mv[take:]
             if self.fill == cb:
@@ -161,7 +161,7 @@ class CheckedRows:
         while done < n:
             view = memoryview(self._scratch)[:min(n - done, self._scratch.size)]
             _pread_full(self.fd, view, m.offset + c * cb + done, self.path, self.name)
-            crc = zlib.crc32(view, crc)
+            crc = checksum(view, crc)
             done += len(view)
         if crc != int(self.sums[c]):
             lo = m.offset + c * cb

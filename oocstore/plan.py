@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import zlib
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
@@ -62,6 +61,7 @@ import numpy as np
 from .checked_read import CheckedRows, ChunkCheck, read_checked
 from .errors import FormatError, StoreExistsError, StoreNotFoundError, UsageError
 from .store import Store
+from .store.files import checksum
 from .store.format import versioned_from_dict
 
 #: Version of the plan layout described above. Readers refuse other versions.
@@ -118,8 +118,8 @@ def graph_fingerprint(store: Store) -> int:
     crc = 0
     for name in (store.graph.indptr, store.graph.indices):
         sums = np.asarray(store.checksums(name), dtype=np.uint32)
-        crc = zlib.crc32(name.encode(), crc)
-        crc = zlib.crc32(sums.tobytes(), crc)
+        crc = checksum(name.encode(), crc)
+        crc = checksum(sums, crc)
     return int(crc)
 
 

@@ -76,7 +76,6 @@ import logging
 import math
 import os
 import threading
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,7 +85,7 @@ import numpy as np
 
 from ..errors import ChecksumError, FormatError, StoreNotFoundError, UsageError
 from ..store import Store
-from ..store.files import DirectReader, byte_view
+from ..store.files import DirectReader, byte_view, checksum
 from ..store.format import versioned_from_dict
 from . import layout
 from .blocks import (MOMENT_DTYPES, block_bounds_of, check_finite, decode_rows, encode_rows,
@@ -595,7 +594,7 @@ class Scene:
             if len(sums) != im.count:
                 self._damaged(what, self._image_file, None, f"the catalog lists {len(sums)} "
                               f"checksum(s) for {im.count} images: the catalog is damaged")
-            if zlib.crc32(byte_view(raw)) != sums[int(v)]:
+            if checksum(raw) != sums[int(v)]:
                 self._damaged(what, self._image_file, None,
                               f"checksum mismatch in bytes {offset}..{offset + slot}")
         return raw[:im.image_bytes].reshape(im.height, im.width, 3)
@@ -639,7 +638,7 @@ class Scene:
                           f"{max(chunks, 0)} chunk(s) of {cb} bytes: the catalog is damaged")
         for c in range(chunks):
             lo, hi = c * cb, min((c + 1) * cb, len(mv))
-            if zlib.crc32(mv[lo:hi]) != want[c]:
+            if checksum(mv[lo:hi]) != want[c]:
                 self._damaged(what, rel, c, f"checksum mismatch in bytes {lo}..{hi}")
 
     def _damaged(self, what: str, rel: str, chunk: int | None, detail: str) -> NoReturn:

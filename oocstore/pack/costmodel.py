@@ -28,7 +28,6 @@ import logging
 import os
 import threading
 import time
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,8 @@ import numpy as np
 from ..errors import BudgetError, UsageError
 from ..plan import PlanReader
 from ..store import ALIGN, Store
-from ..store.files import DirectReader, aligned_empty, evict
+from ..store.files import DirectReader, aligned_empty, checksum, evict
+from ..store.format import align_down
 from ..tiers.assemble import assemble_rows, warm_up
 from ..tiers.ssd import BaseRowTier, aligned_span
 from ..units import format_size
@@ -192,7 +192,7 @@ def _pipeline_probe(path: Path, nbytes: int, work: _AssemblyWork) -> tuple[float
         t0 = time.perf_counter()
         rows += work.batch(k)
         t1 = time.perf_counter()
-        zlib.crc32(memoryview(crc_buf))
+        checksum(crc_buf)
         t2 = time.perf_counter()
         crc_bytes += crc_buf.size
         t_asm, t_crc, k = t_asm + t1 - t0, t_crc + t2 - t1, k + 1
@@ -216,7 +216,7 @@ def probe(store: Store, *, seq_bytes: int = PROBE_SEQ_BYTES, rows: int = 4000,
     spath, scratch = _seq_probe_file(store, seq_bytes, seq_path)
     log.info("sequential probe reads %s", spath)
     try:
-        nbytes = min(seq_bytes, spath.stat().st_size) // ALIGN * ALIGN or ALIGN
+        nbytes = align_down(min(seq_bytes, spath.stat().st_size)) or ALIGN
         rng = np.random.default_rng(0)
         work = _AssemblyWork(fmeta, rng)
         evict(spath)

@@ -35,15 +35,21 @@ from ..store import ALIGN, Store
 from ..store.files import checksum
 from ..store.format import aligned_span, check_name
 from ..store.labels import label_dtype, labels_bytes
-from .copy import (WRITE_COST, ProgressFn, bucket_passes, copy_rows,  # noqa: F401 (re-export)
-                   writeback_free_bytes)
+from .copy import WRITE_COST, ProgressFn, bucket_passes, copy_rows, writeback_free_bytes
 from .format import PackMeta, pack_array_names, pack_key
-from .layout import MAX_SEGMENT_BATCHES, Layout, _is_cold, _packed_epochs, plan_layout  # noqa: F401
-from .options import COPY_STRATEGIES, DEFAULT_WINDOW_BYTES, PackOptions  # noqa: F401
-from .workingset import (MIN_BATCHES_IN_FLIGHT, check_budget, device_overhead,  # noqa: F401
-                         loader_floor, working_set)
+from .layout import MAX_SEGMENT_BATCHES, Layout, _is_cold, _packed_epochs, plan_layout
+from .options import COPY_STRATEGIES, DEFAULT_WINDOW_BYTES, PackOptions
+from .workingset import (MIN_BATCHES_IN_FLIGHT, check_budget, device_overhead, loader_floor,
+                         working_set)
 
 log = logging.getLogger(__name__)
+
+#: Re-exported from the modules the packer was split into, for callers of the old names.
+__all__ = ["COPY_STRATEGIES", "DEFAULT_WINDOW_BYTES", "MAX_SEGMENT_BATCHES",
+           "MIN_BATCHES_IN_FLIGHT", "WRITE_COST", "Layout", "PackOptions", "ProgressFn",
+           "SegmentChecksums", "bucket_passes", "check_budget", "copy_rows", "device_overhead",
+           "label_dtype", "labels_bytes", "latest_plan", "loader_floor", "pack_plan",
+           "plan_layout", "plan_version", "working_set", "writeback_free_bytes"]
 
 #: Batches assigned per call of the numba kernel (bounds the tier/slot buffers).
 _ASSIGN_BATCHES = 256

@@ -17,14 +17,13 @@ import errno
 import json
 import os
 import threading
-import zlib
 from pathlib import Path
 from typing import Any, Iterator
 
 import lmdb
 
 from ..errors import DiskFullError, FormatError, StoreNotFoundError, UsageError
-from .files import DISK_FULL_ERRNOS, active_fault
+from .files import DISK_FULL_ERRNOS, active_fault, checksum
 
 CATALOG_DIR = "catalog.lmdb"
 
@@ -54,8 +53,8 @@ def content_crc(txn) -> int:
     skip = CHECKSUM_KEY.encode()
     for k, v in txn.cursor():
         if k != skip:
-            crc = zlib.crc32(v, zlib.crc32(b"\0", zlib.crc32(k, crc)))
-            crc = zlib.crc32(b"\0", crc)
+            crc = checksum(v, checksum(b"\0", checksum(k, crc)))
+            crc = checksum(b"\0", crc)
     return crc
 
 

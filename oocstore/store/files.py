@@ -25,7 +25,7 @@ import zlib
 import numpy as np
 
 from ..errors import DiskFullError
-from .format import ALIGN, CHUNK_BYTES, align_up
+from .format import ALIGN, CHUNK_BYTES, align_down, align_up
 
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
 
@@ -163,7 +163,7 @@ class ArrayFileWriter:
         while pos < n:
             take = min(n - pos, self.chunk_bytes - self._in_chunk)
             piece = mv[pos:pos + take]
-            self._crc = zlib.crc32(piece, self._crc)
+            self._crc = checksum(piece, self._crc)
             self._in_chunk += take
             pos += take
             if self._in_chunk == self.chunk_bytes:
@@ -278,7 +278,7 @@ class DirectReader:
 
     def read(self, offset: int, nbytes: int) -> np.ndarray:
         """Read ``nbytes`` at any ``offset`` (aligns internally); returns uint8 data."""
-        start = offset - offset % ALIGN
+        start = align_down(offset)
         end = align_up(offset + nbytes)
         buf = aligned_empty(end - start)
         got = self.read_into(buf[: end - start], start)

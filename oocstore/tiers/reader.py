@@ -29,6 +29,7 @@ from ..plan import PlanReader
 from ..store import Store
 from ..store import ALIGN
 from ..store.files import DirectReader, aligned_empty
+from ..store.format import align_up
 from ..units import format_size
 from .assemble import assemble_rows, scatter_rows
 from .device import DeviceTier
@@ -82,7 +83,7 @@ def _read_into(store: Store, name: str, out: np.ndarray, verify: bool = True) ->
         while done < meta.nbytes:
             n = min(_BOUNCE, meta.nbytes - done)
             start = meta.offset + done  # offset and _BOUNCE are 4 KiB multiples
-            length = -(-n // ALIGN) * ALIGN
+            length = align_up(n)
             got = r.read_into(bounce[:length], start)
             if got < n:
                 raise FormatError(f"array {name!r}: file {r.path} is truncated; run "

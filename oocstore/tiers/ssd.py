@@ -34,20 +34,13 @@ from pathlib import Path
 import numba
 import numpy as np
 
-import zlib
 
 from ..errors import ChecksumError
 from ..store import ALIGN, ArrayMeta
-from ..store.files import DirectReader, aligned_empty
+from ..store.files import DirectReader, aligned_empty, checksum
+from ..store.format import align_down, align_up, aligned_span  # noqa: F401 (aligned_span: re-export)
 from .base import Tier
 from .memory import gather_rows
-
-
-def aligned_span(offset: int, nbytes: int) -> tuple[int, int]:
-    """``(start, length)`` of the 4 KiB-aligned request covering [offset, offset + nbytes)."""
-    lo = offset // ALIGN * ALIGN
-    hi = -(-(offset + nbytes) // ALIGN) * ALIGN
-    return lo, hi - lo
 
 
 class SegmentTier(Tier):
@@ -139,10 +132,10 @@ class SegmentTier(Tier):
         CRC overlaps that read instead of delaying it."""
         first, count = int(self.segments[segment, 0]), int(self.segments[segment, 1])
         offset = self.meta.offset + first * self.row_bytes
-        start = offset // ALIGN * ALIGN
+        start = align_down(offset)
         if self._seg_crcs is not None:
             lo = offset - start
-            if zlib.crc32(memoryview(buf)[lo:lo + count * self.row_bytes]) != \
+            if checksum(memoryview(buf)[lo:lo + count * self.row_bytes]) != \
                     int(self._seg_crcs[segment]):
                 self._fail(segment, None, offset, offset + count * self.row_bytes,
                            "segment checksum mismatch")
@@ -166,18 +159,18 @@ class SegmentTier(Tier):
             while pos < c_hi:
                 if start <= pos < start + got:  # already in the segment buffer
                     end = min(c_hi, start + got)
-                    crc = zlib.crc32(memoryview(buf)[pos - start:end - start], crc)
+                    crc = checksum(memoryview(buf)[pos - start:end - start], crc)
                 else:  # outside the segment: read through the scratch buffer
-                    a = pos // ALIGN * ALIGN
+                    a = align_down(pos)
                     stop = min(c_hi, start) if pos < start else c_hi
                     n = min(stop - pos, VERIFY_SCRATCH - (pos - a))
-                    want = -(-(pos - a + n) // ALIGN) * ALIGN
+                    want = align_up(pos - a + n)
                     have = self.reader.read_into(self._scratch[:want], a)
                     if have < pos - a + n:
                         self._fail(segment, c, c_lo, c_hi, "the file is truncated")
                     self.verify_bytes += want
                     end = pos + n
-                    crc = zlib.crc32(memoryview(self._scratch)[pos - a:pos - a + n], crc)
+                    crc = checksum(memoryview(self._scratch)[pos - a:pos - a + n], crc)
                 pos = end
             if crc != self._sums[c]:
                 self._fail(segment, c, c_lo, c_hi, "checksum mismatch")
