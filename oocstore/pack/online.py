@@ -44,195 +44,175 @@ def _load_batch_hits(data, o, m, pos0, p, node_tier, slot_of, hit, cand, counter
     return nc
 
 
-@numba.njit(cache=True, nogil=True)
-def _s3fifo_evict(small, main, ring, freq, node_in, slot_of, ghost_q, ghost_seq, g,
-                  small_target, ghost_cap):
-    """Free one slot (S3-FIFO, as GraphBolt's ``S3FifoCachePolicy``): the small queue's
-    oldest entries move to the main queue if they were hit, else the first unhit one is
-    evicted to the ghost queue; when the small queue is within its target, the main queue
-    evicts its oldest unhit entry, giving hit ones another round (frequency - 1).
+#: Policies of :func:`_online_epoch`.
+S3FIFO, SIEVE = 0, 1
 
-    ``small`` / ``main``: ``[head, size]`` of FIFO rings of slots in ``ring[0]`` /
-    ``ring[1]`` (length = capacity); ``g``: ``[head, tail, count]`` of the ghost queue
-    (``ghost_q`` holds ``(node, seq)`` pairs; an entry is live while ``ghost_seq[node]``
-    equals its seq)."""
-    cap = ring.shape[1]
-    while small[1] > small_target:
-        s = ring[0, small[0]]
-        small[0] = (small[0] + 1) % cap
-        small[1] -= 1
+# Scalars of a policy's state (``st``): S3-FIFO's small and main FIFO rings (head, size)
+# and ghost queue (head, tail, live count); SIEVE's list ends and hand.
+_SMALL_HEAD, _SMALL_SIZE, _MAIN_HEAD, _MAIN_SIZE, _GHOST_HEAD, _GHOST_TAIL, _GHOST_LIVE = range(7)
+_HEAD, _TAIL, _HAND = 0, 1, 2
+
+
+@numba.njit(cache=True, nogil=True)
+def _place(kind, s, to_main, links, st):
+    """Enter slot ``s`` into the policy's queue: S3-FIFO's main ring (``to_main``) or
+    small ring (``links[1]`` / ``links[0]``), SIEVE's list head (``links[0]``: the newer
+    neighbour, ``links[1]``: the older)."""
+    cap = links.shape[1]
+    if kind == S3FIFO:
+        if to_main:
+            links[1, (st[_MAIN_HEAD] + st[_MAIN_SIZE]) % cap] = s
+            st[_MAIN_SIZE] += 1
+        else:
+            links[0, (st[_SMALL_HEAD] + st[_SMALL_SIZE]) % cap] = s
+            st[_SMALL_SIZE] += 1
+        return
+    links[1, s], links[0, s] = st[_HEAD], -1
+    if st[_HEAD] >= 0:
+        links[0, st[_HEAD]] = s
+    st[_HEAD] = s
+    if st[_TAIL] < 0:
+        st[_TAIL] = s
+
+
+@numba.njit(cache=True, nogil=True)
+def _ghost_add(v, ghost_q, ghost_seq, st, ghost_cap):
+    """Remember ``v`` in S3-FIFO's ghost queue, dropping the oldest live entry when it
+    holds ``ghost_cap`` (an entry is live while ``ghost_seq[node]`` equals its seq)."""
+    if ghost_cap == 0:
+        return
+    while st[_GHOST_LIVE] >= ghost_cap:
+        h = st[_GHOST_HEAD]
+        st[_GHOST_HEAD] += 1
+        if ghost_seq[ghost_q[h, 0]] == ghost_q[h, 1]:
+            ghost_seq[ghost_q[h, 0]] = -1
+            st[_GHOST_LIVE] -= 1
+    t = st[_GHOST_TAIL]
+    ghost_q[t, 0], ghost_q[t, 1] = v, t
+    ghost_seq[v] = t
+    st[_GHOST_TAIL] += 1
+    st[_GHOST_LIVE] += 1
+
+
+@numba.njit(cache=True, nogil=True)
+def _s3fifo_evict(links, st, freq, node_in, ghost_q, ghost_seq, small_target, ghost_cap):
+    """S3-FIFO's victim (as GraphBolt's ``S3FifoCachePolicy``): the small ring's oldest
+    entries move to the main ring if they were hit, else the first unhit one is evicted
+    to the ghost queue; when the small ring is within its target, the main ring evicts
+    its oldest unhit entry, giving hit ones another round (frequency - 1)."""
+    cap = links.shape[1]
+    while st[_SMALL_SIZE] > small_target:
+        s = links[0, st[_SMALL_HEAD]]
+        st[_SMALL_HEAD] = (st[_SMALL_HEAD] + 1) % cap
+        st[_SMALL_SIZE] -= 1
         if freq[s] > 0:
             freq[s] = 0
-            ring[1, (main[0] + main[1]) % cap] = s
-            main[1] += 1
+            _place(S3FIFO, s, True, links, st)
             continue
-        v = node_in[s]
-        slot_of[v] = -1
-        if ghost_cap > 0:
-            while g[2] >= ghost_cap:  # drop the oldest live ghost
-                u, seq = ghost_q[g[0], 0], ghost_q[g[0], 1]
-                g[0] += 1
-                if ghost_seq[u] == seq:
-                    ghost_seq[u] = -1
-                    g[2] -= 1
-            ghost_q[g[1], 0] = v
-            ghost_q[g[1], 1] = g[1]
-            ghost_seq[v] = g[1]
-            g[1] += 1
-            g[2] += 1
+        _ghost_add(node_in[s], ghost_q, ghost_seq, st, ghost_cap)
         return s
     while True:
-        s = ring[1, main[0]]
-        main[0] = (main[0] + 1) % cap
-        if freq[s] > 0:
-            freq[s] -= 1
-            ring[1, (main[0] + main[1] - 1) % cap] = s
-            continue
-        main[1] -= 1
-        slot_of[node_in[s]] = -1
-        return s
+        s = links[1, st[_MAIN_HEAD]]
+        st[_MAIN_HEAD] = (st[_MAIN_HEAD] + 1) % cap
+        st[_MAIN_SIZE] -= 1
+        if freq[s] == 0:
+            return s
+        freq[s] -= 1
+        _place(S3FIFO, s, True, links, st)
+
+
+@numba.njit(cache=True, nogil=True)
+def _sieve_evict(links, st, visited):
+    """SIEVE's victim, unlinked (as GraphBolt's ``SieveCachePolicy``): the hand walks
+    from where it stopped (first: the tail) toward the head, wrapping to the tail,
+    clearing visited bits until it finds an unvisited entry; it then points at the
+    victim's newer neighbour (-1 if the victim was the head: the next walk starts at the
+    tail)."""
+    newer, older = links[0], links[1]
+    s = st[_TAIL] if st[_HAND] < 0 else st[_HAND]
+    while visited[s]:
+        visited[s] = 0
+        s = st[_TAIL] if newer[s] < 0 else newer[s]
+    st[_HAND] = newer[s]
+    if older[s] >= 0:
+        newer[older[s]] = newer[s]
+    else:
+        st[_TAIL] = newer[s]
+    if newer[s] >= 0:
+        older[newer[s]] = older[s]
+    else:
+        st[_HEAD] = older[s]
+    return s
+
+
+@numba.njit(cache=True, nogil=True)
+def _online_epoch(kind, data, offs, ninput, b0, b1, pos0, node_tier, capacity, init_ids,
+                  hit, ins_pos, ins_slot, ins_count, n_ins):
+    """Policy ``kind`` over batches [b0, b1) (see the module docstring). S3-FIFO: a hit
+    raises the entry's frequency (up to 3); the initial rows sit in the main ring,
+    coldest oldest; small ring target a tenth of the capacity, ghost queue the rest (as
+    GraphBolt sizes them); a miss the ghost queue remembers enters the main ring, others
+    the small ring. SIEVE: a hit sets the entry's visited bit; one list, newest at the
+    head, the initial rows coldest at the tail."""
+    cap = max(capacity, 1)
+    slot_of = np.full(node_tier.shape[0], -1, dtype=np.int64)
+    node_in = np.full(cap, -1, dtype=np.int64)
+    count = np.zeros(cap, dtype=np.int64)  # S3-FIFO: frequency; SIEVE: visited bit
+    links = np.full((2, cap), -1, dtype=np.int64)
+    st = np.zeros(7, dtype=np.int64)
+    st[_HEAD], st[_TAIL], st[_HAND] = (-1, -1, -1) if kind == SIEVE else (0, 0, 0)
+    ghosts = ninput[b0:b1].sum() + 1 if kind == S3FIFO else 1
+    ghost_q = np.empty((ghosts, 2), dtype=np.int64)
+    ghost_seq = np.full(node_tier.shape[0] if kind == S3FIFO else 1, -1, dtype=np.int64)
+    small_target, ghost_cap = capacity // 10, capacity - capacity // 10
+    used = min(capacity, init_ids.shape[0])
+    for k in range(used - 1, -1, -1):  # coldest first: the oldest entries
+        slot_of[init_ids[k]] = k
+        node_in[k] = init_ids[k]
+        _place(kind, k, True, links, st)
+    cand = np.empty(0, dtype=np.int64)
+    p = 0
+    for b in range(b0, b1):
+        o, m = offs[b], ninput[b]
+        if cand.shape[0] < m:
+            cand = np.empty(m, dtype=np.int64)
+        nc = _load_batch_hits(data, o, m, pos0, p, node_tier, slot_of, hit, cand, count,
+                              3 if kind == S3FIFO else 1)
+        for c in range(nc if capacity > 0 else 0):
+            v = data[o + cand[c]]
+            if slot_of[v] >= 0:
+                continue  # admitted earlier in this batch
+            if used < capacity:
+                s = used
+                used += 1
+            else:
+                s = _s3fifo_evict(links, st, count, node_in, ghost_q, ghost_seq, small_target,
+                                  ghost_cap) if kind == S3FIFO else _sieve_evict(links, st, count)
+                slot_of[node_in[s]] = -1
+            to_main = kind == S3FIFO and ghost_seq[v] >= 0
+            if to_main:  # seen recently: out of the ghost queue, into the main ring
+                ghost_seq[v] = -1
+                st[_GHOST_LIVE] -= 1
+            _place(kind, s, to_main, links, st)
+            slot_of[v], node_in[s], count[s] = s, v, 0
+            ins_pos[n_ins], ins_slot[n_ins] = pos0 + p + cand[c], s
+            n_ins += 1
+            ins_count[b] += 1
+        p += m
+    return n_ins
 
 
 @numba.njit(cache=True, nogil=True)
 def _s3fifo_epoch(data, offs, ninput, b0, b1, pos0, node_tier, capacity, init_ids,
                   hit, ins_pos, ins_slot, ins_count, n_ins):
-    """S3-FIFO over batches [b0, b1) (see the module docstring); the initial rows sit in
-    the main queue, coldest oldest. Small queue target: a tenth of the capacity; ghost
-    queue: the rest (as GraphBolt sizes them)."""
-    n_nodes = node_tier.shape[0]
-    cap = max(capacity, 1)
-    total = 0
-    for b in range(b0, b1):
-        total += ninput[b]
-    slot_of = np.full(n_nodes, -1, dtype=np.int64)
-    node_in = np.full(cap, -1, dtype=np.int64)
-    freq = np.zeros(cap, dtype=np.int64)
-    ring = np.empty((2, cap), dtype=np.int64)
-    small = np.zeros(2, dtype=np.int64)
-    main = np.zeros(2, dtype=np.int64)
-    ghost_q = np.empty((total + 1, 2), dtype=np.int64)
-    ghost_seq = np.full(n_nodes, -1, dtype=np.int64)
-    g = np.zeros(3, dtype=np.int64)
-    small_target, ghost_cap = capacity // 10, capacity - capacity // 10
-    used = min(capacity, init_ids.shape[0])
-    for k in range(used - 1, -1, -1):
-        v = init_ids[k]
-        slot_of[v] = k
-        node_in[k] = v
-        ring[1, main[1]] = k
-        main[1] += 1
-    cand = np.empty(0, dtype=np.int64)
-    p = 0
-    for b in range(b0, b1):
-        o, m = offs[b], ninput[b]
-        if cand.shape[0] < m:
-            cand = np.empty(m, dtype=np.int64)
-        nc = _load_batch_hits(data, o, m, pos0, p, node_tier, slot_of, hit, cand, freq, 3)
-        for c in range(nc if capacity > 0 else 0):
-            v = data[o + cand[c]]
-            if slot_of[v] >= 0:
-                continue  # admitted earlier in this batch
-            if used < capacity:
-                s = used
-                used += 1
-            else:
-                s = _s3fifo_evict(small, main, ring, freq, node_in, slot_of, ghost_q, ghost_seq,
-                                  g, small_target, ghost_cap)
-            to_main = ghost_seq[v] >= 0
-            if to_main:
-                ghost_seq[v] = -1
-                g[2] -= 1
-                ring[1, (main[0] + main[1]) % cap] = s
-                main[1] += 1
-            else:
-                ring[0, (small[0] + small[1]) % cap] = s
-                small[1] += 1
-            slot_of[v] = s
-            node_in[s] = v
-            freq[s] = 0
-            ins_pos[n_ins] = pos0 + p + cand[c]
-            ins_slot[n_ins] = s
-            n_ins += 1
-            ins_count[b] += 1
-        p += m
-    return n_ins
-
-
-@numba.njit(cache=True, nogil=True)
-def _sieve_push(s, head, tail, older, newer):
-    """Link slot ``s`` in at the head of SIEVE's list; returns ``(head, tail)``."""
-    older[s], newer[s] = head, -1
-    if head >= 0:
-        newer[head] = s
-    return s, (s if tail < 0 else tail)
-
-
-@numba.njit(cache=True, nogil=True)
-def _sieve_evict(hand, head, tail, visited, older, newer):
-    """The slot SIEVE evicts, unlinked: the hand walks from where it stopped (``-1``: the
-    tail) toward the head, wrapping to the tail, clearing visited bits until it finds an
-    unvisited entry. Returns ``(slot, hand, head, tail)``; the hand then points at the
-    evicted entry's newer neighbour (``-1`` if it was the head)."""
-    s = tail if hand < 0 else hand
-    while visited[s]:
-        visited[s] = 0
-        s = tail if newer[s] < 0 else newer[s]
-    hand = newer[s]
-    if older[s] >= 0:
-        newer[older[s]] = newer[s]
-    else:
-        tail = newer[s]
-    if newer[s] >= 0:
-        older[newer[s]] = older[s]
-    else:
-        head = older[s]
-    return s, hand, head, tail
+    """S3-FIFO (:func:`_online_epoch`) with :func:`.placement._belady_epoch`'s signature."""
+    return _online_epoch(S3FIFO, data, offs, ninput, b0, b1, pos0, node_tier, capacity,
+                         init_ids, hit, ins_pos, ins_slot, ins_count, n_ins)
 
 
 @numba.njit(cache=True, nogil=True)
 def _sieve_epoch(data, offs, ninput, b0, b1, pos0, node_tier, capacity, init_ids,
                  hit, ins_pos, ins_slot, ins_count, n_ins):
-    """SIEVE over batches [b0, b1) (see the module docstring), as GraphBolt's
-    ``SieveCachePolicy``: one FIFO list, newest at the head; a hit sets the entry's visited
-    bit; a miss evicts the entry :func:`_sieve_evict` finds. The initial rows are listed
-    coldest at the tail."""
-    n_nodes = node_tier.shape[0]
-    cap = max(capacity, 1)
-    slot_of = np.full(n_nodes, -1, dtype=np.int64)
-    node_in = np.full(cap, -1, dtype=np.int64)
-    visited = np.zeros(cap, dtype=np.int64)
-    newer = np.full(cap, -1, dtype=np.int64)  # toward the head
-    older = np.full(cap, -1, dtype=np.int64)  # toward the tail
-    head, tail, hand = -1, -1, -1
-    used = min(capacity, init_ids.shape[0])
-    for k in range(used - 1, -1, -1):  # coldest first: the hottest ends at the head
-        slot_of[init_ids[k]] = k
-        node_in[k] = init_ids[k]
-        head, tail = _sieve_push(k, head, tail, older, newer)
-    cand = np.empty(0, dtype=np.int64)
-    p = 0
-    for b in range(b0, b1):
-        o, m = offs[b], ninput[b]
-        if cand.shape[0] < m:
-            cand = np.empty(m, dtype=np.int64)
-        nc = _load_batch_hits(data, o, m, pos0, p, node_tier, slot_of, hit, cand, visited, 1)
-        for c in range(nc if capacity > 0 else 0):
-            v = data[o + cand[c]]
-            if slot_of[v] >= 0:
-                continue  # admitted earlier in this batch
-            if used < capacity:
-                s = used
-                used += 1
-            else:
-                s, hand, head, tail = _sieve_evict(hand, head, tail, visited, older, newer)
-                slot_of[node_in[s]] = -1
-            slot_of[v] = s
-            node_in[s] = v
-            visited[s] = 0
-            head, tail = _sieve_push(s, head, tail, older, newer)
-            ins_pos[n_ins] = pos0 + p + cand[c]
-            ins_slot[n_ins] = s
-            n_ins += 1
-            ins_count[b] += 1
-        p += m
-    return n_ins
+    """SIEVE (:func:`_online_epoch`) with :func:`.placement._belady_epoch`'s signature."""
+    return _online_epoch(SIEVE, data, offs, ninput, b0, b1, pos0, node_tier, capacity,
+                         init_ids, hit, ins_pos, ins_slot, ins_count, n_ins)
