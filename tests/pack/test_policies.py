@@ -197,3 +197,30 @@ def test_online_policy_equals_its_reference_and_never_beats_belady(name):
         belady = schedule_of("belady", trace, capacity)
         replay(trace, belady, capacity)
         assert np.count_nonzero(sched.hit >= 0) <= np.count_nonzero(belady.hit >= 0), trial
+
+
+@pytest.mark.parametrize("name", ["s3fifo", "sieve"])
+def test_a_pack_with_an_online_policy_reads_exactly(tmp_path, name):
+    """The loader replays an S3-FIFO or SIEVE schedule as it does Belady's: every batch
+    equals the oracle, in order and out of order, and the CPU tier serves some rows."""
+    from oocstore import Store
+    from oocstore.ingest import build_store
+    from oocstore.ingest.synthetic import SyntheticSpec, synthetic_source
+    from oocstore.pack import PackOptions, pack_plan
+    from oocstore.tiers import TieredReader
+    from samplers import sample_plan
+
+    build_store(tmp_path / "s", synthetic_source(SyntheticSpec(nodes=1500, feat_dim=8)))
+    with Store(tmp_path / "s", readonly=False) as s:
+        sample_plan(s, fanouts="4,3", batch_size=64, epochs=2, seed=3)
+        meta = pack_plan(s, name=name, options=PackOptions(cpu_cache=150 * 32, gpu_cache=20 * 32,
+                                                           max_disk_blowup=2, policy=name))
+        assert meta.policy == name and "inserts" in meta.arrays and meta.stats["cpu_inserts"] > 0
+        feats = np.asarray(s.array("features"))
+        with TieredReader(s, name) as reader:
+            assert reader.scheduled
+            order = [(e, b) for e in range(reader.num_epochs) for b in range(reader.num_batches(e))]
+            for e, b in order + order[::-3]:
+                np.testing.assert_array_equal(reader.read_batch(e, b),
+                                              feats[reader.plan.input_nodes(e, b)])
+            assert reader.stats()["hit_rate"]["cpu"] > 0
