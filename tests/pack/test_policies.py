@@ -224,3 +224,17 @@ def test_a_pack_with_an_online_policy_reads_exactly(tmp_path, name):
                 np.testing.assert_array_equal(reader.read_batch(e, b),
                                               feats[reader.plan.input_nodes(e, b)])
             assert reader.stats()["hit_rate"]["cpu"] > 0
+
+
+def test_options_name_the_parameter_and_the_registry():
+    """A Python caller reads the parameter it passed (the CLI says its flags instead:
+    tests/test_cli.py, tests/pack/test_fit.py)."""
+    from oocstore.errors import UsageError
+    from oocstore.pack import PackOptions
+
+    with pytest.raises(UsageError, match=r"^policy 'lru': use one of belady, s3fifo, sieve, static$"):
+        PackOptions(policy="lru")
+    with pytest.raises(UsageError, match=r"^window_bytes 0: give a positive size"):
+        PackOptions(window_bytes=0)
+    with pytest.raises(UsageError, match=r"^max_disk_blowup -1: give a finite number"):
+        PackOptions(max_disk_blowup=-1)
