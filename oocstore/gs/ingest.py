@@ -44,6 +44,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import SourceError, UsageError
+from ..store.format import align_up
 from . import layout
 from .cameras import (Cameras, cameras_from_arrays, flythrough_cameras, horizontal_axes,
                       orbit_cameras, read_colmap_text, robust_box, scene_up)
@@ -475,7 +476,7 @@ def ingest_photos(src: str | os.PathLike, out: str | os.PathLike, *, images=None
     check_params(params, degree, source=str(src))
     n_test = int(test_mask.sum())
     meta = ImagesMeta(kind=kind, width=w, height=h, count=len(views),
-                      slot_bytes=-(-w * h * 3 // 4096) * 4096, downscale=ds, test_every=every,
+                      slot_bytes=align_up(w * h * 3), downscale=ds, test_every=every,
                       test_views=list(range(len(views) - n_test, len(views))),
                       names=[v.name for v in views],
                       background=list(bg) if checked.alpha else None,

@@ -84,7 +84,7 @@ from typing import Any, Callable, Iterator, NoReturn, Sequence
 import numpy as np
 
 from ..errors import ChecksumError, FormatError, StoreNotFoundError, UsageError
-from ..store import Store
+from ..store import ALIGN, Store
 from ..store.files import DirectReader, byte_view, checksum
 from ..store.format import versioned_from_dict
 from . import layout
@@ -168,8 +168,8 @@ class ImagesMeta:
                 and self.slot_bytes >= self.width * self.height * 3 and self.downscale >= 1):
             raise FormatError(f"{where}: sizes {self.width}x{self.height}, {self.count} "
                               f"images of {self.slot_bytes} B are inconsistent: {_FIX}")
-        if self.width * self.height * 3 > MAX_IMAGE_BYTES or self.slot_bytes % 4096 \
-                or self.slot_bytes > self.width * self.height * 3 + 4096:
+        if self.width * self.height * 3 > MAX_IMAGE_BYTES or self.slot_bytes % ALIGN \
+                or self.slot_bytes > self.width * self.height * 3 + ALIGN:
             raise FormatError(f"{where}: image slots of {self.slot_bytes} B for "
                               f"{self.width}x{self.height} images are inconsistent: {_FIX}")
         if len(self.names) != self.count or not all(isinstance(n, str) for n in self.names) \
@@ -355,7 +355,7 @@ class Scene:
                               f"has no image array: the catalog is damaged; {_FIX}")
         am = self.store.array_meta(IMAGES_KEY)
         if am.shape != (im.count, im.slot_bytes) or am.dtype != "uint8" \
-                or am.chunk_bytes != im.slot_bytes or am.offset % 4096 or im.slot_bytes % 4096:
+                or am.chunk_bytes != im.slot_bytes or am.offset % ALIGN or im.slot_bytes % ALIGN:
             raise FormatError(f"scene {self.path}: image array has shape {am.shape} "
                               f"({am.dtype}, chunks of {am.chunk_bytes} B), expected "
                               f"[{im.count}, {im.slot_bytes}] uint8 in one chunk per image: "
@@ -580,7 +580,7 @@ class Scene:
                 raw = reader.read(offset, slot)
             else:
                 if out.dtype != np.uint8 or out.ndim != 1 or len(out) != slot \
-                        or out.ctypes.data % 4096:
+                        or out.ctypes.data % ALIGN:
                     raise UsageError(f"scene {self.path}: read_image's out must be a 4 KiB-"
                                      f"aligned uint8 buffer of {slot} bytes: use "
                                      "scene.image_buffer()")
