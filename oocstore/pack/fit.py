@@ -175,7 +175,7 @@ def estimate(store: Store, sample_fn: SampleFn, *, cpu_budget: int | None,
             positions = int(rows_a.mean() * total)
             tables = reader_table_bytes(
                 total_batches=total, index_columns=4 + 3 * len(fo), epochs=epochs,
-                num_segments=total, positions=positions, inserts=0, belady=False,
+                num_segments=total, positions=positions, inserts=0, scheduled=False,
                 plan_data_bytes=int(elems_a.mean() * total * itemsize))
             mws = working_set(largest_batch_rows=est_rows, row_bytes=rb,
                               largest_segment_bytes=seg, cpu_tier_bytes=0, gpu_tier_bytes=0,

@@ -80,19 +80,19 @@ CHECK_SCRATCH = 1 << 20
 
 
 def reader_table_bytes(*, total_batches: int, index_columns: int, epochs: int,
-                       num_segments: int, positions: int, inserts: int, belady: bool,
+                       num_segments: int, positions: int, inserts: int, scheduled: bool,
                        plan_data_bytes: int) -> int:
     """CPU memory a tiered reader holds for the whole run besides tiers and buffers:
     the plan's index (``8 x index_columns`` bytes per batch) and epoch starts, the
-    per-batch position and segment tables, the Belady insert offsets, the segment table
+    per-batch position and segment tables, a scheduled CPU tier's insert offsets, the segment table
     and checksums, and a checksum scratch of at most 1 MiB for each of the arrays read
     per batch (plan records, tier, slot, inserts). One formula for the packer (the
     minimum working set it records) and the reader (what it charges)."""
     tb = int(total_batches)
-    per_batch = 8 * index_columns + 8 + 8 + (8 if belady else 0)  # index, pos, batch_segment
+    per_batch = 8 * index_columns + 8 + 8 + (8 if scheduled else 0)  # index, pos, batch_segment
     scratch = (min(CHECK_SCRATCH, plan_data_bytes) + min(CHECK_SCRATCH, positions)
                + min(CHECK_SCRATCH, 4 * positions)
-               + (min(CHECK_SCRATCH, 16 * inserts) if belady else 0))
+               + (min(CHECK_SCRATCH, 16 * inserts) if scheduled else 0))
     chunks = 4 + (plan_data_bytes + 5 * positions + 16 * inserts) // (4 << 20)  # checked maps
     return (tb * per_batch + 16 + 16 * (epochs + 1) + 28 * num_segments + scratch + chunks)
 

@@ -223,7 +223,7 @@ def plan_layout(store: Store, plan: PlanReader, options: PackOptions) -> Layout:
             total_batches=index.shape[0], index_columns=index.shape[1],
             epochs=plan.meta.epochs, num_segments=packed_segs, positions=int(pstart[-1]),
             inserts=int(schedule[0].size) if schedule[0] is not None else 0,
-            belady=schedule[0] is not None, plan_data_bytes=int(data.nbytes))
+            scheduled=schedule[0] is not None, plan_data_bytes=int(data.nbytes))
         return working_set(largest_batch_rows=int(ninput.max()) if ninput.size else 0,
                            row_bytes=rb, largest_segment_bytes=largest_seg,
                            cpu_tier_bytes=cpu_ids.size * rb, gpu_tier_bytes=gpu_ids.size * rb,

@@ -319,7 +319,7 @@ class TieredReader:
         return reader_table_bytes(
             total_batches=pm.total_batches, index_columns=self.plan.index().shape[1],
             epochs=pm.epochs, num_segments=m.num_segments, positions=rows("tier"),
-            inserts=rows("inserts"), belady="inserts" in m.arrays,
+            inserts=rows("inserts"), scheduled="inserts" in m.arrays,
             plan_data_bytes=store.array_meta(pm.arrays["data"]).nbytes)
 
     def keep_batch_buffers(self, n: int) -> None:
