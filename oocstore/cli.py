@@ -396,13 +396,14 @@ def _cmd_pack(args) -> int:
 
 @contextmanager
 def _flags(**flags: str) -> Iterator[None]:
-    """Library errors name the parameter (``window_bytes 0: ...``): say the flag instead."""
+    """Library errors open with the parameter as a Python caller passes it
+    (``window_bytes=0: ...``): say the flag the user typed instead (``--pack-memory 0``)."""
     try:
         yield
     except UsageError as err:
-        param, sep, rest = str(err).partition(" ")
-        if sep and param in flags:
-            raise UsageError(f"{flags[param]} {rest}") from err
+        m = re.match(r"(\w+)=(\S+)(.*)", str(err), re.S)
+        if m and m.group(1) in flags:
+            raise UsageError(f"{flags[m.group(1)]} {m.group(2)}{m.group(3)}") from err
         raise
 
 

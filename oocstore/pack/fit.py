@@ -122,11 +122,11 @@ def parse_batch_sizes(value: str | Sequence[int]) -> tuple[int, ...]:
         except ValueError:
             b = 0
         if b < 1:
-            raise UsageError(f"batch_sizes {value!r}: {p!r} is not a positive integer; give "
+            raise UsageError(f"batch_sizes={value!r}: {p!r} is not a positive integer; give "
                              "seed counts per batch, e.g. 32,64,256,1024")
         out.append(b)
     if not out:
-        raise UsageError(f"batch_sizes {value!r} is empty: give e.g. 32,64,256,1024")
+        raise UsageError(f"batch_sizes={value!r} is empty: give e.g. 32,64,256,1024")
     return tuple(sorted(set(out)))
 
 
@@ -209,20 +209,20 @@ def estimate(store: Store, sample_fn: SampleFn, *, cpu_budget: int | None,
 def _check_inputs(store: Store, cpu_budget, gpu_budget, margin, probe, epochs, split) -> None:
     """Refuse bad input to :func:`estimate`, naming the parameter, before sampling."""
     if cpu_budget is not None and cpu_budget <= 0:
-        raise UsageError(f"cpu_budget {cpu_budget}: give a positive size, e.g. 256MiB")
+        raise UsageError(f"cpu_budget={cpu_budget}: give a positive size, e.g. 256MiB")
     if gpu_budget is not None and gpu_budget <= 0:
-        raise UsageError(f"gpu_budget {gpu_budget}: give a positive size, e.g. 4GiB")
+        raise UsageError(f"gpu_budget={gpu_budget}: give a positive size, e.g. 4GiB")
     if not (0 <= margin <= 10) or math.isnan(margin):
-        raise UsageError(f"margin {margin}: give a fraction between 0 and 10 (e.g. 0.1)")
+        raise UsageError(f"margin={margin}: give a fraction between 0 and 10 (e.g. 0.1)")
     if isinstance(probe, bool) or int(probe) != probe or probe < 1:
-        raise UsageError(f"probe {probe!r}: give the number of batches to sample, e.g. 16")
+        raise UsageError(f"probe={probe!r}: give the number of batches to sample, e.g. 16")
     if isinstance(epochs, bool) or int(epochs) != epochs or epochs < 1:
-        raise UsageError(f"epochs {epochs!r}: give the epochs the plan will sample, e.g. 4")
+        raise UsageError(f"epochs={epochs!r}: give the epochs the plan will sample, e.g. 4")
     if store.graph is None or not store.has_array("features"):
         raise UsageError(f"store {store.path} has no graph with node features: plan-budget "
                          "sizes GNN plans; ingest a graph dataset first")
     if split not in store.splits:
-        raise UsageError(f"split {split!r}: store {store.path} has no such split (it has: "
+        raise UsageError(f"split={split!r}: store {store.path} has no such split (it has: "
                          f"{', '.join(sorted(store.splits)) or 'none'})")
 
 

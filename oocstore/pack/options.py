@@ -1,8 +1,8 @@
 """What a pack is asked to be: tier sizes, the disk-blowup cap, budgets, the CPU-tier
 policy and how the rows are copied — checked once, when the options are made.
 
-Errors name the parameter (``max_disk_blowup``, ``window_bytes``): the command line says
-its own flags (``oocstore/cli.py``).
+Errors name the parameter as a Python caller passes it (``window_bytes=0: ...``); the
+command line writes its own flags instead (``oocstore/cli.py``).
 """
 
 from __future__ import annotations
@@ -36,13 +36,13 @@ class PackOptions:
         if self.gpu_cache < 0 or self.cpu_cache < 0:
             raise UsageError("cache sizes must be 0 or more bytes")
         if not (self.max_disk_blowup >= 0) or math.isinf(self.max_disk_blowup):
-            raise UsageError(f"max_disk_blowup {self.max_disk_blowup}: give a finite number "
+            raise UsageError(f"max_disk_blowup={self.max_disk_blowup}: give a finite number "
                              ">= 0 (e.g. 4: packed bytes at most 4x the feature bytes)")
         if self.segment_batches is not None and self.segment_batches < 1:
             raise UsageError(f"segment length {self.segment_batches}: give 1 or more batches")
         if self.policy not in POLICIES:
-            raise UsageError(f"policy {self.policy!r}: use one of {', '.join(sorted(POLICIES))}")
+            raise UsageError(f"policy={self.policy!r}: use one of {', '.join(sorted(POLICIES))}")
         if self.copy not in COPY_STRATEGIES:
             raise UsageError(f"copy strategy {self.copy!r}: use one of {', '.join(COPY_STRATEGIES)}")
         if self.window_bytes < 1:
-            raise UsageError(f"window_bytes {self.window_bytes}: give a positive size (e.g. 1GiB)")
+            raise UsageError(f"window_bytes={self.window_bytes}: give a positive size (e.g. 1GiB)")

@@ -232,9 +232,9 @@ def test_options_name_the_parameter_and_the_registry():
     from oocstore.errors import UsageError
     from oocstore.pack import PackOptions
 
-    with pytest.raises(UsageError, match=r"^policy 'lru': use one of belady, s3fifo, sieve, static$"):
+    with pytest.raises(UsageError, match=r"^policy='lru': use one of belady, s3fifo, sieve, static$"):
         PackOptions(policy="lru")
-    with pytest.raises(UsageError, match=r"^window_bytes 0: give a positive size"):
+    with pytest.raises(UsageError, match=r"^window_bytes=0: give a positive size"):
         PackOptions(window_bytes=0)
-    with pytest.raises(UsageError, match=r"^max_disk_blowup -1: give a finite number"):
+    with pytest.raises(UsageError, match=r"^max_disk_blowup=-1: give a finite number"):
         PackOptions(max_disk_blowup=-1)
