@@ -303,6 +303,13 @@ def add_gs_train(sub) -> None:
                         "buffers")
     p.add_argument("--prefetch-depth", type=int, default=2, metavar="N",
                    help="steps of blocks and images read ahead (default 2)")
+    p.add_argument("--optimizer-device", default="cpu", metavar="WHERE",
+                   help="stream: cpu (default; Adam on the host, the device holds only the "
+                        "step's culled parameters and gradient) or device (block slots of "
+                        "records and Adam moments on the device)")
+    p.add_argument("--view-randomness", type=float, default=0.1, metavar="R",
+                   help="share of random jumps in the view order, 0..1 (default 0.1; 0: fully "
+                        "local, 1: random)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", default=None, metavar="WxH",
                    help="synthetic render size (default: within 162x105 on cpu, the scene's on "

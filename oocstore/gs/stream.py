@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import math
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -69,18 +70,35 @@ from oocstore.errors import BudgetError, ChecksumError, UsageError
 from oocstore.pipeline import Pipeline
 from oocstore.units import format_size
 
-from .adam import AdamConfig, masked_adam_
+from .adam import AdamConfig, adam_rows_, masked_adam_
 
 log = logging.getLogger(__name__)
 
 ID_BYTES = 8
-#: Device buffers a streaming run allocates on CUDA: the slab and its ids (once), and per
-#: step the batch's records, ids, parameters and slab index. The caching allocator can
-#: count each up to ``CUDA_BLOCK_SLACK`` above its size (see
+#: Device buffers a streaming run allocates on CUDA: the slab (device optimizer), and per
+#: step the batch's parameters, their gradient, the row index and the culling scratch. The
+#: caching allocator can count each up to ``CUDA_BLOCK_SLACK`` above its size (see
 #: :mod:`oocstore.tiers.staging`): charged once per buffer.
 STREAM_CUDA_BUFFERS = 6
 #: Dirty blocks the streamer's write-back may hold in flight (each charged to the CPU).
 WRITE_BACKS = 2
+#: Where the Adam step of the rendered rows runs, and so where the moments live: ``cpu``
+#: (the default; the device holds only the step's culled parameters and their gradient) or
+#: ``device`` (block slots of whole records on the device, Adam there).
+OPTIMIZER_DEVICES = ("cpu", "device")
+#: Rows a step batch holds beyond the planned culled count of the largest view, for the
+#: Gaussians that move into a view during a segment (the plan counts them at its start).
+CULL_HEADROOM = 0.10
+CULL_HEADROOM_ROWS = 64
+#: Host staging buffers of a CUDA run's step uploads (one filling, one being copied).
+UPLOAD_SLOTS = 2
+
+
+def check_optimizer(optimizer: str) -> str:
+    if optimizer not in OPTIMIZER_DEVICES:
+        raise UsageError(f"optimizer device {optimizer!r} unknown: use one of "
+                         f"{', '.join(OPTIMIZER_DEVICES)}")
+    return optimizer
 
 
 def allocator_slack(device) -> int:
@@ -95,11 +113,18 @@ def allocator_slack(device) -> int:
 class TrainPlan:
     """What each step touches: ``views`` [S] (view per step), ``vis_sets`` (per view, the
     visible block ids), and for streaming the ``schedule`` (a
-    ``samplers.views.BlockSchedule`` whose steps give ``load`` / ``evict`` arrays)."""
+    ``samplers.views.BlockSchedule`` whose steps give ``load`` / ``evict`` arrays).
+
+    With ``cameras`` the streamer renders only the Gaussians of the visible blocks that
+    pass :func:`oocstore.gs.cull.in_frustum`; ``cull_rows`` [V] (per view, the count the
+    plan found, :func:`oocstore.gs.cull.culled_counts`) then sizes its step batch. Without
+    them, a step batch is sized for every row of the visible blocks."""
 
     views: np.ndarray
     vis_sets: Sequence[np.ndarray]
     schedule: Any = None
+    cameras: Any = None
+    cull_rows: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.views = np.asarray(self.views, dtype=np.int64)
@@ -117,8 +142,8 @@ class StepBatch:
     view: int
     ids: torch.Tensor  # [M] int64
     params: torch.Tensor  # [M, P] leaf, requires grad
-    exp_avg: torch.Tensor  # [M, P]
-    exp_avg_sq: torch.Tensor  # [M, P]
+    exp_avg: torch.Tensor | None = None  # [M, P] (the table baselines; the streamer keeps
+    exp_avg_sq: torch.Tensor | None = None  # the moments in its slots)
     rows: Any = None  # where the rows came from (mode-specific)
 
 
@@ -142,31 +167,73 @@ class Traffic:
 
 
 def block_bytes(scene) -> int:
-    """Bytes of one block slot: ``block_capacity`` records and their ids."""
+    """Bytes of one block in the host tiers: ``block_capacity`` records and their ids."""
     return scene.block_capacity * (scene.record_bytes + ID_BYTES)
 
 
-def step_batch_bytes(rows: int, scene) -> int:
-    """Device bytes of one step's batch of ``rows``: records, ids, the parameter gradient
-    and the int64 slab index of every row."""
-    return rows * (scene.record_bytes + ID_BYTES + 4 * scene.param_width + 8)
+def slot_bytes(scene) -> int:
+    """Bytes of one slab slot: ``block_capacity`` records (the ids stay on the host)."""
+    return scene.block_capacity * scene.record_bytes
 
 
-def working_set_bytes(scene, vis: np.ndarray) -> int:
-    """A view's device working set: its visible block slots plus its step batch."""
-    vis = np.asarray(vis, dtype=np.int64)
-    rows = int(scene.block_counts[vis].sum()) if len(vis) else 0
-    return len(vis) * block_bytes(scene) + step_batch_bytes(rows, scene)
+def step_batch_bytes(rows: int, scene, optimizer: str = "cpu") -> int:
+    """Device bytes of one step's batch of ``rows``: the parameters and their gradient,
+    and with the device optimizer the int64 slab index of every row (with the CPU
+    optimizer the index stays on the host)."""
+    per_row = 8 * scene.param_width + (8 if optimizer == "device" else 0)
+    return rows * per_row
 
 
-def largest_view(scene, plan: TrainPlan) -> tuple[int, int]:
+def batch_rows(scene, plan: TrainPlan, view: int) -> int:
+    """Rows a step batch of ``view`` is sized for: the plan's culled count plus headroom
+    (at most every row of its visible blocks), or every row without a culled count."""
+    vis = np.asarray(plan.vis_sets[view], dtype=np.int64)
+    rows = int(np.asarray(scene.block_counts)[vis].sum()) if len(vis) else 0
+    if plan.cull_rows is None:
+        return rows
+    planned = int(plan.cull_rows[view])
+    return min(rows, int(math.ceil(planned * (1 + CULL_HEADROOM))) + CULL_HEADROOM_ROWS)
+
+
+def working_set_bytes(scene, plan: TrainPlan, view: int, optimizer: str = "cpu") -> int:
+    """A view's device working set: its step batch, and with the device optimizer its
+    visible blocks' slots."""
+    check_optimizer(optimizer)
+    out = step_batch_bytes(batch_rows(scene, plan, view), scene, optimizer)
+    if optimizer == "device":
+        out += len(plan.vis_sets[view]) * slot_bytes(scene)
+    return out
+
+
+def largest_view(scene, plan: TrainPlan, optimizer: str = "cpu") -> tuple[int, int]:
     """(view, working-set bytes) of the plan's largest view."""
     best = (-1, 0)
     for v in np.unique(plan.views):
-        ws = working_set_bytes(scene, plan.vis_sets[v])
+        ws = working_set_bytes(scene, plan, int(v), optimizer)
         if ws > best[1]:
             best = (int(v), ws)
     return best
+
+
+def max_batch_rows(scene, plan: TrainPlan) -> int:
+    return max((batch_rows(scene, plan, int(v)) for v in np.unique(plan.views)), default=0)
+
+
+def host_slot_bytes(scene, plan: TrainPlan) -> int:
+    """Host slab of the CPU optimizer: room for twice the largest view's blocks (the view
+    and the next one's new blocks; Belady keeps the rest by next use), at most every
+    block."""
+    most = max((len(plan.vis_sets[v]) for v in np.unique(plan.views)), default=0)
+    return max(1, min(scene.num_blocks, 2 * most)) * slot_bytes(scene)
+
+
+def schedule_slots(schedule) -> int:
+    """Slab slots a schedule needs: the most blocks it keeps resident at once."""
+    resident = peak = 0
+    for st in schedule.steps:
+        resident += len(st.load) - len(st.evict)
+        peak = max(peak, resident)
+    return max(1, peak)
 
 
 class _RowStore:
@@ -194,8 +261,8 @@ class _RowStore:
         return c
 
     @classmethod
-    def requirements(cls, scene, plan: TrainPlan, *, device="cpu",
-                     prefetch_depth: int = 2) -> list[tuple[str, int, str, str | None]]:
+    def requirements(cls, scene, plan: TrainPlan, *, device="cpu", prefetch_depth: int = 2,
+                     optimizer: str = "cpu") -> list[tuple[str, int, str, str | None]]:
         """The fixed charges of a store over ``plan``: ``(tier, bytes, what, fix)``."""
         return []
 
@@ -303,7 +370,7 @@ class AllOnDevice(_TableStore):
         self.traffic.bytes_h2d += self.table.numel() * 4
 
     @classmethod
-    def requirements(cls, scene, plan, *, device="cpu", prefetch_depth=2):
+    def requirements(cls, scene, plan, *, device="cpu", prefetch_depth=2, optimizer="cpu"):
         return [cls._table_charge(scene, "gpu")]
 
     def _begin(self, vis):
@@ -315,6 +382,12 @@ class AllOnDevice(_TableStore):
         self.dirty[self.plan.vis_sets[batch.view]] = True
 
 
+def naive_batch_bytes(rows: int, scene) -> int:
+    """Device bytes of a naive-offload step batch: whole records, ids, the parameter
+    gradient and the int64 row index of every row of the visible blocks."""
+    return rows * (scene.record_bytes + ID_BYTES + 4 * scene.param_width + 8)
+
+
 class NaiveOffload(_TableStore):
     """Every record in host memory; each step copies its rows to the device and back."""
 
@@ -322,12 +395,13 @@ class NaiveOffload(_TableStore):
         super().__init__(scene, plan, table_device="host", **kw)
 
     @classmethod
-    def requirements(cls, scene, plan, *, device="cpu", prefetch_depth=2):
-        view, need = largest_view(scene, plan)
+    def requirements(cls, scene, plan, *, device="cpu", prefetch_depth=2, optimizer="cpu"):
         counts = scene.block_counts
-        rows = max((int(counts[plan.vis_sets[v]].sum()) for v in np.unique(plan.views)), default=0)
+        view, rows = max(((int(v), int(counts[plan.vis_sets[v]].sum()))
+                          for v in np.unique(plan.views)), key=lambda x: x[1], default=(-1, 0))
+        need = naive_batch_bytes(rows, scene)
         return [cls._table_charge(scene, "cpu"),
-                ("gpu", step_batch_bytes(rows, scene), "the step batch",
+                ("gpu", need, "the step batch",
                  f"the largest view ({view}) needs {format_size(need)}: raise --gpu-budget")]
 
     def _begin(self, vis):
@@ -352,28 +426,34 @@ class _CpuBlock:
 
 
 class Streamer(_RowStore):
-    """Device slots + CPU tier + SSD (the scene), following the plan's Belady schedule."""
+    """Block slots + CPU tier + SSD (the scene), following the plan's Belady schedule;
+    a step renders only its culled rows (see the module docstring)."""
 
     def __init__(self, scene, plan: TrainPlan, *, device_budget: int, prefetch_depth: int = 2,
-                 **kw):
+                 optimizer: str = "cpu", **kw):
         super().__init__(scene, plan, **kw)
+        self.optimizer = check_optimizer(optimizer)
         if plan.schedule is None:
             raise UsageError("streaming needs the plan's block schedule "
                              "(samplers.views.belady_block_schedule)")
-        bb = block_bytes(scene)
         cap = scene.block_capacity
-        self.cap, self.bb = cap, bb
-        slots = max(1, int(plan.schedule.budget_bytes) // bb)
+        self.cap, self.bb = cap, block_bytes(scene)
+        slots = schedule_slots(plan.schedule)
         for req in self.requirements(scene, plan, device=self.device,
-                                     prefetch_depth=prefetch_depth):
+                                     prefetch_depth=prefetch_depth, optimizer=optimizer):
             self._charge(*req)
-        dev = self.device
-        self.slab = torch.zeros(slots * cap, 3 * self.p, dtype=torch.float32, device=dev)
-        self.slab_ids = torch.zeros(slots * cap, dtype=torch.int64, device=dev)
+        # the slab: on the device with the device optimizer, else in host memory, where
+        # the CPU Adam reads and writes it
+        self.slab_on_device = optimizer == "device"
+        where = self.device if self.slab_on_device else torch.device("cpu")
+        self.slab = torch.zeros(slots * cap, 3 * self.p, dtype=torch.float32, device=where)
+        self.slab_ids = np.zeros(slots * cap, dtype=np.int64)
+        self.lr = self.lr.to(where)
+        self.batch_cap = max_batch_rows(scene, plan)
         self.free = list(range(slots - 1, -1, -1))
         self.slot_of: dict[int, int] = {}
         self.count = np.zeros(slots, dtype=np.int64)
-        self.dev_dirty = np.zeros(slots, dtype=bool)
+        self.dev_dirty = np.zeros(slots, dtype=bool)  # slab copy newer than the tiers below
         # uses of each block by step, for Belady eviction in the CPU tier
         self.uses: dict[int, list[int]] = {}
         for s, v in enumerate(plan.views):
@@ -383,39 +463,53 @@ class Streamer(_RowStore):
         self.prefetch_depth = prefetch_depth
         self.max_pending = WRITE_BACKS
         avail = self.accountant.available("cpu")
-        cpu_slots = (scene.num_blocks if avail is None else max(0, avail // bb))
+        cpu_slots = (scene.num_blocks if avail is None else max(0, avail // self.bb))
         cpu_slots = min(cpu_slots, scene.num_blocks)
-        self._charge("cpu", cpu_slots * bb, f"{cpu_slots} CPU tier block slots")
+        self._charge("cpu", cpu_slots * self.bb, f"{cpu_slots} CPU tier block slots")
         self.cpu_slots = cpu_slots
         self.cpu: dict[int, _CpuBlock] = {}
         self.lock = threading.Lock()
         self.ssd_version = np.zeros(scene.num_blocks, dtype=np.int64)
         self.pending: dict[int, tuple[_CpuBlock, Future]] = {}
+        self._ring = self._copy_stream = None
+        if not self.slab_on_device and self.device.type == "cuda":
+            from oocstore.tiers.staging import StagingRing
+
+            self._ring = StagingRing(UPLOAD_SLOTS, self.batch_cap, self.p, np.float32, pin=True,
+                                     device=self.device)
+            self._copy_stream = torch.cuda.Stream(self.device)
         self.writer = scene.writer()
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="oocstore-gs-writeback")
         self.pipe = Pipeline(((i, st.load) for i, st in enumerate(plan.schedule.steps)),
                              [("oocstore-gs-prefetch", self._prefetch)],
                              depth=max(1, prefetch_depth))
         self._prefetched = iter(self.pipe)
-        self.traffic.extra.update(device_slots=slots, cpu_slots=cpu_slots)
-        log.info("streaming: %d device slots of %s, %d CPU tier slots, prefetch depth %d",
-                 slots, format_size(bb), cpu_slots, prefetch_depth)
+        self.traffic.extra.update(device_slots=slots if self.slab_on_device else 0,
+                                  host_slots=0 if self.slab_on_device else slots,
+                                  cpu_slots=cpu_slots, batch_rows=self.batch_cap,
+                                  optimizer_device=optimizer, rendered_rows=0, culled_rows=0,
+                                  candidate_rows=0)
+        log.info("streaming: %d %s slots of %s, %d CPU tier slots, step batch of %d rows, "
+                 "optimizer on the %s, prefetch depth %d", slots,
+                 "device" if self.slab_on_device else "host", format_size(slot_bytes(scene)),
+                 cpu_slots, self.batch_cap, optimizer, prefetch_depth)
 
     @classmethod
-    def requirements(cls, scene, plan, *, device="cpu", prefetch_depth=2):
+    def requirements(cls, scene, plan, *, device="cpu", prefetch_depth=2, optimizer="cpu"):
+        check_optimizer(optimizer)
         if plan.schedule is None:
             raise UsageError("streaming needs the plan's block schedule "
                              "(samplers.views.belady_block_schedule)")
-        bb = block_bytes(scene)
-        counts = scene.block_counts
-        max_rows = max((int(counts[plan.vis_sets[v]].sum()) for v in np.unique(plan.views)),
-                       default=0)
-        slots = max(1, int(plan.schedule.budget_bytes) // bb)
-        view, need = largest_view(scene, plan)
+        bb, sb = block_bytes(scene), slot_bytes(scene)
+        slots = schedule_slots(plan.schedule)
+        rows = max_batch_rows(scene, plan)
+        view, need = largest_view(scene, plan, optimizer)
         fix = (f"the largest view ({view}) needs {format_size(need)}: raise --gpu-budget to at "
                f"least {format_size(need)} ({need} bytes)")
-        out = [("gpu", slots * bb, f"{slots} device block slots", fix),
-               ("gpu", step_batch_bytes(max_rows, scene), "the step batch", fix)]
+        out = [("gpu", step_batch_bytes(rows, scene, optimizer),
+                f"the step batch ({rows} rows: parameters and gradient)", fix)]
+        if optimizer == "device":
+            out.append(("gpu", slots * sb, f"{slots} device block slots", fix))
         slack = allocator_slack(device)
         if slack:
             out.append(("gpu", slack, "the CUDA allocator's rounding of the device buffers", fix))
@@ -423,6 +517,15 @@ class Streamer(_RowStore):
         out.append(("cpu", (prefetch_depth + 1) * max_load, "prefetch buffers",
                     "lower the prefetch depth, or raise --cpu-budget"))
         out.append(("cpu", WRITE_BACKS * bb, "write-back buffers", "raise --cpu-budget"))
+        out.append(("cpu", slots * scene.block_capacity * ID_BYTES, "the slots' Gaussian ids",
+                    "raise --cpu-budget"))
+        if optimizer == "cpu":
+            out.append(("cpu", slots * sb, f"{slots} host block slots (records and Adam moments "
+                        "for the CPU optimizer)",
+                        "raise --cpu-budget, or use --optimizer-device device"))
+            if torch.device(device).type == "cuda":
+                out.append(("cpu", UPLOAD_SLOTS * rows * 4 * scene.param_width,
+                            "pinned upload buffers", "raise --cpu-budget"))
         return out
 
     # -- background threads ---------------------------------------------------------
@@ -483,16 +586,20 @@ class Streamer(_RowStore):
         with self.lock:
             del self.pending[b]
 
-    # -- steps -----------------------------------------------------------------------
+    # -- slots -----------------------------------------------------------------------
+    def _slot_out(self, s: int) -> _CpuBlock:
+        """A copy of slot ``s``'s block out of the slab (d2h when the slab is on the device)."""
+        n = int(self.count[s])
+        lo = s * self.cap
+        rec = self.slab[lo:lo + n].cpu().numpy().copy()
+        if self.slab_on_device:
+            self.traffic.bytes_d2h += rec.nbytes
+        return _CpuBlock(self.slab_ids[lo:lo + n].copy(), rec, True)
+
     def _evict(self, b: int) -> None:
         s = self.slot_of.pop(b)
-        n = int(self.count[s])
         if self.dev_dirty[s]:
-            lo = s * self.cap
-            rec = self.slab[lo:lo + n].cpu().numpy().copy()
-            ids = self.slab_ids[lo:lo + n].cpu().numpy().copy()
-            self.traffic.bytes_d2h += rec.nbytes + ids.nbytes
-            self._cpu_put(b, _CpuBlock(ids, rec, True))
+            self._cpu_put(b, self._slot_out(s))
         self.dev_dirty[s] = False
         self.count[s] = 0
         self.free.append(s)
@@ -517,23 +624,26 @@ class Streamer(_RowStore):
         s = self.free.pop()
         n = len(blk.ids)
         lo = s * self.cap
-        self.slab[lo:lo + n] = torch.from_numpy(blk.rec).to(self.device)
-        self.slab_ids[lo:lo + n] = torch.from_numpy(blk.ids).to(self.device)
-        self.traffic.bytes_h2d += blk.rec.nbytes + blk.ids.nbytes
+        self.slab[lo:lo + n] = torch.from_numpy(blk.rec).to(self.slab.device)
+        self.slab_ids[lo:lo + n] = blk.ids
+        if self.slab_on_device:
+            self.traffic.bytes_h2d += blk.rec.nbytes
         self.count[s] = n
         self.slot_of[b] = s
 
     def _resident(self) -> list:
-        return [self.slab, self.slab_ids]
+        return [self.slab]
 
+    # -- steps -----------------------------------------------------------------------
     def _begin(self, vis):
         try:
-            return self._begin_loads(vis)
+            self._run_schedule()
         except ChecksumError as err:  # from the prefetch thread or a synchronous read
             raise ChecksumError(f"{err} [while loading the blocks of training step "
                                 f"{self.step_offset + self.step}]") from err
+        return self._gather(vis)
 
-    def _begin_loads(self, vis):
+    def _run_schedule(self) -> None:
         st = self.plan.schedule.steps[self.step - 1]
         i, fetched = next(self._prefetched)
         assert i == self.step - 1, (i, self.step)
@@ -543,30 +653,96 @@ class Streamer(_RowStore):
         for b in st.load:
             if int(b) not in self.slot_of:
                 self._load(int(b), fetched)
-        parts = []
-        for b in vis:
-            s = self.slot_of[int(b)]
-            parts.append(np.arange(s * self.cap, s * self.cap + self.count[s]))
-        rows = torch.from_numpy(np.concatenate(parts) if parts else np.zeros(0, np.int64))
-        rows = rows.to(self.device)
-        return self._batch(self.slab_ids.index_select(0, rows), self.slab.index_select(0, rows), rows)
+
+    def _cull(self, cand: np.ndarray, view: int) -> np.ndarray:
+        """The slab rows of ``cand`` that pass the per-Gaussian frustum test (all of them
+        without cameras in the plan). On the device for the device optimizer (the mask
+        comes back: one byte per candidate), in host memory for the CPU optimizer."""
+        cams = self.plan.cameras
+        if cams is None or not len(cand):
+            return cand
+        from .cull import GEOMETRY_WIDTH, in_frustum
+
+        idx = torch.from_numpy(cand).to(self.slab.device)
+        geom = self.slab[:, :GEOMETRY_WIDTH].index_select(0, idx)
+        keep = in_frustum(geom, cams.viewmats[view], cams.Ks[view], cams.width, cams.height)
+        if self.slab_on_device:
+            self.traffic.bytes_d2h += keep.numel()
+        return cand[keep.cpu().numpy()]
+
+    def _gather(self, vis) -> StepBatch:
+        view = int(self.plan.views[self.step - 1])
+        parts = [np.arange(s * self.cap, s * self.cap + self.count[s])
+                 for s in (self.slot_of[int(b)] for b in vis)]
+        cand = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        rows = self._cull(cand, view)
+        ex = self.traffic.extra
+        ex["candidate_rows"] += len(cand)
+        ex["culled_rows"] += len(rows)
+        if len(rows) > self.batch_cap:
+            raise BudgetError(
+                f"training step {self.step_offset + self.step} (view {view}) has {len(rows)} "
+                f"Gaussians in its frustum, more than the {self.batch_cap} rows its step batch "
+                "was planned for (Gaussians moved into the view since the plan was made): "
+                "plan more often (--eval-every N re-plans every N steps)")
+        idx = torch.from_numpy(rows)
+        table = self.slab[:, :self.p]
+        if self.slab_on_device:
+            idx = idx.to(self.device)
+            params = table.index_select(0, idx)
+        else:
+            params = self._upload(table, idx)
+            self.traffic.bytes_h2d += params.numel() * 4
+        return StepBatch(self.step_offset + self.step, view,
+                         torch.from_numpy(self.slab_ids[rows]), params.requires_grad_(True),
+                         rows=(rows, idx))
+
+    def _upload(self, table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """``table`` [T, P] rows ``idx`` on the device (a new tensor): gathered into a
+        pinned staging slot and copied on the side stream on CUDA, a plain copy else."""
+        if self._ring is None:
+            return table.index_select(0, idx).to(self.device)
+        from oocstore.tiers.staging import stage_to_device
+
+        def fill(out: np.ndarray) -> None:
+            torch.index_select(table, 0, idx, out=torch.from_numpy(out))
+
+        return stage_to_device(self._ring, len(idx), fill, self.device, self._copy_stream)
+
+    def _lr(self, step: int) -> torch.Tensor:
+        return self.lr if self.lr_at is None else self.lr_at(step).to(self.slab.device)
 
     def end_step(self, batch: StepBatch, mask: torch.Tensor) -> None:
-        self.slab.index_copy_(0, batch.rows, self._adam(batch, mask))
-        for b in self.plan.vis_sets[batch.view]:
-            self.dev_dirty[self.slot_of[int(b)]] = True
+        """Adam on the rendered rows (``mask`` [M] bool), where the slab is."""
+        grad = batch.params.grad
+        if grad is None:
+            grad = torch.zeros_like(batch.params)
+        rows, idx = batch.rows
+        p = self.p
+        mask_h = mask.cpu()  # which rows stepped, for the slots' dirty bits
+        self.traffic.bytes_d2h += mask.numel()
+        sel = torch.nonzero(mask_h)[:, 0]
+        if self.slab_on_device:
+            sel_d = torch.nonzero(mask.to(self.device))[:, 0]
+            touched = idx.index_select(0, sel_d)
+            g = grad.index_select(0, sel_d)
+        else:  # the rendered rows' gradients come to the host
+            g = grad.index_select(0, sel.to(grad.device)).to("cpu")
+            self.traffic.bytes_d2h += g.numel() * 4
+            touched = idx.index_select(0, sel)
+        adam_rows_(self.slab[:, :p], self.slab[:, p:2 * p], self.slab[:, 2 * p:], touched, g,
+                   self._lr(batch.step), batch.step, self.adam)
+        self.traffic.extra["rendered_rows"] += int(sel.numel())
+        # slots whose rows stepped are newer than the tiers below
+        hit = np.unique(rows[sel.numpy()] // self.cap)
+        self.dev_dirty[hit] = True
 
     def checkpoint(self) -> None:
-        """Flush device -> CPU tier -> SSD and commit the scene (the commit point)."""
+        """Flush slab -> CPU tier -> SSD and commit the scene (the commit point)."""
         for b, s in list(self.slot_of.items()):
             if self.dev_dirty[s]:
-                n = int(self.count[s])
-                lo = s * self.cap
-                rec = self.slab[lo:lo + n].cpu().numpy().copy()
-                ids = self.slab_ids[lo:lo + n].cpu().numpy().copy()
-                self.traffic.bytes_d2h += rec.nbytes + ids.nbytes
+                blk = self._slot_out(s)
                 self.dev_dirty[s] = False
-                blk = _CpuBlock(ids, rec, True)
                 if self.cpu_slots:
                     self._cpu_put(b, blk)
                 else:
@@ -586,23 +762,28 @@ class Streamer(_RowStore):
         self.pipe.close()
         self.pool.shutdown(wait=True)
         self.writer.close()  # uncommitted writes are dropped: the last checkpoint stands
+        if self._ring is not None:
+            self._ring.close()
         super().close()
 
 
 MODES = {"stream": Streamer, "all-on-device": AllOnDevice, "naive-offload": NaiveOffload}
 
 
-def check_device_budget(scene, plan: TrainPlan, budget: int, slack: int = 0) -> None:
+def check_device_budget(scene, plan: TrainPlan, budget: int, slack: int = 0,
+                        optimizer: str = "cpu") -> None:
     """BudgetError naming the largest view and the minimum when it does not fit (with
     ``slack`` on top: :func:`allocator_slack`, and what else the caller keeps on the
     device, such as the step's target image)."""
-    view, need = largest_view(scene, plan)
+    view, need = largest_view(scene, plan, optimizer)
     need += slack
     if need > budget:
+        what = ("its step batch (the parameters and gradient of the Gaussians in its frustum)"
+                if optimizer == "cpu" else "its visible blocks plus the step batch")
         raise BudgetError(
-            f"view {view} needs a device working set of {format_size(need)} ({need} bytes: its "
-            f"visible blocks plus the step batch"
-            f"{f' and {slack} bytes of other device buffers' if slack else ''}), more "
-            f"than the device budget "
-            f"{format_size(budget)}: raise --gpu-budget to at least {format_size(need)}, or "
-            "re-ingest with smaller blocks")
+            f"view {view} needs a device working set of {format_size(need)} ({need} bytes: "
+            f"{what}{f' and {slack} bytes of other device buffers' if slack else ''}), more "
+            f"than the device budget {format_size(budget)}: raise --gpu-budget to at least "
+            f"{format_size(need)}"
+            + (", or use --optimizer-device cpu" if optimizer == "device" else
+               ", or render smaller images (fewer Gaussians per view)"))

@@ -104,6 +104,7 @@ class GsTrainConfig:
     eval_every: int = 0  # held-out evaluation every N steps (0: start and end only)
     sh_degree: int | None = None  # highest SH degree trained; None: the scene's
     recipe: dict = field(default_factory=dict)  # explicit recipe values (see .recipe)
+    optimizer_device: str = "cpu"  # stream: where Adam runs and the moments live
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -121,6 +122,12 @@ class GsTrainConfig:
                 raise UsageError(f"--{k.replace('_', '-')} {getattr(self, k)} must be >= 0")
         if self.prefetch_depth < 1:
             raise UsageError(f"--prefetch-depth {self.prefetch_depth} must be at least 1")
+        if self.optimizer_device not in ("cpu", "device"):
+            raise UsageError(f"--optimizer-device {self.optimizer_device!r} unknown: use cpu "
+                             "(Adam on the host, moments off the device) or device")
+        if not 0.0 <= self.randomness <= 1.0:
+            raise UsageError(f"--view-randomness {self.randomness!r} must lie in [0, 1] (0: a "
+                             "fully local view order, 1: a random one)")
 
     def recipe_values(self) -> dict:
         given = dict(self.recipe)
@@ -188,36 +195,45 @@ def render_view(scene, cams, vis, v: int, device, *, sh_degree: int | None = Non
                          background=background).image
 
 
+def perturbed_block(rec: np.ndarray, b: int, sh_degree: int, seed: int,
+                    strength: float = 1.0) -> np.ndarray:
+    """The student's records [N, 3P] of block ``b``: seeded noise on the teacher's
+    parameters, moments zeroed (what :func:`perturb_scene` writes)."""
+    p = layout.param_width(sh_degree)
+    k = layout.sh_slice(sh_degree)
+    n = len(rec)
+    g = np.random.default_rng([seed, b])
+    prm = rec[:, :p].copy()
+    scale = np.exp(prm[:, layout.LOG_SCALES]).max(1, keepdims=True)
+    prm[:, layout.MEANS] += strength * 0.5 * scale * g.standard_normal((n, 3))
+    prm[:, layout.LOG_SCALES] += strength * 0.2 * g.standard_normal((n, 3))
+    prm[:, layout.OPACITY] += strength * 0.5 * g.standard_normal((n, 1))
+    prm[:, k] += strength * 0.2 * g.standard_normal((n, k.stop - k.start))
+    return layout.make_records(prm)
+
+
 def perturb_scene(scene, seed: int, strength: float = 1.0) -> None:
     """Write the student: seeded per-block noise on the teacher, moments zeroed (one commit)."""
-    p = scene.param_width
-    k = layout.sh_slice(scene.sh_degree)
     with scene.writer() as w:
         for b in range(scene.num_blocks):
             ids, rec = scene.read_block(b)
             if not len(ids):
                 continue
-            g = np.random.default_rng([seed, b])
-            prm = rec[:, :p].copy()
-            scale = np.exp(prm[:, layout.LOG_SCALES]).max(1, keepdims=True)
-            prm[:, layout.MEANS] += strength * 0.5 * scale * g.standard_normal((len(ids), 3))
-            prm[:, layout.LOG_SCALES] += strength * 0.2 * g.standard_normal((len(ids), 3))
-            prm[:, layout.OPACITY] += strength * 0.5 * g.standard_normal((len(ids), 1))
-            prm[:, k] += strength * 0.2 * g.standard_normal((len(ids), k.stop - k.start))
-            w.write_block(b, ids, layout.make_records(prm))
+            w.write_block(b, ids, perturbed_block(rec, b, scene.sh_degree, seed, strength))
         w.commit()
 
 
 def make_plan(scene, cams, train_views, steps: int, seed: int, randomness: float):
-    from samplers.views import view_order, visibility_sets
+    """The run's plan (a new view order every epoch, ``samplers.views.epoch_orders``) and
+    the visibility sets of every view."""
+    from samplers.views import epoch_orders, visibility_sets
 
     from .stream import TrainPlan
 
     vis_sets = visibility_sets(scene.block_bounds, cams)
     sub = [vis_sets[v] for v in train_views]
-    order = train_views[view_order(sub, seed=seed, randomness=randomness)]
-    views = np.resize(order, steps)
-    return TrainPlan(views, vis_sets), vis_sets
+    views = train_views[epoch_orders(sub, steps, seed=seed, randomness=randomness)]
+    return TrainPlan(views, vis_sets, cameras=cams), vis_sets
 
 
 def peak_rss_bytes() -> int:
@@ -271,26 +287,65 @@ class _Run:
     target_bytes: int  # the step's target image on the device
     dev_budget: int | None  # None: all-on-device
     default_budget: bool
+    optimizer: str = "cpu"  # stream: where Adam runs (cfg.optimizer_device)
+    # the synthetic student's block transform ``(b, rec) -> rec``, until it is written:
+    # the up-front checks count the culled rows of the scene the run will train
+    student: Callable | None = None
+    _cull: tuple | None = field(default=None, repr=False)  # (vis_sets, counts) per layout
 
     @property
     def extra(self) -> int:
         """Device bytes outside the block slots and the step batch."""
         return self.slack + self.target_bytes
 
+    @property
+    def working_optimizer(self) -> str:
+        """Whose working-set rule sizes the device (naive offload: blocks and batch)."""
+        return self.optimizer if self.cfg.mode == "stream" else "device"
+
     def grown_budget(self, scene, plan) -> int:
+        """The default device budget: 1.25 x the largest view's working set (with the
+        device optimizer, at least 1/4 of the scene's records, room for slots to cache)."""
         from .stream import largest_view
 
-        _, need = largest_view(scene, plan)
-        return max(scene.num_gaussians * scene.record_bytes // 4,
-                   int(math.ceil(1.25 * need)) + self.extra)
+        _, need = largest_view(scene, plan, self.working_optimizer)
+        need = int(math.ceil(1.25 * need)) + self.extra
+        if self.cfg.mode == "stream" and self.optimizer == "cpu":
+            return need  # the device holds only the step batch
+        return max(scene.num_gaussians * scene.record_bytes // 4, need)
 
-    def segment(self, scene, vis_sets, first: int, last: int):
-        """The plan of steps ``first`` -> ``last`` (with its schedule when streaming)."""
+    def cull_rows(self, scene, vis_sets) -> np.ndarray | None:
+        """Per view, its Gaussians in the frustum (:func:`~oocstore.gs.cull.culled_counts`),
+        counted once per block layout; None for a layout not yet written (a refinement's
+        proposal: its step batches are then sized for every row of the visible blocks)."""
+        if not hasattr(scene, "read_block"):
+            return None
+        if self._cull is None or self._cull[0] is not vis_sets:
+            from .cull import culled_counts
+
+            views = np.unique(self.views_all)
+            counts = np.zeros(len(vis_sets), dtype=np.int64)
+            counts[views] = culled_counts(scene, self.cams, vis_sets, views,
+                                          block_fn=self.student)
+            self._cull = (vis_sets, counts)
+        return self._cull[1]
+
+    def plan(self, scene, vis_sets, first: int, last: int):
+        """The plan of steps ``first`` -> ``last`` without its schedule (streaming: with
+        the cameras and culled counts, so steps render only their frustum's Gaussians)."""
         from .stream import TrainPlan
 
         seg = TrainPlan(self.views_all[first:last], vis_sets)
         if self.cfg.mode == "stream":
-            seg.schedule = schedule_for(scene, seg, self.dev_budget, self.extra)
+            seg.cameras = self.cams
+            seg.cull_rows = self.cull_rows(scene, vis_sets)
+        return seg
+
+    def segment(self, scene, vis_sets, first: int, last: int):
+        """The plan of steps ``first`` -> ``last`` (with its schedule when streaming)."""
+        seg = self.plan(scene, vis_sets, first, last)
+        if self.cfg.mode == "stream":
+            seg.schedule = schedule_for(scene, seg, self.dev_budget, self.extra, self.optimizer)
         return seg
 
     def check(self, scene, vis_sets, first: int, last: int, acct) -> None:
@@ -298,16 +353,15 @@ class _Run:
         ``acct`` already holds (charged on a scratch basis, then released)."""
         from .stream import MODES, check_device_budget
 
-        if self.cfg.mode != "all-on-device":
-            from .stream import TrainPlan
-
-            check_device_budget(scene, TrainPlan(self.views_all[first:last], vis_sets),
-                                self.dev_budget, self.extra)
+        if self.cfg.mode == "stream":
+            check_device_budget(scene, self.plan(scene, vis_sets, first, last), self.dev_budget,
+                                self.extra, self.optimizer)
         seg = self.segment(scene, vis_sets, first, last)
         held = []
         try:
             for tier, nbytes, what, fix in MODES[self.cfg.mode].requirements(
-                    scene, seg, device=self.device, prefetch_depth=self.cfg.prefetch_depth):
+                    scene, seg, device=self.device, prefetch_depth=self.cfg.prefetch_depth,
+                    optimizer=self.optimizer):
                 held.append(acct.charge(tier, nbytes, what, fix=fix))
         finally:
             for c in held:
@@ -316,14 +370,12 @@ class _Run:
     def check_spans(self, scene, vis_sets, spans, acct) -> None:
         """:meth:`check` every segment of ``spans`` in order, the default device budget
         raised before each as the run raises it (restored afterwards)."""
-        from .stream import TrainPlan
-
         saved, saved_budget = self.dev_budget, acct.budget
         try:
             for first, last in spans:
                 if self.default_budget and self.cfg.mode != "all-on-device":
                     self.dev_budget = max(self.dev_budget, self.grown_budget(
-                        scene, TrainPlan(self.views_all[first:last], vis_sets)))
+                        scene, self.plan(scene, vis_sets, first, last)))
                     acct.budget = MemoryBudget(gpu=self.dev_budget, cpu=saved_budget.cpu)
                 self.check(scene, vis_sets, first, last, acct)
         finally:
@@ -411,12 +463,18 @@ def run_gs_training(path, cfg: GsTrainConfig, *,
         scene_bytes = start_gaussians * scene.record_bytes
         target_bytes = w * h * 3 * 4  # float32 target on the device
         run = _Run(cfg, cams, train_views, plan.views, device, slack, target_bytes, None,
-                   cfg.gpu_budget is None)
-        view, need = largest_view(scene, plan)
+                   cfg.gpu_budget is None, optimizer=cfg.optimizer_device,
+                   student=None if photos else (
+                       lambda b, rec: perturbed_block(rec, b, scene.sh_degree, cfg.seed,
+                                                      cfg.perturb)))
+        full = run.plan(scene, vis_sets, 0, cfg.steps)
+        view, need = largest_view(scene, full, run.working_optimizer)
         if cfg.gpu_budget is None:
-            dev_budget = max(scene_bytes // 4, int(math.ceil(1.25 * need)) + run.extra)
-            log.info("device budget %s (default: max(1/4 of %s, 1.25 x view %d's working set %s))",
-                     format_size(dev_budget), format_size(scene_bytes), view, format_size(need))
+            dev_budget = run.grown_budget(scene, full)
+            log.info("device budget %s (default: 1.25 x view %d's working set %s%s)",
+                     format_size(dev_budget), view, format_size(need),
+                     "" if cfg.mode == "stream" and cfg.optimizer_device == "cpu" else
+                     f", at least 1/4 of {format_size(scene_bytes)}")
         else:
             dev_budget = parse_size(cfg.gpu_budget, what="--gpu-budget")
         run.dev_budget = dev_budget
@@ -435,10 +493,10 @@ def run_gs_training(path, cfg: GsTrainConfig, *,
                      "raise --cpu-budget, or use a smaller --size")]
         data.append(("gpu", target_bytes, "the step's target image",
                      "raise --gpu-budget, or use smaller images"))
-        if cfg.mode != "all-on-device":  # the largest view first: the most telling refusal
+        if cfg.mode == "stream":  # the largest view first: the most telling refusal
             from .stream import check_device_budget
 
-            check_device_budget(scene, plan, dev_budget, run.extra)
+            check_device_budget(scene, full, dev_budget, run.extra, cfg.optimizer_device)
         held_charges = []
         try:
             for tier, nbytes, what, fix in data:
@@ -483,6 +541,7 @@ def run_gs_training(path, cfg: GsTrainConfig, *,
 
             eval_target = target_of
             perturb_scene(scene, cfg.seed, cfg.perturb)  # the first write
+            run.student = None  # written: later counts read it from the scene
         stage["targets"] += time.perf_counter() - t0
 
         def evaluate(step):
@@ -535,9 +594,7 @@ def run_gs_training(path, cfg: GsTrainConfig, *,
                         stage["opacity_reset"] += time.perf_counter() - t
                     if run.default_budget and cfg.mode != "all-on-device":
                         # the default budget follows the scene as densification grows it
-                        from .stream import TrainPlan
-
-                        grown = run.grown_budget(scene, TrainPlan(plan.views[first:last], vis_sets))
+                        grown = run.grown_budget(scene, run.plan(scene, vis_sets, first, last))
                         if grown > run.dev_budget:
                             log.info("device budget raised to %s after densification",
                                      format_size(grown))
@@ -548,7 +605,8 @@ def run_gs_training(path, cfg: GsTrainConfig, *,
                 kw = dict(device=device, accountant=acct, adam=adam, lr=lr, lr_at=lr_at,
                           step_offset=first)
                 if cfg.mode == "stream":
-                    kw.update(device_budget=run.dev_budget, prefetch_depth=cfg.prefetch_depth)
+                    kw.update(device_budget=run.dev_budget, prefetch_depth=cfg.prefetch_depth,
+                              optimizer=cfg.optimizer_device)
                 if device.type == "cuda":  # what the device holds before the store exists
                     memory["outside"] = torch.cuda.memory_allocated()
                 with MODES[cfg.mode](scene, seg, **kw) as store:
@@ -562,7 +620,8 @@ def run_gs_training(path, cfg: GsTrainConfig, *,
                     store.checkpoint()
                     stage["checkpoint"] += time.perf_counter() - t
                     for key, v in store.stats().items():  # counters add up over segments
-                        summed = key.startswith(("bytes_", "block_")) or key == "stall_s"
+                        summed = (key.startswith(("bytes_", "block_")) or key == "stall_s"
+                                  or key in ("rendered_rows", "culled_rows", "candidate_rows"))
                         traffic[key] = traffic.get(key, 0) + v if summed else v
                 times += ts
                 losses += lo
@@ -588,7 +647,8 @@ def run_gs_training(path, cfg: GsTrainConfig, *,
                   "gpu_library_state_last_bytes": int(memory.get("lazy_last", 0)),
                   "render_workspace_bytes": int(memory.get("workspace", 0))}
                  if device.type == "cuda" else {})
-    extra = {"prefetch_depth": cfg.prefetch_depth} if cfg.mode == "stream" else {}
+    extra = ({"prefetch_depth": cfg.prefetch_depth, "optimizer_device": cfg.optimizer_device}
+             if cfg.mode == "stream" else {})
     stage["total"] = time.perf_counter() - t_run
     return {
         "mode": cfg.mode, "device": cfg.device, "steps": cfg.steps, "seed": cfg.seed,
@@ -609,22 +669,28 @@ def run_gs_training(path, cfg: GsTrainConfig, *,
         "images_bytes": images_bytes, "image_buffers_bytes": image_buffers,
         "stage_seconds": {k: round(v, 4) for k, v in stage.items()},
         "scene_bytes": int(scene_bytes), "largest_view_working_set": int(need), **extra,
-        **({"device_budget": run.dev_budget} if cfg.mode != "all-on-device" else {}),
+        **({"device_budget": run.dev_budget, "min_device_budget": int(need + run.extra)}
+           if cfg.mode != "all-on-device" else {}),
     }
 
 
-def schedule_for(scene, plan, dev_budget: int, slack: int = 0):
-    """The Belady schedule of ``plan`` inside the device budget less the step batch and
-    ``slack`` (device bytes outside the slots: the allocator's rounding,
-    :func:`~oocstore.gs.stream.allocator_slack`, and the step's target image)."""
+def schedule_for(scene, plan, dev_budget: int, slack: int = 0, optimizer: str = "cpu"):
+    """The Belady schedule of ``plan``'s block slots. Device optimizer: the slots are on
+    the device, inside the device budget less the step batch and ``slack`` (device bytes
+    outside the slots: the allocator's rounding,
+    :func:`~oocstore.gs.stream.allocator_slack`, and the step's target image). CPU
+    optimizer: the slots are in host memory, room for twice the largest view's blocks
+    (:func:`~oocstore.gs.stream.host_slot_bytes`)."""
     from samplers.views import belady_block_schedule
 
-    from .stream import block_bytes, step_batch_bytes
+    from .stream import host_slot_bytes, max_batch_rows, slot_bytes, step_batch_bytes
 
-    counts = scene.block_counts
-    max_rows = max(int(counts[plan.vis_sets[v]].sum()) for v in np.unique(plan.views))
-    return belady_block_schedule(plan.views, plan.vis_sets, block_bytes(scene),
-                                 dev_budget - step_batch_bytes(max_rows, scene) - slack)
+    if optimizer == "device":
+        budget = (dev_budget - step_batch_bytes(max_batch_rows(scene, plan), scene, "device")
+                  - slack)
+    else:
+        budget = host_slot_bytes(scene, plan)
+    return belady_block_schedule(plan.views, plan.vis_sets, slot_bytes(scene), budget)
 
 
 def replan(scene, cams) -> list[np.ndarray]:
@@ -770,7 +836,9 @@ def cmd_gs_train(args) -> int:
                         width=width, height=height, checkpoint_every=args.checkpoint_every,
                         verify_reads=not args.no_verify_reads, target=args.target,
                         eval_every=args.eval_every, sh_degree=args.sh_degree,
-                        prefetch_depth=args.prefetch_depth, recipe=recipe)
+                        prefetch_depth=args.prefetch_depth, recipe=recipe,
+                        optimizer_device=args.optimizer_device,
+                        randomness=args.view_randomness)
     bar = None
     if not args.quiet:
         from tqdm import tqdm
