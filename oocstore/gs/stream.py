@@ -206,13 +206,20 @@ def working_set_bytes(scene, plan: TrainPlan, view: int, optimizer: str = "cpu")
 
 
 def largest_view(scene, plan: TrainPlan, optimizer: str = "cpu") -> tuple[int, int]:
-    """(view, working-set bytes) of the plan's largest view."""
-    best = (-1, 0)
-    for v in np.unique(plan.views):
-        ws = working_set_bytes(scene, plan, int(v), optimizer)
-        if ws > best[1]:
-            best = (int(v), ws)
-    return best
+    """(view, bytes): the plan's least device working set and the view that sets it. CPU
+    optimizer: the largest step batch. Device optimizer: the most visible blocks' slots
+    plus the largest step batch (one batch buffer serves every step, and the schedule
+    keeps the slots inside what it leaves)."""
+    check_optimizer(optimizer)
+    views = [int(v) for v in np.unique(plan.views)]
+    if not views:
+        return -1, 0
+    batches = {v: step_batch_bytes(batch_rows(scene, plan, v), scene, optimizer) for v in views}
+    if optimizer == "cpu":
+        view = max(views, key=lambda v: (batches[v], -v))
+        return view, batches[view]
+    view = max(views, key=lambda v: (len(plan.vis_sets[v]), batches[v], -v))
+    return view, len(plan.vis_sets[view]) * slot_bytes(scene) + max(batches.values())
 
 
 def max_batch_rows(scene, plan: TrainPlan) -> int:
