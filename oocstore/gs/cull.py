@@ -89,13 +89,27 @@ def culled_counts(scene, cameras, vis_sets, views, *, near: float = 0.01,
     for i, v in enumerate(views):
         for b in vis_sets[v]:
             seen_by.setdefault(int(b), []).append(i)
+    planes = {}
+    for v in np.unique(views):
+        v = int(v)
+        n, d, lengths = frustum_planes(cameras.viewmats[v], cameras.Ks[v], cameras.width,
+                                       cameras.height, near, CULL_PIXELS)
+        planes[v] = (n, d, lengths)
     for b in sorted(seen_by):
         _, rec = scene.read_block(b)
         if block_fn is not None:
             rec = block_fn(b, rec)
-        geom = torch.from_numpy(np.ascontiguousarray(rec[:, :GEOMETRY_WIDTH]))
-        for i in seen_by[b]:
-            v = int(views[i])
-            out[i] += int(in_frustum(geom, cameras.viewmats[v], cameras.Ks[v], cameras.width,
-                                     cameras.height, near).sum())
+        if not len(rec):
+            continue
+        # every view seeing the block at once: the same arithmetic as in_frustum (float64)
+        who = seen_by[b]
+        vs = [int(views[i]) for i in who]
+        normals = np.concatenate([planes[v][0] for v in vs])  # [5 Vb, 3]
+        offsets = np.concatenate([planes[v][1] for v in vs])
+        reach = np.concatenate([planes[v][2] for v in vs])
+        means = rec[:, MEANS].astype(np.float64)
+        radius = CULL_SIGMAS * np.exp(rec[:, LOG_SCALES].astype(np.float64).max(axis=1))
+        ok = (means @ normals.T + offsets + radius[:, None] * reach) >= 0  # [n, 5 Vb]
+        kept = ok.reshape(len(rec), len(vs), 5).all(axis=2).sum(axis=0)
+        np.add.at(out, np.asarray(who), kept)
     return out

@@ -71,3 +71,27 @@ def test_the_cull_drops_gaussians_outside_by_more_than_their_margin():
     # in view; far right; behind; far up; just right of the image (x/z = 0.66 > 32/50)
     # but within 1.5 x 3.33 sigma = 0.5: kept
     assert kept.tolist() == [True, False, False, False, True]
+
+
+def test_culled_counts_match_the_per_view_test(tmp_path):
+    from oocstore.gs.cull import culled_counts
+    from oocstore.gs.synthetic import random_scene
+    from samplers.views import visibility_sets
+
+    scene = random_scene(tmp_path / "s", 3000, 1, block_size=256, views=10)
+    try:
+        cams = scene.cameras
+        vis = visibility_sets(scene.block_bounds, cams)
+        views = np.arange(len(cams))
+        got = culled_counts(scene, cams, vis, views)
+        want = []
+        for v in views:
+            rows = [scene.read_block(int(b))[1] for b in vis[v]]
+            prm = torch.from_numpy(np.concatenate(rows)) if rows else torch.zeros(0, 23)
+            want.append(int(in_frustum(prm, cams.viewmats[v], cams.Ks[v], cams.width,
+                                       cams.height).sum()))
+        assert got.tolist() == want
+        rows = [int(scene.block_counts[vis[v]].sum()) for v in views]
+        assert 0 < sum(want) < sum(rows)  # some rows of the visible blocks are culled
+    finally:
+        scene.close()
