@@ -485,6 +485,7 @@ class Streamer(_RowStore):
             self._ring = StagingRing(UPLOAD_SLOTS, self.batch_cap, self.p, np.float32, pin=True,
                                      device=self.device)
             self._copy_stream = torch.cuda.Stream(self.device)
+            self.traffic.extra["upload_pinned"] = self._ring.pinned
         self.writer = scene.writer()
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="oocstore-gs-writeback")
         self.pipe = Pipeline(((i, st.load) for i, st in enumerate(plan.schedule.steps)),
