@@ -18,17 +18,36 @@ where the records live and how many bytes move:
   ignores the device budget). ``bytes_h2d`` is the initial upload.
 * :class:`NaiveOffload` -- every record in host memory; each step copies the visible
   rows to the device and back (no cache; the order does not change its traffic).
-* :class:`Streamer` -- the out-of-core path. The device holds a working set of block
-  *slots* (``block_capacity`` records each) inside the device budget, managed by the
-  Belady schedule of the plan (``samplers.views.belady_block_schedule``: per step the
-  blocks to evict, then load). Below it a CPU tier of block copies inside the CPU budget
-  (inclusive: a clean block keeps its copy; Belady eviction by next use), and below that
-  the SSD tier, the scene store. A background thread (:class:`~oocstore.pipeline.Pipeline`,
-  thread ``oocstore-gs-prefetch``) reads the blocks of the next steps' loads from SSD
-  ahead of time; a second one (``oocstore-gs-writeback``) writes dirty blocks evicted from
-  the CPU tier to the scene's log-structured writer. Device-dirty blocks go back to the
-  CPU tier on eviction (d2h). :meth:`Streamer.checkpoint` flushes device -> CPU -> SSD and
-  commits: a crash loses at most the steps since the last checkpoint.
+* :class:`Streamer` -- the out-of-core path. A *slab* of block slots (``block_capacity``
+  records each: parameters and both Adam moments) is managed by the Belady schedule of
+  the plan (``samplers.views.belady_block_schedule``: per step the blocks to evict, then
+  load). Below it a CPU tier of block copies inside the CPU budget (inclusive: a clean
+  block keeps its copy; Belady eviction by next use), and below that the SSD tier, the
+  scene store. A background thread (:class:`~oocstore.pipeline.Pipeline`, thread
+  ``oocstore-gs-prefetch``) reads the blocks of the next steps' loads from SSD ahead of
+  time; a second one (``oocstore-gs-writeback``) writes dirty blocks evicted from the CPU
+  tier to the scene's log-structured writer. :meth:`Streamer.checkpoint` flushes slab ->
+  CPU -> SSD and commits: a crash loses at most the steps since the last checkpoint.
+
+  Blocks are the unit of disk I/O and of the host tiers, not of what the device renders:
+  a step keeps only the rows of its visible blocks that pass the per-Gaussian frustum
+  test (:func:`oocstore.gs.cull.in_frustum`, exact: never a row the rasterizer draws)
+  and gathers just their *parameters* into the step batch, the leaf tensor it renders;
+  the moments stay in the slab. Where the slab lives is ``optimizer``:
+
+  - ``"cpu"`` (the default): in host memory. The device holds only the step batch (the
+    culled parameters and their gradient): each step uploads the culled rows'
+    parameters (h2d), and the rendered rows' gradients come back (d2h) for an Adam step
+    on the host, in the slab, as CLM does. On CUDA the upload goes through a pinned
+    :class:`~oocstore.tiers.staging.StagingRing` on a side stream (the GNN loader's).
+  - ``"device"``: on the device, inside the device budget beside the step batch; Adam
+    runs there on the slab's rows (:func:`~oocstore.gs.adam.adam_rows_`), and only block
+    loads (h2d) and evictions of dirty blocks (d2h) cross.
+
+  The step batch is sized for the plan's largest view: ``TrainPlan.cull_rows`` (the
+  culled counts of every view when the plan was made, plus ``CULL_HEADROOM`` for
+  Gaussians moving into a view), or every row of the visible blocks without cameras. A
+  step that finds more rows in its frustum than that stops with a ``BudgetError``.
 
 Integrity: every SSD read goes through :meth:`Scene.read_block`, which checks the block's
 chunk checksums unless the scene was opened with ``verify_reads=False``; a mismatch
@@ -41,11 +60,14 @@ block's SSD version at read time and is used only if no write-back landed since.
 
 On ``--device cpu`` the device region is host memory charged to the ``gpu`` tier of the
 budget, and ``bytes_h2d`` / ``bytes_d2h`` count copies into and out of it. Charged to
-the device budget: the slots (schedule budget) plus the step batch (the largest step's
-rows: records, and the parameter gradient). Charged to the CPU budget: the CPU tier's
-slots, the prefetch buffers and the write-back buffers. Each mode's fixed charges are
-listed by its ``requirements`` class method, so a caller can check them against the
-budget before it writes anything (the CPU tier takes whatever the rest leaves).
+the device budget: the step batch (its rows x (parameters + gradient), + an 8-byte row
+index with the device optimizer) and, with the device optimizer, the slab. Charged to
+the CPU budget: the slab with the CPU optimizer, the slots' ids, the CPU tier's slots,
+the prefetch buffers, the write-back buffers and on CUDA the pinned upload buffers.
+Each mode's fixed charges are listed by its ``requirements`` class method, so a caller
+can check them against the budget before it writes anything (the CPU tier takes
+whatever the rest leaves); :func:`largest_view` gives the least device budget a plan
+accepts.
 
 Learning rates: a fixed ``lr`` [P], or ``lr_at(step) -> [P]`` for schedules (the
 recipe's decaying position rate), looked up with the global step of each Adam step.
