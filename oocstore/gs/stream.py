@@ -38,8 +38,10 @@ where the records live and how many bytes move:
   - ``"cpu"`` (the default): in host memory. The device holds only the step batch (the
     culled parameters and their gradient): each step uploads the culled rows'
     parameters (h2d), and the rendered rows' gradients come back (d2h) for an Adam step
-    on the host, in the slab, as CLM does. On CUDA the upload goes through a pinned
-    :class:`~oocstore.tiers.staging.StagingRing` on a side stream (the GNN loader's).
+    on the host, in the slab, as CLM does; the rows of blocks the next view does not see
+    step on the ``oocstore-gs-adam`` thread while the next step renders. On CUDA the
+    upload goes through a pinned :class:`~oocstore.tiers.staging.StagingRing` on a side
+    stream (the GNN loader's).
   - ``"device"``: on the device, inside the device budget beside the step batch; Adam
     runs there on the slab's rows (:func:`~oocstore.gs.adam.adam_rows_`), and only block
     loads (h2d) and evictions of dirty blocks (d2h) cross.
@@ -501,6 +503,10 @@ class Streamer(_RowStore):
         self.ssd_version = np.zeros(scene.num_blocks, dtype=np.int64)
         self.pending: dict[int, tuple[_CpuBlock, Future]] = {}
         self._ring = self._copy_stream = None
+        # CPU optimizer: the Adam rows the next step does not read run on their own thread
+        self._adam_pool = (None if self.slab_on_device else
+                           ThreadPoolExecutor(1, thread_name_prefix="oocstore-gs-adam"))
+        self._adam_future: Future | None = None
         if not self.slab_on_device and self.device.type == "cuda":
             from oocstore.tiers.staging import StagingRing
 
@@ -518,7 +524,7 @@ class Streamer(_RowStore):
                                   host_slots=0 if self.slab_on_device else slots,
                                   cpu_slots=cpu_slots, batch_rows=self.batch_cap,
                                   optimizer_device=optimizer, rendered_rows=0, culled_rows=0,
-                                  candidate_rows=0)
+                                  candidate_rows=0, adam_overlapped_rows=0)
         log.info("streaming: %d %s slots of %s, %d CPU tier slots, step batch of %d rows, "
                  "optimizer on the %s, prefetch depth %d", slots,
                  "device" if self.slab_on_device else "host", format_size(slot_bytes(scene)),
@@ -677,6 +683,8 @@ class Streamer(_RowStore):
         st = self.plan.schedule.steps[self.step - 1]
         i, fetched = next(self._prefetched)
         assert i == self.step - 1, (i, self.step)
+        if len(st.evict):
+            self._adam_wait()  # an evicted slot may hold deferred rows
         for b in st.evict:
             if int(b) in self.slot_of:
                 self._evict(int(b))
@@ -760,15 +768,47 @@ class Streamer(_RowStore):
             g = grad.index_select(0, sel.to(grad.device)).to("cpu")
             self.traffic.bytes_d2h += g.numel() * 4
             touched = idx.index_select(0, sel)
-        adam_rows_(self.slab[:, :p], self.slab[:, p:2 * p], self.slab[:, 2 * p:], touched, g,
-                   self._lr(batch.step), batch.step, self.adam)
+        tables = (self.slab[:, :p], self.slab[:, p:2 * p], self.slab[:, 2 * p:])
+        lr = self._lr(batch.step)
+        slots = rows[sel.numpy()] // self.cap
+        self._adam_wait()  # the previous step's deferred rows first (Adam is per row)
+        later = self._deferrable(slots)
+        if later is None:
+            adam_rows_(*tables, touched, g, lr, batch.step, self.adam)
+        else:  # the next step needs the rest now; these can wait until its rendering
+            now = torch.from_numpy(~later)
+            adam_rows_(*tables, touched[now], g[now], lr, batch.step, self.adam)
+            defer = torch.from_numpy(later)
+            self._adam_future = self._adam_pool.submit(
+                adam_rows_, *tables, touched[defer], g[defer], lr, batch.step, self.adam)
+            self.traffic.extra["adam_overlapped_rows"] += int(later.sum())
         self.traffic.extra["rendered_rows"] += int(sel.numel())
         # slots whose rows stepped are newer than the tiers below
-        hit = np.unique(rows[sel.numpy()] // self.cap)
-        self.dev_dirty[hit] = True
+        self.dev_dirty[np.unique(slots)] = True
+
+    def _deferrable(self, slots: np.ndarray) -> np.ndarray | None:
+        """CPU optimizer: which of the rendered rows (their ``slots``) the next step does
+        not read -- rows of blocks its view does not see -- so their Adam step can run on
+        the ``oocstore-gs-adam`` thread while the next step renders. The next step waits
+        for it before it evicts a block (:meth:`_run_schedule`); every other slab access
+        of the next step is to the rows of its own blocks. None: nothing to defer."""
+        if self._adam_pool is None or self.step >= len(self.plan) or not len(slots):
+            return None
+        nxt = self.plan.vis_sets[self.plan.views[self.step]]
+        needed = np.zeros(len(self.count), dtype=bool)
+        needed[[self.slot_of[int(b)] for b in nxt if int(b) in self.slot_of]] = True
+        later = ~needed[slots]
+        return later if later.any() else None
+
+    def _adam_wait(self) -> None:
+        """Wait for the deferred Adam rows (re-raising a failure with its traceback)."""
+        if self._adam_future is not None:
+            fut, self._adam_future = self._adam_future, None
+            fut.result()
 
     def checkpoint(self) -> None:
         """Flush slab -> CPU tier -> SSD and commit the scene (the commit point)."""
+        self._adam_wait()
         for b, s in list(self.slot_of.items()):
             if self.dev_dirty[s]:
                 blk = self._slot_out(s)
@@ -789,6 +829,12 @@ class Streamer(_RowStore):
         if getattr(self, "_closed", False):
             return
         self._closed = True
+        try:
+            if getattr(self, "_adam_future", None) is not None:
+                self._adam_wait()
+        finally:
+            if getattr(self, "_adam_pool", None) is not None:
+                self._adam_pool.shutdown(wait=True)
         self.pipe.close()
         self.pool.shutdown(wait=True)
         self.writer.close()  # uncommitted writes are dropped: the last checkpoint stands

@@ -166,6 +166,9 @@ def test_modes_equal_the_oracle_and_survive_reopen(trained_setup, tmp_path, mode
         assert stats["optimizer_device"] == optimizer
         # every step rendered a subset of its culled rows, a subset of its blocks' rows
         assert 0 < stats["rendered_rows"] <= stats["culled_rows"] <= stats["candidate_rows"]
+        # with the CPU optimizer, the rows the next step does not read take their Adam
+        # step on the oocstore-gs-adam thread, beside the next step's rendering
+        assert (stats["adam_overlapped_rows"] > 0) == (optimizer == "cpu")
         if "no-cull" in mode:
             assert stats["culled_rows"] == stats["candidate_rows"]
         else:
