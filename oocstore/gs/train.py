@@ -306,7 +306,7 @@ class _Run:
     def grown_budget(self, scene, plan) -> int:
         """The default device budget: 1.25 x the largest view's working set (with the
         device optimizer, at least 1/4 of the scene's records, room for slots to cache)."""
-        from .stream import largest_view
+        from .sizing import largest_view
 
         _, need = largest_view(scene, plan, self.working_optimizer)
         need = int(math.ceil(1.25 * need)) + self.extra
@@ -351,7 +351,8 @@ class _Run:
     def check(self, scene, vis_sets, first: int, last: int, acct) -> None:
         """BudgetError unless the store of steps ``first`` -> ``last`` fits on top of what
         ``acct`` already holds (charged on a scratch basis, then released)."""
-        from .stream import MODES, check_device_budget
+        from .sizing import check_device_budget
+        from .stream import MODES
 
         if self.cfg.mode == "stream":
             check_device_budget(scene, self.plan(scene, vis_sets, first, last), self.dev_budget,
@@ -452,7 +453,7 @@ class _Session:
         """Target, recipe, SH degree, views and size checked against the scene; the plan,
         the budget rules (:class:`_Run`) and the device budget."""
         from .recipe import resolve
-        from .stream import allocator_slack, largest_view
+        from .sizing import allocator_slack, largest_view
 
         t0 = time.perf_counter()
         scene, cfg = self.scene, self.cfg
@@ -542,7 +543,7 @@ class _Session:
         data.append(("gpu", self.target_bytes, "the step's target image",
                      "raise --gpu-budget, or use smaller images"))
         if cfg.mode == "stream":  # the largest view first: the most telling refusal
-            from .stream import check_device_budget
+            from .sizing import check_device_budget
 
             check_device_budget(scene, self.full, run.dev_budget, run.extra,
                                 cfg.optimizer_device)
@@ -776,7 +777,7 @@ def schedule_for(scene, plan, dev_budget: int, slack: int = 0, optimizer: str = 
     (:func:`~oocstore.gs.stream.host_slot_bytes`)."""
     from samplers.views import belady_block_schedule
 
-    from .stream import host_slot_bytes, max_batch_rows, slot_bytes, step_batch_bytes
+    from .sizing import host_slot_bytes, max_batch_rows, slot_bytes, step_batch_bytes
 
     if optimizer == "device":
         budget = (dev_budget - step_batch_bytes(max_batch_rows(scene, plan), scene, "device")
