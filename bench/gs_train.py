@@ -94,6 +94,45 @@ def min_budget(scene: Path, args, *, repo: Path = REPO, extra=()) -> int:
     return int(m.group(1))
 
 
+ORDERS = (("local", 0.0), ("default", 0.1), ("random", 1.0))
+
+
+def order_schedules(scene_path: Path, args, *, epochs: int = 3,
+                    fractions=(0.25, 0.5)) -> dict:
+    """Planning only (no training): the block loads of Belady's schedule for device slots
+    of ``fraction`` x the scene's record bytes (at least the largest view's blocks), over
+    ``epochs`` epochs of the training views, for a local, the default and a random view
+    order (``--view-randomness`` 0, 0.1, 1; a new tour every epoch). The traffic the
+    device optimizer's slots would see; with the CPU optimizer the same loads go to the
+    host slots."""
+    from oocstore.gs.scene import Scene
+    from oocstore.gs.sizing import slot_bytes
+    from oocstore.gs.train import split_views
+    from samplers.views import belady_block_schedule, epoch_orders, visibility_sets
+
+    w, h = (int(x) for x in args.size.lower().split("x"))
+    with Scene.open(scene_path, readonly=True) as scene:
+        cams = scene.cameras.resized(w, h)
+        train, _ = split_views(len(cams), 8)
+        vis = visibility_sets(scene.block_bounds, cams)
+        sub = [vis[v] for v in train]
+        scene_bytes = scene.num_gaussians * scene.record_bytes
+        sb = slot_bytes(scene)
+        least = max(len(vis[v]) for v in train) * sb
+        steps = epochs * len(train)
+        out = {"epochs": epochs, "steps": steps, "slot_bytes": sb}
+        for name, randomness in ORDERS:
+            views = train[epoch_orders(sub, steps, seed=args.seed, randomness=randomness)]
+            for frac in fractions:
+                budget = max(int(frac * scene_bytes), least)
+                sch = belady_block_schedule(views, vis, sb, budget)
+                out[f"{name}@{frac}"] = {
+                    "view_randomness": randomness, "slots_bytes": budget,
+                    "loaded_over_scene": sch.bytes_loaded / scene_bytes,
+                    "bytes_loaded_per_step": sch.bytes_loaded / steps}
+    return out
+
+
 #: Streaming runs besides the plain ``stream`` (CPU optimizer, default order):
 #: name -> (gs-train flags, what the run shows).
 VARIANTS = {
@@ -125,7 +164,12 @@ def main(argv=None) -> int:
     ap.add_argument("--dir", default=None, help="work directory (default: a temporary one)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "gs_train.json"))
     ap.add_argument("--toy", action="store_true", help="a tiny generated scene, 3 steps")
+    ap.add_argument("--schedules-only", default=None, metavar="SCENE",
+                    help="print the order schedules of an ingested SCENE and stop")
     args = ap.parse_args(argv)
+    if args.schedules_only:
+        print(json.dumps(order_schedules(Path(args.schedules_only), args), sort_keys=True))
+        return 0
     work = Path(args.dir or tempfile.mkdtemp(prefix="gs_bench_"))
     work.mkdir(parents=True, exist_ok=True)
     if args.toy:
@@ -150,6 +194,7 @@ def main(argv=None) -> int:
                      if not (args.no_orders and "order" in k)})
     if baseline is not None:
         variants["baseline-stream"] = ([], baseline)
+    schedules = order_schedules(base, args)
     minimum = {name: min_budget(base, args, repo=repo, extra=extra)
                for name, (extra, repo) in variants.items()}
     budget = args.gpu_budget or str(max(minimum.values()))
@@ -217,12 +262,17 @@ def main(argv=None) -> int:
         "gaussians": s["gaussians"], "scene_bytes": scene_bytes,
         "device_budget": s.get("device_budget"), "min_device_budget": minimum,
         "baseline_repo": str(baseline) if baseline else None,
-        "modes": results, "variants": runs, "orders": orders, "ratios": ratios,
+        "modes": results, "variants": runs, "orders": orders, "order_schedules": schedules,
+        "ratios": ratios,
         "targets_met": targets, "toy": bool(args.toy),
     }
     for k, v in ratios.items():
         if v is not None:
             print(f"{k}: {v:.3f}", file=sys.stderr)
+    for k, v in schedules.items():
+        if isinstance(v, dict):
+            print(f"order schedule {k}: Belady loads {v['loaded_over_scene']:.2f}x the scene over "
+                  f"{schedules['steps']} steps", file=sys.stderr)
     if not args.toy or args.out != ap.get_default("out"):
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")

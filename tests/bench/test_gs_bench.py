@@ -43,3 +43,6 @@ def test_gs_train_bench_toy(tmp_path):
     assert 0 < result["ratios"]["min_budget_over_scene[stream]"] \
         < result["ratios"]["min_budget_over_scene[stream-device-optimizer]"]
     assert set(result["orders"]) == {"stream-local-order", "stream", "stream-random-order"}
+    sched = result["order_schedules"]
+    for name in ("local", "default", "random"):
+        assert sched[f"{name}@0.25"]["loaded_over_scene"] > 0
