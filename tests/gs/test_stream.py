@@ -264,3 +264,21 @@ def test_a_corrupt_block_stops_training_naming_block_file_and_step(trained_setup
             with pytest.raises(ChecksumError, match=rf"block {b} \(file {rel}\)"):
                 AllOnDevice(scene, plan, device="cpu", accountant=BudgetAccountant(MemoryBudget()),
                             adam=adam, lr=adam.column_lrs(DEG, 3.0))
+
+
+def test_a_step_with_more_gaussians_in_its_frustum_than_planned_stops_with_the_fix(trained_setup):
+    """The step batch is sized by the plan's culled counts: a step that finds more rows
+    (here: counts planned as 0, so 64 rows of headroom) stops before it renders."""
+    path, cams, vis, plan_views, targets, _ = trained_setup
+    adam = AdamConfig()
+    with Scene.open(path) as scene:
+        plan = stream_plan(scene, cams, vis, plan_views, 1 << 30)
+        plan.cull_rows = np.zeros(len(vis), dtype=np.int64)
+        acct = BudgetAccountant(MemoryBudget())
+        with Streamer(scene, plan, device="cpu", accountant=acct, adam=adam,
+                      lr=adam.column_lrs(DEG, 3.0), device_budget=1 << 30) as store:
+            assert store.batch_cap == 64
+            with pytest.raises(BudgetError, match=r"training step 1 \(view \d+\) has \d+ Gaussians "
+                               r"in its frustum, more than the 64 rows its step batch was "
+                               r"planned for .*--eval-every"):
+                store.begin_step()
