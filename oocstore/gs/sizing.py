@@ -83,16 +83,6 @@ def batch_rows(scene, plan, view: int) -> int:
     return min(rows, int(math.ceil(planned * (1 + CULL_HEADROOM))) + CULL_HEADROOM_ROWS)
 
 
-def working_set_bytes(scene, plan, view: int, optimizer: str = "cpu") -> int:
-    """A view's device working set: its step batch, and with the device optimizer its
-    visible blocks' slots."""
-    check_optimizer(optimizer)
-    out = step_batch_bytes(batch_rows(scene, plan, view), scene, optimizer)
-    if optimizer == "device":
-        out += len(plan.vis_sets[view]) * slot_bytes(scene)
-    return out
-
-
 def largest_view(scene, plan, optimizer: str = "cpu") -> tuple[int, int]:
     """(view, bytes): the plan's least device working set and the view that sets it. CPU
     optimizer: the largest step batch. Device optimizer: the most visible blocks' slots

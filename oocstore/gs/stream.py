@@ -98,7 +98,7 @@ from .sizing import (  # noqa: F401  (re-exported: the stores' sizing rules)
     CULL_HEADROOM, CULL_HEADROOM_ROWS, ID_BYTES, OPTIMIZER_DEVICES, STREAM_CUDA_BUFFERS,
     UPLOAD_SLOTS, WRITE_BACKS, allocator_slack, batch_rows, block_bytes, check_device_budget,
     check_optimizer, host_slot_bytes, largest_view, max_batch_rows, naive_batch_bytes,
-    schedule_slots, slot_bytes, step_batch_bytes, working_set_bytes)
+    schedule_slots, slot_bytes, step_batch_bytes)
 
 log = logging.getLogger(__name__)
 
