@@ -14,6 +14,7 @@ order to visit the views, and the block load/evict schedule that order implies.
   in [0, 1] cuts that tour at each edge with that probability and shuffles the pieces,
   so about that fraction of transitions are random jumps (0: fully local, 1: a random
   permutation), since fully local orders cost a little quality.
+  :func:`epoch_orders` draws a new such tour every epoch (deterministic by seed).
 - :func:`belady_block_schedule`: the order makes the future known, so the working set
   follows Belady's rule: load what the step needs, and when the budget is short, evict
   the resident blocks (not needed now) whose next use is farthest away. With equal
@@ -160,10 +161,12 @@ def _two_opt_path(dist: np.ndarray, order: np.ndarray, max_passes: int) -> np.nd
     return np.concatenate([tour[cut + 1:], tour[:cut]]).astype(np.int64)
 
 
-def view_order(vis_sets: Sequence[np.ndarray], seed: int = 0, randomness: float = 0.1, *,
-               max_passes: int = 20) -> np.ndarray:
+def view_order(vis_sets: Sequence[np.ndarray], seed=0, randomness: float = 0.1, *,
+               max_passes: int = 20, dist: np.ndarray | None = None) -> np.ndarray:
     """A permutation of the views (int64) keeping consecutive visibility sets similar;
-    see the module docstring for ``randomness``. Deterministic for a seed."""
+    see the module docstring for ``randomness``. Deterministic for a seed (an int or a
+    sequence of ints, as ``numpy.random.default_rng`` takes). ``dist``: the views'
+    :func:`jaccard_distances`, when the caller has them already."""
     if not (isinstance(randomness, (int, float)) and 0.0 <= randomness <= 1.0):
         raise UsageError(f"randomness {randomness!r} must lie in [0, 1] (0: fully local order, "
                          "1: random order)")
@@ -173,7 +176,7 @@ def view_order(vis_sets: Sequence[np.ndarray], seed: int = 0, randomness: float 
         return np.arange(v, dtype=np.int64)
     if randomness >= 1.0:
         return rng.permutation(v).astype(np.int64)
-    dist = jaccard_distances(vis_sets)
+    dist = jaccard_distances(vis_sets) if dist is None else dist
     order = _greedy(dist, int(rng.integers(v)))
     order = _two_opt_path(dist, order, max_passes)
     if randomness > 0:
@@ -181,6 +184,25 @@ def view_order(vis_sets: Sequence[np.ndarray], seed: int = 0, randomness: float 
         pieces = np.split(order, cuts)
         order = np.concatenate([pieces[i] for i in rng.permutation(len(pieces))])
     return order
+
+
+def epoch_orders(vis_sets: Sequence[np.ndarray], steps: int, seed: int = 0,
+                 randomness: float = 0.1) -> np.ndarray:
+    """``steps`` views (int64 indices into ``vis_sets``): a new :func:`view_order` every
+    epoch -- the same locality, a different tour (another start, other cuts) -- so a
+    long run does not repeat one order's random jumps and hard transitions. Epoch 0 uses
+    ``seed``, epoch ``e`` the seed ``(seed, e)``: deterministic for a seed."""
+    v = len(vis_sets)
+    if steps <= 0 or v == 0:
+        return np.zeros(0, dtype=np.int64)
+    dist = jaccard_distances(vis_sets) if 1.0 > randomness and v > 1 else None
+    parts, have, epoch = [], 0, 0
+    while have < steps:
+        order = view_order(vis_sets, seed if epoch == 0 else (seed, epoch), randomness, dist=dist)
+        parts.append(order)
+        have += len(order)
+        epoch += 1
+    return np.concatenate(parts)[:steps]
 
 
 # -- schedule -----------------------------------------------------------------------------

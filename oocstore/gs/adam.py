@@ -72,12 +72,29 @@ def masked_adam_(params: torch.Tensor,  # [M, P], updated in place
                  step: int,  # global step, 1-based
                  cfg: AdamConfig) -> int:
     """One Adam step on the rows where ``mask`` holds; returns how many rows stepped."""
+    rows = torch.nonzero(mask)[:, 0]
+    return adam_rows_(params, exp_avg, exp_avg_sq, rows, grad.index_select(0, rows), lr, step,
+                      cfg)
+
+
+@torch.no_grad()
+def adam_rows_(params: torch.Tensor,  # [T, P] table (a column view is fine), updated in place
+               exp_avg: torch.Tensor,  # [T, P], updated in place
+               exp_avg_sq: torch.Tensor,  # [T, P], updated in place
+               rows: torch.Tensor,  # [R] int64 rows of the tables that take a step
+               grad: torch.Tensor,  # [R, P] their gradients
+               lr: torch.Tensor,  # [P] per-column learning rates
+               step: int,  # global step, 1-based
+               cfg: AdamConfig) -> int:
+    """One Adam step on ``rows`` of the tables, with their gradients ``grad``; returns
+    ``len(rows)``. The same arithmetic as :func:`masked_adam_` (which calls it), so a store
+    that keeps the moments in its own tables (device slots, or host memory for a CPU
+    optimizer) updates them to the same bits as the in-memory oracle."""
     if step < 1:
         raise UsageError(f"Adam step {step} must be >= 1 (steps count from 1)")
-    rows = torch.nonzero(mask)[:, 0]
     if rows.numel() == 0:
         return 0
-    g = grad.index_select(0, rows)
+    g = grad
     m = exp_avg.index_select(0, rows).mul_(cfg.beta1).add_(g, alpha=1 - cfg.beta1)
     v = exp_avg_sq.index_select(0, rows).mul_(cfg.beta2).addcmul_(g, g, value=1 - cfg.beta2)
     bc1 = 1 - cfg.beta1 ** step

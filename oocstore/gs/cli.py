@@ -277,9 +277,12 @@ def add_gs_train(sub) -> None:
                     "position rate, densification, opacity resets) and reports held-out PSNR / "
                     "SSIM; --target synthetic (the default for scenes without images) trains a "
                     "perturbed copy against renders of the scene itself, for scale tests.\n\n"
-                    "--mode stream keeps a working set of blocks inside --gpu-budget (default "
-                    "max(1/4 of the scene, 1.25 x the largest view's working set)) fed from a "
-                    "CPU tier and the scene on SSD; images stream a few at a time inside "
+                    "--mode stream puts on the device only each step's Gaussians in the "
+                    "frustum (parameters and gradient; Adam runs on the host, or with "
+                    "--optimizer-device device in block slots on the device) inside "
+                    "--gpu-budget (default 1.25 x the largest view's working set), fed from "
+                    "host slots, a CPU tier and the scene on SSD; images stream a few at a "
+                    "time inside "
                     "--cpu-budget. all-on-device and naive-offload are the baselines. Every "
                     "check (flags, device, data, budgets) runs before the first write.\n\n"
                     "Schedules: the step counts of the recipe (--sh-every, --densify-from, "
@@ -303,6 +306,13 @@ def add_gs_train(sub) -> None:
                         "buffers")
     p.add_argument("--prefetch-depth", type=int, default=2, metavar="N",
                    help="steps of blocks and images read ahead (default 2)")
+    p.add_argument("--optimizer-device", default="cpu", metavar="WHERE",
+                   help="stream: cpu (default; Adam on the host, the device holds only the "
+                        "step's culled parameters and gradient) or device (block slots of "
+                        "records and Adam moments on the device)")
+    p.add_argument("--view-randomness", type=float, default=0.1, metavar="R",
+                   help="share of random jumps in the view order, 0..1 (default 0.1; 0: fully "
+                        "local, 1: random)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", default=None, metavar="WxH",
                    help="synthetic render size (default: within 162x105 on cpu, the scene's on "

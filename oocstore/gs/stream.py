@@ -18,17 +18,38 @@ where the records live and how many bytes move:
   ignores the device budget). ``bytes_h2d`` is the initial upload.
 * :class:`NaiveOffload` -- every record in host memory; each step copies the visible
   rows to the device and back (no cache; the order does not change its traffic).
-* :class:`Streamer` -- the out-of-core path. The device holds a working set of block
-  *slots* (``block_capacity`` records each) inside the device budget, managed by the
-  Belady schedule of the plan (``samplers.views.belady_block_schedule``: per step the
-  blocks to evict, then load). Below it a CPU tier of block copies inside the CPU budget
-  (inclusive: a clean block keeps its copy; Belady eviction by next use), and below that
-  the SSD tier, the scene store. A background thread (:class:`~oocstore.pipeline.Pipeline`,
-  thread ``oocstore-gs-prefetch``) reads the blocks of the next steps' loads from SSD
-  ahead of time; a second one (``oocstore-gs-writeback``) writes dirty blocks evicted from
-  the CPU tier to the scene's log-structured writer. Device-dirty blocks go back to the
-  CPU tier on eviction (d2h). :meth:`Streamer.checkpoint` flushes device -> CPU -> SSD and
-  commits: a crash loses at most the steps since the last checkpoint.
+* :class:`Streamer` -- the out-of-core path. A *slab* of block slots (``block_capacity``
+  records each: parameters and both Adam moments) is managed by the Belady schedule of
+  the plan (``samplers.views.belady_block_schedule``: per step the blocks to evict, then
+  load). Below it a CPU tier of block copies inside the CPU budget (inclusive: a clean
+  block keeps its copy; Belady eviction by next use), and below that the SSD tier, the
+  scene store. A background thread (:class:`~oocstore.pipeline.Pipeline`, thread
+  ``oocstore-gs-prefetch``) reads the blocks of the next steps' loads from SSD ahead of
+  time; a second one (``oocstore-gs-writeback``) writes dirty blocks evicted from the CPU
+  tier to the scene's log-structured writer. :meth:`Streamer.checkpoint` flushes slab ->
+  CPU -> SSD and commits: a crash loses at most the steps since the last checkpoint.
+
+  Blocks are the unit of disk I/O and of the host tiers, not of what the device renders:
+  a step keeps only the rows of its visible blocks that pass the per-Gaussian frustum
+  test (:func:`oocstore.gs.cull.in_frustum`, exact: never a row the rasterizer draws)
+  and gathers just their *parameters* into the step batch, the leaf tensor it renders;
+  the moments stay in the slab. Where the slab lives is ``optimizer``:
+
+  - ``"cpu"`` (the default): in host memory. The device holds only the step batch (the
+    culled parameters and their gradient): each step uploads the culled rows'
+    parameters (h2d), and the rendered rows' gradients come back (d2h) for an Adam step
+    on the host, in the slab, as CLM does; the rows of blocks the next view does not see
+    step on the ``oocstore-gs-adam`` thread while the next step renders. On CUDA the
+    upload goes through a pinned :class:`~oocstore.tiers.staging.StagingRing` on a side
+    stream (the GNN loader's).
+  - ``"device"``: on the device, inside the device budget beside the step batch; Adam
+    runs there on the slab's rows (:func:`~oocstore.gs.adam.adam_rows_`), and only block
+    loads (h2d) and evictions of dirty blocks (d2h) cross.
+
+  The step batch is sized for the plan's largest view: ``TrainPlan.cull_rows`` (the
+  culled counts of every view when the plan was made, plus ``CULL_HEADROOM`` for
+  Gaussians moving into a view), or every row of the visible blocks without cameras. A
+  step that finds more rows in its frustum than that stops with a ``BudgetError``.
 
 Integrity: every SSD read goes through :meth:`Scene.read_block`, which checks the block's
 chunk checksums unless the scene was opened with ``verify_reads=False``; a mismatch
@@ -41,11 +62,14 @@ block's SSD version at read time and is used only if no write-back landed since.
 
 On ``--device cpu`` the device region is host memory charged to the ``gpu`` tier of the
 budget, and ``bytes_h2d`` / ``bytes_d2h`` count copies into and out of it. Charged to
-the device budget: the slots (schedule budget) plus the step batch (the largest step's
-rows: records, and the parameter gradient). Charged to the CPU budget: the CPU tier's
-slots, the prefetch buffers and the write-back buffers. Each mode's fixed charges are
-listed by its ``requirements`` class method, so a caller can check them against the
-budget before it writes anything (the CPU tier takes whatever the rest leaves).
+the device budget: the step batch (its rows x (parameters + gradient), + an 8-byte row
+index with the device optimizer) and, with the device optimizer, the slab. Charged to
+the CPU budget: the slab with the CPU optimizer, the slots' ids, the CPU tier's slots,
+the prefetch buffers, the write-back buffers and on CUDA the pinned upload buffers.
+Each mode's fixed charges are listed by its ``requirements`` class method, so a caller
+can check them against the budget before it writes anything (the CPU tier takes
+whatever the rest leaves); :func:`~oocstore.gs.sizing.largest_view` gives the least
+device budget a plan accepts (the sizing rules live in :mod:`oocstore.gs.sizing`).
 
 Learning rates: a fixed ``lr`` [P], or ``lr_at(step) -> [P]`` for schedules (the
 recipe's decaying position rate), looked up with the global step of each Adam step.
@@ -69,37 +93,31 @@ from oocstore.errors import BudgetError, ChecksumError, UsageError
 from oocstore.pipeline import Pipeline
 from oocstore.units import format_size
 
-from .adam import AdamConfig, masked_adam_
+from .adam import AdamConfig, adam_rows_, masked_adam_
+from .sizing import (  # noqa: F401  (re-exported: the stores' sizing rules)
+    CULL_HEADROOM, CULL_HEADROOM_ROWS, ID_BYTES, OPTIMIZER_DEVICES, STREAM_CUDA_BUFFERS,
+    UPLOAD_SLOTS, WRITE_BACKS, allocator_slack, batch_rows, block_bytes, check_device_budget,
+    check_optimizer, host_slot_bytes, largest_view, max_batch_rows, naive_batch_bytes,
+    schedule_slots, slot_bytes, step_batch_bytes)
 
 log = logging.getLogger(__name__)
-
-ID_BYTES = 8
-#: Device buffers a streaming run allocates on CUDA: the slab and its ids (once), and per
-#: step the batch's records, ids, parameters and slab index. The caching allocator can
-#: count each up to ``CUDA_BLOCK_SLACK`` above its size (see
-#: :mod:`oocstore.tiers.staging`): charged once per buffer.
-STREAM_CUDA_BUFFERS = 6
-#: Dirty blocks the streamer's write-back may hold in flight (each charged to the CPU).
-WRITE_BACKS = 2
-
-
-def allocator_slack(device) -> int:
-    """Device bytes the streamer charges for the CUDA caching allocator's rounding
-    (``0`` off CUDA, where buffers are exactly their size)."""
-    from oocstore.tiers.staging import CUDA_BLOCK_SLACK
-
-    return STREAM_CUDA_BUFFERS * CUDA_BLOCK_SLACK if torch.device(device).type == "cuda" else 0
-
 
 @dataclass
 class TrainPlan:
     """What each step touches: ``views`` [S] (view per step), ``vis_sets`` (per view, the
     visible block ids), and for streaming the ``schedule`` (a
-    ``samplers.views.BlockSchedule`` whose steps give ``load`` / ``evict`` arrays)."""
+    ``samplers.views.BlockSchedule`` whose steps give ``load`` / ``evict`` arrays).
+
+    With ``cameras`` the streamer renders only the Gaussians of the visible blocks that
+    pass :func:`oocstore.gs.cull.in_frustum`; ``cull_rows`` [V] (per view, the count the
+    plan found, :func:`oocstore.gs.cull.culled_counts`) then sizes its step batch. Without
+    them, a step batch is sized for every row of the visible blocks."""
 
     views: np.ndarray
     vis_sets: Sequence[np.ndarray]
     schedule: Any = None
+    cameras: Any = None
+    cull_rows: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.views = np.asarray(self.views, dtype=np.int64)
@@ -117,8 +135,8 @@ class StepBatch:
     view: int
     ids: torch.Tensor  # [M] int64
     params: torch.Tensor  # [M, P] leaf, requires grad
-    exp_avg: torch.Tensor  # [M, P]
-    exp_avg_sq: torch.Tensor  # [M, P]
+    exp_avg: torch.Tensor | None = None  # [M, P] (the table baselines; the streamer keeps
+    exp_avg_sq: torch.Tensor | None = None  # the moments in its slots)
     rows: Any = None  # where the rows came from (mode-specific)
 
 
@@ -139,34 +157,6 @@ class Traffic:
                 "bytes_h2d": self.bytes_h2d, "bytes_d2h": self.bytes_d2h,
                 "bytes_ssd_read": self.bytes_ssd_read, "bytes_ssd_written": self.bytes_ssd_written,
                 "cache_hit_rate": hit, "stall_s": self.stall_s, **self.extra}
-
-
-def block_bytes(scene) -> int:
-    """Bytes of one block slot: ``block_capacity`` records and their ids."""
-    return scene.block_capacity * (scene.record_bytes + ID_BYTES)
-
-
-def step_batch_bytes(rows: int, scene) -> int:
-    """Device bytes of one step's batch of ``rows``: records, ids, the parameter gradient
-    and the int64 slab index of every row."""
-    return rows * (scene.record_bytes + ID_BYTES + 4 * scene.param_width + 8)
-
-
-def working_set_bytes(scene, vis: np.ndarray) -> int:
-    """A view's device working set: its visible block slots plus its step batch."""
-    vis = np.asarray(vis, dtype=np.int64)
-    rows = int(scene.block_counts[vis].sum()) if len(vis) else 0
-    return len(vis) * block_bytes(scene) + step_batch_bytes(rows, scene)
-
-
-def largest_view(scene, plan: TrainPlan) -> tuple[int, int]:
-    """(view, working-set bytes) of the plan's largest view."""
-    best = (-1, 0)
-    for v in np.unique(plan.views):
-        ws = working_set_bytes(scene, plan.vis_sets[v])
-        if ws > best[1]:
-            best = (int(v), ws)
-    return best
 
 
 class _RowStore:
@@ -194,8 +184,8 @@ class _RowStore:
         return c
 
     @classmethod
-    def requirements(cls, scene, plan: TrainPlan, *, device="cpu",
-                     prefetch_depth: int = 2) -> list[tuple[str, int, str, str | None]]:
+    def requirements(cls, scene, plan: TrainPlan, *, device="cpu", prefetch_depth: int = 2,
+                     optimizer: str = "cpu") -> list[tuple[str, int, str, str | None]]:
         """The fixed charges of a store over ``plan``: ``(tier, bytes, what, fix)``."""
         return []
 
@@ -303,7 +293,7 @@ class AllOnDevice(_TableStore):
         self.traffic.bytes_h2d += self.table.numel() * 4
 
     @classmethod
-    def requirements(cls, scene, plan, *, device="cpu", prefetch_depth=2):
+    def requirements(cls, scene, plan, *, device="cpu", prefetch_depth=2, optimizer="cpu"):
         return [cls._table_charge(scene, "gpu")]
 
     def _begin(self, vis):
@@ -322,12 +312,13 @@ class NaiveOffload(_TableStore):
         super().__init__(scene, plan, table_device="host", **kw)
 
     @classmethod
-    def requirements(cls, scene, plan, *, device="cpu", prefetch_depth=2):
-        view, need = largest_view(scene, plan)
+    def requirements(cls, scene, plan, *, device="cpu", prefetch_depth=2, optimizer="cpu"):
         counts = scene.block_counts
-        rows = max((int(counts[plan.vis_sets[v]].sum()) for v in np.unique(plan.views)), default=0)
+        view, rows = max(((int(v), int(counts[plan.vis_sets[v]].sum()))
+                          for v in np.unique(plan.views)), key=lambda x: x[1], default=(-1, 0))
+        need = naive_batch_bytes(rows, scene)
         return [cls._table_charge(scene, "cpu"),
-                ("gpu", step_batch_bytes(rows, scene), "the step batch",
+                ("gpu", need, "the step batch",
                  f"the largest view ({view}) needs {format_size(need)}: raise --gpu-budget")]
 
     def _begin(self, vis):
@@ -352,28 +343,34 @@ class _CpuBlock:
 
 
 class Streamer(_RowStore):
-    """Device slots + CPU tier + SSD (the scene), following the plan's Belady schedule."""
+    """Block slots + CPU tier + SSD (the scene), following the plan's Belady schedule;
+    a step renders only its culled rows (see the module docstring)."""
 
     def __init__(self, scene, plan: TrainPlan, *, device_budget: int, prefetch_depth: int = 2,
-                 **kw):
+                 optimizer: str = "cpu", **kw):
         super().__init__(scene, plan, **kw)
+        self.optimizer = check_optimizer(optimizer)
         if plan.schedule is None:
             raise UsageError("streaming needs the plan's block schedule "
                              "(samplers.views.belady_block_schedule)")
-        bb = block_bytes(scene)
         cap = scene.block_capacity
-        self.cap, self.bb = cap, bb
-        slots = max(1, int(plan.schedule.budget_bytes) // bb)
+        self.cap, self.bb = cap, block_bytes(scene)
+        slots = schedule_slots(plan.schedule)
         for req in self.requirements(scene, plan, device=self.device,
-                                     prefetch_depth=prefetch_depth):
+                                     prefetch_depth=prefetch_depth, optimizer=optimizer):
             self._charge(*req)
-        dev = self.device
-        self.slab = torch.zeros(slots * cap, 3 * self.p, dtype=torch.float32, device=dev)
-        self.slab_ids = torch.zeros(slots * cap, dtype=torch.int64, device=dev)
+        # the slab: on the device with the device optimizer, else in host memory, where
+        # the CPU Adam reads and writes it
+        self.slab_on_device = optimizer == "device"
+        where = self.device if self.slab_on_device else torch.device("cpu")
+        self.slab = torch.zeros(slots * cap, 3 * self.p, dtype=torch.float32, device=where)
+        self.slab_ids = np.zeros(slots * cap, dtype=np.int64)
+        self.lr = self.lr.to(where)
+        self.batch_cap = max_batch_rows(scene, plan)
         self.free = list(range(slots - 1, -1, -1))
         self.slot_of: dict[int, int] = {}
         self.count = np.zeros(slots, dtype=np.int64)
-        self.dev_dirty = np.zeros(slots, dtype=bool)
+        self.dev_dirty = np.zeros(slots, dtype=bool)  # slab copy newer than the tiers below
         # uses of each block by step, for Belady eviction in the CPU tier
         self.uses: dict[int, list[int]] = {}
         for s, v in enumerate(plan.views):
@@ -383,39 +380,58 @@ class Streamer(_RowStore):
         self.prefetch_depth = prefetch_depth
         self.max_pending = WRITE_BACKS
         avail = self.accountant.available("cpu")
-        cpu_slots = (scene.num_blocks if avail is None else max(0, avail // bb))
+        cpu_slots = (scene.num_blocks if avail is None else max(0, avail // self.bb))
         cpu_slots = min(cpu_slots, scene.num_blocks)
-        self._charge("cpu", cpu_slots * bb, f"{cpu_slots} CPU tier block slots")
+        self._charge("cpu", cpu_slots * self.bb, f"{cpu_slots} CPU tier block slots")
         self.cpu_slots = cpu_slots
         self.cpu: dict[int, _CpuBlock] = {}
         self.lock = threading.Lock()
         self.ssd_version = np.zeros(scene.num_blocks, dtype=np.int64)
         self.pending: dict[int, tuple[_CpuBlock, Future]] = {}
+        self._ring = self._copy_stream = None
+        # CPU optimizer: the Adam rows the next step does not read run on their own thread
+        self._adam_pool = (None if self.slab_on_device else
+                           ThreadPoolExecutor(1, thread_name_prefix="oocstore-gs-adam"))
+        self._adam_future: Future | None = None
+        if not self.slab_on_device and self.device.type == "cuda":
+            from oocstore.tiers.staging import StagingRing
+
+            self._ring = StagingRing(UPLOAD_SLOTS, self.batch_cap, self.p, np.float32, pin=True,
+                                     device=self.device)
+            self._copy_stream = torch.cuda.Stream(self.device)
+            self.traffic.extra["upload_pinned"] = self._ring.pinned
         self.writer = scene.writer()
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="oocstore-gs-writeback")
         self.pipe = Pipeline(((i, st.load) for i, st in enumerate(plan.schedule.steps)),
                              [("oocstore-gs-prefetch", self._prefetch)],
                              depth=max(1, prefetch_depth))
         self._prefetched = iter(self.pipe)
-        self.traffic.extra.update(device_slots=slots, cpu_slots=cpu_slots)
-        log.info("streaming: %d device slots of %s, %d CPU tier slots, prefetch depth %d",
-                 slots, format_size(bb), cpu_slots, prefetch_depth)
+        self.traffic.extra.update(device_slots=slots if self.slab_on_device else 0,
+                                  host_slots=0 if self.slab_on_device else slots,
+                                  cpu_slots=cpu_slots, batch_rows=self.batch_cap,
+                                  optimizer_device=optimizer, rendered_rows=0, culled_rows=0,
+                                  candidate_rows=0, adam_overlapped_rows=0)
+        log.info("streaming: %d %s slots of %s, %d CPU tier slots, step batch of %d rows, "
+                 "optimizer on the %s, prefetch depth %d", slots,
+                 "device" if self.slab_on_device else "host", format_size(slot_bytes(scene)),
+                 cpu_slots, self.batch_cap, optimizer, prefetch_depth)
 
     @classmethod
-    def requirements(cls, scene, plan, *, device="cpu", prefetch_depth=2):
+    def requirements(cls, scene, plan, *, device="cpu", prefetch_depth=2, optimizer="cpu"):
+        check_optimizer(optimizer)
         if plan.schedule is None:
             raise UsageError("streaming needs the plan's block schedule "
                              "(samplers.views.belady_block_schedule)")
-        bb = block_bytes(scene)
-        counts = scene.block_counts
-        max_rows = max((int(counts[plan.vis_sets[v]].sum()) for v in np.unique(plan.views)),
-                       default=0)
-        slots = max(1, int(plan.schedule.budget_bytes) // bb)
-        view, need = largest_view(scene, plan)
+        bb, sb = block_bytes(scene), slot_bytes(scene)
+        slots = schedule_slots(plan.schedule)
+        rows = max_batch_rows(scene, plan)
+        view, need = largest_view(scene, plan, optimizer)
         fix = (f"the largest view ({view}) needs {format_size(need)}: raise --gpu-budget to at "
                f"least {format_size(need)} ({need} bytes)")
-        out = [("gpu", slots * bb, f"{slots} device block slots", fix),
-               ("gpu", step_batch_bytes(max_rows, scene), "the step batch", fix)]
+        out = [("gpu", step_batch_bytes(rows, scene, optimizer),
+                f"the step batch ({rows} rows: parameters and gradient)", fix)]
+        if optimizer == "device":
+            out.append(("gpu", slots * sb, f"{slots} device block slots", fix))
         slack = allocator_slack(device)
         if slack:
             out.append(("gpu", slack, "the CUDA allocator's rounding of the device buffers", fix))
@@ -423,6 +439,15 @@ class Streamer(_RowStore):
         out.append(("cpu", (prefetch_depth + 1) * max_load, "prefetch buffers",
                     "lower the prefetch depth, or raise --cpu-budget"))
         out.append(("cpu", WRITE_BACKS * bb, "write-back buffers", "raise --cpu-budget"))
+        out.append(("cpu", slots * scene.block_capacity * ID_BYTES, "the slots' Gaussian ids",
+                    "raise --cpu-budget"))
+        if optimizer == "cpu":
+            out.append(("cpu", slots * sb, f"{slots} host block slots (records and Adam moments "
+                        "for the CPU optimizer)",
+                        "raise --cpu-budget, or use --optimizer-device device"))
+            if torch.device(device).type == "cuda":
+                out.append(("cpu", UPLOAD_SLOTS * rows * 4 * scene.param_width,
+                            "pinned upload buffers", "raise --cpu-budget"))
         return out
 
     # -- background threads ---------------------------------------------------------
@@ -483,16 +508,20 @@ class Streamer(_RowStore):
         with self.lock:
             del self.pending[b]
 
-    # -- steps -----------------------------------------------------------------------
+    # -- slots -----------------------------------------------------------------------
+    def _slot_out(self, s: int) -> _CpuBlock:
+        """A copy of slot ``s``'s block out of the slab (d2h when the slab is on the device)."""
+        n = int(self.count[s])
+        lo = s * self.cap
+        rec = self.slab[lo:lo + n].cpu().numpy().copy()
+        if self.slab_on_device:
+            self.traffic.bytes_d2h += rec.nbytes
+        return _CpuBlock(self.slab_ids[lo:lo + n].copy(), rec, True)
+
     def _evict(self, b: int) -> None:
         s = self.slot_of.pop(b)
-        n = int(self.count[s])
         if self.dev_dirty[s]:
-            lo = s * self.cap
-            rec = self.slab[lo:lo + n].cpu().numpy().copy()
-            ids = self.slab_ids[lo:lo + n].cpu().numpy().copy()
-            self.traffic.bytes_d2h += rec.nbytes + ids.nbytes
-            self._cpu_put(b, _CpuBlock(ids, rec, True))
+            self._cpu_put(b, self._slot_out(s))
         self.dev_dirty[s] = False
         self.count[s] = 0
         self.free.append(s)
@@ -517,56 +546,159 @@ class Streamer(_RowStore):
         s = self.free.pop()
         n = len(blk.ids)
         lo = s * self.cap
-        self.slab[lo:lo + n] = torch.from_numpy(blk.rec).to(self.device)
-        self.slab_ids[lo:lo + n] = torch.from_numpy(blk.ids).to(self.device)
-        self.traffic.bytes_h2d += blk.rec.nbytes + blk.ids.nbytes
+        self.slab[lo:lo + n] = torch.from_numpy(blk.rec).to(self.slab.device)
+        self.slab_ids[lo:lo + n] = blk.ids
+        if self.slab_on_device:
+            self.traffic.bytes_h2d += blk.rec.nbytes
         self.count[s] = n
         self.slot_of[b] = s
 
     def _resident(self) -> list:
-        return [self.slab, self.slab_ids]
+        return [self.slab]
 
+    # -- steps -----------------------------------------------------------------------
     def _begin(self, vis):
         try:
-            return self._begin_loads(vis)
+            self._run_schedule()
         except ChecksumError as err:  # from the prefetch thread or a synchronous read
             raise ChecksumError(f"{err} [while loading the blocks of training step "
                                 f"{self.step_offset + self.step}]") from err
+        return self._gather(vis)
 
-    def _begin_loads(self, vis):
+    def _run_schedule(self) -> None:
         st = self.plan.schedule.steps[self.step - 1]
         i, fetched = next(self._prefetched)
         assert i == self.step - 1, (i, self.step)
+        if len(st.evict):
+            self._adam_wait()  # an evicted slot may hold deferred rows
         for b in st.evict:
             if int(b) in self.slot_of:
                 self._evict(int(b))
         for b in st.load:
             if int(b) not in self.slot_of:
                 self._load(int(b), fetched)
-        parts = []
-        for b in vis:
-            s = self.slot_of[int(b)]
-            parts.append(np.arange(s * self.cap, s * self.cap + self.count[s]))
-        rows = torch.from_numpy(np.concatenate(parts) if parts else np.zeros(0, np.int64))
-        rows = rows.to(self.device)
-        return self._batch(self.slab_ids.index_select(0, rows), self.slab.index_select(0, rows), rows)
+
+    def _cull(self, cand: np.ndarray, view: int) -> np.ndarray:
+        """The slab rows of ``cand`` that pass the per-Gaussian frustum test (all of them
+        without cameras in the plan). On the device for the device optimizer (the mask
+        comes back: one byte per candidate), in host memory for the CPU optimizer."""
+        cams = self.plan.cameras
+        if cams is None or not len(cand):
+            return cand
+        from .cull import GEOMETRY_WIDTH, in_frustum
+
+        idx = torch.from_numpy(cand).to(self.slab.device)
+        geom = self.slab[:, :GEOMETRY_WIDTH].index_select(0, idx)
+        keep = in_frustum(geom, cams.viewmats[view], cams.Ks[view], cams.width, cams.height)
+        if self.slab_on_device:
+            self.traffic.bytes_d2h += keep.numel()
+        return cand[keep.cpu().numpy()]
+
+    def _gather(self, vis) -> StepBatch:
+        view = int(self.plan.views[self.step - 1])
+        parts = [np.arange(s * self.cap, s * self.cap + self.count[s])
+                 for s in (self.slot_of[int(b)] for b in vis)]
+        cand = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        rows = self._cull(cand, view)
+        ex = self.traffic.extra
+        ex["candidate_rows"] += len(cand)
+        ex["culled_rows"] += len(rows)
+        if len(rows) > self.batch_cap:
+            raise BudgetError(
+                f"training step {self.step_offset + self.step} (view {view}) has {len(rows)} "
+                f"Gaussians in its frustum, more than the {self.batch_cap} rows its step batch "
+                "was planned for (Gaussians moved into the view since the plan was made): "
+                "plan more often (--eval-every N re-plans every N steps)")
+        idx = torch.from_numpy(rows)
+        table = self.slab[:, :self.p]
+        if self.slab_on_device:
+            idx = idx.to(self.device)
+            params = table.index_select(0, idx)
+        else:
+            params = self._upload(table, idx)
+            self.traffic.bytes_h2d += params.numel() * 4
+        return StepBatch(self.step_offset + self.step, view,
+                         torch.from_numpy(self.slab_ids[rows]), params.requires_grad_(True),
+                         rows=(rows, idx))
+
+    def _upload(self, table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """``table`` [T, P] rows ``idx`` on the device (a new tensor): gathered into a
+        pinned staging slot and copied on the side stream on CUDA, a plain copy else."""
+        if self._ring is None:
+            return table.index_select(0, idx).to(self.device)
+        from oocstore.tiers.staging import stage_to_device
+
+        def fill(out: np.ndarray) -> None:
+            torch.index_select(table, 0, idx, out=torch.from_numpy(out))
+
+        return stage_to_device(self._ring, len(idx), fill, self.device, self._copy_stream)
+
+    def _lr(self, step: int) -> torch.Tensor:
+        return self.lr if self.lr_at is None else self.lr_at(step).to(self.slab.device)
 
     def end_step(self, batch: StepBatch, mask: torch.Tensor) -> None:
-        self.slab.index_copy_(0, batch.rows, self._adam(batch, mask))
-        for b in self.plan.vis_sets[batch.view]:
-            self.dev_dirty[self.slot_of[int(b)]] = True
+        """Adam on the rendered rows (``mask`` [M] bool), where the slab is."""
+        grad = batch.params.grad
+        if grad is None:
+            grad = torch.zeros_like(batch.params)
+        rows, idx = batch.rows
+        p = self.p
+        mask_h = mask.cpu()  # which rows stepped, for the slots' dirty bits
+        self.traffic.bytes_d2h += mask.numel()
+        sel = torch.nonzero(mask_h)[:, 0]
+        if self.slab_on_device:
+            sel_d = torch.nonzero(mask.to(self.device))[:, 0]
+            touched = idx.index_select(0, sel_d)
+            g = grad.index_select(0, sel_d)
+        else:  # the rendered rows' gradients come to the host
+            g = grad.index_select(0, sel.to(grad.device)).to("cpu")
+            self.traffic.bytes_d2h += g.numel() * 4
+            touched = idx.index_select(0, sel)
+        tables = (self.slab[:, :p], self.slab[:, p:2 * p], self.slab[:, 2 * p:])
+        lr = self._lr(batch.step)
+        slots = rows[sel.numpy()] // self.cap
+        self._adam_wait()  # the previous step's deferred rows first (Adam is per row)
+        later = self._deferrable(slots)
+        if later is None:
+            adam_rows_(*tables, touched, g, lr, batch.step, self.adam)
+        else:  # the next step needs the rest now; these can wait until its rendering
+            now = torch.from_numpy(~later)
+            adam_rows_(*tables, touched[now], g[now], lr, batch.step, self.adam)
+            defer = torch.from_numpy(later)
+            self._adam_future = self._adam_pool.submit(
+                adam_rows_, *tables, touched[defer], g[defer], lr, batch.step, self.adam)
+            self.traffic.extra["adam_overlapped_rows"] += int(later.sum())
+        self.traffic.extra["rendered_rows"] += int(sel.numel())
+        # slots whose rows stepped are newer than the tiers below
+        self.dev_dirty[np.unique(slots)] = True
+
+    def _deferrable(self, slots: np.ndarray) -> np.ndarray | None:
+        """CPU optimizer: which of the rendered rows (their ``slots``) the next step does
+        not read -- rows of blocks its view does not see -- so their Adam step can run on
+        the ``oocstore-gs-adam`` thread while the next step renders. The next step waits
+        for it before it evicts a block (:meth:`_run_schedule`); every other slab access
+        of the next step is to the rows of its own blocks. None: nothing to defer."""
+        if self._adam_pool is None or self.step >= len(self.plan) or not len(slots):
+            return None
+        nxt = self.plan.vis_sets[self.plan.views[self.step]]
+        needed = np.zeros(len(self.count), dtype=bool)
+        needed[[self.slot_of[int(b)] for b in nxt if int(b) in self.slot_of]] = True
+        later = ~needed[slots]
+        return later if later.any() else None
+
+    def _adam_wait(self) -> None:
+        """Wait for the deferred Adam rows (re-raising a failure with its traceback)."""
+        if self._adam_future is not None:
+            fut, self._adam_future = self._adam_future, None
+            fut.result()
 
     def checkpoint(self) -> None:
-        """Flush device -> CPU tier -> SSD and commit the scene (the commit point)."""
+        """Flush slab -> CPU tier -> SSD and commit the scene (the commit point)."""
+        self._adam_wait()
         for b, s in list(self.slot_of.items()):
             if self.dev_dirty[s]:
-                n = int(self.count[s])
-                lo = s * self.cap
-                rec = self.slab[lo:lo + n].cpu().numpy().copy()
-                ids = self.slab_ids[lo:lo + n].cpu().numpy().copy()
-                self.traffic.bytes_d2h += rec.nbytes + ids.nbytes
+                blk = self._slot_out(s)
                 self.dev_dirty[s] = False
-                blk = _CpuBlock(ids, rec, True)
                 if self.cpu_slots:
                     self._cpu_put(b, blk)
                 else:
@@ -583,26 +715,19 @@ class Streamer(_RowStore):
         if getattr(self, "_closed", False):
             return
         self._closed = True
+        try:
+            if getattr(self, "_adam_future", None) is not None:
+                self._adam_wait()
+        finally:
+            if getattr(self, "_adam_pool", None) is not None:
+                self._adam_pool.shutdown(wait=True)
         self.pipe.close()
         self.pool.shutdown(wait=True)
         self.writer.close()  # uncommitted writes are dropped: the last checkpoint stands
+        if self._ring is not None:
+            self._ring.close()
         super().close()
 
 
 MODES = {"stream": Streamer, "all-on-device": AllOnDevice, "naive-offload": NaiveOffload}
 
-
-def check_device_budget(scene, plan: TrainPlan, budget: int, slack: int = 0) -> None:
-    """BudgetError naming the largest view and the minimum when it does not fit (with
-    ``slack`` on top: :func:`allocator_slack`, and what else the caller keeps on the
-    device, such as the step's target image)."""
-    view, need = largest_view(scene, plan)
-    need += slack
-    if need > budget:
-        raise BudgetError(
-            f"view {view} needs a device working set of {format_size(need)} ({need} bytes: its "
-            f"visible blocks plus the step batch"
-            f"{f' and {slack} bytes of other device buffers' if slack else ''}), more "
-            f"than the device budget "
-            f"{format_size(budget)}: raise --gpu-budget to at least {format_size(need)}, or "
-            "re-ingest with smaller blocks")

@@ -47,7 +47,8 @@ def synthetic_streamer(scene, *, steps: int = 12, window: int = 4, stride: int =
     """A :class:`~oocstore.gs.stream.Streamer` over a plan without cameras: view ``v``
     sees blocks ``v .. v + window - 1`` (mod the block count) and step ``s`` shows view
     ``s * stride``, so blocks keep leaving and re-entering the device. The device holds
-    the view's blocks and one more, the CPU tier ``cpu_slots`` blocks: dirty blocks are
+    the view's blocks and one more (device optimizer: the slots are on the device), the
+    CPU tier ``cpu_slots`` blocks: dirty blocks are
     written back to the scene before any checkpoint. Drive it with
     :func:`synthetic_step`; the result is the same byte for byte on every run."""
     from ..budget import BudgetAccountant, MemoryBudget
@@ -60,13 +61,15 @@ def synthetic_streamer(scene, *, steps: int = 12, window: int = 4, stride: int =
     views = (np.arange(steps) * stride) % nb
     bb = block_bytes(scene)
     counts = scene.block_counts
-    batch = max(step_batch_bytes(int(counts[vis[v]].sum()), scene) for v in views)
+    batch = max(step_batch_bytes(int(counts[vis[v]].sum()), scene, "device") for v in views)
     device = (window + 1) * bb + batch
     plan = TrainPlan(views, vis, belady_block_schedule(views, vis, bb, device - batch))
     loads = max(len(st.load) for st in plan.schedule.steps)
-    cpu = (3 * loads + 2 + cpu_slots) * bb  # prefetch (depth 2), 2 write-backs, the tier
+    # prefetch (depth 2), 2 write-backs, the slots' ids, the tier
+    cpu = (3 * loads + 2 + cpu_slots) * bb + (window + 1) * scene.block_capacity * 8
     adam = AdamConfig()
     return Streamer(scene, plan, device="cpu", device_budget=device, adam=adam,
+                    optimizer="device",
                     accountant=BudgetAccountant(MemoryBudget(gpu=device, cpu=cpu)),
                     lr=adam.column_lrs(scene.sh_degree, 3.0))
 

@@ -104,6 +104,7 @@ class GsTrainConfig:
     eval_every: int = 0  # held-out evaluation every N steps (0: start and end only)
     sh_degree: int | None = None  # highest SH degree trained; None: the scene's
     recipe: dict = field(default_factory=dict)  # explicit recipe values (see .recipe)
+    optimizer_device: str = "cpu"  # stream: where Adam runs and the moments live
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -121,6 +122,12 @@ class GsTrainConfig:
                 raise UsageError(f"--{k.replace('_', '-')} {getattr(self, k)} must be >= 0")
         if self.prefetch_depth < 1:
             raise UsageError(f"--prefetch-depth {self.prefetch_depth} must be at least 1")
+        if self.optimizer_device not in ("cpu", "device"):
+            raise UsageError(f"--optimizer-device {self.optimizer_device!r} unknown: use cpu "
+                             "(Adam on the host, moments off the device) or device")
+        if not 0.0 <= self.randomness <= 1.0:
+            raise UsageError(f"--view-randomness {self.randomness!r} must lie in [0, 1] (0: a "
+                             "fully local view order, 1: a random one)")
 
     def recipe_values(self) -> dict:
         given = dict(self.recipe)
@@ -188,36 +195,45 @@ def render_view(scene, cams, vis, v: int, device, *, sh_degree: int | None = Non
                          background=background).image
 
 
+def perturbed_block(rec: np.ndarray, b: int, sh_degree: int, seed: int,
+                    strength: float = 1.0) -> np.ndarray:
+    """The student's records [N, 3P] of block ``b``: seeded noise on the teacher's
+    parameters, moments zeroed (what :func:`perturb_scene` writes)."""
+    p = layout.param_width(sh_degree)
+    k = layout.sh_slice(sh_degree)
+    n = len(rec)
+    g = np.random.default_rng([seed, b])
+    prm = rec[:, :p].copy()
+    scale = np.exp(prm[:, layout.LOG_SCALES]).max(1, keepdims=True)
+    prm[:, layout.MEANS] += strength * 0.5 * scale * g.standard_normal((n, 3))
+    prm[:, layout.LOG_SCALES] += strength * 0.2 * g.standard_normal((n, 3))
+    prm[:, layout.OPACITY] += strength * 0.5 * g.standard_normal((n, 1))
+    prm[:, k] += strength * 0.2 * g.standard_normal((n, k.stop - k.start))
+    return layout.make_records(prm)
+
+
 def perturb_scene(scene, seed: int, strength: float = 1.0) -> None:
     """Write the student: seeded per-block noise on the teacher, moments zeroed (one commit)."""
-    p = scene.param_width
-    k = layout.sh_slice(scene.sh_degree)
     with scene.writer() as w:
         for b in range(scene.num_blocks):
             ids, rec = scene.read_block(b)
             if not len(ids):
                 continue
-            g = np.random.default_rng([seed, b])
-            prm = rec[:, :p].copy()
-            scale = np.exp(prm[:, layout.LOG_SCALES]).max(1, keepdims=True)
-            prm[:, layout.MEANS] += strength * 0.5 * scale * g.standard_normal((len(ids), 3))
-            prm[:, layout.LOG_SCALES] += strength * 0.2 * g.standard_normal((len(ids), 3))
-            prm[:, layout.OPACITY] += strength * 0.5 * g.standard_normal((len(ids), 1))
-            prm[:, k] += strength * 0.2 * g.standard_normal((len(ids), k.stop - k.start))
-            w.write_block(b, ids, layout.make_records(prm))
+            w.write_block(b, ids, perturbed_block(rec, b, scene.sh_degree, seed, strength))
         w.commit()
 
 
 def make_plan(scene, cams, train_views, steps: int, seed: int, randomness: float):
-    from samplers.views import view_order, visibility_sets
+    """The run's plan (a new view order every epoch, ``samplers.views.epoch_orders``) and
+    the visibility sets of every view."""
+    from samplers.views import epoch_orders, visibility_sets
 
     from .stream import TrainPlan
 
     vis_sets = visibility_sets(scene.block_bounds, cams)
     sub = [vis_sets[v] for v in train_views]
-    order = train_views[view_order(sub, seed=seed, randomness=randomness)]
-    views = np.resize(order, steps)
-    return TrainPlan(views, vis_sets), vis_sets
+    views = train_views[epoch_orders(sub, steps, seed=seed, randomness=randomness)]
+    return TrainPlan(views, vis_sets, cameras=cams), vis_sets
 
 
 def peak_rss_bytes() -> int:
@@ -271,43 +287,82 @@ class _Run:
     target_bytes: int  # the step's target image on the device
     dev_budget: int | None  # None: all-on-device
     default_budget: bool
+    optimizer: str = "cpu"  # stream: where Adam runs (cfg.optimizer_device)
+    # the synthetic student's block transform ``(b, rec) -> rec``, until it is written:
+    # the up-front checks count the culled rows of the scene the run will train
+    student: Callable | None = None
+    _cull: tuple | None = field(default=None, repr=False)  # (vis_sets, counts) per layout
 
     @property
     def extra(self) -> int:
         """Device bytes outside the block slots and the step batch."""
         return self.slack + self.target_bytes
 
+    @property
+    def working_optimizer(self) -> str:
+        """Whose working-set rule sizes the device (naive offload: blocks and batch)."""
+        return self.optimizer if self.cfg.mode == "stream" else "device"
+
     def grown_budget(self, scene, plan) -> int:
-        from .stream import largest_view
+        """The default device budget: 1.25 x the largest view's working set (with the
+        device optimizer, at least 1/4 of the scene's records, room for slots to cache)."""
+        from .sizing import largest_view
 
-        _, need = largest_view(scene, plan)
-        return max(scene.num_gaussians * scene.record_bytes // 4,
-                   int(math.ceil(1.25 * need)) + self.extra)
+        _, need = largest_view(scene, plan, self.working_optimizer)
+        need = int(math.ceil(1.25 * need)) + self.extra
+        if self.cfg.mode == "stream" and self.optimizer == "cpu":
+            return need  # the device holds only the step batch
+        return max(scene.num_gaussians * scene.record_bytes // 4, need)
 
-    def segment(self, scene, vis_sets, first: int, last: int):
-        """The plan of steps ``first`` -> ``last`` (with its schedule when streaming)."""
+    def cull_rows(self, scene, vis_sets) -> np.ndarray | None:
+        """Per view, its Gaussians in the frustum (:func:`~oocstore.gs.cull.culled_counts`),
+        counted once per block layout; None for a layout not yet written (a refinement's
+        proposal: its step batches are then sized for every row of the visible blocks)."""
+        if not hasattr(scene, "read_block"):
+            return None
+        if self._cull is None or self._cull[0] is not vis_sets:
+            from .cull import culled_counts
+
+            views = np.unique(self.views_all)
+            counts = np.zeros(len(vis_sets), dtype=np.int64)
+            counts[views] = culled_counts(scene, self.cams, vis_sets, views,
+                                          block_fn=self.student)
+            self._cull = (vis_sets, counts)
+        return self._cull[1]
+
+    def plan(self, scene, vis_sets, first: int, last: int):
+        """The plan of steps ``first`` -> ``last`` without its schedule (streaming: with
+        the cameras and culled counts, so steps render only their frustum's Gaussians)."""
         from .stream import TrainPlan
 
         seg = TrainPlan(self.views_all[first:last], vis_sets)
         if self.cfg.mode == "stream":
-            seg.schedule = schedule_for(scene, seg, self.dev_budget, self.extra)
+            seg.cameras = self.cams
+            seg.cull_rows = self.cull_rows(scene, vis_sets)
+        return seg
+
+    def segment(self, scene, vis_sets, first: int, last: int):
+        """The plan of steps ``first`` -> ``last`` (with its schedule when streaming)."""
+        seg = self.plan(scene, vis_sets, first, last)
+        if self.cfg.mode == "stream":
+            seg.schedule = schedule_for(scene, seg, self.dev_budget, self.extra, self.optimizer)
         return seg
 
     def check(self, scene, vis_sets, first: int, last: int, acct) -> None:
         """BudgetError unless the store of steps ``first`` -> ``last`` fits on top of what
         ``acct`` already holds (charged on a scratch basis, then released)."""
-        from .stream import MODES, check_device_budget
+        from .sizing import check_device_budget
+        from .stream import MODES
 
-        if self.cfg.mode != "all-on-device":
-            from .stream import TrainPlan
-
-            check_device_budget(scene, TrainPlan(self.views_all[first:last], vis_sets),
-                                self.dev_budget, self.extra)
+        if self.cfg.mode == "stream":
+            check_device_budget(scene, self.plan(scene, vis_sets, first, last), self.dev_budget,
+                                self.extra, self.optimizer)
         seg = self.segment(scene, vis_sets, first, last)
         held = []
         try:
             for tier, nbytes, what, fix in MODES[self.cfg.mode].requirements(
-                    scene, seg, device=self.device, prefetch_depth=self.cfg.prefetch_depth):
+                    scene, seg, device=self.device, prefetch_depth=self.cfg.prefetch_depth,
+                    optimizer=self.optimizer):
                 held.append(acct.charge(tier, nbytes, what, fix=fix))
         finally:
             for c in held:
@@ -316,14 +371,12 @@ class _Run:
     def check_spans(self, scene, vis_sets, spans, acct) -> None:
         """:meth:`check` every segment of ``spans`` in order, the default device budget
         raised before each as the run raises it (restored afterwards)."""
-        from .stream import TrainPlan
-
         saved, saved_budget = self.dev_budget, acct.budget
         try:
             for first, last in spans:
                 if self.default_budget and self.cfg.mode != "all-on-device":
                     self.dev_budget = max(self.dev_budget, self.grown_budget(
-                        scene, TrainPlan(self.views_all[first:last], vis_sets)))
+                        scene, self.plan(scene, vis_sets, first, last)))
                     acct.budget = MemoryBudget(gpu=self.dev_budget, cpu=saved_budget.cpu)
                 self.check(scene, vis_sets, first, last, acct)
         finally:
@@ -351,280 +404,387 @@ def run_gs_training(path, cfg: GsTrainConfig, *,
     """Train the scene at ``path``; returns the JSON-able summary."""
     import torch
 
-    from .adam import AdamConfig
-    from .images import ImageStream, image_charge
-    from .recipe import resolve
     from .scene import Scene
-    from .stream import MODES, allocator_slack, largest_view
 
-    t_run = time.perf_counter()
-    stage = {k: 0.0 for k in ("plan", "checks", "targets", "train", "checkpoint", "densify",
-                              "opacity_reset", "eval", "image_wait")}
     device = torch.device(cfg.device)
-    slack = allocator_slack(device)  # charged by a streaming run on CUDA
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda but torch sees no CUDA device: use --device cpu")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     torch.manual_seed(cfg.seed)
     with Scene.open(path, verify_reads=cfg.verify_reads) as scene:
+        session = _Session(scene, cfg, device, progress)
+        session.setup()
+        session.check()
+        try:
+            session.make_targets()
+            session.train()
+        finally:
+            session.close()
+        return session.summary()
+
+
+class _Session:
+    """One ``gs-train`` run, in the order it happens: :meth:`setup` (the config against
+    the scene, the plan, the device budget), :meth:`check` (every budget charge, before
+    any write), :meth:`make_targets` (a synthetic run's first write: the student),
+    :meth:`train` (the segments), :meth:`close`, :meth:`summary`. What the stages share
+    lives on the instance."""
+
+    STAGES = ("plan", "checks", "targets", "train", "checkpoint", "densify", "opacity_reset",
+              "eval", "image_wait")
+
+    def __init__(self, scene, cfg: GsTrainConfig, device, progress):
+        self.t_run = time.perf_counter()
+        self.scene, self.cfg, self.device, self.progress = scene, cfg, device, progress
+        self.stage = {k: 0.0 for k in self.STAGES}
+        self.images = None
+        self.held_charges: list = []
+        self.evals: list = []
+        self.times: list = []
+        self.losses: list = []
+        self.refinements: list = []
+        self.resets: list = []
+        self.traffic: dict = {}
+        self.memory: dict = {}  # device memory per step, on CUDA (see train_steps)
+
+    # -- before any write -----------------------------------------------------------
+    def setup(self) -> None:
+        """Target, recipe, SH degree, views and size checked against the scene; the plan,
+        the budget rules (:class:`_Run`) and the device budget."""
+        from .recipe import resolve
+        from .sizing import allocator_slack, largest_view
+
         t0 = time.perf_counter()
-        has_images = bool(getattr(scene, "has_images", False))
-        target = cfg.target or ("photos" if has_images else "synthetic")
-        photos = target == "photos"
-        if photos and not has_images:
+        scene, cfg = self.scene, self.cfg
+        self.has_images = bool(getattr(scene, "has_images", False))
+        self.target = cfg.target or ("photos" if self.has_images else "synthetic")
+        self.photos = self.target == "photos"
+        if self.photos and not self.has_images:
             raise UsageError(f"--target photos but the scene {scene.path} holds no images: "
                              "ingest it from a COLMAP model or a transforms.json, or use "
                              "--target synthetic")
-        recipe = resolve(cfg.steps, synthetic=not photos, **cfg.recipe_values())
-        sh_max = scene.sh_degree if cfg.sh_degree is None else cfg.sh_degree
-        if not 0 <= sh_max <= scene.sh_degree:
-            raise UsageError(f"--sh-degree {sh_max} must lie in 0..{scene.sh_degree} (the "
+        self.recipe = resolve(cfg.steps, synthetic=not self.photos, **cfg.recipe_values())
+        self.sh_max = scene.sh_degree if cfg.sh_degree is None else cfg.sh_degree
+        if not 0 <= self.sh_max <= scene.sh_degree:
+            raise UsageError(f"--sh-degree {self.sh_max} must lie in 0..{scene.sh_degree} (the "
                              "scene's SH degree; re-ingest with --sh-degree for more)")
-        if photos:
+        self._views()
+        w, h = self.size
+        if self.recipe.ssim_lambda > 0 and min(w, h) < 11:
+            raise UsageError(f"images of {w}x{h} are smaller than the 11x11 SSIM window: "
+                             "use --ssim-lambda 0 or larger images")
+        self.plan, self.vis_sets = make_plan(scene, self.cams, self.train_views, cfg.steps,
+                                             cfg.seed, cfg.randomness)
+        self.edges = segment_edges(cfg.steps, self.recipe, cfg.eval_every)
+        self.start_gaussians = scene.num_gaussians
+        self.scene_bytes = self.start_gaussians * scene.record_bytes
+        self.target_bytes = w * h * 3 * 4  # float32 target on the device
+        student = None if self.photos else (
+            lambda b, rec: perturbed_block(rec, b, scene.sh_degree, cfg.seed, cfg.perturb))
+        run = self.run = _Run(cfg, self.cams, self.train_views, self.plan.views, self.device,
+                              allocator_slack(self.device), self.target_bytes, None,
+                              cfg.gpu_budget is None, optimizer=cfg.optimizer_device,
+                              student=student)
+        self.full = run.plan(scene, self.vis_sets, 0, cfg.steps)
+        view, self.need = largest_view(scene, self.full, run.working_optimizer)
+        if cfg.gpu_budget is None:
+            run.dev_budget = run.grown_budget(scene, self.full)
+            log.info("device budget %s (default: 1.25 x view %d's working set %s%s)",
+                     format_size(run.dev_budget), view, format_size(self.need),
+                     "" if cfg.mode == "stream" and cfg.optimizer_device == "cpu" else
+                     f", at least 1/4 of {format_size(self.scene_bytes)}")
+        else:
+            run.dev_budget = parse_size(cfg.gpu_budget, what="--gpu-budget")
+        self.stage["plan"] += time.perf_counter() - t0
+
+    def _views(self) -> None:
+        """Cameras at the training size, the training and held-out views, the background."""
+        scene, cfg = self.scene, self.cfg
+        if self.photos:
             w, h = (int(x) for x in scene.image_size)
             if cfg.width and (cfg.width, cfg.height) != (w, h):
                 raise UsageError(f"--size {cfg.width}x{cfg.height} differs from the stored "
                                  f"images' {w}x{h}: photos train at their stored size (re-ingest "
                                  "with --images-downscale), drop --size")
             cams = scene.cameras
-            if (cams.width, cams.height) != (w, h):
-                cams = cams.resized(w, h)
-            train_views = np.asarray(scene.train_views, dtype=np.int64)
-            held = np.asarray(scene.test_views, dtype=np.int64)
-            if not len(train_views) or not len(held):
-                raise UsageError(f"the scene {scene.path} has {len(train_views)} training and "
-                                 f"{len(held)} held-out views: both must be non-empty "
+            self.cams = cams if (cams.width, cams.height) == (w, h) else cams.resized(w, h)
+            self.train_views = np.asarray(scene.train_views, dtype=np.int64)
+            self.held = np.asarray(scene.test_views, dtype=np.int64)
+            if not len(self.train_views) or not len(self.held):
+                raise UsageError(f"the scene {scene.path} has {len(self.train_views)} training "
+                                 f"and {len(self.held)} held-out views: both must be non-empty "
                                  "(re-ingest with --test-every)")
-            background = scene.background
+            self.background = scene.background
         else:
             w, h = render_size(scene.cameras, cfg)
-            cams = scene.cameras.resized(w, h)
-            train_views, held = split_views(len(cams), cfg.holdout)
-            background = None
-        if recipe.ssim_lambda > 0 and min(w, h) < 11:
-            raise UsageError(f"images of {w}x{h} are smaller than the 11x11 SSIM window: "
-                             "use --ssim-lambda 0 or larger images")
-        plan, vis_sets = make_plan(scene, cams, train_views, cfg.steps, cfg.seed, cfg.randomness)
-        edges = segment_edges(cfg.steps, recipe, cfg.eval_every)
-        start_gaussians = scene.num_gaussians
-        scene_bytes = start_gaussians * scene.record_bytes
-        target_bytes = w * h * 3 * 4  # float32 target on the device
-        run = _Run(cfg, cams, train_views, plan.views, device, slack, target_bytes, None,
-                   cfg.gpu_budget is None)
-        view, need = largest_view(scene, plan)
-        if cfg.gpu_budget is None:
-            dev_budget = max(scene_bytes // 4, int(math.ceil(1.25 * need)) + run.extra)
-            log.info("device budget %s (default: max(1/4 of %s, 1.25 x view %d's working set %s))",
-                     format_size(dev_budget), format_size(scene_bytes), view, format_size(need))
-        else:
-            dev_budget = parse_size(cfg.gpu_budget, what="--gpu-budget")
-        run.dev_budget = dev_budget
-        stage["plan"] += time.perf_counter() - t0
+            self.cams = scene.cameras.resized(w, h)
+            self.train_views, self.held = split_views(len(self.cams), cfg.holdout)
+            self.background = None
+        self.size = (w, h)
 
-        # -- every check before the first write ---------------------------------------
+    def check(self) -> None:
+        """Every budget charge of every segment before the first densification, on the
+        ledger (:attr:`acct`); the data charges stay held for the run."""
+        from .images import image_charge
+
         t0 = time.perf_counter()
-        budget = MemoryBudget(gpu=None if cfg.mode == "all-on-device" else dev_budget,
-                              cpu=cfg.cpu_budget)
-        acct = BudgetAccountant(budget)
-        used = np.unique(np.concatenate([plan.views, held]))  # views a synthetic run renders
-        if photos:
+        cfg, run, scene = self.cfg, self.run, self.scene
+        self.acct = acct = BudgetAccountant(MemoryBudget(
+            gpu=None if cfg.mode == "all-on-device" else run.dev_budget, cpu=cfg.cpu_budget))
+        # views a synthetic run renders
+        self.used = np.unique(np.concatenate([self.plan.views, self.held]))
+        if self.photos:
             data = [image_charge(scene, cfg.prefetch_depth)]
         else:
-            data = [("cpu", len(used) * target_bytes, f"{len(used)} synthetic target images",
+            data = [("cpu", len(self.used) * self.target_bytes,
+                     f"{len(self.used)} synthetic target images",
                      "raise --cpu-budget, or use a smaller --size")]
-        data.append(("gpu", target_bytes, "the step's target image",
+        data.append(("gpu", self.target_bytes, "the step's target image",
                      "raise --gpu-budget, or use smaller images"))
-        if cfg.mode != "all-on-device":  # the largest view first: the most telling refusal
-            from .stream import check_device_budget
+        if cfg.mode == "stream":  # the largest view first: the most telling refusal
+            from .sizing import check_device_budget
 
-            check_device_budget(scene, plan, dev_budget, run.extra)
-        held_charges = []
+            check_device_budget(scene, self.full, run.dev_budget, run.extra,
+                                cfg.optimizer_device)
         try:
             for tier, nbytes, what, fix in data:
-                if not (photos and tier == "cpu"):  # the image stream charges its own
-                    held_charges.append(acct.charge(tier, nbytes, what, fix=fix))
+                if not (self.photos and tier == "cpu"):  # the image stream charges its own
+                    self.held_charges.append(acct.charge(tier, nbytes, what, fix=fix))
             # the image stream's charge too (taken again by the stream once it starts)
-            pre = acct.charge(*data[0][:3], fix=data[0][3]) if photos else None
+            pre = acct.charge(*data[0][:3], fix=data[0][3]) if self.photos else None
             try:
                 # every segment before the first densification (later ones: vetted
                 # with the refined layout before each densification writes)
-                run.check_spans(scene, vis_sets, spans_from(edges, 0, recipe), acct)
+                run.check_spans(scene, self.vis_sets, spans_from(self.edges, 0, self.recipe),
+                                acct)
             finally:
                 if pre is not None:
                     pre.release()
         except BaseException:
-            for c in held_charges:
-                c.release()
+            self.release()
             raise
-        stage["checks"] += time.perf_counter() - t0
+        self.stage["checks"] += time.perf_counter() - t0
 
-        # -- targets ----------------------------------------------------------------
+    # -- the run ---------------------------------------------------------------------
+    def make_targets(self) -> None:
+        """``target_of(view)`` (in step order) and ``eval_target(view)``: the photos
+        streamed, or the synthetic targets rendered from the teacher, then the student
+        written (the run's first write)."""
+        import torch
+
+        from .images import ImageStream
+
         t0 = time.perf_counter()
-        images = None
-        targets: dict = {}
-        bg_eval = None if background is None else torch.tensor(background, dtype=torch.float32,
-                                                               device=device)
-        if photos:
-            images = ImageStream(scene, plan.views, accountant=acct, depth=cfg.prefetch_depth)
+        device, scene = self.device, self.scene
+        if self.photos:
+            images = self.images = ImageStream(scene, self.plan.views, accountant=self.acct,
+                                               depth=self.cfg.prefetch_depth)
 
             def target_of(view, img=None):
                 img = images.next(view) if img is None else img
                 return torch.from_numpy(np.ascontiguousarray(img)).to(device).float().div_(255)
 
-            def eval_target(v):
-                return target_of(v, images.read(v))
+            self.target_of = target_of
+            self.eval_target = lambda v: target_of(v, images.read(v))
         else:
-            targets = {int(v): img for v, img in
-                       zip(used.tolist(), render_views(scene, cams, vis_sets, used, device))}
+            targets = {int(v): img for v, img in zip(
+                self.used.tolist(), render_views(scene, self.cams, self.vis_sets, self.used,
+                                                 device))}
+            self.target_of = self.eval_target = lambda view: targets[int(view)]
+            perturb_scene(scene, self.cfg.seed, self.cfg.perturb)  # the first write
+            self.run.student = None  # written: later counts read it from the scene
+        self.stage["targets"] += time.perf_counter() - t0
 
-            def target_of(view):
-                return targets[int(view)]
+    def evaluate(self, step: int) -> dict:
+        import torch
 
-            eval_target = target_of
-            perturb_scene(scene, cfg.seed, cfg.perturb)  # the first write
-        stage["targets"] += time.perf_counter() - t0
+        t = time.perf_counter()
+        bg = (None if self.background is None else
+              torch.tensor(self.background, dtype=torch.float32, device=self.device))
+        out = _evaluate(self.scene, self.cams, self.vis_sets, self.held, self.eval_target,
+                        self.device, sh_degree=self.sh_max, background=bg)
+        self.stage["eval"] += time.perf_counter() - t
+        out["step"] = step
+        self.evals.append(out)
+        log.info("step %d: held-out PSNR %.2f dB, SSIM %s", step, out["psnr"], out["ssim"])
+        return out
 
-        def evaluate(step):
-            t = time.perf_counter()
-            out = _evaluate(scene, cams, vis_sets, held, eval_target, device,
-                            sh_degree=sh_max, background=bg_eval)
-            stage["eval"] += time.perf_counter() - t
-            out["step"] = step
-            evals.append(out)
-            log.info("step %d: held-out PSNR %.2f dB, SSIM %s", step, out["psnr"], out["ssim"])
-            return out
+    def train(self) -> None:
+        """Evaluate, then each segment: what happens between segments, then its steps."""
+        from .adam import AdamConfig
 
-        evals: list = []
-        adam = AdamConfig(means=recipe.means_lr)
-        sscale = scene_scale(cams)
-        lr = adam.column_lrs(scene.sh_degree, sscale)
+        cfg, recipe = self.cfg, self.recipe
+        self.adam = AdamConfig(means=recipe.means_lr)
+        self.sscale = sscale = scene_scale(self.cams)
+        self.lr = lr = self.adam.column_lrs(self.scene.sh_degree, sscale)
 
         def lr_at(step):  # the position rate decays with the global step
             out = lr.clone()
             out[layout.MEANS] = recipe.means_lr_at(step - 1, cfg.steps) * sscale
             return out
 
-        stats = GradStats(scene.next_id) if recipe.densify_every else None
-        times, losses, refinements, traffic = [], [], [], {}
-        resets: list = []
-        curve = [[0, int(start_gaussians)]]
-        memory: dict = {}  # device memory per step, on CUDA (see train_steps)
-        loop = dict(sh_max=sh_max, recipe=recipe, seed=cfg.seed, background=background)
-        try:
-            evaluate(0)
-            for i, (first, last) in enumerate(zip(edges[:-1], edges[1:])):
-                if first:
-                    if cfg.eval_every and first % cfg.eval_every == 0:
-                        evaluate(first)
-                    if recipe.refine_after(first):
-                        t = time.perf_counter()
-                        r = densify_scene(scene, stats, sscale, recipe.densify,
-                                          cfg.seed + first,
-                                          prune_large=recipe.prune_large_after(first),
-                                          admit=run.admit(scene, acct,
-                                                          spans_from(edges, i, recipe)))
-                        r["step"] = first
-                        refinements.append(r)
-                        curve.append([first, int(scene.num_gaussians)])
-                        vis_sets = replan(scene, cams)
-                        stage["densify"] += time.perf_counter() - t
-                    if recipe.reset_after(first):
-                        t = time.perf_counter()
-                        resets.append([first, reset_opacity_scene(scene, recipe.reset_value)])
-                        stage["opacity_reset"] += time.perf_counter() - t
-                    if run.default_budget and cfg.mode != "all-on-device":
-                        # the default budget follows the scene as densification grows it
-                        from .stream import TrainPlan
+        self.lr_at = lr_at
+        self.grad_stats = GradStats(self.scene.next_id) if recipe.densify_every else None
+        self.curve = [[0, int(self.start_gaussians)]]
+        self.evaluate(0)
+        for i, (first, last) in enumerate(zip(self.edges[:-1], self.edges[1:])):
+            if first:
+                self._between_segments(i, first, last)
+            self._segment(first, last)
+        self.final = self.evaluate(cfg.steps)
 
-                        grown = run.grown_budget(scene, TrainPlan(plan.views[first:last], vis_sets))
-                        if grown > run.dev_budget:
-                            log.info("device budget raised to %s after densification",
-                                     format_size(grown))
-                            run.dev_budget = grown
-                            acct.budget = MemoryBudget(gpu=grown, cpu=cfg.cpu_budget)
-                    run.check(scene, vis_sets, first, last, acct)
-                seg = run.segment(scene, vis_sets, first, last)
-                kw = dict(device=device, accountant=acct, adam=adam, lr=lr, lr_at=lr_at,
-                          step_offset=first)
-                if cfg.mode == "stream":
-                    kw.update(device_budget=run.dev_budget, prefetch_depth=cfg.prefetch_depth)
-                if device.type == "cuda":  # what the device holds before the store exists
-                    memory["outside"] = torch.cuda.memory_allocated()
-                with MODES[cfg.mode](scene, seg, **kw) as store:
-                    t = time.perf_counter()
-                    ts, lo = train_steps(store, scene.sh_degree, cams, target_of, last - first,
-                                         device=device, memory=memory,
-                                         checkpoint_every=cfg.checkpoint_every,
-                                         progress=progress, stats=stats, **loop)
-                    stage["train"] += time.perf_counter() - t
-                    t = time.perf_counter()
-                    store.checkpoint()
-                    stage["checkpoint"] += time.perf_counter() - t
-                    for key, v in store.stats().items():  # counters add up over segments
-                        summed = key.startswith(("bytes_", "block_")) or key == "stall_s"
-                        traffic[key] = traffic.get(key, 0) + v if summed else v
-                times += ts
-                losses += lo
-            final = evaluate(cfg.steps)
-        finally:
-            if images is not None:
-                stage["image_wait"] = images.wait_seconds
-                images.close()
-            for c in held_charges:
-                c.release()
-        stats_out = dict(traffic, cache_hit_rate=1.0 - traffic["block_ssd_misses"]
-                         / max(traffic["block_accesses"], 1))
-        end_gaussians = scene.num_gaussians
-        if curve[-1][0] != cfg.steps:
-            curve.append([cfg.steps, int(end_gaussians)])
-        images_bytes = int(scene.images_bytes) if has_images else 0
-        image_buffers = int(image_charge(scene, cfg.prefetch_depth)[1]) if photos else 0
-    peak_gpu = (max(torch.cuda.max_memory_allocated(), memory.get("peak", 0))
-                if device.type == "cuda" else acct.peak("gpu"))
-    gpu_parts = ({"peak_gpu_held_bytes": int(memory.get("held", 0)),
-                  "gpu_outside_store_bytes": int(memory.get("outside", 0)),
-                  "gpu_library_state_bytes": int(memory.get("lazy", 0)),
-                  "gpu_library_state_last_bytes": int(memory.get("lazy_last", 0)),
-                  "render_workspace_bytes": int(memory.get("workspace", 0))}
-                 if device.type == "cuda" else {})
-    extra = {"prefetch_depth": cfg.prefetch_depth} if cfg.mode == "stream" else {}
-    stage["total"] = time.perf_counter() - t_run
-    return {
-        "mode": cfg.mode, "device": cfg.device, "steps": cfg.steps, "seed": cfg.seed,
-        "target": target, "verify_reads": cfg.verify_reads,
-        "render_size": [w, h], "train_views": len(train_views), "heldout_views": len(held),
-        "psnr": final["psnr"], "psnr_start": evals[0]["psnr"],
-        "psnr_test": final["psnr"], "ssim_test": final["ssim"], "ssim_start": evals[0]["ssim"],
-        "lpips_test": None, "lpips_note": LPIPS_NOTE, "evals": evals,
-        "loss_first": losses[0], "loss_last": losses[-1],
-        "step_time_s": statistics.median(times[1:] if len(times) > 1 else times),
-        **stats_out, "refinements": refinements, "opacity_resets": resets,
-        "recipe": recipe.to_dict(), "sh_degree": sh_max,
-        "bytes_moved_per_step": (stats_out["bytes_h2d"] + stats_out["bytes_d2h"]) / cfg.steps,
-        "peak_rss_bytes": peak_rss_bytes(), "peak_gpu_bytes": int(peak_gpu),
-        "peak_cpu_charged_bytes": int(acct.peak("cpu")), **gpu_parts,
-        "gaussians": {"start": int(start_gaussians), "end": int(end_gaussians)},
-        "gaussians_curve": curve,
-        "images_bytes": images_bytes, "image_buffers_bytes": image_buffers,
-        "stage_seconds": {k: round(v, 4) for k, v in stage.items()},
-        "scene_bytes": int(scene_bytes), "largest_view_working_set": int(need), **extra,
-        **({"device_budget": run.dev_budget} if cfg.mode != "all-on-device" else {}),
-    }
+    def _between_segments(self, i: int, first: int, last: int) -> None:
+        """Evaluation, densification, opacity reset due after step ``first``; then the
+        next segment's budget (the default one grows with the scene) and its check."""
+        cfg, recipe, run, scene = self.cfg, self.recipe, self.run, self.scene
+        if cfg.eval_every and first % cfg.eval_every == 0:
+            self.evaluate(first)
+        if recipe.refine_after(first):
+            t = time.perf_counter()
+            r = densify_scene(scene, self.grad_stats, self.sscale, recipe.densify,
+                              cfg.seed + first, prune_large=recipe.prune_large_after(first),
+                              admit=run.admit(scene, self.acct, spans_from(self.edges, i, recipe)))
+            r["step"] = first
+            self.refinements.append(r)
+            self.curve.append([first, int(scene.num_gaussians)])
+            self.vis_sets = replan(scene, self.cams)
+            self.stage["densify"] += time.perf_counter() - t
+        if recipe.reset_after(first):
+            t = time.perf_counter()
+            self.resets.append([first, reset_opacity_scene(scene, recipe.reset_value)])
+            self.stage["opacity_reset"] += time.perf_counter() - t
+        if run.default_budget and cfg.mode != "all-on-device":
+            # the default budget follows the scene as densification grows it
+            grown = run.grown_budget(scene, run.plan(scene, self.vis_sets, first, last))
+            if grown > run.dev_budget:
+                log.info("device budget raised to %s after densification", format_size(grown))
+                run.dev_budget = grown
+                self.acct.budget = MemoryBudget(gpu=grown, cpu=cfg.cpu_budget)
+        run.check(scene, self.vis_sets, first, last, self.acct)
+
+    def _segment(self, first: int, last: int) -> None:
+        """Steps ``first`` -> ``last`` through one store, then its checkpoint."""
+        import torch
+
+        from .stream import MODES
+
+        cfg, run, device = self.cfg, self.run, self.device
+        seg = run.segment(self.scene, self.vis_sets, first, last)
+        kw = dict(device=device, accountant=self.acct, adam=self.adam, lr=self.lr,
+                  lr_at=self.lr_at, step_offset=first)
+        if cfg.mode == "stream":
+            kw.update(device_budget=run.dev_budget, prefetch_depth=cfg.prefetch_depth,
+                      optimizer=cfg.optimizer_device)
+        if device.type == "cuda":  # what the device holds before the store exists
+            self.memory["outside"] = torch.cuda.memory_allocated()
+        with MODES[cfg.mode](self.scene, seg, **kw) as store:
+            t = time.perf_counter()
+            ts, lo = train_steps(store, self.scene.sh_degree, self.cams, self.target_of,
+                                 last - first, device=device, memory=self.memory,
+                                 checkpoint_every=cfg.checkpoint_every, progress=self.progress,
+                                 stats=self.grad_stats, sh_max=self.sh_max, recipe=self.recipe,
+                                 seed=cfg.seed, background=self.background)
+            self.stage["train"] += time.perf_counter() - t
+            t = time.perf_counter()
+            store.checkpoint()
+            self.stage["checkpoint"] += time.perf_counter() - t
+            for key, v in store.stats().items():  # counters add up over segments
+                summed = (key.startswith(("bytes_", "block_")) or key == "stall_s"
+                          or key in ("rendered_rows", "culled_rows", "candidate_rows",
+                                     "adam_overlapped_rows"))
+                self.traffic[key] = self.traffic.get(key, 0) + v if summed else v
+        self.times += ts
+        self.losses += lo
+
+    def release(self) -> None:
+        for c in self.held_charges:
+            c.release()
+        self.held_charges = []
+
+    def close(self) -> None:
+        if self.images is not None:
+            self.stage["image_wait"] = self.images.wait_seconds
+            self.images.close()
+            self.images = None
+        self.release()
+
+    # -- after the run ---------------------------------------------------------------
+    def summary(self) -> dict:
+        """The JSON-able summary (see ``docs/GAUSSIAN_SPLATTING.md``, Outputs)."""
+        from .images import image_charge
+
+        cfg, scene, run, final = self.cfg, self.scene, self.run, self.final
+        traffic = dict(self.traffic, cache_hit_rate=1.0 - self.traffic["block_ssd_misses"]
+                       / max(self.traffic["block_accesses"], 1))
+        end_gaussians = int(scene.num_gaussians)
+        if self.curve[-1][0] != cfg.steps:
+            self.curve.append([cfg.steps, end_gaussians])
+        self.stage["total"] = time.perf_counter() - self.t_run
+        times = self.times[1:] if len(self.times) > 1 else self.times
+        return {
+            "mode": cfg.mode, "device": cfg.device, "steps": cfg.steps, "seed": cfg.seed,
+            "target": self.target, "verify_reads": cfg.verify_reads,
+            "render_size": list(self.size), "train_views": len(self.train_views),
+            "heldout_views": len(self.held),
+            "psnr": final["psnr"], "psnr_start": self.evals[0]["psnr"],
+            "psnr_test": final["psnr"], "ssim_test": final["ssim"],
+            "ssim_start": self.evals[0]["ssim"],
+            "lpips_test": None, "lpips_note": LPIPS_NOTE, "evals": self.evals,
+            "loss_first": self.losses[0], "loss_last": self.losses[-1],
+            "step_time_s": statistics.median(times),
+            **traffic, "refinements": self.refinements, "opacity_resets": self.resets,
+            "recipe": self.recipe.to_dict(), "sh_degree": self.sh_max,
+            "bytes_moved_per_step": (traffic["bytes_h2d"] + traffic["bytes_d2h"]) / cfg.steps,
+            "peak_rss_bytes": peak_rss_bytes(), **self._memory_summary(),
+            "gaussians": {"start": int(self.start_gaussians), "end": end_gaussians},
+            "gaussians_curve": self.curve,
+            "images_bytes": int(scene.images_bytes) if self.has_images else 0,
+            "image_buffers_bytes": (int(image_charge(scene, cfg.prefetch_depth)[1])
+                                    if self.photos else 0),
+            "stage_seconds": {k: round(v, 4) for k, v in self.stage.items()},
+            "scene_bytes": int(self.scene_bytes), "largest_view_working_set": int(self.need),
+            **({"prefetch_depth": cfg.prefetch_depth, "optimizer_device": cfg.optimizer_device}
+               if cfg.mode == "stream" else {}),
+            **({"device_budget": run.dev_budget, "min_device_budget": int(self.need + run.extra)}
+               if cfg.mode != "all-on-device" else {}),
+        }
+
+    def _memory_summary(self) -> dict:
+        import torch
+
+        memory, acct = self.memory, self.acct
+        out = {"peak_cpu_charged_bytes": int(acct.peak("cpu"))}
+        if self.device.type != "cuda":
+            out["peak_gpu_bytes"] = int(acct.peak("gpu"))
+            return out
+        out["peak_gpu_bytes"] = int(max(torch.cuda.max_memory_allocated(),
+                                        memory.get("peak", 0)))
+        out.update({"peak_gpu_held_bytes": int(memory.get("held", 0)),
+                    "gpu_outside_store_bytes": int(memory.get("outside", 0)),
+                    "gpu_library_state_bytes": int(memory.get("lazy", 0)),
+                    "gpu_library_state_last_bytes": int(memory.get("lazy_last", 0)),
+                    "render_workspace_bytes": int(memory.get("workspace", 0))})
+        return out
 
 
-def schedule_for(scene, plan, dev_budget: int, slack: int = 0):
-    """The Belady schedule of ``plan`` inside the device budget less the step batch and
-    ``slack`` (device bytes outside the slots: the allocator's rounding,
-    :func:`~oocstore.gs.stream.allocator_slack`, and the step's target image)."""
+def schedule_for(scene, plan, dev_budget: int, slack: int = 0, optimizer: str = "cpu"):
+    """The Belady schedule of ``plan``'s block slots. Device optimizer: the slots are on
+    the device, inside the device budget less the step batch and ``slack`` (device bytes
+    outside the slots: the allocator's rounding,
+    :func:`~oocstore.gs.stream.allocator_slack`, and the step's target image). CPU
+    optimizer: the slots are in host memory, room for twice the largest view's blocks
+    (:func:`~oocstore.gs.stream.host_slot_bytes`)."""
     from samplers.views import belady_block_schedule
 
-    from .stream import block_bytes, step_batch_bytes
+    from .sizing import host_slot_bytes, max_batch_rows, slot_bytes, step_batch_bytes
 
-    counts = scene.block_counts
-    max_rows = max(int(counts[plan.vis_sets[v]].sum()) for v in np.unique(plan.views))
-    return belady_block_schedule(plan.views, plan.vis_sets, block_bytes(scene),
-                                 dev_budget - step_batch_bytes(max_rows, scene) - slack)
+    if optimizer == "device":
+        budget = (dev_budget - step_batch_bytes(max_batch_rows(scene, plan), scene, "device")
+                  - slack)
+    else:
+        budget = host_slot_bytes(scene, plan)
+    return belady_block_schedule(plan.views, plan.vis_sets, slot_bytes(scene), budget)
 
 
 def replan(scene, cams) -> list[np.ndarray]:
@@ -673,9 +833,7 @@ def train_steps(store, sh_degree: int, cams, targets, steps: int, *, device,
         t0 = time.perf_counter()
         batch = store.begin_step()
         if track:
-            held = torch.cuda.memory_allocated()
-            before = torch.cuda.max_memory_allocated()
-            torch.cuda.reset_peak_memory_stats()
+            held, before = _memory_at_batch()
         v = batch.view
         deg = sh_max if recipe is None else recipe.sh_degree_at(batch.step - 1, sh_max)
         params = batch.params if deg == sh_degree else batch.params[:, :layout.param_width(deg)]
@@ -696,31 +854,54 @@ def train_steps(store, sh_degree: int, cams, targets, steps: int, *, device,
         if device.type == "cuda":
             torch.cuda.synchronize()
         if track:
-            peak = torch.cuda.max_memory_allocated()
-            memory["held"] = max(memory.get("held", 0), held - memory.get("outside", 0)
-                                 - (memory.get("lazy", 0) if i else 0))
-            memory["workspace"] = max(memory.get("workspace", 0), peak - held)
-            memory["peak"] = max(memory.get("peak", 0), peak, before)
+            _memory_after_step(memory, i, held, before)
         times.append(time.perf_counter() - t0)
         losses.append(float(loss.detach()))
         # Drop this step's batch, image and graph now: held until the names are rebound,
         # they would sit beside the next step's batch (two batches on the device at once).
         del batch, out, loss, params, target
         if track:
-            # Between steps the device holds the store's slots and what existed before
-            # it; the rest is state libraries made on first use (the rasterizer's,
-            # autograd's): measured after the first step, charged to neither, and
-            # checked again after the last one (growth there would be a leak).
-            rest = torch.cuda.memory_allocated() - memory.get("outside", 0) \
-                - store.device_resident_bytes()
-            if i == 0:
-                memory["lazy"] = max(memory.get("lazy", 0), rest)
-            memory["lazy_last"] = rest
+            _memory_between_steps(memory, i, store)
         if checkpoint_every and (i + 1) % checkpoint_every == 0:
             store.checkpoint()
         if progress:
             progress(1)
     return times, losses
+
+
+def _memory_at_batch() -> tuple[int, int]:
+    """(allocated now, the peak so far) when a step's batch is ready; resets the peak."""
+    import torch
+
+    held = torch.cuda.memory_allocated()
+    before = torch.cuda.max_memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    return held, before
+
+
+def _memory_after_step(memory: dict, i: int, held: int, before: int) -> None:
+    """Fold step ``i``'s device memory into ``memory`` (see :func:`train_steps`)."""
+    import torch
+
+    peak = torch.cuda.max_memory_allocated()
+    memory["held"] = max(memory.get("held", 0), held - memory.get("outside", 0)
+                         - (memory.get("lazy", 0) if i else 0))
+    memory["workspace"] = max(memory.get("workspace", 0), peak - held)
+    memory["peak"] = max(memory.get("peak", 0), peak, before)
+
+
+def _memory_between_steps(memory: dict, i: int, store) -> None:
+    """Between steps the device holds the store's slots and what existed before it; the
+    rest is state libraries made on first use (the rasterizer's, autograd's): measured
+    after the first step, charged to neither, and checked again after the last one
+    (growth there would be a leak)."""
+    import torch
+
+    rest = (torch.cuda.memory_allocated() - memory.get("outside", 0)
+            - store.device_resident_bytes())
+    if i == 0:
+        memory["lazy"] = max(memory.get("lazy", 0), rest)
+    memory["lazy_last"] = rest
 
 
 def _evaluate(scene, cams, vis_sets, held, target_of, device, *, sh_degree: int,
@@ -770,7 +951,9 @@ def cmd_gs_train(args) -> int:
                         width=width, height=height, checkpoint_every=args.checkpoint_every,
                         verify_reads=not args.no_verify_reads, target=args.target,
                         eval_every=args.eval_every, sh_degree=args.sh_degree,
-                        prefetch_depth=args.prefetch_depth, recipe=recipe)
+                        prefetch_depth=args.prefetch_depth, recipe=recipe,
+                        optimizer_device=args.optimizer_device,
+                        randomness=args.view_randomness)
     bar = None
     if not args.quiet:
         from tqdm import tqdm

@@ -267,3 +267,29 @@ def choose_depth(fits: Callable[[int], bool], prefetch: int | None, max_depth: i
     while depth < max_depth and fits(depth + 1):
         depth += 1
     return depth
+
+
+def stage_to_device(ring: StagingRing, n: int, fill: Callable[[np.ndarray], None], device: Any,
+                    stream: Any) -> Any:
+    """``n`` rows filled on the host by ``fill(view)`` (``view``: a ``[n, feat_dim]`` slot of
+    ``ring``), as a new device tensor: copied on the side ``stream`` (DMA from the pinned
+    slot), which the current stream waits for on the device (the host does not block). The
+    slot is reused only once the copy's event has completed."""
+    import torch
+
+    slot, view = ring.acquire(n)
+    try:
+        fill(view)
+        host = torch.from_numpy(view)
+        with torch.cuda.stream(stream):
+            out = host.to(device, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record(stream)
+        current = torch.cuda.current_stream(device)
+        current.wait_event(event)
+        out.record_stream(current)
+    except BaseException:
+        ring.release(slot)
+        raise
+    ring.release(slot, event, keep=host)
+    return out

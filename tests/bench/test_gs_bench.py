@@ -31,3 +31,18 @@ def test_gs_train_bench_toy(tmp_path):
     assert modes["naive-offload"]["bytes_h2d"] == modes["naive-offload"]["bytes_d2h"]
     assert result["ratios"]["bytes_per_step_reduction_vs_naive"] <= 1.0
     assert abs(result["ratios"]["psnr_stream_minus_all_db"]) < 1e-3  # same training
+    # the streaming variants ran at the same budget: the smallest all of them accept
+    variants = result["variants"]
+    assert set(variants) == {"stream-device-optimizer", "stream-local-order",
+                             "stream-random-order"}
+    assert modes["stream"]["device_budget"] == max(result["min_device_budget"].values())
+    for v in variants.values():
+        assert v["device_budget"] == modes["stream"]["device_budget"]
+        assert abs(v["psnr"] - modes["stream"]["psnr"]) < 1.0
+    assert variants["stream-device-optimizer"]["optimizer_device"] == "device"
+    assert 0 < result["ratios"]["min_budget_over_scene[stream]"] \
+        < result["ratios"]["min_budget_over_scene[stream-device-optimizer]"]
+    assert set(result["orders"]) == {"stream-local-order", "stream", "stream-random-order"}
+    sched = result["order_schedules"]
+    for name in ("local", "default", "random"):
+        assert sched[f"{name}@0.25"]["loaded_over_scene"] > 0

@@ -141,6 +141,10 @@ def snapshot(path) -> dict:
     (["--target", "photos"], "holds no images"),
     (["--ssim-lambda", "0.2", "--size", "20x10"], "smaller than the 11x11 SSIM window"),
     (["--densify-every", "-3"], "--densify-every"),
+    (["--optimizer-device", "gpu"], "--optimizer-device 'gpu' unknown: use cpu"),
+    (["--view-randomness", "1.5"], "--view-randomness 1.5 must lie in [0, 1]"),
+    (["--optimizer-device", "device", "--gpu-budget", "20KiB"],
+     "raise --gpu-budget to at least"),
 ])
 def test_refused_run_leaves_the_scene_byte_identical(toy_scene, capsys, args, match):
     before = snapshot(toy_scene)
@@ -222,3 +226,35 @@ def test_segments_checked_together_are_those_of_one_block_layout():
     # at the refinement after 40: its segments until the next one (after 60)
     assert spans_from(edges, 2, r) == [(40, 50), (50, 60)]
     assert spans_from(edges, 4, r) == [(60, 75), (75, 100)]
+
+
+def test_cpu_optimizer_needs_less_device_memory_and_trains_the_same(tmp_path, toy_scene, capsys):
+    """The smallest accepted device budget of each optimizer (from the refusal), a run at
+    exactly that budget, and the same trained scene from both."""
+    import re
+    import shutil
+
+    def minimum(path, optimizer):
+        assert main(["gs-train", str(path), "--steps", "4", "--gpu-budget", "1KiB", "--quiet",
+                     "--optimizer-device", optimizer]) == 2
+        err = capsys.readouterr().err
+        assert re.search(r"view \d+ needs a device working set", err), err
+        return int(re.search(r"\((\d+) bytes", err).group(1))
+
+    other = tmp_path / "copy"
+    shutil.copytree(toy_scene, other)
+    out = {}
+    for path, optimizer in ((toy_scene, "cpu"), (other, "device")):
+        need = minimum(path, optimizer)
+        out[optimizer] = run_json(capsys, path, "--steps", 4, "--gpu-budget", need,
+                                  "--optimizer-device", optimizer)
+        r = out[optimizer]
+        assert r["min_device_budget"] == need == r["device_budget"]
+        assert r["peak_gpu_bytes"] <= need and r["optimizer_device"] == optimizer
+    # the device holds the step's culled parameters and gradient, not blocks with moments
+    assert out["cpu"]["min_device_budget"] < out["device"]["min_device_budget"] / 2
+    assert out["cpu"]["psnr"] == pytest.approx(out["device"]["psnr"], abs=1e-4)
+    with Scene.open(toy_scene) as a, Scene.open(other) as b:
+        (ia, ra), (ib, rb) = a.read_all(), b.read_all()
+    assert np.array_equal(ia, ib)
+    np.testing.assert_allclose(ra, rb, rtol=1e-5, atol=1e-6)

@@ -16,7 +16,7 @@ from oocstore.gs.cameras import Cameras
 from oocstore.gs.render import render
 from oocstore.gs.scene import Scene
 from oocstore.gs.stream import (AllOnDevice, NaiveOffload, Streamer, TrainPlan, block_bytes,
-                                check_device_budget, step_batch_bytes)
+                                check_device_budget, slot_bytes, step_batch_bytes)
 from oocstore.gs.train import perturb_scene, render_views, train_steps
 from samplers.views import belady_block_schedule, view_order, visibility_sets
 
@@ -87,18 +87,39 @@ def oracle(path, cams, vis, plan_views, targets, lr, adam):
     return ids[order], rec.numpy()[order]
 
 
+def stream_plan(scene, cams, vis, plan_views, device_budget, optimizer="cpu", cull=True):
+    """The streamer's plan: culled per Gaussian (with the cameras and the culled counts)
+    or not, and its schedule for ``optimizer``."""
+    from oocstore.gs.cull import culled_counts
+    from oocstore.gs.train import schedule_for
+
+    plan = TrainPlan(plan_views, vis)
+    if cull:
+        plan.cameras = cams
+        plan.cull_rows = np.zeros(len(vis), dtype=np.int64)
+        views = np.unique(plan_views)
+        plan.cull_rows[views] = culled_counts(scene, cams, vis, views)
+    plan.schedule = schedule_for(scene, plan, device_budget, 0, optimizer)
+    return plan
+
+
+def cpu_charges(scene, plan, optimizer) -> int:
+    """The streamer's fixed CPU charges (the CPU tier takes what a budget leaves)."""
+    return sum(n for tier, n, *_ in Streamer.requirements(scene, plan, optimizer=optimizer)
+               if tier == "cpu")
+
+
 def run_mode(mode, path, cams, vis, plan_views, *, device_budget=None, cpu_budget=None,
-             targets=None, lr=None, adam=None):
+             targets=None, lr=None, adam=None, optimizer="cpu", cull=True, cpu_tier=None):
     with Scene.open(path) as scene:
         plan = TrainPlan(plan_views, vis)
-        acct = BudgetAccountant(MemoryBudget(gpu=device_budget, cpu=cpu_budget))
-        kw = dict(device="cpu", accountant=acct, adam=adam, lr=lr)
+        kw = dict(device="cpu", adam=adam, lr=lr)
         if mode is Streamer:
-            counts = scene.block_counts
-            batch = step_batch_bytes(max(int(counts[vis[v]].sum()) for v in plan_views), scene)
-            plan.schedule = belady_block_schedule(plan_views, vis, block_bytes(scene),
-                                                  device_budget - batch)
-            kw["device_budget"] = device_budget
+            plan = stream_plan(scene, cams, vis, plan_views, device_budget, optimizer, cull)
+            kw.update(device_budget=device_budget, optimizer=optimizer)
+            if cpu_tier is not None:  # the fixed charges, then ``cpu_tier`` block slots
+                cpu_budget = cpu_charges(scene, plan, optimizer) + cpu_tier * block_bytes(scene)
+        kw["accountant"] = BudgetAccountant(MemoryBudget(gpu=device_budget, cpu=cpu_budget))
         with mode(scene, plan, **kw) as store:
             train_steps(store, DEG, cams, targets, len(plan_views), device="cpu")
             store.checkpoint()
@@ -108,36 +129,50 @@ def run_mode(mode, path, cams, vis, plan_views, *, device_budget=None, cpu_budge
     return ids, rec, stats
 
 
-@pytest.mark.parametrize("mode", ["stream", "stream-no-cpu-tier", "naive", "all"])
+@pytest.mark.parametrize("mode", ["stream", "stream-no-cpu-tier", "stream-device-optimizer",
+                                  "stream-device-optimizer-no-cull", "naive", "all"])
 def test_modes_equal_the_oracle_and_survive_reopen(trained_setup, tmp_path, mode):
     path, cams, vis, plan_views, targets, (ids_o, rec_o) = trained_setup
     adam = AdamConfig()
     lr = adam.column_lrs(DEG, 3.0)
+    optimizer = "device" if "device-optimizer" in mode else "cpu"
     with Scene.open(path) as scene:
-        bb = block_bytes(scene)
         ids0, rec0 = scene.read_all()
         counts = scene.block_counts
-        need = max(len(vis[v]) * bb + step_batch_bytes(int(counts[vis[v]].sum()), scene)
+        # device optimizer: room for the largest view + 2 block slots on the device; the
+        # CPU optimizer's host slots hold twice the largest view's blocks (of 20)
+        plan = TrainPlan(plan_views, vis)
+        need = max(len(vis[v]) * slot_bytes(scene)
+                   + step_batch_bytes(int(counts[vis[v]].sum()), scene, "device")
                    for v in plan_views)
-    cls = {"stream": Streamer, "stream-no-cpu-tier": Streamer, "naive": NaiveOffload,
-           "all": AllOnDevice}[mode]
-    # stream: room for the largest view + 2 blocks on the device, a 3-block CPU tier, so
-    # blocks are evicted, written back to SSD and read again
-    extra = dict(device_budget=need + 2 * bb, cpu_budget=None)
-    if mode.startswith("stream"):
-        # prefetch buffers + 2 write-back buffers, then 3 CPU tier slots (or none: evicted
-        # dirty blocks go straight to the writer and come back from SSD)
-        n_load = max(len(vis[v]) for v in plan_views)
-        extra["cpu_budget"] = (3 * n_load + 2 + (3 if mode == "stream" else 0)) * bb
+        device_budget = need + 2 * slot_bytes(scene)
+        assert check_device_budget(scene, plan, device_budget, 0, optimizer) is None
+    cls = Streamer if mode.startswith("stream") else {"naive": NaiveOffload, "all": AllOnDevice}[mode]
+    # a 3-block CPU tier (or none: evicted dirty blocks go straight to the writer and come
+    # back from SSD), so blocks are evicted, written back to SSD and read again
+    extra = dict(device_budget=device_budget)
+    if cls is Streamer:
+        extra.update(optimizer=optimizer, cull="no-cull" not in mode,
+                     cpu_tier=0 if "no-cpu-tier" in mode else 3)
     ids, rec, stats = run_mode(cls, path, cams, vis, plan_views, targets=targets, lr=lr,
                                adam=adam, **extra)
     assert np.array_equal(ids, ids_o) and np.array_equal(ids, ids0)
     assert not np.allclose(rec, rec0)  # training changed the scene
     np.testing.assert_allclose(rec, rec_o, rtol=1e-5, atol=1e-6)
-    if mode.startswith("stream"):
+    if cls is Streamer:
         assert stats["bytes_ssd_written"] > 0 and stats["bytes_d2h"] > 0
         assert 0 < stats["cache_hit_rate"] < 1
-        assert stats["cpu_slots"] == (3 if mode == "stream" else 0)
+        assert stats["cpu_slots"] == (0 if "no-cpu-tier" in mode else 3)
+        assert stats["optimizer_device"] == optimizer
+        # every step rendered a subset of its culled rows, a subset of its blocks' rows
+        assert 0 < stats["rendered_rows"] <= stats["culled_rows"] <= stats["candidate_rows"]
+        # with the CPU optimizer, the rows the next step does not read take their Adam
+        # step on the oocstore-gs-adam thread, beside the next step's rendering
+        assert (stats["adam_overlapped_rows"] > 0) == (optimizer == "cpu")
+        if "no-cull" in mode:
+            assert stats["culled_rows"] == stats["candidate_rows"]
+        else:
+            assert stats["culled_rows"] < stats["candidate_rows"]
 
 
 def test_streaming_moves_fewer_bytes_than_naive_offload(trained_setup):
@@ -161,7 +196,8 @@ def test_budget_too_small_names_the_view_and_minimum(trained_setup):
             check_device_budget(scene, plan, 1000)
 
 
-def test_cuda_runs_charge_the_allocator_slack_up_front(trained_setup):
+@pytest.mark.parametrize("optimizer", ["cpu", "device"])
+def test_cuda_runs_charge_the_allocator_slack_up_front(trained_setup, optimizer):
     from oocstore.gs.stream import allocator_slack, largest_view
     from oocstore.gs.train import schedule_for
     from oocstore.tiers.staging import CUDA_BLOCK_SLACK
@@ -170,16 +206,20 @@ def test_cuda_runs_charge_the_allocator_slack_up_front(trained_setup):
     slack = allocator_slack("cuda")
     assert slack == 6 * CUDA_BLOCK_SLACK
     path, cams, vis, plan_views, _, _ = trained_setup
+    what = {"cpu": r"its step batch \(the parameters and gradient of the Gaussians in its "
+                   r"frustum\)", "device": "its visible blocks plus the step batch"}[optimizer]
     with Scene.open(path) as scene:
         plan = TrainPlan(plan_views, vis)
-        _, need = largest_view(scene, plan)
-        check_device_budget(scene, plan, need)  # fits exactly off CUDA
-        with pytest.raises(BudgetError, match=f"plus the step batch and {slack} bytes of other device buffers"):
-            check_device_budget(scene, plan, need + slack - 1, slack)
+        _, need = largest_view(scene, plan, optimizer)
+        check_device_budget(scene, plan, need, 0, optimizer)  # fits exactly off CUDA
+        with pytest.raises(BudgetError, match=f"{what} and {slack} bytes of other device buffers"):
+            check_device_budget(scene, plan, need + slack - 1, slack, optimizer)
         budget = need + 4 * slack
-        # the slots' share shrinks by exactly the slack
-        assert schedule_for(scene, plan, budget).budget_bytes \
-            - schedule_for(scene, plan, budget, slack).budget_bytes == slack
+        shrink = (schedule_for(scene, plan, budget, 0, optimizer).budget_bytes
+                  - schedule_for(scene, plan, budget, slack, optimizer).budget_bytes)
+        # device slots share the device budget: they shrink by exactly the slack; the CPU
+        # optimizer's slots are in host memory
+        assert shrink == (slack if optimizer == "device" else 0)
 
 
 def _flip_block(path, b):
@@ -224,3 +264,21 @@ def test_a_corrupt_block_stops_training_naming_block_file_and_step(trained_setup
             with pytest.raises(ChecksumError, match=rf"block {b} \(file {rel}\)"):
                 AllOnDevice(scene, plan, device="cpu", accountant=BudgetAccountant(MemoryBudget()),
                             adam=adam, lr=adam.column_lrs(DEG, 3.0))
+
+
+def test_a_step_with_more_gaussians_in_its_frustum_than_planned_stops_with_the_fix(trained_setup):
+    """The step batch is sized by the plan's culled counts: a step that finds more rows
+    (here: counts planned as 0, so 64 rows of headroom) stops before it renders."""
+    path, cams, vis, plan_views, targets, _ = trained_setup
+    adam = AdamConfig()
+    with Scene.open(path) as scene:
+        plan = stream_plan(scene, cams, vis, plan_views, 1 << 30)
+        plan.cull_rows = np.zeros(len(vis), dtype=np.int64)
+        acct = BudgetAccountant(MemoryBudget())
+        with Streamer(scene, plan, device="cpu", accountant=acct, adam=adam,
+                      lr=adam.column_lrs(DEG, 3.0), device_budget=1 << 30) as store:
+            assert store.batch_cap == 64
+            with pytest.raises(BudgetError, match=r"training step 1 \(view \d+\) has \d+ Gaussians "
+                               r"in its frustum, more than the 64 rows its step batch was "
+                               r"planned for .*--eval-every"):
+                store.begin_step()
