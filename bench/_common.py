@@ -2,6 +2,8 @@
 result, the DGL environment's interpreter, per-process counters (peak RSS, bytes read
 from storage), and running one measurement in a fresh subprocess.
 
+The synthetic-graph arguments and the store they describe (``add_graph_args``,
+``graph_store``) and writing a result with its plot (``write_result``) are here too.
 Store and plan set-up live in ``bench/pack_speed.py`` (``make_store``, ``ensure_plan``,
 ``proc_io``, used here) and the sequential O_DIRECT read probe in ``bench/ssd_epoch.py``
 (``seq_read``). Only the standard library is needed at import time, so the module also
@@ -17,8 +19,9 @@ import resource
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -96,6 +99,57 @@ def machine_info(workdir: Path | None = None) -> dict[str, Any]:
     except ImportError:
         pass
     return info
+
+
+#: ``--toy`` sizes of the synthetic graph of the pack and read benchmarks.
+TOY_GRAPH = dict(nodes=20_000, feat_dim=32, avg_degree=6.0, fanouts="5,3", batch_size=256)
+
+
+def add_graph_args(p, *, nodes: int, feat_dim: int, avg_degree: float, fanouts: str,
+                   batch_size: int, store: bool = True) -> None:
+    """The synthetic graph's size and sampling arguments with this benchmark's defaults,
+    after ``--store`` / ``--data`` (where the store comes from, see :func:`graph_store`)
+    unless ``store`` is false."""
+    if store:
+        p.add_argument("--store", help="existing store (default: generate one under --data)")
+        p.add_argument("--data", default=str(REPO / "bench" / "data"))
+    p.add_argument("--nodes", type=int, default=nodes)
+    p.add_argument("--feat-dim", type=int, default=feat_dim)
+    p.add_argument("--avg-degree", type=float, default=avg_degree)
+    p.add_argument("--fanouts", default=fanouts)
+    p.add_argument("--batch-size", type=int, default=batch_size)
+
+
+def graph_store(args, prefix: str) -> tuple[Path, Path | None]:
+    """The store a benchmark runs on, and the temporary folder to delete after it (or
+    ``None``): ``--store`` as given; else the synthetic store of the arguments' size,
+    generated once under ``--data`` (a name per size, reused by later runs), or with
+    ``--toy`` under a new temporary folder named ``prefix...``."""
+    from pack_speed import make_store
+
+    if args.store:
+        return Path(args.store), None
+    tmp = Path(tempfile.mkdtemp(prefix=prefix)) if args.toy else None
+    base = tmp if tmp is not None else Path(args.data)
+    path = make_store(base / f"packbench-{args.nodes}-{args.feat_dim}-{args.avg_degree:g}",
+                      nodes=args.nodes, feat_dim=args.feat_dim, avg_degree=args.avg_degree)
+    return path, tmp
+
+
+def write_result(res: dict, out: Path | None, plot: Callable[[Path], Any], *,
+                 relative_plot: bool = False, **json_kw) -> None:
+    """With ``out``: draw the plot beside it (``plot(png)``), note the PNG's path in
+    ``res["plot"]`` (relative to the repository with ``relative_plot`` when inside it) and
+    write ``res`` there as JSON. Then print ``res`` as one JSON line. ``json_kw`` go to
+    ``json.dumps`` (``default=float`` for numpy scalars)."""
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        png = out.with_suffix(".png")
+        plot(png)
+        res["plot"] = (str(png.relative_to(REPO)) if relative_plot and png.is_relative_to(REPO)
+                       else str(png))
+        out.write_text(json.dumps(res, indent=1, **json_kw) + "\n")
+    print(json.dumps(res, **json_kw))
 
 
 class SubprocessError(RuntimeError):
