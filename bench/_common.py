@@ -17,6 +17,7 @@ import os
 import platform
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -178,6 +179,36 @@ def pick_datasets(spec: str, known: dict) -> list[str]:
     if unknown:
         raise SystemExit(f"--datasets: unknown {unknown}; choose from {', '.join(known)}")
     return names
+
+
+def add_on_off_args(ap, name: str, *, keeps: str) -> None:
+    """The arguments of a verify-on/off benchmark ``name``: ``--repeats``, ``--dir`` (where
+    the ``keeps`` is kept, see :func:`work_dir`), ``--toy`` and ``--out``."""
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--dir", default=None, help=f"keep the {keeps} here (reused across runs)")
+    ap.add_argument("--toy", action="store_true", help="a tiny run (for the test)")
+    ap.add_argument("--out", default=str(REPO / "bench" / "results" / f"{name}.json"))
+
+
+def work_dir(path: str | None) -> Path:
+    """``path`` (created if absent), or a new temporary folder when ``None``."""
+    root = Path(path or tempfile.mkdtemp(prefix="oocstore-bench-"))
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def on_off_runs(run: Callable[[bool], dict], repeats: int
+                ) -> tuple[dict[str, list[dict]], dict[str, float]]:
+    """``run(verify)`` ``repeats`` times with verification on and off, alternating which
+    goes first, after one untimed warm-up with it on: the runs of each mode
+    (``{"on": [...], "off": [...]}``) and the median of their ``"seconds"``."""
+    run(True)  # warm-up (imports, numba, first allocations)
+    runs: dict[str, list[dict]] = {"on": [], "off": []}
+    for i in range(repeats):
+        for mode in (("on", "off") if i % 2 == 0 else ("off", "on")):
+            runs[mode].append(run(mode == "on"))
+    med = {m: statistics.median(r["seconds"] for r in rs) for m, rs in runs.items()}
+    return runs, med
 
 
 def write_on_off(res: dict, out: Path, off_s: float, on_s: float, *, ylabel: str,

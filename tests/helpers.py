@@ -31,6 +31,13 @@ def make_synthetic(out: Path, *, nodes: int = 2000, feat_dim: int = 16, seed: in
     return build_store(out, synthetic_source(spec), seed=seed, overwrite=overwrite)
 
 
+def copy_of(template: Path, out: Path) -> Path:
+    """A copy of the read-only ``template`` store (or scene) at ``out``, for one test to
+    change."""
+    shutil.copytree(template, out)
+    return out
+
+
 def sampled_store(out: Path, *plans: dict,
                packs: dict[str, PackOptions | tuple[str, PackOptions]] | None = None,
                template: Path | None = None, **synthetic) -> Path:
@@ -155,6 +162,16 @@ def tree_bytes(root: Path, *, skip: tuple[str, ...] = ("catalog.lmdb",)) -> dict
 
 
 
+def flip_bits(path: Path, offset: int, mask: int) -> None:
+    """XOR the byte at ``offset`` of the file ``path`` with ``mask``, in place: damage
+    that keeps the file's size."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ mask]))
+
+
 class FullAfter:
     """A raw file whose ``write`` fails with ``err`` once ``limit`` bytes were written."""
 
@@ -176,11 +193,23 @@ class FullAfter:
         self._f.close()
 
 
-def load_bench(name: str):
-    """Import ``bench/<name>.py`` as a module (bench/ is scripts, not a package)."""
+def _load_script(folder: str, name: str):
+    """Import ``<folder>/<name>.py`` as module ``<folder>_<name>`` (a folder of scripts,
+    not a package)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"{folder}_{name}",
+                                                  REPO / folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_bench(name: str):
+    """Import ``bench/<name>.py`` as a module (bench/ is scripts, not a package)."""
+    return _load_script("bench", name)
+
+
+def load_tool(name: str):
+    """Import ``tools/<name>.py`` as a module (tools/ is scripts, not a package)."""
+    return _load_script("tools", name)
