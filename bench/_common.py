@@ -172,6 +172,38 @@ def run_json(cmd: list[str], *, timeout: float | None = None, env: dict | None =
                               f"{lines[-1][:200]!r}\n{r.stderr[-2000:]}") from err
 
 
+def dataset_store(work: Path, name: str, *, toy_spec: dict | None,
+                  split: tuple[float, float, float] = (0.6, 0.2, 0.2)) -> Path:
+    """The store of dataset ``name`` under ``work``, ingested once and then reused: from
+    the gnn-benchmark archive ``graphdata/<name>.npz`` of the shared data, or with
+    ``toy_spec`` a synthetic graph of those ``SyntheticSpec`` keywords."""
+    from oocstore.ingest import build_store
+
+    path = work / name
+    if (path / "catalog.lmdb").is_dir():
+        return path
+    work.mkdir(parents=True, exist_ok=True)
+    if toy_spec is not None:
+        from oocstore.ingest.synthetic import SyntheticSpec, synthetic_source
+
+        source = synthetic_source(SyntheticSpec(**toy_spec))
+    else:
+        from oocstore.ingest.npz import npz_source
+
+        source = npz_source(SHARED_DATA / "graphdata" / f"{name}.npz", trust_pickle=True)
+    print(f"ingesting {name} into {path} ...", file=sys.stderr, flush=True)
+    build_store(path, source, split_fractions=tuple(split), seed=0, overwrite=True)
+    return path
+
+
+def add_dataset_args(p, datasets: dict) -> None:
+    """``--toy`` (a tiny synthetic graph instead of the real datasets) and ``--datasets``
+    (some of ``datasets``, see :func:`pick_datasets`)."""
+    p.add_argument("--toy", action="store_true", help="tiny synthetic graph, seconds")
+    p.add_argument("--datasets", default=",".join(datasets),
+                   help=f"comma-separated, from {', '.join(datasets)}")
+
+
 def pick_datasets(spec: str, known: dict) -> list[str]:
     """The names in a comma-separated ``--datasets`` value; exits naming the unknown ones."""
     names = [d.strip() for d in spec.split(",") if d.strip()]
