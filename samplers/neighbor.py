@@ -124,8 +124,8 @@ def _rehash(keys, vals, size):
 
 @njit(nogil=True, cache=True)
 def _layer_edges(indptr, nodes, n_dst, f):
-    """Edges one layer samples into ``nodes[:n_dst]``: every in-edge where a node has at
-    most ``f`` (or ``f < 0``: all), else ``f``."""
+    """How many edges one layer samples into ``nodes[:n_dst]``: every in-edge of a node of
+    in-degree at most ``f`` (of every node when ``f < 0``), else ``f`` of them."""
     total = 0
     for i in range(n_dst):
         v = nodes[i]

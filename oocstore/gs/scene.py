@@ -675,7 +675,6 @@ class Scene:
                 f"blocks={self.num_blocks}, sh_degree={self.sh_degree})")
 
 
-
 def _check_create_options(block_size, spare, moments, cameras, photos) -> None:
     """The block size, spare capacity and moment type of a new scene, and its photos
     matching its cameras."""
