@@ -39,8 +39,8 @@ def copy_of(template: Path, out: Path) -> Path:
 
 
 def sampled_store(out: Path, *plans: dict,
-               packs: dict[str, PackOptions | tuple[str, PackOptions]] | None = None,
-               template: Path | None = None, **synthetic) -> Path:
+                  packs: dict[str, PackOptions | tuple[str, PackOptions]] | None = None,
+                  template: Path | None = None, **synthetic) -> Path:
     """A store at ``out`` with ``plans`` sampled in order (each a dict of ``sample_plan``
     keywords), then ``packs`` packed (pack name -> options of the plan sampled last, or
     ``(plan name, options)``). The store is a copy of ``template`` when given, else a new
@@ -49,7 +49,7 @@ def sampled_store(out: Path, *plans: dict,
     from samplers import sample_plan
 
     if template is not None:
-        shutil.copytree(template, out)
+        copy_of(template, out)
     else:
         make_synthetic(out, **synthetic)
     with Store(out, readonly=False) as store:

@@ -172,8 +172,8 @@ def test_batches_convert_to_pyg(store):
 def gpu_store(tmp_path_factory):
     packs = {"gpu": PackOptions(gpu_cache=300 * 64, cpu_cache=500 * 64, max_disk_blowup=64)}
     yield from opened(sampled_store(tmp_path_factory.mktemp("loader-gpu") / "s",
-                                 dict(fanouts="4,4", batch_size=200, epochs=2, seed=0),
-                                 packs=packs, nodes=3000, avg_degree=8), readonly=False)
+                                    dict(fanouts="4,4", batch_size=200, epochs=2, seed=0),
+                                    packs=packs, nodes=3000, avg_degree=8), readonly=False)
 
 
 @pytest.fixture

@@ -27,8 +27,8 @@ def store(tmp_path_factory):
                          cpu_cache=1200 * ROW_BYTES, max_disk_blowup=64)
     packs["nogpu"] = PackOptions(cpu_cache=1200 * ROW_BYTES, max_disk_blowup=64)
     yield from opened(sampled_store(tmp_path_factory.mktemp("loader-cuda") / "s",
-                                 dict(fanouts="5,5", batch_size=256, epochs=2, seed=0),
-                                 packs=packs, nodes=6000, avg_degree=8), readonly=False)
+                                    dict(fanouts="5,5", batch_size=256, epochs=2, seed=0),
+                                    packs=packs, nodes=6000, avg_degree=8), readonly=False)
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from oocstore.train.dgl_model import DGLGraphSAGE
 @pytest.fixture(scope="module")
 def plan_store(small_store_template, tmp_path_factory):
     return sampled_store(tmp_path_factory.mktemp("dgl") / "s", BATCHES_PLAN,
-                      template=small_store_template)
+                         template=small_store_template)
 
 
 @pytest.fixture(scope="module")

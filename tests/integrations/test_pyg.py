@@ -19,7 +19,7 @@ from oocstore.store import Store
 @pytest.fixture(scope="module")
 def plan_store(small_store_template, tmp_path_factory):
     return sampled_store(tmp_path_factory.mktemp("pyg") / "s", BATCHES_PLAN,
-                      template=small_store_template)
+                         template=small_store_template)
 
 
 def test_to_pyg_matches_plan_blocks(plan_store):

@@ -189,8 +189,8 @@ def packed(tmp_path_factory):
     packs = policy_packs({"static": "static", "belady": "belady"}, gpu_cache=300 * 64,
                          cpu_cache=500 * 64, max_disk_blowup=64)
     yield from opened(sampled_store(tmp_path_factory.mktemp("staging") / "s",
-                                 dict(fanouts="4,4", batch_size=200, epochs=2, seed=0),
-                                 packs=packs, nodes=3000, avg_degree=8), readonly=False)
+                                    dict(fanouts="4,4", batch_size=200, epochs=2, seed=0),
+                                    packs=packs, nodes=3000, avg_degree=8), readonly=False)
 
 
 @pytest.mark.parametrize("policy", ["static", "belady"])

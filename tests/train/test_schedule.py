@@ -15,8 +15,8 @@ from oocstore.train import epoch_schedule
 @pytest.fixture(scope="module")
 def reader(small_store_template, tmp_path_factory):
     path = sampled_store(tmp_path_factory.mktemp("sched") / "s",
-                      dict(fanouts="3,3", batch_size=100, epochs=3, seed=9, name="p"),
-                      template=small_store_template)
+                         dict(fanouts="3,3", batch_size=100, epochs=3, seed=9, name="p"),
+                         template=small_store_template)
     with Store(path) as store:
         yield PlanReader(store, "p")
 
