@@ -2,6 +2,8 @@
 result, the DGL environment's interpreter, per-process counters (peak RSS, bytes read
 from storage), and running one measurement in a fresh subprocess.
 
+The synthetic-graph arguments and the store they describe (``add_graph_args``,
+``graph_store``) and writing a result with its plot (``write_result``) are here too.
 Store and plan set-up live in ``bench/pack_speed.py`` (``make_store``, ``ensure_plan``,
 ``proc_io``, used here) and the sequential O_DIRECT read probe in ``bench/ssd_epoch.py``
 (``seq_read``). Only the standard library is needed at import time, so the module also
@@ -15,10 +17,12 @@ import os
 import platform
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -98,6 +102,57 @@ def machine_info(workdir: Path | None = None) -> dict[str, Any]:
     return info
 
 
+#: ``--toy`` sizes of the synthetic graph of the pack and read benchmarks.
+TOY_GRAPH = dict(nodes=20_000, feat_dim=32, avg_degree=6.0, fanouts="5,3", batch_size=256)
+
+
+def add_graph_args(p, *, nodes: int, feat_dim: int, avg_degree: float, fanouts: str,
+                   batch_size: int, store: bool = True) -> None:
+    """The synthetic graph's size and sampling arguments with this benchmark's defaults,
+    after ``--store`` / ``--data`` (where the store comes from, see :func:`graph_store`)
+    unless ``store`` is false."""
+    if store:
+        p.add_argument("--store", help="existing store (default: generate one under --data)")
+        p.add_argument("--data", default=str(REPO / "bench" / "data"))
+    p.add_argument("--nodes", type=int, default=nodes)
+    p.add_argument("--feat-dim", type=int, default=feat_dim)
+    p.add_argument("--avg-degree", type=float, default=avg_degree)
+    p.add_argument("--fanouts", default=fanouts)
+    p.add_argument("--batch-size", type=int, default=batch_size)
+
+
+def graph_store(args, prefix: str) -> tuple[Path, Path | None]:
+    """The store a benchmark runs on, and the temporary folder to delete after it (or
+    ``None``): ``--store`` as given; else the synthetic store of the arguments' size,
+    generated once under ``--data`` (a name per size, reused by later runs), or with
+    ``--toy`` under a new temporary folder named ``prefix...``."""
+    from pack_speed import make_store
+
+    if args.store:
+        return Path(args.store), None
+    tmp = Path(tempfile.mkdtemp(prefix=prefix)) if args.toy else None
+    base = tmp if tmp is not None else Path(args.data)
+    path = make_store(base / f"packbench-{args.nodes}-{args.feat_dim}-{args.avg_degree:g}",
+                      nodes=args.nodes, feat_dim=args.feat_dim, avg_degree=args.avg_degree)
+    return path, tmp
+
+
+def write_result(res: dict, out: Path | None, plot: Callable[[Path], Any], *,
+                 relative_plot: bool = False, **json_kw) -> None:
+    """With ``out``: draw the plot beside it (``plot(png)``), note the PNG's path in
+    ``res["plot"]`` (relative to the repository with ``relative_plot`` when inside it) and
+    write ``res`` there as JSON. Then print ``res`` as one JSON line. ``json_kw`` go to
+    ``json.dumps`` (``default=float`` for numpy scalars)."""
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        png = out.with_suffix(".png")
+        plot(png)
+        res["plot"] = (str(png.relative_to(REPO)) if relative_plot and png.is_relative_to(REPO)
+                       else str(png))
+        out.write_text(json.dumps(res, indent=1, **json_kw) + "\n")
+    print(json.dumps(res, **json_kw))
+
+
 class SubprocessError(RuntimeError):
     """A measurement subprocess failed; the message carries the tail of its stderr."""
 
@@ -117,6 +172,38 @@ def run_json(cmd: list[str], *, timeout: float | None = None, env: dict | None =
                               f"{lines[-1][:200]!r}\n{r.stderr[-2000:]}") from err
 
 
+def dataset_store(work: Path, name: str, *, toy_spec: dict | None,
+                  split: tuple[float, float, float] = (0.6, 0.2, 0.2)) -> Path:
+    """The store of dataset ``name`` under ``work``, ingested once and then reused: from
+    the gnn-benchmark archive ``graphdata/<name>.npz`` of the shared data, or with
+    ``toy_spec`` a synthetic graph of those ``SyntheticSpec`` keywords."""
+    from oocstore.ingest import build_store
+
+    path = work / name
+    if (path / "catalog.lmdb").is_dir():
+        return path
+    work.mkdir(parents=True, exist_ok=True)
+    if toy_spec is not None:
+        from oocstore.ingest.synthetic import SyntheticSpec, synthetic_source
+
+        source = synthetic_source(SyntheticSpec(**toy_spec))
+    else:
+        from oocstore.ingest.npz import npz_source
+
+        source = npz_source(SHARED_DATA / "graphdata" / f"{name}.npz", trust_pickle=True)
+    print(f"ingesting {name} into {path} ...", file=sys.stderr, flush=True)
+    build_store(path, source, split_fractions=tuple(split), seed=0, overwrite=True)
+    return path
+
+
+def add_dataset_args(p, datasets: dict) -> None:
+    """``--toy`` (a tiny synthetic graph instead of the real datasets) and ``--datasets``
+    (some of ``datasets``, see :func:`pick_datasets`)."""
+    p.add_argument("--toy", action="store_true", help="tiny synthetic graph, seconds")
+    p.add_argument("--datasets", default=",".join(datasets),
+                   help=f"comma-separated, from {', '.join(datasets)}")
+
+
 def pick_datasets(spec: str, known: dict) -> list[str]:
     """The names in a comma-separated ``--datasets`` value; exits naming the unknown ones."""
     names = [d.strip() for d in spec.split(",") if d.strip()]
@@ -124,6 +211,36 @@ def pick_datasets(spec: str, known: dict) -> list[str]:
     if unknown:
         raise SystemExit(f"--datasets: unknown {unknown}; choose from {', '.join(known)}")
     return names
+
+
+def add_on_off_args(ap, name: str, *, keeps: str) -> None:
+    """The arguments of a verify-on/off benchmark ``name``: ``--repeats``, ``--dir`` (where
+    the ``keeps`` is kept, see :func:`work_dir`), ``--toy`` and ``--out``."""
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--dir", default=None, help=f"keep the {keeps} here (reused across runs)")
+    ap.add_argument("--toy", action="store_true", help="a tiny run (for the test)")
+    ap.add_argument("--out", default=str(REPO / "bench" / "results" / f"{name}.json"))
+
+
+def work_dir(path: str | None) -> Path:
+    """``path`` (created if absent), or a new temporary folder when ``None``."""
+    root = Path(path or tempfile.mkdtemp(prefix="oocstore-bench-"))
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def on_off_runs(run: Callable[[bool], dict], repeats: int
+                ) -> tuple[dict[str, list[dict]], dict[str, float]]:
+    """``run(verify)`` ``repeats`` times with verification on and off, alternating which
+    goes first, after one untimed warm-up with it on: the runs of each mode
+    (``{"on": [...], "off": [...]}``) and the median of their ``"seconds"``."""
+    run(True)  # warm-up (imports, numba, first allocations)
+    runs: dict[str, list[dict]] = {"on": [], "off": []}
+    for i in range(repeats):
+        for mode in (("on", "off") if i % 2 == 0 else ("off", "on")):
+            runs[mode].append(run(mode == "on"))
+    med = {m: statistics.median(r["seconds"] for r in rs) for m, rs in runs.items()}
+    return runs, med
 
 
 def write_on_off(res: dict, out: Path, off_s: float, on_s: float, *, ylabel: str,

@@ -40,7 +40,7 @@ DATA = REPO.parent / "shared" / "data" / "graphdata"
 DEFAULT_OUT = REPO / "bench" / "results" / "accuracy_parity.json"
 
 sys.path.insert(0, str(REPO / "bench"))
-from _common import pick_datasets  # noqa: E402
+from _common import add_dataset_args, pick_datasets  # noqa: E402
 from plan_epochs_accuracy import DATASETS as STUDY_SETTINGS  # noqa: E402
 
 #: Per dataset: training epochs, hidden width, learning rate, fanouts and batch size: the
@@ -149,9 +149,7 @@ def table(results: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--toy", action="store_true", help="tiny synthetic graph, seconds")
-    p.add_argument("--datasets", default=",".join(DATASETS),
-                   help=f"comma-separated, from {', '.join(DATASETS)}")
+    add_dataset_args(p, DATASETS)
     p.add_argument("--seeds", default="0,1,2", help="model seeds (default 0,1,2)")
     p.add_argument("--work", default=None, help="folder for the stores (default: a temp dir)")
     p.add_argument("--out", default=None, help=f"results JSON (default {DEFAULT_OUT}; "

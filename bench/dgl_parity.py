@@ -43,6 +43,9 @@ from oocstore.store import Store  # noqa: E402
 from oocstore.train import InMemoryFeatures, evaluate, train_epoch  # noqa: E402
 from samplers import sample_plan  # noqa: E402
 
+sys.path.insert(0, str(REPO / "bench"))
+from _common import dataset_store  # noqa: E402
+
 DATA = REPO.parent / "shared" / "data" / "graphdata"
 RESULTS = REPO / "bench" / "results"
 DEFAULT_WORK = REPO / "bench" / "data" / "dgl_parity"
@@ -83,23 +86,8 @@ def build_model(backend: str, in_dim: int, classes: int, cfg: dict) -> torch.nn.
 
 
 def prepare_store(cfg: dict, work: Path, toy: bool) -> Path:
-    from oocstore.ingest import build_store
-
-    path = work / cfg["dataset"]
-    if (path / "catalog.lmdb").is_dir():
-        return path
-    work.mkdir(parents=True, exist_ok=True)
-    if toy:
-        from oocstore.ingest.synthetic import SyntheticSpec, synthetic_source
-
-        source = synthetic_source(SyntheticSpec(nodes=2000, feat_dim=16, avg_degree=8, seed=0))
-    else:
-        from oocstore.ingest.npz import npz_source
-
-        source = npz_source(DATA / f"{cfg['dataset']}.npz", trust_pickle=True)
-    log(f"ingesting {cfg['dataset']} into {path} ...")
-    build_store(path, source, split_fractions=tuple(cfg["split"]), seed=0, overwrite=True)
-    return path
+    toy_spec = dict(nodes=2000, feat_dim=16, avg_degree=8, seed=0) if toy else None
+    return dataset_store(work, cfg["dataset"], toy_spec=toy_spec, split=cfg["split"])
 
 
 def run_seed(store: Store, feats: InMemoryFeatures, cfg: dict, backend: str, seed: int,

@@ -74,7 +74,7 @@ for _p in (str(REPO), str(REPO / "bench")):
         sys.path.insert(0, _p)
 
 from _common import (SHARED_DATA, dgl_python, machine_info, peak_rss_bytes,  # noqa: E402
-                     read_bytes, rss_bytes, run_json)
+                     read_bytes, rss_bytes, run_json, write_result)
 
 from oocstore.errors import UsageError  # noqa: E402
 
@@ -1017,13 +1017,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\nmachine: {machine['cpus']} cpus, 1-min load average {machine['loadavg_1min']:.2f} "
           f"at the start, {machine['loadavg_1min_end']:.2f} at the end (shared machines: rerun "
           f"on a quiet one for absolute numbers); {result['seconds']:.0f} s in all")
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        png = out.with_suffix(".png")
-        plot(result, png)
-        result["plot"] = str(png.relative_to(REPO)) if png.is_relative_to(REPO) else str(png)
-        out.write_text(json.dumps(result, indent=1, default=float) + "\n")
-    print(json.dumps(result, default=float))
+    write_result(result, out, lambda png: plot(result, png), relative_plot=True, default=float)
     return result
 
 

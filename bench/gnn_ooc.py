@@ -72,7 +72,7 @@ for _p in (str(REPO), str(REPO / "bench"), str(REPO / "bench" / "baselines")):
         sys.path.insert(0, _p)
 
 import _memcg  # noqa: E402
-from _common import (dgl_python, machine_info, read_bytes,  # noqa: E402
+from _common import (add_graph_args, dgl_python, machine_info, read_bytes,  # noqa: E402
                      run_json, SubprocessError)
 
 from oocstore.errors import UsageError  # noqa: E402
@@ -961,11 +961,8 @@ def write_md(res: dict, text: str, path: Path) -> None:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workdir", default=str(REPO / "bench" / "data" / "gnn_ooc"))
-    p.add_argument("--nodes", type=int, default=8_500_000)
-    p.add_argument("--feat-dim", type=int, default=128)
-    p.add_argument("--avg-degree", type=float, default=10.0)
-    p.add_argument("--fanouts", default="10,5")
-    p.add_argument("--batch-size", type=int, default=1024)
+    add_graph_args(p, nodes=8_500_000, feat_dim=128, avg_degree=10.0, fanouts="10,5",
+                   batch_size=1024, store=False)
     p.add_argument("--epoch-batches", type=int, default=256)
     p.add_argument("--limit", default="1GiB", help="memory cgroup limit (process + page cache)")
     p.add_argument("--budget", default="448MiB",

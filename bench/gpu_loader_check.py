@@ -51,8 +51,11 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
 import torch  # noqa: E402
+
+from _common import add_graph_args  # noqa: E402
 
 from oocstore import Store  # noqa: E402
 from oocstore.budget import MemoryBudget  # noqa: E402
@@ -266,11 +269,8 @@ def h2d(rows: int, feat_dim: int, dtype, repeats: int = 10) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--nodes", type=int, default=300_000)
-    ap.add_argument("--feat-dim", type=int, default=128)
-    ap.add_argument("--avg-degree", type=float, default=10.0)
-    ap.add_argument("--fanouts", default="10,5")
-    ap.add_argument("--batch-size", type=int, default=1024)
+    add_graph_args(ap, nodes=300_000, feat_dim=128, avg_degree=10.0, fanouts="10,5",
+                   batch_size=1024, store=False)
     ap.add_argument("--gpu-cache", type=float, default=0.1, help="fraction of the features")
     ap.add_argument("--cpu-cache", type=float, default=0.1, help="fraction of the features")
     ap.add_argument("--hidden", type=int, default=256)

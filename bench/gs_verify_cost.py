@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 import zlib
 from pathlib import Path
@@ -29,7 +28,7 @@ for p in (REPO, REPO / "bench"):
 
 import numpy as np  # noqa: E402
 
-from _common import machine_info, write_on_off  # noqa: E402
+from _common import add_on_off_args, machine_info, on_off_runs, work_dir, write_on_off  # noqa: E402
 
 from oocstore.gs.scene import Scene  # noqa: E402
 from oocstore.gs.synthetic import random_scene  # noqa: E402
@@ -78,25 +77,16 @@ def main() -> int:
     ap.add_argument("--gaussians", type=int, default=400_000)
     ap.add_argument("--sh-degree", type=int, default=3)
     ap.add_argument("--block-size", type=int, default=4096)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--dir", default=None, help="keep the scene here (reused across runs)")
-    ap.add_argument("--toy", action="store_true", help="a tiny run (for the test)")
-    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "gs_verify_cost.json"))
+    add_on_off_args(ap, "gs_verify_cost", keeps="scene")
     args = ap.parse_args()
     if args.toy:
         args.gaussians, args.sh_degree, args.block_size, args.repeats = 4000, 1, 512, 3
-    root = Path(args.dir or tempfile.mkdtemp(prefix="oocstore-bench-"))
-    root.mkdir(parents=True, exist_ok=True)
+    root = work_dir(args.dir)
     path = root / f"gsverify-{args.gaussians}-{args.sh_degree}-{args.block_size}"
     if not path.exists():
         random_scene(path, args.gaussians, args.sh_degree, block_size=args.block_size,
                      views=4).close()
-    one_pass(path, True)  # warm-up (imports, first allocations)
-    runs: dict[str, list[dict]] = {"on": [], "off": []}
-    for i in range(args.repeats):
-        for mode in (("on", "off") if i % 2 == 0 else ("off", "on")):
-            runs[mode].append(one_pass(path, mode == "on"))
-    med = {m: statistics.median(r["seconds"] for r in rs) for m, rs in runs.items()}
+    runs, med = on_off_runs(lambda verify: one_pass(path, verify), args.repeats)
     nbytes = runs["on"][0]["bytes"]
     with Scene.open(path, readonly=True) as scene:
         blocks, direct = scene.num_blocks, _direct_ok(scene)

@@ -29,12 +29,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import shutil
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -43,6 +41,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+from _common import TOY_GRAPH, add_graph_args, graph_store, write_result  # noqa: E402
 from oocstore.store.probe import write_speed as disk_write_speed  # noqa: E402
 MB = 1e6
 
@@ -279,13 +279,8 @@ def breakdown(timers: StageTimers, total: float) -> dict[str, float]:
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--store", help="existing store (default: generate one under --data)")
-    p.add_argument("--data", default=str(REPO / "bench" / "data"))
-    p.add_argument("--nodes", type=int, default=2_000_000)
-    p.add_argument("--feat-dim", type=int, default=128)
-    p.add_argument("--avg-degree", type=float, default=10.0)
-    p.add_argument("--fanouts", default="10,5")
-    p.add_argument("--batch-size", type=int, default=1024)
+    add_graph_args(p, nodes=2_000_000, feat_dim=128, avg_degree=10.0, fanouts="10,5",
+                   batch_size=1024)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--cpu-frac", type=float, default=0.10, help="CPU tier, fraction of features")
     p.add_argument("--max-disk-blowup", type=float, default=4.0)
@@ -300,21 +295,10 @@ def main(argv=None) -> dict:
     p.add_argument("--toy", action="store_true", help="tiny sizes (for the test)")
     args = p.parse_args(argv)
     if args.toy:
-        args.nodes, args.feat_dim, args.avg_degree, args.fanouts, args.batch_size = \
-            20_000, 32, 6.0, "5,3", 256
+        vars(args).update(TOY_GRAPH)
     out = Path(args.out) if args.out else (None if args.toy else
                                            REPO / "bench" / "results" / "pack_speed.json")
-    tmp = None
-    if args.store:
-        path = Path(args.store)
-    else:
-        if args.toy:
-            tmp = Path(tempfile.mkdtemp(prefix="packspeed-"))
-            base = tmp
-        else:
-            base = Path(args.data)
-        path = make_store(base / f"packbench-{args.nodes}-{args.feat_dim}-{args.avg_degree:g}",
-                          nodes=args.nodes, feat_dim=args.feat_dim, avg_degree=args.avg_degree)
+    path, tmp = graph_store(args, "packspeed-")
     plan = f"pack-speed-e{args.epochs}"
     try:
         with Store(path, readonly=False) as store:
@@ -394,13 +378,7 @@ def main(argv=None) -> dict:
     for stage, sec in sorted(stages.items(), key=lambda kv: -kv[1]):
         mark = "|" if stage in THREAD_STAGES else " "
         print(f"   {mark}{stage:<46} {sec:7.2f} s  {100 * sec / r['seconds']:5.1f} %")
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        png = out.with_suffix(".png")
-        plot(stages, res, png)
-        res["plot"] = str(png)
-        out.write_text(json.dumps(res, indent=1) + "\n")
-    print(json.dumps(res))
+    write_result(res, out, lambda png: plot(stages, res, png))
     return res
 
 

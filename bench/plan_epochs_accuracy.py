@@ -53,7 +53,7 @@ from oocstore.train import (GraphSAGE, InMemoryFeatures, epoch_schedule, evaluat
 from samplers import sample_plan  # noqa: E402
 
 sys.path.insert(0, str(REPO / "bench"))
-from _common import pick_datasets  # noqa: E402
+from _common import add_dataset_args, dataset_store, pick_datasets  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data" / "graphdata"
 DEFAULT_OUT = REPO / "bench" / "results" / "plan_epochs_accuracy.json"
@@ -76,23 +76,8 @@ def log(msg: str) -> None:
 
 
 def prepare_store(name: str, work: Path, *, toy: bool) -> Path:
-    from oocstore.ingest import build_store
-
-    path = work / name
-    if (path / "catalog.lmdb").is_dir():
-        return path
-    work.mkdir(parents=True, exist_ok=True)
-    if toy:
-        from oocstore.ingest.synthetic import SyntheticSpec, synthetic_source
-
-        source = synthetic_source(SyntheticSpec(nodes=3000, feat_dim=32, avg_degree=8, seed=0))
-    else:
-        from oocstore.ingest.npz import npz_source
-
-        source = npz_source(DATA / f"{name}.npz", trust_pickle=True)
-    log(f"ingesting {name} into {path} ...")
-    build_store(path, source, split_fractions=(0.6, 0.2, 0.2), seed=0, overwrite=True)
-    return path
+    toy_spec = dict(nodes=3000, feat_dim=32, avg_degree=8, seed=0) if toy else None
+    return dataset_store(work, name, toy_spec=toy_spec)
 
 
 def parse_ks(text: str, epochs: int) -> list[int]:
@@ -177,9 +162,7 @@ def table(results: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--toy", action="store_true", help="tiny synthetic graph, seconds")
-    p.add_argument("--datasets", default=",".join(DATASETS),
-                   help=f"comma-separated, from {', '.join(DATASETS)}")
+    add_dataset_args(p, DATASETS)
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--ks", default="1,4,E", help="plan epochs K to compare; E = training epochs")
     p.add_argument("--reuse", choices=["shuffle", "cycle"], default="shuffle",

@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO))
 from oocstore.store.probe import write_speed as disk_write_speed  # noqa: E402
 sys.path.insert(0, str(REPO / "bench"))
 
+from _common import add_graph_args  # noqa: E402
 from baselines import numpy_sampler  # noqa: E402
 
 import numba  # noqa: E402
@@ -103,13 +104,8 @@ def run_dgl(store: Store, seeds_file: Path, nseeds: int, fanouts, bs, batches, t
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--store", help="existing store (default: generate one under --data)")
-    p.add_argument("--data", default=str(REPO / "bench" / "data"))
-    p.add_argument("--nodes", type=int, default=3_000_000)
-    p.add_argument("--avg-degree", type=float, default=20.0)
-    p.add_argument("--feat-dim", type=int, default=16)
-    p.add_argument("--fanouts", default="15,10,5")
-    p.add_argument("--batch-size", type=int, default=1024)
+    add_graph_args(p, nodes=3_000_000, feat_dim=16, avg_degree=20.0, fanouts="15,10,5",
+                   batch_size=1024)
     p.add_argument("--batches", type=int, default=60, help="batches per repeat (ours, DGL)")
     p.add_argument("--numpy-batches", type=int, default=10, help="batches per repeat (numpy)")
     p.add_argument("--plan-batches", type=int, default=120, help="batches of the timed plan")

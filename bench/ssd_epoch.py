@@ -31,11 +31,9 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -46,7 +44,8 @@ sys.path.insert(0, str(REPO / "bench"))
 MB = 1e6
 _REQUEST = 8 << 20
 
-from pack_speed import drop_pack, ensure_plan, make_store, proc_io  # noqa: E402
+from _common import TOY_GRAPH, add_graph_args, graph_store, write_result  # noqa: E402
+from pack_speed import drop_pack, ensure_plan, proc_io  # noqa: E402
 
 from oocstore.pack import PackOptions, pack_plan  # noqa: E402
 from oocstore.store import ALIGN, Store  # noqa: E402
@@ -183,13 +182,8 @@ PACK_PLAN = "ssd-epoch"
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--store", help="existing store (default: generate one under --data)")
-    p.add_argument("--data", default=str(REPO / "bench" / "data"))
-    p.add_argument("--nodes", type=int, default=2_000_000)
-    p.add_argument("--feat-dim", type=int, default=128)
-    p.add_argument("--avg-degree", type=float, default=10.0)
-    p.add_argument("--fanouts", default="10,5")
-    p.add_argument("--batch-size", type=int, default=1024)
+    add_graph_args(p, nodes=2_000_000, feat_dim=128, avg_degree=10.0, fanouts="10,5",
+                   batch_size=1024)
     p.add_argument("--batches", type=int, default=64, help="batches in the epoch")
     p.add_argument("--baseline-batches", type=int, default=8,
                    help="batches read by the slow baselines (fallback, mmap)")
@@ -202,22 +196,11 @@ def main(argv=None) -> dict:
     p.add_argument("--toy", action="store_true", help="tiny sizes (for the test)")
     args = p.parse_args(argv)
     if args.toy:
-        args.nodes, args.feat_dim, args.avg_degree, args.fanouts, args.batch_size = \
-            20_000, 32, 6.0, "5,3", 256
+        vars(args).update(TOY_GRAPH)
         args.batches, args.baseline_batches, args.rounds = 8, 2, 2
     out = Path(args.out) if args.out else (None if args.toy else
                                            REPO / "bench" / "results" / "ssd_epoch.json")
-    tmp = None
-    if args.store:
-        path = Path(args.store)
-    else:
-        if args.toy:
-            tmp = Path(tempfile.mkdtemp(prefix="ssdepoch-"))
-            base = tmp
-        else:
-            base = Path(args.data)
-        path = make_store(base / f"packbench-{args.nodes}-{args.feat_dim}-{args.avg_degree:g}",
-                          nodes=args.nodes, feat_dim=args.feat_dim, avg_degree=args.avg_degree)
+    path, tmp = graph_store(args, "ssdepoch-")
     try:
         with Store(path, readonly=False) as store:
             train = store.split("train")
@@ -339,13 +322,7 @@ def main(argv=None) -> dict:
     print(f"  per row, ours is {res['speedup_vs_fallback_per_row']:.1f}x the base-row fallback, "
           f"{res['speedup_vs_mmap_per_row']:.1f}x mmap (cold start), "
           f"{res['speedup_vs_mmap_evict_per_row']:.1f}x mmap evicted every batch")
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        png = out.with_suffix(".png")
-        plot(res, png)
-        res["plot"] = str(png)
-        out.write_text(json.dumps(res, indent=1) + "\n")
-    print(json.dumps(res))
+    write_result(res, out, lambda png: plot(res, png))
     return res
 
 

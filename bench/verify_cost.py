@@ -14,9 +14,7 @@ memory hides the CRC work). Prints the ratio, one JSON line, and writes
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,7 +23,7 @@ for p in (REPO, REPO / "bench"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from _common import machine_info, write_on_off  # noqa: E402
+from _common import add_on_off_args, machine_info, on_off_runs, work_dir, write_on_off  # noqa: E402
 from pack_speed import ensure_plan, make_store  # noqa: E402
 
 from oocstore import Store  # noqa: E402
@@ -52,15 +50,11 @@ def main() -> int:
     ap.add_argument("--nodes", type=int, default=2_000_000)
     ap.add_argument("--feat-dim", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=1024)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--dir", default=None, help="keep the store here (reused across runs)")
-    ap.add_argument("--toy", action="store_true", help="a tiny run (for the test)")
-    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "verify_cost.json"))
+    add_on_off_args(ap, "verify_cost", keeps="store")
     args = ap.parse_args()
     if args.toy:
         args.nodes, args.feat_dim, args.batch_size, args.repeats = 20_000, 32, 256, 3
-    root = Path(args.dir or tempfile.mkdtemp(prefix="oocstore-bench-"))
-    root.mkdir(parents=True, exist_ok=True)
+    root = work_dir(args.dir)
     path = make_store(root / f"verify-{args.nodes}-{args.feat_dim}", nodes=args.nodes,
                       feat_dim=args.feat_dim, avg_degree=8)
     with Store(path, readonly=False) as store:
@@ -69,12 +63,8 @@ def main() -> int:
             pack_plan(store, "vc", name="vc", options=PackOptions(cpu_cache=0, gpu_cache=0,
                                                                   max_disk_blowup=16))
     with Store(path) as store:
-        epoch(store, "vc", True)  # warm-up (imports, numba, the plan's index)
-        runs: dict[str, list[dict]] = {"on": [], "off": []}
-        for i in range(args.repeats):
-            for mode in (("on", "off") if i % 2 == 0 else ("off", "on")):
-                runs[mode].append(epoch(store, "vc", mode == "on"))
-    med = {m: statistics.median(r["seconds"] for r in rs) for m, rs in runs.items()}
+        # the warm-up loads the imports, numba's kernels and the plan's index
+        runs, med = on_off_runs(lambda verify: epoch(store, "vc", verify), args.repeats)
     on, off = runs["on"][0], runs["off"][0]
     res = {"bench": "verify_cost", "toy": args.toy, "nodes": args.nodes,
            "feat_dim": args.feat_dim, "batch_size": args.batch_size, "repeats": args.repeats,

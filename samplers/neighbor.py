@@ -123,6 +123,66 @@ def _rehash(keys, vals, size):
 
 
 @njit(nogil=True, cache=True)
+def _layer_edges(indptr, nodes, n_dst, f):
+    """How many edges one layer samples into ``nodes[:n_dst]``: every in-edge of a node of
+    in-degree at most ``f`` (of every node when ``f < 0``), else ``f`` of them."""
+    total = 0
+    for i in range(n_dst):
+        v = nodes[i]
+        d = indptr[v + 1] - indptr[v]
+        total += d if (f < 0 or d <= f) else f
+    return total
+
+
+@njit(nogil=True, cache=True)
+def _sample_layer(indptr, indices, nodes, keys, vals, n, f, picked, seed, epoch, batch, layer):
+    """Sample up to ``f`` in-neighbours of each of the ``n`` nodes so far (destinations
+    ``0..n-1``), adding new sources to the table. The node and table arrays grow when
+    needed, so they are returned: ``(nodes, keys, vals, n, src, dst)``, edges as local
+    ids."""
+    n_dst = n
+    total = _layer_edges(indptr, nodes, n_dst, f)
+    if n + total > nodes.shape[0]:
+        grown = np.empty(n + total, np.int64)
+        grown[:n] = nodes[:n]
+        nodes = grown
+    if 2 * (n + total) > keys.shape[0]:
+        keys, vals = _rehash(keys, vals, _table_size(n + total))
+    src = np.empty(total, np.int64)
+    dst = np.empty(total, np.int64)
+    pos = 0
+    for i in range(n_dst):
+        v = nodes[i]
+        lo = indptr[v]
+        d = indptr[v + 1] - lo
+        every = f < 0 or d <= f
+        k = d if every else f
+        if not every:
+            h = _key(seed, epoch, batch, layer, v)
+            # Floyd: for j = d-k .. d-1 draw t in [0, j]; take t, or j if t was taken.
+            for c in range(k):
+                j = d - k + c
+                t = _below(h, c, j + 1)
+                for q in range(c):
+                    if picked[q] == t:
+                        t = j
+                        break
+                picked[c] = t
+        for c in range(k):
+            u = np.int64(indices[lo + (c if every else picked[c])])
+            s = _slot(keys, u)
+            if keys[s] == -1:  # a node new to the batch: its local id is n
+                keys[s] = u
+                vals[s] = n
+                nodes[n] = u
+                n += 1
+            src[pos + c] = vals[s]
+            dst[pos + c] = i
+        pos += k
+    return nodes, keys, vals, n, src, dst
+
+
+@njit(nogil=True, cache=True)
 def _sample_one(indptr, indices, seeds, fanouts, seed, epoch, batch):
     """Sample one batch. Returns ``(record int64, layers [L, 3] int64)`` laid out as in
     :mod:`oocstore.plan` (input nodes, then src/dst of layer 0, ..., layer L-1)."""
@@ -148,66 +208,24 @@ def _sample_one(indptr, indices, seeds, fanouts, seed, epoch, batch):
     srcs = List()
     dsts = List()
     for layer in range(num_layers - 1, -1, -1):
-        f = fanouts[layer]
         n_dst = n
-        total = 0
-        for i in range(n_dst):
-            v = nodes[i]
-            d = indptr[v + 1] - indptr[v]
-            total += d if (f < 0 or d <= f) else f
-        if n + total > nodes.shape[0]:
-            grown = np.empty(n + total, np.int64)
-            grown[:n] = nodes[:n]
-            nodes = grown
-        if 2 * (n + total) > keys.shape[0]:
-            keys, vals = _rehash(keys, vals, _table_size(n + total))
-        src = np.empty(total, np.int64)
-        dst = np.empty(total, np.int64)
-        pos = 0
-        for i in range(n_dst):
-            v = nodes[i]
-            lo = indptr[v]
-            d = indptr[v + 1] - lo
-            if f < 0 or d <= f:
-                k = d
-                for j in range(d):
-                    u = np.int64(indices[lo + j])
-                    s = _slot(keys, u)
-                    if keys[s] == -1:
-                        keys[s] = u
-                        vals[s] = n
-                        nodes[n] = u
-                        n += 1
-                    src[pos + j] = vals[s]
-                    dst[pos + j] = i
-            else:
-                k = f
-                h = _key(seed, epoch, batch, layer, v)
-                # Floyd: for j = d-k .. d-1 draw t in [0, j]; take t, or j if t was taken.
-                for c in range(k):
-                    j = d - k + c
-                    t = _below(h, c, j + 1)
-                    for q in range(c):
-                        if picked[q] == t:
-                            t = j
-                            break
-                    picked[c] = t
-                for c in range(k):
-                    u = np.int64(indices[lo + picked[c]])
-                    s = _slot(keys, u)
-                    if keys[s] == -1:
-                        keys[s] = u
-                        vals[s] = n
-                        nodes[n] = u
-                        n += 1
-                    src[pos + c] = vals[s]
-                    dst[pos + c] = i
-            pos += k
+        nodes, keys, vals, n, src, dst = _sample_layer(indptr, indices, nodes, keys, vals, n,
+                                                       fanouts[layer], picked, seed, epoch,
+                                                       batch, layer)
         layers[layer, 0] = n
         layers[layer, 1] = n_dst
-        layers[layer, 2] = total
+        layers[layer, 2] = src.shape[0]
         srcs.append(src)
         dsts.append(dst)
+    return _batch_record(nodes, n, layers, srcs, dsts), layers
+
+
+@njit(nogil=True, cache=True)
+def _batch_record(nodes, n, layers, srcs, dsts):
+    """The plan record of a batch: its ``n`` input nodes, then src and dst of each layer
+    from layer 0 (``srcs`` / ``dsts`` were appended from the seed side: layer l is at
+    num_layers - 1 - l)."""
+    num_layers = layers.shape[0]
     size = n
     for layer in range(num_layers):
         size += 2 * layers[layer, 2]
@@ -215,12 +233,11 @@ def _sample_one(indptr, indices, seeds, fanouts, seed, epoch, batch):
     record[:n] = nodes[:n]
     pos = n
     for layer in range(num_layers):
-        # srcs/dsts were appended from the seed side: layer l is at num_layers - 1 - l.
         e = layers[layer, 2]
         record[pos:pos + e] = srcs[num_layers - 1 - layer]
         record[pos + e:pos + 2 * e] = dsts[num_layers - 1 - layer]
         pos += 2 * e
-    return record, layers
+    return record
 
 
 @njit(parallel=True, nogil=True, cache=True)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from helpers import make_synthetic
+from helpers import copy_of, make_synthetic
 
 
 @pytest.fixture
@@ -24,6 +23,4 @@ def small_store_template(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def small_store(small_store_template: Path, tmp_path: Path) -> Path:
-    dst = tmp_path / "small"
-    shutil.copytree(small_store_template, dst)
-    return dst
+    return copy_of(small_store_template, tmp_path / "small")

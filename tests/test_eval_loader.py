@@ -5,31 +5,23 @@ import numpy as np
 import pytest
 import torch
 
-from oocstore import Store
+from helpers import opened, sampled_store
 from oocstore.budget import MemoryBudget
 from oocstore.errors import UsageError
-from oocstore.ingest import build_store
-from oocstore.ingest.synthetic import SyntheticSpec, synthetic_source
 from oocstore.loader import NodeLoader
-from oocstore.pack import PackOptions, pack_plan
-from samplers import sample_plan
+from oocstore.pack import PackOptions
 
 BUDGET = MemoryBudget(cpu="8MiB")
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    path = tmp_path_factory.mktemp("eval") / "s"
-    build_store(path, synthetic_source(SyntheticSpec(nodes=3000, feat_dim=16, avg_degree=6,
-                                                     classes=5)))
-    with Store(path, readonly=False) as s:
-        sample_plan(s, fanouts="4,3", batch_size=128, epochs=2, seed=0, name="train")
-        pack_plan(s, "train", name="train", options=PackOptions(cpu_cache=300 * 64))
-        sample_plan(s, fanouts="4,3", batch_size=128, split="val", name="val-eval")
-        pack_plan(s, "val-eval", name="val-eval", options=PackOptions(cpu_cache=100 * 64))
-    s = Store(path)
-    yield s
-    s.close()
+    plans = [dict(fanouts="4,3", batch_size=128, epochs=2, seed=0, name="train"),
+             dict(fanouts="4,3", batch_size=128, split="val", name="val-eval")]
+    packs = {"train": ("train", PackOptions(cpu_cache=300 * 64)),
+             "val-eval": ("val-eval", PackOptions(cpu_cache=100 * 64))}
+    yield from opened(sampled_store(tmp_path_factory.mktemp("eval") / "s", *plans, packs=packs,
+                                    nodes=3000, avg_degree=6, classes=5))
 
 
 def test_store_and_loader_describe_the_model_to_build(store):

@@ -6,27 +6,20 @@ import numpy as np
 import pytest
 import torch
 
-from oocstore import Store
+from helpers import opened, policy_packs, sampled_store
 from oocstore.budget import MemoryBudget
 from oocstore.errors import BudgetError, StageTimeoutError, UsageError
-from oocstore.ingest import build_store
-from oocstore.ingest.synthetic import SyntheticSpec, synthetic_source
 from oocstore.loader import NodeLoader
 from oocstore.pack import PackOptions, pack_plan
-from samplers import sample_plan
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    path = tmp_path_factory.mktemp("loader") / "s"
-    build_store(path, synthetic_source(SyntheticSpec(nodes=4000, feat_dim=16, avg_degree=8)))
-    s = Store(path, readonly=False)
-    sample_plan(s, fanouts="4,4", batch_size=256, epochs=3, seed=0)
-    pack_plan(s, name="train", options=PackOptions(cpu_cache=200 * 64, max_disk_blowup=64))
-    pack_plan(s, name="belady", options=PackOptions(cpu_cache=200 * 64, max_disk_blowup=64,
-                                                    policy="belady"))
-    yield s
-    s.close()
+    packs = policy_packs({"train": "static", "belady": "belady"}, cpu_cache=200 * 64,
+                         max_disk_blowup=64)
+    plan = dict(fanouts="4,4", batch_size=256, epochs=3, seed=0)
+    yield from opened(sampled_store(tmp_path_factory.mktemp("loader") / "s", plan, packs=packs,
+                                    nodes=4000, avg_degree=8), readonly=False)
 
 
 def oocstore_threads():
@@ -177,14 +170,10 @@ def test_batches_convert_to_pyg(store):
 
 @pytest.fixture(scope="module")
 def gpu_store(tmp_path_factory):
-    path = tmp_path_factory.mktemp("loader-gpu") / "s"
-    build_store(path, synthetic_source(SyntheticSpec(nodes=3000, feat_dim=16, avg_degree=8)))
-    s = Store(path, readonly=False)
-    sample_plan(s, fanouts="4,4", batch_size=200, epochs=2, seed=0)
-    pack_plan(s, name="gpu", options=PackOptions(gpu_cache=300 * 64, cpu_cache=500 * 64,
-                                                 max_disk_blowup=64))
-    yield s
-    s.close()
+    packs = {"gpu": PackOptions(gpu_cache=300 * 64, cpu_cache=500 * 64, max_disk_blowup=64)}
+    yield from opened(sampled_store(tmp_path_factory.mktemp("loader-gpu") / "s",
+                                    dict(fanouts="4,4", batch_size=200, epochs=2, seed=0),
+                                    packs=packs, nodes=3000, avg_degree=8), readonly=False)
 
 
 @pytest.fixture

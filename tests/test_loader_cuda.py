@@ -7,13 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from oocstore import Store
+from helpers import opened, policy_packs, sampled_store
 from oocstore.budget import MemoryBudget
-from oocstore.ingest import build_store
-from oocstore.ingest.synthetic import SyntheticSpec, synthetic_source
 from oocstore.loader import NodeLoader
-from oocstore.pack import PackOptions, pack_plan
-from samplers import sample_plan
+from oocstore.pack import PackOptions
 
 pytestmark = [
     pytest.mark.gpu,
@@ -26,18 +23,12 @@ ROW_BYTES = 16 * 4
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    path = tmp_path_factory.mktemp("loader-cuda") / "s"
-    build_store(path, synthetic_source(SyntheticSpec(nodes=6000, feat_dim=16, avg_degree=8)))
-    s = Store(path, readonly=False)
-    sample_plan(s, fanouts="5,5", batch_size=256, epochs=2, seed=0)
-    for policy in ("static", "belady"):
-        pack_plan(s, name=policy, options=PackOptions(
-            gpu_cache=800 * ROW_BYTES, cpu_cache=1200 * ROW_BYTES, max_disk_blowup=64,
-            policy=policy))
-    pack_plan(s, name="nogpu", options=PackOptions(cpu_cache=1200 * ROW_BYTES,
-                                                   max_disk_blowup=64))
-    yield s
-    s.close()
+    packs = policy_packs({"static": "static", "belady": "belady"}, gpu_cache=800 * ROW_BYTES,
+                         cpu_cache=1200 * ROW_BYTES, max_disk_blowup=64)
+    packs["nogpu"] = PackOptions(cpu_cache=1200 * ROW_BYTES, max_disk_blowup=64)
+    yield from opened(sampled_store(tmp_path_factory.mktemp("loader-cuda") / "s",
+                                    dict(fanouts="5,5", batch_size=256, epochs=2, seed=0),
+                                    packs=packs, nodes=6000, avg_degree=8), readonly=False)
 
 
 @pytest.fixture(scope="module")

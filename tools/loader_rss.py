@@ -36,19 +36,29 @@ CASES = {
                  budget=9 << 20),
 }
 
-#: The measured process: ``STORE BUDGET PLAN PACK``. It holds each batch while the next
-#: is read, as a training loop does, and prints one JSON line.
-CHILD = textwrap.dedent("""
+#: What a measured process starts with: ``status(key)`` reads a size from
+#: ``/proc/self/status`` (``VmRSS:``, ``VmHWM:``) and ``reset_peak()`` brings the peak-RSS
+#: high-water mark down to the current RSS.
+RSS_PROBE = textwrap.dedent("""
     import json, sys
-    from oocstore import Store
-    from oocstore.budget import MemoryBudget
-    from oocstore.errors import OocError
-    from oocstore.loader import NodeLoader
 
     def status(key):
         for line in open("/proc/self/status"):
             if line.startswith(key):
                 return int(line.split()[1]) * 1024
+
+    def reset_peak():
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+""")
+
+#: The measured process: ``STORE BUDGET PLAN PACK``. It holds each batch while the next
+#: is read, as a training loop does, and prints one JSON line.
+CHILD = RSS_PROBE + textwrap.dedent("""
+    from oocstore import Store
+    from oocstore.budget import MemoryBudget
+    from oocstore.errors import OocError
+    from oocstore.loader import NodeLoader
 
     import numpy as np
     import torch
@@ -60,8 +70,7 @@ CHILD = textwrap.dedent("""
     # in malloc's arenas, where the measured loader would reuse them unseen.
     warm_up(np.float32)
     base = status("VmRSS:")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset the peak-RSS high-water mark to the current RSS
+    reset_peak()
     try:
         with NodeLoader(store, sys.argv[3], pack=sys.argv[4], budget=budget) as loader:
             n, held = 0, []

@@ -288,6 +288,20 @@ def rot_to_quat(r: np.ndarray) -> np.ndarray:
 
 # -- generated cameras ------------------------------------------------------------------
 
+def optical_axes_equations(centers: np.ndarray,  # [V, 3] camera centres
+                           axes: np.ndarray,  # [V, 3] unit optical axes
+                           ) -> tuple[np.ndarray, np.ndarray]:  # [3, 3], [3]
+    """The normal equations ``a @ p = b`` of the point ``p`` nearest (least squares) to
+    every optical axis: the point the cameras look at."""
+    a = np.zeros((3, 3))
+    b = np.zeros(3)
+    for c, d in zip(centers, axes):
+        m = np.eye(3) - np.outer(d, d)
+        a += m
+        b += m @ c
+    return a, b
+
+
 def look_at(eye, target, up) -> np.ndarray:
     """World-to-camera [4, 4] of a camera at ``eye`` looking at ``target`` (y down)."""
     eye, target, up = (np.asarray(v, dtype=np.float64) for v in (eye, target, up))

@@ -94,13 +94,7 @@ def read_colmap_cameras_text(path: Path, *, all_models: bool = False) -> dict[in
     path = Path(path)
     known = _COLMAP_ALL if all_models else COLMAP_MODELS
     cams: dict[int, ColmapCamera] = {}
-    for lineno, line in _colmap_lines(path):
-        tok = line.split()
-        if not tok or tok[0].startswith("#"):
-            continue
-        if len(tok) < 4:
-            raise SourceError(f"{path}:{lineno}: expected 'CAMERA_ID MODEL WIDTH HEIGHT PARAMS...', "
-                              f"got {line.strip()[:80]!r}")
+    for lineno, tok in _colmap_rows(path, 4, "CAMERA_ID MODEL WIDTH HEIGHT PARAMS..."):
         try:
             cam_id, width, height = int(tok[0]), int(tok[2]), int(tok[3])
         except ValueError:
@@ -113,11 +107,35 @@ def read_colmap_cameras_text(path: Path, *, all_models: bool = False) -> dict[in
         if len(params) != known[model]:
             raise SourceError(f"{path}:{lineno}: model {model} takes {known[model]} "
                               f"parameters, got {len(params)}")
-        cam = ColmapCamera(cam_id, model, width, height, tuple(params), f"{path}:{lineno}")
-        _check_camera(cam)
-        if cam_id in cams:
-            raise SourceError(f"{path}:{lineno}: camera id {cam_id} appears twice")
-        cams[cam_id] = cam
+        _add_camera(cams, ColmapCamera(cam_id, model, width, height, tuple(params),
+                                       f"{path}:{lineno}"))
+    return _some_cameras(cams, path)
+
+
+def _colmap_rows(path: Path, fields: int, layout: str):
+    """``(line number, tokens)`` of each record line of a one-line-per-record COLMAP text
+    file (blank and ``#`` lines skipped); a line of fewer than ``fields`` tokens is
+    refused, showing the record ``layout``."""
+    for lineno, line in _colmap_lines(path):
+        tok = line.split()
+        if not tok or tok[0].startswith("#"):
+            continue
+        if len(tok) < fields:
+            raise SourceError(f"{path}:{lineno}: expected '{layout}', "
+                              f"got {line.strip()[:80]!r}")
+        yield lineno, tok
+
+
+def _add_camera(cams: dict, cam: ColmapCamera) -> None:
+    """Check ``cam`` and add it to ``cams`` (its id must be new)."""
+    _check_camera(cam)
+    if cam.id in cams:
+        raise SourceError(f"{cam.where}: camera id {cam.id} appears twice")
+    cams[cam.id] = cam
+
+
+def _some_cameras(cams: dict, path: Path) -> dict:
+    """``cams``, refused when ``path`` listed none."""
     if not cams:
         raise SourceError(f"{path} lists no cameras")
     return cams
@@ -240,13 +258,7 @@ def read_colmap_images_text(path: Path) -> list[ColmapImage]:
 def read_colmap_points_text(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(ids int64 [N], xyz float64 [N, 3], rgb uint8 [N, 3])`` of a ``points3D.txt``."""
     ids, xyz, rgb = [], [], []
-    for lineno, line in _colmap_lines(Path(path)):
-        tok = line.split()
-        if not tok or tok[0].startswith("#"):
-            continue
-        if len(tok) < 8:
-            raise SourceError(f"{path}:{lineno}: expected 'POINT3D_ID X Y Z R G B ERROR TRACK[]', "
-                              f"got {line.strip()[:80]!r}")
+    for lineno, tok in _colmap_rows(Path(path), 8, "POINT3D_ID X Y Z R G B ERROR TRACK[]"):
         vals = _numbers(Path(path), lineno, tok[1:7], "point value")
         if not all(0 <= c <= 255 and float(c).is_integer() for c in vals[3:6]):
             raise SourceError(f"{path}:{lineno}: colour {tuple(vals[3:6])} is not three "
@@ -319,14 +331,9 @@ def read_colmap_cameras_binary(path: Path) -> dict[int, ColmapCamera]:
             raise SourceError(f"{path}: camera {cam_id} (byte {at}) has model id {model_id}, "
                               "which COLMAP does not define: the file is damaged")
         model, n = COLMAP_MODEL_IDS[model_id]
-        cam = ColmapCamera(cam_id, model, width, height, tuple(f.take("d" * n)), f"{path}")
-        _check_camera(cam)
-        if cam_id in cams:
-            raise SourceError(f"{path}: camera id {cam_id} appears twice")
-        cams[cam_id] = cam
-    if not cams:
-        raise SourceError(f"{path} lists no cameras")
-    return cams
+        _add_camera(cams, ColmapCamera(cam_id, model, width, height, tuple(f.take("d" * n)),
+                                       f"{path}"))
+    return _some_cameras(cams, path)
 
 
 def read_colmap_images_binary(path: Path) -> list[ColmapImage]:

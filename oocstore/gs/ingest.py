@@ -381,98 +381,21 @@ def ingest_photos(src: str | os.PathLike, out: str | os.PathLike, *, images=None
     views last. ``report`` (a dict) receives what the ingest found: views, skipped and
     unused files, conversions."""
     from ..store import Store
-    from .photo_sources import read_colmap_dataset, read_transforms_dataset
-    from .photos import check_downscale, check_views, image_files, parse_background, scaled_size
+    from .photos import check_downscale, parse_background
     from .scene import ImagesMeta, PhotoSource, Scene
 
     ds = check_downscale(images_downscale)
-    if test_every is not None and (isinstance(test_every, bool)
-                                   or not isinstance(test_every, int) or test_every < 0):
-        raise UsageError(f"--test-every {test_every!r} must be a non-negative integer (8 holds "
-                         "out every 8th image; 0 holds out none)")
-    if init_points is not None and (isinstance(init_points, bool)
-                                    or not isinstance(init_points, int) or init_points < 1):
-        raise UsageError(f"--init-points {init_points!r} must be a positive number of points")
+    _check_view_counts(test_every, init_points)
     degree = 3 if sh_degree is None else layout.check_sh_degree(sh_degree)
     bg = parse_background(background)
     Store.check_new_path(out, overwrite=overwrite)
     src = Path(src)
-    kind = photo_source_kind(src)
-    if kind is None:
-        raise SourceError(f"{src} is neither a COLMAP model directory nor a transforms.json")
-    if images is not None and kind != "colmap":
-        raise UsageError("--images applies to COLMAP models only (a transforms.json names its "
-                         "images relative to itself)")
-    data = read_colmap_dataset(src, images) if kind == "colmap" else read_transforms_dataset(src)
-    checked = check_views(data.views, skip_missing=skip_missing_images, source=str(data.source))
-    views = checked.views
-    sizes = {(v.width, v.height) for v in views}
-    if len(sizes) > 1:
-        (w0, h0), v = (views[0].width, views[0].height), next(
-            v for v in views if (v.width, v.height) != (views[0].width, views[0].height))
-        raise SourceError(f"image {v.path} is {v.width}x{v.height} but {views[0].path} is "
-                          f"{w0}x{h0}: the views of one scene must share an image size; split "
-                          "the dataset by camera")
-    named = {v.path.resolve() for v in data.views}
-    unused = 0
-    for d in data.image_dirs:
-        unused += sum(1 for f in image_files(d) if (d / f).resolve() not in named)
-    if unused:
-        log.warning("%d image file(s) in %s are not named by %s: ignored", unused,
-                    ", ".join(str(d) for d in data.image_dirs), data.source)
-    # held-out views: the dataset's own split, else every test_every-th (3DGS: index % N == 0)
-    names = [v.name for v in views]
-    if test_every is None and data.test_names is not None:
-        test_mask = np.array([n in data.test_names for n in names])
-        every = 0
-    else:
-        every = 8 if test_every is None else test_every
-        if data.test_names is not None:  # an explicit --test-every splits the training file
-            views = [v for v in views if v.name not in data.test_names]
-            names = [v.name for v in views]
-        test_mask = np.zeros(len(views), dtype=bool)
-        if every:
-            test_mask[::every] = True
-    if test_mask.all():
-        raise UsageError(f"--test-every {every} holds out all {len(views)} images: give a larger "
-                         "value (or 0 for none)")
-    w, h = scaled_size(views[0].width, views[0].height, ds)
-    if ds > 1 and min(w, h) < 8:
-        raise UsageError(f"--images-downscale {ds} makes {views[0].width}x{views[0].height} "
-                         f"images {w}x{h}: give a smaller factor")
-    vms = np.stack([v.viewmat for v in views])
-    from .photos import scaled_K
-
-    ks = np.stack([scaled_K(v.K, (v.width, v.height), (w, h)) for v in views])
-    from .photos import outside_share
-
-    outside = 0.0
-    for key in {(tuple(k.ravel()), v.distortion) for k, v in zip(ks, views) if v.distorted}:
-        outside = max(outside, outside_share(np.array(key[0]).reshape(3, 3), key[1], (w, h)))
-    if outside > 0.001:
-        log.info("undistortion: up to %.1f%% of an image's pixels lie outside its photo (they "
-                 "repeat the photo's edge)", 100 * outside)
-    train_idx = view_chain(vms, np.flatnonzero(~test_mask))
-    test_idx = view_chain(vms, np.flatnonzero(test_mask))
-    order = np.concatenate([train_idx, test_idx])
-    views = [views[i] for i in order]
-    cams = Cameras(vms[order], ks[order], w, h, tuple(v.name for v in views),
-                   source=str(data.source))
-    # Gaussians: the COLMAP points, else random points (3DGS: random colours too)
-    rng = np.random.default_rng(seed)
-    if data.points is not None and len(data.points):
-        params = init_from_points(data.points, data.colors.astype(np.float32) / 255.0, degree)
-        init = f"{len(data.points)} COLMAP points"
-        if init_points is not None:
-            log.info("--init-points ignored: %s has %d 3D points", data.source, len(data.points))
-    else:
-        n = init_points or DEFAULT_INIT_POINTS
-        lo, hi = focus_box(cams.viewmats, cams.Ks, w, h)
-        pts = rng.uniform(lo, hi, size=(n, 3))
-        params = init_from_points(pts, rng.uniform(0, 1, size=(n, 3)).astype(np.float32), degree)
-        init = f"{n} random points in {np.round(lo, 3).tolist()}..{np.round(hi, 3).tolist()}"
-        if kind == "colmap":
-            log.warning("%s has no 3D points: initialised with %s", data.source, init)
+    kind, data, checked = _read_photo_dataset(src, images, skip_missing_images)
+    unused = _count_unused_images(data)
+    views, test_mask, every = _hold_out_views(checked.views, data.test_names, test_every)
+    views, cams, outside = _ordered_cameras(views, test_mask, ds, str(data.source))
+    w, h = cams.width, cams.height
+    params, init = _initial_gaussians(data, kind, cams, init_points, degree, seed)
     check_params(params, degree, source=str(src))
     n_test = int(test_mask.sum())
     meta = ImagesMeta(kind=kind, width=w, height=h, count=len(views),
@@ -489,20 +412,140 @@ def ingest_photos(src: str | os.PathLike, out: str | os.PathLike, *, images=None
                        "undistort_outside_share": round(outside, 4)})
     if on_loaded:
         on_loaded(len(views))
-
-    def decoded():
-        from .photos import load_photo
-
-        for img in _ordered_map(lambda v: load_photo(v, (w, h), bg), views):
-            yield img
-            if progress:
-                progress(1)
-
     info = {"source": os.path.basename(str(src)), "image_source": kind, "views": len(views),
             "images_downscale": ds, "test_every": every, "init": init}
     return Scene.create(out, None, params, degree, cams, block_size=block_size, spare=spare,
                         moments=moments, overwrite=overwrite, source=info,
-                        photos=PhotoSource(meta, decoded()))
+                        photos=PhotoSource(meta, _decoded_photos(views, (w, h), bg, progress)))
+
+
+def _check_view_counts(test_every, init_points) -> None:
+    """``test_every`` a non-negative and ``init_points`` a positive integer (or None)."""
+    if test_every is not None and (isinstance(test_every, bool)
+                                   or not isinstance(test_every, int) or test_every < 0):
+        raise UsageError(f"--test-every {test_every!r} must be a non-negative integer (8 holds "
+                         "out every 8th image; 0 holds out none)")
+    if init_points is not None and (isinstance(init_points, bool)
+                                    or not isinstance(init_points, int) or init_points < 1):
+        raise UsageError(f"--init-points {init_points!r} must be a positive number of points")
+
+
+def _read_photo_dataset(src: Path, images, skip_missing: bool):
+    """The kind of ``src``, its dataset and its checked views (every image's header read),
+    refusing views of different image sizes."""
+    from .photo_sources import read_colmap_dataset, read_transforms_dataset
+    from .photos import check_views
+
+    kind = photo_source_kind(src)
+    if kind is None:
+        raise SourceError(f"{src} is neither a COLMAP model directory nor a transforms.json")
+    if images is not None and kind != "colmap":
+        raise UsageError("--images applies to COLMAP models only (a transforms.json names its "
+                         "images relative to itself)")
+    data = read_colmap_dataset(src, images) if kind == "colmap" else read_transforms_dataset(src)
+    checked = check_views(data.views, skip_missing=skip_missing, source=str(data.source))
+    views = checked.views
+    sizes = {(v.width, v.height) for v in views}
+    if len(sizes) > 1:
+        (w0, h0), v = (views[0].width, views[0].height), next(
+            v for v in views if (v.width, v.height) != (views[0].width, views[0].height))
+        raise SourceError(f"image {v.path} is {v.width}x{v.height} but {views[0].path} is "
+                          f"{w0}x{h0}: the views of one scene must share an image size; split "
+                          "the dataset by camera")
+    return kind, data, checked
+
+
+def _count_unused_images(data) -> int:
+    """Image files in the dataset's image folders that no view names (logged: ignored)."""
+    from .photos import image_files
+
+    named = {v.path.resolve() for v in data.views}
+    unused = 0
+    for d in data.image_dirs:
+        unused += sum(1 for f in image_files(d) if (d / f).resolve() not in named)
+    if unused:
+        log.warning("%d image file(s) in %s are not named by %s: ignored", unused,
+                    ", ".join(str(d) for d in data.image_dirs), data.source)
+    return unused
+
+
+def _hold_out_views(views: list, test_names, test_every: int | None):
+    """The views kept, which of them are held out, and the ``test_every`` that chose them
+    (0 where the dataset's own split did): the dataset's split, else every
+    ``test_every``-th view (3DGS: index % N == 0; default 8)."""
+    names = [v.name for v in views]
+    if test_every is None and test_names is not None:
+        test_mask = np.array([n in test_names for n in names])
+        every = 0
+    else:
+        every = 8 if test_every is None else test_every
+        if test_names is not None:  # an explicit --test-every splits the training file
+            views = [v for v in views if v.name not in test_names]
+        test_mask = np.zeros(len(views), dtype=bool)
+        if every:
+            test_mask[::every] = True
+    if test_mask.all():
+        raise UsageError(f"--test-every {every} holds out all {len(views)} images: give a larger "
+                         "value (or 0 for none)")
+    return views, test_mask, every
+
+
+def _ordered_cameras(views: list, test_mask: np.ndarray, ds: int, source: str):
+    """The views in view-chain order, training views first, and their cameras at the image
+    size downscaled by ``ds``; with the largest share of an image's pixels that
+    undistortion takes from outside its photo."""
+    from .photos import outside_share, scaled_K, scaled_size
+
+    w, h = scaled_size(views[0].width, views[0].height, ds)
+    if ds > 1 and min(w, h) < 8:
+        raise UsageError(f"--images-downscale {ds} makes {views[0].width}x{views[0].height} "
+                         f"images {w}x{h}: give a smaller factor")
+    vms = np.stack([v.viewmat for v in views])
+    ks = np.stack([scaled_K(v.K, (v.width, v.height), (w, h)) for v in views])
+    outside = 0.0
+    for key in {(tuple(k.ravel()), v.distortion) for k, v in zip(ks, views) if v.distorted}:
+        outside = max(outside, outside_share(np.array(key[0]).reshape(3, 3), key[1], (w, h)))
+    if outside > 0.001:
+        log.info("undistortion: up to %.1f%% of an image's pixels lie outside its photo (they "
+                 "repeat the photo's edge)", 100 * outside)
+    train_idx = view_chain(vms, np.flatnonzero(~test_mask))
+    test_idx = view_chain(vms, np.flatnonzero(test_mask))
+    order = np.concatenate([train_idx, test_idx])
+    views = [views[i] for i in order]
+    cams = Cameras(vms[order], ks[order], w, h, tuple(v.name for v in views), source=source)
+    return views, cams, outside
+
+
+def _initial_gaussians(data, kind: str, cams: Cameras, init_points: int | None, degree: int,
+                       seed: int):
+    """The first Gaussians and how they were made: the dataset's 3D points, else
+    ``init_points`` random points in the cameras' focus box (3DGS: random colours too)."""
+    if data.points is not None and len(data.points):
+        params = init_from_points(data.points, data.colors.astype(np.float32) / 255.0, degree)
+        init = f"{len(data.points)} COLMAP points"
+        if init_points is not None:
+            log.info("--init-points ignored: %s has %d 3D points", data.source, len(data.points))
+        return params, init
+    rng = np.random.default_rng(seed)
+    n = init_points or DEFAULT_INIT_POINTS
+    lo, hi = focus_box(cams.viewmats, cams.Ks, cams.width, cams.height)
+    pts = rng.uniform(lo, hi, size=(n, 3))
+    params = init_from_points(pts, rng.uniform(0, 1, size=(n, 3)).astype(np.float32), degree)
+    init = f"{n} random points in {np.round(lo, 3).tolist()}..{np.round(hi, 3).tolist()}"
+    if kind == "colmap":
+        log.warning("%s has no 3D points: initialised with %s", data.source, init)
+    return params, init
+
+
+def _decoded_photos(views: list, size: tuple[int, int], bg, progress):
+    """The views' photos decoded at ``size`` in order (two decoder threads),
+    ``progress(1)`` after each."""
+    from .photos import load_photo
+
+    for img in _ordered_map(lambda v: load_photo(v, size, bg), views):
+        yield img
+        if progress:
+            progress(1)
 
 
 def _ordered_map(fn, items, workers: int = 2):

@@ -159,9 +159,30 @@ def _frame_image(base: Path, file_path) -> Path:
 def read_transforms_views(path: Path) -> list:
     """Views of one ``transforms*.json`` (frame order), poses converted from the
     OpenGL/Blender camera-to-world convention to world-to-camera OpenCV axes."""
-    import json
+    from .photos import PhotoView
 
-    from .photos import PhotoView, probe_image
+    data = _load_transforms(path)
+    base = path.parent
+    views = []
+    for i, fr in enumerate(data["frames"]):
+        if not isinstance(fr, dict):
+            raise SourceError(f"{path}: frame {i} is not an object")
+        where = f"frame {i} "
+        img = _frame_image(base, fr.get("file_path"))
+        merged = {**data, **{k: v for k, v in fr.items() if k != "frames"}}
+        w, h = _frame_size(merged, img, path, where)
+        K = _frame_intrinsics(merged, w, h, path, where)
+        dist = _frame_distortion(merged, path, where)
+        vm = _frame_viewmat(fr, path, where)
+        name = img.relative_to(base).as_posix() if img.is_relative_to(base) else img.name
+        views.append(PhotoView(img, name, vm, K, w, h, dist, f"{path}: {where}"))
+    return views
+
+
+def _load_transforms(path: Path) -> dict:
+    """The parsed transforms file: an object with a non-empty ``frames`` list and a
+    supported ``camera_model``."""
+    import json
 
     try:
         data = json.loads(path.read_bytes())
@@ -178,75 +199,89 @@ def read_transforms_views(path: Path) -> list:
     if model not in ("OPENCV", "PINHOLE", "SIMPLE_PINHOLE", "SIMPLE_RADIAL", "RADIAL"):
         raise SourceError(f"{path}: camera_model {model!r:.40} is not supported: give pinhole "
                           "or OPENCV (k1 k2 p1 p2) intrinsics, or undistort the images first")
-    base = path.parent
-    views = []
-    for i, fr in enumerate(data["frames"]):
-        if not isinstance(fr, dict):
-            raise SourceError(f"{path}: frame {i} is not an object")
-        where = f"frame {i} "
-        img = _frame_image(base, fr.get("file_path"))
-        merged = {**data, **{k: v for k, v in fr.items() if k != "frames"}}
-        w, h = _json_number(merged, "w", path, where), _json_number(merged, "h", path, where)
-        if (w is None or h is None) and img.is_file():
-            probe = probe_image(img)
-            w = float(probe.width) if w is None else w
-            h = float(probe.height) if h is None else h
-        if w is None or h is None:
-            raise SourceError(f"image {img} does not exist and {path} gives no w/h: restore the "
-                              "image (or pass --skip-missing-images)")
-        if not (w.is_integer() and h.is_integer() and 0 < w <= 1 << 16 and 0 < h <= 1 << 16):
-            raise SourceError(f"{path}: {where}image size w={w:g}, h={h:g} is not a positive "
-                              "pixel count")
-        w, h = int(w), int(h)
-        fx = _json_number(merged, "fl_x", path, where)
-        fy = _json_number(merged, "fl_y", path, where)
-        ax = _json_number(merged, "camera_angle_x", path, where)
-        ay = _json_number(merged, "camera_angle_y", path, where)
-        for name, a in (("camera_angle_x", ax), ("camera_angle_y", ay)):
-            if a is not None and not 0 < a < math.pi:
-                raise SourceError(f"{path}: {name} = {a:g} is not a field of view in radians "
-                                  "(0..pi)")
-        if fx is None and ax is not None:
-            fx = 0.5 * w / math.tan(0.5 * ax)
-        if fy is None and ay is not None:
-            fy = 0.5 * h / math.tan(0.5 * ay)
-        if fx is None and fy is not None:
-            fx = fy
-        if fx is None:
-            raise SourceError(f"{path} has no intrinsics (neither camera_angle_x nor fl_x): add "
-                              "camera_angle_x (NeRF-synthetic) or fl_x, fl_y, cx, cy, w, h "
-                              "(instant-ngp)")
-        fy = fx if fy is None else fy
-        if not (fx > 0 and fy > 0):
-            raise SourceError(f"{path}: focal length fl_x={fx:g}, fl_y={fy:g} must be positive")
-        cx = _json_number(merged, "cx", path, where)
-        cy = _json_number(merged, "cy", path, where)
-        K = np.array([[fx, 0, w / 2 if cx is None else cx], [0, fy, h / 2 if cy is None else cy],
-                      [0, 0, 1]])
-        dist = tuple(_json_number(merged, k, path, where) or 0.0 for k in ("k1", "k2", "p1", "p2"))
-        for k in ("k3", "k4"):
-            v = _json_number(merged, k, path, where)
-            if v:
-                raise SourceError(f"{path}: distortion {k} = {v:g} is not supported (only k1 k2 "
-                                  "p1 p2): undistort the images first, or drop the term")
-        tm = fr.get("transform_matrix")
-        try:
-            c2w = np.array(tm, dtype=np.float64)
-        except (TypeError, ValueError):
-            c2w = np.zeros(0)
-        if c2w.shape == (3, 4):
-            c2w = np.vstack([c2w, [0, 0, 0, 1]])
-        if c2w.shape != (4, 4) or not np.all(np.isfinite(c2w)):
-            raise SourceError(f"{path}: {where}({fr.get('file_path')!r:.60}) transform_matrix is "
-                              f"not a finite 4x4 matrix: give the camera-to-world transform")
-        c2w[:3, 1:3] *= -1  # OpenGL/Blender (y up, z back) -> OpenCV (y down, z forward)
-        _rigid(c2w, f"{path}: {where}", str(fr.get("file_path")))
-        vm = np.eye(4)
-        vm[:3, :3] = c2w[:3, :3].T
-        vm[:3, 3] = -c2w[:3, :3].T @ c2w[:3, 3]
-        name = img.relative_to(base).as_posix() if img.is_relative_to(base) else img.name
-        views.append(PhotoView(img, name, vm, K, w, h, dist, f"{path}: {where}"))
-    return views
+    return data
+
+
+def _frame_size(merged: dict, img: Path, path: Path, where: str) -> tuple[int, int]:
+    """A frame's image size in pixels: ``w`` / ``h`` (the frame's, else the file's), else
+    the image's header."""
+    from .photos import probe_image
+
+    w, h = _json_number(merged, "w", path, where), _json_number(merged, "h", path, where)
+    if (w is None or h is None) and img.is_file():
+        probe = probe_image(img)
+        w = float(probe.width) if w is None else w
+        h = float(probe.height) if h is None else h
+    if w is None or h is None:
+        raise SourceError(f"image {img} does not exist and {path} gives no w/h: restore the "
+                          "image (or pass --skip-missing-images)")
+    if not (w.is_integer() and h.is_integer() and 0 < w <= 1 << 16 and 0 < h <= 1 << 16):
+        raise SourceError(f"{path}: {where}image size w={w:g}, h={h:g} is not a positive "
+                          "pixel count")
+    return int(w), int(h)
+
+
+def _frame_intrinsics(merged: dict, w: int, h: int, path: Path, where: str) -> np.ndarray:
+    """A frame's K [3, 3]: focal lengths from ``fl_x`` / ``fl_y`` or the fields of view
+    ``camera_angle_x`` / ``camera_angle_y`` (one axis standing for both), principal point
+    ``cx`` / ``cy`` (default: the image centre)."""
+    fx = _json_number(merged, "fl_x", path, where)
+    fy = _json_number(merged, "fl_y", path, where)
+    ax = _json_number(merged, "camera_angle_x", path, where)
+    ay = _json_number(merged, "camera_angle_y", path, where)
+    for name, a in (("camera_angle_x", ax), ("camera_angle_y", ay)):
+        if a is not None and not 0 < a < math.pi:
+            raise SourceError(f"{path}: {name} = {a:g} is not a field of view in radians "
+                              "(0..pi)")
+    if fx is None and ax is not None:
+        fx = 0.5 * w / math.tan(0.5 * ax)
+    if fy is None and ay is not None:
+        fy = 0.5 * h / math.tan(0.5 * ay)
+    if fx is None and fy is not None:
+        fx = fy
+    if fx is None:
+        raise SourceError(f"{path} has no intrinsics (neither camera_angle_x nor fl_x): add "
+                          "camera_angle_x (NeRF-synthetic) or fl_x, fl_y, cx, cy, w, h "
+                          "(instant-ngp)")
+    fy = fx if fy is None else fy
+    if not (fx > 0 and fy > 0):
+        raise SourceError(f"{path}: focal length fl_x={fx:g}, fl_y={fy:g} must be positive")
+    cx = _json_number(merged, "cx", path, where)
+    cy = _json_number(merged, "cy", path, where)
+    return np.array([[fx, 0, w / 2 if cx is None else cx], [0, fy, h / 2 if cy is None else cy],
+                     [0, 0, 1]])
+
+
+def _frame_distortion(merged: dict, path: Path, where: str) -> tuple[float, ...]:
+    """A frame's OPENCV distortion (k1, k2, p1, p2); a k3 or k4 term is refused."""
+    dist = tuple(_json_number(merged, k, path, where) or 0.0 for k in ("k1", "k2", "p1", "p2"))
+    for k in ("k3", "k4"):
+        v = _json_number(merged, k, path, where)
+        if v:
+            raise SourceError(f"{path}: distortion {k} = {v:g} is not supported (only k1 k2 "
+                              "p1 p2): undistort the images first, or drop the term")
+    return dist
+
+
+def _frame_viewmat(fr: dict, path: Path, where: str) -> np.ndarray:
+    """A frame's world-to-camera matrix [4, 4] in OpenCV axes, from its camera-to-world
+    ``transform_matrix`` in OpenGL/Blender axes (3x4 or 4x4, rigid)."""
+    tm = fr.get("transform_matrix")
+    try:
+        c2w = np.array(tm, dtype=np.float64)
+    except (TypeError, ValueError):
+        c2w = np.zeros(0)
+    if c2w.shape == (3, 4):
+        c2w = np.vstack([c2w, [0, 0, 0, 1]])
+    if c2w.shape != (4, 4) or not np.all(np.isfinite(c2w)):
+        raise SourceError(f"{path}: {where}({fr.get('file_path')!r:.60}) transform_matrix is "
+                          f"not a finite 4x4 matrix: give the camera-to-world transform")
+    c2w[:3, 1:3] *= -1  # OpenGL/Blender (y up, z back) -> OpenCV (y down, z forward)
+    _rigid(c2w, f"{path}: {where}", str(fr.get("file_path")))
+    vm = np.eye(4)
+    vm[:3, :3] = c2w[:3, :3].T
+    vm[:3, 3] = -c2w[:3, :3].T @ c2w[:3, 3]
+    return vm
 
 
 def read_transforms_dataset(src: Path) -> PhotoDataset:
@@ -294,15 +329,12 @@ def focus_box(viewmats: np.ndarray, Ks: np.ndarray, width: int, height: int
     half the narrower field of view, i.e. what a typical view frames (for the
     NeRF-synthetic scenes, about the +-1.3 cube 3DGS uses). When the axes do not meet
     (all parallel) it is the cameras' bounding box, grown by half."""
+    from .cameras import optical_axes_equations
+
     vm = viewmats.astype(np.float64)
     centers = -np.einsum("vji,vj->vi", vm[:, :3, :3], vm[:, :3, 3])
     fwd = vm[:, 2, :3]
-    a = np.zeros((3, 3))
-    b = np.zeros(3)
-    for c, f in zip(centers, fwd):
-        m = np.eye(3) - np.outer(f, f)
-        a += m
-        b += m @ c
+    a, b = optical_axes_equations(centers, fwd)
     if len(centers) >= 2 and np.linalg.cond(a) < 1e6:
         focus = np.linalg.solve(a, b)
         ahead = np.einsum("vi,vi->v", focus - centers, fwd)

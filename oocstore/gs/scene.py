@@ -259,38 +259,10 @@ class Scene:
         The scene appears at ``path`` only once complete.
         """
         sh_degree = layout.check_sh_degree(sh_degree)
-        p = layout.param_width(sh_degree)
-        params = np.asarray(params)
-        if params.ndim != 2 or params.shape[1] != p:
-            raise UsageError(f"params have shape {params.shape}, expected [N, {p}] for SH degree "
-                             f"{sh_degree}")
+        params = _checked_params(params, sh_degree)
+        _check_create_options(block_size, spare, moments, cameras, photos)
+        means, ids = _checked_means_and_ids(params, means, ids)
         n = params.shape[0]
-        if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) \
-                or not 1 <= block_size <= 1 << 20:
-            raise UsageError(f"block size {block_size!r} must be an integer 1..1048576 "
-                             "(a few thousand Gaussians is typical)")
-        if not (isinstance(spare, (int, float)) and 0 <= spare <= 4):
-            raise UsageError(f"spare capacity {spare!r} must be a fraction 0..4 (e.g. 0.25)")
-        if moments not in MOMENT_DTYPES:
-            raise UsageError(f"moments {moments!r} must be one of {MOMENT_DTYPES}")
-        if not isinstance(cameras, Cameras):
-            raise UsageError("cameras must be an oocstore.gs.cameras.Cameras")
-        if photos is not None:
-            pm = photos.meta
-            if (pm.width, pm.height, pm.count) != (cameras.width, cameras.height, len(cameras)):
-                raise UsageError(f"{pm.count} photos of {pm.width}x{pm.height} do not match "
-                                 f"{len(cameras)} cameras of {cameras.width}x{cameras.height}")
-        means = params[:, layout.MEANS] if means is None else np.asarray(means)
-        if means.shape != (n, 3):
-            raise UsageError(f"means have shape {means.shape}, expected ({n}, 3)")
-        if ids is None:
-            ids = np.arange(n, dtype=np.int64)
-        else:
-            ids = np.asarray(ids, dtype=np.int64)
-            srt = np.sort(ids)
-            if ids.shape != (n,) or (n and (srt[0] < 0 or bool((srt[1:] == srt[:-1]).any()))):
-                raise UsageError(f"ids must be {n} distinct non-negative int64 values")
-        check_finite(params, "params")
         capacity = int(math.ceil(block_size * (1 + spare)))
         order = morton_order(means)
         meta = SceneMeta(sh_degree=sh_degree, block_capacity=capacity, block_size=int(block_size),
@@ -308,28 +280,7 @@ class Scene:
             scene = cls(store.path)
             try:
                 with scene.writer() as w:
-                    starts = range(0, n, block_size)
-                    blocks = [w.reserve_block() for _ in starts]
-                    # block k is file number first + k whichever thread writes it: the same
-                    # source always gives the same store
-                    first = w._reserve_seqs(len(blocks))
-
-                    def write(k: int) -> int:
-                        sel = order[starts[k]:starts[k] + block_size]
-                        w._write_fresh(blocks[k], ids[sel], params[sel], first + k)
-                        return len(sel)
-
-                    # Some writers encode while others wait for their fsync; 4 at most,
-                    # since the disk, not the CPU, is the limit beyond that.
-                    workers = max(2, min(4, os.cpu_count() or 1))
-                    with ThreadPoolExecutor(workers, thread_name_prefix="oocstore-scene-ingest") as ex:
-                        try:
-                            for done in ex.map(write, range(len(blocks))):
-                                if progress:
-                                    progress(done)
-                        except BaseException:  # e.g. disk full: the queued blocks would fail too
-                            ex.shutdown(wait=True, cancel_futures=True)
-                            raise
+                    _write_first_blocks(w, order, ids, params, block_size, progress)
                     w.commit()
             finally:
                 scene.close()
@@ -722,6 +673,84 @@ class Scene:
         return (f"Scene({str(self.path)!r}, gaussians={self.num_gaussians}, "
                 f"blocks={self.num_blocks}, sh_degree={self.sh_degree})")
 
+
+def _check_create_options(block_size, spare, moments, cameras, photos) -> None:
+    """The block size, spare capacity and moment type of a new scene, and its photos
+    matching its cameras."""
+    if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) \
+            or not 1 <= block_size <= 1 << 20:
+        raise UsageError(f"block size {block_size!r} must be an integer 1..1048576 "
+                         "(a few thousand Gaussians is typical)")
+    if not (isinstance(spare, (int, float)) and 0 <= spare <= 4):
+        raise UsageError(f"spare capacity {spare!r} must be a fraction 0..4 (e.g. 0.25)")
+    if moments not in MOMENT_DTYPES:
+        raise UsageError(f"moments {moments!r} must be one of {MOMENT_DTYPES}")
+    if not isinstance(cameras, Cameras):
+        raise UsageError("cameras must be an oocstore.gs.cameras.Cameras")
+    if photos is not None:
+        pm = photos.meta
+        if (pm.width, pm.height, pm.count) != (cameras.width, cameras.height, len(cameras)):
+            raise UsageError(f"{pm.count} photos of {pm.width}x{pm.height} do not match "
+                             f"{len(cameras)} cameras of {cameras.width}x{cameras.height}")
+
+
+def _checked_params(params, sh_degree: int) -> np.ndarray:
+    """``params`` as an array [N, P] of the width of SH degree ``sh_degree``."""
+    p = layout.param_width(sh_degree)
+    params = np.asarray(params)
+    if params.ndim != 2 or params.shape[1] != p:
+        raise UsageError(f"params have shape {params.shape}, expected [N, {p}] for SH degree "
+                         f"{sh_degree}")
+    return params
+
+
+def _checked_means_and_ids(params: np.ndarray, means, ids):
+    """``means`` [N, 3] (default: the params' means) and ``ids`` [N] (default: the row
+    numbers; else distinct and non-negative) of a new scene, whose ``params`` must be
+    finite."""
+    n = params.shape[0]
+    means = params[:, layout.MEANS] if means is None else np.asarray(means)
+    if means.shape != (n, 3):
+        raise UsageError(f"means have shape {means.shape}, expected ({n}, 3)")
+    if ids is None:
+        ids = np.arange(n, dtype=np.int64)
+    else:
+        ids = np.asarray(ids, dtype=np.int64)
+        srt = np.sort(ids)
+        if ids.shape != (n,) or (n and (srt[0] < 0 or bool((srt[1:] == srt[:-1]).any()))):
+            raise UsageError(f"ids must be {n} distinct non-negative int64 values")
+    check_finite(params, "params")
+    return means, ids
+
+
+def _write_first_blocks(w, order: np.ndarray, ids: np.ndarray, params: np.ndarray,
+                        block_size: int, progress: Callable[[int], None] | None) -> None:
+    """Write the rows of a new scene into blocks of ``block_size`` in ``order`` on a few
+    threads, ``progress(rows)`` after each block (``w``: the scene's writer, not committed).
+
+    Block k is file number first + k whichever thread writes it: the same source always
+    gives the same store."""
+    n = params.shape[0]
+    starts = range(0, n, block_size)
+    blocks = [w.reserve_block() for _ in starts]
+    first = w._reserve_seqs(len(blocks))
+
+    def write(k: int) -> int:
+        sel = order[starts[k]:starts[k] + block_size]
+        w._write_fresh(blocks[k], ids[sel], params[sel], first + k)
+        return len(sel)
+
+    # Some writers encode while others wait for their fsync; 4 at most,
+    # since the disk, not the CPU, is the limit beyond that.
+    workers = max(2, min(4, os.cpu_count() or 1))
+    with ThreadPoolExecutor(workers, thread_name_prefix="oocstore-scene-ingest") as ex:
+        try:
+            for done in ex.map(write, range(len(blocks))):
+                if progress:
+                    progress(done)
+        except BaseException:  # e.g. disk full: the queued blocks would fail too
+            ex.shutdown(wait=True, cancel_futures=True)
+            raise
 
 def _write_photos(txn, photos: PhotoSource) -> None:
     """Stream ``photos`` into ``array/scene/images`` (one padded row, one CRC each)."""

@@ -154,10 +154,7 @@ def write_photo_dataset(out_dir: str | os.PathLike, kind: str = "colmap", *, vie
     reachable: the scene parameters are saved as ``out_dir/scene_params.npy`` and the
     cameras (OpenCV, world-to-camera) as ``out_dir/cameras.npz``.
     """
-    import json
     from pathlib import Path
-
-    from PIL import Image
 
     from .colmap import write_colmap_model
     from .ingest import SH_C0
@@ -168,14 +165,35 @@ def write_photo_dataset(out_dir: str | os.PathLike, kind: str = "colmap", *, vie
     out.mkdir(parents=True, exist_ok=True)
     params = photo_scene_params(gaussians, seed=seed)
     cams = orbit_cameras(params[:, layout.MEANS], views, width=width, height=height, seed=seed)
-    names = []
     ngp = kind == "transforms" and distortion is not None
-    for i in range(views):
-        if kind == "transforms":
-            names.append(f"images/{i:04d}.png" if ngp else f"train/r_{i}.png")
-        else:
-            names.append(f"img_{i:04d}.png")
-    image_dir = out if kind == "transforms" else out / "images"
+    if kind == "transforms":
+        names = [f"images/{i:04d}.png" if ngp else f"train/r_{i}.png" for i in range(views)]
+    else:
+        names = [f"img_{i:04d}.png" for i in range(views)]
+    _write_photos(params, cams, out if kind == "transforms" else out / "images", names,
+                  rgba=rgba, distortion=distortion)
+    np.save(out / "scene_params.npy", params)
+    np.savez(out / "cameras.npz", viewmats=cams.viewmats, Ks=cams.Ks, width=width,
+             height=height)
+    if kind == "transforms":
+        return _write_transforms(out / "transforms.json", cams, names, ngp=ngp,
+                                 distortion=distortion)
+    colors = np.clip(params[:, layout.sh_slice(0)] * SH_C0 + 0.5, 0, 1)
+    named = Cameras(cams.viewmats, cams.Ks, width, height, tuple(names))
+    write_colmap_model(out / "sparse" / "0", named, binary=kind == "colmap-bin",
+                       points=params[:, layout.MEANS], colors=np.rint(colors * 255),
+                       model="PINHOLE" if distortion is None else "OPENCV",
+                       distortion=distortion if distortion is not None else (0, 0, 0, 0))
+    return out / "sparse" / "0"
+
+
+def _write_photos(params: np.ndarray, cams: Cameras, image_dir, names: list[str], *,
+                  rgba: bool, distortion) -> None:
+    """Render the scene from each camera and save view ``i`` as PNG ``image_dir/names[i]``
+    (distorted by ``distortion`` when given; RGBA with un-premultiplied colour when
+    ``rgba``)."""
+    from PIL import Image
+
     for i, (rgb, alpha) in enumerate(render_views(params, cams)):
         if distortion is not None:
             both = distort_image(np.dstack([rgb, alpha]), cams.Ks[i].astype(np.float64),
@@ -190,30 +208,28 @@ def write_photo_dataset(out_dir: str | os.PathLike, kind: str = "colmap", *, vie
         path = image_dir / names[i]
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.clip(np.rint(pix * 255), 0, 255).astype(np.uint8), mode).save(path)
-    np.save(out / "scene_params.npy", params)
-    np.savez(out / "cameras.npz", viewmats=cams.viewmats, Ks=cams.Ks, width=width,
-             height=height)
-    if kind == "transforms":
-        frames = []
-        for i in range(views):
-            c2w = np.linalg.inv(cams.viewmats[i].astype(np.float64))
-            c2w[:3, 1:3] *= -1  # OpenCV -> OpenGL/Blender camera axes
-            fp = names[i] if ngp else "./" + names[i][:-len(".png")]
-            frames.append({"file_path": fp, "transform_matrix": c2w.tolist()})
-        k = cams.Ks[0].astype(np.float64)
-        doc: dict = {"camera_angle_x": 2 * math.atan(0.5 * width / k[0, 0])}
-        if ngp:
-            k1, k2, p1, p2 = (float(x) for x in distortion)
-            doc.update({"fl_x": k[0, 0], "fl_y": k[1, 1], "cx": k[0, 2], "cy": k[1, 2],
-                        "w": float(width), "h": float(height), "k1": k1, "k2": k2, "p1": p1,
-                        "p2": p2})
-        doc["frames"] = frames
-        (out / "transforms.json").write_text(json.dumps(doc, indent=2))
-        return out / "transforms.json"
-    colors = np.clip(params[:, layout.sh_slice(0)] * SH_C0 + 0.5, 0, 1)
-    named = Cameras(cams.viewmats, cams.Ks, width, height, tuple(names))
-    write_colmap_model(out / "sparse" / "0", named, binary=kind == "colmap-bin",
-                       points=params[:, layout.MEANS], colors=np.rint(colors * 255),
-                       model="PINHOLE" if distortion is None else "OPENCV",
-                       distortion=distortion if distortion is not None else (0, 0, 0, 0))
-    return out / "sparse" / "0"
+
+
+def _write_transforms(path, cams: Cameras, names: list[str], *, ngp: bool, distortion):
+    """Write the cameras as a transforms file at ``path`` (poses in OpenGL/Blender axes):
+    NeRF-synthetic style (``camera_angle_x``, extensionless paths), or with ``ngp``
+    instant-ngp style (``fl_x fl_y cx cy w h`` and ``k1 k2 p1 p2``). Returns ``path``."""
+    import json
+
+    frames = []
+    for i in range(len(cams)):
+        c2w = np.linalg.inv(cams.viewmats[i].astype(np.float64))
+        c2w[:3, 1:3] *= -1  # OpenCV -> OpenGL/Blender camera axes
+        fp = names[i] if ngp else "./" + names[i][:-len(".png")]
+        frames.append({"file_path": fp, "transform_matrix": c2w.tolist()})
+    k = cams.Ks[0].astype(np.float64)
+    width, height = cams.width, cams.height
+    doc: dict = {"camera_angle_x": 2 * math.atan(0.5 * width / k[0, 0])}
+    if ngp:
+        k1, k2, p1, p2 = (float(x) for x in distortion)
+        doc.update({"fl_x": k[0, 0], "fl_y": k[1, 1], "cx": k[0, 2], "cy": k[1, 2],
+                    "w": float(width), "h": float(height), "k1": k1, "k2": k2, "p1": p1,
+                    "p2": p2})
+    doc["frames"] = frames
+    path.write_text(json.dumps(doc, indent=2))
+    return path

@@ -82,18 +82,12 @@ def split_of(scene) -> tuple[np.ndarray, np.ndarray]:
 
 def orbit_cameras_of(cams, frames: int):
     """``frames`` cameras circling the point the scene's cameras look at."""
-    from .cameras import Cameras, look_at
+    from .cameras import Cameras, look_at, optical_axes_equations
 
     vm = cams.viewmats.astype(np.float64)
     centers = cams.centers
     fwd = vm[:, 2, :3]  # camera z axes in world coordinates
-    # the point nearest to every optical axis (least squares)
-    a = np.zeros((3, 3))
-    b = np.zeros(3)
-    for c, d in zip(centers, fwd):
-        m = np.eye(3) - np.outer(d, d)
-        a += m
-        b += m @ c
+    a, b = optical_axes_equations(centers, fwd)  # the point nearest to every optical axis
     target = np.linalg.lstsq(a, b, rcond=None)[0] if len(centers) > 1 else centers[0] + fwd[0]
     up = -vm[:, 1, :3].mean(0)  # OpenCV y points down
     up /= max(np.linalg.norm(up), 1e-12)

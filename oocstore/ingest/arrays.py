@@ -56,10 +56,7 @@ def arrays_source(*, edge_index: str | Path, features: str | Path | None,
                               "feature row per node")
 
     lab_path = Path(labels)
-    y = load_npy(lab_path, "labels")
-    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-        raise SourceError(f"{lab_path}: labels have shape {y.shape} and dtype {y.dtype}; expected "
-                          "a 1-D integer array, one class id per node")
+    y = load_labels(lab_path)
     if y.shape[0] != n:
         raise SourceError(f"{lab_path} has {y.shape[0]} labels but {feat_path} has {n} feature "
                           "rows: give one label per node")
@@ -71,6 +68,15 @@ def arrays_source(*, edge_index: str | Path, features: str | Path | None,
                 "features_format": "npy" if features is not None else "zarr",
                 "labels": str(lab_path.resolve())},
         where=str(feat_path))
+
+
+def load_labels(path: Path) -> np.ndarray:
+    """The class ids of a labels ``.npy``: a 1-D integer array, one per node."""
+    y = load_npy(path, "labels")
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        raise SourceError(f"{path}: labels have shape {y.shape} and dtype {y.dtype}; expected "
+                          "a 1-D integer array, one class id per node")
+    return y
 
 
 def load_npy(path: Path, what: str) -> np.ndarray:

@@ -26,6 +26,7 @@ import numpy as np
 
 from ..errors import SourceError, UsageError
 from ..store import GraphMeta, Store
+from .csc import check_edges
 
 log = logging.getLogger(__name__)
 
@@ -74,18 +75,7 @@ def build_csc(num_nodes: int, src: np.ndarray, dst: np.ndarray, *, directed: boo
               where: str) -> tuple[np.ndarray, np.ndarray, int]:
     """CSC of the edges ``src -> dst`` (symmetrised unless ``directed``), with duplicate
     edges and self-loops dropped. Returns ``(indptr int64, indices, dropped)``."""
-    src = np.asarray(src)
-    dst = np.asarray(dst)
-    if src.shape != dst.shape or src.ndim != 1:
-        raise SourceError(f"{where}: edge sources and destinations differ in shape "
-                          f"({src.shape} vs {dst.shape})")
-    if src.size:
-        lo = min(int(src.min()), int(dst.min()))
-        hi = max(int(src.max()), int(dst.max()))
-        if lo < 0 or hi >= num_nodes:
-            bad = lo if lo < 0 else hi
-            raise SourceError(f"{where}: edge names node {bad}, outside 0..{num_nodes - 1}: "
-                              "fix the edge list or give the right node count")
+    src, dst = check_edges(src, dst, num_nodes, where)
     src = src.astype(np.int64, copy=False)
     dst = dst.astype(np.int64, copy=False)
     n_in = src.size

@@ -60,6 +60,24 @@ def _index_dtype(num_nodes: int) -> np.dtype:
     return np.dtype(np.int32 if num_nodes < 2**31 else np.int64)
 
 
+def check_edges(src, dst, num_nodes: int, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """``src`` / ``dst`` as arrays, checked: one-dimensional, of one shape, every node in
+    ``0..num_nodes - 1``."""
+    src = np.asarray(src)
+    dst = np.asarray(dst)
+    if src.shape != dst.shape or src.ndim != 1:
+        raise SourceError(f"{where}: edge sources and destinations differ in shape "
+                          f"({src.shape} vs {dst.shape})")
+    if src.size:
+        lo = min(int(src.min()), int(dst.min()))
+        hi = max(int(src.max()), int(dst.max()))
+        if lo < 0 or hi >= num_nodes:
+            bad = lo if lo < 0 else hi
+            raise SourceError(f"{where}: edge names node {bad}, outside 0..{num_nodes - 1}: "
+                              "fix the edge list or give the right node count")
+    return src, dst
+
+
 def write_csc_streaming(txn, num_nodes: int, blocks: Iterable[tuple[np.ndarray, np.ndarray]], *,
                         directed: bool, where: str, expected_edges: int,
                         memory_bytes: int = DEFAULT_CSC_MEMORY, tmp_dir: str | Path | None = None,
@@ -83,64 +101,11 @@ def write_csc_streaming(txn, num_nodes: int, blocks: Iterable[tuple[np.ndarray, 
     ranges = -(-n // span)
     tmp = Path(tempfile.mkdtemp(prefix="oocstore-csc-",
                                 dir=tmp_dir if tmp_dir is not None else txn.store.path))
-    n_in = 0
-    spill = 0
     try:
-        files = [open(tmp / f"{r}.keys", "wb") for r in range(ranges)]
-        try:
-            for src, dst in blocks:
-                src = np.asarray(src)
-                dst = np.asarray(dst)
-                if src.shape != dst.shape or src.ndim != 1:
-                    raise SourceError(f"{where}: edge sources and destinations differ in shape "
-                                      f"({src.shape} vs {dst.shape})")
-                if not src.size:
-                    continue
-                lo = min(int(src.min()), int(dst.min()))
-                hi = max(int(src.max()), int(dst.max()))
-                if lo < 0 or hi >= n:
-                    bad = lo if lo < 0 else hi
-                    raise SourceError(f"{where}: edge names node {bad}, outside 0..{n - 1}: fix "
-                                      "the edge list or give the right node count")
-                n_in += src.size
-                s = src.astype(np.int64, copy=False)
-                d = dst.astype(np.int64, copy=False)
-                if not directed:
-                    s, d = np.concatenate([s, d]), np.concatenate([d, s])
-                keep = s != d
-                s, d = s[keep], d[keep]
-                del keep
-                r = d // span
-                key = (d - r * span) * np.int64(n) + s
-                del s, d
-                order = np.argsort(r, kind="stable")
-                key = key[order]
-                bounds = np.searchsorted(r[order], np.arange(ranges + 1))
-                del order, r
-                for i in range(ranges):
-                    a, b = int(bounds[i]), int(bounds[i + 1])
-                    if b > a:
-                        key[a:b].tofile(files[i])
-                spill += key.nbytes
-                del key
-        finally:
-            for f in files:
-                f.close()
+        n_in, spill = _spill_keys(blocks, tmp, n, span, ranges, directed=directed, where=where)
         indptr = np.zeros(n + 1, dtype=np.int64)
         iw = txn.array_writer(indices_name, _index_dtype(n))
-        total = 0
-        split = 0
-        for i in range(ranges):
-            path = tmp / f"{i}.keys"
-            count = os.path.getsize(path) // 8
-            lo_node = i * span
-            width = min(span, n - lo_node)
-            if count <= limit:
-                total += _emit(np.fromfile(path, dtype=np.int64), 0, width, n, lo_node, indptr, iw)
-            else:
-                split += 1
-                total += _emit_in_parts(path, count, limit, width, n, lo_node, indptr, iw)
-            path.unlink()
+        total, split = _emit_ranges(tmp, ranges, span, n, limit, indptr, iw)
         iw.close()
         np.cumsum(indptr, out=indptr)
         txn.write_array(indptr_name, indptr)
@@ -149,6 +114,74 @@ def write_csc_streaming(txn, num_nodes: int, blocks: Iterable[tuple[np.ndarray, 
     dropped = (n_in if directed else 2 * n_in) - total
     return CscStats(num_edges=total, dropped=int(dropped), ranges=ranges, split_ranges=split,
                     spill_bytes=spill)
+
+
+def _spill_keys(blocks: Iterable[tuple[np.ndarray, np.ndarray]], tmp: Path, n: int, span: int,
+                ranges: int, *, directed: bool, where: str) -> tuple[int, int]:
+    """Pass 1: the key ``(dst - range start) * n + src`` of every edge of ``blocks`` (both
+    directions unless ``directed``; self-loops dropped), appended to the spill file
+    ``tmp/<range>.keys`` of its destination's range of ``span`` nodes. Returns the input
+    edges and the bytes spilled."""
+    n_in = 0
+    spill = 0
+    files = [open(tmp / f"{r}.keys", "wb") for r in range(ranges)]
+    try:
+        for src, dst in blocks:
+            src, dst = check_edges(src, dst, n, where)
+            if not src.size:
+                continue
+            n_in += src.size
+            spill += _spill_block(src, dst, files, n, span, ranges, directed)
+    finally:
+        for f in files:
+            f.close()
+    return n_in, spill
+
+
+def _spill_block(src: np.ndarray, dst: np.ndarray, files: list, n: int, span: int, ranges: int,
+                 directed: bool) -> int:
+    """Append the keys of one checked block of edges to the range files; returns the bytes
+    written."""
+    s = src.astype(np.int64, copy=False)
+    d = dst.astype(np.int64, copy=False)
+    if not directed:
+        s, d = np.concatenate([s, d]), np.concatenate([d, s])
+    keep = s != d
+    s, d = s[keep], d[keep]
+    del keep
+    r = d // span
+    key = (d - r * span) * np.int64(n) + s
+    del s, d
+    order = np.argsort(r, kind="stable")
+    key = key[order]
+    bounds = np.searchsorted(r[order], np.arange(ranges + 1))
+    del order, r
+    for i in range(ranges):
+        a, b = int(bounds[i]), int(bounds[i + 1])
+        if b > a:
+            key[a:b].tofile(files[i])
+    return key.nbytes
+
+
+def _emit_ranges(tmp: Path, ranges: int, span: int, n: int, limit: int, indptr: np.ndarray,
+                 iw) -> tuple[int, int]:
+    """Pass 2: each range's spill file sorted and de-duplicated into ``indptr`` counts and
+    ``iw`` (the indices), in parts where it holds more than ``limit`` keys; each file is
+    deleted once read. Returns the edges stored and the ranges read in parts."""
+    total = 0
+    split = 0
+    for i in range(ranges):
+        path = tmp / f"{i}.keys"
+        count = os.path.getsize(path) // 8
+        lo_node = i * span
+        width = min(span, n - lo_node)
+        if count <= limit:
+            total += _emit(np.fromfile(path, dtype=np.int64), 0, width, n, lo_node, indptr, iw)
+        else:
+            split += 1
+            total += _emit_in_parts(path, count, limit, width, n, lo_node, indptr, iw)
+        path.unlink()
+    return total, split
 
 
 def _emit(key: np.ndarray, first: int, width: int, n: int, lo_node: int, indptr: np.ndarray,

@@ -29,7 +29,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import SourceError, UsageError
-from .arrays import check_features, load_npy
+from .arrays import check_features, load_labels, load_npy
 from .common import GraphSource, iter_blocks
 from .synthetic import SyntheticSpec, synthetic_features
 
@@ -71,10 +71,7 @@ def edgelist_source(path: str | Path, *, directed: bool, feat_dim: int, classes:
 
     if labels is not None:
         lab_path = Path(labels)
-        y = load_npy(lab_path, "labels")
-        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-            raise SourceError(f"{lab_path}: labels have shape {y.shape} and dtype {y.dtype}; "
-                              "expected a 1-D integer array, one class id per node")
+        y = load_labels(lab_path)
         if y.shape[0] != n:
             raise SourceError(f"{lab_path} has {y.shape[0]} labels but {path} has {n} nodes "
                               "(distinct ids): give one label per node, in ascending order of "

@@ -19,52 +19,36 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from ..errors import UsageError
 from ..integrations.dgl import require_dgl, to_dgl
 from ..plan import SampledBatch
-from .model import layer_dims
+from .model import SAGEStack, check_batch_input, relu_dropout
 
 
-class DGLGraphSAGE(nn.Module):
+class DGLGraphSAGE(SAGEStack):
     """``num_layers`` mean-aggregation DGL SAGE convolutions; ReLU and dropout between
     layers, none after the last (its output are class logits)."""
 
     def __init__(self, in_dim: int, hidden: int, num_classes: int, num_layers: int,
                  dropout: float = 0.5):
-        super().__init__()
         require_dgl()
         from dgl.nn import SAGEConv
 
-        dims = layer_dims(in_dim, hidden, num_classes, num_layers, dropout)
-        self.dropout = float(dropout)
-        self.convs = nn.ModuleList(SAGEConv(dims[i], dims[i + 1], aggregator_type="mean")
-                                   for i in range(num_layers))
-
-    @property
-    def num_layers(self) -> int:
-        return len(self.convs)
+        super().__init__(lambda i, o: SAGEConv(i, o, aggregator_type="mean"), in_dim, hidden,
+                         num_classes, num_layers, dropout)
 
     def forward(self, blocks: Sequence,  # dgl blocks, blocks[0] on the input side
                 x: torch.Tensor,  # [num_input, in_dim], input_nodes order, any float dtype
                 ) -> torch.Tensor:  # [num_seeds, num_classes] logits
-        if len(blocks) != len(self.convs):
-            raise UsageError(f"the batch has {len(blocks)} layers but the model has "
-                             f"{len(self.convs)}: sample the plan with one fanout per model layer")
-        if x.shape[0] != blocks[0].num_src_nodes():
-            raise UsageError(f"x has {x.shape[0]} rows but the batch's first layer has "
-                             f"{blocks[0].num_src_nodes()} source nodes: deliver features for "
-                             "input_nodes")
+        check_batch_input(len(blocks), len(self.convs), x,
+                          blocks[0].num_src_nodes() if blocks else None)
         h = x.to(torch.float32)
         last = len(self.convs) - 1
         for i, (conv, block) in enumerate(zip(self.convs, blocks)):
             # destinations are a prefix of the sources (see oocstore.plan)
             h = conv(block, (h, h[:block.num_dst_nodes()]))
             if i < last:
-                h = F.relu(h)
-                h = F.dropout(h, p=self.dropout, training=self.training)
+                h = relu_dropout(h, self.dropout, self.training)
         return h
 
     def forward_batch(self, batch: SampledBatch,

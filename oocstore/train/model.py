@@ -23,7 +23,7 @@ the host-device link.
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -52,35 +52,57 @@ def layer_dims(in_dim: int, hidden: int, num_classes: int, num_layers: int,
     return dims
 
 
-class GraphSAGE(nn.Module):
-    """``num_layers`` mean-aggregation SAGE convolutions; ReLU and dropout between
-    layers, none after the last (its output are class logits)."""
+def check_batch_input(batch_layers: int, model_layers: int, x: torch.Tensor,
+                      input_nodes: int | None) -> None:
+    """A batch of ``batch_layers`` layers whose first layer has ``input_nodes`` sources
+    (``None``: no layer) fits a model of ``model_layers`` layers, with one row of ``x``
+    per input node."""
+    if batch_layers != model_layers:
+        raise UsageError(f"the batch has {batch_layers} layers but the model has "
+                         f"{model_layers}: sample the plan with one fanout per model layer")
+    if x.shape[0] != input_nodes:
+        raise UsageError(f"x has {x.shape[0]} rows but the batch's first layer has "
+                         f"{input_nodes} source nodes: deliver features for input_nodes")
 
-    def __init__(self, in_dim: int, hidden: int, num_classes: int, num_layers: int,
-                 dropout: float = 0.5, *, sparse: bool = True):
+
+def relu_dropout(h: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """What follows every layer but the last: ReLU, then dropout while training."""
+    return F.dropout(F.relu(h), p=p, training=training)
+
+
+class SAGEStack(nn.Module):
+    """The layers of a GraphSAGE model of any backend: ``convs``, one convolution
+    ``make_conv(in, out)`` per layer, and the ``dropout`` applied between them."""
+
+    def __init__(self, make_conv: Callable[[int, int], nn.Module], in_dim: int, hidden: int,
+                 num_classes: int, num_layers: int, dropout: float):
         super().__init__()
-        require_pyg()
-        from torch_geometric.nn import SAGEConv
-
         dims = layer_dims(in_dim, hidden, num_classes, num_layers, dropout)
         self.dropout = float(dropout)
-        self.sparse = bool(sparse)
-        self.convs = nn.ModuleList(SAGEConv(dims[i], dims[i + 1], aggr="mean")
-                                   for i in range(num_layers))
+        self.convs = nn.ModuleList(make_conv(dims[i], dims[i + 1]) for i in range(num_layers))
 
     @property
     def num_layers(self) -> int:
         return len(self.convs)
 
+
+class GraphSAGE(SAGEStack):
+    """``num_layers`` mean-aggregation SAGE convolutions; ReLU and dropout between
+    layers, none after the last (its output are class logits)."""
+
+    def __init__(self, in_dim: int, hidden: int, num_classes: int, num_layers: int,
+                 dropout: float = 0.5, *, sparse: bool = True):
+        require_pyg()
+        from torch_geometric.nn import SAGEConv
+
+        super().__init__(lambda i, o: SAGEConv(i, o, aggr="mean"), in_dim, hidden,
+                         num_classes, num_layers, dropout)
+        self.sparse = bool(sparse)
+
     def forward(self, x: torch.Tensor,  # [num_input, in_dim], input_nodes order, any float dtype
                 layers: Sequence[tuple[torch.Tensor, tuple[int, int]]],  # (edge_index [2, E], size)
                 ) -> torch.Tensor:  # [num_seeds, num_classes] logits
-        if len(layers) != len(self.convs):
-            raise UsageError(f"the batch has {len(layers)} layers but the model has "
-                             f"{len(self.convs)}: sample the plan with one fanout per model layer")
-        if x.shape[0] != layers[0][1][0]:
-            raise UsageError(f"x has {x.shape[0]} rows but the batch's first layer has "
-                             f"{layers[0][1][0]} source nodes: deliver features for input_nodes")
+        check_batch_input(len(layers), len(self.convs), x, layers[0][1][0] if layers else None)
         h = x.to(torch.float32)
         last = len(self.convs) - 1
         for i, (conv, (edge_index, size)) in enumerate(zip(self.convs, layers)):
@@ -90,8 +112,7 @@ class GraphSAGE(nn.Module):
             else:
                 h = conv((h, h[:num_dst]), edge_index, size=(num_src, num_dst))
             if i < last:
-                h = F.relu(h)
-                h = F.dropout(h, p=self.dropout, training=self.training)
+                h = relu_dropout(h, self.dropout, self.training)
         return h
 
     def forward_batch(self, batch: SampledBatch,

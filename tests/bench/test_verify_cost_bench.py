@@ -1,21 +1,11 @@
 """bench/verify_cost.py at toy size: the JSON fields are there and sane."""
 
-import json
-import subprocess
-import sys
-
-from helpers import REPO
+from helpers import run_bench_toy
 
 
 def test_verify_cost_toy(tmp_path):
-    out = tmp_path / "verify_cost.json"
-    r = subprocess.run([sys.executable, str(REPO / "bench" / "verify_cost.py"), "--toy",
-                        "--dir", str(tmp_path), "--out", str(out)], capture_output=True,
-                       text=True, timeout=300, cwd=REPO)
-    assert r.returncode == 0, r.stderr[-3000:]
-    res = json.loads(r.stdout.strip().splitlines()[-1])
+    res = run_bench_toy("verify_cost", tmp_path)
     assert res["bench"] == "verify_cost" and res["toy"]
     assert res["epoch_s_verify_on"] > 0 and res["epoch_s_verify_off"] > 0
     assert res["overhead"] == res["epoch_s_verify_on"] / res["epoch_s_verify_off"] - 1
     assert res["bytes_read"] > 0 and 0 <= res["extra_read_fraction"] < 2
-    assert json.loads(out.read_text())["bench"] == "verify_cost"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import sys
 
 import dgl
@@ -11,22 +10,19 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import BATCHES_PLAN, sampled_store
 from oocstore.errors import FormatError, OocError, UsageError
 from oocstore.integrations import MissingDependencyError
 from oocstore.integrations.dgl import require_dgl, to_dgl
 from oocstore.plan import PlanReader
 from oocstore.store import Store
 from oocstore.train.dgl_model import DGLGraphSAGE
-from samplers import sample_plan
 
 
 @pytest.fixture(scope="module")
 def plan_store(small_store_template, tmp_path_factory):
-    path = tmp_path_factory.mktemp("dgl") / "s"
-    shutil.copytree(small_store_template, path)
-    with Store(path, readonly=False) as store:
-        sample_plan(store, fanouts="4,3", batch_size=64, epochs=2, seed=3, name="train")
-    return path
+    return sampled_store(tmp_path_factory.mktemp("dgl") / "s", BATCHES_PLAN,
+                         template=small_store_template)
 
 
 @pytest.fixture(scope="module")

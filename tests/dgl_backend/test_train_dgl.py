@@ -11,20 +11,16 @@ the features, homophilous neighbours recover them).
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers import make_synthetic
+from helpers import TRAIN_PLAN, eval_plans, opened, sampled_store, train_and_test
 from oocstore.plan import PlanReader, SampledBatch
-from oocstore.store import Store
-from oocstore.train import InMemoryFeatures, epoch_schedule, evaluate, train_epoch
+from oocstore.train import InMemoryFeatures
 from oocstore.train.dgl_model import DGLGraphSAGE
-from samplers import sample_plan
 
 EPOCHS = 4
 
@@ -61,25 +57,14 @@ class RefSAGE(nn.Module):
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    path = make_synthetic(tmp_path_factory.mktemp("dgltrain") / "s", nodes=3000, feat_dim=32,
-                          avg_degree=8)
-    with Store(path, readonly=False) as s:
-        sample_plan(s, fanouts="5,5", batch_size=256, epochs=2, seed=0, name="train")
-        sample_plan(s, fanouts="all,all", batch_size=1024, epochs=1, name="test", split="test")
-    s = Store(path)
-    yield s
-    s.close()
+    yield from opened(sampled_store(
+        tmp_path_factory.mktemp("dgltrain") / "s", TRAIN_PLAN, *eval_plans("test"),
+        nodes=3000, feat_dim=32, avg_degree=8))
 
 
 @pytest.fixture(scope="module")
 def feats(store):
     return InMemoryFeatures(store)
-
-
-def without_edges(triples):
-    for batch, x, y in triples:
-        blocks = [dataclasses.replace(b, src=b.src[:0], dst=b.dst[:0]) for b in batch.blocks]
-        yield dataclasses.replace(batch, blocks=blocks), x, y
 
 
 def build(feats, backend, seed):
@@ -95,15 +80,7 @@ def build(feats, backend, seed):
 def fit(store, feats, backend, *, seed=0, graph=True):
     model = build(feats, backend, seed)
     torch.manual_seed(seed + 1)  # the dropout stream starts at the same state for every backend
-    opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    reader = PlanReader(store, "train")
-    wrap = (lambda t: t) if graph else without_edges
-    history = []
-    for e in range(EPOCHS):
-        plan_epoch, order = epoch_schedule(reader, e, reuse="shuffle")
-        history.append(train_epoch(model, opt, wrap(feats.batches(reader, plan_epoch, order)),
-                                   "cpu"))
-    return history, evaluate(model, wrap(feats.batches(PlanReader(store, "test"), 0)))
+    return train_and_test(model, store, feats, epochs=EPOCHS, graph=graph)
 
 
 def test_reference_computes_the_dgl_model(store, feats):

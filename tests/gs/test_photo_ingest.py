@@ -12,6 +12,7 @@ import shutil
 import numpy as np
 import pytest
 
+from helpers import flip_bits
 from oocstore.cli import main
 from oocstore.errors import ChecksumError, UsageError
 from oocstore.gs.cameras import Cameras
@@ -185,11 +186,7 @@ def test_read_image_checks_its_crc(datasets, tmp_path):
     with ingest_photos(datasets["colmap"], tmp_path / "s", init_points=100) as scene:
         path, offset, slot = scene.image_location(3)
         before = scene.read_image(2).copy()
-    with open(path, "r+b") as f:
-        f.seek(offset + 100)
-        b = f.read(1)
-        f.seek(offset + 100)
-        f.write(bytes([b[0] ^ 0xFF]))
+    flip_bits(path, offset + 100, 0xFF)
     with Scene.open(tmp_path / "s", readonly=True) as scene:
         np.testing.assert_array_equal(scene.read_image(2), before)  # others still read
         with pytest.raises(ChecksumError, match=r"image 3 \(img_00\d\d\.png\).*scene-images"):

@@ -9,22 +9,17 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import BATCHES_PLAN, sampled_store
 from oocstore.errors import FormatError
 from oocstore.integrations import MissingDependencyError, PygBatch, require_pyg, to_pyg
 from oocstore.plan import Block, PlanReader, SampledBatch
 from oocstore.store import Store
-from samplers import sample_plan
 
 
 @pytest.fixture(scope="module")
 def plan_store(small_store_template, tmp_path_factory):
-    import shutil
-
-    path = tmp_path_factory.mktemp("pyg") / "s"
-    shutil.copytree(small_store_template, path)
-    with Store(path, readonly=False) as store:
-        sample_plan(store, fanouts="4,3", batch_size=64, epochs=2, seed=3, name="train")
-    return path
+    return sampled_store(tmp_path_factory.mktemp("pyg") / "s", BATCHES_PLAN,
+                         template=small_store_template)
 
 
 def test_to_pyg_matches_plan_blocks(plan_store):

@@ -8,10 +8,9 @@ from types import SimpleNamespace as types_ns
 
 import pytest
 
+from helpers import sampled_store
 from oocstore import Store
 from oocstore.errors import BudgetError
-from oocstore.ingest import build_store
-from oocstore.ingest.synthetic import SyntheticSpec, synthetic_source
 from oocstore.budget import MemoryBudget
 from oocstore.pack import PackOptions, pack_plan
 from oocstore.tiers import TieredReader
@@ -22,14 +21,13 @@ from oocstore.plan import PlanReader
 from samplers import sample_plan
 
 
+COSTMODEL_GRAPH = dict(nodes=4000, feat_dim=16, avg_degree=6, seed=0)
+COSTMODEL_PLAN = dict(fanouts="5,5", batch_size=256, epochs=1, seed=0, name="p")
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    path = tmp_path_factory.mktemp("cm") / "s"
-    build_store(path, synthetic_source(SyntheticSpec(nodes=4000, feat_dim=16, avg_degree=6,
-                                                     seed=0)))
-    with Store(path, readonly=False) as s:
-        sample_plan(s, fanouts="5,5", batch_size=256, epochs=1, seed=0, name="p")
-    return path
+    return sampled_store(tmp_path_factory.mktemp("cm") / "s", COSTMODEL_PLAN, **COSTMODEL_GRAPH)
 
 
 def test_probe_reads_a_scratch_file_when_the_features_are_small(store, monkeypatch):
@@ -60,11 +58,8 @@ def test_probe_reads_a_scratch_file_when_the_features_are_small(store, monkeypat
 def test_probe_prefers_data_at_rest_over_a_fresh_scratch_file(tmp_path, monkeypatch):
     from oocstore.errors import UsageError
 
-    path = tmp_path / "s"
-    build_store(path, synthetic_source(SyntheticSpec(nodes=4000, feat_dim=16, avg_degree=6,
-                                                     seed=0)))
+    path = sampled_store(tmp_path / "s", COSTMODEL_PLAN, **COSTMODEL_GRAPH)
     with Store(path, readonly=False) as s:
-        sample_plan(s, fanouts="5,5", batch_size=256, epochs=1, seed=0, name="p")
         fbytes = s.array_meta("features").nbytes
         # Nothing of the store's own is large enough: a scratch file.
         assert costmodel._at_rest_file(s, 8 * fbytes) is None

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
 from oocstore import Store
 from oocstore.pack import PackOptions, pack_plan
 from samplers import sample_plan
 
-from helpers import make_synthetic
+from helpers import copy_of, make_synthetic
 
 NODES, DIM = 3000, 16
 
@@ -28,6 +26,4 @@ def packed_store(tmp_path_factory):
 
 @pytest.fixture
 def store_copy(packed_store, tmp_path):
-    out = tmp_path / "s"
-    shutil.copytree(packed_store, out)
-    return out
+    return copy_of(packed_store, tmp_path / "s")

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import load_tool
 from oocstore import Store
 from oocstore.errors import OocError, StoreLockedError
 from oocstore.ingest import build_store
@@ -196,18 +197,7 @@ def test_deleting_through_a_link_planted_after_open_is_refused(store_copy, tmp_p
 
 # -- hostile catalog values ------------------------------------------------------------
 
-def _fuzz_tools():
-    import importlib.util
-
-    from helpers import REPO
-
-    spec = importlib.util.spec_from_file_location("fuzz_inputs", REPO / "tools" / "fuzz_inputs.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-FUZZ = _fuzz_tools()
+FUZZ = load_tool("fuzz_inputs")
 
 
 @pytest.mark.parametrize("case", FUZZ.HOSTILE_CATALOG, ids=[c[0] for c in FUZZ.HOSTILE_CATALOG])

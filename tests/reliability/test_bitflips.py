@@ -10,7 +10,6 @@ the long, randomised version of these tests.
 
 from __future__ import annotations
 
-import shutil
 
 import numpy as np
 import pytest
@@ -24,7 +23,7 @@ from oocstore.tiers.assemble import assemble_rows, scatter_rows
 from oocstore.tiers.reader import TieredReader
 from samplers import sample_plan
 
-from helpers import make_synthetic
+from helpers import copy_of, make_synthetic
 
 NODES, DIM = 2000, 8
 
@@ -47,9 +46,7 @@ def flip_store(tmp_path_factory):
 
 @pytest.fixture
 def copy(flip_store, tmp_path):
-    out = tmp_path / "s"
-    shutil.copytree(flip_store, out)
-    return out
+    return copy_of(flip_store, tmp_path / "s")
 
 
 def _read_all(path, pack):

@@ -13,13 +13,19 @@ from oocstore import Store
 from oocstore.errors import FormatError
 from oocstore.store.verify import verify_store
 
-from helpers import run_oocstore
+from helpers import flip_bits, run_oocstore
 
 
-def _flip(path, offset):
-    data = bytearray(path.read_bytes())
-    data[offset] ^= 0x04
-    path.write_bytes(bytes(data))
+def _damage_and_verify(store, file, original: bytes, pos: int, damage: str):
+    """Damage ``file`` of ``store`` (whose bytes are ``original``) at ``pos``: one bit
+    flipped (``damage`` "flip") or the file cut there ("truncate"); then what
+    ``verify_store`` finds."""
+    if damage == "flip":
+        flip_bits(file, pos, 0x04)
+    else:
+        file.write_bytes(original[:pos])
+    with Store(store) as s:
+        return verify_store(s)
 
 
 def test_every_data_file_flipped_and_truncated(store_copy):
@@ -35,12 +41,7 @@ def test_every_data_file_flipped_and_truncated(store_copy):
         original = path.read_bytes()
         pos = meta.nbytes * 2 // 3
         for damage in ("flip", "truncate"):
-            if damage == "flip":
-                _flip(path, pos)
-            else:
-                path.write_bytes(original[:pos])
-            with Store(store_copy) as s:
-                found = verify_store(s)
+            found = _damage_and_verify(store_copy, path, original, pos, damage)
             chunk = pos // meta.chunk_bytes
             assert [(d.array, d.file, d.chunk) for d in found] == [(name, rel, chunk)], \
                 (rel, damage, [str(d) for d in found])
@@ -109,12 +110,7 @@ def test_every_scene_file_flipped_and_truncated(tmp_path):
         for pos in spots:
             chunk = pos // meta.chunk_bytes
             for damage in ("flip", "truncate"):
-                if damage == "flip":
-                    _flip(f, pos)
-                else:
-                    f.write_bytes(original[:pos])
-                with Store(path) as s:
-                    found = verify_store(s)
+                found = _damage_and_verify(path, f, original, pos, damage)
                 assert [(d.array, d.file, d.chunk) for d in found] == [(name, rel, chunk)], \
                     (rel, damage, [str(d) for d in found])
                 if name.startswith("scene/block/"):

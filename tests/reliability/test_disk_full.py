@@ -15,6 +15,7 @@ import subprocess
 import numpy as np
 import pytest
 
+from helpers import copy_of
 from oocstore import Store
 from oocstore.errors import DiskFullError
 from oocstore.ingest import build_store
@@ -162,9 +163,7 @@ def scene_template(tmp_path_factory):
 
 @pytest.fixture
 def scene_copy(scene_template, tmp_path):
-    out = tmp_path / "s"
-    shutil.copytree(scene_template, out)
-    return out
+    return copy_of(scene_template, tmp_path / "s")
 
 
 SCENE_FAULTS = [  # as FAULTS, with the failure inside a later block (72 KiB each)

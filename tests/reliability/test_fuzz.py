@@ -5,7 +5,6 @@ declared sizes are refused before anything is allocated."""
 
 from __future__ import annotations
 
-import importlib.util
 import zipfile
 
 import numpy as np
@@ -18,11 +17,9 @@ from oocstore.ingest.arrays import load_npy
 from oocstore.ingest.npz import npz_source
 from oocstore.store.catalog import Catalog
 
-from helpers import REPO, run_oocstore
+from helpers import load_tool, run_oocstore
 
-_spec = importlib.util.spec_from_file_location("fuzz_inputs", REPO / "tools" / "fuzz_inputs.py")
-fuzz = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fuzz)
+fuzz = load_tool("fuzz_inputs")
 
 
 @pytest.mark.parametrize("component, examples", [("edgelist", 40), ("npz", 100),
@@ -73,24 +70,26 @@ def test_absurd_declared_sizes_fail_before_allocating(tmp_path):
         npz_source(tmp_path / "g.npz", trust_pickle=False)
 
 
+def _commit_labels_entry(store, **changes) -> None:
+    """Commit the catalog entry of array ``labels`` with ``changes``, as a hostile catalog
+    would hold it."""
+    with Store(store) as s:
+        entry = s.get("array/labels")
+    cat = Catalog(store, readonly=False)
+    cat.commit({"array/labels": {**entry, **changes}})
+    cat.close()
+
+
 @pytest.mark.parametrize("file", ["/etc/passwd", "../outside.bin", "arrays/../../x.bin",
                                   "arrays\\..\\x.bin"])
 def test_catalog_paths_outside_the_store_are_refused(store_copy, file):
-    with Store(store_copy) as s:
-        entry = s.get("array/labels")
-    cat = Catalog(store_copy, readonly=False)
-    cat.commit({"array/labels": {**entry, "file": file}})
-    cat.close()
+    _commit_labels_entry(store_copy, file=file)
     with pytest.raises(FormatError, match="outside the store"):
         Store(store_copy)
 
 
 @pytest.mark.parametrize("shape", [[10**15, 10**15], [2**62, 8], [-1]])
 def test_catalog_absurd_shapes_are_refused(store_copy, shape):
-    with Store(store_copy) as s:
-        entry = s.get("array/labels")
-    cat = Catalog(store_copy, readonly=False)
-    cat.commit({"array/labels": {**entry, "shape": shape}})
-    cat.close()
+    _commit_labels_entry(store_copy, shape=shape)
     with pytest.raises(FormatError, match="labels"):
         Store(store_copy)

@@ -37,17 +37,8 @@ from oocstore.store import Store
 from oocstore.tiers.reader import list_packs
 from oocstore.train.run import TrainConfig, run_training
 
-from helpers import REPO, tree_bytes
+from helpers import REPO, load_tool, tree_bytes
 
-
-def load_tool(name: str):
-    """Import ``tools/<name>.py`` as a module (tools/ is scripts, not a package)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 NODES, DIM = 3000, 16
 

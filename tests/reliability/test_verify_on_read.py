@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from helpers import flip_bits
 from oocstore import Store
 from oocstore.errors import ChecksumError
 from oocstore.tiers import TieredReader
@@ -42,11 +43,7 @@ def test_segment_reads_verify_every_touched_chunk(store_copy, chunk_bytes):
 
     # Flip one bit in the middle of the data: exactly the segments touching its chunk fail.
     bad_byte = 5000 * 48 // 2 + 7
-    with open(path, "r+b") as f:
-        f.seek(bad_byte)
-        b = f.read(1)
-        f.seek(bad_byte)
-        f.write(bytes([b[0] ^ 0x10]))
+    flip_bits(path, bad_byte, 0x10)
     bad_chunk = bad_byte // chunk_bytes
     for k in range(len(segs)):
         lo, hi = segs[k, 0] * 48, (segs[k, 0] + segs[k, 1]) * 48
@@ -68,11 +65,7 @@ def test_segment_reads_verify_every_touched_chunk(store_copy, chunk_bytes):
 
 
 def _corrupt(path, offset):
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        b = f.read(1)
-        f.seek(offset)
-        f.write(bytes([b[0] ^ 0xFF]))
+    flip_bits(path, offset, 0xFF)
 
 
 def test_tiered_reader_names_batch_and_file(store_copy):

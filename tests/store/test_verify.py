@@ -6,7 +6,7 @@ import pytest
 from oocstore.store import Store
 from oocstore.store.verify import Damage, total_bytes, verify_store
 
-from helpers import run_oocstore, tree_bytes
+from helpers import flip_bits, run_oocstore, tree_bytes
 
 
 def _chunked_store(path, rng):
@@ -21,11 +21,7 @@ def _chunked_store(path, rng):
 
 
 def _flip(path, offset):
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        b = f.read(1)
-        f.seek(offset)
-        f.write(bytes([b[0] ^ 0x40]))
+    flip_bits(path, offset, 0x40)
 
 
 def test_intact(tmp_path, rng):

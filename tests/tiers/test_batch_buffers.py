@@ -8,27 +8,18 @@ import numpy as np
 import pytest
 import torch
 
-from oocstore import Store
+from helpers import opened, policy_packs, sampled_store
 from oocstore.budget import MemoryBudget
-from oocstore.ingest import build_store
-from oocstore.ingest.synthetic import SyntheticSpec, synthetic_source
 from oocstore.loader import NodeLoader
-from oocstore.pack import PackOptions, pack_plan
 from oocstore.tiers.reader import TieredReader, advise_huge_pages
-from samplers import sample_plan
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    path = tmp_path_factory.mktemp("bufs") / "s"
-    build_store(path, synthetic_source(SyntheticSpec(nodes=3000, feat_dim=16, avg_degree=8)))
-    s = Store(path, readonly=False)
-    sample_plan(s, fanouts="4,4", batch_size=128, epochs=2, seed=0)
-    pack_plan(s, name="p", options=PackOptions(cpu_cache=300 * 64, max_disk_blowup=64))
-    pack_plan(s, name="b", options=PackOptions(cpu_cache=300 * 64, max_disk_blowup=64,
-                                               policy="belady"))
-    yield s
-    s.close()
+    packs = policy_packs({"p": "static", "b": "belady"}, cpu_cache=300 * 64, max_disk_blowup=64)
+    yield from opened(sampled_store(tmp_path_factory.mktemp("bufs") / "s",
+                                    dict(fanouts="4,4", batch_size=128, epochs=2, seed=0),
+                                    packs=packs, nodes=3000, avg_degree=8), readonly=False)
 
 
 def _oracle(store, reader, epoch):

@@ -2,7 +2,6 @@
 reading every batch of a pack keeps the peak RSS under the budget plus the documented
 fixed overhead (docs/BUDGETS.md)."""
 
-import importlib.util
 import json
 import os
 import signal
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import load_tool
 from oocstore import Store
 from oocstore.ingest import build_store
 from oocstore.ingest.synthetic import SyntheticSpec, synthetic_source
@@ -27,24 +27,24 @@ REPO = Path(__file__).resolve().parents[2]
 #: tier/slot slices and index arrays, allocator slack).
 OVERHEAD = 16 << 20
 
-DRIVER = textwrap.dedent("""
-    import json, sys
+
+loader_rss = load_tool("loader_rss")  # the measured NodeLoader process, shared with the tool
+measure_loader = loader_rss.measure_loader
+
+
+#: A fresh process reading every batch of a pack with ``TieredReader``: ``STORE BUDGET
+#: PACK``; prints its RSS before and peak RSS after, and what the reader charged.
+DRIVER = loader_rss.RSS_PROBE + textwrap.dedent("""
     from oocstore import Store
     from oocstore.budget import MemoryBudget
     from oocstore.tiers import TieredReader
-
-    def status(key):
-        for line in open("/proc/self/status"):
-            if line.startswith(key):
-                return int(line.split()[1]) * 1024
 
     store = Store(sys.argv[1])
     budget = MemoryBudget(cpu=int(sys.argv[2]))
     with TieredReader(store, sys.argv[3], budget=budget) as r:  # warm-up: numba kernels load
         r.read_batch(0, 0)
     base = status("VmRSS:")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset the peak-RSS high-water mark to the current RSS
+    reset_peak()
     with TieredReader(store, sys.argv[3], budget=budget) as r:
         for e in range(r.num_epochs):
             for b in range(r.num_batches(e)):
@@ -83,17 +83,6 @@ def test_peak_rss_stays_within_budget_plus_overhead(big_store, pack):
     assert r["charged"] <= budget
     assert r["ssd_bytes"] > 61_000_000  # the epoch really streamed from disk
     assert r["peak"] - r["base"] <= budget + OVERHEAD, r
-
-
-def _load_loader_rss():
-    """tools/loader_rss.py: the measured NodeLoader process, shared with the tool."""
-    spec = importlib.util.spec_from_file_location("loader_rss", REPO / "tools" / "loader_rss.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-measure_loader = _load_loader_rss().measure_loader
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from oocstore.budget import BudgetAccountant, MemoryBudget
-from oocstore.pack import PackOptions, pack_plan
 from oocstore.tiers import TieredReader
 from oocstore.tiers.staging import (CUDA_BLOCK_SLACK, StagingRing, choose_depth,
                                     device_batch_bytes, device_batches_held, device_charges)
@@ -185,20 +184,13 @@ def test_choose_depth_takes_the_largest_that_fits():
 
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory):
-    from oocstore import Store
-    from oocstore.ingest import build_store
-    from oocstore.ingest.synthetic import SyntheticSpec, synthetic_source
-    from samplers import sample_plan
+    from helpers import opened, policy_packs, sampled_store
 
-    path = tmp_path_factory.mktemp("staging") / "s"
-    build_store(path, synthetic_source(SyntheticSpec(nodes=3000, feat_dim=16, avg_degree=8)))
-    s = Store(path, readonly=False)
-    sample_plan(s, fanouts="4,4", batch_size=200, epochs=2, seed=0)
-    for policy in ("static", "belady"):
-        pack_plan(s, name=policy, options=PackOptions(gpu_cache=300 * 64, cpu_cache=500 * 64,
-                                                      max_disk_blowup=64, policy=policy))
-    yield s
-    s.close()
+    packs = policy_packs({"static": "static", "belady": "belady"}, gpu_cache=300 * 64,
+                         cpu_cache=500 * 64, max_disk_blowup=64)
+    yield from opened(sampled_store(tmp_path_factory.mktemp("staging") / "s",
+                                    dict(fanouts="4,4", batch_size=200, epochs=2, seed=0),
+                                    packs=packs, nodes=3000, avg_degree=8), readonly=False)
 
 
 @pytest.mark.parametrize("policy", ["static", "belady"])

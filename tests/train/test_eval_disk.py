@@ -9,6 +9,7 @@ import json
 
 import pytest
 
+from helpers import cli_store
 from oocstore.cli import main
 from oocstore.store import Store
 from oocstore.tiers.reader import list_packs
@@ -16,14 +17,9 @@ from oocstore.train.prepare import EVAL_DISK_SHARE
 
 
 def _store(tmp_path, cpu_cache: str) -> str:
-    path = str(tmp_path / "s")
-    assert main(["ingest", "synthetic", path, "--nodes", "2000", "--feat-dim", "16",
-                 "--avg-degree", "8", "--quiet"]) == 0
-    assert main(["sample", path, "--fanouts", "5,5", "--batch-size", "64", "--epochs", "1",
-                 "--quiet"]) == 0
-    assert main(["pack", path, "--cpu-cache", cpu_cache, "--max-disk-blowup", "8",
-                 "--quiet"]) == 0
-    return path
+    return cli_store(tmp_path / "s", ingest="--nodes 2000 --feat-dim 16 --avg-degree 8",
+                     sample="--fanouts 5,5 --batch-size 64 --epochs 1",
+                     pack=f"--cpu-cache {cpu_cache} --max-disk-blowup 8")
 
 
 @pytest.mark.parametrize("cpu_cache", ["0", "40KiB"])

@@ -9,17 +9,15 @@ SAGEConv reduces to its root weight: an MLP).
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
 
-from helpers import make_synthetic
+from helpers import TRAIN_PLAN, eval_plans, opened, sampled_store, train_and_test
 from oocstore.errors import UsageError
 from oocstore.plan import PlanReader
 from oocstore.store import Store
-from oocstore.train import GraphSAGE, InMemoryFeatures, epoch_schedule, evaluate, train_epoch
+from oocstore.train import GraphSAGE, InMemoryFeatures, evaluate, train_epoch
 from samplers import sample_plan
 
 EPOCHS = 4
@@ -27,15 +25,9 @@ EPOCHS = 4
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    path = make_synthetic(tmp_path_factory.mktemp("loop") / "s", nodes=3000, feat_dim=32,
-                          avg_degree=8)
-    with Store(path, readonly=False) as s:
-        sample_plan(s, fanouts="5,5", batch_size=256, epochs=2, seed=0, name="train")
-        for split in ("val", "test"):
-            sample_plan(s, fanouts="all,all", batch_size=1024, epochs=1, name=split, split=split)
-    s = Store(path)
-    yield s
-    s.close()
+    yield from opened(sampled_store(
+        tmp_path_factory.mktemp("loop") / "s", TRAIN_PLAN, *eval_plans("val", "test"),
+        nodes=3000, feat_dim=32, avg_degree=8))
 
 
 @pytest.fixture(scope="module")
@@ -43,24 +35,10 @@ def feats(store):
     return InMemoryFeatures(store)
 
 
-def without_edges(triples):
-    for batch, x, y in triples:
-        blocks = [dataclasses.replace(b, src=b.src[:0], dst=b.dst[:0]) for b in batch.blocks]
-        yield dataclasses.replace(batch, blocks=blocks), x, y
-
-
 def fit(store, feats, *, seed=0, epochs=EPOCHS, graph=True):
-    reader = PlanReader(store, "train")
     torch.manual_seed(seed)
     model = GraphSAGE(feats.feat_dim, 32, feats.num_classes, 2, dropout=0.5)
-    opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    wrap = (lambda t: t) if graph else without_edges
-    history = []
-    for e in range(epochs):
-        plan_epoch, order = epoch_schedule(reader, e, reuse="shuffle")
-        history.append(train_epoch(model, opt, wrap(feats.batches(reader, plan_epoch, order)),
-                                   "cpu"))
-    test = evaluate(model, wrap(feats.batches(PlanReader(store, "test"), 0)))
+    history, test = train_and_test(model, store, feats, epochs=epochs, graph=graph)
     return model, history, test
 
 

@@ -5,18 +5,16 @@ import json
 import pytest
 import torch
 
+from helpers import cli_store
 from oocstore.cli import main
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("train") / "s")
-    assert main(["ingest", "synthetic", path, "--nodes", "3000", "--feat-dim", "16",
-                 "--avg-degree", "8", "--quiet"]) == 0
-    assert main(["sample", path, "--fanouts", "5,5", "--batch-size", "256", "--epochs", "2",
-                 "--quiet"]) == 0
-    assert main(["pack", path, "--cpu-cache", "16KiB", "--max-disk-blowup", "32", "--quiet"]) == 0
-    return path
+    return cli_store(tmp_path_factory.mktemp("train") / "s",
+                     ingest="--nodes 3000 --feat-dim 16 --avg-degree 8",
+                     sample="--fanouts 5,5 --batch-size 256 --epochs 2",
+                     pack="--cpu-cache 16KiB --max-disk-blowup 32")
 
 
 def run_json(capsys, *argv):

@@ -2,27 +2,23 @@
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 
+from helpers import sampled_store
 from oocstore.errors import UsageError
 from oocstore.plan import PlanReader
 from oocstore.store import Store
 from oocstore.train import epoch_schedule
-from samplers import sample_plan
 
 
 @pytest.fixture(scope="module")
 def reader(small_store_template, tmp_path_factory):
-    path = tmp_path_factory.mktemp("sched") / "s"
-    shutil.copytree(small_store_template, path)
-    with Store(path, readonly=False) as store:
-        sample_plan(store, fanouts="3,3", batch_size=100, epochs=3, seed=9, name="p")
-    store = Store(path)
-    yield PlanReader(store, "p")
-    store.close()
+    path = sampled_store(tmp_path_factory.mktemp("sched") / "s",
+                         dict(fanouts="3,3", batch_size=100, epochs=3, seed=9, name="p"),
+                         template=small_store_template)
+    with Store(path) as store:
+        yield PlanReader(store, "p")
 
 
 def test_cycle_replays_in_sampled_order(reader):

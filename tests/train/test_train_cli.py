@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from helpers import REPO, tree_bytes
+from helpers import REPO, cli_store, tree_bytes
 from oocstore import Store
 from oocstore.cli import main
 from oocstore.train import GraphSAGE, evaluate
@@ -23,13 +23,10 @@ from oocstore.train.selection import BestModel
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("train_cli") / "s")
-    assert main(["ingest", "synthetic", path, "--nodes", "2000", "--feat-dim", "16",
-                 "--avg-degree", "6", "--quiet"]) == 0
-    assert main(["sample", path, "--fanouts", "4,4", "--batch-size", "256", "--epochs", "2",
-                 "--quiet"]) == 0
-    assert main(["pack", path, "--cpu-cache", "16KiB", "--max-disk-blowup", "32", "--quiet"]) == 0
-    return path
+    return cli_store(tmp_path_factory.mktemp("train_cli") / "s",
+                     ingest="--nodes 2000 --feat-dim 16 --avg-degree 6",
+                     sample="--fanouts 4,4 --batch-size 256 --epochs 2",
+                     pack="--cpu-cache 16KiB --max-disk-blowup 32")
 
 
 @pytest.fixture
