@@ -272,7 +272,7 @@ def _add_sample(sub) -> None:
 
 
 def _cmd_sample(args) -> int:
-    from samplers.neighbor import prepare_sampling, run_sampling, verify_graph
+    from oocstore.samplers.neighbor import prepare_sampling, run_sampling, verify_graph
 
     from .plan import list_plans, summarize
     from .store import Store
@@ -469,7 +469,7 @@ def _add_plan_budget(sub) -> None:
 
 
 def _cmd_plan_budget(args) -> int:
-    from samplers.neighbor import parse_fanouts, probe_batches
+    from oocstore.samplers.neighbor import parse_fanouts, probe_batches
 
     from .pack.fit import DEFAULT_BATCH_SIZES, DEFAULT_FANOUTS, estimate, format_table, \
         parse_batch_sizes

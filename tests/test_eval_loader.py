@@ -12,7 +12,7 @@ from oocstore.ingest import build_store
 from oocstore.ingest.synthetic import SyntheticSpec, synthetic_source
 from oocstore.loader import NodeLoader
 from oocstore.pack import PackOptions, pack_plan
-from samplers import sample_plan
+from oocstore.samplers import sample_plan
 
 BUDGET = MemoryBudget(cpu="8MiB")
 

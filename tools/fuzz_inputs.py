@@ -1067,7 +1067,7 @@ def _hostile_template(root: Path) -> Path:
     from oocstore.ingest import build_store
     from oocstore.ingest.synthetic import SyntheticSpec, synthetic_source
     from oocstore.pack import PackOptions, pack_plan
-    from samplers import sample_plan
+    from oocstore.samplers import sample_plan
 
     path = root / "template"
     build_store(path, synthetic_source(SyntheticSpec(nodes=3000, feat_dim=16, avg_degree=4)))

@@ -92,7 +92,7 @@ def visibility_summary(scene) -> dict:
     """Visible-block statistics of the scene's own cameras."""
     import numpy as np
 
-    from samplers.views import mean_consecutive_jaccard, view_order, visibility_sets
+    from oocstore.samplers.views import mean_consecutive_jaccard, view_order, visibility_sets
 
     vis = visibility_sets(scene, None)
     counts = np.array([len(v) for v in vis])

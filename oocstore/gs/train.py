@@ -209,7 +209,7 @@ def perturb_scene(scene, seed: int, strength: float = 1.0) -> None:
 
 
 def make_plan(scene, cams, train_views, steps: int, seed: int, randomness: float):
-    from samplers.views import view_order, visibility_sets
+    from oocstore.samplers.views import view_order, visibility_sets
 
     from .stream import TrainPlan
 
@@ -332,7 +332,7 @@ class _Run:
     def admit(self, scene, acct, spans):
         """The densification vetting: ``admit(counts, bounds)`` -> None or why not, for
         the segments ``spans`` the refined layout trains (until the next refinement)."""
-        from samplers.views import visibility_sets
+        from oocstore.samplers.views import visibility_sets
 
         def admit(counts, bounds):
             lay = _Layout(scene, counts, bounds)
@@ -617,7 +617,7 @@ def schedule_for(scene, plan, dev_budget: int, slack: int = 0):
     """The Belady schedule of ``plan`` inside the device budget less the step batch and
     ``slack`` (device bytes outside the slots: the allocator's rounding,
     :func:`~oocstore.gs.stream.allocator_slack`, and the step's target image)."""
-    from samplers.views import belady_block_schedule
+    from oocstore.samplers.views import belady_block_schedule
 
     from .stream import block_bytes, step_batch_bytes
 
@@ -629,7 +629,7 @@ def schedule_for(scene, plan, dev_budget: int, slack: int = 0):
 
 def replan(scene, cams) -> list[np.ndarray]:
     """Visibility sets of every view against the blocks after a refinement."""
-    from samplers.views import visibility_sets
+    from oocstore.samplers.views import visibility_sets
 
     return visibility_sets(scene.block_bounds, cams)
 

@@ -139,7 +139,7 @@ def render_scene_views(scene, which: str, out_dir: str | os.PathLike, *, device:
     """Render ``which`` (test | train | orbit) into ``out_dir`` as PNGs; returns them."""
     import torch
     from PIL import Image
-    from samplers.views import visibility_sets
+    from oocstore.samplers.views import visibility_sets
 
     from .train import render_view
 

@@ -17,7 +17,7 @@ from oocstore.integrations.dgl import require_dgl, to_dgl
 from oocstore.plan import PlanReader
 from oocstore.store import Store
 from oocstore.train.dgl_model import DGLGraphSAGE
-from samplers import sample_plan
+from oocstore.samplers import sample_plan
 
 
 @pytest.fixture(scope="module")

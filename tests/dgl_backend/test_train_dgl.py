@@ -24,7 +24,7 @@ from oocstore.plan import PlanReader, SampledBatch
 from oocstore.store import Store
 from oocstore.train import InMemoryFeatures, epoch_schedule, evaluate, train_epoch
 from oocstore.train.dgl_model import DGLGraphSAGE
-from samplers import sample_plan
+from oocstore.samplers import sample_plan
 
 EPOCHS = 4
 

@@ -18,7 +18,7 @@ from oocstore.errors import StoreExistsError, StoreNotFoundError, UsageError
 from oocstore.loader import NodeLoader
 from oocstore.plan import PlanReader, list_plans
 from oocstore.store import Store
-from samplers.neighbor import sample_plan, shard_layout
+from oocstore.samplers.neighbor import sample_plan, shard_layout
 
 
 @settings(max_examples=200, deadline=None)

@@ -13,7 +13,7 @@ from oocstore.errors import FormatError
 from oocstore.integrations import MissingDependencyError, PygBatch, require_pyg, to_pyg
 from oocstore.plan import Block, PlanReader, SampledBatch
 from oocstore.store import Store
-from samplers import sample_plan
+from oocstore.samplers import sample_plan
 
 
 @pytest.fixture(scope="module")

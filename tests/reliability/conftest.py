@@ -8,7 +8,7 @@ import pytest
 
 from oocstore import Store
 from oocstore.pack import PackOptions, pack_plan
-from samplers import sample_plan
+from oocstore.samplers import sample_plan
 
 from helpers import make_synthetic
 

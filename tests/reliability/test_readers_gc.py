@@ -17,7 +17,7 @@ from oocstore.store.catalog import CATALOG_DIR
 from oocstore.store.gc import collect_garbage, remove
 from oocstore.store.readers import live_versions
 from oocstore.store.verify import verify_store
-from samplers import sample_plan
+from oocstore.samplers import sample_plan
 
 from helpers import REPO, run_oocstore
 

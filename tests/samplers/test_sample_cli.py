@@ -12,7 +12,7 @@ from oocstore.cli import main
 from oocstore.errors import ChecksumError, StoreExistsError, UsageError
 from oocstore.plan import PlanReader
 from oocstore.store import Store
-from samplers import sample_plan
+from oocstore.samplers import sample_plan
 
 
 @pytest.fixture

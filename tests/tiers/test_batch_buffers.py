@@ -15,7 +15,7 @@ from oocstore.ingest.synthetic import SyntheticSpec, synthetic_source
 from oocstore.loader import NodeLoader
 from oocstore.pack import PackOptions, pack_plan
 from oocstore.tiers.reader import TieredReader, advise_huge_pages
-from samplers import sample_plan
+from oocstore.samplers import sample_plan
 
 
 @pytest.fixture(scope="module")

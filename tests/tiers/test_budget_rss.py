@@ -19,7 +19,7 @@ from oocstore.ingest import build_store
 from oocstore.ingest.synthetic import SyntheticSpec, synthetic_source
 from oocstore.pack import PackOptions, pack_plan
 from oocstore.tiers import TieredReader
-from samplers import sample_plan
+from oocstore.samplers import sample_plan
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -188,7 +188,7 @@ def packed(tmp_path_factory):
     from oocstore import Store
     from oocstore.ingest import build_store
     from oocstore.ingest.synthetic import SyntheticSpec, synthetic_source
-    from samplers import sample_plan
+    from oocstore.samplers import sample_plan
 
     path = tmp_path_factory.mktemp("staging") / "s"
     build_store(path, synthetic_source(SyntheticSpec(nodes=3000, feat_dim=16, avg_degree=8)))

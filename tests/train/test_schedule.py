@@ -11,7 +11,7 @@ from oocstore.errors import UsageError
 from oocstore.plan import PlanReader
 from oocstore.store import Store
 from oocstore.train import epoch_schedule
-from samplers import sample_plan
+from oocstore.samplers import sample_plan
 
 
 @pytest.fixture(scope="module")
