@@ -411,7 +411,7 @@ PLY = st.one_of(
 
 def fuzz_ply(data: bytes, tmp: Path) -> str:
     from oocstore.gs import layout
-    from oocstore.gs.cli import visibility_summary
+    from oocstore.cli.scene import visibility_summary
     from oocstore.gs.ingest import ingest_scene
     from oocstore.gs.ply import parse_header, read_ply
 
@@ -545,7 +545,7 @@ def fuzz_colmap(files: tuple[bytes, bytes, bytes], tmp: Path) -> str:
     a hostile one beside the others must change nothing there)."""
     from oocstore.gs.cameras import read_colmap_text
     from oocstore.gs.colmap import read_colmap_model
-    from oocstore.gs.cli import visibility_summary
+    from oocstore.cli.scene import visibility_summary
     from oocstore.gs.ingest import ingest_scene
 
     d = tmp / "sparse"

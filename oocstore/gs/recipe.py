@@ -40,6 +40,14 @@ from oocstore.errors import UsageError
 
 from .densify import DensifyConfig
 
+#: Training modes of ``gs-train`` (here, not in the trainer, so the parser needs no torch).
+MODE_NAMES = ("stream", "all-on-device", "naive-offload")
+
+#: ``gs-train`` flags that set recipe values (attribute names of :class:`Recipe`).
+RECIPE_FLAGS = ("ssim_lambda", "sh_every", "means_lr", "means_lr_final", "densify_from",
+                "densify_until", "densify_every", "opacity_reset_every", "grow_grad2d",
+                "grow_scale3d", "prune_opa", "prune_scale3d", "random_background")
+
 REFERENCE_STEPS = 30_000
 #: Step-valued fields scaled by ``steps / REFERENCE_STEPS`` when left at their defaults.
 SCALED = ("sh_every", "densify_from", "densify_until", "densify_every", "opacity_reset_every")

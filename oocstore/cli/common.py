@@ -1,0 +1,116 @@
+"""What every command module of the CLI shares: the parser class, the progress bar, size
+arguments, the arguments several commands take, and the names of the flags behind the
+library's parameters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from contextlib import contextmanager
+from typing import Iterator
+
+from ..errors import OocError
+
+#: A value that looks like a negative size (``-5MiB``): a value, not an option.
+_NEGATIVE_VALUE = re.compile(r"^-[0-9.]+[A-Za-z]*$")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line naming the value and pointing at --help,
+    options must be spelled out (``--epoch`` is not taken for ``--epochs``), and a
+    negative size reaches its option's check instead of reading as an unknown option."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def _parse_optional(self, arg_string):  # argparse's hook: is this token an option?
+        if _NEGATIVE_VALUE.match(arg_string):
+            return None
+        return super()._parse_optional(arg_string)
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+@contextmanager
+def progress(args, total: int | None, desc: str, unit: str = "row") -> Iterator:
+    """A tqdm bar on stderr (silenced by --quiet); yields an ``update(n)`` callable."""
+    if getattr(args, "quiet", False):
+        yield lambda n: None
+        return
+    from tqdm import tqdm
+
+    bar = None
+
+    def update(n: int) -> None:
+        # Created on the first update, so errors raised while checking the input stay
+        # one clean line on stderr.
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=unit == "B",
+                       dynamic_ncols=True, file=sys.stderr)
+        bar.update(n)
+
+    try:
+        yield update
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def size(value: str) -> int:
+    """argparse ``type`` of a size option (``512MiB``, ``2GiB``, ``0``)."""
+    from ..units import parse_size
+
+    try:
+        return parse_size(value)
+    except OocError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+# -- arguments several commands take ---------------------------------------------------
+
+def add_flag(p, flag: str, help: str) -> None:
+    """A boolean option (``--quiet``, ``--json``, ``--overwrite``, ...)."""
+    p.add_argument(flag, action="store_true", help=help)
+
+
+def add_store(p, dest: str = "store", help: str | None = None) -> None:
+    """The positional STORE (or SCENE) every command but ingest starts with."""
+    p.add_argument(dest, metavar=dest.upper(), help=help)
+
+
+def add_seed(p, help: str | None = None) -> None:
+    p.add_argument("--seed", type=int, default=0, help=help)
+
+
+def add_device(p, help: str | None = None) -> None:
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help=help)
+
+
+def add_budgets(p, cpu_help: str, gpu_help: str, *, cpu_required: bool = False) -> None:
+    """``--cpu-budget`` / ``--gpu-budget``, parsed as sizes."""
+    p.add_argument("--cpu-budget", type=size, required=cpu_required, default=None,
+                   metavar="SIZE", help=cpu_help)
+    p.add_argument("--gpu-budget", type=size, default=None, metavar="SIZE", help=gpu_help)
+
+
+# -- library parameters and the flags that set them ------------------------------------
+
+#: Parameter of a library function -> the CLI flag that sets it. The library's errors name
+#: the parameter (what a Python caller passes); the CLI adds the flag (what its user types).
+PARAM_FLAGS = {
+    "allow_eval_split": "--allow-eval-split",
+}
+
+
+def with_flags(message: str) -> str:
+    """``message`` with each ``param=...`` of :data:`PARAM_FLAGS` it names followed by
+    the flag that sets it, e.g. ``allow_eval_split=True (--allow-eval-split)``."""
+    for param, flag in PARAM_FLAGS.items():
+        message = re.sub(rf"\b{param}=\S*?(?=[\s,;:)]|$)", lambda m: f"{m.group(0)} ({flag})",
+                         message)
+    return message
