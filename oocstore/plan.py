@@ -631,12 +631,8 @@ def format_fanouts(fanouts: Sequence[int]) -> str:
 # -- finding plans: the latest, a group's shards, the plan a run uses -----------------
 
 def latest_plan(store: Store) -> str:
-    """The name of the most recently sampled plan of any split."""
-    plans = list_plans(store)
-    if not plans:
-        raise StoreNotFoundError(f"store {store.path} has no plan: create one with "
-                                 f"`oocstore sample {store.path} --fanouts 10,5 --batch-size 1024`")
-    return max(plans, key=lambda n: (store.array_meta(plans[n].arrays["index"]).version, n))
+    """The name of the most recently sampled plan, of any split and world size."""
+    return newest_plan(store, None, split=None).name
 
 
 def group_shards(store: Store, group: str, plans: Mapping[str, PlanMeta] | None = None

@@ -73,6 +73,15 @@ def size(value: str) -> int:
 
 # -- arguments several commands take ---------------------------------------------------
 
+def command(sub, name: str, func, help: str) -> argparse.ArgumentParser:
+    """Register subcommand ``name`` on ``sub`` to run ``func(args)``. Its ``--help``
+    description is ``func``'s docstring: what the command does is written once, where
+    it is done (argparse reflows it)."""
+    p = sub.add_parser(name, help=help, description=func.__doc__)
+    p.set_defaults(func=func)
+    return p
+
+
 def add_flag(p, flag: str, help: str) -> None:
     """A boolean option (``--quiet``, ``--json``, ``--overwrite``, ...)."""
     p.add_argument(flag, action="store_true", help=help)

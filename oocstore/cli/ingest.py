@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import UsageError
-from .common import Parser, add_flag, add_seed, progress
+from .common import command, Parser, add_flag, add_seed, progress
 
 
 def _ingest_common(p: argparse.ArgumentParser, *, split: bool = True) -> None:
@@ -24,6 +24,10 @@ def _ingest_common(p: argparse.ArgumentParser, *, split: bool = True) -> None:
     add_flag(p, "--quiet", "no progress bar")
 
 
+def _add_out(p) -> None:
+    p.add_argument("out", metavar="OUT", help="store directory to create")
+
+
 def add_ingest(sub):
     """Register ``ingest``; returns its SOURCE subparsers for the ``add_*`` source adders."""
     ing = sub.add_parser(
@@ -35,10 +39,9 @@ def add_ingest(sub):
 
 
 def add_synthetic(kinds) -> None:
-    p = kinds.add_parser("synthetic", help="a generated R-MAT graph with homophilous labels",
-                         description="Generate a Graph500/R-MAT graph with homophilous labels and "
-                                     "class-correlated features (deterministic for a seed).")
-    p.add_argument("out", metavar="OUT", help="store directory to create")
+    p = command(kinds, "synthetic", _cmd_ingest_synthetic,
+                "a generated R-MAT graph with homophilous labels")
+    _add_out(p)
     p.add_argument("--nodes", type=int, default=100_000, help="number of nodes (default 100000)")
     p.add_argument("--avg-degree", type=float, default=16.0,
                    help="stored edges per node before de-duplication (default 16)")
@@ -51,66 +54,51 @@ def add_synthetic(kinds) -> None:
     p.add_argument("--confusion", type=float, default=0.35,
                    help="fraction of nodes whose features follow a random class (default 0.35)")
     _ingest_common(p)
-    p.set_defaults(func=_cmd_ingest_synthetic)
 
 
 def add_npz(kinds) -> None:
-    p = kinds.add_parser("npz", help="a GraphData-style .npz (adj_matrix, node_attr, node_label)",
-                         description="Ingest a .npz holding pickled scipy matrices adj_matrix and "
-                                     "node_attr plus node_label. Loading pickles can run code, so "
-                                     "--trust-pickle is required.")
+    p = command(kinds, "npz", _cmd_ingest_npz,
+                "a GraphData-style .npz (adj_matrix, node_attr, node_label)")
     p.add_argument("src", metavar="SRC", help=".npz file")
-    p.add_argument("out", metavar="OUT", help="store directory to create")
-    p.add_argument("--trust-pickle", action="store_true",
-                   help="allow unpickling the scipy matrices inside SRC (only for files you trust)")
+    _add_out(p)
+    add_flag(p, "--trust-pickle", "allow unpickling the scipy matrices inside SRC (only for "
+                                  "files you trust)")
     _ingest_common(p)
-    p.set_defaults(func=_cmd_ingest_npz)
 
 
 def add_planetoid(kinds) -> None:
-    p = kinds.add_parser("planetoid", help="Planetoid ind.<name>.* files (Cora, CiteSeer)",
-                         description="Ingest the Planetoid files ind.NAME.{x,y,tx,ty,allx,ally,"
-                                     "graph,test.index} from DIR with the standard split. They are "
-                                     "pickles: only ingest files you trust.")
+    p = command(kinds, "planetoid", _cmd_ingest_planetoid,
+                "Planetoid ind.<name>.* files (Cora, CiteSeer)")
     p.add_argument("dir", metavar="DIR", help="directory holding the ind.NAME.* files")
     p.add_argument("name", metavar="NAME", help="dataset name, e.g. cora or citeseer")
-    p.add_argument("out", metavar="OUT", help="store directory to create")
+    _add_out(p)
     _ingest_common(p, split=False)
-    p.set_defaults(func=_cmd_ingest_planetoid)
 
 
 def add_edgelist(kinds) -> None:
-    p = kinds.add_parser("edgelist", help="a SNAP-style text edge list (plain or .gz)",
-                         description="Ingest a whitespace-separated edge list ('#' comments, plain "
-                                     "or gzip). Node ids are remapped to 0..N-1 in ascending order "
-                                     "of the original ids. Features and labels are generated "
-                                     "unless given as .npy files in that order.")
+    p = command(kinds, "edgelist", _cmd_ingest_edgelist,
+                "a SNAP-style text edge list (plain or .gz)")
     p.add_argument("src", metavar="SRC", help="edge list file (.txt or .txt.gz)")
-    p.add_argument("out", metavar="OUT", help="store directory to create")
-    p.add_argument("--directed", action="store_true",
-                   help="keep edges directed (default: symmetrise)")
+    _add_out(p)
+    add_flag(p, "--directed", "keep edges directed (default: symmetrise)")
     p.add_argument("--feat-dim", type=int, default=128, help="generated feature dimension")
     p.add_argument("--classes", type=int, default=8, help="generated number of classes")
     p.add_argument("--features", metavar="NPY", help="features .npy, one row per remapped node")
     p.add_argument("--labels", metavar="NPY", help="labels .npy, one per remapped node")
     _ingest_common(p)
-    p.set_defaults(func=_cmd_ingest_edgelist)
 
 
 def add_arrays(kinds) -> None:
-    p = kinds.add_parser("arrays", help="edge_index / features / labels from .npy or zarr",
-                         description="Ingest arrays: --edge-index (a [2, E] .npy), features from "
-                                     "--features (.npy, memory-mapped) or --features-zarr (a zarr v3 "
-                                     "array, read chunk by chunk), --labels (.npy).")
-    p.add_argument("out", metavar="OUT", help="store directory to create")
+    p = command(kinds, "arrays", _cmd_ingest_arrays,
+                "edge_index / features / labels from .npy or zarr")
+    _add_out(p)
     p.add_argument("--edge-index", required=True, metavar="NPY", help="[2, E] integer .npy")
     feats = p.add_mutually_exclusive_group(required=True)
     feats.add_argument("--features", metavar="NPY", help="[N, D] .npy")
     feats.add_argument("--features-zarr", metavar="PATH", help="[N, D] zarr v3 array")
     p.add_argument("--labels", required=True, metavar="NPY", help="[N] integer .npy")
-    p.add_argument("--directed", action="store_true", help="keep edges directed")
+    add_flag(p, "--directed", "keep edges directed")
     _ingest_common(p)
-    p.set_defaults(func=_cmd_ingest_arrays)
 
 
 def _build(args, make_source) -> None:
@@ -137,6 +125,8 @@ def _print_summary(path: str) -> None:
 
 
 def _cmd_ingest_synthetic(args) -> int:
+    """Generate a Graph500/R-MAT graph with homophilous labels and class-correlated
+    features (deterministic for a seed)."""
     from ..ingest.synthetic import SyntheticSpec, synthetic_source
 
     try:
@@ -153,6 +143,8 @@ def _cmd_ingest_synthetic(args) -> int:
 
 
 def _cmd_ingest_npz(args) -> int:
+    """Ingest a .npz holding pickled scipy matrices adj_matrix and node_attr plus
+    node_label. Loading pickles can run code, so --trust-pickle is required."""
     from ..ingest.npz import npz_source
 
     _build(args, lambda: npz_source(args.src, trust_pickle=args.trust_pickle))
@@ -160,6 +152,8 @@ def _cmd_ingest_npz(args) -> int:
 
 
 def _cmd_ingest_planetoid(args) -> int:
+    """Ingest the Planetoid files ind.NAME.{x,y,tx,ty,allx,ally,graph,test.index} from
+    DIR with the standard split. They are pickles: only ingest files you trust."""
     from ..ingest.planetoid import planetoid_source
 
     _build(args, lambda: planetoid_source(args.dir, args.name))
@@ -167,6 +161,9 @@ def _cmd_ingest_planetoid(args) -> int:
 
 
 def _cmd_ingest_edgelist(args) -> int:
+    """Ingest a whitespace-separated edge list ('#' comments, plain or gzip). Node ids
+    are remapped to 0..N-1 in ascending order of the original ids. Features and labels
+    are generated unless given as .npy files in that order."""
     from ..ingest.edgelist import edgelist_source
 
     _build(args, lambda: edgelist_source(args.src, directed=args.directed, feat_dim=args.feat_dim,
@@ -176,6 +173,9 @@ def _cmd_ingest_edgelist(args) -> int:
 
 
 def _cmd_ingest_arrays(args) -> int:
+    """Ingest arrays: --edge-index (a [2, E] .npy), features from --features (.npy,
+    memory-mapped) or --features-zarr (a zarr v3 array, read chunk by chunk), --labels
+    (.npy)."""
     from ..ingest.arrays import arrays_source
 
     _build(args, lambda: arrays_source(edge_index=args.edge_index, features=args.features,

@@ -5,19 +5,13 @@ from __future__ import annotations
 
 import json
 
-from .common import add_budgets, add_flag, add_store, progress, size
+from .common import command, add_budgets, add_flag, add_store, progress, size
 from .distributed import launched
 
 
 def add_pack(sub) -> None:
-    p = sub.add_parser(
-        "pack", help="lay out a plan's feature reads contiguously on disk, choose cache tiers",
-        description="Pack an access plan: the most accessed rows go to the GPU and CPU tiers, "
-                    "and the remaining rows of each segment of consecutive batches are written "
-                    "contiguously, in the order the loader reads them, so every segment is one "
-                    "sequential O_DIRECT read. Without --cpu-cache/--gpu-cache, the cache sizes "
-                    "are chosen inside --cpu-budget (and --gpu-budget) by a cost model that "
-                    "predicts epoch load time from bandwidths probed on this disk.")
+    p = command(sub, "pack", _cmd_pack,
+                "lay out a plan's feature reads contiguously on disk, choose cache tiers")
     add_store(p)
     p.add_argument("--plan", default=None,
                    help="plan to pack (default: the most recent train-split plan; under "
@@ -54,10 +48,15 @@ def add_pack(sub) -> None:
     add_flag(p, "--overwrite", "replace a pack of that name")
     add_flag(p, "--json", "print the pack's summary as JSON (one line per shard)")
     add_flag(p, "--quiet", "no progress bar or summary")
-    p.set_defaults(func=_cmd_pack)
 
 
 def _cmd_pack(args) -> int:
+    """Pack an access plan: the most accessed rows go to the GPU and CPU tiers, and the
+    remaining rows of each segment of consecutive batches are written contiguously, in
+    the order the loader reads them, so every segment is one sequential O_DIRECT read.
+    Without --cpu-cache/--gpu-cache, the cache sizes are chosen inside --cpu-budget (and
+    --gpu-budget) by a cost model that predicts epoch load time from bandwidths probed
+    on this disk."""
     from ..plan import list_plans, plans_to_pack, resolve_plan, shard_name
     from ..store import Store
 

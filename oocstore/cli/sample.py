@@ -6,16 +6,12 @@ from __future__ import annotations
 import json
 
 from ..errors import UsageError
-from .common import add_budgets, add_flag, add_seed, add_store, progress
+from .common import command, add_budgets, add_flag, add_seed, add_store, progress
 
 
 def add_sample(sub) -> None:
-    p = sub.add_parser(
-        "sample", help="sample mini-batch neighbourhoods offline into an access plan",
-        description="Sample GraphSAGE-style neighbourhoods (uniform, without replacement) for "
-                    "several epochs ahead and store them in STORE as a named access plan: per "
-                    "batch the seeds, the per-layer blocks and the input nodes, plus access "
-                    "statistics. Deterministic for a seed, whatever the thread count.")
+    p = command(sub, "sample", _cmd_sample,
+                "sample mini-batch neighbourhoods offline into an access plan")
     add_store(p)
     p.add_argument("--fanouts", required=True, metavar="F0,F1,...",
                    help="neighbours per node and layer, input-side layer first (DGL's order), "
@@ -35,10 +31,13 @@ def add_sample(sub) -> None:
     add_flag(p, "--overwrite", "replace a plan of that name")
     add_flag(p, "--no-verify", "skip checking the graph arrays' checksums before sampling")
     add_flag(p, "--quiet", "no progress bar or summary")
-    p.set_defaults(func=_cmd_sample)
 
 
 def _cmd_sample(args) -> int:
+    """Sample GraphSAGE-style neighbourhoods (uniform, without replacement) for several
+    epochs ahead and store them in STORE as a named access plan: per batch the seeds,
+    the per-layer blocks and the input nodes, plus access statistics. Deterministic for
+    a seed, whatever the thread count."""
     from oocstore.samplers.neighbor import prepare_sampling, run_sampling, verify_graph
 
     from ..plan import list_plans, summarize
@@ -61,14 +60,8 @@ def _cmd_sample(args) -> int:
 
 
 def add_plan_budget(sub) -> None:
-    p = sub.add_parser(
-        "plan-budget", help="which batch sizes and fanouts fit a memory budget, before sampling",
-        description="Estimate, for each candidate fanouts and batch size, the minimum working "
-                    "set a pack of that plan would need (the figure `pack --cpu-budget` and "
-                    "`train --cpu-budget` check) from a few sampled batches, never whole "
-                    "epochs; print the headroom against the budget, the cpu cache and prefetch "
-                    "depth that would fit, and the sample / pack / train commands of the "
-                    "largest batch that fits. Exit status 1 when nothing fits.")
+    p = command(sub, "plan-budget", _cmd_plan_budget,
+                "which batch sizes and fanouts fit a memory budget, before sampling")
     add_store(p)
     add_budgets(p, "the cpu budget the run will get (e.g. 256MiB)",
                 "the gpu budget of a --device cuda run", cpu_required=True)
@@ -86,10 +79,15 @@ def add_plan_budget(sub) -> None:
     p.add_argument("--margin", type=float, default=0.10, metavar="F",
                    help="widen the estimated largest batch by this fraction (default 0.10)")
     add_flag(p, "--json", "print one JSON object instead")
-    p.set_defaults(func=_cmd_plan_budget)
 
 
 def _cmd_plan_budget(args) -> int:
+    """Estimate, for each candidate fanouts and batch size, the minimum working set a
+    pack of that plan would need (the figure `pack --cpu-budget` and `train
+    --cpu-budget` check) from a few sampled batches, never whole epochs; print the
+    headroom against the budget, the cpu cache and prefetch depth that would fit, and
+    the sample / pack / train commands of the largest batch that fits. Exit status 1
+    when nothing fits."""
     from oocstore.samplers.neighbor import parse_fanouts, probe_batches
 
     from ..pack.fit import DEFAULT_BATCH_SIZES, DEFAULT_FANOUTS, estimate, format_table, \

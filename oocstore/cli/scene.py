@@ -11,23 +11,14 @@ import time
 
 from ..gs.recipe import MODE_NAMES, RECIPE_FLAGS
 from ..units import format_size
-from .common import add_device, add_flag, add_seed, add_store, progress
+from .common import command, add_device, add_flag, add_seed, add_store, progress
 
 
 def add_ingest_scene(kinds) -> None:
     """Register ``ingest scene`` on the ``ingest`` subparsers ``kinds``."""
-    p = kinds.add_parser(
-        "scene", help="a Gaussian-splatting scene from photographs with poses (COLMAP model, "
-                      "transforms.json), a 3DGS .ply or an .npz point cloud",
-        description="Build a scene store: Gaussians (parameters + zeroed Adam moments) in "
-                    "Morton-ordered blocks, with training cameras. SRC is a COLMAP model "
-                    "directory (sparse/0 with cameras, images, points3D as .bin or .txt; the "
-                    "images folder beside sparse/ or --images) or a NeRF-synthetic / instant-ngp "
-                    "transforms*.json (or its folder): the photos are stored in the scene, "
-                    "downscaled, with every --test-every-th held out. Or SRC is a 3DGS .ply (any "
-                    "SH degree 0..3) or an .npz with means3d (+ colors, viewmats, Ks, width, "
-                    "height); their cameras are generated on an orbit around the scene when the "
-                    "source has fewer than 16.")
+    p = command(kinds, "scene", _cmd_ingest_scene,
+                "a Gaussian-splatting scene from photographs with poses (COLMAP model, "
+                      "transforms.json), a 3DGS .ply or an .npz point cloud")
     p.add_argument("src", metavar="SRC",
                    help="COLMAP model dir, transforms.json (or its folder), .ply or .npz source")
     p.add_argument("out", metavar="OUT", help="scene store directory to create")
@@ -69,22 +60,18 @@ def add_ingest_scene(kinds) -> None:
     add_flag(p, "--overwrite", "replace OUT if it exists")
     add_flag(p, "--json", "print one JSON summary line")
     add_flag(p, "--quiet", "no progress bar")
-    p.set_defaults(func=_cmd_ingest_scene)
 
 
 def add_export_scene(sub) -> None:
     """Register the top-level ``export-scene`` subcommand."""
-    p = sub.add_parser("export-scene", help="write a scene's Gaussians as a standard 3DGS .ply",
-                       description="Write the scene's parameters (without optimizer state) as a "
-                                   "binary little-endian 3DGS .ply, in Gaussian id order, and the "
-                                   "cameras as graphdeco's viewer cameras.json beside it.")
+    p = command(sub, "export-scene", _cmd_export_scene,
+                "write a scene's Gaussians as a standard 3DGS .ply")
     add_store(p, "scene", "scene store")
     p.add_argument("out", metavar="OUT.ply", help=".ply file to write")
     p.add_argument("--cameras-json", default=None, metavar="PATH",
                    help="graphdeco viewer cameras (default: cameras.json beside OUT.ply)")
     add_flag(p, "--no-cameras-json", "write only the .ply")
     add_flag(p, "--quiet", "no progress bar, nothing printed on success")
-    p.set_defaults(func=_cmd_export_scene)
 
 
 def visibility_summary(scene) -> dict:
@@ -175,6 +162,14 @@ def _cmd_ingest_photos(args) -> int:
 
 
 def _cmd_ingest_scene(args) -> int:
+    """Build a scene store: Gaussians (parameters + zeroed Adam moments) in
+    Morton-ordered blocks, with training cameras. SRC is a COLMAP model directory
+    (sparse/0 with cameras, images, points3D as .bin or .txt; the images folder beside
+    sparse/ or --images) or a NeRF-synthetic / instant-ngp transforms*.json (or its
+    folder): the photos are stored in the scene, downscaled, with every --test-every-th
+    held out. Or SRC is a 3DGS .ply (any SH degree 0..3) or an .npz with means3d (+
+    colors, viewmats, Ks, width, height); their cameras are generated on an orbit around
+    the scene when the source has fewer than 16."""
     from ..gs.ingest import ingest_scene, parse_tile, source_count
     from ..gs.photo_sources import photo_source_kind
 
@@ -226,6 +221,9 @@ def _cmd_ingest_scene(args) -> int:
 
 
 def _cmd_export_scene(args) -> int:
+    """Write the scene's parameters (without optimizer state) as a binary little-endian
+    3DGS .ply, in Gaussian id order, and the cameras as graphdeco's viewer cameras.json
+    beside it."""
     from pathlib import Path
 
     from ..gs.scene import Scene
@@ -344,12 +342,8 @@ def add_gs_train(sub) -> None:
 
 def add_gs_render(sub) -> None:
     """Register ``oocstore gs-render`` (it needs torch when it runs)."""
-    p = sub.add_parser(
-        "gs-render", help="render a scene's test, training or orbit views to PNGs",
-        description="Render views of a scene from its committed Gaussians into DIR as PNGs: the "
-                    "held-out views (test), the training views (train) or a circle around the "
-                    "scene (orbit; --video writes an animation through imageio: .gif, or .mp4 "
-                    "with imageio-ffmpeg).")
+    p = command(sub, "gs-render", _cmd_gs_render,
+                "render a scene's test, training or orbit views to PNGs")
     add_store(p, "scene")
     p.add_argument("--views", choices=["test", "train", "orbit"], default="test")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the PNGs")
@@ -360,10 +354,13 @@ def add_gs_render(sub) -> None:
     p.add_argument("--sh-degree", type=int, default=None, metavar="D")
     add_device(p)
     add_flag(p, "--quiet", "no progress bar, nothing printed")
-    p.set_defaults(func=_cmd_gs_render)
 
 
 def _cmd_gs_render(args) -> int:
+    """Render views of a scene from its committed Gaussians into DIR as PNGs: the
+    held-out views (test), the training views (train) or a circle around the scene
+    (orbit; --video writes an animation through imageio: .gif, or .mp4 with
+    imageio-ffmpeg)."""
     from ..gs.scene import Scene
     from ..gs.views_out import render_scene_views
 

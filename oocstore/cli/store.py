@@ -6,19 +6,18 @@ import json
 import sys
 
 from ..errors import UsageError
-from .common import add_flag, add_store, progress
+from .common import command, add_flag, add_store, progress
 
 
 def add_inspect(sub) -> None:
-    p = sub.add_parser("inspect", help="show a store's arrays, graph, splits and plans",
-                       description="Show what a store holds: arrays and their sizes, degree "
-                                   "statistics, splits, versions, plans and packs.")
+    p = command(sub, "inspect", _cmd_inspect, "show a store's arrays, graph, splits and plans")
     add_store(p)
     add_flag(p, "--json", "print one JSON object instead")
-    p.set_defaults(func=_cmd_inspect)
 
 
 def _cmd_inspect(args) -> int:
+    """Show what a store holds: arrays and their sizes, degree statistics, splits,
+    versions, plans and packs."""
     from ..store import Store
     from ..store.info import format_info, store_info
 
@@ -32,16 +31,15 @@ def _cmd_inspect(args) -> int:
 
 
 def add_verify(sub) -> None:
-    p = sub.add_parser("verify", help="recompute checksums and check the graph's structure",
-                       description="Read every array of the store from disk (O_DIRECT), recompute "
-                                   "its chunk checksums and check the graph's structure. Exits 0 "
-                                   "when intact, 1 naming each damaged array and chunk.")
+    p = command(sub, "verify", _cmd_verify, "recompute checksums and check the graph's structure")
     add_store(p)
     add_flag(p, "--quiet", "no progress bar")
-    p.set_defaults(func=_cmd_verify)
 
 
 def _cmd_verify(args) -> int:
+    """Read every array of the store from disk (O_DIRECT), recompute its chunk checksums
+    and check the graph's structure. Exits 0 when intact, 1 naming each damaged array
+    and chunk."""
     from ..store import Store
     from ..store.verify import total_bytes, verify_store
 
@@ -61,18 +59,16 @@ def _cmd_verify(args) -> int:
 # -- gc / rm ---------------------------------------------------------------------------
 
 def add_gc(sub) -> None:
-    p = sub.add_parser("gc", help="delete data files no version in use needs",
-                       description="Delete data files the current catalog does not name "
-                                   "(superseded by a commit, or left by a crash) and the "
-                                   "registrations of readers that died. Files a live reader of "
-                                   "an older version may still read are kept, and listed.")
+    p = command(sub, "gc", _cmd_gc, "delete data files no version in use needs")
     add_store(p)
     add_flag(p, "--dry-run", "only list what would be deleted")
     add_flag(p, "--quiet", "print only the totals")
-    p.set_defaults(func=_cmd_gc)
 
 
 def _cmd_gc(args) -> int:
+    """Delete data files the current catalog does not name (superseded by a commit, or
+    left by a crash) and the registrations of readers that died. Files a live reader of
+    an older version may still read are kept, and listed."""
     from ..store import Store
     from ..store.gc import collect_garbage
     from ..units import format_size
@@ -95,20 +91,19 @@ def _cmd_gc(args) -> int:
 
 
 def add_rm(sub) -> None:
-    p = sub.add_parser("rm", help="remove a plan or a pack from a store",
-                       description="Remove a plan (a sharded plan group by its group name) or a "
-                                   "pack, in one transaction. A plan that packs were made from "
-                                   "is refused unless --with-packs removes them too.")
+    p = command(sub, "rm", _cmd_rm, "remove a plan or a pack from a store")
     add_store(p)
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--plan", metavar="NAME", help="plan (or shard group) to remove")
     what.add_argument("--pack", metavar="NAME", help="pack to remove")
     p.add_argument("--with-packs", action="store_true",
                    help="with --plan: also remove the packs made from it")
-    p.set_defaults(func=_cmd_rm)
 
 
 def _cmd_rm(args) -> int:
+    """Remove a plan (a sharded plan group by its group name) or a pack, in one
+    transaction. A plan that packs were made from is refused unless --with-packs removes
+    them too."""
     from ..store import Store
     from ..store.gc import remove
 

@@ -6,22 +6,13 @@ from __future__ import annotations
 import sys
 
 from ..errors import OocError
-from .common import add_budgets, add_device, add_flag, add_seed, add_store, with_flags
+from .common import command, add_budgets, add_device, add_flag, add_seed, add_store, with_flags
 from .distributed import launched
 
 
 def add_train(sub) -> None:
-    p = sub.add_parser(
-        "train", help="train GraphSAGE node classification from a store, out of core",
-        description="Train GraphSAGE on a store's training plan, streaming features through "
-                    "the plan's pack (GPU/CPU/SSD tiers, pipelined prefetch) inside the given "
-                    "budgets, with validation accuracy after every epoch and test accuracy "
-                    "at the end (evaluation plans are sampled and packed once if the store "
-                    "has none). --in-memory runs the "
-                    "same plans with every feature in RAM: the parity reference. Under "
-                    "`torchrun --nproc-per-node W` it trains with DDP on a plan sampled with "
-                    "--world-size W (gloo on CPU, nccl on CUDA; budgets per rank) and rank 0 "
-                    "prints the summary.")
+    p = command(sub, "train", _cmd_train,
+                "train GraphSAGE node classification from a store, out of core")
     add_store(p)
     p.add_argument("--plan", default=None, help="training plan or shard group (default: the most "
                                                 "recent train-split plan for this world size, "
@@ -57,10 +48,16 @@ def add_train(sub) -> None:
     add_flag(p, "--json", "print the summary as one JSON object on the last line of stdout "
                           "(epochs[i].val_acc: validation accuracy after epoch i)")
     add_flag(p, "--quiet", "no progress bar")
-    p.set_defaults(func=_cmd_train)
 
 
 def _cmd_train(args) -> int:
+    """Train GraphSAGE on a store's training plan, streaming features through the plan's
+    pack (GPU/CPU/SSD tiers, pipelined prefetch) inside the given budgets, with
+    validation accuracy after every epoch and test accuracy at the end (evaluation plans
+    are sampled and packed once if the store has none). --in-memory runs the same plans
+    with every feature in RAM: the parity reference. Under `torchrun --nproc-per-node W`
+    it trains with DDP on a plan sampled with --world-size W (gloo on CPU, nccl on CUDA;
+    budgets per rank) and rank 0 prints the summary."""
     with launched(args.device) as info:
         if info is None:
             return _train_and_report(args)
