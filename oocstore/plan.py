@@ -719,8 +719,8 @@ def check_training_plan(store: Store, name: str, *, allow_eval_split: bool = Fal
                 f"plan {group_of(meta)!r} of {store.path} samples the {meta.split!r} split, "
                 "not the training split: training on it would fit the model to the nodes it "
                 f"is evaluated on; train on a {TRAIN_SPLIT!r}-split plan (omit the plan to use "
-                "the most recent one), or pass allow_eval_split=True (--allow-eval-split) to "
-                "train on it deliberately")
+                "the most recent one), or pass allow_eval_split=True to train on it "
+                "deliberately")
     return meta
 
 

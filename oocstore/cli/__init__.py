@@ -17,7 +17,7 @@ from typing import Sequence
 
 from ..errors import OocError
 from . import ingest, pack, sample, scene, store, train
-from .common import Parser, with_flags
+from .common import Parser, flag_names, with_flags
 
 log = logging.getLogger("oocstore")
 
@@ -64,7 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except OocError as err:
-        print(f"oocstore: error: {with_flags(str(err))}", file=sys.stderr)
+        message = with_flags(str(err), flag_names(getattr(args, "parser", None)))
+        print(f"oocstore: error: {message}", file=sys.stderr)
         return 2
     except OSError as err:  # permissions, a file vanishing under us: one line, no traceback
         print(f"oocstore: error: {err}", file=sys.stderr)

@@ -78,7 +78,7 @@ def command(sub, name: str, func, help: str) -> argparse.ArgumentParser:
     description is ``func``'s docstring: what the command does is written once, where
     it is done (argparse reflows it)."""
     p = sub.add_parser(name, help=help, description=func.__doc__)
-    p.set_defaults(func=func)
+    p.set_defaults(func=func, parser=p)  # parser: the flags behind the library's parameters
     return p
 
 
@@ -109,17 +109,23 @@ def add_budgets(p, cpu_help: str, gpu_help: str, *, cpu_required: bool = False) 
 
 # -- library parameters and the flags that set them ------------------------------------
 
-#: Parameter of a library function -> the CLI flag that sets it. The library's errors name
-#: the parameter (what a Python caller passes); the CLI adds the flag (what its user types).
-PARAM_FLAGS = {
-    "allow_eval_split": "--allow-eval-split",
-}
+def flag_names(parser: argparse.ArgumentParser | None) -> dict[str, str]:
+    """Parameter name (argparse ``dest``) -> the long flag that sets it, for every option
+    of ``parser`` (the subcommand that ran)."""
+    if parser is None:
+        return {}
+    return {a.dest: max(a.option_strings, key=len) for a in parser._actions
+            if a.option_strings and a.dest not in ("help", "func")}
 
 
-def with_flags(message: str) -> str:
-    """``message`` with each ``param=...`` of :data:`PARAM_FLAGS` it names followed by
-    the flag that sets it, e.g. ``allow_eval_split=True (--allow-eval-split)``."""
-    for param, flag in PARAM_FLAGS.items():
-        message = re.sub(rf"\b{param}=\S*?(?=[\s,;:)]|$)", lambda m: f"{m.group(0)} ({flag})",
-                         message)
+def with_flags(message: str, flags: dict[str, str]) -> str:
+    """``message`` with the CLI flag after each library parameter it names.
+
+    The library's errors name a parameter the way a Python caller passes it
+    (``frames=0 must be at least 1``); a user of the command line typed a flag, so
+    ``frames=0`` becomes ``frames=0 (--frames)``. Only ``name=value`` spellings of the
+    command's own options are touched."""
+    for param, flag in flags.items():
+        message = re.sub(rf"(?<![\w-]){re.escape(param)}=[^\s,;:]*?(?=[\s,;:]|\)?$|\)[\s,;:])",
+                         lambda m: f"{m.group(0)} ({flag})", message)
     return message

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import UsageError
-from .common import command, Parser, add_flag, add_seed, progress
+from .common import Parser, add_flag, add_seed, command, progress
 
 
 def _ingest_common(p: argparse.ArgumentParser, *, split: bool = True) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from .common import command, add_budgets, add_flag, add_store, progress, size
+from .common import add_budgets, add_flag, add_store, command, progress, size
 from .distributed import launched
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from ..errors import UsageError
-from .common import command, add_budgets, add_flag, add_seed, add_store, progress
+from .common import add_budgets, add_flag, add_seed, add_store, command, progress
 
 
 def add_sample(sub) -> None:

@@ -11,7 +11,7 @@ import time
 
 from ..gs.recipe import MODE_NAMES, RECIPE_FLAGS
 from ..units import format_size
-from .common import command, add_device, add_flag, add_seed, add_store, progress
+from .common import add_device, add_flag, add_seed, add_store, command, progress
 
 
 def add_ingest_scene(kinds) -> None:

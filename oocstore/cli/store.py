@@ -6,7 +6,7 @@ import json
 import sys
 
 from ..errors import UsageError
-from .common import command, add_flag, add_store, progress
+from .common import add_flag, add_store, command, progress
 
 
 def add_inspect(sub) -> None:

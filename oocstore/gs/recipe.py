@@ -76,19 +76,19 @@ class Recipe:
 
     def __post_init__(self) -> None:
         if not 0 <= self.ssim_lambda <= 1:
-            raise UsageError(f"--ssim-lambda {self.ssim_lambda} must lie in [0, 1]")
+            raise UsageError(f"ssim_lambda={self.ssim_lambda} must lie in [0, 1]")
         for k in SCALED:
             v = getattr(self, k)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise UsageError(f"--{k.replace('_', '-')} {v!r} must be a step count >= 0")
+                raise UsageError(f"{k}={v!r} must be a step count >= 0")
         if not (self.means_lr >= 0 and self.means_lr_final >= 0):
-            raise UsageError(f"--means-lr {self.means_lr} and --means-lr-final "
+            raise UsageError(f"means_lr={self.means_lr} and means_lr_final="
                              f"{self.means_lr_final} must be >= 0")
         if self.means_lr > 0 and self.means_lr_final == 0:
-            raise UsageError("--means-lr-final 0 cannot end an exponential decay: give a "
+            raise UsageError("means_lr_final=0 cannot end an exponential decay: give a "
                              "positive final rate (3DGS: 1.6e-6)")
         if not 0 < self.prune_opa < 0.5:
-            raise UsageError(f"--prune-opa {self.prune_opa} must lie in (0, 0.5) (the opacity "
+            raise UsageError(f"prune_opa={self.prune_opa} must lie in (0, 0.5) (the opacity "
                              "reset clamps to twice it)")
         self.densify  # validates the thresholds
 

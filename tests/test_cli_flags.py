@@ -1,0 +1,62 @@
+"""Library errors name the parameter a Python caller passed; the CLI adds the flag that
+sets it (``oocstore.cli.common.with_flags``)."""
+
+from __future__ import annotations
+
+import pytest
+
+from helpers import make_synthetic
+from oocstore.cli import build_parser, main
+from oocstore.cli.common import flag_names, with_flags
+from oocstore.errors import UsageError
+from oocstore.gs.recipe import Recipe
+from oocstore.plan import check_training_plan
+from oocstore.samplers.neighbor import sample_plan
+from oocstore.store import Store
+
+FLAGS = {"frames": "--frames", "allow_eval_split": "--allow-eval-split",
+         "densify_every": "--densify-every", "video": "--video"}
+
+
+@pytest.mark.parametrize("message,expected", [
+    ("frames=0 must be at least 1", "frames=0 (--frames) must be at least 1"),
+    ("or pass allow_eval_split=True to train on it",
+     "or pass allow_eval_split=True (--allow-eval-split) to train on it"),
+    ("densify_every=-3 must be a step count >= 0",
+     "densify_every=-3 (--densify-every) must be a step count >= 0"),
+    ("video='a.gif' needs the orbit views", "video='a.gif' (--video) needs the orbit views"),
+    ("bad (frames=0), stop", "bad (frames=0 (--frames)), stop"),
+    ("ends with frames=2", "ends with frames=2 (--frames)"),
+    ("keyframes=3 and frames 3 are not the parameter",
+     "keyframes=3 and frames 3 are not the parameter"),
+])
+def test_with_flags(message, expected):
+    assert with_flags(message, FLAGS) == expected
+
+
+def test_flag_names_are_the_commands_long_options():
+    args = build_parser().parse_args(["gs-render", "SCENE", "--out", "x"])
+    flags = flag_names(args.parser)
+    assert flags["frames"] == "--frames" and flags["with_photos"] == "--with-photos"
+    assert flags["sh_degree"] == "--sh-degree" and "scene" not in flags  # positional
+    args = build_parser().parse_args(["ingest", "synthetic", "OUT"])
+    assert flag_names(args.parser)["avg_degree"] == "--avg-degree"
+
+
+def test_library_messages_name_parameters_not_flags(tmp_path):
+    with pytest.raises(UsageError) as err:
+        Recipe(densify_every=-1)
+    assert "densify_every=-1" in str(err.value) and "--" not in str(err.value)
+    path = make_synthetic(tmp_path / "s", nodes=300, avg_degree=4.0)
+    sample_plan(path, fanouts="2", batch_size=64, split="val", name="val")
+    with Store(path) as store, pytest.raises(UsageError) as err:
+        check_training_plan(store, "val")
+    assert "allow_eval_split=True" in str(err.value) and "--allow" not in str(err.value)
+
+
+def test_the_cli_adds_the_flag(tmp_path, capsys):
+    path = make_synthetic(tmp_path / "s", nodes=300, avg_degree=4.0)
+    sample_plan(path, fanouts="2", batch_size=64, split="val", name="val")
+    assert main(["train", str(path), "--plan", "val", "--epochs", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "allow_eval_split=True (--allow-eval-split)" in err and err.count("\n") == 1
