@@ -4,8 +4,8 @@ The offline samplers live in the repository's top-level ``samplers/`` folder. An
 (wheel or ``pip install -e``) maps that folder to ``oocstore.samplers`` (``package-dir`` in
 ``pyproject.toml``), so no generic top-level ``samplers`` package lands in site-packages.
 A checkout used without installing (``PYTHONPATH=$PWD``, a git worktree) has no
-``oocstore/samplers`` folder: :func:`install` adds a finder that resolves that one name to
-``samplers/`` beside the package, and nothing else.
+``samplers`` folder inside the package: :func:`install` adds a finder that resolves that
+one name to ``samplers/`` beside the package, and nothing else.
 """
 
 from __future__ import annotations

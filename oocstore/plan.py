@@ -13,7 +13,7 @@ transaction):
 
 ``plan/<name>/index`` (array, int64, ``[total_batches, 4 + 3 L]``)
     One row per batch, epochs one after another (row of batch ``b`` of epoch ``e`` is
-    ``sum(batches_per_epoch[:e]) + b``). Columns (:data:`INDEX_COLUMNS`): ``offset`` and
+    ``sum(batches_per_epoch[:e]) + b``). Columns (:func:`index_columns`): ``offset`` and
     ``length`` of the batch's record in ``data`` (in elements), ``num_seeds``,
     ``num_input``, then per layer ``l = 0 .. L-1`` (layer 0 is the first GNN layer, on
     the input side, as in DGL): ``num_src``, ``num_dst``, ``num_edges``.
