@@ -60,3 +60,22 @@ def test_the_cli_adds_the_flag(tmp_path, capsys):
     assert main(["train", str(path), "--plan", "val", "--epochs", "1", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "allow_eval_split=True (--allow-eval-split)" in err and err.count("\n") == 1
+
+
+def test_every_command_knows_its_flags():
+    """Every leaf command carries its parser, so its errors get their flags."""
+    import argparse
+
+    def leaves(parser, path):
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs:
+            yield path, parser
+        for action in subs:
+            for name, sp in action.choices.items():
+                yield from leaves(sp, path + [name])
+
+    found = list(leaves(build_parser(), []))
+    assert len(found) == 17
+    for path, parser in found:
+        assert parser.get_default("parser") is parser, path
+        assert callable(parser.get_default("func")), path

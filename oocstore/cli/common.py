@@ -73,11 +73,12 @@ def size(value: str) -> int:
 
 # -- arguments several commands take ---------------------------------------------------
 
-def command(sub, name: str, func, help: str) -> argparse.ArgumentParser:
+def command(sub, name: str, func, help: str, **kwargs) -> argparse.ArgumentParser:
     """Register subcommand ``name`` on ``sub`` to run ``func(args)``. Its ``--help``
-    description is ``func``'s docstring: what the command does is written once, where
-    it is done (argparse reflows it)."""
-    p = sub.add_parser(name, help=help, description=func.__doc__)
+    description is ``func``'s docstring unless ``kwargs`` give one: what the command
+    does is written once, where it is done (argparse reflows it)."""
+    kwargs.setdefault("description", func.__doc__)
+    p = sub.add_parser(name, help=help, **kwargs)
     p.set_defaults(func=func, parser=p)  # parser: the flags behind the library's parameters
     return p
 

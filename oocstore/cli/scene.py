@@ -293,10 +293,9 @@ def add_gs_train(sub) -> None:
     import argparse
     import textwrap
 
-    p = sub.add_parser(
-        "gs-train", help="train a Gaussian-splatting scene out of core",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="\n\n".join(textwrap.fill(par, 88) for par in _GS_TRAIN_DESCRIPTION))
+    p = command(sub, "gs-train", _cmd_gs_train, "train a Gaussian-splatting scene out of core",
+                formatter_class=argparse.RawDescriptionHelpFormatter,
+                description="\n\n".join(textwrap.fill(par, 88) for par in _GS_TRAIN_DESCRIPTION))
     add_store(p, "scene")
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--target", choices=["photos", "synthetic"], default=None,
@@ -337,7 +336,6 @@ def add_gs_train(sub) -> None:
                                      "error naming it)")
     add_flag(p, "--json", "print one JSON object as the last line")
     add_flag(p, "--quiet", "no progress bar")
-    p.set_defaults(func=_cmd_gs_train)
 
 
 def add_gs_render(sub) -> None:
