@@ -88,8 +88,8 @@ def init_process_group(info: LaunchInfo, device: torch.device | str = "cpu", *,
     device = torch.device(device)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise UsageError("--device cuda: no CUDA device is available on this machine; use "
-                             "--device cpu (gloo)")
+            raise UsageError("device='cuda': no CUDA device is available on this machine; use "
+                             "device='cpu' (gloo)")
         if info.local_rank >= torch.cuda.device_count():
             raise UsageError(f"local rank {info.local_rank} has no GPU (this machine has "
                              f"{torch.cuda.device_count()}): lower --nproc-per-node")

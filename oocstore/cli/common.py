@@ -110,23 +110,45 @@ def add_budgets(p, cpu_help: str, gpu_help: str, *, cpu_required: bool = False) 
 
 # -- library parameters and the flags that set them ------------------------------------
 
-def flag_names(parser: argparse.ArgumentParser | None) -> dict[str, str]:
-    """Parameter name (argparse ``dest``) -> the long flag that sets it, for every option
-    of ``parser`` (the subcommand that ran)."""
+def flag_names(parser: argparse.ArgumentParser | None) -> dict[str, tuple[str, bool]]:
+    """Parameter name (argparse ``dest``) -> (the long flag that sets it, whether the flag
+    takes a value), for every option of ``parser`` (the subcommand that ran)."""
     if parser is None:
         return {}
-    return {a.dest: max(a.option_strings, key=len) for a in parser._actions
+    return {a.dest: (max(a.option_strings, key=len), a.nargs != 0) for a in parser._actions
             if a.option_strings and a.dest not in ("help", "func")}
 
 
-def with_flags(message: str, flags: dict[str, str]) -> str:
-    """``message`` with the CLI flag after each library parameter it names.
+#: A ``name=value`` in a message: the value is a quoted string or runs to the next
+#: space or punctuation.
+_VALUE = r"""(?:'[^']*'|"[^"]*"|[^\s,;:()]+)"""
+
+
+def with_flags(message: str, flags: dict[str, tuple[str, bool]]) -> str:
+    """``message`` as the command line's user reads it: each ``name=value`` naming one of
+    the command's options is written the way it was typed.
 
     The library's errors name a parameter the way a Python caller passes it
-    (``frames=0 must be at least 1``); a user of the command line typed a flag, so
-    ``frames=0`` becomes ``frames=0 (--frames)``. Only ``name=value`` spellings of the
-    command's own options are touched."""
-    for param, flag in flags.items():
-        message = re.sub(rf"(?<![\w-]){re.escape(param)}=[^\s,;:]*?(?=[\s,;:]|\)?$|\)[\s,;:])",
-                         lambda m: f"{m.group(0)} ({flag})", message)
+    (``frames=0 must be at least 1``, ``pass allow_eval_split=True``, ``lower
+    world_size``); a user of the command line typed a flag, so those read ``--frames 0
+    must be at least 1``, ``pass --allow-eval-split`` and ``lower --world-size``. A bare
+    name is replaced only when it has an underscore (``split`` may be a plain word);
+    other ``name=value`` spellings are left as they are."""
+    def spell(m: re.Match) -> str:
+        flag, takes_value = flags[m.group(1)]
+        value = m.group(2)
+        if not takes_value:
+            return flag if value == "True" else m.group(0)
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        return f"{flag} {value}"
+
+    if not flags:
+        return message
+    names = "|".join(re.escape(n) for n in sorted(flags, key=len, reverse=True))
+    message = re.sub(rf"(?<![\w.-])({names})=({_VALUE})", spell, message)
+    bare = "|".join(re.escape(n) for n in sorted(flags, key=len, reverse=True) if "_" in n)
+    if bare:
+        message = re.sub(rf"(?<![\w.'-])({bare})(?![\w='-])", lambda m: flags[m.group(1)][0],
+                         message)
     return message
