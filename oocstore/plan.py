@@ -609,8 +609,8 @@ def check_index(index: np.ndarray, *, num_layers: int, data_len: int, num_nodes:
 def refuse_existing(store: Store, name: str, overwrite: bool) -> None:
     """Raise :class:`StoreExistsError` when plan ``name`` exists and ``overwrite`` is off."""
     if store.get(plan_key(name)) is not None and not overwrite:
-        raise StoreExistsError(f"store {store.path} already has a plan {name!r}: pass --overwrite "
-                               "to replace it, or choose another --name")
+        raise StoreExistsError(f"store {store.path} already has a plan {name!r}: pass "
+                               "overwrite=True to replace it, or choose another name")
 
 
 def summarize(meta: PlanMeta) -> dict[str, Any]:
