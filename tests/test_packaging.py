@@ -72,7 +72,8 @@ def test_install_has_no_top_level_samplers(tmp_path):
     assert (target / "oocstore" / "samplers" / "views.py").is_file()
     assert not (target / "samplers").exists()
     # The installed copy imports its own samplers, not a checkout's.
-    probe = subprocess.run([sys.executable, "-c", "import oocstore.samplers as s; print(s.__file__)"],
+    probe = subprocess.run([sys.executable, "-c",
+                            "import oocstore.samplers as s; print(s.__file__)"],
                            capture_output=True, text=True, cwd=tmp_path,
                            env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"}, timeout=120)
     assert probe.returncode == 0, probe.stderr
