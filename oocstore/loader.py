@@ -100,7 +100,7 @@ from .pack.packer import label_dtype, labels_bytes, loader_floor
 from .pipeline import Pipeline
 from .plan import SampledBatch, format_fanouts
 from .store import Store
-from .pack.catalog import latest_pack, list_packs  # noqa: F401  (latest_pack: re-exported)
+from .pack.catalog import latest_pack  # noqa: F401  (re-exported: train.run imports it here)
 from .tiers.reader import TieredReader
 from .tiers.staging import StagingRing, choose_depth, device_charges
 from .units import format_size
