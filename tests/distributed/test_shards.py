@@ -86,7 +86,7 @@ def test_sampling_bad_world_sizes(store):
     with pytest.raises(UsageError, match="fewer than the ranks"):
         sample_plan(store, fanouts="4", batch_size=10, world_size=3, name="x",
                     seeds=np.array([1, 2]))
-    with pytest.raises(StoreExistsError, match="train.rank0.*--overwrite"):
+    with pytest.raises(StoreExistsError, match="train.rank0.*overwrite=True"):
         sample_plan(store, fanouts="4", batch_size=10, world_size=2)
     with pytest.raises(UsageError, match="shorter name"):
         sample_plan(store, fanouts="4", batch_size=10, world_size=2, name="n" * 60)
