@@ -193,7 +193,7 @@ def main(argv=None) -> dict:
     try:
         with Store(path, readonly=False) as store:
             if store.get(f"plan/{args.plan}") is None:
-                from samplers import sample_plan
+                from oocstore.samplers import sample_plan
                 sample_plan(store, fanouts=args.fanouts, batch_size=args.batch_size,
                             epochs=args.epochs, name=args.plan, verify=False)
             plan = PlanReader(store, args.plan)

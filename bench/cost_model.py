@@ -40,7 +40,7 @@ from oocstore.pack.packer import plan_layout  # noqa: E402
 from oocstore.plan import PlanReader  # noqa: E402
 from oocstore.store.files import evict  # noqa: E402
 from oocstore.tiers import TieredReader  # noqa: E402
-from samplers import sample_plan  # noqa: E402
+from oocstore.samplers import sample_plan  # noqa: E402
 
 
 def measure(store: Store, name: str) -> tuple[float, dict]:

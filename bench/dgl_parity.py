@@ -41,7 +41,7 @@ if str(REPO) not in sys.path:
 from oocstore.plan import PlanReader  # noqa: E402
 from oocstore.store import Store  # noqa: E402
 from oocstore.train import InMemoryFeatures, evaluate, train_epoch  # noqa: E402
-from samplers import sample_plan  # noqa: E402
+from oocstore.samplers import sample_plan  # noqa: E402
 
 sys.path.insert(0, str(REPO / "bench"))
 from _common import dataset_store  # noqa: E402

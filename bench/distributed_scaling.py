@@ -84,7 +84,7 @@ def prepare_plan(store: Path, world: int, cfg: dict, seed: int, out_of_core: boo
     from oocstore.pack import PackOptions, pack_plan
     from oocstore.plan import list_plans
     from oocstore.store import Store
-    from samplers.neighbor import sample_plan
+    from oocstore.samplers.neighbor import sample_plan
 
     name = f"bench-w{world}-s{seed}"
     with Store(store, readonly=False) as s:

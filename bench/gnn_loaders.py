@@ -505,7 +505,7 @@ def setup_plan_pack(path: Path, *, fanouts: str, batch_size: int, epoch_batches:
     from oocstore.pack.format import PackMeta, pack_key
     from oocstore.plan import PlanReader
     from oocstore.store import Store
-    from samplers import sample_plan
+    from oocstore.samplers import sample_plan
 
     with Store(path, readonly=False) as store:
         train = store.split("train")

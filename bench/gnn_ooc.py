@@ -401,7 +401,7 @@ def setup(args, workdir: Path) -> dict:
     from oocstore.pack.format import PackMeta, pack_key
     from oocstore.plan import PlanReader
     from oocstore.store import Store
-    from samplers import sample_plan
+    from oocstore.samplers import sample_plan
 
     rec_path = prep_record(workdir)
     rec = json.loads(rec_path.read_text()) if rec_path.is_file() else {}

@@ -63,7 +63,7 @@ from oocstore.ingest import build_store  # noqa: E402
 from oocstore.ingest.synthetic import SyntheticSpec, synthetic_source  # noqa: E402
 from oocstore.loader import NodeLoader  # noqa: E402
 from oocstore.pack import PackOptions, pack_plan  # noqa: E402
-from samplers import sample_plan  # noqa: E402
+from oocstore.samplers import sample_plan  # noqa: E402
 
 PLAN, PACK = "gpucheck", "gpucheck"
 

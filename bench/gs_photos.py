@@ -76,7 +76,7 @@ def side_by_side(scene_path: Path, png: Path) -> dict:
     import numpy as np
     import torch
     from PIL import Image
-    from samplers.views import visibility_sets
+    from oocstore.samplers.views import visibility_sets
 
     from oocstore.gs.losses import psnr
     from oocstore.gs.scene import Scene

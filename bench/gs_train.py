@@ -108,7 +108,7 @@ def order_schedules(scene_path: Path, args, *, epochs: int = 3,
     from oocstore.gs.scene import Scene
     from oocstore.gs.sizing import slot_bytes
     from oocstore.gs.train import split_views
-    from samplers.views import belady_block_schedule, epoch_orders, visibility_sets
+    from oocstore.samplers.views import belady_block_schedule, epoch_orders, visibility_sets
 
     w, h = (int(x) for x in args.size.lower().split("x"))
     with Scene.open(scene_path, readonly=True) as scene:

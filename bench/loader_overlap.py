@@ -33,7 +33,7 @@ from oocstore.pack import PackOptions, pack_plan  # noqa: E402
 from oocstore.store.files import evict  # noqa: E402
 from oocstore.train.loop import train_epoch  # noqa: E402
 from oocstore.train.model import GraphSAGE  # noqa: E402
-from samplers import sample_plan  # noqa: E402
+from oocstore.samplers import sample_plan  # noqa: E402
 
 
 def one_epoch(store: Store, prefetch: int | None, hidden: int) -> dict:

@@ -75,7 +75,7 @@ def ensure_plan(store: Store, name: str, *, fanouts: str, batch_size: int, epoch
                 seeds: np.ndarray | None = None) -> None:
     """Sample plan ``name`` unless the store has it already."""
     if store.get(f"plan/{name}") is None:
-        from samplers import sample_plan
+        from oocstore.samplers import sample_plan
         print(f"sampling plan {name!r} ...", file=sys.stderr)
         sample_plan(store, fanouts=fanouts, batch_size=batch_size, epochs=epochs, name=name,
                     seeds=seeds, verify=False)

@@ -50,7 +50,7 @@ from oocstore.plan import PlanReader  # noqa: E402
 from oocstore.store import Store  # noqa: E402
 from oocstore.train import (GraphSAGE, InMemoryFeatures, epoch_schedule, evaluate,  # noqa: E402
                             train_epoch)
-from samplers import sample_plan  # noqa: E402
+from oocstore.samplers import sample_plan  # noqa: E402
 
 sys.path.insert(0, str(REPO / "bench"))
 from _common import add_dataset_args, dataset_store, pick_datasets  # noqa: E402

@@ -38,7 +38,7 @@ from baselines import numpy_sampler  # noqa: E402
 import numba  # noqa: E402
 
 from oocstore.store import Store  # noqa: E402
-from samplers import sample_batches, sample_plan  # noqa: E402
+from oocstore.samplers import sample_batches, sample_plan  # noqa: E402
 
 DGL_PYTHON = REPO / ".venv-dgl" / "bin" / "python"
 DGL_STAMP = REPO / ".venv-dgl" / ".dgl-env-stamp"  # written by tools/dgl_env.sh when complete

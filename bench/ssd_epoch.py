@@ -209,7 +209,7 @@ def main(argv=None) -> dict:
             pm = store.get(f"plan/{plan_name}")
             if pm is not None and (pm["num_seeds"] != seeds.size or pm["batch_size"] != args.batch_size
                                    or ",".join(map(str, pm["fanouts"])) != args.fanouts):
-                from samplers import sample_plan
+                from oocstore.samplers import sample_plan
                 sample_plan(store, fanouts=args.fanouts, batch_size=args.batch_size, epochs=1,
                             name=plan_name, seeds=seeds, verify=False, overwrite=True)
             ensure_plan(store, plan_name, fanouts=args.fanouts, batch_size=args.batch_size,

@@ -51,5 +51,9 @@ class StageTimeoutError(OocError, TimeoutError):
     """A pipeline stage produced nothing within the loader's timeout."""
 
 
+class MissingDependencyError(OocError, ImportError):
+    """An optional dependency (an extra such as ``oocstore[pyg]``) is not installed."""
+
+
 class StoreReplacedError(StoreNotFoundError):
     """The store directory was replaced (``ingest --overwrite``) after it was opened."""

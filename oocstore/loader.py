@@ -100,7 +100,8 @@ from .pack.packer import label_dtype, labels_bytes, loader_floor
 from .pipeline import Pipeline
 from .plan import SampledBatch, format_fanouts
 from .store import Store
-from .tiers.reader import TieredReader, list_packs
+from .pack.catalog import latest_pack  # noqa: F401  (re-exported: train.run imports it here)
+from .tiers.reader import TieredReader
 from .tiers.staging import StagingRing, choose_depth, device_charges
 from .units import format_size
 
@@ -175,14 +176,6 @@ class Batch:
         from .integrations.dgl import to_dgl
 
         return to_dgl(self.sample, device=self.x.device)
-
-
-def latest_pack(store: Store, plan: str) -> str:
-    packs = {n: m for n, m in list_packs(store).items() if m.plan == plan}
-    if not packs:
-        raise UsageError(f"plan {plan!r} of {store.path} has no pack: create one with "
-                         f"`oocstore pack {store.path} --plan {plan} --cpu-budget SIZE`")
-    return max(packs, key=lambda n: (store.array_meta(packs[n].arrays["tier"]).version, n))
 
 
 class NodeLoader:

@@ -13,7 +13,7 @@ transaction):
 
 ``plan/<name>/index`` (array, int64, ``[total_batches, 4 + 3 L]``)
     One row per batch, epochs one after another (row of batch ``b`` of epoch ``e`` is
-    ``sum(batches_per_epoch[:e]) + b``). Columns (:data:`INDEX_COLUMNS`): ``offset`` and
+    ``sum(batches_per_epoch[:e]) + b``). Columns (:func:`index_columns`): ``offset`` and
     ``length`` of the batch's record in ``data`` (in elements), ``num_seeds``,
     ``num_input``, then per layer ``l = 0 .. L-1`` (layer 0 is the first GNN layer, on
     the input side, as in DGL): ``num_src``, ``num_dst``, ``num_edges``.
@@ -47,14 +47,24 @@ ranks is a *group* of ``W`` ordinary plans named ``<group>.rank<r>``
 readers, statistics) works on a shard unchanged. An unsharded plan has
 ``shard_group == ""``, rank 0 and world size 1 (older entries lack the fields and read
 that way).
+
+Finding plans (the last section): :func:`list_plans`, :func:`latest_plan`, a group's
+current shards (:func:`group_shards`; re-sampling a group for fewer ranks leaves the
+higher ranks' old shards in the catalog, recognised as stale because they were sampled
+from an older store version, and ignored), the plan a command uses when none is named
+(:func:`default_plan`: the most recent plan of the **train** split, never a newer
+``val`` / ``test`` plan), the refusal to train on an evaluation split unless asked
+(:func:`check_training_plan`), and the shard a rank reads (:func:`resolve_plan`). Packs
+are found the same way in :mod:`oocstore.pack.catalog`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -63,6 +73,8 @@ from .errors import FormatError, StoreExistsError, StoreNotFoundError, UsageErro
 from .store import Store
 from .store.files import checksum
 from .store.format import versioned_from_dict
+
+log = logging.getLogger(__name__)
 
 #: Version of the plan layout described above. Readers refuse other versions.
 PLAN_FORMAT_VERSION = 1
@@ -605,8 +617,8 @@ def check_index(index: np.ndarray, *, num_layers: int, data_len: int, num_nodes:
 def refuse_existing(store: Store, name: str, overwrite: bool) -> None:
     """Raise :class:`StoreExistsError` when plan ``name`` exists and ``overwrite`` is off."""
     if store.get(plan_key(name)) is not None and not overwrite:
-        raise StoreExistsError(f"store {store.path} already has a plan {name!r}: pass --overwrite "
-                               "to replace it, or choose another --name")
+        raise StoreExistsError(f"store {store.path} already has a plan {name!r}: pass "
+                               "overwrite=True to replace it, or choose another name")
 
 
 def summarize(meta: PlanMeta) -> dict[str, Any]:
@@ -622,3 +634,180 @@ def summarize(meta: PlanMeta) -> dict[str, Any]:
 
 def format_fanouts(fanouts: Sequence[int]) -> str:
     return ",".join("all" if f == ALL_NEIGHBORS else str(f) for f in fanouts)
+
+
+# -- finding plans: the latest, a group's shards, the plan a run uses -----------------
+
+def latest_plan(store: Store) -> str:
+    """The name of the most recently sampled plan, of any split and world size."""
+    return newest_plan(store, None, split=None).name
+
+
+def group_shards(store: Store, group: str, plans: Mapping[str, PlanMeta] | None = None
+                 ) -> dict[int, PlanMeta]:
+    """The current shards of ``group`` by rank (stale shards of an earlier, larger world
+    size are left out); empty when ``group`` is not a sharded plan."""
+    plans = list_plans(store) if plans is None else plans
+    members = [m for m in plans.values() if m.shard_group == group]
+    if not members:
+        return {}
+    newest = max(m.store_version for m in members)
+    return {m.shard_rank: m for m in members if m.store_version == newest}
+
+
+def group_of(meta: PlanMeta) -> str:
+    """The name a user gives for ``meta``'s plan: its group for a shard, else its name."""
+    return meta.shard_group or meta.name
+
+
+#: The split whose plans are trained on, and chosen when no plan is named.
+TRAIN_SPLIT = "train"
+
+
+def is_evaluation_split(split: str) -> bool:
+    """Whether a plan of ``split`` samples held-out nodes (``val``, ``test`` or any other
+    named split of the store but ``train``); ``custom`` (explicit seeds the caller gave)
+    is not one."""
+    return split not in (TRAIN_SPLIT, "custom")
+
+
+def default_plan(store: Store, world_size: int | None = 1, *, split: str | None = TRAIN_SPLIT
+                 ) -> str:
+    """The name (a plan's, or a shard group's) of :func:`newest_plan`."""
+    chosen = group_of(newest_plan(store, world_size, split=split))
+    log.info("no plan named: using %r, the most recent %s plan of %s", chosen,
+             split or "sampled", store.path)
+    return chosen
+
+
+def newest_plan(store: Store, world_size: int | None = 1, *, split: str | None = TRAIN_SPLIT
+                ) -> PlanMeta:
+    """The meta of the most recently sampled plan (of a shard, for a shard group) of
+    ``split`` (the training split unless told otherwise; ``None``: any split) for
+    ``world_size`` ranks (``None``: any).
+
+    Falls back to the newest plan of ``split`` for another world size, so that the
+    mismatch is reported by :func:`resolve_plan` with its fix. A plan of another split is
+    never chosen for the training split: evaluation plans (``val``, ``val-eval``, ...)
+    are read only when named."""
+    plans = list_plans(store)
+    cands = {n: m for n, m in plans.items() if split is None or m.split == split}
+    if not cands:
+        what = f"{split!r} plan" if split else "plan"
+        others = sorted({f"{group_of(m)} ({m.split})" for m in plans.values()})
+        have = f" (it has: {', '.join(others)})" if others else ""
+        flags = "" if split in (None, TRAIN_SPLIT) else f" --split {split}"
+        raise StoreNotFoundError(f"store {store.path} has no {what}{have}: create one with "
+                                 f"`oocstore sample {store.path}{flags} --fanouts 10,5 "
+                                 "--batch-size 1024`, or name the plan to use")
+    fitting = {n: m for n, m in cands.items()
+               if world_size is None or m.shard_world_size == world_size}
+
+    def newest(n: str) -> tuple[int, str]:
+        return store.array_meta(cands[n].arrays["index"]).version, n
+
+    return cands[max(fitting or cands, key=newest)]
+
+
+def check_training_plan(store: Store, name: str, *, allow_eval_split: bool = False) -> PlanMeta:
+    """The meta of plan ``name`` (a plan, shard or shard group) that a run is about to
+    train on; refuses a plan of an evaluation split unless ``allow_eval_split`` (the
+    caller then says, once, that it trains on one). Training on held-out nodes makes
+    their accuracy meaningless, so it is never done without being asked for."""
+    plans = list_plans(store)
+    meta = plans.get(name)
+    if meta is None:
+        shards = group_shards(store, name, plans)
+        if not shards:
+            raise StoreNotFoundError(f"store {store.path} has no plan {name!r}")
+        meta = shards[min(shards)]
+    if is_evaluation_split(meta.split):
+        if not allow_eval_split:
+            raise UsageError(
+                f"plan {group_of(meta)!r} of {store.path} samples the {meta.split!r} split, "
+                "not the training split: training on it would fit the model to the nodes it "
+                f"is evaluated on; train on a {TRAIN_SPLIT!r}-split plan (omit the plan to use "
+                "the most recent one), or pass allow_eval_split=True to train on it "
+                "deliberately")
+    return meta
+
+
+def resolve_plan(store: Store, plan: str | None, *, rank: int = 0, world_size: int = 1) -> str:
+    """The name of the plan rank ``rank`` of ``world_size`` reads for ``plan`` (a plan
+    name, a shard group name or a shard name; ``None``: :func:`default_plan`, the most
+    recent training plan for this world size)."""
+    rank, world_size = check_rank(rank, world_size)
+    plans = list_plans(store)
+    if plan is None:
+        plan = default_plan(store, world_size)
+    meta = plans.get(plan)
+    if meta is not None and meta.sharded:
+        plan = meta.shard_group  # a shard name stands for its group
+    elif meta is not None and world_size == 1:
+        return plan
+    shards = group_shards(store, plan, plans)
+    if not shards:
+        if meta is not None:
+            raise UsageError(
+                f"plan {plan!r} of {store.path} is one unsharded plan but this run has world size "
+                f"{world_size}: sample one shard per rank with `oocstore sample {store.path} "
+                f"--name {plan} --world-size {world_size} ...` and pack it with `oocstore pack "
+                f"{store.path} --plan {plan}`, or run a single process")
+        have = ", ".join(sorted({group_of(m) for m in plans.values()})) or "none"
+        raise StoreNotFoundError(f"store {store.path} has no plan {plan!r} (it has: {have}): "
+                                 f"create it with `oocstore sample {store.path} --name {plan}"
+                                 + (f" --world-size {world_size}`" if world_size > 1 else "`"))
+    sampled_for = next(iter(shards.values())).shard_world_size
+    if sampled_for != world_size:
+        raise UsageError(
+            f"plan {plan!r} of {store.path} was sampled for world size {sampled_for} "
+            f"({sampled_for} shards) but this run has world size {world_size}: launch "
+            f"{sampled_for} processes in all (e.g. `torchrun --nproc-per-node {sampled_for} ...`), "
+            f"or re-sample for this world size with `oocstore sample {store.path} --name {plan} "
+            f"--world-size {world_size} --overwrite ...` and pack it again")
+    if rank not in shards:
+        raise StoreNotFoundError(
+            f"plan {plan!r} of {store.path} has no shard for rank {rank} (it has shards for "
+            f"ranks {', '.join(map(str, sorted(shards)))} of {sampled_for}): the store is "
+            f"incomplete (copy the whole store to every node), or re-sample with `oocstore "
+            f"sample {store.path} --name {plan} --world-size {world_size} --overwrite ...`")
+    return shard_name(plan, rank)
+
+
+def plans_to_pack(store: Store, plan: str | None) -> list[str]:
+    """The plans ``oocstore pack --plan PLAN`` packs outside ``torchrun``: every current
+    shard of a group (in rank order), else the one plan. Without ``plan``: the most
+    recently sampled training plan or shard group, for whatever world size it was
+    sampled (outside ``torchrun`` the world size is not known; that is the plan the user
+    just sampled for training)."""
+    plans = list_plans(store)
+    if plan is None:
+        # By the chosen plan's meta, not its name: a shard group may share its name with
+        # an older unsharded plan.
+        meta = newest_plan(store, None)
+        log.info("no --plan: packing %r, the most recent training plan of %s",
+                 group_of(meta), store.path)
+        plan = group_of(meta)
+    else:
+        meta = plans.get(plan)
+    if meta is not None and not meta.sharded:
+        return [plan]
+    group = meta.shard_group if meta is not None else plan
+    shards = group_shards(store, group, plans)
+    if not shards:
+        have = ", ".join(sorted({group_of(m) for m in plans.values()})) or "none"
+        raise StoreNotFoundError(f"store {store.path} has no plan {plan!r} (it has: {have}): "
+                                 f"create it with `oocstore sample {store.path} --name {plan}`")
+    return [shards[r].name for r in sorted(shards)]
+
+
+def check_rank(rank: Any, world_size: Any) -> tuple[int, int]:
+    for value, what in ((world_size, "world_size"), (rank, "rank")):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UsageError(f"{what} {value!r} is not an integer: give the process's rank and "
+                             "the number of processes (torch.distributed's get_rank / "
+                             "get_world_size)")
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise UsageError(f"rank {rank} of world size {world_size}: the rank must be in "
+                         f"0..world_size-1 and the world size at least 1")
+    return rank, world_size

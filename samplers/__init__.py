@@ -1,6 +1,6 @@
 """Offline samplers: they read a store's graph and write access plans (:mod:`oocstore.plan`).
 
-The library core never imports this package; the composition roots (``oocstore/cli.py``,
+The library core never imports this package; the composition roots (``oocstore/cli/``,
 ``oocstore/train/``) put samplers and stores together.
 """
 

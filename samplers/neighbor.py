@@ -272,18 +272,19 @@ def parse_fanouts(value: str | Sequence[int]) -> tuple[int, ...]:
         except (TypeError, ValueError):
             f = None
         if f is None or (f <= 0 and not (f == ALL_NEIGHBORS and not isinstance(value, str))):
-            raise UsageError(f"--fanouts {value!r}: {p!r} is not a positive integer; give one "
-                             "positive fanout per layer, input side first (e.g. --fanouts 15,10,5), "
+            raise UsageError(f"fanouts={value!r}: {p!r} is not a positive integer; give one "
+                             "positive fanout per layer, input side first (e.g. "
+                             "fanouts='15,10,5'), "
                              "or 'all' for the full neighbourhood")
         out.append(f)
     if not out:
-        raise UsageError(f"--fanouts {value!r} is empty: give one fanout per layer, e.g. 15,10,5")
+        raise UsageError(f"fanouts={value!r} is empty: give one fanout per layer, e.g. 15,10,5")
     return tuple(out)
 
 
 def _check_int(value, what: str, *, minimum: int, fix: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise UsageError(f"{what} {value!r} is not an integer >= {minimum}: {fix}")
+        raise UsageError(f"{what}={value!r} is not an integer >= {minimum}: {fix}")
     return int(value)
 
 
@@ -386,7 +387,7 @@ def shard_layout(num_seeds: int, world_size: int, batch_size: int) -> np.ndarray
     n, w, b = int(num_seeds), int(world_size), int(batch_size)
     if n < w:
         raise UsageError(f"{n} seed(s) cannot be shared by {w} ranks (each rank needs at least "
-                         "one seed per batch): lower --world-size or choose a larger split")
+                         "one seed per batch): lower world_size or choose a larger split")
     per = w * b
     starts = list(range(0, n, per)) + [n]
     if len(starts) > 2 and starts[-1] - starts[-2] < w:
@@ -407,24 +408,24 @@ def prepare_sampling(store: Store, *, fanouts: str | Sequence[int], batch_size: 
     ``world_size > 1`` the job writes one shard per rank, ``batch_size`` seeds per rank
     and batch."""
     fo = parse_fanouts(fanouts)
-    batch_size = _check_int(batch_size, "--batch-size", minimum=1,
-                            fix="give the number of seed nodes per batch, e.g. --batch-size 1024")
-    world_size = _check_int(world_size, "--world-size", minimum=1,
+    batch_size = _check_int(batch_size, "batch_size", minimum=1,
+                            fix="give the number of seed nodes per batch, e.g. batch_size=1024")
+    world_size = _check_int(world_size, "world_size", minimum=1,
                             fix="give the number of training processes (ranks), e.g. "
-                                "--world-size 2")
-    seed = _check_int(seed, "--seed", minimum=0, fix="give a non-negative integer, e.g. --seed 0")
+                                "world_size=2")
+    seed = _check_int(seed, "seed", minimum=0, fix="give a non-negative integer, e.g. seed=0")
     if seed >= 2**63:
-        raise UsageError(f"--seed {seed} is too large: give an integer below 2**63")
+        raise UsageError(f"seed={seed} is too large: give an integer below 2**63")
     shuffle = split == "train"
     if epochs is None:
         epochs = 4 if shuffle else 1
-    epochs = _check_int(epochs, "--epochs", minimum=1, fix="give at least 1, e.g. --epochs 4")
+    epochs = _check_int(epochs, "epochs", minimum=1, fix="give at least 1, e.g. epochs=4")
     name = check_plan_name(name if name is not None else split)
     if world_size > 1:
         longest = shard_name(name, world_size - 1)
         if len(longest) > 64:
-            raise UsageError(f"--name {name!r}: its shard names (e.g. {longest!r}) would exceed 64 "
-                             "characters; choose a shorter --name")
+            raise UsageError(f"name={name!r}: its shard names (e.g. {longest!r}) would exceed 64 "
+                             "characters; choose a shorter name")
         for shard in (shard_name(name, r) for r in range(world_size)):
             refuse_existing(store, shard, overwrite)
     else:
@@ -434,7 +435,7 @@ def prepare_sampling(store: Store, *, fanouts: str | Sequence[int], batch_size: 
         raise UsageError(f"store {store.path} has no graph to sample: ingest a graph dataset first")
     if seeds is None:
         if split not in store.splits:
-            raise UsageError(f"--split {split!r}: store {store.path} has no such split (it has: "
+            raise UsageError(f"split={split!r}: store {store.path} has no such split (it has: "
                              f"{', '.join(sorted(store.splits)) or 'none'}): choose one of those, "
                              "or re-ingest with --split to create it")
         seed_nodes = store.split(split)
@@ -450,7 +451,7 @@ def prepare_sampling(store: Store, *, fanouts: str | Sequence[int], batch_size: 
                              f"{seed_nodes.dtype} of shape {seed_nodes.shape}")
     seed_nodes = np.ascontiguousarray(seed_nodes, dtype=np.int64)
     if seed_nodes.size == 0:
-        raise UsageError(f"{where} is empty: nothing to sample; choose another --split")
+        raise UsageError(f"{where} is empty: nothing to sample; choose another split")
     lo, hi = int(seed_nodes.min()), int(seed_nodes.max())
     if lo < 0 or hi >= g.num_nodes:
         bad = lo if lo < 0 else hi
@@ -459,8 +460,8 @@ def prepare_sampling(store: Store, *, fanouts: str | Sequence[int], batch_size: 
     if np.unique(seed_nodes).size != seed_nodes.size:
         raise UsageError(f"{where}: seed nodes repeat: give each seed once")
     if world_size > seed_nodes.size:
-        raise UsageError(f"--world-size {world_size}: {where} has only {seed_nodes.size} seed(s), "
-                         "fewer than the ranks that would share them: lower --world-size")
+        raise UsageError(f"world_size={world_size}: {where} has only {seed_nodes.size} seed(s), "
+                         "fewer than the ranks that would share them: lower world_size")
     return SamplingJob(name=name, split=split, fanouts=fo, batch_size=batch_size, epochs=epochs,
                        seed=seed, shuffle=shuffle, seeds=seed_nodes, verify_arrays=verify,
                        world_size=world_size)

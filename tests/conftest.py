@@ -7,7 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import copy_of, make_synthetic
+# Detailed assertion messages from the conformance suites shipped in oocstore/testing.
+pytest.register_assert_rewrite("oocstore.testing")
+
+from helpers import copy_of, make_synthetic  # noqa: E402
 
 
 @pytest.fixture

@@ -46,7 +46,7 @@ def sampled_store(out: Path, *plans: dict,
     ``(plan name, options)``). The store is a copy of ``template`` when given, else a new
     synthetic one (``synthetic``: the keywords of :func:`make_synthetic`)."""
     from oocstore.pack import pack_plan
-    from samplers import sample_plan
+    from oocstore.samplers import sample_plan
 
     if template is not None:
         copy_of(template, out)

@@ -19,7 +19,7 @@ from oocstore.pack import PackOptions, pack_plan
 from oocstore.store import Store
 from oocstore.tiers.reader import list_packs
 from oocstore.train.run import TrainConfig, run_training
-from samplers.neighbor import sample_plan
+from oocstore.samplers.neighbor import sample_plan
 
 
 @pytest.fixture(scope="module")

@@ -80,7 +80,7 @@ def build(work: Path, nodes: int, feat_dim: int) -> Path:
     from oocstore.ingest import build_store
     from oocstore.ingest.synthetic import SyntheticSpec, synthetic_source
     from oocstore.pack import PackOptions, pack_plan
-    from samplers import sample_plan
+    from oocstore.samplers import sample_plan
 
     path = work / "store"
     if path.exists():

@@ -75,7 +75,7 @@ from oocstore.store import catalog as catalog_mod, files as files_mod  # noqa: E
 from oocstore.store import store as store_mod  # noqa: E402
 from oocstore.store.gc import collect_garbage  # noqa: E402
 from oocstore.store.verify import verify_store  # noqa: E402
-from samplers import sample_plan  # noqa: E402
+from oocstore.samplers import sample_plan  # noqa: E402
 
 COMPONENTS = ("ingest", "sample", "pack", "scene-ingest", "scene-checkpoint")
 SCENE_COMPONENTS = ("scene-ingest", "scene-checkpoint")

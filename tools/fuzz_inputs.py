@@ -411,7 +411,7 @@ PLY = st.one_of(
 
 def fuzz_ply(data: bytes, tmp: Path) -> str:
     from oocstore.gs import layout
-    from oocstore.gs.cli import visibility_summary
+    from oocstore.cli.scene import visibility_summary
     from oocstore.gs.ingest import ingest_scene
     from oocstore.gs.ply import parse_header, read_ply
 
@@ -545,7 +545,7 @@ def fuzz_colmap(files: tuple[bytes, bytes, bytes], tmp: Path) -> str:
     a hostile one beside the others must change nothing there)."""
     from oocstore.gs.cameras import read_colmap_text
     from oocstore.gs.colmap import read_colmap_model
-    from oocstore.gs.cli import visibility_summary
+    from oocstore.cli.scene import visibility_summary
     from oocstore.gs.ingest import ingest_scene
 
     d = tmp / "sparse"
@@ -1067,7 +1067,7 @@ def _hostile_template(root: Path) -> Path:
     from oocstore.ingest import build_store
     from oocstore.ingest.synthetic import SyntheticSpec, synthetic_source
     from oocstore.pack import PackOptions, pack_plan
-    from samplers import sample_plan
+    from oocstore.samplers import sample_plan
 
     path = root / "template"
     build_store(path, synthetic_source(SyntheticSpec(nodes=3000, feat_dim=16, avg_degree=4)))

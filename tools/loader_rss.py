@@ -105,7 +105,7 @@ def build(work: Path, case: str) -> Path:
     from oocstore.ingest import build_store
     from oocstore.ingest.synthetic import SyntheticSpec, synthetic_source
     from oocstore.pack import PackOptions, pack_plan
-    from samplers import sample_plan
+    from oocstore.samplers import sample_plan
 
     c = CASES[case]
     path = work / case

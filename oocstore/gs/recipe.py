@@ -40,6 +40,14 @@ from oocstore.errors import UsageError
 
 from .densify import DensifyConfig
 
+#: Training modes of ``gs-train`` (here, not in the trainer, so the parser needs no torch).
+MODE_NAMES = ("stream", "all-on-device", "naive-offload")
+
+#: ``gs-train`` flags that set recipe values (attribute names of :class:`Recipe`).
+RECIPE_FLAGS = ("ssim_lambda", "sh_every", "means_lr", "means_lr_final", "densify_from",
+                "densify_until", "densify_every", "opacity_reset_every", "grow_grad2d",
+                "grow_scale3d", "prune_opa", "prune_scale3d", "random_background")
+
 REFERENCE_STEPS = 30_000
 #: Step-valued fields scaled by ``steps / REFERENCE_STEPS`` when left at their defaults.
 SCALED = ("sh_every", "densify_from", "densify_until", "densify_every", "opacity_reset_every")
@@ -68,19 +76,19 @@ class Recipe:
 
     def __post_init__(self) -> None:
         if not 0 <= self.ssim_lambda <= 1:
-            raise UsageError(f"--ssim-lambda {self.ssim_lambda} must lie in [0, 1]")
+            raise UsageError(f"ssim_lambda={self.ssim_lambda} must lie in [0, 1]")
         for k in SCALED:
             v = getattr(self, k)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise UsageError(f"--{k.replace('_', '-')} {v!r} must be a step count >= 0")
+                raise UsageError(f"{k}={v!r} must be a step count >= 0")
         if not (self.means_lr >= 0 and self.means_lr_final >= 0):
-            raise UsageError(f"--means-lr {self.means_lr} and --means-lr-final "
+            raise UsageError(f"means_lr={self.means_lr} and means_lr_final="
                              f"{self.means_lr_final} must be >= 0")
         if self.means_lr > 0 and self.means_lr_final == 0:
-            raise UsageError("--means-lr-final 0 cannot end an exponential decay: give a "
+            raise UsageError("means_lr_final=0 cannot end an exponential decay: give a "
                              "positive final rate (3DGS: 1.6e-6)")
         if not 0 < self.prune_opa < 0.5:
-            raise UsageError(f"--prune-opa {self.prune_opa} must lie in (0, 0.5) (the opacity "
+            raise UsageError(f"prune_opa={self.prune_opa} must lie in (0, 0.5) (the opacity "
                              "reset clamps to twice it)")
         self.densify  # validates the thresholds
 

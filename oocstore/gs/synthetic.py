@@ -54,7 +54,7 @@ def synthetic_streamer(scene, *, steps: int = 12, window: int = 4, stride: int =
     from ..budget import BudgetAccountant, MemoryBudget
     from .adam import AdamConfig
     from .stream import Streamer, TrainPlan, block_bytes, step_batch_bytes
-    from samplers.views import belady_block_schedule
+    from oocstore.samplers.views import belady_block_schedule
 
     nb = scene.num_blocks
     vis = [np.arange(v, v + window) % nb for v in range(nb)]

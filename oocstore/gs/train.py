@@ -68,7 +68,7 @@ from .densify import GradStats, densify_scene, reset_opacity_scene
 
 # torch and the modules using it are imported inside the functions that need them, so
 # registering the subcommand keeps `oocstore ingest` and friends free of torch
-from .cli import MODE_NAMES  # noqa: E402  (one definition, shared with the parser)
+from .recipe import MODE_NAMES  # noqa: E402  (one definition, shared with the parser)
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +226,7 @@ def perturb_scene(scene, seed: int, strength: float = 1.0) -> None:
 def make_plan(scene, cams, train_views, steps: int, seed: int, randomness: float):
     """The run's plan (a new view order every epoch, ``samplers.views.epoch_orders``) and
     the visibility sets of every view."""
-    from samplers.views import epoch_orders, visibility_sets
+    from oocstore.samplers.views import epoch_orders, visibility_sets
 
     from .stream import TrainPlan
 
@@ -385,7 +385,7 @@ class _Run:
     def admit(self, scene, acct, spans):
         """The densification vetting: ``admit(counts, bounds)`` -> None or why not, for
         the segments ``spans`` the refined layout trains (until the next refinement)."""
-        from samplers.views import visibility_sets
+        from oocstore.samplers.views import visibility_sets
 
         def admit(counts, bounds):
             lay = _Layout(scene, counts, bounds)
@@ -775,7 +775,7 @@ def schedule_for(scene, plan, dev_budget: int, slack: int = 0, optimizer: str = 
     :func:`~oocstore.gs.stream.allocator_slack`, and the step's target image). CPU
     optimizer: the slots are in host memory, room for twice the largest view's blocks
     (:func:`~oocstore.gs.stream.host_slot_bytes`)."""
-    from samplers.views import belady_block_schedule
+    from oocstore.samplers.views import belady_block_schedule
 
     from .sizing import host_slot_bytes, max_batch_rows, slot_bytes, step_batch_bytes
 
@@ -789,7 +789,7 @@ def schedule_for(scene, plan, dev_budget: int, slack: int = 0, optimizer: str = 
 
 def replan(scene, cams) -> list[np.ndarray]:
     """Visibility sets of every view against the blocks after a refinement."""
-    from samplers.views import visibility_sets
+    from oocstore.samplers.views import visibility_sets
 
     return visibility_sets(scene.block_bounds, cams)
 
@@ -923,7 +923,7 @@ def _evaluate(scene, cams, vis_sets, held, target_of, device, *, sh_degree: int,
 # -- command line ------------------------------------------------------------------------
 
 def cmd_gs_train(args) -> int:
-    """``oocstore gs-train`` (registered by :mod:`oocstore.gs.cli`, which imports this
+    """``oocstore gs-train`` (registered by :mod:`oocstore.cli.scene`, which imports this
     module only when the command runs: it needs torch)."""
     import json
     import sys
@@ -941,7 +941,7 @@ def cmd_gs_train(args) -> int:
             raise UsageError(f"--threads {args.threads} must be at least 1")
         torch.set_num_threads(args.threads)
     cpu_budget = None if args.cpu_budget is None else parse_size(args.cpu_budget, what="--cpu-budget")
-    from .cli import RECIPE_FLAGS
+    from .recipe import RECIPE_FLAGS
     from .recipe import resolve
 
     recipe = {k: getattr(args, k) for k in RECIPE_FLAGS if getattr(args, k) is not None}

@@ -133,26 +133,26 @@ def render_scene_views(scene, which: str, out_dir: str | os.PathLike, *, device:
     """Render ``which`` (test | train | orbit) into ``out_dir`` as PNGs; returns them."""
     import torch
     from PIL import Image
-    from samplers.views import visibility_sets
+    from oocstore.samplers.views import visibility_sets
 
     from .train import render_view
 
     if which not in VIEW_SETS:
         raise UsageError(f"--views {which!r} unknown: use one of {', '.join(VIEW_SETS)}")
     if frames < 1:
-        raise UsageError(f"--frames {frames} must be at least 1")
+        raise UsageError(f"frames={frames} must be at least 1")
     if with_photos and not getattr(scene, "has_images", False):
-        raise UsageError(f"--with-photos: the scene {scene.path} holds no photographs")
+        raise UsageError(f"with_photos=True: the scene {scene.path} holds no photographs")
     if with_photos and which == "orbit":
-        raise UsageError("--with-photos needs --views test or train (orbit views have no photo)")
+        raise UsageError("with_photos=True needs the test or train views (orbit views have no photo)")
     if video is not None and which != "orbit":
-        raise UsageError("--video needs --views orbit")
+        raise UsageError(f"video={str(video)!r} needs the orbit views")
     check_video_path(video)
     deg = scene.sh_degree if sh_degree is None else sh_degree
     if not 0 <= deg <= scene.sh_degree:
-        raise UsageError(f"--sh-degree {deg} must lie in 0..{scene.sh_degree}")
+        raise UsageError(f"sh_degree={deg} must lie in 0..{scene.sh_degree}")
     if device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda but torch sees no CUDA device: use --device cpu")
+        raise UsageError("device='cuda' but torch sees no CUDA device: use device='cpu'")
     cams = _scene_cameras(scene)
     if which == "orbit":
         cams = orbit_cameras_of(cams, frames)

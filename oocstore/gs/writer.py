@@ -10,18 +10,48 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
 from ..errors import UsageError
+from ..store import Store
 from ..store.files import ArrayFileWriter, fsync_dir, raise_disk_error
 from ..store.format import ArrayMeta, CHUNK_BYTES
 from . import blocks
 from .blocks import block_bounds_of, check_finite
 
-if TYPE_CHECKING:
-    from .scene import Scene
+
+class SceneState(Protocol):
+    """What a writer reads and updates of its scene (:class:`oocstore.gs.scene.Scene`,
+    which creates writers; described here so that the writer does not import it): the
+    store and the per-block tables, under the scene's lock."""
+
+    path: Path
+    store: Store
+    meta: Any  # SceneMeta
+    _lock: Any  # threading.RLock
+    _writer: Any  # the open SceneWriter, or None
+    _next_id: int
+    _row: np.dtype
+    _counts: np.ndarray
+    _bounds: np.ndarray
+    _files: list
+    _sums: list
+
+    @property
+    def sh_degree(self) -> int: ...
+
+    @property
+    def record_width(self) -> int: ...
+
+    @property
+    def block_capacity(self) -> int: ...
+
+    def _load(self) -> None: ...
+
+    def _check_block(self, b) -> int: ...
 
 BLOCK_PREFIX = "scene/block/"
 
@@ -45,7 +75,7 @@ class SceneWriter:
     ``write_block`` may be called from a background thread while the owner reads.
     """
 
-    def __init__(self, scene: Scene):
+    def __init__(self, scene: SceneState):
         self.scene = scene
         store = scene.store
         store._acquire_lock()  # StoreLockedError if another process writes

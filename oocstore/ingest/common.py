@@ -1,7 +1,7 @@
 """What every ingest source shares: CSC construction, splits, the streaming feature
 writer with its checks, and :func:`build_store`, which writes one new store atomically.
 
-Memory: features stream through in chunks of :data:`FEATURE_CHUNK_ROWS`-ish rows (the
+Memory: features stream through in blocks of about :data:`FEATURE_BLOCK_BYTES` (the
 bulk of a dataset, and what may exceed RAM). Topology given as whole edge arrays is built
 in memory, about 24 bytes per stored edge at peak plus 8 bytes per node — independent of
 the feature size; a source that yields its edges in blocks (the synthetic generator) gets

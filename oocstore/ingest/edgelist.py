@@ -54,9 +54,9 @@ def edgelist_source(path: str | Path, *, directed: bool, feat_dim: int, classes:
                     seed: int) -> GraphSource:
     path = Path(path)
     if features is None and feat_dim < 1:
-        raise UsageError(f"--feat-dim {feat_dim}: give at least 1")
+        raise UsageError(f"feat_dim={feat_dim}: give at least 1")
     if labels is None and not 2 <= classes <= 1 << 16:
-        raise UsageError(f"--classes {classes}: give between 2 and 65536")
+        raise UsageError(f"classes={classes}: give between 2 and 65536")
     src, dst, info = read_edge_list(path)
     ids, inverse = np.unique(np.concatenate([src, dst]), return_inverse=True)
     del src, dst

@@ -38,20 +38,21 @@ class SyntheticSpec:
 
     def __post_init__(self) -> None:
         if self.nodes < 2:
-            raise UsageError(f"--nodes {self.nodes}: a graph needs at least 2 nodes")
+            raise UsageError(f"nodes={self.nodes}: a graph needs at least 2 nodes")
         if not (self.avg_degree >= 0):
-            raise UsageError(f"--avg-degree {self.avg_degree}: give a non-negative number")
+            raise UsageError(f"avg_degree={self.avg_degree}: give a non-negative number")
         if self.feat_dim < 1:
-            raise UsageError(f"--feat-dim {self.feat_dim}: give at least 1")
+            raise UsageError(f"feat_dim={self.feat_dim}: give at least 1")
         if not 2 <= self.classes <= 1 << 16:
-            raise UsageError(f"--classes {self.classes}: give between 2 and 65536")
+            raise UsageError(f"classes={self.classes}: give between 2 and 65536")
         a, b, c, d = self.rmat
         if min(self.rmat) < 0 or abs(a + b + c + d - 1) > 1e-6:
-            raise UsageError(f"--rmat {self.rmat}: give four non-negative numbers summing to 1")
+            raise UsageError(f"rmat={','.join(map(str, self.rmat))}: give four non-negative numbers "
+                             "summing to 1")
         for name in ("homophily", "confusion"):
             v = getattr(self, name)
             if not 0 <= v <= 1:
-                raise UsageError(f"--{name} {v}: give a fraction between 0 and 1")
+                raise UsageError(f"{name}={v}: give a fraction between 0 and 1")
 
 
 def _rng(spec: SyntheticSpec, *stream: int) -> np.random.Generator:

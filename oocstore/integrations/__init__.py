@@ -8,13 +8,7 @@ reported with the ``pip install`` line that fixes it.
 
 from __future__ import annotations
 
-from ..errors import OocError
-
-
-class MissingDependencyError(OocError, ImportError):
-    """An optional dependency (an extra such as ``oocstore[pyg]``) is not installed."""
-
-
-from .pyg import PygBatch, PygLayer, require_pyg, to_pyg  # noqa: E402  (needs the error above)
+from ..errors import MissingDependencyError
+from .pyg import PygBatch, PygLayer, require_pyg, to_pyg
 
 __all__ = ["MissingDependencyError", "PygBatch", "PygLayer", "require_pyg", "to_pyg"]

@@ -38,14 +38,15 @@ def require_dgl() -> ModuleType:
     try:
         import dgl
     except ImportError as err:
-        from . import MissingDependencyError
+        from ..errors import MissingDependencyError
 
         raise MissingDependencyError(f"DGL is not installed (import dgl failed: {err}): "
                                      f"{DGL_ENV_HINT}") from err
     if getattr(dgl, "__file__", None) is None:
-        # A bare folder named ``dgl`` on sys.path (such as tests/dgl when tests/ is on
-        # the path) imports as an empty namespace package when the real one is absent.
-        from . import MissingDependencyError
+        # A bare folder named ``dgl`` on sys.path (a test folder of that name, with its
+        # parent on the path) imports as an empty namespace package when the real one is
+        # absent.
+        from ..errors import MissingDependencyError
 
         raise MissingDependencyError(f"DGL is not installed (`import dgl` found only the folder "
                                      f"{', '.join(getattr(dgl, '__path__', []))}): {DGL_ENV_HINT}")

@@ -33,7 +33,7 @@ def require_pyg() -> ModuleType:
     try:
         import torch_geometric
     except ImportError as err:
-        from . import MissingDependencyError
+        from ..errors import MissingDependencyError
 
         raise MissingDependencyError(
             f"PyTorch Geometric is not installed (import torch_geometric failed: {err}): "

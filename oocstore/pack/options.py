@@ -2,7 +2,7 @@
 policy and how the rows are copied — checked once, when the options are made.
 
 Errors name the parameter as a Python caller passes it (``window_bytes=0: ...``); the
-command line writes its own flags instead (``oocstore/cli.py``).
+command line writes its own flags instead (:func:`oocstore.cli.common.with_flags`).
 """
 
 from __future__ import annotations

@@ -29,8 +29,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numba
 import numpy as np
 
-from ..errors import StoreExistsError, StoreNotFoundError
-from ..plan import PlanReader, list_plans
+from ..errors import StoreExistsError
+from ..plan import PlanReader, latest_plan
 from ..store import ALIGN, Store
 from ..store.files import checksum
 from ..store.format import aligned_span, check_name
@@ -53,14 +53,6 @@ __all__ = ["COPY_STRATEGIES", "DEFAULT_WINDOW_BYTES", "MAX_SEGMENT_BATCHES",
 
 #: Batches assigned per call of the numba kernel (bounds the tier/slot buffers).
 _ASSIGN_BATCHES = 256
-
-
-def latest_plan(store: Store) -> str:
-    plans = list_plans(store)
-    if not plans:
-        raise StoreNotFoundError(f"store {store.path} has no plan: create one with "
-                                 f"`oocstore sample {store.path} --fanouts 10,5 --batch-size 1024`")
-    return max(plans, key=lambda n: (store.array_meta(plans[n].arrays["index"]).version, n))
 
 
 def plan_version(store: Store, plan: PlanReader) -> int:

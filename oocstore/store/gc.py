@@ -119,7 +119,7 @@ def remove(store: Store, *, plan: str | None = None, pack: str | None = None,
     """Remove a plan (or a shard group) or a pack from ``store`` (writable) in one
     transaction; returns ``{"plans": [...], "packs": [...], "arrays": [...]}`` removed."""
     if (plan is None) == (pack is None):
-        raise UsageError("give exactly one of --plan NAME or --pack NAME")
+        raise UsageError("give exactly one of plan=NAME or pack=NAME")
     check_name(plan if pack is None else pack, "plan" if pack is None else "pack")
     if store.readonly:
         raise UsageError(f"store {store.path} was opened read-only: rm needs "
@@ -155,7 +155,7 @@ def _select(store: Store, plan, pack, with_packs):
         if users and not with_packs:
             raise UsageError(f"plan {plan!r} of {store.path} is used by pack(s) "
                              f"{', '.join(users)}: remove them first (`oocstore rm "
-                             f"{store.path} --pack NAME`) or pass --with-packs")
+                             f"{store.path} --pack NAME`) or pass with_packs=True")
         drop_packs = users
     arrays: set[str] = set()
     for kind, names, entries in (("plan", drop_plans, plans), ("pack", drop_packs, packs)):

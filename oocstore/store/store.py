@@ -465,7 +465,7 @@ class Store:
         path = Path(path)
         if path.exists() and not overwrite:
             raise StoreExistsError(f"output {path} already exists: choose another path or "
-                                   "pass --overwrite to replace it")
+                                   "pass overwrite=True to replace it")
         if path.exists() and not (path / CATALOG_DIR).is_dir() and (
                 not path.is_dir() or any(path.iterdir())):
             raise StoreExistsError(f"output {path} exists and is not an oocstore store: "

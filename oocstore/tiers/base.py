@@ -1,6 +1,6 @@
 """The tier interface: a tier holds some feature rows and gathers them by slot.
 
-Contract (every tier passes ``oocstore.testing.tier_conformance``):
+Contract (every tier passes :class:`oocstore.testing.TierConformance`):
 
 * ``gather(slots, out)`` writes row ``slots[i]`` of the tier into ``out[i]`` for every
   ``i``; ``slots`` is an int array, ``out`` a ``[len(slots), D]`` array of the tier's

@@ -23,8 +23,9 @@ import numpy as np
 from ..budget import BudgetAccountant, MemoryBudget
 from ..checked_read import CheckedRows, read_checked
 from ..checked_read import ChunkCheck as _ChunkCheck
-from ..errors import ChecksumError, FormatError, StoreNotFoundError
-from ..pack.format import BASE, CPU, GPU, SSD, PackMeta, pack_key, reader_table_bytes
+from ..errors import ChecksumError, FormatError
+from ..pack.catalog import list_packs, load_pack  # noqa: F401  (looked up here by callers)
+from ..pack.format import BASE, CPU, GPU, SSD, PackMeta, reader_table_bytes
 from ..plan import PlanReader
 from ..store import Store
 from ..store import ALIGN
@@ -37,19 +38,6 @@ from .memory import MemoryTier
 from .ssd import BaseRowTier, SegmentTier
 
 log = logging.getLogger(__name__)
-
-
-def list_packs(store: Store) -> dict[str, PackMeta]:
-    return {k[len("pack/"):]: PackMeta.from_dict(v) for k, v in store.items("pack/")}
-
-
-def load_pack(store: Store, name: str) -> PackMeta:
-    raw = store.get(pack_key(name))
-    if raw is None:
-        have = ", ".join(sorted(list_packs(store))) or "none"
-        raise StoreNotFoundError(f"store {store.path} has no pack {name!r} (it has: {have}): "
-                                 f"create it with `oocstore pack {store.path} --plan ...`")
-    return PackMeta.from_dict(raw)
 
 
 def _torch_dtype(dtype: np.dtype):

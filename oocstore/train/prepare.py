@@ -238,7 +238,7 @@ class _Sampled:
 
 def _sample_in_memory(store: Store, split: str, like: PlanMeta, name: str, seed: int,
                       world_size: int, overwrite: bool, batch_size: int | None = None) -> _Sampled:
-    from samplers.neighbor import prepare_sampling, run_sampling  # composition root
+    from oocstore.samplers.neighbor import prepare_sampling, run_sampling  # composition root
 
     dry = _DryStore(store)
     job = prepare_sampling(dry, fanouts=list(like.fanouts),

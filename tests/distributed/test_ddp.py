@@ -14,7 +14,7 @@ import pytest
 
 from helpers import REPO, make_synthetic
 from oocstore.store import Store
-from samplers.neighbor import sample_plan
+from oocstore.samplers.neighbor import sample_plan
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 

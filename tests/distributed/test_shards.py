@@ -18,14 +18,14 @@ from oocstore.errors import StoreExistsError, StoreNotFoundError, UsageError
 from oocstore.loader import NodeLoader
 from oocstore.plan import PlanReader, list_plans
 from oocstore.store import Store
-from samplers.neighbor import sample_plan, shard_layout
+from oocstore.samplers.neighbor import sample_plan, shard_layout
 
 
 @settings(max_examples=200, deadline=None)
 @given(n=st.integers(1, 3000), w=st.integers(1, 8), b=st.integers(1, 300))
 def test_shard_layout_covers_each_seed_once_with_equal_batch_counts(n, w, b):
     if n < w:
-        with pytest.raises(UsageError, match="lower --world-size"):
+        with pytest.raises(UsageError, match="lower world_size"):
             shard_layout(n, w, b)
         return
     off = shard_layout(n, w, b)  # [batches, W + 1]
@@ -81,14 +81,14 @@ def test_shards_split_the_unsharded_batches_and_reuse_their_neighbour_draws(stor
 
 
 def test_sampling_bad_world_sizes(store):
-    with pytest.raises(UsageError, match="--world-size 0"):
+    with pytest.raises(UsageError, match="world_size=0"):
         sample_plan(store, fanouts="4", batch_size=10, world_size=0, name="x")
     with pytest.raises(UsageError, match="fewer than the ranks"):
         sample_plan(store, fanouts="4", batch_size=10, world_size=3, name="x",
                     seeds=np.array([1, 2]))
-    with pytest.raises(StoreExistsError, match="train.rank0.*--overwrite"):
+    with pytest.raises(StoreExistsError, match="train.rank0.*overwrite=True"):
         sample_plan(store, fanouts="4", batch_size=10, world_size=2)
-    with pytest.raises(UsageError, match="shorter --name"):
+    with pytest.raises(UsageError, match="shorter name"):
         sample_plan(store, fanouts="4", batch_size=10, world_size=2, name="n" * 60)
 
 

@@ -150,7 +150,7 @@ def test_parse_cameras_non_utf8(tmp_path):
 
 def test_flythrough_views_are_local_and_look_down():
     from oocstore.gs.cameras import flythrough_cameras
-    from samplers.views import visibility_sets
+    from oocstore.samplers.views import visibility_sets
 
     gx, gy = np.meshgrid(np.arange(-20, 20), np.arange(-10, 10))
     lo = np.stack([gx.ravel(), gy.ravel(), np.zeros(gx.size)], axis=1)

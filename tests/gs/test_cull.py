@@ -76,7 +76,7 @@ def test_the_cull_drops_gaussians_outside_by_more_than_their_margin():
 def test_culled_counts_match_the_per_view_test(tmp_path):
     from oocstore.gs.cull import culled_counts
     from oocstore.gs.synthetic import random_scene
-    from samplers.views import visibility_sets
+    from oocstore.samplers.views import visibility_sets
 
     scene = random_scene(tmp_path / "s", 3000, 1, block_size=256, views=10)
     try:

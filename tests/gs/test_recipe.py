@@ -55,10 +55,10 @@ def test_schedules():
     assert r.reset_value == pytest.approx(0.01)
 
 
-@pytest.mark.parametrize("bad,match", [(dict(ssim_lambda=1.5), "--ssim-lambda"),
-                                       (dict(densify_every=-1), "--densify-every"),
-                                       (dict(means_lr_final=0.0), "--means-lr-final"),
-                                       (dict(prune_opa=0.7), "--prune-opa"),
+@pytest.mark.parametrize("bad,match", [(dict(ssim_lambda=1.5), "ssim_lambda=1.5"),
+                                       (dict(densify_every=-1), "densify_every=-1"),
+                                       (dict(means_lr_final=0.0), "means_lr_final=0"),
+                                       (dict(prune_opa=0.7), "prune_opa=0.7"),
                                        (dict(bogus=1), "unknown recipe")])
 def test_bad_values_are_refused(bad, match):
     with pytest.raises(UsageError, match=match):

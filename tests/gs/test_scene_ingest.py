@@ -157,7 +157,7 @@ def test_bad_sources(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["ingest", "scene", str(tmp_path / "x.obj"), str(tmp_path / "s"),
                  "--sh-degree", "5"]) == 2
-    assert "sh_degree 5 is out of range" in capsys.readouterr().err
+    assert "--sh-degree 5 is out of range" in capsys.readouterr().err  # the flag typed
 
 
 @pytest.mark.skipif(not GARDEN.exists(), reason=f"third-party data {GARDEN} is not present")

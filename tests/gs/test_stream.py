@@ -18,7 +18,7 @@ from oocstore.gs.scene import Scene
 from oocstore.gs.stream import (AllOnDevice, NaiveOffload, Streamer, TrainPlan, block_bytes,
                                 check_device_budget, slot_bytes, step_batch_bytes)
 from oocstore.gs.train import perturb_scene, render_views, train_steps
-from samplers.views import belady_block_schedule, view_order, visibility_sets
+from oocstore.samplers.views import belady_block_schedule, view_order, visibility_sets
 
 DEG = 1
 W, H = 24, 16

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from samplers.views import epoch_orders, mean_consecutive_jaccard, view_order
+from oocstore.samplers.views import epoch_orders, mean_consecutive_jaccard, view_order
 
 
 def _strip_sets(v=24, width=5):

@@ -8,7 +8,7 @@ from oocstore.errors import BudgetError, UsageError
 from oocstore.gs import layout
 from oocstore.gs.cameras import Cameras, look_at
 from oocstore.gs.scene import Scene
-from samplers.views import (belady_block_schedule, mean_consecutive_jaccard, view_order,
+from oocstore.samplers.views import (belady_block_schedule, mean_consecutive_jaccard, view_order,
                             visibility_sets, visible_blocks)
 
 W, H = 80, 60

@@ -167,9 +167,9 @@ def test_features_and_labels_must_match_node_count(tmp_path, plain, fails):
 
 
 def test_generator_options_are_checked(plain):
-    with pytest.raises(UsageError, match=r"--classes 1: give between 2 and 65536"):
+    with pytest.raises(UsageError, match=r"classes=1: give between 2 and 65536"):
         _source(plain, classes=1)
-    with pytest.raises(UsageError, match=r"--feat-dim 0: give at least 1"):
+    with pytest.raises(UsageError, match=r"feat_dim=0: give at least 1"):
         _source(plain, feat_dim=0)
 
 

@@ -83,11 +83,11 @@ def test_graph_adds_accuracy_a_feature_only_model_cannot_reach(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"nodes": 1}, "--nodes 1"),
-    ({"classes": 1}, "--classes 1"),
-    ({"feat_dim": 0}, "--feat-dim 0"),
-    ({"rmat": (0.5, 0.5, 0.5, 0.5)}, "--rmat"),
-    ({"homophily": 1.5}, "--homophily 1.5"),
+    ({"nodes": 1}, "nodes=1"),
+    ({"classes": 1}, "classes=1"),
+    ({"feat_dim": 0}, "feat_dim=0"),
+    ({"rmat": (0.5, 0.5, 0.5, 0.5)}, "rmat=0.5,0.5,0.5,0.5"),
+    ({"homophily": 1.5}, "homophily=1.5"),
 ])
 def test_bad_parameters_are_refused(kwargs, match):
     with pytest.raises(UsageError, match=match):

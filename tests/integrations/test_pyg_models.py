@@ -21,7 +21,7 @@ from oocstore.pack import PackOptions, pack_plan
 from oocstore.plan import PlanReader
 from oocstore.store import Store
 from oocstore.train import GraphSAGE, evaluate, train_epoch
-from samplers import sample_plan
+from oocstore.samplers import sample_plan
 
 pyg_models = pytest.importorskip("torch_geometric.nn.models")
 

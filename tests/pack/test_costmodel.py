@@ -18,7 +18,7 @@ from oocstore.pack import costmodel
 from oocstore.pack.costmodel import Bandwidths, choose_split, predict_epoch, probe
 from oocstore.pack.packer import plan_layout
 from oocstore.plan import PlanReader
-from samplers import sample_plan
+from oocstore.samplers import sample_plan
 
 
 COSTMODEL_GRAPH = dict(nodes=4000, feat_dim=16, avg_degree=6, seed=0)

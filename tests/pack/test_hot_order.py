@@ -10,7 +10,7 @@ from oocstore.pack import PackOptions
 from oocstore.pack import layout
 from oocstore.pack.placement import hot_order, static_placement
 from oocstore.plan import PlanReader
-from samplers import sample_plan
+from oocstore.samplers import sample_plan
 
 
 def test_hot_order_equals_full_stable_sort():

@@ -20,7 +20,7 @@ from oocstore.pack import PackOptions, pack_plan
 from oocstore.pack.policies import POLICIES
 from oocstore.store.verify import verify_store
 from oocstore.tiers import TieredReader
-from samplers import sample_plan
+from oocstore.samplers import sample_plan
 
 
 def make_store(path, nodes=3000, feat_dim=16, seed=0, **spec):

@@ -208,7 +208,7 @@ def test_a_pack_with_an_online_policy_reads_exactly(tmp_path, name):
     from oocstore.ingest.synthetic import SyntheticSpec, synthetic_source
     from oocstore.pack import PackOptions, pack_plan
     from oocstore.tiers import TieredReader
-    from samplers import sample_plan
+    from oocstore.samplers import sample_plan
 
     build_store(tmp_path / "s", synthetic_source(SyntheticSpec(nodes=1500, feat_dim=8)))
     with Store(tmp_path / "s", readonly=False) as s:

@@ -6,7 +6,7 @@ import pytest
 
 from oocstore import Store
 from oocstore.pack import PackOptions, pack_plan
-from samplers import sample_plan
+from oocstore.samplers import sample_plan
 
 from helpers import copy_of, make_synthetic
 

@@ -21,7 +21,7 @@ from oocstore.pack import PackOptions, pack_plan
 from oocstore.plan import PlanReader
 from oocstore.tiers.assemble import assemble_rows, scatter_rows
 from oocstore.tiers.reader import TieredReader
-from samplers import sample_plan
+from oocstore.samplers import sample_plan
 
 from helpers import copy_of, make_synthetic
 

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 from oocstore import Store
-from samplers import sample_plan
+from oocstore.samplers import sample_plan
 
 from helpers import REPO, make_synthetic
 

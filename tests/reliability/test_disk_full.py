@@ -23,7 +23,7 @@ from oocstore.ingest.synthetic import SyntheticSpec, synthetic_source
 from oocstore.pack import PackOptions, pack_plan
 from oocstore.store.files import inject_write_fault
 from oocstore.store.verify import verify_store
-from samplers import sample_plan
+from oocstore.samplers import sample_plan
 
 
 def state(path):

@@ -17,7 +17,7 @@ from oocstore.store.catalog import CATALOG_DIR
 from oocstore.store.gc import collect_garbage, remove
 from oocstore.store.readers import live_versions
 from oocstore.store.verify import verify_store
-from samplers import sample_plan
+from oocstore.samplers import sample_plan
 
 from helpers import REPO, run_oocstore
 
@@ -124,7 +124,7 @@ def test_readers_see_consistent_versions_while_a_writer_commits(store_copy, tmp_
 
 def test_rm_plan_and_pack(store_copy):
     with Store(store_copy, readonly=False) as s:
-        with pytest.raises(UsageError, match="used by pack.*train.*--with-packs"):
+        with pytest.raises(UsageError, match="used by pack.*train.*with_packs=True"):
             remove(s, plan="train")
         with pytest.raises(StoreNotFoundError, match="no pack 'nope'.*it has: train"):
             remove(s, pack="nope")

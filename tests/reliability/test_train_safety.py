@@ -433,7 +433,7 @@ def test_write_log_counts_a_commit_interrupted_before_it_was_recorded(store):
 def test_train_waits_for_the_writer_and_uses_what_it_committed(store, tmp_path):
     """While another command holds the store and commits the evaluation plan train needs,
     train waits (saying so), then trains on the latest commit — no stale snapshot."""
-    from samplers.neighbor import sample_plan
+    from oocstore.samplers.neighbor import sample_plan
 
     with Store(store, readonly=False) as s, s.writer_lock():
         proc = _spawn("train", store, "--epochs", "1", "--hidden", "16", "--json", "--quiet")

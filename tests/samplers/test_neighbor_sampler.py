@@ -11,8 +11,8 @@ from scipy.stats import chisquare
 from oocstore.plan import PlanReader
 from oocstore.store import Store
 from sampler_oracle import check_batch, edge_keys
-from samplers import sample_batches, sample_plan
-from samplers.neighbor import parse_fanouts
+from oocstore.samplers import sample_batches, sample_plan
+from oocstore.samplers.neighbor import parse_fanouts
 from conftest import HUB_DEGREE
 
 

@@ -12,7 +12,7 @@ from oocstore.cli import main
 from oocstore.errors import ChecksumError, StoreExistsError, UsageError
 from oocstore.plan import PlanReader
 from oocstore.store import Store
-from samplers import sample_plan
+from oocstore.samplers import sample_plan
 
 
 @pytest.fixture
@@ -92,9 +92,9 @@ def test_bad_input_library(store):
             sample_plan(s, fanouts="3", batch_size=4, seeds=np.array([1, 1]), name="x")
         with pytest.raises(UsageError, match="is empty"):
             sample_plan(s, fanouts="3", batch_size=4, seeds=np.array([], dtype=np.int64), name="x")
-        with pytest.raises(UsageError, match="--fanouts"):
+        with pytest.raises(UsageError, match="fanouts="):
             sample_plan(s, fanouts=[2.5], batch_size=4)
-        with pytest.raises(UsageError, match="--batch-size True"):
+        with pytest.raises(UsageError, match="batch_size=True"):
             sample_plan(s, fanouts="3", batch_size=True)
         meta = sample_plan(s, fanouts="3", batch_size=4, seeds=np.array([3, 1, 2]), name="custom")
         assert meta.split == "custom" and meta.batches_per_epoch == (1, 1, 1, 1)

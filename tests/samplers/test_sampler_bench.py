@@ -12,7 +12,7 @@ import pytest
 
 from helpers import REPO
 from oocstore.store import Store
-from samplers import sample_batches
+from oocstore.samplers import sample_batches
 
 DGL_ENV = REPO / ".venv-dgl"
 

@@ -274,7 +274,7 @@ def test_create_failure_leaves_nothing(tmp_path):
 
 def test_create_refuses_existing_and_non_stores(tmp_path):
     path = _make(tmp_path / "s", {"a": np.arange(3)})
-    with pytest.raises(StoreExistsError, match="already exists.*--overwrite"):
+    with pytest.raises(StoreExistsError, match="already exists.*overwrite=True"):
         Store.check_new_path(path)
     (tmp_path / "user").mkdir()
     (tmp_path / "user" / "precious.txt").write_text("x")

@@ -19,7 +19,7 @@ from oocstore.ingest import build_store
 from oocstore.ingest.synthetic import SyntheticSpec, synthetic_source
 from oocstore.pack import PackOptions, pack_plan
 from oocstore.tiers import TieredReader
-from samplers import sample_plan
+from oocstore.samplers import sample_plan
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -133,7 +133,7 @@ TRAIN_MODEL_OVERHEAD = 64 << 20
 
 #: Modules a `train` process loads before its first batch (the interpreter's share).
 IMPORTS = ("import numpy as np, torch, torch_geometric, lmdb; import oocstore.cli, "
-           "oocstore.train.run, oocstore.train.model, samplers; "
+           "oocstore.train.run, oocstore.train.model, oocstore.samplers; "
            "from oocstore.tiers.assemble import warm_up; warm_up(np.float32); "
            "from torch_geometric.nn import SAGEConv")
 

@@ -1,14 +1,7 @@
-"""Conformance suite for every :class:`~oocstore.tiers.Tier` (the contract in tiers/base.py).
-
-:class:`TierConformance` holds the tests; each tier gets a subclass that builds the tier
-and the oracle (the rows slot ``i`` must return, as a plain in-memory array) and states
-what its counters should read. A new tier passes when a subclass of it does:
-
-* ``gather`` of random (and repeated, and empty) slots equals the oracle rows;
-* a slot outside the tier raises ``IndexError`` naming the tier, and leaves ``out`` and
-  the counters as they were;
-* ``hits`` counts rows gathered; ``bytes_read`` / ``useful_bytes`` add up to what the tier
-  moved from storage (0 for memory tiers; 4 KiB-widened spans for O_DIRECT tiers).
+"""Every built-in :class:`~oocstore.tiers.Tier` passes the shipped conformance suite
+(:class:`oocstore.testing.TierConformance`, the contract in tiers/base.py): each gets a
+subclass that builds the tier and its oracle (the rows slot ``i`` must return, as a plain
+in-memory array) and states what its counters should read.
 
 Disk tiers also run with ``direct=False`` (DirectReader's buffered fallback).
 """
@@ -19,6 +12,7 @@ import numpy as np
 import pytest
 
 from oocstore.store import ALIGN, Store
+from oocstore.testing import TierConformance
 from oocstore.tiers import BaseRowTier, MemoryTier, SegmentTier
 from oocstore.tiers.ssd import aligned_span
 
@@ -42,88 +36,6 @@ def disk_store(tmp_path_factory):
     store = Store(path)
     yield store, feats, rows
     store.close()
-
-
-class TierConformance:
-    """The tests every tier passes; subclasses implement :meth:`make` (and the counter hooks)."""
-
-    disk = False  # does the tier read from storage (bytes_read > 0)?
-
-    def make(self, request) -> tuple[object, np.ndarray]:
-        """``(tier, oracle)``: ``oracle[i]`` is the row slot ``i`` must gather."""
-        raise NotImplementedError
-
-    def expected_io(self, tier, slots: np.ndarray) -> tuple[int, int]:
-        """(bytes_read, useful_bytes) that gathering ``slots`` adds to the counters."""
-        return 0, 0
-
-    @pytest.fixture
-    def tier(self, request):
-        tier, oracle = self.make(request)
-        tier.oracle = oracle
-        yield tier
-        tier.close()
-
-    # -- gather -----------------------------------------------------------------------
-    def test_num_rows_matches_oracle(self, tier):
-        assert tier.num_rows == tier.oracle.shape[0] > 0
-        assert tier.nbytes >= 0
-
-    def test_random_slots_equal_the_oracle(self, tier):
-        rng = np.random.default_rng(1)
-        for size in (1, 7, 17, 200, 3 * tier.num_rows):
-            slots = rng.integers(0, tier.num_rows, size)
-            out = np.empty((size, D), dtype=DTYPE)
-            tier.gather(slots, out)
-            np.testing.assert_array_equal(out, tier.oracle[slots])
-
-    def test_every_slot_once_in_order(self, tier):
-        slots = np.arange(tier.num_rows)
-        out = np.empty((slots.size, D), dtype=DTYPE)
-        tier.gather(slots, out)
-        np.testing.assert_array_equal(out, tier.oracle)
-
-    def test_first_and_last_slot_and_int32_slots(self, tier):
-        slots = np.array([tier.num_rows - 1, 0, tier.num_rows - 1], dtype=np.int32)
-        out = np.empty((3, D), dtype=DTYPE)
-        tier.gather(slots, out)
-        np.testing.assert_array_equal(out, tier.oracle[slots])
-
-    def test_empty_gather_is_a_no_op(self, tier):
-        before = tier.stats()
-        tier.gather(np.zeros(0, dtype=np.int64), np.empty((0, D), dtype=DTYPE))
-        assert tier.stats() == before
-
-    # -- out of range ----------------------------------------------------------------
-    @pytest.mark.parametrize("where", ["negative", "past_end", "far"])
-    def test_out_of_range_slot_raises_index_error_naming_the_tier(self, tier, where):
-        bad = {"negative": -1, "past_end": tier.num_rows, "far": 10**12}[where]
-        slots = np.array([0, bad, 1], dtype=np.int64)
-        out = np.full((3, D), 42.0, dtype=DTYPE)
-        before = tier.stats()
-        with pytest.raises(IndexError, match=rf"^{tier.name} tier: slot {bad} outside "
-                                             rf"0\.\.{tier.num_rows - 1}"):
-            tier.gather(slots, out)
-        assert (out == 42.0).all()  # nothing written
-        assert tier.stats() == before  # nothing counted
-
-    # -- counters --------------------------------------------------------------------
-    def test_counters_add_up(self, tier):
-        rng = np.random.default_rng(3)
-        s0 = tier.stats()
-        assert set(s0) >= {"hits", "bytes_read", "useful_bytes", "nbytes"}
-        hits, read, useful = s0["hits"], s0["bytes_read"], s0["useful_bytes"]
-        for size in (5, 64, 301):
-            slots = rng.integers(0, tier.num_rows, size)
-            tier.gather(slots, np.empty((size, D), dtype=DTYPE))
-            dr, du = self.expected_io(tier, slots)
-            hits, read, useful = hits + size, read + dr, useful + du
-            s = tier.stats()
-            assert (s["hits"], s["bytes_read"], s["useful_bytes"]) == (hits, read, useful)
-        if self.disk:
-            assert s["bytes_read"] >= s["useful_bytes"] > 0
-        else:
-            assert s["bytes_read"] == s["useful_bytes"] == 0
 
 
 # -- the tiers ---------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from oocstore.errors import UsageError
 from oocstore.plan import PlanReader
 from oocstore.store import Store
 from oocstore.train import GraphSAGE, InMemoryFeatures, evaluate, train_epoch
-from samplers import sample_plan
+from oocstore.samplers import sample_plan
 
 EPOCHS = 4
 

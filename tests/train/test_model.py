@@ -14,7 +14,7 @@ from oocstore.plan import PlanReader
 from oocstore.store import Store
 from oocstore.train import GraphSAGE
 from oocstore.train.model import csr_adjacency
-from samplers import sample_plan
+from oocstore.samplers import sample_plan
 
 # A tiny 2-layer batch: 7 input nodes, layer 0 ends at 4 nodes, layer 1 at 2 seeds.
 # Destination 3 of layer 0 and seed 1 of layer 1 have no in-edges (their mean is 0).

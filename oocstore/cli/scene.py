@@ -1,8 +1,7 @@
-"""Command-line subcommands for scenes: ``oocstore ingest scene`` and ``oocstore export-scene``.
-
-Hooked into :mod:`oocstore.cli` by :func:`add_ingest_scene` (under ``ingest``) and
-:func:`add_export_scene` (top level). Errors are :class:`~oocstore.errors.OocError`s,
-printed by the main CLI as one line.
+"""Scene commands: ``ingest scene``, ``export-scene``, ``gs-train`` and ``gs-render``,
+registered like every other command (:mod:`oocstore.cli`). Errors are
+:class:`~oocstore.errors.OocError`s, printed by :func:`oocstore.cli.main` as one line.
+``gs-train`` and ``gs-render`` import torch only when they run.
 """
 
 from __future__ import annotations
@@ -10,23 +9,16 @@ from __future__ import annotations
 import json
 import time
 
+from ..gs.recipe import MODE_NAMES, RECIPE_FLAGS
 from ..units import format_size
+from .common import add_device, add_flag, add_seed, add_store, command, progress
 
 
 def add_ingest_scene(kinds) -> None:
     """Register ``ingest scene`` on the ``ingest`` subparsers ``kinds``."""
-    p = kinds.add_parser(
-        "scene", help="a Gaussian-splatting scene from photographs with poses (COLMAP model, "
-                      "transforms.json), a 3DGS .ply or an .npz point cloud",
-        description="Build a scene store: Gaussians (parameters + zeroed Adam moments) in "
-                    "Morton-ordered blocks, with training cameras. SRC is a COLMAP model "
-                    "directory (sparse/0 with cameras, images, points3D as .bin or .txt; the "
-                    "images folder beside sparse/ or --images) or a NeRF-synthetic / instant-ngp "
-                    "transforms*.json (or its folder): the photos are stored in the scene, "
-                    "downscaled, with every --test-every-th held out. Or SRC is a 3DGS .ply (any "
-                    "SH degree 0..3) or an .npz with means3d (+ colors, viewmats, Ks, width, "
-                    "height); their cameras are generated on an orbit around the scene when the "
-                    "source has fewer than 16.")
+    p = command(kinds, "scene", _cmd_ingest_scene,
+                "a Gaussian-splatting scene from photographs with poses (COLMAP model, "
+                      "transforms.json), a 3DGS .ply or an .npz point cloud")
     p.add_argument("src", metavar="SRC",
                    help="COLMAP model dir, transforms.json (or its folder), .ply or .npz source")
     p.add_argument("out", metavar="OUT", help="scene store directory to create")
@@ -62,37 +54,31 @@ def add_ingest_scene(kinds) -> None:
                         "(default 100000, as 3DGS)")
     g.add_argument("--background", default=None, metavar="white|black|R,G,B",
                    help="colour RGBA photos are composited on (default white)")
-    g.add_argument("--skip-missing-images", action="store_true",
-                   help="ingest the views whose image exists when some are missing (default: "
-                        "refuse)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seed for generated views and random initial points (default 0)")
-    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-    p.add_argument("--json", action="store_true", help="print one JSON summary line")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_ingest_scene)
+    add_flag(g, "--skip-missing-images", "ingest the views whose image exists when some are "
+                                         "missing (default: refuse)")
+    add_seed(p, "seed for generated views and random initial points (default 0)")
+    add_flag(p, "--overwrite", "replace OUT if it exists")
+    add_flag(p, "--json", "print one JSON summary line")
+    add_flag(p, "--quiet", "no progress bar")
 
 
 def add_export_scene(sub) -> None:
     """Register the top-level ``export-scene`` subcommand."""
-    p = sub.add_parser("export-scene", help="write a scene's Gaussians as a standard 3DGS .ply",
-                       description="Write the scene's parameters (without optimizer state) as a "
-                                   "binary little-endian 3DGS .ply, in Gaussian id order, and the "
-                                   "cameras as graphdeco's viewer cameras.json beside it.")
-    p.add_argument("scene", metavar="SCENE", help="scene store")
+    p = command(sub, "export-scene", _cmd_export_scene,
+                "write a scene's Gaussians as a standard 3DGS .ply")
+    add_store(p, "scene", "scene store")
     p.add_argument("out", metavar="OUT.ply", help=".ply file to write")
     p.add_argument("--cameras-json", default=None, metavar="PATH",
                    help="graphdeco viewer cameras (default: cameras.json beside OUT.ply)")
-    p.add_argument("--no-cameras-json", action="store_true", help="write only the .ply")
-    p.add_argument("--quiet", action="store_true", help="no progress bar, nothing printed on success")
-    p.set_defaults(func=_cmd_export_scene)
+    add_flag(p, "--no-cameras-json", "write only the .ply")
+    add_flag(p, "--quiet", "no progress bar, nothing printed on success")
 
 
 def visibility_summary(scene) -> dict:
     """Visible-block statistics of the scene's own cameras."""
     import numpy as np
 
-    from samplers.views import mean_consecutive_jaccard, view_order, visibility_sets
+    from oocstore.samplers.views import mean_consecutive_jaccard, view_order, visibility_sets
 
     vis = visibility_sets(scene, None)
     counts = np.array([len(v) for v in vis])
@@ -113,8 +99,8 @@ def _cmd_ingest_photos(args) -> int:
     import sys
 
     from ..errors import UsageError
-    from .ingest import ingest_photos
-    from .photos import check_downscale
+    from ..gs.ingest import ingest_photos
+    from ..gs.photos import check_downscale
 
     for flag, value in (("--tile", args.tile), ("--views", args.views),
                         ("--cameras", args.cameras)):
@@ -176,9 +162,16 @@ def _cmd_ingest_photos(args) -> int:
 
 
 def _cmd_ingest_scene(args) -> int:
-    from ..cli import _progress
-    from .ingest import ingest_scene, parse_tile, source_count
-    from .photo_sources import photo_source_kind
+    """Build a scene store: Gaussians (parameters + zeroed Adam moments) in
+    Morton-ordered blocks, with training cameras. SRC is a COLMAP model directory
+    (sparse/0 with cameras, images, points3D as .bin or .txt; the images folder beside
+    sparse/ or --images) or a NeRF-synthetic / instant-ngp transforms*.json (or its
+    folder): the photos are stored in the scene, downscaled, with every --test-every-th
+    held out. Or SRC is a 3DGS .ply (any SH degree 0..3) or an .npz with means3d (+
+    colors, viewmats, Ks, width, height); their cameras are generated on an orbit around
+    the scene when the source has fewer than 16."""
+    from ..gs.ingest import ingest_scene, parse_tile, source_count
+    from ..gs.photo_sources import photo_source_kind
 
     if photo_source_kind(args.src) is not None:
         return _cmd_ingest_photos(args)
@@ -197,7 +190,7 @@ def _cmd_ingest_scene(args) -> int:
     kx, ky = parse_tile(args.tile)  # before the bar: errors stay one line
     count = source_count(args.src)
     total = count * kx * ky if count is not None else None
-    with _progress(args, total, "ingest scene", unit="gaussian") as update:
+    with progress(args, total, "ingest scene", unit="gaussian") as update:
         scene = ingest_scene(args.src, args.out, tile=(kx, ky), sh_degree=args.sh_degree,
                              block_size=args.block_size, spare=args.spare, views=args.views,
                              cameras=args.cameras, moments=args.moments, overwrite=args.overwrite,
@@ -228,12 +221,13 @@ def _cmd_ingest_scene(args) -> int:
 
 
 def _cmd_export_scene(args) -> int:
-    from ..cli import _progress
-    from .scene import Scene
-
+    """Write the scene's parameters (without optimizer state) as a binary little-endian
+    3DGS .ply, in Gaussian id order, and the cameras as graphdeco's viewer cameras.json
+    beside it."""
     from pathlib import Path
 
-    from .views_out import write_cameras_json
+    from ..gs.scene import Scene
+    from ..gs.views_out import write_cameras_json
 
     cams_path = None if args.no_cameras_json else Path(
         args.cameras_json or Path(args.out).parent / "cameras.json")
@@ -243,7 +237,7 @@ def _cmd_export_scene(args) -> int:
         raise UsageError(f"--cameras-json {cams_path}: folder {cams_path.parent} does not exist: "
                          "create it or pass another path")
     with Scene.open(args.scene, readonly=True) as scene:
-        with _progress(args, scene.num_gaussians, "export scene", unit="gaussian") as update:
+        with progress(args, scene.num_gaussians, "export scene", unit="gaussian") as update:
             n = scene.export_ply(args.out, progress=update)
         views = write_cameras_json(scene, cams_path) if cams_path is not None else 0
     if not args.quiet:
@@ -252,14 +246,48 @@ def _cmd_export_scene(args) -> int:
     return 0
 
 
-def register(sub, ingest_kinds) -> None:
-    """Hook both subcommands into the main parser (``sub``) and its ``ingest`` kinds."""
-    add_ingest_scene(ingest_kinds)
-    add_export_scene(sub)
+#: ``gs-train``'s description, one paragraph a string (each filled to 88 columns).
+_GS_TRAIN_DESCRIPTION = (
+    "Train a scene in place. A scene ingested from photographs trains against its photos with "
+    "the 3DGS recipe (L1 + D-SSIM, SH degree schedule, decaying position rate, densification, "
+    "opacity resets) and reports held-out PSNR / SSIM; --target synthetic (the default for "
+    "scenes without images) trains a perturbed copy against renders of the scene itself, for "
+    "scale tests.",
+    "--mode stream puts on the device only each step's Gaussians in the frustum (parameters "
+    "and gradient; Adam runs on the host, or with --optimizer-device device in block slots on "
+    "the device) inside --gpu-budget (default 1.25 x the largest view's working set), fed from "
+    "host slots, a CPU tier and the scene on SSD; images stream a few at a time inside "
+    "--cpu-budget. all-on-device and naive-offload are "
+    "the baselines. Every check (flags, device, data, budgets) runs before the first write.",
+    "Schedules: the step counts of the recipe (--sh-every, --densify-from, --densify-until, "
+    "--densify-every, --opacity-reset-every) are 3DGS's for a 30,000-step run; a shorter run "
+    "left at the defaults uses each times steps/30000 (rounded, at least 1; the opacity reset "
+    "period stays 30 densification periods, as 3000/100), e.g. 2,000 steps: densify from 33 "
+    "to 1,000 every 7, reset every 210, SH up every 67. Explicit values are used as given. "
+    "LPIPS is not reported: its weights are not available offline.",
+)
 
-
-#: Training modes of ``gs-train`` (kept here so the parser needs no torch import).
-MODE_NAMES = ("stream", "all-on-device", "naive-offload")
+#: The recipe flags of ``gs-train`` (:data:`~oocstore.gs.recipe.RECIPE_FLAGS` spelt
+#: ``--ssim-lambda`` ...): type, metavar, help. Unset, each takes the recipe's default.
+_RECIPE_ARGS = {
+    "ssim_lambda": (float, "L", "loss (1-L) L1 + L (1-SSIM) (photos: 0.2)"),
+    "sh_every": (int, "N", "raise the SH degree by one every N steps (photos: 1000, scaled)"),
+    "means_lr": (float, "LR", "initial position learning rate x scene scale (1.6e-4)"),
+    "means_lr_final": (float, "LR", "final position learning rate x scene scale (photos: "
+                                    "1.6e-6; exponential decay)"),
+    "densify_from": (int, "N", "densify after step N (photos: 500, scaled)"),
+    "densify_until": (int, "N", "no densification or opacity reset from step N (photos: "
+                                "15000, scaled)"),
+    "densify_every": (int, "N", "clone / split / prune every N steps (photos: 100, scaled; "
+                                "synthetic: 0, never)"),
+    "opacity_reset_every": (int, "N", "clamp opacities to 2 x --prune-opa every N steps "
+                                      "(photos: 3000, scaled)"),
+    "grow_grad2d": (float, "G", "screen-space gradient threshold for clone/split (2e-4)"),
+    "grow_scale3d": (float, "F", "clone below, split above F x scene scale (0.01)"),
+    "prune_opa": (float, "O", "prune opacity below O (0.005)"),
+    "prune_scale3d": (float, "F", "after the first opacity reset, prune Gaussians larger than "
+                                  "F x scene scale (0.1)"),
+}
 
 
 def add_gs_train(sub) -> None:
@@ -267,38 +295,16 @@ def add_gs_train(sub) -> None:
     import argparse
     import textwrap
 
-    p = sub.add_parser(
-        "gs-train", help="train a Gaussian-splatting scene out of core",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=None)
-    p.description = "\n\n".join(textwrap.fill(par, 88) for par in (
-                    "Train a scene in place. A scene ingested from photographs trains against "
-                    "its photos with the 3DGS recipe (L1 + D-SSIM, SH degree schedule, decaying "
-                    "position rate, densification, opacity resets) and reports held-out PSNR / "
-                    "SSIM; --target synthetic (the default for scenes without images) trains a "
-                    "perturbed copy against renders of the scene itself, for scale tests.\n\n"
-                    "--mode stream puts on the device only each step's Gaussians in the "
-                    "frustum (parameters and gradient; Adam runs on the host, or with "
-                    "--optimizer-device device in block slots on the device) inside "
-                    "--gpu-budget (default 1.25 x the largest view's working set), fed from "
-                    "host slots, a CPU tier and the scene on SSD; images stream a few at a "
-                    "time inside "
-                    "--cpu-budget. all-on-device and naive-offload are the baselines. Every "
-                    "check (flags, device, data, budgets) runs before the first write.\n\n"
-                    "Schedules: the step counts of the recipe (--sh-every, --densify-from, "
-                    "--densify-until, --densify-every, --opacity-reset-every) are 3DGS's for a "
-                    "30,000-step run; a shorter run left at the defaults uses each times "
-                    "steps/30000 (rounded, at least 1; the opacity reset period stays 30 "
-                    "densification periods, as 3000/100), e.g. 2,000 steps: densify from 33 to "
-                    "1,000 every 7, reset every 210, SH up every 67. Explicit values are used "
-                    "as given. LPIPS is not reported: its weights are not available offline.")
-                    .split("\n\n"))
-    p.add_argument("scene", metavar="SCENE")
+    p = command(sub, "gs-train", _cmd_gs_train, "train a Gaussian-splatting scene out of core",
+                formatter_class=argparse.RawDescriptionHelpFormatter,
+                description="\n\n".join(textwrap.fill(par, 88) for par in _GS_TRAIN_DESCRIPTION))
+    add_store(p, "scene")
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--target", choices=["photos", "synthetic"], default=None,
                    help="photos (default when the scene has images) or synthetic")
     p.add_argument("--mode", choices=sorted(MODE_NAMES), default="stream")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    add_device(p)
+    # Sizes are parsed by gs-train itself (its errors name the flag); --gpu-budget first.
     p.add_argument("--gpu-budget", default=None, metavar="SIZE",
                    help="device budget (on --device cpu: a budgeted region of host memory)")
     p.add_argument("--cpu-budget", default=None, metavar="SIZE",
@@ -313,7 +319,7 @@ def add_gs_train(sub) -> None:
     p.add_argument("--view-randomness", type=float, default=0.1, metavar="R",
                    help="share of random jumps in the view order, 0..1 (default 0.1; 0: fully "
                         "local, 1: random)")
-    p.add_argument("--seed", type=int, default=0)
+    add_seed(p)
     p.add_argument("--size", default=None, metavar="WxH",
                    help="synthetic render size (default: within 162x105 on cpu, the scene's on "
                         "cuda); photos train at their stored size")
@@ -324,74 +330,49 @@ def add_gs_train(sub) -> None:
                    help="highest SH degree trained (default: the scene's)")
     r = p.add_argument_group("recipe (photo defaults: 3DGS / gsplat DefaultStrategy; synthetic "
                              "defaults: L1, full SH, constant rates, no densification)")
-    r.add_argument("--ssim-lambda", type=float, default=None, metavar="L",
-                   help="loss (1-L) L1 + L (1-SSIM) (photos: 0.2)")
-    r.add_argument("--sh-every", type=int, default=None, metavar="N",
-                   help="raise the SH degree by one every N steps (photos: 1000, scaled)")
-    r.add_argument("--means-lr", type=float, default=None, metavar="LR",
-                   help="initial position learning rate x scene scale (1.6e-4)")
-    r.add_argument("--means-lr-final", type=float, default=None, metavar="LR",
-                   help="final position learning rate x scene scale (photos: 1.6e-6; "
-                        "exponential decay)")
-    r.add_argument("--densify-from", type=int, default=None, metavar="N",
-                   help="densify after step N (photos: 500, scaled)")
-    r.add_argument("--densify-until", type=int, default=None, metavar="N",
-                   help="no densification or opacity reset from step N (photos: 15000, scaled)")
-    r.add_argument("--densify-every", type=int, default=None, metavar="N",
-                   help="clone / split / prune every N steps (photos: 100, scaled; synthetic: 0, "
-                        "never)")
-    r.add_argument("--opacity-reset-every", type=int, default=None, metavar="N",
-                   help="clamp opacities to 2 x --prune-opa every N steps (photos: 3000, scaled)")
-    r.add_argument("--grow-grad2d", type=float, default=None, metavar="G",
-                   help="screen-space gradient threshold for clone/split (2e-4)")
-    r.add_argument("--grow-scale3d", type=float, default=None, metavar="F",
-                   help="clone below, split above F x scene scale (0.01)")
-    r.add_argument("--prune-opa", type=float, default=None, metavar="O",
-                   help="prune opacity below O (0.005)")
-    r.add_argument("--prune-scale3d", type=float, default=None, metavar="F",
-                   help="after the first opacity reset, prune Gaussians larger than F x scene "
-                        "scale (0.1)")
-    r.add_argument("--random-background", action="store_true", default=None,
-                   help="render each training step on a random background colour")
+    for name in RECIPE_FLAGS:
+        flag = "--" + name.replace("_", "-")
+        if name == "random_background":
+            r.add_argument(flag, action="store_true", default=None,
+                           help="render each training step on a random background colour")
+        else:
+            kind, metavar, text = _RECIPE_ARGS[name]
+            r.add_argument(flag, type=kind, default=None, metavar=metavar, help=text)
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="torch CPU threads (default: torch's; 1 is faster on a busy machine)")
-    p.add_argument("--no-verify-reads", action="store_true",
-                   help="do not check block checksums when reading from SSD (on by default: "
-                        "a damaged block then stops training with an error naming it)")
-    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_gs_train)
-    add_gs_render(sub)
+    add_flag(p, "--no-verify-reads", "do not check block checksums when reading from SSD (on by "
+                                     "default: a damaged block then stops training with an "
+                                     "error naming it)")
+    add_flag(p, "--json", "print one JSON object as the last line")
+    add_flag(p, "--quiet", "no progress bar")
 
 
 def add_gs_render(sub) -> None:
-    """Register ``oocstore gs-render`` (registered with gs-train: both need torch when run)."""
-    p = sub.add_parser(
-        "gs-render", help="render a scene's test, training or orbit views to PNGs",
-        description="Render views of a scene from its committed Gaussians into DIR as PNGs: the "
-                    "held-out views (test), the training views (train) or a circle around the "
-                    "scene (orbit; --video writes an animation through imageio: .gif, or .mp4 "
-                    "with imageio-ffmpeg).")
-    p.add_argument("scene", metavar="SCENE")
+    """Register ``oocstore gs-render`` (it needs torch when it runs)."""
+    p = command(sub, "gs-render", _cmd_gs_render,
+                "render a scene's test, training or orbit views to PNGs")
+    add_store(p, "scene")
     p.add_argument("--views", choices=["test", "train", "orbit"], default="test")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the PNGs")
     p.add_argument("--frames", type=int, default=60, metavar="N", help="orbit frames (60)")
     p.add_argument("--video", default=None, metavar="PATH", help="orbit animation (.gif/.mp4)")
-    p.add_argument("--with-photos", action="store_true",
-                   help="also write each render beside its photograph (test/train views)")
+    add_flag(p, "--with-photos", "also write each render beside its photograph (test/train "
+                                 "views)")
     p.add_argument("--sh-degree", type=int, default=None, metavar="D")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--quiet", action="store_true", help="no progress bar, nothing printed")
-    p.set_defaults(func=_cmd_gs_render)
+    add_device(p)
+    add_flag(p, "--quiet", "no progress bar, nothing printed")
 
 
 def _cmd_gs_render(args) -> int:
-    from ..cli import _progress
-    from .scene import Scene
-    from .views_out import render_scene_views
+    """Render views of a scene from its committed Gaussians into DIR as PNGs: the
+    held-out views (test), the training views (train) or a circle around the scene
+    (orbit; --video writes an animation through imageio: .gif, or .mp4 with
+    imageio-ffmpeg)."""
+    from ..gs.scene import Scene
+    from ..gs.views_out import render_scene_views
 
     with Scene.open(args.scene, readonly=True) as scene:
-        with _progress(args, None, "gs-render", unit="view") as update:
+        with progress(args, None, "gs-render", unit="view") as update:
             paths = render_scene_views(scene, args.views, args.out, device=args.device,
                                        frames=args.frames, video=args.video,
                                        with_photos=args.with_photos, sh_degree=args.sh_degree,
@@ -402,13 +383,7 @@ def _cmd_gs_render(args) -> int:
     return 0
 
 
-#: gs-train flags that set recipe values (attribute names of ``Recipe``).
-RECIPE_FLAGS = ("ssim_lambda", "sh_every", "means_lr", "means_lr_final", "densify_from",
-                "densify_until", "densify_every", "opacity_reset_every", "grow_grad2d",
-                "grow_scale3d", "prune_opa", "prune_scale3d", "random_background")
-
-
 def _cmd_gs_train(args) -> int:
-    from .train import cmd_gs_train
+    from ..gs.train import cmd_gs_train
 
     return cmd_gs_train(args)

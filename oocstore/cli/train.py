@@ -1,0 +1,127 @@
+"""``oocstore train``: GraphSAGE node classification from a store, out of core (DDP
+under ``torchrun``)."""
+
+from __future__ import annotations
+
+import sys
+
+from ..errors import OocError
+from .common import (add_budgets, add_device, add_flag, add_seed, add_store, command, flag_names,
+                     with_flags)
+from .distributed import launched
+
+
+def add_train(sub) -> None:
+    p = command(sub, "train", _cmd_train,
+                "train GraphSAGE node classification from a store, out of core")
+    add_store(p)
+    p.add_argument("--plan", default=None, help="training plan or shard group (default: the most "
+                                                "recent train-split plan for this world size, "
+                                                "and its most recent pack)")
+    add_flag(p, "--allow-eval-split", "train on a --plan of the val or test split (refused "
+                                      "otherwise: it fits the model to the nodes it is "
+                                      "evaluated on); says so when it does")
+    p.add_argument("--epochs", type=int, required=True, help="training epochs")
+    p.add_argument("--hidden", type=int, default=256, help="hidden units (default 256)")
+    p.add_argument("--lr", type=float, default=0.003, help="Adam learning rate (default 0.003)")
+    p.add_argument("--dropout", type=float, default=0.5, help="dropout (default 0.5)")
+    add_device(p, "where to train")
+    add_budgets(p, "hard limit for oocstore's host buffers (caches, staging, prefetch)",
+                "hard limit for oocstore's device buffers")
+    add_flag(p, "--in-memory", "hold all features in RAM (same plans): the accuracy reference")
+    p.add_argument("--backend", default="pyg", choices=["pyg", "dgl"],
+                   help="GNN layers: PyG SAGEConv (default) or dgl.nn.SAGEConv (DGL environment)")
+    add_seed(p, "seed for model init (default 0)")
+    p.add_argument("--checkpoint", metavar="DIR", default=None,
+                   help="save model, optimizer and loader state here after every epoch (rank 0 "
+                        "writes it under torchrun)")
+    add_flag(p, "--resume", "continue from --checkpoint DIR")
+    p.add_argument("--weight-decay", type=float, default=0.0, metavar="L2",
+                   help="Adam weight decay (default 0)")
+    p.add_argument("--early-stop", type=int, default=None, metavar="PATIENCE",
+                   help="stop after PATIENCE epochs without a better validation accuracy; "
+                        "the best epoch's model is tested (and saved)")
+    p.add_argument("--save-model", default=None, metavar="PATH",
+                   help="write the best validation epoch's state_dict to PATH when training "
+                        "ends (torch.load(PATH, weights_only=True)); an existing file needs "
+                        "--overwrite")
+    add_flag(p, "--overwrite", "let --save-model replace PATH")
+    add_flag(p, "--json", "print the summary as one JSON object on the last line of stdout "
+                          "(epochs[i].val_acc: validation accuracy after epoch i)")
+    add_flag(p, "--quiet", "no progress bar")
+
+
+def _cmd_train(args) -> int:
+    """Train GraphSAGE on a store's training plan, streaming features through the plan's
+    pack (GPU/CPU/SSD tiers, pipelined prefetch) inside the given budgets, with
+    validation accuracy after every epoch and test accuracy at the end (evaluation plans
+    are sampled and packed once if the store has none). --in-memory runs the same plans
+    with every feature in RAM: the parity reference. Under `torchrun --nproc-per-node W`
+    it trains with DDP on a plan sampled with --world-size W (gloo on CPU, nccl on CUDA;
+    budgets per rank) and rank 0 prints the summary."""
+    with launched(args.device) as info:
+        if info is None:
+            return _train_and_report(args)
+        # Under torchrun: DDP over the launcher's process group; rank 0 reports.
+        if info.rank != 0:
+            args.quiet = True
+        return _train_and_report(args, report=info.rank == 0)
+
+
+def _train_and_report(args, *, report: bool = True) -> int:
+    from ..train.prepare import WriteLog
+    from ..train.progress import BarProgress
+    from ..train.run import TrainConfig, run_training, summary_json
+    from ..units import format_size
+
+    cfg = TrainConfig(epochs=args.epochs, hidden=args.hidden, lr=args.lr, dropout=args.dropout,
+                      device=args.device, cpu_budget=args.cpu_budget, gpu_budget=args.gpu_budget,
+                      in_memory=args.in_memory, backend=args.backend, seed=args.seed,
+                      checkpoint=args.checkpoint, resume=args.resume,
+                      allow_eval_split=args.allow_eval_split,
+                      weight_decay=args.weight_decay, early_stop=args.early_stop,
+                      save_model=args.save_model, overwrite=args.overwrite)
+    # train may commit evaluation plans and packs (and writes checkpoints) before it stops:
+    # an interrupt or a failure after that says exactly what was written.
+    writes = WriteLog(args.store)
+    bar = None if args.quiet else BarProgress()
+    try:
+        summary = run_training(args.store, args.plan, cfg, progress=bar, writes=writes)
+    except KeyboardInterrupt:
+        print(f"oocstore: interrupted; {writes.describe()}", file=sys.stderr)
+        return 130
+    except (OocError, OSError) as err:
+        if not (writes.settled() or writes.files):
+            raise  # nothing written: the usual one-line error
+        message = with_flags(str(err), flag_names(getattr(args, "parser", None)))
+        print(f"oocstore: error: {message}", file=sys.stderr)
+        print(f"oocstore: before it stopped, {writes.describe()}", file=sys.stderr)
+        return 2
+    finally:
+        if bar is not None:
+            bar.close()
+    if not report:
+        return 0
+    if args.json:
+        print(summary_json(summary))
+        return 0
+    mode = "in memory" if summary["in_memory"] else f"out of core (pack {summary['pack']})"
+    accs = ", ".join(f"{k} acc {summary[f'{k}_acc']:.4f}" for k in ("val", "test")
+                     if summary[f"{k}_acc"] is not None) or "no val/test split to evaluate"
+    print(f"trained plan {summary['plan']} {mode} on {summary['device']}: {accs}")
+    for e in summary["epochs"]:
+        val = f", val acc {e['val_acc']:.4f}" if e.get("val_acc") is not None else ""
+        print(f"  epoch {e['epoch']}: {e['time_s']:.1f} s, waited {e['wait_s']:.2f} s for data, "
+              f"loss {e['loss']:.4f}{val}")
+    if summary["best_epoch"] is not None and (args.early_stop or args.save_model):
+        print(f"  best validation epoch {summary['best_epoch']}"
+              + (" (stopped early)" if summary["early_stopped"] else "")
+              + (f"; its model saved to {summary['model_file']}" if summary["model_file"] else ""))
+    if not summary["in_memory"]:
+        hr = ", ".join(f"{k} {v:.1%}" for k, v in summary["hit_rate"].items())
+        print(f"  read {format_size(summary['bytes_read'])} for "
+              f"{format_size(summary['useful_bytes'])} of useful rows (amplification "
+              f"{summary['read_amplification']:.3f}); hits: {hr}; prefetch depth "
+              f"{summary['prefetch']}")
+    print(f"  peak RSS {format_size(summary['peak_rss_bytes'])}")
+    return 0

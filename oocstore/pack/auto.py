@@ -1,0 +1,76 @@
+"""The pack options of a run, with the cache sizes chosen automatically inside a budget.
+
+Given cache sizes, they are used as given. Given only a CPU budget, the GPU/CPU tier
+sizes and the segment length with the smallest predicted epoch load time are chosen by
+the cost model (:func:`oocstore.pack.costmodel.choose_split`) from bandwidths probed on
+the store's disk. Either way the result carries the bandwidths a prediction is made
+with, so a caller reports the predicted epoch load time of what it packed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from ..plan import PlanReader
+from ..store import Store
+from .costmodel import Bandwidths, choose_split, predict_epoch, probe
+from .packer import PackOptions, plan_layout
+
+
+@dataclass(frozen=True)
+class PackChoice:
+    """The options to pack with and how they were chosen."""
+
+    options: PackOptions
+    #: ``True`` when the cache sizes were chosen inside the CPU budget.
+    auto: bool
+    #: Bandwidths of the prediction (probed on this disk, or the defaults).
+    bandwidths: Bandwidths
+    probed: bool
+    #: The cost model's prediction for the chosen sizes (``None`` until :func:`prediction`).
+    predicted: dict[str, Any] | None = None
+
+
+def choose_options(store: Store, plan: PlanReader, *, gpu_cache: int | None = None,
+                   cpu_cache: int | None = None, cpu_budget: int | None = None,
+                   gpu_budget: int | None = None, max_disk_blowup: float = 4.0,
+                   policy: str = "static", segment_batches: int | None = None,
+                   copy: str = "auto", window_bytes: int | None = None,
+                   probe_disk: bool = True) -> PackChoice:
+    """The options to pack ``plan`` with.
+
+    Without ``gpu_cache`` and ``cpu_cache`` but with ``cpu_budget``, the cache sizes (and
+    the segment length, unless ``segment_batches`` is given) are chosen by the cost model
+    inside the budgets, from bandwidths probed on the store's disk (``probe_disk=False``:
+    the default bandwidths). Otherwise the given sizes are used (``None`` is 0) and the
+    budgets only bound the pack's working set."""
+    auto = cpu_cache is None and gpu_cache is None and cpu_budget is not None
+    predicted = None
+    if auto:
+        bw = probe(store) if probe_disk else Bandwidths()
+        options, predicted, _ = choose_split(store, plan, cpu_budget=cpu_budget,
+                                             gpu_budget=gpu_budget,
+                                             max_disk_blowup=max_disk_blowup, bw=bw)
+        options = dataclasses.replace(options, policy=policy,
+                                      segment_batches=segment_batches or options.segment_batches)
+    else:
+        bw = Bandwidths()
+        options = PackOptions(gpu_cache=gpu_cache or 0, cpu_cache=cpu_cache or 0,
+                              max_disk_blowup=max_disk_blowup, cpu_budget=cpu_budget,
+                              gpu_budget=gpu_budget, segment_batches=segment_batches,
+                              policy=policy)
+    options = dataclasses.replace(options, copy=copy, window_bytes=options.window_bytes
+                                  if window_bytes is None else window_bytes)
+    return PackChoice(options=options, auto=auto, bandwidths=bw, probed=auto and probe_disk,
+                      predicted=predicted)
+
+
+def prediction(store: Store, plan_name: str, choice: PackChoice) -> dict[str, Any]:
+    """The predicted epoch-0 load of ``plan_name`` packed with ``choice`` (the cost
+    model's figure from the automatic choice, else one worked out from its layout)."""
+    if choice.predicted is not None:
+        return choice.predicted
+    return predict_epoch(plan_layout(store, PlanReader(store, plan_name), choice.options),
+                         choice.bandwidths)
