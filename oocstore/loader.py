@@ -574,7 +574,15 @@ class NodeLoader:
         wait = 0.0
         for b in range(start, n):
             t0 = time.perf_counter()
-            b, sample, x, y, event = self._read(b)
+            # One numba thread for the assembly, as on the oocstore-read thread: a parallel
+            # region over a few hundred rows costs more than it saves, and on a busy
+            # machine its barrier waits for a core (the training loop's setting is put back).
+            threads = numba.get_num_threads()
+            numba.set_num_threads(1)
+            try:
+                b, sample, x, y, event = self._read(b)
+            finally:
+                numba.set_num_threads(threads)
             y = self._hand_over(x, y, event)
             wait += time.perf_counter() - t0
             self._start = b + 1

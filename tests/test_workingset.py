@@ -2,12 +2,10 @@
 loader charge exactly their items, and refusals and `inspect` name the items."""
 
 import pytest
+from helpers import packed_synthetic
 
-from oocstore import Store
 from oocstore.budget import MemoryBudget
 from oocstore.errors import BudgetError
-from oocstore.ingest import build_store
-from oocstore.ingest.synthetic import SyntheticSpec, synthetic_source
 from oocstore.loader import NodeLoader
 from oocstore.pack import PackOptions, pack_plan
 from oocstore.pack.packer import labels_bytes
@@ -15,7 +13,6 @@ from oocstore.store.info import format_packs, packs_info
 from oocstore.units import format_size
 from oocstore.workingset import (floor_items, loader_floor, pack_minimum, recorded_minimum,
                                  working_set)
-from samplers import sample_plan
 
 PARTS = dict(largest_batch_rows=300, row_bytes=64, largest_segment_bytes=40960,
              cpu_tier_bytes=12800, gpu_tier_bytes=6400, base_read_bytes=65536,
@@ -25,11 +22,8 @@ PARTS = dict(largest_batch_rows=300, row_bytes=64, largest_segment_bytes=40960,
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    path = tmp_path_factory.mktemp("workingset") / "s"
-    build_store(path, synthetic_source(SyntheticSpec(nodes=3000, feat_dim=16, avg_degree=6)))
-    s = Store(path, readonly=False)
-    sample_plan(s, fanouts="4,4", batch_size=128, epochs=2, seed=0)
-    pack_plan(s, name="p", options=PackOptions(cpu_cache=150 * 64, max_disk_blowup=64))
+    s = packed_synthetic(tmp_path_factory.mktemp("workingset") / "s", {
+        "p": PackOptions(cpu_cache=150 * 64, max_disk_blowup=64)}, epochs=2)
     yield s
     s.close()
 

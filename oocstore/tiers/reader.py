@@ -30,7 +30,8 @@ from ..store import Store
 from ..store import ALIGN
 from ..store.files import DirectReader, aligned_empty
 from ..units import format_size
-from ..workingset import READ_AHEAD_SEGMENTS, WorkingSet, read_ahead_buffers, reader_items  # noqa: F401
+from ..workingset import (READ_AHEAD_SEGMENTS, WorkingSet, base_read_queue,  # noqa: F401
+                          read_ahead_buffers, reader_items)
 from .assemble import assemble_rows, scatter_rows
 from .device import DeviceTier
 from .memory import MemoryTier
@@ -237,14 +238,23 @@ class TieredReader:
         self._charges = WorkingSet(items[:1]).charge(self.accountant, fix)
         tables = _PackTables(store, m, self.plan, self.pack_fix)
         self._charges += WorkingSet(items[1:]).charge(self.accountant, fix)
-        base_meta = store.array_meta(m.features)
-        self.base = BaseRowTier(store.file_path(base_meta), base_meta, threads=io_threads)
-        # Spare segment buffers let the next reads overlap assembly, each only where the
-        # budget has room once everything required is charged; ``reserve``: bytes a
-        # caller (the loader) still needs for its own required buffers.
+        # Spare segment buffers let the next reads overlap assembly, and spare base-read
+        # slots put more rows in flight, each only where the budget has room once
+        # everything required is charged; ``reserve``: bytes a caller (the loader) still
+        # needs for its own required buffers.
         seg_bytes = m.min_working_set["largest_segment_bytes"]
-        ahead = read_ahead_buffers(lambda n: self.accountant.fits("cpu", n), seg_bytes, reserve)
+        fits = lambda n: self.accountant.fits("cpu", n)  # noqa: E731
+        ahead = read_ahead_buffers(fits, seg_bytes, reserve)
         self._charges += ahead.charge(self.accountant)
+        more = 0
+        if m.min_working_set.get("base_read_bytes"):
+            slot = base_read_buffer_bytes(m.row_bytes, 1)
+            queue = base_read_queue(fits, slot_bytes=slot, required_slots=io_threads,
+                                    reserve=reserve)
+            self._charges += queue.charge(self.accountant)
+            more = queue.total("cpu") // slot
+        base_meta = store.array_meta(m.features)
+        self.base = BaseRowTier(store.file_path(base_meta), base_meta, threads=io_threads + more)
         self._open_tiers(store, m, tables, len(ahead))
 
     def _open_tiers(self, store: Store, m: PackMeta, tables: "_PackTables", read_ahead: int) -> None:
@@ -380,10 +390,7 @@ class TieredReader:
         self.segments.hits += int(counts[SSD])
         if counts[BASE]:
             base = np.flatnonzero(tier == BASE)
-            nodes = self.plan.input_nodes(epoch, batch)[base]
-            tmp = np.empty((base.size, self.meta.feat_dim), dtype=self._out_dtype)
-            self.base.gather(nodes, tmp)
-            out[base] = tmp
+            self.base.gather_at(self.plan.input_nodes(epoch, batch)[base], out, base)
         self._last_gpu = None
         if not self.gpu_on_host and counts[GPU]:
             self._last_gpu = np.flatnonzero(tier == GPU), slot
