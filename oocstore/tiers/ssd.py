@@ -406,9 +406,11 @@ class BaseRowTier(Tier):
         self.hits += int(slots.size)
 
     def _gather_aio(self, slots: np.ndarray, out: np.ndarray, positions: np.ndarray) -> bool:
-        """Read with native AIO where it is open (or can be); False: use the threads."""
-        if not (self.use_aio and self.reader.fd >= 0 and out.flags.c_contiguous
-                and out.dtype == self.meta.np_dtype):
+        """Read with native AIO where it is open (or can be); False: use the threads.
+        Only with O_DIRECT: on a buffered file ``io_submit`` reads synchronously, one
+        request at a time, where the threads keep several in flight."""
+        if not (self.use_aio and self.reader.direct and self.reader.fd >= 0
+                and out.flags.c_contiguous and out.dtype == self.meta.np_dtype):
             return False
         with self._aio_lock:
             if self._aio is None:
