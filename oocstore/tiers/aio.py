@@ -81,8 +81,6 @@ def aio_read_rows(ctx, fd, base_offset, row_bytes, ids, pos, out, scratch, span,
     in flight) and reads the batch again by the threaded path, which names the error."""
     n = ids.shape[0]
     depth = iocbs.shape[0]
-    row_words = out.shape[1]
-    word = row_bytes // row_words
     base = scratch.ctypes.data
     iocb_addr = iocbs.ctypes.data
     free = np.empty(depth, np.int64)
@@ -98,22 +96,10 @@ def aio_read_rows(ctx, fd, base_offset, row_bytes, ids, pos, out, scratch, span,
         k = 0
         while nxt < n and nfree > 0:
             nfree -= 1
-            s = free[nfree]
-            off = base_offset + ids[nxt] * row_bytes
-            start = off // 4096 * 4096
-            length = (off + row_bytes + 4095) // 4096 * 4096 - start
-            if length > span:
+            if not _request(iocbs, ptrs, k, free[nfree], fd, base_offset + ids[nxt] * row_bytes,
+                            row_bytes, span, base, iocb_addr):
                 return -(nxt + 1)
-            iocbs[s, 0] = s  # aio_data: the slot
-            iocbs[s, 1] = 0  # aio_key, aio_rw_flags
-            iocbs[s, 2] = np.uint64(fd) << np.uint64(32)  # IOCB_CMD_PREAD (0), reqprio 0, fd
-            iocbs[s, 3] = base + s * span
-            iocbs[s, 4] = length
-            iocbs[s, 5] = start
-            iocbs[s, 6] = 0
-            iocbs[s, 7] = 0
-            ptrs[k] = iocb_addr + s * 64
-            slot_row[s] = nxt
+            slot_row[free[nfree]] = nxt
             k += 1
             nxt += 1
         sent = 0
@@ -137,19 +123,49 @@ def aio_read_rows(ctx, fd, base_offset, row_bytes, ids, pos, out, scratch, span,
         fails = 0
         for e in range(got):
             s = events[e, 0]
-            res = events[e, 2]
             i = slot_row[s]
-            off = base_offset + ids[i] * row_bytes
-            lo = off - off // 4096 * 4096
             inflight -= 1
-            if res < lo + row_bytes:
+            if not _place(out, pos[i], scratch, s * span, base_offset + ids[i] * row_bytes,
+                          row_bytes, events[e, 2]):
                 return -(i + 1)
-            src = (s * span + lo) // word
-            row = pos[i]
-            for j in range(row_words):
-                out[row, j] = scratch[src + j]
-            moved += res
+            moved += events[e, 2]
             free[nfree] = s
             nfree += 1
             done += 1
     return moved
+
+
+@numba.njit(nogil=True, cache=True)
+def _request(iocbs, ptrs, k, s, fd, off, row_bytes, span, base, iocb_addr):
+    """Fill slot ``s``'s request (``struct iocb``) for the row at byte ``off``, widened to
+    whole 4 KiB pages, into the slot's scratch, and make it the ``k``-th to submit; False
+    when the widened row does not fit a slot of ``span`` bytes."""
+    start = off // 4096 * 4096
+    length = (off + row_bytes + 4095) // 4096 * 4096 - start
+    if length > span:
+        return False
+    iocbs[s, 0] = s  # aio_data: the slot
+    iocbs[s, 1] = 0  # aio_key, aio_rw_flags
+    iocbs[s, 2] = np.uint64(fd) << np.uint64(32)  # IOCB_CMD_PREAD (0), reqprio 0, fd
+    iocbs[s, 3] = base + s * span
+    iocbs[s, 4] = length
+    iocbs[s, 5] = start
+    iocbs[s, 6] = 0
+    iocbs[s, 7] = 0
+    ptrs[k] = iocb_addr + s * 64
+    return True
+
+
+@numba.njit(nogil=True, cache=True)
+def _place(out, row, scratch, slot_start, off, row_bytes, got):
+    """Copy the row read into the slot at byte ``slot_start`` of ``scratch`` (the request
+    for byte ``off`` brought ``got`` bytes) to ``out[row]``, a word at a time; False when
+    the read came back short."""
+    lo = off - off // 4096 * 4096
+    if got < lo + row_bytes:
+        return False
+    word = row_bytes // out.shape[1]
+    src = (slot_start + lo) // word
+    for j in range(out.shape[1]):
+        out[row, j] = scratch[src + j]
+    return True
