@@ -39,13 +39,13 @@ to the CPU budget, on top of what the tiered reader charges (tiers, segment buff
 plan index and per-batch tables). On CUDA the host side is the staging ring, the same
 ``(prefetch + 1) x largest batch``, and the device side is charged to the GPU budget:
 the GPU tier (charged by the reader) and the batches on the device, ``prefetch + 3``
-of them (``oocstore.tiers.staging.device_charges``: being copied, prefetched, handed
+of them (``oocstore.workingset.device_charges``: being copied, prefetched, handed
 over, and the one the training loop still holds), with the labels, the GPU-tier
 gather's scratch and the CUDA caching allocator's rounding. The default prefetch depth
 is the largest <= 4 that fits both budgets. On a CPU device a budget that holds no
 prefetched batch runs at depth 0 (each batch read in the training loop's thread, two
 batches alive: the one being read and the one the loop still holds) — the floor a pack
-records (``oocstore.pack.packer.working_set``); on CUDA, and on a CPU device with less
+records (``oocstore.workingset.working_set``); on CUDA, and on a CPU device with less
 than that floor, the loader is refused up front.
 
 Data parallelism: ``rank`` / ``world_size`` (default: from ``torch.distributed`` when it
@@ -96,14 +96,16 @@ from .checked_read import CheckedRows
 from .distributed import check_rank, current_rank, resolve_plan
 from .errors import BudgetError, FormatError, StoreNotFoundError, UsageError
 from .pack.format import plan_record_bytes
-from .pack.packer import label_dtype, labels_bytes, loader_floor
+from .pack.packer import label_dtype, labels_bytes
 from .pipeline import Pipeline
 from .plan import SampledBatch, format_fanouts
 from .store import Store
 from .pack.catalog import latest_pack  # noqa: F401  (re-exported: train.run imports it here)
 from .tiers.reader import TieredReader
-from .tiers.staging import StagingRing, choose_depth, device_charges
+from .tiers.staging import StagingRing
 from .units import format_size
+from .workingset import (WorkingSet, choose_depth, cpu_depth, device_items, loader_depth_items,
+                         loader_required, refuse_floor)
 
 log = logging.getLogger(__name__)
 
@@ -207,34 +209,7 @@ class NodeLoader:
         self.budget = budget or MemoryBudget()
         self.accountant = BudgetAccountant(self.budget)
         self.timeout = timeout
-        from .tiers.reader import load_pack
-
-        pm = load_pack(store, self.pack_name)
-        # Required before the reader's optional read-ahead buffer: labels (int16 or int64),
-        # the batch the training loop holds, and one prefetched batch.
-        staging = pm.largest_batch_rows * pm.row_bytes
-        lbytes = labels_bytes(store)
-        mws = pm.min_working_set
-        # Plan records of the three batches in flight at depth 1 (older packs did not
-        # record their size: the loader's own charge below then refuses what cannot fit).
-        # The reader takes its optional read-ahead buffer only if depth 1 still fits.
-        reserve = lbytes + 2 * staging + 3 * mws.get("plan_record_bytes", 0)
-        need = loader_floor(mws, self.device.type, labels=lbytes)
-        if self.budget.cpu is not None and need > self.budget.cpu:
-            held = 2 if self.device.type == "cpu" else 3
-            raise BudgetError(
-                f"cpu budget {format_size(self.budget.cpu)} is too small for pack "
-                f"{self.pack_name!r}: the minimum needed is {format_size(need)} (cpu cache "
-                f"{format_size(mws['cpu_tier_bytes'])} + largest segment "
-                f"{format_size(mws['largest_segment_bytes'])} + {held} batches of staging "
-                f"{format_size(held * staging)} + labels {format_size(lbytes)} + plan index, "
-                f"tables and records {format_size(mws.get('tables_bytes', 0) + held * mws.get('plan_record_bytes', 0))}"
-                " + read buffers): "
-                f"raise --cpu-budget to at least {format_size(need)}, or re-pack with a smaller "
-                "--cpu-cache or within `oocstore pack --cpu-budget`")
-        self.reader = TieredReader(store, self.pack_name, accountant=self.accountant,
-                                   io_threads=io_threads, device=self.device, reserve=reserve,
-                                   verify_reads=verify_reads)
+        self.reader = self._open_reader(io_threads, verify_reads)
         if self.reader.meta.plan != self.plan_name:
             raise UsageError(f"pack {self.pack_name!r} was made from plan "
                              f"{self.reader.meta.plan!r}, not {self.plan_name!r}")
@@ -249,17 +224,7 @@ class NodeLoader:
                 self._ring.close()
             self.reader.close()
             raise
-        packed = self.reader.meta.packed_epochs
-        self.num_plan_epochs = packed if packed >= 1 else self.reader.plan.num_epochs
-        if 1 <= packed < self.reader.plan.num_epochs:
-            # Said, not silent: training then sees fewer distinct samples than the plan
-            # (and than the in-memory reference, which reads every sampled epoch).
-            log.warning("pack %r holds %d of plan %r's %d sampled epochs whole (its disk-blowup "
-                        "cap): the loader cycles those %d, so training sees fewer distinct "
-                        "neighbourhood samples than the plan has; pack with a lower "
-                        "max_disk_blowup (every epoch, rows past the cap read from the base "
-                        "array) or sample %d epoch(s) to match", self.pack_name, packed,
-                        self.plan_name, self.reader.plan.num_epochs, packed, packed)
+        self.num_plan_epochs = self._packed_epochs()
         self.epoch = 0
         self._start = 0  # next batch index (resume)
         self._pipeline: Pipeline | None = None
@@ -272,46 +237,82 @@ class NodeLoader:
         self._reads_before: dict[str, Any] = {}  # reader counters of earlier openings
         self._last_held: dict[str, int] | None = None  # charges when last suspended
 
-    # -- budget --------------------------------------------------------------------
-    def _setup_budget(self, prefetch: int | None) -> None:
-        m = self.reader.meta
-        staging = m.largest_batch_rows * m.row_bytes
-        plan = self.reader.plan
-        # Each batch in flight also holds its decoded plan record (ids as int64) and labels.
-        self.record_bytes = plan_record_bytes(plan.max_record_elems(),
-                                              np.dtype(plan.meta.node_dtype).itemsize,
-                                              plan.meta.batch_size)
-        ldtype = label_dtype(self.store)
-        self._charges.append(self.accountant.charge("cpu", labels_bytes(self.store), "labels",
-                                                    fix="raise the cpu budget"))
+    def _packed_epochs(self) -> int:
+        """The plan epochs this loader cycles through: those the pack holds whole."""
+        packed = self.reader.meta.packed_epochs
+        if 1 <= packed < self.reader.plan.num_epochs:
+            # Said, not silent: training then sees fewer distinct samples than the plan
+            # (and than the in-memory reference, which reads every sampled epoch).
+            log.warning("pack %r holds %d of plan %r's %d sampled epochs whole (its disk-blowup "
+                        "cap): the loader cycles those %d, so training sees fewer distinct "
+                        "neighbourhood samples than the plan has; pack with a lower "
+                        "max_disk_blowup (every epoch, rows past the cap read from the base "
+                        "array) or sample %d epoch(s) to match", self.pack_name, packed,
+                        self.plan_name, self.reader.plan.num_epochs, packed, packed)
+        return packed if packed >= 1 else self.reader.plan.num_epochs
+
+    # -- budget (the arithmetic: oocstore/workingset.py) ----------------------------------
+    def _open_reader(self, io_threads: int, verify_reads: bool) -> TieredReader:
+        """Refuse a budget below the pack's recorded floor (naming its items), then open
+        the tiered reader, leaving room for what this loader must charge besides."""
+        from .tiers.reader import load_pack
+
+        pm = load_pack(self.store, self.pack_name)
+        lbytes = labels_bytes(self.store)
+        mws = pm.min_working_set
+        refuse_floor(mws, self.device.type, self.budget.cpu, self.pack_name, labels=lbytes)
+        # Required before the reader's optional read-ahead buffers: this loader's own
+        # buffers at depth 1, with the plan record size the pack recorded (older packs did
+        # not: the loader's own charge then refuses what cannot fit).
+        staging = pm.largest_batch_rows * pm.row_bytes
+        rec = mws.get("plan_record_bytes", 0)
+        reserve = (loader_required(labels_bytes=lbytes, record_bytes=rec, staging_bytes=staging,
+                                   device_type=self.device.type)
+                   + loader_depth_items(1, record_bytes=rec, staging_bytes=staging,
+                                        device_type=self.device.type)).total("cpu")
+        return TieredReader(self.store, self.pack_name, accountant=self.accountant,
+                            io_threads=io_threads, device=self.device, reserve=reserve,
+                            verify_reads=verify_reads)
+
+    def _read_labels(self) -> None:
         # Read in chunks with pread (never mapped): resident memory is the compact copy.
         # Checksum-checked: a flipped label would train on a wrong target silently.
         reader = CheckedRows(self.store, "labels", fix="restore the store from a copy or "
                              "re-ingest it")
         n = self.store.array_meta("labels").shape[0]
-        self.labels = np.empty(n, dtype=ldtype)
+        self.labels = np.empty(n, dtype=label_dtype(self.store))
         for lo in range(0, n, 1 << 20):
             self.labels[lo:lo + (1 << 20)] = reader.read(lo, min(n, lo + (1 << 20)))
         reader.close()
+
+    def _setup_budget(self, prefetch: int | None) -> None:
+        m = self.reader.meta
+        staging = m.largest_batch_rows * m.row_bytes
+        plan = self.reader.plan
+        # Each batch in flight also holds its decoded plan record (ids as int64) and labels.
+        self.record_bytes = rec = plan_record_bytes(
+            plan.max_record_elems(), np.dtype(plan.meta.node_dtype).itemsize,
+            plan.meta.batch_size)
+        if prefetch is not None and int(prefetch) < 0:
+            raise UsageError(f"prefetch {prefetch}: give 0 (read in the training loop's "
+                             "thread, no overlap) or more batches")
+        required = list(loader_required(labels_bytes=labels_bytes(self.store), record_bytes=rec,
+                                        staging_bytes=staging, device_type=self.device.type))
+        self._charges += WorkingSet(required[:1]).charge(self.accountant, "raise the cpu budget")
+        self._read_labels()
         fix = (f"the pack's minimum working set is {format_size(m.min_working_set['cpu'])}; raise "
                "--cpu-budget, lower --cpu-cache when packing, or sample with a smaller batch "
                "size")
-        rec = self.record_bytes
-        self._charges.append(self.accountant.charge(
-            "cpu", 2 * rec, "plan records of the batch being read and the one the training "
-            "loop holds", fix=fix))
+        self._charges += WorkingSet(required[1:]).charge(self.accountant, fix)
         if self.device.type == "cuda":
             self._setup_device(prefetch, staging, fix)
             return
-        self._charges.append(self.accountant.charge("cpu", staging, "batch held by the training "
-                                                    "loop", fix=fix))
         per_batch = staging + rec
-        if prefetch is None:
+        depth = prefetch
+        if depth is None:
             # Depth 0 (batches read in the training loop's thread) when the budget holds
             # no prefetched batch: the slowest depth, but the smallest working set.
-            depth = 0
-            while depth < MAX_PREFETCH and self.accountant.fits("cpu", (depth + 1) * per_batch):
-                depth += 1
+            depth = cpu_depth(lambda n: self.accountant.fits("cpu", n), per_batch, MAX_PREFETCH)
             if depth == 0:
                 log.warning(
                     "cpu budget %s holds no prefetched batch (%s more would): batches are "
@@ -321,18 +322,13 @@ class NodeLoader:
             else:
                 log.info("prefetch depth %d (the largest <= %d that fits the cpu budget)", depth,
                          MAX_PREFETCH)
-        else:
-            depth = int(prefetch)
-            if depth < 0:
-                raise UsageError(f"prefetch {prefetch}: give 0 (read in the training loop's "
-                                 "thread, no overlap) or more batches")
-        self.prefetch = depth
+        self.prefetch = depth = int(depth)
         # Batch buffers charged: the one being assembled (by the reader), the one the
         # training loop holds and the prefetched ones: reused once released.
         self.reader.keep_batch_buffers(depth + 2)
-        self._charges.append(self.accountant.charge(
-            "cpu", depth * per_batch, f"{depth} prefetched batch(es) (features and plan records)",
-            fix=f"lower the prefetch depth (now {depth}) or raise the cpu budget"))
+        self._charges += loader_depth_items(
+            depth, record_bytes=rec, staging_bytes=staging, device_type="cpu").charge(
+            self.accountant, f"lower the prefetch depth (now {depth}) or raise the cpu budget")
 
     def _setup_device(self, prefetch: int | None, staging: int, fix: str) -> None:
         """CUDA: charge the staging ring (CPU) and the device batches (GPU) for the
@@ -340,45 +336,39 @@ class NodeLoader:
         m = self.reader.meta
         on_device = not self.reader.gpu_on_host
 
-        def gpu_items(depth: int) -> list[tuple[str, int]]:
-            return device_charges(largest_batch_rows=m.largest_batch_rows, row_bytes=m.row_bytes,
-                                  max_seeds=int(self.reader.plan.meta.batch_size),
-                                  prefetch=depth, gpu_tier_rows=m.gpu_rows if on_device else 0,
-                                  already_charged=staging if on_device else 0)
+        def items(depth: int) -> WorkingSet:
+            gpu = device_items(largest_batch_rows=m.largest_batch_rows, row_bytes=m.row_bytes,
+                               max_seeds=int(self.reader.plan.meta.batch_size), prefetch=depth,
+                               gpu_tier_rows=m.gpu_rows if on_device else 0,
+                               already_charged=staging if on_device else 0)
+            return loader_depth_items(depth, record_bytes=self.record_bytes,
+                                      staging_bytes=staging, device_type="cuda", gpu=gpu)
 
         def fits(depth: int) -> bool:
-            return (self.accountant.fits("cpu", (depth + 1) * staging + depth * self.record_bytes)
-                    and self.accountant.fits("gpu", sum(b for _, b in gpu_items(depth))))
+            ws = items(depth)
+            return self.accountant.fits("cpu", ws.total("cpu")) and \
+                self.accountant.fits("gpu", ws.total("gpu"))
 
-        if prefetch is not None and int(prefetch) < 0:
-            raise UsageError(f"prefetch {prefetch}: give 0 (read in the training loop's "
-                             "thread, no overlap) or more batches")
         depth = choose_depth(fits, prefetch, MAX_PREFETCH)
         if prefetch is None:
             if depth == 0:
-                gpu = self.budget.gpu
+                gpu, one = self.budget.gpu, items(1)
                 raise BudgetError(
                     f"cpu budget {format_size(self.budget.cpu) if self.budget.cpu else 'unlimited'}"
                     f" / gpu budget {format_size(gpu) if gpu is not None else 'unlimited'} cannot "
-                    f"prefetch even one batch: that needs a staging ring of "
-                    f"{format_size(2 * staging)} on top of "
+                    f"prefetch even one batch: that needs {format_size(one.total('cpu'))} of cpu "
+                    f"({one.describe('cpu')}) on top of "
                     f"{format_size(self.accountant.charged('cpu'))} of cpu, and "
-                    f"{format_size(sum(b for _, b in gpu_items(1)))} of device batches on top of "
-                    f"{format_size(self.accountant.charged('gpu'))} of gpu; raise --cpu-budget "
-                    "/ --gpu-budget, or re-pack with a smaller --gpu-cache")
+                    f"{format_size(one.total('gpu'))} of device batches ({one.describe('gpu')}) "
+                    f"on top of {format_size(self.accountant.charged('gpu'))} of gpu; raise "
+                    "--cpu-budget / --gpu-budget, or re-pack with a smaller --gpu-cache")
             log.info("prefetch depth %d (the largest <= %d that fits the cpu and gpu budgets)",
                      depth, MAX_PREFETCH)
         self.prefetch = depth
-        self._charges.append(self.accountant.charge(
-            "cpu", (depth + 1) * staging, f"pinned staging ring ({depth + 1} slots)",
-            fix=f"lower the prefetch depth (now {depth}) or raise the cpu budget; {fix}"))
-        self._charges.append(self.accountant.charge(
-            "cpu", depth * self.record_bytes, f"plan records of {depth} prefetched batch(es)",
-            fix=f"lower the prefetch depth (now {depth}) or raise the cpu budget; {fix}"))
-        gfix = (f"lower the prefetch depth (now {depth}), re-pack with a smaller --gpu-cache, "
-                "or raise the gpu budget")
-        for what, nbytes in gpu_items(depth):
-            self._charges.append(self.accountant.charge("gpu", nbytes, what, fix=gfix))
+        self._charges += items(depth).charge(self.accountant, {
+            "cpu": f"lower the prefetch depth (now {depth}) or raise the cpu budget; {fix}",
+            "gpu": f"lower the prefetch depth (now {depth}), re-pack with a smaller --gpu-cache, "
+                   "or raise the gpu budget"})
         self._ring = StagingRing(depth + 1, m.largest_batch_rows, m.feat_dim, m.dtype, pin=True,
                                  device=self.device)
         self._stream = torch.cuda.Stream(device=self.device)
@@ -577,7 +567,15 @@ class NodeLoader:
         wait = 0.0
         for b in range(start, n):
             t0 = time.perf_counter()
-            b, sample, x, y, event = self._read(b)
+            # One numba thread for the assembly, as on the oocstore-read thread: a parallel
+            # region over a few hundred rows costs more than it saves, and on a busy
+            # machine its barrier waits for a core (the training loop's setting is put back).
+            threads = numba.get_num_threads()
+            numba.set_num_threads(1)
+            try:
+                b, sample, x, y, event = self._read(b)
+            finally:
+                numba.set_num_threads(threads)
             y = self._hand_over(x, y, event)
             wait += time.perf_counter() - t0
             self._start = b + 1

@@ -213,3 +213,20 @@ def load_bench(name: str):
 def load_tool(name: str):
     """Import ``tools/<name>.py`` as a module (tools/ is scripts, not a package)."""
     return _load_script("tools", name)
+
+
+def packed_synthetic(out: Path, packs: dict, *, nodes: int = 3000, feat_dim: int = 16,
+                     avg_degree: float = 6.0, fanouts: str = "4,4", batch_size: int = 128,
+                     epochs: int = 1):
+    """A synthetic store with one sampled plan and the ``packs`` (name -> PackOptions)
+    made from it; the open, writable :class:`~oocstore.Store` (the caller closes it)."""
+    from oocstore import Store
+    from oocstore.pack import pack_plan
+    from oocstore.samplers import sample_plan
+
+    make_synthetic(out, nodes=nodes, feat_dim=feat_dim, avg_degree=avg_degree)
+    store = Store(out, readonly=False)
+    sample_plan(store, fanouts=fanouts, batch_size=batch_size, epochs=epochs, seed=0)
+    for name, options in packs.items():
+        pack_plan(store, name=name, options=options)
+    return store

@@ -44,7 +44,7 @@ from ..tiers.ssd import BaseRowTier, aligned_span
 from ..units import format_size
 from .layout import Layout, _packed_epochs, plan_layout
 from .options import PackOptions
-from .workingset import device_overhead
+from ..workingset import device_overhead
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 ``oocstore plan-budget STORE --cpu-budget X`` answers the question a pack refusal
 (``minimum working set ... > cpu budget``) raises, without a sample / pack round per
 guess. For every candidate (fanouts, batch size) it estimates the parts of the pack's
-minimum working set (:func:`oocstore.pack.workingset.working_set`, the formula the packer
+minimum working set (:func:`oocstore.workingset.working_set`, the formula the packer
 records and the loader charges) and compares the total with the budget.
 
 **What is estimated, and how.** Everything in the minimum is exact from the store
@@ -47,7 +47,7 @@ from ..store.labels import labels_bytes
 from ..tiers.ssd import base_read_buffer_bytes
 from ..units import format_size
 from .format import plan_record_bytes, reader_table_bytes
-from .workingset import working_set
+from ..workingset import working_set
 
 #: Batch sizes tried when none are given.
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)

@@ -29,7 +29,7 @@ from .format import CPU, GPU, SSD, plan_record_bytes, reader_table_bytes
 from .options import PackOptions
 from .placement import hot_order, static_placement
 from .policies import POLICIES
-from .workingset import working_set
+from ..workingset import working_set
 
 #: Longest segment tried when fitting the blowup cap (longer segments de-duplicate more
 #: but need a larger read buffer).

@@ -4,7 +4,7 @@ Steps (all streaming over the plan; the base feature array is only read sequenti
 
 1. **Layout** (:mod:`.layout`): placement of the GPU- and CPU-tier rows (static, or a
    scheduled CPU tier), segment length within ``max_disk_blowup``, minimum working set.
-2. **Budget check** (:func:`.workingset.check_budget`): the minimum working set (tiers,
+2. **Budget check** (:func:`oocstore.workingset.check_budget`): the minimum working set (tiers,
    largest segment, the two batches a loader holds at prefetch depth 0, tables) is
    compared with ``cpu_budget`` *before* anything is written.
 3. **Assignment.** Every input position of every batch gets (tier, slot). The packed
@@ -39,8 +39,10 @@ from .copy import WRITE_COST, ProgressFn, bucket_passes, copy_rows, writeback_fr
 from .format import PackMeta, pack_array_names, pack_key
 from .layout import MAX_SEGMENT_BATCHES, Layout, _is_cold, _packed_epochs, plan_layout
 from .options import COPY_STRATEGIES, DEFAULT_WINDOW_BYTES, PackOptions
-from .workingset import (MIN_BATCHES_IN_FLIGHT, check_budget, device_overhead, loader_floor,
-                         working_set)
+# The working-set arithmetic lives in oocstore/workingset.py; these names stay importable
+# from here.
+from ..workingset import (MIN_BATCHES_IN_FLIGHT, check_budget, device_overhead,  # noqa: F401
+                          loader_floor, working_set)
 
 log = logging.getLogger(__name__)
 

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from ..units import format_size
+from ..workingset import recorded_minimum
 from .format import FORMAT_VERSION
 from .store import Store
 from .usage import disk_usage, format_disk_usage
@@ -89,6 +90,7 @@ def format_packs(packs: dict[str, Any]) -> list[str]:
     lines = [f"  packs ({len(packs)}):"]
     for name, p in packs.items():
         mws = p["min_working_set"]
+        floor = recorded_minimum(mws)  # the items of the recorded cpu minimum
         lines.append(f"    {name}: plan {p['plan']}, {p['policy']} tiers: gpu "
                      f"{format_size(p['gpu_cache_bytes'])}, cpu {format_size(p['cpu_cache_bytes'])}; "
                      f"{p['segments']:,} segments of {p['segment_batches']} batch(es) cover "
@@ -97,7 +99,8 @@ def format_packs(packs: dict[str, Any]) -> list[str]:
         lines.append(f"      packed {format_size(p['packed_bytes'])} = {p['blowup']:.2f}x the features "
                      f"(cap {p['max_disk_blowup']:g}x); expected read amplification "
                      f"{p['expected_read_amplification']:.3f}; minimum working set cpu "
-                     f"{format_size(mws['cpu'])}, gpu {format_size(mws['gpu'])}")
+                     f"{format_size(floor.total('cpu'))}, gpu {format_size(mws['gpu'])}")
+        lines.append(f"      minimum cpu: {floor.describe('cpu')}")
     return lines
 
 

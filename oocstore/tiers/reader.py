@@ -32,10 +32,12 @@ from ..store import ALIGN
 from ..store.files import DirectReader, aligned_empty
 from ..store.format import align_up
 from ..units import format_size
+from ..workingset import (READ_AHEAD_SEGMENTS, WorkingSet, base_read_queue,  # noqa: F401
+                          read_ahead_buffers, reader_items)
 from .assemble import assemble_rows, scatter_rows
 from .device import DeviceTier
 from .memory import MemoryTier
-from .ssd import BaseRowTier, SegmentTier
+from .ssd import BaseRowTier, SegmentTier, base_read_buffer_bytes
 
 log = logging.getLogger(__name__)
 
@@ -91,10 +93,6 @@ def _read_whole(store: Store, name: str) -> np.ndarray:
     _read_into(store, name, out)
     return out
 
-
-#: Segment buffers read ahead at most (each charged, and taken only where the budget
-#: has room after everything required).
-READ_AHEAD_SEGMENTS = 2
 
 #: ``madvise`` advice asking for transparent huge pages (Linux; 0 elsewhere).
 _MADV_HUGEPAGE = getattr(mmap, "MADV_HUGEPAGE", 14)
@@ -201,59 +199,57 @@ class TieredReader:
         self.store = store
         # Checksums checked on read (tier loads and packed segments): see tiers/ssd.py.
         self.verify_reads = bool(verify_reads)
-        self.meta = load_pack(store, pack)
-        self.plan = PlanReader(store, self.meta.plan)
-        pv = store.array_meta(self.plan.meta.arrays["index"]).version
-        if pv != self.meta.plan_version:
-            raise FormatError(f"pack {pack!r} was made from an older version of plan "
-                              f"{self.meta.plan!r}: re-pack with `oocstore pack {store.path} "
-                              f"--plan {self.meta.plan} --name {pack} --overwrite`")
-        self.accountant = accountant or BudgetAccountant(budget or MemoryBudget())
-        m = self.meta
-        rb = m.row_bytes
-        self._charges = []
-        fix = ("lower the cache sizes when packing, sample with a smaller batch size, or raise "
-               "the cpu budget")
-        charge = self.accountant.charge
+        self.meta = m = load_pack(store, pack)
+        self.plan = PlanReader(store, m.plan)
         self.pack_fix = (f"re-pack it with `oocstore pack {store.path} --plan {m.plan} "
                          f"--name {pack} --overwrite`")
-        self._charges.append(charge("cpu", self._table_bytes(), "plan index and pack tables "
-                                    "(per batch and per segment)", fix=fix))
-        # Checked before any tier, buffer or thread exists: a damaged pack costs nothing.
-        tables = _PackTables(store, m, self.plan, self.pack_fix)
+        pv = store.array_meta(self.plan.meta.arrays["index"]).version
+        if pv != m.plan_version:
+            raise FormatError(f"pack {pack!r} was made from an older version of plan "
+                              f"{m.plan!r}: re-pack with `oocstore pack {store.path} "
+                              f"--plan {m.plan} --name {pack} --overwrite`")
+        self.accountant = accountant or BudgetAccountant(budget or MemoryBudget())
         import torch
 
         self.device = torch.device(device) if device is not None else None
         if gpu_tier_on_device is None:
             gpu_tier_on_device = self.device is not None and self.device.type != "cpu"
         self.gpu_on_host = not (gpu_tier_on_device and m.gpu_rows)
-        if not self.gpu_on_host:
-            gfix = "lower --gpu-cache when packing or raise the gpu budget"
-            self._charges.append(charge("gpu", m.gpu_rows * rb, "gpu tier", fix=gfix))
-            self._charges.append(charge("gpu", m.largest_batch_rows * rb, "device batch", fix=gfix))
-        host_tier_rows = m.cpu_rows + (m.gpu_rows if self.gpu_on_host else 0)
-        self._charges.append(charge("cpu", host_tier_rows * rb, "cpu tier (incl. gpu tier held on "
-                                    "the host)" if m.gpu_rows and self.gpu_on_host else "cpu tier",
-                                    fix=fix))
+        # Everything required, itemised (oocstore/workingset.py), charged before any
+        # buffer exists; the tables first, then checked before any tier, buffer or
+        # thread exists: a damaged pack costs nothing.
+        items = list(reader_items(m, tables_bytes=self._table_bytes(),
+                                  gpu_on_host=self.gpu_on_host,
+                                  base_read_bytes=base_read_buffer_bytes(m.row_bytes, io_threads)))
+        fix = {"cpu": "lower the cache sizes when packing, sample with a smaller batch size, "
+                      "or raise the cpu budget",
+               "gpu": "lower --gpu-cache when packing or raise the gpu budget"}
+        self._charges = WorkingSet(items[:1]).charge(self.accountant, fix)
+        tables = _PackTables(store, m, self.plan, self.pack_fix)
+        self._charges += WorkingSet(items[1:]).charge(self.accountant, fix)
+        # Spare segment buffers let the next reads overlap assembly, and spare base-read
+        # slots put more rows in flight, each only where the budget has room once
+        # everything required is charged; ``reserve``: bytes a caller (the loader) still
+        # needs for its own required buffers.
         seg_bytes = m.min_working_set["largest_segment_bytes"]
-        self._charges.append(charge("cpu", seg_bytes, "segment buffer", fix=fix))
-        self._charges.append(charge("cpu", m.largest_batch_rows * rb, "batch staging", fix=fix))
-        base_meta = store.array_meta(m.features)
-        self.base = BaseRowTier(store.file_path(base_meta), base_meta, threads=io_threads)
+        fits = lambda n: self.accountant.fits("cpu", n)  # noqa: E731
+        ahead = read_ahead_buffers(fits, seg_bytes, reserve)
+        self._charges += ahead.charge(self.accountant)
+        more = 0
         if m.min_working_set.get("base_read_bytes"):
-            self._charges.append(charge("cpu", self.base.nbytes, "base-row read buffers", fix=fix))
-        # Spare segment buffers let the next reads overlap assembly: each taken only if
-        # the budget has room for it once everything required is charged (the pack's
-        # minimum working set counts one buffer). The first overlaps the next read with
-        # this batch's work; the second keeps the disk busy through a batch whose work
-        # took longer than its read (CPU contention, a large cache-hit share).
-        # ``reserve``: bytes a caller (the loader) still needs for required buffers.
-        read_ahead = 0
-        while seg_bytes and read_ahead < READ_AHEAD_SEGMENTS and \
-                self.accountant.fits("cpu", seg_bytes + reserve):
-            read_ahead += 1
-            self._charges.append(charge("cpu", seg_bytes, f"segment read-ahead buffer "
-                                        f"{read_ahead}"))
+            slot = base_read_buffer_bytes(m.row_bytes, 1)
+            queue = base_read_queue(fits, slot_bytes=slot, required_slots=io_threads,
+                                    reserve=reserve)
+            self._charges += queue.charge(self.accountant)
+            more = queue.total("cpu") // slot
+        base_meta = store.array_meta(m.features)
+        self.base = BaseRowTier(store.file_path(base_meta), base_meta, threads=io_threads + more)
+        self._open_tiers(store, m, tables, len(ahead))
+
+    def _open_tiers(self, store: Store, m: PackMeta, tables: "_PackTables", read_ahead: int) -> None:
+        """Read the tiers into their (charged) buffers and open the per-batch arrays."""
+        import torch
+
         # Tiers are read straight into their final buffers (no second copy).
         self.gpu = None
         self._cpu_offset = m.gpu_rows if self.gpu_on_host else 0
@@ -382,10 +378,7 @@ class TieredReader:
         self.segments.hits += int(counts[SSD])
         if counts[BASE]:
             base = np.flatnonzero(tier == BASE)
-            nodes = self.plan.input_nodes(epoch, batch)[base]
-            tmp = np.empty((base.size, self.meta.feat_dim), dtype=self._out_dtype)
-            self.base.gather(nodes, tmp)
-            out[base] = tmp
+            self.base.gather_at(self.plan.input_nodes(epoch, batch)[base], out, base)
         self._last_gpu = None
         if not self.gpu_on_host and counts[GPU]:
             self._last_gpu = np.flatnonzero(tier == GPU), slot

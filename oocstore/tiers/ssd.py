@@ -6,9 +6,11 @@ boundaries, into an aligned buffer; batches of that segment then gather from it.
 
 :class:`BaseRowTier` is the fallback for rows no segment covers: each row is one small
 aligned read (a whole 4 KiB page for a 512 B row — the read amplification that packing
-exists to avoid), issued from a thread pool so several are in flight; each task reads its
-group of rows in one numba call that releases the GIL (``pread`` bound by name), so the
-reading threads do not compete with the training loop for the interpreter.
+exists to avoid), several in flight. On Linux they are submitted with native AIO from
+the calling thread in one numba call that releases the GIL (``tiers/aio.py``: no thread
+wake-up per row, the requests of a batch reach the block layer together, in file order);
+elsewhere, or where the kernel refuses AIO, from a thread pool whose tasks each read a
+group of rows in one numba call that releases the GIL (``pread`` bound by name).
 
 **Checksums on read.** With ``verify=True`` (the default) :class:`SegmentTier` checks a
 segment before its rows are used and raises :class:`~oocstore.errors.ChecksumError`
@@ -27,6 +29,7 @@ checks them.
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -39,6 +42,7 @@ from ..errors import ChecksumError
 from ..store import ALIGN, ArrayMeta
 from ..store.files import DirectReader, aligned_empty, checksum
 from ..store.format import align_down, align_up, aligned_span  # noqa: F401 (aligned_span: re-export)
+from .aio import EVENT_WORDS, IOCB_WORDS, aio_read_rows, close_context, open_context
 from .base import Tier
 from .memory import gather_rows
 
@@ -277,6 +281,9 @@ VERIFY_SCRATCH = 1 << 20
 DEFAULT_IO_THREADS = 8
 #: Rows each thread reads per task.
 ROWS_PER_TASK = 16
+#: Native AIO: completions collected before the free slots are submitted again (more
+#: requests per ``io_submit``, fewer wake-ups of the reading thread).
+AIO_WAIT_FOR = 1
 
 
 def base_read_buffer_bytes(row_bytes: int, threads: int = DEFAULT_IO_THREADS) -> int:
@@ -330,6 +337,11 @@ class BaseRowTier(Tier):
         self._pool: ThreadPoolExecutor | None = None
         _, self.span = aligned_span(ALIGN - 1, self.row_bytes)  # worst case per row
         self.group = ROWS_PER_TASK
+        # Native AIO (tiers/aio.py): ``threads`` reads in flight from the calling thread,
+        # in the same scratch the threads would hold; opened on first use.
+        self.use_aio = True
+        self._aio: tuple | None = None
+        self._aio_lock = threading.Lock()
 
     @property
     def nbytes(self) -> int:
@@ -365,9 +377,76 @@ class BaseRowTier(Tier):
         self.useful_bytes += ids.size * self.row_bytes  # int += is atomic enough under the GIL
         return moved
 
+    def gather_at(self, slots: np.ndarray, out: np.ndarray, positions: np.ndarray) -> None:
+        """Row ``slots[i]`` into ``out[positions[i]]`` (the batch's rows in place: no
+        temporary batch of base rows), bounds-checked like :meth:`gather`."""
+        slots = np.asarray(slots, dtype=np.int64)
+        positions = np.asarray(positions, dtype=np.int64)
+        if slots.shape != positions.shape:
+            raise ValueError(f"base tier: {slots.size} slots for {positions.size} positions")
+        if slots.size:
+            lo, hi = int(slots.min()), int(slots.max())
+            if lo < 0 or hi >= self.num_rows:
+                bad = lo if lo < 0 else hi
+                raise IndexError(f"{self.name} tier: slot {bad} outside 0..{self.num_rows - 1}")
+            if int(positions.min()) < 0 or int(positions.max()) >= out.shape[0]:
+                raise IndexError(f"{self.name} tier: a position outside the {out.shape[0]} rows "
+                                 "of the batch")
+            if not self._gather_aio(slots, out, positions):
+                tmp = np.empty((slots.size, *out.shape[1:]), dtype=out.dtype)
+                self._gather_threads(slots, tmp)
+                out[positions] = tmp
+        self.hits += int(slots.size)
+
+    def _gather_aio(self, slots: np.ndarray, out: np.ndarray, positions: np.ndarray) -> bool:
+        """Read with native AIO where it is open (or can be); False: use the threads.
+        Only with O_DIRECT: on a buffered file ``io_submit`` reads synchronously, one
+        request at a time, where the threads keep several in flight."""
+        if not (self.use_aio and self.reader.direct and self.reader.fd >= 0
+                and out.flags.c_contiguous and out.dtype == self.meta.np_dtype):
+            return False
+        with self._aio_lock:
+            if self._aio is None:
+                ctx = open_context(self.threads)
+                if ctx is None:
+                    self.use_aio = False
+                    return False
+                depth = self.threads
+                self._aio = (ctx, aligned_empty(depth * self.span),
+                             np.zeros((depth, IOCB_WORDS), np.uint64), np.zeros(depth, np.uint64),
+                             np.zeros((depth, EVENT_WORDS), np.int64), np.zeros(depth, np.int64))
+            ctx, scratch, iocbs, ptrs, events, slot_row = self._aio
+            order = np.argsort(slots, kind="stable")  # file order
+            word = next(w for w in (8, 4, 2, 1) if self.row_bytes % w == 0)
+            wtype = np.dtype(f"u{word}")
+            moved = aio_read_rows(ctx, self.reader.fd, self.meta.offset, self.row_bytes,
+                                  slots[order], positions[order],
+                                  out.reshape(out.shape[0], -1).view(np.uint8).view(wtype),
+                                  scratch.view(wtype), self.span, iocbs, ptrs, events,
+                                  slot_row, AIO_WAIT_FOR)
+            if moved < 0:
+                # Reads may still be in flight into the scratch: destroying the context
+                # waits for them. The threaded path reads the batch again and names
+                # any error.
+                self._close_aio()
+                self.use_aio = False
+                return False
+            self.bytes_read += int(moved)
+            self.useful_bytes += slots.size * self.row_bytes
+            return True
+
+    def _close_aio(self) -> None:
+        if self._aio is not None:
+            close_context(self._aio[0])
+            self._aio = None
+
     def _gather(self, slots: np.ndarray, out: np.ndarray) -> None:
         if not slots.size:
             return
+        if not self._gather_aio(slots, out, np.arange(slots.size, dtype=np.int64)):
+            self._gather_threads(slots, out)
+
+    def _gather_threads(self, slots: np.ndarray, out: np.ndarray) -> None:
         groups = [(slots[i:i + self.group], out[i:i + self.group])
                   for i in range(0, slots.size, self.group)]
         if len(groups) == 1 or self.threads <= 1:
@@ -381,4 +460,6 @@ class BaseRowTier(Tier):
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+        with self._aio_lock:
+            self._close_aio()
         self.reader.close()

@@ -28,10 +28,10 @@ where the copy out of the slot finished before ``release``. Host objects a copy 
 besides the slot (index tensors) travel with it (``keep``) and are dropped only when its
 event is done.
 
-Device memory: :func:`device_charges` lists what a CUDA loader holds on the GPU besides
-the GPU tier: the batches in flight and the GPU-tier gather's scratch, each with the
-CUDA caching allocator's rounding, so that ``torch.cuda.max_memory_allocated()`` stays
-inside what was charged.
+Device memory: :func:`~oocstore.workingset.device_charges` (re-exported here) lists
+what a CUDA loader holds on the GPU besides the GPU tier: the batches in flight and the
+GPU-tier gather's scratch, each with the CUDA caching allocator's rounding, so that
+``torch.cuda.max_memory_allocated()`` stays inside what was charged.
 """
 
 from __future__ import annotations
@@ -46,17 +46,11 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-#: The CUDA caching allocator rounds every allocation up to 512 bytes and hands out a
-#: cached block whole when no more than 1 MiB of it would be left over (its
-#: ``kSmallSize``), so one device buffer can occupy up to 1 MiB more than its size in
-#: ``torch.cuda.memory_allocated()``: charged once per large device buffer.
-CUDA_BLOCK_SLACK = 1 << 20
-_CUDA_ROUND = 512
+# What a CUDA loader charges on the device is computed with the rest of the working set.
+from ..workingset import (CUDA_BLOCK_SLACK, choose_depth, device_batch_bytes,  # noqa: F401,E402
+                          device_batches_held, device_charges)
+
 _PAGE = 4096
-
-
-def _cuda_bytes(nbytes: int) -> int:
-    return -(-int(nbytes) // _CUDA_ROUND) * _CUDA_ROUND
 
 
 class _Block:
@@ -220,53 +214,6 @@ class StagingRing:
             self._keep = [None] * self.slots
             self._buffers = None
             self._finalizer()
-
-
-def device_batch_bytes(rows: int, row_bytes: int, seeds: int) -> int:
-    """Device memory one batch can occupy: ``x`` ``[rows, D]``, ``y`` ``[seeds]`` int64,
-    and the caching allocator's slack on ``x`` (``y`` is small: rounded to 512 B)."""
-    return _cuda_bytes(rows * row_bytes) + _cuda_bytes(seeds * 8) + CUDA_BLOCK_SLACK
-
-
-def device_batches_held(prefetch: int) -> int:
-    """Batches a CUDA loader can have on the device at once. Pipelined: the one being
-    copied, ``prefetch`` waiting in the queue, the one just handed to the training loop
-    and the previous one, which the loop's variable still holds until the next batch
-    arrives (a ``for`` loop rebinds only then). ``prefetch=0`` (reads in the training
-    loop's thread): the batch being read and the previous one."""
-    return 2 if prefetch == 0 else prefetch + 3
-
-
-def device_charges(*, largest_batch_rows: int, row_bytes: int, max_seeds: int, prefetch: int,
-                   gpu_tier_rows: int, already_charged: int = 0) -> list[tuple[str, int]]:
-    """What a CUDA loader charges to the GPU budget besides the GPU tier itself, as
-    ``(what, bytes)``: the batches on the device (:func:`device_batches_held`, less the
-    ``already_charged`` bytes the tiered reader charged for its device batch), and, with
-    a GPU tier of ``gpu_tier_rows`` on the device, the scratch of its gather (the rows
-    gathered before they are placed, and two int64 index vectors) plus the allocator's
-    slack on the tier."""
-    held = device_batches_held(prefetch)
-    per_batch = device_batch_bytes(largest_batch_rows, row_bytes, max_seeds)
-    where = ("1 being read + 1 with the training loop" if prefetch == 0 else
-             f"1 being copied + {prefetch} prefetched + 2 with the training loop")
-    items = [(f"{held} device batches ({where})", max(0, held * per_batch - int(already_charged)))]
-    if gpu_tier_rows:
-        g = min(int(largest_batch_rows), int(gpu_tier_rows))
-        items.append(("gpu-tier gather scratch",
-                      _cuda_bytes(g * row_bytes) + 2 * _cuda_bytes(g * 8) + CUDA_BLOCK_SLACK))
-        items.append(("allocator rounding of the gpu tier", CUDA_BLOCK_SLACK))
-    return items
-
-
-def choose_depth(fits: Callable[[int], bool], prefetch: int | None, max_depth: int) -> int:
-    """The prefetch depth: ``prefetch`` when given, else the largest ``1..max_depth`` for
-    which ``fits(depth)``; 0 when not even depth 1 fits (the caller refuses that)."""
-    if prefetch is not None:
-        return int(prefetch)
-    depth = 0
-    while depth < max_depth and fits(depth + 1):
-        depth += 1
-    return depth
 
 
 def stage_to_device(ring: StagingRing, n: int, fill: Callable[[np.ndarray], None], device: Any,

@@ -47,11 +47,12 @@ from ..budget import MemoryBudget
 from ..errors import BudgetError, StoreLockedError
 from ..pack import PackOptions, pack_plan
 from ..pack.format import PackMeta, pack_key
-from ..pack.packer import labels_bytes, loader_floor, plan_layout, plan_version
+from ..pack.packer import labels_bytes, plan_layout, plan_version
 from ..plan import PlanMeta, PlanReader, list_plans, plan_key, shard_name
 from ..store import Store
 from ..tiers.reader import list_packs
 from ..units import format_size
+from ..workingset import loader_floor, refuse_floor
 
 log = logging.getLogger(__name__)
 
@@ -126,24 +127,12 @@ def loader_minimum(store: Store, pm: PackMeta, device_type: str = "cpu") -> dict
 
 
 def check_loader_fits(store: Store, pack: str, budget: MemoryBudget, device_type: str) -> None:
-    """Refuse, before anything is written, a training pack the budgets cannot hold."""
-    pm = list_packs(store)[pack]
-    need = loader_minimum(store, pm, device_type)
-    for tier in ("cpu", "gpu"):
-        limit = getattr(budget, tier)
-        if limit is not None and need[tier] > limit:
-            mws = pm.min_working_set
-            detail = (f"cpu cache {format_size(mws['cpu_tier_bytes'])} + largest segment "
-                      f"{format_size(mws['largest_segment_bytes'])} + "
-                      f"{mws.get('batches_in_flight', 3)} batches of staging "
-                      f"{format_size(mws.get('batches_in_flight', 3) * mws['staging_bytes'])} "
-                      "+ labels and read buffers"
-                      if tier == "cpu" else "gpu tier and batches on the device")
-            raise BudgetError(
-                f"{tier} budget {format_size(limit)} is too small for pack {pack!r}: the "
-                f"minimum needed is {format_size(need[tier])} ({detail}): raise "
-                f"--{tier}-budget to at least {format_size(need[tier])}, or re-pack with a "
-                f"smaller --{tier}-cache or within `oocstore pack --{tier}-budget`")
+    """Refuse, before anything is written, a training pack the budgets cannot hold (the
+    items of the loader's floor, :func:`oocstore.workingset.floor_items`)."""
+    mws = list_packs(store)[pack].min_working_set
+    refuse_floor(mws, device_type, budget.cpu, pack, labels=labels_bytes(store))
+    if device_type != "cpu":
+        refuse_floor(mws, device_type, budget.gpu, pack, gpu=True)
 
 
 # -- sampling in memory -------------------------------------------------------------------

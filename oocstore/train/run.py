@@ -511,37 +511,64 @@ def _train(store, name, pack, evals, cfg: TrainConfig, budget, device,
 
         run_epochs(range(start_epoch, cfg.epochs), batches)
     else:
-        # A budget one rank's shard does not fit stops every rank.
-        with _on_every_rank(lambda: NodeLoader(store, name, pack=pack, device=device,
-                                               budget=budget, rank=rank,
-                                               world_size=world)) as loader:
-            if loader_state is not None:
-                loader.load_state_dict(loader_state)
-            resumed_at = loader_state["epoch"] if loader_state is not None else None
-            evaluation: list[NodeLoader] = []
+        sources: dict[str, Any] = {}
 
-            def val_source():
-                # Opened on first use, in the training loader's budget: beside it where
-                # that leaves room, else the two take turns (NodeLoader.eval_loader).
-                if not evaluation:
-                    evaluation.append(_on_every_rank(lambda: loader.eval_loader(
-                        plan=val_plan)))
-                return evaluation[0]
+        def val_source():
+            return sources["val"]()
 
-            def batches(epoch):
-                if epoch != resumed_at:
-                    loader.set_epoch(epoch)
-                loader.take_turn()  # re-opened here if validation borrowed its budget
-                return len(loader), ((b.sample, b.x, b.y) for b in loader)
+        stats = _train_out_of_core(store, name, pack, device, budget, rank, world, loader_state,
+                                   val_plan, sources, lambda batches, loader: run_epochs(
+                                       range(start_epoch, cfg.epochs), batches, loader))
+    accs = _final_accuracies(store, model, evals, cfg, best, history, mem, device, budget,
+                             rank, world)
+    model_file = _save_best(cfg, best, rank, writes)
+    return _summary(store, reader, pack, cfg, device, budget, rank, world, stats, accs, history,
+                    best, model_file, name)
 
-            try:
-                run_epochs(range(start_epoch, cfg.epochs), batches, loader)
-            finally:
-                for ev in evaluation:
-                    ev.close()
-                del evaluation
-            stats = loader.stats()
-        del loader  # its tiers are freed by close(); drop the last reference too
+
+def _train_out_of_core(store, name, pack, device, budget, rank, world, loader_state, val_plan,
+                       sources: dict[str, Any], run) -> dict[str, Any]:
+    """Train through a :class:`NodeLoader` (``run(batches, loader)`` runs the epochs), with
+    validation batches from an evaluation loader in the same budget
+    (``sources["val"]``); the loader's stats."""
+    # A budget one rank's shard does not fit stops every rank.
+    with _on_every_rank(lambda: NodeLoader(store, name, pack=pack, device=device,
+                                           budget=budget, rank=rank,
+                                           world_size=world)) as loader:
+        if loader_state is not None:
+            loader.load_state_dict(loader_state)
+        resumed_at = loader_state["epoch"] if loader_state is not None else None
+        evaluation: list[NodeLoader] = []
+
+        def val_source():
+            # Opened on first use, in the training loader's budget: beside it where
+            # that leaves room, else the two take turns (NodeLoader.eval_loader).
+            if not evaluation:
+                evaluation.append(_on_every_rank(lambda: loader.eval_loader(plan=val_plan)))
+            return evaluation[0]
+
+        def batches(epoch):
+            if epoch != resumed_at:
+                loader.set_epoch(epoch)
+            loader.take_turn()  # re-opened here if validation borrowed its budget
+            return len(loader), ((b.sample, b.x, b.y) for b in loader)
+
+        sources["val"] = val_source
+        try:
+            run(batches, loader)
+        finally:
+            for ev in evaluation:
+                ev.close()
+            evaluation.clear()
+            sources.clear()
+        # its tiers are freed by close(); the last references go when this returns
+        return loader.stats()
+
+
+def _final_accuracies(store, model, evals, cfg: TrainConfig, best: BestModel, history, mem,
+                      device, budget, rank: int, world: int) -> dict[str, float]:
+    """The reported accuracies: validation of the selected (best) epoch or of the last,
+    and every other evaluation split measured now, one evaluation loader at a time."""
     accs = {}
     if cfg.selects and best.state is not None:
         model.load_state_dict(best.state)  # report (and save) the best validation epoch
@@ -568,6 +595,11 @@ def _train(store, name, pack, evals, cfg: TrainConfig, budget, device,
         if seen == 0:
             raise UsageError(f"evaluation plan {plan_name!r} has no seeds: re-sample it")
         accs[split] = correct / seen
+    return accs
+
+
+def _save_best(cfg: TrainConfig, best: BestModel, rank: int, writes: WriteLog | None):
+    """Save the selected model where ``--save-model`` says (rank 0); its path or None."""
     model_file = cfg.save_model if cfg.save_model and best.state is not None else None
     if model_file is not None:
         if rank == 0:
@@ -575,6 +607,13 @@ def _train(store, name, pack, evals, cfg: TrainConfig, budget, device,
             if writes is not None:
                 writes.wrote_file(model_file, f"the model of epoch {best.epoch}")
         dist.barrier()
+    return model_file
+
+
+def _summary(store, reader, pack, cfg: TrainConfig, device, budget, rank: int, world: int,
+             stats: dict[str, Any], accs: dict[str, float], history, best: BestModel,
+             model_file, name) -> dict[str, Any]:
+    """The run's summary (``train --json``), gathered over the ranks."""
     peak = _peak_rss()
     mine = {"rank": rank, "plan": name, "pack": pack, "bytes_read": stats.get("bytes_read", 0),
             "useful_bytes": stats.get("useful_bytes", 0), "hit_rate": stats.get("hit_rate", {}),

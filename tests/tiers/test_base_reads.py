@@ -1,0 +1,155 @@
+"""Base-array row reads: native AIO and the thread pool give the same rows, rows land in
+place in the batch, a failed AIO read falls back to the path that names the error, a
+deeper read queue is charged only where the budget has room, and a depth-0 loader leaves
+the caller's numba thread count alone."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+from helpers import packed_synthetic
+
+from oocstore import Store
+from oocstore.budget import MemoryBudget
+from oocstore.loader import NodeLoader
+from oocstore.pack import PackOptions
+from oocstore.tiers import BaseRowTier, TieredReader
+from oocstore.tiers.aio import close_context, open_context
+from oocstore.tiers.ssd import base_read_buffer_bytes
+from oocstore.workingset import MAX_BASE_READS_IN_FLIGHT
+
+
+def _aio_available() -> bool:
+    ctx = open_context(4)
+    if ctx is None:
+        return False
+    close_context(ctx)
+    return True
+
+
+needs_aio = pytest.mark.skipif(not _aio_available(), reason="no Linux native AIO here")
+
+
+@pytest.fixture(scope="module")
+def feats_store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("base") / "s"
+    rng = np.random.default_rng(3)
+    # 1,500 B rows: rows straddle pages, and their offsets are 4 B (not 8 B) multiples.
+    feats = rng.standard_normal((3000, 375)).astype(np.float32)
+    with Store.create(path) as store:
+        with store.transaction() as txn:
+            txn.write_array("features", feats)
+    store = Store(path)
+    yield store, feats
+    store.close()
+
+
+@needs_aio
+@pytest.mark.parametrize("threads", [1, 3, 8])
+def test_aio_and_threads_read_the_same_rows_in_place(feats_store, threads):
+    store, feats = feats_store
+    meta = store.array_meta("features")
+    rng = np.random.default_rng(threads)
+    ids = rng.integers(0, feats.shape[0], 700)  # repeats and any order
+    pos = rng.permutation(900)[:700]
+    outs = []
+    for aio in (True, False):
+        tier = BaseRowTier(store.file_path(meta), meta, threads=threads)
+        if not tier.reader.direct:
+            pytest.skip(f"no O_DIRECT here ({tier.reader.fallback_reason}): AIO is not used")
+        tier.use_aio = aio
+        out = np.full((900, feats.shape[1]), -1.0, dtype=np.float32)
+        tier.gather_at(ids, out, pos)
+        assert tier.use_aio is aio and (tier._aio is not None) is aio
+        st = tier.stats()
+        assert st["hits"] == 700 and st["useful_bytes"] == 700 * meta.row_bytes
+        assert st["bytes_read"] >= st["useful_bytes"]
+        tier.close()
+        outs.append(out)
+    assert np.array_equal(outs[0][pos], feats[ids])
+    assert np.array_equal(outs[0], outs[1])
+    untouched = np.setdiff1d(np.arange(900), pos)
+    assert (outs[0][untouched] == -1.0).all()
+
+
+@needs_aio
+def test_a_short_aio_read_falls_back_and_names_the_file(tmp_path):
+    feats = np.arange(200 * 375, dtype=np.float32).reshape(200, 375)
+    with Store.create(tmp_path / "s") as store:
+        with store.transaction() as txn:
+            txn.write_array("features", feats)
+    with Store(tmp_path / "s") as store:
+        meta = store.array_meta("features")
+        path = store.file_path(meta)
+        with open(path, "r+b") as f:  # the last rows are gone
+            f.truncate(meta.offset + 100 * meta.row_bytes)
+        tier = BaseRowTier(path, meta, threads=4)
+        out = np.empty((3, 375), dtype=np.float32)
+        with pytest.raises(OSError, match="truncated"):
+            tier.gather_at(np.array([1, 150, 2]), out, np.arange(3))
+        assert tier.use_aio is False and tier._aio is None  # the context was dropped
+        tier.gather_at(np.array([1, 2]), out[:2], np.arange(2))  # the rows that are there
+        assert np.array_equal(out[:2], feats[[1, 2]])
+        tier.close()
+
+
+def test_buffered_reads_keep_the_threads(feats_store):
+    """Without O_DIRECT, io_submit would read one request at a time: the threads stay."""
+    store, feats = feats_store
+    meta = store.array_meta("features")
+    tier = BaseRowTier(store.file_path(meta), meta, threads=4, direct=False)
+    out = np.empty((50, feats.shape[1]), dtype=np.float32)
+    tier.gather_at(np.arange(50) * 7, out, np.arange(50)[::-1])
+    assert tier._aio is None
+    assert np.array_equal(out[::-1], feats[np.arange(50) * 7])
+    tier.close()
+
+
+def test_gather_at_checks_slots_and_positions(feats_store):
+    store, feats = feats_store
+    meta = store.array_meta("features")
+    tier = BaseRowTier(store.file_path(meta), meta, threads=2)
+    out = np.empty((4, feats.shape[1]), dtype=np.float32)
+    with pytest.raises(IndexError, match="slot 3000"):
+        tier.gather_at(np.array([0, 3000]), out, np.array([0, 1]))
+    with pytest.raises(IndexError, match="position"):
+        tier.gather_at(np.array([0, 1]), out, np.array([0, 4]))
+    tier.close()
+
+
+@pytest.fixture(scope="module")
+def fallback_store(tmp_path_factory):
+    s = packed_synthetic(tmp_path_factory.mktemp("fallback") / "s", {
+        "fb": PackOptions(cpu_cache=100 * 64, max_disk_blowup=0)})
+    yield s
+    s.close()
+
+
+def test_a_deeper_base_read_queue_only_where_the_budget_has_room(fallback_store):
+    store = fallback_store
+    mws = store.get("pack/fb")["min_working_set"]
+    assert mws["base_read_bytes"] > 0
+    slot = base_read_buffer_bytes(64, 1)
+    with TieredReader(store, "fb", io_threads=8) as r:  # unlimited: the deepest queue
+        queue = [c for c in r._charges if c.what.startswith("base-row read queue")]
+        assert r.base.threads == MAX_BASE_READS_IN_FLIGHT
+        assert queue and queue[0].nbytes == (MAX_BASE_READS_IN_FLIGHT - 8) * slot
+        batches = [r.read_batch(0, b).copy() for b in range(r.num_batches(0))]
+    # At the floor: no room, no queue, the same rows.
+    with NodeLoader(store, pack="fb", budget=MemoryBudget(cpu=mws["cpu"])) as loader:
+        assert loader.reader.base.threads == 8
+        assert not any("queue" in c.what for c in loader.accountant._holders["cpu"])
+        assert loader.accountant.peak("cpu") == mws["cpu"]
+        for b, batch in zip(range(len(loader)), loader):
+            assert np.array_equal(batch.x.numpy(), batches[b])
+
+
+def test_a_depth_0_loader_keeps_the_callers_numba_threads(fallback_store):
+    store = fallback_store
+    before = numba.get_num_threads()
+    feats = np.asarray(store.array("features"))
+    with NodeLoader(store, pack="fb", prefetch=0) as loader:
+        for batch in loader:
+            assert numba.get_num_threads() == before
+            assert np.array_equal(batch.x.numpy(), feats[batch.input_nodes])
