@@ -13,7 +13,8 @@ from .distributed import launched
 
 def add_train(sub) -> None:
     p = command(sub, "train", _cmd_train,
-                "train GraphSAGE node classification from a store, out of core")
+                "train a GNN (GraphSAGE, GCN or GAT) for node classification from a "
+                "store, out of core")
     add_store(p)
     p.add_argument("--plan", default=None, help="training plan or shard group (default: the most "
                                                 "recent train-split plan for this world size, "
@@ -30,7 +31,18 @@ def add_train(sub) -> None:
                 "hard limit for oocstore's device buffers")
     add_flag(p, "--in-memory", "hold all features in RAM (same plans): the accuracy reference")
     p.add_argument("--backend", default="pyg", choices=["pyg", "dgl"],
-                   help="GNN layers: PyG SAGEConv (default) or dgl.nn.SAGEConv (DGL environment)")
+                   help="GNN layers: PyG (default; every --model) or DGL (DGL environment; "
+                        "--model sage only, dgl.nn.SAGEConv)")
+    p.add_argument("--model", default="sage", choices=["sage", "gcn", "gat"],
+                   help="sage: GraphSAGE, mean aggregation (default); gcn: graph convolution "
+                        "with self-loops, mean-normalised on the sampled block; gat: graph "
+                        "attention (PyG GATConv)")
+    p.add_argument("--heads", type=int, default=None, metavar="H",
+                   help="attention heads of --model gat (default 4; --hidden must be a "
+                        "multiple of H)")
+    p.add_argument("--layers", type=int, default=None, metavar="L",
+                   help="model layers; must equal the plan's number of fanouts (default: "
+                        "the plan's)")
     add_seed(p, "seed for model init (default 0)")
     p.add_argument("--checkpoint", metavar="DIR", default=None,
                    help="save model, optimizer and loader state here after every epoch (rank 0 "
@@ -80,7 +92,8 @@ def _train_and_report(args, *, report: bool = True) -> int:
                       checkpoint=args.checkpoint, resume=args.resume,
                       allow_eval_split=args.allow_eval_split,
                       weight_decay=args.weight_decay, early_stop=args.early_stop,
-                      save_model=args.save_model, overwrite=args.overwrite)
+                      save_model=args.save_model, overwrite=args.overwrite,
+                      model=args.model, heads=args.heads, layers=args.layers)
     # train may commit evaluation plans and packs (and writes checkpoints) before it stops:
     # an interrupt or a failure after that says exactly what was written.
     writes = WriteLog(args.store)

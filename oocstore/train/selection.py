@@ -18,6 +18,7 @@ replaced only with ``--overwrite`` (checked before training starts).
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,9 +104,16 @@ def check_model_path(path: str | os.PathLike, overwrite: bool) -> Path:
     return p
 
 
-def save_model(path: Path, state: dict[str, torch.Tensor]) -> Path:
-    """Write ``state`` (a state_dict) to ``path`` atomically."""
+def save_model(path: Path, state: dict[str, torch.Tensor],
+               spec: dict[str, Any] | None = None) -> Path:
+    """Write ``state`` (a state_dict) to ``path`` atomically. ``spec``, the model's kind
+    and hyper-parameters (:class:`oocstore.train.models.ModelSpec`), travels in the
+    state_dict's metadata (``_metadata[""]["oocstore_model"]``), which ``torch.load``
+    restores and ``load_state_dict`` ignores, so the file stays a plain state_dict."""
     tmp = path.with_name(f".{path.name}.tmp")
+    if spec is not None:
+        state = OrderedDict(state)
+        state._metadata = OrderedDict({"": {"oocstore_model": dict(spec)}})  # type: ignore[attr-defined]
     torch.save(state, tmp)
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
