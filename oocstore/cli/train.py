@@ -1,5 +1,5 @@
-"""``oocstore train``: GraphSAGE node classification from a store, out of core (DDP
-under ``torchrun``)."""
+"""``oocstore train``: GNN node classification (GraphSAGE, GCN, GAT) from a store, out of
+core (DDP under ``torchrun``)."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def add_train(sub) -> None:
 
 
 def _cmd_train(args) -> int:
-    """Train GraphSAGE on a store's training plan, streaming features through the plan's
+    """Train a GNN (--model: GraphSAGE, GCN or GAT) on a store's training plan, streaming features through the plan's
     pack (GPU/CPU/SSD tiers, pipelined prefetch) inside the given budgets, with
     validation accuracy after every epoch and test accuracy at the end (evaluation plans
     are sampled and packed once if the store has none). --in-memory runs the same plans

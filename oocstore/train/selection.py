@@ -7,9 +7,11 @@ reached the highest accuracy — with a CPU copy of its weights, and says when
 in the training checkpoint (entry ``best``), so a resumed run keeps counting where the
 interrupted one stopped and still has the best weights.
 
-The model file (``--save-model PATH``) is the best epoch's ``state_dict`` alone — tensors
-under their parameter names, nothing else — so ``torch.load(PATH, weights_only=True)``
-reads it and ``model.load_state_dict`` takes it. It is written once, when training ends,
+The model file (``--save-model PATH``) is the best epoch's ``state_dict`` — tensors
+under their parameter names, plus the model's kind and hyper-parameters in the dict's
+``_metadata`` (which ``load_state_dict`` ignores) — so ``torch.load(PATH,
+weights_only=True)`` reads it, ``model.load_state_dict`` takes it and
+:func:`oocstore.train.models.spec_of_state_dict` says which model to build for it. It is written once, when training ends,
 atomically (temporary file in the same directory, fsync, rename, fsync of the
 directory): an interrupted run leaves no half-written file, and an existing file is
 replaced only with ``--overwrite`` (checked before training starts).
