@@ -73,6 +73,12 @@ class ModelSpec:
                               "written by `oocstore train`")
         try:
             spec = cls(**value)
+            for key in ("in_dim", "hidden", "classes", "layers"):
+                v = getattr(spec, key)
+                if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                    raise UsageError(f"{key} {v!r} is not a positive integer")
+            if not isinstance(spec.dropout, (int, float)) or not 0 <= spec.dropout < 1:
+                raise UsageError(f"dropout {spec.dropout!r} is not in [0, 1)")
             check_model_args(spec.kind, spec.hidden, spec.heads, spec.backend)
         except (TypeError, UsageError) as err:
             raise FormatError(f"{where}: entry 'model_spec' {value!r} does not describe a "

@@ -49,7 +49,9 @@ def test_each_model_learns_the_synthetic_signal(store, capsys, model):
                    "--lr", "0.01", "--cpu-budget", "8MiB")
     assert out["model"] == model and len(out["epochs"]) == 2
     classes = 8  # `ingest synthetic`'s default; chance is 1/8
-    assert out["test_acc"] > 2.0 / classes, out["test_acc"]
+    # 2 epochs reach 0.62-0.73 here (seed 0); 4x chance leaves room and still fails a
+    # model that does not learn
+    assert out["test_acc"] > 4.0 / classes, out["test_acc"]
     assert out["epochs"][1]["loss"] < out["epochs"][0]["loss"]
 
 
@@ -157,3 +159,13 @@ def test_gcn_layer_computes_the_documented_mean():
     want = torch.stack([(x[[0, 3, 4]] @ lin.T).mean(0), (x[[1, 5]] @ lin.T).mean(0),
                         (x[[2, 2]] @ lin.T).mean(0)]) + bias
     torch.testing.assert_close(out, want)
+
+
+@pytest.mark.parametrize("damage", [{"kind": "mlp"}, {"layers": 0}, {"heads": 3},
+                                    {"in_dim": "16"}, {"extra": 1}])
+def test_damaged_model_spec_is_a_format_error(damage):
+    from oocstore.errors import FormatError
+
+    spec = ModelSpec("gat", 16, 8, 8, 2, 2).to_dict()
+    with pytest.raises(FormatError, match="model_spec"):
+        ModelSpec.from_dict({**spec, **damage}, "ck")
