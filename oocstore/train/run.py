@@ -583,7 +583,8 @@ def _train(store, name, pack, evals, cfg: TrainConfig, budget, device,
     useful = sum(r["useful_bytes"] for r in ranks)
     summary = {
         "plan": dist.group_of(reader.meta), "pack": pack, "in_memory": cfg.in_memory,
-        "backend": cfg.backend, "model": cfg.model, "device": str(device), "seed": cfg.seed, "world_size": world,
+        "backend": cfg.backend, "device": str(device), "seed": cfg.seed, "world_size": world,
+        "model": cfg.model,
         "val_acc": accs.get("val"), "test_acc": accs.get("test"),
         "epochs": history,
         "best_epoch": best.epoch if best.epoch >= 0 else None,

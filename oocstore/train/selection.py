@@ -11,10 +11,11 @@ The model file (``--save-model PATH``) is the best epoch's ``state_dict`` — te
 under their parameter names, plus the model's kind and hyper-parameters in the dict's
 ``_metadata`` (which ``load_state_dict`` ignores) — so ``torch.load(PATH,
 weights_only=True)`` reads it, ``model.load_state_dict`` takes it and
-:func:`oocstore.train.models.spec_of_state_dict` says which model to build for it. It is written once, when training ends,
-atomically (temporary file in the same directory, fsync, rename, fsync of the
-directory): an interrupted run leaves no half-written file, and an existing file is
-replaced only with ``--overwrite`` (checked before training starts).
+:func:`oocstore.train.models.spec_of_state_dict` says which model to build for it. It
+is written once, when training ends, atomically (temporary file in the same directory,
+fsync, rename, fsync of the directory): an interrupted run leaves no half-written file,
+and an existing file is replaced only with ``--overwrite`` (checked before training
+starts).
 """
 
 from __future__ import annotations
@@ -115,7 +116,8 @@ def save_model(path: Path, state: dict[str, torch.Tensor],
     tmp = path.with_name(f".{path.name}.tmp")
     if spec is not None:
         state = OrderedDict(state)
-        state._metadata = OrderedDict({"": {"oocstore_model": dict(spec)}})  # type: ignore[attr-defined]
+        meta = OrderedDict({"": {"oocstore_model": dict(spec)}})
+        state._metadata = meta  # type: ignore[attr-defined]
     torch.save(state, tmp)
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
