@@ -87,10 +87,16 @@ class ModelSpec:
         return spec
 
 
-def check_model_args(kind: str, hidden: int, heads: int | None, backend: str = "pyg") -> None:
+def check_model_args(kind: str, hidden: int, heads: int | None, backend: str = "pyg",
+                     dropout: float | None = None) -> None:
     """Refuse a model choice that cannot be built: an unknown kind, a kind the backend
-    does not offer, ``heads`` for a model without attention, ``heads < 1``, a hidden
-    width that does not split into the heads."""
+    does not offer, ``hidden < 1``, a dropout outside [0, 1), ``heads`` for a model
+    without attention, ``heads < 1``, a hidden width that does not split into the heads.
+    (``oocstore train`` checks this before it writes evaluation plans.)"""
+    if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
+        raise UsageError(f"--hidden {hidden}: give 1 or more hidden units")
+    if dropout is not None and not 0.0 <= float(dropout) < 1.0:
+        raise UsageError(f"--dropout {dropout}: give a probability in [0, 1)")
     if kind not in MODELS:
         raise UsageError(f"--model {kind!r}: use one of {', '.join(MODELS)}")
     offered = BACKEND_MODELS.get(backend, ())

@@ -94,7 +94,7 @@ class TrainConfig:
             raise UsageError(f"--backend {self.backend!r}: use pyg or dgl")
         if self.resume and not self.checkpoint:
             raise UsageError("--resume needs --checkpoint DIR (where the run saved its state)")
-        check_model_args(self.model, self.hidden, self.heads, self.backend)
+        check_model_args(self.model, self.hidden, self.heads, self.backend, self.dropout)
 
     @property
     def selects(self) -> bool:

@@ -31,6 +31,13 @@ def fresh(store, tmp_path):
     return str(dst)
 
 
+def files(root):
+    """Every file under ``root`` and its bytes (the catalog's data included), except
+    LMDB's reader lock table ``lock.mdb``, which opening a store for reading may touch."""
+    return {k: v for k, v in tree_bytes(root, skip=()).items()
+            if not k.endswith("catalog.lmdb/lock.mdb")}
+
+
 def run_json(capsys, *argv):
     assert main(["train", *argv, "--json", "--quiet"]) == 0
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -126,14 +133,24 @@ def test_checkpoint_without_model_field_loads_as_sage(store, tmp_path, capsys):
     (["--layers", "3"], "--layers 3 does not match plan"),
     (["--layers", "1", "--in-memory"], "give --layers 2"),
     (["--backend", "dgl", "--model", "gcn"], "offers: sage"),
+    (["--hidden", "0"], "--hidden 0: give 1 or more"),
+    (["--dropout", "1.5"], "--dropout 1.5: give a probability in [0, 1)"),
 ])
 def test_bad_model_input_is_one_line_and_writes_nothing(fresh, tmp_path, capsys, argv, match):
-    before = tree_bytes(tmp_path, skip=())
+    before = files(tmp_path)
     assert call(["train", fresh, "--epochs", "1", "--save-model", str(tmp_path / "m.pt"),
                  *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and match in err[0], err
-    assert tree_bytes(tmp_path, skip=()) == before
+    assert files(tmp_path) == before
+    assert "catalog.lmdb/data.mdb" in "".join(before)
+
+
+def test_help_says_which_models_each_backend_offers(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--model {sage,gcn,gat}" in text and "--model sage only" in text
 
 
 def test_gcn_adjacency_is_the_self_loop_mean():
