@@ -121,7 +121,8 @@ def _train_and_report(args, *, report: bool = True) -> int:
     mode = "in memory" if summary["in_memory"] else f"out of core (pack {summary['pack']})"
     accs = ", ".join(f"{k} acc {summary[f'{k}_acc']:.4f}" for k in ("val", "test")
                      if summary[f"{k}_acc"] is not None) or "no val/test split to evaluate"
-    print(f"trained plan {summary['plan']} {mode} on {summary['device']}: {accs}")
+    print(f"trained {summary['model']} on plan {summary['plan']} {mode} on "
+          f"{summary['device']}: {accs}")
     for e in summary["epochs"]:
         val = f", val acc {e['val_acc']:.4f}" if e.get("val_acc") is not None else ""
         print(f"  epoch {e['epoch']}: {e['time_s']:.1f} s, waited {e['wait_s']:.2f} s for data, "
