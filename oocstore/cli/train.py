@@ -1,5 +1,5 @@
-"""``oocstore train``: GraphSAGE node classification from a store, out of core (DDP
-under ``torchrun``)."""
+"""``oocstore train``: GNN node classification (GraphSAGE, GCN, GAT) from a store, out of
+core (DDP under ``torchrun``)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from .distributed import launched
 
 def add_train(sub) -> None:
     p = command(sub, "train", _cmd_train,
-                "train GraphSAGE node classification from a store, out of core")
+                "train a GNN (GraphSAGE, GCN or GAT) for node classification from a "
+                "store, out of core")
     add_store(p)
     p.add_argument("--plan", default=None, help="training plan or shard group (default: the most "
                                                 "recent train-split plan for this world size, "
@@ -30,7 +31,18 @@ def add_train(sub) -> None:
                 "hard limit for oocstore's device buffers")
     add_flag(p, "--in-memory", "hold all features in RAM (same plans): the accuracy reference")
     p.add_argument("--backend", default="pyg", choices=["pyg", "dgl"],
-                   help="GNN layers: PyG SAGEConv (default) or dgl.nn.SAGEConv (DGL environment)")
+                   help="GNN layers: PyG (default; every --model) or DGL (DGL environment; "
+                        "--model sage only, dgl.nn.SAGEConv)")
+    p.add_argument("--model", default="sage", choices=["sage", "gcn", "gat"],
+                   help="sage: GraphSAGE, mean aggregation (default); gcn: graph convolution "
+                        "with self-loops, mean-normalised on the sampled block; gat: graph "
+                        "attention (PyG GATConv)")
+    p.add_argument("--heads", type=int, default=None, metavar="H",
+                   help="attention heads of --model gat (default 4; --hidden must be a "
+                        "multiple of H)")
+    p.add_argument("--layers", type=int, default=None, metavar="L",
+                   help="model layers; must equal the plan's number of fanouts (default: "
+                        "the plan's)")
     add_seed(p, "seed for model init (default 0)")
     p.add_argument("--checkpoint", metavar="DIR", default=None,
                    help="save model, optimizer and loader state here after every epoch (rank 0 "
@@ -52,7 +64,7 @@ def add_train(sub) -> None:
 
 
 def _cmd_train(args) -> int:
-    """Train GraphSAGE on a store's training plan, streaming features through the plan's
+    """Train a GNN (--model: GraphSAGE, GCN or GAT) on a store's training plan, streaming features through the plan's
     pack (GPU/CPU/SSD tiers, pipelined prefetch) inside the given budgets, with
     validation accuracy after every epoch and test accuracy at the end (evaluation plans
     are sampled and packed once if the store has none). --in-memory runs the same plans
@@ -80,7 +92,8 @@ def _train_and_report(args, *, report: bool = True) -> int:
                       checkpoint=args.checkpoint, resume=args.resume,
                       allow_eval_split=args.allow_eval_split,
                       weight_decay=args.weight_decay, early_stop=args.early_stop,
-                      save_model=args.save_model, overwrite=args.overwrite)
+                      save_model=args.save_model, overwrite=args.overwrite,
+                      model=args.model, heads=args.heads, layers=args.layers)
     # train may commit evaluation plans and packs (and writes checkpoints) before it stops:
     # an interrupt or a failure after that says exactly what was written.
     writes = WriteLog(args.store)
@@ -108,7 +121,8 @@ def _train_and_report(args, *, report: bool = True) -> int:
     mode = "in memory" if summary["in_memory"] else f"out of core (pack {summary['pack']})"
     accs = ", ".join(f"{k} acc {summary[f'{k}_acc']:.4f}" for k in ("val", "test")
                      if summary[f"{k}_acc"] is not None) or "no val/test split to evaluate"
-    print(f"trained plan {summary['plan']} {mode} on {summary['device']}: {accs}")
+    print(f"trained {summary['model']} on plan {summary['plan']} {mode} on "
+          f"{summary['device']}: {accs}")
     for e in summary["epochs"]:
         val = f", val acc {e['val_acc']:.4f}" if e.get("val_acc") is not None else ""
         print(f"  epoch {e['epoch']}: {e['time_s']:.1f} s, waited {e['wait_s']:.2f} s for data, "

@@ -4,8 +4,9 @@ against. Imports PyTorch Geometric only when a model is built."""
 
 from .loop import InMemoryFeatures, evaluate, train_epoch
 from .model import GraphSAGE
+from .models import GAT, GCN, build_model
 from .run import prepare_evaluation
 from .schedule import Reuse, epoch_schedule
 
-__all__ = ["GraphSAGE", "InMemoryFeatures", "Reuse", "epoch_schedule", "evaluate",
-           "prepare_evaluation", "train_epoch"]
+__all__ = ["GAT", "GCN", "GraphSAGE", "InMemoryFeatures", "Reuse", "build_model",
+           "epoch_schedule", "evaluate", "prepare_evaluation", "train_epoch"]

@@ -27,6 +27,8 @@ Layout (``format`` 2)::
     best        the best validation epoch so far (optional): epoch, val_acc, model (its
                 state_dict on the CPU), stopped (early stopping ended the run); checked
                 by :meth:`~oocstore.train.selection.BestModel.from_checkpoint`
+    model_spec  the model's kind and hyper-parameters (optional; absent: a GraphSAGE),
+                :class:`oocstore.train.models.ModelSpec` as a dict
 
 Restoring the random states makes a resumed run repeat the uninterrupted one exactly
 (dropout masks draw from torch's generator). Checkpoints of format 1 (no ``format``

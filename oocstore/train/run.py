@@ -47,7 +47,7 @@ from ..store import Store
 from .checkpoint import (CHECKPOINT_FILE, check_optimizer_state, check_rng_state,
                          load_checkpoint, rng_state, save_checkpoint, set_rng_state)
 from .loop import InMemoryFeatures, ddp_model, evaluate_counts, train_epoch
-from .model import GraphSAGE
+from .models import ModelSpec, build_from_spec, check_layers, check_model_args, check_resume_model
 from .progress import TrainProgress, _EpochCallback
 from .selection import BestModel, check_model_path, save_model
 from .prepare import WRITER_WAIT_S, WriteLog, apply_eval, check_loader_fits, plan_eval, writer
@@ -75,6 +75,9 @@ class TrainConfig:
     early_stop: int | None = None  # stop after this many epochs without a better val_acc
     save_model: str | None = None  # write the best validation epoch's state_dict here
     overwrite: bool = False  # save_model may replace an existing file
+    model: str = "sage"  # sage, gcn or gat (oocstore.train.models)
+    heads: int | None = None  # gat's attention heads (None: its default)
+    layers: int | None = None  # must equal the plan's fanouts when given
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -91,6 +94,7 @@ class TrainConfig:
             raise UsageError(f"--backend {self.backend!r}: use pyg or dgl")
         if self.resume and not self.checkpoint:
             raise UsageError("--resume needs --checkpoint DIR (where the run saved its state)")
+        check_model_args(self.model, self.hidden, self.heads, self.backend, self.dropout)
 
     @property
     def selects(self) -> bool:
@@ -251,6 +255,7 @@ def _prepare(store_path, plan: str | None, cfg: TrainConfig, budget: MemoryBudge
     def check() -> None:
         with Store(store_path) as store:
             name = train_plan(store, plan, rank, world, allow_eval_split=cfg.allow_eval_split)
+            check_layers(cfg.layers, PlanReader(store, name).num_layers, name)
             if not cfg.in_memory:
                 check_loader_fits(store, latest_pack(store, name), budget, device.type)
 
@@ -326,16 +331,9 @@ def _on_every_rank(fn: Callable[[], Any]) -> Any:
 
 
 def _model(store: Store, reader: PlanReader, cfg: TrainConfig, device: torch.device):
-    classes = store.num_classes
-    if cfg.backend == "dgl":
-        from .dgl_model import DGLGraphSAGE
-
-        model = DGLGraphSAGE(store.feature_dim, cfg.hidden, classes, reader.num_layers,
-                             cfg.dropout)
-    else:
-        model = GraphSAGE(store.feature_dim, cfg.hidden, classes, reader.num_layers,
-                          dropout=cfg.dropout)
-    return model.to(device)
+    return build_from_spec(ModelSpec(cfg.model, store.feature_dim, cfg.hidden, store.num_classes,
+                                     reader.num_layers, cfg.heads, cfg.dropout,
+                                     cfg.backend)).to(device)
 
 
 def _optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -375,6 +373,7 @@ def _resume(cfg: TrainConfig, model, optimizer, reader: PlanReader, device, rank
     if state.get("world_size", 1) != world:
         raise FormatError(f"checkpoint {path} was saved by {state.get('world_size', 1)} "
                           f"process(es), this run has {world}: resume with the same world size")
+    check_resume_model(state, cfg, path)
     try:
         model.load_state_dict(state["model"])
         check_optimizer_state(state["optimizer"], optimizer, path)
@@ -603,7 +602,7 @@ def _save_best(cfg: TrainConfig, best: BestModel, rank: int, writes: WriteLog | 
     model_file = cfg.save_model if cfg.save_model and best.state is not None else None
     if model_file is not None:
         if rank == 0:
-            save_model(Path(model_file), best.state)
+            save_model(Path(model_file), best.state, model.spec.to_dict())
             if writes is not None:
                 writes.wrote_file(model_file, f"the model of epoch {best.epoch}")
         dist.barrier()
@@ -624,6 +623,7 @@ def _summary(store, reader, pack, cfg: TrainConfig, device, budget, rank: int, w
     summary = {
         "plan": dist.group_of(reader.meta), "pack": pack, "in_memory": cfg.in_memory,
         "backend": cfg.backend, "device": str(device), "seed": cfg.seed, "world_size": world,
+        "model": cfg.model,
         "val_acc": accs.get("val"), "test_acc": accs.get("test"),
         "epochs": history,
         "best_epoch": best.epoch if best.epoch >= 0 else None,
@@ -655,7 +655,8 @@ def _after_epoch(ckdir, model, optimizer, meta, epoch, history, loader_state,
                 "plan": dist.group_of(meta), "epoch": epoch + 1, "history": history,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "loader": loader_state, "world_size": world, "config": dict(cfg.__dict__),
-                "rng": rng, "best": best.to_checkpoint() if best is not None else None})
+                "rng": rng, "best": best.to_checkpoint() if best is not None else None,
+                "model_spec": model.spec.to_dict()})
             if writes is not None:
                 writes.wrote_file(path, f"a checkpoint after epoch {epoch + 1}")
         dist.barrier()  # no rank runs ahead of a checkpoint that is not yet on disk

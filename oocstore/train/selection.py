@@ -7,17 +7,21 @@ reached the highest accuracy — with a CPU copy of its weights, and says when
 in the training checkpoint (entry ``best``), so a resumed run keeps counting where the
 interrupted one stopped and still has the best weights.
 
-The model file (``--save-model PATH``) is the best epoch's ``state_dict`` alone — tensors
-under their parameter names, nothing else — so ``torch.load(PATH, weights_only=True)``
-reads it and ``model.load_state_dict`` takes it. It is written once, when training ends,
-atomically (temporary file in the same directory, fsync, rename, fsync of the
-directory): an interrupted run leaves no half-written file, and an existing file is
-replaced only with ``--overwrite`` (checked before training starts).
+The model file (``--save-model PATH``) is the best epoch's ``state_dict`` — tensors
+under their parameter names, plus the model's kind and hyper-parameters in the dict's
+``_metadata`` (which ``load_state_dict`` ignores) — so ``torch.load(PATH,
+weights_only=True)`` reads it, ``model.load_state_dict`` takes it and
+:func:`oocstore.train.models.spec_of_state_dict` says which model to build for it. It
+is written once, when training ends, atomically (temporary file in the same directory,
+fsync, rename, fsync of the directory): an interrupted run leaves no half-written file,
+and an existing file is replaced only with ``--overwrite`` (checked before training
+starts).
 """
 
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,9 +107,17 @@ def check_model_path(path: str | os.PathLike, overwrite: bool) -> Path:
     return p
 
 
-def save_model(path: Path, state: dict[str, torch.Tensor]) -> Path:
-    """Write ``state`` (a state_dict) to ``path`` atomically."""
+def save_model(path: Path, state: dict[str, torch.Tensor],
+               spec: dict[str, Any] | None = None) -> Path:
+    """Write ``state`` (a state_dict) to ``path`` atomically. ``spec``, the model's kind
+    and hyper-parameters (:class:`oocstore.train.models.ModelSpec`), travels in the
+    state_dict's metadata (``_metadata[""]["oocstore_model"]``), which ``torch.load``
+    restores and ``load_state_dict`` ignores, so the file stays a plain state_dict."""
     tmp = path.with_name(f".{path.name}.tmp")
+    if spec is not None:
+        state = OrderedDict(state)
+        meta = OrderedDict({"": {"oocstore_model": dict(spec)}})
+        state._metadata = meta  # type: ignore[attr-defined]
     torch.save(state, tmp)
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
