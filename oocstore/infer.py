@@ -62,8 +62,9 @@ DEFAULT_LAYER_BATCH = 8192
 #: and value, and sorting temporaries.
 EDGE_BYTES = 56
 #: Rows further apart than this many bytes are read with separate ``pread`` calls;
-#: closer ones as one span (the rows between are read and dropped).
-GAP_BYTES = 16 << 10
+#: closer ones as one span (the rows between are read and dropped): within a page the
+#: disk reads them anyway.
+GAP_BYTES = 4 << 10
 #: Memory held apart from the chunk: the two readers' scratch buffers, one planning piece
 #: of ``indptr`` (and its cost prefix sums), the zarr copy buffer.
 FIXED_BYTES = 3 * SCRATCH + PIECE_NODES * 8 * 3 + (1 << 20)
