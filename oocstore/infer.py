@@ -227,6 +227,34 @@ class InferSummary:
         return asdict(self)
 
 
+#: Allocations of at least this many bytes get pages of their own from the kernel
+#: (``mmap``), returned when freed.
+MMAP_THRESHOLD = 256 << 10
+
+
+def pin_mmap_threshold(nbytes: int = MMAP_THRESHOLD) -> bool:
+    """Make glibc's malloc serve allocations of ``nbytes`` and more with ``mmap`` for the
+    rest of the process (False where the C library is not glibc).
+
+    By default glibc raises that threshold to the size of every large block freed (up
+    to 32 MiB) and then keeps up to twice as much freed memory resident in its heap:
+    one chunk's buffers, allocated and freed once per chunk, would stay resident beside
+    the next chunk's and the process would hold about twice what a chunk needs. A fixed
+    threshold turns that adjustment off, so each chunk's buffers go back to the kernel
+    when the chunk is done."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_mmap_threshold = -3
+    return bool(mallopt(ctypes.c_int(m_mmap_threshold), ctypes.c_int(int(nbytes))))
+
+
 class _RawRows:
     """Rows of a float32 ``[rows, width]`` file written by this module (hidden states),
     read and written with ``pread`` / ``pwrite``."""
@@ -268,29 +296,31 @@ class _RawRows:
 
 def gather_rows(read: Callable[[int, int], np.ndarray], ids: np.ndarray, row_bytes: int,
                 *, gap_bytes: int = GAP_BYTES, span_bytes: int = SCRATCH) -> np.ndarray:
-    """Rows ``ids`` (sorted, distinct) via ``read(start, stop)``: ids closer than
-    ``gap_bytes`` are read as one span of at most ``span_bytes`` (at least one row)."""
+    """Rows ``ids`` (sorted, distinct) via ``read(start, stop)``, into one array allocated
+    up front: ids closer than ``gap_bytes`` are read as one span of at most
+    ``span_bytes`` (at least one row), which is the only other buffer."""
+    empty = read(0, 0)
+    out = np.empty((len(ids), *empty.shape[1:]), dtype=empty.dtype)
     if not len(ids):
-        return read(0, 0)
+        return out
     gap = max(1, gap_bytes // max(1, row_bytes))
     span = max(1, span_bytes // max(1, row_bytes))
     breaks = np.flatnonzero(np.diff(ids) > gap) + 1
-    starts = np.concatenate(([0], breaks))
-    ends = np.concatenate((breaks, [len(ids)]))
-    parts = []
-    for s, e in zip(starts.tolist(), ends.tolist()):
+    starts = np.concatenate(([0], breaks)).tolist()
+    ends = np.concatenate((breaks, [len(ids)])).tolist()
+    for s, e in zip(starts, ends):
         lo, hi = int(ids[s]), int(ids[e - 1]) + 1
         if e - s == hi - lo and hi - lo <= span:  # a contiguous run: read it as is
-            parts.append(read(lo, hi))
+            out[s:e] = read(lo, hi)
             continue
         i = s
         while i < e:
             top = min(hi, int(ids[i]) + span)
             j = s + int(np.searchsorted(ids[s:e], top))
             block = read(int(ids[i]), int(ids[j - 1]) + 1)
-            parts.append(block[ids[i:j] - ids[i]])
+            out[i:j] = block[ids[i:j] - ids[i]]
             i = j
-    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+    return out
 
 
 def _plan_chunks(ip: np.ndarray, base: int, per_dst: int, per_edge: int, room: int | None,
@@ -325,7 +355,8 @@ def infer_embeddings(store: Store | str | os.PathLike, checkpoint: str | os.Path
 
     ``layer_batch``: at most this many destinations per chunk; ``cpu_budget``: bytes a
     chunk and the weights may hold (chunks are sized from it; a budget below the
-    minimum is refused with it). ``layers`` / ``plan``: the layer count the checkpoint
+    minimum is refused with it; the process's malloc is set to return large blocks
+    when freed, see :func:`pin_mmap_threshold`). ``layers`` / ``plan``: the layer count the checkpoint
     must have. ``progress(layer, layers, nodes_done, nodes)`` after every chunk. Every
     input is checked before anything is written; the store is only read."""
     if layer_batch is not None and (isinstance(layer_batch, bool)
@@ -394,6 +425,7 @@ def _infer(store: Store, checkpoint, out, layer_batch, cpu_budget, overwrite, la
         batch = layer_batch or (n if cpu_budget is not None else DEFAULT_LAYER_BATCH)
         batch = max(1, min(batch, max(n, 1)))
 
+        pin_mmap_threshold()
         model = GraphSAGE(dims[0], dims[1] if len(dims) > 2 else dims[-1], dims[-1],
                           len(dims) - 1, dropout=0.0)
         model.load_state_dict(weights.state)
@@ -507,4 +539,4 @@ def _place(new: Path, out: Path, tmp: Path) -> None:
 
 
 __all__ = ["InferSummary", "SageWeights", "check_out_path", "check_weights_fit", "chunk_cost",
-           "gather_rows", "infer_embeddings", "load_sage_weights"]
+           "gather_rows", "infer_embeddings", "load_sage_weights", "pin_mmap_threshold"]
