@@ -161,12 +161,13 @@ def check_weights_fit(store: Store, weights: SageWeights, *, layers: int | None 
     if plan is not None and plan not in plans:
         raise UsageError(f"store {store.path} has no plan {plan!r} (plan=): name one of "
                          f"{', '.join(sorted(plans)) or 'none'}")
-    for name, why in ((plan, "plan="), (weights.plan, "the checkpoint's plan")):
+    for name, which in ((plan, f"plan={plan!r}"),
+                        (weights.plan, f"its training plan {weights.plan!r}")):
         meta = plans.get(name) if name else None
         if meta is not None and meta.num_layers != weights.num_layers:
-            raise UsageError(f"checkpoint {src} has {weights.num_layers} layers but plan "
-                             f"{name!r} ({why}) samples {meta.num_layers}: give the "
-                             "checkpoint trained on that plan")
+            raise UsageError(f"checkpoint {src} has {weights.num_layers} layers but "
+                             f"{which} samples {meta.num_layers}: give the checkpoint "
+                             "trained on that plan")
 
 
 def check_out_path(out: str | os.PathLike, overwrite: bool, store: Store | None = None) -> Path:

@@ -226,3 +226,71 @@ def test_matches_full_graph_forward_cora_ml(tmp_path):
     assert summary.nodes == 2995 and summary.chunks[0] > 1
     np.testing.assert_allclose(zarr.open_array(str(tmp_path / "e.zarr"))[:], ref, atol=1e-5,
                                rtol=1e-5)
+
+
+def test_failure_midway_keeps_previous_output(store_path, tmp_path):
+    """A run stopped in its last layer leaves the previous output as it was and no
+    temporary files (hidden states included)."""
+    with Store(store_path) as store:
+        saved_model(tmp_path / "m.pt", store)
+        infer_embeddings(store, tmp_path / "m.pt", tmp_path / "emb.zarr")
+        before = tree_digest(tmp_path / "emb.zarr")
+
+        def stop(layer, layers, done, total):
+            if layer == layers - 1 and done > total // 2:
+                raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            infer_embeddings(store, tmp_path / "m.pt", tmp_path / "emb.zarr", layer_batch=100,
+                             overwrite=True, progress=stop)
+    assert tree_digest(tmp_path / "emb.zarr") == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["emb.zarr", "m.pt"]
+
+
+def test_corrupt_features_refused(store_path, tmp_path, capsys):
+    """A flipped bit in the features is caught by the chunk checksums: exit 2, no output."""
+    import shutil
+
+    copy = tmp_path / "s"
+    shutil.copytree(store_path, copy)
+    with Store(copy) as store:
+        saved_model(tmp_path / "m.pt", store)
+        meta = store.array_meta("features")
+        path = store.file_path(meta)
+    with open(path, "r+b") as f:
+        f.seek(meta.offset + 1000)
+        b = f.read(1)
+        f.seek(meta.offset + 1000)
+        f.write(bytes([b[0] ^ 0x10]))
+    assert _cli(copy, "--checkpoint", tmp_path / "m.pt", "--out", tmp_path / "e.zarr",
+                "--quiet") == 2
+    err = capsys.readouterr().err
+    assert "checksum mismatch" in err and "features" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt", "s"]
+
+
+def test_plan_layer_count_mismatch(store_path, tmp_path, capsys):
+    """--plan (or a checkpoint DIR's own plan) with another layer count is refused."""
+    import shutil
+
+    from oocstore.samplers import sample_plan
+    from oocstore.train.checkpoint import save_checkpoint
+
+    copy = tmp_path / "s"
+    shutil.copytree(store_path, copy)
+    with Store(copy, readonly=False) as store:
+        sample_plan(store, fanouts="5,5,5", batch_size=256, epochs=1, name="three")
+    with Store(copy) as store:
+        model = saved_model(tmp_path / "m.pt", store, layers=2)
+    save_checkpoint(tmp_path / "ck", {"plan": "three", "epoch": 0, "history": [],
+                                      "model": model.state_dict(),
+                                      "optimizer": torch.optim.Adam(model.parameters())
+                                      .state_dict(), "rng": {}})
+    before = tree_digest(copy)
+    assert _cli(copy, "--checkpoint", tmp_path / "m.pt", "--out", tmp_path / "e.zarr",
+                "--plan", "three", "--quiet") == 2
+    assert "has 2 layers but --plan three samples 3" in capsys.readouterr().err
+    assert _cli(copy, "--checkpoint", tmp_path / "ck", "--out", tmp_path / "e.zarr",
+                "--quiet") == 2
+    assert "has 2 layers but its training plan 'three' samples 3" in capsys.readouterr().err
+    assert tree_digest(copy) == before and not (tmp_path / "e.zarr").exists()
