@@ -90,7 +90,8 @@ class SageWeights:
 
 def load_sage_weights(path: str | os.PathLike) -> SageWeights:
     """The GraphSAGE weights in ``path``: a model file (a ``state_dict``) or a training
-    checkpoint (``DIR`` or ``DIR/checkpoint.pt``; its ``model`` entry). Read without
+    checkpoint (``DIR`` or ``DIR/checkpoint.pt``; its ``model`` entry, the last epoch's
+    weights, where the model file holds the best validation epoch's). Read without
     running code; :class:`~oocstore.errors.FormatError` naming the file if it is damaged
     or not a PyG GraphSAGE's weights."""
     from .train.checkpoint import CHECKPOINT_FILE, check_layout, load_weights_only
