@@ -41,7 +41,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .checked_read import SCRATCH, CheckedRows
+from .checked_read import SCRATCH, CheckedRows, _pread_full
 from .errors import BudgetError, FormatError, UsageError
 from .store import Store
 from .units import format_size
@@ -290,6 +290,20 @@ class _RawRows:
         self.bytes_read += len(view)
         return out
 
+    def read_into(self, buf: np.ndarray, start: int, stop: int) -> None:
+        """Rows ``[start, stop)`` into ``buf`` (float32, ``stop - start`` rows)."""
+        if not 0 <= start <= stop <= self.rows:
+            self.read(start, stop)  # raises the out-of-range error
+        view = memoryview(buf.reshape(-1).view(np.uint8))
+        got = 0
+        while got < len(view):
+            more = os.preadv(self.fd, [view[got:]], start * self.row_bytes + got)
+            if more == 0:
+                raise FormatError(f"hidden-state file {self.path} ends before row {stop}: "
+                                  "it was truncated while inference ran")
+            got += more
+        self.bytes_read += len(view)
+
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
@@ -297,10 +311,13 @@ class _RawRows:
 
 
 def gather_rows(read: Callable[[int, int], np.ndarray], ids: np.ndarray, row_bytes: int,
-                *, gap_bytes: int = GAP_BYTES, span_bytes: int = SCRATCH) -> np.ndarray:
+                *, gap_bytes: int = GAP_BYTES, span_bytes: int = SCRATCH,
+                read_into: Callable[[np.ndarray, int, int], None] | None = None) -> np.ndarray:
     """Rows ``ids`` (sorted, distinct) via ``read(start, stop)``, into one array allocated
     up front: ids closer than ``gap_bytes`` are read as one span of at most
-    ``span_bytes`` (at least one row), which is the only other buffer."""
+    ``span_bytes`` (at least one row), which is the only other buffer.
+    ``read_into(buf, start, stop)``, where given, fills ``buf`` with rows
+    ``[start, stop)`` in place (no temporary array per span)."""
     empty = read(0, 0)
     out = np.empty((len(ids), *empty.shape[1:]), dtype=empty.dtype)
     if not len(ids):
@@ -310,19 +327,56 @@ def gather_rows(read: Callable[[int, int], np.ndarray], ids: np.ndarray, row_byt
     breaks = np.flatnonzero(np.diff(ids) > gap) + 1
     starts = np.concatenate(([0], breaks)).tolist()
     ends = np.concatenate((breaks, [len(ids)])).tolist()
+    scratch = None
     for s, e in zip(starts, ends):
         lo, hi = int(ids[s]), int(ids[e - 1]) + 1
         if e - s == hi - lo and hi - lo <= span:  # a contiguous run: read it as is
-            out[s:e] = read(lo, hi)
+            if read_into is not None:
+                read_into(out[s:e], lo, hi)
+            else:
+                out[s:e] = read(lo, hi)
             continue
         i = s
         while i < e:
             top = min(hi, int(ids[i]) + span)
             j = s + int(np.searchsorted(ids[s:e], top))
-            block = read(int(ids[i]), int(ids[j - 1]) + 1)
-            out[i:j] = block[ids[i:j] - ids[i]]
+            a, b = int(ids[i]), int(ids[j - 1]) + 1
+            if read_into is not None:
+                if scratch is None:
+                    scratch = np.empty((span, *empty.shape[1:]), dtype=empty.dtype)
+                block = scratch[:b - a]
+                read_into(block, a, b)
+            else:
+                block = read(a, b)
+            out[i:j] = block[ids[i:j] - a]
             i = j
     return out
+
+
+class _CheckedInto:
+    """``read_into`` for a :class:`~oocstore.checked_read.CheckedRows`: each checksum
+    chunk a read touches is checked the first time, as ``CheckedRows.read`` does; the
+    rows land in the caller's buffer. ``bytes_read`` counts the rows read."""
+
+    def __init__(self, rows: CheckedRows):
+        self.rows = rows
+        self.bytes_read = 0
+
+    def __call__(self, buf: np.ndarray, start: int, stop: int) -> None:
+        r = self.rows
+        lo, hi = start * r.row_bytes, stop * r.row_bytes
+        if hi <= lo:
+            return
+        if not (0 <= start and stop <= r.rows):
+            r.read(start, stop)  # raises the out-of-range error
+        if r.verify:
+            cb = r.meta.chunk_bytes
+            for c in range(lo // cb, (hi - 1) // cb + 1):
+                if not r._checked[c]:
+                    r._check_chunk(c)
+        _pread_full(r.fd, memoryview(buf.reshape(-1).view(np.uint8)), r.meta.offset + lo,
+                    r.path, r.name)
+        self.bytes_read += hi - lo
 
 
 def _plan_chunks(ip: np.ndarray, base: int, per_dst: int, per_edge: int, room: int | None,
@@ -446,7 +500,8 @@ def _infer(store: Store, checkpoint, out, layer_batch, cpu_budget, overwrite, la
         tmp = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", suffix=".infer",
                                     dir=out_path.parent if str(out_path.parent) else "."))
         t0 = time.perf_counter()
-        src_read = counted(feats.read)
+        feats_into = _CheckedInto(feats)
+        src_read, src_into = feats.read, feats_into
         src_row_bytes = feat_meta.row_bytes
         chunks_per_layer, peak, src = [], 0, None
         last = len(dims) - 2
@@ -467,7 +522,8 @@ def _infer(store: Store, checkpoint, out, layer_batch, cpu_budget, overwrite, la
                         raise FormatError(f"store {store.path}: an in-neighbour of nodes "
                                           f"{lo}..{hi - 1} is outside 0..{n - 1}: run "
                                           f"`oocstore verify`; {_STORE_FIX}")
-                    x = torch.from_numpy(gather_rows(src_read, ids, src_row_bytes))
+                    x = torch.from_numpy(gather_rows(src_read, ids, src_row_bytes,
+                                                                 read_into=src_into))
                     x = x.reshape(len(ids), -1).to(torch.float32)
                     col = torch.from_numpy(np.searchsorted(ids, nbr))
                     row = torch.from_numpy(np.repeat(np.arange(hi - lo, dtype=np.int64),
@@ -484,12 +540,13 @@ def _infer(store: Store, checkpoint, out, layer_batch, cpu_budget, overwrite, la
                     if progress is not None:
                         progress(layer, len(dims) - 1, done, n)
             chunks_per_layer.append(count)
-            src, src_read, src_row_bytes = dst, dst.read, dst.row_bytes
+            src, src_read, src_into, src_row_bytes = dst, dst.read, dst.read_into, dst.row_bytes
         written = sum(r.bytes_written for r in readers if isinstance(r, _RawRows))
         written += _write_zarr(src, tmp / "out.zarr", n, dims[-1])
         seconds = time.perf_counter() - t0
         _place(tmp / "out.zarr", out_path, tmp)
         read = (sum(r.bytes_read for r in readers if isinstance(r, _RawRows)) + store_read[0]
+                + feats_into.bytes_read
                 + _checked_bytes([feats, indptr_r, indices_r]))
         return InferSummary(out=str(out_path), nodes=n, edges=indices_r.rows, dims=list(dims),
                             seconds=seconds,

@@ -126,6 +126,16 @@ def test_gather_rows_spans():
     np.testing.assert_array_equal(gather_rows(read, np.arange(0, 1000, 2), 12, gap_bytes=48,
                                               span_bytes=120), data[::2])
     assert all(b - a <= 10 for a, b in calls)
+    # in place: the same rows, spans read into the caller's buffers
+    into = []
+
+    def read_into(buf, a, b):
+        into.append((a, b))
+        buf[...] = data[a:b]
+
+    np.testing.assert_array_equal(gather_rows(read, ids, 12, gap_bytes=48, span_bytes=1 << 20,
+                                              read_into=read_into), data[ids])
+    assert into == [(0, 6), (400, 402), (999, 1000)]
 
 
 # -- bad input ----------------------------------------------------------------------
