@@ -412,9 +412,9 @@ def infer_embeddings(store: Store | str | os.PathLike, checkpoint: str | os.Path
     ``layer_batch``: at most this many destinations per chunk; ``cpu_budget``: bytes a
     chunk and the weights may hold (chunks are sized from it; a budget below the
     minimum is refused with it; the process's malloc is set to return large blocks
-    when freed, see :func:`pin_mmap_threshold`). ``layers`` / ``plan``: the layer count the checkpoint
-    must have. ``progress(layer, layers, nodes_done, nodes)`` after every chunk. Every
-    input is checked before anything is written; the store is only read."""
+    when freed, see :func:`pin_mmap_threshold`). ``layers`` / ``plan``: the layer count
+    the checkpoint must have. ``progress(layer, layers, nodes_done, nodes)`` after every
+    chunk. Every input is checked before anything is written; the store is only read."""
     if layer_batch is not None and (isinstance(layer_batch, bool)
                                     or not isinstance(layer_batch, int) or layer_batch < 1):
         raise UsageError(f"layer_batch={layer_batch!r} is not an integer >= 1")
