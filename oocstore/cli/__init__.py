@@ -16,7 +16,7 @@ import sys
 from typing import Sequence
 
 from ..errors import OocError
-from . import ingest, pack, sample, scene, store, train
+from . import infer, ingest, pack, sample, scene, store, train
 from .common import Parser, flag_names, with_flags
 
 log = logging.getLogger("oocstore")
@@ -27,7 +27,8 @@ INGEST_SOURCES = (ingest.add_synthetic, ingest.add_npz, ingest.add_planetoid,
 
 #: The other commands, in the order ``--help`` lists them (after ``ingest``).
 COMMANDS = (scene.add_export_scene, store.add_inspect, store.add_verify, sample.add_sample,
-            pack.add_pack, sample.add_plan_budget, train.add_train, store.add_gc, store.add_rm,
+            pack.add_pack, sample.add_plan_budget, train.add_train, infer.add_infer, store.add_gc,
+            store.add_rm,
             scene.add_gs_train, scene.add_gs_render)
 
 

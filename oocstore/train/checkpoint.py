@@ -162,6 +162,16 @@ def _first_line(err: BaseException) -> str:
 def load_checkpoint(path: Path, map_location: torch.device | str = "cpu") -> dict[str, Any]:
     """The checkpoint at ``path``, read without running code and checked for the layout
     in the module docstring; :class:`FormatError` naming the file otherwise."""
+    state = load_weights_only(path, map_location)
+    check_layout(state, path)
+    return state
+
+
+def load_weights_only(path: Path, map_location: torch.device | str = "cpu", *,
+                      fix: str = _FIX) -> Any:
+    """What the file at ``path`` holds, read with ``torch.load(weights_only=True)``: a
+    file naming other Python objects (which could run code) or a damaged one is a
+    :class:`FormatError` naming the file and ``fix``; its layout is not checked."""
     with open(path, "rb"):
         pass  # permissions, a vanished file: an OSError naming the path
     try:
@@ -173,14 +183,13 @@ def load_checkpoint(path: Path, map_location: torch.device | str = "cpu") -> dic
             detail = str(err).split("WeightsUnpickler error:")[-1].strip().splitlines()
             raise FormatError(f"checkpoint {path} cannot be read (UnpicklingError: "
                               f"{detail[0][:200] if detail else ''}): it is truncated or damaged, "
-                              f"or not a checkpoint; {_FIX}") from err
+                              f"or not a checkpoint; {fix}") from err
         raise FormatError(f"checkpoint {path} names Python objects other than tensors and "
                           "plain values (loading them could run code), so it was not loaded: "
-                          f"it was not written by `oocstore train`; {_FIX}") from err
+                          f"it was not written by `oocstore train`; {fix}") from err
     except Exception as err:  # noqa: BLE001 - any parse failure of a damaged file
         raise FormatError(f"checkpoint {path} cannot be read ({_first_line(err)}): it is "
-                          f"truncated or damaged; {_FIX}") from err
-    check_layout(state, path)
+                          f"truncated or damaged; {fix}") from err
     return state
 
 
