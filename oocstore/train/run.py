@@ -520,7 +520,7 @@ def _train(store, name, pack, evals, cfg: TrainConfig, budget, device,
                                        range(start_epoch, cfg.epochs), batches, loader))
     accs = _final_accuracies(store, model, evals, cfg, best, history, mem, device, budget,
                              rank, world)
-    model_file = _save_best(cfg, best, rank, writes)
+    model_file = _save_best(cfg, best, rank, writes, model.spec.to_dict())
     return _summary(store, reader, pack, cfg, device, budget, rank, world, stats, accs, history,
                     best, model_file, name)
 
@@ -597,12 +597,14 @@ def _final_accuracies(store, model, evals, cfg: TrainConfig, best: BestModel, hi
     return accs
 
 
-def _save_best(cfg: TrainConfig, best: BestModel, rank: int, writes: WriteLog | None):
-    """Save the selected model where ``--save-model`` says (rank 0); its path or None."""
+def _save_best(cfg: TrainConfig, best: BestModel, rank: int, writes: WriteLog | None,
+               spec: dict[str, Any]):
+    """Save the selected model (``spec``: what it is, so it can be rebuilt) where
+    ``--save-model`` says (rank 0); its path or None."""
     model_file = cfg.save_model if cfg.save_model and best.state is not None else None
     if model_file is not None:
         if rank == 0:
-            save_model(Path(model_file), best.state, model.spec.to_dict())
+            save_model(Path(model_file), best.state, spec)
             if writes is not None:
                 writes.wrote_file(model_file, f"the model of epoch {best.epoch}")
         dist.barrier()
