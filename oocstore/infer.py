@@ -449,34 +449,9 @@ def _infer(store: Store, checkpoint, out, layer_batch, cpu_budget, overwrite, la
     readers = [indptr_r, indices_r, feats]
     tmp: Path | None = None
     try:
-        if indptr_r.rows != n + 1:
-            raise FormatError(f"store {store.path}: indptr has {indptr_r.rows} entries for "
-                              f"{n} nodes: run `oocstore verify`; {_STORE_FIX}")
-        # One pass over indptr before anything is written: its sanity and the largest
-        # in-degree, which sets the smallest budget that can work.
-        max_deg, prev = 0, 0
-        for p0 in range(0, n, PIECE_NODES):
-            ip = indptr_r.read(p0, min(n, p0 + PIECE_NODES) + 1).astype(np.int64)
-            deg = np.diff(ip)
-            if ip[0] != prev or (deg.size and int(deg.min()) < 0):
-                raise FormatError(f"store {store.path}: indptr is not non-decreasing near node "
-                                  f"{p0}: run `oocstore verify`; {_STORE_FIX}")
-            max_deg = max(max_deg, int(deg.max()) if deg.size else 0)
-            prev = int(ip[-1])
-        if prev != indices_r.rows:
-            raise FormatError(f"store {store.path}: indptr ends at {prev} but indices has "
-                              f"{indices_r.rows} entries: run `oocstore verify`; {_STORE_FIX}")
-        costs = []
-        for i in range(len(dims) - 1):
-            in_row = feat_meta.row_bytes if i == 0 else 4 * dims[i]
-            costs.append(chunk_cost(in_row, dims[i], dims[i + 1]))
-        fixed = FIXED_BYTES + weights.nbytes
-        floor = fixed + max(d + e * max_deg for d, e in costs)
-        if cpu_budget is not None and cpu_budget < floor:
-            raise BudgetError(f"cpu_budget={format_size(cpu_budget)} is below the "
-                              f"{format_size(floor)} inference needs (the weights, readers and "
-                              f"the node with the most in-neighbours, {max_deg}, at the widest "
-                              f"layer): give cpu_budget of at least {format_size(floor)}")
+        max_deg = _max_in_degree(store, indptr_r, indices_r, n)
+        costs, fixed = _costs_within(store, feat_meta.row_bytes, dims, weights.nbytes, max_deg,
+                                     cpu_budget)
         room = None if cpu_budget is None else cpu_budget - fixed
         batch = layer_batch or (n if cpu_budget is not None else DEFAULT_LAYER_BATCH)
         batch = max(1, min(batch, max(n, 1)))
@@ -486,17 +461,7 @@ def _infer(store: Store, checkpoint, out, layer_batch, cpu_budget, overwrite, la
                           len(dims) - 1, dropout=0.0)
         model.load_state_dict(weights.state)
         model.eval()
-
-        store_read = [0]
-
-        def counted(read: Callable[[int, int], np.ndarray]) -> Callable[[int, int], np.ndarray]:
-            def f(start: int, stop: int) -> np.ndarray:
-                rows = read(start, stop)
-                store_read[0] += rows.nbytes
-                return rows
-            return f
-
-        read_indptr, read_indices = counted(indptr_r.read), counted(indices_r.read)
+        read_indptr, read_indices = _Counted(indptr_r.read), _Counted(indices_r.read)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", suffix=".infer",
                                     dir=out_path.parent if str(out_path.parent) else "."))
         t0 = time.perf_counter()
@@ -515,25 +480,9 @@ def _infer(store: Store, checkpoint, out, layer_batch, cpu_budget, overwrite, la
                 for lo, hi in _plan_chunks(ip, p0, per_dst, per_edge, room, batch):
                     e0, e1 = int(ip[lo - p0]), int(ip[hi - p0])
                     peak = max(peak, per_dst * (hi - lo) + per_edge * (e1 - e0))
-                    nbr = read_indices(e0, e1).astype(np.int64)
-                    dst_ids = np.arange(lo, hi, dtype=np.int64)
-                    ids = np.union1d(nbr, dst_ids)
-                    if ids.size and (ids[0] < 0 or ids[-1] >= n):
-                        raise FormatError(f"store {store.path}: an in-neighbour of nodes "
-                                          f"{lo}..{hi - 1} is outside 0..{n - 1}: run "
-                                          f"`oocstore verify`; {_STORE_FIX}")
-                    x = torch.from_numpy(gather_rows(src_read, ids, src_row_bytes,
-                                                                 read_into=src_into))
-                    x = x.reshape(len(ids), -1).to(torch.float32)
-                    col = torch.from_numpy(np.searchsorted(ids, nbr))
-                    row = torch.from_numpy(np.repeat(np.arange(hi - lo, dtype=np.int64),
-                                                     np.diff(ip[lo - p0:hi - p0 + 1])))
-                    x_dst = x[torch.from_numpy(np.searchsorted(ids, dst_ids))]
-                    adj = csr_adjacency(torch.stack([col, row]), len(ids), hi - lo)
-                    with torch.no_grad():
-                        h = conv((x, x_dst), adj)
-                        if layer < last:
-                            h = torch.relu(h)
+                    h = _chunk_forward(store, conv, layer < last, ip[lo - p0:hi - p0 + 1], lo, hi,
+                                       read_indices(e0, e1).astype(np.int64), src_read,
+                                       src_into, src_row_bytes, csr_adjacency)
                     dst.write(lo, h.numpy())
                     count += 1
                     done += hi - lo
@@ -545,7 +494,8 @@ def _infer(store: Store, checkpoint, out, layer_batch, cpu_budget, overwrite, la
         written += _write_zarr(src, tmp / "out.zarr", n, dims[-1])
         seconds = time.perf_counter() - t0
         _place(tmp / "out.zarr", out_path, tmp)
-        read = (sum(r.bytes_read for r in readers if isinstance(r, _RawRows)) + store_read[0]
+        read = (sum(r.bytes_read for r in readers if isinstance(r, _RawRows))
+                + read_indptr.nbytes + read_indices.nbytes
                 + feats_into.bytes_read
                 + _checked_bytes([feats, indptr_r, indices_r]))
         return InferSummary(out=str(out_path), nodes=n, edges=indices_r.rows, dims=list(dims),
@@ -558,6 +508,83 @@ def _infer(store: Store, checkpoint, out, layer_batch, cpu_budget, overwrite, la
             r.close()
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+class _Counted:
+    """``read(start, stop)`` that counts the bytes it returns (the graph's reads)."""
+
+    def __init__(self, read: Callable[[int, int], np.ndarray]):
+        self._read, self.nbytes = read, 0
+
+    def __call__(self, start: int, stop: int) -> np.ndarray:
+        rows = self._read(start, stop)
+        self.nbytes += rows.nbytes
+        return rows
+
+
+def _max_in_degree(store: Store, indptr_r: CheckedRows, indices_r: CheckedRows, n: int) -> int:
+    """One pass over indptr before anything is written: its sanity and the largest
+    in-degree, which sets the smallest budget that can work."""
+    if indptr_r.rows != n + 1:
+        raise FormatError(f"store {store.path}: indptr has {indptr_r.rows} entries for "
+                          f"{n} nodes: run `oocstore verify`; {_STORE_FIX}")
+    max_deg, prev = 0, 0
+    for p0 in range(0, n, PIECE_NODES):
+        ip = indptr_r.read(p0, min(n, p0 + PIECE_NODES) + 1).astype(np.int64)
+        deg = np.diff(ip)
+        if ip[0] != prev or (deg.size and int(deg.min()) < 0):
+            raise FormatError(f"store {store.path}: indptr is not non-decreasing near node "
+                              f"{p0}: run `oocstore verify`; {_STORE_FIX}")
+        max_deg = max(max_deg, int(deg.max()) if deg.size else 0)
+        prev = int(ip[-1])
+    if prev != indices_r.rows:
+        raise FormatError(f"store {store.path}: indptr ends at {prev} but indices has "
+                          f"{indices_r.rows} entries: run `oocstore verify`; {_STORE_FIX}")
+    return max_deg
+
+
+def _costs_within(store: Store, feat_row_bytes: int, dims, weight_bytes: int, max_deg: int,
+                  cpu_budget: int | None) -> tuple[list[tuple[int, int]], int]:
+    """Per layer the chunk cost (bytes per destination node, per edge) and the fixed bytes
+    (weights, readers); refuses a ``cpu_budget`` below what the node with the most
+    in-neighbours needs at the widest layer."""
+    costs = []
+    for i in range(len(dims) - 1):
+        in_row = feat_row_bytes if i == 0 else 4 * dims[i]
+        costs.append(chunk_cost(in_row, dims[i], dims[i + 1]))
+    fixed = FIXED_BYTES + weight_bytes
+    floor = fixed + max(d + e * max_deg for d, e in costs)
+    if cpu_budget is not None and cpu_budget < floor:
+        raise BudgetError(f"cpu_budget={format_size(cpu_budget)} is below the "
+                          f"{format_size(floor)} inference needs (the weights, readers and "
+                          f"the node with the most in-neighbours, {max_deg}, at the widest "
+                          f"layer): give cpu_budget of at least {format_size(floor)}")
+    return costs, fixed
+
+
+def _chunk_forward(store: Store, conv, relu: bool, ip: np.ndarray, lo: int, hi: int,
+                   nbr: np.ndarray, src_read, src_into, src_row_bytes: int, csr_adjacency):
+    """One layer's output rows for destination nodes ``lo..hi-1`` (``ip``: their indptr
+    slice, ``nbr``: their in-neighbours), from the previous layer's rows read through
+    ``src_read`` / ``src_into``."""
+    n = store.num_nodes
+    dst_ids = np.arange(lo, hi, dtype=np.int64)
+    ids = np.union1d(nbr, dst_ids)
+    if ids.size and (ids[0] < 0 or ids[-1] >= n):
+        raise FormatError(f"store {store.path}: an in-neighbour of nodes "
+                          f"{lo}..{hi - 1} is outside 0..{n - 1}: run "
+                          f"`oocstore verify`; {_STORE_FIX}")
+    x = torch.from_numpy(gather_rows(src_read, ids, src_row_bytes, read_into=src_into))
+    x = x.reshape(len(ids), -1).to(torch.float32)
+    col = torch.from_numpy(np.searchsorted(ids, nbr))
+    row = torch.from_numpy(np.repeat(np.arange(hi - lo, dtype=np.int64), np.diff(ip)))
+    x_dst = x[torch.from_numpy(np.searchsorted(ids, dst_ids))]
+    adj = csr_adjacency(torch.stack([col, row]), len(ids), hi - lo)
+    with torch.no_grad():
+        h = conv((x, x_dst), adj)
+        if relu:
+            h = torch.relu(h)
+    return h
 
 
 def _checked_bytes(readers: list[CheckedRows]) -> int:
