@@ -134,23 +134,27 @@ class CheckedRows:
         return min(SCRATCH, self.meta.chunk_bytes, self.meta.nbytes) if self.verify else 0
 
     def read(self, start: int, stop: int) -> np.ndarray:
+        out = np.empty((max(0, stop - start), *self.meta.shape[1:]), dtype=self.meta.np_dtype)
+        self.read_into(out, start, stop)
+        return out
+
+    def read_into(self, buf: np.ndarray, start: int, stop: int) -> None:
+        """Rows ``[start, stop)`` into ``buf`` (C-contiguous, ``(stop - start) * row_bytes``
+        bytes): each checksum chunk they touch is checked the first time, as :meth:`read`."""
         if not 0 <= start <= stop <= self.rows:
             raise FormatError(f"array {self.name!r} ({self.path}): rows {start}..{stop} asked "
                               f"for, but it has {self.rows}: the index that pointed there is "
                               f"damaged; {self.fix}")
-        n = stop - start
-        out = np.empty((n, *self.meta.shape[1:]), dtype=self.meta.np_dtype)
-        if not n:
-            return out
         lo, hi = start * self.row_bytes, stop * self.row_bytes
+        if hi <= lo:
+            return
         if self.verify:
             cb = self.meta.chunk_bytes
             for c in range(lo // cb, (hi - 1) // cb + 1):
                 if not self._checked[c]:
                     self._check_chunk(c)
-        _pread_full(self.fd, memoryview(out.reshape(-1).view(np.uint8)), self.meta.offset + lo,
+        _pread_full(self.fd, memoryview(buf.reshape(-1).view(np.uint8)), self.meta.offset + lo,
                     self.path, self.name)
-        return out
 
     def _check_chunk(self, c: int) -> None:
         cb, m = self.meta.chunk_bytes, self.meta

@@ -41,9 +41,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .checked_read import SCRATCH, CheckedRows, _pread_full
+from .checked_read import SCRATCH, CheckedRows
 from .errors import BudgetError, FormatError, UsageError
 from .store import Store
+from .store.files import fsync_dir
 from .units import format_size
 
 #: Fix named when a store array read during inference is damaged.
@@ -275,25 +276,15 @@ class _RawRows:
         self.bytes_written += len(view)
 
     def read(self, start: int, stop: int) -> np.ndarray:
-        if not 0 <= start <= stop <= self.rows:
-            raise FormatError(f"hidden-state file {self.path}: rows {start}..{stop} asked for, "
-                              f"but it has {self.rows}: the graph's CSC is damaged; {_STORE_FIX}")
-        out = np.empty((stop - start, self.width), dtype=np.float32)
-        view = memoryview(out.reshape(-1).view(np.uint8))
-        got = 0
-        while got < len(view):
-            more = os.preadv(self.fd, [view[got:]], start * self.row_bytes + got)
-            if more == 0:
-                raise FormatError(f"hidden-state file {self.path} ends before row {stop}: "
-                                  "it was truncated while inference ran")
-            got += more
-        self.bytes_read += len(view)
+        out = np.empty((max(0, stop - start), self.width), dtype=np.float32)
+        self.read_into(out, start, stop)
         return out
 
     def read_into(self, buf: np.ndarray, start: int, stop: int) -> None:
         """Rows ``[start, stop)`` into ``buf`` (float32, ``stop - start`` rows)."""
         if not 0 <= start <= stop <= self.rows:
-            self.read(start, stop)  # raises the out-of-range error
+            raise FormatError(f"hidden-state file {self.path}: rows {start}..{stop} asked for, "
+                              f"but it has {self.rows}: the graph's CSC is damaged; {_STORE_FIX}")
         view = memoryview(buf.reshape(-1).view(np.uint8))
         got = 0
         while got < len(view):
@@ -354,29 +345,16 @@ def gather_rows(read: Callable[[int, int], np.ndarray], ids: np.ndarray, row_byt
 
 
 class _CheckedInto:
-    """``read_into`` for a :class:`~oocstore.checked_read.CheckedRows`: each checksum
-    chunk a read touches is checked the first time, as ``CheckedRows.read`` does; the
-    rows land in the caller's buffer. ``bytes_read`` counts the rows read."""
+    """:meth:`~oocstore.checked_read.CheckedRows.read_into` that counts the bytes it
+    reads (``bytes_read``)."""
 
     def __init__(self, rows: CheckedRows):
         self.rows = rows
         self.bytes_read = 0
 
     def __call__(self, buf: np.ndarray, start: int, stop: int) -> None:
-        r = self.rows
-        lo, hi = start * r.row_bytes, stop * r.row_bytes
-        if hi <= lo:
-            return
-        if not (0 <= start and stop <= r.rows):
-            r.read(start, stop)  # raises the out-of-range error
-        if r.verify:
-            cb = r.meta.chunk_bytes
-            for c in range(lo // cb, (hi - 1) // cb + 1):
-                if not r._checked[c]:
-                    r._check_chunk(c)
-        _pread_full(r.fd, memoryview(buf.reshape(-1).view(np.uint8)), r.meta.offset + lo,
-                    r.path, r.name)
-        self.bytes_read += hi - lo
+        self.rows.read_into(buf, start, stop)
+        self.bytes_read += max(0, stop - start) * self.rows.row_bytes
 
 
 def _plan_chunks(ip: np.ndarray, base: int, per_dst: int, per_edge: int, room: int | None,
@@ -617,11 +595,7 @@ def _place(new: Path, out: Path, tmp: Path) -> None:
     if out.exists() or out.is_symlink():
         os.rename(out, tmp / "previous")
     os.rename(new, out)
-    fd = os.open(out.parent if str(out.parent) else ".", os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(out.parent if str(out.parent) else Path("."))
 
 
 __all__ = ["InferSummary", "SageWeights", "check_out_path", "check_weights_fit", "chunk_cost",

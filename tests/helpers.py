@@ -230,3 +230,65 @@ def packed_synthetic(out: Path, packs: dict, *, nodes: int = 3000, feat_dim: int
     for name, options in packs.items():
         pack_plan(store, name=name, options=options)
     return store
+
+
+def cli_store_fixtures(name: str, *, ingest: str, sample: str, pack: str):
+    """Two pytest fixtures for a test module: ``store``, a :func:`cli_store` made once per
+    module (under ``name``), and ``fresh``, a copy of it for one test to change (or to
+    check that a refused command leaves untouched)."""
+    import pytest
+
+    @pytest.fixture(scope="module")
+    def store(tmp_path_factory):
+        return cli_store(tmp_path_factory.mktemp(name) / "s", ingest=ingest, sample=sample,
+                         pack=pack)
+
+    @pytest.fixture
+    def fresh(store, tmp_path):
+        return str(copy_of(Path(store), tmp_path / "fresh"))
+
+    return store, fresh
+
+
+def strip_scene(out: Path, *, n: int, scales: tuple[float, float], sh_coeffs: int,
+                sh_degree: int, focal: float, size: tuple[int, int], block_size: int) -> Path:
+    """A scene of ``n`` Gaussians in a strip along x, seen by 9 cameras sliding along it
+    (focal length ``focal``, image ``size``), written at ``out``."""
+    import numpy as np
+
+    from oocstore.gs import layout
+    from oocstore.gs.cameras import Cameras
+    from oocstore.gs.scene import Scene
+
+    g = np.random.default_rng(0)
+    means = np.stack([g.uniform(-6, 6, n), g.uniform(-1, 1, n), g.uniform(-0.4, 0.4, n)], 1)
+    params = layout.join_params(means, np.tile([1.0, 0, 0, 0], (n, 1)),
+                                np.log(g.uniform(*scales, (n, 3))), g.uniform(-1, 1.5, n),
+                                g.normal(scale=0.4, size=(n, sh_coeffs, 3)))
+    xs = np.linspace(-5, 5, 9)
+    vm = np.tile(np.eye(4), (len(xs), 1, 1))
+    vm[:, 0, 3] = -xs
+    vm[:, 2, 3] = 3.0
+    w, h = size
+    K = np.tile(np.array([[focal, 0, w / 2], [0, focal, h / 2], [0, 0, 1]]), (len(xs), 1, 1))
+    Scene.create(out, None, params, sh_degree, Cameras(vm, K, w, h), block_size=block_size).close()
+    return out
+
+
+def train_json(capsys, *argv) -> dict:
+    """Run ``oocstore train ARGV --json --quiet`` (asserted to succeed) and return its
+    summary, the last line it printed."""
+    from oocstore.cli import main
+
+    assert main(["train", *argv, "--json", "--quiet"]) == 0
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def exit_status(argv) -> int:
+    """``main(argv)``'s exit status (argparse's refusals exit with SystemExit)."""
+    from oocstore.cli import main
+
+    try:
+        return main(argv)
+    except SystemExit as exit_:
+        return exit_.code

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ..errors import FormatError, UsageError
+from ..store.files import fsync_dir
 
 
 @dataclass
@@ -122,9 +123,5 @@ def save_model(path: Path, state: dict[str, torch.Tensor],
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    fd = os.open(path.parent if str(path.parent) else ".", os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(path.parent if str(path.parent) else Path("."))
     return path

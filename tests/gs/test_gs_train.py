@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
+from helpers import strip_scene
 from oocstore.cli import main
 from oocstore.gs import layout
-from oocstore.gs.cameras import Cameras
 from oocstore.gs.scene import Scene
 
 FIELDS = ("psnr", "steps", "step_time_s", "bytes_h2d", "bytes_d2h", "bytes_ssd_read",
@@ -18,19 +18,8 @@ FIELDS = ("psnr", "steps", "step_time_s", "bytes_h2d", "bytes_d2h", "bytes_ssd_r
 
 @pytest.fixture
 def toy_scene(tmp_path):
-    g = np.random.default_rng(0)
-    n = 400
-    means = np.stack([g.uniform(-6, 6, n), g.uniform(-1, 1, n), g.uniform(-0.4, 0.4, n)], 1)
-    params = layout.join_params(means, np.tile([1.0, 0, 0, 0], (n, 1)),
-                                np.log(g.uniform(0.08, 0.2, (n, 3))), g.uniform(-1, 1.5, n),
-                                g.normal(scale=0.4, size=(n, 1, 3)))
-    xs = np.linspace(-5, 5, 9)
-    vm = np.tile(np.eye(4), (len(xs), 1, 1))
-    vm[:, 0, 3] = -xs
-    vm[:, 2, 3] = 3.0
-    K = np.tile(np.array([[20.0, 0, 12], [0, 20.0, 8], [0, 0, 1]]), (len(xs), 1, 1))
-    Scene.create(tmp_path / "scene", None, params, 0, Cameras(vm, K, 24, 16), block_size=32).close()
-    return tmp_path / "scene"
+    return strip_scene(tmp_path / "scene", n=400, scales=(0.08, 0.2), sh_coeffs=1, sh_degree=0,
+                       focal=20.0, size=(24, 16), block_size=32)
 
 
 def run_json(capsys, *args) -> dict:

@@ -15,9 +15,8 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import strip_scene
 from oocstore.cli import main
-from oocstore.gs import layout
-from oocstore.gs.cameras import Cameras
 from oocstore.gs.scene import Scene
 
 pytestmark = [
@@ -29,20 +28,8 @@ pytestmark = [
 
 @pytest.fixture
 def strip(tmp_path):
-    g = np.random.default_rng(0)
-    n = 3000
-    means = np.stack([g.uniform(-6, 6, n), g.uniform(-1, 1, n), g.uniform(-0.4, 0.4, n)], 1)
-    params = layout.join_params(means, np.tile([1.0, 0, 0, 0], (n, 1)),
-                                np.log(g.uniform(0.05, 0.15, (n, 3))), g.uniform(-1, 1.5, n),
-                                g.normal(scale=0.4, size=(n, 4, 3)))
-    xs = np.linspace(-5, 5, 9)
-    vm = np.tile(np.eye(4), (len(xs), 1, 1))
-    vm[:, 0, 3] = -xs
-    vm[:, 2, 3] = 3.0
-    K = np.tile(np.array([[40.0, 0, 32], [0, 40.0, 24], [0, 0, 1]]), (len(xs), 1, 1))
-    Scene.create(tmp_path / "scene", None, params, 1, Cameras(vm, K, 64, 48),
-                 block_size=256).close()
-    return tmp_path / "scene"
+    return strip_scene(tmp_path / "scene", n=3000, scales=(0.05, 0.15), sh_coeffs=4, sh_degree=1,
+                       focal=40.0, size=(64, 48), block_size=256)
 
 
 def _train(capsys, path, *args) -> dict:

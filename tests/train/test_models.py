@@ -2,13 +2,11 @@
 of core equals GAT in memory, checkpoints and model files rebuild the model they hold,
 and bad model choices are refused before anything is written."""
 
-import json
-import shutil
 
 import pytest
 import torch
 
-from helpers import cli_store, tree_bytes
+from helpers import cli_store_fixtures, exit_status, train_json, tree_bytes
 from oocstore.cli import main
 from oocstore.train.models import (GAT, GCN, ModelSpec, build_model, gcn_adjacency,
                                    model_from_checkpoint, spec_of_checkpoint,
@@ -16,19 +14,10 @@ from oocstore.train.models import (GAT, GCN, ModelSpec, build_model, gcn_adjacen
 from oocstore.train.model import GraphSAGE
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    return cli_store(tmp_path_factory.mktemp("models") / "s",
-                     ingest="--nodes 1500 --feat-dim 16 --avg-degree 6",
-                     sample="--fanouts 4,4 --batch-size 256 --epochs 2",
-                     pack="--cpu-cache 16KiB --max-disk-blowup 32")
-
-
-@pytest.fixture
-def fresh(store, tmp_path):
-    dst = tmp_path / "fresh"
-    shutil.copytree(store, dst)
-    return str(dst)
+store, fresh = cli_store_fixtures("models",
+                                  ingest="--nodes 1500 --feat-dim 16 --avg-degree 6",
+                                  sample="--fanouts 4,4 --batch-size 256 --epochs 2",
+                                  pack="--cpu-cache 16KiB --max-disk-blowup 32")
 
 
 def files(root):
@@ -38,21 +27,11 @@ def files(root):
             if not k.endswith("catalog.lmdb/lock.mdb")}
 
 
-def run_json(capsys, *argv):
-    assert main(["train", *argv, "--json", "--quiet"]) == 0
-    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-
-
-def call(argv) -> int:
-    try:
-        return main(argv)
-    except SystemExit as exit_:
-        return exit_.code
 
 
 @pytest.mark.parametrize("model", ["sage", "gcn", "gat"])
 def test_each_model_learns_the_synthetic_signal(store, capsys, model):
-    out = run_json(capsys, store, "--model", model, "--epochs", "2", "--hidden", "32",
+    out = train_json(capsys, store, "--model", model, "--epochs", "2", "--hidden", "32",
                    "--lr", "0.01", "--cpu-budget", "8MiB")
     assert out["model"] == model and len(out["epochs"]) == 2
     classes = 8  # `ingest synthetic`'s default; chance is 1/8
@@ -65,16 +44,16 @@ def test_each_model_learns_the_synthetic_signal(store, capsys, model):
 def test_gat_out_of_core_equals_in_memory(store, capsys):
     argv = [store, "--model", "gat", "--heads", "2", "--epochs", "2", "--hidden", "16",
             "--seed", "3"]
-    ooc = run_json(capsys, *argv, "--cpu-budget", "8MiB")
-    mem = run_json(capsys, *argv, "--in-memory")
+    ooc = train_json(capsys, *argv, "--cpu-budget", "8MiB")
+    mem = train_json(capsys, *argv, "--in-memory")
     assert [e["loss"] for e in ooc["epochs"]] == [e["loss"] for e in mem["epochs"]]
     assert [e["val_acc"] for e in ooc["epochs"]] == [e["val_acc"] for e in mem["epochs"]]
     assert ooc["test_acc"] == mem["test_acc"]
 
 
 def test_default_is_sage_and_bit_identical_to_graphsage(store, capsys):
-    plain = run_json(capsys, store, "--epochs", "1", "--hidden", "16", "--in-memory")
-    named = run_json(capsys, store, "--epochs", "1", "--hidden", "16", "--in-memory",
+    plain = train_json(capsys, store, "--epochs", "1", "--hidden", "16", "--in-memory")
+    named = train_json(capsys, store, "--epochs", "1", "--hidden", "16", "--in-memory",
                      "--model", "sage", "--layers", "2")
     assert plain["model"] == "sage"
     assert plain["epochs"][0]["loss"] == named["epochs"][0]["loss"]
@@ -83,7 +62,7 @@ def test_default_is_sage_and_bit_identical_to_graphsage(store, capsys):
 
 def test_checkpoint_and_model_file_rebuild_the_model(store, tmp_path, capsys):
     ck, pt = tmp_path / "ck", tmp_path / "gat.pt"
-    run_json(capsys, store, "--model", "gat", "--heads", "2", "--epochs", "1", "--hidden",
+    train_json(capsys, store, "--model", "gat", "--heads", "2", "--epochs", "1", "--hidden",
              "8", "--in-memory", "--checkpoint", str(ck), "--save-model", str(pt))
     state = torch.load(ck / "checkpoint.pt", weights_only=True)
     model, spec = model_from_checkpoint(state, str(ck))
@@ -94,19 +73,19 @@ def test_checkpoint_and_model_file_rebuild_the_model(store, tmp_path, capsys):
     assert spec_of_state_dict(saved, str(pt)) == spec
     build_model("gat", 16, 8, 8, 2, heads=2).load_state_dict(saved)  # a plain state_dict
     # resuming with another model is refused, naming both
-    assert call(["train", store, "--model", "sage", "--epochs", "2", "--hidden", "8",
+    assert exit_status(["train", store, "--model", "sage", "--epochs", "2", "--hidden", "8",
                  "--in-memory", "--checkpoint", str(ck), "--resume"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--model gat --heads 2" in err[0] and "--model sage" in err[0]
     # the same model resumes
-    resumed = run_json(capsys, store, "--model", "gat", "--heads", "2", "--epochs", "2",
+    resumed = train_json(capsys, store, "--model", "gat", "--heads", "2", "--epochs", "2",
                        "--hidden", "8", "--in-memory", "--checkpoint", str(ck), "--resume")
     assert [e["epoch"] for e in resumed["epochs"]] == [0, 1]
 
 
 def test_checkpoint_without_model_field_loads_as_sage(store, tmp_path, capsys):
     ck = tmp_path / "ck"
-    run_json(capsys, store, "--epochs", "1", "--hidden", "8", "--in-memory", "--checkpoint",
+    train_json(capsys, store, "--epochs", "1", "--hidden", "8", "--in-memory", "--checkpoint",
              str(ck))
     state = torch.load(ck / "checkpoint.pt", weights_only=True)
     del state["model_spec"]
@@ -116,10 +95,10 @@ def test_checkpoint_without_model_field_loads_as_sage(store, tmp_path, capsys):
     assert spec_of_checkpoint(state, "old") == ModelSpec("sage", 16, 8, 8, 2, None, 0.5, "pyg")
     model, _ = model_from_checkpoint(state, "old")
     assert isinstance(model, GraphSAGE)
-    resumed = run_json(capsys, store, "--epochs", "2", "--hidden", "8", "--in-memory",
+    resumed = train_json(capsys, store, "--epochs", "2", "--hidden", "8", "--in-memory",
                        "--checkpoint", str(ck), "--resume")
     assert len(resumed["epochs"]) == 2
-    assert call(["train", store, "--model", "gcn", "--epochs", "2", "--hidden", "8",
+    assert exit_status(["train", store, "--model", "gcn", "--epochs", "2", "--hidden", "8",
                  "--in-memory", "--checkpoint", str(ck), "--resume"]) == 2
     assert "holds a --model sage model" in capsys.readouterr().err
 
@@ -138,7 +117,7 @@ def test_checkpoint_without_model_field_loads_as_sage(store, tmp_path, capsys):
 ])
 def test_bad_model_input_is_one_line_and_writes_nothing(fresh, tmp_path, capsys, argv, match):
     before = files(tmp_path)
-    assert call(["train", fresh, "--epochs", "1", "--save-model", str(tmp_path / "m.pt"),
+    assert exit_status(["train", fresh, "--epochs", "1", "--save-model", str(tmp_path / "m.pt"),
                  *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and match in err[0], err

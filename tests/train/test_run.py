@@ -1,30 +1,23 @@
 """`oocstore train`: out of core vs in memory, JSON summary, budgets, checkpoints."""
 
-import json
 
 import pytest
 import torch
 
-from helpers import cli_store
+from helpers import cli_store_fixtures, train_json
 from oocstore.cli import main
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    return cli_store(tmp_path_factory.mktemp("train") / "s",
-                     ingest="--nodes 3000 --feat-dim 16 --avg-degree 8",
-                     sample="--fanouts 5,5 --batch-size 256 --epochs 2",
-                     pack="--cpu-cache 16KiB --max-disk-blowup 32")
+store, _ = cli_store_fixtures("train",
+                                 ingest="--nodes 3000 --feat-dim 16 --avg-degree 8",
+                                 sample="--fanouts 5,5 --batch-size 256 --epochs 2",
+                                 pack="--cpu-cache 16KiB --max-disk-blowup 32")
 
-
-def run_json(capsys, *argv):
-    assert main(["train", *argv, "--json", "--quiet"]) == 0
-    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
 def test_out_of_core_matches_in_memory(store, capsys):
-    ooc = run_json(capsys, store, "--epochs", "3", "--hidden", "32", "--cpu-budget", "8MiB")
-    mem = run_json(capsys, store, "--epochs", "3", "--hidden", "32", "--in-memory")
+    ooc = train_json(capsys, store, "--epochs", "3", "--hidden", "32", "--cpu-budget", "8MiB")
+    mem = train_json(capsys, store, "--epochs", "3", "--hidden", "32", "--in-memory")
     for key in ("test_acc", "val_acc", "epochs", "bytes_read", "useful_bytes",
                 "read_amplification", "hit_rate", "peak_rss_bytes", "peak_gpu_bytes", "budget"):
         assert key in ooc
@@ -48,9 +41,9 @@ def test_budget_too_small_exits_within_seconds_naming_the_minimum(store, capsys)
 
 def test_checkpoint_and_resume_continue_the_run(store, tmp_path, capsys):
     ck = str(tmp_path / "ck")
-    first = run_json(capsys, store, "--epochs", "2", "--hidden", "16", "--checkpoint", ck)
+    first = train_json(capsys, store, "--epochs", "2", "--hidden", "16", "--checkpoint", ck)
     assert (tmp_path / "ck" / "checkpoint.pt").exists()
-    resumed = run_json(capsys, store, "--epochs", "3", "--hidden", "16", "--checkpoint", ck,
+    resumed = train_json(capsys, store, "--epochs", "3", "--hidden", "16", "--checkpoint", ck,
                        "--resume")
     assert [e["epoch"] for e in resumed["epochs"]] == [0, 1, 2]
     assert resumed["epochs"][:2] == first["epochs"]

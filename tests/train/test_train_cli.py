@@ -2,16 +2,14 @@
 model saved, weight decay, a per-batch bar with an honest rate, options spelled out."""
 
 import io
-import json
 import re
-import shutil
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from helpers import REPO, cli_store, tree_bytes
+from helpers import REPO, cli_store_fixtures, exit_status, train_json, tree_bytes
 from oocstore import Store
 from oocstore.cli import main
 from oocstore.train import GraphSAGE, evaluate
@@ -21,45 +19,24 @@ from oocstore.train.progress import BarProgress
 from oocstore.train.selection import BestModel
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    return cli_store(tmp_path_factory.mktemp("train_cli") / "s",
-                     ingest="--nodes 2000 --feat-dim 16 --avg-degree 6",
-                     sample="--fanouts 4,4 --batch-size 256 --epochs 2",
-                     pack="--cpu-cache 16KiB --max-disk-blowup 32")
+store, fresh = cli_store_fixtures("train_cli",
+                                  ingest="--nodes 2000 --feat-dim 16 --avg-degree 6",
+                                  sample="--fanouts 4,4 --batch-size 256 --epochs 2",
+                                  pack="--cpu-cache 16KiB --max-disk-blowup 32")
 
 
-@pytest.fixture
-def fresh(store, tmp_path):
-    """A copy without evaluation plans: what a refused command must leave untouched."""
-    dst = tmp_path / "fresh"
-    shutil.copytree(store, dst)
-    return str(dst)
-
-
-def run_json(capsys, *argv):
-    assert main(["train", *argv, "--json", "--quiet"]) == 0
-    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-
-
-def call(argv) -> int:
-    """``main(argv)``'s exit status (argparse's refusals exit with SystemExit)."""
-    try:
-        return main(argv)
-    except SystemExit as exit_:
-        return exit_.code
 
 
 def one_line_error(capsys, *argv) -> str:
-    assert call(["train", *argv]) == 2
+    assert exit_status(["train", *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
     return err[0]
 
 
 def test_val_acc_every_epoch_out_of_core_equals_in_memory(store, capsys):
-    ooc = run_json(capsys, store, "--epochs", "3", "--hidden", "16", "--cpu-budget", "8MiB")
-    mem = run_json(capsys, store, "--epochs", "3", "--hidden", "16", "--in-memory")
+    ooc = train_json(capsys, store, "--epochs", "3", "--hidden", "16", "--cpu-budget", "8MiB")
+    mem = train_json(capsys, store, "--epochs", "3", "--hidden", "16", "--in-memory")
     accs = [e["val_acc"] for e in ooc["epochs"]]
     assert len(accs) == 3 and all(0 <= a <= 1 for a in accs)
     assert [e["val_acc"] for e in mem["epochs"]] == pytest.approx(accs, abs=0.01)
@@ -89,7 +66,7 @@ def test_early_stop_and_save_model_report_the_best_epoch(fresh, tmp_path, capsys
     # A learning rate too small to change any prediction: no epoch beats the first, so
     # patience 1 stops after epoch 1 and the model of epoch 0 is the result.
     out = tmp_path / "best.pt"
-    s = run_json(capsys, fresh, "--epochs", "6", "--hidden", "16", "--lr", "1e-12",
+    s = train_json(capsys, fresh, "--epochs", "6", "--hidden", "16", "--lr", "1e-12",
                  "--early-stop", "1", "--save-model", str(out))
     assert [e["epoch"] for e in s["epochs"]] == [0, 1]
     assert s["early_stopped"] is True and s["best_epoch"] == 0
@@ -104,7 +81,7 @@ def test_early_stop_and_save_model_report_the_best_epoch(fresh, tmp_path, capsys
 
 def test_save_model_learns_and_saves_the_best_not_the_last(fresh, tmp_path, capsys):
     out = tmp_path / "m.pt"
-    s = run_json(capsys, fresh, "--epochs", "4", "--hidden", "16", "--lr", "0.3",
+    s = train_json(capsys, fresh, "--epochs", "4", "--hidden", "16", "--lr", "0.3",
                  "--save-model", str(out), "--in-memory")
     accs = [e["val_acc"] for e in s["epochs"]]
     assert s["best_epoch"] == accs.index(max(accs)) and s["val_acc"] == max(accs)
@@ -137,7 +114,7 @@ def test_refused_before_anything_is_written(fresh, tmp_path, capsys, argv, match
 def test_overwrite_replaces_the_model_file(fresh, tmp_path, capsys):
     out = tmp_path / "m.pt"
     out.write_bytes(b"old")
-    run_json(capsys, fresh, "--epochs", "1", "--hidden", "8", "--save-model", str(out),
+    train_json(capsys, fresh, "--epochs", "1", "--hidden", "8", "--save-model", str(out),
              "--overwrite")
     assert set(torch.load(out, weights_only=True)) >= {"convs.0.lin_l.weight"}
     assert not list(tmp_path.glob(".m.pt.tmp"))
@@ -145,11 +122,11 @@ def test_overwrite_replaces_the_model_file(fresh, tmp_path, capsys):
 
 def test_weight_decay_reaches_the_optimizer(store, tmp_path, capsys):
     ck = tmp_path / "ck"
-    a = run_json(capsys, store, "--epochs", "1", "--hidden", "16", "--checkpoint", str(ck),
+    a = train_json(capsys, store, "--epochs", "1", "--hidden", "16", "--checkpoint", str(ck),
                  "--weight-decay", "0.05")
     state = torch.load(ck / "checkpoint.pt", weights_only=True)
     assert state["optimizer"]["param_groups"][0]["weight_decay"] == 0.05
-    b = run_json(capsys, store, "--epochs", "1", "--hidden", "16")
+    b = train_json(capsys, store, "--epochs", "1", "--hidden", "16")
     assert a["epochs"][0]["loss"] != b["epochs"][0]["loss"]
 
 
@@ -157,14 +134,14 @@ def test_resume_keeps_early_stopping_and_the_best_model(store, tmp_path, capsys)
     """An interrupted run resumed with the same flags ends like the uninterrupted one:
     the same epochs, the same best epoch, the same saved weights."""
     flags = ["--hidden", "16", "--lr", "1e-12", "--early-stop", "2", "--in-memory"]
-    whole = run_json(capsys, store, "--epochs", "6", *flags, "--save-model",
+    whole = train_json(capsys, store, "--epochs", "6", *flags, "--save-model",
                      str(tmp_path / "whole.pt"))
     ck = str(tmp_path / "ck")
-    run_json(capsys, store, "--epochs", "2", *flags, "--checkpoint", ck)
+    train_json(capsys, store, "--epochs", "2", *flags, "--checkpoint", ck)
     state = torch.load(tmp_path / "ck" / "checkpoint.pt", weights_only=True)
     assert state["best"]["epoch"] == 0 and state["best"]["stopped"] is False
     assert set(state["best"]["model"]) == set(state["model"])
-    resumed = run_json(capsys, store, "--epochs", "6", *flags, "--checkpoint", ck, "--resume",
+    resumed = train_json(capsys, store, "--epochs", "6", *flags, "--checkpoint", ck, "--resume",
                        "--save-model", str(tmp_path / "resumed.pt"))
     for key in ("best_epoch", "early_stopped", "val_acc", "test_acc"):
         assert resumed[key] == whole[key]
@@ -173,7 +150,7 @@ def test_resume_keeps_early_stopping_and_the_best_model(store, tmp_path, capsys)
     r = torch.load(tmp_path / "resumed.pt", weights_only=True)
     assert all(torch.equal(w[k], r[k]) for k in w)
     # a run that stopped early does not train on when resumed
-    again = run_json(capsys, store, "--epochs", "6", *flags, "--checkpoint", ck, "--resume")
+    again = train_json(capsys, store, "--epochs", "6", *flags, "--checkpoint", ck, "--resume")
     assert len(again["epochs"]) == len(whole["epochs"]) < 6
 
 
@@ -216,7 +193,7 @@ def test_progress_shows_val_acc_and_a_closed_pipe_exits_quietly(store):
 
 
 def test_gs_commands_need_options_spelled_out(tmp_path, capsys):
-    assert call(["gs-train", str(tmp_path), "--step", "3"]) == 2
+    assert exit_status(["gs-train", str(tmp_path), "--step", "3"]) == 2
     assert "unrecognized arguments: --step 3" in capsys.readouterr().err
 
 
