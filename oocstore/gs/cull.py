@@ -19,7 +19,9 @@ points in the middle 60 % of the image and fields of view up to about 150 degree
 the sigma part is at most 1.5 x the sphere term ``3.33 s_max |(fx, 0, cx)|`` of the
 plane test; likewise for the other edges. So ``CULL_SIGMAS = 1.5 x 3.33`` and
 ``CULL_PIXELS = 3`` (1.83 rounded up, plus one for ``>`` against ``>=`` and rounding)
-keep every drawn Gaussian. ``tests/gs/test_cull.py`` checks that against the
+keep every drawn Gaussian. A camera outside those bounds (a principal point far off
+centre, as a crop gives, or a very wide view) gets a wider margin, worked out per view by
+:func:`_sigma_scale`. ``tests/gs/test_cull.py`` checks that against the
 rasterizer on random cameras with Gaussians crowding the frustum's edges (and that
 3.34 sigma with 1.9 px, the bare box, does drop some).
 """
@@ -59,7 +61,24 @@ def frustum_planes(viewmat, K, width: int, height: int, near: float,
     offsets_c = np.array([-near, 0.0, 0.0, 0.0, 0.0])
     lengths = np.linalg.norm(np.stack([ez, k[0], width * ez - k[0], k[1],
                                        height * ez - k[1]]), axis=1)
-    return normals_c @ r, normals_c @ t + offsets_c, lengths
+    return normals_c @ r, normals_c @ t + offsets_c, lengths * _sigma_scale(k, width, height)
+
+
+def _sigma_scale(k: np.ndarray, width: int, height: int) -> float:
+    """How much more than :data:`CULL_SIGMAS` this camera needs (at least 1). The margin
+    of an edge plane must cover ``3.33 sqrt(1 + t^2)`` largest scales, ``t`` within the
+    rasterizer's clamp of ``x / z`` (or ``y / z``), against the plane's
+    ``sqrt(1 + a^2)`` (``a``: the edge's distance from the principal point over the
+    focal length). ``CULL_SIGMAS`` covers that ratio up to 1.5, which holds for principal
+    points near the middle and moderate fields of view; a principal point far off centre
+    (a crop) or a very wide view needs more, worked out here per camera."""
+    need = 1.0
+    for f, c, size in ((k[0, 0], k[0, 2], width), (k[1, 1], k[1, 2], height)):
+        lim_neg, lim_pos = c / f + 0.15 * size / f, (size - c) / f + 0.15 * size / f
+        t = max(abs(lim_neg), abs(lim_pos))
+        for a in (c / f, (size - c) / f):
+            need = max(need, math.sqrt(1 + t * t) / math.sqrt(1 + a * a))
+    return max(1.0, need / 1.5)
 
 
 def in_frustum(params: torch.Tensor,  # [N, >= 11] parameter rows (geometry first)

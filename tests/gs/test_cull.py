@@ -62,6 +62,23 @@ def test_the_cull_keeps_every_gaussian_the_rasterizer_draws(seed):
     assert int(kept.sum()) < len(kept)
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_off_centre_and_wide_cameras_keep_every_drawn_gaussian(seed):
+    """Principal points outside the middle of the image (crops) and very wide views need
+    a wider margin than the default; the cull works it out per camera."""
+    g = np.random.default_rng(100 + seed)
+    width, height = int(g.integers(16, 200)), int(g.integers(16, 200))
+    vm, K = _camera(g, width, height)
+    K[0, 0] = K[1, 1] = g.uniform(0.05, 0.3) * width
+    K[0, 2] = g.choice([-0.3, 0.0, 1.0, 1.3]) * width
+    K[1, 2] = g.choice([-0.3, 0.05, 0.95, 1.3]) * height
+    prm = _gaussians_near_the_frustum(g, vm, K, width, height, 4000)
+    radii = project(prm, 0, torch.from_numpy(vm), torch.from_numpy(K), width, height)[3]
+    kept = in_frustum(prm.float(), vm, K, width, height)
+    missed = (radii > 0) & ~kept
+    assert not missed.any(), f"{int(missed.sum())} drawn Gaussians culled"
+
+
 def test_the_cull_drops_gaussians_outside_by_more_than_their_margin():
     vm, K = np.eye(4), np.array([[50.0, 0, 32], [0, 50.0, 24], [0, 0, 1]])
     means = np.array([[0, 0, 5], [100, 0, 5], [0, 0, -5], [0, -100, 5], [3.3, 0, 5]])
