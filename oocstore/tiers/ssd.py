@@ -29,6 +29,7 @@ checks them.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -406,6 +407,11 @@ class BaseRowTier(Tier):
                 and out.flags.c_contiguous and out.dtype == self.meta.np_dtype):
             return False
         with self._aio_lock:
+            if self._aio is not None and self._aio[-1] != os.getpid():
+                # A forked child: the kernel context is the parent's (io_submit here
+                # fails) and the scratch is shared memory the parent still reads into.
+                # Leave both to the parent and open this process's own.
+                self._aio = None
             if self._aio is None:
                 ctx = open_context(self.threads)
                 if ctx is None:
@@ -414,8 +420,9 @@ class BaseRowTier(Tier):
                 depth = self.threads
                 self._aio = (ctx, aligned_empty(depth * self.span),
                              np.zeros((depth, IOCB_WORDS), np.uint64), np.zeros(depth, np.uint64),
-                             np.zeros((depth, EVENT_WORDS), np.int64), np.zeros(depth, np.int64))
-            ctx, scratch, iocbs, ptrs, events, slot_row = self._aio
+                             np.zeros((depth, EVENT_WORDS), np.int64), np.zeros(depth, np.int64),
+                             os.getpid())
+            ctx, scratch, iocbs, ptrs, events, slot_row, _ = self._aio
             order = np.argsort(slots, kind="stable")  # file order
             word = next(w for w in (8, 4, 2, 1) if self.row_bytes % w == 0)
             wtype = np.dtype(f"u{word}")
@@ -436,9 +443,11 @@ class BaseRowTier(Tier):
             return True
 
     def _close_aio(self) -> None:
-        if self._aio is not None:
+        # Only the process that opened the context destroys it: in a forked child the
+        # number may name a context the child opened since.
+        if self._aio is not None and self._aio[-1] == os.getpid():
             close_context(self._aio[0])
-            self._aio = None
+        self._aio = None
 
     def _gather(self, slots: np.ndarray, out: np.ndarray) -> None:
         if not slots.size:

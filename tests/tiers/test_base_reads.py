@@ -153,3 +153,39 @@ def test_a_depth_0_loader_keeps_the_callers_numba_threads(fallback_store):
         for batch in loader:
             assert numba.get_num_threads() == before
             assert np.array_equal(batch.x.numpy(), feats[batch.input_nodes])
+
+
+@needs_aio
+def test_a_forked_child_reads_with_its_own_aio_context(feats_store):
+    """The parent's kernel context does not exist in a forked child (``io_submit`` there
+    fails) and the parent's scratch is shared memory it still reads into: the child
+    opens its own context and scratch, keeps AIO and reads the right rows, and the
+    parent's context still works afterwards."""
+    import os
+
+    store, feats = feats_store
+    meta = store.array_meta("features")
+    tier = BaseRowTier(store.file_path(meta), meta, threads=4)
+    if not tier.reader.direct:
+        pytest.skip(f"no O_DIRECT here ({tier.reader.fallback_reason}): AIO is not used")
+    out = np.empty((20, feats.shape[1]), dtype=np.float32)
+    tier.gather_at(np.arange(20), out, np.arange(20))
+    parent_scratch = tier._aio[1].ctypes.data
+    pid = os.fork()
+    if pid == 0:  # the child: exit status 0 only when AIO kept working with new buffers
+        ok = False
+        try:
+            ids = np.arange(20) * 11
+            tier.gather_at(ids, out, np.arange(20))
+            ok = (tier.use_aio and tier._aio is not None
+                  and tier._aio[1].ctypes.data != parent_scratch
+                  and np.array_equal(out, feats[ids]))
+            tier.close()
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    ids = np.arange(20) * 13
+    tier.gather_at(ids, out, np.arange(20))
+    assert tier.use_aio and np.array_equal(out, feats[ids])
+    tier.close()
