@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -322,6 +323,13 @@ def _pread_rows(fd, base_offset, row_bytes, ids, scratch, out):
     return moved
 
 
+def _drop_context(ctx: int, pid: int) -> None:
+    """Destroy ``ctx`` in the process ``pid`` that opened it only: in a forked child the
+    number may name a context the child opened since."""
+    if os.getpid() == pid:
+        close_context(ctx)
+
+
 class BaseRowTier(Tier):
     """Rows of the base feature array read one by one; slots are node ids."""
 
@@ -418,6 +426,9 @@ class BaseRowTier(Tier):
                     self.use_aio = False
                     return False
                 depth = self.threads
+                # Destroyed by close, or when the tier is collected unclosed (contexts
+                # count against the machine-wide fs.aio-max-nr).
+                self._aio_done = weakref.finalize(self, _drop_context, ctx, os.getpid())
                 self._aio = (ctx, aligned_empty(depth * self.span),
                              np.zeros((depth, IOCB_WORDS), np.uint64), np.zeros(depth, np.uint64),
                              np.zeros((depth, EVENT_WORDS), np.int64), np.zeros(depth, np.int64),
@@ -443,11 +454,9 @@ class BaseRowTier(Tier):
             return True
 
     def _close_aio(self) -> None:
-        # Only the process that opened the context destroys it: in a forked child the
-        # number may name a context the child opened since.
-        if self._aio is not None and self._aio[-1] == os.getpid():
-            close_context(self._aio[0])
-        self._aio = None
+        if self._aio is not None:
+            self._aio_done()  # runs once, and only in the process that opened it
+            self._aio = None
 
     def _gather(self, slots: np.ndarray, out: np.ndarray) -> None:
         if not slots.size:

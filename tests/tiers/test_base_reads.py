@@ -189,3 +189,27 @@ def test_a_forked_child_reads_with_its_own_aio_context(feats_store):
     tier.gather_at(ids, out, np.arange(20))
     assert tier.use_aio and np.array_equal(out, feats[ids])
     tier.close()
+
+
+@needs_aio
+def test_a_tier_dropped_without_close_destroys_its_aio_context(feats_store):
+    """Contexts count against the machine-wide ``fs.aio-max-nr``: a reader the caller
+    forgets to close gives its context back when it is collected."""
+    import ctypes
+    import gc
+
+    store, feats = feats_store
+    meta = store.array_meta("features")
+    tier = BaseRowTier(store.file_path(meta), meta, threads=2)
+    if not tier.reader.direct:
+        pytest.skip(f"no O_DIRECT here ({tier.reader.fallback_reason}): AIO is not used")
+    out = np.empty((5, feats.shape[1]), dtype=np.float32)
+    tier.gather_at(np.arange(5), out, np.arange(5))
+    ctx = tier._aio[0]
+    tier.reader.close()
+    del tier
+    gc.collect()
+    libc = ctypes.CDLL(None, use_errno=True)
+    # io_destroy of a context that is gone fails; 0 means it was still open (and this
+    # call has now destroyed it).
+    assert libc.syscall(207, ctypes.c_ulong(ctx)) == -1
