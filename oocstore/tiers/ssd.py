@@ -344,6 +344,7 @@ class BaseRowTier(Tier):
         self.reader = DirectReader(path, direct=direct)
         self.threads = threads
         self._pool: ThreadPoolExecutor | None = None
+        self._pool_pid = 0  # the process whose threads the pool holds
         _, self.span = aligned_span(ALIGN - 1, self.row_bytes)  # worst case per row
         self.group = ROWS_PER_TASK
         # Native AIO (tiers/aio.py): ``threads`` reads in flight from the calling thread,
@@ -470,13 +471,17 @@ class BaseRowTier(Tier):
         if len(groups) == 1 or self.threads <= 1:
             self.bytes_read += sum(self._read_group(s, o) for s, o in groups)
             return
+        if self._pool is not None and self._pool_pid != os.getpid():
+            self._pool = None  # a forked child: the parent's threads do not exist here
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="oocstore-base")
+            self._pool_pid = os.getpid()
         self.bytes_read += sum(self._pool.map(lambda g: self._read_group(*g), groups))
 
     def close(self) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=True)
+            if self._pool_pid == os.getpid():
+                self._pool.shutdown(wait=True)
             self._pool = None
         with self._aio_lock:
             self._close_aio()

@@ -213,3 +213,32 @@ def test_a_tier_dropped_without_close_destroys_its_aio_context(feats_store):
     # io_destroy of a context that is gone fails; 0 means it was still open (and this
     # call has now destroyed it).
     assert libc.syscall(207, ctypes.c_ulong(ctx)) == -1
+
+
+def test_a_forked_child_reads_with_its_own_thread_pool(feats_store):
+    """The parent's I/O threads do not exist in a forked child: a child handing reads to
+    the parent's pool would wait forever; it starts its own."""
+    import os
+    import signal
+
+    store, feats = feats_store
+    meta = store.array_meta("features")
+    tier = BaseRowTier(store.file_path(meta), meta, threads=4, direct=False)  # the pool
+    out = np.empty((100, feats.shape[1]), dtype=np.float32)
+    tier.gather_at(np.arange(100), out, np.arange(100))
+    assert tier._pool is not None
+    pid = os.fork()
+    if pid == 0:  # the child: exit status 0 only when the rows came back, in time
+        ok = False
+        try:
+            signal.alarm(5)
+            ids = np.arange(100) * 7
+            tier.gather_at(ids, out, np.arange(100))
+            ok = np.array_equal(out, feats[ids])
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    tier.gather_at(np.arange(100) * 3, out, np.arange(100))
+    assert np.array_equal(out, feats[np.arange(100) * 3])
+    tier.close()
