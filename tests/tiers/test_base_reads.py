@@ -170,7 +170,7 @@ def test_a_forked_child_reads_with_its_own_aio_context(feats_store):
         pytest.skip(f"no O_DIRECT here ({tier.reader.fallback_reason}): AIO is not used")
     out = np.empty((20, feats.shape[1]), dtype=np.float32)
     tier.gather_at(np.arange(20), out, np.arange(20))
-    parent_scratch = tier._aio[1].ctypes.data
+    parent_scratch = tier._aio[1]  # held: its address is not reused in the child
     pid = os.fork()
     if pid == 0:  # the child: exit status 0 only when AIO kept working with new buffers
         ok = False
@@ -178,7 +178,7 @@ def test_a_forked_child_reads_with_its_own_aio_context(feats_store):
             ids = np.arange(20) * 11
             tier.gather_at(ids, out, np.arange(20))
             ok = (tier.use_aio and tier._aio is not None
-                  and tier._aio[1].ctypes.data != parent_scratch
+                  and tier._aio[1].ctypes.data != parent_scratch.ctypes.data
                   and np.array_equal(out, feats[ids]))
             tier.close()
         finally:
