@@ -29,7 +29,9 @@ checks them.
 
 from __future__ import annotations
 
+import os
 import threading
+import weakref
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -321,6 +323,13 @@ def _pread_rows(fd, base_offset, row_bytes, ids, scratch, out):
     return moved
 
 
+def _drop_context(ctx: int, pid: int) -> None:
+    """Destroy ``ctx`` in the process ``pid`` that opened it only: in a forked child the
+    number may name a context the child opened since."""
+    if os.getpid() == pid:
+        close_context(ctx)
+
+
 class BaseRowTier(Tier):
     """Rows of the base feature array read one by one; slots are node ids."""
 
@@ -335,6 +344,7 @@ class BaseRowTier(Tier):
         self.reader = DirectReader(path, direct=direct)
         self.threads = threads
         self._pool: ThreadPoolExecutor | None = None
+        self._pool_pid = 0  # the process whose threads the pool holds
         _, self.span = aligned_span(ALIGN - 1, self.row_bytes)  # worst case per row
         self.group = ROWS_PER_TASK
         # Native AIO (tiers/aio.py): ``threads`` reads in flight from the calling thread,
@@ -406,16 +416,25 @@ class BaseRowTier(Tier):
                 and out.flags.c_contiguous and out.dtype == self.meta.np_dtype):
             return False
         with self._aio_lock:
+            if self._aio is not None and self._aio[-1] != os.getpid():
+                # A forked child: the kernel context is the parent's (io_submit here
+                # fails) and the scratch is shared memory the parent still reads into.
+                # Leave both to the parent and open this process's own.
+                self._aio = None
             if self._aio is None:
                 ctx = open_context(self.threads)
                 if ctx is None:
                     self.use_aio = False
                     return False
                 depth = self.threads
+                # Destroyed by close, or when the tier is collected unclosed (contexts
+                # count against the machine-wide fs.aio-max-nr).
+                self._aio_done = weakref.finalize(self, _drop_context, ctx, os.getpid())
                 self._aio = (ctx, aligned_empty(depth * self.span),
                              np.zeros((depth, IOCB_WORDS), np.uint64), np.zeros(depth, np.uint64),
-                             np.zeros((depth, EVENT_WORDS), np.int64), np.zeros(depth, np.int64))
-            ctx, scratch, iocbs, ptrs, events, slot_row = self._aio
+                             np.zeros((depth, EVENT_WORDS), np.int64), np.zeros(depth, np.int64),
+                             os.getpid())
+            ctx, scratch, iocbs, ptrs, events, slot_row, _ = self._aio
             order = np.argsort(slots, kind="stable")  # file order
             word = next(w for w in (8, 4, 2, 1) if self.row_bytes % w == 0)
             wtype = np.dtype(f"u{word}")
@@ -437,7 +456,7 @@ class BaseRowTier(Tier):
 
     def _close_aio(self) -> None:
         if self._aio is not None:
-            close_context(self._aio[0])
+            self._aio_done()  # runs once, and only in the process that opened it
             self._aio = None
 
     def _gather(self, slots: np.ndarray, out: np.ndarray) -> None:
@@ -452,13 +471,17 @@ class BaseRowTier(Tier):
         if len(groups) == 1 or self.threads <= 1:
             self.bytes_read += sum(self._read_group(s, o) for s, o in groups)
             return
+        if self._pool is not None and self._pool_pid != os.getpid():
+            self._pool = None  # a forked child: the parent's threads do not exist here
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="oocstore-base")
+            self._pool_pid = os.getpid()
         self.bytes_read += sum(self._pool.map(lambda g: self._read_group(*g), groups))
 
     def close(self) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=True)
+            if self._pool_pid == os.getpid():
+                self._pool.shutdown(wait=True)
             self._pool = None
         with self._aio_lock:
             self._close_aio()

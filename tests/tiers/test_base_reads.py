@@ -153,3 +153,92 @@ def test_a_depth_0_loader_keeps_the_callers_numba_threads(fallback_store):
         for batch in loader:
             assert numba.get_num_threads() == before
             assert np.array_equal(batch.x.numpy(), feats[batch.input_nodes])
+
+
+@needs_aio
+def test_a_forked_child_reads_with_its_own_aio_context(feats_store):
+    """The parent's kernel context does not exist in a forked child (``io_submit`` there
+    fails) and the parent's scratch is shared memory it still reads into: the child
+    opens its own context and scratch, keeps AIO and reads the right rows, and the
+    parent's context still works afterwards."""
+    import os
+
+    store, feats = feats_store
+    meta = store.array_meta("features")
+    tier = BaseRowTier(store.file_path(meta), meta, threads=4)
+    if not tier.reader.direct:
+        pytest.skip(f"no O_DIRECT here ({tier.reader.fallback_reason}): AIO is not used")
+    out = np.empty((20, feats.shape[1]), dtype=np.float32)
+    tier.gather_at(np.arange(20), out, np.arange(20))
+    parent_scratch = tier._aio[1]  # held: its address is not reused in the child
+    pid = os.fork()
+    if pid == 0:  # the child: exit status 0 only when AIO kept working with new buffers
+        ok = False
+        try:
+            ids = np.arange(20) * 11
+            tier.gather_at(ids, out, np.arange(20))
+            ok = (tier.use_aio and tier._aio is not None
+                  and tier._aio[1].ctypes.data != parent_scratch.ctypes.data
+                  and np.array_equal(out, feats[ids]))
+            tier.close()
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    ids = np.arange(20) * 13
+    tier.gather_at(ids, out, np.arange(20))
+    assert tier.use_aio and np.array_equal(out, feats[ids])
+    tier.close()
+
+
+@needs_aio
+def test_a_tier_dropped_without_close_destroys_its_aio_context(feats_store):
+    """Contexts count against the machine-wide ``fs.aio-max-nr``: a reader the caller
+    forgets to close gives its context back when it is collected."""
+    import ctypes
+    import gc
+
+    store, feats = feats_store
+    meta = store.array_meta("features")
+    tier = BaseRowTier(store.file_path(meta), meta, threads=2)
+    if not tier.reader.direct:
+        pytest.skip(f"no O_DIRECT here ({tier.reader.fallback_reason}): AIO is not used")
+    out = np.empty((5, feats.shape[1]), dtype=np.float32)
+    tier.gather_at(np.arange(5), out, np.arange(5))
+    ctx = tier._aio[0]
+    tier.reader.close()
+    del tier
+    gc.collect()
+    libc = ctypes.CDLL(None, use_errno=True)
+    # io_destroy of a context that is gone fails; 0 means it was still open (and this
+    # call has now destroyed it).
+    assert libc.syscall(207, ctypes.c_ulong(ctx)) == -1
+
+
+def test_a_forked_child_reads_with_its_own_thread_pool(feats_store):
+    """The parent's I/O threads do not exist in a forked child: a child handing reads to
+    the parent's pool would wait forever; it starts its own."""
+    import os
+    import signal
+
+    store, feats = feats_store
+    meta = store.array_meta("features")
+    tier = BaseRowTier(store.file_path(meta), meta, threads=4, direct=False)  # the pool
+    out = np.empty((100, feats.shape[1]), dtype=np.float32)
+    tier.gather_at(np.arange(100), out, np.arange(100))
+    assert tier._pool is not None
+    pid = os.fork()
+    if pid == 0:  # the child: exit status 0 only when the rows came back, in time
+        ok = False
+        try:
+            signal.alarm(5)
+            ids = np.arange(100) * 7
+            tier.gather_at(ids, out, np.arange(100))
+            ok = np.array_equal(out, feats[ids])
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    tier.gather_at(np.arange(100) * 3, out, np.arange(100))
+    assert np.array_equal(out, feats[np.arange(100) * 3])
+    tier.close()
