@@ -436,7 +436,4 @@ def cpu_depth(fits: Callable[[int], bool], per_batch: int, max_depth: int) -> in
     """The largest prefetch depth ``<= max_depth`` whose batches (``per_batch`` bytes
     each) ``fits`` the CPU budget; 0 when none does (batches are then read in the
     training loop's thread)."""
-    depth = 0
-    while depth < max_depth and fits((depth + 1) * per_batch):
-        depth += 1
-    return depth
+    return choose_depth(lambda depth: fits(depth * per_batch), None, max_depth)

@@ -47,9 +47,10 @@ def checksum(data, crc: int = 0) -> int:
 
 def aligned_empty(nbytes: int, dtype=np.uint8) -> np.ndarray:
     """A zeroed, page-aligned numpy buffer of at least ``nbytes`` (O_DIRECT needs this;
-    ``np.empty`` gives no alignment guarantee)."""
+    ``np.empty`` gives no alignment guarantee). Private: a forked child gets its own
+    copy-on-write pages, not the parent's buffer."""
     size = max(align_up(nbytes), ALIGN)
-    buf = mmap.mmap(-1, size)
+    buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
     return np.frombuffer(buf, dtype=np.uint8, count=size).view(dtype)
 
 

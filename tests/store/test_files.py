@@ -207,3 +207,17 @@ def test_large_writes_stream_to_disk_as_they_go(tmp_path, monkeypatch):
     assert np.array_equal(np.fromfile(tmp_path / "a.bin", dtype=np.uint8)[:data.size], data)
     assert w.checksums == [zlib.crc32(data[i:i + w.chunk_bytes])
                            for i in range(0, data.size, w.chunk_bytes)]
+
+
+def test_aligned_buffers_are_private_to_a_forked_child():
+    """A child that writes into an inherited read buffer must not change the parent's
+    (segment and tier buffers are aligned_empty; a shared mapping would mix batches)."""
+    buf = aligned_empty(4096)
+    buf[0] = 1
+    pid = os.fork()
+    if pid == 0:
+        buf[0] = 2
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert status == 0
+    assert buf[0] == 1
