@@ -283,9 +283,21 @@ def spec_of_state_dict(state: Mapping[str, Any], where: str) -> ModelSpec | None
 def model_from_checkpoint(state: Mapping[str, Any], where: str) -> tuple[nn.Module, ModelSpec]:
     """The model of a loaded training checkpoint, rebuilt and with its weights."""
     spec = spec_of_checkpoint(state, where)
+    # The spec is compared with the weights' shapes on a model without storage first: a
+    # damaged or crafted spec (``hidden`` of 10**9) is refused before it is allocated.
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in build_from_spec(spec).state_dict().items()}
+    weights = state["model"] if isinstance(state.get("model"), Mapping) else {}
+    have = {k: tuple(v.shape) for k, v in weights.items() if isinstance(v, torch.Tensor)}
+    if have != shapes:
+        bad = sorted(k for k in shapes.keys() | have.keys() if shapes.get(k) != have.get(k))
+        raise FormatError(f"{where}: its weights do not fit the {spec.kind} model it names "
+                          f"(entry 'model_spec' {spec.to_dict()}; {bad[0]}: weights "
+                          f"{have.get(bad[0])}, model {shapes.get(bad[0])}): it is damaged or "
+                          "was not written by `oocstore train`")
     model = build_from_spec(spec)
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(weights)
     except RuntimeError as err:
         raise FormatError(f"{where}: its weights do not fit the {spec.kind} model it names "
                           f"({str(err).splitlines()[0][:200]}): it is damaged") from err

@@ -8,6 +8,7 @@ import torch
 
 from helpers import cli_store_fixtures, exit_status, train_json, tree_bytes
 from oocstore.cli import main
+from oocstore.errors import FormatError
 from oocstore.train.models import (GAT, GCN, ModelSpec, build_model, gcn_adjacency,
                                    model_from_checkpoint, spec_of_checkpoint,
                                    spec_of_state_dict)
@@ -165,3 +166,17 @@ def test_damaged_model_spec_is_a_format_error(damage):
     spec = ModelSpec("gat", 16, 8, 8, 2, 2).to_dict()
     with pytest.raises(FormatError, match="model_spec"):
         ModelSpec.from_dict({**spec, **damage}, "ck")
+
+
+def test_crafted_model_spec_is_refused_before_it_is_built(store, tmp_path, capsys):
+    """A checkpoint whose model_spec asks for a giant model is refused from the weights'
+    shapes, without allocating the model it names."""
+    ck = tmp_path / "ck"
+    train_json(capsys, store, "--epochs", "1", "--hidden", "8", "--in-memory", "--checkpoint",
+               str(ck))
+    state = torch.load(ck / "checkpoint.pt", weights_only=True)
+    state["model_spec"] = {**state["model_spec"], "hidden": 10 ** 12}
+    with pytest.raises(FormatError) as err:
+        model_from_checkpoint(state, str(ck))
+    assert str(ck) in str(err.value) and "model_spec" in str(err.value)
+    assert "\n" not in str(err.value)
