@@ -32,6 +32,7 @@ it (entry ``model_spec``) so that evaluation rebuilds the model with
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Sequence
 
@@ -41,6 +42,7 @@ from torch import nn
 from ..errors import FormatError, UsageError
 from ..integrations.pyg import require_pyg, to_pyg
 from ..plan import SampledBatch
+from ..units import format_size
 from .model import GraphSAGE, SAGEStack, check_batch_input, csr_adjacency, relu_dropout
 
 MODELS = ("sage", "gcn", "gat")
@@ -226,6 +228,32 @@ def build_from_spec(spec: ModelSpec) -> nn.Module:
                         spec.heads, spec.dropout, backend=spec.backend)
     model.spec = spec
     return model
+
+
+def model_bytes(spec: ModelSpec) -> int:
+    """Bytes the model of ``spec`` holds while it trains: its float32 weights, their
+    gradients and Adam's two moments (4 copies), counted on a model without storage."""
+    with torch.device("meta"):
+        model = build_model(spec.kind, spec.in_dim, spec.hidden, spec.classes, spec.layers,
+                            spec.heads, spec.dropout, backend=spec.backend)
+    return 4 * sum(p.numel() * 4 for p in model.parameters())
+
+
+def check_model_fits(spec: ModelSpec, limit: int | None = None) -> None:
+    """Refuse a model that cannot be held in ``limit`` bytes (default: this machine's
+    memory) while it trains, before anything is allocated or written: ``--hidden
+    100000000000`` is a clear error, not an allocator's traceback."""
+    if limit is None:
+        try:
+            limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            return
+    need = model_bytes(spec)
+    if need > limit:
+        raise UsageError(f"--hidden {spec.hidden} --layers {spec.layers} gives a {spec.kind} "
+                         f"model of {format_size(need)} (weights, gradients and Adam's "
+                         f"state), more than this machine's {format_size(limit)} of memory: "
+                         "give a smaller --hidden")
 
 
 def heads_of(kind: str, heads: int | None) -> int | None:

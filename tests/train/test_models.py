@@ -115,6 +115,8 @@ def test_checkpoint_without_model_field_loads_as_sage(store, tmp_path, capsys):
     (["--backend", "dgl", "--model", "gcn"], "offers: sage"),
     (["--hidden", "0"], "--hidden 0: give 1 or more"),
     (["--dropout", "1.5"], "--dropout 1.5: give a probability in [0, 1)"),
+    (["--hidden", "100000000000"], "give a smaller --hidden"),
+    (["--hidden", "100000000000", "--in-memory", "--model", "gcn"], "give a smaller --hidden"),
 ])
 def test_bad_model_input_is_one_line_and_writes_nothing(fresh, tmp_path, capsys, argv, match):
     before = files(tmp_path)
