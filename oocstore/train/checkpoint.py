@@ -37,12 +37,14 @@ key, no ``rng``) still load; their runs continue with a freshly seeded generator
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import pickle
 import random
 import re
+import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -50,6 +52,7 @@ import numpy as np
 import torch
 
 from ..errors import FormatError
+from ..store.files import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -137,21 +140,31 @@ def set_rng_state(state: Mapping[str, Any], where: str | Path,
 
 # -- files -----------------------------------------------------------------------------
 
+def save_atomic(obj: Any, path: Path) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically and durably: written to a fresh
+    temporary file beside it (created exclusively, so a symlink planted at a fixed
+    temporary name is not followed and two writers never share one), fsynced, renamed
+    over ``path``, directory fsynced. A failure leaves ``path`` as it was."""
+    parent = path.parent if str(path.parent) else Path(".")
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(name, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(name)
+        raise
+    fsync_dir(parent)
+    return path
+
+
 def save_checkpoint(directory: Path, state: dict[str, Any]) -> Path:
     """Write ``state`` (plus ``format``) to ``directory/checkpoint.pt`` atomically."""
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / CHECKPOINT_FILE
-    tmp = directory / (CHECKPOINT_FILE + ".tmp")
-    torch.save({"format": CHECKPOINT_FORMAT, **state}, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return path
+    return save_atomic({"format": CHECKPOINT_FORMAT, **state}, directory / CHECKPOINT_FILE)
 
 
 def _first_line(err: BaseException) -> str:

@@ -182,3 +182,24 @@ def test_crafted_model_spec_is_refused_before_it_is_built(store, tmp_path, capsy
         model_from_checkpoint(state, str(ck))
     assert str(ck) in str(err.value) and "model_spec" in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_model_file_and_checkpoint_do_not_follow_a_planted_temporary_name(tmp_path):
+    """The temporary file is created exclusively: a symlink at the name an earlier
+    version wrote through is left alone, and its target is not written."""
+    from oocstore.train.checkpoint import save_checkpoint
+    from oocstore.train.selection import save_model
+
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep")
+    (tmp_path / ".m.pt.tmp").symlink_to(victim)
+    (tmp_path / "ck").mkdir()
+    (tmp_path / "ck" / "checkpoint.pt.tmp").symlink_to(victim)
+    state = {"w": torch.ones(2)}
+    save_model(tmp_path / "m.pt", state, ModelSpec("sage", 2, 2, 2, 1).to_dict())
+    save_checkpoint(tmp_path / "ck", {"model": state})
+    assert victim.read_bytes() == b"keep"
+    assert torch.equal(torch.load(tmp_path / "m.pt", weights_only=True)["w"], state["w"])
+    assert torch.load(tmp_path / "ck" / "checkpoint.pt", weights_only=True)["format"] >= 1
+    leftovers = {p.name for p in tmp_path.rglob("*tmp")}
+    assert leftovers == {".m.pt.tmp", "checkpoint.pt.tmp"}  # the planted links only
