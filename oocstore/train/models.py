@@ -299,30 +299,39 @@ def spec_of_checkpoint(state: Mapping[str, Any], where: str) -> ModelSpec:
                      backend=str(config.get("backend", "pyg")))
 
 
+def check_spec_fits(spec: ModelSpec, weights: Mapping[str, Any], where: str) -> None:
+    """Refuse weights whose names or shapes are not those of ``spec``'s model. Compared
+    on a model without storage, so a damaged or crafted spec (``hidden`` of 10**12) is
+    refused before its model is allocated."""
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in build_from_spec(spec).state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in weights.items() if isinstance(v, torch.Tensor)}
+    if have != shapes:
+        bad = sorted(k for k in shapes.keys() | have.keys() if shapes.get(k) != have.get(k))
+        raise FormatError(f"{where}: its weights do not fit the {spec.kind} model it names "
+                          f"(model spec {spec.to_dict()}; {bad[0]}: weights "
+                          f"{have.get(bad[0])}, model {shapes.get(bad[0])}): it is damaged or "
+                          "was not written by `oocstore train`")
+
+
 def spec_of_state_dict(state: Mapping[str, Any], where: str) -> ModelSpec | None:
     """The model a ``--save-model`` file names (:func:`oocstore.train.selection.save_model`
     keeps it in the state_dict's metadata), or None for a file without it (a sage model
-    written before models had a choice)."""
+    written before models had a choice). A spec the weights do not fit is refused."""
     meta = getattr(state, "_metadata", None) or {}
     value = meta.get("", {}).get("oocstore_model") if isinstance(meta.get(""), dict) else None
-    return None if value is None else ModelSpec.from_dict(value, where)
+    if value is None:
+        return None
+    spec = ModelSpec.from_dict(value, where)
+    check_spec_fits(spec, state, where)
+    return spec
 
 
 def model_from_checkpoint(state: Mapping[str, Any], where: str) -> tuple[nn.Module, ModelSpec]:
     """The model of a loaded training checkpoint, rebuilt and with its weights."""
     spec = spec_of_checkpoint(state, where)
-    # The spec is compared with the weights' shapes on a model without storage first: a
-    # damaged or crafted spec (``hidden`` of 10**9) is refused before it is allocated.
-    with torch.device("meta"):
-        shapes = {k: tuple(v.shape) for k, v in build_from_spec(spec).state_dict().items()}
     weights = state["model"] if isinstance(state.get("model"), Mapping) else {}
-    have = {k: tuple(v.shape) for k, v in weights.items() if isinstance(v, torch.Tensor)}
-    if have != shapes:
-        bad = sorted(k for k in shapes.keys() | have.keys() if shapes.get(k) != have.get(k))
-        raise FormatError(f"{where}: its weights do not fit the {spec.kind} model it names "
-                          f"(entry 'model_spec' {spec.to_dict()}; {bad[0]}: weights "
-                          f"{have.get(bad[0])}, model {shapes.get(bad[0])}): it is damaged or "
-                          "was not written by `oocstore train`")
+    check_spec_fits(spec, weights, where)
     model = build_from_spec(spec)
     try:
         model.load_state_dict(weights)

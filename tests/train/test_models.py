@@ -9,8 +9,8 @@ import torch
 from helpers import cli_store_fixtures, exit_status, train_json, tree_bytes
 from oocstore.cli import main
 from oocstore.errors import FormatError
-from oocstore.train.models import (GAT, GCN, ModelSpec, build_model, gcn_adjacency,
-                                   model_from_checkpoint, spec_of_checkpoint,
+from oocstore.train.models import (GAT, GCN, ModelSpec, build_from_spec, build_model,
+                                   gcn_adjacency, model_from_checkpoint, spec_of_checkpoint,
                                    spec_of_state_dict)
 from oocstore.train.model import GraphSAGE
 
@@ -203,3 +203,17 @@ def test_model_file_and_checkpoint_do_not_follow_a_planted_temporary_name(tmp_pa
     assert torch.load(tmp_path / "ck" / "checkpoint.pt", weights_only=True)["format"] >= 1
     leftovers = {p.name for p in tmp_path.rglob("*tmp")}
     assert leftovers == {".m.pt.tmp", "checkpoint.pt.tmp"}  # the planted links only
+
+
+def test_crafted_spec_in_a_model_file_is_refused(tmp_path):
+    """spec_of_state_dict checks the spec a --save-model file names against its weights."""
+    from oocstore.train.selection import save_model
+
+    spec = ModelSpec("sage", 4, 8, 3, 2)
+    state = build_from_spec(spec).state_dict()
+    save_model(tmp_path / "m.pt", state, {**spec.to_dict(), "hidden": 10 ** 12})
+    saved = torch.load(tmp_path / "m.pt", weights_only=True)
+    with pytest.raises(FormatError, match=r"m\.pt: its weights do not fit the sage model"):
+        spec_of_state_dict(saved, str(tmp_path / "m.pt"))
+    save_model(tmp_path / "ok.pt", state, spec.to_dict())
+    assert spec_of_state_dict(torch.load(tmp_path / "ok.pt", weights_only=True), "ok") == spec
