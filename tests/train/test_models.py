@@ -217,3 +217,22 @@ def test_crafted_spec_in_a_model_file_is_refused(tmp_path):
         spec_of_state_dict(saved, str(tmp_path / "m.pt"))
     save_model(tmp_path / "ok.pt", state, spec.to_dict())
     assert spec_of_state_dict(torch.load(tmp_path / "ok.pt", weights_only=True), "ok") == spec
+
+
+def test_a_flipped_bit_in_a_saved_tensor_is_refused(tmp_path):
+    """torch.load does not check the zip entries' CRC-32s; loading a checkpoint or a
+    model file does, so damaged weights are an error, not other weights."""
+    from oocstore.train.checkpoint import load_checkpoint, load_weights_only, save_checkpoint
+    from oocstore.train.selection import save_model
+
+    w = torch.arange(4096, dtype=torch.float32)
+    for path in (save_model(tmp_path / "m.pt", {"w": w}),
+                 save_checkpoint(tmp_path / "ck", {"model": {"w": w}})):
+        data = bytearray(path.read_bytes())
+        at = bytes(data).index(w.numpy().tobytes()[:64]) + 1000  # inside the tensor's bytes
+        data[at] ^= 0x01
+        path.write_bytes(bytes(data))
+        with pytest.raises(FormatError, match=r"fails its CRC-32 check: the file is damaged"):
+            load_weights_only(path)
+    with pytest.raises(FormatError, match=str(tmp_path / "ck")):
+        load_checkpoint(tmp_path / "ck" / "checkpoint.pt")
