@@ -162,3 +162,9 @@ def with_flags(message: str, flags: dict[str, tuple[str, bool]]) -> str:
         return message
     names = "|".join(re.escape(n) for n in sorted(flags, key=len, reverse=True))
     return re.sub(rf"{_BEFORE}({names})(?:=({_VALUE}))?{_AFTER}", spell, message)
+
+
+def error_line(err: BaseException, args: argparse.Namespace) -> str:
+    """The one line a refused command prints for a library error: its message with the
+    subcommand's flags written in (:func:`with_flags`)."""
+    return f"oocstore: error: {with_flags(str(err), flag_names(getattr(args, 'parser', None)))}"
