@@ -37,6 +37,29 @@ def test_with_flags(message, expected):
     assert with_flags(message, FLAGS) == expected
 
 
+@pytest.mark.parametrize("message", [
+    "cannot read /data/batch_size=3/x: missing",
+    "store /tmp/cpu_budget is not a store",
+    "model file /runs/save_model/best.pt is damaged",
+    "see cpu_budget.md and C:\\runs\\cpu_budget",
+    "plan 'cpu_budget' and plan \"name\" are not in the store",
+    "plan_name=cpu_budget is a value, not the parameter",
+])
+def test_with_flags_leaves_paths_and_values(message):
+    """A path component, a file name, a quoted name or another parameter's value that
+    happens to spell an option is part of what the user typed: left as it is."""
+    flags = {**FLAGS, "batch_size": ("--batch-size", True), "cpu_budget": ("--cpu-budget", True),
+             "save_model": ("--save-model", True), "name": ("--name", True)}
+    assert with_flags(message, flags) == message
+
+
+def test_with_flags_one_pass():
+    """The value just written is not read again as a parameter name."""
+    flags = {"name": ("--name", True), "cpu_budget": ("--cpu-budget", True)}
+    assert with_flags("name=cpu_budget exists; lower cpu_budget.", flags) == \
+        "--name cpu_budget exists; lower --cpu-budget."
+
+
 def test_flag_names_are_the_commands_long_options():
     args = build_parser().parse_args(["gs-render", "SCENE", "--out", "x"])
     flags = flag_names(args.parser)

@@ -17,7 +17,7 @@ from typing import Sequence
 
 from ..errors import OocError
 from . import infer, ingest, pack, sample, scene, store, train
-from .common import Parser, flag_names, with_flags
+from .common import Parser, error_line
 
 log = logging.getLogger("oocstore")
 
@@ -65,8 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except OocError as err:
-        message = with_flags(str(err), flag_names(getattr(args, "parser", None)))
-        print(f"oocstore: error: {message}", file=sys.stderr)
+        print(error_line(err, args), file=sys.stderr)
         return 2
     except OSError as err:  # permissions, a file vanishing under us: one line, no traceback
         print(f"oocstore: error: {err}", file=sys.stderr)

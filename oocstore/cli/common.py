@@ -128,6 +128,12 @@ def flag_names(parser: argparse.ArgumentParser | None) -> dict[str, tuple[str, b
 #: A ``name=value`` in a message: the value is a quoted string or runs to the next
 #: space or punctuation.
 _VALUE = r"""(?:'[^']*'|"[^"]*"|[^\s,;:()]+)"""
+#: What may not touch a parameter name on either side: a name inside a longer word, a
+#: path component (``/data/batch_size=3/x``, ``/tmp/cpu_budget``), a quoted string, a
+#: file name (``cpu_budget.md``; a sentence's full stop is fine) or the value of
+#: another ``name=value`` is not the parameter.
+_BEFORE = r"""(?<![\w./\\'"=-])"""
+_AFTER = r"""(?![\w/\\'"=-]|\.\w)"""
 
 
 def with_flags(message: str, flags: dict[str, tuple[str, bool]]) -> str:
@@ -139,10 +145,13 @@ def with_flags(message: str, flags: dict[str, tuple[str, bool]]) -> str:
     world_size``); a user of the command line typed a flag, so those read ``--frames 0
     must be at least 1``, ``pass --allow-eval-split`` and ``lower --world-size``. A bare
     name is replaced only when it has an underscore (``split`` may be a plain word);
-    other ``name=value`` spellings are left as they are."""
+    other ``name=value`` spellings are left as they are. One pass, so a value just
+    written (``--name cpu_budget``) is not read again as a name."""
     def spell(m: re.Match) -> str:
-        flag, takes_value = flags[m.group(1)]
-        value = m.group(2)
+        name, value = m.group(1), m.group(2)
+        flag, takes_value = flags[name]
+        if value is None:
+            return flag if "_" in name else name
         if not takes_value:
             return flag if value == "True" else m.group(0)
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
@@ -152,9 +161,10 @@ def with_flags(message: str, flags: dict[str, tuple[str, bool]]) -> str:
     if not flags:
         return message
     names = "|".join(re.escape(n) for n in sorted(flags, key=len, reverse=True))
-    message = re.sub(rf"(?<![\w.-])({names})=({_VALUE})", spell, message)
-    bare = "|".join(re.escape(n) for n in sorted(flags, key=len, reverse=True) if "_" in n)
-    if bare:
-        message = re.sub(rf"(?<![\w.'-])({bare})(?![\w='-])", lambda m: flags[m.group(1)][0],
-                         message)
-    return message
+    return re.sub(rf"{_BEFORE}({names})(?:=({_VALUE}))?{_AFTER}", spell, message)
+
+
+def error_line(err: BaseException, args: argparse.Namespace) -> str:
+    """The one line a refused command prints for a library error: its message with the
+    subcommand's flags written in (:func:`with_flags`)."""
+    return f"oocstore: error: {with_flags(str(err), flag_names(getattr(args, 'parser', None)))}"

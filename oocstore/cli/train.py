@@ -6,8 +6,8 @@ from __future__ import annotations
 import sys
 
 from ..errors import OocError
-from .common import (add_budgets, add_device, add_flag, add_seed, add_store, command, flag_names,
-                     with_flags)
+from .common import (add_budgets, add_device, add_flag, add_seed, add_store, command,
+                     error_line)
 from .distributed import launched
 
 
@@ -106,8 +106,7 @@ def _train_and_report(args, *, report: bool = True) -> int:
     except (OocError, OSError) as err:
         if not (writes.settled() or writes.files):
             raise  # nothing written: the usual one-line error
-        message = with_flags(str(err), flag_names(getattr(args, "parser", None)))
-        print(f"oocstore: error: {message}", file=sys.stderr)
+        print(error_line(err, args), file=sys.stderr)
         print(f"oocstore: before it stopped, {writes.describe()}", file=sys.stderr)
         return 2
     finally:

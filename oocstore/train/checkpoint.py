@@ -37,12 +37,15 @@ key, no ``rng``) still load; their runs continue with a freshly seeded generator
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import pickle
 import random
 import re
+import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -50,6 +53,7 @@ import numpy as np
 import torch
 
 from ..errors import FormatError
+from ..store.files import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -137,21 +141,31 @@ def set_rng_state(state: Mapping[str, Any], where: str | Path,
 
 # -- files -----------------------------------------------------------------------------
 
+def save_atomic(obj: Any, path: Path) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically and durably: written to a fresh
+    temporary file beside it (created exclusively, so a symlink planted at a fixed
+    temporary name is not followed and two writers never share one), fsynced, renamed
+    over ``path``, directory fsynced. A failure leaves ``path`` as it was."""
+    parent = path.parent if str(path.parent) else Path(".")
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(name, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(name)
+        raise
+    fsync_dir(parent)
+    return path
+
+
 def save_checkpoint(directory: Path, state: dict[str, Any]) -> Path:
     """Write ``state`` (plus ``format``) to ``directory/checkpoint.pt`` atomically."""
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / CHECKPOINT_FILE
-    tmp = directory / (CHECKPOINT_FILE + ".tmp")
-    torch.save({"format": CHECKPOINT_FORMAT, **state}, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return path
+    return save_atomic({"format": CHECKPOINT_FORMAT, **state}, directory / CHECKPOINT_FILE)
 
 
 def _first_line(err: BaseException) -> str:
@@ -167,6 +181,23 @@ def load_checkpoint(path: Path, map_location: torch.device | str = "cpu") -> dic
     return state
 
 
+def _check_crc(path: Path, fix: str) -> None:
+    """A ``torch.save`` file is a zip archive with a CRC-32 per entry, which
+    ``torch.load`` does not check: a flipped bit in a tensor's bytes would load as other
+    weights. Every entry is checked here first (one more read of the file)."""
+    try:
+        if not zipfile.is_zipfile(path):
+            return  # the legacy format, or not a checkpoint: torch.load says which
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError) as err:
+        raise FormatError(f"checkpoint {path} cannot be read ({_first_line(err)}): it is "
+                          f"truncated or damaged; {fix}") from err
+    if bad is not None:
+        raise FormatError(f"checkpoint {path}: entry {bad} fails its CRC-32 check: the file "
+                          f"is damaged; {fix}")
+
+
 def load_weights_only(path: Path, map_location: torch.device | str = "cpu", *,
                       fix: str = _FIX) -> Any:
     """What the file at ``path`` holds, read with ``torch.load(weights_only=True)``: a
@@ -174,6 +205,7 @@ def load_weights_only(path: Path, map_location: torch.device | str = "cpu", *,
     :class:`FormatError` naming the file and ``fix``; its layout is not checked."""
     with open(path, "rb"):
         pass  # permissions, a vanished file: an OSError naming the path
+    _check_crc(path, fix)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:

@@ -32,6 +32,7 @@ it (entry ``model_spec``) so that evaluation rebuilds the model with
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Sequence
 
@@ -41,6 +42,7 @@ from torch import nn
 from ..errors import FormatError, UsageError
 from ..integrations.pyg import require_pyg, to_pyg
 from ..plan import SampledBatch
+from ..units import format_size
 from .model import GraphSAGE, SAGEStack, check_batch_input, csr_adjacency, relu_dropout
 
 MODELS = ("sage", "gcn", "gat")
@@ -228,6 +230,32 @@ def build_from_spec(spec: ModelSpec) -> nn.Module:
     return model
 
 
+def model_bytes(spec: ModelSpec) -> int:
+    """Bytes the model of ``spec`` holds while it trains: its float32 weights, their
+    gradients and Adam's two moments (4 copies), counted on a model without storage."""
+    with torch.device("meta"):
+        model = build_model(spec.kind, spec.in_dim, spec.hidden, spec.classes, spec.layers,
+                            spec.heads, spec.dropout, backend=spec.backend)
+    return 4 * sum(p.numel() * 4 for p in model.parameters())
+
+
+def check_model_fits(spec: ModelSpec, limit: int | None = None) -> None:
+    """Refuse a model that cannot be held in ``limit`` bytes (default: this machine's
+    memory) while it trains, before anything is allocated or written: ``--hidden
+    100000000000`` is a clear error, not an allocator's traceback."""
+    if limit is None:
+        try:
+            limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            return
+    need = model_bytes(spec)
+    if need > limit:
+        raise UsageError(f"--hidden {spec.hidden} --layers {spec.layers} gives a {spec.kind} "
+                         f"model of {format_size(need)} (weights, gradients and Adam's "
+                         f"state), more than this machine's {format_size(limit)} of memory: "
+                         "give a smaller --hidden")
+
+
 def heads_of(kind: str, heads: int | None) -> int | None:
     """The heads a model of ``kind`` is built with (gat's default when not given)."""
     return (DEFAULT_HEADS if heads is None else heads) if kind == "gat" else None
@@ -271,21 +299,42 @@ def spec_of_checkpoint(state: Mapping[str, Any], where: str) -> ModelSpec:
                      backend=str(config.get("backend", "pyg")))
 
 
+def check_spec_fits(spec: ModelSpec, weights: Mapping[str, Any], where: str) -> None:
+    """Refuse weights whose names or shapes are not those of ``spec``'s model. Compared
+    on a model without storage, so a damaged or crafted spec (``hidden`` of 10**12) is
+    refused before its model is allocated."""
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in build_from_spec(spec).state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in weights.items() if isinstance(v, torch.Tensor)}
+    if have != shapes:
+        bad = sorted(k for k in shapes.keys() | have.keys() if shapes.get(k) != have.get(k))
+        raise FormatError(f"{where}: its weights do not fit the {spec.kind} model it names "
+                          f"(model spec {spec.to_dict()}; {bad[0]}: weights "
+                          f"{have.get(bad[0])}, model {shapes.get(bad[0])}): it is damaged or "
+                          "was not written by `oocstore train`")
+
+
 def spec_of_state_dict(state: Mapping[str, Any], where: str) -> ModelSpec | None:
     """The model a ``--save-model`` file names (:func:`oocstore.train.selection.save_model`
     keeps it in the state_dict's metadata), or None for a file without it (a sage model
-    written before models had a choice)."""
+    written before models had a choice). A spec the weights do not fit is refused."""
     meta = getattr(state, "_metadata", None) or {}
     value = meta.get("", {}).get("oocstore_model") if isinstance(meta.get(""), dict) else None
-    return None if value is None else ModelSpec.from_dict(value, where)
+    if value is None:
+        return None
+    spec = ModelSpec.from_dict(value, where)
+    check_spec_fits(spec, state, where)
+    return spec
 
 
 def model_from_checkpoint(state: Mapping[str, Any], where: str) -> tuple[nn.Module, ModelSpec]:
     """The model of a loaded training checkpoint, rebuilt and with its weights."""
     spec = spec_of_checkpoint(state, where)
+    weights = state["model"] if isinstance(state.get("model"), Mapping) else {}
+    check_spec_fits(spec, weights, where)
     model = build_from_spec(spec)
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(weights)
     except RuntimeError as err:
         raise FormatError(f"{where}: its weights do not fit the {spec.kind} model it names "
                           f"({str(err).splitlines()[0][:200]}): it is damaged") from err

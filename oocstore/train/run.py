@@ -47,7 +47,8 @@ from ..store import Store
 from .checkpoint import (CHECKPOINT_FILE, check_optimizer_state, check_rng_state,
                          load_checkpoint, rng_state, save_checkpoint, set_rng_state)
 from .loop import InMemoryFeatures, ddp_model, evaluate_counts, train_epoch
-from .models import ModelSpec, build_from_spec, check_layers, check_model_args, check_resume_model
+from .models import (ModelSpec, build_from_spec, check_layers, check_model_args, check_model_fits,
+                     check_resume_model)
 from .progress import TrainProgress, _EpochCallback
 from .selection import BestModel, check_model_path, save_model
 from .prepare import WRITER_WAIT_S, WriteLog, apply_eval, check_loader_fits, plan_eval, writer
@@ -255,7 +256,9 @@ def _prepare(store_path, plan: str | None, cfg: TrainConfig, budget: MemoryBudge
     def check() -> None:
         with Store(store_path) as store:
             name = train_plan(store, plan, rank, world, allow_eval_split=cfg.allow_eval_split)
-            check_layers(cfg.layers, PlanReader(store, name).num_layers, name)
+            layers = PlanReader(store, name).num_layers
+            check_layers(cfg.layers, layers, name)
+            _spec(store, layers, cfg)
             if not cfg.in_memory:
                 check_loader_fits(store, latest_pack(store, name), budget, device.type)
 
@@ -330,10 +333,16 @@ def _on_every_rank(fn: Callable[[], Any]) -> Any:
     return result
 
 
+def _spec(store: Store, layers: int, cfg: TrainConfig) -> ModelSpec:
+    """The model of this run, refused if it cannot be held in memory (:func:`check_model_fits`)."""
+    spec = ModelSpec(cfg.model, store.feature_dim, cfg.hidden, store.num_classes, layers,
+                     cfg.heads, cfg.dropout, cfg.backend)
+    check_model_fits(spec)
+    return spec
+
+
 def _model(store: Store, reader: PlanReader, cfg: TrainConfig, device: torch.device):
-    return build_from_spec(ModelSpec(cfg.model, store.feature_dim, cfg.hidden, store.num_classes,
-                                     reader.num_layers, cfg.heads, cfg.dropout,
-                                     cfg.backend)).to(device)
+    return build_from_spec(_spec(store, reader.num_layers, cfg)).to(device)
 
 
 def _optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:

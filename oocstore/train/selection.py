@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ..errors import FormatError, UsageError
-from ..store.files import fsync_dir
+from .checkpoint import save_atomic
 
 
 @dataclass
@@ -114,14 +114,8 @@ def save_model(path: Path, state: dict[str, torch.Tensor],
     and hyper-parameters (:class:`oocstore.train.models.ModelSpec`), travels in the
     state_dict's metadata (``_metadata[""]["oocstore_model"]``), which ``torch.load``
     restores and ``load_state_dict`` ignores, so the file stays a plain state_dict."""
-    tmp = path.with_name(f".{path.name}.tmp")
     if spec is not None:
         state = OrderedDict(state)
         meta = OrderedDict({"": {"oocstore_model": dict(spec)}})
         state._metadata = meta  # type: ignore[attr-defined]
-    torch.save(state, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent if str(path.parent) else Path("."))
-    return path
+    return save_atomic(state, path)

@@ -8,8 +8,9 @@ import torch
 
 from helpers import cli_store_fixtures, exit_status, train_json, tree_bytes
 from oocstore.cli import main
-from oocstore.train.models import (GAT, GCN, ModelSpec, build_model, gcn_adjacency,
-                                   model_from_checkpoint, spec_of_checkpoint,
+from oocstore.errors import FormatError
+from oocstore.train.models import (GAT, GCN, ModelSpec, build_from_spec, build_model,
+                                   gcn_adjacency, model_from_checkpoint, spec_of_checkpoint,
                                    spec_of_state_dict)
 from oocstore.train.model import GraphSAGE
 
@@ -114,6 +115,8 @@ def test_checkpoint_without_model_field_loads_as_sage(store, tmp_path, capsys):
     (["--backend", "dgl", "--model", "gcn"], "offers: sage"),
     (["--hidden", "0"], "--hidden 0: give 1 or more"),
     (["--dropout", "1.5"], "--dropout 1.5: give a probability in [0, 1)"),
+    (["--hidden", "100000000000"], "give a smaller --hidden"),
+    (["--hidden", "100000000000", "--in-memory", "--model", "gcn"], "give a smaller --hidden"),
 ])
 def test_bad_model_input_is_one_line_and_writes_nothing(fresh, tmp_path, capsys, argv, match):
     before = files(tmp_path)
@@ -165,3 +168,71 @@ def test_damaged_model_spec_is_a_format_error(damage):
     spec = ModelSpec("gat", 16, 8, 8, 2, 2).to_dict()
     with pytest.raises(FormatError, match="model_spec"):
         ModelSpec.from_dict({**spec, **damage}, "ck")
+
+
+def test_crafted_model_spec_is_refused_before_it_is_built(store, tmp_path, capsys):
+    """A checkpoint whose model_spec asks for a giant model is refused from the weights'
+    shapes, without allocating the model it names."""
+    ck = tmp_path / "ck"
+    train_json(capsys, store, "--epochs", "1", "--hidden", "8", "--in-memory", "--checkpoint",
+               str(ck))
+    state = torch.load(ck / "checkpoint.pt", weights_only=True)
+    state["model_spec"] = {**state["model_spec"], "hidden": 10 ** 12}
+    with pytest.raises(FormatError) as err:
+        model_from_checkpoint(state, str(ck))
+    assert str(ck) in str(err.value) and "model_spec" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_model_file_and_checkpoint_do_not_follow_a_planted_temporary_name(tmp_path):
+    """The temporary file is created exclusively: a symlink at the name an earlier
+    version wrote through is left alone, and its target is not written."""
+    from oocstore.train.checkpoint import save_checkpoint
+    from oocstore.train.selection import save_model
+
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep")
+    (tmp_path / ".m.pt.tmp").symlink_to(victim)
+    (tmp_path / "ck").mkdir()
+    (tmp_path / "ck" / "checkpoint.pt.tmp").symlink_to(victim)
+    state = {"w": torch.ones(2)}
+    save_model(tmp_path / "m.pt", state, ModelSpec("sage", 2, 2, 2, 1).to_dict())
+    save_checkpoint(tmp_path / "ck", {"model": state})
+    assert victim.read_bytes() == b"keep"
+    assert torch.equal(torch.load(tmp_path / "m.pt", weights_only=True)["w"], state["w"])
+    assert torch.load(tmp_path / "ck" / "checkpoint.pt", weights_only=True)["format"] >= 1
+    leftovers = {p.name for p in tmp_path.rglob("*tmp")}
+    assert leftovers == {".m.pt.tmp", "checkpoint.pt.tmp"}  # the planted links only
+
+
+def test_crafted_spec_in_a_model_file_is_refused(tmp_path):
+    """spec_of_state_dict checks the spec a --save-model file names against its weights."""
+    from oocstore.train.selection import save_model
+
+    spec = ModelSpec("sage", 4, 8, 3, 2)
+    state = build_from_spec(spec).state_dict()
+    save_model(tmp_path / "m.pt", state, {**spec.to_dict(), "hidden": 10 ** 12})
+    saved = torch.load(tmp_path / "m.pt", weights_only=True)
+    with pytest.raises(FormatError, match=r"m\.pt: its weights do not fit the sage model"):
+        spec_of_state_dict(saved, str(tmp_path / "m.pt"))
+    save_model(tmp_path / "ok.pt", state, spec.to_dict())
+    assert spec_of_state_dict(torch.load(tmp_path / "ok.pt", weights_only=True), "ok") == spec
+
+
+def test_a_flipped_bit_in_a_saved_tensor_is_refused(tmp_path):
+    """torch.load does not check the zip entries' CRC-32s; loading a checkpoint or a
+    model file does, so damaged weights are an error, not other weights."""
+    from oocstore.train.checkpoint import load_checkpoint, load_weights_only, save_checkpoint
+    from oocstore.train.selection import save_model
+
+    w = torch.arange(4096, dtype=torch.float32)
+    for path in (save_model(tmp_path / "m.pt", {"w": w}),
+                 save_checkpoint(tmp_path / "ck", {"model": {"w": w}})):
+        data = bytearray(path.read_bytes())
+        at = bytes(data).index(w.numpy().tobytes()[:64]) + 1000  # inside the tensor's bytes
+        data[at] ^= 0x01
+        path.write_bytes(bytes(data))
+        with pytest.raises(FormatError, match=r"fails its CRC-32 check: the file is damaged"):
+            load_weights_only(path)
+    with pytest.raises(FormatError, match=str(tmp_path / "ck")):
+        load_checkpoint(tmp_path / "ck" / "checkpoint.pt")
