@@ -185,14 +185,14 @@ def check_out_path(out: str | os.PathLike, overwrite: bool, store: Store | None 
     """Refuse an output path that must not be written: an existing path without
     ``overwrite``, a missing or read-only parent, a path inside the store."""
     p = Path(out)
+    if p.name in ("", ".", ".."):
+        raise UsageError(f"output {out} names no new entry of a directory: give a path such "
+                         "as DIR/emb.zarr")
     if p.exists() or p.is_symlink():
         if not overwrite:
             raise UsageError(f"output {p} exists: pass overwrite=True to replace it or give "
                              "another path")
-        if not p.is_dir() or p.is_symlink():
-            what = "a symbolic link" if p.is_symlink() else "not a directory (a zarr array is one)"
-            raise UsageError(f"output {p} exists and is {what}: overwrite replaces only a "
-                             "directory; remove it or give another path")
+        _check_replaceable(p)
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
         what = "is not a directory" if parent.exists() else "does not exist; create it first"
@@ -207,6 +207,20 @@ def check_out_path(out: str | os.PathLike, overwrite: bool, store: Store | None 
             raise UsageError(f"output {p} is inside or above store {store.path}: give a path "
                              "outside the store")
     return p
+
+
+def _check_replaceable(p: Path) -> None:
+    """Refuse to replace ``p`` unless it is a directory holding a zarr array (or nothing):
+    overwrite removes what was there, and a mistyped ``out`` must not take a user's
+    directory with it."""
+    if p.is_symlink() or not p.is_dir():
+        what = "a symbolic link" if p.is_symlink() else "not a directory (a zarr array is one)"
+        raise UsageError(f"output {p} exists and is {what}: overwrite replaces only a zarr "
+                         "array's directory; remove it or give another path")
+    names = {q.name for q in p.iterdir()}
+    if names and not names & {"zarr.json", ".zarray", ".zgroup"}:
+        raise UsageError(f"output {p} is a directory that holds no zarr array (no zarr.json): "
+                         "overwrite replaces only a zarr array; remove it or give another path")
 
 
 def chunk_cost(in_row_bytes: int, in_dim: int, out_dim: int) -> tuple[int, int]:
@@ -683,10 +697,11 @@ def _place(new: Path, out: Path, tmp: Path, overwrite: bool) -> None:
     that output is kept and this run is refused; a directory rename never replaces a
     non-empty directory, so two runs racing for ``out`` leave one complete array."""
     if out.exists() or out.is_symlink():
-        if not overwrite or not out.is_dir() or out.is_symlink():
+        if not overwrite:
             raise UsageError(f"output {out} was created by another process while inference "
                              "ran; it was left as it is: give another path (or pass "
                              "overwrite=True to replace it)")
+        _check_replaceable(out)
         os.rename(out, tmp / "previous")
     try:
         os.rename(new, out)

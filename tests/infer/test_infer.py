@@ -102,7 +102,7 @@ def test_checkpoint_dir_and_overwrite(store_path, tmp_path):
                                           "model": model.state_dict(),
                                           "optimizer": opt.state_dict(), "rng": {}})
         ref = full_forward(store, model)
-        (tmp_path / "emb.zarr").mkdir()
+        zarr.create_array(store=str(tmp_path / "emb.zarr"), shape=(2, 2), dtype="float32")
         (tmp_path / "emb.zarr" / "stale").write_text("old")
         infer_embeddings(store, tmp_path / "ck", tmp_path / "emb.zarr", overwrite=True)
     np.testing.assert_allclose(zarr.open_array(str(tmp_path / "emb.zarr"))[:], ref, atol=1e-5)
@@ -188,7 +188,8 @@ def _cli(*args) -> int:
 
 @pytest.mark.parametrize("case", ["in_dim", "layers", "classes", "exists", "missing",
                                   "corrupt", "pickle", "not_sage", "budget", "inside_store",
-                                  "hidden_widths", "parent_file", "symlink_dir"])
+                                  "hidden_widths", "parent_file", "symlink_dir", "user_dir",
+                                  "dotdot"])
 def test_bad_input_refused_nothing_written(store_path, tmp_path, capsys, case):
     with Store(store_path) as store:
         good = tmp_path / "m.pt"
@@ -207,7 +208,9 @@ def test_bad_input_refused_nothing_written(store_path, tmp_path, capsys, case):
                  "hidden_widths": "hidden layers of widths 8, 6; .* one hidden width",
                  "parent_file": r"m\.pt is not a directory; give a path in a directory",
                  "symlink_dir": "exists and is a symbolic link: overwrite replaces only a "
-                                "directory"}[case]
+                                "zarr array",
+                 "user_dir": "holds no zarr array .* overwrite replaces only a zarr array",
+                 "dotdot": "names no new entry of a directory"}[case]
         if case == "in_dim":
             ckpt = tmp_path / "m5.pt"
             saved_model(ckpt, store, in_dim=5)
@@ -254,6 +257,13 @@ def test_bad_input_refused_nothing_written(store_path, tmp_path, capsys, case):
             (tmp_path / "elsewhere" / "keep").write_text("mine")
             out.symlink_to(tmp_path / "elsewhere")
             extra = ["--overwrite"]
+        elif case == "user_dir":
+            out.mkdir()
+            (out / "keep").write_text("mine")
+            extra = ["--overwrite"]
+        elif case == "dotdot":
+            (tmp_path / "sub").mkdir()
+            out, extra = tmp_path / "sub" / "..", ["--overwrite"]
     before = tree_digest(store_path)
     listing = sorted(p.name for p in tmp_path.iterdir())
     assert _cli(store_path, "--checkpoint", ckpt, "--out", out, "--quiet", *extra) == 2
@@ -263,7 +273,7 @@ def test_bad_input_refused_nothing_written(store_path, tmp_path, capsys, case):
     assert re.search(match, err), err
     assert tree_digest(store_path) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == listing
-    if case in ("exists", "symlink_dir"):
+    if case in ("exists", "symlink_dir", "user_dir"):
         assert (out / "keep").read_text() == "mine"
     assert not (tmp_path / "pwned").exists()
 
@@ -328,17 +338,18 @@ def test_out_written_meanwhile_is_kept(store_path, tmp_path, overwrite):
 
         def other_run(layer, layers, done, total):
             if layer == layers - 1 and done == total:
-                if overwrite:  # a plain file appeared: never replaced, even with overwrite
-                    (tmp_path / "emb.zarr").write_text("mine")
+                if overwrite:  # not an array: never replaced, even with overwrite
+                    (tmp_path / "emb.zarr").mkdir()
+                    (tmp_path / "emb.zarr" / "keep").write_text("mine")
                 else:
                     infer_embeddings(store, tmp_path / "m.pt", tmp_path / "emb.zarr")
                     (tmp_path / "emb.zarr" / "keep").write_text("mine")
 
-        with pytest.raises(UsageError, match="created by another process while inference ran"):
+        with pytest.raises(UsageError, match="created by another process while inference ran"
+                           if not overwrite else "holds no zarr array"):
             infer_embeddings(store, tmp_path / "m.pt", tmp_path / "emb.zarr",
                              overwrite=overwrite, progress=other_run)
-    kept = tmp_path / "emb.zarr" if overwrite else tmp_path / "emb.zarr" / "keep"
-    assert kept.read_text() == "mine"
+    assert (tmp_path / "emb.zarr" / "keep").read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["emb.zarr", "m.pt"]
 
 
