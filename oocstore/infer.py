@@ -107,6 +107,8 @@ def load_sage_weights(path: str | os.PathLike) -> SageWeights:
         p = p / CHECKPOINT_FILE
     if not p.exists():
         raise UsageError(f"checkpoint {p} does not exist: {_MODEL_FIX}")
+    if not p.is_file():  # a FIFO or a device would block or stream forever
+        raise UsageError(f"checkpoint {p} is not a regular file: {_MODEL_FIX}")
     raw = load_weights_only(p, "cpu", fix=_MODEL_FIX)
     plan = None
     if isinstance(raw, dict) and "optimizer" in raw and "model" in raw:

@@ -189,7 +189,7 @@ def _cli(*args) -> int:
 @pytest.mark.parametrize("case", ["in_dim", "layers", "classes", "exists", "missing",
                                   "corrupt", "pickle", "not_sage", "budget", "inside_store",
                                   "hidden_widths", "parent_file", "symlink_dir", "user_dir",
-                                  "dotdot"])
+                                  "dotdot", "fifo"])
 def test_bad_input_refused_nothing_written(store_path, tmp_path, capsys, case):
     with Store(store_path) as store:
         good = tmp_path / "m.pt"
@@ -210,7 +210,8 @@ def test_bad_input_refused_nothing_written(store_path, tmp_path, capsys, case):
                  "symlink_dir": "exists and is a symbolic link: overwrite replaces only a "
                                 "zarr array",
                  "user_dir": "holds no zarr array .* overwrite replaces only a zarr array",
-                 "dotdot": "names no new entry of a directory"}[case]
+                 "dotdot": "names no new entry of a directory",
+                 "fifo": "is not a regular file"}[case]
         if case == "in_dim":
             ckpt = tmp_path / "m5.pt"
             saved_model(ckpt, store, in_dim=5)
@@ -261,6 +262,9 @@ def test_bad_input_refused_nothing_written(store_path, tmp_path, capsys, case):
             out.mkdir()
             (out / "keep").write_text("mine")
             extra = ["--overwrite"]
+        elif case == "fifo":
+            ckpt = tmp_path / "pipe.pt"
+            os.mkfifo(ckpt)
         elif case == "dotdot":
             (tmp_path / "sub").mkdir()
             out, extra = tmp_path / "sub" / "..", ["--overwrite"]
