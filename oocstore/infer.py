@@ -15,10 +15,7 @@ chunk holds): the features through :class:`~oocstore.checked_read.CheckedRows`, 
 checks each checksum chunk's CRC-32 the first time a read touches it, the CSC the same
 way; hidden states through plain positional reads of the temporary files (written and
 read back by this process). Neighbour ids are sorted and rows whose ids are close are
-read as one span, so a chunk costs about one system call per run of nearby rows; the
-isolated rows (a span of one) are read together in one GIL-free call (one ``pread``
-each, no interpreter round per row), through a buffer of those rows that is freed
-before the chunk's float32 copy exists.
+read as one span, so a chunk costs about one system call per run of nearby rows.
 
 The chunk size comes from ``cpu_budget`` (bytes per destination and per edge of a
 chunk, at the layer's input width; see :func:`chunk_cost`), capped by ``layer_batch``.
@@ -71,8 +68,7 @@ EDGE_BYTES = 56
 #: disk reads them anyway.
 GAP_BYTES = 4 << 10
 #: Memory held apart from the chunk: the two readers' scratch buffers, one planning piece
-#: of ``indptr`` (and its cost prefix sums), the zarr copy buffer (the isolated-row
-#: reader's page-aligned row buffer is added per store, see :func:`_costs_within`).
+#: of ``indptr`` (and its cost prefix sums), the zarr copy buffer.
 FIXED_BYTES = 3 * SCRATCH + PIECE_NODES * 8 * 3 + (1 << 20)
 
 
@@ -331,19 +327,12 @@ class _RawRows:
 
 def gather_rows(read: Callable[[int, int], np.ndarray], ids: np.ndarray, row_bytes: int,
                 *, gap_bytes: int = GAP_BYTES, span_bytes: int = SCRATCH,
-                read_into: Callable[[np.ndarray, int, int], None] | None = None,
-                read_rows: Callable[[np.ndarray, np.ndarray], bool] | None = None
-                ) -> np.ndarray:
+                read_into: Callable[[np.ndarray, int, int], None] | None = None) -> np.ndarray:
     """Rows ``ids`` (sorted, distinct) via ``read(start, stop)``, into one array allocated
     up front: ids closer than ``gap_bytes`` are read as one span of at most
     ``span_bytes`` (at least one row), which is the only other buffer.
     ``read_into(buf, start, stop)``, where given, fills ``buf`` with rows
-    ``[start, stop)`` in place (no temporary array per span).
-
-    ``read_rows(ids, buf)``, where given, reads all the isolated rows (a span of one row:
-    in a chunk much smaller than the graph, most of them) in one call instead of one
-    interpreter round per row; it returns False to leave them to ``read_into`` /
-    ``read``, which name whatever failed."""
+    ``[start, stop)`` in place (no temporary array per span)."""
     empty = read(0, 0)
     out = np.empty((len(ids), *empty.shape[1:]), dtype=empty.dtype)
     if not len(ids):
@@ -351,18 +340,10 @@ def gather_rows(read: Callable[[int, int], np.ndarray], ids: np.ndarray, row_byt
     gap = max(1, gap_bytes // max(1, row_bytes))
     span = max(1, span_bytes // max(1, row_bytes))
     breaks = np.flatnonzero(np.diff(ids) > gap) + 1
-    starts = np.concatenate(([0], breaks))
-    ends = np.concatenate((breaks, [len(ids)]))
-    if read_rows is not None:
-        lone = ends - starts == 1
-        if lone.any():
-            pos = starts[lone]
-            rows = np.empty((len(pos), *empty.shape[1:]), dtype=empty.dtype)
-            if read_rows(np.ascontiguousarray(ids[pos], dtype=np.int64), rows):
-                out[pos] = rows
-                starts, ends = starts[~lone], ends[~lone]
+    starts = np.concatenate(([0], breaks)).tolist()
+    ends = np.concatenate((breaks, [len(ids)])).tolist()
     scratch = None
-    for s, e in zip(starts.tolist(), ends.tolist()):
+    for s, e in zip(starts, ends):
         lo, hi = int(ids[s]), int(ids[e - 1]) + 1
         if e - s == hi - lo and hi - lo <= span:  # a contiguous run: read it as is
             if read_into is not None:
@@ -385,55 +366,6 @@ def gather_rows(read: Callable[[int, int], np.ndarray], ids: np.ndarray, row_byt
             out[i:j] = block[ids[i:j] - a]
             i = j
     return out
-
-
-class _RowsAt:
-    """``read_rows(ids, buf)`` for :func:`gather_rows`: rows ``ids`` of the file ``fd``
-    (rows of ``row_bytes`` from ``base_offset``) into ``buf``, one ``pread`` each in one
-    GIL-free call (:func:`~oocstore.tiers.ssd._pread_rows`, the base-array tier's).
-    ``check(ids)`` runs first (checksums). False for ids outside ``0..num_rows - 1`` or a
-    short read: the caller's row-by-row path then names the error. ``bytes_read``
-    counts the rows' bytes."""
-
-    def __init__(self, fd: int, base_offset: int, row_bytes: int, num_rows: int,
-                 check: Callable[[np.ndarray], None] | None = None):
-        from .tiers.ssd import base_read_buffer_bytes
-
-        self.fd, self.base_offset, self.row_bytes, self.num_rows = (fd, base_offset, row_bytes,
-                                                                    num_rows)
-        self.check, self.bytes_read = check, 0
-        self.scratch = np.empty(base_read_buffer_bytes(row_bytes, 1), dtype=np.uint8)
-
-    def __call__(self, ids: np.ndarray, buf: np.ndarray) -> bool:
-        from .tiers.ssd import _pread_rows
-
-        if not len(ids):
-            return True
-        if ids[0] < 0 or ids[-1] >= self.num_rows or not buf.flags.c_contiguous:
-            return False
-        if self.check is not None:
-            self.check(ids)
-        if _pread_rows(self.fd, self.base_offset, self.row_bytes, ids, self.scratch,
-                       buf.reshape(len(ids), -1).view(np.uint8)) < 0:
-            return False
-        self.bytes_read += len(ids) * self.row_bytes
-        return True
-
-
-def _checked_rows_at(rows: CheckedRows) -> _RowsAt:
-    """:class:`_RowsAt` over a :class:`CheckedRows`: the checksum chunks the rows touch
-    are checked first (those not checked yet), as its ``read_into`` would."""
-    rb = rows.row_bytes
-
-    def check(ids: np.ndarray) -> None:
-        if not rows.verify:
-            return
-        cb = rows.meta.chunk_bytes
-        touched = np.unique(np.concatenate((ids * rb // cb, ((ids + 1) * rb - 1) // cb)))
-        for c in touched[~rows._checked[touched]].tolist():
-            rows._check_chunk(c)
-
-    return _RowsAt(rows.fd, rows.meta.offset, rb, rows.rows, check)
 
 
 class _CheckedInto:
@@ -537,8 +469,6 @@ def _infer(store: Store, checkpoint, out, layer_batch, cpu_budget, overwrite, la
         t0 = time.perf_counter()
         feats_into = _CheckedInto(feats)
         src_read, src_into = feats.read, feats_into
-        src_rows = _checked_rows_at(feats)
-        rows_read = 0  # bytes the finished layers' src_rows read
         src_row_bytes = feat_meta.row_bytes
         chunks_per_layer, peak, src = [], 0, None
         last = len(dims) - 2
@@ -554,7 +484,7 @@ def _infer(store: Store, checkpoint, out, layer_batch, cpu_budget, overwrite, la
                     peak = max(peak, per_dst * (hi - lo) + per_edge * (e1 - e0))
                     h = _chunk_forward(store, conv, layer < last, ip[lo - p0:hi - p0 + 1], lo, hi,
                                        read_indices(e0, e1).astype(np.int64), src_read,
-                                       src_into, src_rows, src_row_bytes, csr_adjacency)
+                                       src_into, src_row_bytes, csr_adjacency)
                     dst.write(lo, h.numpy())
                     count += 1
                     done += hi - lo
@@ -562,15 +492,13 @@ def _infer(store: Store, checkpoint, out, layer_batch, cpu_budget, overwrite, la
                         progress(layer, len(dims) - 1, done, n)
             chunks_per_layer.append(count)
             src, src_read, src_into, src_row_bytes = dst, dst.read, dst.read_into, dst.row_bytes
-            rows_read += src_rows.bytes_read
-            src_rows = _RowsAt(dst.fd, 0, dst.row_bytes, n)
         written = sum(r.bytes_written for r in readers if isinstance(r, _RawRows))
         written += _write_zarr(src, tmp / "out.zarr", n, dims[-1])
         seconds = time.perf_counter() - t0
         _place(tmp / "out.zarr", out_path, tmp, overwrite)
         read = (sum(r.bytes_read for r in readers if isinstance(r, _RawRows))
                 + read_indptr.nbytes + read_indices.nbytes
-                + feats_into.bytes_read + rows_read + src_rows.bytes_read
+                + feats_into.bytes_read
                 + _checked_bytes([feats, indptr_r, indices_r]))
         return InferSummary(out=str(out_path), nodes=n, edges=indices_r.rows, dims=list(dims),
                             seconds=seconds,
@@ -622,14 +550,11 @@ def _costs_within(store: Store, feat_row_bytes: int, dims, weight_bytes: int, ma
     """Per layer the chunk cost (bytes per destination node, per edge) and the fixed bytes
     (weights, readers); refuses a ``cpu_budget`` below what the node with the most
     in-neighbours needs at the widest layer."""
-    from .tiers.ssd import base_read_buffer_bytes
-
-    costs, widest = [], 0
+    costs = []
     for i in range(len(dims) - 1):
         in_row = feat_row_bytes if i == 0 else 4 * dims[i]
         costs.append(chunk_cost(in_row, dims[i], dims[i + 1]))
-        widest = max(widest, in_row)
-    fixed = FIXED_BYTES + weight_bytes + base_read_buffer_bytes(widest, 1)
+    fixed = FIXED_BYTES + weight_bytes
     floor = fixed + max(d + e * max_deg for d, e in costs)
     if cpu_budget is not None and cpu_budget < floor:
         raise BudgetError(f"cpu_budget={format_size(cpu_budget)} is below the "
@@ -640,11 +565,10 @@ def _costs_within(store: Store, feat_row_bytes: int, dims, weight_bytes: int, ma
 
 
 def _chunk_forward(store: Store, conv, relu: bool, ip: np.ndarray, lo: int, hi: int,
-                   nbr: np.ndarray, src_read, src_into, src_rows, src_row_bytes: int,
-                   csr_adjacency):
+                   nbr: np.ndarray, src_read, src_into, src_row_bytes: int, csr_adjacency):
     """One layer's output rows for destination nodes ``lo..hi-1`` (``ip``: their indptr
     slice, ``nbr``: their in-neighbours), from the previous layer's rows read through
-    ``src_read`` / ``src_into`` / ``src_rows``."""
+    ``src_read`` / ``src_into``."""
     n = store.num_nodes
     dst_ids = np.arange(lo, hi, dtype=np.int64)
     ids = np.union1d(nbr, dst_ids)
@@ -652,8 +576,7 @@ def _chunk_forward(store: Store, conv, relu: bool, ip: np.ndarray, lo: int, hi: 
         raise FormatError(f"store {store.path}: an in-neighbour of nodes "
                           f"{lo}..{hi - 1} is outside 0..{n - 1}: run "
                           f"`oocstore verify`; {_STORE_FIX}")
-    x = torch.from_numpy(gather_rows(src_read, ids, src_row_bytes, read_into=src_into,
-                                             read_rows=src_rows))
+    x = torch.from_numpy(gather_rows(src_read, ids, src_row_bytes, read_into=src_into))
     x = x.reshape(len(ids), -1).to(torch.float32)
     col = torch.from_numpy(np.searchsorted(ids, nbr))
     row = torch.from_numpy(np.repeat(np.arange(hi - lo, dtype=np.int64), np.diff(ip)))

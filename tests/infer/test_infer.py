@@ -136,48 +136,6 @@ def test_gather_rows_spans():
     np.testing.assert_array_equal(gather_rows(read, ids, 12, gap_bytes=48, span_bytes=1 << 20,
                                               read_into=read_into), data[ids])
     assert into == [(0, 6), (400, 402), (999, 1000)]
-    # isolated rows in one call through read_rows; where it declines, read_into reads them
-    into.clear()
-    batched = []
-
-    def read_rows(rows, buf, ok=True):
-        batched.append(rows.tolist())
-        buf[...] = data[rows]
-        return ok
-
-    np.testing.assert_array_equal(gather_rows(read, ids, 12, gap_bytes=48, span_bytes=1 << 20,
-                                              read_into=read_into, read_rows=read_rows),
-                                  data[ids])
-    assert batched == [[999]] and into == [(0, 6), (400, 402)]
-    into.clear()
-    np.testing.assert_array_equal(
-        gather_rows(read, ids, 12, gap_bytes=48, span_bytes=1 << 20, read_into=read_into,
-                    read_rows=lambda rows, buf: read_rows(rows, buf, ok=False)), data[ids])
-    assert into == [(0, 6), (400, 402), (999, 1000)]
-
-
-def test_isolated_rows_read_in_one_call(tmp_path, monkeypatch):
-    """Wide rows far apart (most of a chunk's neighbours) go through one batched read per
-    chunk and layer, checksum-checked, with the same logits as the full-graph forward."""
-    from oocstore import infer
-
-    path = make_synthetic(tmp_path / "wide", nodes=1200, feat_dim=512, avg_degree=3.0)
-    calls = []
-    real = infer._RowsAt.__call__
-
-    def counted(self, ids, buf):
-        calls.append(len(ids))
-        return real(self, ids, buf)
-
-    monkeypatch.setattr(infer._RowsAt, "__call__", counted)
-    with Store(path) as store:
-        model = saved_model(tmp_path / "m.pt", store, hidden=8)
-        ref = full_forward(store, model)
-        summary = infer_embeddings(store, tmp_path / "m.pt", tmp_path / "e.zarr",
-                                   layer_batch=100)
-    np.testing.assert_allclose(zarr.open_array(str(tmp_path / "e.zarr"))[:], ref, atol=1e-5,
-                               rtol=1e-5)
-    assert len(calls) <= sum(summary.chunks) and sum(calls) > 500
 
 
 # -- bad input ----------------------------------------------------------------------
@@ -404,31 +362,3 @@ def test_plan_layer_count_mismatch(store_path, tmp_path, capsys):
                 "--quiet") == 2
     assert "has 2 layers but its training plan 'three' samples 3" in capsys.readouterr().err
     assert tree_digest(copy) == before and not (tmp_path / "e.zarr").exists()
-
-
-def test_isolated_rows_checked(store_path, tmp_path):
-    """The batched read of isolated rows checks their checksum chunks first: a flipped bit
-    in a row it reads is refused, not returned."""
-    import shutil
-
-    from oocstore import infer
-    from oocstore.checked_read import CheckedRows
-    from oocstore.errors import ChecksumError
-
-    copy = tmp_path / "s"
-    shutil.copytree(store_path, copy)
-    with Store(copy) as store:
-        meta = store.array_meta("features")
-        path, row = store.file_path(meta), meta.shape[0] - 1
-        with open(path, "r+b") as f:
-            f.seek(meta.offset + row * meta.row_bytes)
-            b = f.read(1)
-            f.seek(meta.offset + row * meta.row_bytes)
-            f.write(bytes([b[0] ^ 0x01]))
-        rows = CheckedRows(store, "features", fix="restore it")
-        try:
-            buf = np.empty((2, meta.shape[1]), dtype=meta.np_dtype)
-            with pytest.raises(ChecksumError, match="features"):
-                infer._checked_rows_at(rows)(np.array([0, row], dtype=np.int64), buf)
-        finally:
-            rows.close()
