@@ -30,6 +30,7 @@ The temporary directory (hidden states included) is removed in every case.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -102,6 +103,8 @@ def load_sage_weights(path: str | os.PathLike) -> SageWeights:
         p = p / CHECKPOINT_FILE
     if not p.exists():
         raise UsageError(f"checkpoint {p} does not exist: {_MODEL_FIX}")
+    if not p.is_file():  # a FIFO or a device would block or stream forever
+        raise UsageError(f"checkpoint {p} is not a regular file: {_MODEL_FIX}")
     raw = load_weights_only(p, "cpu", fix=_MODEL_FIX)
     plan = None
     if isinstance(raw, dict) and "optimizer" in raw and "model" in raw:
@@ -131,6 +134,10 @@ def load_sage_weights(path: str | os.PathLike) -> SageWeights:
         dims.append(int(wl.shape[0]))
         expected |= {f"convs.{i}.lin_l.weight", f"convs.{i}.lin_l.bias",
                      f"convs.{i}.lin_r.weight"}
+    if len(set(dims[1:-1])) > 1:
+        raise FormatError(f"checkpoint {p}: hidden layers of widths "
+                          f"{', '.join(map(str, dims[1:-1]))}; oocstore's GraphSAGE has one "
+                          f"hidden width: {_MODEL_FIX}")
     extra = sorted(set(raw) - expected)
     if not dims or extra:
         what = f"has entries {', '.join(extra[:3])}" if dims else "has no convs.0.lin_l.weight"
@@ -176,16 +183,19 @@ def check_out_path(out: str | os.PathLike, overwrite: bool, store: Store | None 
     """Refuse an output path that must not be written: an existing path without
     ``overwrite``, a missing or read-only parent, a path inside the store."""
     p = Path(out)
+    if p.name in ("", ".", ".."):
+        raise UsageError(f"output {out} names no new entry of a directory: give a path such "
+                         "as DIR/emb.zarr")
     if p.exists() or p.is_symlink():
         if not overwrite:
             raise UsageError(f"output {p} exists: pass overwrite=True to replace it or give "
                              "another path")
-        if not p.is_dir() or p.is_symlink():
-            raise UsageError(f"output {p} exists and is not a directory (a zarr array is "
-                             "one): remove it or give another path")
+        _check_replaceable(p)
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
-        raise UsageError(f"output {p}: directory {parent} does not exist; create it first")
+        what = "is not a directory" if parent.exists() else "does not exist; create it first"
+        raise UsageError(f"output {p}: {parent} {what}" + (
+            "; give a path in a directory" if parent.exists() else ""))
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UsageError(f"output {p}: directory {parent} is not writable; give a path this "
                          "user can write")
@@ -195,6 +205,20 @@ def check_out_path(out: str | os.PathLike, overwrite: bool, store: Store | None 
             raise UsageError(f"output {p} is inside or above store {store.path}: give a path "
                              "outside the store")
     return p
+
+
+def _check_replaceable(p: Path) -> None:
+    """Refuse to replace ``p`` unless it is a directory holding a zarr array (or nothing):
+    overwrite removes what was there, and a mistyped ``out`` must not take a user's
+    directory with it."""
+    if p.is_symlink() or not p.is_dir():
+        what = "a symbolic link" if p.is_symlink() else "not a directory (a zarr array is one)"
+        raise UsageError(f"output {p} exists and is {what}: overwrite replaces only a zarr "
+                         "array's directory; remove it or give another path")
+    names = {q.name for q in p.iterdir()}
+    if names and not names & {"zarr.json", ".zarray", ".zgroup"}:
+        raise UsageError(f"output {p} is a directory that holds no zarr array (no zarr.json): "
+                         "overwrite replaces only a zarr array; remove it or give another path")
 
 
 def chunk_cost(in_row_bytes: int, in_dim: int, out_dim: int) -> tuple[int, int]:
@@ -471,7 +495,7 @@ def _infer(store: Store, checkpoint, out, layer_batch, cpu_budget, overwrite, la
         written = sum(r.bytes_written for r in readers if isinstance(r, _RawRows))
         written += _write_zarr(src, tmp / "out.zarr", n, dims[-1])
         seconds = time.perf_counter() - t0
-        _place(tmp / "out.zarr", out_path, tmp)
+        _place(tmp / "out.zarr", out_path, tmp, overwrite)
         read = (sum(r.bytes_read for r in readers if isinstance(r, _RawRows))
                 + read_indptr.nbytes + read_indices.nbytes
                 + feats_into.bytes_read
@@ -589,12 +613,28 @@ def _write_zarr(src: _RawRows, path: Path, rows: int, width: int) -> int:
     return rows * width * 4
 
 
-def _place(new: Path, out: Path, tmp: Path) -> None:
+def _place(new: Path, out: Path, tmp: Path, overwrite: bool) -> None:
     """Rename ``new`` to ``out``; an existing ``out`` (overwrite) is moved into ``tmp``
-    first and removed with it."""
+    first and removed with it.
+
+    ``out`` is looked at again here, not only before the run: another process (a second
+    ``infer`` with the same ``out``) may have written it meanwhile. Without ``overwrite``
+    that output is kept and this run is refused; a directory rename never replaces a
+    non-empty directory, so two runs racing for ``out`` leave one complete array."""
     if out.exists() or out.is_symlink():
+        if not overwrite:
+            raise UsageError(f"output {out} was created by another process while inference "
+                             "ran; it was left as it is: give another path (or pass "
+                             "overwrite=True to replace it)")
+        _check_replaceable(out)
         os.rename(out, tmp / "previous")
-    os.rename(new, out)
+    try:
+        os.rename(new, out)
+    except OSError as err:
+        if err.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
+            raise
+        raise UsageError(f"output {out} was created by another process while inference "
+                         "ran; it was left as it is: give another path") from err
     fsync_dir(out.parent if str(out.parent) else Path("."))
 
 

@@ -26,7 +26,7 @@ def add_infer(sub) -> None:
                    help="refuse a checkpoint that does not have L layers")
     p.add_argument("--plan", default=None,
                    help="refuse a checkpoint whose layer count is not this plan's")
-    add_flag(p, "--overwrite", "replace an existing --out")
+    add_flag(p, "--overwrite", "replace an existing --out zarr array (nothing else)")
     add_flag(p, "--json", "print the summary as one JSON object")
     add_flag(p, "--quiet", "no progress bar")
 

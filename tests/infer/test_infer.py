@@ -102,7 +102,7 @@ def test_checkpoint_dir_and_overwrite(store_path, tmp_path):
                                           "model": model.state_dict(),
                                           "optimizer": opt.state_dict(), "rng": {}})
         ref = full_forward(store, model)
-        (tmp_path / "emb.zarr").mkdir()
+        zarr.create_array(store=str(tmp_path / "emb.zarr"), shape=(2, 2), dtype="float32")
         (tmp_path / "emb.zarr" / "stale").write_text("old")
         infer_embeddings(store, tmp_path / "ck", tmp_path / "emb.zarr", overwrite=True)
     np.testing.assert_allclose(zarr.open_array(str(tmp_path / "emb.zarr"))[:], ref, atol=1e-5)
@@ -145,7 +145,9 @@ def _cli(*args) -> int:
 
 
 @pytest.mark.parametrize("case", ["in_dim", "layers", "classes", "exists", "missing",
-                                  "corrupt", "pickle", "not_sage", "budget", "inside_store"])
+                                  "corrupt", "pickle", "not_sage", "budget", "inside_store",
+                                  "hidden_widths", "parent_file", "symlink_dir", "user_dir",
+                                  "dotdot", "fifo"])
 def test_bad_input_refused_nothing_written(store_path, tmp_path, capsys, case):
     with Store(store_path) as store:
         good = tmp_path / "m.pt"
@@ -160,7 +162,14 @@ def test_bad_input_refused_nothing_written(store_path, tmp_path, capsys, case):
                  "pickle": "names Python objects other than tensors",
                  "not_sage": "not a PyG GraphSAGE",
                  "budget": "below the .* give --cpu-budget of at least",
-                 "inside_store": "inside or above store"}[case]
+                 "inside_store": "inside or above store",
+                 "hidden_widths": "hidden layers of widths 8, 6; .* one hidden width",
+                 "parent_file": r"m\.pt is not a directory; give a path in a directory",
+                 "symlink_dir": "exists and is a symbolic link: overwrite replaces only a "
+                                "zarr array",
+                 "user_dir": "holds no zarr array .* overwrite replaces only a zarr array",
+                 "dotdot": "names no new entry of a directory",
+                 "fifo": "is not a regular file"}[case]
         if case == "in_dim":
             ckpt = tmp_path / "m5.pt"
             saved_model(ckpt, store, in_dim=5)
@@ -193,6 +202,30 @@ def test_bad_input_refused_nothing_written(store_path, tmp_path, capsys, case):
             extra = ["--cpu-budget", "1MiB"]
         elif case == "inside_store":
             out = store_path / "emb.zarr"
+        elif case == "hidden_widths":
+            from torch_geometric.nn import SAGEConv
+
+            ckpt = tmp_path / "widths.pt"
+            convs = [SAGEConv(12, 8), SAGEConv(8, 6), SAGEConv(6, store.num_classes)]
+            torch.save({f"convs.{i}.{k}": v for i, c in enumerate(convs)
+                        for k, v in c.state_dict().items()}, ckpt)
+        elif case == "parent_file":
+            out = good / "emb.zarr"
+        elif case == "symlink_dir":
+            (tmp_path / "elsewhere").mkdir()
+            (tmp_path / "elsewhere" / "keep").write_text("mine")
+            out.symlink_to(tmp_path / "elsewhere")
+            extra = ["--overwrite"]
+        elif case == "user_dir":
+            out.mkdir()
+            (out / "keep").write_text("mine")
+            extra = ["--overwrite"]
+        elif case == "fifo":
+            ckpt = tmp_path / "pipe.pt"
+            os.mkfifo(ckpt)
+        elif case == "dotdot":
+            (tmp_path / "sub").mkdir()
+            out, extra = tmp_path / "sub" / "..", ["--overwrite"]
     before = tree_digest(store_path)
     listing = sorted(p.name for p in tmp_path.iterdir())
     assert _cli(store_path, "--checkpoint", ckpt, "--out", out, "--quiet", *extra) == 2
@@ -202,7 +235,7 @@ def test_bad_input_refused_nothing_written(store_path, tmp_path, capsys, case):
     assert re.search(match, err), err
     assert tree_digest(store_path) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == listing
-    if case == "exists":
+    if case in ("exists", "symlink_dir", "user_dir"):
         assert (out / "keep").read_text() == "mine"
     assert not (tmp_path / "pwned").exists()
 
@@ -254,6 +287,31 @@ def test_failure_midway_keeps_previous_output(store_path, tmp_path):
             infer_embeddings(store, tmp_path / "m.pt", tmp_path / "emb.zarr", layer_batch=100,
                              overwrite=True, progress=stop)
     assert tree_digest(tmp_path / "emb.zarr") == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["emb.zarr", "m.pt"]
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_out_written_meanwhile_is_kept(store_path, tmp_path, overwrite):
+    """Another process writing ``out`` while a run works (a second ``infer`` with the same
+    ``out``) keeps its output: the later run is refused rather than replacing it, unless
+    it was told to overwrite a directory."""
+    with Store(store_path) as store:
+        saved_model(tmp_path / "m.pt", store)
+
+        def other_run(layer, layers, done, total):
+            if layer == layers - 1 and done == total:
+                if overwrite:  # not an array: never replaced, even with overwrite
+                    (tmp_path / "emb.zarr").mkdir()
+                    (tmp_path / "emb.zarr" / "keep").write_text("mine")
+                else:
+                    infer_embeddings(store, tmp_path / "m.pt", tmp_path / "emb.zarr")
+                    (tmp_path / "emb.zarr" / "keep").write_text("mine")
+
+        with pytest.raises(UsageError, match="created by another process while inference ran"
+                           if not overwrite else "holds no zarr array"):
+            infer_embeddings(store, tmp_path / "m.pt", tmp_path / "emb.zarr",
+                             overwrite=overwrite, progress=other_run)
+    assert (tmp_path / "emb.zarr" / "keep").read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["emb.zarr", "m.pt"]
 
 
