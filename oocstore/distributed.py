@@ -109,9 +109,18 @@ def init_process_group(info: LaunchInfo, device: torch.device | str = "cpu", *,
     return device, created
 
 
-def destroy_process_group() -> None:
+def destroy_process_group(*, wait_for_peers: bool = True) -> None:
+    """Leave the process group. With ``wait_for_peers`` (a rank that finished its work)
+    every rank first meets the others at a barrier: gloo aborts a process (``terminate
+    called without an active exception``) whose peer tears its connections down while
+    this rank's pair threads still use them. A rank leaving on an error skips the barrier,
+    which its peers (busy elsewhere) would never reach."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+        try:
+            if wait_for_peers:
+                torch.distributed.barrier()
+        finally:
+            torch.distributed.destroy_process_group()
 
 
 # -- collectives (no-ops in one process) -------------------------------------------------

@@ -22,6 +22,9 @@ def launched(device: str) -> Iterator:
     owned = dist.init_process_group(info, device)[1]
     try:
         yield info
-    finally:
+    except BaseException:
         if owned:
-            dist.destroy_process_group()
+            dist.destroy_process_group(wait_for_peers=False)
+        raise
+    if owned:
+        dist.destroy_process_group()

@@ -90,8 +90,8 @@ def main(store_path: str, out: str) -> None:
         result.update({f"{key}_exit": code, f"{key}_stdout": buf.getvalue()})
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump(result, f)
-    if tdist.is_initialized():
-        tdist.destroy_process_group()
+    from oocstore.distributed import destroy_process_group
+    destroy_process_group()  # meets the peer at a barrier first (gloo aborts otherwise)
 
 
 if __name__ == "__main__":
