@@ -1,0 +1,413 @@
+"""Typed neighbourhood sampling into a heterogeneous plan, and reading it back.
+
+Seeds are nodes of one labelled type. Layers are sampled from the seeds outwards, as in
+:mod:`oocstore.samplers.neighbor`: at each layer, for every relation ``(src, rel, dst)``
+in sorted order, up to ``fanout[rel][layer]`` in-neighbours (without replacement) of
+every ``dst`` node reached so far are drawn from that relation's CSC, and new ``src``
+nodes are appended to their type's list. Nodes are numbered per type in order of first
+appearance (seeds first), so every layer's destinations of a type are a prefix of that
+type's sources, and one input list per type serves all layers (DGL's block convention,
+per type). Draws are the homogeneous sampler's counter-based hashes of ``(seed, epoch,
+batch, layer * 1024 + relation index, node)`` (its numba kernels), and the epoch's seed
+order is a generator seeded with ``(seed, epoch)``: a plan is a function of its options.
+
+Plan layout (one transaction; ``docs/HETERO.md``):
+
+``hplan/<name>`` (catalog)
+    options, node and edge types (their order fixes every column below), batch counts.
+``hplan/<name>/index`` (int64 ``[batches, 3 + T + L * (2 T + R)]``)
+    ``offset``, ``length`` (of the record in ``data``), ``num_seeds``, then ``num_input``
+    per type, then per layer ``l`` (input side first): ``num_src`` and ``num_dst`` per
+    type, ``num_edges`` per relation.
+``hplan/<name>/data`` (int64)
+    records: the input nodes of each type in type order (global ids of that type), then
+    for each layer and relation the local ``src`` ids then the local ``dst`` ids.
+``hplan/<name>/counts/<type>`` (int32 ``[count]``)
+    per node of a feature-bearing type, in how many batches it is an input: what the
+    pack's placement ranks rows by.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from numba import njit
+
+from oocstore.errors import FormatError, StoreExistsError, StoreNotFoundError, UsageError
+from oocstore.plan import check_plan_name
+from oocstore.samplers.neighbor import (_SHUFFLE_SALT, _below, _key, _layer_edges, _rehash,
+                                        _slot, _table_size, parse_fanouts)
+from oocstore.store import Store
+from oocstore.store.files import checksum
+
+from .schema import EdgeType, HeteroSchema, csc_names, edge_key, require_schema, split_name
+
+log = logging.getLogger(__name__)
+
+PLAN_PREFIX = "hplan/"
+HPLAN_FORMAT_VERSION = 1
+
+
+@njit(nogil=True, cache=True)
+def _sample_relation(indptr, indices, dst_nodes, n_dst, src_nodes, keys, vals, n_src, f, picked,
+                     seed, epoch, batch, layer):
+    """Up to ``f`` in-neighbours (``f < 0``: all) of each of ``dst_nodes[:n_dst]`` through
+    one relation's CSC; new source nodes join the source type's table. Returns
+    ``(src_nodes, keys, vals, n_src, src, dst)`` with edges as local ids."""
+    total = _layer_edges(indptr, dst_nodes, n_dst, f)
+    if n_src + total > src_nodes.shape[0]:
+        grown = np.empty(n_src + total, np.int64)
+        grown[:n_src] = src_nodes[:n_src]
+        src_nodes = grown
+    if 2 * (n_src + total) > keys.shape[0]:
+        keys, vals = _rehash(keys, vals, _table_size(n_src + total))
+    src = np.empty(total, np.int64)
+    dst = np.empty(total, np.int64)
+    pos = 0
+    for i in range(n_dst):
+        v = dst_nodes[i]
+        lo = indptr[v]
+        d = indptr[v + 1] - lo
+        every = f < 0 or d <= f
+        k = d if every else f
+        if not every:
+            h = _key(seed, epoch, batch, layer, v)
+            for c in range(k):
+                j = d - k + c
+                t = _below(h, c, j + 1)
+                for q in range(c):
+                    if picked[q] == t:
+                        t = j
+                        break
+                picked[c] = t
+        for c in range(k):
+            u = np.int64(indices[lo + (c if every else picked[c])])
+            s = _slot(keys, u)
+            if keys[s] == -1:
+                keys[s] = u
+                vals[s] = n_src
+                src_nodes[n_src] = u
+                n_src += 1
+            src[pos + c] = vals[s]
+            dst[pos + c] = i
+        pos += k
+    return src_nodes, keys, vals, n_src, src, dst
+
+
+def parse_hetero_fanouts(value: str | Sequence[int] | Mapping[str, Any],
+                         relations: Sequence[EdgeType]) -> dict[EdgeType, tuple[int, ...]]:
+    """Fanouts per relation, input-side layer first.
+
+    ``"10,5"`` (or ``[10, 5]``): the same for every relation. ``"writes=10,5;cites=5,3"``
+    (or a dict): one entry per relation, keyed by its name (when unique) or its full
+    ``src___rel___dst`` key; every relation must be given, with the same layer count."""
+    if isinstance(value, str) and "=" not in value or isinstance(value, (list, tuple)):
+        fo = parse_fanouts(value)
+        return {et: fo for et in relations}
+    if isinstance(value, str):
+        items = {}
+        for part in value.split(";"):
+            if not part.strip():
+                continue
+            k, _, v = part.partition("=")
+            items[k.strip()] = v.strip()
+    else:
+        items = dict(value)
+    by_name: dict[str, list[EdgeType]] = {}
+    for et in relations:
+        by_name.setdefault(et[1], []).append(et)
+        by_name.setdefault(edge_key(et), []).append(et)
+    out: dict[EdgeType, tuple[int, ...]] = {}
+    for k, v in items.items():
+        ets = by_name.get(k)
+        if ets is None:
+            raise UsageError(f"fanouts={value!r}: {k!r} is not a relation of this store (its "
+                             f"relations: {', '.join(edge_key(e) for e in relations)})")
+        if len(ets) > 1:
+            raise UsageError(f"fanouts={value!r}: relation name {k!r} is ambiguous; use one of "
+                             f"{', '.join(edge_key(e) for e in ets)}")
+        out[ets[0]] = parse_fanouts(v)
+    missing = [edge_key(et) for et in relations if et not in out]
+    if missing:
+        raise UsageError(f"fanouts={value!r} gives no fanouts for relation(s) "
+                         f"{', '.join(missing)}: give every relation (REL=F0,F1;...) or one "
+                         "list for all (e.g. fanouts='10,5')")
+    layers = {len(f) for f in out.values()}
+    if len(layers) != 1:
+        raise UsageError(f"fanouts={value!r}: relations give different numbers of layers "
+                         f"({sorted(layers)}): give each relation one fanout per layer")
+    return out
+
+
+def schema_fingerprint(store: Store, schema: HeteroSchema) -> int:
+    """CRC-32 over the chunk checksums of every relation's CSC (changes with the graph)."""
+    crc = 0
+    for et in schema.relations:
+        for name in csc_names(et):
+            crc = checksum(name.encode(), crc)
+            crc = checksum(np.asarray(store.checksums(name), dtype=np.uint32), crc)
+    return int(crc)
+
+
+@dataclass(frozen=True)
+class HeteroBlockRecord:
+    """One typed layer: per type ``(num_src, num_dst)``, per relation local ``(src, dst)``."""
+
+    sizes: dict[str, tuple[int, int]]
+    edges: dict[EdgeType, tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class HeteroSampledBatch:
+    """One typed mini-batch: input nodes per type (the seeds are the first ``num_seeds``
+    of the target type), ``blocks[0]`` the input-side layer."""
+
+    epoch: int
+    batch: int
+    target: str
+    num_seeds: int
+    input_nodes: dict[str, np.ndarray]
+    blocks: list[HeteroBlockRecord]
+
+    @property
+    def seeds(self) -> np.ndarray:
+        return self.input_nodes[self.target][:self.num_seeds]
+
+
+def sample_hetero_batch(cscs: dict[EdgeType, tuple[np.ndarray, np.ndarray]],
+                        types: Sequence[str], relations: Sequence[EdgeType], target: str,
+                        seeds: np.ndarray, fanouts: np.ndarray, seed: int, epoch: int,
+                        batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sample one batch; returns ``(record, index row without offset/length)`` laid out
+    as in the module docstring. ``fanouts``: ``[L, R]`` int64."""
+    num_layers = fanouts.shape[0]
+    state = {}
+    for t in types:
+        state[t] = [np.empty(16, np.int64), np.full(64, -1, np.int64), np.empty(64, np.int64), 0]
+    st = state[target]
+    st[0] = np.ascontiguousarray(seeds, dtype=np.int64).copy()
+    st[1] = np.full(_table_size(max(16, seeds.size)), -1, np.int64)
+    st[2] = np.empty(st[1].shape[0], np.int64)
+    for i, s in enumerate(st[0]):
+        slot = _slot(st[1], s)
+        st[1][slot] = s
+        st[2][slot] = i
+    st[3] = int(seeds.size)
+    picked = np.empty(max(1, int(fanouts.max())), np.int64)
+    layer_rows, layer_edges = [], []
+    for layer in range(num_layers - 1, -1, -1):
+        n_dst = {t: state[t][3] for t in types}
+        edges = []
+        for ri, et in enumerate(relations):
+            s, _, d = et
+            if n_dst[d] == 0:
+                edges.append((np.empty(0, np.int64), np.empty(0, np.int64)))
+                continue
+            indptr, indices = cscs[et]
+            ss = state[s]
+            ss[0], ss[1], ss[2], ss[3], src, dst = _sample_relation(
+                indptr, indices, state[d][0], n_dst[d], ss[0], ss[1], ss[2], ss[3],
+                int(fanouts[layer, ri]), picked, np.uint64(seed), np.int64(epoch),
+                np.int64(batch), np.int64(layer * 1024 + ri))
+            edges.append((src, dst))
+        sizes = []
+        for t in types:
+            sizes += [state[t][3], n_dst[t]]
+        layer_rows.append(sizes + [e[0].size for e in edges])
+        layer_edges.append(edges)
+    layer_rows.reverse()
+    layer_edges.reverse()
+    row = [int(seeds.size)] + [state[t][3] for t in types] + [v for r in layer_rows for v in r]
+    parts = [state[t][0][:state[t][3]] for t in types]
+    for edges in layer_edges:
+        for src, dst in edges:
+            parts += [src, dst]
+    return np.concatenate(parts).astype(np.int64), np.asarray(row, dtype=np.int64)
+
+
+def hplan_key(name: str) -> str:
+    return PLAN_PREFIX + name
+
+
+def list_hetero_plans(store: Store) -> dict[str, dict]:
+    return {k[len(PLAN_PREFIX):]: v for k, v in store.items(PLAN_PREFIX)
+            if k.count("/") == 1}
+
+
+def sample_hetero_plan(store: Store, *, fanouts, batch_size: int, epochs: int | None = None,
+                       seed: int = 0, name: str | None = None, split: str = "train",
+                       target: str | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """Sample ``epochs`` epochs of ``split`` of the ``target`` type (default: the store's
+    target) into plan ``name`` (default: the split) in one transaction. The training split
+    is shuffled per epoch (4 epochs by default), others are sampled in order (1 epoch)."""
+    schema = require_schema(store)
+    target = target or schema.target
+    nt = schema.node_type(target, what="target node type")
+    if not nt.has_labels:
+        raise UsageError(f"target={target!r}: node type {target!r} has no labels, so its nodes "
+                         "cannot be seeds (labelled types: "
+                         f"{', '.join(t for t in schema.type_names if schema.node_types[t].has_labels) or 'none'})")
+    if split not in nt.splits:
+        raise UsageError(f"split={split!r}: node type {target!r} has no such split (it has: "
+                         f"{', '.join(nt.splits) or 'none'})")
+    relations = schema.relations
+    fo = parse_hetero_fanouts(fanouts, relations)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise UsageError(f"batch_size={batch_size!r} is not an integer >= 1: give the number of "
+                         "seed nodes per batch, e.g. batch_size=512")
+    shuffle = split == "train"
+    epochs = (4 if shuffle else 1) if epochs is None else epochs
+    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
+        raise UsageError(f"epochs={epochs!r} is not an integer >= 1")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**63:
+        raise UsageError(f"seed={seed!r}: give a non-negative integer below 2**63")
+    name = check_plan_name(name if name is not None else split)
+    if store.get(hplan_key(name)) is not None and not overwrite:
+        raise StoreExistsError(f"store {store.path} already has a plan {name!r}: pass "
+                               "overwrite=True to replace it, or choose another name")
+    num_layers = len(next(iter(fo.values())))
+    fan = np.asarray([[fo[et][layer] for et in relations] for layer in range(num_layers)],
+                     dtype=np.int64)
+    types = schema.type_names
+    cscs = {et: (store.array(csc_names(et)[0]), store.array(csc_names(et)[1]))
+            for et in relations}
+    seeds = np.asarray(store.array(split_name(target, split)), dtype=np.int64)
+    counts = {t: np.zeros(schema.node_types[t].count, np.int32) for t in types
+              if schema.node_types[t].has_features}
+    per_epoch = -(-seeds.size // batch_size)
+    arrays = {"data": f"hplan/{name}/data", "index": f"hplan/{name}/index",
+              **{f"counts/{t}": f"hplan/{name}/counts/{t}" for t in counts}}
+    with store.transaction() as txn:
+        w_data = txn.array_writer(arrays["data"], np.int64, (), subdir="plans")
+        rows, offset = [], 0
+        for epoch in range(epochs):
+            order = (np.random.default_rng([seed, epoch, _SHUFFLE_SALT]).permutation(seeds)
+                     if shuffle else seeds)
+            for b in range(per_epoch):
+                rec, row = sample_hetero_batch(cscs, types, relations, target,
+                                               order[b * batch_size:(b + 1) * batch_size],
+                                               fan, seed, epoch, b)
+                pos = 0
+                for ti, t in enumerate(types):
+                    n = int(row[1 + ti])
+                    if t in counts:
+                        counts[t][rec[pos:pos + n]] += 1
+                    pos += n
+                w_data.append(rec)
+                rows.append(np.concatenate([[offset, rec.size], row]))
+                offset += rec.size
+        w_data.close()
+        index = np.stack(rows).astype(np.int64)
+        txn.write_array(arrays["index"], index, subdir="plans")
+        for t, c in counts.items():
+            txn.write_array(arrays[f"counts/{t}"], c, subdir="plans")
+        meta = {"format_version": HPLAN_FORMAT_VERSION, "name": name, "split": split,
+                "target": target, "types": types, "relations": [edge_key(e) for e in relations],
+                "fanouts": {edge_key(e): list(fo[e]) for e in relations},
+                "num_layers": num_layers, "batch_size": int(batch_size), "epochs": int(epochs),
+                "seed": int(seed), "shuffle": shuffle, "num_seeds": int(seeds.size),
+                "batches_per_epoch": [per_epoch] * epochs, "arrays": arrays,
+                "store_version": store.version + 1,
+                "fingerprint": schema_fingerprint(store, schema),
+                "stats": _plan_stats(index, types, schema)}
+        txn.put(hplan_key(name), meta)
+    log.info("sampled hetero plan %r: %d epoch(s) x %d batch(es)", name, epochs, per_epoch)
+    return meta
+
+
+def _plan_stats(index: np.ndarray, types: Sequence[str], schema: HeteroSchema) -> dict:
+    """Mean input rows per batch and type, and the feature bytes they are."""
+    out = {}
+    for ti, t in enumerate(types):
+        mean = float(index[:, 3 + ti].mean()) if index.size else 0.0
+        nt = schema.node_types[t]
+        rb = nt.feat_dim * np.dtype(nt.dtype).itemsize if nt.has_features else 0
+        out[t] = {"mean_input": round(mean, 2), "mean_feature_bytes": round(mean * rb, 1)}
+    return out
+
+
+class HeteroPlanReader:
+    """Random access to the batches of one heterogeneous plan (index read whole and
+    checked; records read with ``pread`` from the store's file, checked per record)."""
+
+    def __init__(self, store: Store, name: str):
+        self.store = store
+        raw = store.get(hplan_key(name))
+        if raw is None:
+            have = ", ".join(sorted(list_hetero_plans(store))) or "none"
+            raise StoreNotFoundError(f"store {store.path} has no heterogeneous plan {name!r} "
+                                     f"(it has: {have}): create it with `oocstore sample "
+                                     f"{store.path} --name {name} ...`")
+        if not isinstance(raw, dict) or raw.get("format_version") != HPLAN_FORMAT_VERSION:
+            raise FormatError(f"plan {name!r}: unknown format: re-sample it with --overwrite")
+        self.meta = raw
+        self.name = name
+        self.schema = require_schema(store)
+        if raw["fingerprint"] != schema_fingerprint(store, self.schema):
+            raise FormatError(f"plan {name!r} in {store.path} was sampled from another graph: "
+                              f"re-sample it with `oocstore sample ... --name {name} --overwrite`")
+        self.types = list(raw["types"])
+        self.relations = [tuple(k.split("___")) for k in raw["relations"]]
+        self.target = raw["target"]
+        self.num_layers = int(raw["num_layers"])
+        self.index = np.array(store.array(raw["arrays"]["index"]))
+        T, R, L = len(self.types), len(self.relations), self.num_layers
+        if self.index.shape != (sum(raw["batches_per_epoch"]), 3 + T + L * (2 * T + R)):
+            raise FormatError(f"plan {name!r}: index has shape {self.index.shape}: the plan is "
+                              "damaged; re-sample it with --overwrite")
+        self._data = store.slice_reader(raw["arrays"]["data"])
+
+    @property
+    def batches_per_epoch(self) -> list[int]:
+        return list(self.meta["batches_per_epoch"])
+
+    def counts(self, ntype: str) -> np.ndarray:
+        return np.asarray(self.store.array(self.meta["arrays"][f"counts/{ntype}"]))
+
+    def row(self, epoch: int, batch: int) -> int:
+        bpe = self.batches_per_epoch
+        if not 0 <= epoch < len(bpe) or not 0 <= batch < bpe[epoch]:
+            raise UsageError(f"plan {self.name!r} has no batch {batch} of epoch {epoch}")
+        return sum(bpe[:epoch]) + batch
+
+    def batch(self, epoch: int, batch: int) -> HeteroSampledBatch:
+        r = self.index[self.row(epoch, batch)]
+        off, length = int(r[0]), int(r[1])
+        rec = self._data.read(off, off + length)
+        T, R = len(self.types), len(self.relations)
+        pos, nodes = 0, {}
+        for ti, t in enumerate(self.types):
+            n = int(r[3 + T * 0 + ti])
+            nodes[t] = rec[pos:pos + n]
+            pos += n
+        blocks = []
+        base = 3 + T
+        for layer in range(self.num_layers):
+            cols = r[base + layer * (2 * T + R): base + (layer + 1) * (2 * T + R)]
+            sizes = {t: (int(cols[2 * ti]), int(cols[2 * ti + 1])) for ti, t in enumerate(self.types)}
+            edges = {}
+            for ri, et in enumerate(self.relations):
+                ne = int(cols[2 * T + ri])
+                src, dst = rec[pos:pos + ne], rec[pos + ne:pos + 2 * ne]
+                pos += 2 * ne
+                if ne and (src.max() >= sizes[et[0]][0] or dst.max() >= sizes[et[2]][1]
+                           or src.min() < 0 or dst.min() < 0):
+                    raise FormatError(f"plan {self.name!r}: batch {batch} of epoch {epoch} has "
+                                      f"an edge outside its layer: re-sample with --overwrite")
+                edges[et] = (src, dst)
+            blocks.append(HeteroBlockRecord(sizes=sizes, edges=edges))
+        if pos != length:
+            raise FormatError(f"plan {self.name!r}: record of batch {batch} of epoch {epoch} "
+                              "does not match its index row: re-sample with --overwrite")
+        for t, ids in nodes.items():
+            if ids.size and (ids.min() < 0 or ids.max() >= self.schema.node_types[t].count):
+                raise FormatError(f"plan {self.name!r}: a {t!r} node id is out of range: "
+                                  "re-sample with --overwrite")
+        return HeteroSampledBatch(epoch=epoch, batch=batch, target=self.target,
+                                  num_seeds=int(r[2]), input_nodes=nodes, blocks=blocks)
+
+    def close(self) -> None:
+        self._data.close()
