@@ -1,0 +1,174 @@
+"""The heterogeneous loader: typed batches of a plan, features through the typed tiers.
+
+:class:`HeteroLoader` yields :class:`HeteroBatch` objects: per node type the global ids
+and feature rows of the batch's input nodes (``x_dict``), per layer the typed blocks
+(``edge_index`` per relation, local ids, destinations a prefix of sources per type), the
+seeds' labels, and :meth:`HeteroBatch.to_pyg` for PyG's ``HeteroData``. Every buffer is
+charged to one :class:`~oocstore.budget.BudgetAccountant` before it is allocated; a
+budget that cannot hold one batch is refused with the itemised list before any read.
+One background thread reads the next batch while the current one trains.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+
+from ..budget import BudgetAccountant, MemoryBudget
+from ..store import Store
+from .pack import TypedRows, cached_labels, load_hetero_pack, loader_floor
+from .sampler import HeteroPlanReader, HeteroSampledBatch
+from .schema import require_schema
+
+
+@dataclass
+class HeteroBatch:
+    """One typed mini-batch with its features (torch tensors on ``device``)."""
+
+    target: str
+    num_seeds: int
+    n_id: dict[str, Any]  # type -> [num_input] global ids (torch int64)
+    x_dict: dict[str, Any]  # feature-bearing type -> [num_input, width]
+    num_nodes: dict[str, int]  # type -> input nodes (types without features included)
+    blocks: list[dict[str, Any]]  # per layer: {"sizes": {t: (src, dst)}, "edge_index": {et: [2, E]}}
+    y: Any  # [num_seeds] int64 labels of the seeds
+
+    def to_pyg(self):
+        """A PyG ``HeteroData``: ``x`` and ``n_id`` per type, ``edge_index`` per relation
+        (the union of the layers' sampled edges, local ids), ``y`` and ``batch_size`` on
+        the target type (its first ``batch_size`` nodes are the seeds) — the shape of a
+        batch of PyG's own ``NeighborLoader``."""
+        import torch
+        from torch_geometric.data import HeteroData
+
+        data = HeteroData()
+        for t, n in self.num_nodes.items():
+            data[t].num_nodes = n
+            data[t].n_id = self.n_id[t]
+            if t in self.x_dict:
+                data[t].x = self.x_dict[t]
+        for et in self.blocks[0]["edge_index"]:
+            n_src = self.num_nodes[et[0]]
+            merged = torch.cat([b["edge_index"][et] for b in self.blocks], dim=1)
+            key = torch.unique(merged[1] * n_src + merged[0])
+            data[et].edge_index = torch.stack([key % n_src, key // n_src])
+        data[self.target].y = self.y
+        data[self.target].batch_size = self.num_seeds
+        return data
+
+
+class HeteroLoader:
+    """Iterate the batches of one epoch of a heterogeneous plan.
+
+    ``pack``: the pack whose CPU tiers to use (None: every row from the base arrays);
+    ``in_memory``: every feature array in RAM (the parity reference). ``budget``: the
+    CPU limit every buffer is charged to."""
+
+    def __init__(self, store: Store, plan: str, *, pack: str | None = None,
+                 budget: MemoryBudget = MemoryBudget(), in_memory: bool = False,
+                 device: str = "cpu", prefetch: bool = True):
+        self.store = store
+        self.schema = require_schema(store)
+        self.plan = HeteroPlanReader(store, plan)
+        self.accountant = BudgetAccountant(budget)
+        self.device = device
+        self.prefetch = prefetch
+        self._charges = []
+        self._floor = []
+        try:
+            pk = load_hetero_pack(store, pack) if pack is not None else None
+            self._charge_floor()
+            self.labels, c = cached_labels(store, self.plan.target, self.accountant)
+            self._charges.append(c)
+            self.readers = {t: TypedRows(store, self.schema, t, pack=pk,
+                                         accountant=self.accountant, in_memory=in_memory)
+                            for t in self.plan.types if self.schema.node_types[t].has_features}
+        except BaseException:
+            self.close()
+            raise
+
+    def _charge_floor(self) -> None:
+        fix = ("raise the cpu budget, or pack with a smaller cache "
+               "(`oocstore pack ... --cpu-budget` sizes it inside the budget)")
+        self._floor = [self.accountant.charge("cpu", nbytes, what, fix=fix)
+                       for what, nbytes in loader_floor(self.plan, self.schema)
+                       if what != f"{self.plan.target}: labels"]
+
+    def set_plan(self, plan: str) -> None:
+        """Read another plan of the same target type (an evaluation split) through the
+        same tiers: the cached rows are per node, so they serve any plan."""
+        new = HeteroPlanReader(self.store, plan)
+        if new.target != self.plan.target:
+            new.close()
+            from ..errors import UsageError
+            raise UsageError(f"plan {plan!r} seeds node type {new.target!r}, not "
+                             f"{self.plan.target!r}: use a loader of its own")
+        for c in self._floor:
+            c.release()
+        self.plan.close()
+        self.plan = new
+        self._charge_floor()
+
+    @property
+    def num_epochs(self) -> int:
+        return len(self.plan.batches_per_epoch)
+
+    def num_batches(self, epoch: int) -> int:
+        return self.plan.batches_per_epoch[epoch % self.num_epochs]
+
+    def load(self, epoch: int, batch: int) -> HeteroBatch:
+        """Batch ``batch`` of the plan's epoch ``epoch`` (modulo the sampled epochs)."""
+        return self._to_batch(self.plan.batch(epoch % self.num_epochs, batch))
+
+    def _to_batch(self, sb: HeteroSampledBatch) -> HeteroBatch:
+        import torch
+
+        x = {t: torch.from_numpy(r.read(sb.input_nodes[t])).to(self.device)
+             for t, r in self.readers.items()}
+        blocks = []
+        for b in sb.blocks:
+            ei = {et: torch.from_numpy(np.stack([s, d])).to(self.device)
+                  for et, (s, d) in b.edges.items()}
+            blocks.append({"sizes": b.sizes, "edge_index": ei})
+        y = torch.from_numpy(self.labels[sb.seeds]).to(self.device)
+        return HeteroBatch(target=sb.target, num_seeds=sb.num_seeds,
+                           n_id={t: torch.from_numpy(v) for t, v in sb.input_nodes.items()},
+                           x_dict=x, num_nodes={t: int(v.size) for t, v in sb.input_nodes.items()},
+                           blocks=blocks, y=y)
+
+    def epoch(self, epoch: int) -> Iterator[HeteroBatch]:
+        """The batches of ``epoch`` in order; the next one is read on a thread meanwhile."""
+        n = self.num_batches(epoch)
+        if not self.prefetch:
+            for b in range(n):
+                yield self.load(epoch, b)
+            return
+        with ThreadPoolExecutor(1, thread_name_prefix="oocstore-hetero") as pool:
+            nxt = pool.submit(self.load, epoch, 0) if n else None
+            for b in range(n):
+                cur = nxt.result()
+                nxt = pool.submit(self.load, epoch, b + 1) if b + 1 < n else None
+                yield cur
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """Per type: rows delivered, CPU-tier hit rate, bytes read, read amplification."""
+        return {t: r.stats() for t, r in self.readers.items()}
+
+    def close(self) -> None:
+        for r in getattr(self, "readers", {}).values():
+            r.close()
+        for c in self._charges + self._floor:
+            c.release()
+        self._charges, self._floor = [], []
+        self.plan.close()
+
+    def __enter__(self) -> "HeteroLoader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+

@@ -1,0 +1,283 @@
+"""One pack and one CPU budget across node types, and the typed row reader.
+
+A heterogeneous pack keeps, per feature-bearing node type, the rows the plan reads most
+in a CPU tier (:class:`~oocstore.tiers.memory.MemoryTier`); every other row is read from
+the type's feature array with aligned ``O_DIRECT`` reads
+(:class:`~oocstore.tiers.ssd.BaseRowTier`). A type without features has no tier and
+costs nothing.
+
+**One budget, split by the cost model.** The loader's minimum working set
+(:func:`loader_floor`: per type the base-read scratch and two batches of rows, the
+target's labels, the plan's index and one record) is taken from the CPU budget first;
+what is left is the cache. Each candidate row (a row some batch reads) is worth the
+read time it saves per byte of cache it takes: ``count * t_miss(type) / (row_bytes +
+8)``, where ``count`` is how many batches read it (the plan's counts) and
+``t_miss`` the time of one aligned row read (4 KiB-widened request at the cost model's
+random-read bandwidth, :class:`~oocstore.pack.costmodel.Bandwidths`). Rows are taken in
+that order, across types, until the cache is full; so narrow rows (whose misses read
+mostly padding) and hot rows win, whatever their type. The split and the expected hit
+rate and read amplification per type are recorded in the catalog entry.
+
+Catalog ``hpack/<name>``: plan, budget, cache bytes, per type rows and expectations.
+Arrays ``hpack/<name>/<type>/ids`` (sorted node ids of the CPU tier) and
+``hpack/<name>/<type>/rows`` (their feature rows), written in one transaction.
+
+The cached rows are a property of nodes, not of batches, so evaluation plans of the same
+store read through the training pack's tiers (:class:`TypedRows` accepts any node ids).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from ..budget import BudgetAccountant
+from ..errors import BudgetError, StoreExistsError, StoreNotFoundError, UsageError
+from ..pack.costmodel import Bandwidths
+from ..plan import check_plan_name
+from ..store import Store
+from ..store.format import aligned_span
+from ..tiers.memory import MemoryTier
+from ..tiers.ssd import BaseRowTier, base_read_buffer_bytes
+from ..units import format_size
+from .sampler import HeteroPlanReader, list_hetero_plans
+from .schema import HeteroSchema, feat_name, label_name
+
+log = logging.getLogger(__name__)
+
+PACK_PREFIX = "hpack/"
+#: Bytes of the id kept per cached row (the tier's sorted id list).
+ID_BYTES = 8
+
+
+def hpack_key(name: str) -> str:
+    return PACK_PREFIX + name
+
+
+def list_hetero_packs(store: Store) -> dict[str, dict]:
+    return {k[len(PACK_PREFIX):]: v for k, v in store.items(PACK_PREFIX) if k.count("/") == 1}
+
+
+def row_bytes(schema: HeteroSchema, ntype: str) -> int:
+    nt = schema.node_types[ntype]
+    return nt.feat_dim * np.dtype(nt.dtype).itemsize if nt.has_features else 0
+
+
+def miss_bytes(rb: int) -> int:
+    """Bytes one uncached row read moves (4 KiB-aligned request, worst-case alignment)."""
+    return aligned_span(4096 - 1, rb)[1] if rb else 0
+
+
+def loader_floor(plan: HeteroPlanReader, schema: HeteroSchema) -> list[tuple[str, int]]:
+    """The loader's buffers other than the caches, itemised (what the budget pays first)."""
+    T = len(plan.types)
+    items = []
+    for ti, t in enumerate(plan.types):
+        rb = row_bytes(schema, t)
+        if not rb:
+            continue
+        most = int(plan.index[:, 3 + ti].max()) if plan.index.size else 0
+        items.append((f"{t}: base-read scratch", base_read_buffer_bytes(rb)))
+        items.append((f"{t}: two batches of rows", 2 * most * (rb + 16)))
+    items.append((f"{plan.target}: labels", schema.node_types[plan.target].count * 8))
+    items.append(("plan index", int(plan.index.nbytes)))
+    longest = int(plan.index[:, 1].max()) if plan.index.size else 0
+    items.append(("plan record", 8 * longest))
+    del T
+    return items
+
+
+def choose_cache(plan: HeteroPlanReader, schema: HeteroSchema, cache_bytes: int,
+                 bw: Bandwidths = Bandwidths()) -> dict[str, np.ndarray]:
+    """The rows of each type to cache inside ``cache_bytes`` (sorted ids per type), by
+    read time saved per cached byte (the module docstring)."""
+    scores, types, ids, costs = [], [], [], []
+    for ti, t in enumerate(plan.types):
+        rb = row_bytes(schema, t)
+        if not rb:
+            continue
+        counts = plan.counts(t)
+        nz = np.flatnonzero(counts)
+        t_miss = miss_bytes(rb) / bw.row_read_Bps
+        scores.append(counts[nz] * (t_miss / (rb + ID_BYTES)))
+        types.append(np.full(nz.size, ti, np.int32))
+        ids.append(nz)
+        costs.append(np.full(nz.size, rb + ID_BYTES, np.int64))
+    out = {t: np.zeros(0, np.int64) for t in plan.types if row_bytes(schema, t)}
+    if not scores or cache_bytes <= 0:
+        return out
+    score, typ, node, cost = (np.concatenate(a) for a in (scores, types, ids, costs))
+    order = np.lexsort((node, typ, -score))  # best first; ties by type, then node id
+    take = np.searchsorted(np.cumsum(cost[order]), cache_bytes, side="right")
+    chosen = order[:take]
+    for ti, t in enumerate(plan.types):
+        if t in out:
+            out[t] = np.sort(node[chosen][typ[chosen] == ti]).astype(np.int64)
+    return out
+
+
+def _expectations(plan: HeteroPlanReader, schema: HeteroSchema,
+                  cached: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
+    out = {}
+    for t, ids in cached.items():
+        counts = plan.counts(t).astype(np.int64)
+        total = int(counts.sum())
+        hits = int(counts[ids].sum()) if ids.size else 0
+        rb = row_bytes(schema, t)
+        misses = total - hits
+        # The bytes each uncached access moves: the 4 KiB-aligned span of that row.
+        miss_counts = counts.copy()
+        miss_counts[ids] = 0
+        off = np.arange(counts.size, dtype=np.int64) * rb
+        span = ((off + rb + 4095) // 4096 - off // 4096) * 4096
+        read = int((miss_counts * span).sum())
+        out[t] = {"cached_rows": int(ids.size), "row_bytes": rb,
+                  "cache_bytes": int(ids.size) * (rb + ID_BYTES),
+                  "expected_hit_rate": round(hits / total, 6) if total else 1.0,
+                  "expected_read_amplification": round(read / (misses * rb), 6) if misses else 1.0,
+                  "expected_bytes_read": read, "accesses": total}
+    return out
+
+
+def pack_hetero(store: Store, plan_name: str | None = None, *, name: str | None = None,
+                cpu_budget: int | None = None, cpu_cache: int | None = None,
+                overwrite: bool = False) -> dict[str, Any]:
+    """Pack heterogeneous plan ``plan_name`` (default: ``train``) of a writable store:
+    the CPU tier of every feature-bearing type, inside ``cpu_budget`` (the cost model
+    chooses the rows; ``cpu_cache`` fixes the cache size instead, still checked against
+    the budget). Everything is checked before the one transaction that writes it."""
+    schema = store_schema(store)
+    plan_name = plan_name or ("train" if "train" in list_hetero_plans(store) else None)
+    if plan_name is None:
+        raise UsageError(f"store {store.path} has no heterogeneous plan named 'train': name one "
+                         "with plan=... (or sample one first)")
+    plan = HeteroPlanReader(store, plan_name)
+    name = check_plan_name(name or plan_name)
+    if store.get(hpack_key(name)) is not None and not overwrite:
+        raise StoreExistsError(f"store {store.path} already has a pack {name!r}: pass "
+                               "overwrite=True to replace it")
+    if cpu_budget is None and cpu_cache is None:
+        raise UsageError("give cpu_budget=... (the cache is sized inside it) or cpu_cache=...")
+    floor = loader_floor(plan, schema)
+    need = sum(b for _, b in floor)
+    if cpu_budget is not None and need > cpu_budget:
+        listed = ", ".join(f"{w} {format_size(b)}" for w, b in floor)
+        raise BudgetError(f"cpu_budget={format_size(cpu_budget)} is too small for the loader of "
+                          f"plan {plan_name!r}: it needs {format_size(need)} before any cache "
+                          f"({listed}): raise cpu_budget or sample smaller batches")
+    room = cpu_budget - need if cpu_budget is not None else None
+    cache = cpu_cache if cpu_cache is not None else room
+    if room is not None and cache > room:
+        raise BudgetError(f"cpu_cache={format_size(cache)} does not fit cpu_budget="
+                          f"{format_size(cpu_budget)}: the loader needs {format_size(need)} "
+                          f"besides it; lower cpu_cache to at most {format_size(room)}")
+    cached = choose_cache(plan, schema, int(cache))
+    expect = _expectations(plan, schema, cached)
+    with store.transaction() as txn:
+        for t, ids in cached.items():
+            txn.write_array(f"hpack/{name}/{t}/ids", ids, subdir="packs")
+            w = txn.array_writer(f"hpack/{name}/{t}/rows", np.dtype(schema.node_types[t].dtype),
+                                 (schema.node_types[t].feat_dim,), subdir="packs")
+            feats = store.array(feat_name(t))
+            for lo in range(0, ids.size, 1 << 16):
+                w.append(np.asarray(feats[ids[lo:lo + (1 << 16)]]))
+            w.close()
+        meta = {"name": name, "plan": plan_name, "plan_fingerprint": plan.meta["fingerprint"],
+                "cpu_budget": cpu_budget, "cache_bytes": int(cache),
+                "min_working_set": int(need), "types": expect,
+                "featureless_types": [t for t in plan.types if t not in cached]}
+        txn.put(hpack_key(name), meta)
+    plan.close()
+    return meta
+
+
+def store_schema(store: Store) -> HeteroSchema:
+    from .schema import require_schema
+
+    return require_schema(store)
+
+
+def load_hetero_pack(store: Store, name: str) -> dict[str, Any]:
+    raw = store.get(hpack_key(name))
+    if raw is None:
+        have = ", ".join(sorted(list_hetero_packs(store))) or "none"
+        raise StoreNotFoundError(f"store {store.path} has no heterogeneous pack {name!r} (it "
+                                 f"has: {have}): create it with `oocstore pack {store.path} "
+                                 f"--plan PLAN --name {name} --cpu-budget SIZE`")
+    return raw
+
+
+class TypedRows:
+    """Feature rows of one node type: CPU tier (the pack's cached rows) over aligned base
+    reads. ``read(ids)`` returns ``features[ids]``; the tiers count hits and bytes."""
+
+    def __init__(self, store: Store, schema: HeteroSchema, ntype: str, *,
+                 pack: dict | None, accountant: BudgetAccountant, in_memory: bool = False):
+        self.ntype = ntype
+        meta = store.array_meta(feat_name(ntype))
+        self.meta = meta
+        self.dtype = meta.np_dtype
+        self.dim = meta.shape[1]
+        self._charges = []
+        if in_memory:
+            self._charges.append(accountant.charge("cpu", meta.nbytes, f"{ntype}: all features"))
+            self.ids = np.arange(meta.shape[0], dtype=np.int64)
+            self.cpu = MemoryTier(np.array(store.array(feat_name(ntype))), name=f"{ntype}:memory")
+            self.base = None
+            return
+        if pack is not None and ntype in pack["types"]:
+            ids_name, rows_name = f"hpack/{pack['name']}/{ntype}/ids", f"hpack/{pack['name']}/{ntype}/rows"
+            nbytes = store.array_meta(ids_name).nbytes + store.array_meta(rows_name).nbytes
+            self._charges.append(accountant.charge("cpu", nbytes, f"{ntype}: cpu tier"))
+            self.ids = np.array(store.array(ids_name))
+            rows = np.array(store.array(rows_name))
+        else:
+            self.ids = np.zeros(0, np.int64)
+            rows = np.zeros((0, self.dim), self.dtype)
+        self.cpu = MemoryTier(rows, name=f"{ntype}:cpu")
+        # Its scratch is part of the loader's floor (:func:`loader_floor`), charged there.
+        self.base = BaseRowTier(store.file_path(meta), meta)
+
+    def read(self, nodes: np.ndarray) -> np.ndarray:
+        nodes = np.asarray(nodes, dtype=np.int64)
+        out = np.empty((nodes.size, self.dim), dtype=self.dtype)
+        if not nodes.size:
+            return out
+        pos = np.searchsorted(self.ids, nodes)
+        hit = pos < self.ids.size
+        hit[hit] = self.ids[pos[hit]] == nodes[hit]
+        if hit.any():
+            tmp = np.empty((int(hit.sum()), self.dim), dtype=self.dtype)
+            self.cpu.gather(pos[hit], tmp)
+            out[hit] = tmp
+        if self.base is not None and not hit.all():
+            miss = np.flatnonzero(~hit)
+            self.base.gather_at(nodes[miss], out, miss)
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        hits = self.cpu.hits
+        base = self.base.stats() if self.base is not None else {"hits": 0, "bytes_read": 0,
+                                                                 "useful_bytes": 0}
+        total = hits + base["hits"]
+        return {"rows": total, "cpu_hits": hits, "base_reads": base["hits"],
+                "hit_rate": hits / total if total else 1.0,
+                "bytes_read": base["bytes_read"], "useful_bytes": base["useful_bytes"],
+                "read_amplification": (base["bytes_read"] / base["useful_bytes"]
+                                       if base["useful_bytes"] else 1.0)}
+
+    def close(self) -> None:
+        if self.base is not None:
+            self.base.close()
+        for c in self._charges:
+            c.release()
+        self._charges = []
+
+
+def cached_labels(store: Store, ntype: str, accountant: BudgetAccountant) -> tuple[np.ndarray, Any]:
+    """The labels of ``ntype`` in memory, charged to the budget."""
+    meta = store.array_meta(label_name(ntype))
+    charge = accountant.charge("cpu", meta.nbytes, f"{ntype}: labels")
+    return np.array(store.array(label_name(ntype))), charge
