@@ -16,14 +16,15 @@ import sys
 from typing import Sequence
 
 from ..errors import OocError
-from . import infer, ingest, pack, sample, scene, store, train
+from . import hetero, infer, ingest, pack, sample, scene, store, train
 from .common import Parser, error_line
 
 log = logging.getLogger("oocstore")
 
 #: The sources of ``oocstore ingest``, in the order ``--help`` lists them.
 INGEST_SOURCES = (ingest.add_synthetic, ingest.add_npz, ingest.add_planetoid,
-                  ingest.add_edgelist, ingest.add_arrays, scene.add_ingest_scene)
+                  ingest.add_edgelist, ingest.add_arrays, hetero.add_hetero_ogb,
+                  hetero.add_hetero_synthetic, scene.add_ingest_scene)
 
 #: The other commands, in the order ``--help`` lists them (after ``ingest``).
 COMMANDS = (scene.add_export_scene, store.add_inspect, store.add_verify, sample.add_sample,

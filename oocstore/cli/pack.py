@@ -63,6 +63,10 @@ def _cmd_pack(args) -> int:
     on this disk."""
     from ..plan import list_plans, plans_to_pack, resolve_plan, shard_name
     from ..store import Store
+    from . import hetero
+
+    if hetero.is_hetero(args.store):
+        return hetero.cmd_pack(args)
 
     def name_for(meta) -> str | None:
         if args.name is None or not meta.sharded:

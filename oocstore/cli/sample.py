@@ -28,6 +28,9 @@ def add_sample(sub) -> None:
     p.add_argument("--split", default="train",
                    help="seed split: train (shuffled per epoch) or val/test (in order)")
     p.add_argument("--name", default=None, help="plan name (default: the split name)")
+    p.add_argument("--target", default=None, metavar="TYPE",
+                   help="heterogeneous store: node type of the seeds (default: the store's "
+                        "target); --fanouts may then be REL=F0,F1;REL=F0,F1 per relation")
     add_flag(p, "--overwrite", "replace a plan of that name")
     add_flag(p, "--no-verify", "skip checking the graph arrays' checksums before sampling")
     add_flag(p, "--quiet", "no progress bar or summary")
@@ -43,7 +46,13 @@ def _cmd_sample(args) -> int:
     from ..plan import list_plans, summarize
     from ..store import Store
     from ..store.info import format_plans
+    from . import hetero
 
+    if hetero.is_hetero(args.store):
+        return hetero.cmd_sample(args)
+    if args.target is not None:
+        raise UsageError(f"--target {args.target!r}: store {args.store} has one node type; "
+                         "drop --target")
     with Store(args.store, readonly=False) as store:
         job = prepare_sampling(store, fanouts=args.fanouts, batch_size=args.batch_size,
                                epochs=args.epochs, seed=args.seed, name=args.name,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from ..errors import OocError
+from ..errors import OocError, UsageError
 from .common import (add_budgets, add_device, add_flag, add_seed, add_store, command,
                      error_line)
 from .distributed import launched
@@ -33,10 +33,11 @@ def add_train(sub) -> None:
     p.add_argument("--backend", default="pyg", choices=["pyg", "dgl"],
                    help="GNN layers: PyG (default; every --model) or DGL (DGL environment; "
                         "--model sage only, dgl.nn.SAGEConv)")
-    p.add_argument("--model", default="sage", choices=["sage", "gcn", "gat"],
+    p.add_argument("--model", default=None, choices=["sage", "gcn", "gat", "rgcn", "hetero-sage"],
                    help="sage: GraphSAGE, mean aggregation (default); gcn: graph convolution "
                         "with self-loops, mean-normalised on the sampled block; gat: graph "
-                        "attention (PyG GATConv)")
+                        "attention (PyG GATConv); on a heterogeneous store rgcn (PyG "
+                        "RGCNConv) or hetero-sage (default: SAGEConv per relation)")
     p.add_argument("--heads", type=int, default=None, metavar="H",
                    help="attention heads of --model gat (default 4; --hidden must be a "
                         "multiple of H)")
@@ -70,7 +71,17 @@ def _cmd_train(args) -> int:
     are sampled and packed once if the store has none). --in-memory runs the same plans
     with every feature in RAM: the parity reference. Under `torchrun --nproc-per-node W`
     it trains with DDP on a plan sampled with --world-size W (gloo on CPU, nccl on CUDA;
-    budgets per rank) and rank 0 prints the summary."""
+    budgets per rank) and rank 0 prints the summary. On a heterogeneous store (--model
+    rgcn or hetero-sage) it trains on the typed plan through its typed pack."""
+    from . import hetero
+
+    if hetero.is_hetero(args.store):
+        args.model = args.model or "hetero-sage"
+        return hetero.cmd_train(args)
+    args.model = args.model or "sage"
+    if args.model in ("rgcn", "hetero-sage"):
+        raise UsageError(f"--model {args.model}: store {args.store} has one node type; use "
+                         "--model sage, gcn or gat (or ingest a heterogeneous store)")
     with launched(args.device) as info:
         if info is None:
             return _train_and_report(args)

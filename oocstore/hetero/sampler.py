@@ -245,7 +245,10 @@ def sample_hetero_plan(store: Store, *, fanouts, batch_size: int, epochs: int | 
     is shuffled per epoch (4 epochs by default), others are sampled in order (1 epoch)."""
     schema = require_schema(store)
     target = target or schema.target
-    nt = schema.node_type(target, what="target node type")
+    if target not in schema.node_types:
+        raise UsageError(f"target={target!r} is not a node type of store {store.path} (it has: "
+                         f"{', '.join(schema.type_names)}): choose one of those")
+    nt = schema.node_types[target]
     if not nt.has_labels:
         raise UsageError(f"target={target!r}: node type {target!r} has no labels, so its nodes "
                          "cannot be seeds (labelled types: "

@@ -124,7 +124,7 @@ def run_hetero_training(path: str, plan: str | None, cfg: HeteroTrainConfig,
                     loss = torch.nn.functional.cross_entropy(model(batch), batch.y)
                     loss.backward()
                     opt.step()
-                    losses.append(float(loss))
+                    losses.append(loss.item())
                 row = {"epoch": epoch, "loss": float(np.mean(losses)),
                        "time_s": time.perf_counter() - t0, "wait_s": waited}
                 if evals.get("val"):
