@@ -40,6 +40,7 @@ from ..plan import check_plan_name
 from ..store import Store
 from ..store.format import aligned_span
 from ..tiers.memory import MemoryTier
+from ..tiers.reader import _read_whole as read_whole_checked
 from ..tiers.ssd import BaseRowTier, base_read_buffer_bytes
 from ..units import format_size
 from .sampler import HeteroPlanReader, list_hetero_plans
@@ -224,15 +225,17 @@ class TypedRows:
         if in_memory:
             self._charges.append(accountant.charge("cpu", meta.nbytes, f"{ntype}: all features"))
             self.ids = np.arange(meta.shape[0], dtype=np.int64)
-            self.cpu = MemoryTier(np.array(store.array(feat_name(ntype))), name=f"{ntype}:memory")
+            self.cpu = MemoryTier(read_whole_checked(store, feat_name(ntype)),
+                                  name=f"{ntype}:memory")
             self.base = None
             return
         if pack is not None and ntype in pack["types"]:
             ids_name, rows_name = f"hpack/{pack['name']}/{ntype}/ids", f"hpack/{pack['name']}/{ntype}/rows"
             nbytes = store.array_meta(ids_name).nbytes + store.array_meta(rows_name).nbytes
             self._charges.append(accountant.charge("cpu", nbytes, f"{ntype}: cpu tier"))
-            self.ids = np.array(store.array(ids_name))
-            rows = np.array(store.array(rows_name))
+            # Read whole with every chunk checksum checked (ChecksumError names the file).
+            self.ids = read_whole_checked(store, ids_name)
+            rows = read_whole_checked(store, rows_name)
         else:
             self.ids = np.zeros(0, np.int64)
             rows = np.zeros((0, self.dim), self.dtype)
@@ -280,4 +283,4 @@ def cached_labels(store: Store, ntype: str, accountant: BudgetAccountant) -> tup
     """The labels of ``ntype`` in memory, charged to the budget."""
     meta = store.array_meta(label_name(ntype))
     charge = accountant.charge("cpu", meta.nbytes, f"{ntype}: labels")
-    return np.array(store.array(label_name(ntype))), charge
+    return read_whole_checked(store, label_name(ntype)), charge

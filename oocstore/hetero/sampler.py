@@ -36,7 +36,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from numba import njit
 
-from oocstore.errors import FormatError, StoreExistsError, StoreNotFoundError, UsageError
+from oocstore.checked_read import CheckedRows
+from oocstore.errors import (ChecksumError, FormatError, StoreExistsError, StoreNotFoundError,
+                             UsageError)
 from oocstore.plan import check_plan_name
 from oocstore.samplers.neighbor import (_SHUFFLE_SALT, _below, _key, _layer_edges, _rehash,
                                         _slot, _table_size, parse_fanouts)
@@ -275,6 +277,7 @@ def sample_hetero_plan(store: Store, *, fanouts, batch_size: int, epochs: int | 
     fan = np.asarray([[fo[et][layer] for et in relations] for layer in range(num_layers)],
                      dtype=np.int64)
     types = schema.type_names
+    _verify_relations(store, schema, target, split)
     cscs = {et: (store.array(csc_names(et)[0]), store.array(csc_names(et)[1]))
             for et in relations}
     seeds = np.asarray(store.array(split_name(target, split)), dtype=np.int64)
@@ -321,6 +324,18 @@ def sample_hetero_plan(store: Store, *, fanouts, batch_size: int, epochs: int | 
     return meta
 
 
+def _verify_relations(store: Store, schema: HeteroSchema, target: str, split: str) -> None:
+    """Check the checksums of every relation's CSC and of the seed split before sampling."""
+    from oocstore.store.verify import verify_arrays
+
+    names = [n for et in schema.relations for n in csc_names(et)] + [split_name(target, split)]
+    damage = verify_arrays(store, names)
+    if damage:
+        raise ChecksumError(f"store {store.path}: {damage[0]} ({len(damage)} damaged chunk(s) in "
+                            "the arrays sampling reads): restore the store from a copy or "
+                            "re-create it; `oocstore verify` lists every damage")
+
+
 def _plan_stats(index: np.ndarray, types: Sequence[str], schema: HeteroSchema) -> dict:
     """Mean input rows per batch and type, and the feature bytes they are."""
     out = {}
@@ -356,12 +371,15 @@ class HeteroPlanReader:
         self.relations = [tuple(k.split("___")) for k in raw["relations"]]
         self.target = raw["target"]
         self.num_layers = int(raw["num_layers"])
-        self.index = np.array(store.array(raw["arrays"]["index"]))
+        from oocstore.tiers.reader import _read_whole
+
+        self.index = _read_whole(store, raw["arrays"]["index"])
         T, R, L = len(self.types), len(self.relations), self.num_layers
         if self.index.shape != (sum(raw["batches_per_epoch"]), 3 + T + L * (2 * T + R)):
             raise FormatError(f"plan {name!r}: index has shape {self.index.shape}: the plan is "
                               "damaged; re-sample it with --overwrite")
-        self._data = store.slice_reader(raw["arrays"]["data"])
+        self._data = CheckedRows(store, raw["arrays"]["data"], fix="re-sample the plan with "
+                                 f"`oocstore sample ... --name {name} --overwrite`")
 
     @property
     def batches_per_epoch(self) -> list[int]:

@@ -106,3 +106,40 @@ def test_model_learns_through_the_author_relation(packed):
     out = run_hetero_training(str(path), "train", HeteroTrainConfig(
         epochs=6, model="hetero-sage", hidden=32, cpu_budget=BUDGET))
     assert out["test_acc"] > 0.75, out["test_acc"]
+
+
+def _flip_byte(path, name, at=100):
+    with Store(path) as s:
+        f = s.path / s.array_meta(name).file
+    with open(f, "r+b") as fh:
+        fh.seek(at)
+        b = fh.read(1)
+        fh.seek(at)
+        fh.write(bytes([b[0] ^ 0xFF]))
+
+
+@pytest.mark.parametrize("name", ["hpack/train/paper/rows", "hplan/train/data",
+                                  "hetero/node/paper/label"])
+def test_damaged_pack_plan_or_labels_are_detected_by_the_loader(packed, tmp_path, name):
+    from oocstore.errors import ChecksumError
+
+    path = tmp_path / "s"
+    shutil.copytree(packed[0], path)
+    _flip_byte(path, name)
+    with Store(path) as s, pytest.raises(ChecksumError):
+        with HeteroLoader(s, "train", pack="train") as ld:
+            for b in ld.epoch(0):
+                pass
+
+
+def test_damaged_relation_is_detected_before_sampling(packed, tmp_path, digest):
+    from oocstore.errors import ChecksumError
+    from oocstore.hetero.sampler import sample_hetero_plan
+
+    path = tmp_path / "s"
+    shutil.copytree(packed[0], path)
+    _flip_byte(path, "hetero/edge/author___writes___paper/indices", at=8)
+    before = digest(path)
+    with Store(path, readonly=False) as s, pytest.raises(ChecksumError, match="writes"):
+        sample_hetero_plan(s, fanouts="2,2", batch_size=50, name="again")
+    assert digest(path) == before
