@@ -6,7 +6,9 @@ type). The loader's batches become PyG ``HeteroData`` with ``batch.to_pyg()``: `
 node type, ``edge_index`` per relation, the seeds first among the target type's nodes
 (``batch_size`` of them), as PyG's own ``NeighborLoader`` gives them. Features of every
 type stream through one pack inside one CPU budget; a node type without features (the
-synthetic ``field``) gets a zero column, so it costs no reads.
+synthetic ``field``) gets a zero column, so it costs no reads. The validation plan gets
+its own pack inside the same budget, and the loader swaps the training readers for its
+readers while it validates.
 
 Prepare a store once::
 
@@ -29,6 +31,7 @@ from torch_geometric.nn import SAGEConv, to_hetero
 
 from oocstore.budget import MemoryBudget
 from oocstore.hetero import HeteroLoader
+from oocstore.hetero.pack import list_hetero_packs, pack_hetero
 from oocstore.hetero.sampler import list_hetero_plans, sample_hetero_plan
 from oocstore.store import Store
 from oocstore.units import parse_size
@@ -77,6 +80,8 @@ def main(argv=None) -> dict:
         if "val" not in list_hetero_plans(store):  # an evaluation plan, same fanouts
             sample_hetero_plan(store, fanouts=train["fanouts"], batch_size=train["batch_size"],
                                split="val", name="val")
+        if "val" not in list_hetero_packs(store):  # packed inside the same budget
+            pack_hetero(store, "val", cpu_budget=parse_size(args.cpu_budget))
         budget = MemoryBudget(cpu=parse_size(args.cpu_budget))
         with HeteroLoader(store, "train", pack="train", budget=budget) as loader:
             first = loader.load(0, 0)
@@ -95,7 +100,7 @@ def main(argv=None) -> dict:
                     opt.zero_grad()
                     loss.backward()
                     opt.step()
-                loader.set_plan("val")  # the same tiers and budget serve the val plan
+                loader.set_plan("val")  # its pack's readers replace train's, in one budget
                 acc = accuracy(model, loader)
                 print(f"epoch {epoch}: loss {loss.item():.4f}, val acc {acc:.4f}")
             stats = loader.stats()

@@ -143,15 +143,20 @@ def cmd_pack(args) -> int:
                    "--segment-batches": None})
     with Store(args.store, readonly=False) as store:
         meta = pack_hetero(store, args.plan, name=args.name, cpu_budget=args.cpu_budget,
-                           cpu_cache=args.cpu_cache, overwrite=args.overwrite)
+                           cpu_cache=args.cpu_cache, overwrite=args.overwrite,
+                           layout=args.layout or "segments",
+                           max_disk_blowup=args.max_disk_blowup)
     if args.json:
         print(json.dumps(meta, sort_keys=True))
     elif not args.quiet:
-        print(f"pack {meta['name']} of plan {meta['plan']}: cache {meta['cache_bytes']} bytes "
-              f"inside the cpu budget, loader floor {meta['min_working_set']} bytes")
+        print(f"pack {meta['name']} ({meta['layout']}) of plan {meta['plan']}: cache "
+              f"{meta['cache_bytes']} bytes inside the cpu budget, loader floor "
+              f"{meta['min_working_set']} bytes")
         for t, s in sorted(meta["types"].items()):
-            print(f"  {t}: {s['cached_rows']} rows cached ({s['cache_bytes']} bytes), expected "
-                  f"hit rate {s['expected_hit_rate']:.1%}, read amplification of misses "
+            seg = (f", {s['segments']} segments of {s['segment_batches']} batch(es), blowup "
+                   f"{s['blowup']:.2f}") if meta["layout"] == "segments" else ""
+            print(f"  {t}: {s['cached_rows']} rows cached ({s['cache_bytes']} bytes){seg}, "
+                  f"expected hit rate {s['expected_hit_rate']:.1%}, read amplification "
                   f"{s['expected_read_amplification']:.2f}")
         for t in meta["featureless_types"]:
             print(f"  {t}: no features, nothing to cache")

@@ -44,6 +44,9 @@ def add_pack(sub) -> None:
                         "scans plus temporary buckets (as few scans as keep the buckets in "
                         "the page cache, when that is cheaper), one scan per window, or "
                         "whichever moves fewer bytes (default)")
+    p.add_argument("--layout", choices=["segments", "rows"], default=None,
+                   help="heterogeneous store: segments (default: each node type's rows packed "
+                        "by this packer) or rows (a cpu tier over aligned row reads)")
     add_budgets(p, "refuse a pack whose minimum CPU working set exceeds this",
                 "refuse a pack whose minimum GPU working set exceeds this")
     add_flag(p, "--no-probe", "with automatic cache sizes, use default bandwidths instead of "
@@ -67,6 +70,10 @@ def _cmd_pack(args) -> int:
 
     if hetero.is_hetero(args.store):
         return hetero.cmd_pack(args)
+    if args.layout is not None:
+        from ..errors import UsageError
+        raise UsageError(f"--layout {args.layout}: store {args.store} has one node type; drop "
+                         "--layout")
 
     def name_for(meta) -> str | None:
         if args.name is None or not meta.sharded:

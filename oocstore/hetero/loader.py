@@ -19,7 +19,8 @@ import numpy as np
 
 from ..budget import BudgetAccountant, MemoryBudget
 from ..store import Store
-from .pack import TypedRows, cached_labels, load_hetero_pack, loader_floor
+from .pack import SegmentRows, TypedRows, cached_labels, load_hetero_pack, loader_floor
+from .pack import _typed_extras
 from .sampler import HeteroPlanReader, HeteroSampledBatch
 from .schema import require_schema
 
@@ -80,26 +81,50 @@ class HeteroLoader:
         self._floor = []
         try:
             pk = load_hetero_pack(store, pack) if pack is not None else None
+            self.segments = pk is not None and pk.get("layout") == "segments" and not in_memory
             self._charge_floor()
             self.labels, c = cached_labels(store, self.plan.target, self.accountant)
             self._charges.append(c)
-            self.readers = {t: TypedRows(store, self.schema, t, pack=pk,
-                                         accountant=self.accountant, in_memory=in_memory)
-                            for t in self.plan.types if self.schema.node_types[t].has_features}
+            self.readers = {}
+            if self.segments:
+                self._open_segments(pk)
+            else:
+                self.readers = {t: TypedRows(store, self.schema, t, pack=pk,
+                                             accountant=self.accountant, in_memory=in_memory)
+                                for t in self.plan.types
+                                if self.schema.node_types[t].has_features}
         except BaseException:
             self.close()
             raise
 
     def _charge_floor(self) -> None:
+        """What the loader itself holds (the per-type readers charge their own buffers in
+        the ``segments`` layout; in ``rows`` the floor lists them too)."""
         fix = ("raise the cpu budget, or pack with a smaller cache "
                "(`oocstore pack ... --cpu-budget` sizes it inside the budget)")
+        items = _typed_extras(self.plan, self.schema) if self.segments else \
+            loader_floor(self.plan, self.schema)
         self._floor = [self.accountant.charge("cpu", nbytes, what, fix=fix)
-                       for what, nbytes in loader_floor(self.plan, self.schema)
-                       if what != f"{self.plan.target}: labels"]
+                       for what, nbytes in items if what != f"{self.plan.target}: labels"]
 
-    def set_plan(self, plan: str) -> None:
-        """Read another plan of the same target type (an evaluation split) through the
-        same tiers: the cached rows are per node, so they serve any plan."""
+    def _open_segments(self, pk: dict, carry: dict | None = None) -> None:
+        """One tiered reader per feature-bearing type over the pack's sub-packs; counters
+        of readers being replaced carry over."""
+        if pk["plan"] != self.plan.name:
+            from ..errors import UsageError
+            raise UsageError(f"pack {pk['name']!r} was made for plan {pk['plan']!r}, not "
+                             f"{self.plan.name!r}: a segments pack serves its own plan only")
+        self.readers = {}
+        for t, info in sorted(pk["types"].items()):
+            r = SegmentRows(self.store, t, info["pack"], self.accountant)
+            r.totals = (carry or {}).get(t, {})
+            self.readers[t] = r
+
+    def set_plan(self, plan: str, pack: str | None = None) -> None:
+        """Read another plan of the same target type (an evaluation split). With the
+        ``rows`` layout the same tiers serve it (cached rows are per node); with
+        ``segments`` its own pack (``pack``, default the plan's name) replaces the
+        readers."""
         new = HeteroPlanReader(self.store, plan)
         if new.target != self.plan.target:
             new.close()
@@ -110,6 +135,13 @@ class HeteroLoader:
             c.release()
         self.plan.close()
         self.plan = new
+        if self.segments:
+            pk = load_hetero_pack(self.store, pack or plan)
+            carry = {t: r.counters() for t, r in self.readers.items()}
+            for r in self.readers.values():
+                r.close()  # before the new readers are charged
+            self.readers = {}
+            self._open_segments(pk, carry)
         self._charge_floor()
 
     @property
@@ -126,7 +158,8 @@ class HeteroLoader:
     def _to_batch(self, sb: HeteroSampledBatch) -> HeteroBatch:
         import torch
 
-        x = {t: torch.from_numpy(r.read(sb.input_nodes[t])).to(self.device)
+        e = sb.epoch
+        x = {t: torch.from_numpy(r.read(sb.input_nodes[t], e, sb.batch)).to(self.device)
              for t, r in self.readers.items()}
         blocks = []
         for b in sb.blocks:

@@ -1,22 +1,38 @@
-"""One pack and one CPU budget across node types, and the typed row reader.
+"""One pack and one CPU budget across node types, and the typed readers.
 
-A heterogeneous pack keeps, per feature-bearing node type, the rows the plan reads most
-in a CPU tier (:class:`~oocstore.tiers.memory.MemoryTier`); every other row is read from
-the type's feature array with aligned ``O_DIRECT`` reads
-(:class:`~oocstore.tiers.ssd.BaseRowTier`). A type without features has no tier and
-costs nothing.
+Two layouts (``layout=``):
 
-**One budget, split by the cost model.** The loader's minimum working set
-(:func:`loader_floor`: per type the base-read scratch and two batches of rows, the
-target's labels, the plan's index and one record) is taken from the CPU budget first;
-what is left is the cache. Each candidate row (a row some batch reads) is worth the
+``segments`` (default)
+    The homogeneous packer per feature array: each feature-bearing type's plan
+    (``<plan>.<type>``, written by the sampler) is packed as ``<pack>.<type>``, a CPU
+    tier of its hottest rows plus its remaining rows laid out in contiguous segments in
+    read order (within ``max_disk_blowup``), read back by a
+    :class:`~oocstore.tiers.reader.TieredReader` per type, all charged to one accountant.
+    The sub-packs are committed one by one and the heterogeneous pack ``hpack/<name>``,
+    which names them, last: it is visible only once all of them are.
+``rows``
+    No segments: per type a CPU tier of the hottest rows
+    (:class:`~oocstore.tiers.memory.MemoryTier`) over aligned ``O_DIRECT`` row reads of the
+    type's feature array (:class:`~oocstore.tiers.ssd.BaseRowTier`); no disk blowup, but
+    a miss reads at least 4 KiB whatever the row width. Its tiers serve any plan of the
+    store (cached rows are per node), so evaluation plans need no pack of their own.
+
+A type without features has no tier and costs nothing in either layout.
+
+**One budget, split by the cost model.** The loader's minimum working set is taken from
+the CPU budget first (``rows``: :func:`loader_floor`, per type the base-read scratch and
+two batches of rows; ``segments``: each type's packer working set without a cache —
+segment buffer, batch staging, tables; both: the target's labels, the typed plan's index
+and one record); what is left is the cache. Each candidate row (a row some batch reads) is worth the
 read time it saves per byte of cache it takes: ``count * t_miss(type) / (row_bytes +
 8)``, where ``count`` is how many batches read it (the plan's counts) and
 ``t_miss`` the time of one aligned row read (4 KiB-widened request at the cost model's
 random-read bandwidth, :class:`~oocstore.pack.costmodel.Bandwidths`). Rows are taken in
 that order, across types, until the cache is full; so narrow rows (whose misses read
 mostly padding) and hot rows win, whatever their type. The split and the expected hit
-rate and read amplification per type are recorded in the catalog entry.
+rate and read amplification per type are recorded in the catalog entry. (With
+``segments`` a miss is a sequential segment read, about ``row_bytes`` at the sequential
+bandwidth, so the rule reduces to the access count, across types.)
 
 Catalog ``hpack/<name>``: plan, budget, cache bytes, per type rows and expectations.
 Arrays ``hpack/<name>/<type>/ids`` (sorted node ids of the CPU tier) and
@@ -91,7 +107,8 @@ def loader_floor(plan: HeteroPlanReader, schema: HeteroSchema) -> list[tuple[str
 
 
 def choose_cache(plan: HeteroPlanReader, schema: HeteroSchema, cache_bytes: int,
-                 bw: Bandwidths = Bandwidths()) -> dict[str, np.ndarray]:
+                 bw: Bandwidths = Bandwidths(), *, segments: bool = False,
+                 id_bytes: int = ID_BYTES) -> dict[str, np.ndarray]:
     """The rows of each type to cache inside ``cache_bytes`` (sorted ids per type), by
     read time saved per cached byte (the module docstring)."""
     scores, types, ids, costs = [], [], [], []
@@ -101,11 +118,11 @@ def choose_cache(plan: HeteroPlanReader, schema: HeteroSchema, cache_bytes: int,
             continue
         counts = plan.counts(t)
         nz = np.flatnonzero(counts)
-        t_miss = miss_bytes(rb) / bw.row_read_Bps
-        scores.append(counts[nz] * (t_miss / (rb + ID_BYTES)))
+        t_miss = rb / bw.seq_read_Bps if segments else miss_bytes(rb) / bw.row_read_Bps
+        scores.append(counts[nz] * (t_miss / (rb + id_bytes)))
         types.append(np.full(nz.size, ti, np.int32))
         ids.append(nz)
-        costs.append(np.full(nz.size, rb + ID_BYTES, np.int64))
+        costs.append(np.full(nz.size, rb + id_bytes, np.int64))
     out = {t: np.zeros(0, np.int64) for t in plan.types if row_bytes(schema, t)}
     if not scores or cache_bytes <= 0:
         return out
@@ -142,9 +159,13 @@ def _expectations(plan: HeteroPlanReader, schema: HeteroSchema,
     return out
 
 
+LAYOUTS = ("segments", "rows")
+
+
 def pack_hetero(store: Store, plan_name: str | None = None, *, name: str | None = None,
                 cpu_budget: int | None = None, cpu_cache: int | None = None,
-                overwrite: bool = False) -> dict[str, Any]:
+                overwrite: bool = False, layout: str = "segments",
+                max_disk_blowup: float = 4.0) -> dict[str, Any]:
     """Pack heterogeneous plan ``plan_name`` (default: ``train``) of a writable store:
     the CPU tier of every feature-bearing type, inside ``cpu_budget`` (the cost model
     chooses the rows; ``cpu_cache`` fixes the cache size instead, still checked against
@@ -161,6 +182,14 @@ def pack_hetero(store: Store, plan_name: str | None = None, *, name: str | None 
                                "overwrite=True to replace it")
     if cpu_budget is None and cpu_cache is None:
         raise UsageError("give cpu_budget=... (the cache is sized inside it) or cpu_cache=...")
+    if layout not in LAYOUTS:
+        raise UsageError(f"layout={layout!r}: use one of {', '.join(LAYOUTS)}")
+    if layout == "segments":
+        try:
+            return _pack_segments(store, plan, schema, name, cpu_budget, cpu_cache,
+                                  max_disk_blowup)
+        finally:
+            plan.close()
     floor = loader_floor(plan, schema)
     need = sum(b for _, b in floor)
     if cpu_budget is not None and need > cpu_budget:
@@ -185,12 +214,88 @@ def pack_hetero(store: Store, plan_name: str | None = None, *, name: str | None 
             for lo in range(0, ids.size, 1 << 16):
                 w.append(np.asarray(feats[ids[lo:lo + (1 << 16)]]))
             w.close()
-        meta = {"name": name, "plan": plan_name, "plan_fingerprint": plan.meta["fingerprint"],
+        meta = {"name": name, "layout": "rows", "plan": plan_name,
+                "plan_fingerprint": plan.meta["fingerprint"],
+                "plan_version": plan.meta["store_version"],
                 "cpu_budget": cpu_budget, "cache_bytes": int(cache),
                 "min_working_set": int(need), "types": expect,
                 "featureless_types": [t for t in plan.types if t not in cached]}
         txn.put(hpack_key(name), meta)
     plan.close()
+    return meta
+
+
+def _typed_extras(plan: HeteroPlanReader, schema: HeteroSchema) -> list[tuple[str, int]]:
+    """What the typed loader holds besides the per-type readers (both layouts)."""
+    longest = int(plan.index[:, 1].max()) if plan.index.size else 0
+    return [(f"{plan.target}: labels", schema.node_types[plan.target].count * 8),
+            ("plan index", int(plan.index.nbytes)), ("plan record", 8 * longest)]
+
+
+def _pack_segments(store: Store, plan: HeteroPlanReader, schema: HeteroSchema, name: str,
+                   cpu_budget: int | None, cpu_cache: int | None,
+                   max_disk_blowup: float) -> dict[str, Any]:
+    """The ``segments`` layout (module docstring): checks the whole budget, then packs
+    each type's plan with the homogeneous packer and commits the heterogeneous entry."""
+    import dataclasses
+
+    from ..pack import PackOptions, pack_plan
+    from ..pack.layout import plan_layout
+    from ..plan import PlanReader
+
+    fplans = plan.meta.get("feature_plans")
+    if not fplans:
+        raise UsageError(f"plan {plan.name!r} has no per-type feature plans (sampled by an older "
+                         "version): re-sample it with --overwrite, or pack with layout='rows'")
+    readers = {t: PlanReader(store, p) for t, p in sorted(fplans.items())}
+    try:
+        base = {t: PackOptions(features=feat_name(t), max_disk_blowup=max_disk_blowup)
+                for t in readers}
+        floor = [(f"{t}: packed reader without cache",
+                  plan_layout(store, r, base[t]).min_working_set["cpu"]) for t, r in readers.items()]
+        floor += _typed_extras(plan, schema)
+        need = sum(b for _, b in floor)
+        listed = ", ".join(f"{w} {format_size(b)}" for w, b in floor)
+        if cpu_budget is not None and need > cpu_budget:
+            raise BudgetError(f"cpu_budget={format_size(cpu_budget)} is too small for the loader "
+                              f"of plan {plan.name!r}: it needs {format_size(need)} before any "
+                              f"cache ({listed}): raise cpu_budget or sample smaller batches")
+        cache = cpu_cache if cpu_cache is not None else cpu_budget - need
+        cached = choose_cache(plan, schema, int(cache), segments=True, id_bytes=0)
+        options = {t: dataclasses.replace(base[t], cpu_cache=int(cached[t].size) * row_bytes(
+            schema, t)) for t in readers}
+        layouts = {t: plan_layout(store, r, options[t]) for t, r in readers.items()}
+        total = sum(lay.min_working_set["cpu"] for lay in layouts.values()) + sum(
+            b for _, b in _typed_extras(plan, schema))
+        if cpu_budget is not None and total > cpu_budget:
+            raise BudgetError(f"cpu_budget={format_size(cpu_budget)}: the packed readers with "
+                              f"their caches need {format_size(total)}: lower cpu_cache")
+    finally:
+        for r in readers.values():
+            r.close()
+    sub = {}
+    for t in sorted(readers):
+        sub[t] = pack_plan(store, fplans[t], name=f"{name}.{t}", options=options[t],
+                           overwrite=True)
+    types = {}
+    for t, m in sub.items():
+        counts = plan.counts(t).astype(np.int64)
+        total_acc = int(counts.sum())
+        hits = int(np.sort(counts)[::-1][:m.cpu_rows].sum()) if m.cpu_rows else 0
+        types[t] = {"pack": m.name, "cached_rows": m.cpu_rows, "row_bytes": m.row_bytes,
+                    "cache_bytes": m.cpu_rows * m.row_bytes, "segments": m.num_segments,
+                    "segment_batches": m.segment_batches, "blowup": m.blowup,
+                    "expected_hit_rate": round(hits / total_acc, 6) if total_acc else 1.0,
+                    "expected_read_amplification": m.expected_read_amplification,
+                    "accesses": total_acc}
+    meta = {"name": name, "layout": "segments", "plan": plan.name,
+            "plan_fingerprint": plan.meta["fingerprint"],
+            "plan_version": plan.meta["store_version"], "cpu_budget": cpu_budget,
+            "cache_bytes": int(cache), "min_working_set": int(need), "types": types,
+            "max_disk_blowup": max_disk_blowup,
+            "featureless_types": [t for t in plan.types if t not in types]}
+    with store.transaction() as txn:
+        txn.put(hpack_key(name), meta)
     return meta
 
 
@@ -243,7 +348,8 @@ class TypedRows:
         # Its scratch is part of the loader's floor (:func:`loader_floor`), charged there.
         self.base = BaseRowTier(store.file_path(meta), meta)
 
-    def read(self, nodes: np.ndarray) -> np.ndarray:
+    def read(self, nodes: np.ndarray, epoch: int = -1, batch: int = -1) -> np.ndarray:
+        """``features[nodes]`` (the ``rows`` layout serves any node ids)."""
         nodes = np.asarray(nodes, dtype=np.int64)
         out = np.empty((nodes.size, self.dim), dtype=self.dtype)
         if not nodes.size:
@@ -277,6 +383,48 @@ class TypedRows:
         for c in self._charges:
             c.release()
         self._charges = []
+
+
+class SegmentRows:
+    """Feature rows of one node type from its packed sub-pack (``segments`` layout): a
+    :class:`~oocstore.tiers.reader.TieredReader` charged to the loader's accountant;
+    ``read(nodes, epoch, batch)`` returns the rows of that batch of the type's plan, which
+    are ``features[nodes]``."""
+
+    def __init__(self, store: Store, ntype: str, pack: str, accountant: BudgetAccountant):
+        from ..tiers.reader import TieredReader
+
+        self.ntype = ntype
+        self.reader = TieredReader(store, pack, accountant=accountant)
+        self.totals: dict[str, int] = {}
+
+    def read(self, nodes: np.ndarray, epoch: int, batch: int) -> np.ndarray:
+        out = self.reader.read_batch(epoch, batch)
+        if out.shape[0] != len(nodes):
+            from ..errors import FormatError
+            raise FormatError(f"pack {self.reader.meta.name!r}: batch {batch} of epoch {epoch} "
+                              f"has {out.shape[0]} rows for {len(nodes)} {self.ntype!r} input "
+                              "nodes: the pack and the plan disagree; re-pack with --overwrite")
+        return out
+
+    def counters(self) -> dict[str, int]:
+        """Rows, CPU-tier hits, bytes read and useful bytes so far (this reader plus the
+        readers it replaced)."""
+        st = self.reader.stats()
+        hits = {k: v["hits"] for k, v in st["tiers"].items()}
+        now = {"rows": sum(hits.values()), "cpu_hits": hits.get("cpu", 0) + hits.get("gpu", 0),
+               "base_reads": hits.get("base", 0), "segment_rows": hits.get("ssd", 0),
+               "bytes_read": st["bytes_read"], "useful_bytes": st["useful_bytes"]}
+        return {k: v + self.totals.get(k, 0) for k, v in now.items()}
+
+    def stats(self) -> dict[str, Any]:
+        c = self.counters()
+        return {**c, "hit_rate": c["cpu_hits"] / c["rows"] if c["rows"] else 1.0,
+                "read_amplification": (c["bytes_read"] / c["useful_bytes"]
+                                       if c["useful_bytes"] else 1.0)}
+
+    def close(self) -> None:
+        self.reader.close()
 
 
 def cached_labels(store: Store, ntype: str, accountant: BudgetAccountant) -> tuple[np.ndarray, Any]:

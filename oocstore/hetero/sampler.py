@@ -25,6 +25,12 @@ Plan layout (one transaction; ``docs/HETERO.md``):
 ``hplan/<name>/counts/<type>`` (int32 ``[count]``)
     per node of a feature-bearing type, in how many batches it is an input: what the
     pack's placement ranks rows by.
+
+With it, in the same transaction, one ordinary plan per feature-bearing type,
+``<name>.<type>`` (:mod:`oocstore.plan`, no layers: each batch's record is that type's
+input nodes, all of them "seeds"): the feature reads of that type, batch by batch, which
+the homogeneous packer lays out into contiguous segments and the tiered reader reads
+back (:mod:`oocstore.hetero.pack`).
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from numba import njit
 from oocstore.checked_read import CheckedRows
 from oocstore.errors import (ChecksumError, FormatError, StoreExistsError, StoreNotFoundError,
                              UsageError)
-from oocstore.plan import check_plan_name
+from oocstore.plan import PLAN_FORMAT_VERSION, PlanWriter, check_plan_name, node_dtype_for
 from oocstore.samplers.neighbor import (_SHUFFLE_SALT, _below, _key, _layer_edges, _rehash,
                                         _slot, _table_size, parse_fanouts)
 from oocstore.store import Store
@@ -286,12 +292,25 @@ def sample_hetero_plan(store: Store, *, fanouts, batch_size: int, epochs: int | 
     per_epoch = -(-seeds.size // batch_size)
     arrays = {"data": f"hplan/{name}/data", "index": f"hplan/{name}/index",
               **{f"counts/{t}": f"hplan/{name}/counts/{t}" for t in counts}}
+    feature_plans = {t: check_plan_name(f"{name}.{t}") for t in counts}
+    fingerprint = schema_fingerprint(store, schema)
     with store.transaction() as txn:
+        writers = {t: PlanWriter(txn, dict(
+            name=feature_plans[t], split=split, fanouts=(), batch_size=int(batch_size),
+            epochs=int(epochs), seed=int(seed), shuffle=shuffle, num_seeds=int(seeds.size),
+            node_dtype=node_dtype_for(schema.node_types[t].count).name,
+            num_nodes=schema.node_types[t].count, num_edges=0, store_version=store.version,
+            graph_fingerprint=fingerprint, format_version=PLAN_FORMAT_VERSION,
+            sampler=f"hetero plan {name!r}, node type {t!r}"),
+            feature_row_bytes=schema.node_types[t].feat_dim
+            * np.dtype(schema.node_types[t].dtype).itemsize) for t in counts}
         w_data = txn.array_writer(arrays["data"], np.int64, (), subdir="plans")
         rows, offset = [], 0
         for epoch in range(epochs):
             order = (np.random.default_rng([seed, epoch, _SHUFFLE_SALT]).permutation(seeds)
                      if shuffle else seeds)
+            for w in writers.values():
+                w.begin_epoch()
             for b in range(per_epoch):
                 rec, row = sample_hetero_batch(cscs, types, relations, target,
                                                order[b * batch_size:(b + 1) * batch_size],
@@ -301,11 +320,14 @@ def sample_hetero_plan(store: Store, *, fanouts, batch_size: int, epochs: int | 
                     n = int(row[1 + ti])
                     if t in counts:
                         counts[t][rec[pos:pos + n]] += 1
+                        writers[t].add_batch(rec[pos:pos + n], np.zeros((0, 3), np.int64), n)
                     pos += n
                 w_data.append(rec)
                 rows.append(np.concatenate([[offset, rec.size], row]))
                 offset += rec.size
         w_data.close()
+        for w in writers.values():
+            w.finish()
         index = np.stack(rows).astype(np.int64)
         txn.write_array(arrays["index"], index, subdir="plans")
         for t, c in counts.items():
@@ -316,8 +338,8 @@ def sample_hetero_plan(store: Store, *, fanouts, batch_size: int, epochs: int | 
                 "num_layers": num_layers, "batch_size": int(batch_size), "epochs": int(epochs),
                 "seed": int(seed), "shuffle": shuffle, "num_seeds": int(seeds.size),
                 "batches_per_epoch": [per_epoch] * epochs, "arrays": arrays,
-                "store_version": store.version + 1,
-                "fingerprint": schema_fingerprint(store, schema),
+                "store_version": store.version + 1, "feature_plans": feature_plans,
+                "fingerprint": fingerprint,
                 "stats": _plan_stats(index, types, schema)}
         txn.put(hplan_key(name), meta)
     log.info("sampled hetero plan %r: %d epoch(s) x %d batch(es)", name, epochs, per_epoch)

@@ -20,7 +20,7 @@ from ..errors import UsageError
 from ..store import Store
 from .loader import HeteroLoader
 from .models import MODELS, build_hetero_model
-from .pack import list_hetero_packs
+from .pack import list_hetero_packs, pack_hetero
 from .sampler import HeteroPlanReader, list_hetero_plans, sample_hetero_plan
 from .schema import require_schema
 
@@ -65,6 +65,22 @@ def _eval_plan(store: Store, split: str, train_meta: dict) -> str | None:
     return name
 
 
+def _eval_pack(store: Store, plan: str, train_pack: dict, budget: int | None) -> None:
+    """Give evaluation plan ``plan`` a pack like the training pack's, if it lacks a
+    current one (a ``segments`` pack serves its own plan only)."""
+    have = list_hetero_packs(store).get(plan)
+    pm = list_hetero_plans(store)[plan]
+    if have is not None and have.get("plan") == plan and have.get("layout") == "segments" \
+            and have.get("plan_fingerprint") == pm["fingerprint"] \
+            and have.get("plan_version") == pm["store_version"]:
+        return
+    budget = budget if budget is not None else train_pack.get("cpu_budget")
+    pack_hetero(store, plan, name=plan, cpu_budget=budget,
+                cpu_cache=None if budget is not None else train_pack["cache_bytes"],
+                overwrite=True, layout="segments",
+                max_disk_blowup=train_pack.get("max_disk_blowup", 4.0))
+
+
 def _accuracy(model, loader: HeteroLoader) -> float:
     import torch
 
@@ -101,6 +117,10 @@ def run_hetero_training(path: str, plan: str | None, cfg: HeteroTrainConfig,
                                  f"it with `oocstore pack {path} --plan {plan} --cpu-budget SIZE`"
                                  " (or train with --in-memory)")
         evals = {s: _eval_plan(store, s, meta) for s in ("val", "test")} if cfg.evaluate else {}
+        if pack is not None and list_hetero_packs(store)[pack].get("layout") == "segments":
+            for ev in evals.values():
+                if ev:
+                    _eval_pack(store, ev, list_hetero_packs(store)[pack], cfg.cpu_budget)
         torch.manual_seed(cfg.seed)
         model = build_hetero_model(cfg.model, schema, reader.relations, hidden=cfg.hidden,
                                    num_layers=int(meta["num_layers"]), dropout=cfg.dropout)
@@ -111,7 +131,8 @@ def run_hetero_training(path: str, plan: str | None, cfg: HeteroTrainConfig,
         with HeteroLoader(store, plan, pack=pack, budget=budget, in_memory=cfg.in_memory,
                           device=cfg.device) as loader:
             for epoch in range(cfg.epochs):
-                loader.set_plan(plan) if epoch else None
+                if epoch:
+                    loader.set_plan(plan, pack)
                 t0, losses, waited = time.perf_counter(), [], 0.0
                 it = loader.epoch(epoch)
                 while True:

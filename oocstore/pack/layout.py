@@ -189,7 +189,7 @@ _HOT_ORDER: "weakref.WeakKeyDictionary[PlanReader, np.ndarray]" = weakref.WeakKe
 
 def plan_layout(store: Store, plan: PlanReader, options: PackOptions) -> Layout:
     """Placement, segment length and minimum working set of packing ``plan``."""
-    fmeta = store.array_meta("features")
+    fmeta = store.array_meta(options.features)
     # The bulk passes below index arrays with the plan's memory-mapped records: check
     # them against their checksums first (once per reader; the index was checked when
     # the plan was opened).

@@ -31,6 +31,7 @@ class PackOptions:
     window_bytes: int = DEFAULT_WINDOW_BYTES
     policy: str = "static"  # CPU tier: a name in .policies.POLICIES
     copy: str = "auto"  # batched copy: "auto", "buckets" or "rescans" (see copy_rows)
+    features: str = "features"  # the feature array packed (one per node type in a hetero store)
 
     def __post_init__(self) -> None:
         if self.gpu_cache < 0 or self.cpu_cache < 0:

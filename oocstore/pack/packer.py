@@ -215,7 +215,7 @@ def _pack_meta(store: Store, plan: PlanReader, name: str, layout: Layout, option
     amp = (seg_read + fb_read) / useful if useful else 1.0
     blowup = packed_rows * rb / base_bytes if base_bytes else 0.0
     return PackMeta(
-        name=name, plan=plan.name, plan_version=plan_version(store, plan), features="features",
+        name=name, plan=plan.name, plan_version=plan_version(store, plan), features=options.features,
         dtype=fmeta.dtype, feat_dim=fmeta.shape[1] if len(fmeta.shape) > 1 else 1, row_bytes=rb,
         gpu_rows=int(layout.gpu_ids.size), cpu_rows=int(layout.cpu_ids.size),
         policy=layout.policy, segment_batches=int(layout.segment_batches),
