@@ -259,7 +259,9 @@ def _pack_segments(store: Store, plan: HeteroPlanReader, schema: HeteroSchema, n
         if cpu_budget is not None and need > cpu_budget:
             raise BudgetError(f"cpu_budget={format_size(cpu_budget)} is too small for the loader "
                               f"of plan {plan.name!r}: it needs {format_size(need)} before any "
-                              f"cache ({listed}): raise cpu_budget or sample smaller batches")
+                              f"cache ({listed}): raise cpu_budget, sample smaller batches, "
+                              "raise max_disk_blowup (shorter segments) or pack with "
+                              "layout='rows'")
         cache = cpu_cache if cpu_cache is not None else cpu_budget - need
         cached = choose_cache(plan, schema, int(cache), segments=True, id_bytes=0)
         options = {t: dataclasses.replace(base[t], cpu_cache=int(cached[t].size) * row_bytes(
