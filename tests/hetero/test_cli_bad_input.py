@@ -139,3 +139,21 @@ def test_hetero_model_on_a_homogeneous_store(tmp_path, capsys):
                  "--quiet"]) == 0
     rc, _, err = run(capsys, "train", out, "--epochs", "1", "--model", "rgcn")
     _one_line_error(rc, err, "one node type", "--model sage")
+
+
+def test_add_reverse_refuses_a_relation_that_exists(tmp_path, capsys):
+    src = ogb_dir(tmp_path / "ogb")
+    np.save(src / "edge_index/paper___rev_cites___paper.npy", np.zeros((2, 1), np.int64))
+    rc, _, err = run(capsys, "ingest", "hetero-ogb", src, tmp_path / "s", "--add-reverse")
+    _one_line_error(rc, err, "--add-reverse", "paper___rev_cites___paper already exists")
+    assert not (tmp_path / "s").exists()
+
+
+def test_layout_on_a_homogeneous_store(tmp_path, capsys, digest):
+    out = tmp_path / "h"
+    assert main(["ingest", "synthetic", str(out), "--nodes", "200", "--feat-dim", "4",
+                 "--quiet"]) == 0
+    before = digest(out)
+    rc, _, err = run(capsys, "pack", out, "--layout", "rows", "--cpu-budget", "1MiB")
+    _one_line_error(rc, err, "--layout rows", "one node type")
+    assert digest(out) == before
