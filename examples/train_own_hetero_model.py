@@ -32,7 +32,8 @@ from torch_geometric.nn import SAGEConv, to_hetero
 from oocstore.budget import MemoryBudget
 from oocstore.hetero import HeteroLoader
 from oocstore.hetero.pack import list_hetero_packs, pack_hetero
-from oocstore.hetero.sampler import list_hetero_plans, sample_hetero_plan
+from oocstore.hetero.plan import list_hetero_plans
+from oocstore.hetero.sampler import sample_hetero_plan
 from oocstore.store import Store
 from oocstore.units import parse_size
 

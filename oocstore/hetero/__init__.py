@@ -5,7 +5,8 @@ GraphSAGE training (``docs/HETERO.md``)."""
 from .ingest import HeteroSource, NodeSource, build_hetero_store, read_ogb_dir
 from .loader import HeteroBatch, HeteroLoader
 from .pack import pack_hetero
-from .sampler import HeteroPlanReader, sample_hetero_plan
+from .plan import HeteroPlanReader
+from .sampler import sample_hetero_plan
 from .schema import HeteroSchema, NodeType, load_schema
 from .synthetic import HeteroSpec, hetero_synthetic_source
 

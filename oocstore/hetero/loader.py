@@ -19,9 +19,9 @@ import numpy as np
 
 from ..budget import BudgetAccountant, MemoryBudget
 from ..store import Store
-from .pack import SegmentRows, TypedRows, cached_labels, load_hetero_pack, loader_floor
-from .pack import _typed_extras
-from .sampler import HeteroPlanReader, HeteroSampledBatch
+from .pack import loader_extras, load_hetero_pack, loader_floor
+from .plan import HeteroPlanReader, HeteroSampledBatch
+from .readers import SegmentRows, TypedRows, cached_labels
 from .schema import require_schema
 
 
@@ -102,7 +102,7 @@ class HeteroLoader:
         the ``segments`` layout; in ``rows`` the floor lists them too)."""
         fix = ("raise the cpu budget, or pack with a smaller cache "
                "(`oocstore pack ... --cpu-budget` sizes it inside the budget)")
-        items = _typed_extras(self.plan, self.schema) if self.segments else \
+        items = loader_extras(self.plan, self.schema) if self.segments else \
             loader_floor(self.plan, self.schema)
         self._floor = [self.accountant.charge("cpu", nbytes, what, fix=fix)
                        for what, nbytes in items if what != f"{self.plan.target}: labels"]
@@ -114,9 +114,15 @@ class HeteroLoader:
             from ..errors import UsageError
             raise UsageError(f"pack {pk['name']!r} was made for plan {pk['plan']!r}, not "
                              f"{self.plan.name!r}: a segments pack serves its own plan only")
+        from ..pack.catalog import load_pack
+
         self.readers = {}
-        for t, info in sorted(pk["types"].items()):
-            r = SegmentRows(self.store, t, info["pack"], self.accountant)
+        types = sorted(pk["types"])
+        need = {t: load_pack(self.store, pk["types"][t]["pack"]).min_working_set["cpu"]
+                for t in types}
+        for i, t in enumerate(types):
+            r = SegmentRows(self.store, t, pk["types"][t]["pack"], self.accountant,
+                            reserve=sum(need[u] for u in types[i + 1:]))
             r.totals = (carry or {}).get(t, {})
             self.readers[t] = r
 
@@ -135,14 +141,18 @@ class HeteroLoader:
             c.release()
         self.plan.close()
         self.plan = new
+        carry = {}
         if self.segments:
             pk = load_hetero_pack(self.store, pack or plan)
             carry = {t: r.counters() for t, r in self.readers.items()}
             for r in self.readers.values():
                 r.close()  # before the new readers are charged
             self.readers = {}
-            self._open_segments(pk, carry)
+        # The loader's own buffers first: the readers take optional read-ahead buffers
+        # only from what is left.
         self._charge_floor()
+        if self.segments:
+            self._open_segments(pk, carry)
 
     @property
     def num_epochs(self) -> int:

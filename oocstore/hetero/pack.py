@@ -39,7 +39,7 @@ Arrays ``hpack/<name>/<type>/ids`` (sorted node ids of the CPU tier) and
 ``hpack/<name>/<type>/rows`` (their feature rows), written in one transaction.
 
 The cached rows are a property of nodes, not of batches, so evaluation plans of the same
-store read through the training pack's tiers (:class:`TypedRows` accepts any node ids).
+store read through the training pack's tiers (:class:`~oocstore.hetero.readers.TypedRows` accepts any node ids).
 """
 
 from __future__ import annotations
@@ -49,18 +49,15 @@ from typing import Any
 
 import numpy as np
 
-from ..budget import BudgetAccountant
 from ..errors import BudgetError, StoreExistsError, StoreNotFoundError, UsageError
 from ..pack.costmodel import Bandwidths
 from ..plan import check_plan_name
 from ..store import Store
 from ..store.format import aligned_span
-from ..tiers.memory import MemoryTier
-from ..tiers.reader import _read_whole as read_whole_checked
-from ..tiers.ssd import BaseRowTier, base_read_buffer_bytes
+from ..tiers.ssd import base_read_buffer_bytes
 from ..units import format_size
-from .sampler import HeteroPlanReader, list_hetero_plans
-from .schema import HeteroSchema, feat_name, label_name
+from .plan import HeteroPlanReader, list_hetero_plans
+from .schema import HeteroSchema, feat_name
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +222,7 @@ def pack_hetero(store: Store, plan_name: str | None = None, *, name: str | None 
     return meta
 
 
-def _typed_extras(plan: HeteroPlanReader, schema: HeteroSchema) -> list[tuple[str, int]]:
+def loader_extras(plan: HeteroPlanReader, schema: HeteroSchema) -> list[tuple[str, int]]:
     """What the typed loader holds besides the per-type readers (both layouts)."""
     longest = int(plan.index[:, 1].max()) if plan.index.size else 0
     return [(f"{plan.target}: labels", schema.node_types[plan.target].count * 8),
@@ -253,7 +250,7 @@ def _pack_segments(store: Store, plan: HeteroPlanReader, schema: HeteroSchema, n
                 for t in readers}
         floor = [(f"{t}: packed reader without cache",
                   plan_layout(store, r, base[t]).min_working_set["cpu"]) for t, r in readers.items()]
-        floor += _typed_extras(plan, schema)
+        floor += loader_extras(plan, schema)
         need = sum(b for _, b in floor)
         listed = ", ".join(f"{w} {format_size(b)}" for w, b in floor)
         if cpu_budget is not None and need > cpu_budget:
@@ -268,7 +265,7 @@ def _pack_segments(store: Store, plan: HeteroPlanReader, schema: HeteroSchema, n
             schema, t)) for t in readers}
         layouts = {t: plan_layout(store, r, options[t]) for t, r in readers.items()}
         total = sum(lay.min_working_set["cpu"] for lay in layouts.values()) + sum(
-            b for _, b in _typed_extras(plan, schema))
+            b for _, b in loader_extras(plan, schema))
         if cpu_budget is not None and total > cpu_budget:
             raise BudgetError(f"cpu_budget={format_size(cpu_budget)}: the packed readers with "
                               f"their caches need {format_size(total)}: lower cpu_cache")
@@ -315,122 +312,3 @@ def load_hetero_pack(store: Store, name: str) -> dict[str, Any]:
                                  f"has: {have}): create it with `oocstore pack {store.path} "
                                  f"--plan PLAN --name {name} --cpu-budget SIZE`")
     return raw
-
-
-class TypedRows:
-    """Feature rows of one node type: CPU tier (the pack's cached rows) over aligned base
-    reads. ``read(ids)`` returns ``features[ids]``; the tiers count hits and bytes."""
-
-    def __init__(self, store: Store, schema: HeteroSchema, ntype: str, *,
-                 pack: dict | None, accountant: BudgetAccountant, in_memory: bool = False):
-        self.ntype = ntype
-        meta = store.array_meta(feat_name(ntype))
-        self.meta = meta
-        self.dtype = meta.np_dtype
-        self.dim = meta.shape[1]
-        self._charges = []
-        if in_memory:
-            self._charges.append(accountant.charge("cpu", meta.nbytes, f"{ntype}: all features"))
-            self.ids = np.arange(meta.shape[0], dtype=np.int64)
-            self.cpu = MemoryTier(read_whole_checked(store, feat_name(ntype)),
-                                  name=f"{ntype}:memory")
-            self.base = None
-            return
-        if pack is not None and ntype in pack["types"]:
-            ids_name, rows_name = f"hpack/{pack['name']}/{ntype}/ids", f"hpack/{pack['name']}/{ntype}/rows"
-            nbytes = store.array_meta(ids_name).nbytes + store.array_meta(rows_name).nbytes
-            self._charges.append(accountant.charge("cpu", nbytes, f"{ntype}: cpu tier"))
-            # Read whole with every chunk checksum checked (ChecksumError names the file).
-            self.ids = read_whole_checked(store, ids_name)
-            rows = read_whole_checked(store, rows_name)
-        else:
-            self.ids = np.zeros(0, np.int64)
-            rows = np.zeros((0, self.dim), self.dtype)
-        self.cpu = MemoryTier(rows, name=f"{ntype}:cpu")
-        # Its scratch is part of the loader's floor (:func:`loader_floor`), charged there.
-        self.base = BaseRowTier(store.file_path(meta), meta)
-
-    def read(self, nodes: np.ndarray, epoch: int = -1, batch: int = -1) -> np.ndarray:
-        """``features[nodes]`` (the ``rows`` layout serves any node ids)."""
-        nodes = np.asarray(nodes, dtype=np.int64)
-        out = np.empty((nodes.size, self.dim), dtype=self.dtype)
-        if not nodes.size:
-            return out
-        pos = np.searchsorted(self.ids, nodes)
-        hit = pos < self.ids.size
-        hit[hit] = self.ids[pos[hit]] == nodes[hit]
-        if hit.any():
-            tmp = np.empty((int(hit.sum()), self.dim), dtype=self.dtype)
-            self.cpu.gather(pos[hit], tmp)
-            out[hit] = tmp
-        if self.base is not None and not hit.all():
-            miss = np.flatnonzero(~hit)
-            self.base.gather_at(nodes[miss], out, miss)
-        return out
-
-    def stats(self) -> dict[str, Any]:
-        hits = self.cpu.hits
-        base = self.base.stats() if self.base is not None else {"hits": 0, "bytes_read": 0,
-                                                                 "useful_bytes": 0}
-        total = hits + base["hits"]
-        return {"rows": total, "cpu_hits": hits, "base_reads": base["hits"],
-                "hit_rate": hits / total if total else 1.0,
-                "bytes_read": base["bytes_read"], "useful_bytes": base["useful_bytes"],
-                "read_amplification": (base["bytes_read"] / base["useful_bytes"]
-                                       if base["useful_bytes"] else 1.0)}
-
-    def close(self) -> None:
-        if self.base is not None:
-            self.base.close()
-        for c in self._charges:
-            c.release()
-        self._charges = []
-
-
-class SegmentRows:
-    """Feature rows of one node type from its packed sub-pack (``segments`` layout): a
-    :class:`~oocstore.tiers.reader.TieredReader` charged to the loader's accountant;
-    ``read(nodes, epoch, batch)`` returns the rows of that batch of the type's plan, which
-    are ``features[nodes]``."""
-
-    def __init__(self, store: Store, ntype: str, pack: str, accountant: BudgetAccountant):
-        from ..tiers.reader import TieredReader
-
-        self.ntype = ntype
-        self.reader = TieredReader(store, pack, accountant=accountant)
-        self.totals: dict[str, int] = {}
-
-    def read(self, nodes: np.ndarray, epoch: int, batch: int) -> np.ndarray:
-        out = self.reader.read_batch(epoch, batch)
-        if out.shape[0] != len(nodes):
-            from ..errors import FormatError
-            raise FormatError(f"pack {self.reader.meta.name!r}: batch {batch} of epoch {epoch} "
-                              f"has {out.shape[0]} rows for {len(nodes)} {self.ntype!r} input "
-                              "nodes: the pack and the plan disagree; re-pack with --overwrite")
-        return out
-
-    def counters(self) -> dict[str, int]:
-        """Rows, CPU-tier hits, bytes read and useful bytes so far (this reader plus the
-        readers it replaced)."""
-        st = self.reader.stats()
-        hits = {k: v["hits"] for k, v in st["tiers"].items()}
-        now = {"rows": sum(hits.values()), "cpu_hits": hits.get("cpu", 0) + hits.get("gpu", 0),
-               "base_reads": hits.get("base", 0), "segment_rows": hits.get("ssd", 0),
-               "bytes_read": st["bytes_read"], "useful_bytes": st["useful_bytes"]}
-        return {k: v + self.totals.get(k, 0) for k, v in now.items()}
-
-    def stats(self) -> dict[str, Any]:
-        c = self.counters()
-        return {**c, "hit_rate": c["cpu_hits"] / c["rows"] if c["rows"] else 1.0,
-                "read_amplification": (c["bytes_read"] / c["useful_bytes"]
-                                       if c["useful_bytes"] else 1.0)}
-
-    def close(self) -> None:
-        self.reader.close()
-
-
-def cached_labels(store: Store, ntype: str, accountant: BudgetAccountant) -> tuple[np.ndarray, Any]:
-    """The labels of ``ntype`` in memory, charged to the budget."""
-    meta = store.array_meta(label_name(ntype))
-    charge = accountant.charge("cpu", meta.nbytes, f"{ntype}: labels")
-    return read_whole_checked(store, label_name(ntype)), charge

@@ -1,4 +1,4 @@
-"""Typed neighbourhood sampling into a heterogeneous plan, and reading it back.
+"""Typed neighbourhood sampling into a heterogeneous plan.
 
 Seeds are nodes of one labelled type. Layers are sampled from the seeds outwards, as in
 :mod:`oocstore.samplers.neighbor`: at each layer, for every relation ``(src, rel, dst)``
@@ -11,52 +11,28 @@ per type). Draws are the homogeneous sampler's counter-based hashes of ``(seed, 
 batch, layer * 1024 + relation index, node)`` (its numba kernels), and the epoch's seed
 order is a generator seeded with ``(seed, epoch)``: a plan is a function of its options.
 
-Plan layout (one transaction; ``docs/HETERO.md``):
-
-``hplan/<name>`` (catalog)
-    options, node and edge types (their order fixes every column below), batch counts.
-``hplan/<name>/index`` (int64 ``[batches, 3 + T + L * (2 T + R)]``)
-    ``offset``, ``length`` (of the record in ``data``), ``num_seeds``, then ``num_input``
-    per type, then per layer ``l`` (input side first): ``num_src`` and ``num_dst`` per
-    type, ``num_edges`` per relation.
-``hplan/<name>/data`` (int64)
-    records: the input nodes of each type in type order (global ids of that type), then
-    for each layer and relation the local ``src`` ids then the local ``dst`` ids.
-``hplan/<name>/counts/<type>`` (int32 ``[count]``)
-    per node of a feature-bearing type, in how many batches it is an input: what the
-    pack's placement ranks rows by.
-
-With it, in the same transaction, one ordinary plan per feature-bearing type,
-``<name>.<type>`` (:mod:`oocstore.plan`, no layers: each batch's record is that type's
-input nodes, all of them "seeds"): the feature reads of that type, batch by batch, which
-the homogeneous packer lays out into contiguous segments and the tiered reader reads
-back (:mod:`oocstore.hetero.pack`).
+The plan (the typed plan and one feature plan per feature-bearing type, written in one
+transaction) is laid out as :mod:`oocstore.hetero.plan` describes.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 from numba import njit
 
-from oocstore.checked_read import CheckedRows
-from oocstore.errors import (ChecksumError, FormatError, StoreExistsError, StoreNotFoundError,
-                             UsageError)
+from oocstore.errors import ChecksumError, StoreExistsError, UsageError
 from oocstore.plan import PLAN_FORMAT_VERSION, PlanWriter, check_plan_name, node_dtype_for
 from oocstore.samplers.neighbor import (_SHUFFLE_SALT, _below, _key, _layer_edges, _rehash,
                                         _slot, _table_size, parse_fanouts)
 from oocstore.store import Store
-from oocstore.store.files import checksum
 
+from .plan import HPLAN_FORMAT_VERSION, hplan_key, schema_fingerprint
 from .schema import EdgeType, HeteroSchema, csc_names, edge_key, require_schema, split_name
 
 log = logging.getLogger(__name__)
-
-PLAN_PREFIX = "hplan/"
-HPLAN_FORMAT_VERSION = 1
 
 
 @njit(nogil=True, cache=True)
@@ -150,41 +126,6 @@ def parse_hetero_fanouts(value: str | Sequence[int] | Mapping[str, Any],
     return out
 
 
-def schema_fingerprint(store: Store, schema: HeteroSchema) -> int:
-    """CRC-32 over the chunk checksums of every relation's CSC (changes with the graph)."""
-    crc = 0
-    for et in schema.relations:
-        for name in csc_names(et):
-            crc = checksum(name.encode(), crc)
-            crc = checksum(np.asarray(store.checksums(name), dtype=np.uint32), crc)
-    return int(crc)
-
-
-@dataclass(frozen=True)
-class HeteroBlockRecord:
-    """One typed layer: per type ``(num_src, num_dst)``, per relation local ``(src, dst)``."""
-
-    sizes: dict[str, tuple[int, int]]
-    edges: dict[EdgeType, tuple[np.ndarray, np.ndarray]]
-
-
-@dataclass(frozen=True)
-class HeteroSampledBatch:
-    """One typed mini-batch: input nodes per type (the seeds are the first ``num_seeds``
-    of the target type), ``blocks[0]`` the input-side layer."""
-
-    epoch: int
-    batch: int
-    target: str
-    num_seeds: int
-    input_nodes: dict[str, np.ndarray]
-    blocks: list[HeteroBlockRecord]
-
-    @property
-    def seeds(self) -> np.ndarray:
-        return self.input_nodes[self.target][:self.num_seeds]
-
-
 def sample_hetero_batch(cscs: dict[EdgeType, tuple[np.ndarray, np.ndarray]],
                         types: Sequence[str], relations: Sequence[EdgeType], target: str,
                         seeds: np.ndarray, fanouts: np.ndarray, seed: int, epoch: int,
@@ -236,15 +177,6 @@ def sample_hetero_batch(cscs: dict[EdgeType, tuple[np.ndarray, np.ndarray]],
     return np.concatenate(parts).astype(np.int64), np.asarray(row, dtype=np.int64)
 
 
-def hplan_key(name: str) -> str:
-    return PLAN_PREFIX + name
-
-
-def list_hetero_plans(store: Store) -> dict[str, dict]:
-    return {k[len(PLAN_PREFIX):]: v for k, v in store.items(PLAN_PREFIX)
-            if k.count("/") == 1}
-
-
 def sample_hetero_plan(store: Store, *, fanouts, batch_size: int, epochs: int | None = None,
                        seed: int = 0, name: str | None = None, split: str = "train",
                        target: str | None = None, overwrite: bool = False) -> dict[str, Any]:
@@ -252,33 +184,10 @@ def sample_hetero_plan(store: Store, *, fanouts, batch_size: int, epochs: int | 
     target) into plan ``name`` (default: the split) in one transaction. The training split
     is shuffled per epoch (4 epochs by default), others are sampled in order (1 epoch)."""
     schema = require_schema(store)
-    target = target or schema.target
-    if target not in schema.node_types:
-        raise UsageError(f"target={target!r} is not a node type of store {store.path} (it has: "
-                         f"{', '.join(schema.type_names)}): choose one of those")
-    nt = schema.node_types[target]
-    if not nt.has_labels:
-        raise UsageError(f"target={target!r}: node type {target!r} has no labels, so its nodes "
-                         "cannot be seeds (labelled types: "
-                         f"{', '.join(t for t in schema.type_names if schema.node_types[t].has_labels) or 'none'})")
-    if split not in nt.splits:
-        raise UsageError(f"split={split!r}: node type {target!r} has no such split (it has: "
-                         f"{', '.join(nt.splits) or 'none'})")
+    target, fo, epochs, name, shuffle = _check_options(
+        store, schema, target=target or schema.target, split=split, fanouts=fanouts,
+        batch_size=batch_size, epochs=epochs, seed=seed, name=name, overwrite=overwrite)
     relations = schema.relations
-    fo = parse_hetero_fanouts(fanouts, relations)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise UsageError(f"batch_size={batch_size!r} is not an integer >= 1: give the number of "
-                         "seed nodes per batch, e.g. batch_size=512")
-    shuffle = split == "train"
-    epochs = (4 if shuffle else 1) if epochs is None else epochs
-    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
-        raise UsageError(f"epochs={epochs!r} is not an integer >= 1")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**63:
-        raise UsageError(f"seed={seed!r}: give a non-negative integer below 2**63")
-    name = check_plan_name(name if name is not None else split)
-    if store.get(hplan_key(name)) is not None and not overwrite:
-        raise StoreExistsError(f"store {store.path} already has a plan {name!r}: pass "
-                               "overwrite=True to replace it, or choose another name")
     num_layers = len(next(iter(fo.values())))
     fan = np.asarray([[fo[et][layer] for et in relations] for layer in range(num_layers)],
                      dtype=np.int64)
@@ -295,15 +204,12 @@ def sample_hetero_plan(store: Store, *, fanouts, batch_size: int, epochs: int | 
     feature_plans = {t: check_plan_name(f"{name}.{t}") for t in counts}
     fingerprint = schema_fingerprint(store, schema)
     with store.transaction() as txn:
-        writers = {t: PlanWriter(txn, dict(
-            name=feature_plans[t], split=split, fanouts=(), batch_size=int(batch_size),
-            epochs=int(epochs), seed=int(seed), shuffle=shuffle, num_seeds=int(seeds.size),
-            node_dtype=node_dtype_for(schema.node_types[t].count).name,
-            num_nodes=schema.node_types[t].count, num_edges=0, store_version=store.version,
-            graph_fingerprint=fingerprint, format_version=PLAN_FORMAT_VERSION,
-            sampler=f"hetero plan {name!r}, node type {t!r}"),
-            feature_row_bytes=schema.node_types[t].feat_dim
-            * np.dtype(schema.node_types[t].dtype).itemsize) for t in counts}
+        base = dict(split=split, fanouts=(), batch_size=int(batch_size), epochs=int(epochs),
+                    seed=int(seed), shuffle=shuffle, num_seeds=int(seeds.size), num_edges=0,
+                    store_version=store.version, graph_fingerprint=fingerprint,
+                    format_version=PLAN_FORMAT_VERSION)
+        writers = {t: _feature_plan_writer(txn, schema, t, feature_plans[t], name, base)
+                   for t in counts}
         w_data = txn.array_writer(arrays["data"], np.int64, (), subdir="plans")
         rows, offset = [], 0
         for epoch in range(epochs):
@@ -346,6 +252,48 @@ def sample_hetero_plan(store: Store, *, fanouts, batch_size: int, epochs: int | 
     return meta
 
 
+def _feature_plan_writer(txn, schema: HeteroSchema, ntype: str, plan: str, hplan: str,
+                         base: dict) -> PlanWriter:
+    """The writer of type ``ntype``'s feature plan (module docstring)."""
+    nt = schema.node_types[ntype]
+    return PlanWriter(txn, dict(base, name=plan, node_dtype=node_dtype_for(nt.count).name,
+                                num_nodes=nt.count,
+                                sampler=f"hetero plan {hplan!r}, node type {ntype!r}"),
+                      feature_row_bytes=nt.feat_dim * np.dtype(nt.dtype).itemsize)
+
+
+def _check_options(store: Store, schema: HeteroSchema, *, target: str, split: str, fanouts,
+                   batch_size, epochs, seed, name, overwrite: bool):
+    """Every option of :func:`sample_hetero_plan` checked against the store (reads no graph
+    data); returns ``(target, fanouts per relation, epochs, name, shuffle)``."""
+    if target not in schema.node_types:
+        raise UsageError(f"target={target!r} is not a node type of store {store.path} (it has: "
+                         f"{', '.join(schema.type_names)}): choose one of those")
+    nt = schema.node_types[target]
+    if not nt.has_labels:
+        labelled = [t for t in schema.type_names if schema.node_types[t].has_labels]
+        raise UsageError(f"target={target!r}: node type {target!r} has no labels, so its nodes "
+                         f"cannot be seeds (labelled types: {', '.join(labelled) or 'none'})")
+    if split not in nt.splits:
+        raise UsageError(f"split={split!r}: node type {target!r} has no such split (it has: "
+                         f"{', '.join(nt.splits) or 'none'})")
+    fo = parse_hetero_fanouts(fanouts, schema.relations)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise UsageError(f"batch_size={batch_size!r} is not an integer >= 1: give the number of "
+                         "seed nodes per batch, e.g. batch_size=512")
+    shuffle = split == "train"
+    epochs = (4 if shuffle else 1) if epochs is None else epochs
+    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
+        raise UsageError(f"epochs={epochs!r} is not an integer >= 1")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**63:
+        raise UsageError(f"seed={seed!r}: give a non-negative integer below 2**63")
+    name = check_plan_name(name if name is not None else split)
+    if store.get(hplan_key(name)) is not None and not overwrite:
+        raise StoreExistsError(f"store {store.path} already has a plan {name!r}: pass "
+                               "overwrite=True to replace it, or choose another name")
+    return target, fo, int(epochs), name, shuffle
+
+
 def _verify_relations(store: Store, schema: HeteroSchema, target: str, split: str) -> None:
     """Check the checksums of every relation's CSC and of the seed split before sampling."""
     from oocstore.store.verify import verify_arrays
@@ -367,90 +315,3 @@ def _plan_stats(index: np.ndarray, types: Sequence[str], schema: HeteroSchema) -
         rb = nt.feat_dim * np.dtype(nt.dtype).itemsize if nt.has_features else 0
         out[t] = {"mean_input": round(mean, 2), "mean_feature_bytes": round(mean * rb, 1)}
     return out
-
-
-class HeteroPlanReader:
-    """Random access to the batches of one heterogeneous plan (index read whole and
-    checked; records read with ``pread`` from the store's file, checked per record)."""
-
-    def __init__(self, store: Store, name: str):
-        self.store = store
-        raw = store.get(hplan_key(name))
-        if raw is None:
-            have = ", ".join(sorted(list_hetero_plans(store))) or "none"
-            raise StoreNotFoundError(f"store {store.path} has no heterogeneous plan {name!r} "
-                                     f"(it has: {have}): create it with `oocstore sample "
-                                     f"{store.path} --name {name} ...`")
-        if not isinstance(raw, dict) or raw.get("format_version") != HPLAN_FORMAT_VERSION:
-            raise FormatError(f"plan {name!r}: unknown format: re-sample it with --overwrite")
-        self.meta = raw
-        self.name = name
-        self.schema = require_schema(store)
-        if raw["fingerprint"] != schema_fingerprint(store, self.schema):
-            raise FormatError(f"plan {name!r} in {store.path} was sampled from another graph: "
-                              f"re-sample it with `oocstore sample ... --name {name} --overwrite`")
-        self.types = list(raw["types"])
-        self.relations = [tuple(k.split("___")) for k in raw["relations"]]
-        self.target = raw["target"]
-        self.num_layers = int(raw["num_layers"])
-        from oocstore.tiers.reader import _read_whole
-
-        self.index = _read_whole(store, raw["arrays"]["index"])
-        T, R, L = len(self.types), len(self.relations), self.num_layers
-        if self.index.shape != (sum(raw["batches_per_epoch"]), 3 + T + L * (2 * T + R)):
-            raise FormatError(f"plan {name!r}: index has shape {self.index.shape}: the plan is "
-                              "damaged; re-sample it with --overwrite")
-        self._data = CheckedRows(store, raw["arrays"]["data"], fix="re-sample the plan with "
-                                 f"`oocstore sample ... --name {name} --overwrite`")
-
-    @property
-    def batches_per_epoch(self) -> list[int]:
-        return list(self.meta["batches_per_epoch"])
-
-    def counts(self, ntype: str) -> np.ndarray:
-        return np.asarray(self.store.array(self.meta["arrays"][f"counts/{ntype}"]))
-
-    def row(self, epoch: int, batch: int) -> int:
-        bpe = self.batches_per_epoch
-        if not 0 <= epoch < len(bpe) or not 0 <= batch < bpe[epoch]:
-            raise UsageError(f"plan {self.name!r} has no batch {batch} of epoch {epoch}")
-        return sum(bpe[:epoch]) + batch
-
-    def batch(self, epoch: int, batch: int) -> HeteroSampledBatch:
-        r = self.index[self.row(epoch, batch)]
-        off, length = int(r[0]), int(r[1])
-        rec = self._data.read(off, off + length)
-        T, R = len(self.types), len(self.relations)
-        pos, nodes = 0, {}
-        for ti, t in enumerate(self.types):
-            n = int(r[3 + T * 0 + ti])
-            nodes[t] = rec[pos:pos + n]
-            pos += n
-        blocks = []
-        base = 3 + T
-        for layer in range(self.num_layers):
-            cols = r[base + layer * (2 * T + R): base + (layer + 1) * (2 * T + R)]
-            sizes = {t: (int(cols[2 * ti]), int(cols[2 * ti + 1])) for ti, t in enumerate(self.types)}
-            edges = {}
-            for ri, et in enumerate(self.relations):
-                ne = int(cols[2 * T + ri])
-                src, dst = rec[pos:pos + ne], rec[pos + ne:pos + 2 * ne]
-                pos += 2 * ne
-                if ne and (src.max() >= sizes[et[0]][0] or dst.max() >= sizes[et[2]][1]
-                           or src.min() < 0 or dst.min() < 0):
-                    raise FormatError(f"plan {self.name!r}: batch {batch} of epoch {epoch} has "
-                                      f"an edge outside its layer: re-sample with --overwrite")
-                edges[et] = (src, dst)
-            blocks.append(HeteroBlockRecord(sizes=sizes, edges=edges))
-        if pos != length:
-            raise FormatError(f"plan {self.name!r}: record of batch {batch} of epoch {epoch} "
-                              "does not match its index row: re-sample with --overwrite")
-        for t, ids in nodes.items():
-            if ids.size and (ids.min() < 0 or ids.max() >= self.schema.node_types[t].count):
-                raise FormatError(f"plan {self.name!r}: a {t!r} node id is out of range: "
-                                  "re-sample with --overwrite")
-        return HeteroSampledBatch(epoch=epoch, batch=batch, target=self.target,
-                                  num_seeds=int(r[2]), input_nodes=nodes, blocks=blocks)
-
-    def close(self) -> None:
-        self._data.close()

@@ -21,7 +21,8 @@ from ..store import Store
 from .loader import HeteroLoader
 from .models import MODELS, build_hetero_model
 from .pack import list_hetero_packs, pack_hetero
-from .sampler import HeteroPlanReader, list_hetero_plans, sample_hetero_plan
+from .plan import HeteroPlanReader, list_hetero_plans
+from .sampler import sample_hetero_plan
 from .schema import require_schema
 
 
