@@ -111,6 +111,8 @@ def _check_out(args) -> None:
 
 
 def _refuse(args, flags: dict[str, object]) -> None:
+    """Refuse any of ``flags`` (flag -> its default) given with another value: options of
+    the homogeneous path that the heterogeneous one does not offer (docs/HETERO.md)."""
     for flag, default in flags.items():
         if getattr(args, flag.lstrip("-").replace("-", "_"), default) not in (default,):
             raise UsageError(f"{flag} is not supported on a heterogeneous store: drop it")
@@ -167,7 +169,8 @@ def cmd_train(args) -> int:
     from ..hetero.train import HeteroTrainConfig, run_hetero_training
 
     _refuse(args, {"--checkpoint": None, "--resume": False, "--early-stop": None,
-                   "--save-model": None, "--backend": "pyg", "--gpu-budget": None})
+                   "--save-model": None, "--backend": "pyg", "--gpu-budget": None,
+                   "--heads": None, "--layers": None, "--allow-eval-split": False})
     model = args.model if args.model in ("rgcn", "hetero-sage") else None
     if model is None:
         raise UsageError(f"--model {args.model!r} is for homogeneous stores: on a heterogeneous "

@@ -123,6 +123,10 @@ def test_bad_target_on_ingest(tmp_path, capsys):
      ["different numbers of layers"]),
     (["pack", "--plan", "nosuch", "--cpu-budget", "1MiB"], ["no heterogeneous plan 'nosuch'"]),
     (["train", "--epochs", "1", "--model", "gat"], ["--model 'gat'", "rgcn"]),
+    (["train", "--epochs", "1", "--layers", "3"], ["--layers is not supported"]),
+    (["pack", "--gpu-cache", "1MiB", "--cpu-budget", "1MiB"], ["--gpu-cache is not supported"]),
+    (["sample", "--fanouts", "3,2", "--batch-size", "8", "--world-size", "2"],
+     ["--world-size is not supported"]),
 ])
 def test_bad_flags_leave_the_store_byte_identical(good, tmp_path, capsys, digest, argv, needles):
     store = tmp_path / "s"
