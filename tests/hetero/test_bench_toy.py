@@ -13,9 +13,7 @@ def test_bench_hetero_toy(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("bench_hetero", REPO / "bench" / "hetero.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    out = bench.main(["--papers", "20000", "--cpu-budget", "2560KiB", "--fanouts", "3,2",
-                      "--batch-size", "32", "--epochs", "1", "--split", "0.1,0.05,0.05",
-                      "--max-disk-blowup", "16", "--dir", str(tmp_path)])
+    out = bench.main(["--toy", "--dir", str(tmp_path)])
     assert out["feature_bytes_over_budget"] > 1.5
     assert set(out["runs"]) == {"in_memory", "segments", "rows"}
     for layout in ("segments", "rows"):
