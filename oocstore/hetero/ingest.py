@@ -8,6 +8,11 @@ a refused ingest leaves nothing behind and ``--overwrite`` never loses the old s
 
 Sources: :func:`read_ogb_dir` (an OGB-style directory of ``.npy`` arrays, layout in
 ``docs/HETERO.md``) and :mod:`.synthetic` (the generator).
+
+Memory: features stream in row blocks (a memory-mapped ``.npy`` is never read whole);
+each relation's CSC is built in memory, about 24 bytes per edge at peak, one relation
+at a time, plus the source's own edge arrays. Features are stored as float32 or
+float16 (``dtype``), whatever the source's real dtype.
 """
 
 from __future__ import annotations

@@ -50,6 +50,7 @@ def test_plan_blocks_are_sampled_edges_with_typed_prefixes(hstore):
     with Store(hstore) as s:
         r = HeteroPlanReader(s, "train")
         edges = {et: _edge_set(s, et) for et in r.relations}
+        indptr = {et: np.asarray(s.array(csc_names(et)[0])) for et in r.relations}
         fan = {tuple(k.split("___")): v for k, v in r.meta["fanouts"].items()}
         for b in (0, 5, r.batches_per_epoch[1] - 1):
             hb = r.batch(1, b)
@@ -61,9 +62,14 @@ def test_plan_blocks_are_sampled_edges_with_typed_prefixes(hstore):
                     s_ids = hb.input_nodes[et[0]][src]
                     d_ids = hb.input_nodes[et[2]][dst]
                     assert set(zip(s_ids.tolist(), d_ids.tolist())) <= edges[et]
-                    if dst.size:  # at most the fanout per destination, no repeats
-                        assert np.bincount(dst).max() <= fan[et][layer]
-                        assert len(set(zip(src.tolist(), dst.tolist()))) == src.size
+                    # every destination of the layer gets min(fanout, in-degree) distinct
+                    # in-neighbours of the relation
+                    n_dst = blk.sizes[et[2]][1]
+                    ids = hb.input_nodes[et[2]][:n_dst]
+                    deg = indptr[et][ids + 1] - indptr[et][ids]
+                    got = np.bincount(dst, minlength=n_dst)
+                    assert np.array_equal(got, np.minimum(deg, fan[et][layer]))
+                    assert len(set(zip(src.tolist(), dst.tolist()))) == src.size
             # the last layer's target destinations are the seeds
             assert hb.blocks[-1].sizes["paper"][1] == hb.num_seeds
         r.close()
