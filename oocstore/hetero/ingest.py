@@ -218,18 +218,13 @@ def build_hetero_store(out: str | Path, src: HeteroSource, *, dtype: str = "floa
     splits = _check_nodes(src, split_fractions, seed)
     _check_edges(src)
     target = _choose_target(src)
-    csc = {}
-    for et, (a, b) in sorted(src.edges.items()):
-        csc[et] = bipartite_csc(src.nodes[et[0]].count, src.nodes[et[2]].count, a, b,
-                                drop_self_loops=et[0] == et[2])
     nodes = {}
     for name, ns in src.nodes.items():
         width = int(ns.features.shape[1]) if ns.features is not None else 0
         classes = int(np.asarray(ns.labels).max()) + 1 if ns.labels is not None else 0
         nodes[name] = NodeType(count=int(ns.count), feat_dim=width, dtype=dtype if width else "",
                                num_classes=classes, splits=tuple(sorted(splits.get(name, {}))))
-    schema = HeteroSchema(node_types=nodes, edge_types={et: int(c[1].size) for et, c in csc.items()},
-                          target=target, source={**src.source, "add_reverse": bool(add_reverse)})
+    edge_counts: dict[EdgeType, int] = {}
     with Store.create(out, overwrite=overwrite) as store:
         with store.transaction() as txn:
             for name, ns in sorted(src.nodes.items()):
@@ -239,13 +234,19 @@ def build_hetero_store(out: str | Path, src: HeteroSource, *, dtype: str = "floa
                     txn.write_array(label_name(name), np.asarray(ns.labels, dtype=np.int64))
                 for split, ids in splits.get(name, {}).items():
                     txn.write_array(split_name(name, split), ids)
-            for et, (indptr, indices) in csc.items():
+            for et, (a, b) in sorted(src.edges.items()):  # one relation in memory at a time
+                indptr, indices = bipartite_csc(src.nodes[et[0]].count, src.nodes[et[2]].count,
+                                                a, b, drop_self_loops=et[0] == et[2])
                 ip, ix = csc_names(et)
                 txn.write_array(ip, indptr)
                 txn.write_array(ix, indices)
+                edge_counts[et] = int(indices.size)
+                del indptr, indices
+            schema = HeteroSchema(node_types=nodes, edge_types=edge_counts, target=target,
+                                  source={**src.source, "add_reverse": bool(add_reverse)})
             txn.put(SCHEMA_KEY, schema.to_dict())
             txn.set_source({"kind": "hetero", **schema.source, "dtype": dtype})
-    log.info("ingested %d node types, %d relations into %s", len(nodes), len(csc), out)
+    log.info("ingested %d node types, %d relations into %s", len(nodes), len(edge_counts), out)
     return schema
 
 
