@@ -23,6 +23,35 @@ def is_hetero(path) -> bool:
         return False
 
 
+def hetero_info(store) -> tuple[dict | None, list[str]]:
+    """What ``inspect`` adds for a heterogeneous store: the schema, its typed plans and
+    packs (as a dict for --json, and as lines); ``(None, [])`` for a homogeneous store."""
+    from ..hetero.pack import list_hetero_packs
+    from ..hetero.plan import list_hetero_plans
+    from ..hetero.schema import load_schema
+
+    schema = load_schema(store)
+    if schema is None:
+        return None, []
+    plans, packs = list_hetero_plans(store), list_hetero_packs(store)
+    info = {"schema": schema.to_dict(), "plans": sorted(plans), "packs": sorted(packs)}
+    lines = [f"  heterogeneous: target {schema.target}"]
+    for t in schema.type_names:
+        nt = schema.node_types[t]
+        feat = f"{nt.feat_dim} x {nt.dtype}" if nt.has_features else "no features"
+        lab = f", {nt.num_classes} classes, splits {', '.join(nt.splits)}" if nt.has_labels else ""
+        lines.append(f"    node type {t}: {nt.count} nodes, {feat}{lab}")
+    for et in schema.relations:
+        lines.append(f"    relation {'___'.join(et)}: {schema.edge_types[et]} edges")
+    for name, m in sorted(plans.items()):
+        lines.append(f"    typed plan {name}: {m['split']} split of {m['target']}, "
+                     f"{m['epochs']} epoch(s) x {m['batches_per_epoch'][0]} batch(es)")
+    for name, m in sorted(packs.items()):
+        lines.append(f"    typed pack {name} ({m.get('layout', 'rows')}) of plan {m['plan']}: "
+                     f"cache {m['cache_bytes']} bytes")
+    return info, lines
+
+
 def _hetero_common(p) -> None:
     p.add_argument("out", metavar="OUT", help="store directory to create")
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32",

@@ -21,12 +21,17 @@ def _cmd_inspect(args) -> int:
     from ..store import Store
     from ..store.info import format_info, store_info
 
+    from .hetero import hetero_info
+
     with Store(args.store) as store:
         info = store_info(store)
+        hinfo, hlines = hetero_info(store)
+    if hinfo is not None:
+        info["hetero"] = hinfo
     if args.json:
         print(json.dumps(info, sort_keys=True))
     else:
-        print(format_info(info))
+        print("\n".join([format_info(info)] + hlines))
     return 0
 
 

@@ -64,6 +64,10 @@ def test_ogb_dir_end_to_end(tmp_path, capsys):
     summary = json.loads(stdout.strip().splitlines()[-1])
     assert summary["model"] == "rgcn" and set(summary["types"]) == {"paper", "author"}
     assert 0 <= summary["test_acc"] <= 1
+    rc, stdout, _ = run(capsys, "inspect", out, "--json")
+    info = json.loads(stdout)["hetero"]
+    assert info["schema"]["target"] == "paper" and "train" in info["plans"]
+    assert info["packs"] == ["train", "train-test", "train-val"]  # evaluation packs too
 
 
 @pytest.fixture(scope="module")
