@@ -114,6 +114,12 @@ class HeteroLoader:
             from ..errors import UsageError
             raise UsageError(f"pack {pk['name']!r} was made for plan {pk['plan']!r}, not "
                              f"{self.plan.name!r}: a segments pack serves its own plan only")
+        if pk.get("plan_version") != self.plan.meta["store_version"]:
+            from ..errors import FormatError
+            raise FormatError(f"pack {pk['name']!r} was made from an older version of plan "
+                              f"{self.plan.name!r} (re-sampled since): re-pack it with `oocstore "
+                              f"pack {self.store.path} --plan {self.plan.name} --name "
+                              f"{pk['name']} --cpu-budget SIZE --overwrite`")
         from ..pack.catalog import load_pack
 
         self.readers = {}

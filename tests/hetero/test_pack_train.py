@@ -163,3 +163,18 @@ def test_damaged_relation_is_detected_before_sampling(packed, tmp_path, digest):
     with Store(path, readonly=False) as s, pytest.raises(ChecksumError, match="writes"):
         sample_hetero_plan(s, fanouts="2,2", batch_size=50, name="again")
     assert digest(path) == before
+
+
+def test_a_pack_of_a_resampled_plan_is_refused_with_the_fix(packed, tmp_path):
+    from oocstore.errors import FormatError
+    from oocstore.hetero.sampler import sample_hetero_plan
+
+    path, meta = packed
+    if meta["layout"] == "rows":
+        pytest.skip("a rows pack holds rows per node: it serves any plan")
+    copy = tmp_path / "s"
+    shutil.copytree(path, copy)
+    with Store(copy, readonly=False) as s:
+        sample_hetero_plan(s, fanouts="4,3", batch_size=100, epochs=2, overwrite=True, seed=5)
+    with Store(copy) as s, pytest.raises(FormatError, match="re-pack it with `oocstore pack"):
+        HeteroLoader(s, "train", pack="train")
