@@ -1,14 +1,17 @@
-"""Out-of-core, full-neighbourhood GraphSAGE inference over every node of a store.
+"""Out-of-core, full-neighbourhood inference over every node of a store.
 
-:func:`infer_embeddings` runs a trained GraphSAGE (the ``state_dict`` that
-``oocstore train --save-model`` writes, or a ``--checkpoint DIR``) layer by layer over
-all nodes, unsampled: every destination aggregates all of its in-neighbours from the
-store's CSC. Layer ``l`` visits the nodes in node order, in chunks of consecutive
-destinations; for each chunk it reads the chunk's in-neighbour lists, gathers the rows
-of those neighbours (and of the destinations) from layer ``l``'s input, applies the
-model's own convolution to them and writes the chunk's output rows to a temporary
-on-disk array. Layer ``l + 1`` reads only that array. So memory holds one chunk's
-neighbourhood rows and the weights, whatever the graph's size; the limit is disk.
+:func:`infer_embeddings` runs a trained GraphSAGE, GCN or GAT (the ``state_dict`` that
+``oocstore train --save-model`` writes, or a ``--checkpoint DIR``;
+:mod:`oocstore.infer_models`) layer by layer over all nodes, unsampled: every
+destination aggregates all of its in-neighbours from the store's CSC. Layer ``l`` visits
+the nodes in node order, in chunks of consecutive destinations (:class:`LayerPass`);
+for each chunk it reads the chunk's in-neighbour lists, gathers the rows of the
+destinations and of those neighbours from layer ``l``'s input, applies the model's own
+layer to that block and writes the chunk's output rows to a temporary on-disk array.
+Layer ``l + 1`` reads only that array (the one before it is deleted). So memory holds
+one chunk's neighbourhood and the weights, whatever the graph's size; the limit is disk.
+The same pass gives ``oocstore train --eval full`` its exact accuracies
+(:mod:`oocstore.train.full_eval`).
 
 Reads go through ``pread`` (nothing is memory-mapped, so resident memory stays what the
 chunk holds): the features through :class:`~oocstore.checked_read.CheckedRows`, which
@@ -18,7 +21,8 @@ read back by this process). Neighbour ids are sorted and rows whose ids are clos
 read as one span, so a chunk costs about one system call per run of nearby rows.
 
 The chunk size comes from ``cpu_budget`` (bytes per destination and per edge of a
-chunk, at the layer's input width; see :func:`chunk_cost`), capped by ``layer_batch``.
+chunk, at the layer's input width and for the model's kind; see
+:meth:`~oocstore.infer_models.LayerwiseModel.chunk_cost`), capped by ``layer_batch``.
 A budget below what the node with the most in-neighbours needs is refused before
 anything is written, with that minimum.
 
@@ -44,25 +48,19 @@ import torch
 
 from .checked_read import SCRATCH, CheckedRows
 from .errors import BudgetError, FormatError, UsageError
+from .infer_models import LayerwiseModel, load_layerwise_model
 from .store import Store
 from .store.files import fsync_dir
 from .units import format_size
 
 #: Fix named when a store array read during inference is damaged.
 _STORE_FIX = "restore the store or re-create it with `oocstore ingest --overwrite`"
-#: Fix named when the model file cannot be used.
-_MODEL_FIX = ("give the file `oocstore train --save-model PATH` wrote (or the "
-              "`--checkpoint DIR` of a GraphSAGE run)")
 
 #: Nodes of ``indptr`` read per piece while chunks are planned (chunks never cross a
 #: piece boundary).
 PIECE_NODES = 1 << 16
 #: Default destinations per chunk when neither ``layer_batch`` nor a budget is given.
 DEFAULT_LAYER_BATCH = 8192
-#: Bytes a chunk holds per edge besides the neighbour's row: the neighbour id as read,
-#: as int64, its position in the chunk's row list, the sparse adjacency's column index
-#: and value, and sorting temporaries.
-EDGE_BYTES = 56
 #: Rows further apart than this many bytes are read with separate ``pread`` calls;
 #: closer ones as one span (the rows between are read and dropped): within a page the
 #: disk reads them anyway.
@@ -72,82 +70,7 @@ GAP_BYTES = 4 << 10
 FIXED_BYTES = 3 * SCRATCH + PIECE_NODES * 8 * 3 + (1 << 20)
 
 
-@dataclass
-class SageWeights:
-    """A PyG GraphSAGE's ``state_dict`` and its layer widths ``dims`` (input first)."""
-
-    state: dict[str, torch.Tensor]
-    dims: list[int]
-    source: Path
-    plan: str | None = None  # the plan a --checkpoint DIR was trained on
-
-    @property
-    def num_layers(self) -> int:
-        return len(self.dims) - 1
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.state.values())
-
-
-def load_sage_weights(path: str | os.PathLike) -> SageWeights:
-    """The GraphSAGE weights in ``path``: a model file (a ``state_dict``) or a training
-    checkpoint (``DIR`` or ``DIR/checkpoint.pt``; its ``model`` entry, the last epoch's
-    weights, where the model file holds the best validation epoch's). Read without
-    running code; :class:`~oocstore.errors.FormatError` naming the file if it is damaged
-    or not a PyG GraphSAGE's weights."""
-    from .train.checkpoint import CHECKPOINT_FILE, check_layout, load_weights_only
-
-    p = Path(path)
-    if p.is_dir():
-        p = p / CHECKPOINT_FILE
-    if not p.exists():
-        raise UsageError(f"checkpoint {p} does not exist: {_MODEL_FIX}")
-    if not p.is_file():  # a FIFO or a device would block or stream forever
-        raise UsageError(f"checkpoint {p} is not a regular file: {_MODEL_FIX}")
-    raw = load_weights_only(p, "cpu", fix=_MODEL_FIX)
-    plan = None
-    if isinstance(raw, dict) and "optimizer" in raw and "model" in raw:
-        check_layout(raw, p)  # a training checkpoint: its own layout checks
-        plan, raw = raw.get("plan"), raw["model"]
-    if not isinstance(raw, dict) or not raw or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in raw.items()):
-        raise FormatError(f"checkpoint {p} does not hold a state_dict (named tensors): "
-                          f"{_MODEL_FIX}")
-    dims: list[int] = []
-    expected: set[str] = set()
-    i = -1
-    while f"convs.{i + 1}.lin_l.weight" in raw:
-        i += 1
-        wl, bl = raw[f"convs.{i}.lin_l.weight"], raw.get(f"convs.{i}.lin_l.bias")
-        wr = raw.get(f"convs.{i}.lin_r.weight")
-        ok = (wl.dim() == 2 and wr is not None and wr.shape == wl.shape
-              and bl is not None and bl.shape == (wl.shape[0],)
-              and all(t.is_floating_point() for t in (wl, bl, wr))
-              and (not dims or wl.shape[1] == dims[-1]) and min(wl.shape) >= 1)
-        if not ok:
-            raise FormatError(f"checkpoint {p}: layer {i}'s weights (convs.{i}.lin_l / "
-                              f"lin_r) are not those of a SAGEConv following the layer "
-                              f"before: {_MODEL_FIX}")
-        if not dims:
-            dims.append(int(wl.shape[1]))
-        dims.append(int(wl.shape[0]))
-        expected |= {f"convs.{i}.lin_l.weight", f"convs.{i}.lin_l.bias",
-                     f"convs.{i}.lin_r.weight"}
-    if len(set(dims[1:-1])) > 1:
-        raise FormatError(f"checkpoint {p}: hidden layers of widths "
-                          f"{', '.join(map(str, dims[1:-1]))}; oocstore's GraphSAGE has one "
-                          f"hidden width: {_MODEL_FIX}")
-    extra = sorted(set(raw) - expected)
-    if not dims or extra:
-        what = f"has entries {', '.join(extra[:3])}" if dims else "has no convs.0.lin_l.weight"
-        raise FormatError(f"checkpoint {p} {what}: it is not a PyG GraphSAGE's state_dict "
-                          f"(`oocstore train --backend pyg --model sage`); {_MODEL_FIX}")
-    state = {k: v.to(torch.float32) for k, v in raw.items()}
-    return SageWeights(state=state, dims=dims, source=p, plan=plan)
-
-
-def check_weights_fit(store: Store, weights: SageWeights, *, layers: int | None = None,
+def check_weights_fit(store: Store, weights: LayerwiseModel, *, layers: int | None = None,
                       plan: str | None = None) -> None:
     """Refuse weights that do not fit ``store``: another input dimension, another number
     of classes, or another layer count than ``layers``, ``plan`` or the plan the
@@ -221,18 +144,6 @@ def _check_replaceable(p: Path) -> None:
                          "overwrite replaces only a zarr array; remove it or give another path")
 
 
-def chunk_cost(in_row_bytes: int, in_dim: int, out_dim: int) -> tuple[int, int]:
-    """``(bytes per destination, bytes per edge)`` a chunk holds at a layer of input
-    width ``in_dim`` (stored rows of ``in_row_bytes``) and output width ``out_dim``.
-
-    Per edge: the neighbour's row as read and as float32 (a chunk's distinct neighbours
-    are at most its edges) plus :data:`EDGE_BYTES`. Per destination: its own row (read,
-    float32, and the copy the convolution's root term takes), the aggregated mean, its
-    ``indptr`` entry, and the output's temporaries (two products, their sum, ReLU)."""
-    row = in_row_bytes + 4 * in_dim
-    return row + 8 * in_dim + 8 + 16 * out_dim, row + EDGE_BYTES
-
-
 @dataclass
 class InferSummary:
     """What :func:`infer_embeddings` did."""
@@ -246,9 +157,12 @@ class InferSummary:
     bytes_read: int  # features, CSC and hidden states read from disk
     bytes_written: int  # hidden states and the output written to disk
     peak_chunk_bytes: int  # the largest chunk's estimated working memory (chunk_cost)
+    # (peak_chunk_bytes + fixed_bytes <= cpu_budget)
     chunks: list[int] = field(default_factory=list)  # chunks per layer
     layer_batch: int = 0
     cpu_budget: int | None = None
+    model: str = "sage"  # the model kind: sage, gcn or gat
+    fixed_bytes: int = 0  # held beside the chunks: weights, readers' buffers, indptr piece
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -327,14 +241,16 @@ class _RawRows:
 
 def gather_rows(read: Callable[[int, int], np.ndarray], ids: np.ndarray, row_bytes: int,
                 *, gap_bytes: int = GAP_BYTES, span_bytes: int = SCRATCH,
-                read_into: Callable[[np.ndarray, int, int], None] | None = None) -> np.ndarray:
+                read_into: Callable[[np.ndarray, int, int], None] | None = None,
+                out: np.ndarray | None = None) -> np.ndarray:
     """Rows ``ids`` (sorted, distinct) via ``read(start, stop)``, into one array allocated
-    up front: ids closer than ``gap_bytes`` are read as one span of at most
-    ``span_bytes`` (at least one row), which is the only other buffer.
-    ``read_into(buf, start, stop)``, where given, fills ``buf`` with rows
+    up front (or ``out``, ``len(ids)`` rows): ids closer than ``gap_bytes`` are read as
+    one span of at most ``span_bytes`` (at least one row), which is the only other
+    buffer. ``read_into(buf, start, stop)``, where given, fills ``buf`` with rows
     ``[start, stop)`` in place (no temporary array per span)."""
     empty = read(0, 0)
-    out = np.empty((len(ids), *empty.shape[1:]), dtype=empty.dtype)
+    if out is None:
+        out = np.empty((len(ids), *empty.shape[1:]), dtype=empty.dtype)
     if not len(ids):
         return out
     gap = max(1, gap_bytes // max(1, row_bytes))
@@ -408,8 +324,9 @@ def infer_embeddings(store: Store | str | os.PathLike, checkpoint: str | os.Path
                      layers: int | None = None, plan: str | None = None,
                      progress: Callable[[int, int, int, int], Any] | None = None
                      ) -> InferSummary:
-    """Write the logits of the GraphSAGE in ``checkpoint`` for every node of ``store``
-    (full neighbourhoods, layer by layer on disk) as a zarr v3 array at ``out``.
+    """Write the logits of the model in ``checkpoint`` (GraphSAGE, GCN or GAT) for every
+    node of ``store`` (full neighbourhoods, layer by layer on disk) as a zarr v3 array
+    at ``out``.
 
     ``layer_batch``: at most this many destinations per chunk; ``cpu_budget``: bytes a
     chunk and the weights may hold (chunks are sized from it; a budget below the
@@ -417,99 +334,172 @@ def infer_embeddings(store: Store | str | os.PathLike, checkpoint: str | os.Path
     when freed, see :func:`pin_mmap_threshold`). ``layers`` / ``plan``: the layer count
     the checkpoint must have. ``progress(layer, layers, nodes_done, nodes)`` after every
     chunk. Every input is checked before anything is written; the store is only read."""
+    check_sizes(layer_batch, cpu_budget)
+    owned = not isinstance(store, Store)
+    st = Store(store) if owned else store
+    try:
+        out_path = check_out_path(out, overwrite, st)
+        weights = load_layerwise_model(checkpoint)
+        check_weights_fit(st, weights, layers=layers, plan=plan)
+        return _infer(st, weights, out_path, layer_batch, cpu_budget, overwrite, progress)
+    finally:
+        if owned:
+            st.close()
+
+
+def check_sizes(layer_batch: int | None, cpu_budget: int | None) -> None:
+    """Refuse a ``layer_batch`` or ``cpu_budget`` that is not a positive integer."""
     if layer_batch is not None and (isinstance(layer_batch, bool)
                                     or not isinstance(layer_batch, int) or layer_batch < 1):
         raise UsageError(f"layer_batch={layer_batch!r} is not an integer >= 1")
     if cpu_budget is not None and (isinstance(cpu_budget, bool)
                                    or not isinstance(cpu_budget, int) or cpu_budget < 1):
         raise UsageError(f"cpu_budget={cpu_budget!r} is not a positive size")
-    owned = not isinstance(store, Store)
-    st = Store(store) if owned else store
-    try:
-        return _infer(st, checkpoint, out, layer_batch, cpu_budget, overwrite, layers, plan,
-                      progress)
-    finally:
-        if owned:
-            st.close()
 
 
-def _infer(store: Store, checkpoint, out, layer_batch, cpu_budget, overwrite, layers, plan,
-           progress) -> InferSummary:
-    from .train.model import GraphSAGE, csr_adjacency
-
-    out_path = check_out_path(out, overwrite, store)
-    weights = load_sage_weights(checkpoint)
-    check_weights_fit(store, weights, layers=layers, plan=plan)
-    if store.graph is None:
-        raise UsageError(f"store {store.path} has no graph: inference aggregates neighbours; "
-                         "ingest the store with its edges")
-    n, dims = store.num_nodes, weights.dims
-    feat_meta = store.array_meta("features")
-    indptr_r = CheckedRows(store, store.graph.indptr, fix=_STORE_FIX)
-    indices_r = CheckedRows(store, store.graph.indices, fix=_STORE_FIX)
-    feats = CheckedRows(store, "features", fix=_STORE_FIX)
-    readers = [indptr_r, indices_r, feats]
+def _infer(store: Store, weights: LayerwiseModel, out_path: Path, layer_batch, cpu_budget,
+           overwrite, progress) -> InferSummary:
     tmp: Path | None = None
     try:
-        max_deg = _max_in_degree(store, indptr_r, indices_r, n)
-        costs, fixed = _costs_within(store, feat_meta.row_bytes, dims, weights.nbytes, max_deg,
-                                     cpu_budget)
-        room = None if cpu_budget is None else cpu_budget - fixed
-        batch = layer_batch or (n if cpu_budget is not None else DEFAULT_LAYER_BATCH)
-        batch = max(1, min(batch, max(n, 1)))
+        with LayerPass(store, weights, cpu_budget=cpu_budget, layer_batch=layer_batch) as lp:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", suffix=".infer",
+                                        dir=out_path.parent if str(out_path.parent) else "."))
+            t0 = time.perf_counter()
+            last = lp.run(tmp, progress)
+            written = lp.bytes_written + _write_zarr(last, tmp / "out.zarr", lp.n,
+                                                     weights.dims[-1])
+            seconds = time.perf_counter() - t0
+            _place(tmp / "out.zarr", out_path, tmp, overwrite)
+            n, layers = lp.n, weights.num_layers
+            return InferSummary(out=str(out_path), nodes=n, edges=lp.edges,
+                                dims=list(weights.dims), seconds=seconds,
+                                nodes_per_s=n * layers / seconds if seconds > 0 else 0.0,
+                                bytes_read=lp.bytes_read, bytes_written=written,
+                                peak_chunk_bytes=lp.peak, chunks=lp.chunks,
+                                layer_batch=lp.batch, cpu_budget=cpu_budget,
+                                model=weights.kind, fixed_bytes=lp.fixed)
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
 
+
+class LayerPass:
+    """One layer-by-layer pass of ``model`` over every node of ``store`` (module
+    docstring), within ``cpu_budget``.
+
+    Opening it checks everything a pass needs before anything is written: the graph,
+    ``indptr``'s sanity and the budget's minimum (:class:`~oocstore.errors.BudgetError`
+    naming it). :meth:`run` then writes each layer's rows to a file under a directory
+    the caller owns; the file a layer read is removed once the next layer is written.
+    ``extra_fixed`` / ``last_per_dst``: bytes a caller holds beside the pass for its
+    whole length, and per destination of the last layer's chunks (what it does with
+    them), counted in the budget. Close it (context manager) to close its files."""
+
+    def __init__(self, store: Store, model: LayerwiseModel, *, cpu_budget: int | None = None,
+                 layer_batch: int | None = None, extra_fixed: int = 0,
+                 last_per_dst: int = 0):
+        check_sizes(layer_batch, cpu_budget)
+        if store.graph is None:
+            raise UsageError(f"store {store.path} has no graph: inference aggregates "
+                             "neighbours; ingest the store with its edges")
+        self.store, self.model, self.n = store, model, store.num_nodes
+        self.feat_meta = store.array_meta("features")
+        self.indptr_r = CheckedRows(store, store.graph.indptr, fix=_STORE_FIX)
+        self.indices_r = CheckedRows(store, store.graph.indices, fix=_STORE_FIX)
+        self.feats = CheckedRows(store, "features", fix=_STORE_FIX)
+        self.edges = self.indices_r.rows
+        self._files: list[_RawRows] = []
+        try:
+            max_deg = _max_in_degree(store, self.indptr_r, self.indices_r, self.n)
+            self.costs, self.fixed = _costs_within(store, self.feat_meta.row_bytes, model,
+                                                   max_deg, cpu_budget, extra_fixed,
+                                                   last_per_dst)
+        except BaseException:
+            self.close()
+            raise
+        self.room = None if cpu_budget is None else cpu_budget - self.fixed
+        batch = layer_batch or (self.n if cpu_budget is not None else DEFAULT_LAYER_BATCH)
+        self.batch = max(1, min(batch, max(self.n, 1)))
+        self.chunks: list[int] = []
+        self.peak = 0
+        self._read_indptr = _Counted(self.indptr_r.read)
+        self._read_indices = _Counted(self.indices_r.read)
+        self._feats_into = _CheckedInto(self.feats)
+        self._hidden_read = self.bytes_written = 0
+
+    def run(self, tmp: Path,
+            progress: Callable[[int, int, int, int], Any] | None = None,
+            last_chunk: Callable[[int, int, torch.Tensor], Any] | None = None
+            ) -> _RawRows | None:
+        """Run every layer; the last layer's rows as an open file under ``tmp``, or, with
+        ``last_chunk``, ``last_chunk(lo, hi, logits)`` for each of its chunks instead (no
+        file). ``progress(layer, layers, nodes_done, nodes)`` after every chunk."""
         pin_mmap_threshold()
-        model = GraphSAGE(dims[0], dims[1] if len(dims) > 2 else dims[-1], dims[-1],
-                          len(dims) - 1, dropout=0.0)
-        model.load_state_dict(weights.state)
-        model.eval()
-        read_indptr, read_indices = _Counted(indptr_r.read), _Counted(indices_r.read)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", suffix=".infer",
-                                    dir=out_path.parent if str(out_path.parent) else "."))
-        t0 = time.perf_counter()
-        feats_into = _CheckedInto(feats)
-        src_read, src_into = feats.read, feats_into
-        src_row_bytes = feat_meta.row_bytes
-        chunks_per_layer, peak, src = [], 0, None
-        last = len(dims) - 2
-        for layer, conv in enumerate(model.convs):
-            dst = _RawRows(tmp / f"layer{layer}.f32", n, dims[layer + 1])
-            readers.append(dst)
-            per_dst, per_edge = costs[layer]
-            count, done = 0, 0
+        n, layers = self.n, self.model.num_layers
+        src_read, src_into = self.feats.read, self._feats_into
+        src_row_bytes, src = self.feat_meta.row_bytes, None
+        for layer in range(layers):
+            to_file = layer < layers - 1 or last_chunk is None
+            dst = _RawRows(tmp / f"layer{layer}.f32", n, self.model.dims[layer + 1]) \
+                if to_file else None
+            if dst is not None:
+                self._files.append(dst)
+            per_dst, per_edge = self.costs[layer]
+            count = done = 0
             for p0 in range(0, n, PIECE_NODES):
-                ip = read_indptr(p0, min(n, p0 + PIECE_NODES) + 1).astype(np.int64)
-                for lo, hi in _plan_chunks(ip, p0, per_dst, per_edge, room, batch):
+                ip = self._read_indptr(p0, min(n, p0 + PIECE_NODES) + 1).astype(np.int64)
+                for lo, hi in _plan_chunks(ip, p0, per_dst, per_edge, self.room, self.batch):
                     e0, e1 = int(ip[lo - p0]), int(ip[hi - p0])
-                    peak = max(peak, per_dst * (hi - lo) + per_edge * (e1 - e0))
-                    h = _chunk_forward(store, conv, layer < last, ip[lo - p0:hi - p0 + 1], lo, hi,
-                                       read_indices(e0, e1).astype(np.int64), src_read,
-                                       src_into, src_row_bytes, csr_adjacency)
-                    dst.write(lo, h.numpy())
+                    self.peak = max(self.peak, per_dst * (hi - lo) + per_edge * (e1 - e0))
+                    h = _block_forward(self.store, self.model, layer, ip[lo - p0:hi - p0 + 1],
+                                       lo, hi, self._read_indices(e0, e1).astype(np.int64),
+                                       src_read, src_into, src_row_bytes)
+                    if dst is not None:
+                        dst.write(lo, h.numpy())
+                    else:
+                        last_chunk(lo, hi, h)
+                    del h
                     count += 1
                     done += hi - lo
                     if progress is not None:
-                        progress(layer, len(dims) - 1, done, n)
-            chunks_per_layer.append(count)
-            src, src_read, src_into, src_row_bytes = dst, dst.read, dst.read_into, dst.row_bytes
-        written = sum(r.bytes_written for r in readers if isinstance(r, _RawRows))
-        written += _write_zarr(src, tmp / "out.zarr", n, dims[-1])
-        seconds = time.perf_counter() - t0
-        _place(tmp / "out.zarr", out_path, tmp, overwrite)
-        read = (sum(r.bytes_read for r in readers if isinstance(r, _RawRows))
-                + read_indptr.nbytes + read_indices.nbytes
-                + feats_into.bytes_read
-                + _checked_bytes([feats, indptr_r, indices_r]))
-        return InferSummary(out=str(out_path), nodes=n, edges=indices_r.rows, dims=list(dims),
-                            seconds=seconds,
-                            nodes_per_s=n * (len(dims) - 1) / seconds if seconds > 0 else 0.0,
-                            bytes_read=read, bytes_written=written, peak_chunk_bytes=peak,
-                            chunks=chunks_per_layer, layer_batch=batch, cpu_budget=cpu_budget)
-    finally:
-        for r in readers:
+                        progress(layer, layers, done, n)
+            self.chunks.append(count)
+            if src is not None:  # the previous layer's rows are no longer needed
+                self._drop(src)
+            if dst is not None:
+                src, src_read, src_into, src_row_bytes = dst, dst.read, dst.read_into, \
+                    dst.row_bytes
+        return src if last_chunk is None else None
+
+    def _drop(self, f: _RawRows) -> None:
+        self._hidden_read += f.bytes_read
+        self.bytes_written += f.bytes_written
+        f.close()
+        f.path.unlink(missing_ok=True)
+        self._files.remove(f)
+
+    @property
+    def bytes_read(self) -> int:
+        """Features, CSC (with their first-touch checksum reads) and hidden states read."""
+        return (self._hidden_read + sum(f.bytes_read for f in self._files)
+                + self._read_indptr.nbytes + self._read_indices.nbytes
+                + self._feats_into.bytes_read
+                + _checked_bytes([self.feats, self.indptr_r, self.indices_r]))
+
+    def close(self) -> None:
+        for f in list(self._files):
+            self.bytes_written += f.bytes_written
+            self._hidden_read += f.bytes_read
+            f.close()
+        self._files.clear()
+        for r in (self.indptr_r, self.indices_r, self.feats):
             r.close()
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+
+    def __enter__(self) -> "LayerPass":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 class _Counted:
@@ -545,48 +535,51 @@ def _max_in_degree(store: Store, indptr_r: CheckedRows, indices_r: CheckedRows, 
     return max_deg
 
 
-def _costs_within(store: Store, feat_row_bytes: int, dims, weight_bytes: int, max_deg: int,
-                  cpu_budget: int | None) -> tuple[list[tuple[int, int]], int]:
+def _costs_within(store: Store, feat_row_bytes: int, model: LayerwiseModel, max_deg: int,
+                  cpu_budget: int | None, extra_fixed: int = 0, last_per_dst: int = 0
+                  ) -> tuple[list[tuple[int, int]], int]:
     """Per layer the chunk cost (bytes per destination node, per edge) and the fixed bytes
-    (weights, readers); refuses a ``cpu_budget`` below what the node with the most
-    in-neighbours needs at the widest layer."""
-    costs = []
+    (weights, readers, ``extra_fixed``); refuses a ``cpu_budget`` below what the node with
+    the most in-neighbours needs at the costliest layer."""
+    dims, costs = model.dims, []
     for i in range(len(dims) - 1):
-        in_row = feat_row_bytes if i == 0 else 4 * dims[i]
-        costs.append(chunk_cost(in_row, dims[i], dims[i + 1]))
-    fixed = FIXED_BYTES + weight_bytes
+        d, e = model.chunk_cost(i, feat_row_bytes if i == 0 else 4 * dims[i])
+        costs.append((d + (last_per_dst if i == len(dims) - 2 else 0), e))
+    fixed = FIXED_BYTES + model.nbytes + extra_fixed
     floor = fixed + max(d + e * max_deg for d, e in costs)
     if cpu_budget is not None and cpu_budget < floor:
         raise BudgetError(f"cpu_budget={format_size(cpu_budget)} is below the "
-                          f"{format_size(floor)} inference needs (the weights, readers and "
-                          f"the node with the most in-neighbours, {max_deg}, at the widest "
-                          f"layer): give cpu_budget of at least {format_size(floor)}")
+                          f"{format_size(floor)} {model.kind} inference needs (the weights, "
+                          f"readers and the node with the most in-neighbours, {max_deg}, at "
+                          f"the costliest layer): give cpu_budget of at least "
+                          f"{format_size(floor)}")
     return costs, fixed
 
 
-def _chunk_forward(store: Store, conv, relu: bool, ip: np.ndarray, lo: int, hi: int,
-                   nbr: np.ndarray, src_read, src_into, src_row_bytes: int, csr_adjacency):
-    """One layer's output rows for destination nodes ``lo..hi-1`` (``ip``: their indptr
-    slice, ``nbr``: their in-neighbours), from the previous layer's rows read through
-    ``src_read`` / ``src_into``."""
-    n = store.num_nodes
-    dst_ids = np.arange(lo, hi, dtype=np.int64)
-    ids = np.union1d(nbr, dst_ids)
-    if ids.size and (ids[0] < 0 or ids[-1] >= n):
+def _block_forward(store: Store, model: LayerwiseModel, layer: int, ip: np.ndarray, lo: int,
+                   hi: int, nbr: np.ndarray, src_read, src_into, src_row_bytes: int
+                   ) -> torch.Tensor:
+    """Layer ``layer``'s output rows for destination nodes ``lo..hi-1`` (``ip``: their
+    indptr slice, ``nbr``: their in-neighbours), from the previous layer's rows read
+    through ``src_read`` / ``src_into``. The block's sources are the destinations
+    (local ids ``0..hi-lo-1``, read as one run) followed by the other in-neighbours in
+    id order, the layout the model's layers take (:mod:`oocstore.infer_models`)."""
+    n, num_dst = store.num_nodes, hi - lo
+    if nbr.size and (int(nbr.min()) < 0 or int(nbr.max()) >= n):
         raise FormatError(f"store {store.path}: an in-neighbour of nodes "
                           f"{lo}..{hi - 1} is outside 0..{n - 1}: run "
                           f"`oocstore verify`; {_STORE_FIX}")
-    x = torch.from_numpy(gather_rows(src_read, ids, src_row_bytes, read_into=src_into))
-    x = x.reshape(len(ids), -1).to(torch.float32)
-    col = torch.from_numpy(np.searchsorted(ids, nbr))
-    row = torch.from_numpy(np.repeat(np.arange(hi - lo, dtype=np.int64), np.diff(ip)))
-    x_dst = x[torch.from_numpy(np.searchsorted(ids, dst_ids))]
-    adj = csr_adjacency(torch.stack([col, row]), len(ids), hi - lo)
-    with torch.no_grad():
-        h = conv((x, x_dst), adj)
-        if relu:
-            h = torch.relu(h)
-    return h
+    inside = (nbr >= lo) & (nbr < hi)
+    others = np.unique(nbr[~inside])
+    empty = src_read(0, 0)
+    rows = np.empty((num_dst + len(others), *empty.shape[1:]), dtype=empty.dtype)
+    src_into(rows[:num_dst], lo, hi)
+    gather_rows(src_read, others, src_row_bytes, read_into=src_into, out=rows[num_dst:])
+    x = torch.from_numpy(rows).reshape(len(rows), -1).to(torch.float32)
+    local = np.where(inside, nbr - lo, num_dst + np.searchsorted(others, nbr))
+    row = np.repeat(np.arange(num_dst, dtype=np.int64), np.diff(ip))
+    edge_index = torch.stack([torch.from_numpy(local), torch.from_numpy(row)])
+    return model.layer(layer, x, edge_index, num_dst)
 
 
 def _checked_bytes(readers: list[CheckedRows]) -> int:
@@ -638,5 +631,6 @@ def _place(new: Path, out: Path, tmp: Path, overwrite: bool) -> None:
     fsync_dir(out.parent if str(out.parent) else Path("."))
 
 
-__all__ = ["InferSummary", "SageWeights", "check_out_path", "check_weights_fit", "chunk_cost",
-           "gather_rows", "infer_embeddings", "load_sage_weights", "pin_mmap_threshold"]
+__all__ = ["InferSummary", "LayerPass", "LayerwiseModel", "check_out_path", "check_sizes",
+           "check_weights_fit", "gather_rows", "infer_embeddings", "load_layerwise_model",
+           "pin_mmap_threshold"]
