@@ -1,5 +1,5 @@
-"""``oocstore infer``: full-neighbourhood inference (GraphSAGE, GCN, GAT) over every node of a store,
-layer by layer on disk, into a zarr array."""
+"""``oocstore infer``: full-neighbourhood inference (GraphSAGE, GCN, GAT) over every node
+of a store, layer by layer on disk, into a zarr array."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from .common import add_flag, add_store, command, size
 
 def add_infer(sub) -> None:
     p = command(sub, "infer", _cmd_infer,
-                "logits of a trained GraphSAGE, GCN or GAT for every node (full neighbourhoods, out of "
-                "core) into a zarr array")
+                "logits of a trained GraphSAGE, GCN or GAT for every node (full "
+                "neighbourhoods, out of core) into a zarr array")
     add_store(p)
     p.add_argument("--checkpoint", required=True, metavar="FILE",
                    help="the model file `train --save-model` wrote (or a `train --checkpoint` "
@@ -33,10 +33,9 @@ def add_infer(sub) -> None:
 
 def _cmd_infer(args) -> int:
     """Run the model in --checkpoint (GraphSAGE, GCN or GAT, as `train --model` built it)
-    over all nodes of STORE with full (unsampled)
-    neighbourhoods, one layer at a time: each layer reads its input rows in node-order
-    chunks, writes its output for every node to a temporary file beside --out, and the
-    next layer reads that file, so memory holds one chunk and the weights. The logits
+    over all nodes of STORE with full (unsampled) neighbourhoods, one layer at a time:
+    each layer reads its input rows in node-order chunks, writes its output for every
+    node to a temporary file beside --out, and the next layer reads that file, so memory holds one chunk and the weights. The logits
     are written as a zarr v3 array chunked by rows (atomically; an existing --out needs
     --overwrite). The store is only read; features are checksum-checked as they are
     read."""
