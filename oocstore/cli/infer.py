@@ -35,10 +35,10 @@ def _cmd_infer(args) -> int:
     """Run the model in --checkpoint (GraphSAGE, GCN or GAT, as `train --model` built it)
     over all nodes of STORE with full (unsampled) neighbourhoods, one layer at a time:
     each layer reads its input rows in node-order chunks, writes its output for every
-    node to a temporary file beside --out, and the next layer reads that file, so memory holds one chunk and the weights. The logits
-    are written as a zarr v3 array chunked by rows (atomically; an existing --out needs
-    --overwrite). The store is only read; features are checksum-checked as they are
-    read."""
+    node to a temporary file beside --out, and the next layer reads that file, so memory
+    holds one chunk and the weights. The logits are written as a zarr v3 array chunked
+    by rows (atomically; an existing --out needs --overwrite). The store is only read;
+    features are checksum-checked as they are read."""
     import json
 
     from ..infer import infer_embeddings
