@@ -12,7 +12,8 @@ graph as one block ``(edge_index, (n, n))``:
 - ``gcn``: the model's mean normalisation over the full in-neighbourhood plus the
   self-loop, ``(h_i + Σ_j h_j) / (deg_in(i) + 1)`` (:func:`~oocstore.train.models.
   gcn_adjacency`) — the normalisation the model was trained with, so its full-graph
-  forward is what its weights mean;
+  forward is what its weights mean (aggregated before the projection, which is the same
+  linear map applied to fewer rows);
 - ``gat``: ``GATConv((h, h[:num_dst]), edge_index)``: per head, a softmax over every
   in-neighbour of a destination and its self-loop; a block holds whole in-neighbourhoods,
   so each destination's softmax is complete within its block.
@@ -94,6 +95,15 @@ class LayerwiseModel:
                 from .train.model import csr_adjacency
 
                 h = conv((x, x[:num_dst]), csr_adjacency(edge_index, num_src, num_dst))
+            elif self.kind == "gcn":
+                from .train.models import gcn_adjacency
+
+                # GCNConv is linear before its bias, A (x W) + b = (A x) W + b: aggregating
+                # first projects the block's num_dst rows instead of all its sources
+                adj = gcn_adjacency(edge_index, num_src, num_dst)
+                h = conv.lin(torch.sparse.mm(adj, x))
+                if conv.bias is not None:
+                    h = h + conv.bias
             else:
                 h = self.model._conv(conv, x, edge_index, num_src, num_dst)
             return torch.relu(h) if i < self.num_layers - 1 else h
@@ -105,8 +115,8 @@ class LayerwiseModel:
         Every kind: each source's row as read and as float32 (a block's sources are at
         most its destinations and edges) and :data:`EDGE_BYTES` per edge; per destination
         its ``indptr`` entry, the root term's product and the output's temporaries (two
-        products, their sum, ReLU). ``gcn`` adds the projection of every source row and
-        the normalised adjacency's entries (edges and self-loops). ``gat`` adds, per
+        products, their sum, ReLU). ``gcn`` adds the aggregated rows and their projection
+        per destination and the normalised adjacency's entries (edges and self-loops). ``gat`` adds, per
         source, the projection to ``heads x channels`` and the attention product's
         temporary; per edge (and per destination, for its self-loop) the gathered
         messages, their weighted copy and the scatter's share (3 x ``heads x channels``),
@@ -117,8 +127,8 @@ class LayerwiseModel:
         row = in_row_bytes + 4 * d_in
         per_dst, per_edge = row + 8 * d_in + 8 + 16 * d_out, row + EDGE_BYTES
         if self.kind == "gcn":
-            per_dst += 4 * d_out + GCN_ENTRY_BYTES
-            per_edge += 4 * d_out + GCN_ENTRY_BYTES
+            per_dst += 4 * d_in + 4 * d_out + GCN_ENTRY_BYTES
+            per_edge += GCN_ENTRY_BYTES
         elif self.kind == "gat":
             heads = self.spec.heads or 1
             hc = heads * (d_out if i == self.num_layers - 1 else d_out // heads)
