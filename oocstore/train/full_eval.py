@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..checked_read import SCRATCH, CheckedRows
-from ..errors import UsageError
+from ..errors import BudgetError, UsageError
 from ..infer import LayerPass, check_weights_fit
 from ..infer_models import LayerwiseModel, layerwise_from_module
 from ..store import Store
@@ -68,9 +68,12 @@ def check_full_eval(store: Store, spec, cpu_budget: int | None,
     with torch.device("meta"):  # sizes only: nothing allocated
         lm = LayerwiseModel(spec=spec, model=build_from_spec(spec), source=Path("--eval full"))
     splits = [s for s in splits if s in store.splits]
-    with LayerPass(store, lm, cpu_budget=cpu_budget, extra_fixed=_extra(store, splits),
-                   last_per_dst=LABEL_BYTES):
-        pass
+    try:
+        with LayerPass(store, lm, cpu_budget=cpu_budget, extra_fixed=_extra(store, splits),
+                       last_per_dst=LABEL_BYTES):
+            pass
+    except BudgetError as err:
+        raise BudgetError(f"--eval full: {err}; or use --eval sampled") from err
 
 
 def _extra(store: Store, splits: Iterable[str]) -> int:

@@ -88,7 +88,8 @@ def test_refused_before_anything_is_written(fresh, capsys, case):
     argv = {"budget": ["--eval", "full", "--cpu-budget", "3MiB", "--model", "gat"],
             "dgl": ["--eval", "full", "--backend", "dgl"],
             "bad_mode": ["--eval", "exact"]}[case]
-    match = {"budget": "below the .* gat inference needs .* give --cpu-budget of at least",
+    match = {"budget": "--eval full: --cpu-budget 3.00 MiB is below the .* gat inference "
+                       "needs .* give --cpu-budget of at least .*; or use --eval sampled",
              "dgl": "--eval full runs the model's PyG layers .* use --backend pyg or --eval "
                     "sampled",
              "bad_mode": "invalid choice: 'exact'"}[case]
