@@ -151,7 +151,8 @@ def main(argv=None) -> int:
     per_node_layer = sm["bytes_read"] / node_layers
     disk_limit = seq_rate / per_node_layer if seq_rate and per_node_layer else None
     res = {"bench": "infer", "model": args.model,
-           "heads": args.heads if args.model == "gat" else None, "nodes": args.nodes, "edges": edges, "feat_dim": args.feat_dim,
+           "heads": args.heads if args.model == "gat" else None, "nodes": args.nodes,
+           "edges": edges, "feat_dim": args.feat_dim,
            "hidden": args.hidden, "layers": args.layers, "budget_bytes": budget,
            "feature_bytes": feat_bytes, "hidden_bytes_per_layer": args.nodes * args.hidden * 4,
            "features_over_budget": feat_bytes / budget,

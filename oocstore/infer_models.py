@@ -116,9 +116,9 @@ class LayerwiseModel:
         most its destinations and edges) and :data:`EDGE_BYTES` per edge; per destination
         its ``indptr`` entry, the root term's product and the output's temporaries (two
         products, their sum, ReLU). ``gcn`` adds the aggregated rows and their projection
-        per destination and the normalised adjacency's entries (edges and self-loops). ``gat`` adds, per
-        source, the projection to ``heads x channels`` and the attention product's
-        temporary; per edge (and per destination, for its self-loop) the gathered
+        per destination and the normalised adjacency's entries (edges and self-loops).
+        ``gat`` adds, per source, the projection to ``heads x channels`` and the
+        attention product's temporary; per edge (and per destination, for its self-loop) the gathered
         messages, their weighted copy and the scatter's share (3 x ``heads x channels``),
         about ten ``[E, heads]`` temporaries of the softmax and the edge bookkeeping;
         per destination, the destinations' own projection, its attention product and

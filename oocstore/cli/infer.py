@@ -74,7 +74,8 @@ def _cmd_infer(args) -> int:
         return 0
     print(f"wrote {summary.out}: [{summary.nodes}, {summary.dims[-1]}] float32 logits of a "
           f"{summary.model}, {len(summary.dims) - 1} layers over {summary.nodes} nodes and "
-          f"{summary.edges} edges in {summary.seconds:.1f} s ({summary.nodes_per_s:,.0f} node-layers/s)")
+          f"{summary.edges} edges in {summary.seconds:.1f} s "
+          f"({summary.nodes_per_s:,.0f} node-layers/s)")
     print(f"  read {format_size(summary.bytes_read)}, wrote "
           f"{format_size(summary.bytes_written)}; chunks per layer "
           f"{', '.join(map(str, summary.chunks))}; largest chunk "
