@@ -60,6 +60,9 @@ def test_full_accuracy_equals_in_memory_forward(fresh, tmp_path, capsys, model, 
     # the saved model is the best validation epoch's: its val and test figures
     assert out["val_acc"] == pytest.approx(ref["val"], abs=1e-9)
     assert out["test_acc"] == pytest.approx(ref["test"], abs=1e-9)
+    if budget:  # the pass runs in the run's budget (the loader lends it its buffers): the
+        # peak stays where training alone is held (+ the 64 MiB docs/BUDGETS.md allows)
+        assert out["peak_rss_bytes"] - out["rss_before_training_bytes"] <= (12 << 20) + (64 << 20)
     # nothing sampled for evaluation: no val-eval / test-eval plans were written
     with Store(fresh) as s:
         assert not {"val-eval", "test-eval"} & set(list_plans(s))
