@@ -46,6 +46,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from .budget import BudgetAccountant, MemoryBudget
 from .checked_read import SCRATCH, CheckedRows
 from .errors import BudgetError, FormatError, UsageError
 from .infer_models import LayerwiseModel, load_layerwise_model
@@ -163,6 +164,7 @@ class InferSummary:
     cpu_budget: int | None = None
     model: str = "sage"  # the model kind: sage, gcn or gat
     fixed_bytes: int = 0  # held beside the chunks: weights, readers' buffers, indptr piece
+    accounted_peak_bytes: int = 0  # the budget accountant's peak: fixed + the largest chunk
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -377,7 +379,8 @@ def _infer(store: Store, weights: LayerwiseModel, out_path: Path, layer_batch, c
                                 bytes_read=lp.bytes_read, bytes_written=written,
                                 peak_chunk_bytes=lp.peak, chunks=lp.chunks,
                                 layer_batch=lp.batch, cpu_budget=cpu_budget,
-                                model=weights.kind, fixed_bytes=lp.fixed)
+                                model=weights.kind, fixed_bytes=lp.fixed,
+                                accounted_peak_bytes=lp.accountant.peak("cpu"))
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -393,12 +396,16 @@ class LayerPass:
     the caller owns; the file a layer read is removed once the next layer is written.
     ``extra_fixed`` / ``last_per_dst``: bytes a caller holds beside the pass for its
     whole length, and per destination of the last layer's chunks (what it does with
-    them), counted in the budget. Close it (context manager) to close its files."""
+    them), counted in the budget. ``accountant``: where the pass charges what it holds
+    (the fixed bytes for the whole run, each chunk's estimate while it is processed;
+    default: an accountant of ``cpu_budget`` of its own). Close it (context manager) to
+    close its files."""
 
     def __init__(self, store: Store, model: LayerwiseModel, *, cpu_budget: int | None = None,
                  layer_batch: int | None = None, extra_fixed: int = 0,
-                 last_per_dst: int = 0):
+                 last_per_dst: int = 0, accountant: BudgetAccountant | None = None):
         check_sizes(layer_batch, cpu_budget)
+        self.accountant = accountant or BudgetAccountant(MemoryBudget(cpu=cpu_budget))
         if store.graph is None:
             raise UsageError(f"store {store.path} has no graph: inference aggregates "
                              "neighbours; ingest the store with its edges")
@@ -435,6 +442,11 @@ class LayerPass:
         ``last_chunk``, ``last_chunk(lo, hi, logits)`` for each of its chunks instead (no
         file). ``progress(layer, layers, nodes_done, nodes)`` after every chunk."""
         pin_mmap_threshold()
+        with self.accountant.charge("cpu", self.fixed, f"{self.model.kind} inference: weights, "
+                                    "readers' buffers, an indptr piece"):
+            return self._run(tmp, progress, last_chunk)
+
+    def _run(self, tmp: Path, progress, last_chunk) -> _RawRows | None:
         n, layers = self.n, self.model.num_layers
         src_read, src_into = self.feats.read, self._feats_into
         src_row_bytes, src = self.feat_meta.row_bytes, None
@@ -450,15 +462,19 @@ class LayerPass:
                 ip = self._read_indptr(p0, min(n, p0 + PIECE_NODES) + 1).astype(np.int64)
                 for lo, hi in _plan_chunks(ip, p0, per_dst, per_edge, self.room, self.batch):
                     e0, e1 = int(ip[lo - p0]), int(ip[hi - p0])
-                    self.peak = max(self.peak, per_dst * (hi - lo) + per_edge * (e1 - e0))
-                    h = _block_forward(self.store, self.model, layer, ip[lo - p0:hi - p0 + 1],
-                                       lo, hi, self._read_indices(e0, e1).astype(np.int64),
-                                       src_read, src_into, src_row_bytes)
-                    if dst is not None:
-                        dst.write(lo, h.numpy())
-                    else:
-                        last_chunk(lo, hi, h)
-                    del h
+                    cost = per_dst * (hi - lo) + per_edge * (e1 - e0)
+                    self.peak = max(self.peak, cost)
+                    with self.accountant.charge("cpu", cost, f"layer {layer} chunk of nodes "
+                                                f"{lo}..{hi - 1}"):
+                        h = _block_forward(self.store, self.model, layer,
+                                           ip[lo - p0:hi - p0 + 1], lo, hi,
+                                           self._read_indices(e0, e1).astype(np.int64),
+                                           src_read, src_into, src_row_bytes)
+                        if dst is not None:
+                            dst.write(lo, h.numpy())
+                        else:
+                            last_chunk(lo, hi, h)
+                        del h
                     count += 1
                     done += hi - lo
                     if progress is not None:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..budget import BudgetAccountant
 from ..checked_read import SCRATCH, CheckedRows
 from ..errors import BudgetError, UsageError
 from ..infer import LayerPass, check_weights_fit
@@ -82,12 +83,14 @@ def _extra(store: Store, splits: Iterable[str]) -> int:
 
 def full_counts(store: Store, model: nn.Module | LayerwiseModel, splits: Iterable[str], *,
                 cpu_budget: int | None = None, layer_batch: int | None = None,
-                work_dir: str | os.PathLike | None = None) -> dict[str, tuple[int, int]]:
+                work_dir: str | os.PathLike | None = None,
+                accountant: BudgetAccountant | None = None) -> dict[str, tuple[int, int]]:
     """``{split: (correct, nodes)}`` of ``model`` (a model built by
     :func:`~oocstore.train.models.build_from_spec`, or a :class:`LayerwiseModel`) on every
     node of each split, with full neighbourhoods, in one layer-wise pass within
     ``cpu_budget``. Hidden states go to a temporary directory under ``work_dir``
-    (default: beside the store), removed afterwards."""
+    (default: beside the store), removed afterwards. ``accountant``: where the pass
+    charges what it holds (default: one of its own for ``cpu_budget``)."""
     lm = model if isinstance(model, LayerwiseModel) else layerwise_from_module(model)
     check_weights_fit(store, lm)
     splits = [s for s in splits if s in store.splits]
@@ -107,7 +110,8 @@ def full_counts(store: Store, model: nn.Module | LayerwiseModel, splits: Iterabl
     tmp = Path(tempfile.mkdtemp(prefix=".oocstore-eval-", dir=work_dir_for(store, work_dir)))
     try:
         with LayerPass(store, lm, cpu_budget=cpu_budget, layer_batch=layer_batch,
-                       extra_fixed=_extra(store, splits), last_per_dst=LABEL_BYTES) as lp:
+                       extra_fixed=_extra(store, splits), last_per_dst=LABEL_BYTES,
+                       accountant=accountant) as lp:
             lp.run(tmp, last_chunk=compare)
     finally:
         labels.close()

@@ -14,6 +14,7 @@ import torch
 
 from helpers import cli_store_fixtures, exit_status, train_json, tree_bytes
 from oocstore import Store
+from oocstore.budget import BudgetAccountant, MemoryBudget
 from oocstore.plan import list_plans
 from oocstore.train.full_eval import full_counts
 from oocstore.train.models import ModelSpec, build_from_spec, spec_of_state_dict
@@ -79,10 +80,14 @@ def test_full_counts_within_budget_and_layer_batch(store, tmp_path):
         torch.manual_seed(0)
         spec = ModelSpec("gat", s.feature_dim, 8, s.num_classes, 2, heads=2)
         model = build_from_spec(spec)
-        a = full_counts(s, model, ["val", "test"], cpu_budget=7 << 20, work_dir=tmp_path)
+        acc = BudgetAccountant(MemoryBudget(cpu=7 << 20))
+        a = full_counts(s, model, ["val", "test"], cpu_budget=7 << 20, work_dir=tmp_path,
+                        accountant=acc)
         b = full_counts(s, model, ["val", "test"], layer_batch=50, work_dir=tmp_path)
         n_val = len(s.split("val"))
     assert a == b and a["val"][1] == n_val
+    # the accountant's figures: the pass held at most the budget, and released it all
+    assert 5 << 20 < acc.peak("cpu") <= 7 << 20 and acc.charged("cpu") == 0
     assert list(tmp_path.iterdir()) == []  # hidden states removed
 
 
