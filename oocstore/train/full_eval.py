@@ -119,6 +119,28 @@ def full_counts(store: Store, model: nn.Module | LayerwiseModel, splits: Iterabl
     return {s: (c, n) for s, (c, n) in counts.items()}
 
 
+def evaluate_full(store: Store | str | os.PathLike, model: nn.Module, split: str = "val", *,
+                  cpu_budget: int | None = None, layer_batch: int | None = None,
+                  work_dir: str | os.PathLike | None = None) -> float:
+    """Accuracy in ``[0, 1]`` of ``model`` (built by :func:`~oocstore.train.models.
+    build_from_spec`) on every node of ``split``, with full neighbourhoods, out of core
+    within ``cpu_budget``: the figure ``train --eval full`` reports (:func:`full_counts`)."""
+    owned = not isinstance(store, Store)
+    st = Store(store) if owned else store
+    try:
+        if split not in st.splits:
+            raise UsageError(f"store {st.path} has no {split!r} split (it has: "
+                             f"{', '.join(sorted(st.splits)) or 'none'}): re-ingest with --split")
+        correct, seen = full_counts(st, model, [split], cpu_budget=cpu_budget,
+                                    layer_batch=layer_batch, work_dir=work_dir)[split]
+    finally:
+        if owned:
+            st.close()
+    if seen == 0:
+        raise UsageError(f"split {split!r} of store {st.path} has no nodes")
+    return correct / seen
+
+
 def work_dir_for(store: Store, work_dir: str | os.PathLike | None = None) -> Path:
     """Where the pass keeps its hidden states: ``work_dir``, else the store's parent
     directory (the store's disk, not a RAM-backed /tmp), else the system's temporary
@@ -129,4 +151,4 @@ def work_dir_for(store: Store, work_dir: str | os.PathLike | None = None) -> Pat
     return parent if os.access(parent, os.W_OK | os.X_OK) else Path(tempfile.gettempdir())
 
 
-__all__ = ["EVAL_MODES", "check_full_eval", "full_counts", "work_dir_for"]
+__all__ = ["EVAL_MODES", "check_full_eval", "evaluate_full", "full_counts", "work_dir_for"]

@@ -16,6 +16,8 @@ from helpers import cli_store_fixtures, exit_status, train_json, tree_bytes
 from oocstore import Store
 from oocstore.budget import BudgetAccountant, MemoryBudget
 from oocstore.plan import list_plans
+from oocstore.errors import UsageError
+from oocstore.train import evaluate_full
 from oocstore.train.full_eval import full_counts
 from oocstore.train.models import ModelSpec, build_from_spec, spec_of_state_dict
 
@@ -85,6 +87,10 @@ def test_full_counts_within_budget_and_layer_batch(store, tmp_path):
                         accountant=acc)
         b = full_counts(s, model, ["val", "test"], layer_batch=50, work_dir=tmp_path)
         n_val = len(s.split("val"))
+        assert evaluate_full(s, model, "test", layer_batch=300, work_dir=tmp_path) == \
+            a["test"][0] / a["test"][1]
+        with pytest.raises(UsageError, match="has no 'train2' split"):
+            evaluate_full(s, model, "train2")
     assert a == b and a["val"][1] == n_val
     # the accountant's figures: the pass held at most the budget, and released it all
     assert 5 << 20 < acc.peak("cpu") <= 7 << 20 and acc.charged("cpu") == 0
