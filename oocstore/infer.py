@@ -364,6 +364,10 @@ def _infer(store: Store, weights: LayerwiseModel, out_path: Path, layer_batch, c
     tmp: Path | None = None
     try:
         with LayerPass(store, weights, cpu_budget=cpu_budget, layer_batch=layer_batch) as lp:
+            # the last layer's file and the zarr array made from it sit side by side
+            lp.check_disk(out_path.parent if str(out_path.parent) else Path("."),
+                          max(lp.disk_need(), 8 * lp.n * weights.dims[-1]),
+                          "give --out on a disk with room")
             tmp = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", suffix=".infer",
                                         dir=out_path.parent if str(out_path.parent) else "."))
             t0 = time.perf_counter()
@@ -433,6 +437,24 @@ class LayerPass:
         self._read_indices = _Counted(self.indices_r.read)
         self._feats_into = _CheckedInto(self.feats)
         self._hidden_read = self.bytes_written = 0
+
+    def disk_need(self, last_to_file: bool = True) -> int:
+        """Bytes of hidden states on disk at the pass's peak: a layer's output file
+        beside the file it reads (the last layer writes none with ``last_to_file``
+        False)."""
+        d, n, layers = self.model.dims, self.n, self.model.num_layers
+        return max(4 * n * ((d[i + 1] if i < layers - 1 or last_to_file else 0)
+                            + (d[i] if i else 0)) for i in range(layers))
+
+    def check_disk(self, directory: Path, need: int, fix: str) -> None:
+        """Refuse a pass whose ``need`` bytes of temporary files do not fit in the free
+        space of ``directory`` (before anything is written there)."""
+        free = shutil.disk_usage(directory).free
+        if free < need:
+            raise UsageError(f"{directory}: the layer-wise pass needs {format_size(need)} of "
+                             f"disk for its hidden states ({self.n} nodes, widths "
+                             f"{', '.join(map(str, self.model.dims[1:]))}) but "
+                             f"{format_size(free)} are free: free space there, or {fix}")
 
     def run(self, tmp: Path,
             progress: Callable[[int, int, int, int], Any] | None = None,

@@ -71,8 +71,9 @@ def check_full_eval(store: Store, spec, cpu_budget: int | None,
     splits = [s for s in splits if s in store.splits]
     try:
         with LayerPass(store, lm, cpu_budget=cpu_budget, extra_fixed=_extra(store, splits),
-                       last_per_dst=LABEL_BYTES):
-            pass
+                       last_per_dst=LABEL_BYTES) as lp:
+            lp.check_disk(work_dir_for(store), lp.disk_need(last_to_file=False),
+                          "use --eval sampled")
     except BudgetError as err:
         raise BudgetError(f"--eval full: {err}; or use --eval sampled") from err
 

@@ -168,3 +168,31 @@ def test_matches_full_graph_forward_cora_ml(tmp_path, kind, heads):
     assert summary.nodes == 2995 and summary.chunks[0] > 1
     np.testing.assert_allclose(zarr.open_array(str(tmp_path / "e.zarr"))[:], ref, atol=2e-5,
                                rtol=1e-4)
+
+
+def test_too_little_disk_refused_before_writing(store_path, tmp_path, capsys, monkeypatch):
+    """The hidden states need disk beside --out: with less free than a layer's output
+    beside its input (and the zarr copy), the run is refused naming both sizes."""
+    import collections
+
+    import oocstore.infer as infer
+
+    with Store(store_path) as store:
+        model, spec = made_model(store, "gcn", 2)
+        save_model(tmp_path / "m.pt", model.state_dict(), spec.to_dict())
+        classes = store.num_classes
+    usage = collections.namedtuple("usage", "total used free")
+    # layer 1 writes [900, classes] float32 beside layer 0's [900, 16] (its input)
+    need = max(4 * 900 * (16 + classes), 8 * 900 * classes)
+    monkeypatch.setattr(infer.shutil, "disk_usage", lambda p: usage(10**9, 0, need - 1))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    rc = main(["infer", str(store_path), "--checkpoint", str(tmp_path / "m.pt"), "--out",
+               str(tmp_path / "e.zarr"), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert f"needs {need / 1024:.2f} KiB of disk for its hidden states" in err
+    assert "give --out on a disk with room" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    monkeypatch.setattr(infer.shutil, "disk_usage", lambda p: usage(10**9, 0, need))
+    assert main(["infer", str(store_path), "--checkpoint", str(tmp_path / "m.pt"), "--out",
+                 str(tmp_path / "e.zarr"), "--quiet"]) == 0

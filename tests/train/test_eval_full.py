@@ -97,16 +97,26 @@ def test_full_counts_within_budget_and_layer_batch(store, tmp_path):
     assert list(tmp_path.iterdir()) == []  # hidden states removed
 
 
-@pytest.mark.parametrize("case", ["budget", "dgl", "bad_mode"])
-def test_refused_before_anything_is_written(fresh, capsys, case):
+@pytest.mark.parametrize("case", ["budget", "dgl", "bad_mode", "disk"])
+def test_refused_before_anything_is_written(fresh, capsys, monkeypatch, case):
     argv = {"budget": ["--eval", "full", "--cpu-budget", "3MiB", "--model", "gat"],
             "dgl": ["--eval", "full", "--backend", "dgl"],
-            "bad_mode": ["--eval", "exact"]}[case]
+            "bad_mode": ["--eval", "exact"],
+            "disk": ["--eval", "full", "--cpu-budget", "12MiB"]}[case]
     match = {"budget": "--eval full: --cpu-budget 3.00 MiB is below the .* gat inference "
                        "needs .* give --cpu-budget of at least .*; or use --eval sampled",
              "dgl": "--eval full runs the model's PyG layers .* use --backend pyg or --eval "
                     "sampled",
-             "bad_mode": "invalid choice: 'exact'"}[case]
+             "bad_mode": "invalid choice: 'exact'",
+             "disk": "the layer-wise pass needs .* of disk for its hidden states .* 100 B are "
+                     "free: free space there, or use --eval sampled"}[case]
+    if case == "disk":
+        import collections
+
+        import oocstore.infer as infer
+
+        usage = collections.namedtuple("usage", "total used free")
+        monkeypatch.setattr(infer.shutil, "disk_usage", lambda p: usage(10**9, 0, 100))
     before = tree_bytes(Path(fresh))
     assert exit_status(["train", fresh, "--epochs", "1", "--hidden", "8", "--quiet",
                         *argv]) == 2
