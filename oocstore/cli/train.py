@@ -46,8 +46,8 @@ def add_train(sub) -> None:
     p.add_argument("--eval", default="sampled", choices=["sampled", "full"],
                    help="validation/test accuracy from sampled neighbourhoods (evaluation "
                         "plans; default) or exact, over the full graph layer by layer out of "
-                        "core within --cpu-budget (as `oocstore infer`); --backend pyg, one "
-                        "process")
+                        "core within --cpu-budget (as `oocstore infer`; --backend pyg; under "
+                        "torchrun rank 0 runs it)")
     add_seed(p, "seed for model init (default 0)")
     p.add_argument("--checkpoint", metavar="DIR", default=None,
                    help="save model, optimizer and loader state here after every epoch (rank 0 "

@@ -13,7 +13,8 @@ The pass runs on the CPU, on a copy of the model's current weights, within the r
 CPU budget: its chunks, the split's node ids and the labels it reads are counted in it
 (:func:`check_full_eval` refuses a budget below the minimum before the run writes
 anything). Out of core, the training loader lends its budget to the pass the way it
-lends it to an evaluation loader, and re-opens on its next epoch.
+lends it to an evaluation loader, and re-opens on its next epoch. Under torchrun, rank 0
+runs the pass (every rank holds the same weights) and the counts are shared.
 """
 
 from __future__ import annotations

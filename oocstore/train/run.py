@@ -269,11 +269,7 @@ def _prepare(store_path, plan: str | None, cfg: TrainConfig, budget: MemoryBudge
             layers = PlanReader(store, name).num_layers
             check_layers(cfg.layers, layers, name)
             spec = _spec(store, layers, cfg)
-            if cfg.eval == "full":
-                if world > 1:
-                    raise UsageError(f"--eval full runs in one process; under torchrun ({world} "
-                                     "ranks) use --eval sampled, and `oocstore infer` on the "
-                                     "saved model for full-graph logits")
+            if cfg.eval == "full" and rank == 0:  # rank 0 runs the pass (_full_accuracies)
                 check_full_eval(store, spec, cfg.cpu_budget)
             if not cfg.in_memory:
                 check_loader_fits(store, latest_pack(store, name), budget, device.type)
@@ -504,7 +500,7 @@ def _train(store, name, pack, evals, cfg: TrainConfig, budget, device,
         if cfg.eval == "full":
             if "lend" in sources:
                 sources["lend"]()  # the training loader's budget is the pass's now
-            correct, seen = full_counts(store, model, ["val"], cpu_budget=cfg.cpu_budget)["val"]
+            correct, seen = _full_counts(store, model, ["val"], cfg, rank)["val"]
         else:
             correct, seen = dist.all_reduce(evaluate_counts(model, source(), device), "sum")
         if seen == 0:
@@ -619,8 +615,7 @@ def _final_accuracies(store, model, evals, cfg: TrainConfig, best: BestModel, hi
         best.state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     if cfg.eval == "full":
         left = [s for s in evals if s not in accs]
-        for split, (correct, seen) in full_counts(store, model, left,
-                                                  cpu_budget=cfg.cpu_budget).items():
+        for split, (correct, seen) in _full_counts(store, model, left, cfg, rank).items():
             if seen == 0:
                 raise UsageError(f"split {split!r} has no nodes: re-ingest with --split")
             accs[split] = correct / seen
@@ -641,6 +636,16 @@ def _final_accuracies(store, model, evals, cfg: TrainConfig, best: BestModel, hi
             raise UsageError(f"evaluation plan {plan_name!r} has no seeds: re-sample it")
         accs[split] = correct / seen
     return accs
+
+
+def _full_counts(store, model, splits: list[str], cfg: TrainConfig, rank: int
+                 ) -> dict[str, tuple[int, int]]:
+    """``--eval full``: ``{split: (correct, nodes)}`` over every node of ``splits``. Rank 0
+    runs the layer-wise pass (every rank holds the same weights under DDP) in its CPU
+    budget while the other ranks wait; a failure there stops every rank."""
+    counts = _on_every_rank(lambda: full_counts(store, model, splits, cpu_budget=cfg.cpu_budget)
+                            if rank == 0 else {s: (0, 0) for s in splits})
+    return {s: tuple(dist.all_reduce(list(counts[s]), "sum")) for s in splits}
 
 
 def _save_best(cfg: TrainConfig, best: BestModel, rank: int, writes: WriteLog | None,
