@@ -8,7 +8,9 @@ reference). Validation accuracy is measured after every epoch and test accuracy 
 end, through plans sampled on those splits (``val-eval``, ``test-eval``: created once,
 sized to the run's budget, when the store has none); out of core, the validation loader
 takes turns with the training loader in the one budget
-(:meth:`~oocstore.loader.NodeLoader.eval_loader`). With early stopping or a model file
+(:meth:`~oocstore.loader.NodeLoader.eval_loader`). ``eval="full"`` (``--eval full``)
+measures them exactly instead, over every node of the splits with full neighbourhoods
+(:mod:`.full_eval`), and needs no evaluation plans. With early stopping or a model file
 (:mod:`.selection`) the run's result is its best validation epoch: those weights are
 tested and saved.
 
@@ -44,9 +46,9 @@ from ..errors import FormatError, OocError, UsageError
 from ..loader import NodeLoader, latest_pack
 from ..plan import PlanReader, list_plans
 from ..store import Store
-from .full_eval import EVAL_MODES, check_full_eval, full_counts
 from .checkpoint import (CHECKPOINT_FILE, check_optimizer_state, check_rng_state,
                          load_checkpoint, rng_state, save_checkpoint, set_rng_state)
+from .full_eval import EVAL_MODES, check_full_eval, full_counts
 from .loop import InMemoryFeatures, ddp_model, evaluate_counts, train_epoch
 from .models import (ModelSpec, build_from_spec, check_layers, check_model_args, check_model_fits,
                      check_resume_model)
@@ -269,7 +271,7 @@ def _prepare(store_path, plan: str | None, cfg: TrainConfig, budget: MemoryBudge
             layers = PlanReader(store, name).num_layers
             check_layers(cfg.layers, layers, name)
             spec = _spec(store, layers, cfg)
-            if cfg.eval == "full" and rank == 0:  # rank 0 runs the pass (_full_accuracies)
+            if cfg.eval == "full" and rank == 0:  # rank 0 runs the pass (_full_counts)
                 check_full_eval(store, spec, cfg.cpu_budget)
             if not cfg.in_memory:
                 check_loader_fits(store, latest_pack(store, name), budget, device.type)
