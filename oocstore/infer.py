@@ -436,7 +436,7 @@ class LayerPass:
         self._read_indptr = _Counted(self.indptr_r.read)
         self._read_indices = _Counted(self.indices_r.read)
         self._feats_into = _CheckedInto(self.feats)
-        self._hidden_read = self.bytes_written = 0
+        self._hidden_read = self._hidden_written = 0
 
     def disk_need(self, last_to_file: bool = True) -> int:
         """Bytes of hidden states on disk at the pass's peak: a layer's output file
@@ -511,10 +511,15 @@ class LayerPass:
 
     def _drop(self, f: _RawRows) -> None:
         self._hidden_read += f.bytes_read
-        self.bytes_written += f.bytes_written
+        self._hidden_written += f.bytes_written
         f.close()
         f.path.unlink(missing_ok=True)
         self._files.remove(f)
+
+    @property
+    def bytes_written(self) -> int:
+        """Hidden states written."""
+        return self._hidden_written + sum(f.bytes_written for f in self._files)
 
     @property
     def bytes_read(self) -> int:
@@ -526,7 +531,7 @@ class LayerPass:
 
     def close(self) -> None:
         for f in list(self._files):
-            self.bytes_written += f.bytes_written
+            self._hidden_written += f.bytes_written
             self._hidden_read += f.bytes_read
             f.close()
         self._files.clear()
