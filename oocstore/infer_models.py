@@ -1,4 +1,4 @@
-"""The models layer-wise inference (:mod:`oocstore.infer`) runs: GraphSAGE, GCN and GAT
+"""The models layer-wise inference (:mod:`oocstore.layerwise`) runs: GraphSAGE, GCN and GAT
 as ``oocstore train --model`` builds them, one layer over one block at a time.
 
 Layer-wise inference cuts each layer into blocks of consecutive destinations ``lo..hi-1``

@@ -3,7 +3,7 @@
 Sampled evaluation (the default, ``--eval sampled``) classifies each validation / test
 node from a sampled neighbourhood (the ``val-eval`` / ``test-eval`` plans), so its figure
 varies with the fanouts and the seed. ``--eval full`` runs the model layer by layer over
-every node with full neighbourhoods, out of core (:class:`oocstore.infer.LayerPass`, the
+every node with full neighbourhoods, out of core (:class:`oocstore.layerwise.LayerPass`, the
 path of ``oocstore infer``), and compares the last layer's argmax with the labels of the
 split's nodes chunk by chunk: nothing but the hidden states (temporary files, removed
 afterwards) is written and no logits are kept. The figure equals the model's forward on
@@ -32,7 +32,8 @@ from torch import nn
 from ..budget import BudgetAccountant
 from ..checked_read import SCRATCH, CheckedRows
 from ..errors import BudgetError, UsageError
-from ..infer import LayerPass, check_weights_fit
+from ..infer import check_weights_fit
+from ..layerwise import LayerPass
 from ..infer_models import LayerwiseModel, layerwise_from_module
 from ..store import Store
 

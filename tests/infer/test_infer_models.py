@@ -177,7 +177,7 @@ def test_too_little_disk_refused_before_writing(store_path, tmp_path, capsys, mo
     beside its input (and the zarr copy), the run is refused naming both sizes."""
     import collections
 
-    import oocstore.infer as infer
+    import oocstore.layerwise as layerwise
 
     with Store(store_path) as store:
         model, spec = made_model(store, "gcn", 2)
@@ -186,7 +186,7 @@ def test_too_little_disk_refused_before_writing(store_path, tmp_path, capsys, mo
     usage = collections.namedtuple("usage", "total used free")
     # layer 1 writes [900, classes] float32 beside layer 0's [900, 16] (its input)
     need = max(4 * 900 * (16 + classes), 8 * 900 * classes)
-    monkeypatch.setattr(infer.shutil, "disk_usage", lambda p: usage(10**9, 0, need - 1))
+    monkeypatch.setattr(layerwise.shutil, "disk_usage", lambda p: usage(10**9, 0, need - 1))
     before = sorted(p.name for p in tmp_path.iterdir())
     rc = main(["infer", str(store_path), "--checkpoint", str(tmp_path / "m.pt"), "--out",
                str(tmp_path / "e.zarr"), "--quiet"])
@@ -195,6 +195,6 @@ def test_too_little_disk_refused_before_writing(store_path, tmp_path, capsys, mo
     assert f"needs {need / 1024:.2f} KiB of disk for its hidden states" in err
     assert "give --out on a disk with room" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == before
-    monkeypatch.setattr(infer.shutil, "disk_usage", lambda p: usage(10**9, 0, need))
+    monkeypatch.setattr(layerwise.shutil, "disk_usage", lambda p: usage(10**9, 0, need))
     assert main(["infer", str(store_path), "--checkpoint", str(tmp_path / "m.pt"), "--out",
                  str(tmp_path / "e.zarr"), "--quiet"]) == 0

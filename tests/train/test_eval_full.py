@@ -113,10 +113,10 @@ def test_refused_before_anything_is_written(fresh, capsys, monkeypatch, case):
     if case == "disk":
         import collections
 
-        import oocstore.infer as infer
+        import oocstore.layerwise as layerwise
 
         usage = collections.namedtuple("usage", "total used free")
-        monkeypatch.setattr(infer.shutil, "disk_usage", lambda p: usage(10**9, 0, 100))
+        monkeypatch.setattr(layerwise.shutil, "disk_usage", lambda p: usage(10**9, 0, 100))
     before = tree_bytes(Path(fresh))
     assert exit_status(["train", fresh, "--epochs", "1", "--hidden", "8", "--quiet",
                         *argv]) == 2
