@@ -118,11 +118,11 @@ class LayerwiseModel:
         products, their sum, ReLU). ``gcn`` adds the aggregated rows and their projection
         per destination and the normalised adjacency's entries (edges and self-loops).
         ``gat`` adds, per source, the projection to ``heads x channels`` and the
-        attention product's temporary; per edge (and per destination, for its self-loop) the gathered
-        messages, their weighted copy and the scatter's share (3 x ``heads x channels``),
-        about ten ``[E, heads]`` temporaries of the softmax and the edge bookkeeping;
-        per destination, the destinations' own projection, its attention product and
-        the concatenated (or head-averaged) output."""
+        attention product's temporary; per edge (and per destination, for its
+        self-loop) the gathered messages, their weighted copy and the scatter's share
+        (3 x ``heads x channels``), about ten ``[E, heads]`` temporaries of the softmax
+        and the edge bookkeeping; per destination, the destinations' own projection, its
+        attention product and the concatenated (or head-averaged) output."""
         d_in, d_out = self.dims[i], self.dims[i + 1]
         row = in_row_bytes + 4 * d_in
         per_dst, per_edge = row + 8 * d_in + 8 + 16 * d_out, row + EDGE_BYTES
