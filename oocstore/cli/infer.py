@@ -1,5 +1,5 @@
-"""``oocstore infer``: full-neighbourhood GraphSAGE inference over every node of a store,
-layer by layer on disk, into a zarr array."""
+"""``oocstore infer``: full-neighbourhood inference (GraphSAGE, GCN, GAT) over every node
+of a store, layer by layer on disk, into a zarr array."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from .common import add_flag, add_store, command, size
 
 def add_infer(sub) -> None:
     p = command(sub, "infer", _cmd_infer,
-                "logits of a trained GraphSAGE for every node (full neighbourhoods, out of "
-                "core) into a zarr array")
+                "logits of a trained GraphSAGE, GCN or GAT for every node (full "
+                "neighbourhoods, out of core) into a zarr array")
     add_store(p)
     p.add_argument("--checkpoint", required=True, metavar="FILE",
                    help="the model file `train --save-model` wrote (or a `train --checkpoint` "
@@ -32,13 +32,13 @@ def add_infer(sub) -> None:
 
 
 def _cmd_infer(args) -> int:
-    """Run the GraphSAGE in --checkpoint over all nodes of STORE with full (unsampled)
-    neighbourhoods, one layer at a time: each layer reads its input rows in node-order
-    chunks, writes its output for every node to a temporary file beside --out, and the
-    next layer reads that file, so memory holds one chunk and the weights. The logits
-    are written as a zarr v3 array chunked by rows (atomically; an existing --out needs
-    --overwrite). The store is only read; features are checksum-checked as they are
-    read."""
+    """Run the model in --checkpoint (GraphSAGE, GCN or GAT, as `train --model` built it)
+    over all nodes of STORE with full (unsampled) neighbourhoods, one layer at a time:
+    each layer reads its input rows in node-order chunks, writes its output for every
+    node to a temporary file beside --out, and the next layer reads that file, so memory
+    holds one chunk and the weights. The logits are written as a zarr v3 array chunked
+    by rows (atomically; an existing --out needs --overwrite). The store is only read;
+    features are checksum-checked as they are read."""
     import json
 
     from ..infer import infer_embeddings
@@ -72,9 +72,10 @@ def _cmd_infer(args) -> int:
     if args.json:
         print(json.dumps(summary.to_dict()))
         return 0
-    print(f"wrote {summary.out}: [{summary.nodes}, {summary.dims[-1]}] float32 logits, "
-          f"{len(summary.dims) - 1} layers over {summary.nodes} nodes and {summary.edges} "
-          f"edges in {summary.seconds:.1f} s ({summary.nodes_per_s:,.0f} node-layers/s)")
+    print(f"wrote {summary.out}: [{summary.nodes}, {summary.dims[-1]}] float32 logits of a "
+          f"{summary.model}, {len(summary.dims) - 1} layers over {summary.nodes} nodes and "
+          f"{summary.edges} edges in {summary.seconds:.1f} s "
+          f"({summary.nodes_per_s:,.0f} node-layers/s)")
     print(f"  read {format_size(summary.bytes_read)}, wrote "
           f"{format_size(summary.bytes_written)}; chunks per layer "
           f"{', '.join(map(str, summary.chunks))}; largest chunk "

@@ -44,6 +44,11 @@ def add_train(sub) -> None:
     p.add_argument("--layers", type=int, default=None, metavar="L",
                    help="model layers; must equal the plan's number of fanouts (default: "
                         "the plan's)")
+    p.add_argument("--eval", default="sampled", choices=["sampled", "full"],
+                   help="validation/test accuracy from sampled neighbourhoods (evaluation "
+                        "plans; default) or exact, over the full graph layer by layer out of "
+                        "core within --cpu-budget (as `oocstore infer`; --backend pyg; under "
+                        "torchrun rank 0 runs it)")
     add_seed(p, "seed for model init (default 0)")
     p.add_argument("--checkpoint", metavar="DIR", default=None,
                    help="save model, optimizer and loader state here after every epoch (rank 0 "
@@ -104,7 +109,8 @@ def _train_and_report(args, *, report: bool = True) -> int:
                       allow_eval_split=args.allow_eval_split,
                       weight_decay=args.weight_decay, early_stop=args.early_stop,
                       save_model=args.save_model, overwrite=args.overwrite,
-                      model=args.model, heads=args.heads, layers=args.layers)
+                      model=args.model, heads=args.heads, layers=args.layers,
+                      eval=args.eval)
     # train may commit evaluation plans and packs (and writes checkpoints) before it stops:
     # an interrupt or a failure after that says exactly what was written.
     writes = WriteLog(args.store)
@@ -131,6 +137,8 @@ def _train_and_report(args, *, report: bool = True) -> int:
     mode = "in memory" if summary["in_memory"] else f"out of core (pack {summary['pack']})"
     accs = ", ".join(f"{k} acc {summary[f'{k}_acc']:.4f}" for k in ("val", "test")
                      if summary[f"{k}_acc"] is not None) or "no val/test split to evaluate"
+    if summary["val_acc"] is not None or summary["test_acc"] is not None:
+        accs += f" ({summary['eval']} evaluation)"
     print(f"trained {summary['model']} on plan {summary['plan']} {mode} on "
           f"{summary['device']}: {accs}")
     for e in summary["epochs"]:

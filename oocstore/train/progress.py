@@ -75,7 +75,7 @@ class BarProgress(TrainProgress):
         elapsed = self.t_last - self.t_first  # to the last step: validation is not training
         return self.seeds / elapsed if elapsed > 0 else None
 
-    def _postfix(self, val_acc: float | None = None) -> str:
+    def _postfix(self, val_acc: float | None = None, mode: str | None = None) -> str:
         parts = []
         rate = self.rate()
         if rate is not None:
@@ -83,7 +83,7 @@ class BarProgress(TrainProgress):
         if self.loss_n:
             parts.append(f"loss {self.loss_sum / self.loss_n:.4f}")
         if val_acc is not None:
-            parts.append(f"val acc {val_acc:.4f}")
+            parts.append(f"val acc {val_acc:.4f}" + (f" ({mode})" if mode else ""))
         return ", ".join(parts)
 
     def batch(self, seeds: int, loss: float) -> None:
@@ -101,7 +101,8 @@ class BarProgress(TrainProgress):
 
     def epoch_end(self, entry: dict[str, Any]) -> None:
         if self.bar is not None:
-            self.bar.set_postfix_str(self._postfix(entry.get("val_acc")), refresh=True)
+            self.bar.set_postfix_str(self._postfix(entry.get("val_acc"), entry.get("val_eval")),
+                                     refresh=True)
         self.close()
 
     def close(self) -> None:

@@ -8,7 +8,9 @@ reference). Validation accuracy is measured after every epoch and test accuracy 
 end, through plans sampled on those splits (``val-eval``, ``test-eval``: created once,
 sized to the run's budget, when the store has none); out of core, the validation loader
 takes turns with the training loader in the one budget
-(:meth:`~oocstore.loader.NodeLoader.eval_loader`). With early stopping or a model file
+(:meth:`~oocstore.loader.NodeLoader.eval_loader`). ``eval="full"`` (``--eval full``)
+measures them exactly instead, over every node of the splits with full neighbourhoods
+(:mod:`.full_eval`), and needs no evaluation plans. With early stopping or a model file
 (:mod:`.selection`) the run's result is its best validation epoch: those weights are
 tested and saved.
 
@@ -46,6 +48,7 @@ from ..plan import PlanReader, list_plans
 from ..store import Store
 from .checkpoint import (CHECKPOINT_FILE, check_optimizer_state, check_rng_state,
                          load_checkpoint, rng_state, save_checkpoint, set_rng_state)
+from .full_eval import EVAL_MODES, check_full_eval, full_counts
 from .loop import InMemoryFeatures, ddp_model, evaluate_counts, train_epoch
 from .models import (ModelSpec, build_from_spec, check_layers, check_model_args, check_model_fits,
                      check_resume_model)
@@ -79,6 +82,7 @@ class TrainConfig:
     model: str = "sage"  # sage, gcn or gat (oocstore.train.models)
     heads: int | None = None  # gat's attention heads (None: its default)
     layers: int | None = None  # must equal the plan's fanouts when given
+    eval: str = "sampled"  # val/test accuracy: "sampled" (evaluation plans) or "full" graph
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -96,6 +100,12 @@ class TrainConfig:
         if self.resume and not self.checkpoint:
             raise UsageError("--resume needs --checkpoint DIR (where the run saved its state)")
         check_model_args(self.model, self.hidden, self.heads, self.backend, self.dropout)
+        if self.eval not in EVAL_MODES:
+            raise UsageError(f"--eval {self.eval!r}: use one of {', '.join(EVAL_MODES)}")
+        if self.eval == "full" and self.backend != "pyg":
+            raise UsageError(f"--eval full runs the model's PyG layers over the whole graph; "
+                             f"--backend {self.backend} builds another model: use --backend "
+                             "pyg or --eval sampled")
 
     @property
     def selects(self) -> bool:
@@ -200,7 +210,9 @@ def run_training(store_path: str | os.PathLike, plan: str | None, cfg: TrainConf
                             "on that split is no longer a held-out estimate",
                             dist.group_of(meta), meta.split)
             pack = None if cfg.in_memory else latest_pack(store, name)
-            evals = {s: dist.resolve_plan(store, f"{s}-eval", rank=rank, world_size=world)
+            # --eval full needs no evaluation plans: it runs over the splits' nodes
+            evals = {s: None if cfg.eval == "full" else
+                     dist.resolve_plan(store, f"{s}-eval", rank=rank, world_size=world)
                      for s in ("val", "test") if s in store.splits}
             return name, pack, evals
 
@@ -258,11 +270,16 @@ def _prepare(store_path, plan: str | None, cfg: TrainConfig, budget: MemoryBudge
             name = train_plan(store, plan, rank, world, allow_eval_split=cfg.allow_eval_split)
             layers = PlanReader(store, name).num_layers
             check_layers(cfg.layers, layers, name)
-            _spec(store, layers, cfg)
+            spec = _spec(store, layers, cfg)
+            if cfg.eval == "full" and rank == 0:  # rank 0 runs the pass (_full_counts)
+                check_full_eval(store, spec, cfg.cpu_budget)
             if not cfg.in_memory:
                 check_loader_fits(store, latest_pack(store, name), budget, device.type)
 
     def prepare() -> None:
+        if cfg.eval == "full":  # no evaluation plans to prepare
+            return
+
         def look(store: Store, sample: bool):
             name = train_plan(store, plan, rank, world, allow_eval_split=cfg.allow_eval_split)
             pack = None if cfg.in_memory else latest_pack(store, name)
@@ -475,16 +492,24 @@ def _train(store, name, pack, evals, cfg: TrainConfig, budget, device,
     on_batch = progress.batch if progress is not None else None
     stats: dict[str, Any] = {}
     val_plan = evals.get("val")
+    sources: dict[str, Any] = {}
 
     def validate(epoch: int, entry: dict[str, Any], source) -> None:
         """Validation accuracy of this epoch's model (summed over the ranks)."""
-        if val_plan is None:
+        if "val" not in evals:
             return
         t0 = time.perf_counter()
-        correct, seen = dist.all_reduce(evaluate_counts(model, source(), device), "sum")
+        if cfg.eval == "full":
+            if "lend" in sources:
+                sources["lend"]()  # the training loader's budget is the pass's now
+            correct, seen = _full_counts(store, model, ["val"], cfg, rank)["val"]
+        else:
+            correct, seen = dist.all_reduce(evaluate_counts(model, source(), device), "sum")
         if seen == 0:
-            raise UsageError(f"evaluation plan {val_plan!r} has no seeds: re-sample it")
+            what = "split 'val'" if cfg.eval == "full" else f"evaluation plan {val_plan!r}"
+            raise UsageError(f"{what} has no nodes: re-sample it (or re-ingest with --split)")
         entry["val_acc"] = correct / seen
+        entry["val_eval"] = cfg.eval
         entry["val_s"] = dist.all_reduce([time.perf_counter() - t0], "max")[0]
         best.update(epoch, entry["val_acc"], model)
 
@@ -519,8 +544,6 @@ def _train(store, name, pack, evals, cfg: TrainConfig, budget, device,
 
         run_epochs(range(start_epoch, cfg.epochs), batches)
     else:
-        sources: dict[str, Any] = {}
-
         def val_source():
             return sources["val"]()
 
@@ -562,6 +585,10 @@ def _train_out_of_core(store, name, pack, device, budget, rank, world, loader_st
             return len(loader), ((b.sample, b.x, b.y) for b in loader)
 
         sources["val"] = val_source
+        # --eval full: the training loader releases its buffers and charges for the
+        # layer-wise pass (as it does for an evaluation loader, NodeLoader.eval_loader)
+        # and re-opens them on its next epoch (take_turn)
+        sources["lend"] = loader._suspend
         try:
             run(batches, loader)
         finally:
@@ -588,6 +615,13 @@ def _final_accuracies(store, model, evals, cfg: TrainConfig, best: BestModel, hi
         # model as it is stands for it
         best.epoch = len(history) - 1
         best.state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    if cfg.eval == "full":
+        left = [s for s in evals if s not in accs]
+        for split, (correct, seen) in _full_counts(store, model, left, cfg, rank).items():
+            if seen == 0:
+                raise UsageError(f"split {split!r} has no nodes: re-ingest with --split")
+            accs[split] = correct / seen
+        return accs
     for split, plan_name in evals.items():
         if split in accs:
             continue
@@ -604,6 +638,16 @@ def _final_accuracies(store, model, evals, cfg: TrainConfig, best: BestModel, hi
             raise UsageError(f"evaluation plan {plan_name!r} has no seeds: re-sample it")
         accs[split] = correct / seen
     return accs
+
+
+def _full_counts(store, model, splits: list[str], cfg: TrainConfig, rank: int
+                 ) -> dict[str, tuple[int, int]]:
+    """``--eval full``: ``{split: (correct, nodes)}`` over every node of ``splits``. Rank 0
+    runs the layer-wise pass (every rank holds the same weights under DDP) in its CPU
+    budget while the other ranks wait; a failure there stops every rank."""
+    counts = _on_every_rank(lambda: full_counts(store, model, splits, cpu_budget=cfg.cpu_budget)
+                            if rank == 0 else {s: (0, 0) for s in splits})
+    return {s: tuple(dist.all_reduce(list(counts[s]), "sum")) for s in splits}
 
 
 def _save_best(cfg: TrainConfig, best: BestModel, rank: int, writes: WriteLog | None,
@@ -634,7 +678,7 @@ def _summary(store, reader, pack, cfg: TrainConfig, device, budget, rank: int, w
     summary = {
         "plan": dist.group_of(reader.meta), "pack": pack, "in_memory": cfg.in_memory,
         "backend": cfg.backend, "device": str(device), "seed": cfg.seed, "world_size": world,
-        "model": cfg.model,
+        "model": cfg.model, "eval": cfg.eval,
         "val_acc": accs.get("val"), "test_acc": accs.get("test"),
         "epochs": history,
         "best_epoch": best.epoch if best.epoch >= 0 else None,
