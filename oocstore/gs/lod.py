@@ -404,11 +404,57 @@ def hierarchy_problems(store) -> list[str]:
         if not store.has_array(name):
             return [f"the scene's level-of-detail hierarchy lacks array {name!r}: rebuild "
                     "it with `oocstore gs-lod build`"]
-    nodes = np.array(store.array(NODES_ARRAY), dtype=np.int64)
-    spheres = np.array(store.array(SPHERES_ARRAY), dtype=np.float32)
-    out = [f"level-of-detail hierarchy: {p}: rebuild it with `oocstore gs-lod build`"
-           for p in _table_problems(nodes, spheres)]
-    if not out and isinstance(raw, dict) and raw.get("nodes") != len(nodes):
+    try:
+        nodes = np.array(store.array(NODES_ARRAY), dtype=np.int64)
+        spheres = np.array(store.array(SPHERES_ARRAY), dtype=np.float32)
+    except (OSError, ValueError) as err:  # a missing or short file: the arrays' check names it
+        return [f"level-of-detail hierarchy unreadable ({err}): rebuild it with "
+                "`oocstore gs-lod build`"]
+    fix = "rebuild it with `oocstore gs-lod build`"
+    out = [f"level-of-detail hierarchy: {p}: {fix}" for p in _table_problems(nodes, spheres)]
+    live = sum(int(v.get("count", 0)) for _, v in store.items("scene/block/")
+               if isinstance(v, dict))
+    if not out and isinstance(raw, dict) and not raw.get("nodes") == len(nodes) == live:
         out.append(f"level-of-detail hierarchy: the catalog says {raw.get('nodes')!r} nodes, "
-                   f"the table holds {len(nodes)}: rebuild it with `oocstore gs-lod build`")
+                   f"the table holds {len(nodes)} and the scene's blocks {live}: {fix}")
     return out
+
+
+# -- using a cut ---------------------------------------------------------------------------
+
+def resolve_lod_pixels(scene, lod_pixels, what: str = "--lod-pixels"):
+    """The projected-size threshold a command uses on ``scene``: ``lod_pixels`` checked
+    (a number >= 0), or by default :data:`DEFAULT_LOD_PIXELS` for a scene with a
+    hierarchy and None (no level of detail) for one without. A value given for a scene
+    without a hierarchy is refused with the command that builds one."""
+    if lod_pixels is None:
+        return DEFAULT_LOD_PIXELS if scene.lod_meta is not None else None
+    value = check_lod_pixels(lod_pixels)
+    scene.hierarchy(what=f"{what} {lod_pixels}")
+    return value
+
+
+def in_cut(ids: np.ndarray, cut_ids: np.ndarray) -> np.ndarray:
+    """[n] bool: which of ``ids`` are in the sorted ``cut_ids``."""
+    if not len(cut_ids):
+        return np.zeros(len(ids), dtype=bool)
+    pos = np.minimum(np.searchsorted(cut_ids, ids), len(cut_ids) - 1)
+    return cut_ids[pos] == ids
+
+
+def cut_params(scene, lv, width: int | None = None) -> np.ndarray:
+    """Parameters [M, width] of a view's cut (a
+    :class:`~oocstore.samplers.views.LodView`): the prefix of each of its blocks, read
+    with :meth:`Scene.read_block`'s ``rows``, filtered to the cut's ids."""
+    width = scene.param_width if width is None else width
+    parts = []
+    for b, k in zip(lv.blocks, lv.prefix):
+        ids, rec = scene.read_block(int(b), rows=int(k))
+        parts.append(rec[in_cut(ids, lv.ids), :width])
+    return np.concatenate(parts) if parts else np.zeros((0, width), np.float32)
+
+
+def leaf_ids(scene) -> np.ndarray:
+    """Sorted ids of the scene's leaves (every Gaussian's id without a hierarchy)."""
+    h = scene.hierarchy()
+    return np.sort(h.ids[h.is_leaf])

@@ -697,7 +697,11 @@ class Scene:
         the number of Gaussians written (``progress(n)`` as blocks are read)."""
         from .ply import write_ply
 
-        _, params = self.read_params(progress=progress)
+        ids, params = self.read_params(progress=progress)
+        if self._lod_meta is not None:  # the leaves: merged nodes are no 3DGS Gaussians
+            from .lod import in_cut, leaf_ids
+
+            params = params[in_cut(ids, leaf_ids(self))]
         write_ply(path, params, self.sh_degree)
         return len(params)
 

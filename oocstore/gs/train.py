@@ -181,15 +181,21 @@ def render_views(scene, cams, vis_sets, views, device, *, sh_degree: int | None 
 
 
 def render_view(scene, cams, vis, v: int, device, *, sh_degree: int | None = None,
-                background=None):
-    """One view [H, W, 3] rendered from the blocks ``vis`` (no autograd)."""
+                background=None, cut=None):
+    """One view [H, W, 3] rendered from the blocks ``vis`` (no autograd); with ``cut``
+    (a :class:`~oocstore.samplers.views.LodView`), from its level-of-detail cut."""
     import torch
 
     from .render import render_on
 
     deg = scene.sh_degree if sh_degree is None else sh_degree
     with torch.no_grad():
-        p = view_params(scene, vis, layout.param_width(deg)).to(device)
+        if cut is not None:
+            from .lod import cut_params
+
+            p = torch.from_numpy(cut_params(scene, cut, layout.param_width(deg))).to(device)
+        else:
+            p = view_params(scene, vis, layout.param_width(deg)).to(device)
         return render_on(p, deg, torch.from_numpy(cams.viewmats[v]),
                          torch.from_numpy(cams.Ks[v]), cams.width, cams.height,
                          background=background).image
