@@ -118,6 +118,16 @@ class TrainPlan:
     schedule: Any = None
     cameras: Any = None
     cull_rows: np.ndarray | None = None
+    lod_cuts: dict | None = None  # level of detail: {view: sorted ids of its cut}
+
+    def cut_mask(self, view: int, ids) -> np.ndarray | None:
+        """[n] bool: which of ``ids`` a step of ``view`` renders under the plan's
+        level-of-detail cut (None: no cut, every row)."""
+        if self.lod_cuts is None:
+            return None
+        from .lod import in_cut
+
+        return in_cut(np.asarray(ids), self.lod_cuts[int(view)])
 
     def __post_init__(self) -> None:
         self.views = np.asarray(self.views, dtype=np.int64)
@@ -258,6 +268,7 @@ class _TableStore(_RowStore):
             self.ids[lo:hi] = torch.from_numpy(ids)
             self.traffic.bytes_ssd_read += len(ids) * scene.disk_row_bytes
         self.dirty = np.zeros(scene.num_blocks, dtype=bool)
+        self.ids_host = self.ids.cpu().numpy()  # for level-of-detail cuts
 
     @staticmethod
     def _table_charge(scene, tier: str) -> tuple[str, int, str, str]:
@@ -270,7 +281,9 @@ class _TableStore(_RowStore):
 
     def _rows(self, vis: np.ndarray) -> torch.Tensor:
         parts = [np.arange(self.starts[b], self.starts[b + 1]) for b in vis]
-        return torch.from_numpy(np.concatenate(parts) if parts else np.zeros(0, np.int64))
+        rows = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        keep = self.plan.cut_mask(self.plan.views[self.step - 1], self.ids_host[rows])
+        return torch.from_numpy(rows if keep is None else rows[keep])
 
     def checkpoint(self) -> None:
         with self.scene.writer() as w:
@@ -599,6 +612,9 @@ class Streamer(_RowStore):
         parts = [np.arange(s * self.cap, s * self.cap + self.count[s])
                  for s in (self.slot_of[int(b)] for b in vis)]
         cand = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        keep = self.plan.cut_mask(view, self.slab_ids[cand])
+        if keep is not None:  # the view's level-of-detail cut
+            cand = cand[keep]
         rows = self._cull(cand, view)
         ex = self.traffic.extra
         ex["candidate_rows"] += len(cand)
