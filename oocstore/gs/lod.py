@@ -426,9 +426,13 @@ def resolve_lod_pixels(scene, lod_pixels, what: str = "--lod-pixels"):
     """The projected-size threshold a command uses on ``scene``: ``lod_pixels`` checked
     (a number >= 0), or by default :data:`DEFAULT_LOD_PIXELS` for a scene with a
     hierarchy and None (no level of detail) for one without. A value given for a scene
-    without a hierarchy is refused with the command that builds one."""
+    without a hierarchy is refused with the command that builds one. The hierarchy is
+    read (and its structure checked) here, before a command writes anything."""
     if lod_pixels is None:
-        return DEFAULT_LOD_PIXELS if scene.lod_meta is not None else None
+        if scene.lod_meta is None:
+            return None
+        scene.hierarchy()
+        return DEFAULT_LOD_PIXELS
     value = check_lod_pixels(lod_pixels)
     scene.hierarchy(what=f"{what} {lod_pixels}")
     return value
