@@ -299,16 +299,20 @@ def node_table(ids, parent, level, order, block_size: int) -> np.ndarray:
 
 
 def build_lod_scene(src, out, *, cell: float | None = None, block_size: int | None = None,
-                    overwrite: bool = False, progress: Callable[[str], None] | None = None):
+                    overwrite: bool = False, progress: Callable[[str], None] | None = None,
+                    cameras=None):
     """Write the scene ``src`` (an open :class:`~oocstore.gs.scene.Scene` without a
     hierarchy) with its hierarchy to a new scene at ``out`` (format version 2): the
     leaves keep their ids and parameters, interior nodes get new ids; every Adam moment
-    starts at zero. ``src`` is only read. Returns the new scene, open."""
+    starts at zero. ``src`` is only read. ``cameras`` replace the source's (not for a
+    scene with photographs). Returns the new scene, open."""
     from .scene import PhotoSource, Scene
 
     if src.lod_meta is not None:
         raise UsageError(f"scene {src.path} already has a level-of-detail hierarchy: build "
                          "from the scene it was built from")
+    if cameras is not None and src.has_images:
+        raise UsageError(f"scene {src.path} holds photographs: its cameras are theirs")
     block_size = src.meta.block_size if block_size is None else int(block_size)
     if not 1 <= block_size <= 1 << 20:
         raise UsageError(f"--block-size {block_size} must be 1..1048576")
@@ -325,7 +329,7 @@ def build_lod_scene(src, out, *, cell: float | None = None, block_size: int | No
     photos = None
     if src.has_images:
         photos = PhotoSource(src.images_meta, (src.read_image(v) for v in range(src.num_images)))
-    cams = src.cameras
+    cams = src.cameras if cameras is None else cameras
     spare = ((src.meta.block_capacity - 0.5) / block_size - 1
              if block_size == src.meta.block_size else 0.25)
     return Scene.create(out, None, prm, src.sh_degree, cams, block_size, spare, moments=src.meta.moments,
