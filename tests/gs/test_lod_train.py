@@ -137,3 +137,33 @@ def test_densification_with_a_hierarchy_is_refused_before_anything_is_written(lo
         run_gs_training(path, cfg)
     assert files == {p: p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()
                      and not p.name.endswith(".lock")}
+
+
+def test_a_photo_scene_builds_and_trains_with_its_cut_from_the_command_line(tmp_path, capsys):
+    import json
+
+    from oocstore.cli import main
+    from oocstore.gs.synthetic import write_photo_dataset
+
+    src = write_photo_dataset(tmp_path / "photos", "colmap", views=8, width=32, height=24,
+                              gaussians=400, seed=1)
+    assert main(["ingest", "scene", str(src), str(tmp_path / "scene"), "--test-every", "4",
+                 "--quiet"]) == 0
+    assert main(["gs-lod", "build", str(tmp_path / "scene"), str(tmp_path / "lod"),
+                 "--json"]) == 0
+    built = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert built["leaves"] == 400 and built["nodes"] > 400
+    with Scene.open(tmp_path / "scene", readonly=True) as a, \
+            Scene.open(tmp_path / "lod", readonly=True) as b:
+        assert b.num_images == a.num_images and np.array_equal(b.read_image(3), a.read_image(3))
+        assert list(b.test_views) == list(a.test_views)
+    # the photo recipe densifies by default: off with a hierarchy, unless asked for
+    assert main(["gs-train", str(tmp_path / "lod"), "--steps", "4", "--json", "--quiet",
+                 "--threads", "1"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["lod_pixels"] == 1.0 and out["target"] == "photos"
+    assert out["recipe"]["densify_every"] == 0 and out["gaussians"]["end"] == built["nodes"]
+    assert main(["gs-render", str(tmp_path / "lod"), "--out", str(tmp_path / "png"),
+                 "--lod-pixels", "0", "--quiet"]) == 0
+    assert len(list((tmp_path / "png").glob("*.png"))) == 2
+    assert main(["verify", str(tmp_path / "lod"), "--quiet"]) == 0
