@@ -883,7 +883,8 @@ def scene_info(store: Store) -> dict[str, Any]:
             "disk_row_bytes": row_dtype(meta.sh_degree, meta.moments).itemsize,
             "records_bytes": int(counts.sum()) * rec, "next_id": meta.next_id,
             "views": views, "width": meta.width, "height": meta.height,
-            "format_version": meta.format_version, **_images_info(store)}
+            "format_version": meta.format_version, **_images_info(store),
+            **({"lod": store.get("scene/lod")} if store.get("scene/lod") is not None else {})}
 
 
 def _images_info(store: Store) -> dict[str, Any]:
@@ -907,7 +908,17 @@ def format_scene_info(info: dict[str, Any]) -> list[str]:
             f"    records {format_size(info['records_bytes'])} ({info['record_bytes']} B each as "
             f"float32; {info['disk_row_bytes']} B on disk, {info['moments']} moments); "
             f"{info['views']} views of {info['width']}x{info['height']}; next id "
-            f"{info['next_id']:,}"] + _format_images(info.get("images"))
+            f"{info['next_id']:,}"] + _format_images(info.get("images")) \
+        + _format_lod(info.get("lod"))
+
+
+def _format_lod(lod: dict | None) -> list[str]:
+    if not isinstance(lod, dict):
+        return []
+    return [f"    level of detail: {lod.get('leaves', 0):,} leaves and "
+            f"{lod.get('nodes', 0) - lod.get('leaves', 0):,} merged nodes in "
+            f"{lod.get('levels')} levels (format version 2; `gs-render`/`gs-train` "
+            "--lod-pixels)"]
 
 
 def _format_images(im: dict | None) -> list[str]:

@@ -474,8 +474,9 @@ class _Session:
                              "--target synthetic")
         self.lod = self._lod_pixels()
         given = cfg.recipe_values()
-        if self.lod is not None:  # no densification with a hierarchy (see _lod_pixels)
-            given.setdefault("densify_every", 0)
+        if self.lod is not None:  # no densification with a hierarchy (see _lod_pixels),
+            given.setdefault("densify_every", 0)  # nor the opacity resets that serve it
+            given.setdefault("opacity_reset_every", 0)
         self.recipe = resolve(cfg.steps, synthetic=not self.photos, **given)
         self.sh_max = scene.sh_degree if cfg.sh_degree is None else cfg.sh_degree
         if not 0 <= self.sh_max <= scene.sh_degree:
