@@ -119,6 +119,7 @@ class TrainPlan:
     cameras: Any = None
     cull_rows: np.ndarray | None = None
     lod_cuts: dict | None = None  # level of detail: {view: sorted ids of its cut}
+    lod_prefix: dict | None = None  # {block: rows}: the prefix that holds every cut's rows
 
     def cut_mask(self, view: int, ids) -> np.ndarray | None:
         """[n] bool: which of ``ids`` a step of ``view`` renders under the plan's
@@ -473,15 +474,31 @@ class Streamer(_RowStore):
                 if b in self.cpu or b in self.pending:
                     continue
                 version = int(self.ssd_version[b])
-            ids, rec = self.scene.read_block(b)
+            ids, rec = self.scene.read_block(b, rows=self._prefix(b))
             out[b] = (version, ids, rec)
         return i, out
 
+    def _prefix(self, b: int) -> int | None:
+        """Rows of block ``b`` the plan's level-of-detail cuts need (None: all): a
+        *prefix read* (:mod:`oocstore.gs.lod`); the rest of the block stays on SSD."""
+        pre = self.plan.lod_prefix
+        return None if pre is None else pre.get(b)
+
     def _write(self, b: int, blk: _CpuBlock) -> None:
-        self.writer.write_block(b, blk.ids, blk.rec)
+        ids, rec = blk.ids, blk.rec
+        if self.plan.lod_prefix is not None:
+            with self.scene._lock:
+                n = int(self.scene._counts[b])
+            if len(ids) < n:  # a prefix: the rest of the block, which no step touched
+                tail_ids, tail = self.scene.read_block(b)
+                with self.lock:
+                    self.traffic.bytes_ssd_read += (n - len(ids)) * self.scene.disk_row_bytes
+                ids = np.concatenate([ids, tail_ids[len(ids):]])
+                rec = np.concatenate([rec, tail[len(rec):]])
+        self.writer.write_block(b, ids, rec)
         with self.lock:
             self.ssd_version[b] += 1
-            self.traffic.bytes_ssd_written += len(blk.ids) * self.scene.disk_row_bytes
+            self.traffic.bytes_ssd_written += len(ids) * self.scene.disk_row_bytes
 
     # -- CPU tier ------------------------------------------------------------------
     def _next_use(self, b: int) -> int:
@@ -550,7 +567,7 @@ class Streamer(_RowStore):
                 ids, rec = got[1], got[2]
             else:
                 t0 = time.perf_counter()
-                ids, rec = self.scene.read_block(b)
+                ids, rec = self.scene.read_block(b, rows=self._prefix(b))
                 self.traffic.stall_s += time.perf_counter() - t0
             self.traffic.bytes_ssd_read += len(ids) * self.scene.disk_row_bytes
             self.traffic.block_ssd_misses += 1

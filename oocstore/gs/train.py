@@ -300,6 +300,7 @@ class _Run:
     student: Callable | None = None
     _cull: tuple | None = field(default=None, repr=False)  # (vis_sets, counts) per layout
     lod_cuts: dict | None = None  # level of detail: {view: sorted ids of its cut}
+    lod_prefix: dict | None = None  # {block: rows} the cuts need (prefix reads)
 
     @property
     def extra(self) -> int:
@@ -343,7 +344,8 @@ class _Run:
         the cameras and culled counts, so steps render only their frustum's Gaussians)."""
         from .stream import TrainPlan
 
-        seg = TrainPlan(self.views_all[first:last], vis_sets, lod_cuts=self.lod_cuts)
+        seg = TrainPlan(self.views_all[first:last], vis_sets, lod_cuts=self.lod_cuts,
+                        lod_prefix=self.lod_prefix)
         if self.cfg.mode == "stream":
             seg.cameras = self.cams
             seg.cull_rows = self.cull_rows(scene, vis_sets)
@@ -501,7 +503,8 @@ class _Session:
         run = self.run = _Run(cfg, self.cams, self.train_views, self.plan.views, self.device,
                               allocator_slack(self.device), self.target_bytes, None,
                               cfg.gpu_budget is None, optimizer=cfg.optimizer_device,
-                              student=student, lod_cuts=self.plan.lod_cuts)
+                              student=student, lod_cuts=self.plan.lod_cuts,
+                              lod_prefix=self.plan.lod_prefix)
         self.full = run.plan(scene, self.vis_sets, 0, cfg.steps)
         view, self.need = largest_view(scene, self.full, run.working_optimizer)
         if cfg.gpu_budget is None:
@@ -546,6 +549,11 @@ class _Session:
         self.vis_sets = vis
         self.plan.vis_sets = vis
         self.plan.lod_cuts = {v: lv.ids for v, lv in self.cuts.items()}
+        prefix: dict = {}
+        for lv in self.cuts.values():
+            for b, k in zip(lv.blocks.tolist(), lv.prefix.tolist()):
+                prefix[b] = max(prefix.get(b, 0), k)
+        self.plan.lod_prefix = prefix
 
     def _views(self) -> None:
         """Cameras at the training size, the training and held-out views, the background."""

@@ -41,10 +41,14 @@ def lod_setup(tmp_path_factory):
     plan_views = np.resize(view_order(vis, seed=0, randomness=0.1), STEPS)
     interior = ~h.is_leaf
     cut_ids = {v: cuts[v].ids for v in cuts}
+    prefix: dict = {}
+    for lv in cuts.values():
+        for b, k in zip(lv.blocks.tolist(), lv.prefix.tolist()):
+            prefix[b] = max(prefix.get(b, 0), k)
     # the cuts mix levels: interior nodes are rendered, and not every leaf
     assert any(in_cut(h.ids[interior], cut_ids[v]).any() for v in plan_views)
     scene.close()
-    return root / "scene", cams, vis, plan_views, targets, cut_ids
+    return root / "scene", cams, vis, plan_views, targets, cut_ids, prefix
 
 
 def _oracle(path, cams, vis, plan_views, targets, cut_ids, lr, adam):
@@ -73,7 +77,7 @@ def _oracle(path, cams, vis, plan_views, targets, cut_ids, lr, adam):
 
 @pytest.mark.parametrize("mode", ["stream", "all"])
 def test_streamed_lod_training_equals_the_oracle_with_the_same_cuts(lod_setup, tmp_path, mode):
-    base, cams, vis, plan_views, targets, cut_ids = lod_setup
+    base, cams, vis, plan_views, targets, cut_ids, prefix = lod_setup
     path = tmp_path / "scene"
     shutil.copytree(base, path)
     adam = AdamConfig()
@@ -91,7 +95,18 @@ def test_streamed_lod_training_equals_the_oracle_with_the_same_cuts(lod_setup, t
 
             plan, cls = TrainPlan(plan_views, vis), AllOnDevice
         plan.lod_cuts = cut_ids
+        if mode == "stream":  # prefix reads: each block's rows up to the cuts' last
+            plan.lod_prefix = prefix
+            full = sum(int(scene.block_counts[b]) for b in prefix)
+            assert sum(prefix.values()) < full
         kw["accountant"] = BudgetAccountant(MemoryBudget(gpu=None, cpu=None))
+        counts, reads, read_block = scene.block_counts, [], scene.read_block
+
+        def spy(b, rows=None):
+            reads.append((int(b), rows))
+            return read_block(b, rows=rows)
+
+        scene.read_block = spy
         with cls(scene, plan, **kw) as store:
             train_steps(store, DEG, cams, targets, len(plan_views), device="cpu")
             store.checkpoint()
@@ -100,8 +115,10 @@ def test_streamed_lod_training_equals_the_oracle_with_the_same_cuts(lod_setup, t
         ids, rec = scene.read_all()
     assert np.array_equal(ids, ids_o)
     np.testing.assert_allclose(rec, rec_o, rtol=1e-5, atol=1e-6)
-    if rendered is not None:  # only cut rows were rendered
+    if rendered is not None:  # only cut rows were rendered, from prefixes of the blocks
         assert rendered <= sum(len(cut_ids[v]) for v in plan_views)
+        short = [(b, k) for b, k in reads if k is not None and k < counts[b]]
+        assert short and all(k == prefix[b] for b, k in short)
 
 
 def test_gs_train_with_lod_streams_like_all_on_device_and_trains_interior_nodes(lod_setup,
