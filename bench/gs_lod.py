@@ -46,6 +46,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 GARDEN = REPO.parent / "shared" / "data" / "gsplat" / "test_garden.npz"
+T0 = time.perf_counter()
+
+
+def note(msg: str) -> None:
+    print(f"[{time.perf_counter() - T0:7.1f} s] {msg}", file=sys.stderr, flush=True)
 
 
 def aerial_cameras(means: np.ndarray, up: np.ndarray, n: int, width: int, height: int, *,
@@ -156,10 +161,12 @@ def psnr_study(lod_path: Path, work: Path, cams, args) -> dict:
     t = time.perf_counter()
     targets = renders(lod_path, 0.0)  # the teacher's leaves: gs-train's synthetic targets
     teacher_cut = renders(lod_path, args.lod_pixels)
+    note("psnr: teacher rendered")
     w, h = cams.width, cams.height
     cfg = GsTrainConfig(steps=args.steps, mode="stream", lod_pixels=args.lod_pixels, width=w,
                         height=h, seed=0)
     summary = run_gs_training(path, cfg)
+    note(f"psnr: trained {args.steps} steps")
     trained_cut, trained_leaves = renders(path, args.lod_pixels), renders(path, 0.0)
 
     def mean_psnr(imgs):
@@ -193,6 +200,7 @@ def one_tiling(tile: str, work: Path, args) -> dict:
     kw = dict(block_size=256, views=12) if args.toy else {}
     ingest_scene(args.src, src_path, tile=tile, sh_degree=0, **kw).close()
     ingest_s = time.perf_counter() - t
+    note(f"{tile}: ingested in {ingest_s:.1f} s")
     with Scene.open(src_path, readonly=True) as src:
         _, prm = src.read_params()
         up = scene_up(prm[:, :3], src.cameras)
@@ -201,13 +209,16 @@ def one_tiling(tile: str, work: Path, args) -> dict:
         t = time.perf_counter()
         lod = build_lod_scene(src, lod_path, cameras=cams)
         build_s = time.perf_counter() - t
+        note(f"{tile}: hierarchy built in {build_s:.1f} s")
         with lod:
             ws, cuts, vis = working_sets(src, lod, cams, args.lod_pixels)
+            note(f"{tile}: working sets measured")
             with_leaves = src.num_gaussians <= args.leaves_max
             leaf_cuts = lod_views(lod.hierarchy(), cams, vis, range(len(cams)), 0.0) \
                 if with_leaves else None
             views = np.linspace(0, len(cams) - 1, args.render_views).round().astype(int)
             rt = render_times(lod, cams, vis, cuts, leaf_cuts, views, with_leaves)
+            note(f"{tile}: renders timed")
             res = {"tile": tile, "leaves": src.num_gaussians, "nodes": lod.num_gaussians,
                    "levels": lod.lod_meta["levels"], "extent": extent,
                    "ingest_s": ingest_s, "build_s": build_s, **ws, "render": rt}
