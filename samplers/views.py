@@ -308,23 +308,24 @@ def camera_centre(viewmat: np.ndarray) -> np.ndarray:
     return -vm[:3, :3].T @ vm[:3, 3]
 
 
-def lod_expanded(centers: np.ndarray, radius: np.ndarray, is_leaf: np.ndarray, cam: np.ndarray,
-                 fx: float, lod_pixels: float, near: float = 0.01) -> np.ndarray:
-    """[N] bool: interior nodes whose bounding sphere's diameter projects to at least
-    ``lod_pixels`` pixels at its nearest distance to the camera at ``cam`` (focal length
+def lod_expanded(centers: np.ndarray, radius: np.ndarray, size: np.ndarray, is_leaf: np.ndarray,
+                 cam: np.ndarray, fx: float, lod_pixels: float, near: float = 0.01) -> np.ndarray:
+    """[N] bool: interior nodes whose ``size`` projects to at least ``lod_pixels`` pixels
+    at their bounding sphere's nearest distance to the camera at ``cam`` (focal length
     ``fx`` pixels); see :mod:`oocstore.gs.lod`. ``lod_pixels`` 0 expands every one."""
     d = np.linalg.norm(np.asarray(centers, dtype=np.float64) - cam, axis=1) - radius
-    return ~is_leaf & (fx * 2.0 * radius >= lod_pixels * np.maximum(d, near))
+    return ~is_leaf & (fx * size >= lod_pixels * np.maximum(d, near))
 
 
 def lod_cut(hier, viewmat: np.ndarray, K: np.ndarray, lod_pixels: float, *,
             near: float = 0.01, is_leaf: np.ndarray | None = None) -> np.ndarray:
     """[N] bool over ``hier``'s nodes (:class:`oocstore.gs.lod.Hierarchy`): the view's
     cut, every node whose parent is expanded (or that is a root) and that is not
-    expanded itself. One node of every root-to-leaf path (the spheres nest)."""
+    expanded itself. One node of every root-to-leaf path (spheres nest, sizes grow
+    towards the root)."""
     leaf = hier.is_leaf if is_leaf is None else is_leaf
     fx = float(max(K[0][0], K[1][1]))
-    exp = lod_expanded(hier.centers, hier.radius, leaf, camera_centre(viewmat), fx,
+    exp = lod_expanded(hier.centers, hier.radius, hier.size, leaf, camera_centre(viewmat), fx,
                        lod_pixels, near)
     par = hier.parent
     parent_exp = np.ones(len(par), dtype=bool)

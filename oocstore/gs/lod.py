@@ -15,18 +15,20 @@ opacity_i area_i / area`` (clamped to 0.005..0.99).
 
 **The cut.** Every node has a bounding sphere (centre = its mean; leaves: radius = the
 largest scale; a parent: the smallest radius around its mean holding its children's
-spheres, so spheres nest). A node is *expanded* for a camera when it is interior and
-its sphere's diameter projects to at least ``lod_pixels`` pixels at the sphere's
-nearest distance to the camera, ``fx 2 R / max(|cam - c| - R, near) >= lod_pixels``.
-The cut is every node whose parent is expanded (or that is a root) and that is not
-expanded itself. Since spheres nest, a node's nearest distance is never below its
-parent's and its radius never above it, so an expanded node's parent is expanded: the
-cut holds exactly one node of every root-to-leaf path (a proper cut).
-``lod_pixels 0`` expands every interior node: the cut is the leaves.
+spheres, so spheres nest) and a *size* ``S``: a leaf's is its 1-sigma diameter, twice
+its largest scale; a parent's is the larger of its own (merged) 1-sigma diameter and
+its children's sizes. A node is *expanded* for a camera when it is interior and its size
+projects to at least ``lod_pixels`` pixels at its sphere's nearest distance to the
+camera, ``fx S / max(|cam - c| - R, near) >= lod_pixels``. The cut is every node whose
+parent is expanded (or that is a root) and that is not expanded itself. Since spheres
+nest, a node's nearest distance is never below its parent's and its size never above
+it, so an expanded node's parent is expanded: the cut holds exactly one node of every
+root-to-leaf path (a proper cut). ``lod_pixels 0`` expands every interior node: the
+cut is the leaves.
 
 **The layout (sequential point trees).** A node in block ``b`` is in a cut only if its
 parent is expanded, i.e. ``fx K >= lod_pixels max(dist(cam, box_b), near)`` with
-``K = 2 R_parent`` (infinite for a root) and ``box_b`` the box around the parent
+``K = S_parent`` (infinite for a root) and ``box_b`` the box around the parent
 spheres of the block's nodes. The nodes are ordered by the coarseness ``floor(log2
 K)`` (coarsest first), then in Morton order of their means, and cut into blocks of
 ``block_size``; inside a block they are sorted by ``K``, largest first. So a view's cut
@@ -39,7 +41,7 @@ ordinary records (so training, checksums and write-back treat them as Gaussians)
 
     ``scene/lod``                 LodMeta (node and leaf counts, levels, base cell)
     ``array/scene/lod/nodes``     int64 [N, 5]: id, parent id (-1: root), level, block, row
-    ``array/scene/lod/spheres``   float32 [N, 4]: centre x, y, z, radius
+    ``array/scene/lod/spheres``   float32 [N, 5]: centre x, y, z, radius, size
 
 The spheres are those of the build: training moves Gaussians a little, the cut keeps
 the geometry it was built with (rebuild with ``oocstore gs-lod build`` after large
@@ -87,7 +89,8 @@ class LodMeta:
 class Hierarchy:
     """A scene's hierarchy in memory (see the module docstring): per node its ``ids``,
     ``parent`` (an index into these arrays, -1 for a root), ``level``, ``block`` and
-    ``row`` in the store, and bounding sphere ``centers`` [N, 3] / ``radius`` [N]."""
+    ``row`` in the store, bounding sphere ``centers`` [N, 3] / ``radius`` [N], and
+    ``size`` [N] (see the module docstring)."""
 
     ids: np.ndarray
     parent: np.ndarray
@@ -96,6 +99,7 @@ class Hierarchy:
     row: np.ndarray
     centers: np.ndarray
     radius: np.ndarray
+    size: np.ndarray
 
     @property
     def is_leaf(self) -> np.ndarray:
@@ -105,10 +109,10 @@ class Hierarchy:
 
     @property
     def keys(self) -> np.ndarray:
-        """``K`` per node: the parent's sphere diameter (inf for a root)."""
+        """``K`` per node: the parent's size (inf for a root)."""
         k = np.full(len(self.ids), np.inf)
         has = self.parent >= 0
-        k[has] = 2.0 * self.radius[self.parent[has]].astype(np.float64)
+        k[has] = self.size[self.parent[has]].astype(np.float64)
         return k
 
 
@@ -223,7 +227,7 @@ def build_hierarchy(params: np.ndarray, *, cell: float | None = None,
                     progress: Callable[[str], None] | None = None):
     """Interior nodes over the leaves ``params`` [L, P]: returns ``(params [N, P]
     (leaves first, in their order), parent [N] (index, -1 root), level [N],
-    centers [N, 3], radius [N], cell)``."""
+    centers [N, 3], radius [N], size [N], cell)``."""
     params = np.asarray(params, dtype=np.float32)
     leaves = len(params)
     if leaves == 0:
@@ -235,6 +239,7 @@ def build_hierarchy(params: np.ndarray, *, cell: float | None = None,
     allp = params
     allc = params[:, layout.MEANS].astype(np.float64)
     allr = np.exp(params[:, layout.LOG_SCALES].astype(np.float64)).max(axis=1)
+    alls = 2.0 * allr
     par = np.full(leaves, -1, dtype=np.int64)
     level = np.zeros(leaves, dtype=np.int64)
     live = np.arange(leaves, dtype=np.int64)  # nodes without a parent yet
@@ -256,17 +261,20 @@ def build_hierarchy(params: np.ndarray, *, cell: float | None = None,
         reach = np.linalg.norm(allc[members] - c[ginv], axis=1) + allr[members]
         r = np.zeros(len(groups))
         np.maximum.at(r, ginv, reach)
+        size = 2.0 * np.exp(merged[:, layout.LOG_SCALES].astype(np.float64)).max(axis=1)
+        np.maximum.at(size, ginv, alls[members])
         new = np.arange(len(allp), len(allp) + len(groups), dtype=np.int64)
         allp = np.concatenate([allp, merged])
         allc = np.concatenate([allc, c])
         allr = np.concatenate([allr, r])
+        alls = np.concatenate([alls, size])
         par = np.concatenate([par, np.full(len(groups), -1, dtype=np.int64)])
         par[members] = new[ginv]
         level = np.concatenate([level, np.full(len(groups), k, dtype=np.int64)])
         live = np.concatenate([live[~multi], new])
         if progress:
             progress(f"level {k}: {len(groups):,} nodes, {len(live):,} without a parent")
-    return allp, par, level, allc, allr, cell
+    return allp, par, level, allc, allr, alls, cell
 
 
 def layout_order(keys: np.ndarray, means: np.ndarray, block_size: int) -> np.ndarray:
@@ -317,13 +325,14 @@ def build_lod_scene(src, out, *, cell: float | None = None, block_size: int | No
     if not 1 <= block_size <= 1 << 20:
         raise UsageError(f"--block-size {block_size} must be 1..1048576")
     leaf_ids, leaf_params = src.read_params()
-    prm, par, level, centers, radius, cell = build_hierarchy(leaf_params, cell=cell,
-                                                             progress=progress)
+    prm, par, level, centers, radius, size, cell = build_hierarchy(leaf_params, cell=cell,
+                                                                   progress=progress)
     ids = np.concatenate([leaf_ids, src.next_id + np.arange(len(prm) - len(leaf_ids))])
-    hier = Hierarchy(ids, par, level, np.zeros(0), np.zeros(0), centers, radius)
+    hier = Hierarchy(ids, par, level, np.zeros(0), np.zeros(0), centers, radius, size)
     order = layout_order(hier.keys, prm[:, layout.MEANS], block_size)
     nodes = node_table(ids, par, level, order, block_size)
-    spheres = np.concatenate([centers, radius[:, None]], axis=1)[order].astype(np.float32)
+    spheres = np.concatenate([centers, radius[:, None], size[:, None]],
+                             axis=1)[order].astype(np.float32)
     meta = LodMeta(nodes=len(ids), leaves=len(leaf_ids), levels=int(level.max()) + 1,
                    cell=float(cell))
     photos = None
@@ -357,14 +366,15 @@ def read_hierarchy(store) -> Hierarchy | None:
     has = nodes[:, 1] >= 0
     parent[has] = srt[np.searchsorted(ids[srt], nodes[has, 1])]
     return Hierarchy(ids, parent, nodes[:, 2], nodes[:, 3], nodes[:, 4],
-                     spheres[:, :3].astype(np.float64), spheres[:, 3].astype(np.float64))
+                     spheres[:, :3].astype(np.float64), spheres[:, 3].astype(np.float64),
+                     spheres[:, 4].astype(np.float64))
 
 
 def _table_problems(nodes: np.ndarray, spheres: np.ndarray) -> list[str]:
     """What is wrong with a node table: shapes, ids, parents out of range, cycles."""
-    if nodes.ndim != 2 or nodes.shape[1] != 5 or spheres.shape != (len(nodes), 4):
+    if nodes.ndim != 2 or nodes.shape[1] != 5 or spheres.shape != (len(nodes), 5):
         return [f"node table of shape {nodes.shape} and spheres {spheres.shape}, expected "
-                "[N, 5] and [N, 4]"]
+                "[N, 5] and [N, 5]"]
     n = len(nodes)
     ids = nodes[:, 0]
     srt = np.sort(ids)
@@ -381,8 +391,8 @@ def _table_problems(nodes: np.ndarray, spheres: np.ndarray) -> list[str]:
         i = int(bad[0]) if len(bad) else int(neg[0])
         return [f"node {int(ids[i])} has parent {int(pid[i])}, which is out of range (not "
                 f"one of the {n} node ids)"]
-    if not np.isfinite(spheres).all() or (spheres[:, 3] < 0).any():
-        return ["a bounding sphere is not finite or has a negative radius"]
+    if not np.isfinite(spheres).all() or (spheres[:, 3:] < 0).any():
+        return ["a bounding sphere is not finite or has a negative radius or size"]
     order = np.argsort(ids, kind="stable")
     par = np.full(n, -1, dtype=np.int64)
     par[has] = order[np.searchsorted(ids[order], pid[has])]

@@ -65,7 +65,7 @@ def test_merging_two_gaussians_matches_their_moments():
 
 def test_hierarchy_nests_spheres_and_ends_in_one_root():
     prm = make_params(2000, 0, seed=1)
-    allp, par, level, centers, radius, _ = build_hierarchy(prm)
+    allp, par, level, centers, radius, size, _ = build_hierarchy(prm)
     assert np.array_equal(allp[:2000], prm)
     assert (par[:-1] >= 0).all() and par[-1] == -1  # one root, built last
     has = par >= 0
@@ -73,6 +73,7 @@ def test_hierarchy_nests_spheres_and_ends_in_one_root():
     # every child's sphere inside its parent's
     gap = np.linalg.norm(centers[has] - centers[par[has]], axis=1) + radius[has] - radius[par[has]]
     assert gap.max() <= 1e-9
+    assert (size[has] <= size[par[has]]).all()  # sizes grow towards the root
     children = np.bincount(par[has], minlength=len(par))
     assert (children[2000:] >= 2).all()
 
@@ -186,7 +187,7 @@ def test_reading_a_hierarchy_with_a_parent_out_of_range_is_refused():
             return {} if key == LOD_KEY else None
 
         def array(self, name):
-            return np.array([[0, 5, 0, 0, 0]]) if name == NODES_ARRAY else np.zeros((1, 4))
+            return np.array([[0, 5, 0, 0, 0]]) if name == NODES_ARRAY else np.zeros((1, 5))
 
     with pytest.raises(FormatError, match="parent 5, which is out of range.*oocstore verify"):
         read_hierarchy(_Store())
