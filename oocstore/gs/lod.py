@@ -11,7 +11,9 @@ area`` (area: pi times the product of the two largest scales), the mean and cova
 moment-matched (``mu = sum w mu_i / sum w``, ``Sigma = sum w (Sigma_i + d_i d_i^T) /
 sum w``), scales and rotation from the covariance's eigen-decomposition, SH
 coefficients weighted by ``w``, and the opacity that keeps the covered area ``sum
-opacity_i area_i / area`` (clamped to 0.005..0.99).
+opacity_i area_i / area`` (clamped to 0.005..0.99), with the areas as the rasterizer
+draws them where the node is first used (its size 1 px: the 0.3 px dilation included,
+:func:`merge_groups`).
 
 **The cut.** Every node has a bounding sphere (centre = its mean; leaves: radius = the
 largest scale; a parent: the smallest radius around its mean holding its children's
@@ -67,6 +69,7 @@ LOD_FORMAT_VERSION = 2
 MAX_LEVELS = 64
 DEFAULT_LOD_PIXELS = 1.0
 MIN_OPACITY, MAX_OPACITY = 0.005, 0.99
+EPS2D_PX = 0.3  # the rasterizer's dilation (oocstore.gs.render.EPS2D), px^2
 BUILD_FIX = "build the hierarchy with `oocstore gs-lod build {src} OUT` and use OUT"
 
 
@@ -175,14 +178,24 @@ def _quats_of(vecs: np.ndarray) -> np.ndarray:
     return q / np.linalg.norm(q, axis=1, keepdims=True)
 
 
-def _area(log_scales: np.ndarray) -> np.ndarray:
+def _area(log_scales: np.ndarray, dilation: np.ndarray | None = None) -> np.ndarray:
+    """pi times the two largest scales (with ``dilation`` added to their squares)."""
     s = np.sort(np.exp(log_scales.astype(np.float64)), axis=1)
-    return math.pi * s[:, 1] * s[:, 2]
+    if dilation is None:
+        return math.pi * s[:, 1] * s[:, 2]
+    return math.pi * np.sqrt((s[:, 1] ** 2 + dilation) * (s[:, 2] ** 2 + dilation))
 
 
-def merge_groups(params: np.ndarray, group: np.ndarray, ngroups: int) -> np.ndarray:
+def merge_groups(params: np.ndarray, group: np.ndarray, ngroups: int,
+                 child_size: np.ndarray | None = None):
     """One merged Gaussian [G, P] float32 per group of the rows of ``params`` [n, P]
-    (``group`` [n] in 0..G-1; see the module docstring for the rules)."""
+    (``group`` [n] in 0..G-1; see the module docstring for the rules).
+
+    With ``child_size`` (the rows' sizes) it returns ``(merged, size)``: the merged
+    nodes' sizes too, and an opacity that keeps the *rendered* coverage at the scale
+    where the node is first drawn (its size 1 px): there the rasterizer's 0.3 px
+    dilation widens every sub-pixel child, ``area = pi sqrt((s_a^2 + c)(s_b^2 + c))``
+    with ``c = 0.3 size^2``, so many tiny children cover more than their bare areas."""
     from scipy import sparse
 
     n, p = params.shape
@@ -203,13 +216,21 @@ def merge_groups(params: np.ndarray, group: np.ndarray, ngroups: int) -> np.ndar
     out[:, layout.MEANS] = mu
     out[:, layout.QUATS] = _quats_of(vecs)
     out[:, layout.LOG_SCALES] = np.log(scales)
-    covered = np.asarray(sparse.csr_matrix((alpha * area, (group, np.arange(n))),
+    size = dil = None
+    if child_size is not None:
+        size = 2.0 * scales.max(axis=1)
+        np.maximum.at(size, group, child_size)
+        dil = EPS2D_PX * size * size  # world units^2 of 0.3 px^2 where size is 1 px
+    cover_i = alpha * (area if dil is None else _area(params[:, layout.LOG_SCALES], dil[group]))
+    covered = np.asarray(sparse.csr_matrix((cover_i, (group, np.arange(n))),
                                            shape=(ngroups, n)).sum(axis=1)).reshape(-1)
-    a = np.clip(covered / _area(out[:, layout.LOG_SCALES]), MIN_OPACITY, MAX_OPACITY)
+    a = np.clip(covered / _area(out[:, layout.LOG_SCALES], dil), MIN_OPACITY, MAX_OPACITY)
     out[:, 10] = np.log(a / (1 - a))
-    out[:, layout.SH_START:] = (g @ params[:, layout.SH_START:].astype(np.float64)) \
-        / wsum[:, None]
-    return out.astype(np.float32)
+    gc = sparse.csr_matrix((cover_i + 1e-30, (group, np.arange(n))), shape=(ngroups, n))
+    csum = np.asarray(gc.sum(axis=1)).reshape(-1)
+    out[:, layout.SH_START:] = (gc @ params[:, layout.SH_START:].astype(np.float64)) \
+        / csum[:, None]
+    return out.astype(np.float32) if size is None else (out.astype(np.float32), size)
 
 
 # -- building --------------------------------------------------------------------------
@@ -256,13 +277,11 @@ def build_hierarchy(params: np.ndarray, *, cell: float | None = None,
             continue
         members = live[multi]
         groups, ginv = np.unique(inv[multi], return_inverse=True)
-        merged = merge_groups(allp[members], ginv, len(groups))
+        merged, size = merge_groups(allp[members], ginv, len(groups), alls[members])
         c = merged[:, layout.MEANS].astype(np.float64)
         reach = np.linalg.norm(allc[members] - c[ginv], axis=1) + allr[members]
         r = np.zeros(len(groups))
         np.maximum.at(r, ginv, reach)
-        size = 2.0 * np.exp(merged[:, layout.LOG_SCALES].astype(np.float64)).max(axis=1)
-        np.maximum.at(size, ginv, alls[members])
         new = np.arange(len(allp), len(allp) + len(groups), dtype=np.int64)
         allp = np.concatenate([allp, merged])
         allc = np.concatenate([allc, c])
