@@ -421,7 +421,8 @@ def _cmd_gs_lod_build(args) -> int:
     scene with it to OUT (format version 2): interior nodes are merged Gaussians over
     spatial cells that double in size every level, stored as ordinary records, ordered
     so that every view's cut is a prefix of each block. SRC is only read; every Adam
-    moment of OUT starts at zero. gs-train and gs-render then use the cut
+    moment of OUT starts at zero. A SRC with a hierarchy (after training) is rebuilt from
+    its leaves. gs-train and gs-render then use the cut
     (--lod-pixels, default 1; 0: leaves only)."""
     import os
 

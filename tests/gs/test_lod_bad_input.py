@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from oocstore.cli import main
-from oocstore.gs.lod import NODES_ARRAY, build_lod_scene
+from oocstore.gs.lod import NODES_ARRAY, build_lod_scene, leaf_ids
 from oocstore.gs.scene import Scene
 from oocstore.store import Store
 
@@ -71,13 +71,22 @@ def test_gs_lod_build_refuses_bad_input_without_writing(scenes, tmp_path, capsys
     out = tmp_path / "out"
     _refused(capsys, ["gs-lod", "build", str(scenes[0]), str(out), "--cell", "-1"],
              "--cell -1.0 must be a positive length")
-    _refused(capsys, ["gs-lod", "build", str(scenes[1]), str(out)],
-             "already has a level-of-detail hierarchy")
     _refused(capsys, ["gs-lod", "build", str(tmp_path / "none"), str(out)], "none")
     _refused(capsys, ["gs-lod", "build", str(scenes[0]), str(scenes[0])], "is SRC")
     assert not out.exists()
     assert main(["gs-lod", "build", str(scenes[0]), str(out), "--quiet"]) == 0
     assert main(["verify", str(out), "--quiet"]) == 0
+    # a scene with a hierarchy is rebuilt from its leaves (e.g. after training)
+    again = tmp_path / "again"
+    assert main(["gs-lod", "build", str(out), str(again), "--quiet"]) == 0
+    with Scene.open(out, readonly=True) as a, Scene.open(again, readonly=True) as b:
+        ia, pa = a.read_params()
+        ib, pb = b.read_params()
+        la, lb = leaf_ids(a), leaf_ids(b)
+        assert np.array_equal(la, lb) and len(la) == 600
+        assert np.array_equal(pa[np.isin(ia, la)], pb[np.isin(ib, lb)])
+        assert b.num_gaussians == a.num_gaussians  # the same merged nodes, new ids
+        assert ib.max() > ia.max()
 
 
 def _damage(path: Path, edit) -> None:
