@@ -298,3 +298,80 @@ def belady_block_schedule(order: Sequence[int], vis_sets: Sequence[np.ndarray], 
         steps.append(ScheduleStep(int(v), np.array(missing, dtype=np.int64),
                                   np.array(sorted(evict), dtype=np.int64), used))
     return BlockSchedule(steps, int(budget_bytes), peak, loads, loaded, min_bytes, order)
+
+
+# -- level of detail ------------------------------------------------------------------------
+
+def camera_centre(viewmat: np.ndarray) -> np.ndarray:
+    """World position of a world-to-camera matrix's camera (float64 [3])."""
+    vm = np.asarray(viewmat, dtype=np.float64)
+    return -vm[:3, :3].T @ vm[:3, 3]
+
+
+def lod_expanded(centers: np.ndarray, radius: np.ndarray, size: np.ndarray, is_leaf: np.ndarray,
+                 cam: np.ndarray, fx: float, lod_pixels: float, near: float = 0.01) -> np.ndarray:
+    """[N] bool: interior nodes whose ``size`` projects to at least ``lod_pixels`` pixels
+    at their bounding sphere's nearest distance to the camera at ``cam`` (focal length
+    ``fx`` pixels); see :mod:`oocstore.gs.lod`. ``lod_pixels`` 0 expands every one."""
+    d = np.linalg.norm(np.asarray(centers, dtype=np.float64) - cam, axis=1) - radius
+    return ~is_leaf & (fx * size >= lod_pixels * np.maximum(d, near))
+
+
+def lod_cut(hier, viewmat: np.ndarray, K: np.ndarray, lod_pixels: float, *,
+            near: float = 0.01, is_leaf: np.ndarray | None = None) -> np.ndarray:
+    """[N] bool over ``hier``'s nodes (:class:`oocstore.gs.lod.Hierarchy`): the view's
+    cut, every node whose parent is expanded (or that is a root) and that is not
+    expanded itself. One node of every root-to-leaf path (spheres nest, sizes grow
+    towards the root)."""
+    leaf = hier.is_leaf if is_leaf is None else is_leaf
+    fx = float(max(K[0][0], K[1][1]))
+    exp = lod_expanded(hier.centers, hier.radius, hier.size, leaf, camera_centre(viewmat), fx,
+                       lod_pixels, near)
+    par = hier.parent
+    parent_exp = np.ones(len(par), dtype=bool)
+    has = par >= 0
+    parent_exp[has] = exp[par[has]]
+    return parent_exp & ~exp
+
+
+@dataclass(frozen=True)
+class LodView:
+    """One view's cut in the store: the ``ids`` of its nodes in ``blocks`` (sorted),
+    the ``blocks`` (int64) that hold them among the view's visible blocks, and per block
+    the ``prefix`` rows that hold them."""
+
+    ids: np.ndarray
+    blocks: np.ndarray
+    prefix: np.ndarray
+
+    @property
+    def rows(self) -> int:
+        return int(self.prefix.sum())
+
+
+def lod_working_set(hier, cut: np.ndarray, vis: np.ndarray) -> LodView:
+    """The blocks of ``vis`` (a view's visible blocks) holding nodes of ``cut`` ([N]
+    bool), the prefix of each that holds them, and those nodes' ids."""
+    vis = np.asarray(vis, dtype=np.int64)
+    nb = int(max(hier.block.max(initial=-1), vis.max(initial=-1))) + 1
+    seen = np.zeros(nb, dtype=bool)
+    seen[vis] = True
+    sel = cut & seen[hier.block]
+    prefix = np.zeros(nb, dtype=np.int64)
+    np.maximum.at(prefix, hier.block[sel], hier.row[sel] + 1)
+    blocks = np.flatnonzero(prefix).astype(np.int64)
+    return LodView(np.sort(hier.ids[sel]), blocks, prefix[blocks])
+
+
+def lod_views(hier, cameras, vis_sets: Sequence[np.ndarray], views, lod_pixels: float, *,
+              near: float = 0.01) -> dict:
+    """{view: :class:`LodView`} for ``views`` (cameras at the render size: the cut
+    depends on the focal length in pixels)."""
+    leaf = hier.is_leaf
+    out = {}
+    for v in np.unique(np.asarray(views, dtype=np.int64)):
+        v = int(v)
+        cut = lod_cut(hier, cameras.viewmats[v], cameras.Ks[v], lod_pixels, near=near,
+                      is_leaf=leaf)
+        out[v] = lod_working_set(hier, cut, vis_sets[v])
+    return out

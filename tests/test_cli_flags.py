@@ -103,7 +103,7 @@ def test_every_command_knows_its_flags():
                 yield from leaves(sp, path + [name])
 
     found = list(leaves(build_parser(), []))
-    assert len(found) == 20  # with ingest hetero-ogb and hetero-synthetic
+    assert len(found) == 21  # with ingest hetero-ogb, hetero-synthetic and gs-lod build
     for path, parser in found:
         assert parser.get_default("parser") is parser, path
         assert callable(parser.get_default("func")), path

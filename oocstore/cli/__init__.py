@@ -30,7 +30,7 @@ INGEST_SOURCES = (ingest.add_synthetic, ingest.add_npz, ingest.add_planetoid,
 COMMANDS = (scene.add_export_scene, store.add_inspect, store.add_verify, sample.add_sample,
             pack.add_pack, sample.add_plan_budget, train.add_train, infer.add_infer, store.add_gc,
             store.add_rm,
-            scene.add_gs_train, scene.add_gs_render)
+            scene.add_gs_train, scene.add_gs_render, scene.add_gs_lod)
 
 
 def build_parser() -> Parser:

@@ -328,6 +328,10 @@ def add_gs_train(sub) -> None:
     p.add_argument("--checkpoint-every", type=int, default=0, metavar="N")
     p.add_argument("--sh-degree", type=int, default=None, metavar="D",
                    help="highest SH degree trained (default: the scene's)")
+    p.add_argument("--lod-pixels", default=None, metavar="PX",
+                   help="scenes with a level-of-detail hierarchy (gs-lod build): each step "
+                        "renders and trains its view's cut, merged nodes below PX pixels "
+                        "(default 1; 0: leaves only); densification is off")
     r = p.add_argument_group("recipe (photo defaults: 3DGS / gsplat DefaultStrategy; synthetic "
                              "defaults: L1, full SH, constant rates, no densification)")
     for name in RECIPE_FLAGS:
@@ -359,6 +363,9 @@ def add_gs_render(sub) -> None:
     add_flag(p, "--with-photos", "also write each render beside its photograph (test/train "
                                  "views)")
     p.add_argument("--sh-degree", type=int, default=None, metavar="D")
+    p.add_argument("--lod-pixels", default=None, metavar="PX",
+                   help="scenes with a level-of-detail hierarchy: render each view's cut, "
+                        "merged nodes below PX pixels (default 1; 0: leaves only)")
     add_device(p)
     add_flag(p, "--quiet", "no progress bar, nothing printed")
 
@@ -376,7 +383,7 @@ def _cmd_gs_render(args) -> int:
             paths = render_scene_views(scene, args.views, args.out, device=args.device,
                                        frames=args.frames, video=args.video,
                                        with_photos=args.with_photos, sh_degree=args.sh_degree,
-                                       progress=update)
+                                       progress=update, lod_pixels=args.lod_pixels)
     if not args.quiet:
         print(f"wrote {len(paths)} {args.views} views to {args.out}"
               + (f" and {args.video}" if args.video else ""))
@@ -387,3 +394,59 @@ def _cmd_gs_train(args) -> int:
     from ..gs.train import cmd_gs_train
 
     return cmd_gs_train(args)
+
+
+def add_gs_lod(sub) -> None:
+    """Register ``oocstore gs-lod build`` (level-of-detail hierarchies)."""
+    p = command(sub, "gs-lod", None, "level-of-detail hierarchies of Gaussian-splatting scenes",
+                description="Level of detail: `gs-lod build SRC OUT` writes SRC with a "
+                            "hierarchy of merged Gaussians to OUT (see docs/SCENE_FORMAT.md).")
+    lsub = p.add_subparsers(dest="lod_command", metavar="COMMAND", required=True)
+    b = command(lsub, "build", _cmd_gs_lod_build, "write a scene with its level-of-detail "
+                                                  "hierarchy to a new scene")
+    add_store(b, "src", "scene store to read (left unchanged)")
+    b.add_argument("out", metavar="OUT", help="scene store directory to create")
+    b.add_argument("--cell", type=float, default=None, metavar="L",
+                   help="side of the finest merge cell in scene units (default: twice the "
+                        "median Gaussian scale); it doubles every level")
+    b.add_argument("--block-size", type=int, default=None, metavar="N",
+                   help="nodes per block (default: SRC's block size)")
+    add_flag(b, "--overwrite", "replace OUT if it exists")
+    add_flag(b, "--json", "print one JSON summary line")
+    add_flag(b, "--quiet", "nothing printed on success")
+
+
+def _cmd_gs_lod_build(args) -> int:
+    """Build a level-of-detail hierarchy over the Gaussians of the scene SRC and write the
+    scene with it to OUT (format version 2): interior nodes are merged Gaussians over
+    spatial cells that double in size every level, stored as ordinary records, ordered
+    so that every view's cut is a prefix of each block. SRC is only read; every Adam
+    moment of OUT starts at zero. A SRC with a hierarchy (after training) is rebuilt from
+    its leaves. gs-train and gs-render then use the cut
+    (--lod-pixels, default 1; 0: leaves only)."""
+    import os
+
+    from ..errors import UsageError
+    from ..gs.lod import build_lod_scene
+    from ..gs.scene import Scene
+
+    if os.path.abspath(args.src) == os.path.abspath(args.out):
+        raise UsageError(f"OUT {args.out} is SRC: write the scene with its hierarchy to a new "
+                         "directory")
+    t0 = time.perf_counter()
+    with Scene.open(args.src, readonly=True) as src:
+        out = build_lod_scene(src, args.out, cell=args.cell, block_size=args.block_size,
+                              overwrite=args.overwrite)
+    with out:
+        meta = dict(out.lod_meta)
+        summary = {"path": str(out.path), "nodes": meta["nodes"], "leaves": meta["leaves"],
+                   "levels": meta["levels"], "cell": meta["cell"], "blocks": out.num_blocks,
+                   "seconds": round(time.perf_counter() - t0, 3)}
+    if args.json:
+        print(json.dumps(summary, sort_keys=True))
+    elif not args.quiet:
+        print(f"built {summary['nodes'] - summary['leaves']:,} merged nodes over "
+              f"{summary['leaves']:,} Gaussians in {summary['levels']} levels (base cell "
+              f"{summary['cell']:.4g}): {summary['path']}, {summary['blocks']} blocks, "
+              f"{summary['seconds']:.1f} s")
+    return 0

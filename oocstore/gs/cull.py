@@ -97,11 +97,12 @@ def in_frustum(params: torch.Tensor,  # [N, >= 11] parameter rows (geometry firs
 
 
 def culled_counts(scene, cameras, vis_sets, views, *, near: float = 0.01,
-                  block_fn=None) -> np.ndarray:
+                  block_fn=None, cuts: dict | None = None) -> np.ndarray:
     """Per view of ``views`` [V]: how many Gaussians of its visible blocks pass
     :func:`in_frustum` with the scene as stored now ([V] int64). Reads each block once;
     ``block_fn(b, rec) -> rec``, when given, transforms a block's records first (a
-    change about to be written, such as the synthetic student)."""
+    change about to be written, such as the synthetic student). ``cuts`` ({view: sorted
+    ids}): count only the rows of each view's level-of-detail cut."""
     views = np.asarray(views, dtype=np.int64)
     out = np.zeros(len(views), dtype=np.int64)
     seen_by: dict[int, list[int]] = {}
@@ -115,7 +116,7 @@ def culled_counts(scene, cameras, vis_sets, views, *, near: float = 0.01,
                                        cameras.height, near, CULL_PIXELS)
         planes[v] = (n, d, lengths)
     for b in sorted(seen_by):
-        _, rec = scene.read_block(b)
+        ids, rec = scene.read_block(b)
         if block_fn is not None:
             rec = block_fn(b, rec)
         if not len(rec):
@@ -129,6 +130,11 @@ def culled_counts(scene, cameras, vis_sets, views, *, near: float = 0.01,
         means = rec[:, MEANS].astype(np.float64)
         radius = CULL_SIGMAS * np.exp(rec[:, LOG_SCALES].astype(np.float64).max(axis=1))
         ok = (means @ normals.T + offsets + radius[:, None] * reach) >= 0  # [n, 5 Vb]
-        kept = ok.reshape(len(rec), len(vs), 5).all(axis=2).sum(axis=0)
+        inside = ok.reshape(len(rec), len(vs), 5).all(axis=2)  # [n, Vb]
+        if cuts is not None:
+            from .lod import in_cut
+
+            inside &= np.stack([in_cut(ids, cuts[v]) for v in vs], axis=1)
+        kept = inside.sum(axis=0)
         np.add.at(out, np.asarray(who), kept)
     return out

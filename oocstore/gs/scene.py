@@ -100,6 +100,8 @@ __all__ = ["IMAGES_KEY", "ImagesMeta", "MOMENT_DTYPES", "PhotoSource", "Scene", 
            "row_dtype", "scene_info"]
 
 SCENE_FORMAT_VERSION = 1
+LOD_FORMAT_VERSION = 2  # a scene with a level-of-detail hierarchy (oocstore.gs.lod)
+READ_FORMAT_VERSIONS = (SCENE_FORMAT_VERSION, LOD_FORMAT_VERSION)
 _FIX = "re-create the scene with `oocstore ingest scene`"
 IMAGES_KEY = "scene/images"  # catalog entry (ImagesMeta) and array name of the photos
 IMAGE_SOURCE_KINDS = ("colmap", "transforms")
@@ -132,7 +134,11 @@ class SceneMeta:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SceneMeta":
-        return versioned_from_dict(cls, data, kind="scene", version=SCENE_FORMAT_VERSION,
+        # version 2 is a scene with a level-of-detail hierarchy (oocstore.gs.lod); a reader
+        # of version 1 refuses it, since it would render interior nodes as Gaussians
+        fv = data.get("format_version") if isinstance(data, dict) else None
+        version = fv if fv in READ_FORMAT_VERSIONS else SCENE_FORMAT_VERSION
+        return versioned_from_dict(cls, data, kind="scene", version=version,
                                    fix="install the oocstore release that wrote it, or " + _FIX)
 
 
@@ -248,7 +254,8 @@ class Scene:
                *, moments: str = "float32", ids: np.ndarray | None = None,
                overwrite: bool = False, source: dict | None = None,
                progress: Callable[[int], None] | None = None,
-               photos: PhotoSource | None = None) -> "Scene":
+               photos: PhotoSource | None = None, order: np.ndarray | None = None,
+               lod: tuple | None = None) -> "Scene":
         """Build a scene at ``path`` from ``params`` [N, P] (moments zeroed) and open it.
 
         ``means`` [N, 3] (default: the params' means) set the Morton order that groups
@@ -256,7 +263,10 @@ class Scene:
         ``progress(n)`` is called with the Gaussians written so far in each block.
         ``photos`` (optional) are the training photographs, one per camera, streamed
         into ``array/scene/images`` (see :class:`PhotoSource`).
-        The scene appears at ``path`` only once complete.
+        ``order`` (a permutation of the rows) replaces the Morton order; ``lod``
+        ``(LodMeta, nodes, spheres)`` is a level-of-detail hierarchy
+        (:mod:`oocstore.gs.lod`), stored in the same commit: the scene is then format
+        version 2. The scene appears at ``path`` only once complete.
         """
         sh_degree = layout.check_sh_degree(sh_degree)
         params = _checked_params(params, sh_degree)
@@ -264,10 +274,13 @@ class Scene:
         means, ids = _checked_means_and_ids(params, means, ids)
         n = params.shape[0]
         capacity = int(math.ceil(block_size * (1 + spare)))
-        order = morton_order(means)
+        order = morton_order(means) if order is None else np.asarray(order, dtype=np.int64)
+        if order.shape != (n,):
+            raise UsageError(f"order has shape {order.shape}, expected ({n},)")
         meta = SceneMeta(sh_degree=sh_degree, block_capacity=capacity, block_size=int(block_size),
                          moments=moments, num_blocks=0, next_id=int(ids.max()) + 1 if n else 0,
-                         file_seq=0, width=cameras.width, height=cameras.height)
+                         file_seq=0, width=cameras.width, height=cameras.height,
+                         format_version=SCENE_FORMAT_VERSION if lod is None else LOD_FORMAT_VERSION)
         with Store.create(path, overwrite=overwrite) as store:
             with store.transaction() as txn:
                 txn.put("scene", meta.to_dict())
@@ -277,6 +290,8 @@ class Scene:
                 txn.set_source(dict(source or {}, kind="scene"))
                 if photos is not None:
                     _write_photos(txn, photos)
+                if lod is not None:
+                    _write_lod(txn, lod)
             scene = cls(store.path)
             try:
                 with scene.writer() as w:
@@ -357,6 +372,14 @@ class Scene:
         self._cameras = Cameras(vm, ks, self.meta.width, self.meta.height,
                                 names if len(names) == len(vm) else (), source=str(self.path))
         self._load_images()
+        from .lod import LOD_KEY
+
+        self._lod_meta = self.store.get(LOD_KEY)
+        self._hierarchy = None
+        if (self.meta.format_version == LOD_FORMAT_VERSION) != (self._lod_meta is not None):
+            raise FormatError(f"scene {self.path} has format version {self.meta.format_version}"
+                              f" but {'no' if self._lod_meta is None else 'a'} level-of-detail "
+                              f"hierarchy: the catalog is damaged; {_FIX}")
 
     def _camera_array(self, name: str) -> np.ndarray:
         """A camera array (a few KiB) read whole; with ``verify_reads``, checked against
@@ -436,6 +459,25 @@ class Scene:
     @property
     def version(self) -> int:
         return self.store.version
+
+    # -- level of detail -----------------------------------------------------------
+    @property
+    def lod_meta(self) -> dict | None:
+        """The hierarchy's catalog entry (None: the scene has no level-of-detail
+        hierarchy; see :mod:`oocstore.gs.lod`)."""
+        return self._lod_meta
+
+    def hierarchy(self, *, what: str = "level of detail"):
+        """The scene's :class:`~oocstore.gs.lod.Hierarchy` (read once); a UsageError
+        naming the command that builds one when the scene has none."""
+        from .lod import BUILD_FIX, read_hierarchy
+
+        if self._lod_meta is None:
+            raise UsageError(f"{what} needs a level-of-detail hierarchy, and scene {self.path} "
+                             f"has none: {BUILD_FIX.format(src=self.path)}")
+        if self._hierarchy is None:
+            self._hierarchy = read_hierarchy(self.store)
+        return self._hierarchy
 
     # -- photographs ---------------------------------------------------------------
     @property
@@ -551,8 +593,11 @@ class Scene:
         return raw[:im.image_bytes].reshape(im.height, im.width, 3)
 
     # -- reading -------------------------------------------------------------------
-    def read_block(self, b: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(ids int64 [n], records float32 [n, 3P])`` of block ``b``'s live Gaussians.
+    def read_block(self, b: int, rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids int64 [n], records float32 [n, 3P])`` of block ``b``'s live Gaussians;
+        with ``rows``, only the first ``rows`` of them (a *prefix read*, as a level-of-
+        detail cut needs: :mod:`oocstore.gs.lod`). A prefix read reads the checksum
+        chunks that hold those rows (with ``verify_reads``; else the 4 KiB pages).
 
         Raises :class:`ChecksumError` naming the block, file and chunk when the file is
         short or (with ``verify_reads``) its bytes do not match the block's checksums."""
@@ -560,22 +605,27 @@ class Scene:
         for _attempt in range(3):
             with self._lock:
                 n, rel, sums = int(self._counts[b]), self._files[b], self._sums[b]
-            if n == 0:
+            k = n if rows is None else min(n, _check_rows_arg(rows))
+            if k == 0:
                 return np.zeros(0, np.int64), np.zeros((0, self.record_width), np.float32)
             nbytes = n * self._row.itemsize
+            want = _prefix_bytes(k * self._row.itemsize, nbytes, sums, self.verify_reads)
             try:
                 with DirectReader(self.path / rel, direct=self.direct) as reader:
                     self.store.check_not_replaced()  # opened in this scene, not a successor
-                    raw = reader.read(0, nbytes)
+                    raw = reader.read(0, want)
             except FileNotFoundError:
                 continue  # a writer replaced the block meanwhile: look again
-            if len(raw) < nbytes:
+            if len(raw) < want:
                 cb = sums[0] if sums else nbytes
                 self._damaged(f"block {b}", rel, len(raw) // cb, f"the file is truncated "
                               f"({len(raw)} bytes of rows, the block needs {nbytes})")
             if self.verify_reads:
-                self._check_sums(f"block {b}", rel, raw, sums)
-            return decode_rows(raw.view(self._row))
+                if want < nbytes:
+                    self._check_prefix_sums(f"block {b}", rel, raw, sums, nbytes)
+                else:
+                    self._check_sums(f"block {b}", rel, raw, sums)
+            return decode_rows(raw[:k * self._row.itemsize].view(self._row))
         raise FormatError(f"scene {self.path}: block {b}'s file {rel} keeps disappearing")
 
     def _check_sums(self, what: str, rel: str, raw: np.ndarray, sums) -> None:
@@ -591,6 +641,16 @@ class Scene:
             lo, hi = c * cb, min((c + 1) * cb, len(mv))
             if checksum(mv[lo:hi]) != want[c]:
                 self._damaged(what, rel, c, f"checksum mismatch in bytes {lo}..{hi}")
+
+    def _check_prefix_sums(self, what: str, rel: str, raw: np.ndarray, sums, nbytes: int):
+        """:meth:`_check_sums` of the whole chunks ``raw`` holds of a block of ``nbytes``
+        (the checksum list checked against the whole block first)."""
+        cb, want = sums if sums is not None else (0, [])
+        chunks = -(-nbytes // cb) if cb > 0 else -1
+        if len(want) != chunks:
+            self._damaged(what, rel, None, f"the catalog lists {len(want)} checksum(s) for "
+                          f"{max(chunks, 0)} chunk(s) of {cb} bytes: the catalog is damaged")
+        self._check_sums(what, rel, raw, (cb, want[:-(-len(raw) // cb)]))
 
     def _damaged(self, what: str, rel: str, chunk: int | None, detail: str) -> NoReturn:
         where = f"chunk {chunk}: " if chunk is not None else ""
@@ -637,7 +697,11 @@ class Scene:
         the number of Gaussians written (``progress(n)`` as blocks are read)."""
         from .ply import write_ply
 
-        _, params = self.read_params(progress=progress)
+        ids, params = self.read_params(progress=progress)
+        if self._lod_meta is not None:  # the leaves: merged nodes are no 3DGS Gaussians
+            from .lod import in_cut, leaf_ids
+
+            params = params[in_cut(ids, leaf_ids(self))]
         write_ply(path, params, self.sh_degree)
         return len(params)
 
@@ -672,6 +736,21 @@ class Scene:
     def __repr__(self) -> str:
         return (f"Scene({str(self.path)!r}, gaussians={self.num_gaussians}, "
                 f"blocks={self.num_blocks}, sh_degree={self.sh_degree})")
+
+
+def _check_rows_arg(rows) -> int:
+    if isinstance(rows, bool) or not isinstance(rows, (int, np.integer)) or rows < 0:
+        raise UsageError(f"rows {rows!r} must be a non-negative integer (a block prefix)")
+    return int(rows)
+
+
+def _prefix_bytes(need: int, nbytes: int, sums, verify: bool) -> int:
+    """Bytes to read for the first ``need`` bytes of a block of ``nbytes``: whole checksum
+    chunks when they are checked, else whole 4 KiB pages (never past the rows)."""
+    if need >= nbytes:
+        return nbytes
+    unit = sums[0] if verify and sums and sums[0] > 0 else ALIGN
+    return min(nbytes, -(-need // unit) * unit)
 
 
 def _check_create_options(block_size, spare, moments, cameras, photos) -> None:
@@ -752,6 +831,16 @@ def _write_first_blocks(w, order: np.ndarray, ids: np.ndarray, params: np.ndarra
             ex.shutdown(wait=True, cancel_futures=True)
             raise
 
+def _write_lod(txn, lod: tuple) -> None:
+    """The hierarchy's catalog entry and arrays (see :mod:`oocstore.gs.lod`)."""
+    from .lod import LOD_KEY, NODES_ARRAY, SPHERES_ARRAY
+
+    meta, nodes, spheres = lod
+    txn.write_array(NODES_ARRAY, np.asarray(nodes, dtype=np.int64))
+    txn.write_array(SPHERES_ARRAY, np.asarray(spheres, dtype=np.float32))
+    txn.put(LOD_KEY, meta.to_dict())
+
+
 def _write_photos(txn, photos: PhotoSource) -> None:
     """Stream ``photos`` into ``array/scene/images`` (one padded row, one CRC each)."""
     pm = photos.meta
@@ -794,7 +883,8 @@ def scene_info(store: Store) -> dict[str, Any]:
             "disk_row_bytes": row_dtype(meta.sh_degree, meta.moments).itemsize,
             "records_bytes": int(counts.sum()) * rec, "next_id": meta.next_id,
             "views": views, "width": meta.width, "height": meta.height,
-            "format_version": meta.format_version, **_images_info(store)}
+            "format_version": meta.format_version, **_images_info(store),
+            **({"lod": store.get("scene/lod")} if store.get("scene/lod") is not None else {})}
 
 
 def _images_info(store: Store) -> dict[str, Any]:
@@ -818,7 +908,17 @@ def format_scene_info(info: dict[str, Any]) -> list[str]:
             f"    records {format_size(info['records_bytes'])} ({info['record_bytes']} B each as "
             f"float32; {info['disk_row_bytes']} B on disk, {info['moments']} moments); "
             f"{info['views']} views of {info['width']}x{info['height']}; next id "
-            f"{info['next_id']:,}"] + _format_images(info.get("images"))
+            f"{info['next_id']:,}"] + _format_images(info.get("images")) \
+        + _format_lod(info.get("lod"))
+
+
+def _format_lod(lod: dict | None) -> list[str]:
+    if not isinstance(lod, dict):
+        return []
+    return [f"    level of detail: {lod.get('leaves', 0):,} leaves and "
+            f"{lod.get('nodes', 0) - lod.get('leaves', 0):,} merged nodes in "
+            f"{lod.get('levels')} levels (format version 2; `gs-render`/`gs-train` "
+            "--lod-pixels)"]
 
 
 def _format_images(im: dict | None) -> list[str]:

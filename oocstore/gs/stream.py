@@ -118,6 +118,17 @@ class TrainPlan:
     schedule: Any = None
     cameras: Any = None
     cull_rows: np.ndarray | None = None
+    lod_cuts: dict | None = None  # level of detail: {view: sorted ids of its cut}
+    lod_prefix: dict | None = None  # {block: rows}: the prefix that holds every cut's rows
+
+    def cut_mask(self, view: int, ids) -> np.ndarray | None:
+        """[n] bool: which of ``ids`` a step of ``view`` renders under the plan's
+        level-of-detail cut (None: no cut, every row)."""
+        if self.lod_cuts is None:
+            return None
+        from .lod import in_cut
+
+        return in_cut(np.asarray(ids), self.lod_cuts[int(view)])
 
     def __post_init__(self) -> None:
         self.views = np.asarray(self.views, dtype=np.int64)
@@ -258,6 +269,7 @@ class _TableStore(_RowStore):
             self.ids[lo:hi] = torch.from_numpy(ids)
             self.traffic.bytes_ssd_read += len(ids) * scene.disk_row_bytes
         self.dirty = np.zeros(scene.num_blocks, dtype=bool)
+        self.ids_host = self.ids.cpu().numpy()  # for level-of-detail cuts
 
     @staticmethod
     def _table_charge(scene, tier: str) -> tuple[str, int, str, str]:
@@ -270,7 +282,9 @@ class _TableStore(_RowStore):
 
     def _rows(self, vis: np.ndarray) -> torch.Tensor:
         parts = [np.arange(self.starts[b], self.starts[b + 1]) for b in vis]
-        return torch.from_numpy(np.concatenate(parts) if parts else np.zeros(0, np.int64))
+        rows = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        keep = self.plan.cut_mask(self.plan.views[self.step - 1], self.ids_host[rows])
+        return torch.from_numpy(rows if keep is None else rows[keep])
 
     def checkpoint(self) -> None:
         with self.scene.writer() as w:
@@ -460,15 +474,31 @@ class Streamer(_RowStore):
                 if b in self.cpu or b in self.pending:
                     continue
                 version = int(self.ssd_version[b])
-            ids, rec = self.scene.read_block(b)
+            ids, rec = self.scene.read_block(b, rows=self._prefix(b))
             out[b] = (version, ids, rec)
         return i, out
 
+    def _prefix(self, b: int) -> int | None:
+        """Rows of block ``b`` the plan's level-of-detail cuts need (None: all): a
+        *prefix read* (:mod:`oocstore.gs.lod`); the rest of the block stays on SSD."""
+        pre = self.plan.lod_prefix
+        return None if pre is None else pre.get(b)
+
     def _write(self, b: int, blk: _CpuBlock) -> None:
-        self.writer.write_block(b, blk.ids, blk.rec)
+        ids, rec = blk.ids, blk.rec
+        if self.plan.lod_prefix is not None:
+            with self.scene._lock:
+                n = int(self.scene._counts[b])
+            if len(ids) < n:  # a prefix: the rest of the block, which no step touched
+                tail_ids, tail = self.scene.read_block(b)
+                with self.lock:
+                    self.traffic.bytes_ssd_read += (n - len(ids)) * self.scene.disk_row_bytes
+                ids = np.concatenate([ids, tail_ids[len(ids):]])
+                rec = np.concatenate([rec, tail[len(rec):]])
+        self.writer.write_block(b, ids, rec)
         with self.lock:
             self.ssd_version[b] += 1
-            self.traffic.bytes_ssd_written += len(blk.ids) * self.scene.disk_row_bytes
+            self.traffic.bytes_ssd_written += len(ids) * self.scene.disk_row_bytes
 
     # -- CPU tier ------------------------------------------------------------------
     def _next_use(self, b: int) -> int:
@@ -537,7 +567,7 @@ class Streamer(_RowStore):
                 ids, rec = got[1], got[2]
             else:
                 t0 = time.perf_counter()
-                ids, rec = self.scene.read_block(b)
+                ids, rec = self.scene.read_block(b, rows=self._prefix(b))
                 self.traffic.stall_s += time.perf_counter() - t0
             self.traffic.bytes_ssd_read += len(ids) * self.scene.disk_row_bytes
             self.traffic.block_ssd_misses += 1
@@ -599,6 +629,9 @@ class Streamer(_RowStore):
         parts = [np.arange(s * self.cap, s * self.cap + self.count[s])
                  for s in (self.slot_of[int(b)] for b in vis)]
         cand = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        keep = self.plan.cut_mask(view, self.slab_ids[cand])
+        if keep is not None:  # the view's level-of-detail cut
+            cand = cand[keep]
         rows = self._cull(cand, view)
         ex = self.traffic.extra
         ex["candidate_rows"] += len(cand)

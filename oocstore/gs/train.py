@@ -105,6 +105,7 @@ class GsTrainConfig:
     sh_degree: int | None = None  # highest SH degree trained; None: the scene's
     recipe: dict = field(default_factory=dict)  # explicit recipe values (see .recipe)
     optimizer_device: str = "cpu"  # stream: where Adam runs and the moments live
+    lod_pixels: float | None = None  # level-of-detail cut; None: 1 px with a hierarchy
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -181,15 +182,21 @@ def render_views(scene, cams, vis_sets, views, device, *, sh_degree: int | None 
 
 
 def render_view(scene, cams, vis, v: int, device, *, sh_degree: int | None = None,
-                background=None):
-    """One view [H, W, 3] rendered from the blocks ``vis`` (no autograd)."""
+                background=None, cut=None):
+    """One view [H, W, 3] rendered from the blocks ``vis`` (no autograd); with ``cut``
+    (a :class:`~oocstore.samplers.views.LodView`), from its level-of-detail cut."""
     import torch
 
     from .render import render_on
 
     deg = scene.sh_degree if sh_degree is None else sh_degree
     with torch.no_grad():
-        p = view_params(scene, vis, layout.param_width(deg)).to(device)
+        if cut is not None:
+            from .lod import cut_params
+
+            p = torch.from_numpy(cut_params(scene, cut, layout.param_width(deg))).to(device)
+        else:
+            p = view_params(scene, vis, layout.param_width(deg)).to(device)
         return render_on(p, deg, torch.from_numpy(cams.viewmats[v]),
                          torch.from_numpy(cams.Ks[v]), cams.width, cams.height,
                          background=background).image
@@ -292,6 +299,8 @@ class _Run:
     # the up-front checks count the culled rows of the scene the run will train
     student: Callable | None = None
     _cull: tuple | None = field(default=None, repr=False)  # (vis_sets, counts) per layout
+    lod_cuts: dict | None = None  # level of detail: {view: sorted ids of its cut}
+    lod_prefix: dict | None = None  # {block: rows} the cuts need (prefix reads)
 
     @property
     def extra(self) -> int:
@@ -326,7 +335,7 @@ class _Run:
             views = np.unique(self.views_all)
             counts = np.zeros(len(vis_sets), dtype=np.int64)
             counts[views] = culled_counts(scene, self.cams, vis_sets, views,
-                                          block_fn=self.student)
+                                          block_fn=self.student, cuts=self.lod_cuts)
             self._cull = (vis_sets, counts)
         return self._cull[1]
 
@@ -335,7 +344,8 @@ class _Run:
         the cameras and culled counts, so steps render only their frustum's Gaussians)."""
         from .stream import TrainPlan
 
-        seg = TrainPlan(self.views_all[first:last], vis_sets)
+        seg = TrainPlan(self.views_all[first:last], vis_sets, lod_cuts=self.lod_cuts,
+                        lod_prefix=self.lod_prefix)
         if self.cfg.mode == "stream":
             seg.cameras = self.cams
             seg.cull_rows = self.cull_rows(scene, vis_sets)
@@ -464,7 +474,12 @@ class _Session:
             raise UsageError(f"--target photos but the scene {scene.path} holds no images: "
                              "ingest it from a COLMAP model or a transforms.json, or use "
                              "--target synthetic")
-        self.recipe = resolve(cfg.steps, synthetic=not self.photos, **cfg.recipe_values())
+        self.lod = self._lod_pixels()
+        given = cfg.recipe_values()
+        if self.lod is not None:  # no densification with a hierarchy (see _lod_pixels),
+            given.setdefault("densify_every", 0)  # nor the opacity resets that serve it
+            given.setdefault("opacity_reset_every", 0)
+        self.recipe = resolve(cfg.steps, synthetic=not self.photos, **given)
         self.sh_max = scene.sh_degree if cfg.sh_degree is None else cfg.sh_degree
         if not 0 <= self.sh_max <= scene.sh_degree:
             raise UsageError(f"--sh-degree {self.sh_max} must lie in 0..{scene.sh_degree} (the "
@@ -476,6 +491,9 @@ class _Session:
                              "use --ssim-lambda 0 or larger images")
         self.plan, self.vis_sets = make_plan(scene, self.cams, self.train_views, cfg.steps,
                                              cfg.seed, cfg.randomness)
+        self.cuts = self.leaf_cuts = None
+        if self.lod is not None:
+            self._lod_plan()
         self.edges = segment_edges(cfg.steps, self.recipe, cfg.eval_every)
         self.start_gaussians = scene.num_gaussians
         self.scene_bytes = self.start_gaussians * scene.record_bytes
@@ -485,7 +503,8 @@ class _Session:
         run = self.run = _Run(cfg, self.cams, self.train_views, self.plan.views, self.device,
                               allocator_slack(self.device), self.target_bytes, None,
                               cfg.gpu_budget is None, optimizer=cfg.optimizer_device,
-                              student=student)
+                              student=student, lod_cuts=self.plan.lod_cuts,
+                              lod_prefix=self.plan.lod_prefix)
         self.full = run.plan(scene, self.vis_sets, 0, cfg.steps)
         view, self.need = largest_view(scene, self.full, run.working_optimizer)
         if cfg.gpu_budget is None:
@@ -497,6 +516,44 @@ class _Session:
         else:
             run.dev_budget = parse_size(cfg.gpu_budget, what="--gpu-budget")
         self.stage["plan"] += time.perf_counter() - t0
+
+    def _lod_pixels(self):
+        """The cut's threshold (None: the scene has no hierarchy). Densification is off
+        with a hierarchy: new Gaussians would need their place in the tree and in the
+        blocks' prefix order (a local rebuild), which training does not do; an explicit
+        ``--densify-every`` above 0 is refused."""
+        from .lod import resolve_lod_pixels
+
+        lod = resolve_lod_pixels(self.scene, self.cfg.lod_pixels)
+        if lod is not None and (self.cfg.recipe.get("densify_every") or 0) > 0:
+            raise UsageError(f"--densify-every {self.cfg.recipe['densify_every']}: the scene "
+                             f"{self.scene.path} has a level-of-detail hierarchy, and "
+                             "densification does not update it: pass --densify-every 0 (or "
+                             "train the scene without a hierarchy, then `oocstore gs-lod build`)")
+        return lod
+
+    def _lod_plan(self) -> None:
+        """Each used view's cut (samplers.views.lod_views): its blocks replace the view's
+        visible blocks in the plan, and its ids pick the rows a step renders; the
+        synthetic targets are rendered from the leaves."""
+        from oocstore.samplers.views import lod_views
+
+        h = self.scene.hierarchy()
+        used = np.unique(np.concatenate([self.train_views, self.held]))
+        self.cuts = lod_views(h, self.cams, self.vis_sets, used, self.lod)
+        if not self.photos:
+            self.leaf_cuts = lod_views(h, self.cams, self.vis_sets, used, 0.0)
+        vis = list(self.vis_sets)
+        for v, lv in self.cuts.items():
+            vis[v] = lv.blocks
+        self.vis_sets = vis
+        self.plan.vis_sets = vis
+        self.plan.lod_cuts = {v: lv.ids for v, lv in self.cuts.items()}
+        prefix: dict = {}
+        for lv in self.cuts.values():
+            for b, k in zip(lv.blocks.tolist(), lv.prefix.tolist()):
+                prefix[b] = max(prefix.get(b, 0), k)
+        self.plan.lod_prefix = prefix
 
     def _views(self) -> None:
         """Cameras at the training size, the training and held-out views, the background."""
@@ -588,9 +645,10 @@ class _Session:
             self.target_of = target_of
             self.eval_target = lambda v: target_of(v, images.read(v))
         else:
-            targets = {int(v): img for v, img in zip(
-                self.used.tolist(), render_views(scene, self.cams, self.vis_sets, self.used,
-                                                 device))}
+            targets = {int(v): render_view(
+                scene, self.cams, self.vis_sets[v], int(v), device,
+                cut=None if self.leaf_cuts is None else self.leaf_cuts[int(v)])
+                for v in self.used.tolist()}
             self.target_of = self.eval_target = lambda view: targets[int(view)]
             perturb_scene(scene, self.cfg.seed, self.cfg.perturb)  # the first write
             self.run.student = None  # written: later counts read it from the scene
@@ -603,7 +661,7 @@ class _Session:
         bg = (None if self.background is None else
               torch.tensor(self.background, dtype=torch.float32, device=self.device))
         out = _evaluate(self.scene, self.cams, self.vis_sets, self.held, self.eval_target,
-                        self.device, sh_degree=self.sh_max, background=bg)
+                        self.device, sh_degree=self.sh_max, background=bg, cuts=self.cuts)
         self.stage["eval"] += time.perf_counter() - t
         out["step"] = step
         self.evals.append(out)
@@ -744,6 +802,7 @@ class _Session:
                                     if self.photos else 0),
             "stage_seconds": {k: round(v, 4) for k, v in self.stage.items()},
             "scene_bytes": int(self.scene_bytes), "largest_view_working_set": int(self.need),
+            "lod_pixels": self.lod,
             **({"prefetch_depth": cfg.prefetch_depth, "optimizer_device": cfg.optimizer_device}
                if cfg.mode == "stream" else {}),
             **({"device_budget": run.dev_budget, "min_device_budget": int(self.need + run.extra)}
@@ -905,14 +964,16 @@ def _memory_between_steps(memory: dict, i: int, store) -> None:
 
 
 def _evaluate(scene, cams, vis_sets, held, target_of, device, *, sh_degree: int,
-              background=None) -> dict:
-    """Mean PSNR and SSIM over the held-out views (SSIM None below the 11x11 window)."""
+              background=None, cuts=None) -> dict:
+    """Mean PSNR and SSIM over the held-out views (SSIM None below the 11x11 window);
+    with ``cuts`` ({view: LodView}), each view rendered from its level-of-detail cut."""
     from .losses import psnr, ssim
 
     ps, ss = [], []
     for v in held:
         img = render_view(scene, cams, vis_sets[v], int(v), device, sh_degree=sh_degree,
-                          background=background).clamp(0, 1)
+                          background=background,
+                          cut=None if cuts is None else cuts[int(v)]).clamp(0, 1)
         tgt = target_of(int(v)).clamp(0, 1)
         ps.append(psnr(img, tgt))
         if min(cams.width, cams.height) >= 11:
@@ -944,6 +1005,8 @@ def cmd_gs_train(args) -> int:
     from .recipe import RECIPE_FLAGS
     from .recipe import resolve
 
+    from .lod import check_lod_pixels
+
     recipe = {k: getattr(args, k) for k in RECIPE_FLAGS if getattr(args, k) is not None}
     resolve(args.steps, **recipe)  # bad recipe values: one line, before the scene is opened
     cfg = GsTrainConfig(steps=args.steps, mode=args.mode, device=args.device,
@@ -953,7 +1016,9 @@ def cmd_gs_train(args) -> int:
                         eval_every=args.eval_every, sh_degree=args.sh_degree,
                         prefetch_depth=args.prefetch_depth, recipe=recipe,
                         optimizer_device=args.optimizer_device,
-                        randomness=args.view_randomness)
+                        randomness=args.view_randomness,
+                        lod_pixels=None if args.lod_pixels is None else
+                        check_lod_pixels(args.lod_pixels))
     bar = None
     if not args.quiet:
         from tqdm import tqdm

@@ -129,8 +129,12 @@ def check_video_path(video: str | os.PathLike | None) -> None:
 def render_scene_views(scene, which: str, out_dir: str | os.PathLike, *, device: str = "cpu",
                        frames: int = 60, video: str | os.PathLike | None = None,
                        with_photos: bool = False, sh_degree: int | None = None,
-                       progress: Callable[[int], None] | None = None) -> list[Path]:
-    """Render ``which`` (test | train | orbit) into ``out_dir`` as PNGs; returns them."""
+                       progress: Callable[[int], None] | None = None,
+                       lod_pixels=None) -> list[Path]:
+    """Render ``which`` (test | train | orbit) into ``out_dir`` as PNGs; returns them.
+
+    A scene with a level-of-detail hierarchy renders each view's cut (``lod_pixels``,
+    default 1 px; 0: the leaves; :mod:`oocstore.gs.lod`), read as block prefixes."""
     import torch
     from PIL import Image
     from oocstore.samplers.views import visibility_sets
@@ -148,6 +152,9 @@ def render_scene_views(scene, which: str, out_dir: str | os.PathLike, *, device:
     if video is not None and which != "orbit":
         raise UsageError(f"video={str(video)!r} needs the orbit views")
     check_video_path(video)
+    from .lod import resolve_lod_pixels
+
+    lod = resolve_lod_pixels(scene, lod_pixels)
     deg = scene.sh_degree if sh_degree is None else sh_degree
     if not 0 <= deg <= scene.sh_degree:
         raise UsageError(f"sh_degree={deg} must lie in 0..{scene.sh_degree}")
@@ -166,8 +173,14 @@ def render_scene_views(scene, which: str, out_dir: str | os.PathLike, *, device:
     bg = scene.background if getattr(scene, "has_images", False) else None
     bg = None if bg is None else torch.tensor(bg, dtype=torch.float32)
     written, frames_rgb = [], []
+    cuts = None
+    if lod is not None:
+        from oocstore.samplers.views import lod_views
+
+        cuts = lod_views(scene.hierarchy(), cams, vis, views, lod)
     for v in views:
-        img = render_view(scene, cams, vis[v], int(v), device, sh_degree=deg, background=bg)
+        img = render_view(scene, cams, vis[v], int(v), device, sh_degree=deg, background=bg,
+                          cut=None if cuts is None else cuts[int(v)])
         rgb = (img.clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
         name = f"{int(v):05d}_{Path(cams.names[v]).stem}"
         path = out / f"{name}.png"

@@ -19,6 +19,8 @@ from ..errors import UsageError
 from ..store import Store
 from ..store.files import ArrayFileWriter, fsync_dir, raise_disk_error
 from ..store.format import ArrayMeta, CHUNK_BYTES
+
+LOD_CHUNK_BYTES = 64 << 10
 from . import blocks
 from .blocks import block_bounds_of, check_finite
 
@@ -54,6 +56,12 @@ class SceneState(Protocol):
     def _check_block(self, b) -> int: ...
 
 BLOCK_PREFIX = "scene/block/"
+
+
+def _chunk_bytes(s) -> int:
+    """Checksum chunk of a block file: 4 MiB, or 64 KiB in a scene with a level-of-detail
+    hierarchy (format version 2), whose prefix reads check the chunks they read."""
+    return LOD_CHUNK_BYTES if getattr(s.meta, "format_version", 1) >= 2 else CHUNK_BYTES
 
 
 def block_key(b: int) -> str:
@@ -135,7 +143,7 @@ class SceneWriter:
             self._install(b, _Pending(seq, 0, None, None, []))
             return
         rel = f"scenes/b{b:08d}.{seq}.bin"
-        fw = ArrayFileWriter(s.path / rel, chunk_bytes=CHUNK_BYTES)
+        fw = ArrayFileWriter(s.path / rel, chunk_bytes=_chunk_bytes(s))
         fw.write(rows)
         fw.finish()
         self._install(b, _Pending(seq, len(rows), bounds, rel, list(fw.checksums)))
@@ -196,7 +204,7 @@ class SceneWriter:
                               "hi": pend.bounds[1].tolist()}
                 am = ArrayMeta(name=name, dtype="uint8",
                                shape=(pend.count, s._row.itemsize), file=pend.file,
-                               chunk_bytes=CHUNK_BYTES, version=store.version + 1)
+                               chunk_bytes=_chunk_bytes(s), version=store.version + 1)
                 puts[f"array/{name}"] = am.to_dict()
                 puts[f"sums/{name}"] = pend.sums
         meta = dataclasses.replace(s.meta, num_blocks=num_blocks, next_id=next_id, file_seq=seq)
@@ -290,7 +298,7 @@ class SceneWriter:
             else:
                 s._bounds[b] = pend.bounds
             s._files[b] = pend.file
-            s._sums[b] = (CHUNK_BYTES, pend.sums) if pend.file is not None else None
+            s._sums[b] = (_chunk_bytes(s), pend.sums) if pend.file is not None else None
 
     def _check_rows(self, b: int, ids, records) -> tuple[np.ndarray, np.ndarray]:
         s = self.scene

@@ -77,6 +77,10 @@ def catalog_problems(store: Store) -> list[str]:
                 need(array, f"{key}/arrays/{part}")
             if kind == "pack" and "features" in entry:
                 need(entry["features"], f"{key}/features")
+    if store.get("scene/lod") is not None:  # a scene's level-of-detail hierarchy
+        from ..gs.lod import hierarchy_problems
+
+        out.extend(hierarchy_problems(store))
     return out
 
 

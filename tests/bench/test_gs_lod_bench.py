@@ -1,0 +1,26 @@
+"""bench/gs_lod.py at toy size: it runs end to end and its JSON fields are consistent."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_gs_lod_bench_toy(tmp_path):
+    out = tmp_path / "gs_lod.json"
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "gs_lod.py"), "--toy", "--work",
+                        str(tmp_path / "work"), "--out", str(out), "--threads", "1"],
+                       capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert [x["tile"] for x in doc["results"]] == ["1x1", "2x2"]
+    for res in doc["results"]:
+        assert res["nodes"] > res["leaves"] > 0
+        assert 0 < res["lod_block_fraction_max"] <= 1
+        for v in res["per_view"]:  # the cut's rows lie in prefixes of its blocks
+            assert v["cut"] <= v["prefix_rows"] <= v["block_rows_lod"]
+        assert res["render"]["lod_median_s"] > 0
+    psnr = doc["results"][1]["psnr"]
+    assert 10 < psnr["trained_psnr_cut"] < 100 and 10 < psnr["trained_psnr_leaves"] < 100
