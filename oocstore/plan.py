@@ -714,7 +714,7 @@ def format_fanouts(fanouts: Sequence[int]) -> str:
 
 def latest_plan(store: Store) -> str:
     """The name of the most recently sampled plan, of any split and world size."""
-    return newest_plan(store, None, split=None).name
+    return newest_plan(store, None, split=None, task=None).name
 
 
 def group_shards(store: Store, group: str, plans: Mapping[str, PlanMeta] | None = None
@@ -745,17 +745,17 @@ def is_evaluation_split(split: str) -> bool:
     return split not in (TRAIN_SPLIT, "custom")
 
 
-def default_plan(store: Store, world_size: int | None = 1, *, split: str | None = TRAIN_SPLIT
-                 ) -> str:
+def default_plan(store: Store, world_size: int | None = 1, *, split: str | None = TRAIN_SPLIT,
+                 task: str | None = "node") -> str:
     """The name (a plan's, or a shard group's) of :func:`newest_plan`."""
-    chosen = group_of(newest_plan(store, world_size, split=split))
+    chosen = group_of(newest_plan(store, world_size, split=split, task=task))
     log.info("no plan named: using %r, the most recent %s plan of %s", chosen,
              split or "sampled", store.path)
     return chosen
 
 
-def newest_plan(store: Store, world_size: int | None = 1, *, split: str | None = TRAIN_SPLIT
-                ) -> PlanMeta:
+def newest_plan(store: Store, world_size: int | None = 1, *, split: str | None = TRAIN_SPLIT,
+                task: str | None = "node") -> PlanMeta:
     """The meta of the most recently sampled plan (of a shard, for a shard group) of
     ``split`` (the training split unless told otherwise; ``None``: any split) for
     ``world_size`` ranks (``None``: any).
@@ -763,11 +763,15 @@ def newest_plan(store: Store, world_size: int | None = 1, *, split: str | None =
     Falls back to the newest plan of ``split`` for another world size, so that the
     mismatch is reported by :func:`resolve_plan` with its fix. A plan of another split is
     never chosen for the training split: evaluation plans (``val``, ``val-eval``, ...)
-    are read only when named."""
+    are read only when named. Nor is a plan of another ``task`` (``None``: any): a
+    link-prediction plan is used only when named, or by ``train --task link``."""
     plans = list_plans(store)
-    cands = {n: m for n, m in plans.items() if split is None or m.split == split}
+    cands = {n: m for n, m in plans.items() if (split is None or m.split == split)
+             and (task is None or m.task == task)}
     if not cands:
         what = f"{split!r} plan" if split else "plan"
+        if task is not None and any(m.task != task for m in plans.values()):
+            what += f" for {'node classification' if task == 'node' else task + ' prediction'}"
         others = sorted({f"{group_of(m)} ({m.split})" for m in plans.values()})
         have = f" (it has: {', '.join(others)})" if others else ""
         flags = "" if split in (None, TRAIN_SPLIT) else f" --split {split}"
@@ -858,7 +862,7 @@ def plans_to_pack(store: Store, plan: str | None) -> list[str]:
     if plan is None:
         # By the chosen plan's meta, not its name: a shard group may share its name with
         # an older unsharded plan.
-        meta = newest_plan(store, None)
+        meta = newest_plan(store, None, task=None)
         log.info("no --plan: packing %r, the most recent training plan of %s",
                  group_of(meta), store.path)
         plan = group_of(meta)

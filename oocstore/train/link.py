@@ -121,20 +121,16 @@ def link_plan(store: Store, plan: str | None) -> PlanMeta:
 
 
 def check_node_plan(store_path, plan: str | None) -> None:
-    """Refuse node-classification training on a link plan (named, or the most recent
-    training plan when none is named)."""
+    """Refuse node-classification training on a named link plan (an unnamed plan is
+    never a link plan: :func:`oocstore.plan.newest_plan`)."""
+    if plan is None:
+        return
     with Store(store_path) as store:
-        plans = list_plans(store)
-        meta = plans.get(plan) if plan is not None else None
-        if plan is None:
-            train = {n: m for n, m in plans.items() if m.split == "train" and not m.sharded}
-            if train:
-                meta = train[max(train, key=lambda n: (
-                    store.array_meta(train[n].arrays["index"]).version, n))]
+        meta = list_plans(store).get(plan)
         if meta is not None and meta.task == "link":
-            raise UsageError(f"plan {meta.name!r} of {store.path} is a link-prediction plan: "
-                             "train it with --task link, or name a node-classification plan "
-                             "with --plan")
+            raise UsageError(f"plan {plan!r} of {store.path} is a link-prediction plan: train "
+                             "it with --task link, or name a node-classification plan with "
+                             "--plan")
 
 
 def _check_split(store: Store, meta: PlanMeta) -> EdgeSplit:

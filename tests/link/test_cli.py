@@ -92,3 +92,18 @@ def test_train_task_link_json(capsys, link_template):
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["task"] == "link" and out["plan"] == "link" and out["in_memory"]
     assert 0.0 <= out["test"]["auc"] <= 1.0 and "mrr" in out["val"]
+
+
+def test_an_unnamed_plan_is_never_a_link_plan(capsys, link_store):
+    """Node training and packing without --plan: the link plan is not picked implicitly
+    for node classification (and the message says why none fits)."""
+    _refused(capsys, link_store, ["train", str(link_store), "--epochs", "1", "--quiet"],
+             r"no 'train' plan for node classification \(it has: link \(train\)\)")
+    assert main(["sample", str(link_store), "--fanouts", "3", "--batch-size", "64",
+                 "--epochs", "1", "--name", "nodeplan", "--quiet"]) == 0
+    from oocstore.plan import default_plan, newest_plan
+    from oocstore.store import Store
+
+    with Store(link_store) as store:
+        assert default_plan(store) == "nodeplan"
+        assert newest_plan(store, None, task="link").name == "link"
