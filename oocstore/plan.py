@@ -403,6 +403,12 @@ class PlanWriter:
         meta = PlanMeta(**self.base, batches_per_epoch=tuple(self.batches_per_epoch),
                         arrays=dict(self.names), index_columns=tuple(index_columns(self.num_layers)),
                         stats=stats)
+        old = self.txn.store.get(plan_key(self.name))
+        if isinstance(old, dict) and isinstance(old.get("arrays"), dict):
+            # A replaced plan's arrays this one lacks (a link plan's pairs) go with it.
+            for part, array in old["arrays"].items():
+                if part not in self.names and isinstance(array, str):
+                    self.txn.delete_array(array)
         self.txn.put(plan_key(self.name), meta.to_dict())
         self._closed = True
         return meta

@@ -75,3 +75,15 @@ def test_a_pair_index_that_disagrees_with_the_batches_is_refused(link_store):
         with pytest.raises(FormatError, match="pair index"):
             PlanReader(store, "link")
         assert "link" in list_plans(store)
+
+
+def test_a_node_plan_replacing_a_link_plan_drops_its_pair_arrays(link_store):
+    from oocstore.samplers import sample_plan
+
+    with Store(link_store, readonly=False) as store:
+        sample_plan(store, fanouts="3", batch_size=64, epochs=1, name="link", overwrite=True)
+    with Store(link_store) as store:
+        assert list_plans(store)["link"].task == "node"
+        assert not store.has_array("plan/link/pairs")
+        assert not store.has_array("plan/link/pair_index")
+        assert store.has_array("plan/link/data")
