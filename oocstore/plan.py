@@ -403,7 +403,8 @@ class PlanWriter:
         meta = PlanMeta(**self.base, batches_per_epoch=tuple(self.batches_per_epoch),
                         arrays=dict(self.names), index_columns=tuple(index_columns(self.num_layers)),
                         stats=stats)
-        old = self.txn.store.get(plan_key(self.name))
+        store = getattr(self.txn, "store", None)  # None: an in-memory plan (train/prepare.py)
+        old = store.get(plan_key(self.name)) if store is not None else None
         if isinstance(old, dict) and isinstance(old.get("arrays"), dict):
             # A replaced plan's arrays this one lacks (a link plan's pairs) go with it.
             for part, array in old["arrays"].items():
