@@ -12,9 +12,7 @@ from oocstore.pack import PackOptions, pack_plan
 from oocstore.samplers.link import sample_link_plan
 from oocstore.store import Store
 
-#: Options of the template's link plan.
-LINK = dict(fanouts="4,3", batch_size=48, neg_ratio=2, epochs=2, seed=3,
-            edge_split="0.7,0.1,0.2", eval_negatives=20)
+from linkopts import LINK
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import LINK
+from linkopts import LINK
 from helpers import flip_bits
 from oocstore.errors import FormatError
 from oocstore.linksplit import read_edge_split

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import LINK
+from linkopts import LINK
 from helpers import copy_of
 from oocstore.linksplit import read_edge_split
 from oocstore.plan import PlanReader
