@@ -201,7 +201,11 @@ def evaluate_link(model: nn.ModuleDict, split: EdgeSplit, part: str, meta: PlanM
     w = torch.from_numpy(np.searchsorted(nodes, neg)).to(device)  # [P, M]
     sp = model["decoder"](h[u], h[v])
     m = neg.shape[1]
-    sn = model["decoder"](h[u].repeat_interleave(m, 0), h[w.reshape(-1)]).reshape(-1, m)
+    # Negatives scored EVAL_BATCH positives at a time: the gathered endpoint pairs are
+    # [rows x M x hidden], 450 MB at once for facebook's 8,823 test edges x 100 x 128.
+    sn = torch.cat([model["decoder"](h[u[lo:lo + EVAL_BATCH]].repeat_interleave(m, 0),
+                                     h[w[lo:lo + EVAL_BATCH].reshape(-1)]).reshape(-1, m)
+                    for lo in range(0, u.shape[0], EVAL_BATCH)])
     return link_metrics(sp, sn)
 
 
