@@ -141,6 +141,24 @@ class Batch:
         """The seeds are the first ``num_seeds`` rows of ``x`` (and of a model's output)."""
         return int(self.sample.seeds.shape[0])
 
+    @property
+    def pos(self) -> torch.Tensor:
+        """Link batches: ``[2, P]`` int64 positive pairs in local ids (rows of ``x`` and of
+        the model's output; on ``x``'s device)."""
+        return self._pairs(self.sample.pos, "pos")
+
+    @property
+    def neg(self) -> torch.Tensor:
+        """Link batches: ``[2, P * K]`` int64 negative pairs in local ids."""
+        return self._pairs(self.sample.neg, "neg")
+
+    def _pairs(self, pairs: np.ndarray | None, what: str) -> torch.Tensor:
+        if pairs is None:
+            raise UsageError(f"batch.{what}: batch {self.index} of epoch {self.epoch} comes from "
+                             "a node-classification plan; sample one with `oocstore sample "
+                             "STORE --task link ...` for node pairs")
+        return torch.from_numpy(pairs).to(self.x.device)
+
     def to_pyg(self):
         """Per-layer ``edge_index`` + sizes for PyG layers (on ``x``'s device): the
         layer-wise form, for a hand-written forward (see :meth:`to_pyg_data` for PyG's
@@ -159,6 +177,8 @@ class Batch:
                         num_sampled_edges_per_hop=d.num_sampled_edges)[:d.batch_size]
             loss = F.cross_entropy(out, d.y)
 
+        Link batches add ``edge_label_index`` (``[2, P + N]``: ``pos`` then ``neg``) and
+        ``edge_label`` (1 then 0), as ``LinkNeighborLoader`` does.
         ``x`` rows are the input nodes (seeds first; the store's dtype, so float16
         features need ``.float()``), ``n_id`` their global ids, ``y`` the seeds' labels
         (``batch_size`` rows), ``edge_index`` one graph over all nodes
@@ -169,9 +189,16 @@ class Batch:
         from torch_geometric.data import Data
 
         hops = to_pyg_hops(self.sample).to(self.x.device)
-        return Data(x=self.x, edge_index=hops.edge_index, y=self.y, n_id=hops.input_nodes,
+        data = Data(x=self.x, edge_index=hops.edge_index, y=self.y, n_id=hops.input_nodes,
                     batch_size=hops.num_seeds, num_sampled_nodes=hops.num_sampled_nodes,
                     num_sampled_edges=hops.num_sampled_edges)
+        if self.sample.pos is not None:
+            # As PyG's LinkNeighborLoader (binary negatives): positives first, label 1.
+            pos, neg = self.pos, self.neg
+            data.edge_label_index = torch.cat([pos, neg], dim=1)
+            data.edge_label = torch.cat([torch.ones(pos.shape[1], device=pos.device),
+                                         torch.zeros(neg.shape[1], device=neg.device)])
+        return data
 
     def to_dgl(self):
         """DGL blocks (``dgl.create_block``), where the DGL environment is installed."""

@@ -37,6 +37,18 @@ transaction):
     Per node, the number of batches (over all epochs) whose input nodes include it:
     the access frequencies that cache placement starts from.
 
+Link-prediction plans (``task = "link"``, :mod:`oocstore.samplers.link`) are the same
+plan, whose seeds are the distinct endpoints of each batch's positive and negative node
+pairs (ascending global ids), plus two arrays (older plans lack them and the ``task``
+field, and read as ``"node"``; packing and the tiers read only ``data`` and ``index``):
+
+``plan/<name>/pairs`` (array, the data array's dtype)
+    Per batch, back to back: ``pos_src[P], pos_dst[P], neg_src[N], neg_dst[N]``, local
+    ids into the batch's seeds.
+
+``plan/<name>/pair_index`` (array, int64, ``[total_batches, 3]``)
+    Per batch (same rows as ``index``): ``offset`` into ``pairs``, ``P``, ``N``.
+
 Reading batch ``b`` of epoch ``e`` costs one index row and one contiguous slice of
 ``data`` (both memory-mapped). Unknown ``format_version`` values are refused.
 
@@ -117,6 +129,16 @@ def array_names(name: str) -> dict[str, str]:
             "counts": f"plan/{name}/counts"}
 
 
+def pair_array_names(name: str) -> dict[str, str]:
+    """The two extra arrays of a link-prediction plan (see the module docstring)."""
+    return {"pairs": f"plan/{name}/pairs", "pair_index": f"plan/{name}/pair_index"}
+
+
+#: What a plan's batches are for: node classification (seeds are the labelled nodes) or
+#: link prediction (seeds are the endpoints of positive and negative pairs).
+TASKS = ("node", "link")
+
+
 def node_dtype_for(num_nodes: int) -> np.dtype:
     """int32 node ids while they fit (half the plan bytes), int64 beyond."""
     return np.dtype(np.int32 if num_nodes < 2**31 else np.int64)
@@ -160,6 +182,8 @@ class PlanMeta:
     shard_group: str = ""  # name of the group this shard belongs to; "" for a whole plan
     shard_rank: int = 0  # the rank that reads this shard
     shard_world_size: int = 1  # shards in the group (the world size it was sampled for)
+    task: str = "node"  # "node" or "link" (older entries lack the field: "node")
+    link: dict[str, Any] = field(default_factory=dict)  # link plans: neg_ratio, neg_sampler, ...
     format_version: int = PLAN_FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -172,6 +196,9 @@ class PlanMeta:
         if len(self.batches_per_epoch) != self.epochs:
             raise FormatError(f"plan {self.name!r}: {len(self.batches_per_epoch)} batch counts "
                               f"for {self.epochs} epochs: re-sample with --overwrite")
+        if self.task not in TASKS:
+            raise FormatError(f"plan {self.name!r}: task {self.task!r} is not one of "
+                              f"{', '.join(TASKS)}: re-sample with --overwrite")
         if not 0 <= self.shard_rank < max(1, self.shard_world_size):
             raise FormatError(f"plan {self.name!r}: shard rank {self.shard_rank} is outside "
                               f"0..{self.shard_world_size - 1}: re-sample with --overwrite")
@@ -230,6 +257,8 @@ class SampledBatch:
     seeds: np.ndarray  # [num_seeds] int64 global ids (== input_nodes[:num_seeds])
     blocks: list[Block]
     input_nodes: np.ndarray  # [num_input] int64 global ids
+    pos: np.ndarray | None = None  # link plans: [2, P] int64 positive pairs, local seed ids
+    neg: np.ndarray | None = None  # link plans: [2, P * K] int64 negative pairs, local ids
 
     @property
     def num_edges(self) -> int:
@@ -330,13 +359,18 @@ class PlanWriter:
         if self._pending_elems >= self.flush_elems:
             self.flush()
 
+    def extra_arrays(self, names: Mapping[str, str]) -> None:
+        """Arrays the caller wrote into the same transaction that belong to this plan
+        (a link plan's pairs): listed in its meta."""
+        self.names.update(names)
+
     def flush(self) -> None:
         if self._pending:
             self._data.append(np.concatenate(self._pending))
             self._index.append(np.stack(self._pending_rows))
         self._pending, self._pending_rows, self._pending_elems = [], [], 0
 
-    def finish(self) -> PlanMeta:
+    def finish(self, extra_stats: Mapping[str, Any] | None = None) -> PlanMeta:
         """Close the arrays and stage the catalog entry (committed with the transaction)."""
         if self._closed:
             raise FormatError(f"plan {self.name!r} was already finished")
@@ -364,10 +398,18 @@ class PlanWriter:
             "unique_feature_bytes": touched * rb,
             "data_bytes": int(self._offset) * self.dtype.itemsize,
             "top1pct_access_share": _top_share(self.counts, 0.01),
+            **(extra_stats or {}),
         }
         meta = PlanMeta(**self.base, batches_per_epoch=tuple(self.batches_per_epoch),
                         arrays=dict(self.names), index_columns=tuple(index_columns(self.num_layers)),
                         stats=stats)
+        store = getattr(self.txn, "store", None)  # None: an in-memory plan (train/prepare.py)
+        old = store.get(plan_key(self.name)) if store is not None else None
+        if isinstance(old, dict) and isinstance(old.get("arrays"), dict):
+            # A replaced plan's arrays this one lacks (a link plan's pairs) go with it.
+            for part, array in old["arrays"].items():
+                if part not in self.names and isinstance(array, str):
+                    self.txn.delete_array(array)
         self.txn.put(plan_key(self.name), meta.to_dict())
         self._closed = True
         return meta
@@ -439,6 +481,39 @@ class PlanReader:
         self._records = CheckedRows(store, self.meta.arrays["data"], fix=self.fix, verify=verify)
         self._verified = False  # whether verify() checked the records and counts
         self._starts = np.concatenate([[0], np.cumsum(self.meta.batches_per_epoch)]).astype(np.int64)
+        self._pairs = self._pair_index = None
+        if self.meta.task == "link":
+            self._open_pairs(store, verify)
+
+    def _open_pairs(self, store: Store, verify: bool) -> None:
+        """A link plan's pair index (read whole, checked) and pair records (``pread``)."""
+        names = pair_array_names(self.name)
+        for part, key in names.items():
+            if self.meta.arrays.get(part) != key:
+                raise FormatError(f"link plan {self.name!r} lists no {part!r} array: the "
+                                  f"catalog is damaged; {self.fix}")
+        pidx = read_checked(store, names["pair_index"], fix=self.fix)
+        plen = store.array_meta(names["pairs"]).shape
+        total = self.meta.total_batches
+        ends = pidx[:, 0] + 2 * (pidx[:, 1] + pidx[:, 2]) if pidx.ndim == 2 else None
+        if (pidx.shape != (total, 3) or (pidx < 0).any()
+                or (total and (pidx[0, 0] != 0 or (pidx[1:, 0] != ends[:-1]).any()
+                               or int(ends[-1]) != plen[0]))):
+            raise FormatError(f"link plan {self.name!r}: its pair index ({pidx.shape}) does not "
+                              f"match its {total} batches and {plen[0]} pair ids: the plan is "
+                              f"damaged; {self.fix}")
+        self._pair_index = pidx
+        self._pairs = CheckedRows(store, names["pairs"], fix=self.fix, verify=verify)
+
+    def read_pairs(self, epoch: int, batch: int, num_seeds: int) -> tuple[np.ndarray, np.ndarray]:
+        """A link batch's ``(pos [2, P], neg [2, N])`` pairs in local seed ids."""
+        off, npos, nneg = (int(v) for v in self._pair_index[self._row_id(epoch, batch)])
+        flat = self._pairs.read(off, off + 2 * (npos + nneg)).astype(np.int64)
+        if flat.size and (int(flat.min()) < 0 or int(flat.max()) >= num_seeds):
+            raise FormatError(f"link plan {self.name!r}: batch {batch} of epoch {epoch} has a "
+                              f"pair id outside its {num_seeds} seeds: the plan's data is "
+                              f"damaged; {self.fix}")
+        return flat[:2 * npos].reshape(2, npos), flat[2 * npos:].reshape(2, nneg)
 
     @property
     def records(self) -> np.ndarray:
@@ -528,6 +603,9 @@ class PlanReader:
                     raise FormatError(f"plan {self.name!r}: batch {batch} of epoch {epoch}, "
                                       f"layer {layer} has a {what} id outside 0..{bound - 1}: "
                                       f"the plan's data is damaged; {self.fix}")
+        if self._pairs is not None:
+            pos, neg = self.read_pairs(epoch, batch, int(sample.seeds.shape[0]))
+            sample = dataclasses.replace(sample, pos=pos, neg=neg)
         return sample
 
     def input_nodes(self, epoch: int, batch: int) -> np.ndarray:
@@ -546,6 +624,8 @@ class PlanReader:
 
     def close(self) -> None:
         self._records.close()
+        if self._pairs is not None:
+            self._pairs.close()
 
     def iter_batches(self, epoch: int) -> Iterator[SampledBatch]:
         for b in range(self.num_batches(epoch)):
@@ -628,6 +708,7 @@ def summarize(meta: PlanMeta) -> dict[str, Any]:
             "batches_per_epoch": list(meta.batches_per_epoch), "num_seeds": meta.num_seeds,
             "node_dtype": meta.node_dtype, "store_version": meta.store_version,
             "format_version": meta.format_version, "stats": dict(meta.stats),
+            **({"task": meta.task, "link": dict(meta.link)} if meta.task != "node" else {}),
             **({"shard": {"group": meta.shard_group, "rank": meta.shard_rank,
                           "world_size": meta.shard_world_size}} if meta.sharded else {})}
 
@@ -640,7 +721,7 @@ def format_fanouts(fanouts: Sequence[int]) -> str:
 
 def latest_plan(store: Store) -> str:
     """The name of the most recently sampled plan, of any split and world size."""
-    return newest_plan(store, None, split=None).name
+    return newest_plan(store, None, split=None, task=None).name
 
 
 def group_shards(store: Store, group: str, plans: Mapping[str, PlanMeta] | None = None
@@ -671,17 +752,17 @@ def is_evaluation_split(split: str) -> bool:
     return split not in (TRAIN_SPLIT, "custom")
 
 
-def default_plan(store: Store, world_size: int | None = 1, *, split: str | None = TRAIN_SPLIT
-                 ) -> str:
+def default_plan(store: Store, world_size: int | None = 1, *, split: str | None = TRAIN_SPLIT,
+                 task: str | None = "node") -> str:
     """The name (a plan's, or a shard group's) of :func:`newest_plan`."""
-    chosen = group_of(newest_plan(store, world_size, split=split))
+    chosen = group_of(newest_plan(store, world_size, split=split, task=task))
     log.info("no plan named: using %r, the most recent %s plan of %s", chosen,
              split or "sampled", store.path)
     return chosen
 
 
-def newest_plan(store: Store, world_size: int | None = 1, *, split: str | None = TRAIN_SPLIT
-                ) -> PlanMeta:
+def newest_plan(store: Store, world_size: int | None = 1, *, split: str | None = TRAIN_SPLIT,
+                task: str | None = "node") -> PlanMeta:
     """The meta of the most recently sampled plan (of a shard, for a shard group) of
     ``split`` (the training split unless told otherwise; ``None``: any split) for
     ``world_size`` ranks (``None``: any).
@@ -689,11 +770,15 @@ def newest_plan(store: Store, world_size: int | None = 1, *, split: str | None =
     Falls back to the newest plan of ``split`` for another world size, so that the
     mismatch is reported by :func:`resolve_plan` with its fix. A plan of another split is
     never chosen for the training split: evaluation plans (``val``, ``val-eval``, ...)
-    are read only when named."""
+    are read only when named. Nor is a plan of another ``task`` (``None``: any): a
+    link-prediction plan is used only when named, or by ``train --task link``."""
     plans = list_plans(store)
-    cands = {n: m for n, m in plans.items() if split is None or m.split == split}
+    cands = {n: m for n, m in plans.items() if (split is None or m.split == split)
+             and (task is None or m.task == task)}
     if not cands:
         what = f"{split!r} plan" if split else "plan"
+        if task is not None and any(m.task != task for m in plans.values()):
+            what += f" for {'node classification' if task == 'node' else task + ' prediction'}"
         others = sorted({f"{group_of(m)} ({m.split})" for m in plans.values()})
         have = f" (it has: {', '.join(others)})" if others else ""
         flags = "" if split in (None, TRAIN_SPLIT) else f" --split {split}"
@@ -784,7 +869,7 @@ def plans_to_pack(store: Store, plan: str | None) -> list[str]:
     if plan is None:
         # By the chosen plan's meta, not its name: a shard group may share its name with
         # an older unsharded plan.
-        meta = newest_plan(store, None)
+        meta = newest_plan(store, None, task=None)
         log.info("no --plan: packing %r, the most recent training plan of %s",
                  group_of(meta), store.path)
         plan = group_of(meta)

@@ -151,7 +151,8 @@ def cmd_sample(args) -> int:
     from ..hetero.sampler import sample_hetero_plan
     from ..store import Store
 
-    _refuse(args, {"--world-size": 1})
+    _refuse(args, {"--world-size": 1, "--task": "node", "--neg-ratio": None,
+                   "--edge-split": None})
     with Store(args.store, readonly=False) as store:
         meta = sample_hetero_plan(store, fanouts=args.fanouts, batch_size=args.batch_size,
                                   epochs=args.epochs, seed=args.seed, name=args.name,
@@ -199,7 +200,8 @@ def cmd_train(args) -> int:
 
     _refuse(args, {"--checkpoint": None, "--resume": False, "--early-stop": None,
                    "--save-model": None, "--backend": "pyg", "--gpu-budget": None,
-                   "--heads": None, "--layers": None, "--allow-eval-split": False})
+                   "--heads": None, "--layers": None, "--allow-eval-split": False,
+                   "--task": "node", "--eval": "sampled"})
     model = args.model if args.model in ("rgcn", "hetero-sage") else None
     if model is None:
         raise UsageError(f"--model {args.model!r} is for homogeneous stores: on a heterogeneous "

@@ -31,9 +31,23 @@ def add_sample(sub) -> None:
     p.add_argument("--target", default=None, metavar="TYPE",
                    help="heterogeneous store: node type of the seeds (default: the store's "
                         "target); --fanouts may then be REL=F0,F1;REL=F0,F1 per relation")
-    add_flag(p, "--overwrite", "replace a plan of that name")
+    add_flag(p, "--overwrite", "replace a plan of that name (with --task link: also an edge "
+                               "split cut with other options)")
     add_flag(p, "--no-verify", "skip checking the graph arrays' checksums before sampling")
     add_flag(p, "--quiet", "no progress bar or summary")
+    p.add_argument("--task", default="node", choices=["node", "link"],
+                   help="node: seeds are the split's nodes (default); link: seeds are training "
+                        "edges of the store's edge split with negatives (docs/LINK.md)")
+    p.add_argument("--neg-ratio", default=None, metavar="K",
+                   help="--task link: negative pairs per positive edge (required)")
+    p.add_argument("--neg-sampler", default="uniform", choices=["uniform", "degree"],
+                   help="--task link: negative destinations uniform over nodes (default) or "
+                        "in proportion to degree^0.75")
+    p.add_argument("--edge-split", default=None, metavar="TR,VA,TE",
+                   help="--task link: fractions of train/val/test edges (default 0.85,0.05,0.1; "
+                        "validation and test edges leave the message-passing graph)")
+    p.add_argument("--eval-negatives", type=int, default=100, metavar="M",
+                   help="--task link: fixed negatives stored per held-out edge (default 100)")
 
 
 def _cmd_sample(args) -> int:
@@ -53,6 +67,12 @@ def _cmd_sample(args) -> int:
     if args.target is not None:
         raise UsageError(f"--target {args.target!r}: store {args.store} has one node type; "
                          "drop --target")
+    if args.task == "link":
+        return _sample_link(args)
+    for flag in ("neg_ratio", "edge_split"):
+        if getattr(args, flag) is not None:
+            raise UsageError(f"--{flag.replace('_', '-')} applies to --task link only: add "
+                             "--task link, or drop it")
     with Store(args.store, readonly=False) as store:
         job = prepare_sampling(store, fanouts=args.fanouts, batch_size=args.batch_size,
                                epochs=args.epochs, seed=args.seed, name=args.name,
@@ -63,6 +83,37 @@ def _cmd_sample(args) -> int:
         with progress(args, job.total_batches, f"sample {job.name}", unit="batch") as update:
             run_sampling(store, job, verify=False, progress=update)
         metas = {n: summarize(m) for n, m in list_plans(store).items() if n in job.plan_names}
+    if not args.quiet:
+        print("\n".join(format_plans(metas)))
+    return 0
+
+
+def _sample_link(args) -> int:
+    from oocstore.samplers.link import prepare_link_sampling, run_link_sampling
+    from oocstore.samplers.neighbor import verify_graph
+
+    from ..plan import list_plans, summarize
+    from ..store import Store
+    from ..store.info import format_plans
+
+    if args.neg_ratio is None:
+        raise UsageError("--task link needs --neg-ratio K (negative pairs per positive edge, "
+                         "e.g. --neg-ratio 1)")
+    if args.world_size != 1 or args.split != "train":
+        raise UsageError("--task link samples the training edges of the edge split on one "
+                         "rank: drop --world-size and --split")
+    with Store(args.store, readonly=False) as store:
+        job = prepare_link_sampling(store, fanouts=args.fanouts, batch_size=args.batch_size,
+                                    neg_ratio=args.neg_ratio, epochs=args.epochs,
+                                    seed=args.seed, name=args.name,
+                                    neg_sampler=args.neg_sampler, edge_split=args.edge_split,
+                                    eval_negatives=args.eval_negatives,
+                                    overwrite=args.overwrite)
+        if not args.no_verify:
+            verify_graph(store, job.verify_arrays)
+        with progress(args, None, f"sample {job.name}", unit="batch") as update:
+            run_link_sampling(store, job, verify=False, progress=update)
+        metas = {n: summarize(m) for n, m in list_plans(store).items() if n == job.name}
     if not args.quiet:
         print("\n".join(format_plans(metas)))
     return 0

@@ -67,6 +67,13 @@ def add_train(sub) -> None:
     add_flag(p, "--json", "print the summary as one JSON object on the last line of stdout "
                           "(epochs[i].val_acc: validation accuracy after epoch i)")
     add_flag(p, "--quiet", "no progress bar")
+    p.add_argument("--task", default="node", choices=["node", "link"],
+                   help="node: node classification (default); link: link prediction on a "
+                        "plan sampled with `sample --task link` (SAGE encoder, BCE loss; "
+                        "Hits@K, MRR and AUC on the edge split's held-out edges)")
+    p.add_argument("--decoder", default="dot", choices=["dot", "mlp"],
+                   help="--task link: score of a node pair, dot product (default) or an MLP "
+                        "over the endpoints' product")
 
 
 def _cmd_train(args) -> int:
@@ -83,10 +90,15 @@ def _cmd_train(args) -> int:
     if hetero.is_hetero(args.store):
         args.model = args.model or "hetero-sage"
         return hetero.cmd_train(args)
+    if args.task == "link":
+        return _train_link(args)
     args.model = args.model or "sage"
     if args.model in ("rgcn", "hetero-sage"):
         raise UsageError(f"--model {args.model}: store {args.store} has one node type; use "
                          "--model sage, gcn or gat (or ingest a heterogeneous store)")
+    from ..train.link import check_node_plan
+
+    check_node_plan(args.store, args.plan)
     with launched(args.device) as info:
         if info is None:
             return _train_and_report(args)
@@ -94,6 +106,45 @@ def _cmd_train(args) -> int:
         if info.rank != 0:
             args.quiet = True
         return _train_and_report(args, report=info.rank == 0)
+
+
+def _train_link(args) -> int:
+    """``--task link``: train and print Hits@K / MRR / AUC (``--json``: one object)."""
+    import json
+
+    from ..errors import UsageError
+    from ..train.link import LinkTrainConfig, run_link_training
+
+    unsupported = [f for f, v in (("--model", args.model not in (None, "sage")),
+                                  ("--backend", args.backend != "pyg"),
+                                  ("--eval full", args.eval == "full"),
+                                  ("--checkpoint", args.checkpoint), ("--resume", args.resume),
+                                  ("--early-stop", args.early_stop),
+                                  ("--save-model", args.save_model), ("--heads", args.heads),
+                                  ("--layers", args.layers)) if v]
+    if unsupported:
+        raise UsageError(f"{', '.join(unsupported)}: not available with --task link (a SAGE "
+                         "encoder, layers from the plan's fanouts): drop it")
+    cfg = LinkTrainConfig(epochs=args.epochs, hidden=args.hidden, lr=args.lr,
+                          dropout=args.dropout, decoder=args.decoder, device=args.device,
+                          cpu_budget=args.cpu_budget, gpu_budget=args.gpu_budget,
+                          in_memory=args.in_memory, seed=args.seed,
+                          weight_decay=args.weight_decay)
+    summary = run_link_training(args.store, args.plan, cfg)
+    if args.json:
+        print(json.dumps(summary, sort_keys=True))
+        return 0
+
+    def fmt(m):
+        return ", ".join(f"{k} {v:.4f}" for k, v in m.items()) or "no held-out edges"
+
+    mode = "in memory" if summary["in_memory"] else f"out of core (pack {summary['pack']})"
+    print(f"trained link prediction (sage + {summary['decoder']}) on plan {summary['plan']} "
+          f"{mode}: test {fmt(summary['test'])}")
+    for e in summary["epochs"]:
+        print(f"  epoch {e['epoch']}: {e['time_s']:.1f} s, loss {e['loss']:.4f}, "
+              f"val {fmt(e['val'])}")
+    return 0
 
 
 def _train_and_report(args, *, report: bool = True) -> int:

@@ -125,6 +125,11 @@ def format_plans(plans: dict[str, Any]) -> list[str]:
                      f"{p['epochs']} epoch(s) x {per} batches, seed {p['seed']}"
                      f"{', shuffled' if p['shuffle'] else ''} (store v{p['store_version']}, "
                      f"plan format v{p['format_version']}, {p['node_dtype']} ids)")
+        if p.get("task") == "link":
+            lk = p["link"]
+            lines.append(f"      link prediction: batch size counts positive edges, "
+                         f"{lk['neg_ratio']} {lk['neg_sampler']} negative(s) per positive; "
+                         f"edge split {','.join(f'{f:g}' for f in lk['edge_split'])}")
         uniq = st.get("unique_nodes_per_epoch", [])
         lines.append(f"      per batch: {st['mean_input_nodes']:,.0f} input nodes mean (max "
                      f"{st['max_input_nodes']:,}), {st['mean_edges']:,.0f} edges; per epoch: "

@@ -131,6 +131,10 @@ def test_bad_target_on_ingest(tmp_path, capsys):
     (["pack", "--gpu-cache", "1MiB", "--cpu-budget", "1MiB"], ["--gpu-cache is not supported"]),
     (["sample", "--fanouts", "3,2", "--batch-size", "8", "--world-size", "2"],
      ["--world-size is not supported"]),
+    (["sample", "--fanouts", "3,2", "--batch-size", "8", "--task", "link", "--neg-ratio", "1"],
+     ["--task is not supported"]),
+    (["train", "--epochs", "1", "--task", "link"], ["--task is not supported"]),
+    (["train", "--epochs", "1", "--eval", "full"], ["--eval is not supported"]),
 ])
 def test_bad_flags_leave_the_store_byte_identical(good, tmp_path, capsys, digest, argv, needles):
     store = tmp_path / "s"
