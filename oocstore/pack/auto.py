@@ -3,7 +3,8 @@
 Given cache sizes, they are used as given. Given only a CPU budget, the GPU/CPU tier
 sizes and the segment length with the smallest predicted epoch load time are chosen by
 the cost model (:func:`oocstore.pack.costmodel.choose_split`) from bandwidths probed on
-the store's disk. Either way the result carries the bandwidths a prediction is made
+the store's disk, for the CPU-tier policy asked for (its tables count), leaving room
+for the loader's deep base-array read queue when rows are left to the base array. Either way the result carries the bandwidths a prediction is made
 with, so a caller reports the predicted epoch load time of what it packed.
 """
 
@@ -13,8 +14,11 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import BudgetError
 from ..plan import PlanReader
 from ..store import Store
+from ..tiers.ssd import DEFAULT_IO_THREADS, base_read_buffer_bytes
+from ..workingset import base_queue_bytes
 from .costmodel import Bandwidths, choose_split, predict_epoch, probe
 from .packer import PackOptions, plan_layout
 
@@ -50,9 +54,8 @@ def choose_options(store: Store, plan: PlanReader, *, gpu_cache: int | None = No
     predicted = None
     if auto:
         bw = probe(store) if probe_disk else Bandwidths()
-        options, predicted, _ = choose_split(store, plan, cpu_budget=cpu_budget,
-                                             gpu_budget=gpu_budget,
-                                             max_disk_blowup=max_disk_blowup, bw=bw)
+        options, predicted = _split(store, plan, cpu_budget=cpu_budget, gpu_budget=gpu_budget,
+                                    max_disk_blowup=max_disk_blowup, bw=bw, policy=policy)
         options = dataclasses.replace(options, policy=policy,
                                       segment_batches=segment_batches or options.segment_batches)
     else:
@@ -65,6 +68,38 @@ def choose_options(store: Store, plan: PlanReader, *, gpu_cache: int | None = No
                                   if window_bytes is None else window_bytes)
     return PackChoice(options=options, auto=auto, bandwidths=bw, probed=auto and probe_disk,
                       predicted=predicted)
+
+
+def queue_reserve(store: Store) -> int:
+    """CPU bytes an automatic cache size leaves free for the base-array reads the loader
+    puts in flight beyond the required ones (:func:`~oocstore.workingset.base_read_queue`):
+    a batch read row by row waits less with more reads in flight, and a cache that fills
+    the budget to the byte would leave the queue none."""
+    rb = store.array_meta("features").row_bytes
+    return base_queue_bytes(base_read_buffer_bytes(rb, 1), DEFAULT_IO_THREADS)
+
+
+def _split(store: Store, plan: PlanReader, *, cpu_budget: int, gpu_budget: int | None,
+           max_disk_blowup: float, bw: Bandwidths, policy: str) -> tuple[PackOptions, dict]:
+    """The cost model's split for ``policy``, its cache sized to leave the deep base-read
+    queue its room (:func:`queue_reserve`) where the split leaves rows to the base array;
+    the options carry the whole ``cpu_budget`` (what the pack is checked against)."""
+    reserve = queue_reserve(store)
+    if reserve and cpu_budget > reserve:
+        try:
+            options, predicted, _ = choose_split(store, plan, cpu_budget=cpu_budget - reserve,
+                                                 gpu_budget=gpu_budget,
+                                                 max_disk_blowup=max_disk_blowup, bw=bw,
+                                                 policy=policy)
+        except BudgetError:
+            pass  # the floor fits the budget, not beside the queue: no queue then
+        else:
+            if plan_layout(store, plan, options).min_working_set.get("base_read_bytes"):
+                return dataclasses.replace(options, cpu_budget=cpu_budget), predicted
+    options, predicted, _ = choose_split(store, plan, cpu_budget=cpu_budget,
+                                         gpu_budget=gpu_budget, max_disk_blowup=max_disk_blowup,
+                                         bw=bw, policy=policy)
+    return options, predicted
 
 
 def prediction(store: Store, plan_name: str, choice: PackChoice) -> dict[str, Any]:
