@@ -321,10 +321,10 @@ def choose_split(store: Store, plan: PlanReader, *, cpu_budget: int, gpu_budget:
     # Segment lengths 1..8 under the blowup cap, and no segments at all (every cold row
     # read from the base array): where the cap packs only a small part of the plan, the
     # segment buffer is better spent on cache rows.
-    for S, cap in ((1, max_disk_blowup), (2, max_disk_blowup), (4, max_disk_blowup),
-                   (8, max_disk_blowup), (1, 0.0)):
-        if cap == 0.0 and max_disk_blowup == 0.0:
-            continue  # the same as the first candidate
+    specs = [(1, 0.0)] if max_disk_blowup == 0.0 else \
+        [(1, max_disk_blowup), (2, max_disk_blowup), (4, max_disk_blowup), (8, max_disk_blowup),
+         (1, 0.0)]
+    for S, cap in specs:
         base = PackOptions(max_disk_blowup=cap, segment_batches=S, policy=policy)
         gpu_cache = 0
         if gpu_budget:

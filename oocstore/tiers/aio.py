@@ -182,6 +182,20 @@ def _run(ids, i, base_offset, row_bytes, unit, max_units):
 
 
 @numba.njit(nogil=True, cache=True)
+def run_bytes(ids, base_offset, row_bytes, unit, max_units):
+    """Bytes :func:`aio_read_rows` reads for rows ``ids`` (in file order): its requests'
+    4 KiB pages, rows whose pages touch sharing one request (what a pack expects its
+    base-array reads to cost)."""
+    total = 0
+    i = 0
+    while i < ids.shape[0]:
+        first, end, count = _run(ids, i, base_offset, row_bytes, unit, max_units)
+        total += end - first
+        i += count
+    return total
+
+
+@numba.njit(nogil=True, cache=True)
 def _find_units(used, units):
     """The first of ``units`` adjacent free scratch units, or -1."""
     run = 0

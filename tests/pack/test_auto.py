@@ -127,3 +127,19 @@ def test_without_a_budget_nothing_is_chosen(store):
 def test_bad_values_are_refused_before_packing(store):
     with Store(store) as s, pytest.raises(UsageError):
         choose_options(s, PlanReader(s, "p"), cpu_cache=0, window_bytes=0)
+
+
+def test_without_a_policy_the_faster_predicted_one_is_taken(wide_store):
+    from oocstore.pack.auto import AUTO_POLICIES
+
+    with Store(wide_store) as s:
+        plan = PlanReader(s, "p")
+        budget = _floor(s, plan) + 4 * queue_reserve(s)
+        each = {p: choose_options(s, plan, cpu_budget=budget, max_disk_blowup=0.5,
+                                  probe_disk=False, policy=p) for p in AUTO_POLICIES}
+        choice = choose_options(s, plan, cpu_budget=budget, max_disk_blowup=0.5,
+                                probe_disk=False, policy=None)
+        given = choose_options(s, plan, cpu_cache=64 << 10, policy=None)
+    best = min(AUTO_POLICIES, key=lambda p: each[p].predicted["mean_epoch_s"])
+    assert choice.options == each[best].options and choice.options.policy == best
+    assert given.options.policy == "static"
