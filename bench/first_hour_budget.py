@@ -25,6 +25,9 @@ shared). ``--toy`` runs a tiny synthetic graph (the test that keeps the script a
 
     python bench/first_hour_budget.py                             # dblp, flickr; 25 %, 10 %
     python bench/first_hour_budget.py --datasets dblp --also 10,5:32 --rounds 3
+    # the issue's figure alone (dblp, 25 %, fanouts 10,5, 32 seeds): prints the ratio
+    python bench/first_hour_budget.py --datasets dblp --fractions 0.25 --also 10,5:32 \
+        --no-suggested --epochs 3 --rounds 2
 """
 
 from __future__ import annotations
@@ -161,6 +164,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--hidden", type=int, default=None, help="--hidden for train (default: its own)")
     ap.add_argument("--also", action="append", default=[], metavar="F:S",
                     help="a fixed plan (fanouts:batch size) to run beside the suggestion")
+    ap.add_argument("--no-suggested", action="store_true",
+                    help="run only the --also plans, not plan-budget's suggestion")
     ap.add_argument("--work", default=None, help="directory for the stores (default: a temp dir)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--toy", action="store_true", help="a tiny synthetic graph (for tests)")
@@ -207,7 +212,7 @@ def main(argv=None) -> dict:
                 fbytes = s.array_meta("features").nbytes
             for frac in fractions:
                 budget = budget_arg(int(fbytes * frac))
-                plans = [None] + [a for a in args.also]
+                plans = ([] if args.no_suggested else [None]) + [a for a in args.also]
                 for plan in plans:
                     store = work / f"{name}-{frac:g}-{(plan or 'suggested').replace(',', '_').replace(':', '-')}"
                     if store.exists():

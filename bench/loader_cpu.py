@@ -43,19 +43,24 @@ def run(store: Store, args, aio: bool) -> list[dict]:
     ssd.BaseRowTier.__init__ = with_mode
     try:
         budget = MemoryBudget(cpu=args.cpu_budget)
-        with NodeLoader(store, pack=args.pack, budget=budget, prefetch=args.prefetch) as loader:
+        with NodeLoader(store, pack=args.pack, budget=budget, prefetch=args.prefetch,
+                        **({"io_threads": args.io_threads} if args.io_threads else {})) as loader:
             out = []
             for e in range(args.epochs):
                 loader.set_epoch(e)
                 r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
                 read0 = loader.stats()["bytes_read"]
+                req0 = loader.reader.base.stats()["requests"]
                 for batch in loader:
                     del batch
                 r1, st = resource.getrusage(resource.RUSAGE_SELF), loader.stats()
                 out.append({"wall_s": time.perf_counter() - t0,
                             "user_s": r1.ru_utime - r0.ru_utime, "sys_s": r1.ru_stime - r0.ru_stime,
                             "wait_s": st["epochs"][-1]["wait_s"],
-                            "bytes_read": st["bytes_read"] - read0, "prefetch": loader.prefetch})
+                            "bytes_read": st["bytes_read"] - read0, "prefetch": loader.prefetch,
+                            "base_depth": loader.reader.base.threads,
+                            "base_requests": loader.reader.base.stats()["requests"] - req0,
+                            "cpu_rows": loader.reader.meta.cpu_rows})
             return out
     finally:
         ssd.BaseRowTier.__init__ = init
@@ -67,6 +72,8 @@ def main(argv=None) -> dict:
     p.add_argument("--pack", default=None)
     p.add_argument("--cpu-budget", default=None)
     p.add_argument("--prefetch", type=int, default=None)
+    p.add_argument("--io-threads", type=int, default=None,
+                   help="the loader's required base-array reads in flight (default: its own)")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--base-reads", default="aio,threads")
@@ -83,13 +90,17 @@ def main(argv=None) -> dict:
               "loadavg_1min": os.getloadavg()[0], "runs": runs, "median": {}}
     for m, rs in runs.items():
         med = {k: statistics.median(r[k] for r in rs) for k in ("wall_s", "user_s", "sys_s",
-                                                                  "wait_s", "bytes_read")}
+                                                                  "wait_s", "bytes_read",
+                                                                  "base_requests")}
         med["cpu_s"] = statistics.median(r["user_s"] + r["sys_s"] for r in rs)
         med["prefetch"] = rs[0]["prefetch"] if rs else None
+        med["base_depth"] = rs[0]["base_depth"] if rs else None
         result["median"][m] = med
         print(f"{m:8} wall {med['wall_s']:.2f} s, cpu {med['cpu_s']:.2f} s (user "
               f"{med['user_s']:.2f}, sys {med['sys_s']:.2f}), wait {med['wait_s']:.2f} s, "
-              f"{med['bytes_read'] / 2**20:.0f} MiB read per epoch, prefetch {med['prefetch']}")
+              f"{med['bytes_read'] / 2**20:.0f} MiB read per epoch in {med['base_requests']:.0f} "
+              f"base-array requests, prefetch {med['prefetch']}, "
+              f"base reads in flight {med['base_depth']}")
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps({"bench": "loader_cpu", "median": result["median"]}))

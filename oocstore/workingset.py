@@ -379,8 +379,16 @@ def read_ahead_buffers(fits: Callable[[int], bool], segment_bytes: int, reserve:
 
 
 #: Base-array reads in flight at most (the required ones, one per I/O thread, and the
-#: optional deeper queue together).
-MAX_BASE_READS_IN_FLIGHT = 32
+#: optional deeper queue together). 64: random reads of dblp's 6,556 B rows (two or three
+#: pages each) by native AIO reached about 500 MB/s at 8 in flight, 780 MB/s at 32 and
+#: 900 MB/s at 64 and 128 on this machine's disk (``bench/loader_cpu.py --io-threads``).
+MAX_BASE_READS_IN_FLIGHT = 64
+
+
+def base_queue_bytes(slot_bytes: int, required_slots: int) -> int:
+    """Bytes of the deepest optional base-read queue (:func:`base_read_queue`): what an
+    automatic cache size leaves free for it."""
+    return max(0, MAX_BASE_READS_IN_FLIGHT - int(required_slots)) * int(slot_bytes)
 
 
 def base_read_queue(fits: Callable[[int], bool], *, slot_bytes: int, required_slots: int,

@@ -29,8 +29,10 @@ def add_pack(sub) -> None:
     p.add_argument("--max-disk-blowup", type=float, default=4.0, metavar="X",
                    help="packed bytes at most X times the feature bytes, over all epochs "
                         "(default 4); batches beyond it read rows from the base array")
-    p.add_argument("--policy", choices=sorted(POLICIES), default="static",
-                   help="CPU tier: static (the most accessed rows, fixed) or belady (a schedule "
+    p.add_argument("--policy", choices=sorted(POLICIES), default=None,
+                   help="CPU tier (default: with cache sizes chosen inside --cpu-budget, static "
+                        "or belady, whichever the cost model predicts faster; else static): "
+                        "static (the most accessed rows, fixed) or belady (a schedule "
                         "worked out from the plan's known future: admit and evict as Belady's "
                         "optimal policy would; fewer packed rows, restarts each epoch); s3fifo "
                         "and sieve simulate those online policies over the plan the same way")

@@ -308,10 +308,12 @@ def predict_epoch(layout: Layout, bw: Bandwidths, epoch: int = 0,
 
 
 def choose_split(store: Store, plan: PlanReader, *, cpu_budget: int, gpu_budget: int | None = None,
-                 max_disk_blowup: float = 4.0, bw: Bandwidths | None = None
+                 max_disk_blowup: float = 4.0, bw: Bandwidths | None = None,
+                 policy: str = "static"
                  ) -> tuple[PackOptions, dict[str, Any], list[dict[str, Any]]]:
     """Cache sizes (and segment length) with the smallest predicted epoch load time
-    inside ``cpu_budget`` (and ``gpu_budget`` on a CUDA run). Returns the options, the
+    inside ``cpu_budget`` (and ``gpu_budget`` on a CUDA run), for a CPU tier of
+    ``policy`` (whose tables are part of the working set). Returns the options, the
     chosen prediction and every candidate evaluated."""
     bw = bw or Bandwidths()
     rb = store.array_meta("features").row_bytes
@@ -319,11 +321,11 @@ def choose_split(store: Store, plan: PlanReader, *, cpu_budget: int, gpu_budget:
     # Segment lengths 1..8 under the blowup cap, and no segments at all (every cold row
     # read from the base array): where the cap packs only a small part of the plan, the
     # segment buffer is better spent on cache rows.
-    for S, cap in ((1, max_disk_blowup), (2, max_disk_blowup), (4, max_disk_blowup),
-                   (8, max_disk_blowup), (1, 0.0)):
-        if cap == 0.0 and max_disk_blowup == 0.0:
-            continue  # the same as the first candidate
-        base = PackOptions(max_disk_blowup=cap, segment_batches=S)
+    specs = [(1, 0.0)] if max_disk_blowup == 0.0 else \
+        [(1, max_disk_blowup), (2, max_disk_blowup), (4, max_disk_blowup), (8, max_disk_blowup),
+         (1, 0.0)]
+    for S, cap in specs:
+        base = PackOptions(max_disk_blowup=cap, segment_batches=S, policy=policy)
         gpu_cache = 0
         if gpu_budget:
             lay0 = plan_layout(store, plan, base)

@@ -55,6 +55,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..checked_read import ROWS_SCRATCH
 from ..store.format import versioned_from_dict
 
 #: Version of the pack layout described above. Readers refuse other versions.
@@ -76,7 +77,7 @@ def pack_array_names(name: str) -> dict[str, str]:
 
 
 #: Scratch buffer of each checksum-checked per-batch reader (``oocstore/checked_read.py``).
-CHECK_SCRATCH = 1 << 20
+CHECK_SCRATCH = ROWS_SCRATCH
 
 
 def reader_table_bytes(*, total_batches: int, index_columns: int, epochs: int,

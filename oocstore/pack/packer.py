@@ -39,6 +39,8 @@ from .copy import WRITE_COST, ProgressFn, bucket_passes, copy_rows, writeback_fr
 from .format import PackMeta, pack_array_names, pack_key
 from .layout import MAX_SEGMENT_BATCHES, Layout, _is_cold, _packed_epochs, plan_layout
 from .options import COPY_STRATEGIES, DEFAULT_WINDOW_BYTES, PackOptions
+from ..tiers.aio import run_bytes
+from ..tiers.ssd import AIO_MAX_RUN_UNITS
 # The working-set arithmetic lives in oocstore/workingset.py; these names stay importable
 # from here.
 from ..workingset import (MIN_BATCHES_IN_FLIGHT, check_budget, device_overhead,  # noqa: F401
@@ -63,18 +65,19 @@ def plan_version(store: Store, plan: PlanReader) -> int:
 
 @numba.njit(cache=True, nogil=True)
 def _assign(data, offs, ninput, pstart, b0, b1, batch_seg, seg_first_row, node_tier, node_slot,
-            hit, mark, rowmap, out_tier, out_slot, node_of_row, base_offset, row_bytes, fallback):
+            hit, mark, rowmap, out_tier, out_slot, node_of_row, base_offset, row_bytes, fallback,
+            fb_ids, unit, max_units):
     """Tier and slot of every input position of batches [b0, b1); adds to ``fallback``
     the positions read from the base array ([0]) and the bytes those reads transfer
-    ([1], 4 KiB-widened per row). ``ALIGN`` is a compile-time constant here, so the
-    widening divides by shifts (on the default bench most of the 76 M positions are
-    fallback reads, and two integer divisions each showed in the profile)."""
+    ([1]: the reader's native AIO requests, rows whose 4 KiB pages touch read together,
+    :func:`~oocstore.tiers.aio.run_bytes`; ``fb_ids`` holds a batch's base-array rows)."""
     p = 0
     fallback_positions = 0
     fallback_bytes = 0
     for b in range(b0, b1):
         s = batch_seg[b]
         o = offs[b]
+        k = 0
         for i in range(ninput[b]):
             v = data[o + i]
             t = node_tier[v]
@@ -82,8 +85,8 @@ def _assign(data, offs, ninput, pstart, b0, b1, batch_seg, seg_first_row, node_t
                 if s < 0:
                     out_tier[p] = 3
                     out_slot[p] = -1
-                    off = base_offset + v * row_bytes
-                    fallback_bytes += ((off + row_bytes + ALIGN - 1) // ALIGN - off // ALIGN) * ALIGN
+                    fb_ids[k] = v
+                    k += 1
                     fallback_positions += 1
                 else:
                     tag = s + 1
@@ -102,6 +105,9 @@ def _assign(data, offs, ninput, pstart, b0, b1, batch_seg, seg_first_row, node_t
                 out_tier[p] = 1
                 out_slot[p] = hit[pstart[b] + i]
             p += 1
+        if k:
+            fallback_bytes += run_bytes(np.sort(fb_ids[:k]), base_offset, row_bytes, unit,
+                                        max_units)
     fallback[0] += fallback_positions
     fallback[1] += fallback_bytes
 
@@ -252,6 +258,9 @@ class _Assignment:
         self.out_tier = np.empty(int(self.group_pos.max()), dtype=np.uint8)
         self.out_slot = np.empty(int(self.group_pos.max()), dtype=np.int32)
         self.fallback = np.zeros(2, dtype=np.int64)  # positions, bytes of base-array reads
+        self.fb_ids = np.empty(int(layout.ninput.max()) if n else 0, dtype=np.int64)
+        # The reader's scratch unit for one base-array row (its worst-case aligned span).
+        self.unit = aligned_span(ALIGN - 1, layout.row_bytes)[1]
 
     @property
     def fallback_positions(self) -> int:
@@ -270,7 +279,7 @@ class _Assignment:
             _assign(lay.plan.records, lay.offs, lay.ninput, lay.pstart, g0, g1, self.batch_seg,
                     self.seg_first_row, lay.node_tier, lay.node_slot, lay.hit, self.mark,
                     self.rowmap, out_tier, out_slot, self.node_of_row, lay.fmeta.offset,
-                    lay.row_bytes, self.fallback)
+                    lay.row_bytes, self.fallback, self.fb_ids, self.unit, AIO_MAX_RUN_UNITS)
             self.w_tier.append(out_tier)
             self.w_slot.append(out_slot)
 

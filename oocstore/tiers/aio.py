@@ -66,14 +66,21 @@ def close_context(ctx: int) -> None:
 
 
 @numba.njit(nogil=True, cache=True)
-def aio_read_rows(ctx, fd, base_offset, row_bytes, ids, pos, out, scratch, span, iocbs, ptrs,
-                  events, slot_row, wait_for=1):
+def aio_read_rows(ctx, fd, base_offset, row_bytes, ids, pos, out, scratch, unit, iocbs, ptrs,
+                  events, runs, requests, wait_for=1, max_units=1):
     """Row ``ids[k]`` of the array at byte ``base_offset`` of ``fd`` into ``out[pos[k]]``
-    for every ``k``, in the order given (the caller sorts by id), up to
-    ``iocbs.shape[0]`` reads in flight, each one aligned request of at most ``span`` bytes
-    into its slot of ``scratch``. ``out`` (one row per line) and ``scratch`` are views of
-    one unsigned word size that divides ``row_bytes`` (and so every row's offset in its
-    page): rows are copied a word at a time.
+    for every ``k``, the ids in file order (the caller sorts them), up to
+    ``iocbs.shape[0]`` reads in flight.
+
+    ``scratch`` is ``iocbs.shape[0]`` units of ``unit`` bytes (one row's worst-case aligned
+    span each). Rows whose 4 KiB pages touch or overlap (the next row starts on the page
+    where the last one ends, or the page after) are read by one request of up to
+    ``max_units`` units, into that many adjacent free units: one request instead of
+    several, and a page two rows share is read once. ``runs`` (``[depth, 4]`` int64) holds
+    each request's first unit, units, first row and rows; ``requests[0]`` counts the
+    requests made. ``out`` (one row per line) and
+    ``scratch`` are views of one unsigned word size that divides ``row_bytes`` (and so
+    every row's offset in its page): rows are copied a word at a time.
 
     Returns the bytes transferred, or a negative number when the reads could not all be
     done here: ``-(k + 1)`` for a short or failed read of row ``k``, ``-(n + 1)`` when the
@@ -83,10 +90,11 @@ def aio_read_rows(ctx, fd, base_offset, row_bytes, ids, pos, out, scratch, span,
     depth = iocbs.shape[0]
     base = scratch.ctypes.data
     iocb_addr = iocbs.ctypes.data
-    free = np.empty(depth, np.int64)
+    free = np.empty(depth, np.int64)  # free request slots
     for s in range(depth):
         free[s] = depth - 1 - s
     nfree = depth
+    used = np.zeros(depth, np.bool_)  # scratch units in use
     nxt = 0
     done = 0
     moved = 0
@@ -95,13 +103,26 @@ def aio_read_rows(ctx, fd, base_offset, row_bytes, ids, pos, out, scratch, span,
     while done < n:
         k = 0
         while nxt < n and nfree > 0:
+            first_page, end, count = _run(ids, nxt, base_offset, row_bytes, unit, max_units)
+            units = (end - first_page + unit - 1) // unit
+            u0 = _find_units(used, units)
+            if u0 < 0:
+                if inflight + k > 0:
+                    break  # wait for completions to free units
+                return -(nxt + 1)  # cannot happen: a lone row fits one unit
             nfree -= 1
-            if not _request(iocbs, ptrs, k, free[nfree], fd, base_offset + ids[nxt] * row_bytes,
-                            row_bytes, span, base, iocb_addr):
-                return -(nxt + 1)
-            slot_row[free[nfree]] = nxt
+            s = free[nfree]
+            for u in range(u0, u0 + units):
+                used[u] = True
+            runs[s, 0] = u0
+            runs[s, 1] = units
+            runs[s, 2] = nxt
+            runs[s, 3] = count
+            _request(iocbs, ptrs, k, s, fd, first_page, end - first_page, base + u0 * unit,
+                     iocb_addr)
             k += 1
-            nxt += 1
+            nxt += count
+            requests[0] += 1
         sent = 0
         tries = 0
         while sent < k:
@@ -123,45 +144,92 @@ def aio_read_rows(ctx, fd, base_offset, row_bytes, ids, pos, out, scratch, span,
         fails = 0
         for e in range(got):
             s = events[e, 0]
-            i = slot_row[s]
             inflight -= 1
-            if not _place(out, pos[i], scratch, s * span, base_offset + ids[i] * row_bytes,
-                          row_bytes, events[e, 2]):
-                return -(i + 1)
+            u0, units, i0, count = runs[s, 0], runs[s, 1], runs[s, 2], runs[s, 3]
+            start = (base_offset + ids[i0] * row_bytes) // 4096 * 4096
+            for i in range(i0, i0 + count):
+                if not _place(out, pos[i], scratch, u0 * unit, start,
+                              base_offset + ids[i] * row_bytes, row_bytes, events[e, 2]):
+                    return -(i + 1)
             moved += events[e, 2]
+            for u in range(u0, u0 + units):
+                used[u] = False
             free[nfree] = s
             nfree += 1
-            done += 1
+            done += count
     return moved
 
 
 @numba.njit(nogil=True, cache=True)
-def _request(iocbs, ptrs, k, s, fd, off, row_bytes, span, base, iocb_addr):
-    """Fill slot ``s``'s request (``struct iocb``) for the row at byte ``off``, widened to
-    whole 4 KiB pages, into the slot's scratch, and make it the ``k``-th to submit; False
-    when the widened row does not fit a slot of ``span`` bytes."""
-    start = off // 4096 * 4096
-    length = (off + row_bytes + 4095) // 4096 * 4096 - start
-    if length > span:
-        return False
-    iocbs[s, 0] = s  # aio_data: the slot
+def _run(ids, i, base_offset, row_bytes, unit, max_units):
+    """The request for rows ``ids[i:]`` read together: (first byte, end byte, rows), its
+    bytes whole 4 KiB pages; rows join while the next starts no later than the page after
+    the run's last page (no page read for nothing) and the run fits ``max_units`` units."""
+    off = base_offset + ids[i] * row_bytes
+    first_page = off // 4096 * 4096
+    end = (off + row_bytes + 4095) // 4096 * 4096
+    count = 1
+    limit = max_units * unit
+    while i + count < ids.shape[0]:
+        o2 = base_offset + ids[i + count] * row_bytes
+        s2 = o2 // 4096 * 4096
+        e2 = (o2 + row_bytes + 4095) // 4096 * 4096
+        if s2 > end or e2 - first_page > limit or e2 < end:
+            break
+        end = e2
+        count += 1
+    return first_page, end, count
+
+
+@numba.njit(nogil=True, cache=True)
+def run_bytes(ids, base_offset, row_bytes, unit, max_units):
+    """Bytes :func:`aio_read_rows` reads for rows ``ids`` (in file order): its requests'
+    4 KiB pages, rows whose pages touch sharing one request (what a pack expects its
+    base-array reads to cost)."""
+    total = 0
+    i = 0
+    while i < ids.shape[0]:
+        first, end, count = _run(ids, i, base_offset, row_bytes, unit, max_units)
+        total += end - first
+        i += count
+    return total
+
+
+@numba.njit(nogil=True, cache=True)
+def _find_units(used, units):
+    """The first of ``units`` adjacent free scratch units, or -1."""
+    run = 0
+    for u in range(used.shape[0]):
+        if used[u]:
+            run = 0
+        else:
+            run += 1
+            if run == units:
+                return u - units + 1
+    return -1
+
+
+@numba.njit(nogil=True, cache=True)
+def _request(iocbs, ptrs, k, s, fd, start, length, buf, iocb_addr):
+    """Fill request slot ``s`` (``struct iocb``): ``length`` bytes at byte ``start`` of
+    ``fd`` into ``buf``, and make it the ``k``-th to submit."""
+    iocbs[s, 0] = s  # aio_data: the request slot
     iocbs[s, 1] = 0  # aio_key, aio_rw_flags
     iocbs[s, 2] = np.uint64(fd) << np.uint64(32)  # IOCB_CMD_PREAD (0), reqprio 0, fd
-    iocbs[s, 3] = base + s * span
+    iocbs[s, 3] = buf
     iocbs[s, 4] = length
     iocbs[s, 5] = start
     iocbs[s, 6] = 0
     iocbs[s, 7] = 0
     ptrs[k] = iocb_addr + s * 64
-    return True
 
 
 @numba.njit(nogil=True, cache=True)
-def _place(out, row, scratch, slot_start, off, row_bytes, got):
-    """Copy the row read into the slot at byte ``slot_start`` of ``scratch`` (the request
-    for byte ``off`` brought ``got`` bytes) to ``out[row]``, a word at a time; False when
-    the read came back short."""
-    lo = off - off // 4096 * 4096
+def _place(out, row, scratch, slot_start, start, off, row_bytes, got):
+    """Copy the row at byte ``off`` of the file, read by the request for byte ``start``
+    into scratch byte ``slot_start`` (it brought ``got`` bytes), to ``out[row]``, a word
+    at a time; False when the read came back short."""
+    lo = off - start
     if got < lo + row_bytes:
         return False
     word = row_bytes // out.shape[1]

@@ -286,6 +286,10 @@ ROWS_PER_TASK = 16
 #: Native AIO: completions collected before the free slots are submitted again (more
 #: requests per ``io_submit``, fewer wake-ups of the reading thread).
 AIO_WAIT_FOR = 1
+#: Native AIO: scratch units (one row's worst-case span each) one request may span, so
+#: rows whose pages touch are read together (``tiers/aio.py``). On dblp (6,556 B rows,
+#: node ids with locality) a fifth of a batch's rows share a page with the next one.
+AIO_MAX_RUN_UNITS = 8
 
 
 def base_read_buffer_bytes(row_bytes: int, threads: int = DEFAULT_IO_THREADS) -> int:
@@ -351,6 +355,7 @@ class BaseRowTier(Tier):
         # in the same scratch the threads would hold; opened on first use.
         self.use_aio = True
         self._aio: tuple | None = None
+        self._requests = np.zeros(1, np.int64)  # read requests made by native AIO
         self._aio_lock = threading.Lock()
 
     @property
@@ -432,9 +437,9 @@ class BaseRowTier(Tier):
                 self._aio_done = weakref.finalize(self, _drop_context, ctx, os.getpid())
                 self._aio = (ctx, aligned_empty(depth * self.span),
                              np.zeros((depth, IOCB_WORDS), np.uint64), np.zeros(depth, np.uint64),
-                             np.zeros((depth, EVENT_WORDS), np.int64), np.zeros(depth, np.int64),
-                             os.getpid())
-            ctx, scratch, iocbs, ptrs, events, slot_row, _ = self._aio
+                             np.zeros((depth, EVENT_WORDS), np.int64),
+                             np.zeros((depth, 4), np.int64), os.getpid())
+            ctx, scratch, iocbs, ptrs, events, runs, _ = self._aio
             order = np.argsort(slots, kind="stable")  # file order
             word = next(w for w in (8, 4, 2, 1) if self.row_bytes % w == 0)
             wtype = np.dtype(f"u{word}")
@@ -442,7 +447,8 @@ class BaseRowTier(Tier):
                                   slots[order], positions[order],
                                   out.reshape(out.shape[0], -1).view(np.uint8).view(wtype),
                                   scratch.view(wtype), self.span, iocbs, ptrs, events,
-                                  slot_row, AIO_WAIT_FOR)
+                                  runs, self._requests, AIO_WAIT_FOR,
+                                  min(self.threads, AIO_MAX_RUN_UNITS))
             if moved < 0:
                 # Reads may still be in flight into the scratch: destroying the context
                 # waits for them. The threaded path reads the batch again and names
@@ -453,6 +459,11 @@ class BaseRowTier(Tier):
             self.bytes_read += int(moved)
             self.useful_bytes += slots.size * self.row_bytes
             return True
+
+    def stats(self) -> dict:
+        """The tier's counters, plus ``requests``: the reads native AIO made (rows whose
+        pages touch share one)."""
+        return {**super().stats(), "requests": int(self._requests[0])}
 
     def _close_aio(self) -> None:
         if self._aio is not None:

@@ -190,3 +190,34 @@ def test_split_drops_segments_the_cap_cannot_fill(store):
         assert packed[0]["prediction"]["seconds"] < packed[0]["prediction"]["mean_epoch_s"]
         lay = plan_layout(s, plan, opts)
         assert lay.packed_segments == 0 and lay.min_working_set["cpu"] <= budget
+
+
+def test_a_zero_cap_splits_without_segments(store):
+    """``max_disk_blowup=0`` (no packed segments) is one candidate, not none: the split
+    used to skip every candidate and refuse any budget as too small for one batch."""
+    with Store(store) as s:
+        plan = PlanReader(s, "p")
+        floor = plan_layout(s, plan, PackOptions(cpu_cache=0, max_disk_blowup=0)
+                            ).min_working_set
+        budget = floor["cpu"] + floor["prefetch_bytes"] + (64 << 10)
+        opts, pred, cands = choose_split(s, plan, cpu_budget=budget, max_disk_blowup=0,
+                                         bw=Bandwidths())
+    assert len(cands) == 1 and opts.max_disk_blowup == 0.0 and opts.cpu_cache > 0
+    assert pred["ssd_rows"] == 0
+
+
+def test_the_split_sizes_the_policys_tables_in(store):
+    """A scheduled tier's insert tables are part of the working set: the split for
+    ``policy="belady"`` leaves them room (its cache is smaller than static's)."""
+    with Store(store) as s:
+        plan = PlanReader(s, "p")
+        floor = plan_layout(s, plan, PackOptions(cpu_cache=0, max_disk_blowup=0)
+                            ).min_working_set
+        budget = floor["cpu"] + floor["prefetch_bytes"] + (256 << 10)
+        static, _, _ = choose_split(s, plan, cpu_budget=budget, max_disk_blowup=0,
+                                    bw=Bandwidths())
+        belady, _, _ = choose_split(s, plan, cpu_budget=budget, max_disk_blowup=0,
+                                    bw=Bandwidths(), policy="belady")
+        assert belady.policy == "belady" and belady.cpu_cache < static.cpu_cache
+        mws = plan_layout(s, plan, belady).min_working_set
+        assert mws["cpu"] + mws["prefetch_bytes"] <= budget

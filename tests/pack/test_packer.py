@@ -36,7 +36,9 @@ def read_all_and_compare(store, pack):
             for b in range(reader.num_batches(e)):
                 x = reader.read_batch(e, b)
                 np.testing.assert_array_equal(x, feats[reader.plan.input_nodes(e, b)])
-        return reader.stats()
+        # Whether base-array rows went through native AIO (rows whose pages touch share a
+        # request, as the pack's expected amplification assumes) or one read each.
+        return {**reader.stats(), "aio": reader.base.use_aio and reader.base.reader.direct}
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +67,10 @@ def test_blowup_cap_leaves_the_rest_to_base_reads(store):
     assert 0 < meta.packed_batches < meta.total_batches
     stats = read_all_and_compare(store, "capped")
     assert stats["tiers"]["base"]["hits"] == meta.stats["fallback_positions"] > 0
-    assert stats["read_amplification"] == pytest.approx(meta.expected_read_amplification)
+    if stats["aio"]:
+        assert stats["read_amplification"] == pytest.approx(meta.expected_read_amplification)
+    else:  # one read per row: more than the pack expects
+        assert stats["read_amplification"] > meta.expected_read_amplification
 
 
 def _assign_threads(monkeypatch):

@@ -242,3 +242,30 @@ def test_a_forked_child_reads_with_its_own_thread_pool(feats_store):
     tier.gather_at(np.arange(100) * 3, out, np.arange(100))
     assert np.array_equal(out, feats[np.arange(100) * 3])
     tier.close()
+
+
+@needs_aio
+def test_rows_whose_pages_touch_are_read_by_one_request(feats_store):
+    """1,500 B rows: neighbours share a page. Read one by one, 100 consecutive rows cost
+    100 requests of one or two pages (about 2.7x the row bytes); read as runs of adjacent
+    rows, each page once, in requests of at most 8 scratch units (8 KiB each)."""
+    store, feats = feats_store
+    meta = store.array_meta("features")
+    tier = BaseRowTier(store.file_path(meta), meta, threads=8)
+    if not tier.reader.direct:
+        pytest.skip(f"no O_DIRECT here ({tier.reader.fallback_reason}): AIO is not used")
+    ids = np.arange(500, 600)[::-1].copy()  # any order: read in file order
+    out = np.empty((100, feats.shape[1]), dtype=np.float32)
+    tier.gather_at(ids, out, np.arange(100))
+    assert np.array_equal(out, feats[ids])
+    st = tier.stats()
+    first, end = meta.offset + 500 * meta.row_bytes, meta.offset + 600 * meta.row_bytes
+    span = (end + 4095) // 4096 - first // 4096  # pages of the 100 rows
+    # Every run's pages once; a page at a run boundary at most twice.
+    assert span * 4096 <= st["bytes_read"] <= span * 4096 + st["requests"] * 4096
+    assert st["requests"] <= -(-span * 4096 // (8 * tier.span)) + 2
+    # Rows far apart stay one request each.
+    tier.gather_at(np.array([0, 1000, 2000]), out[:3], np.arange(3))
+    assert tier.stats()["requests"] == st["requests"] + 3
+    assert np.array_equal(out[:3], feats[[0, 1000, 2000]])
+    tier.close()
