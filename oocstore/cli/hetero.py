@@ -140,10 +140,12 @@ def _check_out(args) -> None:
 
 
 def _refuse(args, flags: dict[str, object]) -> None:
-    """Refuse any of ``flags`` (flag -> its default) given with another value: options of
-    the homogeneous path that the heterogeneous one does not offer (docs/HETERO.md)."""
+    """Refuse any of ``flags`` (flag -> its default, or a tuple of accepted values) given
+    with another value: options of the homogeneous path that the heterogeneous one does
+    not offer (docs/HETERO.md)."""
     for flag, default in flags.items():
-        if getattr(args, flag.lstrip("-").replace("-", "_"), default) not in (default,):
+        allowed = default if isinstance(default, tuple) else (default,)
+        if getattr(args, flag.lstrip("-").replace("-", "_"), allowed[0]) not in allowed:
             raise UsageError(f"{flag} is not supported on a heterogeneous store: drop it")
 
 
@@ -171,7 +173,7 @@ def cmd_pack(args) -> int:
     from ..hetero.pack import pack_hetero
     from ..store import Store
 
-    _refuse(args, {"--gpu-cache": None, "--gpu-budget": None, "--policy": "static",
+    _refuse(args, {"--gpu-cache": None, "--gpu-budget": None, "--policy": (None, "static"),
                    "--segment-batches": None})
     with Store(args.store, readonly=False) as store:
         meta = pack_hetero(store, args.plan, name=args.name, cpu_budget=args.cpu_budget,

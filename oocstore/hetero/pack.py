@@ -53,8 +53,9 @@ from ..errors import BudgetError, StoreExistsError, StoreNotFoundError, UsageErr
 from ..pack.costmodel import Bandwidths
 from ..plan import check_plan_name
 from ..store import Store
-from ..store.format import aligned_span
-from ..tiers.ssd import base_read_buffer_bytes
+from ..store.format import ALIGN, aligned_span
+from ..tiers.aio import run_bytes
+from ..tiers.ssd import AIO_MAX_RUN_UNITS, base_read_buffer_bytes
 from ..units import format_size
 from .plan import HeteroPlanReader, list_hetero_plans
 from .schema import HeteroSchema, feat_name
@@ -133,8 +134,12 @@ def choose_cache(plan: HeteroPlanReader, schema: HeteroSchema, cache_bytes: int,
     return out
 
 
-def _expectations(plan: HeteroPlanReader, schema: HeteroSchema,
+def _expectations(store: Store, plan: HeteroPlanReader, schema: HeteroSchema,
                   cached: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
+    """Hits and base-array bytes the ``rows`` layout will see over the plan: each batch's
+    uncached rows of a type are read as :class:`~oocstore.tiers.ssd.BaseRowTier` reads
+    them (native AIO requests of 4 KiB pages, rows whose pages touch sharing one,
+    :func:`~oocstore.tiers.aio.run_bytes`)."""
     out = {}
     for t, ids in cached.items():
         counts = plan.counts(t).astype(np.int64)
@@ -142,12 +147,15 @@ def _expectations(plan: HeteroPlanReader, schema: HeteroSchema,
         hits = int(counts[ids].sum()) if ids.size else 0
         rb = row_bytes(schema, t)
         misses = total - hits
-        # The bytes each uncached access moves: the 4 KiB-aligned span of that row.
-        miss_counts = counts.copy()
-        miss_counts[ids] = 0
-        off = np.arange(counts.size, dtype=np.int64) * rb
-        span = ((off + rb + 4095) // 4096 - off // 4096) * 4096
-        read = int((miss_counts * span).sum())
+        offset = store.array_meta(feat_name(t)).offset
+        unit = aligned_span(ALIGN - 1, rb)[1]
+        read = 0
+        if misses:
+            for e, nb in enumerate(plan.batches_per_epoch):
+                for b in range(nb):
+                    nodes = np.sort(plan.batch(e, b).input_nodes[t])
+                    miss = nodes[~np.isin(nodes, ids, assume_unique=True)] if ids.size else nodes
+                    read += run_bytes(miss, offset, rb, unit, AIO_MAX_RUN_UNITS)
         out[t] = {"cached_rows": int(ids.size), "row_bytes": rb,
                   "cache_bytes": int(ids.size) * (rb + ID_BYTES),
                   "expected_hit_rate": round(hits / total, 6) if total else 1.0,
@@ -201,7 +209,7 @@ def pack_hetero(store: Store, plan_name: str | None = None, *, name: str | None 
                           f"{format_size(cpu_budget)}: the loader needs {format_size(need)} "
                           f"besides it; lower cpu_cache to at most {format_size(room)}")
     cached = choose_cache(plan, schema, int(cache))
-    expect = _expectations(plan, schema, cached)
+    expect = _expectations(store, plan, schema, cached)
     with store.transaction() as txn:
         for t, ids in cached.items():
             txn.write_array(f"hpack/{name}/{t}/ids", ids, subdir="packs")

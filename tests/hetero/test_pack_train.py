@@ -71,11 +71,17 @@ def test_loader_delivers_exact_features_and_expected_hits(packed):
                         assert torch.equal(x, torch.from_numpy(feats[t][b.n_id[t].numpy()]))
             st = ld.stats()
             assert ld.accountant.peak("cpu") <= budget
+            # Native AIO (O_DIRECT files) reads rows whose pages touch in one request, as the
+            # pack predicts; the thread fallback reads each row's own pages.
+            aio = {t: getattr(r, "base", None) is not None and r.base.use_aio
+                   and r.base.reader.direct for t, r in ld.readers.items()}
         for t, e in meta["types"].items():  # the whole plan read once: as the pack predicted
             assert st[t]["rows"] == e["accesses"]
             assert st[t]["hit_rate"] == pytest.approx(e["expected_hit_rate"], abs=1e-6)
-            if meta["layout"] == "rows":
+            if meta["layout"] == "rows" and aio[t]:
                 assert st[t]["bytes_read"] == e["expected_bytes_read"]
+            elif meta["layout"] == "rows":
+                assert st[t]["bytes_read"] >= e["expected_bytes_read"]
             else:
                 assert st[t]["read_amplification"] == pytest.approx(
                     e["expected_read_amplification"], rel=0.02)
