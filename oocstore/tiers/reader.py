@@ -118,6 +118,21 @@ def advise_huge_pages(arr: np.ndarray) -> bool:
         return False
 
 
+#: Alignment of the batch buffers the reader allocates: the assembly kernel writes rows of
+#: 64-byte multiples with streaming stores into 64-byte aligned buffers
+#: (``tiers/assemble.py``).
+_OUT_ALIGN = 64
+
+
+def _aligned_rows(rows: int, dim: int, dtype: np.dtype) -> np.ndarray:
+    """An uninitialised ``[rows, dim]`` array whose first byte is :data:`_OUT_ALIGN`-aligned
+    (numpy aligns large arrays to 16 bytes only)."""
+    dtype = np.dtype(dtype)
+    raw = np.empty(rows * dim * dtype.itemsize + _OUT_ALIGN, dtype=np.uint8)
+    skip = -raw.ctypes.data % _OUT_ALIGN
+    return raw[skip:skip + rows * dim * dtype.itemsize].view(dtype).reshape(rows, dim)
+
+
 class _Lease:
     """One hand-out of a pooled batch buffer: numpy arrays made from it (and every view
     of them, and tensors made from those) keep it alive; when the last one is gone the
@@ -154,7 +169,7 @@ class _OutPool:
         with self._lock:
             buf = self._free.pop() if self._free else None
         if buf is None:
-            buf = np.empty((self.rows, self.dim), dtype=self.dtype)
+            buf = _aligned_rows(self.rows, self.dim, self.dtype)
             self.allocated += 1
         else:
             self.reused += 1
@@ -169,7 +184,7 @@ class _OutPool:
             with self._lock:
                 if len(self._free) >= min(n, self.keep) or self._closed:
                     return
-            buf = np.empty((self.rows, self.dim), dtype=self.dtype)
+            buf = _aligned_rows(self.rows, self.dim, self.dtype)
             advise_huge_pages(buf)
             buf.fill(0)
             self.allocated += 1
@@ -354,7 +369,7 @@ class TieredReader:
         n = p1 - p0
         if out is None:
             out = self._pool.take(n) if n <= self._pool.rows else \
-                np.empty((n, self.meta.feat_dim), dtype=self._out_dtype)
+                _aligned_rows(n, self.meta.feat_dim, self._out_dtype)
         if out.shape != (n, self.meta.feat_dim):
             raise ValueError(f"read_batch: out has shape {out.shape}, the batch needs "
                              f"({n}, {self.meta.feat_dim})")

@@ -17,7 +17,8 @@ segment before its rows are used and raises :class:`~oocstore.errors.ChecksumErr
 naming the file, the segment (and its first batch) on a mismatch: corrupt bytes are
 never returned. A pack records the CRC-32 of every segment's exact bytes
 (``segment_crc``), so the check is one CRC over the buffer just read — no extra I/O
-(cost: ``bench/verify_cost.py``). Packs written before segment checksums existed are
+(cost: ``bench/verify_cost.py``); a segment read ahead is checked on a thread of its
+own while the next read runs, and its error raised when the segment is loaded. Packs written before segment checksums existed are
 checked against the file's 4 MiB chunk checksums instead: segments are not aligned to
 chunks, so the parts of a boundary chunk outside the segment are read through a small
 scratch buffer (:data:`VERIFY_SCRATCH`, a fixed overhead outside the budget); a chunk
@@ -97,6 +98,11 @@ class SegmentTier(Tier):
         self._free = [aligned_empty(self.buffer_bytes) for _ in range(self.ahead)]
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="oocstore-ssd") \
             if self.read_ahead else None
+        # A segment read ahead is checked against its CRC by a second thread while the
+        # I/O thread goes on to the next read and the consumer assembles: the check then
+        # costs neither the disk nor the consumer any time (it only needs a free core).
+        self._check_pool = ThreadPoolExecutor(1, thread_name_prefix="oocstore-ssd-crc") \
+            if self.read_ahead and self._seg_crcs is not None else None
         self._pending: deque = deque()  # (segment, future, buffer), in the order issued
         self.current = -1
         self._rows = np.zeros((0, self.dim), dtype=rows_meta.np_dtype)
@@ -132,24 +138,44 @@ class SegmentTier(Tier):
                           "the pack file is truncated; run `oocstore verify` and re-pack")
         return got, length
 
+    def _read_ahead(self, segment: int, buf: np.ndarray):
+        """The I/O thread's task: read ``segment`` into ``buf``, then hand its CRC check to
+        the checksum thread. Returns (bytes transferred, bytes of the request, the
+        check's future or ``None`` where the consumer checks it: chunk checksums)."""
+        got, length = self._read(segment, buf)
+        check = self._check_pool.submit(self._check_segment, segment, buf) \
+            if self._check_pool is not None else None
+        return got, length, check
+
+    def _check_segment(self, segment: int, buf: np.ndarray) -> None:
+        """Compare ``segment``'s bytes in ``buf`` with its recorded CRC-32."""
+        first, count = int(self.segments[segment, 0]), int(self.segments[segment, 1])
+        offset = self.meta.offset + first * self.row_bytes
+        lo = offset - align_down(offset)
+        if checksum(memoryview(buf)[lo:lo + count * self.row_bytes]) != \
+                int(self._seg_crcs[segment]):
+            self._fail(segment, None, offset, offset + count * self.row_bytes,
+                       "segment checksum mismatch")
+
+    def _view(self, segment: int, buf: np.ndarray) -> np.ndarray:
+        """``segment``'s ``[rows, D]`` view of ``buf``."""
+        first, count = int(self.segments[segment, 0]), int(self.segments[segment, 1])
+        offset = self.meta.offset + first * self.row_bytes
+        return np.frombuffer(buf, dtype=self.meta.np_dtype, count=count * self.dim,
+                             offset=offset - align_down(offset)).reshape(count, self.dim)
+
     def _verify(self, segment: int, buf: np.ndarray, got: int) -> np.ndarray:
         """Check ``segment`` (just read into ``buf``) and return its ``[rows, D]`` view.
         Runs in the consumer's thread after the next segment's read was issued, so the
         CRC overlaps that read instead of delaying it."""
-        first, count = int(self.segments[segment, 0]), int(self.segments[segment, 1])
-        offset = self.meta.offset + first * self.row_bytes
-        start = align_down(offset)
         if self._seg_crcs is not None:
-            lo = offset - start
-            if checksum(memoryview(buf)[lo:lo + count * self.row_bytes]) != \
-                    int(self._seg_crcs[segment]):
-                self._fail(segment, None, offset, offset + count * self.row_bytes,
-                           "segment checksum mismatch")
+            self._check_segment(segment, buf)
         elif self._chunk_verify:
-            self._check(segment, buf, start, got, offset - self.meta.offset,
+            first, count = int(self.segments[segment, 0]), int(self.segments[segment, 1])
+            offset = self.meta.offset + first * self.row_bytes
+            self._check(segment, buf, align_down(offset), got, offset - self.meta.offset,
                         count * self.row_bytes)
-        return np.frombuffer(buf, dtype=self.meta.np_dtype, count=count * self.dim,
-                             offset=offset - start).reshape(count, self.dim)
+        return self._view(segment, buf)
 
     def _check(self, segment: int, buf: np.ndarray, start: int, got: int, lo: int,
                nbytes: int) -> None:
@@ -204,7 +230,7 @@ class SegmentTier(Tier):
             if not self._free:
                 return
             buf = self._free.pop()
-            self._pending.append((seg, self._pool.submit(self._read, seg, buf), buf))
+            self._pending.append((seg, self._pool.submit(self._read_ahead, seg, buf), buf))
 
     def load(self, segment: int, then=-1) -> None:
         """Make ``segment`` current (one O_DIRECT read unless it already is or was read
@@ -219,23 +245,24 @@ class SegmentTier(Tier):
         # here (the read is repeated if its segment is loaded).
         while self._pending and self._pending[0][0] != segment:
             _, future, buf = self._pending.popleft()
-            try:
-                future.result()
-            except OSError:
-                pass
+            _settle(future)
             self._free.append(buf)
         if self._pending:
             _, future, buf = self._pending.popleft()
             try:
-                got, length = future.result()  # re-raises a failed read here
-            except BaseException:
+                got, length, check = future.result()  # re-raises a failed read here
+                if check is not None:
+                    check.result()  # and a checksum mismatch (ChecksumError) here
+            except BaseException:  # the check is submitted only after a good read
                 self._free.append(buf)
                 raise
             self._free.append(self._buf)  # the old current segment's buffer is a spare now
             self._buf = buf
             self.current = -1
             self.prefetch(then, skip=segment)
-            self._account(segment, self._verify(segment, self._buf, got), length, count)
+            rows = self._view(segment, buf) if check is not None else \
+                self._verify(segment, buf, got)
+            self._account(segment, rows, length, count)
             return
         if count == 0:  # every row of these batches is in a memory tier
             self._rows = np.zeros((0, self.dim), dtype=self.meta.np_dtype)
@@ -261,18 +288,27 @@ class SegmentTier(Tier):
     def close(self) -> None:
         while self._pending:
             _, future, _ = self._pending.popleft()
-            try:
-                future.result()
-            except OSError:  # ChecksumError too
-                pass  # closing: nobody will use the read
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+            _settle(future)  # closing: nobody will use the read
+        for pool in (self._pool, self._check_pool):
+            if pool is not None:
+                pool.shutdown(wait=True)
+        self._pool = self._check_pool = None
         self.reader.close()
         self._buf = self._scratch = None  # free the segment buffers now
         self._free = []
         self._rows = self._rows[:0].copy()
         self.current = -1
+
+
+def _settle(future) -> None:
+    """Wait for a read issued ahead and its checksum check (so its buffer is no longer in
+    use), ignoring their errors: the read is repeated if its segment is loaded."""
+    try:
+        _, _, check = future.result()
+        if check is not None:
+            check.result()
+    except OSError:  # ChecksumError too
+        pass
 
 
 #: Scratch buffer for the parts of a boundary checksum chunk outside a segment (1 MiB:
