@@ -364,8 +364,6 @@ class TieredReader:
     def _read(self, epoch: int, batch: int, out: np.ndarray | None) -> np.ndarray:
         row = self.batch_row(epoch, batch)
         p0, p1 = int(self._pos[row]), int(self._pos[row + 1])
-        tier = self._tier.read(p0, p1)
-        slot = self._slot.read(p0, p1)
         n = p1 - p0
         if out is None:
             out = self._pool.take(n) if n <= self._pool.rows else \
@@ -373,6 +371,8 @@ class TieredReader:
         if out.shape != (n, self.meta.feat_dim):
             raise ValueError(f"read_batch: out has shape {out.shape}, the batch needs "
                              f"({n}, {self.meta.feat_dim})")
+        # The segment first: loading it issues the next reads, which then overlap the
+        # rest of this batch's work.
         seg = int(self.batch_segment[row])
         nxt = self._next_segments(epoch, batch, row, seg)
         if seg >= 0:
@@ -385,8 +385,15 @@ class TieredReader:
         else:
             self.segments.prefetch(nxt)
             seg_rows = self._no_segment  # an SSD slot in an unpacked batch is invalid
+        tier = self._tier.read(p0, p1)
+        slot = self._slot.read(p0, p1)
         counts = assemble_rows(tier, slot, self.host.rows, self._cpu_offset, seg_rows, out,
                                self.gpu_on_host, self.meta.gpu_rows)
+        if seg >= 0 and batch + 1 < self.plan.num_batches(epoch) and \
+                int(self.batch_segment[row + 1]) != seg:
+            # Its rows are in ``out`` now and the next batch needs another segment: the
+            # buffer takes the next read at once.
+            self.segments.release(nxt)
         if counts[4]:
             self._refuse_slots(epoch, batch, tier, slot, seg_rows.shape[0])
         self.host.hits += int(counts[GPU] + counts[CPU])
@@ -414,8 +421,9 @@ class TieredReader:
 
     def _next_segments(self, epoch: int, batch: int, row: int, seg: int) -> list[int]:
         """The segments of the batches after ``batch`` in this epoch that the segment
-        tier can read ahead (distinct, in order, other than ``seg``)."""
-        want = self.segments.ahead
+        tier can read ahead (distinct, in order, other than ``seg``): one per spare
+        buffer, and one more for the current segment's buffer once it is released."""
+        want = self.segments.ahead + 1 if self.segments.ahead else 0
         out: list[int] = []
         if not want:
             return out

@@ -256,7 +256,8 @@ class SegmentTier(Tier):
             except BaseException:  # the check is submitted only after a good read
                 self._free.append(buf)
                 raise
-            self._free.append(self._buf)  # the old current segment's buffer is a spare now
+            if self._buf is not None:
+                self._free.append(self._buf)  # the old current segment's buffer is a spare
             self._buf = buf
             self.current = -1
             self.prefetch(then, skip=segment)
@@ -269,10 +270,26 @@ class SegmentTier(Tier):
             self.current = segment
             self.prefetch(then)
             return
+        if self._buf is None:  # released: no read is pending, so every spare is free
+            self._buf = self._free.pop()
         got, length = self._read(segment, self._buf)
         self.current = -1
         self.prefetch(then, skip=segment)
         self._account(segment, self._verify(segment, self._buf, got), length, count)
+
+    def release(self, then=()) -> None:
+        """The caller is done with the current segment's rows (copied what it needed):
+        its buffer becomes a spare now and the reads of ``then`` (the segments loaded next,
+        in order) start in it, so the disk reads on while the caller finishes its batch
+        instead of waiting for the next :meth:`load` to free a buffer. Loading the same
+        segment again reads it again. No-op without read-ahead."""
+        if not self.read_ahead or self._buf is None:
+            return
+        self._free.append(self._buf)
+        self._buf = None
+        self._rows = self._rows[:0]
+        self.current = -1
+        self.prefetch(then)
 
     def _account(self, segment: int, rows: np.ndarray, length: int, count: int) -> None:
         self.bytes_read += length
