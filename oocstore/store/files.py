@@ -29,8 +29,10 @@ try:
     # 10x faster here (bench/results/gnn_loaders_a_bandwidth_2026-12-03.txt); both release
     # the GIL on large buffers.
     from isal.isal_zlib import crc32 as _crc32
+    CRC32_IMPL = "isal"
 except ImportError:  # pragma: no cover - isal is a dependency; zlib computes the same value
     _crc32 = zlib.crc32
+    CRC32_IMPL = "zlib"
 
 from ..errors import DiskFullError
 from .format import ALIGN, CHUNK_BYTES, align_down, align_up
