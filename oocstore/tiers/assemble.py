@@ -192,6 +192,9 @@ def warm_up(dtype) -> None:
 
     rows = np.zeros((4, 2), dtype=dtype)
     out = np.zeros((2, 2), dtype=dtype)
-    assemble_rows(np.array([1, 2], np.uint8), np.array([0, 1], np.int32), rows, 0, rows, out, True)
+    # every argument as the reader passes it (an omitted one is another specialization,
+    # loaded on first use: tens of ms inside the first batch)
+    assemble_rows(np.array([1, 2], np.uint8), np.array([0, 1], np.int32), rows, 0, rows, out, True,
+                  0)
     gather_rows(rows, np.array([0, 1], np.int64), out)
     scatter_rows(out, np.array([0, 1], np.int64), rows, np.array([2, 3], np.int64))

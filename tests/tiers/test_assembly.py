@@ -3,7 +3,11 @@ the CRC-32 implementation, and segment checksums checked on the checksum thread.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -157,3 +161,24 @@ def test_read_ahead_segment_checked_on_its_thread(store, tmp_path):
                                       packed[segs[k + 1, 0]:segs[k + 1, 0] + segs[k + 1, 1]])
     finally:
         tier.close()
+
+
+def test_warm_up_loads_the_signature_the_reader_calls(store):
+    """After ``warm_up`` the reader's first batch loads no other specialization of the
+    kernel (numba loads each one on first use: tens of ms inside a timed batch)."""
+    code = ("import sys, numpy as np\n"
+            "from oocstore import Store\n"
+            "from oocstore.tiers.assemble import assemble_rows, warm_up\n"
+            "from oocstore.tiers.reader import TieredReader\n"
+            "warm_up(np.dtype('float32'))\n"
+            "n = len(assemble_rows.signatures)\n"
+            "with Store(sys.argv[1]) as s, TieredReader(s, 'p') as r:\n"
+            "    r.read_batch(0, 0)\n"
+            "print(n, len(assemble_rows.signatures))\n")
+    root = Path(__file__).resolve().parents[2]
+    got = subprocess.run([sys.executable, "-c", code, str(store.path)], capture_output=True,
+                         text=True, cwd=root, timeout=300,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                             [str(root), *os.environ.get("PYTHONPATH", "").split(os.pathsep)])})
+    assert got.returncode == 0, got.stderr
+    assert got.stdout.split() == ["1", "1"]
