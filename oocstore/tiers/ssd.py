@@ -89,17 +89,20 @@ class SegmentTier(Tier):
         largest = int(self.segments[:, 1].max()) if len(self.segments) else 0
         self.buffer_bytes = (largest * self.row_bytes + 2 * ALIGN) if largest else 0
         self._buf = aligned_empty(self.buffer_bytes) if largest else None
-        # Read-ahead: spare buffers filled by one I/O thread, in order, while the current
+        # Read-ahead: spare buffers filled by I/O threads, issued in order, while the current
         # segment is being assembled, so disk and CPU work overlap. ``read_ahead``: True
         # (one spare) or the number of spares; with two, the disk keeps reading while the
         # consumer is held up for a whole batch (a busy machine), not only during assembly.
         self.ahead = (1 if read_ahead is True else max(0, int(read_ahead))) if largest else 0
         self.read_ahead = self.ahead > 0
         self._free = [aligned_empty(self.buffer_bytes) for _ in range(self.ahead)]
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="oocstore-ssd") \
+        # Reads ahead run on up to READ_THREADS threads: two pending segments (a spare
+        # buffer and the released current one) are read at once, in any order.
+        self._pool = ThreadPoolExecutor(min(READ_THREADS, self.ahead + 1),
+                                        thread_name_prefix="oocstore-ssd") \
             if self.read_ahead else None
-        # A segment read ahead is checked against its CRC by a second thread while the
-        # I/O thread goes on to the next read and the consumer assembles: the check then
+        # A segment read ahead is checked against its CRC by a thread of its own while the
+        # I/O threads go on to the next read and the consumer assembles: the check then
         # costs neither the disk nor the consumer any time (it only needs a free core).
         self._check_pool = ThreadPoolExecutor(1, thread_name_prefix="oocstore-ssd-crc") \
             if self.read_ahead and self._seg_crcs is not None else None
@@ -139,7 +142,7 @@ class SegmentTier(Tier):
         return got, length
 
     def _read_ahead(self, segment: int, buf: np.ndarray):
-        """The I/O thread's task: read ``segment`` into ``buf``, then hand its CRC check to
+        """An I/O thread's task: read ``segment`` into ``buf``, then hand its CRC check to
         the checksum thread. Returns (bytes transferred, bytes of the request, the
         check's future or ``None`` where the consumer checks it: chunk checksums)."""
         got, length = self._read(segment, buf)
@@ -327,6 +330,12 @@ def _settle(future) -> None:
     except OSError:  # ChecksumError too
         pass
 
+
+#: Segment reads in flight at once (when that many are pending). Two 6 MB O_DIRECT reads
+#: at once move 1.4-1.6x the bytes of one at a time on this machine's virtual disk
+#: (bench/results/gnn_loaders_a_bandwidth_2026-12-03.txt); a segment is one request, so
+#: more threads only help with more spare buffers.
+READ_THREADS = 2
 
 #: Scratch buffer for the parts of a boundary checksum chunk outside a segment (1 MiB:
 #: large enough for full-speed O_DIRECT reads, small next to any segment buffer).
