@@ -17,15 +17,15 @@ segment before its rows are used and raises :class:`~oocstore.errors.ChecksumErr
 naming the file, the segment (and its first batch) on a mismatch: corrupt bytes are
 never returned. A pack records the CRC-32 of every segment's exact bytes
 (``segment_crc``), so the check is one CRC over the buffer just read — no extra I/O
-(cost: ``bench/verify_cost.py``); a segment read ahead is checked on a thread of its
-own while the next read runs, and its error raised when the segment is loaded. Packs written before segment checksums existed are
-checked against the file's 4 MiB chunk checksums instead: segments are not aligned to
-chunks, so the parts of a boundary chunk outside the segment are read through a small
-scratch buffer (:data:`VERIFY_SCRATCH`, a fixed overhead outside the budget); a chunk
-that passed once is remembered, so a sequential epoch reads each boundary chunk's tail
-twice at most and CRCs every byte once. Rows read one by one through :class:`BaseRowTier` are
-not checked on read (a 512 B row would cost a 4 MiB chunk read); ``oocstore verify``
-checks them.
+(cost: ``bench/verify_cost.py``); a segment read ahead is checked on a thread of its own
+while the next read runs, and its error raised when the segment is loaded. Packs written
+before segment checksums existed are checked against the file's 4 MiB chunk checksums
+instead: segments are not aligned to chunks, so the parts of a boundary chunk outside
+the segment are read through a small scratch buffer (:data:`VERIFY_SCRATCH`, a fixed
+overhead outside the budget); a chunk that passed once is remembered, so a sequential
+epoch reads each boundary chunk's tail twice at most and CRCs every byte once. Rows read
+one by one through :class:`BaseRowTier` are not checked on read (a 512 B row would cost
+a 4 MiB chunk read); ``oocstore verify`` checks them.
 """
 
 from __future__ import annotations
