@@ -118,6 +118,21 @@ def advise_huge_pages(arr: np.ndarray) -> bool:
         return False
 
 
+#: Alignment of the batch buffers the reader allocates: the assembly kernel writes rows of
+#: 64-byte multiples with streaming stores into 64-byte aligned buffers
+#: (``tiers/assemble.py``).
+_OUT_ALIGN = 64
+
+
+def _aligned_rows(rows: int, dim: int, dtype: np.dtype) -> np.ndarray:
+    """An uninitialised ``[rows, dim]`` array whose first byte is :data:`_OUT_ALIGN`-aligned
+    (numpy aligns large arrays to 16 bytes only)."""
+    dtype = np.dtype(dtype)
+    raw = np.empty(rows * dim * dtype.itemsize + _OUT_ALIGN, dtype=np.uint8)
+    skip = -raw.ctypes.data % _OUT_ALIGN
+    return raw[skip:skip + rows * dim * dtype.itemsize].view(dtype).reshape(rows, dim)
+
+
 class _Lease:
     """One hand-out of a pooled batch buffer: numpy arrays made from it (and every view
     of them, and tensors made from those) keep it alive; when the last one is gone the
@@ -154,7 +169,7 @@ class _OutPool:
         with self._lock:
             buf = self._free.pop() if self._free else None
         if buf is None:
-            buf = np.empty((self.rows, self.dim), dtype=self.dtype)
+            buf = _aligned_rows(self.rows, self.dim, self.dtype)
             self.allocated += 1
         else:
             self.reused += 1
@@ -169,7 +184,7 @@ class _OutPool:
             with self._lock:
                 if len(self._free) >= min(n, self.keep) or self._closed:
                     return
-            buf = np.empty((self.rows, self.dim), dtype=self.dtype)
+            buf = _aligned_rows(self.rows, self.dim, self.dtype)
             advise_huge_pages(buf)
             buf.fill(0)
             self.allocated += 1
@@ -349,15 +364,15 @@ class TieredReader:
     def _read(self, epoch: int, batch: int, out: np.ndarray | None) -> np.ndarray:
         row = self.batch_row(epoch, batch)
         p0, p1 = int(self._pos[row]), int(self._pos[row + 1])
-        tier = self._tier.read(p0, p1)
-        slot = self._slot.read(p0, p1)
         n = p1 - p0
         if out is None:
             out = self._pool.take(n) if n <= self._pool.rows else \
-                np.empty((n, self.meta.feat_dim), dtype=self._out_dtype)
+                _aligned_rows(n, self.meta.feat_dim, self._out_dtype)
         if out.shape != (n, self.meta.feat_dim):
             raise ValueError(f"read_batch: out has shape {out.shape}, the batch needs "
                              f"({n}, {self.meta.feat_dim})")
+        # The segment first: loading it issues the next reads, which then overlap the
+        # rest of this batch's work.
         seg = int(self.batch_segment[row])
         nxt = self._next_segments(epoch, batch, row, seg)
         if seg >= 0:
@@ -370,8 +385,15 @@ class TieredReader:
         else:
             self.segments.prefetch(nxt)
             seg_rows = self._no_segment  # an SSD slot in an unpacked batch is invalid
+        tier = self._tier.read(p0, p1)
+        slot = self._slot.read(p0, p1)
         counts = assemble_rows(tier, slot, self.host.rows, self._cpu_offset, seg_rows, out,
                                self.gpu_on_host, self.meta.gpu_rows)
+        if seg >= 0 and batch + 1 < self.plan.num_batches(epoch) and \
+                int(self.batch_segment[row + 1]) != seg:
+            # Its rows are in ``out`` now and the next batch needs another segment: the
+            # buffer takes the next read at once.
+            self.segments.release(nxt)
         if counts[4]:
             self._refuse_slots(epoch, batch, tier, slot, seg_rows.shape[0])
         self.host.hits += int(counts[GPU] + counts[CPU])
@@ -399,8 +421,9 @@ class TieredReader:
 
     def _next_segments(self, epoch: int, batch: int, row: int, seg: int) -> list[int]:
         """The segments of the batches after ``batch`` in this epoch that the segment
-        tier can read ahead (distinct, in order, other than ``seg``)."""
-        want = self.segments.ahead
+        tier can read ahead (distinct, in order, other than ``seg``): one per spare
+        buffer, and one more for the current segment's buffer once it is released."""
+        want = self.segments.ahead + 1 if self.segments.ahead else 0
         out: list[int] = []
         if not want:
             return out

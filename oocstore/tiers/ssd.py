@@ -17,14 +17,15 @@ segment before its rows are used and raises :class:`~oocstore.errors.ChecksumErr
 naming the file, the segment (and its first batch) on a mismatch: corrupt bytes are
 never returned. A pack records the CRC-32 of every segment's exact bytes
 (``segment_crc``), so the check is one CRC over the buffer just read — no extra I/O
-(cost: ``bench/verify_cost.py``). Packs written before segment checksums existed are
-checked against the file's 4 MiB chunk checksums instead: segments are not aligned to
-chunks, so the parts of a boundary chunk outside the segment are read through a small
-scratch buffer (:data:`VERIFY_SCRATCH`, a fixed overhead outside the budget); a chunk
-that passed once is remembered, so a sequential epoch reads each boundary chunk's tail
-twice at most and CRCs every byte once. Rows read one by one through :class:`BaseRowTier` are
-not checked on read (a 512 B row would cost a 4 MiB chunk read); ``oocstore verify``
-checks them.
+(cost: ``bench/verify_cost.py``); a segment read ahead is checked on a thread of its own
+while the next read runs, and its error raised when the segment is loaded. Packs written
+before segment checksums existed are checked against the file's 4 MiB chunk checksums
+instead: segments are not aligned to chunks, so the parts of a boundary chunk outside
+the segment are read through a small scratch buffer (:data:`VERIFY_SCRATCH`, a fixed
+overhead outside the budget); a chunk that passed once is remembered, so a sequential
+epoch reads each boundary chunk's tail twice at most and CRCs every byte once. Rows read
+one by one through :class:`BaseRowTier` are not checked on read (a 512 B row would cost
+a 4 MiB chunk read); ``oocstore verify`` checks them.
 """
 
 from __future__ import annotations
@@ -88,15 +89,23 @@ class SegmentTier(Tier):
         largest = int(self.segments[:, 1].max()) if len(self.segments) else 0
         self.buffer_bytes = (largest * self.row_bytes + 2 * ALIGN) if largest else 0
         self._buf = aligned_empty(self.buffer_bytes) if largest else None
-        # Read-ahead: spare buffers filled by one I/O thread, in order, while the current
+        # Read-ahead: spare buffers filled by I/O threads, issued in order, while the current
         # segment is being assembled, so disk and CPU work overlap. ``read_ahead``: True
         # (one spare) or the number of spares; with two, the disk keeps reading while the
         # consumer is held up for a whole batch (a busy machine), not only during assembly.
         self.ahead = (1 if read_ahead is True else max(0, int(read_ahead))) if largest else 0
         self.read_ahead = self.ahead > 0
         self._free = [aligned_empty(self.buffer_bytes) for _ in range(self.ahead)]
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="oocstore-ssd") \
+        # Reads ahead run on up to READ_THREADS threads: two pending segments (a spare
+        # buffer and the released current one) are read at once, in any order.
+        self._pool = ThreadPoolExecutor(min(READ_THREADS, self.ahead + 1),
+                                        thread_name_prefix="oocstore-ssd") \
             if self.read_ahead else None
+        # A segment read ahead is checked against its CRC by a thread of its own while the
+        # I/O threads go on to the next read and the consumer assembles: the check then
+        # costs neither the disk nor the consumer any time (it only needs a free core).
+        self._check_pool = ThreadPoolExecutor(1, thread_name_prefix="oocstore-ssd-crc") \
+            if self.read_ahead and self._seg_crcs is not None else None
         self._pending: deque = deque()  # (segment, future, buffer), in the order issued
         self.current = -1
         self._rows = np.zeros((0, self.dim), dtype=rows_meta.np_dtype)
@@ -132,24 +141,44 @@ class SegmentTier(Tier):
                           "the pack file is truncated; run `oocstore verify` and re-pack")
         return got, length
 
+    def _read_ahead(self, segment: int, buf: np.ndarray):
+        """An I/O thread's task: read ``segment`` into ``buf``, then hand its CRC check to
+        the checksum thread. Returns (bytes transferred, bytes of the request, the
+        check's future or ``None`` where the consumer checks it: chunk checksums)."""
+        got, length = self._read(segment, buf)
+        check = self._check_pool.submit(self._check_segment, segment, buf) \
+            if self._check_pool is not None else None
+        return got, length, check
+
+    def _check_segment(self, segment: int, buf: np.ndarray) -> None:
+        """Compare ``segment``'s bytes in ``buf`` with its recorded CRC-32."""
+        first, count = int(self.segments[segment, 0]), int(self.segments[segment, 1])
+        offset = self.meta.offset + first * self.row_bytes
+        lo = offset - align_down(offset)
+        if checksum(memoryview(buf)[lo:lo + count * self.row_bytes]) != \
+                int(self._seg_crcs[segment]):
+            self._fail(segment, None, offset, offset + count * self.row_bytes,
+                       "segment checksum mismatch")
+
+    def _view(self, segment: int, buf: np.ndarray) -> np.ndarray:
+        """``segment``'s ``[rows, D]`` view of ``buf``."""
+        first, count = int(self.segments[segment, 0]), int(self.segments[segment, 1])
+        offset = self.meta.offset + first * self.row_bytes
+        return np.frombuffer(buf, dtype=self.meta.np_dtype, count=count * self.dim,
+                             offset=offset - align_down(offset)).reshape(count, self.dim)
+
     def _verify(self, segment: int, buf: np.ndarray, got: int) -> np.ndarray:
         """Check ``segment`` (just read into ``buf``) and return its ``[rows, D]`` view.
         Runs in the consumer's thread after the next segment's read was issued, so the
         CRC overlaps that read instead of delaying it."""
-        first, count = int(self.segments[segment, 0]), int(self.segments[segment, 1])
-        offset = self.meta.offset + first * self.row_bytes
-        start = align_down(offset)
         if self._seg_crcs is not None:
-            lo = offset - start
-            if checksum(memoryview(buf)[lo:lo + count * self.row_bytes]) != \
-                    int(self._seg_crcs[segment]):
-                self._fail(segment, None, offset, offset + count * self.row_bytes,
-                           "segment checksum mismatch")
+            self._check_segment(segment, buf)
         elif self._chunk_verify:
-            self._check(segment, buf, start, got, offset - self.meta.offset,
+            first, count = int(self.segments[segment, 0]), int(self.segments[segment, 1])
+            offset = self.meta.offset + first * self.row_bytes
+            self._check(segment, buf, align_down(offset), got, offset - self.meta.offset,
                         count * self.row_bytes)
-        return np.frombuffer(buf, dtype=self.meta.np_dtype, count=count * self.dim,
-                             offset=offset - start).reshape(count, self.dim)
+        return self._view(segment, buf)
 
     def _check(self, segment: int, buf: np.ndarray, start: int, got: int, lo: int,
                nbytes: int) -> None:
@@ -204,7 +233,7 @@ class SegmentTier(Tier):
             if not self._free:
                 return
             buf = self._free.pop()
-            self._pending.append((seg, self._pool.submit(self._read, seg, buf), buf))
+            self._pending.append((seg, self._pool.submit(self._read_ahead, seg, buf), buf))
 
     def load(self, segment: int, then=-1) -> None:
         """Make ``segment`` current (one O_DIRECT read unless it already is or was read
@@ -219,33 +248,51 @@ class SegmentTier(Tier):
         # here (the read is repeated if its segment is loaded).
         while self._pending and self._pending[0][0] != segment:
             _, future, buf = self._pending.popleft()
-            try:
-                future.result()
-            except OSError:
-                pass
+            _settle(future)
             self._free.append(buf)
         if self._pending:
             _, future, buf = self._pending.popleft()
             try:
-                got, length = future.result()  # re-raises a failed read here
-            except BaseException:
+                got, length, check = future.result()  # re-raises a failed read here
+                if check is not None:
+                    check.result()  # and a checksum mismatch (ChecksumError) here
+            except BaseException:  # the check is submitted only after a good read
                 self._free.append(buf)
                 raise
-            self._free.append(self._buf)  # the old current segment's buffer is a spare now
+            if self._buf is not None:
+                self._free.append(self._buf)  # the old current segment's buffer is a spare
             self._buf = buf
             self.current = -1
             self.prefetch(then, skip=segment)
-            self._account(segment, self._verify(segment, self._buf, got), length, count)
+            rows = self._view(segment, buf) if check is not None else \
+                self._verify(segment, buf, got)
+            self._account(segment, rows, length, count)
             return
         if count == 0:  # every row of these batches is in a memory tier
             self._rows = np.zeros((0, self.dim), dtype=self.meta.np_dtype)
             self.current = segment
             self.prefetch(then)
             return
+        if self._buf is None:  # released: no read is pending, so every spare is free
+            self._buf = self._free.pop()
         got, length = self._read(segment, self._buf)
         self.current = -1
         self.prefetch(then, skip=segment)
         self._account(segment, self._verify(segment, self._buf, got), length, count)
+
+    def release(self, then=()) -> None:
+        """The caller is done with the current segment's rows (copied what it needed):
+        its buffer becomes a spare now and the reads of ``then`` (the segments loaded next,
+        in order) start in it, so the disk reads on while the caller finishes its batch
+        instead of waiting for the next :meth:`load` to free a buffer. Loading the same
+        segment again reads it again. No-op without read-ahead."""
+        if not self.read_ahead or self._buf is None:
+            return
+        self._free.append(self._buf)
+        self._buf = None
+        self._rows = self._rows[:0]
+        self.current = -1
+        self.prefetch(then)
 
     def _account(self, segment: int, rows: np.ndarray, length: int, count: int) -> None:
         self.bytes_read += length
@@ -261,19 +308,34 @@ class SegmentTier(Tier):
     def close(self) -> None:
         while self._pending:
             _, future, _ = self._pending.popleft()
-            try:
-                future.result()
-            except OSError:  # ChecksumError too
-                pass  # closing: nobody will use the read
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+            _settle(future)  # closing: nobody will use the read
+        for pool in (self._pool, self._check_pool):
+            if pool is not None:
+                pool.shutdown(wait=True)
+        self._pool = self._check_pool = None
         self.reader.close()
         self._buf = self._scratch = None  # free the segment buffers now
         self._free = []
         self._rows = self._rows[:0].copy()
         self.current = -1
 
+
+def _settle(future) -> None:
+    """Wait for a read issued ahead and its checksum check (so its buffer is no longer in
+    use), ignoring their errors: the read is repeated if its segment is loaded."""
+    try:
+        _, _, check = future.result()
+        if check is not None:
+            check.result()
+    except OSError:  # ChecksumError too
+        pass
+
+
+#: Segment reads in flight at once (when that many are pending). Two 6 MB O_DIRECT reads
+#: at once move 1.4-1.6x the bytes of one at a time on this machine's virtual disk
+#: (bench/results/gnn_loaders_a_bandwidth_2026-12-03.txt); a segment is one request, so
+#: more threads only help with more spare buffers.
+READ_THREADS = 2
 
 #: Scratch buffer for the parts of a boundary checksum chunk outside a segment (1 MiB:
 #: large enough for full-speed O_DIRECT reads, small next to any segment buffer).

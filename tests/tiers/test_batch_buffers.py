@@ -105,8 +105,10 @@ def test_two_segments_read_ahead_exact_in_any_order_and_charged(store):
         for b in order:
             want = feats[reader.plan.read_batch(0, b).input_nodes]
             assert np.array_equal(reader.read_batch(0, b), want), b
-            # every buffer is the current one, a spare or filling: none lost or shared
-            bufs = [seg._buf, *seg._free, *(p[2] for p in seg._pending)]
+            # every buffer is the current one (none once released), a spare or filling:
+            # none lost or shared
+            bufs = [x for x in (seg._buf, *seg._free, *(p[2] for p in seg._pending))
+                    if x is not None]
             assert len(bufs) == 3 and len({id(x) for x in bufs}) == 3
     # a budget with room for one spare only takes one
     with TieredReader(store, "p") as probe:

@@ -1,0 +1,184 @@
+"""The batch assembly kernel's streaming-store path, the aligned batch buffers it needs,
+the CRC-32 implementation, and segment checksums checked on the checksum thread."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import flip_bits, opened, policy_packs, sampled_store
+from oocstore.budget import MemoryBudget
+from oocstore.errors import ChecksumError
+from oocstore.store.files import checksum
+from oocstore.tiers.assemble import _streamable, assemble_rows
+from oocstore.tiers.reader import TieredReader, _aligned_rows
+from oocstore.tiers.ssd import SegmentTier
+
+
+def _case(rng, dim, dtype, n=300, gpu=7, cpu=40, seg=30):
+    host = rng.standard_normal((gpu + cpu, dim)).astype(dtype)
+    segs = rng.standard_normal((seg, dim)).astype(dtype)
+    tier = rng.integers(0, 4, n).astype(np.uint8)
+    limit = np.array([gpu, cpu, seg, 1])[tier]
+    slot = (rng.integers(0, 1 << 20, n) % limit).astype(np.int32)
+    want = np.zeros((n, dim), dtype)
+    for i, (t, k) in enumerate(zip(tier, slot)):
+        if t == 0:
+            want[i] = host[k]
+        elif t == 1:
+            want[i] = host[gpu + k]
+        elif t == 2:
+            want[i] = segs[k]
+    return tier, slot, host, gpu, segs, want
+
+
+@pytest.mark.parametrize("dim,dtype,streams", [(128, np.float32, True), (16, np.float32, True),
+                                               (24, np.float64, True), (20, np.float32, False)])
+def test_streaming_and_plain_copies_equal_numpy(dim, dtype, streams):
+    rng = np.random.default_rng(dim)
+    tier, slot, host, gpu, segs, want = _case(rng, dim, dtype)
+    n = tier.size
+    aligned = _aligned_rows(n, dim, dtype)
+    assert aligned.ctypes.data % 64 == 0
+    # rows of 64-byte multiples into an aligned buffer stream; anything else copies plainly
+    assert _streamable(aligned, host, segs) == streams
+    # an out one element off the alignment (a view into a larger buffer) copies plainly
+    spare = _aligned_rows(n + 1, dim, dtype).reshape(-1)[1:1 + n * dim].reshape(n, dim)
+    assert not _streamable(spare, host, segs)
+    # (more than one parallel block of rows, and one shorter than a block)
+    for out in (aligned, spare):
+        out[:] = 0
+        counts = assemble_rows(tier, slot, host, gpu, segs, out, True)
+        assert counts.tolist() == [*np.bincount(tier, minlength=4).tolist(), 0]
+        np.testing.assert_array_equal(out, want)
+        short = np.zeros_like(out[:5]) if out is spare else _aligned_rows(5, dim, dtype)
+        short[:] = 0  # (base-tier rows are left to the caller)
+        assemble_rows(tier[:5], slot[:5], host, gpu, segs, short, True)
+        np.testing.assert_array_equal(short, want[:5])
+
+
+def test_streaming_path_refuses_bad_slots_without_copying():
+    rng = np.random.default_rng(1)
+    tier, slot, host, gpu, segs, want = _case(rng, 128, np.float32)
+    out = _aligned_rows(tier.size, 128, np.float32)
+    assert _streamable(out, host, segs)
+    for i, bad in ((3, 10**6), (200, -1)):
+        tier2, slot2 = tier.copy(), slot.copy()
+        tier2[i], slot2[i] = 2, bad
+        out[:] = -7
+        counts = assemble_rows(tier2, slot2, host, gpu, segs, out, True)
+        assert counts[4] == 1
+        assert (out[i] == -7).all()  # the bad row was not copied
+        keep = np.ones(tier.size, bool)
+        keep[i] = False
+        np.testing.assert_array_equal(out[keep & (tier2 != 3)], want[keep & (tier2 != 3)])
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    packs = policy_packs({"p": "static"}, cpu_cache=300 * 64, max_disk_blowup=64)
+    yield from opened(sampled_store(tmp_path_factory.mktemp("asm") / "s",
+                                    dict(fanouts="4,4", batch_size=128, epochs=1, seed=0),
+                                    packs=packs, nodes=3000, avg_degree=8), readonly=False)
+
+
+def test_batch_buffers_are_aligned_for_streaming_stores(store):
+    feats = np.asarray(store.array("features"))
+    with TieredReader(store, "p") as reader:
+        for b in range(reader.num_batches(0)):
+            x = reader.read_batch(0, b)
+            assert x.ctypes.data % 64 == 0
+            assert np.array_equal(x, feats[reader.plan.input_nodes(0, b)])
+
+
+def test_released_segment_buffer_reads_the_next_segments_at_once(store):
+    """After a batch, its segment's buffer takes the next read: with one spare buffer the
+    segments of the next two batches are being read while the caller finishes the batch."""
+    with TieredReader(store, "p") as probe:
+        need = probe.accountant.charged("cpu") - probe.segments.buffer_bytes
+    with TieredReader(store, "p", budget=MemoryBudget(cpu=need)) as r:
+        seg = r.segments
+        assert seg.ahead == 1
+        n = r.num_batches(0)
+        segs = [int(r.batch_segment[r.batch_row(0, b)]) for b in range(n)]
+        assert len(set(segs)) == n >= 4  # a segment per batch
+        for b in range(n - 2):
+            r.read_batch(0, b)
+            assert [p[0] for p in seg._pending] == segs[b + 1:b + 3]
+            assert seg._buf is None and seg.current == -1
+        r.read_batch(0, n - 2)
+        r.read_batch(0, n - 1)
+        assert seg.current == segs[n - 1]  # the epoch's last segment stays loaded
+        assert seg.reads == n  # every segment read once
+
+
+@pytest.mark.parametrize("size", [0, 1, 63, 4096, 1 << 20, (1 << 20) + 13])
+def test_checksum_is_zlib_crc32(size):
+    data = np.random.default_rng(size).integers(0, 256, size + 7, dtype=np.uint8)
+    for lo in (0, 7):
+        view = data[lo:lo + size]
+        assert checksum(view) == zlib.crc32(view.tobytes())
+        assert checksum(view, 0x1234) == zlib.crc32(view.tobytes(), 0x1234)
+    half = size // 2
+    assert checksum(data[half:size], checksum(data[:half])) == zlib.crc32(data[:size].tobytes())
+
+
+def test_read_ahead_segment_checked_on_its_thread(store, tmp_path):
+    """A corrupt segment read ahead fails when it is loaded, naming it; segments around
+    it are intact, and one read ahead but never loaded raises nothing."""
+    meta = store.array_meta("pack/p/rows")
+    segs = np.asarray(store.array("pack/p/segments")).astype(np.int64)
+    crcs = np.asarray(store.array("pack/p/segment_crc"))
+    packed = np.asarray(store.array("pack/p/rows"))
+    path = tmp_path / "rows.bin"
+    path.write_bytes(store.file_path(meta).read_bytes())
+    k = len(segs) // 2
+    flip_bits(path, meta.offset + int(segs[k, 0]) * meta.row_bytes + 5, 0x10)
+    tier = SegmentTier(path, meta, segs, checksums=None, segment_crcs=crcs, read_ahead=2)
+    assert tier._check_pool is not None
+    try:
+        for j in range(len(segs)):
+            then = list(range(j + 1, min(j + 3, len(segs))))
+            if j == k:
+                with pytest.raises(ChecksumError, match=rf"segment checksum mismatch.*"
+                                                       rf"segment {k} "):
+                    tier.load(j, then=then)
+                continue
+            tier.load(j, then=then)
+            lo = segs[j, 0]
+            np.testing.assert_array_equal(tier.current_rows, packed[lo:lo + segs[j, 1]])
+        # read ahead (corrupt) but skipped: loading another segment raises nothing
+        tier.load(k - 1, then=[k])
+        assert [p[0] for p in tier._pending] == [k]
+        tier.load(k + 1)
+        np.testing.assert_array_equal(tier.current_rows,
+                                      packed[segs[k + 1, 0]:segs[k + 1, 0] + segs[k + 1, 1]])
+    finally:
+        tier.close()
+
+
+def test_warm_up_loads_the_signature_the_reader_calls(store):
+    """After ``warm_up`` the reader's first batch loads no other specialization of the
+    kernel (numba loads each one on first use: tens of ms inside a timed batch)."""
+    code = ("import sys, numpy as np\n"
+            "from oocstore import Store\n"
+            "from oocstore.tiers.assemble import assemble_rows, warm_up\n"
+            "from oocstore.tiers.reader import TieredReader\n"
+            "warm_up(np.dtype('float32'))\n"
+            "n = len(assemble_rows.signatures)\n"
+            "with Store(sys.argv[1]) as s, TieredReader(s, 'p') as r:\n"
+            "    r.read_batch(0, 0)\n"
+            "print(n, len(assemble_rows.signatures))\n")
+    root = Path(__file__).resolve().parents[2]
+    got = subprocess.run([sys.executable, "-c", code, str(store.path)], capture_output=True,
+                         text=True, cwd=root, timeout=300,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                             [str(root), *os.environ.get("PYTHONPATH", "").split(os.pathsep)])})
+    assert got.returncode == 0, got.stderr
+    assert got.stdout.split() == ["1", "1"]
