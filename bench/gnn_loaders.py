@@ -12,8 +12,9 @@ measures, rounds interleaved (``--rounds``, medians reported):
    code): offline superbatch sampling (the plan), a CPU row cache within the same budget
    that starts holding the hottest rows and then follows Belady's optimal schedule
    worked out per superbatch (``oocstore.pack.placement.belady_schedule``, state carried
-   across superbatches), and every miss one 4 KiB-aligned ``O_DIRECT`` row read through
-   oocstore's own reader (``BaseRowTier``) with 8 reads in flight from a thread pool;
+   across superbatches), and the misses read with 4 KiB-aligned ``O_DIRECT`` reads through
+   oocstore's own reader (``BaseRowTier``: native AIO, rows whose pages touch in one
+   request; a thread pool where AIO is unavailable);
 4. **DGL** ``DataLoader`` + ``NeighborSampler`` (online sampling of the same seeds in the
    same batches, same fanouts) with features from ``np.memmap``, cold per batch, in the
    DGL environment (``.venv-dgl``, ``bench/gnn_loaders_dgl.py``) -- skipped, and said so,

@@ -51,8 +51,10 @@ def test_cold_loaders_read_from_disk(result):
         assert v["read_amplification"] >= 1.0, name
         assert v["proc_read_bytes"] >= v["bytes_read"] * 0.99, name  # /proc/self/io agrees
     assert L["mmap"]["cold"] == "per-batch"
-    # O_DIRECT row reads of rows smaller than a page read whole pages
-    assert L["ginex"]["read_amplification"] >= 4096 / result["configs"]["a"]["row_bytes"] - 1e-9
+    # O_DIRECT row reads of rows smaller than a page read whole pages (rows sharing a page
+    # within one batch share its read)
+    assert L["ginex"]["bytes_read"] % 4096 == 0
+    assert L["ginex"]["read_amplification"] > 2.0
     assert L["ginex"]["io_threads"] >= 8
 
 
