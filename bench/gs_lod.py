@@ -12,8 +12,9 @@ For each tiling (``--tiles``, default 1x1,2x2,4x4,8x8) of the garden point cloud
    degree field of view; ``--size`` pixels (default 162x105, gs-train's CPU size);
 2. measures each view's **working set**: without level of detail, the visible blocks
    of the ingested scene and their Gaussians (what the streamer loads today); with it
-   (``--lod-pixels``, default 1), the blocks holding the view's cut, the prefix rows
-   read from them and the cut's size (:func:`oocstore.samplers.views.lod_views`);
+   (``--lod-pixels``, default 1; or each of ``--lod-pixels-list``), the blocks holding
+   the view's cut, the prefix rows read from them and the cut's size
+   (:func:`oocstore.samplers.views.lod_views`);
 3. times rendering a few views (``--render-views``) from the cut (prefix reads +
    the reference rasterizer) and, where the scene has at most ``--leaves-max``
    Gaussians, from all leaves (``--lod-pixels 0``);
