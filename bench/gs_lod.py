@@ -12,8 +12,9 @@ For each tiling (``--tiles``, default 1x1,2x2,4x4,8x8) of the garden point cloud
    degree field of view; ``--size`` pixels (default 162x105, gs-train's CPU size);
 2. measures each view's **working set**: without level of detail, the visible blocks
    of the ingested scene and their Gaussians (what the streamer loads today); with it
-   (``--lod-pixels``, default 1), the blocks holding the view's cut, the prefix rows
-   read from them and the cut's size (:func:`oocstore.samplers.views.lod_views`);
+   (``--lod-pixels``, default 1; or each of ``--lod-pixels-list``), the blocks holding
+   the view's cut, the prefix rows read from them and the cut's size
+   (:func:`oocstore.samplers.views.lod_views`);
 3. times rendering a few views (``--render-views``) from the cut (prefix reads +
    the reference rasterizer) and, where the scene has at most ``--leaves-max``
    Gaussians, from all leaves (``--lod-pixels 0``);
@@ -146,16 +147,14 @@ def render_times(lod, cams, vis, cuts, leaf_cuts, views, with_leaves: bool) -> d
     return out
 
 
-def psnr_study(lod_path: Path, work: Path, cams, args) -> dict:
-    """Train a copy of the LoD scene with its cuts; held-out PSNR with cut / leaves."""
+def psnr_study(lod_path: Path, work: Path, cams, args, pxs) -> dict:
+    """For each threshold of ``pxs``: train a copy of the LoD scene with its cuts, and
+    the held-out PSNR with the cut / the leaves; the teacher's cut against its leaves."""
     from oocstore.gs.losses import psnr
     from oocstore.gs.scene import Scene
     from oocstore.gs.train import GsTrainConfig, render_view, run_gs_training, split_views
     from oocstore.samplers.views import lod_views, visibility_sets
 
-    path = work / "trained"
-    shutil.rmtree(path, ignore_errors=True)
-    shutil.copytree(lod_path, path)
     _, held = split_views(len(cams), 8)
 
     def renders(p: Path, px: float) -> dict:
@@ -165,30 +164,35 @@ def psnr_study(lod_path: Path, work: Path, cams, args) -> dict:
             return {int(v): render_view(s, cams, vis[v], int(v), "cpu", cut=cuts[int(v)])
                     .clamp(0, 1) for v in held}
 
-    t = time.perf_counter()
     targets = renders(lod_path, 0.0)  # the teacher's leaves: gs-train's synthetic targets
-    teacher_cut = renders(lod_path, args.lod_pixels)
-    note("psnr: teacher rendered")
-    w, h = cams.width, cams.height
-    cfg = GsTrainConfig(steps=args.steps, mode="stream", lod_pixels=args.lod_pixels, width=w,
-                        height=h, seed=0)
-    summary = run_gs_training(path, cfg)
-    note(f"psnr: trained {args.steps} steps")
-    trained_cut, trained_leaves = renders(path, args.lod_pixels), renders(path, 0.0)
 
     def mean_psnr(imgs):
         return float(np.mean([psnr(imgs[v], targets[v]) for v in held]))
 
-    out = {"held_out_views": [int(v) for v in held], "steps": args.steps,
-           "teacher_psnr_cut_vs_leaves": mean_psnr(teacher_cut),
-           "trained_psnr_cut": mean_psnr(trained_cut),
-           "trained_psnr_leaves": mean_psnr(trained_leaves),
-           "gs_train_psnr_start": summary["psnr_start"], "gs_train_psnr_end": summary["psnr"],
-           "train_step_time_s": summary["step_time_s"],
-           "rendered_rows_per_step": summary["rendered_rows"] / args.steps,
-           "seconds": time.perf_counter() - t}
-    out["cut_minus_leaves_db"] = out["trained_psnr_cut"] - out["trained_psnr_leaves"]
-    shutil.rmtree(path, ignore_errors=True)
+    out = {}
+    for px in pxs:
+        t = time.perf_counter()
+        teacher_cut = renders(lod_path, px)
+        path = work / "trained"
+        shutil.rmtree(path, ignore_errors=True)
+        shutil.copytree(lod_path, path)
+        w, h = cams.width, cams.height
+        cfg = GsTrainConfig(steps=args.steps, mode="stream", lod_pixels=px, width=w,
+                            height=h, seed=0)
+        summary = run_gs_training(path, cfg)
+        note(f"psnr: {px:g} px: trained {args.steps} steps")
+        trained_cut, trained_leaves = renders(path, px), renders(path, 0.0)
+        r = {"lod_pixels": px, "held_out_views": [int(v) for v in held], "steps": args.steps,
+             "teacher_psnr_cut_vs_leaves": mean_psnr(teacher_cut),
+             "trained_psnr_cut": mean_psnr(trained_cut),
+             "trained_psnr_leaves": mean_psnr(trained_leaves),
+             "gs_train_psnr_start": summary["psnr_start"], "gs_train_psnr_end": summary["psnr"],
+             "train_step_time_s": summary["step_time_s"],
+             "rendered_rows_per_step": summary["rendered_rows"] / args.steps,
+             "seconds": time.perf_counter() - t}
+        r["cut_minus_leaves_db"] = r["trained_psnr_cut"] - r["trained_psnr_leaves"]
+        out[f"{px:g}"] = r
+        shutil.rmtree(path, ignore_errors=True)
     return out
 
 
@@ -218,19 +222,33 @@ def one_tiling(tile: str, work: Path, args) -> dict:
         build_s = time.perf_counter() - t
         note(f"{tile}: hierarchy built in {build_s:.1f} s")
         with lod:
-            ws, cuts, vis = working_sets(src, lod, cams, args.lod_pixels)
+            sweep = {}
+            for px in args.pxs:  # the first threshold's figures stay at the top level
+                ws, cuts_px, vis = working_sets(src, lod, cams, px)
+                sweep[f"{px:g}"] = {k: v for k, v in ws.items() if k != "per_view"}
+                if px == args.pxs[0]:
+                    first, cuts = ws, cuts_px
             note(f"{tile}: working sets measured")
             with_leaves = src.num_gaussians <= args.leaves_max
             leaf_cuts = lod_views(lod.hierarchy(), cams, vis, range(len(cams)), 0.0) \
                 if with_leaves else None
             views = np.linspace(0, len(cams) - 1, args.render_views).round().astype(int)
             rt = render_times(lod, cams, vis, cuts, leaf_cuts, views, with_leaves)
+            for px in args.pxs[1:]:
+                cuts_px = lod_views(lod.hierarchy(), cams, vis, views, px)
+                rt_px = render_times(lod, cams, vis, cuts_px, None, views, False)
+                sweep[f"{px:g}"]["render_lod_median_cpu_s"] = rt_px["lod_median_cpu_s"]
+            sweep[f"{args.pxs[0]:g}"]["render_lod_median_cpu_s"] = rt["lod_median_cpu_s"]
             note(f"{tile}: renders timed")
             res = {"tile": tile, "leaves": src.num_gaussians, "nodes": lod.num_gaussians,
                    "levels": lod.lod_meta["levels"], "extent": extent,
-                   "ingest_s": ingest_s, "build_s": build_s, **ws, "render": rt}
+                   "ingest_s": ingest_s, "build_s": build_s, **first, "render": rt,
+                   "by_lod_pixels": sweep}
     if tile == args.psnr_tile:
-        res["psnr"] = psnr_study(lod_path, work, cams, args)
+        by_px = psnr_study(lod_path, work, cams, args, args.pxs)
+        res["psnr"] = by_px[f"{args.pxs[0]:g}"]
+        for k, v in by_px.items():
+            sweep[k]["psnr"] = v
     if not args.keep:
         shutil.rmtree(src_path, ignore_errors=True)
         shutil.rmtree(lod_path, ignore_errors=True)
@@ -244,6 +262,9 @@ def main(argv=None) -> int:
     ap.add_argument("--views", type=int, default=16)
     ap.add_argument("--size", default="162x105")
     ap.add_argument("--lod-pixels", type=float, default=1.0)
+    ap.add_argument("--lod-pixels-list", default=None, metavar="PX,PX,...",
+                    help="measure these thresholds (working set, cut render, held-out PSNR); "
+                         "the first one's figures are the top-level ones (default: --lod-pixels)")
     ap.add_argument("--render-views", type=int, default=3)
     ap.add_argument("--leaves-max", type=int, default=2_500_000,
                     help="render all leaves only on scenes up to this many Gaussians")
@@ -256,6 +277,9 @@ def main(argv=None) -> int:
     ap.add_argument("--toy", action="store_true", help="a generated scene, seconds")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "gs_lod.json"))
     args = ap.parse_args(argv)
+    args.pxs = ([float(x) for x in args.lod_pixels_list.split(",")] if args.lod_pixels_list
+                else [args.lod_pixels])
+    args.lod_pixels = args.pxs[0]
     import torch
 
     if args.threads:
@@ -281,13 +305,18 @@ def main(argv=None) -> int:
               f"render LoD {rt['lod_median_cpu_s']:.2f} CPU-s"
               + (f", leaves {rt['leaves_median_cpu_s']:.2f} CPU-s" if rt["leaves_cpu_s"] else ""),
               flush=True)
-        if "psnr" in r:
-            p = r["psnr"]
-            print(f"  PSNR after {p['steps']} steps: cut {p['trained_psnr_cut']:.2f} dB, leaves "
-                  f"{p['trained_psnr_leaves']:.2f} dB ({p['cut_minus_leaves_db']:+.2f}); "
-                  f"teacher cut vs leaves {p['teacher_psnr_cut_vs_leaves']:.2f} dB", flush=True)
+        for px, w in r["by_lod_pixels"].items():
+            print(f"  {px} px: blocks per view {100 * w['lod_block_fraction_max']:.1f}% max, "
+                  f"cut <= {w['lod_cut_max']:,}, render {w['render_lod_median_cpu_s']:.2f} CPU-s",
+                  flush=True)
+            if "psnr" in w:
+                p = w["psnr"]
+                print(f"    PSNR after {p['steps']} steps: cut {p['trained_psnr_cut']:.2f} dB, "
+                      f"leaves {p['trained_psnr_leaves']:.2f} dB "
+                      f"({p['cut_minus_leaves_db']:+.2f}); teacher cut vs leaves "
+                      f"{p['teacher_psnr_cut_vs_leaves']:.2f} dB", flush=True)
     doc = {"bench": "gs_lod", "src": Path(args.src).name, "size": args.size,
-           "views": args.views, "lod_pixels": args.lod_pixels, "steps": args.steps,
+           "views": args.views, "lod_pixels": args.lod_pixels, "lod_pixels_list": args.pxs, "steps": args.steps,
            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                        "note": "2 CPU cores shared with other jobs"},
            "command": " ".join([Path(sys.argv[0]).name] + (argv or sys.argv[1:])),

@@ -11,7 +11,8 @@ REPO = Path(__file__).resolve().parents[2]
 def test_gs_lod_bench_toy(tmp_path):
     out = tmp_path / "gs_lod.json"
     r = subprocess.run([sys.executable, str(REPO / "bench" / "gs_lod.py"), "--toy", "--work",
-                        str(tmp_path / "work"), "--out", str(out), "--threads", "1"],
+                        str(tmp_path / "work"), "--out", str(out), "--threads", "1",
+                        "--lod-pixels-list", "1,0.5"],
                        capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 0, r.stderr[-3000:]
     doc = json.loads(out.read_text())
@@ -24,3 +25,11 @@ def test_gs_lod_bench_toy(tmp_path):
         assert res["render"]["lod_median_s"] > 0
     psnr = doc["results"][1]["psnr"]
     assert 10 < psnr["trained_psnr_cut"] < 100 and 10 < psnr["trained_psnr_leaves"] < 100
+    for res in doc["results"]:  # each threshold measured; a finer one expands more nodes
+        by = res["by_lod_pixels"]
+        assert list(by) == ["1", "0.5"] and res["lod_cut_max"] == by["1"]["lod_cut_max"]
+        assert by["0.5"]["lod_cut_max"] >= by["1"]["lod_cut_max"]
+        assert by["0.5"]["lod_block_fraction_max"] >= by["1"]["lod_block_fraction_max"]
+    for px in ("1", "0.5"):
+        p = doc["results"][1]["by_lod_pixels"][px]["psnr"]
+        assert p["lod_pixels"] == float(px) and 10 < p["trained_psnr_cut"] < 100
