@@ -3,7 +3,7 @@
 For each tiling (``--tiles``, default 1x1,2x2,4x4,8x8) of the garden point cloud
 (``oocstore ingest scene ... --tile KxK --sh-degree 0``), the script
 
-1. builds the hierarchy (:func:`oocstore.gs.lod.build_lod_scene`, what ``oocstore
+1. builds the hierarchy (:func:`oocstore.gs.lod_build.build_lod_scene`, what ``oocstore
    gs-lod build`` runs) with an **aerial camera set** in place of the ingest's views:
    ``--views`` cameras on a ring around the tiled scene's centre, each looking at a
    point within 10 % of the scene's extent of the centre, 50..70 degrees down, from a
@@ -199,7 +199,7 @@ def psnr_study(lod_path: Path, work: Path, cams, args, pxs) -> dict:
 def one_tiling(tile: str, work: Path, args) -> dict:
     from oocstore.gs.cameras import scene_up
     from oocstore.gs.ingest import ingest_scene
-    from oocstore.gs.lod import build_lod_scene
+    from oocstore.gs.lod_build import build_lod_scene
     from oocstore.gs.scene import Scene
     from oocstore.samplers.views import lod_views
 

@@ -427,7 +427,7 @@ def _cmd_gs_lod_build(args) -> int:
     import os
 
     from ..errors import UsageError
-    from ..gs.lod import build_lod_scene
+    from ..gs.lod_build import build_lod_scene
     from ..gs.scene import Scene
 
     if os.path.abspath(args.src) == os.path.abspath(args.out):

@@ -1,4 +1,5 @@
-"""bench/loader_cpu.py runs at toy size: both base-read modes read the same bytes."""
+"""bench/loader_cpu.py runs at toy size: both base-read modes read the rows; native AIO
+reads rows whose pages touch in one request, so never more bytes than the threads."""
 
 from helpers import load_bench, packed_synthetic
 
@@ -15,5 +16,5 @@ def test_loader_cpu_toy(tmp_path):
                          "--prefetch", "0", "--out", str(out)])
     med = result["median"]
     assert set(med) == {"aio", "threads"} and out.exists()
-    assert med["aio"]["bytes_read"] == med["threads"]["bytes_read"] > 0
+    assert 0 < med["aio"]["bytes_read"] <= med["threads"]["bytes_read"]
     assert med["aio"]["prefetch"] == 0 and med["threads"]["cpu_s"] > 0

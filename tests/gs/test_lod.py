@@ -8,7 +8,8 @@ import torch
 
 from oocstore.errors import FormatError, UsageError
 from oocstore.gs import layout
-from oocstore.gs.lod import (LOD_KEY, NODES_ARRAY, build_hierarchy, build_lod_scene, cut_params,
+from oocstore.gs.lod_build import build_lod_scene
+from oocstore.gs.lod import (LOD_KEY, NODES_ARRAY, build_hierarchy, cut_params,
                              in_cut, leaf_ids, merge_groups, _covariances)
 from oocstore.gs.scene import Scene, SceneMeta
 from oocstore.gs.train import render_view

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from oocstore.cli import main
-from oocstore.gs.lod import NODES_ARRAY, build_lod_scene, leaf_ids
+from oocstore.gs.lod import NODES_ARRAY, leaf_ids
+from oocstore.gs.lod_build import build_lod_scene
 from oocstore.gs.scene import Scene
 from oocstore.store import Store
 

@@ -12,7 +12,8 @@ from oocstore.budget import BudgetAccountant, MemoryBudget
 from oocstore.errors import UsageError
 from oocstore.gs import layout
 from oocstore.gs.adam import AdamConfig, masked_adam_
-from oocstore.gs.lod import build_lod_scene, in_cut
+from oocstore.gs.lod import in_cut
+from oocstore.gs.lod_build import build_lod_scene
 from oocstore.gs.render import render
 from oocstore.gs.scene import Scene
 from oocstore.gs.stream import AllOnDevice, Streamer

@@ -44,5 +44,10 @@ def test_a_pack_written_before_reads_exactly_and_packs_the_same_today(store, nam
     new = pack_plan(store, "train", name=f"{name}-today", options=OPTIONS[name])
     assert new.arrays.keys() == old.arrays.keys()
     assert _file_bytes(store, new) == _file_bytes(store, old)
-    same = {k: v for k, v in old.to_dict().items() if k not in ("name", "arrays")}
+    # The expected read amplification is an estimate: since base-array reads coalesce rows
+    # whose pages touch into one request, the estimate counts those requests (lower for
+    # tiny rows); every stored array and every other field is the same.
+    estimate = "expected_read_amplification"
+    same = {k: v for k, v in old.to_dict().items() if k not in ("name", "arrays", estimate)}
     assert {k: v for k, v in new.to_dict().items() if k in same} == same
+    assert 1.0 <= new.to_dict()[estimate] <= old.to_dict()[estimate]
