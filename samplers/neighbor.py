@@ -135,24 +135,26 @@ def _layer_edges(indptr, nodes, n_dst, f):
 
 
 @njit(nogil=True, cache=True)
-def _sample_layer(indptr, indices, nodes, keys, vals, n, f, picked, seed, epoch, batch, layer):
-    """Sample up to ``f`` in-neighbours of each of the ``n`` nodes so far (destinations
-    ``0..n-1``), adding new sources to the table. The node and table arrays grow when
-    needed, so they are returned: ``(nodes, keys, vals, n, src, dst)``, edges as local
-    ids."""
-    n_dst = n
-    total = _layer_edges(indptr, nodes, n_dst, f)
-    if n + total > nodes.shape[0]:
-        grown = np.empty(n + total, np.int64)
-        grown[:n] = nodes[:n]
-        nodes = grown
-    if 2 * (n + total) > keys.shape[0]:
-        keys, vals = _rehash(keys, vals, _table_size(n + total))
+def _sample_relation(indptr, indices, dst_nodes, n_dst, src_nodes, keys, vals, n_src, f, picked,
+                     seed, epoch, batch, layer):
+    """Up to ``f`` in-neighbours (``f < 0``: all) of each of ``dst_nodes[:n_dst]`` through
+    one relation's CSC; new source nodes join the source table (``src_nodes[:n_src]``,
+    hashed in ``keys``/``vals``). Returns ``(src_nodes, keys, vals, n_src, src, dst)``
+    with edges as local ids. ``dst_nodes`` may be ``src_nodes`` itself (one node type):
+    only entries below ``n_dst <= n_src`` are read, and new sources go after ``n_src``
+    (into a grown copy when full), so the reads never see them."""
+    total = _layer_edges(indptr, dst_nodes, n_dst, f)
+    if n_src + total > src_nodes.shape[0]:
+        grown = np.empty(n_src + total, np.int64)
+        grown[:n_src] = src_nodes[:n_src]
+        src_nodes = grown
+    if 2 * (n_src + total) > keys.shape[0]:
+        keys, vals = _rehash(keys, vals, _table_size(n_src + total))
     src = np.empty(total, np.int64)
     dst = np.empty(total, np.int64)
     pos = 0
     for i in range(n_dst):
-        v = nodes[i]
+        v = dst_nodes[i]
         lo = indptr[v]
         d = indptr[v + 1] - lo
         every = f < 0 or d <= f
@@ -171,15 +173,26 @@ def _sample_layer(indptr, indices, nodes, keys, vals, n, f, picked, seed, epoch,
         for c in range(k):
             u = np.int64(indices[lo + (c if every else picked[c])])
             s = _slot(keys, u)
-            if keys[s] == -1:  # a node new to the batch: its local id is n
+            if keys[s] == -1:  # a node new to the batch: its local id is n_src
                 keys[s] = u
-                vals[s] = n
-                nodes[n] = u
-                n += 1
+                vals[s] = n_src
+                src_nodes[n_src] = u
+                n_src += 1
             src[pos + c] = vals[s]
             dst[pos + c] = i
         pos += k
-    return nodes, keys, vals, n, src, dst
+    return src_nodes, keys, vals, n_src, src, dst
+
+
+@njit(nogil=True, cache=True)
+def _sample_layer(indptr, indices, nodes, keys, vals, n, f, picked, seed, epoch, batch, layer):
+    """Sample up to ``f`` in-neighbours of each of the ``n`` nodes so far (destinations
+    ``0..n-1``), adding new sources to the table: :func:`_sample_relation` with one node
+    set for both ends (destinations are a prefix of the sources). The node and table
+    arrays grow when needed, so they are returned: ``(nodes, keys, vals, n, src, dst)``,
+    edges as local ids."""
+    return _sample_relation(indptr, indices, nodes, n, nodes, keys, vals, n, f, picked, seed,
+                            epoch, batch, layer)
 
 
 @njit(nogil=True, cache=True)

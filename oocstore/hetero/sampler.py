@@ -21,64 +21,17 @@ import logging
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-from numba import njit
 
 from oocstore.errors import ChecksumError, StoreExistsError, UsageError
 from oocstore.plan import PLAN_FORMAT_VERSION, PlanWriter, check_plan_name, node_dtype_for
-from oocstore.samplers.neighbor import (_SHUFFLE_SALT, _below, _key, _layer_edges, _rehash,
-                                        _slot, _table_size, parse_fanouts)
+from oocstore.samplers.neighbor import (_SHUFFLE_SALT, _sample_relation, _slot, _table_size,
+                                        parse_fanouts)
 from oocstore.store import Store
 
 from .plan import HPLAN_FORMAT_VERSION, hplan_key, schema_fingerprint
 from .schema import EdgeType, HeteroSchema, csc_names, edge_key, require_schema, split_name
 
 log = logging.getLogger(__name__)
-
-
-@njit(nogil=True, cache=True)
-def _sample_relation(indptr, indices, dst_nodes, n_dst, src_nodes, keys, vals, n_src, f, picked,
-                     seed, epoch, batch, layer):
-    """Up to ``f`` in-neighbours (``f < 0``: all) of each of ``dst_nodes[:n_dst]`` through
-    one relation's CSC; new source nodes join the source type's table. Returns
-    ``(src_nodes, keys, vals, n_src, src, dst)`` with edges as local ids."""
-    total = _layer_edges(indptr, dst_nodes, n_dst, f)
-    if n_src + total > src_nodes.shape[0]:
-        grown = np.empty(n_src + total, np.int64)
-        grown[:n_src] = src_nodes[:n_src]
-        src_nodes = grown
-    if 2 * (n_src + total) > keys.shape[0]:
-        keys, vals = _rehash(keys, vals, _table_size(n_src + total))
-    src = np.empty(total, np.int64)
-    dst = np.empty(total, np.int64)
-    pos = 0
-    for i in range(n_dst):
-        v = dst_nodes[i]
-        lo = indptr[v]
-        d = indptr[v + 1] - lo
-        every = f < 0 or d <= f
-        k = d if every else f
-        if not every:
-            h = _key(seed, epoch, batch, layer, v)
-            for c in range(k):
-                j = d - k + c
-                t = _below(h, c, j + 1)
-                for q in range(c):
-                    if picked[q] == t:
-                        t = j
-                        break
-                picked[c] = t
-        for c in range(k):
-            u = np.int64(indices[lo + (c if every else picked[c])])
-            s = _slot(keys, u)
-            if keys[s] == -1:
-                keys[s] = u
-                vals[s] = n_src
-                src_nodes[n_src] = u
-                n_src += 1
-            src[pos + c] = vals[s]
-            dst[pos + c] = i
-        pos += k
-    return src_nodes, keys, vals, n_src, src, dst
 
 
 def parse_hetero_fanouts(value: str | Sequence[int] | Mapping[str, Any],
