@@ -26,6 +26,7 @@ function of the seed, never of the thread count.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -222,6 +223,26 @@ class LinkJob:
     verify_arrays: tuple[str, ...]
 
 
+def _check_sizes(store: Store, g, *, neg_ratio: int, eval_negatives: int,
+                 fractions: Sequence[float]) -> None:
+    """Refuse negative counts no graph can use (more than its nodes) and fixed evaluation
+    negatives whose array would not fit in memory, before anything is allocated."""
+    n = int(g.num_nodes)
+    for flag, value, fix in (("neg_ratio", neg_ratio, "e.g. neg_ratio=1"),
+                             ("eval_negatives", eval_negatives, "e.g. eval_negatives=100")):
+        if value > n:
+            raise UsageError(f"{flag}={value} is more than the {n} nodes of store {store.path}: "
+                             f"give at most {n}, {fix}")
+    held_out = float(g.num_edges) * (fractions[1] + fractions[2])
+    need = int(held_out * eval_negatives * 8)
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > ram // 2:
+        most = max(1, int((ram // 2) // max(held_out * 8, 1)))
+        raise UsageError(f"eval_negatives={eval_negatives}: the fixed negatives of about "
+                         f"{int(held_out)} held-out edges need {need / 2**30:.1f} GiB, more than "
+                         f"half of this machine's memory: give at most {most}")
+
+
 def prepare_link_sampling(store: Store, *, fanouts, batch_size, neg_ratio, epochs=None,
                           seed: int = 0, name: str | None = None,
                           neg_sampler: str = "uniform", edge_split=None,
@@ -252,6 +273,8 @@ def prepare_link_sampling(store: Store, *, fanouts, batch_size, neg_ratio, epoch
     if g.num_edges == 0:
         raise UsageError(f"store {store.path} has no edges to hold out: link prediction needs "
                          "a graph with edges")
+    _check_sizes(store, g, neg_ratio=neg_ratio, eval_negatives=eval_negatives,
+                 fractions=fractions)
     old = edge_split_meta(store)
     same = old is not None and (old.fractions, old.seed, old.eval_negatives) == (
         fractions, seed, eval_negatives) and old.graph_fingerprint == graph_fingerprint(store)

@@ -45,6 +45,9 @@ SAMPLE = ["--task", "link", "--fanouts", "3", "--batch-size", "32", "--quiet"]
     (["--neg-ratio", "1", "--edge-split", "0.9,0.1"], r"is not three numbers"),
     (["--neg-ratio", "1", "--edge-split", "0,0.5,0.5"], r"leaves no training edges"),
     (["--neg-ratio", "1", "--neg-sampler", "zipf"], r"invalid choice"),
+    (["--neg-ratio", "100000000000"], r"--neg-ratio 100000000000 is more than the \d+ nodes"),
+    (["--neg-ratio", "1", "--eval-negatives", "100000000"],
+     r"--eval-negatives 100000000 is more than the \d+ nodes"),
 ])
 def test_bad_sample_options_are_refused(capsys, link_store, extra, match):
     _refused(capsys, link_store, ["sample", str(link_store), *SAMPLE, "--name", "x", *extra],
