@@ -12,9 +12,10 @@ Evaluation (after every epoch on validation, at the end on test) scores the stor
 held-out edges and their fixed negatives (:mod:`oocstore.linksplit`): the endpoints'
 embeddings are computed on the message-passing graph (held-out edges removed) with
 neighbourhoods sampled by the plan's fanouts under a fixed key, so every evaluation of a
-run, and both modes, see the same neighbourhoods. Evaluation features are gathered from
-the store's feature array (a memory map; rows in ascending order per batch), not through
-the pack, whose segments only cover the training batches.
+run, and both modes, see the same neighbourhoods. Evaluation features are read from the
+store's feature array, not through the pack, whose segments only cover the training
+batches: in memory from the loaded array, out of core with O_DIRECT row reads into
+buffers charged to the loader's budget (:mod:`.link_eval`).
 """
 
 from __future__ import annotations
