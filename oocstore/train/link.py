@@ -12,9 +12,10 @@ Evaluation (after every epoch on validation, at the end on test) scores the stor
 held-out edges and their fixed negatives (:mod:`oocstore.linksplit`): the endpoints'
 embeddings are computed on the message-passing graph (held-out edges removed) with
 neighbourhoods sampled by the plan's fanouts under a fixed key, so every evaluation of a
-run, and both modes, see the same neighbourhoods. Evaluation features are gathered from
-the store's feature array (a memory map; rows in ascending order per batch), not through
-the pack, whose segments only cover the training batches.
+run, and both modes, see the same neighbourhoods. Evaluation features are read from the
+store's feature array, not through the pack, whose segments only cover the training
+batches: in memory from the loaded array, out of core with O_DIRECT row reads into
+buffers charged to the loader's budget (:mod:`.link_eval`).
 """
 
 from __future__ import annotations
@@ -163,17 +164,12 @@ def _batch_loss(model, sample, x: torch.Tensor, device) -> torch.Tensor:
     return nn.functional.binary_cross_entropy_with_logits(logits, target)
 
 
-@torch.no_grad()
-def embed_nodes(model: nn.ModuleDict, nodes: np.ndarray, split: EdgeSplit, meta: PlanMeta,
-                features: Callable[[np.ndarray], torch.Tensor], device) -> torch.Tensor:
-    """``[len(nodes), hidden]`` embeddings of ``nodes`` (ascending, distinct) on the
-    message-passing graph, neighbourhoods sampled with the plan's fanouts under a
-    fixed key."""
+def _eval_samples(nodes: np.ndarray, split: EdgeSplit, meta: PlanMeta) -> Iterator:
+    """The evaluation batches of ``nodes`` (``EVAL_BATCH`` seeds each, under the fixed
+    evaluation key): the same at every budget and in both modes."""
     from oocstore.samplers.neighbor import sample_batches
     from ..plan import decode_record
 
-    model.eval()
-    out = []
     indptr = np.ascontiguousarray(split.indptr, dtype=np.int64)
     for lo in range(0, nodes.size, EVAL_BATCH):
         seeds = nodes[lo:lo + EVAL_BATCH]
@@ -181,9 +177,40 @@ def embed_nodes(model: nn.ModuleDict, nodes: np.ndarray, split: EdgeSplit, meta:
                                            batch_size=seeds.size, seed=meta.seed,
                                            epoch=_EVAL_EPOCH, first_batch=lo // EVAL_BATCH)
         row = np.concatenate([[0, record.size, seeds.size, layers[0, 0]], layers.reshape(-1)])
-        sample = decode_record(record, row, meta.num_layers)
+        yield decode_record(record, row, meta.num_layers)
+
+
+def _eval_nodes(split: EdgeSplit, part: str) -> np.ndarray:
+    pos, neg = split.held_out(part)
+    return np.unique(np.concatenate([pos.ravel(), neg.ravel()]))
+
+
+def max_eval_rows(split: EdgeSplit, meta: PlanMeta) -> int:
+    """Input nodes of the largest evaluation batch (validation or test): the feature
+    rows one evaluation batch holds at once."""
+    most = 0
+    for part in ("val", "test"):
+        if split.held_out(part)[0].shape[0]:
+            for sample in _eval_samples(_eval_nodes(split, part), split, meta):
+                most = max(most, int(sample.input_nodes.size))
+    return most
+
+
+@torch.no_grad()
+def embed_nodes(model: nn.ModuleDict, nodes: np.ndarray, split: EdgeSplit, meta: PlanMeta,
+                features: Callable[[np.ndarray], torch.Tensor], device) -> torch.Tensor:
+    """``[len(nodes), hidden]`` embeddings of ``nodes`` (ascending, distinct) on the
+    message-passing graph, neighbourhoods sampled with the plan's fanouts under a
+    fixed key. ``features(ids)``: the rows of ``ids``; where it has a ``release()``,
+    that is called once a batch's rows are no longer used (a budgeted buffer)."""
+    model.eval()
+    release = getattr(features, "release", lambda: None)
+    out = []
+    for sample in _eval_samples(nodes, split, meta):
         x = features(sample.input_nodes).to(device)
         out.append(model["encoder"].forward_batch(sample, x))
+        del x
+        release()
     return torch.cat(out)
 
 
@@ -194,7 +221,7 @@ def evaluate_link(model: nn.ModuleDict, split: EdgeSplit, part: str, meta: PlanM
     pos, neg = split.held_out(part)
     if pos.shape[0] == 0:
         return {}
-    nodes = np.unique(np.concatenate([pos.ravel(), neg.ravel()]))
+    nodes = _eval_nodes(split, part)
     h = embed_nodes(model, nodes, split, meta, features, device)
     u = torch.from_numpy(np.searchsorted(nodes, pos[:, 0])).to(device)
     v = torch.from_numpy(np.searchsorted(nodes, pos[:, 1])).to(device)
@@ -237,19 +264,26 @@ def run_link_training(store_path, plan: str | None, cfg: LinkTrainConfig, *,
     with Store(store_path) as store:
         meta = link_plan(store, plan)
         split = _check_split(store, meta)
-        fmap = store.array("features")
         if cfg.in_memory:
-            feats = torch.from_numpy(np.array(fmap))
+            feats = torch.from_numpy(np.array(store.array("features")))
             features = lambda idx: feats[torch.from_numpy(idx)]  # noqa: E731
             reader = PlanReader(store, meta.name)
             batches = lambda epoch: _batches_in_memory(reader, feats, epoch)  # noqa: E731
             closing = reader
         else:
             from ..loader import NodeLoader
+            from .link_eval import BudgetedFeatures, check_eval_budget
 
+            if cfg.cpu_budget is not None:
+                check_eval_budget(store.path, cfg.cpu_budget, max_eval_rows(split, meta),
+                                  store.array_meta("features").row_bytes)
             loader = NodeLoader(store, meta.name, device=device, world_size=1, rank=0,
                                 budget=MemoryBudget(cpu=cfg.cpu_budget, gpu=cfg.gpu_budget))
-            features = lambda idx: torch.from_numpy(np.asarray(fmap[idx]))  # noqa: E731
+            try:
+                features = BudgetedFeatures(store, loader)
+            except BaseException:
+                loader.close()
+                raise
             batches = lambda epoch: _batches_out_of_core(loader, epoch)  # noqa: E731
             closing = loader
         was = torch.are_deterministic_algorithms_enabled()
@@ -263,9 +297,13 @@ def run_link_training(store_path, plan: str | None, cfg: LinkTrainConfig, *,
                 summary.update({k: st.get(k) for k in ("bytes_read", "useful_bytes",
                                                         "read_amplification", "hit_rate",
                                                         "prefetch")})
+                summary["eval_bytes_read"] = features.bytes_read
+                summary["cpu_peak_charged"] = features.peak
             return summary
         finally:
             torch.use_deterministic_algorithms(was)
+            if not cfg.in_memory:
+                features.close()
             closing.close()
 
 
