@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 from ..errors import UsageError
-from .common import add_flag, add_seed, command
+from .common import add_flag, command
 
 
 def is_hetero(path) -> bool:
@@ -53,19 +53,12 @@ def hetero_info(store) -> tuple[dict | None, list[str]]:
 
 
 def _hetero_common(p) -> None:
-    p.add_argument("out", metavar="OUT", help="store directory to create")
-    p.add_argument("--dtype", choices=["float32", "float16"], default="float32",
-                   help="precision of the stored features")
+    from .ingest import _add_out, _ingest_common
+
+    _add_out(p)
+    _ingest_common(p, quiet="no summary")
     add_flag(p, "--add-reverse", "add (dst, rev_REL, src) for every relation (src, REL, dst), "
                                  "so messages flow both ways")
-    p.add_argument("--split", default=None, metavar="TR,VA,TE",
-                   help="fractions of generated splits for labelled types without split files "
-                        "(default 0.6,0.2,0.2)")
-    add_seed(p, "seed for everything generated (default 0)")
-    add_flag(p, "--overwrite", "replace OUT if it exists (the old store stays intact until the "
-                               "new one is complete)")
-    add_flag(p, "--allow-nonfinite", "keep NaN/Inf feature values instead of refusing them")
-    add_flag(p, "--quiet", "no summary")
 
 
 def add_hetero_ogb(kinds) -> None:

@@ -10,7 +10,8 @@ from ..errors import UsageError
 from .common import Parser, add_flag, add_seed, command, progress
 
 
-def _ingest_common(p: argparse.ArgumentParser, *, split: bool = True) -> None:
+def _ingest_common(p: argparse.ArgumentParser, *, split: bool = True,
+                   quiet: str = "no progress bar") -> None:
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32",
                    help="precision of the stored features (float16 halves their bytes)")
     if split:
@@ -21,7 +22,7 @@ def _ingest_common(p: argparse.ArgumentParser, *, split: bool = True) -> None:
     add_flag(p, "--overwrite", "replace OUT if it exists (the old store stays intact until the "
                                "new one is complete)")
     add_flag(p, "--allow-nonfinite", "keep NaN/Inf feature values instead of refusing them")
-    add_flag(p, "--quiet", "no progress bar")
+    add_flag(p, "--quiet", quiet)
 
 
 def _add_out(p) -> None:
