@@ -124,3 +124,14 @@ def test_verify_finds_a_damaged_hierarchy(scenes, tmp_path, capsys, kind, match)
     # and a reader refuses it with the same reason
     _refused(capsys, ["gs-render", str(lod), "--out", str(tmp_path / "png"), "--quiet"], match)
     assert not (tmp_path / "png").exists()
+
+
+def test_lod_build_into_or_around_src_is_refused(scenes, tmp_path, capsys):
+    src = tmp_path / "src"
+    shutil.copytree(scenes[0], src)
+    before = _tree(src)
+    _refused(capsys, ["gs-lod", "build", str(src), str(src / "sub"), "--quiet"], "nest")
+    (tmp_path / "link").symlink_to(src)
+    _refused(capsys, ["gs-lod", "build", str(src), str(tmp_path / "link"), "--overwrite",
+                      "--quiet"], "is SRC")
+    assert _tree(src) == before and (tmp_path / "link").is_symlink()
