@@ -101,7 +101,10 @@ def _damage(path: Path, edit) -> None:
 
 
 @pytest.mark.parametrize("kind,match", [("range", "which is out of range"),
-                                        ("cycle", "form a cycle")])
+                                        ("cycle", "form a cycle"),
+                                        ("row", "which is not in the scene"),
+                                        ("block", "which is not in the scene"),
+                                        ("level", "not below its parent's")])
 def test_verify_finds_a_damaged_hierarchy(scenes, tmp_path, capsys, kind, match):
     lod = tmp_path / "lod"
     shutil.copytree(scenes[1], lod)
@@ -112,6 +115,12 @@ def test_verify_finds_a_damaged_hierarchy(scenes, tmp_path, capsys, kind, match)
         ids = nodes[:, 0]
         if kind == "range":
             nodes[3, 1] = ids.max() + 10
+        elif kind == "row":
+            nodes[3, 4] = 10_000
+        elif kind == "block":
+            nodes[3, 3] = -1
+        elif kind == "level":
+            nodes[nodes[:, 1] < 0, 2] = 0
         else:  # a root's parent becomes one of its descendants
             root = int(np.flatnonzero(nodes[:, 1] < 0)[0])
             child = int(np.flatnonzero(nodes[:, 1] == ids[root])[0])
