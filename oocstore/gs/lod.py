@@ -480,6 +480,12 @@ def cut_params(scene, lv, width: int | None = None) -> np.ndarray:
     for b, k in zip(lv.blocks, lv.prefix):
         ids, rec = scene.read_block(int(b), rows=int(k))
         parts.append(rec[in_cut(ids, lv.ids), :width])
+    found = sum(len(p) for p in parts)
+    if found != len(lv.ids):  # a node's row in the table is not where its id is stored
+        raise FormatError(f"scene {scene.path}: level-of-detail hierarchy is damaged: a "
+                          f"view's cut has {len(lv.ids)} nodes, their blocks' prefixes hold "
+                          f"{found}; run `oocstore verify`, rebuild it with "
+                          "`oocstore gs-lod build`")
     return np.concatenate(parts) if parts else np.zeros((0, width), np.float32)
 
 

@@ -144,3 +144,16 @@ def test_lod_build_into_or_around_src_is_refused(scenes, tmp_path, capsys):
     _refused(capsys, ["gs-lod", "build", str(src), str(tmp_path / "link"), "--overwrite",
                       "--quiet"], "is SRC")
     assert _tree(src) == before and (tmp_path / "link").is_symlink()
+
+
+def test_a_node_table_row_not_holding_its_node_is_refused_by_render(scenes, tmp_path, capsys):
+    lod = tmp_path / "lod"
+    shutil.copytree(scenes[1], lod)
+
+    def edit(nodes):  # every node claims row 0 of its block: the prefix misses the rest
+        nodes[:, 4] = 0
+
+    _damage(lod, edit)
+    _refused(capsys, ["gs-render", str(lod), "--out", str(tmp_path / "png"), "--lod-pixels",
+                      "0", "--quiet"], "prefixes hold")
+    assert not list((tmp_path / "png").glob("*.png"))  # found at the first view's read
