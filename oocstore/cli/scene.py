@@ -430,9 +430,13 @@ def _cmd_gs_lod_build(args) -> int:
     from ..gs.lod_build import build_lod_scene
     from ..gs.scene import Scene
 
-    if os.path.abspath(args.src) == os.path.abspath(args.out):
+    src_real, out_real = os.path.realpath(args.src), os.path.realpath(args.out)
+    if src_real == out_real:
         raise UsageError(f"OUT {args.out} is SRC: write the scene with its hierarchy to a new "
                          "directory")
+    if os.path.commonpath([src_real, out_real]) in (src_real, out_real):
+        raise UsageError(f"OUT {args.out} and SRC {args.src} nest (one holds the other): "
+                         "write the scene with its hierarchy to a directory outside SRC")
     t0 = time.perf_counter()
     with Scene.open(args.src, readonly=True) as src:
         out = build_lod_scene(src, args.out, cell=args.cell, block_size=args.block_size,

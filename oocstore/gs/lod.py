@@ -325,14 +325,17 @@ def node_table(ids, parent, level, order, block_size: int) -> np.ndarray:
     return np.stack([ids, pid, level, pos // block_size, pos % block_size], axis=1)[order]
 
 
-def read_hierarchy(store) -> Hierarchy | None:
+def read_hierarchy(store, counts: np.ndarray | None = None) -> Hierarchy | None:
     """The hierarchy of the scene in ``store`` (None without one); FormatError when the
-    parent links are broken (:func:`hierarchy_problems` names how)."""
+    parent links are broken, or (with ``counts``, the live rows per block) a node's block
+    or row is not in the scene (:func:`hierarchy_problems` names how)."""
     if store.get(LOD_KEY) is None:
         return None
     nodes = np.array(store.array(NODES_ARRAY), dtype=np.int64)
     spheres = np.array(store.array(SPHERES_ARRAY), dtype=np.float32)
     problems = _table_problems(nodes, spheres)
+    if not problems and counts is not None:
+        problems = _placement_problems(nodes, counts)
     if problems:
         raise FormatError(f"scene {store.path}: level-of-detail hierarchy is damaged: "
                           f"{problems[0]}; run `oocstore verify`, rebuild it with "
@@ -385,6 +388,29 @@ def _table_problems(nodes: np.ndarray, spheres: np.ndarray) -> list[str]:
     return []
 
 
+def _placement_problems(nodes: np.ndarray, counts: np.ndarray) -> list[str]:
+    """A node whose block or row is not in the scene (``counts``: live rows per block),
+    or whose level is not above its children's (a prefix read would miss it, or read
+    past a block)."""
+    counts = np.asarray(counts, dtype=np.int64)
+    blk, row = nodes[:, 3], nodes[:, 4]
+    ok = (blk >= 0) & (blk < len(counts))
+    ok[ok] = (row[ok] >= 0) & (row[ok] < counts[blk[ok]])
+    if not ok.all():
+        i = int(np.flatnonzero(~ok)[0])
+        return [f"node {int(nodes[i, 0])} is placed at block {int(blk[i])} row {int(row[i])}, "
+                f"which is not in the scene ({len(counts)} blocks)"]
+    ids, pid, level = nodes[:, 0], nodes[:, 1], nodes[:, 2]
+    has = pid >= 0
+    srt = np.argsort(ids, kind="stable")
+    plevel = level[srt[np.searchsorted(ids[srt], pid[has])]]
+    bad = np.flatnonzero(has)[plevel <= level[has]]
+    if len(bad) or (level < 0).any():
+        i = int(bad[0]) if len(bad) else int(np.flatnonzero(level < 0)[0])
+        return [f"node {int(ids[i])} has level {int(level[i])}, not below its parent's"]
+    return []
+
+
 def hierarchy_problems(store) -> list[str]:
     """For ``oocstore verify``: what is wrong with the scene's hierarchy (parents out of
     range, cycles, a table that does not match the scene's Gaussians or blocks)."""
@@ -402,9 +428,17 @@ def hierarchy_problems(store) -> list[str]:
         return [f"level-of-detail hierarchy unreadable ({err}): rebuild it with "
                 "`oocstore gs-lod build`"]
     fix = "rebuild it with `oocstore gs-lod build`"
-    out = [f"level-of-detail hierarchy: {p}: {fix}" for p in _table_problems(nodes, spheres)]
-    live = sum(int(v.get("count", 0)) for _, v in store.items("scene/block/")
-               if isinstance(v, dict))
+    problems = _table_problems(nodes, spheres)
+    counts: dict[int, int] = {}
+    for key, v in store.items("scene/block/"):
+        if isinstance(v, dict) and key[len("scene/block/"):].isdigit():
+            counts[int(key[len("scene/block/"):])] = int(v.get("count", 0))
+    if not problems:
+        dense = np.zeros(max(counts, default=-1) + 1, dtype=np.int64)
+        dense[list(counts)] = list(counts.values())
+        problems = _placement_problems(nodes, dense)
+    out = [f"level-of-detail hierarchy: {p}: {fix}" for p in problems]
+    live = sum(counts.values())
     if not out and isinstance(raw, dict) and not raw.get("nodes") == len(nodes) == live:
         out.append(f"level-of-detail hierarchy: the catalog says {raw.get('nodes')!r} nodes, "
                    f"the table holds {len(nodes)} and the scene's blocks {live}: {fix}")
@@ -446,6 +480,12 @@ def cut_params(scene, lv, width: int | None = None) -> np.ndarray:
     for b, k in zip(lv.blocks, lv.prefix):
         ids, rec = scene.read_block(int(b), rows=int(k))
         parts.append(rec[in_cut(ids, lv.ids), :width])
+    found = sum(len(p) for p in parts)
+    if found != len(lv.ids):  # a node's row in the table is not where its id is stored
+        raise FormatError(f"scene {scene.path}: level-of-detail hierarchy is damaged: a "
+                          f"view's cut has {len(lv.ids)} nodes, their blocks' prefixes hold "
+                          f"{found}; run `oocstore verify`, rebuild it with "
+                          "`oocstore gs-lod build`")
     return np.concatenate(parts) if parts else np.zeros((0, width), np.float32)
 
 

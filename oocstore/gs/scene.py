@@ -476,7 +476,9 @@ class Scene:
             raise UsageError(f"{what} needs a level-of-detail hierarchy, and scene {self.path} "
                              f"has none: {BUILD_FIX.format(src=self.path)}")
         if self._hierarchy is None:
-            self._hierarchy = read_hierarchy(self.store)
+            with self._lock:
+                counts = np.array(self._counts, dtype=np.int64)
+            self._hierarchy = read_hierarchy(self.store, counts)
         return self._hierarchy
 
     # -- photographs ---------------------------------------------------------------

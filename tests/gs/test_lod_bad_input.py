@@ -101,7 +101,10 @@ def _damage(path: Path, edit) -> None:
 
 
 @pytest.mark.parametrize("kind,match", [("range", "which is out of range"),
-                                        ("cycle", "form a cycle")])
+                                        ("cycle", "form a cycle"),
+                                        ("row", "which is not in the scene"),
+                                        ("block", "which is not in the scene"),
+                                        ("level", "not below its parent's")])
 def test_verify_finds_a_damaged_hierarchy(scenes, tmp_path, capsys, kind, match):
     lod = tmp_path / "lod"
     shutil.copytree(scenes[1], lod)
@@ -112,6 +115,12 @@ def test_verify_finds_a_damaged_hierarchy(scenes, tmp_path, capsys, kind, match)
         ids = nodes[:, 0]
         if kind == "range":
             nodes[3, 1] = ids.max() + 10
+        elif kind == "row":
+            nodes[3, 4] = 10_000
+        elif kind == "block":
+            nodes[3, 3] = -1
+        elif kind == "level":
+            nodes[nodes[:, 1] < 0, 2] = 0
         else:  # a root's parent becomes one of its descendants
             root = int(np.flatnonzero(nodes[:, 1] < 0)[0])
             child = int(np.flatnonzero(nodes[:, 1] == ids[root])[0])
@@ -124,3 +133,27 @@ def test_verify_finds_a_damaged_hierarchy(scenes, tmp_path, capsys, kind, match)
     # and a reader refuses it with the same reason
     _refused(capsys, ["gs-render", str(lod), "--out", str(tmp_path / "png"), "--quiet"], match)
     assert not (tmp_path / "png").exists()
+
+
+def test_lod_build_into_or_around_src_is_refused(scenes, tmp_path, capsys):
+    src = tmp_path / "src"
+    shutil.copytree(scenes[0], src)
+    before = _tree(src)
+    _refused(capsys, ["gs-lod", "build", str(src), str(src / "sub"), "--quiet"], "nest")
+    (tmp_path / "link").symlink_to(src)
+    _refused(capsys, ["gs-lod", "build", str(src), str(tmp_path / "link"), "--overwrite",
+                      "--quiet"], "is SRC")
+    assert _tree(src) == before and (tmp_path / "link").is_symlink()
+
+
+def test_a_node_table_row_not_holding_its_node_is_refused_by_render(scenes, tmp_path, capsys):
+    lod = tmp_path / "lod"
+    shutil.copytree(scenes[1], lod)
+
+    def edit(nodes):  # every node claims row 0 of its block: the prefix misses the rest
+        nodes[:, 4] = 0
+
+    _damage(lod, edit)
+    _refused(capsys, ["gs-render", str(lod), "--out", str(tmp_path / "png"), "--lod-pixels",
+                      "0", "--quiet"], "prefixes hold")
+    assert not list((tmp_path / "png").glob("*.png"))  # found at the first view's read
