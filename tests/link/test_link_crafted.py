@@ -29,3 +29,18 @@ def test_split_with_node_id_out_of_range_is_refused(link_store, part, bad):
     assert "--overwrite" in str(exc.value)
     if part != "indices":
         assert repr(part) in str(exc.value)
+
+
+def test_link_plan_pair_id_outside_the_batch_seeds_is_refused(link_store):
+    from oocstore.plan import PlanReader, pair_array_names
+
+    name = pair_array_names("link")["pairs"]
+    with Store(link_store, readonly=False) as store:
+        pairs = np.array(store.array(name))
+        pairs[0] = np.iinfo(pairs.dtype).max  # a bit-flipped id, checksums rewritten
+        with store.transaction() as txn:
+            txn.write_array(name, pairs, subdir="plans")
+    with Store(link_store) as store:
+        reader = PlanReader(store, "link")
+        with pytest.raises(FormatError, match=r"batch 0 of epoch 0 has a pair id outside"):
+            reader.read_batch(0, 0)
