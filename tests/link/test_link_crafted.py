@@ -44,3 +44,20 @@ def test_link_plan_pair_id_outside_the_batch_seeds_is_refused(link_store):
         reader = PlanReader(store, "link")
         with pytest.raises(FormatError, match=r"batch 0 of epoch 0 has a pair id outside"):
             reader.read_batch(0, 0)
+
+
+def test_split_of_more_nodes_than_the_store_is_refused(link_store):
+    # A consistent split of a larger graph: every id below its own node count, but past
+    # the store's features.
+    with Store(link_store, readonly=False) as store:
+        es = read_edge_split(store)
+        raw = store.get(EDGE_SPLIT_KEY)
+        raw["num_nodes"] += 5
+        indptr = np.concatenate([es.indptr, np.full(5, es.indptr[-1], dtype=es.indptr.dtype)])
+        with store.transaction() as txn:
+            txn.write_array(f"{EDGE_SPLIT_KEY}/indptr", indptr)
+            txn.put(EDGE_SPLIT_KEY, raw)
+    with Store(link_store) as store:
+        with pytest.raises(FormatError, match=r"edge split is of \d+ nodes, the store's graph "
+                                              r"has \d+ nodes"):
+            read_edge_split(store)
