@@ -61,3 +61,17 @@ def test_split_of_more_nodes_than_the_store_is_refused(link_store):
         with pytest.raises(FormatError, match=r"edge split is of \d+ nodes, the store's graph "
                                               r"has \d+ nodes"):
             read_edge_split(store)
+
+
+def test_in_memory_link_training_checks_the_feature_checksums(link_store):
+    from oocstore.errors import ChecksumError
+    from oocstore.train.link import LinkTrainConfig, run_link_training
+
+    with Store(link_store) as store:
+        path = store.file_path(store.array_meta("features"))
+    with open(path, "r+b") as f:
+        b = f.read(1)
+        f.seek(0)
+        f.write(bytes([b[0] ^ 0x10]))
+    with pytest.raises(ChecksumError, match="features"):
+        run_link_training(link_store, "link", LinkTrainConfig(epochs=1, in_memory=True))
