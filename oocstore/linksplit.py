@@ -145,6 +145,10 @@ def read_edge_split(store: Store) -> EdgeSplit:
                                  f"`oocstore sample {store.path} --task link --fanouts 10,5 "
                                  "--batch-size 512 --neg-ratio 1`")
     fix = "re-create the split with `oocstore sample STORE --task link --overwrite ...`"
+    graph = store.graph
+    if graph is None or meta.num_nodes != graph.num_nodes:
+        raise FormatError(f"store {store.path}: the edge split is of {meta.num_nodes} nodes, the "
+                          f"store's graph has {graph.num_nodes if graph else 'no'} nodes: {fix}")
     arrays = {}
     for part, name in split_array_names().items():
         if meta.arrays.get(part) != name:

@@ -33,6 +33,7 @@ from torch import nn
 
 from ..budget import MemoryBudget
 from ..errors import FormatError, StoreNotFoundError, UsageError
+from ..checked_read import read_checked
 from ..linksplit import EdgeSplit, read_edge_split
 from ..plan import PlanMeta, PlanReader, list_plans
 from ..store import Store
@@ -265,7 +266,9 @@ def run_link_training(store_path, plan: str | None, cfg: LinkTrainConfig, *,
         meta = link_plan(store, plan)
         split = _check_split(store, meta)
         if cfg.in_memory:
-            feats = torch.from_numpy(np.array(store.array("features")))
+            # Checked chunk by chunk, as the out-of-core loader's reads are.
+            feats = torch.from_numpy(read_checked(
+                store, "features", fix="the store's features are damaged: re-ingest it"))
             features = lambda idx: feats[torch.from_numpy(idx)]  # noqa: E731
             reader = PlanReader(store, meta.name)
             batches = lambda epoch: _batches_in_memory(reader, feats, epoch)  # noqa: E731
