@@ -206,8 +206,13 @@ class InMemoryFeatures:
         if not store.has_array("features") or not store.has_array("labels"):
             raise UsageError(f"store {store.path} lacks features or labels: ingest a dataset "
                              "with node features and labels to train on it")
-        self.features = torch.from_numpy(np.array(store.array("features")))  # [N, D]
-        self.labels = torch.from_numpy(np.array(store.array("labels"), dtype=np.int64))  # [N]
+        from ..checked_read import read_checked
+
+        fix = "the store is damaged: re-ingest it, or run `oocstore verify` to see what"
+        # Read whole with every chunk's checksum checked, as the out-of-core path reads.
+        self.features = torch.from_numpy(read_checked(store, "features", fix=fix))  # [N, D]
+        self.labels = torch.from_numpy(
+            read_checked(store, "labels", fix=fix).astype(np.int64, copy=False))  # [N]
         if self.features.ndim != 2 or self.features.shape[0] != self.labels.shape[0]:
             raise UsageError(f"store {store.path}: features {tuple(self.features.shape)} and "
                              f"labels {tuple(self.labels.shape)} disagree: re-create the store")
