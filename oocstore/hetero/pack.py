@@ -293,6 +293,12 @@ def _pack_segments(store: Store, plan: HeteroPlanReader, schema: HeteroSchema, n
     finally:
         for r in readers.values():
             r.close()
+    if store.get(hpack_key(name)) is not None:
+        # Replacing a pack: withdraw its entry first, so that a crash between the sub-packs
+        # leaves no hpack/<name> naming a mix of old and new sub-packs (the next pack of
+        # that name then starts over) instead of one whose recorded caches are wrong.
+        with store.transaction() as txn:
+            txn.delete(hpack_key(name))
     sub = {}
     for t in sorted(readers):
         sub[t] = pack_plan(store, fplans[t], name=f"{name}.{t}", options=options[t],

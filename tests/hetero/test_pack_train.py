@@ -211,3 +211,31 @@ def test_segments_pack_holds_the_writer_lock_between_sub_packs(hstore, tmp_path,
     with Store(path, readonly=False) as s:
         meta = pack_hetero(s, "train", cpu_budget=8 << 20, layout="segments")
     assert len(other) == len(meta["types"]) >= 2 and set(other) == {"refused"}
+
+
+def test_a_crash_between_sub_packs_leaves_no_mixed_pack(hstore, tmp_path, monkeypatch):
+    """Re-packing with overwrite and crashing after the first sub-pack: no ``hpack`` entry
+    names a mix of old and new sub-packs; the next pack of that name rebuilds it."""
+    import oocstore.pack as packmod
+
+    path = tmp_path / "s"
+    shutil.copytree(hstore, path)
+    with Store(path, readonly=False) as s:
+        pack_hetero(s, "train", cpu_budget=BUDGETS["segments"], layout="segments")
+    real, calls = packmod.pack_plan, []
+
+    def crash_second(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("crash between sub-packs")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(packmod, "pack_plan", crash_second)
+    with Store(path, readonly=False) as s, pytest.raises(KeyboardInterrupt):
+        pack_hetero(s, "train", cpu_budget=2 << 20, layout="segments", overwrite=True)
+    monkeypatch.setattr(packmod, "pack_plan", real)
+    with Store(path, readonly=False) as s:
+        assert s.get("hpack/train") is None
+        meta = pack_hetero(s, "train", cpu_budget=2 << 20, layout="segments")
+        for t, m in meta["types"].items():
+            assert s.get(f"pack/{m['pack']}")["cpu_rows"] == m["cached_rows"]
