@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from ..errors import SourceError, UsageError
 from ..ingest.common import iter_blocks, random_splits
 from ..ingest.csc import check_edges
 from ..store import Store
+from ..units import format_size
 from .schema import (SCHEMA_KEY, EdgeType, HeteroSchema, NodeType, check_type_name, csc_names,
                      edge_key, feat_name, label_name, parse_edge_key, split_name)
 
@@ -184,8 +186,29 @@ def _check_edges(src: HeteroSource) -> None:
                               f"({a.shape} vs {b.shape})")
         if a.size and not (np.issubdtype(a.dtype, np.integer) and np.issubdtype(b.dtype, np.integer)):
             raise SourceError(f"{where}: edge ids have dtype {a.dtype}; expected integers")
-        check_edges(a, np.zeros_like(a), src.nodes[et[0]].count, f"{where} (sources)")
-        check_edges(b, np.zeros_like(b), src.nodes[et[2]].count, f"{where} (destinations)")
+        check_edges(a, a, src.nodes[et[0]].count, f"{where} (sources)")
+        check_edges(b, b, src.nodes[et[2]].count, f"{where} (destinations)")
+        _check_csc_memory(src, et, int(a.size), where)
+
+
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62  # unknown: no limit
+
+
+def _check_csc_memory(src: HeteroSource, et: EdgeType, edges: int, where: str) -> None:
+    """A relation's CSC is built in memory (module docstring): refuse one that cannot be,
+    e.g. after a mistyped count in ``num-node-dict.json``, before anything is written."""
+    n_dst = src.nodes[et[2]].count
+    need = 8 * (n_dst + 1) + 24 * edges
+    have = _physical_memory()
+    if need > have:
+        raise SourceError(f"{where}: the CSC of relation {edge_key(et)} needs "
+                          f"{format_size(need)} in memory ({n_dst} {et[2]!r} nodes, {edges} "
+                          f"edges), more than this machine's {format_size(have)}: check the "
+                          f"count of {et[2]!r} (num-node-dict.json)")
 
 
 def _choose_target(src: HeteroSource) -> str:

@@ -212,3 +212,15 @@ def test_bad_dtypes_are_refused(tmp_path, capsys, mutate, needles):
     rc, _, err = run(capsys, "ingest", "hetero-ogb", src, tmp_path / "s")
     _one_line_error(rc, err, *needles)
     assert not (tmp_path / "s").exists()
+
+
+def test_a_count_too_large_for_memory_is_refused(tmp_path, capsys):
+    """A mistyped count of a type without features crashed with a numpy allocation error
+    while building the relation's CSC."""
+    src = ogb_dir(tmp_path / "ogb")
+    (src / "num-node-dict.json").write_text(json.dumps({"paper": 300, "author": 120,
+                                                        "venue": 10**13}))
+    rc, _, err = run(capsys, "ingest", "hetero-ogb", src, tmp_path / "s")
+    _one_line_error(rc, err, "paper___in___venue", "10000000000000 'venue' nodes",
+                    "num-node-dict.json")
+    assert not (tmp_path / "s").exists()
