@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 #: Prefix of the relations ``add_reverse`` creates (``author___writes___paper`` gets
 #: ``paper___rev_writes___author``).
 REVERSE_PREFIX = "rev_"
+#: Most classes a labelled type may have (the synthetic generators' limit too): the
+#: models' output layer is that wide.
+MAX_CLASSES = 65536
 
 
 @dataclass
@@ -136,6 +139,10 @@ def _check_nodes(src: HeteroSource, split_fractions, seed: int) -> dict[str, dic
             if not np.issubdtype(lab.dtype, np.integer) or (lab.size and lab.min() < 0):
                 raise SourceError(f"{ns.where}: labels of node type {name!r} must be integers "
                                   "0..C-1")
+            if lab.size and int(lab.max()) >= MAX_CLASSES:
+                raise SourceError(f"{ns.where}: labels of node type {name!r} reach "
+                                  f"{int(lab.max())}: give classes 0..C-1 with C at most "
+                                  f"{MAX_CLASSES} (renumber the labels)")
             splits[name] = _check_splits(name, ns, split_fractions, seed)
         elif ns.splits:
             raise SourceError(f"{ns.where}: node type {name!r} has splits but no labels: give "
