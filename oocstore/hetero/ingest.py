@@ -54,6 +54,7 @@ class NodeSource:
     labels: np.ndarray | None = None
     splits: dict[str, np.ndarray] | None = None
     where: str = "source"  # named in errors about this type's arrays
+    label_where: str = ""  # named in errors about its labels (default: ``where``)
 
 
 @dataclass
@@ -132,15 +133,16 @@ def _check_nodes(src: HeteroSource, split_fractions, seed: int) -> dict[str, dic
                                   "expected real numbers")
         if ns.labels is not None:
             lab = np.asarray(ns.labels)
+            lw = ns.label_where or ns.where
             if lab.ndim != 1 or lab.shape[0] != ns.count:
-                raise SourceError(f"{ns.where}: labels of node type {name!r} have shape "
+                raise SourceError(f"{lw}: labels of node type {name!r} have shape "
                                   f"{lab.shape} but the type has {ns.count} nodes: give one "
                                   "label per node")
             if not np.issubdtype(lab.dtype, np.integer) or (lab.size and lab.min() < 0):
-                raise SourceError(f"{ns.where}: labels of node type {name!r} must be integers "
+                raise SourceError(f"{lw}: labels of node type {name!r} must be integers "
                                   "0..C-1")
             if lab.size and int(lab.max()) >= MAX_CLASSES:
-                raise SourceError(f"{ns.where}: labels of node type {name!r} reach "
+                raise SourceError(f"{lw}: labels of node type {name!r} reach "
                                   f"{int(lab.max())}: give classes 0..C-1 with C at most "
                                   f"{MAX_CLASSES} (renumber the labels)")
             splits[name] = _check_splits(name, ns, split_fractions, seed)
@@ -348,7 +350,8 @@ def read_ogb_dir(root: str | Path, *, target: str | None = None) -> HeteroSource
         splits = {p.stem: np.asarray(_load_npy(p)).reshape(-1)
                   for p in sorted(sdir.glob("*.npy"))} if sdir.is_dir() else None
         nodes[t] = NodeSource(count=count, features=feats.get(t), labels=labels.get(t),
-                              splits=splits, where=where)
+                              splits=splits, where=where,
+                              label_where=str(root / "node-label" / f"{t}.npy"))
     edges, where = {}, {}
     for p in sorted((root / "edge_index").glob("*.npy")):
         et = parse_edge_key(p.stem, where=f"{p}: edge type")
