@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from ..errors import SourceError, UsageError
 from ..ingest.common import iter_blocks, random_splits
 from ..ingest.csc import check_edges
 from ..store import Store
+from ..units import format_size
 from .schema import (SCHEMA_KEY, EdgeType, HeteroSchema, NodeType, check_type_name, csc_names,
                      edge_key, feat_name, label_name, parse_edge_key, split_name)
 
@@ -37,6 +39,9 @@ log = logging.getLogger(__name__)
 #: Prefix of the relations ``add_reverse`` creates (``author___writes___paper`` gets
 #: ``paper___rev_writes___author``).
 REVERSE_PREFIX = "rev_"
+#: Most classes a labelled type may have (the synthetic generators' limit too): the
+#: models' output layer is that wide.
+MAX_CLASSES = 65536
 
 
 @dataclass
@@ -49,6 +54,7 @@ class NodeSource:
     labels: np.ndarray | None = None
     splits: dict[str, np.ndarray] | None = None
     where: str = "source"  # named in errors about this type's arrays
+    label_where: str = ""  # named in errors about its labels (default: ``where``)
 
 
 @dataclass
@@ -127,13 +133,18 @@ def _check_nodes(src: HeteroSource, split_fractions, seed: int) -> dict[str, dic
                                   "expected real numbers")
         if ns.labels is not None:
             lab = np.asarray(ns.labels)
+            lw = ns.label_where or ns.where
             if lab.ndim != 1 or lab.shape[0] != ns.count:
-                raise SourceError(f"{ns.where}: labels of node type {name!r} have shape "
+                raise SourceError(f"{lw}: labels of node type {name!r} have shape "
                                   f"{lab.shape} but the type has {ns.count} nodes: give one "
                                   "label per node")
             if not np.issubdtype(lab.dtype, np.integer) or (lab.size and lab.min() < 0):
-                raise SourceError(f"{ns.where}: labels of node type {name!r} must be integers "
+                raise SourceError(f"{lw}: labels of node type {name!r} must be integers "
                                   "0..C-1")
+            if lab.size and int(lab.max()) >= MAX_CLASSES:
+                raise SourceError(f"{lw}: labels of node type {name!r} reach "
+                                  f"{int(lab.max())}: give classes 0..C-1 with C at most "
+                                  f"{MAX_CLASSES} (renumber the labels)")
             splits[name] = _check_splits(name, ns, split_fractions, seed)
         elif ns.splits:
             raise SourceError(f"{ns.where}: node type {name!r} has splits but no labels: give "
@@ -184,8 +195,29 @@ def _check_edges(src: HeteroSource) -> None:
                               f"({a.shape} vs {b.shape})")
         if a.size and not (np.issubdtype(a.dtype, np.integer) and np.issubdtype(b.dtype, np.integer)):
             raise SourceError(f"{where}: edge ids have dtype {a.dtype}; expected integers")
-        check_edges(a, np.zeros_like(a), src.nodes[et[0]].count, f"{where} (sources)")
-        check_edges(b, np.zeros_like(b), src.nodes[et[2]].count, f"{where} (destinations)")
+        check_edges(a, a, src.nodes[et[0]].count, f"{where} (sources)")
+        check_edges(b, b, src.nodes[et[2]].count, f"{where} (destinations)")
+        _check_csc_memory(src, et, int(a.size), where)
+
+
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62  # unknown: no limit
+
+
+def _check_csc_memory(src: HeteroSource, et: EdgeType, edges: int, where: str) -> None:
+    """A relation's CSC is built in memory (module docstring): refuse one that cannot be,
+    e.g. after a mistyped count in ``num-node-dict.json``, before anything is written."""
+    n_dst = src.nodes[et[2]].count
+    need = 8 * (n_dst + 1) + 24 * edges
+    have = _physical_memory()
+    if need > have:
+        raise SourceError(f"{where}: the CSC of relation {edge_key(et)} needs "
+                          f"{format_size(need)} in memory ({n_dst} {et[2]!r} nodes, {edges} "
+                          f"edges), more than this machine's {format_size(have)}: check the "
+                          f"count of {et[2]!r} (num-node-dict.json)")
 
 
 def _choose_target(src: HeteroSource) -> str:
@@ -318,7 +350,8 @@ def read_ogb_dir(root: str | Path, *, target: str | None = None) -> HeteroSource
         splits = {p.stem: np.asarray(_load_npy(p)).reshape(-1)
                   for p in sorted(sdir.glob("*.npy"))} if sdir.is_dir() else None
         nodes[t] = NodeSource(count=count, features=feats.get(t), labels=labels.get(t),
-                              splits=splits, where=where)
+                              splits=splits, where=where,
+                              label_where=str(root / "node-label" / f"{t}.npy"))
     edges, where = {}, {}
     for p in sorted((root / "edge_index").glob("*.npy")):
         et = parse_edge_key(p.stem, where=f"{p}: edge type")

@@ -174,7 +174,20 @@ def pack_hetero(store: Store, plan_name: str | None = None, *, name: str | None 
     """Pack heterogeneous plan ``plan_name`` (default: ``train``) of a writable store:
     the CPU tier of every feature-bearing type, inside ``cpu_budget`` (the cost model
     chooses the rows; ``cpu_cache`` fixes the cache size instead, still checked against
-    the budget). Everything is checked before the one transaction that writes it."""
+    the budget). Everything is checked before the first transaction that writes, and the
+    store's writer lock is held from the checks to the last commit: the ``segments``
+    layout commits its sub-packs one by one, and another writer in between (a second
+    ``pack`` of the same name) would leave ``hpack/<name>`` naming another run's sub-packs."""
+    if store._lock_held:  # a caller's writer_lock() already covers the whole pack
+        return _pack_hetero(store, plan_name, name, cpu_budget, cpu_cache, overwrite, layout,
+                            max_disk_blowup)
+    with store.writer_lock():
+        return _pack_hetero(store, plan_name, name, cpu_budget, cpu_cache, overwrite, layout,
+                            max_disk_blowup)
+
+
+def _pack_hetero(store: Store, plan_name, name, cpu_budget, cpu_cache, overwrite, layout,
+                 max_disk_blowup) -> dict[str, Any]:
     schema = store_schema(store)
     plan_name = plan_name or ("train" if "train" in list_hetero_plans(store) else None)
     if plan_name is None:
@@ -280,6 +293,12 @@ def _pack_segments(store: Store, plan: HeteroPlanReader, schema: HeteroSchema, n
     finally:
         for r in readers.values():
             r.close()
+    if store.get(hpack_key(name)) is not None:
+        # Replacing a pack: withdraw its entry first, so that a crash between the sub-packs
+        # leaves no hpack/<name> naming a mix of old and new sub-packs (the next pack of
+        # that name then starts over) instead of one whose recorded caches are wrong.
+        with store.transaction() as txn:
+            txn.delete(hpack_key(name))
     sub = {}
     for t in sorted(readers):
         sub[t] = pack_plan(store, fplans[t], name=f"{name}.{t}", options=options[t],

@@ -161,9 +161,32 @@ def load_schema(store) -> HeteroSchema | None:
 
 
 def require_schema(store) -> HeteroSchema:
+    """The schema of ``store``, checked against its arrays (:func:`check_arrays`)."""
     schema = load_schema(store)
     if schema is None:
         raise UsageError(f"store {store.path} is not heterogeneous (it has one node type): use "
                          "the ordinary commands, or ingest with `oocstore ingest hetero-ogb` / "
                          "`hetero-synthetic`")
+    check_arrays(store, schema)
     return schema
+
+
+def check_arrays(store, schema: HeteroSchema) -> None:
+    """:class:`FormatError` unless every array the schema names exists with the shape its
+    counts imply: the sampler and the readers index arrays by these counts, so a catalog
+    whose counts disagree with its arrays would read out of bounds or sample wrong ids."""
+    fix = "the catalog is damaged; re-create the store with `oocstore ingest hetero-...`"
+    want: list[tuple[str, tuple[int, ...]]] = []
+    for t, nt in schema.node_types.items():
+        if nt.has_features:
+            want.append((feat_name(t), (nt.count, nt.feat_dim)))
+        if nt.has_labels:
+            want.append((label_name(t), (nt.count,)))
+    for et, n in schema.edge_types.items():
+        ip, ix = csc_names(et)
+        want += [(ip, (schema.node_types[et[2]].count + 1,)), (ix, (n,))]
+    for name, shape in want:
+        got = tuple(store.array_meta(name).shape) if store.has_array(name) else None
+        if got != shape:
+            raise FormatError(f"store {store.path}: array {name!r} has shape {got}, but catalog "
+                              f"entry {SCHEMA_KEY!r} implies {shape}: {fix}")

@@ -169,3 +169,60 @@ def test_layout_on_a_homogeneous_store(tmp_path, capsys, digest):
     rc, _, err = run(capsys, "pack", out, "--layout", "rows", "--cpu-budget", "1MiB")
     _one_line_error(rc, err, "--layout rows", "one node type")
     assert digest(out) == before
+
+
+@pytest.mark.parametrize("craft,needles", [
+    (lambda d: d["node_types"]["author"].update(count=121),
+     ["hetero/node/author/feat", "(120, 4)", "(121, 4)", "damaged"]),
+    (lambda d: d["node_types"]["paper"].update(count=299),
+     ["hetero/node/paper/feat", "(300, 8)", "(299, 8)"]),
+    (lambda d: d["edge_types"].update({"author___writes___paper": 1}),
+     ["author___writes___paper/indices", "(1,)"]),
+    (lambda d: d["node_types"].update({"a/../b": d["node_types"].pop("venue")}),
+     ["'a/../b' is not a valid name", "damaged"]),
+])
+@pytest.mark.parametrize("argv", [["sample", "--fanouts", "3,2", "--batch-size", "8"],
+                                  ["train", "--epochs", "1", "--in-memory"]])
+def test_crafted_schema_is_refused_before_use(good, tmp_path, capsys, digest, craft, needles,
+                                              argv):
+    """Counts that disagree with the arrays (or a type name that is a path) are refused
+    before the sampler or the readers index anything by them."""
+    store = tmp_path / "s"
+    shutil.copytree(good, store)
+    with Store(store, readonly=False) as s:
+        d = s.get("hetero")
+        craft(d)
+        with s.transaction() as txn:
+            txn.put("hetero", d)
+    before = digest(store)
+    rc, _, err = run(capsys, argv[0], store, *argv[1:])
+    _one_line_error(rc, err, *needles)
+    assert digest(store) == before
+
+
+@pytest.mark.parametrize("mutate,needles", [
+    (lambda d: np.save(d / "edge_index/author___writes___paper.npy", np.array([[0., 1.], [1., 2.]])),
+     ["author___writes___paper.npy", "float64", "integers"]),
+    (lambda d: np.save(d / "node-label/paper.npy", np.full(300, np.nan)),
+     ["node-label/paper.npy", "labels", "integers 0..C-1"]),
+    (lambda d: np.save(d / "node-label/paper.npy", np.r_[10**12, np.zeros(299, np.int64)]),
+     ["node-label/paper.npy", "reach 1000000000000", "at most 65536"]),
+])
+def test_bad_dtypes_are_refused(tmp_path, capsys, mutate, needles):
+    src = ogb_dir(tmp_path / "ogb")
+    mutate(src)
+    rc, _, err = run(capsys, "ingest", "hetero-ogb", src, tmp_path / "s")
+    _one_line_error(rc, err, *needles)
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_count_too_large_for_memory_is_refused(tmp_path, capsys):
+    """A mistyped count of a type without features crashed with a numpy allocation error
+    while building the relation's CSC."""
+    src = ogb_dir(tmp_path / "ogb")
+    (src / "num-node-dict.json").write_text(json.dumps({"paper": 300, "author": 120,
+                                                        "venue": 10**13}))
+    rc, _, err = run(capsys, "ingest", "hetero-ogb", src, tmp_path / "s")
+    _one_line_error(rc, err, "paper___in___venue", "10000000000000 'venue' nodes",
+                    "num-node-dict.json")
+    assert not (tmp_path / "s").exists()

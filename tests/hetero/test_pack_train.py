@@ -184,3 +184,58 @@ def test_a_pack_of_a_resampled_plan_is_refused_with_the_fix(packed, tmp_path):
         sample_hetero_plan(s, fanouts="4,3", batch_size=100, epochs=2, overwrite=True, seed=5)
     with Store(copy) as s, pytest.raises(FormatError, match="re-pack it with `oocstore pack"):
         HeteroLoader(s, "train", pack="train")
+
+
+def test_segments_pack_holds_the_writer_lock_between_sub_packs(hstore, tmp_path, monkeypatch):
+    """Another writer (a second ``pack`` of the same name) cannot commit between the
+    sub-packs of one ``segments`` pack, so ``hpack/<name>`` names its own sub-packs."""
+    import oocstore.pack as packmod
+    from oocstore.errors import StoreLockedError
+
+    path = tmp_path / "s"
+    shutil.copytree(hstore, path)
+    real, other = packmod.pack_plan, []
+
+    def pack_plan(store, *args, **kw):
+        meta = real(store, *args, **kw)
+        with Store(path, readonly=False) as s2:
+            try:
+                with s2.transaction() as txn:
+                    txn.put("meanwhile", 1)
+                other.append("committed")
+            except StoreLockedError:
+                other.append("refused")
+        return meta
+
+    monkeypatch.setattr(packmod, "pack_plan", pack_plan)
+    with Store(path, readonly=False) as s:
+        meta = pack_hetero(s, "train", cpu_budget=8 << 20, layout="segments")
+    assert len(other) == len(meta["types"]) >= 2 and set(other) == {"refused"}
+
+
+def test_a_crash_between_sub_packs_leaves_no_mixed_pack(hstore, tmp_path, monkeypatch):
+    """Re-packing with overwrite and crashing after the first sub-pack: no ``hpack`` entry
+    names a mix of old and new sub-packs; the next pack of that name rebuilds it."""
+    import oocstore.pack as packmod
+
+    path = tmp_path / "s"
+    shutil.copytree(hstore, path)
+    with Store(path, readonly=False) as s:
+        pack_hetero(s, "train", cpu_budget=BUDGETS["segments"], layout="segments")
+    real, calls = packmod.pack_plan, []
+
+    def crash_second(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("crash between sub-packs")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(packmod, "pack_plan", crash_second)
+    with Store(path, readonly=False) as s, pytest.raises(KeyboardInterrupt):
+        pack_hetero(s, "train", cpu_budget=2 << 20, layout="segments", overwrite=True)
+    monkeypatch.setattr(packmod, "pack_plan", real)
+    with Store(path, readonly=False) as s:
+        assert s.get("hpack/train") is None
+        meta = pack_hetero(s, "train", cpu_budget=2 << 20, layout="segments")
+        for t, m in meta["types"].items():
+            assert s.get(f"pack/{m['pack']}")["cpu_rows"] == m["cached_rows"]
