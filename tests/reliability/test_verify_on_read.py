@@ -167,3 +167,42 @@ def test_pack_without_segment_checksums_falls_back_to_chunks(store_copy):
                 for e in range(r.num_epochs):
                     for b in range(r.num_batches(e)):
                         r.read_batch(e, b)
+
+
+@pytest.mark.parametrize("ahead", [1, 2])
+def test_read_ahead_segment_mismatch_raised_before_its_rows_are_used(store_copy, ahead):
+    """A segment read ahead is checked on the checksum thread; its mismatch is raised by
+    the load that would make it current (in order, with the current buffer released early
+    too), its rows are never exposed, the next segments still load, and close() leaves no
+    reader or checksum thread behind."""
+    import threading
+
+    with Store(store_copy) as s:
+        meta = s.array_meta("pack/train/rows")
+        path = s.file_path(meta)
+        segs = np.asarray(s.array("pack/train/segments"))
+        crcs = np.asarray(s.array("pack/train/segment_crc"))
+        packed = np.asarray(s.array("pack/train/rows"))
+    k = len(segs) // 2
+    assert 0 < k < len(segs) - 1
+    _corrupt(path, meta.offset + int(segs[k, 0] + segs[k, 1] // 2) * meta.row_bytes + 3)
+    before = {t.ident for t in threading.enumerate()}
+    tier = SegmentTier(path, meta, segs, checksums=None, segment_crcs=crcs, read_ahead=ahead)
+    assert tier._check_pool is not None
+    nxt = lambda j: list(range(j + 1, min(len(segs), j + 2 + ahead)))  # noqa: E731
+    for j in range(len(segs)):
+        if j == k:
+            with pytest.raises(ChecksumError, match=rf"{path.name}: segment checksum mismatch.*"
+                                                   rf"segment {k} "):
+                tier.load(j, nxt(j))
+            assert tier.current != k
+            continue
+        tier.load(j, nxt(j))
+        lo = segs[j, 0]
+        np.testing.assert_array_equal(tier.current_rows, packed[lo:lo + segs[j, 1]])
+        if j % 2:
+            tier.release(nxt(j))
+    tier.close()
+    left = [t.name for t in threading.enumerate()
+            if t.ident not in before and t.name.startswith("oocstore-ssd")]
+    assert not left
