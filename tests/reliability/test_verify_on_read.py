@@ -206,3 +206,46 @@ def test_read_ahead_segment_mismatch_raised_before_its_rows_are_used(store_copy,
     left = [t.name for t in threading.enumerate()
             if t.ident not in before and t.name.startswith("oocstore-ssd")]
     assert not left
+
+
+def test_segment_tier_reads_ahead_in_a_forked_child(store_copy):
+    """A child forked while reads ahead were pending (a data-loader worker) has none of
+    the parent's I/O or checksum threads: it reads its segments on threads of its own
+    instead of waiting forever for the parent's."""
+    import os
+    import signal
+    import time
+
+    with Store(store_copy) as s:
+        meta = s.array_meta("pack/train/rows")
+        path = s.file_path(meta)
+        segs = np.asarray(s.array("pack/train/segments"))
+        crcs = np.asarray(s.array("pack/train/segment_crc"))
+        packed = np.asarray(s.array("pack/train/rows"))
+    tier = SegmentTier(path, meta, segs, checksums=None, segment_crcs=crcs, read_ahead=2)
+    tier.load(0, [1, 2])
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child's result is its exit status
+        ok = 1
+        try:
+            for j in range(1, len(segs)):
+                tier.load(j, [j + 1, j + 2] if j + 2 < len(segs) else -1)
+                lo, n = segs[j, 0], segs[j, 1]
+                assert (tier.current_rows == packed[lo:lo + n]).all()
+            tier.close()
+            ok = 0
+        finally:
+            os._exit(ok)
+    try:
+        for _ in range(200):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child's segment loads hung")
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        tier.close()
