@@ -275,7 +275,10 @@ class SegmentTier(Tier):
                 if check is not None:
                     check.result()  # and a checksum mismatch (ChecksumError) here
             except BaseException:  # the check is submitted only after a good read
-                self._free.append(buf)
+                if _in_use(future):  # interrupted while waiting: the read goes on into buf
+                    self._pending.appendleft((segment, future, buf))
+                else:
+                    self._free.append(buf)
                 raise
             if self._buf is not None:
                 self._free.append(self._buf)  # the old current segment's buffer is a spare
@@ -338,6 +341,16 @@ class SegmentTier(Tier):
         self._free = []
         self._rows = self._rows[:0].copy()
         self.current = -1
+
+
+def _in_use(future) -> bool:
+    """Whether a read issued ahead, or its checksum check, may still use its buffer."""
+    if not future.done():
+        return True
+    if future.exception() is not None:
+        return False
+    check = future.result()[2]
+    return check is not None and not check.done()
 
 
 def _settle(future) -> None:

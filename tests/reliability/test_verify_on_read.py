@@ -249,3 +249,44 @@ def test_segment_tier_reads_ahead_in_a_forked_child(store_copy):
         assert os.waitstatus_to_exitcode(status) == 0
     finally:
         tier.close()
+
+
+def test_load_interrupted_while_a_read_ahead_runs_keeps_its_buffer_busy(store_copy):
+    """A load interrupted (Ctrl-C) while its segment is still being read ahead does not
+    make that buffer a spare: the read goes on into it, so another read must not get it;
+    loading the segment again returns its rows."""
+    import signal
+    import threading
+
+    with Store(store_copy) as s:
+        meta = s.array_meta("pack/train/rows")
+        path = s.file_path(meta)
+        segs = np.asarray(s.array("pack/train/segments"))
+        crcs = np.asarray(s.array("pack/train/segment_crc"))
+        packed = np.asarray(s.array("pack/train/rows"))
+    tier = SegmentTier(path, meta, segs, checksums=None, segment_crcs=crcs, read_ahead=1)
+    go = threading.Event()
+    read = tier._read
+    tier._read = lambda seg, buf: (seg != 1 or go.wait(10), read(seg, buf))[1]
+    tier.load(0, 1)
+
+    class Stop(Exception):
+        pass
+
+    def stop(*_):
+        raise Stop
+
+    old = signal.signal(signal.SIGALRM, stop)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        with pytest.raises(Stop):
+            tier.load(1)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    busy = [b for _, _, b in tier._pending]
+    assert busy and not any(b is f for b in busy for f in tier._free)
+    go.set()
+    tier.load(1)
+    np.testing.assert_array_equal(tier.current_rows, packed[segs[1, 0]:segs[1, 0] + segs[1, 1]])
+    tier.close()
