@@ -98,6 +98,14 @@ class SegmentTier(Tier):
         self._free = [aligned_empty(self.buffer_bytes) for _ in range(self.ahead)]
         # Reads ahead run on up to READ_THREADS threads: two pending segments (a spare
         # buffer and the released current one) are read at once, in any order.
+        self._pending: deque = deque()  # (segment, future, buffer), in the order issued
+        self._start_threads()
+        self.current = -1
+        self._rows = np.zeros((0, self.dim), dtype=rows_meta.np_dtype)
+        self.reads = 0
+
+    def _start_threads(self) -> None:
+        """Start the I/O and checksum threads (none without read-ahead) of this process."""
         self._pool = ThreadPoolExecutor(min(READ_THREADS, self.ahead + 1),
                                         thread_name_prefix="oocstore-ssd") \
             if self.read_ahead else None
@@ -106,10 +114,17 @@ class SegmentTier(Tier):
         # costs neither the disk nor the consumer any time (it only needs a free core).
         self._check_pool = ThreadPoolExecutor(1, thread_name_prefix="oocstore-ssd-crc") \
             if self.read_ahead and self._seg_crcs is not None else None
-        self._pending: deque = deque()  # (segment, future, buffer), in the order issued
-        self.current = -1
-        self._rows = np.zeros((0, self.dim), dtype=rows_meta.np_dtype)
-        self.reads = 0
+        self._pid = os.getpid()
+
+    def _after_fork(self) -> None:
+        """In a forked child (a data-loader worker), the parent's threads do not exist:
+        reads they had pending never finish here, so their buffers are spares again (a
+        segment is read again when loaded) and this process starts threads of its own."""
+        if self._pid == os.getpid():
+            return
+        while self._pending:
+            self._free.append(self._pending.popleft()[2])
+        self._start_threads()
 
     @property
     def nbytes(self) -> int:
@@ -225,6 +240,7 @@ class SegmentTier(Tier):
         segment, ``skip``, one already pending, or when no spare buffer is free."""
         if not self.read_ahead:
             return
+        self._after_fork()
         for seg in ([segments] if isinstance(segments, (int, np.integer)) else segments):
             seg = int(seg)
             if seg < 0 or seg == self.current or seg == skip or \
@@ -242,6 +258,8 @@ class SegmentTier(Tier):
         if segment == self.current:
             self.prefetch(then)
             return
+        if self.read_ahead:
+            self._after_fork()
         count = int(self.segments[segment, 1])
         # Reads issued ahead for segments that are not loaded next (batches read out of
         # order) are waited for and their buffers reused; a failed one is not an error
@@ -257,7 +275,10 @@ class SegmentTier(Tier):
                 if check is not None:
                     check.result()  # and a checksum mismatch (ChecksumError) here
             except BaseException:  # the check is submitted only after a good read
-                self._free.append(buf)
+                if _in_use(future):  # interrupted while waiting: the read goes on into buf
+                    self._pending.appendleft((segment, future, buf))
+                else:
+                    self._free.append(buf)
                 raise
             if self._buf is not None:
                 self._free.append(self._buf)  # the old current segment's buffer is a spare
@@ -306,6 +327,8 @@ class SegmentTier(Tier):
             gather_rows(self._rows, slots, out)
 
     def close(self) -> None:
+        if self.read_ahead:
+            self._after_fork()
         while self._pending:
             _, future, _ = self._pending.popleft()
             _settle(future)  # closing: nobody will use the read
@@ -318,6 +341,16 @@ class SegmentTier(Tier):
         self._free = []
         self._rows = self._rows[:0].copy()
         self.current = -1
+
+
+def _in_use(future) -> bool:
+    """Whether a read issued ahead, or its checksum check, may still use its buffer."""
+    if not future.done():
+        return True
+    if future.exception() is not None:
+        return False
+    check = future.result()[2]
+    return check is not None and not check.done()
 
 
 def _settle(future) -> None:

@@ -167,3 +167,126 @@ def test_pack_without_segment_checksums_falls_back_to_chunks(store_copy):
                 for e in range(r.num_epochs):
                     for b in range(r.num_batches(e)):
                         r.read_batch(e, b)
+
+
+@pytest.mark.parametrize("ahead", [1, 2])
+def test_read_ahead_segment_mismatch_raised_before_its_rows_are_used(store_copy, ahead):
+    """A segment read ahead is checked on the checksum thread; its mismatch is raised by
+    the load that would make it current (in order, with the current buffer released early
+    too), its rows are never exposed, the next segments still load, and close() leaves no
+    reader or checksum thread behind."""
+    import threading
+
+    with Store(store_copy) as s:
+        meta = s.array_meta("pack/train/rows")
+        path = s.file_path(meta)
+        segs = np.asarray(s.array("pack/train/segments"))
+        crcs = np.asarray(s.array("pack/train/segment_crc"))
+        packed = np.asarray(s.array("pack/train/rows"))
+    k = len(segs) // 2
+    assert 0 < k < len(segs) - 1
+    _corrupt(path, meta.offset + int(segs[k, 0] + segs[k, 1] // 2) * meta.row_bytes + 3)
+    before = {t.ident for t in threading.enumerate()}
+    tier = SegmentTier(path, meta, segs, checksums=None, segment_crcs=crcs, read_ahead=ahead)
+    assert tier._check_pool is not None
+    nxt = lambda j: list(range(j + 1, min(len(segs), j + 2 + ahead)))  # noqa: E731
+    for j in range(len(segs)):
+        if j == k:
+            with pytest.raises(ChecksumError, match=rf"{path.name}: segment checksum mismatch.*"
+                                                   rf"segment {k} "):
+                tier.load(j, nxt(j))
+            assert tier.current != k
+            continue
+        tier.load(j, nxt(j))
+        lo = segs[j, 0]
+        np.testing.assert_array_equal(tier.current_rows, packed[lo:lo + segs[j, 1]])
+        if j % 2:
+            tier.release(nxt(j))
+    tier.close()
+    left = [t.name for t in threading.enumerate()
+            if t.ident not in before and t.name.startswith("oocstore-ssd")]
+    assert not left
+
+
+def test_segment_tier_reads_ahead_in_a_forked_child(store_copy):
+    """A child forked while reads ahead were pending (a data-loader worker) has none of
+    the parent's I/O or checksum threads: it reads its segments on threads of its own
+    instead of waiting forever for the parent's."""
+    import os
+    import signal
+    import time
+
+    with Store(store_copy) as s:
+        meta = s.array_meta("pack/train/rows")
+        path = s.file_path(meta)
+        segs = np.asarray(s.array("pack/train/segments"))
+        crcs = np.asarray(s.array("pack/train/segment_crc"))
+        packed = np.asarray(s.array("pack/train/rows"))
+    tier = SegmentTier(path, meta, segs, checksums=None, segment_crcs=crcs, read_ahead=2)
+    tier.load(0, [1, 2])
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child's result is its exit status
+        ok = 1
+        try:
+            for j in range(1, len(segs)):
+                tier.load(j, [j + 1, j + 2] if j + 2 < len(segs) else -1)
+                lo, n = segs[j, 0], segs[j, 1]
+                assert (tier.current_rows == packed[lo:lo + n]).all()
+            tier.close()
+            ok = 0
+        finally:
+            os._exit(ok)
+    try:
+        for _ in range(200):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child's segment loads hung")
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        tier.close()
+
+
+def test_load_interrupted_while_a_read_ahead_runs_keeps_its_buffer_busy(store_copy):
+    """A load interrupted (Ctrl-C) while its segment is still being read ahead does not
+    make that buffer a spare: the read goes on into it, so another read must not get it;
+    loading the segment again returns its rows."""
+    import signal
+    import threading
+
+    with Store(store_copy) as s:
+        meta = s.array_meta("pack/train/rows")
+        path = s.file_path(meta)
+        segs = np.asarray(s.array("pack/train/segments"))
+        crcs = np.asarray(s.array("pack/train/segment_crc"))
+        packed = np.asarray(s.array("pack/train/rows"))
+    tier = SegmentTier(path, meta, segs, checksums=None, segment_crcs=crcs, read_ahead=1)
+    go = threading.Event()
+    read = tier._read
+    tier._read = lambda seg, buf: (seg != 1 or go.wait(10), read(seg, buf))[1]
+    tier.load(0, 1)
+
+    class Stop(Exception):
+        pass
+
+    def stop(*_):
+        raise Stop
+
+    old = signal.signal(signal.SIGALRM, stop)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        with pytest.raises(Stop):
+            tier.load(1)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    busy = [b for _, _, b in tier._pending]
+    assert busy and not any(b is f for b in busy for f in tier._free)
+    go.set()
+    tier.load(1)
+    np.testing.assert_array_equal(tier.current_rows, packed[segs[1, 0]:segs[1, 0] + segs[1, 1]])
+    tier.close()
