@@ -81,6 +81,7 @@ import bisect
 import logging
 import threading
 import time
+import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -349,6 +350,17 @@ class NaiveOffload(_TableStore):
         self.dirty[self.plan.vis_sets[batch.view]] = True
 
 
+def mask_to_host(mask: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``mask`` [n] bool in host memory, and the bytes that crossed: packed 8 rows a
+    byte on the device, so a step's culling and rendering masks cost n / 8 bytes each."""
+    n = mask.numel()
+    bits = torch.nn.functional.pad(mask.reshape(-1).to(torch.uint8), (0, -n % 8)).view(-1, 8)
+    weights = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8, device=mask.device)
+    packed = (bits * weights).sum(1, dtype=torch.uint8).cpu().numpy()
+    host = np.unpackbits(packed, bitorder="little")[:n].astype(bool)
+    return torch.from_numpy(host), len(packed)
+
+
 @dataclass
 class _CpuBlock:
     ids: np.ndarray
@@ -385,6 +397,11 @@ class Streamer(_RowStore):
         self.slot_of: dict[int, int] = {}
         self.count = np.zeros(slots, dtype=np.int64)
         self.dev_dirty = np.zeros(slots, dtype=bool)  # slab copy newer than the tiers below
+        # device optimizer: which slab rows took an Adam step since their slot was filled
+        # (or flushed), and per slot the host copy it was filled from, so a write-back
+        # brings back only those rows (see _slot_out)
+        self.row_dirty = np.zeros(slots * cap, dtype=bool)
+        self.base: list = [None] * slots
         # uses of each block by step, for Belady eviction in the CPU tier
         self.uses: dict[int, list[int]] = {}
         for s, v in enumerate(plan.views):
@@ -424,7 +441,8 @@ class Streamer(_RowStore):
                                   host_slots=0 if self.slab_on_device else slots,
                                   cpu_slots=cpu_slots, batch_rows=self.batch_cap,
                                   optimizer_device=optimizer, rendered_rows=0, culled_rows=0,
-                                  candidate_rows=0, adam_overlapped_rows=0)
+                                  candidate_rows=0, adam_overlapped_rows=0,
+                                  zero_moment_rows=0, write_back_rows=0)
         log.info("streaming: %d %s slots of %s, %d CPU tier slots, step batch of %d rows, "
                  "optimizer on the %s, prefetch depth %d", slots,
                  "device" if self.slab_on_device else "host", format_size(slot_bytes(scene)),
@@ -540,19 +558,42 @@ class Streamer(_RowStore):
 
     # -- slots -----------------------------------------------------------------------
     def _slot_out(self, s: int) -> _CpuBlock:
-        """A copy of slot ``s``'s block out of the slab (d2h when the slab is on the device)."""
+        """A copy of slot ``s``'s block out of the slab (d2h when the slab is on the device).
+
+        On the device only the rows that took an Adam step since the slot was filled come
+        back when the host copy it was filled from is still alive (records are never
+        changed in place, so that copy holds the other rows' exact bits): a write-back
+        moves the rendered rows, not the block."""
         n = int(self.count[s])
         lo = s * self.cap
-        rec = self.slab[lo:lo + n].cpu().numpy().copy()
-        if self.slab_on_device:
-            self.traffic.bytes_d2h += rec.nbytes
+        base = self.base[s]() if self.base[s] is not None else None
+        if self.slab_on_device and base is not None and len(base.rec) == n:
+            rows = np.flatnonzero(self.row_dirty[lo:lo + n])
+            rec = base.rec.copy()
+            if len(rows):
+                idx = torch.from_numpy(rows + lo).to(self.slab.device)
+                rec[rows] = self.slab.index_select(0, idx).cpu().numpy()
+                self.traffic.bytes_h2d += rows.nbytes  # the row index
+                self.traffic.bytes_d2h += len(rows) * self.rb
+            self.traffic.extra["write_back_rows"] += len(rows)
+        else:
+            rec = self.slab[lo:lo + n].cpu().numpy().copy()
+            if self.slab_on_device:
+                self.traffic.bytes_d2h += rec.nbytes
+                self.traffic.extra["write_back_rows"] += n
         return _CpuBlock(self.slab_ids[lo:lo + n].copy(), rec, True)
+
+    def _filled(self, s: int, blk: _CpuBlock) -> None:
+        """Slot ``s`` now equals ``blk``: no row of it is newer."""
+        self.base[s] = weakref.ref(blk)
+        self.row_dirty[s * self.cap:(s + 1) * self.cap] = False
 
     def _evict(self, b: int) -> None:
         s = self.slot_of.pop(b)
         if self.dev_dirty[s]:
             self._cpu_put(b, self._slot_out(s))
         self.dev_dirty[s] = False
+        self.base[s] = None
         self.count[s] = 0
         self.free.append(s)
 
@@ -576,12 +617,35 @@ class Streamer(_RowStore):
         s = self.free.pop()
         n = len(blk.ids)
         lo = s * self.cap
-        self.slab[lo:lo + n] = torch.from_numpy(blk.rec).to(self.slab.device)
-        self.slab_ids[lo:lo + n] = blk.ids
         if self.slab_on_device:
-            self.traffic.bytes_h2d += blk.rec.nbytes
+            self._upload_block(lo, blk.rec)
+            self._filled(s, blk)
+        else:
+            self.slab[lo:lo + n] = torch.from_numpy(blk.rec)
+        self.slab_ids[lo:lo + n] = blk.ids
         self.count[s] = n
         self.slot_of[b] = s
+
+    def _upload_block(self, lo: int, rec: np.ndarray) -> None:
+        """Records ``rec`` into the device slab from row ``lo``. Adam moments that are all
+        zero bits (a Gaussian never trained: a new student, a fresh ingest, a clone or a
+        reset) are zeroed on the device instead of copied: only the parameters and the
+        rows with moments cross."""
+        n, p = len(rec), self.p
+        dev = self.slab.device
+        moved = np.flatnonzero(rec[:, p:].view(np.uint32).any(axis=1)) if n else rec[:0, 0]
+        if len(moved) == n:
+            self.slab[lo:lo + n] = torch.from_numpy(rec).to(dev)
+            self.traffic.bytes_h2d += rec.nbytes
+            return
+        self.slab[lo:lo + n, :p] = torch.from_numpy(rec[:, :p]).to(dev)
+        self.slab[lo:lo + n, p:] = 0
+        self.traffic.bytes_h2d += n * p * 4
+        if len(moved):
+            idx = torch.from_numpy(moved + lo)
+            self.slab[:, p:].index_copy_(0, idx.to(dev), torch.from_numpy(rec[moved, p:]).to(dev))
+            self.traffic.bytes_h2d += len(moved) * 2 * p * 4 + moved.nbytes
+        self.traffic.extra["zero_moment_rows"] += n - len(moved)
 
     def _resident(self) -> list:
         return [self.slab]
@@ -621,7 +685,8 @@ class Streamer(_RowStore):
         geom = self.slab[:, :GEOMETRY_WIDTH].index_select(0, idx)
         keep = in_frustum(geom, cams.viewmats[view], cams.Ks[view], cams.width, cams.height)
         if self.slab_on_device:
-            self.traffic.bytes_d2h += keep.numel()
+            keep, nbytes = mask_to_host(keep)
+            self.traffic.bytes_d2h += nbytes
         return cand[keep.cpu().numpy()]
 
     def _gather(self, vis) -> StepBatch:
@@ -676,8 +741,8 @@ class Streamer(_RowStore):
             grad = torch.zeros_like(batch.params)
         rows, idx = batch.rows
         p = self.p
-        mask_h = mask.cpu()  # which rows stepped, for the slots' dirty bits
-        self.traffic.bytes_d2h += mask.numel()
+        mask_h, nbytes = mask_to_host(mask)  # which rows stepped, for the dirty bits
+        self.traffic.bytes_d2h += nbytes
         sel = torch.nonzero(mask_h)[:, 0]
         if self.slab_on_device:
             sel_d = torch.nonzero(mask.to(self.device))[:, 0]
@@ -704,6 +769,7 @@ class Streamer(_RowStore):
         self.traffic.extra["rendered_rows"] += int(sel.numel())
         # slots whose rows stepped are newer than the tiers below
         self.dev_dirty[np.unique(slots)] = True
+        self.row_dirty[rows[sel.numpy()]] = True
 
     def _deferrable(self, slots: np.ndarray) -> np.ndarray | None:
         """CPU optimizer: which of the rendered rows (their ``slots``) the next step does
@@ -732,6 +798,7 @@ class Streamer(_RowStore):
             if self.dev_dirty[s]:
                 blk = self._slot_out(s)
                 self.dev_dirty[s] = False
+                self._filled(s, blk)
                 if self.cpu_slots:
                     self._cpu_put(b, blk)
                 else:

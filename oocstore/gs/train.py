@@ -750,7 +750,8 @@ class _Session:
             for key, v in store.stats().items():  # counters add up over segments
                 summed = (key.startswith(("bytes_", "block_")) or key == "stall_s"
                           or key in ("rendered_rows", "culled_rows", "candidate_rows",
-                                     "adam_overlapped_rows"))
+                                     "adam_overlapped_rows", "zero_moment_rows",
+                                     "write_back_rows"))
                 self.traffic[key] = self.traffic.get(key, 0) + v if summed else v
         self.times += ts
         self.losses += lo
