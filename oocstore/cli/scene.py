@@ -254,11 +254,11 @@ _GS_TRAIN_DESCRIPTION = (
     "scenes without images) trains a perturbed copy against renders of the scene itself, for "
     "scale tests.",
     "--mode stream puts on the device only each step's Gaussians in the frustum (parameters "
-    "and gradient; Adam runs on the host, or with --optimizer-device device in block slots on "
-    "the device) inside --gpu-budget (default 1.25 x the largest view's working set), fed from "
-    "host slots, a CPU tier and the scene on SSD; images stream a few at a time inside "
-    "--cpu-budget. all-on-device and naive-offload are "
-    "the baselines. Every check (flags, device, data, budgets) runs before the first write.",
+    "and gradient; Adam runs on the host, or in block slots on the device when --gpu-budget "
+    "holds them: --optimizer-device) inside --gpu-budget (default 1.25 x the largest view's "
+    "working set), fed from host slots, a CPU tier and the scene on SSD; images stream a few "
+    "at a time inside --cpu-budget. all-on-device and naive-offload are the baselines. "
+    "Every check (flags, device, data, budgets) runs before the first write.",
     "Schedules: the step counts of the recipe (--sh-every, --densify-from, --densify-until, "
     "--densify-every, --opacity-reset-every) are 3DGS's for a 30,000-step run; a shorter run "
     "left at the defaults uses each times steps/30000 (rounded, at least 1; the opacity reset "
@@ -312,10 +312,12 @@ def add_gs_train(sub) -> None:
                         "buffers")
     p.add_argument("--prefetch-depth", type=int, default=2, metavar="N",
                    help="steps of blocks and images read ahead (default 2)")
-    p.add_argument("--optimizer-device", default="cpu", metavar="WHERE",
-                   help="stream: cpu (default; Adam on the host, the device holds only the "
-                        "step's culled parameters and gradient) or device (block slots of "
-                        "records and Adam moments on the device)")
+    p.add_argument("--optimizer-device", default="auto", metavar="WHERE",
+                   help="stream: auto (default: device when --gpu-budget holds the device "
+                        "optimizer's working set and it is predicted to move fewer bytes, "
+                        "else cpu), cpu (Adam on the host, the device holds only the step's "
+                        "culled parameters and gradient) or device (block slots of records "
+                        "and Adam moments on the device)")
     p.add_argument("--view-randomness", type=float, default=0.1, metavar="R",
                    help="share of random jumps in the view order, 0..1 (default 0.1; 0: fully "
                         "local, 1: random)")

@@ -31,6 +31,9 @@ WRITE_BACKS = 2
 #: (the default; the device holds only the step's culled parameters and their gradient) or
 #: ``device`` (block slots of whole records on the device, Adam there).
 OPTIMIZER_DEVICES = ("cpu", "device")
+#: What ``--optimizer-device`` accepts: ``auto`` (the default) picks one of
+#: ``OPTIMIZER_DEVICES`` by the device budget (:func:`predicted_traffic`).
+OPTIMIZER_CHOICES = ("auto", *OPTIMIZER_DEVICES)
 #: Rows a step batch holds beyond the planned culled count of the largest view, for the
 #: Gaussians that move into a view during a segment (the plan counts them at its start).
 CULL_HEADROOM = 0.10
@@ -44,6 +47,36 @@ def check_optimizer(optimizer: str) -> str:
         raise UsageError(f"optimizer device {optimizer!r} unknown: use one of "
                          f"{', '.join(OPTIMIZER_DEVICES)}")
     return optimizer
+
+
+def predicted_traffic(scene, plan, schedule, optimizer: str, *,
+                      zero_moments: bool = False) -> int:
+    """Bytes a store over ``plan`` would move host <-> device, estimated before it runs
+    (what ``--optimizer-device auto`` weighs). CPU optimizer: every step uploads its
+    batch's parameters and brings as many gradients back (an upper bound: only rendered
+    rows' come back). Device optimizer: every block load of ``schedule`` uploads its
+    parameters, and its moments unless they are all zero (``zero_moments``: a scene
+    never trained, on its first load); every loaded block is written back whole (an
+    upper bound: only rows that stepped come back)."""
+    check_optimizer(optimizer)
+    counts = np.asarray(scene.block_counts, dtype=np.int64)
+    param_bytes = 4 * scene.param_width
+    if optimizer == "cpu":
+        if plan.cull_rows is None:
+            rows = sum(batch_rows(scene, plan, int(v)) for v in plan.views)
+        else:  # the culled counts the plan found (no headroom: the expected rows)
+            rows = int(np.asarray(plan.cull_rows)[plan.views].sum())
+        return 2 * rows * param_bytes
+    seen: set = set()
+    total = 0
+    for st in schedule.steps:
+        for b in st.load:
+            n = int(counts[int(b)])
+            first = int(b) not in seen
+            seen.add(int(b))
+            up = n * param_bytes if (zero_moments and first) else n * scene.record_bytes
+            total += up + n * scene.record_bytes
+    return total
 
 
 def allocator_slack(device) -> int:

@@ -361,6 +361,15 @@ def mask_to_host(mask: torch.Tensor) -> tuple[torch.Tensor, int]:
     return torch.from_numpy(host), len(packed)
 
 
+def mask_to_device(mask: np.ndarray, device) -> tuple[torch.Tensor, int]:
+    """``mask`` [n] bool on ``device``, and the bytes that crossed (packed 8 rows a byte)."""
+    n = len(mask)
+    packed = np.packbits(mask, bitorder="little")
+    shifts = torch.arange(8, dtype=torch.uint8, device=device)
+    bits = (torch.from_numpy(packed).to(device).unsqueeze(1) >> shifts) & 1
+    return bits.reshape(-1)[:n].bool(), len(packed)
+
+
 @dataclass
 class _CpuBlock:
     ids: np.ndarray
@@ -571,9 +580,9 @@ class Streamer(_RowStore):
             rows = np.flatnonzero(self.row_dirty[lo:lo + n])
             rec = base.rec.copy()
             if len(rows):
-                idx = torch.from_numpy(rows + lo).to(self.slab.device)
-                rec[rows] = self.slab.index_select(0, idx).cpu().numpy()
-                self.traffic.bytes_h2d += rows.nbytes  # the row index
+                dirty, nbytes = mask_to_device(self.row_dirty[lo:lo + n], self.slab.device)
+                rec[rows] = self.slab[lo:lo + n][dirty].cpu().numpy()
+                self.traffic.bytes_h2d += nbytes  # which rows: packed
                 self.traffic.bytes_d2h += len(rows) * self.rb
             self.traffic.extra["write_back_rows"] += len(rows)
         else:
@@ -672,32 +681,53 @@ class Streamer(_RowStore):
             if int(b) not in self.slot_of:
                 self._load(int(b), fetched)
 
-    def _cull(self, cand: np.ndarray, view: int) -> np.ndarray:
-        """The slab rows of ``cand`` that pass the per-Gaussian frustum test (all of them
-        without cameras in the plan). On the device for the device optimizer (the mask
-        comes back: one byte per candidate), in host memory for the CPU optimizer."""
+    def _cull(self, cand: np.ndarray, cand_d, view: int):
+        """``(rows, rows on the device)``: the slab rows of ``cand`` that pass the
+        per-Gaussian frustum test (all of them without cameras in the plan). On the device
+        for the device optimizer (``cand_d``: the same rows there; the mask comes back
+        packed), in host memory for the CPU optimizer (no device rows: None)."""
         cams = self.plan.cameras
         if cams is None or not len(cand):
-            return cand
+            return cand, cand_d
         from .cull import GEOMETRY_WIDTH, in_frustum
 
-        idx = torch.from_numpy(cand).to(self.slab.device)
+        idx = cand_d if self.slab_on_device else torch.from_numpy(cand)
         geom = self.slab[:, :GEOMETRY_WIDTH].index_select(0, idx)
         keep = in_frustum(geom, cams.viewmats[view], cams.Ks[view], cams.width, cams.height)
-        if self.slab_on_device:
-            keep, nbytes = mask_to_host(keep)
-            self.traffic.bytes_d2h += nbytes
-        return cand[keep.cpu().numpy()]
+        if not self.slab_on_device:
+            return cand[keep.numpy()], None
+        keep_h, nbytes = mask_to_host(keep)
+        self.traffic.bytes_d2h += nbytes
+        return cand[keep_h.numpy()], cand_d[keep]
+
+    def _device_rows(self, slots: np.ndarray, keep: np.ndarray | None) -> torch.Tensor:
+        """The candidate slab rows of a step on the device, built there from the visible
+        slots' (start, count) pairs (and the level-of-detail ``keep`` mask, packed) rather
+        than uploaded as an 8-byte index per row."""
+        dev = self.slab.device
+        starts = torch.from_numpy(slots * self.cap).to(dev)
+        counts = torch.from_numpy(self.count[slots]).to(dev)
+        self.traffic.bytes_h2d += 2 * 8 * len(slots)
+        total = int(self.count[slots].sum())
+        first = torch.cumsum(counts, 0) - counts  # where each slot's rows start in cand
+        cand = (torch.arange(total, device=dev)
+                + torch.repeat_interleave(starts - first, counts, output_size=total))
+        if keep is not None:
+            keep_d, nbytes = mask_to_device(keep, dev)
+            self.traffic.bytes_h2d += nbytes
+            cand = cand[keep_d]
+        return cand
 
     def _gather(self, vis) -> StepBatch:
         view = int(self.plan.views[self.step - 1])
-        parts = [np.arange(s * self.cap, s * self.cap + self.count[s])
-                 for s in (self.slot_of[int(b)] for b in vis)]
+        slots = np.asarray([self.slot_of[int(b)] for b in vis], dtype=np.int64)
+        parts = [np.arange(s * self.cap, s * self.cap + self.count[s]) for s in slots]
         cand = np.concatenate(parts) if parts else np.zeros(0, np.int64)
         keep = self.plan.cut_mask(view, self.slab_ids[cand])
         if keep is not None:  # the view's level-of-detail cut
             cand = cand[keep]
-        rows = self._cull(cand, view)
+        cand_d = self._device_rows(slots, keep) if self.slab_on_device else None
+        rows, rows_d = self._cull(cand, cand_d, view)
         ex = self.traffic.extra
         ex["candidate_rows"] += len(cand)
         ex["culled_rows"] += len(rows)
@@ -710,7 +740,7 @@ class Streamer(_RowStore):
         idx = torch.from_numpy(rows)
         table = self.slab[:, :self.p]
         if self.slab_on_device:
-            idx = idx.to(self.device)
+            idx = rows_d
             params = table.index_select(0, idx)
         else:
             params = self._upload(table, idx)

@@ -104,7 +104,7 @@ class GsTrainConfig:
     eval_every: int = 0  # held-out evaluation every N steps (0: start and end only)
     sh_degree: int | None = None  # highest SH degree trained; None: the scene's
     recipe: dict = field(default_factory=dict)  # explicit recipe values (see .recipe)
-    optimizer_device: str = "cpu"  # stream: where Adam runs and the moments live
+    optimizer_device: str = "auto"  # stream: where Adam runs and the moments live
     lod_pixels: float | None = None  # level-of-detail cut; None: 1 px with a hierarchy
 
     def __post_init__(self) -> None:
@@ -123,9 +123,10 @@ class GsTrainConfig:
                 raise UsageError(f"--{k.replace('_', '-')} {getattr(self, k)} must be >= 0")
         if self.prefetch_depth < 1:
             raise UsageError(f"--prefetch-depth {self.prefetch_depth} must be at least 1")
-        if self.optimizer_device not in ("cpu", "device"):
+        if self.optimizer_device not in ("auto", "cpu", "device"):
             raise UsageError(f"--optimizer-device {self.optimizer_device!r} unknown: use cpu "
-                             "(Adam on the host, moments off the device) or device")
+                             "(Adam on the host, moments off the device), device or auto (the "
+                             "default: chosen by the device budget)")
         if not 0.0 <= self.randomness <= 1.0:
             raise UsageError(f"--view-randomness {self.randomness!r} must lie in [0, 1] (0: a "
                              "fully local view order, 1: a random one)")
@@ -323,6 +324,44 @@ class _Run:
             return need  # the device holds only the step batch
         return max(scene.num_gaussians * scene.record_bytes // 4, need)
 
+    def choose_optimizer(self, scene, vis_sets, edges, *, zero_moments: bool) -> dict:
+        """``--optimizer-device auto``: ``device`` when the device budget holds the device
+        optimizer's working set (its least accepted budget) and its block loads and
+        write-backs over the run's segments are predicted to move no more bytes than the
+        CPU optimizer's per-step uploads and gradients
+        (:func:`~oocstore.gs.sizing.predicted_traffic`), else ``cpu``. Without
+        ``--gpu-budget`` there is no budget to weigh: ``cpu``, whose default budget rule
+        sizes the device for the step batch. Sets :attr:`optimizer`; returns the reasons
+        (the summary's ``optimizer_choice``)."""
+        from .sizing import largest_view, predicted_traffic
+
+        out: dict = {"requested": "auto"}
+        if self.default_budget:
+            self.optimizer = "cpu"
+            out.update(chosen="cpu", reason="no --gpu-budget: the default budget is the "
+                       "CPU optimizer's (the step batch)")
+            return out
+        full = self.plan(scene, vis_sets, 0, int(edges[-1]))
+        need = largest_view(scene, full, "device")[1] + self.extra
+        out["device_min_budget"] = int(need)
+        if need > self.dev_budget:
+            self.optimizer = "cpu"
+            out.update(chosen="cpu", reason=f"the device budget {self.dev_budget} is below the "
+                       f"device optimizer's working set ({need} bytes)")
+            return out
+        moved = {"cpu": 0, "device": 0}
+        for i, (first, last) in enumerate(zip(edges[:-1], edges[1:])):
+            seg = self.plan(scene, vis_sets, int(first), int(last))
+            moved["cpu"] += predicted_traffic(scene, seg, None, "cpu")
+            sched = schedule_for(scene, seg, self.dev_budget, self.extra, "device")
+            moved["device"] += predicted_traffic(scene, seg, sched, "device",
+                                                 zero_moments=zero_moments and i == 0)
+        self.optimizer = "device" if moved["device"] <= moved["cpu"] else "cpu"
+        out.update(chosen=self.optimizer, predicted_bytes=moved,
+                   reason="the budget holds the device optimizer's working set; predicted "
+                   f"traffic {moved['device']} bytes (device) vs {moved['cpu']} (cpu)")
+        return out
+
     def cull_rows(self, scene, vis_sets) -> np.ndarray | None:
         """Per view, its Gaussians in the frustum (:func:`~oocstore.gs.cull.culled_counts`),
         counted once per block layout; None for a layout not yet written (a refinement's
@@ -502,19 +541,27 @@ class _Session:
             lambda b, rec: perturbed_block(rec, b, scene.sh_degree, cfg.seed, cfg.perturb))
         run = self.run = _Run(cfg, self.cams, self.train_views, self.plan.views, self.device,
                               allocator_slack(self.device), self.target_bytes, None,
-                              cfg.gpu_budget is None, optimizer=cfg.optimizer_device,
+                              cfg.gpu_budget is None,
+                              optimizer="cpu" if cfg.optimizer_device == "auto" else
+                              cfg.optimizer_device,
                               student=student, lod_cuts=self.plan.lod_cuts,
                               lod_prefix=self.plan.lod_prefix)
         self.full = run.plan(scene, self.vis_sets, 0, cfg.steps)
+        if cfg.gpu_budget is not None:
+            run.dev_budget = parse_size(cfg.gpu_budget, what="--gpu-budget")
+        self.placement = {"requested": cfg.optimizer_device, "chosen": run.optimizer}
+        if cfg.mode == "stream" and cfg.optimizer_device == "auto":
+            self.placement = run.choose_optimizer(scene, self.vis_sets, self.edges,
+                                                  zero_moments=not self.photos)
+            log.info("optimizer on the %s (--optimizer-device auto: %s)", run.optimizer,
+                     self.placement["reason"])
         view, self.need = largest_view(scene, self.full, run.working_optimizer)
         if cfg.gpu_budget is None:
             run.dev_budget = run.grown_budget(scene, self.full)
             log.info("device budget %s (default: 1.25 x view %d's working set %s%s)",
                      format_size(run.dev_budget), view, format_size(self.need),
-                     "" if cfg.mode == "stream" and cfg.optimizer_device == "cpu" else
+                     "" if cfg.mode == "stream" and run.optimizer == "cpu" else
                      f", at least 1/4 of {format_size(self.scene_bytes)}")
-        else:
-            run.dev_budget = parse_size(cfg.gpu_budget, what="--gpu-budget")
         self.stage["plan"] += time.perf_counter() - t0
 
     def _lod_pixels(self):
@@ -602,8 +649,7 @@ class _Session:
         if cfg.mode == "stream":  # the largest view first: the most telling refusal
             from .sizing import check_device_budget
 
-            check_device_budget(scene, self.full, run.dev_budget, run.extra,
-                                cfg.optimizer_device)
+            check_device_budget(scene, self.full, run.dev_budget, run.extra, run.optimizer)
         try:
             for tier, nbytes, what, fix in data:
                 if not (self.photos and tier == "cpu"):  # the image stream charges its own
@@ -733,7 +779,7 @@ class _Session:
                   lr_at=self.lr_at, step_offset=first)
         if cfg.mode == "stream":
             kw.update(device_budget=run.dev_budget, prefetch_depth=cfg.prefetch_depth,
-                      optimizer=cfg.optimizer_device)
+                      optimizer=run.optimizer)
         if device.type == "cuda":  # what the device holds before the store exists
             self.memory["outside"] = torch.cuda.memory_allocated()
         with MODES[cfg.mode](self.scene, seg, **kw) as store:
@@ -804,8 +850,8 @@ class _Session:
             "stage_seconds": {k: round(v, 4) for k, v in self.stage.items()},
             "scene_bytes": int(self.scene_bytes), "largest_view_working_set": int(self.need),
             "lod_pixels": self.lod,
-            **({"prefetch_depth": cfg.prefetch_depth, "optimizer_device": cfg.optimizer_device}
-               if cfg.mode == "stream" else {}),
+            **({"prefetch_depth": cfg.prefetch_depth, "optimizer_device": run.optimizer,
+                "optimizer_choice": self.placement} if cfg.mode == "stream" else {}),
             **({"device_budget": run.dev_budget, "min_device_budget": int(self.need + run.extra)}
                if cfg.mode != "all-on-device" else {}),
         }
