@@ -33,15 +33,19 @@ def test_gs_train_bench_toy(tmp_path):
     assert abs(result["ratios"]["psnr_stream_minus_all_db"]) < 1e-3  # same training
     # the streaming variants ran at the same budget: the smallest all of them accept
     variants = result["variants"]
-    assert set(variants) == {"stream-device-optimizer", "stream-local-order",
-                             "stream-random-order"}
+    assert set(variants) == {"stream-cpu-optimizer", "stream-device-optimizer",
+                             "stream-local-order", "stream-random-order"}
     assert modes["stream"]["device_budget"] == max(result["min_device_budget"].values())
     for v in variants.values():
         assert v["device_budget"] == modes["stream"]["device_budget"]
         assert abs(v["psnr"] - modes["stream"]["psnr"]) < 1.0
     assert variants["stream-device-optimizer"]["optimizer_device"] == "device"
+    assert variants["stream-cpu-optimizer"]["optimizer_device"] == "cpu"
     assert 0 < result["ratios"]["min_budget_over_scene[stream]"] \
         < result["ratios"]["min_budget_over_scene[stream-device-optimizer]"]
+    # the default (auto) at a budget that holds the device optimizer's working set
+    assert modes["stream"]["optimizer_choice"]["requested"] == "auto"
+    assert result["ratios"]["floor_bytes_per_step"] > 0
     assert set(result["orders"]) == {"stream-local-order", "stream", "stream-random-order"}
     sched = result["order_schedules"]
     for name in ("local", "default", "random"):
