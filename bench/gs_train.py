@@ -137,6 +137,26 @@ def order_schedules(scene_path: Path, args, *, epochs: int = 3,
     return out
 
 
+def placement(scene_path: Path, args) -> dict:
+    """Planning only (no training, nothing written): where ``--optimizer-device auto``
+    puts the optimizer for ``--gpu-budget`` on an ingested scene, and why (the predicted
+    bytes of both placements; gs-train's own setup, so the same rule)."""
+    import torch
+
+    from oocstore.gs.scene import Scene
+    from oocstore.gs.train import GsTrainConfig, _Session
+
+    w, h = (int(x) for x in args.size.lower().split("x"))
+    cfg = GsTrainConfig(steps=args.steps, gpu_budget=args.gpu_budget, seed=args.seed,
+                        width=w, height=h, target="synthetic")
+    with Scene.open(scene_path, readonly=True) as scene:
+        session = _Session(scene, cfg, torch.device(args.device), None)
+        session.setup()
+        return {**session.placement, "device_budget": session.run.dev_budget,
+                "scene_bytes": int(session.scene_bytes), "steps": args.steps,
+                "size": args.size}
+
+
 #: Streaming runs besides the plain ``stream`` (CPU optimizer, default order):
 #: name -> (gs-train flags, what the run shows).
 VARIANTS = {
@@ -171,9 +191,15 @@ def main(argv=None) -> int:
     ap.add_argument("--toy", action="store_true", help="a tiny generated scene, 3 steps")
     ap.add_argument("--schedules-only", default=None, metavar="SCENE",
                     help="print the order schedules of an ingested SCENE and stop")
+    ap.add_argument("--placement-only", default=None, metavar="SCENE",
+                    help="print where --optimizer-device auto puts the optimizer on an "
+                         "ingested SCENE at --gpu-budget, and stop")
     args = ap.parse_args(argv)
     if args.schedules_only:
         print(json.dumps(order_schedules(Path(args.schedules_only), args), sort_keys=True))
+        return 0
+    if args.placement_only:
+        print(json.dumps(placement(Path(args.placement_only), args), sort_keys=True))
         return 0
     work = Path(args.dir or tempfile.mkdtemp(prefix="gs_bench_"))
     work.mkdir(parents=True, exist_ok=True)
