@@ -35,7 +35,9 @@ where the records live and how many bytes move:
   and gathers just their *parameters* into the step batch, the leaf tensor it renders;
   the moments stay in the slab. Where the slab lives is ``optimizer``:
 
-  - ``"cpu"`` (the default): in host memory. The device holds only the step batch (the
+  - ``"cpu"`` (the store's default; ``gs-train --optimizer-device auto`` picks one of the
+    two by the device budget, :meth:`oocstore.gs.train._Run.choose_optimizer`): in host
+    memory. The device holds only the step batch (the
     culled parameters and their gradient): each step uploads the culled rows'
     parameters (h2d), and the rendered rows' gradients come back (d2h) for an Adam step
     on the host, in the slab, as CLM does; the rows of blocks the next view does not see
@@ -44,7 +46,12 @@ where the records live and how many bytes move:
     stream (the GNN loader's).
   - ``"device"``: on the device, inside the device budget beside the step batch; Adam
     runs there on the slab's rows (:func:`~oocstore.gs.adam.adam_rows_`), and only block
-    loads (h2d) and evictions of dirty blocks (d2h) cross.
+    loads (h2d) and evictions of dirty blocks (d2h) cross: a load copies the parameters
+    and only the moments that are not all zero bits (a Gaussian never trained has none:
+    they are zeroed on the device), a write-back copies only the rows that took an Adam
+    step since the slot was filled (the rest come from the host copy it was filled
+    from), a step's slab rows are built on the device from its slots, and the culling
+    and rendering masks come back packed 8 rows a byte.
 
   The step batch is sized for the plan's largest view: ``TrainPlan.cull_rows`` (the
   culled counts of every view when the plan was made, plus ``CULL_HEADROOM`` for

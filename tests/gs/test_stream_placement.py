@@ -22,6 +22,8 @@ from oocstore.gs.stream import Streamer, TrainPlan
 from oocstore.gs.train import perturb_scene, render_views, schedule_for, train_steps
 from oocstore.samplers.views import visibility_sets
 
+from test_lod_train import lod_setup  # noqa: F401  (a fixture: the level-of-detail scene)
+
 DEG = 1
 BIG = 1 << 30  # a device budget whose slots hold every block
 
@@ -207,3 +209,38 @@ def test_unknown_optimizer_device_names_the_choices(toy_scene, capsys):
     assert len(err.splitlines()) == 1
     assert all(w in err for w in ("'gpu'", "cpu", "device", "auto"))
     assert before == {p: p.read_bytes() for p in toy_scene.rglob("*") if p.is_file()}
+
+
+
+def test_device_optimizer_with_level_of_detail_cuts_equals_the_oracle(lod_setup, tmp_path):
+    """The device optimizer with a level-of-detail cut (the cut's rows picked on the device
+    by a packed mask) and prefix reads (a write-back merges the stepped rows into the
+    prefix it was filled from), in slots that evict: the oracle's records."""
+    from test_lod_train import _oracle
+    from test_stream import stream_plan
+
+    from oocstore.gs.sizing import largest_view, slot_bytes
+
+    base, cams, vis, plan_views, targets, cut_ids, prefix = lod_setup
+    path = tmp_path / "dev"
+    shutil.copytree(base, path)
+    adam = AdamConfig()
+    lr = adam.column_lrs(1, 3.0)
+    ids_o, rec_o = _oracle(base, cams, vis, plan_views, targets, cut_ids, lr, adam)
+    with Scene.open(path) as scene:
+        plan = TrainPlan(plan_views, vis)
+        budget = largest_view(scene, plan, "device")[1] + 2 * slot_bytes(scene)
+        plan = stream_plan(scene, cams, vis, plan_views, budget, "device")
+        plan.lod_cuts, plan.lod_prefix = cut_ids, prefix
+        acct = BudgetAccountant(MemoryBudget(gpu=budget))
+        with Streamer(scene, plan, device="cpu", accountant=acct, adam=adam, lr=lr,
+                      device_budget=budget, optimizer="device") as store:
+            train_steps(store, 1, cams, targets, len(plan_views), device="cpu")
+            store.checkpoint()
+            stats = store.stats()
+    with Scene.open(path) as scene:
+        ids, rec = scene.read_all()
+    assert np.array_equal(ids, ids_o)
+    np.testing.assert_allclose(rec, rec_o, rtol=1e-5, atol=1e-6)
+    assert stats["rendered_rows"] <= sum(len(cut_ids[v]) for v in plan_views)
+    assert stats["write_back_rows"] > 0 and stats["zero_moment_rows"] > 0
