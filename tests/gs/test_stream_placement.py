@@ -22,7 +22,9 @@ from oocstore.gs.stream import Streamer, TrainPlan
 from oocstore.gs.train import perturb_scene, render_views, schedule_for, train_steps
 from oocstore.samplers.views import visibility_sets
 
-from test_lod_train import lod_setup  # noqa: F401  (a fixture: the level-of-detail scene)
+import test_lod_train
+
+lod_setup = test_lod_train.lod_setup  # the level-of-detail scene (a module fixture)
 
 DEG = 1
 BIG = 1 << 30  # a device budget whose slots hold every block
