@@ -1092,4 +1092,9 @@ def cmd_gs_train(args) -> int:
               f"SSD read {format_size(summary['bytes_ssd_read'])}, written "
               f"{format_size(summary['bytes_ssd_written'])}, cache hit rate "
               f"{summary['cache_hit_rate']:.1%}, peak RSS {format_size(summary['peak_rss_bytes'])}")
+        choice = summary.get("optimizer_choice")
+        if choice:
+            print(f"  optimizer on the {choice['chosen']}"
+                  + (f" (--optimizer-device auto: {choice['reason']})"
+                     if choice["requested"] == "auto" else ""))
     return 0
