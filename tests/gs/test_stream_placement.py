@@ -161,17 +161,17 @@ def toy_scene(tmp_path):
                        focal=20.0, size=(24, 16), block_size=32)
 
 
-def device_minimum(capsys, path) -> int:
-    assert main(["gs-train", str(path), "--steps", "4", "--gpu-budget", "1KiB", "--quiet",
+def device_minimum(capsys, path, steps=4) -> int:
+    assert main(["gs-train", str(path), "--steps", str(steps), "--gpu-budget", "1KiB", "--quiet",
                  "--optimizer-device", "device"]) == 2
     err = capsys.readouterr().err
     assert "its visible blocks plus the step batch" in err, err
     return int(re.search(r"\((\d+) bytes", err).group(1))
 
 
-def train_json(capsys, path, *args) -> dict:
-    assert main(["gs-train", str(path), "--steps", "4", "--json", "--quiet", "--threads", "1",
-                 *map(str, args)]) == 0
+def train_json(capsys, path, *args, steps=4) -> dict:
+    assert main(["gs-train", str(path), "--steps", str(steps), "--json", "--quiet",
+                 "--threads", "1", *map(str, args)]) == 0
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
@@ -195,6 +195,23 @@ def test_auto_picks_device_when_the_budget_holds_its_working_set_else_cpu(
     # forced placements stay forced
     assert train_json(capsys, toy_scene, "--gpu-budget", need,
                       "--optimizer-device", "cpu")["optimizer_device"] == "cpu"
+
+
+def test_auto_keeps_the_cpu_optimizer_when_the_device_would_move_more(
+        toy_scene, tmp_path, capsys):
+    """A budget that holds the device optimizer's working set, but a run too short to
+    repay loading whole blocks: auto keeps the CPU optimizer, which moves less."""
+    need = device_minimum(capsys, toy_scene, steps=2)
+    other = tmp_path / "copy"
+    shutil.copytree(toy_scene, other)
+    auto = train_json(capsys, toy_scene, "--gpu-budget", need, steps=2)
+    choice = auto["optimizer_choice"]
+    assert auto["optimizer_device"] == "cpu" and choice["device_min_budget"] == need
+    assert choice["predicted_bytes"]["device"] > choice["predicted_bytes"]["cpu"]
+    forced = train_json(capsys, other, "--gpu-budget", need, "--optimizer-device", "device",
+                        steps=2)
+    assert forced["optimizer_device"] == "device"
+    assert auto["bytes_moved_per_step"] < forced["bytes_moved_per_step"]
 
 
 def test_auto_without_a_budget_is_the_cpu_optimizer(toy_scene, capsys):
