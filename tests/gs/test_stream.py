@@ -130,7 +130,8 @@ def run_mode(mode, path, cams, vis, plan_views, *, device_budget=None, cpu_budge
 
 
 @pytest.mark.parametrize("mode", ["stream", "stream-no-cpu-tier", "stream-device-optimizer",
-                                  "stream-device-optimizer-no-cull", "naive", "all"])
+                                  "stream-device-optimizer-no-cull",
+                                  "stream-device-optimizer-no-cpu-tier", "naive", "all"])
 def test_modes_equal_the_oracle_and_survive_reopen(trained_setup, tmp_path, mode):
     path, cams, vis, plan_views, targets, (ids_o, rec_o) = trained_setup
     adam = AdamConfig()
@@ -169,6 +170,12 @@ def test_modes_equal_the_oracle_and_survive_reopen(trained_setup, tmp_path, mode
         # with the CPU optimizer, the rows the next step does not read take their Adam
         # step on the oocstore-gs-adam thread, beside the next step's rendering
         assert (stats["adam_overlapped_rows"] > 0) == (optimizer == "cpu")
+        if optimizer == "device":
+            # loads of the student's blocks bring no moments; reloads of trained ones do
+            assert 0 < stats["zero_moment_rows"]
+            # write-backs: only the rows that stepped when the host copy a slot was filled
+            # from is alive, else the whole block (without a CPU tier, mostly)
+            assert 0 < stats["write_back_rows"]
         if "no-cull" in mode:
             assert stats["culled_rows"] == stats["candidate_rows"]
         else:
