@@ -263,3 +263,16 @@ def test_device_optimizer_with_level_of_detail_cuts_equals_the_oracle(lod_setup,
     np.testing.assert_allclose(rec, rec_o, rtol=1e-5, atol=1e-6)
     assert stats["rendered_rows"] <= sum(len(cut_ids[v]) for v in plan_views)
     assert stats["write_back_rows"] > 0 and stats["zero_moment_rows"] > 0
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 100])
+def test_masks_cross_packed_eight_rows_a_byte(n):
+    import torch
+
+    from oocstore.gs.stream import mask_to_device, mask_to_host
+
+    mask = torch.from_numpy(np.random.default_rng(n).random(n) > 0.5)
+    host, nbytes = mask_to_host(mask)
+    assert torch.equal(host, mask) and nbytes == (n + 7) // 8
+    dev, nbytes = mask_to_device(mask.numpy(), "cpu")
+    assert torch.equal(dev, mask) and nbytes == (n + 7) // 8
