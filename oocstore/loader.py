@@ -447,6 +447,15 @@ class NodeLoader:
         self._turns.join(ev)
         return ev
 
+    def lend_budget(self) -> None:
+        """Release every buffer this loader holds and its charges, so that other work in
+        the same budget (an evaluation pass over the whole graph, say) can use that
+        memory. The position in the epoch is kept; the next iteration (or
+        :meth:`take_turn`) re-opens the buffers where it left off, and :meth:`stats` keep
+        counting across. A no-op on a loader that has lent its budget already or is closed.
+        (:meth:`eval_loader` does this by itself for the loaders it must.)"""
+        self._suspend()
+
     def _suspend(self) -> None:
         """Release every buffer this loader holds (its position is kept)."""
         if self._suspended or self._closed:

@@ -473,18 +473,24 @@ def _rank_entry(value: Any, rank: int, world: int, path: Path, key: str) -> Any:
     return value
 
 
+def _start(store: Store, reader: PlanReader, cfg: TrainConfig, device, rank: int, world: int):
+    """The run's model and optimizer and where it starts: (model, optimizer, first epoch,
+    history, loader state, best epoch so far), from the checkpoint of ``cfg`` when it
+    resumes."""
+    model = _model(store, reader, cfg, device)
+    optimizer = _optimizer(model, cfg)
+    if cfg.resume:
+        return (model, optimizer) + _resume(cfg, model, optimizer, reader, device, rank, world)
+    return model, optimizer, 0, [], None, BestModel(patience=cfg.early_stop)
+
+
 def _train(store, name, pack, evals, cfg: TrainConfig, budget, device,
            progress: TrainProgress | None, rank: int = 0, world: int = 1,
            writes: WriteLog | None = None) -> dict[str, Any]:
     reader = PlanReader(store, name)
-    model = _model(store, reader, cfg, device)
-    optimizer = _optimizer(model, cfg)
+    model, optimizer, start_epoch, history, loader_state, best = _start(store, reader, cfg,
+                                                                        device, rank, world)
     ckdir = Path(cfg.checkpoint) if cfg.checkpoint else None
-    start_epoch, history, loader_state = 0, [], None
-    best = BestModel(patience=cfg.early_stop)
-    if cfg.resume:
-        start_epoch, history, loader_state, best = _resume(cfg, model, optimizer, reader,
-                                                           device, rank, world)
     # DDP broadcasts rank 0's parameters once and all-reduces gradients every step;
     # ``model`` stays the plain module (evaluation and checkpoints).
     step_model = ddp_model(model) if world > 1 else model
@@ -588,7 +594,7 @@ def _train_out_of_core(store, name, pack, device, budget, rank, world, loader_st
         # --eval full: the training loader releases its buffers and charges for the
         # layer-wise pass (as it does for an evaluation loader, NodeLoader.eval_loader)
         # and re-opens them on its next epoch (take_turn)
-        sources["lend"] = loader._suspend
+        sources["lend"] = loader.lend_budget
         try:
             run(batches, loader)
         finally:
