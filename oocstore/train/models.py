@@ -43,7 +43,7 @@ from ..errors import FormatError, UsageError
 from ..integrations.pyg import require_pyg, to_pyg
 from ..plan import SampledBatch
 from ..units import format_size
-from .model import GraphSAGE, SAGEStack, check_batch_input, csr_adjacency, relu_dropout
+from .model import GraphSAGE, SAGEStack, check_batch_input, csr_adjacency
 
 MODELS = ("sage", "gcn", "gat")
 BACKEND_MODELS = {"pyg": MODELS, "dgl": ("sage",)}
@@ -147,13 +147,8 @@ class _Stack(SAGEStack):
                 layers: Sequence[tuple[torch.Tensor, tuple[int, int]]],
                 ) -> torch.Tensor:  # [num_seeds, num_classes] logits
         check_batch_input(len(layers), len(self.convs), x, layers[0][1][0] if layers else None)
-        h = x.to(torch.float32)
-        last = len(self.convs) - 1
-        for i, (conv, (edge_index, size)) in enumerate(zip(self.convs, layers)):
-            h = self._conv(conv, h, edge_index, int(size[0]), int(size[1]))
-            if i < last:
-                h = relu_dropout(h, self.dropout, self.training)
-        return h
+        return self._layers(x, layers, lambda conv, h, layer: self._conv(
+            conv, h, layer[0], int(layer[1][0]), int(layer[1][1])))
 
     def forward_batch(self, batch: SampledBatch, x: torch.Tensor) -> torch.Tensor:
         """Logits for the seeds of ``batch`` (the training loop's entry point)."""
