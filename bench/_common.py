@@ -21,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -64,6 +65,28 @@ def rss_bytes() -> int:
     """Current resident set of this process."""
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+#: Rows gathered per fancy-index call by the page-cache loaders, so that their time cap
+#: (``--window-seconds``) can end a window inside a batch that takes minutes.
+GATHER_CHUNK = 8192
+
+
+def capped_gather(feats, ids, deadline: float) -> tuple[Any, int]:
+    """``feats[ids]`` in chunks of :data:`GATHER_CHUNK` rows through the page cache; stops
+    after the chunk that passes ``deadline`` (``perf_counter`` time). Returns the rows
+    gathered and how many."""
+    import numpy as np
+
+    out = np.empty((ids.size, feats.shape[1]), dtype=feats.dtype)
+    done = 0
+    while done < ids.size:
+        j = min(ids.size, done + GATHER_CHUNK)
+        out[done:j] = feats[ids[done:j]]
+        done = j
+        if time.perf_counter() > deadline:
+            break
+    return out, done
 
 
 def dgl_python() -> Path | None:
