@@ -67,6 +67,22 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def time_calls(owner, attr: str, add: Callable[[float], None], saved: list) -> None:
+    """Replace ``owner.attr`` by a wrapper that hands the seconds of every call to
+    ``add``; ``(owner, attr, original)`` is appended to ``saved``, for the caller to
+    put back when the measurement ends."""
+    fn = getattr(owner, attr)
+    saved.append((owner, attr, fn))
+
+    def timed(*a, **kw):
+        t0 = time.perf_counter()
+        try:
+            return fn(*a, **kw)
+        finally:
+            add(time.perf_counter() - t0)
+    setattr(owner, attr, timed)
+
+
 #: Rows gathered per fancy-index call by the page-cache loaders, so that their time cap
 #: (``--window-seconds``) can end a window inside a batch that takes minutes.
 GATHER_CHUNK = 8192

@@ -42,7 +42,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
-from _common import TOY_GRAPH, add_graph_args, graph_store, write_result  # noqa: E402
+from _common import TOY_GRAPH, add_graph_args, graph_store, time_calls, write_result  # noqa: E402
 from oocstore.store.probe import write_speed as disk_write_speed  # noqa: E402
 MB = 1e6
 
@@ -157,19 +157,10 @@ class StageTimers:
     def wrap(self, owner, attr: str, stage: str, off_main: str | None = None) -> None:
         """Time ``owner.attr`` as ``stage`` (as ``off_main`` when called off the main
         thread, if given)."""
-        fn = getattr(owner, attr)
-        self._saved.append((owner, attr, fn))
-        timers = self
-
-        def timed(*a, **kw):
-            t0 = time.perf_counter()
-            try:
-                return fn(*a, **kw)
-            finally:
-                on_main = threading.current_thread() is threading.main_thread()
-                timers._add(stage if on_main or off_main is None else off_main,
-                            time.perf_counter() - t0)
-        setattr(owner, attr, timed)
+        def add(dt: float) -> None:
+            on_main = threading.current_thread() is threading.main_thread()
+            self._add(stage if on_main or off_main is None else off_main, dt)
+        time_calls(owner, attr, add, self._saved)
 
     def _wrap_copy_rows(self) -> None:
         """copy_rows, and the part of the write time spent inside it (window writes)."""

@@ -44,7 +44,7 @@ sys.path.insert(0, str(REPO / "bench"))
 MB = 1e6
 _REQUEST = 8 << 20
 
-from _common import TOY_GRAPH, add_graph_args, graph_store, write_result  # noqa: E402
+from _common import TOY_GRAPH, add_graph_args, graph_store, time_calls, write_result  # noqa: E402
 from pack_speed import drop_pack, ensure_plan, proc_io  # noqa: E402
 
 from oocstore.pack import PackOptions, pack_plan  # noqa: E402
@@ -82,17 +82,8 @@ class Split:
         self._saved: list[tuple[object, str, object]] = []
 
     def _wrap(self, owner, attr: str, field: str) -> None:
-        fn = getattr(owner, attr)
-        self._saved.append((owner, attr, fn))
-        split = self
-
-        def timed(*a, **kw):
-            t0 = time.perf_counter()
-            try:
-                return fn(*a, **kw)
-            finally:
-                setattr(split, field, getattr(split, field) + time.perf_counter() - t0)
-        setattr(owner, attr, timed)
+        time_calls(owner, attr, lambda dt: setattr(self, field, getattr(self, field) + dt),
+                   self._saved)
 
     def __enter__(self) -> "Split":
         self._wrap(ssd_mod.SegmentTier, "load", "read")
