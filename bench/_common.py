@@ -252,6 +252,21 @@ def pick_datasets(spec: str, known: dict) -> list[str]:
     return names
 
 
+def add_result_args(p, name: str) -> None:
+    """``--out`` (the result JSON, see :func:`result_path`) and ``--toy`` (tiny sizes)."""
+    p.add_argument("--out", help=f"result JSON (default bench/results/{name}.json; --toy "
+                                 "writes none unless given); the plot goes next to it")
+    p.add_argument("--toy", action="store_true", help="tiny sizes (for the test)")
+
+
+def result_path(args, name: str) -> Path | None:
+    """Where benchmark ``name`` writes its result: ``--out``, else
+    ``bench/results/NAME.json``; a ``--toy`` run writes none unless given ``--out``."""
+    if args.out:
+        return Path(args.out)
+    return None if args.toy else REPO / "bench" / "results" / f"{name}.json"
+
+
 def add_on_off_args(ap, name: str, *, keeps: str) -> None:
     """The arguments of a verify-on/off benchmark ``name``: ``--repeats``, ``--dir`` (where
     the ``keeps`` is kept, see :func:`work_dir`), ``--toy`` and ``--out``."""

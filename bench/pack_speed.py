@@ -42,7 +42,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
-from _common import TOY_GRAPH, add_graph_args, graph_store, time_calls, write_result  # noqa: E402
+from _common import (TOY_GRAPH, add_graph_args, add_result_args, graph_store,  # noqa: E402
+                     result_path, time_calls, write_result)
 from oocstore.store.probe import write_speed as disk_write_speed  # noqa: E402
 MB = 1e6
 
@@ -281,14 +282,11 @@ def main(argv=None) -> dict:
                    help="the packer's copy strategy (default auto: fewer bytes moved)")
     p.add_argument("--clean", action="store_true", help="delete the generated store at the end")
     p.add_argument("--keep-pack", action="store_true", help="keep the pack (default: drop it)")
-    p.add_argument("--out", help="result JSON (default bench/results/pack_speed.json; --toy "
-                                 "writes none unless given); the plot goes next to it")
-    p.add_argument("--toy", action="store_true", help="tiny sizes (for the test)")
+    add_result_args(p, "pack_speed")
     args = p.parse_args(argv)
     if args.toy:
         vars(args).update(TOY_GRAPH)
-    out = Path(args.out) if args.out else (None if args.toy else
-                                           REPO / "bench" / "results" / "pack_speed.json")
+    out = result_path(args, "pack_speed")
     path, tmp = graph_store(args, "packspeed-")
     plan = f"pack-speed-e{args.epochs}"
     try:

@@ -44,7 +44,8 @@ sys.path.insert(0, str(REPO / "bench"))
 MB = 1e6
 _REQUEST = 8 << 20
 
-from _common import TOY_GRAPH, add_graph_args, graph_store, time_calls, write_result  # noqa: E402
+from _common import (TOY_GRAPH, add_graph_args, add_result_args, graph_store,  # noqa: E402
+                     result_path, time_calls, write_result)
 from pack_speed import drop_pack, ensure_plan, proc_io  # noqa: E402
 
 from oocstore.pack import PackOptions, pack_plan  # noqa: E402
@@ -182,15 +183,12 @@ def main(argv=None) -> dict:
     p.add_argument("--max-disk-blowup", type=float, default=64.0,
                    help="cap for the ours pack (large: every batch packed)")
     p.add_argument("--keep-pack", action="store_true", help="keep the packs (default: drop them)")
-    p.add_argument("--out", help="result JSON (default bench/results/ssd_epoch.json; --toy "
-                                 "writes none unless given); the plot goes next to it")
-    p.add_argument("--toy", action="store_true", help="tiny sizes (for the test)")
+    add_result_args(p, "ssd_epoch")
     args = p.parse_args(argv)
     if args.toy:
         vars(args).update(TOY_GRAPH)
         args.batches, args.baseline_batches, args.rounds = 8, 2, 2
-    out = Path(args.out) if args.out else (None if args.toy else
-                                           REPO / "bench" / "results" / "ssd_epoch.json")
+    out = result_path(args, "ssd_epoch")
     path, tmp = graph_store(args, "ssdepoch-")
     try:
         with Store(path, readonly=False) as store:
