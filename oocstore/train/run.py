@@ -49,7 +49,7 @@ from ..store import Store
 from .checkpoint import (CHECKPOINT_FILE, check_optimizer_state, check_rng_state,
                          load_checkpoint, rng_state, save_checkpoint, set_rng_state)
 from .full_eval import EVAL_MODES, check_full_eval, full_counts
-from .loop import InMemoryFeatures, ddp_model, evaluate_counts, train_epoch
+from .loop import InMemoryFeatures, RunOptions, ddp_model, evaluate_counts, train_epoch
 from .models import (ModelSpec, build_from_spec, check_layers, check_model_args, check_model_fits,
                      check_resume_model)
 from .progress import TrainProgress, _EpochCallback
@@ -60,22 +60,12 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 10
-    hidden: int = 256
-    lr: float = 0.003
-    dropout: float = 0.5
-    device: str = "cpu"
-    cpu_budget: int | None = None
-    gpu_budget: int | None = None
-    in_memory: bool = False
+class TrainConfig(RunOptions):
     backend: str = "pyg"
-    seed: int = 0
     checkpoint: str | None = None
     resume: bool = False
     writer_wait: float = WRITER_WAIT_S  # s to wait for another writer (evaluation plans)
     allow_eval_split: bool = False  # train on a plan of val/test (refused otherwise)
-    weight_decay: float = 0.0  # Adam's L2 penalty
     early_stop: int | None = None  # stop after this many epochs without a better val_acc
     save_model: str | None = None  # write the best validation epoch's state_dict here
     overwrite: bool = False  # save_model may replace an existing file
