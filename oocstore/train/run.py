@@ -76,26 +76,26 @@ class TrainConfig(RunOptions):
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
-            raise UsageError(f"--epochs {self.epochs}: give 1 or more")
+            raise UsageError(f"epochs={self.epochs}: give 1 or more")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise UsageError(f"--weight-decay {self.weight_decay}: give a finite value >= 0 "
+            raise UsageError(f"weight_decay={self.weight_decay}: give a finite value >= 0 "
                              "(0 turns it off)")
         if self.early_stop is not None and self.early_stop < 1:
-            raise UsageError(f"--early-stop {self.early_stop}: give the number of epochs "
+            raise UsageError(f"early_stop={self.early_stop}: give the number of epochs "
                              "without a better validation accuracy to stop after (1 or more)")
         if not (math.isfinite(self.lr) and self.lr > 0):
-            raise UsageError(f"--lr {self.lr}: give a finite learning rate > 0")
+            raise UsageError(f"lr={self.lr}: give a finite learning rate > 0")
         if self.backend not in ("pyg", "dgl"):
-            raise UsageError(f"--backend {self.backend!r}: use pyg or dgl")
+            raise UsageError(f"backend={self.backend!r}: use pyg or dgl")
         if self.resume and not self.checkpoint:
-            raise UsageError("--resume needs --checkpoint DIR (where the run saved its state)")
+            raise UsageError("resume=True needs checkpoint=DIR (where the run saved its state)")
         check_model_args(self.model, self.hidden, self.heads, self.backend, self.dropout)
         if self.eval not in EVAL_MODES:
-            raise UsageError(f"--eval {self.eval!r}: use one of {', '.join(EVAL_MODES)}")
+            raise UsageError(f"eval={self.eval!r}: use one of {', '.join(EVAL_MODES)}")
         if self.eval == "full" and self.backend != "pyg":
-            raise UsageError(f"--eval full runs the model's PyG layers over the whole graph; "
-                             f"--backend {self.backend} builds another model: use --backend "
-                             "pyg or --eval sampled")
+            raise UsageError(f"eval='full' runs the model's PyG layers over the whole graph; "
+                             f"backend={self.backend!r} builds another model: use "
+                             "backend='pyg' or eval='sampled'")
 
     @property
     def selects(self) -> bool:
@@ -167,8 +167,8 @@ def run_training(store_path: str | os.PathLike, plan: str | None, cfg: TrainConf
         progress = _EpochCallback(progress, cfg.epochs)
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available on this machine; use "
-                         "--device cpu")
+        raise UsageError(f"device={cfg.device!r}: no CUDA device is available on this "
+                         "machine; use device='cpu'")
     if cfg.backend == "dgl":
         from ..integrations.dgl import require_dgl
 
@@ -290,7 +290,7 @@ def _prepare(store_path, plan: str | None, cfg: TrainConfig, budget: MemoryBudge
 def _check_has_val(store_path, cfg: TrainConfig) -> None:
     with Store(store_path) as store:
         if "val" not in store.splits:
-            flag = "--early-stop" if cfg.early_stop is not None else "--save-model"
+            flag = "early_stop" if cfg.early_stop is not None else "save_model"
             raise UsageError(f"{flag}: store {store.path} has no 'val' split to choose the "
                              "best epoch by (it has: "
                              f"{', '.join(sorted(store.splits)) or 'none'}): re-ingest with "
@@ -301,23 +301,23 @@ def _check_checkpoint_dir(directory: Path) -> None:
     """Refuse a --checkpoint DIR that is not a directory or cannot be created or written."""
     if directory.exists():
         if not directory.is_dir():
-            raise UsageError(f"--checkpoint {directory}: not a directory; give a directory to "
+            raise UsageError(f"checkpoint={str(directory)!r}: not a directory; give a directory to "
                              "save the run's state in")
         target = directory
     else:
         target = next((p for p in directory.parents if p.exists()), Path("."))
         if not target.is_dir():
-            raise UsageError(f"--checkpoint {directory}: {target} is not a directory; give a "
+            raise UsageError(f"checkpoint={str(directory)!r}: {target} is not a directory; give a "
                              "directory to save the run's state in")
     if not os.access(target, os.W_OK | os.X_OK):
-        raise UsageError(f"--checkpoint {directory}: {target} is not writable; give a "
+        raise UsageError(f"checkpoint={str(directory)!r}: {target} is not writable; give a "
                          "directory this user can write")
 
 
 def _checkpoint_path(cfg: TrainConfig) -> Path:
     path = Path(cfg.checkpoint) / CHECKPOINT_FILE
     if not path.exists():
-        raise UsageError(f"--resume: no checkpoint at {path}; run without --resume first")
+        raise UsageError(f"resume=True: no checkpoint at {path}; run without resume=True first")
     return path
 
 
