@@ -105,7 +105,7 @@ from .tiers.reader import TieredReader
 from .tiers.staging import StagingRing
 from .units import format_size
 from .workingset import (WorkingSet, choose_depth, cpu_depth, device_items, loader_depth_items,
-                         loader_required, refuse_floor)
+                         loader_required, refuse_floor, refuse_prefetch)
 
 log = logging.getLogger(__name__)
 
@@ -379,16 +379,8 @@ class NodeLoader:
         depth = choose_depth(fits, prefetch, MAX_PREFETCH)
         if prefetch is None:
             if depth == 0:
-                gpu, one = self.budget.gpu, items(1)
-                raise BudgetError(
-                    f"cpu budget {format_size(self.budget.cpu) if self.budget.cpu else 'unlimited'}"
-                    f" / gpu budget {format_size(gpu) if gpu is not None else 'unlimited'} cannot "
-                    f"prefetch even one batch: that needs {format_size(one.total('cpu'))} of cpu "
-                    f"({one.describe('cpu')}) on top of "
-                    f"{format_size(self.accountant.charged('cpu'))} of cpu, and "
-                    f"{format_size(one.total('gpu'))} of device batches ({one.describe('gpu')}) "
-                    f"on top of {format_size(self.accountant.charged('gpu'))} of gpu; raise "
-                    "--cpu-budget / --gpu-budget, or re-pack with a smaller --gpu-cache")
+                refuse_prefetch(self.budget, items(1),
+                                {t: self.accountant.charged(t) for t in ("cpu", "gpu")})
             log.info("prefetch depth %d (the largest <= %d that fits the cpu and gpu budgets)",
                      depth, MAX_PREFETCH)
         self.prefetch = depth
