@@ -223,8 +223,8 @@ class NodeLoader:
                                verify_reads=verify_reads)
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise UsageError("--device cuda: no CUDA device is available on this machine "
-                             "(torch.cuda.is_available() is False); use --device cpu")
+            raise UsageError(f"device={str(device)!r}: no CUDA device is available on this "
+                             "machine (torch.cuda.is_available() is False); use device='cpu'")
         if (rank is None) != (world_size is None):
             raise UsageError("NodeLoader: give both rank and world_size, or neither (then they "
                              "come from torch.distributed when it is initialised)")

@@ -248,8 +248,8 @@ def run_link_training(store_path, plan: str | None, cfg: LinkTrainConfig, *,
     written to the store."""
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available on this machine; use "
-                         "--device cpu")
+        raise UsageError(f"device={cfg.device!r}: no CUDA device is available on this "
+                         "machine; use device='cpu'")
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
