@@ -123,7 +123,7 @@ def build_store(out: str | Path, g: GraphSource, *, dtype: str = "float32",
     ``csc_memory``: memory bound of the out-of-core CSC build of a source with
     ``edge_blocks`` (default :data:`~oocstore.ingest.csc.DEFAULT_CSC_MEMORY`)."""
     if dtype not in ("float32", "float16"):
-        raise UsageError(f"--dtype {dtype!r} is not supported: use float32 or float16")
+        raise UsageError(f"dtype={dtype!r} is not supported: use float32 or float16")
     n = g.num_nodes
     row_bytes = int(g.feat_dim) * np.dtype(dtype).itemsize
     if row_bytes > MAX_FEATURE_ROW_BYTES:
