@@ -233,7 +233,6 @@ def main(argv=None) -> dict:
                 runs["seq-read"].append({"seconds": sec, "batches": 0, "rows": 0, "bytes_read": got,
                                          "useful_bytes": got,
                                          "proc_read_bytes": proc_io()["read_bytes"] - io0["read_bytes"]})
-            packs = {"ours": ours_meta, "fallback": fb_meta}
         if not args.keep_pack:
             drop_pack(path, PACK)
             drop_pack(path, FALLBACK)
