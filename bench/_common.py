@@ -21,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -64,6 +65,44 @@ def rss_bytes() -> int:
     """Current resident set of this process."""
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def time_calls(owner, attr: str, add: Callable[[float], None], saved: list) -> None:
+    """Replace ``owner.attr`` by a wrapper that hands the seconds of every call to
+    ``add``; ``(owner, attr, original)`` is appended to ``saved``, for the caller to
+    put back when the measurement ends."""
+    fn = getattr(owner, attr)
+    saved.append((owner, attr, fn))
+
+    def timed(*a, **kw):
+        t0 = time.perf_counter()
+        try:
+            return fn(*a, **kw)
+        finally:
+            add(time.perf_counter() - t0)
+    setattr(owner, attr, timed)
+
+
+#: Rows gathered per fancy-index call by the page-cache loaders, so that their time cap
+#: (``--window-seconds``) can end a window inside a batch that takes minutes.
+GATHER_CHUNK = 8192
+
+
+def capped_gather(feats, ids, deadline: float) -> tuple[Any, int]:
+    """``feats[ids]`` in chunks of :data:`GATHER_CHUNK` rows through the page cache; stops
+    after the chunk that passes ``deadline`` (``perf_counter`` time). Returns the rows
+    gathered and how many."""
+    import numpy as np
+
+    out = np.empty((ids.size, feats.shape[1]), dtype=feats.dtype)
+    done = 0
+    while done < ids.size:
+        j = min(ids.size, done + GATHER_CHUNK)
+        out[done:j] = feats[ids[done:j]]
+        done = j
+        if time.perf_counter() > deadline:
+            break
+    return out, done
 
 
 def dgl_python() -> Path | None:
@@ -211,6 +250,21 @@ def pick_datasets(spec: str, known: dict) -> list[str]:
     if unknown:
         raise SystemExit(f"--datasets: unknown {unknown}; choose from {', '.join(known)}")
     return names
+
+
+def add_result_args(p, name: str) -> None:
+    """``--out`` (the result JSON, see :func:`result_path`) and ``--toy`` (tiny sizes)."""
+    p.add_argument("--out", help=f"result JSON (default bench/results/{name}.json; --toy "
+                                 "writes none unless given); the plot goes next to it")
+    p.add_argument("--toy", action="store_true", help="tiny sizes (for the test)")
+
+
+def result_path(args, name: str) -> Path | None:
+    """Where benchmark ``name`` writes its result: ``--out``, else
+    ``bench/results/NAME.json``; a ``--toy`` run writes none unless given ``--out``."""
+    if args.out:
+        return Path(args.out)
+    return None if args.toy else REPO / "bench" / "results" / f"{name}.json"
 
 
 def add_on_off_args(ap, name: str, *, keeps: str) -> None:

@@ -46,6 +46,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 
+from _common import add_result_args, result_path  # noqa: E402
 from oocstore.pack.placement import belady_misses, static_hits, static_placement  # noqa: E402
 from oocstore.pack.policies import POLICIES  # noqa: E402
 from oocstore.plan import PlanReader  # noqa: E402
@@ -168,17 +169,14 @@ def main(argv=None) -> dict:
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--fractions", default="0.05,0.10,0.25")
-    p.add_argument("--out", help="result JSON (default bench/results/cache_policies.json; "
-                                 "--toy writes none unless given); the plot goes next to it")
-    p.add_argument("--toy", action="store_true", help="tiny sizes (for the test)")
+    add_result_args(p, "cache_policies")
     args = p.parse_args(argv)
     if args.toy:
         args.nodes, args.avg_degree, args.fanouts, args.batch_size, args.epochs = \
             20_000, 8.0, "5,3", 256, 2
         args.feat_dim = 8
     fractions = [float(f) for f in args.fractions.split(",")]
-    out = Path(args.out) if args.out else (None if args.toy else
-                                           REPO / "bench" / "results" / "cache_policies.json")
+    out = result_path(args, "cache_policies")
     tmp = None
     if args.store:
         path = Path(args.store)

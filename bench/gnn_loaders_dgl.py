@@ -30,7 +30,7 @@ for _p in (str(REPO), str(REPO / "bench")):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from _common import peak_rss_bytes, read_bytes, rss_bytes  # noqa: E402
+from _common import capped_gather, peak_rss_bytes, read_bytes, rss_bytes  # noqa: E402
 
 
 def main(spec_path: str) -> dict:
@@ -94,7 +94,6 @@ def main(spec_path: str) -> dict:
     t0 = time.perf_counter()
     # gnn_ooc.py's time cap on a window: gather in chunks, stop inside a batch if need be
     deadline = t0 + spec.get("max_seconds", float("inf"))
-    chunk = 8192
     it = iter(loader)
     while True:
         t = time.perf_counter()
@@ -105,14 +104,7 @@ def main(spec_path: str) -> dict:
         sample_s += time.perf_counter() - t
         t = time.perf_counter()
         ids = inp.numpy()
-        xs = np.empty((ids.size, fm.shape[1]), dtype=fm.np_dtype)
-        done = 0
-        while done < ids.size:
-            j = min(ids.size, done + chunk)
-            xs[done:j] = feats[ids[done:j]]
-            done = j
-            if time.perf_counter() > deadline + excluded:
-                break
+        xs, done = capped_gather(feats, ids, deadline + excluded)
         x = torch.from_numpy(xs)
         load += time.perf_counter() - t
         if done < ids.size:

@@ -72,8 +72,8 @@ for _p in (str(REPO), str(REPO / "bench"), str(REPO / "bench" / "baselines")):
         sys.path.insert(0, _p)
 
 import _memcg  # noqa: E402
-from _common import (add_graph_args, dgl_python, machine_info, read_bytes,  # noqa: E402
-                     run_json, SubprocessError)
+from _common import (add_graph_args, capped_gather, dgl_python, machine_info,  # noqa: E402
+                     read_bytes, run_json, SubprocessError)
 
 from oocstore.errors import UsageError  # noqa: E402
 
@@ -186,26 +186,6 @@ class Timeline:
             lanes.setdefault(lane, []).append([round(a - self.t0, 6), round(b - a, 6)])
         return {"lanes": lanes, "totals_s": {k: sum(d for _, d in v) for k, v in lanes.items()},
                 "transfer": "none on a CPU device (the batch is the staging buffer)"}
-
-
-#: Rows gathered per fancy-index call by the page-cache loaders, so that their time cap
-#: (``--window-seconds``) can end a window inside a batch that takes minutes.
-GATHER_CHUNK = 8192
-
-
-def capped_gather(feats, ids: np.ndarray, deadline: float) -> tuple[np.ndarray, int]:
-    """``feats[ids]`` in chunks of :data:`GATHER_CHUNK` rows through the page cache; stops
-    after the chunk that passes ``deadline`` (``perf_counter`` time). Returns the rows
-    gathered and how many."""
-    out = np.empty((ids.size, feats.shape[1]), dtype=feats.dtype)
-    done = 0
-    while done < ids.size:
-        j = min(ids.size, done + GATHER_CHUNK)
-        out[done:j] = feats[ids[done:j]]
-        done = j
-        if time.perf_counter() > deadline:
-            break
-    return out, done
 
 
 def open_memmap(path, fm, random: bool):

@@ -42,7 +42,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
-from _common import TOY_GRAPH, add_graph_args, graph_store, write_result  # noqa: E402
+from _common import (TOY_GRAPH, add_graph_args, add_result_args, graph_store,  # noqa: E402
+                     result_path, time_calls, write_result)
 from oocstore.store.probe import write_speed as disk_write_speed  # noqa: E402
 MB = 1e6
 
@@ -157,19 +158,10 @@ class StageTimers:
     def wrap(self, owner, attr: str, stage: str, off_main: str | None = None) -> None:
         """Time ``owner.attr`` as ``stage`` (as ``off_main`` when called off the main
         thread, if given)."""
-        fn = getattr(owner, attr)
-        self._saved.append((owner, attr, fn))
-        timers = self
-
-        def timed(*a, **kw):
-            t0 = time.perf_counter()
-            try:
-                return fn(*a, **kw)
-            finally:
-                on_main = threading.current_thread() is threading.main_thread()
-                timers._add(stage if on_main or off_main is None else off_main,
-                            time.perf_counter() - t0)
-        setattr(owner, attr, timed)
+        def add(dt: float) -> None:
+            on_main = threading.current_thread() is threading.main_thread()
+            self._add(stage if on_main or off_main is None else off_main, dt)
+        time_calls(owner, attr, add, self._saved)
 
     def _wrap_copy_rows(self) -> None:
         """copy_rows, and the part of the write time spent inside it (window writes)."""
@@ -290,14 +282,11 @@ def main(argv=None) -> dict:
                    help="the packer's copy strategy (default auto: fewer bytes moved)")
     p.add_argument("--clean", action="store_true", help="delete the generated store at the end")
     p.add_argument("--keep-pack", action="store_true", help="keep the pack (default: drop it)")
-    p.add_argument("--out", help="result JSON (default bench/results/pack_speed.json; --toy "
-                                 "writes none unless given); the plot goes next to it")
-    p.add_argument("--toy", action="store_true", help="tiny sizes (for the test)")
+    add_result_args(p, "pack_speed")
     args = p.parse_args(argv)
     if args.toy:
         vars(args).update(TOY_GRAPH)
-    out = Path(args.out) if args.out else (None if args.toy else
-                                           REPO / "bench" / "results" / "pack_speed.json")
+    out = result_path(args, "pack_speed")
     path, tmp = graph_store(args, "packspeed-")
     plan = f"pack-speed-e{args.epochs}"
     try:

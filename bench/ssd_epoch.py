@@ -44,7 +44,8 @@ sys.path.insert(0, str(REPO / "bench"))
 MB = 1e6
 _REQUEST = 8 << 20
 
-from _common import TOY_GRAPH, add_graph_args, graph_store, write_result  # noqa: E402
+from _common import (TOY_GRAPH, add_graph_args, add_result_args, graph_store,  # noqa: E402
+                     result_path, time_calls, write_result)
 from pack_speed import drop_pack, ensure_plan, proc_io  # noqa: E402
 
 from oocstore.pack import PackOptions, pack_plan  # noqa: E402
@@ -82,17 +83,8 @@ class Split:
         self._saved: list[tuple[object, str, object]] = []
 
     def _wrap(self, owner, attr: str, field: str) -> None:
-        fn = getattr(owner, attr)
-        self._saved.append((owner, attr, fn))
-        split = self
-
-        def timed(*a, **kw):
-            t0 = time.perf_counter()
-            try:
-                return fn(*a, **kw)
-            finally:
-                setattr(split, field, getattr(split, field) + time.perf_counter() - t0)
-        setattr(owner, attr, timed)
+        time_calls(owner, attr, lambda dt: setattr(self, field, getattr(self, field) + dt),
+                   self._saved)
 
     def __enter__(self) -> "Split":
         self._wrap(ssd_mod.SegmentTier, "load", "read")
@@ -191,15 +183,12 @@ def main(argv=None) -> dict:
     p.add_argument("--max-disk-blowup", type=float, default=64.0,
                    help="cap for the ours pack (large: every batch packed)")
     p.add_argument("--keep-pack", action="store_true", help="keep the packs (default: drop them)")
-    p.add_argument("--out", help="result JSON (default bench/results/ssd_epoch.json; --toy "
-                                 "writes none unless given); the plot goes next to it")
-    p.add_argument("--toy", action="store_true", help="tiny sizes (for the test)")
+    add_result_args(p, "ssd_epoch")
     args = p.parse_args(argv)
     if args.toy:
         vars(args).update(TOY_GRAPH)
         args.batches, args.baseline_batches, args.rounds = 8, 2, 2
-    out = Path(args.out) if args.out else (None if args.toy else
-                                           REPO / "bench" / "results" / "ssd_epoch.json")
+    out = result_path(args, "ssd_epoch")
     path, tmp = graph_store(args, "ssdepoch-")
     try:
         with Store(path, readonly=False) as store:
@@ -244,7 +233,6 @@ def main(argv=None) -> dict:
                 runs["seq-read"].append({"seconds": sec, "batches": 0, "rows": 0, "bytes_read": got,
                                          "useful_bytes": got,
                                          "proc_read_bytes": proc_io()["read_bytes"] - io0["read_bytes"]})
-            packs = {"ours": ours_meta, "fallback": fb_meta}
         if not args.keep_pack:
             drop_pack(path, PACK)
             drop_pack(path, FALLBACK)

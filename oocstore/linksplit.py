@@ -43,9 +43,7 @@ ignores these entries.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -53,7 +51,7 @@ from .checked_read import read_checked
 from .errors import FormatError, StoreNotFoundError
 from .store import Store
 from .store.files import checksum
-from .store.format import versioned_from_dict
+from .store.format import VersionedEntry
 
 #: Version of the layout above; readers refuse others.
 EDGE_SPLIT_FORMAT_VERSION = 1
@@ -70,8 +68,11 @@ def split_array_names() -> dict[str, str]:
 
 
 @dataclass(frozen=True)
-class EdgeSplitMeta:
+class EdgeSplitMeta(VersionedEntry):
     """The catalog entry of a store's edge split."""
+
+    KIND, VERSION, LIST_FIELDS = "edge split", EDGE_SPLIT_FORMAT_VERSION, ("fractions",)
+    FIX = "re-create it with `oocstore sample STORE --task link --overwrite ...`"
 
     fractions: tuple[float, float, float]  # train, val, test
     seed: int
@@ -90,17 +91,6 @@ class EdgeSplitMeta:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fractions", tuple(float(f) for f in self.fractions))
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["fractions"] = list(d["fractions"])
-        return d
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "EdgeSplitMeta":
-        return versioned_from_dict(cls, data, kind="edge split", version=EDGE_SPLIT_FORMAT_VERSION,
-                                   fix="re-create it with `oocstore sample STORE --task link "
-                                       "--overwrite ...`")
 
 
 def edge_split_meta(store: Store) -> EdgeSplitMeta | None:

@@ -105,7 +105,7 @@ from .tiers.reader import TieredReader
 from .tiers.staging import StagingRing
 from .units import format_size
 from .workingset import (WorkingSet, choose_depth, cpu_depth, device_items, loader_depth_items,
-                         loader_required, refuse_floor)
+                         loader_required, refuse_floor, refuse_prefetch)
 
 log = logging.getLogger(__name__)
 
@@ -223,8 +223,8 @@ class NodeLoader:
                                verify_reads=verify_reads)
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise UsageError("--device cuda: no CUDA device is available on this machine "
-                             "(torch.cuda.is_available() is False); use --device cpu")
+            raise UsageError(f"device={str(device)!r}: no CUDA device is available on this "
+                             "machine (torch.cuda.is_available() is False); use device='cpu'")
         if (rank is None) != (world_size is None):
             raise UsageError("NodeLoader: give both rank and world_size, or neither (then they "
                              "come from torch.distributed when it is initialised)")
@@ -379,16 +379,8 @@ class NodeLoader:
         depth = choose_depth(fits, prefetch, MAX_PREFETCH)
         if prefetch is None:
             if depth == 0:
-                gpu, one = self.budget.gpu, items(1)
-                raise BudgetError(
-                    f"cpu budget {format_size(self.budget.cpu) if self.budget.cpu else 'unlimited'}"
-                    f" / gpu budget {format_size(gpu) if gpu is not None else 'unlimited'} cannot "
-                    f"prefetch even one batch: that needs {format_size(one.total('cpu'))} of cpu "
-                    f"({one.describe('cpu')}) on top of "
-                    f"{format_size(self.accountant.charged('cpu'))} of cpu, and "
-                    f"{format_size(one.total('gpu'))} of device batches ({one.describe('gpu')}) "
-                    f"on top of {format_size(self.accountant.charged('gpu'))} of gpu; raise "
-                    "--cpu-budget / --gpu-budget, or re-pack with a smaller --gpu-cache")
+                refuse_prefetch(self.budget, items(1),
+                                {t: self.accountant.charged(t) for t in ("cpu", "gpu")})
             log.info("prefetch depth %d (the largest <= %d that fits the cpu and gpu budgets)",
                      depth, MAX_PREFETCH)
         self.prefetch = depth
@@ -446,6 +438,15 @@ class NodeLoader:
             ev = NodeLoader(self.store, resolved, **args)
         self._turns.join(ev)
         return ev
+
+    def lend_budget(self) -> None:
+        """Release every buffer this loader holds and its charges, so that other work in
+        the same budget (an evaluation pass over the whole graph, say) can use that
+        memory. The position in the epoch is kept; the next iteration (or
+        :meth:`take_turn`) re-opens the buffers where it left off, and :meth:`stats` keep
+        counting across. A no-op on a loader that has lent its budget already or is closed.
+        (:meth:`eval_loader` does this by itself for the loaders it must.)"""
+        self._suspend()
 
     def _suspend(self) -> None:
         """Release every buffer this loader holds (its position is kept)."""

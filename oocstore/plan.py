@@ -84,7 +84,7 @@ from .checked_read import CheckedRows, ChunkCheck, read_checked
 from .errors import FormatError, StoreExistsError, StoreNotFoundError, UsageError
 from .store import Store
 from .store.files import checksum
-from .store.format import versioned_from_dict
+from .store.format import VersionedEntry
 
 log = logging.getLogger(__name__)
 
@@ -158,8 +158,12 @@ def graph_fingerprint(store: Store) -> int:
 
 
 @dataclass(frozen=True)
-class PlanMeta:
+class PlanMeta(VersionedEntry):
     """The catalog entry of one plan (``plan/<name>``)."""
+
+    KIND, VERSION = "plan", PLAN_FORMAT_VERSION
+    FIX = "re-sample it with `oocstore sample ... --name {name} --overwrite`"
+    LIST_FIELDS = ("fanouts", "batches_per_epoch", "index_columns")
 
     name: str
     split: str
@@ -214,18 +218,6 @@ class PlanMeta:
     @property
     def total_batches(self) -> int:
         return sum(self.batches_per_epoch)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        for k in ("fanouts", "batches_per_epoch", "index_columns"):
-            d[k] = list(d[k])
-        return d
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PlanMeta":
-        return versioned_from_dict(cls, data, kind="plan", version=PLAN_FORMAT_VERSION,
-                                   fix="re-sample it with `oocstore sample ... --name {name} "
-                                       "--overwrite`")
 
 
 @dataclass(frozen=True)

@@ -311,6 +311,20 @@ def refuse_floor(mws: dict, device_type: str, limit: int | None, pack: str, *,
             f"`oocstore pack --{tier}-budget`")
 
 
+def refuse_prefetch(budget, one: WorkingSet, held: dict[str, int]) -> None:
+    """Raise :class:`BudgetError` for a CUDA loader whose budgets (``budget``, a
+    :class:`~oocstore.budget.MemoryBudget`) leave no room for one prefetched batch:
+    ``one`` is what that batch adds, ``held`` what each tier holds already."""
+    cpu, gpu = budget.cpu, budget.gpu
+    raise BudgetError(
+        f"cpu budget {format_size(cpu) if cpu else 'unlimited'} / gpu budget "
+        f"{format_size(gpu) if gpu is not None else 'unlimited'} cannot prefetch even one "
+        f"batch: that needs {format_size(one.total('cpu'))} of cpu ({one.describe('cpu')}) on "
+        f"top of {format_size(held['cpu'])} of cpu, and {format_size(one.total('gpu'))} of "
+        f"device batches ({one.describe('gpu')}) on top of {format_size(held['gpu'])} of gpu; "
+        "raise --cpu-budget / --gpu-budget, or re-pack with a smaller --gpu-cache")
+
+
 def check_budget(layout, options, name: str) -> None:
     """Refuse, with the items and the fix, a pack layout (its ``min_working_set``) that
     cannot run inside ``options``' ``cpu_budget`` / ``gpu_budget``."""

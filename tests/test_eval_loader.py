@@ -116,6 +116,33 @@ def test_evaluation_mid_epoch_resumes_the_training_epoch(store, tight):
     assert got == want
 
 
+def test_lend_budget_frees_the_loaders_memory_and_the_epoch_goes_on_where_it_was(store, tight):
+    with NodeLoader(store, "train", budget=tight, prefetch=1) as ref:
+        want = _batches(ref)
+    with NodeLoader(store, "train", budget=tight, prefetch=1) as loader:
+        got = []
+        for b in loader:
+            got.append((b.index, b.seeds.copy(), b.x.clone(), b.y.clone()))
+            if len(got) == 2:
+                break
+        held, read = loader.accountant.charged("cpu"), loader.stats()["bytes_read"]
+        assert held > 0 and read > 0
+        loader.lend_budget()
+        assert loader.accountant.charged("cpu") == 0  # the memory is the caller's now
+        assert loader.stats()["bytes_read"] == read  # its counters are kept
+        loader.lend_budget()  # lending twice is the same as once
+        assert loader.accountant.charged("cpu") == 0
+        loader.take_turn()
+        assert loader.accountant.charged("cpu") == held
+        got += _batches(loader)
+        assert loader.stats()["bytes_read"] > read  # and go on counting
+    assert [g[0] for g in got] == [w[0] for w in want]
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g[1], w[1])
+        assert torch.equal(g[2], w[2]) and torch.equal(g[3], w[3])
+    loader.lend_budget()  # closed: nothing to lend, no error
+
+
 def test_missing_eval_plan_names_the_commands_that_make_it(store):
     with NodeLoader(store, "train", budget=BUDGET) as loader:
         with pytest.raises(UsageError, match=r"no packed evaluation plan 'test-eval'.*"

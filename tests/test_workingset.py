@@ -11,8 +11,8 @@ from oocstore.pack import PackOptions, pack_plan
 from oocstore.pack.packer import labels_bytes
 from oocstore.store.info import format_packs, packs_info
 from oocstore.units import format_size
-from oocstore.workingset import (floor_items, loader_floor, pack_minimum, recorded_minimum,
-                                 working_set)
+from oocstore.workingset import (Item, WorkingSet, floor_items, loader_floor, pack_minimum,
+                                 recorded_minimum, refuse_prefetch, working_set)
 
 PARTS = dict(largest_batch_rows=300, row_bytes=64, largest_segment_bytes=40960,
              cpu_tier_bytes=12800, gpu_tier_bytes=6400, base_read_bytes=65536,
@@ -91,6 +91,20 @@ def test_refusals_list_the_items(store):
                                                        cpu_budget=mws["cpu"] // 4))
     assert "2 plan records" in str(err.value) and "labels" in str(err.value)
     assert store.get("pack/q") is None
+
+
+def test_a_cuda_loader_without_room_to_prefetch_is_refused_with_the_items():
+    one = WorkingSet([Item("plan record", 4096, "cpu"), Item("staging slot", 1 << 20, "cpu"),
+                      Item("device batch", 3 << 20, "gpu")])
+    with pytest.raises(BudgetError) as err:
+        refuse_prefetch(MemoryBudget(cpu="64MiB", gpu=None), one,
+                        {"cpu": 63 << 20, "gpu": 5 << 20})
+    msg = str(err.value)
+    assert msg.startswith("cpu budget 64.00 MiB / gpu budget unlimited cannot prefetch even "
+                          "one batch")
+    assert (f"needs {format_size(4096 + (1 << 20))} of cpu (plan record 4.00 KiB + staging "
+            f"slot 1.00 MiB) on top of {format_size(63 << 20)} of cpu") in msg
+    assert f"{format_size(3 << 20)} of device batches (device batch 3.00 MiB)" in msg
 
 
 def test_inspect_itemises_the_recorded_minimum(store):

@@ -22,10 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SourceError, UsageError
+from .colmap import read_colmap_cameras_text, read_colmap_images_text, rot_to_quat
 
-#: COLMAP camera models and the number of parameters each one lists.
-COLMAP_MODELS = {"SIMPLE_PINHOLE": 3, "PINHOLE": 4, "SIMPLE_RADIAL": 4, "RADIAL": 5,
-                 "OPENCV": 8}
 #: Rotations whose R R^T differs from I by more than this are refused as singular.
 _ORTHO_TOL = 1e-3
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -133,9 +131,9 @@ class Cameras:
 
 
 #: Names that live in :mod:`oocstore.gs.colmap` (the whole-model COLMAP reader and
-#: writer), still reachable from here.
-_COLMAP_NAMES = frozenset({"COLMAP_MODEL_IDS", "ColmapCamera", "ColmapImage", "ColmapModel",
-                           "colmap_model_kind", "read_colmap_model", "write_colmap_model",
+#: writer, which imports nothing from here), still reachable from here.
+_COLMAP_NAMES = frozenset({"COLMAP_MODELS", "COLMAP_MODEL_IDS", "ColmapCamera", "ColmapImage",
+                           "ColmapModel", "colmap_model_kind", "read_colmap_model", "write_colmap_model",
                            "read_colmap_cameras_text", "unsupported_model"})
 
 
@@ -166,53 +164,14 @@ def cameras_from_arrays(viewmats, Ks, width, height, *, source: str) -> Cameras:
 
 # -- COLMAP text ------------------------------------------------------------------------
 
-def _colmap_lines(path: Path):
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError as err:
-        raise SourceError(f"COLMAP file {path} does not exist: give the sparse model directory "
-                          "holding cameras.txt and images.txt") from err
-    except UnicodeDecodeError as err:
-        raise SourceError(f"{path} is not UTF-8 text: export the COLMAP model as text "
-                          "(colmap model_converter --output_type TXT)") from err
-    for lineno, line in enumerate(text.splitlines(), 1):
-        yield lineno, line
-
-
-def _numbers(path: Path, lineno: int, tokens: list[str], what: str) -> list[float]:
-    out = []
-    for tok in tokens:
-        try:
-            v = float(tok)
-        except ValueError:
-            raise SourceError(f"{path}:{lineno}: {what} {tok!r} is not a number") from None
-        if not math.isfinite(v):
-            raise SourceError(f"{path}:{lineno}: {what} {tok!r} is not finite")
-        out.append(v)
-    return out
-
-
 def parse_colmap_cameras(path: Path) -> dict[int, tuple[int, int, np.ndarray]]:
     """``{camera_id: (width, height, K)}`` from a COLMAP ``cameras.txt`` (distortion
     dropped)."""
-    from .colmap import read_colmap_cameras_text
-
     return {cid: (c.width, c.height, c.K) for cid, c in read_colmap_cameras_text(path).items()}
-
-
-def _quat_to_rot(q: np.ndarray) -> np.ndarray:
-    w, x, y, z = q / np.linalg.norm(q)
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-    ])
 
 
 def parse_colmap_images(path: Path, cams: dict) -> list[tuple[str, np.ndarray, int]]:
     """``[(name, viewmat [4,4], camera_id)]`` from a COLMAP ``images.txt``, in file order."""
-    from .colmap import read_colmap_images_text
-
     out = []
     for img in read_colmap_images_text(Path(path)):
         if img.camera_id not in cams:
@@ -264,26 +223,6 @@ def write_colmap_text(directory: str | Path, cameras: Cameras) -> None:
         img.append("")
     (d / "cameras.txt").write_text("\n".join(lines) + "\n")
     (d / "images.txt").write_text("\n".join(img) + "\n")
-
-
-def rot_to_quat(r: np.ndarray) -> np.ndarray:
-    """(w, x, y, z) of a rotation matrix, w >= 0."""
-    m = r
-    tr = m[0, 0] + m[1, 1] + m[2, 2]
-    if tr > 0:
-        s = math.sqrt(tr + 1.0) * 2
-        q = [0.25 * s, (m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s]
-    elif m[0, 0] > m[1, 1] and m[0, 0] > m[2, 2]:
-        s = math.sqrt(1.0 + m[0, 0] - m[1, 1] - m[2, 2]) * 2
-        q = [(m[2, 1] - m[1, 2]) / s, 0.25 * s, (m[0, 1] + m[1, 0]) / s, (m[0, 2] + m[2, 0]) / s]
-    elif m[1, 1] > m[2, 2]:
-        s = math.sqrt(1.0 + m[1, 1] - m[0, 0] - m[2, 2]) * 2
-        q = [(m[0, 2] - m[2, 0]) / s, (m[0, 1] + m[1, 0]) / s, 0.25 * s, (m[1, 2] + m[2, 1]) / s]
-    else:
-        s = math.sqrt(1.0 + m[2, 2] - m[0, 0] - m[1, 1]) * 2
-        q = [(m[1, 0] - m[0, 1]) / s, (m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, 0.25 * s]
-    q = np.array(q)
-    return q if q[0] >= 0 else -q
 
 
 # -- generated cameras ------------------------------------------------------------------

@@ -14,7 +14,7 @@ The binary layout (little-endian, as COLMAP's ``model.cc`` writes it):
 Every count is checked against the bytes left before anything is allocated, and a file
 that ends inside a record is refused by name. The readers are tested against pycolmap
 on the same files (``tests/gs/test_colmap_pycolmap.py``). Camera models outside
-:data:`~oocstore.gs.cameras.COLMAP_MODELS` are read (so that errors can name them) and
+:data:`COLMAP_MODELS` are read (so that errors can name them) and
 refused by the ingest. :func:`write_colmap_model` writes both forms (tests, tools).
 """
 
@@ -27,8 +27,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SourceError
-from .cameras import COLMAP_MODELS, Cameras, _colmap_lines, _numbers, _quat_to_rot, rot_to_quat
 
+#: COLMAP camera models and the number of parameters each one lists.
+COLMAP_MODELS = {"SIMPLE_PINHOLE": 3, "PINHOLE": 4, "SIMPLE_RADIAL": 4, "RADIAL": 5,
+                 "OPENCV": 8}
 #: Every COLMAP camera model by its id in binary models: (name, parameter count).
 #: Those outside :data:`COLMAP_MODELS` (fisheye, thin-prism, FOV, FULL_OPENCV) are
 #: read but refused by name at ingest.
@@ -38,6 +40,61 @@ COLMAP_MODEL_IDS = {0: ("SIMPLE_PINHOLE", 3), 1: ("PINHOLE", 4), 2: ("SIMPLE_RAD
                     9: ("RADIAL_FISHEYE", 5), 10: ("THIN_PRISM_FISHEYE", 12),
                     11: ("RAD_TAN_THIN_PRISM_FISHEYE", 16)}
 _COLMAP_ALL = {name: n for name, n in COLMAP_MODEL_IDS.values()}
+
+
+def _colmap_lines(path: Path):
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError as err:
+        raise SourceError(f"COLMAP file {path} does not exist: give the sparse model directory "
+                          "holding cameras.txt and images.txt") from err
+    except UnicodeDecodeError as err:
+        raise SourceError(f"{path} is not UTF-8 text: export the COLMAP model as text "
+                          "(colmap model_converter --output_type TXT)") from err
+    for lineno, line in enumerate(text.splitlines(), 1):
+        yield lineno, line
+
+
+def _numbers(path: Path, lineno: int, tokens: list[str], what: str) -> list[float]:
+    out = []
+    for tok in tokens:
+        try:
+            v = float(tok)
+        except ValueError:
+            raise SourceError(f"{path}:{lineno}: {what} {tok!r} is not a number") from None
+        if not math.isfinite(v):
+            raise SourceError(f"{path}:{lineno}: {what} {tok!r} is not finite")
+        out.append(v)
+    return out
+
+
+def _quat_to_rot(q: np.ndarray) -> np.ndarray:
+    w, x, y, z = q / np.linalg.norm(q)
+    return np.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+    ])
+
+
+def rot_to_quat(r: np.ndarray) -> np.ndarray:
+    """(w, x, y, z) of a rotation matrix, w >= 0."""
+    m = r
+    tr = m[0, 0] + m[1, 1] + m[2, 2]
+    if tr > 0:
+        s = math.sqrt(tr + 1.0) * 2
+        q = [0.25 * s, (m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s]
+    elif m[0, 0] > m[1, 1] and m[0, 0] > m[2, 2]:
+        s = math.sqrt(1.0 + m[0, 0] - m[1, 1] - m[2, 2]) * 2
+        q = [(m[2, 1] - m[1, 2]) / s, 0.25 * s, (m[0, 1] + m[1, 0]) / s, (m[0, 2] + m[2, 0]) / s]
+    elif m[1, 1] > m[2, 2]:
+        s = math.sqrt(1.0 + m[1, 1] - m[0, 0] - m[2, 2]) * 2
+        q = [(m[0, 2] - m[2, 0]) / s, (m[0, 1] + m[1, 0]) / s, 0.25 * s, (m[1, 2] + m[2, 1]) / s]
+    else:
+        s = math.sqrt(1.0 + m[2, 2] - m[0, 0] - m[1, 1]) * 2
+        q = [(m[1, 0] - m[0, 1]) / s, (m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, 0.25 * s]
+    q = np.array(q)
+    return q if q[0] >= 0 else -q
 
 
 @dataclass(frozen=True)
@@ -144,7 +201,6 @@ def _some_cameras(cams: dict, path: Path) -> dict:
 def unsupported_model(where: str, cam_id, model: str) -> str:
     return (f"{where}: camera {cam_id}: COLMAP camera model {model!r} is not supported: use one of {', '.join(COLMAP_MODELS)} (the distorted ones are undistorted "
             "at ingest), or undistort the images first with `colmap image_undistorter`")
-
 
 
 @dataclass(frozen=True)
@@ -392,10 +448,10 @@ def _check_points(path, ids, xyz, rgb):
     return ids, xyz, rgb
 
 
-def write_colmap_model(directory: str | Path, cameras: Cameras, *, binary: bool = False,
+def write_colmap_model(directory: str | Path, cameras, *, binary: bool = False,
                        points: np.ndarray | None = None, colors: np.ndarray | None = None,
                        model: str = "PINHOLE", distortion=(0.0, 0.0, 0.0, 0.0)) -> None:
-    """Write ``cameras`` (one camera per view, ``model`` = PINHOLE or, with
+    """Write ``cameras`` (:class:`~oocstore.gs.cameras.Cameras`: one camera per view, ``model`` = PINHOLE or, with
     ``distortion`` = (k1, k2, p1, p2), OPENCV / RADIAL / SIMPLE_RADIAL) and the coloured
     ``points`` as a COLMAP model in text or binary form (tracks left empty)."""
     import struct

@@ -87,8 +87,7 @@ def _colmap_dirs(src: Path, images: Path | None) -> tuple[Path, Path]:
 
 def read_colmap_dataset(src: Path, images: Path | None = None) -> PhotoDataset:
     """The views (sorted by image name, as 3DGS does) and points of a COLMAP model."""
-    from .cameras import COLMAP_MODELS
-    from .colmap import read_colmap_model, unsupported_model
+    from .colmap import COLMAP_MODELS, read_colmap_model, unsupported_model
     from .photos import PhotoView
 
     model_dir, image_dir = _colmap_dirs(src, images)

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import SourceError, UsageError
 from ..ingest.common import iter_blocks, random_splits
-from ..ingest.csc import check_edges
+from ..ingest.csc import check_edges, csc_from_keys
 from ..store import Store
 from ..units import format_size
 from .schema import (SCHEMA_KEY, EdgeType, HeteroSchema, NodeType, check_type_name, csc_names,
@@ -80,19 +80,7 @@ def bipartite_csc(n_src: int, n_dst: int, src: np.ndarray, dst: np.ndarray, *,
     if drop_self_loops:
         keep = s != d
         s, d = s[keep], d[keep]
-    key = d * np.int64(max(n_src, 1)) + s
-    key.sort()
-    if key.size:
-        keep = np.empty(key.size, dtype=bool)
-        keep[0] = True
-        np.not_equal(key[1:], key[:-1], out=keep[1:])
-        key = key[keep]
-    counts = np.bincount(key // max(n_src, 1), minlength=n_dst) if key.size else \
-        np.zeros(n_dst, dtype=np.int64)
-    indptr = np.zeros(n_dst + 1, dtype=np.int64)
-    np.cumsum(counts, out=indptr[1:])
-    idx_dtype = np.int32 if n_src < 2**31 else np.int64
-    return indptr, (key % max(n_src, 1)).astype(idx_dtype)
+    return csc_from_keys(d * np.int64(max(n_src, 1)) + s, n_src, n_dst)
 
 
 def add_reverse_edges(src: HeteroSource) -> None:

@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BudgetError, StoreExistsError, StoreNotFoundError, UsageError
+from ..errors import BudgetError, StoreExistsError, UsageError
 from ..pack.costmodel import Bandwidths
 from ..plan import check_plan_name
 from ..store import Store
@@ -57,7 +57,7 @@ from ..store.format import ALIGN, aligned_span
 from ..tiers.aio import run_bytes
 from ..tiers.ssd import AIO_MAX_RUN_UNITS, base_read_buffer_bytes
 from ..units import format_size
-from .plan import HeteroPlanReader, list_hetero_plans
+from .plan import HeteroPlanReader, catalog_entries, catalog_entry, list_hetero_plans
 from .schema import HeteroSchema, feat_name
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def hpack_key(name: str) -> str:
 
 
 def list_hetero_packs(store: Store) -> dict[str, dict]:
-    return {k[len(PACK_PREFIX):]: v for k, v in store.items(PACK_PREFIX) if k.count("/") == 1}
+    return catalog_entries(store, PACK_PREFIX)
 
 
 def row_bytes(schema: HeteroSchema, ntype: str) -> int:
@@ -332,10 +332,5 @@ def store_schema(store: Store) -> HeteroSchema:
 
 
 def load_hetero_pack(store: Store, name: str) -> dict[str, Any]:
-    raw = store.get(hpack_key(name))
-    if raw is None:
-        have = ", ".join(sorted(list_hetero_packs(store))) or "none"
-        raise StoreNotFoundError(f"store {store.path} has no heterogeneous pack {name!r} (it "
-                                 f"has: {have}): create it with `oocstore pack {store.path} "
-                                 f"--plan PLAN --name {name} --cpu-budget SIZE`")
-    return raw
+    return catalog_entry(store, PACK_PREFIX, name, "heterogeneous pack",
+                         f"oocstore pack {store.path} --plan PLAN --name {name} --cpu-budget SIZE")

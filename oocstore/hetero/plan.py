@@ -79,9 +79,25 @@ def hplan_key(name: str) -> str:
     return PLAN_PREFIX + name
 
 
+def catalog_entries(store: Store, prefix: str) -> dict[str, dict]:
+    """The catalog entries ``prefix + name`` of ``store`` (heterogeneous plans or packs)
+    by name."""
+    return {k[len(prefix):]: v for k, v in store.items(prefix) if k.count("/") == 1}
+
+
+def catalog_entry(store: Store, prefix: str, name: str, what: str, create: str) -> dict:
+    """Catalog entry ``prefix + name``; a missing one is a StoreNotFoundError naming the
+    ``what`` entries the store has and the command that creates one (``create``)."""
+    raw = store.get(prefix + name)
+    if raw is None:
+        have = ", ".join(sorted(catalog_entries(store, prefix))) or "none"
+        raise StoreNotFoundError(f"store {store.path} has no {what} {name!r} (it has: "
+                                 f"{have}): create it with `{create}`")
+    return raw
+
+
 def list_hetero_plans(store: Store) -> dict[str, dict]:
-    return {k[len(PLAN_PREFIX):]: v for k, v in store.items(PLAN_PREFIX)
-            if k.count("/") == 1}
+    return catalog_entries(store, PLAN_PREFIX)
 
 
 class HeteroPlanReader:
@@ -90,12 +106,8 @@ class HeteroPlanReader:
 
     def __init__(self, store: Store, name: str):
         self.store = store
-        raw = store.get(hplan_key(name))
-        if raw is None:
-            have = ", ".join(sorted(list_hetero_plans(store))) or "none"
-            raise StoreNotFoundError(f"store {store.path} has no heterogeneous plan {name!r} "
-                                     f"(it has: {have}): create it with `oocstore sample "
-                                     f"{store.path} --name {name} ...`")
+        raw = catalog_entry(store, PLAN_PREFIX, name, "heterogeneous plan",
+                            f"oocstore sample {store.path} --name {name} ...")
         if not isinstance(raw, dict) or raw.get("format_version") != HPLAN_FORMAT_VERSION:
             raise FormatError(f"plan {name!r}: unknown format: re-sample it with --overwrite")
         self.meta = raw

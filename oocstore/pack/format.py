@@ -51,12 +51,11 @@ position of every batch, batches in plan index order (batch ``i`` starts at the 
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..checked_read import ROWS_SCRATCH
-from ..store.format import versioned_from_dict
+from ..store.format import VersionedEntry
 
 #: Version of the pack layout described above. Readers refuse other versions.
 PACK_FORMAT_VERSION = 1
@@ -106,8 +105,11 @@ def plan_record_bytes(max_record_elems: int, node_itemsize: int, batch_size: int
 
 
 @dataclass(frozen=True)
-class PackMeta:
+class PackMeta(VersionedEntry):
     """The catalog entry of one pack (``pack/<name>``)."""
+
+    KIND, VERSION = "pack", PACK_FORMAT_VERSION
+    FIX = "re-pack it with `oocstore pack ... --name {name} --overwrite`"
 
     name: str
     plan: str
@@ -138,12 +140,3 @@ class PackMeta:
     # cycles only these (fewer distinct epochs instead of slow row reads).
     packed_epochs: int = 0
     format_version: int = PACK_FORMAT_VERSION
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PackMeta":
-        return versioned_from_dict(cls, data, kind="pack", version=PACK_FORMAT_VERSION,
-                                   fix="re-pack it with `oocstore pack ... --name {name} "
-                                       "--overwrite`")

@@ -250,6 +250,29 @@ def versioned_from_dict(cls, data: dict[str, Any], *, kind: str, version: int, f
     return _build(cls, kept, f"{kind}/{name}")
 
 
+class VersionedEntry:
+    """``to_dict`` / ``from_dict`` of a frozen metadata dataclass stored as one catalog
+    entry carrying ``format_version`` (plans, packs, edge splits). The dataclass says
+    what it is in errors (``KIND``), the version this oocstore reads (``VERSION``), the
+    command that re-creates an entry of another version (``FIX``, may name ``{name}``)
+    and which of its tuple fields are stored as JSON lists (``LIST_FIELDS``)."""
+
+    KIND: typing.ClassVar[str]
+    VERSION: typing.ClassVar[int]
+    FIX: typing.ClassVar[str]
+    LIST_FIELDS: typing.ClassVar[tuple[str, ...]] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for k in self.LIST_FIELDS:
+            d[k] = list(d[k])
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        return versioned_from_dict(cls, data, kind=cls.KIND, version=cls.VERSION, fix=cls.FIX)
+
+
 @dataclass(frozen=True)
 class ArrayMeta:
     """One array stored row-major in ``file`` starting at byte ``offset``."""

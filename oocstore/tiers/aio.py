@@ -90,9 +90,7 @@ def aio_read_rows(ctx, fd, base_offset, row_bytes, ids, pos, out, scratch, unit,
     depth = iocbs.shape[0]
     base = scratch.ctypes.data
     iocb_addr = iocbs.ctypes.data
-    free = np.empty(depth, np.int64)  # free request slots
-    for s in range(depth):
-        free[s] = depth - 1 - s
+    free = np.arange(depth - 1, -1, -1)  # free request slots, the lowest on top
     nfree = depth
     used = np.zeros(depth, np.bool_)  # scratch units in use
     nxt = 0
@@ -112,28 +110,16 @@ def aio_read_rows(ctx, fd, base_offset, row_bytes, ids, pos, out, scratch, unit,
                 return -(nxt + 1)  # cannot happen: a lone row fits one unit
             nfree -= 1
             s = free[nfree]
-            for u in range(u0, u0 + units):
-                used[u] = True
-            runs[s, 0] = u0
-            runs[s, 1] = units
-            runs[s, 2] = nxt
-            runs[s, 3] = count
+            used[u0:u0 + units] = True
+            runs[s, 0], runs[s, 1], runs[s, 2], runs[s, 3] = u0, units, nxt, count
             _request(iocbs, ptrs, k, s, fd, first_page, end - first_page, base + u0 * unit,
                      iocb_addr)
             k += 1
             nxt += count
             requests[0] += 1
-        sent = 0
-        tries = 0
-        while sent < k:
-            r = _syscall(_SYS_IO_SUBMIT, ctx, k - sent, np.int64(ptrs.ctypes.data) + sent * 8, 0, 0)
-            if r > 0:
-                sent += r
-                inflight += r
-            else:
-                tries += 1
-                if tries > 100:  # EAGAIN forever, or an error: leave it to the caller
-                    return -(n + 1)
+        if _submit(ctx, ptrs, k) < 0:
+            return -(n + 1)
+        inflight += k
         got = _syscall(_SYS_IO_GETEVENTS, ctx, min(wait_for, inflight), depth,
                        np.int64(events.ctypes.data), 0)
         if got < 0:
@@ -145,19 +131,48 @@ def aio_read_rows(ctx, fd, base_offset, row_bytes, ids, pos, out, scratch, unit,
         for e in range(got):
             s = events[e, 0]
             inflight -= 1
-            u0, units, i0, count = runs[s, 0], runs[s, 1], runs[s, 2], runs[s, 3]
-            start = (base_offset + ids[i0] * row_bytes) // 4096 * 4096
-            for i in range(i0, i0 + count):
-                if not _place(out, pos[i], scratch, u0 * unit, start,
-                              base_offset + ids[i] * row_bytes, row_bytes, events[e, 2]):
-                    return -(i + 1)
+            short = _place_run(out, pos, scratch, unit, ids, base_offset, row_bytes, runs[s],
+                               events[e, 2])
+            if short >= 0:
+                return -(short + 1)
             moved += events[e, 2]
-            for u in range(u0, u0 + units):
-                used[u] = False
+            used[runs[s, 0]:runs[s, 0] + runs[s, 1]] = False
             free[nfree] = s
             nfree += 1
-            done += count
+            done += runs[s, 3]
     return moved
+
+
+@numba.njit(nogil=True, cache=True)
+def _submit(ctx, ptrs, k):
+    """Submit the ``k`` requests ``ptrs[:k]`` (the kernel may take them a few at a time);
+    ``k``, or -1 when it keeps refusing (EAGAIN forever, or an error: the caller leaves the
+    batch to the threaded path)."""
+    sent = 0
+    tries = 0
+    while sent < k:
+        r = _syscall(_SYS_IO_SUBMIT, ctx, k - sent, np.int64(ptrs.ctypes.data) + sent * 8, 0, 0)
+        if r > 0:
+            sent += r
+        else:
+            tries += 1
+            if tries > 100:
+                return -1
+    return sent
+
+
+@numba.njit(nogil=True, cache=True)
+def _place_run(out, pos, scratch, unit, ids, base_offset, row_bytes, run, got):
+    """Copy the rows of one completed request (``run``: its first unit, units, first row
+    and rows; it brought ``got`` bytes) from scratch into ``out``; -1, or the index of the
+    first row the read came back short for."""
+    u0, i0, count = run[0], run[2], run[3]
+    start = (base_offset + ids[i0] * row_bytes) // 4096 * 4096
+    for i in range(i0, i0 + count):
+        if not _place(out, pos[i], scratch, u0 * unit, start, base_offset + ids[i] * row_bytes,
+                      row_bytes, got):
+            return i
+    return -1
 
 
 @numba.njit(nogil=True, cache=True)

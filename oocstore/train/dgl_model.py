@@ -22,7 +22,7 @@ import torch
 
 from ..integrations.dgl import require_dgl, to_dgl
 from ..plan import SampledBatch
-from .model import SAGEStack, check_batch_input, relu_dropout
+from .model import SAGEStack, check_batch_input
 
 
 class DGLGraphSAGE(SAGEStack):
@@ -42,14 +42,9 @@ class DGLGraphSAGE(SAGEStack):
                 ) -> torch.Tensor:  # [num_seeds, num_classes] logits
         check_batch_input(len(blocks), len(self.convs), x,
                           blocks[0].num_src_nodes() if blocks else None)
-        h = x.to(torch.float32)
-        last = len(self.convs) - 1
-        for i, (conv, block) in enumerate(zip(self.convs, blocks)):
-            # destinations are a prefix of the sources (see oocstore.plan)
-            h = conv(block, (h, h[:block.num_dst_nodes()]))
-            if i < last:
-                h = relu_dropout(h, self.dropout, self.training)
-        return h
+        # destinations are a prefix of the sources (see oocstore.plan)
+        return self._layers(x, blocks,
+                            lambda conv, h, block: conv(block, (h, h[:block.num_dst_nodes()])))
 
     def forward_batch(self, batch: SampledBatch,
                       x: torch.Tensor,  # [num_input, in_dim] on the model's device

@@ -63,11 +63,11 @@ def check_full_eval(store: Store, spec, cpu_budget: int | None,
     from .models import build_from_spec
 
     if spec.backend != "pyg":
-        raise UsageError(f"--eval full runs the model's PyG layers over the whole graph; "
-                         f"--backend {spec.backend} builds another model: use --backend pyg "
-                         "or --eval sampled")
+        raise UsageError(f"eval='full' runs the model's PyG layers over the whole graph; "
+                         f"backend={spec.backend!r} builds another model: use backend='pyg' "
+                         "or eval='sampled'")
     if not store.has_array("labels"):
-        raise UsageError(f"--eval full: store {store.path} has no labels to compare with")
+        raise UsageError(f"eval='full': store {store.path} has no labels to compare with")
     with torch.device("meta"):  # sizes only: nothing allocated
         lm = LayerwiseModel(spec=spec, model=build_from_spec(spec), source=Path("--eval full"))
     splits = [s for s in splits if s in store.splits]
@@ -75,9 +75,9 @@ def check_full_eval(store: Store, spec, cpu_budget: int | None,
         with LayerPass(store, lm, cpu_budget=cpu_budget, extra_fixed=_extra(store, splits),
                        last_per_dst=LABEL_BYTES) as lp:
             lp.check_disk(work_dir_for(store), lp.disk_need(last_to_file=False),
-                          "use --eval sampled")
+                          "use eval='sampled'")
     except BudgetError as err:
-        raise BudgetError(f"--eval full: {err}; or use --eval sampled") from err
+        raise BudgetError(f"eval='full': {err}; or use eval='sampled'") from err
 
 
 def _extra(store: Store, splits: Iterable[str]) -> int:

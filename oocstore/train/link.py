@@ -38,6 +38,7 @@ from ..linksplit import EdgeSplit, read_edge_split
 from ..plan import PlanMeta, PlanReader, list_plans
 from ..store import Store
 from .link_metrics import link_metrics
+from .loop import RunOptions
 
 log = logging.getLogger(__name__)
 
@@ -49,18 +50,8 @@ _EVAL_EPOCH = 1 << 20
 
 
 @dataclass(frozen=True)
-class LinkTrainConfig:
-    epochs: int = 10
-    hidden: int = 256
-    lr: float = 0.003
-    dropout: float = 0.5
+class LinkTrainConfig(RunOptions):
     decoder: str = "dot"
-    device: str = "cpu"
-    cpu_budget: int | None = None
-    gpu_budget: int | None = None
-    in_memory: bool = False
-    seed: int = 0
-    weight_decay: float = 0.0
     # torch's deterministic algorithms while training on a CPU: without them the
     # backward of the sampled aggregation and of the pair gathers (parallel
     # accumulations) differs in the last bits from run to run, so two runs of one plan
@@ -257,8 +248,8 @@ def run_link_training(store_path, plan: str | None, cfg: LinkTrainConfig, *,
     written to the store."""
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available on this machine; use "
-                         "--device cpu")
+        raise UsageError(f"device={cfg.device!r}: no CUDA device is available on this "
+                         "machine; use device='cpu'")
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)

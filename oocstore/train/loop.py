@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -45,6 +46,25 @@ from ..store import Store
 log = logging.getLogger(__name__)
 
 BatchTriple = tuple[SampledBatch, torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What every homogeneous GNN training run is given, with its defaults: node
+    classification (:class:`~oocstore.train.run.TrainConfig`) and link prediction
+    (:class:`~oocstore.train.link.LinkTrainConfig`) add their own options and check
+    these their own way."""
+
+    epochs: int = 10
+    hidden: int = 256
+    lr: float = 0.003
+    dropout: float = 0.5
+    device: str = "cpu"
+    cpu_budget: int | None = None
+    gpu_budget: int | None = None
+    in_memory: bool = False
+    seed: int = 0
+    weight_decay: float = 0.0  # Adam's L2 penalty
 
 
 def _model_device(model: nn.Module) -> torch.device:

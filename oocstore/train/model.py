@@ -23,7 +23,7 @@ the host-device link.
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -85,6 +85,19 @@ class SAGEStack(nn.Module):
     def num_layers(self) -> int:
         return len(self.convs)
 
+    def _layers(self, x: torch.Tensor, layers: Sequence,
+                apply: Callable[[nn.Module, torch.Tensor, Any], torch.Tensor]) -> torch.Tensor:
+        """``x`` (as float32) through every convolution: ``apply(conv, h, layer)`` gives
+        the output rows of one layer of the batch (its destinations, a prefix of its
+        sources); ReLU and dropout between layers, none after the last."""
+        h = x.to(torch.float32)
+        last = len(self.convs) - 1
+        for i, (conv, layer) in enumerate(zip(self.convs, layers)):
+            h = apply(conv, h, layer)
+            if i < last:
+                h = relu_dropout(h, self.dropout, self.training)
+        return h
+
 
 class GraphSAGE(SAGEStack):
     """``num_layers`` mean-aggregation SAGE convolutions; ReLU and dropout between
@@ -103,17 +116,14 @@ class GraphSAGE(SAGEStack):
                 layers: Sequence[tuple[torch.Tensor, tuple[int, int]]],  # (edge_index [2, E], size)
                 ) -> torch.Tensor:  # [num_seeds, num_classes] logits
         check_batch_input(len(layers), len(self.convs), x, layers[0][1][0] if layers else None)
-        h = x.to(torch.float32)
-        last = len(self.convs) - 1
-        for i, (conv, (edge_index, size)) in enumerate(zip(self.convs, layers)):
-            num_src, num_dst = int(size[0]), int(size[1])
-            if self.sparse:
-                h = conv((h, h[:num_dst]), csr_adjacency(edge_index, num_src, num_dst))
-            else:
-                h = conv((h, h[:num_dst]), edge_index, size=(num_src, num_dst))
-            if i < last:
-                h = relu_dropout(h, self.dropout, self.training)
-        return h
+        return self._layers(x, layers, self._sage_layer)
+
+    def _sage_layer(self, conv: nn.Module, h: torch.Tensor, layer) -> torch.Tensor:
+        edge_index, size = layer
+        num_src, num_dst = int(size[0]), int(size[1])
+        if self.sparse:
+            return conv((h, h[:num_dst]), csr_adjacency(edge_index, num_src, num_dst))
+        return conv((h, h[:num_dst]), edge_index, size=(num_src, num_dst))
 
     def forward_batch(self, batch: SampledBatch,
                       x: torch.Tensor,  # [num_input, in_dim] on the model's device

@@ -43,7 +43,7 @@ from ..errors import FormatError, UsageError
 from ..integrations.pyg import require_pyg, to_pyg
 from ..plan import SampledBatch
 from ..units import format_size
-from .model import GraphSAGE, SAGEStack, check_batch_input, csr_adjacency, relu_dropout
+from .model import GraphSAGE, SAGEStack, check_batch_input, csr_adjacency
 
 MODELS = ("sage", "gcn", "gat")
 BACKEND_MODELS = {"pyg": MODELS, "dgl": ("sage",)}
@@ -96,33 +96,34 @@ def check_model_args(kind: str, hidden: int, heads: int | None, backend: str = "
     without attention, ``heads < 1``, a hidden width that does not split into the heads.
     (``oocstore train`` checks this before it writes evaluation plans.)"""
     if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
-        raise UsageError(f"--hidden {hidden}: give 1 or more hidden units")
+        raise UsageError(f"hidden={hidden}: give 1 or more hidden units")
     if dropout is not None and not 0.0 <= float(dropout) < 1.0:
-        raise UsageError(f"--dropout {dropout}: give a probability in [0, 1)")
+        raise UsageError(f"dropout={dropout}: give a probability in [0, 1)")
     if kind not in MODELS:
-        raise UsageError(f"--model {kind!r}: use one of {', '.join(MODELS)}")
+        raise UsageError(f"model={kind!r}: use one of {', '.join(MODELS)}")
     offered = BACKEND_MODELS.get(backend, ())
     if kind not in offered:
-        raise UsageError(f"--model {kind} is not offered by the {backend} backend (it offers: "
-                         f"{', '.join(offered)}): use --backend pyg or --model sage")
+        raise UsageError(f"model={kind!r} is not offered by the {backend} backend (it offers: "
+                         f"{', '.join(offered)}): use backend='pyg' or model='sage'")
     if heads is not None:
         if kind != "gat":
-            raise UsageError(f"--heads {heads}: only --model gat has attention heads; drop "
-                             "--heads or use --model gat")
+            raise UsageError(f"heads={heads}: only model='gat' has attention heads; use "
+                             "model='gat', or leave the heads out")
         if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1:
-            raise UsageError(f"--heads {heads}: give 1 or more attention heads")
+            raise UsageError(f"heads={heads}: give 1 or more attention heads")
         if hidden % heads:
-            raise UsageError(f"--hidden {hidden} does not split into --heads {heads} equal "
-                             f"heads: give a --hidden that is a multiple of {heads}")
+            raise UsageError(f"hidden={hidden} does not split into heads={heads} equal heads: "
+                             f"give hidden={-(-hidden // heads) * heads} (or another multiple "
+                             f"of {heads})")
 
 
 def check_layers(layers: int | None, plan_layers: int, plan: str) -> None:
     """``--layers`` must equal the plan's number of fanouts (one sampled hop per layer)."""
     if layers is not None and layers != plan_layers:
-        raise UsageError(f"--layers {layers} does not match plan {plan!r}, which samples "
-                         f"{plan_layers} layer(s) (one per fanout): give --layers "
-                         f"{plan_layers}, or sample a plan with {layers} fanouts "
-                         f"(`oocstore sample STORE --fanouts ...`)")
+        raise UsageError(f"layers={layers} does not match plan {plan!r}, which samples "
+                         f"{plan_layers} layer(s) (one per fanout): give layers={plan_layers}, "
+                         f"or sample a plan with {layers} fanouts (`oocstore sample STORE "
+                         "--fanouts ...`)")
 
 
 def gcn_adjacency(edge_index: torch.Tensor,  # [2, E] int64 (source, destination)
@@ -147,13 +148,8 @@ class _Stack(SAGEStack):
                 layers: Sequence[tuple[torch.Tensor, tuple[int, int]]],
                 ) -> torch.Tensor:  # [num_seeds, num_classes] logits
         check_batch_input(len(layers), len(self.convs), x, layers[0][1][0] if layers else None)
-        h = x.to(torch.float32)
-        last = len(self.convs) - 1
-        for i, (conv, (edge_index, size)) in enumerate(zip(self.convs, layers)):
-            h = self._conv(conv, h, edge_index, int(size[0]), int(size[1]))
-            if i < last:
-                h = relu_dropout(h, self.dropout, self.training)
-        return h
+        return self._layers(x, layers, lambda conv, h, layer: self._conv(
+            conv, h, layer[0], int(layer[1][0]), int(layer[1][1])))
 
     def forward_batch(self, batch: SampledBatch, x: torch.Tensor) -> torch.Tensor:
         """Logits for the seeds of ``batch`` (the training loop's entry point)."""
@@ -250,10 +246,10 @@ def check_model_fits(spec: ModelSpec, limit: int | None = None) -> None:
             return
     need = model_bytes(spec)
     if need > limit:
-        raise UsageError(f"--hidden {spec.hidden} --layers {spec.layers} gives a {spec.kind} "
+        raise UsageError(f"hidden={spec.hidden} layers={spec.layers} gives a {spec.kind} "
                          f"model of {format_size(need)} (weights, gradients and Adam's "
                          f"state), more than this machine's {format_size(limit)} of memory: "
-                         "give a smaller --hidden")
+                         f"lower hidden={spec.hidden}")
 
 
 def heads_of(kind: str, heads: int | None) -> int | None:

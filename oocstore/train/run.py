@@ -49,7 +49,7 @@ from ..store import Store
 from .checkpoint import (CHECKPOINT_FILE, check_optimizer_state, check_rng_state,
                          load_checkpoint, rng_state, save_checkpoint, set_rng_state)
 from .full_eval import EVAL_MODES, check_full_eval, full_counts
-from .loop import InMemoryFeatures, ddp_model, evaluate_counts, train_epoch
+from .loop import InMemoryFeatures, RunOptions, ddp_model, evaluate_counts, train_epoch
 from .models import (ModelSpec, build_from_spec, check_layers, check_model_args, check_model_fits,
                      check_resume_model)
 from .progress import TrainProgress, _EpochCallback
@@ -60,22 +60,12 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 10
-    hidden: int = 256
-    lr: float = 0.003
-    dropout: float = 0.5
-    device: str = "cpu"
-    cpu_budget: int | None = None
-    gpu_budget: int | None = None
-    in_memory: bool = False
+class TrainConfig(RunOptions):
     backend: str = "pyg"
-    seed: int = 0
     checkpoint: str | None = None
     resume: bool = False
     writer_wait: float = WRITER_WAIT_S  # s to wait for another writer (evaluation plans)
     allow_eval_split: bool = False  # train on a plan of val/test (refused otherwise)
-    weight_decay: float = 0.0  # Adam's L2 penalty
     early_stop: int | None = None  # stop after this many epochs without a better val_acc
     save_model: str | None = None  # write the best validation epoch's state_dict here
     overwrite: bool = False  # save_model may replace an existing file
@@ -86,26 +76,26 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
-            raise UsageError(f"--epochs {self.epochs}: give 1 or more")
+            raise UsageError(f"epochs={self.epochs}: give 1 or more")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise UsageError(f"--weight-decay {self.weight_decay}: give a finite value >= 0 "
+            raise UsageError(f"weight_decay={self.weight_decay}: give a finite value >= 0 "
                              "(0 turns it off)")
         if self.early_stop is not None and self.early_stop < 1:
-            raise UsageError(f"--early-stop {self.early_stop}: give the number of epochs "
+            raise UsageError(f"early_stop={self.early_stop}: give the number of epochs "
                              "without a better validation accuracy to stop after (1 or more)")
         if not (math.isfinite(self.lr) and self.lr > 0):
-            raise UsageError(f"--lr {self.lr}: give a finite learning rate > 0")
+            raise UsageError(f"lr={self.lr}: give a finite learning rate > 0")
         if self.backend not in ("pyg", "dgl"):
-            raise UsageError(f"--backend {self.backend!r}: use pyg or dgl")
+            raise UsageError(f"backend={self.backend!r}: use pyg or dgl")
         if self.resume and not self.checkpoint:
-            raise UsageError("--resume needs --checkpoint DIR (where the run saved its state)")
+            raise UsageError("resume=True needs checkpoint=DIR (where the run saved its state)")
         check_model_args(self.model, self.hidden, self.heads, self.backend, self.dropout)
         if self.eval not in EVAL_MODES:
-            raise UsageError(f"--eval {self.eval!r}: use one of {', '.join(EVAL_MODES)}")
+            raise UsageError(f"eval={self.eval!r}: use one of {', '.join(EVAL_MODES)}")
         if self.eval == "full" and self.backend != "pyg":
-            raise UsageError(f"--eval full runs the model's PyG layers over the whole graph; "
-                             f"--backend {self.backend} builds another model: use --backend "
-                             "pyg or --eval sampled")
+            raise UsageError(f"eval='full' runs the model's PyG layers over the whole graph; "
+                             f"backend={self.backend!r} builds another model: use "
+                             "backend='pyg' or eval='sampled'")
 
     @property
     def selects(self) -> bool:
@@ -177,8 +167,8 @@ def run_training(store_path: str | os.PathLike, plan: str | None, cfg: TrainConf
         progress = _EpochCallback(progress, cfg.epochs)
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available on this machine; use "
-                         "--device cpu")
+        raise UsageError(f"device={cfg.device!r}: no CUDA device is available on this "
+                         "machine; use device='cpu'")
     if cfg.backend == "dgl":
         from ..integrations.dgl import require_dgl
 
@@ -300,7 +290,7 @@ def _prepare(store_path, plan: str | None, cfg: TrainConfig, budget: MemoryBudge
 def _check_has_val(store_path, cfg: TrainConfig) -> None:
     with Store(store_path) as store:
         if "val" not in store.splits:
-            flag = "--early-stop" if cfg.early_stop is not None else "--save-model"
+            flag = "early_stop" if cfg.early_stop is not None else "save_model"
             raise UsageError(f"{flag}: store {store.path} has no 'val' split to choose the "
                              "best epoch by (it has: "
                              f"{', '.join(sorted(store.splits)) or 'none'}): re-ingest with "
@@ -311,23 +301,23 @@ def _check_checkpoint_dir(directory: Path) -> None:
     """Refuse a --checkpoint DIR that is not a directory or cannot be created or written."""
     if directory.exists():
         if not directory.is_dir():
-            raise UsageError(f"--checkpoint {directory}: not a directory; give a directory to "
+            raise UsageError(f"checkpoint={str(directory)!r}: not a directory; give a directory to "
                              "save the run's state in")
         target = directory
     else:
         target = next((p for p in directory.parents if p.exists()), Path("."))
         if not target.is_dir():
-            raise UsageError(f"--checkpoint {directory}: {target} is not a directory; give a "
+            raise UsageError(f"checkpoint={str(directory)!r}: {target} is not a directory; give a "
                              "directory to save the run's state in")
     if not os.access(target, os.W_OK | os.X_OK):
-        raise UsageError(f"--checkpoint {directory}: {target} is not writable; give a "
+        raise UsageError(f"checkpoint={str(directory)!r}: {target} is not writable; give a "
                          "directory this user can write")
 
 
 def _checkpoint_path(cfg: TrainConfig) -> Path:
     path = Path(cfg.checkpoint) / CHECKPOINT_FILE
     if not path.exists():
-        raise UsageError(f"--resume: no checkpoint at {path}; run without --resume first")
+        raise UsageError(f"resume=True: no checkpoint at {path}; run without resume=True first")
     return path
 
 
@@ -473,18 +463,24 @@ def _rank_entry(value: Any, rank: int, world: int, path: Path, key: str) -> Any:
     return value
 
 
+def _start(store: Store, reader: PlanReader, cfg: TrainConfig, device, rank: int, world: int):
+    """The run's model and optimizer and where it starts: (model, optimizer, first epoch,
+    history, loader state, best epoch so far), from the checkpoint of ``cfg`` when it
+    resumes."""
+    model = _model(store, reader, cfg, device)
+    optimizer = _optimizer(model, cfg)
+    if cfg.resume:
+        return (model, optimizer) + _resume(cfg, model, optimizer, reader, device, rank, world)
+    return model, optimizer, 0, [], None, BestModel(patience=cfg.early_stop)
+
+
 def _train(store, name, pack, evals, cfg: TrainConfig, budget, device,
            progress: TrainProgress | None, rank: int = 0, world: int = 1,
            writes: WriteLog | None = None) -> dict[str, Any]:
     reader = PlanReader(store, name)
-    model = _model(store, reader, cfg, device)
-    optimizer = _optimizer(model, cfg)
+    model, optimizer, start_epoch, history, loader_state, best = _start(store, reader, cfg,
+                                                                        device, rank, world)
     ckdir = Path(cfg.checkpoint) if cfg.checkpoint else None
-    start_epoch, history, loader_state = 0, [], None
-    best = BestModel(patience=cfg.early_stop)
-    if cfg.resume:
-        start_epoch, history, loader_state, best = _resume(cfg, model, optimizer, reader,
-                                                           device, rank, world)
     # DDP broadcasts rank 0's parameters once and all-reduces gradients every step;
     # ``model`` stays the plain module (evaluation and checkpoints).
     step_model = ddp_model(model) if world > 1 else model
@@ -588,7 +584,7 @@ def _train_out_of_core(store, name, pack, device, budget, rank, world, loader_st
         # --eval full: the training loader releases its buffers and charges for the
         # layer-wise pass (as it does for an evaluation loader, NodeLoader.eval_loader)
         # and re-opens them on its next epoch (take_turn)
-        sources["lend"] = loader._suspend
+        sources["lend"] = loader.lend_budget
         try:
             run(batches, loader)
         finally:

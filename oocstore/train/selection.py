@@ -93,17 +93,17 @@ def check_model_path(path: str | os.PathLike, overwrite: bool) -> Path:
     read-only parent directory."""
     p = Path(path)
     if p.is_dir():
-        raise UsageError(f"--save-model {p}: is a directory; give a file name, e.g. "
+        raise UsageError(f"save_model={str(p)!r}: is a directory; give a file name, e.g. "
                          f"{p / 'model.pt'}")
     if p.exists() and not overwrite:
-        raise UsageError(f"--save-model {p}: the file exists; give --overwrite to replace it "
-                         "or another path")
+        raise UsageError(f"save_model={str(p)!r}: the file exists; give overwrite=True to "
+                         "replace it, or another path")
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
-        raise UsageError(f"--save-model {p}: directory {parent} does not exist; create it "
+        raise UsageError(f"save_model={str(p)!r}: directory {parent} does not exist; create it "
                          "first or give another path")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"--save-model {p}: directory {parent} is not writable; give a "
+        raise UsageError(f"save_model={str(p)!r}: directory {parent} is not writable; give a "
                          "path this user can write")
     return p
 

@@ -4,7 +4,8 @@ import pytest
 from conftest import make_params
 from oocstore.errors import SourceError
 from oocstore.gs.cameras import (Cameras, look_at, orbit_cameras, parse_colmap_cameras,
-                                 read_colmap_text, rot_to_quat, write_colmap_text, _quat_to_rot)
+                                 read_colmap_text, rot_to_quat, write_colmap_text)
+from oocstore.gs.colmap import _quat_to_rot
 
 CAMS_TXT = """# Camera list with one line of data per camera:
 1 PINHOLE 640 480 500 510 320 240

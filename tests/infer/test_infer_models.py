@@ -131,7 +131,7 @@ def test_unusable_model_refused(store_path, tmp_path, capsys, case):
     path = tmp_path / "m.pt"
     if case == "unknown_kind":
         save_model(path, model.state_dict(), {**spec.to_dict(), "kind": "gin"})
-        match = r"model_spec.* does not describe a model \(--model 'gin': use one of"
+        match = r"model_spec.* does not describe a model \(model='gin': use one of"
     elif case == "dgl":
         sage = build_from_spec(ModelSpec("sage", 10, 16, spec.classes, 2))
         save_model(path, sage.state_dict(), {**ModelSpec("sage", 10, 16, spec.classes,

@@ -92,3 +92,11 @@ def test_graph_adds_accuracy_a_feature_only_model_cannot_reach(tmp_path):
 def test_bad_parameters_are_refused(kwargs, match):
     with pytest.raises(UsageError, match=match):
         SyntheticSpec(**kwargs)
+
+
+def test_an_unsupported_dtype_is_refused_by_its_parameter_name(tmp_path):
+    source = synthetic_source(SyntheticSpec(nodes=100, avg_degree=2, feat_dim=4))
+    with pytest.raises(UsageError, match=r"^dtype='float64' is not supported: use float32 or "
+                                         r"float16$"):
+        build_store(tmp_path / "s", source, dtype="float64")
+    assert not (tmp_path / "s").exists()

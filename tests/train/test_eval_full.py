@@ -18,7 +18,7 @@ from oocstore.budget import BudgetAccountant, MemoryBudget
 from oocstore.plan import list_plans
 from oocstore.errors import UsageError
 from oocstore.train import evaluate_full
-from oocstore.train.full_eval import full_counts
+from oocstore.train.full_eval import check_full_eval, full_counts
 from oocstore.train.models import ModelSpec, build_from_spec, spec_of_state_dict
 
 REAL_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -148,3 +148,13 @@ def test_dblp_full_accuracy_equals_in_memory_forward(tmp_path, capsys):
     assert out["test_acc"] == pytest.approx(ref["test"], abs=1e-9)
     assert out["val_acc"] > 0.5  # it learned (dblp: 4 classes)
     print(json.dumps({"val_acc": out["val_acc"], "test_acc": out["test_acc"]}))
+
+
+def test_a_python_caller_reads_the_parameters_it_passed():
+    """The refusal names ``eval`` and ``backend`` as passed in Python (the CLI writes
+    ``--eval full ... --backend dgl`` in, see test_refused_before_anything_is_written)."""
+    spec = ModelSpec("sage", 8, 8, 2, 2, None, 0.5, "dgl")
+    with pytest.raises(UsageError, match=r"^eval='full' runs the model's PyG layers .* "
+                                         r"backend='dgl' builds another model: use "
+                                         r"backend='pyg' or eval='sampled'$"):
+        check_full_eval(None, spec, None)

@@ -8,10 +8,10 @@ import torch
 
 from helpers import cli_store_fixtures, exit_status, train_json, tree_bytes
 from oocstore.cli import main
-from oocstore.errors import FormatError
+from oocstore.errors import FormatError, UsageError
 from oocstore.train.models import (GAT, GCN, ModelSpec, build_from_spec, build_model,
-                                   gcn_adjacency, model_from_checkpoint, spec_of_checkpoint,
-                                   spec_of_state_dict)
+                                   check_model_args, gcn_adjacency, model_from_checkpoint,
+                                   spec_of_checkpoint, spec_of_state_dict)
 from oocstore.train.model import GraphSAGE
 
 
@@ -104,19 +104,35 @@ def test_checkpoint_without_model_field_loads_as_sage(store, tmp_path, capsys):
     assert "holds a --model sage model" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("args, said", [
+    (("gat", 0, None), "hidden=0: give 1 or more hidden units"),
+    (("gcn", 8, 2), "heads=2: only model='gat' has attention heads"),
+    (("gat", 8, 3), "hidden=8 does not split into heads=3 equal heads: give hidden=9"),
+    (("gcn", 8, None, "dgl"), "model='gcn' is not offered by the dgl backend (it offers: "
+                              "sage): use backend='pyg' or model='sage'"),
+])
+def test_a_python_caller_reads_the_parameter_it_passed(args, said):
+    with pytest.raises(UsageError) as err:
+        check_model_args(*args)
+    assert str(err.value).startswith(said) and "--" not in str(err.value)
+
+
 @pytest.mark.parametrize("argv, match", [
     (["--model", "mlp"], "invalid choice: 'mlp'"),
     (["--model", "gat", "--heads", "0"], "--heads 0: give 1 or more"),
     (["--model", "gcn", "--heads", "2"], "only --model gat has attention heads"),
     (["--heads", "2"], "only --model gat has attention heads"),
-    (["--model", "gat", "--heads", "3", "--hidden", "8"], "multiple of 3"),
+    (["--model", "gat", "--heads", "3", "--hidden", "8"],
+     "--hidden 8 does not split into --heads 3 equal heads: give --hidden 9 (or another "
+     "multiple of 3)"),
     (["--layers", "3"], "--layers 3 does not match plan"),
     (["--layers", "1", "--in-memory"], "give --layers 2"),
     (["--backend", "dgl", "--model", "gcn"], "offers: sage"),
     (["--hidden", "0"], "--hidden 0: give 1 or more"),
     (["--dropout", "1.5"], "--dropout 1.5: give a probability in [0, 1)"),
-    (["--hidden", "100000000000"], "give a smaller --hidden"),
-    (["--hidden", "100000000000", "--in-memory", "--model", "gcn"], "give a smaller --hidden"),
+    (["--hidden", "100000000000"], "memory: lower --hidden 100000000000"),
+    (["--hidden", "100000000000", "--in-memory", "--model", "gcn"],
+     "memory: lower --hidden 100000000000"),
 ])
 def test_bad_model_input_is_one_line_and_writes_nothing(fresh, tmp_path, capsys, argv, match):
     before = files(tmp_path)

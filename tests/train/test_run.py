@@ -6,6 +6,9 @@ import torch
 
 from helpers import cli_store_fixtures, train_json
 from oocstore.cli import main
+from oocstore.errors import UsageError
+from oocstore.train.run import TrainConfig, _check_checkpoint_dir
+from oocstore.train.selection import check_model_path
 
 
 store, _ = cli_store_fixtures("train",
@@ -62,6 +65,32 @@ def test_bad_input_is_one_line(store, capsys, argv, match):
     assert main(["train", store, "--epochs", "1", *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and match in err[0]
+
+
+@pytest.mark.parametrize("kwargs, said", [
+    (dict(epochs=0), "epochs=0: give 1 or more"),
+    (dict(lr=-1.0), "lr=-1.0: give a finite learning rate"),
+    (dict(weight_decay=-0.5), "weight_decay=-0.5: give a finite value >= 0"),
+    (dict(early_stop=0), "early_stop=0: give the number of epochs"),
+    (dict(resume=True), "resume=True needs checkpoint=DIR"),
+    (dict(eval="all"), "eval='all': use one of"),
+])
+def test_a_python_caller_reads_the_parameter_it_passed(kwargs, said):
+    """TrainConfig's errors name its parameters (the CLI writes its flags in instead,
+    see test_bad_input_is_one_line)."""
+    with pytest.raises(UsageError) as err:
+        TrainConfig(**kwargs)
+    assert said in str(err.value) and "--" not in str(err.value)
+
+
+def test_model_and_checkpoint_paths_are_refused_by_parameter_name(tmp_path):
+    (tmp_path / "exists.pt").write_bytes(b"")
+    with pytest.raises(UsageError, match=r"^save_model='.*exists.pt': the file exists; give "
+                                         r"overwrite=True"):
+        check_model_path(tmp_path / "exists.pt", overwrite=False)
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(UsageError, match=r"^checkpoint='.*file': not a directory"):
+        _check_checkpoint_dir(tmp_path / "file")
 
 
 def test_dgl_backend_without_dgl_says_how_to_install(store, capsys):
