@@ -3,7 +3,8 @@
 :class:`HeteroLoader` yields :class:`HeteroBatch` objects: per node type the global ids
 and feature rows of the batch's input nodes (``x_dict``), per layer the typed blocks
 (``edge_index`` per relation, local ids, destinations a prefix of sources per type), the
-seeds' labels, and :meth:`HeteroBatch.to_pyg` for PyG's ``HeteroData``. Every buffer is
+seeds' labels, :meth:`HeteroBatch.to_pyg` for PyG's ``HeteroData`` and
+:meth:`HeteroBatch.to_dgl` for DGL heterograph blocks. Every buffer is
 charged to one :class:`~oocstore.budget.BudgetAccountant` before it is allocated; a
 budget that cannot hold one batch is refused with the itemised list before any read.
 One background thread reads the next batch while the current one trains.
@@ -59,6 +60,17 @@ class HeteroBatch:
         data[self.target].y = self.y
         data[self.target].batch_size = self.num_seeds
         return data
+
+    def to_dgl(self, device=None) -> list:
+        """DGL heterograph blocks, one ``dgl.create_block`` per layer (``blocks[0]`` the
+        input side): typed edges ``(src_type, relation, dst_type)`` in local ids, global
+        ids in ``srcdata`` / ``dstdata[dgl.NID]`` per type, features in
+        ``blocks[0].srcdata["feat"]``, the seeds' labels in ``blocks[-1].dstdata["label"]``
+        (see :func:`oocstore.hetero.dgl.to_dgl_blocks`). Needs the DGL environment; without
+        it, :class:`~oocstore.errors.MissingDependencyError` says how to build it."""
+        from .dgl import to_dgl_blocks
+
+        return to_dgl_blocks(self, device)
 
 
 class HeteroLoader:
