@@ -73,6 +73,25 @@ class HeteroBatch:
         return to_dgl_blocks(self, device)
 
 
+def make_batch(sb: HeteroSampledBatch, x: dict[str, np.ndarray], labels: np.ndarray,
+               device: str = "cpu") -> HeteroBatch:
+    """The :class:`HeteroBatch` of sampled batch ``sb`` with feature rows ``x`` (per
+    feature-bearing type, ``features[sb.input_nodes[type]]``) and the target type's
+    ``labels`` (indexed by global id), as tensors on ``device``. Other loaders (the
+    baselines of ``bench/hetero_loaders.py``) build their batches with it too."""
+    import torch
+
+    blocks = []
+    for b in sb.blocks:
+        ei = {et: torch.from_numpy(np.stack([s, d])).to(device) for et, (s, d) in b.edges.items()}
+        blocks.append({"sizes": b.sizes, "edge_index": ei})
+    return HeteroBatch(target=sb.target, num_seeds=sb.num_seeds,
+                       n_id={t: torch.from_numpy(v) for t, v in sb.input_nodes.items()},
+                       x_dict={t: torch.from_numpy(v).to(device) for t, v in x.items()},
+                       num_nodes={t: int(v.size) for t, v in sb.input_nodes.items()},
+                       blocks=blocks, y=torch.from_numpy(labels[sb.seeds]).to(device))
+
+
 class HeteroLoader:
     """Iterate the batches of one epoch of a heterogeneous plan.
 
@@ -184,21 +203,8 @@ class HeteroLoader:
         return self._to_batch(self.plan.batch(epoch % self.num_epochs, batch))
 
     def _to_batch(self, sb: HeteroSampledBatch) -> HeteroBatch:
-        import torch
-
-        e = sb.epoch
-        x = {t: torch.from_numpy(r.read(sb.input_nodes[t], e, sb.batch)).to(self.device)
-             for t, r in self.readers.items()}
-        blocks = []
-        for b in sb.blocks:
-            ei = {et: torch.from_numpy(np.stack([s, d])).to(self.device)
-                  for et, (s, d) in b.edges.items()}
-            blocks.append({"sizes": b.sizes, "edge_index": ei})
-        y = torch.from_numpy(self.labels[sb.seeds]).to(self.device)
-        return HeteroBatch(target=sb.target, num_seeds=sb.num_seeds,
-                           n_id={t: torch.from_numpy(v) for t, v in sb.input_nodes.items()},
-                           x_dict=x, num_nodes={t: int(v.size) for t, v in sb.input_nodes.items()},
-                           blocks=blocks, y=y)
+        x = {t: r.read(sb.input_nodes[t], sb.epoch, sb.batch) for t, r in self.readers.items()}
+        return make_batch(sb, x, self.labels, self.device)
 
     def epoch(self, epoch: int) -> Iterator[HeteroBatch]:
         """The batches of ``epoch`` in order; the next one is read on a thread meanwhile."""
