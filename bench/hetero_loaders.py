@@ -280,7 +280,10 @@ def run_worker(spec: dict) -> dict:
     from oocstore.hetero.schema import label_name
     from oocstore.store import Store
 
+    from oocstore.tiers.assemble import warm_up
+
     torch.set_num_threads(spec["threads"])
+    warm_up(np.dtype(np.float32))  # oocstore's kernels (also in BaseRowTier), as gnn_loaders
     with Store(spec["store"]) as store:
         plan = HeteroPlanReader(store, spec["plan"])
         labels = np.asarray(read_whole_checked(store, label_name(plan.target)), dtype=np.int64)
