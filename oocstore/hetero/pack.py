@@ -122,7 +122,10 @@ def remove_interrupted_packs(store: Store, *, dry_run: bool = False) -> list[str
     with store.writer_lock():
         for key, entry in list(store.items(PENDING_PREFIX)):
             subs = entry.get("subpacks", []) if isinstance(entry, dict) else []
-            for n in sorted(str(v) for v in subs):
+            # only names of this pack's sub-packs (<name>.<type>): a damaged entry
+            # naming any other pack removes nothing
+            mine = f"{key[len(PENDING_PREFIX):]}."
+            for n in sorted(str(v) for v in subs if str(v).startswith(mine)):
                 if store.get(pack_key(n)) is not None:
                     gone.append(n)
                     if not dry_run:

@@ -99,3 +99,14 @@ def test_pack_refuses_to_overwrite_a_pack_made_through_the_api(store, digest, ca
         with pytest.raises(StoreExistsError, match="mine.paper"):
             pack_hetero(s, "train", name="mine", cpu_budget=BUDGET, overwrite=True)
     assert digest(store) == before
+
+
+def test_gc_removes_only_the_pending_packs_own_subpacks(store):
+    with Store(store, readonly=False) as s:
+        pack_plan(s, "train.paper", name="mine.paper",
+                  options=PackOptions(features=feat_name("paper"), cpu_cache=0))
+        with s.transaction() as txn:  # a damaged pending entry naming another pack
+            txn.put(PENDING_PREFIX + "train", {"subpacks": ["mine.paper", "train.paper"]})
+    assert main(["gc", str(store), "--quiet"]) == 0
+    with Store(store) as s:
+        assert s.get("pack/mine.paper") is not None and not list(s.items(PENDING_PREFIX))
