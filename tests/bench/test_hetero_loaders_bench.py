@@ -62,3 +62,21 @@ def test_per_type_figures(result):
     # row reads of 4 KiB for rows of 128 / 256 bytes: far more than oocstore's segments
     assert L["ginex"]["types"]["author"]["read_amplification"] > \
         2 * L["oocstore"]["types"]["author"]["read_amplification"]
+
+
+def test_mmap_in_a_memory_cgroup(tmp_path):
+    sys.path.insert(0, str(REPO / "bench"))
+    import _memcg
+
+    why = _memcg.unavailable()
+    if why:
+        pytest.skip(why)
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "hetero_loaders.py"), "--toy",
+                        "--loaders", "mmap-memcg,oocstore"], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-4000:]
+    L = json.loads(r.stdout.strip().splitlines()[-1])["loaders"]
+    cg = L["mmap-memcg"]["memcg"]
+    assert not cg["oom_killed"] and cg["max_usage_bytes"] <= cg["limit_bytes"]
+    assert {t: s["rows"] for t, s in L["mmap-memcg"]["types"].items()} == \
+        {t: s["rows"] for t, s in L["oocstore"]["types"].items()}
