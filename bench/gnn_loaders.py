@@ -291,13 +291,15 @@ def ginex_schedule(plan, batches: int, superbatch: int, cache_rows: int, init_id
     return hit, pstart, inserts
 
 
-def fill_cache(store, ids: np.ndarray, cache: np.ndarray, chunk: int = 32 << 20) -> None:
+def fill_cache(store, ids: np.ndarray, cache: np.ndarray, chunk: int = 32 << 20,
+               array: str = "features") -> None:
     """``cache[k] = features[ids[k]]`` with one sequential O_DIRECT scan of the feature
-    file in ``chunk``-byte reads (never mapped, so resident memory is the cache)."""
+    file in ``chunk``-byte reads (never mapped, so resident memory is the cache);
+    ``array``: the feature array (a node type's, ``bench/hetero_loaders.py``)."""
     from oocstore.store import ALIGN
     from oocstore.store.files import DirectReader, aligned_empty
 
-    fm = store.array_meta("features")
+    fm = store.array_meta(array)
     rb = fm.row_bytes
     order = np.argsort(ids, kind="stable")
     sids = ids[order]

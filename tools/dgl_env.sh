@@ -10,7 +10,9 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv-dgl}
 REQS="dgl==2.1.0 torch==2.2.1 numpy<2 setuptools<70 torchdata==0.7.1 pandas pydantic pyyaml"
-RUNTIME="numba lmdb scipy<1.14 psutil tqdm pytest"  # pytest: `make test-dgl` runs tests/dgl here
+# pytest: `make test-dgl` runs tests/dgl_backend here; PyG 2.6 (it runs on torch 2.2): the
+# heterogeneous DGL tests compare to_dgl and the DGL models with to_pyg and the PyG models.
+RUNTIME="numba lmdb scipy<1.14 psutil tqdm pytest torch_geometric==2.6.1"
 STAMP="$VENV/.dgl-env-stamp"
 WANT="$REQS | $RUNTIME | $(sha1sum pyproject.toml | cut -c1-12)"
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]]; then

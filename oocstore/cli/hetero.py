@@ -194,7 +194,7 @@ def cmd_train(args) -> int:
     from ..hetero.train import HeteroTrainConfig, run_hetero_training
 
     _refuse(args, {"--checkpoint": None, "--resume": False, "--early-stop": None,
-                   "--save-model": None, "--backend": "pyg", "--gpu-budget": None,
+                   "--save-model": None, "--gpu-budget": None,
                    "--heads": None, "--layers": None, "--allow-eval-split": False,
                    "--task": "node", "--eval": "sampled"})
     model = args.model if args.model in ("rgcn", "hetero-sage") else None
@@ -204,7 +204,7 @@ def cmd_train(args) -> int:
     cfg = HeteroTrainConfig(epochs=args.epochs, model=model, hidden=args.hidden, lr=args.lr,
                             dropout=args.dropout, weight_decay=args.weight_decay,
                             cpu_budget=args.cpu_budget, in_memory=args.in_memory, seed=args.seed,
-                            device=args.device or "cpu")
+                            device=args.device or "cpu", backend=args.backend)
     s = run_hetero_training(args.store, args.plan, cfg)
     s.pop("state_dict")
     if args.json:

@@ -72,15 +72,21 @@ def add_gc(sub) -> None:
 
 def _cmd_gc(args) -> int:
     """Delete data files the current catalog does not name (superseded by a commit, or
-    left by a crash) and the registrations of readers that died. Files a live reader of
+    left by a crash), the sub-packs of an interrupted heterogeneous pack, and the
+    registrations of readers that died. Files a live reader of
     an older version may still read are kept, and listed."""
     from ..store import Store
     from ..store.gc import collect_garbage
     from ..units import format_size
 
+    from ..hetero.pack import remove_interrupted_packs
+
     with Store(args.store, readonly=False) as store:
+        subpacks = remove_interrupted_packs(store, dry_run=args.dry_run)
         rep = collect_garbage(store, dry_run=args.dry_run)
     verb = "would remove" if rep.dry_run else "removed"
+    for name in subpacks:
+        print(f"  {verb} pack {name!r}: a sub-pack of an interrupted heterogeneous pack")
     if not args.quiet:
         for rel, size in rep.removed:
             print(f"  {verb} {rel} ({format_size(size)})")

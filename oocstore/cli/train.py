@@ -32,7 +32,8 @@ def add_train(sub) -> None:
     add_flag(p, "--in-memory", "hold all features in RAM (same plans): the accuracy reference")
     p.add_argument("--backend", default="pyg", choices=["pyg", "dgl"],
                    help="GNN layers: PyG (default; every --model) or DGL (DGL environment; "
-                        "--model sage only, dgl.nn.SAGEConv)")
+                        "--model sage, dgl.nn.SAGEConv; on a heterogeneous store rgcn or "
+                        "hetero-sage, dgl.nn.HeteroGraphConv)")
     p.add_argument("--model", default=None, choices=["sage", "gcn", "gat", "rgcn", "hetero-sage"],
                    help="sage: GraphSAGE, mean aggregation (default); gcn: graph convolution "
                         "with self-loops, mean-normalised on the sampled block; gat: graph "

@@ -3,7 +3,8 @@
 :class:`HeteroLoader` yields :class:`HeteroBatch` objects: per node type the global ids
 and feature rows of the batch's input nodes (``x_dict``), per layer the typed blocks
 (``edge_index`` per relation, local ids, destinations a prefix of sources per type), the
-seeds' labels, and :meth:`HeteroBatch.to_pyg` for PyG's ``HeteroData``. Every buffer is
+seeds' labels, :meth:`HeteroBatch.to_pyg` for PyG's ``HeteroData`` and
+:meth:`HeteroBatch.to_dgl` for DGL heterograph blocks. Every buffer is
 charged to one :class:`~oocstore.budget.BudgetAccountant` before it is allocated; a
 budget that cannot hold one batch is refused with the itemised list before any read.
 One background thread reads the next batch while the current one trains.
@@ -60,6 +61,36 @@ class HeteroBatch:
         data[self.target].batch_size = self.num_seeds
         return data
 
+    def to_dgl(self, device=None) -> list:
+        """DGL heterograph blocks, one ``dgl.create_block`` per layer (``blocks[0]`` the
+        input side): typed edges ``(src_type, relation, dst_type)`` in local ids, global
+        ids in ``srcdata`` / ``dstdata[dgl.NID]`` per type, features in
+        ``blocks[0].srcdata["feat"]``, the seeds' labels in ``blocks[-1].dstdata["label"]``
+        (see :func:`oocstore.hetero.dgl.to_dgl_blocks`). Needs the DGL environment; without
+        it, :class:`~oocstore.errors.MissingDependencyError` says how to build it."""
+        from .dgl import to_dgl_blocks
+
+        return to_dgl_blocks(self, device)
+
+
+def make_batch(sb: HeteroSampledBatch, x: dict[str, np.ndarray], labels: np.ndarray,
+               device: str = "cpu") -> HeteroBatch:
+    """The :class:`HeteroBatch` of sampled batch ``sb`` with feature rows ``x`` (per
+    feature-bearing type, ``features[sb.input_nodes[type]]``) and the target type's
+    ``labels`` (indexed by global id), as tensors on ``device``. Other loaders (the
+    baselines of ``bench/hetero_loaders.py``) build their batches with it too."""
+    import torch
+
+    blocks = []
+    for b in sb.blocks:
+        ei = {et: torch.from_numpy(np.stack([s, d])).to(device) for et, (s, d) in b.edges.items()}
+        blocks.append({"sizes": b.sizes, "edge_index": ei})
+    return HeteroBatch(target=sb.target, num_seeds=sb.num_seeds,
+                       n_id={t: torch.from_numpy(v) for t, v in sb.input_nodes.items()},
+                       x_dict={t: torch.from_numpy(v).to(device) for t, v in x.items()},
+                       num_nodes={t: int(v.size) for t, v in sb.input_nodes.items()},
+                       blocks=blocks, y=torch.from_numpy(labels[sb.seeds]).to(device))
+
 
 class HeteroLoader:
     """Iterate the batches of one epoch of a heterogeneous plan.
@@ -86,6 +117,7 @@ class HeteroLoader:
             self.labels, c = cached_labels(store, self.plan.target, self.accountant)
             self._charges.append(c)
             self.readers = {}
+            self._warm_up()
             if self.segments:
                 self._open_segments(pk)
             else:
@@ -96,6 +128,17 @@ class HeteroLoader:
         except BaseException:
             self.close()
             raise
+
+    def _warm_up(self) -> None:
+        """Load the row-assembly kernels for every feature dtype now, as homogeneous
+        training does (:func:`oocstore.tiers.assemble.warm_up`). Without it, every batch of
+        a fresh process was slow, not only the first (``bench/hetero_loaders.py``, 400,000
+        papers: about 50 ms a batch instead of 3 ms)."""
+        from ..tiers.assemble import warm_up
+
+        for dt in sorted({self.schema.node_types[t].dtype for t in self.plan.types
+                          if self.schema.node_types[t].has_features}):
+            warm_up(np.dtype(dt))
 
     def _charge_floor(self) -> None:
         """What the loader itself holds (the per-type readers charge their own buffers in
@@ -172,21 +215,8 @@ class HeteroLoader:
         return self._to_batch(self.plan.batch(epoch % self.num_epochs, batch))
 
     def _to_batch(self, sb: HeteroSampledBatch) -> HeteroBatch:
-        import torch
-
-        e = sb.epoch
-        x = {t: torch.from_numpy(r.read(sb.input_nodes[t], e, sb.batch)).to(self.device)
-             for t, r in self.readers.items()}
-        blocks = []
-        for b in sb.blocks:
-            ei = {et: torch.from_numpy(np.stack([s, d])).to(self.device)
-                  for et, (s, d) in b.edges.items()}
-            blocks.append({"sizes": b.sizes, "edge_index": ei})
-        y = torch.from_numpy(self.labels[sb.seeds]).to(self.device)
-        return HeteroBatch(target=sb.target, num_seeds=sb.num_seeds,
-                           n_id={t: torch.from_numpy(v) for t, v in sb.input_nodes.items()},
-                           x_dict=x, num_nodes={t: int(v.size) for t, v in sb.input_nodes.items()},
-                           blocks=blocks, y=y)
+        x = {t: r.read(sb.input_nodes[t], sb.epoch, sb.batch) for t, r in self.readers.items()}
+        return make_batch(sb, x, self.labels, self.device)
 
     def epoch(self, epoch: int) -> Iterator[HeteroBatch]:
         """The batches of ``epoch`` in order; the next one is read on a thread meanwhile."""

@@ -14,6 +14,7 @@ target type's first ``num_seeds`` rows of the last layer are classified.
     block flattened to one node set with an edge type per relation.
 
 Both take a :class:`~oocstore.hetero.loader.HeteroBatch` (``forward(batch)``).
+:mod:`oocstore.hetero.dgl` has the same two models with DGL layers (``--backend dgl``).
 """
 
 from __future__ import annotations
@@ -120,11 +121,24 @@ class RGCN(nn.Module):
         return self.out(h[self.target][:batch.num_seeds])
 
 
+BACKENDS = ("pyg", "dgl")
+
+
 def build_hetero_model(name: str, schema: HeteroSchema, relations: Sequence[EdgeType], *,
-                       hidden: int, num_layers: int, dropout: float = 0.5) -> nn.Module:
+                       hidden: int, num_layers: int, dropout: float = 0.5,
+                       backend: str = "pyg") -> nn.Module:
+    """Model ``name`` with PyG layers, or with DGL layers (``backend="dgl"``: the same
+    function, :mod:`oocstore.hetero.dgl`; needs the DGL environment)."""
     from ..errors import UsageError
 
     classes = schema.node_types[schema.target].num_classes
+    if backend == "dgl" and name in MODELS:
+        from .dgl import DGLHeteroSAGE, DGLRGCN
+
+        cls = DGLHeteroSAGE if name == "hetero-sage" else DGLRGCN
+        return cls(schema, relations, hidden, classes, num_layers, dropout)
+    if backend not in BACKENDS:
+        raise UsageError(f"backend={backend!r}: use one of {', '.join(BACKENDS)}")
     if name == "hetero-sage":
         return HeteroSAGE(schema, relations, hidden, classes, num_layers, dropout)
     if name == "rgcn":

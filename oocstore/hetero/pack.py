@@ -75,6 +75,67 @@ def list_hetero_packs(store: Store) -> dict[str, dict]:
     return catalog_entries(store, PACK_PREFIX)
 
 
+#: ``hpack-pending/<name>``: the sub-packs a ``segments`` pack of ``<name>`` is writing,
+#: committed before the first of them and deleted with the commit of ``hpack/<name>``.
+#: One left behind marks an interrupted pack: ``gc`` removes its sub-packs
+#: (:func:`remove_interrupted_packs`), and a later pack of that name may replace them.
+PENDING_PREFIX = "hpack-pending/"
+
+
+def _own_subpacks(store: Store, name: str) -> set[str]:
+    """Sub-packs that heterogeneous pack ``name`` may replace: those of its current entry
+    and those an interrupted pack of that name left (its pending entry)."""
+    own = set()
+    pk = store.get(hpack_key(name))
+    if isinstance(pk, dict) and pk.get("layout") == "segments":
+        own |= {str(v.get("pack")) for v in pk.get("types", {}).values() if isinstance(v, dict)}
+    pending = store.get(PENDING_PREFIX + name)
+    if isinstance(pending, dict):
+        own |= {str(n) for n in pending.get("subpacks", [])}
+    return own
+
+
+def _check_subpack_names(store: Store, name: str, names: list[str]) -> None:
+    """Refuse to overwrite a pack that is not a sub-pack of this heterogeneous pack (one
+    made through the API under the same name)."""
+    from ..pack.format import pack_key
+
+    own = _own_subpacks(store, name)
+    for n in names:
+        if store.get(pack_key(n)) is not None and n not in own:
+            raise StoreExistsError(
+                f"store {store.path} has a pack {n!r} that is not part of heterogeneous pack "
+                f"{name!r}: its `segments` layout would overwrite it; pack under another name "
+                f"(--name) or remove that pack first (`oocstore rm {store.path} --pack {n}`)")
+
+
+def remove_interrupted_packs(store: Store, *, dry_run: bool = False) -> list[str]:
+    """Remove the sub-packs of every interrupted ``segments`` pack (a pending entry
+    without the commit of its ``hpack/<name>``; see :data:`PENDING_PREFIX`) and the
+    pending entries, under the writer lock (a pack in progress holds it, so its pending
+    entry is never taken for a crash). Returns the sub-packs removed (or, with
+    ``dry_run``, that would be)."""
+    from ..pack.format import pack_key
+    from ..store.gc import remove
+
+    gone = []
+    with store.writer_lock():
+        for key, entry in list(store.items(PENDING_PREFIX)):
+            subs = entry.get("subpacks", []) if isinstance(entry, dict) else []
+            # only names of this pack's sub-packs (<name>.<type>): a damaged entry
+            # naming any other pack removes nothing
+            mine = f"{key[len(PENDING_PREFIX):]}."
+            for n in sorted(str(v) for v in subs if str(v).startswith(mine)):
+                if store.get(pack_key(n)) is not None:
+                    gone.append(n)
+                    if not dry_run:
+                        remove(store, pack=n)
+            if not dry_run:
+                with store.transaction() as txn:
+                    txn.delete(key)
+    return gone
+
+
 def row_bytes(schema: HeteroSchema, ntype: str) -> int:
     nt = schema.node_types[ntype]
     return nt.feat_dim * np.dtype(nt.dtype).itemsize if nt.has_features else 0
@@ -293,12 +354,17 @@ def _pack_segments(store: Store, plan: HeteroPlanReader, schema: HeteroSchema, n
     finally:
         for r in readers.values():
             r.close()
-    if store.get(hpack_key(name)) is not None:
+    subnames = [f"{name}.{t}" for t in sorted(readers)]
+    _check_subpack_names(store, name, subnames)
+    with store.transaction() as txn:
         # Replacing a pack: withdraw its entry first, so that a crash between the sub-packs
         # leaves no hpack/<name> naming a mix of old and new sub-packs (the next pack of
-        # that name then starts over) instead of one whose recorded caches are wrong.
-        with store.transaction() as txn:
+        # that name then starts over) instead of one whose recorded caches are wrong; the
+        # pending entry says which sub-packs such a crash may leave (for gc).
+        if store.get(hpack_key(name)) is not None:
             txn.delete(hpack_key(name))
+        txn.put(PENDING_PREFIX + name, {"subpacks": sorted(set(subnames)
+                                                           | _own_subpacks(store, name))})
     sub = {}
     for t in sorted(readers):
         sub[t] = pack_plan(store, fplans[t], name=f"{name}.{t}", options=options[t],
@@ -322,6 +388,7 @@ def _pack_segments(store: Store, plan: HeteroPlanReader, schema: HeteroSchema, n
             "featureless_types": [t for t in plan.types if t not in types]}
     with store.transaction() as txn:
         txn.put(hpack_key(name), meta)
+        txn.delete(PENDING_PREFIX + name)
     return meta
 
 

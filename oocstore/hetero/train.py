@@ -19,7 +19,7 @@ from ..budget import MemoryBudget
 from ..errors import UsageError
 from ..store import Store
 from .loader import HeteroLoader
-from .models import MODELS, build_hetero_model
+from .models import BACKENDS, MODELS, build_hetero_model
 from .pack import list_hetero_packs, pack_hetero
 from .plan import HeteroPlanReader, list_hetero_plans
 from .sampler import sample_hetero_plan
@@ -40,6 +40,7 @@ class HeteroTrainConfig:
     device: str = "cpu"
     pack: str | None = None  # default: the pack named like the plan
     evaluate: bool = True
+    backend: str = "pyg"  # "dgl": the same models with DGL layers (DGL environment)
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -49,6 +50,8 @@ class HeteroTrainConfig:
             raise UsageError(f"epochs={self.epochs!r}: give at least 1")
         if not isinstance(self.hidden, int) or self.hidden < 1:
             raise UsageError(f"hidden={self.hidden!r}: give at least 1")
+        if self.backend not in BACKENDS:
+            raise UsageError(f"backend={self.backend!r}: use one of {', '.join(BACKENDS)}")
 
 
 def _eval_plan(store: Store, split: str, train_meta: dict) -> str | None:
@@ -101,6 +104,10 @@ def run_hetero_training(path: str, plan: str | None, cfg: HeteroTrainConfig,
     at ``path``; returns the summary (losses, accuracies, per-type tier statistics)."""
     import torch
 
+    if cfg.backend == "dgl":
+        from ..integrations.dgl import require_dgl
+
+        require_dgl()  # before evaluation plans or packs are written
     with Store(path, readonly=False) as store:
         schema = require_schema(store)
         plan = plan or "train"
@@ -124,7 +131,8 @@ def run_hetero_training(path: str, plan: str | None, cfg: HeteroTrainConfig,
                     _eval_pack(store, ev, list_hetero_packs(store)[pack], cfg.cpu_budget)
         torch.manual_seed(cfg.seed)
         model = build_hetero_model(cfg.model, schema, reader.relations, hidden=cfg.hidden,
-                                   num_layers=int(meta["num_layers"]), dropout=cfg.dropout)
+                                   num_layers=int(meta["num_layers"]), dropout=cfg.dropout,
+                                   backend=cfg.backend)
         model = model.to(cfg.device)
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         budget = MemoryBudget(cpu=cfg.cpu_budget)
@@ -161,7 +169,7 @@ def run_hetero_training(path: str, plan: str | None, cfg: HeteroTrainConfig,
                 test_acc = _accuracy(model, loader)
             stats = loader.stats()
             peak = loader.accountant.peak("cpu")
-    return {"model": cfg.model, "plan": plan, "pack": pack, "in_memory": cfg.in_memory,
+    return {"model": cfg.model, "backend": cfg.backend, "plan": plan, "pack": pack, "in_memory": cfg.in_memory,
             "epochs": epochs, "val_acc": epochs[-1].get("val_acc"), "test_acc": test_acc,
             "types": stats, "cpu_budget": cfg.cpu_budget, "cpu_charged_peak": peak,
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}

@@ -1,0 +1,112 @@
+"""A `segments` pack interrupted between its sub-packs: gc removes what it left, a new
+pack of the name replaces it; a same-named pack made through the API is never
+overwritten."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+import oocstore.pack
+from oocstore.cli import main
+from oocstore.errors import StoreExistsError
+from oocstore.hetero import pack_hetero
+from oocstore.hetero.pack import PENDING_PREFIX, list_hetero_packs
+from oocstore.hetero.schema import feat_name
+from oocstore.pack import PackOptions, pack_plan
+from oocstore.store import Store
+
+BUDGET = 940 << 10
+
+
+@pytest.fixture
+def store(hstore, tmp_path):
+    path = tmp_path / "s"
+    shutil.copytree(hstore, path)
+    return path
+
+
+def interrupted_pack(path, monkeypatch):
+    """Pack 'train', stopped after its first sub-pack committed (as by a crash)."""
+    calls = []
+
+    def first_only(*a, **kw):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(kw["name"])
+        return pack_plan(*a, **kw)
+
+    monkeypatch.setattr(oocstore.pack, "pack_plan", first_only)
+    with Store(path, readonly=False) as s, pytest.raises(KeyboardInterrupt):
+        pack_hetero(s, "train", cpu_budget=BUDGET)
+    monkeypatch.undo()
+    return calls[0]
+
+
+def pack_files(s, name):
+    meta = s.get(f"pack/{name}")
+    return [s.file_path(s.array_meta(a)) for a in meta["arrays"].values()]
+
+
+def test_gc_removes_the_subpacks_of_an_interrupted_pack(store, monkeypatch, capsys):
+    left = interrupted_pack(store, monkeypatch)
+    assert left == "train.author"
+    with Store(store) as s:
+        assert "train" not in list_hetero_packs(s) and s.get("pack/train.author") is not None
+        files = pack_files(s, left)
+    assert files and all(f.exists() for f in files)
+    assert main(["gc", str(store), "--dry-run"]) == 0
+    assert "would remove pack 'train.author'" in capsys.readouterr().out
+    with Store(store) as s:
+        assert s.get("pack/train.author") is not None
+    assert main(["gc", str(store)]) == 0
+    assert "removed pack 'train.author'" in capsys.readouterr().out
+    with Store(store) as s:
+        assert s.get("pack/train.author") is None and not list(s.items(PENDING_PREFIX))
+        assert not any(a.startswith("pack/train.") for a in s.arrays)
+    assert not any(f.exists() for f in files)
+    with Store(store, readonly=False) as s:  # and the name packs again
+        assert set(pack_hetero(s, "train", cpu_budget=BUDGET)["types"]) == {"author", "paper"}
+
+
+def test_a_new_pack_replaces_an_interrupted_one(store, monkeypatch):
+    interrupted_pack(store, monkeypatch)
+    with Store(store, readonly=False) as s:
+        meta = pack_hetero(s, "train", cpu_budget=BUDGET)
+        assert meta["types"]["author"]["pack"] == "train.author"
+        assert not list(s.items(PENDING_PREFIX))
+    assert main(["gc", str(store), "--quiet"]) == 0
+    with Store(store) as s:  # a complete pack is not touched by gc
+        assert {"train.author", "train.paper"} <= {k[5:] for k, _ in s.items("pack/")}
+        assert "train" in list_hetero_packs(s)
+
+
+def test_pack_refuses_to_overwrite_a_pack_made_through_the_api(store, digest, capsys):
+    with Store(store, readonly=False) as s:
+        pack_plan(s, "train.paper", name="mine.paper",
+                  options=PackOptions(features=feat_name("paper"), cpu_cache=0))
+    before = digest(store)
+    with Store(store, readonly=False) as s, pytest.raises(StoreExistsError,
+                                                         match=r"'mine\.paper'.*--name"):
+        pack_hetero(s, "train", name="mine", cpu_budget=BUDGET)
+    assert digest(store) == before
+    rc = main(["pack", str(store), "--name", "mine", "--cpu-budget", str(BUDGET)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "oocstore rm" in err[0], err
+    assert digest(store) == before
+    with Store(store, readonly=False) as s:  # --overwrite does not make it a sub-pack either
+        with pytest.raises(StoreExistsError, match="mine.paper"):
+            pack_hetero(s, "train", name="mine", cpu_budget=BUDGET, overwrite=True)
+    assert digest(store) == before
+
+
+def test_gc_removes_only_the_pending_packs_own_subpacks(store):
+    with Store(store, readonly=False) as s:
+        pack_plan(s, "train.paper", name="mine.paper",
+                  options=PackOptions(features=feat_name("paper"), cpu_cache=0))
+        with s.transaction() as txn:  # a damaged pending entry naming another pack
+            txn.put(PENDING_PREFIX + "train", {"subpacks": ["mine.paper", "train.paper"]})
+    assert main(["gc", str(store), "--quiet"]) == 0
+    with Store(store) as s:
+        assert s.get("pack/mine.paper") is not None and not list(s.items(PENDING_PREFIX))
