@@ -496,9 +496,10 @@ class Streamer(_RowStore):
             with self.scene._lock:
                 n = int(self.scene._counts[b])
             if len(ids) < n:  # a prefix: the rest of the block, which no step touched
+                # a block is read from its first row: the prefix is read again, and counted
                 tail_ids, tail = self.scene.read_block(b)
                 with self.lock:
-                    self.traffic.bytes_ssd_read += (n - len(ids)) * self.scene.disk_row_bytes
+                    self.traffic.bytes_ssd_read += len(tail_ids) * self.scene.disk_row_bytes
                 ids = np.concatenate([ids, tail_ids[len(ids):]])
                 rec = np.concatenate([rec, tail[len(rec):]])
         self.writer.write_block(b, ids, rec)
