@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from .errors import UsageError
+from .errors import PeerError, UsageError
 # Which plan or shard a rank reads is found in oocstore.plan; re-exported for old callers.
 from .plan import (TRAIN_SPLIT, check_rank, check_training_plan, default_plan,  # noqa: F401
                    group_of, group_shards, is_evaluation_split, newest_plan, plans_to_pack,
@@ -109,18 +109,48 @@ def init_process_group(info: LaunchInfo, device: torch.device | str = "cpu", *,
     return device, created
 
 
-def destroy_process_group(*, wait_for_peers: bool = True) -> None:
+#: Seconds a finished rank waits at the teardown barrier for its peers. Every rank
+#: reaches it right after the run's last collective (only rank 0's report lies
+#: between), so a peer missing for this long has failed: its rank says why.
+TEARDOWN_TIMEOUT_S = 60.0
+
+
+def destroy_process_group(*, wait_for_peers: bool = True,
+                          timeout_s: float | None = None) -> None:
     """Leave the process group. With ``wait_for_peers`` (a rank that finished its work)
     every rank first meets the others at a barrier: gloo aborts a process (``terminate
     called without an active exception``) whose peer tears its connections down while
     this rank's pair threads still use them. A rank leaving on an error skips the barrier,
-    which its peers (busy elsewhere) would never reach."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        try:
-            if wait_for_peers:
-                torch.distributed.barrier()
-        finally:
-            torch.distributed.destroy_process_group()
+    which its peers (busy elsewhere) would never reach.
+
+    The barrier waits at most ``timeout_s`` (:data:`TEARDOWN_TIMEOUT_S`), not the
+    group's half hour; a peer that failed (its connections closed) or does not come in
+    time raises :class:`~oocstore.errors.PeerError`, one line, after the group is left."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    error = None
+    try:
+        if wait_for_peers:
+            _teardown_barrier(TEARDOWN_TIMEOUT_S if timeout_s is None else timeout_s)
+    except RuntimeError as err:  # gloo / nccl: a peer's connection closed, or a timeout
+        rank, world = current_rank()
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        error = PeerError(f"rank {rank} of {world} finished, but another rank failed or left "
+                          f"before the end ({reason}): that rank's output says why")
+    finally:
+        torch.distributed.destroy_process_group()
+    if error is not None:
+        raise error
+
+
+def _teardown_barrier(timeout_s: float) -> None:
+    """A barrier that gives up after ``timeout_s``: gloo's monitored barrier (it names a
+    rank that did not come), else an asynchronous barrier waited on with the timeout."""
+    timeout = datetime.timedelta(seconds=timeout_s)
+    if torch.distributed.get_backend() == "gloo":
+        torch.distributed.monitored_barrier(timeout=timeout)
+    else:
+        torch.distributed.barrier(async_op=True).wait(timeout=timeout)
 
 
 # -- collectives (no-ops in one process) -------------------------------------------------

@@ -57,3 +57,7 @@ class MissingDependencyError(OocError, ImportError):
 
 class StoreReplacedError(StoreNotFoundError):
     """The store directory was replaced (``ingest --overwrite``) after it was opened."""
+
+
+class PeerError(OocError, RuntimeError):
+    """Another rank of a data-parallel run failed or left before this one finished."""

@@ -471,6 +471,17 @@ def in_cut(ids: np.ndarray, cut_ids: np.ndarray) -> np.ndarray:
     return cut_ids[pos] == ids
 
 
+def check_cut_rows(scene, cut_size: int, found: int) -> None:
+    """Refuse a view's cut of ``cut_size`` nodes whose blocks' rows (the prefixes read)
+    hold ``found`` of its ids: the node table puts a node in a block or row where its id
+    is not stored, and filtering the rows by id would drop it (or keep a copy) silently."""
+    if found != cut_size:
+        raise FormatError(f"scene {scene.path}: level-of-detail hierarchy is damaged: a "
+                          f"view's cut has {cut_size} nodes, their blocks' prefixes hold "
+                          f"{found}; run `oocstore verify`, rebuild it with "
+                          "`oocstore gs-lod build`")
+
+
 def cut_params(scene, lv, width: int | None = None) -> np.ndarray:
     """Parameters [M, width] of a view's cut (a
     :class:`~oocstore.samplers.views.LodView`): the prefix of each of its blocks, read
@@ -480,12 +491,7 @@ def cut_params(scene, lv, width: int | None = None) -> np.ndarray:
     for b, k in zip(lv.blocks, lv.prefix):
         ids, rec = scene.read_block(int(b), rows=int(k))
         parts.append(rec[in_cut(ids, lv.ids), :width])
-    found = sum(len(p) for p in parts)
-    if found != len(lv.ids):  # a node's row in the table is not where its id is stored
-        raise FormatError(f"scene {scene.path}: level-of-detail hierarchy is damaged: a "
-                          f"view's cut has {len(lv.ids)} nodes, their blocks' prefixes hold "
-                          f"{found}; run `oocstore verify`, rebuild it with "
-                          "`oocstore gs-lod build`")
+    check_cut_rows(scene, len(lv.ids), sum(len(p) for p in parts))
     return np.concatenate(parts) if parts else np.zeros((0, width), np.float32)
 
 

@@ -129,14 +129,19 @@ class TrainPlan:
     lod_cuts: dict | None = None  # level of detail: {view: sorted ids of its cut}
     lod_prefix: dict | None = None  # {block: rows}: the prefix that holds every cut's rows
 
-    def cut_mask(self, view: int, ids) -> np.ndarray | None:
-        """[n] bool: which of ``ids`` a step of ``view`` renders under the plan's
-        level-of-detail cut (None: no cut, every row)."""
+    def cut_mask(self, view: int, ids, scene) -> np.ndarray | None:
+        """[n] bool: which of ``ids`` (those of every row a step of ``view`` has: its
+        blocks' prefixes) it renders under the plan's level-of-detail cut (None: no cut,
+        every row). Refused unless they hold each of the cut's nodes once, as a render
+        is (:func:`~oocstore.gs.lod.check_cut_rows`)."""
         if self.lod_cuts is None:
             return None
-        from .lod import in_cut
+        from .lod import check_cut_rows, in_cut
 
-        return in_cut(np.asarray(ids), self.lod_cuts[int(view)])
+        cut = self.lod_cuts[int(view)]
+        keep = in_cut(np.asarray(ids), cut)
+        check_cut_rows(scene, len(cut), int(np.count_nonzero(keep)))
+        return keep
 
     def __post_init__(self) -> None:
         self.views = np.asarray(self.views, dtype=np.int64)
@@ -291,7 +296,8 @@ class _TableStore(_RowStore):
     def _rows(self, vis: np.ndarray) -> torch.Tensor:
         parts = [np.arange(self.starts[b], self.starts[b + 1]) for b in vis]
         rows = np.concatenate(parts) if parts else np.zeros(0, np.int64)
-        keep = self.plan.cut_mask(self.plan.views[self.step - 1], self.ids_host[rows])
+        keep = self.plan.cut_mask(self.plan.views[self.step - 1], self.ids_host[rows],
+                                  self.scene)
         return torch.from_numpy(rows if keep is None else rows[keep])
 
     def checkpoint(self) -> None:
@@ -524,9 +530,10 @@ class Streamer(_RowStore):
             with self.scene._lock:
                 n = int(self.scene._counts[b])
             if len(ids) < n:  # a prefix: the rest of the block, which no step touched
+                # a block is read from its first row: the prefix is read again, and counted
                 tail_ids, tail = self.scene.read_block(b)
                 with self.lock:
-                    self.traffic.bytes_ssd_read += (n - len(ids)) * self.scene.disk_row_bytes
+                    self.traffic.bytes_ssd_read += len(tail_ids) * self.scene.disk_row_bytes
                 ids = np.concatenate([ids, tail_ids[len(ids):]])
                 rec = np.concatenate([rec, tail[len(rec):]])
         self.writer.write_block(b, ids, rec)
@@ -730,7 +737,7 @@ class Streamer(_RowStore):
         slots = np.asarray([self.slot_of[int(b)] for b in vis], dtype=np.int64)
         parts = [np.arange(s * self.cap, s * self.cap + self.count[s]) for s in slots]
         cand = np.concatenate(parts) if parts else np.zeros(0, np.int64)
-        keep = self.plan.cut_mask(view, self.slab_ids[cand])
+        keep = self.plan.cut_mask(view, self.slab_ids[cand], self.scene)
         if keep is not None:  # the view's level-of-detail cut
             cand = cand[keep]
         cand_d = self._device_rows(slots, keep) if self.slab_on_device else None

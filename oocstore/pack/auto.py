@@ -102,14 +102,17 @@ def _split(store: Store, plan: PlanReader, *, cpu_budget: int, gpu_budget: int |
     reserve = queue_reserve(store)
     if reserve and cpu_budget > reserve:
         try:
-            options, predicted, _ = choose_split(store, plan, cpu_budget=cpu_budget - reserve,
-                                                 gpu_budget=gpu_budget,
-                                                 max_disk_blowup=max_disk_blowup, bw=bw,
-                                                 policy=policy)
+            options, predicted, tried = choose_split(store, plan,
+                                                     cpu_budget=cpu_budget - reserve,
+                                                     gpu_budget=gpu_budget,
+                                                     max_disk_blowup=max_disk_blowup, bw=bw,
+                                                     policy=policy)
         except BudgetError:
             pass  # the floor fits the budget, not beside the queue: no queue then
         else:
-            if plan_layout(store, plan, options).min_working_set.get("base_read_bytes"):
+            # the chosen candidate's working set (no second layout of the same options)
+            mws = next(c["min_working_set"] for c in tried if c["options"] == options)
+            if mws.get("base_read_bytes"):
                 return dataclasses.replace(options, cpu_budget=cpu_budget), predicted
     options, predicted, _ = choose_split(store, plan, cpu_budget=cpu_budget,
                                          gpu_budget=gpu_budget, max_disk_blowup=max_disk_blowup,

@@ -333,31 +333,21 @@ def choose_split(store: Store, plan: PlanReader, *, cpu_budget: int, gpu_budget:
                                    plan.meta.batch_size, 1 << 40)
             gpu_cache = max(0, gpu_budget - over) // rb * rb
         cpu_cache = 0
-        layout = None
+        layout = laid = None
+        rooms: dict[int, int] = {}  # cache size -> room: the loop may come back to a size
         for _ in range(3):  # the working set shrinks as the cache grows: iterate to a fit
-            opts = dataclasses.replace(base, gpu_cache=gpu_cache, cpu_cache=cpu_cache,
-                                       cpu_budget=cpu_budget, gpu_budget=gpu_budget)
-            layout = plan_layout(store, plan, opts)
-            mws = layout.min_working_set
-            others = mws["cpu"] - mws["cpu_tier_bytes"] - (0 if gpu_budget else mws["gpu_tier_bytes"])
-            # Leave room, before the cache, for what the loader takes next: one prefetched
-            # batch (the floor is depth 0; a CUDA run's ring prefetches one anyway), so
-            # reading overlaps training, and the reader's segment read-ahead buffer, which
-            # the prediction counts on (reads overlapping assembly) — unless most batches
-            # fall back to base-array reads, where the buffer would serve few reads and
-            # the cache saves more.
-            packed = layout.packed_segments and \
-                int(np.count_nonzero(layout.batch_seg >= 0)) * 2 >= layout.batch_seg.size
-            ahead = mws["largest_segment_bytes"] if packed else 0
-            one = mws.get("prefetch_bytes", 0)
-            room = max(0, cpu_budget - others - ahead - one - (0 if gpu_budget else gpu_cache)) \
-                // rb * rb
-            if room == cpu_cache:
+            if cpu_cache not in rooms:
+                laid = dataclasses.replace(base, gpu_cache=gpu_cache, cpu_cache=cpu_cache,
+                                           cpu_budget=cpu_budget, gpu_budget=gpu_budget)
+                layout = plan_layout(store, plan, laid)
+                rooms[cpu_cache] = _room(layout, cpu_budget, gpu_budget, gpu_cache, rb)
+            if rooms[cpu_cache] == cpu_cache:
                 break
-            cpu_cache = room
+            cpu_cache = rooms[cpu_cache]
         opts = dataclasses.replace(base, gpu_cache=gpu_cache, cpu_cache=cpu_cache,
                                    cpu_budget=cpu_budget, gpu_budget=gpu_budget)
-        layout = plan_layout(store, plan, opts)
+        if opts != laid:  # the loop stopped before a fit: lay out the last size found
+            layout = plan_layout(store, plan, opts)
         mws = layout.min_working_set
         cpu_need = mws["cpu"] - (mws["gpu_tier_bytes"] if gpu_budget else 0)
         if cpu_need > cpu_budget:
@@ -383,6 +373,25 @@ def choose_split(store: Store, plan: PlanReader, *, cpu_budget: int, gpu_budget:
                           "the cpu budget or sample with a smaller batch size")
     best = min(candidates, key=lambda c: c["prediction"]["mean_epoch_s"])
     return best["options"], best["prediction"], candidates
+
+
+def _room(layout: Layout, cpu_budget: int, gpu_budget: int | None, gpu_cache: int,
+          rb: int) -> int:
+    """The CPU cache bytes that fit beside ``layout``'s working set (less its CPU tier)."""
+    mws = layout.min_working_set
+    others = mws["cpu"] - mws["cpu_tier_bytes"] - (0 if gpu_budget else mws["gpu_tier_bytes"])
+    # Leave room, before the cache, for what the loader takes next: one prefetched
+    # batch (the floor is depth 0; a CUDA run's ring prefetches one anyway), so
+    # reading overlaps training, and the reader's segment read-ahead buffer, which
+    # the prediction counts on (reads overlapping assembly) — unless most batches
+    # fall back to base-array reads, where the buffer would serve few reads and
+    # the cache saves more.
+    packed = layout.packed_segments and \
+        int(np.count_nonzero(layout.batch_seg >= 0)) * 2 >= layout.batch_seg.size
+    ahead = mws["largest_segment_bytes"] if packed else 0
+    one = mws.get("prefetch_bytes", 0)
+    return max(0, cpu_budget - others - ahead - one - (0 if gpu_budget else gpu_cache)) \
+        // rb * rb
 
 
 def _whole_epochs(layout: Layout) -> int:

@@ -11,6 +11,9 @@
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numba
 import numpy as np
 
@@ -239,21 +242,45 @@ def scheduled_epochs(epoch_kernel, data, offs, ninput, epoch_starts, node_tier, 
     :mod:`.online`'s) over each epoch of a plan; the cache restarts from ``init_ids``
     every epoch, so any epoch can be served on its own. Returns ``(hit, ins_pos,
     ins_slot, ins_count)``: per position the cache slot or -1; admissions; admissions
-    per batch. A kernel admits at most one row per position."""
+    per batch. A kernel admits at most one row per position.
+
+    The epochs are independent, so they are simulated side by side (the kernels release
+    the GIL), each appending its admissions from its own first position on; the result
+    is the same as one epoch after the other. An empty cache serves and admits nothing:
+    no simulation (the cost model lays out every split from an empty CPU tier up)."""
     total_pos = int(np.asarray(ninput).sum())
     hit = np.empty(total_pos, dtype=np.int32)
+    ins_count = np.zeros(len(offs), dtype=np.int64)
+    if capacity == 0:
+        hit.fill(-1)
+        return hit, np.zeros(0, np.int64), np.zeros(0, np.int32), ins_count
     ins_pos = np.empty(total_pos, dtype=np.int64)
     ins_slot = np.empty(total_pos, dtype=np.int32)
-    ins_count = np.zeros(len(offs), dtype=np.int64)
-    n_ins = 0
-    pos0 = 0
     init_ids = np.ascontiguousarray(init_ids, dtype=np.int64)
+    nin = np.asarray(ninput)
+    epochs = []  # (b0, b1, first position)
+    pos0 = 0
     for e in range(len(epoch_starts) - 1):
         b0, b1 = int(epoch_starts[e]), int(epoch_starts[e + 1])
-        n_ins = epoch_kernel(data, offs, ninput, b0, b1, pos0, node_tier, int(capacity),
-                             init_ids, hit, ins_pos, ins_slot, ins_count, n_ins)
-        pos0 += int(np.asarray(ninput[b0:b1]).sum())
-    return hit, ins_pos[:n_ins].copy(), ins_slot[:n_ins].copy(), ins_count
+        epochs.append((b0, b1, pos0))
+        pos0 += int(nin[b0:b1].sum())
+
+    def simulate(epoch) -> int:
+        b0, b1, p0 = epoch
+        return epoch_kernel(data, offs, ninput, b0, b1, p0, node_tier, int(capacity),
+                            init_ids, hit, ins_pos, ins_slot, ins_count, p0)
+
+    workers = min(len(epochs), os.cpu_count() or 1)
+    if workers > 1:
+        with ThreadPoolExecutor(workers, thread_name_prefix="oocstore-schedule") as pool:
+            ends = list(pool.map(simulate, epochs))
+    else:
+        ends = [simulate(e) for e in epochs]
+    keep = [slice(p0, end) for (_, _, p0), end in zip(epochs, ends)]
+    if not keep:
+        return hit, ins_pos[:0].copy(), ins_slot[:0].copy(), ins_count
+    return (hit, np.concatenate([ins_pos[k] for k in keep]),
+            np.concatenate([ins_slot[k] for k in keep]), ins_count)
 
 
 def belady_schedule(data, offs, ninput, epoch_starts, node_tier, capacity: int,

@@ -177,28 +177,52 @@ def _eval_nodes(split: EdgeSplit, part: str) -> np.ndarray:
     return np.unique(np.concatenate([pos.ravel(), neg.ravel()]))
 
 
-def max_eval_rows(split: EdgeSplit, meta: PlanMeta) -> int:
+class EvalSamples:
+    """The evaluation batches of the held-out parts of one run, sampled once.
+
+    Every evaluation draws the same neighbourhoods (a fixed key): the validation after
+    each epoch, the test at the end and the budget check before training
+    (:func:`max_eval_rows`) would sample them again and again. They are sampled on first
+    use and kept (node ids and blocks; the feature rows are read per evaluation)."""
+
+    def __init__(self, split: EdgeSplit, meta: PlanMeta):
+        self.split, self.meta = split, meta
+        self._parts: dict[str, tuple[np.ndarray, list]] = {}
+
+    def of(self, part: str) -> tuple[np.ndarray, list]:
+        """``(nodes, batches)`` of ``part``: its endpoints (ascending, distinct) and their
+        evaluation batches."""
+        if part not in self._parts:
+            nodes = _eval_nodes(self.split, part)
+            self._parts[part] = (nodes, list(_eval_samples(nodes, self.split, self.meta)))
+        return self._parts[part]
+
+
+def max_eval_rows(split: EdgeSplit, meta: PlanMeta, samples: EvalSamples | None = None) -> int:
     """Input nodes of the largest evaluation batch (validation or test): the feature
-    rows one evaluation batch holds at once."""
+    rows one evaluation batch holds at once. ``samples``: the run's, to keep."""
+    samples = samples or EvalSamples(split, meta)
     most = 0
     for part in ("val", "test"):
         if split.held_out(part)[0].shape[0]:
-            for sample in _eval_samples(_eval_nodes(split, part), split, meta):
+            for sample in samples.of(part)[1]:
                 most = max(most, int(sample.input_nodes.size))
     return most
 
 
 @torch.no_grad()
 def embed_nodes(model: nn.ModuleDict, nodes: np.ndarray, split: EdgeSplit, meta: PlanMeta,
-                features: Callable[[np.ndarray], torch.Tensor], device) -> torch.Tensor:
+                features: Callable[[np.ndarray], torch.Tensor], device,
+                batches: list | None = None) -> torch.Tensor:
     """``[len(nodes), hidden]`` embeddings of ``nodes`` (ascending, distinct) on the
     message-passing graph, neighbourhoods sampled with the plan's fanouts under a
-    fixed key. ``features(ids)``: the rows of ``ids``; where it has a ``release()``,
+    fixed key (``batches``: those already sampled, :class:`EvalSamples`).
+    ``features(ids)``: the rows of ``ids``; where it has a ``release()``,
     that is called once a batch's rows are no longer used (a budgeted buffer)."""
     model.eval()
     release = getattr(features, "release", lambda: None)
     out = []
-    for sample in _eval_samples(nodes, split, meta):
+    for sample in batches if batches is not None else _eval_samples(nodes, split, meta):
         x = features(sample.input_nodes).to(device)
         out.append(model["encoder"].forward_batch(sample, x))
         del x
@@ -208,13 +232,15 @@ def embed_nodes(model: nn.ModuleDict, nodes: np.ndarray, split: EdgeSplit, meta:
 
 @torch.no_grad()
 def evaluate_link(model: nn.ModuleDict, split: EdgeSplit, part: str, meta: PlanMeta,
-                  features: Callable[[np.ndarray], torch.Tensor], device) -> dict[str, float]:
-    """Hits@K, MRR and AUC of ``part`` (``val`` or ``test``) with its fixed negatives."""
+                  features: Callable[[np.ndarray], torch.Tensor], device,
+                  samples: EvalSamples | None = None) -> dict[str, float]:
+    """Hits@K, MRR and AUC of ``part`` (``val`` or ``test``) with its fixed negatives
+    (``samples``: the run's evaluation batches, sampled once)."""
     pos, neg = split.held_out(part)
     if pos.shape[0] == 0:
         return {}
-    nodes = _eval_nodes(split, part)
-    h = embed_nodes(model, nodes, split, meta, features, device)
+    nodes, batches = (samples or EvalSamples(split, meta)).of(part)
+    h = embed_nodes(model, nodes, split, meta, features, device, batches)
     u = torch.from_numpy(np.searchsorted(nodes, pos[:, 0])).to(device)
     v = torch.from_numpy(np.searchsorted(nodes, pos[:, 1])).to(device)
     w = torch.from_numpy(np.searchsorted(nodes, neg)).to(device)  # [P, M]
@@ -256,6 +282,7 @@ def run_link_training(store_path, plan: str | None, cfg: LinkTrainConfig, *,
     with Store(store_path) as store:
         meta = link_plan(store, plan)
         split = _check_split(store, meta)
+        evals = EvalSamples(split, meta)
         if cfg.in_memory:
             # Checked chunk by chunk, as the out-of-core loader's reads are.
             feats = torch.from_numpy(read_checked(
@@ -269,7 +296,8 @@ def run_link_training(store_path, plan: str | None, cfg: LinkTrainConfig, *,
             from .link_eval import BudgetedFeatures, check_eval_budget
 
             if cfg.cpu_budget is not None:
-                check_eval_budget(store.path, cfg.cpu_budget, max_eval_rows(split, meta),
+                check_eval_budget(store.path, cfg.cpu_budget,
+                                  max_eval_rows(split, meta, evals),
                                   store.array_meta("features").row_bytes)
             loader = NodeLoader(store, meta.name, device=device, world_size=1, rank=0,
                                 budget=MemoryBudget(cpu=cfg.cpu_budget, gpu=cfg.gpu_budget))
@@ -284,7 +312,8 @@ def run_link_training(store_path, plan: str | None, cfg: LinkTrainConfig, *,
         if cfg.deterministic and device.type == "cpu":
             torch.use_deterministic_algorithms(True)
         try:
-            summary = _train_loop(store, meta, split, cfg, device, batches, features, progress)
+            summary = _train_loop(store, meta, split, cfg, device, batches, features, progress,
+                                  evals)
             summary["pack"] = None if cfg.in_memory else closing.pack_name
             if not cfg.in_memory:
                 st = closing.stats()
@@ -301,7 +330,8 @@ def run_link_training(store_path, plan: str | None, cfg: LinkTrainConfig, *,
             closing.close()
 
 
-def _train_loop(store, meta, split, cfg, device, batches, features, progress) -> dict[str, Any]:
+def _train_loop(store, meta, split, cfg, device, batches, features, progress,
+                evals: EvalSamples) -> dict[str, Any]:
     model = build_link_model(store.feature_dim, meta.num_layers, cfg).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     epochs = []
@@ -317,12 +347,12 @@ def _train_loop(store, meta, split, cfg, device, batches, features, progress) ->
             n = int(sample.pos.shape[1])
             total += float(loss.detach()) * n
             count += n
-        val = evaluate_link(model, split, "val", meta, features, device)
+        val = evaluate_link(model, split, "val", meta, features, device, evals)
         epochs.append({"epoch": epoch, "loss": total / max(1, count),
                        "time_s": time.perf_counter() - t0, "val": val})
         if progress is not None:
             progress(epoch + 1, cfg.epochs)
-    test = evaluate_link(model, split, "test", meta, features, device)
+    test = evaluate_link(model, split, "test", meta, features, device, evals)
     return {"task": "link", "plan": meta.name, "in_memory": cfg.in_memory,
             "decoder": cfg.decoder, "device": str(device), "epochs": epochs,
             "val": epochs[-1]["val"] if epochs else {}, "test": test,
