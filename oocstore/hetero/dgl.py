@@ -33,10 +33,8 @@ from .schema import EdgeType, HeteroSchema, edge_key
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import dgl
 
-    from .loader import HeteroBatch
 
-
-def to_dgl_blocks(batch: "HeteroBatch",
+def to_dgl_blocks(batch,
                   device: torch.device | str | None = None) -> list["dgl.DGLGraph"]:
     """``batch`` as DGL heterograph blocks, ``blocks[0]`` the input-side layer (on
     ``device``; default: where the batch's tensors are)."""
@@ -65,7 +63,7 @@ def to_dgl_blocks(batch: "HeteroBatch",
     return blocks
 
 
-def _device_of(batch: "HeteroBatch", device) -> torch.device:
+def _device_of(batch, device) -> torch.device:
     if device is not None:
         return torch.device(device)
     return batch.y.device
@@ -147,7 +145,7 @@ class DGLHeteroSAGE(nn.Module):
             h = {t: F.dropout(F.relu(v), self.dropout, self.training) for t, v in new.items()}
         return self.out(h[self.target][:num_seeds])
 
-    def forward(self, batch: "HeteroBatch") -> torch.Tensor:
+    def forward(self, batch) -> torch.Tensor:
         return self.forward_blocks(to_dgl_blocks(batch), batch.num_seeds)
 
 
@@ -179,5 +177,5 @@ class DGLRGCN(nn.Module):
             h = {t: F.dropout(F.relu(v), self.dropout, self.training) for t, v in new.items()}
         return self.out(h[self.target][:num_seeds])
 
-    def forward(self, batch: "HeteroBatch") -> torch.Tensor:
+    def forward(self, batch) -> torch.Tensor:
         return self.forward_blocks(to_dgl_blocks(batch), batch.num_seeds)
