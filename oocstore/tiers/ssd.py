@@ -327,20 +327,26 @@ class SegmentTier(Tier):
             gather_rows(self._rows, slots, out)
 
     def close(self) -> None:
-        if self.read_ahead:
-            self._after_fork()
-        while self._pending:
-            _, future, _ = self._pending.popleft()
-            _settle(future)  # closing: nobody will use the read
-        for pool in (self._pool, self._check_pool):
-            if pool is not None:
-                pool.shutdown(wait=True)
-        self._pool = self._check_pool = None
-        self.reader.close()
-        self._buf = self._scratch = None  # free the segment buffers now
-        self._free = []
-        self._rows = self._rows[:0].copy()
-        self.current = -1
+        """Wait for the reads issued ahead, stop the threads, close the file and free the
+        buffers. A read ahead that failed with anything but an ``OSError`` (a bug, an
+        interrupt) is raised here, after everything is shut down all the same."""
+        try:
+            if self.read_ahead:
+                self._after_fork()
+            while self._pending:
+                _, future, _ = self._pending.popleft()
+                _settle(future)  # closing: nobody will use the read
+        finally:
+            for pool in (self._pool, self._check_pool):
+                if pool is not None:
+                    pool.shutdown(wait=True)  # also waits for reads still pending
+            self._pool = self._check_pool = None
+            self._pending.clear()
+            self.reader.close()
+            self._buf = self._scratch = None  # free the segment buffers now
+            self._free = []
+            self._rows = self._rows[:0].copy()
+            self.current = -1
 
 
 def _in_use(future) -> bool:

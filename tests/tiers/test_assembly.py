@@ -182,3 +182,30 @@ def test_warm_up_loads_the_signature_the_reader_calls(store):
                              [str(root), *os.environ.get("PYTHONPATH", "").split(os.pathsep)])})
     assert got.returncode == 0, got.stderr
     assert got.stdout.split() == ["1", "1"]
+
+
+def test_close_shuts_down_after_a_read_ahead_failed_unexpectedly(store, monkeypatch):
+    """A read ahead that failed with something other than an ``OSError`` is raised by
+    ``close``, but only once the I/O and checksum threads are stopped and the file and
+    buffers released (``close`` must not leak them)."""
+    meta = store.array_meta("pack/p/rows")
+    segs = np.asarray(store.array("pack/p/segments")).astype(np.int64)
+    crcs = np.asarray(store.array("pack/p/segment_crc"))
+    tier = SegmentTier(store.file_path(meta), meta, segs, checksums=None, segment_crcs=crcs,
+                       read_ahead=2)
+    pools = [tier._pool, tier._check_pool]
+    assert all(p is not None for p in pools)
+
+    def broken(segment, buf):
+        raise RuntimeError("read-ahead bug")
+
+    monkeypatch.setattr(tier, "_read_ahead", broken)
+    tier.prefetch([0, 1])
+    assert len(tier._pending) == 2
+    with pytest.raises(RuntimeError, match="read-ahead bug"):
+        tier.close()
+    assert tier._pool is None and tier._check_pool is None and not tier._pending
+    assert all(p._shutdown for p in pools)
+    assert tier.reader.fd < 0
+    assert tier._buf is None and tier._free == []
+    tier.close()  # a second close is a no-op
