@@ -1,5 +1,6 @@
 """The batch assembly kernel's streaming-store path, the aligned batch buffers it needs,
-the CRC-32 implementation, and segment checksums checked on the checksum thread."""
+assembly shared with a helper thread, the CRC-32 implementation, and segment checksums
+checked on the checksum thread."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from helpers import flip_bits, opened, policy_packs, sampled_store
 from oocstore.budget import MemoryBudget
 from oocstore.errors import ChecksumError
 from oocstore.store.files import checksum
-from oocstore.tiers.assemble import _streamable, assemble_rows
-from oocstore.tiers.reader import TieredReader, _aligned_rows
+from oocstore.tiers.assemble import (BLOCK_ROWS, AssemblyHelper, _streamable, assemble_claimed,
+                                     assemble_rows)
+from oocstore.tiers.reader import TieredReader, _aligned_rows, _OutPool
 from oocstore.tiers.ssd import SegmentTier
 
 
@@ -209,3 +211,83 @@ def test_close_shuts_down_after_a_read_ahead_failed_unexpectedly(store, monkeypa
     assert tier.reader.fd < 0
     assert tier._buf is None and tier._free == []
     tier.close()  # a second close is a no-op
+
+
+@pytest.mark.parametrize("dim,dtype", [(128, np.float32), (20, np.float32)])
+def test_assembly_shared_with_a_helper_equals_one_thread(dim, dtype):
+    """Blocks copied by the caller and the helper thread make the same batch, and the same
+    counts (refused positions too), as the one-thread kernel; batches of one block or
+    less stay on the caller's thread."""
+    rng = np.random.default_rng(dim + 1)
+    helper = AssemblyHelper()
+    try:
+        for n in (BLOCK_ROWS // 2, 7 * BLOCK_ROWS + 13):
+            tier, slot, host, gpu, segs, want = _case(rng, dim, dtype, n=n)
+            tier[::97] = 9  # unknown tier: refused, not copied
+            slot[5::89] = -3  # negative slot: refused, not copied
+            one = _aligned_rows(n, dim, dtype)
+            two = _aligned_rows(n, dim, dtype)
+            one[:] = 0
+            two[:] = 0
+            for _ in range(3):  # the helper's thread is reused batch after batch
+                counts = helper.assemble(tier, slot, host, gpu, segs, two, True, gpu)
+                np.testing.assert_array_equal(
+                    counts, assemble_rows(tier, slot, host, gpu, segs, one, True, gpu))
+                np.testing.assert_array_equal(two, one)
+            assert counts[4] > 0
+            ok = (tier < 3) & (slot >= 0)
+            np.testing.assert_array_equal(two[ok], want[ok])
+    finally:
+        helper.close()
+    assert helper._thread is None
+
+
+def test_a_claimer_that_starts_late_touches_nothing():
+    """Once every block is claimed, another call on the same counters (a helper woken
+    after the batch was done) copies nothing and adds nothing."""
+    rng = np.random.default_rng(3)
+    n = 5 * BLOCK_ROWS + 1
+    tier, slot, host, gpu, segs, want = _case(rng, 128, np.float32, n=n)
+    out = _aligned_rows(n, 128, np.float32)
+    ctl = np.zeros(3, dtype=np.int64)
+    assert assemble_claimed(tier, slot, host, gpu, segs, out, True, gpu, ctl) == 6
+    assert ctl.tolist()[1:] == [6, 0]
+    ok = tier < 3
+    np.testing.assert_array_equal(out[ok], want[ok])
+    out[:] = -1
+    assert assemble_claimed(tier, slot, host, gpu, segs, out, True, gpu, ctl) == 0
+    assert ctl.tolist()[1:] == [6, 0]
+    assert (out == -1).all()
+
+
+def test_helper_keeps_no_reference_to_a_pooled_batch():
+    """When ``assemble`` returns, the helper holds nothing of the batch: dropping the batch
+    gives its buffer back to the pool at once (else every batch would need a new one)."""
+    rng = np.random.default_rng(4)
+    n = 9 * BLOCK_ROWS
+    tier, slot, host, gpu, segs, want = _case(rng, 128, np.float32, n=n)
+    pool = _OutPool(n, 128, np.float32, keep=1)
+    helper = AssemblyHelper()
+    try:
+        for _ in range(20):
+            x = pool.take(n)
+            helper.assemble(tier, slot, host, gpu, segs, x, True, gpu)
+            ok = tier < 3
+            np.testing.assert_array_equal(x[ok], want[ok])
+            del x
+            assert len(pool._free) == 1
+        assert pool.allocated == 1
+    finally:
+        helper.close()
+
+
+def test_reader_batches_equal_with_one_or_two_assembly_threads(store):
+    feats = np.asarray(store.array("features"))
+    with pytest.raises(ValueError, match="assembly_threads 3"):
+        TieredReader(store, "p", assembly_threads=3)
+    for threads in (1, 2):
+        with TieredReader(store, "p", assembly_threads=threads) as reader:
+            assert (reader._helper is not None) == (threads == 2)
+            for b in range(reader.num_batches(0)):
+                np.testing.assert_array_equal(reader.read_batch(0, b),
+                                              feats[reader.plan.input_nodes(0, b)])
