@@ -22,6 +22,8 @@ takes the ordinary copy.
 
 from __future__ import annotations
 
+import time
+
 import numba
 import numpy as np
 from llvmlite import ir
@@ -30,6 +32,9 @@ from numba.extending import intrinsic
 
 #: Rows per parallel work item; a store fence closes each.
 BLOCK_ROWS = 256
+#: ``part`` of the assembly kernels: every position, only those of the segment (tier 2),
+#: or only the others (memory tiers; the segment's buffer may be reused meanwhile).
+ALL, SEGMENT, MEMORY = 0, 1, 2
 #: Bytes of one streaming store (a cache line).
 LINE = 64
 
@@ -96,9 +101,9 @@ def _streamable(out, host_rows, seg_rows):
 
 @numba.njit(cache=True, nogil=True, inline="always")
 def _copy_block(tier, slot, host_rows, gpu_rows, seg_rows, out, gpu_on_host, gpu_slots,
-                stream, lo, hi):
-    """Rows ``lo..hi-1`` of a batch (see :func:`assemble_rows`); returns how many
-    positions were refused (unknown tier, slot outside its tier)."""
+                stream, lo, hi, part):
+    """Rows ``lo..hi-1`` of a batch (see :func:`assemble_rows`) of ``part``; returns how
+    many of its positions were refused (unknown tier, slot outside its tier)."""
     d = out.shape[1]
     cpu_slots = host_rows.shape[0] - gpu_rows
     seg_slots = seg_rows.shape[0]
@@ -109,6 +114,8 @@ def _copy_block(tier, slot, host_rows, gpu_rows, seg_rows, out, gpu_on_host, gpu
     bad = 0
     for i in range(lo, hi):
         t = tier[i]
+        if (part == SEGMENT and t != 2) or (part == MEMORY and t == 2):
+            continue
         k = slot[i]
         # the source row (-1: nothing to copy here), bounds-checked first
         src = -1
@@ -163,14 +170,20 @@ def tier_counts(tier):
 
 @numba.njit(cache=True, nogil=True, parallel=True)
 def assemble_rows(tier, slot, host_rows, gpu_rows, seg_rows, out, gpu_on_host=True,
-                  gpu_slots=-1):
+                  gpu_slots=-1, part=ALL):
     """For every position ``i``: tier 0 (GPU tier kept on the host) -> ``host_rows[slot]``,
     tier 1 (CPU) -> ``host_rows[gpu_rows + slot]``, tier 2 (SSD) -> ``seg_rows[slot]``;
     tier 3 (base fallback), and tier 0 when the GPU tier lives on the device
     (``gpu_on_host`` false), are left for the caller. ``gpu_slots``: rows of the GPU
     tier (default ``gpu_rows``, the part of ``host_rows`` that holds it). Returns
     ``[gpu, cpu, ssd, base, invalid]`` position counts; ``invalid`` counts positions
-    whose tier is unknown or whose slot is outside its tier — they are not copied."""
+    whose tier is unknown or whose slot is outside its tier — they are not copied.
+
+    ``part``: :data:`ALL` positions, or only the :data:`SEGMENT`'s (tier 2) or only the
+    :data:`MEMORY` tiers' ones (each position's refusal is counted by the part that
+    copies it, so the two parts' ``invalid`` counts add up to the whole batch's). A
+    caller copies the segment's rows first and releases its buffer for the next read,
+    then copies the memory tiers' rows (most of them) while the disk reads."""
     n = tier.shape[0]
     if gpu_slots < 0:
         gpu_slots = gpu_rows
@@ -181,7 +194,7 @@ def assemble_rows(tier, slot, host_rows, gpu_rows, seg_rows, out, gpu_on_host=Tr
     for blk in numba.prange((n + BLOCK_ROWS - 1) // BLOCK_ROWS):
         bad += _copy_block(tier, slot, host_rows, gpu_rows, seg_rows, out, gpu_on_host,
                            gpu_slots, stream, blk * BLOCK_ROWS,
-                           min(n, (blk + 1) * BLOCK_ROWS))
+                           min(n, (blk + 1) * BLOCK_ROWS), part)
     counts = tier_counts(tier)
     counts[4] = bad
     return counts
@@ -194,7 +207,7 @@ _NEXT, _DONE, _BAD = 0, 1, 2
 
 @numba.njit(cache=True, nogil=True)
 def assemble_claimed(tier, slot, host_rows, gpu_rows, seg_rows, out, gpu_on_host, gpu_slots,
-                     ctl):
+                     part, ctl):
     """:func:`assemble_rows` shared between threads: each caller claims blocks of
     :data:`BLOCK_ROWS` rows from the counter ``ctl[0]`` (atomically) until none is left,
     then adds the blocks it copied to ``ctl[1]`` and its refused positions to ``ctl[2]``.
@@ -215,7 +228,8 @@ def assemble_claimed(tier, slot, host_rows, gpu_rows, seg_rows, out, gpu_on_host
         if blk >= blocks:
             break
         bad += _copy_block(tier, slot, host_rows, gpu_rows, seg_rows, out, gpu_on_host,
-                           gpu_slots, stream, blk * BLOCK_ROWS, min(n, (blk + 1) * BLOCK_ROWS))
+                           gpu_slots, stream, blk * BLOCK_ROWS, min(n, (blk + 1) * BLOCK_ROWS),
+                           part)
         mine += 1
     _fetch_add(addr + 8 * _BAD, bad)
     _fetch_add(addr + 8 * _DONE, mine)
@@ -244,6 +258,8 @@ class AssemblyHelper:
         self._thread = None
         self._pid = 0
         self.helped = 0  # blocks the helper copied (all batches)
+        self.batches = 0  # batches shared with the helper
+        self.waited_s = 0.0  # time callers waited for blocks the helper had claimed
 
     def _start(self) -> None:
         import os
@@ -275,7 +291,7 @@ class AssemblyHelper:
                 done.set()
 
     def assemble(self, tier, slot, host_rows, gpu_rows, seg_rows, out, gpu_on_host=True,
-                 gpu_slots=-1) -> np.ndarray:
+                 gpu_slots=-1, part=ALL) -> np.ndarray:
         """What :func:`assemble_rows` returns, the rows copied by this thread and the
         helper together."""
         import threading
@@ -283,11 +299,11 @@ class AssemblyHelper:
         n = tier.shape[0]
         if n <= BLOCK_ROWS or slot.shape[0] < n or out.shape[0] < n:
             return assemble_rows(tier, slot, host_rows, gpu_rows, seg_rows, out, gpu_on_host,
-                                 gpu_slots)
+                                 gpu_slots, part)
         self._start()
         ctl = np.zeros(3, dtype=np.int64)
-        job = ((tier, slot, host_rows, gpu_rows, seg_rows, out, gpu_on_host, gpu_slots, ctl),
-               threading.Event())
+        job = ((tier, slot, host_rows, gpu_rows, seg_rows, out, gpu_on_host, gpu_slots, part,
+                ctl), threading.Event())
         with self._cond:
             self._job = job
             self._cond.notify()
@@ -297,10 +313,17 @@ class AssemblyHelper:
             if not taken:
                 self._job = None  # the helper never started on it
         if taken:
+            t0 = time.perf_counter()
             job[1].wait()  # the helper finishes the blocks it claimed, then lets go
+            self.waited_s += time.perf_counter() - t0
+        self.batches += 1
         counts = tier_counts(tier)
         counts[4] = ctl[_BAD]
         return counts
+
+    def stats(self) -> dict:
+        return {"batches": self.batches, "helper_blocks": self.helped,
+                "wait_s": self.waited_s}
 
     def close(self) -> None:
         """Stop the helper thread."""
@@ -352,9 +375,9 @@ def warm_up(dtype) -> None:
     # every argument as the reader passes it (an omitted one is another specialization,
     # loaded on first use: tens of ms inside the first batch)
     assemble_rows(np.array([1, 2], np.uint8), np.array([0, 1], np.int32), rows, 0, rows, out, True,
-                  0)
+                  0, ALL)
     assemble_claimed(np.array([1, 2], np.uint8), np.array([0, 1], np.int32), rows, 0, rows, out,
-                     True, 0, np.zeros(3, np.int64))
+                     True, 0, ALL, np.zeros(3, np.int64))
     tier_counts(np.array([1, 2], np.uint8))
     gather_rows(rows, np.array([0, 1], np.int64), out)
     scatter_rows(out, np.array([0, 1], np.int64), rows, np.array([2, 3], np.int64))

@@ -35,7 +35,7 @@ from ..store.format import align_up
 from ..units import format_size
 from ..workingset import (READ_AHEAD_SEGMENTS, WorkingSet, base_read_queue,  # noqa: F401
                           read_ahead_buffers, reader_items)
-from .assemble import AssemblyHelper, assemble_rows, scatter_rows
+from .assemble import ALL, MEMORY, SEGMENT, AssemblyHelper, assemble_rows, scatter_rows
 from .device import DeviceTier
 from .memory import MemoryTier
 from .ssd import BaseRowTier, SegmentTier, base_read_buffer_bytes
@@ -127,14 +127,14 @@ def _cores() -> int:
 
 
 def assemble_batch(helper: AssemblyHelper | None, tier, slot, host_rows, gpu_rows, seg_rows,
-                   out, gpu_on_host, gpu_slots) -> np.ndarray:
-    """One batch's rows from the memory tiers and its segment (:func:`assemble_rows`),
-    on the calling thread and ``helper``'s where there is one."""
+                   out, gpu_on_host, gpu_slots, part=ALL) -> np.ndarray:
+    """One batch's rows from the memory tiers and its segment (:func:`assemble_rows`; all
+    of them or one ``part``), on the calling thread and ``helper``'s where there is one."""
     if helper is None:
         return assemble_rows(tier, slot, host_rows, gpu_rows, seg_rows, out, gpu_on_host,
-                             gpu_slots)
+                             gpu_slots, part)
     return helper.assemble(tier, slot, host_rows, gpu_rows, seg_rows, out, gpu_on_host,
-                           gpu_slots)
+                           gpu_slots, part)
 
 
 #: Alignment of the batch buffers the reader allocates: the assembly kernel writes rows of
@@ -432,13 +432,20 @@ class TieredReader:
             seg_rows = self._no_segment  # an SSD slot in an unpacked batch is invalid
         tier = self._tier.read(p0, p1)
         slot = self._slot.read(p0, p1)
-        counts = assemble_batch(self._helper, tier, slot, self.host.rows, self._cpu_offset,
-                                seg_rows, out, self.gpu_on_host, self.meta.gpu_rows)
-        if seg >= 0 and batch + 1 < self.plan.num_batches(epoch) and \
-                int(self.batch_segment[row + 1]) != seg:
-            # Its rows are in ``out`` now and the next batch needs another segment: the
-            # buffer takes the next read at once.
+        args = (tier, slot, self.host.rows, self._cpu_offset, seg_rows, out, self.gpu_on_host,
+                self.meta.gpu_rows)
+        if seg >= 0 and self.segments.read_ahead and batch + 1 < self.plan.num_batches(epoch) \
+                and int(self.batch_segment[row + 1]) != seg:
+            # The next batch needs another segment: once this segment's rows are in
+            # ``out`` its buffer takes the next read, which then runs while the memory
+            # tiers' rows (most of the batch) are copied.
+            counts = assemble_batch(self._helper, *args, SEGMENT)
             self.segments.release(nxt)
+            rest = assemble_batch(self._helper, *args, MEMORY)
+            rest[4] += counts[4]
+            counts = rest
+        else:
+            counts = assemble_batch(self._helper, *args, ALL)
         if counts[4]:
             self._refuse_slots(epoch, batch, tier, slot, seg_rows.shape[0])
         self.host.hits += int(counts[GPU] + counts[CPU])
@@ -595,6 +602,8 @@ class TieredReader:
                 "read_amplification": read / useful if useful else 0.0,
                 "hit_rate": {k: (v / total if total else 0.0) for k, v in hits.items()},
                 "segment_reads": self.segments.reads, "direct_io": self.direct,
+                "assembly": {"threads": 1, **({} if self._helper is None else
+                                              {**self._helper.stats(), "threads": 2})},
                 "budget": self.accountant.summary()}
 
     def close(self) -> None:

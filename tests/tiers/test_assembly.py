@@ -17,8 +17,8 @@ from helpers import flip_bits, opened, policy_packs, sampled_store
 from oocstore.budget import MemoryBudget
 from oocstore.errors import ChecksumError
 from oocstore.store.files import checksum
-from oocstore.tiers.assemble import (BLOCK_ROWS, AssemblyHelper, _streamable, assemble_claimed,
-                                     assemble_rows)
+from oocstore.tiers.assemble import (ALL, BLOCK_ROWS, MEMORY, SEGMENT, AssemblyHelper,
+                                     _streamable, assemble_claimed, assemble_rows)
 from oocstore.tiers.reader import TieredReader, _aligned_rows, _OutPool
 from oocstore.tiers.ssd import SegmentTier
 
@@ -250,12 +250,12 @@ def test_a_claimer_that_starts_late_touches_nothing():
     tier, slot, host, gpu, segs, want = _case(rng, 128, np.float32, n=n)
     out = _aligned_rows(n, 128, np.float32)
     ctl = np.zeros(3, dtype=np.int64)
-    assert assemble_claimed(tier, slot, host, gpu, segs, out, True, gpu, ctl) == 6
+    assert assemble_claimed(tier, slot, host, gpu, segs, out, True, gpu, ALL, ctl) == 6
     assert ctl.tolist()[1:] == [6, 0]
     ok = tier < 3
     np.testing.assert_array_equal(out[ok], want[ok])
     out[:] = -1
-    assert assemble_claimed(tier, slot, host, gpu, segs, out, True, gpu, ctl) == 0
+    assert assemble_claimed(tier, slot, host, gpu, segs, out, True, gpu, ALL, ctl) == 0
     assert ctl.tolist()[1:] == [6, 0]
     assert (out == -1).all()
 
@@ -291,3 +291,81 @@ def test_reader_batches_equal_with_one_or_two_assembly_threads(store):
             for b in range(reader.num_batches(0)):
                 np.testing.assert_array_equal(reader.read_batch(0, b),
                                               feats[reader.plan.input_nodes(0, b)])
+
+
+@pytest.mark.parametrize("read_ahead", [0, 2])
+def test_segments_read_as_two_halves_at_once(store, monkeypatch, read_ahead):
+    """A segment read split in two requests (the second on a thread of its own) fills
+    the buffer exactly as one request does; a file cut inside a segment's second half
+    is still refused by name."""
+    import oocstore.tiers.ssd as ssd
+
+    meta = store.array_meta("pack/p/rows")
+    segs = np.asarray(store.array("pack/p/segments")).astype(np.int64)
+    crcs = np.asarray(store.array("pack/p/segment_crc"))
+    packed = np.asarray(store.array("pack/p/rows"))
+    monkeypatch.setattr(ssd, "SPLIT_MIN", 2 * 4096)
+    tier = SegmentTier(store.file_path(meta), meta, segs, checksums=None, segment_crcs=crcs,
+                       read_ahead=read_ahead)
+    halves = []
+    submit = tier._split_pool.submit
+    tier._split_pool.submit = lambda *a: halves.append(a[2]) or submit(*a)
+    try:
+        for j in range(len(segs)):
+            tier.load(j, then=list(range(j + 1, min(j + 3, len(segs)))))
+            lo = segs[j, 0]
+            np.testing.assert_array_equal(tier.current_rows, packed[lo:lo + segs[j, 1]])
+        big = int((segs[:, 1] * meta.row_bytes >= 2 * 4096).sum())
+        assert big and len(halves) >= big
+    finally:
+        tier.close()
+    assert tier._split_pool is None
+
+
+def test_a_split_read_of_a_truncated_file_names_it(store, monkeypatch, tmp_path):
+    import oocstore.tiers.ssd as ssd
+
+    meta = store.array_meta("pack/p/rows")
+    segs = np.asarray(store.array("pack/p/segments")).astype(np.int64)
+    k = int(np.argmax(segs[:, 1]))
+    end = meta.offset + int(segs[k, 0] + segs[k, 1]) * meta.row_bytes
+    path = tmp_path / "rows.bin"
+    path.write_bytes(store.file_path(meta).read_bytes()[:end - meta.row_bytes])
+    monkeypatch.setattr(ssd, "SPLIT_MIN", 2 * 4096)
+    assert segs[k, 1] * meta.row_bytes >= 2 * 4096
+    tier = SegmentTier(path, meta, segs, checksums=None, read_ahead=0)
+    try:
+        with pytest.raises(OSError, match=rf"short read of .*rows.bin \(segment {k},"):
+            tier.load(k)
+    finally:
+        tier.close()
+
+
+@pytest.mark.parametrize("helper", [False, True])
+def test_segment_part_then_memory_part_make_the_whole_batch(helper):
+    """The segment's rows first, then the memory tiers' rows (the segment's buffer may be
+    overwritten in between: the memory part never reads it), give the one-pass batch,
+    and the refused positions of both parts add up to the one pass's."""
+    rng = np.random.default_rng(5)
+    n = 6 * BLOCK_ROWS + 7
+    tier, slot, host, gpu, segs, want = _case(rng, 128, np.float32, n=n)
+    tier[3::101] = 7
+    slot[np.flatnonzero(tier == 2)[::13]] = 10 ** 6
+    whole = _aligned_rows(n, 128, np.float32)
+    whole[:] = 0
+    full = assemble_rows(tier, slot, host, gpu, segs, whole, True, gpu, ALL)
+    h = AssemblyHelper() if helper else None
+    run = h.assemble if helper else assemble_rows
+    try:
+        out = _aligned_rows(n, 128, np.float32)
+        out[:] = 0
+        first = run(tier, slot, host, gpu, segs, out, True, gpu, SEGMENT)
+        assert (out[tier != 2] == 0).all()
+        segs[:] = np.nan  # the buffer takes the next read
+        second = run(tier, slot, host, gpu, segs, out, True, gpu, MEMORY)
+    finally:
+        if h is not None:
+            h.close()
+    np.testing.assert_array_equal(out, whole)
+    assert first[:4].tolist() == second[:4].tolist() == full[:4].tolist()
+    assert first[4] > 0 and second[4] > 0 and first[4] + second[4] == full[4]
