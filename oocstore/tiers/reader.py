@@ -403,6 +403,8 @@ class TieredReader:
         if self.scheduled:
             self._inserts.advise(int(self._insert_offsets[row]), int(self._insert_offsets[row + 1]))
         seg = int(self.batch_segment[row])
+        if self.scheduled and batch and (epoch, batch) != self._next:
+            return  # earlier batches are replayed first (read_batch): their segments first
         if seg >= 0 and seg != self.segments.current:
             self.segments.prefetch([seg, *self._next_segments(epoch, batch, row, seg)])
 
