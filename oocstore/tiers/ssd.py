@@ -396,7 +396,8 @@ READ_THREADS = 2
 
 #: Segment reads of at least this many bytes are split in two requests read at once
 #: (0: never). Two requests in flight moved 1.2-1.6x the bytes of one on this machine's
-#: virtual disk (bench/results/gnn_loaders_a_bandwidth_2026-12-03*.txt).
+#: virtual disk (bench/results/gnn_loaders_a_bandwidth_2026-12-03.txt and
+#: bench/results/gnn_loaders_a_bandwidth_2026-12-03_overlap.txt).
 SPLIT_MIN = 2 << 20
 
 #: Scratch buffer for the parts of a boundary checksum chunk outside a segment (1 MiB:
