@@ -22,6 +22,8 @@ takes the ordinary copy.
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 
 import numba
@@ -250,8 +252,6 @@ class AssemblyHelper:
     as the caller drops it)."""
 
     def __init__(self) -> None:
-        import threading
-
         self._cond = threading.Condition(threading.Lock())
         self._job = None  # the batch offered to the helper, until it takes it
         self._closing = False
@@ -262,9 +262,6 @@ class AssemblyHelper:
         self.waited_s = 0.0  # time callers waited for blocks the helper had claimed
 
     def _start(self) -> None:
-        import os
-        import threading
-
         if self._thread is not None and self._pid == os.getpid():
             return
         # a forked child (a data-loader worker) has no helper thread: start its own
@@ -294,8 +291,6 @@ class AssemblyHelper:
                  gpu_slots=-1, part=ALL) -> np.ndarray:
         """What :func:`assemble_rows` returns, the rows copied by this thread and the
         helper together."""
-        import threading
-
         n = tier.shape[0]
         if n <= BLOCK_ROWS or slot.shape[0] < n or out.shape[0] < n:
             return assemble_rows(tier, slot, host_rows, gpu_rows, seg_rows, out, gpu_on_host,
@@ -327,8 +322,6 @@ class AssemblyHelper:
 
     def close(self) -> None:
         """Stop the helper thread."""
-        import os
-
         if self._thread is not None and self._pid == os.getpid():
             with self._cond:
                 self._closing = True
