@@ -420,6 +420,8 @@ def worker_oocstore(spec, store, plan, model, opt) -> dict:
                    segment_reads=st["segment_reads"], direct_io=st["direct_io"],
                    stages_s={"segment reads (O_DIRECT)": split.read,
                              "assembly (numba)": split.gather,
+                             # the reading thread waiting for rows its helper copies
+                             "assembly helper waits": st.get("assembly", {}).get("wait_s", 0.0),
                              "process CPU (all threads)": sum(os.times()[:2]) - cpu0,
                              **{k: v for k, v in (st["epochs"][-1] if st["epochs"] else {}).items()
                                 if k.endswith("_s") and k != "time_s"}})

@@ -89,7 +89,9 @@ class Split:
     def __enter__(self) -> "Split":
         self._wrap(ssd_mod.SegmentTier, "load", "read")
         self._wrap(ssd_mod.SegmentTier, "_gather", "gather")
-        if hasattr(reader_mod, "assemble_rows"):
+        if hasattr(reader_mod, "assemble_batch"):  # the kernel, on one or two threads
+            self._wrap(reader_mod, "assemble_batch", "gather")
+        elif hasattr(reader_mod, "assemble_rows"):
             self._wrap(reader_mod, "assemble_rows", "gather")
         return self
 

@@ -139,11 +139,34 @@ class CheckedRows:
             # touched in order are read ahead one at a time instead (_check_chunk).
             os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_RANDOM)
         self._last_checked = -1
+        # chunks the kernel was asked to fetch (POSIX_FADV_WILLNEED) and not yet checked
+        self._advised = np.zeros(meta.num_chunks if self._advise else 0, dtype=bool)
 
     @property
     def scratch_bytes(self) -> int:
         """Memory this reader holds for checking (the scratch buffer)."""
         return min(ROWS_SCRATCH, self.meta.chunk_bytes, self.meta.nbytes) if self.verify else 0
+
+    def advise(self, start: int, stop: int) -> None:
+        """Ask the kernel to start fetching the unchecked checksum chunks that rows
+        ``[start, stop)`` lie in, each as one large asynchronous request, so that the
+        check which reads them later finds them in memory or on the way (several arrays
+        advised together are read at once instead of one after the other). Advice only:
+        no-op for a range outside the array, without checks, or where the platform has
+        no ``posix_fadvise``."""
+        if not self._advise or not 0 <= start < stop <= self.rows:
+            return
+        cb = self.meta.chunk_bytes
+        for c in range(start * self.row_bytes // cb, (stop * self.row_bytes - 1) // cb + 1):
+            self._will_need(c)
+
+    def _will_need(self, c: int) -> None:
+        if not self._checked[c] and not self._advised[c]:
+            m = self.meta
+            os.posix_fadvise(self.fd, m.offset + c * m.chunk_bytes,
+                             min(m.chunk_bytes, m.nbytes - c * m.chunk_bytes),
+                             os.POSIX_FADV_WILLNEED)
+            self._advised[c] = True
 
     def read(self, start: int, stop: int) -> np.ndarray:
         out = np.empty((max(0, stop - start), *self.meta.shape[1:]), dtype=self.meta.np_dtype)
@@ -173,6 +196,10 @@ class CheckedRows:
         n = min(cb, m.nbytes - c * cb)
         if self._scratch is None:
             self._scratch = np.empty(self.scratch_bytes, dtype=np.uint8)
+        if self._advise:
+            # The whole chunk as one request: read through the scratch without it, each
+            # piece would be a synchronous request of its own (read-ahead is off).
+            self._will_need(c)
         crc, done = 0, 0
         while done < n:
             view = memoryview(self._scratch)[:min(n - done, self._scratch.size)]
@@ -188,7 +215,7 @@ class CheckedRows:
         if self._advise and c + 1 < m.num_chunks and c in (0, self._last_checked + 1):
             # Read in order (an epoch's batches): the kernel fetches the next chunk now,
             # so its check reads memory instead of waiting for the disk.
-            os.posix_fadvise(self.fd, m.offset + (c + 1) * cb, cb, os.POSIX_FADV_WILLNEED)
+            self._will_need(c + 1)
         self._last_checked = c
 
     def close(self) -> None:

@@ -545,6 +545,7 @@ class NodeLoader:
             # the model's compute (numba's thread count is per calling thread).
             numba.set_num_threads(1)
         e = self.plan_epoch
+        self.reader.advise(e, b)  # the batch's reads start together
         sample = self.reader.plan.read_batch(e, b)
         if self.device.type == "cuda":
             # Staged in the pinned ring, copied on the loader's side stream; ``event``

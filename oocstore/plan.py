@@ -584,6 +584,14 @@ class PlanReader:
         off, length = int(row[0]), int(row[1])
         return self._records.read(off, off + length), row
 
+    def advise(self, epoch: int, batch: int) -> None:
+        """Start fetching the batch's record from disk now (kernel read-ahead of the
+        checksum chunks it lies in; see ``CheckedRows.advise``), ahead of
+        :meth:`read_batch`."""
+        row = self.index_row(epoch, batch)
+        off = int(row[0])
+        self._records.advise(off, off + int(row[1]))
+
     def read_batch(self, epoch: int, batch: int) -> SampledBatch:
         record, row = self.raw_record(epoch, batch)
         sample = decode_record(record, row, self.num_layers, epoch=epoch, batch=batch)

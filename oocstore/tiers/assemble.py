@@ -22,6 +22,10 @@ takes the ordinary copy.
 
 from __future__ import annotations
 
+import os
+import threading
+import time
+
 import numba
 import numpy as np
 from llvmlite import ir
@@ -30,6 +34,9 @@ from numba.extending import intrinsic
 
 #: Rows per parallel work item; a store fence closes each.
 BLOCK_ROWS = 256
+#: ``part`` of the assembly kernels: every position, only those of the segment (tier 2),
+#: or only the others (memory tiers; the segment's buffer may be reused meanwhile).
+ALL, SEGMENT, MEMORY = 0, 1, 2
 #: Bytes of one streaming store (a cache line).
 LINE = 64
 
@@ -63,6 +70,18 @@ def _store_fence(typingctx):
     return sig, codegen
 
 
+@intrinsic
+def _fetch_add(typingctx, addr, value):
+    """Atomically add ``value`` to the int64 at address ``addr``; returns the old value."""
+    sig = types.int64(types.uintp, types.int64)
+
+    def codegen(context, builder, signature, args):
+        ptr = builder.inttoptr(args[0], ir.IntType(64).as_pointer())
+        return builder.atomic_rmw("add", ptr, args[1], "seq_cst")
+
+    return sig, codegen
+
+
 @numba.njit(cache=True, nogil=True, inline="always")
 def _dense_rows(a, row_bytes):
     """Whether ``a``'s rows are ``row_bytes`` apart and each one contiguous."""
@@ -82,79 +101,233 @@ def _streamable(out, host_rows, seg_rows):
             and _dense_rows(seg_rows, row_bytes))
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _copy_block(tier, slot, host_rows, gpu_rows, seg_rows, out, gpu_on_host, gpu_slots,
+                stream, lo, hi, part):
+    """Rows ``lo..hi-1`` of a batch (see :func:`assemble_rows`) of ``part``; returns how
+    many of its positions were refused (unknown tier, slot outside its tier)."""
+    d = out.shape[1]
+    cpu_slots = host_rows.shape[0] - gpu_rows
+    seg_slots = seg_rows.shape[0]
+    row_bytes = d * out.itemsize
+    out_addr = out.ctypes.data
+    host_addr = host_rows.ctypes.data
+    seg_addr = seg_rows.ctypes.data
+    bad = 0
+    for i in range(lo, hi):
+        t = tier[i]
+        if (part == SEGMENT and t != 2) or (part == MEMORY and t == 2):
+            continue
+        k = slot[i]
+        # the source row (-1: nothing to copy here), bounds-checked first
+        src = -1
+        from_seg = False
+        if t == 0:
+            if k < 0 or k >= gpu_slots:
+                bad += 1
+            elif gpu_on_host:
+                src = k
+        elif t == 1:
+            if k < 0 or k >= cpu_slots:
+                bad += 1
+            else:
+                src = k + gpu_rows
+        elif t == 2:
+            if k < 0 or k >= seg_slots:
+                bad += 1
+            else:
+                src = k
+                from_seg = True
+        elif t != 3:
+            bad += 1
+        if src < 0:
+            continue
+        if stream:
+            a = (seg_addr if from_seg else host_addr) + src * row_bytes
+            b = out_addr + i * row_bytes
+            for c in range(0, row_bytes, LINE):
+                _stream_line(b + c, a + c)
+        elif from_seg:
+            # Explicit column loops: numba compiles a row slice assignment
+            # (out[i] = src[k]) into a generic broadcast ~10x slower than this for
+            # 100-1000 element rows.
+            for j in range(d):
+                out[i, j] = seg_rows[src, j]
+        else:
+            for j in range(d):
+                out[i, j] = host_rows[src, j]
+    if stream:
+        _store_fence()
+    return bad
+
+
+@numba.njit(cache=True, nogil=True)
+def tier_counts(tier):
+    """``[gpu, cpu, ssd, base, other]`` position counts of a batch's tier entries."""
+    counts = np.zeros(5, dtype=np.int64)
+    for i in range(tier.shape[0]):
+        counts[min(tier[i], 4)] += 1
+    return counts
+
+
 @numba.njit(cache=True, nogil=True, parallel=True)
 def assemble_rows(tier, slot, host_rows, gpu_rows, seg_rows, out, gpu_on_host=True,
-                  gpu_slots=-1):
+                  gpu_slots=-1, part=ALL):
     """For every position ``i``: tier 0 (GPU tier kept on the host) -> ``host_rows[slot]``,
     tier 1 (CPU) -> ``host_rows[gpu_rows + slot]``, tier 2 (SSD) -> ``seg_rows[slot]``;
     tier 3 (base fallback), and tier 0 when the GPU tier lives on the device
     (``gpu_on_host`` false), are left for the caller. ``gpu_slots``: rows of the GPU
     tier (default ``gpu_rows``, the part of ``host_rows`` that holds it). Returns
     ``[gpu, cpu, ssd, base, invalid]`` position counts; ``invalid`` counts positions
-    whose tier is unknown or whose slot is outside its tier — they are not copied."""
+    whose tier is unknown or whose slot is outside its tier — they are not copied.
+
+    ``part``: :data:`ALL` positions, or only the :data:`SEGMENT`'s (tier 2) or only the
+    :data:`MEMORY` tiers' ones (each position's refusal is counted by the part that
+    copies it, so the two parts' ``invalid`` counts add up to the whole batch's). A
+    caller copies the segment's rows first and releases its buffer for the next read,
+    then copies the memory tiers' rows (most of them) while the disk reads."""
     n = tier.shape[0]
-    d = out.shape[1]
     if gpu_slots < 0:
         gpu_slots = gpu_rows
-    cpu_slots = host_rows.shape[0] - gpu_rows
-    seg_slots = seg_rows.shape[0]
     if slot.shape[0] < n or out.shape[0] < n:
         return np.array([0, 0, 0, 0, n], dtype=np.int64)
     stream = _streamable(out, host_rows, seg_rows)
-    row_bytes = d * out.itemsize
-    out_addr = out.ctypes.data
-    host_addr = host_rows.ctypes.data
-    seg_addr = seg_rows.ctypes.data
     bad = 0
     for blk in numba.prange((n + BLOCK_ROWS - 1) // BLOCK_ROWS):
-        for i in range(blk * BLOCK_ROWS, min(n, (blk + 1) * BLOCK_ROWS)):
-            t = tier[i]
-            k = slot[i]
-            # the source row (-1: nothing to copy here), bounds-checked first
-            src = -1
-            from_seg = False
-            if t == 0:
-                if k < 0 or k >= gpu_slots:
-                    bad += 1
-                elif gpu_on_host:
-                    src = k
-            elif t == 1:
-                if k < 0 or k >= cpu_slots:
-                    bad += 1
-                else:
-                    src = k + gpu_rows
-            elif t == 2:
-                if k < 0 or k >= seg_slots:
-                    bad += 1
-                else:
-                    src = k
-                    from_seg = True
-            elif t != 3:
-                bad += 1
-            if src < 0:
-                continue
-            if stream:
-                a = (seg_addr if from_seg else host_addr) + src * row_bytes
-                b = out_addr + i * row_bytes
-                for c in range(0, row_bytes, LINE):
-                    _stream_line(b + c, a + c)
-            elif from_seg:
-                # Explicit column loops: numba compiles a row slice assignment
-                # (out[i] = src[k]) into a generic broadcast ~10x slower than this for
-                # 100-1000 element rows.
-                for j in range(d):
-                    out[i, j] = seg_rows[src, j]
-            else:
-                for j in range(d):
-                    out[i, j] = host_rows[src, j]
-        if stream:
-            _store_fence()
-    counts = np.zeros(5, dtype=np.int64)
-    for i in range(n):
-        if tier[i] <= 3:
-            counts[tier[i]] += 1
+        bad += _copy_block(tier, slot, host_rows, gpu_rows, seg_rows, out, gpu_on_host,
+                           gpu_slots, stream, blk * BLOCK_ROWS,
+                           min(n, (blk + 1) * BLOCK_ROWS), part)
+    counts = tier_counts(tier)
     counts[4] = bad
     return counts
+
+
+#: ``ctl`` words of :func:`assemble_claimed`: next block to claim, blocks copied, refused
+#: positions.
+_NEXT, _DONE, _BAD = 0, 1, 2
+
+
+@numba.njit(cache=True, nogil=True)
+def assemble_claimed(tier, slot, host_rows, gpu_rows, seg_rows, out, gpu_on_host, gpu_slots,
+                     part, ctl):
+    """:func:`assemble_rows` shared between threads: each caller claims blocks of
+    :data:`BLOCK_ROWS` rows from the counter ``ctl[0]`` (atomically) until none is left,
+    then adds the blocks it copied to ``ctl[1]`` and its refused positions to ``ctl[2]``.
+    Any number of threads may run it on the same ``ctl``, at any time: one that starts
+    late finds no block left and touches nothing. Returns the blocks this call copied."""
+    n = tier.shape[0]
+    blocks = (n + BLOCK_ROWS - 1) // BLOCK_ROWS
+    if gpu_slots < 0:
+        gpu_slots = gpu_rows
+    if slot.shape[0] < n or out.shape[0] < n:
+        return 0
+    stream = _streamable(out, host_rows, seg_rows)
+    addr = ctl.ctypes.data
+    mine = 0
+    bad = 0
+    while True:
+        blk = _fetch_add(addr + 8 * _NEXT, 1)
+        if blk >= blocks:
+            break
+        bad += _copy_block(tier, slot, host_rows, gpu_rows, seg_rows, out, gpu_on_host,
+                           gpu_slots, stream, blk * BLOCK_ROWS, min(n, (blk + 1) * BLOCK_ROWS),
+                           part)
+        mine += 1
+    _fetch_add(addr + 8 * _BAD, bad)
+    _fetch_add(addr + 8 * _DONE, mine)
+    return mine
+
+
+class AssemblyHelper:
+    """A second thread that assembles blocks of each batch's rows beside the thread that
+    reads the batch (:func:`assemble_claimed`).
+
+    Assembling the rows of a batch (a gather from the CPU tier, a random access per row)
+    is most of the reading thread's CPU time; on a machine with a core to spare the
+    helper takes about half of it. The caller never waits for the helper to start: it
+    claims blocks itself until none is left, withdraws the batch if the helper has not
+    picked it up yet, and otherwise waits only for the blocks the helper claimed (a few
+    microseconds of copying each). When :meth:`assemble` returns, the helper holds no
+    reference to the batch's arrays (a pooled batch buffer goes back to its pool as soon
+    as the caller drops it)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._job = None  # the batch offered to the helper, until it takes it
+        self._closing = False
+        self._thread = None
+        self._pid = 0
+        self.helped = 0  # blocks the helper copied (all batches)
+        self.batches = 0  # batches shared with the helper
+        self.waited_s = 0.0  # time callers waited for blocks the helper had claimed
+
+    def _start(self) -> None:
+        if self._thread is not None and self._pid == os.getpid():
+            return
+        # a forked child (a data-loader worker) has no helper thread: start its own
+        self._cond = threading.Condition(threading.Lock())
+        self._job, self._closing = None, False
+        self._thread = threading.Thread(target=self._run, name="oocstore-assemble",
+                                        daemon=True)
+        self._pid = os.getpid()
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._job is None and not self._closing:
+                    self._cond.wait()
+                if self._closing:
+                    return
+                job, self._job = self._job, None
+            args, done = job
+            try:
+                self.helped += assemble_claimed(*args)
+            finally:
+                del job, args  # before the caller may return: no reference outlives it
+                done.set()
+
+    def assemble(self, tier, slot, host_rows, gpu_rows, seg_rows, out, gpu_on_host=True,
+                 gpu_slots=-1, part=ALL) -> np.ndarray:
+        """What :func:`assemble_rows` returns, the rows copied by this thread and the
+        helper together."""
+        n = tier.shape[0]
+        if n <= BLOCK_ROWS or slot.shape[0] < n or out.shape[0] < n:
+            return assemble_rows(tier, slot, host_rows, gpu_rows, seg_rows, out, gpu_on_host,
+                                 gpu_slots, part)
+        self._start()
+        ctl = np.zeros(3, dtype=np.int64)
+        job = ((tier, slot, host_rows, gpu_rows, seg_rows, out, gpu_on_host, gpu_slots, part,
+                ctl), threading.Event())
+        with self._cond:
+            self._job = job
+            self._cond.notify()
+        assemble_claimed(*job[0])
+        with self._cond:
+            taken = self._job is not job
+            if not taken:
+                self._job = None  # the helper never started on it
+        if taken:
+            t0 = time.perf_counter()
+            job[1].wait()  # the helper finishes the blocks it claimed, then lets go
+            self.waited_s += time.perf_counter() - t0
+        self.batches += 1
+        counts = tier_counts(tier)
+        counts[4] = ctl[_BAD]
+        return counts
+
+    def stats(self) -> dict:
+        return {"batches": self.batches, "helper_blocks": self.helped,
+                "wait_s": self.waited_s}
+
+    def close(self) -> None:
+        """Stop the helper thread."""
+        if self._thread is not None and self._pid == os.getpid():
+            with self._cond:
+                self._closing = True
+                self._cond.notify()
+            self._thread.join()
+        self._thread = None
 
 
 @numba.njit(cache=True, nogil=True)
@@ -195,6 +368,9 @@ def warm_up(dtype) -> None:
     # every argument as the reader passes it (an omitted one is another specialization,
     # loaded on first use: tens of ms inside the first batch)
     assemble_rows(np.array([1, 2], np.uint8), np.array([0, 1], np.int32), rows, 0, rows, out, True,
-                  0)
+                  0, ALL)
+    assemble_claimed(np.array([1, 2], np.uint8), np.array([0, 1], np.int32), rows, 0, rows, out,
+                     True, 0, ALL, np.zeros(3, np.int64))
+    tier_counts(np.array([1, 2], np.uint8))
     gather_rows(rows, np.array([0, 1], np.int64), out)
     scatter_rows(out, np.array([0, 1], np.int64), rows, np.array([2, 3], np.int64))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import mmap
+import os
 import threading
 import weakref
 from typing import Any
@@ -34,7 +35,7 @@ from ..store.format import align_up
 from ..units import format_size
 from ..workingset import (READ_AHEAD_SEGMENTS, WorkingSet, base_read_queue,  # noqa: F401
                           read_ahead_buffers, reader_items)
-from .assemble import assemble_rows, scatter_rows
+from .assemble import ALL, MEMORY, SEGMENT, AssemblyHelper, assemble_rows, scatter_rows
 from .device import DeviceTier
 from .memory import MemoryTier
 from .ssd import BaseRowTier, SegmentTier, base_read_buffer_bytes
@@ -116,6 +117,24 @@ def advise_huge_pages(arr: np.ndarray) -> bool:
                             ctypes.c_int(_MADV_HUGEPAGE)) == 0
     except (OSError, AttributeError):
         return False
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def assemble_batch(helper: AssemblyHelper | None, tier, slot, host_rows, gpu_rows, seg_rows,
+                   out, gpu_on_host, gpu_slots, part=ALL) -> np.ndarray:
+    """One batch's rows from the memory tiers and its segment (:func:`assemble_rows`; all
+    of them or one ``part``), on the calling thread and ``helper``'s where there is one."""
+    if helper is None:
+        return assemble_rows(tier, slot, host_rows, gpu_rows, seg_rows, out, gpu_on_host,
+                             gpu_slots, part)
+    return helper.assemble(tier, slot, host_rows, gpu_rows, seg_rows, out, gpu_on_host,
+                           gpu_slots, part)
 
 
 #: Alignment of the batch buffers the reader allocates: the assembly kernel writes rows of
@@ -205,13 +224,21 @@ class TieredReader:
     """Reads batches of a pack. ``device``: where the GPU tier lives — a CUDA device
     keeps it there (charged to the GPU budget) and :meth:`read_batch_tensor` delivers
     batches on that device; ``None`` (or ``"cpu"``) keeps it in host memory.
-    ``reserve``: CPU-budget bytes to leave free before taking optional buffers."""
+    ``reserve``: CPU-budget bytes to leave free before taking optional buffers.
+    ``assembly_threads``: threads that copy a batch's rows from the memory tiers and its
+    segment — 2 (the reading thread and a helper, :class:`~oocstore.tiers.assemble.
+    AssemblyHelper`) or 1; default 2 where the process may run on two cores or more."""
 
     def __init__(self, store: Store, pack: str, *, budget: MemoryBudget | None = None,
                  accountant: BudgetAccountant | None = None, io_threads: int = 8,
                  device=None, gpu_tier_on_device: bool | None = None, reserve: int = 0,
-                 verify_reads: bool = True):
+                 verify_reads: bool = True, assembly_threads: int | None = None):
         self.store = store
+        if assembly_threads is None:
+            assembly_threads = 2 if _cores() >= 2 else 1
+        if assembly_threads not in (1, 2):
+            raise ValueError(f"assembly_threads {assembly_threads}: give 1 or 2")
+        self._helper = AssemblyHelper() if assembly_threads == 2 else None
         # Checksums checked on read (tier loads and packed segments): see tiers/ssd.py.
         self.verify_reads = bool(verify_reads)
         self.meta = m = load_pack(store, pack)
@@ -361,6 +388,26 @@ class TieredReader:
                 self._read(epoch, b, None)
         return self._read(epoch, batch, out)
 
+    def advise(self, epoch: int, batch: int) -> None:
+        """Start the disk reads batch ``batch`` of ``epoch`` needs, all at once, before
+        any of them is waited for: its plan record and tier / slot entries (kernel
+        read-ahead of their unchecked checksum chunks) and its segment (on an I/O thread,
+        where a spare buffer is free). In an epoch's first batch these otherwise run one
+        after the other in the reading thread; later batches find them fetched ahead
+        already, and this costs a few table look-ups."""
+        row = self.batch_row(epoch, batch)
+        self.plan.advise(epoch, batch)
+        p0, p1 = int(self._pos[row]), int(self._pos[row + 1])
+        self._tier.advise(p0, p1)
+        self._slot.advise(p0, p1)
+        if self.scheduled:
+            self._inserts.advise(int(self._insert_offsets[row]), int(self._insert_offsets[row + 1]))
+        seg = int(self.batch_segment[row])
+        if self.scheduled and batch and (epoch, batch) != self._next:
+            return  # earlier batches are replayed first (read_batch): their segments first
+        if seg >= 0 and seg != self.segments.current:
+            self.segments.prefetch([seg, *self._next_segments(epoch, batch, row, seg)])
+
     def _read(self, epoch: int, batch: int, out: np.ndarray | None) -> np.ndarray:
         row = self.batch_row(epoch, batch)
         p0, p1 = int(self._pos[row]), int(self._pos[row + 1])
@@ -387,13 +434,20 @@ class TieredReader:
             seg_rows = self._no_segment  # an SSD slot in an unpacked batch is invalid
         tier = self._tier.read(p0, p1)
         slot = self._slot.read(p0, p1)
-        counts = assemble_rows(tier, slot, self.host.rows, self._cpu_offset, seg_rows, out,
-                               self.gpu_on_host, self.meta.gpu_rows)
-        if seg >= 0 and batch + 1 < self.plan.num_batches(epoch) and \
-                int(self.batch_segment[row + 1]) != seg:
-            # Its rows are in ``out`` now and the next batch needs another segment: the
-            # buffer takes the next read at once.
+        args = (tier, slot, self.host.rows, self._cpu_offset, seg_rows, out, self.gpu_on_host,
+                self.meta.gpu_rows)
+        if seg >= 0 and self.segments.read_ahead and batch + 1 < self.plan.num_batches(epoch) \
+                and int(self.batch_segment[row + 1]) != seg:
+            # The next batch needs another segment: once this segment's rows are in
+            # ``out`` its buffer takes the next read, which then runs while the memory
+            # tiers' rows (most of the batch) are copied.
+            counts = assemble_batch(self._helper, *args, SEGMENT)
             self.segments.release(nxt)
+            rest = assemble_batch(self._helper, *args, MEMORY)
+            rest[4] += counts[4]
+            counts = rest
+        else:
+            counts = assemble_batch(self._helper, *args, ALL)
         if counts[4]:
             self._refuse_slots(epoch, batch, tier, slot, seg_rows.shape[0])
         self.host.hits += int(counts[GPU] + counts[CPU])
@@ -550,11 +604,15 @@ class TieredReader:
                 "read_amplification": read / useful if useful else 0.0,
                 "hit_rate": {k: (v / total if total else 0.0) for k, v in hits.items()},
                 "segment_reads": self.segments.reads, "direct_io": self.direct,
+                "assembly": {"threads": 1, **({} if self._helper is None else
+                                              {**self._helper.stats(), "threads": 2})},
                 "budget": self.accountant.summary()}
 
     def close(self) -> None:
         """Stop the I/O threads and free the tiers' memory (charges are released, so the
         memory must really be returned even if this object is still referenced)."""
+        if self._helper is not None:
+            self._helper.close()
         self.segments.close()
         self.base.close()
         self._pool.close()

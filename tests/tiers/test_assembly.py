@@ -1,5 +1,6 @@
 """The batch assembly kernel's streaming-store path, the aligned batch buffers it needs,
-the CRC-32 implementation, and segment checksums checked on the checksum thread."""
+assembly shared with a helper thread, the CRC-32 implementation, and segment checksums
+checked on the checksum thread."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from helpers import flip_bits, opened, policy_packs, sampled_store
 from oocstore.budget import MemoryBudget
 from oocstore.errors import ChecksumError
 from oocstore.store.files import checksum
-from oocstore.tiers.assemble import _streamable, assemble_rows
-from oocstore.tiers.reader import TieredReader, _aligned_rows
+from oocstore.tiers.assemble import (ALL, BLOCK_ROWS, MEMORY, SEGMENT, AssemblyHelper,
+                                     _streamable, assemble_claimed, assemble_rows)
+from oocstore.tiers.reader import TieredReader, _aligned_rows, _OutPool
 from oocstore.tiers.ssd import SegmentTier
 
 
@@ -182,3 +184,188 @@ def test_warm_up_loads_the_signature_the_reader_calls(store):
                              [str(root), *os.environ.get("PYTHONPATH", "").split(os.pathsep)])})
     assert got.returncode == 0, got.stderr
     assert got.stdout.split() == ["1", "1"]
+
+
+def test_close_shuts_down_after_a_read_ahead_failed_unexpectedly(store, monkeypatch):
+    """A read ahead that failed with something other than an ``OSError`` is raised by
+    ``close``, but only once the I/O and checksum threads are stopped and the file and
+    buffers released (``close`` must not leak them)."""
+    meta = store.array_meta("pack/p/rows")
+    segs = np.asarray(store.array("pack/p/segments")).astype(np.int64)
+    crcs = np.asarray(store.array("pack/p/segment_crc"))
+    tier = SegmentTier(store.file_path(meta), meta, segs, checksums=None, segment_crcs=crcs,
+                       read_ahead=2)
+    pools = [tier._pool, tier._check_pool]
+    assert all(p is not None for p in pools)
+
+    def broken(segment, buf):
+        raise RuntimeError("read-ahead bug")
+
+    monkeypatch.setattr(tier, "_read_ahead", broken)
+    tier.prefetch([0, 1])
+    assert len(tier._pending) == 2
+    with pytest.raises(RuntimeError, match="read-ahead bug"):
+        tier.close()
+    assert tier._pool is None and tier._check_pool is None and not tier._pending
+    assert all(p._shutdown for p in pools)
+    assert tier.reader.fd < 0
+    assert tier._buf is None and tier._free == []
+    tier.close()  # a second close is a no-op
+
+
+@pytest.mark.parametrize("dim,dtype", [(128, np.float32), (20, np.float32)])
+def test_assembly_shared_with_a_helper_equals_one_thread(dim, dtype):
+    """Blocks copied by the caller and the helper thread make the same batch, and the same
+    counts (refused positions too), as the one-thread kernel; batches of one block or
+    less stay on the caller's thread."""
+    rng = np.random.default_rng(dim + 1)
+    helper = AssemblyHelper()
+    try:
+        for n in (BLOCK_ROWS // 2, 7 * BLOCK_ROWS + 13):
+            tier, slot, host, gpu, segs, want = _case(rng, dim, dtype, n=n)
+            tier[::97] = 9  # unknown tier: refused, not copied
+            slot[5::89] = -3  # negative slot: refused, not copied
+            one = _aligned_rows(n, dim, dtype)
+            two = _aligned_rows(n, dim, dtype)
+            one[:] = 0
+            two[:] = 0
+            for _ in range(3):  # the helper's thread is reused batch after batch
+                counts = helper.assemble(tier, slot, host, gpu, segs, two, True, gpu)
+                np.testing.assert_array_equal(
+                    counts, assemble_rows(tier, slot, host, gpu, segs, one, True, gpu))
+                np.testing.assert_array_equal(two, one)
+            assert counts[4] > 0
+            ok = (tier < 3) & (slot >= 0)
+            np.testing.assert_array_equal(two[ok], want[ok])
+    finally:
+        helper.close()
+    assert helper._thread is None
+
+
+def test_a_claimer_that_starts_late_touches_nothing():
+    """Once every block is claimed, another call on the same counters (a helper woken
+    after the batch was done) copies nothing and adds nothing."""
+    rng = np.random.default_rng(3)
+    n = 5 * BLOCK_ROWS + 1
+    tier, slot, host, gpu, segs, want = _case(rng, 128, np.float32, n=n)
+    out = _aligned_rows(n, 128, np.float32)
+    ctl = np.zeros(3, dtype=np.int64)
+    assert assemble_claimed(tier, slot, host, gpu, segs, out, True, gpu, ALL, ctl) == 6
+    assert ctl.tolist()[1:] == [6, 0]
+    ok = tier < 3
+    np.testing.assert_array_equal(out[ok], want[ok])
+    out[:] = -1
+    assert assemble_claimed(tier, slot, host, gpu, segs, out, True, gpu, ALL, ctl) == 0
+    assert ctl.tolist()[1:] == [6, 0]
+    assert (out == -1).all()
+
+
+def test_helper_keeps_no_reference_to_a_pooled_batch():
+    """When ``assemble`` returns, the helper holds nothing of the batch: dropping the batch
+    gives its buffer back to the pool at once (else every batch would need a new one)."""
+    rng = np.random.default_rng(4)
+    n = 9 * BLOCK_ROWS
+    tier, slot, host, gpu, segs, want = _case(rng, 128, np.float32, n=n)
+    pool = _OutPool(n, 128, np.float32, keep=1)
+    helper = AssemblyHelper()
+    try:
+        for _ in range(20):
+            x = pool.take(n)
+            helper.assemble(tier, slot, host, gpu, segs, x, True, gpu)
+            ok = tier < 3
+            np.testing.assert_array_equal(x[ok], want[ok])
+            del x
+            assert len(pool._free) == 1
+        assert pool.allocated == 1
+    finally:
+        helper.close()
+
+
+def test_reader_batches_equal_with_one_or_two_assembly_threads(store):
+    feats = np.asarray(store.array("features"))
+    with pytest.raises(ValueError, match="assembly_threads 3"):
+        TieredReader(store, "p", assembly_threads=3)
+    for threads in (1, 2):
+        with TieredReader(store, "p", assembly_threads=threads) as reader:
+            assert (reader._helper is not None) == (threads == 2)
+            for b in range(reader.num_batches(0)):
+                np.testing.assert_array_equal(reader.read_batch(0, b),
+                                              feats[reader.plan.input_nodes(0, b)])
+
+
+@pytest.mark.parametrize("read_ahead", [0, 2])
+def test_segments_read_as_two_halves_at_once(store, monkeypatch, read_ahead):
+    """A segment read split in two requests (the second on a thread of its own) fills
+    the buffer exactly as one request does; a file cut inside a segment's second half
+    is still refused by name."""
+    import oocstore.tiers.ssd as ssd
+
+    meta = store.array_meta("pack/p/rows")
+    segs = np.asarray(store.array("pack/p/segments")).astype(np.int64)
+    crcs = np.asarray(store.array("pack/p/segment_crc"))
+    packed = np.asarray(store.array("pack/p/rows"))
+    monkeypatch.setattr(ssd, "SPLIT_MIN", 2 * 4096)
+    tier = SegmentTier(store.file_path(meta), meta, segs, checksums=None, segment_crcs=crcs,
+                       read_ahead=read_ahead)
+    halves = []
+    submit = tier._split_pool.submit
+    tier._split_pool.submit = lambda *a: halves.append(a[2]) or submit(*a)
+    try:
+        for j in range(len(segs)):
+            tier.load(j, then=list(range(j + 1, min(j + 3, len(segs)))))
+            lo = segs[j, 0]
+            np.testing.assert_array_equal(tier.current_rows, packed[lo:lo + segs[j, 1]])
+        big = int((segs[:, 1] * meta.row_bytes >= 2 * 4096).sum())
+        assert big and len(halves) >= big
+    finally:
+        tier.close()
+    assert tier._split_pool is None
+
+
+def test_a_split_read_of_a_truncated_file_names_it(store, monkeypatch, tmp_path):
+    import oocstore.tiers.ssd as ssd
+
+    meta = store.array_meta("pack/p/rows")
+    segs = np.asarray(store.array("pack/p/segments")).astype(np.int64)
+    k = int(np.argmax(segs[:, 1]))
+    end = meta.offset + int(segs[k, 0] + segs[k, 1]) * meta.row_bytes
+    path = tmp_path / "rows.bin"
+    path.write_bytes(store.file_path(meta).read_bytes()[:end - meta.row_bytes])
+    monkeypatch.setattr(ssd, "SPLIT_MIN", 2 * 4096)
+    assert segs[k, 1] * meta.row_bytes >= 2 * 4096
+    tier = SegmentTier(path, meta, segs, checksums=None, read_ahead=0)
+    try:
+        with pytest.raises(OSError, match=rf"short read of .*rows.bin \(segment {k},"):
+            tier.load(k)
+    finally:
+        tier.close()
+
+
+@pytest.mark.parametrize("helper", [False, True])
+def test_segment_part_then_memory_part_make_the_whole_batch(helper):
+    """The segment's rows first, then the memory tiers' rows (the segment's buffer may be
+    overwritten in between: the memory part never reads it), give the one-pass batch,
+    and the refused positions of both parts add up to the one pass's."""
+    rng = np.random.default_rng(5)
+    n = 6 * BLOCK_ROWS + 7
+    tier, slot, host, gpu, segs, want = _case(rng, 128, np.float32, n=n)
+    tier[3::101] = 7
+    slot[np.flatnonzero(tier == 2)[::13]] = 10 ** 6
+    whole = _aligned_rows(n, 128, np.float32)
+    whole[:] = 0
+    full = assemble_rows(tier, slot, host, gpu, segs, whole, True, gpu, ALL)
+    h = AssemblyHelper() if helper else None
+    run = h.assemble if helper else assemble_rows
+    try:
+        out = _aligned_rows(n, 128, np.float32)
+        out[:] = 0
+        first = run(tier, slot, host, gpu, segs, out, True, gpu, SEGMENT)
+        assert (out[tier != 2] == 0).all()
+        segs[:] = np.nan  # the buffer takes the next read
+        second = run(tier, slot, host, gpu, segs, out, True, gpu, MEMORY)
+    finally:
+        if h is not None:
+            h.close()
+    np.testing.assert_array_equal(out, whole)
+    assert first[:4].tolist() == second[:4].tolist() == full[:4].tolist()
+    assert first[4] > 0 and second[4] > 0 and first[4] + second[4] == full[4]
