@@ -81,6 +81,7 @@ class LodMeta:
     leaves: int
     levels: int
     cell: float
+    fit_steps: int = 0  # steps of oocstore.gs.lod_fit run on the merged nodes (0: none)
     format_version: int = LOD_FORMAT_VERSION
     name: str = "lod"
 
