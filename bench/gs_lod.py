@@ -198,6 +198,8 @@ def psnr_study(lod_path: Path, work: Path, cams, args, pxs) -> dict:
         if args.refit:
             r.update(refit_variant(path, work, args, px, renders, mean_psnr))
         out[f"{px:g}"] = r
+        note(f"psnr: {px:g} px: " + json.dumps({k: v for k, v in r.items()
+                                                if not isinstance(v, list)}))
         shutil.rmtree(path, ignore_errors=True)
     return out
 

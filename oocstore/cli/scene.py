@@ -412,9 +412,9 @@ def add_gs_lod(sub) -> None:
     b.add_argument("--block-size", type=int, default=None, metavar="N",
                    help="nodes per block (default: SRC's block size)")
     b.add_argument("--fit-steps", default=None, metavar="N",
-                   help="steps fitting the merged nodes' opacity and colour to renders of "
-                        "their leaves from SRC's training views (default 200; 0: merge "
-                        "rules only)")
+                   help="steps fitting the merged nodes' opacity, colour and scales to "
+                        "renders of their leaves from SRC's training views (default 200; "
+                        "0: merge rules only)")
     b.add_argument("--fit-pixels", default=None, metavar="PX[,PX]",
                    help="the --lod-pixels threshold(s) whose cuts the fit matches to the "
                         "leaves, in turn (default 1)")

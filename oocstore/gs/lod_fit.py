@@ -7,8 +7,7 @@ other nodes, at a fraction of a pixel to a few pixels) is not part of the rule, 
 cut matches the leaves' render only to 35-45 dB on aerial views. The fit closes that
 part of the gap the way Hierarchical 3DGS optimises its hierarchy: for each training
 view, the leaves-only render is the target (computed once per view), the view's cut is
-rendered with the interior nodes' opacity and colour (SH DC, optionally the scales) as
-variables, and a masked Adam step (only the interior nodes of that cut step; leaves
+rendered with the interior nodes' opacity, colour (SH DC) and scales as variables, and a masked Adam step (only the interior nodes of that cut step; leaves
 never change) lowers the mean squared error. Views are visited in a seeded random order,
 one per step; several thresholds may be fitted in turn (each step's cut uses the next).
 
@@ -76,8 +75,8 @@ class FitConfig:
     steps: int = DEFAULT_FIT_STEPS
     lod_pixels: tuple = (DEFAULT_LOD_PIXELS,)
     opacity_lr: float = 0.05
-    color_lr: float = 0.01
-    scales_lr: float = 0.0
+    color_lr: float = 0.02
+    scales_lr: float = 0.005
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -43,7 +43,7 @@ def _refused(capsys, args, match: str) -> None:
     assert len(err) == 1 and match in err[0], err
 
 
-def test_the_fit_lowers_the_cuts_error_and_changes_only_merged_opacity_and_colour():
+def test_the_fit_lowers_the_cuts_error_and_changes_only_merged_opacity_colour_and_scales():
     params = make_params(600, 0, seed=5)
     cams = make_cameras(params, 6)
     prm, par, level, c, r, size, _ = build_hierarchy(params)
@@ -61,6 +61,7 @@ def test_the_fit_lowers_the_cuts_error_and_changes_only_merged_opacity_and_colou
     kept = np.ones(prm.shape[1], dtype=bool)
     kept[layout.OPACITY] = False
     kept[layout.SH_START:layout.SH_START + 3] = False
+    kept[layout.LOG_SCALES] = False
     assert np.array_equal(fitted[:, kept], prm[:, kept])
     assert not np.array_equal(fitted[interior], prm[interior])
     again, _ = fit_interior(prm, h, 0, cams, views, FitConfig(steps=36, lod_pixels=(PX,)))
