@@ -172,9 +172,9 @@ def test_a_photo_scene_builds_and_trains_with_its_cut_from_the_command_line(tmp_
     assert main(["ingest", "scene", str(src), str(tmp_path / "scene"), "--test-every", "4",
                  "--quiet"]) == 0
     assert main(["gs-lod", "build", str(tmp_path / "scene"), str(tmp_path / "lod"),
-                 "--json"]) == 0
+                 "--fit-steps", "20", "--json"]) == 0
     built = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert built["leaves"] == 400 and built["nodes"] > 400
+    assert built["leaves"] == 400 and built["nodes"] > 400 and built["fit_steps"] == 20
     with Scene.open(tmp_path / "scene", readonly=True) as a, \
             Scene.open(tmp_path / "lod", readonly=True) as b:
         assert b.num_images == a.num_images and np.array_equal(b.read_image(3), a.read_image(3))
