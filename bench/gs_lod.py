@@ -4,7 +4,8 @@ For each tiling (``--tiles``, default 1x1,2x2,4x4,8x8) of the garden point cloud
 (``oocstore ingest scene ... --tile KxK --sh-degree 0``), the script
 
 1. builds the hierarchy (:func:`oocstore.gs.lod_build.build_lod_scene`, what ``oocstore
-   gs-lod build`` runs) with an **aerial camera set** in place of the ingest's views:
+   gs-lod build`` runs; ``--fit-steps`` steps fit the merged nodes to their leaves'
+   renders, :mod:`oocstore.gs.lod_fit`, over ``--fit-pixels``' cuts) with an **aerial camera set** in place of the ingest's views:
    ``--views`` cameras on a ring around the tiled scene's centre, each looking at a
    point within 10 % of the scene's extent of the centre, 50..70 degrees down, from a
    distance at which the scene's robust horizontal extent (2nd..98th percentile of the
@@ -22,7 +23,10 @@ For each tiling (``--tiles``, default 1x1,2x2,4x4,8x8) of the garden point cloud
    teacher's leaf renders, the student perturbed, ``--steps`` streamed steps with the
    cut) and reports the held-out PSNR of the trained scene rendered with the cut and
    with its leaves, against the same targets; and the same two PSNRs of the teacher
-   (untrained: the cut's own approximation error).
+   (untrained: the cut's own approximation error). With ``--refit``, the trained
+   scene is also rebuilt from its leaves with the fit (``gs-lod build`` of the trained
+   scene) and rendered with its new cut: a variant of the pipeline (train, then fit
+   the hierarchy to the trained leaves), reported beside the plain one.
 
 Writes ``--out`` (JSON) and prints a summary. Times are CPU times of the reference
 rasterizer on a shared machine.
@@ -191,9 +195,31 @@ def psnr_study(lod_path: Path, work: Path, cams, args, pxs) -> dict:
              "rendered_rows_per_step": summary["rendered_rows"] / args.steps,
              "seconds": time.perf_counter() - t}
         r["cut_minus_leaves_db"] = r["trained_psnr_cut"] - r["trained_psnr_leaves"]
+        if args.refit:
+            r.update(refit_variant(path, work, args, px, renders, mean_psnr))
         out[f"{px:g}"] = r
+        note(f"psnr: {px:g} px: " + json.dumps({k: v for k, v in r.items()
+                                                if not isinstance(v, list)}))
         shutil.rmtree(path, ignore_errors=True)
     return out
+
+
+def refit_variant(trained: Path, work: Path, args, px: float, renders, mean_psnr) -> dict:
+    """The trained scene rebuilt from its leaves with the fit, rendered with its cut."""
+    from oocstore.gs.lod_build import build_lod_scene
+    from oocstore.gs.scene import Scene
+
+    out = work / "refit"
+    t = time.perf_counter()
+    with Scene.open(trained, readonly=True) as s:
+        build_lod_scene(s, out, overwrite=True, fit=args.fit).close()
+    cut, leaves = renders(out, px), renders(out, 0.0)
+    note(f"psnr: {px:g} px: refit in {time.perf_counter() - t:.1f} s")
+    res = {"refit_psnr_cut": mean_psnr(cut), "refit_psnr_leaves": mean_psnr(leaves),
+           "refit_seconds": time.perf_counter() - t}
+    res["refit_cut_minus_leaves_db"] = res["refit_psnr_cut"] - res["refit_psnr_leaves"]
+    shutil.rmtree(out, ignore_errors=True)
+    return res
 
 
 def one_tiling(tile: str, work: Path, args) -> dict:
@@ -218,7 +244,9 @@ def one_tiling(tile: str, work: Path, args) -> dict:
         cams, extent = aerial_cameras(prm[:, :3], up, args.views, w, h, seed=args.seed)
         del prm
         t = time.perf_counter()
-        lod = build_lod_scene(src, lod_path, cameras=cams)
+        fit_report: dict = {}
+        lod = build_lod_scene(src, lod_path, cameras=cams, fit=args.fit,
+                              progress=lambda m: fit_report.setdefault("log", []).append(m))
         build_s = time.perf_counter() - t
         note(f"{tile}: hierarchy built in {build_s:.1f} s")
         with lod:
@@ -242,7 +270,9 @@ def one_tiling(tile: str, work: Path, args) -> dict:
             note(f"{tile}: renders timed")
             res = {"tile": tile, "leaves": src.num_gaussians, "nodes": lod.num_gaussians,
                    "levels": lod.lod_meta["levels"], "extent": extent,
-                   "ingest_s": ingest_s, "build_s": build_s, **first, "render": rt,
+                   "ingest_s": ingest_s, "build_s": build_s,
+                   "fit_steps": args.fit.steps, "fit_log": fit_report.get("log", [])[-1:],
+                   **first, "render": rt,
                    "by_lod_pixels": sweep}
     if tile == args.psnr_tile:
         by_px = psnr_study(lod_path, work, cams, args, args.pxs)
@@ -271,6 +301,12 @@ def main(argv=None) -> int:
     ap.add_argument("--psnr-tile", default="4x4")
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--fit-steps", default="0",
+                    help="gs-lod build --fit-steps: steps fitting the merged nodes (0: none)")
+    ap.add_argument("--fit-pixels", default=None, metavar="PX[,PX]",
+                    help="gs-lod build --fit-pixels (default 1)")
+    ap.add_argument("--refit", action="store_true",
+                    help="also rebuild the trained scene with the fit and measure its cut")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
     ap.add_argument("--keep", action="store_true", help="keep the scenes in --work")
@@ -280,6 +316,9 @@ def main(argv=None) -> int:
     args.pxs = ([float(x) for x in args.lod_pixels_list.split(",")] if args.lod_pixels_list
                 else [args.lod_pixels])
     args.lod_pixels = args.pxs[0]
+    from oocstore.gs.lod_fit import fit_config
+
+    args.fit = fit_config(args.fit_steps, args.fit_pixels)
     import torch
 
     if args.threads:
@@ -315,8 +354,13 @@ def main(argv=None) -> int:
                       f"leaves {p['trained_psnr_leaves']:.2f} dB "
                       f"({p['cut_minus_leaves_db']:+.2f}); teacher cut vs leaves "
                       f"{p['teacher_psnr_cut_vs_leaves']:.2f} dB", flush=True)
+                if "refit_psnr_cut" in p:
+                    print(f"    refit after training: cut {p['refit_psnr_cut']:.2f} dB, leaves "
+                          f"{p['refit_psnr_leaves']:.2f} dB "
+                          f"({p['refit_cut_minus_leaves_db']:+.2f})", flush=True)
     doc = {"bench": "gs_lod", "src": Path(args.src).name, "size": args.size,
-           "views": args.views, "lod_pixels": args.lod_pixels, "lod_pixels_list": args.pxs, "steps": args.steps,
+           "views": args.views, "lod_pixels": args.lod_pixels, "fit_steps": args.fit.steps,
+           "fit_pixels": list(args.fit.lod_pixels), "lod_pixels_list": args.pxs, "steps": args.steps,
            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                        "note": "2 CPU cores shared with other jobs"},
            "command": " ".join([Path(sys.argv[0]).name] + (argv or sys.argv[1:])),

@@ -413,6 +413,13 @@ def add_gs_lod(sub) -> None:
                         "median Gaussian scale); it doubles every level")
     b.add_argument("--block-size", type=int, default=None, metavar="N",
                    help="nodes per block (default: SRC's block size)")
+    b.add_argument("--fit-steps", default=None, metavar="N",
+                   help="steps fitting the merged nodes' opacity, colour and scales to "
+                        "renders of their leaves from SRC's training views (default 200; "
+                        "0: merge rules only)")
+    b.add_argument("--fit-pixels", default=None, metavar="PX[,PX]",
+                   help="the --lod-pixels threshold(s) whose cuts the fit matches to the "
+                        "leaves, in turn (default 1)")
     add_flag(b, "--overwrite", "replace OUT if it exists")
     add_flag(b, "--json", "print one JSON summary line")
     add_flag(b, "--quiet", "nothing printed on success")
@@ -425,11 +432,13 @@ def _cmd_gs_lod_build(args) -> int:
     so that every view's cut is a prefix of each block. SRC is only read; every Adam
     moment of OUT starts at zero. A SRC with a hierarchy (after training) is rebuilt from
     its leaves. gs-train and gs-render then use the cut
-    (--lod-pixels, default 1; 0: leaves only)."""
+    (--lod-pixels, default 1; 0: leaves only). Before OUT is written, --fit-steps
+    steps fit the merged nodes to their leaves (oocstore.gs.lod_fit)."""
     import os
 
     from ..errors import UsageError
     from ..gs.lod_build import build_lod_scene
+    from ..gs.lod_fit import fit_config
     from ..gs.scene import Scene
 
     src_real, out_real = os.path.realpath(args.src), os.path.realpath(args.out)
@@ -439,20 +448,22 @@ def _cmd_gs_lod_build(args) -> int:
     if os.path.commonpath([src_real, out_real]) in (src_real, out_real):
         raise UsageError(f"OUT {args.out} and SRC {args.src} nest (one holds the other): "
                          "write the scene with its hierarchy to a directory outside SRC")
+    fit = fit_config(args.fit_steps, args.fit_pixels)
     t0 = time.perf_counter()
     with Scene.open(args.src, readonly=True) as src:
-        out = build_lod_scene(src, args.out, cell=args.cell, block_size=args.block_size,
-                              overwrite=args.overwrite)
+        with progress(args, fit.steps, "gs-lod fit", unit="step") as update:
+            out = build_lod_scene(src, args.out, cell=args.cell, block_size=args.block_size,
+                                  overwrite=args.overwrite, fit=fit, fit_progress=update)
     with out:
         meta = dict(out.lod_meta)
         summary = {"path": str(out.path), "nodes": meta["nodes"], "leaves": meta["leaves"],
                    "levels": meta["levels"], "cell": meta["cell"], "blocks": out.num_blocks,
-                   "seconds": round(time.perf_counter() - t0, 3)}
+                   "fit_steps": meta.get("fit_steps", 0), "seconds": round(time.perf_counter() - t0, 3)}
     if args.json:
         print(json.dumps(summary, sort_keys=True))
     elif not args.quiet:
         print(f"built {summary['nodes'] - summary['leaves']:,} merged nodes over "
               f"{summary['leaves']:,} Gaussians in {summary['levels']} levels (base cell "
-              f"{summary['cell']:.4g}): {summary['path']}, {summary['blocks']} blocks, "
+              f"{summary['cell']:.4g}; {summary['fit_steps']} fit steps): {summary['path']}, {summary['blocks']} blocks, "
               f"{summary['seconds']:.1f} s")
     return 0

@@ -13,7 +13,8 @@ sum w``), scales and rotation from the covariance's eigen-decomposition, SH
 coefficients weighted by ``w``, and the opacity that keeps the covered area ``sum
 opacity_i area_i / area`` (clamped to 0.005..0.99), with the areas as the rasterizer
 draws them where the node is first used (its size 1 px: the 0.3 px dilation included,
-:func:`merge_groups`).
+:func:`merge_groups`). ``gs-lod build`` then fits the merged nodes' opacity, colour
+and scales to renders of their leaves (:mod:`oocstore.gs.lod_fit`).
 
 **The cut.** Every node has a bounding sphere (centre = its mean; leaves: radius = the
 largest scale; a parent: the smallest radius around its mean holding its children's
@@ -81,6 +82,7 @@ class LodMeta:
     leaves: int
     levels: int
     cell: float
+    fit_steps: int = 0  # steps of oocstore.gs.lod_fit run on the merged nodes (0: none)
     format_version: int = LOD_FORMAT_VERSION
     name: str = "lod"
 

@@ -12,7 +12,7 @@ def test_gs_lod_bench_toy(tmp_path):
     out = tmp_path / "gs_lod.json"
     r = subprocess.run([sys.executable, str(REPO / "bench" / "gs_lod.py"), "--toy", "--work",
                         str(tmp_path / "work"), "--out", str(out), "--threads", "1",
-                        "--lod-pixels-list", "1,0.5"],
+                        "--lod-pixels-list", "1,0.5", "--fit-steps", "4", "--refit"],
                        capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 0, r.stderr[-3000:]
     doc = json.loads(out.read_text())
@@ -23,6 +23,7 @@ def test_gs_lod_bench_toy(tmp_path):
         for v in res["per_view"]:  # the cut's rows lie in prefixes of its blocks
             assert v["cut"] <= v["prefix_rows"] <= v["block_rows_lod"]
         assert res["render"]["lod_median_s"] > 0
+    assert doc["fit_steps"] == 4 and all(r["fit_steps"] == 4 for r in doc["results"])
     psnr = doc["results"][1]["psnr"]
     assert 10 < psnr["trained_psnr_cut"] < 100 and 10 < psnr["trained_psnr_leaves"] < 100
     for res in doc["results"]:  # each threshold measured; a finer one expands more nodes
@@ -33,3 +34,6 @@ def test_gs_lod_bench_toy(tmp_path):
     for px in ("1", "0.5"):
         p = doc["results"][1]["by_lod_pixels"][px]["psnr"]
         assert p["lod_pixels"] == float(px) and 10 < p["trained_psnr_cut"] < 100
+        # the refit variant: the trained leaves are kept (same leaves-only render)
+        assert abs(p["refit_psnr_leaves"] - p["trained_psnr_leaves"]) < 1e-3, p
+        assert 10 < p["refit_psnr_cut"] < 100

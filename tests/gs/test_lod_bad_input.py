@@ -75,11 +75,12 @@ def test_gs_lod_build_refuses_bad_input_without_writing(scenes, tmp_path, capsys
     _refused(capsys, ["gs-lod", "build", str(tmp_path / "none"), str(out)], "none")
     _refused(capsys, ["gs-lod", "build", str(scenes[0]), str(scenes[0])], "is SRC")
     assert not out.exists()
-    assert main(["gs-lod", "build", str(scenes[0]), str(out), "--quiet"]) == 0
+    assert main(["gs-lod", "build", str(scenes[0]), str(out), "--fit-steps", "10",
+                 "--quiet"]) == 0
     assert main(["verify", str(out), "--quiet"]) == 0
     # a scene with a hierarchy is rebuilt from its leaves (e.g. after training)
     again = tmp_path / "again"
-    assert main(["gs-lod", "build", str(out), str(again), "--quiet"]) == 0
+    assert main(["gs-lod", "build", str(out), str(again), "--fit-steps", "10", "--quiet"]) == 0
     with Scene.open(out, readonly=True) as a, Scene.open(again, readonly=True) as b:
         ia, pa = a.read_params()
         ib, pb = b.read_params()

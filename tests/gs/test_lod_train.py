@@ -14,6 +14,7 @@ from oocstore.gs import layout
 from oocstore.gs.adam import AdamConfig, masked_adam_
 from oocstore.gs.lod import in_cut
 from oocstore.gs.lod_build import build_lod_scene
+from oocstore.gs.lod_fit import FitConfig
 from oocstore.gs.render import render
 from oocstore.gs.scene import Scene
 from oocstore.gs.stream import AllOnDevice, Streamer
@@ -29,7 +30,10 @@ LOD_PX = 3.0
 def lod_setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("lodtrain")
     src, cams = strip_scene(root / "src")
-    scene = build_lod_scene(src, root / "scene")
+    # merged nodes fitted to their leaves (gs-lod build's default): training and the
+    # oracle start from the fitted values
+    scene = build_lod_scene(src, root / "scene", fit=FitConfig(steps=8, lod_pixels=(LOD_PX,)))
+    assert scene.lod_meta["fit_steps"] == 8
     src.close()
     h = scene.hierarchy()
     vis_full = visibility_sets(scene.block_bounds, cams)
@@ -168,9 +172,9 @@ def test_a_photo_scene_builds_and_trains_with_its_cut_from_the_command_line(tmp_
     assert main(["ingest", "scene", str(src), str(tmp_path / "scene"), "--test-every", "4",
                  "--quiet"]) == 0
     assert main(["gs-lod", "build", str(tmp_path / "scene"), str(tmp_path / "lod"),
-                 "--json"]) == 0
+                 "--fit-steps", "20", "--json"]) == 0
     built = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert built["leaves"] == 400 and built["nodes"] > 400
+    assert built["leaves"] == 400 and built["nodes"] > 400 and built["fit_steps"] == 20
     with Scene.open(tmp_path / "scene", readonly=True) as a, \
             Scene.open(tmp_path / "lod", readonly=True) as b:
         assert b.num_images == a.num_images and np.array_equal(b.read_image(3), a.read_image(3))

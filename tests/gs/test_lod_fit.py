@@ -1,0 +1,139 @@
+"""Fitting the merged nodes to their leaves (``oocstore.gs.lod_fit``, ``gs-lod build
+--fit-steps``): the cut's error against the leaves drops, only the interior nodes'
+opacity and colour change, bad input is refused before anything is written, and an
+interrupted fit leaves the source and any existing output as they were."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from oocstore.cli import main
+from oocstore.gs import layout
+from oocstore.gs.lod import Hierarchy, build_hierarchy, in_cut, leaf_ids
+from oocstore.gs.lod_build import build_lod_scene
+from oocstore.gs.lod_fit import FitConfig, cut_psnr, cut_rows, fit_interior
+from oocstore.gs.scene import Scene
+
+from conftest import make_cameras, make_params
+
+PX = 2.0
+
+
+@pytest.fixture(scope="module")
+def src(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lodfit")
+    params = make_params(600, 0, seed=5)
+    Scene.create(root / "src", None, params, 0, make_cameras(params, 6),
+                 block_size=128).close()
+    return root / "src"
+
+
+def _tree(path: Path) -> dict:
+    return {p.relative_to(path).as_posix(): p.read_bytes() for p in sorted(path.rglob("*"))
+            if p.is_file() and not p.name.endswith(".lock")}
+
+
+def _refused(capsys, args, match: str) -> None:
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and match in err[0], err
+
+
+def test_the_fit_lowers_the_cuts_error_and_changes_only_merged_opacity_colour_and_scales():
+    params = make_params(600, 0, seed=5)
+    cams = make_cameras(params, 6)
+    prm, par, level, c, r, size, _ = build_hierarchy(params)
+    n = len(prm)
+    h = Hierarchy(np.arange(n), par, level, np.zeros(n, int), np.zeros(n, int), c, r, size)
+    views = np.arange(6)
+    interior = ~h.is_leaf
+    assert all(interior[cut_rows(h, cams, v, PX)].any() for v in views)  # cuts mix levels
+    before = cut_psnr(prm, h, 0, cams, views, PX)
+    fitted, report = fit_interior(prm, h, 0, cams, views, FitConfig(steps=36, lod_pixels=(PX,)))
+    after = cut_psnr(fitted, h, 0, cams, views, PX)
+    assert report["mse_last"] < report["mse_first"]
+    assert np.mean(list(after.values())) > np.mean(list(before.values())) + 1.0, (before, after)
+    assert np.array_equal(fitted[~interior], prm[~interior])  # the leaves are frozen
+    kept = np.ones(prm.shape[1], dtype=bool)
+    kept[layout.OPACITY] = False
+    kept[layout.SH_START:layout.SH_START + 3] = False
+    kept[layout.LOG_SCALES] = False
+    assert np.array_equal(fitted[:, kept], prm[:, kept])
+    assert not np.array_equal(fitted[interior], prm[interior])
+    again, _ = fit_interior(prm, h, 0, cams, views, FitConfig(steps=36, lod_pixels=(PX,)))
+    assert np.array_equal(again, fitted)  # deterministic
+
+
+def test_gs_lod_build_fits_by_default_and_keeps_the_leaves(src, tmp_path, capsys):
+    import json
+
+    assert main(["gs-lod", "build", str(src), str(tmp_path / "fit"), "--fit-steps", "12",
+                 "--fit-pixels", "2,1", "--json", "--quiet"]) == 0
+    built = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert built["fit_steps"] == 12
+    assert main(["gs-lod", "build", str(src), str(tmp_path / "plain"), "--fit-steps", "0",
+                 "--quiet"]) == 0
+    assert main(["verify", str(tmp_path / "fit"), "--quiet"]) == 0
+    with Scene.open(tmp_path / "fit", readonly=True) as a, \
+            Scene.open(tmp_path / "plain", readonly=True) as b, \
+            Scene.open(src, readonly=True) as s:
+        assert a.lod_meta["fit_steps"] == 12 and b.lod_meta["fit_steps"] == 0
+        ia, pa = a.read_params()
+        ib, pb = b.read_params()
+        _, ps = s.read_params()
+        leaves = in_cut(ia, leaf_ids(a))
+        assert np.array_equal(ia, ib) and np.array_equal(pa[leaves], ps)
+        assert np.array_equal(pa[leaves], pb[leaves])
+        assert not np.array_equal(pa[~leaves], pb[~leaves])
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--fit-steps", "-1"], "--fit-steps '-1' must be >= 0"),
+    (["--fit-steps", "1.5"], "--fit-steps '1.5' is not a whole number"),
+    (["--fit-steps", "many"], "--fit-steps 'many' is not a whole number"),
+    (["--fit-pixels", "0"], "--fit-pixels '0': every threshold must be > 0"),
+    (["--fit-pixels", "1,x"], "--fit-pixels 'x' is not a number"),
+])
+def test_bad_fit_options_are_refused_before_anything_is_written(src, tmp_path, capsys, args,
+                                                                 match):
+    before = _tree(src)
+    out = tmp_path / "out"
+    _refused(capsys, ["gs-lod", "build", str(src), str(out), *args], match)
+    assert not out.exists()
+    existing = tmp_path / "existing"
+    assert main(["gs-lod", "build", str(src), str(existing), "--fit-steps", "0",
+                 "--quiet"]) == 0
+    kept = _tree(existing)
+    _refused(capsys, ["gs-lod", "build", str(src), str(existing), "--overwrite", *args], match)
+    assert _tree(existing) == kept and _tree(src) == before
+
+
+def test_an_interrupted_fit_leaves_the_source_and_the_existing_output_valid(src, tmp_path):
+    before = _tree(src)
+    out = tmp_path / "out"
+    with Scene.open(src, readonly=True) as s:
+        build_lod_scene(s, out, fit=FitConfig(steps=0)).close()
+    kept = _tree(out)
+    calls = []
+
+    def interrupt(n):
+        calls.append(n)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+
+    with Scene.open(src, readonly=True) as s, pytest.raises(KeyboardInterrupt):
+        build_lod_scene(s, out, overwrite=True, fit=FitConfig(steps=20), fit_progress=interrupt)
+    assert len(calls) == 3
+    assert _tree(src) == before and _tree(out) == kept
+    assert main(["verify", str(src), "--quiet"]) == 0
+    assert main(["verify", str(out), "--quiet"]) == 0
+    fresh = tmp_path / "fresh"
+    with Scene.open(src, readonly=True) as s, pytest.raises(KeyboardInterrupt):
+        calls.clear()
+        build_lod_scene(s, fresh, fit=FitConfig(steps=20), fit_progress=interrupt)
+    assert not fresh.exists()
+    shutil.rmtree(fresh, ignore_errors=True)
