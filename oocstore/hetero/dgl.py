@@ -28,6 +28,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from ..integrations.dgl import require_dgl
+from .inputs import TypeInputs
 from .schema import EdgeType, HeteroSchema, edge_key
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -69,22 +70,13 @@ def _device_of(batch, device) -> torch.device:
     return batch.y.device
 
 
-class _Inputs(nn.Module):
-    """Per type ``Linear(width, hidden)`` of ``blocks[0].srcdata["feat"]``, or a learned
-    vector for a type without features (parameter names as the PyG models')."""
-
-    def __init__(self, schema: HeteroSchema, hidden: int):
-        super().__init__()
-        self.lin = nn.ModuleDict({t: nn.Linear(nt.feat_dim, hidden)
-                                  for t, nt in schema.node_types.items() if nt.has_features})
-        self.emb = nn.ParameterDict({t: nn.Parameter(torch.randn(hidden) * 0.1)
-                                     for t, nt in schema.node_types.items() if not nt.has_features})
+class _Inputs(TypeInputs):
+    """The PyG models' inputs (same parameter names) read from
+    ``blocks[0].srcdata["feat"]``."""
 
     def forward(self, block) -> dict[str, torch.Tensor]:
-        h = {t: lin(block.srcnodes[t].data["feat"].float()) for t, lin in self.lin.items()}
-        for t, v in self.emb.items():
-            h[t] = v.expand(block.num_src_nodes(t), -1)
-        return h
+        return self.embed({t: block.srcnodes[t].data["feat"] for t in self.lin},
+                          {t: block.num_src_nodes(t) for t in self.emb})
 
 
 def _relation_convs(relations: Sequence[EdgeType], hidden: int, bias: bool):
@@ -103,7 +95,24 @@ def _split(h: dict[str, torch.Tensor], block) -> tuple[dict, dict]:
     return src, dst
 
 
-class DGLHeteroSAGE(nn.Module):
+class _DGLStack(nn.Module):
+    """The layer loop both DGL models share: per block, the relation messages of
+    ``convs[layer]``, combined with the destinations by :meth:`_combine`, then ReLU and
+    dropout; the logits of the target type's seeds."""
+
+    def forward_blocks(self, blocks, num_seeds: int) -> torch.Tensor:
+        h = self.inputs(blocks[0])
+        for layer, block in enumerate(blocks):
+            src, dst = _split(h, block)
+            new = self._combine(layer, block, self.convs[layer](block, (src, dst)), dst)
+            h = {t: F.dropout(F.relu(v), self.dropout, self.training) for t, v in new.items()}
+        return self.out(h[self.target][:num_seeds])
+
+    def forward(self, batch) -> torch.Tensor:
+        return self.forward_blocks(to_dgl_blocks(batch), batch.num_seeds)
+
+
+class DGLHeteroSAGE(_DGLStack):
     """:class:`~oocstore.hetero.models.HeteroSAGE` with DGL layers: per layer and
     relation the mean of the in-neighbours through a linear layer, summed into the
     destination type, plus a root linear layer per type; ReLU and dropout. A relation's
@@ -129,27 +138,19 @@ class DGLHeteroSAGE(nn.Module):
         self.out = nn.Linear(hidden, num_classes)
         self.dropout = dropout
 
-    def forward_blocks(self, blocks, num_seeds: int) -> torch.Tensor:
-        h = self.inputs(blocks[0])
-        for layer, block in enumerate(blocks):
-            src, dst = _split(h, block)
-            msgs = self.convs[layer](block, (src, dst))
-            for et in block.canonical_etypes:
-                if et[2] in msgs and block.num_edges(et):
-                    msgs[et[2]] = msgs[et[2]] + self.biases[layer][edge_key(et)]
-            new = {}
-            for t, x in dst.items():
-                if x.shape[0]:
-                    root = self.roots[layer][t](x)
-                    new[t] = root + msgs[t] if t in msgs else root
-            h = {t: F.dropout(F.relu(v), self.dropout, self.training) for t, v in new.items()}
-        return self.out(h[self.target][:num_seeds])
-
-    def forward(self, batch) -> torch.Tensor:
-        return self.forward_blocks(to_dgl_blocks(batch), batch.num_seeds)
+    def _combine(self, layer: int, block, msgs: dict, dst: dict) -> dict:
+        for et in block.canonical_etypes:
+            if et[2] in msgs and block.num_edges(et):
+                msgs[et[2]] = msgs[et[2]] + self.biases[layer][edge_key(et)]
+        new = {}
+        for t, x in dst.items():
+            if x.shape[0]:
+                root = self.roots[layer][t](x)
+                new[t] = root + msgs[t] if t in msgs else root
+        return new
 
 
-class DGLRGCN(nn.Module):
+class DGLRGCN(_DGLStack):
     """:class:`~oocstore.hetero.models.RGCN` (PyG ``RGCNConv``, mean aggregation) with
     DGL layers: per relation the mean of the in-neighbours times a weight (no bias),
     summed, plus one root weight and bias shared by all types; ReLU and dropout."""
@@ -167,15 +168,6 @@ class DGLRGCN(nn.Module):
         self.out = nn.Linear(hidden, num_classes)
         self.dropout = dropout
 
-    def forward_blocks(self, blocks, num_seeds: int) -> torch.Tensor:
-        h = self.inputs(blocks[0])
-        for layer, block in enumerate(blocks):
-            src, dst = _split(h, block)
-            msgs = self.convs[layer](block, (src, dst))
-            new = {t: self.roots[layer](x) + msgs[t] if t in msgs else self.roots[layer](x)
-                   for t, x in dst.items()}
-            h = {t: F.dropout(F.relu(v), self.dropout, self.training) for t, v in new.items()}
-        return self.out(h[self.target][:num_seeds])
-
-    def forward(self, batch) -> torch.Tensor:
-        return self.forward_blocks(to_dgl_blocks(batch), batch.num_seeds)
+    def _combine(self, layer: int, block, msgs: dict, dst: dict) -> dict:
+        return {t: self.roots[layer](x) + msgs[t] if t in msgs else self.roots[layer](x)
+                for t, x in dst.items()}

@@ -25,26 +25,17 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from .inputs import TypeInputs
 from .schema import EdgeType, HeteroSchema, edge_key
 
 MODELS = ("hetero-sage", "rgcn")
 
 
-class _Inputs(nn.Module):
+class _Inputs(TypeInputs):
     """Per type: ``Linear(width, hidden)`` of its features, or a learned vector."""
 
-    def __init__(self, schema: HeteroSchema, hidden: int):
-        super().__init__()
-        self.lin = nn.ModuleDict({t: nn.Linear(nt.feat_dim, hidden)
-                                  for t, nt in schema.node_types.items() if nt.has_features})
-        self.emb = nn.ParameterDict({t: nn.Parameter(torch.randn(hidden) * 0.1)
-                                     for t, nt in schema.node_types.items() if not nt.has_features})
-
     def forward(self, batch) -> dict[str, torch.Tensor]:
-        h = {t: lin(batch.x_dict[t].float()) for t, lin in self.lin.items()}
-        for t, v in self.emb.items():
-            h[t] = v.expand(batch.num_nodes[t], -1)
-        return h
+        return self.embed(batch.x_dict, batch.num_nodes)
 
 
 class HeteroSAGE(nn.Module):
