@@ -73,7 +73,7 @@ def _colmap_dirs(src: Path, images: Path | None) -> tuple[Path, Path]:
             break
     if images is not None:
         if not Path(images).is_dir():
-            raise SourceError(f"--images {images} is not a directory: give the folder holding "
+            raise SourceError(f"images={str(images)!r} is not a directory: give the folder holding "
                               "the model's images")
         return model, Path(images)
     # sparse/0 -> ../../images, sparse -> ../images, or images beside the model files

@@ -109,12 +109,12 @@ def check_downscale(value) -> int:
         try:
             value = int(value.strip())
         except ValueError:
-            raise UsageError(f"--images-downscale {value!r} is not a positive integer: give "
+            raise UsageError(f"images_downscale {value!r} is not a positive integer: give "
                              "1 (full size), 2, 4 or 8") from None
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise UsageError(f"--images-downscale {value!r} is not a positive integer: give "
+        raise UsageError(f"images_downscale {value!r} is not a positive integer: give "
                          "1 (full size), 2, 4 or 8")
     return int(value)
 
@@ -340,11 +340,11 @@ def parse_background(value) -> tuple[float, float, float]:
         except ValueError:
             parts = []
     if len(parts) != 3 or not all(math.isfinite(p) and p >= 0 for p in parts):
-        raise UsageError(f"--background {value!r} must be white, black or R,G,B (three numbers "
+        raise UsageError(f"background={value!r} must be white, black or R,G,B (three numbers "
                          "in 0..1, or 0..255)")
     if max(parts) > 1.0:
         if max(parts) > 255:
-            raise UsageError(f"--background {value!r}: colour values must be 0..1 or 0..255")
+            raise UsageError(f"background={value!r}: colour values must be 0..1 or 0..255")
         parts = [p / 255.0 for p in parts]
     return (parts[0], parts[1], parts[2])
 
