@@ -527,7 +527,7 @@ class _Session:
         w, h = self.size
         if self.recipe.ssim_lambda > 0 and min(w, h) < 11:
             raise UsageError(f"images of {w}x{h} are smaller than the 11x11 SSIM window: "
-                             "use --ssim-lambda 0 or larger images")
+                             "use ssim_lambda=0 or larger images")
         self.plan, self.vis_sets = make_plan(scene, self.cams, self.train_views, cfg.steps,
                                              cfg.seed, cfg.randomness)
         self.cuts = self.leaf_cuts = None

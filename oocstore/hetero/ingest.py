@@ -282,7 +282,7 @@ def _write_features(txn, name: str, ns: NodeSource, dtype: str, allow_nonfinite:
                 r, c = np.argwhere(bad)[0]
                 raise SourceError(f"{ns.where}: feature row {w.rows + int(r)}, column {int(c)} "
                                   f"of node type {name!r} is not finite: clean the features or "
-                                  "pass --allow-nonfinite")
+                                  "pass allow_nonfinite=True")
         w.append(conv)
     w.close()
 

@@ -205,7 +205,7 @@ def _write_features(txn, g: GraphSource, dtype: str, allow_nonfinite: bool,
                 raise SourceError(
                     f"{g.where}: feature row {w.rows + int(r)}, column {int(c)} is "
                     f"{conv[r, c]} (not finite{' after conversion to ' + dtype if np.isfinite(block[r, c]) else ''}): "
-                    "clean the features or pass --allow-nonfinite to keep them")
+                    "clean the features or pass allow_nonfinite=True to keep them")
         w.append(conv)
         if progress:
             progress(block.shape[0])

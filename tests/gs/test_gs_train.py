@@ -90,6 +90,7 @@ def test_a_python_caller_reads_the_parameter_it_passed(kwargs, said):
     (dict(target="photos"), "target='photos' but the scene "),
     (dict(sh_degree=2), "sh_degree=2 must lie in 0..0 (the scene's SH degree; re-ingest with "
                         "sh_degree for more)"),
+    (dict(width=20, height=10, recipe={"ssim_lambda": 0.2}), "use ssim_lambda=0 or larger"),
 ])
 def test_scene_checks_name_the_parameter(toy_scene, kwargs, said):
     with pytest.raises(UsageError) as err:
@@ -106,6 +107,7 @@ def test_scene_checks_name_the_parameter(toy_scene, kwargs, said):
     (["--size", "big"], "oocstore: error: --size big is not WxH (e.g. 162x105)"),
     (["--target", "photos"], "or use --target synthetic"),
     (["--sh-degree", "2"], "(the scene's SH degree; re-ingest with --sh-degree for more)"),
+    (["--ssim-lambda", "0.2", "--size", "20x10"], "use --ssim-lambda 0 or larger images"),
 ])
 def test_cli_writes_the_flags_in(toy_scene, capsys, args, said):
     assert main(["gs-train", str(toy_scene), "--quiet", *args]) == 2

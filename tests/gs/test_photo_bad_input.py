@@ -187,7 +187,7 @@ def test_missing_images_refused_or_skipped(base, tmp_path):
     src = _copy(base["colmap"], tmp_path)
     (src.parent.parent / "images" / "img_0003.png").unlink()
     _refused(src, tmp_path, r"images/img_0003\.png does not exist \(1 of the 6 images .* are "
-                            r"missing\): restore them, or pass --skip-missing-images")
+                            r"missing\): restore them, or pass skip_missing_images=True")
     report: dict = {}
     with ingest_photos(src, tmp_path / "s", skip_missing_images=True, report=report) as scene:
         assert scene.num_images == 5 and "img_0003.png" not in scene.image_names
@@ -348,6 +348,16 @@ def test_cli_writes_the_flags_in(base, tmp_path, capsys, kind, flags, said):
                  *flags]) == 2
     err = capsys.readouterr().err.strip()
     assert err == err.splitlines()[0] and said in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_names_the_flag_that_skips_missing_images(base, tmp_path, capsys):
+    src = _copy(base["colmap"], tmp_path)
+    (src.parent.parent / "images" / "img_0003.png").unlink()
+    assert main(["ingest", "scene", str(src), str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().endswith("restore them, or pass --skip-missing-images to ingest the "
+                                "others"), err
     assert not (tmp_path / "out").exists()
 
 
