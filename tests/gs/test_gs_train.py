@@ -298,3 +298,12 @@ def test_cpu_optimizer_needs_less_device_memory_and_trains_the_same(tmp_path, to
         (ia, ra), (ib, rb) = a.read_all(), b.read_all()
     assert np.array_equal(ia, ib)
     np.testing.assert_allclose(ra, rb, rtol=1e-5, atol=1e-6)
+
+
+def test_densify_with_a_hierarchy_names_the_flag(toy_scene, tmp_path, capsys):
+    lod = tmp_path / "lod"
+    assert main(["gs-lod", "build", str(toy_scene), str(lod), "--quiet"]) == 0
+    assert main(["gs-train", str(lod), "--steps", "2", "--densify-every", "2", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("oocstore: error: --densify-every 2: the scene ") and \
+        "pass --densify-every 0 (or train" in err, err
