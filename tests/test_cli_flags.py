@@ -70,6 +70,21 @@ def test_flag_names_are_the_commands_long_options():
     assert flag_names(args.parser)["avg_degree"] == ("--avg-degree", True)
 
 
+@pytest.mark.parametrize("argv, param, flag", [
+    (["gs-train", "SCENE"], "randomness", "--view-randomness"),
+    (["gs-render", "SCENE", "--out", "x"], "which", "--views"),
+    (["ingest", "synthetic", "OUT"], "split_fractions", "--split"),
+    (["ingest", "edgelist", "SRC", "OUT"], "split_fractions", "--split"),
+    (["ingest", "hetero-synthetic", "OUT"], "split_fractions", "--split"),
+    (["ingest", "hetero-ogb", "DIR", "OUT"], "split_fractions", "--split"),
+])
+def test_a_parameter_named_unlike_its_flag_is_mapped(argv, param, flag):
+    """The library's parameter behind a flag whose dest is spelt otherwise."""
+    flags = flag_names(build_parser().parse_args(argv).parser)
+    assert flags[param] == (flag, True)
+    assert with_flags(f"{param}=0.5 is refused", flags) == f"{flag} 0.5 is refused"
+
+
 def test_library_messages_name_parameters_not_flags(tmp_path):
     with pytest.raises(UsageError) as err:
         Recipe(densify_every=-1)

@@ -18,6 +18,8 @@ def _ingest_common(p: argparse.ArgumentParser, *, split: bool = True,
         p.add_argument("--split", default=None, metavar="TR,VA,TE",
                        help="fractions for generated train/val/test splits where the source "
                             "has none (default 0.6,0.2,0.2)")
+        # build_store's parameter behind --split (errors name it; see with_flags)
+        p.set_defaults(param_aliases={"split_fractions": "split"})
     add_seed(p, "seed for everything generated (default 0)")
     add_flag(p, "--overwrite", "replace OUT if it exists (the old store stays intact until the "
                                "new one is complete)")

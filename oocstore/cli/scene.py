@@ -351,6 +351,8 @@ def add_gs_train(sub) -> None:
                                      "error naming it)")
     add_flag(p, "--json", "print one JSON object as the last line")
     add_flag(p, "--quiet", "no progress bar")
+    # GsTrainConfig's parameter behind --view-randomness (errors name it; see with_flags)
+    p.set_defaults(param_aliases={"randomness": "view_randomness"})
 
 
 def add_gs_render(sub) -> None:
@@ -370,6 +372,8 @@ def add_gs_render(sub) -> None:
                         "merged nodes below PX pixels (default 1; 0: leaves only)")
     add_device(p)
     add_flag(p, "--quiet", "no progress bar, nothing printed")
+    # render_scene_views' parameter behind --views (errors name it; see with_flags)
+    p.set_defaults(param_aliases={"which": "views"})
 
 
 def _cmd_gs_render(args) -> int:

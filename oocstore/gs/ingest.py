@@ -80,11 +80,11 @@ def parse_tile(value: str | tuple | None) -> tuple[int, int]:
     else:
         m = re.fullmatch(r"\s*(\d{1,3})\s*[xX]\s*(\d{1,3})\s*", str(value))
         if not m:
-            raise UsageError(f"--tile {value!r} is not KxK: give two grid sizes such as 4x4 "
+            raise UsageError(f"tile={value!r} is not KxK: give two grid sizes such as 4x4 "
                              f"(each 1..{MAX_TILE})")
         kx, ky = int(m.group(1)), int(m.group(2))
     if not (1 <= kx <= MAX_TILE and 1 <= ky <= MAX_TILE):
-        raise UsageError(f"--tile {kx}x{ky}: each grid size must be 1..{MAX_TILE}")
+        raise UsageError(f"tile={kx}x{ky}: each grid size must be 1..{MAX_TILE}")
     return kx, ky
 
 
@@ -326,7 +326,7 @@ def ingest_scene(src: str | os.PathLike, out: str | os.PathLike, *,
     if sh_degree is not None:
         layout.check_sh_degree(sh_degree)
     if views is not None and (isinstance(views, bool) or not isinstance(views, int) or views < 1):
-        raise UsageError(f"--views {views!r} must be a positive number of views")
+        raise UsageError(f"views={views!r} must be a positive number of views")
     if camera_path not in ("orbit", "flythrough"):
         raise UsageError(f"camera path {camera_path!r} must be 'orbit' or 'flythrough'")
     Store.check_new_path(out, overwrite=overwrite)
@@ -423,11 +423,11 @@ def _check_view_counts(test_every, init_points) -> None:
     """``test_every`` a non-negative and ``init_points`` a positive integer (or None)."""
     if test_every is not None and (isinstance(test_every, bool)
                                    or not isinstance(test_every, int) or test_every < 0):
-        raise UsageError(f"--test-every {test_every!r} must be a non-negative integer (8 holds "
+        raise UsageError(f"test_every={test_every!r} must be a non-negative integer (8 holds "
                          "out every 8th image; 0 holds out none)")
     if init_points is not None and (isinstance(init_points, bool)
                                     or not isinstance(init_points, int) or init_points < 1):
-        raise UsageError(f"--init-points {init_points!r} must be a positive number of points")
+        raise UsageError(f"init_points={init_points!r} must be a positive number of points")
 
 
 def _read_photo_dataset(src: Path, images, skip_missing: bool):
@@ -440,8 +440,8 @@ def _read_photo_dataset(src: Path, images, skip_missing: bool):
     if kind is None:
         raise SourceError(f"{src} is neither a COLMAP model directory nor a transforms.json")
     if images is not None and kind != "colmap":
-        raise UsageError("--images applies to COLMAP models only (a transforms.json names its "
-                         "images relative to itself)")
+        raise UsageError(f"images={str(images)!r} applies to COLMAP models only (a "
+                         "transforms.json names its images relative to itself)")
     data = read_colmap_dataset(src, images) if kind == "colmap" else read_transforms_dataset(src)
     checked = check_views(data.views, skip_missing=skip_missing, source=str(data.source))
     views = checked.views
@@ -485,7 +485,7 @@ def _hold_out_views(views: list, test_names, test_every: int | None):
         if every:
             test_mask[::every] = True
     if test_mask.all():
-        raise UsageError(f"--test-every {every} holds out all {len(views)} images: give a larger "
+        raise UsageError(f"test_every={every} holds out all {len(views)} images: give a larger "
                          "value (or 0 for none)")
     return views, test_mask, every
 
@@ -498,7 +498,7 @@ def _ordered_cameras(views: list, test_mask: np.ndarray, ds: int, source: str):
 
     w, h = scaled_size(views[0].width, views[0].height, ds)
     if ds > 1 and min(w, h) < 8:
-        raise UsageError(f"--images-downscale {ds} makes {views[0].width}x{views[0].height} "
+        raise UsageError(f"images_downscale={ds} makes {views[0].width}x{views[0].height} "
                          f"images {w}x{h}: give a smaller factor")
     vms = np.stack([v.viewmat for v in views])
     ks = np.stack([scaled_K(v.K, (v.width, v.height), (w, h)) for v in views])

@@ -73,7 +73,7 @@ def _colmap_dirs(src: Path, images: Path | None) -> tuple[Path, Path]:
             break
     if images is not None:
         if not Path(images).is_dir():
-            raise SourceError(f"--images {images} is not a directory: give the folder holding "
+            raise SourceError(f"images={str(images)!r} is not a directory: give the folder holding "
                               "the model's images")
         return model, Path(images)
     # sparse/0 -> ../../images, sparse -> ../images, or images beside the model files
@@ -82,7 +82,7 @@ def _colmap_dirs(src: Path, images: Path | None) -> tuple[Path, Path]:
             return model, cand
     raise SourceError(f"no images folder found for the COLMAP model {model} (looked for "
                       f"{model.parent.parent / 'images'} and {model.parent / 'images'}): give it "
-                      "with --images DIR")
+                      "with images=DIR")
 
 
 def read_colmap_dataset(src: Path, images: Path | None = None) -> PhotoDataset:
@@ -213,7 +213,7 @@ def _frame_size(merged: dict, img: Path, path: Path, where: str) -> tuple[int, i
         h = float(probe.height) if h is None else h
     if w is None or h is None:
         raise SourceError(f"image {img} does not exist and {path} gives no w/h: restore the "
-                          "image (or pass --skip-missing-images)")
+                          "image (or pass skip_missing_images=True)")
     if not (w.is_integer() and h.is_integer() and 0 < w <= 1 << 16 and 0 < h <= 1 << 16):
         raise SourceError(f"{path}: {where}image size w={w:g}, h={h:g} is not a positive "
                           "pixel count")

@@ -104,17 +104,17 @@ class ImageProbe:
 
 
 def check_downscale(value) -> int:
-    """``--images-downscale`` as a positive integer, or a :class:`UsageError`."""
+    """``images_downscale`` as a positive integer, or a :class:`UsageError`."""
     if isinstance(value, str):
         try:
             value = int(value.strip())
         except ValueError:
-            raise UsageError(f"--images-downscale {value!r} is not a positive integer: give "
+            raise UsageError(f"images_downscale {value!r} is not a positive integer: give "
                              "1 (full size), 2, 4 or 8") from None
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise UsageError(f"--images-downscale {value!r} is not a positive integer: give "
+        raise UsageError(f"images_downscale {value!r} is not a positive integer: give "
                          "1 (full size), 2, 4 or 8")
     return int(value)
 
@@ -134,7 +134,7 @@ def probe_image(path: Path) -> ImageProbe:
             transparent = "transparency" in im.info
     except FileNotFoundError:
         raise SourceError(f"image {path} does not exist: restore it, or drop its view from "
-                          "the model (or pass --skip-missing-images)") from None
+                          "the model (or pass skip_missing_images=True)") from None
     except Exception as err:  # noqa: BLE001 - any failure of the decoder on a hostile file
         raise SourceError(f"image {path} cannot be read ({type(err).__name__}: "
                           f"{str(err)[:120]}): replace it with a PNG or JPEG, or drop its view "
@@ -302,7 +302,7 @@ def check_views(views: list[PhotoView], *, skip_missing: bool = False,
             raise SourceError(
                 f"image {view.path} is {probe.width}x{probe.height} but its camera "
                 f"{view.where or source} says {view.width}x{view.height}: give the images the "
-                "model was made from (downscaled copies go with --images-downscale instead)")
+                "model was made from (downscaled copies go with images_downscale instead)")
         alpha |= probe.alpha
         if probe.note:
             notes[probe.note] = notes.get(probe.note, 0) + 1
@@ -311,13 +311,13 @@ def check_views(views: list[PhotoView], *, skip_missing: bool = False,
         first = missing[0]
         raise SourceError(f"image {first.path} does not exist ({len(missing)} of the "
                           f"{len(views)} images {source} names are missing): restore them, or "
-                          "pass --skip-missing-images to ingest the others")
+                          "pass skip_missing_images=True to ingest the others")
     if missing:
         log.warning("%d of the %d images %s names are missing; ingesting the other %d",
                     len(missing), len(views), source, len(kept))
     if not kept:
         raise SourceError(f"none of the {len(views)} images {source} names exists: give the "
-                          "images folder (--images DIR)")
+                          "images folder (images=DIR)")
     for note, n in notes.items():
         log.info("%d image(s): %s", n, note)
     return CheckedViews(kept, alpha, notes, [v.name for v in missing])
@@ -340,11 +340,11 @@ def parse_background(value) -> tuple[float, float, float]:
         except ValueError:
             parts = []
     if len(parts) != 3 or not all(math.isfinite(p) and p >= 0 for p in parts):
-        raise UsageError(f"--background {value!r} must be white, black or R,G,B (three numbers "
+        raise UsageError(f"background={value!r} must be white, black or R,G,B (three numbers "
                          "in 0..1, or 0..255)")
     if max(parts) > 1.0:
         if max(parts) > 255:
-            raise UsageError(f"--background {value!r}: colour values must be 0..1 or 0..255")
+            raise UsageError(f"background={value!r}: colour values must be 0..1 or 0..255")
         parts = [p / 255.0 for p in parts]
     return (parts[0], parts[1], parts[2])
 

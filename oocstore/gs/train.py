@@ -109,26 +109,26 @@ class GsTrainConfig:
 
     def __post_init__(self) -> None:
         if self.steps < 1:
-            raise UsageError(f"--steps {self.steps} must be at least 1")
+            raise UsageError(f"steps={self.steps} must be at least 1")
         if self.mode not in MODE_NAMES:
-            raise UsageError(f"--mode {self.mode!r} unknown: use one of {', '.join(MODE_NAMES)}")
+            raise UsageError(f"mode={self.mode!r} unknown: use one of {', '.join(MODE_NAMES)}")
         if self.device not in ("cpu", "cuda"):
-            raise UsageError(f"--device {self.device!r} unknown: use cpu or cuda")
+            raise UsageError(f"device={self.device!r} unknown: use 'cpu' or 'cuda'")
         if self.holdout < 2:
             raise UsageError(f"holdout {self.holdout} must be >= 2 (every k-th view is held out)")
         if self.target is not None and self.target not in TARGETS:
-            raise UsageError(f"--target {self.target!r} unknown: use photos or synthetic")
+            raise UsageError(f"target={self.target!r} unknown: use 'photos' or 'synthetic'")
         for k in ("eval_every", "checkpoint_every"):
             if getattr(self, k) < 0:
-                raise UsageError(f"--{k.replace('_', '-')} {getattr(self, k)} must be >= 0")
+                raise UsageError(f"{k}={getattr(self, k)} must be >= 0")
         if self.prefetch_depth < 1:
-            raise UsageError(f"--prefetch-depth {self.prefetch_depth} must be at least 1")
+            raise UsageError(f"prefetch_depth={self.prefetch_depth} must be at least 1")
         if self.optimizer_device not in ("auto", "cpu", "device"):
-            raise UsageError(f"--optimizer-device {self.optimizer_device!r} unknown: use cpu "
+            raise UsageError(f"optimizer_device {self.optimizer_device!r} unknown: use cpu "
                              "(Adam on the host, moments off the device), device or auto (the "
                              "default: chosen by the device budget)")
         if not 0.0 <= self.randomness <= 1.0:
-            raise UsageError(f"--view-randomness {self.randomness!r} must lie in [0, 1] (0: a "
+            raise UsageError(f"randomness={self.randomness!r} must lie in [0, 1] (0: a "
                              "fully local view order, 1: a random one)")
 
     def recipe_values(self) -> dict:
@@ -457,7 +457,7 @@ def run_gs_training(path, cfg: GsTrainConfig, *,
 
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda but torch sees no CUDA device: use --device cpu")
+        raise UsageError("device='cuda' but torch sees no CUDA device: use device='cpu'")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     torch.manual_seed(cfg.seed)
@@ -510,9 +510,9 @@ class _Session:
         self.target = cfg.target or ("photos" if self.has_images else "synthetic")
         self.photos = self.target == "photos"
         if self.photos and not self.has_images:
-            raise UsageError(f"--target photos but the scene {scene.path} holds no images: "
+            raise UsageError(f"target='photos' but the scene {scene.path} holds no images: "
                              "ingest it from a COLMAP model or a transforms.json, or use "
-                             "--target synthetic")
+                             "target='synthetic'")
         self.lod = self._lod_pixels()
         given = cfg.recipe_values()
         if self.lod is not None:  # no densification with a hierarchy (see _lod_pixels),
@@ -521,13 +521,13 @@ class _Session:
         self.recipe = resolve(cfg.steps, synthetic=not self.photos, **given)
         self.sh_max = scene.sh_degree if cfg.sh_degree is None else cfg.sh_degree
         if not 0 <= self.sh_max <= scene.sh_degree:
-            raise UsageError(f"--sh-degree {self.sh_max} must lie in 0..{scene.sh_degree} (the "
-                             "scene's SH degree; re-ingest with --sh-degree for more)")
+            raise UsageError(f"sh_degree={self.sh_max} must lie in 0..{scene.sh_degree} (the "
+                             "scene's SH degree; re-ingest with sh_degree for more)")
         self._views()
         w, h = self.size
         if self.recipe.ssim_lambda > 0 and min(w, h) < 11:
             raise UsageError(f"images of {w}x{h} are smaller than the 11x11 SSIM window: "
-                             "use --ssim-lambda 0 or larger images")
+                             "use ssim_lambda=0 or larger images")
         self.plan, self.vis_sets = make_plan(scene, self.cams, self.train_views, cfg.steps,
                                              cfg.seed, cfg.randomness)
         self.cuts = self.leaf_cuts = None
@@ -573,9 +573,9 @@ class _Session:
 
         lod = resolve_lod_pixels(self.scene, self.cfg.lod_pixels)
         if lod is not None and (self.cfg.recipe.get("densify_every") or 0) > 0:
-            raise UsageError(f"--densify-every {self.cfg.recipe['densify_every']}: the scene "
+            raise UsageError(f"densify_every={self.cfg.recipe['densify_every']}: the scene "
                              f"{self.scene.path} has a level-of-detail hierarchy, and "
-                             "densification does not update it: pass --densify-every 0 (or "
+                             "densification does not update it: pass densify_every=0 (or "
                              "train the scene without a hierarchy, then `oocstore gs-lod build`)")
         return lod
 
@@ -608,9 +608,9 @@ class _Session:
         if self.photos:
             w, h = (int(x) for x in scene.image_size)
             if cfg.width and (cfg.width, cfg.height) != (w, h):
-                raise UsageError(f"--size {cfg.width}x{cfg.height} differs from the stored "
-                                 f"images' {w}x{h}: photos train at their stored size (re-ingest "
-                                 "with --images-downscale), drop --size")
+                raise UsageError(f"width={cfg.width}, height={cfg.height}: photos train at their "
+                                 f"stored size {w}x{h} (re-ingest with another "
+                                 "images_downscale to change it); leave width and height unset")
             cams = scene.cameras
             self.cams = cams if (cams.width, cams.height) == (w, h) else cams.resized(w, h)
             self.train_views = np.asarray(scene.train_views, dtype=np.int64)
@@ -1041,12 +1041,12 @@ def cmd_gs_train(args) -> int:
         try:
             width, height = (int(x) for x in args.size.lower().split("x"))
         except ValueError:
-            raise UsageError(f"--size {args.size!r} is not WxH (e.g. 162x105)") from None
+            raise UsageError(f"size={args.size!r} is not WxH (e.g. 162x105)") from None
     if args.threads is not None:
         import torch
 
         if args.threads < 1:
-            raise UsageError(f"--threads {args.threads} must be at least 1")
+            raise UsageError(f"threads={args.threads} must be at least 1")
         torch.set_num_threads(args.threads)
     cpu_budget = None if args.cpu_budget is None else parse_size(args.cpu_budget, what="--cpu-budget")
     from .recipe import RECIPE_FLAGS

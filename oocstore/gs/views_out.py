@@ -112,18 +112,19 @@ def check_video_path(video: str | os.PathLike | None) -> None:
     try:
         import imageio  # noqa: F401
     except ImportError:
-        raise UsageError(f"--video {video}: imageio is not installed (pip install imageio), or "
-                         "drop --video") from None
+        raise UsageError(f"video={str(video)!r}: imageio is not installed (pip install "
+                         "imageio), or render without a video") from None
     if suffix in (".mp4", ".mkv", ".mov", ".avi"):
         try:
             import imageio_ffmpeg  # noqa: F401
         except ImportError:
-            raise UsageError(f"--video {video}: {suffix} needs the imageio-ffmpeg plugin (pip "
-                             "install imageio-ffmpeg); or write a .gif") from None
+            raise UsageError(f"video={str(video)!r}: {suffix} needs the imageio-ffmpeg plugin "
+                             "(pip install imageio-ffmpeg); or write a .gif") from None
     elif suffix != ".gif":
-        raise UsageError(f"--video {video}: unknown animation format {suffix!r}: use .gif or .mp4")
+        raise UsageError(f"video={str(video)!r}: unknown animation format {suffix!r}: use .gif "
+                         "or .mp4")
     if not Path(video).parent.is_dir():
-        raise UsageError(f"--video {video}: folder {Path(video).parent} does not exist")
+        raise UsageError(f"video={str(video)!r}: folder {Path(video).parent} does not exist")
 
 
 def render_scene_views(scene, which: str, out_dir: str | os.PathLike, *, device: str = "cpu",
@@ -142,7 +143,7 @@ def render_scene_views(scene, which: str, out_dir: str | os.PathLike, *, device:
     from .train import render_view
 
     if which not in VIEW_SETS:
-        raise UsageError(f"--views {which!r} unknown: use one of {', '.join(VIEW_SETS)}")
+        raise UsageError(f"which={which!r} unknown: use one of {', '.join(VIEW_SETS)}")
     if frames < 1:
         raise UsageError(f"frames={frames} must be at least 1")
     if with_photos and not getattr(scene, "has_images", False):

@@ -88,8 +88,8 @@ def add_reverse_edges(src: HeteroSource) -> None:
     for (s, r, d), (a, b) in sorted(src.edges.items()):
         rev = (d, REVERSE_PREFIX + r, s)
         if rev in src.edges:
-            raise UsageError(f"--add-reverse: relation {edge_key(rev)} already exists in the "
-                             f"source: rename it or drop --add-reverse")
+            raise UsageError(f"add_reverse=True: relation {edge_key(rev)} already exists in the "
+                             "source: rename it or drop add_reverse")
         check_type_name(rev[1], "reverse relation")
         src.edges[rev] = (b, a)
         src.edge_where[rev] = src.edge_where.get((s, r, d), edge_key((s, r, d))) + " (reversed)"
@@ -282,7 +282,7 @@ def _write_features(txn, name: str, ns: NodeSource, dtype: str, allow_nonfinite:
                 r, c = np.argwhere(bad)[0]
                 raise SourceError(f"{ns.where}: feature row {w.rows + int(r)}, column {int(c)} "
                                   f"of node type {name!r} is not finite: clean the features or "
-                                  "pass --allow-nonfinite")
+                                  "pass allow_nonfinite=True")
         w.append(conv)
     w.close()
 

@@ -64,8 +64,8 @@ def random_splits(num_nodes: int, fractions: tuple[float, float, float], seed: i
     n_val = int(fractions[1] * num_nodes)
     n_test = min(int(fractions[2] * num_nodes), num_nodes - n_train - n_val)
     if n_train == 0:
-        raise UsageError(f"--split gives an empty training set for {num_nodes} nodes: raise the "
-                         "training fraction")
+        raise UsageError(f"split_fractions gives an empty training set for {num_nodes} nodes: "
+                         "raise the training fraction")
     out = {"train": perm[:n_train], "val": perm[n_train:n_train + n_val],
            "test": perm[n_train + n_val:n_train + n_val + n_test]}
     return {k: np.sort(v).astype(np.int64) for k, v in out.items()}
@@ -205,7 +205,7 @@ def _write_features(txn, g: GraphSource, dtype: str, allow_nonfinite: bool,
                 raise SourceError(
                     f"{g.where}: feature row {w.rows + int(r)}, column {int(c)} is "
                     f"{conv[r, c]} (not finite{' after conversion to ' + dtype if np.isfinite(block[r, c]) else ''}): "
-                    "clean the features or pass --allow-nonfinite to keep them")
+                    "clean the features or pass allow_nonfinite=True to keep them")
         w.append(conv)
         if progress:
             progress(block.shape[0])

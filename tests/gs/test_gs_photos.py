@@ -12,7 +12,7 @@ import pytest
 
 from oocstore.budget import BudgetAccountant, MemoryBudget
 from oocstore.cli import main
-from oocstore.errors import BudgetError
+from oocstore.errors import BudgetError, UsageError
 from oocstore.gs.images import IMAGES_IN_HAND, ImageStream, image_buffer_bytes
 from oocstore.gs.scene import Scene
 from oocstore.gs.synthetic import write_photo_dataset
@@ -177,6 +177,40 @@ def test_gs_render_test_views_beside_photos_and_orbit(photo_scene, tmp_path, cap
                  "--video", str(tmp_path / "a.xyz"), "--quiet"]) == 2
     assert "unknown animation format" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_a_python_caller_reads_the_parameter_it_passed(photo_scene, tmp_path):
+    """The render and training refusals name the parameters a Python caller passed (the
+    CLI writes its flags in, see test_cli_writes_the_flags_in)."""
+    from oocstore.gs.train import GsTrainConfig, run_gs_training
+    from oocstore.gs.views_out import check_video_path, render_scene_views
+
+    calls = [
+        (lambda: check_video_path(tmp_path / "a.xyz"),
+         f"video='{tmp_path / 'a.xyz'}': unknown animation format '.xyz': use .gif or .mp4"),
+        (lambda: check_video_path(tmp_path / "no" / "a.gif"),
+         f"video='{tmp_path / 'no' / 'a.gif'}': folder {tmp_path / 'no'} does not exist"),
+        (lambda: render_scene_views(None, "all", tmp_path / "out"),
+         "which='all' unknown: use one of"),
+        (lambda: run_gs_training(photo_scene, GsTrainConfig(steps=2, width=20, height=16)),
+         "width=20, height=16: photos train at their stored size 40x32"),
+    ]
+    for call, said in calls:
+        with pytest.raises(UsageError) as err:
+            call()
+        assert said in str(err.value) and "--" not in str(err.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_writes_the_flags_in(photo_scene, tmp_path, capsys):
+    video = tmp_path / "no" / "a.gif"
+    assert main(["gs-render", str(photo_scene), "--views", "orbit", "--out", str(tmp_path / "o"),
+                 "--video", str(video), "--quiet"]) == 2
+    assert capsys.readouterr().err.strip() == (f"oocstore: error: --video {video}: folder "
+                                               f"{video.parent} does not exist")
+    assert main(["gs-train", str(photo_scene), "--size", "20x16", "--quiet"]) == 2
+    assert "photos train at their stored size 40x32" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 def test_export_scene_writes_graphdeco_cameras_json(photo_scene, tmp_path):

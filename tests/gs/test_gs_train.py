@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
 
 from helpers import strip_scene
 from oocstore.cli import main
+from oocstore.errors import UsageError
 from oocstore.gs import layout
 from oocstore.gs.scene import Scene
+from oocstore.gs.train import GsTrainConfig, run_gs_training
 
 FIELDS = ("psnr", "steps", "step_time_s", "bytes_h2d", "bytes_d2h", "bytes_ssd_read",
           "bytes_ssd_written", "cache_hit_rate", "peak_rss_bytes", "peak_gpu_bytes", "gaussians")
@@ -62,6 +65,54 @@ def test_budget_too_small_is_refused_up_front(toy_scene, capsys):
 def test_bad_size_is_a_usage_error(toy_scene, capsys):
     assert main(["gs-train", str(toy_scene), "--size", "big", "--quiet"]) == 2
     assert "is not WxH" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kwargs, said", [
+    (dict(steps=0), "steps=0 must be at least 1"),
+    (dict(mode="fast"), "mode='fast' unknown: use one of"),
+    (dict(device="tpu"), "device='tpu' unknown: use 'cpu' or 'cuda'"),
+    (dict(target="noise"), "target='noise' unknown: use 'photos' or 'synthetic'"),
+    (dict(eval_every=-1), "eval_every=-1 must be >= 0"),
+    (dict(checkpoint_every=-2), "checkpoint_every=-2 must be >= 0"),
+    (dict(prefetch_depth=0), "prefetch_depth=0 must be at least 1"),
+    (dict(optimizer_device="gpu"), "optimizer_device 'gpu' unknown: use cpu"),
+    (dict(randomness=1.5), "randomness=1.5 must lie in [0, 1]"),
+])
+def test_a_python_caller_reads_the_parameter_it_passed(kwargs, said):
+    """GsTrainConfig's refusals name its parameters (the CLI writes its flags in, see
+    test_cli_writes_the_flags_in)."""
+    with pytest.raises(UsageError) as err:
+        GsTrainConfig(**kwargs)
+    assert said in str(err.value) and "--" not in str(err.value)
+
+
+@pytest.mark.parametrize("kwargs, said", [
+    (dict(target="photos"), "target='photos' but the scene "),
+    (dict(sh_degree=2), "sh_degree=2 must lie in 0..0 (the scene's SH degree; re-ingest with "
+                        "sh_degree for more)"),
+    (dict(width=20, height=10, recipe={"ssim_lambda": 0.2}), "use ssim_lambda=0 or larger"),
+])
+def test_scene_checks_name_the_parameter(toy_scene, kwargs, said):
+    with pytest.raises(UsageError) as err:
+        run_gs_training(toy_scene, GsTrainConfig(steps=2, **kwargs))
+    assert said in str(err.value) and "--" not in str(err.value)
+
+
+@pytest.mark.parametrize("args, said", [
+    (["--steps", "0"], "oocstore: error: --steps 0 must be at least 1"),
+    (["--eval-every", "-1"], "oocstore: error: --eval-every -1 must be >= 0"),
+    (["--checkpoint-every", "-2"], "oocstore: error: --checkpoint-every -2 must be >= 0"),
+    (["--prefetch-depth", "0"], "oocstore: error: --prefetch-depth 0 must be at least 1"),
+    (["--threads", "0"], "oocstore: error: --threads 0 must be at least 1"),
+    (["--size", "big"], "oocstore: error: --size big is not WxH (e.g. 162x105)"),
+    (["--target", "photos"], "or use --target synthetic"),
+    (["--sh-degree", "2"], "(the scene's SH degree; re-ingest with --sh-degree for more)"),
+    (["--ssim-lambda", "0.2", "--size", "20x10"], "use --ssim-lambda 0 or larger images"),
+])
+def test_cli_writes_the_flags_in(toy_scene, capsys, args, said):
+    assert main(["gs-train", str(toy_scene), "--quiet", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert said in err and not re.search(r"\w=", err), err  # no parameter=value left
 
 
 def test_sigkill_while_checkpointing_leaves_a_committed_scene(toy_scene):
@@ -247,3 +298,12 @@ def test_cpu_optimizer_needs_less_device_memory_and_trains_the_same(tmp_path, to
         (ia, ra), (ib, rb) = a.read_all(), b.read_all()
     assert np.array_equal(ia, ib)
     np.testing.assert_allclose(ra, rb, rtol=1e-5, atol=1e-6)
+
+
+def test_densify_with_a_hierarchy_names_the_flag(toy_scene, tmp_path, capsys):
+    lod = tmp_path / "lod"
+    assert main(["gs-lod", "build", str(toy_scene), str(lod), "--quiet"]) == 0
+    assert main(["gs-train", str(lod), "--steps", "2", "--densify-every", "2", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("oocstore: error: --densify-every 2: the scene ") and \
+        "pass --densify-every 0 (or train" in err, err

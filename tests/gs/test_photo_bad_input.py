@@ -187,7 +187,7 @@ def test_missing_images_refused_or_skipped(base, tmp_path):
     src = _copy(base["colmap"], tmp_path)
     (src.parent.parent / "images" / "img_0003.png").unlink()
     _refused(src, tmp_path, r"images/img_0003\.png does not exist \(1 of the 6 images .* are "
-                            r"missing\): restore them, or pass --skip-missing-images")
+                            r"missing\): restore them, or pass skip_missing_images=True")
     report: dict = {}
     with ingest_photos(src, tmp_path / "s", skip_missing_images=True, report=report) as scene:
         assert scene.num_images == 5 and "img_0003.png" not in scene.image_names
@@ -291,7 +291,7 @@ def test_extra_files_in_the_images_folder_are_ignored_and_counted(base, tmp_path
 
 @pytest.mark.parametrize("value", [0, -2, "1.5", "abc", 2.5, True])
 def test_downscale_must_be_a_positive_integer(value):
-    with pytest.raises(UsageError, match=r"--images-downscale .* is not a positive integer: give "
+    with pytest.raises(UsageError, match=r"^images_downscale .* is not a positive integer: give "
                                          r"1 \(full size\), 2, 4 or 8"):
         check_downscale(value)
 
@@ -303,7 +303,7 @@ def test_cli_bad_flags_exit_2_and_write_nothing(base, tmp_path, capsys):
                        (["--test-every", "-1"], "--test-every -1 must be a non-negative"),
                        (["--test-every", "1"], "--test-every 1 holds out all 6 images"),
                        (["--init-points", "0"], "--init-points 0 must be a positive"),
-                       (["--background", "pink"], "--background 'pink' must be white, black"),
+                       (["--background", "pink"], "--background pink must be white, black"),
                        (["--tile", "2x2"], "--tile does not apply to a photo dataset"),
                        (["--images", str(tmp_path / "nope")], "--images .*nope is not a dir")):
         assert main(["ingest", "scene", str(base["colmap"]), str(out), "--quiet", *flags]) == 2
@@ -313,6 +313,52 @@ def test_cli_bad_flags_exit_2_and_write_nothing(base, tmp_path, capsys):
 
         assert re.search(msg, err), (flags, err)
         assert not out.exists()
+
+
+@pytest.mark.parametrize("kind,kw,said", [
+    ("colmap", dict(test_every=-1), "test_every=-1 must be a non-negative integer"),
+    ("colmap", dict(test_every=1), "test_every=1 holds out all 6 images"),
+    ("colmap", dict(init_points=0), "init_points=0 must be a positive number of points"),
+    ("colmap", dict(images_downscale="x"), "images_downscale 'x' is not a positive integer"),
+    ("colmap", dict(images_downscale=32), "images_downscale=32 makes 64x48 images 2x2"),
+    ("colmap", dict(background="pink"), "background='pink' must be white, black or R,G,B"),
+    ("colmap", dict(images="NOPE"), "images='NOPE' is not a directory"),
+    ("transforms", dict(images="NOPE"), "images='NOPE' applies to COLMAP models only"),
+])
+def test_a_python_caller_reads_the_parameter_it_passed(base, tmp_path, kind, kw, said):
+    """ingest_photos' refusals name its parameters (the CLI writes its flags in, see
+    test_cli_writes_the_flags_in)."""
+    kw = {k: str(tmp_path / v) if v == "NOPE" else v for k, v in kw.items()}
+    said = said.replace("NOPE", str(tmp_path / "NOPE"))
+    with pytest.raises((UsageError, SourceError)) as err:
+        ingest_photos(base[kind], tmp_path / "out", **kw)
+    assert said in str(err.value) and "--" not in str(err.value)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("kind,flags,said", [
+    ("colmap", ["--images-downscale", "32"], "--images-downscale 32 makes 64x48 images 2x2"),
+    ("colmap", ["--background", "2,300,1"], "--background 2,300,1: colour values must be"),
+    ("transforms", ["--images", "NOPE"], "--images NOPE applies to COLMAP models only"),
+])
+def test_cli_writes_the_flags_in(base, tmp_path, capsys, kind, flags, said):
+    flags = [str(tmp_path / f) if f == "NOPE" else f for f in flags]
+    said = said.replace("NOPE", str(tmp_path / "NOPE"))
+    assert main(["ingest", "scene", str(base[kind]), str(tmp_path / "out"), "--quiet",
+                 *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == err.splitlines()[0] and said in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_names_the_flag_that_skips_missing_images(base, tmp_path, capsys):
+    src = _copy(base["colmap"], tmp_path)
+    (src.parent.parent / "images" / "img_0003.png").unlink()
+    assert main(["ingest", "scene", str(src), str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().endswith("restore them, or pass --skip-missing-images to ingest the "
+                                "others"), err
+    assert not (tmp_path / "out").exists()
 
 
 def test_photo_flags_refused_for_point_sources(tmp_path, capsys):
@@ -340,5 +386,5 @@ def test_parse_background():
     assert parse_background("0,0.5,1") == (0.0, 0.5, 1.0)
     assert parse_background("255,0,51") == (1.0, 0.0, 0.2)
     for bad in ("1,2", "-1,0,0", "300,0,0", "nan,0,0"):
-        with pytest.raises(UsageError, match="--background"):
+        with pytest.raises(UsageError, match=f"^background='{bad}'"):
             parse_background(bad)

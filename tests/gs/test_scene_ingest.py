@@ -104,6 +104,33 @@ def test_change_sh_degree():
     assert np.array_equal(change_sh_degree(up, 3, 2), p)
 
 
+@pytest.mark.parametrize("kw, said", [
+    (dict(tile="4y4"), "tile='4y4' is not KxK: give two grid sizes such as 4x4"),
+    (dict(tile=(65, 1)), "tile=65x1: each grid size must be 1..64"),
+    (dict(views=0), "views=0 must be a positive number of views"),
+])
+def test_a_python_caller_reads_the_parameter_it_passed(tmp_path, kw, said):
+    """ingest_scene's refusals name its parameters (the CLI writes its flags in, see
+    test_bad_tile and test_cli_writes_the_flags_in)."""
+    src, _ = _cloud(tmp_path, n=50)
+    with pytest.raises(UsageError) as err:
+        ingest_scene(src, tmp_path / "s", **kw)
+    assert said in str(err.value) and "--" not in str(err.value)
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("flags, said", [
+    (["--tile", "4y4"], "oocstore: error: --tile 4y4 is not KxK"),
+    (["--tile", "65x1"], "oocstore: error: --tile 65x1: each grid size must be 1..64"),
+    (["--views", "0"], "oocstore: error: --views 0 must be a positive number of views"),
+])
+def test_cli_writes_the_flags_in(tmp_path, capsys, flags, said):
+    src, _ = _cloud(tmp_path, n=50)
+    assert main(["ingest", "scene", str(src), str(tmp_path / "s"), "--quiet", *flags]) == 2
+    assert capsys.readouterr().err.startswith(said)
+    assert not (tmp_path / "s").exists()
+
+
 @pytest.mark.parametrize("tile", ["4y4", "4x", "0x2", "65x1", "x", "-1x2"])
 def test_bad_tile(tmp_path, capsys, tile):
     src, _ = _cloud(tmp_path, n=50)

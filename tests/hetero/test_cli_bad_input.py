@@ -161,6 +161,44 @@ def test_add_reverse_refuses_a_relation_that_exists(tmp_path, capsys):
     assert not (tmp_path / "s").exists()
 
 
+def test_a_python_caller_reads_the_parameter_it_passed(tmp_path, capsys):
+    """build_hetero_store's refusals name its parameters; `oocstore ingest hetero-*` writes
+    the flags in (--add-reverse, --split)."""
+    from oocstore.errors import UsageError
+    from oocstore.hetero.ingest import build_hetero_store, read_ogb_dir
+
+    src = ogb_dir(tmp_path / "ogb")
+    np.save(src / "edge_index/paper___rev_cites___paper.npy", np.zeros((2, 1), np.int64))
+    with pytest.raises(UsageError) as err:
+        build_hetero_store(tmp_path / "s", read_ogb_dir(src), add_reverse=True)
+    assert str(err.value) == ("add_reverse=True: relation paper___rev_cites___paper already "
+                              "exists in the source: rename it or drop add_reverse")
+    rc, _, err = run(capsys, "ingest", "hetero-ogb", src, tmp_path / "s", "--add-reverse")
+    assert err.strip() == ("oocstore: error: --add-reverse: relation paper___rev_cites___paper "
+                           "already exists in the source: rename it or drop --add-reverse")
+    rc, _, err = run(capsys, "ingest", "hetero-synthetic", tmp_path / "s", "--papers", "100",
+                     "--split", "0.001,0.5,0.4")
+    _one_line_error(rc, err, "error: --split gives an empty training set for 100 nodes")
+    assert not (tmp_path / "s").exists()
+
+
+def test_non_finite_features_name_the_parameter_that_keeps_them(tmp_path, capsys):
+    from oocstore.errors import SourceError
+    from oocstore.hetero.ingest import build_hetero_store, read_ogb_dir
+
+    src = ogb_dir(tmp_path / "ogb")
+    feat = np.load(src / "node-feat/author.npy")
+    feat[7, 1] = np.inf
+    np.save(src / "node-feat/author.npy", feat)
+    with pytest.raises(SourceError) as err:
+        build_hetero_store(tmp_path / "s", read_ogb_dir(src))
+    assert str(err.value).endswith("is not finite: clean the features or pass "
+                                   "allow_nonfinite=True")
+    rc, _, err = run(capsys, "ingest", "hetero-ogb", src, tmp_path / "s")
+    _one_line_error(rc, err, "is not finite: clean the features or pass --allow-nonfinite")
+    assert not (tmp_path / "s").exists()
+
+
 def test_layout_on_a_homogeneous_store(tmp_path, capsys, digest):
     out = tmp_path / "h"
     assert main(["ingest", "synthetic", str(out), "--nodes", "200", "--feat-dim", "4",

@@ -163,3 +163,22 @@ def test_cli(tmp_path, files, capsys, h):
     h.nothing_left(out)
     assert cli.main([*common_args, "--features", str(folder / "x.npy")]) == 0
     assert h.read_store(out)["features"].shape == (N, D)
+
+
+def test_non_finite_features_name_the_parameter_that_keeps_them(tmp_path, files, capsys, h):
+    """build_store says allow_nonfinite=True; `oocstore ingest` writes --allow-nonfinite."""
+    folder, _, x, _ = files
+    x[4, 2] = np.nan
+    np.save(folder / "x.npy", x)
+    out = tmp_path / "s"
+    with pytest.raises(SourceError) as err:
+        build_store(out, _source(folder))
+    assert str(err.value).endswith("pass allow_nonfinite=True to keep them")
+    assert "--" not in str(err.value)
+    h.nothing_left(out)
+    assert cli.main(["ingest", "arrays", str(out), "--edge-index", str(folder / "ei.npy"),
+                     "--labels", str(folder / "y.npy"), "--features", str(folder / "x.npy"),
+                     "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().endswith("pass --allow-nonfinite to keep them"), err
+    h.nothing_left(out)

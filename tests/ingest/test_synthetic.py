@@ -100,3 +100,20 @@ def test_an_unsupported_dtype_is_refused_by_its_parameter_name(tmp_path):
                                          r"float16$"):
         build_store(tmp_path / "s", source, dtype="float64")
     assert not (tmp_path / "s").exists()
+
+
+def test_an_empty_training_split_is_refused_by_its_parameter_name(tmp_path, capsys):
+    """build_store names split_fractions; `oocstore ingest` writes --split in instead."""
+    from oocstore.cli import main
+
+    source = synthetic_source(SyntheticSpec(nodes=100, avg_degree=2, feat_dim=4))
+    with pytest.raises(UsageError) as err:
+        build_store(tmp_path / "s", source, split_fractions=(0.001, 0.5, 0.4))
+    assert str(err.value) == ("split_fractions gives an empty training set for 100 nodes: raise "
+                              "the training fraction")
+    assert not (tmp_path / "s").exists()
+    assert main(["ingest", "synthetic", str(tmp_path / "s"), "--nodes", "100", "--feat-dim", "4",
+                 "--split", "0.001,0.5,0.4", "--quiet"]) == 2
+    assert capsys.readouterr().err.strip() == ("oocstore: error: --split gives an empty training "
+                                               "set for 100 nodes: raise the training fraction")
+    assert not (tmp_path / "s").exists()
