@@ -121,16 +121,17 @@ class Hierarchy:
         return k
 
 
-def check_lod_pixels(value, flag: str = "--lod-pixels") -> float:
-    """``value`` as a finite float >= 0 (pixels), or a UsageError naming it."""
+def check_lod_pixels(value, param: str = "lod_pixels") -> float:
+    """``value`` as a finite float >= 0 (pixels), or a UsageError naming ``param`` (the
+    command line writes its flag in)."""
     try:
         v = float(value)
     except (TypeError, ValueError):
-        raise UsageError(f"{flag} {value!r} is not a number: pass the projected size in "
+        raise UsageError(f"{param}={value!r} is not a number: pass the projected size in "
                          f"pixels below which a merged node replaces its children (e.g. "
                          f"{DEFAULT_LOD_PIXELS:g}; 0: leaves only)") from None
     if not math.isfinite(v) or v < 0:
-        raise UsageError(f"{flag} {value!r} must be a finite number >= 0 (e.g. "
+        raise UsageError(f"{param}={value!r} must be a finite number >= 0 (e.g. "
                          f"{DEFAULT_LOD_PIXELS:g}; 0: leaves only)")
     return v
 
@@ -257,7 +258,7 @@ def build_hierarchy(params: np.ndarray, *, cell: float | None = None,
         raise UsageError("the scene holds no Gaussians: nothing to build a hierarchy over")
     cell = default_cell(params) if cell is None else float(cell)
     if not (math.isfinite(cell) and cell > 0):
-        raise UsageError(f"--cell {cell!r} must be a positive length (default: twice the "
+        raise UsageError(f"cell={cell!r} must be a positive length (default: twice the "
                          "median Gaussian scale)")
     allp = params
     allc = params[:, layout.MEANS].astype(np.float64)

@@ -32,7 +32,7 @@ def build_lod_scene(src, out, *, cell: float | None = None, block_size: int | No
         raise UsageError(f"scene {src.path} holds photographs: its cameras are theirs")
     block_size = src.meta.block_size if block_size is None else int(block_size)
     if not 1 <= block_size <= 1 << 20:
-        raise UsageError(f"--block-size {block_size} must be 1..1048576")
+        raise UsageError(f"block_size={block_size} must be 1..1048576")
     lids, lparams = src.read_params()
     if src.lod_meta is not None:  # a rebuild: the leaves only
         keep = in_cut(lids, leaf_ids(src))

@@ -35,18 +35,19 @@ from .lod import DEFAULT_LOD_PIXELS, check_lod_pixels
 DEFAULT_FIT_STEPS = 200
 
 
-def check_fit_steps(value, flag: str = "--fit-steps") -> int:
-    """``value`` as an integer >= 0 (0: no fit), or a UsageError naming it."""
+def check_fit_steps(value, param: str = "fit_steps") -> int:
+    """``value`` as an integer >= 0 (0: no fit), or a UsageError naming ``param`` (the
+    command line writes its flag in)."""
     text = str(value).strip()
     try:
         v = int(text)
     except (TypeError, ValueError):
         v = None
     if v is None or isinstance(value, bool) or (isinstance(value, float) and value != v):
-        raise UsageError(f"{flag} {value!r} is not a whole number: pass how many steps fit "
+        raise UsageError(f"{param}={value!r} is not a whole number: pass how many steps fit "
                          f"the merged nodes to their leaves (e.g. {DEFAULT_FIT_STEPS}; 0: no fit)")
     if v < 0:
-        raise UsageError(f"{flag} {value!r} must be >= 0 (e.g. {DEFAULT_FIT_STEPS}; 0: no fit)")
+        raise UsageError(f"{param}={value!r} must be >= 0 (e.g. {DEFAULT_FIT_STEPS}; 0: no fit)")
     return v
 
 
@@ -58,9 +59,9 @@ def fit_config(steps=None, pixels=None) -> "FitConfig":
         return FitConfig(steps=n)
     pxs = []
     for part in str(pixels).split(","):
-        px = check_lod_pixels(part.strip(), "--fit-pixels")
+        px = check_lod_pixels(part.strip(), "fit_pixels")
         if px <= 0:
-            raise UsageError(f"--fit-pixels {pixels!r}: every threshold must be > 0 (0 is the "
+            raise UsageError(f"fit_pixels={pixels!r}: every threshold must be > 0 (0 is the "
                              f"leaves: nothing to fit; e.g. {DEFAULT_LOD_PIXELS:g})")
         pxs.append(px)
     return FitConfig(steps=n, lod_pixels=tuple(pxs))
@@ -80,12 +81,12 @@ class FitConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        check_fit_steps(self.steps, "fit steps")
+        check_fit_steps(self.steps, "steps")
         if not self.lod_pixels:
-            raise UsageError("the fit needs at least one --lod-pixels threshold")
+            raise UsageError("lod_pixels is empty: the fit needs at least one threshold")
         for px in self.lod_pixels:
-            if check_lod_pixels(px, "fit threshold") <= 0:
-                raise UsageError(f"fit threshold {px!r} must be > 0 (0 is the leaves: nothing "
+            if check_lod_pixels(px, "lod_pixels") <= 0:
+                raise UsageError(f"lod_pixels={px!r} must be > 0 (0 is the leaves: nothing "
                                  "to fit)")
         for k in ("opacity_lr", "color_lr", "scales_lr"):
             if not getattr(self, k) >= 0:

@@ -35,10 +35,10 @@ def check_eval_budget(store_path, cpu_budget: int | None, max_rows: int, row_byt
     names the minimum)."""
     need = eval_chunk_bytes(max_rows, row_bytes)
     if cpu_budget is not None and need > cpu_budget:
-        raise BudgetError(f"--cpu-budget {format_size(cpu_budget)} cannot hold one link "
+        raise BudgetError(f"cpu_budget={format_size(cpu_budget)!r} cannot hold one link "
                           f"evaluation batch of {store_path} ({max_rows} feature rows of "
                           f"{row_bytes} B and the row reader's scratch: {format_size(need)}): "
-                          f"give --cpu-budget {need} or more, or use --in-memory")
+                          f"give cpu_budget={need} or more, or use in_memory=True")
 
 
 class BudgetedFeatures:

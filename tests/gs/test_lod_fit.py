@@ -92,11 +92,11 @@ def test_gs_lod_build_fits_by_default_and_keeps_the_leaves(src, tmp_path, capsys
 
 
 @pytest.mark.parametrize("args,match", [
-    (["--fit-steps", "-1"], "--fit-steps '-1' must be >= 0"),
-    (["--fit-steps", "1.5"], "--fit-steps '1.5' is not a whole number"),
-    (["--fit-steps", "many"], "--fit-steps 'many' is not a whole number"),
-    (["--fit-pixels", "0"], "--fit-pixels '0': every threshold must be > 0"),
-    (["--fit-pixels", "1,x"], "--fit-pixels 'x' is not a number"),
+    (["--fit-steps", "-1"], "--fit-steps -1 must be >= 0"),
+    (["--fit-steps", "1.5"], "--fit-steps 1.5 is not a whole number"),
+    (["--fit-steps", "many"], "--fit-steps many is not a whole number"),
+    (["--fit-pixels", "0"], "--fit-pixels 0: every threshold must be > 0"),
+    (["--fit-pixels", "1,x"], "--fit-pixels x is not a number"),
 ])
 def test_bad_fit_options_are_refused_before_anything_is_written(src, tmp_path, capsys, args,
                                                                  match):
@@ -137,3 +137,14 @@ def test_an_interrupted_fit_leaves_the_source_and_the_existing_output_valid(src,
         build_lod_scene(s, fresh, fit=FitConfig(steps=20), fit_progress=interrupt)
     assert not fresh.exists()
     shutil.rmtree(fresh, ignore_errors=True)
+
+
+def test_a_python_caller_reads_the_parameters_it_passed():
+    from oocstore.errors import UsageError
+    from oocstore.gs.lod_fit import fit_config
+
+    for steps, pixels, said in ((-1, None, "fit_steps=-1"), (2, "1,x", "fit_pixels='x'"),
+                                (2, "0", "fit_pixels='0'")):
+        with pytest.raises(UsageError) as e:
+            fit_config(steps, pixels)
+        assert said in str(e.value) and "--" not in str(e.value)

@@ -79,7 +79,7 @@ def test_evaluation_features_are_charged_and_peak_stays_in_budget(link_template,
 
 def test_a_budget_below_one_evaluation_batch_is_refused(wide_eval):
     path, need, floor = wide_eval
-    with pytest.raises(BudgetError, match=rf"give --cpu-budget {need} or more"):
+    with pytest.raises(BudgetError, match=rf"give cpu_budget={need} or more"):
         run_link_training(path, "link", LinkTrainConfig(epochs=1, hidden=8, cpu_budget=need - 1))
 
 
@@ -100,9 +100,20 @@ def test_cli_refuses_before_training_and_writes_nothing(capsys, wide_eval, tmp_p
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and ": error: " in err[0], err
-    assert re.search(rf"cannot hold one link evaluation batch.*--cpu-budget {need} or more",
-                     err[0]), err[0]
+    assert re.search(rf"cannot hold one link evaluation batch.*--cpu-budget {need} or more,"
+                     rf" or use --in-memory", err[0]), err[0]
     after = tree_bytes(store, skip=())
     after.pop("catalog.lmdb/lock.mdb", None)
     before.pop("catalog.lmdb/lock.mdb", None)
     assert after == before
+
+
+def test_a_python_caller_reads_the_parameter_it_passed(wide_eval):
+    from oocstore.errors import BudgetError
+    from oocstore.train.link_eval import check_eval_budget
+
+    path, need, floor = wide_eval
+    with pytest.raises(BudgetError) as e:
+        check_eval_budget(path, 4096, 1000, 512)
+    assert "cpu_budget=" in str(e.value) and "in_memory=True" in str(e.value)
+    assert "--" not in str(e.value)
