@@ -325,6 +325,17 @@ def refuse_prefetch(budget, one: WorkingSet, held: dict[str, int]) -> None:
         "raise --cpu-budget / --gpu-budget, or re-pack with a smaller --gpu-cache")
 
 
+def refuse_split(cpu_budget: int, plan: str, mws: dict) -> None:
+    """Raise :class:`BudgetError` for an automatic split that found no cache size whose
+    pack fits ``cpu_budget``: ``mws`` is the smallest pack's minimum working set (one-batch
+    segments, no caches), whose items the message lists."""
+    ws = floor_items(mws, "cpu")
+    raise BudgetError(
+        f"cpu budget {format_size(cpu_budget)} cannot hold one batch of plan {plan!r}: the "
+        f"minimum working set is {format_size(mws['cpu'])} ({ws.describe('cpu')}); raise the "
+        "cpu budget or sample with a smaller batch size")
+
+
 def check_budget(layout, options, name: str) -> None:
     """Refuse, with the items and the fix, a pack layout (its ``min_working_set``) that
     cannot run inside ``options``' ``cpu_budget`` / ``gpu_budget``."""

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BudgetError, UsageError
+from ..errors import UsageError
 from ..plan import PlanReader
 from ..store import ALIGN, Store
 from ..store.files import DirectReader, aligned_empty, checksum, evict
@@ -44,7 +44,7 @@ from ..tiers.ssd import BaseRowTier, aligned_span
 from ..units import format_size
 from .layout import Layout, _packed_epochs, plan_layout
 from .options import PackOptions
-from ..workingset import device_overhead
+from ..workingset import device_overhead, refuse_split
 
 log = logging.getLogger(__name__)
 
@@ -367,10 +367,7 @@ def choose_split(store: Store, plan: PlanReader, *, cpu_budget: int, gpu_budget:
                            "blowup": layout.packed_rows * rb / max(1, store.array_meta("features").nbytes)})
     if not candidates:
         lay = plan_layout(store, plan, PackOptions(max_disk_blowup=max_disk_blowup, segment_batches=1))
-        need = lay.min_working_set["cpu"]
-        raise BudgetError(f"cpu budget {format_size(cpu_budget)} cannot hold one batch of plan "
-                          f"{plan.name!r}: the minimum working set is {format_size(need)}; raise "
-                          "the cpu budget or sample with a smaller batch size")
+        refuse_split(cpu_budget, plan.name, lay.min_working_set)
     best = min(candidates, key=lambda c: c["prediction"]["mean_epoch_s"])
     return best["options"], best["prediction"], candidates
 

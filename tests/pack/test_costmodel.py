@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from types import SimpleNamespace as types_ns
 
 import pytest
@@ -153,8 +154,10 @@ def test_split_fits_the_budget_or_is_refused(store):
         # the minimum, one prefetched batch and the reader's read-ahead buffer fit, so
         # reads overlap training and assembly
         assert mws["cpu"] + mws["prefetch_bytes"] + mws["largest_segment_bytes"] <= budget
-        with pytest.raises(BudgetError, match="cpu budget .* cannot hold one batch"):
+        with pytest.raises(BudgetError, match="cpu budget .* cannot hold one batch") as e:
             choose_split(s, plan, cpu_budget=1024, max_disk_blowup=8)
+        # the refusal lists the floor's items, from the working-set module
+        assert re.search(r"minimum working set is [0-9.]+ \w+ \(.+ \+ .+\)", str(e.value))
     with Store(store, readonly=False) as w:
         pack_plan(w, "p", name="auto", options=opts, overwrite=True)
     with Store(store) as s, TieredReader(s, "auto", budget=MemoryBudget(cpu=budget)) as r:
