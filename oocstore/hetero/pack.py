@@ -58,7 +58,7 @@ from ..tiers.aio import run_bytes
 from ..tiers.ssd import AIO_MAX_RUN_UNITS, base_read_buffer_bytes
 from ..units import format_size
 from .plan import HeteroPlanReader, catalog_entries, catalog_entry, list_hetero_plans
-from .schema import HeteroSchema, feat_name
+from .schema import HeteroSchema, check_type_name, feat_name
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +89,42 @@ def _own_subpacks(store: Store, name: str) -> set[str]:
     pk = store.get(hpack_key(name))
     if isinstance(pk, dict) and pk.get("layout") == "segments":
         own |= {str(v.get("pack")) for v in pk.get("types", {}).values() if isinstance(v, dict)}
-    pending = store.get(PENDING_PREFIX + name)
-    if isinstance(pending, dict):
-        own |= {str(n) for n in pending.get("subpacks", [])}
-    return own
+    return own | set(_pending_subpacks(name, store.get(PENDING_PREFIX + name)))
+
+
+def _pending_subpacks(name: str, entry: Any) -> list[str]:
+    """The sub-packs pending entry ``entry`` of pack ``name`` lists that can be that
+    pack's: ``<name>.<type>`` with a valid pack name and node type name. Anything else a
+    damaged or crafted entry holds (another pack's name, path parts, not a list) is not
+    the pending pack's to replace or remove."""
+    subs = entry.get("subpacks") if isinstance(entry, dict) else None
+    if not isinstance(subs, list):
+        return []
+    try:
+        check_plan_name(name)
+    except UsageError:
+        return []
+    out = set()
+    for n in subs:
+        if isinstance(n, str) and n.startswith(f"{name}."):
+            try:
+                check_plan_name(n)
+                check_type_name(n[len(name) + 1:], "node type")
+            except UsageError:
+                continue
+            out.add(n)
+    return sorted(out)
+
+
+def _committed_subpacks(store: Store) -> set[str]:
+    """The sub-packs every committed heterogeneous pack reads: never an interrupted
+    pack's leftovers, whatever a pending entry says."""
+    live = set()
+    for meta in list_hetero_packs(store).values():
+        types = meta.get("types") if isinstance(meta, dict) else None
+        if isinstance(types, dict):
+            live |= {str(v.get("pack")) for v in types.values() if isinstance(v, dict)}
+    return live
 
 
 def _check_subpack_names(store: Store, name: str, names: list[str]) -> None:
@@ -120,13 +152,12 @@ def remove_interrupted_packs(store: Store, *, dry_run: bool = False) -> list[str
 
     gone = []
     with store.writer_lock():
+        live = _committed_subpacks(store)
         for key, entry in list(store.items(PENDING_PREFIX)):
-            subs = entry.get("subpacks", []) if isinstance(entry, dict) else []
-            # only names of this pack's sub-packs (<name>.<type>): a damaged entry
-            # naming any other pack removes nothing
-            mine = f"{key[len(PENDING_PREFIX):]}."
-            for n in sorted(str(v) for v in subs if str(v).startswith(mine)):
-                if store.get(pack_key(n)) is not None:
+            # only names of this pack's sub-packs (<name>.<type>) that no committed
+            # heterogeneous pack reads: a damaged entry naming any other pack removes nothing
+            for n in _pending_subpacks(key[len(PENDING_PREFIX):], entry):
+                if n not in live and store.get(pack_key(n)) is not None:
                     gone.append(n)
                     if not dry_run:
                         remove(store, pack=n)

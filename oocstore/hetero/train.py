@@ -52,6 +52,9 @@ class HeteroTrainConfig:
             raise UsageError(f"hidden={self.hidden!r}: give at least 1")
         if self.backend not in BACKENDS:
             raise UsageError(f"backend={self.backend!r}: use one of {', '.join(BACKENDS)}")
+        from ..train.loop import check_optimizer_options
+
+        check_optimizer_options(self.lr, self.dropout, self.weight_decay)
 
 
 def _eval_plan(store: Store, split: str, train_meta: dict) -> str | None:

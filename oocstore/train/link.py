@@ -38,7 +38,7 @@ from ..linksplit import EdgeSplit, read_edge_split
 from ..plan import PlanMeta, PlanReader, list_plans
 from ..store import Store
 from .link_metrics import link_metrics
-from .loop import RunOptions
+from .loop import RunOptions, check_optimizer_options
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +66,7 @@ class LinkTrainConfig(RunOptions):
         for what, v in (("epochs", self.epochs), ("hidden", self.hidden)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise UsageError(f"{what}={v!r}: give a positive integer")
-        if not 0.0 <= self.dropout < 1.0:
-            raise UsageError(f"dropout={self.dropout!r}: give a value in [0, 1)")
-        if not self.lr > 0:
-            raise UsageError(f"lr={self.lr!r}: give a positive learning rate")
+        check_optimizer_options(self.lr, self.dropout, self.weight_decay)
 
 
 class MLPDecoder(nn.Module):

@@ -29,6 +29,7 @@ Determinism: the loop draws random numbers only through torch's global generator
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -65,6 +66,20 @@ class RunOptions:
     in_memory: bool = False
     seed: int = 0
     weight_decay: float = 0.0  # Adam's L2 penalty
+
+
+def check_optimizer_options(lr: float, dropout: float, weight_decay: float) -> None:
+    """A run's learning rate, dropout and Adam weight decay, checked with its other
+    options: torch refuses them only when the optimizer is made or the first batch runs
+    (a ValueError), after the run has written its evaluation plans and packs."""
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise UsageError(f"lr={lr!r}: give a finite learning rate > 0")
+    if not (isinstance(dropout, (int, float)) and 0.0 <= dropout < 1.0):
+        raise UsageError(f"dropout={dropout!r}: give a value in [0, 1)")
+    if not (isinstance(weight_decay, (int, float)) and math.isfinite(weight_decay)
+            and weight_decay >= 0):
+        raise UsageError(f"weight_decay={weight_decay!r}: give a finite value >= 0 "
+                         "(0 turns it off)")
 
 
 def _model_device(model: nn.Module) -> torch.device:

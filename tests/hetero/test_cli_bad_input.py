@@ -264,3 +264,21 @@ def test_a_count_too_large_for_memory_is_refused(tmp_path, capsys):
     _one_line_error(rc, err, "paper___in___venue", "10000000000000 'venue' nodes",
                     "num-node-dict.json")
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("flags,needles", [
+    (["--weight-decay", "-1"], ["weight-decay", "-1", ">= 0"]),
+    (["--lr", "0"], ["--lr 0", "> 0"]),
+    (["--lr", "nan"], ["--lr nan", "> 0"]),
+    (["--dropout", "1.5"], ["--dropout 1.5", "[0, 1)"]),
+])
+def test_bad_optimizer_flags_are_refused_before_anything_is_written(hstore, tmp_path, capsys,
+                                                                    digest, flags, needles):
+    """Checked with the other options, not by Adam or dropout after the evaluation plans
+    and packs were written (a ValueError traceback)."""
+    store = tmp_path / "s"
+    shutil.copytree(hstore, store)
+    before = digest(store)
+    rc, _, err = run(capsys, "train", store, "--epochs", "1", "--in-memory", *flags)
+    _one_line_error(rc, err, *needles)
+    assert digest(store) == before

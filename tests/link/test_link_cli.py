@@ -110,3 +110,13 @@ def test_an_unnamed_plan_is_never_a_link_plan(capsys, link_store):
     with Store(link_store) as store:
         assert default_plan(store) == "nodeplan"
         assert newest_plan(store, None, task="link").name == "link"
+
+
+@pytest.mark.parametrize("extra,match", [
+    (["--weight-decay", "-1"], r"--weight-decay -1.0: give a finite value >= 0"),
+    (["--lr", "inf"], r"--lr inf: give a finite learning rate > 0"),
+])
+def test_bad_optimizer_options_of_link_training_are_refused(capsys, link_store, extra, match):
+    """Refused with the other options, not by Adam with a traceback."""
+    _refused(capsys, link_store, ["train", str(link_store), "--task", "link", "--plan", "link",
+                                  "--epochs", "1", "--in-memory", "--quiet", *extra], match)

@@ -171,3 +171,32 @@ def test_an_empty_cache_is_not_simulated(demo_store):
             np.zeros(0, np.int64))
     assert hit.size == int(ninput.sum()) and (hit == -1).all()
     assert ins_pos.size == ins_slot.size == 0 and not ins_count.any()
+
+
+def test_epochs_run_one_after_the_other_when_their_scratch_does_not_fit(demo_store,
+                                                                        monkeypatch):
+    """Each epoch's simulation holds per-node scratch: with room for one epoch's only
+    (or the memory available unknown), no epochs run side by side, and the schedule is
+    the same."""
+    from oocstore.pack import placement
+
+    with Store(demo_store) as s:
+        plan = PlanReader(s, "p")
+        data, offs, ninput, starts, n = _plan_arrays(s, plan)
+        order = hot_order(np.asarray(plan.access_counts()))
+        node_tier = np.full(n, 2, np.int8)
+        init = np.ascontiguousarray(order[:3000], dtype=np.int64)
+        kernel = POLICIES["belady"]._kernel()
+        want = _one_epoch_after_the_other(kernel, data, offs, ninput, starts, node_tier,
+                                          3000, init)
+
+        def no_threads(*a, **kw):
+            raise AssertionError("epochs simulated side by side without the memory")
+
+        monkeypatch.setattr(placement, "ThreadPoolExecutor", no_threads)
+        for avail in (24 * n * 4, None):  # a quarter holds the per-node scratch only
+            monkeypatch.setattr(placement, "_available_memory", lambda: avail)
+            got = scheduled_epochs(kernel, data, offs, ninput, starts, node_tier, 3000, init)
+            assert all(np.array_equal(w, g) for w, g in zip(want, got))
+    assert placement._side_by_side(100_000_000, 0, 0) * 2_400_000_000 <= \
+        max(2_400_000_000, (placement._available_memory() or 0) // 4)
