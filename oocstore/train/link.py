@@ -25,7 +25,7 @@ import random
 import resource
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -175,20 +175,26 @@ def _eval_nodes(split: EdgeSplit, part: str) -> np.ndarray:
 
 
 class EvalSamples:
-    """The evaluation batches of the held-out parts of one run, sampled once.
+    """The evaluation batches of the held-out parts of one run.
 
     Every evaluation draws the same neighbourhoods (a fixed key): the validation after
     each epoch, the test at the end and the budget check before training
-    (:func:`max_eval_rows`) would sample them again and again. They are sampled on first
-    use and kept (node ids and blocks; the feature rows are read per evaluation)."""
+    (:func:`max_eval_rows`). With ``keep`` (a run without a CPU budget) they are sampled
+    on first use and kept (node ids and blocks; the feature rows are read per
+    evaluation). A budgeted run keeps none: the blocks of every evaluation batch held at
+    once are not in its budget (several times the features on a small graph), so each
+    evaluation samples its batches again, one at a time, and gets the same ones."""
 
-    def __init__(self, split: EdgeSplit, meta: PlanMeta):
-        self.split, self.meta = split, meta
+    def __init__(self, split: EdgeSplit, meta: PlanMeta, *, keep: bool = True):
+        self.split, self.meta, self.keep = split, meta, keep
         self._parts: dict[str, tuple[np.ndarray, list]] = {}
 
-    def of(self, part: str) -> tuple[np.ndarray, list]:
+    def of(self, part: str) -> tuple[np.ndarray, Iterable]:
         """``(nodes, batches)`` of ``part``: its endpoints (ascending, distinct) and their
-        evaluation batches."""
+        evaluation batches (a list when kept, else a fresh iterator to use once)."""
+        if not self.keep:
+            nodes = _eval_nodes(self.split, part)
+            return nodes, _eval_samples(nodes, self.split, self.meta)
         if part not in self._parts:
             nodes = _eval_nodes(self.split, part)
             self._parts[part] = (nodes, list(_eval_samples(nodes, self.split, self.meta)))
@@ -279,7 +285,7 @@ def run_link_training(store_path, plan: str | None, cfg: LinkTrainConfig, *,
     with Store(store_path) as store:
         meta = link_plan(store, plan)
         split = _check_split(store, meta)
-        evals = EvalSamples(split, meta)
+        evals = EvalSamples(split, meta, keep=cfg.in_memory or cfg.cpu_budget is None)
         if cfg.in_memory:
             # Checked chunk by chunk, as the out-of-core loader's reads are.
             feats = torch.from_numpy(read_checked(
