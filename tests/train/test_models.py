@@ -148,7 +148,8 @@ def test_help_says_which_models_each_backend_offers(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "--model {sage,gcn,gat,rgcn,hetero-sage}" in text and "DGL environment; --model sage, dgl.nn.SAGEConv;" in text
+    assert "--model {sage,gcn,gat,rgcn,hetero-sage}" in text
+    assert "DGL environment; --model sage, dgl.nn.SAGEConv;" in text
     assert "on a heterogeneous store rgcn or hetero-sage, dgl.nn.HeteroGraphConv" in text
 
 
