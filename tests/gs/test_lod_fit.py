@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from oocstore.cli import main
+from oocstore.errors import StoreExistsError
 from oocstore.gs import layout
 from oocstore.gs.lod import Hierarchy, build_hierarchy, in_cut, leaf_ids
 from oocstore.gs.lod_build import build_lod_scene
@@ -137,3 +138,16 @@ def test_an_interrupted_fit_leaves_the_source_and_the_existing_output_valid(src,
         build_lod_scene(s, fresh, fit=FitConfig(steps=20), fit_progress=interrupt)
     assert not fresh.exists()
     shutil.rmtree(fresh, ignore_errors=True)
+
+
+def test_an_existing_output_is_refused_before_the_hierarchy_is_fitted(src, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["gs-lod", "build", str(src), str(out), "--fit-steps", "0", "--quiet"]) == 0
+    kept = _tree(out)
+    calls = []
+    with Scene.open(src, readonly=True) as s, pytest.raises(StoreExistsError, match="exists"):
+        build_lod_scene(s, out, fit=FitConfig(steps=50), fit_progress=calls.append)
+    assert calls == []  # refused before the first fit step, not after the last
+    _refused(capsys, ["gs-lod", "build", str(src), str(out), "--fit-steps", "50"],
+             "--overwrite")
+    assert _tree(out) == kept
