@@ -179,28 +179,29 @@ def fit_interior(params: np.ndarray, hier, sh_degree: int, cams, views, cfg: Fit
     if cfg.steps == 0 or not len(views) or bool(hier.is_leaf.all()):
         report.update(seconds=0.0, fitted_nodes=0)
         return out, report
+    g = np.random.default_rng(cfg.seed)
+    order = np.concatenate([g.permutation(views) for _ in range(-(-cfg.steps // len(views)))])
+    visits = [(int(order[t]), float(cfg.lod_pixels[(t // len(views)) % len(cfg.lod_pixels)]))
+              for t in range(cfg.steps)]
+    # targets and cuts of the views visited only (fewer steps than views: not all of them)
     with torch.no_grad():
-        targets = {int(v): _render(out[cut_rows(hier, cams, int(v), 0.0)], sh_degree, cams,
-                                   int(v)) for v in views}
+        targets = {v: _render(out[cut_rows(hier, cams, v, 0.0)], sh_degree, cams, v)
+                   for v in dict.fromkeys(v for v, _ in visits)}
     interior = ~hier.is_leaf
     cols = cfg.columns()
     col_idx = torch.tensor([c for c, _ in cols])
     lr = torch.tensor([r for _, r in cols], dtype=torch.float32)
-    cuts = {(int(v), float(px)): cut_rows(hier, cams, int(v), float(px))
-            for v in views for px in cfg.lod_pixels}
+    cuts = {key: cut_rows(hier, cams, *key) for key in dict.fromkeys(visits)}
     fit_rows = np.unique(np.concatenate([r[interior[r]] for r in cuts.values()]))
     slot = np.full(len(out), -1, dtype=np.int64)
     slot[fit_rows] = np.arange(len(fit_rows))
     theta = torch.from_numpy(out[fit_rows][:, col_idx.numpy()].copy())
     m, s = torch.zeros_like(theta), torch.zeros_like(theta)
     b1, b2, eps = 0.9, 0.999, 1e-15
-    g = np.random.default_rng(cfg.seed)
-    order = np.concatenate([g.permutation(views) for _ in range(-(-cfg.steps // len(views)))])
     first: dict = {}
     last: dict = {}
     for t in range(1, cfg.steps + 1):
-        v = int(order[t - 1])
-        px = float(cfg.lod_pixels[((t - 1) // len(views)) % len(cfg.lod_pixels)])
+        v, px = visits[t - 1]
         rows = cuts[(v, px)]
         pos = np.flatnonzero(interior[rows])
         sl = torch.from_numpy(slot[rows[pos]])

@@ -151,3 +151,24 @@ def test_an_existing_output_is_refused_before_the_hierarchy_is_fitted(src, tmp_p
     _refused(capsys, ["gs-lod", "build", str(src), str(out), "--fit-steps", "50"],
              "--overwrite")
     assert _tree(out) == kept
+
+
+def test_the_fit_renders_only_the_views_it_visits(monkeypatch):
+    import oocstore.gs.lod_fit as lod_fit
+
+    params = make_params(600, 0, seed=5)
+    cams = make_cameras(params, 6)
+    prm, par, level, c, r, size, _ = build_hierarchy(params)
+    n = len(prm)
+    h = Hierarchy(np.arange(n), par, level, np.zeros(n, int), np.zeros(n, int), c, r, size)
+    renders, cuts = [], []
+    render, cut = lod_fit._render, lod_fit.cut_rows
+    monkeypatch.setattr(lod_fit, "_render", lambda p, d, cm, v: renders.append(v) or
+                        render(p, d, cm, v))
+    monkeypatch.setattr(lod_fit, "cut_rows", lambda hi, cm, v, px: cuts.append((v, px)) or
+                        cut(hi, cm, v, px))
+    _, report = fit_interior(prm, h, 0, cams, np.arange(6), FitConfig(steps=2, lod_pixels=(PX,)))
+    assert report["fitted_nodes"] > 0
+    # two steps: two leaves-only targets and two cut renders, not a target for every view
+    assert len(renders) == 4 and len(set(renders)) == 2, renders
+    assert len(cuts) == 4, cuts
