@@ -172,3 +172,23 @@ def test_the_fit_renders_only_the_views_it_visits(monkeypatch):
     # two steps: two leaves-only targets and two cut renders, not a target for every view
     assert len(renders) == 4 and len(set(renders)) == 2, renders
     assert len(cuts) == 4, cuts
+
+
+def test_a_huge_step_count_starts_at_once_and_stops_on_interrupt():
+    params = make_params(600, 0, seed=5)
+    cams = make_cameras(params, 6)
+    prm, par, level, c, r, size, _ = build_hierarchy(params)
+    n = len(prm)
+    h = Hierarchy(np.arange(n), par, level, np.zeros(n, int), np.zeros(n, int), c, r, size)
+    calls = []
+
+    def interrupt(k):
+        calls.append(k)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    # the view order is drawn a round at a time: no array of 10**15 steps first
+    with pytest.raises(KeyboardInterrupt):
+        fit_interior(prm, h, 0, cams, np.arange(6), FitConfig(steps=10**15, lod_pixels=(PX,)),
+                     progress=interrupt)
+    assert len(calls) == 2
