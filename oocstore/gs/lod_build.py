@@ -52,6 +52,8 @@ def build_lod_scene(src, out, *, cell: float | None = None, block_size: int | No
         views = fit_views(len(cams), src.test_views if src.has_images else None)
         prm, report = fit_interior(prm, hier, src.sh_degree, fit_cameras(cams), views, fit,
                                    progress=fit_progress)
+        if not len(views):  # every view held out: nothing was fitted, none recorded
+            fit_steps = 0
         if progress:
             progress(f"fit {report['fitted_nodes']:,} merged nodes over {len(views)} views: "
                      f"MSE {report.get('mse_first', 0):.3g} -> {report.get('mse_last', 0):.3g}")

@@ -192,3 +192,13 @@ def test_a_huge_step_count_starts_at_once_and_stops_on_interrupt():
         fit_interior(prm, h, 0, cams, np.arange(6), FitConfig(steps=10**15, lod_pixels=(PX,)),
                      progress=interrupt)
     assert len(calls) == 2
+
+
+def test_a_scene_without_training_views_records_no_fit(src, tmp_path, monkeypatch):
+    import oocstore.gs.lod_fit as lod_fit
+
+    # a photo scene ingested with every view held out (--test-every 1) has no view to fit
+    monkeypatch.setattr(lod_fit, "fit_views", lambda n, test_views=None: np.zeros(0, np.int64))
+    with Scene.open(src, readonly=True) as s:
+        with build_lod_scene(s, tmp_path / "out", fit=FitConfig(steps=5)) as out:
+            assert out.lod_meta["fit_steps"] == 0
