@@ -202,8 +202,13 @@ def fit_interior(params: np.ndarray, hier, sh_degree: int, cams, views, cfg: Fit
     cols = cfg.columns()
     col_idx = torch.tensor([c for c, _ in cols])
     lr = torch.tensor([r for _, r in cols], dtype=torch.float32)
-    cuts = {key: cut_rows(hier, cams, *key) for key in visits}
-    fit_rows = np.unique(np.concatenate([r[interior[r]] for r in cuts.values()]))
+    # the interior nodes any visited cut holds; the cuts are not kept (one can hold most
+    # of a large scene's nodes): each step finds its own again, far cheaper than its render
+    fitted = np.zeros(len(out), dtype=bool)
+    for key in visits:
+        rows = cut_rows(hier, cams, *key)
+        fitted[rows[interior[rows]]] = True
+    fit_rows = np.flatnonzero(fitted)
     slot = np.full(len(out), -1, dtype=np.int64)
     slot[fit_rows] = np.arange(len(fit_rows))
     theta = torch.from_numpy(out[fit_rows][:, col_idx.numpy()].copy())
@@ -212,7 +217,7 @@ def fit_interior(params: np.ndarray, hier, sh_degree: int, cams, views, cfg: Fit
     first: dict = {}
     last: dict = {}
     for t, (v, px) in enumerate(_visits(views, cfg), 1):
-        rows = cuts[(v, px)]
+        rows = cut_rows(hier, cams, v, px)
         pos = np.flatnonzero(interior[rows])
         sl = torch.from_numpy(slot[rows[pos]])
         var = theta[sl].clone().requires_grad_(True)
