@@ -9,6 +9,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import UsageError
+from ..store import Store
 from . import layout
 from .lod import (Hierarchy, LodMeta, build_hierarchy, in_cut, layout_order, leaf_ids,
                   node_table)
@@ -30,6 +31,8 @@ def build_lod_scene(src, out, *, cell: float | None = None, block_size: int | No
     written ``scene/lod`` records its ``fit_steps``. Returns the new scene, open."""
     if cameras is not None and src.has_images:
         raise UsageError(f"scene {src.path} holds photographs: its cameras are theirs")
+    # before the hierarchy and the fit (minutes to hours): what Scene.create refuses
+    Store.check_new_path(out, overwrite=overwrite)
     block_size = src.meta.block_size if block_size is None else int(block_size)
     if not 1 <= block_size <= 1 << 20:
         raise UsageError(f"block_size={block_size} must be 1..1048576")
@@ -49,6 +52,8 @@ def build_lod_scene(src, out, *, cell: float | None = None, block_size: int | No
         views = fit_views(len(cams), src.test_views if src.has_images else None)
         prm, report = fit_interior(prm, hier, src.sh_degree, fit_cameras(cams), views, fit,
                                    progress=fit_progress)
+        if not len(views):  # every view held out: nothing was fitted, none recorded
+            fit_steps = 0
         if progress:
             progress(f"fit {report['fitted_nodes']:,} merged nodes over {len(views)} views: "
                      f"MSE {report.get('mse_first', 0):.3g} -> {report.get('mse_last', 0):.3g}")

@@ -21,10 +21,11 @@ scene's test views are not fitted.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -163,6 +164,17 @@ def cut_psnr(params: np.ndarray, hier, sh_degree: int, cams, views, lod_pixels: 
     return out
 
 
+def _visits(views: np.ndarray, cfg: FitConfig) -> Iterator[tuple[int, float]]:
+    """``(view, threshold)`` of each of ``cfg.steps`` steps: rounds of the views in a seeded
+    random order, each round at the next of ``cfg.lod_pixels`` (drawn a round at a time:
+    no array of ``steps`` entries)."""
+    g = np.random.default_rng(cfg.seed)
+    for t in range(0, cfg.steps, len(views)):
+        px = float(cfg.lod_pixels[(t // len(views)) % len(cfg.lod_pixels)])
+        for v in g.permutation(views)[:cfg.steps - t]:
+            yield int(v), px
+
+
 def fit_interior(params: np.ndarray, hier, sh_degree: int, cams, views, cfg: FitConfig, *,
                  progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, dict]:
     """``params`` [N, P] (every node of ``hier``, a :class:`~oocstore.gs.lod.Hierarchy`
@@ -180,29 +192,33 @@ def fit_interior(params: np.ndarray, hier, sh_degree: int, cams, views, cfg: Fit
     if cfg.steps == 0 or not len(views) or bool(hier.is_leaf.all()):
         report.update(seconds=0.0, fitted_nodes=0)
         return out, report
+    # targets and cuts of the (view, threshold) pairs visited only (fewer steps than views:
+    # not all of them); the first len(lod_pixels) rounds of views visit every pair
+    visits = list(dict.fromkeys(itertools.islice(_visits(views, cfg),
+                                                 len(views) * len(cfg.lod_pixels))))
     with torch.no_grad():
-        targets = {int(v): _render(out[cut_rows(hier, cams, int(v), 0.0)], sh_degree, cams,
-                                   int(v)) for v in views}
+        targets = {v: _render(out[cut_rows(hier, cams, v, 0.0)], sh_degree, cams, v)
+                   for v in dict.fromkeys(v for v, _ in visits)}
     interior = ~hier.is_leaf
     cols = cfg.columns()
     col_idx = torch.tensor([c for c, _ in cols])
     lr = torch.tensor([r for _, r in cols], dtype=torch.float32)
-    cuts = {(int(v), float(px)): cut_rows(hier, cams, int(v), float(px))
-            for v in views for px in cfg.lod_pixels}
-    fit_rows = np.unique(np.concatenate([r[interior[r]] for r in cuts.values()]))
+    # the interior nodes any visited cut holds; the cuts are not kept (one can hold most
+    # of a large scene's nodes): each step finds its own again, far cheaper than its render
+    fitted = np.zeros(len(out), dtype=bool)
+    for key in visits:
+        rows = cut_rows(hier, cams, *key)
+        fitted[rows[interior[rows]]] = True
+    fit_rows = np.flatnonzero(fitted)
     slot = np.full(len(out), -1, dtype=np.int64)
     slot[fit_rows] = np.arange(len(fit_rows))
     theta = torch.from_numpy(out[fit_rows][:, col_idx.numpy()].copy())
     m, s = torch.zeros_like(theta), torch.zeros_like(theta)
     b1, b2, eps = 0.9, 0.999, 1e-15
-    g = np.random.default_rng(cfg.seed)
-    order = np.concatenate([g.permutation(views) for _ in range(-(-cfg.steps // len(views)))])
     first: dict = {}
     last: dict = {}
-    for t in range(1, cfg.steps + 1):
-        v = int(order[t - 1])
-        px = float(cfg.lod_pixels[((t - 1) // len(views)) % len(cfg.lod_pixels)])
-        rows = cuts[(v, px)]
+    for t, (v, px) in enumerate(_visits(views, cfg), 1):
+        rows = cut_rows(hier, cams, v, px)
         pos = np.flatnonzero(interior[rows])
         sl = torch.from_numpy(slot[rows[pos]])
         var = theta[sl].clone().requires_grad_(True)

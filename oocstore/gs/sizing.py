@@ -57,9 +57,13 @@ def predicted_traffic(scene, plan, schedule, optimizer: str, *,
     rows' come back). Device optimizer: every block load of ``schedule`` uploads its
     parameters, and its moments unless they are all zero (``zero_moments``: a scene
     never trained, on its first load); every loaded block is written back whole (an
-    upper bound: only rows that stepped come back)."""
+    upper bound: only rows that stepped come back). A block of a level-of-detail plan
+    moves only the prefix its cuts need (``plan.lod_prefix``), as the streamer loads it."""
     check_optimizer(optimizer)
-    counts = np.asarray(scene.block_counts, dtype=np.int64)
+    counts = np.array(scene.block_counts, dtype=np.int64)  # a copy: the prefixes cap it
+    if plan.lod_prefix is not None:
+        for b, k in plan.lod_prefix.items():
+            counts[int(b)] = min(int(counts[int(b)]), int(k))
     param_bytes = 4 * scene.param_width
     if optimizer == "cpu":
         if plan.cull_rows is None:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from oocstore.cli import main
+from oocstore.errors import StoreExistsError
 from oocstore.gs import layout
 from oocstore.gs.lod import Hierarchy, build_hierarchy, in_cut, leaf_ids
 from oocstore.gs.lod_build import build_lod_scene
@@ -148,3 +149,67 @@ def test_a_python_caller_reads_the_parameters_it_passed():
         with pytest.raises(UsageError) as e:
             fit_config(steps, pixels)
         assert said in str(e.value) and "--" not in str(e.value)
+
+
+def test_an_existing_output_is_refused_before_the_hierarchy_is_fitted(src, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["gs-lod", "build", str(src), str(out), "--fit-steps", "0", "--quiet"]) == 0
+    kept = _tree(out)
+    calls = []
+    with Scene.open(src, readonly=True) as s, pytest.raises(StoreExistsError, match="exists"):
+        build_lod_scene(s, out, fit=FitConfig(steps=50), fit_progress=calls.append)
+    assert calls == []  # refused before the first fit step, not after the last
+    _refused(capsys, ["gs-lod", "build", str(src), str(out), "--fit-steps", "50"],
+             "--overwrite")
+    assert _tree(out) == kept
+
+
+def test_the_fit_renders_only_the_views_it_visits(monkeypatch):
+    import oocstore.gs.lod_fit as lod_fit
+
+    params = make_params(600, 0, seed=5)
+    cams = make_cameras(params, 6)
+    prm, par, level, c, r, size, _ = build_hierarchy(params)
+    n = len(prm)
+    h = Hierarchy(np.arange(n), par, level, np.zeros(n, int), np.zeros(n, int), c, r, size)
+    renders, cuts = [], []
+    render, cut = lod_fit._render, lod_fit.cut_rows
+    monkeypatch.setattr(lod_fit, "_render", lambda p, d, cm, v: renders.append(v) or
+                        render(p, d, cm, v))
+    monkeypatch.setattr(lod_fit, "cut_rows", lambda hi, cm, v, px: cuts.append((v, px)) or
+                        cut(hi, cm, v, px))
+    _, report = fit_interior(prm, h, 0, cams, np.arange(6), FitConfig(steps=2, lod_pixels=(PX,)))
+    assert report["fitted_nodes"] > 0
+    # two steps: two leaves-only targets and two cut renders, not a target for every view
+    assert len(renders) == 4 and len(set(renders)) == 2, renders
+    assert {v for v, _ in cuts} == set(renders), cuts
+
+
+def test_a_huge_step_count_starts_at_once_and_stops_on_interrupt():
+    params = make_params(600, 0, seed=5)
+    cams = make_cameras(params, 6)
+    prm, par, level, c, r, size, _ = build_hierarchy(params)
+    n = len(prm)
+    h = Hierarchy(np.arange(n), par, level, np.zeros(n, int), np.zeros(n, int), c, r, size)
+    calls = []
+
+    def interrupt(k):
+        calls.append(k)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    # the view order is drawn a round at a time: no array of 10**15 steps first
+    with pytest.raises(KeyboardInterrupt):
+        fit_interior(prm, h, 0, cams, np.arange(6), FitConfig(steps=10**15, lod_pixels=(PX,)),
+                     progress=interrupt)
+    assert len(calls) == 2
+
+
+def test_a_scene_without_training_views_records_no_fit(src, tmp_path, monkeypatch):
+    import oocstore.gs.lod_fit as lod_fit
+
+    # a photo scene ingested with every view held out (--test-every 1) has no view to fit
+    monkeypatch.setattr(lod_fit, "fit_views", lambda n, test_views=None: np.zeros(0, np.int64))
+    with Scene.open(src, readonly=True) as s:
+        with build_lod_scene(s, tmp_path / "out", fit=FitConfig(steps=5)) as out:
+            assert out.lod_meta["fit_steps"] == 0

@@ -276,3 +276,37 @@ def test_masks_cross_packed_eight_rows_a_byte(n):
     assert torch.equal(host, mask) and nbytes == (n + 7) // 8
     dev, nbytes = mask_to_device(mask.numpy(), "cpu")
     assert torch.equal(dev, mask) and nbytes == (n + 7) // 8
+
+
+def test_predicted_traffic_of_a_level_of_detail_plan_counts_the_prefixes_it_loads(lod_setup,
+                                                                                 tmp_path):
+    """The device optimizer loads (and writes back) only each block's prefix the cuts
+    need: the prediction weighs those rows, not whole blocks, and still bounds what moves."""
+    from test_stream import stream_plan
+
+    from oocstore.gs.sizing import largest_view, slot_bytes
+
+    base, cams, vis, plan_views, targets, cut_ids, prefix = lod_setup
+    path = tmp_path / "dev"
+    shutil.copytree(base, path)
+    adam = AdamConfig()
+    with Scene.open(path) as scene:
+        plan = TrainPlan(plan_views, vis)
+        budget = largest_view(scene, plan, "device")[1] + 2 * slot_bytes(scene)
+        plan = stream_plan(scene, cams, vis, plan_views, budget, "device")
+        whole = predicted_traffic(scene, plan, plan.schedule, "device")
+        plan.lod_cuts, plan.lod_prefix = cut_ids, prefix
+        counts = np.asarray(scene.block_counts).copy()
+        predicted = predicted_traffic(scene, plan, plan.schedule, "device")
+        assert np.array_equal(np.asarray(scene.block_counts), counts)  # the scene's, unchanged
+        loads = np.concatenate([st.load for st in plan.schedule.steps]).astype(np.int64)
+        rows = sum(min(int(counts[b]), prefix.get(int(b), int(counts[b]))) for b in loads)
+        assert predicted == 2 * rows * scene.record_bytes < whole
+        acct = BudgetAccountant(MemoryBudget(gpu=budget))
+        with Streamer(scene, plan, device="cpu", accountant=acct, adam=adam,
+                      lr=adam.column_lrs(1, 3.0), device_budget=budget,
+                      optimizer="device") as store:
+            train_steps(store, 1, cams, targets, len(plan_views), device="cpu")
+            store.checkpoint()
+            stats = store.stats()
+    assert stats["bytes_h2d"] + stats["write_back_rows"] * scene.record_bytes <= predicted
