@@ -601,6 +601,29 @@ class _Session:
             for b, k in zip(lv.blocks.tolist(), lv.prefix.tolist()):
                 prefix[b] = max(prefix.get(b, 0), k)
         self.plan.lod_prefix = prefix
+        self._check_cuts()
+
+    def _check_cuts(self) -> None:
+        """Refuse, before the run's first write, a node table that puts a used view's cut
+        node in a block or row where its id is not stored (or twice): the ids of each
+        block's prefix are read once and every cut is matched against them, as each step
+        and each render would (:func:`~oocstore.gs.lod.check_cut_rows`)."""
+        from .lod import check_cut_rows, in_cut
+
+        by_block: dict = {}
+        for v, lv in self.cuts.items():
+            for b, k in zip(lv.blocks.tolist(), lv.prefix.tolist()):
+                by_block.setdefault(b, []).append((v, k))
+        kept: dict = {v: [] for v in self.cuts}
+        for b, uses in by_block.items():
+            ids = self.scene.read_block(int(b), rows=int(self.plan.lod_prefix[b]))[0]
+            for v, k in uses:
+                part = ids[:k]
+                kept[v].append(part[in_cut(part, self.cuts[v].ids)])
+        for v, parts in kept.items():
+            found = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+            check_cut_rows(self.scene, len(self.cuts[v].ids), len(found))
+            check_cut_rows(self.scene, len(self.cuts[v].ids), len(np.unique(found)))
 
     def _views(self) -> None:
         """Cameras at the training size, the training and held-out views, the background."""

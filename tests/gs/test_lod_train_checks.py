@@ -129,3 +129,41 @@ def test_a_prefix_write_back_counts_the_rows_it_reads(plain, tmp_path):
             during = list(reads)
     assert during == [counts[b]]  # the whole block, its prefix included
     assert counted == counts[b] * scene.disk_row_bytes
+
+
+@pytest.fixture(scope="module")
+def crafted_interior(tmp_path_factory):
+    """As :func:`crafted`, merged nodes only: the leaves' cuts (the synthetic targets'
+    renders) stay whole, so only the level-of-detail cuts name blocks that lack nodes."""
+    path, cams = _scene(tmp_path_factory.mktemp("lodcraftint"))
+    with Store(path, readonly=False) as store:
+        nodes = np.array(store.array(NODES_ARRAY))
+        with Scene.open(path, readonly=True) as scene:
+            counts = np.asarray(scene.block_counts)
+        nxt = (nodes[:, 3] + 1) % len(counts)
+        moved = (nodes[:, 4] < counts[nxt]) & (nodes[:, 2] > 0)
+        nodes[moved, 3] = nxt[moved]
+        with store.transaction() as txn:
+            txn.write_array(NODES_ARRAY, nodes)
+    return path, cams
+
+
+@pytest.mark.parametrize("mode", ["stream", "all-on-device"])
+def test_gs_train_refuses_a_damaged_cut_before_its_first_write(crafted_interior, tmp_path,
+                                                               capsys, mode):
+    """gs-train matches every used view's cut against its blocks' prefixes before the
+    synthetic run writes its student: the refused run leaves the scene byte-identical."""
+    from helpers import tree_bytes
+    from oocstore.cli import main
+
+    path = tmp_path / "scene"
+    shutil.copytree(crafted_interior[0], path)
+    before = tree_bytes(path, skip=())
+    before.pop("catalog.lmdb/lock.mdb", None)
+    assert main(["gs-train", str(path), "--steps", "2", "--mode", mode, "--lod-pixels",
+                 str(LOD_PX), "--threads", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "level-of-detail hierarchy is damaged" in err[0], err
+    after = tree_bytes(path, skip=())
+    after.pop("catalog.lmdb/lock.mdb", None)
+    assert after == before
