@@ -172,6 +172,19 @@ class _Run:
                 "excluded_s": self.excluded, **kw}
 
 
+def timed(items, run: _Run):
+    """The items of ``items``, the wait for each (its production by the loader) added to
+    ``run.load``; what the consumer does between them is not counted."""
+    it = iter(items)
+    while True:
+        t = time.perf_counter()
+        item = next(it, None)
+        if item is None:
+            return
+        run.load += time.perf_counter() - t
+        yield item
+
+
 def _labels(store) -> np.ndarray:
     return np.array(store.array("labels"), dtype=np.int64)
 
@@ -328,7 +341,6 @@ def worker_ginex(spec, store, plan, model, opt) -> dict:
 
     labels = torch.from_numpy(_labels(store))
     fm = store.array_meta("features")
-    rb = fm.row_bytes
     g = spec["ginex"]
     t = time.perf_counter()
     fill_hits, insert = _ginex_kernels()
@@ -402,13 +414,7 @@ def worker_oocstore(spec, store, plan, model, opt) -> dict:
         run = _Run()
         cpu0 = sum(os.times()[:2])  # this process's CPU (all threads): vs the wall, contention
         with split:
-            it = iter(loader)
-            while True:
-                t = time.perf_counter()
-                batch = next(it, None)
-                if batch is None:
-                    break
-                run.load += time.perf_counter() - t
+            for batch in timed(loader, run):
                 run.rows += batch.x.shape[0]
                 if train:
                     _step(model, opt, batch.sample, batch.x, batch.y)

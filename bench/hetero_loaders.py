@@ -143,55 +143,21 @@ def _own_memcg() -> Path:
     raise RuntimeError("this process is in no memory cgroup")
 
 
-def worker_mmap_memcg(spec, store, plan, labels, model, opt) -> dict:
-    """Per-type memmaps kept open (what a PyG user does), no eviction: the page cache is
-    bounded by the memory cgroup the driver started this process in, whose limit is set
-    here to what the process holds now (interpreter, torch, model) plus the budget."""
+def _memmap_window(spec, plan, labels, model, opt, run, open_type: dict,
+                   after_reads=None) -> dict[str, dict]:
+    """The window's batches, each type's input rows gathered from the memmap that
+    ``open_type[t]()`` returns (the gather timed into ``run.load``, the bytes read from the
+    device counted), ``after_reads()`` (untimed work between the reads and the step), then
+    a training step; the per-type rows and bytes."""
     from oocstore.hetero.loader import make_batch
 
-    cg = _own_memcg()
-    base = int((cg / "memory.usage_in_bytes").read_text()) + spec["memcg_slack"]
-    (cg / "memory.limit_in_bytes").write_text(str(base + spec["budget"]))
-    (cg / "memory.max_usage_in_bytes").write_text("0")
-    metas = {t: store.array_meta(info["array"]) for t, info in _types(spec).items()}
-    feats = {t: np.memmap(store.file_path(fm), dtype=fm.np_dtype, mode="r", offset=fm.offset,
-                          shape=fm.shape) for t, fm in metas.items()}
-    rows = {t: 0 for t in metas}
-    nbytes = {t: 0 for t in metas}
-    run = gl._Run()
+    rows = {t: 0 for t in open_type}
+    nbytes = {t: 0 for t in open_type}
     for b in range(spec["batches"]):
         sb = plan.batch(0, b)
         x = {}
-        for t, f in feats.items():
-            io = read_bytes()
-            t1 = time.perf_counter()
-            x[t] = f[sb.input_nodes[t]]
-            run.load += time.perf_counter() - t1
-            nbytes[t] += read_bytes() - io
-            rows[t] += x[t].shape[0]
-        _step(model, opt, make_batch(sb, x, labels))
-    res = run.result(setup_s=0.0, cold="per-run; page cache in a memory cgroup")
-    res["types"] = _per_type(spec, rows, nbytes)
-    res["memcg"] = {"base_bytes": base, "limit_bytes": base + spec["budget"],
-                    "max_usage_bytes": int((cg / "memory.max_usage_in_bytes").read_text()),
-                    "failcnt": int((cg / "memory.failcnt").read_text())}
-    return res
-
-
-def worker_mmap(spec, store, plan, labels, model, opt) -> dict:
-    from oocstore.hetero.loader import make_batch
-
-    metas = {t: store.array_meta(info["array"]) for t, info in _types(spec).items()}
-    paths = {t: str(store.file_path(fm)) for t, fm in metas.items()}
-    rows = {t: 0 for t in metas}
-    nbytes = {t: 0 for t in metas}
-    run = gl._Run()
-    for b in range(spec["batches"]):
-        sb = plan.batch(0, b)
-        x = {}
-        for t, fm in metas.items():
-            feats = np.memmap(paths[t], dtype=fm.np_dtype, mode="r", offset=fm.offset,
-                              shape=fm.shape)
+        for t, open_feats in open_type.items():
+            feats = open_feats()
             io = read_bytes()
             t1 = time.perf_counter()
             x[t] = feats[sb.input_nodes[t]]
@@ -199,12 +165,54 @@ def worker_mmap(spec, store, plan, labels, model, opt) -> dict:
             nbytes[t] += read_bytes() - io
             rows[t] += x[t].shape[0]
             del feats
-        t1 = time.perf_counter()
-        gl._evict(list(paths.values()))  # cold per batch; not timed
-        run.excluded += time.perf_counter() - t1
+        if after_reads is not None:
+            after_reads()
         _step(model, opt, make_batch(sb, x, labels))
+    return _per_type(spec, rows, nbytes)
+
+
+def _memmap_of(store, fm):
+    return np.memmap(store.file_path(fm), dtype=fm.np_dtype, mode="r", offset=fm.offset,
+                     shape=fm.shape)
+
+
+def worker_mmap_memcg(spec, store, plan, labels, model, opt) -> dict:
+    """Per-type memmaps kept open (what a PyG user does), no eviction: the page cache is
+    bounded by the memory cgroup the driver started this process in, whose limit is set
+    here to what the process holds now (interpreter, torch, model) plus the budget."""
+    cg = _own_memcg()
+    base = int((cg / "memory.usage_in_bytes").read_text()) + spec["memcg_slack"]
+    (cg / "memory.limit_in_bytes").write_text(str(base + spec["budget"]))
+    (cg / "memory.max_usage_in_bytes").write_text("0")
+    metas = {t: store.array_meta(info["array"]) for t, info in _types(spec).items()}
+    feats = {t: _memmap_of(store, fm) for t, fm in metas.items()}
+    run = gl._Run()
+    types = _memmap_window(spec, plan, labels, model, opt, run,
+                           {t: (lambda f=f: f) for t, f in feats.items()})
+    res = run.result(setup_s=0.0, cold="per-run; page cache in a memory cgroup")
+    res["types"] = types
+    res["memcg"] = {"base_bytes": base, "limit_bytes": base + spec["budget"],
+                    "max_usage_bytes": int((cg / "memory.max_usage_in_bytes").read_text()),
+                    "failcnt": int((cg / "memory.failcnt").read_text())}
+    return res
+
+
+def worker_mmap(spec, store, plan, labels, model, opt) -> dict:
+    metas = {t: store.array_meta(info["array"]) for t, info in _types(spec).items()}
+    paths = [str(store.file_path(fm)) for fm in metas.values()]
+    run = gl._Run()
+
+    def evict() -> None:
+        t1 = time.perf_counter()
+        gl._evict(paths)  # cold per batch; not timed
+        run.excluded += time.perf_counter() - t1
+
+    # a memmap opened per batch and type, dropped before the eviction
+    types = _memmap_window(spec, plan, labels, model, opt, run,
+                           {t: (lambda fm=fm: _memmap_of(store, fm)) for t, fm in metas.items()},
+                           after_reads=evict)
     res = run.result(setup_s=0.0, cold="per-batch")
-    res["types"] = _per_type(spec, rows, nbytes)
+    res["types"] = types
     return res
 
 
@@ -292,13 +300,7 @@ def worker_oocstore(spec, store, plan, labels, model, opt) -> dict:
         gl._evict(spec["files"])
         setup = time.perf_counter() - t0
         run = gl._Run()
-        it = loader.epoch(0)
-        while True:
-            t1 = time.perf_counter()
-            batch = next(it, None)
-            if batch is None:
-                break
-            run.load += time.perf_counter() - t1
+        for batch in gl.timed(loader.epoch(0), run):
             if train:
                 _step(model, opt, batch)
         res = run.result(setup_s=setup, cold="per-run",

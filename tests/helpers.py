@@ -150,16 +150,26 @@ def run_oocstore(*args: str, timeout: float = 120, **kw) -> subprocess.Completed
                           text=True, timeout=timeout, cwd=REPO, **kw)
 
 
-def tree_bytes(root: Path, *, skip: tuple[str, ...] = ("catalog.lmdb",)) -> dict[str, bytes]:
-    """Every file under ``root`` (relative path -> bytes), outside the ``skip`` folders."""
+def tree_bytes(root: Path, *, skip: tuple[str, ...] = ("catalog.lmdb",),
+               skip_suffix: str | None = None) -> dict[str, bytes]:
+    """Every file under ``root`` (relative path -> bytes), outside the ``skip`` folders
+    and but for the files whose name ends with ``skip_suffix`` (e.g. ``.lock``)."""
     out = {}
     for d, dirs, files in os.walk(root):
         dirs[:] = [x for x in dirs if x not in skip]
         for f in files:
+            if skip_suffix is not None and f.endswith(skip_suffix):
+                continue
             p = Path(d) / f
             out[p.relative_to(root).as_posix()] = p.read_bytes()
     return out
 
+
+
+def scene_files(root: Path) -> dict[str, bytes]:
+    """Every file of a scene or store (relative path -> bytes) but its lock files: equal
+    before and after a refused command when nothing was written."""
+    return tree_bytes(root, skip=(), skip_suffix=".lock")
 
 
 def flip_bits(path: Path, offset: int, mask: int) -> None:
@@ -292,3 +302,36 @@ def exit_status(argv) -> int:
         return main(argv)
     except SystemExit as exit_:
         return exit_.code
+
+
+def refused(capsys, argv, *match: str) -> str:
+    """Run ``main(argv)`` and check it refused the way the CLI refuses bad input: exit
+    status 2, one line on stderr, no traceback, every string of ``match`` in that line.
+    Returns the line, for checks of its own."""
+    code = exit_status(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for m in match:
+        assert m in lines[0], lines[0]
+    return lines[0]
+
+
+HETERO_SPEC_KW = dict(papers=1200, paper_dim=24, author_dim=12, classes=4, fields=16, seed=3)
+
+
+def hetero_store(out: Path, *plans: dict) -> Path:
+    """The small synthetic heterogeneous store of the hetero tests (:data:`HETERO_SPEC_KW`,
+    with reverse relations) at ``out``, with ``plans`` sampled in order (each a dict of
+    ``sample_hetero_plan`` keywords)."""
+    from oocstore.hetero import HeteroSpec, build_hetero_store, hetero_synthetic_source
+    from oocstore.hetero.sampler import sample_hetero_plan
+
+    build_hetero_store(out, hetero_synthetic_source(HeteroSpec(**HETERO_SPEC_KW)),
+                       add_reverse=True)
+    with Store(out, readonly=False) as store:
+        for kw in plans:
+            sample_hetero_plan(store, **kw)
+    return out

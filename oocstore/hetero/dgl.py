@@ -98,7 +98,25 @@ def _split(h: dict[str, torch.Tensor], block) -> tuple[dict, dict]:
 class _DGLStack(nn.Module):
     """The layer loop both DGL models share: per block, the relation messages of
     ``convs[layer]``, combined with the destinations by :meth:`_combine`, then ReLU and
-    dropout; the logits of the target type's seeds."""
+    dropout; the logits of the target type's seeds. The modules are built in one
+    order for both models (inputs, convs, the subclass's :meth:`_per_layer`, out), so a
+    seeded model draws its initial weights in the same sequence."""
+
+    def __init__(self, schema: HeteroSchema, relations: Sequence[EdgeType], hidden: int,
+                 num_classes: int, num_layers: int, dropout: float = 0.5):
+        super().__init__()
+        require_dgl()
+        self.target = schema.target
+        self.relations = [tuple(et) for et in relations]
+        self.inputs = _Inputs(schema, hidden)
+        self.convs = nn.ModuleList(_relation_convs(self.relations, hidden, False)
+                                   for _ in range(num_layers))
+        self._per_layer(schema, hidden, num_layers)
+        self.out = nn.Linear(hidden, num_classes)
+        self.dropout = dropout
+
+    def _per_layer(self, schema: HeteroSchema, hidden: int, num_layers: int) -> None:
+        raise NotImplementedError
 
     def forward_blocks(self, blocks, num_seeds: int) -> torch.Tensor:
         h = self.inputs(blocks[0])
@@ -120,23 +138,13 @@ class DGLHeteroSAGE(_DGLStack):
     without edges; DGL 2.1's ``HeteroGraphConv`` calls every relation's module), so the
     relation modules have none and the biases sit in ``biases``."""
 
-    def __init__(self, schema: HeteroSchema, relations: Sequence[EdgeType], hidden: int,
-                 num_classes: int, num_layers: int, dropout: float = 0.5):
-        super().__init__()
-        require_dgl()
-        self.target = schema.target
-        self.relations = [tuple(et) for et in relations]
-        self.inputs = _Inputs(schema, hidden)
-        self.convs = nn.ModuleList(_relation_convs(self.relations, hidden, False)
-                                   for _ in range(num_layers))
+    def _per_layer(self, schema: HeteroSchema, hidden: int, num_layers: int) -> None:
         self.biases = nn.ModuleList(nn.ParameterDict({
             edge_key(et): nn.Parameter(torch.zeros(hidden)) for et in self.relations})
             for _ in range(num_layers))
         self.roots = nn.ModuleList(nn.ModuleDict({t: nn.Linear(hidden, hidden)
                                                   for t in schema.node_types})
                                    for _ in range(num_layers))
-        self.out = nn.Linear(hidden, num_classes)
-        self.dropout = dropout
 
     def _combine(self, layer: int, block, msgs: dict, dst: dict) -> dict:
         for et in block.canonical_etypes:
@@ -155,18 +163,8 @@ class DGLRGCN(_DGLStack):
     DGL layers: per relation the mean of the in-neighbours times a weight (no bias),
     summed, plus one root weight and bias shared by all types; ReLU and dropout."""
 
-    def __init__(self, schema: HeteroSchema, relations: Sequence[EdgeType], hidden: int,
-                 num_classes: int, num_layers: int, dropout: float = 0.5):
-        super().__init__()
-        require_dgl()
-        self.target = schema.target
-        self.relations = [tuple(et) for et in relations]
-        self.inputs = _Inputs(schema, hidden)
-        self.convs = nn.ModuleList(_relation_convs(self.relations, hidden, False)
-                                   for _ in range(num_layers))
+    def _per_layer(self, schema: HeteroSchema, hidden: int, num_layers: int) -> None:
         self.roots = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(num_layers))
-        self.out = nn.Linear(hidden, num_classes)
-        self.dropout = dropout
 
     def _combine(self, layer: int, block, msgs: dict, dst: dict) -> dict:
         return {t: self.roots[layer](x) + msgs[t] if t in msgs else self.roots[layer](x)

@@ -20,27 +20,24 @@ import numpy as np
 import pytest
 import torch
 
-from oocstore.hetero import HeteroLoader, HeteroSpec, build_hetero_store, hetero_synthetic_source
+from oocstore.hetero import HeteroLoader
 from oocstore.hetero.dgl import DGLHeteroSAGE, DGLRGCN
 from oocstore.hetero.models import HeteroSAGE, RGCN, build_hetero_model
-from oocstore.hetero.sampler import sample_hetero_plan
 from oocstore.hetero.schema import edge_key, require_schema
 from oocstore.hetero.train import HeteroTrainConfig, run_hetero_training
 from oocstore.store import Store
 
+from helpers import hetero_store
+
 REPO = Path(__file__).resolve().parents[2]
-SPEC = HeteroSpec(papers=1200, paper_dim=24, author_dim=12, classes=4, fields=16, seed=3)
 
 
 @pytest.fixture(scope="module")
 def hstore(tmp_path_factory):
     """Synthetic store with reverse relations, a 2-layer plan 'train' and a 1-layer 'one'."""
-    path = tmp_path_factory.mktemp("hdgl") / "s"
-    build_hetero_store(path, hetero_synthetic_source(SPEC), add_reverse=True)
-    with Store(path, readonly=False) as store:
-        sample_hetero_plan(store, fanouts="4,3", batch_size=100, epochs=1)
-        sample_hetero_plan(store, fanouts="5", batch_size=100, epochs=1, name="one")
-    return path
+    return hetero_store(tmp_path_factory.mktemp("hdgl") / "s",
+                        dict(fanouts="4,3", batch_size=100, epochs=1),
+                        dict(fanouts="5", batch_size=100, epochs=1, name="one"))
 
 
 def batches_of(path, plan):

@@ -16,6 +16,7 @@ from oocstore.gs.scene import Scene
 from oocstore.store import Store
 
 from conftest import make_cameras, make_params
+from helpers import refused, scene_files
 
 
 @pytest.fixture(scope="module")
@@ -28,17 +29,6 @@ def scenes(tmp_path_factory):
     return root / "src", root / "lod"
 
 
-def _tree(path: Path) -> dict:
-    return {p.relative_to(path).as_posix(): p.read_bytes() for p in sorted(path.rglob("*"))
-            if p.is_file() and not p.name.endswith(".lock")}
-
-
-def _refused(capsys, args, match: str) -> None:
-    assert main(args) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and match in err[0], err
-
-
 @pytest.mark.parametrize("value,match", [("-1", "must be a finite number >= 0"),
                                          ("abc", "is not a number"),
                                          ("nan", "must be a finite number >= 0"),
@@ -46,34 +36,34 @@ def _refused(capsys, args, match: str) -> None:
 def test_bad_lod_pixels_are_refused_by_render_and_train(scenes, tmp_path, capsys, value, match):
     lod = tmp_path / "lod"
     shutil.copytree(scenes[1], lod)
-    before = _tree(lod)
-    _refused(capsys, ["gs-render", str(lod), "--out", str(tmp_path / "png"), "--lod-pixels",
-                      value, "--quiet"], match)
+    before = scene_files(lod)
+    refused(capsys, ["gs-render", str(lod), "--out", str(tmp_path / "png"), "--lod-pixels",
+                     value, "--quiet"], match)
     assert not (tmp_path / "png").exists()
-    _refused(capsys, ["gs-train", str(lod), "--steps", "2", "--lod-pixels", value, "--quiet"],
-             match)
-    assert _tree(lod) == before
+    refused(capsys, ["gs-train", str(lod), "--steps", "2", "--lod-pixels", value, "--quiet"],
+            match)
+    assert scene_files(lod) == before
 
 
 def test_lod_asked_of_a_scene_without_hierarchy_names_the_build_command(scenes, tmp_path,
                                                                         capsys):
     src = tmp_path / "src"
     shutil.copytree(scenes[0], src)
-    before = _tree(src)
+    before = scene_files(src)
     fix = f"`oocstore gs-lod build {src} OUT`"
-    _refused(capsys, ["gs-render", str(src), "--out", str(tmp_path / "png"), "--lod-pixels",
-                      "1", "--quiet"], fix)
+    refused(capsys, ["gs-render", str(src), "--out", str(tmp_path / "png"), "--lod-pixels",
+                     "1", "--quiet"], fix)
     assert not (tmp_path / "png").exists()
-    _refused(capsys, ["gs-train", str(src), "--steps", "2", "--lod-pixels", "0", "--quiet"], fix)
-    assert _tree(src) == before
+    refused(capsys, ["gs-train", str(src), "--steps", "2", "--lod-pixels", "0", "--quiet"], fix)
+    assert scene_files(src) == before
 
 
 def test_gs_lod_build_refuses_bad_input_without_writing(scenes, tmp_path, capsys):
     out = tmp_path / "out"
-    _refused(capsys, ["gs-lod", "build", str(scenes[0]), str(out), "--cell", "-1"],
-             "--cell -1.0 must be a positive length")
-    _refused(capsys, ["gs-lod", "build", str(tmp_path / "none"), str(out)], "none")
-    _refused(capsys, ["gs-lod", "build", str(scenes[0]), str(scenes[0])], "is SRC")
+    refused(capsys, ["gs-lod", "build", str(scenes[0]), str(out), "--cell", "-1"],
+            "--cell -1.0 must be a positive length")
+    refused(capsys, ["gs-lod", "build", str(tmp_path / "none"), str(out)], "none")
+    refused(capsys, ["gs-lod", "build", str(scenes[0]), str(scenes[0])], "is SRC")
     assert not out.exists()
     assert main(["gs-lod", "build", str(scenes[0]), str(out), "--fit-steps", "10",
                  "--quiet"]) == 0
@@ -132,19 +122,19 @@ def test_verify_finds_a_damaged_hierarchy(scenes, tmp_path, capsys, kind, match)
     err = capsys.readouterr().err
     assert match in err and "gs-lod build" in err
     # and a reader refuses it with the same reason
-    _refused(capsys, ["gs-render", str(lod), "--out", str(tmp_path / "png"), "--quiet"], match)
+    refused(capsys, ["gs-render", str(lod), "--out", str(tmp_path / "png"), "--quiet"], match)
     assert not (tmp_path / "png").exists()
 
 
 def test_lod_build_into_or_around_src_is_refused(scenes, tmp_path, capsys):
     src = tmp_path / "src"
     shutil.copytree(scenes[0], src)
-    before = _tree(src)
-    _refused(capsys, ["gs-lod", "build", str(src), str(src / "sub"), "--quiet"], "nest")
+    before = scene_files(src)
+    refused(capsys, ["gs-lod", "build", str(src), str(src / "sub"), "--quiet"], "nest")
     (tmp_path / "link").symlink_to(src)
-    _refused(capsys, ["gs-lod", "build", str(src), str(tmp_path / "link"), "--overwrite",
-                      "--quiet"], "is SRC")
-    assert _tree(src) == before and (tmp_path / "link").is_symlink()
+    refused(capsys, ["gs-lod", "build", str(src), str(tmp_path / "link"), "--overwrite",
+                     "--quiet"], "is SRC")
+    assert scene_files(src) == before and (tmp_path / "link").is_symlink()
 
 
 def test_a_node_table_row_not_holding_its_node_is_refused_by_render(scenes, tmp_path, capsys):
@@ -155,6 +145,6 @@ def test_a_node_table_row_not_holding_its_node_is_refused_by_render(scenes, tmp_
         nodes[:, 4] = 0
 
     _damage(lod, edit)
-    _refused(capsys, ["gs-render", str(lod), "--out", str(tmp_path / "png"), "--lod-pixels",
-                      "0", "--quiet"], "prefixes hold")
+    refused(capsys, ["gs-render", str(lod), "--out", str(tmp_path / "png"), "--lod-pixels",
+                     "0", "--quiet"], "prefixes hold")
     assert not list((tmp_path / "png").glob("*.png"))  # found at the first view's read

@@ -6,7 +6,6 @@ interrupted fit leaves the source and any existing output as they were."""
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +19,7 @@ from oocstore.gs.lod_fit import FitConfig, cut_psnr, cut_rows, fit_interior
 from oocstore.gs.scene import Scene
 
 from conftest import make_cameras, make_params
+from helpers import refused, scene_files
 
 PX = 2.0
 
@@ -31,17 +31,6 @@ def src(tmp_path_factory):
     Scene.create(root / "src", None, params, 0, make_cameras(params, 6),
                  block_size=128).close()
     return root / "src"
-
-
-def _tree(path: Path) -> dict:
-    return {p.relative_to(path).as_posix(): p.read_bytes() for p in sorted(path.rglob("*"))
-            if p.is_file() and not p.name.endswith(".lock")}
-
-
-def _refused(capsys, args, match: str) -> None:
-    assert main(args) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and match in err[0], err
 
 
 def test_the_fit_lowers_the_cuts_error_and_changes_only_merged_opacity_colour_and_scales():
@@ -101,24 +90,24 @@ def test_gs_lod_build_fits_by_default_and_keeps_the_leaves(src, tmp_path, capsys
 ])
 def test_bad_fit_options_are_refused_before_anything_is_written(src, tmp_path, capsys, args,
                                                                  match):
-    before = _tree(src)
+    before = scene_files(src)
     out = tmp_path / "out"
-    _refused(capsys, ["gs-lod", "build", str(src), str(out), *args], match)
+    refused(capsys, ["gs-lod", "build", str(src), str(out), *args], match)
     assert not out.exists()
     existing = tmp_path / "existing"
     assert main(["gs-lod", "build", str(src), str(existing), "--fit-steps", "0",
                  "--quiet"]) == 0
-    kept = _tree(existing)
-    _refused(capsys, ["gs-lod", "build", str(src), str(existing), "--overwrite", *args], match)
-    assert _tree(existing) == kept and _tree(src) == before
+    kept = scene_files(existing)
+    refused(capsys, ["gs-lod", "build", str(src), str(existing), "--overwrite", *args], match)
+    assert scene_files(existing) == kept and scene_files(src) == before
 
 
 def test_an_interrupted_fit_leaves_the_source_and_the_existing_output_valid(src, tmp_path):
-    before = _tree(src)
+    before = scene_files(src)
     out = tmp_path / "out"
     with Scene.open(src, readonly=True) as s:
         build_lod_scene(s, out, fit=FitConfig(steps=0)).close()
-    kept = _tree(out)
+    kept = scene_files(out)
     calls = []
 
     def interrupt(n):
@@ -129,7 +118,7 @@ def test_an_interrupted_fit_leaves_the_source_and_the_existing_output_valid(src,
     with Scene.open(src, readonly=True) as s, pytest.raises(KeyboardInterrupt):
         build_lod_scene(s, out, overwrite=True, fit=FitConfig(steps=20), fit_progress=interrupt)
     assert len(calls) == 3
-    assert _tree(src) == before and _tree(out) == kept
+    assert scene_files(src) == before and scene_files(out) == kept
     assert main(["verify", str(src), "--quiet"]) == 0
     assert main(["verify", str(out), "--quiet"]) == 0
     fresh = tmp_path / "fresh"

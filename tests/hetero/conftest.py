@@ -7,21 +7,14 @@ import os
 
 import pytest
 
-from oocstore.hetero import HeteroSpec, build_hetero_store, hetero_synthetic_source
-from oocstore.hetero.sampler import sample_hetero_plan
-from oocstore.store import Store
-
-SPEC = HeteroSpec(papers=1200, paper_dim=24, author_dim=12, classes=4, fields=16, seed=3)
+from helpers import hetero_store
 
 
 @pytest.fixture(scope="module")
 def hstore(tmp_path_factory):
     """A synthetic store with reverse relations and a 2-layer train plan ('train')."""
-    path = tmp_path_factory.mktemp("hetero") / "s"
-    build_hetero_store(path, hetero_synthetic_source(SPEC), add_reverse=True)
-    with Store(path, readonly=False) as store:
-        sample_hetero_plan(store, fanouts="4,3", batch_size=100, epochs=2)
-    return path
+    return hetero_store(tmp_path_factory.mktemp("hetero") / "s",
+                        dict(fanouts="4,3", batch_size=100, epochs=2))
 
 
 @pytest.fixture

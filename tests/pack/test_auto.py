@@ -5,21 +5,19 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import make_synthetic
+from helpers import sampled_store
 from oocstore import Store
 from oocstore.errors import BudgetError, UsageError
 from oocstore.pack.auto import choose_options, prediction, queue_reserve
 from oocstore.pack.costmodel import Bandwidths, choose_split
 from oocstore.plan import PlanReader
-from oocstore.samplers import sample_plan
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    path = make_synthetic(tmp_path_factory.mktemp("auto") / "s", nodes=2000, feat_dim=16,
-                          avg_degree=5.0)
-    sample_plan(path, fanouts="4,3", batch_size=128, epochs=2, name="p")
-    return path
+    return sampled_store(tmp_path_factory.mktemp("auto") / "s",
+                         dict(fanouts="4,3", batch_size=128, epochs=2, name="p"),
+                         nodes=2000, feat_dim=16, avg_degree=5.0)
 
 
 def test_inside_a_budget_the_cost_models_choice_is_used(store):
@@ -46,10 +44,9 @@ def test_inside_a_budget_the_cost_models_choice_is_used(store):
 def wide_store(tmp_path_factory):
     """1 KiB rows (2 MiB of features): a cache of a few hundred KiB leaves most rows to
     the base array."""
-    path = make_synthetic(tmp_path_factory.mktemp("wide") / "s", nodes=2000, feat_dim=256,
-                          avg_degree=5.0)
-    sample_plan(path, fanouts="4,3", batch_size=64, epochs=1, name="p")
-    return path
+    return sampled_store(tmp_path_factory.mktemp("wide") / "s",
+                         dict(fanouts="4,3", batch_size=64, epochs=1, name="p"),
+                         nodes=2000, feat_dim=256, avg_degree=5.0)
 
 
 def _floor(s, plan, cap: float = 0.5) -> int:

@@ -9,7 +9,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from helpers import make_synthetic
+from helpers import sampled_store
 from oocstore import Store
 from oocstore.pack import PackOptions
 from oocstore.pack import auto, costmodel
@@ -18,25 +18,22 @@ from oocstore.pack.layout import plan_layout
 from oocstore.pack.placement import hot_order, scheduled_epochs
 from oocstore.pack.policies import POLICIES
 from oocstore.plan import PlanReader
-from oocstore.samplers import sample_plan
 
 
 @pytest.fixture(scope="module")
 def demo_store(tmp_path_factory):
     """The README demo's shape, small: degree 16, fanouts 5,5, two epochs, a budget of
     the minimum working set plus a quarter of the features."""
-    path = make_synthetic(tmp_path_factory.mktemp("demo") / "s", nodes=20000, feat_dim=32,
-                          avg_degree=16.0)
-    sample_plan(path, fanouts="5,5", batch_size=256, epochs=2, name="p")
-    return path
+    return sampled_store(tmp_path_factory.mktemp("demo") / "s",
+                         dict(fanouts="5,5", batch_size=256, epochs=2, name="p"),
+                         nodes=20000, feat_dim=32, avg_degree=16.0)
 
 
 @pytest.fixture(scope="module")
 def wide_store(tmp_path_factory):
-    path = make_synthetic(tmp_path_factory.mktemp("wide") / "s", nodes=2000, feat_dim=256,
-                          avg_degree=5.0)
-    sample_plan(path, fanouts="4,3", batch_size=64, epochs=1, name="p")
-    return path
+    return sampled_store(tmp_path_factory.mktemp("wide") / "s",
+                         dict(fanouts="4,3", batch_size=64, epochs=1, name="p"),
+                         nodes=2000, feat_dim=256, avg_degree=5.0)
 
 
 def _demo_budget(s, plan) -> int:

@@ -8,18 +8,10 @@ import shutil
 import numpy as np
 import pytest
 
-from helpers import flip_bits, opened, policy_packs, sampled_store
+from helpers import flip_bits
 from oocstore import Store
 from oocstore.errors import ChecksumError
 from oocstore.tiers.reader import TieredReader
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    packs = policy_packs({"p": "static"}, cpu_cache=300 * 64, max_disk_blowup=64)
-    yield from opened(sampled_store(tmp_path_factory.mktemp("adv") / "s",
-                                    dict(fanouts="4,4", batch_size=128, epochs=1, seed=0),
-                                    packs=packs, nodes=3000, avg_degree=8), readonly=False)
 
 
 def test_advise_starts_the_batch_reads(store):

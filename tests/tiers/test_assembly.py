@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import flip_bits, opened, policy_packs, sampled_store
+from helpers import flip_bits
 from oocstore.budget import MemoryBudget
 from oocstore.errors import ChecksumError
 from oocstore.store.files import checksum
@@ -80,14 +80,6 @@ def test_streaming_path_refuses_bad_slots_without_copying():
         keep = np.ones(tier.size, bool)
         keep[i] = False
         np.testing.assert_array_equal(out[keep & (tier2 != 3)], want[keep & (tier2 != 3)])
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    packs = policy_packs({"p": "static"}, cpu_cache=300 * 64, max_disk_blowup=64)
-    yield from opened(sampled_store(tmp_path_factory.mktemp("asm") / "s",
-                                    dict(fanouts="4,4", batch_size=128, epochs=1, seed=0),
-                                    packs=packs, nodes=3000, avg_degree=8), readonly=False)
 
 
 def test_batch_buffers_are_aligned_for_streaming_stores(store):
