@@ -33,12 +33,18 @@ def src(tmp_path_factory):
     return root / "src"
 
 
-def test_the_fit_lowers_the_cuts_error_and_changes_only_merged_opacity_colour_and_scales():
+def _tiny_hierarchy():
+    """(params, hierarchy, cameras) of 600 Gaussians seen by 6 cameras, in memory."""
     params = make_params(600, 0, seed=5)
     cams = make_cameras(params, 6)
     prm, par, level, c, r, size, _ = build_hierarchy(params)
     n = len(prm)
     h = Hierarchy(np.arange(n), par, level, np.zeros(n, int), np.zeros(n, int), c, r, size)
+    return prm, h, cams
+
+
+def test_the_fit_lowers_the_cuts_error_and_changes_only_merged_opacity_colour_and_scales():
+    prm, h, cams = _tiny_hierarchy()
     views = np.arange(6)
     interior = ~h.is_leaf
     assert all(interior[cut_rows(h, cams, v, PX)].any() for v in views)  # cuts mix levels
@@ -143,24 +149,20 @@ def test_a_python_caller_reads_the_parameters_it_passed():
 def test_an_existing_output_is_refused_before_the_hierarchy_is_fitted(src, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["gs-lod", "build", str(src), str(out), "--fit-steps", "0", "--quiet"]) == 0
-    kept = _tree(out)
+    kept = scene_files(out)
     calls = []
     with Scene.open(src, readonly=True) as s, pytest.raises(StoreExistsError, match="exists"):
         build_lod_scene(s, out, fit=FitConfig(steps=50), fit_progress=calls.append)
     assert calls == []  # refused before the first fit step, not after the last
-    _refused(capsys, ["gs-lod", "build", str(src), str(out), "--fit-steps", "50"],
-             "--overwrite")
-    assert _tree(out) == kept
+    refused(capsys, ["gs-lod", "build", str(src), str(out), "--fit-steps", "50"],
+            "--overwrite")
+    assert scene_files(out) == kept
 
 
 def test_the_fit_renders_only_the_views_it_visits(monkeypatch):
     import oocstore.gs.lod_fit as lod_fit
 
-    params = make_params(600, 0, seed=5)
-    cams = make_cameras(params, 6)
-    prm, par, level, c, r, size, _ = build_hierarchy(params)
-    n = len(prm)
-    h = Hierarchy(np.arange(n), par, level, np.zeros(n, int), np.zeros(n, int), c, r, size)
+    prm, h, cams = _tiny_hierarchy()
     renders, cuts = [], []
     render, cut = lod_fit._render, lod_fit.cut_rows
     monkeypatch.setattr(lod_fit, "_render", lambda p, d, cm, v: renders.append(v) or
@@ -175,11 +177,7 @@ def test_the_fit_renders_only_the_views_it_visits(monkeypatch):
 
 
 def test_a_huge_step_count_starts_at_once_and_stops_on_interrupt():
-    params = make_params(600, 0, seed=5)
-    cams = make_cameras(params, 6)
-    prm, par, level, c, r, size, _ = build_hierarchy(params)
-    n = len(prm)
-    h = Hierarchy(np.arange(n), par, level, np.zeros(n, int), np.zeros(n, int), c, r, size)
+    prm, h, cams = _tiny_hierarchy()
     calls = []
 
     def interrupt(k):

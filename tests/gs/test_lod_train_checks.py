@@ -39,22 +39,36 @@ def plain(tmp_path_factory):
     return _scene(tmp_path_factory.mktemp("lodplain"))
 
 
-@pytest.fixture(scope="module")
-def crafted(tmp_path_factory):
+def _craft(root, interior_only: bool):
     """A scene whose node table claims some cut nodes in the next block (a valid row
-    there, so the table's own checks pass): a cut then names blocks that lack them."""
-    path, cams = _scene(tmp_path_factory.mktemp("lodcraft"))
+    there, so the table's own checks pass): a cut then names blocks that lack them.
+    ``interior_only``: merged nodes only, so the leaves' cuts (the synthetic targets'
+    renders) stay whole; else half of all nodes, so most cuts keep some where they are."""
+    path, cams = _scene(root)
     with Store(path, readonly=False) as store:
         nodes = np.array(store.array(NODES_ARRAY))
         with Scene.open(path, readonly=True) as scene:
             counts = np.asarray(scene.block_counts)
         nxt = (nodes[:, 3] + 1) % len(counts)
         moved = nodes[:, 4] < counts[nxt]
-        moved[1::2] = False  # half of them: most cuts keep some nodes where they are
+        if interior_only:
+            moved &= nodes[:, 2] > 0
+        else:
+            moved[1::2] = False
         nodes[moved, 3] = nxt[moved]
         with store.transaction() as txn:
             txn.write_array(NODES_ARRAY, nodes)
     return path, cams
+
+
+@pytest.fixture(scope="module")
+def crafted(tmp_path_factory):
+    return _craft(tmp_path_factory.mktemp("lodcraft"), interior_only=False)
+
+
+@pytest.fixture(scope="module")
+def crafted_interior(tmp_path_factory):
+    return _craft(tmp_path_factory.mktemp("lodcraftint"), interior_only=True)
 
 
 def _plan(scene, cams, mode):
@@ -129,23 +143,6 @@ def test_a_prefix_write_back_counts_the_rows_it_reads(plain, tmp_path):
             during = list(reads)
     assert during == [counts[b]]  # the whole block, its prefix included
     assert counted == counts[b] * scene.disk_row_bytes
-
-
-@pytest.fixture(scope="module")
-def crafted_interior(tmp_path_factory):
-    """As :func:`crafted`, merged nodes only: the leaves' cuts (the synthetic targets'
-    renders) stay whole, so only the level-of-detail cuts name blocks that lack nodes."""
-    path, cams = _scene(tmp_path_factory.mktemp("lodcraftint"))
-    with Store(path, readonly=False) as store:
-        nodes = np.array(store.array(NODES_ARRAY))
-        with Scene.open(path, readonly=True) as scene:
-            counts = np.asarray(scene.block_counts)
-        nxt = (nodes[:, 3] + 1) % len(counts)
-        moved = (nodes[:, 4] < counts[nxt]) & (nodes[:, 2] > 0)
-        nodes[moved, 3] = nxt[moved]
-        with store.transaction() as txn:
-            txn.write_array(NODES_ARRAY, nodes)
-    return path, cams
 
 
 @pytest.mark.parametrize("mode", ["stream", "all-on-device"])
