@@ -221,7 +221,7 @@ def overlap(store: Store, device: str, hidden: int, rounds: int, feats: np.ndarr
     for _ in range(rounds):
         for m, (fn, arg) in modes.items():
             runs[m].append(fn(arg))
-    del fx
+    fx = None  # the resident copy is done with: free its device memory
     out = {}
     for m, rs in runs.items():
         sec = statistics.median(r["seconds"] for r in rs)
