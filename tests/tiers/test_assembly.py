@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+import time
 import zlib
 from pathlib import Path
 
@@ -369,3 +371,62 @@ def test_segment_part_then_memory_part_make_the_whole_batch(helper):
     np.testing.assert_array_equal(out, whole)
     assert first[:4].tolist() == second[:4].tolist() == full[:4].tolist()
     assert first[4] > 0 and second[4] > 0 and first[4] + second[4] == full[4]
+
+
+def _interrupted_assembly(monkeypatch, interrupt_wait: bool):
+    """A batch the helper takes and copies slowly while the caller is interrupted
+    (KeyboardInterrupt) in its own part (``interrupt_wait`` false) or while it waits for
+    the helper's blocks; returns the batch buffer and the rows it must hold."""
+    import oocstore.tiers.assemble as assemble_mod
+
+    real = assemble_mod.assemble_claimed
+    caller = threading.get_ident()
+    taken = threading.Event()
+
+    def claimed(*args):
+        if threading.get_ident() != caller:  # the helper: takes every block, slowly
+            taken.set()
+            time.sleep(0.3)
+            return real(*args)
+        assert taken.wait(10)
+        if not interrupt_wait:
+            raise KeyboardInterrupt
+        return 0  # the helper claims every block: the caller waits for them
+
+    class WaitInterrupted(threading.Event):
+        calls = 0
+
+        def wait(self, timeout=None):
+            WaitInterrupted.calls += 1
+            if WaitInterrupted.calls == 1:
+                raise KeyboardInterrupt
+            return super().wait(timeout)
+
+    rng = np.random.default_rng(6)
+    n = 6 * BLOCK_ROWS
+    tier, slot, host, gpu, segs, want = _case(rng, 128, np.float32, n=n)
+    out = _aligned_rows(n, 128, np.float32)
+    out[:] = 0
+    helper = AssemblyHelper()
+    helper._start()
+    monkeypatch.setattr(assemble_mod, "assemble_claimed", claimed)
+    if interrupt_wait:
+        monkeypatch.setattr(assemble_mod.threading, "Event", WaitInterrupted)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            helper.assemble(tier, slot, host, gpu, segs, out, True, gpu)
+        seen = out.copy()
+    finally:
+        helper.close()
+    return out, seen, want[tier < 3], tier < 3
+
+
+@pytest.mark.parametrize("interrupt_wait", [False, True])
+def test_an_interrupted_caller_returns_only_once_the_helper_let_go(monkeypatch,
+                                                                   interrupt_wait):
+    """Ctrl-C in the reading thread while the helper copies a batch: the interrupt is
+    raised only after the helper's last write (whoever catches it may reuse the batch's
+    buffer or the segment's at once), never while the helper still writes."""
+    out, seen, want, ok = _interrupted_assembly(monkeypatch, interrupt_wait)
+    np.testing.assert_array_equal(seen, out)  # nothing written after the raise
+    np.testing.assert_array_equal(seen[ok], want)
