@@ -430,3 +430,52 @@ def test_an_interrupted_caller_returns_only_once_the_helper_let_go(monkeypatch,
     out, seen, want, ok = _interrupted_assembly(monkeypatch, interrupt_wait)
     np.testing.assert_array_equal(seen, out)  # nothing written after the raise
     np.testing.assert_array_equal(seen[ok], want)
+
+
+def test_an_interrupted_split_read_stops_writing_its_buffer_first(store, monkeypatch):
+    """Ctrl-C while the reading thread waits for a segment's second half: the interrupt
+    is raised only once that half is in (the next read reuses the same buffer), never
+    while it still writes the buffer."""
+    import oocstore.tiers.ssd as ssd
+
+    meta = store.array_meta("pack/p/rows")
+    segs = np.asarray(store.array("pack/p/segments")).astype(np.int64)
+    k = int(np.argmax(segs[:, 1]))
+    monkeypatch.setattr(ssd, "SPLIT_MIN", 2 * 4096)
+    tier = SegmentTier(store.file_path(meta), meta, segs, checksums=None, read_ahead=0)
+    read_into = tier.reader.read_into
+
+    def slow_second_half(buf, offset):
+        if threading.current_thread().name.startswith("oocstore-ssd-half"):
+            time.sleep(0.3)
+        return read_into(buf, offset)
+
+    class Interrupted:  # the reading thread's first wait for the half is interrupted
+        def __init__(self, future):
+            self.future, self.waits = future, 0
+
+        def _first(self):
+            self.waits += 1
+            if self.waits == 1:
+                raise KeyboardInterrupt
+
+        def result(self, timeout=None):
+            self._first()
+            return self.future.result(timeout)
+
+        def exception(self, timeout=None):
+            self._first()
+            return self.future.exception(timeout)
+
+    submit = tier._split_pool.submit
+    tier.reader.read_into = slow_second_half
+    tier._split_pool.submit = lambda *a: Interrupted(submit(*a))
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            tier.load(k)
+        buf = tier._buf  # the buffer the next load reads into
+        seen = buf.copy()
+        time.sleep(0.5)
+        np.testing.assert_array_equal(buf, seen)  # nothing written after the raise
+    finally:
+        tier.close()
