@@ -262,9 +262,10 @@ class AssemblyHelper:
         self.waited_s = 0.0  # time callers waited for blocks the helper had claimed
 
     def _start(self) -> None:
-        if self._thread is not None and self._pid == os.getpid():
+        if self._thread is not None and self._pid == os.getpid() and self._thread.is_alive():
             return
-        # a forked child (a data-loader worker) has no helper thread: start its own
+        # a forked child (a data-loader worker) has no helper thread: start its own; so
+        # does a process whose helper ended on an error (a kernel that failed to load)
         self._cond = threading.Condition(threading.Lock())
         self._job, self._closing = None, False
         self._thread = threading.Thread(target=self._run, name="oocstore-assemble",

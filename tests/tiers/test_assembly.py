@@ -479,3 +479,51 @@ def test_an_interrupted_split_read_stops_writing_its_buffer_first(store, monkeyp
         np.testing.assert_array_equal(buf, seen)  # nothing written after the raise
     finally:
         tier.close()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_helper_that_failed_is_started_again(monkeypatch):
+    """An error in the helper's thread (its kernel failed to load, say) ends that thread;
+    the batch is still whole (the caller copies every block left), and the next batch
+    starts a new helper instead of going on with one thread for the reader's life."""
+    import oocstore.tiers.assemble as assemble_mod
+
+    real = assemble_mod.assemble_claimed
+    caller = threading.get_ident()
+    failed = threading.Event()
+
+    def claimed(*args):
+        if threading.get_ident() != caller and not failed.is_set():
+            failed.set()
+            raise RuntimeError("kernel failed to load")
+        if threading.get_ident() == caller:
+            assert failed.wait(10)
+        return real(*args)
+
+    rng = np.random.default_rng(7)
+    n = 64 * BLOCK_ROWS
+    tier, slot, host, gpu, segs, want = _case(rng, 128, np.float32, n=n)
+    ok = tier < 3
+    helper = AssemblyHelper()
+    try:
+        monkeypatch.setattr(assemble_mod, "assemble_claimed", claimed)
+        out = _aligned_rows(n, 128, np.float32)
+        helper.assemble(tier, slot, host, gpu, segs, out, True, gpu)
+        np.testing.assert_array_equal(out[ok], want[ok])
+        helper._thread.join(10)
+        first = helper._thread
+        assert not first.is_alive()
+
+        def slow_caller(*args):  # leaves blocks to the new helper
+            if threading.get_ident() == caller:
+                time.sleep(0.2)
+            return real(*args)
+
+        monkeypatch.setattr(assemble_mod, "assemble_claimed", slow_caller)
+        out[:] = 0
+        helper.assemble(tier, slot, host, gpu, segs, out, True, gpu)
+        np.testing.assert_array_equal(out[ok], want[ok])
+        assert helper._thread is not first and helper._thread.is_alive()
+        assert helper.helped > 0
+    finally:
+        helper.close()
