@@ -17,7 +17,7 @@ import pytest
 
 from helpers import flip_bits, opened, policy_packs, sampled_store
 from oocstore.budget import MemoryBudget
-from oocstore.errors import ChecksumError
+from oocstore.errors import ChecksumError, UsageError
 from oocstore.store.files import checksum
 from oocstore.tiers.assemble import (ALL, BLOCK_ROWS, MEMORY, SEGMENT, AssemblyHelper,
                                      _streamable, assemble_claimed, assemble_rows)
@@ -285,7 +285,7 @@ def test_helper_keeps_no_reference_to_a_pooled_batch():
 
 def test_reader_batches_equal_with_one_or_two_assembly_threads(store):
     feats = np.asarray(store.array("features"))
-    with pytest.raises(ValueError, match="assembly_threads 3"):
+    with pytest.raises(UsageError, match=r"assembly_threads=3: give 1 or 2"):
         TieredReader(store, "p", assembly_threads=3)
     for threads in (1, 2):
         with TieredReader(store, "p", assembly_threads=threads) as reader:
