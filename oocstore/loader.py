@@ -572,16 +572,30 @@ class NodeLoader:
         t_epoch = time.perf_counter()
         wait0 = 0.0
         try:
-            for b, sample, x, y, event in self._pipeline:
-                y = self._hand_over(x, y, event)
-                self._start = b + 1
-                self._batches += 1
-                yield Batch(epoch=epoch, index=b, sample=sample, x=x, y=y, _event=event)
+            while True:
+                pipeline = self._pipeline
+                for b, sample, x, y, event in pipeline:
+                    y = self._hand_over(x, y, event)
+                    self._start = b + 1
+                    self._batches += 1
+                    yield Batch(epoch=epoch, index=b, sample=sample, x=x, y=y, _event=event)
+                    if self._pipeline is not pipeline:
+                        break  # stopped meanwhile (its pending batches are dropped)
+                else:
+                    break
+                if not self._suspended:
+                    return  # closed, or moved (set_epoch, load_state_dict): a new loop starts
+                # Lent its budget inside the loop (lend_budget, eval_loader): re-opened
+                # here, the epoch goes on where it was.
+                wait0 += pipeline.wait_seconds
+                self.take_turn()
+                self._pipeline = Pipeline(range(self._start, n), stages, depth=self.prefetch,
+                                          timeout=self.timeout)
             self._start = 0  # the epoch is complete
             self.epoch = epoch + 1
         finally:
             if self._pipeline is not None:
-                wait0 = self._pipeline.wait_seconds
+                wait0 += self._pipeline.wait_seconds
                 self._wait += wait0
                 self._epoch_stats.append({"epoch": epoch, "time_s": time.perf_counter() - t_epoch,
                                           "wait_s": wait0,
@@ -595,6 +609,8 @@ class NodeLoader:
         t_epoch = time.perf_counter()
         wait = 0.0
         for b in range(start, n):
+            if self._suspended:  # lent its budget inside the loop: re-opened here
+                self.take_turn()
             t0 = time.perf_counter()
             # One numba thread for the assembly, as on the oocstore-read thread: a parallel
             # region over a few hundred rows costs more than it saves, and on a busy

@@ -1,6 +1,8 @@
 """Evaluation loaders that share the training loader's budget (NodeLoader.eval_loader),
 and what a training script reads off the store and the loader."""
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -141,6 +143,35 @@ def test_lend_budget_frees_the_loaders_memory_and_the_epoch_goes_on_where_it_was
         np.testing.assert_array_equal(g[1], w[1])
         assert torch.equal(g[2], w[2]) and torch.equal(g[3], w[3])
     loader.lend_budget()  # closed: nothing to lend, no error
+
+
+@pytest.mark.parametrize("prefetch", [0, 1])
+def test_lend_budget_inside_the_loop_goes_on_with_the_next_batch(store, tight, prefetch):
+    """``lend_budget`` (or an evaluation loader) inside ``for batch in loader``: the same
+    loop goes on with the next batch, re-opened where it was, to the end of the epoch
+    (it used to wait forever on the stopped pipeline)."""
+    with NodeLoader(store, "train", budget=tight, prefetch=prefetch) as ref:
+        want = _batches(ref)
+    got, lent, done = [], [], threading.Event()
+
+    def run(loader):
+        for b in loader:
+            got.append((b.index, b.seeds.copy(), b.x.clone(), b.y.clone()))
+            if len(got) in (2, 3):
+                loader.lend_budget()
+                lent.append(loader.accountant.charged("cpu"))
+        done.set()
+
+    with NodeLoader(store, "train", budget=tight, prefetch=prefetch) as loader:
+        t = threading.Thread(target=run, args=(loader,), daemon=True)
+        t.start()
+        assert done.wait(60), "the loop did not go on after lend_budget"
+        assert loader.epoch == 1 and loader._start == 0
+    assert lent == [0, 0]  # the memory was the caller's each time
+    assert [g[0] for g in got] == [w[0] for w in want]
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g[1], w[1])
+        assert torch.equal(g[2], w[2]) and torch.equal(g[3], w[3])
 
 
 def test_missing_eval_plan_names_the_commands_that_make_it(store):

@@ -262,9 +262,10 @@ class AssemblyHelper:
         self.waited_s = 0.0  # time callers waited for blocks the helper had claimed
 
     def _start(self) -> None:
-        if self._thread is not None and self._pid == os.getpid():
+        if self._thread is not None and self._pid == os.getpid() and self._thread.is_alive():
             return
-        # a forked child (a data-loader worker) has no helper thread: start its own
+        # a forked child (a data-loader worker) has no helper thread: start its own; so
+        # does a process whose helper ended on an error (a kernel that failed to load)
         self._cond = threading.Condition(threading.Lock())
         self._job, self._closing = None, False
         self._thread = threading.Thread(target=self._run, name="oocstore-assemble",
@@ -302,19 +303,37 @@ class AssemblyHelper:
         with self._cond:
             self._job = job
             self._cond.notify()
-        assemble_claimed(*job[0])
-        with self._cond:
-            taken = self._job is not job
-            if not taken:
-                self._job = None  # the helper never started on it
-        if taken:
-            t0 = time.perf_counter()
-            job[1].wait()  # the helper finishes the blocks it claimed, then lets go
-            self.waited_s += time.perf_counter() - t0
+        try:
+            assemble_claimed(*job[0])
+        finally:
+            self._let_go(job)
         self.batches += 1
         counts = tier_counts(tier)
         counts[4] = ctl[_BAD]
         return counts
+
+    def _let_go(self, job) -> None:
+        """Withdraw ``job`` if the helper has not taken it, else wait for the blocks the
+        helper claimed. Also when the caller is interrupted (Ctrl-C) meanwhile: the
+        interrupt is raised once the helper is done, since whoever catches it may reuse
+        the batch's buffer (a pooled or staging buffer) or the segment's at once."""
+        with self._cond:
+            taken = self._job is not job
+            if not taken:
+                self._job = None  # the helper never started on it
+        if not taken:
+            return
+        t0 = time.perf_counter()
+        interrupt = None
+        while True:
+            try:
+                job[1].wait()  # the helper finishes the blocks it claimed, then lets go
+                break
+            except BaseException as exc:  # an interrupt: raised below, once the helper let go
+                interrupt = exc
+        self.waited_s += time.perf_counter() - t0
+        if interrupt is not None:
+            raise interrupt
 
     def stats(self) -> dict:
         return {"batches": self.batches, "helper_blocks": self.helped,

@@ -24,7 +24,7 @@ import numpy as np
 from ..budget import BudgetAccountant, MemoryBudget
 from ..checked_read import CheckedRows, read_checked
 from ..checked_read import ChunkCheck as _ChunkCheck
-from ..errors import ChecksumError, FormatError
+from ..errors import ChecksumError, FormatError, UsageError
 from ..pack.catalog import list_packs, load_pack  # noqa: F401  (looked up here by callers)
 from ..pack.format import BASE, CPU, GPU, SSD, PackMeta, reader_table_bytes
 from ..plan import PlanReader
@@ -237,7 +237,8 @@ class TieredReader:
         if assembly_threads is None:
             assembly_threads = 2 if _cores() >= 2 else 1
         if assembly_threads not in (1, 2):
-            raise ValueError(f"assembly_threads {assembly_threads}: give 1 or 2")
+            raise UsageError(f"assembly_threads={assembly_threads!r}: give 1 or 2 (1: rows are "
+                             "copied on the reading thread only)")
         self._helper = AssemblyHelper() if assembly_threads == 2 else None
         # Checksums checked on read (tier loads and packed segments): see tiers/ssd.py.
         self.verify_reads = bool(verify_reads)

@@ -164,7 +164,7 @@ class SegmentTier(Tier):
             try:
                 got = self.reader.read_into(buf[:half], start)
             finally:
-                rest = second.result()  # the buffer is in use until both halves are in
+                rest = _result_through(second)  # the buffer is in use until both are in
             if got == half:
                 got += rest
         else:
@@ -375,6 +375,22 @@ def _in_use(future) -> bool:
         return False
     check = future.result()[2]
     return check is not None and not check.done()
+
+
+def _result_through(future):
+    """``future.result()`` of a read into a buffer, waited for through an interrupt
+    (Ctrl-C) of the waiting thread: whoever catches the interrupt may reuse the buffer
+    at once, so the interrupt is raised only once the read has stopped writing it."""
+    interrupt = None
+    while True:
+        try:
+            future.exception()  # waits; the read's own error is raised by result() below
+            break
+        except BaseException as exc:  # an interrupt: raised below, once the read is done
+            interrupt = exc
+    if interrupt is not None:
+        raise interrupt
+    return future.result()
 
 
 def _settle(future) -> None:

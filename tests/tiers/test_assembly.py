@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+import time
 import zlib
 from pathlib import Path
 
@@ -15,7 +17,7 @@ import pytest
 
 from helpers import flip_bits
 from oocstore.budget import MemoryBudget
-from oocstore.errors import ChecksumError
+from oocstore.errors import ChecksumError, UsageError
 from oocstore.store.files import checksum
 from oocstore.tiers.assemble import (ALL, BLOCK_ROWS, MEMORY, SEGMENT, AssemblyHelper,
                                      _streamable, assemble_claimed, assemble_rows)
@@ -275,7 +277,7 @@ def test_helper_keeps_no_reference_to_a_pooled_batch():
 
 def test_reader_batches_equal_with_one_or_two_assembly_threads(store):
     feats = np.asarray(store.array("features"))
-    with pytest.raises(ValueError, match="assembly_threads 3"):
+    with pytest.raises(UsageError, match=r"assembly_threads=3: give 1 or 2"):
         TieredReader(store, "p", assembly_threads=3)
     for threads in (1, 2):
         with TieredReader(store, "p", assembly_threads=threads) as reader:
@@ -361,3 +363,159 @@ def test_segment_part_then_memory_part_make_the_whole_batch(helper):
     np.testing.assert_array_equal(out, whole)
     assert first[:4].tolist() == second[:4].tolist() == full[:4].tolist()
     assert first[4] > 0 and second[4] > 0 and first[4] + second[4] == full[4]
+
+
+def _interrupted_assembly(monkeypatch, interrupt_wait: bool):
+    """A batch the helper takes and copies slowly while the caller is interrupted
+    (KeyboardInterrupt) in its own part (``interrupt_wait`` false) or while it waits for
+    the helper's blocks; returns the batch buffer and the rows it must hold."""
+    import oocstore.tiers.assemble as assemble_mod
+
+    real = assemble_mod.assemble_claimed
+    caller = threading.get_ident()
+    taken = threading.Event()
+
+    def claimed(*args):
+        if threading.get_ident() != caller:  # the helper: takes every block, slowly
+            taken.set()
+            time.sleep(0.3)
+            return real(*args)
+        assert taken.wait(10)
+        if not interrupt_wait:
+            raise KeyboardInterrupt
+        return 0  # the helper claims every block: the caller waits for them
+
+    class WaitInterrupted(threading.Event):
+        calls = 0
+
+        def wait(self, timeout=None):
+            WaitInterrupted.calls += 1
+            if WaitInterrupted.calls == 1:
+                raise KeyboardInterrupt
+            return super().wait(timeout)
+
+    rng = np.random.default_rng(6)
+    n = 6 * BLOCK_ROWS
+    tier, slot, host, gpu, segs, want = _case(rng, 128, np.float32, n=n)
+    out = _aligned_rows(n, 128, np.float32)
+    out[:] = 0
+    helper = AssemblyHelper()
+    helper._start()
+    monkeypatch.setattr(assemble_mod, "assemble_claimed", claimed)
+    if interrupt_wait:
+        monkeypatch.setattr(assemble_mod.threading, "Event", WaitInterrupted)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            helper.assemble(tier, slot, host, gpu, segs, out, True, gpu)
+        seen = out.copy()
+    finally:
+        helper.close()
+    return out, seen, want[tier < 3], tier < 3
+
+
+@pytest.mark.parametrize("interrupt_wait", [False, True])
+def test_an_interrupted_caller_returns_only_once_the_helper_let_go(monkeypatch,
+                                                                   interrupt_wait):
+    """Ctrl-C in the reading thread while the helper copies a batch: the interrupt is
+    raised only after the helper's last write (whoever catches it may reuse the batch's
+    buffer or the segment's at once), never while the helper still writes."""
+    out, seen, want, ok = _interrupted_assembly(monkeypatch, interrupt_wait)
+    np.testing.assert_array_equal(seen, out)  # nothing written after the raise
+    np.testing.assert_array_equal(seen[ok], want)
+
+
+def test_an_interrupted_split_read_stops_writing_its_buffer_first(store, monkeypatch):
+    """Ctrl-C while the reading thread waits for a segment's second half: the interrupt
+    is raised only once that half is in (the next read reuses the same buffer), never
+    while it still writes the buffer."""
+    import oocstore.tiers.ssd as ssd
+
+    meta = store.array_meta("pack/p/rows")
+    segs = np.asarray(store.array("pack/p/segments")).astype(np.int64)
+    k = int(np.argmax(segs[:, 1]))
+    monkeypatch.setattr(ssd, "SPLIT_MIN", 2 * 4096)
+    tier = SegmentTier(store.file_path(meta), meta, segs, checksums=None, read_ahead=0)
+    read_into = tier.reader.read_into
+
+    def slow_second_half(buf, offset):
+        if threading.current_thread().name.startswith("oocstore-ssd-half"):
+            time.sleep(0.3)
+        return read_into(buf, offset)
+
+    class Interrupted:  # the reading thread's first wait for the half is interrupted
+        def __init__(self, future):
+            self.future, self.waits = future, 0
+
+        def _first(self):
+            self.waits += 1
+            if self.waits == 1:
+                raise KeyboardInterrupt
+
+        def result(self, timeout=None):
+            self._first()
+            return self.future.result(timeout)
+
+        def exception(self, timeout=None):
+            self._first()
+            return self.future.exception(timeout)
+
+    submit = tier._split_pool.submit
+    tier.reader.read_into = slow_second_half
+    tier._split_pool.submit = lambda *a: Interrupted(submit(*a))
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            tier.load(k)
+        buf = tier._buf  # the buffer the next load reads into
+        seen = buf.copy()
+        time.sleep(0.5)
+        np.testing.assert_array_equal(buf, seen)  # nothing written after the raise
+    finally:
+        tier.close()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_helper_that_failed_is_started_again(monkeypatch):
+    """An error in the helper's thread (its kernel failed to load, say) ends that thread;
+    the batch is still whole (the caller copies every block left), and the next batch
+    starts a new helper instead of going on with one thread for the reader's life."""
+    import oocstore.tiers.assemble as assemble_mod
+
+    real = assemble_mod.assemble_claimed
+    caller = threading.get_ident()
+    failed = threading.Event()
+
+    def claimed(*args):
+        if threading.get_ident() != caller and not failed.is_set():
+            failed.set()
+            raise RuntimeError("kernel failed to load")
+        if threading.get_ident() == caller:
+            assert failed.wait(10)
+        return real(*args)
+
+    rng = np.random.default_rng(7)
+    n = 64 * BLOCK_ROWS
+    tier, slot, host, gpu, segs, want = _case(rng, 128, np.float32, n=n)
+    ok = tier < 3
+    helper = AssemblyHelper()
+    try:
+        monkeypatch.setattr(assemble_mod, "assemble_claimed", claimed)
+        out = _aligned_rows(n, 128, np.float32)
+        helper.assemble(tier, slot, host, gpu, segs, out, True, gpu)
+        np.testing.assert_array_equal(out[ok], want[ok])
+        helper._thread.join(10)
+        first = helper._thread
+        assert not first.is_alive()
+
+        def slow_caller(*args):  # leaves blocks to the new helper
+            if threading.get_ident() == caller:
+                time.sleep(0.2)
+            return real(*args)
+
+        monkeypatch.setattr(assemble_mod, "assemble_claimed", slow_caller)
+        out[:] = 0
+        helper.assemble(tier, slot, host, gpu, segs, out, True, gpu)
+        np.testing.assert_array_equal(out[ok], want[ok])
+        assert helper._thread is not first and helper._thread.is_alive()
+        assert helper.helped > 0
+    finally:
+        helper.close()
