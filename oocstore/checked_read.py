@@ -160,8 +160,10 @@ class CheckedRows:
         for c in range(start * self.row_bytes // cb, (stop * self.row_bytes - 1) // cb + 1):
             self._will_need(c)
 
-    def _will_need(self, c: int) -> None:
-        if not self._checked[c] and not self._advised[c]:
+    def _will_need(self, c: int, again: bool = False) -> None:
+        """Advise chunk ``c`` unless it is checked or advised already (``again``: even
+        if it was advised)."""
+        if not self._checked[c] and (again or not self._advised[c]):
             m = self.meta
             os.posix_fadvise(self.fd, m.offset + c * m.chunk_bytes,
                              min(m.chunk_bytes, m.nbytes - c * m.chunk_bytes),
@@ -198,14 +200,19 @@ class CheckedRows:
             self._scratch = np.empty(self.scratch_bytes, dtype=np.uint8)
         if self._advise:
             # The whole chunk as one request: read through the scratch without it, each
-            # piece would be a synchronous request of its own (read-ahead is off).
-            self._will_need(c)
+            # piece would be a synchronous request of its own (read-ahead is off). Asked
+            # again where it was advised before: that advice may be long past and its pages
+            # dropped from the cache since (pages still cached or on the way are not read
+            # twice).
+            self._will_need(c, again=True)
         crc, done = 0, 0
         while done < n:
             view = memoryview(self._scratch)[:min(n - done, self._scratch.size)]
             _pread_full(self.fd, view, m.offset + c * cb + done, self.path, self.name)
             crc = checksum(view, crc)
             done += len(view)
+        if self._advise:
+            self._advised[c] = False  # that advice is used up by this read
         if crc != int(self.sums[c]):
             lo = m.offset + c * cb
             raise ChecksumError(f"array {self.name!r} ({self.path}): checksum mismatch in chunk "

@@ -462,7 +462,8 @@ class NodeLoader:
             "useful_bytes": before.get("useful_bytes", 0) + st["useful_bytes"],
             "segment_reads": before.get("segment_reads", 0) + st["segment_reads"],
             "hits": {k: before.get("hits", {}).get(k, 0) + v["hits"]
-                     for k, v in st["tiers"].items()}}
+                     for k, v in st["tiers"].items()},
+            "assembly": _summed_counters(st["assembly"], before.get("assembly", {}))}
         self._release()
         self.labels = None
         self._suspended = True
@@ -659,6 +660,8 @@ class NodeLoader:
             st["hit_rate"] = {k: (v / total if total else 0.0) for k, v in hits.items()}
             st["read_amplification"] = (st["bytes_read"] / st["useful_bytes"]
                                         if st["useful_bytes"] else 0.0)
+            st["assembly"] = _summed_counters({} if self._suspended else st["assembly"],
+                                              before.get("assembly", {}), st["assembly"])
         out = {**st, "batches": self._batches, "wait_s": self._wait,
                "epochs": list(self._epoch_stats), "prefetch": self.prefetch,
                "plan": self.plan_name, "pack": self.pack_name}
@@ -689,6 +692,18 @@ class NodeLoader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _summed_counters(now: dict, before: dict, base: dict | None = None) -> dict:
+    """The reader's assembly stats ``now`` with the counters of earlier openings of the
+    loader (``before``) added, so they keep counting across :meth:`NodeLoader.lend_budget`
+    instead of starting again from zero; ``threads`` (a setting, not a counter) is taken
+    from ``base`` (default ``now``)."""
+    out = dict(now if base is None else base)
+    for k in set(now) | set(before):
+        if k != "threads":
+            out[k] = now.get(k, 0) + before.get(k, 0)
+    return out
 
 
 class _Turns:

@@ -145,6 +145,30 @@ def test_lend_budget_frees_the_loaders_memory_and_the_epoch_goes_on_where_it_was
     loader.lend_budget()  # closed: nothing to lend, no error
 
 
+def test_assembly_counters_keep_counting_across_lend_budget(store, tight, monkeypatch):
+    """The reader's assembly counters (batches shared with the helper thread, its
+    blocks, the wait) are those of every opening of the loader, as ``bytes_read`` is: a
+    re-open after ``lend_budget`` does not start them again from zero."""
+    import oocstore.tiers.reader as reader_mod
+
+    monkeypatch.setattr(reader_mod, "_cores", lambda: 2)  # a helper thread on any machine
+    with NodeLoader(store, "train", budget=tight, prefetch=1) as loader:
+        for i, _ in enumerate(loader):
+            if i == 5:
+                break
+        first = loader.stats()["assembly"]
+        assert first["threads"] == 2 and first["batches"] > 0
+        loader.lend_budget()
+        assert loader.stats()["assembly"] == first  # kept while lent
+        loader.take_turn()
+        next(iter(loader))  # one batch more: fewer than before the re-open
+        after = loader.stats()["assembly"]
+    assert after["threads"] == 2
+    for k in ("batches", "helper_blocks", "wait_s"):
+        assert after[k] >= first[k], k
+    assert after["batches"] > first["batches"]
+
+
 @pytest.mark.parametrize("prefetch", [0, 1])
 def test_lend_budget_inside_the_loop_goes_on_with_the_next_batch(store, tight, prefetch):
     """``lend_budget`` (or an evaluation loader) inside ``for batch in loader``: the same

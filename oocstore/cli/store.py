@@ -67,7 +67,7 @@ def add_gc(sub) -> None:
     p = command(sub, "gc", _cmd_gc, "delete data files no version in use needs")
     add_store(p)
     add_flag(p, "--dry-run", "only list what would be deleted")
-    add_flag(p, "--quiet", "print only the totals")
+    add_flag(p, "--quiet", "print nothing but notices of stale packs")
 
 
 def _cmd_gc(args) -> int:
@@ -85,16 +85,17 @@ def _cmd_gc(args) -> int:
         subpacks = remove_interrupted_packs(store, dry_run=args.dry_run)
         rep = collect_garbage(store, dry_run=args.dry_run)
     verb = "would remove" if rep.dry_run else "removed"
-    for name in subpacks:
-        print(f"  {verb} pack {name!r}: a sub-pack of an interrupted heterogeneous pack")
     if not args.quiet:
+        for name in subpacks:
+            print(f"  {verb} pack {name!r}: a sub-pack of an interrupted heterogeneous pack")
         for rel, size in rep.removed:
             print(f"  {verb} {rel} ({format_size(size)})")
         for rel, size in rep.kept:
             print(f"  kept {rel} ({format_size(size)}): a reader holds an older version")
-    print(f"{args.store}: {verb} {len(rep.removed)} file(s), {format_size(rep.removed_bytes)}; "
-          f"kept {len(rep.kept)} for {len(rep.reader_versions)} live reader(s); "
-          f"{rep.stale_readers} stale reader registration(s)")
+        print(f"{args.store}: {verb} {len(rep.removed)} file(s), "
+              f"{format_size(rep.removed_bytes)}; kept {len(rep.kept)} for "
+              f"{len(rep.reader_versions)} live reader(s); {rep.stale_readers} stale reader "
+              "registration(s)")
     for name in rep.stale_packs:
         print(f"  pack {name!r} was made from a plan that is gone or re-sampled: remove it "
               f"with `oocstore rm {args.store} --pack {name}`")

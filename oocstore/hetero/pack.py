@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BudgetError, StoreExistsError, UsageError
+from ..errors import BudgetError, FormatError, StoreExistsError, UsageError
 from ..pack.costmodel import Bandwidths
 from ..plan import check_plan_name
 from ..store import Store
@@ -88,7 +88,14 @@ def _own_subpacks(store: Store, name: str) -> set[str]:
     own = set()
     pk = store.get(hpack_key(name))
     if isinstance(pk, dict) and pk.get("layout") == "segments":
-        own |= {str(v.get("pack")) for v in pk.get("types", {}).values() if isinstance(v, dict)}
+        types = pk.get("types")
+        if not isinstance(types, dict):
+            # a damaged or crafted entry: which sub-packs it owns is unknown, so none of
+            # the packs of its names may be replaced
+            raise FormatError(f"store {store.path}: catalog entry {hpack_key(name)!r} has "
+                              f"types={types!r:.80}, not a mapping of node type to sub-pack: "
+                              "the entry is damaged; pack under another name (--name)")
+        own |= {str(v.get("pack")) for v in types.values() if isinstance(v, dict)}
     return own | set(_pending_subpacks(name, store.get(PENDING_PREFIX + name)))
 
 

@@ -255,6 +255,7 @@ class AssemblyHelper:
         self._cond = threading.Condition(threading.Lock())
         self._job = None  # the batch offered to the helper, until it takes it
         self._closing = False
+        self._closed = False  # set by close(): no helper thread is started again
         self._thread = None
         self._pid = 0
         self.helped = 0  # blocks the helper copied (all batches)
@@ -293,7 +294,9 @@ class AssemblyHelper:
         """What :func:`assemble_rows` returns, the rows copied by this thread and the
         helper together."""
         n = tier.shape[0]
-        if n <= BLOCK_ROWS or slot.shape[0] < n or out.shape[0] < n:
+        # after close() (another thread closed the reader while this one still reads), a
+        # new helper thread would be one nobody joins: assemble in this thread alone
+        if self._closed or n <= BLOCK_ROWS or slot.shape[0] < n or out.shape[0] < n:
             return assemble_rows(tier, slot, host_rows, gpu_rows, seg_rows, out, gpu_on_host,
                                  gpu_slots, part)
         self._start()
@@ -340,7 +343,8 @@ class AssemblyHelper:
                 "wait_s": self.waited_s}
 
     def close(self) -> None:
-        """Stop the helper thread."""
+        """Stop the helper thread; later batches are assembled by the caller alone."""
+        self._closed = True
         if self._thread is not None and self._pid == os.getpid():
             with self._cond:
                 self._closing = True

@@ -10,7 +10,7 @@ import pytest
 
 import oocstore.pack
 from oocstore.cli import main
-from oocstore.errors import StoreExistsError
+from oocstore.errors import FormatError, StoreExistsError
 from oocstore.hetero import pack_hetero
 from oocstore.hetero.pack import PENDING_PREFIX, list_hetero_packs
 from oocstore.hetero.schema import feat_name
@@ -129,6 +129,39 @@ def test_gc_keeps_the_subpacks_a_committed_pack_reads(store):
         for name in ("train", "train.x"):  # both still load their sub-packs
             for t in ("author", "paper"):
                 assert s.get(f"pack/{name}.{t}") is not None
+
+
+@pytest.mark.parametrize("types", [["author", "paper"], "train.author", None])
+def test_pack_refuses_a_committed_entry_whose_types_are_not_a_mapping(store, types, digest,
+                                                                      capsys):
+    """A committed ``hpack/<name>`` whose ``types`` is not a mapping (damaged or
+    crafted) does not say which sub-packs are its own: replacing it is refused with one
+    line naming the entry and the fix, not an AttributeError, and the store is left
+    as it was."""
+    with Store(store, readonly=False) as s:
+        meta = pack_hetero(s, "train", cpu_budget=BUDGET)
+        with s.transaction() as txn:
+            txn.put("hpack/train", {**meta, "types": types})
+    before = digest(store)
+    with Store(store, readonly=False) as s, pytest.raises(
+            FormatError, match=r"'hpack/train'.*types=.*not a mapping.*--name"):
+        pack_hetero(s, "train", cpu_budget=BUDGET, overwrite=True)
+    assert digest(store) == before
+    rc = main(["pack", str(store), "--name", "train", "--cpu-budget", str(BUDGET),
+               "--overwrite"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "hpack/train" in err[0], err
+    assert digest(store) == before
+
+
+def test_gc_quiet_prints_nothing_on_success(store, monkeypatch, capsys):
+    """``gc --quiet`` removes an interrupted pack's sub-packs without a word."""
+    left = interrupted_pack(store, monkeypatch)
+    capsys.readouterr()
+    assert main(["gc", str(store), "--quiet"]) == 0
+    assert capsys.readouterr().out == ""
+    with Store(store) as s:
+        assert s.get(f"pack/{left}") is None and not list(s.items(PENDING_PREFIX))
 
 
 @pytest.mark.parametrize("entry", [{"subpacks": 5}, {"subpacks": "train.author"},

@@ -49,3 +49,38 @@ def test_an_advised_chunk_is_still_checked(store, tmp_path):
         assert r._slot._advised[0]
         with pytest.raises(ChecksumError, match=r"pack/p/slot.*chunk 0"):
             r.read_batch(0, 0)
+
+
+def test_a_checked_chunk_drops_its_advice_and_the_check_asks_for_it_again(store,
+                                                                          monkeypatch):
+    """Advice is used up by the check that reads the chunk: its flag is cleared then.
+    The check asks for the whole chunk again even where it was advised before (long
+    before, perhaps: its pages may have left the cache since), instead of reading it in
+    synchronous pieces."""
+    import os
+
+    from oocstore.checked_read import CheckedRows
+
+    calls = []
+    real = os.posix_fadvise
+
+    def fadvise(fd, offset, length, advice):
+        if advice == os.POSIX_FADV_WILLNEED:
+            calls.append(offset)
+        return real(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", fadvise)
+    name = "pack/p/slot"
+    want = np.asarray(store.array(name))
+    rows = CheckedRows(store, name, fix="re-pack")
+    try:
+        offset = rows.meta.offset
+        rows.advise(0, 1)
+        assert rows._advised[0] and calls == [offset]
+        np.testing.assert_array_equal(rows.read(0, 1), want[:1])
+        assert rows._checked[0] and not rows._advised[0]
+        assert calls.count(offset) == 2  # advised, then asked again by the check
+        rows.advise(0, 1)  # a checked chunk: nothing to advise
+        assert not rows._advised[0] and calls.count(offset) == 2
+    finally:
+        rows.close()

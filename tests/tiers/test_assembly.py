@@ -236,6 +236,30 @@ def test_assembly_shared_with_a_helper_equals_one_thread(dim, dtype):
     assert helper._thread is None
 
 
+def test_assembly_after_close_starts_no_thread():
+    """A batch assembled after close() (another thread closed the reader while this one
+    still reads) is whole, and is copied by the caller alone: no new helper thread is
+    left running with nobody to join it."""
+    rng = np.random.default_rng(11)
+    n = 8 * BLOCK_ROWS + 5
+    tier, slot, host, gpu, segs, want = _case(rng, 128, np.float32, n=n)
+    helper = AssemblyHelper()
+    out = _aligned_rows(n, 128, np.float32)
+    helper.assemble(tier, slot, host, gpu, segs, out, True, gpu)
+    helper.close()
+    before = {t for t in threading.enumerate() if t.name == "oocstore-assemble"}
+    out[:] = 0
+    counts = helper.assemble(tier, slot, host, gpu, segs, out, True, gpu)
+    ok = tier < 3
+    np.testing.assert_array_equal(out[ok], want[ok])
+    np.testing.assert_array_equal(counts, assemble_rows(tier, slot, host, gpu, segs,
+                                                        _aligned_rows(n, 128, np.float32),
+                                                        True, gpu))
+    assert helper._thread is None
+    after = {t for t in threading.enumerate() if t.name == "oocstore-assemble"}
+    assert after <= before
+
+
 def test_a_claimer_that_starts_late_touches_nothing():
     """Once every block is claimed, another call on the same counters (a helper woken
     after the batch was done) copies nothing and adds nothing."""
