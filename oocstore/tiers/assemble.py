@@ -304,8 +304,16 @@ class AssemblyHelper:
         job = ((tier, slot, host_rows, gpu_rows, seg_rows, out, gpu_on_host, gpu_slots, part,
                 ctl), threading.Event())
         with self._cond:
-            self._job = job
-            self._cond.notify()
+            if self._job is not None:
+                # another thread's batch waits for the helper: offering this one would
+                # replace it, and that caller would wait for a helper that never took it
+                job = None
+            else:
+                self._job = job
+                self._cond.notify()
+        if job is None:
+            return assemble_rows(tier, slot, host_rows, gpu_rows, seg_rows, out, gpu_on_host,
+                                 gpu_slots, part)
         try:
             assemble_claimed(*job[0])
         finally:

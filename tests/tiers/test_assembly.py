@@ -543,3 +543,30 @@ def test_a_helper_that_failed_is_started_again(monkeypatch):
         assert helper.helped > 0
     finally:
         helper.close()
+
+
+def test_a_batch_offered_while_another_callers_waits_is_assembled_alone():
+    """Two threads assembling through one helper: while one caller's batch waits for the
+    helper, another caller's batch is copied by that caller alone and the waiting offer
+    stays in place (replacing it would leave its caller waiting for a helper that never
+    takes it)."""
+    rng = np.random.default_rng(12)
+    n = 8 * BLOCK_ROWS + 5
+    tier, slot, host, gpu, segs, want = _case(rng, 128, np.float32, n=n)
+    helper = AssemblyHelper()
+    hold = threading.Event()
+    busy = threading.Thread(target=hold.wait, name="oocstore-assemble", daemon=True)
+    busy.start()  # stands for a helper thread busy with an earlier batch
+    helper._thread, helper._pid = busy, os.getpid()
+    pending = (None, threading.Event())
+    helper._job = pending  # another caller's offer, not taken yet
+    try:
+        out = _aligned_rows(n, 128, np.float32)
+        counts = helper.assemble(tier, slot, host, gpu, segs, out, True, gpu)
+        ok = tier < 3
+        np.testing.assert_array_equal(out[ok], want[ok])
+        assert counts[4] == 0
+        assert helper._job is pending
+    finally:
+        hold.set()
+        busy.join()
