@@ -238,6 +238,20 @@ def assemble_claimed(tier, slot, host_rows, gpu_rows, seg_rows, out, gpu_on_host
     return mine
 
 
+class _Job:
+    """One batch offered to the helper: the arguments of :func:`assemble_claimed`,
+    whether the caller offered it and whether the helper took it (each set under the
+    helper's lock), and the event the helper sets when it has let go of it."""
+
+    __slots__ = ("args", "offered", "taken", "done")
+
+    def __init__(self, args: tuple):
+        self.args = args
+        self.offered = False
+        self.taken = False
+        self.done = threading.Event()
+
+
 class AssemblyHelper:
     """A second thread that assembles blocks of each batch's rows beside the thread that
     reads the batch (:func:`assemble_claimed`).
@@ -281,12 +295,14 @@ class AssemblyHelper:
                     self._cond.wait()
                 if self._closing:
                     return
-                job, self._job = self._job, None
-            args, done = job
+                job = self._job
+                job.taken = True  # before the offer is cleared: see _let_go
+                self._job = None
             try:
-                self.helped += assemble_claimed(*args)
+                self.helped += assemble_claimed(*job.args)
             finally:
-                del job, args  # before the caller may return: no reference outlives it
+                done = job.done
+                del job  # before the caller may return: no reference outlives it
                 done.set()
 
     def assemble(self, tier, slot, host_rows, gpu_rows, seg_rows, out, gpu_on_host=True,
@@ -301,48 +317,54 @@ class AssemblyHelper:
                                  gpu_slots, part)
         self._start()
         ctl = np.zeros(3, dtype=np.int64)
-        job = ((tier, slot, host_rows, gpu_rows, seg_rows, out, gpu_on_host, gpu_slots, part,
-                ctl), threading.Event())
-        with self._cond:
-            if self._job is not None:
-                # another thread's batch waits for the helper: offering this one would
-                # replace it, and that caller would wait for a helper that never took it
-                job = None
-            else:
-                self._job = job
-                self._cond.notify()
-        if job is None:
-            return assemble_rows(tier, slot, host_rows, gpu_rows, seg_rows, out, gpu_on_host,
-                                 gpu_slots, part)
+        job = _Job((tier, slot, host_rows, gpu_rows, seg_rows, out, gpu_on_host, gpu_slots,
+                    part, ctl))
+        # The offer is made inside the ``try``: an interrupt (Ctrl-C) at any point after
+        # it, even before this thread's own claiming starts, withdraws the batch or
+        # waits for the helper's blocks (_let_go decides from the job's state, so it is
+        # right whether or not the offer was made).
         try:
-            assemble_claimed(*job[0])
+            with self._cond:
+                if self._job is None:
+                    job.offered = True
+                    self._job = job
+                    self._cond.notify()
+                # else another thread's batch waits for the helper: offering this one
+                # would replace it, and that caller would wait for a helper that never
+                # took it; this batch is copied by its caller alone (below)
+            if job.offered:
+                assemble_claimed(*job.args)
         finally:
             self._let_go(job)
+        if not job.offered:
+            return assemble_rows(tier, slot, host_rows, gpu_rows, seg_rows, out, gpu_on_host,
+                                 gpu_slots, part)
         self.batches += 1
         counts = tier_counts(tier)
         counts[4] = ctl[_BAD]
         return counts
 
-    def _let_go(self, job) -> None:
-        """Withdraw ``job`` if the helper has not taken it, else wait for the blocks the
-        helper claimed. Also when the caller is interrupted (Ctrl-C) meanwhile: the
-        interrupt is raised once the helper is done, since whoever catches it may reuse
-        the batch's buffer (a pooled or staging buffer) or the segment's at once."""
-        with self._cond:
-            taken = self._job is not job
-            if not taken:
-                self._job = None  # the helper never started on it
-        if not taken:
-            return
+    def _let_go(self, job: "_Job") -> None:
+        """Withdraw ``job`` if it is still offered, else wait for the blocks the helper
+        claimed if it took it; nothing for a job never offered. Also when the caller is
+        interrupted (Ctrl-C) meanwhile, here too: the interrupt is raised once the helper
+        is done, since whoever catches it may reuse the batch's buffer (a pooled or
+        staging buffer) or the segment's at once."""
         t0 = time.perf_counter()
         interrupt = None
         while True:
             try:
-                job[1].wait()  # the helper finishes the blocks it claimed, then lets go
+                with self._cond:
+                    if self._job is job:
+                        self._job = None  # the helper never started on it
+                    taken = job.taken  # set (under the lock) before the offer is cleared
+                if taken:
+                    job.done.wait()  # the helper finishes the blocks it claimed, then lets go
                 break
             except BaseException as exc:  # an interrupt: raised below, once the helper let go
                 interrupt = exc
-        self.waited_s += time.perf_counter() - t0
+        if job.taken:
+            self.waited_s += time.perf_counter() - t0
         if interrupt is not None:
             raise interrupt
 

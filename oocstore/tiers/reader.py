@@ -566,9 +566,12 @@ class TieredReader:
             raise ValueError("read_batch_async on CUDA needs the side stream to copy on")
         row = self.batch_row(epoch, batch)
         n = int(self._pos[row + 1] - self._pos[row])
-        slot, host = ring.acquire(n)
         event, keep = None, None
+        before = ring.held()
         try:
+            # acquired inside the try: an interrupt (Ctrl-C) right after the ring hands
+            # the slot out still gives it back (StagingRing.release_new)
+            slot, host = ring.acquire(n)
             self.read_batch(epoch, batch, out=host)
             src = torch.from_numpy(host)
             gathered = None
@@ -588,7 +591,7 @@ class TieredReader:
         except BaseException:
             if cuda:
                 stream.synchronize()  # nothing enqueued may still read the slot
-            ring.release(slot)
+            ring.release_new(before)
             raise
         ring.release(slot, event, keep)
         return x, event

@@ -181,9 +181,28 @@ class StagingRing:
                 self._block.events[k] = None
             self._keep[k] = None
             self._next = (k + 1) % self.slots
-            self._held.add(k)
             self.acquires += 1
-            return k, self._buffers[k, :n]
+            view = self._buffers[k, :n]
+            self._held.add(k)  # last: a caller interrupted after it hands back the slot
+            return k, view      # with release_new, even before it has the slot's number
+
+    def held(self) -> frozenset:
+        """The slots held now (acquired, not yet released)."""
+        with self._lock:
+            return frozenset(self._held)
+
+    def release_new(self, before: frozenset) -> None:
+        """Hand back (as :meth:`release` without an event) every slot held now that was
+        not held in ``before`` (what :meth:`held` said before an :meth:`acquire`): a
+        producer's clean-up that is right whether or not its ``acquire`` returned, or
+        claimed a slot at all (an interrupt, Ctrl-C, may come between the claim and the
+        caller storing the slot's number). Nothing may read those slots any more."""
+        with self._lock:
+            for slot in sorted(self._held - before):
+                self._keep[slot] = None
+                if not self.closed:
+                    self._block.events[slot] = None
+                self._held.discard(slot)
 
     def release(self, slot: int, event: Any = None, keep: Any = None) -> None:
         """Hand ``slot`` back. ``event`` (one with ``query()`` / ``synchronize()``, a
@@ -192,11 +211,10 @@ class StagingRing:
         with self._lock:
             if slot not in self._held:
                 raise RuntimeError(f"staging slot {slot} is not held")
-            self._held.discard(slot)
-            if self.closed:
-                return
-            self._block.events[slot] = event
-            self._keep[slot] = keep if event is not None else None
+            if not self.closed:
+                self._block.events[slot] = event
+                self._keep[slot] = keep if event is not None else None
+            self._held.discard(slot)  # last: never free while its event is unrecorded
 
     def in_flight(self) -> int:
         """Slots whose copy may still be running (their event has not completed)."""
@@ -224,8 +242,9 @@ def stage_to_device(ring: StagingRing, n: int, fill: Callable[[np.ndarray], None
     slot is reused only once the copy's event has completed."""
     import torch
 
-    slot, view = ring.acquire(n)
+    before = ring.held()
     try:
+        slot, view = ring.acquire(n)  # inside the try: see StagingRing.release_new
         fill(view)
         host = torch.from_numpy(view)
         with torch.cuda.stream(stream):
@@ -236,7 +255,9 @@ def stage_to_device(ring: StagingRing, n: int, fill: Callable[[np.ndarray], None
         current.wait_event(event)
         out.record_stream(current)
     except BaseException:
-        ring.release(slot)
+        if stream is not None:
+            stream.synchronize()  # nothing enqueued may still read the slot
+        ring.release_new(before)
         raise
     ring.release(slot, event, keep=host)
     return out

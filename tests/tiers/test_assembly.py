@@ -11,6 +11,7 @@ import threading
 import time
 import zlib
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -570,3 +571,118 @@ def test_a_batch_offered_while_another_callers_waits_is_assembled_alone():
     finally:
         hold.set()
         busy.join()
+
+
+class _InterruptingCondition(threading.Condition):
+    """The helper's condition, raising ``KeyboardInterrupt`` in the caller's thread at one
+    point: ``"offer"`` (just after the batch is offered, inside the lock), ``"after_offer"``
+    (once the lock is released after the offer, and the helper took the batch) or
+    ``"let_go"`` (when the caller next takes the lock, before it has it); once."""
+
+    def __init__(self, lock=None, *, at, caller, taken=None):
+        super().__init__(lock)
+        self.at, self.caller, self.taken, self.enters = at, caller, taken, 0
+        self.fired = False
+
+    def _mine(self) -> bool:
+        return threading.get_ident() == self.caller and not self.fired
+
+    def _interrupt(self):
+        self.fired = True
+        raise KeyboardInterrupt
+
+    def __enter__(self):
+        if self._mine():
+            self.enters += 1
+            if self.at == "let_go" and self.enters == 2:
+                self._interrupt()
+        return super().__enter__()
+
+    def notify(self, n=1):
+        super().notify(n)
+        if self._mine() and self.at == "offer":
+            self._interrupt()
+
+    def __exit__(self, *exc):
+        super().__exit__(*exc)
+        if self._mine() and self.at == "after_offer" and self.enters == 1:
+            assert self.taken.wait(10)
+            self._interrupt()
+
+
+@pytest.mark.parametrize("at", ["offer", "let_go"])
+def test_an_interrupt_around_the_offer_withdraws_a_batch_the_helper_did_not_take(at):
+    """Ctrl-C in the reading thread just after its batch is offered to the helper, or
+    when it comes to withdraw it: the offer is withdrawn all the same (a batch left
+    offered would be copied by the helper into a buffer its owner has reused by then,
+    and every later batch would find the helper's offer taken)."""
+    rng = np.random.default_rng(13)
+    n = 8 * BLOCK_ROWS + 5
+    tier, slot, host, gpu, segs, want = _case(rng, 128, np.float32, n=n)
+    helper = AssemblyHelper()
+    hold = threading.Event()
+    busy = threading.Thread(target=hold.wait, name="oocstore-assemble", daemon=True)
+    busy.start()  # stands for a helper thread busy with an earlier batch
+    helper._thread, helper._pid = busy, os.getpid()
+    helper._cond = _InterruptingCondition(threading.Lock(), at=at, caller=threading.get_ident())
+    try:
+        out = _aligned_rows(n, 128, np.float32)
+        with pytest.raises(KeyboardInterrupt):
+            helper.assemble(tier, slot, host, gpu, segs, out, True, gpu)
+        assert helper._job is None  # withdrawn
+        out[:] = 0
+        helper._cond = threading.Condition(threading.Lock())
+        hold.set()
+        busy.join()
+        helper._thread = None  # the next batch starts a real helper and shares it
+        counts = helper.assemble(tier, slot, host, gpu, segs, out, True, gpu)
+        ok = tier < 3
+        np.testing.assert_array_equal(out[ok], want[ok])
+        assert counts[4] == 0 and helper.batches == 1
+    finally:
+        hold.set()
+        helper.close()
+
+
+def test_an_interrupt_right_after_the_offer_waits_for_the_helper(monkeypatch):
+    """Ctrl-C in the reading thread between offering its batch and claiming blocks
+    itself, once the helper took the batch: the interrupt is raised only after the
+    helper's last write into the batch (whoever catches it may reuse the buffer)."""
+    import oocstore.tiers.assemble as assemble_mod
+
+    real = assemble_mod.assemble_claimed
+    caller = threading.get_ident()
+    taken, finished = threading.Event(), threading.Event()
+
+    def claimed(*args):
+        if threading.get_ident() == caller:
+            return real(*args)
+        taken.set()  # the helper: copies every block, slowly
+        time.sleep(0.3)
+        try:
+            return real(*args)
+        finally:
+            finished.set()
+
+    rng = np.random.default_rng(14)
+    n = 6 * BLOCK_ROWS
+    tier, slot, host, gpu, segs, want = _case(rng, 128, np.float32, n=n)
+    out = _aligned_rows(n, 128, np.float32)
+    out[:] = 0
+    helper = AssemblyHelper()
+    # the helper's condition only (threading.Event and Thread make conditions too)
+    hooked = SimpleNamespace(Lock=threading.Lock, Thread=threading.Thread,
+                             Condition=lambda lock: _InterruptingCondition(
+                                 lock, at="after_offer", caller=caller, taken=taken))
+    with monkeypatch.context() as m:
+        m.setattr(assemble_mod, "threading", hooked)
+        helper._start()
+    monkeypatch.setattr(assemble_mod, "assemble_claimed", claimed)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            helper.assemble(tier, slot, host, gpu, segs, out, True, gpu)
+        assert finished.is_set()  # the helper was done before the interrupt was raised
+        ok = tier < 3
+        np.testing.assert_array_equal(out[ok], want[ok])  # (it copied the whole batch)
+    finally:
+        helper.close()

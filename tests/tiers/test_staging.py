@@ -233,3 +233,60 @@ def test_a_failed_read_hands_its_slot_back(packed, monkeypatch):
         x, _ = reader.read_batch_async(0, 0, ring)  # the one slot is free again
         assert x.shape[0] == reader.plan.input_nodes(0, 0).shape[0]
         ring.close()
+
+
+class _InterruptedClaim(set):
+    """A ring's held-slot set whose first ``add`` (the claim of a slot) is followed by a
+    ``KeyboardInterrupt``: Ctrl-C between the ring handing a slot out and the producer
+    holding its number."""
+
+    fired = False
+
+    def add(self, slot):
+        super().add(slot)
+        if not self.fired:
+            self.fired = True
+            raise KeyboardInterrupt
+
+
+def test_an_interrupt_right_after_a_slot_is_claimed_hands_it_back(packed):
+    """Ctrl-C just as ``read_batch_async`` (and ``stage_to_device``) acquires its slot:
+    the slot is handed back all the same, so the ring does not refuse every later batch
+    with 'slot still held' when it comes round."""
+    from oocstore.tiers.staging import stage_to_device
+
+    with TieredReader(packed, "static", device="cpu", gpu_tier_on_device=True) as reader:
+        m = reader.meta
+        ring = StagingRing(1, m.largest_batch_rows, m.feat_dim, m.dtype)
+        ring._held = _InterruptedClaim()
+        with pytest.raises(KeyboardInterrupt):
+            reader.read_batch_async(0, 0, ring)
+        assert not ring._held
+        x, _ = reader.read_batch_async(0, 0, ring)  # the one slot is free again
+        feats = torch.from_numpy(np.array(packed.array("features")))
+        assert torch.equal(x, feats[torch.from_numpy(reader.plan.input_nodes(0, 0))])
+        ring.close()
+    ring = StagingRing(1, 4, 3, np.float32)
+    ring._held = _InterruptedClaim()
+    with pytest.raises(KeyboardInterrupt):
+        stage_to_device(ring, 2, lambda view: view.fill(1), "cpu", None)
+    assert not ring._held
+    k, view = ring.acquire(2)
+    assert k == 0 and view.shape == (2, 3)
+    ring.release(k)
+    ring.close()
+
+
+def test_release_new_hands_back_only_slots_claimed_since():
+    ring = StagingRing(3, rows=2, feat_dim=1, dtype=np.float32)
+    first, _ = ring.acquire(1)
+    before = ring.held()
+    assert before == {first}
+    ring.release_new(before)  # nothing claimed since: nothing changes
+    assert ring.held() == {first}
+    second, _ = ring.acquire(1)
+    ring.release_new(before)
+    assert ring.held() == {first} and second != first
+    ring.release(first)
+    assert ring.held() == frozenset()
+    ring.close()
