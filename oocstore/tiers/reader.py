@@ -614,18 +614,32 @@ class TieredReader:
 
     def close(self) -> None:
         """Stop the I/O threads and free the tiers' memory (charges are released, so the
-        memory must really be returned even if this object is still referenced)."""
+        memory must really be returned even if this object is still referenced).
+
+        Every step runs even when one before it fails or is interrupted (Ctrl-C while a
+        thread pool shuts down): the files are closed and the memory freed all the same,
+        and the first error is raised once every step has run. Safe to call again."""
+        steps = [self.segments.close, self.base.close, self._pool.close, self._free_tiers,
+                 *(r.close for r in (self._tier, self._slot, getattr(self, "_inserts", None))
+                   if r is not None),
+                 self.plan.close, self._release_charges]
         if self._helper is not None:
-            self._helper.close()
-        self.segments.close()
-        self.base.close()
-        self._pool.close()
+            steps.insert(0, self._helper.close)
+        error = None
+        for step in steps:
+            try:
+                step()
+            except BaseException as exc:  # raised below, after the other steps
+                if error is None:
+                    error = exc
+        if error is not None:
+            raise error
+
+    def _free_tiers(self) -> None:
         self.host.rows = self.host.rows[:0].copy()
         self.gpu = None
-        for r in (self._tier, self._slot, getattr(self, "_inserts", None)):
-            if r is not None:
-                r.close()
-        self.plan.close()
+
+    def _release_charges(self) -> None:
         for c in self._charges:
             c.release()
         self._charges = []

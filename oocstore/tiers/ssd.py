@@ -355,16 +355,28 @@ class SegmentTier(Tier):
                 _, future, _ = self._pending.popleft()
                 _settle(future)  # closing: nobody will use the read
         finally:
-            for pool in (self._pool, self._check_pool, self._split_pool):
-                if pool is not None and self._pid == os.getpid():
-                    pool.shutdown(wait=True)  # also waits for reads still pending
-            self._pool = self._check_pool = self._split_pool = None
-            self._pending.clear()
-            self.reader.close()
-            self._buf = self._scratch = None  # free the segment buffers now
-            self._free = []
-            self._rows = self._rows[:0].copy()
-            self.current = -1
+            try:
+                self._stop_threads()
+            finally:
+                # also when stopping the threads was interrupted (Ctrl-C): the file and
+                # the buffers are released all the same (a thread still reading holds
+                # its own buffer; one that starts after this finds the file closed)
+                self._pending.clear()
+                self.reader.close()
+                self._buf = self._scratch = None  # free the segment buffers now
+                self._free = []
+                self._rows = self._rows[:0].copy()
+                self.current = -1
+
+    def _stop_threads(self) -> None:
+        """Shut the pools down, waiting for reads still pending. A pool is forgotten only
+        once its shutdown returned: after an interrupted one, ``close`` again waits for
+        what is left."""
+        for name in ("_pool", "_check_pool", "_split_pool"):
+            pool = getattr(self, name)
+            if pool is not None and self._pid == os.getpid():
+                pool.shutdown(wait=True)
+            setattr(self, name, None)
 
 
 def _in_use(future) -> bool:
@@ -631,10 +643,16 @@ class BaseRowTier(Tier):
         self.bytes_read += sum(self._pool.map(lambda g: self._read_group(*g), groups))
 
     def close(self) -> None:
-        if self._pool is not None:
-            if self._pool_pid == os.getpid():
-                self._pool.shutdown(wait=True)
-            self._pool = None
-        with self._aio_lock:
-            self._close_aio()
-        self.reader.close()
+        """Stop the read threads, then close the file; the file is closed (and the aio
+        context destroyed) also when stopping the threads is interrupted (Ctrl-C)."""
+        try:
+            if self._pool is not None:
+                if self._pool_pid == os.getpid():
+                    self._pool.shutdown(wait=True)
+                self._pool = None
+        finally:
+            try:
+                with self._aio_lock:
+                    self._close_aio()
+            finally:
+                self.reader.close()

@@ -208,6 +208,72 @@ def test_close_shuts_down_after_a_read_ahead_failed_unexpectedly(store, monkeypa
     tier.close()  # a second close is a no-op
 
 
+def _closed(fd: int) -> bool:
+    """Whether descriptor ``fd`` is closed (nothing in these tests opens a file meanwhile
+    that could take its number)."""
+    try:
+        os.fstat(fd)
+    except OSError:
+        return True
+    return False
+
+
+def _interrupt_shutdown(monkeypatch, pool) -> None:
+    """Make ``pool.shutdown`` stop the pool without waiting and raise KeyboardInterrupt
+    (Ctrl-C while it waits for the threads)."""
+    shutdown = pool.shutdown
+
+    def interrupted(wait=True, **kw):
+        shutdown(wait=False)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pool, "shutdown", interrupted)
+
+
+def test_close_interrupted_in_a_pool_shutdown_still_closes_the_file(store, monkeypatch):
+    """Ctrl-C while ``close`` waits for the I/O threads: the interrupt goes on, but the
+    pack file's descriptor and the segment buffers are released first; a second
+    ``close`` waits for the threads left and releases nothing twice."""
+    meta = store.array_meta("pack/p/rows")
+    segs = np.asarray(store.array("pack/p/segments")).astype(np.int64)
+    crcs = np.asarray(store.array("pack/p/segment_crc"))
+    tier = SegmentTier(store.file_path(meta), meta, segs, checksums=None, segment_crcs=crcs,
+                       read_ahead=2)
+    fd = tier.reader.fd
+    assert not _closed(fd)
+    pools = [tier._pool, tier._check_pool]
+    tier.prefetch([0, 1])
+    _interrupt_shutdown(monkeypatch, pools[0])
+    with pytest.raises(KeyboardInterrupt):
+        tier.close()
+    assert tier.reader.fd < 0 and _closed(fd)
+    assert tier._buf is None and tier._free == [] and not tier._pending
+    monkeypatch.undo()
+    tier.close()  # again: waits for the threads left, closes nothing twice
+    assert tier._pool is None and tier._check_pool is None
+    assert all(p._shutdown for p in pools)
+    assert not any(t.is_alive() for p in pools for t in p._threads)
+
+
+def test_reader_close_interrupted_in_the_segment_tier_closes_everything(store, monkeypatch):
+    """Ctrl-C while the reader's ``close`` stops the segment reads: the interrupt goes on
+    once every file of the reader is closed and every charge released."""
+    reader = TieredReader(store, "p")
+    reader.read_batch(0, 0)
+    files = [reader.segments.reader, reader.base.reader, reader._tier, reader._slot,
+             reader.plan._records]
+    fds = [f.fd for f in files]
+    assert reader.segments._pool is not None and not any(_closed(fd) for fd in fds)
+    _interrupt_shutdown(monkeypatch, reader.segments._pool)
+    with pytest.raises(KeyboardInterrupt):
+        reader.close()
+    assert all(f.fd < 0 for f in files) and all(_closed(fd) for fd in fds)
+    assert reader.accountant.charged("cpu") == 0
+    monkeypatch.undo()
+    reader.close()  # again: waits for the threads left
+    assert reader.segments._pool is None
+
+
 @pytest.mark.parametrize("dim,dtype", [(128, np.float32), (20, np.float32)])
 def test_assembly_shared_with_a_helper_equals_one_thread(dim, dtype):
     """Blocks copied by the caller and the helper thread make the same batch, and the same

@@ -269,3 +269,36 @@ def test_rows_whose_pages_touch_are_read_by_one_request(feats_store):
     assert tier.stats()["requests"] == st["requests"] + 3
     assert np.array_equal(out[:3], feats[[0, 1000, 2000]])
     tier.close()
+
+
+def test_close_interrupted_in_its_pool_shutdown_still_closes_the_file(feats_store,
+                                                                       monkeypatch):
+    """Ctrl-C while ``close`` stops the read threads: the file is closed all the same, and
+    a second ``close`` waits for the threads and closes nothing twice."""
+    import os
+
+    store, feats = feats_store
+    meta = store.array_meta("features")
+    tier = BaseRowTier(store.file_path(meta), meta, threads=3)
+    tier.use_aio = False
+    ids = np.arange(0, 3000, 7)
+    out = np.zeros((ids.size, feats.shape[1]), dtype=np.float32)
+    tier.gather_at(ids, out, np.arange(ids.size))
+    np.testing.assert_array_equal(out, feats[ids])
+    pool, fd = tier._pool, tier.reader.fd
+    assert pool is not None  # (several groups of rows: read on the pool's threads)
+    shutdown = pool.shutdown
+
+    def interrupted(wait=True, **kw):
+        shutdown(wait=False)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pool, "shutdown", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tier.close()
+    assert tier.reader.fd < 0
+    with pytest.raises(OSError):
+        os.fstat(fd)
+    monkeypatch.undo()
+    tier.close()
+    assert tier._pool is None and not any(t.is_alive() for t in pool._threads)
