@@ -328,8 +328,8 @@ class NodeLoader:
         self._charges += WorkingSet(required[:1]).charge(self.accountant, "raise the cpu budget")
         self._read_labels()
         fix = (f"the pack's minimum working set is {format_size(m.min_working_set['cpu'])}; raise "
-               "--cpu-budget, lower --cpu-cache when packing, or sample with a smaller batch "
-               "size")
+               "cpu_budget, lower the cpu cache when packing (`oocstore pack --cpu-cache`), or "
+               "sample with a smaller batch size")
         self._charges += WorkingSet(required[1:]).charge(self.accountant, fix)
         if self.device.type == "cuda":
             self._setup_device(prefetch, staging, fix)
@@ -386,8 +386,8 @@ class NodeLoader:
         self.prefetch = depth
         self._charges += items(depth).charge(self.accountant, {
             "cpu": f"lower the prefetch depth (now {depth}) or raise the cpu budget; {fix}",
-            "gpu": f"lower the prefetch depth (now {depth}), re-pack with a smaller --gpu-cache, "
-                   "or raise the gpu budget"})
+            "gpu": f"lower the prefetch depth (now {depth}), re-pack with a smaller gpu cache "
+                   "(`oocstore pack --gpu-cache`), or raise the gpu budget"})
         self._ring = StagingRing(depth + 1, m.largest_batch_rows, m.feat_dim, m.dtype, pin=True,
                                  device=self.device)
         self._stream = torch.cuda.Stream(device=self.device)

@@ -306,9 +306,9 @@ def refuse_floor(mws: dict, device_type: str, limit: int | None, pack: str, *,
     if need > limit:
         raise BudgetError(
             f"{tier} budget {format_size(limit)} is too small for pack {pack!r}: the minimum "
-            f"needed is {format_size(need)} ({detail}): raise --{tier}-budget to at least "
-            f"{format_size(need)}, or re-pack with a smaller --{tier}-cache or within "
-            f"`oocstore pack --{tier}-budget`")
+            f"needed is {format_size(need)} ({detail}): raise {tier}_budget to at least "
+            f"{format_size(need)}, or re-pack with a smaller {tier} cache (`oocstore pack "
+            f"--{tier}-cache`) or within the budget (`oocstore pack --{tier}-budget`)")
 
 
 def refuse_prefetch(budget, one: WorkingSet, held: dict[str, int]) -> None:
@@ -322,7 +322,8 @@ def refuse_prefetch(budget, one: WorkingSet, held: dict[str, int]) -> None:
         f"batch: that needs {format_size(one.total('cpu'))} of cpu ({one.describe('cpu')}) on "
         f"top of {format_size(held['cpu'])} of cpu, and {format_size(one.total('gpu'))} of "
         f"device batches ({one.describe('gpu')}) on top of {format_size(held['gpu'])} of gpu; "
-        "raise --cpu-budget / --gpu-budget, or re-pack with a smaller --gpu-cache")
+        "raise cpu_budget / gpu_budget, or re-pack with a smaller gpu cache "
+        "(`oocstore pack --gpu-cache`)")
 
 
 def refuse_split(cpu_budget: int, plan: str, mws: dict) -> None:
@@ -348,9 +349,9 @@ def check_budget(layout, options, name: str) -> None:
                 detail = f"gpu tier {format_size(mws['gpu_tier_bytes'])} + batches on the device"
             raise BudgetError(
                 f"pack {name!r} needs a minimum {tier} working set of {format_size(mws[tier])} "
-                f"({detail}) > {tier} budget {format_size(limit)}: lower --{tier}-cache, sample "
+                f"({detail}) > {tier} budget {format_size(limit)}: lower {tier}_cache, sample "
                 f"with a smaller batch size (`oocstore plan-budget STORE --{tier}-budget {limit}` "
-                f"lists what fits), or raise --{tier}-budget to at least {format_size(mws[tier])}")
+                f"lists what fits), or raise {tier}_budget to at least {format_size(mws[tier])}")
 
 
 # -- what the tiered reader charges -----------------------------------------------------

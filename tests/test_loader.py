@@ -221,7 +221,7 @@ def test_cuda_charges_the_ring_to_the_cpu_and_every_device_batch_to_the_gpu(gpu_
                     budget=MemoryBudget(gpu=reader_gpu + one)) as loader:
         assert loader.prefetch == 1 and loader._ring.slots == 2
         assert loader.accountant.charged("gpu") == loader.budget.gpu
-    with pytest.raises(BudgetError, match="cannot prefetch even one batch.*--gpu-budget"):
+    with pytest.raises(BudgetError, match="cannot prefetch even one batch.*gpu_budget"):
         NodeLoader(gpu_store, pack="gpu", device="cuda", budget=MemoryBudget(gpu=reader_gpu + one - 1))
     with NodeLoader(gpu_store, pack="gpu", device="cuda", prefetch=0,
                     budget=MemoryBudget(gpu=reader_gpu + one - 1)) as loader:

@@ -266,7 +266,8 @@ class TieredReader:
                                   base_read_bytes=base_read_buffer_bytes(m.row_bytes, io_threads)))
         fix = {"cpu": "lower the cache sizes when packing, sample with a smaller batch size, "
                       "or raise the cpu budget",
-               "gpu": "lower --gpu-cache when packing or raise the gpu budget"}
+               "gpu": "lower the gpu cache when packing (`oocstore pack --gpu-cache`) or raise "
+                      "the gpu budget"}
         self._charges = WorkingSet(items[:1]).charge(self.accountant, fix)
         tables = _PackTables(store, m, self.plan, self.pack_fix)
         self._charges += WorkingSet(items[1:]).charge(self.accountant, fix)

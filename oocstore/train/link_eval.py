@@ -65,7 +65,7 @@ class BudgetedFeatures:
         acct = self.accountant
         self._charge = acct.charge("cpu", ids.size * self.row_bytes + self.tier.nbytes,
                                    "link evaluation feature rows",
-                                   fix="raise the cpu budget or use --in-memory")
+                                   fix="raise cpu_budget or use in_memory=True")
         out = np.empty((ids.size, self.tier.dim), dtype=self.tier.meta.np_dtype)
         self.tier.gather_at(ids, out, np.arange(ids.size, dtype=np.int64))
         self.peak = max(self.peak, acct.peak("cpu"))

@@ -415,12 +415,12 @@ def _eval_pack_options(store: Store, plan, ref: PackMeta, budget: MemoryBudget,
             f"({mws.get('batches_in_flight', 3)} batches of staging "
             f"{format_size(mws['staging_bytes'])} each + labels "
             f"{format_size(mws['labels_bytes'])} + plan tables "
-            f"{format_size(mws['tables_bytes'])} + read buffers): raise --cpu-budget to at "
+            f"{format_size(mws['tables_bytes'])} + read buffers): raise cpu_budget to at "
             f"least {format_size(need)}", need=need)
     raise EvalBudgetError(
         f"gpu budget {format_size(gpu_budget)} is too small to evaluate on plan {name!r}: its "
         f"pack needs {format_size(mws['gpu'])} of gpu for the batches on the device: raise "
-        f"--gpu-budget to at least {format_size(mws['gpu'])}", need=need)
+        f"gpu_budget to at least {format_size(mws['gpu'])}", need=need)
 
 
 class EvalBudgetError(BudgetError):

@@ -151,7 +151,7 @@ def test_budget_too_small_is_refused_before_writing(store):
     before = sorted(p.name for p in (store.path / "packs").iterdir())
     version = store.version
     with pytest.raises(BudgetError, match=r"minimum cpu working set of .* > cpu budget 64.00 KiB: "
-                                          r"lower --cpu-cache.*raise --cpu-budget to at least"):
+                                          r"lower cpu_cache.*raise cpu_budget to at least"):
         pack_plan(store, name="small", options=PackOptions(cpu_cache=1 << 20, cpu_budget=64 << 10))
     assert store.get("pack/small") is None and store.version == version
     assert sorted(p.name for p in (store.path / "packs").iterdir()) == before

@@ -42,6 +42,30 @@ def test_budget_too_small_exits_within_seconds_naming_the_minimum(store, capsys)
     assert "raise --cpu-budget to at least" in err[0]
 
 
+def test_a_budget_refusal_names_the_parameter_in_python_and_the_flag_in_the_cli(store, capsys):
+    """One refusal, two readers: a Python caller (run_training, NodeLoader) reads the
+    parameter it passes (``cpu_budget``), the command line's user the flag typed
+    (``--cpu-budget``); the figures are the same."""
+    from oocstore import Store
+    from oocstore.budget import MemoryBudget
+    from oocstore.errors import BudgetError
+    from oocstore.loader import NodeLoader
+    from oocstore.train.run import run_training
+
+    with pytest.raises(BudgetError) as err:
+        run_training(store, None, TrainConfig(epochs=1, cpu_budget=64 << 10))
+    py = str(err.value)
+    assert "raise cpu_budget to at least" in py and "--cpu-budget to" not in py, py
+    with Store(store) as s, pytest.raises(BudgetError) as err:
+        NodeLoader(s, budget=MemoryBudget(cpu=64 << 10))
+    assert "raise cpu_budget to at least" in str(err.value), str(err.value)
+    assert main(["train", store, "--epochs", "1", "--cpu-budget", "64KiB"]) == 2
+    line = capsys.readouterr().err.strip()
+    assert "raise --cpu-budget to at least" in line and "cpu_budget" not in line, line
+    least = lambda text, name: text.split(f"raise {name} to at least ")[1].split(",")[0]  # noqa: E731
+    assert least(py, "cpu_budget") == least(line, "--cpu-budget")
+
+
 def test_checkpoint_and_resume_continue_the_run(store, tmp_path, capsys):
     ck = str(tmp_path / "ck")
     first = train_json(capsys, store, "--epochs", "2", "--hidden", "16", "--checkpoint", ck)
