@@ -531,10 +531,10 @@ class NodeLoader:
         if state.get("plan") != self.plan_name or state.get("pack") != self.pack_name:
             raise FormatError(f"loader state is for plan {state.get('plan')!r} / pack "
                               f"{state.get('pack')!r}, not {self.plan_name!r} / "
-                              f"{self.pack_name!r}: resume with the same --plan")
+                              f"{self.pack_name!r}: resume with plan={state.get('plan')!r}")
         if state.get("plan_version") != self.reader.meta.plan_version:
             raise FormatError("loader state was saved for another version of the plan: it was "
-                              "re-sampled since; start a new run instead of --resume")
+                              "re-sampled since; start a new run instead of resume=True")
         self._stop_pipeline()
         self.epoch = int(state["epoch"])
         self._start = int(state["next_batch"])

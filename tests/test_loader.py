@@ -8,7 +8,7 @@ import torch
 
 from helpers import opened, policy_packs, sampled_store
 from oocstore.budget import MemoryBudget
-from oocstore.errors import BudgetError, StageTimeoutError, UsageError
+from oocstore.errors import BudgetError, FormatError, StageTimeoutError, UsageError
 from oocstore.loader import NodeLoader
 from oocstore.pack import PackOptions, pack_plan
 
@@ -72,6 +72,18 @@ def test_resume_mid_epoch_gives_exactly_the_remaining_batches(store, pack):
     assert [r[0] for r in rest] == [f[0] for f in full[3:]]
     for (_, s1, x1), (_, s2, x2) in zip(rest, full[3:]):
         assert np.array_equal(s1, s2) and torch.equal(x1, x2)
+
+
+def test_a_state_of_another_plan_is_refused_naming_the_parameter(store):
+    """A Python caller reads the parameter it passes (``plan=...``, ``resume=True``), not a
+    command-line flag (the CLI writes its flags in)."""
+    with NodeLoader(store, pack="train") as loader:
+        state = loader.state_dict()
+        with pytest.raises(FormatError, match=r"resume with plan='other'$") as err:
+            loader.load_state_dict({**state, "plan": "other"})
+        assert "--" not in str(err.value)
+        with pytest.raises(FormatError, match=r"start a new run instead of resume=True$"):
+            loader.load_state_dict({**state, "plan_version": -1})
 
 
 def test_stage_failure_surfaces_with_traceback_and_close_leaves_no_thread(store, monkeypatch):
