@@ -96,6 +96,9 @@ class SegmentTier(Tier):
         self.ahead = (1 if read_ahead is True else max(0, int(read_ahead))) if largest else 0
         self.read_ahead = self.ahead > 0
         self._free = [aligned_empty(self.buffer_bytes) for _ in range(self.ahead)]
+        #: every segment buffer: at any time the current one (``_buf``), one a read ahead
+        #: goes into (``_pending``) or a spare (``_free``), see :meth:`_sort_buffers`
+        self._buffers = [b for b in (self._buf, *self._free) if b is not None]
         # Reads ahead run on up to READ_THREADS threads: two pending segments (a spare
         # buffer and the released current one) are read at once, in any order.
         self._pending: deque = deque()  # (segment, future, buffer), in the order issued
@@ -260,6 +263,7 @@ class SegmentTier(Tier):
         if not self.read_ahead:
             return
         self._after_fork()
+        self._sort_buffers()
         for seg in ([segments] if isinstance(segments, (int, np.integer)) else segments):
             seg = int(seg)
             if seg < 0 or seg == self.current or seg == skip or \
@@ -278,30 +282,34 @@ class SegmentTier(Tier):
             self.prefetch(then)
             return
         self._after_fork()  # (the split-read threads exist without read-ahead too)
+        self._sort_buffers()
         count = int(self.segments[segment, 1])
         # Reads issued ahead for segments that are not loaded next (batches read out of
         # order) are waited for and their buffers reused; a failed one is not an error
-        # here (the read is repeated if its segment is loaded).
+        # here (the read is repeated if its segment is loaded). A read leaves _pending
+        # only once it is waited for: interrupted (Ctrl-C) while waiting, it stays there
+        # (its buffer is still being written), and is waited for again next time.
         while self._pending and self._pending[0][0] != segment:
-            _, future, buf = self._pending.popleft()
+            _, future, buf = self._pending[0]
             _settle(future)
+            self._pending.popleft()
             self._free.append(buf)
         if self._pending:
-            _, future, buf = self._pending.popleft()
+            _, future, buf = self._pending[0]
             try:
                 got, length, check = future.result()  # re-raises a failed read here
                 if check is not None:
                     check.result()  # and a checksum mismatch (ChecksumError) here
             except BaseException:  # the check is submitted only after a good read
-                if _in_use(future):  # interrupted while waiting: the read goes on into buf
-                    self._pending.appendleft((segment, future, buf))
-                else:
+                if not _in_use(future):  # (else the read goes on into buf: still pending)
+                    self._pending.popleft()
                     self._free.append(buf)
                 raise
-            if self._buf is not None:
-                self._free.append(self._buf)  # the old current segment's buffer is a spare
-            self._buf = buf
+            self._pending.popleft()
             self.current = -1
+            old, self._buf = self._buf, buf
+            if old is not None:
+                self._free.append(old)  # the old current segment's buffer is a spare
             self.prefetch(then, skip=segment)
             rows = self._view(segment, buf) if check is not None else \
                 self._verify(segment, buf, got)
@@ -327,11 +335,26 @@ class SegmentTier(Tier):
         segment again reads it again. No-op without read-ahead."""
         if not self.read_ahead or self._buf is None:
             return
-        self._free.append(self._buf)
-        self._buf = None
-        self._rows = self._rows[:0]
         self.current = -1
+        self._rows = self._rows[:0]
+        buf, self._buf = self._buf, None
+        self._free.append(buf)
         self.prefetch(then)
+
+    def _sort_buffers(self) -> None:
+        """Make every segment buffer exactly one of: the current one, one a read ahead
+        goes into (pending), or a spare. An interrupt (Ctrl-C) between the steps that
+        move a buffer from one to another, once nothing writes it, can leave it in none
+        of them (a spare lost for good) or in two (a spare that is also the current
+        segment's rows); this puts it right before any spare is used. A buffer leaves
+        ``_pending`` only once its read was waited for, so one found in none is idle."""
+        held = {id(b) for b in (self._buf, *(p[2] for p in self._pending)) if b is not None}
+        free = []
+        for b in (*self._free, *self._buffers):
+            if id(b) not in held:
+                held.add(id(b))
+                free.append(b)
+        self._free = free
 
     def _account(self, segment: int, rows: np.ndarray, length: int, count: int) -> None:
         self.bytes_read += length
@@ -364,7 +387,7 @@ class SegmentTier(Tier):
                 self._pending.clear()
                 self.reader.close()
                 self._buf = self._scratch = None  # free the segment buffers now
-                self._free = []
+                self._free, self._buffers = [], []
                 self._rows = self._rows[:0].copy()
                 self.current = -1
 

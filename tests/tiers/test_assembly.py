@@ -752,3 +752,89 @@ def test_an_interrupt_right_after_the_offer_waits_for_the_helper(monkeypatch):
         np.testing.assert_array_equal(out[ok], want[ok])  # (it copied the whole batch)
     finally:
         helper.close()
+
+
+def _sorted_buffers(tier: SegmentTier, buffers: list) -> list[str]:
+    """Where each of the tier's segment ``buffers`` (all it made) is: current, pending
+    or spare (each exactly once when nothing was lost or listed twice)."""
+    where = {id(b): [] for b in buffers}
+    for name, bufs in (("current", [tier._buf]), ("pending", [p[2] for p in tier._pending]),
+                       ("spare", tier._free)):
+        for b in bufs:
+            if b is not None:
+                where.setdefault(id(b), []).append(name)
+    return sorted("+".join(w) or "lost" for w in where.values())
+
+
+def _segment_tier(store) -> tuple[SegmentTier, list, np.ndarray, np.ndarray]:
+    """A tier with two read-ahead buffers, its three buffers, segments and packed rows."""
+    meta = store.array_meta("pack/p/rows")
+    segs = np.asarray(store.array("pack/p/segments")).astype(np.int64)
+    crcs = np.asarray(store.array("pack/p/segment_crc"))
+    tier = SegmentTier(store.file_path(meta), meta, segs, checksums=None, segment_crcs=crcs,
+                       read_ahead=2)
+    return tier, [tier._buf, *tier._free], segs, np.asarray(store.array("pack/p/rows"))
+
+
+def test_an_interrupt_while_a_skipped_read_ahead_is_waited_for_keeps_it_pending(store,
+                                                                                monkeypatch):
+    """Ctrl-C while ``load`` waits for a read ahead it skips (batches out of order): that
+    read goes on into its buffer, so the buffer stays pending (never a spare the next
+    read could take meanwhile, never lost), and the next ``load`` waits for it again."""
+    import oocstore.tiers.ssd as ssd
+
+    tier, bufs, segs, packed = _segment_tier(store)
+    try:
+        full = [s for s in range(len(segs)) if segs[s, 1]]
+        a, b = full[:2]
+        tier.prefetch([a, b])
+        settle, calls = ssd._settle, []
+
+        def interrupted(future):
+            calls.append(future)
+            if len(calls) == 1:
+                raise KeyboardInterrupt
+            settle(future)
+
+        monkeypatch.setattr(ssd, "_settle", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            tier.load(b)
+        assert [p[0] for p in tier._pending] == [a, b]
+        assert _sorted_buffers(tier, bufs) == ["current", "pending", "pending"]
+        tier.load(b)
+        assert len(calls) == 2 and calls[1] is calls[0]  # the same read waited for again
+        np.testing.assert_array_equal(tier.current_rows,
+                                      packed[segs[b, 0]:segs[b, 0] + segs[b, 1]])
+        assert _sorted_buffers(tier, bufs) == ["current", "spare", "spare"]
+    finally:
+        tier.close()
+
+
+def test_an_interrupt_after_a_read_ahead_was_waited_for_loses_no_buffer(store):
+    """Ctrl-C just after ``load`` takes a finished read ahead off the pending queue: its
+    buffer is a spare again by the next ``load`` (not lost for good, which would leave
+    the tier one read-ahead buffer short for the rest of its life)."""
+    tier, bufs, segs, packed = _segment_tier(store)
+
+    class InterruptedQueue(type(tier._pending)):
+        fired = False
+
+        def popleft(self):
+            entry = super().popleft()
+            if not InterruptedQueue.fired:
+                InterruptedQueue.fired = True
+                raise KeyboardInterrupt
+            return entry
+
+    try:
+        tier._pending = InterruptedQueue()
+        a = next(s for s in range(len(segs)) if segs[s, 1])
+        tier.prefetch([a])
+        with pytest.raises(KeyboardInterrupt):
+            tier.load(a)
+        tier.load(a)
+        np.testing.assert_array_equal(tier.current_rows,
+                                      packed[segs[a, 0]:segs[a, 0] + segs[a, 1]])
+        assert _sorted_buffers(tier, bufs) == ["current", "spare", "spare"]
+    finally:
+        tier.close()
