@@ -226,9 +226,11 @@ class CheckedRows:
         self._last_checked = c
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        # forgotten before it is closed: a close interrupted (Ctrl-C) right after
+        # os.close never closes the number again (another file may have it by then)
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
         self._scratch = None
 
     def __del__(self) -> None:

@@ -298,9 +298,11 @@ class DirectReader:
         return buf[lo: min(lo + nbytes, got)]
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        # forgotten before it is closed: a close interrupted (Ctrl-C) right after
+        # os.close never closes the number again (another file may have it by then)
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
 
     def __enter__(self) -> "DirectReader":
         return self

@@ -302,3 +302,30 @@ def test_close_interrupted_in_its_pool_shutdown_still_closes_the_file(feats_stor
     monkeypatch.undo()
     tier.close()
     assert tier._pool is None and not any(t.is_alive() for t in pool._threads)
+
+
+def test_a_close_interrupted_after_the_file_closed_never_closes_it_again(feats_store,
+                                                                          monkeypatch):
+    """Ctrl-C right after the descriptor is closed: a second ``close`` does not close
+    that number again (by then it may be another file's)."""
+    import os
+
+    import oocstore.store.files as files
+
+    store, _ = feats_store
+    meta = store.array_meta("features")
+    tier = BaseRowTier(store.file_path(meta), meta, threads=1)
+    real, closed = os.close, []
+
+    def interrupted(fd):
+        real(fd)
+        closed.append(fd)
+        if len(closed) == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(files.os, "close", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tier.close()
+    tier.close()
+    monkeypatch.undo()
+    assert len(closed) == 1 and tier.reader.fd < 0
