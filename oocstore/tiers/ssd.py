@@ -96,9 +96,9 @@ class SegmentTier(Tier):
         self.ahead = (1 if read_ahead is True else max(0, int(read_ahead))) if largest else 0
         self.read_ahead = self.ahead > 0
         self._free = [aligned_empty(self.buffer_bytes) for _ in range(self.ahead)]
-        #: every segment buffer: at any time the current one (``_buf``), one a read ahead
-        #: goes into (``_pending``) or a spare (``_free``), see :meth:`_sort_buffers`
-        self._buffers = [b for b in (self._buf, *self._free) if b is not None]
+        #: the buffers a move between current (``_buf``), pending and spare (``_free``)
+        #: is under way for (see :meth:`_finish_move`)
+        self._moving: tuple = ()
         # Reads ahead run on up to READ_THREADS threads: two pending segments (a spare
         # buffer and the released current one) are read at once, in any order.
         self._pending: deque = deque()  # (segment, future, buffer), in the order issued
@@ -263,7 +263,7 @@ class SegmentTier(Tier):
         if not self.read_ahead:
             return
         self._after_fork()
-        self._sort_buffers()
+        self._finish_move()
         for seg in ([segments] if isinstance(segments, (int, np.integer)) else segments):
             seg = int(seg)
             if seg < 0 or seg == self.current or seg == skip or \
@@ -282,7 +282,7 @@ class SegmentTier(Tier):
             self.prefetch(then)
             return
         self._after_fork()  # (the split-read threads exist without read-ahead too)
-        self._sort_buffers()
+        self._finish_move()
         count = int(self.segments[segment, 1])
         # Reads issued ahead for segments that are not loaded next (batches read out of
         # order) are waited for and their buffers reused; a failed one is not an error
@@ -292,8 +292,7 @@ class SegmentTier(Tier):
         while self._pending and self._pending[0][0] != segment:
             _, future, buf = self._pending[0]
             _settle(future)
-            self._pending.popleft()
-            self._free.append(buf)
+            self._spare_settled(buf)
         if self._pending:
             _, future, buf = self._pending[0]
             try:
@@ -302,14 +301,15 @@ class SegmentTier(Tier):
                     check.result()  # and a checksum mismatch (ChecksumError) here
             except BaseException:  # the check is submitted only after a good read
                 if not _in_use(future):  # (else the read goes on into buf: still pending)
-                    self._pending.popleft()
-                    self._free.append(buf)
+                    self._spare_settled(buf)
                 raise
+            self._moving = (buf, self._buf)
             self._pending.popleft()
             self.current = -1
             old, self._buf = self._buf, buf
             if old is not None:
                 self._free.append(old)  # the old current segment's buffer is a spare
+            self._moving = ()
             self.prefetch(then, skip=segment)
             rows = self._view(segment, buf) if check is not None else \
                 self._verify(segment, buf, got)
@@ -321,7 +321,11 @@ class SegmentTier(Tier):
             self.prefetch(then)
             return
         if self._buf is None:  # released: no read is pending, so every spare is free
-            self._buf = self._free.pop()
+            buf = self._free[-1]
+            self._moving = (buf,)
+            self._free.pop()
+            self._buf = buf
+            self._moving = ()
         got, length = self._read(segment, self._buf)
         self.current = -1
         self.prefetch(then, skip=segment)
@@ -335,26 +339,46 @@ class SegmentTier(Tier):
         segment again reads it again. No-op without read-ahead."""
         if not self.read_ahead or self._buf is None:
             return
+        self._finish_move()
         self.current = -1
         self._rows = self._rows[:0]
-        buf, self._buf = self._buf, None
+        buf = self._buf
+        self._moving = (buf,)
+        self._buf = None
         self._free.append(buf)
+        self._moving = ()
         self.prefetch(then)
 
-    def _sort_buffers(self) -> None:
-        """Make every segment buffer exactly one of: the current one, one a read ahead
-        goes into (pending), or a spare. An interrupt (Ctrl-C) between the steps that
-        move a buffer from one to another, once nothing writes it, can leave it in none
-        of them (a spare lost for good) or in two (a spare that is also the current
-        segment's rows); this puts it right before any spare is used. A buffer leaves
-        ``_pending`` only once its read was waited for, so one found in none is idle."""
-        held = {id(b) for b in (self._buf, *(p[2] for p in self._pending)) if b is not None}
-        free = []
-        for b in (*self._free, *self._buffers):
-            if id(b) not in held:
-                held.add(id(b))
-                free.append(b)
-        self._free = free
+    def _spare_settled(self, buf) -> None:
+        """The first pending read (into ``buf``), waited for, is done with: ``buf`` is a
+        spare."""
+        self._moving = (buf,)
+        self._pending.popleft()
+        self._free.append(buf)
+        self._moving = ()
+
+    def _finish_move(self) -> None:
+        """Finish a move of segment buffers that an interrupt (Ctrl-C) stopped half-way:
+        each buffer of ``_moving`` (each one no read writes any more: a read ahead leaves
+        ``_pending`` only once it was waited for) ends up exactly one of current,
+        pending or spare, never lost (a spare gone for good) and never both current and
+        spare (the next read ahead would overwrite the current segment's rows). A
+        buffer a move does not name is never touched: one lost between a read ahead's
+        submission and its entry in ``_pending`` may still be written, and stays out
+        of use until the tier closes."""
+        for buf in self._moving:
+            if buf is None:
+                continue
+            spare = [i for i, b in enumerate(self._free) if b is buf]
+            if buf is self._buf or any(p[2] is buf for p in self._pending):
+                for i in reversed(spare):
+                    del self._free[i]
+            elif not spare:
+                self._free.append(buf)
+            elif len(spare) > 1:
+                for i in reversed(spare[1:]):
+                    del self._free[i]
+        self._moving = ()
 
     def _account(self, segment: int, rows: np.ndarray, length: int, count: int) -> None:
         self.bytes_read += length
@@ -387,7 +411,7 @@ class SegmentTier(Tier):
                 self._pending.clear()
                 self.reader.close()
                 self._buf = self._scratch = None  # free the segment buffers now
-                self._free, self._buffers = [], []
+                self._free, self._moving = [], ()
                 self._rows = self._rows[:0].copy()
                 self.current = -1
 

@@ -838,3 +838,31 @@ def test_an_interrupt_after_a_read_ahead_was_waited_for_loses_no_buffer(store):
         assert _sorted_buffers(tier, bufs) == ["current", "spare", "spare"]
     finally:
         tier.close()
+
+
+def test_a_read_ahead_interrupted_as_it_is_submitted_is_never_reused_unawaited(store):
+    """Ctrl-C between a read ahead's submission and its entry in the pending queue: its
+    buffer may still be written, so it stays out of use (the tier reads on with one
+    spare less) instead of becoming a spare the next read ahead would share."""
+    tier, bufs, segs, packed = _segment_tier(store)
+    submit, started = tier._pool.submit, []
+
+    def interrupted(fn, *args):
+        started.append(submit(fn, *args))
+        if len(started) == 1:
+            raise KeyboardInterrupt
+        return started[-1]
+
+    try:
+        tier._pool.submit = interrupted
+        full = [s for s in range(len(segs)) if segs[s, 1]]
+        with pytest.raises(KeyboardInterrupt):
+            tier.prefetch([full[0]])
+        assert _sorted_buffers(tier, bufs) == ["current", "lost", "spare"]
+        for s in full[:4]:
+            tier.load(s, then=full[full.index(s) + 1:full.index(s) + 3])
+            np.testing.assert_array_equal(tier.current_rows,
+                                          packed[segs[s, 0]:segs[s, 0] + segs[s, 1]])
+            assert "lost" in _sorted_buffers(tier, bufs)
+    finally:
+        tier.close()
