@@ -26,6 +26,10 @@ def test_gs_lod_bench_toy(tmp_path):
     assert doc["fit_steps"] == 4 and all(r["fit_steps"] == 4 for r in doc["results"])
     psnr = doc["results"][1]["psnr"]
     assert 10 < psnr["trained_psnr_cut"] < 100 and 10 < psnr["trained_psnr_leaves"] < 100
+    # the training views beside the held-out ones (views 0 and 8 of 16): 1, 7, 9 and 15
+    assert psnr["training_views_shown"] == [1, 7, 9, 15]
+    assert 10 < psnr["trained_psnr_cut_training_views"] < 100
+    assert 10 < psnr["trained_psnr_leaves_training_views"] < 100
     for res in doc["results"]:  # each threshold measured; a finer one expands more nodes
         by = res["by_lod_pixels"]
         assert list(by) == ["1", "0.5"] and res["lod_cut_max"] == by["1"]["lod_cut_max"]
