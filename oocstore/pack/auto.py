@@ -104,15 +104,15 @@ def _split(store: Store, plan: PlanReader, *, cpu_budget: int, gpu_budget: int |
     the options carry the whole ``cpu_budget`` (what the pack is checked against)."""
     reserve = queue_reserve(store)
     if reserve and cpu_budget > reserve:
+        found = None  # no split beside the queue, or one that packs every batch
         try:
-            options, predicted, tried = choose_split(store, plan,
-                                                     cpu_budget=cpu_budget - reserve,
-                                                     gpu_budget=gpu_budget,
-                                                     max_disk_blowup=max_disk_blowup, bw=bw,
-                                                     policy=policy, exhaustive=exhaustive)
+            found = choose_split(store, plan, cpu_budget=cpu_budget - reserve,
+                                 gpu_budget=gpu_budget, max_disk_blowup=max_disk_blowup, bw=bw,
+                                 policy=policy, exhaustive=exhaustive, base_reads_only=True)
         except BudgetError:
             pass  # the floor fits the budget, not beside the queue: no queue then
-        else:
+        if found is not None:
+            options, predicted, tried = found
             # the chosen candidate's working set (no second layout of the same options)
             mws = next(c["min_working_set"] for c in tried if c["options"] == options)
             if mws.get("base_read_bytes"):

@@ -311,45 +311,51 @@ def predict_epoch(layout: Layout, bw: Bandwidths, epoch: int = 0,
 
 def choose_split(store: Store, plan: PlanReader, *, cpu_budget: int, gpu_budget: int | None = None,
                  max_disk_blowup: float = 4.0, bw: Bandwidths | None = None,
-                 policy: str = "static", exhaustive: bool = False
-                 ) -> tuple[PackOptions, dict[str, Any], list[dict[str, Any]]]:
+                 policy: str = "static", exhaustive: bool = False,
+                 base_reads_only: bool = False
+                 ) -> tuple[PackOptions, dict[str, Any], list[dict[str, Any]]] | None:
     """Cache sizes (and segment length) with the smallest predicted epoch load time
     inside ``cpu_budget`` (and ``gpu_budget`` on a CUDA run), for a CPU tier of
     ``policy`` (whose tables are part of the working set). Returns the options, the
     chosen prediction and every candidate evaluated.
 
     A candidate whose :func:`split_floor` (a lower bound on its prediction that needs no
-    layout and no schedule) exceeds the best prediction found so far cannot be chosen:
-    it is not evaluated (nor listed) unless ``exhaustive``. The choice is the same
-    either way; what the bound saves is the candidate's layouts, and with a scheduled
-    policy one simulation of the plan per layout."""
+    cache-sized layout and no schedule) exceeds the best prediction found so far cannot
+    be chosen: it is not evaluated (nor listed) unless ``exhaustive``. The choice is the
+    same either way; what the bound saves is the candidate's layouts, and with a
+    scheduled policy one simulation of the plan per layout.
+
+    ``base_reads_only``: the caller uses the choice only where it leaves rows to the base
+    array. The search returns ``None`` as soon as the choice is known to pack every batch
+    (:func:`_packed_from_here`), unless ``exhaustive``."""
     bw = bw or Bandwidths()
     rb = store.array_meta("features").row_bytes
     candidates = []
-    best = None
+    best = chosen = None
     # Segment lengths 1..8 under the blowup cap, and no segments at all (every cold row
     # read from the base array): where the cap packs only a small part of the plan, the
     # segment buffer is better spent on cache rows.
     specs = [(1, 0.0)] if max_disk_blowup == 0.0 else \
         [(1, max_disk_blowup), (2, max_disk_blowup), (4, max_disk_blowup), (8, max_disk_blowup),
          (1, 0.0)]
-    for S, cap in specs:
-        base = PackOptions(max_disk_blowup=cap, segment_batches=S, policy=policy)
-        gpu_cache = 0
-        if gpu_budget:
-            lay0 = plan_layout(store, plan, base)
-            over = device_overhead(int(lay0.ninput.max()) if lay0.ninput.size else 0, rb,
-                                   plan.meta.batch_size, 1 << 40)
-            gpu_cache = max(0, gpu_budget - over) // rb * rb
-        base = dataclasses.replace(base, gpu_cache=gpu_cache, cpu_budget=cpu_budget,
-                                   gpu_budget=gpu_budget)
-        empty = plan_layout(store, plan, base)  # no CPU tier: no schedule to simulate
-        if best is not None and not exhaustive and split_floor(
-                store, plan, bw, cap_rows=empty.cap_rows,
-                capacity_rows=_most_cache(store, plan, empty, cpu_budget) // rb,
-                gpu_rows=empty.gpu_ids.size) > best * (1 + 1e-9):
+    empties: dict[int, tuple[PackOptions, Layout]] = {}
+
+    def empty(i: int) -> tuple[PackOptions, Layout]:
+        if i not in empties:
+            empties[i] = _empty_split(store, plan, *specs[i], policy=policy, rb=rb,
+                                      cpu_budget=cpu_budget, gpu_budget=gpu_budget)
+        return empties[i]
+
+    def floor(i: int) -> float:
+        lay = empty(i)[1]
+        return split_floor(store, plan, bw, cap_rows=lay.cap_rows, gpu_rows=lay.gpu_ids.size,
+                           capacity_rows=_most_cache(store, plan, lay, cpu_budget) // rb)
+
+    for i in range(len(specs)):
+        base, lay = empty(i)
+        if best is not None and not exhaustive and floor(i) > best * (1 + 1e-9):
             continue
-        opts, layout = _fit_cache(store, plan, base, empty, cpu_budget=cpu_budget,
+        opts, layout = _fit_cache(store, plan, base, lay, cpu_budget=cpu_budget,
                                   gpu_budget=gpu_budget, rb=rb)
         mws = layout.min_working_set
         cpu_need = mws["cpu"] - (mws["gpu_tier_bytes"] if gpu_budget else 0)
@@ -359,12 +365,46 @@ def choose_split(store: Store, plan: PlanReader, *, cpu_budget: int, gpu_budget:
         candidates.append({"options": opts, "prediction": pred, "min_working_set": mws,
                            "segment_batches": layout.segment_batches,
                            "blowup": layout.packed_rows * rb / max(1, store.array_meta("features").nbytes)})
-        best = pred["mean_epoch_s"] if best is None else min(best, pred["mean_epoch_s"])
+        if best is None or pred["mean_epoch_s"] < best:
+            best, chosen = pred["mean_epoch_s"], candidates[-1]
+        if base_reads_only and not exhaustive and not chosen["min_working_set"]["base_read_bytes"] \
+                and _packed_from_here(range(i + 1, len(specs)), empty, floor, best):
+            return None
     if not candidates:
         lay = plan_layout(store, plan, PackOptions(max_disk_blowup=max_disk_blowup, segment_batches=1))
         refuse_split(cpu_budget, plan.name, lay.min_working_set)
-    best = min(candidates, key=lambda c: c["prediction"]["mean_epoch_s"])
-    return best["options"], best["prediction"], candidates
+    return chosen["options"], chosen["prediction"], candidates
+
+
+def _empty_split(store: Store, plan: PlanReader, S: int, cap: float, *, policy: str, rb: int,
+                 cpu_budget: int, gpu_budget: int | None) -> tuple[PackOptions, Layout]:
+    """The options of the split with segments of ``S`` batches under the blowup ``cap``
+    (the GPU tier sized to ``gpu_budget``; no CPU tier yet), and their layout: no CPU
+    tier, so no schedule to simulate."""
+    base = PackOptions(max_disk_blowup=cap, segment_batches=S, policy=policy)
+    gpu_cache = 0
+    if gpu_budget:
+        lay0 = plan_layout(store, plan, base)
+        over = device_overhead(int(lay0.ninput.max()) if lay0.ninput.size else 0, rb,
+                               plan.meta.batch_size, 1 << 40)
+        gpu_cache = max(0, gpu_budget - over) // rb * rb
+    base = dataclasses.replace(base, gpu_cache=gpu_cache, cpu_budget=cpu_budget,
+                               gpu_budget=gpu_budget)
+    return base, plan_layout(store, plan, base)
+
+
+def _packed_from_here(rest, empty, floor, best: float) -> bool:
+    """Whether none of the splits ``rest`` (indices; ``empty(i)``: options and layout
+    with no CPU tier, ``floor(i)``: :func:`split_floor`) can be chosen with rows left to
+    the base array, beside a best prediction ``best`` that packs every batch. A split
+    whose layout with no CPU tier packs every batch packs every batch at any cache size
+    (a cache only turns cold rows warm, so no segment grows past the cap); any other
+    must be bounded above ``best``."""
+    for i in rest:
+        lay = empty(i)[1]
+        if (lay.batch_seg < 0).any() and floor(i) <= best * (1 + 1e-9):
+            return False
+    return True
 
 
 def _fit_cache(store: Store, plan: PlanReader, base: PackOptions, empty: Layout, *,

@@ -121,11 +121,14 @@ def test_a_gpu_split_is_pruned_exactly(stores):
     assert len(some) < len(every)
 
 
-def test_the_demo_split_simulates_fewer_schedules(stores, monkeypatch):
+@pytest.mark.parametrize("blowup, before, now", [(5.0, 28, 24), (20.0, 19, 12)])
+def test_the_demo_split_simulates_fewer_schedules(stores, monkeypatch, blowup, before, now):
     """The README demo's automatic split (both policies compared, the read queue's
     reserve tried first) on a small plan of its shape: the exhaustive search simulates
-    the plan for 28 cache sizes, as every split was evaluated before; the pruned one
-    skips the candidates without segments (all their cold rows would be row reads)."""
+    the plan for as many cache sizes as the search did when it evaluated every split
+    (``before``, counted on that code); the pruned one skips the splits without segments
+    (all their cold rows would be row reads), and with a cap that packs every batch at
+    any cache size, the rest of the reserve's search once its choice packs every batch."""
     sizes = []
 
     def counting(kernel, data, offs, ninput, starts, node_tier, capacity, init_ids):
@@ -134,20 +137,37 @@ def test_the_demo_split_simulates_fewer_schedules(stores, monkeypatch):
         return scheduled_epochs(kernel, data, offs, ninput, starts, node_tier, capacity, init_ids)
 
     monkeypatch.setattr(placement, "scheduled_epochs", counting)
-    choices = []
+    runs = []
     with Store(stores["demo"]) as s:
         plan = PlanReader(s, "p")
         floor = plan_layout(s, plan, PackOptions(max_disk_blowup=5)).min_working_set["cpu"]
         budget = floor + s.array_meta("features").nbytes // 4
         for exhaustive in (True, False):
             sizes.clear()
-            choices.append(choose_options(s, plan, cpu_budget=budget, max_disk_blowup=5,
-                                          policy=None, probe_disk=False, exhaustive=exhaustive))
-            choices[-1] = (choices[-1], list(sizes))
-    (want, every), (got, some) = choices
+            choice = choose_options(s, plan, cpu_budget=budget, max_disk_blowup=blowup,
+                                    policy=None, probe_disk=False, exhaustive=exhaustive)
+            runs.append((choice, list(sizes)))
+    (want, every), (got, some) = runs
     assert got.options == want.options and got.predicted == want.predicted
-    assert len(every) == 28 and len(some) == 24
+    assert (len(every), len(some)) == (before, now)
     assert set(some) < set(every)
+
+
+def test_the_reserve_search_stops_only_when_its_choice_packs_every_batch(stores):
+    """``base_reads_only``: ``None`` only where the exhaustive choice packs every batch;
+    where it leaves rows to the base array, that choice."""
+    stopped = kept = 0
+    for case in CASES:
+        want, want_pred, every = _split(stores, case, exhaustive=True)
+        got = _split(stores, case, base_reads_only=True)
+        mws = next(c["min_working_set"] for c in every if c["options"] == want)
+        if got is None:
+            assert not mws["base_read_bytes"], case
+            stopped += 1
+        else:
+            assert got[:2] == (want, want_pred), case
+            kept += bool(mws["base_read_bytes"])
+    assert stopped and kept
 
 
 # -- the Belady kernel against the int64 heap it replaced -------------------------------
