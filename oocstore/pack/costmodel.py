@@ -18,7 +18,10 @@ packed) the segment read-ahead buffer — and keeps the one with the smallest pr
 time averaged over the epochs the loader will cycle. The average matters when the
 disk-blowup cap packs only the plan's first batches: epoch 0 then looks fast and the
 others fall back to base-array reads, where a larger cache (the segment buffer's bytes
-spent on hot rows) saves more.
+spent on hot rows) saves more. A candidate that a lower bound on its prediction
+(:func:`split_floor`: every node of an epoch that its cache cannot hold when the epoch
+starts is read at least once) already puts behind the best one found is not laid out: with a scheduled CPU tier each
+layout simulates the policy over the whole plan, the bulk of the search's time.
 """
 
 from __future__ import annotations
