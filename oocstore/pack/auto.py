@@ -103,12 +103,14 @@ def _split(store: Store, plan: PlanReader, *, cpu_budget: int, gpu_budget: int |
     queue its room (:func:`queue_reserve`) where the split leaves rows to the base array;
     the options carry the whole ``cpu_budget`` (what the pack is checked against)."""
     reserve = queue_reserve(store)
+    empties: dict = {}  # the two searches' layouts with no CPU tier are the same
     if reserve and cpu_budget > reserve:
         found = None  # no split beside the queue, or one that packs every batch
         try:
             found = choose_split(store, plan, cpu_budget=cpu_budget - reserve,
                                  gpu_budget=gpu_budget, max_disk_blowup=max_disk_blowup, bw=bw,
-                                 policy=policy, exhaustive=exhaustive, base_reads_only=True)
+                                 policy=policy, exhaustive=exhaustive, base_reads_only=True,
+                                 empty_layouts=empties)
         except BudgetError:
             pass  # the floor fits the budget, not beside the queue: no queue then
         if found is not None:
@@ -119,7 +121,8 @@ def _split(store: Store, plan: PlanReader, *, cpu_budget: int, gpu_budget: int |
                 return dataclasses.replace(options, cpu_budget=cpu_budget), predicted
     options, predicted, _ = choose_split(store, plan, cpu_budget=cpu_budget,
                                          gpu_budget=gpu_budget, max_disk_blowup=max_disk_blowup,
-                                         bw=bw, policy=policy, exhaustive=exhaustive)
+                                         bw=bw, policy=policy, exhaustive=exhaustive,
+                                         empty_layouts=empties)
     return options, predicted
 
 

@@ -315,7 +315,7 @@ def predict_epoch(layout: Layout, bw: Bandwidths, epoch: int = 0,
 def choose_split(store: Store, plan: PlanReader, *, cpu_budget: int, gpu_budget: int | None = None,
                  max_disk_blowup: float = 4.0, bw: Bandwidths | None = None,
                  policy: str = "static", exhaustive: bool = False,
-                 base_reads_only: bool = False
+                 base_reads_only: bool = False, empty_layouts: dict | None = None
                  ) -> tuple[PackOptions, dict[str, Any], list[dict[str, Any]]] | None:
     """Cache sizes (and segment length) with the smallest predicted epoch load time
     inside ``cpu_budget`` (and ``gpu_budget`` on a CUDA run), for a CPU tier of
@@ -330,7 +330,11 @@ def choose_split(store: Store, plan: PlanReader, *, cpu_budget: int, gpu_budget:
 
     ``base_reads_only``: the caller uses the choice only where it leaves rows to the base
     array. The search returns ``None`` as soon as the choice is known to pack every batch
-    (:func:`_packed_from_here`), unless ``exhaustive``."""
+    (:func:`_packed_from_here`), unless ``exhaustive``.
+
+    ``empty_layouts``: a dict shared by searches of one plan, policy and GPU budget that
+    differ in ``cpu_budget`` only; each split's layout with no CPU tier (which the CPU
+    budget does not change: the segment length is the split's) is made once for all."""
     bw = bw or Bandwidths()
     rb = store.array_meta("features").row_bytes
     candidates = []
@@ -341,13 +345,14 @@ def choose_split(store: Store, plan: PlanReader, *, cpu_budget: int, gpu_budget:
     specs = [(1, 0.0)] if max_disk_blowup == 0.0 else \
         [(1, max_disk_blowup), (2, max_disk_blowup), (4, max_disk_blowup), (8, max_disk_blowup),
          (1, 0.0)]
-    empties: dict[int, tuple[PackOptions, Layout]] = {}
+    empties = {} if empty_layouts is None else empty_layouts  # (S, cap) -> options, layout
 
     def empty(i: int) -> tuple[PackOptions, Layout]:
-        if i not in empties:
-            empties[i] = _empty_split(store, plan, *specs[i], policy=policy, rb=rb,
-                                      cpu_budget=cpu_budget, gpu_budget=gpu_budget)
-        return empties[i]
+        if specs[i] not in empties:
+            empties[specs[i]] = _empty_split(store, plan, *specs[i], policy=policy, rb=rb,
+                                             gpu_budget=gpu_budget)
+        base, lay = empties[specs[i]]
+        return dataclasses.replace(base, cpu_budget=cpu_budget), lay
 
     def floor(i: int) -> float:
         lay = empty(i)[1]
@@ -380,10 +385,10 @@ def choose_split(store: Store, plan: PlanReader, *, cpu_budget: int, gpu_budget:
 
 
 def _empty_split(store: Store, plan: PlanReader, S: int, cap: float, *, policy: str, rb: int,
-                 cpu_budget: int, gpu_budget: int | None) -> tuple[PackOptions, Layout]:
+                 gpu_budget: int | None) -> tuple[PackOptions, Layout]:
     """The options of the split with segments of ``S`` batches under the blowup ``cap``
-    (the GPU tier sized to ``gpu_budget``; no CPU tier yet), and their layout: no CPU
-    tier, so no schedule to simulate."""
+    (the GPU tier sized to ``gpu_budget``; no CPU tier yet, no CPU budget), and their
+    layout: no CPU tier, so no schedule to simulate."""
     base = PackOptions(max_disk_blowup=cap, segment_batches=S, policy=policy)
     gpu_cache = 0
     if gpu_budget:
@@ -391,8 +396,7 @@ def _empty_split(store: Store, plan: PlanReader, S: int, cap: float, *, policy: 
         over = device_overhead(int(lay0.ninput.max()) if lay0.ninput.size else 0, rb,
                                plan.meta.batch_size, 1 << 40)
         gpu_cache = max(0, gpu_budget - over) // rb * rb
-    base = dataclasses.replace(base, gpu_cache=gpu_cache, cpu_budget=cpu_budget,
-                               gpu_budget=gpu_budget)
+    base = dataclasses.replace(base, gpu_cache=gpu_cache, gpu_budget=gpu_budget)
     return base, plan_layout(store, plan, base)
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from helpers import sampled_store
 from oocstore import Store
-from oocstore.pack import PackOptions, placement
+from oocstore.pack import PackOptions, costmodel, placement
 from oocstore.pack.auto import choose_options
 from oocstore.pack.costmodel import Bandwidths, _most_cache, choose_split, split_floor
 from oocstore.pack.layout import plan_layout
@@ -136,7 +136,15 @@ def test_the_demo_split_simulates_fewer_schedules(stores, monkeypatch, blowup, b
             sizes.append(int(capacity))
         return scheduled_epochs(kernel, data, offs, ninput, starts, node_tier, capacity, init_ids)
 
+    empties = []
+
+    def laying_out(store, plan, options):
+        if not options.cpu_cache:
+            empties.append((options.policy, options.segment_batches, options.max_disk_blowup))
+        return plan_layout(store, plan, options)
+
     monkeypatch.setattr(placement, "scheduled_epochs", counting)
+    monkeypatch.setattr(costmodel, "plan_layout", laying_out)
     runs = []
     with Store(stores["demo"]) as s:
         plan = PlanReader(s, "p")
@@ -144,9 +152,13 @@ def test_the_demo_split_simulates_fewer_schedules(stores, monkeypatch, blowup, b
         budget = floor + s.array_meta("features").nbytes // 4
         for exhaustive in (True, False):
             sizes.clear()
+            empties.clear()
             choice = choose_options(s, plan, cpu_budget=budget, max_disk_blowup=blowup,
                                     policy=None, probe_disk=False, exhaustive=exhaustive)
             runs.append((choice, list(sizes)))
+            # each split's layout with no CPU tier serves the reserve's search and the
+            # full budget's: made once (2 policies x 5 splits at most)
+            assert len(empties) == len(set(empties)) <= 10
     (want, every), (got, some) = runs
     assert got.options == want.options and got.predicted == want.predicted
     assert (len(every), len(some)) == (before, now)
