@@ -42,7 +42,7 @@ def choose_options(store: Store, plan: PlanReader, *, gpu_cache: int | None = No
                    gpu_budget: int | None = None, max_disk_blowup: float = 4.0,
                    policy: str | None = "static", segment_batches: int | None = None,
                    copy: str = "auto", window_bytes: int | None = None,
-                   probe_disk: bool = True) -> PackChoice:
+                   probe_disk: bool = True, exhaustive: bool = False) -> PackChoice:
     """The options to pack ``plan`` with.
 
     Without ``gpu_cache`` and ``cpu_cache`` but with ``cpu_budget``, the cache sizes (and
@@ -53,13 +53,15 @@ def choose_options(store: Store, plan: PlanReader, *, gpu_cache: int | None = No
 
     ``policy=None``: with automatic sizes, the CPU-tier policy of
     :data:`AUTO_POLICIES` whose split has the smallest predicted epoch time (ties go to
-    the first); with given sizes, ``"static"``."""
+    the first); with given sizes, ``"static"``. ``exhaustive``: evaluate every candidate
+    split (:func:`~oocstore.pack.costmodel.choose_split`; the same choice, more work)."""
     auto = cpu_cache is None and gpu_cache is None and cpu_budget is not None
     predicted = None
     if auto:
         bw = probe(store) if probe_disk else Bandwidths()
         splits = [(p, *_split(store, plan, cpu_budget=cpu_budget, gpu_budget=gpu_budget,
-                              max_disk_blowup=max_disk_blowup, bw=bw, policy=p))
+                              max_disk_blowup=max_disk_blowup, bw=bw, policy=p,
+                              exhaustive=exhaustive))
                   for p in ([policy] if policy is not None else AUTO_POLICIES)]
         policy, options, predicted = min(splits, key=lambda c: c[2]["mean_epoch_s"])
         options = dataclasses.replace(options, policy=policy,
@@ -95,28 +97,32 @@ def queue_reserve(store: Store) -> int:
 
 
 def _split(store: Store, plan: PlanReader, *, cpu_budget: int, gpu_budget: int | None,
-           max_disk_blowup: float, bw: Bandwidths, policy: str) -> tuple[PackOptions, dict]:
+           max_disk_blowup: float, bw: Bandwidths, policy: str,
+           exhaustive: bool = False) -> tuple[PackOptions, dict]:
     """The cost model's split for ``policy``, its cache sized to leave the deep base-read
     queue its room (:func:`queue_reserve`) where the split leaves rows to the base array;
     the options carry the whole ``cpu_budget`` (what the pack is checked against)."""
     reserve = queue_reserve(store)
+    empties: dict = {}  # the two searches' layouts with no CPU tier are the same
     if reserve and cpu_budget > reserve:
+        found = None  # no split beside the queue, or one that packs every batch
         try:
-            options, predicted, tried = choose_split(store, plan,
-                                                     cpu_budget=cpu_budget - reserve,
-                                                     gpu_budget=gpu_budget,
-                                                     max_disk_blowup=max_disk_blowup, bw=bw,
-                                                     policy=policy)
+            found = choose_split(store, plan, cpu_budget=cpu_budget - reserve,
+                                 gpu_budget=gpu_budget, max_disk_blowup=max_disk_blowup, bw=bw,
+                                 policy=policy, exhaustive=exhaustive, base_reads_only=True,
+                                 empty_layouts=empties)
         except BudgetError:
             pass  # the floor fits the budget, not beside the queue: no queue then
-        else:
+        if found is not None:
+            options, predicted, tried = found
             # the chosen candidate's working set (no second layout of the same options)
             mws = next(c["min_working_set"] for c in tried if c["options"] == options)
             if mws.get("base_read_bytes"):
                 return dataclasses.replace(options, cpu_budget=cpu_budget), predicted
     options, predicted, _ = choose_split(store, plan, cpu_budget=cpu_budget,
                                          gpu_budget=gpu_budget, max_disk_blowup=max_disk_blowup,
-                                         bw=bw, policy=policy)
+                                         bw=bw, policy=policy, exhaustive=exhaustive,
+                                         empty_layouts=empties)
     return options, predicted
 
 

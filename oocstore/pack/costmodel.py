@@ -18,7 +18,10 @@ packed) the segment read-ahead buffer — and keeps the one with the smallest pr
 time averaged over the epochs the loader will cycle. The average matters when the
 disk-blowup cap packs only the plan's first batches: epoch 0 then looks fast and the
 others fall back to base-array reads, where a larger cache (the segment buffer's bytes
-spent on hot rows) saves more.
+spent on hot rows) saves more. A candidate that a lower bound on its prediction
+(:func:`split_floor`: every node of an epoch that its cache cannot hold when the epoch
+starts is read at least once) already puts behind the best one found is not laid out: with a scheduled CPU tier each
+layout simulates the policy over the whole plan, the bulk of the search's time.
 """
 
 from __future__ import annotations
@@ -28,10 +31,12 @@ import logging
 import os
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numba
 import numpy as np
 
 from ..errors import UsageError
@@ -309,67 +314,225 @@ def predict_epoch(layout: Layout, bw: Bandwidths, epoch: int = 0,
 
 def choose_split(store: Store, plan: PlanReader, *, cpu_budget: int, gpu_budget: int | None = None,
                  max_disk_blowup: float = 4.0, bw: Bandwidths | None = None,
-                 policy: str = "static"
-                 ) -> tuple[PackOptions, dict[str, Any], list[dict[str, Any]]]:
+                 policy: str = "static", exhaustive: bool = False,
+                 base_reads_only: bool = False, empty_layouts: dict | None = None
+                 ) -> tuple[PackOptions, dict[str, Any], list[dict[str, Any]]] | None:
     """Cache sizes (and segment length) with the smallest predicted epoch load time
     inside ``cpu_budget`` (and ``gpu_budget`` on a CUDA run), for a CPU tier of
     ``policy`` (whose tables are part of the working set). Returns the options, the
-    chosen prediction and every candidate evaluated."""
+    chosen prediction and every candidate evaluated.
+
+    A candidate whose :func:`split_floor` (a lower bound on its prediction that needs no
+    cache-sized layout and no schedule) exceeds the best prediction found so far cannot
+    be chosen: it is not evaluated (nor listed) unless ``exhaustive``. The choice is the
+    same either way; what the bound saves is the candidate's layouts, and with a
+    scheduled policy one simulation of the plan per layout.
+
+    ``base_reads_only``: the caller uses the choice only where it leaves rows to the base
+    array. The search returns ``None`` as soon as the choice is known to pack every batch
+    (:func:`_packed_from_here`), unless ``exhaustive``.
+
+    ``empty_layouts``: a dict shared by searches of one plan, policy and GPU budget that
+    differ in ``cpu_budget`` only; each split's layout with no CPU tier (which the CPU
+    budget does not change: the segment length is the split's) is made once for all."""
     bw = bw or Bandwidths()
     rb = store.array_meta("features").row_bytes
     candidates = []
+    best = chosen = None
     # Segment lengths 1..8 under the blowup cap, and no segments at all (every cold row
     # read from the base array): where the cap packs only a small part of the plan, the
     # segment buffer is better spent on cache rows.
     specs = [(1, 0.0)] if max_disk_blowup == 0.0 else \
         [(1, max_disk_blowup), (2, max_disk_blowup), (4, max_disk_blowup), (8, max_disk_blowup),
          (1, 0.0)]
-    for S, cap in specs:
-        base = PackOptions(max_disk_blowup=cap, segment_batches=S, policy=policy)
-        gpu_cache = 0
-        if gpu_budget:
-            lay0 = plan_layout(store, plan, base)
-            over = device_overhead(int(lay0.ninput.max()) if lay0.ninput.size else 0, rb,
-                                   plan.meta.batch_size, 1 << 40)
-            gpu_cache = max(0, gpu_budget - over) // rb * rb
-        cpu_cache = 0
-        layout = laid = None
-        rooms: dict[int, int] = {}  # cache size -> room: the loop may come back to a size
-        for _ in range(3):  # the working set shrinks as the cache grows: iterate to a fit
-            if cpu_cache not in rooms:
-                laid = dataclasses.replace(base, gpu_cache=gpu_cache, cpu_cache=cpu_cache,
-                                           cpu_budget=cpu_budget, gpu_budget=gpu_budget)
-                layout = plan_layout(store, plan, laid)
-                rooms[cpu_cache] = _room(layout, cpu_budget, gpu_budget, gpu_cache, rb)
-            if rooms[cpu_cache] == cpu_cache:
-                break
-            cpu_cache = rooms[cpu_cache]
-        opts = dataclasses.replace(base, gpu_cache=gpu_cache, cpu_cache=cpu_cache,
-                                   cpu_budget=cpu_budget, gpu_budget=gpu_budget)
-        if opts != laid:  # the loop stopped before a fit: lay out the last size found
-            layout = plan_layout(store, plan, opts)
+    empties = {} if empty_layouts is None else empty_layouts  # (S, cap) -> options, layout
+
+    def empty(i: int) -> tuple[PackOptions, Layout]:
+        if specs[i] not in empties:
+            empties[specs[i]] = _empty_split(store, plan, *specs[i], policy=policy, rb=rb,
+                                             gpu_budget=gpu_budget)
+        base, lay = empties[specs[i]]
+        return dataclasses.replace(base, cpu_budget=cpu_budget), lay
+
+    def floor(i: int) -> float:
+        lay = empty(i)[1]
+        return split_floor(store, plan, bw, cap_rows=lay.cap_rows, gpu_rows=lay.gpu_ids.size,
+                           capacity_rows=_most_cache(store, plan, lay, cpu_budget) // rb)
+
+    for i in range(len(specs)):
+        base, lay = empty(i)
+        if best is not None and not exhaustive and floor(i) > best * (1 + 1e-9):
+            continue
+        opts, layout = _fit_cache(store, plan, base, lay, cpu_budget=cpu_budget,
+                                  gpu_budget=gpu_budget, rb=rb)
         mws = layout.min_working_set
         cpu_need = mws["cpu"] - (mws["gpu_tier_bytes"] if gpu_budget else 0)
         if cpu_need > cpu_budget:
             continue
-        # The cap packs the plan's first batches; later epochs may fall back to base-array
-        # reads. A training run cycles the loader's epochs (the packed ones, or all of the
-        # plan's when none is packed whole): compare their mean, not epoch 0 alone.
-        cold = layout.cold_per_batch()
-        packed_epochs = _whole_epochs(layout)
-        epochs = range(packed_epochs if packed_epochs else plan.meta.epochs)
-        pred = predict_epoch(layout, bw, cold=cold)
-        pred["mean_epoch_s"] = float(np.mean([pred["seconds"] if e == 0 else
-                                              predict_epoch(layout, bw, e, cold=cold)["seconds"]
-                                              for e in epochs]))
+        pred = _mean_prediction(layout, bw)
         candidates.append({"options": opts, "prediction": pred, "min_working_set": mws,
                            "segment_batches": layout.segment_batches,
                            "blowup": layout.packed_rows * rb / max(1, store.array_meta("features").nbytes)})
+        if best is None or pred["mean_epoch_s"] < best:
+            best, chosen = pred["mean_epoch_s"], candidates[-1]
+        if base_reads_only and not exhaustive and not chosen["min_working_set"]["base_read_bytes"] \
+                and _packed_from_here(range(i + 1, len(specs)), empty, floor, best):
+            return None
     if not candidates:
         lay = plan_layout(store, plan, PackOptions(max_disk_blowup=max_disk_blowup, segment_batches=1))
         refuse_split(cpu_budget, plan.name, lay.min_working_set)
-    best = min(candidates, key=lambda c: c["prediction"]["mean_epoch_s"])
-    return best["options"], best["prediction"], candidates
+    return chosen["options"], chosen["prediction"], candidates
+
+
+def _empty_split(store: Store, plan: PlanReader, S: int, cap: float, *, policy: str, rb: int,
+                 gpu_budget: int | None) -> tuple[PackOptions, Layout]:
+    """The options of the split with segments of ``S`` batches under the blowup ``cap``
+    (the GPU tier sized to ``gpu_budget``; no CPU tier yet, no CPU budget), and their
+    layout: no CPU tier, so no schedule to simulate."""
+    base = PackOptions(max_disk_blowup=cap, segment_batches=S, policy=policy)
+    gpu_cache = 0
+    if gpu_budget:
+        lay0 = plan_layout(store, plan, base)
+        over = device_overhead(int(lay0.ninput.max()) if lay0.ninput.size else 0, rb,
+                               plan.meta.batch_size, 1 << 40)
+        gpu_cache = max(0, gpu_budget - over) // rb * rb
+    base = dataclasses.replace(base, gpu_cache=gpu_cache, gpu_budget=gpu_budget)
+    return base, plan_layout(store, plan, base)
+
+
+def _packed_from_here(rest, empty, floor, best: float) -> bool:
+    """Whether none of the splits ``rest`` (indices; ``empty(i)``: options and layout
+    with no CPU tier, ``floor(i)``: :func:`split_floor`) can be chosen with rows left to
+    the base array, beside a best prediction ``best`` that packs every batch. A split
+    whose layout with no CPU tier packs every batch packs every batch at any cache size
+    (a cache only turns cold rows warm, so no segment grows past the cap); any other
+    must be bounded above ``best``."""
+    for i in rest:
+        lay = empty(i)[1]
+        if (lay.batch_seg < 0).any() and floor(i) <= best * (1 + 1e-9):
+            return False
+    return True
+
+
+def _fit_cache(store: Store, plan: PlanReader, base: PackOptions, empty: Layout, *,
+               cpu_budget: int, gpu_budget: int | None, rb: int) -> tuple[PackOptions, Layout]:
+    """The largest CPU cache that fits beside the rest of the working set of the split
+    ``base`` (``empty``: its layout with no CPU tier), and its layout: the working set
+    shrinks as the cache grows (fewer cold rows per segment), so the size is iterated to
+    a fit (at most three rounds), each size laid out once."""
+    gpu_cache = base.gpu_cache
+    cpu_cache = 0
+    layout, laid = empty, base
+    rooms = {0: _room(empty, cpu_budget, gpu_budget, gpu_cache, rb)}  # size -> room
+    for _ in range(3):
+        if cpu_cache not in rooms:
+            laid = dataclasses.replace(base, cpu_cache=cpu_cache)
+            layout = plan_layout(store, plan, laid)
+            rooms[cpu_cache] = _room(layout, cpu_budget, gpu_budget, gpu_cache, rb)
+        if rooms[cpu_cache] == cpu_cache:
+            break
+        cpu_cache = rooms[cpu_cache]
+    opts = dataclasses.replace(base, cpu_cache=cpu_cache)
+    if opts != laid:  # the loop stopped before a fit: lay out the last size found
+        layout = plan_layout(store, plan, opts)
+    return opts, layout
+
+
+def _most_cache(store: Store, plan: PlanReader, empty: Layout, cpu_budget: int) -> int:
+    """An upper bound on the CPU cache bytes :func:`_fit_cache` gives the split laid out
+    as ``empty`` (no CPU tier): the budget less one prefetched batch and the parts of the
+    working set that no cache size lowers. Staging, records, labels, device items and
+    the GPU tier do not change with the cache. The tables only grow with it (admissions,
+    packed segments) when ``empty`` packs no segment. The base-row buffers stay when no
+    rows may be packed and some node is cold at any cache size the bound allows."""
+    mws = empty.min_working_set
+    fixed = mws["cpu"] - mws["cpu_tier_bytes"] - mws["largest_segment_bytes"] \
+        - mws["base_read_bytes"] - mws["tables_bytes"]
+    if empty.packed_segments == 0:
+        fixed += mws["tables_bytes"]
+    most = max(0, cpu_budget - fixed - mws.get("prefetch_bytes", 0))
+    if empty.cap_rows == 0 and mws["base_read_bytes"]:
+        rb = empty.row_bytes
+        cold = epoch_distinct_nodes(store, plan) - empty.gpu_ids.size - most // rb
+        if (cold > 0).any():  # so at every smaller cache too
+            most = max(0, most - mws["base_read_bytes"])
+    return most
+
+
+def _mean_prediction(layout: Layout, bw: Bandwidths) -> dict[str, Any]:
+    """Epoch 0's prediction with ``mean_epoch_s`` added. The cap packs the plan's first
+    batches; later epochs may fall back to base-array reads. A training run cycles the
+    loader's epochs (the packed ones, or all of the plan's when none is packed whole):
+    their mean is compared, not epoch 0 alone."""
+    cold = layout.cold_per_batch()
+    packed_epochs = _whole_epochs(layout)
+    epochs = range(packed_epochs if packed_epochs else layout.plan.meta.epochs)
+    pred = predict_epoch(layout, bw, cold=cold)
+    pred["mean_epoch_s"] = float(np.mean([pred["seconds"] if e == 0 else
+                                          predict_epoch(layout, bw, e, cold=cold)["seconds"]
+                                          for e in epochs]))
+    return pred
+
+
+@numba.njit(cache=True, nogil=True)
+def _distinct_per_epoch(data, offs, ninput, epoch_starts, n_nodes):
+    """Distinct input nodes of each epoch."""
+    n_epochs = epoch_starts.shape[0] - 1
+    out = np.zeros(n_epochs, dtype=np.int64)
+    seen = np.full(n_nodes, -1, dtype=np.int32)  # last epoch that read the node
+    for e in range(n_epochs):
+        for b in range(epoch_starts[e], epoch_starts[e + 1]):
+            o = offs[b]
+            for i in range(ninput[b]):
+                v = data[o + i]
+                if seen[v] != e:
+                    seen[v] = e
+                    out[e] += 1
+    return out
+
+
+#: Distinct input nodes per epoch, per open plan reader (:func:`split_floor`).
+_DISTINCT: "weakref.WeakKeyDictionary[PlanReader, np.ndarray]" = weakref.WeakKeyDictionary()
+
+
+def epoch_distinct_nodes(store: Store, plan: PlanReader) -> np.ndarray:
+    """Distinct input nodes of each epoch of ``plan`` (one pass, once per reader)."""
+    got = _DISTINCT.get(plan)
+    if got is None:
+        index = np.asarray(plan.index())
+        starts = np.concatenate([[0], np.cumsum(plan.meta.batches_per_epoch)]).astype(np.int64)
+        got = _DISTINCT[plan] = _distinct_per_epoch(
+            plan.records, np.ascontiguousarray(index[:, 0]), np.ascontiguousarray(index[:, 3]),
+            starts, store.array_meta("features").shape[0])
+    return got
+
+
+def split_floor(store: Store, plan: PlanReader, bw: Bandwidths, *, cap_rows: int,
+                capacity_rows: int, gpu_rows: int) -> float:
+    """A lower bound on ``mean_epoch_s`` of :func:`choose_split` for every layout of
+    ``plan`` with at most ``gpu_rows`` GPU-tier rows, ``capacity_rows`` CPU-tier rows
+    (any policy) and ``cap_rows`` packed rows, worked out without a layout.
+
+    Why it holds: a CPU tier, static or scheduled, starts each epoch holding at most
+    ``capacity_rows`` rows and admits a row only after a miss, so at least ``K_e =
+    distinct_e - gpu_rows - capacity_rows`` nodes of epoch ``e`` are cold at their first
+    read. Each is a row of a packed segment (read at ``row_bytes / seq_read_Bps`` at
+    least: a segment's aligned span covers its rows) or a base-array row read
+    (``aligned row / row_read_Bps``), and an epoch's prediction is at least its segment
+    reads plus its base-array reads (the pipeline hides CPU work behind reads, never
+    reads). Packed rows over the whole plan are at most ``cap_rows``, spent where they
+    save most. The mean is over the first ``k`` epochs for some ``k`` (the packed ones,
+    or all): the smallest of those means is the bound."""
+    k = np.maximum(0, epoch_distinct_nodes(store, plan) - int(gpu_rows) - int(capacity_rows))
+    if k.size == 0:
+        return 0.0
+    rb = store.array_meta("features").row_bytes
+    per_seg = rb / bw.seq_read_Bps
+    per_row = aligned_span(0, rb)[1] / bw.row_read_Bps
+    cold = np.cumsum(k).astype(np.float64)
+    packed = np.minimum(cold, float(max(0, cap_rows)))
+    sums = cold * per_row - packed * max(0.0, per_row - per_seg)
+    return float(np.min(sums / np.arange(1, k.size + 1)))
 
 
 def _room(layout: Layout, cpu_budget: int, gpu_budget: int | None, gpu_cache: int,

@@ -17,6 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numba
 import numpy as np
 
+from ..errors import FormatError
+
 
 def hot_order(counts: np.ndarray) -> np.ndarray:
     """The accessed nodes (count > 0), hottest first, ties by node id: what
@@ -137,7 +139,10 @@ def belady_misses(trace: np.ndarray, num_nodes: int, capacity: int) -> int:
 
 # -- Belady-scheduled dynamic CPU tier -------------------------------------------------
 
-_NEVER = np.iinfo(np.int64).max
+#: "Never used again" in the scheduled kernels' next-use tables, which hold batch
+#: indices as int32 (half the memory traffic of int64): a plan's batches stay below it
+#: (:func:`scheduled_epochs` checks).
+_NEVER = np.iinfo(np.int32).max
 
 
 @numba.njit(cache=True, nogil=True)
@@ -147,8 +152,8 @@ def _next_use_batches(data, offs, ninput, b0, b1, n_nodes):
     total = 0
     for b in range(b0, b1):
         total += ninput[b]
-    nxt = np.empty(total, dtype=np.int64)
-    first = np.full(n_nodes, _NEVER, dtype=np.int64)
+    nxt = np.empty(total, dtype=np.int32)
+    first = np.full(n_nodes, _NEVER, dtype=np.int32)
     p = total
     for b in range(b1 - 1, b0 - 1, -1):
         o = offs[b]
@@ -160,21 +165,68 @@ def _next_use_batches(data, offs, ninput, b0, b1, n_nodes):
     return nxt, first
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _pair_push(heap, size, k, v):
+    """:func:`_heap_push` on a max-heap of ``(key, value)`` pairs stored side by side
+    (``heap[2 i]``, ``heap[2 i + 1]``: one cache line per level, not two), moving the
+    hole instead of swapping: the same comparisons, so the same heap."""
+    i = size
+    while i > 0:
+        p = (i - 1) >> 1
+        if heap[2 * p] >= k:
+            break
+        heap[2 * i] = heap[2 * p]
+        heap[2 * i + 1] = heap[2 * p + 1]
+        i = p
+    heap[2 * i] = k
+    heap[2 * i + 1] = v
+    return size + 1
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _pair_pop(heap, size):
+    """:func:`_heap_pop` on a heap of :func:`_pair_push`: the same comparisons (ties go
+    to the left child), so the same heap."""
+    size -= 1
+    k = heap[2 * size]
+    v = heap[2 * size + 1]
+    i = 0
+    while True:
+        left = 2 * i + 1
+        if left >= size:
+            break
+        c = left
+        if left + 1 < size and heap[2 * left + 2] > heap[2 * left]:
+            c = left + 1
+        if k >= heap[2 * c]:
+            break
+        heap[2 * i] = heap[2 * c]
+        heap[2 * i + 1] = heap[2 * c + 1]
+        i = c
+    heap[2 * i] = k
+    heap[2 * i + 1] = v
+    return size
+
+
 @numba.njit(cache=True, nogil=True)
 def _belady_epoch(data, offs, ninput, b0, b1, pos0, node_tier, capacity, init_ids,
                   hit, ins_pos, ins_slot, ins_count, n_ins):
     """Simulate Belady's policy over batches [b0, b1) with a cache that starts holding
     ``init_ids``. Writes ``hit[p] = slot`` for positions served by the cache (-1: miss)
     and appends admissions ``(position, slot)`` (applied after the batch is assembled).
-    GPU-tier nodes (``node_tier == 0``) are neither counted nor cached."""
+    GPU-tier nodes (``node_tier == 0``) are neither counted nor cached.
+
+    The eviction order is a lazy max-heap of (next use, slot) pairs: a hit pushes the
+    slot again with its new next use, stale pairs are dropped when they reach the top.
+    Ties between equal next uses go as the heap's comparisons take them, so the heap's
+    operations are part of the schedule: a faster heap must make the same comparisons."""
     n_nodes = node_tier.shape[0]
     nxt, last = _next_use_batches(data, offs, ninput, b0, b1, n_nodes)
     total = nxt.shape[0]
-    slot_of = np.full(n_nodes, -1, dtype=np.int64)
+    slot_of = np.full(n_nodes, -1, dtype=np.int32)
     node_in = np.full(max(capacity, 1), -1, dtype=np.int64)
-    slot_next = np.full(max(capacity, 1), _NEVER, dtype=np.int64)
-    keys = np.empty(total + capacity + 1, dtype=np.int64)
-    vals = np.empty(total + capacity + 1, dtype=np.int64)
+    slot_next = np.full(max(capacity, 1), _NEVER, dtype=np.int32)
+    heap = np.empty(2 * (total + capacity + 1), dtype=np.int32)
     size = 0
     used = 0
     for k in range(min(capacity, init_ids.shape[0])):
@@ -182,7 +234,7 @@ def _belady_epoch(data, offs, ninput, b0, b1, pos0, node_tier, capacity, init_id
         slot_of[v] = k
         node_in[k] = v
         slot_next[k] = last[v]  # first use in this epoch
-        size = _heap_push(keys, vals, size, last[v], k)
+        size = _pair_push(heap, size, last[v], k)
         used += 1
     cand_p = np.empty(0, dtype=np.int64)
     p = 0
@@ -202,7 +254,7 @@ def _belady_epoch(data, offs, ninput, b0, b1, pos0, node_tier, capacity, init_id
                 if s >= 0:
                     hit[pos0 + p] = s
                     slot_next[s] = nxt[p]
-                    size = _heap_push(keys, vals, size, nxt[p], s)
+                    size = _pair_push(heap, size, nxt[p], s)
                 else:
                     hit[pos0 + p] = -1
                     cand_p[nc] = p
@@ -218,17 +270,17 @@ def _belady_epoch(data, offs, ninput, b0, b1, pos0, node_tier, capacity, init_id
                 s = used
                 used += 1
             else:
-                while size > 0 and slot_next[vals[0]] != keys[0]:
-                    size = _heap_pop(keys, vals, size)
-                if size == 0 or keys[0] <= nu:
+                while size > 0 and slot_next[heap[1]] != heap[0]:
+                    size = _pair_pop(heap, size)
+                if size == 0 or heap[0] <= nu:
                     continue
-                s = vals[0]
-                size = _heap_pop(keys, vals, size)
+                s = heap[1]
+                size = _pair_pop(heap, size)
                 slot_of[node_in[s]] = -1
             slot_of[v] = s
             node_in[s] = v
             slot_next[s] = nu
-            size = _heap_push(keys, vals, size, nu, s)
+            size = _pair_push(heap, size, nu, s)
             ins_pos[n_ins] = pos0 + q
             ins_slot[n_ins] = s
             n_ins += 1
@@ -248,6 +300,9 @@ def scheduled_epochs(epoch_kernel, data, offs, ninput, epoch_starts, node_tier, 
     the GIL), each appending its admissions from its own first position on; the result
     is the same as one epoch after the other. An empty cache serves and admits nothing:
     no simulation (the cost model lays out every split from an empty CPU tier up)."""
+    if len(offs) >= _NEVER:
+        raise FormatError(f"a plan of {len(offs)} batches: the cache schedules index batches "
+                          f"as int32 (at most {_NEVER - 1}); sample fewer epochs per plan")
     total_pos = int(np.asarray(ninput).sum())
     hit = np.empty(total_pos, dtype=np.int32)
     ins_count = np.zeros(len(offs), dtype=np.int64)
