@@ -114,7 +114,6 @@ def main(argv=None) -> int:
                                                        is_leaf=leaf)])
         return cuts[v, px]
 
-    shown = np.concatenate([held, near]) if args.train_views else held
     with torch.no_grad():
         leaves = torch.from_numpy(prm[row[leaf]])
         targets = {int(v): render(leaves, int(v)).clamp(0, 1) for v in range(len(cams))}
