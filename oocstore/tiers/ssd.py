@@ -326,8 +326,12 @@ class SegmentTier(Tier):
             self._free.pop()
             self._buf = buf
             self._moving = ()
-        got, length = self._read(segment, self._buf)
+        # no segment is current from here: the read overwrites the current segment's
+        # buffer, and one that fails or is interrupted (Ctrl-C) part-way leaves neither
+        # segment's rows in it
         self.current = -1
+        self._rows = self._rows[:0]
+        got, length = self._read(segment, self._buf)
         self.prefetch(then, skip=segment)
         self._account(segment, self._verify(segment, self._buf, got), length, count)
 

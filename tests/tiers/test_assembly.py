@@ -866,3 +866,35 @@ def test_a_read_ahead_interrupted_as_it_is_submitted_is_never_reused_unawaited(s
             assert "lost" in _sorted_buffers(tier, bufs)
     finally:
         tier.close()
+
+
+@pytest.mark.parametrize("read_ahead", [0, 2])
+def test_a_read_that_fails_into_the_current_buffer_does_not_leave_its_segment_current(
+        store, read_ahead):
+    """A segment read into the current segment's buffer (no read ahead for it) that fails
+    or is interrupted (Ctrl-C) part-way has overwritten that buffer: loading the segment
+    that was current before reads it again instead of serving the overwritten bytes."""
+    meta = store.array_meta("pack/p/rows")
+    segs = np.asarray(store.array("pack/p/segments")).astype(np.int64)
+    packed = np.asarray(store.array("pack/p/rows"))
+    tier = SegmentTier(store.file_path(meta), meta, segs, checksums=None,
+                       read_ahead=read_ahead)
+    a, b = [s for s in range(len(segs)) if segs[s, 1]][:2]
+    read_into = tier.reader.read_into
+
+    def torn(buf, offset):  # a read that writes part of the buffer, then is interrupted
+        got = read_into(buf, offset)
+        buf[:got] = 0xAB
+        raise KeyboardInterrupt
+
+    try:
+        tier.load(a)
+        tier.reader.read_into = torn
+        with pytest.raises(KeyboardInterrupt):
+            tier.load(b)
+        tier.reader.read_into = read_into
+        tier.load(a)
+        np.testing.assert_array_equal(tier.current_rows,
+                                      packed[segs[a, 0]:segs[a, 0] + segs[a, 1]])
+    finally:
+        tier.close()
