@@ -589,12 +589,14 @@ class TieredReader:
                     event = torch.cuda.Event()
                     event.record(stream)
             keep = gathered
+            # handed back inside the try too: an interrupt just before the release
+            # still frees the slot (release_new; nothing is freed twice)
+            ring.release(slot, event, keep)
         except BaseException:
             if cuda:
                 stream.synchronize()  # nothing enqueued may still read the slot
             ring.release_new(before)
             raise
-        ring.release(slot, event, keep)
         return x, event
 
     def stats(self) -> dict[str, Any]:

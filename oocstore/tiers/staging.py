@@ -254,10 +254,11 @@ def stage_to_device(ring: StagingRing, n: int, fill: Callable[[np.ndarray], None
         current = torch.cuda.current_stream(device)
         current.wait_event(event)
         out.record_stream(current)
+        # inside the try: an interrupt just before the release still frees the slot
+        ring.release(slot, event, keep=host)
     except BaseException:
         if stream is not None:
             stream.synchronize()  # nothing enqueued may still read the slot
         ring.release_new(before)
         raise
-    ring.release(slot, event, keep=host)
     return out

@@ -290,3 +290,26 @@ def test_release_new_hands_back_only_slots_claimed_since():
     ring.release(first)
     assert ring.held() == frozenset()
     ring.close()
+
+
+def test_an_interrupt_just_before_the_slot_is_released_hands_it_back(packed):
+    """Ctrl-C after ``read_batch_async`` has built the batch, just as it hands its slot
+    back: the slot is free all the same (the ring does not refuse every later batch with
+    'slot still held' when it comes round)."""
+    with TieredReader(packed, "static", device="cpu", gpu_tier_on_device=True) as reader:
+        m = reader.meta
+        ring = StagingRing(1, m.largest_batch_rows, m.feat_dim, m.dtype)
+        release = ring.release
+
+        def interrupted(*args, **kw):
+            ring.release = release
+            raise KeyboardInterrupt
+
+        ring.release = interrupted
+        with pytest.raises(KeyboardInterrupt):
+            reader.read_batch_async(0, 0, ring)
+        assert not ring._held
+        x, _ = reader.read_batch_async(0, 0, ring)  # the one slot is free again
+        feats = torch.from_numpy(np.array(packed.array("features")))
+        assert torch.equal(x, feats[torch.from_numpy(reader.plan.input_nodes(0, 0))])
+        ring.close()
