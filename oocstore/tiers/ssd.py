@@ -291,7 +291,12 @@ class SegmentTier(Tier):
         # (its buffer is still being written), and is waited for again next time.
         while self._pending and self._pending[0][0] != segment:
             _, future, buf = self._pending[0]
-            _settle(future)
+            try:
+                _settle(future)
+            except BaseException:  # a read that failed with a bug's error: raised once
+                if not _in_use(future):  # (else interrupted while waiting: still pending)
+                    self._spare_settled(buf)
+                raise
             self._spare_settled(buf)
         if self._pending:
             _, future, buf = self._pending[0]

@@ -898,3 +898,30 @@ def test_a_read_that_fails_into_the_current_buffer_does_not_leave_its_segment_cu
                                       packed[segs[a, 0]:segs[a, 0] + segs[a, 1]])
     finally:
         tier.close()
+
+
+def test_a_skipped_read_ahead_that_failed_with_a_bug_is_raised_once(store):
+    """A read ahead that ``load`` skips (batches out of order) and that failed with an
+    error other than an ``OSError`` (a bug) is raised by that ``load``; its buffer is a
+    spare again, so the loads after it do not raise the same error for ever."""
+    tier, bufs, segs, packed = _segment_tier(store)
+    read = tier._read
+    a, b = [s for s in range(len(segs)) if segs[s, 1]][:2]
+
+    def buggy(segment, buf):
+        if segment == a:
+            raise RuntimeError("a bug in the read")
+        return read(segment, buf)
+
+    try:
+        tier._read = buggy
+        tier.prefetch([a, b])
+        with pytest.raises(RuntimeError, match="a bug"):
+            tier.load(b)
+        tier.load(b)
+        np.testing.assert_array_equal(tier.current_rows,
+                                      packed[segs[b, 0]:segs[b, 0] + segs[b, 1]])
+        assert _sorted_buffers(tier, bufs) == ["current", "spare", "spare"]
+    finally:
+        tier._read = read
+        tier.close()
