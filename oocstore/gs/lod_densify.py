@@ -132,7 +132,7 @@ def _write(scene, w, rb, order) -> dict:
     has_child = np.zeros(len(rb.ids), dtype=bool)
     has_child[rb.parent[rb.parent >= 0]] = True
     meta = dataclasses.replace(old, nodes=len(rb.ids), leaves=int((~has_child).sum()),
-                               levels=int(rb.level.max()) + 1)
+                               levels=int(rb.level.max(initial=0)) + 1)
     w.write_array(NODES_ARRAY, nodes)
     w.write_array(SPHERES_ARRAY, spheres)
     w.put(LOD_KEY, meta.to_dict())

@@ -36,7 +36,9 @@ The run, identical in every ``--mode`` except where the records live (see
    count), write back. The recipe's schedules (:mod:`oocstore.gs.recipe`) decide the SH
    degree, the position rate, densification (inside the streamer: blocks gain and lose
    records, :mod:`oocstore.gs.densify`; growth that would not fit the budgets is refused
-   before it is written) and opacity resets. ``checkpoint()`` ends every segment (and
+   before it is written; with a level-of-detail hierarchy, off unless asked for: the
+   leaves are refined, the hierarchy rebuilt locally, :mod:`oocstore.gs.lod_densify`, and
+   every used view's cut computed again for the next segment) and opacity resets. ``checkpoint()`` ends every segment (and
    runs every ``--checkpoint-every`` steps) and commits the scene. Every block read from
    the scene is checked against its chunk checksums (``--no-verify-reads``: not).
 5. **Evaluation.** PSNR and SSIM over the held-out views, rendered from the committed
@@ -515,8 +517,8 @@ class _Session:
                              "target='synthetic'")
         self.lod = self._lod_pixels()
         given = cfg.recipe_values()
-        if self.lod is not None:  # no densification with a hierarchy (see _lod_pixels),
-            given.setdefault("densify_every", 0)  # nor the opacity resets that serve it
+        if self.lod is not None:  # with a hierarchy densification is asked for (see
+            given.setdefault("densify_every", 0)  # _lod_pixels), as the resets serving it
             given.setdefault("opacity_reset_every", 0)
         self.recipe = resolve(cfg.steps, synthetic=not self.photos, **given)
         self.sh_max = scene.sh_degree if cfg.sh_degree is None else cfg.sh_degree
@@ -565,19 +567,14 @@ class _Session:
         self.stage["plan"] += time.perf_counter() - t0
 
     def _lod_pixels(self):
-        """The cut's threshold (None: the scene has no hierarchy). Densification is off
-        with a hierarchy: new Gaussians would need their place in the tree and in the
-        blocks' prefix order (a local rebuild), which training does not do; an explicit
-        ``--densify-every`` above 0 is refused."""
+        """The cut's threshold (None: the scene has no hierarchy). With a hierarchy,
+        densification is off by default (``densify_every`` 0, no opacity resets); an
+        explicit ``densify_every`` above 0 refines the leaves and rebuilds the hierarchy
+        locally (:mod:`oocstore.gs.lod_densify`), and the cuts are computed again for the
+        following segment (:meth:`_between_segments`)."""
         from .lod import resolve_lod_pixels
 
-        lod = resolve_lod_pixels(self.scene, self.cfg.lod_pixels)
-        if lod is not None and (self.cfg.recipe.get("densify_every") or 0) > 0:
-            raise UsageError(f"densify_every={self.cfg.recipe['densify_every']}: the scene "
-                             f"{self.scene.path} has a level-of-detail hierarchy, and "
-                             "densification does not update it: pass densify_every=0 (or "
-                             "train the scene without a hierarchy, then `oocstore gs-lod build`)")
-        return lod
+        return resolve_lod_pixels(self.scene, self.cfg.lod_pixels)
 
     def _lod_plan(self) -> None:
         """Each used view's cut (samplers.views.lod_views): its blocks replace the view's
@@ -588,7 +585,7 @@ class _Session:
         h = self.scene.hierarchy()
         used = np.unique(np.concatenate([self.train_views, self.held]))
         self.cuts = lod_views(h, self.cams, self.vis_sets, used, self.lod)
-        if not self.photos:
+        if not self.photos and self.leaf_cuts is None:  # the targets': once
             self.leaf_cuts = lod_views(h, self.cams, self.vis_sets, used, 0.0)
         vis = list(self.vis_sets)
         for v, lv in self.cuts.items():
@@ -769,13 +766,19 @@ class _Session:
             self.evaluate(first)
         if recipe.refine_after(first):
             t = time.perf_counter()
+            admit = run.admit(scene, self.acct, spans_from(self.edges, i, recipe))
+            if self.lod is not None:
+                admit = self._lod_admit(admit)
             r = densify_scene(scene, self.grad_stats, self.sscale, recipe.densify,
                               cfg.seed + first, prune_large=recipe.prune_large_after(first),
-                              admit=run.admit(scene, self.acct, spans_from(self.edges, i, recipe)))
+                              admit=admit)
             r["step"] = first
             self.refinements.append(r)
             self.curve.append([first, int(scene.num_gaussians)])
             self.vis_sets = replan(scene, self.cams)
+            if self.lod is not None:  # the rebuilt hierarchy's cuts, for what follows
+                self._lod_plan()
+                run.lod_cuts, run.lod_prefix = self.plan.lod_cuts, self.plan.lod_prefix
             self.stage["densify"] += time.perf_counter() - t
         if recipe.reset_after(first):
             t = time.perf_counter()
@@ -789,6 +792,23 @@ class _Session:
                 run.dev_budget = grown
                 self.acct.budget = MemoryBudget(gpu=grown, cpu=cfg.cpu_budget)
         run.check(scene, self.vis_sets, first, last, self.acct)
+
+    def _lod_admit(self, admit):
+        """``admit`` for a refined layout with a hierarchy: its cuts are not known before
+        it is written, so every row of each view's visible blocks is counted (the cut's
+        blocks are among them, its rows in their prefixes: at least what the following
+        segments load)."""
+        run = self.run
+
+        def vetted(counts, bounds):
+            saved = run.lod_cuts, run.lod_prefix
+            run.lod_cuts = run.lod_prefix = None
+            try:
+                return admit(counts, bounds)
+            finally:
+                run.lod_cuts, run.lod_prefix = saved
+
+        return vetted
 
     def _segment(self, first: int, last: int) -> None:
         """Steps ``first`` -> ``last`` through one store, then its checkpoint."""
