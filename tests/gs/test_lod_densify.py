@@ -3,7 +3,6 @@ hierarchy rebuilt locally, one commit (oocstore.gs.lod_densify)."""
 
 from __future__ import annotations
 
-import math
 import shutil
 
 import numpy as np
@@ -11,7 +10,7 @@ import pytest
 
 from oocstore.gs import layout
 from oocstore.gs.densify import DensifyConfig, GradStats, decide, densify_scene
-from oocstore.gs.lod import hierarchy_problems, in_cut, merge_groups
+from oocstore.gs.lod import hierarchy_problems, merge_groups
 from oocstore.gs.lod_build import build_lod_scene
 from oocstore.gs.scene import Scene
 from oocstore.samplers.views import lod_cut

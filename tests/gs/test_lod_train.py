@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from oocstore.budget import BudgetAccountant, MemoryBudget
-from oocstore.errors import UsageError
 from oocstore.gs import layout
 from oocstore.gs.adam import AdamConfig, masked_adam_
 from oocstore.gs.lod import in_cut
@@ -147,18 +146,48 @@ def test_gs_train_with_lod_streams_like_all_on_device_and_trains_interior_nodes(
     np.testing.assert_allclose(out["stream"], out["all-on-device"], rtol=1e-5, atol=1e-6)
 
 
-def test_densification_with_a_hierarchy_is_refused_before_anything_is_written(lod_setup,
-                                                                              tmp_path):
-    path = tmp_path / "scene"
-    shutil.copytree(lod_setup[0], path)
-    files = {p: p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()
-             and not p.name.endswith(".lock")}
-    cfg = GsTrainConfig(steps=4, lod_pixels=1.0, width=W, height=H,
-                        recipe={"densify_every": 2})
-    with pytest.raises(UsageError, match="^densify_every=2: .*pass densify_every=0 "):
-        run_gs_training(path, cfg)
-    assert files == {p: p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()
-                     and not p.name.endswith(".lock")}
+def test_densification_with_a_hierarchy_streams_like_all_on_device_with_the_new_cuts(
+        lod_setup, tmp_path, monkeypatch):
+    """A refinement rebuilds the hierarchy; the following segment plans and renders the
+    rebuilt hierarchy's cuts (a stale cut is refused by the step's row check); stream ==
+    all-on-device."""
+    from oocstore.gs import train as train_mod
+    from oocstore.gs.lod import hierarchy_problems
+
+    real = train_mod._Run.segment
+    seen = {}  # first step of a segment -> (store version, its cuts)
+
+    def segment(self, scene, vis_sets, first, last):
+        seg = real(self, scene, vis_sets, first, last)
+        if not isinstance(scene, Scene):  # a refinement's proposed layout, being vetted
+            return seg
+        if first:  # after the refinement: the cuts of the committed, rebuilt hierarchy
+            want = lod_views(scene.hierarchy(), self.cams,
+                             visibility_sets(scene.block_bounds, self.cams), list(seg.lod_cuts),
+                             LOD_PX)
+            assert all(np.array_equal(seg.lod_cuts[v], want[v].ids) for v in seg.lod_cuts)
+        seen[first] = (scene.version, {v: c.copy() for v, c in seg.lod_cuts.items()})
+        return seg
+
+    monkeypatch.setattr(train_mod._Run, "segment", segment)
+    out = {}
+    for mode in ("stream", "all-on-device"):
+        path = tmp_path / mode
+        shutil.copytree(lod_setup[0], path)
+        seen.clear()
+        cfg = GsTrainConfig(steps=6, mode=mode, lod_pixels=LOD_PX, width=W, height=H, seed=2,
+                            recipe={"densify_every": 3, "grow_grad2d": 1e-5})
+        summary = run_gs_training(path, cfg)
+        (r,) = summary["refinements"]
+        assert r["cloned"] + r["split"] > 0 and r["remerged_nodes"] > 0
+        assert sorted(seen) == [0, 3]
+        (v0, cuts0), (v1, cuts1) = seen[0], seen[3]
+        assert v1 > v0 and any(not np.array_equal(cuts0[v], cuts1[v]) for v in cuts1)
+        with Scene.open(path, readonly=True) as scene:
+            assert hierarchy_problems(scene.store) == []
+            out[mode] = scene.read_all()
+    assert np.array_equal(out["stream"][0], out["all-on-device"][0])
+    np.testing.assert_allclose(out["stream"][1], out["all-on-device"][1], rtol=1e-5, atol=1e-6)
 
 
 def test_a_photo_scene_builds_and_trains_with_its_cut_from_the_command_line(tmp_path, capsys):
