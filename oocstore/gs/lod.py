@@ -48,7 +48,9 @@ ordinary records (so training, checksums and write-back treat them as Gaussians)
 
 The spheres are those of the build: training moves Gaussians a little, the cut keeps
 the geometry it was built with (rebuild with ``oocstore gs-lod build`` after large
-changes).
+changes). A densification (:mod:`oocstore.gs.lod_densify`) rebuilds the hierarchy
+locally (:func:`rebuild_local`): the ancestors of the leaves it changed are merged again
+and get new spheres, the others keep theirs.
 """
 
 from __future__ import annotations
