@@ -210,3 +210,41 @@ def test_a_root_leaf_split_stays_two_roots(tmp_path):
     assert h.parent.tolist() == [-1, -1] and h.is_leaf.all()
     assert hierarchy_problems(scene.store) == [] and scene.lod_meta["leaves"] == 2
     scene.close()
+
+
+def test_the_rebuilt_layout_vetted_is_the_one_written(lod_scene, tmp_path):
+    """Growth that shrinks the block count (heavy pruning): the counts and bounds
+    ``admit`` sees are exactly the scene's after the commit, freed blocks included."""
+    path = tmp_path / "s"
+    shutil.copytree(lod_scene[0], path)
+    seen = []
+    with Scene.open(path) as scene:
+        nb0 = scene.num_blocks
+        cfg = DensifyConfig(grow_grad2d=0.5, grow_scale3d=0.015, prune_opa=0.6)
+        done = densify_scene(scene, _copy_stats(lod_scene[2]), SCALE, cfg, seed=5,
+                             admit=lambda c, b: seen.append((c.copy(), b.copy())))
+        assert done["growth"] == "done" and done["freed_blocks"] > 0 and len(seen) == 1
+        counts, bounds = seen[0]
+        assert len(counts) == scene.num_blocks == nb0
+        assert np.array_equal(counts, scene.block_counts) and counts[-1] == 0
+        np.testing.assert_array_equal(bounds, scene.block_bounds)
+
+
+def test_a_writer_closed_without_commit_drops_its_staged_arrays(lod_scene, tmp_path):
+    from oocstore.gs.lod import NODES_ARRAY
+
+    path = tmp_path / "s"
+    shutil.copytree(lod_scene[0], path)
+    files = _files(path)
+    with Scene.open(path) as scene:
+        nodes = np.array(scene.store.array(NODES_ARRAY))
+        with scene.writer() as w:
+            w.write_array(NODES_ARRAY, nodes[:3])
+            w.put("scene/lod", {"nodes": 3})
+            extra = [p.name for p in set(_files(path)) - set(files) if p.suffix == ".bin"]
+            assert len(extra) == 1 and extra[0].startswith("scene-lod-nodes.")  # staged
+        assert scene.lod_meta["nodes"] == len(nodes)
+        with pytest.raises(Exception, match="managed by the scene writer"):
+            with scene.writer() as w:
+                w.put("scene", {})
+    assert files == _files(path)
