@@ -180,7 +180,8 @@ def densify_block(ids: np.ndarray, records: np.ndarray, decision: Decision, new_
 
 
 #: ``admit(counts [B], bounds [B, 2, 3]) -> None | str``: None when a refined layout fits,
-#: else why not (one line).
+#: else why not (one line). With a level-of-detail hierarchy a third argument follows:
+#: the rebuilt hierarchy (:mod:`oocstore.gs.lod_densify`).
 Admit = Callable[[np.ndarray, np.ndarray], "str | None"]
 
 

@@ -10,9 +10,11 @@ the other merged nodes keep their trained rows. The nodes are laid out again
 (:func:`~oocstore.gs.lod.layout_order`, blocks of ``block_size``) and the node table
 rewritten.
 
-**Budget.** The rebuilt layout (rows and bounds per block) goes to the caller's ``admit``
-before anything is written, as for a scene without a hierarchy: growth refused -> the
-leaves are pruned only -> refused again: nothing is written (``growth`` ``"done"``,
+**Budget.** The rebuilt layout goes to the caller's ``admit`` before anything is written,
+as for a scene without a hierarchy, with a third argument: ``admit(counts, bounds,
+hierarchy)``, the rebuilt :class:`~oocstore.gs.lod.Hierarchy` (blocks and rows as they
+will be written), whose cuts decide what the following segments load. Growth refused ->
+the leaves are pruned only -> refused again: nothing is written (``growth`` ``"done"``,
 ``"refused"``, ``"skipped"``).
 
 **One commit.** The changed blocks, the node table and spheres and the ``scene/lod``
@@ -34,8 +36,8 @@ import numpy as np
 from ..errors import FormatError
 from . import layout
 from .densify import decide, densify_block
-from .lod import (LOD_KEY, NODES_ARRAY, SPHERES_ARRAY, LodMeta, layout_order, node_table,
-                  rebuild_local)
+from .lod import (LOD_KEY, NODES_ARRAY, SPHERES_ARRAY, Hierarchy, LodMeta, layout_order,
+                  node_table, rebuild_local)
 
 
 def _read_nodes(scene, h) -> np.ndarray:
@@ -83,13 +85,17 @@ def _refine(scene, h, rec, stats, args, w, grow: bool):
 
 
 def _layout(scene, rb):
-    """``(order, counts [B'], bounds [B', 2, 3])`` of the rebuilt nodes in blocks of
-    ``block_size`` (B' at least the scene's block count: the blocks past the new layout
-    empty)."""
+    """``(order, (counts [B'], bounds [B', 2, 3], hierarchy))`` of the rebuilt nodes in
+    blocks of ``block_size`` (B' at least the scene's block count: the blocks past the
+    new layout empty; the hierarchy with each node's block and row)."""
     from .blocks import block_bounds_of
 
     bs = scene.meta.block_size
     order = layout_order(rb.keys, rb.records[:, layout.MEANS], bs)
+    pos = np.empty(len(order), dtype=np.int64)
+    pos[order] = np.arange(len(order))
+    hier = Hierarchy(rb.ids, rb.parent, rb.level, pos // bs, pos % bs, rb.centers, rb.radius,
+                     rb.size)
     nb = -(-len(order) // bs)
     empty = block_bounds_of(np.zeros((0, scene.param_width), np.float32))
     counts, bounds = [], []
@@ -98,7 +104,7 @@ def _layout(scene, rb):
         counts.append(len(sel))
         bounds.append(block_bounds_of(rb.records[sel, :scene.param_width]) if len(sel)
                       else empty)
-    return order, np.array(counts, dtype=np.int64), np.stack(bounds).astype(np.float32)
+    return order, (np.array(counts, dtype=np.int64), np.stack(bounds).astype(np.float32), hier)
 
 
 def _write(scene, w, rb, order) -> dict:
@@ -149,14 +155,14 @@ def densify_lod_scene(scene, stats, scene_scale: float, cfg, seed: int, *,
         rec = _read_nodes(scene, h)
         growth, why = "done", None
         rb, done = _refine(scene, h, rec, stats, args, w, True)
-        order, counts, bounds = _layout(scene, rb)
+        order, proposal = _layout(scene, rb)
         if admit is not None:
-            why = admit(counts, bounds)
+            why = admit(*proposal)
             if why is not None:
                 growth = "refused"
                 rb, done = _refine(scene, h, rec, stats, args, w, False)
-                order, counts, bounds = _layout(scene, rb)
-                if admit(counts, bounds) is not None:
+                order, proposal = _layout(scene, rb)
+                if admit(*proposal) is not None:
                     growth, rb = "skipped", None
                     done = dict.fromkeys(done, 0)
         if rb is not None and (done["cloned"] or done["split"] or done["pruned"]):

@@ -265,6 +265,19 @@ class _Layout:
         self.disk_row_bytes = scene.disk_row_bytes
 
 
+def _cut_plan(cuts: dict, vis_sets) -> tuple[list, dict, dict]:
+    """``(vis_sets, lod_cuts, lod_prefix)`` of a plan with level-of-detail ``cuts``
+    ({view: LodView}): a view's blocks are its cut's, its rows the cut's ids, and each
+    block's read the longest prefix its views need."""
+    vis = list(vis_sets)
+    prefix: dict = {}
+    for v, lv in cuts.items():
+        vis[v] = lv.blocks
+        for b, k in zip(lv.blocks.tolist(), lv.prefix.tolist()):
+            prefix[b] = max(prefix.get(b, 0), k)
+    return vis, {v: lv.ids for v, lv in cuts.items()}, prefix
+
+
 def spans_from(edges: list[int], i: int, recipe) -> list[tuple[int, int]]:
     """The segments from ``edges[i]`` up to the next densification (exclusive): the ones
     trained on one layout of the blocks."""
@@ -304,6 +317,8 @@ class _Run:
     _cull: tuple | None = field(default=None, repr=False)  # (vis_sets, counts) per layout
     lod_cuts: dict | None = None  # level of detail: {view: sorted ids of its cut}
     lod_prefix: dict | None = None  # {block: rows} the cuts need (prefix reads)
+    # per view, the rows a refinement's proposal renders at most (its cut's size), if known
+    proposal_rows: np.ndarray | None = None
 
     @property
     def extra(self) -> int:
@@ -367,9 +382,10 @@ class _Run:
     def cull_rows(self, scene, vis_sets) -> np.ndarray | None:
         """Per view, its Gaussians in the frustum (:func:`~oocstore.gs.cull.culled_counts`),
         counted once per block layout; None for a layout not yet written (a refinement's
-        proposal: its step batches are then sized for every row of the visible blocks)."""
+        proposal: its step batches are then sized for every row of the visible blocks, or
+        for :attr:`proposal_rows` where the proposal's cuts are known)."""
         if not hasattr(scene, "read_block"):
-            return None
+            return self.proposal_rows
         if self._cull is None or self._cull[0] is not vis_sets:
             from .cull import culled_counts
 
@@ -587,17 +603,9 @@ class _Session:
         self.cuts = lod_views(h, self.cams, self.vis_sets, used, self.lod)
         if not self.photos and self.leaf_cuts is None:  # the targets': once
             self.leaf_cuts = lod_views(h, self.cams, self.vis_sets, used, 0.0)
-        vis = list(self.vis_sets)
-        for v, lv in self.cuts.items():
-            vis[v] = lv.blocks
+        vis, self.plan.lod_cuts, self.plan.lod_prefix = _cut_plan(self.cuts, self.vis_sets)
         self.vis_sets = vis
         self.plan.vis_sets = vis
-        self.plan.lod_cuts = {v: lv.ids for v, lv in self.cuts.items()}
-        prefix: dict = {}
-        for lv in self.cuts.values():
-            for b, k in zip(lv.blocks.tolist(), lv.prefix.tolist()):
-                prefix[b] = max(prefix.get(b, 0), k)
-        self.plan.lod_prefix = prefix
         self._check_cuts()
 
     def _check_cuts(self) -> None:
@@ -766,9 +774,9 @@ class _Session:
             self.evaluate(first)
         if recipe.refine_after(first):
             t = time.perf_counter()
-            admit = run.admit(scene, self.acct, spans_from(self.edges, i, recipe))
-            if self.lod is not None:
-                admit = self._lod_admit(admit)
+            spans = spans_from(self.edges, i, recipe)
+            admit = (run.admit(scene, self.acct, spans) if self.lod is None else
+                     self._lod_admit(spans))
             r = densify_scene(scene, self.grad_stats, self.sscale, recipe.densify,
                               cfg.seed + first, prune_large=recipe.prune_large_after(first),
                               admit=admit)
@@ -793,22 +801,35 @@ class _Session:
                 self.acct.budget = MemoryBudget(gpu=grown, cpu=cfg.cpu_budget)
         run.check(scene, self.vis_sets, first, last, self.acct)
 
-    def _lod_admit(self, admit):
-        """``admit`` for a refined layout with a hierarchy: its cuts are not known before
-        it is written, so every row of each view's visible blocks is counted (the cut's
-        blocks are among them, its rows in their prefixes: at least what the following
-        segments load)."""
-        run = self.run
+    def _lod_admit(self, spans):
+        """``admit(counts, bounds, hierarchy)`` for a refinement of a scene with a
+        hierarchy: the segments ``spans`` checked as :meth:`_Run.admit` checks them, with
+        the rebuilt hierarchy's cut of every used view (its blocks as the view's blocks,
+        its prefixes as the reads; a step batch sized for the cut's node count, which the
+        frustum test only lowers)."""
+        from oocstore.samplers.views import lod_views, visibility_sets
 
-        def vetted(counts, bounds):
-            saved = run.lod_cuts, run.lod_prefix
-            run.lod_cuts = run.lod_prefix = None
+        run, scene, acct = self.run, self.scene, self.acct
+        used = np.unique(np.concatenate([self.train_views, self.held]))
+
+        def admit(counts, bounds, hier):
+            vis = visibility_sets(bounds, self.cams)
+            cuts = lod_views(hier, self.cams, vis, used, self.lod)
+            vis, lod_cuts, prefix = _cut_plan(cuts, vis)
+            rows = np.zeros(len(vis), dtype=np.int64)
+            for v, lv in cuts.items():
+                rows[v] = len(lv.ids)
+            saved = run.lod_cuts, run.lod_prefix, run.proposal_rows
+            run.lod_cuts, run.lod_prefix, run.proposal_rows = lod_cuts, prefix, rows
             try:
-                return admit(counts, bounds)
+                run.check_spans(_Layout(scene, counts, bounds), vis, spans, acct)
+            except BudgetError as err:
+                return str(err)
             finally:
-                run.lod_cuts, run.lod_prefix = saved
+                run.lod_cuts, run.lod_prefix, run.proposal_rows = saved
+            return None
 
-        return vetted
+        return admit
 
     def _segment(self, first: int, last: int) -> None:
         """Steps ``first`` -> ``last`` through one store, then its checkpoint."""

@@ -142,7 +142,7 @@ def test_a_skipped_densification_writes_nothing(lod_scene, tmp_path):
     files = _files(path)
     seen = []
 
-    def admit(counts, bounds):
+    def admit(counts, bounds, hier):
         seen.append(int(counts.sum()))
         return "too big"
 
@@ -158,7 +158,7 @@ def test_prune_only_when_growth_is_refused(lod_scene, tmp_path):
     with Scene.open(path) as scene:
         n0 = scene.num_gaussians
         done = densify_scene(scene, _copy_stats(lod_scene[2]), SCALE, CFG, seed=5,
-                             admit=lambda c, b: None if c.sum() < n0 else "no growth")
+                             admit=lambda c, b, h: None if c.sum() < n0 else "no growth")
         assert done["growth"] == "refused" and done["cloned"] == done["split"] == 0
         assert done["pruned"] > 0 and scene.num_gaussians < n0
         assert hierarchy_problems(scene.store) == []
@@ -222,12 +222,19 @@ def test_the_rebuilt_layout_vetted_is_the_one_written(lod_scene, tmp_path):
         nb0 = scene.num_blocks
         cfg = DensifyConfig(grow_grad2d=0.5, grow_scale3d=0.015, prune_opa=0.6)
         done = densify_scene(scene, _copy_stats(lod_scene[2]), SCALE, cfg, seed=5,
-                             admit=lambda c, b: seen.append((c.copy(), b.copy())))
+                             admit=lambda c, b, h: seen.append((c.copy(), b.copy(), h)))
         assert done["growth"] == "done" and done["freed_blocks"] > 0 and len(seen) == 1
-        counts, bounds = seen[0]
+        counts, bounds, hier = seen[0]
         assert len(counts) == scene.num_blocks == nb0
         assert np.array_equal(counts, scene.block_counts) and counts[-1] == 0
         np.testing.assert_array_equal(bounds, scene.block_bounds)
+        h = scene.hierarchy()  # the hierarchy vetted: the one written, node for node
+        def by_id(x):
+            o = np.argsort(x.ids)
+            pid = np.where(x.parent >= 0, x.ids[np.maximum(x.parent, 0)], -1)
+            return [x.ids[o], pid[o], x.level[o], x.block[o], x.row[o]]
+
+        assert all(np.array_equal(a, b) for a, b in zip(by_id(hier), by_id(h)))
 
 
 def test_a_writer_closed_without_commit_drops_its_staged_arrays(lod_scene, tmp_path):

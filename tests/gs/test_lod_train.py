@@ -170,11 +170,23 @@ def test_densification_with_a_hierarchy_streams_like_all_on_device_with_the_new_
         return seg
 
     monkeypatch.setattr(train_mod._Run, "segment", segment)
+    real_spans = train_mod._Run.check_spans
+    vetted = []
+
+    def check_spans(self, scene, vis_sets, spans, acct):
+        if not isinstance(scene, Scene):  # the refinement's proposal: with its own cuts
+            vetted.append(({v: c.copy() for v, c in self.lod_cuts.items()}, dict(self.lod_prefix)))
+            # step batches sized for the proposal's cut sizes, not its blocks' every row
+            assert all(self.proposal_rows[v] == len(c) for v, c in self.lod_cuts.items())
+        return real_spans(self, scene, vis_sets, spans, acct)
+
+    monkeypatch.setattr(train_mod._Run, "check_spans", check_spans)
     out = {}
     for mode in ("stream", "all-on-device"):
         path = tmp_path / mode
         shutil.copytree(lod_setup[0], path)
         seen.clear()
+        vetted.clear()
         cfg = GsTrainConfig(steps=6, mode=mode, lod_pixels=LOD_PX, width=W, height=H, seed=2,
                             recipe={"densify_every": 3, "grow_grad2d": 1e-5})
         summary = run_gs_training(path, cfg)
@@ -183,6 +195,11 @@ def test_densification_with_a_hierarchy_streams_like_all_on_device_with_the_new_
         assert sorted(seen) == [0, 3]
         (v0, cuts0), (v1, cuts1) = seen[0], seen[3]
         assert v1 > v0 and any(not np.array_equal(cuts0[v], cuts1[v]) for v in cuts1)
+        # the budget vetting saw the rebuilt hierarchy's cuts, the ones trained next
+        assert len(vetted) == 1
+        vcuts = vetted[0][0]
+        assert vcuts.keys() == cuts1.keys()
+        assert all(np.array_equal(vcuts[v], cuts1[v]) for v in cuts1)
         with Scene.open(path, readonly=True) as scene:
             assert hierarchy_problems(scene.store) == []
             out[mode] = scene.read_all()
