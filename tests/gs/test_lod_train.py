@@ -235,3 +235,28 @@ def test_a_photo_scene_builds_and_trains_with_its_cut_from_the_command_line(tmp_
                  "--lod-pixels", "0", "--quiet"]) == 0
     assert len(list((tmp_path / "png").glob("*.png"))) == 2
     assert main(["verify", str(tmp_path / "lod"), "--quiet"]) == 0
+
+
+def test_growth_with_a_hierarchy_beyond_an_explicit_budget_is_refused(lod_setup, tmp_path):
+    """The first segment fits the budget exactly; the refinement's rebuilt cuts need more:
+    its growth is refused, the run goes on, the scene stays valid."""
+    from oocstore.gs.lod import hierarchy_problems
+
+    out = {}
+    for budget in (None, "min"):
+        path = tmp_path / str(budget)
+        shutil.copytree(lod_setup[0], path)
+        gpu = None if budget is None else str(out[None]["min_device_budget"])
+        cfg = GsTrainConfig(steps=6, mode="stream", lod_pixels=LOD_PX, width=W, height=H, seed=2,
+                            gpu_budget=gpu, recipe={"densify_every": 3, "grow_grad2d": 1e-5})
+        out[budget] = run_gs_training(path, cfg)
+        with Scene.open(path, readonly=True) as scene:
+            assert hierarchy_problems(scene.store) == []
+    grown, capped = out[None]["refinements"][0], out["min"]["refinements"][0]
+    assert grown["growth"] == "done" and grown["split"] + grown["cloned"] > 0
+    # refused, pruning only; or skipped: a proposal's step batches are sized for its cuts'
+    # sizes (the frustum counts need the written scene), above the running check's
+    assert capped["growth"] in ("refused", "skipped")
+    assert capped["split"] == capped["cloned"] == 0
+    assert "device working set" in capped["refused_because"]
+    assert out["min"]["device_budget"] == out[None]["min_device_budget"]
