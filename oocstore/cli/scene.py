@@ -333,7 +333,9 @@ def add_gs_train(sub) -> None:
     p.add_argument("--lod-pixels", default=None, metavar="PX",
                    help="scenes with a level-of-detail hierarchy (gs-lod build): each step "
                         "renders and trains its view's cut, merged nodes below PX pixels "
-                        "(default 1; 0: leaves only); densification is off")
+                        "(default 1; 0: leaves only); densification is off unless "
+                        "--densify-every N is given: it refines the leaves and rebuilds "
+                        "the hierarchy locally")
     r = p.add_argument_group("recipe (photo defaults: 3DGS / gsplat DefaultStrategy; synthetic "
                              "defaults: L1, full SH, constant rates, no densification)")
     for name in RECIPE_FLAGS:

@@ -180,7 +180,8 @@ def densify_block(ids: np.ndarray, records: np.ndarray, decision: Decision, new_
 
 
 #: ``admit(counts [B], bounds [B, 2, 3]) -> None | str``: None when a refined layout fits,
-#: else why not (one line).
+#: else why not (one line). With a level-of-detail hierarchy a third argument follows:
+#: the rebuilt hierarchy (:mod:`oocstore.gs.lod_densify`).
 Admit = Callable[[np.ndarray, np.ndarray], "str | None"]
 
 
@@ -311,10 +312,17 @@ class _Refinement:
 def densify_scene(scene, stats: GradStats, scene_scale: float, cfg: DensifyConfig,
                   seed: int, *, prune_large: bool = True, admit: Admit | None = None) -> dict:
     """Refine every block of ``scene`` (one commit); returns counts of what was done.
+    A scene with a level-of-detail hierarchy refines its leaves and rebuilds the
+    hierarchy locally (:mod:`oocstore.gs.lod_densify`).
 
     ``admit`` (see the module docstring) vets the refined layout before anything is
     written; ``prune_large`` turns the too-large pruning on. Out of core: see
     :class:`_Refinement`."""
+    if getattr(scene, "lod_meta", None) is not None:
+        from .lod_densify import densify_lod_scene
+
+        return densify_lod_scene(scene, stats, scene_scale, cfg, seed,
+                                 prune_large=prune_large, admit=admit)
     with scene.writer() as w:
         growth, why = "done", None
         ref = _Refinement(scene, w, stats, scene_scale, cfg, seed, True, prune_large).plan()

@@ -48,7 +48,9 @@ ordinary records (so training, checksums and write-back treat them as Gaussians)
 
 The spheres are those of the build: training moves Gaussians a little, the cut keeps
 the geometry it was built with (rebuild with ``oocstore gs-lod build`` after large
-changes).
+changes). A densification (:mod:`oocstore.gs.lod_densify`) rebuilds the hierarchy
+locally (:func:`rebuild_local`): the ancestors of the leaves it changed are merged again
+and get new spheres, the others keep theirs.
 """
 
 from __future__ import annotations
@@ -502,3 +504,109 @@ def leaf_ids(scene) -> np.ndarray:
     """Sorted ids of the scene's leaves (every Gaussian's id without a hierarchy)."""
     h = scene.hierarchy()
     return np.sort(h.ids[h.is_leaf])
+
+
+# -- a local rebuild after densification ------------------------------------------------
+
+@dataclass
+class Rebuilt:
+    """A hierarchy rebuilt locally (:func:`rebuild_local`): per node its ``ids``,
+    ``parent`` (index, -1 root), ``level``, full ``records`` [N, W] and bounding sphere
+    ``centers`` / ``radius`` / ``size``; ``remerged`` and ``removed`` count the interior
+    nodes merged again and dropped."""
+
+    ids: np.ndarray
+    parent: np.ndarray
+    level: np.ndarray
+    records: np.ndarray
+    centers: np.ndarray
+    radius: np.ndarray
+    size: np.ndarray
+    remerged: int
+    removed: int
+
+    @property
+    def keys(self) -> np.ndarray:
+        k = np.full(len(self.ids), np.inf)
+        has = self.parent >= 0
+        k[has] = self.size[self.parent[has]]
+        return k
+
+
+def _ancestors(parent: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """bool [N]: every ancestor of the nodes ``seeds`` (their parents, and theirs...)."""
+    mark = np.zeros(len(parent), dtype=bool)
+    front = np.unique(parent[seeds])
+    front = front[front >= 0]
+    while len(front):
+        front = front[~mark[front]]
+        mark[front] = True
+        front = np.unique(parent[front])
+        front = front[front >= 0]
+    return mark
+
+
+def rebuild_local(h: Hierarchy, records: np.ndarray, width: int, keep: np.ndarray,
+                  changed: np.ndarray, new_ids: np.ndarray, new_records: np.ndarray,
+                  new_parent: np.ndarray) -> Rebuilt:
+    """The hierarchy ``h`` after a densification of its leaves. ``records`` [N, W] are
+    the nodes' current rows (in ``h``'s order; ``width`` parameter columns, then the
+    moments), ``keep`` [N] False for a pruned leaf, ``changed`` [N] True for a leaf whose
+    parameters changed (a split's first half), ``new_ids`` / ``new_records`` the added
+    leaves (a clone's copy, a split's second half) under ``new_parent`` (indices into
+    ``h``: the original leaf's parent, -1 for a root leaf's).
+
+    Every ancestor of a pruned, changed or added leaf is merged again from its current
+    children (:func:`merge_groups`, as :func:`build_hierarchy` does: its bounding sphere
+    holds its children's, its size is at least theirs), level by level from the bottom,
+    with zeroed Adam moments; one left without children is removed. Other nodes keep
+    their rows and spheres (a changed leaf's sphere follows its parameters)."""
+    n, m = len(h.ids), len(new_ids)
+    new_params = np.asarray(new_records, dtype=np.float32)[:, :width]
+    new_r = np.exp(new_params[:, layout.LOG_SCALES].astype(np.float64)).max(axis=1) \
+        if m else np.zeros(0)
+    ids = np.concatenate([h.ids, np.asarray(new_ids, dtype=np.int64)])
+    parent = np.concatenate([h.parent, np.asarray(new_parent, dtype=np.int64)])
+    level = np.concatenate([h.level, np.zeros(m, dtype=np.int64)])
+    rec = np.concatenate([records, np.asarray(new_records, dtype=np.float32)])
+    centers = np.concatenate([h.centers, new_params[:, layout.MEANS].astype(np.float64)])
+    radius = np.concatenate([h.radius, new_r])
+    size = np.concatenate([h.size, 2.0 * new_r])
+    alive = np.concatenate([np.asarray(keep, dtype=bool), np.ones(m, dtype=bool)])
+    ch = np.flatnonzero(changed)
+    if len(ch):
+        centers[ch] = rec[ch][:, layout.MEANS]
+        radius[ch] = np.exp(rec[ch][:, layout.LOG_SCALES].astype(np.float64)).max(axis=1)
+        size[ch] = 2.0 * radius[ch]
+    seeds = np.concatenate([np.flatnonzero(~alive), ch, np.arange(n, n + m)])
+    dirty = _ancestors(parent, seeds.astype(np.int64))
+    removed = remerged = 0
+    for lv in np.unique(level[dirty]):
+        todo = np.flatnonzero(dirty & (level == lv) & alive)
+        kids = np.flatnonzero(alive & (parent >= 0))
+        kids = kids[dirty[parent[kids]] & (level[parent[kids]] == lv)]
+        has = np.zeros(len(parent), dtype=bool)
+        has[parent[kids]] = True
+        empty = todo[~has[todo]]
+        alive[empty] = False
+        removed += len(empty)
+        todo = todo[has[todo]]
+        if not len(todo):
+            continue
+        group = np.searchsorted(todo, parent[kids])
+        merged, sz = merge_groups(rec[kids, :width], group, len(todo), size[kids])
+        c = merged[:, layout.MEANS].astype(np.float64)
+        reach = np.linalg.norm(centers[kids] - c[group], axis=1) + radius[kids]
+        r = np.zeros(len(todo))
+        np.maximum.at(r, group, reach)
+        rec[todo] = 0.0  # the moments zeroed
+        rec[todo, :width] = merged
+        centers[todo], radius[todo], size[todo] = c, r, sz
+        remerged += len(todo)
+    idx = np.flatnonzero(alive)
+    where = np.full(len(parent), -1, dtype=np.int64)
+    where[idx] = np.arange(len(idx))
+    par = parent[idx]
+    par = np.where(par >= 0, where[np.maximum(par, 0)], -1)
+    return Rebuilt(ids[idx], par, level[idx], rec[idx], centers[idx], radius[idx], size[idx],
+                   remerged, removed)

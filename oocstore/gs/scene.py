@@ -372,6 +372,11 @@ class Scene:
         self._cameras = Cameras(vm, ks, self.meta.width, self.meta.height,
                                 names if len(names) == len(vm) else (), source=str(self.path))
         self._load_images()
+        self._load_lod()
+
+    def _load_lod(self) -> None:
+        """The hierarchy's catalog entry; the cached hierarchy dropped (read again when
+        asked for: a densification's commit rewrites it)."""
         from .lod import LOD_KEY
 
         self._lod_meta = self.store.get(LOD_KEY)

@@ -36,7 +36,9 @@ The run, identical in every ``--mode`` except where the records live (see
    count), write back. The recipe's schedules (:mod:`oocstore.gs.recipe`) decide the SH
    degree, the position rate, densification (inside the streamer: blocks gain and lose
    records, :mod:`oocstore.gs.densify`; growth that would not fit the budgets is refused
-   before it is written) and opacity resets. ``checkpoint()`` ends every segment (and
+   before it is written; with a level-of-detail hierarchy, off unless asked for: the
+   leaves are refined, the hierarchy rebuilt locally, :mod:`oocstore.gs.lod_densify`, and
+   every used view's cut computed again for the next segment) and opacity resets. ``checkpoint()`` ends every segment (and
    runs every ``--checkpoint-every`` steps) and commits the scene. Every block read from
    the scene is checked against its chunk checksums (``--no-verify-reads``: not).
 5. **Evaluation.** PSNR and SSIM over the held-out views, rendered from the committed
@@ -263,6 +265,19 @@ class _Layout:
         self.disk_row_bytes = scene.disk_row_bytes
 
 
+def _cut_plan(cuts: dict, vis_sets) -> tuple[list, dict, dict]:
+    """``(vis_sets, lod_cuts, lod_prefix)`` of a plan with level-of-detail ``cuts``
+    ({view: LodView}): a view's blocks are its cut's, its rows the cut's ids, and each
+    block's read the longest prefix its views need."""
+    vis = list(vis_sets)
+    prefix: dict = {}
+    for v, lv in cuts.items():
+        vis[v] = lv.blocks
+        for b, k in zip(lv.blocks.tolist(), lv.prefix.tolist()):
+            prefix[b] = max(prefix.get(b, 0), k)
+    return vis, {v: lv.ids for v, lv in cuts.items()}, prefix
+
+
 def spans_from(edges: list[int], i: int, recipe) -> list[tuple[int, int]]:
     """The segments from ``edges[i]`` up to the next densification (exclusive): the ones
     trained on one layout of the blocks."""
@@ -302,6 +317,8 @@ class _Run:
     _cull: tuple | None = field(default=None, repr=False)  # (vis_sets, counts) per layout
     lod_cuts: dict | None = None  # level of detail: {view: sorted ids of its cut}
     lod_prefix: dict | None = None  # {block: rows} the cuts need (prefix reads)
+    # per view, the rows a refinement's proposal renders at most (its cut's size), if known
+    proposal_rows: np.ndarray | None = None
 
     @property
     def extra(self) -> int:
@@ -365,9 +382,10 @@ class _Run:
     def cull_rows(self, scene, vis_sets) -> np.ndarray | None:
         """Per view, its Gaussians in the frustum (:func:`~oocstore.gs.cull.culled_counts`),
         counted once per block layout; None for a layout not yet written (a refinement's
-        proposal: its step batches are then sized for every row of the visible blocks)."""
+        proposal: its step batches are then sized for every row of the visible blocks, or
+        for :attr:`proposal_rows` where the proposal's cuts are known)."""
         if not hasattr(scene, "read_block"):
-            return None
+            return self.proposal_rows
         if self._cull is None or self._cull[0] is not vis_sets:
             from .cull import culled_counts
 
@@ -515,8 +533,8 @@ class _Session:
                              "target='synthetic'")
         self.lod = self._lod_pixels()
         given = cfg.recipe_values()
-        if self.lod is not None:  # no densification with a hierarchy (see _lod_pixels),
-            given.setdefault("densify_every", 0)  # nor the opacity resets that serve it
+        if self.lod is not None:  # with a hierarchy densification is asked for (see
+            given.setdefault("densify_every", 0)  # _lod_pixels), as the resets serving it
             given.setdefault("opacity_reset_every", 0)
         self.recipe = resolve(cfg.steps, synthetic=not self.photos, **given)
         self.sh_max = scene.sh_degree if cfg.sh_degree is None else cfg.sh_degree
@@ -565,19 +583,14 @@ class _Session:
         self.stage["plan"] += time.perf_counter() - t0
 
     def _lod_pixels(self):
-        """The cut's threshold (None: the scene has no hierarchy). Densification is off
-        with a hierarchy: new Gaussians would need their place in the tree and in the
-        blocks' prefix order (a local rebuild), which training does not do; an explicit
-        ``--densify-every`` above 0 is refused."""
+        """The cut's threshold (None: the scene has no hierarchy). With a hierarchy,
+        densification is off by default (``densify_every`` 0, no opacity resets); an
+        explicit ``densify_every`` above 0 refines the leaves and rebuilds the hierarchy
+        locally (:mod:`oocstore.gs.lod_densify`), and the cuts are computed again for the
+        following segment (:meth:`_between_segments`)."""
         from .lod import resolve_lod_pixels
 
-        lod = resolve_lod_pixels(self.scene, self.cfg.lod_pixels)
-        if lod is not None and (self.cfg.recipe.get("densify_every") or 0) > 0:
-            raise UsageError(f"densify_every={self.cfg.recipe['densify_every']}: the scene "
-                             f"{self.scene.path} has a level-of-detail hierarchy, and "
-                             "densification does not update it: pass densify_every=0 (or "
-                             "train the scene without a hierarchy, then `oocstore gs-lod build`)")
-        return lod
+        return resolve_lod_pixels(self.scene, self.cfg.lod_pixels)
 
     def _lod_plan(self) -> None:
         """Each used view's cut (samplers.views.lod_views): its blocks replace the view's
@@ -588,19 +601,11 @@ class _Session:
         h = self.scene.hierarchy()
         used = np.unique(np.concatenate([self.train_views, self.held]))
         self.cuts = lod_views(h, self.cams, self.vis_sets, used, self.lod)
-        if not self.photos:
+        if not self.photos and self.leaf_cuts is None:  # the targets': once
             self.leaf_cuts = lod_views(h, self.cams, self.vis_sets, used, 0.0)
-        vis = list(self.vis_sets)
-        for v, lv in self.cuts.items():
-            vis[v] = lv.blocks
+        vis, self.plan.lod_cuts, self.plan.lod_prefix = _cut_plan(self.cuts, self.vis_sets)
         self.vis_sets = vis
         self.plan.vis_sets = vis
-        self.plan.lod_cuts = {v: lv.ids for v, lv in self.cuts.items()}
-        prefix: dict = {}
-        for lv in self.cuts.values():
-            for b, k in zip(lv.blocks.tolist(), lv.prefix.tolist()):
-                prefix[b] = max(prefix.get(b, 0), k)
-        self.plan.lod_prefix = prefix
         self._check_cuts()
 
     def _check_cuts(self) -> None:
@@ -769,13 +774,19 @@ class _Session:
             self.evaluate(first)
         if recipe.refine_after(first):
             t = time.perf_counter()
+            spans = spans_from(self.edges, i, recipe)
+            admit = (run.admit(scene, self.acct, spans) if self.lod is None else
+                     self._lod_admit(spans))
             r = densify_scene(scene, self.grad_stats, self.sscale, recipe.densify,
                               cfg.seed + first, prune_large=recipe.prune_large_after(first),
-                              admit=run.admit(scene, self.acct, spans_from(self.edges, i, recipe)))
+                              admit=admit)
             r["step"] = first
             self.refinements.append(r)
             self.curve.append([first, int(scene.num_gaussians)])
             self.vis_sets = replan(scene, self.cams)
+            if self.lod is not None:  # the rebuilt hierarchy's cuts, for what follows
+                self._lod_plan()
+                run.lod_cuts, run.lod_prefix = self.plan.lod_cuts, self.plan.lod_prefix
             self.stage["densify"] += time.perf_counter() - t
         if recipe.reset_after(first):
             t = time.perf_counter()
@@ -789,6 +800,36 @@ class _Session:
                 run.dev_budget = grown
                 self.acct.budget = MemoryBudget(gpu=grown, cpu=cfg.cpu_budget)
         run.check(scene, self.vis_sets, first, last, self.acct)
+
+    def _lod_admit(self, spans):
+        """``admit(counts, bounds, hierarchy)`` for a refinement of a scene with a
+        hierarchy: the segments ``spans`` checked as :meth:`_Run.admit` checks them, with
+        the rebuilt hierarchy's cut of every used view (its blocks as the view's blocks,
+        its prefixes as the reads; a step batch sized for the cut's node count, which the
+        frustum test only lowers)."""
+        from oocstore.samplers.views import lod_views, visibility_sets
+
+        run, scene, acct = self.run, self.scene, self.acct
+        used = np.unique(np.concatenate([self.train_views, self.held]))
+
+        def admit(counts, bounds, hier):
+            vis = visibility_sets(bounds, self.cams)
+            cuts = lod_views(hier, self.cams, vis, used, self.lod)
+            vis, lod_cuts, prefix = _cut_plan(cuts, vis)
+            rows = np.zeros(len(vis), dtype=np.int64)
+            for v, lv in cuts.items():
+                rows[v] = len(lv.ids)
+            saved = run.lod_cuts, run.lod_prefix, run.proposal_rows
+            run.lod_cuts, run.lod_prefix, run.proposal_rows = lod_cuts, prefix, rows
+            try:
+                run.check_spans(_Layout(scene, counts, bounds), vis, spans, acct)
+            except BudgetError as err:
+                return str(err)
+            finally:
+                run.lod_cuts, run.lod_prefix, run.proposal_rows = saved
+            return None
+
+        return admit
 
     def _segment(self, first: int, last: int) -> None:
         """Steps ``first`` -> ``last`` through one store, then its checkpoint."""

@@ -1,5 +1,10 @@
 """The scene's log-structured writer (see :mod:`oocstore.gs.scene` for the protocol).
 
+Besides blocks, a writer stages whole arrays and catalog entries of the scene
+(:meth:`SceneWriter.write_array`, :meth:`SceneWriter.put`: the level-of-detail node
+table after a densification rebuilt the hierarchy) that the same :meth:`commit` makes
+visible with the blocks, or :meth:`close` discards.
+
 States: OPEN --write_block/new_block/free_block--> DIRTY --commit--> OPEN;
 DIRTY --commit fails (disk full, I/O error)--> DIRTY (nothing committed; the same writes
 can be committed again); DIRTY --close (no commit)--> CLOSED (the uncommitted files are removed and the scene
@@ -53,6 +58,8 @@ class SceneState(Protocol):
 
     def _load(self) -> None: ...
 
+    def _load_lod(self) -> None: ...
+
     def _check_block(self, b) -> int: ...
 
 BLOCK_PREFIX = "scene/block/"
@@ -96,6 +103,8 @@ class SceneWriter:
         self._seq = scene.meta.file_seq
         self._pending: dict[int, _Pending] = {}
         self._latest: dict[int, int] = {}  # block -> newest seq installed (across commits)
+        self._arrays: dict[str, tuple[ArrayMeta, list[int]]] = {}  # staged whole arrays
+        self._puts: dict[str, Any] = {}  # staged catalog entries
         self._closed = False
         self.commits = 0
 
@@ -179,6 +188,43 @@ class SceneWriter:
             self._seq += 1
             self._install(b, _Pending(self._seq, 0, None, None, []))
 
+    def write_array(self, name: str, data: np.ndarray) -> None:
+        """Stage the whole array ``name`` (a new one, or replacing the scene's) for the
+        next :meth:`commit`; its file is written now, the catalog names it only then."""
+        self._check_open()
+        if name.startswith(BLOCK_PREFIX):
+            raise UsageError(f"array {name!r}: block arrays are written with write_block")
+        s = self.scene
+        data = np.ascontiguousarray(data)
+        with s._lock:
+            self._seq += 1
+            seq = self._seq
+        rel = f"arrays/{name.replace('/', '-')}.{s.store.version + 1}.{seq}.bin"
+        fw = ArrayFileWriter(s.path / rel, chunk_bytes=CHUNK_BYTES)
+        try:
+            fw.write(data)
+            fw.finish()
+        except BaseException:
+            fw.abort()
+            s.store.remove_data_file(s.path / rel)
+            raise
+        am = ArrayMeta(name=name, dtype=data.dtype.name, shape=tuple(data.shape), file=rel,
+                       chunk_bytes=CHUNK_BYTES, version=s.store.version + 1)
+        with s._lock:
+            old = self._arrays.pop(name, None)
+            self._arrays[name] = (am, list(fw.checksums))
+        if old is not None:  # staged twice: the first file is nobody's
+            s.store.remove_data_file(s.path / old[0].file)
+
+    def put(self, key: str, value: Any) -> None:
+        """Stage catalog entry ``key`` of the scene (not a block's, an array's or the
+        scene's own record) for the next :meth:`commit`."""
+        self._check_open()
+        if key in ("scene", "meta") or key.startswith((BLOCK_PREFIX, "array/", "sums/")):
+            raise UsageError(f"catalog key {key!r} is managed by the scene writer")
+        with self.scene._lock:
+            self._puts[key] = value
+
     def commit(self) -> int:
         """Make every write so far durable and visible to other readers, atomically.
         Returns the new store version."""
@@ -188,6 +234,9 @@ class SceneWriter:
         with s._lock:
             pending = dict(self._pending)
             self._pending = {}
+            staged, staged_puts = dict(self._arrays), dict(self._puts)
+            self._arrays, self._puts = {}, {}
+            old_arrays = [am.file for name, am in store.arrays.items() if name in staged]
             old_files = {b: self._committed_file(b) for b in pending}
             num_blocks = len(s._counts)
             next_id = s._next_id
@@ -207,18 +256,23 @@ class SceneWriter:
                                chunk_bytes=_chunk_bytes(s), version=store.version + 1)
                 puts[f"array/{name}"] = am.to_dict()
                 puts[f"sums/{name}"] = pend.sums
+        for name, (am, sums) in staged.items():
+            puts[f"array/{name}"] = dataclasses.replace(am, version=store.version + 1).to_dict()
+            puts[f"sums/{name}"] = sums
+        puts.update(staged_puts)
         meta = dataclasses.replace(s.meta, num_blocks=num_blocks, next_id=next_id, file_seq=seq)
         puts["scene"] = meta.to_dict()
         puts["meta"] = dataclasses.replace(store.meta, version=store.version + 1).to_dict()
         try:
-            if pending and (s.path / "scenes").is_dir():
-                try:  # the new files' names are durable before the commit
-                    fsync_dir(s.path / "scenes")
-                except OSError as err:
-                    raise_disk_error(err, s.path / "scenes")
+            for sub, due in (("scenes", pending), ("arrays", staged)):
+                if due and (s.path / sub).is_dir():
+                    try:  # the new files' names are durable before the commit
+                        fsync_dir(s.path / sub)
+                    except OSError as err:
+                        raise_disk_error(err, s.path / sub)
             store.catalog.commit(puts, deletes)
         except BaseException:
-            self._restore(pending)
+            self._restore(pending, staged, staged_puts)
             raise
         # Committed: files that only the previous version named can go, unless a reader
         # of an older version (another process) may still read them.
@@ -232,14 +286,25 @@ class SceneWriter:
                     break
                 if old is not None and old != (pending[b].file):
                     s.store.remove_data_file(s.path / old)
+            for old in old_arrays:
+                if not keep_old:
+                    s.store.remove_data_file(s.path / old)
+            if staged or staged_puts:
+                s._load_lod()  # the hierarchy: read again from this commit
         self.commits += 1
         return store.version
 
-    def _restore(self, pending: dict[int, _Pending]) -> None:
+    def _restore(self, pending: dict[int, _Pending], staged: dict, staged_puts: dict) -> None:
         """A commit failed: its writes are uncommitted again (a later commit may retry
         them; :meth:`close` removes their files), unless a newer write replaced them."""
         s = self.scene
         with s._lock:
+            for name, st in staged.items():
+                if name in self._arrays:
+                    s.store.remove_data_file(s.path / st[0].file)
+                else:
+                    self._arrays[name] = st
+            self._puts = dict(staged_puts, **self._puts)
             for b, pend in pending.items():
                 newer = self._pending.get(b)
                 if newer is None:
@@ -256,8 +321,10 @@ class SceneWriter:
             for pend in self._pending.values():
                 if pend.file is not None:
                     s.store.remove_data_file(s.path / pend.file)
-            had = bool(self._pending)
-            self._pending = {}
+            for am, _ in self._arrays.values():
+                s.store.remove_data_file(s.path / am.file)
+            had = bool(self._pending) or bool(self._arrays) or bool(self._puts)
+            self._pending, self._arrays, self._puts = {}, {}, {}
             self._closed = True
         try:
             if had:

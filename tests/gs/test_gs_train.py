@@ -299,10 +299,18 @@ def test_cpu_optimizer_needs_less_device_memory_and_trains_the_same(tmp_path, to
     np.testing.assert_allclose(ra, rb, rtol=1e-5, atol=1e-6)
 
 
-def test_densify_with_a_hierarchy_names_the_flag(toy_scene, tmp_path, capsys):
+def test_densify_with_a_hierarchy_refines_leaves_and_keeps_the_scene_valid(toy_scene, tmp_path,
+                                                                          capsys):
     lod = tmp_path / "lod"
     assert main(["gs-lod", "build", str(toy_scene), str(lod), "--quiet"]) == 0
-    assert main(["gs-train", str(lod), "--steps", "2", "--densify-every", "2", "--quiet"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("oocstore: error: --densify-every 2: the scene ") and \
-        "pass --densify-every 0 (or train" in err, err
+    with Scene.open(lod) as scene:
+        nodes0, leaves0 = scene.lod_meta["nodes"], scene.lod_meta["leaves"]
+    out = run_json(capsys, lod, "--steps", 6, "--densify-every", 3, "--mode", "stream",
+                   "--grow-grad2d", "1e-5")
+    (r,) = out["refinements"]
+    assert r["cloned"] + r["split"] > 0 and r["growth"] == "done"
+    with Scene.open(lod) as scene:
+        meta = scene.lod_meta
+        assert meta["leaves"] == leaves0 + r["cloned"] + r["split"] - r["pruned"]
+        assert meta["nodes"] == scene.num_gaussians == out["gaussians"]["end"] != nodes0
+    assert main(["verify", str(lod), "--quiet"]) == 0

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from oocstore.budget import BudgetAccountant, MemoryBudget
-from oocstore.errors import UsageError
 from oocstore.gs import layout
 from oocstore.gs.adam import AdamConfig, masked_adam_
 from oocstore.gs.lod import in_cut
@@ -147,18 +146,65 @@ def test_gs_train_with_lod_streams_like_all_on_device_and_trains_interior_nodes(
     np.testing.assert_allclose(out["stream"], out["all-on-device"], rtol=1e-5, atol=1e-6)
 
 
-def test_densification_with_a_hierarchy_is_refused_before_anything_is_written(lod_setup,
-                                                                              tmp_path):
-    path = tmp_path / "scene"
-    shutil.copytree(lod_setup[0], path)
-    files = {p: p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()
-             and not p.name.endswith(".lock")}
-    cfg = GsTrainConfig(steps=4, lod_pixels=1.0, width=W, height=H,
-                        recipe={"densify_every": 2})
-    with pytest.raises(UsageError, match="^densify_every=2: .*pass densify_every=0 "):
-        run_gs_training(path, cfg)
-    assert files == {p: p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()
-                     and not p.name.endswith(".lock")}
+def test_densification_with_a_hierarchy_streams_like_all_on_device_with_the_new_cuts(
+        lod_setup, tmp_path, monkeypatch):
+    """A refinement rebuilds the hierarchy; the following segment plans and renders the
+    rebuilt hierarchy's cuts (a stale cut is refused by the step's row check); stream ==
+    all-on-device."""
+    from oocstore.gs import train as train_mod
+    from oocstore.gs.lod import hierarchy_problems
+
+    real = train_mod._Run.segment
+    seen = {}  # first step of a segment -> (store version, its cuts)
+
+    def segment(self, scene, vis_sets, first, last):
+        seg = real(self, scene, vis_sets, first, last)
+        if not isinstance(scene, Scene):  # a refinement's proposed layout, being vetted
+            return seg
+        if first:  # after the refinement: the cuts of the committed, rebuilt hierarchy
+            want = lod_views(scene.hierarchy(), self.cams,
+                             visibility_sets(scene.block_bounds, self.cams), list(seg.lod_cuts),
+                             LOD_PX)
+            assert all(np.array_equal(seg.lod_cuts[v], want[v].ids) for v in seg.lod_cuts)
+        seen[first] = (scene.version, {v: c.copy() for v, c in seg.lod_cuts.items()})
+        return seg
+
+    monkeypatch.setattr(train_mod._Run, "segment", segment)
+    real_spans = train_mod._Run.check_spans
+    vetted = []
+
+    def check_spans(self, scene, vis_sets, spans, acct):
+        if not isinstance(scene, Scene):  # the refinement's proposal: with its own cuts
+            vetted.append(({v: c.copy() for v, c in self.lod_cuts.items()}, dict(self.lod_prefix)))
+            # step batches sized for the proposal's cut sizes, not its blocks' every row
+            assert all(self.proposal_rows[v] == len(c) for v, c in self.lod_cuts.items())
+        return real_spans(self, scene, vis_sets, spans, acct)
+
+    monkeypatch.setattr(train_mod._Run, "check_spans", check_spans)
+    out = {}
+    for mode in ("stream", "all-on-device"):
+        path = tmp_path / mode
+        shutil.copytree(lod_setup[0], path)
+        seen.clear()
+        vetted.clear()
+        cfg = GsTrainConfig(steps=6, mode=mode, lod_pixels=LOD_PX, width=W, height=H, seed=2,
+                            recipe={"densify_every": 3, "grow_grad2d": 1e-5})
+        summary = run_gs_training(path, cfg)
+        (r,) = summary["refinements"]
+        assert r["cloned"] + r["split"] > 0 and r["remerged_nodes"] > 0
+        assert sorted(seen) == [0, 3]
+        (v0, cuts0), (v1, cuts1) = seen[0], seen[3]
+        assert v1 > v0 and any(not np.array_equal(cuts0[v], cuts1[v]) for v in cuts1)
+        # the budget vetting saw the rebuilt hierarchy's cuts, the ones trained next
+        assert len(vetted) == 1
+        vcuts = vetted[0][0]
+        assert vcuts.keys() == cuts1.keys()
+        assert all(np.array_equal(vcuts[v], cuts1[v]) for v in cuts1)
+        with Scene.open(path, readonly=True) as scene:
+            assert hierarchy_problems(scene.store) == []
+            out[mode] = scene.read_all()
+    assert np.array_equal(out["stream"][0], out["all-on-device"][0])
+    np.testing.assert_allclose(out["stream"][1], out["all-on-device"][1], rtol=1e-5, atol=1e-6)
 
 
 def test_a_photo_scene_builds_and_trains_with_its_cut_from_the_command_line(tmp_path, capsys):
@@ -189,3 +235,28 @@ def test_a_photo_scene_builds_and_trains_with_its_cut_from_the_command_line(tmp_
                  "--lod-pixels", "0", "--quiet"]) == 0
     assert len(list((tmp_path / "png").glob("*.png"))) == 2
     assert main(["verify", str(tmp_path / "lod"), "--quiet"]) == 0
+
+
+def test_growth_with_a_hierarchy_beyond_an_explicit_budget_is_refused(lod_setup, tmp_path):
+    """The first segment fits the budget exactly; the refinement's rebuilt cuts need more:
+    its growth is refused, the run goes on, the scene stays valid."""
+    from oocstore.gs.lod import hierarchy_problems
+
+    out = {}
+    for budget in (None, "min"):
+        path = tmp_path / str(budget)
+        shutil.copytree(lod_setup[0], path)
+        gpu = None if budget is None else str(out[None]["min_device_budget"])
+        cfg = GsTrainConfig(steps=6, mode="stream", lod_pixels=LOD_PX, width=W, height=H, seed=2,
+                            gpu_budget=gpu, recipe={"densify_every": 3, "grow_grad2d": 1e-5})
+        out[budget] = run_gs_training(path, cfg)
+        with Scene.open(path, readonly=True) as scene:
+            assert hierarchy_problems(scene.store) == []
+    grown, capped = out[None]["refinements"][0], out["min"]["refinements"][0]
+    assert grown["growth"] == "done" and grown["split"] + grown["cloned"] > 0
+    # refused, pruning only; or skipped: a proposal's step batches are sized for its cuts'
+    # sizes (the frustum counts need the written scene), above the running check's
+    assert capped["growth"] in ("refused", "skipped")
+    assert capped["split"] == capped["cloned"] == 0
+    assert "device working set" in capped["refused_because"]
+    assert out["min"]["device_budget"] == out[None]["min_device_budget"]
