@@ -35,7 +35,7 @@ import numpy as np
 
 from ..errors import FormatError
 from . import layout
-from .densify import decide, densify_block
+from .refine import decide, densify_block
 from .lod import (LOD_KEY, NODES_ARRAY, SPHERES_ARRAY, Hierarchy, LodMeta, layout_order,
                   node_table, rebuild_local)
 
