@@ -150,8 +150,11 @@ def densify_lod_scene(scene, stats, scene_scale: float, cfg, seed: int, *,
     """:func:`oocstore.gs.densify.densify_scene` for a scene with a hierarchy (see the
     module docstring): one commit; returns counts of what was done."""
     args = (scene_scale, cfg, seed, prune_large)
-    h = scene.hierarchy(what="densification")
+    scene.hierarchy(what="densification")  # refused before the lock without one
     with scene.writer() as w:
+        # read again under the lock: opening the writer reloads the scene, and another
+        # process may have committed a rebuilt hierarchy since this one was cached
+        h = scene.hierarchy(what="densification")
         rec = _read_nodes(scene, h)
         growth, why = "done", None
         rb, done = _refine(scene, h, rec, stats, args, w, True)

@@ -255,3 +255,44 @@ def test_a_writer_closed_without_commit_drops_its_staged_arrays(lod_scene, tmp_p
             with scene.writer() as w:
                 w.put("scene", {})
     assert files == _files(path)
+
+
+_OTHER_PROCESS = """
+import sys
+import numpy as np
+from oocstore.gs.densify import DensifyConfig, GradStats, densify_scene
+from oocstore.gs.scene import Scene
+with Scene.open(sys.argv[1]) as scene:
+    h = scene.hierarchy()
+    stats = GradStats(scene.next_id)
+    stats.grad[h.ids[h.is_leaf][::3]], stats.count[:] = 1.0, 1
+    cfg = DensifyConfig(grow_grad2d=0.5, grow_scale3d=0.015, prune_opa=0.3)
+    assert densify_scene(scene, stats, 10.0, cfg, seed=9)["split"] > 0
+"""
+
+
+def test_a_hierarchy_rebuilt_by_another_process_is_read_again(lod_scene, tmp_path):
+    """Another process densified (and rebuilt the hierarchy) after this scene object
+    read its hierarchy: the densification works on the committed one, not on the
+    cached one (whose node table no longer matches the blocks)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import oocstore
+
+    path = tmp_path / "s"
+    shutil.copytree(lod_scene[0], path)
+    env = dict(os.environ, PYTHONPATH=str(Path(oocstore.__file__).resolve().parents[1]))
+    with Scene.open(path) as scene:
+        h0 = scene.hierarchy()  # cached
+        subprocess.run([sys.executable, "-c", _OTHER_PROCESS, str(path)], env=env, check=True,
+                       timeout=120)
+        stats = GradStats(scene.next_id)
+        stats.grad[h0.ids[h0.is_leaf]], stats.count[:] = 1.0, 1
+        done = densify_scene(scene, stats, SCALE, CFG, seed=5)
+        assert done["cloned"] + done["split"] > 0
+        assert hierarchy_problems(scene.store) == []
+        ids, _ = scene.read_all()
+        assert sorted(ids.tolist()) == sorted(scene.hierarchy().ids.tolist())
