@@ -25,7 +25,9 @@ outgrows ``block_capacity`` keeps the first ``block_capacity`` rows and the rest
 new blocks (``writer.new_block``); blocks left empty are freed, and neighbouring blocks
 (consecutive ids: Morton order) whose rows fit in one ``block_size`` are merged
 (**compaction** of pruned space). Ids stay unique and stable; new ids come from
-``writer.allocate_ids`` (``scene.next_id``).
+``writer.allocate_ids`` (``scene.next_id``). A refinement that would prune every
+Gaussian is refused (UsageError naming ``prune_opa``) before anything is written: an
+empty scene leaves the next training step nothing to render.
 
 **Growth inside the budget.** Before anything is written, the refined layout (every
 block's row count and bounds) goes to the caller's ``admit`` check -- the trainer's
@@ -50,6 +52,7 @@ from oocstore.errors import UsageError
 
 from . import layout
 from .refine import Decision, decide, densify_block  # noqa: F401 (re-exported rules)
+from .refine import refuse_emptying
 
 
 @dataclass(frozen=True)
@@ -255,6 +258,8 @@ def densify_scene(scene, stats: GradStats, scene_scale: float, cfg: DensifyConfi
     with scene.writer() as w:
         growth, why = "done", None
         ref = _Refinement(scene, w, stats, scene_scale, cfg, seed, True, prune_large).plan()
+        refuse_emptying(scene.path, scene.num_gaussians,
+                        sum(p.count for p in ref.plans.values()), "Gaussians", cfg)
         if admit is not None:
             why = admit(*ref.layout())
             if why is not None:

@@ -15,7 +15,8 @@ as for a scene without a hierarchy, with a third argument: ``admit(counts, bound
 hierarchy)``, the rebuilt :class:`~oocstore.gs.lod.Hierarchy` (blocks and rows as they
 will be written), whose cuts decide what the following segments load. Growth refused ->
 the leaves are pruned only -> refused again: nothing is written (``growth`` ``"done"``,
-``"refused"``, ``"skipped"``).
+``"refused"``, ``"skipped"``). Pruning every leaf (which would remove every merged node
+too) is refused before anything is written, as an emptied scene without a hierarchy is.
 
 **One commit.** The changed blocks, the node table and spheres and the ``scene/lod``
 entry are staged in one :class:`~oocstore.gs.writer.SceneWriter` and made visible by its
@@ -35,7 +36,7 @@ import numpy as np
 
 from ..errors import FormatError
 from . import layout
-from .refine import decide, densify_block
+from .refine import decide, densify_block, refuse_emptying
 from .lod import (LOD_KEY, NODES_ARRAY, SPHERES_ARRAY, Hierarchy, LodMeta, layout_order,
                   node_table, rebuild_local)
 
@@ -158,6 +159,8 @@ def densify_lod_scene(scene, stats, scene_scale: float, cfg, seed: int, *,
         rec = _read_nodes(scene, h)
         growth, why = "done", None
         rb, done = _refine(scene, h, rec, stats, args, w, True)
+        # pruning does not depend on growth: the prune-only pass would empty it too
+        refuse_emptying(scene.path, int(h.is_leaf.sum()), len(rb.ids), "leaves", cfg)
         order, proposal = _layout(scene, rb)
         if admit is not None:
             why = admit(*proposal)

@@ -86,3 +86,17 @@ def densify_block(ids: np.ndarray, records: np.ndarray, decision: Decision, new_
     nc = len(clones)
     out_ids += [new_ids[:nc], new_ids[nc:]]
     return np.concatenate(out_ids).astype(np.int64), np.concatenate([rec, clones, second])
+
+
+def refuse_emptying(path, before: int, after: int, what: str, cfg) -> None:
+    """Refuse a refinement that would prune every one of the ``before`` Gaussians
+    (``what``: "Gaussians", or a hierarchy's "leaves") of a scene: an empty scene has
+    nothing left to train or render, and the training step that follows fails. Called
+    before anything is written."""
+    if before and not after:
+        raise UsageError(
+            f"scene {path}: densification would prune all {before:,} {what} (opacity below "
+            f"prune_opa={cfg.prune_opa} or larger than prune_scale3d={cfg.prune_scale3d} x "
+            "the scene scale); nothing was written: lower --prune-opa (or raise "
+            "--prune-scale3d)")
+

@@ -68,6 +68,13 @@ def test_densify_scene_matches_an_in_memory_oracle(kinds, block_size, seed):
             stats.add(np.arange(n), np.stack([grad, np.zeros(n)], 1) * 2 / 16,
                       np.ones(n, dtype=bool), 16, 16)
             first_new = scene.next_id
+            if all(x == PRUNE for x in kinds):  # an emptied scene: refused, nothing written
+                version = scene.version
+                with pytest.raises(UsageError, match=f"would prune all {n} Gaussians"):
+                    densify_scene(scene, stats, 1.0, DensifyConfig(), seed)
+                assert scene.version == version and scene.num_gaussians == n
+                assert scene.next_id == first_new
+                return
             done = densify_scene(scene, stats, 1.0, DensifyConfig(), seed)
         finally:
             scene.close()
@@ -122,3 +129,17 @@ def test_grad_stats_average_and_growth():
     s.add(np.array([0]), np.array([[0.0, 0.0]]), np.array([True]), 2, 2)
     np.testing.assert_allclose(s.average(np.array([0, 4, 1])), [2.5, 1.0, 0.0])
     assert len(s.grad) == 5 and s.nbytes == 40
+
+
+def test_a_densification_that_would_prune_every_gaussian_is_refused():
+    """An emptied scene leaves the training step nothing to render: refused before
+    anything is written (the prune-only pass would empty it too)."""
+    rec, grad = rows_for([PRUNE] * 5, 0)
+    with tempfile.TemporaryDirectory() as d:
+        with Scene.create(Path(d) / "s", None, rec[:, :P], DEG, cameras(), block_size=2) as scene:
+            version, nb = scene.version, scene.num_blocks
+            with pytest.raises(UsageError, match="would prune all 5 Gaussians.*--prune-opa"):
+                densify_scene(scene, GradStats(scene.next_id), 1.0, DensifyConfig(), 0,
+                              admit=lambda c, b: None if c.sum() else "empty")
+            assert scene.version == version and scene.num_gaussians == 5
+            assert scene.num_blocks == nb

@@ -296,3 +296,22 @@ def test_a_hierarchy_rebuilt_by_another_process_is_read_again(lod_scene, tmp_pat
         assert hierarchy_problems(scene.store) == []
         ids, _ = scene.read_all()
         assert sorted(ids.tolist()) == sorted(scene.hierarchy().ids.tolist())
+
+
+def test_pruning_every_leaf_is_refused_and_writes_nothing(lod_scene, tmp_path):
+    """Every leaf pruned would remove every merged node too (an empty scene, which the
+    next training step cannot render): refused before the first write."""
+    from oocstore.errors import UsageError
+
+    path = tmp_path / "s"
+    shutil.copytree(lod_scene[0], path)
+    files = _files(path)
+    with Scene.open(path) as scene:
+        h0, next_id = scene.hierarchy(), scene.next_id
+        leaves = int(h0.is_leaf.sum())
+        with pytest.raises(UsageError, match=f"would prune all {leaves} leaves.*--prune-opa"):
+            densify_scene(scene, _copy_stats(lod_scene[2]), SCALE,
+                          DensifyConfig(grow_grad2d=0.5, grow_scale3d=0.015, prune_opa=1.1),
+                          seed=5)
+        assert scene.next_id == next_id and len(scene.hierarchy().ids) == len(h0.ids)
+    assert files == _files(path)
