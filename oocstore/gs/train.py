@@ -774,12 +774,7 @@ class _Session:
             self.evaluate(first)
         if recipe.refine_after(first):
             t = time.perf_counter()
-            spans = spans_from(self.edges, i, recipe)
-            admit = (run.admit(scene, self.acct, spans) if self.lod is None else
-                     self._lod_admit(spans))
-            r = densify_scene(scene, self.grad_stats, self.sscale, recipe.densify,
-                              cfg.seed + first, prune_large=recipe.prune_large_after(first),
-                              admit=admit)
+            r = self._densify(i, first)
             r["step"] = first
             self.refinements.append(r)
             self.curve.append([first, int(scene.num_gaussians)])
@@ -800,6 +795,38 @@ class _Session:
                 run.dev_budget = grown
                 self.acct.budget = MemoryBudget(gpu=grown, cpu=cfg.cpu_budget)
         run.check(scene, self.vis_sets, first, last, self.acct)
+
+    def _densify(self, i: int, first: int) -> dict:
+        """The refinement after step ``first``. With a hierarchy, the rebuild's host memory
+        (:func:`~oocstore.gs.lod_densify.host_bytes`: every node's record, and copies) on
+        top of what the run holds is checked against the host budget first; a refinement
+        that does not fit is skipped, as growth beyond the device budget is, and the run
+        goes on."""
+        from .lod_densify import host_bytes
+
+        cfg, recipe, scene = self.cfg, self.recipe, self.scene
+        spans = spans_from(self.edges, i, recipe)
+
+        def run():
+            admit = (self.run.admit(scene, self.acct, spans) if self.lod is None else
+                     self._lod_admit(spans))
+            return densify_scene(scene, self.grad_stats, self.sscale, recipe.densify,
+                                 cfg.seed + first, prune_large=recipe.prune_large_after(first),
+                                 admit=admit)
+
+        if self.lod is None:
+            return run()
+        try:  # charged and released at once (the ledger's peak records it): the admit
+            # check vets the next segment, whose buffers the rebuild does not overlap
+            with self.acct.charge("cpu", host_bytes(scene), "the hierarchy's rebuild "
+                                  "(every node's record in host memory)"):
+                pass
+        except BudgetError as err:
+            log.info("densification after step %d skipped: %s", first, err)
+            self.grad_stats.reset()
+            return {"cloned": 0, "split": 0, "pruned": 0, "remerged_nodes": 0,
+                    "removed_nodes": 0, "growth": "skipped", "refused_because": str(err)}
+        return run()
 
     def _lod_admit(self, spans):
         """``admit(counts, bounds, hierarchy)`` for a refinement of a scene with a

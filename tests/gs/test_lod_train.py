@@ -207,6 +207,28 @@ def test_densification_with_a_hierarchy_streams_like_all_on_device_with_the_new_
     np.testing.assert_allclose(out["stream"][1], out["all-on-device"][1], rtol=1e-5, atol=1e-6)
 
 
+
+def test_a_hierarchy_rebuild_beyond_the_host_budget_is_skipped(lod_setup, tmp_path):
+    """The rebuild holds every node's record (and copies) in host memory: with a host
+    budget that the segments fit but the rebuild does not, the densification is skipped
+    (nothing written) and the run goes on."""
+    from oocstore.gs.lod_densify import host_bytes
+
+    path = tmp_path / "s"
+    shutil.copytree(lod_setup[0], path)
+    with Scene.open(path, readonly=True) as scene:
+        need, n0 = host_bytes(scene), scene.num_gaussians
+    cfg = GsTrainConfig(steps=6, mode="stream", lod_pixels=LOD_PX, width=W, height=H, seed=2,
+                        cpu_budget=need, recipe={"densify_every": 3, "grow_grad2d": 1e-5})
+    summary = run_gs_training(path, cfg)
+    (r,) = summary["refinements"]
+    assert r["growth"] == "skipped" and r["cloned"] == r["split"] == r["pruned"] == 0
+    assert "the hierarchy's rebuild" in r["refused_because"]
+    assert summary["gaussians"]["end"] == n0 and summary["peak_cpu_charged_bytes"] <= need
+    with Scene.open(path, readonly=True) as scene:
+        assert scene.num_gaussians == n0
+
+
 def test_a_photo_scene_builds_and_trains_with_its_cut_from_the_command_line(tmp_path, capsys):
     import json
 
