@@ -208,6 +208,45 @@ def test_densification_with_a_hierarchy_streams_like_all_on_device_with_the_new_
 
 
 
+
+def test_two_densifications_in_one_run_each_plan_the_committed_cuts(lod_setup, tmp_path,
+                                                                    monkeypatch):
+    """After every refinement of a run (not only the first) the next segment trains the
+    cuts of the hierarchy committed last, and their block prefixes."""
+    from oocstore.gs import train as train_mod
+    from oocstore.gs.lod import hierarchy_problems
+
+    real = train_mod._Run.segment
+    seen = []
+
+    def segment(self, scene, vis_sets, first, last):
+        seg = real(self, scene, vis_sets, first, last)
+        if isinstance(scene, Scene) and first:
+            want = lod_views(scene.hierarchy(), self.cams,
+                             visibility_sets(scene.block_bounds, self.cams), list(seg.lod_cuts),
+                             LOD_PX)
+            assert all(np.array_equal(seg.lod_cuts[v], want[v].ids) for v in seg.lod_cuts)
+            pre: dict = {}
+            for lv in want.values():
+                for b, k in zip(lv.blocks.tolist(), lv.prefix.tolist()):
+                    pre[b] = max(pre.get(b, 0), k)
+            assert self.lod_prefix == pre
+            seen.append((first, scene.version))
+        return seg
+
+    monkeypatch.setattr(train_mod._Run, "segment", segment)
+    path = tmp_path / "s"
+    shutil.copytree(lod_setup[0], path)
+    cfg = GsTrainConfig(steps=9, mode="stream", lod_pixels=LOD_PX, width=W, height=H, seed=2,
+                        recipe={"densify_every": 3, "grow_grad2d": 1e-5})
+    summary = run_gs_training(path, cfg)
+    assert [r["growth"] for r in summary["refinements"]] == ["done", "done"]
+    version = dict(seen)  # (the check of a segment plans it too)
+    assert sorted(version) == [3, 6] and version[6] > version[3]
+    with Scene.open(path, readonly=True) as scene:
+        assert hierarchy_problems(scene.store) == []
+
+
 def test_a_hierarchy_rebuild_beyond_the_host_budget_is_skipped(lod_setup, tmp_path):
     """The rebuild holds every node's record (and copies) in host memory: with a host
     budget that the segments fit but the rebuild does not, the densification is skipped
