@@ -55,6 +55,10 @@ def host_bytes(scene) -> int:
     return HOST_FACTOR * scene.num_gaussians * scene.record_bytes
 
 
+#: What :func:`_write` counts (0 in the summary of a refinement that wrote nothing).
+WRITE_COUNTS = ("blocks_written", "new_blocks", "freed_blocks")
+
+
 def _read_nodes(scene, h) -> np.ndarray:
     """Every node's record [N, W] in the hierarchy's order (its block and row)."""
     parts, start = [], np.zeros(scene.num_blocks + 1, dtype=np.int64)
@@ -95,7 +99,7 @@ def _refine(scene, h, rec, stats, args, w, grow: bool):
                        rec2[len(kept):], new_parent)
     done = {"cloned": int(d.clone.sum()), "split": int(d.split.sum()),
             "pruned": int(d.prune.sum()), "remerged_nodes": rb.remerged,
-            "removed_nodes": rb.removed}
+            "removed_nodes": rb.removed, **dict.fromkeys(WRITE_COUNTS, 0)}
     return rb, done
 
 
@@ -127,7 +131,7 @@ def _write(scene, w, rb, order) -> dict:
     and the ``scene/lod`` entry in ``w`` (not committed)."""
     bs, old_blocks = scene.meta.block_size, scene.num_blocks
     nb = -(-len(order) // bs)
-    out = {"blocks_written": 0, "new_blocks": 0, "freed_blocks": 0}
+    out = dict.fromkeys(WRITE_COUNTS, 0)
     for k in range(nb):
         sel = order[k * bs:(k + 1) * bs]
         ids, rec = rb.ids[sel], rb.records[sel]

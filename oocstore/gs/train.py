@@ -802,7 +802,7 @@ class _Session:
         top of what the run holds is checked against the host budget first; a refinement
         that does not fit is skipped, as growth beyond the device budget is, and the run
         goes on."""
-        from .lod_densify import host_bytes
+        from .lod_densify import WRITE_COUNTS, host_bytes
 
         cfg, recipe, scene = self.cfg, self.recipe, self.scene
         spans = spans_from(self.edges, i, recipe)
@@ -824,8 +824,9 @@ class _Session:
         except BudgetError as err:
             log.info("densification after step %d skipped: %s", first, err)
             self.grad_stats.reset()
-            return {"cloned": 0, "split": 0, "pruned": 0, "remerged_nodes": 0,
-                    "removed_nodes": 0, "growth": "skipped", "refused_because": str(err)}
+            return {**dict.fromkeys(("cloned", "split", "pruned", "remerged_nodes",
+                                     "removed_nodes", *WRITE_COUNTS), 0),
+                    "growth": "skipped", "refused_because": str(err)}
         return run()
 
     def _lod_admit(self, spans):

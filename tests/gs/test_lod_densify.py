@@ -150,6 +150,8 @@ def test_a_skipped_densification_writes_nothing(lod_scene, tmp_path):
         done = densify_scene(scene, _copy_stats(lod_scene[2]), SCALE, CFG, seed=5, admit=admit)
     assert done["growth"] == "skipped" and len(seen) == 2 and seen[1] < seen[0]
     assert files == _files(path)
+    # the summary has the keys of one that wrote (all 0)
+    assert done["blocks_written"] == done["new_blocks"] == done["freed_blocks"] == 0
 
 
 def test_prune_only_when_growth_is_refused(lod_scene, tmp_path):
