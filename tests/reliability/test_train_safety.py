@@ -310,8 +310,22 @@ def test_eval_pack_the_budget_cannot_hold_is_repacked(unpacked_template, tmp_pat
 # -- interrupts ---------------------------------------------------------------------------
 
 def _spawn(*args):
+    # faulthandler on: a child that does not stop dumps its threads' stacks (see _hung)
     return subprocess.Popen([sys.executable, "-m", "oocstore", *args], cwd=REPO, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONFAULTHANDLER": "1"})
+
+
+def _hung(proc, err_so_far: str = "") -> str:
+    """A child that did not exit in time: its threads' stacks (SIGABRT makes faulthandler
+    print them), then it is killed; returns what it wrote to stderr."""
+    proc.send_signal(signal.SIGABRT)
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+    return f"the child did not exit within 60 s of SIGINT; its stderr:\n{err_so_far}{err or ''}"
 
 
 class _Stderr:
@@ -352,7 +366,10 @@ def test_interrupt_after_commits_lists_them(store, tmp_path):
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail(_hung(proc))
     assert proc.returncode == 130, err
     assert "left as it was before this command" not in err
     assert "committed plan 'val-eval', plan 'test-eval'" in err, err
@@ -368,7 +385,14 @@ def test_interrupt_while_waiting_for_the_writer_says_nothing_was_written(store):
         stderr = _Stderr(proc)
         stderr.wait_for("waiting", proc)  # found no evaluation plans, waits for the lock
         proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=60)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            time.sleep(5)
+            proc.kill()
+            pytest.fail("the child did not exit within 60 s of SIGINT; its stderr:\n"
+                        + stderr.text())
         err = stderr.text()
         assert dict(s.catalog.items("")) == before
     assert proc.returncode == 130, err
