@@ -44,7 +44,9 @@ import os
 import pickle
 import random
 import re
+import signal
 import tempfile
+import threading
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -141,24 +143,49 @@ def set_rng_state(state: Mapping[str, Any], where: str | Path,
 
 # -- files -----------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def _interrupt_after():
+    """Ctrl-C (SIGINT) inside the block is held until the block ends, then raised.
+    ``torch.save`` may swallow a KeyboardInterrupt raised inside its writer (the run
+    then went on training as if Ctrl-C had never come); held, the checkpoint is written
+    whole and the interrupt stops the run right after. Main thread only (elsewhere the
+    block runs as it is: signals are handled in the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list = []
+    old = signal.signal(signal.SIGINT, lambda signum, frame: got.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+    if got:
+        if callable(old):
+            old(signal.SIGINT, got[-1])  # Python's default handler raises KeyboardInterrupt
+        elif old == signal.SIG_DFL:
+            raise KeyboardInterrupt
+
+
 def save_atomic(obj: Any, path: Path) -> Path:
     """``torch.save(obj)`` to ``path`` atomically and durably: written to a fresh
     temporary file beside it (created exclusively, so a symlink planted at a fixed
     temporary name is not followed and two writers never share one), fsynced, renamed
-    over ``path``, directory fsynced. A failure leaves ``path`` as it was."""
+    over ``path``, directory fsynced. A failure leaves ``path`` as it was; a Ctrl-C
+    meanwhile is raised once the file is in place (:func:`_interrupt_after`)."""
     parent = path.parent if str(path.parent) else Path(".")
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(name)
-        raise
-    fsync_dir(parent)
+    with _interrupt_after():
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(obj, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(name, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(name)
+            raise
+        fsync_dir(parent)
     return path
 
 

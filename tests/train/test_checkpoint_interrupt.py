@@ -1,0 +1,36 @@
+"""A Ctrl-C while a checkpoint is written: the file is written whole, then the run stops."""
+
+import os
+import signal
+
+import pytest
+import torch
+
+import oocstore.train.checkpoint as checkpoint
+
+
+def test_a_ctrl_c_during_the_save_is_raised_once_the_checkpoint_is_in_place(tmp_path,
+                                                                             monkeypatch):
+    real = torch.save
+    calls = []
+
+    def save(obj, f):  # Ctrl-C arrives while torch writes the file
+        calls.append(1)
+        os.kill(os.getpid(), signal.SIGINT)
+        real(obj, f)
+
+    monkeypatch.setattr(checkpoint.torch, "save", save)
+    path = tmp_path / "checkpoint.pt"
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save_atomic({"epoch": 3, "w": torch.arange(5)}, path)
+    assert calls == [1]
+    back = torch.load(path)
+    assert back["epoch"] == 3 and torch.equal(back["w"], torch.arange(5))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temporary left
+
+
+def test_a_save_without_ctrl_c_raises_nothing_and_restores_the_handler(tmp_path):
+    path = checkpoint.save_atomic({"epoch": 1}, tmp_path / "c.pt")
+    assert torch.load(path)["epoch"] == 1
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
