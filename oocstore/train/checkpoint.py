@@ -146,9 +146,10 @@ def set_rng_state(state: Mapping[str, Any], where: str | Path,
 @contextlib.contextmanager
 def _interrupt_after():
     """Ctrl-C (SIGINT) inside the block is held until the block ends, then raised.
-    ``torch.save`` may swallow a KeyboardInterrupt raised inside its writer (the run
-    then went on training as if Ctrl-C had never come); held, the checkpoint is written
-    whole and the interrupt stops the run right after. Main thread only (elsewhere the
+    A KeyboardInterrupt raised inside ``torch.save`` does not reliably stop a run (it
+    can come out as a RuntimeError of torch's zip writer; a run was seen training on
+    after it); held, the checkpoint is written whole and the interrupt stops the run
+    right after. Main thread only (elsewhere the
     block runs as it is: signals are handled in the main thread)."""
     if threading.current_thread() is not threading.main_thread():
         yield

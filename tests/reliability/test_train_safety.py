@@ -309,11 +309,18 @@ def test_eval_pack_the_budget_cannot_hold_is_repacked(unpacked_template, tmp_pat
 
 # -- interrupts ---------------------------------------------------------------------------
 
+def _default_sigint() -> None:
+    # A child inherits an ignored SIGINT (a test run whose process ignores it: then the
+    # child's Python installs no KeyboardInterrupt handler); start it as a shell would.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _spawn(*args):
     # faulthandler on: a child that does not stop dumps its threads' stacks (see _hung)
     return subprocess.Popen([sys.executable, "-m", "oocstore", *args], cwd=REPO, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, "PYTHONFAULTHANDLER": "1"})
+                            env={**os.environ, "PYTHONFAULTHANDLER": "1"},
+                            preexec_fn=_default_sigint)
 
 
 def _hung(proc, err_so_far: str = "") -> str:

@@ -9,6 +9,15 @@ import torch
 import oocstore.train.checkpoint as checkpoint
 
 
+@pytest.fixture(autouse=True)
+def python_sigint():
+    """Python's own SIGINT handler during each test (whatever the test run had), put back
+    after."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
 def test_a_ctrl_c_during_the_save_is_raised_once_the_checkpoint_is_in_place(tmp_path,
                                                                              monkeypatch):
     real = torch.save
