@@ -149,13 +149,20 @@ def _interrupt_after():
     A KeyboardInterrupt raised inside ``torch.save`` does not reliably stop a run (it
     can come out as a RuntimeError of torch's zip writer; a run was seen training on
     after it); held, the checkpoint is written whole and the interrupt stops the run
-    right after. Main thread only (elsewhere the
+    right after; a second Ctrl-C is raised at once (the temporary file is removed).
+    Main thread only (elsewhere the
     block runs as it is: signals are handled in the main thread)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     got: list = []
-    old = signal.signal(signal.SIGINT, lambda signum, frame: got.append(frame))
+
+    def hold(signum, frame):
+        if got:  # a second Ctrl-C: the user insists (a save stuck on a slow disk)
+            raise KeyboardInterrupt
+        got.append(frame)
+
+    old = signal.signal(signal.SIGINT, hold)
     try:
         yield
     finally:

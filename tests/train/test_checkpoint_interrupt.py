@@ -43,3 +43,16 @@ def test_a_save_without_ctrl_c_raises_nothing_and_restores_the_handler(tmp_path)
     path = checkpoint.save_atomic({"epoch": 1}, tmp_path / "c.pt")
     assert torch.load(path)["epoch"] == 1
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_second_ctrl_c_stops_the_save_at_once_and_leaves_no_file(tmp_path, monkeypatch):
+    def save(obj, f):  # the user presses Ctrl-C twice while the disk is slow
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+        raise AssertionError("the second Ctrl-C should have stopped the save")
+
+    monkeypatch.setattr(checkpoint.torch, "save", save)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save_atomic({"epoch": 1}, tmp_path / "c.pt")
+    assert list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
